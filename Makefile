@@ -1,0 +1,45 @@
+# casethread: the two commands of the README (DESIGN §9) and their helpers.
+#   make run   install what is missing, start the milter on the embedded defaults
+#   make test  install everything (Postfix included), run ruff, mypy and the whole test suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# libmilter-dev: pymilter compiles against libmilter/mfapi.h. postfix: the end-to-end tests.
+RUN_DEBS  := libmilter-dev gcc
+TEST_DEBS := $(RUN_DEBS) postfix
+
+.PHONY: run test lint unit e2e deps-run deps-test clean
+
+run: deps-run $(STAMP)
+	$(BIN)/casethread serve
+
+test: deps-test $(STAMP) lint
+	$(BIN)/pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check milter tests bench
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/protocol
+
+e2e: deps-test $(STAMP)
+	$(BIN)/pytest -q tests/wire tests/e2e
+
+deps-run:
+	@DEBS="$(RUN_DEBS)" sh contrib/install-debs.sh
+
+deps-test:
+	@DEBS="$(TEST_DEBS)" sh contrib/install-debs.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casethread needs Python 3.11+"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build milter/*.egg-info .mypy_cache .ruff_cache .hypothesis

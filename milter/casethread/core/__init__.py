@@ -1,0 +1,1 @@
+"""Pure threading logic: stdlib only. No pymilter, lmdb or yaml imports here."""

@@ -1,0 +1,51 @@
+"""Our header contract (DESIGN §6): names under a configurable prefix, and forged-header removal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .edits import ChangeHeader, remove_header
+from .message import Message
+
+
+@dataclass(frozen=True)
+class CaseHeaderNames:
+    prefix: str = "X-Case-"
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.prefix}ID"
+
+    @property
+    def match(self) -> str:
+        return f"{self.prefix}Match"
+
+    @property
+    def duplicate(self) -> str:
+        return f"{self.prefix}Duplicate"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}State"
+
+    def is_ours(self, name: str) -> bool:
+        return name.lower().startswith(self.prefix.lower())
+
+
+def strip_ours(msg: Message, names: CaseHeaderNames) -> list[ChangeHeader]:
+    """Remove every field under our prefix, whatever its case (downstream rules trust them).
+
+    Highest index first per name, so renumbering after a deletion cannot skip one.
+    """
+    counts: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for h in msg.headers:
+        if names.is_ours(h.name):
+            key = h.name.lower()
+            counts[key] = counts.get(key, 0) + 1
+            spelled.setdefault(key, h.name)
+    return [
+        remove_header(spelled[key], index)
+        for key, count in counts.items()
+        for index in range(count, 0, -1)
+    ]

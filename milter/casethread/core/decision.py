@@ -1,0 +1,33 @@
+"""What the engine decided for one message: the log line's facts and the edits to apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .edits import Edit
+from .model import Direction
+
+
+@dataclass(frozen=True)
+class Decision:
+    direction: Direction
+    case_ids: tuple[str, ...] = ()
+    # How the case was found: DESIGN §6 X-Case-Match values, plus "app" (outbound X-Case-ID).
+    match: str = "none"
+    state: str = ""
+    edits: tuple[Edit, ...] = ()
+    # Anomalies worth one word in the log line ("message-id-added", "bad-app-case-id", ...).
+    notes: tuple[str, ...] = field(default=())
+
+    def log_fields(self) -> str:
+        parts = [
+            f"direction={self.direction.value}",
+            f"case={','.join(self.case_ids) or '-'}",
+            f"match={self.match}",
+        ]
+        if self.state:
+            parts.append(f"state={self.state}")
+        parts.append(f"edits={len(self.edits)}")
+        if self.notes:
+            parts.append(f"notes={','.join(self.notes)}")
+        return " ".join(parts)

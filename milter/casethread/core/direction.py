@@ -1,0 +1,51 @@
+"""Which way a message travels (DESIGN §2), decided once per message from the envelope."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .addresses import AddressMatcher
+from .message import Envelope
+from .model import Direction
+from .settings import Settings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Classifier:
+    """Compiled once at start-up; `classify` is on the per-message path."""
+
+    def __init__(self, settings: Settings) -> None:
+        out = settings.outbound
+        self._daemon_names = frozenset(out.daemon_names)
+        self._authenticated = out.authenticated
+        self._networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in out.client_networks
+        )
+        self._inbound = AddressMatcher(settings.inbound.addresses)
+
+    def is_outbound(self, env: Envelope) -> bool:
+        # The sender domain never counts: it is forgeable. Only what the MTA vouches for does.
+        if env.daemon_name is not None and env.daemon_name in self._daemon_names:
+            return True
+        if self._authenticated and env.auth_user:
+            return True
+        return self._from_our_network(env.client_address)
+
+    def _from_our_network(self, address: str | None) -> bool:
+        if not address or not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.strip("[]").removeprefix("IPv6:"))
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._networks)
+
+    def classify(self, env: Envelope) -> Direction:
+        if self.is_outbound(env):
+            return Direction.OUTBOUND
+        if any(self._inbound.matches(r) for r in env.rcpts):
+            return Direction.INBOUND
+        return Direction.OTHER

@@ -1,0 +1,86 @@
+"""Message-IDs: normalising for index keys, reading ID lists, making new ones."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from .message import unfold
+
+_ANGLED = re.compile(r"<([^<>]*)>")
+_COMMENT = re.compile(r"\([^()]*\)")
+_SPACE = re.compile(r"\s+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+# Nested comments are rare; a bound keeps hostile input (((((...))))) linear.
+_MAX_COMMENT_PASSES = 8
+
+
+def normalise(raw: str) -> str | None:
+    """The canonical form of one Message-ID, or None when nothing usable is left.
+
+    Angle brackets, whitespace (including folding) and comments go; the domain part is
+    lower-cased (domains are case-insensitive, local parts are not).
+    """
+    text = unfold(raw)
+    for _ in range(_MAX_COMMENT_PASSES):
+        stripped = _COMMENT.sub("", text)
+        if stripped == text:
+            break
+        text = stripped
+    text = _SPACE.sub("", text).strip("<>")
+    text = text.replace("\x00", "")
+    if not text:
+        return None
+    local, at, domain = text.rpartition("@")
+    return f"{local}@{domain.lower()}" if at and local else text
+
+
+def first_id(value: str | None) -> str | None:
+    """The Message-ID a Message-ID field names (the first angle-bracketed one if several)."""
+    if value is None:
+        return None
+    found = _ANGLED.search(value)
+    return normalise(found.group(1) if found else value)
+
+
+def id_list(value: str | None, limit: int) -> list[str]:
+    """IDs in an In-Reply-To/References field, newest (rightmost) first, at most `limit`.
+
+    IDs without angle brackets are accepted when no bracketed ones exist, as some mailers
+    send them bare.
+    """
+    if not value:
+        return []
+    raw_ids = _ANGLED.findall(value)
+    if not raw_ids:
+        raw_ids = [t for t in _SPACE.split(unfold(value)) if "@" in t]
+    result: list[str] = []
+    seen: set[str] = set()
+    for raw in reversed(raw_ids):
+        norm = normalise(raw)
+        if norm and norm not in seen:
+            seen.add(norm)
+            result.append(norm)
+            if len(result) >= limit:
+                break
+    return result
+
+
+def _base36(number: int) -> str:
+    digits = []
+    while True:
+        number, rest = divmod(number, 36)
+        digits.append(_B36[rest])
+        if not number:
+            return "".join(reversed(digits))
+
+
+def is_plain_domain(domain: str) -> bool:
+    return len(domain) <= 253 and _DOMAIN.fullmatch(domain) is not None
+
+
+def new_message_id(domain: str, now: float) -> str:
+    """`<base36-time.random@domain>` with 96 random bits: unique without coordination."""
+    return f"<{_base36(int(now * 1000))}.{_base36(secrets.randbits(96))}@{domain}>"

@@ -1,0 +1,29 @@
+"""The case index: LMDB for the milter and the CLI, in memory for tests and dry runs."""
+
+from __future__ import annotations
+
+from ..core.settings import Settings
+from ..core.store import CaseIndex
+from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
+from .lmdb_index import LmdbIndex
+from .memory_index import MemoryIndex
+
+__all__ = [
+    "CaseIndexError",
+    "IndexFull",
+    "IndexUnavailable",
+    "LmdbIndex",
+    "MemoryIndex",
+    "SchemaMismatch",
+    "open_index",
+]
+
+
+def open_index(settings: Settings) -> CaseIndex:
+    """The LMDB index the settings describe."""
+    return LmdbIndex(
+        settings.index.path,
+        settings.index.map_size,
+        id_prefix=settings.cases.id_prefix,
+        id_digits=settings.cases.id_digits,
+    )

@@ -1,0 +1,196 @@
+"""The LMDB case index.
+
+LMDB forbids opening one environment twice in a process, so every LmdbIndex on a path shares
+one reference-counted `lmdb.Environment`. Each call is one short transaction; writers serialise
+on LMDB's own lock, which holds across threads and across processes (the CLI next to the
+running milter). Do not fork after opening: the child must open its own index.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import lmdb
+
+from ..core.model import CaseRecord, is_valid_case_id
+from . import keys
+from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
+
+SCHEMA_VERSION = 1
+META_SCHEMA = b"schema"  # ASCII decimal
+META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
+# One slot per concurrent read transaction in all processes: SMTP sessions plus CLI runs.
+MAX_READERS = 512
+
+
+@dataclass
+class _Env:
+    env: lmdb.Environment
+    messages: lmdb._Database  # message key -> keys.encode_message
+    cases: lmdb._Database  # case id -> keys.encode_case
+    numbers: lmdb._Database  # keys.NUMBER -> case id
+    meta: lmdb._Database
+    refs: int = 0
+
+
+_envs: dict[str, _Env] = {}
+_envs_lock = threading.Lock()
+
+
+def _open_env(path: str, map_size: int) -> _Env:
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    # mode applies to data.mdb and lock.mdb; the 0700 directory already shields them.
+    env = lmdb.open(
+        path,
+        map_size=map_size,
+        subdir=True,
+        mode=0o600,
+        max_dbs=4,
+        max_readers=MAX_READERS,
+        lock=True,
+    )
+    try:
+        shared = _Env(
+            env,
+            env.open_db(b"messages"),
+            env.open_db(b"cases"),
+            env.open_db(b"numbers"),
+            env.open_db(b"meta"),
+        )
+        with env.begin(write=True) as txn:
+            raw = txn.get(META_SCHEMA, db=shared.meta)
+            if raw is None:
+                txn.put(META_SCHEMA, str(SCHEMA_VERSION).encode(), db=shared.meta)
+            elif raw != str(SCHEMA_VERSION).encode():
+                raise SchemaMismatch(
+                    f"case index {path} has schema version {raw.decode(errors='replace')}; "
+                    f"this casethread reads version {SCHEMA_VERSION}: use a newer casethread"
+                )
+    except BaseException:
+        env.close()
+        raise
+    return shared
+
+
+def _acquire(path: str, map_size: int) -> tuple[str, _Env]:
+    with _envs_lock:
+        try:
+            real = os.path.realpath(path)
+            shared = _envs.get(real)
+            if shared is None:
+                shared = _envs[real] = _open_env(real, map_size)
+        except (lmdb.Error, OSError) as exc:
+            raise IndexUnavailable(f"cannot open case index {path}: {exc}") from exc
+        shared.refs += 1
+        return real, shared
+
+
+def _release(real: str) -> None:
+    with _envs_lock:
+        shared = _envs[real]
+        shared.refs -= 1
+        if shared.refs == 0:
+            del _envs[real]
+            shared.env.close()
+
+
+class LmdbIndex:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        map_size: int,
+        id_prefix: str = "C-",
+        id_digits: int = 6,
+    ) -> None:
+        self._ids = keys.IdFormat(id_prefix, id_digits)
+        self.path = os.fspath(path)
+        # A second LmdbIndex on the same path shares the env, and the first one's map_size.
+        self._real, shared = _acquire(self.path, map_size)
+        self._shared: _Env | None = shared
+
+    @contextmanager
+    def _txn(self, write: bool = False) -> Iterator[tuple[lmdb.Transaction[bytes], _Env]]:
+        shared = self._shared
+        if shared is None:
+            raise CaseIndexError(f"case index {self.path} is closed")
+        try:
+            with shared.env.begin(write=write) as txn:
+                yield txn, shared
+        except lmdb.MapFullError as exc:
+            size = shared.env.info()["map_size"]
+            raise IndexFull(
+                f"case index {self.path} is full (map_size {size} bytes): "
+                "raise index.map_size in the configuration"
+            ) from exc
+        except lmdb.Error as exc:
+            raise CaseIndexError(f"case index {self.path}: {exc}") from exc
+
+    def case_for_message(self, message_id: str) -> str | None:
+        key = keys.message_key(message_id)
+        with self._txn() as (txn, db):
+            raw = txn.get(key, db=db.messages)
+        return None if raw is None else keys.decode_message(raw)[1]
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        if not is_valid_case_id(case_id):
+            return None
+        with self._txn() as (txn, db):
+            raw = txn.get(case_id.encode(), db=db.cases)
+        return None if raw is None else keys.decode_case(case_id, raw)
+
+    def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
+        if case_id is not None:
+            keys.check_case_id(case_id)
+            # Adopting a known case is the common outbound path: no need for the writer lock.
+            existing = self.get_case(case_id)
+            if existing is not None:
+                return existing
+        with self._txn(write=True) as (txn, db):
+            if case_id is not None:
+                raw = txn.get(case_id.encode(), db=db.cases)
+                if raw is not None:  # adopted by another thread or process meanwhile
+                    return keys.decode_case(case_id, raw)
+            raw = txn.get(META_COUNTER, db=db.meta)
+            counter = 0 if raw is None else keys.NUMBER.unpack(raw)[0]
+            number, new_id = self._ids.allocate(
+                counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None
+            )
+            record = keys.new_case(new_id, number, now, queue)
+            packed = keys.NUMBER.pack(number)
+            txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
+            txn.put(packed, new_id.encode(), db=db.numbers)
+            txn.put(META_COUNTER, packed, db=db.meta)
+        return record
+
+    def last_number(self) -> int:
+        with self._txn() as (txn, db):
+            raw = txn.get(META_COUNTER, db=db.meta)
+        return 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
+
+    def record_message(self, message_id: str, case_id: str, now: int) -> None:
+        key = keys.message_key(message_id)
+        keys.check_case_id(case_id)
+        with self._txn(write=True) as (txn, db):
+            txn.put(key, keys.encode_message(case_id, now), db=db.messages)
+
+    def update_case(self, record: CaseRecord) -> None:
+        if not is_valid_case_id(record.case_id):
+            raise KeyError(record.case_id)
+        key = record.case_id.encode()
+        with self._txn(write=True) as (txn, db):
+            if txn.get(key, db=db.cases) is None:
+                raise KeyError(record.case_id)
+            txn.put(key, keys.encode_case(record), db=db.cases)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared = None
+            _release(self._real)
