@@ -7,13 +7,12 @@ Exit codes: 0 success; 1 runtime failure (index cannot be opened, milter cannot 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__, logsetup
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, override
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
@@ -38,13 +37,9 @@ examples:
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_config(args.config)
     if getattr(args, "index", None):
-        settings = dataclasses.replace(
-            settings, index=dataclasses.replace(settings.index, path=args.index)
-        )
+        settings = override(settings, "index.path", args.index, "--index")
     if getattr(args, "socket", None):
-        settings = dataclasses.replace(
-            settings, milter=dataclasses.replace(settings.milter, socket=args.socket)
-        )
+        settings = override(settings, "milter.socket", args.socket, "--socket")
     return settings
 
 

@@ -20,7 +20,8 @@ class MilterSettings:
     # Mode of a unix socket; the MTA's user (postfix) must be able to write it.
     socket_mode: int = 0o660
     on_error: OnError = "accept"
-    # Seconds the MTA waits for one milter reply (libmilter's timeout).
+    # libmilter's I/O timeout: seconds to wait on a silent MTA connection. How long the MTA
+    # waits for us is Postfix's milter_*_timeout.
     timeout: int = 60
     log_level: LogLevel = "info"
 

@@ -1,0 +1,589 @@
+"""YAML configuration -> the frozen `Settings` dataclasses, strictly validated (DESIGN §7, §8).
+
+The file is composed into PyYAML's node tree rather than loaded into dicts, so every error can
+name its line and PyYAML's silent "last duplicate key wins" can be rejected. The schema is the
+dataclasses themselves: `_build` walks their field types generically, and `_RULES` adds what a
+type cannot say (ranges, formats, unit strings, comments for `render_defaults`), keyed by the
+key path (`section.key`, with `[]` standing for any list index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from casethread.core.settings import Settings
+
+__all__ = ["ConfigError", "load_config", "render_defaults"]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as one line: `FILE:LINE: KEY.PATH: problem`."""
+
+    def __init__(self, file: str, line: int | None, path: str, problem: str) -> None:
+        self.file = file
+        self.line = line
+        self.path = path
+        self.problem = problem
+        where = file if line is None else f"{file}:{line}"
+        text = f"{where}: {path}: {problem}" if path else f"{where}: {problem}"
+        # One line whatever a library put in the reason.
+        super().__init__(re.sub(r"\s*\n\s*", " ", text))
+
+
+class _Invalid(Exception):
+    """Raised by converters and checks; `_build` adds the file, line and key path."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    # Replaces the generic type conversion: gets the plain YAML scalar (e.g. "512MiB" for an int
+    # field) and returns the typed value. `expects` describes what it accepts.
+    parse: Callable[[Any], Any] | None = None
+    expects: str = ""
+    # Runs on the typed value; returns the value to store (which may be normalised).
+    check: Callable[[Any], Any] | None = None
+    # Comment for render_defaults (and the reason this key exists).
+    doc: str = ""
+    # YAML text for the default, when the generic rendering would be unreadable (1073741824).
+    render: Callable[[Any], str] | None = None
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _int_range(low: int, high: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return check
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_domain(value: str) -> bool:
+    labels = value.split(".")
+    return len(value) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
+
+
+def _domain(value: str) -> str:
+    if not _is_domain(value):
+        raise _Invalid(f"{value!r} is not a domain name (letters, digits, hyphens and dots)")
+    return value
+
+
+_KIB = 1024
+_MIB = 1024**2
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": _KIB,
+    "kib": _KIB,
+    "m": _MIB,
+    "mib": _MIB,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+_SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
+
+
+def _parse_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Invalid(f"expected {_SIZE_EXPECTS}, got {_describe_value(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.fullmatch(value)
+        if match is None:
+            raise _Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
+        unit = match.group(2).lower()
+        if unit in ("kb", "mb", "gb", "tb"):
+            # 1000- or 1024-based is anyone's guess; make the reader say which.
+            binary = unit[0].upper() + "iB"
+            raise _Invalid(f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)")
+        if unit not in _UNITS:
+            units = "KiB, MiB, GiB, TiB or K, M, G, T"
+            raise _Invalid(f"unknown unit {match.group(2)!r} (use {units})")
+        size = int(match.group(1)) * _UNITS[unit]
+    if size < _MIB:
+        raise _Invalid(f"{value!r} is too small: at least 1MiB")
+    return size
+
+
+def _render_size(size: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", _MIB), ("KiB", _KIB)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _socket_host(family: str, host: str) -> None:
+    want: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    want = ipaddress.IPv4Address if family == "inet" else ipaddress.IPv6Address
+    # libmilter takes a host name, an address, or an address literal in brackets.
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        numeric = re.fullmatch(r"[\d.]+", host) is not None
+        if bracketed or numeric or not _HOSTNAME_RE.fullmatch(host):
+            raise _Invalid(f"{host!r} is not a host name or IP address") from None
+        return
+    if not isinstance(address, want):
+        other = "inet6" if family == "inet" else "inet"
+        raise _Invalid(f"{host!r} is an IPv{address.version} address: use {other}:PORT@{host}")
+
+
+# libmilter: `len(path) + 1 >= sizeof(sun_path)` (108 on Linux) fails at start-up.
+_SUN_PATH_MAX = 106
+
+
+def _milter_socket(value: str) -> str:
+    family, sep, rest = value.partition(":")
+    family = family.lower()
+    if not sep or family not in ("inet", "inet6", "unix", "local"):
+        raise _Invalid(
+            f"{value!r} is not a milter socket "
+            "(inet:PORT@HOST, inet6:PORT@HOST, unix:/PATH or local:/PATH)"
+        )
+    if family in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise _Invalid(f"{value!r}: the socket path must be absolute")
+        if len(rest.encode()) > _SUN_PATH_MAX:
+            raise _Invalid(f"{value!r}: the socket path is longer than {_SUN_PATH_MAX} bytes")
+        return value
+    port, at, host = rest.partition("@")
+    if not at:
+        if re.fullmatch(r".+:\d+", rest):
+            # Postfix's main.cf writes inet:HOST:PORT; libmilter wants inet:PORT@HOST.
+            hint = f"{family}:{rest.rsplit(':', 1)[1]}@{rest.rsplit(':', 1)[0]}"
+            raise _Invalid(f"{value!r}: libmilter's form is {family}:PORT@HOST (e.g. {hint!r})")
+        raise _Invalid(f"{value!r}: name the host ({family}:PORT@HOST), e.g. 127.0.0.1")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
+    if not host:
+        raise _Invalid(f"{value!r}: the host after '@' is empty")
+    _socket_host(family, host)
+    return value
+
+
+_MODE_EXPECTS = "a file mode in octal (e.g. 0660)"
+
+
+def _parse_mode(value: Any) -> int:
+    # YAML 1.1 reads `0660` as octal already; a string is taken as octal too ("660", "0o660").
+    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3,4}", value.strip()):
+        value = int(value.strip().removeprefix("0o"), 8)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected {_MODE_EXPECTS}, got {_describe_value(value)}")
+    if not 0 <= value <= 0o777:
+        raise _Invalid(f"{value} is not a file mode: write it in octal with a leading 0 (0660)")
+    return value
+
+
+def _header_prefix(value: str) -> str:
+    # RFC 5322 field names are printable ASCII (33-126) except ':'.
+    if not 1 <= len(value) <= 40:
+        raise _Invalid(f"{value!r} must be 1-40 characters")
+    bad = [c for c in value if not 33 <= ord(c) <= 126 or c == ":"]
+    if bad:
+        raise _Invalid(f"{value!r} contains {bad[0]!r}: header names allow no spaces or colons")
+    return value
+
+
+_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{0,16}")
+
+
+def _id_prefix(value: str) -> str:
+    if not _ID_PREFIX_RE.fullmatch(value):
+        raise _Invalid(f"{value!r} must be 0-16 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise _Invalid(f"{value!r} is not a CIDR network") from None
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _recipient(value: str) -> str:
+    address = value.strip().lower()
+    if not address or any(c.isspace() for c in address) or "<" in address or ">" in address:
+        raise _Invalid(f"{value!r} is not an address (write it bare: support@example.com)")
+    if "@" not in address:
+        raise _Invalid(f"{value!r} has no '@' (local@domain, @domain or a pattern like *@domain)")
+    if _GLOB_CHARS & set(address):
+        return address
+    local, _, domain = address.rpartition("@")
+    if "@" in local or not _is_domain(domain):
+        raise _Invalid(f"{value!r} is not an address (local@domain, @domain or a pattern)")
+    return address
+
+
+# One row per key path that needs more than its type. `[]` stands for any list index.
+_RULES: dict[str, _Rule] = {
+    "milter": _Rule(doc="How the MTA reaches the milter, and what happens when it fails."),
+    "milter.socket": _Rule(
+        check=_milter_socket,
+        doc="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/abs/path.",
+    ),
+    "milter.socket_mode": _Rule(
+        parse=_parse_mode,
+        expects=_MODE_EXPECTS,
+        render=lambda mode: f"0{mode:o}",
+        doc="Mode of a unix socket (octal); the MTA's user must be able to write it.",
+    ),
+    "milter.on_error": _Rule(
+        doc="On an internal error: accept (pass the message unchanged) or tempfail (4xx)."
+    ),
+    "milter.timeout": _Rule(
+        check=_int_range(1, 3600),
+        doc="libmilter I/O timeout: seconds to wait on a silent MTA connection (1-3600).",
+    ),
+    "milter.log_level": _Rule(doc="debug, info, warning or error."),
+    "index": _Rule(doc="The case index (LMDB)."),
+    "index.path": _Rule(check=_non_empty, doc="Directory of the index (and its token key)."),
+    "index.map_size": _Rule(
+        parse=_parse_size,
+        expects=_SIZE_EXPECTS,
+        render=_render_size,
+        doc="Address space LMDB reserves (e.g. 512MiB, 1GiB); the file grows only as needed.",
+    ),
+    "headers": _Rule(doc="Headers added to inbound mail."),
+    "headers.prefix": _Rule(
+        check=_header_prefix, doc="Prefix of every header casethread adds or strips."
+    ),
+    "cases": _Rule(doc="Case ids."),
+    "cases.id_prefix": _Rule(check=_id_prefix, doc="Prefix of new case ids (0-16 characters)."),
+    "cases.id_digits": _Rule(
+        check=_int_range(1, 12), doc="Zero-padded digits of new case ids (1-12)."
+    ),
+    "outbound": _Rule(doc="Mail counts as outbound when any of these signals holds."),
+    "outbound.daemon_names[]": _Rule(
+        check=_non_empty, doc="{daemon_name} macro values that mark a submission service."
+    ),
+    "outbound.authenticated": _Rule(doc="Authenticated (SASL) sessions are outbound."),
+    "outbound.client_networks[]": _Rule(
+        check=_cidr, doc="Client networks (CIDR) whose mail is outbound, e.g. app servers."
+    ),
+    "outbound.new_case": _Rule(
+        doc="Outbound mail matching no case: create a new case, or skip it."
+    ),
+    "outbound.message_id_domain": _Rule(
+        check=_domain, doc="Domain of Message-IDs we add; null = the From domain."
+    ),
+    "inbound": _Rule(doc="Mail that is not outbound is inbound when a recipient matches."),
+    "inbound.addresses[]": _Rule(
+        check=_recipient,
+        doc="Support addresses: local@domain, @domain, or a pattern (support+*@example.com).",
+    ),
+    "inbound.references_limit": _Rule(
+        check=_int_range(1, 10000), doc="How many of the newest References IDs are looked up."
+    ),
+}
+
+
+# --------------------------------------------------------------------------- the type walk
+
+
+def _describe_type(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        item = _describe_type(args[0])
+        plural = {"a mapping": "mappings", "a string": "strings", "an integer": "integers"}
+        return f"a list of {plural.get(item, item)}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args if a is not type(None)) + " or null"
+    return repr(tp)
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _describe_node(node: Node, value: Any) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return _describe_value(value)
+
+
+class _Builder:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._constructor = SafeConstructor()
+
+    def error(self, node: Node, path: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, node.start_mark.line + 1, path, problem)
+
+    def scalar(self, node: Node, path: str) -> Any:
+        """The plain value of a scalar node (None for a mapping or a list)."""
+        if not isinstance(node, ScalarNode):
+            return None
+        try:
+            return self._constructor.construct_object(node)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(node, path, str(exc.problem)) from None
+
+    def plain_tag(self, node: Node, path: str) -> None:
+        # `!!set`, `!!omap` and local tags compose as mappings/lists but mean something else.
+        if isinstance(node, MappingNode):
+            plain: str | None = _MAP_TAG
+        else:
+            plain = _SEQ_TAG if isinstance(node, SequenceNode) else None
+        if plain is not None and node.tag != plain:
+            raise self.error(node, path, f"unsupported YAML tag {node.tag!r}")
+
+    def build(self, tp: Any, node: Node, path: str, key: str) -> Any:
+        rule = _RULES.get(key)
+        value = self._convert(tp, node, path, key, rule)
+        if rule is not None and rule.check is not None and value is not None:
+            try:
+                value = rule.check(value)
+            except _Invalid as exc:
+                raise self.error(node, path, str(exc)) from None
+        return value
+
+    def _convert(self, tp: Any, node: Node, path: str, key: str, rule: _Rule | None) -> Any:
+        if rule is not None and rule.parse is not None:
+            if not isinstance(node, ScalarNode):
+                got = _describe_node(node, None)
+                raise self.error(node, path, f"expected {rule.expects}, got {got}")
+            try:
+                return rule.parse(self.scalar(node, path))
+            except _Invalid as exc:
+                raise self.error(node, path, str(exc)) from None
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, node, path, key)
+        origin, args = get_origin(tp), get_args(tp)
+        if origin is tuple:
+            if len(args) != 2 or args[1] is not Ellipsis:
+                raise TypeError(f"unsupported settings type {tp!r} at {key}")
+            return self.sequence(args[0], node, path, key)
+        if origin in (Union, types.UnionType):
+            others = [a for a in args if a is not type(None)]
+            if len(others) != 1 or len(args) != 2:
+                raise TypeError(f"unsupported settings type {tp!r} at {key}")
+            if isinstance(node, ScalarNode) and self.scalar(node, path) is None:
+                return None
+            if others[0] in (bool, int, str):
+                return self.plain(others[0], node, path, expected=_describe_type(tp))
+            return self._convert(others[0], node, path, key, None)
+        if tp in (bool, int, str):
+            return self.plain(tp, node, path, expected=_describe_type(tp))
+        value = self.scalar(node, path)
+        if origin is Literal:
+            if any(value == a and type(value) is type(a) for a in args):
+                return value
+            shown = repr(value) if isinstance(value, str) else _describe_node(node, value)
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close and isinstance(value, str) else ""
+            raise self.error(node, path, f"{shown} is not {_describe_type(tp)}{hint}")
+        raise TypeError(f"unsupported settings type {tp!r} at {key}")
+
+    def plain(self, tp: type, node: Node, path: str, expected: str) -> Any:
+        value = self.scalar(node, path)
+        # bool is an int subclass in Python; `timeout: yes` must not become 1.
+        ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+        if isinstance(node, ScalarNode) and ok:
+            return value
+        raise self.error(node, path, f"expected {expected}, got {_describe_node(node, value)}")
+
+    def sequence(self, item_tp: Any, node: Node, path: str, key: str) -> tuple[Any, ...]:
+        self.plain_tag(node, path)
+        if not isinstance(node, SequenceNode):
+            got = _describe_node(node, self.scalar(node, path))
+            problem = f"expected {_describe_type(tuple[item_tp, ...])}, got {got}"
+            if got == "a string":
+                problem += " (write a one-item list: [value] or '- value' lines)"
+            raise self.error(node, path, problem)
+        return tuple(
+            self.build(item_tp, item, f"{path}[{i}]", f"{key}[]")
+            for i, item in enumerate(node.value)
+        )
+
+    def dataclass(self, cls: Any, node: Node, path: str, key: str) -> Any:
+        if isinstance(node, ScalarNode) and self.scalar(node, path) is None:
+            # `section:` with every key commented out means the section's defaults.
+            return cls()
+        self.plain_tag(node, path)
+        if not isinstance(node, MappingNode):
+            got = _describe_node(node, self.scalar(node, path))
+            problem = f"expected a mapping of {'sections' if not path else 'settings'}, got {got}"
+            raise self.error(node, path, problem)
+        hints = get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls)]
+        seen: dict[str, int] = {}
+        kwargs: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise self.error(key_node, path, "YAML merge keys ('<<') are not supported")
+            name = self.scalar(key_node, path)
+            if not isinstance(key_node, ScalarNode) or not isinstance(name, str):
+                shown = key_node.value if isinstance(key_node, ScalarNode) else "?"
+                raise self.error(key_node, path, f"key {shown!r} is not a string")
+            child = f"{path}.{name}" if path else name
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                raise self.error(key_node, child, f"duplicate key (first on line {seen[name]})")
+            seen[name] = line
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+                raise self.error(key_node, child, f"unknown key; {hint}")
+            child_key = f"{key}.{name}" if key else name
+            kwargs[name] = self.build(hints[name], value_node, child, child_key)
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Settings:
+    """Settings from a YAML file; None means the embedded defaults. Raises ConfigError."""
+    if path is None:
+        return Settings()
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(file, line, "", "not UTF-8 text") from None
+    return _load_text(text, file)
+
+
+def _load_text(text: str, file: str) -> Settings:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = None if mark is None else mark.line + 1
+        # PyYAML splits its messages: "while scanning a simple key" + "could not find ':'".
+        context = exc.context
+        start = exc.context_mark
+        if context and context.startswith("while ") and start and start.line + 1 != line:
+            context += f" started on line {start.line + 1}"
+        parts = [str(p) for p in (context, exc.problem) if p]
+        problem = ", ".join(parts) or "syntax error"
+        raise ConfigError(file, line, "", f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, None, "", f"invalid YAML: {exc}") from None
+    if root is None:
+        return Settings()
+    settings = _Builder(file).build(Settings, root, "", "")
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _render_value(value: Any, rule: _Rule | None) -> str:
+    if rule is not None and rule.render is not None:
+        return rule.render(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return dumped.removesuffix("...").strip()
+
+
+def render_defaults() -> str:
+    """The embedded defaults as a commented YAML document; `load_config` reads it back equal."""
+    lines = [
+        "# casethread configuration: the embedded defaults.",
+        "# Every key is optional; a missing key takes the value shown here.",
+    ]
+
+    def walk(obj: Any, key: str, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            child = f"{key}.{f.name}" if key else f.name
+            rule = _RULES.get(child) or _RULES.get(f"{child}[]")
+            if rule is not None and rule.doc:
+                lines.append(f"{indent}# {rule.doc}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                walk(value, child, indent + "  ")
+                if not key:
+                    lines.append("")
+            else:
+                lines.append(f"{indent}{f.name}: {_render_value(value, _RULES.get(child))}")
+
+    lines.append("")
+    walk(Settings(), "", "")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def override(settings: Settings, key: str, value: Any, source: str = "command line") -> Settings:
+    """`settings` with one `section.key` replaced, checked by the same rule as in YAML."""
+    rule = _RULES.get(key)
+    try:
+        if rule is not None and rule.check is not None:
+            value = rule.check(value)
+    except _Invalid as exc:
+        raise ConfigError(source, None, key, str(exc)) from None
+    section, _, name = key.partition(".")
+    changed = dataclasses.replace(getattr(settings, section), **{name: value})
+    return dataclasses.replace(settings, **{section: changed})
