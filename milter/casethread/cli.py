@@ -17,8 +17,9 @@ from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
 from .core.settings import Settings
+from .core.store import CaseIndex
 from .engine import Engine
-from .index import CaseIndexError, open_index
+from .index import CaseIndexError, MemoryIndex, index_exists, open_index
 from .index.overlay_index import OverlayIndex
 
 log = logging.getLogger("casethread")
@@ -74,7 +75,12 @@ def cmd_filter(args: argparse.Namespace) -> int:
         headers,
         body,
     )
-    index = open_index(settings)
+    index: CaseIndex
+    if args.dry_run and not index_exists(settings):
+        # Nothing to read yet, and a dry run must not create the index.
+        index = MemoryIndex(settings.cases.id_prefix, settings.cases.id_digits)
+    else:
+        index = open_index(settings)
     try:
         engine = Engine(settings, OverlayIndex(index, settings.cases) if args.dry_run else index)
         direction = None if args.direction == "auto" else Direction(args.direction)

@@ -8,6 +8,7 @@ byte survives a round trip. Values keep their folding line breaks exactly as rec
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n")
@@ -67,34 +68,53 @@ class Message:
         return [h.value for h in self.headers if h.name.lower() == wanted]
 
 
+def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) pairs split on LF only, as Postfix does; lazy, so a body is never split."""
+    pos, end = 0, len(raw)
+    while pos < end:
+        nl = raw.find(b"\n", pos)
+        stop = end if nl < 0 else nl + 1
+        yield pos, raw[pos:stop]
+        pos = stop
+
+
+def _content(line: bytes) -> bytes:
+    """The line without its LF and the one CR before it (a bare CR elsewhere is data)."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    return line[:-1] if line.endswith(b"\r") else line
+
+
 def parse_raw(raw: bytes) -> tuple[tuple[Header, ...], bytes]:
     """Split a message file into header fields and body, as an MTA would.
 
     The header section ends at the first empty line, or at the first line that is neither a
     field nor a continuation (that line then starts the body, like Postfix does).
     """
-    headers: list[Header] = []
-    lines = raw.splitlines(keepends=True)
-    pos = 0
-    for i, line in enumerate(lines):
-        stripped = line.rstrip(b"\r\n")
-        if not stripped:
-            return tuple(headers), raw[pos + len(line) :]
-        if line[:1] in (b" ", b"\t") and headers:
-            last = headers[-1]
-            assert last.raw is not None
-            headers[-1] = Header(
-                last.name, last.value + decode_bytes(_line_break(last.raw) + stripped),
-                last.raw + line,
-            )
-        else:
-            name, colon, value = stripped.partition(b":")
-            name = name.rstrip(b" \t")  # obs-fields allow WSP before the colon
-            if not colon or not _FIELD_NAME.fullmatch(decode_bytes(name)):
-                return tuple(headers), b"".join(lines[i:])
-            headers.append(Header(decode_bytes(name), decode_bytes(value.lstrip(b" \t")), line))
-        pos += len(line)
-    return tuple(headers), b""
+    # Per field: name, value parts, raw parts, joined once at the end so folding stays linear.
+    fields: list[tuple[str, list[bytes], list[bytes]]] = []
+    body = b""
+    for pos, line in _lines(raw):
+        content = _content(line)
+        if not content:
+            body = raw[pos + len(line) :]
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            _, values, raws = fields[-1]
+            values.append(_line_break(raws[-1]) + content)
+            raws.append(line)
+            continue
+        name, colon, value = content.partition(b":")
+        name = name.rstrip(b" \t")  # obs-fields allow WSP before the colon
+        if not colon or not _FIELD_NAME.fullmatch(decode_bytes(name)):
+            body = raw[pos:]
+            break
+        fields.append((decode_bytes(name), [value.lstrip(b" \t")], [line]))
+    headers = tuple(
+        Header(name, decode_bytes(b"".join(values)), b"".join(raws))
+        for name, values, raws in fields
+    )
+    return headers, body
 
 
 def _line_break(raw_so_far: bytes) -> bytes:

@@ -17,18 +17,22 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _MAX_COMMENT_PASSES = 8
 
 
+def _without_comments(text: str) -> str:
+    for _ in range(_MAX_COMMENT_PASSES):
+        stripped = _COMMENT.sub("", text)
+        if stripped == text:
+            break
+        text = stripped
+    return text
+
+
 def normalise(raw: str) -> str | None:
     """The canonical form of one Message-ID, or None when nothing usable is left.
 
     Angle brackets, whitespace (including folding) and comments go; the domain part is
     lower-cased (domains are case-insensitive, local parts are not).
     """
-    text = unfold(raw)
-    for _ in range(_MAX_COMMENT_PASSES):
-        stripped = _COMMENT.sub("", text)
-        if stripped == text:
-            break
-        text = stripped
+    text = _without_comments(unfold(raw))
     text = _SPACE.sub("", text).strip("<>")
     text = text.replace("\x00", "")
     if not text:
@@ -41,7 +45,8 @@ def first_id(value: str | None) -> str | None:
     """The Message-ID a Message-ID field names (the first angle-bracketed one if several)."""
     if value is None:
         return None
-    found = _ANGLED.search(value)
+    # Comments first: "(via <gw@x>) <id@y>" names id@y, not gw@x.
+    found = _ANGLED.search(_without_comments(value))
     return normalise(found.group(1) if found else value)
 
 
@@ -53,6 +58,7 @@ def id_list(value: str | None, limit: int) -> list[str]:
     """
     if not value:
         return []
+    value = _without_comments(value)
     raw_ids = _ANGLED.findall(value)
     if not raw_ids:
         raw_ids = [t for t in _SPACE.split(unfold(value)) if "@" in t]

@@ -15,8 +15,13 @@ __all__ = [
     "LmdbIndex",
     "MemoryIndex",
     "SchemaMismatch",
+    "index_exists",
     "open_index",
 ]
+
+
+def index_exists(settings: Settings) -> bool:
+    return LmdbIndex.exists(settings.index.path)
 
 
 def open_index(settings: Settings) -> CaseIndex:

@@ -116,6 +116,10 @@ class LmdbIndex:
         self._real, shared = _acquire(self.path, map_size)
         self._shared: _Env | None = shared
 
+    @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool:
+        return os.path.exists(os.path.join(path, "data.mdb"))
+
     @contextmanager
     def _txn(self, write: bool = False) -> Iterator[tuple[lmdb.Transaction[bytes], _Env]]:
         shared = self._shared

@@ -1,0 +1,170 @@
+"""Shared fixtures for the core, engine and CLI tests.
+
+Kept here (not in a helper module) because pytest runs with --import-mode=importlib, where test
+files cannot import one another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casethread.core.decision import Decision
+from casethread.core.edits import ChangeHeader, apply_edits
+from casethread.core.message import Envelope, Header, Message
+from casethread.core.model import Direction
+from casethread.core.settings import Settings
+from casethread.engine import Engine
+from casethread.index import MemoryIndex
+
+DATA = Path(__file__).resolve().parent / "data"
+HOSTNAME = "mx.host.example.net"
+START = 1_772_442_900.0  # 2026-03-02, a fixed clock
+
+
+class Clock:
+    """A settable clock, so created/recorded times and Message-ID time parts are known."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Result:
+    """An engine decision together with the headers the MTA would leave."""
+
+    def __init__(self, msg: Message, decision: Decision) -> None:
+        self.msg = msg
+        self.decision = decision
+        self.headers = apply_edits(msg.headers, list(decision.edits))
+
+    def all(self, name: str) -> list[str]:
+        return [h.value for h in self.headers if h.name.lower() == name.lower()]
+
+    def one(self, name: str) -> str:
+        values = self.all(name)
+        assert len(values) == 1, f"{name}: {values}"
+        return values[0]
+
+    @property
+    def case_id(self) -> str:
+        return self.one("X-Case-ID")
+
+    def removals(self) -> list[ChangeHeader]:
+        return [e for e in self.decision.edits if isinstance(e, ChangeHeader) and not e.value]
+
+
+def make_message(
+    *headers: tuple[str, str],
+    body: bytes = b"",
+    rcpts: tuple[str, ...] = ("support@example.com",),
+    **envelope: Any,
+) -> Message:
+    return Message(
+        Envelope(rcpts=rcpts, **envelope),
+        tuple(Header(name, value) for name, value in headers),
+        body,
+    )
+
+
+def with_settings(base: Settings, **sections: dict[str, Any]) -> Settings:
+    """`with_settings(s, inbound={"references_limit": 5})`: dataclasses.replace per section."""
+    changes = {
+        name: dataclasses.replace(getattr(base, name), **values)
+        for name, values in sections.items()
+    }
+    return dataclasses.replace(base, **changes)
+
+
+DEFAULT_SETTINGS = with_settings(
+    Settings(),
+    inbound={"addresses": ("support@example.com", "@help.example.com")},
+)
+
+
+class Harness:
+    """An engine on a MemoryIndex with a fixed clock; `run` returns a `Result`."""
+
+    def __init__(self, settings: Settings = DEFAULT_SETTINGS, index: Any = None) -> None:
+        self.settings = settings
+        self.index = index if index is not None else MemoryIndex(
+            settings.cases.id_prefix, settings.cases.id_digits
+        )
+        self.clock = Clock()
+        self.engine = Engine(settings, self.index, clock=self.clock, hostname=HOSTNAME)
+
+    def run(self, msg: Message, direction: Direction | None = None) -> Result:
+        self.clock.now += 1
+        return Result(msg, self.engine.process(msg, direction))
+
+    def outbound(self, *headers: tuple[str, str], **kw: Any) -> Result:
+        return self.run(make_message(*headers, **kw), Direction.OUTBOUND)
+
+    def inbound(self, *headers: tuple[str, str], **kw: Any) -> Result:
+        return self.run(make_message(*headers, **kw), Direction.INBOUND)
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+@pytest.fixture
+def build() -> Callable[..., Message]:
+    """`build(("From", "a@b"), body=b"...", rcpts=(...), auth_user=...)`: a Message."""
+    return make_message
+
+
+@pytest.fixture
+def tweak() -> Callable[..., Settings]:
+    """`tweak(inbound={"references_limit": 5})`: the test defaults with sections replaced."""
+
+    def tweak(base: Settings = DEFAULT_SETTINGS, **sections: dict[str, Any]) -> Settings:
+        return with_settings(base, **sections)
+
+    return tweak
+
+
+@pytest.fixture
+def make_harness() -> Callable[..., Harness]:
+    return Harness
+
+
+@pytest.fixture
+def casethread_bin() -> Path:
+    """The venv's console script (the installed entry point, not `python -m`)."""
+    path = Path(sys.executable).with_name("casethread")
+    assert path.exists(), f"{path} missing: run `.venv/bin/pip install -e .`"
+    return path
+
+
+class FilterRunner:
+    """Runs `casethread filter` as the installed console script, index and cwd in tmp_path."""
+
+    def __init__(self, exe: Path, tmp_path: Path) -> None:
+        self.exe = exe
+        self.cwd = tmp_path
+        self.index = tmp_path / "index"
+
+    def __call__(
+        self, *args: str, stdin: bytes = b"", index: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [str(self.exe), "filter", *args]
+        if index:
+            argv[2:2] = ["--index", str(self.index)]
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, cwd=self.cwd, timeout=timeout, check=False
+        )
+
+
+@pytest.fixture
+def run_filter(casethread_bin: Path, tmp_path: Path) -> FilterRunner:
+    return FilterRunner(casethread_bin, tmp_path)

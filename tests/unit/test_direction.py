@@ -1,0 +1,173 @@
+"""Direction (DESIGN §2): only what the MTA vouches for makes mail outbound."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from casethread.core.addresses import AddressMatcher, envelope_address, header_addresses
+from casethread.core.direction import Classifier
+from casethread.core.message import Envelope
+from casethread.core.model import Direction
+from casethread.core.settings import InboundSettings, OutboundSettings, Settings
+
+INBOUND = (
+    "Support@Example.com", "@help.example.com", "support+*@example.com", "case-??@example.org",
+)
+
+
+def classifier(**outbound: object) -> Classifier:
+    settings = dataclasses.replace(
+        Settings(),
+        outbound=dataclasses.replace(OutboundSettings(), **outbound),  # type: ignore[arg-type]
+        inbound=InboundSettings(addresses=INBOUND),
+    )
+    return Classifier(settings)
+
+
+def env(**kw: object) -> Envelope:
+    return Envelope(**kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- outbound signals
+
+
+def test_daemon_name_marks_outbound() -> None:
+    c = classifier()
+    assert c.classify(env(daemon_name="ORIGINATING")) is Direction.OUTBOUND
+    # Exact value only: Postfix sends $myhostname on other services.
+    assert c.classify(env(daemon_name="mx.example.com")) is Direction.OTHER
+    assert c.classify(env(daemon_name="originating")) is Direction.OTHER
+    assert c.classify(env(daemon_name="")) is Direction.OTHER
+
+
+def test_configured_daemon_names() -> None:
+    c = classifier(daemon_names=("submission", "smtps"))
+    assert c.classify(env(daemon_name="smtps")) is Direction.OUTBOUND
+    assert c.classify(env(daemon_name="ORIGINATING")) is Direction.OTHER
+    assert classifier(daemon_names=()).classify(env(daemon_name="ORIGINATING")) is (
+        Direction.OTHER
+    )
+
+
+def test_authenticated_session() -> None:
+    assert classifier().classify(env(auth_user="dana")) is Direction.OUTBOUND
+    assert classifier().classify(env(auth_user="")) is Direction.OTHER
+    off = classifier(authenticated=False)
+    assert off.classify(env(auth_user="dana")) is Direction.OTHER
+    assert off.classify(env(auth_user="dana", rcpts=("support@example.com",))) is (
+        Direction.INBOUND
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "outbound"),
+    [
+        ("10.20.1.2", True),
+        ("10.21.0.1", False),
+        ("192.0.2.10", True),
+        ("192.0.2.11", False),
+        ("2001:db8:20::5", True),
+        ("2001:DB8:20:0:0:0:0:5", True),
+        ("2001:db8:21::5", False),
+        ("::ffff:10.20.1.2", True),  # IPv4-mapped IPv6 (dual-stack sockets)
+        ("::ffff:10.21.0.1", False),
+        ("[10.20.1.2]", True),  # Sendmail-style brackets
+        ("IPv6:2001:db8:20::5", True),  # Sendmail-style IPv6 tag
+        ("[IPv6:2001:db8:20::5]", True),
+        ("not-an-ip", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_client_networks(address: str | None, outbound: bool) -> None:
+    c = classifier(client_networks=("10.20.0.0/16", "192.0.2.10", "2001:db8:20::/48"))
+    expected = Direction.OUTBOUND if outbound else Direction.OTHER
+    assert c.classify(env(client_address=address)) is expected
+
+
+def test_no_client_networks_configured() -> None:
+    assert classifier().classify(env(client_address="127.0.0.1")) is Direction.OTHER
+
+
+def test_sender_domain_never_makes_mail_outbound() -> None:
+    c = classifier(client_networks=("10.20.0.0/16",))
+    forged = env(
+        mail_from="<dana@example.com>",
+        rcpts=("support@example.com",),
+        client_address="203.0.113.9",
+        daemon_name="mx.example.com",
+    )
+    assert c.classify(forged) is Direction.INBOUND
+    assert c.classify(dataclasses.replace(forged, rcpts=("pat@customer.example.org",))) is (
+        Direction.OTHER
+    )
+
+
+def test_outbound_wins_over_inbound_recipients() -> None:
+    both = env(daemon_name="ORIGINATING", rcpts=("support@example.com",))
+    assert classifier().classify(both) is Direction.OUTBOUND
+
+
+# --------------------------------------------------------------------------- inbound addresses
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "inbound"),
+    [
+        ("support@example.com", True),
+        ("SUPPORT@EXAMPLE.COM", True),
+        ("<Support@Example.Com>", True),
+        (" <support@example.com> ", True),
+        ("support@example.com.evil.net", False),
+        ("xsupport@example.com", False),
+        ("anyone@help.example.com", True),
+        ("Anyone@HELP.Example.com", True),
+        ("anyone@sub.help.example.com", False),  # @domain is that domain only
+        ("anyone@nothelp.example.com", False),
+        ("support+billing@example.com", True),
+        ("SUPPORT+Billing@Example.com", True),
+        ("support+@example.com", True),
+        ("support-billing@example.com", False),
+        ("case-42@example.org", True),
+        ("case-4@example.org", False),
+        ("case-421@example.org", False),
+        ("", False),
+        ("<>", False),
+    ],
+)
+def test_inbound_addresses(rcpt: str, inbound: bool) -> None:
+    expected = Direction.INBOUND if inbound else Direction.OTHER
+    assert classifier().classify(env(rcpts=(rcpt,))) is expected
+
+
+def test_any_matching_recipient_makes_mail_inbound() -> None:
+    c = classifier()
+    assert c.classify(env(rcpts=("a@elsewhere.org", "b@help.example.com"))) is Direction.INBOUND
+    assert c.classify(env(rcpts=("a@elsewhere.org", "b@elsewhere.org"))) is Direction.OTHER
+    assert c.classify(env(rcpts=())) is Direction.OTHER
+
+
+def test_no_inbound_addresses_means_nothing_is_inbound() -> None:
+    c = Classifier(Settings())
+    assert c.classify(env(rcpts=("support@example.com",))) is Direction.OTHER
+
+
+def test_matcher_glob_character_classes() -> None:
+    m = AddressMatcher(("team-[ab]@example.com",))
+    assert m.matches("team-a@example.com")
+    assert m.matches("TEAM-B@example.com")
+    assert not m.matches("team-c@example.com")
+
+
+def test_envelope_address() -> None:
+    assert envelope_address("<User@Example.COM>") == "user@example.com"
+    assert envelope_address("  < user@example.com >  ") == "user@example.com"
+    assert envelope_address("<>") == ""
+
+
+def test_header_addresses_skip_garbage() -> None:
+    values = ['"Pat, C." <Pat@Customer.Example.org>, dana@Example.com', "undisclosed-recipients:;"]
+    assert header_addresses(values) == ["pat@customer.example.org", "dana@example.com"]
+    assert header_addresses(["no address here"]) == []

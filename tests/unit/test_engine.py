@@ -1,0 +1,392 @@
+"""Engine flows (DESIGN §3.1-3.2, §5, §6) on a MemoryIndex with a fixed clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from casethread.core import msgid
+from casethread.core.edits import AddHeader, ChangeHeader
+from casethread.core.message import Message
+from casethread.core.model import Direction
+
+NEW_ID = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@([^<>@\s]+)>")
+CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+
+Build = Callable[..., Message]
+
+
+def removals_are_highest_first(edits: tuple[Any, ...]) -> None:
+    """Per field name, deletions go from the highest index down (DESIGN: MTA renumbering)."""
+    by_name: dict[str, list[int]] = {}
+    for e in edits:
+        if isinstance(e, ChangeHeader) and not e.value:
+            by_name.setdefault(e.name.lower(), []).append(e.index)
+    for name, indexes in by_name.items():
+        assert indexes == sorted(indexes, reverse=True), (name, indexes)
+        assert indexes == list(range(len(indexes), 0, -1)), (name, indexes)
+
+
+# --------------------------------------------------------------------------- outbound
+
+
+def test_outbound_new_case_gets_case_id_and_message_id(harness: Any) -> None:
+    r = harness.outbound(AGENT, ("Subject", "Hello"))
+    assert r.decision.direction is Direction.OUTBOUND
+    assert r.decision.case_ids == ("C-000001",)
+    assert r.decision.match == "new"
+    assert r.case_id == "C-000001"
+    mid = r.one("Message-ID")
+    m = NEW_ID.fullmatch(mid)
+    assert m, mid
+    # No configured domain: the From domain.
+    assert m.group(1) == "support.example.com"
+    assert "message-id-added" in r.decision.notes
+    # The new id is recorded, so a reply to it finds the case.
+    assert harness.index.case_for_message(msgid.normalise(mid)) == "C-000001"
+    assert harness.index.get_case("C-000001") is not None
+
+
+def test_outbound_second_new_mail_gets_next_case(harness: Any) -> None:
+    assert harness.outbound(AGENT).case_id == "C-000001"
+    assert harness.outbound(AGENT).case_id == "C-000002"
+
+
+def test_outbound_message_id_domain_from_config(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(outbound={"message_id_domain": "ids.example.net"}))
+    m = NEW_ID.fullmatch(h.outbound(AGENT).one("Message-ID"))
+    assert m and m.group(1) == "ids.example.net"
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [None, "undisclosed", "x@[192.0.2.1]", "x@-bad-.example.com", "Jürgen <j@exämple.de>"],
+)
+def test_outbound_message_id_domain_falls_back_to_hostname(harness: Any, sender: Any) -> None:
+    headers = [("From", sender)] if sender is not None else []
+    m = NEW_ID.fullmatch(harness.outbound(*headers).one("Message-ID"))
+    assert m and m.group(1) == "mx.host.example.net"
+
+
+def test_outbound_keeps_existing_message_id(harness: Any) -> None:
+    r = harness.outbound(AGENT, ("Message-ID", "<App.1@Helpdesk.Example.com>"))
+    assert r.one("Message-ID") == "<App.1@Helpdesk.Example.com>"
+    assert not any(
+        getattr(e, "name", "").lower() == "message-id" for e in r.decision.edits
+    )
+    assert "message-id-added" not in r.decision.notes
+    assert harness.index.case_for_message("App.1@helpdesk.example.com") == "C-000001"
+
+
+def test_outbound_unusable_message_id_is_replaced_not_duplicated(harness: Any) -> None:
+    r = harness.outbound(AGENT, ("Message-ID", "<>"))
+    assert NEW_ID.fullmatch(r.one("Message-ID"))
+    assert ChangeHeader("Message-ID", 1, r.one("Message-ID")) in r.decision.edits
+
+
+def test_outbound_adopts_app_case_id(harness: Any) -> None:
+    r = harness.outbound(AGENT, ("X-Case-ID", "TICKET-4711"), ("Message-ID", "<t1@app.example>"))
+    assert r.decision.case_ids == ("TICKET-4711",)
+    assert r.decision.match == "app"
+    assert r.case_id == "TICKET-4711"
+    # Already exactly right: the header goes out as the app wrote it, untouched.
+    assert r.decision.edits == ()
+    assert harness.index.get_case("TICKET-4711") is not None
+    assert harness.index.case_for_message("t1@app.example") == "TICKET-4711"
+    # Adopting again finds the same case, and generated ids carry on from C-000001.
+    again = harness.outbound(AGENT, ("X-Case-ID", "TICKET-4711 "))
+    assert again.decision.case_ids == ("TICKET-4711",)
+    assert again.case_id.strip() == "TICKET-4711"
+    assert harness.outbound(AGENT).case_id.startswith("C-")
+
+
+def test_outbound_app_case_id_wins_over_reply_headers(harness: Any) -> None:
+    first = harness.outbound(AGENT)
+    r = harness.outbound(
+        AGENT, ("In-Reply-To", first.one("Message-ID")), ("X-Case-ID", "OTHER-1")
+    )
+    assert r.case_id == "OTHER-1"
+    assert r.decision.match == "app"
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 65, "C-1;rm", "tick\u00e9t", "a\r\n b"])
+def test_outbound_invalid_app_case_id_is_ignored_noted_and_removed(
+    harness: Any, bad: str
+) -> None:
+    r = harness.outbound(AGENT, ("X-Case-ID", bad))
+    assert "bad-app-case-id" in r.decision.notes
+    assert r.decision.match == "new"
+    assert r.case_id == "C-000001"  # the only X-Case-ID left is ours
+    assert ChangeHeader("X-Case-ID", 1, "") in r.decision.edits
+    assert harness.index.get_case(bad) is None
+
+
+def test_outbound_leaves_exactly_one_case_id(harness: Any) -> None:
+    r = harness.outbound(
+        AGENT,
+        ("X-Case-ID", "APP-1"),
+        ("x-case-id", "APP-2"),
+        ("X-Case-Match", "token"),
+        ("X-CASE-ID", "APP-3"),
+    )
+    assert r.case_id == "APP-1"
+    assert [h.name for h in r.headers if h.name.lower().startswith("x-case-")] == ["X-Case-ID"]
+    removals_are_highest_first(r.decision.edits)
+
+
+def test_outbound_follow_up_keeps_the_case(harness: Any) -> None:
+    first = harness.outbound(AGENT, ("Subject", "Hello"))
+    r = harness.outbound(AGENT, ("Subject", "Also"), ("In-Reply-To", first.one("Message-ID")))
+    assert r.case_id == "C-000001"
+    assert r.decision.match == "in-reply-to"
+    assert harness.index.get_case("C-000002") is None
+    # The follow-up's own new Message-ID is recorded too.
+    assert harness.index.case_for_message(msgid.normalise(r.one("Message-ID"))) == "C-000001"
+
+
+def test_outbound_follow_up_of_a_customer_mail(harness: Any) -> None:
+    harness.inbound(CUSTOMER, ("Message-ID", "<q1@customer.example.org>"))
+    r = harness.outbound(AGENT, ("References", "<q1@customer.example.org>"))
+    assert r.case_id == "C-000001"
+    assert r.decision.match == "references"
+
+
+def test_outbound_new_case_skip(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(outbound={"new_case": "skip"}))
+    r = h.outbound(AGENT, ("X-Case-Match", "forged"))
+    assert r.decision.case_ids == ()
+    assert r.decision.match == "none"
+    assert r.all("X-Case-ID") == []
+    assert r.all("X-Case-Match") == []
+    assert h.index.get_case("C-000001") is None
+    # A follow-up of a known case is still stamped under skip.
+    h.inbound(CUSTOMER, ("Message-ID", "<q1@customer.example.org>"))
+    r = h.outbound(AGENT, ("In-Reply-To", "<q1@customer.example.org>"))
+    assert r.case_id == "C-000001"
+
+
+# --------------------------------------------------------------------------- inbound
+
+
+def test_inbound_reply_by_in_reply_to(harness: Any) -> None:
+    out = harness.outbound(AGENT)
+    r = harness.inbound(
+        CUSTOMER,
+        ("Message-ID", "<r1@customer.example.org>"),
+        ("In-Reply-To", out.one("Message-ID")),
+    )
+    assert r.decision.direction is Direction.INBOUND
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "in-reply-to"
+    assert r.one("X-Case-State") == "open"
+    assert r.all("X-Case-Duplicate") == []
+    assert r.decision.match == "in-reply-to"
+
+
+def test_inbound_in_reply_to_matches_despite_case_and_spacing(harness: Any) -> None:
+    harness.outbound(AGENT, ("Message-ID", "<Out.1@Support.Example.com>"))
+    r = harness.inbound(CUSTOMER, ("In-Reply-To", "\r\n < Out.1@SUPPORT.example.COM > (x)"))
+    assert r.case_id == "C-000001"
+
+
+def test_inbound_reply_by_references_newest_first(harness: Any) -> None:
+    harness.outbound(AGENT, ("Message-ID", "<old@support.example.com>"))
+    harness.outbound(AGENT, ("Message-ID", "<new@support.example.com>"))
+    r = harness.inbound(
+        CUSTOMER,
+        ("In-Reply-To", "<unknown@customer.example.org>"),
+        ("References", "<old@support.example.com> <new@support.example.com>"),
+    )
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "references"
+
+
+def test_inbound_references_limit_is_respected(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(inbound={"references_limit": 3, "addresses": ("support@example.com",)}))
+    h.outbound(AGENT, ("Message-ID", "<anchor@support.example.com>"))
+    four_newer = " ".join(f"<n{i}@customer.example.org>" for i in range(4))
+    r = h.inbound(CUSTOMER, ("References", f"<anchor@support.example.com> {four_newer}"))
+    # The anchor is the 5th newest id: beyond the limit of 3, never looked up.
+    assert r.one("X-Case-Match") == "new"
+    assert r.case_id == "C-000002"
+    two_newer = " ".join(f"<m{i}@customer.example.org>" for i in range(2))
+    r = h.inbound(CUSTOMER, ("References", f"<anchor@support.example.com> {two_newer}"))
+    assert r.one("X-Case-Match") == "references"
+    assert r.case_id == "C-000001"
+
+
+def test_inbound_new_case(harness: Any) -> None:
+    r = harness.inbound(CUSTOMER, ("Subject", "Help"), ("Message-ID", "<n1@customer.example.org>"))
+    assert r.decision.case_ids == ("C-000001",)
+    assert r.one("X-Case-Match") == "new"
+    assert r.one("X-Case-State") == "new"
+    assert harness.index.case_for_message("n1@customer.example.org") == "C-000001"
+    assert harness.inbound(CUSTOMER).case_id == "C-000002"
+
+
+def test_inbound_forged_case_headers_removed_any_case_several(harness: Any) -> None:
+    r = harness.inbound(
+        ("X-Case-ID", "C-000999"),
+        CUSTOMER,
+        ("x-case-id", "C-000998"),
+        ("X-CASE-MATCH", "token"),
+        ("X-Case-Duplicate", "yes"),
+        ("X-Case-ID", "C-000997"),
+        ("x-case-state", "closed"),
+        ("X-Case-Queue", "vip"),
+        ("X-Case", "not under the prefix"),
+        ("X-Cases", "not under the prefix either"),
+    )
+    ours = [(h.name, h.value) for h in r.headers if h.name.lower().startswith("x-case-")]
+    assert ours == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "new"),
+        ("X-Case-State", "new"),
+    ]
+    assert r.one("X-Case") == "not under the prefix"
+    assert r.one("X-Cases") == "not under the prefix either"
+    removals = r.removals()
+    assert sorted((e.name.lower(), e.index) for e in removals) == [
+        ("x-case-duplicate", 1),
+        ("x-case-id", 1), ("x-case-id", 2), ("x-case-id", 3),
+        ("x-case-match", 1),
+        ("x-case-queue", 1),
+        ("x-case-state", 1),
+    ]
+    removals_are_highest_first(r.decision.edits)
+    # Removals come before our additions (they refer to the message as received).
+    kinds = [type(e) for e in r.decision.edits]
+    assert kinds == sorted(kinds, key=lambda k: k is AddHeader)
+
+
+def test_inbound_forged_headers_do_not_steer_matching(harness: Any) -> None:
+    harness.inbound(CUSTOMER)  # C-000001 exists
+    r = harness.inbound(CUSTOMER, ("X-Case-ID", "C-000001"))
+    assert r.case_id == "C-000002"
+
+
+def test_duplicate_delivery(harness: Any) -> None:
+    first = harness.inbound(CUSTOMER, ("Message-ID", "<dup@customer.example.org>"))
+    again = harness.inbound(
+        CUSTOMER, ("Message-ID", "<dup@Customer.Example.org>"), ("X-Case-Duplicate", "no")
+    )
+    assert first.case_id == again.case_id == "C-000001"
+    assert again.decision.match == "duplicate"
+    assert again.one("X-Case-Match") == "duplicate"
+    assert again.one("X-Case-Duplicate") == "yes"
+    assert first.all("X-Case-Duplicate") == []
+    assert harness.index.get_case("C-000002") is None
+
+
+def test_duplicate_wins_over_reply_headers(harness: Any) -> None:
+    harness.outbound(AGENT, ("Message-ID", "<a@support.example.com>"))  # C-000001
+    harness.inbound(CUSTOMER, ("Message-ID", "<x@customer.example.org>"))  # C-000002
+    r = harness.inbound(
+        CUSTOMER,
+        ("Message-ID", "<x@customer.example.org>"),
+        ("In-Reply-To", "<a@support.example.com>"),
+    )
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "duplicate"
+
+
+def test_reply_to_a_reply_threads(harness: Any) -> None:
+    out = harness.outbound(AGENT)
+    harness.inbound(
+        CUSTOMER,
+        ("Message-ID", "<r1@customer.example.org>"),
+        ("In-Reply-To", out.one("Message-ID")),
+    )
+    # The customer replies to their own mail (or a colleague to it): only r1 is known from it.
+    r = harness.inbound(
+        ("From", "colleague@customer.example.org"),
+        ("Message-ID", "<r2@customer.example.org>"),
+        ("In-Reply-To", "<r1@customer.example.org>"),
+    )
+    assert r.case_id == "C-000001"
+    # And an agent's answer to that threads as well.
+    assert harness.outbound(AGENT, ("In-Reply-To", "<r2@customer.example.org>")).case_id == (
+        "C-000001"
+    )
+
+
+def test_inbound_without_message_id_is_noted_and_not_recorded(harness: Any) -> None:
+    r = harness.inbound(CUSTOMER)
+    assert "no-message-id" in r.decision.notes
+    assert r.case_id == "C-000001"
+    assert r.all("Message-ID") == []  # inbound mail is not given one
+
+
+def test_configurable_header_prefix(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(headers={"prefix": "X-Ticket-"}))
+    r = h.inbound(
+        CUSTOMER, ("x-ticket-id", "T-9"), ("X-Case-ID", "C-000777"), ("X-TICKET-MATCH", "token")
+    )
+    assert r.one("X-Ticket-ID") == "C-000001"
+    assert r.one("X-Ticket-Match") == "new"
+    assert r.one("X-Ticket-State") == "new"
+    # Not under our prefix any more: left alone.
+    assert r.one("X-Case-ID") == "C-000777"
+    removals_are_highest_first(r.decision.edits)
+    out = h.outbound(AGENT, ("X-Ticket-ID", "APP-5"))
+    assert out.one("X-Ticket-ID") == "APP-5"
+    assert out.decision.match == "app"
+
+
+def test_configurable_case_id_format(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(cases={"id_prefix": "SUP", "id_digits": 3}))
+    assert h.inbound(CUSTOMER).case_id == "SUP001"
+
+
+def test_other_direction_strips_only(harness: Any, build: Build) -> None:
+    msg = build(
+        ("From", "x@elsewhere.example"),
+        ("X-Case-ID", "C-1"),
+        ("Message-ID", "<o1@elsewhere.example>"),
+        ("x-case-id", "C-2"),
+        ("X-Case-Match", "token"),
+        mail_from="x@elsewhere.example",
+        rcpts=("someone@elsewhere.example",),
+    )
+    r = harness.run(msg)  # classified from the envelope
+    assert r.decision.direction is Direction.OTHER
+    assert r.decision.case_ids == ()
+    assert [(h.name, h.value) for h in r.headers] == [
+        ("From", "x@elsewhere.example"), ("Message-ID", "<o1@elsewhere.example>"),
+    ]
+    assert all(isinstance(e, ChangeHeader) and not e.value for e in r.decision.edits)
+    removals_are_highest_first(r.decision.edits)
+    assert harness.index.get_case("C-000001") is None
+    assert harness.index.case_for_message("o1@elsewhere.example") is None
+
+
+def test_other_direction_without_our_headers_has_no_edits(harness: Any, build: Build) -> None:
+    r = harness.run(build(CUSTOMER, rcpts=("nobody@elsewhere.example",)))
+    assert r.decision.direction is Direction.OTHER
+    assert r.decision.edits == ()
+
+
+def test_direction_is_classified_from_the_envelope(harness: Any, build: Build) -> None:
+    r = harness.run(build(AGENT, rcpts=("pat@customer.example.org",), daemon_name="ORIGINATING"))
+    assert r.decision.direction is Direction.OUTBOUND
+    r = harness.run(build(CUSTOMER, rcpts=("anyone@help.example.com",)))
+    assert r.decision.direction is Direction.INBOUND
+
+
+def test_log_fields_is_one_line(harness: Any) -> None:
+    r = harness.outbound(AGENT, ("X-Case-ID", "bad id"))
+    line = r.decision.log_fields()
+    assert "\n" not in line
+    assert line.startswith("direction=outbound case=C-000001 match=new state=open edits=")
+    assert line.endswith("notes=bad-app-case-id,message-id-added")
+
+
+def test_recorded_times_follow_the_clock(harness: Any) -> None:
+    harness.clock.now = 2_000_000_000.9
+    r = harness.inbound(CUSTOMER)
+    case = harness.index.get_case(r.case_id)
+    assert case.created == 2_000_000_001  # the harness ticks one second per message

@@ -1,0 +1,219 @@
+"""`casethread filter` (DESIGN §7) as a subprocess: the installed console script, real LMDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from casethread.core.message import parse_raw
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def headers_of(output: bytes) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for h in parse_raw(output)[0]:
+        found.setdefault(h.name.lower(), []).append(h.value)
+    return found
+
+
+def case_id(output: bytes) -> str:
+    values = headers_of(output).get("x-case-id", [])
+    assert len(values) == 1, values
+    return values[0]
+
+
+def stderr_lines(stderr: bytes) -> list[str]:
+    return stderr.decode("utf-8", "replace").splitlines()
+
+
+def test_outbound_then_inbound_reply_share_the_case(run_filter: Any) -> None:
+    out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert out.returncode == 0, out.stderr
+    assert case_id(out.stdout) == "C-000001"
+    (message_id,) = headers_of(out.stdout)["message-id"]
+    assert message_id.endswith("@support.example.com>")
+    # Untouched fields and the body come out byte for byte.
+    original = (DATA / "agent-first.eml").read_bytes()
+    head, _, body = original.partition(b"\n\n")
+    assert out.stdout.startswith(head + b"\n")
+    assert out.stdout.endswith(b"\n\n" + body)
+    log = stderr_lines(out.stderr)
+    assert len(log) == 1 and "direction=outbound case=C-000001 match=new" in log[0], log
+
+    reply = (DATA / "customer-reply.eml").read_bytes().replace(
+        b"<PLACEHOLDER>", message_id.encode()
+    )
+    inb = run_filter("--direction", "inbound", "--rcpt", "support@example.com", "-", stdin=reply)
+    assert inb.returncode == 0, inb.stderr
+    found = headers_of(inb.stdout)
+    assert found["x-case-id"] == ["C-000001"]  # the forged C-999999 is gone
+    assert found["x-case-match"] == ["in-reply-to"]
+    assert "x-case-duplicate" not in found
+    log = stderr_lines(inb.stderr)
+    assert len(log) == 1 and "direction=inbound case=C-000001 match=in-reply-to" in log[0], log
+
+    # The same reply delivered twice is a duplicate of the same case.
+    again = run_filter("--direction", "inbound", "-", stdin=reply)
+    assert again.returncode == 0, again.stderr
+    found = headers_of(again.stdout)
+    assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-duplicate"] == ["yes"]
+
+
+def test_crlf_file_keeps_crlf(run_filter: Any) -> None:
+    raw = (DATA / "agent-first.eml").read_bytes().replace(b"\n", b"\r\n")
+    p = run_filter("--direction", "outbound", "-", stdin=raw)
+    assert p.returncode == 0, p.stderr
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert p.stdout.startswith(head + b"\r\nMessage-ID: <")
+    assert p.stdout.endswith(b"\r\nX-Case-ID: C-000001\r\n\r\n" + body)
+    assert b"\n" not in p.stdout.replace(b"\r\n", b"")
+
+
+def test_direction_auto_with_daemon_name_is_outbound(run_filter: Any) -> None:
+    p = run_filter(
+        "--direction", "auto", "--daemon-name", "ORIGINATING",
+        "--rcpt", "pat@customer.example.org", str(DATA / "agent-first.eml"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert case_id(p.stdout) == "C-000001"
+    assert "direction=outbound" in p.stderr.decode()
+
+
+def test_direction_auto_without_signals_passes_through(run_filter: Any) -> None:
+    raw = (DATA / "agent-first.eml").read_bytes()
+    p = run_filter(
+        "--direction", "auto", "--daemon-name", "mx.example.com",
+        "--rcpt", "pat@customer.example.org", "-", stdin=raw,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == raw
+    assert "direction=other" in p.stderr.decode()
+
+
+def test_direction_auto_other_strips_forged_headers(run_filter: Any) -> None:
+    raw = b"From: a@b.example\nX-Case-ID: C-000042\nSubject: s\n\nbody\n"
+    p = run_filter("--direction", "auto", "-", stdin=raw)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"From: a@b.example\nSubject: s\n\nbody\n"
+
+
+def test_direction_auto_inbound_from_rcpt_and_config(run_filter: Any, tmp_path: Path) -> None:
+    config = tmp_path / "casethread.yaml"
+    config.write_text('inbound:\n  addresses:\n    - "@help.example.com"\n')
+    raw = b"From: pat@customer.example.org\nSubject: help\n\nplease\n"
+    p = run_filter(
+        "--config", str(config), "--direction", "auto", "--rcpt", "<Desk@HELP.example.com>",
+        "-", stdin=raw,
+    )
+    assert p.returncode == 0, p.stderr
+    assert case_id(p.stdout) == "C-000001"
+    assert "direction=inbound" in p.stderr.decode()
+    # With the built-in defaults no address is inbound.
+    p = run_filter("--direction", "auto", "--rcpt", "desk@help.example.com", "-", stdin=raw)
+    assert p.stdout == raw
+
+
+def test_auth_user_and_client_address_signals(run_filter: Any, tmp_path: Path) -> None:
+    raw = (DATA / "agent-first.eml").read_bytes()
+    p = run_filter("--direction", "auto", "--auth-user", "dana", "-", stdin=raw)
+    assert "direction=outbound" in p.stderr.decode()
+    config = tmp_path / "nets.yaml"
+    config.write_text("outbound:\n  client_networks: [192.0.2.0/24]\n")
+    p = run_filter(
+        "--config", str(config), "--direction", "auto", "--client-address", "192.0.2.7",
+        "-", stdin=raw,
+    )
+    assert "direction=outbound" in p.stderr.decode()
+    p = run_filter(
+        "--config", str(config), "--direction", "auto", "--client-address", "198.51.100.7",
+        "-", stdin=raw,
+    )
+    assert "direction=other" in p.stderr.decode()
+
+
+def test_index_path_from_config(run_filter: Any, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {tmp_path / 'from-config'}\n")
+    p = run_filter(
+        "--config", str(config), "--direction", "outbound", str(DATA / "agent-first.eml"),
+        index=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "from-config").is_dir()
+    assert not (tmp_path / "casethread-data").exists()
+
+
+def test_dry_run_writes_nothing(run_filter: Any) -> None:
+    dry = run_filter("--dry-run", "--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert dry.returncode == 0, dry.stderr
+    # The dry run shows what a real run would do...
+    assert case_id(dry.stdout) == "C-000001"
+    # ...but a later real run still allocates the first case number.
+    real = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert real.returncode == 0, real.stderr
+    assert case_id(real.stdout) == "C-000001"
+    (message_id,) = headers_of(real.stdout)["message-id"]
+    # A dry-run inbound reply threads through the real index but records nothing.
+    reply = (
+        b"From: pat@customer.example.org\nMessage-ID: <dry@customer.example.org>\n"
+        b"In-Reply-To: " + message_id.encode() + b"\n\nthanks\n"
+    )
+    dry = run_filter("--dry-run", "--direction", "inbound", "-", stdin=reply)
+    assert dry.returncode == 0, dry.stderr
+    assert headers_of(dry.stdout)["x-case-match"] == ["in-reply-to"]
+    real = run_filter("--direction", "inbound", "-", stdin=reply)
+    found = headers_of(real.stdout)
+    assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-match"] == ["in-reply-to"]  # not "duplicate": the dry run left no trace
+
+
+def test_dry_run_on_a_missing_index_creates_nothing(run_filter: Any, tmp_path: Path) -> None:
+    p = run_filter("--dry-run", "--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert p.returncode == 0, p.stderr
+    assert case_id(p.stdout) == "C-000001"
+    assert not (tmp_path / "index").exists()
+
+
+def test_bad_config_exits_2_with_one_line(run_filter: Any, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("inbound:\n  references_limit: 100\n  adresses: [support@example.com]\n")
+    p = run_filter("--config", str(config), "--direction", "outbound", "-", stdin=b"A: b\n\n")
+    assert p.returncode == 2
+    assert p.stdout == b""
+    lines = stderr_lines(p.stderr)
+    assert len(lines) == 1, lines
+    assert str(config) in lines[0]
+    assert ":3:" in lines[0]
+    assert "adresses" in lines[0]
+    assert not (tmp_path / "index").exists()
+
+
+def test_missing_config_exits_2(run_filter: Any, tmp_path: Path) -> None:
+    p = run_filter("--config", str(tmp_path / "nope.yaml"), "--direction", "inbound", "-")
+    assert p.returncode == 2
+    assert len(stderr_lines(p.stderr)) == 1
+
+
+def test_usage_error_exits_2(run_filter: Any) -> None:
+    p = run_filter("--direction", "sideways", "-")
+    assert p.returncode == 2
+    assert b"--direction" in p.stderr
+
+
+def test_stdin_dash_and_default(run_filter: Any) -> None:
+    raw = (DATA / "agent-first.eml").read_bytes()
+    explicit = run_filter("--direction", "outbound", "-", stdin=raw)
+    assert explicit.returncode == 0, explicit.stderr
+    assert case_id(explicit.stdout) == "C-000001"
+    implicit = run_filter("--direction", "outbound", stdin=raw)  # FILE defaults to -
+    assert implicit.returncode == 0, implicit.stderr
+    assert case_id(implicit.stdout) == "C-000002"
+
+
+def test_missing_input_file(run_filter: Any, tmp_path: Path) -> None:
+    p = run_filter("--direction", "outbound", str(tmp_path / "nope.eml"))
+    assert p.returncode != 0
+    assert p.stdout == b""
+    assert len(stderr_lines(p.stderr)) == 1
