@@ -1,0 +1,201 @@
+"""Is this mail from a machine? The `X-Case-Auto` value (DESIGN §6).
+
+The signals are the union of what RFC 3834, RT, Zammad, Znuny, FreeScout and Bugzilla look at
+(PEERS.md §1a, §2.6), sorted into five kinds. When signals of several kinds are present the
+first of this order wins:
+
+1. `bounce`: a delivery status report (`multipart/report; report-type=delivery-status`), an
+   Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, or a From of
+   `postmaster@...` with a null sender. So a DSN with an empty sender is a bounce, even when
+   it also says `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs).
+2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
+   `X-Autoresponder`, `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
+   pattern (below). An out-of-office reply is `auto-replied`.
+3. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
+   `List-Unsubscribe`, `List-Post` or `Mailing-List` header (RFC 3834 §2: a responder MAY
+   ignore mail with a List-* field). A list mail is `bulk`, also when the list adds `X-Loop`.
+4. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
+   `auto-generated`, `auto-notified`, and unknown values, as RT does), `X-Loop` with a value
+   (Znuny honours any value), a null sender (envelope `<>` or `Return-Path: <>`), a From of
+   `postmaster@...`, RT's `X-FC-Machinegenerated: true`, and any other `multipart/report`
+   (read receipts, abuse feedback).
+5. `no`: none of these.
+
+Decisions, each conservative because an auto kind stops a reopen or a new case:
+- Exchange headers. `X-MS-Exchange-Inbox-Rules-Loop` and `X-MS-Exchange-Generated-Message-Source`
+  are also stamped on mail that an inbox rule merely forwarded, i.e. a human's text. Alone they
+  are no signal; with `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an
+  Exchange out-of-office or rule reply (Zammad's rule), so `auto-replied`.
+  `X-Auto-Response-Suppress` alone is no signal either: it asks *others* not to auto-reply and
+  is set on ordinary mail too (Discourse PR #21367, Sisimai #491).
+- Subjects. No peer relies on a subject alone (Zammad only uses "vacation" together with
+  `Auto-Submitted: auto-replied`), so a subject never makes mail auto. It only refines: mail
+  that is already `auto-generated` and whose subject starts with a known out-of-office phrase
+  ("Automatic reply:", "Out of Office:", "Automatische Antwort:", "Autosvar:", ...) becomes
+  `auto-replied` (Exchange sends out-of-office as `Auto-Submitted: auto-generated`).
+- An empty or whitespace-only `Auto-Submitted`, or `X-Autoreply` & co. with `no`, `false`,
+  `0` or nothing, is no signal. `Precedence` values other than the four above are ignored.
+- An envelope sender of `""` means "unknown" (e.g. `casethread filter` without
+  `--mail-from`); only `<>` is the null sender.
+"""
+
+from __future__ import annotations
+
+import email.message
+import re
+from email.utils import parseaddr
+
+from .message import Message, unfold
+from .subject import decode_subject
+
+NO = "no"
+AUTO_REPLIED = "auto-replied"
+AUTO_GENERATED = "auto-generated"
+BOUNCE = "bounce"
+BULK = "bulk"
+KINDS = (NO, AUTO_REPLIED, AUTO_GENERATED, BOUNCE, BULK)
+
+_COMMENT = re.compile(r"\([^()]*\)")
+_NEGATIVE = frozenset({"", "no", "false", "0"})
+_LIST_HEADERS = ("List-Id", "List-Unsubscribe", "List-Post", "Mailing-List")
+_AUTOREPLY_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
+_EXCHANGE_RULE_HEADERS = (
+    "X-MS-Exchange-Inbox-Rules-Loop",
+    "X-MS-Exchange-Generated-Message-Source",
+)
+_SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
+_OOO_SUBJECT = re.compile(
+    r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
+    r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatisch\s+antwoord"
+    r"|réponse\s+automatique|respuesta\s+automática|risposta\s+automatica"
+    r"|resposta\s+automática|automaattinen\s+vastaus|automatyczna\s+odpowiedź"
+    r"|automatická\s+odpověď|automatikus\s+válasz|自动回复|自動回覆|自動応答|自動返信)"
+    r"\s*[:：]",
+    re.IGNORECASE,
+)
+
+
+def is_auto(kind: str) -> bool:
+    """True for every kind except `no`; ValueError for a string that is not a kind."""
+    if kind not in KINDS:
+        raise ValueError(f"not an X-Case-Auto kind: {kind!r}")
+    return kind != NO
+
+
+def classify_auto(msg: Message) -> str:
+    """One of `KINDS` (see the module doc for the signals and their order)."""
+    return classify_auto_detail(msg)[0]
+
+
+def classify_auto_detail(msg: Message) -> tuple[str, str]:
+    """The kind and the signal that decided it (a short name for logs; `""` for `no`)."""
+    null_sender = _null_sender(msg)
+    from_local = _from_local_part(msg)
+    content_type, report_type = _content_type(msg)
+    is_report = content_type == "multipart/report"
+
+    # 1. bounce
+    if is_report and report_type == "delivery-status":
+        return BOUNCE, "delivery-status"
+    if _values(msg, "X-Failed-Recipients"):
+        return BOUNCE, "x-failed-recipients"
+    if from_local == "mailer-daemon":
+        return BOUNCE, "from-mailer-daemon"
+    if from_local == "postmaster" and null_sender:
+        return BOUNCE, "from-postmaster-null-sender"
+
+    # 2. auto-replied
+    submitted = [_first_token(v) for v in _values(msg, "Auto-Submitted")]
+    submitted = [v for v in submitted if v]
+    if "auto-replied" in submitted:
+        return AUTO_REPLIED, "auto-submitted"
+    for name in _AUTOREPLY_HEADERS:
+        if any(_first_token(v) not in _NEGATIVE for v in msg.get_all(name)):
+            return AUTO_REPLIED, name.lower()
+    precedence = {_first_token(v) for n in ("Precedence", "X-Precedence") for v in msg.get_all(n)}
+    if "auto_reply" in precedence:
+        return AUTO_REPLIED, "precedence"
+    if _exchange_auto_reply(msg):
+        return AUTO_REPLIED, "exchange-rule-reply"
+
+    # 3. bulk
+    if precedence & {"bulk", "junk", "list"}:
+        return BULK, "precedence"
+    for name in _LIST_HEADERS:
+        if _values(msg, name):
+            return BULK, name.lower()
+
+    # 4. auto-generated (refined to auto-replied by an out-of-office subject)
+    reason = _auto_generated(msg, submitted, null_sender, from_local, is_report)
+    if reason:
+        subject = msg.get("Subject")
+        if subject is not None and _OOO_SUBJECT.match(decode_subject(subject)):
+            return AUTO_REPLIED, f"{reason}+ooo-subject"
+        return AUTO_GENERATED, reason
+    return NO, ""
+
+
+def _auto_generated(
+    msg: Message, submitted: list[str], null_sender: bool, from_local: str, is_report: bool
+) -> str:
+    if any(v != "no" for v in submitted):
+        return "auto-submitted"
+    if _values(msg, "X-Loop"):
+        return "x-loop"
+    if null_sender:
+        return "null-sender"
+    if from_local == "postmaster":
+        return "from-postmaster"
+    if any(_first_token(v) == "true" for v in msg.get_all("X-FC-Machinegenerated")):
+        return "x-fc-machinegenerated"
+    if is_report:
+        return "report"
+    return ""
+
+
+def _values(msg: Message, name: str) -> list[str]:
+    """The non-empty unfolded values of every field of that name."""
+    return [v for v in (unfold(x).strip() for x in msg.get_all(name)) if v]
+
+
+def _first_token(value: str) -> str:
+    """`auto-replied; owner-email=x (vacation)` -> `auto-replied`: lower-cased, no comments."""
+    text = _COMMENT.sub(" ", unfold(value))
+    return text.split(";", 1)[0].strip().lower()
+
+
+def _null_sender(msg: Message) -> bool:
+    if "".join(msg.envelope.mail_from.split()) == "<>":
+        return True
+    return any("".join(_COMMENT.sub("", v).split()) == "<>" for v in _values(msg, "Return-Path"))
+
+
+def _from_local_part(msg: Message) -> str:
+    """The lower-cased local part of From (`MAILER-DAEMON` without a domain counts too)."""
+    value = msg.get("From")
+    if value is None:
+        return ""
+    addr = parseaddr(unfold(value))[1]
+    return addr.rpartition("@")[0].lower() if "@" in addr else addr.lower()
+
+
+def _content_type(msg: Message) -> tuple[str, str]:
+    """The top-level media type and its `report-type` parameter, both lower-cased."""
+    value = msg.get("Content-Type")
+    if value is None:
+        return "", ""
+    holder = email.message.Message()
+    holder["Content-Type"] = unfold(value)
+    param = holder.get_param("report-type")
+    report_type = param if isinstance(param, str) else ""
+    return holder.get_content_type(), report_type.strip().lower()
+
+
+def _exchange_auto_reply(msg: Message) -> bool:
+    if not any(_values(msg, name) for name in _EXCHANGE_RULE_HEADERS):
+        return False
+    for value in _values(msg, "X-Auto-Response-Suppress"):
+        words = {w.strip().lower() for w in value.split(",")}
+        if words & _SUPPRESS_AUTO:
+            return True
+    return False

@@ -1,0 +1,128 @@
+"""Subject lines: reply/forward prefixes, list tags, and a normal form for subject matching.
+
+`strip_prefixes` removes the run of reply/forward prefixes at the start of a subject, in the forms
+mail clients write in many languages, repeated and mixed (`Re: AW: WG: x` -> `x`). A prefix is a
+known word, an optional counter (`[2]` or `(2)`), an optional dot, optional blanks and a colon
+(ASCII `:` or full-width `：`). Without the colon nothing is stripped, so `Re-installation`,
+`Recall` and `Re 5` stay. `Ref:` is kept on purpose (it often introduces a reference number);
+only the French `Réf.:` counts as a prefix.
+
+List tags: a bracketed tag is stripped only inside that leading run (`[users] Re: x`,
+`Re: [users] x`), never later in the subject, and only when it looks like a list name (letters
+and `-_.+`, no digits, no blanks, at most 40 chars). So `[EXTERNAL]` and `[python-dev]` go, while
+`[Ticket#123]`, `[Case C-000123]`, `[ref:...]` and `[PATCH 1/2]` stay: those identify something.
+
+The stripping is case-insensitive and bounded (at most 50 prefixes/tags), so hostile input stays
+linear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from email.header import decode_header, make_header
+
+from .message import unfold
+
+# Reply and forward words. Sources: the peers' lists (Zammad, Znuny, OTRS-CE #14 for `VS`) and
+# the prefixes localised Outlook, Thunderbird and webmail clients write.
+_WORDS = (
+    # English and many others
+    "re", "fw", "fwd",
+    # German
+    "aw", "wg",
+    # Dutch
+    "antw", "doorst",
+    # Scandinavian and Finnish: svar, videresendt, vidarebefordrat, vastaus, välitetty
+    "sv", "vs", "vb", "vl",
+    # Italian: risposta, riferimento, inoltro
+    "r", "rif", "i",
+    # French: transféré, référence
+    "tr", "réf",
+    # Spanish and Portuguese: reenviado, resposta, encaminhado
+    "rv", "res", "enc",
+    # Greek
+    "απ", "σχετ", "πρθ",
+    # Hebrew
+    "תגובה", "השב", "העבר",
+    # Chinese (simplified and traditional)
+    "回复", "回覆", "答复", "答覆", "转发", "轉發", "转寄", "轉寄",
+    # Korean: reply, forward
+    "회신", "전달",
+    # Turkish: yanıt, ilet
+    "ynt", "ilt", "İlt",
+    # Polish: odpowiedź, przekazanie dalej
+    "odp", "pd",
+    # Czech and Slovak: přeposlat
+    "př",
+    # Slovenian and Croatian: odgovor
+    "odg",
+    # Hungarian
+    "vá", "továbbítás",
+    # Latvian, Welsh and others
+    "ang", "atb", "yml",
+    # Russian (some webmail clients)
+    "отв", "пересл",
+    # Full-width Latin as written by some East Asian clients
+    "ｒｅ", "ｆｗ", "ｆｗｄ",
+)
+_WORD_ALT = "|".join(re.escape(w) for w in sorted(set(_WORDS), key=len, reverse=True))
+_BLANK = r"[ \t\u00a0\u3000]"
+_PREFIX = re.compile(
+    rf"{_BLANK}*(?:{_WORD_ALT})(?:\[\d{{1,4}}\]|\(\d{{1,4}}\))?\.?{_BLANK}*[:：]{_BLANK}*",
+    re.IGNORECASE,
+)
+_LIST_TAG = re.compile(rf"{_BLANK}*\[[^\W\d](?:[^\W\d]|[-.+]){{0,39}}\]{_BLANK}*")
+_MAX_STRIPS = 50
+_SPACES = re.compile(r"\s+")
+
+# The tag `outbound.py` appends by default; pass it (or the configured one) to `normalise`.
+REF_TAG = re.compile(r"\[\s*ref:[^\]\s]*\s*\]", re.IGNORECASE)
+
+
+def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
+    """The subject without its leading reply/forward prefixes (and list tags, see module doc).
+
+    Folding is undone; the rest of the text is returned as it was (case, inner spacing).
+    """
+    text = unfold(subject)
+    pos = 0
+    for _ in range(_MAX_STRIPS):
+        m = _PREFIX.match(text, pos)
+        if m is None and list_tags:
+            m = _LIST_TAG.match(text, pos)
+        if m is None:
+            break
+        pos = m.end()
+    return text[pos:].strip()
+
+
+def decode_subject(subject: str) -> str:
+    """RFC 2047 decoding that never fails: undecodable input comes back as it was.
+
+    Raw 8-bit bytes (carried as surrogate escapes) that are not UTF-8 become U+FFFD.
+    """
+    text = unfold(subject)
+    if "=?" in text:
+        # The stdlib decoder raises a mixed bag on bad charsets and encodings.
+        with contextlib.suppress(Exception):
+            text = str(make_header(decode_header(text)))
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:
+    """The form used to compare subjects: decoded, the token tag removed, prefixes stripped,
+    whitespace collapsed, case-folded.
+
+    `token_re` (e.g. `REF_TAG`) is removed everywhere in the subject, before prefixes are
+    stripped, so a tag in front of `Re:` does not hide the prefix.
+    """
+    text = decode_subject(subject)
+    if token_re is not None:
+        text = re.sub(token_re, " ", text)
+    text = strip_prefixes(text)
+    return _SPACES.sub(" ", text).strip().casefold()

@@ -1,0 +1,215 @@
+"""Outlook's Thread-Index header: PidTagConversationIndex, [MS-OXOMSG] §2.2.1.3.
+
+The header carries the property base64-encoded. Byte layout (all big-endian):
+
+    header block, 22 bytes
+      [0]      reserved, 0x01
+      [1:6]    "Current FILETIME": bits 63..24 of the UTC FILETIME (100 ns ticks since
+               1601-01-01); the 24 low bits are dropped, so the header time has a
+               resolution of 2**24 ticks (~1.68 s)
+      [6:22]   conversation GUID; Data1/Data2/Data3 big-endian, i.e. RFC 4122 byte order,
+               which is what `uuid.UUID.bytes` gives
+    child block ("response level"), 5 bytes each, appended per reply/forward
+      bit 31   DC (delta code)
+      bits 30..0  TimeDelta: TimeDiff = (now - header time) in FILETIME ticks.
+               DC=0 when TimeDiff < 2**49 (~1.78 years; the spec's test is
+               `high dword & 0x00FE0000 == 0`): TimeDelta = TimeDiff bits 48..18
+               (drop the high 15 and low 18 bits; resolution 2**18 ticks, ~26 ms).
+               DC=1 otherwise: TimeDelta = TimeDiff bits 53..23 (drop the high 10 and low 23
+               bits; resolution 2**23 ticks, ~0.84 s; range ~57 years, clamped beyond).
+      byte 4   "Random" (8 bits). The MAPI "Tracking Conversations" page splits it into 4 random
+               bits and a 4-bit sequence count "taken from part of the random number"; we write
+               8 random bits.
+
+Every child's TimeDelta is relative to the header time, not to the previous child.
+
+Two header layouts occur in real mail. Exchange/OWA write the spec's layout above (values
+start `AQH...`: 0x01 0x01 0xD?). Outlook's desktop MAPI (ScCreateConversationIndex) writes
+FILETIME bits 63..16 into bytes 0..5 instead (values start `Ad...`: the FILETIME's top byte,
+0x01 for the years 1829-2057, doubles as the "reserved" byte). Both start with 0x01, so both
+are valid; `header_filetime` tells them apart by byte 1 (0x01 is the FILETIME's top byte in
+the spec layout for the same years, while in the desktop layout it would mean ~1830). We write
+the spec layout.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from email.header import Header
+
+from .subject import decode_subject, strip_prefixes
+
+HEADER_LEN = 22
+CHILD_LEN = 5
+RESERVED = 0x01
+
+_EPOCH_AS_FILETIME = 116_444_736_000_000_000  # 1970-01-01 in FILETIME ticks
+_TICKS_PER_SECOND = 10_000_000
+_DC0_LIMIT = 1 << 49
+_DC0_SHIFT = 18
+_DC1_SHIFT = 23
+_DELTA_MASK = 0x7FFF_FFFF
+# Bounds decoding work on hostile headers: ~600 levels, far beyond any real thread.
+MAX_ENCODED_CHARS = 4096
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+@dataclass(frozen=True)
+class Child:
+    """One response level. `delta` is in FILETIME ticks (the dropped low bits are zero)."""
+
+    delta_code: int
+    delta: int
+    random: int
+
+    @property
+    def seconds(self) -> float:
+        return self.delta / _TICKS_PER_SECOND
+
+
+@dataclass(frozen=True)
+class ThreadIndex:
+    """A decoded conversation index; `filetime` is the header time (dropped bits zero)."""
+
+    filetime: int
+    guid: bytes
+    children: tuple[Child, ...]
+
+    @property
+    def time(self) -> float:
+        """The header time as a Unix timestamp."""
+        return filetime_to_unix(self.filetime)
+
+    @property
+    def child_times(self) -> tuple[float, ...]:
+        """Each child's time as a Unix timestamp (header time + its delta)."""
+        return tuple(filetime_to_unix(self.filetime + c.delta) for c in self.children)
+
+    @property
+    def depth(self) -> int:
+        return len(self.children)
+
+
+def unix_to_filetime(ts: float) -> int:
+    if not math.isfinite(ts):
+        raise ValueError(f"time out of FILETIME range: {ts!r}")
+    ft = round(ts * _TICKS_PER_SECOND) + _EPOCH_AS_FILETIME
+    if not 0 <= ft < 1 << 64:
+        raise ValueError(f"time out of FILETIME range: {ts!r}")
+    return ft
+
+
+def filetime_to_unix(ft: int) -> float:
+    return (ft - _EPOCH_AS_FILETIME) / _TICKS_PER_SECOND
+
+
+def is_valid(raw: bytes) -> bool:
+    """22 + 5n bytes starting with the reserved 0x01."""
+    return (
+        len(raw) >= HEADER_LEN and (len(raw) - HEADER_LEN) % CHILD_LEN == 0 and raw[0] == RESERVED
+    )
+
+
+def _check(raw: bytes) -> None:
+    if not is_valid(raw):
+        raise ValueError(f"not a conversation index ({len(raw)} bytes)")
+
+
+def new_root(now: float, guid: bytes | None = None) -> bytes:
+    """A 22-byte header block for a new conversation at `now` (Unix time).
+
+    `guid` is the 16 bytes as they appear in the block (RFC 4122 order); random by default.
+    """
+    if guid is None:
+        guid = uuid.uuid4().bytes
+    if len(guid) != 16:
+        raise ValueError("a GUID is 16 bytes")
+    ft = unix_to_filetime(now)
+    return bytes([RESERVED]) + (ft >> 24).to_bytes(5, "big") + bytes(guid)
+
+
+def header_filetime(raw: bytes) -> int:
+    """The header time in FILETIME ticks, for either layout (see the module doc)."""
+    _check(raw)
+    if raw[1] == 0x01:
+        return int.from_bytes(raw[1:6], "big") << 24
+    return int.from_bytes(raw[0:6], "big") << 16
+
+
+def child(parent: bytes, now: float, *, rand: int | None = None) -> bytes:
+    """`parent` plus one child block for a reply/forward sent at `now` (Unix time).
+
+    A `now` before the header time (clock skew) counts as no delay; a delay beyond the DC=1
+    range (~57 years) is clamped to its maximum.
+    """
+    diff = max(0, unix_to_filetime(now) - header_filetime(parent))
+    if diff < _DC0_LIMIT:
+        word = (diff >> _DC0_SHIFT) & _DELTA_MASK
+    else:
+        word = (1 << 31) | min(diff >> _DC1_SHIFT, _DELTA_MASK)
+    r = secrets.randbits(8) if rand is None else rand & 0xFF
+    return bytes(parent) + word.to_bytes(4, "big") + bytes([r])
+
+
+def parse(raw: bytes) -> ThreadIndex:
+    """Split a conversation index into header time, GUID and children (ValueError if invalid)."""
+    base = header_filetime(raw)
+    children = []
+    for off in range(HEADER_LEN, len(raw), CHILD_LEN):
+        word = int.from_bytes(raw[off : off + 4], "big")
+        dc = word >> 31
+        delta = (word & _DELTA_MASK) << (_DC1_SHIFT if dc else _DC0_SHIFT)
+        children.append(Child(dc, delta, raw[off + 4]))
+    return ThreadIndex(base, bytes(raw[6:HEADER_LEN]), tuple(children))
+
+
+def root_of(raw: bytes) -> bytes:
+    """The 22-byte header block: what every message of the conversation shares."""
+    _check(raw)
+    return bytes(raw[:HEADER_LEN])
+
+
+def encode(raw: bytes) -> str:
+    """The Thread-Index header value (standard base64, padded)."""
+    _check(raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def decode(header_value: str) -> bytes | None:
+    """The bytes of a Thread-Index header value, or None when it is not one.
+
+    Folding and any whitespace are ignored and missing padding is tolerated; anything that is
+    not base64 of 22 + 5n bytes starting with 0x01 gives None.
+    """
+    text = "".join(header_value.split())
+    if not text or len(text) > MAX_ENCODED_CHARS or not _B64.fullmatch(text):
+        return None
+    text = text.rstrip("=")
+    text += "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if is_valid(raw) else None
+
+
+def thread_topic(subject: str) -> str:
+    """The Thread-Topic value: the subject without reply/forward prefixes.
+
+    RFC 2047 words are decoded first so an encoded `AW:` is seen; a non-ASCII result is
+    re-encoded as UTF-8 encoded words, so the value is safe to add as a header.
+    A subject without encoded words is only stripped (raw 8-bit text stays as it was).
+    """
+    if "=?" not in subject:
+        return strip_prefixes(subject, list_tags=False)
+    topic = strip_prefixes(decode_subject(subject), list_tags=False)
+    if topic.isascii():
+        return topic
+    # Short encoded words (RFC 2047 caps them at 75 chars) on one line; the caller folds.
+    return " ".join(Header(topic, "utf-8").encode(linesep="\n").split())

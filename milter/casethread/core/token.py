@@ -1,0 +1,372 @@
+"""The signed threading token (DESIGN §4): make, verify, and find it in mail text.
+
+Layout
+------
+A token is a string of Crockford base32 symbols (alphabet ``0123456789ABCDEFGHJKMNPQRSTVWXYZ``,
+no padding, no check symbol), read left to right::
+
+    K L D...D M...M
+    | |   |     +-- 16 symbols: the MAC (80 bits, exactly 16 x 5, so no padding bits)
+    | |   +-------- L symbols: the case number, big-endian base32, no leading zeros
+    | |             (the number 0 is the single symbol "0"); the number is < 2**64
+    | +------------ 1 symbol: L, the number of case-number symbols, 1..13
+    +-------------- 1 symbol: the key id, 0..31
+
+    MAC = HMAC-SHA256(secret[K], b"casethread-token-v1\\x00" || byte(K) || uint64_be(number))[:10]
+
+The length is self-describing (the second symbol) and lies between 19 (cases 0..31) and 31
+symbols; cases below 32,768 take at most 21 symbols, below 1,048,576 at most 22. Every symbol
+carries information, so any substitution by a *different* symbol breaks the structure or the MAC.
+The case number is readable by anyone (the token is signed, not encrypted); it is not a secret.
+
+Decoding is tolerant, as Crockford specifies: lower case is accepted and the aliases ``O``->``0``,
+``I``/``L``->``1`` decode to the same symbol (so a token retyped by a human still verifies).
+``U`` and hyphens are not accepted. Tokens are always rendered in upper case.
+
+Where tokens appear
+-------------------
+- Subject and body: the bracket form of the configured template, default ``[ref:TOKEN]``.
+  :func:`find_tokens` finds them from the top, case-insensitively, tolerating spaces and line
+  breaks (each optionally followed by a quote prefix such as ``> `` or ``>> ``) anywhere between
+  the brackets, as mail clients wrap and quote long lines.
+- In-Reply-To / References: the anchor ``<TOKEN.case@DOMAIN>`` (:func:`anchor`,
+  :func:`token_from_anchor`).
+
+Scanning is linear: the opening literal is located by a regular expression with no nested
+quantifiers, and each candidate is read by a hand-written loop that gives up after
+``MAX_SPAN`` characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, NoReturn
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+DEFAULT_TEMPLATE = " [ref:{token}]"
+PLACEHOLDER = "{token}"
+
+MAC_SYMBOLS = 16
+MAC_BYTES = 10  # 80 bits = MAC_SYMBOLS * 5
+MAX_KEY_ID = 31
+MAX_NUMBER_SYMBOLS = 13  # 65 bits hold any uint64
+MAX_CASE_NUMBER = 2**64 - 1
+MIN_LENGTH = 2 + 1 + MAC_SYMBOLS
+MAX_LENGTH = 2 + MAX_NUMBER_SYMBOLS + MAC_SYMBOLS
+# Secrets shorter than this are refused; generated keys are 32 bytes.
+MIN_SECRET_BYTES = 16
+# How far past the opening literal a candidate may reach: the longest token plus room for
+# wrapping and quote prefixes. Bounds the work per candidate, hence the whole scan.
+MAX_SPAN = MAX_LENGTH + 96
+# Candidates Keyring.resolve verifies at most (each costs one HMAC).
+MAX_CANDIDATES = 64
+
+_CONTEXT = b"casethread-token-v1\x00"
+_VALUE = {symbol: i for i, symbol in enumerate(ALPHABET)}
+# Lower case and Crockford's aliases map onto the canonical symbols.
+_NORMALISE = str.maketrans(
+    {
+        **{c.lower(): c for c in ALPHABET if c.isalpha()},
+        "O": "0",
+        "o": "0",
+        "I": "1",
+        "i": "1",
+        "L": "1",
+        "l": "1",
+    }
+)
+# "Token-shaped": what a token (possibly retyped, mangled or forged) may consist of. Wider than
+# the alphabet on purpose, so that a forged token using U still counts as an invalid token.
+_SHAPE_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ANCHOR_SUFFIX = ".case"
+
+
+def normalise(token: str) -> str:
+    """Upper case with Crockford's aliases resolved; other characters are left as they are."""
+    return token.translate(_NORMALISE)
+
+
+def is_token_shaped(text: str) -> bool:
+    """True when `text` looks like a token (ASCII letters/digits, plausible length).
+
+    A token-shaped string that does not verify is a forgery, a damaged token or one signed
+    with a retired key (the engine reports it as ``X-Case-Token: invalid``).
+    """
+    return MIN_LENGTH <= len(text) <= MAX_LENGTH and all(c in _SHAPE_CHARS for c in text)
+
+
+def _encode_number(number: int) -> str:
+    digits = []
+    while True:
+        number, low = divmod(number, 32)
+        digits.append(ALPHABET[low])
+        if not number:
+            break
+    return "".join(reversed(digits))
+
+
+def _mac(secret: bytes, key_id: int, number: int) -> bytes:
+    message = _CONTEXT + bytes((key_id,)) + number.to_bytes(8, "big")
+    return hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _mac_to_symbols(mac: bytes) -> str:
+    bits = int.from_bytes(mac, "big")
+    return "".join(ALPHABET[(bits >> (5 * i)) & 31] for i in reversed(range(MAC_SYMBOLS)))
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    """The parts of a structurally valid token. The MAC is not checked here."""
+
+    key_id: int
+    case_number: int
+    mac: bytes
+
+
+def parse(token: str) -> ParsedToken | None:
+    """Split a token into its parts, or None when its structure is wrong (no MAC check)."""
+    text = normalise(token)
+    if not MIN_LENGTH <= len(text) <= MAX_LENGTH:
+        return None
+    values = [_VALUE.get(c, -1) for c in text]
+    if min(values) < 0:
+        return None
+    key_id, count = values[0], values[1]
+    if not 1 <= count <= MAX_NUMBER_SYMBOLS or len(values) != 2 + count + MAC_SYMBOLS:
+        return None
+    digits = values[2 : 2 + count]
+    if count > 1 and digits[0] == 0:
+        return None  # one number, one spelling
+    number = 0
+    for digit in digits:
+        number = number * 32 + digit
+    if number > MAX_CASE_NUMBER:
+        return None
+    mac_bits = 0
+    for digit in values[2 + count :]:
+        mac_bits = mac_bits * 32 + digit
+    return ParsedToken(key_id, number, mac_bits.to_bytes(MAC_BYTES, "big"))
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    """What `Keyring.resolve` found among candidates.
+
+    `case_number`/`token` come from the first candidate that verified (None if none did);
+    `rejected` counts the token-shaped candidates before it that failed verification.
+    """
+
+    case_number: int | None = None
+    token: str | None = None
+    rejected: int = 0
+
+    @property
+    def invalid(self) -> bool:
+        """A token-shaped string failed verification: the ``X-Case-Token: invalid`` case."""
+        return self.rejected > 0
+
+    @property
+    def status(self) -> Literal["valid", "invalid", "none"]:
+        if self.case_number is not None:
+            return "valid"
+        return "invalid" if self.rejected else "none"
+
+
+class Keyring:
+    """Token keys by id: the first signs new tokens, all of them verify.
+
+    The secrets never appear in str()/repr() or in any exception message.
+    """
+
+    __slots__ = ("_secrets", "_signing_id")
+
+    def __init__(self, keys: Sequence[tuple[int, bytes]]) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        secrets: dict[int, bytes] = {}
+        for key_id, secret in keys:
+            if isinstance(key_id, bool) or not isinstance(key_id, int):
+                raise ValueError(f"token key id must be an integer, not {type(key_id).__name__}")
+            if not 0 <= key_id <= MAX_KEY_ID:
+                raise ValueError(f"token key id {key_id} is outside 0..{MAX_KEY_ID}")
+            if key_id in secrets:
+                raise ValueError(f"token key id {key_id} is listed twice")
+            if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"token key {key_id} must be at least {MIN_SECRET_BYTES} bytes of secret"
+                )
+            secrets[key_id] = bytes(secret)
+        self._secrets = secrets
+        self._signing_id = keys[0][0]
+
+    @property
+    def signing_key_id(self) -> int:
+        return self._signing_id
+
+    @property
+    def key_ids(self) -> tuple[int, ...]:
+        """Every key id that verifies, the signing one first."""
+        return tuple(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"Keyring(key_ids={list(self._secrets)}, signing_key_id={self._signing_id})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        # Pickling would copy the secrets into wherever the pickle goes.
+        raise TypeError("a Keyring cannot be pickled")
+
+    def make(self, case_number: int) -> str:
+        """The token for `case_number`, signed with the first key."""
+        if isinstance(case_number, bool) or not isinstance(case_number, int):
+            raise TypeError("case number must be an integer")
+        if not 0 <= case_number <= MAX_CASE_NUMBER:
+            raise ValueError(f"case number {case_number} is outside 0..2**64-1")
+        key_id = self._signing_id
+        digits = _encode_number(case_number)
+        mac = _mac(self._secrets[key_id], key_id, case_number)
+        return ALPHABET[key_id] + ALPHABET[len(digits)] + digits + _mac_to_symbols(mac)
+
+    def verify(self, token: str) -> int | None:
+        """The case number a genuine token carries, or None (bad shape, unknown key, bad MAC)."""
+        parsed = parse(token)
+        if parsed is None:
+            return None
+        secret = self._secrets.get(parsed.key_id)
+        if secret is None:
+            return None  # a retired (or never known) key
+        expected = _mac(secret, parsed.key_id, parsed.case_number)
+        if not hmac.compare_digest(expected, parsed.mac):
+            return None
+        return parsed.case_number
+
+    def resolve(self, candidates: Iterable[str], limit: int = MAX_CANDIDATES) -> TokenResult:
+        """The first candidate that verifies, in order, looking at no more than `limit`.
+
+        Candidates that are not token-shaped are skipped without counting as invalid; the
+        iterable is consumed lazily, so scanning stops at the first valid token.
+        """
+        rejected = 0
+        for seen, candidate in enumerate(candidates):
+            if seen >= limit:
+                break
+            if not is_token_shaped(candidate):
+                continue
+            number = self.verify(candidate)
+            if number is not None:
+                return TokenResult(number, normalise(candidate), rejected)
+            rejected += 1
+        return TokenResult(rejected=rejected)
+
+
+# --- Rendering -------------------------------------------------------------------------------
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError unless `template` has one ``{token}`` between non-blank literals.
+
+    Both literals are needed: they are what finds the token again in text that was wrapped.
+    """
+    if template.count(PLACEHOLDER) != 1:
+        raise ValueError(f"the token template must contain {PLACEHOLDER} exactly once")
+    before, after = template.split(PLACEHOLDER)
+    if not before.strip() or not after.strip():
+        raise ValueError(
+            "the token template needs text on both sides of {token}, e.g. ' [ref:{token}]'"
+        )
+    if any(c in "\r\n" for c in template):
+        raise ValueError("the token template must be on one line")
+    if any(c in _SHAPE_CHARS for c in after.strip()[:1]):
+        raise ValueError("the text after {token} must not start with a letter or digit")
+
+
+def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """The text appended to a Subject, e.g. ``" [ref:TOKEN]"``."""
+    check_template(template)
+    return template.replace(PLACEHOLDER, token)
+
+
+def anchor(token: str, domain: str) -> str:
+    """The signed case anchor for References, ``<TOKEN.case@DOMAIN>``."""
+    if not is_token_shaped(token):
+        raise ValueError("not a token")
+    if not domain or any(c in domain for c in "<>@ \t\r\n"):
+        raise ValueError(f"unusable anchor domain {domain!r}")
+    return f"<{token}{_ANCHOR_SUFFIX}@{domain}>"
+
+
+def token_from_anchor(msgid: str) -> str | None:
+    """The (normalised, unverified) token in an anchor Message-ID, or None if it is not one.
+
+    Accepts the ID with or without angle brackets, in any case.
+    """
+    text = msgid.strip().strip("<>")
+    local, at, _domain = text.rpartition("@")
+    if not at or not local.lower().endswith(_ANCHOR_SUFFIX):
+        return None
+    candidate = local[: -len(_ANCHOR_SUFFIX)]
+    return normalise(candidate) if is_token_shaped(candidate) else None
+
+
+# --- Scanning --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bracket:
+    opening: re.Pattern[str]
+    closing: str  # lower case
+
+
+@lru_cache(maxsize=16)
+def _bracket(template: str) -> _Bracket:
+    check_template(template)
+    before, after = template.split(PLACEHOLDER)
+    # Whitespace inside a literal may have been wrapped or doubled; elsewhere it is exact.
+    parts = [re.escape(part) for part in before.split()]
+    opening = re.compile(r"\s+".join(parts), re.IGNORECASE)
+    return _Bracket(opening, after.strip().lower())
+
+
+def _read_candidate(text: str, start: int, closing: str) -> str | None:
+    """The token-shaped text between `start` and the closing literal, separators removed."""
+    symbols: list[str] = []
+    end = min(len(text), start + MAX_SPAN)
+    i = start
+    while i < end:
+        c = text[i]
+        if c.lower() == closing[0] and text[i : i + len(closing)].lower() == closing:
+            return "".join(symbols) if is_token_shaped("".join(symbols)) else None
+        if c in _SHAPE_CHARS:
+            if len(symbols) >= MAX_LENGTH:
+                return None
+            symbols.append(c)
+            i += 1
+        elif c in " \t":
+            i += 1
+        elif c in "\r\n":
+            i += 1
+            # A wrapped line in a quoted reply starts with a quote prefix: "> ", ">> ", "> > ".
+            while i < end and text[i] in " \t>":
+                i += 1
+        else:
+            return None
+    return None
+
+
+def find_tokens(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
+    """Token-shaped candidates in the template's bracket form, from the top, normalised.
+
+    The candidates are not verified: pass them to `Keyring.resolve` (or `verify`).
+    """
+    bracket = _bracket(template)
+    for match in bracket.opening.finditer(text):
+        candidate = _read_candidate(text, match.end(), bracket.closing)
+        if candidate is not None:
+            yield normalise(candidate)

@@ -1,0 +1,307 @@
+"""Machine-mail classification, the X-Case-Auto value (core.autoreply)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casethread.core.autoreply import KINDS, classify_auto, classify_auto_detail, is_auto
+from casethread.core.message import Envelope, Header, Message
+
+BASE = (
+    ("From", "Dana Customer <dana@customer.example>"),
+    ("To", "support@help.example"),
+    ("Subject", "Printer broken"),
+    ("Message-ID", "<abc@customer.example>"),
+    ("Content-Type", "text/plain; charset=utf-8"),
+)
+
+
+def msg(
+    *extra: tuple[str, str], mail_from: str = "<dana@customer.example>", replace: bool = True
+) -> Message:
+    """An ordinary customer mail, with `extra` fields replacing same-named ones."""
+    names = {n.lower() for n, _ in extra} if replace else set()
+    fields = [Header(n, v) for n, v in BASE if n.lower() not in names]
+    fields += [Header(n, v) for n, v in extra]
+    return Message(Envelope(mail_from=mail_from, rcpts=("<support@help.example>",)), tuple(fields))
+
+
+def test_ordinary_mail_is_no() -> None:
+    assert classify_auto(msg()) == "no"
+    assert classify_auto_detail(msg()) == ("no", "")
+
+
+def test_unknown_envelope_sender_is_not_null() -> None:
+    # `casethread filter` without --mail-from gives "": unknown, not the null sender.
+    assert classify_auto(msg(mail_from="")) == "no"
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        # Auto-Submitted (RFC 3834)
+        ((("Auto-Submitted", "no"),), "no"),
+        ((("Auto-Submitted", "No"),), "no"),
+        ((("Auto-Submitted", "no (human)"),), "no"),
+        ((("Auto-Submitted", ""),), "no"),
+        ((("Auto-Submitted", "   "),), "no"),
+        ((("Auto-Submitted", "auto-replied"),), "auto-replied"),
+        ((("Auto-Submitted", "AUTO-REPLIED"),), "auto-replied"),
+        ((("Auto-Submitted", 'auto-replied; owner-email="x@y.example"'),), "auto-replied"),
+        ((("Auto-Submitted", "auto-replied (vacation)"),), "auto-replied"),
+        ((("Auto-Submitted", "auto-generated"),), "auto-generated"),
+        ((("Auto-Submitted", "Auto-Generated"),), "auto-generated"),
+        ((("Auto-Submitted", "auto-notified"),), "auto-generated"),
+        ((("Auto-Submitted", "what-is-this"),), "auto-generated"),  # any value but no
+        ((("Auto-Submitted", "auto-\r\n generated"),), "auto-generated"),  # folded
+        ((("Auto-Submitted", "no"), ("Auto-Submitted", "auto-replied")), "auto-replied"),
+        # X-Autoreply & co. (FreeScout)
+        ((("X-Autoreply", "yes"),), "auto-replied"),
+        ((("X-Autoreply", "YES"),), "auto-replied"),
+        ((("X-Autorespond", "Vacation"),), "auto-replied"),
+        ((("X-Autoresponder", "1"),), "auto-replied"),
+        ((("X-Autoreply", "no"),), "no"),
+        ((("X-Autoreply", "false"),), "no"),
+        ((("X-Autoreply", ""),), "no"),
+        # Precedence (Zammad, Znuny, RT, FreeScout)
+        ((("Precedence", "bulk"),), "bulk"),
+        ((("Precedence", "Junk"),), "bulk"),
+        ((("Precedence", "LIST"),), "bulk"),
+        ((("X-Precedence", "bulk"),), "bulk"),
+        ((("Precedence", "auto_reply"),), "auto-replied"),
+        ((("X-Precedence", "Auto_Reply"),), "auto-replied"),
+        ((("Precedence", "first-class"),), "no"),
+        ((("Precedence", "%%garbage%%"),), "no"),
+        ((("Precedence", "bulky"),), "no"),
+        # Lists (RFC 3834 §2)
+        ((("List-Id", "Users <users.lists.example>"),), "bulk"),
+        ((("List-Unsubscribe", "<mailto:leave@lists.example>"),), "bulk"),
+        ((("List-Post", "<mailto:users@lists.example>"),), "bulk"),
+        ((("Mailing-List", "contact users-help@lists.example; run by ezmlm"),), "bulk"),
+        ((("List-Id", ""),), "no"),
+        # X-Loop (Znuny: any value)
+        ((("X-Loop", "yes"),), "auto-generated"),
+        ((("X-Loop", "helpdesk@vendor.example"),), "auto-generated"),
+        ((("X-Loop", ""),), "no"),
+        # RT
+        ((("X-FC-Machinegenerated", "true"),), "auto-generated"),
+        ((("X-FC-Machinegenerated", "false"),), "no"),
+        # Return-Path
+        ((("Return-Path", "<>"),), "auto-generated"),
+        ((("Return-Path", " < > "),), "auto-generated"),
+        ((("Return-Path", "<dana@customer.example>"),), "no"),
+        # Bounces
+        ((("X-Failed-Recipients", "gone@customer.example"),), "bounce"),
+        ((("From", "MAILER-DAEMON@mx.customer.example (Mail Delivery System)"),), "bounce"),
+        ((("From", "Mail Delivery Subsystem <mailer-daemon@customer.example>"),), "bounce"),
+        ((("From", "MAILER-DAEMON"),), "bounce"),
+        ((("From", "postmaster@customer.example"),), "auto-generated"),
+        ((("From", "Postmaster <POSTMASTER@customer.example>"),), "auto-generated"),
+        ((("From", "postmaster.team@customer.example"),), "no"),
+        ((("From", "dana.mailer-daemon@customer.example"),), "no"),
+        (
+            (("Content-Type", 'multipart/report; report-type=delivery-status;\r\n boundary="b1"'),),
+            "bounce",
+        ),
+        ((("Content-Type", 'Multipart/Report; Report-Type="Delivery-Status"'),), "bounce"),
+        (
+            (("Content-Type", "multipart/report; report-type=disposition-notification"),),
+            "auto-generated",
+        ),
+        ((("Content-Type", "multipart/report; report-type=feedback-report"),), "auto-generated"),
+        ((("Content-Type", "multipart/report"),), "auto-generated"),
+        ((("Content-Type", "multipart/mixed; report-type=delivery-status"),), "no"),
+        ((("Content-Type", ";;;garbage=="),), "no"),
+        ((("Content-Type", ""),), "no"),
+    ],
+)
+def test_signals(fields: tuple[tuple[str, str], ...], kind: str) -> None:
+    assert classify_auto(msg(*fields)) == kind
+
+
+def test_header_names_are_case_insensitive() -> None:
+    assert classify_auto(msg(("auto-submitted", "auto-replied"))) == "auto-replied"
+    assert classify_auto(msg(("PRECEDENCE", "bulk"))) == "bulk"
+    assert classify_auto(msg(("list-id", "<x.example>"))) == "bulk"
+
+
+def test_null_envelope_sender() -> None:
+    assert classify_auto_detail(msg(mail_from="<>")) == ("auto-generated", "null-sender")
+    assert classify_auto(msg(mail_from=" <> ")) == "auto-generated"
+    # A postmaster notice with a null sender is a bounce.
+    assert classify_auto(msg(("From", "postmaster@customer.example"), mail_from="<>")) == "bounce"
+
+
+# Precedence among kinds (see the module doc).
+
+
+def test_dsn_with_empty_sender_is_bounce() -> None:
+    dsn = msg(
+        ("From", "Mail Delivery System <MAILER-DAEMON@mx.customer.example>"),
+        ("Subject", "Undelivered Mail Returned to Sender"),
+        ("Auto-Submitted", "auto-replied"),
+        ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="x"'),
+        mail_from="<>",
+    )
+    assert classify_auto_detail(dsn) == ("bounce", "delivery-status")
+
+
+def test_exchange_ndr_from_postmaster_is_bounce() -> None:
+    ndr = msg(
+        ("From", "postmaster@customer.example"),
+        ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="x"'),
+        mail_from="<>",
+    )
+    assert classify_auto(ndr) == "bounce"
+
+
+def test_out_of_office_is_auto_replied() -> None:
+    gmail = msg(("Auto-Submitted", "auto-replied"), ("Subject", "Vacation"), mail_from="<>")
+    assert classify_auto(gmail) == "auto-replied"
+    # Exchange sends out-of-office as auto-generated; the subject refines it.
+    exchange = msg(
+        ("Subject", "Automatic reply: Printer broken"),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Auto-Response-Suppress", "All"),
+    )
+    assert classify_auto_detail(exchange) == ("auto-replied", "auto-submitted+ooo-subject")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Automatic reply: Printer",
+        "Out of Office: Printer",
+        "Out of the office: Printer",
+        "AutoReply: Printer",
+        "Auto-Reply: Printer",
+        "Automatische Antwort: Drucker",
+        "Abwesenheitsnotiz: Drucker",
+        "Autosvar: Skrivare",
+        "Réponse automatique : Imprimante",
+        "Respuesta automática: Impresora",
+        "Risposta automatica: Stampante",
+        "自动回复: 打印机",
+        "=?utf-8?q?Automatische_Antwort=3A_Drucker?=",
+    ],
+)
+def test_ooo_subject_refines_auto_generated(subject: str) -> None:
+    m = msg(("Subject", subject), ("Auto-Submitted", "auto-generated"))
+    assert classify_auto(m) == "auto-replied"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Automatic reply: Printer",
+        "Out of Office: back Monday",
+        "Autosvar: Skrivare",
+        "Re: Automatic reply: Printer",
+    ],
+)
+def test_subject_alone_never_makes_mail_auto(subject: str) -> None:
+    assert classify_auto(msg(("Subject", subject))) == "no"
+
+
+def test_subject_does_not_turn_other_kinds_into_auto_replied() -> None:
+    m = msg(("Subject", "Automatic reply: x"), ("Precedence", "bulk"))
+    assert classify_auto(m) == "bulk"
+    m = msg(("Subject", "Automatic reply: x"), ("From", "MAILER-DAEMON@x.example"))
+    assert classify_auto(m) == "bounce"
+
+
+def test_list_mail_is_bulk_even_with_x_loop_or_auto_generated() -> None:
+    m = msg(("List-Id", "<users.lists.example>"), ("X-Loop", "users@lists.example"))
+    assert classify_auto(m) == "bulk"
+    m = msg(("List-Unsubscribe", "<https://x.example/u>"), ("Auto-Submitted", "auto-generated"))
+    assert classify_auto(m) == "bulk"
+
+
+def test_auto_reply_through_a_list_is_auto_replied() -> None:
+    m = msg(("List-Id", "<users.lists.example>"), ("Auto-Submitted", "auto-replied"))
+    assert classify_auto(m) == "auto-replied"
+
+
+def test_exchange_rule_headers() -> None:
+    # An inbox rule that forwarded a human's mail: not auto.
+    fwd = msg(("X-MS-Exchange-Inbox-Rules-Loop", "dana@customer.example"))
+    assert classify_auto(fwd) == "no"
+    src = msg(("X-MS-Exchange-Generated-Message-Source", "Mailbox Rules Agent"))
+    assert classify_auto(src) == "no"
+    # Zammad's out-of-office rule: the loop header plus X-Auto-Response-Suppress: All.
+    ooo = msg(
+        ("X-MS-Exchange-Inbox-Rules-Loop", "dana@customer.example"),
+        ("X-Auto-Response-Suppress", "All"),
+    )
+    assert classify_auto_detail(ooo) == ("auto-replied", "exchange-rule-reply")
+    oof = msg(
+        ("X-MS-Exchange-Generated-Message-Source", "Mailbox Rules Agent"),
+        ("X-Auto-Response-Suppress", "DR, RN, OOF, AutoReply"),
+    )
+    assert classify_auto(oof) == "auto-replied"
+    weak = msg(
+        ("X-MS-Exchange-Inbox-Rules-Loop", "dana@customer.example"),
+        ("X-Auto-Response-Suppress", "DR, RN"),
+    )
+    assert classify_auto(weak) == "no"
+
+
+def test_x_auto_response_suppress_alone_is_no() -> None:
+    # Outlook sets it on ordinary mail (it asks *others* not to auto-reply).
+    assert classify_auto(msg(("X-Auto-Response-Suppress", "All"))) == "no"
+
+
+def test_folded_values() -> None:
+    assert classify_auto(msg(("Precedence", "\r\n bulk"))) == "bulk"
+    assert classify_auto(msg(("X-Autoreply", "\n\tyes"))) == "auto-replied"
+    assert classify_auto(msg(("From", "Mail Delivery\r\n <MAILER-DAEMON@x.example>"))) == "bounce"
+
+
+def test_missing_headers() -> None:
+    bare = Message(Envelope(), ())
+    assert classify_auto(bare) == "no"
+
+
+def test_is_auto() -> None:
+    assert is_auto("no") is False
+    for kind in ("auto-replied", "auto-generated", "bounce", "bulk"):
+        assert is_auto(kind) is True
+    assert set(KINDS) == {"no", "auto-replied", "auto-generated", "bounce", "bulk"}
+    with pytest.raises(ValueError):
+        is_auto("yes")
+
+
+NAMES = st.sampled_from(
+    [
+        "Auto-Submitted",
+        "X-Autoreply",
+        "X-Autorespond",
+        "X-Autoresponder",
+        "Precedence",
+        "X-Precedence",
+        "List-Id",
+        "List-Unsubscribe",
+        "X-Loop",
+        "X-MS-Exchange-Inbox-Rules-Loop",
+        "X-Auto-Response-Suppress",
+        "Return-Path",
+        "From",
+        "Content-Type",
+        "Subject",
+        "X-Failed-Recipients",
+        "X-FC-Machinegenerated",
+    ]
+)
+
+
+@given(
+    st.lists(st.tuples(NAMES, st.text(max_size=60)), max_size=8),
+    st.sampled_from(["", "<>", "<a@b.example>", "garbage <<>"]),
+)
+def test_garbage_never_raises(fields: list[tuple[str, str]], mail_from: str) -> None:
+    m = Message(Envelope(mail_from=mail_from), tuple(Header(n, v) for n, v in fields))
+    kind, reason = classify_auto_detail(m)
+    assert kind in KINDS
+    assert (reason == "") == (kind == "no")

@@ -1,0 +1,253 @@
+"""Reply/forward prefixes, list tags and the subject normal form (core.subject)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casethread.core.message import unfold
+from casethread.core.subject import REF_TAG, decode_subject, normalise, strip_prefixes
+
+# One case per language form: (subject, expected after stripping).
+LANGUAGE_FORMS = [
+    ("Re: Printer broken", "Printer broken"),
+    ("RE: Printer broken", "Printer broken"),
+    ("re: Printer broken", "Printer broken"),
+    ("Re[2]: Printer broken", "Printer broken"),
+    ("Re(2): Printer broken", "Printer broken"),
+    ("Re[12] : Printer broken", "Printer broken"),
+    ("Fwd: Printer broken", "Printer broken"),
+    ("Fw: Printer broken", "Printer broken"),
+    ("FW: Printer broken", "Printer broken"),
+    ("FWD: Printer broken", "Printer broken"),
+    ("AW: Drucker defekt", "Drucker defekt"),
+    ("WG: Drucker defekt", "Drucker defekt"),
+    ("SV: Skrivare trasig", "Skrivare trasig"),
+    ("VS: Skriver i stykker", "Skriver i stykker"),
+    ("VB: Skrivare trasig", "Skrivare trasig"),
+    ("VL: Tulostin rikki", "Tulostin rikki"),
+    ("Antw: Printer kapot", "Printer kapot"),
+    ("Doorst: Printer kapot", "Printer kapot"),
+    ("RIF: Stampante rotta", "Stampante rotta"),
+    ("I: Stampante rotta", "Stampante rotta"),
+    ("R: Stampante rotta", "Stampante rotta"),
+    ("TR: Imprimante en panne", "Imprimante en panne"),
+    ("TR : Imprimante en panne", "Imprimante en panne"),
+    ("RE : Imprimante en panne", "Imprimante en panne"),
+    ("Réf.: Imprimante en panne", "Imprimante en panne"),
+    ("Réf. : Imprimante en panne", "Imprimante en panne"),
+    ("RV: Impresora rota", "Impresora rota"),
+    ("RES: Impressora quebrada", "Impressora quebrada"),
+    ("ENC: Impressora quebrada", "Impressora quebrada"),
+    ("ΑΠ: Εκτυπωτής", "Εκτυπωτής"),
+    ("απ: Εκτυπωτής", "Εκτυπωτής"),
+    ("ΣΧΕΤ: Εκτυπωτής", "Εκτυπωτής"),
+    ("ΠΡΘ: Εκτυπωτής", "Εκτυπωτής"),
+    ("תגובה: מדפסת", "מדפסת"),
+    ("השב: מדפסת", "מדפסת"),
+    ("העבר: מדפסת", "מדפסת"),
+    ("回复: 打印机坏了", "打印机坏了"),
+    ("回复：打印机坏了", "打印机坏了"),
+    ("回覆: 印表機壞了", "印表機壞了"),
+    ("转发: 打印机坏了", "打印机坏了"),
+    ("答复: 打印机坏了", "打印机坏了"),
+    ("轉寄: 印表機壞了", "印表機壞了"),
+    ("회신: 프린터", "프린터"),
+    ("전달: 프린터", "프린터"),
+    ("Ynt: Yazıcı bozuk", "Yazıcı bozuk"),
+    ("YNT: Yazıcı bozuk", "Yazıcı bozuk"),
+    ("İLT: Yazıcı bozuk", "Yazıcı bozuk"),
+    ("Odp: Drukarka", "Drukarka"),
+    ("PD: Drukarka", "Drukarka"),
+    ("PŘ: Tiskárna", "Tiskárna"),
+    ("Odg: Tiskalnik", "Tiskalnik"),
+    ("Vá: Nyomtató", "Nyomtató"),
+    ("VÁ: Nyomtató", "Nyomtató"),
+    ("Továbbítás: Nyomtató", "Nyomtató"),
+    ("Ang: Printeris", "Printeris"),
+    ("Atb: Printeris", "Printeris"),
+    ("ATB: Argraffydd", "Argraffydd"),
+    ("Отв: Принтер", "Принтер"),
+    ("Ｒｅ：プリンター", "プリンター"),
+    ("ＦＷ：プリンター", "プリンター"),
+    ("Re:Printer broken", "Printer broken"),
+    ("Re：Printer broken", "Printer broken"),
+    ("   Re:   Printer broken  ", "Printer broken"),
+]
+
+
+@pytest.mark.parametrize(("subject", "expected"), LANGUAGE_FORMS)
+def test_each_language_form_is_stripped(subject: str, expected: str) -> None:
+    assert strip_prefixes(subject) == expected
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("Re: Re: Re: Printer", "Printer"),
+        ("RE: AW: WG: Fwd: Printer", "Printer"),
+        ("Re: FW: R: I: TR: SV: VS: Printer", "Printer"),
+        ("Re[2]: Re(3): ΑΠ: 回复：Printer", "Printer"),
+        ("Re:Re:Fwd:Printer", "Printer"),
+    ],
+)
+def test_repeated_and_mixed_prefixes_are_stripped(subject: str, expected: str) -> None:
+    assert strip_prefixes(subject) == expected
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Re-installation needed",
+        "Ref: 12",
+        "Recall",
+        "Request: new laptop",
+        "Fwding rules",
+        "Re 5 apples",
+        "Invoice: March",
+        "I need help",
+        "Aware: a",
+        "Reply needed",
+        "Printer: Re: broken",
+        "[Ticket#123] Printer",
+        "[Case C-000123] Printer",
+        "[PATCH 1/2] Printer",
+        "[ref:ABCD1234] Printer",
+        "[123] Printer",
+    ],
+)
+def test_things_that_must_not_be_stripped(subject: str) -> None:
+    assert strip_prefixes(subject) == subject
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("[users] Printer", "Printer"),
+        ("[python-dev] Printer", "Printer"),
+        ("[EXTERNAL] RE: Printer", "Printer"),
+        ("Re: [users] Printer", "Printer"),
+        ("[users] Re: [users] Re: Printer", "Printer"),
+        ("Printer [users]", "Printer [users]"),
+        ("Printer: [users] x", "Printer: [users] x"),
+        # A non-list tag ends the leading run: what follows it is kept.
+        ("[Ticket#12] Re: Printer", "[Ticket#12] Re: Printer"),
+        ("Re: [Case C-1] Printer", "[Case C-1] Printer"),
+    ],
+)
+def test_list_tags_only_in_the_leading_run(subject: str, expected: str) -> None:
+    assert strip_prefixes(subject) == expected
+
+
+def test_list_tags_can_be_kept() -> None:
+    assert strip_prefixes("Re: [users] Printer", list_tags=False) == "[users] Printer"
+
+
+def test_folded_subject_is_unfolded() -> None:
+    assert strip_prefixes("Re: AW:\r\n Printer\n\tbroken") == "Printer\tbroken"
+
+
+def test_inner_text_and_case_are_kept() -> None:
+    assert strip_prefixes("RE: Printer  BROKEN: Re: x") == "Printer  BROKEN: Re: x"
+
+
+def test_only_prefixes_leaves_empty() -> None:
+    assert strip_prefixes("Re: Fwd:") == ""
+    assert strip_prefixes("") == ""
+
+
+def test_hostile_input_is_bounded() -> None:
+    # Far more prefixes than the bound: stripping stops, and quickly.
+    text = "Re: " * 10_000 + "x"
+    out = strip_prefixes(text)
+    assert out.endswith("x")
+    assert len(out) < len(text)
+
+
+# normalise
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("Re: Printer   Broken", "printer broken"),
+        ("=?utf-8?q?AW=3A_Bestellung_=C3=BCber_M=C3=BCnchen?=", "bestellung über münchen"),
+        ("Re: =?iso-8859-1?q?Caf=E9?= menu", "café menu"),
+        ("=?UTF-8?B?5Zue5aSN77ya5omT5Y2w5py6?=", "打印机"),  # "回复：打印机"
+        ("Re: STRASSE", "strasse"),
+        ("Re: Straße", "strasse"),  # casefold, not lower
+        ("RE:\r\n AW: Folded\r\n\tsubject", "folded subject"),
+    ],
+)
+def test_normalise(subject: str, expected: str) -> None:
+    assert normalise(subject) == expected
+
+
+def test_normalise_removes_the_token_tag_anywhere() -> None:
+    assert normalise("Re: Printer broken [ref:ABCD1234]", REF_TAG) == "printer broken"
+    assert normalise("[ref:ABCD1234] Re: Printer broken", REF_TAG) == "printer broken"
+    assert normalise("Printer [ REF:x ] broken", REF_TAG) == "printer broken"
+    # Without the regex the tag stays.
+    assert normalise("Re: Printer [ref:ABCD1234]") == "printer [ref:abcd1234]"
+
+
+def test_normalise_accepts_a_pattern_string() -> None:
+    assert normalise("Re: Printer {CASE-9}", r"\{CASE-\d+\}") == "printer"
+    assert normalise("Re: Printer {case-9}", re.compile(r"\{CASE-\d+\}", re.I)) == "printer"
+
+
+def test_same_thread_normalises_equal() -> None:
+    original = "Printer broken [ref:ABCD1234]"
+    replies = [
+        "Re: Printer broken [ref:ABCD1234]",
+        "AW: WG: printer   broken [ref:ABCD1234]",
+        "=?utf-8?q?Re=3A_Printer_broken?= [ref:ABCD1234]",
+    ]
+    want = normalise(original, REF_TAG)
+    assert all(normalise(r, REF_TAG) == want for r in replies)
+    assert normalise("Re: Printer fixed", REF_TAG) != want
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "=?bogus-charset?q?abc?= Re: x",
+        "=?utf-8?B?!!!?=",
+        "=?utf-8?q?unterminated",
+        "=?=?=?",
+        "Re: \udcff\udcfe raw bytes",
+        "\ud800 lone surrogate",
+        "\x00\x01 control",
+    ],
+)
+def test_normalise_never_fails_on_garbage(subject: str) -> None:
+    out = normalise(subject, REF_TAG)
+    assert isinstance(out, str)
+    out.encode("utf-8")  # no surrogates left: safe to log and to store
+
+
+def test_decode_subject_keeps_undecodable_text() -> None:
+    assert decode_subject("=?bogus-charset?q?abc?=") == "=?bogus-charset?q?abc?="
+    assert decode_subject("plain") == "plain"
+    assert decode_subject("Re: caf\udcc3\udca9") == "Re: café"  # UTF-8 bytes via surrogateescape
+    assert decode_subject("x \udcff") == "x \ufffd"
+
+
+@given(st.text(max_size=200))
+def test_normalise_is_total_and_idempotent(text: str) -> None:
+    once = normalise(text)
+    assert once == once.strip()
+    assert "  " not in once
+    # RFC 2047 decoding of the output could change it again; otherwise idempotent.
+    if "=?" not in once:
+        assert normalise(once) == once
+
+
+@given(st.text(max_size=200))
+def test_strip_prefixes_returns_a_suffix(text: str) -> None:
+    out = strip_prefixes(text)
+    assert out.strip() == out
+    assert out == "" or unfold(text).rstrip().endswith(out)

@@ -1,0 +1,308 @@
+"""casethread.core.token: layout, signing, verification, aliases and scanning mail text."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import itertools
+import pickle
+import string
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from casethread.core.token import (
+    ALPHABET,
+    MAX_CASE_NUMBER,
+    MAX_LENGTH,
+    MIN_LENGTH,
+    Keyring,
+    anchor,
+    check_template,
+    find_tokens,
+    is_token_shaped,
+    normalise,
+    parse,
+    subject_tag,
+    token_from_anchor,
+)
+
+SECRET_A = bytes(range(32))
+SECRET_B = bytes(range(100, 132))
+RING = Keyring([(1, SECRET_A)])
+NUMBERS = st.integers(min_value=0, max_value=MAX_CASE_NUMBER)
+# Characters a token can be damaged into: every printable ASCII character, plus some others.
+REPLACEMENTS = st.sampled_from(sorted(set(string.printable) | set("ÄéßİıЅ\u00a0")))
+
+
+def test_round_trip_for_chosen_numbers() -> None:
+    for number in [0, 1, 31, 32, 1023, 1024, 123_456, 2**32, 2**40 + 7, 2**63, MAX_CASE_NUMBER]:
+        token = RING.make(number)
+        assert RING.verify(token) == number
+        assert set(token) <= set(ALPHABET)
+        assert MIN_LENGTH <= len(token) <= MAX_LENGTH
+
+
+def test_layout_is_as_documented() -> None:
+    token = RING.make(123_456)  # 123456 = 3*32**3 + 24*32**2 + 18*32 + 0 -> "3RJ0"
+    assert token[0] == "1"  # key id 1
+    assert token[1] == "4"  # four number symbols
+    assert token[2:6] == "3RJ0"
+    message = b"casethread-token-v1\x00" + bytes([1]) + (123_456).to_bytes(8, "big")
+    mac = hmac.new(SECRET_A, message, hashlib.sha256).digest()[:10]
+    bits = int.from_bytes(mac, "big")
+    assert token[6:] == "".join(ALPHABET[(bits >> (5 * i)) & 31] for i in reversed(range(16)))
+    assert len(token) == 22
+
+
+def test_lengths() -> None:
+    assert len(RING.make(0)) == MIN_LENGTH == 19
+    assert len(RING.make(31)) == 19
+    assert len(RING.make(32)) == 20
+    assert len(RING.make(32_767)) == 21
+    assert len(RING.make(32_768)) == 22
+    assert len(RING.make(MAX_CASE_NUMBER)) == MAX_LENGTH == 31
+
+
+def test_make_refuses_numbers_outside_the_range() -> None:
+    with pytest.raises(ValueError):
+        RING.make(-1)
+    with pytest.raises(ValueError):
+        RING.make(MAX_CASE_NUMBER + 1)
+    with pytest.raises(TypeError):
+        RING.make(True)
+
+
+@given(NUMBERS)
+def test_round_trip(number: int) -> None:
+    token = RING.make(number)
+    assert RING.verify(token) == number
+    assert RING.verify(token.lower()) == number
+
+
+@given(NUMBERS, st.data())
+def test_any_one_character_change(number: int, data: st.DataObject) -> None:
+    token = RING.make(number)
+    position = data.draw(st.integers(0, len(token) - 1))
+    replacement = data.draw(REPLACEMENTS)
+    assume(replacement != token[position])
+    changed = token[:position] + replacement + token[position + 1 :]
+    if normalise(replacement) == token[position]:
+        # Lower case or a Crockford alias (O->0, I/L->1) of the same symbol.
+        assert RING.verify(changed) == number
+    else:
+        assert RING.verify(changed) is None
+
+
+def test_aliases_decode_to_the_same_symbol() -> None:
+    number = next(n for n in itertools.count(1000) if "0" in (t := RING.make(n)) and "1" in t)
+    token = RING.make(number)
+    assert RING.verify(token.replace("0", "O").replace("1", "I")) == number
+    assert RING.verify(token.replace("0", "o").replace("1", "l")) == number
+    assert RING.verify(token.replace("1", "L").lower()) == number
+    assert RING.verify(token.replace("0", "U")) is None  # U is not a symbol
+
+
+@given(NUMBERS, st.data())
+def test_deleting_or_inserting_a_character_fails(number: int, data: st.DataObject) -> None:
+    token = RING.make(number)
+    position = data.draw(st.integers(0, len(token)))
+    inserted = data.draw(st.sampled_from(ALPHABET))
+    assert RING.verify(token[:position] + inserted + token[position:]) is None
+    if position < len(token):
+        assert RING.verify(token[:position] + token[position + 1 :]) is None
+
+
+@given(NUMBERS)
+def test_truncated_fails(number: int) -> None:
+    token = RING.make(number)
+    for cut in range(len(token)):
+        assert RING.verify(token[:cut]) is None
+
+
+@given(NUMBERS)
+def test_a_wrong_key_fails(number: int) -> None:
+    token = RING.make(number)
+    other = Keyring([(1, SECRET_B)])  # same id, different secret
+    assert other.verify(token) is None
+
+
+def test_rotation_first_key_signs_all_verify() -> None:
+    old = Keyring([(1, SECRET_A)])
+    rotated = Keyring([(2, SECRET_B), (1, SECRET_A)])
+    old_token = old.make(42)
+    new_token = rotated.make(42)
+    assert new_token[0] == "2" and old_token[0] == "1"
+    assert rotated.verify(old_token) == 42
+    assert rotated.verify(new_token) == 42
+    assert old.verify(new_token) is None  # key 2 is unknown to the old ring
+    assert rotated.signing_key_id == 2
+    assert rotated.key_ids == (2, 1)
+
+
+def test_a_retired_key_id_fails() -> None:
+    token = Keyring([(1, SECRET_A)]).make(7)
+    retired = Keyring([(2, SECRET_B)])
+    assert retired.verify(token) is None
+    result = retired.resolve(find_tokens(f"Re: help [ref:{token}]"))
+    assert result.status == "invalid" and result.invalid and result.case_number is None
+
+
+def test_relabelled_key_id_fails() -> None:
+    # The key id is under the MAC: a token moved to another id of the same ring fails.
+    ring = Keyring([(1, SECRET_A), (2, SECRET_A)])
+    token = ring.make(99)
+    assert ring.verify("2" + token[1:]) is None
+
+
+def test_non_canonical_number_fails() -> None:
+    token = RING.make(5)  # "1" "1" "5" MAC
+    padded = token[0] + "2" + "0" + token[2:]  # 05 instead of 5: one number, one spelling
+    assert parse(padded) is None
+    assert RING.verify(padded) is None
+
+
+def test_keyring_validation() -> None:
+    with pytest.raises(ValueError):
+        Keyring([])
+    with pytest.raises(ValueError):
+        Keyring([(32, SECRET_A)])
+    with pytest.raises(ValueError):
+        Keyring([(1, SECRET_A), (1, SECRET_B)])
+    with pytest.raises(ValueError) as info:
+        Keyring([(1, b"short")])
+    assert "short" not in str(info.value)
+
+
+def test_secrets_never_in_repr_str_or_copies() -> None:
+    ring = Keyring([(3, SECRET_A), (4, SECRET_B)])
+    for text in (repr(ring), str(ring), f"{ring}", f"{ring!r}"):
+        assert "3, 4" in text
+        for secret in (SECRET_A, SECRET_B):
+            assert secret.hex() not in text
+            assert repr(secret)[2:-1] not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(ring)
+    with pytest.raises(TypeError):
+        copy.copy(ring)
+
+
+def test_verify_rejects_junk() -> None:
+    for junk in ["", "x", "[ref:]", "0" * 18, "Z" * 31, "1" * 40, "1D" + "0" * 16 + "é"]:
+        assert RING.verify(junk) is None
+
+
+# --- Templates, anchors --------------------------------------------------------------------
+
+
+def test_subject_tag() -> None:
+    token = RING.make(12)
+    assert subject_tag(token) == f" [ref:{token}]"
+    assert subject_tag(token, " (Case ref {token})") == f" (Case ref {token})"
+    for bad in ["[ref:]", "{token}", "[ref:{token}", "{token}]", "[{token}{token}]", "[{token}x]"]:
+        with pytest.raises(ValueError):
+            check_template(bad)
+
+
+def test_anchor_round_trip() -> None:
+    token = RING.make(2**32)
+    msgid = anchor(token, "example.com")
+    assert msgid == f"<{token}.case@example.com>"
+    assert token_from_anchor(msgid) == token
+    assert token_from_anchor(msgid.strip("<>")) == token
+    assert token_from_anchor(f"<{token.lower()}.CASE@Example.COM>") == token
+    assert RING.verify(token_from_anchor(msgid) or "") == 2**32
+    for other in ["<abc@example.com>", f"<{token}@example.com>", f"<{token}.case>", "", "<>"]:
+        assert token_from_anchor(other) is None
+    with pytest.raises(ValueError):
+        anchor(token, "bad domain")
+    with pytest.raises(ValueError):
+        anchor("short", "example.com")
+
+
+# --- Scanning ------------------------------------------------------------------------------
+
+
+def test_finds_the_first_valid_token_from_the_top() -> None:
+    first, second = RING.make(10), RING.make(20)
+    forged = first[:-1] + ("0" if first[-1] != "0" else "1")
+    text = f"Hello [ref:{forged}]\nsee [ref:{first}] and [ref:{second}]"
+    assert list(find_tokens(text)) == [forged, first, second]
+    result = RING.resolve(find_tokens(text))
+    assert result.case_number == 10 and result.token == first
+    assert result.rejected == 1 and result.invalid and result.status == "valid"
+
+
+def test_scanning_tolerates_case_spaces_and_quoted_line_breaks() -> None:
+    token = RING.make(777_777)
+    head, tail = token[:9], token[9:]
+    texts = [
+        f"Re: Printer broken [REF:{token.lower()}]",
+        f"Re: x [Ref: {token} ]",
+        f"> see [ref:{head}\n> {tail}]",
+        f"> see [ref:{head}\r\n>> {tail}]",
+        f"> see [ref:{head}\n> > {tail}\n> ]",
+        f"[ref:\n{token}]",
+        f"[ref:{head} {tail}]",
+        f"Subject: Re: help\r\n [ref:{head}\r\n {tail}]",  # a folded header
+    ]
+    for text in texts:
+        assert list(find_tokens(text)) == [token], text
+        assert RING.resolve(find_tokens(text)).case_number == 777_777
+
+
+def test_scanning_with_a_custom_template() -> None:
+    token = RING.make(5)
+    template = " (Case ref {token})"
+    assert list(find_tokens(f"Re: x (case  REF {token})", template)) == [token]
+    assert list(find_tokens(f"Re: x [ref:{token}]", template)) == []
+
+
+def test_no_token_is_told_apart_from_an_invalid_one() -> None:
+    nothing = RING.resolve(find_tokens("Re: hello [ref:abc] [ref:] [see: x]"))
+    assert nothing.status == "none" and not nothing.invalid and nothing.case_number is None
+    forged = RING.resolve(find_tokens("Re: [ref:1D" + "U" * 17 + "]"))  # token-shaped, bad
+    assert forged.status == "invalid" and forged.rejected == 1
+    assert is_token_shaped("1D" + "U" * 17)
+    assert not is_token_shaped("abc")
+    anchors = [token_from_anchor("<" + "2" * 20 + ".case@x.org>")]
+    assert RING.resolve(t for t in anchors if t).status == "invalid"
+
+
+def test_no_match_when_bracket_holds_other_characters() -> None:
+    token = RING.make(3)
+    for text in [f"[ref:{token}", f"[ref:{token}x]", f"[ref:{token}-]", f"[ref:<{token}>]"]:
+        assert RING.resolve(find_tokens(text)).case_number is None, text
+
+
+def test_resolve_stops_at_the_limit() -> None:
+    token = RING.make(8)
+    text = "[ref:" + "2" * 20 + "] " + f"[ref:{token}]"
+    assert RING.resolve(find_tokens(text), limit=1).case_number is None
+    assert RING.resolve(find_tokens(text), limit=2).case_number == 8
+
+
+ADVERSARIAL = [
+    "[ref:" * 200_000,
+    "[ref:" + "A" * 1_000_000,
+    "[ref:" + "A " * 500_000,
+    "[ref:" + "\n> " * 330_000,
+    "[" * 1_000_000,
+    ("[ref:" + "1" * 30 + "\n>") * 28_000,
+    ("[ref:" + "2" * 20 + "]") * 38_000,
+    "\n" * 1_000_000,
+    "> " * 500_000,
+]
+
+
+@pytest.mark.parametrize("junk", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+def test_adversarial_megabyte(junk: str) -> None:
+    token = RING.make(4242)
+    text = junk + f" [ref:{token}]"
+    assert len(junk) >= 900_000
+    found = RING.resolve(find_tokens(text), limit=10**6)
+    assert found.case_number == 4242
+    # A scan that looks at every candidate still ends, and finds the genuine one last.
+    assert list(find_tokens(text))[-1] == token
