@@ -4,7 +4,9 @@ The file is composed into PyYAML's node tree rather than loaded into dicts, so e
 name its line and PyYAML's silent "last duplicate key wins" can be rejected. The schema is the
 dataclasses themselves: `_build` walks their field types generically, and `_RULES` adds what a
 type cannot say (ranges, formats, unit strings, comments for `render_defaults`), keyed by the
-key path (`section.key`, with `[]` standing for any list index).
+key path (`section.key`, with `[]` standing for any list index). Lists of mappings (routing
+rules, external refs) are built item by item as dataclasses; a field without a default is a
+required key. A check on a list or section can blame one item or key below it (`_Invalid.at`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import os
 import re
+import textwrap
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +27,21 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from casethread.core.settings import Settings
+from .core import token
+from .core.settings import (
+    STRATEGY_NAMES,
+    ExternalRefRule,
+    InboundSettings,
+    RoutingRule,
+    Settings,
+)
 
-__all__ = ["ConfigError", "load_config", "render_defaults"]
+__all__ = ["ConfigError", "load_config", "override", "render_defaults"]
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
 class ConfigError(Exception):
@@ -46,7 +59,15 @@ class ConfigError(Exception):
 
 
 class _Invalid(Exception):
-    """Raised by converters and checks; `_build` adds the file, line and key path."""
+    """Raised by converters and checks; `_build` adds the file, line and key path.
+
+    `at` points below the checked value (`("strategies", 3)`, `(2, "name")`), so a check on a
+    list or a section can blame the one item or key that is wrong, with that item's line.
+    """
+
+    def __init__(self, problem: str, at: tuple[str | int, ...] = ()) -> None:
+        super().__init__(problem)
+        self.at = at
 
 
 @dataclass(frozen=True)
@@ -115,27 +136,32 @@ _SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
 _SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
 
 
-def _parse_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid(f"expected {_SIZE_EXPECTS}, got {_describe_value(value)}")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE_RE.fullmatch(value)
-        if match is None:
-            raise _Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
-        unit = match.group(2).lower()
-        if unit in ("kb", "mb", "gb", "tb"):
-            # 1000- or 1024-based is anyone's guess; make the reader say which.
-            binary = unit[0].upper() + "iB"
-            raise _Invalid(f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)")
-        if unit not in _UNITS:
-            units = "KiB, MiB, GiB, TiB or K, M, G, T"
-            raise _Invalid(f"unknown unit {match.group(2)!r} (use {units})")
-        size = int(match.group(1)) * _UNITS[unit]
-    if size < _MIB:
-        raise _Invalid(f"{value!r} is too small: at least 1MiB")
-    return size
+def _size(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _Invalid(f"expected {_SIZE_EXPECTS}, got {_describe_value(value)}")
+        if isinstance(value, int):
+            size = value
+        else:
+            match = _SIZE_RE.fullmatch(value)
+            if match is None:
+                raise _Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
+            unit = match.group(2).lower()
+            if unit in ("kb", "mb", "gb", "tb"):
+                # 1000- or 1024-based is anyone's guess; make the reader say which.
+                binary = unit[0].upper() + "iB"
+                raise _Invalid(
+                    f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)"
+                )
+            if unit not in _UNITS:
+                units = "KiB, MiB, GiB, TiB or K, M, G, T"
+                raise _Invalid(f"unknown unit {match.group(2)!r} (use {units})")
+            size = int(match.group(1)) * _UNITS[unit]
+        if size < minimum:
+            raise _Invalid(f"{value!r} is too small: at least {_render_size(minimum)}")
+        return size
+
+    return parse
 
 
 def _render_size(size: int) -> str:
@@ -255,6 +281,195 @@ def _recipient(value: str) -> str:
     return address
 
 
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+_DURATION_EXPECTS = "a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w')"
+# Ten years: far beyond any sensible window, and it catches milliseconds typed as seconds.
+_DURATION_MAX = 3650 * 86400
+
+
+def _parse_duration(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Invalid(f"expected {_DURATION_EXPECTS}, got {_describe_value(value)}")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION_RE.fullmatch(value)
+        if match is None:
+            raise _Invalid(f"{value!r} is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)")
+        unit = match.group(2)
+        # Case-sensitive on purpose: is "30M" minutes or months?
+        if unit and unit not in _DURATION_UNITS:
+            raise _Invalid(f"unknown unit {unit!r} (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)")
+        seconds = int(match.group(1)) * _DURATION_UNITS.get(unit, 1)
+    if seconds <= 0:
+        raise _Invalid(f"{value!r} is not positive: at least 1s")
+    if seconds > _DURATION_MAX:
+        raise _Invalid(f"{value!r} is too long: at most {_render_duration(_DURATION_MAX)}")
+    return seconds
+
+
+def _render_duration(seconds: int) -> str:
+    for unit, factor in _DURATION_UNITS.items():
+        if seconds % factor == 0:
+            return f"{seconds // factor}{unit}"
+    return str(seconds)  # unreachable: "s" divides everything
+
+
+_REGEX_MAX = 1000
+
+
+def _regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > _REGEX_MAX:
+            limit = _REGEX_MAX
+            raise _Invalid(f"the regular expression is {len(value)} characters: at most {limit}")
+        if not value:
+            # The matchers read "" as "no condition": refuse it rather than guess.
+            raise _Invalid("the regular expression is empty")
+        try:
+            compiled = re.compile(value, flags)
+        except re.error as exc:
+            where = "" if exc.pos is None else f" at position {exc.pos}"
+            raise _Invalid(f"invalid regular expression: {exc.msg}{where}") from None
+        if compiled.groups < groups:
+            raise _Invalid("the regular expression needs a group: (...) around the part to extract")
+        if not empty_ok and compiled.search("") is not None:
+            # It would "find" an empty reference in every message.
+            raise _Invalid(f"{value!r} matches an empty string")
+        return value
+
+    return check
+
+
+_QUEUE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def _queue(value: str) -> str:
+    if not _QUEUE_RE.fullmatch(value):
+        raise _Invalid(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ : / -")
+    return value
+
+
+def _header_name(value: str) -> str:
+    # RFC 5322 field names: printable ASCII (33-126) except ':'.
+    if not 1 <= len(value) <= 76 or any(not 33 <= ord(c) <= 126 or c == ":" for c in value):
+        raise _Invalid(f"{value!r} is not a header name (1-76 characters, no spaces or colons)")
+    return value
+
+
+def _has_condition(rule: RoutingRule) -> bool:
+    return bool(rule.rcpt or rule.sender) or rule.subject is not None or rule.header is not None
+
+
+def _routing_rule(rule: RoutingRule) -> RoutingRule:
+    if rule.header is not None and rule.header_regex is None:
+        raise _Invalid("header needs header_regex (the regex its value must match)", ("header",))
+    if rule.header_regex is not None and rule.header is None:
+        raise _Invalid("header_regex needs header (the header to match)", ("header_regex",))
+    return rule
+
+
+def _routing_rules(rules: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
+    for i, rule in enumerate(rules[:-1]):
+        if not _has_condition(rule):
+            # It matches every message, so every rule after it would be dead.
+            raise _Invalid(
+                "a rule without a condition (rcpt, sender, subject, header) matches every "
+                "message: only the last rule may be a catch-all",
+                (i,),
+            )
+    return rules
+
+
+_STRATEGIES = STRATEGY_NAMES
+
+
+def _strategy(value: str) -> str:
+    if value in _STRATEGIES:
+        return value
+    if value == "duplicate":
+        raise _Invalid("'duplicate' is not a strategy: duplicates are always recognised first")
+    close = difflib.get_close_matches(value.lower(), _STRATEGIES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (known: " + ", ".join(_STRATEGIES) + ")"
+    raise _Invalid(f"{value!r} is not a strategy{hint}")
+
+
+def _no_duplicates(what: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    def check(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                first = values.index(value)
+                raise _Invalid(f"{what} {value!r} is listed twice (first as item {first})", (i,))
+        return values
+
+    return check
+
+
+def _strategies(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise _Invalid("list at least one strategy (no strategy: every message is a new case)")
+    result: tuple[str, ...] = _no_duplicates("strategy")(values)
+    return result
+
+
+def _inbound(inbound: InboundSettings) -> InboundSettings:
+    if "external-ref" in inbound.strategies and not inbound.external_refs:
+        at = ("strategies", inbound.strategies.index("external-ref"))
+        raise _Invalid("'external-ref' needs at least one rule in inbound.external_refs", at)
+    return inbound
+
+
+_REF_NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+def _ref_name(value: str) -> str:
+    if not _REF_NAME_RE.fullmatch(value):
+        raise _Invalid(f"{value!r} must be 1-32 characters of a-z 0-9 _ - (lower case)")
+    return value
+
+
+def _external_ref(rule: ExternalRefRule) -> ExternalRefRule:
+    if not rule.search_subject and not rule.search_body:
+        raise _Invalid("search_subject and search_body are both false: the rule never matches")
+    return rule
+
+
+def _external_refs(rules: tuple[ExternalRefRule, ...]) -> tuple[ExternalRefRule, ...]:
+    names = [rule.name for rule in rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first = names.index(name)
+            raise _Invalid(f"{name!r} is used twice (first by item {first})", (i, "name"))
+    return rules
+
+
+_TEMPLATE_MAX = 2000
+
+
+def _template(value: str) -> str:
+    if len(value) > _TEMPLATE_MAX:
+        raise _Invalid(f"the template is {len(value)} characters: at most {_TEMPLATE_MAX}")
+    if token.PLACEHOLDER not in value:
+        raise _Invalid(f"the template must contain {token.PLACEHOLDER}")
+    return value
+
+
+def _subject_template(value: str) -> str:
+    _template(value)
+    try:
+        token.check_template(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not os.path.isabs(value):
+        raise _Invalid(f"{value!r} is not an absolute path")
+    return value
+
+
 # One row per key path that needs more than its type. `[]` stands for any list index.
 _RULES: dict[str, _Rule] = {
     "milter": _Rule(doc="How the MTA reaches the milter, and what happens when it fails."),
@@ -268,6 +483,10 @@ _RULES: dict[str, _Rule] = {
         render=lambda mode: f"0{mode:o}",
         doc="Mode of a unix socket (octal); the MTA's user must be able to write it.",
     ),
+    "milter.socket_group": _Rule(
+        check=_non_empty,
+        doc="Group of a unix socket (e.g. postfix); null keeps the milter's own group.",
+    ),
     "milter.on_error": _Rule(
         doc="On an internal error: accept (pass the message unchanged) or tempfail (4xx)."
     ),
@@ -279,7 +498,7 @@ _RULES: dict[str, _Rule] = {
     "index": _Rule(doc="The case index (LMDB)."),
     "index.path": _Rule(check=_non_empty, doc="Directory of the index (and its token key)."),
     "index.map_size": _Rule(
-        parse=_parse_size,
+        parse=_size(_MIB),
         expects=_SIZE_EXPECTS,
         render=_render_size,
         doc="Address space LMDB reserves (e.g. 512MiB, 1GiB); the file grows only as needed.",
@@ -292,6 +511,12 @@ _RULES: dict[str, _Rule] = {
     "cases.id_prefix": _Rule(check=_id_prefix, doc="Prefix of new case ids (0-16 characters)."),
     "cases.id_digits": _Rule(
         check=_int_range(1, 12), doc="Zero-padded digits of new case ids (1-12)."
+    ),
+    "cases.reopen_within": _Rule(
+        parse=_parse_duration,
+        expects=_DURATION_EXPECTS,
+        render=_render_duration,
+        doc="A reply to a case resolved longer ago opens a new related case (90s, 12h, 14d, 2w).",
     ),
     "outbound": _Rule(doc="Mail counts as outbound when any of these signals holds."),
     "outbound.daemon_names[]": _Rule(
@@ -307,7 +532,6 @@ _RULES: dict[str, _Rule] = {
     "outbound.message_id_domain": _Rule(
         check=_domain, doc="Domain of Message-IDs we add; null = the From domain."
     ),
-    "inbound": _Rule(doc="Mail that is not outbound is inbound when a recipient matches."),
     "inbound.addresses[]": _Rule(
         check=_recipient,
         doc="Support addresses: local@domain, @domain, or a pattern (support+*@example.com).",
@@ -315,10 +539,131 @@ _RULES: dict[str, _Rule] = {
     "inbound.references_limit": _Rule(
         check=_int_range(1, 10000), doc="How many of the newest References IDs are looked up."
     ),
+    "inbound.strategies": _Rule(
+        check=_strategies,
+        doc="Match strategies in order, the first live case wins: bounce, token, in-reply-to, "
+        "references, thread-index, subject-ref, body-ref, external-ref, subject-match.",
+    ),
+    "inbound.strategies[]": _Rule(check=_strategy),
+    "inbound.scan_budget": _Rule(
+        parse=_size(_KIB),
+        expects=_SIZE_EXPECTS,
+        render=_render_size,
+        doc="Decoded body text the token and reference scans read at most (at least 1KiB).",
+    ),
+    "inbound.case_ref_pattern": _Rule(
+        check=_regex(groups=1, flags=re.IGNORECASE, empty_ok=False),
+        doc="Regex of a human case reference in Subject/body; group 1 is the case id.",
+    ),
+    "inbound.external_refs": _Rule(
+        check=_external_refs,
+        doc="Other systems' ticket numbers (strategy external-ref); names must be unique.",
+    ),
+    "inbound.external_refs[]": _Rule(check=_external_ref),
+    "inbound.external_refs[].name": _Rule(
+        check=_ref_name, doc="The other system, e.g. servicenow: 1-32 of a-z 0-9 _ -."
+    ),
+    "inbound.external_refs[].pattern": _Rule(
+        check=_regex(empty_ok=False),
+        doc="Regex of its ticket number; group 1 (or the whole match) is the reference.",
+    ),
+    "inbound.external_refs[].sender[]": _Rule(
+        check=_recipient, doc="Only mail From these (address, @domain, pattern); empty: anyone."
+    ),
+    "inbound.external_refs[].search_subject": _Rule(doc="Look for the number in the Subject."),
+    "inbound.external_refs[].search_body": _Rule(doc="Look for the number in the body text."),
+    "inbound.subject_match": _Rule(
+        doc="Strategy subject-match: same subject from a participant of a recent case."
+    ),
+    "inbound.subject_match.window": _Rule(
+        parse=_parse_duration,
+        expects=_DURATION_EXPECTS,
+        render=_render_duration,
+        doc="How recent that case's last message must be (90s, 30m, 12h, 14d, 2w).",
+    ),
+    "inbound": _Rule(
+        check=_inbound,
+        doc="Mail that is not outbound is inbound when a recipient matches.",
+    ),
+    "inbound.flood": _Rule(doc="Loop protection: more than limit messages within window."),
+    "inbound.flood.limit": _Rule(
+        check=_int_range(1, 100000), doc="Messages one sender may send within window (1-100000)."
+    ),
+    "inbound.flood.window": _Rule(
+        parse=_parse_duration,
+        expects=_DURATION_EXPECTS,
+        render=_render_duration,
+        doc="The flood window (90s, 30m, 12h, 14d, 2w).",
+    ),
+    "tokens": _Rule(doc="The signed threading token."),
+    "tokens.keys": _Rule(
+        check=_no_duplicates("key file"),
+        doc="Key files (absolute paths): the first signs, all verify; [] = INDEX/token.key.",
+    ),
+    "tokens.keys[]": _Rule(check=_absolute_path),
+    "tokens.subject_template": _Rule(
+        check=_subject_template,
+        doc="Appended to the Subject; {token} once, with text on both sides, one line.",
+    ),
+    "tokens.anchor_domain": _Rule(
+        check=_domain, doc="Domain of the References anchor; null = the Message-ID domain."
+    ),
+    "stamp": _Rule(doc="Outbound body stamping."),
+    "stamp.html": _Rule(doc="Add a hidden tag with the token to the main text/html part."),
+    "stamp.text": _Rule(doc="Add a token line to the end of the main text/plain part."),
+    "stamp.html_template": _Rule(
+        check=_template, doc="The HTML tag; {token} is replaced (at most 2000 characters)."
+    ),
+    "stamp.text_template": _Rule(
+        check=_template, doc="The text line; {token} is replaced (at most 2000 characters)."
+    ),
+    "stamp.spool_threshold": _Rule(
+        parse=_size(64 * _KIB),
+        expects=_SIZE_EXPECTS,
+        render=_render_size,
+        doc="Bodies larger than this are spooled to a temporary file (at least 64KiB).",
+    ),
+    "routing": _Rule(doc="Queues for new cases: the first matching rule wins."),
+    "routing.default_queue": _Rule(
+        check=_queue, doc="Queue when no rule matches: 1-64 of A-Z a-z 0-9 . _ : / -."
+    ),
+    "routing.rules": _Rule(
+        check=_routing_rules,
+        doc="Rules in order; all conditions given must hold; a rule with none (a catch-all) "
+        "may only be last.",
+    ),
+    "routing.rules[]": _Rule(check=_routing_rule),
+    "routing.rules[].queue": _Rule(check=_queue, doc="The queue (required)."),
+    "routing.rules[].rcpt[]": _Rule(
+        check=_recipient, doc="Envelope recipients: address, @domain or pattern."
+    ),
+    "routing.rules[].sender[]": _Rule(
+        check=_recipient, doc="From addresses: address, @domain or pattern."
+    ),
+    "routing.rules[].subject": _Rule(
+        check=_regex(flags=re.IGNORECASE), doc="Regex searched in the Subject, ignoring case."
+    ),
+    "routing.rules[].header": _Rule(
+        check=_header_name, doc="A header name; its value must match header_regex."
+    ),
+    "routing.rules[].header_regex": _Rule(
+        check=_regex(flags=re.IGNORECASE),
+        doc="Regex searched in that header's value, ignoring case (needs header).",
+    ),
+    "routing.rules[].override": _Rule(doc="Also move an existing case to this queue."),
 }
 
 
 # --------------------------------------------------------------------------- the type walk
+
+
+def _required(cls: Any) -> list[str]:
+    """Fields without a default: the file must give them (e.g. a routing rule's queue)."""
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def _describe_type(tp: Any) -> str:
@@ -368,6 +713,24 @@ def _describe_node(node: Node, value: Any) -> str:
     return _describe_value(value)
 
 
+def _locate(node: Node, path: str, at: tuple[str | int, ...]) -> tuple[Node, str]:
+    """The node and key path `at` points to below `node`; the deepest node the file has."""
+    found = True
+    for step in at:
+        nxt: Node | None = None
+        if isinstance(step, int):
+            path = f"{path}[{step}]"
+            if found and isinstance(node, SequenceNode) and step < len(node.value):
+                nxt = node.value[step]
+        else:
+            path = f"{path}.{step}" if path else step
+            if found and isinstance(node, MappingNode):
+                nxt = next((v for k, v in node.value if k.value == step), None)
+        found = nxt is not None
+        node = nxt or node
+    return node, path
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -380,6 +743,10 @@ class _Builder:
         """The plain value of a scalar node (None for a mapping or a list)."""
         if not isinstance(node, ScalarNode):
             return None
+        if node.tag in (_INT_TAG, _FLOAT_TAG) and ":" in node.value:
+            # YAML 1.1 reads `1:30` as 90 (base 60): never what a reader of `window: 1:30` means.
+            problem = f"{node.value!r} is a base-60 number in YAML 1.1: write it without ':'"
+            raise self.error(node, path, problem)
         try:
             return self._constructor.construct_object(node)
         except yaml.MarkedYAMLError as exc:
@@ -401,7 +768,8 @@ class _Builder:
             try:
                 value = rule.check(value)
             except _Invalid as exc:
-                raise self.error(node, path, str(exc)) from None
+                where, where_path = _locate(node, path, exc.at)
+                raise self.error(where, where_path, str(exc)) from None
         return value
 
     def _convert(self, tp: Any, node: Node, path: str, key: str, rule: _Rule | None) -> Any:
@@ -463,7 +831,8 @@ class _Builder:
         )
 
     def dataclass(self, cls: Any, node: Node, path: str, key: str) -> Any:
-        if isinstance(node, ScalarNode) and self.scalar(node, path) is None:
+        empty = isinstance(node, ScalarNode) and self.scalar(node, path) is None
+        if empty and not _required(cls):
             # `section:` with every key commented out means the section's defaults.
             return cls()
         self.plain_tag(node, path)
@@ -493,6 +862,11 @@ class _Builder:
                 raise self.error(key_node, child, f"unknown key; {hint}")
             child_key = f"{key}.{name}" if key else name
             kwargs[name] = self.build(hints[name], value_node, child, child_key)
+        missing = [name for name in _required(cls) if name not in kwargs]
+        if missing:
+            names = ", ".join(repr(name) for name in missing)
+            plural = "s" if len(missing) > 1 else ""
+            raise self.error(node, path, f"missing required key{plural} {names}")
         return cls(**kwargs)
 
 
@@ -540,11 +914,22 @@ def _load_text(text: str, file: str) -> Settings:
     return settings
 
 
+def _plain(value: Any) -> Any:
+    """Lists and dicts for yaml.safe_dump (which knows neither tuples nor dataclasses)."""
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
 def _render_value(value: Any, rule: _Rule | None) -> str:
     if rule is not None and rule.render is not None:
         return rule.render(value)
-    if isinstance(value, tuple):
-        value = list(value)
+    if isinstance(value, str) and any(ord(c) < 0x20 for c in value):
+        # One line: a JSON string is a YAML double-quoted scalar ("\n[ref:{token}]\n").
+        return json.dumps(value, ensure_ascii=False)
+    value = _plain(value)
     dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return dumped.removesuffix("...").strip()
 
@@ -560,9 +945,11 @@ def render_defaults() -> str:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             child = f"{key}.{f.name}" if key else f.name
-            rule = _RULES.get(child) or _RULES.get(f"{child}[]")
-            if rule is not None and rule.doc:
-                lines.append(f"{indent}# {rule.doc}")
+            rules = (_RULES.get(child), _RULES.get(f"{child}[]"))
+            doc = next((r.doc for r in rules if r is not None and r.doc), "")
+            if doc:
+                width = max(40, 99 - len(indent))
+                lines.extend(f"{indent}# {part}" for part in textwrap.wrap(doc, width))
             if dataclasses.is_dataclass(value):
                 lines.append(f"{indent}{f.name}:")
                 walk(value, child, indent + "  ")

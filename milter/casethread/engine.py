@@ -1,8 +1,8 @@
 """The one entry point: `Engine.process(message)` composes core, index and settings.
 
 The milter adapter and `casethread filter` both call it, so what the CLI prints is what the MTA
-does. Index writes happen here (the core only reads through `CaseReader`), in the order that
-keeps a crash between them harmless: a case exists before anything points at it.
+does. The core decides and only reads the index; the writes happen here, in an order that keeps
+a crash between them harmless: a case exists before anything points at it.
 """
 
 from __future__ import annotations
@@ -10,17 +10,25 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from .core import inbound, msgid, outbound
+from .core import autoreply, inbound, msgid, outbound, rules, thread_index, token
+from .core.addresses import header_addresses
 from .core.case_headers import CaseHeaderNames, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
+from .core.edits import Edit
 from .core.message import Message
-from .core.model import Direction
+from .core.model import Alias, AliasKind, CaseRecord, Direction
+from .core.resolve import Evidence, Resolver, participant_key
+from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.store import CaseIndex
+from .core.token import Keyring
 
 Clock = Callable[[], float]
+# Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
+MAX_PARTICIPANTS = 50
 
 
 class Engine:
@@ -28,18 +36,33 @@ class Engine:
         self,
         settings: Settings,
         index: CaseIndex,
+        keyring: Keyring,
         clock: Clock = time.time,
         hostname: str | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
+        self.keyring = keyring
         self._clock = clock
         self._hostname = hostname or socket.getfqdn() or "localhost.localdomain"
         self._classifier = Classifier(settings)
         self._names = CaseHeaderNames(settings.headers.prefix)
+        self._resolver = Resolver(settings, keyring)
+        self._router = Router(settings.routing)
+        self._subject_match = "subject-match" in settings.inbound.strategies
 
     def classify(self, msg: Message) -> Direction:
         return self._classifier.classify(msg.envelope)
+
+    def body_wanted(self, direction: Direction) -> int:
+        """How many body bytes the engine needs for this direction (the milter buffers no more).
+
+        Inbound scans read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw
+        bytes, and the MIME structure around it a little more.
+        """
+        if direction is Direction.INBOUND:
+            return 2 * self.settings.inbound.scan_budget
+        return 0
 
     def process(self, msg: Message, direction: Direction | None = None) -> Decision:
         """Decide and record; raises on internal errors (the caller is the error boundary)."""
@@ -51,46 +74,141 @@ class Engine:
             return self._outbound(msg)
         return Decision(Direction.OTHER, edits=tuple(strip_ours(msg, self._names)))
 
+    # -- shared -------------------------------------------------------------------------------
+
+    def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
+                 root: bytes | None, external: list[str] | None = None) -> list[Alias]:
+        """What names these cases from now on: this mail's Message-ID, thread root and external
+        references (for the first case), its people (and subject) for every case."""
+        first = case_ids[0]
+        aliases = []
+        if message_id:
+            aliases.append(Alias(AliasKind.MESSAGE, message_id, first))
+        if root is not None:
+            aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
+        aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
+        people = header_addresses(msg.get_all("From") + msg.get_all("To") + msg.get_all("Cc"))
+        subject_key = (
+            self._resolver.subject_key(msg.get("Subject") or "") if self._subject_match else ""
+        )
+        for case_id in case_ids:
+            for address in dict.fromkeys(people[:MAX_PARTICIPANTS]):
+                key = participant_key(case_id, address)
+                aliases.append(Alias(AliasKind.PARTICIPANT, key, case_id))
+            if subject_key:
+                aliases.append(Alias(AliasKind.SUBJECT, subject_key, case_id))
+        return aliases
+
+    # -- inbound ------------------------------------------------------------------------------
+
     def _inbound(self, msg: Message) -> Decision:
         now = int(self._clock())
-        limit = self.settings.inbound.references_limit
-        resolution = inbound.resolve(msg, self.index, limit)
-        if resolution.case is None:
-            case = self.index.create_case(now)
-            state = "new"
-        else:
-            case = resolution.case
-            state = case.state.value
+        ev = self._resolver.evidence(msg, self.index, now)
+        auto = autoreply.classify_auto(msg)
+        loop = self._flooding(ev.sender, now)
         own_id = msgid.first_id(msg.get("Message-ID"))
-        if own_id and not resolution.duplicate:
-            self.index.record_message(own_id, case.case_id, now)
-        edits = inbound.edits(msg, self._names, case.case_id, resolution, state)
-        notes = () if own_id else ("no-message-id",)
+        duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
+        if duplicate is not None:
+            case = rules.survivor(duplicate, self.index)
+            verdict = inbound.Verdict(
+                (inbound.CaseOutcome(case.case_id, case.state.value, case.queue),),
+                "duplicate", auto, duplicate=True, loop=loop,
+                sender_known=ev.is_participant(case.case_id),
+            )
+            return self._inbound_decision(msg, verdict)
+        hit = self._resolver.resolve(ev)
+        automatic = auto != autoreply.NO or loop
+        route = self._router.route(msg)
+        if hit is None:
+            outcomes = [] if automatic else [self._new_case(now, route.queue)]
+            match = "none" if automatic else "new"
+            sender_known = None
+        else:
+            targets = rules.apply(hit.case, self.index, automatic=automatic, now=now,
+                                  reopen_within=self.settings.cases.reopen_within)
+            sender_known = ev.is_participant(targets[0].case.case_id)
+            outcomes = [self._carry_out(t, now, route) for t in targets]
+            match = hit.match
+        self._record(msg, ev, own_id, [o.case_id for o in outcomes], now)
+        verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
+                                  sender_known=sender_known, token_invalid=ev.token_invalid)
+        return self._inbound_decision(msg, verdict)
+
+    def _inbound_decision(self, msg: Message, verdict: inbound.Verdict) -> Decision:
+        edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
+        notes = () if msg.get("Message-ID") else ("no-message-id",)
         return Decision(
-            Direction.INBOUND, (case.case_id,), resolution.match, state, tuple(edits), notes
+            Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
+            ",".join(c.state for c in verdict.cases), tuple(edits), notes,
         )
+
+    def _flooding(self, sender: str | None, now: int) -> bool:
+        if sender is None:
+            return False
+        flood = self.settings.inbound.flood
+        return self.index.bump_counter(f"flood {sender}", now, flood.window) > flood.limit
+
+    def _new_case(self, now: int, queue: str, related: str | None = None) -> inbound.CaseOutcome:
+        case = self.index.create_case(now, queue=queue)
+        return inbound.CaseOutcome(case.case_id, "new", case.queue, related)
+
+    def _carry_out(self, target: rules.Target, now: int, route: Route) -> inbound.CaseOutcome:
+        case = target.case
+        if target.action is rules.Action.NEW_RELATED:
+            return self._new_case(now, route.queue, related=case.case_id)
+        changed = rules.transition(target, now)
+        if changed is not None:
+            # A case opened by outbound mail has no queue yet: its first inbound mail routes it.
+            if route.override or not changed.queue:
+                changed = replace(changed, queue=route.queue)
+            self.index.update_case(changed)
+            case = changed
+        state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
+        return inbound.CaseOutcome(case.case_id, state, case.queue)
+
+    def _record(self, msg: Message, ev: Evidence, own_id: str | None, case_ids: list[str],
+                now: int) -> None:
+        if not case_ids:
+            return
+        raw = thread_index.decode(msg.get("Thread-Index") or "")
+        root = thread_index.root_of(raw) if raw is not None else None
+        self.index.record(self._aliases(msg, case_ids, own_id, root, ev.new_external), now)
+
+    # -- outbound -----------------------------------------------------------------------------
 
     def _outbound(self, msg: Message) -> Decision:
         now = self._clock()
         out = self.settings.outbound
-        plan = outbound.plan(msg, self.index, self._names, self.settings.inbound.references_limit)
-        notes: list[str] = ["bad-app-case-id"] if plan.bad_app_case_id else []
-        if plan.app_case_id is not None:
-            case = self.index.create_case(int(now), case_id=plan.app_case_id)
+        app_id, bad_app_id = outbound.app_case_id(msg, self._names)
+        notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
+        new_case = False
+        case: CaseRecord | None
+        if app_id is not None:
+            new_case = self.index.get_case(app_id) is None
+            case = self.index.create_case(int(now), case_id=app_id)
             match = "app"
-        elif plan.related is not None:
-            case, match = plan.related.case, plan.related.via
-        elif out.new_case == "create":
-            case, match = self.index.create_case(int(now)), "new"
         else:
-            case, match = None, "none"
+            hit = self._resolver.resolve(self._resolver.evidence(msg, self.index, int(now)),
+                                         outbound=True)
+            if hit is not None:
+                case, match = rules.survivor(hit.case, self.index), hit.match
+            elif out.new_case == "create":
+                case, match, new_case = self.index.create_case(int(now)), "new", True
+            else:
+                case, match = None, "none"
         domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
         message_id = outbound.ensure_message_id(msg, domain, now)
+        edits: list[Edit] = []
         if message_id.edit is not None:
+            edits.append(message_id.edit)
             notes.append("message-id-added")
+        edits += outbound.case_header_edits(msg, self._names, case)
         if case is not None:
-            self.index.record_message(message_id.normalised, case.case_id, int(now))
-        edits = outbound.edits(msg, self._names, case, message_id)
+            case = self._apply_app_state(msg, case, int(now))
+            edits += self._stamp_headers(msg, case, new_case, domain, now, notes)
+            root = outbound.thread_root_of(msg, case)
+            aliases = self._aliases(msg, [case.case_id], message_id.normalised, root)
+            self.index.record(aliases, int(now))
         return Decision(
             Direction.OUTBOUND,
             (case.case_id,) if case else (),
@@ -99,3 +217,29 @@ class Engine:
             tuple(edits),
             tuple(notes),
         )
+
+    def _apply_app_state(self, msg: Message, case: CaseRecord, now: int) -> CaseRecord:
+        state = outbound.app_state(msg, self._names)
+        if state is None or state is case.state:
+            return case
+        changed = replace(case, state=state, state_changed=now, updated=now)
+        self.index.update_case(changed)
+        return changed
+
+    def _stamp_headers(self, msg: Message, case: CaseRecord, new_case: bool, domain: str,
+                       now: float, notes: list[str]) -> list[Edit]:
+        tokens = self.settings.tokens
+        tok = self.keyring.make(case.number)
+        edits: list[Edit] = []
+        subject = outbound.subject_edit(msg, self.keyring, tok, tokens.subject_template)
+        if subject is not None:
+            edits.append(subject)
+        anchor = token.anchor(tok, tokens.anchor_domain or domain)
+        references = outbound.references_edit(msg, anchor)
+        if references is not None:
+            edits.append(references)
+        edits += outbound.thread_index_edits(msg, case, new_case, now)
+        if msg.get("Subject") is not None and not outbound.writable(msg.get("Subject") or ""):
+            notes.append("subject-8bit")
+        return edits
+

@@ -26,6 +26,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from .core.settings import Settings
 from .core.token import MAX_KEY_ID, MIN_SECRET_BYTES, Keyring
 
 log = logging.getLogger("casethread")
@@ -215,3 +216,10 @@ def ensure_default_key(index_dir: str | os.PathLike[str], create: bool = True) -
         except KeyFileExistsError:
             pass  # another process generated it first: use theirs
     return load_keyring([path])
+
+
+def keyring_for(settings: Settings, create: bool = True) -> Keyring:
+    """The configured key files, else the index's own `token.key` (made on first start)."""
+    if settings.tokens.keys:
+        return load_keyring(settings.tokens.keys)
+    return ensure_default_key(settings.index.path, create)

@@ -61,6 +61,18 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._headers: list[Header] = []
         self._auth: str | None = None
         self._daemon: str | None = None
+        self._body = bytearray()
+        self._body_room = 0
+
+    def _envelope(self) -> Envelope:
+        return Envelope(
+            mail_from=self._mail_from,
+            rcpts=tuple(self._rcpts),
+            client_address=self._client,
+            auth_user=self._auth,
+            daemon_name=self._daemon,
+            queue_id=self.queue_id(),
+        )
 
     def queue_id(self) -> str:
         try:
@@ -100,18 +112,22 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         return int(Milter.CONTINUE)
 
     @_guarded
+    def eoh(self) -> int:
+        direction = self.engine.classify(Message(self._envelope(), ()))
+        self._body_room = self.engine.body_wanted(direction)
+        return int(Milter.CONTINUE)
+
+    @_guarded
+    def body(self, chunk: bytes) -> int:
+        if self._body_room > 0:
+            taken = chunk[: self._body_room]
+            self._body += taken
+            self._body_room -= len(taken)
+        return int(Milter.CONTINUE)
+
+    @_guarded
     def eom(self) -> int:
-        msg = Message(
-            Envelope(
-                mail_from=self._mail_from,
-                rcpts=tuple(self._rcpts),
-                client_address=self._client,
-                auth_user=self._auth,
-                daemon_name=self._daemon,
-                queue_id=self.queue_id(),
-            ),
-            tuple(self._headers),
-        )
+        msg = Message(self._envelope(), tuple(self._headers), bytes(self._body))
         decision = self.engine.process(msg)
         self._apply(decision.edits)
         log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())

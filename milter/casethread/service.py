@@ -6,6 +6,7 @@ socket must get its permissions between `opensocket` and `main`, which runmilter
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import sys
@@ -13,9 +14,11 @@ import sys
 import Milter
 import milter
 
+from .config import ConfigError
 from .core.settings import Settings
 from .engine import Engine
 from .index import open_index
+from .keyfile import keyring_for
 from .pymilter_app import CaseMilter, reply_for
 
 log = logging.getLogger("casethread")
@@ -28,6 +31,17 @@ def _unix_socket_path(spec: str) -> str | None:
         if spec.startswith(prefix):
             return spec[len(prefix) :]
     return spec if spec.startswith("/") else None
+
+
+def _set_socket_access(path: str, mode: int, group: str | None) -> None:
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError("configuration", None, "milter.socket_group",
+                              f"no such group {group!r}") from None
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
 
 
 def _register_callbacks() -> None:
@@ -54,7 +68,7 @@ def serve(settings: Settings) -> int:
     """Run the milter until SIGTERM/SIGINT (libmilter's signal thread stops the loop)."""
     index = open_index(settings)
     try:
-        engine = Engine(settings, index)
+        engine = Engine(settings, index, keyring_for(settings))
         Milter.factory = lambda: CaseMilter(engine)
         Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
@@ -66,7 +80,7 @@ def serve(settings: Settings) -> int:
         milter.opensocket(True)
         path = _unix_socket_path(spec)
         if path:
-            os.chmod(path, settings.milter.socket_mode)
+            _set_socket_access(path, settings.milter.socket_mode, settings.milter.socket_group)
         log.info(
             "listening on %s, index %s, on_error=%s, pid %d",
             spec, settings.index.path, settings.milter.on_error, os.getpid(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
@@ -13,12 +13,19 @@ import yaml
 from casethread.config import ConfigError, load_config, render_defaults
 from casethread.core.settings import (
     CaseSettings,
+    ExternalRefRule,
+    FloodSettings,
     HeaderSettings,
     InboundSettings,
     IndexSettings,
     MilterSettings,
     OutboundSettings,
+    RoutingRule,
+    RoutingSettings,
     Settings,
+    StampSettings,
+    SubjectMatchSettings,
+    TokenSettings,
 )
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "casethread.yaml"
@@ -53,6 +60,22 @@ def schema_paths(cls: Any = Settings, prefix: str = "") -> set[str]:
             paths |= schema_paths(type(default), path + ".")
         else:
             paths.add(path)
+    return paths
+
+
+def rule_paths(cls: Any = Settings, prefix: str = "") -> set[str]:
+    """Every key path a `_RULES` row may name: sections, keys, `[]` items and their keys."""
+    paths: set[str] = set()
+    for name, tp in get_type_hints(cls).items():
+        path = f"{prefix}{name}"
+        paths.add(path)
+        if dataclasses.is_dataclass(tp):
+            paths |= rule_paths(tp, path + ".")
+        elif get_origin(tp) is tuple:
+            item = get_args(tp)[0]
+            paths.add(path + "[]")
+            if dataclasses.is_dataclass(item):
+                paths |= rule_paths(item, path + "[].")
     return paths
 
 
@@ -200,7 +223,9 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     exc = error(tmp_path, "cases:\n  zzz: 1\n")
-    assert str(exc) == f"{exc.file}:2: cases.zzz: unknown key; known keys: id_prefix, id_digits"
+    assert str(exc) == (
+        f"{exc.file}:2: cases.zzz: unknown key; known keys: id_prefix, id_digits, reopen_within"
+    )
 
 
 @pytest.mark.parametrize(
@@ -651,9 +676,22 @@ def test_every_rule_names_a_real_key() -> None:
     # A typo in the rule table would silently drop a validation.
     from casethread.config import _RULES
 
-    sections = {path.split(".")[0] for path in schema_paths()}
-    known = schema_paths() | sections
-    assert {key.removesuffix("[]") for key in _RULES} <= known
+    assert "routing.rules[].subject" in rule_paths()
+    assert set(_RULES) - rule_paths() == set()
+
+
+def test_every_key_has_a_doc_row() -> None:
+    # Including the keys of list items (routing rules, external refs), which render_defaults
+    # cannot show because their default lists are empty.
+    from casethread.config import _RULES
+
+    undocumented = {
+        path
+        for path in rule_paths()
+        if not path.endswith("[]")
+        and not any(r.doc for r in (_RULES.get(path), _RULES.get(path + "[]")) if r is not None)
+    }
+    assert undocumented == set()
 
 
 def test_path_like_is_accepted(tmp_path: Path) -> None:
@@ -685,14 +723,829 @@ def test_contrib_example_loads() -> None:
     settings = load_config(str(CONTRIB))
     assert settings.inbound.addresses == (
         "support@example.com",
+        "billing@example.com",
         "support+*@example.com",
         "@help.example.com",
     )
-    # Apart from the example addresses, the file shows the defaults.
-    assert dataclasses.replace(settings, inbound=InboundSettings()) == Settings()
+    assert settings.routing.rules == (
+        RoutingRule(queue="billing", rcpt=("billing@example.com",)),
+        RoutingRule(queue="vip", sender=("@vip.example.com",), override=True),
+    )
+    # Apart from the example addresses and rules, the file shows the defaults.
+    assert settings.inbound == InboundSettings(addresses=settings.inbound.addresses)
+    assert settings.routing == dataclasses.replace(RoutingSettings(), rules=settings.routing.rules)
+    defaults = dataclasses.replace(settings, inbound=InboundSettings(), routing=RoutingSettings())
+    assert defaults == Settings()
+
+
+def test_contrib_commented_external_ref_example_is_valid(tmp_path: Path) -> None:
+    lines = CONTRIB.read_text(encoding="utf-8").splitlines()
+    start = lines.index("  # external_refs:")
+    block = ["external_refs:"]
+    for line in lines[start + 1 :]:
+        if not line.startswith("  #   "):
+            break
+        block.append(line.removeprefix("  # "))
+    assert len(block) > 2
+    text = "inbound:\n  strategies: [token, external-ref]\n" + "".join(
+        f"  {line}\n" for line in block
+    )
+    refs = load(tmp_path, text).inbound.external_refs
+    assert [rule.name for rule in refs] == ["servicenow"]
+    assert refs[0].pattern == r"\bINC\d{7}\b"
 
 
 def test_contrib_example_lists_every_key() -> None:
     root = yaml.compose(CONTRIB.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     assert isinstance(root, yaml.MappingNode)
     assert yaml_paths(root) == schema_paths()
+
+
+# --------------------------------------------------------------------------- threading settings
+
+
+FULL_THREADING = """
+cases:
+  reopen_within: 30d
+inbound:
+  addresses: [support@example.com, billing@example.com]
+  strategies: [token, in-reply-to, references, external-ref, subject-match]
+  scan_budget: 256KiB
+  case_ref_pattern: '\\[Ticket#(\\d+)\\]'
+  external_refs:
+    - name: servicenow
+      pattern: '\\bINC\\d{7}\\b'
+      sender: ["@Example.Service-Now.com"]
+      search_body: false
+    - name: jira
+      pattern: '\\b(SUP-\\d+)\\b'
+  subject_match:
+    window: 12h
+  flood:
+    limit: 50
+    window: 30m
+tokens:
+  keys: [/etc/casethread/keys/b.key, /etc/casethread/keys/a.key]
+  subject_template: " (ref {token})"
+  anchor_domain: mail.example.com
+stamp:
+  html: false
+  text: true
+  html_template: "<span data-ref='{token}'></span>"
+  text_template: "\\n-- ref {token}\\n"
+  spool_threshold: 256KiB
+routing:
+  default_queue: general
+  rules:
+    - rcpt: [Billing@Example.com]
+      queue: billing
+    - sender: ["@vip.example.com", "*@board.example.com"]
+      queue: vip/escalation
+      override: true
+    - subject: '\\burgent\\b'
+      header: X-Priority
+      header_regex: '^[12]'
+      queue: urgent
+    - queue: catch.all
+"""
+
+
+def test_full_file_with_routing_rules_and_external_refs(tmp_path: Path) -> None:
+    settings = load(tmp_path, FULL_THREADING)
+    assert settings.cases == CaseSettings(reopen_within=30 * 86400)
+    assert settings.inbound == InboundSettings(
+        addresses=("support@example.com", "billing@example.com"),
+        strategies=("token", "in-reply-to", "references", "external-ref", "subject-match"),
+        scan_budget=256 << 10,
+        case_ref_pattern=r"\[Ticket#(\d+)\]",
+        external_refs=(
+            ExternalRefRule(
+                name="servicenow",
+                pattern=r"\bINC\d{7}\b",
+                sender=("@example.service-now.com",),
+                search_body=False,
+            ),
+            ExternalRefRule(name="jira", pattern=r"\b(SUP-\d+)\b"),
+        ),
+        subject_match=SubjectMatchSettings(window=12 * 3600),
+        flood=FloodSettings(limit=50, window=1800),
+    )
+    assert settings.tokens == TokenSettings(
+        keys=("/etc/casethread/keys/b.key", "/etc/casethread/keys/a.key"),
+        subject_template=" (ref {token})",
+        anchor_domain="mail.example.com",
+    )
+    assert settings.stamp == StampSettings(
+        html=False,
+        text=True,
+        html_template="<span data-ref='{token}'></span>",
+        text_template="\n-- ref {token}\n",
+        spool_threshold=256 << 10,
+    )
+    assert settings.routing == RoutingSettings(
+        default_queue="general",
+        rules=(
+            RoutingRule(queue="billing", rcpt=("billing@example.com",)),
+            RoutingRule(
+                queue="vip/escalation",
+                sender=("@vip.example.com", "*@board.example.com"),
+                override=True,
+            ),
+            RoutingRule(
+                queue="urgent", subject=r"\burgent\b", header="X-Priority", header_regex="^[12]"
+            ),
+            RoutingRule(queue="catch.all"),
+        ),
+    )
+
+
+def test_new_sections_default_when_absent_or_empty(tmp_path: Path) -> None:
+    settings = load(tmp_path, "tokens:\nstamp:\nrouting:\ninbound:\n  flood:\n")
+    assert settings == Settings()
+
+
+# --- the type walk: lists of mappings, required keys
+
+
+def test_routing_error_names_the_rule_index_and_its_line(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        """
+        routing:
+          rules:
+            - rcpt: [billing@example.com]
+              queue: billing
+            - sender: ["@vip.example.com"]
+              queue: vip
+            - queue: urgent
+              subject: 'urgent('
+        """,
+    )
+    assert (exc.line, exc.path) == (8, "routing.rules[2].subject")
+    assert exc.problem == (
+        "invalid regular expression: missing ), unterminated subpattern at position 6"
+    )
+
+
+def test_routing_rule_without_queue_is_reported_on_the_mapping_line(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        """
+        routing:
+          rules:
+            - rcpt: [billing@example.com]
+              queue: billing
+            - sender: ["@vip.example.com"]
+              override: true
+        """,
+    )
+    assert str(exc) == f"{exc.file}:5: routing.rules[1]: missing required key 'queue'"
+
+
+def test_external_ref_missing_both_required_keys(tmp_path: Path) -> None:
+    exc = error(tmp_path, "inbound:\n  external_refs:\n    - search_body: false\n")
+    assert str(exc) == (
+        f"{exc.file}:3: inbound.external_refs[0]: missing required keys 'name', 'pattern'"
+    )
+    exc = error(tmp_path, "inbound:\n  external_refs:\n    - {}\n")
+    assert (exc.line, exc.path) == (3, "inbound.external_refs[0]")
+    assert exc.problem == "missing required keys 'name', 'pattern'"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "path", "problem"),
+    [
+        (
+            "routing:\n  rules:\n    -\n",
+            3,
+            "routing.rules[0]",
+            "expected a mapping of settings, got null",
+        ),
+        (
+            "routing:\n  rules:\n    queue: billing\n",
+            3,
+            "routing.rules",
+            "expected a list of mappings, got a mapping",
+        ),
+        (
+            "routing:\n  rules:\n    - billing\n",
+            3,
+            "routing.rules[0]",
+            "expected a mapping of settings, got a string",
+        ),
+        (
+            "routing:\n  rules:\n    - queue: a\n      subject: 5\n",
+            4,
+            "routing.rules[0].subject",
+            "expected a string or null, got an integer",
+        ),
+        (
+            "routing:\n  rules:\n    - queue: a\n      override: yes please\n",
+            4,
+            "routing.rules[0].override",
+            "expected true or false, got a string",
+        ),
+        (
+            "routing:\n  rules:\n    - queue: a\n      rcpt: a@example.com\n",
+            4,
+            "routing.rules[0].rcpt",
+            "expected a list of strings, got a string (write a one-item list: [value] or "
+            "'- value' lines)",
+        ),
+        (
+            "inbound:\n  external_refs:\n    - name: x\n      pattern: 'X\\d+'\n"
+            "      search_body: 0\n",
+            5,
+            "inbound.external_refs[0].search_body",
+            "expected true or false, got an integer",
+        ),
+        (
+            "stamp:\n  html: 'yes'\n",
+            2,
+            "stamp.html",
+            "expected true or false, got a string",
+        ),
+        ("stamp:\n  text: 1\n", 2, "stamp.text", "expected true or false, got an integer"),
+        (
+            "tokens:\n  anchor_domain: [a]\n",
+            2,
+            "tokens.anchor_domain",
+            "expected a string or null, got a list",
+        ),
+    ],
+)
+def test_new_keys_wrong_types(
+    tmp_path: Path, text: str, line: int, path: str, problem: str
+) -> None:
+    exc = error(tmp_path, text)
+    assert str(exc) == f"{exc.file}:{line}: {path}: {problem}"
+
+
+def test_unknown_key_in_a_rule_lists_the_rule_keys(tmp_path: Path) -> None:
+    exc = error(tmp_path, "routing:\n  rules:\n    - queue: a\n      recipient: [a@example.com]\n")
+    assert (exc.line, exc.path) == (4, "routing.rules[0].recipient")
+    assert exc.problem.startswith("unknown key; ")
+    exc = error(tmp_path, "routing:\n  rules:\n    - queue: a\n      sendr: ['@example.com']\n")
+    assert (exc.line, exc.path, exc.problem) == (
+        4,
+        "routing.rules[0].sendr",
+        "unknown key; did you mean 'sender'?",
+    )
+
+
+def test_optional_strings_may_be_null(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        "tokens:\n  anchor_domain: null\nrouting:\n  rules:\n    - queue: a\n      subject: ~\n",
+    )
+    assert settings.tokens.anchor_domain is None
+    assert settings.routing.rules == (RoutingRule(queue="a"),)
+
+
+# --- durations
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1", 1),
+        ("3600", 3600),
+        ("'3600'", 3600),
+        ("90s", 90),
+        ("30m", 1800),
+        ("12h", 43200),
+        ("14d", 14 * 86400),
+        ("2w", 14 * 86400),
+        ("'90 s'", 90),
+        ("3650d", 3650 * 86400),
+    ],
+)
+def test_durations(tmp_path: Path, value: str, seconds: int) -> None:
+    text = f"cases:\n  reopen_within: {value}\ninbound:\n  flood:\n    window: {value}\n"
+    text += f"  subject_match:\n    window: {value}\n"
+    settings = load(tmp_path, text)
+    assert settings.cases.reopen_within == seconds
+    assert settings.inbound.flood.window == seconds
+    assert settings.inbound.subject_match.window == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "0 is not positive: at least 1s"),
+        ("-5", "-5 is not positive: at least 1s"),
+        ("0m", "'0m' is not positive: at least 1s"),
+        ("-5m", "'-5m' is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)"),
+        ("1.5h", "'1.5h' is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)"),
+        ("1h30m", "'1h30m' is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)"),
+        ("30M", "unknown unit 'M' (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)"),
+        ("5 minutes", "unknown unit 'minutes' (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)"),
+        ("3651d", "'3651d' is too long: at most 3650d"),
+        ("1209600000", "1209600000 is too long: at most 3650d"),
+        (
+            "1.5",
+            "expected a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w'), "
+            "got a number",
+        ),
+        (
+            "true",
+            "expected a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w'), "
+            "got a boolean",
+        ),
+        (
+            "",
+            "expected a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w'), "
+            "got null",
+        ),
+        ("1:30", "'1:30' is a base-60 number in YAML 1.1: write it without ':'"),
+    ],
+)
+def test_duration_errors(tmp_path: Path, value: str, problem: str) -> None:
+    exc = error(tmp_path, f"cases:\n  id_digits: 6\n  reopen_within: {value}\n")
+    assert str(exc) == f"{exc.file}:3: cases.reopen_within: {problem}"
+    exc = error(tmp_path, f"inbound:\n  flood:\n    limit: 5\n    window: {value}\n")
+    assert str(exc) == f"{exc.file}:4: inbound.flood.window: {problem}"
+    exc = error(tmp_path, f"inbound:\n  subject_match:\n    window: {value}\n")
+    assert str(exc) == f"{exc.file}:3: inbound.subject_match.window: {problem}"
+
+
+def test_duration_as_a_mapping_is_a_type_error(tmp_path: Path) -> None:
+    exc = error(tmp_path, "inbound:\n  flood:\n    window: {h: 1}\n")
+    assert (exc.line, exc.path) == (3, "inbound.flood.window")
+    assert exc.problem.startswith("expected a duration") and exc.problem.endswith("got a mapping")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (1, "1s"),
+        (90, "90s"),
+        (1800, "30m"),
+        (5400, "90m"),
+        (3600, "1h"),
+        (90000, "25h"),
+        (86400, "1d"),
+        (2 * 86400, "2d"),
+        (14 * 86400, "2w"),
+        (15 * 86400, "15d"),
+        (86401, "86401s"),
+    ],
+)
+def test_durations_render_in_the_shortest_exact_unit(
+    tmp_path: Path, seconds: int, text: str
+) -> None:
+    from casethread.config import _render_duration
+
+    assert _render_duration(seconds) == text
+    assert load(tmp_path, f"cases:\n  reopen_within: {text}\n").cases.reopen_within == seconds
+
+
+def test_base60_is_refused_for_plain_integers_too(tmp_path: Path) -> None:
+    exc = error(tmp_path, "milter:\n  timeout: 1:30\n")
+    assert str(exc) == (
+        f"{exc.file}:2: milter.timeout: '1:30' is a base-60 number in YAML 1.1: "
+        "write it without ':'"
+    )
+
+
+def test_render_defaults_shows_units() -> None:
+    text = render_defaults()
+    for line in (
+        "  reopen_within: 2w",
+        "    window: 2d",
+        "    window: 1h",
+        "  scan_budget: 1MiB",
+        "  spool_threshold: 1MiB",
+        '  text_template: "\\n[ref:{token}]\\n"',
+    ):
+        assert line in text.splitlines()
+
+
+# --- sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "value"),
+    [
+        ("stamp:\n  spool_threshold: 64KiB", "stamp.spool_threshold", 64 << 10),
+        ("stamp:\n  spool_threshold: 8M", "stamp.spool_threshold", 8 << 20),
+        ("inbound:\n  scan_budget: 1KiB", "inbound.scan_budget", 1024),
+        ("inbound:\n  scan_budget: 4096", "inbound.scan_budget", 4096),
+        ("inbound:\n  scan_budget: 16MiB", "inbound.scan_budget", 16 << 20),
+    ],
+)
+def test_sizes(tmp_path: Path, text: str, path: str, value: int) -> None:
+    section, key = path.split(".")
+    assert getattr(getattr(load(tmp_path, text + "\n"), section), key) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "problem"),
+    [
+        (
+            "stamp:\n  spool_threshold: 63KiB",
+            "stamp.spool_threshold",
+            "'63KiB' is too small: at least 64KiB",
+        ),
+        (
+            "stamp:\n  spool_threshold: 1000",
+            "stamp.spool_threshold",
+            "1000 is too small: at least 64KiB",
+        ),
+        (
+            "inbound:\n  scan_budget: 1023",
+            "inbound.scan_budget",
+            "1023 is too small: at least 1KiB",
+        ),
+        ("inbound:\n  scan_budget: 0", "inbound.scan_budget", "0 is too small: at least 1KiB"),
+        (
+            "inbound:\n  scan_budget: 1MB",
+            "inbound.scan_budget",
+            "ambiguous unit 'MB': write MiB (powers of 1024)",
+        ),
+        (
+            "stamp:\n  spool_threshold: true",
+            "stamp.spool_threshold",
+            "expected a size in bytes (an integer or a string like '512MiB'), got a boolean",
+        ),
+    ],
+)
+def test_size_errors(tmp_path: Path, text: str, path: str, problem: str) -> None:
+    exc = error(tmp_path, text + "\n")
+    assert str(exc) == f"{exc.file}:2: {path}: {problem}"
+
+
+# --- strategies
+
+
+def test_strategies_subject_match_is_allowed_and_order_is_kept(tmp_path: Path) -> None:
+    text = "inbound:\n  strategies: [subject-match, token, bounce]\n"
+    assert load(tmp_path, text).inbound.strategies == ("subject-match", "token", "bounce")
+
+
+@pytest.mark.parametrize(
+    ("items", "index", "problem"),
+    [
+        (["token", "tokn"], 1, "'tokn' is not a strategy; did you mean 'token'?"),
+        (["in_reply_to"], 0, "'in_reply_to' is not a strategy; did you mean 'in-reply-to'?"),
+        (["Token"], 0, "'Token' is not a strategy; did you mean 'token'?"),
+        (
+            ["magic"],
+            0,
+            "'magic' is not a strategy (known: bounce, token, in-reply-to, references, "
+            "thread-index, subject-ref, body-ref, external-ref, subject-match)",
+        ),
+        (
+            ["token", "duplicate"],
+            1,
+            "'duplicate' is not a strategy: duplicates are always recognised first",
+        ),
+        (
+            ["token", "references", "token"],
+            2,
+            "strategy 'token' is listed twice (first as item 0)",
+        ),
+        (
+            ["token", "external-ref"],
+            1,
+            "'external-ref' needs at least one rule in inbound.external_refs",
+        ),
+    ],
+)
+def test_strategy_errors_name_the_item_and_its_line(
+    tmp_path: Path, items: list[str], index: int, problem: str
+) -> None:
+    lines = "".join(f"    - {item}\n" for item in items)
+    exc = error(tmp_path, f"inbound:\n  addresses: [a@example.com]\n  strategies:\n{lines}")
+    assert str(exc) == f"{exc.file}:{4 + index}: inbound.strategies[{index}]: {problem}"
+
+
+def test_strategies_must_not_be_empty(tmp_path: Path) -> None:
+    exc = error(tmp_path, "inbound:\n  strategies: []\n")
+    assert str(exc) == (
+        f"{exc.file}:2: inbound.strategies: list at least one strategy "
+        "(no strategy: every message is a new case)"
+    )
+
+
+def test_external_ref_strategy_with_a_rule_loads(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        """
+        inbound:
+          strategies: [token, external-ref]
+          external_refs:
+            - {name: servicenow, pattern: 'INC\\d{7}'}
+        """,
+    )
+    assert settings.inbound.external_refs == (
+        ExternalRefRule(name="servicenow", pattern=r"INC\d{7}"),
+    )
+
+
+def test_external_ref_error_points_into_strategies_when_refs_come_first(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        """
+        inbound:
+          external_refs: []
+          strategies:
+            - token
+            - external-ref
+        """,
+    )
+    assert (exc.line, exc.path) == (5, "inbound.strategies[1]")
+
+
+# --- regular expressions
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        (
+            "'\\[Case (C-\\d+\\]'",
+            "invalid regular expression: missing ), unterminated subpattern at position 7",
+        ),
+        ("'[Case'", "invalid regular expression: unterminated character set at position 0"),
+        (
+            "'\\[Case C-\\d+\\]'",
+            "the regular expression needs a group: (...) around the part to extract",
+        ),
+        ("'(C-\\d*)?'", "'(C-\\\\d*)?' matches an empty string"),
+        ("''", "the regular expression is empty"),
+        ("'(x)" + "a" * 998 + "'", "the regular expression is 1001 characters: at most 1000"),
+    ],
+)
+def test_case_ref_pattern_errors(tmp_path: Path, pattern: str, problem: str) -> None:
+    exc = error(tmp_path, f"inbound:\n  case_ref_pattern: {pattern}\n")
+    assert str(exc) == f"{exc.file}:2: inbound.case_ref_pattern: {problem}"
+
+
+def test_regex_of_exactly_1000_characters_is_accepted(tmp_path: Path) -> None:
+    pattern = "(x)" + "a" * 997
+    assert load(tmp_path, f"inbound:\n  case_ref_pattern: {pattern}\n").inbound.case_ref_pattern
+    assert len(pattern) == 1000
+
+
+@pytest.mark.parametrize(
+    ("rule", "line", "path", "fragment"),
+    [
+        ("subject: '(?P<x'", 4, "routing.rules[0].subject", "missing >, unterminated name"),
+        ("subject: ''", 4, "routing.rules[0].subject", "the regular expression is empty"),
+        (
+            "header: X-Prio\n      header_regex: '*high'",
+            5,
+            "routing.rules[0].header_regex",
+            "nothing to repeat at position 0",
+        ),
+    ],
+)
+def test_routing_regex_errors(
+    tmp_path: Path, rule: str, line: int, path: str, fragment: str
+) -> None:
+    exc = error(tmp_path, f"routing:\n  rules:\n    - queue: a\n      {rule}\n")
+    assert (exc.line, exc.path) == (line, path)
+    assert fragment in exc.problem
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fragment"),
+    [
+        ("'INC(\\d{7}'", "invalid regular expression: missing ), unterminated subpattern"),
+        ("'INC\\d*|'", "matches an empty string"),
+        ("'\\d*'", "matches an empty string"),
+    ],
+)
+def test_external_ref_pattern_errors(tmp_path: Path, pattern: str, fragment: str) -> None:
+    exc = error(
+        tmp_path,
+        f"inbound:\n  external_refs:\n    - name: sn\n      pattern: {pattern}\n",
+    )
+    assert (exc.line, exc.path) == (4, "inbound.external_refs[0].pattern")
+    assert fragment in exc.problem
+
+
+# --- routing rules
+
+
+@pytest.mark.parametrize(
+    ("queue", "ok"),
+    [
+        ("billing", True),
+        ("Team.EU/2nd-level:vip_1", True),
+        ("q" * 64, True),
+        ("q" * 65, False),
+        ("", False),
+        ("two words", False),
+        ("billing!", False),
+        ("Küche", False),
+    ],
+)
+def test_queue_names(tmp_path: Path, queue: str, ok: bool) -> None:
+    for text, line, path in (
+        (f"routing:\n  default_queue: '{queue}'\n", 2, "routing.default_queue"),
+        (f"routing:\n  rules:\n    - queue: '{queue}'\n", 3, "routing.rules[0].queue"),
+    ):
+        if ok:
+            load(tmp_path, text)
+            continue
+        exc = error(tmp_path, text)
+        assert str(exc) == (
+            f"{exc.file}:{line}: {path}: {queue!r} must be 1-64 characters of A-Z a-z 0-9 . _ : / -"
+        )
+
+
+@pytest.mark.parametrize("key", ["rcpt", "sender"])
+def test_rule_addresses_are_checked_like_inbound_addresses(tmp_path: Path, key: str) -> None:
+    text = f"routing:\n  rules:\n    - queue: a\n      {key}:\n        - A@Example.com\n"
+    rule = load(tmp_path, text).routing.rules[0]
+    assert getattr(rule, key) == ("a@example.com",)
+    exc = error(tmp_path, text + "        - billing\n")
+    assert str(exc) == (
+        f"{exc.file}:6: routing.rules[0].{key}[1]: 'billing' has no '@' "
+        "(local@domain, @domain or a pattern like *@domain)"
+    )
+
+
+def test_header_and_header_regex_come_together(tmp_path: Path) -> None:
+    base = "routing:\n  rules:\n    - queue: a\n      subject: x\n"
+    exc = error(tmp_path, base + "      header: X-Priority\n")
+    assert str(exc) == (
+        f"{exc.file}:5: routing.rules[0].header: header needs header_regex "
+        "(the regex its value must match)"
+    )
+    exc = error(tmp_path, base + "      header_regex: '^1'\n")
+    assert str(exc) == (
+        f"{exc.file}:5: routing.rules[0].header_regex: header_regex needs header "
+        "(the header to match)"
+    )
+
+
+@pytest.mark.parametrize("name", ["X Priority", "X-Priority:", "", "Prioritä"])
+def test_header_name_is_checked(tmp_path: Path, name: str) -> None:
+    exc = error(
+        tmp_path,
+        f"routing:\n  rules:\n    - queue: a\n      header: '{name}'\n      header_regex: x\n",
+    )
+    assert (exc.line, exc.path) == (4, "routing.rules[0].header")
+    assert "is not a header name" in exc.problem
+
+
+def test_catch_all_rule_only_last(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        "routing:\n  rules:\n    - {queue: billing, rcpt: [b@example.com]}\n    - queue: rest\n",
+    )
+    assert settings.routing.rules[-1] == RoutingRule(queue="rest")
+    # A single catch-all rule is the last rule too.
+    assert load(tmp_path, "routing:\n  rules:\n    - queue: all\n      override: true\n")
+    exc = error(
+        tmp_path,
+        """
+        routing:
+          rules:
+            - queue: billing
+              rcpt: [b@example.com]
+            - queue: everything
+              override: true
+            - queue: vip
+              sender: ["@vip.example.com"]
+        """,
+    )
+    assert str(exc) == (
+        f"{exc.file}:5: routing.rules[1]: a rule without a condition (rcpt, sender, subject, "
+        "header) matches every message: only the last rule may be a catch-all"
+    )
+
+
+def test_empty_condition_lists_do_not_count_as_conditions(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        "routing:\n  rules:\n    - {queue: a, rcpt: [], sender: []}\n    - {queue: b}\n",
+    )
+    assert (exc.line, exc.path) == (3, "routing.rules[0]")
+
+
+# --- external refs
+
+
+@pytest.mark.parametrize("name", ["ServiceNow", "service now", "", "x" * 33, "jira.cloud", "süd"])
+def test_external_ref_name_errors(tmp_path: Path, name: str) -> None:
+    exc = error(
+        tmp_path,
+        f"inbound:\n  external_refs:\n    - name: '{name}'\n      pattern: 'X\\d+'\n",
+    )
+    assert str(exc) == (
+        f"{exc.file}:3: inbound.external_refs[0].name: {name!r} must be 1-32 characters of "
+        "a-z 0-9 _ - (lower case)"
+    )
+
+
+def test_external_ref_names_are_unique(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        """
+        inbound:
+          external_refs:
+            - name: sn
+              pattern: 'INC\\d{7}'
+            - name: jira
+              pattern: 'SUP-\\d+'
+            - pattern: 'RITM\\d{7}'
+              name: sn
+        """,
+    )
+    assert str(exc) == (
+        f"{exc.file}:8: inbound.external_refs[2].name: 'sn' is used twice (first by item 0)"
+    )
+
+
+def test_external_ref_must_search_somewhere(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        "inbound:\n  external_refs:\n    - name: sn\n      pattern: 'INC\\d{7}'\n"
+        "      search_subject: false\n      search_body: false\n",
+    )
+    assert str(exc) == (
+        f"{exc.file}:3: inbound.external_refs[0]: search_subject and search_body are both "
+        "false: the rule never matches"
+    )
+
+
+def test_external_ref_sender_is_checked(tmp_path: Path) -> None:
+    exc = error(
+        tmp_path,
+        "inbound:\n  external_refs:\n    - name: sn\n      pattern: 'INC\\d{7}'\n"
+        "      sender: ['<noreply@example.com>']\n",
+    )
+    assert (exc.line, exc.path) == (5, "inbound.external_refs[0].sender[0]")
+    assert "write it bare" in exc.problem
+
+
+# --- templates
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("' [ref:TOKEN]'", "must contain {token}"),
+        ("' [ref:{token}] [{token}]'", "exactly once"),
+        ("' {token}]'", "text on both sides"),
+        ("' [ref:{token}'", "text on both sides"),
+        ('" [ref:{token}]\\r\\n"', "one line"),
+        ('" [ref:\\n{token}]"', "one line"),
+        ("' [ref:{token}x]'", "must not start with a letter or digit"),
+        ("' [" + "r" * 2000 + ":{token}]'", "the template is 2011 characters: at most 2000"),
+    ],
+)
+def test_subject_template_errors(tmp_path: Path, template: str, fragment: str) -> None:
+    exc = error(tmp_path, f"tokens:\n  subject_template: {template}\n")
+    assert (exc.line, exc.path) == (2, "tokens.subject_template")
+    assert fragment in exc.problem
+
+
+@pytest.mark.parametrize("key", ["html_template", "text_template"])
+def test_body_templates_need_the_token(tmp_path: Path, key: str) -> None:
+    exc = error(tmp_path, f"stamp:\n  html: true\n  {key}: '[ref:TOKEN]'\n")
+    assert str(exc) == f"{exc.file}:3: stamp.{key}: the template must contain {{token}}"
+    exc = error(tmp_path, f"stamp:\n  {key}: '{{token}}{'x' * 1994}'\n")
+    assert str(exc) == f"{exc.file}:2: stamp.{key}: the template is 2001 characters: at most 2000"
+    # Several {token}s and line breaks are fine in a body template.
+    text = f'stamp:\n  {key}: "\\n{{token}}\\n[ref:{{token}}]\\n"\n'
+    assert getattr(load(tmp_path, text).stamp, key) == "\n{token}\n[ref:{token}]\n"
+
+
+# --- tokens, flood
+
+
+def test_token_keys_must_be_absolute_and_unique(tmp_path: Path) -> None:
+    exc = error(tmp_path, "tokens:\n  keys:\n    - /etc/a.key\n    - keys/b.key\n")
+    assert str(exc) == f"{exc.file}:4: tokens.keys[1]: 'keys/b.key' is not an absolute path"
+    exc = error(
+        tmp_path, "tokens:\n  keys:\n    - /etc/a.key\n    - /etc/b.key\n    - /etc/a.key\n"
+    )
+    assert str(exc) == (
+        f"{exc.file}:5: tokens.keys[2]: key file '/etc/a.key' is listed twice (first as item 0)"
+    )
+    # Existence is checked at start-up, not here.
+    missing = str(tmp_path / "no-such.key")
+    assert load(tmp_path, f"tokens:\n  keys: ['{missing}']\n").tokens.keys == (missing,)
+
+
+def test_anchor_domain_is_a_domain(tmp_path: Path) -> None:
+    exc = error(tmp_path, "tokens:\n  anchor_domain: mail_example.com\n")
+    assert str(exc) == (
+        f"{exc.file}:2: tokens.anchor_domain: 'mail_example.com' is not a domain name "
+        "(letters, digits, hyphens and dots)"
+    )
+
+
+@pytest.mark.parametrize(("limit", "ok"), [(1, True), (100000, True), (0, False), (100001, False)])
+def test_flood_limit_range(tmp_path: Path, limit: int, ok: bool) -> None:
+    text = f"inbound:\n  flood:\n    limit: {limit}\n"
+    if ok:
+        assert load(tmp_path, text).inbound.flood.limit == limit
+    else:
+        exc = error(tmp_path, text)
+        assert str(exc) == f"{exc.file}:3: inbound.flood.limit: {limit} is out of range (1-100000)"

@@ -28,6 +28,30 @@ class CaseHeaderNames:
     def state(self) -> str:
         return f"{self.prefix}State"
 
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}Queue"
+
+    @property
+    def auto(self) -> str:
+        return f"{self.prefix}Auto"
+
+    @property
+    def loop(self) -> str:
+        return f"{self.prefix}Loop"
+
+    @property
+    def related(self) -> str:
+        return f"{self.prefix}Related"
+
+    @property
+    def sender(self) -> str:
+        return f"{self.prefix}Sender"
+
+    @property
+    def token(self) -> str:
+        return f"{self.prefix}Token"
+
     def is_ours(self, name: str) -> bool:
         return name.lower().startswith(self.prefix.lower())
 

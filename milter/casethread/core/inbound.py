@@ -1,42 +1,56 @@
-"""Inbound mail (DESIGN §5, §6): which case a reply belongs to, and the headers that say so."""
+"""Inbound mail (DESIGN §5, §6): the facts about one message and the headers that state them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import msgid, related
-from .case_headers import CaseHeaderNames, strip_ours
+from .case_headers import CaseHeaderNames
 from .edits import AddHeader, Edit
-from .message import Message
-from .model import CaseRecord
-from .store import CaseReader
 
 
 @dataclass(frozen=True)
-class Resolution:
-    case: CaseRecord | None  # None: open a new case
+class CaseOutcome:
+    case_id: str
+    state: str  # the X-Case-State value: new, open, reopened, waiting, resolved, closed
+    queue: str
+    related: str | None = None  # the earlier case, when a new one was opened instead
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything the inbound headers say; `cases` is empty when no case was assigned."""
+
+    cases: tuple[CaseOutcome, ...]
     match: str
+    auto: str
     duplicate: bool = False
+    loop: bool = False
+    sender_known: bool | None = None  # None: nothing matched, so the question does not arise
+    token_invalid: bool = False
 
 
-def resolve(msg: Message, reader: CaseReader, references_limit: int) -> Resolution:
-    known = related.duplicate_of(msgid.first_id(msg.get("Message-ID")), reader)
-    if known:
-        return Resolution(known, "duplicate", duplicate=True)
-    found = related.by_reply_headers(msg, reader, references_limit)
-    if found:
-        return Resolution(found.case, found.via)
-    return Resolution(None, "new")
-
-
-def edits(
-    msg: Message, names: CaseHeaderNames, case_id: str, resolution: Resolution, state: str
-) -> list[Edit]:
-    """Forged fields out first, then ours; the order matters to the MTA's field indexes."""
-    result: list[Edit] = list(strip_ours(msg, names))
-    result.append(AddHeader(names.case_id, case_id))
-    result.append(AddHeader(names.match, resolution.match))
-    if resolution.duplicate:
+def edits(names: CaseHeaderNames, forged: Sequence[Edit], verdict: Verdict) -> list[Edit]:
+    """Forged fields out first, then ours (the order matters to the MTA's field indexes)."""
+    result: list[Edit] = list(forged)
+    for case in verdict.cases:
+        result.append(AddHeader(names.case_id, case.case_id))
+    result.append(AddHeader(names.match, verdict.match))
+    if verdict.duplicate:
         result.append(AddHeader(names.duplicate, "yes"))
-    result.append(AddHeader(names.state, state))
+    for case in verdict.cases:
+        result.append(AddHeader(names.state, case.state))
+    if verdict.cases:
+        result.append(AddHeader(names.queue, verdict.cases[0].queue))
+    result.append(AddHeader(names.auto, verdict.auto))
+    if verdict.loop:
+        result.append(AddHeader(names.loop, "yes"))
+    for case in verdict.cases:
+        if case.related:
+            result.append(AddHeader(names.related, case.related))
+    if verdict.sender_known is not None:
+        result.append(AddHeader(names.sender, "known" if verdict.sender_known else "unknown"))
+    if verdict.token_invalid:
+        result.append(AddHeader(names.token, "invalid"))
     return result
+

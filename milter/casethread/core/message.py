@@ -128,7 +128,8 @@ def serialize(headers: tuple[Header, ...], body: bytes, newline: bytes = b"\n") 
         if h.raw is not None:
             out += h.raw if h.raw.endswith(b"\n") else h.raw + newline
         else:
-            out += encode_str(f"{h.name}: {h.value}") + newline
+            # Values we generate fold with a bare "\n" (as milters send them to the MTA).
+            out += encode_str(f"{h.name}: {h.value}").replace(b"\n", newline) + newline
     out += newline
     out += body
     return bytes(out)

@@ -29,7 +29,11 @@ class CaseState(StrEnum):
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One case as the index stores it. Times are Unix seconds."""
+    """One case as the index stores it. Times are Unix seconds.
+
+    Case rules (DESIGN §5) live in these links: a merged case names its survivor, a split case
+    its children, a closed case may name a parent to walk up to.
+    """
 
     case_id: str
     number: int
@@ -37,3 +41,31 @@ class CaseRecord:
     queue: str
     created: int
     updated: int
+    # When `state` last changed: `cases.reopen_within` counts from here.
+    state_changed: int = 0
+    parent: str | None = None
+    merged_into: str | None = None
+    children: tuple[str, ...] = ()
+
+
+class AliasKind(StrEnum):
+    """What else, besides its id and number, names a case in the index."""
+
+    MESSAGE = "m"  # a normalised Message-ID we saw or sent
+    THREAD_ROOT = "t"  # the 22-byte Outlook Thread-Index root (hex)
+    EXTERNAL = "x"  # "system:reference" of another ticket system
+    SUBJECT = "s"  # a normalised subject (for the optional subject-match)
+    PARTICIPANT = "p"  # "case-id address": a From/To/Cc address of the case's mail
+
+
+@dataclass(frozen=True)
+class Alias:
+    kind: AliasKind
+    key: str
+    case_id: str
+
+
+@dataclass(frozen=True)
+class AliasHit:
+    case_id: str
+    recorded: int  # Unix seconds of the last record

@@ -1,33 +1,52 @@
-"""Outbound mail (DESIGN §3): the case it is sent for, its Message-ID, and one X-Case-ID."""
+"""Outbound mail (DESIGN §3): Message-ID, the token in Subject and References, Thread-Index.
+
+Values we write never carry CR, LF or NUL taken from the input: fields we extend (Subject,
+References) are unfolded and cleaned first. A field we cannot write back exactly (8-bit bytes
+that are not UTF-8) is left alone and noted.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
-from . import msgid, related
+from . import msgid, thread_index, token
 from .addresses import domain_of, header_addresses
 from .case_headers import CaseHeaderNames, strip_ours
 from .edits import AddHeader, ChangeHeader, Edit
 from .message import Message, unfold
-from .model import CaseRecord, is_valid_case_id
-from .store import CaseReader
+from .model import CaseRecord, CaseState, is_valid_case_id
+
+# A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
+REFERENCES_KEEP = 20
+_UNSAFE = re.compile(r"[\r\n\x00]")
+_SURROGATE = re.compile(r"[\udc80-\udcff]")
+APP_STATES = {s.value: s for s in CaseState}
 
 
-@dataclass(frozen=True)
-class Plan:
-    app_case_id: str | None  # the app's own X-Case-ID: adopt it
-    related: related.Found | None
-    bad_app_case_id: bool = False
+def clean(value: str) -> str:
+    return _UNSAFE.sub("", unfold(value)).strip()
 
 
-def plan(msg: Message, reader: CaseReader, names: CaseHeaderNames, references_limit: int) -> Plan:
-    raw_app_id = msg.get(names.case_id)
-    if raw_app_id is not None:
-        app_id = unfold(raw_app_id).strip()
-        if is_valid_case_id(app_id):
-            return Plan(app_id, None)
-    found = related.by_reply_headers(msg, reader, references_limit)
-    return Plan(None, found, bad_app_case_id=raw_app_id is not None)
+def writable(value: str) -> bool:
+    """pymilter passes header values as UTF-8: undecodable 8-bit bytes cannot be written back."""
+    return _SURROGATE.search(value) is None
+
+
+def app_case_id(msg: Message, names: CaseHeaderNames) -> tuple[str | None, bool]:
+    """The app's own X-Case-ID (adopted as the case), and whether one was present but invalid."""
+    raw = msg.get(names.case_id)
+    if raw is None:
+        return None, False
+    value = clean(raw)
+    return (value, False) if is_valid_case_id(value) else (None, True)
+
+
+def app_state(msg: Message, names: CaseHeaderNames) -> CaseState | None:
+    """`X-Case-State: resolved` etc. set by the app on outbound mail (consumed, not sent on)."""
+    raw = msg.get(names.state)
+    return APP_STATES.get(clean(raw).lower()) if raw is not None else None
 
 
 def message_id_domain(msg: Message, configured: str | None, fallback: str) -> str:
@@ -56,28 +75,86 @@ def ensure_message_id(msg: Message, domain: str, now: float) -> MessageId:
     normalised = msgid.normalise(new)
     assert normalised is not None
     # An unusable Message-ID field is replaced in place rather than duplicated.
-    edit: Edit = ChangeHeader("Message-ID", 1, new) if present is not None else AddHeader(
-        "Message-ID", new
+    edit: Edit = (
+        ChangeHeader("Message-ID", 1, new) if present is not None else AddHeader("Message-ID", new)
     )
     return MessageId(normalised, edit)
 
 
-def edits(
-    msg: Message, names: CaseHeaderNames, case: CaseRecord | None, message_id: MessageId
-) -> list[Edit]:
-    """Exactly one X-Case-ID for the case; the app's own fields under our prefix are consumed."""
-    result: list[Edit] = []
-    if message_id.edit is not None:
-        result.append(message_id.edit)
+def case_header_edits(msg: Message, names: CaseHeaderNames, case: CaseRecord | None) -> list[Edit]:
+    """Exactly one X-Case-ID for the case; the app's other fields under our prefix are consumed."""
     ours = [h for h in msg.headers if names.is_ours(h.name)]
     already_right = (
         case is not None
         and len(ours) == 1
         and ours[0].name.lower() == names.case_id.lower()
-        and unfold(ours[0].value).strip() == case.case_id
+        and clean(ours[0].value) == case.case_id
     )
-    if not already_right:
-        result.extend(strip_ours(msg, names))
-        if case is not None:
-            result.append(AddHeader(names.case_id, case.case_id))
+    if already_right:
+        return []
+    result: list[Edit] = list(strip_ours(msg, names))
+    if case is not None:
+        result.append(AddHeader(names.case_id, case.case_id))
     return result
+
+
+def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) -> Edit | None:
+    """Append the token to the Subject, never twice, never re-encoding what is there."""
+    present = msg.get("Subject")
+    tag = token.subject_tag(tok, template)
+    if present is None:
+        return AddHeader("Subject", tag.strip())
+    if keyring.resolve(token.find_tokens(unfold(present), template)).status == "valid":
+        return None
+    if not writable(present):
+        return None
+    return ChangeHeader("Subject", 1, clean(present) + tag)
+
+
+def references_edit(msg: Message, anchor: str) -> Edit | None:
+    """Put the case anchor first in References (trimming keeps it), unless it is there."""
+    present = msg.get("References")
+    if present is not None and not writable(present):
+        return None
+    ids = [f"<{i}>" for i in reversed(msgid.id_list(present, 10_000))]
+    anchor_id = msgid.normalise(anchor)
+    if any(msgid.normalise(i) == anchor_id for i in ids):
+        return None
+    ids = [anchor, *ids]
+    if len(ids) > REFERENCES_KEEP:
+        ids = [ids[0], *ids[-(REFERENCES_KEEP - 1) :]]
+    value = " ".join(ids)
+    if len(value) > 900:  # stay well under the 998-octet line limit
+        value = "\n\t".join(ids)
+    return ChangeHeader("References", 1, value) if present is not None else AddHeader(
+        "References", value
+    )
+
+
+def case_thread_root(case: CaseRecord) -> bytes:
+    """A case's Outlook thread root, derived (not stored): its creation time and a GUID from
+    its id, so every outbound mail of the case carries the same root."""
+    guid = hashlib.sha256(b"casethread-thread-root\x00" + case.case_id.encode()).digest()[:16]
+    return thread_index.new_root(case.created, guid)
+
+
+def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: float) -> list[Edit]:
+    """Thread-Index (root for a new case, root + child block for a follow-up) and Thread-Topic."""
+    result: list[Edit] = []
+    if msg.get("Thread-Index") is None:
+        root = case_thread_root(case)
+        value = root if new_case else thread_index.child(root, now)
+        result.append(AddHeader("Thread-Index", thread_index.encode(value)))
+    if msg.get("Thread-Topic") is None:
+        subject = msg.get("Subject")
+        if subject is not None and writable(subject):
+            topic = clean(thread_index.thread_topic(unfold(subject)))
+            if topic:
+                result.append(AddHeader("Thread-Topic", topic))
+    return result
+
+
+def thread_root_of(msg: Message, case: CaseRecord) -> bytes:
+    """The root this mail's replies will carry: the app's own Thread-Index, else the case's."""
+    raw = thread_index.decode(msg.get("Thread-Index") or "")
+    return thread_index.root_of(raw) if raw is not None else case_thread_root(case)

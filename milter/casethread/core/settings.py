@@ -12,6 +12,11 @@ from typing import Literal
 OnError = Literal["accept", "tempfail"]
 NewCasePolicy = Literal["create", "skip"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# Inbound resolution strategies (DESIGN §5); `inbound.strategies` orders a subset of them.
+STRATEGY_NAMES = (
+    "bounce", "token", "in-reply-to", "references", "thread-index", "subject-ref", "body-ref",
+    "external-ref", "subject-match",
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,8 @@ class MilterSettings:
     socket: str = "inet:8894@127.0.0.1"
     # Mode of a unix socket; the MTA's user (postfix) must be able to write it.
     socket_mode: int = 0o660
+    # Group given to a unix socket (e.g. "postfix"); None keeps the process's group.
+    socket_group: str | None = None
     on_error: OnError = "accept"
     # libmilter's I/O timeout: seconds to wait on a silent MTA connection. How long the MTA
     # waits for us is Postfix's milter_*_timeout.
@@ -42,6 +49,79 @@ class HeaderSettings:
 class CaseSettings:
     id_prefix: str = "C-"
     id_digits: int = 6
+    # A reply to a case resolved longer ago than this opens a new related case (seconds).
+    reopen_within: int = 14 * 86400
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    # Key files, the first signs and all verify; empty: INDEX/token.key, made on first start.
+    keys: tuple[str, ...] = ()
+    # Where the token goes in the Subject; `{token}` is replaced.
+    subject_template: str = " [ref:{token}]"
+    # Domain of the signed References anchor <TOKEN.case@DOMAIN>; None: the Message-ID domain.
+    anchor_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class StampSettings:
+    """Outbound body stamping (DESIGN §3.4)."""
+
+    html: bool = True
+    text: bool = True
+    html_template: str = (
+        '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all;font-size:0;'
+        'line-height:0" data-casethread-ref="{token}">[ref:{token}]</div>'
+    )
+    text_template: str = "\n[ref:{token}]\n"
+    # Bodies above this many bytes are spooled to a temporary file by the milter.
+    spool_threshold: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class FloodSettings:
+    """More than `limit` messages from one sender within `window` seconds is a loop."""
+
+    limit: int = 20
+    window: int = 3600
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """First matching rule sets the queue. Empty conditions match anything; all given must hold."""
+
+    queue: str
+    rcpt: tuple[str, ...] = ()  # envelope recipient patterns (address, @domain, glob)
+    sender: tuple[str, ...] = ()  # From address patterns (address, @domain, glob)
+    subject: str | None = None  # regex, searched case-insensitively
+    header: str | None = None  # header name for `header_regex`
+    header_regex: str | None = None
+    # An existing case keeps its queue unless the rule says override.
+    override: bool = False
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    default_queue: str = "support"
+    rules: tuple[RoutingRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExternalRefRule:
+    """Another system's ticket number (like Znuny's ExternalTicketNumberRecognition)."""
+
+    name: str  # the system, e.g. "servicenow"; part of the stored key
+    pattern: str  # regex; group 1 (or the whole match) is the reference
+    sender: tuple[str, ...] = ()  # From patterns; empty: any sender
+    search_subject: bool = True
+    search_body: bool = True
+
+
+@dataclass(frozen=True)
+class SubjectMatchSettings:
+    """Optional subject + participant matching (off by default: it can merge wrongly)."""
+
+    window: int = 2 * 86400
 
 
 @dataclass(frozen=True)
@@ -60,6 +140,18 @@ class InboundSettings:
     addresses: tuple[str, ...] = ()
     # How many of the newest References IDs are looked up.
     references_limit: int = 100
+    # Resolution strategies in order; the first that yields a live case wins (DESIGN §5).
+    strategies: tuple[str, ...] = (
+        "bounce", "token", "in-reply-to", "references", "thread-index", "subject-ref", "body-ref",
+    )
+    # How much decoded body text the token and reference scans read at most.
+    scan_budget: int = 1 << 20
+    # A human case reference in Subject/body: group 1 is the case id. Counts only when the
+    # sender is a participant of that case (references are guessable).
+    case_ref_pattern: str = r"\[Case\s+([A-Za-z0-9._:-]{1,64})\]"
+    external_refs: tuple[ExternalRefRule, ...] = ()
+    subject_match: SubjectMatchSettings = field(default_factory=SubjectMatchSettings)
+    flood: FloodSettings = field(default_factory=FloodSettings)
 
 
 @dataclass(frozen=True)
@@ -70,3 +162,6 @@ class Settings:
     cases: CaseSettings = field(default_factory=CaseSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    stamp: StampSettings = field(default_factory=StampSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)

@@ -1,23 +1,30 @@
 """The index contract as the core and the engine see it.
 
 Implementations live in `casethread.index` (LMDB and in-memory); one contract test suite runs
-against both. Message-ID keys are already normalised by `core.msgid`; hashing over-long keys
-is the index's business.
+against both. Keys arrive already normalised by the core; hashing over-long or private keys
+(participant addresses are stored hashed) is the index's business.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from .model import CaseRecord
+from .model import Alias, AliasHit, AliasKind, CaseRecord
 
 
 class CaseReader(Protocol):
-    def case_for_message(self, message_id: str) -> str | None:
-        """The case id recorded for a normalised Message-ID, or None."""
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        """The case an alias names, with when it was last recorded, or None."""
 
     def get_case(self, case_id: str) -> CaseRecord | None:
         """The case record, or None when no such case exists."""
+
+    def case_for_number(self, number: int) -> str | None:
+        """The case id that holds a case number (tokens carry numbers), or None."""
+
+    def case_for_message(self, message_id: str) -> str | None:
+        """Shorthand for `find(AliasKind.MESSAGE, message_id)`'s case id."""
 
 
 class CaseIndex(CaseReader, Protocol):
@@ -29,8 +36,17 @@ class CaseIndex(CaseReader, Protocol):
         existing record if the case exists, else create it with the next number.
         """
 
+    def record(self, aliases: Sequence[Alias], now: int) -> None:
+        """Map each alias to its case (overwriting), all in one transaction."""
+
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        """Map a normalised Message-ID to a case (overwrites; idempotent)."""
+        """Shorthand for recording one MESSAGE alias."""
+
+    def bump_counter(self, key: str, now: int, window: int) -> int:
+        """Count one event for `key` in a fixed window of `window` seconds; return the count.
+
+        A window older than `window` seconds restarts at 1 (counters expire by themselves).
+        """
 
     def last_number(self) -> int:
         """The highest case number handed out so far (0 for an empty index)."""

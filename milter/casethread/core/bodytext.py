@@ -1,0 +1,149 @@
+"""Readable text of a message body, for token scanning (DESIGN §5), and raw parts for bounces.
+
+Best effort and bounded: malformed MIME is read as far as it can be, undecodable bytes become
+U+FFFD, and no more than `budget` transfer-decoded bytes are read in total.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+from . import mime
+from .mime import Data, Part
+
+DEFAULT_BUDGET = 1 << 20
+TEXT_TYPES = frozenset({"text/plain", "text/html"})
+# What a delivery status notification returns of the original message (RFC 3462, 6533).
+BOUNCE_TYPES = frozenset(
+    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers",
+     "message/delivery-status", "message/global-delivery-status"}
+)
+
+_BLOCK_TAG = re.compile(
+    r"<\s*/?\s*(?:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)\b[^>]*>", re.I
+)
+_ANY_TAG = re.compile(r"</?[A-Za-z!?][^>]*>")
+_RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^>]*>", re.I)
+
+
+@dataclass(frozen=True)
+class FoundPart:
+    content_type: str
+    data: bytes  # transfer-decoded, at most the budget
+
+
+def iter_texts(
+    top_content_type: str | None,
+    top_cte: str | None,
+    body: Data,
+    budget: int = DEFAULT_BUDGET,
+    *,
+    top_disposition: str | None = None,
+    include_attachments: bool = False,
+) -> Iterator[str]:
+    """Decoded text of the text/plain and text/html parts, from the top; HTML as plain text.
+
+    Parts inside attached messages are read too; attachments (and attached messages) only with
+    `include_attachments`. A multipart or message that could not be split is read as text.
+    """
+    tree = mime.parse(body, top_content_type, top_cte, top_disposition)
+    remaining = budget
+    for part in _readable(tree, include_attachments):
+        if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
+            continue
+        if remaining <= 0:
+            return
+        data = _decoded_body(body, part, remaining)
+        remaining -= len(data)
+        # No (or an unknown) charset: UTF-8 is the likeliest, and ASCII reads the same in it.
+        text = data.decode(mime.codec_for(part.charset, "utf-8") or "utf-8", "replace")
+        yield html_to_text(text) if part.mime_type == "text/html" else text
+
+
+def iter_parts_of_type(
+    top_content_type: str | None,
+    top_cte: str | None,
+    body: Data,
+    types: Collection[str] = BOUNCE_TYPES,
+    budget: int = DEFAULT_BUDGET,
+    *,
+    top_disposition: str | None = None,
+) -> Iterator[FoundPart]:
+    """Transfer-decoded bodies of the parts of those types, from the top (not looking inside a
+    part once it is yielded)."""
+    tree = mime.parse(body, top_content_type, top_cte, top_disposition)
+    remaining = budget
+    stack = [tree]
+    while stack and remaining > 0:
+        part = stack.pop()
+        if part.mime_type in types:
+            data = _decoded_body(body, part, remaining)
+            remaining -= len(data)
+            yield FoundPart(part.mime_type, data)
+            continue
+        stack.extend(reversed(part.children))
+
+
+def _readable(tree: Part, include_attachments: bool) -> Iterator[Part]:
+    stack = [tree]
+    while stack:
+        part = stack.pop()
+        if part.is_attachment and not include_attachments and part is not tree:
+            continue
+        yield part
+        stack.extend(reversed(part.children))
+
+
+def _decoded_body(body: Data, part: Part, limit: int) -> bytes:
+    # Encoded forms are at most about 3x (quoted-printable) their decoded size: read no more.
+    encoded_limit = limit if part.cte in mime.IDENTITY_ENCODINGS else 3 * limit + 1024
+    raw = body[part.body_start : min(part.end, part.body_start + encoded_limit)]
+    return mime.decode_transfer(raw, part.cte)[:limit]
+
+
+def html_to_text(markup: str) -> str:
+    """Visible text of HTML: comments, scripts and styles dropped, tags removed, entities decoded.
+
+    Block tags become line breaks so words of adjacent blocks do not run together.
+    """
+    text = _drop_between(markup, "<!--", "-->")
+    text = _drop_raw_text_elements(text)
+    text = _BLOCK_TAG.sub("\n", text)
+    text = _ANY_TAG.sub("", text)
+    return html.unescape(text)
+
+
+def _drop_between(text: str, opener: str, closer: str) -> str:
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(opener, pos)
+        if start < 0:
+            break
+        out.append(text[pos:start])
+        end = text.find(closer, start + len(opener))
+        if end < 0:
+            return "".join(out)
+        pos = end + len(closer)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _drop_raw_text_elements(text: str) -> str:
+    """Remove <script> and <style> elements; an unclosed one runs to the end (as browsers do)."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        opened = _RAW_TEXT_OPEN.search(text, pos)
+        if opened is None:
+            break
+        out.append(text[pos : opened.start()])
+        closer = re.compile(rf"</{opened.group(1)}\s*>", re.I).search(text, opened.end())
+        if closer is None:
+            return "".join(out)
+        pos = closer.end()
+    out.append(text[pos:])
+    return "".join(out)

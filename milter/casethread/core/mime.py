@@ -1,0 +1,496 @@
+"""A byte-exact, boundary-aware MIME splitter (RFC 2045/2046), plus the field parsers it needs.
+
+`parse()` maps a message body to a tree of `Part`s that are only offsets into the body: nothing
+is copied or re-serialised, so a caller can change one part and leave every other byte as it
+was. Malformed input never raises; the affected multipart becomes "opaque" and the tree records
+a defect, so a cautious caller (stamping) can refuse to touch the body while a best-effort caller
+(token scanning) still reads what it can.
+
+The body may be `bytes` or an `mmap` of a spooled body: only `find`, regex search, indexing and
+slicing are used, and only small pieces (header sections) are copied.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import itertools
+import mmap
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import unquote_to_bytes
+
+from .message import Header, decode_bytes, encode_str, unfold
+
+Data = bytes | mmap.mmap
+
+MAX_DEPTH = 50
+MAX_PARTS = 1000
+# One part's header section; a longer one is treated as body (and flagged).
+MAX_HEADER_BYTES = 256 * 1024
+
+IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+# Text codecs that are not charsets: decoding mail with them would interpret the content.
+_NOT_CHARSETS = frozenset(
+    {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"}
+)
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext
+_MIME_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+_LF, _CR = 0x0A, 0x0D
+
+# leaf: a body; multipart: split into children; message: an attached message, whose one child
+# is that message; opaque: a multipart or message that could not (or may not) be opened.
+Kind = Literal["leaf", "multipart", "message", "opaque"]
+
+
+# --- field values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldValue:
+    """A structured field value: `text/html; charset=utf-8` -> "text/html", charset param."""
+
+    value: str  # lower-cased; "" when absent or unparsable
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param(self, name: str) -> str | None:
+        wanted = name.lower()
+        for key, val in self.params:
+            if key == wanted:
+                return val
+        return None
+
+
+def parse_field(raw: str | None) -> FieldValue:
+    """Parse a Content-Type / Content-Disposition value, with RFC 2231 parameters."""
+    if raw is None:
+        return FieldValue("")
+    pieces = _split_outside_quotes(unfold(raw), ";")
+    value = _strip_comments(pieces[0]).strip().lower()
+    return FieldValue(value, _collapse_rfc2231(_param_pairs(pieces[1:])))
+
+
+def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
+    """The Content-Type; `default` when absent, "" (nothing we understand) when unparsable."""
+    if raw is None:
+        return FieldValue(default)
+    parsed = parse_field(raw)
+    if not _MIME_TYPE.fullmatch(parsed.value):
+        return FieldValue("", parsed.params)
+    return parsed
+
+
+def transfer_encoding(raw: str | None) -> str:
+    """The Content-Transfer-Encoding, lower-cased; 7bit when absent or empty."""
+    if raw is None:
+        return "7bit"
+    return _strip_comments(unfold(raw)).strip().lower() or "7bit"
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    pieces.append("".join(current))
+    return pieces
+
+
+def _strip_comments(text: str) -> str:
+    """Remove RFC 5322 comments outside quoted strings (nesting allowed, unclosed ones too)."""
+    if "(" not in text:
+        return text
+    out: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif ch == '"' and not depth:
+            quoted = not quoted
+        elif ch == "(" and not quoted:
+            depth += 1
+            continue
+        elif ch == ")" and depth:
+            depth -= 1
+            continue
+        if not depth:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+    out: list[str] = []
+    escaped = False
+    for ch in value[1:]:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _param_pairs(pieces: Iterable[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for piece in pieces:
+        name, eq, value = piece.partition("=")
+        name = name.strip().lower()
+        if eq and name:
+            pairs.append((name, _unquote(value.strip())))
+    return pairs
+
+
+def _collapse_rfc2231(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Join `name*0*=`, `name*1=` ... continuations and decode `charset'lang'%XX` values.
+
+    An RFC 2231 value wins over a plain parameter of the same name (the plain one is the
+    fallback for old readers).
+    """
+    plain: dict[str, str] = {}
+    sections: dict[str, list[tuple[int, bool, str]]] = {}
+    for name, value in pairs:
+        base, star, rest = name.partition("*")
+        number = rest.rstrip("*")
+        if not star or not (number == "" or number.isdigit()):
+            plain.setdefault(name, value)
+            continue
+        extended = name.endswith("*")
+        sections.setdefault(base, []).append((int(number or 0), extended, value))
+    for base, parts in sections.items():
+        plain[base] = _decode_sections(sorted(parts))
+    return tuple(plain.items())
+
+
+def _decode_sections(parts: list[tuple[int, bool, str]]) -> str:
+    charset = "utf-8"
+    raw = bytearray()
+    for index, (_, extended, value) in enumerate(parts):
+        if not extended:
+            raw += encode_str(value)
+            continue
+        if index == 0 and value.count("'") >= 2:
+            charset, _, rest = value.split("'", 2)
+            value = rest
+        raw += unquote_to_bytes(value)
+    return bytes(raw).decode(codec_for(charset) or "utf-8", "replace")
+
+
+def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
+    """Python's codec name for a MIME charset, or None when it is unknown or not a charset."""
+    name = (charset or default).strip().strip('"').lower()
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None
+    return info.name
+
+
+def decode_transfer(raw: bytes, cte: str) -> bytes:
+    """Lenient transfer decoding, for reading (never for rewriting): bad input does not raise."""
+    if cte == "base64":
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", raw)
+        cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
+        return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(raw)
+    return raw
+
+
+# --- the part tree ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One MIME entity as offsets into the body buffer it was parsed from.
+
+    `start` is its first byte (its header section), `body_start` the first byte of its own body,
+    `end` one past its last byte. The line break before a delimiter line belongs to the
+    delimiter (RFC 2046), so it is not in the part. For the top-level part, start == body_start
+    == 0 (its header fields are the message's).
+    """
+
+    start: int
+    body_start: int
+    end: int
+    headers: tuple[Header, ...]
+    content_type: FieldValue
+    cte: str
+    disposition: FieldValue
+    depth: int
+    kind: Kind
+    children: tuple[Part, ...] = ()
+    boundary: str | None = None
+    # Each delimiter line: (start, end), start including the line break before it.
+    delimiters: tuple[tuple[int, int], ...] = ()
+    defects: tuple[str, ...] = ()
+
+    @property
+    def mime_type(self) -> str:
+        return self.content_type.value
+
+    @property
+    def charset(self) -> str | None:
+        return self.content_type.param("charset")
+
+    @property
+    def filename(self) -> str | None:
+        return self.disposition.param("filename") or self.content_type.param("name")
+
+    @property
+    def is_attachment(self) -> bool:
+        return self.disposition.value == "attachment" or self.filename is not None
+
+    def walk(self) -> Iterator[Part]:
+        """This part and every part below it, in document order."""
+        stack: list[Part] = [self]
+        while stack:
+            part = stack.pop()
+            yield part
+            stack.extend(reversed(part.children))
+
+    def body(self, data: Data) -> bytes:
+        return data[self.body_start : self.end]
+
+
+@dataclass(frozen=True)
+class TopFields:
+    content_type: str | None
+    cte: str | None
+    disposition: str | None
+    # A MIME field appears more than once: readers may disagree about the structure.
+    ambiguous: bool = False
+
+
+def top_fields(headers: Iterable[Header]) -> TopFields:
+    """The MIME fields of a header section (first of each), as `parse()` and the stampers take
+    them for a message's own header fields."""
+    found: dict[str, list[str]] = {}
+    for h in headers:
+        key = h.name.lower()
+        if key in ("content-type", "content-transfer-encoding", "content-disposition"):
+            found.setdefault(key, []).append(h.value)
+
+    def first(key: str) -> str | None:
+        values = found.get(key)
+        return values[0] if values else None
+
+    return TopFields(
+        first("content-type"),
+        first("content-transfer-encoding"),
+        first("content-disposition"),
+        ambiguous=any(len(v) > 1 for v in found.values()),
+    )
+
+
+class _Limits:
+    def __init__(self, max_depth: int, max_parts: int) -> None:
+        self.max_depth = max_depth
+        self.parts_left = max_parts
+
+
+def parse(
+    body: Data,
+    content_type_value: str | None = None,
+    cte: str | None = None,
+    disposition: str | None = None,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_parts: int = MAX_PARTS,
+) -> Part:
+    """Split a message body, given the message's Content-Type / -Transfer-Encoding / -Disposition.
+
+    Never raises on any input; below `max_depth` levels, or beyond `max_parts` parts, the rest
+    stays opaque.
+    """
+    limits = _Limits(max_depth, max_parts)
+    return _build(
+        body, 0, 0, len(body), (),
+        content_type(content_type_value), transfer_encoding(cte), parse_field(disposition),
+        0, limits, (),
+    )
+
+
+def _parse_part(
+    data: Data, start: int, end: int, depth: int, default_type: str, limits: _Limits
+) -> Part:
+    headers, body_start, defects = _scan_headers(data, start, end)
+    fields = top_fields(headers)
+    if fields.ambiguous:
+        defects += ("duplicate-mime-field",)
+    return _build(
+        data, start, body_start, end, headers,
+        content_type(fields.content_type, default_type),
+        transfer_encoding(fields.cte),
+        parse_field(fields.disposition),
+        depth, limits, defects,
+    )
+
+
+def _build(
+    data: Data, start: int, body_start: int, end: int, headers: tuple[Header, ...],
+    ctype: FieldValue, cte: str, disposition: FieldValue, depth: int, limits: _Limits,
+    defects: tuple[str, ...],
+) -> Part:
+    part = Part(start, body_start, end, headers, ctype, cte, disposition, depth, "leaf",
+                defects=defects)
+    is_multipart = ctype.value.startswith("multipart/")
+    if not is_multipart and ctype.value not in EMBEDDED_MESSAGE_TYPES:
+        return part
+    if depth >= limits.max_depth:
+        return _opaque(part, "too-deep")
+    if is_multipart:
+        return _split_multipart(data, part, limits)
+    return _open_embedded(data, part, limits)
+
+
+def _opaque(part: Part, defect: str) -> Part:
+    return replace(part, kind="opaque", defects=(*part.defects, defect))
+
+
+def _open_embedded(data: Data, part: Part, limits: _Limits) -> Part:
+    # An encoded message/rfc822 is invalid (RFC 2046 5.2.1); its inside is not at any offset.
+    if part.cte not in IDENTITY_ENCODINGS:
+        return _opaque(part, "encoded-message")
+    if limits.parts_left <= 0:
+        return _opaque(part, "too-many-parts")
+    limits.parts_left -= 1
+    inner = _parse_part(data, part.body_start, part.end, part.depth + 1, "text/plain", limits)
+    return replace(part, kind="message", children=(inner,))
+
+
+@dataclass(frozen=True)
+class _Delimiter:
+    start: int  # including the line break before the delimiter line
+    end: int  # after the delimiter line's own line break
+    close: bool
+
+
+def _split_multipart(data: Data, part: Part, limits: _Limits) -> Part:
+    boundary = (part.content_type.param("boundary") or "").rstrip()
+    if not boundary:
+        return _opaque(part, "no-boundary")
+    defects = part.defects
+    if part.cte not in IDENTITY_ENCODINGS:
+        defects += ("encoded-multipart",)
+    # One delimiter more than parts allowed is enough to know there are too many.
+    delimiters = _find_delimiters(data, part.body_start, part.end, encode_str(boundary),
+                                  limits.parts_left + 1)
+    if not delimiters:
+        return _opaque(part, "boundary-absent")
+    stopped_early = len(delimiters) > limits.parts_left
+    if not delimiters[-1].close and not stopped_early:
+        defects += ("unclosed",)
+    elif len(delimiters) == 1:
+        defects += ("no-parts",)
+    child_type = "message/rfc822" if part.mime_type == "multipart/digest" else "text/plain"
+    children: list[Part] = []
+    for start, end in _part_ranges(delimiters, part.end):
+        if limits.parts_left <= 0:
+            defects += ("too-many-parts",)
+            break
+        limits.parts_left -= 1
+        children.append(_parse_part(data, start, end, part.depth + 1, child_type, limits))
+    return replace(part, kind="multipart", children=tuple(children), boundary=boundary,
+                   delimiters=tuple((d.start, d.end) for d in delimiters), defects=defects)
+
+
+def _part_ranges(delimiters: list[_Delimiter], end: int) -> Iterator[tuple[int, int]]:
+    for current, following in itertools.pairwise(delimiters):
+        yield current.end, max(current.end, following.start)
+    last = delimiters[-1]
+    if not last.close:
+        yield last.end, end
+
+
+def _find_delimiters(
+    data: Data, lo: int, hi: int, boundary: bytes, max_count: int
+) -> list[_Delimiter]:
+    """Delimiter lines `--boundary[--][WSP]*EOL` in [lo, hi), up to the first close delimiter
+    (or `max_count` of them). The regex engine does the scanning, so a body full of near-misses
+    costs no Python loop."""
+    pattern = re.compile(rb"(?m)^--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\r?\Z)")
+    found: list[_Delimiter] = []
+    pos = lo
+    while len(found) < max_count:
+        match = pattern.search(data, pos, hi)
+        if match is None:
+            break
+        previous_end = found[-1].end if found else lo
+        start = max(previous_end, _line_start_with_break(data, lo, match.start()))
+        found.append(_Delimiter(start, match.end(), match.group(1) is not None))
+        if found[-1].close:
+            break
+        pos = match.end()
+    return found
+
+
+def _line_start_with_break(data: Data, lo: int, at: int) -> int:
+    if at > lo and data[at - 1] == _LF:
+        at -= 1
+        if at > lo and data[at - 1] == _CR:
+            at -= 1
+    return at
+
+
+def _scan_headers(
+    data: Data, start: int, end: int
+) -> tuple[tuple[Header, ...], int, tuple[str, ...]]:
+    """A part's header fields and where its body starts.
+
+    The header section ends at an empty line (which is neither header nor body) or at the
+    first line that is neither a field nor a continuation (which starts the body).
+    """
+    fields: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        newline = data.find(b"\n", pos, end)
+        line_end = end if newline < 0 else newline + 1
+        line = data[pos:line_end].rstrip(b"\r\n")
+        if not line:
+            return _headers_from(data, fields), line_end, ()
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] = (fields[-1][0], line_end)
+        elif _FIELD_NAME.fullmatch(line.partition(b":")[0].rstrip(b" \t")) and b":" in line:
+            fields.append((pos, line_end))
+        else:
+            return _headers_from(data, fields), pos, ("missing-header-separator",)
+        pos = line_end
+        if pos - start > MAX_HEADER_BYTES:
+            return _headers_from(data, fields), pos, ("header-too-long",)
+    return _headers_from(data, fields), end, ()
+
+
+def _headers_from(data: Data, fields: list[tuple[int, int]]) -> tuple[Header, ...]:
+    headers = []
+    for start, end in fields:
+        raw = data[start:end]
+        name, _, value = raw.partition(b":")
+        headers.append(Header(decode_bytes(name.rstrip(b" \t")),
+                              decode_bytes(value.lstrip(b" \t").rstrip(b"\r\n")), raw))
+    return tuple(headers)

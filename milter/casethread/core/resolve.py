@@ -1,0 +1,269 @@
+"""Which case a message belongs to: the resolution strategies of DESIGN §5, in configured order.
+
+Each strategy looks at one kind of evidence and returns the case it names, or None. The
+`Resolver` is built once from the settings (regexes compiled, strategy order fixed); `resolve`
+runs per message and only reads the index. Evidence that is expensive to extract (decoded body
+text) is computed at most once per message, and only if a strategy asks for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
+
+from . import bodytext, mime, msgid, subject, thread_index
+from .addresses import AddressMatcher, header_addresses
+from .message import Message, unfold
+from .model import AliasKind, CaseRecord, is_valid_case_id
+from .settings import ExternalRefRule, Settings
+from .store import CaseReader
+from .token import Keyring, find_tokens, token_from_anchor
+
+# What a bounce's returned headers may name us by.
+_RETURNED_FIELD = re.compile(
+    rb"^(message-id|in-reply-to|references|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M
+)
+
+
+def participant_key(case_id: str, address: str) -> str:
+    return f"{case_id} {address}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    case: CaseRecord
+    match: str
+
+
+class Evidence:
+    """Per-message view shared by the strategies; lazy, so unused evidence costs nothing."""
+
+    def __init__(self, msg: Message, reader: CaseReader, resolver: Resolver, now: int) -> None:
+        self.msg = msg
+        self.reader = reader
+        self.now = now
+        self._resolver = resolver
+        self.token_invalid = False
+        # External references seen but not yet known: recorded for whichever case wins.
+        self.new_external: list[str] = []
+
+    @cached_property
+    def sender(self) -> str | None:
+        found = header_addresses(self.msg.get_all("From"))
+        return found[0] if found else None
+
+    @cached_property
+    def subject(self) -> str:
+        return unfold(self.msg.get("Subject") or "")
+
+    @cached_property
+    def body_texts(self) -> list[str]:
+        top = mime.top_fields(self.msg.headers)
+        return list(
+            bodytext.iter_texts(
+                top.content_type, top.cte, self.msg.body, self._resolver.scan_budget,
+                top_disposition=top.disposition,
+            )
+        )
+
+    def case_by_id(self, case_id: str | None) -> CaseRecord | None:
+        return self.reader.get_case(case_id) if case_id else None
+
+    def case_by_alias(self, kind: AliasKind, key: str) -> CaseRecord | None:
+        hit = self.reader.find(kind, key)
+        return self.case_by_id(hit.case_id) if hit else None
+
+    def is_participant(self, case_id: str) -> bool:
+        if self.sender is None:
+            return False
+        key = participant_key(case_id, self.sender)
+        return self.reader.find(AliasKind.PARTICIPANT, key) is not None
+
+    def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
+        result = self._resolver.keyring.resolve(candidates)
+        if result.invalid:
+            self.token_invalid = True
+        if result.case_number is None:
+            return None
+        return self.case_by_id(self.reader.case_for_number(result.case_number))
+
+
+Strategy = Callable[[Evidence], Hit | None]
+
+
+def _first_hit(cases: Iterator[CaseRecord | None], match: str) -> Hit | None:
+    for case in cases:
+        if case is not None:
+            return Hit(case, match)
+    return None
+
+
+class Resolver:
+    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+        inbound = settings.inbound
+        self.keyring = keyring
+        self.scan_budget = inbound.scan_budget
+        self._limit = inbound.references_limit
+        self._template = settings.tokens.subject_template
+        self._case_ref = re.compile(inbound.case_ref_pattern, re.I)
+        self._subject_window = inbound.subject_match.window
+        self._external = [
+            (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
+            for rule in inbound.external_refs
+        ]
+        # Our own tag, removed before subjects are compared.
+        tag = re.escape(self._template.strip()).replace(re.escape("{token}"), r"\S*?")
+        self._tag = re.compile(tag, re.I)
+        table: dict[str, Strategy] = {
+            "bounce": self.by_bounce,
+            "token": self.by_token,
+            "in-reply-to": self.by_in_reply_to,
+            "references": self.by_references,
+            "thread-index": self.by_thread_index,
+            "subject-ref": self.by_subject_ref,
+            "body-ref": self.by_body_ref,
+            "external-ref": self.by_external_ref,
+            "subject-match": self.by_subject_match,
+        }
+        self._order = [table[name] for name in inbound.strategies]
+        # Outbound mail is sent for the case the conversation already has, never a guessed one.
+        self._outbound_order = [self.by_token, self.by_in_reply_to, self.by_references]
+
+    def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
+        return Evidence(msg, reader, self, now)
+
+    def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
+        for strategy in self._outbound_order if outbound else self._order:
+            hit = strategy(ev)
+            if hit is not None:
+                return hit
+        return None
+
+    # -- the strategies ---------------------------------------------------------------------
+
+    def _anchor_tokens(self, ev: Evidence) -> Iterator[str]:
+        for name in ("In-Reply-To", "References"):
+            for mid in msgid.id_list(ev.msg.get(name), self._limit):
+                token = token_from_anchor(mid)
+                if token:
+                    yield token
+
+    def by_token(self, ev: Evidence) -> Hit | None:
+        candidates = chain(
+            find_tokens(ev.subject, self._template),
+            chain.from_iterable(find_tokens(text, self._template) for text in ev.body_texts),
+            self._anchor_tokens(ev),
+        )
+        case = ev.case_by_tokens(candidates)
+        return Hit(case, "token") if case else None
+
+    def _by_ids(self, ev: Evidence, field_name: str, match: str) -> Hit | None:
+        ids = msgid.id_list(ev.msg.get(field_name), self._limit)
+        return _first_hit((ev.case_by_alias(AliasKind.MESSAGE, m) for m in ids), match)
+
+    def by_in_reply_to(self, ev: Evidence) -> Hit | None:
+        return self._by_ids(ev, "In-Reply-To", "in-reply-to")
+
+    def by_references(self, ev: Evidence) -> Hit | None:
+        return self._by_ids(ev, "References", "references")
+
+    def by_thread_index(self, ev: Evidence) -> Hit | None:
+        raw = thread_index.decode(ev.msg.get("Thread-Index") or "")
+        if raw is None:
+            return None
+        root = thread_index.root_of(raw).hex()
+        case = ev.case_by_alias(AliasKind.THREAD_ROOT, root)
+        return Hit(case, "thread-index") if case else None
+
+    def _by_case_ref(self, ev: Evidence, texts: Iterator[str], match: str) -> Hit | None:
+        for text in texts:
+            for found in self._case_ref.finditer(text):
+                case_id = found.group(1).strip()
+                if not is_valid_case_id(case_id):
+                    continue
+                case = ev.case_by_id(case_id)
+                # A case number is guessable: only a participant may thread by it.
+                if case is not None and ev.is_participant(case.case_id):
+                    return Hit(case, match)
+        return None
+
+    def by_subject_ref(self, ev: Evidence) -> Hit | None:
+        return self._by_case_ref(ev, iter([ev.subject]), "subject-ref")
+
+    def by_body_ref(self, ev: Evidence) -> Hit | None:
+        return self._by_case_ref(ev, iter(ev.body_texts), "body-ref")
+
+    def _external_refs(self, ev: Evidence, rule: ExternalRefRule,
+                       pattern: re.Pattern[str]) -> Iterator[str]:
+        texts: list[str] = []
+        if rule.search_subject:
+            texts.append(ev.subject)
+        if rule.search_body:
+            texts.extend(ev.body_texts)
+        for text in texts:
+            for found in pattern.finditer(text):
+                ref = (found.group(1) if pattern.groups else found.group(0)).strip()
+                if ref:
+                    yield f"{rule.name}:{ref}"
+
+    def by_external_ref(self, ev: Evidence) -> Hit | None:
+        for rule, pattern, senders in self._external:
+            if rule.sender and not (ev.sender and senders.matches(ev.sender)):
+                continue
+            for key in self._external_refs(ev, rule, pattern):
+                case = ev.case_by_alias(AliasKind.EXTERNAL, key)
+                if case is not None:
+                    return Hit(case, "external-ref")
+                if key not in ev.new_external:
+                    ev.new_external.append(key)
+        return None
+
+    def subject_key(self, subject_text: str) -> str:
+        return subject.normalise(subject_text, self._tag)
+
+    def by_subject_match(self, ev: Evidence) -> Hit | None:
+        key = self.subject_key(ev.subject)
+        if not key:
+            return None
+        hit = ev.reader.find(AliasKind.SUBJECT, key)
+        if hit is None or ev.now - hit.recorded > self._subject_window:
+            return None
+        case = ev.case_by_id(hit.case_id)
+        if case is None or not ev.is_participant(case.case_id):
+            return None
+        return Hit(case, "subject-match")
+
+    def by_bounce(self, ev: Evidence) -> Hit | None:
+        top = mime.top_fields(ev.msg.headers)
+        if mime.content_type(top.content_type).value != "multipart/report":
+            return None
+        returned = bodytext.iter_parts_of_type(
+            top.content_type, top.cte, ev.msg.body, budget=self.scan_budget
+        )
+        for part in returned:
+            hit = self._bounce_part(ev, part.data)
+            if hit is not None:
+                return hit
+        return None
+
+    def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
+        head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+        tokens: list[str] = []
+        for found in _RETURNED_FIELD.finditer(head):
+            name = found.group(1).decode("ascii").lower()
+            value = found.group(2).decode("utf-8", "surrogateescape")
+            if name == "subject":
+                tokens.extend(find_tokens(unfold(value), self._template))
+                continue
+            for mid in msgid.id_list(value, self._limit):
+                case = ev.case_by_alias(AliasKind.MESSAGE, mid)
+                if case is not None:
+                    return Hit(case, "bounce")
+                token = token_from_anchor(mid)
+                if token:
+                    tokens.append(token)
+        case = ev.case_by_tokens(iter(tokens))
+        return Hit(case, "bounce") if case else None

@@ -1,0 +1,59 @@
+"""Routing (first matching rule wins) to a queue: the `X-Case-Queue` of inbound mail."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .addresses import AddressMatcher, header_addresses
+from .message import Message, unfold
+from .settings import RoutingSettings
+
+
+@dataclass(frozen=True)
+class Route:
+    queue: str
+    override: bool  # an existing case moves to this queue too
+
+
+class _CompiledRule:
+    def __init__(self, queue: str, override: bool, rcpt: tuple[str, ...],
+                 sender: tuple[str, ...], subject: str | None, header: str | None,
+                 header_regex: str | None) -> None:
+        self.route = Route(queue, override)
+        self._rcpt = AddressMatcher(rcpt) if rcpt else None
+        self._sender = AddressMatcher(sender) if sender else None
+        self._subject = re.compile(subject, re.I) if subject else None
+        self._header = header
+        self._header_regex = re.compile(header_regex, re.I) if header_regex else None
+
+    def matches(self, msg: Message) -> bool:
+        if self._rcpt and not any(self._rcpt.matches(r) for r in msg.envelope.rcpts):
+            return False
+        if self._sender and not any(
+            self._sender.matches(a) for a in header_addresses(msg.get_all("From"))
+        ):
+            return False
+        if self._subject and not self._subject.search(unfold(msg.get("Subject") or "")):
+            return False
+        if self._header and self._header_regex:
+            values = msg.get_all(self._header)
+            if not any(self._header_regex.search(unfold(v)) for v in values):
+                return False
+        return True
+
+
+class Router:
+    def __init__(self, settings: RoutingSettings) -> None:
+        self._default = Route(settings.default_queue, False)
+        self._rules = [
+            _CompiledRule(r.queue, r.override, r.rcpt, r.sender, r.subject, r.header,
+                          r.header_regex)
+            for r in settings.rules
+        ]
+
+    def route(self, msg: Message) -> Route:
+        for rule in self._rules:
+            if rule.matches(msg):
+                return rule.route
+        return self._default

@@ -1,0 +1,108 @@
+"""Case rules (DESIGN §5): what a resolved case means for this message.
+
+merged -> the surviving case; split -> every live child; closed -> the first open ancestor,
+else a new related case; resolved -> reopened, unless older than `cases.reopen_within` (a new
+related case) or the mail is automatic (threads, never reopens). Link chains are followed a
+bounded number of steps and cycles stop the walk, so a corrupt or hostile index cannot hang us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from .model import CaseRecord, CaseState
+from .store import CaseReader
+
+MAX_HOPS = 16
+MAX_SPLIT_CHILDREN = 16
+
+
+class Action(StrEnum):
+    THREAD = "thread"  # the message joins the case; its state stays
+    ACTIVATE = "activate"  # a customer answered a waiting case: back to open
+    REOPEN = "reopen"  # a resolved case is reopened
+    NEW_RELATED = "new-related"  # open a new case, related to `case`
+
+
+@dataclass(frozen=True)
+class Target:
+    case: CaseRecord
+    action: Action
+
+
+def survivor(case: CaseRecord, reader: CaseReader) -> CaseRecord:
+    """Follow merges to the surviving case; a cycle or a dangling link stops at the last good."""
+    seen = {case.case_id}
+    for _ in range(MAX_HOPS):
+        if not case.merged_into or case.merged_into in seen:
+            return case
+        following = reader.get_case(case.merged_into)
+        if following is None:
+            return case
+        seen.add(following.case_id)
+        case = following
+    return case
+
+
+def _live_children(case: CaseRecord, reader: CaseReader) -> list[CaseRecord]:
+    children: list[CaseRecord] = []
+    for child_id in case.children[:MAX_SPLIT_CHILDREN]:
+        child = reader.get_case(child_id)
+        if child is not None:
+            child = survivor(child, reader)
+            if child.case_id not in {c.case_id for c in children}:
+                children.append(child)
+    return children
+
+
+def _open_ancestor(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
+    seen = {case.case_id}
+    for _ in range(MAX_HOPS):
+        if not case.parent or case.parent in seen:
+            return None
+        parent = reader.get_case(case.parent)
+        if parent is None:
+            return None
+        parent = survivor(parent, reader)
+        if parent.state is not CaseState.CLOSED:
+            return parent
+        seen.add(parent.case_id)
+        case = parent
+    return None
+
+
+def _target(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
+            reopen_within: int) -> Target:
+    if automatic:
+        return Target(case, Action.THREAD)
+    if case.state is CaseState.CLOSED:
+        ancestor = _open_ancestor(case, reader)
+        if ancestor is None:
+            return Target(case, Action.NEW_RELATED)
+        case = ancestor
+    if case.state is CaseState.RESOLVED:
+        if now - case.state_changed > reopen_within:
+            return Target(case, Action.NEW_RELATED)
+        return Target(case, Action.REOPEN)
+    if case.state is CaseState.WAITING:
+        return Target(case, Action.ACTIVATE)
+    return Target(case, Action.THREAD)
+
+
+def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
+          reopen_within: int) -> list[Target]:
+    """The cases this message goes to, and what it does to each (at least one target)."""
+    case = survivor(case, reader)
+    cases = _live_children(case, reader) if case.children else []
+    return [_target(c, reader, automatic, now, reopen_within) for c in cases or [case]]
+
+
+def transition(target: Target, now: int) -> CaseRecord | None:
+    """The case's new record after this message, or None when it does not change."""
+    case = target.case
+    if target.action is Action.REOPEN or target.action is Action.ACTIVATE:
+        return replace(case, state=CaseState.OPEN, state_changed=now, updated=now)
+    if target.action is Action.THREAD:
+        return replace(case, updated=now)
+    return None

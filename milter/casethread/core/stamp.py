@@ -1,0 +1,585 @@
+"""Body stamping (DESIGN §3.4): a hidden tag in the main text/html part, a token line at the end
+of the main text/plain part, changing nothing else.
+
+Works on the raw body through `mime.parse`: `plan_stamp` (or `plan_message_stamp`, given the
+header fields) returns splices (offsets into the body and the bytes that replace them) and, per
+target, what happened and why. Every byte outside a splice is the original byte; an adapter can
+stream a spooled body through `iter_spliced` without holding it twice. `stamp_body` is the
+bytes-in, bytes-out (or None) shortcut.
+
+A part is changed only when its content survives a strict round trip: transfer decoding,
+charset decoding, then re-encoding with the same charset and transfer encoding gives back the
+original bytes for everything but the insertion. The result is checked by decoding it again;
+any doubt skips the part and says why in its `Outcome`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import html
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from . import mime
+from .message import Header
+from .mime import Data, Part
+from .settings import StampSettings
+
+# In the templates (StampSettings), `{token}` is replaced by the token (HTML-escaped in the
+# HTML one), and "\n" becomes the part's own line ending.
+PLACEHOLDER = "{token}"
+# Bigger text parts are left alone: decoding them costs memory and time for no reader's benefit.
+MAX_PART_BYTES = 16 << 20
+
+# Never rewritten, wherever they are: rewriting would break a signature or is meaningless.
+_SEALED_TYPES = frozenset(
+    {"multipart/signed", "multipart/encrypted", "application/pkcs7-mime",
+     "application/x-pkcs7-mime"}
+)
+# The only multiparts searched for the main text: a body, its alternatives, its inline images.
+_CONTAINERS = frozenset({"multipart/mixed", "multipart/alternative", "multipart/related"})
+_MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
+_QP_LINE = 76
+_CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
+_INLINE_PGP = re.compile(r"^-----BEGIN PGP (?:SIGNED )?MESSAGE-----", re.M)
+
+Target = Literal["html", "text"]
+Status = Literal["stamped", "already", "skipped", "absent"]
+
+
+@dataclass(frozen=True)
+class Splice:
+    """Replace body[start:end] with data (start == end: a pure insertion)."""
+
+    start: int
+    end: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: Target
+    status: Status
+    reason: str = ""
+    part: Part | None = None
+    inserted: str = ""  # the decoded text that was inserted, line breaks included
+
+
+@dataclass(frozen=True)
+class StampPlan:
+    splices: tuple[Splice, ...]
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.splices)
+
+
+class Unusable(Exception):
+    """This part cannot be changed safely; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    target: Target
+    token: str
+    template: str
+    newline: bytes  # the message's, for a body with no line break at all
+    max_part_bytes: int
+
+
+def stamp_body(
+    top_content_type: str | None,
+    top_cte: str | None,
+    body: Data,
+    token_html: str,
+    token_text: str,
+    options: StampSettings | None = None,
+    *,
+    top_disposition: str | None = None,
+    newline: bytes = b"\r\n",
+    max_part_bytes: int = MAX_PART_BYTES,
+) -> bytes | None:
+    """The stamped body, or None when nothing changed."""
+    plan = plan_stamp(top_content_type, top_cte, body, token_html, token_text, options,
+                      top_disposition=top_disposition, newline=newline,
+                      max_part_bytes=max_part_bytes)
+    return apply_splices(body, plan.splices) if plan.changed else None
+
+
+def plan_stamp(
+    top_content_type: str | None,
+    top_cte: str | None,
+    body: Data,
+    token_html: str,
+    token_text: str,
+    options: StampSettings | None = None,
+    *,
+    top_disposition: str | None = None,
+    newline: bytes = b"\r\n",
+    max_part_bytes: int = MAX_PART_BYTES,
+) -> StampPlan:
+    """What to change in the body, and for each target why it was or was not stamped.
+
+    `newline` is the message's line ending, used only when the body has no line break at all
+    (milters see CRLF; `casethread filter` passes the file's own).
+    """
+    requests = _requests(options, token_html, token_text, newline, max_part_bytes)
+    tree = mime.parse(body, top_content_type, top_cte, top_disposition)
+    refusal = _refusal(tree)
+    if refusal:
+        return _refused(requests, refusal)
+    main = main_parts(tree)
+    splices: list[Splice] = []
+    outcomes: list[Outcome] = []
+    for request in requests:
+        part = main.get(request.target)
+        if part is None:
+            outcomes.append(Outcome(request.target, "absent"))
+            continue
+        outcome, splice = _stamp_part(body, part, request)
+        outcomes.append(outcome)
+        if splice is not None:
+            splices.append(splice)
+    return StampPlan(tuple(sorted(splices, key=lambda s: s.start)), tuple(outcomes))
+
+
+def plan_message_stamp(
+    headers: Iterable[Header],
+    body: Data,
+    token_html: str,
+    token_text: str,
+    options: StampSettings | None = None,
+    *,
+    newline: bytes = b"\r\n",
+    max_part_bytes: int = MAX_PART_BYTES,
+) -> StampPlan:
+    """`plan_stamp` for a message's header fields: refuses when a MIME field is repeated, as
+    readers may then disagree about the structure."""
+    top = mime.top_fields(headers)
+    if top.ambiguous:
+        requests = _requests(options, token_html, token_text, newline, max_part_bytes)
+        return _refused(requests, "a MIME header field is repeated")
+    return plan_stamp(top.content_type, top.cte, body, token_html, token_text, options,
+                      top_disposition=top.disposition, newline=newline,
+                      max_part_bytes=max_part_bytes)
+
+
+def _requests(
+    options: StampSettings | None, token_html: str, token_text: str, newline: bytes,
+    max_part_bytes: int,
+) -> list[_Request]:
+    options = options or StampSettings()
+    requests: list[_Request] = []
+    if options.html:
+        requests.append(_Request("html", token_html, options.html_template, newline,
+                                 max_part_bytes))
+    if options.text:
+        requests.append(_Request("text", token_text, options.text_template, newline,
+                                 max_part_bytes))
+    return requests
+
+
+def _refused(requests: list[_Request], reason: str) -> StampPlan:
+    return StampPlan((), tuple(Outcome(r.target, "skipped", reason) for r in requests))
+
+
+def apply_splices(body: Data, splices: tuple[Splice, ...] | list[Splice]) -> bytes:
+    return b"".join(iter_spliced(body, splices, chunk_size=max(len(body), 1)))
+
+
+def iter_spliced(
+    body: Data, splices: tuple[Splice, ...] | list[Splice], chunk_size: int = 1 << 20
+) -> Iterator[bytes]:
+    """The new body in chunks of at most `chunk_size` original bytes (splices whole)."""
+    pos = 0
+    for splice in sorted(splices, key=lambda s: s.start):
+        yield from _chunks(body, pos, splice.start, chunk_size)
+        if splice.data:
+            yield splice.data
+        pos = splice.end
+    yield from _chunks(body, pos, len(body), chunk_size)
+
+
+def _chunks(body: Data, start: int, end: int, size: int) -> Iterator[bytes]:
+    for pos in range(start, end, size):
+        yield body[pos : min(pos + size, end)]
+
+
+def main_parts(tree: Part) -> dict[Target, Part]:
+    """The first non-attachment text/html and text/plain leaves, found through multipart/mixed,
+    /alternative and /related only."""
+    found: dict[Target, Part] = {}
+    for part in _reachable(tree):
+        target = _target_of(part)
+        if target is not None and target not in found:
+            found[target] = part
+    return found
+
+
+def _reachable(part: Part) -> Iterator[Part]:
+    """The part and, when it is a container we may look into, everything reachable below it."""
+    yield part
+    if part.kind == "multipart" and part.mime_type in _CONTAINERS:
+        for child in part.children:
+            yield from _reachable(child)
+
+
+def _target_of(part: Part) -> Target | None:
+    if part.kind != "leaf" or part.is_attachment:
+        return None
+    if part.depth and part.end == part.start:
+        # No bytes at all between two delimiter lines: most readers see no part there, and
+        # stamping would make one appear.
+        return None
+    if part.mime_type == "text/html":
+        return "html"
+    if part.mime_type == "text/plain":
+        return "text"
+    return None
+
+
+def _refusal(tree: Part) -> str:
+    """Why the body as a whole must not be touched, or ""."""
+    if _is_sealed(tree):
+        return f"{tree.mime_type} is signed or encrypted"
+    for part in _reachable(tree):
+        # A defect inside an attachment cannot move the delimiters around it; it does not count.
+        structural = part is tree or part.mime_type in _CONTAINERS or _target_of(part) is not None
+        if part.defects and structural:
+            return f"malformed MIME ({', '.join(part.defects)})"
+    return ""
+
+
+def _is_sealed(part: Part) -> bool:
+    return part.mime_type in _SEALED_TYPES or part.mime_type.startswith("application/pgp")
+
+
+# --- one part -----------------------------------------------------------------------------
+
+
+def _stamp_part(body: Data, part: Part, request: _Request) -> tuple[Outcome, Splice | None]:
+    try:
+        return _try_stamp_part(body, part, request)
+    except Unusable as why:
+        return Outcome(request.target, "skipped", str(why), part), None
+
+
+def _try_stamp_part(
+    body: Data, part: Part, request: _Request
+) -> tuple[Outcome, Splice | None]:
+    target, token = request.target, request.token
+    if not token:
+        raise Unusable("no token")
+    if part.end - part.body_start > request.max_part_bytes:
+        raise Unusable(f"part larger than {request.max_part_bytes} bytes")
+    codec = mime.codec_for(part.charset)
+    if codec is None:
+        raise Unusable(f"unknown charset {part.charset!r}")
+    encoding = _encoding_for(part.cte)
+    raw = part.body(body)
+    wire_newline = _wire_newline(body, part, request.newline)
+    decoded = encoding.decode(raw)
+    text = _decode_text(decoded, codec)
+    if token.lower() in text.lower():
+        return Outcome(target, "already", "", part), None
+    if target == "text" and _INLINE_PGP.search(text):
+        raise Unusable("inline PGP")
+    insertion = _render(request, _text_newline(text, wire_newline))
+    prefix, suffix = _encode_halves(text, _insertion_index(text, target), codec, decoded)
+    start, end, new, added = encoding.insert(raw, len(prefix), _encode(insertion, codec),
+                                             wire_newline)
+    _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
+    outcome = Outcome(target, "stamped", "", part, added.decode(codec))
+    return outcome, Splice(part.body_start + start, part.body_start + end, new)
+
+
+def _decode_text(decoded: bytes, codec: str) -> str:
+    try:
+        return decoded.decode(codec)
+    except UnicodeDecodeError:
+        raise Unusable(f"content is not valid {codec}") from None
+
+
+def _encode(text: str, codec: str) -> bytes:
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:
+        raise Unusable(f"insertion cannot be written in {codec}") from None
+
+
+def _encode_halves(text: str, cut: int, codec: str, decoded: bytes) -> tuple[bytes, bytes]:
+    """The bytes before and after the cut; they must re-create the original exactly."""
+    prefix, suffix = _encode(text[:cut], codec), _encode(text[cut:], codec)
+    if prefix + suffix != decoded:
+        raise Unusable(f"{codec} does not round-trip")
+    return prefix, suffix
+
+
+def _check(encoding: _Encoding, new_raw: bytes, expected: bytes) -> None:
+    if encoding.decode(new_raw) != expected:
+        raise Unusable("re-encoded part does not decode as expected")
+
+
+def _render(request: _Request, newline: str) -> str:
+    value = html.escape(request.token) if request.target == "html" else request.token
+    text = request.template.replace(PLACEHOLDER, value)
+    return text.replace("\r\n", "\n").replace("\n", newline)
+
+
+def _insertion_index(text: str, target: Target) -> int:
+    """HTML: before the last </body> (else </html>, else the end); plain text: the end."""
+    if target == "html":
+        for closing in _CLOSING_TAGS:
+            found = _last_match(closing, text)
+            if found is not None:
+                return found
+    return len(text)
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
+    start = None
+    for match in pattern.finditer(text):
+        start = match.start()
+    return start
+
+
+def _text_newline(text: str, fallback: bytes) -> str:
+    first = text.find("\n")
+    if first < 0:
+        return fallback.decode("ascii")
+    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+
+
+def _wire_newline(body: Data, part: Part, default: bytes) -> bytes:
+    """The line ending the part is written with, else the body's, else the message's."""
+    for start, end in ((part.start, part.end), (0, len(body))):
+        first = body.find(b"\n", start, min(end, start + 65536))
+        if first >= 0:
+            return b"\r\n" if first > start and body[first - 1] == 0x0D else b"\n"
+    return default
+
+
+# --- transfer encodings -------------------------------------------------------------------
+
+
+class _Encoding(Protocol):
+    def decode(self, raw: bytes) -> bytes:
+        """Strict decoding; raises Unusable on anything it could not re-create."""
+        ...
+
+    def insert(
+        self, raw: bytes, at: int, added: bytes, newline: bytes
+    ) -> tuple[int, int, bytes, bytes]:
+        """Insert `added` at decoded offset `at`: (start, end, new bytes, decoded insertion)."""
+        ...
+
+
+def _encoding_for(cte: str) -> _Encoding:
+    if cte in mime.IDENTITY_ENCODINGS:
+        return _Identity(seven_bit=cte == "7bit")
+    if cte == "quoted-printable":
+        return _QuotedPrintable()
+    if cte == "base64":
+        return _Base64()
+    raise Unusable(f"unsupported transfer encoding {cte!r}")
+
+
+class _Identity:
+    """7bit / 8bit / binary: the bytes on the wire are the content."""
+
+    def __init__(self, seven_bit: bool) -> None:
+        self.seven_bit = seven_bit
+
+    def decode(self, raw: bytes) -> bytes:
+        return raw
+
+    def insert(
+        self, raw: bytes, at: int, added: bytes, newline: bytes
+    ) -> tuple[int, int, bytes, bytes]:
+        if self.seven_bit and not added.isascii():
+            raise Unusable("insertion is not 7bit")
+        # Lines stay within the SMTP limit (or as long as they already were): else the
+        # insertion goes on a line of its own.
+        limit = max(_MAX_LINE, _line_length_with(raw, at, b""))
+        if _line_length_with(raw, at, added) > limit:
+            added = newline + added.strip(b"\r\n") + newline
+            if _line_length_with(raw, at, added) > limit:
+                raise Unusable("a line would exceed 998 octets")
+        return at, at, added, added
+
+
+def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
+    """The longest line around the insertion point once `added` is inserted there."""
+    line_start = raw.rfind(b"\n", 0, at) + 1
+    line_end = raw.find(b"\n", at)
+    line_end = len(raw) if line_end < 0 else line_end
+    joined = raw[line_start:at] + added + raw[at:line_end]
+    return max(len(line.rstrip(b"\r")) for line in joined.split(b"\n"))
+
+
+_QP_ESCAPE = re.compile(rb"=[0-9A-Fa-f]{2}")
+# An "=" that is neither an escape nor a soft line break: decoders disagree on it.
+_QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n|\Z)")
+
+
+class _QuotedPrintable:
+    """Quoted-printable: the original lines are kept; the insertion gets lines of its own,
+    joined to its neighbours by soft line breaks, so the decoded text changes only by it."""
+
+    def decode(self, raw: bytes) -> bytes:
+        if _QP_INVALID.search(raw):
+            raise Unusable("invalid quoted-printable")
+        return binascii.a2b_qp(raw)
+
+    def insert(
+        self, raw: bytes, at: int, added: bytes, newline: bytes
+    ) -> tuple[int, int, bytes, bytes]:
+        encoded = qp_encode(added, newline)
+        found = _qp_line_at(raw, at)
+        if found is None:  # at the very end, after the last line
+            separator = newline if raw and not raw.endswith(b"\n") else b""
+            return len(raw), len(raw), separator + encoded, added
+        line_start, content, offset = found
+        cut = line_start + _qp_encoded_offset(content, offset)
+        glue_after = b"" if added.endswith(b"\n") or cut == len(raw) else b"=" + newline
+        head = raw[line_start:cut]
+        if not head:
+            return cut, cut, encoded + glue_after, added
+        if len(head) + 1 <= _QP_LINE:
+            return cut, cut, b"=" + newline + encoded + glue_after, added
+        wrapped = _qp_wrap_head(head, newline) + b"=" + newline
+        return line_start, cut, wrapped + encoded + glue_after, added
+
+
+def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
+    """The encoded line holding decoded offset `at`: (its offset, its content without a soft
+    break or line break, the decoded offset within it); None when `at` is after the last line.
+
+    A cut at a line's start is preferred to one at the end of a soft-broken line; a cut inside
+    a hard line break cannot be made. `raw` has passed `decode`, so every "=" in a content is
+    an "=XX" escape (three characters, one byte).
+    """
+    position = pos = 0
+    while pos < len(raw):
+        newline_at = raw.find(b"\n", pos)
+        end = len(raw) if newline_at < 0 else newline_at + 1
+        body = raw[pos:end].rstrip(b"\r\n")
+        soft = body.endswith(b"=")
+        content = body[:-1] if soft else body
+        length = len(content) - 2 * content.count(b"=")
+        if at < position + length or (at == position + length and not soft):
+            return pos, content, at - position
+        position += length + (0 if soft else end - pos - len(body))
+        if at < position:
+            raise Unusable("insertion point inside a line break")
+        pos = end
+    return None
+
+
+def _qp_encoded_offset(content: bytes, decoded_offset: int) -> int:
+    pos = 0
+    for _ in range(decoded_offset):
+        pos += 3 if _QP_ESCAPE.match(content, pos) else 1
+    return pos
+
+
+def _qp_wrap_head(head: bytes, newline: bytes) -> bytes:
+    """The start of a line, followed by a soft break, fitted into 76 columns.
+
+    Only soft breaks are added, between encoded characters, so it decodes as before.
+    """
+    pieces = []
+    while len(head) + 1 > _QP_LINE:
+        cut = _QP_LINE - 1
+        if b"=" in head[cut - 2 : cut]:  # do not split an "=XX" escape
+            cut = head.rindex(b"=", cut - 2, cut)
+        pieces.append(head[:cut])
+        head = head[cut:]
+    pieces.append(head)
+    return (b"=" + newline).join(pieces)
+
+
+def qp_encode(data: bytes, newline: bytes) -> bytes:
+    """Quoted-printable for text: lines at most 76 columns, soft breaks, `newline` as line break.
+
+    Line breaks in `data` (LF or CRLF) become hard line breaks; the result ends with a line
+    break only when `data` does.
+    """
+    lines = data.split(b"\n")
+    out = [_qp_encode_line(line.removesuffix(b"\r"), newline) for line in lines]
+    return newline.join(out)
+
+
+def _qp_encode_line(line: bytes, newline: bytes) -> bytes:
+    tokens = [_qp_token(byte) for byte in line]
+    if tokens and tokens[-1] in (b" ", b"\t"):  # trailing white space would be lost
+        tokens[-1] = b"=%02X" % line[-1]
+    out: list[bytes] = []
+    current = b""
+    for token in tokens:
+        if len(current) + len(token) > _QP_LINE - 1:
+            out.append(current + b"=")
+            current = b""
+        current += token
+    out.append(current)
+    return newline.join(out)
+
+
+def _qp_token(byte: int) -> bytes:
+    if (33 <= byte <= 126 and byte != 61) or byte in (32, 9):
+        return bytes((byte,))
+    return b"=%02X" % byte
+
+
+class _Base64:
+    """Base64: original lines are kept up to the line holding the insertion point; from there
+    the content is re-encoded in lines as wide as the original's (76 when unsure)."""
+
+    def decode(self, raw: bytes) -> bytes:
+        try:
+            joined = raw.replace(b"\r\n", b"").replace(b"\n", b"")
+            return binascii.a2b_base64(joined, strict_mode=True)
+        except binascii.Error:
+            raise Unusable("invalid base64") from None
+
+    def insert(
+        self, raw: bytes, at: int, added: bytes, newline: bytes
+    ) -> tuple[int, int, bytes, bytes]:
+        decoded = self.decode(raw)
+        content_end = len(raw.rstrip(b"\r\n"))  # trailing line breaks stay as they are
+        width = _b64_width(raw)
+        kept = 0  # decoded length of the lines kept as they are
+        for start, text in _lines(raw, content_end):
+            if len(text) % 4 or text.endswith(b"=") or kept + len(text) // 4 * 3 > at:
+                encoded = b64_encode(decoded[kept:at] + added + decoded[at:], width, newline)
+                return start, content_end, encoded, added
+            kept += len(text) // 4 * 3
+        # Every line is kept: the insertion is at the end, on lines of its own.
+        separator = newline if content_end else b""
+        return content_end, content_end, separator + b64_encode(added, width, newline), added
+
+
+def _lines(raw: bytes, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, text without its line break) of each line in raw[:end]."""
+    pos = 0
+    while pos < end:
+        newline_at = raw.find(b"\n", pos, end)
+        line_end = end if newline_at < 0 else newline_at + 1
+        yield pos, raw[pos:line_end].rstrip(b"\r\n")
+        pos = line_end
+
+
+def _b64_width(raw: bytes) -> int:
+    """The width of the first line, when there is more than one and it is a sane width."""
+    first = raw.find(b"\n")
+    width = len(raw[:first].rstrip(b"\r")) if 0 <= first < len(raw.rstrip(b"\r\n")) else 76
+    return width if 4 <= width <= 76 and width % 4 == 0 else 76
+
+
+def b64_encode(data: bytes, width: int, newline: bytes) -> bytes:
+    """Base64 in lines of `width` columns (a multiple of 4), no line break after the last."""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return newline.join(encoded[i : i + width] for i in range(0, len(encoded), width))

@@ -1,0 +1,267 @@
+"""casethread end to end: a real Postfix (configured from contrib/postfix/), the real
+`casethread serve` process with a real LMDB index, and a receiver behind relayhost.
+
+Agents send through the submission port (ORIGINATING: outbound); customers reply through the
+inbound port. Every assertion is on what the receiver got.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from casethread.core import thread_index
+
+from .harness import (
+    MilterFactory,
+    MilterProcess,
+    MilterSocket,
+    PostfixFactory,
+    PostfixHarness,
+    ReceivedMessage,
+    casethread_serve_argv,
+    strip_headers,
+)
+
+AGENT = "agent@helpdesk.example"
+CUSTOMER = "pat@customer.example"
+SUPPORT = "support@helpdesk.example"
+OURS = ("X-Case-ID", "X-Case-Match", "X-Case-State", "X-Case-Queue", "X-Case-Auto",
+        "X-Case-Sender", "X-Case-Token", "X-Case-Related", "X-Case-Duplicate", "X-Case-Loop")
+STAMPED = ("Subject", "Message-ID", "References", "Thread-Index", "Thread-Topic", "X-Case-ID")
+BOTH_SOCKETS = pytest.mark.parametrize("milter_socket_kind", ["inet", "unix"])
+
+
+@dataclass
+class Casethread:
+    proc: MilterProcess
+    config: Path
+    index: Path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        script = Path(sys.executable).with_name("casethread")
+        return subprocess.run(
+            [str(script), *args, "--config", str(self.config), "--index", str(self.index)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    def log(self) -> str:
+        return self.proc.output()
+
+
+@pytest.fixture
+def casethread(
+    milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path
+) -> Casethread:
+    config = tmp_path / "casethread.yaml"
+    index = tmp_path / "index"
+    lines = ["inbound:", f"  addresses: [{SUPPORT}, {AGENT}]"]
+    if milter_socket.path is not None:
+        lines += ["milter:", "  socket_group: postfix"]
+    config.write_text("\n".join(lines) + "\n")
+    argv = casethread_serve_argv(milter_socket, config=config, index=index)
+    proc = milter_factory(argv, None, milter_socket, cwd=tmp_path)
+    return Casethread(proc, config, index)
+
+
+def agent_mail(subject: str = "Your printer", message_id: str | None = None) -> bytes:
+    lines = [
+        f"From: Dana Agent <{AGENT}>",
+        f"To: Pat Customer <{CUSTOMER}>",
+        f"Subject: {subject}",
+        "Date: Sat, 28 Nov 2026 10:00:00 +0000",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "X-Mailer: helpdesk-app 1.0",
+    ]
+    if message_id:
+        lines.append(f"Message-ID: {message_id}")
+    return ("\r\n".join(lines) + "\r\n\r\nHello Pat,\r\nplease try a restart.\r\n").encode()
+
+
+def reply(extra: list[str], subject: str = "Re: Your printer", body: str = "Thanks!",
+          message_id: str = "<r1@customer.example>") -> bytes:
+    lines = [
+        f"From: Pat Customer <{CUSTOMER}>",
+        f"To: <{SUPPORT}>",
+        f"Subject: {subject}",
+        "Date: Sat, 28 Nov 2026 11:00:00 +0000",
+        f"Message-ID: {message_id}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n") + "\r\n").encode()
+
+
+def send_outbound(postfix: PostfixHarness, raw: bytes) -> ReceivedMessage:
+    before = len(postfix.received)
+    postfix.send(raw, AGENT, [CUSTOMER], port=postfix.submission_port)
+    return postfix.wait_for(before + 1)[before]
+
+
+def send_inbound(postfix: PostfixHarness, raw: bytes, sender: str = CUSTOMER) -> ReceivedMessage:
+    before = len(postfix.received)
+    postfix.send(raw, sender, [SUPPORT])
+    return postfix.wait_for(before + 1)[before]
+
+
+def token_of(msg: ReceivedMessage) -> str:
+    subject = msg.header("Subject") or ""
+    assert "[ref:" in subject, subject
+    return subject.rsplit("[ref:", 1)[1].rstrip("]").strip()
+
+
+@BOTH_SOCKETS
+def test_reply_threads_to_the_agents_case_and_forged_header_is_removed(
+    postfix_factory: PostfixFactory, milter_socket: MilterSocket, casethread: Casethread
+) -> None:
+    # A remote app server: Postfix does not add a Message-ID, so casethread must.
+    postfix = postfix_factory(milter_socket, rewrite_local_headers=False)
+    sent = agent_mail()
+    out = send_outbound(postfix, sent)
+    case_id = out.header("X-Case-ID")
+    assert case_id == "C-000001", casethread.log()
+    assert out.get_all("X-Case-ID") == [case_id]
+    message_id = out.header("Message-ID")
+    assert message_id and message_id.endswith("@helpdesk.example>")
+    assert (out.header("Subject") or "").startswith("Your printer [ref:")
+    assert (out.header("References") or "").endswith(".case@helpdesk.example>")
+    assert out.header("Thread-Topic") == "Your printer"
+    # Nothing else changed: every original header and the body, byte for byte.
+    assert out.without(STAMPED) == strip_headers(sent, {"Subject"})
+
+    sent_reply = reply([f"In-Reply-To: {message_id}", "X-Case-ID: C-999999"])
+    got = send_inbound(postfix, sent_reply)
+    assert got.get_all("X-Case-ID") == [case_id], casethread.log()
+    assert got.header("X-Case-Match") == "in-reply-to"
+    assert got.header("X-Case-State") == "open"
+    assert got.header("X-Case-Auto") == "no"
+    assert got.header("X-Case-Sender") == "known"
+    assert "C-999999" not in got.raw.decode("utf-8", "replace")
+    assert got.without(OURS) == strip_headers(sent_reply, {"X-Case-ID"})
+
+    log = casethread.log()
+    assert "direction=outbound case=C-000001 match=new" in log
+    assert "direction=inbound case=C-000001 match=in-reply-to" in log
+
+
+def test_postfix_added_message_id_is_recorded(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    # Default local_header_rewrite_clients: Postfix adds the Message-ID before the milter runs.
+    out = send_outbound(postfix, agent_mail())
+    message_id = out.header("Message-ID")
+    assert message_id and "message-id-added" not in casethread.log()
+    got = send_inbound(postfix, reply([f"References: <x@y> {message_id}"]))
+    assert (got.header("X-Case-ID"), got.header("X-Case-Match")) == ("C-000001", "references")
+
+
+@BOTH_SOCKETS
+def test_mail_flows_untouched_when_the_milter_is_dead(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    casethread.proc.kill()
+    raw = reply(["X-Case-ID: C-999999"])
+    got = send_inbound(postfix, raw)
+    assert got.without() == strip_headers(raw, ())
+    assert "C-999999" in (got.header("X-Case-ID") or "")
+
+
+def test_outlook_reply_with_only_a_thread_index(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    out = send_outbound(postfix, agent_mail())
+    root = thread_index.decode(out.header("Thread-Index") or "")
+    assert root is not None and len(root) == 22
+    answer = base64.b64encode(thread_index.child(root, 1_800_000_000)).decode()
+    got = send_inbound(postfix, reply([f"Thread-Index: {answer}"], subject="RE: printer"))
+    assert (got.header("X-Case-ID"), got.header("X-Case-Match")) == ("C-000001", "thread-index")
+
+
+def test_token_only_in_the_quoted_body(postfix: PostfixHarness, casethread: Casethread) -> None:
+    token = token_of(send_outbound(postfix, agent_mail()))
+    body = f"It works now.\n\n> Hello Pat,\n> please try a restart. [ref:\n> {token}]\n"
+    got = send_inbound(postfix, reply([], subject="printer", body=body))
+    assert (got.header("X-Case-ID"), got.header("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_forged_token_never_matches(postfix: PostfixHarness, casethread: Casethread) -> None:
+    token = token_of(send_outbound(postfix, agent_mail()))
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    got = send_inbound(postfix, reply([], subject=f"Re: Your printer [ref:{forged}]"))
+    assert got.header("X-Case-Token") == "invalid"
+    assert got.header("X-Case-Match") == "new"
+    assert got.header("X-Case-ID") == "C-000002"
+
+
+def test_bounce_of_our_own_message(postfix: PostfixHarness, casethread: Casethread) -> None:
+    out = send_outbound(postfix, agent_mail())
+    returned = strip_headers(out.raw, ("Received", "Return-Path", "X-Original-To"))
+    head = returned.split(b"\r\n\r\n", 1)[0]
+    dsn = b"\r\n".join([
+        b"From: Mail Delivery System <MAILER-DAEMON@relay.example>",
+        f"To: <{AGENT}>".encode(),
+        b"Subject: Undelivered Mail Returned to Sender",
+        b"Message-ID: <dsn-1@relay.example>",
+        b"Auto-Submitted: auto-replied",
+        b"MIME-Version: 1.0",
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"',
+        b"",
+        b"--B",
+        b"Content-Type: text/plain",
+        b"",
+        b"Your message could not be delivered.",
+        b"--B",
+        b"Content-Type: message/delivery-status",
+        b"",
+        b"Reporting-MTA: dns; relay.example",
+        b"",
+        f"Final-Recipient: rfc822; {CUSTOMER}".encode(),
+        b"Action: failed",
+        b"Status: 5.1.1",
+        b"--B",
+        b"Content-Type: text/rfc822-headers",
+        b"",
+        head,
+        b"--B--",
+        b"",
+    ])
+    before = len(postfix.received)
+    postfix.send(dsn, "", [AGENT])
+    got = postfix.wait_for(before + 1)[before]
+    assert got.header("X-Case-Match") == "bounce", casethread.log()
+    assert got.header("X-Case-ID") == "C-000001"
+    assert got.header("X-Case-Auto") == "bounce"
+
+
+def test_reply_to_a_merged_case_and_auto_reply_to_a_resolved_case(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    first = send_outbound(postfix, agent_mail("First question"))
+    second = send_outbound(postfix, agent_mail("Second question"))
+    assert (first.header("X-Case-ID"), second.header("X-Case-ID")) == ("C-000001", "C-000002")
+    # The CLI writes to the index while the milter runs (LMDB is multi-process).
+    merged = casethread.cli("case", "merge", "C-000001", "C-000002")
+    assert merged.returncode == 0, merged.stderr
+    got = send_inbound(postfix, reply([f"In-Reply-To: {first.header('Message-ID')}"]))
+    assert (got.header("X-Case-ID"), got.header("X-Case-Match")) == ("C-000002", "in-reply-to")
+
+    resolved = casethread.cli("case", "set-state", "C-000002", "resolved")
+    assert resolved.returncode == 0, resolved.stderr
+    auto = reply(
+        [f"In-Reply-To: {second.header('Message-ID')}", "Auto-Submitted: auto-replied"],
+        subject="Automatic reply: Second question", message_id="<ooo-1@customer.example>",
+    )
+    got = send_inbound(postfix, auto)
+    assert got.header("X-Case-ID") == "C-000002"
+    assert got.header("X-Case-Auto") == "auto-replied"
+    assert got.header("X-Case-State") == "resolved"  # threads, never reopens
+
+    human = reply([f"In-Reply-To: {second.header('Message-ID')}"],
+                  message_id="<r2@customer.example>")
+    got = send_inbound(postfix, human)
+    assert (got.header("X-Case-ID"), got.header("X-Case-State")) == ("C-000002", "reopened")
