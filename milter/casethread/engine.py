@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .core import autoreply, inbound, msgid, outbound, rules, thread_index, token
+from .core import autoreply, inbound, msgid, outbound, rules, stamp, thread_index, token
 from .core.addresses import header_addresses
 from .core.case_headers import CaseHeaderNames, strip_ours
 from .core.decision import Decision
@@ -23,10 +23,13 @@ from .core.model import Alias, AliasKind, CaseRecord, Direction
 from .core.resolve import Evidence, Resolver, participant_key
 from .core.routing import Route, Router
 from .core.settings import Settings
+from .core.stamp import Splice
 from .core.store import CaseIndex
 from .core.token import Keyring
 
 Clock = Callable[[], float]
+# `body_wanted` for a body that is rewritten: every byte, however large (the milter spools it).
+ALL_OF_IT = 1 << 62
 # Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
 MAX_PARTICIPANTS = 50
 
@@ -62,6 +65,9 @@ class Engine:
         """
         if direction is Direction.INBOUND:
             return 2 * self.settings.inbound.scan_budget
+        stamping = self.settings.stamp.html or self.settings.stamp.text
+        if direction is Direction.OUTBOUND and stamping:
+            return ALL_OF_IT
         return 0
 
     def process(self, msg: Message, direction: Direction | None = None) -> Decision:
@@ -156,13 +162,15 @@ class Engine:
         case = target.case
         if target.action is rules.Action.NEW_RELATED:
             return self._new_case(now, route.queue, related=case.case_id)
-        changed = rules.transition(target, now)
-        if changed is not None:
+
+        def change(current: CaseRecord) -> CaseRecord | None:
+            changed = rules.transition(rules.Target(current, target.action), now)
             # A case opened by outbound mail has no queue yet: its first inbound mail routes it.
-            if route.override or not changed.queue:
+            if changed is not None and (route.override or not changed.queue):
                 changed = replace(changed, queue=route.queue)
-            self.index.update_case(changed)
-            case = changed
+            return changed
+
+        case = self.index.modify_case(case.case_id, change) or case
         state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
         return inbound.CaseOutcome(case.case_id, state, case.queue)
 
@@ -199,13 +207,16 @@ class Engine:
         domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
         message_id = outbound.ensure_message_id(msg, domain, now)
         edits: list[Edit] = []
+        splices: tuple[Splice, ...] = ()
         if message_id.edit is not None:
             edits.append(message_id.edit)
             notes.append("message-id-added")
         edits += outbound.case_header_edits(msg, self._names, case)
         if case is not None:
             case = self._apply_app_state(msg, case, int(now))
-            edits += self._stamp_headers(msg, case, new_case, domain, now, notes)
+            tok = self.keyring.make(case.number)
+            edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
+            splices = self._stamp_body(msg, tok, notes)
             root = outbound.thread_root_of(msg, case)
             aliases = self._aliases(msg, [case.case_id], message_id.normalised, root)
             self.index.record(aliases, int(now))
@@ -216,20 +227,36 @@ class Engine:
             case.state.value if case else "",
             tuple(edits),
             tuple(notes),
+            splices,
         )
+
+    def _stamp_body(self, msg: Message, tok: str, notes: list[str]) -> tuple[Splice, ...]:
+        options = self.settings.stamp
+        if not (options.html or options.text) or not msg.body:
+            return ()
+        plan = stamp.plan_message_stamp(msg.headers, msg.body, tok, tok, options,
+                                        newline=msg.newline)
+        notes.extend(
+            f"{o.target}-not-stamped:{o.reason.replace(' ', '-')}"
+            for o in plan.outcomes if o.status == "skipped"
+        )
+        return plan.splices
 
     def _apply_app_state(self, msg: Message, case: CaseRecord, now: int) -> CaseRecord:
         state = outbound.app_state(msg, self._names)
-        if state is None or state is case.state:
+        if state is None:
             return case
-        changed = replace(case, state=state, state_changed=now, updated=now)
-        self.index.update_case(changed)
-        return changed
 
-    def _stamp_headers(self, msg: Message, case: CaseRecord, new_case: bool, domain: str,
-                       now: float, notes: list[str]) -> list[Edit]:
+        def change(current: CaseRecord) -> CaseRecord | None:
+            if current.state is state:
+                return None
+            return replace(current, state=state, state_changed=now, updated=now)
+
+        return self.index.modify_case(case.case_id, change) or case
+
+    def _stamp_headers(self, msg: Message, case: CaseRecord, tok: str, new_case: bool,
+                       domain: str, now: float, notes: list[str]) -> list[Edit]:
         tokens = self.settings.tokens
-        tok = self.keyring.make(case.number)
         edits: list[Edit] = []
         subject = outbound.subject_edit(msg, self.keyring, tok, tokens.subject_template)
         if subject is not None:

@@ -18,9 +18,13 @@ import Milter
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
 from .core.settings import OnError
+from .core.stamp import iter_spliced
 from .engine import Engine
+from .spool import BodySpool
 
 log = logging.getLogger("casethread")
+# replacebody() chunk: libmilter sends at most 64 KiB per body packet anyway.
+REPLACE_CHUNK = 65536
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +57,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._client: str | None = None
+        self._body = BodySpool(engine.settings.stamp.spool_threshold)
         self._reset()
 
     def _reset(self) -> None:
@@ -61,7 +66,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._headers: list[Header] = []
         self._auth: str | None = None
         self._daemon: str | None = None
-        self._body = bytearray()
+        self._body.close()  # empties it, and frees a spooled file
         self._body_room = 0
 
     def _envelope(self) -> Envelope:
@@ -121,15 +126,19 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def body(self, chunk: bytes) -> int:
         if self._body_room > 0:
             taken = chunk[: self._body_room]
-            self._body += taken
+            self._body.write(taken)
             self._body_room -= len(taken)
         return int(Milter.CONTINUE)
 
     @_guarded
     def eom(self) -> int:
-        msg = Message(self._envelope(), tuple(self._headers), bytes(self._body))
+        body = self._body.data()
+        msg = Message(self._envelope(), tuple(self._headers), body)
         decision = self.engine.process(msg)
         self._apply(decision.edits)
+        if decision.body_splices:
+            for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):
+                self.replacebody(chunk)
         log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())
         self._reset()
         return int(Milter.CONTINUE)
@@ -137,6 +146,11 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def abort(self) -> int:
         self._reset()
+        return int(Milter.CONTINUE)
+
+    @_guarded
+    def close(self) -> int:
+        self._body.close()
         return int(Milter.CONTINUE)
 
     def _apply(self, edits: tuple[Edit, ...]) -> None:

@@ -70,7 +70,7 @@ def serve(settings: Settings) -> int:
     try:
         engine = Engine(settings, index, keyring_for(settings))
         Milter.factory = lambda: CaseMilter(engine)
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
         milter.set_exception_policy(reply_for(settings.milter.on_error))
         _register_callbacks()

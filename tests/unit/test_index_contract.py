@@ -1,4 +1,5 @@
-"""One contract for both case indexes, then what only the LMDB one promises."""
+"""One contract for every case index (LMDB, memory, a dry-run overlay), then what only the LMDB
+one and only the overlay promise."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from casethread.core.model import CaseRecord, CaseState
+from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState
 from casethread.core.settings import CaseSettings, IndexSettings, Settings
 from casethread.core.store import CaseIndex
 from casethread.index import (
@@ -28,23 +32,31 @@ from casethread.index import (
     keys,
     open_index,
 )
-from casethread.index.lmdb_index import META_SCHEMA
+from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA
+from casethread.index.overlay_index import OverlayIndex
 
 MAP_SIZE = 64 << 20
 MILTER_DIR = Path(__file__).resolve().parents[2] / "milter"
 MakeIndex = Callable[..., CaseIndex]
+HOUR = 3600
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "overlay"])
 def make_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeIndex]:
     opened: list[CaseIndex] = []
 
     def make(id_prefix: str = "C-", id_digits: int = 6) -> CaseIndex:
         index: CaseIndex
+        path = tmp_path / f"index{len(opened)}"
         if request.param == "memory":
             index = MemoryIndex(id_prefix, id_digits)
+        elif request.param == "lmdb":
+            index = LmdbIndex(path, MAP_SIZE, id_prefix, id_digits)
         else:
-            index = LmdbIndex(tmp_path / f"index{len(opened)}", MAP_SIZE, id_prefix, id_digits)
+            # A dry run over an empty real index must keep the whole contract too.
+            base = LmdbIndex(path, MAP_SIZE, id_prefix, id_digits)
+            opened.append(base)
+            index = OverlayIndex(base, CaseSettings(id_prefix=id_prefix, id_digits=id_digits))
         opened.append(index)
         return index
 
@@ -58,21 +70,38 @@ def index(make_index: MakeIndex) -> CaseIndex:
     return make_index()
 
 
-# --- the contract ---------------------------------------------------------------------------
+def run_threads(target: Callable[[int], None], count: int) -> None:
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+# --- the contract: cases --------------------------------------------------------------------
 
 
 def test_unknown_lookups_return_none(index: CaseIndex) -> None:
     assert index.case_for_message("<nobody@example.org>") is None
+    for kind in AliasKind:
+        assert index.find(kind, "<nobody@example.org>") is None
     assert index.get_case("C-000001") is None
     assert index.get_case("not a case id!") is None
+    for number in (1, 0, -1, 1 << 64, 1 << 70):
+        assert index.case_for_number(number) is None
+    assert index.last_number() == 0
 
 
 def test_create_case_numbers_from_one(index: CaseIndex) -> None:
     records = [index.create_case(now=100 + n, queue="support") for n in range(3)]
     assert [r.number for r in records] == [1, 2, 3]
     assert [r.case_id for r in records] == ["C-000001", "C-000002", "C-000003"]
-    assert records[0] == CaseRecord("C-000001", 1, CaseState.OPEN, "support", 100, 100)
+    assert records[0] == CaseRecord(
+        "C-000001", 1, CaseState.OPEN, "support", 100, 100, state_changed=100
+    )
     assert index.get_case("C-000002") == records[1]
+    assert index.last_number() == 3
 
 
 def test_custom_prefix_and_digits(make_index: MakeIndex) -> None:
@@ -85,7 +114,7 @@ def test_custom_prefix_and_digits(make_index: MakeIndex) -> None:
 
 def test_adoption_numbers_and_skips_colliding_ids(index: CaseIndex) -> None:
     adopted = index.create_case(now=5, case_id="C-000002", queue="billing")
-    assert adopted == CaseRecord("C-000002", 1, CaseState.OPEN, "billing", 5, 5)
+    assert adopted == CaseRecord("C-000002", 1, CaseState.OPEN, "billing", 5, 5, 5)
     generated = index.create_case(now=6)
     # Number 2 would be named C-000002, which the adopted case holds.
     assert (generated.case_id, generated.number) == ("C-000003", 3)
@@ -93,6 +122,17 @@ def test_adoption_numbers_and_skips_colliding_ids(index: CaseIndex) -> None:
     assert (helpdesk.case_id, helpdesk.number) == ("HD-77", 4)
     assert index.create_case(now=8).case_id == "C-000005"
     assert index.get_case("C-000002") == adopted
+
+
+def test_case_for_number_finds_generated_and_adopted_cases(index: CaseIndex) -> None:
+    adopted = index.create_case(now=1, case_id="HD-9")
+    index.create_case(now=1, case_id="C-000002")
+    generated = index.create_case(now=1)
+    assert index.case_for_number(1) == adopted.case_id == "HD-9"
+    assert index.case_for_number(2) == "C-000002"
+    assert generated.number == 3  # the skipped number names no case
+    assert index.case_for_number(3) == generated.case_id == "C-000003"
+    assert index.case_for_number(4) is None
 
 
 def test_adopting_twice_returns_the_existing_record(index: CaseIndex) -> None:
@@ -110,30 +150,170 @@ def test_adopting_an_invalid_id_is_refused(index: CaseIndex) -> None:
     assert index.create_case(now=1).number == 1
 
 
+def test_update_case_persists_and_unknown_raises(index: CaseIndex) -> None:
+    record = index.create_case(now=1, queue="support")
+    changed = replace(record, state=CaseState.RESOLVED, queue="billing", updated=50)
+    index.update_case(changed)
+    assert index.get_case(record.case_id) == changed
+    with pytest.raises(KeyError):
+        index.update_case(replace(record, case_id="C-999999"))
+    assert index.get_case("C-999999") is None
+
+
+def test_case_links_round_trip(index: CaseIndex) -> None:
+    a, b, c = (index.create_case(now=10, queue="support") for _ in range(3))
+    split = replace(
+        a, state=CaseState.CLOSED, updated=70, state_changed=60, children=(b.case_id, c.case_id)
+    )
+    merged = replace(
+        b, state=CaseState.CLOSED, state_changed=80, merged_into=c.case_id, parent=a.case_id
+    )
+    index.update_case(split)
+    index.update_case(merged)
+    assert index.get_case(a.case_id) == split
+    assert index.get_case(b.case_id) == merged
+    # Back to the defaults: the links are gone, not kept from the previous version.
+    index.update_case(replace(merged, parent=None, merged_into=None, state_changed=b.created))
+    assert index.get_case(b.case_id) == replace(b, state=CaseState.CLOSED)
+    # state_changed 0 differs from `created`: it must come back as 0, not as `created`.
+    index.update_case(replace(c, state_changed=0))
+    stored = index.get_case(c.case_id)
+    assert stored is not None and stored.state_changed == 0
+
+
+def test_update_case_refuses_bad_links_and_renumbering(index: CaseIndex) -> None:
+    record = index.create_case(now=1)
+    for bad in (
+        replace(record, parent="not an id"),
+        replace(record, merged_into=""),
+        replace(record, children=("C-000002", "bad id")),
+        replace(record, number=7),
+    ):
+        with pytest.raises(ValueError):
+            index.update_case(bad)
+    assert index.get_case(record.case_id) == record
+    assert index.case_for_number(1) == record.case_id
+
+
+def test_closed_index_refuses_calls(index: CaseIndex) -> None:
+    index.create_case(now=1)
+    index.close()
+    calls: list[Callable[[], object]] = [
+        lambda: index.get_case("C-000001"),
+        lambda: index.create_case(now=1),
+        lambda: index.find(AliasKind.MESSAGE, "<m@x>"),
+        lambda: index.case_for_number(1),
+        lambda: index.record([Alias(AliasKind.MESSAGE, "<m@x>", "C-000001")], now=1),
+        lambda: index.bump_counter("a@example.org", now=1, window=60),
+        lambda: index.last_number(),
+    ]
+    for call in calls:
+        with pytest.raises(CaseIndexError):
+            call()
+
+
+def test_concurrent_threads_never_share_a_number(index: CaseIndex) -> None:
+    results: list[list[CaseRecord]] = [[] for _ in range(50)]
+
+    def work(n: int) -> None:
+        results[n].extend(index.create_case(now=1) for _ in range(20))
+
+    run_threads(work, 50)
+    records = [r for slot in results for r in slot]
+    assert sorted(r.number for r in records) == list(range(1, 1001))
+    assert len({r.case_id for r in records}) == 1000
+    assert {index.case_for_number(r.number) for r in records} == {r.case_id for r in records}
+
+
+# --- the contract: aliases ------------------------------------------------------------------
+
+
 def test_record_message_round_trip_and_overwrite(index: CaseIndex) -> None:
     a = index.create_case(now=1)
     b = index.create_case(now=1)
     index.record_message("<m1@example.org>", a.case_id, now=2)
     assert index.case_for_message("<m1@example.org>") == a.case_id
+    assert index.find(AliasKind.MESSAGE, "<m1@example.org>") == AliasHit(a.case_id, 2)
     index.record_message("<m1@example.org>", a.case_id, now=3)
-    assert index.case_for_message("<m1@example.org>") == a.case_id
+    assert index.find(AliasKind.MESSAGE, "<m1@example.org>") == AliasHit(a.case_id, 3)
     index.record_message("<m1@example.org>", b.case_id, now=4)
     assert index.case_for_message("<m1@example.org>") == b.case_id
     assert index.case_for_message("<m2@example.org>") is None
 
 
-def test_long_message_ids(index: CaseIndex) -> None:
+def test_alias_kinds_are_separate_namespaces(index: CaseIndex) -> None:
+    cases = {kind: index.create_case(now=1).case_id for kind in AliasKind}
+    key = "shared-key@example.org"
+    index.record([Alias(kind, key, case_id) for kind, case_id in cases.items()], now=5)
+    for kind, case_id in cases.items():
+        assert index.find(kind, key) == AliasHit(case_id, 5)
+    assert index.case_for_message(key) == cases[AliasKind.MESSAGE]
+    # Overwriting under one kind leaves the others alone.
+    index.record([Alias(AliasKind.SUBJECT, key, cases[AliasKind.MESSAGE])], now=6)
+    assert index.find(AliasKind.SUBJECT, key) == AliasHit(cases[AliasKind.MESSAGE], 6)
+    assert index.find(AliasKind.THREAD_ROOT, key) == AliasHit(cases[AliasKind.THREAD_ROOT], 5)
+    assert index.find(AliasKind.PARTICIPANT, key) == AliasHit(cases[AliasKind.PARTICIPANT], 5)
+
+
+def test_record_writes_a_batch(index: CaseIndex) -> None:
     a = index.create_case(now=1)
     b = index.create_case(now=1)
-    # Same first 1,999 characters: hashing must cover the whole id.
+    batch = [
+        Alias(AliasKind.MESSAGE, "<out.1@example.org>", a.case_id),
+        Alias(AliasKind.THREAD_ROOT, "01d9" + "ab" * 20, a.case_id),
+        Alias(AliasKind.PARTICIPANT, f"{a.case_id} pat@customer.example", a.case_id),
+        Alias(AliasKind.EXTERNAL, "servicenow:INC0012345", b.case_id),
+        # The same key twice in one batch: the later one wins, as with separate calls.
+        Alias(AliasKind.MESSAGE, "<out.1@example.org>", b.case_id),
+    ]
+    index.record(batch, now=9)
+    assert index.find(AliasKind.MESSAGE, "<out.1@example.org>") == AliasHit(b.case_id, 9)
+    assert index.find(AliasKind.THREAD_ROOT, "01d9" + "ab" * 20) == AliasHit(a.case_id, 9)
+    participant = f"{a.case_id} pat@customer.example"
+    assert index.find(AliasKind.PARTICIPANT, participant) == AliasHit(a.case_id, 9)
+    assert index.find(AliasKind.PARTICIPANT, f"{b.case_id} pat@customer.example") is None
+    assert index.find(AliasKind.EXTERNAL, "servicenow:INC0012345") == AliasHit(b.case_id, 9)
+    index.record([], now=10)  # an empty batch is no error and changes nothing
+    assert index.find(AliasKind.MESSAGE, "<out.1@example.org>") == AliasHit(b.case_id, 9)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Alias(AliasKind.MESSAGE, "<bad.case@example.org>", "no such id!"),
+        Alias(AliasKind.SUBJECT, "", "C-000001"),
+    ],
+    ids=["invalid-case-id", "empty-key"],
+)
+def test_record_is_all_or_nothing(index: CaseIndex, bad: Alias) -> None:
+    a = index.create_case(now=1)
+    index.record_message("<old@example.org>", a.case_id, now=1)
+    batch = [
+        Alias(AliasKind.MESSAGE, "<new@example.org>", a.case_id),
+        Alias(AliasKind.MESSAGE, "<old@example.org>", "C-000077"),
+        Alias(AliasKind.PARTICIPANT, f"{a.case_id} pat@customer.example", a.case_id),
+        bad,
+    ]
+    with pytest.raises(ValueError):
+        index.record(batch, now=2)
+    assert index.find(AliasKind.MESSAGE, "<new@example.org>") is None
+    assert index.find(AliasKind.MESSAGE, "<old@example.org>") == AliasHit(a.case_id, 1)
+    assert index.find(AliasKind.PARTICIPANT, f"{a.case_id} pat@customer.example") is None
+
+
+def test_long_keys_of_every_kind(index: CaseIndex) -> None:
+    a = index.create_case(now=1)
+    b = index.create_case(now=1)
+    # Same first 1,990 characters: hashing must cover the whole key.
     long_a = "<" + "x" * 1990 + "a@example.org>"
     long_b = "<" + "x" * 1990 + "b@example.org>"
     assert len(long_a) > 2000
-    index.record_message(long_a, a.case_id, now=2)
-    index.record_message(long_b, b.case_id, now=2)
+    for kind in AliasKind:
+        index.record([Alias(kind, long_a, a.case_id), Alias(kind, long_b, b.case_id)], now=2)
+        assert index.find(kind, long_a) == AliasHit(a.case_id, 2)
+        assert index.find(kind, long_b) == AliasHit(b.case_id, 2)
+        assert index.find(kind, long_a[:400]) is None
     assert index.case_for_message(long_a) == a.case_id
-    assert index.case_for_message(long_b) == b.case_id
-    assert index.case_for_message(long_a[:400]) is None
 
 
 def test_eight_bit_message_ids(index: CaseIndex) -> None:
@@ -145,65 +325,133 @@ def test_eight_bit_message_ids(index: CaseIndex) -> None:
     index.record_message(utf8, b.case_id, now=2)
     assert index.case_for_message(raw) == a.case_id
     assert index.case_for_message(utf8) == b.case_id
+    index.record([Alias(AliasKind.PARTICIPANT, raw, b.case_id)], now=3)
+    assert index.find(AliasKind.PARTICIPANT, raw) == AliasHit(b.case_id, 3)
+    assert index.find(AliasKind.PARTICIPANT, utf8) is None
 
 
-def test_update_case_persists_and_unknown_raises(index: CaseIndex) -> None:
-    record = index.create_case(now=1, queue="support")
-    changed = replace(record, state=CaseState.RESOLVED, queue="billing", updated=50)
-    index.update_case(changed)
-    assert index.get_case(record.case_id) == changed
-    with pytest.raises(KeyError):
-        index.update_case(replace(record, case_id="C-999999"))
-    assert index.get_case("C-999999") is None
+def test_concurrent_batches_all_land(index: CaseIndex) -> None:
+    case_id = index.create_case(now=1).case_id
+
+    def work(n: int) -> None:
+        for m in range(10):
+            index.record(
+                [Alias(kind, f"<{n}.{m}@example.org>", case_id) for kind in AliasKind], now=n
+            )
+
+    run_threads(work, 20)
+    for n in range(20):
+        for m in range(10):
+            for kind in AliasKind:
+                assert index.find(kind, f"<{n}.{m}@example.org>") == AliasHit(case_id, n)
 
 
-def test_closed_index_refuses_calls(index: CaseIndex) -> None:
-    index.create_case(now=1)
-    index.close()
-    with pytest.raises(CaseIndexError):
-        index.get_case("C-000001")
-    with pytest.raises(CaseIndexError):
-        index.create_case(now=1)
+# --- the contract: counters -----------------------------------------------------------------
 
 
-def test_concurrent_threads_never_share_a_number(index: CaseIndex) -> None:
-    results: list[list[CaseRecord]] = [[] for _ in range(50)]
+def test_counters_count_per_key_and_expire(index: CaseIndex) -> None:
+    sender = "flood@example.org"
+    assert [index.bump_counter(sender, now=1000 + n, window=HOUR) for n in range(3)] == [1, 2, 3]
+    assert index.bump_counter("other@example.org", now=1002, window=HOUR) == 1
+    # Fixed windows: the last second of the window still counts, its end restarts at 1.
+    assert index.bump_counter(sender, now=1000 + HOUR - 1, window=HOUR) == 4
+    assert index.bump_counter(sender, now=1000 + HOUR, window=HOUR) == 1
+    assert index.bump_counter(sender, now=1000 + HOUR + 5, window=HOUR) == 2
+    assert index.bump_counter("other@example.org", now=1000 + HOUR + 5, window=HOUR) == 1
+    # A racing caller that read the clock a moment earlier still counts in the window...
+    assert index.bump_counter(sender, now=1000 + HOUR - 2, window=HOUR) == 3
+    # ...a clock stepped back by a whole window restarts it.
+    assert index.bump_counter(sender, now=1000, window=HOUR) == 1
 
-    def work(slot: list[CaseRecord]) -> None:
-        slot.extend(index.create_case(now=1) for _ in range(20))
 
-    threads = [threading.Thread(target=work, args=(slot,)) for slot in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-    records = [r for slot in results for r in slot]
-    assert sorted(r.number for r in records) == list(range(1, 1001))
-    assert len({r.case_id for r in records}) == 1000
+def test_counters_refuse_bad_input(index: CaseIndex) -> None:
+    for window in (0, -5):
+        with pytest.raises(ValueError):
+            index.bump_counter("a@example.org", now=1, window=window)
+    with pytest.raises(ValueError):
+        index.bump_counter("", now=1, window=60)
+    assert index.bump_counter("a@example.org", now=1, window=60) == 1
+
+
+def test_counters_lose_no_bump_under_threads(index: CaseIndex) -> None:
+    seen: list[list[int]] = [[] for _ in range(20)]
+
+    def work(n: int) -> None:
+        for _ in range(50):
+            seen[n].append(index.bump_counter("busy@example.org", now=500, window=HOUR))
+
+    run_threads(work, 20)
+    # Every bump saw its own count: no two read the same value, none was lost.
+    assert sorted(c for counts in seen for c in counts) == list(range(1, 1001))
+    assert index.bump_counter("busy@example.org", now=501, window=HOUR) == 1001
 
 
 # --- shared encodings ------------------------------------------------------------------------
 
 
-def test_message_keys_stay_under_the_lmdb_limit() -> None:
-    assert keys.message_key("<a@b>") == b"<a@b>"
-    assert keys.message_key("<" + "x" * 398 + ">") == b"<" + b"x" * 398 + b">"
-    hashed = keys.message_key("<" + "x" * 399 + ">")
-    assert len(hashed) == 33 and hashed.startswith(keys.HASHED_MARKER)
-    # A plain id starting with the marker byte can never pose as a hashed key.
-    assert len(keys.message_key("\x00" * 33)) == 33
-    assert keys.message_key("\x00" * 33) != b"\x00" * 33
+def test_alias_keys_stay_under_the_lmdb_limit() -> None:
+    m = AliasKind.MESSAGE
+    assert keys.alias_key(m, "<a@b>") == b"m<a@b>"
+    assert keys.alias_key(AliasKind.SUBJECT, "<a@b>") == b"s<a@b>"
+    assert keys.alias_key(m, "<" + "x" * 398 + ">") == b"m<" + b"x" * 398 + b">"
+    hashed = keys.alias_key(m, "<" + "x" * 399 + ">")
+    assert len(hashed) == 34 and hashed.startswith(b"m" + keys.HASHED_MARKER)
+    # A plain key starting with the marker byte can never pose as a hashed key.
+    assert len(keys.alias_key(m, "\x00" * 33)) == 34
+    assert keys.alias_key(m, "\x00" * 33) != b"m" + b"\x00" * 33
+    for kind in AliasKind:
+        with pytest.raises(ValueError):
+            keys.alias_key(kind, "")
     with pytest.raises(ValueError):
-        keys.message_key("")
+        keys.alias_key("q", "<a@b>")  # type: ignore[arg-type]
 
 
-def test_message_records_carry_the_time() -> None:
-    assert keys.decode_message(keys.encode_message("C-000001", 1_700_000_000)) == (
-        1_700_000_000,
-        "C-000001",
+def test_participant_keys_are_always_hashed() -> None:
+    address = "pat.customer@example.org"
+    key = keys.alias_key(AliasKind.PARTICIPANT, f"C-000001 {address}")
+    assert len(key) == 34 and key.startswith(b"p" + keys.HASHED_MARKER)
+    assert address.encode() not in key
+    assert key != keys.alias_key(AliasKind.PARTICIPANT, f"C-000002 {address}")
+    assert len(keys.counter_key(address)) == 32
+    assert address.encode() not in keys.counter_key(address)
+
+
+def test_alias_values_carry_the_time() -> None:
+    assert keys.decode_alias(keys.encode_alias("C-000001", 1_700_000_000)) == AliasHit(
+        "C-000001", 1_700_000_000
     )
-    assert keys.encode_message("C-1", 5)[:4] == b"\x00\x00\x00\x05"
+    assert keys.encode_alias("C-1", 5)[:4] == b"\x00\x00\x00\x05"
+    assert keys.decode_alias(keys.encode_alias("C-1", -3)).recorded == 0
+    assert keys.decode_alias(keys.encode_alias("C-1", 1 << 40)).recorded == 0xFFFFFFFF
+
+
+def test_case_records_stay_small() -> None:
+    fresh = keys.new_case("C-000001", 1, 1_700_000_000, "support")
+    data = keys.encode_case(fresh)
+    # No link and an unchanged state: the new fields cost nothing.
+    assert set(json.loads(data)) == {"n", "s", "q", "c", "u"}
+    assert len(data) < 70
+    assert keys.decode_case("C-000001", data) == fresh
+
+
+case_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
+times = st.integers(min_value=0, max_value=0xFFFFFFFF)
+
+
+@given(
+    number=st.integers(min_value=1, max_value=(1 << 64) - 1),
+    state=st.sampled_from(CaseState),
+    queue=st.text(max_size=40),
+    created=times,
+    updated=times,
+    state_changed=times,
+    parent=st.none() | case_ids,
+    merged_into=st.none() | case_ids,
+    children=st.lists(case_ids, max_size=5).map(tuple),
+)
+def test_case_encoding_round_trips(**fields: Any) -> None:
+    record = CaseRecord(case_id="C-1", **fields)
+    assert keys.decode_case("C-1", keys.encode_case(record)) == record
 
 
 # --- LMDB only ------------------------------------------------------------------------------
@@ -214,15 +462,66 @@ def test_lmdb_persists_across_reopen(tmp_path: Path) -> None:
     first = index.create_case(now=1, queue="q")
     index.create_case(now=2, case_id="HD-5")
     index.record_message("<m@example.org>", first.case_id, now=3)
+    index.record([Alias(AliasKind.PARTICIPANT, "C-000001 p@example.org", first.case_id)], 4)
+    linked = replace(first, state=CaseState.WAITING, state_changed=5, children=("HD-5",))
+    index.update_case(linked)
+    assert index.bump_counter("s@example.org", now=10, window=HOUR) == 1
     index.close()
 
     index = LmdbIndex(tmp_path / "idx", MAP_SIZE)
     try:
-        assert index.get_case(first.case_id) == first
+        assert index.get_case(first.case_id) == linked
         assert index.case_for_message("<m@example.org>") == first.case_id
+        hit = index.find(AliasKind.PARTICIPANT, "C-000001 p@example.org")
+        assert hit == AliasHit(first.case_id, 4)
+        assert index.case_for_number(2) == "HD-5"
+        assert index.bump_counter("s@example.org", now=11, window=HOUR) == 2
         assert index.create_case(now=4).number == 3
     finally:
         index.close()
+
+
+def _all_records(path: Path) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """Every key and value of every named database, read with lmdb itself."""
+    env = lmdb.open(str(path), max_dbs=MAX_DBS, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            names = [name for name, _ in txn.cursor()]
+            return {name: list(txn.cursor(db=env.open_db(name, txn=txn))) for name in names}
+    finally:
+        env.close()
+
+
+def test_lmdb_stores_no_address_in_clear(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    address = "pat.customer@example.org"
+    index = LmdbIndex(path, MAP_SIZE)
+    case_id = index.create_case(now=1).case_id
+    index.record(
+        [
+            Alias(AliasKind.PARTICIPANT, f"{case_id} {address}", case_id),
+            Alias(AliasKind.MESSAGE, "<visible.id@example.org>", case_id),
+        ],
+        now=2,
+    )
+    index.bump_counter(address, now=2, window=HOUR)
+    index.close()
+
+    records = _all_records(path)
+    assert set(records) == {b"aliases", b"cases", b"counters", b"meta", b"numbers"}
+    dumped = b"".join(k + v for rows in records.values() for k, v in rows)
+    # The scan can see what is stored in clear (the Message-ID), and the address is not.
+    assert b"<visible.id@example.org>" in dumped
+    assert address.encode() not in dumped
+    assert b"pat.customer" not in dumped
+    assert len(records[b"counters"]) == 1
+    assert address.encode() not in (path / "data.mdb").read_bytes()
+    reopened = LmdbIndex(path, MAP_SIZE)
+    try:
+        hit = reopened.find(AliasKind.PARTICIPANT, f"{case_id} {address}")
+        assert hit == AliasHit(case_id, 2)
+    finally:
+        reopened.close()
 
 
 def test_lmdb_two_objects_on_one_path_share_the_environment(tmp_path: Path) -> None:
@@ -236,13 +535,15 @@ def test_lmdb_two_objects_on_one_path_share_the_environment(tmp_path: Path) -> N
     assert b.create_case(now=1).number == 3  # a's close left b's env open
     b.close()
     # The last close really closed it: py-lmdb refuses a second open in one process.
-    env = lmdb.open(str(path), max_dbs=4)
+    env = lmdb.open(str(path), max_dbs=MAX_DBS)
     env.close()
 
 
-def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
-    path = tmp_path / "idx"
-    per_side = 300
+def _race_a_child_process(path: Path, work: str, mine: Callable[[LmdbIndex], Any]) -> Any:
+    """Run `work` (an expression over `index`) in a second process while `mine` runs here.
+
+    Returns (what `mine` returned, what the child's expression returned).
+    """
     child_code = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(MILTER_DIR)!r})\n"
@@ -250,14 +551,14 @@ def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
         f"index = LmdbIndex({str(path)!r}, {MAP_SIZE})\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
-        f"numbers = [index.create_case(now=1).number for _ in range({per_side})]\n"
+        f"result = {work}\n"
         "index.close()\n"
-        "print(json.dumps(numbers), flush=True)\n"
+        "print(json.dumps(result), flush=True)\n"
     )
     index = LmdbIndex(path, MAP_SIZE)
     child = subprocess.Popen(
         [sys.executable, "-c", child_code],
-        cwd=tmp_path,
+        cwd=path.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -267,7 +568,7 @@ def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
         assert child.stdout.readline() == "ready\n"
         child.stdin.write("go\n")
         child.stdin.flush()
-        mine = [index.create_case(now=1).number for _ in range(per_side)]
+        ours = mine(index)
         out, _ = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
@@ -275,7 +576,29 @@ def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
             child.wait(timeout=10)
         index.close()
     assert child.returncode == 0
-    theirs = json.loads(out)
+    return ours, json.loads(out)
+
+
+def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
+    per_side = 300
+    mine, theirs = _race_a_child_process(
+        tmp_path / "idx",
+        f"[index.create_case(now=1).number for _ in range({per_side})]",
+        lambda index: [index.create_case(now=1).number for _ in range(per_side)],
+    )
+    assert sorted(mine + theirs) == list(range(1, 2 * per_side + 1))
+
+
+def test_lmdb_second_process_loses_no_counter_bump(tmp_path: Path) -> None:
+    per_side = 300
+    bump = "index.bump_counter('busy@example.org', now=100, window=3600)"
+    mine, theirs = _race_a_child_process(
+        tmp_path / "idx",
+        f"[{bump} for _ in range({per_side})]",
+        lambda index: [
+            index.bump_counter("busy@example.org", now=100, window=HOUR) for _ in range(per_side)
+        ],
+    )
     assert sorted(mine + theirs) == list(range(1, 2 * per_side + 1))
 
 
@@ -319,14 +642,14 @@ def test_lmdb_corrupt_file_raises_unavailable(tmp_path: Path) -> None:
 def test_lmdb_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     LmdbIndex(path, MAP_SIZE).close()
-    env = lmdb.open(str(path), max_dbs=4)
+    env = lmdb.open(str(path), max_dbs=MAX_DBS)
     with env.begin(write=True) as txn:
         txn.put(META_SCHEMA, b"99", db=env.open_db(b"meta", txn=txn))
     env.close()
     with pytest.raises(SchemaMismatch, match="99"):
         LmdbIndex(path, MAP_SIZE)
     # The refused env was closed, not left registered.
-    lmdb.open(str(path), max_dbs=4).close()
+    lmdb.open(str(path), max_dbs=MAX_DBS).close()
 
 
 def test_open_index_uses_the_settings(tmp_path: Path) -> None:
@@ -341,3 +664,93 @@ def test_open_index_uses_the_settings(tmp_path: Path) -> None:
     finally:
         index.close()
     assert os.path.exists(tmp_path / "idx" / "data.mdb")
+
+
+# --- the dry-run overlay --------------------------------------------------------------------
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[LmdbIndex]:
+    index = LmdbIndex(tmp_path / "base", MAP_SIZE)
+    yield index
+    index.close()
+
+
+def test_overlay_reads_fall_through_and_writes_stay(base: LmdbIndex) -> None:
+    known = base.create_case(now=1, queue="support")
+    base.record(
+        [
+            Alias(AliasKind.MESSAGE, "<seen@example.org>", known.case_id),
+            Alias(AliasKind.THREAD_ROOT, "01d9ab", known.case_id),
+        ],
+        now=2,
+    )
+    overlay = OverlayIndex(base, CaseSettings())
+    try:
+        assert overlay.find(AliasKind.THREAD_ROOT, "01d9ab") == AliasHit(known.case_id, 2)
+        assert overlay.case_for_message("<seen@example.org>") == known.case_id
+        assert overlay.case_for_number(1) == known.case_id
+        assert overlay.get_case(known.case_id) == known
+
+        new = overlay.create_case(now=3)
+        assert (new.case_id, new.number) == ("C-000002", 2)  # what a real run would allocate
+        overlay.record(
+            [
+                Alias(AliasKind.MESSAGE, "<seen@example.org>", new.case_id),
+                Alias(AliasKind.SUBJECT, "printer on fire", new.case_id),
+            ],
+            now=4,
+        )
+        changed = replace(known, state=CaseState.RESOLVED, state_changed=4, children=("C-000002",))
+        overlay.update_case(changed)
+        assert overlay.case_for_message("<seen@example.org>") == new.case_id
+        assert overlay.find(AliasKind.SUBJECT, "printer on fire") == AliasHit(new.case_id, 4)
+        assert overlay.case_for_number(2) == new.case_id
+        assert overlay.get_case(known.case_id) == changed
+        assert overlay.create_case(now=5, case_id=known.case_id) == changed
+        # Shadowing a base case allocated no number.
+        assert overlay.last_number() == 2
+        assert overlay.create_case(now=5).number == 3
+    finally:
+        overlay.close()
+    # The real index never saw any of it.
+    assert base.last_number() == 1
+    assert base.get_case(known.case_id) == known
+    assert base.get_case("C-000002") is None
+    assert base.case_for_number(2) is None
+    assert base.case_for_message("<seen@example.org>") == known.case_id
+    assert base.find(AliasKind.SUBJECT, "printer on fire") is None
+
+
+def test_overlay_counters_start_from_the_base(base: LmdbIndex) -> None:
+    for _ in range(5):
+        base.bump_counter("flood@example.org", now=100, window=HOUR)
+    overlay = OverlayIndex(base, CaseSettings())
+    try:
+        assert overlay.bump_counter("flood@example.org", now=200, window=HOUR) == 6
+        assert overlay.bump_counter("flood@example.org", now=201, window=HOUR) == 7
+        assert overlay.bump_counter("new@example.org", now=200, window=HOUR) == 1
+        # The base's window started at 100, so it ends at 100 + HOUR, not 200 + HOUR.
+        assert overlay.bump_counter("flood@example.org", now=100 + HOUR, window=HOUR) == 1
+    finally:
+        overlay.close()
+    assert base.bump_counter("flood@example.org", now=300, window=HOUR) == 6
+    assert base.peek_counter("new@example.org") is None
+
+
+def test_overlay_over_a_base_without_peek_counts_alone(base: LmdbIndex) -> None:
+    base.bump_counter("flood@example.org", now=100, window=HOUR)
+
+    class NoPeek:
+        """A CaseIndex that only has what the Protocol promises."""
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "peek_counter":
+                raise AttributeError(name)
+            return getattr(base, name)
+
+    overlay = OverlayIndex(NoPeek(), CaseSettings())
+    try:
+        assert overlay.bump_counter("flood@example.org", now=200, window=HOUR) == 1
+    finally:
+        overlay.close()

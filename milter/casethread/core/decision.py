@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .edits import Edit
 from .model import Direction
+from .stamp import Splice
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class Decision:
     edits: tuple[Edit, ...] = ()
     # Anomalies worth one word in the log line ("message-id-added", "bad-app-case-id", ...).
     notes: tuple[str, ...] = field(default=())
+    # Body changes as splices into the body as received; empty: the body is not replaced.
+    body_splices: tuple[Splice, ...] = ()
 
     def log_fields(self) -> str:
         parts = [
@@ -28,6 +31,8 @@ class Decision:
         if self.state:
             parts.append(f"state={self.state}")
         parts.append(f"edits={len(self.edits)}")
+        if self.body_splices:
+            parts.append("body=stamped")
         if self.notes:
             parts.append(f"notes={','.join(self.notes)}")
         return " ".join(parts)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from mmap import mmap
+
+# A body in memory, or a spooled one mapped from its file.
+Data = bytes | mmap
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
@@ -53,7 +57,9 @@ class Envelope:
 class Message:
     envelope: Envelope
     headers: tuple[Header, ...]
-    body: bytes = b""
+    body: Data = b""
+    # The body's line ending: CRLF as SMTP carries it; a message file may use LF.
+    newline: bytes = b"\r\n"
 
     def get(self, name: str) -> str | None:
         """The first field of that name (case-insensitive), or None."""

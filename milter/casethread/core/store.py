@@ -7,7 +7,7 @@ against both. Keys arrive already normalised by the core; hashing over-long or p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .model import Alias, AliasHit, AliasKind, CaseRecord
@@ -53,6 +53,16 @@ class CaseIndex(CaseReader, Protocol):
 
     def update_case(self, record: CaseRecord) -> None:
         """Store a changed record of an existing case."""
+
+    def modify_case(
+        self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
+    ) -> CaseRecord | None:
+        """Read-modify-write in one transaction: `change` gets the current record and returns
+        the new one (None: leave it). Returns the record as stored, None for an unknown case.
+
+        The milter changes cases while the CLI may too (merge, set-state): deriving the new
+        record from a fresh read inside the write transaction loses neither change.
+        """
 
     def close(self) -> None:
         """Release the index; further calls are errors."""

@@ -1,8 +1,13 @@
-"""Encodings both index implementations share, so they agree byte for byte.
+"""Encodings and rules both index implementations share, so they agree byte for byte.
 
-Message-ID keys: normalised ids map to their UTF-8 bytes (surrogateescape, since ids may carry
-raw 8-bit bytes). Over-long ids and ids that happen to start with the marker byte become the
-marker plus their SHA-256 digest, so a hashed key can never equal a plain one.
+Alias keys are one kind byte (the `AliasKind` value) + the key's UTF-8 bytes (surrogateescape,
+since Message-IDs may carry raw 8-bit bytes). Over-long keys, keys that happen to start with the
+marker byte, and every PARTICIPANT key (an e-mail address: kept out of the file in clear) become
+the marker plus their SHA-256 digest, so a hashed key can never equal a plain one. The kind byte
+comes first, so each kind is its own namespace.
+
+Counters (flood limits) are keyed by the SHA-256 of their key (a sender address) and hold a
+fixed window: its start and its count.
 """
 
 from __future__ import annotations
@@ -10,27 +15,169 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from ..core.model import CaseRecord, CaseState, is_valid_case_id
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, is_valid_case_id
 
-# LMDB refuses keys over 511 bytes; stay well below it.
+# LMDB refuses keys over 511 bytes; stay well below it (the kind byte comes on top).
 MAX_PLAIN_KEY = 400
 HASHED_MARKER = b"\x00"
 _U32_MAX = 0xFFFFFFFF
 _TIME = struct.Struct(">I")
+_WINDOW = struct.Struct(">II")  # window start, count
 NUMBER = struct.Struct(">Q")
+MAX_NUMBER = (1 << 64) - 1
+# Always hashed: SHA-256 pseudonymises, it does not anonymise (addresses can be guessed and
+# tried), but a copied index file no longer lists who wrote to whom.
+_ALWAYS_HASHED = frozenset({AliasKind.PARTICIPANT})
 
 
-def message_key(message_id: str) -> bytes:
-    """The index key of a normalised Message-ID."""
-    if not message_id:
-        raise ValueError("empty Message-ID")
-    raw = message_id.encode("utf-8", "surrogateescape")
-    if len(raw) > MAX_PLAIN_KEY or raw.startswith(HASHED_MARKER):
-        return HASHED_MARKER + hashlib.sha256(raw).digest()
-    return raw
+def _digest(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
+
+
+def alias_key(kind: AliasKind, key: str) -> bytes:
+    """The index key of an alias (keys arrive normalised by the core)."""
+    kind = AliasKind(kind)  # a plain "m" is fine, anything else is a ValueError
+    if not key:
+        raise ValueError(f"empty {kind.name} alias key")
+    raw = key.encode("utf-8", "surrogateescape")
+    if kind in _ALWAYS_HASHED or len(raw) > MAX_PLAIN_KEY or raw.startswith(HASHED_MARKER):
+        raw = HASHED_MARKER + _digest(raw)
+    return kind.value.encode("ascii") + raw
+
+
+def encode_alias(case_id: str, now: int) -> bytes:
+    """Recorded time (for a later prune) + case id."""
+    return _TIME.pack(_clamp(now)) + case_id.encode("ascii")
+
+
+def decode_alias(data: bytes) -> AliasHit:
+    (recorded,) = _TIME.unpack_from(data)
+    return AliasHit(data[_TIME.size :].decode("ascii"), recorded)
+
+
+def alias_items(aliases: Iterable[Alias], now: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a batch, validated before anything is written: all or nothing."""
+    items = []
+    for alias in aliases:
+        check_case_id(alias.case_id)
+        items.append((alias_key(alias.kind, alias.key), encode_alias(alias.case_id, now)))
+    return items
+
+
+def _clamp(now: int) -> int:
+    return min(max(now, 0), _U32_MAX)
+
+
+# --- counters --------------------------------------------------------------------------------
+
+
+def counter_key(key: str) -> bytes:
+    """Counter keys hold sender addresses: always hashed. They have a database of their own."""
+    if not key:
+        raise ValueError("empty counter key")
+    return _digest(key.encode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    count: int
+
+    def encode(self) -> bytes:
+        return _WINDOW.pack(self.start, self.count)
+
+    @staticmethod
+    def decode(data: bytes) -> Window:
+        return Window(*_WINDOW.unpack(data))
+
+
+def bump(previous: Window | None, now: int, window: int) -> Window:
+    """The counter after one more event at `now` in fixed windows of `window` seconds.
+
+    A window restarts at 1 once `window` seconds have passed since its start. A `now` slightly
+    before the start (a racing thread read the clock earlier) still counts in that window; a
+    clock stepped back by a whole window or more restarts it.
+    """
+    if window < 1:
+        raise ValueError(f"counter window must be at least 1 second, not {window}")
+    now = _clamp(now)
+    if previous is None or abs(now - previous.start) >= window:
+        return Window(now, 1)
+    return Window(previous.start, min(previous.count + 1, _U32_MAX))
+
+
+# --- case records ----------------------------------------------------------------------------
+
+
+def check_case_id(case_id: str) -> None:
+    if not is_valid_case_id(case_id):
+        raise ValueError(f"invalid case id {case_id!r}")
+
+
+def check_same_number(stored: CaseRecord, record: CaseRecord) -> None:
+    # `numbers` maps each number to its case; a renumbered record would break tokens.
+    if record.number != stored.number:
+        raise ValueError(f"case {record.case_id} has number {stored.number}, not {record.number}")
+
+
+def new_case(case_id: str, number: int, now: int, queue: str) -> CaseRecord:
+    return CaseRecord(case_id, number, CaseState.OPEN, queue, now, now, state_changed=now)
+
+
+def encode_case(record: CaseRecord) -> bytes:
+    """Compact JSON; the case id is the key, so it is not repeated here.
+
+    Fields at their usual values are left out: no links, and `state_changed` equal to `created`
+    (a case whose state never changed). Links must be valid case ids (ValueError otherwise).
+    """
+    fields: dict[str, Any] = {
+        "n": record.number,
+        "s": record.state.value,
+        "q": record.queue,
+        "c": record.created,
+        "u": record.updated,
+    }
+    if record.state_changed != record.created:
+        fields["sc"] = record.state_changed
+    for name, link in (("p", record.parent), ("m", record.merged_into)):
+        if link is not None:
+            check_case_id(link)
+            fields[name] = link
+    if record.children:
+        for child in record.children:
+            check_case_id(child)
+        fields["ch"] = list(record.children)
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_case(case_id: str, data: bytes) -> CaseRecord:
+    fields = json.loads(data)
+    created = int(fields["c"])
+    parent, merged_into = fields.get("p"), fields.get("m")
+    return CaseRecord(
+        case_id=case_id,
+        number=int(fields["n"]),
+        state=CaseState(fields["s"]),
+        queue=str(fields["q"]),
+        created=created,
+        updated=int(fields["u"]),
+        state_changed=int(fields.get("sc", created)),
+        parent=None if parent is None else str(parent),
+        merged_into=None if merged_into is None else str(merged_into),
+        children=tuple(str(child) for child in fields.get("ch", ())),
+    )
+
+
+# --- case ids --------------------------------------------------------------------------------
+
+
+def number_key(number: int) -> bytes | None:
+    """The `numbers` key of a case number; None for a number no case can hold."""
+    return NUMBER.pack(number) if 0 < number <= MAX_NUMBER else None
 
 
 @dataclass(frozen=True)
@@ -65,47 +212,3 @@ class IdFormat:
         while taken(candidate := self.format(number)):
             number += 1
         return number, candidate
-
-
-def check_case_id(case_id: str) -> None:
-    if not is_valid_case_id(case_id):
-        raise ValueError(f"invalid case id {case_id!r}")
-
-
-def new_case(case_id: str, number: int, now: int, queue: str) -> CaseRecord:
-    return CaseRecord(case_id, number, CaseState.OPEN, queue, now, now)
-
-
-def encode_case(record: CaseRecord) -> bytes:
-    """Compact JSON; the case id is the key, so it is not repeated here."""
-    fields = {
-        "n": record.number,
-        "s": record.state.value,
-        "q": record.queue,
-        "c": record.created,
-        "u": record.updated,
-    }
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def decode_case(case_id: str, data: bytes) -> CaseRecord:
-    fields = json.loads(data)
-    return CaseRecord(
-        case_id=case_id,
-        number=int(fields["n"]),
-        state=CaseState(fields["s"]),
-        queue=str(fields["q"]),
-        created=int(fields["c"]),
-        updated=int(fields["u"]),
-    )
-
-
-def encode_message(case_id: str, now: int) -> bytes:
-    """Recorded time (for a later prune) + case id. Times are clamped to the u32 range."""
-    return _TIME.pack(min(max(now, 0), _U32_MAX)) + case_id.encode("ascii")
-
-
-def decode_message(data: bytes) -> tuple[int, str]:
-    """(recorded time, case id) of a message record."""
-    (recorded,) = _TIME.unpack_from(data)
-    return recorded, data[_TIME.size :].decode("ascii")

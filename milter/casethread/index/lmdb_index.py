@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lmdb
 
-from ..core.model import CaseRecord, is_valid_case_id
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, is_valid_case_id
 from . import keys
 from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
@@ -25,14 +25,16 @@ META_SCHEMA = b"schema"  # ASCII decimal
 META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
 # One slot per concurrent read transaction in all processes: SMTP sessions plus CLI runs.
 MAX_READERS = 512
+MAX_DBS = 5  # the named databases of _Env
 
 
 @dataclass
 class _Env:
     env: lmdb.Environment
-    messages: lmdb._Database  # message key -> keys.encode_message
+    aliases: lmdb._Database  # keys.alias_key -> keys.encode_alias
     cases: lmdb._Database  # case id -> keys.encode_case
     numbers: lmdb._Database  # keys.NUMBER -> case id
+    counters: lmdb._Database  # keys.counter_key -> keys.Window
     meta: lmdb._Database
     refs: int = 0
 
@@ -53,16 +55,17 @@ def _open_env(path: str, map_size: int) -> _Env:
         map_size=map_size,
         subdir=True,
         mode=0o600,
-        max_dbs=4,
+        max_dbs=MAX_DBS,
         max_readers=MAX_READERS,
         lock=True,
     )
     try:
         shared = _Env(
             env,
-            env.open_db(b"messages"),
+            env.open_db(b"aliases"),
             env.open_db(b"cases"),
             env.open_db(b"numbers"),
+            env.open_db(b"counters"),
             env.open_db(b"meta"),
         )
         with env.begin(write=True) as txn:
@@ -137,11 +140,23 @@ class LmdbIndex:
         except lmdb.Error as exc:
             raise CaseIndexError(f"case index {self.path}: {exc}") from exc
 
-    def case_for_message(self, message_id: str) -> str | None:
-        key = keys.message_key(message_id)
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        raw_key = keys.alias_key(kind, key)
         with self._txn() as (txn, db):
-            raw = txn.get(key, db=db.messages)
-        return None if raw is None else keys.decode_message(raw)[1]
+            raw = txn.get(raw_key, db=db.aliases)
+        return None if raw is None else keys.decode_alias(raw)
+
+    def case_for_message(self, message_id: str) -> str | None:
+        hit = self.find(AliasKind.MESSAGE, message_id)
+        return None if hit is None else hit.case_id
+
+    def case_for_number(self, number: int) -> str | None:
+        key = keys.number_key(number)
+        if key is None:
+            return None
+        with self._txn() as (txn, db):
+            raw = txn.get(key, db=db.numbers)
+        return None if raw is None else raw.decode("ascii")
 
     def get_case(self, case_id: str) -> CaseRecord | None:
         if not is_valid_case_id(case_id):
@@ -179,20 +194,64 @@ class LmdbIndex:
             raw = txn.get(META_COUNTER, db=db.meta)
         return 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
 
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        key = keys.message_key(message_id)
-        keys.check_case_id(case_id)
+    def record(self, aliases: Sequence[Alias], now: int) -> None:
+        items = keys.alias_items(aliases, now)
+        if not items:
+            return
+        # One write transaction: one fsync for all of a message's aliases.
         with self._txn(write=True) as (txn, db):
-            txn.put(key, keys.encode_message(case_id, now), db=db.messages)
+            for key, value in items:
+                txn.put(key, value, db=db.aliases)
+
+    def record_message(self, message_id: str, case_id: str, now: int) -> None:
+        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
+
+    def bump_counter(self, key: str, now: int, window: int) -> int:
+        raw_key = keys.counter_key(key)
+        # Read and write in one write transaction: LMDB's writer lock makes the bump atomic
+        # across threads and processes.
+        with self._txn(write=True) as (txn, db):
+            raw = txn.get(raw_key, db=db.counters)
+            current = keys.bump(None if raw is None else keys.Window.decode(raw), now, window)
+            txn.put(raw_key, current.encode(), db=db.counters)
+        return current.count
+
+    def peek_counter(self, key: str) -> keys.Window | None:
+        """The stored window of a counter, without counting (for an overlay's seed)."""
+        raw_key = keys.counter_key(key)
+        with self._txn() as (txn, db):
+            raw = txn.get(raw_key, db=db.counters)
+        return None if raw is None else keys.Window.decode(raw)
 
     def update_case(self, record: CaseRecord) -> None:
         if not is_valid_case_id(record.case_id):
             raise KeyError(record.case_id)
         key = record.case_id.encode()
+        data = keys.encode_case(record)
         with self._txn(write=True) as (txn, db):
-            if txn.get(key, db=db.cases) is None:
+            stored = txn.get(key, db=db.cases)
+            if stored is None:
                 raise KeyError(record.case_id)
-            txn.put(key, keys.encode_case(record), db=db.cases)
+            keys.check_same_number(keys.decode_case(record.case_id, stored), record)
+            txn.put(key, data, db=db.cases)
+
+    def modify_case(
+        self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
+    ) -> CaseRecord | None:
+        if not is_valid_case_id(case_id):
+            return None
+        key = case_id.encode()
+        with self._txn(write=True) as (txn, db):
+            stored = txn.get(key, db=db.cases)
+            if stored is None:
+                return None
+            current = keys.decode_case(case_id, stored)
+            new = change(current)
+            if new is None or new == current:
+                return current
+            keys.check_same_number(current, new)
+            txn.put(key, keys.encode_case(new), db=db.cases)
+            return new
 
     def close(self) -> None:
         if self._shared is not None:

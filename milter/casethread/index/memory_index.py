@@ -1,13 +1,19 @@
-"""The in-memory case index: same contract as the LMDB one, for tests and dry runs."""
+"""The in-memory case index: same contract as the LMDB one, for tests and dry runs.
+
+It stores the very bytes the LMDB index would (`keys`), so both validate, hash, clamp and
+round-trip alike.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ..core.model import CaseRecord
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord
 from . import keys
 from .errors import CaseIndexError
+
+CounterSeed = Callable[[str], keys.Window | None]
 
 
 class MemoryIndex:
@@ -17,31 +23,46 @@ class MemoryIndex:
         id_digits: int = 6,
         last_number: int = 0,
         taken_elsewhere: Callable[[str], bool] = lambda _case_id: False,
+        counter_seed: CounterSeed = lambda _key: None,
     ) -> None:
-        """`last_number` and `taken_elsewhere` let an overlay continue another index's ids."""
+        """`last_number`, `taken_elsewhere` and `counter_seed` let an overlay continue another
+        index: its case numbering and the counter windows it already holds."""
         self._ids = keys.IdFormat(id_prefix, id_digits)
         self._lock = threading.Lock()
-        self._cases: dict[str, CaseRecord] = {}
-        self._messages: dict[bytes, tuple[int, str]] = {}
+        self._cases: dict[str, bytes] = {}
+        self._numbers: dict[int, str] = {}
+        self._aliases: dict[bytes, bytes] = {}
+        self._counters: dict[bytes, keys.Window] = {}
         self._counter = last_number
         self._taken_elsewhere = taken_elsewhere
+        self._counter_seed = counter_seed
         self._closed = False
 
     def _check_open(self) -> None:
         if self._closed:
             raise CaseIndexError("case index is closed")
 
-    def case_for_message(self, message_id: str) -> str | None:
-        key = keys.message_key(message_id)
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        raw_key = keys.alias_key(kind, key)
         with self._lock:
             self._check_open()
-            entry = self._messages.get(key)
-        return None if entry is None else entry[1]
+            raw = self._aliases.get(raw_key)
+        return None if raw is None else keys.decode_alias(raw)
+
+    def case_for_message(self, message_id: str) -> str | None:
+        hit = self.find(AliasKind.MESSAGE, message_id)
+        return None if hit is None else hit.case_id
+
+    def case_for_number(self, number: int) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._numbers.get(number)
 
     def get_case(self, case_id: str) -> CaseRecord | None:
         with self._lock:
             self._check_open()
-            return self._cases.get(case_id)
+            raw = self._cases.get(case_id)
+        return None if raw is None else keys.decode_case(case_id, raw)
 
     def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
         if case_id is not None:
@@ -49,10 +70,11 @@ class MemoryIndex:
         with self._lock:
             self._check_open()
             if case_id is not None and case_id in self._cases:
-                return self._cases[case_id]
+                return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
             record = keys.new_case(new_id, number, now, queue)
-            self._cases[new_id] = record
+            self._cases[new_id] = keys.encode_case(record)
+            self._numbers[number] = new_id
             self._counter = number
             return record
 
@@ -61,21 +83,61 @@ class MemoryIndex:
 
     def last_number(self) -> int:
         with self._lock:
+            self._check_open()
             return self._counter
 
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        key = keys.message_key(message_id)
-        keys.check_case_id(case_id)
+    def record(self, aliases: Sequence[Alias], now: int) -> None:
+        items = keys.alias_items(aliases, now)
         with self._lock:
             self._check_open()
-            self._messages[key] = (now, case_id)
+            self._aliases.update(items)
+
+    def record_message(self, message_id: str, case_id: str, now: int) -> None:
+        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
+
+    def bump_counter(self, key: str, now: int, window: int) -> int:
+        raw_key = keys.counter_key(key)
+        with self._lock:
+            self._check_open()
+            previous = self._counters.get(raw_key)
+            if previous is None:
+                previous = self._counter_seed(key)
+            current = self._counters[raw_key] = keys.bump(previous, now, window)
+        return current.count
+
+    def peek_counter(self, key: str) -> keys.Window | None:
+        """The stored window of a counter, without counting (for an overlay's seed)."""
+        raw_key = keys.counter_key(key)
+        with self._lock:
+            self._check_open()
+            current = self._counters.get(raw_key)
+        return current if current is not None else self._counter_seed(key)
 
     def update_case(self, record: CaseRecord) -> None:
+        data = keys.encode_case(record)
         with self._lock:
             self._check_open()
-            if record.case_id not in self._cases:
+            stored = self._cases.get(record.case_id)
+            if stored is None:
                 raise KeyError(record.case_id)
-            self._cases[record.case_id] = record
+            keys.check_same_number(keys.decode_case(record.case_id, stored), record)
+            self._cases[record.case_id] = data
+
+    def modify_case(
+        self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
+    ) -> CaseRecord | None:
+        with self._lock:
+            self._check_open()
+            stored = self._cases.get(case_id)
+            if stored is None:
+                return None
+            current = keys.decode_case(case_id, stored)
+            new = change(current)
+            if new is None or new == current:
+                return current
+            keys.check_same_number(current, new)
+            self._cases[case_id] = keys.encode_case(new)
+            return new
 
     def close(self) -> None:
         with self._lock:

@@ -2,50 +2,105 @@
 
 Reads see the real index plus what this run wrote; writes stay in memory and are dropped.
 New cases continue the real index's numbering, so a dry run shows the ids a real run would
-allocate.
+allocate. Counters do the same: a counter's first bump in the overlay starts from the window the
+base holds (one read), so a dry run shows whether a real run would call the sender a loop. A base
+that cannot show its counters (no `peek_counter`) leaves the overlay counting from zero.
 """
 
 from __future__ import annotations
 
-from ..core.model import CaseRecord
+import threading
+from collections.abc import Callable, Sequence
+
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord
 from ..core.settings import CaseSettings
 from ..core.store import CaseIndex
+from . import keys
 from .memory_index import MemoryIndex
 
 
 class OverlayIndex:
     def __init__(self, base: CaseIndex, ids: CaseSettings) -> None:
         self._base = base
+        peek: Callable[[str], keys.Window | None] | None = getattr(base, "peek_counter", None)
         self._overlay = MemoryIndex(
             ids.id_prefix,
             ids.id_digits,
             last_number=base.last_number(),
             taken_elsewhere=lambda case_id: base.get_case(case_id) is not None,
+            counter_seed=peek or (lambda _key: None),
         )
+        # Base cases changed in this run; the overlay's own MemoryIndex holds only new cases,
+        # so shadowing a base case allocates no number.
+        self._shadows: dict[str, CaseRecord] = {}
+        self._shadows_lock = threading.Lock()
+        self._modify_lock = threading.Lock()
+
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        return self._overlay.find(kind, key) or self._base.find(kind, key)
 
     def case_for_message(self, message_id: str) -> str | None:
-        return self._overlay.case_for_message(message_id) or self._base.case_for_message(
-            message_id
-        )
+        hit = self.find(AliasKind.MESSAGE, message_id)
+        return None if hit is None else hit.case_id
+
+    def case_for_number(self, number: int) -> str | None:
+        return self._overlay.case_for_number(number) or self._base.case_for_number(number)
 
     def get_case(self, case_id: str) -> CaseRecord | None:
-        return self._overlay.get_case(case_id) or self._base.get_case(case_id)
+        record = self._overlay.get_case(case_id)
+        if record is not None:
+            return record
+        with self._shadows_lock:
+            record = self._shadows.get(case_id)
+        return record or self._base.get_case(case_id)
 
     def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
-        existing = self._base.get_case(case_id) if case_id is not None else None
-        return existing or self._overlay.create_case(now, case_id, queue)
+        if case_id is not None:
+            keys.check_case_id(case_id)
+            existing = self.get_case(case_id)
+            if existing is not None:
+                return existing
+        return self._overlay.create_case(now, case_id, queue)
 
     def last_number(self) -> int:
         return self._overlay.last_number()
 
+    def record(self, aliases: Sequence[Alias], now: int) -> None:
+        self._overlay.record(aliases, now)
+
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        self._overlay.record_message(message_id, case_id, now)
+        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
+
+    def bump_counter(self, key: str, now: int, window: int) -> int:
+        return self._overlay.bump_counter(key, now, window)
+
+    def peek_counter(self, key: str) -> keys.Window | None:
+        return self._overlay.peek_counter(key)
 
     def update_case(self, record: CaseRecord) -> None:
-        # Updating a base case in a dry run: shadow it in the overlay.
-        if self._overlay.get_case(record.case_id) is None:
-            self._overlay.create_case(record.created, record.case_id, record.queue)
-        self._overlay.update_case(record)
+        if self._overlay.get_case(record.case_id) is not None:
+            self._overlay.update_case(record)
+            return
+        data = keys.encode_case(record)  # the same validation as a real update
+        with self._shadows_lock:
+            stored = self._shadows.get(record.case_id) or self._base.get_case(record.case_id)
+            if stored is None:
+                raise KeyError(record.case_id)
+            keys.check_same_number(stored, record)
+            self._shadows[record.case_id] = keys.decode_case(record.case_id, data)
+
+    def modify_case(
+        self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
+    ) -> CaseRecord | None:
+        with self._modify_lock:
+            current = self.get_case(case_id)
+            if current is None:
+                return None
+            new = change(current)
+            if new is None or new == current:
+                return current
+            self.update_case(new)
+            return new
 
     def close(self) -> None:
         self._overlay.close()

@@ -1,0 +1,135 @@
+"""Readable body text for token scanning, and returned parts for bounces (core.bodytext)."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casethread.core import mime
+from casethread.core.bodytext import html_to_text, iter_parts_of_type, iter_texts
+from casethread.core.message import parse_raw
+
+CORPUS = Path(str(importlib.import_module("test").__file__)).parent / "test_email" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
+EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "200"))
+
+
+def texts_of(raw: bytes, **kwargs: object) -> list[str]:
+    headers, body = parse_raw(raw)
+    top = mime.top_fields(headers)
+    return list(iter_texts(top.content_type, top.cte, body, top_disposition=top.disposition,
+                           **kwargs))  # type: ignore[arg-type]
+
+
+def test_single_plain_part() -> None:
+    assert list(iter_texts(None, None, b"Hello [ref:ABC]\n")) == ["Hello [ref:ABC]\n"]
+
+
+def test_html_is_read_as_visible_text() -> None:
+    html = (
+        "<html><head><style>p{x:1}</style><script>var t='[ref:NO]';</script></head>"
+        "<body><!-- [ref:HIDDEN] --><p>Dear&nbsp;customer,</p><div>[ref:<b>AB</b>C&#93;</div>"
+        "A &lt;tag&gt; &amp; more<br>line<script>unclosed"
+    )
+    text = html_to_text(html)
+    assert "[ref:ABC]" in text
+    assert "Dear\xa0customer,\n" in text
+    assert "A <tag> & more\nline" in text
+    assert "NO" not in text and "HIDDEN" not in text and "unclosed" not in text
+
+
+def test_stamped_tag_reads_as_the_token_line() -> None:
+    raw = b"Content-Type: text/html\n\n<body><p>x</p><div style=\"display:none\" " \
+          b"data-casethread-ref=\"T1\">[ref:T1]</div></body>"
+    assert texts_of(raw) == ["\nx\n\n[ref:T1]\n"]
+
+
+def test_transfer_encodings_and_charsets_are_decoded() -> None:
+    qp = b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: " \
+         b"quoted-printable\n\nGr=FC=DFe [ref:Q=\nP]\n"
+    assert texts_of(qp) == ["Grüße [ref:QP]\n"]
+    b64 = b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n" + \
+        base64.encodebytes("<p>日本 &amp; [ref:B64]</p>".encode())
+    assert texts_of(b64) == ["\n日本 & [ref:B64]\n"]
+    assert "お問い合わせ" in texts_of((DATA / "iso-2022-jp.eml").read_bytes())[0]
+
+
+def test_undecodable_bytes_become_replacement_characters() -> None:
+    raw = b"Content-Type: text/plain; charset=x-unknown\n\nab\xff [ref:X]"
+    assert texts_of(raw) == ["ab\ufffd [ref:X]"]
+    bad64 = b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\nW3JlZjpYXQ!!=\n"
+    assert texts_of(bad64) == ["[ref:X]"]
+
+
+def test_parts_come_from_the_top_and_attachments_only_on_request() -> None:
+    raw = (DATA / "outlook-related.eml").read_bytes()
+    plain, html = texts_of(raw)
+    assert plain.startswith("Hello Ms Müller,") and "“quotes”" in plain
+    assert "Hello Ms Müller," in html and "<p>" not in html
+    with_attachments = (
+        b"Content-Type: multipart/mixed; boundary=m\n\n"
+        b"--m\nContent-Type: text/plain\n\nbody\n"
+        b"--m\nContent-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n\nfile\n"
+        b"--m\nContent-Type: message/rfc822\n\nSubject: fwd\n\nforwarded\n"
+        b"--m--\n"
+    )
+    assert texts_of(with_attachments) == ["body", "forwarded"]
+    assert texts_of(with_attachments, include_attachments=True) == ["body", "file", "forwarded"]
+
+
+def test_malformed_multiparts_are_still_read() -> None:
+    unclosed = b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nfirst [ref:U]\n"
+    assert texts_of(unclosed) == ["first [ref:U]\n"]
+    absent = b"Content-Type: multipart/mixed; boundary=nowhere\n\nplain text [ref:A]\n"
+    assert texts_of(absent) == ["plain text [ref:A]\n"]
+
+
+def test_budget_bounds_the_bytes_read() -> None:
+    raw = (b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\n" + b"a" * 100 +
+           b"\n--b\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(b"b" * 100) +
+           b"--b\n\nnever read\n--b--\n")
+    texts = texts_of(raw, budget=150)
+    assert texts == ["a" * 100, "b" * 50]
+    assert texts_of(raw, budget=100) == ["a" * 100]
+
+
+def test_returned_parts_of_a_corpus_bounce() -> None:
+    headers, body = parse_raw((CORPUS / "msg_16.txt").read_bytes())
+    top = mime.top_fields(headers)
+    found = list(iter_parts_of_type(top.content_type, top.cte, body))
+    assert [f.content_type for f in found] == ["message/delivery-status", "message/rfc822"]
+    assert b"Reporting-MTA:" in found[0].data
+    returned_headers, _ = parse_raw(found[1].data)
+    assert any(h.name.lower() == "message-id" for h in returned_headers)
+
+
+def test_returned_headers_are_transfer_decoded_and_matches_are_not_entered() -> None:
+    raw_headers = b"Message-ID: <ours@example.com>\n"
+    body = (b"--r\nContent-Type: text/plain\n\nundeliverable\n"
+            b"--r\nContent-Type: text/rfc822-headers\nContent-Transfer-Encoding: base64\n\n"
+            + base64.encodebytes(raw_headers) +
+            b"--r\nContent-Type: message/rfc822\n\nContent-Type: message/rfc822\n\nFrom: x\n\ny\n"
+            b"--r--\n")
+    found = list(iter_parts_of_type("multipart/report; boundary=r", None, body))
+    assert [(f.content_type, f.data[:11]) for f in found] == [
+        ("text/rfc822-headers", b"Message-ID:"), ("message/rfc822", b"Content-Typ"),
+    ]
+    assert list(iter_parts_of_type("multipart/report; boundary=r", None, body, budget=5)) == [
+        found[0].__class__("text/rfc822-headers", b"Messa"),
+    ]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(body=st.binary(max_size=1500), ctype=st.sampled_from([
+    "multipart/mixed; boundary=b", "text/html; charset=utf-16", "message/rfc822", None,
+]), cte=st.sampled_from(["base64", "quoted-printable", None]))
+def test_never_raises_and_respects_the_budget(body: bytes, ctype: str | None,
+                                              cte: str | None) -> None:
+    texts = list(iter_texts(ctype, cte, b"--b\n\n" + body, budget=700))
+    assert sum(len(t) for t in texts) <= 700  # decoding never makes more characters than bytes
+    list(iter_parts_of_type(ctype, cte, body))

@@ -1,0 +1,517 @@
+"""Body stamping (core.stamp), shape by shape and encoding by encoding.
+
+Each test states the exact bytes it expects where that is short, and otherwise checks through
+the stdlib `email` parser: the stamped part decodes to the original text plus the insertion, and
+every other part is byte-identical.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import mmap
+import os
+import re
+from email import base64mime, quoprimime
+from email.message import Message as EmailMessage
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casethread.core import mime
+from casethread.core.message import newline_of, parse_raw
+from casethread.core.settings import StampSettings
+from casethread.core.stamp import (
+    StampPlan,
+    apply_splices,
+    iter_spliced,
+    plan_message_stamp,
+    plan_stamp,
+    qp_encode,
+    stamp_body,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
+TOKEN = "7K2M9QX4RT8VB3ZP"
+TAG = StampSettings().html_template.replace("{token}", TOKEN)
+LINE = f"[ref:{TOKEN}]"
+FUZZ_EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "200"))
+
+
+def split(raw: bytes) -> tuple[bytes, bytes, mime.TopFields]:
+    headers, body = parse_raw(raw)
+    return raw[: len(raw) - len(body)], body, mime.top_fields(headers)
+
+
+def plan_for(raw: bytes, options: StampSettings | None = None) -> StampPlan:
+    _, body, top = split(raw)
+    return plan_stamp(top.content_type, top.cte, body, TOKEN, TOKEN, options,
+                      top_disposition=top.disposition, newline=newline_of(raw))
+
+
+def stamp(raw: bytes, options: StampSettings | None = None) -> bytes:
+    """The whole stamped message (the original when nothing changed)."""
+    head, body, _ = split(raw)
+    return head + apply_splices(body, plan_for(raw, options).splices)
+
+
+def outcomes(raw: bytes, options: StampSettings | None = None) -> dict[str, tuple[str, str]]:
+    return {o.target: (o.status, o.reason) for o in plan_for(raw, options).outcomes}
+
+
+def leaves(raw: bytes) -> list[EmailMessage]:
+    return [p for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
+
+
+def text_of(part: EmailMessage) -> str:
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode(part.get_content_charset() or "us-ascii")
+
+
+def only_changed_leaves(before: bytes, after: bytes) -> list[tuple[EmailMessage, EmailMessage]]:
+    """Pairs of leaves that differ; asserts the structure is the same."""
+    old, new = leaves(before), leaves(after)
+    assert [p.get_content_type() for p in old] == [p.get_content_type() for p in new]
+    return [(a, b) for a, b in zip(old, new, strict=True)
+            if a.get_payload(decode=True) != b.get_payload(decode=True)]
+
+
+def message(
+    content_type: str, body: bytes, cte: str | None = None, newline: bytes = b"\n"
+) -> bytes:
+    head = b"From: a@example.com\nSubject: s\nMIME-Version: 1.0\n"
+    head += b"Content-Type: " + content_type.encode()
+    if cte:
+        head += b"\nContent-Transfer-Encoding: " + cte.encode()
+    return (head + b"\n\n").replace(b"\n", newline) + body
+
+
+def fixture(name: str, newline: bytes = b"\n") -> bytes:
+    return (DATA / name).read_bytes().replace(b"\n", newline)
+
+
+# --- single parts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_plain_text_gets_a_token_line_in_its_own_line_ending(newline: bytes) -> None:
+    raw = message("text/plain; charset=us-ascii", b"Hello,\nthanks.\n".replace(b"\n", newline))
+    out = stamp(raw)
+    expected_tail = b"Hello,\nthanks.\n\n[ref:%s]\n" % TOKEN.encode()
+    assert out == raw[: raw.index(b"Hello")] + expected_tail.replace(b"\n", newline)
+
+
+def test_html_tag_goes_before_the_last_closing_body_tag_any_case() -> None:
+    html = b"<html><body><p>quoted </body> text</p>\n</BODY >\n</html>\n"
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(b"<p>quoted </body> text</p>\n" + TAG.encode() + b"</BODY >\n</html>\n")
+
+
+def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
+    out = stamp(message("text/html", b"<html><p>x</p></html>"))
+    assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")
+    out = stamp(message("text/html", b"<p>fragment</p>"))
+    assert out.endswith(b"<p>fragment</p>" + TAG.encode())
+
+
+def test_message_without_content_type_is_plain_us_ascii() -> None:
+    raw = b"From: a@example.com\nSubject: s\n\nhi\n"
+    assert stamp(raw) == raw + b"\n" + LINE.encode() + b"\n"
+
+
+def test_token_in_html_is_escaped_and_templates_are_configurable() -> None:
+    options = StampSettings(html_template="<span data-ref='{token}'>{token}</span>",
+                           text_template="\n-- ref {token} --\n")
+    _, body, top = split(message("text/html", b"<body></body>"))
+    out = stamp_body(top.content_type, None, body, "a<b", "a<b", options)
+    assert out == b"<body><span data-ref='a&lt;b'>a&lt;b</span></body>"
+    plain = message("text/plain", b"x\r\n", newline=b"\r\n")
+    assert stamp(plain, options).endswith(b"x\r\n\r\n-- ref " + TOKEN.encode() + b" --\r\n")
+
+
+def test_each_target_can_be_turned_off() -> None:
+    raw = fixture("outlook-related.eml")
+    html_only = only_changed_leaves(raw, stamp(raw, StampSettings(text=False)))
+    text_only = only_changed_leaves(raw, stamp(raw, StampSettings(html=False)))
+    assert [a.get_content_type() for a, _ in html_only] == ["text/html"]
+    assert [a.get_content_type() for a, _ in text_only] == ["text/plain"]
+    assert stamp_body("text/plain", None, b"x", TOKEN, TOKEN,
+                      StampSettings(html=False, text=False)) is None
+
+
+# --- shapes -------------------------------------------------------------------------------
+
+
+def alternative(newline: bytes = b"\n") -> bytes:
+    body = (b"--alt\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+            b"Gr\xc3\xbc\xc3\x9fe\n\n--alt\nContent-Type: text/html; charset=utf-8\n"
+            b"Content-Transfer-Encoding: 8bit\n\n<html><body>Gr\xc3\xbc\xc3\x9fe</body></html>\n"
+            b"\n--alt--\n")
+    return message('multipart/alternative; boundary="alt"', body.replace(b"\n", newline),
+                   newline=newline)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_alternative_gets_both_and_nothing_else_moves(newline: bytes) -> None:
+    raw = alternative(newline)
+    out = stamp(raw)
+    tag = TAG.encode()
+    line = b"\n[ref:%s]\n" % TOKEN.encode()
+    expected = raw.replace(b"Gr\xc3\xbc\xc3\x9fe" + newline,
+                           b"Gr\xc3\xbc\xc3\x9fe" + newline + line.replace(b"\n", newline), 1)
+    expected = expected.replace(b"</body>", tag + b"</body>")
+    assert out == expected
+
+
+def test_outlook_shape_mixed_alternative_related_with_attachments() -> None:
+    raw = fixture("outlook-related.eml", b"\r\n")
+    out = stamp(raw)
+    changed = only_changed_leaves(raw, out)
+    assert [a.get_content_type() for a, _ in changed] == ["text/plain", "text/html"]
+    plain_before, plain_after = (text_of(p) for p in changed[0])
+    assert plain_after == plain_before + "\r\n" + LINE + "\r\n"
+    html_before, html_after = (text_of(p) for p in changed[1])
+    assert html_after == html_before.replace("</body>", TAG + "</body>")
+    # The image and the PDF are byte-identical, headers included.
+    for name in (b'name="image001.png"', b'name="invoice.pdf"'):
+        assert segment_with(raw, name) == segment_with(out, name)
+    assert max_line(out) <= 76
+
+
+def segment_with(raw: bytes, needle: bytes) -> bytes:
+    (segment,) = [s for s in re.split(rb"\r?\n------=_NextPart_\S+", raw) if needle in s]
+    return segment
+
+
+def max_line(raw: bytes) -> int:
+    return max(len(line.rstrip(b"\r")) for line in raw.split(b"\n"))
+
+
+def test_first_non_attachment_parts_win() -> None:
+    body = (b"--m\nContent-Type: text/plain; name=notes.txt\n\nattached notes\n"
+            b"--m\nContent-Type: text/html\nContent-Disposition: attachment\n\n<body>file</body>\n"
+            b"--m\nContent-Type: text/plain\n\nthe body\n"
+            b"--m\nContent-Type: text/plain\n\nsecond inline text\n--m--\n")
+    raw = message("multipart/mixed; boundary=m", body)
+    out = stamp(raw)
+    assert out == raw.replace(b"the body", b"the body\n" + LINE.encode() + b"\n")
+    assert outcomes(raw)["html"] == ("absent", "")
+
+
+def test_nested_alternative_inside_mixed_with_calendar_and_message() -> None:
+    body = (b"--m\nContent-Type: multipart/alternative; boundary=a\n\n"
+            b"--a\nContent-Type: text/plain\n\ninvite\n"
+            b"--a\nContent-Type: text/calendar; method=REQUEST\n\nBEGIN:VCALENDAR\nEND:VCALENDAR\n"
+            b"--a--\n"
+            b"--m\nContent-Type: message/rfc822\n\nSubject: fwd\nContent-Type: text/html\n\n"
+            b"<body>forwarded</body>\n"
+            b"--m--\n")
+    raw = message("multipart/mixed; boundary=m", body)
+    assert stamp(raw) == raw.replace(b"invite", b"invite\n" + LINE.encode() + b"\n")
+    assert outcomes(raw)["html"] == ("absent", "")
+
+
+def test_related_html_with_inline_image() -> None:
+    image = (b"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAA"
+             b"AABJRU5ErkJggg==")
+    body = (b"--r\nContent-Type: text/html; charset=us-ascii\n\n"
+            b"<html><body><img src=\"cid:i1\"></body></html>\n"
+            b"--r\nContent-Type: image/png\nContent-ID: <i1>\nContent-Disposition: inline\n"
+            b"Content-Transfer-Encoding: base64\n\n" + image + b"\n--r--\n")
+    raw = message('multipart/related; type="text/html"; boundary=r', body)
+    out = stamp(raw)
+    assert out == raw.replace(b"</body>", TAG.encode() + b"</body>")
+
+
+# --- transfer encodings and charsets ------------------------------------------------------
+
+
+def test_quoted_printable_keeps_every_original_line() -> None:
+    raw = fixture("outlook-related.eml")
+    out = stamp(raw, StampSettings(text=False))
+    removed = [line for line in raw.split(b"\n") if line not in out.split(b"\n")]
+    assert removed == []  # only lines were added (the tag's, and soft breaks)
+
+
+def test_quoted_printable_cut_mid_line_uses_soft_breaks() -> None:
+    html = b"<p>caf=E9</p></body></html>"
+    raw = message("text/html; charset=iso-8859-1", html, "quoted-printable")
+    out = stamp(raw)
+    body = out[len(raw) - len(html):]
+    assert body.startswith(b"<p>caf=E9</p>=\n<div style=3D")
+    assert body.endswith(b"</div>=\n</body></html>")
+    assert max_line(body) <= 76
+    (_, after), = only_changed_leaves(raw, out)
+    assert text_of(after) == "<p>café</p>" + TAG + "</body></html>"
+
+
+def test_quoted_printable_body_tag_split_by_a_soft_break() -> None:
+    html = b"<p>x</p></bo=\r\ndy></html>\r\n"
+    raw = message("text/html", html, "quoted-printable", newline=b"\r\n")
+    (_, after), = only_changed_leaves(raw, stamp(raw))
+    assert text_of(after) == "<p>x</p>" + TAG + "</body></html>\r\n"
+
+
+def test_quoted_printable_full_length_last_line_is_rewrapped() -> None:
+    last = b"a" * 76  # a legal 76-column last line with no line break after it
+    raw = message("text/plain", b"first\n" + last, "quoted-printable")
+    out = stamp(raw)
+    assert max_line(out) <= 76
+    (_, after), = only_changed_leaves(raw, out)
+    assert text_of(after) == "first\n" + "a" * 76 + "\n" + LINE + "\n"
+
+
+def test_quoted_printable_encoder_wraps_and_protects_trailing_space() -> None:
+    encoded = qp_encode(b"a=b " * 30 + b"\nend \n", b"\r\n")
+    assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
+    assert b"end=20\r\n" in encoded
+    assert quoprimime.body_decode(encoded.decode()).replace("\r\n", "\n") == (
+        "a=b " * 30 + "\nend \n"
+    )
+
+
+def test_base64_html_keeps_the_lines_before_the_insertion() -> None:
+    raw = fixture("html-base64.eml")
+    out = stamp(raw)
+    old_lines, new_lines = raw.split(b"\n"), out.split(b"\n")
+    kept = 0
+    while old_lines[kept] == new_lines[kept]:
+        kept += 1
+    assert kept >= len(old_lines) - 3  # only the last lines were re-encoded
+    assert all(len(line) <= 76 for line in new_lines)
+    (before, after), = only_changed_leaves(raw, out)
+    assert text_of(after) == text_of(before).replace("</body>", TAG + "</body>")
+
+
+def test_base64_with_crlf_and_full_last_line_appends_lines() -> None:
+    text = b"x" * 57  # exactly one full 76-column line
+    encoded = base64.encodebytes(text).replace(b"\n", b"\r\n")
+    raw = message("text/plain; charset=us-ascii", encoded, "base64", newline=b"\r\n")
+    out = stamp(raw)
+    assert out.startswith(raw[:-2])  # the whole original line is still there
+    (_, after), = only_changed_leaves(raw, out)
+    # No line break in the text: the insertion takes the message's (CRLF).
+    assert text_of(after) == "x" * 57 + "\r\n" + LINE + "\r\n"
+    assert b"\n" not in out[len(raw) - 2 :].replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    ("charset", "text"),
+    [("iso-8859-1", "Grüße, café"), ("windows-1252", "“quoted” – 5 €"), ("utf-8", "日本 😀 ü")],
+)
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
+def test_charsets_round_trip_in_every_encoding(charset: str, text: str, cte: str) -> None:
+    content = (f"<html><body><p>{text}</p>\n</body></html>\n").encode(charset)
+    body = {
+        "8bit": content,
+        "quoted-printable": qp_encode(content, b"\n"),
+        "base64": base64mime.body_encode(content).encode(),
+    }[cte]
+    raw = message(f'text/html; charset="{charset}"', body, cte)
+    out = stamp(raw)
+    (before, after), = only_changed_leaves(raw, out)
+    assert text_of(after) == text_of(before).replace("</body>", TAG + "</body>")
+    assert text_of(before) == content.decode(charset)
+
+
+def test_iso_2022_jp_7bit_stays_7bit_and_decodes() -> None:
+    raw = fixture("iso-2022-jp.eml")
+    out = stamp(raw)
+    assert out.isascii()
+    (before, after), = only_changed_leaves(raw, out)
+    assert text_of(after) == text_of(before) + "\n" + LINE + "\n"
+    assert "お問い合わせ" in text_of(after)
+
+
+def test_windows_1252_quoted_printable_plain_part() -> None:
+    raw = fixture("outlook-related.eml")
+    (before, after), = only_changed_leaves(raw, stamp(raw, StampSettings(html=False)))
+    assert before.get_content_charset() == "windows-1252"
+    assert text_of(after) == text_of(before) + "\n" + LINE + "\n"
+    assert "“quotes” and € signs" in text_of(after).replace("\n", " ")
+
+
+# --- never touched ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pgp-signed.eml", "pgp-encrypted.eml", "smime-enveloped.eml"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_signed_and_encrypted_mail_is_untouched(name: str, newline: bytes) -> None:
+    raw = fixture(name, newline)
+    assert stamp(raw) == raw
+    statuses = outcomes(raw)
+    assert {s for s, _ in statuses.values()} <= {"skipped", "absent"}
+
+
+def test_signed_part_inside_mixed_is_not_entered() -> None:
+    signed = fixture("pgp-signed.eml")
+    inner_head, inner_body, _ = split(signed)
+    ctype = inner_head.split(b"Content-Type: ", 1)[1].rstrip(b"\n")
+    body = (b"--outer\nContent-Type: " + ctype + b"\n\n" + inner_body + b"\n--outer--\n")
+    raw = message("multipart/mixed; boundary=outer", body)
+    assert stamp(raw) == raw
+    assert outcomes(raw) == {"html": ("absent", ""), "text": ("absent", "")}
+
+
+def test_inline_pgp_text_is_skipped() -> None:
+    raw = message("text/plain", b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nhi\n")
+    assert stamp(raw) == raw
+    assert outcomes(raw)["text"] == ("skipped", "inline PGP")
+
+
+def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> None:
+    raw = fixture("outlook-related.eml")
+    once = stamp(raw)
+    assert once != raw
+    assert stamp(once) == once
+    assert {s for s, _ in outcomes(once).values()} == {"already"}
+    quoted = message("text/plain", b"> earlier mail [ref:%s]\n" % TOKEN.lower().encode())
+    assert stamp(quoted) == quoted
+
+
+@pytest.mark.parametrize(
+    ("ctype", "cte", "body", "reason"),
+    [
+        ("text/plain; charset=x-unknown", None, b"x", "unknown charset 'x-unknown'"),
+        ("text/plain", "8bit", b"caf\xe9", "content is not valid ascii"),
+        ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
+        ("text/plain", "base64", b"QUJD!\n", "invalid base64"),
+        ("text/plain", "base64", b"QU=D\n", "invalid base64"),
+        ("text/plain", "quoted-printable", b"bad =ZZ escape", "invalid quoted-printable"),
+        ("text/plain", "x-uuencode", b"begin 644 x\n",
+         "unsupported transfer encoding 'x-uuencode'"),
+    ],
+)
+def test_parts_that_cannot_round_trip_are_skipped(
+    ctype: str, cte: str | None, body: bytes, reason: str
+) -> None:
+    raw = message(ctype, body, cte)
+    assert stamp(raw) == raw
+    assert outcomes(raw)["text"] == ("skipped", reason)
+
+
+def test_insertion_that_the_charset_or_7bit_cannot_carry_is_skipped() -> None:
+    euro = StampSettings(text_template="\n€ {token}\n")
+    latin1 = message("text/plain; charset=iso-8859-1", b"x\n", "8bit")
+    assert outcomes(latin1, euro)["text"] == ("skipped", "insertion cannot be written in iso8859-1")
+    utf8_7bit = message("text/plain; charset=utf-8", b"x\n", "7bit")
+    assert outcomes(utf8_7bit, euro)["text"] == ("skipped", "insertion is not 7bit")
+    utf8_8bit = message("text/plain; charset=utf-8", b"x\n", "8bit")
+    assert stamp(utf8_8bit, euro).endswith(f"x\n\n€ {TOKEN}\n".encode())
+
+
+def test_empty_token_stamps_nothing() -> None:
+    assert stamp_body("text/plain", None, b"x", "", "") is None
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "reason"),
+    [
+        ("multipart/mixed; boundary=b", b"--b\n\ntext\n", "malformed MIME (unclosed)"),
+        ("multipart/mixed; boundary=b", b"no delimiter\n", "malformed MIME (boundary-absent)"),
+        ("multipart/mixed", b"--b\n\ntext\n--b--\n", "malformed MIME (no-boundary)"),
+        ("multipart/mixed; boundary=b",
+         b"--b\nContent-Type: text/plain\nContent-Type: text/html\n\nx\n--b--\n",
+         "malformed MIME (duplicate-mime-field)"),
+    ],
+)
+def test_malformed_mime_is_left_as_it_is(ctype: str, body: bytes, reason: str) -> None:
+    raw = message(ctype, body)
+    assert stamp(raw) == raw
+    assert outcomes(raw)["text"] == ("skipped", reason)
+
+
+def test_malformed_attachment_does_not_block_the_body() -> None:
+    body = (b"--m\nContent-Type: text/plain\n\nbody\n"
+            b"--m\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+            b"U3ViamVjdDog\n"
+            b"--m--\n")
+    raw = message("multipart/mixed; boundary=m", body)
+    assert stamp(raw) == raw.replace(b"body\n", b"body\n" + LINE.encode() + b"\n\n", 1)
+
+
+def test_a_line_near_the_smtp_limit_gets_the_tag_on_its_own_line() -> None:
+    html = b"<html><body>" + b"x" * 900 + b"</body></html>\r\n"
+    raw = message("text/html", html, "8bit", newline=b"\r\n")
+    out = stamp(raw)
+    assert max_line(out) <= 998
+    assert out.endswith(b"x" * 900 + b"\r\n" + TAG.encode() + b"\r\n</body></html>\r\n")
+
+
+def test_an_overlong_line_is_not_made_longer() -> None:
+    html = b"<html><body>" + b"x" * 2000 + b"</body></html>"
+    out = stamp(message("text/html", html, "8bit"))
+    assert out.endswith(b"x" * 2000 + b"\n" + TAG.encode() + b"\n</body></html>")
+
+
+def test_repeated_mime_fields_of_the_message_refuse_the_body() -> None:
+    raw = message("text/plain", b"x\n").replace(b"MIME-Version", b"Content-Type: text/html\nM")
+    headers, body = parse_raw(raw)
+    plan = plan_message_stamp(headers, body, TOKEN, TOKEN, newline=b"\n")
+    assert not plan.changed
+    assert {(o.status, o.reason) for o in plan.outcomes} == {
+        ("skipped", "a MIME header field is repeated"),
+    }
+    single = parse_raw(message("text/plain", b"x\n"))
+    assert plan_message_stamp(*single, TOKEN, TOKEN).changed
+
+
+def test_oversized_parts_are_skipped() -> None:
+    raw = message("text/plain", b"x" * 100)
+    _, body, _ = split(raw)
+    plan = plan_stamp("text/plain", None, body, TOKEN, TOKEN, max_part_bytes=50)
+    assert [(o.status, o.reason) for o in plan.outcomes if o.target == "text"] == [
+        ("skipped", "part larger than 50 bytes"),
+    ]
+
+
+# --- splices ------------------------------------------------------------------------------
+
+
+def test_streamed_splices_equal_the_applied_body(tmp_path: Path) -> None:
+    raw = fixture("outlook-related.eml", b"\r\n")
+    _, body, top = split(raw)
+    path = tmp_path / "spool"
+    path.write_bytes(body)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as spooled:
+        plan = plan_stamp(top.content_type, top.cte, spooled, TOKEN, TOKEN)
+        chunks = list(iter_spliced(spooled, plan.splices, chunk_size=100))
+    assert plan == plan_stamp(top.content_type, top.cte, body, TOKEN, TOKEN)
+    assert b"".join(chunks) == apply_splices(body, plan.splices)
+    inserted = {s.data for s in plan.splices}
+    assert all(len(c) <= 100 for c in chunks if c not in inserted)
+    assert all(s.start == s.end for s in plan.splices)  # QP: pure insertions
+
+
+# --- fuzzing: garbage in, never an exception, splices always inside the body ---------------
+
+FUZZ_LINES = st.sampled_from([
+    b"--b", b"--b--", b"", b"<html><body>", b"</body></html>", b"caf=E9 =", b"=3D=", b"=ZZ",
+    b"QUJD", b"QU=D", b"Content-Type: text/html; charset=iso-8859-1",
+    b"Content-Type: text/plain; charset=iso-2022-jp", b"Content-Transfer-Encoding: base64",
+    b"Content-Transfer-Encoding: quoted-printable", b"\x1b$B$3\x1b(B", b"\xe9\xff", b"x" * 80,
+])
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(lines=st.lists(FUZZ_LINES, max_size=30), newline=st.sampled_from([b"\n", b"\r\n"]),
+       ctype=st.sampled_from(["multipart/alternative; boundary=b", "text/html", "text/plain"]),
+       cte=st.sampled_from([None, "base64", "quoted-printable", "8bit"]))
+def test_fuzz_stamping_never_raises(
+    lines: list[bytes], newline: bytes, ctype: str, cte: str | None
+) -> None:
+    body = newline.join(lines)
+    plan = plan_stamp(ctype, cte, body, TOKEN, TOKEN)
+    cursor = 0
+    for splice in plan.splices:
+        assert cursor <= splice.start <= splice.end <= len(body)
+        cursor = splice.end
+    new_body = apply_splices(body, plan.splices)
+    for outcome in plan.outcomes:
+        if outcome.status == "stamped":
+            assert outcome.part is not None
+            assert TOKEN in outcome.inserted
+    assert (new_body != body) == any(o.status == "stamped" for o in plan.outcomes)
