@@ -131,8 +131,12 @@ def test_reply_threads_to_the_agents_case_and_forged_header_is_removed(
     assert (out.header("Subject") or "").startswith("Your printer [ref:")
     assert (out.header("References") or "").endswith(".case@helpdesk.example>")
     assert out.header("Thread-Topic") == "Your printer"
-    # Nothing else changed: every original header and the body, byte for byte.
-    assert out.without(STAMPED) == strip_headers(sent, {"Subject"})
+    # Nothing else changed: every original header byte for byte, and the body only gained
+    # the token line at its end.
+    head, body = out.without(STAMPED).split(b"\r\n\r\n", 1)
+    sent_head, sent_body = strip_headers(sent, {"Subject"}).split(b"\r\n\r\n", 1)
+    assert head == sent_head
+    assert body == sent_body + f"\r\n[ref:{token_of(out)}]\r\n".encode()
 
     sent_reply = reply([f"In-Reply-To: {message_id}", "X-Case-ID: C-999999"])
     got = send_inbound(postfix, sent_reply)
@@ -265,3 +269,92 @@ def test_reply_to_a_merged_case_and_auto_reply_to_a_resolved_case(
                   message_id="<r2@customer.example>")
     got = send_inbound(postfix, human)
     assert (got.header("X-Case-ID"), got.header("X-Case-State")) == ("C-000002", "reopened")
+
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+
+
+def multipart_mail(with_signature: bool = False) -> bytes:
+    """An agent's HTML+plain mail with a PDF attachment (or a multipart/signed one)."""
+    pdf_b64 = base64.encodebytes(PDF).replace(b"\n", b"\r\n")
+    inner = b"\r\n".join([
+        b'Content-Type: multipart/alternative; boundary="alt"',
+        b"",
+        b"--alt",
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Transfer-Encoding: quoted-printable",
+        b"",
+        b"Hello Pat, your invoice is attached. Gr=C3=BC=C3=9Fe",
+        b"--alt",
+        b"Content-Type: text/html; charset=utf-8",
+        b"",
+        b"<html><body><p>Hello Pat, your invoice is attached.</p></body></html>",
+        b"--alt--",
+    ])
+    if with_signature:
+        body = b"\r\n".join([
+            b"--sig", inner, b"--sig",
+            b"Content-Type: application/pgp-signature",
+            b"",
+            b"-----BEGIN PGP SIGNATURE-----\r\nAAAA\r\n-----END PGP SIGNATURE-----",
+            b"--sig--", b"",
+        ])
+        top = b'Content-Type: multipart/signed; protocol="application/pgp-signature"; ' \
+              b'micalg=pgp-sha256; boundary="sig"'
+    else:
+        body = b"\r\n".join([
+            b"--mix", inner, b"--mix",
+            b"Content-Type: application/pdf",
+            b'Content-Disposition: attachment; filename="invoice.pdf"',
+            b"Content-Transfer-Encoding: base64",
+            b"",
+            pdf_b64 + b"--mix--", b"",
+        ])
+        top = b'Content-Type: multipart/mixed; boundary="mix"'
+    head = b"\r\n".join([
+        f"From: Dana Agent <{AGENT}>".encode(),
+        f"To: <{CUSTOMER}>".encode(),
+        b"Subject: Invoice",
+        b"MIME-Version: 1.0",
+        top,
+    ])
+    return head + b"\r\n\r\n" + body
+
+
+def test_outbound_html_plain_with_attachment_is_stamped_and_attachment_untouched(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    import email
+    from email import policy
+
+    out = send_outbound(postfix, multipart_mail())
+    token = token_of(out)
+    parsed = email.message_from_bytes(out.raw, policy=policy.default)
+    plain = parsed.get_body(("plain",))
+    html = parsed.get_body(("html",))
+    assert plain is not None and html is not None
+    assert plain.get_content().rstrip().endswith(f"[ref:{token}]"), casethread.log()
+    assert "Grüße" in plain.get_content()
+    assert f'data-casethread-ref="{token}"' in html.get_content()
+    assert "display:none" in html.get_content()
+    [attachment] = list(parsed.iter_attachments())
+    assert attachment.get_content() == PDF
+    # The attachment's encoded bytes arrive exactly as sent.
+    sent_tail = multipart_mail().split(b"Content-Transfer-Encoding: base64\r\n\r\n", 1)[1]
+    assert sent_tail in out.raw
+    assert "body=stamped" in casethread.log()
+
+    # A reply quoting only the HTML threads by the hidden tag's token.
+    quoted = f"Thanks!\n\n> Hello Pat, your invoice is attached. [ref:{token}]\n"
+    got = send_inbound(postfix, reply([], subject="invoice", body=quoted))
+    assert (got.header("X-Case-ID"), got.header("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_signed_mail_keeps_its_body_byte_identical(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    sent = multipart_mail(with_signature=True)
+    out = send_outbound(postfix, sent)
+    assert out.header("X-Case-ID") == "C-000001"
+    assert (out.header("Subject") or "").startswith("Invoice [ref:")  # headers still stamped
+    assert out.body == sent.split(b"\r\n\r\n", 1)[1]
