@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logsetup.configure(settings.milter.log_level)
-    return serve(settings)
+    return serve(settings, load=lambda: _settings(args))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -107,6 +107,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     finally:
         index.close()
     log.info("queue_id=filter %s", decision.log_fields())
+    if args.explain:
+        print("\n".join(["explain:", *(f"  {line}" for line in decision.trace)]),
+              file=sys.stderr)
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body
     sys.stdout.buffer.write(
         serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline)
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mail-from", metavar="A", default="")
     p.add_argument("--rcpt", metavar="A", action="append", default=[])
     p.add_argument("--dry-run", action="store_true", help="do not write to the index")
+    p.add_argument("--explain", action="store_true",
+                   help="print on stderr which strategies were tried and why the winner won")
     p.add_argument("file", nargs="?", default="-", metavar="FILE|-")
     p.set_defaults(func=cmd_filter)
 

@@ -110,18 +110,22 @@ class Engine:
     def _inbound(self, msg: Message) -> Decision:
         now = int(self._clock())
         ev = self._resolver.evidence(msg, self.index, now)
-        auto = autoreply.classify_auto(msg)
+        auto, why = autoreply.classify_auto_detail(msg)
+        ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         loop = self._flooding(ev.sender, now)
+        if loop:
+            ev.trace.append(f"loop: {ev.sender} sent more than the flood limit")
         own_id = msgid.first_id(msg.get("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
+            ev.trace.append(f"duplicate: this Message-ID is already recorded for {case.case_id}")
             verdict = inbound.Verdict(
                 (inbound.CaseOutcome(case.case_id, case.state.value, case.queue),),
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=ev.is_participant(case.case_id),
             )
-            return self._inbound_decision(msg, verdict)
+            return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve(ev)
         automatic = auto != autoreply.NO or loop
         route = self._router.route(msg)
@@ -129,23 +133,27 @@ class Engine:
             outcomes = [] if automatic else [self._new_case(now, route.queue)]
             match = "none" if automatic else "new"
             sender_known = None
+            ev.trace.append("automatic mail opens no case" if automatic else "no match: new case")
         else:
             targets = rules.apply(hit.case, self.index, automatic=automatic, now=now,
                                   reopen_within=self.settings.cases.reopen_within)
+            ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
+                         for t in targets]
             sender_known = ev.is_participant(targets[0].case.case_id)
             outcomes = [self._carry_out(t, now, route) for t in targets]
             match = hit.match
         self._record(msg, ev, own_id, [o.case_id for o in outcomes], now)
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known, token_invalid=ev.token_invalid)
-        return self._inbound_decision(msg, verdict)
+        return self._inbound_decision(msg, verdict, ev.trace)
 
-    def _inbound_decision(self, msg: Message, verdict: inbound.Verdict) -> Decision:
+    def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
+                          trace: list[str]) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
         notes = () if msg.get("Message-ID") else ("no-message-id",)
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), notes,
+            ",".join(c.state for c in verdict.cases), tuple(edits), notes, trace=tuple(trace),
         )
 
     def _flooding(self, sender: str | None, now: int) -> bool:
@@ -189,6 +197,7 @@ class Engine:
         out = self.settings.outbound
         app_id, bad_app_id = outbound.app_case_id(msg, self._names)
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
+        trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
         new_case = False
         case: CaseRecord | None
         if app_id is not None:
@@ -196,8 +205,9 @@ class Engine:
             case = self.index.create_case(int(now), case_id=app_id)
             match = "app"
         else:
-            hit = self._resolver.resolve(self._resolver.evidence(msg, self.index, int(now)),
-                                         outbound=True)
+            ev = self._resolver.evidence(msg, self.index, int(now))
+            hit = self._resolver.resolve(ev, outbound=True)
+            trace += ev.trace
             if hit is not None:
                 case, match = rules.survivor(hit.case, self.index), hit.match
             elif out.new_case == "create":
@@ -228,6 +238,7 @@ class Engine:
             tuple(edits),
             tuple(notes),
             splices,
+            tuple(trace),
         )
 
     def _stamp_body(self, msg: Message, tok: str, notes: list[str]) -> tuple[Splice, ...]:

@@ -9,11 +9,17 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 import Milter
 import milter
 
+from . import logsetup
 from .config import ConfigError
 from .core.settings import Settings
 from .engine import Engine
@@ -64,12 +70,64 @@ def _register_callbacks() -> None:
     )
 
 
-def serve(settings: Settings) -> int:
-    """Run the milter until SIGTERM/SIGINT (libmilter's signal thread stops the loop)."""
+class _Current:
+    """The engine new connections get. A reload swaps it; connections in flight keep theirs,
+    so none is dropped."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+
+def _reload(current: _Current, load: Callable[[], Settings]) -> None:
+    old = current.engine.settings
+    try:
+        new = load()
+        # The socket and the index are bound at start-up: they change only with a restart.
+        fixed = (old.index, old.milter.socket, old.milter.socket_mode, old.milter.socket_group)
+        if (new.index, new.milter.socket, new.milter.socket_mode,
+                new.milter.socket_group) != fixed:
+            log.warning("reload: index and socket settings change only with a restart")
+        new = replace(new, index=old.index, milter=replace(
+            new.milter, socket=old.milter.socket, socket_mode=old.milter.socket_mode,
+            socket_group=old.milter.socket_group))
+        engine = Engine(new, current.engine.index, keyring_for(new))
+    except Exception as exc:  # a bad edit must not take the running milter down
+        log.error("reload refused, running configuration kept: %s", exc)
+        return
+    logsetup.configure(new.milter.log_level)
+    current.engine = engine
+    log.info("reloaded configuration")
+
+
+def _start_reloader(current: _Current, load: Callable[[], Settings]) -> None:
+    """Reload on SIGUSR1, as OpenDKIM does: libmilter's own signal thread takes SIGHUP, SIGTERM
+    and SIGINT to mean "stop". The main thread sits inside libmilter's C loop, where no Python
+    signal handler runs, so the signal reaches us through Python's wakeup fd instead."""
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: None)
+    signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+
+    def wait_for_signals() -> None:
+        with receiver, sender:  # the wakeup fd must stay open as long as the process runs
+            while data := receiver.recv(64):
+                if signal.SIGUSR1 in data:
+                    _reload(current, load)
+
+    threading.Thread(target=wait_for_signals, name="casethread-reload", daemon=True).start()
+
+
+def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """Run the milter until SIGTERM/SIGINT (libmilter's signal thread stops the loop).
+
+    `load` re-reads the configuration on SIGUSR1 (`systemctl reload`).
+    """
     index = open_index(settings)
     try:
-        engine = Engine(settings, index, keyring_for(settings))
-        Milter.factory = lambda: CaseMilter(engine)
+        current = _Current(Engine(settings, index, keyring_for(settings)))
+        if load is not None:
+            _start_reloader(current, load)
+        Milter.factory = lambda: CaseMilter(current.engine)
         Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
         milter.set_exception_policy(reply_for(settings.milter.on_error))

@@ -21,6 +21,8 @@ class Decision:
     notes: tuple[str, ...] = field(default=())
     # Body changes as splices into the body as received; empty: the body is not replaced.
     body_splices: tuple[Splice, ...] = ()
+    # How the decision was reached, one line per step (`casethread filter --explain`).
+    trace: tuple[str, ...] = ()
 
     def log_fields(self) -> str:
         parts = [

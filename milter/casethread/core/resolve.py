@@ -47,6 +47,8 @@ class Evidence:
         self.now = now
         self._resolver = resolver
         self.token_invalid = False
+        # What each strategy saw, for `casethread filter --explain`.
+        self.trace: list[str] = []
         # External references seen but not yet known: recorded for whichever case wins.
         self.new_external: list[str] = []
 
@@ -86,6 +88,7 @@ class Evidence:
         result = self._resolver.keyring.resolve(candidates)
         if result.invalid:
             self.token_invalid = True
+            self.trace.append(f"  {result.rejected} token-shaped string(s) failed verification")
         if result.case_number is None:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
@@ -128,16 +131,18 @@ class Resolver:
             "external-ref": self.by_external_ref,
             "subject-match": self.by_subject_match,
         }
-        self._order = [table[name] for name in inbound.strategies]
+        self._order = [(name, table[name]) for name in inbound.strategies]
         # Outbound mail is sent for the case the conversation already has, never a guessed one.
-        self._outbound_order = [self.by_token, self.by_in_reply_to, self.by_references]
+        self._outbound_order = [(name, table[name]) for name in
+                                ("token", "in-reply-to", "references")]
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
 
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
-        for strategy in self._outbound_order if outbound else self._order:
+        for name, strategy in self._outbound_order if outbound else self._order:
             hit = strategy(ev)
+            ev.trace.append(f"{name}: " + (f"-> {hit.case.case_id}" if hit else "no match"))
             if hit is not None:
                 return hit
         return None
@@ -188,6 +193,8 @@ class Resolver:
                 # A case number is guessable: only a participant may thread by it.
                 if case is not None and ev.is_participant(case.case_id):
                     return Hit(case, match)
+                if case is not None:
+                    ev.trace.append(f"  {case_id} named, but the sender is not a participant")
         return None
 
     def by_subject_ref(self, ev: Evidence) -> Hit | None:

@@ -31,6 +31,10 @@ class MilterSettings:
     # waits for us is Postfix's milter_*_timeout.
     timeout: int = 60
     log_level: LogLevel = "info"
+    # Where log lines go: stderr (journald under systemd) or syslog (facility mail).
+    log_target: Literal["stderr", "syslog"] = "stderr"
+    # Prometheus text endpoint, e.g. "127.0.0.1:9894"; None: off.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
