@@ -470,6 +470,34 @@ def _absolute_path(value: str) -> str:
     return value
 
 
+def _metrics_listen(value: str) -> str:
+    """HOST:PORT of the metrics endpoint: one IP address (IPv6 in brackets), never a wildcard."""
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 127.0.0.1:9894 or [::1]:9894"
+    if not sep or not host:
+        raise _Invalid(f"{value!r} is not HOST:PORT ({example})")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        if not bracketed and ":" in host:
+            raise _Invalid(f"{value!r}: write an IPv6 address in brackets ({example})") from None
+        # A name may resolve to several addresses, or to a public one: bind what is written.
+        raise _Invalid(f"{value!r}: the host must be an IP address ({example})") from None
+    if address.version == 6 and not bracketed:
+        raise _Invalid(f"{value!r}: write an IPv6 address in brackets ({example})")
+    if address.version == 4 and bracketed:
+        raise _Invalid(f"{value!r}: brackets are for IPv6 only ({example})")
+    if address.is_unspecified:
+        # The endpoint has no authentication: it must not appear on every interface by accident.
+        raise _Invalid(f"{value!r}: {host} listens on every interface; name one ({example})")
+    if address.is_multicast:
+        raise _Invalid(f"{value!r}: {host} is a multicast address ({example})")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
+    return value
+
+
 # One row per key path that needs more than its type. `[]` stands for any list index.
 _RULES: dict[str, _Rule] = {
     "milter": _Rule(doc="How the MTA reaches the milter, and what happens when it fails."),
@@ -495,6 +523,13 @@ _RULES: dict[str, _Rule] = {
         doc="libmilter I/O timeout: seconds to wait on a silent MTA connection (1-3600).",
     ),
     "milter.log_level": _Rule(doc="debug, info, warning or error."),
+    "milter.log_target": _Rule(
+        doc="stderr (the journal under systemd) or syslog (facility mail, via /dev/log)."
+    ),
+    "milter.metrics_listen": _Rule(
+        check=_metrics_listen,
+        doc="Prometheus endpoint HOST:PORT (e.g. 127.0.0.1:9894, [::1]:9894); null = off.",
+    ),
     "index": _Rule(doc="The case index (LMDB)."),
     "index.path": _Rule(check=_non_empty, doc="Directory of the index (and its token key)."),
     "index.map_size": _Rule(

@@ -1,15 +1,94 @@
-"""Logging set-up shared by `serve` and the other commands: one line per event on stderr."""
+"""Logging set-up shared by `serve` and the other commands: one line per event, on stderr or
+to syslog (facility mail, next to the MTA's own lines)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
+from logging.handlers import SysLogHandler
+
+SYSLOG_ADDRESS = "/dev/log"
+STDERR_FORMAT = "%(asctime)s casethread %(levelname)s %(message)s"
+LOGGER = "casethread"
+
+# The handler this module installed last, closed when it is replaced (a syslog socket).
+_installed: logging.Handler | None = None
 
 
-def configure(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s casethread %(levelname)s %(message)s"))
-    root = logging.getLogger("casethread")
+class OneLineFormatter(logging.Formatter):
+    """A record, traceback included, on one line: journald and syslog store lines, and a header
+    value with a newline in it cannot forge a second log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class SyslogFormatter(OneLineFormatter):
+    """Postfix's convention: info and debug lines bare, the others prefixed `warning: ` etc.
+    No timestamp or host: syslog adds them, and the handler's ident names the process."""
+
+    def __init__(self) -> None:
+        super().__init__("%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def _syslog_handler(address: str) -> tuple[logging.Handler | None, str]:
+    """A SysLogHandler on the socket at `address`, or None and why not.
+
+    SysLogHandler swallows a failed connect (and then drops records), so the socket is probed
+    first; /dev/log is a datagram socket under journald and rsyslog, a stream one under some
+    syslog-ng set-ups.
+    """
+    problem = "not a syslog socket"
+    for socktype in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, socktype) as probe:
+            try:
+                probe.connect(address)
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+                continue
+        handler = SysLogHandler(address=address, facility=SysLogHandler.LOG_MAIL,
+                                socktype=socktype)
+        handler.ident = f"casethread[{os.getpid()}]: "
+        handler.setFormatter(SyslogFormatter())
+        return handler, ""
+    return None, problem
+
+
+def configure(
+    level: str, target: str = "stderr", *, syslog_address: str = SYSLOG_ADDRESS
+) -> logging.Handler:
+    """Send the `casethread` logger to `target` ("stderr" or "syslog") at `level`.
+
+    Without a usable syslog socket the lines go to stderr, after one warning saying so: a
+    milter must start (and log somewhere) even on a host without syslog.
+    """
+    global _installed
+    fallback = ""
+    handler: logging.Handler | None = None
+    if target == "syslog":
+        handler, problem = _syslog_handler(syslog_address)
+        if handler is None:
+            fallback = f"syslog socket {syslog_address}: {problem}; logging to stderr instead"
+    elif target != "stderr":
+        raise ValueError(f"unknown log target {target!r} (stderr or syslog)")
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLineFormatter(STDERR_FORMAT))
+    root = logging.getLogger(LOGGER)
+    if _installed is not None and _installed in root.handlers:
+        _installed.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    _installed = handler
+    if fallback:
+        root.warning("%s", fallback)
+    return handler

@@ -23,6 +23,9 @@ from .engine import Engine
 from .spool import BodySpool
 
 log = logging.getLogger("casethread")
+# What we ask the MTA to let us do. libmilter ignores set_flags() when a negotiate callback is
+# registered (pymilter always registers one), so `negotiate` narrows the offer itself.
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY
 # replacebody() chunk: libmilter sends at most 64 KiB per body packet anyway.
 REPLACE_CHUNK = 65536
 
@@ -78,6 +81,12 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             daemon_name=self._daemon,
             queue_id=self.queue_id(),
         )
+
+    def negotiate(self, opts: list[int]) -> int:
+        reply = int(super().negotiate(opts))
+        if reply == Milter.CONTINUE:
+            opts[0] = self._actions = opts[0] & ACTIONS
+        return reply
 
     def queue_id(self) -> str:
         try:

@@ -114,6 +114,9 @@ def _start_reloader(current: _Current, load: Callable[[], Settings]) -> None:
                 if signal.SIGUSR1 in data:
                     _reload(current, load)
 
+    # libmilter's signal thread sigwait()s for these; a thread of ours that left them unblocked
+    # could be handed SIGTERM, whose default action kills the process without a clean stop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     threading.Thread(target=wait_for_signals, name="casethread-reload", daemon=True).start()
 
 
@@ -128,7 +131,6 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
         if load is not None:
             _start_reloader(current, load)
         Milter.factory = lambda: CaseMilter(current.engine)
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
         milter.set_exception_policy(reply_for(settings.milter.on_error))
         _register_callbacks()

@@ -1,0 +1,458 @@
+"""The real `CaseMilter` driven through pymilter's `Milter.testctx.TestCtx` (no sockets).
+
+TestCtx applies header edits to an `email` message: its chgheader deletes *every* field of that
+name and ignores the index, and its addheader appends. So the context below also records each
+action call exactly as libmilter would send it, and the tests judge the message as an MTA would
+leave it by replaying those calls on the headers as fed (`RecordingCtx.headers_after`).
+
+The engine grows (tokens, Thread-Index, References ...); these tests pin the adapter's contract
+(DESIGN §2, §6, §8), not every header the engine may add.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import Milter
+import pytest
+from Milter import testctx
+
+from casethread.core.settings import InboundSettings, MilterSettings, OnError, Settings
+from casethread.core.token import Keyring
+from casethread.engine import Engine
+from casethread.index import CaseIndexError, MemoryIndex
+from casethread.pymilter_app import CaseMilter
+
+SUPPORT = "support@example.com"
+HOSTNAME = "mx.test.example.net"
+NOW = 1_772_442_900.0
+MSGID_RE = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@support\.example\.com>")
+KEYRING = Keyring([(1, bytes(range(32)))])
+
+Action = tuple[str, str, int, str]  # ("add" | "change", field name, index, value)
+
+AGENT_MAIL = (
+    b"From: Dana Agent <dana@support.example.com>\n"
+    b"To: Pat Customer <pat@customer.example.org>\n"
+    b"Subject: Your printer question\n"
+    b"Date: Mon, 02 Mar 2026 09:15:00 +0000\n"
+    b"\n"
+    b"Hello Pat, which model is it?\n"
+)
+
+
+def customer_mail(*extra: str, message_id: str = "<reply-1.pat@customer.example.org>") -> bytes:
+    lines = [
+        "From: Pat Customer <pat@customer.example.org>",
+        f"To: Support <{SUPPORT}>",
+        "Subject: Re: Your printer question",
+        f"Message-ID: {message_id}",
+        *extra,
+    ]
+    return ("\n".join(lines) + "\n\nIt is the LaserThing 3000.\n").encode()
+
+
+def apply_actions(headers: list[tuple[str, str]], actions: list[Action]) -> list[tuple[str, str]]:
+    """Replay milter header actions in order, as Postfix does: a change's index counts the
+    fields of that name (case-insensitive) present at that moment; an empty value deletes."""
+    result = [list(h) for h in headers]
+    for kind, name, idx, value in actions:
+        if kind == "add":
+            result.append([name, value])
+            continue
+        same = [i for i, (n, _v) in enumerate(result) if n.lower() == name.lower()]
+        if idx > len(same):
+            if value:
+                result.append([name, value])
+        elif value:
+            result[same[idx - 1]][1] = value
+        else:
+            del result[same[idx - 1]]
+    return [(n, v) for n, v in result]
+
+
+class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
+    def __init__(self, logfile: str) -> None:
+        super().__init__(logfile=logfile)
+        self.actions: list[Action] = []
+        self.fed: list[tuple[str, str]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.actions.append(("add", field, idx, value))
+        super().addheader(field, value, idx)
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        self.actions.append(("change", field, idx, value))
+        super().chgheader(field, idx, value)
+
+    def _header(self, fld: str, val: Any) -> int:
+        self.fed.append((fld, str(val)))
+        return int(super()._header(fld, val))
+
+    def macros(self, **values: str | None) -> None:
+        """Set or (None) drop macros by bare name: `macros(i="Q1", daemon_name="X")`."""
+        for name, value in values.items():
+            key = name if len(name) == 1 else "{" + name + "}"
+            if value is None:
+                self._macros.pop(key, None)
+            else:
+                self._setsymval(key, value)
+
+    def feed(self, raw: bytes, sender: str, *rcpts: str) -> int:
+        """MAIL, RCPT, DATA, headers, EOH, body, EOM for one message; the EOM reply."""
+        self.actions.clear()
+        self.fed.clear()
+        return int(self._feedFile(BytesIO(raw), sender, *rcpts))
+
+    def headers_after(self) -> list[tuple[str, str]]:
+        return apply_actions(self.fed, self.actions)
+
+    def values(self, name: str) -> list[str]:
+        """The values of `name` in the message as the MTA would leave it."""
+        return [v for n, v in self.headers_after() if n.lower() == name.lower()]
+
+    def added(self, name: str) -> list[str]:
+        return [v for k, n, _i, v in self.actions if k == "add" and n.lower() == name.lower()]
+
+    def removals(self) -> list[tuple[str, int]]:
+        return [(n, i) for k, n, i, v in self.actions if k == "change" and not v]
+
+
+class FlakyIndex:
+    """A MemoryIndex behind a switch: while `broken`, every index call raises."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryIndex()
+        self.broken = False
+        self.failed_calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.broken:
+                self.failed_calls.append(name)
+                raise CaseIndexError(f"simulated failure in {name}")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+class Rig:
+    """One engine over one index; `connection()` is a new SMTP connection (a new CaseMilter)."""
+
+    def __init__(self, engine: Engine, index: FlakyIndex, logdir: Path) -> None:
+        self.engine = engine
+        self.index = index
+        self.logdir = logdir
+        self.count = 0
+
+    def connection(self, ip: str = "192.0.2.10", **macros: str | None) -> RecordingCtx:
+        self.count += 1
+        ctx = RecordingCtx(logfile=str(self.logdir / f"testctx-{self.count}.log"))
+        ctx.macros(**macros)
+        rc = ctx._connect(host="client.example.org", helo="client.example.org", ip=ip)
+        assert rc == Milter.CONTINUE
+        assert isinstance(ctx.getpriv(), CaseMilter)
+        return ctx
+
+
+@pytest.fixture(autouse=True)
+def _fresh_testctx_opts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TestCtx negotiates by mutating its class-level default_opts list in place.
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Rig]:
+    def make(on_error: OnError = "accept") -> Rig:
+        settings = Settings(
+            milter=MilterSettings(on_error=on_error),
+            inbound=InboundSettings(addresses=(SUPPORT,)),
+        )
+        index = FlakyIndex()
+        engine = Engine(settings, index, KEYRING, clock=lambda: NOW, hostname=HOSTNAME)
+        # pymilter makes one instance per connection through this module global.
+        monkeypatch.setattr(Milter, "factory", lambda: CaseMilter(engine))
+        return Rig(engine, index, tmp_path)
+
+    return make
+
+
+@pytest.fixture
+def rig(make_rig: Callable[..., Rig]) -> Rig:
+    return make_rig()
+
+
+@pytest.fixture
+def milter_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Records of the `casethread` logger, whatever an in-process CLI run configured earlier."""
+    logger = logging.getLogger("casethread")
+    saved = (logger.propagate, logger.handlers[:], logger.level)
+    logger.propagate = False
+    logger.handlers[:] = [caplog.handler]
+    logger.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        logger.propagate, logger.handlers[:], level = saved
+        logger.setLevel(level)
+
+
+def assert_outbound_stamp(ctx: RecordingCtx, case_id: str) -> str:
+    """One Message-ID, exactly one X-Case-ID for the case, none of the inbound headers."""
+    (message_id,) = ctx.values("Message-ID")
+    assert ctx.values("X-Case-ID") == [case_id], ctx.actions
+    assert ctx.values("X-Case-Match") == [], ctx.actions
+    return message_id
+
+
+def send_agent_mail(rig: Rig, queue_id: str = "QOUT1") -> str:
+    """An agent's first mail through the submission service; returns its new Message-ID."""
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    ctx.macros(i=queue_id)
+    rc = ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org")
+    assert rc == Milter.CONTINUE
+    return assert_outbound_stamp(ctx, "C-000001")
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+def test_negotiation_keeps_the_data_callback_and_every_step_the_adapter_uses(rig: Rig) -> None:
+    ctx = rig.connection()
+    protocol = ctx._protocol
+    assert ctx.getpriv()._protocol == protocol
+    # DATA is not skipped: a skipped DATA makes Postfix send a lone macro packet (FIELD-NOTES).
+    assert not protocol & Milter.P_NODATA
+    # The envelope, the headers, EOH (where the body budget is set) and the body (token scan,
+    # DESIGN §5) all reach the adapter.
+    for needed in (Milter.P_NOCONNECT, Milter.P_NOMAIL, Milter.P_NORCPT, Milter.P_NOHDRS,
+                   Milter.P_NOEOH, Milter.P_NOBODY):
+        assert not protocol & needed, hex(needed)
+    # What it ignores is skipped.
+    for skipped in (Milter.P_NOHELO, Milter.P_NOUNKNOWN):
+        assert protocol & skipped, hex(skipped)
+    # Every step gets a reply: the replies carry the error policy.
+    for no_reply in (Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR,
+                     Milter.P_NR_DATA, Milter.P_NR_EOH, Milter.P_NR_BODY):
+        assert not protocol & no_reply, hex(no_reply)
+
+
+# --------------------------------------------------------------------------- directions
+
+
+def test_originating_mail_gets_a_message_id_and_one_case_id(rig: Rig) -> None:
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    ctx.macros(i="QOUT1")
+    rc = ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org")
+    assert rc == Milter.CONTINUE
+    assert ctx.added("Message-ID") == ctx.values("Message-ID")
+    message_id = assert_outbound_stamp(ctx, "C-000001")
+    assert MSGID_RE.fullmatch(message_id), message_id
+    assert ctx.added("X-Case-ID") == ["C-000001"]
+    assert rig.index.case_for_message(message_id.strip("<>")) == "C-000001"
+    # TestCtx's own view of the message agrees.
+    assert ctx._msg.get_all("X-Case-ID") == ["C-000001"]
+
+
+def test_originating_mail_keeps_one_case_id_when_the_app_sent_several(rig: Rig) -> None:
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    raw = AGENT_MAIL.replace(
+        b"Subject:",
+        b"X-Case-ID: T-42\nx-case-match: token\nMessage-ID: <app.1@helpdesk.test>\nSubject:",
+    )
+    assert ctx.feed(raw, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE
+    )
+    # The app's id is adopted; its fields under our prefix are consumed; one X-Case-ID stays.
+    assert ctx.values("X-Case-ID") == ["T-42"]
+    assert ctx.values("x-case-match") == []
+    assert ctx.values("Message-ID") == ["<app.1@helpdesk.test>"]
+    assert ctx.added("Message-ID") == []
+    assert rig.index.case_for_message("app.1@helpdesk.test") == "T-42"
+
+
+def test_inbound_reply_threads_by_in_reply_to_and_loses_the_forged_case_id(rig: Rig) -> None:
+    sent_id = send_agent_mail(rig)
+    ctx = rig.connection(ip="198.51.100.7")
+    ctx.macros(i="QIN1")
+    raw = customer_mail(f"In-Reply-To: {sent_id}", "X-Case-ID: C-999999")
+    assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    assert ctx.values("X-Case-ID") == ["C-000001"]
+    assert ctx.values("X-Case-Match") == ["in-reply-to"]
+    # The forged field is removed (an empty change), before any field of ours is added.
+    removal = ("change", "X-Case-ID", 1, "")
+    assert removal in ctx.actions
+    first_add = min(i for i, a in enumerate(ctx.actions) if a[0] == "add")
+    assert ctx.actions.index(removal) < first_add
+    assert rig.index.case_for_message("reply-1.pat@customer.example.org") == "C-000001"
+
+
+def test_authenticated_mail_is_outbound_even_to_the_support_address(rig: Rig) -> None:
+    ctx = rig.connection()
+    ctx.macros(auth_authen="dana", i="QAUTH")
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", SUPPORT) == Milter.CONTINUE
+    # Outbound stamping (a Message-ID, one X-Case-ID), not inbound classification.
+    assert_outbound_stamp(ctx, "C-000001")
+    assert ctx.added("Message-ID") != []
+
+
+def test_mail_that_is_neither_passes_with_forged_case_headers_stripped(rig: Rig) -> None:
+    ctx = rig.connection()
+    ctx.macros(i="QOTHER")
+    raw = customer_mail("X-Case-ID: C-1", "x-case-match: token", "X-CASE-ID: C-2")
+    assert ctx.feed(raw, "pat@customer.example.org", "someone@elsewhere.test") == (
+        Milter.CONTINUE
+    )
+    # Only removals (DESIGN §2 "other"), highest index first per name.
+    assert sorted(ctx.actions) == sorted([
+        ("change", "X-Case-ID", 2, ""),
+        ("change", "X-Case-ID", 1, ""),
+        ("change", "x-case-match", 1, ""),
+    ])
+    kept = [(n, v) for n, v in ctx.fed if not n.lower().startswith("x-case-")]
+    assert ctx.headers_after() == kept
+    assert rig.index.case_for_message("reply-1.pat@customer.example.org") is None
+
+
+def test_mail_that_is_neither_and_clean_is_untouched(rig: Rig) -> None:
+    ctx = rig.connection()
+    assert ctx.feed(customer_mail(), "pat@customer.example.org", "x@elsewhere.test") == (
+        Milter.CONTINUE
+    )
+    assert ctx.actions == []
+    assert not ctx._headerschanged
+
+
+def test_two_messages_on_one_connection_do_not_leak_state(rig: Rig) -> None:
+    sent_id = send_agent_mail(rig)
+    ctx = rig.connection()
+
+    # 1: the agent's authenticated follow-up (outbound), threaded by In-Reply-To.
+    ctx.macros(auth_authen="dana", i="Q1")
+    first = customer_mail(f"In-Reply-To: {sent_id}", message_id="<m1@support.example.com>")
+    assert ctx.feed(first, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE
+    )
+    assert_outbound_stamp(ctx, "C-000001")
+
+    # 2: unauthenticated, to support, no In-Reply-To: inbound and a new case. A leaked
+    # {auth_authen} would make it outbound; a leaked In-Reply-To would thread it to C-000001.
+    ctx.macros(auth_authen=None, i="Q2")
+    assert ctx.feed(customer_mail(), "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    assert ctx.values("X-Case-ID") == ["C-000002"]
+    assert ctx.values("X-Case-Match") == ["new"]
+
+    # 3: to nobody of ours: other. A leaked support recipient would make it inbound.
+    ctx.macros(i="Q3")
+    raw = customer_mail(message_id="<m3@customer.example.org>")
+    assert ctx.feed(raw, "pat@customer.example.org", "friend@elsewhere.test") == Milter.CONTINUE
+    assert ctx.actions == []
+    assert rig.index.case_for_message("m3@customer.example.org") is None
+
+
+def test_eight_bit_header_bytes_survive_into_the_index(rig: Rig) -> None:
+    raw = (
+        b"From: Pat <pat@customer.example.org>\n"
+        b"To: support@example.com\n"
+        b"Subject: caf\xe9 cr\xe8me\n"
+        b"Message-ID: <caf\xe9.1@customer.example.org>\n"
+        b"\n"
+        b"body\n"
+    )
+    first = rig.connection()
+    assert first.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    assert first.values("X-Case-ID") == ["C-000001"]
+    assert first.values("X-Case-Match") == ["new"]
+    # pymilter's surrogateescape decoding keeps the raw byte; the index key is that byte.
+    assert rig.index.case_for_message("caf\udce9.1@customer.example.org") == "C-000001"
+
+    again = rig.connection()
+    assert again.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    assert again.values("X-Case-ID") == ["C-000001"]
+    assert again.values("X-Case-Match") == ["duplicate"]
+    assert again.values("X-Case-Duplicate") == ["yes"]
+
+
+# --------------------------------------------------------------------------- error boundary
+
+
+@pytest.mark.parametrize(
+    ("on_error", "reply"), [("accept", Milter.ACCEPT), ("tempfail", Milter.TEMPFAIL)]
+)
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_an_index_failure_passes_the_message_unchanged(
+    make_rig: Callable[..., Rig],
+    milter_log: pytest.LogCaptureFixture,
+    on_error: OnError,
+    reply: int,
+    direction: str,
+) -> None:
+    rig = make_rig(on_error=on_error)
+    rig.index.broken = True
+    if direction == "outbound":
+        ctx = rig.connection(daemon_name="ORIGINATING")
+        raw, rcpt = AGENT_MAIL, "pat@customer.example.org"
+    else:
+        ctx = rig.connection()
+        raw, rcpt = customer_mail("X-Case-ID: C-999999"), SUPPORT
+    ctx.macros(i="QERR1")
+    milter_log.clear()
+
+    assert ctx.feed(raw, "sender@example.org", rcpt) == reply
+
+    assert rig.index.failed_calls, "the index was never reached"
+    assert ctx.actions == []
+    assert not ctx._headerschanged
+    records = [r for r in milter_log.records if r.name == "casethread"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    (record,) = records
+    line = record.getMessage()
+    assert record.levelno == logging.ERROR
+    assert "\n" not in line
+    assert "queue_id=QERR1" in line
+    assert f"on_error={on_error}" in line
+    assert ("tempfailed" if on_error == "tempfail" else "passed") in line
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], CaseIndexError)
+
+
+def test_the_connection_recovers_after_an_error(
+    rig: Rig, milter_log: pytest.LogCaptureFixture
+) -> None:
+    ctx = rig.connection()
+    rig.index.broken = True
+    ctx.macros(i="QBAD")
+    raw = customer_mail("In-Reply-To: <whatever@example.org>")
+    assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.ACCEPT
+    assert ctx.actions == []
+
+    # The next message on the same connection starts clean and is processed normally.
+    rig.index.broken = False
+    ctx.macros(i="QGOOD")
+    raw = customer_mail(message_id="<next@customer.example.org>")
+    assert ctx.feed(raw, "pat@customer.example.org", "friend@elsewhere.test") == (
+        Milter.CONTINUE
+    )
+    assert ctx.actions == []  # other: the failed message's support recipient did not leak
+    lines = [r.getMessage() for r in milter_log.records]
+    assert [line for line in lines if "QBAD" in line] == [lines[0]]
+    assert any("queue_id=QGOOD direction=other" in line for line in lines), lines
+
+
+def test_the_decision_is_logged_with_the_queue_id(
+    rig: Rig, milter_log: pytest.LogCaptureFixture
+) -> None:
+    send_agent_mail(rig, queue_id="QLOG1")
+    lines = [r.getMessage() for r in milter_log.records if r.levelno == logging.INFO]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("queue_id=QLOG1 direction=outbound case=C-000001 match=new")
+    assert "message-id-added" in lines[0]

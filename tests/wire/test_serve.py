@@ -1,0 +1,565 @@
+"""The real `casethread serve` process, driven over its socket by a milter client (miltertest).
+
+Each test speaks the milter protocol as Postfix does: option negotiation, connect macros with
+`{daemon_name}`, MAIL, RCPT, DATA, headers, EOH, body (the steps the milter did not ask to skip),
+EOM; and asserts on the modification actions the milter sends back, and on the header fields an
+MTA would leave after replaying them (`Transaction.result`, an independent oracle).
+
+The engine grows (tokens, Thread-Index, References ...): these tests pin the wire contract
+(DESIGN §2, §6, §7, §8), not every header the engine may add.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from miltertest import constants as c
+
+from .conftest import STOP_TIMEOUT, MilterProcess, MilterStarter
+from .milterclient import Action, Endpoint, MtaSession, Transaction, values
+
+SUPPORT = "support@example.com"
+MSGID_RE = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@support\.example\.com>")
+CASE_RE = re.compile(r"C-\d{6}")
+CONFIG = """\
+milter:
+  timeout: 30
+index:
+  map_size: 64MiB
+outbound:
+  client_networks: [10.0.0.0/8, "2001:db8:1::/48"]
+inbound:
+  addresses: [support@example.com]
+"""
+# An MTA that can skip no step (it only knows SMFIS_SKIP): HELO, EOH and body are all sent.
+# (Offering 0 would not do: libmilter then assumes a V1 MTA that can skip steps.)
+NO_SKIP = c.SMFIP_SKIP
+RunCli = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+def agent_headers(subject: str = "Your printer question") -> list[tuple[str, str]]:
+    return [
+        ("From", "Dana Agent <dana@support.example.com>"),
+        ("To", "Pat Customer <pat@customer.example.org>"),
+        ("Subject", subject),
+        ("Date", "Mon, 02 Mar 2026 09:15:00 +0000"),
+    ]
+
+
+def customer_headers(message_id: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [
+        ("From", "Pat Customer <pat@customer.example.org>"),
+        ("To", f"Support <{SUPPORT}>"),
+        ("Subject", "Re: Your printer question"),
+        ("Message-ID", message_id),
+        *extra,
+    ]
+
+
+def transact(
+    endpoint: Endpoint,
+    *,
+    daemon_name: str,
+    mail_from: str,
+    rcpts: list[str],
+    headers: Sequence[tuple[str | bytes, str | bytes]],
+    queue_id: str,
+    body: str = "Hello,\r\nthe body.\r\n",
+    auth: str | None = None,
+    mta_protocol: int = c.SMFI_V6_PROT,
+    client: tuple[str, str] = (c.SMFIA_INET, "198.51.100.7"),
+) -> Transaction:
+    """One SMTP connection with one message, as Postfix drives a milter."""
+    with MtaSession.open(endpoint) as mta:
+        mta.negotiate(protocol=mta_protocol)
+        connect_macros = {
+            "j": "mx.example.com",
+            "{daemon_name}": daemon_name,
+            "_": "client.example.org [198.51.100.7]",
+        }
+        family, address = client
+        assert mta.connect(connect_macros, family=family, address=address) == c.SMFIR_CONTINUE
+        mail_macros = {"{mail_addr}": mail_from}
+        if auth:
+            mail_macros["{auth_authen}"] = auth
+        t = mta.message(
+            mail_from, rcpts, headers, body, mail_macros=mail_macros,
+            rcpt_macros={"i": queue_id}, eom_macros={"i": queue_id},
+        )
+        mta.quit()
+    return t
+
+
+def all_continued(t: Transaction) -> bool:
+    return bool(t.replies) and all(reply == c.SMFIR_CONTINUE for reply in t.replies.values())
+
+
+def send_agent_mail(endpoint: Endpoint, queue_id: str, **kw: object) -> tuple[str, str]:
+    """The agent's first mail through submission; returns (Message-ID, case id) it got."""
+    t = transact(
+        endpoint, daemon_name="ORIGINATING", mail_from="dana@support.example.com",
+        rcpts=["pat@customer.example.org"], headers=agent_headers(), queue_id=queue_id,
+        **kw,  # type: ignore[arg-type]
+    )
+    assert all_continued(t), t
+    assert t.disposition == c.SMFIR_CONTINUE
+    return assert_outbound_stamp(t, agent_headers())
+
+
+def assert_outbound_stamp(
+    t: Transaction, sent: Sequence[tuple[str | bytes, str | bytes]]
+) -> tuple[str, str]:
+    """A Message-ID was added, exactly one X-Case-ID, none of the inbound headers."""
+    after = t.result(sent)
+    (message_id,) = values(after, "Message-ID")
+    assert t.added("Message-ID") == [message_id], t.actions
+    (case_id,) = values(after, "X-Case-ID")
+    assert values(after, "X-Case-Match") == [], t.actions
+    assert MSGID_RE.fullmatch(message_id), message_id
+    assert CASE_RE.fullmatch(case_id), case_id
+    return message_id, case_id
+
+
+def removed_before_added(t: Transaction) -> bool:
+    """DESIGN §6: every inbound X-Case-* field is removed before ours are added."""
+    kinds = [a.kind for a in t.actions]
+    last_removal = max(i for i, a in enumerate(t.actions) if a.kind == "m" and not a.value)
+    return "h" not in kinds[: last_removal + 1]
+
+
+@pytest.fixture(scope="module")
+def shared(module_milters: MilterStarter) -> MilterProcess:
+    """One TCP milter for the scenarios that do not stop or break it."""
+    return module_milters.start(CONFIG, name="shared")
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+def test_negotiation_requests_data_headers_and_header_actions(shared: MilterProcess) -> None:
+    with MtaSession.open(shared.endpoint) as mta:
+        actions, protocol = mta.negotiate()
+        mta.quit()
+    # Exactly what casethread uses: add/change headers and replace the body (stamping); never
+    # recipients, the sender or quarantine.
+    assert actions == c.SMFIF_ADDHDRS | c.SMFIF_CHGHDRS | c.SMFIF_CHGBODY, hex(actions)
+    # DATA stays: a skipped DATA costs ~40 ms per message on Postfix (FIELD-NOTES). The body
+    # is wanted too (inbound token scan, DESIGN §5), and EOH where its budget is set.
+    for sent in (c.SMFIP_NODATA, c.SMFIP_NOCONNECT, c.SMFIP_NOMAIL, c.SMFIP_NORCPT,
+                 c.SMFIP_NOHDRS, c.SMFIP_NOEOH, c.SMFIP_NOBODY):
+        assert not protocol & sent, hex(protocol)
+    for skipped in (c.SMFIP_NOHELO, c.SMFIP_NOUNKNOWN):
+        assert protocol & skipped, hex(protocol)
+
+
+# --------------------------------------------------------------------------- threading
+
+
+@pytest.mark.parametrize(
+    "mta_protocol", [c.SMFI_V6_PROT, NO_SKIP], ids=["mta-skips-steps", "mta-sends-all-steps"]
+)
+def test_outbound_then_inbound_reply_thread_to_one_case(
+    shared: MilterProcess, mta_protocol: int
+) -> None:
+    ep = shared.endpoint
+    sent_id, case_id = send_agent_mail(ep, "QOUT" + str(mta_protocol), mta_protocol=mta_protocol)
+
+    sent = customer_headers(
+        f"<reply.{mta_protocol}@customer.example.org>",
+        ("In-Reply-To", sent_id),
+        ("References", sent_id),
+        ("X-Case-ID", "C-999999"),
+    )
+    reply = transact(
+        ep, daemon_name="mx.example.com", mail_from="pat@customer.example.org", rcpts=[SUPPORT],
+        headers=sent, queue_id="QIN" + str(mta_protocol), mta_protocol=mta_protocol,
+    )
+
+    assert all_continued(reply), reply
+    # EOH and the body were sent and acknowledged.
+    assert reply.replies["eoh"] == c.SMFIR_CONTINUE
+    assert reply.replies["body"] == c.SMFIR_CONTINUE
+    assert reply.disposition == c.SMFIR_CONTINUE
+    # The forged field goes (change-header, index 1, empty value) before ours come.
+    assert reply.removals() == [("X-Case-ID", 1)]
+    assert removed_before_added(reply)
+    after = reply.result(sent)
+    assert values(after, "X-Case-ID") == [case_id]
+    assert values(after, "X-Case-Match") == ["in-reply-to"]
+    lines = shared.log().splitlines()
+    assert any(f"queue_id=QOUT{mta_protocol} direction=outbound case={case_id} " in line
+               for line in lines)
+    assert any(f"queue_id=QIN{mta_protocol} direction=inbound case={case_id} " in line
+               for line in lines)
+
+
+def test_forged_case_headers_are_removed(shared: MilterProcess) -> None:
+    forged = [("X-Case-ID", "C-000001"), ("x-case-match", "token"), ("X-Case-ID", "C-000002")]
+    removals = [("X-Case-ID", 2), ("X-Case-ID", 1), ("x-case-match", 1)]
+    sent = customer_headers("<forged.1@customer.example.org>", *forged)
+    inbound = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=[SUPPORT], headers=sent, queue_id="QFORGED1",
+    )
+    assert inbound.disposition == c.SMFIR_CONTINUE
+    # Highest index first per name, so an MTA that renumbers after a deletion removes both.
+    assert sorted(inbound.removals()) == sorted(removals)
+    assert inbound.removals().index(("X-Case-ID", 2)) < inbound.removals().index(("X-Case-ID", 1))
+    assert removed_before_added(inbound)
+    after = inbound.result(sent)
+    (new_case,) = values(after, "X-Case-ID")
+    assert CASE_RE.fullmatch(new_case)
+    assert values(after, "X-Case-Match") == ["new"]
+
+    # Neither outbound nor to a support address: only the removals, nothing added.
+    sent = customer_headers("<forged.2@customer.example.org>", *forged)
+    other = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=["friend@elsewhere.test"], headers=sent, queue_id="QFORGED2",
+    )
+    assert other.disposition == c.SMFIR_CONTINUE
+    assert sorted(other.removals()) == sorted(removals)
+    assert [a.kind for a in other.actions] == ["m"] * 3
+    assert other.result(sent) == [(n, v) for n, v in sent if n not in ("X-Case-ID", "x-case-match")]
+
+
+def test_two_messages_on_one_connection_do_not_share_state(shared: MilterProcess) -> None:
+    with MtaSession.open(shared.endpoint) as mta:
+        mta.negotiate()
+        assert mta.connect({"{daemon_name}": "mx.example.com"}) == c.SMFIR_CONTINUE
+        first = mta.message(
+            "dana@support.example.com", [SUPPORT], agent_headers("authenticated"),
+            mail_macros={"{auth_authen}": "dana", "{mail_addr}": "dana@support.example.com"},
+            eom_macros={"i": "QCONN1"},
+        )
+        # Postfix ends each transaction with ABORT and sends fresh MAIL macros for the next.
+        mta.abort()
+        second = mta.message(
+            "pat@customer.example.org", ["friend@elsewhere.test"],
+            customer_headers("<conn.2@customer.example.org>"),
+            mail_macros={"{mail_addr}": "pat@customer.example.org"},
+            eom_macros={"i": "QCONN2"},
+        )
+        mta.quit()
+    # Authenticated: outbound, even to the support address.
+    assert_outbound_stamp(first, agent_headers("authenticated"))
+    # No auth, no support recipient: other. A leaked auth or recipient would stamp it.
+    assert second.actions == []
+    assert second.disposition == c.SMFIR_CONTINUE
+    log = shared.log()
+    assert "queue_id=QCONN1 direction=outbound" in log
+    assert "queue_id=QCONN2 direction=other" in log
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "outbound"),
+    [
+        (c.SMFIA_INET, "10.1.2.3", True),
+        (c.SMFIA_INET6, "2001:db8:1::25", True),
+        (c.SMFIA_INET, "198.51.100.7", False),
+        (c.SMFIA_INET6, "2001:db8:2::25", False),
+        # Non-SMTP mail (sendmail(1) on this host): no client address at all.
+        (c.SMFIA_UNKNOWN, "", False),
+    ],
+)
+def test_client_networks_make_mail_outbound(
+    shared: MilterProcess, family: str, address: str, outbound: bool
+) -> None:
+    # The client address reaches the adapter only through the connect callback's real
+    # (address, port, ...) tuple, which TestCtx does not reproduce.
+    t = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="app@support.example.com",
+        rcpts=["pat@customer.example.org"], headers=agent_headers(), queue_id="QNET",
+        client=(family, address),
+    )
+    assert t.disposition == c.SMFIR_CONTINUE
+    if outbound:
+        assert_outbound_stamp(t, agent_headers())
+    else:
+        assert t.actions == []
+
+
+def test_an_eight_bit_message_id_is_recorded_byte_exact(shared: MilterProcess) -> None:
+    headers: list[tuple[str | bytes, str | bytes]] = [
+        ("From", "Pat <pat@customer.example.org>"),
+        ("Subject", b"caf\xe9"),
+        ("Message-ID", b"<caf\xe9.wire@customer.example.org>"),
+    ]
+    runs = [
+        transact(
+            shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+            rcpts=[SUPPORT], headers=headers, queue_id=f"Q8BIT{n}",
+        )
+        for n in (1, 2)
+    ]
+    first, second = (t.result(headers) for t in runs)
+    assert values(first, "X-Case-Match") == ["new"]
+    # The second delivery of the same (8-bit) Message-ID is found again.
+    assert values(second, "X-Case-Match") == ["duplicate"]
+    assert values(second, "X-Case-Duplicate") == ["yes"]
+    assert values(second, "X-Case-ID") == values(first, "X-Case-ID")
+    assert values(second, "Subject") == ["caf\udce9"]  # the 8-bit byte passed through intact
+
+
+def test_an_undecodable_header_name_gets_the_error_policy(shared: MilterProcess) -> None:
+    # pymilter decodes field names as strict UTF-8 before our code runs: its own exception
+    # policy (set to on_error) answers. pymilter's default would be TEMPFAIL.
+    with MtaSession.open(shared.endpoint) as mta:
+        mta.negotiate()
+        assert mta.connect({"{daemon_name}": "mx.example.com"}) == c.SMFIR_CONTINUE
+        broken = mta.message(
+            "pat@customer.example.org", [SUPPORT],
+            [("Subject", "hi"), (b"X-Case-\xe9", b"forged"), ("X-Case-ID", "C-999999")],
+            rcpt_macros={"i": "QRAW1"},
+        )
+        mta.abort()
+        after = mta.message(
+            "pat@customer.example.org", ["friend@elsewhere.test"],
+            customer_headers("<raw.2@customer.example.org>", ("X-Case-ID", "C-1")),
+            eom_macros={"i": "QRAW2"},
+        )
+        mta.quit()
+    assert broken.replies["header1"] == c.SMFIR_ACCEPT
+    assert broken.disposition is None and broken.actions == []
+    # The same connection goes on; the next message is handled normally.
+    assert after.actions == [Action("m", "X-Case-ID", "", 1)]
+    assert after.disposition == c.SMFIR_CONTINUE
+
+
+def test_a_token_in_the_body_threads_across_body_chunks(shared: MilterProcess) -> None:
+    sent = agent_headers("Body token test")
+    out = transact(
+        shared.endpoint, daemon_name="ORIGINATING", mail_from="dana@support.example.com",
+        rcpts=["pat@customer.example.org"], headers=sent, queue_id="QBODY0",
+    )
+    _message_id, case_id = assert_outbound_stamp(out, sent)
+    (subject,) = values(out.result(sent), "Subject")
+    found = re.search(r"\[ref:([0-9A-Za-z]+)\]", subject)
+    assert found, subject
+    # The customer's client dropped In-Reply-To/References and the subject tag; only the
+    # quoted original in the body names the case, straddling the first 64 KiB body chunk.
+    token = found.group(1)
+    quote = f"> Subject: {subject}\r\n"
+    split = c.MILTER_CHUNK_SIZE - quote.index(token) - len(token) // 2
+    filler = ("x" * 78 + "\r\n") * (split // 80) + "y" * (split % 80)
+    body = filler + quote + ("z" * 78 + "\r\n") * 1000
+    # The chunk boundary cuts the token itself in two.
+    assert body.index(token) < c.MILTER_CHUNK_SIZE < body.index(token) + len(token)
+    headers = [
+        ("From", "Pat Customer <pat@customer.example.org>"),
+        ("To", f"Support <{SUPPORT}>"),
+        ("Subject", "my printer again"),
+        ("Message-ID", "<body-token.1@customer.example.org>"),
+    ]
+    reply = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=[SUPPORT], headers=headers, body=body, queue_id="QBODY1",
+    )
+    assert reply.replies["body"] == c.SMFIR_CONTINUE
+    after = reply.result(headers)
+    assert values(after, "X-Case-ID") == [case_id]
+    assert values(after, "X-Case-Match") == ["token"]
+
+
+def test_the_index_is_readable_by_filter_while_the_milter_runs(
+    shared: MilterProcess, run_cli: RunCli, tmp_path: Path
+) -> None:
+    sent_id, case_id = send_agent_mail(shared.endpoint, "QDRY0")
+    reply = "\r\n".join(
+        f"{name}: {value}"
+        for name, value in customer_headers(
+            "<dry.1@customer.example.org>", ("In-Reply-To", sent_id)
+        )
+    ) + "\r\n\r\nIt is the LaserThing 3000.\r\n"
+    eml = tmp_path / "reply.eml"
+    eml.write_bytes(reply.encode())
+
+    proc = run_cli("filter", "--index", str(shared.index), "--dry-run", "--direction", "inbound",
+                   "--rcpt", SUPPORT, str(eml))
+
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert f"\r\nX-Case-ID: {case_id}\r\n" in out
+    assert "\r\nX-Case-Match: in-reply-to\r\n" in out
+    # --dry-run recorded nothing: the milter sees that Message-ID for the first time.
+    live = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=[SUPPORT],
+        headers=customer_headers("<dry.1@customer.example.org>", ("In-Reply-To", sent_id)),
+        queue_id="QDRY1",
+    )
+    assert live.added("X-Case-ID") == [case_id]
+    assert live.added("X-Case-Match") == ["in-reply-to"]
+    assert live.added("X-Case-Duplicate") == []
+
+
+# --------------------------------------------------------------------------- process life
+
+
+def test_sigterm_stops_the_milter_cleanly(milters: MilterStarter, tmp_path: Path) -> None:
+    procs = [
+        milters.start(CONFIG, name="tcp"),
+        milters.start(CONFIG, endpoint=Endpoint.unix(str(tmp_path / "term.sock")), name="unix"),
+    ]
+    for n, proc in enumerate(procs):
+        send_agent_mail(proc.endpoint, f"QTERM{n}")
+    # Both at once: each takes seconds to leave libmilter's loop.
+    for proc in procs:
+        proc.send_term()
+    for proc in procs:
+        status, seconds = proc.terminate()
+        assert status == 0, proc.log()
+        assert seconds < STOP_TIMEOUT
+        log = proc.log()
+        assert log.rstrip().endswith("stopped"), log
+        assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(("mode_yaml", "mode"), [(None, 0o660), ("0600", 0o600)],
+                         ids=["default-mode", "mode-0600"])
+def test_unix_socket_serves_with_the_configured_mode(
+    module_milters: MilterStarter, tmp_path: Path, mode_yaml: str | None, mode: int
+) -> None:
+    config = CONFIG
+    if mode_yaml is not None:
+        config = config.replace("  timeout: 30\n", f"  timeout: 30\n  socket_mode: {mode_yaml}\n")
+    path = tmp_path / "casethread.sock"
+    proc = module_milters.start(config, endpoint=Endpoint.unix(str(path)), name=f"unix-{mode:o}")
+    st = path.stat()
+    assert stat.S_ISSOCK(st.st_mode)
+    # The child runs with umask 022 (a fresh socket would be 0755): the chmod decides.
+    assert stat.S_IMODE(st.st_mode) == mode
+    send_agent_mail(proc.endpoint, "QUNIX")
+
+
+# --------------------------------------------------------------------------- a full index
+
+FILL_SCRIPT = """\
+import sys
+from casethread.core.model import Alias, AliasKind
+from casethread.index import IndexFull, LmdbIndex
+
+index = LmdbIndex(sys.argv[1], 1 << 20)
+case = index.create_case(now=1)
+index.record_message("known.1@customer.example.org", case.case_id, now=1)
+n = 0
+# Batches (few commits), halved on failure; big keys first, then ever smaller ones, so no
+# free page is left for any later write.
+for size in (380, 100, 20, 1):
+    batch = 256
+    while batch:
+        aliases = [Alias(AliasKind.MESSAGE, f"{n + i}.{'x' * size}@fill.example", case.case_id)
+                   for i in range(batch)]
+        try:
+            index.record(aliases, now=1)
+            n += batch
+        except IndexFull:
+            batch //= 2
+        assert n < 200_000, "the index never filled"
+for write in (lambda i: index.create_case(now=1),
+              lambda i: index.bump_counter(f"fill {i}", now=1, window=60)):
+    for i in range(200_000):
+        try:
+            write(i)
+        except IndexFull:
+            break
+for _ in range(3):  # failed writes roll back, so it stays full
+    for write in (lambda: index.create_case(now=1),
+                  lambda: index.record_message("probe@fill.example", case.case_id, now=1),
+                  lambda: index.bump_counter("probe", now=1, window=60)):
+        try:
+            write()
+        except IndexFull:
+            continue
+        sys.exit("a write succeeded on the full index")
+index.close()
+print(n)
+"""
+
+
+@pytest.fixture(scope="module")
+def full_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An LMDB index (map_size 1 MiB, the configurable minimum) with no room for any write."""
+    path = tmp_path_factory.mktemp("full") / "index"
+    proc = subprocess.run(
+        [sys.executable, "-c", FILL_SCRIPT, str(path)], capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return path
+
+
+@pytest.fixture
+def full_index_copy(full_index: Path, tmp_path: Path) -> Iterator[Path]:
+    copy = tmp_path / "index"
+    shutil.copytree(full_index, copy)
+    yield copy
+
+
+@pytest.mark.parametrize(("on_error", "disposition"),
+                         [("accept", c.SMFIR_ACCEPT), ("tempfail", c.SMFIR_TEMPFAIL)])
+def test_a_full_index_lets_every_message_through_unchanged(
+    module_milters: MilterStarter, full_index_copy: Path, on_error: str, disposition: str
+) -> None:
+    proc = module_milters.start(
+        f"milter:\n  timeout: 30\n  on_error: {on_error}\n"
+        "index:\n  map_size: 1MiB\n"
+        "inbound:\n  addresses: [support@example.com]\n",
+        index=full_index_copy,
+        name=f"full-{on_error}",
+    )
+    ep = proc.endpoint
+    # Every direction that threads writes to the index, so every one of these fails there.
+    results = {
+        # Outbound: a new case cannot be created.
+        "QFULL1": transact(
+            ep, daemon_name="ORIGINATING", mail_from="dana@support.example.com",
+            rcpts=["pat@customer.example.org"], headers=agent_headers(), queue_id="QFULL1",
+        ),
+        # Inbound, no match: a new case cannot be created.
+        "QFULL2": transact(
+            ep, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+            rcpts=[SUPPORT], headers=customer_headers("<full.2@customer.example.org>"),
+            queue_id="QFULL2",
+        ),
+        # Inbound reply to a message the index knows, with a forged X-Case-ID left in place.
+        "QFULL3": transact(
+            ep, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+            rcpts=[SUPPORT],
+            headers=customer_headers(
+                "<full.3@customer.example.org>",
+                ("In-Reply-To", "<known.1@customer.example.org>"),
+                ("X-Case-ID", "C-999999"),
+            ),
+            queue_id="QFULL3",
+        ),
+    }
+    for queue_id, t in results.items():
+        assert all_continued(t), (queue_id, t)
+        assert t.actions == [], (queue_id, t.actions)
+        assert t.disposition == disposition, (queue_id, t)
+
+    errors = [line for line in proc.log().splitlines() if " ERROR " in line]
+    assert len(errors) == len(results), errors
+    for queue_id, line in zip(results, errors, strict=True):
+        assert f"queue_id={queue_id} " in line
+        assert f"(on_error={on_error})" in line
+    # Each failure is the full index, with the hint to raise map_size.
+    assert proc.log().count("is full (map_size 1048576 bytes)") == len(results)
+
+    # Still serving: mail that needs no index write is handled as usual.
+    other = transact(
+        ep, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=["friend@elsewhere.test"],
+        headers=customer_headers("<full.4@customer.example.org>", ("X-Case-ID", "C-1")),
+        queue_id="QFULL4",
+    )
+    assert other.actions == [Action("m", "X-Case-ID", "", 1)]
+    assert other.disposition == c.SMFIR_CONTINUE
