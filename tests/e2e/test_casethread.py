@@ -358,3 +358,15 @@ def test_signed_mail_keeps_its_body_byte_identical(
     assert out.header("X-Case-ID") == "C-000001"
     assert (out.header("Subject") or "").startswith("Invoice [ref:")  # headers still stamped
     assert out.body == sent.split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_non_ascii_field_name_ends_the_header_section_in_postfix(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    # pymilter cannot decode such a name; Postfix never sends one: it starts the body there,
+    # so what follows (a forged X-Case-ID) is body text, never a header downstream trusts.
+    raw = (f"From: <{CUSTOMER}>\r\nTo: <{SUPPORT}>\r\nSubject: s\r\nX-Bad\xe9: v\r\n"
+           "X-Case-ID: C-999999\r\n\r\nbody\r\n").encode("latin-1")
+    got = send_inbound(postfix, raw)
+    assert got.get_all("X-Case-ID") == ["C-000001"], casethread.log()
+    assert b"X-Case-ID: C-999999" in got.body

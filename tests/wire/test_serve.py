@@ -311,6 +311,7 @@ def test_an_eight_bit_message_id_is_recorded_byte_exact(shared: MilterProcess) -
 def test_an_undecodable_header_name_gets_the_error_policy(shared: MilterProcess) -> None:
     # pymilter decodes field names as strict UTF-8 before our code runs: its own exception
     # policy (set to on_error) answers. pymilter's default would be TEMPFAIL.
+    # (Postfix itself never sends such a name: it starts the body there.)
     with MtaSession.open(shared.endpoint) as mta:
         mta.negotiate()
         assert mta.connect({"{daemon_name}": "mx.example.com"}) == c.SMFIR_CONTINUE
