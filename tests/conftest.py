@@ -18,8 +18,10 @@ import pytest
 from casethread.core.decision import Decision
 from casethread.core.edits import ChangeHeader, apply_edits
 from casethread.core.message import Envelope, Header, Message
-from casethread.core.model import Direction
+from casethread.core.model import CaseRecord, Direction
 from casethread.core.settings import Settings
+from casethread.core.stamp import apply_splices
+from casethread.core.token import Keyring
 from casethread.engine import Engine
 from casethread.index import MemoryIndex
 
@@ -46,6 +48,11 @@ class Result:
         self.decision = decision
         self.headers = apply_edits(msg.headers, list(decision.edits))
 
+    @property
+    def body(self) -> bytes:
+        """The body as the MTA would pass it on (stamped outbound mail differs)."""
+        return apply_splices(self.msg.body, self.decision.body_splices)
+
     def all(self, name: str) -> list[str]:
         return [h.value for h in self.headers if h.name.lower() == name.lower()]
 
@@ -57,6 +64,11 @@ class Result:
     @property
     def case_id(self) -> str:
         return self.one("X-Case-ID")
+
+    def ours(self, prefix: str = "X-Case-") -> list[tuple[str, str]]:
+        """Our fields as the MTA leaves them, in order: (name, value)."""
+        wanted = prefix.lower()
+        return [(h.name, h.value) for h in self.headers if h.name.lower().startswith(wanted)]
 
     def removals(self) -> list[ChangeHeader]:
         return [e for e in self.decision.edits if isinstance(e, ChangeHeader) and not e.value]
@@ -90,6 +102,10 @@ DEFAULT_SETTINGS = with_settings(
 )
 
 
+# A fixed key so tokens are reproducible across a test; never a real key.
+TEST_KEYRING = Keyring([(1, bytes(range(32)))])
+
+
 class Harness:
     """An engine on a MemoryIndex with a fixed clock; `run` returns a `Result`."""
 
@@ -99,11 +115,32 @@ class Harness:
             settings.cases.id_prefix, settings.cases.id_digits
         )
         self.clock = Clock()
-        self.engine = Engine(settings, self.index, clock=self.clock, hostname=HOSTNAME)
+        self.keyring = TEST_KEYRING
+        self.engine = Engine(
+            settings, self.index, self.keyring, clock=self.clock, hostname=HOSTNAME
+        )
 
     def run(self, msg: Message, direction: Direction | None = None) -> Result:
         self.clock.now += 1
         return Result(msg, self.engine.process(msg, direction))
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    def case(self, case_id: str) -> CaseRecord:
+        found = self.index.get_case(case_id)
+        assert found is not None, f"no case {case_id}"
+        return found
+
+    def set_case(self, case_id: str, **changes: Any) -> CaseRecord:
+        """Change a stored case (state, links) the way `casethread case ...` would."""
+        changed = dataclasses.replace(self.case(case_id), **changes)
+        self.index.update_case(changed)
+        return changed
+
+    def token(self, case_id: str) -> str:
+        """The token the engine writes for this case (the harness's fixed key signs it)."""
+        return self.keyring.make(self.case(case_id).number)
 
     def outbound(self, *headers: tuple[str, str], **kw: Any) -> Result:
         return self.run(make_message(*headers, **kw), Direction.OUTBOUND)

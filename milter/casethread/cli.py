@@ -7,13 +7,15 @@ Exit codes: 0 success; 1 runtime failure (index cannot be opened, milter cannot 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import __version__, case_admin, logsetup
@@ -26,9 +28,9 @@ from .core.stamp import apply_splices
 from .core.store import CaseIndex
 from .core.token import MAX_KEY_ID, Keyring
 from .engine import Engine
-from .index import CaseIndexError, MemoryIndex, index_exists, open_index
+from .index import CaseIndexError, LmdbIndex, MemoryIndex, index_exists, maintenance, open_index
 from .index.overlay_index import OverlayIndex
-from .keyfile import KeyFileError, keyring_for, write_key_file
+from .keyfile import DEFAULT_KEY_NAME, KeyFileError, keyring_for, write_key_file
 
 log = logging.getLogger("casethread")
 
@@ -347,6 +349,186 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- index operations (issue 7): LMDB only; safe while the milter runs. -----------------------
+
+OPS_EXIT = """\
+exit status: 0 success; 1 index or file problem; 2 usage error or refused (nothing changed)"""
+
+STATS_EPILOG = f"""\
+examples:
+  casethread stats
+  casethread stats --json --index /var/lib/casethread
+
+Counts records per kind, shows the schema version, the last case number, the size of data.mdb,
+and how full the LMDB map is (it grows by itself, doubling, up to 16 x index.map_size).
+{OPS_EXIT}
+"""
+
+BACKUP_EPILOG = f"""\
+examples:
+  casethread backup /var/backups/casethread-$(date +%F)
+
+A consistent, compacted copy taken while the milter runs, in a new directory (mode 0700) with
+the index's token.key (mode 0600): without the key, tokens in mail will not verify against the
+backup. Key files configured under tokens.keys live elsewhere: back them up too. To restore,
+stop the milter and put data.mdb and token.key into the index directory.
+{OPS_EXIT}
+"""
+
+PRUNE_EPILOG = f"""\
+examples:
+  casethread prune --older-than 365 --dry-run
+  casethread prune --older-than 365
+
+Deletes Message-ID and subject records last seen more than DAYS days ago, and flood counters
+whose window has passed. Cases, case numbers, thread roots, external references and
+participants stay: replies after that still thread by their token. Runs in batches of 10,000
+deletes per transaction, so the milter is never blocked for long.
+{OPS_EXIT}
+"""
+
+EXPORT_EPILOG = f"""\
+examples:
+  casethread export > casethread.jsonl
+  casethread export --kind case --kind message | jq .
+
+JSON lines on stdout, one record each: a meta line, then cases, aliases and counters, from one
+consistent snapshot. Participant addresses and counter keys are stored hashed and export as
+{{"hash": HEX}}; they import back byte for byte.
+{OPS_EXIT}
+"""
+
+IMPORT_EPILOG = f"""\
+examples:
+  casethread import casethread.jsonl --index /var/lib/casethread
+  casethread import new-records.jsonl --merge
+
+Reads what `casethread export` wrote ('-' reads stdin). The whole file is checked before
+anything is written. A non-empty index is refused unless --merge (then the newer record wins,
+and a case id or number that would name two different cases refuses the import). Bring the
+old token.key along (or configure tokens.keys), or tokens in earlier mail will not verify.
+{OPS_EXIT}
+"""
+
+
+@contextmanager
+def _lmdb_index(settings: Settings, create: bool = False) -> Iterator[LmdbIndex]:
+    if not create and not index_exists(settings):
+        raise CaseIndexError(f"no case index at {settings.index.path}")
+    index = open_index(settings)
+    try:
+        if not isinstance(index, LmdbIndex):
+            raise CaseIndexError("index operations need the LMDB index")
+        yield index
+    finally:
+        index.close()
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"DAYS must be at least 1, not {value}")
+    return value
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _lmdb_index(_settings(args)) as index:
+        data = maintenance.stats(index)
+    print(json.dumps(data) if args.json else maintenance.format_stats(data))
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    key = Path(settings.index.path) / DEFAULT_KEY_NAME
+    with _lmdb_index(settings) as index:
+        try:
+            done = maintenance.backup(index, args.dest, [key] if key.is_file() else [])
+        except maintenance.MaintenanceError as exc:
+            return _fail(exc, EXIT_USAGE)
+    counts = done.counts
+    notes = [f"token key copied to {path} (mode 0600)" for path in done.copied]
+    if settings.tokens.keys:
+        notes.append("token keys configured elsewhere, back them up too: "
+                     + " ".join(settings.tokens.keys))
+    elif not done.copied:
+        notes.append(f"no {key}: without the token key, tokens in mail will not verify")
+    data = {"dest": done.dest, "data_bytes": done.data_bytes, "copied": list(done.copied),
+            "notes": notes, **counts}
+    text = (f"backup written to {done.dest}: {counts['cases']} cases, "
+            f"{counts['aliases_total']} aliases, {counts['counters']} counters "
+            f"(data.mdb {maintenance.human_size(done.data_bytes)}, opened and checked)")
+    print(json.dumps(data) if args.json else "\n".join([text, *notes]))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _lmdb_index(settings) as index:
+        result = maintenance.prune(
+            index, args.older_than * maintenance.DAY, settings.inbound.flood.window,
+            dry_run=args.dry_run, pause=0.002,
+        )
+    data = result.as_dict()
+    if args.json:
+        print(json.dumps(data))
+        return EXIT_OK
+    verb = "would delete" if args.dry_run else "deleted"
+    for name, count in result.deleted.items():
+        print(f"{name}: {verb} {count}, kept {result.kept[name]}")
+    print(f"total: {verb} {data['deleted_total']} in {result.transactions} transactions")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _lmdb_index(_settings(args)) as index:
+        counts = maintenance.export(index, sys.stdout.buffer, args.kind)
+    sys.stdout.buffer.flush()
+    summary = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"casethread: exported {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _source(path: str) -> Callable[[], Iterable[bytes]]:
+    if path == "-":
+        data = sys.stdin.buffer.read()  # read twice (check, then write): keep it
+        return lambda: io.BytesIO(data)
+
+    def read() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            yield from f
+
+    with open(path, "rb"):
+        pass  # a missing or unreadable file fails here, before the index is created
+    return read
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    source = _source(args.file)
+    with _lmdb_index(settings, create=True) as index:
+        try:
+            result = maintenance.import_lines(index, source, merge=args.merge)
+        except maintenance.MaintenanceError as exc:
+            return _fail(exc, EXIT_USAGE)
+    data = {"lines": result.lines, "written": result.written, "kept": result.kept,
+            "last_number": result.last_number, "transactions": result.transactions}
+    if args.json:
+        print(json.dumps(data))
+        return EXIT_OK
+    lines = ", ".join(f"{name} {count}" for name, count in result.lines.items())
+    print(f"imported {result.written} records ({lines} lines); kept {result.kept} the index "
+          f"already had as new or newer; last case number {result.last_number}")
+    key = Path(settings.index.path) / DEFAULT_KEY_NAME
+    if not settings.tokens.keys and not key.exists():
+        print(f"note: no {key}: copy the old index's token.key there before starting the "
+              "milter, or tokens in earlier mail will not verify")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casethread",
@@ -407,6 +589,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=_key_id, default=1, metavar="N",
                    help="key id 0..31 that tokens name (default 1; a new id for each rotation)")
     p.set_defaults(func=cmd_keygen)
+
+    def ops_command(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+        p = command(name, help_text)
+        p.epilog, p.formatter_class = epilog, argparse.RawDescriptionHelpFormatter
+        p.add_argument("--index", metavar="DIR", help="index directory")
+        return p
+
+    p = ops_command("stats", "show what the index holds and how full it is", STATS_EPILOG)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_stats)
+
+    p = ops_command("backup", "copy the index (and its token key) while the milter runs",
+                    BACKUP_EPILOG)
+    p.add_argument("dest", metavar="DEST", help="a new (or empty) directory for the copy")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_backup)
+
+    p = ops_command("prune", "delete Message-ID records older than DAYS; cases stay",
+                    PRUNE_EPILOG)
+    p.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
+                   help="records last seen more than DAYS days ago go")
+    p.add_argument("--dry-run", action="store_true", help="only count what would go")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_prune)
+
+    p = ops_command("export", "write the index as JSON lines to stdout", EXPORT_EPILOG)
+    p.add_argument("--kind", action="append", choices=maintenance.EXPORT_KINDS,
+                   help="export only these kinds (repeatable; default: all)")
+    p.set_defaults(func=cmd_export)
+
+    p = ops_command("import", "load JSON lines written by export into the index",
+                    IMPORT_EPILOG)
+    p.add_argument("file", metavar="FILE", help="an export file, or - for stdin")
+    p.add_argument("--merge", action="store_true",
+                   help="import into a non-empty index (the newer record wins)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_import)
     return parser
 
 

@@ -20,7 +20,7 @@ from .core.direction import Classifier
 from .core.edits import Edit
 from .core.message import Message
 from .core.model import Alias, AliasKind, CaseRecord, Direction
-from .core.resolve import Evidence, Resolver, participant_key
+from .core.resolve import Evidence, Resolver, participant_key, subject_participant_key
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
@@ -101,8 +101,10 @@ class Engine:
             for address in dict.fromkeys(people[:MAX_PARTICIPANTS]):
                 key = participant_key(case_id, address)
                 aliases.append(Alias(AliasKind.PARTICIPANT, key, case_id))
-            if subject_key:
-                aliases.append(Alias(AliasKind.SUBJECT, subject_key, case_id))
+                if subject_key:
+                    # Per person: another sender's mail with the same subject must not hide it.
+                    key = subject_participant_key(subject_key, address)
+                    aliases.append(Alias(AliasKind.SUBJECT, key, case_id))
         return aliases
 
     # -- inbound ------------------------------------------------------------------------------
@@ -127,6 +129,8 @@ class Engine:
             )
             return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve(ev)
+        if hit is not None and hit.match != "external-ref":
+            self._resolver.note_external_refs(ev)
         automatic = auto != autoreply.NO or loop
         route = self._router.route(msg)
         if hit is None:
@@ -139,7 +143,10 @@ class Engine:
                                   reopen_within=self.settings.cases.reopen_within)
             ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
                          for t in targets]
-            sender_known = ev.is_participant(targets[0].case.case_id)
+            # The participants stay with the case the mail names; a merge, split or parent
+            # redirect must not make its own customer `unknown`.
+            named = dict.fromkeys([hit.case.case_id, *(t.case.case_id for t in targets)])
+            sender_known = any(ev.is_participant(case_id) for case_id in named)
             outcomes = [self._carry_out(t, now, route) for t in targets]
             match = hit.match
         self._record(msg, ev, own_id, [o.case_id for o in outcomes], now)
@@ -276,7 +283,7 @@ class Engine:
         references = outbound.references_edit(msg, anchor)
         if references is not None:
             edits.append(references)
-        edits += outbound.thread_index_edits(msg, case, new_case, now)
+        edits += outbound.thread_index_edits(msg, case, new_case, now, tokens.subject_template)
         if msg.get("Subject") is not None and not outbound.writable(msg.get("Subject") or ""):
             notes.append("subject-8bit")
         return edits

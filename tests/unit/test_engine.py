@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from casethread.core import msgid
+from casethread.core import msgid, outbound, thread_index
 from casethread.core.edits import AddHeader, ChangeHeader
 from casethread.core.message import Message
-from casethread.core.model import Direction
+from casethread.core.model import AliasKind, Direction
 
 NEW_ID = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@([^<>@\s]+)>")
 CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
@@ -49,6 +49,16 @@ def test_outbound_new_case_gets_case_id_and_message_id(harness: Any) -> None:
     # The new id is recorded, so a reply to it finds the case.
     assert harness.index.case_for_message(msgid.normalise(mid)) == "C-000001"
     assert harness.index.get_case("C-000001") is not None
+    # Threading stamps (DESIGN §3.3, 3.5, 3.6): token in the Subject, the signed anchor in
+    # References, a 22-byte Thread-Index root (recorded) and the Thread-Topic.
+    tok = harness.token("C-000001")
+    assert r.one("Subject") == f"Hello [ref:{tok}]"
+    assert r.one("References") == f"<{tok}.case@support.example.com>"
+    raw = thread_index.decode(r.one("Thread-Index"))
+    assert raw is not None and len(raw) == thread_index.HEADER_LEN
+    assert raw == outbound.case_thread_root(harness.case("C-000001"))
+    assert harness.index.find(AliasKind.THREAD_ROOT, raw.hex()).case_id == "C-000001"
+    assert r.one("Thread-Topic") == "Hello"
 
 
 def test_outbound_second_new_mail_gets_next_case(harness: Any) -> None:
@@ -93,8 +103,15 @@ def test_outbound_adopts_app_case_id(harness: Any) -> None:
     assert r.decision.case_ids == ("TICKET-4711",)
     assert r.decision.match == "app"
     assert r.case_id == "TICKET-4711"
-    # Already exactly right: the header goes out as the app wrote it, untouched.
-    assert r.decision.edits == ()
+    # Already exactly right: the X-Case-ID goes out as the app wrote it, untouched; the only
+    # edits are the threading stamps of a new case (no Subject: one holding just the tag).
+    tok = harness.token("TICKET-4711")
+    root = outbound.case_thread_root(harness.case("TICKET-4711"))
+    assert r.decision.edits == (
+        AddHeader("Subject", f"[ref:{tok}]"),
+        AddHeader("References", f"<{tok}.case@support.example.com>"),
+        AddHeader("Thread-Index", thread_index.encode(root)),
+    )
     assert harness.index.get_case("TICKET-4711") is not None
     assert harness.index.case_for_message("t1@app.example") == "TICKET-4711"
     # Adopting again finds the same case, and generated ids carry on from C-000001.
@@ -173,7 +190,7 @@ def test_outbound_new_case_skip(make_harness: Any, tweak: Any) -> None:
 
 
 def test_inbound_reply_by_in_reply_to(harness: Any) -> None:
-    out = harness.outbound(AGENT)
+    out = harness.outbound(AGENT, ("To", CUSTOMER[1]))
     r = harness.inbound(
         CUSTOMER,
         ("Message-ID", "<r1@customer.example.org>"),
@@ -181,10 +198,28 @@ def test_inbound_reply_by_in_reply_to(harness: Any) -> None:
     )
     assert r.decision.direction is Direction.INBOUND
     assert r.case_id == "C-000001"
-    assert r.one("X-Case-Match") == "in-reply-to"
-    assert r.one("X-Case-State") == "open"
-    assert r.all("X-Case-Duplicate") == []
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "in-reply-to"),
+        ("X-Case-State", "open"),
+        # A case opened by outbound mail has no queue: its first inbound mail routes it.
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        # Pat was a recipient of the case's mail, so a participant.
+        ("X-Case-Sender", "known"),
+    ]
     assert r.decision.match == "in-reply-to"
+    assert harness.case("C-000001").queue == "support"
+
+
+def test_inbound_reply_from_a_non_participant_is_sender_unknown(harness: Any) -> None:
+    out = harness.outbound(AGENT)  # no To: nobody but Dana takes part yet
+    r = harness.inbound(CUSTOMER, ("In-Reply-To", out.one("Message-ID")))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Sender") == "unknown"
+    # From now on Pat takes part.
+    r = harness.inbound(CUSTOMER, ("In-Reply-To", out.one("Message-ID")))
+    assert r.one("X-Case-Sender") == "known"
 
 
 def test_inbound_in_reply_to_matches_despite_case_and_spacing(harness: Any) -> None:
@@ -222,8 +257,18 @@ def test_inbound_references_limit_is_respected(make_harness: Any, tweak: Any) ->
 def test_inbound_new_case(harness: Any) -> None:
     r = harness.inbound(CUSTOMER, ("Subject", "Help"), ("Message-ID", "<n1@customer.example.org>"))
     assert r.decision.case_ids == ("C-000001",)
-    assert r.one("X-Case-Match") == "new"
-    assert r.one("X-Case-State") == "new"
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "new"),
+        ("X-Case-State", "new"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        # Nothing matched: no X-Case-Sender, and no token was seen, so no X-Case-Token.
+    ]
+    assert harness.case("C-000001").queue == "support"
+    # Inbound mail is never given a token, anchor or Thread-Index.
+    assert r.all("Subject") == ["Help"]
+    assert r.all("References") == r.all("Thread-Index") == []
     assert harness.index.case_for_message("n1@customer.example.org") == "C-000001"
     assert harness.inbound(CUSTOMER).case_id == "C-000002"
 
@@ -238,24 +283,36 @@ def test_inbound_forged_case_headers_removed_any_case_several(harness: Any) -> N
         ("X-Case-ID", "C-000997"),
         ("x-case-state", "closed"),
         ("X-Case-Queue", "vip"),
+        ("X-Case-Auto", "no"),
+        ("X-Case-Loop", "no"),
+        ("X-Case-Related", "C-000001"),
+        ("X-Case-Sender", "known"),
+        ("X-Case-Token", "valid"),
+        ("X-Case-Token", "valid"),
         ("X-Case", "not under the prefix"),
         ("X-Cases", "not under the prefix either"),
     )
-    ours = [(h.name, h.value) for h in r.headers if h.name.lower().startswith("x-case-")]
-    assert ours == [
+    assert r.ours() == [
         ("X-Case-ID", "C-000001"),
         ("X-Case-Match", "new"),
         ("X-Case-State", "new"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
     ]
     assert r.one("X-Case") == "not under the prefix"
     assert r.one("X-Cases") == "not under the prefix either"
     removals = r.removals()
     assert sorted((e.name.lower(), e.index) for e in removals) == [
+        ("x-case-auto", 1),
         ("x-case-duplicate", 1),
         ("x-case-id", 1), ("x-case-id", 2), ("x-case-id", 3),
+        ("x-case-loop", 1),
         ("x-case-match", 1),
         ("x-case-queue", 1),
+        ("x-case-related", 1),
+        ("x-case-sender", 1),
         ("x-case-state", 1),
+        ("x-case-token", 1), ("x-case-token", 2),
     ]
     removals_are_highest_first(r.decision.edits)
     # Removals come before our additions (they refer to the message as received).
@@ -278,6 +335,8 @@ def test_duplicate_delivery(harness: Any) -> None:
     assert again.decision.match == "duplicate"
     assert again.one("X-Case-Match") == "duplicate"
     assert again.one("X-Case-Duplicate") == "yes"
+    assert again.one("X-Case-Sender") == "known"  # Pat's first mail made Pat a participant
+    assert again.one("X-Case-Queue") == "support"
     assert first.all("X-Case-Duplicate") == []
     assert harness.index.get_case("C-000002") is None
 
@@ -326,9 +385,13 @@ def test_configurable_header_prefix(make_harness: Any, tweak: Any) -> None:
     r = h.inbound(
         CUSTOMER, ("x-ticket-id", "T-9"), ("X-Case-ID", "C-000777"), ("X-TICKET-MATCH", "token")
     )
-    assert r.one("X-Ticket-ID") == "C-000001"
-    assert r.one("X-Ticket-Match") == "new"
-    assert r.one("X-Ticket-State") == "new"
+    assert r.ours("X-Ticket-") == [
+        ("X-Ticket-ID", "C-000001"),
+        ("X-Ticket-Match", "new"),
+        ("X-Ticket-State", "new"),
+        ("X-Ticket-Queue", "support"),
+        ("X-Ticket-Auto", "no"),
+    ]
     # Not under our prefix any more: left alone.
     assert r.one("X-Case-ID") == "C-000777"
     removals_are_highest_first(r.decision.edits)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from casethread.core import thread_index
 from casethread.core.message import parse_raw
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+SUBJECT = b"Subject: Your printer question"
+TAGGED = re.compile(rb"Subject: Your printer question \[ref:([0-9A-Z]{19,31})\]")
 
 
 def headers_of(output: bytes) -> dict[str, list[str]]:
@@ -27,19 +31,39 @@ def stderr_lines(stderr: bytes) -> list[str]:
     return stderr.decode("utf-8", "replace").splitlines()
 
 
+def log_lines(stderr: bytes) -> list[str]:
+    """The decision lines: without the one-time note that a token key was generated."""
+    return [line for line in stderr_lines(stderr) if "generated token key" not in line]
+
+
 def test_outbound_then_inbound_reply_share_the_case(run_filter: Any) -> None:
     out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
     assert out.returncode == 0, out.stderr
     assert case_id(out.stdout) == "C-000001"
-    (message_id,) = headers_of(out.stdout)["message-id"]
+    found = headers_of(out.stdout)
+    (message_id,) = found["message-id"]
     assert message_id.endswith("@support.example.com>")
-    # Untouched fields and the body come out byte for byte.
+    # Untouched fields and the body come out byte for byte; the Subject gains the token in
+    # place; the new fields follow.
     original = (DATA / "agent-first.eml").read_bytes()
     head, _, body = original.partition(b"\n\n")
-    assert out.stdout.startswith(head + b"\n")
-    assert out.stdout.endswith(b"\n\n" + body)
-    log = stderr_lines(out.stderr)
+    out_head, _, out_body = out.stdout.partition(b"\n\n")
+    tagged = TAGGED.search(out_head)
+    assert tagged, out_head
+    tok = tagged.group(1).decode()
+    assert out_head.startswith(head.replace(SUBJECT, tagged.group(0)) + b"\n")
+    # The text/plain body gains the token line at its end; nothing else changes.
+    assert out_body == body + b"\n[ref:" + tok.encode() + b"]\n"
+    assert found["references"] == [f"<{tok}.case@support.example.com>"]
+    raw_index = thread_index.decode(found["thread-index"][0])
+    assert raw_index is not None and len(raw_index) == thread_index.HEADER_LEN
+    assert found["thread-topic"] == ["Your printer question"]
+    log = log_lines(out.stderr)
     assert len(log) == 1 and "direction=outbound case=C-000001 match=new" in log[0], log
+    # The first run made the index's token key, said so once, and never logged the key.
+    assert len(stderr_lines(out.stderr)) == 2
+    key_hex = re.search(r"key:\s*([0-9a-f]+)", (run_filter.index / "token.key").read_text())
+    assert key_hex and key_hex.group(1) not in out.stderr.decode()
 
     reply = (DATA / "customer-reply.eml").read_bytes().replace(
         b"<PLACEHOLDER>", message_id.encode()
@@ -50,7 +74,11 @@ def test_outbound_then_inbound_reply_share_the_case(run_filter: Any) -> None:
     assert found["x-case-id"] == ["C-000001"]  # the forged C-999999 is gone
     assert found["x-case-match"] == ["in-reply-to"]
     assert "x-case-duplicate" not in found
-    log = stderr_lines(inb.stderr)
+    assert found["x-case-queue"] == ["support"]
+    assert found["x-case-auto"] == ["no"]
+    assert found["x-case-sender"] == ["known"]  # Pat was in To of the agent's mail
+    assert "x-case-token" not in found
+    log = stderr_lines(inb.stderr)  # the key exists now: nothing but the decision
     assert len(log) == 1 and "direction=inbound case=C-000001 match=in-reply-to" in log[0], log
 
     # The same reply delivered twice is a duplicate of the same case.
@@ -58,6 +86,7 @@ def test_outbound_then_inbound_reply_share_the_case(run_filter: Any) -> None:
     assert again.returncode == 0, again.stderr
     found = headers_of(again.stdout)
     assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-match"] == ["duplicate"]
     assert found["x-case-duplicate"] == ["yes"]
 
 
@@ -66,8 +95,14 @@ def test_crlf_file_keeps_crlf(run_filter: Any) -> None:
     p = run_filter("--direction", "outbound", "-", stdin=raw)
     assert p.returncode == 0, p.stderr
     head, _, body = raw.partition(b"\r\n\r\n")
-    assert p.stdout.startswith(head + b"\r\nMessage-ID: <")
-    assert p.stdout.endswith(b"\r\nX-Case-ID: C-000001\r\n\r\n" + body)
+    tagged = TAGGED.search(p.stdout)
+    assert tagged, p.stdout
+    tok = tagged.group(1)
+    assert p.stdout.startswith(head.replace(SUBJECT, tagged.group(0)) + b"\r\nMessage-ID: <")
+    anchor = b"<" + tok + b".case@support.example.com>"
+    assert b"\r\nX-Case-ID: C-000001\r\nReferences: " + anchor + b"\r\n" in p.stdout
+    token_line = b"\r\n[ref:" + tok + b"]\r\n"
+    assert p.stdout.endswith(b"\r\nThread-Topic: Your printer question\r\n\r\n" + body + token_line)
     assert b"\n" not in p.stdout.replace(b"\r\n", b"")
 
 

@@ -99,16 +99,24 @@ def case_header_edits(msg: Message, names: CaseHeaderNames, case: CaseRecord | N
 
 
 def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) -> Edit | None:
-    """Append the token to the Subject, never twice, never re-encoding what is there."""
+    """Append the token to the Subject, never twice, never re-encoding what is there.
+
+    Another case's tag (the app moved the conversation to a new ticket) is replaced: replies
+    thread by the first valid token, so leaving it would send them to the old case.
+    """
     present = msg.get("Subject")
     tag = token.subject_tag(tok, template)
     if present is None:
         return AddHeader("Subject", tag.strip())
-    if keyring.resolve(token.find_tokens(unfold(present), template)).status == "valid":
+    found = keyring.resolve(token.find_tokens(unfold(present), template))
+    if found.case_number is not None and found.case_number == keyring.verify(tok):
         return None
     if not writable(present):
         return None
-    return ChangeHeader("Subject", 1, clean(present) + tag)
+    text = clean(present)
+    if found.case_number is not None:
+        text = _tag_pattern(template).sub("", text).rstrip()
+    return ChangeHeader("Subject", 1, text + tag)
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
@@ -122,7 +130,8 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
         return None
     ids = [anchor, *ids]
     if len(ids) > REFERENCES_KEEP:
-        ids = [ids[0], *ids[-(REFERENCES_KEEP - 1) :]]
+        # The anchor, the thread's first ID (its root for every threading client), the newest.
+        ids = [*ids[:2], *ids[-(REFERENCES_KEEP - 2) :]]
     value = " ".join(ids)
     if len(value) > 900:  # stay well under the 998-octet line limit
         value = "\n\t".join(ids)
@@ -134,11 +143,23 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
 def case_thread_root(case: CaseRecord) -> bytes:
     """A case's Outlook thread root, derived (not stored): its creation time and a GUID from
     its id, so every outbound mail of the case carries the same root."""
-    guid = hashlib.sha256(b"casethread-thread-root\x00" + case.case_id.encode()).digest()[:16]
+    # Exchange's conversation id is this GUID ([MS-OXOMSG] 2.2.1.2): the id alone would give
+    # every installation's C-000001 (and a rebuilt index's) the same conversation.
+    seed = f"{case.case_id}\x00{case.number}\x00{case.created}".encode()
+    guid = hashlib.sha256(b"casethread-thread-root\x00" + seed).digest()[:16]
     return thread_index.new_root(case.created, guid)
 
 
-def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: float) -> list[Edit]:
+def _tag_pattern(template: str) -> re.Pattern[str]:
+    """Our tag around anything token-like (spaces allowed, as clients rewrap), in any case."""
+    before, after = template.strip().split(token.PLACEHOLDER)
+    return re.compile(
+        rf"\s*{re.escape(before)}[0-9A-Za-z \t]{{1,{token.MAX_SPAN}}}{re.escape(after)}", re.I
+    )
+
+
+def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: float,
+                       template: str = token.DEFAULT_TEMPLATE) -> list[Edit]:
     """Thread-Index (root for a new case, root + child block for a follow-up) and Thread-Topic."""
     result: list[Edit] = []
     if msg.get("Thread-Index") is None:
@@ -148,7 +169,9 @@ def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: floa
     if msg.get("Thread-Topic") is None:
         subject = msg.get("Subject")
         if subject is not None and writable(subject):
-            topic = clean(thread_index.thread_topic(unfold(subject)))
+            # Without our tag: every mail of the case, first or follow-up, has the same topic.
+            untagged = _tag_pattern(template).sub("", unfold(subject))
+            topic = clean(thread_index.thread_topic(untagged))
             if topic:
                 result.append(AddHeader("Thread-Topic", topic))
     return result

@@ -8,6 +8,7 @@ text) is computed at most once per message, and only if a strategy asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +29,22 @@ _RETURNED_FIELD = re.compile(
 )
 
 
+# Distinct external references one message may look up and record: a hostile body with
+# thousands of ticket-number look-alikes must not cost thousands of lookups and writes.
+MAX_EXTERNAL_REFS = 16
+# Distinct human case references one message may look up (each costs two lookups).
+MAX_CASE_REFS = 16
+
+
 def participant_key(case_id: str, address: str) -> str:
     return f"{case_id} {address}"
+
+
+def subject_participant_key(subject_key: str, address: str) -> str:
+    """A normalised subject as one participant used it; a digest, as addresses are stored
+    only hashed."""
+    raw = f"{address}\x00{subject_key}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,7 @@ class Resolver:
             (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
             for rule in inbound.external_refs
         ]
+        self._external_on = "external-ref" in inbound.strategies
         # Our own tag, removed before subjects are compared.
         tag = re.escape(self._template.strip()).replace(re.escape("{token}"), r"\S*?")
         self._tag = re.compile(tag, re.I)
@@ -151,7 +167,14 @@ class Resolver:
 
     def _anchor_tokens(self, ev: Evidence) -> Iterator[str]:
         for name in ("In-Reply-To", "References"):
-            for mid in msgid.id_list(ev.msg.get(name), self._limit):
+            value = ev.msg.get(name)
+            ids = msgid.id_list(value, self._limit)
+            # Our anchor goes first in References (trimming keeps the first ID): in a field
+            # longer than the limit the newest-first scan would not reach it.
+            oldest = msgid.first_id(value)
+            if oldest and oldest not in ids:
+                ids.append(oldest)
+            for mid in ids:
                 token = token_from_anchor(mid)
                 if token:
                     yield token
@@ -184,12 +207,17 @@ class Resolver:
         return Hit(case, "thread-index") if case else None
 
     def _by_case_ref(self, ev: Evidence, texts: Iterator[str], match: str) -> Hit | None:
+        seen: set[str] = set()
         for text in texts:
             for found in self._case_ref.finditer(text):
                 case_id = found.group(1).strip()
-                if not is_valid_case_id(case_id):
+                if case_id in seen or not is_valid_case_id(case_id):
                     continue
-                case = ev.case_by_id(case_id)
+                if len(seen) >= MAX_CASE_REFS:
+                    return None
+                seen.add(case_id)
+                # People retype "[case c-000123]": ids are case-sensitive, generated ones upper.
+                case = ev.case_by_id(case_id) or ev.case_by_id(case_id.upper())
                 # A case number is guessable: only a participant may thread by it.
                 if case is not None and ev.is_participant(case.case_id):
                     return Hit(case, match)
@@ -216,26 +244,45 @@ class Resolver:
                 if ref:
                     yield f"{rule.name}:{ref}"
 
-    def by_external_ref(self, ev: Evidence) -> Hit | None:
+    def _external_keys(self, ev: Evidence) -> Iterator[str]:
+        """This mail's distinct external references (of rules whose sender matches), bounded."""
+        seen: set[str] = set()
         for rule, pattern, senders in self._external:
             if rule.sender and not (ev.sender and senders.matches(ev.sender)):
                 continue
             for key in self._external_refs(ev, rule, pattern):
-                case = ev.case_by_alias(AliasKind.EXTERNAL, key)
-                if case is not None:
-                    return Hit(case, "external-ref")
-                if key not in ev.new_external:
-                    ev.new_external.append(key)
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+                    if len(seen) >= MAX_EXTERNAL_REFS:
+                        return
+
+    def by_external_ref(self, ev: Evidence) -> Hit | None:
+        for key in self._external_keys(ev):
+            case = ev.case_by_alias(AliasKind.EXTERNAL, key)
+            if case is not None:
+                return Hit(case, "external-ref")
+            if key not in ev.new_external:
+                ev.new_external.append(key)
         return None
+
+    def note_external_refs(self, ev: Evidence) -> None:
+        """First sight maps a reference to the case, also when another strategy found it
+        (another system's answer to our mail threads by In-Reply-To, its updates do not)."""
+        if not self._external_on:
+            return
+        for key in self._external_keys(ev):
+            if key not in ev.new_external and ev.reader.find(AliasKind.EXTERNAL, key) is None:
+                ev.new_external.append(key)
 
     def subject_key(self, subject_text: str) -> str:
         return subject.normalise(subject_text, self._tag)
 
     def by_subject_match(self, ev: Evidence) -> Hit | None:
         key = self.subject_key(ev.subject)
-        if not key:
+        if not key or ev.sender is None:
             return None
-        hit = ev.reader.find(AliasKind.SUBJECT, key)
+        hit = ev.reader.find(AliasKind.SUBJECT, subject_participant_key(key, ev.sender))
         if hit is None or ev.now - hit.recorded > self._subject_window:
             return None
         case = ev.case_by_id(hit.case_id)

@@ -4,15 +4,23 @@ LMDB forbids opening one environment twice in a process, so every LmdbIndex on a
 one reference-counted `lmdb.Environment`. Each call is one short transaction; writers serialise
 on LMDB's own lock, which holds across threads and across processes (the CLI next to the
 running milter). Do not fork after opening: the child must open its own index.
+
+The map grows by itself: a write that finds it full doubles it (up to a ceiling) and runs
+again. The size reached is stored in the file, so other processes (on their next transaction,
+`MDB_MAP_RESIZED`) and restarts adopt it. Replacing the map needs every transaction of the
+process ended (py-lmdb invalidates them), so transactions pass a process-wide gate: shared for
+every transaction, exclusive for a resize.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
 
 import lmdb
 
@@ -20,30 +28,161 @@ from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, is_valid_case_i
 from . import keys
 from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
+log = logging.getLogger("casethread")
+
 SCHEMA_VERSION = 1
 META_SCHEMA = b"schema"  # ASCII decimal
 META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
 # One slot per concurrent read transaction in all processes: SMTP sessions plus CLI runs.
 MAX_READERS = 512
-MAX_DBS = 5  # the named databases of _Env
+MAX_DBS = 5  # the named databases of SharedEnv
+# Automatic growth stops at max(16 x the configured map_size, 64 GiB): far beyond any normal
+# index, yet a runaway writer meets IndexFull before it has filled the disk of a small server.
+CEILING_FACTOR = 16
+MIN_CEILING = 64 << 30
+# Doublings one write may need (more only for a single write of many GiB).
+_MAX_GROWTHS = 64
+_MAX_RESIZED_RETRIES = 3
+
+T = TypeVar("T")
+
+
+def default_max_map_size(map_size: int) -> int:
+    return max(map_size * CEILING_FACTOR, MIN_CEILING)
+
+
+class _Gate:
+    """Readers/writer gate of one environment in this process.
+
+    Transactions pass it shared; nesting within a thread is free. `exclusive` (a thread outside
+    any transaction) and `upgrade` (the writer, inside its own transaction) wait until every
+    other thread has left, and hold back new transactions meanwhile so a steady stream of
+    reads cannot starve them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._active = 0  # threads inside
+        self._resizing = False
+        self._local = threading.local()
+
+    # enter/leave run on every lookup: the plain lock, not the Condition's wrapper.
+    def enter(self) -> None:
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if not depth:
+            with self._lock:
+                while self._resizing:
+                    self._cond.wait()
+                self._active += 1
+        local.depth = depth + 1
+
+    def leave(self) -> None:
+        local = self._local
+        depth = local.depth - 1
+        local.depth = depth
+        if not depth:
+            with self._lock:
+                self._active -= 1
+                if self._resizing and self._active <= 1:
+                    self._cond.notify_all()
+
+    def held(self) -> bool:
+        return bool(getattr(self._local, "depth", 0))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self.held():
+            # Waiting for our own transaction to end would never return.
+            raise CaseIndexError("cannot resize the LMDB map inside a transaction")
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+    @contextmanager
+    def upgrade(self) -> Iterator[None]:
+        """Be the only thread inside, staying inside. Only the writer (one at a time: see
+        SharedEnv.writer) upgrades; a pending `exclusive` keeps its claim and waits for us."""
+        with self._cond:
+            owner = not self._resizing
+            self._resizing = True
+            while self._active > 1:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            if owner:
+                with self._cond:
+                    self._resizing = False
+                    self._cond.notify_all()
 
 
 @dataclass
-class _Env:
+class SharedEnv:
+    """One open environment, its named databases, its gate and its writer lock."""
+
     env: lmdb.Environment
     aliases: lmdb._Database  # keys.alias_key -> keys.encode_alias
     cases: lmdb._Database  # case id -> keys.encode_case
     numbers: lmdb._Database  # keys.NUMBER -> case id
     counters: lmdb._Database  # keys.counter_key -> keys.Window
     meta: lmdb._Database
+    path: str = ""
+    max_map_size: int = MIN_CEILING
     refs: int = 0
+    gate: _Gate = field(default_factory=_Gate)
+    # Writers of this process queue here, outside the gate, instead of on LMDB's writer mutex
+    # inside it: a writer that has to grow the map can then drain the gate.
+    writer: threading.Lock = field(default_factory=threading.Lock)
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def grow(self, seen: int) -> bool:
+        """Double the map after a write found `seen` bytes full; False at the ceiling. The
+        caller has drained the gate and holds no transaction."""
+        # Another process may have grown it already: take its size first.
+        self.env.set_mapsize(0)
+        if self.map_size() > seen:
+            log.info("case index %s: map size %d bytes adopted", self.path, self.map_size())
+            return True
+        if seen >= self.max_map_size:
+            self.env.set_mapsize(seen)
+            return False
+        self.env.set_mapsize(min(seen * 2, self.max_map_size))
+        grown = self.map_size()
+        log.log(
+            logging.WARNING if grown >= self.max_map_size else logging.INFO,
+            "case index %s: map grown from %d to %d bytes (ceiling %d)",
+            self.path, seen, grown, self.max_map_size,
+        )
+        return True
+
+    def adopt(self) -> None:
+        """Take the size another process grew the map to (after MDB_MAP_RESIZED)."""
+        with self.gate.exclusive():
+            before = self.map_size()
+            self.env.set_mapsize(0)
+            if self.map_size() < before:
+                self.env.set_mapsize(before)  # never shrink below what this process had
+            log.debug("case index %s: map size %d bytes adopted", self.path, self.map_size())
 
 
-_envs: dict[str, _Env] = {}
+_envs: dict[str, SharedEnv] = {}
 _envs_lock = threading.Lock()
 
 
-def _open_env(path: str, map_size: int) -> _Env:
+def _open_env(path: str, map_size: int, max_map_size: int) -> SharedEnv:
     try:
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700)  # whatever the umask
@@ -60,13 +199,20 @@ def _open_env(path: str, map_size: int) -> _Env:
         lock=True,
     )
     try:
-        shared = _Env(
+        # A map grown earlier (by any process) is stored in the file: keep it rather than
+        # shrink back to the configured size and grow again.
+        env.set_mapsize(0)
+        if env.info()["map_size"] < map_size:
+            env.set_mapsize(map_size)
+        shared = SharedEnv(
             env,
             env.open_db(b"aliases"),
             env.open_db(b"cases"),
             env.open_db(b"numbers"),
             env.open_db(b"counters"),
             env.open_db(b"meta"),
+            path=path,
+            max_map_size=max(max_map_size, map_size),
         )
         with env.begin(write=True) as txn:
             raw = txn.get(META_SCHEMA, db=shared.meta)
@@ -83,13 +229,13 @@ def _open_env(path: str, map_size: int) -> _Env:
     return shared
 
 
-def _acquire(path: str, map_size: int) -> tuple[str, _Env]:
+def _acquire(path: str, map_size: int, max_map_size: int) -> tuple[str, SharedEnv]:
     with _envs_lock:
         try:
             real = os.path.realpath(path)
             shared = _envs.get(real)
             if shared is None:
-                shared = _envs[real] = _open_env(real, map_size)
+                shared = _envs[real] = _open_env(real, map_size, max_map_size)
         except (lmdb.Error, OSError) as exc:
             raise IndexUnavailable(f"cannot open case index {path}: {exc}") from exc
         shared.refs += 1
@@ -105,6 +251,70 @@ def _release(real: str) -> None:
             shared.env.close()
 
 
+def _translate(path: str, shared: SharedEnv, exc: lmdb.Error) -> CaseIndexError:
+    if isinstance(exc, lmdb.MapFullError):
+        return IndexFull(
+            f"case index {path} is full: its map of {shared.map_size()} bytes reached "
+            f"the growth ceiling of {shared.max_map_size} bytes; raise index.map_size in "
+            "the configuration (automatic growth stops at 16 times it, at least 64 GiB)"
+        )
+    if isinstance(exc, lmdb.DiskError):
+        return IndexFull(f"case index {path}: the disk is full ({exc})")
+    return CaseIndexError(f"case index {path}: {exc}")
+
+
+class _Txn:
+    """A read transaction inside the gate (`with _Txn(...) as (txn, db)`).
+
+    A class, not a generator context manager: `find` runs this on every lookup, and the
+    generator machinery would cost more than the gate itself.
+    """
+
+    __slots__ = ("_path", "_shared", "_txn")
+
+    def __init__(self, path: str, shared: SharedEnv) -> None:
+        self._path = path
+        self._shared = shared
+
+    def __enter__(self) -> tuple[lmdb.Transaction[bytes], SharedEnv]:
+        shared = self._shared
+        gate = shared.gate
+        for attempt in range(_MAX_RESIZED_RETRIES):
+            gate.enter()
+            try:
+                self._txn = shared.env.begin()
+                return self._txn, shared
+            except lmdb.MapResizedError as exc:
+                gate.leave()
+                if attempt == _MAX_RESIZED_RETRIES - 1:
+                    self._raise(exc)
+            except BaseException as exc:
+                gate.leave()
+                if isinstance(exc, lmdb.Error):
+                    self._raise(exc)
+                raise
+            try:
+                shared.adopt()  # another process grew the map: take its size, begin again
+            except lmdb.Error as exc:
+                self._raise(exc)
+        raise AssertionError("unreachable")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        try:
+            self._txn.abort()  # a read: nothing to commit
+        except lmdb.Error as end_exc:
+            self._raise(end_exc)
+        finally:
+            self._shared.gate.leave()
+        if isinstance(exc, lmdb.Error):
+            raise _translate(self._path, self._shared, exc) from exc
+
+    def _raise(self, exc: lmdb.Error) -> NoReturn:
+        raise _translate(self._path, self._shared, exc) from exc
+
+
 class LmdbIndex:
     def __init__(
         self,
@@ -112,33 +322,129 @@ class LmdbIndex:
         map_size: int,
         id_prefix: str = "C-",
         id_digits: int = 6,
+        max_map_size: int | None = None,
     ) -> None:
+        """`max_map_size` caps automatic growth (default `default_max_map_size(map_size)`)."""
         self._ids = keys.IdFormat(id_prefix, id_digits)
         self.path = os.fspath(path)
-        # A second LmdbIndex on the same path shares the env, and the first one's map_size.
-        self._real, shared = _acquire(self.path, map_size)
-        self._shared: _Env | None = shared
+        ceiling = default_max_map_size(map_size) if max_map_size is None else max_map_size
+        # A second LmdbIndex on the same path shares the env, its map and its ceiling.
+        self._real, shared = _acquire(self.path, map_size, ceiling)
+        self._shared: SharedEnv | None = shared
 
     @staticmethod
     def exists(path: str | os.PathLike[str]) -> bool:
         return os.path.exists(os.path.join(path, "data.mdb"))
 
-    @contextmanager
-    def _txn(self, write: bool = False) -> Iterator[tuple[lmdb.Transaction[bytes], _Env]]:
+    def _live(self) -> SharedEnv:
         shared = self._shared
         if shared is None:
             raise CaseIndexError(f"case index {self.path} is closed")
+        return shared
+
+    def _txn(self) -> _Txn:
+        """A read transaction: `with self._txn() as (txn, db)`; errors become CaseIndexError."""
+        return _Txn(self.path, self._live())
+
+    def _write(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
+        """Run `body` in a write transaction and commit. When the map is full, grow it and run
+        `body` again: it must only read and write through the transaction."""
+        shared = self._live()
+        gate = shared.gate
+        if gate.held():
+            # We would hold the gate while waiting for the writer lock, and its holder may
+            # need the gate drained to grow the map.
+            raise CaseIndexError("write inside a transaction of the same thread")
+        with shared.writer:
+            for _ in range(_MAX_GROWTHS):
+                gate.enter()
+                try:
+                    txn = self._begin_write(shared)
+                    seen = shared.map_size()
+                    try:
+                        result = body(txn, shared)
+                        txn.commit()
+                        return result
+                    except BaseException as exc:
+                        # py-lmdb 3.0 makes a write abort wait until no operation of another
+                        # thread is in flight, which busy readers can put off for minutes:
+                        # abort (and grow) with the gate drained instead.
+                        with gate.upgrade():
+                            txn.abort()
+                            if not isinstance(exc, lmdb.MapFullError):
+                                raise
+                            if not shared.grow(seen):
+                                raise
+                except lmdb.Error as exc:
+                    raise _translate(self.path, shared, exc) from exc
+                finally:
+                    gate.leave()
+        raise IndexFull(f"case index {self.path}: a write did not fit after repeated growth")
+
+    def _begin_write(self, shared: SharedEnv) -> lmdb.Transaction[bytes]:
+        """A write transaction; the caller is inside the gate and holds the writer lock."""
+        for attempt in range(_MAX_RESIZED_RETRIES):
+            try:
+                return shared.env.begin(write=True)
+            except lmdb.MapResizedError:
+                if attempt == _MAX_RESIZED_RETRIES - 1:
+                    raise
+                with shared.gate.upgrade():  # another process grew the map
+                    before = shared.map_size()
+                    shared.env.set_mapsize(0)
+                    if shared.map_size() < before:
+                        shared.env.set_mapsize(before)
+        raise AssertionError("unreachable")
+
+    # --- for index maintenance (casethread.index.maintenance) ------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[tuple[lmdb.Transaction[bytes], SharedEnv]]:
+        """A read transaction and the databases, for maintenance that scans the index."""
+        with self._txn() as found:
+            yield found
+
+    def writing(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
+        """`body` in one write transaction that grows the map when needed (may run again)."""
+        return self._write(body)
+
+    def map_info(self) -> dict[str, Any]:
+        """Map size and use, page size and reader slots (refreshed by a transaction first,
+        so a map grown by another process shows its new size)."""
+        with self._txn() as (_txn, shared):
+            info = shared.env.info()
+            stat = shared.env.stat()
+        return {
+            "map_size": int(info["map_size"]),
+            "max_map_size": shared.max_map_size,
+            "last_pgno": int(info["last_pgno"]),
+            "psize": int(stat["psize"]),
+            "num_readers": int(info["num_readers"]),
+            "max_readers": int(info["max_readers"]),
+        }
+
+    def copy_compacted(self, fd: int) -> None:
+        """Write a compacted, consistent copy of the environment to `fd` (its data.mdb)."""
+        shared = self._live()
         try:
-            with shared.env.begin(write=write) as txn:
-                yield txn, shared
-        except lmdb.MapFullError as exc:
-            size = shared.env.info()["map_size"]
-            raise IndexFull(
-                f"case index {self.path} is full (map_size {size} bytes): "
-                "raise index.map_size in the configuration"
-            ) from exc
+            for attempt in range(_MAX_RESIZED_RETRIES):
+                shared.gate.enter()
+                try:
+                    shared.env.copyfd(fd, compact=True)
+                    return
+                except lmdb.MapResizedError:
+                    if attempt == _MAX_RESIZED_RETRIES - 1:
+                        raise
+                finally:
+                    shared.gate.leave()
+                # The copy's transaction could not begin: start over at the adopted size.
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                shared.adopt()
         except lmdb.Error as exc:
-            raise CaseIndexError(f"case index {self.path}: {exc}") from exc
+            raise _translate(self.path, shared, exc) from exc
+
+    # --- the CaseIndex contract ------------------------------------------------------------
 
     def find(self, kind: AliasKind, key: str) -> AliasHit | None:
         raw_key = keys.alias_key(kind, key)
@@ -172,7 +478,8 @@ class LmdbIndex:
             existing = self.get_case(case_id)
             if existing is not None:
                 return existing
-        with self._txn(write=True) as (txn, db):
+
+        def create(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord:
             if case_id is not None:
                 raw = txn.get(case_id.encode(), db=db.cases)
                 if raw is not None:  # adopted by another thread or process meanwhile
@@ -187,7 +494,9 @@ class LmdbIndex:
             txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)
-        return record
+            return record
+
+        return self._write(create)
 
     def last_number(self) -> int:
         with self._txn() as (txn, db):
@@ -198,23 +507,29 @@ class LmdbIndex:
         items = keys.alias_items(aliases, now)
         if not items:
             return
+
         # One write transaction: one fsync for all of a message's aliases.
-        with self._txn(write=True) as (txn, db):
+        def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
             for key, value in items:
                 txn.put(key, value, db=db.aliases)
+
+        self._write(put_all)
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
 
     def bump_counter(self, key: str, now: int, window: int) -> int:
         raw_key = keys.counter_key(key)
+
         # Read and write in one write transaction: LMDB's writer lock makes the bump atomic
         # across threads and processes.
-        with self._txn(write=True) as (txn, db):
+        def bump(txn: lmdb.Transaction[bytes], db: SharedEnv) -> int:
             raw = txn.get(raw_key, db=db.counters)
             current = keys.bump(None if raw is None else keys.Window.decode(raw), now, window)
             txn.put(raw_key, current.encode(), db=db.counters)
-        return current.count
+            return current.count
+
+        return self._write(bump)
 
     def peek_counter(self, key: str) -> keys.Window | None:
         """The stored window of a counter, without counting (for an overlay's seed)."""
@@ -228,12 +543,15 @@ class LmdbIndex:
             raise KeyError(record.case_id)
         key = record.case_id.encode()
         data = keys.encode_case(record)
-        with self._txn(write=True) as (txn, db):
+
+        def update(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
             stored = txn.get(key, db=db.cases)
             if stored is None:
                 raise KeyError(record.case_id)
             keys.check_same_number(keys.decode_case(record.case_id, stored), record)
             txn.put(key, data, db=db.cases)
+
+        self._write(update)
 
     def modify_case(
         self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
@@ -241,7 +559,9 @@ class LmdbIndex:
         if not is_valid_case_id(case_id):
             return None
         key = case_id.encode()
-        with self._txn(write=True) as (txn, db):
+
+        # `change` runs again on a fresh read if the map had to grow.
+        def modify(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord | None:
             stored = txn.get(key, db=db.cases)
             if stored is None:
                 return None
@@ -252,6 +572,8 @@ class LmdbIndex:
             keys.check_same_number(current, new)
             txn.put(key, keys.encode_case(new), db=db.cases)
             return new
+
+        return self._write(modify)
 
     def close(self) -> None:
         if self._shared is not None:

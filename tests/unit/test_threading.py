@@ -1,0 +1,1313 @@
+"""Complete threading (issue 3; DESIGN §3-§6): every strategy, case rule and transition.
+
+Most tests run through the engine (`Harness`: MemoryIndex, fixed clock, fixed key); the ones at
+the end run `casethread filter` as a subprocess on the real LMDB index and the index's own key.
+Case states and links are set on the index directly, as `casethread case ...` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casethread.core import outbound, thread_index
+from casethread.core.message import parse_raw
+from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState
+from casethread.core.settings import (
+    ExternalRefRule,
+    FloodSettings,
+    RoutingRule,
+    RoutingSettings,
+    Settings,
+)
+from casethread.core.token import ALPHABET, Keyring
+from casethread.index import LmdbIndex, MemoryIndex
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+CUSTOMER_ADDR = "pat@customer.example.org"
+CUSTOMER = ("From", f"Pat Customer <{CUSTOMER_ADDR}>")
+TO_CUSTOMER = ("To", f"Pat Customer <{CUSTOMER_ADDR}>")
+STRANGER = ("From", "Eve Elsewhere <eve@elsewhere.example>")
+TO_SUPPORT = ("To", "Support <support@example.com>")
+TAG = re.compile(r"\[ref:([0-9A-Z]{19,31})\]")
+DAY = 86_400
+
+
+
+def token_of(subject: str) -> str:
+    found = TAG.search(subject)
+    assert found, subject
+    return found.group(1)
+
+
+def start_case(h: Any, subject: str = "Printer jam", **kw: Any) -> Any:
+    """The agent writes to Pat: a new case, stamped; Pat becomes a participant (To)."""
+    r = h.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), **kw)
+    assert r.decision.match in ("new", "app"), r.decision
+    return r
+
+
+def settings_with(h: Any, **inbound: Any) -> Settings:
+    base: Settings = h.settings
+    return dataclasses.replace(base, inbound=dataclasses.replace(base.inbound, **inbound))
+
+
+# --------------------------------------------------------------------------- bounce
+
+
+def dsn(returned: bytes, part_type: str = "message/rfc822") -> bytes:
+    """A Postfix-style delivery status notification returning `returned` (RFC 3464)."""
+    return (
+        b"This is a MIME-encapsulated message.\n"
+        b"\n"
+        b"--DSN.BOUNDARY\n"
+        b"Content-Description: Notification\n"
+        b"Content-Type: text/plain; charset=us-ascii\n"
+        b"\n"
+        b"I'm sorry to have to inform you that your message could not\n"
+        b"be delivered to one or more recipients.\n"
+        b"\n"
+        b"--DSN.BOUNDARY\n"
+        b"Content-Description: Delivery report\n"
+        b"Content-Type: message/delivery-status\n"
+        b"\n"
+        b"Reporting-MTA: dns; mx.customer.example.org\n"
+        b"\n"
+        b"Final-Recipient: rfc822; pat@customer.example.org\n"
+        b"Action: failed\n"
+        b"Status: 5.1.1\n"
+        b"\n"
+        b"--DSN.BOUNDARY\n"
+        b"Content-Description: Undelivered Message\n"
+        b"Content-Type: " + part_type.encode() + b"\n"
+        b"\n" + returned + b"\n"
+        b"--DSN.BOUNDARY--\n"
+    )
+
+
+DSN_HEADERS = (
+    ("From", "MAILER-DAEMON@mx.customer.example.org (Mail Delivery System)"),
+    ("To", "dana@support.example.com"),
+    ("Subject", "Undelivered Mail Returned to Sender"),
+    ("Message-ID", "<20260302.dsn1@mx.customer.example.org>"),
+    ("MIME-Version", "1.0"),
+    ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="DSN.BOUNDARY"'),
+)
+
+
+def returned_message(message_id: str, subject: str = "Printer jam") -> bytes:
+    return (
+        f"From: Dana Agent <dana@support.example.com>\n"
+        f"To: pat@customer.example.org\n"
+        f"Subject: {subject}\n"
+        f"Message-ID: {message_id}\n"
+        f"\n"
+        f"Hello Pat,\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("part_type", ["message/rfc822", "text/rfc822-headers"])
+def test_bounce_of_our_message_id(harness: Any, part_type: str) -> None:
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    # Only the returned part names the case: its Message-ID (no token anywhere).
+    returned = returned_message(out.one("Message-ID"))
+    if part_type == "text/rfc822-headers":
+        returned = returned.partition(b"\n\n")[0] + b"\n"
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned, part_type), mail_from="<>")
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "bounce"),
+        # A bounce is automatic: it threads but never reopens.
+        ("X-Case-State", "resolved"),
+        # The case, opened by outbound mail, had no queue: its first inbound mail routes it.
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "bounce"),
+        ("X-Case-Sender", "unknown"),
+    ]
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_bounce_by_token_when_a_relay_rewrote_the_message_id(harness: Any) -> None:
+    out = start_case(harness)
+    returned = returned_message("<rewritten.by.relay@smarthost.example>", out.one("Subject"))
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned), mail_from="<>")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "bounce"
+
+
+def test_bounce_by_anchor_in_returned_references(harness: Any) -> None:
+    out = start_case(harness)
+    returned = (
+        b"From: dana@support.example.com\nSubject: no token here\n"
+        b"Message-ID: <rewritten@smarthost.example>\n"
+        b"References: " + out.one("References").encode() + b"\n\n"
+    )
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned, "text/rfc822-headers"))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "bounce"
+
+
+def test_bounce_of_unknown_mail_opens_no_case(harness: Any) -> None:
+    returned = returned_message("<never-seen@support.example.com>")
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned), mail_from="<>")
+    assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
+    assert r.decision.case_ids == ()
+    assert harness.index.last_number() == 0
+
+
+# --------------------------------------------------------------------------- token
+
+
+def test_token_in_subject(harness: Any) -> None:
+    out = start_case(harness)
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Re: {out.one('Subject')}"))
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "token"),
+        ("X-Case-State", "open"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        ("X-Case-Sender", "known"),
+    ]
+
+
+def test_token_in_subject_any_case_and_spacing(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    subject = f"AW: Printer jam [REF: {tok[:9].lower()} {tok[9:]} ]"
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+
+
+def test_token_only_in_the_quoted_body_wrapped_inside_the_bracket(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    body = (
+        f"It is the LaserThing 3000.\n"
+        f"\n"
+        f"On Mon, 2 Mar 2026, Dana Agent wrote:\n"
+        f"> Subject: Printer jam [ref:{tok[:8]}\n"
+        f">  {tok[8:]}]\n"
+        f"> Hello Pat,\n"
+    ).encode()
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam"), body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert r.all("X-Case-Token") == []
+
+
+def test_token_in_quoted_printable_text_after_transfer_decoding(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    # A soft line break splits the token: only the decoded text has it whole.
+    body = (
+        b"--b1\nContent-Type: text/plain; charset=utf-8\n"
+        b"Content-Transfer-Encoding: quoted-printable\n\n"
+        b"Gr=C3=BC=C3=9Fe, see [ref:" + tok[:10].encode() + b"=\n" + tok[10:].encode() + b"]\n"
+        b"--b1--\n"
+    )
+    r = harness.inbound(
+        CUSTOMER, ("Content-Type", 'multipart/mixed; boundary="b1"'), body=body
+    )
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+
+
+def test_token_in_html_body_with_entities(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    html = f"<p>Thanks!</p><blockquote><p>&#91;ref&#58;<b>{tok}</b>&#x5D;</p></blockquote>"
+    body = (
+        b"--alt\nContent-Type: text/plain; charset=utf-8\n\nThanks!\n"
+        b"--alt\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(html.encode())
+        + b"--alt--\n"
+    )
+    r = harness.inbound(
+        CUSTOMER,
+        ("Subject", "Re: Printer jam"),
+        ("Content-Type", 'multipart/alternative; boundary="alt"'),
+        body=body,
+    )
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+
+
+@pytest.mark.parametrize("field", ["References", "In-Reply-To"])
+def test_anchor_only_in_reply_headers(harness: Any, field: str) -> None:
+    out = start_case(harness)
+    anchor = out.one("References")
+    assert re.fullmatch(r"<[0-9A-Z]+\.case@support\.example\.com>", anchor)
+    # A relay rewrote every Message-ID: only the anchor is left (never recorded as a
+    # Message-ID: it verifies by its signature alone).
+    r = harness.inbound(
+        CUSTOMER, ("Subject", "Re: Printer jam"), (field, f"<x@relay.example> {anchor}")
+    )
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert harness.index.find(AliasKind.MESSAGE, anchor.strip("<>")) is None
+
+
+def test_anchor_first_in_a_long_references_is_still_found(harness: Any) -> None:
+    """The anchor goes first because trimming keeps the first ID; the scan must look there."""
+    out = start_case(harness)
+    newer = " ".join(f"<n{i}@customer.example.org>" for i in range(150))
+    r = harness.inbound(CUSTOMER, ("References", f"{out.one('References')} {newer}"))
+    assert r.one("X-Case-Match") == "token", r.ours()
+    assert r.case_id == "C-000001"
+
+
+# --------------------------------------------------------------------------- reply headers
+
+
+def test_in_reply_to(harness: Any) -> None:
+    out = start_case(harness)
+    r = harness.inbound(
+        CUSTOMER, ("Subject", "Re: Printer jam"), ("In-Reply-To", out.one("Message-ID"))
+    )
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "in-reply-to"
+
+
+def test_references_newest_known_id(harness: Any) -> None:
+    first = start_case(harness)  # C-000001
+    second = start_case(harness, "Toner")  # C-000002
+    refs = f"<a@x.example> {first.one('Message-ID')} {second.one('Message-ID')} <b@x.example>"
+    r = harness.inbound(CUSTOMER, ("In-Reply-To", "<b@x.example>"), ("References", refs))
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "references"
+
+
+# --------------------------------------------------------------------------- thread-index
+
+
+def outlook_reply_index(our_value: str, when: float) -> str:
+    """What Outlook writes on a reply: the parent's conversation index plus one child block."""
+    parent = thread_index.decode(our_value)
+    assert parent is not None
+    return thread_index.encode(thread_index.child(parent, when))
+
+
+def test_thread_index_only_outlook_reply(harness: Any) -> None:
+    out = start_case(harness)
+    ti = outlook_reply_index(out.one("Thread-Index"), harness.clock.now + 60)
+    # Outlook dropped References and the token; the Thread-Index is the only link left.
+    r = harness.inbound(
+        CUSTOMER,
+        TO_SUPPORT,
+        ("Subject", "RE: Printer jam"),
+        ("Thread-Topic", "Printer jam"),
+        ("Thread-Index", ti),
+        ("Message-ID", "<AM0PR01MB0001.outlook@customer.example.org>"),
+    )
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "thread-index"
+    assert r.one("X-Case-Sender") == "known"
+
+
+def test_thread_index_root_of_a_new_inbound_case_is_recorded(harness: Any) -> None:
+    root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    first = harness.inbound(
+        CUSTOMER, ("Subject", "Scanner"), ("Thread-Index", thread_index.encode(root))
+    )
+    assert first.one("X-Case-Match") == "new"
+    # Pat's second mail in the same Outlook conversation, with no other link.
+    again = harness.inbound(
+        CUSTOMER,
+        ("Subject", "Scanner, again"),
+        ("Thread-Index", thread_index.encode(thread_index.child(root, harness.clock.now))),
+    )
+    assert again.case_id == first.case_id
+    assert again.one("X-Case-Match") == "thread-index"
+
+
+def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> None:
+    start_case(harness)
+    other = thread_index.new_root(harness.clock.now, b"\x42" * 16)
+    unrelated = thread_index.encode(thread_index.child(other, harness.clock.now))
+    r = harness.inbound(CUSTOMER, ("Thread-Index", unrelated))
+    assert r.one("X-Case-Match") == "new"
+
+
+# --------------------------------------------------------------------------- human references
+
+
+def test_subject_ref_from_a_participant_threads(harness: Any) -> None:
+    start_case(harness)
+    r = harness.inbound(CUSTOMER, ("Subject", "Still broken [Case C-000001]"))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "subject-ref"
+    assert r.one("X-Case-Sender") == "known"
+
+
+def test_subject_ref_from_a_stranger_does_not_thread(harness: Any) -> None:
+    start_case(harness)
+    r = harness.inbound(STRANGER, ("Subject", "Hijack [Case C-000001]"))
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "new"
+    assert r.all("X-Case-Sender") == []  # nothing matched: the question does not arise
+
+
+def test_subject_ref_to_an_unknown_case_opens_a_new_one(harness: Any) -> None:
+    r = harness.inbound(CUSTOMER, ("Subject", "[Case C-000042]"))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "new"
+
+
+def test_x_case_sender_known_and_unknown_on_a_token_match(harness: Any) -> None:
+    subject = start_case(harness).one("Subject")
+    # Pat forwarded the mail to Eve, who answers with the token: it threads, flagged unknown.
+    eve = harness.inbound(STRANGER, ("Subject", f"Fwd: {subject}"))
+    assert eve.case_id == "C-000001"
+    assert eve.one("X-Case-Sender") == "unknown"
+    pat = harness.inbound(CUSTOMER, ("Subject", f"Re: {subject}"))
+    assert pat.one("X-Case-Sender") == "known"
+    # Eve's threaded mail made her a participant: her human reference counts now.
+    again = harness.inbound(STRANGER, ("Subject", "About [Case C-000001]"))
+    assert again.one("X-Case-Match") == "subject-ref"
+    assert again.one("X-Case-Sender") == "known"
+
+
+def test_body_ref_from_a_participant_threads_from_a_stranger_not(harness: Any) -> None:
+    start_case(harness)
+    body = b"Hello,\n\nthis is about [Case C-000001], the printer.\n"
+    r = harness.inbound(CUSTOMER, ("Subject", "printer"), body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "body-ref"
+    assert r.one("X-Case-Sender") == "known"
+    r = harness.inbound(STRANGER, ("Subject", "printer"), body=body)
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "new"
+
+
+# --------------------------------------------------------------------------- external-ref
+
+
+SERVICENOW = ExternalRefRule(
+    name="servicenow", pattern=r"\b(INC\d{7})\b", sender=("@servicenow.example.net",)
+)
+NOW_SENDER = ("From", "ServiceNow <noreply@servicenow.example.net>")
+
+
+def external_harness(make_harness: Any) -> Any:
+    base = make_harness()
+    strategies = (*base.settings.inbound.strategies, "external-ref")
+    return make_harness(
+        settings_with(base, external_refs=(SERVICENOW,), strategies=strategies)
+    )
+
+
+def test_external_ref_first_sight_maps_then_threads(make_harness: Any) -> None:
+    h = external_harness(make_harness)
+    first = h.inbound(NOW_SENDER, ("Subject", "INC0012345 opened: printer"))
+    assert first.case_id == "C-000001"
+    assert first.one("X-Case-Match") == "new"
+    later = h.inbound(NOW_SENDER, ("Subject", "Update"), body=b"Incident INC0012345 was updated.\n")
+    assert later.case_id == "C-000001"
+    assert later.one("X-Case-Match") == "external-ref"
+    # Another incident number is another case.
+    other = h.inbound(NOW_SENDER, ("Subject", "INC0099999 opened"))
+    assert other.case_id == "C-000002"
+    assert other.one("X-Case-Match") == "new"
+
+
+def test_external_ref_from_another_sender_is_not_used(make_harness: Any) -> None:
+    h = external_harness(make_harness)
+    h.inbound(NOW_SENDER, ("Subject", "INC0012345 opened"))
+    r = h.inbound(STRANGER, ("Subject", "Re: INC0012345"))
+    assert r.one("X-Case-Match") == "new"
+    assert r.case_id == "C-000002"
+
+
+def test_external_ref_is_off_unless_listed(make_harness: Any) -> None:
+    base = make_harness()
+    h = make_harness(settings_with(base, external_refs=(SERVICENOW,)))
+    h.inbound(NOW_SENDER, ("Subject", "INC0012345 opened"))
+    r = h.inbound(NOW_SENDER, ("Subject", "INC0012345 updated"))
+    assert r.one("X-Case-Match") == "new"
+
+
+def test_external_ref_seen_on_a_reply_that_threaded_otherwise_is_recorded(
+    make_harness: Any,
+) -> None:
+    """We write to ServiceNow; its answer threads by In-Reply-To and names its incident. That
+    first sight must map the incident, or its later updates (no In-Reply-To) open new cases."""
+    h = external_harness(make_harness)
+    out = h.outbound(AGENT, ("To", "servicedesk@servicenow.example.net"), ("Subject", "Printer"))
+    reply = h.inbound(
+        NOW_SENDER, ("Subject", "INC0012345 created"), ("In-Reply-To", out.one("Message-ID"))
+    )
+    assert reply.one("X-Case-Match") == "in-reply-to"
+    update = h.inbound(NOW_SENDER, ("Subject", "INC0012345 updated"))
+    assert update.one("X-Case-Match") == "external-ref", update.ours()
+    assert update.case_id == "C-000001"
+
+
+class AliasCountingIndex:
+    """A MemoryIndex that counts alias lookups and writes per kind (work, not time)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryIndex()
+        self.found: Counter[AliasKind] = Counter()
+        self.recorded: Counter[AliasKind] = Counter()
+        self.cases_read = 0
+
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        self.found[kind] += 1
+        return self.inner.find(kind, key)
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        self.cases_read += 1
+        return self.inner.get_case(case_id)
+
+    def record(self, aliases: Sequence[Alias], now: int) -> None:
+        self.recorded.update(a.kind for a in aliases)
+        self.inner.record(aliases, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_external_refs_of_one_message_are_bounded(make_harness: Any) -> None:
+    """A body of thousands of ticket-number look-alikes: bounded lookups and writes."""
+    base = make_harness()
+    index = AliasCountingIndex()
+    h = make_harness(
+        settings_with(
+            base,
+            external_refs=(ExternalRefRule(name="servicenow", pattern=r"\b(INC\d{7})\b"),),
+            strategies=(*base.settings.inbound.strategies, "external-ref"),
+        ),
+        index=index,
+    )
+    body = "".join(f"INC{i:07d}\n" for i in range(5_000)).encode()
+    r = h.inbound(NOW_SENDER, ("Subject", "digest"), body=body)
+    assert r.case_id == "C-000001"
+    assert index.found[AliasKind.EXTERNAL] <= 64, index.found
+    assert index.recorded[AliasKind.EXTERNAL] <= 64, index.recorded
+
+
+def test_human_references_of_one_message_are_bounded(make_harness: Any) -> None:
+    """A stranger's body full of case references (known and guessed): bounded lookups."""
+    index = AliasCountingIndex()
+    h = make_harness(index=index)
+    start_case(h)
+    index.found.clear()
+    index.cases_read = 0
+    body = "".join(f"[Case C-000001] [Case C-{i:06d}]\n" for i in range(2, 2_500)).encode()
+    r = h.inbound(STRANGER, ("Subject", "guessing"), body=body)
+    assert r.one("X-Case-Match") == "new"
+    assert index.found[AliasKind.PARTICIPANT] <= 64, index.found
+    assert index.cases_read <= 64, index.cases_read
+
+
+# --------------------------------------------------------------------------- subject-match
+
+
+def subject_match_harness(make_harness: Any, window: int = 2 * DAY) -> Any:
+    base = make_harness()
+    inbound = base.settings.inbound
+    return make_harness(
+        settings_with(
+            base,
+            strategies=(*inbound.strategies, "subject-match"),
+            subject_match=dataclasses.replace(inbound.subject_match, window=window),
+        )
+    )
+
+
+def test_subject_match_is_off_by_default(harness: Any) -> None:
+    harness.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam in room 4"))
+    assert r.one("X-Case-Match") == "new"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Re: Printer jam in room 4", "AW: WG: printer JAM  in room 4", "回复: Printer jam in room 4",
+     "Fwd: RE: [ref:1234] Printer jam in room 4"],
+)
+def test_subject_match_within_the_window(make_harness: Any, subject: str) -> None:
+    h = subject_match_harness(make_harness)
+    h.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))
+    h.advance(DAY)
+    r = h.inbound(CUSTOMER, ("Subject", subject))
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "subject-match"
+    assert r.one("X-Case-Sender") == "known"
+
+
+def test_subject_match_outside_the_window_or_from_a_stranger(make_harness: Any) -> None:
+    h = subject_match_harness(make_harness, window=2 * DAY)
+    h.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))
+    stranger = h.inbound(STRANGER, ("Subject", "Re: Printer jam in room 4"))
+    assert stranger.one("X-Case-Match") == "new"
+    h.inbound(CUSTOMER, ("Subject", "Toner"))  # C-000003
+    h.advance(2 * DAY + 10)
+    late = h.inbound(CUSTOMER, ("Subject", "Re: Toner"))
+    assert late.one("X-Case-Match") == "new"
+    assert late.case_id == "C-000004"
+
+
+def test_subject_match_is_not_taken_over_by_another_sender(make_harness: Any) -> None:
+    h = subject_match_harness(make_harness)
+    h.inbound(CUSTOMER, ("Subject", "Invoice question"))  # Pat's case C-000001
+    eve = h.inbound(STRANGER, ("Subject", "Invoice question"))  # Eve's own case
+    assert (eve.case_id, eve.one("X-Case-Match")) == ("C-000002", "new")
+    r = h.inbound(CUSTOMER, ("Subject", "Re: Invoice question"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-match")
+    # And Eve's follow-up goes to Eve's case, not Pat's.
+    r = h.inbound(STRANGER, ("Subject", "Re: Invoice question"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "subject-match")
+
+
+# --------------------------------------------------------------------------- forged tokens
+
+
+def forged_tokens() -> list[tuple[str, str]]:
+    genuine = Keyring([(1, bytes(range(32)))]).make(1)  # the harness key, case 1
+    other_secret = Keyring([(1, b"\xa5" * 32)]).make(1)
+    other_id = Keyring([(7, bytes(range(32)))]).make(1)  # right secret, unknown key id
+    return [
+        ("random", "1" + "1" + "1" + "ABCDEFGHJKMNPQRS"),
+        ("another-key", other_secret),
+        ("unknown-key-id", other_id),
+        ("other-case-same-mac", genuine[:2] + "2" + genuine[3:]),
+        ("last-symbol", genuine[:-1] + ("0" if genuine[-1] != "0" else "1")),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "forged"), forged_tokens(), ids=lambda v: str(v)[:20])
+@pytest.mark.parametrize("where", ["subject", "body", "references"])
+def test_forged_token_never_matches(harness: Any, kind: str, forged: str, where: str) -> None:
+    start_case(harness)
+    genuine = harness.token("C-000001")
+    assert genuine != forged
+    if kind in ("other-case-same-mac", "last-symbol"):  # one symbol off the real token
+        assert sum(a != b for a, b in zip(genuine, forged, strict=True)) == 1
+    headers: list[tuple[str, str]] = [CUSTOMER]
+    body = b""
+    if where == "subject":
+        headers.append(("Subject", f"Re: Printer jam [ref:{forged}]"))
+    elif where == "body":
+        body = f"> [ref:{forged}]\n".encode()
+    else:
+        headers.append(("References", f"<{forged}.case@support.example.com>"))
+    r = harness.inbound(*headers, body=body)
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Match") == "new"
+    assert r.one("X-Case-Token") == "invalid"
+
+
+def test_every_one_character_change_of_a_token_fails(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    for i, symbol in enumerate(tok):
+        for other in {ALPHABET[(ALPHABET.index(symbol) + 1) % 32], ALPHABET[0]} - {symbol}:
+            changed = tok[:i] + other + tok[i + 1 :]
+            # A sender per mail: one sender's 21st mail in an hour would be a loop.
+            sender = ("From", f"pat+{i}{other}@customer.example.org")
+            r = harness.inbound(sender, ("Subject", f"Re: [ref:{changed}]"))
+            assert r.one("X-Case-Match") == "new", (i, changed)
+            assert r.one("X-Case-Token") == "invalid", (i, changed)
+
+
+def test_token_shaped_garbage_outside_the_bracket_is_not_invalid(harness: Any) -> None:
+    r = harness.inbound(CUSTOMER, ("Subject", "order 1ABCDEFGHJKMNPQRSTVW"))
+    assert r.all("X-Case-Token") == []
+
+
+# --------------------------------------------------------------------------- strategy order
+
+
+def test_strategy_order_decides_the_winner(make_harness: Any) -> None:
+    def run(h: Any) -> Any:
+        a = start_case(h, "First")  # C-000001
+        b = start_case(h, "Second")  # C-000002
+        # In-Reply-To names case 1, the Subject token case 2.
+        return h.inbound(
+            CUSTOMER, ("Subject", b.one("Subject")), ("In-Reply-To", a.one("Message-ID"))
+        )
+
+    default = run(make_harness())
+    assert (default.case_id, default.one("X-Case-Match")) == ("C-000002", "token")
+    base = make_harness()
+    reordered = make_harness(
+        settings_with(base, strategies=("in-reply-to", "token", "references", "thread-index"))
+    )
+    r = run(reordered)
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "in-reply-to")
+
+
+def test_a_strategy_left_out_is_not_used(make_harness: Any) -> None:
+    base = make_harness()
+    h = make_harness(settings_with(base, strategies=("in-reply-to",)))
+    subject = start_case(h).one("Subject")
+    r = h.inbound(CUSTOMER, ("Subject", f"Re: {subject}"))
+    assert r.one("X-Case-Match") == "new"
+
+
+# --------------------------------------------------------------------------- case rules
+
+
+def reply_to(h: Any, case_id: str, *headers: tuple[str, str], **kw: Any) -> Any:
+    """Pat replies with the case's token in the Subject."""
+    return h.inbound(CUSTOMER, ("Subject", f"Re: x [ref:{h.token(case_id)}]"), *headers, **kw)
+
+
+def test_merged_case_goes_to_the_survivor(harness: Any) -> None:
+    start_case(harness)  # C-000001
+    start_case(harness, "Dup")  # C-000002
+    harness.set_case("C-000001", merged_into="C-000002")
+    r = reply_to(harness, "C-000001", ("Message-ID", "<m1@customer.example.org>"))
+    assert r.ours()[:3] == [
+        ("X-Case-ID", "C-000002"),
+        ("X-Case-Match", "token"),
+        ("X-Case-State", "open"),
+    ]
+    # The reply is recorded for the survivor, and no case was created.
+    assert harness.index.case_for_message("m1@customer.example.org") == "C-000002"
+    assert harness.index.last_number() == 2
+
+
+def test_merge_chain_and_cycle_terminate(harness: Any) -> None:
+    for _ in range(3):
+        start_case(harness)
+    harness.set_case("C-000001", merged_into="C-000002")
+    harness.set_case("C-000002", merged_into="C-000003")
+    assert reply_to(harness, "C-000001").case_id == "C-000003"
+    harness.set_case("C-000003", merged_into="C-000001")  # a cycle 1 -> 2 -> 3 -> 1
+    r = reply_to(harness, "C-000001")
+    assert r.decision.case_ids in (("C-000001",), ("C-000002",), ("C-000003",))
+    assert harness.index.last_number() == 3
+
+
+def test_a_merge_chain_longer_than_the_bound_terminates(harness: Any) -> None:
+    for _ in range(40):
+        start_case(harness)
+    for n in range(1, 40):
+        harness.set_case(f"C-{n:06d}", merged_into=f"C-{n + 1:06d}")
+    r = reply_to(harness, "C-000001")
+    (case_id,) = r.decision.case_ids
+    assert 1 < int(case_id[2:]) <= 40
+    assert harness.index.last_number() == 40
+
+
+def test_split_case_yields_one_header_per_child(harness: Any) -> None:
+    for subject in ("Parent", "Child A", "Child B", "Child C"):
+        start_case(harness, subject)
+    harness.set_case("C-000001", children=("C-000002", "C-000003", "C-000004"))
+    # Child C was merged into child A later: it is the same live case.
+    harness.set_case("C-000004", merged_into="C-000002")
+    harness.set_case("C-000003", state=CaseState.WAITING, state_changed=int(harness.clock.now))
+    r = reply_to(harness, "C-000001")
+    assert r.all("X-Case-ID") == ["C-000002", "C-000003"]
+    assert r.all("X-Case-State") == ["open", "open"]
+    assert r.decision.case_ids == ("C-000002", "C-000003")
+    assert harness.case("C-000003").state is CaseState.OPEN
+    assert r.one("X-Case-Match") == "token"
+
+
+def test_closed_case_goes_to_its_first_open_ancestor(harness: Any) -> None:
+    for subject in ("Grandparent", "Parent", "Child"):
+        start_case(harness, subject)
+    harness.set_case("C-000003", state=CaseState.CLOSED, parent="C-000002")
+    harness.set_case("C-000002", state=CaseState.CLOSED, parent="C-000001")
+    r = reply_to(harness, "C-000003")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-State") == "open"
+    assert r.all("X-Case-Related") == []
+
+
+def test_closed_case_without_open_ancestor_opens_a_related_case(harness: Any) -> None:
+    start_case(harness)  # C-000001
+    start_case(harness, "Parent")  # C-000002
+    harness.set_case("C-000002", state=CaseState.CLOSED)
+    harness.set_case("C-000001", state=CaseState.CLOSED, parent="C-000002")
+    r = reply_to(harness, "C-000001")
+    assert r.ours() == [
+        ("X-Case-ID", "C-000003"),
+        ("X-Case-Match", "token"),
+        ("X-Case-State", "new"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        ("X-Case-Related", "C-000001"),
+        ("X-Case-Sender", "known"),
+    ]
+    assert harness.case("C-000001").state is CaseState.CLOSED
+    assert harness.case("C-000003").state is CaseState.OPEN
+
+
+def test_parent_cycle_of_closed_cases_terminates(harness: Any) -> None:
+    start_case(harness)
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.CLOSED, parent="C-000002")
+    harness.set_case("C-000002", state=CaseState.CLOSED, parent="C-000001")
+    r = reply_to(harness, "C-000001")
+    assert r.case_id == "C-000003"
+    assert r.one("X-Case-Related") == "C-000001"
+
+
+@pytest.mark.parametrize("link", ["merged", "closed-with-parent", "split"])
+def test_sender_of_the_case_the_mail_names_is_known_after_a_link(harness: Any, link: str) -> None:
+    """Pat takes part in C-000001; it was merged into (closed under, split into) C-000002, where
+    Pat never wrote. Pat's reply is from a participant of the case it names: `known`."""
+    start_case(harness)  # C-000001, Pat in To
+    other = harness.inbound(("From", "someone@else.example"), ("Subject", "other"))
+    assert other.case_id == "C-000002"
+    if link == "merged":
+        harness.set_case("C-000001", merged_into="C-000002")
+    elif link == "closed-with-parent":
+        harness.set_case("C-000001", state=CaseState.CLOSED, parent="C-000002")
+    else:
+        harness.set_case("C-000001", children=("C-000002",))
+    r = reply_to(harness, "C-000001")
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-Sender") == "known"
+
+
+def test_resolved_within_reopen_within_is_reopened(harness: Any) -> None:
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    harness.advance(13 * DAY)
+    r = reply_to(harness, "C-000001")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-State") == "reopened"
+    case = harness.case("C-000001")
+    assert case.state is CaseState.OPEN
+    assert case.state_changed == int(harness.clock.now)
+
+
+def test_resolved_longer_ago_opens_a_new_related_case(harness: Any) -> None:
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    harness.advance(15 * DAY)
+    r = reply_to(harness, "C-000001")
+    assert r.case_id == "C-000002"
+    assert r.one("X-Case-State") == "new"
+    assert r.one("X-Case-Related") == "C-000001"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_reopen_within_is_configurable(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(cases={"reopen_within": 3600}))
+    start_case(h)
+    h.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    h.advance(3700)
+    assert reply_to(h, "C-000001").one("X-Case-Related") == "C-000001"
+
+
+def test_waiting_case_becomes_open(harness: Any) -> None:
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.WAITING)
+    r = reply_to(harness, "C-000001")
+    assert r.one("X-Case-State") == "open"
+    assert harness.case("C-000001").state is CaseState.OPEN
+
+
+def test_auto_reply_to_a_resolved_case_threads_without_reopening(harness: Any) -> None:
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    r = reply_to(harness, "C-000001", ("Auto-Submitted", "auto-replied"))
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "token"),
+        ("X-Case-State", "resolved"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "auto-replied"),
+        ("X-Case-Sender", "known"),
+    ]
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+    # Nor does an out-of-office to a closed case open a related one.
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    r = reply_to(harness, "C-000001", ("X-Autoreply", "yes"))
+    assert r.decision.case_ids == ("C-000001",)
+    assert r.all("X-Case-Related") == []
+    assert harness.index.last_number() == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "envelope", "kind"),
+    [
+        ((("Auto-Submitted", "auto-replied"),), {}, "auto-replied"),
+        ((("Auto-Submitted", "auto-generated"),), {}, "auto-generated"),
+        ((("Precedence", "bulk"),), {}, "bulk"),
+        ((("List-Id", "<users.lists.example.org>"),), {}, "bulk"),
+        ((), {"mail_from": "<>"}, "auto-generated"),
+    ],
+)
+def test_auto_mail_without_a_match_opens_no_case(
+    harness: Any, headers: tuple[tuple[str, str], ...], envelope: dict[str, str], kind: str
+) -> None:
+    r = harness.inbound(CUSTOMER, ("Subject", "Out of office"), *headers, **envelope)
+    assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", kind)]
+    assert r.decision.case_ids == ()
+    assert r.decision.match == "none"
+    assert harness.index.last_number() == 0
+
+
+# --------------------------------------------------------------------------- flood guard
+
+
+def test_flood_21st_message_within_the_hour_is_a_loop(harness: Any) -> None:
+    for n in range(1, 21):
+        r = harness.inbound(CUSTOMER, ("Subject", f"mail {n}"))
+        assert r.case_id == f"C-{n:06d}"
+        assert r.all("X-Case-Loop") == []
+    loop = harness.inbound(CUSTOMER, ("Subject", "mail 21"))
+    assert loop.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "no"), ("X-Case-Loop", "yes")]
+    assert harness.index.last_number() == 20
+    # A looping sender's mail still threads to its case, but does not reopen it.
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    threaded = reply_to(harness, "C-000001")
+    assert threaded.case_id == "C-000001"
+    assert threaded.one("X-Case-State") == "resolved"
+    assert threaded.one("X-Case-Loop") == "yes"
+    # Another sender is not affected.
+    assert harness.inbound(STRANGER).case_id == "C-000021"
+    # The counter expires with its window.
+    harness.advance(3600)
+    fresh = harness.inbound(CUSTOMER, ("Subject", "next hour"))
+    assert fresh.case_id == "C-000022"
+    assert fresh.all("X-Case-Loop") == []
+
+
+def test_flood_limit_is_configurable(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=60)}))
+    assert [h.inbound(CUSTOMER).all("X-Case-Loop") for _ in range(3)] == [[], [], ["yes"]]
+    h.advance(60)
+    assert h.inbound(CUSTOMER).all("X-Case-Loop") == []
+
+
+# --------------------------------------------------------------------------- routing
+
+
+ROUTING = RoutingSettings(
+    default_queue="support",
+    rules=(
+        RoutingRule(queue="billing", subject=r"\binvoice\b"),
+        RoutingRule(queue="vip", sender=("@bigcorp.example",)),
+        RoutingRule(queue="never", sender=("@bigcorp.example",), subject="invoice"),
+        RoutingRule(queue="sales", rcpt=("sales@example.com",)),
+        RoutingRule(queue="urgent", header="X-Priority", header_regex=r"^\s*1\b", override=True),
+    ),
+)
+BIGCORP = ("From", "Boss <boss@bigcorp.example>")
+
+
+def routing_harness(make_harness: Any) -> Any:
+    base = make_harness()
+    return make_harness(dataclasses.replace(base.settings, routing=ROUTING))
+
+
+def test_routing_first_match_wins_and_new_cases_take_the_queue(make_harness: Any) -> None:
+    h = routing_harness(make_harness)
+    cases = [
+        (h.inbound(BIGCORP, ("Subject", "Your invoice 42")), "billing"),  # rule 1 before 2, 3
+        (h.inbound(BIGCORP, ("Subject", "Hello")), "vip"),
+        (h.inbound(CUSTOMER, ("Subject", "Hi"), rcpts=("sales@example.com",)), "sales"),
+        (h.inbound(CUSTOMER, ("Subject", "Hi"), ("X-Priority", "1 (Highest)")), "urgent"),
+        (h.inbound(CUSTOMER, ("Subject", "Hi")), "support"),
+    ]
+    for r, queue in cases:
+        assert r.one("X-Case-Queue") == queue
+        assert h.case(r.case_id).queue == queue
+
+
+def test_existing_case_keeps_its_queue_unless_the_rule_overrides(make_harness: Any) -> None:
+    h = routing_harness(make_harness)
+    q1 = ("Message-ID", "<q1@customer.example.org>")
+    first = h.inbound(CUSTOMER, ("Subject", "Your invoice"), q1)
+    assert first.one("X-Case-Queue") == "billing"
+    # Routed elsewhere (sales), but an existing case keeps its queue.
+    r = h.inbound(CUSTOMER, ("In-Reply-To", q1[1]), rcpts=("sales@example.com",))
+    assert (r.case_id, r.one("X-Case-Queue")) == ("C-000001", "billing")
+    assert h.case("C-000001").queue == "billing"
+    # An override rule moves it.
+    r = h.inbound(CUSTOMER, ("In-Reply-To", q1[1]), ("X-Priority", "1"))
+    assert (r.case_id, r.one("X-Case-Queue")) == ("C-000001", "urgent")
+    assert h.case("C-000001").queue == "urgent"
+
+
+def test_a_case_opened_by_outbound_mail_is_routed_by_its_first_inbound_mail(
+    make_harness: Any,
+) -> None:
+    h = routing_harness(make_harness)
+    out = start_case(h, "Your invoice")
+    assert h.case("C-000001").queue == ""
+    r = h.inbound(BIGCORP, ("In-Reply-To", out.one("Message-ID")))
+    assert r.one("X-Case-Queue") == "vip"
+    assert h.case("C-000001").queue == "vip"
+
+
+# --------------------------------------------------------------------------- outbound
+
+
+def test_app_case_state_is_consumed_and_applied(harness: Any) -> None:
+    first = start_case(harness)
+    r = harness.outbound(
+        AGENT,
+        TO_CUSTOMER,
+        ("Subject", f"Re: {first.one('Subject')}"),
+        ("In-Reply-To", "<q1@customer.example.org>"),
+        ("X-Case-State", "Resolved"),
+    )
+    assert r.case_id == "C-000001"
+    assert r.decision.state == "resolved"
+    assert r.all("X-Case-State") == []  # consumed, not sent on
+    assert r.ours() == [("X-Case-ID", "C-000001")]
+    case = harness.case("C-000001")
+    assert case.state is CaseState.RESOLVED
+    assert case.state_changed == int(harness.clock.now)
+    # Pat answers the resolution: reopened.
+    assert reply_to(harness, "C-000001").one("X-Case-State") == "reopened"
+
+
+def test_app_case_state_with_an_unknown_value_is_removed_and_ignored(harness: Any) -> None:
+    start_case(harness)
+    r = harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "deleted"))
+    assert r.ours() == [("X-Case-ID", "C-000001")]
+    assert harness.case("C-000001").state is CaseState.OPEN
+
+
+def test_token_is_never_added_twice(harness: Any) -> None:
+    first = start_case(harness)
+    subject = f"Re: {first.one('Subject')}"
+    r = harness.outbound(AGENT, ("Subject", subject))
+    assert r.case_id == "C-000001"
+    assert r.decision.match == "token"
+    assert r.one("Subject") == subject
+    assert not any(getattr(e, "name", "") == "Subject" for e in r.decision.edits)
+    # Also when the customer's client lower-cased and rewrapped it: left exactly as it was.
+    tok = token_of(subject)
+    wrapped = f"AW: Printer jam [ref:{tok[:5].lower()}\n {tok[5:]}]"
+    r = harness.outbound(AGENT, ("Subject", wrapped))
+    assert (r.case_id, r.decision.match) == ("C-000001", "token")
+    assert r.one("Subject") == wrapped
+
+
+def test_subject_tag_follows_the_template(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(tokens={"subject_template": " (Ticket {token})"}))
+    r = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Hello"))
+    tok = h.token("C-000001")
+    assert r.one("Subject") == f"Hello (Ticket {tok})"
+    reply = h.inbound(CUSTOMER, ("Subject", f"Re: Hello (ticket {tok.lower()})"))
+    assert (reply.case_id, reply.one("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_subject_is_never_re_encoded(harness: Any) -> None:
+    encoded = "=?utf-8?q?Dr=C3=BCcker_kaputt?="
+    r = harness.outbound(AGENT, ("Subject", encoded))
+    assert r.one("Subject") == f"{encoded} [ref:{harness.token('C-000001')}]"
+    assert r.one("Thread-Topic") == "=?utf-8?q?Dr=C3=BCcker_kaputt?="
+
+
+def test_references_with_50_ids_is_trimmed_first_and_newest_with_the_anchor_first(
+    harness: Any,
+) -> None:
+    harness.inbound(CUSTOMER, ("Message-ID", "<m49@customer.example.org>"))  # C-000001
+    ids = [f"<m{i}@customer.example.org>" for i in range(50)]
+    r = harness.outbound(AGENT, ("In-Reply-To", ids[-1]), ("References", " ".join(ids)))
+    assert r.case_id == "C-000001"
+    anchor = f"<{harness.token('C-000001')}.case@support.example.com>"
+    refs = r.one("References").split()
+    assert refs[0] == anchor
+    assert refs[1] == ids[0], "the thread's first ID is kept (RFC 5537 §3.4.4)"
+    assert refs[2:] == ids[-(len(refs) - 2) :]
+    assert len(refs) <= outbound.REFERENCES_KEEP
+    assert len(refs) >= 10
+
+
+def test_anchor_is_not_added_twice(harness: Any) -> None:
+    first = start_case(harness)
+    refs = f"{first.one('References')} {first.one('Message-ID')}"
+    r = harness.outbound(AGENT, ("References", refs))
+    assert r.one("References") == refs
+
+
+def test_thread_index_of_a_follow_up_is_the_root_plus_one_child(harness: Any) -> None:
+    first = start_case(harness)
+    root = thread_index.decode(first.one("Thread-Index"))
+    assert root is not None and len(root) == thread_index.HEADER_LEN
+    harness.advance(3600)
+    r = harness.outbound(AGENT, ("Subject", f"RE: {first.one('Subject')}"))
+    assert r.case_id == "C-000001"
+    raw = thread_index.decode(r.one("Thread-Index"))
+    assert raw is not None
+    assert len(raw) == thread_index.HEADER_LEN + thread_index.CHILD_LEN
+    assert raw[: thread_index.HEADER_LEN] == root
+    parsed = thread_index.parse(raw)
+    (child,) = parsed.children
+    assert child.delta_code == 0
+    assert abs(parsed.child_times[0] - harness.clock.now) < 2  # the header time's resolution
+
+
+def test_thread_topic_is_the_same_for_every_mail_of_the_case(harness: Any) -> None:
+    """Outlook groups by topic too: the follow-up (whose Subject already carries the tag) must
+    not get a different Thread-Topic than the first mail."""
+    first = start_case(harness)
+    assert first.one("Thread-Topic") == "Printer jam"
+    r = harness.outbound(AGENT, ("Subject", f"RE: {first.one('Subject')}"))
+    assert r.case_id == "C-000001"
+    assert r.one("Thread-Topic") == "Printer jam"
+
+
+def test_thread_index_of_the_first_answer_to_an_inbound_case(harness: Any) -> None:
+    harness.inbound(CUSTOMER, ("Message-ID", "<q@customer.example.org>"), ("Subject", "Help"))
+    r = harness.outbound(
+        AGENT, ("In-Reply-To", "<q@customer.example.org>"), ("Subject", "Re: Help")
+    )
+    raw = thread_index.decode(r.one("Thread-Index"))
+    root = outbound.case_thread_root(harness.case("C-000001"))
+    assert raw is not None and raw[:22] == root and len(raw) == 27
+    assert r.one("Thread-Topic") == "Help"
+    # A reply carrying that root threads.
+    reply = harness.inbound(CUSTOMER, ("Thread-Index", thread_index.encode(raw + b"\0\0\0\1\2")))
+    assert reply.one("X-Case-Match") == "thread-index"
+
+
+def test_thread_roots_of_equal_case_ids_differ_between_installations(make_harness: Any) -> None:
+    """Exchange takes the conversation id from the root's GUID ([MS-OXOMSG] 2.2.1.2): two
+    installations (or one whose index was rebuilt) must not give their C-000001 one GUID."""
+    one = start_case(make_harness())
+    other_site = make_harness()
+    other_site.keyring = other_site.engine.keyring = Keyring([(3, b"\x17" * 32)])
+    other_site.advance(DAY)
+    two = start_case(other_site)
+    assert two.case_id == one.case_id == "C-000001"
+    guid = thread_index.parse(thread_index.decode(one.one("Thread-Index")) or b"").guid
+    guid2 = thread_index.parse(thread_index.decode(two.one("Thread-Index")) or b"").guid
+    assert guid != guid2
+
+
+def test_present_thread_index_and_topic_are_kept(harness: Any) -> None:
+    app_root = thread_index.new_root(harness.clock.now, b"\x01" * 16)
+    value = thread_index.encode(app_root)
+    r = harness.outbound(AGENT, ("Subject", "x"), ("Thread-Index", value), ("Thread-Topic", "t"))
+    assert r.all("Thread-Index") == [value]
+    assert r.all("Thread-Topic") == ["t"]
+    # The app's root is recorded: Outlook replies to it thread.
+    reply = harness.inbound(CUSTOMER, ("Thread-Index", thread_index.encode(app_root + b"\0" * 5)))
+    assert reply.case_id == "C-000001"
+
+
+def test_app_case_id_with_an_old_token_in_the_subject_gets_its_own_token(harness: Any) -> None:
+    """The agent moves a conversation to another ticket (app X-Case-ID): replies must go there."""
+    old = start_case(harness)  # C-000001
+    r = harness.outbound(
+        AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"), ("Subject", f"Re: {old.one('Subject')}")
+    )
+    assert r.case_id == "TICKET-9"
+    reply = harness.inbound(CUSTOMER, ("Subject", f"Re: {r.one('Subject')}"))
+    assert reply.case_id == "TICKET-9", r.one("Subject")
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_duplicate_delivery_changes_nothing(harness: Any) -> None:
+    start_case(harness)
+    first = reply_to(harness, "C-000001", ("Message-ID", "<d1@customer.example.org>"))
+    assert first.one("X-Case-Match") == "token"
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    again = reply_to(harness, "C-000001", ("Message-ID", "<d1@customer.example.org>"))
+    assert again.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "duplicate"),
+        ("X-Case-Duplicate", "yes"),
+        ("X-Case-State", "resolved"),  # a second delivery does not reopen
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        ("X-Case-Sender", "known"),
+    ]
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+    assert harness.index.last_number() == 1
+
+
+def test_duplicate_of_a_mail_whose_case_was_merged_since(harness: Any) -> None:
+    harness.inbound(CUSTOMER, ("Message-ID", "<d2@customer.example.org>"))
+    harness.inbound(CUSTOMER)
+    harness.set_case("C-000001", merged_into="C-000002")
+    r = harness.inbound(CUSTOMER, ("Message-ID", "<d2@customer.example.org>"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "duplicate")
+
+
+# --------------------------------------------------------------------------- casethread filter
+
+
+INBOUND = ("--direction", "inbound", "--rcpt", "support@example.com", "-")
+OUTBOUND = ("--direction", "outbound", "-")
+
+
+def fields(output: bytes) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for h in parse_raw(output)[0]:
+        found.setdefault(h.name.lower(), []).append(h.value)
+    return found
+
+
+def ours(output: bytes) -> list[tuple[str, str]]:
+    return [(h.name, h.value) for h in parse_raw(output)[0] if h.name.lower().startswith("x-case-")]
+
+
+def filter_ok(run_filter: Any, args: tuple[str, ...], raw: bytes) -> bytes:
+    p = run_filter(*args, stdin=raw)
+    assert p.returncode == 0, p.stderr
+    out: bytes = p.stdout
+    return out
+
+
+AGENT_MAIL = (
+    b"From: Dana Agent <dana@support.example.com>\n"
+    b"To: Pat Customer <pat@customer.example.org>\n"
+    b"Subject: Printer jam\n"
+    b"Message-ID: <agent-1@support.example.com>\n"
+    b"\n"
+    b"Hello Pat,\n"
+)
+
+
+def filter_start(run_filter: Any, raw: bytes = AGENT_MAIL) -> dict[str, list[str]]:
+    found = fields(filter_ok(run_filter, OUTBOUND, raw))
+    assert found["x-case-id"] == ["C-000001"]
+    return found
+
+
+def test_filter_token_only_in_the_quoted_body(run_filter: Any) -> None:
+    out = filter_ok(run_filter, OUTBOUND, AGENT_MAIL)
+    tok = token_of(fields(out)["subject"][0]).encode()
+    # Pat's client quotes our stamped body and wraps the token line inside the bracket.
+    stamped = out.partition(b"\n\n")[2]
+    assert stamped.endswith(b"\n[ref:" + tok + b"]\n")
+    quoted = b"".join(b"> " + line for line in stamped.splitlines(keepends=True))
+    quoted = quoted.replace(b"[ref:" + tok, b"[ref:" + tok[:6] + b"\n>  " + tok[6:])
+    reply = (
+        b"From: Pat Customer <pat@customer.example.org>\n"
+        b"To: support@example.com\n"
+        b"Subject: Re: Printer jam\n"
+        b"Message-ID: <r1@customer.example.org>\n"
+        b"\n"
+        b"Thanks.\n"
+        b"\n"
+        b"On Mon, Dana Agent wrote:\n" + quoted
+    )
+    out = filter_ok(run_filter, INBOUND, reply)
+    assert ours(out) == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "token"),
+        ("X-Case-State", "open"),
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "no"),
+        ("X-Case-Sender", "known"),
+    ]
+    assert out.endswith(reply.partition(b"\n\n")[2])  # the body is untouched
+
+
+def test_filter_outlook_reply_with_only_a_thread_index(run_filter: Any) -> None:
+    ti = filter_start(run_filter)["thread-index"][0]
+    raw = thread_index.decode(ti)
+    assert raw is not None
+    reply_ti = thread_index.encode(thread_index.child(raw, 2_000_000_000))
+    reply = (
+        b"From: Pat Customer <pat@customer.example.org>\n"
+        b"To: support@example.com\n"
+        b"Subject: RE: Printer jam\n"
+        b"Thread-Topic: Printer jam\n"
+        b"Thread-Index: " + reply_ti.encode() + b"\n"
+        b"Message-ID: <outlook-1@customer.example.org>\n"
+        b"\n"
+        b"It is the LaserThing 3000.\n"
+    )
+    found = fields(filter_ok(run_filter, INBOUND, reply))
+    assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-match"] == ["thread-index"]
+
+
+def test_filter_forged_token(run_filter: Any) -> None:
+    tok = token_of(filter_start(run_filter)["subject"][0])
+    forged = tok[:-1] + ("A" if tok[-1] != "A" else "B")
+    reply = b"From: pat@customer.example.org\nSubject: Re: [ref:" + forged.encode() + b"]\n\nhi\n"
+    found = fields(filter_ok(run_filter, INBOUND, reply))
+    assert found["x-case-id"] == ["C-000002"]
+    assert found["x-case-match"] == ["new"]
+    assert found["x-case-token"] == ["invalid"]
+
+
+def test_filter_bounce_of_our_message(run_filter: Any) -> None:
+    filter_start(run_filter)
+    head = "".join(f"{name}: {value}\n" for name, value in DSN_HEADERS).encode()
+    raw = head + b"\n" + dsn(returned_message("<agent-1@support.example.com>"))
+    p = run_filter("--mail-from", "<>", *INBOUND, stdin=raw)
+    assert p.returncode == 0, p.stderr
+    found = fields(p.stdout)
+    assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-match"] == ["bounce"]
+    assert found["x-case-auto"] == ["bounce"]
+    assert "match=bounce" in p.stderr.decode()
+
+
+def test_filter_reply_to_a_merged_case(run_filter: Any) -> None:
+    tok = token_of(filter_start(run_filter)["subject"][0])
+    second = AGENT_MAIL.replace(b"agent-1@", b"agent-2@").replace(b"Printer jam", b"Toner")
+    assert fields(filter_ok(run_filter, OUTBOUND, second))["x-case-id"] == ["C-000002"]
+    index = LmdbIndex(run_filter.index, 1 << 24)  # what `casethread case merge` does
+    try:
+        case = index.get_case("C-000001")
+        assert case is not None
+        index.update_case(dataclasses.replace(case, merged_into="C-000002"))
+    finally:
+        index.close()
+    reply = b"From: pat@customer.example.org\nSubject: Re: Printer jam [ref:%s]\n\nhi\n" % (
+        tok.encode()
+    )
+    found = fields(filter_ok(run_filter, INBOUND, reply))
+    assert found["x-case-id"] == ["C-000002"]
+    assert found["x-case-match"] == ["token"]
+
+
+def test_filter_auto_reply_to_a_resolved_case(run_filter: Any) -> None:
+    tok = token_of(filter_start(run_filter)["subject"][0])
+    resolve = (
+        b"From: Dana Agent <dana@support.example.com>\nTo: pat@customer.example.org\n"
+        b"Subject: Re: Printer jam [ref:" + tok.encode() + b"]\n"
+        b"X-Case-State: resolved\n\nDone.\n"
+    )
+    out = filter_ok(run_filter, OUTBOUND, resolve)
+    assert ours(out) == [("X-Case-ID", "C-000001")]  # X-Case-State consumed
+    oof = (
+        b"From: pat@customer.example.org\nAuto-Submitted: auto-replied\n"
+        b"Subject: Automatic reply: Re: Printer jam [ref:" + tok.encode() + b"]\n\nAway.\n"
+    )
+    found = fields(filter_ok(run_filter, INBOUND, oof))
+    assert found["x-case-id"] == ["C-000001"]
+    assert found["x-case-state"] == ["resolved"]
+    assert found["x-case-auto"] == ["auto-replied"]
+    # A human answer reopens it.
+    human = oof.replace(b"Auto-Submitted: auto-replied\n", b"").replace(b"Automatic reply: ", b"")
+    assert fields(filter_ok(run_filter, INBOUND, human))["x-case-state"] == ["reopened"]
+
+
+def test_filter_external_ref_from_config(
+    run_filter: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "casethread.yaml"
+    config.write_text(
+        "inbound:\n"
+        "  strategies: [in-reply-to, token, external-ref]\n"
+        "  external_refs:\n"
+        "    - name: jira\n"
+        '      pattern: "\\\\b(OPS-[0-9]+)\\\\b"\n'
+    )
+    first = b"From: jira@tracker.example\nSubject: OPS-17 created\n\nx\n"
+    p = run_filter("--config", str(config), *INBOUND, stdin=first)
+    assert p.returncode == 0, p.stderr
+    assert fields(p.stdout)["x-case-id"] == ["C-000001"]
+    later = b"From: jira@tracker.example\nSubject: [JIRA] OPS-17 commented\n\ny\n"
+    p = run_filter("--config", str(config), *INBOUND, stdin=later)
+    assert p.returncode == 0, p.stderr
+    found = fields(p.stdout)
+    assert (found["x-case-id"], found["x-case-match"]) == (["C-000001"], ["external-ref"])
