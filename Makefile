@@ -6,9 +6,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# libmilter-dev: pymilter compiles against libmilter/mfapi.h. postfix: the end-to-end tests.
+# libmilter-dev: pymilter compiles against libmilter/mfapi.h. For the tests: postfix (end to
+# end), m4 (Sendmail's config), dovecot-sieve and procmail (the filing examples in contrib/),
+# systemd (systemd-analyze checks the unit). Sendmail itself is unpacked, never installed: it
+# would remove Postfix (contrib/sendmail/unpack-sendmail.sh).
 RUN_DEBS  := libmilter-dev gcc
-TEST_DEBS := $(RUN_DEBS) postfix
+TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd
 
 .PHONY: run test lint unit e2e deps-run deps-test clean
 
@@ -33,6 +36,7 @@ deps-run:
 
 deps-test:
 	@DEBS="$(TEST_DEBS)" sh contrib/install-debs.sh
+	@sh contrib/sendmail/unpack-sendmail.sh
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casethread needs Python 3.11+"'

@@ -1,0 +1,340 @@
+"""A private, throw-away Sendmail, configured from contrib/sendmail/casethread.mc.
+
+Sendmail conflicts with the postfix package, so it is never installed: Debian's packages are
+unpacked into a private directory by contrib/sendmail/unpack-sendmail.sh, and the daemon runs
+from there (LD_LIBRARY_PATH for the two libraries a Postfix machine lacks). Its sendmail.cf is
+built with m4 from the unpacked cf macros: a small base (what Debian's /etc/mail/sendmail.mc
+would give: paths, a port-25 daemon, a smart host) plus contrib/sendmail/casethread.mc as
+written, with only the milter socket and the submission port substituted.
+
+Sendmail sleeps 60 s at start-up when the host's name has no dot and does not resolve (this
+machine's name is a bare "vm"), so the daemon runs in its own UTS namespace (`unshare --uts`,
+root only) whose hostname is a FQDN. Nothing else of the machine is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from .harness import (
+    REPO_ROOT,
+    DeliveryTimeout,
+    HarnessError,
+    MilterSocket,
+    ReceivedMessage,
+    _Collector,
+    _distinct_free_ports,
+    live_group_members,
+    normalize_crlf,
+    port_listening,
+)
+
+CONTRIB_SENDMAIL = REPO_ROOT / "contrib" / "sendmail"
+CONTRIB_MC = CONTRIB_SENDMAIL / "casethread.mc"
+UNPACK_SCRIPT = CONTRIB_SENDMAIL / "unpack-sendmail.sh"
+# The script's default; CASETHREAD_SENDMAIL_ROOT moves it (for both).
+SENDMAIL_ROOT = Path(os.environ.get("CASETHREAD_SENDMAIL_ROOT", "/var/tmp/casethread-sendmail"))
+
+# What the test substitutes in the contrib snippet; each must occur exactly once there.
+CONTRIB_SOCKET = "S=inet:8894@127.0.0.1"
+CONTRIB_SUBMISSION_PORT = "Port=submission"
+
+MYHOSTNAME = "mx.casethread.test"
+UNPACK_TIMEOUT = 300.0
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class SendmailInstall:
+    """Debian's Sendmail, unpacked (not installed) below `root`."""
+
+    root: Path
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "root"
+
+    @property
+    def sendmail(self) -> Path:
+        return self.tree / "usr" / "libexec" / "sendmail" / "sendmail"
+
+    @property
+    def cf_dir(self) -> Path:
+        return self.tree / "usr" / "share" / "sendmail" / "cf"
+
+    @property
+    def lib_dirs(self) -> list[Path]:
+        """Directories of the unpacked shared libraries (liblockfile, libwrap)."""
+        return sorted({p.parent for p in self.tree.glob("usr/lib/*/lib*.so.*")})
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [str(p) for p in self.lib_dirs]
+        if env.get("LD_LIBRARY_PATH"):
+            paths.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = ":".join(paths)
+        return env
+
+
+def ensure_sendmail(root: Path = SENDMAIL_ROOT) -> SendmailInstall:
+    """The unpacked Sendmail, unpacking it first when needed (the script is idempotent)."""
+    if os.geteuid() != 0:
+        raise HarnessError("the Sendmail e2e harness must run as root (Sendmail starts as root)")
+    for tool in ("m4", "unshare", "hostname", "apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise HarnessError(
+                f"`{tool}` is missing: the Sendmail e2e test needs m4 (apt-get install m4), "
+                "util-linux, hostname, apt and dpkg"
+            )
+    result = subprocess.run(
+        ["sh", str(UNPACK_SCRIPT), str(root)],
+        capture_output=True, text=True, timeout=UNPACK_TIMEOUT, check=False,
+    )
+    install = SendmailInstall(root)
+    if result.returncode != 0 or not os.access(install.sendmail, os.X_OK):
+        raise HarnessError(
+            f"{UNPACK_SCRIPT} {root} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return install
+
+
+def contrib_mc(milter: MilterSocket, submission_port: int, path: Path = CONTRIB_MC) -> str:
+    """contrib/sendmail/casethread.mc with the milter socket and the submission port
+    substituted; everything else as written."""
+    text = path.read_text()
+    for needle in (CONTRIB_SOCKET, CONTRIB_SUBMISSION_PORT):
+        if text.count(needle) != 1:
+            raise HarnessError(f"{path}: expected {needle!r} exactly once")
+    # Sendmail's S= takes libmilter's spelling: inet:PORT@HOST or unix:/path.
+    text = text.replace(CONTRIB_SOCKET, f"S={milter.libmilter}")
+    return text.replace(CONTRIB_SUBMISSION_PORT, f"Port={submission_port}")
+
+
+def base_mc(work: Path, inbound_port: int, sink_port: int, snippet: Path) -> str:
+    """The rest of a sendmail.mc (Debian's own sendmail.mc plays this part on a real host):
+    private paths, no DNS, a plain daemon on `inbound_port` and everything relayed to
+    127.0.0.1:`sink_port`. The contrib snippet is included where the README says, before the
+    MAILER() lines."""
+    return f"""\
+divert(-1)
+divert(0)dnl
+OSTYPE(`linux')dnl
+define(`MAIL_SETTINGS_DIR', `{work}/')dnl
+define(`confDOMAIN_NAME', `{MYHOSTNAME}')dnl
+define(`QUEUE_DIR', `{work}/mqueue')dnl
+define(`confPID_FILE', `{work}/sendmail.pid')dnl
+define(`STATUS_FILE', `{work}/statistics')dnl
+define(`HELP_FILE', `{work}/helpfile')dnl
+define(`ALIAS_FILE', `')dnl
+define(`confHOST_STATUS_DIRECTORY', `')dnl
+define(`confSERVICE_SWITCH_FILE', `{work}/service.switch')dnl
+define(`confDONT_PROBE_INTERFACES', `True')dnl
+define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl
+define(`confTO_CONNECT', `5s')dnl
+define(`SMART_HOST', `relay:[127.0.0.1]')dnl
+define(`RELAY_MAILER_ARGS', `TCP $h {sink_port}')dnl
+FEATURE(`nocanonify')dnl
+FEATURE(`accept_unresolvable_domains')dnl
+DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={inbound_port}, Addr=127.0.0.1')dnl
+include(`{snippet}')dnl
+MAILER(`local')dnl
+MAILER(`smtp')dnl
+"""
+
+
+def render_cf(install: SendmailInstall, mc: Path, out: Path) -> str:
+    """Build sendmail.cf from `mc` with m4, as `make -C /etc/mail` does. Returns m4's stderr
+    (warnings); raises on failure."""
+    cf_dir = install.cf_dir
+    result = subprocess.run(
+        ["m4", f"-D_CF_DIR_={cf_dir}/", str(cf_dir / "m4" / "cf.m4"), str(mc)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    if result.returncode != 0 or not result.stdout:
+        raise HarnessError(f"m4 {mc} failed ({result.returncode}): {result.stderr}")
+    out.write_text(result.stdout)
+    return result.stderr
+
+
+class SendmailHarness:
+    """A private Sendmail daemon with a plain port ("inbound", Name=MTA) and the contrib
+    submission daemon (Name=ORIGINATING), relaying everything to an aiosmtpd receiver."""
+
+    def __init__(self, milter: MilterSocket, install: SendmailInstall) -> None:
+        self.milter = milter
+        self.install = install
+        self.base_dir: Path | None = None
+        self.inbound_port = 0
+        self.submission_port = 0
+        self.sink_port = 0
+        self.m4_warnings = ""
+        self._collector = _Collector()
+        self._controller: Controller | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _path(self, name: str) -> Path:
+        if self.base_dir is None:
+            raise HarnessError("harness not started")
+        return self.base_dir / name
+
+    @property
+    def cf_path(self) -> Path:
+        return self._path("sendmail.cf")
+
+    # life cycle ------------------------------------------------------------
+    def start(self) -> SendmailHarness:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.base_dir = Path(tempfile.mkdtemp(prefix="casethread-sendmail-", dir="/tmp"))
+        self.base_dir.chmod(0o755)
+        (self.base_dir / "mqueue").mkdir(mode=0o700)
+        # Host names from /etc/hosts only: no resolver on a loopback-only machine.
+        (self.base_dir / "service.switch").write_text("hosts files\naliases files\n")
+        self.inbound_port, self.submission_port, self.sink_port = _distinct_free_ports(3)
+
+        self._collector = _Collector()
+        self._controller = Controller(
+            self._collector, hostname="127.0.0.1", port=self.sink_port,
+            server_hostname="sink.casethread.test", ready_timeout=10.0,
+        )
+        self._controller.start()
+
+        snippet = self._path("casethread.mc")
+        snippet.write_text(contrib_mc(self.milter, self.submission_port))
+        mc = self._path("sendmail.mc")
+        mc.write_text(base_mc(self.base_dir, self.inbound_port, self.sink_port, snippet))
+        self.m4_warnings = render_cf(self.install, mc, self.cf_path)
+
+        argv = [
+            "unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', MYHOSTNAME,
+            str(self.install.sendmail), "-bD", "-C", str(self.cf_path),
+            # No syslog here: -X writes every SMTP and milter-visible exchange to a file.
+            "-X", str(self._path("trace.log")),
+        ]
+        with open(self._path("sendmail.out"), "wb") as out:
+            self._proc = subprocess.Popen(
+                argv, env=self.install.env(), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        for port in (self.inbound_port, self.submission_port):
+            while not port_listening(port):
+                code = self._proc.poll()
+                if code is not None or time.monotonic() > deadline:
+                    raise HarnessError(
+                        f"Sendmail not listening on 127.0.0.1:{port} (exit status {code}):\n"
+                        f"{self.diagnostics()}"
+                    )
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM the daemon, wait for it and its delivery children, stop the receiver,
+        remove the directory. Safe to call more than once and after a failed start."""
+        try:
+            if self._proc is not None:
+                pgid = self._proc.pid
+                if self._proc.poll() is None:
+                    self._proc.send_signal(signal.SIGTERM)
+                try:
+                    self._proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(STOP_TIMEOUT)
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while live_group_members(pgid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                # Only our own session's leftovers (a delivery child), never anything else.
+                if live_group_members(pgid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, signal.SIGKILL)
+        finally:
+            self._proc = None
+            if self._controller is not None:
+                with contextlib.suppress(Exception):
+                    self._controller.stop()
+                self._controller = None
+            if self.base_dir is not None:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+                self.base_dir = None
+
+    def __enter__(self) -> SendmailHarness:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # mail ------------------------------------------------------------------
+    def send(
+        self, raw: bytes, mail_from: str, rcpts: Sequence[str], port: int | None = None,
+        timeout: float = 30.0,
+    ) -> str:
+        """Submit `raw` over SMTP to 127.0.0.1:`port` (default: the plain port). Returns
+        Sendmail's queue id; rejections raise smtplib's exceptions."""
+        with smtplib.SMTP(
+            "127.0.0.1", port or self.inbound_port,
+            local_hostname="client.casethread.test", timeout=timeout,
+        ) as smtp:
+            smtp.ehlo()
+            code, resp = smtp.mail(mail_from)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, resp, mail_from)
+            for rcpt in rcpts:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
+            code, resp = smtp.data(normalize_crlf(raw))
+            if code != 250:
+                raise smtplib.SMTPDataError(code, resp)
+        match = re.search(rb"2\.0\.0 (\S+) Message accepted", resp)
+        return match.group(1).decode() if match else ""
+
+    @property
+    def received(self) -> list[ReceivedMessage]:
+        with self._collector.cond:
+            return list(self._collector.messages)
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedMessage]:
+        """Wait until the receiver holds at least `count` messages; return all of them."""
+        deadline = time.monotonic() + timeout
+        with self._collector.cond:
+            while len(self._collector.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    got = len(self._collector.messages)
+                    raise DeliveryTimeout(
+                        f"receiver got {got} of {count} messages in {timeout}s\n"
+                        f"{self.diagnostics()}"
+                    )
+                self._collector.cond.wait(min(left, 0.5))
+            return list(self._collector.messages)
+
+    def diagnostics(self, lines: int = 60) -> str:
+        """Sendmail's own output, the tail of its SMTP trace and the queue listing."""
+        parts: list[str] = []
+        for name in ("sendmail.out", "trace.log"):
+            with contextlib.suppress(OSError, HarnessError):
+                tail = self._path(name).read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {name}:\n" + "\n".join(tail))
+        with contextlib.suppress(OSError, HarnessError):
+            parts.append("--- queue: " + " ".join(sorted(os.listdir(self._path("mqueue")))))
+        return "\n".join(parts)

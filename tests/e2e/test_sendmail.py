@@ -1,0 +1,191 @@
+"""casethread behind a real Sendmail: Debian's sendmail-bin, unpacked (never installed, it
+would remove Postfix), configured from contrib/sendmail/casethread.mc, with the real
+`casethread serve` process.
+
+Agents send through the snippet's submission daemon (Name=ORIGINATING: {daemon_name} makes
+the mail outbound); customers reply through a plain port-25-like daemon.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    MilterFactory,
+    MilterProcess,
+    MilterSocket,
+    ReceivedMessage,
+    casethread_serve_argv,
+)
+from .sendmail_harness import (
+    CONTRIB_MC,
+    SendmailHarness,
+    SendmailInstall,
+    base_mc,
+    ensure_sendmail,
+    render_cf,
+)
+
+AGENT = "agent@helpdesk.example"
+CUSTOMER = "pat@customer.example"
+SUPPORT = "support@helpdesk.example"
+BOTH_SOCKETS = pytest.mark.parametrize("milter_socket_kind", ["inet", "unix"])
+
+
+@pytest.fixture(scope="session")
+def sendmail_install() -> SendmailInstall:
+    """Debian's Sendmail unpacked by contrib/sendmail/unpack-sendmail.sh (fails, never
+    skips, when that cannot be done)."""
+    return ensure_sendmail()
+
+
+@pytest.fixture
+def milter_socket(milter_socket_kind: str) -> Iterator[MilterSocket]:
+    """Overrides conftest's: Sendmail refuses a unix socket below a world-writable directory
+    such as /tmp ("unsafe: World writable directory"), so it lives below /run, as in
+    production (/run/casethread, see contrib/systemd/README.md)."""
+    if milter_socket_kind == "inet":
+        yield MilterSocket.inet()
+        return
+    sock_dir = Path(tempfile.mkdtemp(prefix="casethread-test-", dir="/run"))
+    try:
+        yield MilterSocket.unix(sock_dir / "casethread.sock")
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def casethread(
+    milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path
+) -> MilterProcess:
+    """The real `casethread serve` on `milter_socket`, with a real LMDB index."""
+    config = tmp_path / "casethread.yaml"
+    config.write_text(f"inbound:\n  addresses: [{SUPPORT}]\n")
+    argv = casethread_serve_argv(milter_socket, config=config, index=tmp_path / "index")
+    return milter_factory(argv, None, milter_socket, cwd=tmp_path)
+
+
+@pytest.fixture
+def sendmail(
+    sendmail_install: SendmailInstall, milter_socket: MilterSocket
+) -> Iterator[SendmailHarness]:
+    harness = SendmailHarness(milter_socket, sendmail_install)
+    with harness:
+        yield harness
+
+
+def agent_mail(message_id: str) -> bytes:
+    return (
+        f"From: Dana Agent <{AGENT}>\r\n"
+        f"To: Pat Customer <{CUSTOMER}>\r\n"
+        "Subject: Your printer\r\n"
+        "Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+        f"Message-ID: {message_id}\r\n"
+        "\r\n"
+        "Hello Pat,\r\nplease try a restart.\r\n"
+    ).encode()
+
+
+def customer_reply(in_reply_to: str) -> bytes:
+    return (
+        f"From: Pat Customer <{CUSTOMER}>\r\n"
+        f"To: <{SUPPORT}>\r\n"
+        "Subject: Re: Your printer\r\n"
+        "Date: Sat, 28 Nov 2026 11:00:00 +0000\r\n"
+        "Message-ID: <r1@customer.example>\r\n"
+        f"In-Reply-To: {in_reply_to}\r\n"
+        "X-Case-ID: C-999999\r\n"
+        "\r\n"
+        "Thanks, it works.\r\n"
+    ).encode()
+
+
+def deliver(
+    sendmail: SendmailHarness, raw: bytes, mail_from: str, rcpt: str, port: int
+) -> tuple[str, ReceivedMessage]:
+    before = len(sendmail.received)
+    queue_id = sendmail.send(raw, mail_from, [rcpt], port=port)
+    return queue_id, sendmail.wait_for(before + 1)[before]
+
+
+def test_contrib_mc_renders_the_filter_macros_and_daemon(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """The snippet as shipped (no substitution) through m4 and Sendmail's cf macros."""
+    mc = tmp_path / "sendmail.mc"
+    mc.write_text(base_mc(tmp_path, 25, 2525, CONTRIB_MC))
+    warnings = render_cf(sendmail_install, mc, tmp_path / "sendmail.cf")
+    assert warnings == ""
+    cf = (tmp_path / "sendmail.cf").read_text()
+    lines = cf.splitlines()
+    # No F=: Sendmail goes on without the filter when it is unavailable (mail flows).
+    assert [x for x in lines if x.startswith("Xcasethread")] == [
+        "Xcasethread, S=inet:8894@127.0.0.1, T=C:10s;S:30s;R:60s;E:5m"
+    ]
+    assert "O InputMailFilters=casethread" in lines
+    options = dict(
+        x[2:].split("=", 1) for x in lines if x.startswith("O Milter.macros.")
+    )
+    connect = [m.strip() for m in options["Milter.macros.connect"].split(",")]
+    envfrom = [m.strip() for m in options["Milter.macros.envfrom"].split(",")]
+    assert {"{daemon_name}", "{client_addr}", "j"} <= set(connect)
+    assert {"{daemon_name}", "{auth_authen}", "i"} <= set(envfrom)
+    daemons = [x for x in lines if x.startswith("O DaemonPortOptions=")]
+    assert "O DaemonPortOptions=Family=inet, Name=ORIGINATING, Port=submission, " \
+           "Addr=127.0.0.1, M=E" in daemons
+    # FEATURE(no_default_msa): Sendmail's own MSA daemon would collide on the same port.
+    assert not any("Name=MSA" in x for x in daemons)
+
+
+@BOTH_SOCKETS
+def test_outbound_via_originating_and_reply_threads(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    qid, out = deliver(sendmail, agent_mail("<a1@helpdesk.example>"), AGENT, CUSTOMER,
+                       sendmail.submission_port)
+    log = casethread.output()
+    assert out.get_all("X-Case-ID") == ["C-000001"], f"{log}\n{sendmail.diagnostics()}"
+    subject = out.header("Subject") or ""
+    match = re.fullmatch(r"Your printer \[ref:([0-9A-Z]+)\]", subject)
+    assert match, subject
+    token = match.group(1)
+    assert out.header("References") == f"<{token}.case@helpdesk.example>"
+    assert out.header("Thread-Topic") == "Your printer"
+    assert out.body.endswith(f"\r\n[ref:{token}]\r\n".encode())
+    # Sendmail's queue id reached the milter (macro i at MAIL FROM).
+    assert qid and f"queue_id={qid} direction=outbound case=C-000001 match=new" in log
+
+    # The same kind of mail on the plain daemon is not outbound: only the daemon name
+    # (the client, 127.0.0.1, is the same) made the difference.
+    _, plain = deliver(sendmail, agent_mail("<a2@helpdesk.example>"), AGENT, CUSTOMER,
+                       sendmail.inbound_port)
+    assert plain.header("X-Case-ID") is None
+    assert plain.header("Subject") == "Your printer"
+
+    qid, got = deliver(sendmail, customer_reply("<a1@helpdesk.example>"), CUSTOMER, SUPPORT,
+                       sendmail.inbound_port)
+    log = casethread.output()
+    assert got.get_all("X-Case-ID") == ["C-000001"], log  # the forged C-999999 is gone
+    assert got.header("X-Case-Match") == "in-reply-to"
+    assert got.header("X-Case-State") == "open"
+    assert got.header("X-Case-Sender") == "known"
+    assert got.header("X-Case-Queue") == "support"
+    assert f"queue_id={qid} direction=inbound case=C-000001 match=in-reply-to" in log
+
+
+def test_mail_flows_when_the_milter_is_down(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    """No F= in the snippet: a dead milter neither rejects nor tempfails mail."""
+    casethread.kill()
+    raw = customer_reply("<nothing@helpdesk.example>")
+    _, got = deliver(sendmail, raw, CUSTOMER, SUPPORT, sendmail.inbound_port)
+    assert got.get_all("X-Case-ID") == ["C-999999"]  # passed through unfiltered
+    assert got.header("X-Case-Match") is None
+    assert got.body == b"Thanks, it works.\r\n"
