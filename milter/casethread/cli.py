@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .service import serve  # pymilter is only needed to serve
 
     settings = _settings(args)
-    logsetup.configure(settings.milter.log_level)
+    logsetup.configure(settings.milter.log_level, settings.milter.log_target)
     return serve(settings, load=lambda: _settings(args))
 
 

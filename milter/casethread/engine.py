@@ -161,6 +161,7 @@ class Engine:
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
             ",".join(c.state for c in verdict.cases), tuple(edits), notes, trace=tuple(trace),
+            auto=verdict.auto,
         )
 
     def _flooding(self, sender: str | None, now: int) -> bool:

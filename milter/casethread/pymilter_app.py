@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from .core.message import Envelope, Header, Message
 from .core.settings import OnError
 from .core.stamp import iter_spliced
 from .engine import Engine
+from .metrics import Metrics
 from .spool import BodySpool
 
 log = logging.getLogger("casethread")
@@ -60,6 +62,8 @@ def _guarded(callback: F) -> F:
                 self.queue_id(), callback.__name__,
                 "tempfailed" if policy == "tempfail" else "passed", policy,
             )
+            if self.metrics is not None:
+                self.metrics.error(callback.__name__)
             if deferred:
                 self._failed = True
                 return int(Milter.CONTINUE)
@@ -72,8 +76,9 @@ def _guarded(callback: F) -> F:
 class CaseMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection (pymilter calls `Milter.factory` per connection)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
         self._client: str | None = None
         self._body = BodySpool(engine.settings.stamp.spool_threshold)
         self._reset()
@@ -165,6 +170,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def eom(self) -> int:
+        started = time.monotonic()
         if self._failed:  # an earlier callback failed and logged it: answer now
             self._reset()
             return reply_for(self.engine.settings.milter.on_error)
@@ -176,6 +182,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):
                 self.replacebody(chunk)
         log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())
+        if self.metrics is not None:
+            self.metrics.observe(decision, time.monotonic() - started)
         self._reset()
         return int(Milter.CONTINUE)
 

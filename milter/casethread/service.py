@@ -25,6 +25,7 @@ from .core.settings import Settings
 from .engine import Engine
 from .index import open_index
 from .keyfile import keyring_for
+from .metrics import Metrics
 from .pymilter_app import CaseMilter, reply_for
 
 log = logging.getLogger("casethread")
@@ -82,19 +83,17 @@ def _reload(current: _Current, load: Callable[[], Settings]) -> None:
     old = current.engine.settings
     try:
         new = load()
-        # The socket and the index are bound at start-up: they change only with a restart.
-        fixed = (old.index, old.milter.socket, old.milter.socket_mode, old.milter.socket_group)
-        if (new.index, new.milter.socket, new.milter.socket_mode,
-                new.milter.socket_group) != fixed:
-            log.warning("reload: index and socket settings change only with a restart")
-        new = replace(new, index=old.index, milter=replace(
-            new.milter, socket=old.milter.socket, socket_mode=old.milter.socket_mode,
-            socket_group=old.milter.socket_group))
+        # The sockets and the index are bound at start-up: they change only with a restart.
+        bound = ("socket", "socket_mode", "socket_group", "metrics_listen")
+        kept = {name: getattr(old.milter, name) for name in bound}
+        if new.index != old.index or any(getattr(new.milter, n) != v for n, v in kept.items()):
+            log.warning("reload: index, socket and metrics settings change only with a restart")
+        new = replace(new, index=old.index, milter=replace(new.milter, **kept))
         engine = Engine(new, current.engine.index, keyring_for(new))
     except Exception as exc:  # a bad edit must not take the running milter down
         log.error("reload refused, running configuration kept: %s", exc)
         return
-    logsetup.configure(new.milter.log_level)
+    logsetup.configure(new.milter.log_level, new.milter.log_target)
     current.engine = engine
     log.info("reloaded configuration")
 
@@ -126,11 +125,17 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
     `load` re-reads the configuration on SIGUSR1 (`systemctl reload`).
     """
     index = open_index(settings)
+    metrics: Metrics | None = None
     try:
         current = _Current(Engine(settings, index, keyring_for(settings)))
         if load is not None:
             _start_reloader(current, load)
-        Milter.factory = lambda: CaseMilter(current.engine)
+        listen = settings.milter.metrics_listen
+        if listen is not None:
+            metrics = Metrics(index)
+            metrics.start(listen)
+            log.info("metrics on http://%s/metrics", listen)
+        Milter.factory = lambda: CaseMilter(current.engine, metrics)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
         milter.set_exception_policy(reply_for(settings.milter.on_error))
         _register_callbacks()
@@ -150,4 +155,6 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
         log.info("stopped")
         return 0
     finally:
+        if metrics is not None:
+            metrics.stop()
         index.close()

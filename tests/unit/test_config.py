@@ -1549,3 +1549,77 @@ def test_flood_limit_range(tmp_path: Path, limit: int, ok: bool) -> None:
     else:
         exc = error(tmp_path, text)
         assert str(exc) == f"{exc.file}:3: inbound.flood.limit: {limit} is out of range (1-100000)"
+
+
+# --------------------------------------------------------------------------- logging and metrics
+
+
+def test_log_target_defaults_to_stderr_and_takes_syslog(tmp_path: Path) -> None:
+    assert Settings().milter.log_target == "stderr"
+    assert load(tmp_path, "milter:\n  log_target: syslog\n").milter.log_target == "syslog"
+    exc = error(tmp_path, "milter:\n  timeout: 5\n  log_target: journald\n")
+    assert (exc.line, exc.path) == (3, "milter.log_target")
+    assert exc.problem == "'journald' is not one of 'stderr', 'syslog'"
+    exc = error(tmp_path, "milter:\n  log_target: sysl0g\n")
+    assert exc.problem.endswith("; did you mean 'syslog'?")
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1:9894", "127.0.0.2:1", "[::1]:9894", "192.0.2.10:65535", "[2001:db8::25]:9894"],
+)
+def test_metrics_listen_accepts_one_address(tmp_path: Path, listen: str) -> None:
+    assert Settings().milter.metrics_listen is None
+    text = f'milter:\n  metrics_listen: "{listen}"\n'
+    assert load(tmp_path, text).milter.metrics_listen == listen
+
+
+def test_metrics_listen_null_is_off(tmp_path: Path) -> None:
+    assert load(tmp_path, "milter:\n  metrics_listen: null\n").milter.metrics_listen is None
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("9894", "'9894' is not HOST:PORT (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        (":9894", "':9894' is not HOST:PORT (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("localhost:9894",
+         "'localhost:9894': the host must be an IP address (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("0.0.0.0:9894",
+         "'0.0.0.0:9894': 0.0.0.0 listens on every interface; name one "
+         "(e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("[::]:9894",
+         "'[::]:9894': [::] listens on every interface; name one "
+         "(e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("::1:9894",
+         "'::1:9894': write an IPv6 address in brackets (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("[127.0.0.1]:9894",
+         "'[127.0.0.1]:9894': brackets are for IPv6 only (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("224.0.0.1:9894",
+         "'224.0.0.1:9894': 224.0.0.1 is a multicast address (e.g. 127.0.0.1:9894 or [::1]:9894)"),
+        ("127.0.0.1:0", "'127.0.0.1:0': port '0' is not a number in 1-65535"),
+        ("127.0.0.1:65536", "'127.0.0.1:65536': port '65536' is not a number in 1-65535"),
+        ("127.0.0.1:http", "'127.0.0.1:http': port 'http' is not a number in 1-65535"),
+        ("127.0.0.1:", "'127.0.0.1:': port '' is not a number in 1-65535"),
+    ],
+)
+def test_metrics_listen_refuses(tmp_path: Path, listen: str, problem: str) -> None:
+    exc = error(tmp_path, f'milter:\n  log_level: info\n  metrics_listen: "{listen}"\n')
+    assert (exc.line, exc.path, exc.problem) == (3, "milter.metrics_listen", problem)
+
+
+def test_metrics_listen_must_be_a_string(tmp_path: Path) -> None:
+    exc = error(tmp_path, "milter:\n  metrics_listen: 9894\n")
+    assert (exc.line, exc.path) == (2, "milter.metrics_listen")
+    assert exc.problem == "expected a string or null, got an integer"
+
+
+def test_contrib_example_shows_the_metrics_examples_valid(tmp_path: Path) -> None:
+    # The commented-out alternatives in the annotated example are valid values.
+    lines = CONTRIB.read_text(encoding="utf-8").splitlines()
+    examples = [line.removeprefix("  # ") for line in lines
+                if line.startswith("  # metrics_listen: ")]
+    assert len(examples) == 2
+    for example in examples:
+        value = yaml.safe_load(example)["metrics_listen"]
+        assert load(tmp_path, f"milter:\n  {example}\n").milter.metrics_listen == value

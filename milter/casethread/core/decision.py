@@ -23,6 +23,8 @@ class Decision:
     body_splices: tuple[Splice, ...] = ()
     # How the decision was reached, one line per step (`casethread filter --explain`).
     trace: tuple[str, ...] = ()
+    # The X-Case-Auto value of inbound mail (autoreply.KINDS); "" for other directions.
+    auto: str = ""
 
     def log_fields(self) -> str:
         parts = [

@@ -291,7 +291,8 @@ def _scan(
             return found, scanned, None
         while True:
             key = cur.key()
-            if not key.startswith(prefix):
+            # b"": past the last entry (after a delete there; LMDB has no empty keys).
+            if not key or not key.startswith(prefix):
                 return found, scanned, None
             if found >= batch or scanned >= SCAN_LIMIT:
                 return found, scanned, bytes(key)

@@ -1,0 +1,190 @@
+"""logsetup.configure: one line per event on stderr, or syslog facility mail via a unix socket.
+
+The syslog tests bind their own datagram socket in tmp_path and pass it as the address, so
+they read exactly what a syslog daemon on /dev/log would receive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from logging.handlers import SysLogHandler
+from pathlib import Path
+
+import pytest
+
+from casethread import logsetup
+
+LOG = logging.getLogger("casethread")
+# PRI = facility * 8 + severity; facility mail = 2.
+MAIL_INFO, MAIL_WARNING, MAIL_ERR, MAIL_DEBUG = "<22>", "<20>", "<19>", "<23>"
+
+
+@pytest.fixture(autouse=True)
+def restore_logger() -> Iterator[None]:
+    """configure() rewires the process-wide `casethread` logger: put it back afterwards."""
+    saved = (LOG.handlers[:], LOG.level, LOG.propagate)
+    yield
+    for handler in LOG.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    LOG.handlers[:], LOG.level, LOG.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.fixture
+def fake_syslog(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A unix datagram socket standing in for /dev/log: (its path, the receiving socket)."""
+    path = str(tmp_path / "log")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5.0)
+    try:
+        yield path, sock
+    finally:
+        sock.close()
+
+
+def received(sock: socket.socket) -> str:
+    data = sock.recv(65536)
+    # SysLogHandler ends each message with a NUL, as syslog(3) does.
+    assert data.endswith(b"\0"), data
+    return data[:-1].decode("utf-8")
+
+
+def nothing_more(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        sock.recv(65536)
+    except TimeoutError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- stderr
+
+
+def test_stderr_format_is_one_line_per_event(capsys: pytest.CaptureFixture[str]) -> None:
+    handler = logsetup.configure("info")
+    assert isinstance(handler, logging.StreamHandler)
+    LOG.info("queue_id=%s direction=inbound case=C-000001 match=new", "4Q1")
+    LOG.debug("below the level")
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} casethread INFO "
+        r"queue_id=4Q1 direction=inbound case=C-000001 match=new",
+        lines[0],
+    ), lines[0]
+
+
+def test_a_traceback_and_newlines_stay_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    logsetup.configure("debug", "stderr")
+    try:
+        raise RuntimeError("index is full")
+    except RuntimeError:
+        LOG.exception("queue_id=%s error in eom", "4Q2")
+    # A header value with a line break cannot forge a second log line.
+    LOG.info("subject=%s", "hi\r\n2026-01-01 00:00:00,000 casethread INFO forged")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert " casethread ERROR queue_id=4Q2 error in eom\\nTraceback " in lines[0]
+    assert lines[0].endswith("\\nRuntimeError: index is full")
+    assert lines[1].endswith("subject=hi\\r\\n2026-01-01 00:00:00,000 casethread INFO forged")
+
+
+def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    logsetup.configure("warning")
+    LOG.info("quiet")
+    LOG.warning("loud")
+    err = capsys.readouterr().err
+    assert "quiet" not in err and " casethread WARNING loud" in err
+    assert LOG.propagate is False
+
+
+def test_unknown_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="journald"):
+        logsetup.configure("info", "journald")
+
+
+# --------------------------------------------------------------------------- syslog
+
+
+def test_syslog_sends_mail_facility_with_ident_and_no_timestamp(
+    fake_syslog: tuple[str, socket.socket], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, sock = fake_syslog
+    handler = logsetup.configure("info", "syslog", syslog_address=path)
+    assert handler.formatter is not None
+    LOG.info("queue_id=%s direction=inbound case=C-000001 match=new", "4Q3")
+    ident = f"casethread[{os.getpid()}]: "
+    assert received(sock) == (
+        f"{MAIL_INFO}{ident}queue_id=4Q3 direction=inbound case=C-000001 match=new"
+    )
+    LOG.warning("syslog socket went away")
+    assert received(sock) == f"{MAIL_WARNING}{ident}warning: syslog socket went away"
+    try:
+        raise KeyError("x")
+    except KeyError:
+        LOG.exception("queue_id=4Q4 error in eom")
+    text = received(sock)
+    assert text.startswith(f"{MAIL_ERR}{ident}error: queue_id=4Q4 error in eom\\nTraceback ")
+    assert "\n" not in text
+    LOG.debug("not at info level")
+    assert nothing_more(sock)
+    # Nothing went to stderr: syslog is the only target.
+    assert capsys.readouterr().err == ""
+
+
+def test_syslog_debug_level_maps_to_debug_priority(
+    fake_syslog: tuple[str, socket.socket],
+) -> None:
+    path, sock = fake_syslog
+    logsetup.configure("debug", "syslog", syslog_address=path)
+    LOG.debug("detail")
+    assert received(sock) == f"{MAIL_DEBUG}casethread[{os.getpid()}]: detail"
+
+
+def test_missing_syslog_socket_falls_back_to_stderr_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "no-such-log")
+    handler = logsetup.configure("info", "syslog", syslog_address=missing)
+    assert isinstance(handler, logging.StreamHandler)
+    LOG.info("queue_id=4Q5 direction=other")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(
+        f" casethread WARNING syslog socket {missing}: No such file or directory; "
+        "logging to stderr instead"
+    )
+    assert lines[1].endswith(" casethread INFO queue_id=4Q5 direction=other")
+
+
+def test_a_file_that_is_no_socket_falls_back_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_socket = tmp_path / "log"
+    not_socket.write_text("")
+    handler = logsetup.configure("info", "syslog", syslog_address=str(not_socket))
+    assert isinstance(handler, logging.StreamHandler)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"syslog socket {not_socket}: " in err
+
+
+def test_reconfiguring_closes_the_syslog_socket(
+    fake_syslog: tuple[str, socket.socket], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, sock = fake_syslog
+    first = logsetup.configure("info", "syslog", syslog_address=path)
+    assert isinstance(first, SysLogHandler)
+    connection = first.socket
+    assert connection.fileno() != -1
+    logsetup.configure("info", "stderr")
+    assert connection.fileno() == -1
+    LOG.info("now on stderr")
+    assert nothing_more(sock)
+    assert "now on stderr" in capsys.readouterr().err
