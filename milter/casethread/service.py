@@ -1,7 +1,8 @@
 """Start-up wiring for `casethread serve`: index, engine, pymilter flags and the main loop.
 
-We run libmilter's loop ourselves instead of `Milter.runmilter` for one reason: the listening
-socket must get its permissions between `opensocket` and `main`, which runmilter does not allow.
+We run libmilter's loop ourselves instead of `Milter.runmilter` because the listening socket
+needs attention between `opensocket` and `main`, which runmilter does not allow: a unix socket
+its permissions, a TCP socket TCP_NODELAY (see sockopts.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .index import open_index
 from .keyfile import keyring_for
 from .metrics import Metrics
 from .pymilter_app import CaseMilter, reply_for
+from .sockopts import set_listen_nodelay
 
 log = logging.getLogger("casethread")
 
@@ -38,6 +40,15 @@ def _unix_socket_path(spec: str) -> str | None:
         if spec.startswith(prefix):
             return spec[len(prefix) :]
     return spec if spec.startswith("/") else None
+
+
+def _inet_port(spec: str) -> int | None:
+    """The port of an `inet:PORT@HOST` / `inet6:PORT@HOST` spec, else None."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("inet", "inet6"):
+        return None
+    port = rest.partition("@")[0]
+    return int(port) if port.isdigit() else None
 
 
 def _set_socket_access(path: str, mode: int, group: str | None) -> None:
@@ -143,6 +154,9 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
         milter.setconn(spec)
         milter.settimeout(settings.milter.timeout)
         milter.opensocket(True)
+        port = _inet_port(spec)
+        if port is not None:
+            set_listen_nodelay(port)
         path = _unix_socket_path(spec)
         if path:
             _set_socket_access(path, settings.milter.socket_mode, settings.milter.socket_group)

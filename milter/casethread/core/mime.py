@@ -428,21 +428,29 @@ def _part_ranges(delimiters: list[_Delimiter], end: int) -> Iterator[tuple[int, 
         yield last.end, end
 
 
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r?\n|\r?\Z)")
+
+
 def _find_delimiters(
     data: Data, lo: int, hi: int, boundary: bytes, max_count: int
 ) -> list[_Delimiter]:
     """Delimiter lines `--boundary[--][WSP]*EOL` in [lo, hi), up to the first close delimiter
-    (or `max_count` of them). The regex engine does the scanning, so a body full of near-misses
-    costs no Python loop."""
-    pattern = re.compile(rb"(?m)^--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\r?\Z)")
+    (or `max_count` of them). `find` does the scanning (a multiline regex search is ~20x
+    slower on a large body); only candidates are checked with a regex."""
+    needle = b"--" + boundary
     found: list[_Delimiter] = []
     pos = lo
     while len(found) < max_count:
-        match = pattern.search(data, pos, hi)
-        if match is None:
+        at = data.find(needle, pos, hi)
+        if at < 0:
             break
+        match = _DELIMITER_TAIL.match(data, at + len(needle), hi)
+        # A line start, as (?m)^ means it: the start of the data or just after a LF.
+        if match is None or (at > 0 and data[at - 1] != _LF):
+            pos = at + 1
+            continue
         previous_end = found[-1].end if found else lo
-        start = max(previous_end, _line_start_with_break(data, lo, match.start()))
+        start = max(previous_end, _line_start_with_break(data, lo, at))
         found.append(_Delimiter(start, match.end(), match.group(1) is not None))
         if found[-1].close:
             break

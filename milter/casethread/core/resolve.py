@@ -179,10 +179,15 @@ class Resolver:
                 if token:
                     yield token
 
+    def _body_tokens(self, ev: Evidence) -> Iterator[str]:
+        # A generator, so the body is parsed only if the Subject held no valid token.
+        for text in ev.body_texts:
+            yield from find_tokens(text, self._template)
+
     def by_token(self, ev: Evidence) -> Hit | None:
         candidates = chain(
             find_tokens(ev.subject, self._template),
-            chain.from_iterable(find_tokens(text, self._template) for text in ev.body_texts),
+            self._body_tokens(ev),
             self._anchor_tokens(ev),
         )
         case = ev.case_by_tokens(candidates)

@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Core benchmarks (issue 5, item 2): engine time per message and index lookups at scale.
+
+    .venv/bin/python bench/core.py            # engine + lookups at 0, 1M and 10M Message-IDs
+                                              # (~3 minutes on 2 cores, ~1 GB in /tmp)
+    .venv/bin/python bench/core.py --small    # without the 10M step (~1 minute)
+    .venv/bin/python bench/core.py --quick    # smoke run (seconds)
+    .venv/bin/python bench/core.py --profile  # also: where the engine's time goes (cProfile)
+
+Engine: `casethread.engine.Engine.process` on the benchmark's messages (bench/messages.py),
+one fresh Message-ID per message, over
+- the LMDB index in a temporary directory, durable as the milter runs it (every write
+  transaction fsync'd): what a message costs the milter, and
+- the in-memory index: the engine's own CPU time, without storage.
+Three paths: outbound stamping of the 60 KB html+plain mail (a new case, token in Subject,
+both body parts stamped), inbound resolution by headers (token in Subject), and inbound
+resolution by a token found in the body (the customer's client dropped it from the Subject).
+
+Index: `LmdbIndex.find(AliasKind.MESSAGE, id)` on an index prefilled with N recorded
+Message-IDs, written straight into the `aliases` database with py-lmdb, in casethread's own key
+encoding (`casethread.index.keys`), in big transactions and append order (the Message-IDs
+casethread makes start with the time, so they arrive nearly in key order anyway). Lookups are
+random, half of existing IDs and half of missing ones, each timed alone; the page cache is
+warm. Bytes per record = data.mdb size / records. A 1M index filled in random order (10k
+records per transaction, like scattered foreign IDs) is measured too, for the honest size.
+
+Results are appended to bench/results.jsonl and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import datetime
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import messages
+
+from casethread.core.message import Envelope, Header, Message, parse_raw
+from casethread.core.model import AliasKind, Direction
+from casethread.core.settings import FloodSettings, Settings
+from casethread.core.stamp import apply_splices
+from casethread.core.store import CaseIndex
+from casethread.core.token import Keyring
+from casethread.engine import Engine
+from casethread.index import LmdbIndex, MemoryIndex, keys
+from casethread.index.lmdb_index import MAX_DBS
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results.jsonl"
+HOSTNAME = "mx.bench.example"
+MAP_SIZE = 8 << 30
+NOW = 1_772_442_900  # 2026-03-02: recorded times of prefilled aliases
+BULK_TXN = 500_000  # records per transaction of the bulk loader
+RANDOM_TXN = 10_000
+
+
+def _settings(index_path: str) -> Settings:
+    base = Settings()
+    return dataclasses.replace(
+        base,
+        index=dataclasses.replace(base.index, path=index_path, map_size=MAP_SIZE),
+        # One sender repeats: keep it below the flood limit, as many real senders would be.
+        inbound=dataclasses.replace(base.inbound, addresses=(messages.SUPPORT,),
+                                    flood=FloodSettings(limit=100_000, window=3600)),
+    )
+
+
+def _crlf(raw: bytes) -> bytes:
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _parse(raw: bytes) -> tuple[tuple[Header, ...], bytes]:
+    # The milter gets the body as SMTP carries it: CRLF line endings.
+    return parse_raw(_crlf(raw))
+
+
+OUTBOUND_ENV = Envelope(mail_from=messages.SUPPORT, rcpts=(messages.CUSTOMER,),
+                        client_address="127.0.0.1", daemon_name="ORIGINATING", queue_id="B")
+INBOUND_ENV = Envelope(mail_from=messages.CUSTOMER, rcpts=(messages.SUPPORT,),
+                       client_address="192.0.2.7", daemon_name=HOSTNAME, queue_id="B")
+
+
+def _with_id(headers: tuple[Header, ...], i: int, tag: str) -> tuple[Header, ...]:
+    return (*headers, Header("Message-ID", f"<{tag}{i:08d}.k3j5h2g1f0@customer.example>"))
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclasses.dataclass
+class EngineCase:
+    name: str
+    direction: Direction
+    messages: list[Message]
+    expect_match: str
+    check_body: bool = False
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _stats_ms(samples: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "median_ms": round(statistics.median(ordered), 4),
+        "mean_ms": round(statistics.fmean(ordered), 4),
+        "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 4),
+        "min_ms": round(ordered[0], 4),
+    }
+
+
+def engine_cases(engine: Engine, index: CaseIndex, keyring: Keyring, n: int) -> list[EngineCase]:
+    """The three paths, n messages each, plus what each must decide (checked, not assumed)."""
+    case = index.create_case(NOW)
+    token = keyring.make(case.number)
+    out_headers, out_body = _parse(messages.html_60k("outbound"))
+    in_headers, in_body = _parse(messages.html_60k("inbound", token))
+    # A reply whose Subject lost the token: the stamped outbound body comes back quoted.
+    stamped = engine.process(Message(OUTBOUND_ENV, _with_id(out_headers, 0, "seed"), out_body))
+    if not stamped.body_splices:
+        raise RuntimeError(f"outbound mail was not stamped: {stamped.log_fields()}")
+    reply_body = apply_splices(out_body, stamped.body_splices)
+    reply_headers = tuple(
+        Header("Subject", "Re: Your printer keeps jamming") if h.name == "Subject" else h
+        for h in in_headers if h.name not in ("In-Reply-To", "References")
+    )
+    return [
+        EngineCase("outbound stamp 60k", Direction.OUTBOUND,
+                   [Message(OUTBOUND_ENV, _with_id(out_headers, i, "out"), out_body)
+                    for i in range(n)], "new", check_body=True),
+        EngineCase("inbound by headers 60k", Direction.INBOUND,
+                   [Message(INBOUND_ENV, _with_id(in_headers, i, "hdr"), in_body)
+                    for i in range(n)], "token"),
+        EngineCase("inbound by body token 60k", Direction.INBOUND,
+                   [Message(INBOUND_ENV, _with_id(reply_headers, i, "body"), reply_body)
+                    for i in range(n)], "token"),
+    ]
+
+
+def bench_engine(store: str, n: int, warmup: int, profile: bool) -> list[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="casethread-core-"))
+    keyring = Keyring([(1, bytes(range(32)))])
+    index: CaseIndex = LmdbIndex(tmp / "index", MAP_SIZE) if store == "lmdb" else MemoryIndex()
+    try:
+        engine = Engine(_settings(str(tmp / "index")), index, keyring, hostname=HOSTNAME)
+        rows = []
+        for case in engine_cases(engine, index, keyring, n + warmup):
+            for msg in case.messages[:warmup]:
+                engine.process(msg)
+            data_mdb = tmp / "index" / "data.mdb"
+            size_before = data_mdb.stat().st_size if data_mdb.exists() else 0
+            samples: list[float] = []
+            profiler = cProfile.Profile() if profile else None
+            gc.collect()
+            for msg in case.messages[warmup:]:
+                if profiler is not None:
+                    profiler.enable()
+                start = time.perf_counter_ns()
+                decision = engine.process(msg)
+                samples.append((time.perf_counter_ns() - start) / 1e6)
+                if profiler is not None:
+                    profiler.disable()
+                if decision.match != case.expect_match or decision.direction is not case.direction:
+                    raise RuntimeError(f"{case.name}: unexpected decision {decision.log_fields()}")
+                if case.check_body and not decision.body_splices:
+                    raise RuntimeError(f"{case.name}: body not stamped: {decision.log_fields()}")
+            row: dict[str, Any] = {"kind": "core-engine", "case": case.name, "store": store,
+                                   "messages": n, **_stats_ms(samples)}
+            if store == "lmdb":
+                grown = data_mdb.stat().st_size - size_before
+                row["data_mdb_bytes_per_message"] = round(grown / n, 1)
+            rows.append(row)
+            if profiler is not None:
+                out = io.StringIO()
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats("cumulative").print_stats(25)
+                print(f"\n--- profile: {case.name}, {store} index ({n} messages) ---")
+                print(_trim_profile(out.getvalue()))
+        return rows
+    finally:
+        index.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _trim_profile(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(lines[start:])
+
+
+# --------------------------------------------------------------------------- index
+
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    digits = []
+    while True:
+        number, rest = divmod(number, 36)
+        digits.append(_B36[rest])
+        if not number:
+            return "".join(reversed(digits))
+
+
+def message_id(i: int, salt: bytes = b"") -> str:
+    """The i-th recorded Message-ID, normalised as the index keys it: casethread's own shape
+    (`base36-millis.base36-96-random-bits@domain`), times increasing with i, so sorted by i.
+    Deterministic, so a lookup can name any of them again; another salt names missing ones."""
+    rand = int.from_bytes(hashlib.blake2b(i.to_bytes(8, "big") + salt, digest_size=12).digest())
+    return f"{_base36(1_772_442_900_000 + i)}.{_base36(rand)}@mail.example.com"
+
+
+def _items(start: int, stop: int) -> Iterator[tuple[bytes, bytes]]:
+    for i in range(start, stop):
+        # ~3 messages per case, as a thread of a question, a reply and a follow-up.
+        yield (keys.alias_key(AliasKind.MESSAGE, message_id(i)),
+               keys.encode_alias(f"C-{i // 3 + 1:07d}", NOW))
+
+
+def _open_raw(path: Path) -> tuple[lmdb.Environment, Any]:
+    # Bulk loading only: no fsync per transaction; one sync at the end makes it durable.
+    env = lmdb.open(str(path), map_size=MAP_SIZE, subdir=True, max_dbs=MAX_DBS,
+                    sync=False, metasync=False)
+    return env, env.open_db(b"aliases")
+
+
+def fill(path: Path, start: int, stop: int, random_order: bool = False) -> float:
+    """Record Message-IDs [start, stop) in the index at `path`; returns seconds taken."""
+    began = time.monotonic()
+    env, db = _open_raw(path)
+    try:
+        if random_order:
+            order = list(range(start, stop))
+            random.Random(7).shuffle(order)
+            for chunk in range(0, len(order), RANDOM_TXN):
+                with env.begin(write=True, db=db) as txn:
+                    for i in order[chunk : chunk + RANDOM_TXN]:
+                        txn.put(keys.alias_key(AliasKind.MESSAGE, message_id(i)),
+                                keys.encode_alias(f"C-{i // 3 + 1:07d}", NOW))
+        else:
+            for chunk in range(start, stop, BULK_TXN):
+                with env.begin(write=True, db=db) as txn, txn.cursor() as cursor:
+                    added, _ = cursor.putmulti(_items(chunk, min(chunk + BULK_TXN, stop)),
+                                               append=True)
+                    if added != min(BULK_TXN, stop - chunk):
+                        raise RuntimeError(f"bulk load added {added} records at {chunk}")
+        env.sync(True)
+        return time.monotonic() - began
+    finally:
+        env.close()
+
+
+def index_figures(path: Path, records: int, lookups: int) -> dict[str, Any]:
+    rng = random.Random(records + 1)
+    hits = [message_id(rng.randrange(records)) for _ in range(lookups // 2)] if records else []
+    misses = [message_id(rng.randrange(max(records, 1)), b"missing")
+              for _ in range(lookups - len(hits))]
+    queries = [(q, True) for q in hits] + [(q, False) for q in misses]
+    rng.shuffle(queries)
+    index = LmdbIndex(path, MAP_SIZE)
+    hit_ns: list[int] = []
+    miss_ns: list[int] = []
+    try:
+        for q, _ in queries[:1000]:  # warm the code paths, not the data
+            index.find(AliasKind.MESSAGE, q)
+        gc.collect()
+        for q, exists in queries:
+            start = time.perf_counter_ns()
+            found = index.find(AliasKind.MESSAGE, q)
+            elapsed = time.perf_counter_ns() - start
+            if (found is not None) != exists:
+                raise RuntimeError(f"lookup of {q}: found={found}, expected exists={exists}")
+            (hit_ns if exists else miss_ns).append(elapsed)
+    finally:
+        index.close()
+    size = (path / "data.mdb").stat().st_size
+    env, db = _open_raw(path)
+    try:
+        with env.begin() as txn:
+            stat = txn.stat(db)
+        entries = int(stat["entries"])
+    finally:
+        env.close()
+    if entries != records:
+        raise RuntimeError(f"index holds {entries} Message-IDs, expected {records}")
+    all_ns = hit_ns + miss_ns
+
+    def us(values: list[int]) -> float | None:
+        return round(statistics.median(values) / 1000, 2) if values else None
+
+    return {
+        "records": records,
+        "lookup_median_us": us(all_ns),
+        "hit_median_us": us(hit_ns),
+        "miss_median_us": us(miss_ns),
+        "lookup_p90_us": round(sorted(all_ns)[int(0.9 * (len(all_ns) - 1))] / 1000, 2),
+        "lookups": len(all_ns),
+        "data_mdb_bytes": size,
+        "bytes_per_record": round(size / records, 1) if records else None,
+        "btree_depth": stat["depth"],
+        "leaf_pages": stat["leaf_pages"],
+        "mean_key_bytes": round(statistics.fmean(
+            len(keys.alias_key(AliasKind.MESSAGE, message_id(i))) for i in range(1000)), 1),
+    }
+
+
+def bench_index(levels: Sequence[int], lookups: int, random_1m: bool) -> list[dict[str, Any]]:
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="casethread-core-index-"))
+    try:
+        path = tmp / "index"
+        LmdbIndex(path, MAP_SIZE).close()  # casethread creates its databases and schema
+        filled = 0
+        for level in sorted(levels):
+            seconds = fill(path, filled, level) if level > filled else 0.0
+            filled = level
+            row = {"kind": "core-index", "fill": "append", "fill_s_step": round(seconds, 1),
+                   **index_figures(path, level, lookups)}
+            rows.append(row)
+            _print_index_row(row)
+        if random_1m:
+            rpath = tmp / "random"
+            LmdbIndex(rpath, MAP_SIZE).close()
+            seconds = fill(rpath, 0, 1_000_000, random_order=True)
+            row = {"kind": "core-index", "fill": "random", "fill_s_step": round(seconds, 1),
+                   **index_figures(rpath, 1_000_000, lookups)}
+            rows.append(row)
+            _print_index_row(row)
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_index_row(row: dict[str, Any]) -> None:
+    print(f"  {row['records']:>11,} ids ({row['fill']:6}, filled in {row['fill_s_step']:6.1f} s):"
+          f" lookup median {row['lookup_median_us']} us (hit {row['hit_median_us']}, miss "
+          f"{row['miss_median_us']}), p90 {row['lookup_p90_us']} us, "
+          f"{row['bytes_per_record']} B/record, depth {row['btree_depth']}", flush=True)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def core_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's engine and index targets, judged on this run; printed and returned."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, op: str, limit: float) -> None:
+        if value is not None:
+            ok = value <= limit if op == "<=" else value >= limit
+            checks.append({"target": name, "value": value, "op": op, "limit": limit, "ok": ok})
+
+    engine = {(r["case"], r["store"]): r for r in rows if r["kind"] == "core-engine"}
+    for case, limit in (("outbound stamp 60k", 0.5), ("inbound by headers 60k", 0.05)):
+        for store in ("memory", "lmdb"):
+            row = engine.get((case, store))
+            add(f"engine {case} ms ({store} index)", row["median_ms"] if row else None, "<=", limit)
+    index = {(r["records"], r["fill"]): r for r in rows if r["kind"] == "core-index"}
+    top = max((n for n, fill in index if fill == "append"), default=0)
+    zero = index.get((0, "append"))
+    if top and zero:
+        big = index[(top, "append")]
+        add(f"lookup median us at {top:,}", big["lookup_median_us"], "<=", 20.0)
+        add(f"lookup median at {top:,} / at 0", round(
+            big["lookup_median_us"] / zero["lookup_median_us"], 2), "<=", 1.2)
+    for (records, fill), row in sorted(index.items()):
+        if records:
+            add(f"bytes per Message-ID record ({records:,}, {fill} fill)",
+                row["bytes_per_record"], "<=", 150)
+    print("\ntargets:")
+    for c in checks:
+        print(f"  {'ok  ' if c['ok'] else 'MISS'} {c['target']}: {c['value']} {c['op']} "
+              f"{c['limit']}")
+    return {"kind": "core-targets", "checks": checks}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _meta(quick: bool) -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "run": uuid.uuid4().hex[:12],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "unknown",
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+                    "lmdb": ".".join(map(str, lmdb.version()))},
+        "quick": quick,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run (seconds)")
+    parser.add_argument("--small", action="store_true", help="skip the 10M Message-ID step")
+    parser.add_argument("--profile", action="store_true", help="cProfile the engine cases")
+    parser.add_argument("--skip-index", action="store_true", help="engine figures only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines appended here")
+    args = parser.parse_args(argv)
+    meta = _meta(args.quick)
+    n, warmup = (200, 20) if args.quick else (1000, 50)
+    rows: list[dict[str, Any]] = []
+    print(f"casethread core bench {meta['date']}  commit {meta['commit']}  "
+          f"{meta['machine']['cpus']} x {meta['machine']['cpu']}")
+    print("\nengine per message (ms)           index   median    mean     p90  data.mdb B/msg")
+    for store in ("memory", "lmdb"):
+        for row in bench_engine(store, n, warmup, args.profile):
+            rows.append(row)
+            grown = row.get("data_mdb_bytes_per_message")
+            print(f"  {row['case']:31} {store:6} {row['median_ms']:8.3f} {row['mean_ms']:7.3f} "
+                  f"{row['p90_ms']:7.3f}  {grown if grown is not None else '-':>8}", flush=True)
+    if not args.skip_index:
+        levels = [0, 100_000] if args.quick else [0, 1_000_000]
+        if not (args.quick or args.small):
+            levels.append(10_000_000)
+        print("\nindex lookups: LmdbIndex.find(AliasKind.MESSAGE, id), half hits, half misses")
+        rows += bench_index(levels, 20_000 if args.quick else 100_000, random_1m=not args.quick)
+    rows.append(core_targets(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as out:
+        for row in rows:
+            out.write(json.dumps({**meta, **row}) + "\n")
+    print(f"\n{len(rows)} results appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
