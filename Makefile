@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 RUN_DEBS  := libmilter-dev gcc
 TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd
 
-.PHONY: run test lint unit e2e deps-run deps-test clean
+.PHONY: run test lint unit e2e fuzz soak bench bench-quick deps-run deps-test clean
 
 run: deps-run $(STAMP)
 	$(BIN)/casethread serve
@@ -30,6 +30,26 @@ unit: $(STAMP)
 
 e2e: deps-test $(STAMP)
 	$(BIN)/pytest -q tests/wire tests/e2e
+
+# Longer randomised runs than `make test` does (hypothesis example counts from the environment).
+fuzz: $(STAMP)
+	CASETHREAD_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q tests/unit/test_fuzz_engine.py \
+		tests/unit/test_mime.py tests/unit/test_stamp.py tests/unit/test_bodytext.py \
+		tests/unit/test_mime_corpus.py -k "fuzz or generated or never"
+
+# 20,000 mixed messages through a real Postfix and the real milter (bench/soak.py --help).
+soak: deps-test $(STAMP)
+	$(BIN)/python bench/soak.py
+
+# The performance harness: Postfix smtp-source -> Postfix (+milter) -> smtp-sink, then the
+# engine and index micro-benchmarks. Writes bench/results.jsonl; see bench/README.md.
+bench: deps-test $(STAMP)
+	$(BIN)/python bench/run.py
+	$(BIN)/python bench/core.py
+
+bench-quick: deps-test $(STAMP)
+	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/core.py --quick
 
 deps-run:
 	@DEBS="$(RUN_DEBS)" sh contrib/install-debs.sh
