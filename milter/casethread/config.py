@@ -536,7 +536,17 @@ _RULES: dict[str, _Rule] = {
         parse=_size(_MIB),
         expects=_SIZE_EXPECTS,
         render=_render_size,
-        doc="Address space LMDB reserves (e.g. 512MiB, 1GiB); the file grows only as needed.",
+        doc="Address space LMDB reserves at start (e.g. 512MiB, 1GiB); it doubles when full.",
+    ),
+    "index.max_map_size": _Rule(
+        parse=_size(_MIB),
+        expects=_SIZE_EXPECTS,
+        render=_render_size,
+        doc="Ceiling of that growth; null = the larger of 16 x map_size and 64GiB.",
+    ),
+    "index.sync": _Rule(
+        doc="full: fsync each message's index writes before answering the MTA; async: flush "
+        "once a second (faster; a power cut can lose the last second of index writes).",
     ),
     "headers": _Rule(doc="Headers added to inbound mail."),
     "headers.prefix": _Rule(
@@ -812,8 +822,11 @@ class _Builder:
             if not isinstance(node, ScalarNode):
                 got = _describe_node(node, None)
                 raise self.error(node, path, f"expected {rule.expects}, got {got}")
+            scalar = self.scalar(node, path)
+            if scalar is None and type(None) in get_args(tp):
+                return None  # an optional key written as null
             try:
-                return rule.parse(self.scalar(node, path))
+                return rule.parse(scalar)
             except _Invalid as exc:
                 raise self.error(node, path, str(exc)) from None
         if dataclasses.is_dataclass(tp):
@@ -959,7 +972,7 @@ def _plain(value: Any) -> Any:
 
 
 def _render_value(value: Any, rule: _Rule | None) -> str:
-    if rule is not None and rule.render is not None:
+    if rule is not None and rule.render is not None and value is not None:
         return rule.render(value)
     if isinstance(value, str) and any(ord(c) < 0x20 for c in value):
         # One line: a JSON string is a YAML double-quoted scalar ("\n[ref:{token}]\n").

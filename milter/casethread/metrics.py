@@ -221,24 +221,15 @@ class Registry:
 # --------------------------------------------------------------------------- index gauges
 
 
-def _lmdb_env(index: LmdbIndex) -> Any:
-    shared = index._shared  # the open environment; None once the index is closed
-    if shared is None:
-        raise RuntimeError(f"case index {index.path} is closed")
-    return shared.env
-
-
 def lmdb_file_bytes(index: LmdbIndex) -> int:
     """data.mdb's size on disk (it grows as pages are first written, never shrinks)."""
     return os.stat(os.path.join(index.path, "data.mdb")).st_size
 
 
 def lmdb_map_used_ratio(index: LmdbIndex) -> float:
-    """Pages in use over the map: at 1.0 writes fail with IndexFull."""
-    env = _lmdb_env(index)
-    info, stat = env.info(), env.stat()
-    used = (int(info["last_pgno"]) + 1) * int(stat["psize"])
-    return used / int(info["map_size"])
+    """Pages in use over the map (the map doubles by itself when full, up to its ceiling)."""
+    info = index.map_info()
+    return float((info["last_pgno"] + 1) * info["psize"] / info["map_size"])
 
 
 # --------------------------------------------------------------------------- casethread's metrics

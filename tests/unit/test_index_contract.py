@@ -612,7 +612,7 @@ def test_lmdb_file_modes(tmp_path: Path) -> None:
 
 
 def test_lmdb_full_map_raises_index_full(tmp_path: Path) -> None:
-    index = LmdbIndex(tmp_path / "tiny", 64 << 10)
+    index = LmdbIndex(tmp_path / "tiny", 64 << 10, max_map_size=64 << 10)
     try:
         first = index.create_case(now=1)
         with pytest.raises(IndexFull, match=r"index\.map_size"):
@@ -754,3 +754,21 @@ def test_overlay_over_a_base_without_peek_counts_alone(base: LmdbIndex) -> None:
         assert overlay.bump_counter("flood@example.org", now=200, window=HOUR) == 1
     finally:
         overlay.close()
+
+
+def test_lmdb_async_sync_flushes_in_the_background_and_on_close(tmp_path: Path) -> None:
+    # index.sync: async -> no fsync per commit; a flusher thread syncs, close() syncs last.
+    path = tmp_path / "async"
+    index = LmdbIndex(path, 1 << 20, sync=False)
+    flushers = [t for t in threading.enumerate() if t.name == "casethread-index-flush"]
+    assert len(flushers) == 1
+    case = index.create_case(now=5)
+    index.record_message("a@b.example", case.case_id, now=5)
+    index.close()
+    assert not flushers[0].is_alive()
+    again = LmdbIndex(path, 1 << 20)
+    try:
+        assert again.case_for_message("a@b.example") == case.case_id
+        assert not [t for t in threading.enumerate() if t.name == "casethread-index-flush"]
+    finally:
+        again.close()

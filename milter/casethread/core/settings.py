@@ -40,8 +40,15 @@ class MilterSettings:
 @dataclass(frozen=True)
 class IndexSettings:
     path: str = "./casethread-data"
-    # LMDB reserves this much address space; the file grows only as data is written.
+    # LMDB reserves this much address space at start; the file grows only as data is written,
+    # and the map doubles by itself when full, up to `max_map_size`.
     map_size: int = 1 << 30
+    # Ceiling of automatic growth; None: max(16 x map_size, 64 GiB).
+    max_map_size: int | None = None
+    # full: every message's index writes are on disk (fsync) before the MTA is answered.
+    # async: commits are flushed to disk once a second; a power failure can lose that second
+    # of index writes (never mail), for several times the throughput.
+    sync: Literal["full", "async"] = "full"
 
 
 @dataclass(frozen=True)

@@ -31,4 +31,6 @@ def open_index(settings: Settings) -> CaseIndex:
         settings.index.map_size,
         id_prefix=settings.cases.id_prefix,
         id_digits=settings.cases.id_digits,
+        max_map_size=settings.index.max_map_size,
+        sync=settings.index.sync == "full",
     )

@@ -14,6 +14,7 @@ every transaction, exclusive for a resize.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -43,8 +44,16 @@ MIN_CEILING = 64 << 30
 # Doublings one write may need (more only for a single write of many GiB).
 _MAX_GROWTHS = 64
 _MAX_RESIZED_RETRIES = 3
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_MAYBE_DISK_FULL = frozenset({errno.EIO, errno.EFBIG})
+# Below this much free space, a failed write is taken for a full disk.
+LOW_DISK_SPACE = 16 << 20
 
 T = TypeVar("T")
+
+
+# sync=async: how often commits are flushed to disk.
+FLUSH_INTERVAL = 1.0
 
 
 def default_max_map_size(map_size: int) -> int:
@@ -144,6 +153,35 @@ class SharedEnv:
     # Writers of this process queue here, outside the gate, instead of on LMDB's writer mutex
     # inside it: a writer that has to grow the map can then drain the gate.
     writer: threading.Lock = field(default_factory=threading.Lock)
+    # sync=async: commits are not fsync'd; this thread flushes them once a second.
+    flusher: threading.Thread | None = None
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def start_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
+        def flush_periodically() -> None:
+            while not self.closing.wait(interval):
+                self.flush()
+
+        self.flusher = threading.Thread(
+            target=flush_periodically, name="casethread-index-flush", daemon=True
+        )
+        self.flusher.start()
+
+    def flush(self) -> None:
+        self.gate.enter()
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:  # e.g. EINVAL while another thread resizes: next tick
+            log.debug("case index %s: flush deferred: %s", self.path, exc)
+        finally:
+            self.gate.leave()
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.closing.set()
+            self.flusher.join()
+            self.flush()
+        self.env.close()
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
@@ -182,7 +220,7 @@ _envs: dict[str, SharedEnv] = {}
 _envs_lock = threading.Lock()
 
 
-def _open_env(path: str, map_size: int, max_map_size: int) -> SharedEnv:
+def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> SharedEnv:
     try:
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700)  # whatever the umask
@@ -197,6 +235,10 @@ def _open_env(path: str, map_size: int, max_map_size: int) -> SharedEnv:
         max_dbs=MAX_DBS,
         max_readers=MAX_READERS,
         lock=True,
+        # async: no fsync per commit (the flusher thread syncs); LMDB stays consistent either
+        # way, a crash only loses the commits since the last flush.
+        sync=sync,
+        metasync=sync,
     )
     try:
         # A map grown earlier (by any process) is stored in the file: keep it rather than
@@ -214,6 +256,8 @@ def _open_env(path: str, map_size: int, max_map_size: int) -> SharedEnv:
             path=path,
             max_map_size=max(max_map_size, map_size),
         )
+        if not sync:
+            shared.start_flusher()
         with env.begin(write=True) as txn:
             raw = txn.get(META_SCHEMA, db=shared.meta)
             if raw is None:
@@ -229,13 +273,15 @@ def _open_env(path: str, map_size: int, max_map_size: int) -> SharedEnv:
     return shared
 
 
-def _acquire(path: str, map_size: int, max_map_size: int) -> tuple[str, SharedEnv]:
+def _acquire(
+    path: str, map_size: int, max_map_size: int, sync: bool
+) -> tuple[str, SharedEnv]:
     with _envs_lock:
         try:
             real = os.path.realpath(path)
             shared = _envs.get(real)
             if shared is None:
-                shared = _envs[real] = _open_env(real, map_size, max_map_size)
+                shared = _envs[real] = _open_env(real, map_size, max_map_size, sync)
         except (lmdb.Error, OSError) as exc:
             raise IndexUnavailable(f"cannot open case index {path}: {exc}") from exc
         shared.refs += 1
@@ -248,19 +294,35 @@ def _release(real: str) -> None:
         shared.refs -= 1
         if shared.refs == 0:
             del _envs[real]
-            shared.env.close()
+            shared.close()
 
 
 def _translate(path: str, shared: SharedEnv, exc: lmdb.Error) -> CaseIndexError:
-    if isinstance(exc, lmdb.MapFullError):
+    if isinstance(exc, lmdb.MapFullError):  # raised by writes, inside the gate
         return IndexFull(
-            f"case index {path} is full: its map of {shared.map_size()} bytes reached "
-            f"the growth ceiling of {shared.max_map_size} bytes; raise index.map_size in "
-            "the configuration (automatic growth stops at 16 times it, at least 64 GiB)"
+            f"case index {path} is full (map_size {shared.map_size()} bytes, its growth "
+            "ceiling): raise index.map_size in the configuration (the map grows by itself "
+            "up to 16 times it, at least 64 GiB)"
         )
-    if isinstance(exc, lmdb.DiskError):
+    code = getattr(exc, "code", None)
+    if isinstance(exc, lmdb.DiskError) or code in _DISK_FULL:
         return IndexFull(f"case index {path}: the disk is full ({exc})")
+    if code in _MAYBE_DISK_FULL:
+        # LMDB reports a short write as EIO: on a full file system that is the usual error.
+        free = _free_bytes(path)
+        if free is not None and free < LOW_DISK_SPACE:
+            return IndexFull(
+                f"case index {path}: the disk is full, {free} bytes free ({exc})"
+            )
     return CaseIndexError(f"case index {path}: {exc}")
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class _Txn:
@@ -323,13 +385,16 @@ class LmdbIndex:
         id_prefix: str = "C-",
         id_digits: int = 6,
         max_map_size: int | None = None,
+        sync: bool = True,
     ) -> None:
-        """`max_map_size` caps automatic growth (default `default_max_map_size(map_size)`)."""
+        """`max_map_size` caps automatic growth (default `default_max_map_size(map_size)`).
+        `sync=False` flushes commits once a second instead of at each commit (the first
+        LmdbIndex of a path in a process decides, like the ceiling)."""
         self._ids = keys.IdFormat(id_prefix, id_digits)
         self.path = os.fspath(path)
         ceiling = default_max_map_size(map_size) if max_map_size is None else max_map_size
         # A second LmdbIndex on the same path shares the env, its map and its ceiling.
-        self._real, shared = _acquire(self.path, map_size, ceiling)
+        self._real, shared = _acquire(self.path, map_size, ceiling, sync)
         self._shared: SharedEnv | None = shared
 
     @staticmethod

@@ -129,7 +129,8 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
     with index.reading() as (txn, db):
         result = _record_counts(txn, db)
         live_pages = _tree_pages(txn, db)
-        env = db.env
+        # Inside the gate: py-lmdb fails env calls made while another thread resizes the map.
+        readers = _active_readers(db.env) - 1  # not counting this snapshot
     info = index.map_info()
     psize = info["psize"]
     data = Path(index.path, "data.mdb").stat()
@@ -145,7 +146,7 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
         map_used_percent=round(100.0 * used / info["map_size"], 1),
         live_bytes=live_pages * psize,
         page_size=psize,
-        readers_active=_active_readers(env),
+        readers_active=readers,
         reader_slots=info["num_readers"],
         max_readers=info["max_readers"],
     )
@@ -187,10 +188,8 @@ def _create_private(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
 
 
-def _copy_private_file(src: Path, dst: Path) -> None:
-    with open(src, "rb") as f:
-        data = f.read()
-    fd = _create_private(dst)
+def _write_private(path: Path, data: bytes) -> None:
+    fd = _create_private(path)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
@@ -233,8 +232,10 @@ def backup(
         copied = []
         for src in extra_files:
             target = dest / src.name
-            _copy_private_file(src, target)
+            with open(src, "rb") as f:  # a missing key fails here, before anything is made
+                secret = f.read()
             written.append(target)
+            _write_private(target, secret)
             copied.append(str(target))
         _fsync_dir(dest)
         copy = LmdbIndex(dest, max(data.stat().st_size * 2, 1 << 20))

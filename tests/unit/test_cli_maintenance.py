@@ -1,0 +1,363 @@
+"""`casethread stats|backup|prune|export|import` as subprocesses: the installed console script
+on a real LMDB index in tmp_path, filled by `casethread filter` runs (and, for old records,
+through the index API)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casethread.core.message import parse_raw
+from casethread.core.model import Alias, AliasKind
+from casethread.index import LmdbIndex
+from casethread.index import keys as index_keys
+
+DAY = 86400
+
+
+class Cli:
+    def __init__(self, exe: Path, tmp_path: Path) -> None:
+        self.exe = exe
+        self.cwd = tmp_path
+        self.index = tmp_path / "index"
+
+    def run(self, *args: str, stdin: bytes = b"", index: Path | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+        where = self.index if index is None else index
+        return subprocess.run(
+            [str(self.exe), *args, "--index", str(where)], input=stdin, capture_output=True,
+            cwd=self.cwd, timeout=120, check=False,
+        )
+
+    def ok(self, *args: str, index: Path | None = None, stdin: bytes = b"") -> str:
+        p = self.run(*args, index=index, stdin=stdin)
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p.stdout.decode()
+
+    def json(self, *args: str, index: Path | None = None) -> dict[str, Any]:
+        data = json.loads(self.ok(*args, "--json", index=index))
+        assert isinstance(data, dict)
+        return data
+
+    def filter(self, direction: str, mail: str) -> dict[str, str]:
+        p = subprocess.run(
+            [str(self.exe), "filter", "--index", str(self.index), "--direction", direction,
+             "--rcpt", "support@example.com", "-"],
+            input=mail.encode(), capture_output=True, cwd=self.cwd, timeout=60, check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        return {h.name.lower(): h.value for h in parse_raw(p.stdout)[0]}
+
+    def send(self, n: int) -> dict[str, str]:
+        return self.filter("outbound", (
+            "From: Dana Agent <dana@support.example.com>\n"
+            f"To: Customer {n} <c{n}@customer.example.org>\n"
+            f"Subject: Question {n}\n"
+            "\n"
+            f"Hello customer {n}.\n"
+        ))
+
+    def reply(self, n: int, message_id: str) -> dict[str, str]:
+        return self.filter("inbound", (
+            f"From: Customer {n} <c{n}@customer.example.org>\n"
+            "To: support@example.com\n"
+            f"Subject: Re: Question {n}\n"
+            f"In-Reply-To: {message_id}\n"
+            f"Message-ID: <reply-{n}@customer.example.org>\n"
+            "\n"
+            "Thanks.\n"
+        ))
+
+
+@pytest.fixture
+def cli(casethread_bin: Path, tmp_path: Path) -> Cli:
+    return Cli(casethread_bin, tmp_path)
+
+
+@pytest.fixture
+def filled(cli: Cli) -> list[dict[str, str]]:
+    """Three cases made by outbound mail, each with a customer reply."""
+    sent = [cli.send(n) for n in (1, 2, 3)]
+    for n, headers in enumerate(sent, start=1):
+        assert cli.reply(n, headers["message-id"])["x-case-id"] == headers["x-case-id"]
+    return sent
+
+
+def counts(data: dict[str, Any]) -> dict[str, Any]:
+    keep = ("schema", "last_number", "cases", "numbers", "aliases", "aliases_total", "counters")
+    return {key: data[key] for key in keep}
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+
+def test_stats_json_and_text(cli: Cli, filled: list[dict[str, str]]) -> None:
+    data = cli.json("stats")
+    assert data["schema"] == 1
+    assert data["last_number"] == data["cases"] == data["numbers"] == 3
+    # Per case: the agent mail and the reply (message), the Outlook root, three participants
+    # (agent and customer, then support@ from the reply's To); one flood counter per customer.
+    assert data["aliases"]["message"] == 6
+    assert data["aliases"]["thread-root"] == 3
+    assert data["aliases"]["participant"] == 9
+    assert data["aliases_total"] == sum(data["aliases"].values())
+    assert data["counters"] == 3
+    data_mdb = cli.index / "data.mdb"
+    assert data["file_bytes"] == data_mdb.stat().st_size
+    assert data["map_size"] == 1 << 30  # the embedded default
+    assert data["map_used_percent"] == round(100 * data["map_used_bytes"] / (1 << 30), 1)
+    assert 0 < data["map_used_bytes"] <= data["file_bytes"]
+    text = cli.ok("stats")
+    assert "last case number: 3" in text
+    assert f"aliases: {data['aliases_total']} (message 6," in text
+    assert "map: 1.0 GiB, grows up to 64.0 GiB" in text
+
+
+def test_stats_without_an_index_fails_and_creates_none(cli: Cli) -> None:
+    p = cli.run("stats")
+    assert p.returncode == 1
+    assert b"no case index" in p.stderr
+    assert not cli.index.exists()
+
+
+# --- backup ----------------------------------------------------------------------------------
+
+
+def test_backup_copies_index_and_key_and_the_copy_answers(
+    cli: Cli, filled: list[dict[str, str]], tmp_path: Path
+) -> None:
+    dest = tmp_path / "backup"
+    out = cli.ok("backup", str(dest))
+    assert f"backup written to {dest}: 3 cases" in out
+    assert f"token key copied to {dest / 'token.key'} (mode 0600)" in out
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    for name in ("data.mdb", "token.key"):
+        assert stat.S_IMODE((dest / name).stat().st_mode) == 0o600
+    assert (dest / "token.key").read_bytes() == (cli.index / "token.key").read_bytes()
+    assert counts(cli.json("stats", index=dest)) == counts(cli.json("stats"))
+    # The copy and its key resolve a token: the customer's reply threads against the backup.
+    token = filled[1]["subject"].rsplit("[ref:", 1)[1].rstrip("]")
+    found = cli.json("lookup", "--token", token, index=dest)
+    assert found["case_id"] == filled[1]["x-case-id"]
+
+
+def test_backup_refuses_a_non_empty_destination(
+    cli: Cli, filled: list[dict[str, str]], tmp_path: Path
+) -> None:
+    dest = tmp_path / "used"
+    dest.mkdir()
+    (dest / "other").write_text("keep me")
+    p = cli.run("backup", str(dest))
+    assert p.returncode == 2
+    assert b"not empty" in p.stderr
+    assert sorted(x.name for x in dest.iterdir()) == ["other"]
+
+
+def test_backup_json(cli: Cli, filled: list[dict[str, str]], tmp_path: Path) -> None:
+    data = cli.json("backup", str(tmp_path / "b"))
+    assert data["cases"] == 3 and data["dest"] == str(tmp_path / "b")
+    assert data["copied"] == [str(tmp_path / "b" / "token.key")]
+    assert data["data_bytes"] == (tmp_path / "b" / "data.mdb").stat().st_size
+
+
+WRITER = """
+import sys, time
+from casethread.index import LmdbIndex
+from casethread.core.model import Alias, AliasKind
+index = LmdbIndex(sys.argv[1], 1 << 20)  # small: it grows while the backups run
+deadline = time.monotonic() + float(sys.argv[2])
+n = 0
+print("started", flush=True)
+while time.monotonic() < deadline:
+    case = index.create_case(now=1_800_000_000)
+    index.record([Alias(AliasKind.MESSAGE, f"<w{n}.{i}@x>", case.case_id) for i in range(20)],
+                 now=1_800_000_000)
+    n += 1
+index.close()
+print(n, flush=True)
+"""
+
+
+def test_backup_while_another_process_writes(
+    cli: Cli, filled: list[dict[str, str]], tmp_path: Path
+) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(cli.index), "8"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "started"
+        time.sleep(0.5)
+        taken = []
+        for n in range(3):
+            dest = tmp_path / f"hot{n}"
+            cli.ok("backup", str(dest))
+            taken.append(dest)
+        assert writer.wait(timeout=60) == 0
+        written = int(writer.stdout.readline())
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(timeout=10)
+    sizes = []
+    for dest in taken:
+        copy = LmdbIndex(dest, 1 << 24)
+        try:
+            with copy.reading() as (txn, db):
+                cases = dict(txn.cursor(db=db.cases).iternext())
+                numbers = dict(txn.cursor(db=db.numbers).iternext())
+                for value in txn.cursor(db=db.aliases).iternext(keys=False, values=True):
+                    # Consistent: every alias names a case the copy holds.
+                    assert index_keys.decode_alias(value).case_id.encode() in cases
+            assert sorted(numbers.values()) == sorted(cases)
+            assert copy.last_number() == len(cases)
+            sizes.append(len(cases))
+        finally:
+            copy.close()
+    assert sizes == sorted(sizes) and sizes[0] > 3  # taken while cases were being added
+    assert cli.json("stats")["cases"] == 3 + written > sizes[-1]
+
+
+# --- prune -----------------------------------------------------------------------------------
+
+
+def test_prune_dry_run_then_real(cli: Cli, filled: list[dict[str, str]]) -> None:
+    index = LmdbIndex(cli.index, 1 << 30)
+    try:
+        old = int(time.time()) - 400 * DAY
+        first = filled[0]["x-case-id"]
+        index.record([Alias(AliasKind.MESSAGE, f"<old-{n}@example.org>", first)
+                      for n in range(25)], now=old)
+        index.record([Alias(AliasKind.SUBJECT, "an old subject", first)], now=old)
+        index.bump_counter("flood gone@example.org", now=old, window=3600)
+    finally:
+        index.close()
+    before = cli.json("stats")
+    dry = cli.json("prune", "--older-than", "365", "--dry-run")
+    assert dry["deleted"] == {"message": 25, "subject": 1, "counter": 1}
+    assert dry["dry_run"] is True
+    assert counts(cli.json("stats")) == counts(before)
+    text = cli.ok("prune", "--older-than", "365")
+    assert "message: deleted 25, kept 6" in text
+    assert "total: deleted 27 in" in text
+    after = cli.json("stats")
+    assert after["aliases"]["message"] == before["aliases"]["message"] - 25
+    assert after["counters"] == before["counters"] - 1
+    assert (after["cases"], after["numbers"], after["last_number"]) == (3, 3, 3)
+    assert after["aliases"]["participant"] == before["aliases"]["participant"]
+    # The recent mail still threads by Message-ID, and the old cases by token.
+    assert cli.json("lookup", "--message-id", filled[2]["message-id"])["case_id"] == (
+        filled[2]["x-case-id"])
+    assert cli.json("prune", "--older-than", "365")["deleted_total"] == 0
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "soon"])
+def test_prune_needs_a_positive_number_of_days(
+    cli: Cli, filled: list[dict[str, str]], days: str
+) -> None:
+    p = cli.run("prune", "--older-than", days)
+    assert p.returncode == 2
+    assert b"DAYS" in p.stderr or b"days" in p.stderr
+
+
+# --- export / import -------------------------------------------------------------------------
+
+
+def test_export_import_round_trip(cli: Cli, filled: list[dict[str, str]], tmp_path: Path) -> None:
+    p = cli.run("export")
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    assert lines[0] == {"type": "meta", "schema": 1, "counter": 3}
+    participants = [x for x in lines if x["type"] == "alias" and x["kind"] == "p"]
+    assert participants and all(set(x["key"]) == {"hash"} for x in participants)
+    assert b"c1@customer.example.org" not in p.stdout  # participants are not in clear
+    assert b"dana@support.example.com" not in p.stdout
+    assert b"casethread: exported meta 1, case 3," in p.stderr
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(p.stdout)
+    target = tmp_path / "imported"
+    out = cli.ok("import", str(dump), index=target)
+    assert "last case number 3" in out
+    assert "note: no" in out and "token.key" in out  # the new index has no key yet
+    assert counts(cli.json("stats", index=target)) == counts(cli.json("stats"))
+    # Lookups agree: by Message-ID, by case number, and by token once the key is there.
+    for sent in filled:
+        for where in (cli.index, target):
+            found = cli.json("lookup", "--message-id", sent["message-id"], index=where)
+            assert found["case_id"] == sent["x-case-id"]
+    (target / "token.key").write_bytes((cli.index / "token.key").read_bytes())
+    (target / "token.key").chmod(0o600)
+    token = filled[0]["subject"].rsplit("[ref:", 1)[1].rstrip("]")
+    assert cli.json("lookup", "--token", token, index=target)["case_id"] == (
+        filled[0]["x-case-id"])
+    # Exported again, the import gives the very same lines.
+    assert cli.run("export", index=target).stdout == p.stdout
+
+
+def test_export_kind_filter(cli: Cli, filled: list[dict[str, str]]) -> None:
+    out = cli.ok("export", "--kind", "case", "--kind", "thread-root")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x["type"] for x in lines].count("case") == 3
+    assert {x.get("kind") for x in lines if x["type"] == "alias"} == {"t"}
+    assert cli.run("export", "--kind", "everything").returncode == 2
+
+
+def test_import_refuses_a_non_empty_index_unless_merge(
+    cli: Cli, filled: list[dict[str, str]], tmp_path: Path
+) -> None:
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(cli.run("export").stdout)
+    before = cli.json("stats")
+    p = cli.run("import", str(dump))
+    assert p.returncode == 2
+    assert b"not empty" in p.stderr and b"--merge" in p.stderr
+    data = cli.json("import", str(dump), "--merge")
+    assert data["written"] == 0 and data["kept"] == before["cases"] + before["aliases_total"] + (
+        before["counters"])
+    assert counts(cli.json("stats")) == counts(before)
+
+
+def test_import_from_stdin(cli: Cli, filled: list[dict[str, str]], tmp_path: Path) -> None:
+    dump = cli.run("export").stdout
+    target = tmp_path / "from-stdin"
+    assert cli.run("import", "-", index=target, stdin=dump).returncode == 0
+    assert counts(cli.json("stats", index=target)) == counts(cli.json("stats"))
+
+
+def test_import_of_a_bad_file(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type":"meta","schema":1,"counter":0}\n{"type":"alias","kind":"m"}\n')
+    p = cli.run("import", str(bad))
+    assert p.returncode == 2
+    assert b"line 2" in p.stderr
+    assert cli.json("stats")["aliases_total"] == 0  # created, and left empty
+    missing = cli.run("import", str(tmp_path / "nope.jsonl"), index=tmp_path / "never")
+    assert missing.returncode == 1
+    assert not (tmp_path / "never").exists()
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["stats", "backup", "prune", "export", "import"])
+def test_help_has_examples_and_exit_codes(casethread_bin: Path, command: str) -> None:
+    p = subprocess.run([str(casethread_bin), command, "--help"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert p.returncode == 0
+    assert "examples:" in p.stdout
+    assert f"casethread {command}" in p.stdout
+    assert "exit status: 0 success; 1" in p.stdout
+
+
+def test_commands_listed_in_top_level_help(casethread_bin: Path) -> None:
+    out = subprocess.run([str(casethread_bin), "--help"], capture_output=True, text=True,
+                         timeout=60, check=False).stdout
+    for command in ("stats", "backup", "prune", "export", "import"):
+        assert f"    {command}" in out
