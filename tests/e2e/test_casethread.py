@@ -370,3 +370,49 @@ def test_a_non_ascii_field_name_ends_the_header_section_in_postfix(
     got = send_inbound(postfix, raw)
     assert got.get_all("X-Case-ID") == ["C-000001"], casethread.log()
     assert b"X-Case-ID: C-999999" in got.body
+
+
+def test_backup_taken_under_load_opens_and_holds_what_was_acknowledged(
+    postfix: PostfixHarness, casethread: Casethread, tmp_path: Path
+) -> None:
+    import json
+    import threading
+
+    sent: list[ReceivedMessage] = []
+
+    def agents() -> None:
+        for n in range(15):
+            sent.append(send_outbound(postfix, agent_mail(f"Question {n}")))
+
+    writer = threading.Thread(target=agents)
+    writer.start()
+    backups = []
+    try:
+        for n in range(3):  # while the milter writes
+            dest = tmp_path / f"backup-{n}"
+            done = casethread.cli("backup", str(dest))
+            assert done.returncode == 0, done.stderr
+            backups.append(dest)
+    finally:
+        writer.join(120)
+    assert len(sent) == 15
+    for dest in backups:
+        stats = subprocess.run(
+            [str(Path(sys.executable).with_name("casethread")), "stats", "--json",
+             "--index", str(dest)], capture_output=True, text=True, timeout=60, check=True,
+        )
+        counts = json.loads(stats.stdout)
+        # A consistent copy: every case number it knows has its case.
+        assert counts["cases"] == counts["numbers"] == counts["last_number"]
+        assert (dest / "token.key").stat().st_mode & 0o777 == 0o600
+    # The last backup, taken after the load, knows every case the receiver saw.
+    final = tmp_path / "backup-final"
+    assert casethread.cli("backup", str(final)).returncode == 0
+    for msg in sent:
+        found = subprocess.run(
+            [str(Path(sys.executable).with_name("casethread")), "lookup", "--message-id",
+             msg.header("Message-ID") or "", "--index", str(final), "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["case_id"] == msg.header("X-Case-ID")
