@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from miltertest import constants as c  # noqa: E402
-
 from tests.wire.milterclient import Endpoint, MtaSession  # noqa: E402
 
 
@@ -55,11 +54,12 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="casethread-bigmail-"))
     sock = work / "milter.sock"
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/casethread"), "serve", "--socket", f"unix:{sock}",
-         "--index", str(work / "index")],
-        stdout=subprocess.DEVNULL, stderr=open(work / "log", "wb"),
-    )
+    with open(work / "log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/casethread"), "serve", "--socket", f"unix:{sock}",
+             "--index", str(work / "index")],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
     try:
         deadline = time.monotonic() + 15
         while not sock.exists() and time.monotonic() < deadline:

@@ -93,6 +93,7 @@ class Config:
     casethread: bool = False
     nodelay: bool = True
     latency_only: bool = False  # run at 1 session only
+    index_sync: str = "full"  # casethread's index.sync
 
 
 CONFIGS: dict[str, Config] = {
@@ -101,13 +102,15 @@ CONFIGS: dict[str, Config] = {
         Config("none", "no milter", None),
         Config("noop", "no-op pymilter, unix", "unix"),
         Config("ct-unix", "casethread, unix", "unix", casethread=True),
+        Config("ct-unix-async", "casethread, unix, index.sync async", "unix", casethread=True,
+               index_sync="async"),
         Config("ct-tcp", "casethread, TCP + NODELAY", "inet", casethread=True),
         Config("ct-tcp-nagle", "casethread, TCP, Nagle", "inet", casethread=True,
                nodelay=False, latency_only=True),
         Config("noop-tcp", "no-op pymilter, TCP", "inet"),
     )
 }
-DEFAULT_CONFIGS = ("none", "noop", "ct-unix", "ct-tcp", "ct-tcp-nagle")
+DEFAULT_CONFIGS = ("none", "noop", "ct-unix", "ct-unix-async", "ct-tcp", "ct-tcp-nagle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +336,10 @@ def start_milters(
     """Start every milter configuration; returns them and the inbound mail's token."""
     config_path = work / "casethread.yaml"
     config_path.write_text(BENCH_CONFIG_YAML.format(support=messages.SUPPORT, key=key_path))
+    async_config_path = work / "casethread-async.yaml"
+    async_config_path.write_text(
+        config_path.read_text() + "index:\n  sync: async\n"
+    )
     keyring: Keyring = load_keyring([key_path])
     token = ""
     running: dict[str, RunningMilter] = {}
@@ -351,7 +358,8 @@ def start_milters(
                 index = work / f"{name}-index"
                 token = keyring.make(_precreate_case(index))
                 if cfg.socket_kind == "unix":
-                    argv = casethread_serve_argv(sock, config=config_path, index=index)
+                    chosen = async_config_path if cfg.index_sync == "async" else config_path
+                    argv = casethread_serve_argv(sock, config=chosen, index=index)
                 else:
                     mode = "nodelay" if cfg.nodelay else "nagle"
                     argv = [sys.executable, str(CT_SERVE), mode, "serve",
