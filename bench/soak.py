@@ -96,6 +96,7 @@ class Mail:
     expect_case_of: int | None = None  # the conversation (its seq) it must thread to
     expect_case: str | None = None  # or the case id itself (known when sent)
     new_case: bool = False  # must open a case of its own
+    queue_id: str = ""  # Postfix's, once accepted
 
 
 def _lines(*lines: str) -> str:
@@ -359,12 +360,29 @@ class Session:
         for port in list(self._conns):
             self._close(port)
 
+    @staticmethod
+    def _transaction(conn: smtplib.SMTP, mail: Mail, options: list[str]) -> str:
+        """MAIL, RCPT, DATA; Postfix's queue id from the final reply. A refusal raises an
+        SMTPResponseException (4xx: try again)."""
+        code, reply = conn.mail(mail.mail_from, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, mail.mail_from)
+        code, reply = conn.rcpt(mail.rcpt)
+        if code not in (250, 251):
+            conn.rset()
+            raise smtplib.SMTPResponseException(code, reply)
+        code, reply = conn.data(mail.raw)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
+        found = re.search(rb"queued as (\w+)", reply)
+        return found.group(1).decode() if found else "?"
+
     def send(self, mail: Mail) -> None:
         port = self._postfix.submission_port if mail.outbound else self._postfix.inbound_port
         options = ["BODY=8BITMIME"] if any(b > 0x7F for b in mail.raw) else []
         for attempt in range(8):
             try:
-                self._conn(port).sendmail(mail.mail_from, [mail.rcpt], mail.raw, options)
+                mail.queue_id = self._transaction(self._conn(port), mail, options)
                 return
             except smtplib.SMTPResponseException as exc:
                 if not 400 <= exc.smtp_code < 500:
@@ -372,8 +390,6 @@ class Session:
                 reason = f"retried after {exc.smtp_code}"
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
                 reason = f"retried after {type(exc).__name__}"
-            except smtplib.SMTPRecipientsRefused as exc:
-                raise RuntimeError(f"recipient refused: {exc.recipients}") from exc
             with self._lock:
                 self._tally[reason] += 1
             self._close(port)
@@ -522,6 +538,8 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
             dup_seq[int(seq)] += 1
             by_seq[int(seq)] = msg
     lost = sorted(set(sent) - set(by_seq))
+    for seq in lost[:10]:
+        print(f"  lost: seq {seq} {sent[seq].kind} queue id {sent[seq].queue_id}")
     dups = [s for s, n in dup_seq.items() if n > 1]
     mids = Counter(bare(m.header("Message-ID") or "") for m in received
                    if m.header("Message-ID"))
@@ -704,10 +722,17 @@ def main(argv: list[str] | None = None) -> int:
         if run.errors:
             raise RuntimeError(f"sender failed: {run.errors[0]!r}")
         sent_done = time.monotonic() - started
-        received = postfix.wait_for(len(run.sent), timeout=max(120, args.count / 20))
+        # Wait while deliveries progress; a minute without one ends the wait (verify then
+        # names what is missing).
+        got, quiet_since = -1, time.monotonic()
+        while len(postfix.received) < len(run.sent) and time.monotonic() - quiet_since < 60:
+            if len(postfix.received) != got:
+                got, quiet_since = len(postfix.received), time.monotonic()
+            time.sleep(0.5)
         # Duplicates would arrive late: give them a moment.
         time.sleep(2)
         received = postfix.received
+        (workdir / "maillog").write_text(postfix.maillog())
         delivered_done = time.monotonic() - started
         stop_harvest.set()
         stop_code = milter.stop()

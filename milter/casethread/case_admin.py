@@ -129,14 +129,16 @@ def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
     except ValueError:
         raise AdminError(f"unknown state {state!r}; choose one of {', '.join(STATES)}") from None
     case = require(index, ref)
-    changed = new_state is not case.state
-    record = replace(
-        case,
-        state=new_state,
-        updated=now,
-        state_changed=now if changed else case.state_changed,
-    )
-    index.update_case(record)
+
+    # One read-modify-write: the milter may be changing the case (its queue, its state) now.
+    def change(current: CaseRecord) -> CaseRecord:
+        moved = new_state is not current.state
+        return replace(current, state=new_state, updated=now,
+                       state_changed=now if moved else current.state_changed)
+
+    record = index.modify_case(case.case_id, change)
+    if record is None:
+        raise CaseNotFound(f"no case {ref.strip()}")
     return record
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import Milter
 
+from .core.case_headers import CaseHeaderNames, strip_ours
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
 from .core.settings import OnError
@@ -68,6 +69,8 @@ def _guarded(callback: F) -> F:
             if deferred:
                 self._failed = True
                 return int(Milter.CONTINUE)
+            if callback.__name__ == "eom" and policy == "accept":
+                self._strip_forged()
             self._reset()
             return reply_for(policy)
 
@@ -85,6 +88,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._reset()
 
     def _reset(self) -> None:
+        self._edited = False
         self._mail_from = ""
         self._rcpts: list[str] = []
         self._headers: list[Header] = []
@@ -172,6 +176,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         started = time.monotonic()
         if self._failed:  # an earlier callback failed and logged it: answer now
+            if self.engine.settings.milter.on_error == "accept":
+                self._strip_forged()
             self._reset()
             return reply_for(self.engine.settings.milter.on_error)
         body = self._body.data()
@@ -197,7 +203,20 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._body.close()
         return int(Milter.CONTINUE)
 
+    def _strip_forged(self) -> None:
+        """When the engine failed, forged X-Case-* fields still go (DESIGN §6): downstream
+        rules trust them. Nothing else is changed, as on_error=accept promises."""
+        if self._edited:
+            return  # the engine's own edits, which remove them, were already sent
+        try:
+            names = CaseHeaderNames(self.engine.settings.headers.prefix)
+            msg = Message(Envelope(), tuple(self._headers))
+            self._apply(tuple(strip_ours(msg, names)))
+        except Exception:
+            log.exception("queue_id=%s could not remove forged fields", self.queue_id())
+
     def _apply(self, edits: tuple[Edit, ...]) -> None:
+        self._edited = True
         for edit in edits:
             if isinstance(edit, AddHeader):
                 self.addheader(edit.name, edit.value)

@@ -530,7 +530,8 @@ def test_a_full_index_lets_every_message_through_unchanged(
             rcpts=[SUPPORT], headers=customer_headers("<full.2@customer.example.org>"),
             queue_id="QFULL2",
         ),
-        # Inbound reply to a message the index knows, with a forged X-Case-ID left in place.
+        # Inbound reply to a message the index knows, with a forged X-Case-ID: on accept the
+        # message passes unchanged but for that field (downstream rules trust X-Case-*).
         "QFULL3": transact(
             ep, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
             rcpts=[SUPPORT],
@@ -544,7 +545,9 @@ def test_a_full_index_lets_every_message_through_unchanged(
     }
     for queue_id, t in results.items():
         assert all_continued(t), (queue_id, t)
-        assert t.actions == [], (queue_id, t.actions)
+        forged_removed = [Action("m", "X-Case-ID", "", 1)]
+        expected = forged_removed if queue_id == "QFULL3" and on_error == "accept" else []
+        assert t.actions == expected, (queue_id, t.actions)
         assert t.disposition == disposition, (queue_id, t)
 
     errors = [line for line in proc.log().splitlines() if " ERROR " in line]

@@ -41,10 +41,10 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
 
 from __future__ import annotations
 
-import email.message
 import re
 from email.utils import parseaddr
 
+from . import mime
 from .message import Message, unfold
 from .subject import decode_subject
 
@@ -184,11 +184,9 @@ def _content_type(msg: Message) -> tuple[str, str]:
     value = msg.get("Content-Type")
     if value is None:
         return "", ""
-    holder = email.message.Message()
-    holder["Content-Type"] = unfold(value)
-    param = holder.get_param("report-type")
-    report_type = param if isinstance(param, str) else ""
-    return holder.get_content_type(), report_type.strip().lower()
+    # The core's own parser: the stdlib's raises on 8-bit bytes next to non-ASCII text.
+    field = mime.content_type(value, default="")
+    return field.value, (field.param("report-type") or "").strip().lower()
 
 
 def _exchange_auto_reply(msg: Message) -> bool:

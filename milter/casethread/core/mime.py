@@ -195,7 +195,7 @@ def _decode_sections(parts: list[tuple[int, bool, str]]) -> str:
         if index == 0 and value.count("'") >= 2:
             charset, _, rest = value.split("'", 2)
             value = rest
-        raw += unquote_to_bytes(value)
+        raw += unquote_to_bytes(encode_str(value))  # 8-bit bytes arrive as surrogates
     return bytes(raw).decode(codec_for(charset) or "utf-8", "replace")
 
 
@@ -204,7 +204,7 @@ def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
     name = (charset or default).strip().strip('"').lower()
     try:
         info = codecs.lookup(name)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: NUL or 8-bit bytes in the name
         return None
     if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         return None

@@ -241,6 +241,7 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
         metasync=sync,
     )
     try:
+        _check_complete(env, path)
         # A map grown earlier (by any process) is stored in the file: keep it rather than
         # shrink back to the configured size and grow again.
         env.set_mapsize(0)
@@ -271,6 +272,19 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
         env.close()
         raise
     return shared
+
+
+def _check_complete(env: lmdb.Environment, path: str) -> None:
+    """Refuse a data.mdb shorter than the pages its header names (a partial copy or restore,
+    a disk that filled during a copy): reading a missing page would kill the process with
+    SIGBUS. Only the meta pages are read here."""
+    need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = os.path.getsize(os.path.join(path, "data.mdb"))
+    if size < need:
+        raise IndexUnavailable(
+            f"cannot open case index {path}: data.mdb is truncated ({size} bytes, its pages "
+            f"need {need}); restore it from a backup"
+        )
 
 
 def _acquire(

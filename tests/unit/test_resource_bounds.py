@@ -1,0 +1,161 @@
+"""Resource bounds per message (issue 6): hostile sizes cost bounded CPU and memory.
+
+Each message goes through `Engine.process` inbound and outbound. CPU is `time.process_time()`
+around the call (the target is < 1 s; the assertion allows 5 s so a slow CI machine does not
+fail it); memory is the tracemalloc peak of a second, separate call (tracemalloc slows Python
+down, so it is not on while timing). The message is built before measuring: the figures are
+what the engine adds. Inbound bodies are passed whole (as `casethread filter` does) and, for
+the 50 MB body, also cut to `body_wanted` as the milter buffers them. The measured figures are
+printed.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from casethread.core.message import Envelope, Header, Message
+from casethread.core.model import Direction
+
+CPU_LIMIT = 5.0  # seconds; the goal is < 1 s, measured figures are printed
+MIB = 1 << 20
+SUPPORT = "support@example.com"
+CUSTOMER = "Pat <pat@customer.example.org>"
+AGENT = "Dana <dana@support.example.com>"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    headers: tuple[Header, ...]
+    body: bytes
+    # What the engine may allocate on top of the input (the body is never copied whole).
+    memory_limit: int = 64 * MIB
+
+
+def message(direction: Direction, extra: list[tuple[str, str]], body: bytes = b"Hi\r\n",
+            subject: str = "Re: Your printer") -> tuple[Header, ...]:
+    sender = CUSTOMER if direction is Direction.INBOUND else AGENT
+    rcpt = SUPPORT if direction is Direction.INBOUND else CUSTOMER
+    base = [("From", sender), ("To", rcpt), ("Subject", subject),
+            ("Message-ID", "<hostile.1@customer.example.org>"),
+            ("MIME-Version", "1.0")]
+    return tuple(Header(n, v) for n, v in base + extra)
+
+
+def references_10k(direction: Direction) -> Hostile:
+    ids = " ".join(f"<{n}.{n * 7919 % 10007}@mail{n % 97}.example.org>" for n in range(10_000))
+    return Hostile(message(direction, [("References", ids), ("In-Reply-To", ids[-40:])]),
+                   b"Hi\r\n")
+
+
+def header_fields_100k(direction: Direction) -> Hostile:
+    names = ("Received", "X-Filler", "Comments", "X-Case-ID", "x-case-STATE", "Thread-Index")
+    fields = [(names[n % len(names)], f"value {n} from relay{n}.example.org") for n in
+              range(100_000)]
+    return Hostile(message(direction, fields), b"Hi\r\n")
+
+
+def one_field_100k_lines(direction: Direction) -> Hostile:
+    folded = "\r\n\t".join(f"<{n}@fold.example.org>" for n in range(100_000))
+    return Hostile(message(direction, [("References", folded), ("Thread-Topic", folded)]),
+                   b"Hi\r\n")
+
+
+def mime_nested_1000(direction: Direction) -> Hostile:
+    depth = 1000
+    body = b"".join(
+        f"--b{level}\r\nContent-Type: multipart/mixed; boundary=\"b{level + 1}\"\r\n\r\n".encode()
+        for level in range(depth)
+    )
+    body += f"--b{depth}\r\nContent-Type: text/plain\r\n\r\nHello [ref:1234]\r\n".encode()
+    body += b"".join(f"--b{level}--\r\n".encode() for level in reversed(range(depth + 1)))
+    ctype = ("Content-Type", 'multipart/mixed; boundary="b0"')
+    return Hostile(message(direction, [ctype]), body)
+
+
+def rfc822_nested_1000(direction: Direction) -> Hostile:
+    inner = b"Content-Type: message/rfc822\r\n\r\n" * 1000 + b"Subject: x\r\n\r\nHello\r\n"
+    return Hostile(message(direction, [("Content-Type", "message/rfc822")]), inner)
+
+
+def body_50mb_one_line(direction: Direction) -> Hostile:
+    body = b"a" * (50 * MIB)
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=us-ascii")]),
+                   body)
+
+
+def html_50mb_one_line(direction: Direction) -> Hostile:
+    body = b"<html><body><p>" + b"x<b>[ref:</b>" * (50 * MIB // 13) + b"</p></body></html>"
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
+
+
+def subject_1mb(direction: Direction) -> Hostile:
+    return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
+
+
+def subject_1mb_of_token_openers(direction: Direction) -> Hostile:
+    opener = "[ref:" + "A" * 30 + " "
+    return Hostile(message(direction, [], subject=opener * (MIB // len(opener))), b"Hi\r\n")
+
+
+def subject_1mb_of_prefixes(direction: Direction) -> Hostile:
+    return Hostile(message(direction, [], subject="Re: Fwd: AW: [Case C-0000" * (MIB // 25)),
+                   b"Hi\r\n")
+
+
+CASES: dict[str, Callable[[Direction], Hostile]] = {
+    "References of 10,000 IDs": references_10k,
+    "100,000 header fields": header_fields_100k,
+    "one field folded over 100,000 lines": one_field_100k_lines,
+    "multipart nested 1,000 deep": mime_nested_1000,
+    "message/rfc822 nested 1,000 deep": rfc822_nested_1000,
+    "50 MB text body on one line": body_50mb_one_line,
+    "50 MB HTML body on one line": html_50mb_one_line,
+    "1 MB Subject": subject_1mb,
+    "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
+    "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,
+}
+
+
+def run_once(harness: Any, hostile: Hostile, direction: Direction, cut: bool) -> Any:
+    body = hostile.body
+    if cut:  # what the milter buffers for this direction
+        body = body[: harness.engine.body_wanted(direction)]
+    msg = Message(Envelope(rcpts=(SUPPORT,)), hostile.headers, body)
+    return harness.engine.process, msg
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("direction", [Direction.INBOUND, Direction.OUTBOUND], ids=str)
+def test_resource_bounds(
+    name: str, direction: Direction, make_harness: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hostile = CASES[name](direction)
+    cuts = [False, True] if direction is Direction.INBOUND and len(hostile.body) > MIB else [False]
+    for cut in cuts:
+        process, msg = run_once(make_harness(), hostile, direction, cut)
+        started = time.process_time()
+        decision = process(msg, direction)
+        cpu = time.process_time() - started
+        assert decision.direction is direction
+
+        process, msg = run_once(make_harness(), hostile, direction, cut)
+        tracemalloc.start()
+        try:
+            process(msg, direction)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        label = f"{name}, {direction}" + (" (as the milter buffers it)" if cut else "")
+        with capsys.disabled():
+            print(f"\n[bounds] {label:70} cpu {cpu * 1000:8.1f} ms  "
+                  f"peak {peak / MIB:7.2f} MiB  match={decision.match} edits="
+                  f"{len(decision.edits)}{' body=stamped' if decision.body_splices else ''}")
+        assert cpu < CPU_LIMIT, f"{label}: {cpu:.2f} s of CPU"
+        assert peak < hostile.memory_limit, f"{label}: peak {peak / MIB:.1f} MiB"
