@@ -39,7 +39,7 @@ fuzz: $(STAMP)
 
 # 20,000 mixed messages through a real Postfix and the real milter (bench/soak.py --help).
 soak: deps-test $(STAMP)
-	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # The performance harness: Postfix smtp-source -> Postfix (+milter) -> smtp-sink, then the
 # engine and index micro-benchmarks. Writes bench/results.jsonl; see bench/README.md.
