@@ -212,3 +212,16 @@ class IdFormat:
         while taken(candidate := self.format(number)):
             number += 1
         return number, candidate
+
+
+def apply_change(
+    case_id: str, stored: bytes, change: Callable[[CaseRecord], CaseRecord | None]
+) -> tuple[CaseRecord, bytes | None]:
+    """`modify_case` for both indexes: the record after `change`, and its encoding to store
+    (None when nothing changed)."""
+    current = decode_case(case_id, stored)
+    new = change(current)
+    if new is None or new == current:
+        return current, None
+    check_same_number(current, new)
+    return new, encode_case(new)

@@ -644,13 +644,10 @@ class LmdbIndex:
             stored = txn.get(key, db=db.cases)
             if stored is None:
                 return None
-            current = keys.decode_case(case_id, stored)
-            new = change(current)
-            if new is None or new == current:
-                return current
-            keys.check_same_number(current, new)
-            txn.put(key, keys.encode_case(new), db=db.cases)
-            return new
+            record, encoded = keys.apply_change(case_id, stored, change)
+            if encoded is not None:
+                txn.put(key, encoded, db=db.cases)
+            return record
 
         return self._write(modify)
 

@@ -131,13 +131,10 @@ class MemoryIndex:
             stored = self._cases.get(case_id)
             if stored is None:
                 return None
-            current = keys.decode_case(case_id, stored)
-            new = change(current)
-            if new is None or new == current:
-                return current
-            keys.check_same_number(current, new)
-            self._cases[case_id] = keys.encode_case(new)
-            return new
+            record, encoded = keys.apply_change(case_id, stored, change)
+            if encoded is not None:
+                self._cases[case_id] = encoded
+            return record
 
     def close(self) -> None:
         with self._lock:
