@@ -12,7 +12,7 @@ is refused here instead of being silently ignored at delivery time.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
@@ -136,10 +136,7 @@ def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
         return replace(current, state=new_state, updated=now,
                        state_changed=now if moved else current.state_changed)
 
-    record = index.modify_case(case.case_id, change)
-    if record is None:
-        raise CaseNotFound(f"no case {ref.strip()}")
-    return record
+    return _change(index, case.case_id, change)
 
 
 def _merge_path(reader: CaseReader, start: CaseRecord, stop: str) -> list[str]:
@@ -187,8 +184,8 @@ def merge(index: CaseIndex, from_ref: str, into_ref: str, now: int) -> tuple[Cas
             f"chain is {MAX_HOPS} or more links long, past what the rules follow; merge into "
             "the case at its end instead"
         )
-    record = replace(source, merged_into=target.case_id, updated=now)
-    index.update_case(record)
+    record = _change(index, source.case_id,
+                     lambda cur: replace(cur, merged_into=target.case_id, updated=now))
     return record, path[-1]
 
 
@@ -256,24 +253,23 @@ def split(
         )
     created: list[CaseRecord] = []
     for _ in range(create):
-        child = replace(index.create_case(now, queue=case.queue), parent=case.case_id)
-        index.update_case(child)
-        created.append(child)
-    # Read again right before writing: the milter may have updated the case meanwhile.
-    case = require(index, case.case_id)
-    new_ids = [c for c in chain(added, (c.case_id for c in created)) if c not in case.children]
-    record = replace(case, children=(*case.children, *new_ids), updated=now)
-    index.update_case(record)
-    return record, created
+        fresh = index.create_case(now, queue=case.queue)
+        created.append(_change(index, fresh.case_id,
+                               lambda cur: replace(cur, parent=case.case_id)))
+    new_ids = [*added, *(c.case_id for c in created)]
+
+    def add_children(cur: CaseRecord) -> CaseRecord:
+        more = tuple(c for c in new_ids if c not in cur.children)
+        return replace(cur, children=(*cur.children, *more), updated=now)
+
+    return _change(index, case.case_id, add_children), created
 
 
 def set_parent(index: CaseIndex, ref: str, parent_ref: str | None, now: int) -> CaseRecord:
     """Set (or with None clear) the parent a closed case's mail walks up to."""
     case = require(index, ref)
     if parent_ref is None:
-        record = replace(case, parent=None, updated=now)
-        index.update_case(record)
-        return record
+        return _change(index, case.case_id, lambda cur: replace(cur, parent=None, updated=now))
     parent = require(index, parent_ref)
     if parent.case_id == case.case_id:
         raise AdminError(f"a case cannot be its own parent ({case.case_id})")
@@ -297,8 +293,17 @@ def set_parent(index: CaseIndex, ref: str, parent_ref: str | None, now: int) -> 
                     f"{' -> '.join(walked)} would be a cycle"
                 )
         step = index.get_case(live.parent) if live.parent else None
-    record = replace(case, parent=parent.case_id, updated=now)
-    index.update_case(record)
+    return _change(index, case.case_id,
+                   lambda cur: replace(cur, parent=parent.case_id, updated=now))
+
+
+def _change(
+    index: CaseIndex, case_id: str, change: Callable[[CaseRecord], CaseRecord]
+) -> CaseRecord:
+    """One read-modify-write (the milter may be changing the same case right now)."""
+    record = index.modify_case(case_id, change)
+    if record is None:
+        raise CaseNotFound(f"no case {case_id}")
     return record
 
 
