@@ -162,6 +162,7 @@ def bare(message_id: str) -> str:
 
 
 OURS = re.compile(r"^x-case-", re.I)
+MAIL_WAIT = 180
 
 
 def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], dump: IndexDump
@@ -183,10 +184,13 @@ def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], dump: Inde
                 assert ours == [("X-Case-ID", "C-999999"), ("X-Case-Queue", "forged")], ours
                 tally["inbound passed unfiltered"] += 1
                 continue
-            if ours == [("X-Case-Queue", "forged")]:
+            forged = {("X-Case-ID", "C-999999"), ("X-Case-Queue", "forged")}
+            if not any(n == "X-Case-Auto" for n, _ in ours):
                 # The milter died between its end-of-message edits (kill -9, or libmilter's
-                # stop): Postfix keeps the removals it already applied and adds nothing. A
-                # known limitation of milters (README, Reliability); nothing else may differ.
+                # stop): Postfix keeps the edits it already applied, a prefix of ours (forged
+                # fields removed first, then ours added). A known limitation of milters
+                # (README, Reliability). Forged and our fields never stand together.
+                assert set(ours) <= forged or not set(ours) & forged, (s.seq, ours)
                 tally["inbound cut mid end-of-message"] += 1
                 continue
             names = [n for n, _ in ours]
@@ -345,7 +349,9 @@ def test_kill_9_five_times_under_load_loses_nothing(
 
     started = time.monotonic()
     load.run(killer)
-    got = postfix.wait_for(len(load.sent), timeout=120)
+    # Bounded above Postfix's milter_content_timeout (120 s, contrib/postfix/main.cf): a session
+    # whose milter died without a word waits that long, then passes its mail on (seen rarely).
+    got = postfix.wait_for(len(load.sent), timeout=MAIL_WAIT)
     elapsed = time.monotonic() - started
     assert procs[-1].stop() == 0, procs[-1].output()
     assert kills == [-9] * 5
@@ -386,7 +392,9 @@ def test_sigterm_under_load_delivers_everything_and_exits_0(
         codes.append(proc.wait(30))  # senders keep going while it stops, and after
 
     load.run(terminate)
-    got = postfix.wait_for(len(load.sent), timeout=120)
+    # Bounded above Postfix's milter_content_timeout (120 s, contrib/postfix/main.cf): a session
+    # whose milter died without a word waits that long, then passes its mail on (seen rarely).
+    got = postfix.wait_for(len(load.sent), timeout=MAIL_WAIT)
     assert codes == [0], proc.output()
     assert "stopped" in proc.output()
     dump = IndexDump.load(index)
