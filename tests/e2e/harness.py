@@ -353,6 +353,27 @@ class _Collector:
             self.cond.notify_all()
         return "250 2.0.0 Ok: received"
 
+    def snapshot(self) -> list[ReceivedMessage]:
+        with self.cond:
+            return list(self.messages)
+
+    def wait_for(
+        self, count: int, timeout: float, diagnostics: Callable[[], str]
+    ) -> list[ReceivedMessage]:
+        """Every message once at least `count` arrived; on timeout DeliveryTimeout with the
+        MTA's `diagnostics()`."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeliveryTimeout(
+                        f"receiver got {len(self.messages)} of {count} messages in "
+                        f"{timeout}s; {diagnostics()}"
+                    )
+                self.cond.wait(min(left, 0.5))
+            return list(self.messages)
+
 
 # --------------------------------------------------------------------------- processes
 
@@ -704,26 +725,16 @@ class PostfixHarness:
 
     @property
     def received(self) -> list[ReceivedMessage]:
-        with self._collector.cond:
-            return list(self._collector.messages)
+        return self._collector.snapshot()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
         """Wait until the receiver holds at least `count` messages; return all of them.
 
         On timeout raise DeliveryTimeout with the tail of the Postfix maillog.
         """
-        deadline = time.monotonic() + timeout
-        with self._collector.cond:
-            while len(self._collector.messages) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    got = len(self._collector.messages)
-                    raise DeliveryTimeout(
-                        f"receiver got {got} of {count} messages in {timeout}s; "
-                        f"Postfix maillog tail:\n{self.maillog_tail()}"
-                    )
-                self._collector.cond.wait(min(left, 0.5))
-            return list(self._collector.messages)
+        return self._collector.wait_for(
+            count, timeout, lambda: f"Postfix maillog tail:\n{self.maillog_tail()}"
+        )
 
     def maillog(self) -> str:
         try:

@@ -31,7 +31,6 @@ from aiosmtpd.controller import Controller
 
 from .harness import (
     REPO_ROOT,
-    DeliveryTimeout,
     HarnessError,
     MilterSocket,
     ReceivedMessage,
@@ -310,23 +309,11 @@ class SendmailHarness:
 
     @property
     def received(self) -> list[ReceivedMessage]:
-        with self._collector.cond:
-            return list(self._collector.messages)
+        return self._collector.snapshot()
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedMessage]:
         """Wait until the receiver holds at least `count` messages; return all of them."""
-        deadline = time.monotonic() + timeout
-        with self._collector.cond:
-            while len(self._collector.messages) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    got = len(self._collector.messages)
-                    raise DeliveryTimeout(
-                        f"receiver got {got} of {count} messages in {timeout}s\n"
-                        f"{self.diagnostics()}"
-                    )
-                self._collector.cond.wait(min(left, 0.5))
-            return list(self._collector.messages)
+        return self._collector.wait_for(count, timeout, lambda: "\n" + self.diagnostics())
 
     def diagnostics(self, lines: int = 60) -> str:
         """Sendmail's own output, the tail of its SMTP trace and the queue listing."""
