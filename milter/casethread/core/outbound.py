@@ -115,7 +115,7 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
         return None
     text = clean(present)
     if found.case_number is not None:
-        text = _tag_pattern(template).sub("", text).rstrip()
+        text = token.tag_pattern(template).sub("", text).rstrip()
     return ChangeHeader("Subject", 1, text + tag)
 
 
@@ -150,14 +150,6 @@ def case_thread_root(case: CaseRecord) -> bytes:
     return thread_index.new_root(case.created, guid)
 
 
-def _tag_pattern(template: str) -> re.Pattern[str]:
-    """Our tag around anything token-like (spaces allowed, as clients rewrap), in any case."""
-    before, after = template.strip().split(token.PLACEHOLDER)
-    return re.compile(
-        rf"\s*{re.escape(before)}[0-9A-Za-z \t]{{1,{token.MAX_SPAN}}}{re.escape(after)}", re.I
-    )
-
-
 def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: float,
                        template: str = token.DEFAULT_TEMPLATE) -> list[Edit]:
     """Thread-Index (root for a new case, root + child block for a follow-up) and Thread-Topic."""
@@ -170,7 +162,7 @@ def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: floa
         subject = msg.get("Subject")
         if subject is not None and writable(subject):
             # Without our tag: every mail of the case, first or follow-up, has the same topic.
-            untagged = _tag_pattern(template).sub("", unfold(subject))
+            untagged = token.tag_pattern(template).sub("", unfold(subject))
             topic = clean(thread_index.thread_topic(untagged))
             if topic:
                 result.append(AddHeader("Thread-Topic", topic))

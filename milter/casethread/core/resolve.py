@@ -21,7 +21,7 @@ from .message import Message, unfold
 from .model import AliasKind, CaseRecord, is_valid_case_id
 from .settings import ExternalRefRule, Settings
 from .store import CaseReader
-from .token import Keyring, find_tokens, token_from_anchor
+from .token import Keyring, find_tokens, tag_pattern, token_from_anchor
 
 # What a bounce's returned headers may name us by.
 _RETURNED_FIELD = re.compile(
@@ -134,8 +134,7 @@ class Resolver:
         ]
         self._external_on = "external-ref" in inbound.strategies
         # Our own tag, removed before subjects are compared.
-        tag = re.escape(self._template.strip()).replace(re.escape("{token}"), r"\S*?")
-        self._tag = re.compile(tag, re.I)
+        self._tag = tag_pattern(self._template)
         table: dict[str, Strategy] = {
             "bounce": self.by_bounce,
             "token": self.by_token,

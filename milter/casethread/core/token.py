@@ -287,6 +287,16 @@ def check_template(template: str) -> None:
         raise ValueError("the text after {token} must not start with a letter or digit")
 
 
+@lru_cache(maxsize=16)
+def tag_pattern(template: str) -> re.Pattern[str]:
+    """Our tag around anything token-like (spaces allowed, as clients rewrap), in any case:
+    what is removed when a Subject is re-tagged or compared. Compiled once per template."""
+    before, after = template.strip().split(PLACEHOLDER)
+    return re.compile(
+        rf"\s*{re.escape(before)}[0-9A-Za-z \t]{{1,{MAX_SPAN}}}{re.escape(after)}", re.I
+    )
+
+
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
     """The text appended to a Subject, e.g. ``" [ref:TOKEN]"``."""
     check_template(template)
