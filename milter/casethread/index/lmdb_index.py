@@ -3,7 +3,9 @@
 LMDB forbids opening one environment twice in a process, so every LmdbIndex on a path shares
 one reference-counted `lmdb.Environment`. Each call is one short transaction; writers serialise
 on LMDB's own lock, which holds across threads and across processes (the CLI next to the
-running milter). Do not fork after opening: the child must open its own index.
+running milter). Concurrent writes of this process are group-committed: one transaction and one
+fsync for all that queued meanwhile (`LmdbIndex._write`). Do not fork after opening: the child
+must open its own index.
 
 The map grows by itself: a write that finds it full doubles it (up to a ceiling) and runs
 again. The size reached is stored in the file, so other processes (on their next transaction,
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import lmdb
 
@@ -31,6 +33,7 @@ from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
 log = logging.getLogger("casethread")
 
+# 2: alias keys are kind byte + 16-byte digest (keys.alias_key); 1 stored them in clear.
 SCHEMA_VERSION = 1
 META_SCHEMA = b"schema"  # ASCII decimal
 META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
@@ -54,6 +57,8 @@ T = TypeVar("T")
 
 # sync=async: how often commits are flushed to disk.
 FLUSH_INTERVAL = 1.0
+# Group commit: bodies per write transaction, so one transaction stays short.
+MAX_BATCH = 256
 
 
 def default_max_map_size(map_size: int) -> int:
@@ -136,6 +141,37 @@ class _Gate:
                     self._cond.notify_all()
 
 
+class _Pending:
+    """One queued write body and, once its batch has committed, its outcome."""
+
+    __slots__ = ("body", "done", "error", "result")
+
+    def __init__(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], Any]) -> None:
+        self.body = body
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self, shared: SharedEnv, txn: lmdb.Transaction[bytes], nested: bool) -> None:
+        """Run the body in `txn`; in a batch, inside a nested transaction so that its own
+        exception rolls back only its writes. LMDB errors propagate: they fail the batch."""
+        self.error = None
+        if not nested:
+            self.result = self.body(txn, shared)
+            return
+        child = shared.env.begin(write=True, parent=txn)
+        try:
+            self.result = self.body(child, shared)
+        except lmdb.Error:
+            raise  # the parent aborts, and child with it
+        except Exception as exc:
+            with shared.gate.upgrade():  # see LmdbIndex._commit_batch on aborts
+                child.abort()
+            self.result, self.error = None, exc
+            return
+        child.commit()
+
+
 @dataclass
 class SharedEnv:
     """One open environment, its named databases, its gate and its writer lock."""
@@ -153,6 +189,9 @@ class SharedEnv:
     # Writers of this process queue here, outside the gate, instead of on LMDB's writer mutex
     # inside it: a writer that has to grow the map can then drain the gate.
     writer: threading.Lock = field(default_factory=threading.Lock)
+    # Group commit: write bodies waiting for the next transaction (LmdbIndex._write).
+    pending: list[_Pending] = field(default_factory=list)
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
     # sync=async: commits are not fsync'd; this thread flushes them once a second.
     flusher: threading.Thread | None = None
     closing: threading.Event = field(default_factory=threading.Event)
@@ -426,39 +465,71 @@ class LmdbIndex:
         return _Txn(self.path, self._live())
 
     def _write(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
-        """Run `body` in a write transaction and commit. When the map is full, grow it and run
-        `body` again: it must only read and write through the transaction."""
+        """Run `body` in a write transaction and return once it is committed (durable with
+        sync=full). When the map is full, grow it and run `body` again: it must only read and
+        write through the transaction.
+
+        Group commit: a write queues its body, then takes the writer lock. Whoever holds it
+        runs every queued body in one transaction with one commit, so concurrent SMTP sessions
+        share an fsync; a writer that finds its body already committed by that leader returns.
+        """
         shared = self._live()
-        gate = shared.gate
-        if gate.held():
+        if shared.gate.held():
             # We would hold the gate while waiting for the writer lock, and its holder may
             # need the gate drained to grow the map.
             raise CaseIndexError("write inside a transaction of the same thread")
-        with shared.writer:
+        item = _Pending(body)
+        with shared.queue_lock:
+            shared.pending.append(item)
+        while not item.done:
+            with shared.writer:
+                if item.done:
+                    break
+                with shared.queue_lock:
+                    batch = shared.pending[:MAX_BATCH]
+                    del shared.pending[:MAX_BATCH]
+                self._commit_batch(shared, batch)
+        if item.error is not None:
+            if isinstance(item.error, lmdb.Error):
+                raise _translate(self.path, shared, item.error) from item.error
+            raise item.error
+        return cast(T, item.result)
+
+    def _commit_batch(self, shared: SharedEnv, batch: list[_Pending]) -> None:
+        """Run `batch` in one transaction (the caller holds the writer lock). A body that
+        raises is rolled back alone (a nested transaction) and gets its error; an LMDB error
+        fails the whole batch, a full map grows it and runs every body again."""
+        gate = shared.gate
+        try:
             for _ in range(_MAX_GROWTHS):
                 gate.enter()
                 try:
                     txn = self._begin_write(shared)
                     seen = shared.map_size()
                     try:
-                        result = body(txn, shared)
+                        for item in batch:
+                            item.run(shared, txn, nested=len(batch) > 1)
                         txn.commit()
-                        return result
+                        break
                     except BaseException as exc:
                         # py-lmdb 3.0 makes a write abort wait until no operation of another
                         # thread is in flight, which busy readers can put off for minutes:
                         # abort (and grow) with the gate drained instead.
                         with gate.upgrade():
                             txn.abort()
-                            if not isinstance(exc, lmdb.MapFullError):
+                            if not isinstance(exc, lmdb.MapFullError) or not shared.grow(seen):
                                 raise
-                            if not shared.grow(seen):
-                                raise
-                except lmdb.Error as exc:
-                    raise _translate(self.path, shared, exc) from exc
                 finally:
                     gate.leave()
-        raise IndexFull(f"case index {self.path}: a write did not fit after repeated growth")
+            else:
+                raise IndexFull(
+                    f"case index {self.path}: a write did not fit after repeated growth"
+                )
+        except BaseException as exc:
+            for item in batch:
+                item.result, item.error = None, exc
+        for item in batch:
+            item.done = True
 
     def _begin_write(self, shared: SharedEnv) -> lmdb.Transaction[bytes]:
         """A write transaction; the caller is inside the gate and holds the writer lock."""

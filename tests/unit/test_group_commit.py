@@ -1,0 +1,153 @@
+"""LMDB group commit: concurrent writes share one transaction and one commit, and each writer
+still gets its own result, its own error and its own rollback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+
+from casethread.core.model import Alias, AliasKind
+from casethread.index import LmdbIndex
+from casethread.index.lmdb_index import SharedEnv
+
+WRITERS = 20
+WAIT = 30.0
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[LmdbIndex]:
+    idx = LmdbIndex(tmp_path / "index", 64 << 20)
+    yield idx
+    idx.close()
+
+
+def _shared(index: LmdbIndex) -> SharedEnv:
+    return index._live()
+
+
+def _last_txnid(index: LmdbIndex) -> int:
+    return int(_shared(index).env.info()["last_txnid"])
+
+
+def _queued_behind_a_held_writer(
+    index: LmdbIndex, writes: list[Callable[[], Any]]
+) -> list[tuple[Any, BaseException | None]]:
+    """Hold the writer lock with one slow write, queue `writes` from their own threads behind
+    it, release, and return each write's (result, error) in order."""
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
+        txn.put(b"held", b"1", db=db.meta)  # a commit that writes nothing is no transaction
+        holding.set()
+        assert release.wait(WAIT)
+
+    holder = threading.Thread(target=index.writing, args=(hold,))
+    holder.start()
+    assert holding.wait(WAIT)
+    outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(writes)
+
+    def run(n: int) -> None:
+        try:
+            outcomes[n] = (writes[n](), None)
+        except BaseException as exc:
+            outcomes[n] = (None, exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(writes))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + WAIT
+    while len(_shared(index).pending) < len(writes):
+        assert time.monotonic() < deadline, "the writers never queued"
+        time.sleep(0.001)
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    return outcomes
+
+
+def _record(index: LmdbIndex, n: int) -> Callable[[], None]:
+    return lambda: index.record([Alias(AliasKind.MESSAGE, f"<m{n}@example.com>", "C-000001")],
+                               1_700_000_000)
+
+
+def test_concurrent_writes_share_one_commit(index: LmdbIndex) -> None:
+    index.create_case(1_700_000_000)
+    before = _last_txnid(index)
+    outcomes = _queued_behind_a_held_writer(index, [_record(index, n) for n in range(WRITERS)])
+    assert [error for _, error in outcomes] == [None] * WRITERS
+    # The held write, then every queued one in a single transaction.
+    assert _last_txnid(index) == before + 2
+    for n in range(WRITERS):
+        assert index.case_for_message(f"<m{n}@example.com>") == "C-000001"
+
+
+def test_each_writer_gets_its_own_result(index: LmdbIndex) -> None:
+    creates = [lambda: index.create_case(1_700_000_000) for _ in range(WRITERS)]
+    bumps = [lambda: index.bump_counter("flood a@example.com", 1_700_000_000, 60)
+             for _ in range(WRITERS)]
+    outcomes = _queued_behind_a_held_writer(index, creates + bumps)
+    numbers = sorted(case.number for case, _ in outcomes[:WRITERS])
+    assert numbers == list(range(1, WRITERS + 1))
+    # Bodies in one transaction still see each other's writes: every bump counted once.
+    assert sorted(count for count, _ in outcomes[WRITERS:]) == list(range(1, WRITERS + 1))
+
+
+def test_a_failing_write_rolls_back_alone(index: LmdbIndex) -> None:
+    index.create_case(1_700_000_000)
+
+    def half_then_fail(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
+        txn.put(b"m" + b"<half@example.com>", b"junk", db=db.aliases)
+        raise ValueError("this write fails")
+
+    writes: list[Callable[[], Any]] = [_record(index, n) for n in range(5)]
+    writes.insert(2, lambda: index.writing(half_then_fail))
+    case = index.get_case("C-000001")
+    assert case is not None
+    writes.insert(4, lambda: index.update_case(replace(case, case_id="C-999999")))
+    outcomes = _queued_behind_a_held_writer(index, writes)
+    errors = [type(error) if error else None for _, error in outcomes]
+    assert errors == [None, None, ValueError, None, KeyError, None, None]
+    with index.reading() as (txn, db):
+        assert txn.get(b"m<half@example.com>", db=db.aliases) is None
+    for n in range(5):
+        assert index.case_for_message(f"<m{n}@example.com>") == "C-000001"
+
+
+def test_a_batch_that_fills_the_map_grows_it_and_commits_everyone(tmp_path: Path) -> None:
+    index = LmdbIndex(tmp_path / "small", 256 << 10)
+    blob = b"x" * 8000
+
+    def put_blobs(n: int) -> Callable[[], None]:
+        def body(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
+            for i in range(10):
+                txn.put(f"blob {n} {i}".encode(), blob, db=db.meta)
+
+        return lambda: index.writing(body)
+
+    try:
+        start = index.map_info()["map_size"]
+        outcomes = _queued_behind_a_held_writer(index, [put_blobs(n) for n in range(WRITERS)])
+        assert [error for _, error in outcomes] == [None] * WRITERS
+        assert index.map_info()["map_size"] > start
+        with index.reading() as (txn, db):
+            assert all(txn.get(f"blob {n} 9".encode(), db=db.meta) == blob
+                       for n in range(WRITERS))
+    finally:
+        index.close()
+
+
+def test_a_lone_writer_commits_each_write_at_once(index: LmdbIndex) -> None:
+    # One writer at a time (the 1-session case): nothing to wait for, one commit per write.
+    before = _last_txnid(index)
+    for n in range(3):
+        _record(index, n)()
+    assert _last_txnid(index) == before + 3
