@@ -208,12 +208,12 @@ class Engine:
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
         new_case = False
         case: CaseRecord | None
+        ev = self._resolver.evidence(msg, self.index, int(now))
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
             case = self.index.create_case(int(now), case_id=app_id)
             match = "app"
         else:
-            ev = self._resolver.evidence(msg, self.index, int(now))
             hit = self._resolver.resolve(ev, outbound=True)
             trace += ev.trace
             if hit is not None:
@@ -234,7 +234,7 @@ class Engine:
             case = self._apply_app_state(msg, case, int(now))
             tok = self.keyring.make(case.number)
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
-            splices = self._stamp_body(msg, tok, notes)
+            splices = self._stamp_body(ev, tok, notes)
             root = outbound.thread_root_of(msg, case)
             aliases = self._aliases(msg, [case.case_id], message_id.normalised, root)
             self.index.record(aliases, int(now))
@@ -249,12 +249,14 @@ class Engine:
             tuple(trace),
         )
 
-    def _stamp_body(self, msg: Message, tok: str, notes: list[str]) -> tuple[Splice, ...]:
+    def _stamp_body(self, ev: Evidence, tok: str, notes: list[str]) -> tuple[Splice, ...]:
         options = self.settings.stamp
+        msg = ev.msg
         if not (options.html or options.text) or not msg.body:
             return ()
+        # The tree the token scan may have parsed already: the body is split once.
         plan = stamp.plan_message_stamp(msg.headers, msg.body, tok, tok, options,
-                                        newline=msg.newline)
+                                        newline=msg.newline, tree=ev.tree)
         notes.extend(
             f"{o.target}-not-stamped:{o.reason.replace(' ', '-')}"
             for o in plan.outcomes if o.status == "skipped"

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from email.utils import getaddresses
+from email.utils import getaddresses, parseaddr
 
 from .message import unfold
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# The everyday address field (`Name <user@example.com>, other@example.org`), read without the
+# stdlib's character-by-character parser. Only shapes where that parser returns exactly the
+# addr-spec as written match: dot-atoms, a display name of plain words (no quotes, comments or
+# specials), nothing else; anything else takes the stdlib path.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*"
+_WORD = r'[^\s()<>@,:;"\[\]\\]+'
+_SIMPLE_ADDRESS = re.compile(
+    rf"[ \t]*(?:(?:{_WORD}(?:[ \t]+{_WORD})*[ \t]*)?<({_ADDR_SPEC})>|({_ADDR_SPEC}))[ \t]*"
+)
 
 
 def envelope_address(value: str) -> str:
@@ -16,14 +26,47 @@ def envelope_address(value: str) -> str:
     return value.strip().strip("<>").strip().lower()
 
 
+def _simple_addresses(value: str) -> list[str] | None:
+    """The addr-specs of an unfolded field value, when every address in it has a simple shape
+    (`_SIMPLE_ADDRESS`): then `getaddresses` would find exactly these. Else None."""
+    found = []
+    for piece in value.split(","):
+        match = _SIMPLE_ADDRESS.fullmatch(piece)
+        if match is None:
+            return None
+        found.append(match.group(1) or match.group(2))
+    return found
+
+
 def header_addresses(values: list[str]) -> list[str]:
     """Lower-cased addr-specs found in address fields (From, To, Cc); garbage is skipped."""
     found = []
-    for _name, addr in getaddresses([unfold(v) for v in values]):
+    unfolded = [unfold(v) for v in values]
+    for value in unfolded:
+        simple = _simple_addresses(value)
+        if simple is None:
+            break
+        found += [addr.lower() for addr in simple]
+    else:
+        return found
+    # The stdlib reads the fields joined by commas: an unclosed quote or comment in one field
+    # can swallow the next, so one unusual field sends all of them this way.
+    found = []
+    for _name, addr in getaddresses(unfolded):
         addr = addr.strip().lower()
         if "@" in addr:
             found.append(addr)
     return found
+
+
+def first_address(value: str) -> str:
+    """What `parseaddr` reads as the addr-spec of the field's first address (as written, not
+    lower-cased; "" when there is none). It need not contain "@" (`MAILER-DAEMON`)."""
+    text = unfold(value)
+    simple = _simple_addresses(text)
+    # Several addresses: left to parseaddr, whose answer for them differs between Python
+    # releases (a strict one returns none).
+    return simple[0] if simple is not None and len(simple) == 1 else parseaddr(text)[1]
 
 
 def domain_of(address: str) -> str:

@@ -42,9 +42,9 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
 from __future__ import annotations
 
 import re
-from email.utils import parseaddr
 
 from . import mime
+from .addresses import first_address
 from .message import Message, unfold
 from .subject import decode_subject
 
@@ -155,7 +155,8 @@ def _auto_generated(
 
 def _values(msg: Message, name: str) -> list[str]:
     """The non-empty unfolded values of every field of that name."""
-    return [v for v in (unfold(x).strip() for x in msg.get_all(name)) if v]
+    values = msg.get_all(name)
+    return [v for v in (unfold(x).strip() for x in values) if v] if values else []
 
 
 def _first_token(value: str) -> str:
@@ -175,7 +176,7 @@ def _from_local_part(msg: Message) -> str:
     value = msg.get("From")
     if value is None:
         return ""
-    addr = parseaddr(unfold(value))[1]
+    addr = first_address(value)
     return addr.rpartition("@")[0].lower() if "@" in addr else addr.lower()
 
 
@@ -185,6 +186,10 @@ def _content_type(msg: Message) -> tuple[str, str]:
     if value is None:
         return "", ""
     # The core's own parser: the stdlib's raises on 8-bit bytes next to non-ASCII text.
+    # Only a report's parameters matter (report-type): other types skip reading them.
+    kind = mime.media_type(value, default="")
+    if kind != "multipart/report":
+        return kind, ""
     field = mime.content_type(value, default="")
     return field.value, (field.param("report-type") or "").strip().lower()
 

@@ -27,6 +27,8 @@ _BLOCK_TAG = re.compile(
 )
 _ANY_TAG = re.compile(r"</?[A-Za-z!?][^>]*>")
 _RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^>]*>", re.I)
+# The closing tag as its opening tag spelled the name; the usual lower-case ones compiled once.
+_RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I) for name in ("script", "style")}
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,16 @@ def iter_texts(
     *,
     top_disposition: str | None = None,
     include_attachments: bool = False,
+    tree: Part | None = None,
 ) -> Iterator[str]:
     """Decoded text of the text/plain and text/html parts, from the top; HTML as plain text.
 
     Parts inside attached messages are read too; attachments (and attached messages) only with
     `include_attachments`. A multipart or message that could not be split is read as text.
+    `tree` is `mime.parse` of this body and these fields, when the caller has it already.
     """
-    tree = mime.parse(body, top_content_type, top_cte, top_disposition)
+    if tree is None:
+        tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
     for part in _readable(tree, include_attachments):
         if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
@@ -71,10 +76,12 @@ def iter_parts_of_type(
     budget: int = DEFAULT_BUDGET,
     *,
     top_disposition: str | None = None,
+    tree: Part | None = None,
 ) -> Iterator[FoundPart]:
     """Transfer-decoded bodies of the parts of those types, from the top (not looking inside a
-    part once it is yielded)."""
-    tree = mime.parse(body, top_content_type, top_cte, top_disposition)
+    part once it is yielded). `tree` as for `iter_texts`."""
+    if tree is None:
+        tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
     stack = [tree]
     while stack and remaining > 0:
@@ -141,7 +148,9 @@ def _drop_raw_text_elements(text: str) -> str:
         if opened is None:
             break
         out.append(text[pos : opened.start()])
-        closer = re.compile(rf"</{opened.group(1)}\s*>", re.I).search(text, opened.end())
+        name = opened.group(1)
+        closing = _RAW_TEXT_CLOSE.get(name) or re.compile(rf"</{name}\s*>", re.I)
+        closer = closing.search(text, opened.end())
         if closer is None:
             return "".join(out)
         pos = closer.end()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .edits import ChangeHeader, remove_header
 from .message import Message
@@ -10,50 +11,55 @@ from .message import Message
 
 @dataclass(frozen=True)
 class CaseHeaderNames:
+    # Names are built once per instance (the engine keeps one): they are read per message.
     prefix: str = "X-Case-"
 
-    @property
+    @cached_property
     def case_id(self) -> str:
         return f"{self.prefix}ID"
 
-    @property
+    @cached_property
     def match(self) -> str:
         return f"{self.prefix}Match"
 
-    @property
+    @cached_property
     def duplicate(self) -> str:
         return f"{self.prefix}Duplicate"
 
-    @property
+    @cached_property
     def state(self) -> str:
         return f"{self.prefix}State"
 
-    @property
+    @cached_property
     def queue(self) -> str:
         return f"{self.prefix}Queue"
 
-    @property
+    @cached_property
     def auto(self) -> str:
         return f"{self.prefix}Auto"
 
-    @property
+    @cached_property
     def loop(self) -> str:
         return f"{self.prefix}Loop"
 
-    @property
+    @cached_property
     def related(self) -> str:
         return f"{self.prefix}Related"
 
-    @property
+    @cached_property
     def sender(self) -> str:
         return f"{self.prefix}Sender"
 
-    @property
+    @cached_property
     def token(self) -> str:
         return f"{self.prefix}Token"
 
+    @cached_property
+    def _lower_prefix(self) -> str:
+        return self.prefix.lower()
+
     def is_ours(self, name: str) -> bool:
-        return name.lower().startswith(self.prefix.lower())
+        return name.lower().startswith(self._lower_prefix)
 
 
 def strip_ours(msg: Message, names: CaseHeaderNames) -> list[ChangeHeader]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from mmap import mmap
 
 # A body in memory, or a spooled one mapped from its file.
@@ -21,7 +22,7 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except
 
 def unfold(value: str) -> str:
     """RFC 5322 unfolding; bare line breaks (bad input) are dropped too."""
-    return _FOLD.sub("", value)
+    return _FOLD.sub("", value) if "\n" in value else value
 
 
 def decode_bytes(raw: bytes) -> str:
@@ -61,17 +62,23 @@ class Message:
     # The body's line ending: CRLF as SMTP carries it; a message file may use LF.
     newline: bytes = b"\r\n"
 
+    @cached_property
+    def _by_name(self) -> dict[str, list[str]]:
+        """Values by lower-cased field name, in order; built on first use, as one message's
+        fields are looked up a few dozen times."""
+        index: dict[str, list[str]] = {}
+        for h in self.headers:
+            index.setdefault(h.name.lower(), []).append(h.value)
+        return index
+
     def get(self, name: str) -> str | None:
         """The first field of that name (case-insensitive), or None."""
-        wanted = name.lower()
-        for h in self.headers:
-            if h.name.lower() == wanted:
-                return h.value
-        return None
+        values = self._by_name.get(name.lower())
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
-        wanted = name.lower()
-        return [h.value for h in self.headers if h.name.lower() == wanted]
+        values = self._by_name.get(name.lower())
+        return list(values) if values else []
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:

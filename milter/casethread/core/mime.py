@@ -41,6 +41,7 @@ _NOT_CHARSETS = frozenset(
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext
 _MIME_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
 _LF, _CR = 0x0A, 0x0D
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 
 # leaf: a body; multipart: split into children; message: an attached message, whose one child
 # is that message; opaque: a multipart or message that could not (or may not) be opened.
@@ -69,9 +70,19 @@ def parse_field(raw: str | None) -> FieldValue:
     """Parse a Content-Type / Content-Disposition value, with RFC 2231 parameters."""
     if raw is None:
         return FieldValue("")
-    pieces = _split_outside_quotes(unfold(raw), ";")
+    pieces = _split_params(unfold(raw))
     value = _strip_comments(pieces[0]).strip().lower()
     return FieldValue(value, _collapse_rfc2231(_param_pairs(pieces[1:])))
+
+
+def media_type(raw: str | None, default: str = "text/plain") -> str:
+    """`content_type(raw, default).value` without reading the parameters."""
+    if raw is None:
+        return default
+    text = unfold(raw)
+    first = text.split(";", 1)[0] if '"' not in text else _first_piece(text)
+    value = _strip_comments(first).strip().lower()
+    return value if _MIME_TYPE.fullmatch(value) else ""
 
 
 def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
@@ -91,24 +102,30 @@ def transfer_encoding(raw: str | None) -> str:
     return _strip_comments(unfold(raw)).strip().lower() or "7bit"
 
 
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
+# One `;`-separated piece of a field value: a quoted string (a backslash escapes the next
+# character; an unclosed one runs to the end) may hold `;`. No nested quantifier can backtrack:
+# each repetition of the outer group starts at a quote.
+_PIECE = re.compile(r'[^";]*(?:"(?:[^"\\]|\\[\s\S])*(?:"|\\?\Z)[^";]*)*')
+
+
+def _split_params(text: str) -> list[str]:
+    """Split on `;` outside quoted strings (the quotes stay in the pieces)."""
+    if '"' not in text:
+        return text.split(";")
     pieces: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    pieces.append("".join(current))
-    return pieces
+    pos = 0
+    while True:
+        piece = _first_piece(text, pos)
+        pieces.append(piece)
+        pos += len(piece) + 1  # past the `;`, or past the end
+        if pos > len(text):
+            return pieces
+
+
+def _first_piece(text: str, pos: int = 0) -> str:
+    match = _PIECE.match(text, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.group()
 
 
 def _strip_comments(text: str) -> str:
@@ -139,6 +156,9 @@ def _strip_comments(text: str) -> str:
 def _unquote(value: str) -> str:
     if not value.startswith('"'):
         return value
+    if "\\" not in value:
+        end = value.find('"', 1)
+        return value[1:end] if end > 0 else value[1:]
     out: list[str] = []
     escaped = False
     for ch in value[1:]:
@@ -214,7 +234,7 @@ def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
 def decode_transfer(raw: bytes, cte: str) -> bytes:
     """Lenient transfer decoding, for reading (never for rewriting): bad input does not raise."""
     if cte == "base64":
-        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", raw)
+        cleaned = _NOT_BASE64.sub(b"", raw)
         cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
         return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
     if cte == "quoted-printable":

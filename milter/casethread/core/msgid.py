@@ -18,6 +18,8 @@ _MAX_COMMENT_PASSES = 8
 
 
 def _without_comments(text: str) -> str:
+    if "(" not in text:
+        return text
     for _ in range(_MAX_COMMENT_PASSES):
         stripped = _COMMENT.sub("", text)
         if stripped == text:

@@ -77,12 +77,22 @@ class Evidence:
         return unfold(self.msg.get("Subject") or "")
 
     @cached_property
+    def top(self) -> mime.TopFields:
+        return mime.top_fields(self.msg.headers)
+
+    @cached_property
+    def tree(self) -> mime.Part:
+        """The body's MIME structure, parsed once for the strategies and for stamping."""
+        top = self.top
+        return mime.parse(self.msg.body, top.content_type, top.cte, top.disposition)
+
+    @cached_property
     def body_texts(self) -> list[str]:
-        top = mime.top_fields(self.msg.headers)
+        top = self.top
         return list(
             bodytext.iter_texts(
                 top.content_type, top.cte, self.msg.body, self._resolver.scan_budget,
-                top_disposition=top.disposition,
+                top_disposition=top.disposition, tree=self.tree,
             )
         )
 
@@ -295,11 +305,12 @@ class Resolver:
         return Hit(case, "subject-match")
 
     def by_bounce(self, ev: Evidence) -> Hit | None:
-        top = mime.top_fields(ev.msg.headers)
-        if mime.content_type(top.content_type).value != "multipart/report":
+        if mime.media_type(ev.msg.get("Content-Type")) != "multipart/report":
             return None
+        top = ev.top
         returned = bodytext.iter_parts_of_type(
-            top.content_type, top.cte, ev.msg.body, budget=self.scan_budget
+            top.content_type, top.cte, ev.msg.body, budget=self.scan_budget,
+            top_disposition=top.disposition, tree=ev.tree,
         )
         for part in returned:
             hit = self._bounce_part(ev, part.data)

@@ -1,0 +1,241 @@
+"""The per-message shortcuts (issue 5) give exactly what the general code gives.
+
+Each shortcut skips a slow, general reader for the common shape of its input; here each is
+checked against that reader (the stdlib's address parser, a character loop, the slow token
+loop) on hand-picked hard cases and on generated input made of the characters that matter.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses, parseaddr
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casethread.core import mime, stamp, token
+from casethread.core.addresses import first_address, header_addresses
+from casethread.core.message import Envelope, Header, Message, unfold
+from casethread.core.settings import Settings
+from casethread.engine import Engine
+from casethread.index import MemoryIndex
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def stdlib_addresses(values: list[str]) -> list[str]:
+    """What `header_addresses` promises: the stdlib's reading, lower-cased, with an "@"."""
+    found = []
+    for _name, addr in getaddresses([unfold(v) for v in values]):
+        addr = addr.strip().lower()
+        if "@" in addr:
+            found.append(addr)
+    return found
+
+
+HARD_FIELDS = [
+    "Pat Customer <Pat@Customer.Example>",
+    "pat@customer.example",
+    "  J. R. Doe\t<j.r.doe+tag@sub.example.org>  ",
+    "a@b.example, C <c@d.example>,e@f.example",
+    "=?utf-8?q?J=C3=B6rg?= <joerg@example.de>",
+    "Doe, John <john@example.com>",  # unquoted comma: the stdlib sees two addresses
+    '"Doe, John" <john@example.com>',
+    "john@example.com (John Doe)",
+    "Pat <pat@example.com> junk",
+    "a@b.example,",
+    ",a@b.example",
+    "a@b.example,,c@d.example",
+    "undisclosed-recipients:;",
+    "Team: a@b.example, c@d.example;",
+    "<@route.example:pat@example.com>",
+    "pat@example.com@evil.example",
+    "pat.@example.com",
+    "pat@example.com.",
+    "pat@[192.0.2.1]",
+    "MAILER-DAEMON",
+    "Pat <pat@example.com",
+    "Pat\r\n <pat@example.com>",
+    "Pat\r <pat@example.com>",
+    "Pät \udcc3 <pat@example.com>",
+    "Pat\xa0Customer <pat@example.com>",
+    "",
+    "   ",
+    '"unclosed <a@b.example>, c@d.example',
+    "(unclosed <a@b.example>, c@d.example",
+]
+
+
+@pytest.mark.parametrize("value", HARD_FIELDS)
+def test_addresses_of_one_field_as_the_stdlib_reads_them(value: str) -> None:
+    assert header_addresses([value]) == stdlib_addresses([value])
+    assert first_address(value) == parseaddr(unfold(value))[1]
+
+
+def test_an_unusual_field_among_simple_ones_is_read_with_them() -> None:
+    # An unclosed quote in From swallows the To addresses when the fields are read together.
+    values = ['"Pat <pat@example.com>', "Sam <sam@example.com>"]
+    assert header_addresses(values) == stdlib_addresses(values)
+    assert header_addresses(["a@b.example", "C <c@d.example>"]) == ["a@b.example", "c@d.example"]
+
+
+ADDRESS_PIECES = st.sampled_from(
+    ["Pat", " ", "\t", "<", ">", "@", ".", ",", ";", ":", '"', "(", ")", "[", "]", "\\",
+     "pat", "example.com", "a.b@c.example", "<x@y.example>", "\r\n ", "\xa0", "é", "=?"]
+)
+FIELD_VALUES = st.lists(ADDRESS_PIECES, max_size=8).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(FIELD_VALUES, max_size=3))
+def test_addresses_match_the_stdlib_on_generated_fields(values: list[str]) -> None:
+    assert header_addresses(values) == stdlib_addresses(values)
+    for value in values:
+        assert first_address(value) == parseaddr(unfold(value))[1]
+
+
+# --- Content-Type parameters ----------------------------------------------------------------
+
+
+def split_by_characters(text: str) -> list[str]:
+    """`;` outside quoted strings, read one character at a time (the shortcut's oracle)."""
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    pieces.append("".join(current))
+    return pieces
+
+
+def unquote_by_characters(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+    out: list[str] = []
+    escaped = False
+    for ch in value[1:]:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+PARAM_TEXT = st.lists(
+    st.sampled_from(['"', ";", "\\", " ", "=", "a", "b", "*", "'", "%", "(", ")", "\n ",
+                     "text/plain", "multipart/report", "boundary", "charset"]),
+    max_size=14,
+).map("".join)
+
+
+@pytest.mark.parametrize("text", [
+    "", ";", 'a;b', '"a;b";c', '"a\\";b";c', '"unclosed;x', '"ends in backslash\\',
+    'x="q\\\\";y', 'multipart/mixed; boundary="=_mixed;7f3a"; charset=utf-8',
+])
+def test_parameters_split_outside_quotes(text: str) -> None:
+    assert mime._split_params(text) == split_by_characters(text)
+    assert mime._unquote(text) == unquote_by_characters(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(PARAM_TEXT)
+def test_parameter_shortcuts_match_the_character_loop(text: str) -> None:
+    assert mime._split_params(text) == split_by_characters(text)
+    assert mime._unquote(text) == unquote_by_characters(text)
+    for default in ("text/plain", ""):
+        assert mime.media_type(text, default) == mime.content_type(text, default).value
+
+
+# --- inline PGP -----------------------------------------------------------------------------
+
+ARMOR_PIECES = st.sampled_from(
+    ["-----BEGIN PGP MESSAGE-----", "-----BEGIN PGP SIGNED MESSAGE-----", "-----BEGIN PGP ",
+     "MESSAGE-----", "-", "\n", "\r", "\r\n", "x", " ", "> "]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(ARMOR_PIECES, max_size=8).map("".join))
+def test_inline_pgp_is_found_where_a_multiline_anchor_finds_it(text: str) -> None:
+    anchored = re.compile(r"^-----BEGIN PGP (?:SIGNED )?MESSAGE-----", re.M)
+    assert stamp._inline_pgp(text) == (anchored.search(text) is not None)
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    symbols=st.text(alphabet="0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefoilOILU", max_size=40),
+    closing=st.sampled_from(["]", " ]", "", "]]", "x]", "\n> ]"]),
+)
+def test_token_in_one_piece_reads_as_through_the_general_loop(symbols: str,
+                                                                closing: str) -> None:
+    # A leading blank makes the reader take its general loop, which skips the blank.
+    direct = list(token.find_tokens(f"[ref:{symbols}{closing}"))
+    assert direct == list(token.find_tokens(f"[ref: {symbols}{closing}"))
+
+
+def test_normalise_is_the_same_for_ascii_and_other_text() -> None:
+    every_ascii = "".join(map(chr, range(128)))
+    assert token.normalise(every_ascii) == every_ascii.translate(token._NORMALISE)
+    assert token.normalise("oil\u00e9OIL") == "011\u00e9011"
+
+
+def test_token_parse_reads_what_make_wrote() -> None:
+    keyring = token.Keyring([(3, bytes(range(32)))])
+    for number in (0, 1, 31, 32, 1023, 1024, 2**40 + 7, 2**64 - 1):
+        parsed = token.parse(keyring.make(number).lower())
+        assert parsed is not None and (parsed.key_id, parsed.case_number) == (3, number)
+    assert token.parse("3" + "2" + "01" + "0" * 16) is None  # a leading zero digit
+    assert token.parse("1U" + "0" * 17) is None  # U is not a symbol
+
+
+# --- one message ----------------------------------------------------------------------------
+
+
+def test_message_field_lookup_is_case_insensitive_and_copies() -> None:
+    msg = Message(Envelope(), (Header("To", "a"), Header("Subject", "s"), Header("TO", "b")))
+    assert msg.get("to") == "a" and msg.get("X-None") is None
+    values = msg.get_all("To")
+    values.append("c")
+    assert msg.get_all("tO") == ["a", "b"]
+
+
+def test_outbound_body_is_split_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_parse = mime.parse
+
+    def counting(*args: object, **kwargs: object) -> mime.Part:
+        calls.append(1)
+        return real_parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    # Every caller reaches the splitter as `mime.parse`, so this counts them all.
+    monkeypatch.setattr(mime, "parse", counting)
+    keyring = token.Keyring([(1, bytes(32))])
+    engine = Engine(Settings(), MemoryIndex(), keyring, hostname="h.example")
+    body = (b"--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n"
+            b"--b\r\nContent-Type: text/html\r\n\r\n<html><body>Hi</body></html>\r\n--b--\r\n")
+    headers = (Header("From", "Support <support@example.com>"), Header("To", "pat@example.org"),
+               Header("Subject", "Hello"), Header("MIME-Version", "1.0"),
+               Header("Content-Type", 'multipart/alternative; boundary="b"'))
+    env = Envelope("support@example.com", ("pat@example.org",), daemon_name="ORIGINATING")
+    decision = engine.process(Message(env, headers, body))
+    assert decision.match == "new" and len(decision.body_splices) == 2
+    assert calls == [1]
