@@ -393,8 +393,8 @@ examples:
   casethread export --kind case --kind message | jq .
 
 JSON lines on stdout, one record each: a meta line, then cases, aliases and counters, from one
-consistent snapshot. Participant addresses and counter keys are stored hashed and export as
-{{"hash": HEX}}; they import back byte for byte.
+consistent snapshot. Alias keys (Message-IDs, subjects, addresses...) and counter keys are
+stored hashed and export as {{"hash": HEX}}; they import back byte for byte.
 {OPS_EXIT}
 """
 
@@ -405,7 +405,8 @@ examples:
 
 Reads what `casethread export` wrote ('-' reads stdin). The whole file is checked before
 anything is written. A non-empty index is refused unless --merge (then the newer record wins,
-and a case id or number that would name two different cases refuses the import). Bring the
+and a case id or number that would name two different cases refuses the import). An export of
+index schema 1 imports too, its alias keys re-keyed (README: Upgrading). Bring the
 old token.key along (or configure tokens.keys), or tokens in earlier mail will not verify.
 {OPS_EXIT}
 """

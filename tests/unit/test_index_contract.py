@@ -3,6 +3,7 @@ one and only the overlay promise."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -389,29 +390,46 @@ def test_counters_lose_no_bump_under_threads(index: CaseIndex) -> None:
 # --- shared encodings ------------------------------------------------------------------------
 
 
-def test_alias_keys_stay_under_the_lmdb_limit() -> None:
+def test_alias_keys_are_the_kind_byte_and_a_16_byte_digest() -> None:
     m = AliasKind.MESSAGE
-    assert keys.alias_key(m, "<a@b>") == b"m<a@b>"
-    assert keys.alias_key(AliasKind.SUBJECT, "<a@b>") == b"s<a@b>"
-    assert keys.alias_key(m, "<" + "x" * 398 + ">") == b"m<" + b"x" * 398 + b">"
-    hashed = keys.alias_key(m, "<" + "x" * 399 + ">")
-    assert len(hashed) == 34 and hashed.startswith(b"m" + keys.HASHED_MARKER)
-    # A plain key starting with the marker byte can never pose as a hashed key.
-    assert len(keys.alias_key(m, "\x00" * 33)) == 34
-    assert keys.alias_key(m, "\x00" * 33) != b"m" + b"\x00" * 33
+    # The on-disk format (schema 2): SHA-256("abc") is the FIPS 180-2 test vector.
+    assert keys.alias_key(m, "abc") == b"m" + bytes.fromhex("ba7816bf8f01cfea414140de5dae2223")
+    assert keys.alias_key("m", "abc") == keys.alias_key(m, "abc")  # type: ignore[arg-type]
+    # Each kind is its own namespace: same digest, another first byte.
+    subject = keys.alias_key(AliasKind.SUBJECT, "abc")
+    assert subject[:1] == b"s" and subject[1:] == keys.alias_key(m, "abc")[1:]
+    # Any length, even past LMDB's 511-byte key limit, gives 17 bytes.
+    for key in ("<a@b>", "<" + "x" * 5000 + "@example.org>", "\x00" * 33, "Grüße"):
+        assert len(keys.alias_key(m, key)) == 17
+    # A raw 8-bit byte (surrogateescape) is hashed as that byte, not as a replacement.
+    assert keys.alias_key(m, "<caf\udce9@x>") == b"m" + hashlib.sha256(b"<caf\xe9@x>").digest()[:16]
+    assert keys.alias_key(m, "<caf\udce9@x>") != keys.alias_key(m, "<caf\u00e9@x>")
     for kind in AliasKind:
         with pytest.raises(ValueError):
             keys.alias_key(kind, "")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown alias kind"):
         keys.alias_key("q", "<a@b>")  # type: ignore[arg-type]
 
 
-def test_participant_keys_are_always_hashed() -> None:
+def test_a_digest_gives_the_key_its_clear_text_would() -> None:
+    """What import does with a `{"hash": ...}` key, including a schema 1 export's SHA-256."""
+    key = "C-000001 pat.customer@example.org"
+    full = hashlib.sha256(key.encode()).digest()
+    for digest in (full, full[:16]):
+        assert keys.alias_key_from_digest(AliasKind.PARTICIPANT, digest) == keys.alias_key(
+            AliasKind.PARTICIPANT, key)
+    for bad in (b"", full[:15], full + b"x"):
+        with pytest.raises(ValueError, match="16 or 32 bytes"):
+            keys.alias_key_from_digest(AliasKind.PARTICIPANT, bad)
+
+
+def test_no_key_is_stored_in_clear() -> None:
     address = "pat.customer@example.org"
-    key = keys.alias_key(AliasKind.PARTICIPANT, f"C-000001 {address}")
-    assert len(key) == 34 and key.startswith(b"p" + keys.HASHED_MARKER)
-    assert address.encode() not in key
-    assert key != keys.alias_key(AliasKind.PARTICIPANT, f"C-000002 {address}")
+    for kind, key in ((AliasKind.PARTICIPANT, f"C-000001 {address}"),
+                      (AliasKind.MESSAGE, f"<x1@{address}>")):
+        assert address.encode() not in keys.alias_key(kind, key)
+    assert keys.alias_key(AliasKind.PARTICIPANT, f"C-000001 {address}") != keys.alias_key(
+        AliasKind.PARTICIPANT, f"C-000002 {address}")
     assert len(keys.counter_key(address)) == 32
     assert address.encode() not in keys.counter_key(address)
 
@@ -492,34 +510,37 @@ def _all_records(path: Path) -> dict[bytes, list[tuple[bytes, bytes]]]:
         env.close()
 
 
-def test_lmdb_stores_no_address_in_clear(tmp_path: Path) -> None:
+def test_lmdb_stores_no_key_in_clear(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     address = "pat.customer@example.org"
+    clear = [
+        (AliasKind.PARTICIPANT, f"{{case}} {address}"),
+        (AliasKind.MESSAGE, "<visible.id@example.org>"),
+        (AliasKind.SUBJECT, "printer keeps jamming"),
+        (AliasKind.EXTERNAL, "servicenow:INC0012345"),
+    ]
     index = LmdbIndex(path, MAP_SIZE)
     case_id = index.create_case(now=1).case_id
-    index.record(
-        [
-            Alias(AliasKind.PARTICIPANT, f"{case_id} {address}", case_id),
-            Alias(AliasKind.MESSAGE, "<visible.id@example.org>", case_id),
-        ],
-        now=2,
-    )
+    aliases = [(kind, key.format(case=case_id)) for kind, key in clear]
+    index.record([Alias(kind, key, case_id) for kind, key in aliases], now=2)
     index.bump_counter(address, now=2, window=HOUR)
     index.close()
 
     records = _all_records(path)
     assert set(records) == {b"aliases", b"cases", b"counters", b"meta", b"numbers"}
     dumped = b"".join(k + v for rows in records.values() for k, v in rows)
-    # The scan can see what is stored in clear (the Message-ID), and the address is not.
-    assert b"<visible.id@example.org>" in dumped
-    assert address.encode() not in dumped
-    assert b"pat.customer" not in dumped
+    on_disk = (path / "data.mdb").read_bytes()
+    # The scan sees what is stored in clear (the case id), and none of the keys.
+    assert case_id.encode() in dumped and case_id.encode() in on_disk
+    for text in (address, "pat.customer", "visible.id", "jamming", "INC0012345"):
+        assert text.encode() not in dumped
+        assert text.encode() not in on_disk
+    assert len(records[b"aliases"]) == 4 and all(len(k) == 17 for k, _ in records[b"aliases"])
     assert len(records[b"counters"]) == 1
-    assert address.encode() not in (path / "data.mdb").read_bytes()
     reopened = LmdbIndex(path, MAP_SIZE)
     try:
-        hit = reopened.find(AliasKind.PARTICIPANT, f"{case_id} {address}")
-        assert hit == AliasHit(case_id, 2)
+        for kind, key in aliases:
+            assert reopened.find(kind, key) == AliasHit(case_id, 2)
     finally:
         reopened.close()
 
@@ -639,14 +660,17 @@ def test_lmdb_corrupt_file_raises_unavailable(tmp_path: Path) -> None:
         LmdbIndex(path, MAP_SIZE)
 
 
-def test_lmdb_newer_schema_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("schema", "advice"), [(b"99", "use a newer casethread"),
+                                               (b"1", "export it with the casethread")])
+def test_lmdb_other_schema_is_refused_with_advice(tmp_path: Path, schema: bytes,
+                                                  advice: str) -> None:
     path = tmp_path / "idx"
     LmdbIndex(path, MAP_SIZE).close()
     env = lmdb.open(str(path), max_dbs=MAX_DBS)
     with env.begin(write=True) as txn:
-        txn.put(META_SCHEMA, b"99", db=env.open_db(b"meta", txn=txn))
+        txn.put(META_SCHEMA, schema, db=env.open_db(b"meta", txn=txn))
     env.close()
-    with pytest.raises(SchemaMismatch, match="99"):
+    with pytest.raises(SchemaMismatch, match=f"version {schema.decode()};.*{advice}"):
         LmdbIndex(path, MAP_SIZE)
     # The refused env was closed, not left registered.
     lmdb.open(str(path), max_dbs=MAX_DBS).close()

@@ -4,6 +4,7 @@ LMDB indexes in tmp_path through the maintenance API."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +31,7 @@ from casethread.index import (
     maintenance,
 )
 from casethread.index import keys as index_keys
-from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA, _Gate
+from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA, SCHEMA_VERSION, _Gate
 from casethread.index.maintenance import BadImport, MaintenanceError
 
 MAP_SIZE = 1 << 24
@@ -40,7 +41,7 @@ NOW = 1_800_000_000
 OLD = NOW - 400 * DAY  # past a one-year retention
 RECENT = NOW - 10 * DAY
 WINDOW = 3600
-LONG_KEY = "<" + "l" * 450 + "@example.org>"  # over MAX_PLAIN_KEY: stored hashed
+LONG_KEY = "<" + "l" * 600 + "@example.org>"  # over LMDB's key limit in clear
 RAW_KEY = "<caf\udce9@example.org>"  # a raw 8-bit byte (surrogateescape), not UTF-8
 
 
@@ -122,7 +123,7 @@ def lookups(index: LmdbIndex) -> list[Any]:
 
 def test_stats_counts_every_kind_and_the_map(index: LmdbIndex) -> None:
     data = maintenance.stats(index)
-    assert data["schema"] == 1
+    assert data["schema"] == SCHEMA_VERSION == 2
     assert data["last_number"] == 6
     assert data["cases"] == data["numbers"] == 6
     assert data["aliases"] == {
@@ -366,14 +367,17 @@ def test_export_import_reproduces_the_index_byte_for_byte(
 ) -> None:
     data = export_bytes(index)
     lines = [json.loads(line) for line in data.splitlines()]
-    assert lines[0] == {"type": "meta", "schema": 1, "counter": 6}
+    assert lines[0] == {"type": "meta", "schema": 2, "counter": 6}
     by_type: dict[str, int] = {}
     for line in lines:
         by_type[line["type"]] = by_type.get(line["type"], 0) + 1
     assert by_type == {"meta": 1, "case": 6, "alias": 44, "counter": 2}
-    hashed = [line for line in lines if isinstance(line.get("key"), dict)]
-    assert {(line["type"], line.get("kind")) for line in hashed} == {
-        ("alias", "p"), ("alias", "m"), ("counter", None)}  # participants, LONG_KEY, counters
+    # Every key exports as the digest the index holds: 32 hex digits for aliases, 64 (SHA-256)
+    # for counters; no key in clear.
+    assert {(line["type"], len(line["key"]["hash"])) for line in lines if "key" in line} == {
+        ("alias", 32), ("counter", 64)}
+    for clear in ("old-0@example.org", "old subject", "servicenow", "customer5", "lll"):
+        assert clear.encode() not in data
     target = LmdbIndex(tmp_path / "imported", MAP_SIZE)
     try:
         result = maintenance.import_lines(target, source(data))
@@ -386,15 +390,43 @@ def test_export_import_reproduces_the_index_byte_for_byte(
     assert dump(tmp_path / "imported") == dump(Path(index.path))
 
 
-def test_export_writes_keys_that_are_not_utf8_as_bytes(index: LmdbIndex) -> None:
-    raw = RAW_KEY.encode("utf-8", "surrogateescape")
-    lines = [json.loads(line) for line in export_bytes(index, ["message"]).splitlines()]
-    as_bytes = [line for line in lines[1:] if isinstance(line["key"], dict)
-                and "bytes" in line["key"]]
-    assert len(as_bytes) == 1
-    assert bytes.fromhex(as_bytes[0]["key"]["bytes"]) in (raw, raw[1:-1])
-    # Everything else is plain UTF-8 JSON (readable with jq).
-    export_bytes(index).decode("utf-8")
+def schema_1_line(kind: AliasKind, key: str, case: str, recorded: int) -> dict[str, Any]:
+    """An alias line as schema 1 exported it: the key in clear, `{"bytes": hex}` when not
+    UTF-8, and the full SHA-256 for a participant or a key over 400 bytes."""
+    raw = key.encode("utf-8", "surrogateescape")
+    exported: Any
+    if kind is AliasKind.PARTICIPANT or len(raw) > 400:
+        exported = {"hash": hashlib.sha256(raw).hexdigest()}
+    else:
+        try:
+            exported = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            exported = {"bytes": raw.hex()}
+    return {"type": "alias", "kind": kind.value, "key": exported, "case": case,
+            "recorded": recorded}
+
+
+def test_a_schema_1_export_imports_re_keyed(index: LmdbIndex, tmp_path: Path) -> None:
+    """The upgrade path: an export made by the version before, imported into a new index."""
+    lines = [json.loads(line) for line in export_bytes(index, ["case", "counter"]).splitlines()]
+    lines[0]["schema"] = 1
+    old = [schema_1_line(kind, key, hit.case_id, hit.recorded)
+           for kind, key in LOOKUPS if (hit := index.find(kind, key)) is not None]
+    assert len(old) == len(LOOKUPS)
+    assert {type(line["key"]) for line in old} == {str, dict}
+    assert any("bytes" in line["key"] for line in old if isinstance(line["key"], dict))
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in [*lines, *old])
+    target = LmdbIndex(tmp_path / "upgraded", MAP_SIZE)
+    try:
+        maintenance.import_lines(target, source(data))
+        assert lookups(target) == lookups(index)
+        assert maintenance.record_counts(target)["aliases_total"] == len(LOOKUPS)
+        # Exported again, it is a schema 2 export like any other.
+        again = [json.loads(line) for line in export_bytes(target).splitlines()]
+        assert again[0]["schema"] == 2
+        assert all(len(line["key"]["hash"]) == 32 for line in again if line["type"] == "alias")
+    finally:
+        target.close()
 
 
 def test_export_kinds_filter(index: LmdbIndex) -> None:
@@ -472,6 +504,8 @@ META = b'{"type":"meta","schema":1,"counter":0}\n'
         (b'{"type":"alias","kind":"z","key":"k","case":"C-1","recorded":1}\n',
          "unknown alias kind"),
         (b'{"type":"alias","kind":"p","key":{"hash":"abcd"},"case":"C-1","recorded":1}\n',
+         "16 or 32 bytes"),
+        (b'{"type":"counter","key":{"hash":"' + b"00" * 16 + b'"},"start":1,"count":1}\n',
          "64 hex digits"),
         (b'{"type":"alias","kind":"m","key":"k","case":"C-1","recorded":-1}\n', "'recorded'"),
         (b'{"type":"counter","key":{"hash":"' + b"00" * 32 + b'"},"start":1}\n', "'count'"),
@@ -499,7 +533,9 @@ def test_import_refuses_a_malformed_file_and_writes_nothing(
     [
         (b'{"type":"case","id":"A","number":1,"state":"open","queue":"","created":1,'
          b'"updated":1}\n', "no meta line"),
-        (b'{"type":"meta","schema":2,"counter":0}\n', "schema 2"),
+        (b'{"type":"meta","schema":3,"counter":0}\n', "schema 3; this casethread imports "
+         "schema 1 or 2"),
+        (b'{"type":"meta","schema":true,"counter":0}\n', "schema True"),
     ],
 )
 def test_import_needs_a_meta_line_of_this_schema(tmp_path: Path, data: bytes, message: str) -> None:
@@ -575,10 +611,10 @@ def test_a_single_large_write_grows_the_map_as_often_as_it_needs(tmp_path: Path)
     index = LmdbIndex(tmp_path / "tiny", 1 * MiB)
     try:
         case = index.create_case(now=NOW)
-        index.record([Alias(AliasKind.MESSAGE, f"<{i}.{'y' * 60}@x>", case.case_id)
-                      for i in range(40_000)], now=NOW)  # ~5 MiB in one transaction
+        index.record([Alias(AliasKind.MESSAGE, f"<{i}@x>", case.case_id)
+                      for i in range(150_000)], now=NOW)  # ~6 MiB in one transaction
         assert index.map_info()["map_size"] >= 8 * MiB
-        assert maintenance.record_counts(index)["aliases"]["message"] == 40_000
+        assert maintenance.record_counts(index)["aliases"]["message"] == 150_000
     finally:
         index.close()
 
@@ -805,13 +841,15 @@ def test_a_failed_write_rolls_back_while_readers_spin(tmp_path: Path) -> None:
     index.close()
 
 
-def test_a_newer_schema_still_refuses_to_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schema", [1, SCHEMA_VERSION + 1])
+def test_an_index_of_another_schema_is_refused(tmp_path: Path, schema: int) -> None:
+    """Schema 1 stored alias keys in clear: this version cannot read it (README, Upgrading)."""
     path = tmp_path / "idx"
     LmdbIndex(path, MAP_SIZE).close()
     env = lmdb.open(str(path), max_dbs=MAX_DBS)
     with env.begin(write=True) as txn:
-        txn.put(META_SCHEMA, b"2", db=env.open_db(b"meta", txn=txn))
+        txn.put(META_SCHEMA, str(schema).encode(), db=env.open_db(b"meta", txn=txn))
     env.close()
-    with pytest.raises(SchemaMismatch, match="schema version 2"):
+    with pytest.raises(SchemaMismatch, match=f"schema version {schema}"):
         LmdbIndex(path, MAP_SIZE)
     os.stat(path / "data.mdb")  # untouched, still there

@@ -1,12 +1,18 @@
 """Encodings and rules both index implementations share, so they agree byte for byte.
 
-Alias keys are one kind byte (the `AliasKind` value) + the key's UTF-8 bytes (surrogateescape,
-since Message-IDs may carry raw 8-bit bytes). Over-long keys, keys that happen to start with the
-marker byte, and every PARTICIPANT key (an e-mail address: kept out of the file in clear) become
-the marker plus their SHA-256 digest, so a hashed key can never equal a plain one. The kind byte
-comes first, so each kind is its own namespace.
+Alias keys (schema 2) are one kind byte (the `AliasKind` value) + the first 16 bytes of the
+SHA-256 of the key's UTF-8 bytes (surrogateescape, since Message-IDs may carry raw 8-bit bytes):
+17 bytes whatever the key. Short fixed keys keep the tree small and shallow, and a copied index
+file no longer lists Message-IDs, subjects or addresses in clear. This pseudonymises, it does not
+anonymise: a known key can be hashed and looked up. 128 bits make an accidental collision
+negligible (about 10^-23 among 10^8 keys); a deliberate one with another's key would need a
+second preimage. The kind byte comes first, so each kind is its own namespace (prune scans by it).
 
-Counters (flood limits) are keyed by the SHA-256 of their key (a sender address) and hold a
+Schema 1 stored keys in clear, and as a marker byte + the full SHA-256 when hashed
+(participants, over-long keys): `alias_key_from_digest` turns such a digest into today's key, so
+a schema 1 export imports without the original keys.
+
+Counters (flood limits) are keyed by the full SHA-256 of their key (a sender address) and hold a
 fixed window: its start and its count.
 """
 
@@ -21,17 +27,15 @@ from typing import Any
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, is_valid_case_id
 
-# LMDB refuses keys over 511 bytes; stay well below it (the kind byte comes on top).
-MAX_PLAIN_KEY = 400
-HASHED_MARKER = b"\x00"
+ALIAS_DIGEST_SIZE = 16
 _U32_MAX = 0xFFFFFFFF
 _TIME = struct.Struct(">I")
 _WINDOW = struct.Struct(">II")  # window start, count
 NUMBER = struct.Struct(">Q")
 MAX_NUMBER = (1 << 64) - 1
-# Always hashed: SHA-256 pseudonymises, it does not anonymise (addresses can be guessed and
-# tried), but a copied index file no longer lists who wrote to whom.
-_ALWAYS_HASHED = frozenset({AliasKind.PARTICIPANT})
+# A StrEnum member hashes as its value: "m" and AliasKind.MESSAGE both find the prefix, and the
+# lookup (on every find) skips the enum constructor.
+_KIND_PREFIX: dict[str, bytes] = {kind: kind.value.encode("ascii") for kind in AliasKind}
 
 
 def _digest(raw: bytes) -> bytes:
@@ -40,13 +44,20 @@ def _digest(raw: bytes) -> bytes:
 
 def alias_key(kind: AliasKind, key: str) -> bytes:
     """The index key of an alias (keys arrive normalised by the core)."""
-    kind = AliasKind(kind)  # a plain "m" is fine, anything else is a ValueError
+    prefix = _KIND_PREFIX.get(kind)
+    if prefix is None:
+        raise ValueError(f"unknown alias kind {kind!r}")
     if not key:
-        raise ValueError(f"empty {kind.name} alias key")
-    raw = key.encode("utf-8", "surrogateescape")
-    if kind in _ALWAYS_HASHED or len(raw) > MAX_PLAIN_KEY or raw.startswith(HASHED_MARKER):
-        raw = HASHED_MARKER + _digest(raw)
-    return kind.value.encode("ascii") + raw
+        raise ValueError(f"empty {AliasKind(kind).name} alias key")
+    return prefix + _digest(key.encode("utf-8", "surrogateescape"))[:ALIAS_DIGEST_SIZE]
+
+
+def alias_key_from_digest(kind: AliasKind, digest: bytes) -> bytes:
+    """The key of an alias known only by its digest: the 16 bytes `alias_key` keeps, or the
+    full SHA-256 a schema 1 index stored for a hashed key (which starts with those 16)."""
+    if len(digest) not in (ALIAS_DIGEST_SIZE, 32):
+        raise ValueError(f"an alias digest is {ALIAS_DIGEST_SIZE} or 32 bytes, not {len(digest)}")
+    return AliasKind(kind).value.encode("ascii") + digest[:ALIAS_DIGEST_SIZE]
 
 
 def encode_alias(case_id: str, now: int) -> bytes:

@@ -34,7 +34,7 @@ from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 log = logging.getLogger("casethread")
 
 # 2: alias keys are kind byte + 16-byte digest (keys.alias_key); 1 stored them in clear.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_SCHEMA = b"schema"  # ASCII decimal
 META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
 # One slot per concurrent read transaction in all processes: SMTP sessions plus CLI runs.
@@ -303,9 +303,13 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
             if raw is None:
                 txn.put(META_SCHEMA, str(SCHEMA_VERSION).encode(), db=shared.meta)
             elif raw != str(SCHEMA_VERSION).encode():
+                found = raw.decode(errors="replace")
+                older = found.isdigit() and int(found) < SCHEMA_VERSION
                 raise SchemaMismatch(
-                    f"case index {path} has schema version {raw.decode(errors='replace')}; "
-                    f"this casethread reads version {SCHEMA_VERSION}: use a newer casethread"
+                    f"case index {path} has schema version {found}; this casethread reads "
+                    f"version {SCHEMA_VERSION}: "
+                    + ("export it with the casethread that wrote it and import it here (README, "
+                       "Upgrading)" if older else "use a newer casethread")
                 )
     except BaseException:
         env.close()

@@ -14,15 +14,16 @@ a late reply still finds its case. Flood counters whose window has passed go too
 
 Export format, one JSON object per line (UTF-8)::
 
-    {"type":"meta","schema":1,"counter":42}
+    {"type":"meta","schema":2,"counter":42}
     {"type":"case","id":"C-000001","number":1,"state":"open","queue":"support",...}
-    {"type":"alias","kind":"m","key":"<id@example.org>","case":"C-000001","recorded":1700000000}
-    {"type":"alias","kind":"p","key":{"hash":"9f86..."},"case":"C-000001","recorded":...}
+    {"type":"alias","kind":"m","key":{"hash":"9f86d081884c7d659a2feaa0c55ad015"},"case":...}
     {"type":"counter","key":{"hash":"..."},"start":1700000000,"count":3}
 
-A key stored hashed (participants, counters, over-long keys) exports as `{"hash": hex}` and
-imports back byte for byte; a key that is not UTF-8 exports as `{"bytes": hex}`. A plain string
-key imports through the index's own key rules, so a hand-written participant is hashed.
+The index stores alias keys only as digests (`keys.alias_key`), so the export cannot name the
+Message-IDs, subjects or addresses: every alias key exports as `{"hash": hex}` and imports back
+byte for byte. To import, a key may also be written in clear (a string, or `{"bytes": hex}` for
+one that is not UTF-8): it is hashed as the index would. An export of a schema 1 index (keys in
+clear, hashed ones as a 64-digit SHA-256) imports too, re-keyed to schema 2.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ KIND_NAMES: dict[AliasKind, str] = {
 EXPIRING_KINDS = (AliasKind.MESSAGE, AliasKind.SUBJECT)
 EXPORT_KINDS = ("case", *KIND_NAMES.values(), "counter")
 
-_HASHED_LEN = len(keys.HASHED_MARKER) + 32  # marker + SHA-256
+# Exports this version imports: its own, and schema 1 (alias keys re-keyed on import).
+IMPORTABLE_SCHEMAS = (1, SCHEMA_VERSION)
 _U32_MAX = 0xFFFFFFFF
 
 if TYPE_CHECKING:
@@ -379,15 +381,6 @@ def prune(
 # --- export ----------------------------------------------------------------------------------
 
 
-def _key_json(raw: bytes) -> str | dict[str, str]:
-    if len(raw) == _HASHED_LEN and raw.startswith(keys.HASHED_MARKER):
-        return {"hash": raw[len(keys.HASHED_MARKER) :].hex()}
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"bytes": raw.hex()}
-
-
 def case_json(record: CaseRecord) -> dict[str, Any]:
     return {
         "type": "case",
@@ -421,7 +414,7 @@ def _export_lines(txn: Txn, db: SharedEnv, wanted: Collection[str]) -> Iterator[
                     continue
                 hit = keys.decode_alias(value)
                 yield {
-                    "type": "alias", "kind": kind.value, "key": _key_json(key[1:]),
+                    "type": "alias", "kind": kind.value, "key": {"hash": key[1:].hex()},
                     "case": hit.case_id, "recorded": hit.recorded,
                 }
     if "counter" in wanted:
@@ -512,18 +505,12 @@ def _parse_case(obj: dict[str, Any]) -> _Put:
     return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number)
 
 
-def _hash_hex(value: dict[str, Any]) -> bytes:
-    digest = bytes.fromhex(str(value["hash"]))
-    if len(digest) != 32:
-        raise ValueError("a hashed key is 64 hex digits (SHA-256)")
-    return digest
-
-
 def _alias_key(kind: AliasKind, key: Any) -> bytes:
     if isinstance(key, str):
         return keys.alias_key(kind, key)
     if isinstance(key, dict) and set(key) == {"hash"}:
-        return kind.value.encode("ascii") + keys.HASHED_MARKER + _hash_hex(key)
+        # 32 hex digits as exported, or a schema 1 export's 64 (the full SHA-256).
+        return keys.alias_key_from_digest(kind, bytes.fromhex(str(key["hash"])))
     if isinstance(key, dict) and set(key) == {"bytes"}:
         raw = bytes.fromhex(str(key["bytes"]))
         return keys.alias_key(kind, raw.decode("utf-8", "surrogateescape"))
@@ -546,7 +533,9 @@ def _parse_counter(obj: dict[str, Any]) -> _Put:
     if isinstance(key, str):
         raw = keys.counter_key(key)
     elif isinstance(key, dict) and set(key) == {"hash"}:
-        raw = _hash_hex(key)
+        raw = bytes.fromhex(str(key["hash"]))
+        if len(raw) != 32:
+            raise ValueError("a hashed counter key is 64 hex digits (SHA-256)")
     else:
         raise ValueError('a counter key is a string or {"hash": HEX}')
     window = keys.Window(_int(obj, "start", 0, _U32_MAX), _int(obj, "count", 0, _U32_MAX))
@@ -593,10 +582,10 @@ def _validate(source: Iterable[bytes]) -> _Parsed:
             if parsed.counter is not None:
                 raise BadImport(f"line {number}: a second meta line")
             schema = item.get("schema")
-            if schema != SCHEMA_VERSION:
+            if type(schema) is not int or schema not in IMPORTABLE_SCHEMAS:
                 raise BadImport(
                     f"line {number}: exported with index schema {schema!r}; this casethread "
-                    f"reads schema {SCHEMA_VERSION}"
+                    f"imports schema {' or '.join(map(str, IMPORTABLE_SCHEMAS))}"
                 )
             try:
                 parsed.counter = _int(item, "counter")
@@ -614,7 +603,10 @@ def _validate(source: Iterable[bytes]) -> _Parsed:
             parsed.numbers[item.number] = case_id
             parsed.case_numbers[case_id] = item.number
     if parsed.counter is None:
-        raise BadImport('no meta line ({"type":"meta","schema":1,...}): not a casethread export')
+        raise BadImport(
+            f'no meta line ({{"type":"meta","schema":{SCHEMA_VERSION},...}}): not a casethread '
+            "export"
+        )
     return parsed
 
 
@@ -686,7 +678,8 @@ def import_lines(
     """Import an export. `source` is called twice: the whole file is checked before anything
     is written, so a malformed file or a refused merge changes nothing.
 
-    Into an empty index the result is byte-identical to the exported one. A non-empty index
+    Into an empty index the result is byte-identical to the exported one (a schema 1 export
+    gets schema 2 alias keys, so the same lookups find the same records). A non-empty index
     is refused unless `merge`: then the newer of two records wins (cases by `updated`, aliases
     by `recorded`, counters by window start), and a case whose id or number would clash with a
     different case refuses the whole import.
