@@ -522,6 +522,10 @@ _RULES: dict[str, _Rule] = {
         check=_int_range(1, 3600),
         doc="libmilter I/O timeout: seconds to wait on a silent MTA connection (1-3600).",
     ),
+    "milter.drain_timeout": _Rule(
+        check=_int_range(0, 3600),
+        doc="On SIGTERM: seconds the messages under way may take to finish (0-3600).",
+    ),
     "milter.log_level": _Rule(doc="debug, info, warning or error."),
     "milter.log_target": _Rule(
         doc="stderr (the journal under systemd) or syslog (facility mail, via /dev/log)."

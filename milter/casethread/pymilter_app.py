@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ import Milter
 from .core.case_headers import CaseHeaderNames, strip_ours
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
+from .core.model import Direction
 from .core.settings import OnError
 from .core.stamp import iter_spliced
 from .engine import Engine
@@ -77,17 +79,41 @@ def _guarded(callback: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class InFlight:
+    """Connections open and messages under way (MAIL FROM until end of message or abort), shared
+    by every connection: a stop waits for the messages to finish (service.py)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # callbacks run on libmilter's worker threads
+        self.connections = 0
+        self.messages = 0
+
+    def add(self, connections: int = 0, messages: int = 0) -> None:
+        with self._lock:
+            self.connections += connections
+            self.messages += messages
+
+
 class CaseMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection (pymilter calls `Milter.factory` per connection)."""
 
-    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics | None = None, inflight: InFlight | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self._inflight = inflight or InFlight()
+        self._connected = False
+        self._in_message = False
         self._client: str | None = None
         self._body = BodySpool(engine.settings.stamp.spool_threshold)
         self._reset()
 
     def _reset(self) -> None:
+        """Ends the message under way, if any: every path out of a message comes here."""
+        if self._in_message:
+            self._in_message = False
+            self._inflight.add(messages=-1)
         self._edited = False
         self._mail_from = ""
         self._rcpts: list[str] = []
@@ -96,6 +122,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._daemon: str | None = None
         self._body.close()  # empties it, and frees a spooled file
         self._body_room = 0
+        self._direction: Direction | None = None  # classified at end of headers
         self._failed = False
 
     def _envelope(self) -> Envelope:
@@ -123,6 +150,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @no_reply
     @_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if not self._connected:
+            self._connected = True
+            self._inflight.add(connections=1)
         # For non-SMTP submissions (sendmail(1)) the MTA gives no address.
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self._client = str(hostaddr[0])
@@ -132,6 +162,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._reset()
+        self._in_message = True
+        self._inflight.add(messages=1)
         self._mail_from = mail_from
         self._auth = self.getsymval("{auth_authen}") or None
         self._daemon = self.getsymval("{daemon_name}") or None
@@ -157,8 +189,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @no_reply
     @_guarded
     def eoh(self) -> int:
-        direction = self.engine.classify(Message(self._envelope(), ()))
-        self._body_room = self.engine.body_wanted(direction)
+        self._direction = self.engine.classify(Message(self._envelope(), ()))
+        self._body_room = self.engine.body_wanted(self._direction)
         return int(Milter.CONTINUE)
 
     @_guarded
@@ -182,14 +214,17 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             return reply_for(self.engine.settings.milter.on_error)
         body = self._body.data()
         msg = Message(self._envelope(), tuple(self._headers), body)
-        decision = self.engine.process(msg)
+        decision = self.engine.process(msg, self._direction)
+        # Logged before the edits go out: from the first body chunk to our final reply the
+        # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with
+        # milter_default_action = accept), so nothing else happens in between.
+        log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())
+        if self.metrics is not None:
+            self.metrics.observe(decision, time.monotonic() - started)
         self._apply(decision.edits)
         if decision.body_splices:
             for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):
                 self.replacebody(chunk)
-        log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())
-        if self.metrics is not None:
-            self.metrics.observe(decision, time.monotonic() - started)
         self._reset()
         return int(Milter.CONTINUE)
 
@@ -200,7 +235,10 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def close(self) -> int:
-        self._body.close()
+        self._reset()  # also frees the body spool
+        if self._connected:
+            self._connected = False
+            self._inflight.add(connections=-1)
         return int(Milter.CONTINUE)
 
     def _strip_forged(self) -> None:

@@ -2,18 +2,22 @@
 
 We run libmilter's loop ourselves instead of `Milter.runmilter` because the listening socket
 needs attention between `opensocket` and `main`, which runmilter does not allow: a unix socket
-its permissions, a TCP socket TCP_NODELAY (see sockopts.py).
+its permissions, a TCP socket TCP_NODELAY (see sockopts.py). And in a thread of its own, so the
+main thread can take the signals: SIGUSR1 reloads, a stop signal drains before libmilter stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -27,8 +31,8 @@ from .engine import Engine
 from .index import open_index
 from .keyfile import keyring_for
 from .metrics import Metrics
-from .pymilter_app import CaseMilter, reply_for
-from .sockopts import set_listen_nodelay
+from .pymilter_app import CaseMilter, InFlight, reply_for
+from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listening
 
 log = logging.getLogger("casethread")
 
@@ -109,44 +113,125 @@ def _reload(current: _Current, load: Callable[[], Settings]) -> None:
     log.info("reloaded configuration")
 
 
-def _start_reloader(current: _Current, load: Callable[[], Settings]) -> None:
-    """Reload on SIGUSR1, as OpenDKIM does: libmilter's own signal thread takes SIGHUP, SIGTERM
-    and SIGINT to mean "stop". The main thread sits inside libmilter's C loop, where no Python
-    signal handler runs, so the signal reaches us through Python's wakeup fd instead."""
-    receiver, sender = socket.socketpair()
-    sender.setblocking(False)
-    signal.signal(signal.SIGUSR1, lambda _sig, _frame: None)
-    signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+# Each means "stop": libmilter's own signal thread takes these three the same way.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+_MILTER_ENDED = 0  # not a signal number: the milter thread sends it when libmilter returns
+_DRAIN_POLL = 0.1  # seconds between looks at the messages in flight while draining
 
-    def wait_for_signals() -> None:
-        with receiver, sender:  # the wakeup fd must stay open as long as the process runs
-            while data := receiver.recv(64):
-                if signal.SIGUSR1 in data:
-                    _reload(current, load)
 
-    # libmilter's signal thread sigwait()s for these; a thread of ours that left them unblocked
-    # could be handed SIGTERM, whose default action kills the process without a clean stop.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-    threading.Thread(target=wait_for_signals, name="casethread-reload", daemon=True).start()
+class _Wakeups:
+    """What the main thread waits for: signals, and the end of the milter thread.
+
+    Python runs signal handlers only in the main thread; the C part of a handler writes the
+    signal number to Python's wakeup fd from whichever thread the kernel chose, so a wait on
+    that fd misses none. The handlers themselves do nothing."""
+
+    def __init__(self, signals: frozenset[int]) -> None:
+        self._receiver, self._sender = socket.socketpair()
+        self._sender.setblocking(False)
+        for signum in signals:
+            signal.signal(signum, lambda _sig, _frame: None)
+        signal.set_wakeup_fd(self._sender.fileno(), warn_on_full_buffer=False)
+
+    def milter_ended(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full buffer already wakes the reader
+            self._sender.send(bytes([_MILTER_ENDED]))
+
+    def wait(self, timeout: float | None = None) -> bytes:
+        """What arrived (signal numbers, _MILTER_ENDED); empty after `timeout` seconds."""
+        ready, _, _ = select.select([self._receiver], [], [], timeout)
+        return self._receiver.recv(64) if ready else b""
+
+    def close(self) -> None:
+        """Detach from the wakeup fd before closing it (its number could be reused); the
+        handlers stay, so a late signal is ignored rather than ending the clean-up."""
+        signal.set_wakeup_fd(-1)
+        self._receiver.close()
+        self._sender.close()
+
+
+def _drain(wakeups: _Wakeups, inflight: InFlight, listener: Listener | None,
+           timeout: float) -> None:
+    """Refuse new connections, then wait until no message is under way, `timeout` seconds or
+    another stop signal, whichever comes first."""
+    refused = listener is not None and stop_listening(listener)
+    started = time.monotonic()
+    log.info(
+        "stopping: %s; waiting up to %g s for %d message(s) in flight on %d connection(s)",
+        "new connections refused" if refused else "listening socket not found, still accepting",
+        timeout, inflight.messages, inflight.connections,
+    )
+    while inflight.messages > 0:
+        left = started + timeout - time.monotonic()
+        if left <= 0:
+            log.warning("drain timed out after %g s: %d message(s) still in flight are cut",
+                        timeout, inflight.messages)
+            return
+        if STOP_SIGNALS.intersection(wakeups.wait(min(left, _DRAIN_POLL))):
+            log.warning("second stop signal: stopping now, %d message(s) in flight are cut",
+                        inflight.messages)
+            return
+    log.info("drained in %.1f s", time.monotonic() - started)
+
+
+def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFlight,
+         listener: Listener | None) -> None:
+    """Serve until a stop signal, then drain and stop; SIGUSR1 reloads (`load`).
+
+    libmilter runs in a thread of its own, so the main thread stays free for Python's signal
+    handlers. libmilter blocks SIGHUP, SIGTERM and SIGINT in that thread (and so in every thread
+    it starts) and sigwait()s for them in its signal thread, which on any of them would stop
+    libmilter at once (smfi_stop), cutting the sessions in flight. Linux hands a signal sent
+    to the process to its main thread whenever that thread does not block it and has no other
+    signal pending, so the signal comes here instead. Two signals in quick succession may still
+    reach libmilter's thread: that stops at once, which is what a second signal asks anyway."""
+    signals = (STOP_SIGNALS | {signal.SIGUSR1}) if load is not None else STOP_SIGNALS
+    wakeups = _Wakeups(signals)
+    failure: list[BaseException] = []
+
+    def run_milter() -> None:
+        try:
+            milter.main()
+        except BaseException as exc:  # re-raised in the main thread
+            failure.append(exc)
+        finally:
+            wakeups.milter_ended()
+
+    runner = threading.Thread(target=run_milter, name="casethread-milter")
+    runner.start()
+    try:
+        while _MILTER_ENDED not in (got := wakeups.wait()):
+            if STOP_SIGNALS.intersection(got):
+                _drain(wakeups, inflight, listener, current.engine.settings.milter.drain_timeout)
+                break
+            if load is not None and signal.SIGUSR1 in got:
+                _reload(current, load)
+    finally:
+        if runner.is_alive():
+            milter.stop()  # returns once libmilter's listener sees it (up to ~5 s)
+        runner.join()
+        wakeups.close()
+    if failure:
+        raise failure[0]
 
 
 def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
-    """Run the milter until SIGTERM/SIGINT (libmilter's signal thread stops the loop).
+    """Run the milter until SIGTERM, SIGINT or SIGHUP: new connections are then refused and
+    the messages under way finish (up to `milter.drain_timeout`) before it stops.
 
     `load` re-reads the configuration on SIGUSR1 (`systemctl reload`).
     """
     index = open_index(settings)
     metrics: Metrics | None = None
+    inflight = InFlight()
     try:
         current = _Current(Engine(settings, index, keyring_for(settings)))
-        if load is not None:
-            _start_reloader(current, load)
         listen = settings.milter.metrics_listen
         if listen is not None:
             metrics = Metrics(index)
             metrics.start(listen)
             log.info("metrics on http://%s/metrics", listen)
-        Milter.factory = lambda: CaseMilter(current.engine, metrics)
+        Milter.factory = lambda: CaseMilter(current.engine, metrics, inflight)
         # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
         milter.set_exception_policy(reply_for(settings.milter.on_error))
         _register_callbacks()
@@ -160,15 +245,19 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
         path = _unix_socket_path(spec)
         if path:
             _set_socket_access(path, settings.milter.socket_mode, settings.milter.socket_group)
+        listener = find_listener(port, path)
         log.info(
             "listening on %s, index %s, on_error=%s, pid %d",
             spec, settings.index.path, settings.milter.on_error, os.getpid(),
         )
         sys.stderr.flush()
-        milter.main()
+        _run(current, load, inflight, listener)
         log.info("stopped")
         return 0
     finally:
         if metrics is not None:
             metrics.stop()
-        index.close()
+        # After a drain that timed out, callbacks may still be inside the index: leave it to
+        # the exit (LMDB stays consistent without a close) rather than close it under them.
+        if inflight.messages == 0:
+            index.close()

@@ -1,11 +1,16 @@
-"""TCP_NODELAY for libmilter's listening socket.
+"""libmilter's listening socket, found among our file descriptors: TCP_NODELAY, and the stop.
 
-libmilter writes each reply (and the several end-of-message modification packets) with its own
-write(2) and never sets TCP_NODELAY, so over TCP a small write can wait for the MTA's delayed
-ACK (~40 ms on Linux). libmilter gives no handle to its socket, but it lives in this process:
-after `milter.opensocket()` it can be found among our file descriptors. On Linux an accepted
-socket inherits TCP_NODELAY from its listening socket, so setting it once on the listener
-covers every MTA connection. Unix sockets have no Nagle algorithm and are left alone.
+libmilter gives no handle to its socket, but it lives in this process: after
+`milter.opensocket()` it can be found among our file descriptors.
+
+TCP_NODELAY: libmilter writes each reply (and the several end-of-message modification packets)
+with its own write(2) and never sets TCP_NODELAY, so over TCP a small write can wait for the
+MTA's delayed ACK (~40 ms on Linux). On Linux an accepted socket inherits TCP_NODELAY from its
+listening socket, so setting it once on the listener covers every MTA connection. Unix sockets
+have no Nagle algorithm and are left alone.
+
+The stop: `stop_listening` makes the socket refuse new connections while libmilter keeps
+serving the ones it has (see there).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 log = logging.getLogger("casethread")
 
@@ -49,6 +55,13 @@ def _is_tcp_listener(sock: socket.socket, port: int | None) -> bool:
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return False
     return port is None or sock.getsockname()[1] == port
+
+
+def _is_unix_listener(sock: socket.socket, path: str) -> bool:
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        return False
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) and \
+        sock.getsockname() == path
 
 
 def _listener_fds() -> list[int]:
@@ -89,3 +102,52 @@ def set_listen_nodelay(port: int | None = None) -> int:
     if changed:
         log.debug("TCP_NODELAY set on %d listening socket(s)", changed)
     return changed
+
+
+@dataclass(frozen=True)
+class Listener:
+    """libmilter's listening socket: its descriptor, and the inode that tells it is still there."""
+
+    fd: int
+    inode: int
+
+
+def find_listener(port: int | None = None, path: str | None = None) -> Listener | None:
+    """libmilter's listening socket: TCP on `port`, or unix at `path` (as bound). Call it after
+    `milter.opensocket()`. None when there is not exactly one, or /proc cannot be read."""
+    found: list[Listener] = []
+    try:
+        for fd in _listener_fds():
+            with _dup_socket(fd) as sock:
+                if sock is None:
+                    continue
+                if (port is not None and _is_tcp_listener(sock, port)) or (
+                    path is not None and _is_unix_listener(sock, path)
+                ):
+                    found.append(Listener(fd, os.fstat(sock.fileno()).st_ino))
+    except OSError as exc:
+        log.warning("cannot find the milter's listening socket: %s", exc)
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def stop_listening(listener: Listener) -> bool:
+    """Refuse new connections from now on, while libmilter goes on serving those it has.
+
+    smfi_stop would end those too: libmilter's worker pool quits at once, cutting the sessions
+    in flight. So libmilter is left running and its descriptor is pointed (dup2, atomic) at an
+    idle listener of ours on an address nobody knows: libmilter's loop goes on polling it and
+    finds nothing; an accept() already under way gets EAGAIN, which libmilter retries silently.
+    The real socket is then shut down: connecting is refused at once (the MTA applies its
+    milter default action) and connections not yet accepted are reset. Returns False, changing
+    nothing, when `listener.fd` no longer names that socket."""
+    with _dup_socket(listener.fd) as real:
+        if real is None or os.fstat(real.fileno()).st_ino != listener.inode:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.bind("")  # Linux autobind: an abstract address of the kernel's choosing
+            idle.listen(1)
+            idle.setblocking(False)
+            os.dup2(idle.fileno(), listener.fd, inheritable=False)
+        real.shutdown(socket.SHUT_RDWR)
+    return True

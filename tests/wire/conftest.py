@@ -72,10 +72,11 @@ class MilterProcess:
                     ) from None
                 time.sleep(0.05)
 
-    def send_term(self) -> None:
+    def send_term(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        """The stop signal (SIGTERM, or SIGINT/SIGHUP), once: a second one means "stop now"."""
         if self.term_sent_at is None and self.proc.poll() is None:
             self.term_sent_at = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signum)
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> tuple[int, float]:
         """SIGTERM (once) and wait; returns (exit status, seconds since the signal).

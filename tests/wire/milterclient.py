@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,8 +226,11 @@ class MtaSession:
         mail_macros: Macros | None = None,
         rcpt_macros: Macros | None = None,
         eom_macros: Macros | None = None,
+        midway: Callable[[], None] | None = None,
     ) -> Transaction:
         """One message; stops at the first reply that is not CONTINUE, as the MTA would.
+
+        `midway` is called after the headers, before EOH: with the message under way.
 
         miltertest's `send_body` raises on a non-CONTINUE body reply rather than returning it.
         """
@@ -254,6 +257,8 @@ class MtaSession:
             for n, (name, value) in enumerate(headers):
                 if not ok(f"header{n}", self._header(name, value)):
                     return t
+        if midway is not None:
+            midway()
         if not self.skips(c.SMFIP_NOEOH) and not ok("eoh", self._step(c.SMFIC_EOH)):
             return t
         if body and not self.skips(c.SMFIP_NOBODY) and not ok("body", self._body(body)):

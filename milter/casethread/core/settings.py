@@ -30,6 +30,9 @@ class MilterSettings:
     # libmilter's I/O timeout: seconds to wait on a silent MTA connection. How long the MTA
     # waits for us is Postfix's milter_*_timeout.
     timeout: int = 60
+    # On SIGTERM: seconds the messages under way may take to finish before the milter stops
+    # anyway (new connections are refused at once). Below systemd's TimeoutStopSec, less ~5 s.
+    drain_timeout: int = 20
     log_level: LogLevel = "info"
     # Where log lines go: stderr (journald under systemd) or syslog (facility mail).
     log_target: Literal["stderr", "syslog"] = "stderr"
