@@ -745,6 +745,19 @@ class PostfixHarness:
     def maillog_tail(self, lines: int = 40) -> str:
         return "\n".join(self.maillog().splitlines()[-lines:])
 
+    def maillog_for(self, queue_id: str) -> list[str]:
+        """The maillog lines about one queue id: what Postfix did with that message."""
+        pattern = re.compile(rf"\b{re.escape(queue_id)}\b")
+        return [line for line in self.maillog().splitlines() if pattern.search(line)]
+
+    def queue_listing(self) -> str:
+        """`postqueue -p`: the messages still in this instance's queue, and why."""
+        result = subprocess.run(
+            [find_sbin("postqueue") or "postqueue", "-c", str(self.config_dir), "-p"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        return (result.stdout + result.stderr).strip()
+
 
 def port_listening(port: int) -> bool:
     """Whether a TCP socket listens on `port`, read from /proc/net/tcp.

@@ -8,6 +8,7 @@ inbound port. Every assertion is on what the receiver got.
 from __future__ import annotations
 
 import base64
+import smtplib
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -165,14 +166,21 @@ def test_postfix_added_message_id_is_recorded(
 
 
 @BOTH_SOCKETS
-def test_mail_flows_untouched_when_the_milter_is_dead(
-    postfix: PostfixHarness, casethread: Casethread
+def test_mail_is_refused_while_the_milter_is_dead(
+    postfix: PostfixHarness, casethread: Casethread, milter_factory: MilterFactory,
+    milter_socket: MilterSocket,
 ) -> None:
+    """milter_default_action = tempfail (contrib): a 451 while casethread is down, so nothing
+    passes unfiltered (forged X-Case-* fields included); the re-sent message is filtered."""
     casethread.proc.kill()
     raw = reply(["X-Case-ID: C-999999"])
+    with pytest.raises(smtplib.SMTPResponseException) as refused:
+        postfix.send(raw, CUSTOMER, [SUPPORT])
+    assert refused.value.smtp_code == 451, refused.value
+    assert postfix.received == []
+    milter_factory(casethread.proc.argv, None, milter_socket, cwd=casethread.config.parent)
     got = send_inbound(postfix, raw)
-    assert got.without() == strip_headers(raw, ())
-    assert "C-999999" in (got.header("X-Case-ID") or "")
+    assert got.get_all("X-Case-ID") == ["C-000001"] and got.header("X-Case-Match") == "new"
 
 
 def test_outlook_reply_with_only_a_thread_index(

@@ -7,6 +7,7 @@ both socket kinds, and Message-ID handling with and without local header rewriti
 
 from __future__ import annotations
 
+import smtplib
 import sys
 from pathlib import Path
 
@@ -98,8 +99,9 @@ def test_submission_port_passes_originating(
 
 
 @BOTH_SOCKETS
-def test_mail_flows_unchanged_when_the_milter_is_killed(
-    postfix: PostfixHarness, tiny_milter: MilterProcess, milter_socket: MilterSocket
+def test_mail_is_refused_while_the_milter_is_killed(
+    postfix: PostfixHarness, tiny_milter: MilterProcess, milter_socket: MilterSocket,
+    milter_factory: MilterFactory,
 ) -> None:
     first = message("<before-kill@client.example>")
     postfix.send(first, SENDER, [RCPT])
@@ -108,12 +110,17 @@ def test_mail_flows_unchanged_when_the_milter_is_killed(
 
     assert tiny_milter.kill() == -9
     second = message("<after-kill@client.example>", subject=b"after kill")
+    # milter_default_action = tempfail (contrib): a 451, nothing queued; the client retries.
+    with pytest.raises(smtplib.SMTPResponseException) as refused:
+        postfix.send(second, SENDER, [RCPT])
+    assert refused.value.smtp_code == 451, refused.value
+    assert f"connect to Milter service {milter_socket.postfix}" in postfix.maillog()
+    assert len(postfix.received) == 1
+    milter_factory(tiny_milter.argv, None, milter_socket, kill_at_teardown=True)
     postfix.send(second, SENDER, [RCPT])
     after = postfix.wait_for(2)[1]
-    assert not any(after.get_all(name) for name in SEEN)
-    assert after.without() == second
-    # The milter was configured and tried; milter_default_action = accept let mail pass.
-    assert f"connect to Milter service {milter_socket.postfix}" in postfix.maillog()
+    assert after.header("X-Seen-Daemon") == MYHOSTNAME
+    assert after.without(SEEN) == second
 
 
 @pytest.mark.parametrize("rewrite", [True, False], ids=["default-rewrite", "no-rewrite"])
@@ -157,7 +164,7 @@ def test_rendered_config_is_the_contrib_config(
     postfix: PostfixHarness, milter_socket: MilterSocket
 ) -> None:
     documented = parse_main_cf((CONTRIB_POSTFIX / "main.cf").read_text())
-    assert documented["milter_default_action"] == "accept"
+    assert documented["milter_default_action"] == "tempfail"
     assert "{daemon_name}" in documented["milter_mail_macros"].split()
     for name, value in documented.items():
         expected = milter_socket.postfix if name == "smtpd_milters" else value
