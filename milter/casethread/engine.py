@@ -19,7 +19,7 @@ from .core.decision import Decision
 from .core.direction import Classifier
 from .core.edits import Edit
 from .core.message import Message
-from .core.model import Alias, AliasKind, CaseRecord, Direction
+from .core.model import Alias, AliasKind, CaseRecord, CounterBump, Direction
 from .core.resolve import Evidence, Resolver, participant_key, subject_participant_key
 from .core.routing import Route, Router
 from .core.settings import Settings
@@ -114,7 +114,8 @@ class Engine:
         ev = self._resolver.evidence(msg, self.index, now)
         auto, why = autoreply.classify_auto_detail(msg)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
-        loop = self._flooding(ev.sender, now)
+        bumps = self._flood_bumps(ev.sender)
+        loop = self._flooding(bumps, now)
         if loop:
             ev.trace.append(f"loop: {ev.sender} sent more than the flood limit")
         own_id = msgid.first_id(msg.get("Message-ID"))
@@ -127,6 +128,7 @@ class Engine:
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=ev.is_participant(case.case_id),
             )
+            self.index.record((), now, bumps)
             return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve(ev)
         if hit is not None and hit.match != "external-ref":
@@ -149,7 +151,7 @@ class Engine:
             sender_known = any(ev.is_participant(case_id) for case_id in named)
             outcomes = [self._carry_out(t, now, route) for t in targets]
             match = hit.match
-        self._record(msg, ev, own_id, [o.case_id for o in outcomes], now)
+        self._record(msg, ev, own_id, [o.case_id for o in outcomes], now, bumps)
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known, token_invalid=ev.token_invalid)
         return self._inbound_decision(msg, verdict, ev.trace)
@@ -164,11 +166,17 @@ class Engine:
             auto=verdict.auto,
         )
 
-    def _flooding(self, sender: str | None, now: int) -> bool:
+    def _flood_bumps(self, sender: str | None) -> list[CounterBump]:
         if sender is None:
-            return False
-        flood = self.settings.inbound.flood
-        return self.index.bump_counter(f"flood {sender}", now, flood.window) > flood.limit
+            return []
+        return [CounterBump(f"flood {sender}", self.settings.inbound.flood.window)]
+
+    def _flooding(self, bumps: list[CounterBump], now: int) -> bool:
+        """Whether this message is over the flood limit. It is counted at the end, with the
+        message's other writes (one commit): senders racing each other may pass the limit by
+        the messages in flight, a sequence of them never does."""
+        limit = self.settings.inbound.flood.limit
+        return any(self.index.next_count(b.key, now, b.window) > limit for b in bumps)
 
     def _new_case(self, now: int, queue: str, related: str | None = None) -> inbound.CaseOutcome:
         case = self.index.create_case(now, queue=queue)
@@ -186,17 +194,21 @@ class Engine:
                 changed = replace(changed, queue=route.queue)
             return changed
 
-        case = self.index.modify_case(case.case_id, change) or case
+        planned = change(case)
+        if planned is not None and planned != case:  # most replies change nothing: no write
+            case = self.index.modify_case(case.case_id, change) or case
         state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
         return inbound.CaseOutcome(case.case_id, state, case.queue)
 
     def _record(self, msg: Message, ev: Evidence, own_id: str | None, case_ids: list[str],
-                now: int) -> None:
+                now: int, bumps: list[CounterBump]) -> None:
         if not case_ids:
+            self.index.record((), now, bumps)
             return
         raw = thread_index.decode(msg.get("Thread-Index") or "")
         root = thread_index.root_of(raw) if raw is not None else None
-        self.index.record(self._aliases(msg, case_ids, own_id, root, ev.new_external), now)
+        self.index.record(self._aliases(msg, case_ids, own_id, root, ev.new_external), now,
+                          bumps)
 
     # -- outbound -----------------------------------------------------------------------------
 

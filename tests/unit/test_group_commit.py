@@ -1,5 +1,6 @@
-"""LMDB group commit: concurrent writes share one transaction and one commit, and each writer
-still gets its own result, its own error and its own rollback."""
+"""LMDB commits: concurrent writes share one transaction and one commit (each writer still
+gets its own result, its own error and its own rollback), and one message commits as few times
+as it can."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typing import Any
 import lmdb
 import pytest
 
+from casethread.core.message import Envelope, Header, Message
 from casethread.core.model import Alias, AliasKind
+from casethread.core.settings import Settings
+from casethread.core.token import Keyring
+from casethread.engine import Engine
 from casethread.index import LmdbIndex
 from casethread.index.lmdb_index import SharedEnv
 
@@ -151,3 +156,55 @@ def test_a_lone_writer_commits_each_write_at_once(index: LmdbIndex) -> None:
     for n in range(3):
         _record(index, n)()
     assert _last_txnid(index) == before + 3
+
+
+# --- what one message costs: write transactions per message through the engine ------------
+
+
+def _engine(index: LmdbIndex, tmp_path: Path) -> Engine:
+    base = Settings()
+    settings = replace(
+        base,
+        index=replace(base.index, path=str(tmp_path / "index")),
+        inbound=replace(base.inbound, addresses=("support@example.com",)),
+    )
+    return Engine(settings, index, Keyring([(1, bytes(range(32)))]), clock=lambda: 1_700_000_000,
+                  hostname="mx.example.com")
+
+
+def _mail(direction: str, subject: str, message_id: str) -> Message:
+    customer, support = "pat@customer.example.org", "support@example.com"
+    envelope = (
+        Envelope(mail_from=support, rcpts=(customer,), client_address="127.0.0.1",
+                 daemon_name="ORIGINATING")
+        if direction == "out"
+        else Envelope(mail_from=customer, rcpts=(support,), client_address="192.0.2.7",
+                      daemon_name="mx.example.com")
+    )
+    sender, rcpt = (support, customer) if direction == "out" else (customer, support)
+    headers = (Header("From", sender), Header("To", rcpt), Header("Subject", subject),
+               Header("Message-ID", message_id))
+    return Message(envelope, headers, b"Hello.\r\n")
+
+
+def test_each_message_costs_the_fewest_commits(index: LmdbIndex, tmp_path: Path) -> None:
+    """Commits are what a message waits for (an fsync each): a new case needs its number
+    before the token is made (2), anything else writes once at the end (1)."""
+    engine = _engine(index, tmp_path)
+
+    def commits(msg: Message) -> tuple[int, str]:
+        before = _last_txnid(index)
+        decision = engine.process(msg)
+        return _last_txnid(index) - before, decision.match
+
+    first = _mail("out", "Your order", "<o1@example.com>")
+    before = _last_txnid(index)
+    tagged = engine.process(first)
+    assert (_last_txnid(index) - before, tagged.match) == (2, "new")
+    subject = next(e.value for e in tagged.edits if getattr(e, "name", "") == "Subject")
+    assert commits(_mail("out", subject, "<o2@example.com>")) == (1, "token")
+    # The first reply also gives the case its queue (a case change); later ones change nothing.
+    assert commits(_mail("in", "Re: " + subject, "<i0@customer.example.org>")) == (2, "token")
+    assert commits(_mail("in", "Re: " + subject, "<i1@customer.example.org>")) == (1, "token")
+    assert commits(_mail("in", "A new question", "<i2@customer.example.org>")) == (2, "new")
+    assert commits(_mail("in", "A new question", "<i2@customer.example.org>")) == (1, "duplicate")

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState
+from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import CaseSettings, IndexSettings, Settings
 from casethread.core.store import CaseIndex
 from casethread.index import (
@@ -385,6 +385,33 @@ def test_counters_lose_no_bump_under_threads(index: CaseIndex) -> None:
     # Every bump saw its own count: no two read the same value, none was lost.
     assert sorted(c for counts in seen for c in counts) == list(range(1, 1001))
     assert index.bump_counter("busy@example.org", now=501, window=HOUR) == 1001
+
+
+def test_next_count_looks_without_counting(index: CaseIndex) -> None:
+    assert index.next_count("a@example.org", now=1000, window=HOUR) == 1
+    assert index.next_count("a@example.org", now=1000, window=HOUR) == 1
+    index.bump_counter("a@example.org", now=1000, window=HOUR)
+    assert index.next_count("a@example.org", now=1001, window=HOUR) == 2
+    assert index.next_count("a@example.org", now=1000 + HOUR, window=HOUR) == 1  # expired
+
+
+def test_record_counts_its_bumps_with_the_aliases(index: CaseIndex) -> None:
+    case = index.create_case(now=1)
+    bump = CounterBump("flood a@example.org", HOUR)
+    index.record([Alias(AliasKind.MESSAGE, "<m@x>", case.case_id)], 1000, [bump])
+    index.record((), 1001, [bump, CounterBump("flood b@example.org", HOUR)])
+    assert index.case_for_message("<m@x>") == case.case_id
+    assert index.next_count("flood a@example.org", now=1002, window=HOUR) == 3
+    assert index.bump_counter("flood b@example.org", now=1002, window=HOUR) == 2
+
+
+def test_record_with_a_bad_bump_writes_nothing(index: CaseIndex) -> None:
+    case = index.create_case(now=1)
+    with pytest.raises(ValueError):
+        index.record([Alias(AliasKind.MESSAGE, "<m@x>", case.case_id)], 1000,
+                     [CounterBump("flood a@example.org", HOUR), CounterBump("b", 0)])
+    assert index.case_for_message("<m@x>") is None
+    assert index.next_count("flood a@example.org", now=1000, window=HOUR) == 1
 
 
 # --- shared encodings ------------------------------------------------------------------------

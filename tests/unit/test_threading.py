@@ -19,7 +19,7 @@ import pytest
 
 from casethread.core import outbound, thread_index
 from casethread.core.message import parse_raw
-from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState
+from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import (
     ExternalRefRule,
     FloodSettings,
@@ -465,9 +465,9 @@ class AliasCountingIndex:
         self.cases_read += 1
         return self.inner.get_case(case_id)
 
-    def record(self, aliases: Sequence[Alias], now: int) -> None:
+    def record(self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()) -> None:
         self.recorded.update(a.kind for a in aliases)
-        self.inner.record(aliases, now)
+        self.inner.record(aliases, now, bumps)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

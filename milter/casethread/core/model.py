@@ -66,6 +66,14 @@ class Alias:
 
 
 @dataclass(frozen=True)
+class CounterBump:
+    """One more event for a counter (a flood limit) in fixed windows of `window` seconds."""
+
+    key: str
+    window: int
+
+
+@dataclass(frozen=True)
 class AliasHit:
     case_id: str
     recorded: int  # Unix seconds of the last record

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .model import Alias, AliasHit, AliasKind, CaseRecord
+from .model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 
 
 class CaseReader(Protocol):
@@ -26,6 +26,9 @@ class CaseReader(Protocol):
     def case_for_message(self, message_id: str) -> str | None:
         """Shorthand for `find(AliasKind.MESSAGE, message_id)`'s case id."""
 
+    def next_count(self, key: str, now: int, window: int) -> int:
+        """What `bump_counter` would return now, without counting."""
+
 
 class CaseIndex(CaseReader, Protocol):
     def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
@@ -36,8 +39,11 @@ class CaseIndex(CaseReader, Protocol):
         existing record if the case exists, else create it with the next number.
         """
 
-    def record(self, aliases: Sequence[Alias], now: int) -> None:
-        """Map each alias to its case (overwriting), all in one transaction."""
+    def record(
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
+    ) -> None:
+        """Map each alias to its case (overwriting) and count `bumps`, all in one transaction:
+        a message's writes at its end cost one commit."""
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         """Shorthand for recording one MESSAGE alias."""

@@ -18,6 +18,7 @@ fixed window: its start and its count.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -25,7 +26,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, is_valid_case_id
+from ..core.model import (
+    Alias,
+    AliasHit,
+    AliasKind,
+    CaseRecord,
+    CaseState,
+    CounterBump,
+    is_valid_case_id,
+)
 
 ALIAS_DIGEST_SIZE = 16
 _U32_MAX = 0xFFFFFFFF
@@ -106,6 +115,20 @@ class Window:
         return Window(*_WINDOW.unpack(data))
 
 
+def counter_items(bumps: Iterable[CounterBump]) -> list[tuple[bytes, int]]:
+    """The (key, window) of each bump, validated before anything is written."""
+    items = []
+    for b in bumps:
+        _check_window(b.window)
+        items.append((counter_key(b.key), b.window))
+    return items
+
+
+def _check_window(window: int) -> None:
+    if window < 1:
+        raise ValueError(f"counter window must be at least 1 second, not {window}")
+
+
 def bump(previous: Window | None, now: int, window: int) -> Window:
     """The counter after one more event at `now` in fixed windows of `window` seconds.
 
@@ -113,8 +136,7 @@ def bump(previous: Window | None, now: int, window: int) -> Window:
     before the start (a racing thread read the clock earlier) still counts in that window; a
     clock stepped back by a whole window or more restarts it.
     """
-    if window < 1:
-        raise ValueError(f"counter window must be at least 1 second, not {window}")
+    _check_window(window)
     now = _clamp(now)
     if previous is None or abs(now - previous.start) >= window:
         return Window(now, 1)
@@ -165,6 +187,9 @@ def encode_case(record: CaseRecord) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# A message reads its case several times (resolution, rules, the state change): the records are
+# immutable, so equal bytes decode once.
+@functools.lru_cache(maxsize=1024)
 def decode_case(case_id: str, data: bytes) -> CaseRecord:
     fields = json.loads(data)
     created = int(fields["c"])

@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import lmdb
 
-from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, is_valid_case_id
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
 from . import keys
 from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
@@ -434,6 +434,16 @@ class _Txn:
         raise _translate(self._path, self._shared, exc) from exc
 
 
+def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
+          window: int) -> int:
+    """Count one event. Read and write in one write transaction: LMDB's writer lock makes the
+    bump atomic across threads and processes."""
+    raw = txn.get(raw_key, db=db.counters)
+    current = keys.bump(None if raw is None else keys.Window.decode(raw), now, window)
+    txn.put(raw_key, current.encode(), db=db.counters)
+    return current.count
+
+
 class LmdbIndex:
     def __init__(
         self,
@@ -657,15 +667,20 @@ class LmdbIndex:
             raw = txn.get(META_COUNTER, db=db.meta)
         return 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
 
-    def record(self, aliases: Sequence[Alias], now: int) -> None:
+    def record(
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
+    ) -> None:
         items = keys.alias_items(aliases, now)
-        if not items:
+        counters = keys.counter_items(bumps)
+        if not items and not counters:
             return
 
-        # One write transaction: one fsync for all of a message's aliases.
+        # One write transaction: one fsync for all of a message's aliases and counters.
         def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
             for key, value in items:
                 txn.put(key, value, db=db.aliases)
+            for raw_key, window in counters:
+                _bump(txn, db, raw_key, now, window)
 
         self._write(put_all)
 
@@ -673,17 +688,11 @@ class LmdbIndex:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
 
     def bump_counter(self, key: str, now: int, window: int) -> int:
-        raw_key = keys.counter_key(key)
+        ((raw_key, window),) = keys.counter_items([CounterBump(key, window)])
+        return self._write(lambda txn, db: _bump(txn, db, raw_key, now, window))
 
-        # Read and write in one write transaction: LMDB's writer lock makes the bump atomic
-        # across threads and processes.
-        def bump(txn: lmdb.Transaction[bytes], db: SharedEnv) -> int:
-            raw = txn.get(raw_key, db=db.counters)
-            current = keys.bump(None if raw is None else keys.Window.decode(raw), now, window)
-            txn.put(raw_key, current.encode(), db=db.counters)
-            return current.count
-
-        return self._write(bump)
+    def next_count(self, key: str, now: int, window: int) -> int:
+        return keys.bump(self.peek_counter(key), now, window).count
 
     def peek_counter(self, key: str) -> keys.Window | None:
         """The stored window of a counter, without counting (for an overlay's seed)."""

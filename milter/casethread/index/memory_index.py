@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from ..core.model import Alias, AliasHit, AliasKind, CaseRecord
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from . import keys
 from .errors import CaseIndexError
 
@@ -86,24 +86,36 @@ class MemoryIndex:
             self._check_open()
             return self._counter
 
-    def record(self, aliases: Sequence[Alias], now: int) -> None:
+    def record(
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
+    ) -> None:
         items = keys.alias_items(aliases, now)
+        keys.counter_items(bumps)  # validated before anything changes
         with self._lock:
             self._check_open()
             self._aliases.update(items)
+            for b in bumps:
+                self._bump(b.key, now, b.window)
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
 
     def bump_counter(self, key: str, now: int, window: int) -> int:
-        raw_key = keys.counter_key(key)
         with self._lock:
             self._check_open()
-            previous = self._counters.get(raw_key)
-            if previous is None:
-                previous = self._counter_seed(key)
-            current = self._counters[raw_key] = keys.bump(previous, now, window)
+            return self._bump(key, now, window)
+
+    def _bump(self, key: str, now: int, window: int) -> int:
+        """Count one event (the caller holds the lock)."""
+        raw_key = keys.counter_key(key)
+        previous = self._counters.get(raw_key)
+        if previous is None:
+            previous = self._counter_seed(key)
+        current = self._counters[raw_key] = keys.bump(previous, now, window)
         return current.count
+
+    def next_count(self, key: str, now: int, window: int) -> int:
+        return keys.bump(self.peek_counter(key), now, window).count
 
     def peek_counter(self, key: str) -> keys.Window | None:
         """The stored window of a counter, without counting (for an overlay's seed)."""

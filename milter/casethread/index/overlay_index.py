@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from ..core.model import Alias, AliasHit, AliasKind, CaseRecord
+from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.settings import CaseSettings
 from ..core.store import CaseIndex
 from . import keys
@@ -65,8 +65,10 @@ class OverlayIndex:
     def last_number(self) -> int:
         return self._overlay.last_number()
 
-    def record(self, aliases: Sequence[Alias], now: int) -> None:
-        self._overlay.record(aliases, now)
+    def record(
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
+    ) -> None:
+        self._overlay.record(aliases, now, bumps)
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
@@ -76,6 +78,9 @@ class OverlayIndex:
 
     def peek_counter(self, key: str) -> keys.Window | None:
         return self._overlay.peek_counter(key)
+
+    def next_count(self, key: str, now: int, window: int) -> int:
+        return self._overlay.next_count(key, now, window)
 
     def update_case(self, record: CaseRecord) -> None:
         if self._overlay.get_case(record.case_id) is not None:
