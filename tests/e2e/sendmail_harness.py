@@ -9,7 +9,10 @@ written, with only the milter socket and the submission port substituted.
 
 Sendmail sleeps 60 s at start-up when the host's name has no dot and does not resolve (this
 machine's name is a bare "vm"), so the daemon runs in its own UTS namespace (`unshare --uts`,
-root only) whose hostname is a FQDN. Nothing else of the machine is touched.
+root only) whose hostname is a FQDN. It logs only through syslog(3), and a test machine may
+have no syslog daemon: the daemon also gets its own mount namespace, where /dev is overlaid
+with a layer that adds /dev/log as a link to the harness's own receiver. Nothing else of the
+machine is touched.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +55,8 @@ SENDMAIL_ROOT = Path(os.environ.get("CASETHREAD_SENDMAIL_ROOT", "/var/tmp/caseth
 # What the test substitutes in the contrib snippet; each must occur exactly once there.
 CONTRIB_SOCKET = "S=inet:8894@127.0.0.1"
 CONTRIB_SUBMISSION_PORT = "Port=submission"
+# The filter's F= flag in the INPUT_MAIL_FILTER line (contrib_mc can replace it).
+FILTER_FLAGS = re.compile(r"^(INPUT_MAIL_FILTER\(.*?), F=\w*", re.M)
 
 MYHOSTNAME = "mx.casethread.test"
 UNPACK_TIMEOUT = 300.0
@@ -111,13 +118,22 @@ def ensure_sendmail(root: Path = SENDMAIL_ROOT) -> SendmailInstall:
     return install
 
 
-def contrib_mc(milter: MilterSocket, submission_port: int, path: Path = CONTRIB_MC) -> str:
+def contrib_mc(
+    milter: MilterSocket, submission_port: int, path: Path = CONTRIB_MC,
+    filter_flags: str | None = None,
+) -> str:
     """contrib/sendmail/casethread.mc with the milter socket and the submission port
-    substituted; everything else as written."""
+    substituted; everything else as written, except the filter's F= flag when
+    `filter_flags` is given ("" drops it: what the contrib choice is measured against)."""
     text = path.read_text()
     for needle in (CONTRIB_SOCKET, CONTRIB_SUBMISSION_PORT):
         if text.count(needle) != 1:
             raise HarnessError(f"{path}: expected {needle!r} exactly once")
+    if filter_flags is not None:
+        text, found = FILTER_FLAGS.subn(
+            lambda m: m.group(1) + (f", F={filter_flags}" if filter_flags else ""), text)
+        if found != 1:
+            raise HarnessError(f"{path}: expected one INPUT_MAIL_FILTER line with F=")
     # Sendmail's S= takes libmilter's spelling: inet:PORT@HOST or unix:/path.
     text = text.replace(CONTRIB_SOCKET, f"S={milter.libmilter}")
     return text.replace(CONTRIB_SUBMISSION_PORT, f"Port={submission_port}")
@@ -169,13 +185,67 @@ def render_cf(install: SendmailInstall, mc: Path, out: Path) -> str:
     return result.stderr
 
 
+# Run inside `unshare --uts --mount`: set the hostname, give Sendmail a /dev/log (a tmpfs
+# layer over /dev, private to the namespace and gone with it), then exec Sendmail.
+NAMESPACE_SETUP = """\
+hostname "$0"
+mount -t tmpfs -o size=1m,mode=0755 tmpfs "$1"
+mkdir "$1/upper" "$1/work"
+mount -t overlay overlay -o "lowerdir=/dev,upperdir=$1/upper,workdir=$1/work" /dev
+ln -s "$2" /dev/log
+shift 2
+exec "$@"
+"""
+
+
+class _SyslogReceiver:
+    """What Sendmail sends to /dev/log (RFC 3164 datagrams), kept as text lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        path.chmod(0o666)  # Sendmail's delivery agents may log as another user
+        self._sock.settimeout(0.1)
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sendmail-syslog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # "<PRI>Mmm dd hh:mm:ss sendmail[pid]: text": the priority prefix is noise.
+            line = re.sub(r"^<\d+>", "", data.decode(errors="replace")).rstrip("\n\0")
+            with self._lock:
+                self._lines.append(line)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 class SendmailHarness:
     """A private Sendmail daemon with a plain port ("inbound", Name=MTA) and the contrib
-    submission daemon (Name=ORIGINATING), relaying everything to an aiosmtpd receiver."""
+    submission daemon (Name=ORIGINATING), relaying everything to an aiosmtpd receiver.
+    `filter_flags` replaces the snippet's F= flag (see contrib_mc)."""
 
-    def __init__(self, milter: MilterSocket, install: SendmailInstall) -> None:
+    def __init__(
+        self, milter: MilterSocket, install: SendmailInstall, filter_flags: str | None = None
+    ) -> None:
         self.milter = milter
         self.install = install
+        self.filter_flags = filter_flags
         self.base_dir: Path | None = None
         self.inbound_port = 0
         self.submission_port = 0
@@ -184,6 +254,7 @@ class SendmailHarness:
         self._collector = _Collector()
         self._controller: Controller | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._syslog: _SyslogReceiver | None = None
 
     def _path(self, name: str) -> Path:
         if self.base_dir is None:
@@ -219,15 +290,20 @@ class SendmailHarness:
         self._controller.start()
 
         snippet = self._path("casethread.mc")
-        snippet.write_text(contrib_mc(self.milter, self.submission_port))
+        snippet.write_text(
+            contrib_mc(self.milter, self.submission_port, filter_flags=self.filter_flags))
         mc = self._path("sendmail.mc")
         mc.write_text(base_mc(self.base_dir, self.inbound_port, self.sink_port, snippet))
         self.m4_warnings = render_cf(self.install, mc, self.cf_path)
 
+        self._syslog = _SyslogReceiver(self._path("syslog.sock"))
+        dev_layer = self._path("dev-layer")
+        dev_layer.mkdir()
         argv = [
-            "unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', MYHOSTNAME,
+            "unshare", "--uts", "--mount", "--", "sh", "-ec", NAMESPACE_SETUP, MYHOSTNAME,
+            str(dev_layer), str(self._path("syslog.sock")),
             str(self.install.sendmail), "-bD", "-C", str(self.cf_path),
-            # No syslog here: -X writes every SMTP and milter-visible exchange to a file.
+            # -X writes every SMTP exchange (both directions, with the message) to a file.
             "-X", str(self._path("trace.log")),
         ]
         with open(self._path("sendmail.out"), "wb") as out:
@@ -268,6 +344,9 @@ class SendmailHarness:
                         os.killpg(pgid, signal.SIGKILL)
         finally:
             self._proc = None
+            if self._syslog is not None:
+                self._syslog.close()
+                self._syslog = None
             if self._controller is not None:
                 with contextlib.suppress(Exception):
                     self._controller.stop()
@@ -315,13 +394,50 @@ class SendmailHarness:
         """Wait until the receiver holds at least `count` messages; return all of them."""
         return self._collector.wait_for(count, timeout, lambda: "\n" + self.diagnostics())
 
+    def maillog(self) -> str:
+        """Everything Sendmail logged through syslog so far, one line per entry."""
+        return "".join(line + "\n" for line in self._syslog.lines()) if self._syslog else ""
+
+    def maillog_for(self, queue_id: str) -> list[str]:
+        return [line for line in self.maillog().splitlines() if f" {queue_id}: " in line]
+
+    def wait_for_log(
+        self, text: str, queue_id: str | None = None, timeout: float = 10.0
+    ) -> list[str]:
+        """The log lines (of `queue_id`, or all) once one of them contains `text`: the
+        receiver thread may not have read a line yet when Sendmail's SMTP reply arrives, and
+        Sendmail logs a delivery only after the receiver has the message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.maillog_for(queue_id) if queue_id else self.maillog().splitlines()
+            if any(text in line for line in lines):
+                return lines
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{text!r} not logged in {timeout} s:\n" + self.diagnostics())
+            time.sleep(0.05)
+
+    def queue_files(self) -> list[str]:
+        """The files in Sendmail's queue directory (qf/df pairs of queued mail)."""
+        return sorted(os.listdir(self._path("mqueue")))
+
+    def wait_for_empty_queue(self, timeout: float = 10.0) -> None:
+        """Return once the queue directory is empty (Sendmail removes a refused message's
+        files after its reply); raise if something stays."""
+        deadline = time.monotonic() + timeout
+        while self.queue_files():
+            if time.monotonic() > deadline:
+                raise HarnessError(f"queue not empty after {timeout} s:\n" + self.diagnostics())
+            time.sleep(0.05)
+
     def diagnostics(self, lines: int = 60) -> str:
-        """Sendmail's own output, the tail of its SMTP trace and the queue listing."""
+        """Sendmail's own output, its log, the tail of its SMTP trace and the queue listing."""
         parts: list[str] = []
+        if self._syslog is not None:
+            parts.append("--- syslog:\n" + "\n".join(self._syslog.lines()[-lines:]))
         for name in ("sendmail.out", "trace.log"):
             with contextlib.suppress(OSError, HarnessError):
                 tail = self._path(name).read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {name}:\n" + "\n".join(tail))
         with contextlib.suppress(OSError, HarnessError):
-            parts.append("--- queue: " + " ".join(sorted(os.listdir(self._path("mqueue")))))
+            parts.append("--- queue: " + " ".join(self.queue_files()))
         return "\n".join(parts)

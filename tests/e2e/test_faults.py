@@ -43,6 +43,8 @@ from casethread.core.model import AliasKind
 from casethread.index import IndexFull, LmdbIndex
 from casethread.index.keys import alias_key
 
+from .dying_milter import EXIT_STATUS as DYING_EXIT_STATUS
+from .dying_milter import dying_milter_argv
 from .harness import (
     DeliveryTimeout,
     MilterFactory,
@@ -429,37 +431,20 @@ def test_kill_9_five_times_under_load_loses_nothing(
     assert "corrupt" not in postfix.maillog()
 
 
-# Dies like a kill -9 at the worst moment: after replacing the body, before its final reply.
-DYING_MILTER = """
-import os, sys
-import Milter
-
-class Dying(Milter.Base):
-    def eom(self):
-        self.addheader("X-Case-ID", "C-000999")
-        self.replacebody(b"replaced\\r\\n")
-        os._exit(9)
-
-Milter.factory = Dying
-Milter.set_flags(Milter.ADDHDRS | Milter.MODBODY)
-Milter.runmilter("dying", sys.argv[1], timeout=30)
-"""
-
-
 def test_milter_dying_after_body_replacement_loses_nothing(
     postfix_factory: PostfixFactory, milter_factory: MilterFactory, milter_socket: MilterSocket,
     tmp_path: Path,
 ) -> None:
     """The contrib setting (tempfail) refuses the message with a 4xx and leaves nothing in the
     queue; the client re-sends it once the milter is back and it is delivered, filtered."""
-    dying = milter_factory([sys.executable, "-c", DYING_MILTER, milter_socket.libmilter], None,
-                           milter_socket, kill_at_teardown=True)
+    dying = milter_factory(dying_milter_argv(milter_socket), None, milter_socket,
+                           kill_at_teardown=True)
     postfix = postfix_factory(milter_socket)
     raw = agent_mail(1)
     with pytest.raises(smtplib.SMTPDataError) as refused:
         postfix.send(raw, AGENT, ["c@customer.example"], port=postfix.submission_port)
     assert 400 <= refused.value.smtp_code < 500, refused.value
-    assert dying.wait(10) == 9
+    assert dying.wait(10) == DYING_EXIT_STATUS
     assert "can't read SMFIC_BODYEOB reply" in postfix.maillog()
     assert postfix.queue_listing() == "Mail queue is empty"
     milter_factory(casethread_serve_argv(milter_socket, config=write_config(tmp_path),
@@ -476,8 +461,8 @@ def test_why_not_accept_postfix_loses_a_message_cut_in_its_body_replacement(
     """The reason contrib sets tempfail, checked against the Postfix we run: with `accept`,
     Postfix 3.7 answers 250 for the same message, then loses it as a corrupt queue file. If
     this ever fails, Postfix finishes (or refuses) such a body edit and `accept` is safe again."""
-    milter_factory([sys.executable, "-c", DYING_MILTER, milter_socket.libmilter], None,
-                   milter_socket, kill_at_teardown=True)
+    milter_factory(dying_milter_argv(milter_socket), None, milter_socket,
+                   kill_at_teardown=True)
     postfix = postfix_factory(milter_socket, extra_main={"milter_default_action": "accept"})
     queue_id = postfix.send(agent_mail(1), AGENT, ["c@customer.example"],
                             port=postfix.submission_port)

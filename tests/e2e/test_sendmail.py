@@ -3,19 +3,23 @@ would remove Postfix), configured from contrib/sendmail/casethread.mc, with the 
 `casethread serve` process.
 
 Agents send through the snippet's submission daemon (Name=ORIGINATING: {daemon_name} makes
-the mail outbound); customers reply through a plain port-25-like daemon.
+the mail outbound); customers reply through a plain port-25-like daemon. The snippet's F=T
+makes Sendmail refuse mail with 451 while the milter is down or when it dies on a message;
+without it Sendmail would deliver what a dying milter left half edited (checked too).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import smtplib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .dying_milter import ADDED_HEADER, EXIT_STATUS, REPLACED_BODY, dying_milter_argv
 from .harness import (
     MilterFactory,
     MilterProcess,
@@ -60,15 +64,22 @@ def milter_socket(milter_socket_kind: str) -> Iterator[MilterSocket]:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def casethread(
+def start_casethread(
     milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path
 ) -> MilterProcess:
-    """The real `casethread serve` on `milter_socket`, with a real LMDB index."""
+    """The real `casethread serve` on `milter_socket`, with a real LMDB index in `tmp_path`
+    (a second call starts it again on the same index)."""
     config = tmp_path / "casethread.yaml"
     config.write_text(f"inbound:\n  addresses: [{SUPPORT}]\n")
     argv = casethread_serve_argv(milter_socket, config=config, index=tmp_path / "index")
     return milter_factory(argv, None, milter_socket, cwd=tmp_path)
+
+
+@pytest.fixture
+def casethread(
+    milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path
+) -> MilterProcess:
+    return start_casethread(milter_factory, milter_socket, tmp_path)
 
 
 @pytest.fixture
@@ -124,9 +135,9 @@ def test_contrib_mc_renders_the_filter_macros_and_daemon(
     assert warnings == ""
     cf = (tmp_path / "sendmail.cf").read_text()
     lines = cf.splitlines()
-    # No F=: Sendmail goes on without the filter when it is unavailable (mail flows).
+    # F=T: Sendmail tempfails mail while the filter is unavailable or broken.
     assert [x for x in lines if x.startswith("Xcasethread")] == [
-        "Xcasethread, S=inet:8894@127.0.0.1, T=C:10s;S:30s;R:60s;E:5m"
+        "Xcasethread, S=inet:8894@127.0.0.1, T=C:10s;S:30s;R:60s;E:5m, F=T"
     ]
     assert "O InputMailFilters=casethread" in lines
     options = dict(
@@ -179,13 +190,80 @@ def test_outbound_via_originating_and_reply_threads(
     assert f"queue_id={qid} direction=inbound case=C-000001 match=in-reply-to" in log
 
 
-def test_mail_flows_when_the_milter_is_down(
-    sendmail: SendmailHarness, casethread: MilterProcess
+def test_mail_is_tempfailed_while_the_milter_is_down(
+    sendmail: SendmailHarness, casethread: MilterProcess, milter_factory: MilterFactory,
+    milter_socket: MilterSocket, tmp_path: Path,
 ) -> None:
-    """No F= in the snippet: a dead milter neither rejects nor tempfails mail."""
+    """F=T: with the milter dead, Sendmail refuses MAIL FROM with 451 and keeps nothing; the
+    client's retry once casethread is back is filtered (delayed, never passed unfiltered)."""
     casethread.kill()
     raw = customer_reply("<nothing@helpdesk.example>")
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        sendmail.send(raw, CUSTOMER, [SUPPORT])
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        451, b"4.3.2 Please try again later"), refused.value
+    sendmail.wait_for_log("Milter: initialization failed, temp failing commands")
+    sendmail.wait_for_empty_queue()
+    assert sendmail.received == []
+
+    start_casethread(milter_factory, milter_socket, tmp_path)
     _, got = deliver(sendmail, raw, CUSTOMER, SUPPORT, sendmail.inbound_port)
-    assert got.get_all("X-Case-ID") == ["C-999999"]  # passed through unfiltered
-    assert got.header("X-Case-Match") is None
-    assert got.body == b"Thanks, it works.\r\n"
+    assert got.get_all("X-Case-ID") == ["C-000001"]  # filtered: the forged C-999999 is gone
+    assert got.header("X-Case-Match") == "new"
+
+
+def test_milter_dying_after_body_replacement_is_tempfailed(
+    sendmail: SendmailHarness, milter_factory: MilterFactory, milter_socket: MilterSocket,
+    tmp_path: Path,
+) -> None:
+    """The contrib F=T: a milter that dies after replacing the body, before its final reply,
+    gets the message refused with 451 at end of DATA; nothing is delivered or left in the
+    queue, and the re-sent message is delivered, filtered, once casethread is back."""
+    dying = milter_factory(dying_milter_argv(milter_socket), None, milter_socket,
+                           kill_at_teardown=True)
+    raw = agent_mail("<a1@helpdesk.example>")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        sendmail.send(raw, AGENT, [CUSTOMER], port=sendmail.submission_port)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        451, b"4.3.2 Please try again later"), refused.value
+    assert dying.wait(10) == EXIT_STATUS
+    log = "\n".join(sendmail.wait_for_log("stat=Please try again later"))
+    assert "Milter: data, reject=451 4.3.2 Please try again later" in log
+    # Sendmail had applied the edits (the body is rewritten in the queue file as it arrives)
+    # when it noticed the milter was gone: F=T throws the whole message away.
+    assert "Milter (casethread) message: body replaced" in log
+    assert "milter_sys_read(casethread): cmd read returned 0, expecting 5" in log
+    assert "stat=Sent" not in log
+    sendmail.wait_for_empty_queue()
+    assert sendmail.received == []
+
+    start_casethread(milter_factory, milter_socket, tmp_path)
+    _, got = deliver(sendmail, raw, AGENT, CUSTOMER, sendmail.submission_port)
+    assert got.get_all("X-Case-ID") == ["C-000001"]
+    assert got.body.startswith(b"Hello Pat,\r\nplease try a restart.\r\n")
+    assert REPLACED_BODY not in got.raw
+    assert len(sendmail.received) == 1
+
+
+def test_why_f_t_without_it_sendmail_delivers_a_half_edited_message(
+    sendmail_install: SendmailInstall, milter_factory: MilterFactory,
+    milter_socket: MilterSocket,
+) -> None:
+    """The reason contrib sets F=T, checked against the Sendmail we run: without an F= flag,
+    Sendmail 8.17 answers 250 for the same message and delivers the edits the milter made
+    before dying, which it never confirmed: its header, and the new body as far as it got
+    (the original body is gone). If this ever fails, Sendmail discards unconfirmed edits."""
+    dying = milter_factory(dying_milter_argv(milter_socket), None, milter_socket,
+                           kill_at_teardown=True)
+    with SendmailHarness(milter_socket, sendmail_install, filter_flags="") as sendmail:
+        assert [x for x in sendmail.cf_path.read_text().splitlines()
+                if x.startswith("Xcasethread")] == [
+            f"Xcasethread, S={milter_socket.libmilter}, T=C:10s;S:30s;R:60s;E:5m"]
+        qid, got = deliver(sendmail, agent_mail("<a1@helpdesk.example>"), AGENT, CUSTOMER,
+                           sendmail.submission_port)
+        assert dying.wait(10) == EXIT_STATUS
+        assert got.get_all(ADDED_HEADER[0]) == [ADDED_HEADER[1]]
+        assert got.body == REPLACED_BODY
+        log = "\n".join(sendmail.wait_for_log("stat=Sent", qid))
+        assert "milter_sys_read(casethread): cmd read returned 0, expecting 5" in log
+        assert "Milter (casethread): to error state" in log
