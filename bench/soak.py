@@ -45,6 +45,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from casethread.core import msgid
+from casethread.core.model import AliasKind
+from casethread.index.keys import alias_key
+
 REPO = Path(__file__).resolve().parents[1]
 CASETHREAD = Path(sys.executable).with_name("casethread")
 AGENT = "agent@helpdesk.example"
@@ -512,8 +516,14 @@ def export(index: Path) -> tuple[int, dict[str, int], dict[str, str]]:
         elif rec["type"] == "case":
             cases[rec["id"]] = int(rec["number"])
         elif rec["type"] == "alias" and rec["kind"] == "m":
-            messages[rec["key"]] = rec["case"]
+            messages[rec["key"]["hash"]] = rec["case"]  # schema 2: keys are digests
     return counter, cases, messages
+
+
+def message_key(message_id: str) -> str:
+    """A Message-ID as `casethread export` names it: the hex digest of its index key."""
+    normalised = msgid.first_id(message_id)
+    return alias_key(AliasKind.MESSAGE, normalised)[1:].hex() if normalised else ""
 
 
 def bare(message_id: str) -> str:
@@ -570,7 +580,7 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
         ids = msg.get_all("X-Case-ID")
         missing_cases += [i for i in ids if i not in cases]
         mid = msg.header("Message-ID")
-        if mid and bare(mid) not in messages:
+        if mid and message_key(mid) not in messages:
             missing_mids.append(mid)
     results.append(Result(
         "every case and stamped Message-ID is in the index",
@@ -626,7 +636,8 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
                   for i in range(10)]
         figure = (f"VmRSS first {vm[0] / 1024:.1f} MiB, last {vm[-1] / 1024:.1f} MiB, max "
                   f"{max(vm) / 1024:.1f} MiB; RssAnon after warm-up {base / 1024:.1f} MiB, "
-                  f"median of the last fifth {end / 1024:.1f} MiB, max {max(anon) / 1024:.1f} "
+                  f"median of the last fifth {end / 1024:.1f} MiB "
+                  f"({(end - base) / base * 100:+.1f} %), max {max(anon) / 1024:.1f} "
                   f"MiB, by tenth of the run: "
                   + " ".join(f"{t / 1024:.0f}" for t in tenths) + f" MiB ({len(vm)} samples)")
     results.append(Result("milter RSS flat", flat, figure))
