@@ -121,6 +121,15 @@ def test_outbound_adopts_app_case_id(harness: Any) -> None:
     assert harness.outbound(AGENT).case_id.startswith("C-")
 
 
+@pytest.mark.parametrize("dirty", ["APP-9\x00", "APP-9\x1f"])
+def test_outbound_app_case_id_with_control_characters_goes_out_clean(
+    harness: Any, dirty: str
+) -> None:
+    r = harness.outbound(AGENT, ("X-Case-ID", dirty))
+    assert r.decision.case_ids == ("APP-9",)
+    assert r.all("X-Case-ID") == ["APP-9"]  # rewritten, not passed on as the app wrote it
+
+
 def test_outbound_app_case_id_wins_over_reply_headers(harness: Any) -> None:
     first = harness.outbound(AGENT)
     r = harness.outbound(
