@@ -97,8 +97,9 @@ class Engine:
         subject_key = (
             self._resolver.subject_key(msg.get("Subject") or "") if self._subject_match else ""
         )
+        addresses = dict.fromkeys(people[:MAX_PARTICIPANTS])
         for case_id in case_ids:
-            for address in dict.fromkeys(people[:MAX_PARTICIPANTS]):
+            for address in addresses:
                 key = participant_key(case_id, address)
                 aliases.append(Alias(AliasKind.PARTICIPANT, key, case_id))
                 if subject_key:

@@ -55,11 +55,11 @@ class CaseHeaderNames:
         return f"{self.prefix}Token"
 
     @cached_property
-    def _lower_prefix(self) -> str:
+    def lower_prefix(self) -> str:
         return self.prefix.lower()
 
     def is_ours(self, name: str) -> bool:
-        return name.lower().startswith(self._lower_prefix)
+        return name.lower().startswith(self.lower_prefix)
 
 
 def strip_ours(msg: Message, names: CaseHeaderNames) -> list[ChangeHeader]:
@@ -67,6 +67,8 @@ def strip_ours(msg: Message, names: CaseHeaderNames) -> list[ChangeHeader]:
 
     Highest index first per name, so renumbering after a deletion cannot skip one.
     """
+    if not msg.has_prefix(names.lower_prefix):
+        return []  # the usual case, seen in the message's name index without a header walk
     counts: dict[str, int] = {}
     spelled: dict[str, str] = {}
     for h in msg.headers:

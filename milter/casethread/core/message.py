@@ -8,10 +8,12 @@ byte survives a round trip. Values keep their folding line breaks exactly as rec
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from functools import cached_property
 from mmap import mmap
+
+from .lazy import lazy
 
 # A body in memory, or a spooled one mapped from its file.
 Data = bytes | mmap
@@ -62,7 +64,7 @@ class Message:
     # The body's line ending: CRLF as SMTP carries it; a message file may use LF.
     newline: bytes = b"\r\n"
 
-    @cached_property
+    @lazy
     def _by_name(self) -> dict[str, list[str]]:
         """Values by lower-cased field name, in order; built on first use, as one message's
         fields are looked up a few dozen times."""
@@ -79,6 +81,16 @@ class Message:
     def get_all(self, name: str) -> list[str]:
         values = self._by_name.get(name.lower())
         return list(values) if values else []
+
+    def present(self, names: AbstractSet[str]) -> dict[str, Sequence[str]]:
+        """The values of those fields (lower-cased names) the message has, by name: one pass
+        for a caller that asks about many names, most of them absent."""
+        index = self._by_name
+        return {name: index[name] for name in index.keys() & names}
+
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether any field name starts with `prefix` (lower case)."""
+        return any(name.startswith(prefix) for name in self._by_name)
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:

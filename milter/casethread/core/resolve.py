@@ -12,11 +12,11 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import chain
 
 from . import bodytext, mime, msgid, subject, thread_index
 from .addresses import AddressMatcher, header_addresses
+from .lazy import lazy
 from .message import Message, unfold
 from .model import AliasKind, CaseRecord, is_valid_case_id
 from .settings import ExternalRefRule, Settings
@@ -67,26 +67,26 @@ class Evidence:
         # External references seen but not yet known: recorded for whichever case wins.
         self.new_external: list[str] = []
 
-    @cached_property
+    @lazy
     def sender(self) -> str | None:
         found = header_addresses(self.msg.get_all("From"))
         return found[0] if found else None
 
-    @cached_property
+    @lazy
     def subject(self) -> str:
         return unfold(self.msg.get("Subject") or "")
 
-    @cached_property
+    @lazy
     def top(self) -> mime.TopFields:
         return mime.top_fields(self.msg.headers)
 
-    @cached_property
+    @lazy
     def tree(self) -> mime.Part:
         """The body's MIME structure, parsed once for the strategies and for stamping."""
         top = self.top
         return mime.parse(self.msg.body, top.content_type, top.cte, top.disposition)
 
-    @cached_property
+    @lazy
     def body_texts(self) -> list[str]:
         top = self.top
         return list(

@@ -51,6 +51,11 @@ def _digest(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
+# A message looks up its own Message-ID (duplicates) and its sender's participant key, then
+# records both: the cache saves the second SHA-256 of each in any traffic (and in a busy case
+# the participants' keys repeat from one message to the next). Bounded, and the keys are
+# no more sensitive than the index they name.
+@functools.lru_cache(maxsize=1024)
 def alias_key(kind: AliasKind, key: str) -> bytes:
     """The index key of an alias (keys arrive normalised by the core)."""
     prefix = _KIND_PREFIX.get(kind)
@@ -82,9 +87,13 @@ def decode_alias(data: bytes) -> AliasHit:
 def alias_items(aliases: Iterable[Alias], now: int) -> list[tuple[bytes, bytes]]:
     """Every (key, value) of a batch, validated before anything is written: all or nothing."""
     items = []
+    values: dict[str, bytes] = {}  # a batch names one case, or a few: each encoded once
     for alias in aliases:
-        check_case_id(alias.case_id)
-        items.append((alias_key(alias.kind, alias.key), encode_alias(alias.case_id, now)))
+        value = values.get(alias.case_id)
+        if value is None:
+            check_case_id(alias.case_id)
+            value = values[alias.case_id] = encode_alias(alias.case_id, now)
+        items.append((alias_key(alias.kind, alias.key), value))
     return items
 
 
@@ -95,6 +104,9 @@ def _clamp(now: int) -> int:
 # --- counters --------------------------------------------------------------------------------
 
 
+# A message reads its sender's counter, validates the bump and counts it: three digests of one
+# key per message without this cache.
+@functools.lru_cache(maxsize=256)
 def counter_key(key: str) -> bytes:
     """Counter keys hold sender addresses: always hashed. They have a database of their own."""
     if not key:
