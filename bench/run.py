@@ -138,7 +138,7 @@ def make_plan(quick: bool, rounds: int | None) -> Plan:
         counts = {("5k", 20): 200, ("60k", 20): 120, ("5k", 1): 20, ("60k", 1): 20}
         default_rounds, warmup = 1, 10
     else:
-        counts = {("5k", 20): 1000, ("60k", 20): 600, ("5k", 1): 60, ("60k", 1): 60}
+        counts = {("5k", 20): 1000, ("60k", 20): 600, ("5k", 1): 150, ("60k", 1): 150}
         default_rounds, warmup = 3, 40
     workloads = tuple(
         Workload(direction, size, sessions, counts[(size, sessions)])
