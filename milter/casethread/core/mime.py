@@ -159,6 +159,11 @@ def _unquote(value: str) -> str:
     if "\\" not in value:
         end = value.find('"', 1)
         return value[1:end] if end > 0 else value[1:]
+    return _unquote_escaped(value)
+
+
+def _unquote_escaped(value: str) -> str:
+    """A quoted-string with backslash escapes, character by character."""
     out: list[str] = []
     escaped = False
     for ch in value[1:]:
