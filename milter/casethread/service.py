@@ -175,7 +175,7 @@ def _drain(wakeups: _Wakeups, inflight: InFlight, listener: Listener | None,
 
 
 def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFlight,
-         listener: Listener | None) -> None:
+         listener: Listener | None, wakeups: _Wakeups) -> None:
     """Serve until a stop signal, then drain and stop; SIGUSR1 reloads (`load`).
 
     libmilter runs in a thread of its own, so the main thread stays free for Python's signal
@@ -185,8 +185,6 @@ def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFli
     to the process to its main thread whenever that thread does not block it and has no other
     signal pending, so the signal comes here instead. Two signals in quick succession may still
     reach libmilter's thread: that stops at once, which is what a second signal asks anyway."""
-    signals = (STOP_SIGNALS | {signal.SIGUSR1}) if load is not None else STOP_SIGNALS
-    wakeups = _Wakeups(signals)
     failure: list[BaseException] = []
 
     def run_milter() -> None:
@@ -210,7 +208,6 @@ def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFli
         if runner.is_alive():
             milter.stop()  # returns once libmilter's listener sees it (up to ~5 s)
         runner.join()
-        wakeups.close()
     if failure:
         raise failure[0]
 
@@ -221,6 +218,17 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
 
     `load` re-reads the configuration on SIGUSR1 (`systemctl reload`).
     """
+    # First of all: from here on a stop or reload signal is ours, waiting for the loop in `_run`
+    # if it comes early, never its default action, which would kill the process unclean.
+    signals = (STOP_SIGNALS | {signal.SIGUSR1}) if load is not None else STOP_SIGNALS
+    wakeups = _Wakeups(signals)
+    try:
+        return _serve(settings, load, wakeups)
+    finally:
+        wakeups.close()
+
+
+def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wakeups) -> int:
     index = open_index(settings)
     metrics: Metrics | None = None
     inflight = InFlight()
@@ -251,7 +259,7 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
             spec, settings.index.path, settings.milter.on_error, os.getpid(),
         )
         sys.stderr.flush()
-        _run(current, load, inflight, listener)
+        _run(current, load, inflight, listener, wakeups)
         log.info("stopped")
         return 0
     finally:
