@@ -219,9 +219,16 @@ class Engine:
         app_id, bad_app_id = outbound.app_case_id(msg, self._names)
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
-        new_case = False
+        new_case = recorded = False
         case: CaseRecord | None
         ev = self._resolver.evidence(msg, self.index, int(now))
+        domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
+        message_id = outbound.ensure_message_id(msg, domain, now)
+
+        def aliases_of(case: CaseRecord) -> list[Alias]:
+            root = outbound.thread_root_of(msg, case)
+            return self._aliases(msg, [case.case_id], message_id.normalised, root)
+
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
             case = self.index.create_case(int(now), case_id=app_id)
@@ -232,11 +239,11 @@ class Engine:
             if hit is not None:
                 case, match = rules.survivor(hit.case, self.index), hit.match
             elif out.new_case == "create":
-                case, match, new_case = self.index.create_case(int(now)), "new", True
+                # The case and this mail's aliases in one commit.
+                case = self.index.create_case(int(now), aliases=aliases_of)
+                match, new_case, recorded = "new", True, True
             else:
                 case, match = None, "none"
-        domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
-        message_id = outbound.ensure_message_id(msg, domain, now)
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
         if message_id.edit is not None:
@@ -248,9 +255,8 @@ class Engine:
             tok = self.keyring.make(case.number)
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
             splices = self._stamp_body(ev, tok, notes)
-            root = outbound.thread_root_of(msg, case)
-            aliases = self._aliases(msg, [case.case_id], message_id.normalised, root)
-            self.index.record(aliases, int(now))
+            if not recorded:
+                self.index.record(aliases_of(case), int(now))
         return Decision(
             Direction.OUTBOUND,
             (case.case_id,) if case else (),

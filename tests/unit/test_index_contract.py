@@ -387,6 +387,29 @@ def test_counters_lose_no_bump_under_threads(index: CaseIndex) -> None:
     assert index.bump_counter("busy@example.org", now=501, window=HOUR) == 1001
 
 
+def test_a_new_case_and_its_aliases_are_created_together(index: CaseIndex) -> None:
+    case = index.create_case(
+        now=7, aliases=lambda c: [Alias(AliasKind.MESSAGE, f"<first-of-{c.case_id}@x>", c.case_id)]
+    )
+    first = f"<first-of-{case.case_id}@x>"
+    assert index.find(AliasKind.MESSAGE, first) == AliasHit(case.case_id, 7)
+
+
+def test_a_new_case_with_a_bad_alias_is_not_created(index: CaseIndex) -> None:
+    with pytest.raises(ValueError):
+        index.create_case(now=7, aliases=lambda c: [
+            Alias(AliasKind.MESSAGE, "<ok@x>", c.case_id), Alias(AliasKind.MESSAGE, "", c.case_id)])
+    assert index.last_number() == 0
+    assert index.get_case("C-000001") is None and index.case_for_message("<ok@x>") is None
+    assert index.create_case(now=8).case_id == "C-000001"
+
+
+def test_aliases_come_with_generated_cases_only(index: CaseIndex) -> None:
+    with pytest.raises(ValueError):
+        index.create_case(now=7, case_id="APP-1", aliases=lambda c: [])
+    assert index.get_case("APP-1") is None
+
+
 def test_next_count_looks_without_counting(index: CaseIndex) -> None:
     assert index.next_count("a@example.org", now=1000, window=HOUR) == 1
     assert index.next_count("a@example.org", now=1000, window=HOUR) == 1

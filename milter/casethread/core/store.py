@@ -12,6 +12,9 @@ from typing import Protocol
 
 from .model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 
+# The aliases a new case is created with (see CaseIndex.create_case); may run more than once.
+NewCaseAliases = Callable[[CaseRecord], Sequence[Alias]]
+
 
 class CaseReader(Protocol):
     def find(self, kind: AliasKind, key: str) -> AliasHit | None:
@@ -31,12 +34,18 @@ class CaseReader(Protocol):
 
 
 class CaseIndex(CaseReader, Protocol):
-    def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
+    def create_case(
+        self, now: int, case_id: str | None = None, queue: str = "",
+        aliases: NewCaseAliases | None = None,
+    ) -> CaseRecord:
         """Atomically create a case and return it.
 
         With no `case_id`, allocate the next number and name it with the configured prefix
         (skipping ids already taken by adopted cases). With a `case_id`, adopt it: return the
         existing record if the case exists, else create it with the next number.
+
+        `aliases` (for a generated case only) gives the aliases of the new case, recorded at
+        `now` in the same transaction: a new case and its first message cost one commit.
         """
 
     def record(

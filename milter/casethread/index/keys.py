@@ -163,6 +163,14 @@ def check_case_id(case_id: str) -> None:
         raise ValueError(f"invalid case id {case_id!r}")
 
 
+def check_new_case_args(case_id: str | None, aliases: object) -> None:
+    if case_id is not None:
+        check_case_id(case_id)
+        # An adopted id may exist already: its aliases would go unrecorded, silently.
+        if aliases is not None:
+            raise ValueError("aliases come with generated cases only")
+
+
 def check_same_number(stored: CaseRecord, record: CaseRecord) -> None:
     # `numbers` maps each number to its case; a renumbered record would break tokens.
     if record.number != stored.number:

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import lmdb
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
+from ..core.store import NewCaseAliases
 from . import keys
 from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
@@ -635,9 +636,12 @@ class LmdbIndex:
             raw = txn.get(case_id.encode(), db=db.cases)
         return None if raw is None else keys.decode_case(case_id, raw)
 
-    def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
+    def create_case(
+        self, now: int, case_id: str | None = None, queue: str = "",
+        aliases: NewCaseAliases | None = None,
+    ) -> CaseRecord:
+        keys.check_new_case_args(case_id, aliases)
         if case_id is not None:
-            keys.check_case_id(case_id)
             # Adopting a known case is the common outbound path: no need for the writer lock.
             existing = self.get_case(case_id)
             if existing is not None:
@@ -654,7 +658,10 @@ class LmdbIndex:
                 counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None
             )
             record = keys.new_case(new_id, number, now, queue)
+            items = keys.alias_items(aliases(record), now) if aliases is not None else []
             packed = keys.NUMBER.pack(number)
+            for key, value in items:
+                txn.put(key, value, db=db.aliases)
             txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)

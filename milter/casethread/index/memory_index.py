@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
+from ..core.store import NewCaseAliases
 from . import keys
 from .errors import CaseIndexError
 
@@ -64,15 +65,20 @@ class MemoryIndex:
             raw = self._cases.get(case_id)
         return None if raw is None else keys.decode_case(case_id, raw)
 
-    def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
-        if case_id is not None:
-            keys.check_case_id(case_id)
+    def create_case(
+        self, now: int, case_id: str | None = None, queue: str = "",
+        aliases: NewCaseAliases | None = None,
+    ) -> CaseRecord:
+        keys.check_new_case_args(case_id, aliases)
         with self._lock:
             self._check_open()
             if case_id is not None and case_id in self._cases:
                 return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
             record = keys.new_case(new_id, number, now, queue)
+            # Validated before anything changes: all or nothing.
+            items = keys.alias_items(aliases(record), now) if aliases is not None else []
+            self._aliases.update(items)
             self._cases[new_id] = keys.encode_case(record)
             self._numbers[number] = new_id
             self._counter = number

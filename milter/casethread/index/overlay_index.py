@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.settings import CaseSettings
-from ..core.store import CaseIndex
+from ..core.store import CaseIndex, NewCaseAliases
 from . import keys
 from .memory_index import MemoryIndex
 
@@ -54,13 +54,16 @@ class OverlayIndex:
             record = self._shadows.get(case_id)
         return record or self._base.get_case(case_id)
 
-    def create_case(self, now: int, case_id: str | None = None, queue: str = "") -> CaseRecord:
+    def create_case(
+        self, now: int, case_id: str | None = None, queue: str = "",
+        aliases: NewCaseAliases | None = None,
+    ) -> CaseRecord:
+        keys.check_new_case_args(case_id, aliases)
         if case_id is not None:
-            keys.check_case_id(case_id)
             existing = self.get_case(case_id)
             if existing is not None:
                 return existing
-        return self._overlay.create_case(now, case_id, queue)
+        return self._overlay.create_case(now, case_id, queue, aliases)
 
     def last_number(self) -> int:
         return self._overlay.last_number()
