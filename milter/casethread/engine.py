@@ -195,9 +195,7 @@ class Engine:
                 changed = replace(changed, queue=route.queue)
             return changed
 
-        planned = change(case)
-        if planned is not None and planned != case:  # most replies change nothing: no write
-            case = self.index.modify_case(case.case_id, change) or case
+        case = self.index.modify_case(case.case_id, change) or case
         state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
         return inbound.CaseOutcome(case.case_id, state, case.queue)
 

@@ -43,6 +43,11 @@ def test_html_is_read_as_visible_text() -> None:
     assert "NO" not in text and "HIDDEN" not in text and "unclosed" not in text
 
 
+def test_raw_text_elements_in_any_letter_case_are_skipped() -> None:
+    text = html_to_text("<SCRIPT>var a='[ref:NO]';</Script><Style>b{}</STYLE>visible")
+    assert text == "visible"
+
+
 def test_stamped_tag_reads_as_the_token_line() -> None:
     raw = b"Content-Type: text/html\n\n<body><p>x</p><div style=\"display:none\" " \
           b"data-casethread-ref=\"T1\">[ref:T1]</div></body>"

@@ -27,7 +27,6 @@ _BLOCK_TAG = re.compile(
 )
 _ANY_TAG = re.compile(r"</?[A-Za-z!?][^>]*>")
 _RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^>]*>", re.I)
-# The closing tag as its opening tag spelled the name; the usual lower-case ones compiled once.
 _RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I) for name in ("script", "style")}
 
 
@@ -149,7 +148,7 @@ def _drop_raw_text_elements(text: str) -> str:
             break
         out.append(text[pos : opened.start()])
         name = opened.group(1)
-        closing = _RAW_TEXT_CLOSE.get(name) or re.compile(rf"</{name}\s*>", re.I)
+        closing = _RAW_TEXT_CLOSE[name.lower()]
         closer = closing.search(text, opened.end())
         if closer is None:
             return "".join(out)

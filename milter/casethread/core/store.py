@@ -74,6 +74,8 @@ class CaseIndex(CaseReader, Protocol):
     ) -> CaseRecord | None:
         """Read-modify-write in one transaction: `change` gets the current record and returns
         the new one (None: leave it). Returns the record as stored, None for an unknown case.
+        `change` must be pure: an index may call it more than once (e.g. on a first read that
+        finds nothing to change, needing no write at all).
 
         The milter changes cases while the CLI may too (merge, set-state): deriving the new
         record from a fresh read inside the write transaction loses neither change.

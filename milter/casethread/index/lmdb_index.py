@@ -729,8 +729,17 @@ class LmdbIndex:
         if not is_valid_case_id(case_id):
             return None
         key = case_id.encode()
+        # Most calls change nothing (a reply to a case already open): a read says so without
+        # a write transaction and a place in the writers' queue.
+        with self._txn() as (txn, db):
+            stored = txn.get(key, db=db.cases)
+        if stored is None:
+            return None
+        current, encoded = keys.apply_change(case_id, stored, change)
+        if encoded is None:
+            return current
 
-        # `change` runs again on a fresh read if the map had to grow.
+        # `change` runs again on the fresh read, and once more if the map had to grow.
         def modify(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord | None:
             stored = txn.get(key, db=db.cases)
             if stored is None:
