@@ -29,12 +29,10 @@ import argparse
 import base64
 import contextlib
 import importlib.util
-import json
 import random
 import re
 import smtplib
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,10 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-from casethread.core import msgid
-from casethread.core.model import AliasKind
-from casethread.index.keys import alias_key
 
 REPO = Path(__file__).resolve().parents[1]
 CASETHREAD = Path(sys.executable).with_name("casethread")
@@ -503,29 +497,6 @@ def harvest(postfix: Any, gen: Generator, run: Run, stop: threading.Event) -> No
         seen = len(received)
 
 
-def export(index: Path) -> tuple[int, dict[str, int], dict[str, str]]:
-    done = subprocess.run([str(CASETHREAD), "export", "--index", str(index)],
-                          capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"casethread export failed: {done.stderr}")
-    counter, cases, messages = 0, {}, {}
-    for line in done.stdout.splitlines():
-        rec = json.loads(line)
-        if rec["type"] == "meta":
-            counter = int(rec["counter"])
-        elif rec["type"] == "case":
-            cases[rec["id"]] = int(rec["number"])
-        elif rec["type"] == "alias" and rec["kind"] == "m":
-            messages[rec["key"]["hash"]] = rec["case"]  # schema 2: keys are digests
-    return counter, cases, messages
-
-
-def message_key(message_id: str) -> str:
-    """A Message-ID as `casethread export` names it: the hex digest of its index key."""
-    normalised = msgid.first_id(message_id)
-    return alias_key(AliasKind.MESSAGE, normalised)[1:].hex() if normalised else ""
-
-
 def bare(message_id: str) -> str:
     return message_id.strip().strip("<>").lower()
 
@@ -568,7 +539,8 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
                           f"{len(errors)} ERROR lines" + (f"; first: {errors[0][:300]}"
                                                           if errors else "")))
 
-    counter, cases, messages = export(index)
+    dump = h.IndexExport.read(index)
+    counter, cases, messages = dump.counter, dump.cases, dump.messages
     missing_cases: list[str] = []
     missing_mids: list[str] = []
     filtered = unfiltered = 0
@@ -580,7 +552,7 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
         ids = msg.get_all("X-Case-ID")
         missing_cases += [i for i in ids if i not in cases]
         mid = msg.header("Message-ID")
-        if mid and message_key(mid) not in messages:
+        if mid and dump.case_of(mid) is None:
             missing_mids.append(mid)
     results.append(Result(
         "every case and stamped Message-ID is in the index",

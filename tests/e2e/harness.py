@@ -14,6 +14,7 @@ each delivered message as raw bytes with its envelope.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from casethread.index import keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRIB_POSTFIX = REPO_ROOT / "contrib" / "postfix"
@@ -923,15 +926,50 @@ class MilterProcess:
             return ""
 
 
+@dataclass
+class IndexExport:
+    """An index as `casethread export` writes it (the export must open and read it cleanly)."""
+
+    counter: int
+    cases: dict[str, int]  # id -> number
+    messages: dict[str, str]  # Message-ID digest (hex, as exported) -> case id
+
+    @classmethod
+    def read(cls, index: Path) -> IndexExport:
+        done = subprocess.run([*casethread_argv(), "export", "--index", str(index)],
+                              capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"casethread export failed: {done.stderr}")
+        counter, cases, messages = 0, {}, {}
+        for line in done.stdout.splitlines():
+            rec = json.loads(line)
+            if rec["type"] == "meta":
+                counter = int(rec["counter"])
+            elif rec["type"] == "case":
+                if rec["id"] in cases:
+                    raise RuntimeError(f"case {rec['id']} exported twice")
+                cases[rec["id"]] = int(rec["number"])
+            elif rec["type"] == "alias" and rec["kind"] == "m":
+                messages[rec["key"]["hash"]] = rec["case"]
+        return cls(counter, cases, messages)
+
+    def case_of(self, message_id: str) -> str | None:
+        """The case the Message-ID in a Message-ID field is recorded under."""
+        return self.messages.get(keys.message_digest_hex(message_id) or "")
+
+
+def casethread_argv() -> list[str]:
+    """The casethread command: the venv's console script when installed, else
+    `python -m casethread.cli` (run it in a tmp cwd: `-m` puts the cwd on sys.path)."""
+    script = Path(sys.executable).with_name("casethread")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "casethread.cli"]
+
+
 def casethread_serve_argv(
     socket_: MilterSocket, *, config: Path | None = None, index: Path | None = None
 ) -> list[str]:
-    """argv for the real milter (DESIGN §7): the venv's console script when installed,
-    else `python -m casethread.cli`."""
-    script = Path(sys.executable).with_name("casethread")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "casethread.cli"]
-    # Run it with MilterProcess(..., cwd=some tmp dir): `-m` puts the cwd on sys.path.
-    argv += ["serve", "--socket", socket_.libmilter]
+    """argv for the real milter (DESIGN §7); run it with MilterProcess(..., cwd=a tmp dir)."""
+    argv = [*casethread_argv(), "serve", "--socket", socket_.libmilter]
     if config is not None:
         argv += ["--config", str(config)]
     if index is not None:

@@ -22,7 +22,6 @@ Every wait is bounded; every process, mount and directory is cleaned up.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -39,14 +38,14 @@ from pathlib import Path
 
 import pytest
 
-from casethread.core.model import AliasKind
+from casethread.core.model import Alias, AliasKind
 from casethread.index import IndexFull, LmdbIndex
-from casethread.index.keys import alias_key
 
 from .dying_milter import EXIT_STATUS as DYING_EXIT_STATUS
 from .dying_milter import dying_milter_argv
 from .harness import (
     DeliveryTimeout,
+    IndexExport,
     MilterFactory,
     MilterProcess,
     MilterSocket,
@@ -148,51 +147,23 @@ def seq_of(msg: ReceivedMessage) -> int:
     return int(value)
 
 
-@dataclass
-class IndexDump:
-    counter: int
-    cases: dict[str, int]  # id -> number
-    messages: dict[str, str]  # hashed Message-ID alias key (hex, as exported) -> case id
-
-    @classmethod
-    def load(cls, index: Path) -> IndexDump:
-        """`casethread export` of the index: it must open and read cleanly."""
-        done = cli("export", "--index", str(index))
-        assert done.returncode == 0, done.stderr
-        counter, cases, messages = 0, {}, {}
-        for line in done.stdout.splitlines():
-            rec = json.loads(line)
-            if rec["type"] == "meta":
-                counter = int(rec["counter"])
-            elif rec["type"] == "case":
-                assert rec["id"] not in cases
-                cases[rec["id"]] = int(rec["number"])
-            elif rec["type"] == "alias" and rec["kind"] == "m":
-                messages[rec["key"]["hash"]] = rec["case"]
-        return cls(counter, cases, messages)
-
-    def case_of(self, message_id: str) -> str | None:
-        """The case a Message-ID is recorded under (the index keeps only its hash)."""
-        return self.messages.get(alias_key(AliasKind.MESSAGE, bare(message_id))[1:].hex())
-
-    def assert_consistent(self) -> None:
-        numbers = list(self.cases.values())
-        assert len(numbers) == len(set(numbers)), "two cases share a number"
-        assert sorted(numbers) == list(range(1, len(numbers) + 1)), "case numbers have gaps"
-        assert self.counter == len(numbers)
-
-
-def bare(message_id: str) -> str:
-    return message_id.strip().strip("<>").lower()
+def assert_consistent(dump: IndexExport) -> None:
+    numbers = list(dump.cases.values())
+    assert len(numbers) == len(set(numbers)), "two cases share a number"
+    assert sorted(numbers) == list(range(1, len(numbers) + 1)), "case numbers have gaps"
+    assert dump.counter == len(numbers)
 
 
 OURS = re.compile(r"^x-case-", re.I)
 MAIL_WAIT = 180
 
 
-def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], dump: IndexDump
-                   ) -> Counter[str]:
-    """Exactly once, never half edited, and every acknowledged write is in the index."""
+def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], index: Path
+                   ) -> tuple[Counter[str], IndexExport]:
+    """Exactly once, never half edited, and every acknowledged write is in the index (which
+    opens cleanly and is consistent). Returns what was delivered how, and the index."""
+    dump = IndexExport.read(index)
+    assert_consistent(dump)
     tally: Counter[str] = Counter()
     seqs = Counter(seq_of(m) for m in got)
     assert set(seqs) == set(sent), f"lost: {sorted(set(sent) - set(seqs))[:20]}"
@@ -243,7 +214,7 @@ def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], dump: Inde
             assert body.startswith(sent_body), (s.seq, body)
             assert mid is not None and dump.case_of(mid) == case_ids[0], (s.seq, mid)
             tally["outbound stamped"] += 1
-    return tally
+    return tally, dump
 
 
 @contextlib.contextmanager
@@ -410,9 +381,7 @@ def test_kill_9_five_times_under_load_loses_nothing(
     assert procs[-1].stop() == 0, procs[-1].output()
     assert kills == [-9] * 5
 
-    dump = IndexDump.load(index)
-    dump.assert_consistent()
-    tally = check_delivery(load.sent, got, dump)
+    tally, dump = check_delivery(load.sent, got, index)
     stats = cli("stats", "--index", str(index))
     assert stats.returncode == 0, stats.stderr
     logs = "".join(p.output() for p in procs)
@@ -502,9 +471,7 @@ def test_sigterm_under_load_delivers_everything_and_exits_0(
     assert procs[1].stop() == 0, procs[1].output()
     assert codes == [0], procs[0].output()
     assert "drained in" in procs[0].output() and "stopped" in procs[0].output()
-    dump = IndexDump.load(index)
-    dump.assert_consistent()
-    tally = check_delivery(load.sent, got, dump)
+    tally, _ = check_delivery(load.sent, got, index)
     assert not error_lines(procs[0].output() + procs[1].output())
     # Drained, not cut: no message was left half edited by the stop.
     assert not {k for k in tally if "cut mid end-of-message" in k}, tally
@@ -587,8 +554,6 @@ def serve_and_wait(*args: str, cwd: Path) -> tuple[int, list[str], float]:
 
 def make_index(index: Path, cases: int = 50) -> None:
     """A real index with cases and Message-IDs in it (opened and closed in this process)."""
-    from casethread.core.model import Alias, AliasKind
-
     written = LmdbIndex(index, map_size=1 << 30)
     try:
         for n in range(cases):
@@ -743,7 +708,7 @@ def test_full_disk_passes_mail_unchanged_and_recovers(
         got = deliver(postfix, agent_mail(100), outbound=True)
         assert got.header("X-Case-ID") is not None, proc.output()
         assert proc.stop() == 0
-    dump = IndexDump.load(index) if index.exists() else None
+    dump = IndexExport.read(index) if index.exists() else None
     with capsys.disabled():
         print(f"\n[faults] full disk: {passed} of {n} outbound messages passed unchanged with "
               f"one ERROR line each; milter stayed up; recovered when space came back"
@@ -753,8 +718,6 @@ def test_full_disk_passes_mail_unchanged_and_recovers(
 def test_index_growth_ceiling_gives_index_full(tmp_path: Path) -> None:
     """The map grows by itself (doubling); at its ceiling a write fails with IndexFull, the
     failed write leaves nothing behind, and the index still reads and reopens."""
-    from casethread.core.model import Alias, AliasKind
-
     path = tmp_path / "index"
     index = LmdbIndex(path, map_size=1 << 20, max_map_size=2 << 20)
     written = 0
