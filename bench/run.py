@@ -317,11 +317,34 @@ class RunningMilter:
         match = re.search(r"VmRSS:\s+(\d+) kB", status)
         return int(match.group(1)) if match else None
 
+    def cpu_s(self) -> float | None:
+        return process_cpu_s(self.proc.pid)
+
     def new_log(self) -> str:
         data = self.proc.log_path.read_bytes()
         text = data[self.log_offset :].decode(errors="replace")
         self.log_offset = len(data)
         return text
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (not idle, not waiting for I/O)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 def service_sets_nodelay() -> bool:
@@ -423,6 +446,8 @@ class Sample:
     seconds_delivered: float  # load start -> last message at the sink
     seconds_accepted: float  # load start -> smtp-source done (every message accepted)
     rss_kb: int | None
+    milter_cpu_s: float | None  # the milter process's CPU over the measurement
+    busy_cpu_s: float  # the whole machine's busy CPU over the measurement
 
     @property
     def msgs_per_s(self) -> float:
@@ -459,6 +484,8 @@ class Bench:
                 "-F", str(self.files[(wl.direction, wl.size)]), "-f", sender, "-t", rcpt,
                 "-M", HELO, f"127.0.0.1:{port}"]
         target = self.delivered + wl.count
+        milter_cpu = milter.cpu_s() if milter is not None else None
+        busy = machine_busy_s()
         start = time.monotonic()
         result = subprocess.run(argv, capture_output=True, timeout=60 + wl.count, check=False)
         accepted = time.monotonic() - start
@@ -472,13 +499,18 @@ class Bench:
             done = self.sink.wait_for(target, timeout=60 + wl.count / 5)
         except BenchError as exc:
             raise BenchError(f"{exc}\nmaillog:\n{self.postfix.maillog_tail()}") from None
+        busy = machine_busy_s() - busy
+        if milter is not None and milter_cpu is not None:
+            after = milter.cpu_s()
+            milter_cpu = after - milter_cpu if after is not None else None
         self.delivered = target
         self._check_maillog(config)
         if milter is not None:
             self._check_milter_log(milter, wl)
         time.sleep(SETTLE_S)
         return Sample(config, wl.direction, wl.size, wl.sessions, wl.count, round_no,
-                      done - start, accepted, milter.rss_kb() if milter else None)
+                      done - start, accepted, milter.rss_kb() if milter else None,
+                      milter_cpu, busy)
 
     def _check_maillog(self, config: str) -> None:
         """A milter that failed (Postfix then accepts without it) or mail that did not go out
@@ -527,6 +559,9 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
         rate = [s.msgs_per_s for s in group]
         lat = [s.latency_ms for s in group]
         rss = [s.rss_kb for s in group if s.rss_kb is not None]
+        milter_cpu = [1000 * s.milter_cpu_s / s.messages for s in group
+                      if s.milter_cpu_s is not None]
+        busy = [1000 * s.busy_cpu_s / s.messages for s in group]
         rows.append({
             "kind": "result", **meta,
             "config": config, "config_title": CONFIGS[config].title,
@@ -537,6 +572,11 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
             "latency_ms": round(_median(lat), 2),
             "latency_ms_min": round(min(lat), 2), "latency_ms_max": round(max(lat), 2),
             "milter_rss_kb": max(rss) if rss else None,
+            # CPU per message (median over rounds): the milter process, and the whole machine
+            # (Postfix, smtp-source, smtp-sink, the milter) from the load's start to the last
+            # delivery. On a saturated machine the second is what throughput pays.
+            "milter_cpu_ms": round(_median(milter_cpu), 3) if milter_cpu else None,
+            "busy_cpu_ms": round(_median(busy), 3),
             "samples": [{"round": s.round, "msgs_per_s": round(s.msgs_per_s, 1),
                          "latency_ms": round(s.latency_ms, 2)} for s in group],
         })
@@ -589,7 +629,7 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
           f"{'  (quick)' if meta['quick'] else ''}")
     header = (f"{'direction':9} {'size':4} {'sess':>4}  {'configuration':26} "
               f"{'msg/s (min-max)':>22} {'ms/msg':>7} {'+ms':>6} {'/none':>6} {'/noop':>6} "
-              f"{'/unix':>6}")
+              f"{'/unix':>6} {'cpu:milter':>10} {'cpu:all':>7}")
     print(header)
     print("-" * len(header))
     previous = None
@@ -600,13 +640,16 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
         previous = key
         rate = (f"{r['msgs_per_s']:.1f} ({r['msgs_per_s_min']:.0f}-{r['msgs_per_s_max']:.0f})")
 
-        def ratio(v: float | None) -> str:
+        def two(v: float | None) -> str:
             return f"{v:.2f}" if v is not None else "-"
 
         added = f"{r['added_latency_ms']:+.1f}" if r["added_latency_ms"] is not None else "-"
         print(f"{r['direction']:9} {r['size']:4} {r['sessions']:>4}  {r['config_title']:26} "
-              f"{rate:>22} {r['latency_ms']:7.1f} {added:>6} {ratio(r['vs_none']):>6} "
-              f"{ratio(r['vs_noop']):>6} {ratio(r['vs_ct_unix']):>6}")
+              f"{rate:>22} {r['latency_ms']:7.1f} {added:>6} {two(r['vs_none']):>6} "
+              f"{two(r['vs_noop']):>6} {two(r['vs_ct_unix']):>6} "
+              f"{two(r['milter_cpu_ms']):>10} {two(r['busy_cpu_ms']):>7}")
+    print("cpu:milter / cpu:all = CPU ms per message used by the milter process / by the whole "
+          "machine (medians)")
     print()
     print("targets (medians of this run):")
     for c in targets["checks"]:
@@ -767,7 +810,8 @@ def measure(names: Sequence[str], plan: Plan, workloads: Sequence[Workload]) -> 
                     samples.append(sample)
                     print(f"round {round_no} {name:13} {wl.direction:8} {wl.size:3} "
                           f"x{wl.sessions:<2} {wl.count:5} msgs: "
-                          f"{sample.msgs_per_s:7.1f} msg/s  {sample.latency_ms:6.1f} ms/msg",
+                          f"{sample.msgs_per_s:7.1f} msg/s  {sample.latency_ms:6.1f} ms/msg  "
+                          f"cpu {1000 * sample.busy_cpu_s / sample.messages:5.2f} ms/msg",
                           flush=True)
     return samples
 

@@ -42,10 +42,16 @@ def reply_for(policy: OnError) -> int:
 
 
 # Callbacks the MTA need not wait for (@Milter.noreply): a round trip less each. Their failures
-# cannot be answered where they happen, so the answer is given at end of message. `header`
-# keeps its reply: pymilter decodes field names in C, and when that fails its exception reply
-# on a no-reply step would put the MTA and the milter out of step. `data` keeps its reply too:
-# without one, Postfix's next write waits ~40-60 ms on delayed ACK over TCP (bench/).
+# cannot be answered where they happen, so the answer is given at end of message. Header fields
+# are taken without a reply too (one round trip per field: 10-40 a message), by `header_bytes`,
+# which only keeps the raw field. pymilter decodes a field's *name* as UTF-8 in C before any of
+# our code runs; when that fails, its exception policy answers, and on a no-reply step libmilter
+# drops that answer but still acts on it: anything but CONTINUE would end the message on our
+# side while the MTA goes on, and the MTA would wait for our end-of-message reply until its
+# timeout. So `serve` sets pymilter's policy to CONTINUE and logs the error (service.py): such a
+# field is not seen, the message is handled without it. (Postfix never sends such a name: it
+# starts the body there.) `data` keeps its reply: without one, Postfix's next write waits
+# ~40-60 ms on delayed ACK over TCP (bench/).
 _NO_REPLY = frozenset({"connect", "envfrom", "envrcpt", "eoh"})
 no_reply: Callable[[F], F] = Milter.noreply
 
@@ -106,6 +112,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._connected = False
         self._in_message = False
         self._client: str | None = None
+        # What a header field is answered: NOREPLY once the MTA agreed to skip those replies.
+        self._header_reply = int(Milter.CONTINUE)
         self._body = BodySpool(engine.settings.stamp.spool_threshold)
         self._reset()
 
@@ -117,7 +125,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._edited = False
         self._mail_from = ""
         self._rcpts: list[str] = []
-        self._headers: list[Header] = []
+        self._fields: list[tuple[str, bytes]] = []  # header fields as the MTA sent them
         self._auth: str | None = None
         self._daemon: str | None = None
         self._body.close()  # empties it, and frees a spooled file
@@ -139,6 +147,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         reply = int(super().negotiate(opts))
         if reply == Milter.CONTINUE:
             opts[0] = self._actions = opts[0] & ACTIONS
+            if self._protocol & Milter.P_NR_HDR:
+                self._header_reply = int(Milter.NOREPLY)
         return reply
 
     def queue_id(self) -> str:
@@ -181,10 +191,23 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def data(self) -> int:
         return int(Milter.CONTINUE)
 
-    @_guarded
+    def header_bytes(self, name: str, value: bytes) -> int:
+        """The header callback pymilter calls (service.py), once per field: the hot path, so it
+        only keeps the field; it is decoded at end of message. Nothing here can fail."""
+        self._fields.append((name, value))
+        return self._header_reply
+
+    @no_reply
     def header(self, name: str, value: str) -> int:
-        self._headers.append(Header(name, value))
+        """pymilter's decoded form of the callback, for callers that use it; its @noreply mark
+        is what negotiation reads."""
+        self._fields.append((name, value.encode("utf-8", "surrogateescape")))
         return int(Milter.CONTINUE)
+
+    def _headers(self) -> tuple[Header, ...]:
+        # As pymilter's own header_bytes decodes: 8-bit bytes survive as surrogates.
+        return tuple(Header(name, value.decode("utf-8", "surrogateescape"))
+                     for name, value in self._fields)
 
     @no_reply
     @_guarded
@@ -213,7 +236,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             self._reset()
             return reply_for(self.engine.settings.milter.on_error)
         body = self._body.data()
-        msg = Message(self._envelope(), tuple(self._headers), body)
+        msg = Message(self._envelope(), self._headers(), body)
         decision = self.engine.process(msg, self._direction)
         # Logged before the edits go out: from the first body chunk to our final reply the
         # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with
@@ -248,7 +271,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             return  # the engine's own edits, which remove them, were already sent
         try:
             names = CaseHeaderNames(self.engine.settings.headers.prefix)
-            msg = Message(Envelope(), tuple(self._headers))
+            msg = Message(Envelope(), self._headers())
             self._apply(tuple(strip_ours(msg, names)))
         except Exception:
             log.exception("queue_id=%s could not remove forged fields", self.queue_id())

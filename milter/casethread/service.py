@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from types import TracebackType
 
 import Milter
 import milter
@@ -31,7 +32,7 @@ from .engine import Engine
 from .index import open_index
 from .keyfile import keyring_for
 from .metrics import Metrics
-from .pymilter_app import CaseMilter, InFlight, reply_for
+from .pymilter_app import CaseMilter, InFlight
 from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listening
 
 log = logging.getLogger("casethread")
@@ -64,6 +65,19 @@ def _set_socket_access(path: str, mode: int, group: str | None) -> None:
                               f"no such group {group!r}") from None
         os.chown(path, -1, gid)
     os.chmod(path, mode)
+
+
+def _log_untrapped(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """pymilter prints an exception that escaped a callback through sys.excepthook: it came
+    before our code ran (e.g. a header field name that is not UTF-8), so that step is skipped
+    and the message goes on without it."""
+    if threading.current_thread() is threading.main_thread():
+        sys.__excepthook__(kind, exc, tb)
+        return
+    log.error("error inside pymilter, before casethread's code: %s: %s; that step is skipped "
+              "(a header field is then not seen) and the message goes on", kind.__name__, exc)
 
 
 def _register_callbacks() -> None:
@@ -240,8 +254,10 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
             metrics.start(listen)
             log.info("metrics on http://%s/metrics", listen)
         Milter.factory = lambda: CaseMilter(current.engine, metrics, inflight)
-        # Exceptions that escape our own boundary (e.g. inside pymilter) follow the same policy.
-        milter.set_exception_policy(reply_for(settings.milter.on_error))
+        # Exceptions outside our own boundary (pymilter's C layer, before our code runs) answer
+        # CONTINUE: the only answer that keeps a no-reply step in step (pymilter_app.py).
+        milter.set_exception_policy(int(Milter.CONTINUE))
+        sys.excepthook = _log_untrapped
         _register_callbacks()
         spec = settings.milter.socket
         milter.setconn(spec)

@@ -308,27 +308,52 @@ def test_an_eight_bit_message_id_is_recorded_byte_exact(shared: MilterProcess) -
     assert values(second, "Subject") == ["caf\udce9"]  # the 8-bit byte passed through intact
 
 
-def test_an_undecodable_header_name_gets_the_error_policy(shared: MilterProcess) -> None:
-    # pymilter decodes field names as strict UTF-8 before our code runs: its own exception
-    # policy (set to on_error) answers. pymilter's default would be TEMPFAIL.
-    # (Postfix itself never sends such a name: it starts the body there.)
+@pytest.mark.parametrize(
+    "mta_protocol", [c.SMFI_V6_PROT, NO_SKIP], ids=["headers-unanswered", "headers-answered"]
+)
+def test_a_header_name_pymilter_cannot_decode_is_skipped_and_the_message_filtered(
+    shared: MilterProcess, mta_protocol: int
+) -> None:
+    # pymilter decodes field names as strict UTF-8 before our code runs, and answers its own
+    # exception with its policy, which casethread sets to CONTINUE: on a step the MTA does not
+    # wait for, any other answer would end the message on the milter's side while the MTA goes
+    # on (libmilter acts on the answer it drops), and the MTA would wait for an end-of-message
+    # reply that never comes. (Postfix itself never sends such a name: it starts the body there.)
+    queue_id = f"QRAW{mta_protocol}"
+    sent: list[tuple[str | bytes, str | bytes]] = [
+        ("From", "Pat Customer <pat@customer.example.org>"),
+        ("To", f"Support <{SUPPORT}>"),
+        ("Subject", "hi"),
+        (b"X-Case-\xe9", b"forged"),
+        ("X-Case-ID", "C-999999"),
+        ("Message-ID", f"<raw.{mta_protocol}@customer.example.org>"),
+    ]
     with MtaSession.open(shared.endpoint) as mta:
-        mta.negotiate()
+        mta.negotiate(protocol=mta_protocol)
         assert mta.connect({"{daemon_name}": "mx.example.com"}) == c.SMFIR_CONTINUE
         broken = mta.message(
-            "pat@customer.example.org", [SUPPORT],
-            [("Subject", "hi"), (b"X-Case-\xe9", b"forged"), ("X-Case-ID", "C-999999")],
-            rcpt_macros={"i": "QRAW1"},
+            "pat@customer.example.org", [SUPPORT], sent, "Hello\r\n",
+            rcpt_macros={"i": queue_id}, eom_macros={"i": queue_id},
         )
-        mta.abort()
         after = mta.message(
             "pat@customer.example.org", ["friend@elsewhere.test"],
-            customer_headers("<raw.2@customer.example.org>", ("X-Case-ID", "C-1")),
-            eom_macros={"i": "QRAW2"},
+            customer_headers(f"<raw.next.{mta_protocol}@customer.example.org>",
+                             ("X-Case-ID", "C-1")),
+            eom_macros={"i": f"QRAWNEXT{mta_protocol}"},
         )
         mta.quit()
-    assert broken.replies["header1"] == c.SMFIR_ACCEPT
-    assert broken.disposition is None and broken.actions == []
+    # Every step went on, and the message was filtered without the field it could not see: the
+    # fields after it were seen (the forged X-Case-ID goes), and the message opened a case.
+    assert all_continued(broken), broken
+    assert broken.disposition == c.SMFIR_CONTINUE
+    assert broken.removals() == [("X-Case-ID", 1)]
+    result = broken.result(sent)
+    assert values(result, "X-Case-Match") == ["new"]
+    (case_id,) = values(result, "X-Case-ID")
+    assert case_id != "C-999999"
+    log = shared.log()
+    assert "error inside pymilter, before casethread's code: UnicodeDecodeError" in log
+    assert re.search(rf"queue_id={queue_id} direction=inbound case={case_id} match=new", log)
     # The same connection goes on; the next message is handled normally.
     assert after.actions == [Action("m", "X-Case-ID", "", 1)]
     assert after.disposition == c.SMFIR_CONTINUE
