@@ -24,7 +24,7 @@ from .core.resolve import Evidence, Resolver, participant_key, subject_participa
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
-from .core.store import CaseIndex
+from .core.store import CaseChange, CaseIndex
 from .core.token import Keyring
 
 Clock = Callable[[], float]
@@ -137,10 +137,19 @@ class Engine:
         automatic = auto != autoreply.NO or loop
         route = self._router.route(msg)
         if hit is None:
-            outcomes = [] if automatic else [self._new_case(now, route.queue)]
-            match = "none" if automatic else "new"
             sender_known = None
             ev.trace.append("automatic mail opens no case" if automatic else "no match: new case")
+            match = "none" if automatic else "new"
+            if automatic:
+                outcomes = []
+                self.index.record((), now, bumps)
+            else:
+                # The case, this mail's aliases and its sender's count: one commit.
+                case = self.index.create_case(
+                    now, queue=route.queue, bumps=bumps,
+                    aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
+                )
+                outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
             targets = rules.apply(hit.case, self.index, automatic=automatic, now=now,
                                   reopen_within=self.settings.cases.reopen_within)
@@ -150,9 +159,8 @@ class Engine:
             # redirect must not make its own customer `unknown`.
             named = dict.fromkeys([hit.case.case_id, *(t.case.case_id for t in targets)])
             sender_known = any(ev.is_participant(case_id) for case_id in named)
-            outcomes = [self._carry_out(t, now, route) for t in targets]
+            outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps)
             match = hit.match
-        self._record(msg, ev, own_id, [o.case_id for o in outcomes], now, bumps)
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known, token_invalid=ev.token_invalid)
         return self._inbound_decision(msg, verdict, ev.trace)
@@ -179,15 +187,36 @@ class Engine:
         limit = self.settings.inbound.flood.limit
         return any(self.index.next_count(b.key, now, b.window) > limit for b in bumps)
 
-    def _new_case(self, now: int, queue: str, related: str | None = None) -> inbound.CaseOutcome:
-        case = self.index.create_case(now, queue=queue)
-        return inbound.CaseOutcome(case.case_id, "new", case.queue, related)
+    def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
+                   targets: list[rules.Target], now: int, route: Route,
+                   bumps: list[CounterBump]) -> list[inbound.CaseOutcome]:
+        """What the message does to its cases, recorded with its aliases and its sender's
+        count in one commit (a new related case, which is rare, takes one of its own)."""
+        related: dict[int, inbound.CaseOutcome] = {}
+        changes: list[tuple[str, CaseChange]] = []
+        for i, target in enumerate(targets):
+            if target.action is rules.Action.NEW_RELATED:
+                case = self.index.create_case(now, queue=route.queue)
+                related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
+                                                 target.case.case_id)
+            else:
+                changes.append((target.case.case_id, self._change(target, now, route)))
+        case_ids = [related[i].case_id if i in related else t.case.case_id
+                    for i, t in enumerate(targets)]
+        after = self.index.record(self._message_aliases(msg, ev, own_id, case_ids), now, bumps,
+                                  changes)
+        outcomes = []
+        for i, target in enumerate(targets):
+            if i in related:
+                outcomes.append(related[i])
+                continue
+            case = after.get(target.case.case_id, target.case)
+            state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
+            outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue))
+        return outcomes
 
-    def _carry_out(self, target: rules.Target, now: int, route: Route) -> inbound.CaseOutcome:
-        case = target.case
-        if target.action is rules.Action.NEW_RELATED:
-            return self._new_case(now, route.queue, related=case.case_id)
-
+    @staticmethod
+    def _change(target: rules.Target, now: int, route: Route) -> CaseChange:
         def change(current: CaseRecord) -> CaseRecord | None:
             changed = rules.transition(rules.Target(current, target.action), now)
             # A case opened by outbound mail has no queue yet: its first inbound mail routes it.
@@ -195,19 +224,13 @@ class Engine:
                 changed = replace(changed, queue=route.queue)
             return changed
 
-        case = self.index.modify_case(case.case_id, change) or case
-        state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
-        return inbound.CaseOutcome(case.case_id, state, case.queue)
+        return change
 
-    def _record(self, msg: Message, ev: Evidence, own_id: str | None, case_ids: list[str],
-                now: int, bumps: list[CounterBump]) -> None:
-        if not case_ids:
-            self.index.record((), now, bumps)
-            return
+    def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
+                         case_ids: list[str]) -> list[Alias]:
         raw = thread_index.decode(msg.get("Thread-Index") or "")
         root = thread_index.root_of(raw) if raw is not None else None
-        self.index.record(self._aliases(msg, case_ids, own_id, root, ev.new_external), now,
-                          bumps)
+        return self._aliases(msg, case_ids, own_id, root, ev.new_external)
 
     # -- outbound -----------------------------------------------------------------------------
 

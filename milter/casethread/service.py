@@ -72,7 +72,8 @@ def _log_untrapped(
 ) -> None:
     """pymilter prints an exception that escaped a callback through sys.excepthook: it came
     before our code ran (e.g. a header field name that is not UTF-8), so that step is skipped
-    and the message goes on without it."""
+    and the message goes on without it. It cannot be tied to its message (to apply on_error
+    there): Debian's libmilter serves one connection's steps from a pool of threads."""
     if threading.current_thread() is threading.main_thread():
         sys.__excepthook__(kind, exc, tb)
         return

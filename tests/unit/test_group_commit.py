@@ -15,7 +15,7 @@ import lmdb
 import pytest
 
 from casethread.core.message import Envelope, Header, Message
-from casethread.core.model import Alias, AliasKind
+from casethread.core.model import Alias, AliasKind, CaseState
 from casethread.core.settings import Settings
 from casethread.core.token import Keyring
 from casethread.engine import Engine
@@ -161,14 +161,14 @@ def test_a_lone_writer_commits_each_write_at_once(index: LmdbIndex) -> None:
 # --- what one message costs: write transactions per message through the engine ------------
 
 
-def _engine(index: LmdbIndex, tmp_path: Path) -> Engine:
+def _engine(index: LmdbIndex, tmp_path: Path, clock: Callable[[], float]) -> Engine:
     base = Settings()
     settings = replace(
         base,
         index=replace(base.index, path=str(tmp_path / "index")),
         inbound=replace(base.inbound, addresses=("support@example.com",)),
     )
-    return Engine(settings, index, Keyring([(1, bytes(range(32)))]), clock=lambda: 1_700_000_000,
+    return Engine(settings, index, Keyring([(1, bytes(range(32)))]), clock=clock,
                   hostname="mx.example.com")
 
 
@@ -188,24 +188,53 @@ def _mail(direction: str, subject: str, message_id: str) -> Message:
 
 
 def test_each_message_costs_the_fewest_commits(index: LmdbIndex, tmp_path: Path) -> None:
-    """Commits are what a message waits for (an fsync each): one per message, except an
-    inbound mail that opens a case (the case, then the aliases and flood counter) and the first
-    reply that routes a case (a case change)."""
-    engine = _engine(index, tmp_path)
+    """Commits are what a message waits for (an fsync each): one per message, whatever it does
+    to its case. The clock moves a second per message, so every reply changes its case (its
+    `updated` time) as in real traffic."""
+    now = [1_700_000_000]
 
-    def commits(msg: Message) -> tuple[int, str]:
+    def clock() -> float:
+        now[0] += 1
+        return now[0]
+
+    engine = _engine(index, tmp_path, clock)
+
+    def commits(msg: Message) -> tuple[int, str, str]:
         before = _last_txnid(index)
         decision = engine.process(msg)
-        return _last_txnid(index) - before, decision.match
+        return _last_txnid(index) - before, decision.match, decision.state
 
     first = _mail("out", "Your order", "<o1@example.com>")
     before = _last_txnid(index)
     tagged = engine.process(first)
     assert (_last_txnid(index) - before, tagged.match) == (1, "new")  # case and aliases
+    (case_id,) = tagged.case_ids
     subject = next(e.value for e in tagged.edits if getattr(e, "name", "") == "Subject")
-    assert commits(_mail("out", subject, "<o2@example.com>")) == (1, "token")
-    # The first reply also gives the case its queue (a case change); later ones change nothing.
-    assert commits(_mail("in", "Re: " + subject, "<i0@customer.example.org>")) == (2, "token")
-    assert commits(_mail("in", "Re: " + subject, "<i1@customer.example.org>")) == (1, "token")
-    assert commits(_mail("in", "A new question", "<i2@customer.example.org>")) == (2, "new")
-    assert commits(_mail("in", "A new question", "<i2@customer.example.org>")) == (1, "duplicate")
+    assert commits(_mail("out", subject, "<o2@example.com>")) == (1, "token", "open")
+    # The first reply gives the case its queue too, later ones its new `updated` time: the
+    # case change rides in the message's commit.
+    updated = index.get_case(case_id)
+    assert updated is not None and updated.queue == ""
+    assert commits(_mail("in", "Re: " + subject, "<i0@customer.example.org>")) == (
+        1, "token", "open")
+    routed = index.get_case(case_id)
+    assert routed is not None and routed.queue == "support" and routed.updated > updated.updated
+    assert commits(_mail("in", "Re: " + subject, "<i1@customer.example.org>")) == (
+        1, "token", "open")
+    later = index.get_case(case_id)
+    assert later is not None and later.updated > routed.updated
+    # A resolved case reopens in the same commit.
+    index.modify_case(case_id, lambda c: replace(c, state=CaseState.RESOLVED,
+                                                 state_changed=now[0]))
+    assert commits(_mail("in", "Re: " + subject, "<i2@customer.example.org>")) == (
+        1, "token", "reopened")
+    # A new case, its aliases and the sender's flood count: one commit.
+    assert commits(_mail("in", "A new question", "<i3@customer.example.org>")) == (
+        1, "new", "new")
+    assert commits(_mail("in", "A new question", "<i3@customer.example.org>")) == (
+        1, "duplicate", "open")
+    # A reply to a closed case opens a related case: the new case's own commit, then the
+    # message's (rare enough to leave at two).
+    index.modify_case(case_id, lambda c: replace(c, state=CaseState.CLOSED))
+    assert commits(_mail("in", "Re: " + subject, "<i4@customer.example.org>")) == (
+        2, "token", "new")

@@ -407,7 +407,51 @@ def test_a_new_case_with_a_bad_alias_is_not_created(index: CaseIndex) -> None:
 def test_aliases_come_with_generated_cases_only(index: CaseIndex) -> None:
     with pytest.raises(ValueError):
         index.create_case(now=7, case_id="APP-1", aliases=lambda c: [])
+    with pytest.raises(ValueError):
+        index.create_case(now=7, case_id="APP-1", bumps=[CounterBump("flood a@x", HOUR)])
     assert index.get_case("APP-1") is None
+    assert index.next_count("flood a@x", now=7, window=HOUR) == 1
+
+
+def test_a_new_case_counts_its_bumps(index: CaseIndex) -> None:
+    bump = CounterBump("flood a@example.org", HOUR)
+    index.create_case(now=1000, bumps=[bump])
+    index.create_case(now=1001, bumps=[bump])
+    assert index.next_count("flood a@example.org", now=1002, window=HOUR) == 3
+    with pytest.raises(ValueError):  # a bad bump: no case, no count
+        index.create_case(now=1002, bumps=[bump, CounterBump("b", 0)])
+    assert index.last_number() == 2
+    assert index.next_count("flood a@example.org", now=1002, window=HOUR) == 3
+
+
+def test_record_applies_case_changes_with_the_aliases(index: CaseIndex) -> None:
+    a, b = index.create_case(now=1), index.create_case(now=1)
+    touched = index.record(
+        [Alias(AliasKind.MESSAGE, "<m@x>", a.case_id)], 50, [CounterBump("flood p@x", HOUR)],
+        [(a.case_id, lambda c: replace(c, updated=50)),
+         (b.case_id, lambda c: None),  # no change: the record as it is
+         ("C-999999", lambda c: replace(c, updated=50))],  # no such case: left out
+    )
+    assert touched == {a.case_id: replace(a, updated=50), b.case_id: b}
+    assert index.get_case(a.case_id) == replace(a, updated=50)
+    assert index.get_case(b.case_id) == b
+    assert index.case_for_message("<m@x>") == a.case_id
+    assert index.next_count("flood p@x", now=51, window=HOUR) == 2
+    # Two changes of one case apply in order, the second to the first's result.
+    index.record((), 60, changes=[(a.case_id, lambda c: replace(c, updated=c.updated + 1)),
+                                  (a.case_id, lambda c: replace(c, updated=c.updated * 2))])
+    assert index.get_case(a.case_id) == replace(a, updated=102)
+
+
+def test_record_with_a_bad_case_change_writes_nothing(index: CaseIndex) -> None:
+    case = index.create_case(now=1)
+    with pytest.raises(ValueError):  # a change may not renumber a case
+        index.record([Alias(AliasKind.MESSAGE, "<m@x>", case.case_id)], 50, changes=[
+            (case.case_id, lambda c: replace(c, updated=50)),
+            (case.case_id, lambda c: replace(c, number=c.number + 1)),
+        ])
+    assert index.get_case(case.case_id) == case
+    assert index.case_for_message("<m@x>") is None
 
 
 def test_next_count_looks_without_counting(index: CaseIndex) -> None:

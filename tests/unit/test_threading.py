@@ -27,6 +27,7 @@ from casethread.core.settings import (
     RoutingSettings,
     Settings,
 )
+from casethread.core.store import CaseChange
 from casethread.core.token import ALPHABET, Keyring
 from casethread.index import LmdbIndex, MemoryIndex
 
@@ -465,9 +466,10 @@ class AliasCountingIndex:
         self.cases_read += 1
         return self.inner.get_case(case_id)
 
-    def record(self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()) -> None:
+    def record(self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
+               changes: Sequence[tuple[str, CaseChange]] = ()) -> dict[str, CaseRecord]:
         self.recorded.update(a.kind for a in aliases)
-        self.inner.record(aliases, now, bumps)
+        return self.inner.record(aliases, now, bumps, changes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -14,6 +14,8 @@ from .model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 
 # The aliases a new case is created with (see CaseIndex.create_case); may run more than once.
 NewCaseAliases = Callable[[CaseRecord], Sequence[Alias]]
+# A case's new record from its current one (None: leave it); pure, see CaseIndex.modify_case.
+CaseChange = Callable[[CaseRecord], CaseRecord | None]
 
 
 class CaseReader(Protocol):
@@ -36,7 +38,7 @@ class CaseReader(Protocol):
 class CaseIndex(CaseReader, Protocol):
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
-        aliases: NewCaseAliases | None = None,
+        aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
     ) -> CaseRecord:
         """Atomically create a case and return it.
 
@@ -44,15 +46,19 @@ class CaseIndex(CaseReader, Protocol):
         (skipping ids already taken by adopted cases). With a `case_id`, adopt it: return the
         existing record if the case exists, else create it with the next number.
 
-        `aliases` (for a generated case only) gives the aliases of the new case, recorded at
-        `now` in the same transaction: a new case and its first message cost one commit.
+        `aliases` gives the aliases of the new case, recorded at `now`, and `bumps` are counted,
+        in the same transaction: a new case and its first message cost one commit. Both come
+        with a generated case only (an adopted one may exist already, and would skip them).
         """
 
     def record(
-        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
-    ) -> None:
-        """Map each alias to its case (overwriting) and count `bumps`, all in one transaction:
-        a message's writes at its end cost one commit."""
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (),
+    ) -> dict[str, CaseRecord]:
+        """Map each alias to its case (overwriting), count `bumps` and apply `changes` (case
+        id, change as for `modify_case`), all in one transaction: a message's writes at its
+        end cost one commit. Returns each changed case's record as stored afterwards (an
+        unknown case is left out)."""
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         """Shorthand for recording one MESSAGE alias."""

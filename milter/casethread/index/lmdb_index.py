@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import lmdb
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
-from ..core.store import NewCaseAliases
+from ..core.store import CaseChange, NewCaseAliases
 from . import keys
 from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
 
@@ -435,6 +435,21 @@ class _Txn:
         raise _translate(self._path, self._shared, exc) from exc
 
 
+def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
+                 change: CaseChange) -> CaseRecord | None:
+    """Apply `change` to a case inside a write transaction; None for an unknown case."""
+    if not is_valid_case_id(case_id):
+        return None
+    key = case_id.encode()
+    stored = txn.get(key, db=db.cases)
+    if stored is None:
+        return None
+    record, encoded = keys.apply_change(case_id, stored, change)
+    if encoded is not None:
+        txn.put(key, encoded, db=db.cases)
+    return record
+
+
 def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
           window: int) -> int:
     """Count one event. Read and write in one write transaction: LMDB's writer lock makes the
@@ -638,9 +653,10 @@ class LmdbIndex:
 
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
-        aliases: NewCaseAliases | None = None,
+        aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases)
+        keys.check_new_case_args(case_id, aliases, bumps)
+        counters = keys.counter_items(bumps)
         if case_id is not None:
             # Adopting a known case is the common outbound path: no need for the writer lock.
             existing = self.get_case(case_id)
@@ -662,6 +678,8 @@ class LmdbIndex:
             packed = keys.NUMBER.pack(number)
             for key, value in items:
                 txn.put(key, value, db=db.aliases)
+            for raw_key, window in counters:
+                _bump(txn, db, raw_key, now, window)
             txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)
@@ -675,21 +693,28 @@ class LmdbIndex:
         return 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
 
     def record(
-        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
-    ) -> None:
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (),
+    ) -> dict[str, CaseRecord]:
         items = keys.alias_items(aliases, now)
         counters = keys.counter_items(bumps)
-        if not items and not counters:
-            return
+        if not items and not counters and not changes:
+            return {}
 
-        # One write transaction: one fsync for all of a message's aliases and counters.
-        def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
+        # One write transaction: one fsync for all of a message's writes.
+        def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> dict[str, CaseRecord]:
+            changed = {}
+            for case_id, change in changes:
+                record = _change_case(txn, db, case_id, change)
+                if record is not None:
+                    changed[case_id] = record
             for key, value in items:
                 txn.put(key, value, db=db.aliases)
             for raw_key, window in counters:
                 _bump(txn, db, raw_key, now, window)
+            return changed
 
-        self._write(put_all)
+        return self._write(put_all)
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
@@ -729,8 +754,8 @@ class LmdbIndex:
         if not is_valid_case_id(case_id):
             return None
         key = case_id.encode()
-        # Most calls change nothing (a reply to a case already open): a read says so without
-        # a write transaction and a place in the writers' queue.
+        # A change that changes nothing (a state the case already has) is found by a read,
+        # without a write transaction and a place in the writers' queue.
         with self._txn() as (txn, db):
             stored = txn.get(key, db=db.cases)
         if stored is None:
@@ -740,16 +765,7 @@ class LmdbIndex:
             return current
 
         # `change` runs again on the fresh read, and once more if the map had to grow.
-        def modify(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord | None:
-            stored = txn.get(key, db=db.cases)
-            if stored is None:
-                return None
-            record, encoded = keys.apply_change(case_id, stored, change)
-            if encoded is not None:
-                txn.put(key, encoded, db=db.cases)
-            return record
-
-        return self._write(modify)
+        return self._write(lambda txn, db: _change_case(txn, db, case_id, change))
 
     def close(self) -> None:
         if self._shared is not None:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
-from ..core.store import NewCaseAliases
+from ..core.store import CaseChange, NewCaseAliases
 from . import keys
 from .errors import CaseIndexError
 
@@ -67,9 +67,10 @@ class MemoryIndex:
 
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
-        aliases: NewCaseAliases | None = None,
+        aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases)
+        keys.check_new_case_args(case_id, aliases, bumps)
+        keys.counter_items(bumps)  # validated before anything changes
         with self._lock:
             self._check_open()
             if case_id is not None and case_id in self._cases:
@@ -79,6 +80,8 @@ class MemoryIndex:
             # Validated before anything changes: all or nothing.
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
             self._aliases.update(items)
+            for b in bumps:
+                self._bump(b.key, now, b.window)
             self._cases[new_id] = keys.encode_case(record)
             self._numbers[number] = new_id
             self._counter = number
@@ -93,15 +96,28 @@ class MemoryIndex:
             return self._counter
 
     def record(
-        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
-    ) -> None:
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (),
+    ) -> dict[str, CaseRecord]:
         items = keys.alias_items(aliases, now)
         keys.counter_items(bumps)  # validated before anything changes
         with self._lock:
             self._check_open()
+            # Every change is worked out before anything is stored: all or nothing.
+            changed: dict[str, CaseRecord] = {}
+            encoded: dict[str, bytes] = {}
+            for case_id, change in changes:
+                stored = encoded.get(case_id) or self._cases.get(case_id)
+                if stored is None:
+                    continue
+                changed[case_id], data = keys.apply_change(case_id, stored, change)
+                if data is not None:
+                    encoded[case_id] = data
+            self._cases.update(encoded)
             self._aliases.update(items)
             for b in bumps:
                 self._bump(b.key, now, b.window)
+            return changed
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.settings import CaseSettings
-from ..core.store import CaseIndex, NewCaseAliases
+from ..core.store import CaseChange, CaseIndex, NewCaseAliases
 from . import keys
 from .memory_index import MemoryIndex
 
@@ -56,22 +56,39 @@ class OverlayIndex:
 
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
-        aliases: NewCaseAliases | None = None,
+        aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases)
+        keys.check_new_case_args(case_id, aliases, bumps)
         if case_id is not None:
             existing = self.get_case(case_id)
             if existing is not None:
                 return existing
-        return self._overlay.create_case(now, case_id, queue, aliases)
+        return self._overlay.create_case(now, case_id, queue, aliases, bumps)
 
     def last_number(self) -> int:
         return self._overlay.last_number()
 
     def record(
-        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = ()
-    ) -> None:
-        self._overlay.record(aliases, now, bumps)
+        self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (),
+    ) -> dict[str, CaseRecord]:
+        keys.alias_items(aliases, now)  # validated before anything changes: all or nothing
+        keys.counter_items(bumps)
+        with self._modify_lock:
+            after: dict[str, CaseRecord] = {}
+            changed: dict[str, CaseRecord] = {}
+            for case_id, change in changes:
+                current = after.get(case_id) or self.get_case(case_id)
+                if current is None:
+                    continue
+                after[case_id], data = keys.apply_change(case_id, keys.encode_case(current),
+                                                         change)
+                if data is not None:
+                    changed[case_id] = after[case_id]
+            for record in changed.values():
+                self.update_case(record)
+            self._overlay.record(aliases, now, bumps)
+        return after
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
