@@ -1,11 +1,16 @@
 """The no-op pymilter milter, the benchmark's anchor: what any pymilter milter costs.
 
-Usage: python noop_milter.py SOCKET   (libmilter spelling: inet:PORT@HOST or unix:/path)
+Usage: python noop_milter.py [--no-reply] SOCKET   (libmilter spelling: inet:PORT@HOST or
+unix:/path)
 
 It asks for every callback, as casethread does (headers and body included), and answers
 CONTINUE to each. It defines `data()`: without it pymilter negotiates "no DATA callback" and
 Postfix's lone DATA macro packet costs a ~40 ms TCP delayed-ACK stall (FIELD-NOTES). It asks for
 the same modification flags as casethread but never modifies anything.
+
+With --no-reply it also lets the MTA skip waiting for the steps casethread answers no reply to
+(connect, MAIL, RCPT, each header field, end of headers): the same protocol shape as
+casethread, so that the difference between the two is casethread's own work.
 """
 
 from __future__ import annotations
@@ -54,15 +59,41 @@ class NoopMilter(Milter.Base):  # type: ignore[misc]
         return CONTINUE
 
 
+class NoReplyNoopMilter(NoopMilter):
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        return CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        return CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        return CONTINUE
+
+    @Milter.noreply
+    def header(self, name: str, value: str) -> int:
+        return CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        return CONTINUE
+
+
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: noop_milter.py SOCKET")
+    args = sys.argv[1:]
+    no_reply = args[:1] == ["--no-reply"]
+    if no_reply:
+        args = args[1:]
+    if len(args) != 1:
+        sys.exit("usage: noop_milter.py [--no-reply] SOCKET")
     # A unix socket must be writable by user postfix; its directory limits who reaches it.
     os.umask(0o111)
-    Milter.factory = NoopMilter
+    Milter.factory = NoReplyNoopMilter if no_reply else NoopMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
-    print(f"noop milter pid {os.getpid()} on {sys.argv[1]}", file=sys.stderr, flush=True)
-    Milter.runmilter("noop", sys.argv[1], timeout=60)
+    print(f"noop milter pid {os.getpid()} on {args[0]}", file=sys.stderr, flush=True)
+    Milter.runmilter("noop", args[0], timeout=60)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class Config:
     nodelay: bool = True
     latency_only: bool = False  # run at 1 session only
     index_sync: str = "full"  # casethread's index.sync
+    noop_args: tuple[str, ...] = ()  # bench/noop_milter.py's options
 
 
 CONFIGS: dict[str, Config] = {
@@ -101,6 +102,7 @@ CONFIGS: dict[str, Config] = {
     for c in (
         Config("none", "no milter", None),
         Config("noop", "no-op pymilter, unix", "unix"),
+        Config("noop-nr", "no-op, no-reply steps, unix", "unix", noop_args=("--no-reply",)),
         Config("ct-unix", "casethread, unix", "unix", casethread=True),
         Config("ct-unix-async", "casethread, unix, index.sync async", "unix", casethread=True,
                index_sync="async"),
@@ -110,7 +112,8 @@ CONFIGS: dict[str, Config] = {
         Config("noop-tcp", "no-op pymilter, TCP", "inet"),
     )
 }
-DEFAULT_CONFIGS = ("none", "noop", "ct-unix", "ct-unix-async", "ct-tcp", "ct-tcp-nagle")
+DEFAULT_CONFIGS = ("none", "noop", "noop-nr", "ct-unix", "ct-unix-async", "ct-tcp",
+                   "ct-tcp-nagle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +379,8 @@ def start_milters(
             log_path = work / f"{name}.log"
             index = None
             if not cfg.casethread:
-                argv = [sys.executable, str(BENCH / "noop_milter.py"), sock.libmilter]
+                argv = [sys.executable, str(BENCH / "noop_milter.py"), *cfg.noop_args,
+                        sock.libmilter]
             else:
                 index = work / f"{name}-index"
                 token = keyring.make(_precreate_case(index))
@@ -583,7 +587,8 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
     index = {(r["config"], r["direction"], r["size"], r["sessions"]): r for r in rows}
     for r in rows:
         key = (r["direction"], r["size"], r["sessions"])
-        for ref, field in (("none", "vs_none"), ("noop", "vs_noop"), ("ct-unix", "vs_ct_unix")):
+        for ref, field in (("none", "vs_none"), ("noop", "vs_noop"), ("noop-nr", "vs_noop_nr"),
+                           ("ct-unix", "vs_ct_unix")):
             other = index.get((ref, *key))
             r[field] = round(r["msgs_per_s"] / other["msgs_per_s"], 3) if other else None
         base = index.get(("none", *key))
@@ -612,6 +617,9 @@ def check_targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str,
             where = f"{direction} {size} 20 sessions"
             if unix:
                 add(f"ct-unix / noop, {where}", unix["vs_noop"], ">=", 0.90)
+                if unix.get("vs_noop_nr") is not None:
+                    # Not the target: the no-op with casethread's protocol shape.
+                    add(f"(ct-unix / noop-nr, {where})", unix["vs_noop_nr"], ">=", 0.90)
                 add(f"ct-unix / none, {where}", unix["vs_none"], ">=", 0.75)
             if tcp:
                 add(f"ct-tcp / ct-unix, {where}", tcp["vs_ct_unix"], ">=", 0.90)
@@ -629,6 +637,7 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
           f"{'  (quick)' if meta['quick'] else ''}")
     header = (f"{'direction':9} {'size':4} {'sess':>4}  {'configuration':26} "
               f"{'msg/s (min-max)':>22} {'ms/msg':>7} {'+ms':>6} {'/none':>6} {'/noop':>6} "
+              f"{'/nr':>6} "
               f"{'/unix':>6} {'cpu:milter':>10} {'cpu:all':>7}")
     print(header)
     print("-" * len(header))
@@ -646,10 +655,10 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
         added = f"{r['added_latency_ms']:+.1f}" if r["added_latency_ms"] is not None else "-"
         print(f"{r['direction']:9} {r['size']:4} {r['sessions']:>4}  {r['config_title']:26} "
               f"{rate:>22} {r['latency_ms']:7.1f} {added:>6} {two(r['vs_none']):>6} "
-              f"{two(r['vs_noop']):>6} {two(r['vs_ct_unix']):>6} "
+              f"{two(r['vs_noop']):>6} {two(r['vs_noop_nr']):>6} {two(r['vs_ct_unix']):>6} "
               f"{two(r['milter_cpu_ms']):>10} {two(r['busy_cpu_ms']):>7}")
-    print("cpu:milter / cpu:all = CPU ms per message used by the milter process / by the whole "
-          "machine (medians)")
+    print("/nr = against the no-op milter with casethread's no-reply steps; cpu:milter / cpu:all "
+          "= CPU ms per message used by the milter process / by the whole machine (medians)")
     print()
     print("targets (medians of this run):")
     for c in targets["checks"]:
