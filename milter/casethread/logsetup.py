@@ -82,6 +82,12 @@ def configure(
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(OneLineFormatter(STDERR_FORMAT))
+    # The milter logs a line per message: its records skip what no format here uses (the
+    # logging HOWTO's "Optimization": thread, process and source-line lookups).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger(LOGGER)
     if _installed is not None and _installed in root.handlers:
         _installed.close()
