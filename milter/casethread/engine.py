@@ -272,12 +272,16 @@ class Engine:
             notes.append("message-id-added")
         edits += outbound.case_header_edits(msg, self._names, case)
         if case is not None:
-            case = self._apply_app_state(msg, case, int(now))
             tok = self.keyring.make(case.number)
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
             splices = self._stamp_body(ev, tok, notes)
-            if not recorded:
-                self.index.record(aliases_of(case), int(now))
+            # The app's state change rides in the mail's own commit.
+            state_change = self._app_state_change(msg, int(now))
+            changes = [(case.case_id, state_change)] if state_change is not None else []
+            if changes or not recorded:
+                after = self.index.record([] if recorded else aliases_of(case), int(now),
+                                          changes=changes)
+                case = after.get(case.case_id, case)
         return Decision(
             Direction.OUTBOUND,
             (case.case_id,) if case else (),
@@ -303,17 +307,18 @@ class Engine:
         )
         return plan.splices
 
-    def _apply_app_state(self, msg: Message, case: CaseRecord, now: int) -> CaseRecord:
+    def _app_state_change(self, msg: Message, now: int) -> CaseChange | None:
+        """What the app's `X-Case-State` does to the case, if it set one."""
         state = outbound.app_state(msg, self._names)
         if state is None:
-            return case
+            return None
 
         def change(current: CaseRecord) -> CaseRecord | None:
             if current.state is state:
                 return None
             return replace(current, state=state, state_changed=now, updated=now)
 
-        return self.index.modify_case(case.case_id, change) or case
+        return change
 
     def _stamp_headers(self, msg: Message, case: CaseRecord, tok: str, new_case: bool,
                        domain: str, now: float, notes: list[str]) -> list[Edit]:

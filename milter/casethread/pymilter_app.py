@@ -199,9 +199,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     @no_reply
     def header(self, name: str, value: str) -> int:
-        """pymilter's decoded form of the callback, for callers that use it; its @noreply mark
-        is what negotiation reads."""
-        self._fields.append((name, value.encode("utf-8", "surrogateescape")))
+        """pymilter's decoded form of the callback: its @noreply mark is what negotiation
+        reads."""
+        self.header_bytes(name, value.encode("utf-8", "surrogateescape"))
         return int(Milter.CONTINUE)
 
     def _headers(self) -> tuple[Header, ...]:

@@ -233,6 +233,13 @@ def test_each_message_costs_the_fewest_commits(index: LmdbIndex, tmp_path: Path)
         1, "new", "new")
     assert commits(_mail("in", "A new question", "<i3@customer.example.org>")) == (
         1, "duplicate", "open")
+    # An agent's mail whose app sets the case's state: the change rides in the mail's commit.
+    resolving = _mail("out", subject, "<o3@example.com>")
+    resolving = replace(resolving, headers=(*resolving.headers, Header("X-Case-State", "resolved")))
+    assert commits(resolving) == (1, "token", "resolved")
+    stored = index.get_case(case_id)
+    assert stored is not None and stored.state is CaseState.RESOLVED
+    index.modify_case(case_id, lambda c: replace(c, state=CaseState.OPEN))
     # A reply to a closed case opens a related case: the new case's own commit, then the
     # message's (rare enough to leave at two).
     index.modify_case(case_id, lambda c: replace(c, state=CaseState.CLOSED))
