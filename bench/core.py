@@ -61,7 +61,7 @@ import lmdb
 import messages
 
 from casethread.core.message import Envelope, Header, Message, parse_raw
-from casethread.core.model import AliasKind, Direction
+from casethread.core.model import Alias, AliasKind, Direction
 from casethread.core.settings import FloodSettings, Settings
 from casethread.core.stamp import apply_splices
 from casethread.core.store import CaseIndex
@@ -167,18 +167,35 @@ def engine_cases(engine: Engine, index: CaseIndex, keyring: Keyring, n: int) -> 
 # Larger than any L3 cache here: writing it evicts what the engine had in the CPU caches.
 EVICT = bytearray(64 << 20)
 EVICT_STEP = 1 << 20
+_BLANK = bytes(EVICT_STEP)
 
 
 def evict_caches() -> None:
     """Fill the CPU caches with other data, as Postfix and the other sessions do between two
     of a milter's messages on a busy machine."""
-    blank = bytes(EVICT_STEP)
     for offset in range(0, len(EVICT), EVICT_STEP):
-        EVICT[offset : offset + EVICT_STEP] = blank
+        EVICT[offset : offset + EVICT_STEP] = _BLANK
+
+
+def _process_checked(engine: Engine, case: EngineCase, msg: Message,
+                     profiler: cProfile.Profile | None = None) -> int:
+    """Nanoseconds `Engine.process` took for `msg`; its decision is checked, not assumed."""
+    if profiler is not None:
+        profiler.enable()
+    start = time.perf_counter_ns()
+    decision = engine.process(msg)
+    elapsed = time.perf_counter_ns() - start
+    if profiler is not None:
+        profiler.disable()
+    if decision.match != case.expect_match or decision.direction is not case.direction:
+        raise RuntimeError(f"{case.name}: unexpected decision {decision.log_fields()}")
+    if case.check_body and not decision.body_splices:
+        raise RuntimeError(f"{case.name}: body not stamped: {decision.log_fields()}")
+    return elapsed
 
 
 def bench_engine(store: str, n: int, warmup: int, profile: bool,
-                 cold: int = 0) -> list[dict[str, Any]]:
+                 cold: int) -> list[dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="casethread-core-"))
     keyring = Keyring([(1, bytes(range(32)))])
     index: CaseIndex = LmdbIndex(tmp / "index", MAP_SIZE) if store == "lmdb" else MemoryIndex()
@@ -190,37 +207,23 @@ def bench_engine(store: str, n: int, warmup: int, profile: bool,
                 engine.process(msg)
             data_mdb = tmp / "index" / "data.mdb"
             size_before = data_mdb.stat().st_size if data_mdb.exists() else 0
-            samples: list[float] = []
             profiler = cProfile.Profile() if profile else None
             gc.collect()
-            for msg in case.messages[warmup : warmup + n]:
-                if profiler is not None:
-                    profiler.enable()
-                start = time.perf_counter_ns()
-                decision = engine.process(msg)
-                samples.append((time.perf_counter_ns() - start) / 1e6)
-                if profiler is not None:
-                    profiler.disable()
-                if decision.match != case.expect_match or decision.direction is not case.direction:
-                    raise RuntimeError(f"{case.name}: unexpected decision {decision.log_fields()}")
-                if case.check_body and not decision.body_splices:
-                    raise RuntimeError(f"{case.name}: body not stamped: {decision.log_fields()}")
+            samples = [_process_checked(engine, case, msg, profiler) / 1e6
+                       for msg in case.messages[warmup : warmup + n]]
             row: dict[str, Any] = {"kind": "core-engine", "case": case.name, "store": store,
                                    "messages": n, **_stats_ms(samples)}
             if store == "lmdb":
                 grown = data_mdb.stat().st_size - size_before
                 row["data_mdb_bytes_per_message"] = round(grown / n, 1)
-            if cold:
-                # The same path with the CPU caches emptied before each message: a milter's
-                # lot on a machine busy with Postfix (bench/README.md).
-                cold_ns = []
-                for msg in case.messages[warmup + n :]:
-                    evict_caches()
-                    start = time.perf_counter_ns()
-                    engine.process(msg)
-                    cold_ns.append(time.perf_counter_ns() - start)
-                row["cold_median_ms"] = round(statistics.median(cold_ns) / 1e6, 4)
-                row["cold_messages"] = cold
+            # The same path with the CPU caches emptied before each message: a milter's lot on
+            # a machine busy with Postfix (bench/README.md).
+            cold_ns = []
+            for msg in case.messages[warmup + n :]:
+                evict_caches()
+                cold_ns.append(_process_checked(engine, case, msg))
+            row["cold_median_ms"] = round(statistics.median(cold_ns) / 1e6, 4)
+            row["cold_messages"] = cold
             rows.append(row)
             if profiler is not None:
                 out = io.StringIO()
@@ -273,16 +276,18 @@ def _open_raw(path: Path) -> tuple[lmdb.Environment, Any]:
 def fill(path: Path, start: int, stop: int, shuffled: bool = False) -> float:
     """Record Message-IDs [start, stop) in the index at `path`; returns seconds taken."""
     began = time.monotonic()
-    order = list(range(start, stop))
+    order: Sequence[int] = range(start, stop)
     if shuffled:
+        order = list(order)
         random.Random(7).shuffle(order)
     env, db = _open_raw(path)
     try:
         for chunk in range(0, len(order), FILL_TXN):
-            items = [(keys.alias_key(AliasKind.MESSAGE, message_id(i)),
-                      # ~3 messages per case, as a question, a reply and a follow-up.
-                      keys.encode_alias(f"C-{i // 3 + 1:07d}", NOW))
-                     for i in order[chunk : chunk + FILL_TXN]]
+            # Encoded as the milter writes them; ~3 messages per case (a question, a reply and
+            # a follow-up).
+            items = keys.alias_items(
+                [Alias(AliasKind.MESSAGE, message_id(i), f"C-{i // 3 + 1:07d}")
+                 for i in order[chunk : chunk + FILL_TXN]], NOW)
             with env.begin(write=True, db=db) as txn, txn.cursor() as cursor:
                 added, _ = cursor.putmulti(items, overwrite=False)
                 if added != len(items):

@@ -60,25 +60,12 @@ class NoopMilter(Milter.Base):  # type: ignore[misc]
 
 
 class NoReplyNoopMilter(NoopMilter):
-    @Milter.noreply
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        return CONTINUE
-
-    @Milter.noreply
-    def envfrom(self, mail_from: str, *params: str) -> int:
-        return CONTINUE
-
-    @Milter.noreply
-    def envrcpt(self, to: str, *params: str) -> int:
-        return CONTINUE
-
-    @Milter.noreply
-    def header(self, name: str, value: str) -> int:
-        return CONTINUE
-
-    @Milter.noreply
-    def eoh(self) -> int:
-        return CONTINUE
+    # The steps casethread's adapter marks @Milter.noreply (milter/casethread/pymilter_app.py).
+    connect = Milter.noreply(NoopMilter.connect)
+    envfrom = Milter.noreply(NoopMilter.envfrom)
+    envrcpt = Milter.noreply(NoopMilter.envrcpt)
+    header = Milter.noreply(NoopMilter.header)
+    eoh = Milter.noreply(NoopMilter.eoh)
 
 
 def main() -> None:
