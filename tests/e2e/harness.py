@@ -33,6 +33,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from casethread.core import msgid
+from casethread.core.model import AliasKind
 from casethread.index import keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -953,9 +955,19 @@ class IndexExport:
                 messages[rec["key"]["hash"]] = rec["case"]
         return cls(counter, cases, messages)
 
+    def assert_numbering(self) -> None:
+        """Case numbers unique and dense from 1, and the counter at the last of them."""
+        numbers = sorted(self.cases.values())
+        assert numbers == list(range(1, len(numbers) + 1)), "case numbers repeat or have gaps"
+        assert self.counter == len(numbers), (self.counter, len(numbers))
+
     def case_of(self, message_id: str) -> str | None:
-        """The case the Message-ID in a Message-ID field is recorded under."""
-        return self.messages.get(keys.message_digest_hex(message_id) or "")
+        """The case the Message-ID in a Message-ID field is recorded under: its alias key (as
+        casethread normalises and hashes it) without the kind byte, as the export names it."""
+        normalised = msgid.first_id(message_id)
+        if not normalised:
+            return None
+        return self.messages.get(keys.alias_key(AliasKind.MESSAGE, normalised)[1:].hex())
 
 
 def casethread_argv() -> list[str]:

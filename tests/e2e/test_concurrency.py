@@ -14,11 +14,9 @@ read-then-write (instead of an atomic `modify_case`) would lose.
 
 from __future__ import annotations
 
-import json
 import random
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,14 +32,15 @@ from casethread.core.model import CaseRecord, CaseState
 from casethread.index import LmdbIndex, MemoryIndex
 
 from .harness import (
+    IndexExport,
     MilterFactory,
     MilterSocket,
     PostfixFactory,
     PostfixHarness,
+    casethread_argv,
     casethread_serve_argv,
 )
 
-CASETHREAD = Path(sys.executable).with_name("casethread")
 AGENT = "agent@helpdesk.example"
 SUPPORT = "support@helpdesk.example"
 FLOOD = "robot@customer.example"  # every auto-reply comes from it: one shared counter
@@ -52,7 +51,7 @@ DEADLINE = 240.0  # seconds for the whole concurrent phase: past it, something i
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(CASETHREAD), *args], input=stdin, capture_output=True,
+    return subprocess.run([*casethread_argv(), *args], input=stdin, capture_output=True,
                           timeout=60, check=False)
 
 
@@ -219,12 +218,9 @@ def test_fifty_sessions_and_two_cli_writers_lose_no_update(
     new_cases += cli_new_cases
     assert len(new_cases) == tally["new"] + tally["outbound"] + tally["filter outbound"]
     assert len(set(new_cases)) == len(new_cases), Counter(new_cases).most_common(3)
-    exported = cli("export", "--index", str(index_path))
-    assert exported.returncode == 0, exported.stderr
-    records = [json.loads(line) for line in exported.stdout.splitlines()]
-    numbers = [r["number"] for r in records if r["type"] == "case"]
-    counter = next(r["counter"] for r in records if r["type"] == "meta")
-    assert sorted(numbers) == list(range(1, len(numbers) + 1)) and counter == len(numbers)
+    dump = IndexExport.read(index_path)
+    dump.assert_numbering()
+    numbers = dump.cases.values()
     assert len(numbers) == STATE_CASES + len(new_cases)
     assert not [line for line in proc.output().splitlines() if " ERROR " in line]
     with capsys.disabled():

@@ -14,11 +14,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from casethread.core.message import Envelope, Header, Message
 from casethread.core.model import Alias, AliasKind, CaseState
-from casethread.core.settings import Settings
-from casethread.core.token import Keyring
-from casethread.engine import Engine
 from casethread.index import LmdbIndex
 from casethread.index.lmdb_index import SharedEnv
 
@@ -161,87 +157,52 @@ def test_a_lone_writer_commits_each_write_at_once(index: LmdbIndex) -> None:
 # --- what one message costs: write transactions per message through the engine ------------
 
 
-def _engine(index: LmdbIndex, tmp_path: Path, clock: Callable[[], float]) -> Engine:
-    base = Settings()
-    settings = replace(
-        base,
-        index=replace(base.index, path=str(tmp_path / "index")),
-        inbound=replace(base.inbound, addresses=("support@example.com",)),
-    )
-    return Engine(settings, index, Keyring([(1, bytes(range(32)))]), clock=clock,
-                  hostname="mx.example.com")
-
-
-def _mail(direction: str, subject: str, message_id: str) -> Message:
-    customer, support = "pat@customer.example.org", "support@example.com"
-    envelope = (
-        Envelope(mail_from=support, rcpts=(customer,), client_address="127.0.0.1",
-                 daemon_name="ORIGINATING")
-        if direction == "out"
-        else Envelope(mail_from=customer, rcpts=(support,), client_address="192.0.2.7",
-                      daemon_name="mx.example.com")
-    )
-    sender, rcpt = (support, customer) if direction == "out" else (customer, support)
-    headers = (Header("From", sender), Header("To", rcpt), Header("Subject", subject),
-               Header("Message-ID", message_id))
-    return Message(envelope, headers, b"Hello.\r\n")
-
-
-def test_each_message_costs_the_fewest_commits(index: LmdbIndex, tmp_path: Path) -> None:
+def test_each_message_costs_the_fewest_commits(
+    index: LmdbIndex, make_harness: Callable[..., Any]
+) -> None:
     """Commits are what a message waits for (an fsync each): one per message, whatever it does
-    to its case. The clock moves a second per message, so every reply changes its case (its
-    `updated` time) as in real traffic."""
-    now = [1_700_000_000]
+    to its case. The harness's clock moves a second per message, so every reply changes its
+    case (its `updated` time) as in real traffic."""
+    h = make_harness(index=index)
+    customer, agent = "pat@customer.example.org", "support@example.com"
 
-    def clock() -> float:
-        now[0] += 1
-        return now[0]
-
-    engine = _engine(index, tmp_path, clock)
-
-    def commits(msg: Message) -> tuple[int, str, str]:
+    def commits(direction: str, subject: str, message_id: str,
+                *extra: tuple[str, str]) -> tuple[int, str, str]:
+        sender, rcpt = (agent, customer) if direction == "out" else (customer, agent)
+        send = h.outbound if direction == "out" else h.inbound
         before = _last_txnid(index)
-        decision = engine.process(msg)
+        result = send(("From", sender), ("To", rcpt), ("Subject", subject),
+                      ("Message-ID", message_id), *extra, body=b"Hello.\r\n")
+        decision = result.decision
         return _last_txnid(index) - before, decision.match, decision.state
 
-    first = _mail("out", "Your order", "<o1@example.com>")
-    before = _last_txnid(index)
-    tagged = engine.process(first)
-    assert (_last_txnid(index) - before, tagged.match) == (1, "new")  # case and aliases
-    (case_id,) = tagged.case_ids
-    subject = next(e.value for e in tagged.edits if getattr(e, "name", "") == "Subject")
-    assert commits(_mail("out", subject, "<o2@example.com>")) == (1, "token", "open")
+    assert commits("out", "Your order", "<o1@example.com>") == (1, "new", "open")  # + aliases
+    case_id = h.index.case_for_message("o1@example.com")
+    assert case_id is not None
+    subject = f"Your order [ref:{h.token(case_id)}]"
+    assert commits("out", subject, "<o2@example.com>") == (1, "token", "open")
     # The first reply gives the case its queue too, later ones its new `updated` time: the
     # case change rides in the message's commit.
-    updated = index.get_case(case_id)
-    assert updated is not None and updated.queue == ""
-    assert commits(_mail("in", "Re: " + subject, "<i0@customer.example.org>")) == (
-        1, "token", "open")
-    routed = index.get_case(case_id)
-    assert routed is not None and routed.queue == "support" and routed.updated > updated.updated
-    assert commits(_mail("in", "Re: " + subject, "<i1@customer.example.org>")) == (
-        1, "token", "open")
-    later = index.get_case(case_id)
-    assert later is not None and later.updated > routed.updated
+    updated = h.case(case_id)
+    assert updated.queue == ""
+    assert commits("in", "Re: " + subject, "<i0@customer.example.org>") == (1, "token", "open")
+    routed = h.case(case_id)
+    assert routed.queue == "support" and routed.updated > updated.updated
+    assert commits("in", "Re: " + subject, "<i1@customer.example.org>") == (1, "token", "open")
+    assert h.case(case_id).updated > routed.updated
     # A resolved case reopens in the same commit.
-    index.modify_case(case_id, lambda c: replace(c, state=CaseState.RESOLVED,
-                                                 state_changed=now[0]))
-    assert commits(_mail("in", "Re: " + subject, "<i2@customer.example.org>")) == (
+    h.set_case(case_id, state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    assert commits("in", "Re: " + subject, "<i2@customer.example.org>") == (
         1, "token", "reopened")
     # A new case, its aliases and the sender's flood count: one commit.
-    assert commits(_mail("in", "A new question", "<i3@customer.example.org>")) == (
-        1, "new", "new")
-    assert commits(_mail("in", "A new question", "<i3@customer.example.org>")) == (
+    assert commits("in", "A new question", "<i3@customer.example.org>") == (1, "new", "new")
+    assert commits("in", "A new question", "<i3@customer.example.org>") == (
         1, "duplicate", "open")
     # An agent's mail whose app sets the case's state: the change rides in the mail's commit.
-    resolving = _mail("out", subject, "<o3@example.com>")
-    resolving = replace(resolving, headers=(*resolving.headers, Header("X-Case-State", "resolved")))
-    assert commits(resolving) == (1, "token", "resolved")
-    stored = index.get_case(case_id)
-    assert stored is not None and stored.state is CaseState.RESOLVED
-    index.modify_case(case_id, lambda c: replace(c, state=CaseState.OPEN))
+    assert commits("out", subject, "<o3@example.com>", ("X-Case-State", "resolved")) == (
+        1, "token", "resolved")
+    assert h.case(case_id).state is CaseState.RESOLVED
     # A reply to a closed case opens a related case: the new case's own commit, then the
     # message's (rare enough to leave at two).
-    index.modify_case(case_id, lambda c: replace(c, state=CaseState.CLOSED))
-    assert commits(_mail("in", "Re: " + subject, "<i4@customer.example.org>")) == (
-        2, "token", "new")
+    h.set_case(case_id, state=CaseState.CLOSED)
+    assert commits("in", "Re: " + subject, "<i4@customer.example.org>") == (2, "token", "new")

@@ -766,8 +766,11 @@ def test_lmdb_other_schema_is_refused_with_advice(tmp_path: Path, schema: bytes,
     env.close()
     with pytest.raises(SchemaMismatch, match=f"version {schema.decode()};.*{advice}"):
         LmdbIndex(path, MAP_SIZE)
-    # The refused env was closed, not left registered.
-    lmdb.open(str(path), max_dbs=MAX_DBS).close()
+    # The file is left as it was, and the refused env was closed, not left registered.
+    env = lmdb.open(str(path), max_dbs=MAX_DBS)
+    with env.begin() as txn:
+        assert txn.get(META_SCHEMA, db=env.open_db(b"meta", txn=txn)) == schema
+    env.close()
 
 
 def test_open_index_uses_the_settings(tmp_path: Path) -> None:

@@ -27,11 +27,10 @@ from casethread.index import (
     CaseIndexError,
     IndexFull,
     LmdbIndex,
-    SchemaMismatch,
     maintenance,
 )
 from casethread.index import keys as index_keys
-from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA, SCHEMA_VERSION, _Gate
+from casethread.index.lmdb_index import SCHEMA_VERSION, _Gate
 from casethread.index.maintenance import BadImport, MaintenanceError
 
 MAP_SIZE = 1 << 24
@@ -839,17 +838,3 @@ def test_a_failed_write_rolls_back_while_readers_spin(tmp_path: Path) -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert index.get_case("C-999999") is None
     index.close()
-
-
-@pytest.mark.parametrize("schema", [1, SCHEMA_VERSION + 1])
-def test_an_index_of_another_schema_is_refused(tmp_path: Path, schema: int) -> None:
-    """Schema 1 stored alias keys in clear: this version cannot read it (README, Upgrading)."""
-    path = tmp_path / "idx"
-    LmdbIndex(path, MAP_SIZE).close()
-    env = lmdb.open(str(path), max_dbs=MAX_DBS)
-    with env.begin(write=True) as txn:
-        txn.put(META_SCHEMA, str(schema).encode(), db=env.open_db(b"meta", txn=txn))
-    env.close()
-    with pytest.raises(SchemaMismatch, match=f"schema version {schema}"):
-        LmdbIndex(path, MAP_SIZE)
-    os.stat(path / "data.mdb")  # untouched, still there

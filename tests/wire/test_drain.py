@@ -19,8 +19,8 @@ import pytest
 from miltertest import constants as c
 
 from .conftest import STOP_TIMEOUT, MilterProcess, MilterStarter
-from .milterclient import Endpoint, MtaSession, Transaction, values
-from .test_serve import CONFIG, SUPPORT, customer_headers
+from .milterclient import Endpoint, MtaSession, values
+from .scenario import CONFIG, SUPPORT, customer_headers
 
 LOG_TIMEOUT = 10.0
 CONNECT_MACROS = {"j": "mx.example.com", "{daemon_name}": "mx"}
@@ -62,14 +62,13 @@ def unfinished(mta: MtaSession, queue_id: str, midway: Callable[[], None] | None
                     rcpt_macros={"i": queue_id}, midway=stop)
 
 
-def inbound(mta: MtaSession, queue_id: str, midway: Callable[[], None]) -> Transaction:
+def inbound(mta: MtaSession, queue_id: str, midway: Callable[[], None]) -> None:
     headers = customer_headers(f"<{queue_id}@customer.example.org>", ("X-Case-ID", "C-999999"))
     t = mta.message(CUSTOMER, [SUPPORT], headers, "Hello\r\n", rcpt_macros={"i": queue_id},
                     eom_macros={"i": queue_id}, midway=midway)
     after = t.result(headers)
     assert t.disposition == c.SMFIR_CONTINUE, t
     assert values(after, "X-Case-ID") not in ([], ["C-999999"]), t.actions  # filtered
-    return t
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from miltertest import constants as c
 
 from .conftest import MilterProcess, MilterStarter, free_port
 from .milterclient import Endpoint, MtaSession, Transaction
+from .scenario import SUPPORT
 
-SUPPORT = "support@example.com"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_READY_TIMEOUT = 10.0
 SAMPLE_RE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{.*\})?) (\S+)")

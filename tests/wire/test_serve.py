@@ -24,20 +24,10 @@ from miltertest import constants as c
 
 from .conftest import STOP_TIMEOUT, MilterProcess, MilterStarter
 from .milterclient import Action, Endpoint, MtaSession, Transaction, values
+from .scenario import CONFIG, SUPPORT, customer_headers
 
-SUPPORT = "support@example.com"
 MSGID_RE = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@support\.example\.com>")
 CASE_RE = re.compile(r"C-\d{6}")
-CONFIG = """\
-milter:
-  timeout: 30
-index:
-  map_size: 64MiB
-outbound:
-  client_networks: [10.0.0.0/8, "2001:db8:1::/48"]
-inbound:
-  addresses: [support@example.com]
-"""
 # An MTA that can skip no step (it only knows SMFIS_SKIP): HELO, EOH and body are all sent.
 # (Offering 0 would not do: libmilter then assumes a V1 MTA that can skip steps.)
 NO_SKIP = c.SMFIP_SKIP
@@ -50,16 +40,6 @@ def agent_headers(subject: str = "Your printer question") -> list[tuple[str, str
         ("To", "Pat Customer <pat@customer.example.org>"),
         ("Subject", subject),
         ("Date", "Mon, 02 Mar 2026 09:15:00 +0000"),
-    ]
-
-
-def customer_headers(message_id: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [
-        ("From", "Pat Customer <pat@customer.example.org>"),
-        ("To", f"Support <{SUPPORT}>"),
-        ("Subject", "Re: Your printer question"),
-        ("Message-ID", message_id),
-        *extra,
     ]
 
 

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import msgid
 from ..core.model import (
     Alias,
     AliasHit,
@@ -73,13 +72,6 @@ def alias_key_from_digest(kind: AliasKind, digest: bytes) -> bytes:
     if len(digest) not in (ALIAS_DIGEST_SIZE, 32):
         raise ValueError(f"an alias digest is {ALIAS_DIGEST_SIZE} or 32 bytes, not {len(digest)}")
     return AliasKind(kind).value.encode("ascii") + digest[:ALIAS_DIGEST_SIZE]
-
-
-def message_digest_hex(message_id_field: str) -> str | None:
-    """How `casethread export` names the Message-ID a field holds (its key's digest in hex);
-    None when the field names none."""
-    normalised = msgid.first_id(message_id_field)
-    return alias_key(AliasKind.MESSAGE, normalised)[1:].hex() if normalised else None
 
 
 def encode_alias(case_id: str, now: int) -> bytes:
