@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casethread.core import mime, stamp, token
+from casethread.core import addresses, mime, stamp, token
 from casethread.core.addresses import first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.settings import Settings
@@ -85,6 +85,15 @@ def test_an_unusual_field_among_simple_ones_is_read_with_them() -> None:
     assert header_addresses(["a@b.example", "C <c@d.example>"]) == ["a@b.example", "c@d.example"]
 
 
+def test_only_short_fields_are_kept_for_the_next_message() -> None:
+    long_field = ", ".join(f"user{i}@example.com" for i in range(40))
+    addresses._cached_simple_addresses.cache_clear()
+    assert header_addresses([long_field]) == stdlib_addresses([long_field])
+    assert addresses._cached_simple_addresses.cache_info().currsize == 0
+    assert header_addresses(["Pat <pat@example.com>"]) == ["pat@example.com"]
+    assert addresses._cached_simple_addresses.cache_info().currsize == 1
+
+
 ADDRESS_PIECES = st.sampled_from(
     ["Pat", " ", "\t", "<", ">", "@", ".", ",", ";", ":", '"', "(", ")", "[", "]", "\\",
      "pat", "example.com", "a.b@c.example", "<x@y.example>", "\r\n ", "\xa0", "é", "=?"]
@@ -124,7 +133,8 @@ def split_by_characters(text: str) -> list[str]:
 
 PARAM_TEXT = st.lists(
     st.sampled_from(['"', ";", "\\", " ", "=", "a", "b", "*", "'", "%", "(", ")", "\n ",
-                     "text/plain", "multipart/report", "boundary", "charset"]),
+                     "text/plain", "multipart/report", "Multipart/REPORT", "boundary",
+                     "charset"]),
     max_size=14,
 ).map("".join)
 
@@ -149,6 +159,7 @@ def test_parameter_shortcuts_match_the_character_loop(text: str) -> None:
     assert_parameters_as_the_character_loop(text)
     for default in ("text/plain", ""):
         assert mime.media_type(text, default) == mime.content_type(text, default).value
+    assert mime.is_report(text) == (mime.media_type(text) == "multipart/report")
 
 
 # --- inline PGP -----------------------------------------------------------------------------

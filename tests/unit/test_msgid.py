@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from casethread.core import msgid
 
@@ -45,6 +47,13 @@ def test_normalise_is_idempotent() -> None:
         assert once is not None
         assert msgid.normalise(once) == once
         assert "\x00" not in once
+
+
+@given(st.text(alphabet=st.sampled_from("aZ9.-_@\"%é<>() \t\r\n\x00\xa0"), max_size=30))
+def test_plain_ids_take_the_short_way_to_the_same_result(raw: str) -> None:
+    # A trailing space sends any ID the general way (the space goes); a plain one is read
+    # without it: both must agree.
+    assert msgid.normalise(raw) == msgid.normalise(raw + " ")
 
 
 def test_hostile_nested_comments_are_bounded() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from casethread.core import outbound, thread_index
+from casethread.core import outbound, rules, thread_index
 from casethread.core.message import parse_raw
 from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import (
@@ -809,6 +809,19 @@ def test_waiting_case_becomes_open(harness: Any) -> None:
     r = reply_to(harness, "C-000001")
     assert r.one("X-Case-State") == "open"
     assert harness.case("C-000001").state is CaseState.OPEN
+
+
+@pytest.mark.parametrize("action", list(rules.Action))
+def test_a_transition_changes_only_the_state_and_its_times(action: rules.Action) -> None:
+    case = CaseRecord("C-7", 7, CaseState.WAITING, "billing", 10, 20, 15, "C-1", "C-2", ("C-3",))
+    expected = {
+        rules.Action.THREAD: dataclasses.replace(case, updated=99),
+        rules.Action.ACTIVATE: dataclasses.replace(case, state=CaseState.OPEN, state_changed=99,
+                                                   updated=99),
+        rules.Action.NEW_RELATED: None,
+    }
+    expected[rules.Action.REOPEN] = expected[rules.Action.ACTIVATE]
+    assert rules.transition(rules.Target(case, action), 99) == expected[action]
 
 
 def test_auto_reply_to_a_resolved_case_threads_without_reopening(harness: Any) -> None:

@@ -57,6 +57,15 @@ def test_layout_is_as_documented() -> None:
     assert len(token) == 22
 
 
+@given(st.binary(min_size=16, max_size=200), st.integers(0, MAX_CASE_NUMBER))
+def test_mac_is_hmac_sha256_for_any_key_length(secret: bytes, number: int) -> None:
+    # The pads are hashed once per key (keys longer than SHA-256's block are hashed first).
+    token = Keyring([(5, secret)]).make(number)
+    message = b"casethread-token-v1\x00" + bytes([5]) + number.to_bytes(8, "big")
+    bits = int.from_bytes(hmac.digest(secret, message, "sha256")[:10], "big")
+    assert token[-16:] == "".join(ALPHABET[(bits >> (5 * i)) & 31] for i in reversed(range(16)))
+
+
 def test_lengths() -> None:
     assert len(RING.make(0)) == MIN_LENGTH == 19
     assert len(RING.make(31)) == 19

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from email.utils import getaddresses, parseaddr
 
@@ -26,16 +27,28 @@ def envelope_address(value: str) -> str:
     return value.strip().strip("<>").strip().lower()
 
 
-def _simple_addresses(value: str) -> list[str] | None:
+def _simple_addresses(value: str) -> tuple[str, ...] | None:
     """The addr-specs of an unfolded field value, when every address in it has a simple shape
     (`_SIMPLE_ADDRESS`): then `getaddresses` would find exactly these. Else None."""
+    if len(value) <= _CACHED_LENGTH:
+        return _cached_simple_addresses(value)
+    return _read_simple_addresses(value)
+
+
+def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
     found = []
     for piece in value.split(","):
         match = _SIMPLE_ADDRESS.fullmatch(piece)
         if match is None:
             return None
         found.append(match.group(1) or match.group(2))
-    return found
+    return tuple(found)
+
+
+# One message reads its From three times (sender, auto-reply check, participants), and the
+# same people write again and again. Only short fields are kept: at most ~1 MB in all.
+_CACHED_LENGTH = 512
+_cached_simple_addresses = functools.lru_cache(maxsize=1024)(_read_simple_addresses)
 
 
 def header_addresses(values: list[str]) -> list[str]:

@@ -101,11 +101,11 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
     fields = msg.present(_SIGNAL_FIELDS)
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
-    content_type, report_type = _content_type(msg)
-    is_report = content_type == "multipart/report"
+    report_type = _report_type(msg)
+    is_report = report_type is not None
 
     # 1. bounce
-    if is_report and report_type == "delivery-status":
+    if report_type == "delivery-status":
         return BOUNCE, "delivery-status"
     if _values(fields, "x-failed-recipients"):
         return BOUNCE, "x-failed-recipients"
@@ -201,18 +201,13 @@ def _from_local_part(msg: Message) -> str:
     return addr.rpartition("@")[0].lower() if "@" in addr else addr.lower()
 
 
-def _content_type(msg: Message) -> tuple[str, str]:
-    """The top-level media type and its `report-type` parameter, both lower-cased."""
+def _report_type(msg: Message) -> str | None:
+    """A `multipart/report`'s `report-type` parameter (lower-cased); None for other mail."""
     value = msg.get("Content-Type")
-    if value is None:
-        return "", ""
+    if not mime.is_report(value):
+        return None
     # The core's own parser: the stdlib's raises on 8-bit bytes next to non-ASCII text.
-    # Only a report's parameters matter (report-type): other types skip reading them.
-    kind = mime.media_type(value, default="")
-    if kind != "multipart/report":
-        return kind, ""
-    field = mime.content_type(value, default="")
-    return field.value, (field.param("report-type") or "").strip().lower()
+    return (mime.content_type(value).param("report-type") or "").strip().lower()
 
 
 def _exchange_auto_reply(fields: Fields) -> bool:

@@ -85,6 +85,12 @@ def media_type(raw: str | None, default: str = "text/plain") -> str:
     return value if _MIME_TYPE.fullmatch(value) else ""
 
 
+def is_report(raw: str | None) -> bool:
+    """Whether a Content-Type is `multipart/report` (delivery reports, read receipts)."""
+    # Most mail is told apart by a substring: a type's name is a token, never split.
+    return raw is not None and "report" in raw.lower() and media_type(raw) == "multipart/report"
+
+
 def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
     """The Content-Type; `default` when absent, "" (nothing we understand) when unparsable."""
     if raw is None:

@@ -10,6 +10,8 @@ from .message import unfold
 _ANGLED = re.compile(r"<([^<>]*)>")
 _COMMENT = re.compile(r"\([^()]*\)")
 _SPACE = re.compile(r"\s+")
+# What `normalise` would leave as it is, but for the domain's case.
+_PLAIN = re.compile(r"[^\s()<>\x00]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -34,9 +36,12 @@ def normalise(raw: str) -> str | None:
     Angle brackets, whitespace (including folding) and comments go; the domain part is
     lower-cased (domains are case-insensitive, local parts are not).
     """
-    text = _without_comments(unfold(raw))
-    text = _SPACE.sub("", text).strip("<>")
-    text = text.replace("\x00", "")
+    if _PLAIN.fullmatch(raw):  # the usual ID: nothing to take out
+        text = raw
+    else:
+        text = _without_comments(unfold(raw))
+        text = _SPACE.sub("", text).strip("<>")
+        text = text.replace("\x00", "")
     if not text:
         return None
     local, at, domain = text.rpartition("@")

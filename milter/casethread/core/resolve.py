@@ -305,7 +305,7 @@ class Resolver:
         return Hit(case, "subject-match")
 
     def by_bounce(self, ev: Evidence) -> Hit | None:
-        if mime.media_type(ev.msg.get("Content-Type")) != "multipart/report":
+        if not mime.is_report(ev.msg.get("Content-Type")):
             return None
         top = ev.top
         returned = bodytext.iter_parts_of_type(

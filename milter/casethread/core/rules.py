@@ -8,7 +8,7 @@ bounded number of steps and cycles stop the walk, so a corrupt or hostile index 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from .model import CaseRecord, CaseState
@@ -102,7 +102,18 @@ def transition(target: Target, now: int) -> CaseRecord | None:
     """The case's new record after this message, or None when it does not change."""
     case = target.case
     if target.action is Action.REOPEN or target.action is Action.ACTIVATE:
-        return replace(case, state=CaseState.OPEN, state_changed=now, updated=now)
+        return _touched(case, now, CaseState.OPEN)
     if target.action is Action.THREAD:
-        return replace(case, updated=now)
+        return _touched(case, now)
     return None
+
+
+def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> CaseRecord:
+    """The case updated at `now`, moved to `state` if given. Built field by field: every
+    inbound mail does this, and `dataclasses.replace` costs twice as much."""
+    return CaseRecord(
+        case_id=case.case_id, number=case.number, state=state or case.state, queue=case.queue,
+        created=case.created, updated=now,
+        state_changed=case.state_changed if state is None else now,
+        parent=case.parent, merged_into=case.merged_into, children=case.children,
+    )

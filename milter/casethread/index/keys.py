@@ -24,7 +24,6 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..core.model import (
     Alias,
@@ -186,25 +185,29 @@ def encode_case(record: CaseRecord) -> bytes:
 
     Fields at their usual values are left out: no links, and `state_changed` equal to `created`
     (a case whose state never changed). Links must be valid case ids (ValueError otherwise).
+    Written out by hand: `json.dumps` of the same dict gives the same bytes, at three times the
+    cost, and every inbound mail rewrites its case.
     """
-    fields: dict[str, Any] = {
-        "n": record.number,
-        "s": record.state.value,
-        "q": record.queue,
-        "c": record.created,
-        "u": record.updated,
-    }
+    parts = [
+        f'{{"n":{int(record.number)},"s":{_json_str(record.state.value)},'
+        f'"q":{_json_str(record.queue)},"c":{int(record.created)},"u":{int(record.updated)}'
+    ]
     if record.state_changed != record.created:
-        fields["sc"] = record.state_changed
+        parts.append(f',"sc":{int(record.state_changed)}')
     for name, link in (("p", record.parent), ("m", record.merged_into)):
         if link is not None:
             check_case_id(link)
-            fields[name] = link
+            parts.append(f',"{name}":{_json_str(link)}')
     if record.children:
         for child in record.children:
             check_case_id(child)
-        fields["ch"] = list(record.children)
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+        parts.append(f',"ch":[{",".join(_json_str(child) for child in record.children)}]')
+    parts.append("}")
+    return "".join(parts).encode()
+
+
+# A str as a JSON string, as json.dumps(..., ensure_ascii=False) writes it.
+_json_str: Callable[[str], str] = json.JSONEncoder(ensure_ascii=False).encode
 
 
 # A message reads its case several times (resolution, rules, the state change): the records are
