@@ -9,9 +9,9 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 
 from . import mime
+from .frozen import frozen
 from .mime import Data, Part
 
 DEFAULT_BUDGET = 1 << 20
@@ -30,7 +30,7 @@ _RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^>]*>", re.I)
 _RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I) for name in ("script", "style")}
 
 
-@dataclass(frozen=True)
+@frozen
 class FoundPart:
     content_type: str
     data: bytes  # transfer-decoded, at most the budget

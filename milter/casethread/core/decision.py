@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .edits import Edit
+from .frozen import frozen
 from .model import Direction
 from .stamp import Splice
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     direction: Direction
     case_ids: tuple[str, ...] = ()

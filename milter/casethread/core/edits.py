@@ -7,18 +7,17 @@ MTA that renumbers after a deletion still removes the right fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from .frozen import frozen
 from .message import Header
 
 
-@dataclass(frozen=True)
+@frozen
 class AddHeader:
     name: str
     value: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ChangeHeader:
     """Replace the value of the `index`-th field called `name`; an empty value deletes it."""
 

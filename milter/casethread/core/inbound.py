@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .case_headers import CaseHeaderNames
 from .edits import AddHeader, Edit
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class CaseOutcome:
     case_id: str
     state: str  # the X-Case-State value: new, open, reopened, waiting, resolved, closed
@@ -17,7 +17,7 @@ class CaseOutcome:
     related: str | None = None  # the earlier case, when a new one was opened instead
 
 
-@dataclass(frozen=True)
+@frozen
 class Verdict:
     """Everything the inbound headers say; `cases` is empty when no case was assigned."""
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import field
 from mmap import mmap
 
+from .frozen import frozen
 from .lazy import lazy
 
 # A body in memory, or a spooled one mapped from its file.
@@ -35,7 +36,7 @@ def encode_str(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True)
+@frozen
 class Header:
     name: str
     value: str
@@ -44,7 +45,7 @@ class Header:
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Envelope:
     """SMTP envelope and MTA macros: what classification needs beyond the headers."""
 
@@ -56,7 +57,7 @@ class Envelope:
     queue_id: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Message:
     envelope: Envelope
     headers: tuple[Header, ...]

@@ -18,10 +18,11 @@ import itertools
 import mmap
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
+from .frozen import frozen
 from .message import Header, decode_bytes, encode_str, unfold
 
 Data = bytes | mmap.mmap
@@ -51,7 +52,7 @@ Kind = Literal["leaf", "multipart", "message", "opaque"]
 # --- field values -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class FieldValue:
     """A structured field value: `text/html; charset=utf-8` -> "text/html", charset param."""
 
@@ -256,7 +257,7 @@ def decode_transfer(raw: bytes, cte: str) -> bytes:
 # --- the part tree ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Part:
     """One MIME entity as offsets into the body buffer it was parsed from.
 
@@ -309,7 +310,7 @@ class Part:
         return data[self.body_start : self.end]
 
 
-@dataclass(frozen=True)
+@frozen
 class TopFields:
     content_type: str | None
     cte: str | None
@@ -415,7 +416,7 @@ def _open_embedded(data: Data, part: Part, limits: _Limits) -> Part:
     return replace(part, kind="message", children=(inner,))
 
 
-@dataclass(frozen=True)
+@frozen
 class _Delimiter:
     start: int  # including the line break before the delimiter line
     end: int  # after the delimiter line's own line break

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+
+from .frozen import frozen
 
 # An app-supplied case id (DESIGN §3.1): adopted as is, so a helpdesk keeps its own ticket ids.
 CASE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -27,7 +28,7 @@ class CaseState(StrEnum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
+@frozen
 class CaseRecord:
     """One case as the index stores it. Times are Unix seconds.
 
@@ -58,14 +59,14 @@ class AliasKind(StrEnum):
     PARTICIPANT = "p"  # "case-id address": a From/To/Cc address of the case's mail
 
 
-@dataclass(frozen=True)
+@frozen
 class Alias:
     kind: AliasKind
     key: str
     case_id: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CounterBump:
     """One more event for a counter (a flood limit) in fixed windows of `window` seconds."""
 
@@ -73,7 +74,7 @@ class CounterBump:
     window: int
 
 
-@dataclass(frozen=True)
+@frozen
 class AliasHit:
     case_id: str
     recorded: int  # Unix seconds of the last record

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
 from . import msgid, thread_index, token
 from .addresses import domain_of, header_addresses
 from .case_headers import CaseHeaderNames, strip_ours
 from .edits import AddHeader, ChangeHeader, Edit
+from .frozen import frozen
 from .message import Message, unfold
 from .model import CaseRecord, CaseState, is_valid_case_id
 
@@ -60,7 +60,7 @@ def message_id_domain(msg: Message, configured: str | None, fallback: str) -> st
     return fallback
 
 
-@dataclass(frozen=True)
+@frozen
 class MessageId:
     normalised: str
     edit: Edit | None  # None when the message already had a usable one

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import chain
 
 from . import bodytext, mime, msgid, subject, thread_index
 from .addresses import AddressMatcher, header_addresses
+from .frozen import frozen
 from .lazy import lazy
 from .message import Message, unfold
 from .model import AliasKind, CaseRecord, is_valid_case_id
@@ -47,7 +47,7 @@ def subject_participant_key(subject_key: str, address: str) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-@dataclass(frozen=True)
+@frozen
 class Hit:
     case: CaseRecord
     match: str

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .addresses import AddressMatcher, header_addresses
+from .frozen import frozen
 from .message import Message, unfold
 from .settings import RoutingSettings
 
 
-@dataclass(frozen=True)
+@frozen
 class Route:
     queue: str
     override: bool  # an existing case moves to this queue too

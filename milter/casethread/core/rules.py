@@ -8,9 +8,9 @@ bounded number of steps and cycles stop the walk, so a corrupt or hostile index 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
+from .frozen import frozen
 from .model import CaseRecord, CaseState
 from .store import CaseReader
 
@@ -25,7 +25,7 @@ class Action(StrEnum):
     NEW_RELATED = "new-related"  # open a new case, related to `case`
 
 
-@dataclass(frozen=True)
+@frozen
 class Target:
     case: CaseRecord
     action: Action

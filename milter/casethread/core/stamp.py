@@ -19,10 +19,10 @@ import binascii
 import html
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from . import mime
+from .frozen import frozen
 from .message import Header
 from .mime import Data, Part
 from .settings import StampSettings
@@ -51,7 +51,7 @@ Target = Literal["html", "text"]
 Status = Literal["stamped", "already", "skipped", "absent"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Splice:
     """Replace body[start:end] with data (start == end: a pure insertion)."""
 
@@ -60,7 +60,7 @@ class Splice:
     data: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     target: Target
     status: Status
@@ -69,7 +69,7 @@ class Outcome:
     inserted: str = ""  # the decoded text that was inserted, line breaks included
 
 
-@dataclass(frozen=True)
+@frozen
 class StampPlan:
     splices: tuple[Splice, ...]
     outcomes: tuple[Outcome, ...]
@@ -83,7 +83,7 @@ class Unusable(Exception):
     """This part cannot be changed safely; the message says why."""
 
 
-@dataclass(frozen=True)
+@frozen
 class _Request:
     target: Target
     token: str

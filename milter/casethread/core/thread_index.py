@@ -40,9 +40,9 @@ import math
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
 from email.header import Header
 
+from .frozen import frozen
 from .subject import decode_subject, strip_prefixes
 
 HEADER_LEN = 22
@@ -60,7 +60,7 @@ MAX_ENCODED_CHARS = 4096
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
-@dataclass(frozen=True)
+@frozen
 class Child:
     """One response level. `delta` is in FILETIME ticks (the dropped low bits are zero)."""
 
@@ -73,7 +73,7 @@ class Child:
         return self.delta / _TICKS_PER_SECOND
 
 
-@dataclass(frozen=True)
+@frozen
 class ThreadIndex:
     """A decoded conversation index; `filetime` is the header time (dropped bits zero)."""
 

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, NoReturn
 
+from .frozen import frozen
+
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DEFAULT_TEMPLATE = " [ref:{token}]"
 PLACEHOLDER = "{token}"
@@ -149,7 +151,7 @@ def _mac_to_symbols(mac: bytes) -> str:
     return "".join([ALPHABET[(bits >> shift) & 31] for shift in _MAC_SHIFTS])
 
 
-@dataclass(frozen=True)
+@frozen
 class ParsedToken:
     """The parts of a structurally valid token. The MAC is not checked here."""
 
@@ -178,7 +180,7 @@ def parse(token: str) -> ParsedToken | None:
     return ParsedToken(key_id, number, mac_bits.to_bytes(MAC_BYTES, "big"))
 
 
-@dataclass(frozen=True)
+@frozen
 class TokenResult:
     """What `Keyring.resolve` found among candidates.
 

@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..core.frozen import frozen
 from ..core.model import (
     Alias,
     AliasHit,
@@ -113,7 +114,7 @@ def counter_key(key: str) -> bytes:
     return _digest(key.encode("utf-8", "surrogateescape"))
 
 
-@dataclass(frozen=True)
+@frozen
 class Window:
     start: int
     count: int
