@@ -114,6 +114,9 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
     if from_local == "postmaster" and null_sender:
         return BOUNCE, "from-postmaster-null-sender"
 
+    if not (fields or is_report or null_sender or from_local == "postmaster"):
+        return NO, ""  # most mail: none of the signals below can be present
+
     submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
     submitted = [v for v in submitted if v]
     if fields:  # most mail has none of the header signals of steps 2 and 3
