@@ -2,8 +2,8 @@
 """Core benchmarks (issue 5, item 2): engine time per message and index lookups at scale.
 
     .venv/bin/python bench/core.py            # engine + lookups at 0, 1k, 1M and 10M
-                                              # Message-IDs (~3 minutes on 2 cores, ~1 GB in /tmp)
-    .venv/bin/python bench/core.py --small    # without the 10M step (~1 minute)
+                                              # Message-IDs (~5 minutes on 2 cores, ~1 GB in /tmp)
+    .venv/bin/python bench/core.py --small    # without the 10M step (~2 minutes)
     .venv/bin/python bench/core.py --quick    # smoke run (seconds)
     .venv/bin/python bench/core.py --profile  # also: where the engine's time goes (cProfile)
 
