@@ -30,6 +30,9 @@ from .core.token import Keyring
 Clock = Callable[[], float]
 # `body_wanted` for a body that is rewritten: every byte, however large (the milter spools it).
 ALL_OF_IT = 1 << 62
+# Header sections up to this size are resolved at end of headers too, to spare the body: a
+# hostile one (a 1 MB Subject) is not resolved twice.
+DRY_RUN_HEADERS = 64 << 10
 # Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
 MAX_PARTICIPANTS = 50
 
@@ -57,13 +60,19 @@ class Engine:
     def classify(self, msg: Message) -> Direction:
         return self._classifier.classify(msg.envelope)
 
-    def body_wanted(self, direction: Direction) -> int:
-        """How many body bytes the engine needs for this direction (the milter buffers no more).
+    def body_wanted(self, msg: Message, direction: Direction) -> int:
+        """How many body bytes the engine needs for this mail, known by its header fields (the
+        milter buffers no more, and tells the MTA to skip the rest).
 
-        Inbound scans read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw
-        bytes, and the MIME structure around it a little more.
+        Inbound mail whose case its header fields name (a token in the Subject, a known
+        In-Reply-To, ...) needs none: resolution stops before any body strategy. Other inbound
+        scans read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw bytes,
+        and the MIME structure around it a little more.
         """
         if direction is Direction.INBOUND:
+            ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
+            if ordinary and self._resolver.by_headers_alone(msg, self.index, int(self._clock())):
+                return 0
             return 2 * self.settings.inbound.scan_budget
         stamping = self.settings.stamp.html or self.settings.stamp.text
         if direction is Direction.OUTBOUND and stamping:

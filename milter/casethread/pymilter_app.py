@@ -126,6 +126,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._mail_from = ""
         self._rcpts: list[str] = []
         self._fields: list[tuple[str, bytes]] = []  # header fields as the MTA sent them
+        self._decoded: tuple[Header, ...] | None = None  # the same, decoded once
         self._auth: str | None = None
         self._daemon: str | None = None
         self._body.close()  # empties it, and frees a spooled file
@@ -195,6 +196,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         """The header callback pymilter calls (service.py), once per field: the hot path, so it
         only keeps the field; it is decoded at end of message. Nothing here can fail."""
         self._fields.append((name, value))
+        self._decoded = None
         return self._header_reply
 
     @no_reply
@@ -206,14 +208,19 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     def _headers(self) -> tuple[Header, ...]:
         # As pymilter's own header_bytes decodes: 8-bit bytes survive as surrogates.
-        return tuple(Header(name, value.decode("utf-8", "surrogateescape"))
-                     for name, value in self._fields)
+        if self._decoded is None:
+            self._decoded = tuple(Header(name, value.decode("utf-8", "surrogateescape"))
+                                  for name, value in self._fields)
+        return self._decoded
 
     @no_reply
     @_guarded
     def eoh(self) -> int:
-        self._direction = self.engine.classify(Message(self._envelope(), ()))
-        self._body_room = self.engine.body_wanted(self._direction)
+        # The direction, and how much of the body the engine will read: none for inbound mail
+        # its header fields resolve, so that body() answers SKIP at once.
+        msg = Message(self._envelope(), self._headers())
+        self._direction = self.engine.classify(msg)
+        self._body_room = self.engine.body_wanted(msg, self._direction)
         return int(Milter.CONTINUE)
 
     @_guarded

@@ -124,9 +124,10 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
 
 def run_once(harness: Any, hostile: Hostile, direction: Direction, cut: bool) -> Any:
     body = hostile.body
-    if cut:  # what the milter buffers for this direction
-        body = body[: harness.engine.body_wanted(direction)]
-    msg = Message(Envelope(rcpts=(SUPPORT,)), hostile.headers, body)
+    envelope = Envelope(rcpts=(SUPPORT,))
+    if cut:  # what the milter buffers for this mail
+        body = body[: harness.engine.body_wanted(Message(envelope, hostile.headers), direction)]
+    msg = Message(envelope, hostile.headers, body)
     return harness.engine.process, msg
 
 

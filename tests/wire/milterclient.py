@@ -76,6 +76,8 @@ class Transaction:
     replies: dict[str, str] = field(default_factory=dict)  # step -> reply code
     actions: list[Action] = field(default_factory=list)
     disposition: str | None = None  # EOM's final reply; None when the message ended early
+    body_chunks: int = 0  # body chunks sent
+    body_skipped: bool = False  # the milter answered SKIP to one
 
     def added(self, name: str) -> list[str]:
         return [a.value for a in self.actions if a.kind == "h" and a.name.lower() == name.lower()]
@@ -173,11 +175,13 @@ class MtaSession:
         reply: str = self.conn.recv()[0]
         return reply
 
-    def _body(self, body: str) -> str:
+    def _body(self, body: str, t: Transaction) -> str:
         """Body chunks as an MTA sends them; SKIP from the milter ends the body early."""
         for start in range(0, len(body), c.MILTER_CHUNK_SIZE):
+            t.body_chunks += 1
             reply = self._step(c.SMFIC_BODY, buf=body[start : start + c.MILTER_CHUNK_SIZE])
             if reply == c.SMFIR_SKIP:
+                t.body_skipped = True
                 return CONTINUE
             if reply != CONTINUE:
                 return reply
@@ -261,7 +265,7 @@ class MtaSession:
             midway()
         if not self.skips(c.SMFIP_NOEOH) and not ok("eoh", self._step(c.SMFIC_EOH)):
             return t
-        if body and not self.skips(c.SMFIP_NOBODY) and not ok("body", self._body(body)):
+        if body and not self.skips(c.SMFIP_NOBODY) and not ok("body", self._body(body, t)):
             return t
         self._macro(c.SMFIC_BODYEOB, eom_macros)
         for cmd, args in self.conn.send_eom():

@@ -369,6 +369,20 @@ def test_a_token_in_the_body_threads_across_body_chunks(shared: MilterProcess) -
         rcpts=[SUPPORT], headers=headers, body=body, queue_id="QBODY1",
     )
     assert reply.replies["body"] == c.SMFIR_CONTINUE
+    assert not reply.body_skipped and reply.body_chunks == -(-len(body) // c.MILTER_CHUNK_SIZE) > 1
+    after = reply.result(headers)
+    assert values(after, "X-Case-ID") == [case_id]
+    assert values(after, "X-Case-Match") == ["token"]
+
+    # The same reply with the token in its Subject: its header fields name the case, so the
+    # milter answers SKIP to the first body chunk (an MTA that knows SKIP sends no more).
+    headers[2] = ("Subject", f"Re: {subject}")
+    headers[3] = ("Message-ID", "<body-token.2@customer.example.org>")
+    reply = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=[SUPPORT], headers=headers, body=body, queue_id="QBODY2",
+    )
+    assert reply.body_skipped and reply.body_chunks == 1
     after = reply.result(headers)
     assert values(after, "X-Case-ID") == [case_id]
     assert values(after, "X-Case-Match") == ["token"]

@@ -66,6 +66,8 @@ class Evidence:
         self.trace: list[str] = []
         # External references seen but not yet known: recorded for whichever case wins.
         self.new_external: list[str] = []
+        # Whether a strategy looked at the body (`tree`, which every body reader goes through).
+        self.body_read = False
 
     @lazy
     def sender(self) -> str | None:
@@ -83,6 +85,7 @@ class Evidence:
     @lazy
     def tree(self) -> mime.Part:
         """The body's MIME structure, parsed once for the strategies and for stamping."""
+        self.body_read = True
         top = self.top
         return mime.parse(self.msg.body, top.content_type, top.cte, top.disposition)
 
@@ -143,6 +146,9 @@ class Resolver:
             for rule in inbound.external_refs
         ]
         self._external_on = "external-ref" in inbound.strategies
+        # External references are noted from the body whatever strategy matched.
+        self._external_in_body = self._external_on and any(
+            rule.search_body for rule in inbound.external_refs)
         # Our own tag, removed before subjects are compared.
         self._tag = tag_pattern(self._template)
         table: dict[str, Strategy] = {
@@ -163,6 +169,14 @@ class Resolver:
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
+
+    def by_headers_alone(self, msg: Message, reader: CaseReader, now: int) -> bool:
+        """Whether `resolve` finds this inbound mail's case without reading its body (`msg`
+        holds the header fields): then a milter need not read the body at all."""
+        if self._external_in_body:
+            return False
+        ev = self.evidence(msg, reader, now)
+        return self.resolve(ev) is not None and not ev.body_read
 
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
         for name, strategy in self._outbound_order if outbound else self._order:

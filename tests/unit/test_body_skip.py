@@ -1,0 +1,157 @@
+"""Inbound mail its header fields resolve is read without its body (issue 5: SKIP).
+
+`Engine.body_wanted(headers, direction)` is 0 only when resolution finds the case before any
+strategy looks at the body; the milter then answers SKIP to the first body chunk and the
+engine decides on the header fields alone. The contract checked here: whenever the body is
+not wanted, the decision without it is the decision with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from casethread.core.message import Envelope, Header, Message
+from casethread.core.model import Direction
+from casethread.core.settings import ExternalRefRule
+
+CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
+TO_SUPPORT = ("To", "Support <support@example.com>")
+MESSAGE_ID = "<reply.1@customer.example.org>"
+
+
+def mail(*headers: tuple[str, str], body: bytes = b"", sender: tuple[str, str] = CUSTOMER,
+         rcpts: tuple[str, ...] = ("support@example.com",)) -> Message:
+    fields = (sender, TO_SUPPORT, ("Message-ID", MESSAGE_ID), *headers)
+    return Message(Envelope(rcpts=rcpts), tuple(Header(n, v) for n, v in fields), body)
+
+
+def start_case(h: Any) -> Any:
+    """The agent writes to Pat: case C-000001, stamped."""
+    return h.outbound(("From", "Dana <dana@support.example.com>"),
+                      ("To", "Pat Customer <pat@customer.example.org>"),
+                      ("Subject", "Printer jam"))
+
+
+def token_in_subject(h: Any) -> Message:
+    tok = h.token(start_case(h).case_id)
+    return mail(("Subject", f"Re: Printer jam [ref:{tok}]"), body=b"Long quote.\n" * 500)
+
+
+def known_in_reply_to(h: Any) -> Message:
+    sent = start_case(h)
+    return mail(("Subject", "Re: Printer jam"), ("In-Reply-To", sent.one("Message-ID")),
+                body=b"Thanks!\n")
+
+
+def token_only_in_the_body(h: Any) -> Message:
+    tok = h.token(start_case(h).case_id)
+    return mail(("Subject", "Re: Printer jam"), body=f"> Earlier: [ref:{tok}]\n".encode())
+
+
+def forged_subject_token_and_the_real_one_in_the_body(h: Any) -> Message:
+    tok = h.token(start_case(h).case_id)
+    forged = tok[:-1] + ("0" if tok[-1] != "0" else "1")
+    return mail(("Subject", f"Re: [ref:{forged}]"), body=f"[ref:{tok}]\n".encode())
+
+
+def a_new_question(h: Any) -> Message:
+    start_case(h)
+    return mail(("Subject", "A new question"), body=b"Hello, my printer...\n")
+
+
+def a_bounce_of_our_mail(h: Any) -> Message:
+    sent = start_case(h)
+    body = (
+        "--B\nContent-Type: text/plain\n\nYour mail could not be delivered.\n"
+        "--B\nContent-Type: message/delivery-status\n\nStatus: 5.1.1\n"
+        f"--B\nContent-Type: text/rfc822-headers\n\nMessage-ID: {sent.one('Message-ID')}\n"
+        "Subject: Printer jam\n--B--\n"
+    ).encode()
+    return mail(("Subject", "Undelivered Mail Returned to Sender"),
+                ("Content-Type", "multipart/report; report-type=delivery-status; boundary=B"),
+                body=body, sender=("From", "MAILER-DAEMON@mx.customer.example.org"))
+
+
+SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
+    # name: (the mail, whether its header fields alone find its case)
+    "token in the Subject": (token_in_subject, True),
+    # The token strategy comes first and looks in the body before In-Reply-To: read it.
+    "known In-Reply-To": (known_in_reply_to, False),
+    "token only in the body": (token_only_in_the_body, False),
+    "forged Subject token, the real one in the body": (
+        forged_subject_token_and_the_real_one_in_the_body, False),
+    "a new question": (a_new_question, False),
+    "a bounce of our mail": (a_bounce_of_our_mail, False),
+}
+
+
+def headers_only(msg: Message) -> Message:
+    return Message(msg.envelope, msg.headers)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_the_body_is_skipped_only_when_the_decision_does_not_depend_on_it(
+    make_harness: Any, name: str
+) -> None:
+    scenario, by_headers = SCENARIOS[name]
+    # Two engines with the same history: one gets the whole mail, one what the milter keeps.
+    # (The agent's Message-IDs are random: each engine gets its own copy of the mail.)
+    whole, cut = make_harness(), make_harness()
+    msg, same = scenario(whole), scenario(cut)
+    wanted = cut.engine.body_wanted(headers_only(same), Direction.INBOUND)
+    assert (wanted == 0) is by_headers, wanted
+    with_body = whole.run(msg, Direction.INBOUND)
+    kept = cut.run(Message(same.envelope, same.headers, same.body[:wanted]), Direction.INBOUND)
+    assert kept.decision.edits == with_body.decision.edits
+    assert kept.decision.case_ids == with_body.decision.case_ids
+    assert kept.decision.match == with_body.decision.match
+    reply_id = MESSAGE_ID.strip("<>")
+    assert cut.index.case_for_message(reply_id) == whole.index.case_for_message(reply_id)
+
+
+def test_with_in_reply_to_before_the_token_a_known_reply_skips_the_body(
+    make_harness: Any,
+) -> None:
+    base = make_harness().settings
+    order = ("in-reply-to", *[s for s in base.inbound.strategies if s != "in-reply-to"])
+    h = make_harness(dataclasses.replace(
+        base, inbound=dataclasses.replace(base.inbound, strategies=order)))
+    msg = known_in_reply_to(h)
+    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND) == 0
+    assert h.run(headers_only(msg), Direction.INBOUND).one("X-Case-Match") == "in-reply-to"
+
+
+def test_an_external_ref_rule_reading_bodies_keeps_the_body(make_harness: Any) -> None:
+    base = make_harness().settings
+    rule = ExternalRefRule(name="servicenow", pattern=r"\b(INC\d{7})\b")
+
+    def harness_with(external: ExternalRefRule) -> Any:
+        inbound = dataclasses.replace(
+            base.inbound, strategies=(*base.inbound.strategies, "external-ref"),
+            external_refs=(external,))
+        return make_harness(dataclasses.replace(base, inbound=inbound))
+
+    # The Subject's token would do, but the references in a body are noted for the case too.
+    h = harness_with(rule)
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) > 0
+    h = harness_with(dataclasses.replace(rule, search_body=False))
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) == 0
+
+
+def test_a_huge_header_section_is_not_resolved_twice(harness: Any) -> None:
+    msg = token_in_subject(harness)
+    assert harness.engine.body_wanted(headers_only(msg), Direction.INBOUND) == 0
+    padded = Message(msg.envelope, (*msg.headers, Header("X-Padding", "x" * (64 << 10))))
+    assert harness.engine.body_wanted(padded, Direction.INBOUND) > 0
+
+
+def test_outbound_mail_is_read_whole_and_other_mail_not_at_all(harness: Any) -> None:
+    msg = headers_only(mail(("Subject", "Hello")))
+    assert harness.engine.body_wanted(msg, Direction.OUTBOUND) >= 1 << 40
+    assert harness.engine.body_wanted(msg, Direction.OTHER) == 0
+    assert harness.engine.body_wanted(msg, Direction.INBOUND) == 2 * (
+        harness.settings.inbound.scan_budget)
