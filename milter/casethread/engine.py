@@ -64,10 +64,10 @@ class Engine:
         """How many body bytes the engine needs for this mail, known by its header fields (the
         milter buffers no more, and tells the MTA to skip the rest).
 
-        Inbound mail whose case its header fields name (a token in the Subject, a known
-        In-Reply-To, ...) needs none: resolution stops before any body strategy. Other inbound
-        scans read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw bytes,
-        and the MIME structure around it a little more.
+        Inbound mail whose header fields name its case before any strategy would read the body
+        (with the default order: a valid token in the Subject) needs none. Other inbound scans
+        read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw bytes, and the
+        MIME structure around it a little more.
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS

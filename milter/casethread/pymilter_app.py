@@ -194,7 +194,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     def header_bytes(self, name: str, value: bytes) -> int:
         """The header callback pymilter calls (service.py), once per field: the hot path, so it
-        only keeps the field; it is decoded at end of message. Nothing here can fail."""
+        only keeps the field; the fields are decoded once, at end of headers. Nothing here can
+        fail."""
         self._fields.append((name, value))
         self._decoded = None
         return self._header_reply

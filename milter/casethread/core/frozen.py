@@ -1,12 +1,13 @@
-"""`@frozen`: a frozen dataclass that is as quick to make as a plain one.
+"""`@frozen`: a frozen dataclass that is nearly as quick to make as a plain one.
 
 A frozen dataclass's generated `__init__` sets each field through `object.__setattr__`, to get
 past the class's own `__setattr__`, which refuses: about 0.1 us a field. The engine makes some
-25 small values per message (edits, aliases, verdicts, records), and that was a sixth of an
-inbound message's time. `@frozen` builds the dataclass as usual, then gives it an `__init__`
-with the same signature and defaults that stores the fields straight into the instance's
-`__dict__`. Everything else (equality, hash, repr, refusing assignment, `dataclasses.replace`)
-is the dataclass's own.
+25 small values per message (edits, aliases, verdicts, records; MIME parts outbound).
+`@frozen` builds the dataclass as usual, then gives it an `__init__` with the same signature
+and defaults that stores the fields straight into the instance's `__dict__`: half the cost of
+a 3-field value; measured, outbound stamping 301 -> 288 us, inbound resolution 2-3 us of ~58.
+Everything else (equality, hash, repr, refusing assignment, `dataclasses.replace`) is the
+dataclass's own.
 
 Only what the values here need is supported: plain fields with plain defaults. A class with
 `__post_init__`, a default factory, keyword-only or init=False fields, or slots is refused

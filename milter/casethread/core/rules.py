@@ -112,7 +112,8 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
     """The case updated at `now`, moved to `state` if given. Built field by field: every
     inbound mail does this, and `dataclasses.replace` costs twice as much."""
     return CaseRecord(
-        case_id=case.case_id, number=case.number, state=state or case.state, queue=case.queue,
+        case_id=case.case_id, number=case.number, queue=case.queue,
+        state=case.state if state is None else state,
         created=case.created, updated=now,
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
