@@ -132,6 +132,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._body.close()  # empties it, and frees a spooled file
         self._body_room = 0
         self._direction: Direction | None = None  # classified at end of headers
+        self._skipping = False  # inbound mail its header fields resolve: its body is not read
         self._failed = False
 
     def _envelope(self) -> Envelope:
@@ -222,6 +223,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         msg = Message(self._envelope(), self._headers())
         self._direction = self.engine.classify(msg)
         self._body_room = self.engine.body_wanted(msg, self._direction)
+        self._skipping = self._direction is Direction.INBOUND and not self._body_room
         return int(Milter.CONTINUE)
 
     @_guarded
@@ -249,7 +251,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         # Logged before the edits go out: from the first body chunk to our final reply the
         # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with
         # milter_default_action = accept), so nothing else happens in between.
-        log.info("queue_id=%s %s", msg.envelope.queue_id, decision.log_fields())
+        log.info("queue_id=%s %s%s", msg.envelope.queue_id, decision.log_fields(),
+                 " body=skipped" if self._skipping else "")
         if self.metrics is not None:
             self.metrics.observe(decision, time.monotonic() - started)
         self._apply(decision.edits)

@@ -386,6 +386,11 @@ def test_a_token_in_the_body_threads_across_body_chunks(shared: MilterProcess) -
     after = reply.result(headers)
     assert values(after, "X-Case-ID") == [case_id]
     assert values(after, "X-Case-Match") == ["token"]
+    # The log line says so; the first reply's, whose body was read, does not.
+    lines = {q: line for line in shared.log().splitlines()
+             for q in ("QBODY1", "QBODY2") if f"queue_id={q} " in line}
+    assert lines["QBODY2"].endswith(" body=skipped"), lines
+    assert "body=" not in lines["QBODY1"], lines
 
 
 def test_the_index_is_readable_by_filter_while_the_milter_runs(
