@@ -140,9 +140,7 @@ class Engine:
             )
             self.index.record((), now, bumps)
             return self._inbound_decision(msg, verdict, ev.trace)
-        hit = self._resolver.resolve(ev)
-        if hit is not None and hit.match != "external-ref":
-            self._resolver.note_external_refs(ev)
+        hit = self._resolver.resolve_inbound(ev)
         automatic = auto != autoreply.NO or loop
         route = self._router.route(msg)
         if hit is None:

@@ -140,6 +140,9 @@ def test_an_external_ref_rule_reading_bodies_keeps_the_body(make_harness: Any) -
     assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) > 0
     h = harness_with(dataclasses.replace(rule, search_body=False))
     assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) == 0
+    # A rule for another system's mail does not read this sender's bodies.
+    h = harness_with(dataclasses.replace(rule, sender=("@servicenow.example.net",)))
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) == 0
 
 
 def test_a_huge_header_section_is_not_resolved_twice(harness: Any) -> None:

@@ -119,7 +119,7 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
 
     submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
     submitted = [v for v in submitted if v]
-    if fields:  # most mail has none of the header signals of steps 2 and 3
+    if fields:  # steps 2 and 3 read these fields only
         kind = _replied_or_bulk(fields, submitted)
         if kind is not None:
             return kind

@@ -146,9 +146,6 @@ class Resolver:
             for rule in inbound.external_refs
         ]
         self._external_on = "external-ref" in inbound.strategies
-        # External references are noted from the body whatever strategy matched.
-        self._external_in_body = self._external_on and any(
-            rule.search_body for rule in inbound.external_refs)
         # Our own tag, removed before subjects are compared.
         self._tag = tag_pattern(self._template)
         table: dict[str, Strategy] = {
@@ -170,13 +167,19 @@ class Resolver:
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
 
+    def resolve_inbound(self, ev: Evidence) -> Hit | None:
+        """The case an inbound mail names (`resolve`), and the external references it carries
+        for whichever case wins (`note_external_refs`)."""
+        hit = self.resolve(ev)
+        if hit is not None and hit.match != "external-ref":
+            self.note_external_refs(ev)
+        return hit
+
     def by_headers_alone(self, msg: Message, reader: CaseReader, now: int) -> bool:
-        """Whether `resolve` finds this inbound mail's case without reading its body (`msg`
+        """Whether `resolve_inbound` finds this mail's case without reading its body (`msg`
         holds the header fields): then a milter need not read the body at all."""
-        if self._external_in_body:
-            return False
         ev = self.evidence(msg, reader, now)
-        return self.resolve(ev) is not None and not ev.body_read
+        return self.resolve_inbound(ev) is not None and not ev.body_read
 
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
         for name, strategy in self._outbound_order if outbound else self._order:
