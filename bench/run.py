@@ -635,7 +635,8 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
     print()
     print(f"casethread bench {meta['date']}  commit {meta['commit']}  "
           f"{meta['machine']['cpus']} x {meta['machine']['cpu']}  rounds {meta['rounds']}"
-          f"{'  (quick)' if meta['quick'] else ''}")
+          f"{'  (quick)' if meta['quick'] else ''}  Python {meta['machine']['python']} "
+          f"({meta['machine']['interpreter']})")
     header = (f"{'direction':9} {'size':4} {'sess':>4}  {'configuration':26} "
               f"{'msg/s (min-max)':>22} {'ms/msg':>7} {'+ms':>6} {'/none':>6} {'/noop':>6} "
               f"{'/nr':>6} "
@@ -681,7 +682,8 @@ def machine() -> dict[str, Any]:
                              capture_output=True, text=True, check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu": cpu, "mem_mb": mem_kb // 1024,
             "kernel": platform.release(), "python": platform.python_version(),
-            "postfix": postfix}
+            # Which build: a distribution's (PGO, LTO) or a plain one runs Python ~20 % apart.
+            "interpreter": os.path.realpath(sys.executable), "postfix": postfix}
 
 
 def commit() -> str:
