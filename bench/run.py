@@ -678,7 +678,9 @@ def machine() -> dict[str, Any]:
     mem_kb = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    postfix = subprocess.run([find_sbin("postconf") or "postconf", "-h", "mail_version"],
+    # -d: the compiled-in value; without it postconf needs /etc/postfix/main.cf, which a
+    # "No configuration" install lacks.
+    postfix = subprocess.run([find_sbin("postconf") or "postconf", "-d", "-h", "mail_version"],
                              capture_output=True, text=True, check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu": cpu, "mem_mb": mem_kb // 1024,
             "kernel": platform.release(), "python": platform.python_version(),
