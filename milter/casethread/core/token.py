@@ -162,7 +162,10 @@ class ParsedToken:
 
 def parse(token: str) -> ParsedToken | None:
     """Split a token into its parts, or None when its structure is wrong (no MAC check)."""
-    text = normalise(token)
+    return _parse_normalised(normalise(token))
+
+
+def _parse_normalised(text: str) -> ParsedToken | None:
     if not MIN_LENGTH <= len(text) <= MAX_LENGTH or not _ALPHABET_SET.issuperset(text):
         return None
     key_id, count = _VALUE[text[0]], _VALUE[text[1]]
@@ -262,7 +265,10 @@ class Keyring:
 
     def verify(self, token: str) -> int | None:
         """The case number a genuine token carries, or None (bad shape, unknown key, bad MAC)."""
-        parsed = parse(token)
+        return self._verify_normalised(normalise(token))
+
+    def _verify_normalised(self, text: str) -> int | None:
+        parsed = _parse_normalised(text)
         if parsed is None:
             return None
         secret = self._secrets.get(parsed.key_id)
@@ -285,9 +291,10 @@ class Keyring:
                 break
             if not is_token_shaped(candidate):
                 continue
-            number = self.verify(candidate)
+            text = normalise(candidate)  # once: verified and returned in this form
+            number = self._verify_normalised(text)
             if number is not None:
-                return TokenResult(number, normalise(candidate), rejected)
+                return TokenResult(number, text, rejected)
             rejected += 1
         return TokenResult(rejected=rejected)
 
