@@ -17,14 +17,15 @@ STAMP  := $(VENV)/.installed
 # end), m4 (Sendmail's config), dovecot-sieve and procmail (the filing examples in contrib/),
 # systemd (systemd-analyze checks the unit). Sendmail itself is unpacked, never installed: it
 # would remove Postfix (contrib/sendmail/unpack-sendmail.sh).
-# python3-venv and python3-dev: the distribution's interpreter makes the venv and compiles
-# pymilter; its standard library test package (CPython's MIME corpus, tests/unit) is a package
-# of its own there.
-DIST_PYTHON := $(filter /usr/bin/python3,$(PYTHON))
-RUN_DEBS  := libmilter-dev gcc $(if $(DIST_PYTHON),python3-venv python3-dev)
+# A distribution's interpreter (installed under /usr) comes in packages of its own, named by
+# its version: -venv makes the venv, -dev has the headers pymilter compiles against, and
+# libpythonX.Y-testsuite holds the standard library's tests (CPython's MIME corpus, which
+# tests/unit reads). Empty for any other interpreter, which carries all three itself.
+DIST_PY := $(shell $(PYTHON) -c \
+	'import sys; sys.base_prefix == "/usr" and print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+RUN_DEBS  := libmilter-dev gcc $(if $(DIST_PY),python$(DIST_PY)-venv python$(DIST_PY)-dev)
 TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd \
-	$(if $(DIST_PYTHON),$(shell $(PYTHON) -c \
-	'import sys; print("libpython%d.%d-testsuite" % sys.version_info[:2])'))
+	$(if $(DIST_PY),libpython$(DIST_PY)-testsuite)
 
 .PHONY: run test lint unit e2e fuzz soak bench bench-quick deps-run deps-test clean
 
