@@ -718,7 +718,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help=f"comma-separated subset of {','.join(CONFIGS)} "
                              f"(default {','.join(DEFAULT_CONFIGS)})")
-    parser.add_argument("--only", help="workload filter, e.g. 'outbound', '60k', '1' (sessions)")
+    parser.add_argument("--only", help="workload filter, e.g. 'outbound', '60k', '1' (sessions); "
+                        "comma-separated terms must all match: 'outbound,60k,20'")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines appended here")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
@@ -742,8 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench/run.py must run as root (it starts a private Postfix)", file=sys.stderr)
         return 2
     plan = make_plan(args.quick, args.rounds)
-    workloads = [wl for wl in plan.workloads if not args.only or args.only in
-                 (wl.direction, wl.size, str(wl.sessions))]
+    terms = args.only.split(",") if args.only else []
+    workloads = [wl for wl in plan.workloads
+                 if all(term in (wl.direction, wl.size, str(wl.sessions)) for term in terms)]
     meta: dict[str, Any] = {
         "run": uuid.uuid4().hex[:12],
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
