@@ -246,6 +246,16 @@ def test_exchange_rule_headers() -> None:
         ("X-Auto-Response-Suppress", "DR, RN"),
     )
     assert classify_auto(weak) == "no"
+    # An Exchange reply whose other fields a gateway dropped: the rule header and an
+    # out-of-office subject together (each alone is no signal).
+    for name in ("X-MS-Exchange-Inbox-Rules-Loop", "X-MS-Exchange-Generated-Message-Source"):
+        stripped = msg((name, "dana@customer.example"),
+                       ("Subject", "=?utf-8?q?Automatische_Antwort=3A_Drucker?="))
+        assert classify_auto_detail(stripped) == ("auto-replied", f"{name.lower()}+ooo-subject")
+    assert classify_auto(msg(("Subject", "Automatic reply: Printer"))) == "no"
+    human = msg(("X-MS-Exchange-Inbox-Rules-Loop", "dana@customer.example"),
+                ("Subject", "FW: Automatic replies are broken"))
+    assert classify_auto(human) == "no"
 
 
 def test_x_auto_response_suppress_alone_is_no() -> None:

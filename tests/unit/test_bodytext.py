@@ -71,7 +71,7 @@ def test_undecodable_bytes_become_replacement_characters() -> None:
     assert texts_of(bad64) == ["[ref:X]"]
 
 
-def test_parts_come_from_the_top_and_attachments_only_on_request() -> None:
+def test_parts_come_from_the_top_and_file_attachments_only_on_request() -> None:
     raw = (DATA / "outlook-related.eml").read_bytes()
     plain, html = texts_of(raw)
     assert plain.startswith("Hello Ms Müller,") and "“quotes”" in plain
@@ -81,10 +81,15 @@ def test_parts_come_from_the_top_and_attachments_only_on_request() -> None:
         b"--m\nContent-Type: text/plain\n\nbody\n"
         b"--m\nContent-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n\nfile\n"
         b"--m\nContent-Type: message/rfc822\n\nSubject: fwd\n\nforwarded\n"
+        b"--m\nContent-Type: message/rfc822\nContent-Disposition: attachment; filename=x.eml\n"
+        b"\nSubject: =?utf-8?q?Drucker_=C3=BCber?=\n\nforwarded as a file\n"
         b"--m--\n"
     )
-    assert texts_of(with_attachments) == ["body", "forwarded"]
-    assert texts_of(with_attachments, include_attachments=True) == ["body", "file", "forwarded"]
+    # A message attached as a file ("forward as attachment") reads like an inline forward.
+    expected = ["body", "fwd", "forwarded", "Drucker über", "forwarded as a file"]
+    assert texts_of(with_attachments) == expected
+    assert texts_of(with_attachments, include_attachments=True) == [
+        *expected[:1], "file", *expected[1:]]
 
 
 def test_malformed_multiparts_are_still_read() -> None:

@@ -254,3 +254,19 @@ def test_thread_topic_reencodes_non_ascii() -> None:
 
 def test_thread_topic_keeps_raw_8bit_text() -> None:
     assert ti.thread_topic("AW: Bestellung über") == "Bestellung über"
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_thread_topic_of_a_huge_subject_is_cut_at_topic_max(encoded: bool) -> None:
+    from casethread.core.subject import decode_subject
+
+    text = "Drucker über " * 200_000  # ~2.6 MB on one line
+    subject = (
+        "Re: " + "".join(f"=?utf-8?B?{base64.b64encode(text[i:i + 40].encode()).decode()}?="
+                         for i in range(0, 4000, 40))
+        if encoded else f"Re: {text}"
+    )
+    topic = ti.thread_topic(subject)
+    shown = decode_subject(topic)
+    assert shown == text[: ti.TOPIC_MAX].rstrip()
+    assert len(topic) < 2000  # encoded words included

@@ -28,6 +28,7 @@ from casethread.core.settings import (
     Settings,
 )
 from casethread.core.store import CaseChange
+from casethread.core.subject import decode_subject
 from casethread.core.token import ALPHABET, Keyring
 from casethread.index import LmdbIndex, MemoryIndex
 
@@ -188,6 +189,90 @@ def test_token_in_subject_any_case_and_spacing(harness: Any) -> None:
     assert r.one("X-Case-Match") == "token"
 
 
+def b_word(text: str, charset: str = "utf-8") -> str:
+    return f"=?{charset}?B?{base64.b64encode(text.encode(charset)).decode()}?="
+
+
+def encoded_subjects(subject: str) -> list[str]:
+    """`subject` as clients re-encode a whole non-ASCII subject, our ASCII tag included."""
+    tok = token_of(subject)
+    cut = subject.index(tok) + 7
+    return [
+        b_word(f"Re: {subject}"),
+        # Q encoding, as Thunderbird writes it.
+        "=?utf-8?Q?" + "".join(
+            c if c.isascii() and c.isalnum() else "_" if c == " "
+            else "".join(f"={b:02X}" for b in c.encode())
+            for c in f"Re: {subject}") + "?=",
+        # Two encoded words, split inside the token; the blank between them is not text.
+        f"{b_word('Re: ' + subject[:cut])}\n {b_word(subject[cut:])}",
+        b_word(f"Re: {subject}", "iso-2022-jp"),
+        # Only the tag encoded, after a subject in clear.
+        f"Re: Printer jam {b_word(subject[subject.index('[ref:'):])}",
+    ]
+
+
+@pytest.mark.parametrize("which", range(5))
+def test_token_inside_an_encoded_subject(harness: Any, which: int) -> None:
+    # The app wrote a non-ASCII subject, encoded; casethread appended its tag in clear.
+    out = start_case(harness, b_word("プリンターが詰まる"))
+    stamped = decode_subject(out.one("Subject"))
+    assert stamped.startswith("プリンターが詰まる [ref:")
+    subject = encoded_subjects(stamped)[which]
+    assert f"[ref:{token_of(stamped)}]" not in subject  # not in clear
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_a_tag_in_clear_wins_over_an_encoded_one(harness: Any) -> None:
+    """The tag outbound appends in clear after an encoded one is the newest: it decides."""
+    first = start_case(harness, "Drucker klemmt").one("Subject")
+    second = start_case(harness, "Scanner").one("Subject")
+    subject = f"{b_word('Re: ' + first)} {second[second.index('[ref:'):]}"
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
+    assert r.case_id == "C-000002"
+
+
+def test_forged_token_inside_an_encoded_subject_never_matches(harness: Any) -> None:
+    tok = token_of(start_case(harness).one("Subject"))
+    forged = tok[:-1] + ("A" if tok[-1] != "A" else "B")
+    r = harness.inbound(CUSTOMER, ("Subject", b_word(f"Re: Drucker [ref:{forged}]")))
+    assert r.decision.match == "new"
+    assert r.one("X-Case-Token") == "invalid"
+
+
+def test_bounce_returning_an_encoded_subject(harness: Any) -> None:
+    out = start_case(harness, "Drucker klemmt")
+    returned = (
+        "From: Dana Agent <dana@support.example.com>\n"
+        f"Subject: {b_word(out.one('Subject'))}\n"
+        "\n"
+        "Hello Pat,\n"
+    ).encode()
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned, "text/rfc822-headers"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "bounce")
+
+
+@pytest.mark.parametrize("stamped_body", [True, False])
+def test_token_in_a_message_forwarded_as_an_attachment(harness: Any, stamped_body: bool) -> None:
+    """Gmail, Thunderbird and Outlook mark a forwarded message `attachment`; the customer
+    retitled the forward. The attached message's body, or else its Subject, names the case."""
+    out = start_case(harness, "Drucker klemmt")
+    tok = token_of(out.one("Subject"))
+    inner_body = f"Hello Pat,\n[ref:{tok}]\n" if stamped_body else "Hello Pat,\n"
+    body = (
+        "--f\nContent-Type: text/plain\n\nSee the mail below, still broken.\n"
+        "--f\nContent-Type: message/rfc822\n"
+        'Content-Disposition: attachment; filename="Drucker klemmt.eml"\n\n'
+        f"From: Dana Agent <dana@support.example.com>\n"
+        f"Subject: {b_word(decode_subject(out.one('Subject')))}\n\n{inner_body}"
+        "--f--\n"
+    ).encode()
+    r = harness.inbound(CUSTOMER, ("Subject", "Fwd: still broken"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
 def test_token_only_in_the_quoted_body_wrapped_inside_the_bracket(harness: Any) -> None:
     tok = token_of(start_case(harness).one("Subject"))
     body = (
@@ -338,9 +423,11 @@ def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> No
 # --------------------------------------------------------------------------- human references
 
 
-def test_subject_ref_from_a_participant_threads(harness: Any) -> None:
+@pytest.mark.parametrize("subject", ["Still broken [Case C-000001]",
+                                     b_word("Immer noch kaputt [Case C-000001]")])
+def test_subject_ref_from_a_participant_threads(harness: Any, subject: str) -> None:
     start_case(harness)
-    r = harness.inbound(CUSTOMER, ("Subject", "Still broken [Case C-000001]"))
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
     assert r.case_id == "C-000001"
     assert r.one("X-Case-Match") == "subject-ref"
     assert r.one("X-Case-Sender") == "known"
@@ -1003,6 +1090,27 @@ def test_token_is_never_added_twice(harness: Any) -> None:
     r = harness.outbound(AGENT, ("Subject", wrapped))
     assert (r.case_id, r.decision.match) == ("C-000001", "token")
     assert r.one("Subject") == wrapped
+
+
+def test_token_inside_an_encoded_subject_is_not_added_again(harness: Any) -> None:
+    """The agent's client re-encoded the whole subject of its reply: the tag is there."""
+    first = start_case(harness, "Drucker klemmt")
+    subject = b_word(f"AW: {first.one('Subject')}")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject))
+    assert (r.case_id, r.decision.match) == ("C-000001", "token")
+    assert r.one("Subject") == subject
+
+
+def test_another_cases_token_inside_an_encoded_subject_gets_ours_in_clear(harness: Any) -> None:
+    """Left as it is (never re-encoded); ours, appended in clear, is where replies look first."""
+    old = start_case(harness, "Drucker klemmt")  # C-000001
+    subject = b_word(f"AW: {old.one('Subject')}")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"), ("Subject", subject))
+    assert r.case_id == "TICKET-9"
+    assert r.one("Subject").startswith(subject + " [ref:")
+    reply = harness.inbound(CUSTOMER, ("Subject", b_word(f"Re: {old.one('Subject')}")
+                                       + r.one("Subject")[len(subject):]))
+    assert reply.case_id == "TICKET-9"
 
 
 def test_subject_tag_follows_the_template(make_harness: Any, tweak: Any) -> None:

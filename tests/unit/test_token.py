@@ -256,6 +256,10 @@ def test_scanning_tolerates_case_spaces_and_quoted_line_breaks() -> None:
         f"[ref:\n{token}]",
         f"[ref:{head} {tail}]",
         f"Subject: Re: help\r\n [ref:{head}\r\n {tail}]",  # a folded header
+        # HTML mail's blanks: no-break spaces (&nbsp;), a zero-width break inside a long word.
+        f"[ref:\u00a0{head}\u200b{tail}\u00a0]",
+        f">\u00a0see [ref:{head}\n>\u00a0{tail}]",
+        f"[ref:{head}\u202f{tail}\ufeff]",
     ]
     for text in texts:
         assert list(find_tokens(text)) == [token], text

@@ -25,12 +25,15 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
 - Exchange headers. `X-MS-Exchange-Inbox-Rules-Loop` and `X-MS-Exchange-Generated-Message-Source`
   are also stamped on mail that an inbox rule merely forwarded, i.e. a human's text. Alone they
   are no signal; with `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an
-  Exchange out-of-office or rule reply (Zammad's rule), so `auto-replied`.
+  Exchange out-of-office or rule reply (Zammad's rule), so `auto-replied`; with an
+  out-of-office subject (below) too, for the Exchange reply whose other fields a gateway
+  dropped.
   `X-Auto-Response-Suppress` alone is no signal either: it asks *others* not to auto-reply and
   is set on ordinary mail too (Discourse PR #21367, Sisimai #491).
 - Subjects. No peer relies on a subject alone (Zammad only uses "vacation" together with
   `Auto-Submitted: auto-replied`), so a subject never makes mail auto. It only refines: mail
-  that is already `auto-generated` and whose subject starts with a known out-of-office phrase
+  that is already `auto-generated` (or carries an Exchange rule header) and whose subject
+  starts with a known out-of-office phrase
   ("Automatic reply:", "Out of Office:", "Automatische Antwort:", "Autosvar:", ...) becomes
   `auto-replied` (Exchange sends out-of-office as `Auto-Submitted: auto-generated`).
 - An empty or whitespace-only `Auto-Submitted`, or `X-Autoreply` & co. with `no`, `false`,
@@ -126,10 +129,14 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
 
     # 4. auto-generated (refined to auto-replied by an out-of-office subject)
     reason = _auto_generated(fields, submitted, null_sender, from_local, is_report)
-    if reason:
+    # Exchange's rule headers are too weak alone, but with an out-of-office subject they are
+    # an Exchange auto-reply.
+    weak = "" if reason else _exchange_rule_header(fields)
+    if reason or weak:
         subject = msg.get("Subject")
         if subject is not None and _OOO_SUBJECT.match(decode_subject(subject)):
-            return AUTO_REPLIED, f"{reason}+ooo-subject"
+            return AUTO_REPLIED, f"{reason or weak}+ooo-subject"
+    if reason:
         return AUTO_GENERATED, reason
     return NO, ""
 
@@ -213,8 +220,13 @@ def _report_type(msg: Message) -> str | None:
     return (mime.content_type(value).param("report-type") or "").strip().lower()
 
 
+def _exchange_rule_header(fields: Fields) -> str:
+    """The first Exchange rule header present, or `""`."""
+    return next((name for name in _EXCHANGE_RULE_HEADERS if _values(fields, name)), "")
+
+
 def _exchange_auto_reply(fields: Fields) -> bool:
-    if not any(_values(fields, name) for name in _EXCHANGE_RULE_HEADERS):
+    if not _exchange_rule_header(fields):
         return False
     for value in _values(fields, "x-auto-response-suppress"):
         words = {w.strip().lower() for w in value.split(",")}

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterator
 from . import mime
 from .frozen import frozen
 from .mime import Data, Part
+from .subject import decode_subject
 
 DEFAULT_BUDGET = 1 << 20
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
@@ -48,14 +49,24 @@ def iter_texts(
 ) -> Iterator[str]:
     """Decoded text of the text/plain and text/html parts, from the top; HTML as plain text.
 
-    Parts inside attached messages are read too; attachments (and attached messages) only with
-    `include_attachments`. A multipart or message that could not be split is read as text.
-    `tree` is `mime.parse` of this body and these fields, when the caller has it already.
+    An attached message (message/rfc822, also one attached as a file: "forward as
+    attachment") is read like an inline forward: its Subject (decoded), then its parts. Other
+    attachments only with `include_attachments`. A multipart or message that could not be
+    split is read as text. `tree` is `mime.parse` of this body and these fields, when the
+    caller has it already.
     """
     if tree is None:
         tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
     for part in _readable(tree, include_attachments):
+        if part.kind == "message":
+            found = next((h.value for h in part.children[0].headers
+                          if h.name.lower() == "subject"), None)
+            if found is not None and remaining > 0:
+                text = decode_subject(found)
+                remaining -= len(text)
+                yield text
+            continue
         if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
             continue
         if remaining <= 0:
@@ -97,7 +108,8 @@ def _readable(tree: Part, include_attachments: bool) -> Iterator[Part]:
     stack = [tree]
     while stack:
         part = stack.pop()
-        if part.is_attachment and not include_attachments and part is not tree:
+        if (part.is_attachment and not include_attachments and part is not tree
+                and part.kind != "message"):
             continue
         yield part
         stack.extend(reversed(part.children))

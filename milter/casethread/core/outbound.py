@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from itertools import chain
 
 from . import msgid, thread_index, token
 from .addresses import domain_of, header_addresses
@@ -17,6 +18,7 @@ from .edits import AddHeader, ChangeHeader, Edit
 from .frozen import frozen
 from .message import Message, unfold
 from .model import CaseRecord, CaseState, is_valid_case_id
+from .subject import variants as subject_variants
 
 # A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
 REFERENCES_KEEP = 20
@@ -103,13 +105,16 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     """Append the token to the Subject, never twice, never re-encoding what is there.
 
     Another case's tag (the app moved the conversation to a new ticket) is replaced: replies
-    thread by the first valid token, so leaving it would send them to the old case.
+    thread by the first valid token, so leaving it would send them to the old case. A tag
+    inside an encoded word counts as present too (a client re-encoded the whole subject); when
+    it is another case's, ours is appended in clear, where replies look first.
     """
     present = msg.get("Subject")
     tag = token.subject_tag(tok, template)
     if present is None:
         return AddHeader("Subject", tag.strip())
-    found = keyring.resolve(token.find_tokens(unfold(present), template))
+    found = keyring.resolve(chain.from_iterable(
+        token.find_tokens(text, template) for text in subject_variants(present)))
     if found.case_number is not None and found.case_number == keyring.verify(tok):
         return None
     if not writable(present):

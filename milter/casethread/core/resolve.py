@@ -205,6 +205,12 @@ class Resolver:
                 if token:
                     yield token
 
+    def _decoded_subject_tokens(self, text: str) -> Iterator[str]:
+        # Not started when the Subject as written held a valid token: the usual reply.
+        decoded = subject.decoded_if_encoded(text)
+        if decoded is not None:
+            yield from find_tokens(decoded, self._template)
+
     def _body_tokens(self, ev: Evidence) -> Iterator[str]:
         # A generator, so the body is parsed only if the Subject held no valid token.
         for text in ev.body_texts:
@@ -213,6 +219,7 @@ class Resolver:
     def by_token(self, ev: Evidence) -> Hit | None:
         candidates = chain(
             find_tokens(ev.subject, self._template),
+            self._decoded_subject_tokens(ev.subject) if "=?" in ev.subject else (),
             self._body_tokens(ev),
             self._anchor_tokens(ev),
         )
@@ -257,7 +264,7 @@ class Resolver:
         return None
 
     def by_subject_ref(self, ev: Evidence) -> Hit | None:
-        return self._by_case_ref(ev, iter([ev.subject]), "subject-ref")
+        return self._by_case_ref(ev, iter(subject.variants(ev.subject)), "subject-ref")
 
     def by_body_ref(self, ev: Evidence) -> Hit | None:
         return self._by_case_ref(ev, iter(ev.body_texts), "body-ref")
@@ -266,7 +273,7 @@ class Resolver:
                        pattern: re.Pattern[str]) -> Iterator[str]:
         texts: list[str] = []
         if rule.search_subject:
-            texts.append(ev.subject)
+            texts.extend(subject.variants(ev.subject))
         if rule.search_body:
             texts.extend(ev.body_texts)
         for text in texts:
@@ -342,7 +349,8 @@ class Resolver:
             name = found.group(1).decode("ascii").lower()
             value = found.group(2).decode("utf-8", "surrogateescape")
             if name == "subject":
-                tokens.extend(find_tokens(unfold(value), self._template))
+                for text in subject.variants(value):
+                    tokens.extend(find_tokens(text, self._template))
                 continue
             for mid in msgid.id_list(value, self._limit):
                 case = ev.case_by_alias(AliasKind.MESSAGE, mid)

@@ -114,6 +114,28 @@ def decode_subject(subject: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def variants(subject: str) -> tuple[str, ...]:
+    """The Subject as written (unfolded), then decoded if it holds encoded words: where to
+    look for a token or a reference.
+
+    Clients that reply to a non-ASCII subject often re-encode all of it, our ASCII tag
+    included, so a tag may be visible only once decoded. The text as written comes first: a
+    tag appended in clear is the newest (outbound appends ours so when the encoded part holds
+    another case's).
+    """
+    text = unfold(subject)
+    decoded = decoded_if_encoded(text)
+    return (text,) if decoded is None else (text, decoded)
+
+
+def decoded_if_encoded(text: str) -> str | None:
+    """Unfolded `text` RFC 2047-decoded, or None when decoding changes nothing."""
+    if "=?" not in text:
+        return None
+    decoded = decode_subject(text)
+    return decoded if decoded != text else None
+
+
 def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:
     """The form used to compare subjects: decoded, the token tag removed, prefixes stripped,
     whitespace collapsed, case-folded.

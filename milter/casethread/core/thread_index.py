@@ -199,16 +199,22 @@ def decode(header_value: str) -> bytes | None:
     return raw if is_valid(raw) else None
 
 
+# Outlook keeps subjects to 255 characters; a longer topic (a hostile 2 MB subject) is cut
+# there rather than copied into a second oversized field.
+TOPIC_MAX = 255
+
+
 def thread_topic(subject: str) -> str:
-    """The Thread-Topic value: the subject without reply/forward prefixes.
+    """The Thread-Topic value: the subject without reply/forward prefixes, at most
+    `TOPIC_MAX` characters (before any encoding).
 
     RFC 2047 words are decoded first so an encoded `AW:` is seen; a non-ASCII result is
     re-encoded as UTF-8 encoded words, so the value is safe to add as a header.
     A subject without encoded words is only stripped (raw 8-bit text stays as it was).
     """
     if "=?" not in subject:
-        return strip_prefixes(subject, list_tags=False)
-    topic = strip_prefixes(decode_subject(subject), list_tags=False)
+        return strip_prefixes(subject, list_tags=False)[:TOPIC_MAX].rstrip()
+    topic = strip_prefixes(decode_subject(subject), list_tags=False)[:TOPIC_MAX].rstrip()
     if topic.isascii():
         return topic
     # Short encoded words (RFC 2047 caps them at 75 chars) on one line; the caller folds.

@@ -362,6 +362,10 @@ def token_from_anchor(msgid: str) -> str | None:
 
 
 _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
+# Blanks a token may be broken by: HTML mail turns spaces into no-break spaces (&nbsp;) and
+# lets long words wrap at zero-width spaces; the signature keeps this leniency safe.
+_BLANKS = " \t\u00a0\u202f\u200b\ufeff"
+_QUOTE_PREFIX = _BLANKS + ">"
 
 
 @dataclass(frozen=True)
@@ -401,12 +405,12 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
                 return None
             symbols.append(c)
             i += 1
-        elif c in " \t":
+        elif c in _BLANKS:
             i += 1
         elif c in "\r\n":
             i += 1
             # A wrapped line in a quoted reply starts with a quote prefix: "> ", ">> ", "> > ".
-            while i < end and text[i] in " \t>":
+            while i < end and text[i] in _QUOTE_PREFIX:
                 i += 1
         else:
             return None
