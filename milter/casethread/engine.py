@@ -71,7 +71,8 @@ class Engine:
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
-            if ordinary and self._resolver.by_headers_alone(msg, self.index, int(self._clock())):
+            if ordinary and not autoreply.reads_body(msg) and self._resolver.by_headers_alone(
+                    msg, self.index, int(self._clock())):
                 return 0
             return 2 * self.settings.inbound.scan_budget
         stamping = self.settings.stamp.html or self.settings.stamp.text
@@ -166,7 +167,10 @@ class Engine:
             # redirect must not make its own customer `unknown`.
             named = dict.fromkeys([hit.case.case_id, *(t.case.case_id for t in targets)])
             sender_known = any(ev.is_participant(case_id) for case_id in named)
-            outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps)
+            # Automatic mail (a bounce or an out-of-office that follows our mail within
+            # seconds) routes nothing: the customer's first own reply does.
+            outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps,
+                                       routes=not automatic)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known, token_invalid=ev.token_invalid)
@@ -196,9 +200,11 @@ class Engine:
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,
-                   bumps: list[CounterBump]) -> list[inbound.CaseOutcome]:
+                   bumps: list[CounterBump], routes: bool) -> list[inbound.CaseOutcome]:
         """What the message does to its cases, recorded with its aliases and its sender's
-        count in one commit (a new related case, which is rare, takes one of its own)."""
+        count in one commit (a new related case, which is rare, takes one of its own).
+        Unless the mail `routes`, no case changes queue (one without a queue yet shows this
+        mail's route in its header, without keeping it)."""
         related: dict[int, inbound.CaseOutcome] = {}
         changes: list[tuple[str, CaseChange]] = []
         for i, target in enumerate(targets):
@@ -207,7 +213,8 @@ class Engine:
                 related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
                                                  target.case.case_id)
             else:
-                changes.append((target.case.case_id, self._change(target, now, route)))
+                changes.append((target.case.case_id,
+                                self._change(target, now, route if routes else None)))
         case_ids = [related[i].case_id if i in related else t.case.case_id
                     for i, t in enumerate(targets)]
         after = self.index.record(self._message_aliases(msg, ev, own_id, case_ids), now, bumps,
@@ -219,15 +226,16 @@ class Engine:
                 continue
             case = after.get(target.case.case_id, target.case)
             state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
-            outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue))
+            outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
 
     @staticmethod
-    def _change(target: rules.Target, now: int, route: Route) -> CaseChange:
+    def _change(target: rules.Target, now: int, route: Route | None) -> CaseChange:
         def change(current: CaseRecord) -> CaseRecord | None:
             changed = rules.transition(rules.Target(current, target.action), now)
             # A case opened by outbound mail has no queue yet: its first inbound mail routes it.
-            if changed is not None and (route.override or not changed.queue):
+            if changed is not None and route is not None and (
+                    route.override or not changed.queue):
                 changed = replace(changed, queue=route.queue)
             return changed
 

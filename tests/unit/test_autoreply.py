@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from casethread.core import autoreply
 from casethread.core.autoreply import KINDS, classify_auto, classify_auto_detail, is_auto
 from casethread.core.message import Envelope, Header, Message
 
@@ -315,3 +316,52 @@ def test_garbage_never_raises(fields: list[tuple[str, str]], mail_from: str) -> 
     kind, reason = classify_auto_detail(m)
     assert kind in KINDS
     assert (reason == "") == (kind == "no")
+
+
+def delivery_report(*actions: str, with_status_part: bool = True) -> Message:
+    per_recipient = "".join(
+        f"\nFinal-Recipient: rfc822; r{i}@customer.example\nAction: {a}\nStatus: 4.4.1\n"
+        for i, a in enumerate(actions))
+    status = ("--B\nContent-Type: message/delivery-status\n\n"
+              f"Reporting-MTA: dns; mx.example\n{per_recipient}" if with_status_part else "")
+    body = f"--B\nContent-Type: text/plain\n\nA note.\n{status}--B--\n".encode()
+    return Message(
+        Envelope(mail_from="<>"),
+        tuple(Header(n, v) for n, v in (
+            ("From", "MAILER-DAEMON@mx.example (Mail Delivery System)"),
+            ("Subject", "Delayed Mail (still being retried)"),
+            ("Content-Type", "multipart/report; report-type=delivery-status; boundary=B"))),
+        body)
+
+
+@pytest.mark.parametrize(("actions", "expected"), [
+    (("failed",), ("bounce", "delivery-status")),
+    (("delayed",), ("auto-generated", "delivery-status-delayed")),
+    (("Delivered", "relayed"), ("auto-generated", "delivery-status-delivered-relayed")),
+    (("expanded",), ("auto-generated", "delivery-status-expanded")),
+    (("delayed", "failed"), ("bounce", "delivery-status")),  # any failure is a bounce
+    (("bogus",), ("bounce", "delivery-status")),
+    ((), ("bounce", "delivery-status")),  # no Action readable
+])
+def test_a_delivery_report_is_a_bounce_only_when_something_failed(
+    actions: tuple[str, ...], expected: tuple[str, str]
+) -> None:
+    assert classify_auto_detail(delivery_report(*actions)) == expected
+    assert autoreply.reads_body(delivery_report(*actions))
+
+
+def test_a_delivery_report_without_its_status_part_is_a_bounce() -> None:
+    msg = delivery_report("delayed", with_status_part=False)
+    assert classify_auto_detail(msg) == ("bounce", "delivery-status")
+    headers_only = Message(msg.envelope, msg.headers)
+    assert classify_auto_detail(headers_only) == ("bounce", "delivery-status")
+
+
+def test_suppress_header_with_an_out_of_office_subject_is_auto_replied() -> None:
+    ooo = msg(("X-Auto-Response-Suppress", "All"), ("Subject", "Automatiskt svar: Skrivare"))
+    assert classify_auto_detail(ooo) == ("auto-replied", "x-auto-response-suppress+ooo-subject")
+    ordinary = msg(("X-Auto-Response-Suppress", "All"), ("Subject", "Printer question"))
+    assert classify_auto(ordinary) == "no"
+    receipts_only = msg(("X-Auto-Response-Suppress", "DR, RN"),
+                        ("Subject", "Automatic reply: x"))
+    assert classify_auto(receipts_only) == "no"

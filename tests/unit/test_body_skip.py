@@ -76,6 +76,20 @@ def a_bounce_of_our_mail(h: Any) -> Message:
                 body=body, sender=("From", "MAILER-DAEMON@mx.customer.example.org"))
 
 
+def a_delay_warning_with_the_token_in_its_subject(h: Any) -> Message:
+    """Its Subject alone names the case, but only its body tells a delay from a bounce."""
+    tok = h.token(start_case(h).case_id)
+    body = (
+        "--B\nContent-Type: text/plain\n\nYour mail is delayed; no action needed.\n"
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
+        "Final-Recipient: rfc822; pat@customer.example.org\nAction: delayed\nStatus: 4.4.1\n"
+        "--B--\n"
+    ).encode()
+    return mail(("Subject", f"Delayed Mail: Printer jam [ref:{tok}]"),
+                ("Content-Type", "multipart/report; report-type=delivery-status; boundary=B"),
+                body=body, sender=("From", "MAILER-DAEMON@mx.customer.example.org"))
+
+
 SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
     # name: (the mail, whether its header fields alone find its case)
     "token in the Subject": (token_in_subject, True),
@@ -86,6 +100,8 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
         forged_subject_token_and_the_real_one_in_the_body, False),
     "a new question": (a_new_question, False),
     "a bounce of our mail": (a_bounce_of_our_mail, False),
+    "a delay warning with the token in its Subject": (
+        a_delay_warning_with_the_token_in_its_subject, False),
 }
 
 
@@ -109,6 +125,7 @@ def test_the_body_is_skipped_only_when_the_decision_does_not_depend_on_it(
     assert kept.decision.edits == with_body.decision.edits
     assert kept.decision.case_ids == with_body.decision.case_ids
     assert kept.decision.match == with_body.decision.match
+    assert kept.decision.auto == with_body.decision.auto
     reply_id = MESSAGE_ID.strip("<>")
     assert cut.index.case_for_message(reply_id) == whole.index.case_for_message(reply_id)
 
@@ -158,3 +175,14 @@ def test_outbound_mail_is_read_whole_and_other_mail_not_at_all(harness: Any) -> 
     assert harness.engine.body_wanted(msg, Direction.OTHER) == 0
     assert harness.engine.body_wanted(msg, Direction.INBOUND) == 2 * (
         harness.settings.inbound.scan_budget)
+
+
+def test_a_delivery_report_keeps_its_body_without_the_bounce_strategy(make_harness: Any) -> None:
+    """Only the report's body tells a delay warning (auto-generated) from a bounce."""
+    base = make_harness().settings
+    order = tuple(s for s in base.inbound.strategies if s != "bounce")
+    h = make_harness(dataclasses.replace(
+        base, inbound=dataclasses.replace(base.inbound, strategies=order)))
+    msg = a_delay_warning_with_the_token_in_its_subject(h)
+    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND) > 0
+    assert h.run(msg, Direction.INBOUND).one("X-Case-Auto") == "auto-generated"

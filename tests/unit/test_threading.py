@@ -157,6 +157,27 @@ def test_bounce_by_anchor_in_returned_references(harness: Any) -> None:
     assert r.one("X-Case-Match") == "bounce"
 
 
+@pytest.mark.parametrize("order", ["message-id first", "parents first", "id rewritten"])
+def test_bounce_of_a_mail_that_moved_to_another_case(harness: Any, order: str) -> None:
+    """The agent answered a mail of C-000001 under the app's ticket TICKET-9: the bounce of
+    that answer belongs to TICKET-9, though the answer's In-Reply-To names C-000001's mail."""
+    first = start_case(harness)
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"),
+                             ("Subject", f"Re: {first.one('Subject')}"),
+                             ("In-Reply-To", first.one("Message-ID")),
+                             ("References", first.one("Message-ID")))
+    assert moved.case_id == "TICKET-9"
+    own = ("Message-ID: <rewritten@smarthost.example>" if order == "id rewritten"
+           else f"Message-ID: {moved.one('Message-ID')}")
+    parents = (f"In-Reply-To: {moved.one('In-Reply-To')}\n"
+               f"References: {moved.one('References')}")
+    fields = [f"Subject: {moved.one('Subject')}",
+              *((parents, own) if order != "message-id first" else (own, parents))]
+    returned = ("From: dana@support.example.com\n" + "\n".join(fields) + "\n\n").encode()
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned, "text/rfc822-headers"), mail_from="<>")
+    assert (r.decision.case_ids, r.one("X-Case-Match")) == (("TICKET-9",), "bounce")
+
+
 def test_bounce_of_unknown_mail_opens_no_case(harness: Any) -> None:
     returned = returned_message("<never-seen@support.example.com>")
     r = harness.inbound(*DSN_HEADERS, body=dsn(returned), mail_from="<>")
@@ -1044,6 +1065,20 @@ def test_a_case_opened_by_outbound_mail_is_routed_by_its_first_inbound_mail(
     r = h.inbound(BIGCORP, ("In-Reply-To", out.one("Message-ID")))
     assert r.one("X-Case-Queue") == "vip"
     assert h.case("C-000001").queue == "vip"
+
+
+def test_automatic_mail_does_not_route_a_case_opened_by_outbound_mail(make_harness: Any) -> None:
+    """The bounce or out-of-office that follows our mail within seconds must not decide the
+    queue: the customer's own first reply does."""
+    h = routing_harness(make_harness)
+    out = start_case(h, "Your invoice")
+    ooo = h.inbound(BIGCORP, ("Subject", "Automatic reply: Away until Monday"),
+                    ("Auto-Submitted", "auto-replied"), ("In-Reply-To", out.one("Message-ID")))
+    assert (ooo.case_id, ooo.one("X-Case-Auto")) == ("C-000001", "auto-replied")
+    assert ooo.one("X-Case-Queue") == "vip"  # what this mail routes to, shown, not kept
+    assert h.case("C-000001").queue == ""
+    r = h.inbound(BIGCORP, ("Subject", "Re: Your invoice"), ("In-Reply-To", out.one("Message-ID")))
+    assert r.one("X-Case-Queue") == h.case("C-000001").queue == "billing"
 
 
 # --------------------------------------------------------------------------- outbound

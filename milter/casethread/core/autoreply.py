@@ -4,10 +4,13 @@ The signals are the union of what RFC 3834, RT, Zammad, Znuny, FreeScout and Bug
 (PEERS.md §1a, §2.6), sorted into five kinds. When signals of several kinds are present the
 first of this order wins:
 
-1. `bounce`: a delivery status report (`multipart/report; report-type=delivery-status`), an
-   Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, or a From of
+1. `bounce`: a delivery status report (`multipart/report; report-type=delivery-status`) of a
+   failure, an Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, or a From of
    `postmaster@...` with a null sender. So a DSN with an empty sender is a bounce, even when
-   it also says `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs).
+   it also says `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs). A report whose
+   every per-recipient `Action` is `delayed`, `delivered`, `relayed` or `expanded` (a delay
+   warning, a success notice) is `auto-generated` whatever its sender; one with a `failed`
+   Action, or with none readable, is a bounce.
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
    pattern (below). An out-of-office reply is `auto-replied`.
@@ -29,10 +32,12 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
   out-of-office subject (below) too, for the Exchange reply whose other fields a gateway
   dropped.
   `X-Auto-Response-Suppress` alone is no signal either: it asks *others* not to auto-reply and
-  is set on ordinary mail too (Discourse PR #21367, Sisimai #491).
+  is set on ordinary mail too (Discourse PR #21367, Sisimai #491); naming `All`, `OOF` or
+  `AutoReply` together with an out-of-office subject it is `auto-replied`.
 - Subjects. No peer relies on a subject alone (Zammad only uses "vacation" together with
   `Auto-Submitted: auto-replied`), so a subject never makes mail auto. It only refines: mail
-  that is already `auto-generated` (or carries an Exchange rule header) and whose subject
+  that is already `auto-generated` (or carries one of the weak Exchange fields above) and
+  whose subject
   starts with a known out-of-office phrase
   ("Automatic reply:", "Out of Office:", "Automatische Antwort:", "Autosvar:", ...) becomes
   `auto-replied` (Exchange sends out-of-office as `Auto-Submitted: auto-generated`).
@@ -47,7 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from . import mime
+from . import bodytext, mime
 from .addresses import first_address
 from .message import Message, unfold
 from .subject import decode_subject
@@ -76,9 +81,14 @@ _SIGNAL_FIELDS = frozenset({
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
+_DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+_ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
+_NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
+_REPORT_BUDGET = 64 << 10
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
-    r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatisch\s+antwoord"
+    r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatiskt\s+svar"
+    r"|automatisch\s+antwoord"
     r"|réponse\s+automatique|respuesta\s+automática|risposta\s+automatica"
     r"|resposta\s+automática|automaattinen\s+vastaus|automatyczna\s+odpowiedź"
     r"|automatická\s+odpověď|automatikus\s+válasz|自动回复|自動回覆|自動応答|自動返信)"
@@ -109,6 +119,10 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
 
     # 1. bounce
     if report_type == "delivery-status":
+        actions = _delivery_actions(msg)
+        if actions and actions <= _NOT_FAILED:
+            # A delay warning or a success notice: machine mail, but nothing bounced.
+            return AUTO_GENERATED, "delivery-status-" + "-".join(sorted(actions))
         return BOUNCE, "delivery-status"
     if _values(fields, "x-failed-recipients"):
         return BOUNCE, "x-failed-recipients"
@@ -129,9 +143,9 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
 
     # 4. auto-generated (refined to auto-replied by an out-of-office subject)
     reason = _auto_generated(fields, submitted, null_sender, from_local, is_report)
-    # Exchange's rule headers are too weak alone, but with an out-of-office subject they are
-    # an Exchange auto-reply.
-    weak = "" if reason else _exchange_rule_header(fields)
+    # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
+    # out-of-office subject they are an Exchange auto-reply.
+    weak = "" if reason else (_exchange_rule_header(fields) or _suppress_header(fields))
     if reason or weak:
         subject = msg.get("Subject")
         if subject is not None and _OOO_SUBJECT.match(decode_subject(subject)):
@@ -220,16 +234,35 @@ def _report_type(msg: Message) -> str | None:
     return (mime.content_type(value).param("report-type") or "").strip().lower()
 
 
+def reads_body(msg: Message) -> bool:
+    """Whether the kind depends on the body: a delivery report's Action fields."""
+    return _report_type(msg) == "delivery-status"
+
+
+def _delivery_actions(msg: Message) -> set[str]:
+    """The per-recipient `Action` values of a delivery report (RFC 3464 §2.3.3), lower case;
+    empty when the report part is missing or unreadable (the report then counts as a bounce)."""
+    top = mime.top_fields(msg.headers)
+    actions: set[str] = set()
+    for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
+                                            _DELIVERY_STATUS_TYPES, _REPORT_BUDGET,
+                                            top_disposition=top.disposition):
+        actions.update(a.lower() for a in _ACTION.findall(part.data.decode("ascii", "replace")))
+    return actions
+
+
 def _exchange_rule_header(fields: Fields) -> str:
     """The first Exchange rule header present, or `""`."""
     return next((name for name in _EXCHANGE_RULE_HEADERS if _values(fields, name)), "")
 
 
-def _exchange_auto_reply(fields: Fields) -> bool:
-    if not _exchange_rule_header(fields):
-        return False
+def _suppress_header(fields: Fields) -> str:
+    """`x-auto-response-suppress` when it names All, OOF or AutoReply, else `""`."""
     for value in _values(fields, "x-auto-response-suppress"):
-        words = {w.strip().lower() for w in value.split(",")}
-        if words & _SUPPRESS_AUTO:
-            return True
-    return False
+        if {w.strip().lower() for w in value.split(",")} & _SUPPRESS_AUTO:
+            return "x-auto-response-suppress"
+    return ""
+
+
+def _exchange_auto_reply(fields: Fields) -> bool:
+    return bool(_exchange_rule_header(fields) and _suppress_header(fields))

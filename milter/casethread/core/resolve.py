@@ -343,21 +343,28 @@ class Resolver:
         return None
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
+        """The bounced mail's case, from the header fields it returned: its own Message-ID,
+        then the signed tokens (Subject, anchors), then the IDs of the mail it answered. The
+        parent's IDs come last: a mail that moved the conversation to another case (or to a
+        split case's child) answers a mail of the old one."""
         head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
-        tokens: list[str] = []
+        fields: dict[str, list[str]] = {}
         for found in _RETURNED_FIELD.finditer(head):
-            name = found.group(1).decode("ascii").lower()
-            value = found.group(2).decode("utf-8", "surrogateescape")
-            if name == "subject":
-                for text in subject.variants(value):
-                    tokens.extend(find_tokens(text, self._template))
-                continue
-            for mid in msgid.id_list(value, self._limit):
-                case = ev.case_by_alias(AliasKind.MESSAGE, mid)
-                if case is not None:
-                    return Hit(case, "bounce")
-                token = token_from_anchor(mid)
-                if token:
-                    tokens.append(token)
+            fields.setdefault(found.group(1).decode("ascii").lower(), []).append(
+                found.group(2).decode("utf-8", "surrogateescape"))
+        parents = [mid for name in ("in-reply-to", "references") for value in fields.get(name, ())
+                   for mid in msgid.id_list(value, self._limit)]
+        for mid in (m for v in fields.get("message-id", ()) for m in msgid.id_list(v, 1)):
+            case = ev.case_by_alias(AliasKind.MESSAGE, mid)
+            if case is not None:
+                return Hit(case, "bounce")
+        tokens = [tok for value in fields.get("subject", ()) for text in subject.variants(value)
+                  for tok in find_tokens(text, self._template)]
+        # Our anchor goes first in References: also past the limit of the newest-first list.
+        firsts = [msgid.first_id(v) for v in fields.get("references", ())]
+        tokens += [tok for mid in (*firsts, *parents) if mid
+                   for tok in (token_from_anchor(mid),) if tok]
         case = ev.case_by_tokens(iter(tokens))
-        return Hit(case, "bounce") if case else None
+        if case is not None:
+            return Hit(case, "bounce")
+        return _first_hit((ev.case_by_alias(AliasKind.MESSAGE, m) for m in parents), "bounce")
