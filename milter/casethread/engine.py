@@ -19,8 +19,8 @@ from .core.decision import Decision
 from .core.direction import Classifier
 from .core.edits import Edit
 from .core.message import Message
-from .core.model import Alias, AliasKind, CaseRecord, CounterBump, Direction
-from .core.resolve import Evidence, Resolver, participant_key, subject_participant_key
+from .core.model import Alias, AliasKind, CaseRecord, CaseState, CounterBump, Direction
+from .core.resolve import Evidence, Hit, Resolver, participant_key, subject_participant_key
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
@@ -271,15 +271,15 @@ class Engine:
             match = "app"
         else:
             hit = self._resolver.resolve(ev, outbound=True)
-            trace += ev.trace
             if hit is not None:
-                case, match = rules.survivor(hit.case, self.index), hit.match
+                case, match = self._outbound_case(ev, hit)
             elif out.new_case == "create":
                 # The case and this mail's aliases in one commit.
                 case = self.index.create_case(int(now), aliases=aliases_of)
                 match, new_case, recorded = "new", True, True
             else:
                 case, match = None, "none"
+            trace += ev.trace
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
         if message_id.edit is not None:
@@ -308,10 +308,29 @@ class Engine:
             tuple(trace),
         )
 
+    def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
+        """The case an agent's mail continues. A closed case's token (still in the Subject)
+        yields to the case of the mail answered: after a customer's reply opened a related
+        case, the agent's answer belongs there, or every reply would open another one."""
+        case = rules.survivor(hit.case, self.index)
+        if case.state is not CaseState.CLOSED:
+            return case, hit.match
+        answered = self._resolver.by_in_reply_to(ev) or self._resolver.by_references(ev)
+        if answered is not None:
+            live = rules.survivor(answered.case, self.index)
+            if live.state is not CaseState.CLOSED:
+                ev.trace.append(f"{case.case_id} is closed: the mail answered is "
+                                f"{live.case_id}'s ({answered.match})")
+                return live, answered.match
+        return case, hit.match
+
     def _stamp_body(self, ev: Evidence, tok: str, notes: list[str]) -> tuple[Splice, ...]:
         options = self.settings.stamp
         msg = ev.msg
-        if not (options.html or options.text) or not msg.body:
+        if not (options.html or options.text):
+            return ()
+        if not msg.body:
+            notes.append("body-not-stamped:empty")  # nothing to put a token line after
             return ()
         # The tree the token scan may have parsed already: the body is split once.
         plan = stamp.plan_message_stamp(msg.headers, msg.body, tok, tok, options,

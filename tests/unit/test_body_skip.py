@@ -80,11 +80,11 @@ def a_delay_warning_with_the_token_in_its_subject(h: Any) -> Message:
     """Its Subject alone names the case, but only its body tells a delay from a bounce."""
     tok = h.token(start_case(h).case_id)
     body = (
-        "--B\nContent-Type: text/plain\n\nYour mail is delayed; no action needed.\n"
-        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
-        "Final-Recipient: rfc822; pat@customer.example.org\nAction: delayed\nStatus: 4.4.1\n"
-        "--B--\n"
-    ).encode()
+        b"--B\nContent-Type: text/plain\n\nYour mail is delayed; no action needed.\n"
+        b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
+        b"Final-Recipient: rfc822; pat@customer.example.org\nAction: delayed\nStatus: 4.4.1\n"
+        b"--B--\n"
+    )
     return mail(("Subject", f"Delayed Mail: Printer jam [ref:{tok}]"),
                 ("Content-Type", "multipart/report; report-type=delivery-status; boundary=B"),
                 body=body, sender=("From", "MAILER-DAEMON@mx.customer.example.org"))

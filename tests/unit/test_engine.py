@@ -454,7 +454,7 @@ def test_log_fields_is_one_line(harness: Any) -> None:
     line = r.decision.log_fields()
     assert "\n" not in line
     assert line.startswith("direction=outbound case=C-000001 match=new state=open edits=")
-    assert line.endswith("notes=bad-app-case-id,message-id-added")
+    assert line.endswith("notes=bad-app-case-id,message-id-added,body-not-stamped:empty")
 
 
 def test_recorded_times_follow_the_clock(harness: Any) -> None:

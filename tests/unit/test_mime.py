@@ -376,3 +376,11 @@ def test_fuzz_structured_lines(lines: list[bytes], newline: bytes, ctype: str | 
 def test_fuzz_random_bytes(body: bytes, boundary: str) -> None:
     root = mime.parse(body, f'multipart/mixed; boundary="{boundary}"')
     assert_well_formed(root, 0, len(body))
+
+
+@pytest.mark.parametrize(("label", "codec"), [
+    ("windows-874", "cp874"), ("Windows-31J", "cp932"), ("x-sjis", "shift_jis"),
+    ("x-mac-roman", "mac-roman"), ("iso-8859-8-i", "iso8859-8"), ("x-euc-jp", "euc_jp"),
+])
+def test_charset_labels_python_lacks_map_to_its_codecs(label: str, codec: str) -> None:
+    assert mime.codec_for(label) == codec

@@ -110,6 +110,13 @@ def test_html_tag_goes_before_the_last_closing_body_tag_any_case() -> None:
     assert out.endswith(b"<p>quoted </body> text</p>\n" + TAG.encode() + b"</BODY >\n</html>\n")
 
 
+def test_a_closing_body_tag_inside_a_comment_is_not_the_end_of_the_body() -> None:
+    html = (b"<html><body><p>x</p></body>\n<!--[if mso]></body><![endif]-->\n"
+            b"<!-- unclosed </body>\n</html>\n")
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(b"<p>x</p>" + TAG.encode() + html[html.index(b"</body>\n<!--"):])
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")

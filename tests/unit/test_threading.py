@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from casethread.core import outbound, rules, thread_index
-from casethread.core.message import parse_raw
+from casethread.core.message import parse_raw, unfold
 from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import (
     ExternalRefRule,
@@ -292,6 +294,21 @@ def test_token_in_a_message_forwarded_as_an_attachment(harness: Any, stamped_bod
     r = harness.inbound(CUSTOMER, ("Subject", "Fwd: still broken"),
                         ("Content-Type", "multipart/mixed; boundary=f"), body=body)
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_the_anchor_of_the_mail_answered_wins_over_a_quoted_token(harness: Any) -> None:
+    """The app answered under its ticket TICKET-9, quoting a mail of C-000001 (with its
+    token) above the new token line; the reply lost the Subject's token."""
+    old_tok = token_of(start_case(harness).one("Subject"))
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"),
+                             ("Subject", "Your request"),
+                             body=f"New answer.\n\n> Earlier: [ref:{old_tok}]\n".encode())
+    assert moved.case_id == "TICKET-9"
+    reply_body = "Thanks.\n\n> New answer.\n>\n> > Earlier: " f"[ref:{old_tok}]\n".encode()
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Your request"),
+                        ("In-Reply-To", moved.one("Message-ID")),
+                        ("References", moved.one("References")), body=reply_body)
+    assert (r.case_id, r.one("X-Case-Match")) == ("TICKET-9", "token")
 
 
 def test_token_only_in_the_quoted_body_wrapped_inside_the_bracket(harness: Any) -> None:
@@ -880,6 +897,28 @@ def test_sender_of_the_case_the_mail_names_is_known_after_a_link(harness: Any, l
     assert r.one("X-Case-Sender") == "known"
 
 
+def test_an_agents_answer_after_a_related_case_opened_goes_to_that_case(harness: Any) -> None:
+    """Pat wrote to closed C-000001: related case C-000002 opened. Dana answers from her mail
+    client (no X-Case-ID), the Subject still holding C-000001's token: the answer, and Pat's
+    next reply, belong to C-000002, not to one more new case."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    pat = reply_to(harness, "C-000001", ("Message-ID", "<again.1@customer.example.org>"))
+    assert (pat.case_id, pat.one("X-Case-Related")) == ("C-000002", "C-000001")
+    answer = harness.outbound(AGENT, TO_CUSTOMER,
+                              ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"),
+                              ("In-Reply-To", "<again.1@customer.example.org>"))
+    assert (answer.case_id, answer.decision.match) == ("C-000002", "in-reply-to")
+    assert token_of(answer.one("Subject")) == harness.token("C-000002")  # the tag replaced
+    again = harness.inbound(CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"),
+                            ("In-Reply-To", answer.one("Message-ID")))
+    assert (again.case_id, again.one("X-Case-Match")) == ("C-000002", "token")
+    # Without a live case behind the mail answered, the closed case's token stands.
+    lone = harness.outbound(AGENT, TO_CUSTOMER,
+                            ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"))
+    assert lone.case_id == "C-000001"
+
+
 def test_resolved_within_reopen_within_is_reopened(harness: Any) -> None:
     start_case(harness)
     harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
@@ -1142,9 +1181,10 @@ def test_another_cases_token_inside_an_encoded_subject_gets_ours_in_clear(harnes
     subject = b_word(f"AW: {old.one('Subject')}")
     r = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"), ("Subject", subject))
     assert r.case_id == "TICKET-9"
-    assert r.one("Subject").startswith(subject + " [ref:")
+    stamped = unfold(r.one("Subject"))  # folded: the line would be long
+    assert stamped.startswith(subject + " [ref:")
     reply = harness.inbound(CUSTOMER, ("Subject", b_word(f"Re: {old.one('Subject')}")
-                                       + r.one("Subject")[len(subject):]))
+                                       + stamped[len(subject):]))
     assert reply.case_id == "TICKET-9"
 
 
@@ -1162,6 +1202,33 @@ def test_subject_is_never_re_encoded(harness: Any) -> None:
     r = harness.outbound(AGENT, ("Subject", encoded))
     assert r.one("Subject") == f"{encoded} [ref:{harness.token('C-000001')}]"
     assert r.one("Thread-Topic") == "=?utf-8?q?Dr=C3=BCcker_kaputt?="
+
+
+@pytest.mark.parametrize("length", [200, 400])
+def test_a_long_subject_is_folded_never_over_the_line_limit(harness: Any, length: int) -> None:
+    """A 200-character Japanese subject, as Thunderbird encodes and folds it: the stamped
+    Subject and the Thread-Topic keep to 78-character lines and unfold to the same text."""
+    text = ("紙詰まりが発生しました、" * 40)[:length]
+    words = [b_word(text[i:i + 12]) for i in range(0, length, 12)]
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "\n ".join(words)))
+    for name in ("Subject", "Thread-Topic"):
+        value = r.one(name)
+        lines = f"{name}: {value}".split("\n")
+        assert len(lines) > 1 and max(map(len, lines)) <= 78, lines
+        assert all(line.startswith(" ") for line in lines[1:])
+    assert decode_subject(r.one("Subject")) == f"{text} [ref:{harness.token('C-000001')}]"
+    assert decode_subject(r.one("Thread-Topic")) == text[:thread_index.TOPIC_MAX]
+    reply = harness.inbound(CUSTOMER, ("Subject", "Re: " + r.one("Subject")))
+    assert (reply.case_id, reply.one("X-Case-Match")) == ("C-000001", "token")
+
+
+@given(st.text(alphabet=st.sampled_from("ab =?日"), max_size=400),
+       st.sampled_from(["Subject", "Thread-Topic"]))
+def test_folding_unfolds_to_the_same_value(value: str, name: str) -> None:
+    folded = outbound.fold(name, value)
+    assert unfold(folded) == value
+    lines = f"{name}: {folded}".split("\n")
+    assert all(len(line) <= 78 or " " not in line.strip() for line in lines), lines
 
 
 def test_references_with_50_ids_is_trimmed_first_and_newest_with_the_anchor_first(
@@ -1240,6 +1307,19 @@ def test_thread_roots_of_equal_case_ids_differ_between_installations(make_harnes
     guid = thread_index.parse(thread_index.decode(one.one("Thread-Index")) or b"").guid
     guid2 = thread_index.parse(thread_index.decode(two.one("Thread-Index")) or b"").guid
     assert guid != guid2
+
+
+def test_thread_topic_has_no_tag_also_when_it_was_inside_an_encoded_word(harness: Any) -> None:
+    old = start_case(harness, "Grüße")  # C-000001; the app then moves on to TICKET-9
+    subject = b_word(f"AW: {old.one('Subject')}")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"), ("Subject", subject))
+    assert decode_subject(r.one("Thread-Topic")) == "Grüße"
+
+
+def test_an_empty_body_is_noted_not_stamped(harness: Any) -> None:
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Hi"), body=b"")
+    assert "body-not-stamped:empty" in r.decision.notes
+    assert token_of(r.one("Subject"))
 
 
 def test_present_thread_index_and_topic_are_kept(harness: Any) -> None:

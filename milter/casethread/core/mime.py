@@ -35,6 +35,12 @@ MAX_HEADER_BYTES = 256 * 1024
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 # Text codecs that are not charsets: decoding mail with them would interpret the content.
+# Labels mail carries that Python does not know, for the charsets it does (WHATWG Encoding
+# Standard's label table).
+_CHARSET_ALIASES = {
+    "windows-874": "cp874", "x-mac-roman": "mac_roman", "iso-8859-8-i": "iso8859_8",
+    "x-sjis": "shift_jis", "windows-31j": "cp932", "x-euc-jp": "euc_jp",
+}
 _NOT_CHARSETS = frozenset(
     {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"}
 )
@@ -234,6 +240,7 @@ def _decode_sections(parts: list[tuple[int, bool, str]]) -> str:
 def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
     """Python's codec name for a MIME charset, or None when it is unknown or not a charset."""
     name = (charset or default).strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(name, name)
     try:
         info = codecs.lookup(name)
     except (LookupError, ValueError):  # ValueError: NUL or 8-bit bytes in the name

@@ -31,6 +31,24 @@ def clean(value: str) -> str:
     return _UNSAFE.sub("", unfold(value)).strip()
 
 
+def fold(name: str, value: str, width: int = 78) -> str:
+    """`value` (one line) folded at its blanks so that lines keep to `width` where they can
+    (RFC 5322 §2.1.1: 78 recommended, 998 a hard limit; RFC 2047 words are at most 75 long):
+    unfolding gives `value` back. A word longer than a line stays whole."""
+    if len(name) + 2 + len(value) <= width:
+        return value
+    out: list[str] = []
+    used = len(name) + 2  # "Name: "
+    for i, word in enumerate(value.split(" ")):
+        if i and word and used + 1 + len(word) > width:
+            out.append("\n " + word)
+            used = 1 + len(word)
+        else:
+            out.append(" " + word if i else word)
+            used += len(word) + (1 if i else 0)
+    return "".join(out)
+
+
 def writable(value: str) -> bool:
     """pymilter passes header values as UTF-8: undecodable 8-bit bytes cannot be written back."""
     return _SURROGATE.search(value) is None
@@ -122,7 +140,7 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     text = clean(present)
     if found.case_number is not None:
         text = token.tag_pattern(template).sub("", text).rstrip()
-    return ChangeHeader("Subject", 1, text + tag)
+    return ChangeHeader("Subject", 1, fold("Subject", text + tag))
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
@@ -168,10 +186,10 @@ def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: floa
         subject = msg.get("Subject")
         if subject is not None and writable(subject):
             # Without our tag: every mail of the case, first or follow-up, has the same topic.
-            untagged = token.tag_pattern(template).sub("", unfold(subject))
-            topic = clean(thread_index.thread_topic(untagged))
+            topic = clean(thread_index.thread_topic(unfold(subject),
+                                                    token.tag_pattern(template)))
             if topic:
-                result.append(AddHeader("Thread-Topic", topic))
+                result.append(AddHeader("Thread-Topic", fold("Thread-Topic", topic)))
     return result
 
 

@@ -217,11 +217,13 @@ class Resolver:
             yield from find_tokens(text, self._template)
 
     def by_token(self, ev: Evidence) -> Hit | None:
+        # The anchors of In-Reply-To/References come before the body: they name the mail
+        # answered, where a body may quote another case's mail above ours.
         candidates = chain(
             find_tokens(ev.subject, self._template),
             self._decoded_subject_tokens(ev.subject) if "=?" in ev.subject else (),
-            self._body_tokens(ev),
             self._anchor_tokens(ev),
+            self._body_tokens(ev),
         )
         case = ev.case_by_tokens(candidates)
         return Hit(case, "token") if case else None

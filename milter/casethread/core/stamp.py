@@ -43,6 +43,7 @@ _CONTAINERS = frozenset({"multipart/mixed", "multipart/alternative", "multipart/
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
 # An armor line of inline PGP. Searched without `^` and re.M, which would try every position
 # of the part (~35 us for 7 KB); the line start is checked per match instead.
 _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
@@ -351,9 +352,13 @@ def _insertion_index(text: str, target: Target) -> int:
 
 
 def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
+    """The last match outside HTML comments (Outlook ends some mail with
+    `<!--[if mso]></body><![endif]-->`, which no client renders)."""
+    comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
     start = None
     for match in pattern.finditer(text):
-        start = match.start()
+        if not any(a <= match.start() < b for a, b in comments):
+            start = match.start()
     return start
 
 

@@ -204,18 +204,23 @@ def decode(header_value: str) -> bytes | None:
 TOPIC_MAX = 255
 
 
-def thread_topic(subject: str) -> str:
-    """The Thread-Topic value: the subject without reply/forward prefixes, at most
-    `TOPIC_MAX` characters (before any encoding).
+def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
+    """The Thread-Topic value: the subject without reply/forward prefixes (and without what
+    `remove` matches: our tags, also those inside encoded words), at most `TOPIC_MAX`
+    characters (before any encoding).
 
     RFC 2047 words are decoded first so an encoded `AW:` is seen; a non-ASCII result is
     re-encoded as UTF-8 encoded words, so the value is safe to add as a header.
     A subject without encoded words is only stripped (raw 8-bit text stays as it was).
     """
-    if "=?" not in subject:
-        return strip_prefixes(subject, list_tags=False)[:TOPIC_MAX].rstrip()
-    topic = strip_prefixes(decode_subject(subject), list_tags=False)[:TOPIC_MAX].rstrip()
-    if topic.isascii():
+    encoded = "=?" in subject
+    topic = decode_subject(subject) if encoded else subject
+    if remove is not None:
+        topic = remove.sub("", topic)
+    topic = strip_prefixes(topic, list_tags=False)[:TOPIC_MAX].rstrip()
+    if not encoded or topic.isascii():
         return topic
-    # Short encoded words (RFC 2047 caps them at 75 chars) on one line; the caller folds.
-    return " ".join(Header(topic, "utf-8").encode(linesep="\n").split())
+    # Short encoded words (RFC 2047 caps them at 75 chars), the first one leaving room for the
+    # field's name, on one line; the caller folds between them.
+    return " ".join(
+        Header(topic, "utf-8", header_name="Thread-Topic").encode(linesep="\n").split())
