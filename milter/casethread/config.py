@@ -28,6 +28,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .core import token
+from .core.addresses import ascii_domain
 from .core.settings import (
     STRATEGY_NAMES,
     ExternalRefRule,
@@ -276,9 +277,10 @@ def _recipient(value: str) -> str:
     if _GLOB_CHARS & set(address):
         return address
     local, _, domain = address.rpartition("@")
+    domain = ascii_domain(domain)  # an internationalised domain as its A-label
     if "@" in local or not _is_domain(domain):
         raise _Invalid(f"{value!r} is not an address (local@domain, @domain or a pattern)")
-    return address
+    return f"{local}@{domain}"
 
 
 _DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}

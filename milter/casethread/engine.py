@@ -93,9 +93,13 @@ class Engine:
     # -- shared -------------------------------------------------------------------------------
 
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
-                 root: bytes | None, external: list[str] | None = None) -> list[Alias]:
+                 root: bytes | None, external: list[str] | None = None,
+                 ours: bool = False) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
-        references (for the first case), its people (and subject) for every case."""
+        references (for the first case), its people (and subject) for every case.
+
+        People are the customers' side: neither our support addresses, which are on every
+        case's mail and anyone can forge, nor the From of `ours` (outbound) mail, an agent."""
         first = case_ids[0]
         aliases = []
         if message_id:
@@ -103,7 +107,10 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
-        people = header_addresses(msg.get_all("From") + msg.get_all("To") + msg.get_all("Cc"))
+        fields = msg.get_all("To") + msg.get_all("Cc")
+        if not ours:
+            fields = msg.get_all("From") + fields
+        people = [a for a in header_addresses(fields) if not self._resolver.is_ours(a)]
         subject_key = (
             self._resolver.subject_key(msg.get("Subject") or "") if self._subject_match else ""
         )
@@ -131,11 +138,14 @@ class Engine:
             ev.trace.append(f"loop: {ev.sender} sent more than the flood limit")
         own_id = msgid.first_id(msg.get("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
+        route = self._router.route(msg)
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
             ev.trace.append(f"duplicate: this Message-ID is already recorded for {case.case_id}")
+            # Our own outbound mail coming back (a forward, a list) may name a case that no
+            # inbound mail routed yet: show this mail's route, keep nothing.
             verdict = inbound.Verdict(
-                (inbound.CaseOutcome(case.case_id, case.state.value, case.queue),),
+                (inbound.CaseOutcome(case.case_id, case.state.value, case.queue or route.queue),),
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=ev.is_participant(case.case_id),
             )
@@ -143,7 +153,6 @@ class Engine:
             return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve_inbound(ev)
         automatic = auto != autoreply.NO or loop
-        route = self._router.route(msg)
         if hit is None:
             sender_known = None
             ev.trace.append("automatic mail opens no case" if automatic else "no match: new case")
@@ -263,7 +272,7 @@ class Engine:
 
         def aliases_of(case: CaseRecord) -> list[Alias]:
             root = outbound.thread_root_of(msg, case)
-            return self._aliases(msg, [case.case_id], message_id.normalised, root)
+            return self._aliases(msg, [case.case_id], message_id.normalised, root, ours=True)
 
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
@@ -273,7 +282,8 @@ class Engine:
             hit = self._resolver.resolve(ev, outbound=True)
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
-            elif out.new_case == "create":
+            elif out.new_case == "create" and autoreply.classify_auto(msg) == autoreply.NO:
+                # Automatic mail (an agent's out-of-office) continues a case, never opens one.
                 # The case and this mail's aliases in one commit.
                 case = self.index.create_case(int(now), aliases=aliases_of)
                 match, new_case, recorded = "new", True, True

@@ -102,11 +102,13 @@ def test_stats_json_and_text(cli: Cli, filled: list[dict[str, str]]) -> None:
     data = cli.json("stats")
     assert data["schema"] == 2
     assert data["last_number"] == data["cases"] == data["numbers"] == 3
-    # Per case: the agent mail and the reply (message), the Outlook root, three participants
-    # (agent and customer, then support@ from the reply's To); one flood counter per customer.
+    # Per case: the agent mail and the reply (message), the Outlook root, two participants
+    # (the customer, then support@ from the reply's To: not among this configuration's support
+    # addresses, which are never recorded; nor is the agent's From); one flood counter per
+    # customer.
     assert data["aliases"]["message"] == 6
     assert data["aliases"]["thread-root"] == 3
-    assert data["aliases"]["participant"] == 9
+    assert data["aliases"]["participant"] == 6
     assert data["aliases_total"] == sum(data["aliases"].values())
     assert data["counters"] == 3
     data_mdb = cli.index / "data.mdb"

@@ -625,6 +625,8 @@ def test_inbound_addresses_are_lower_cased_and_checked(tmp_path: Path) -> None:
             - "Support+*@Example.com"
             - "help-?@example.com"
             - "[st]upport@example.com"
+            - Support@Bücher.Example
+            - "@bücher.example"
         """,
     )
     assert settings.inbound.addresses == (
@@ -633,6 +635,8 @@ def test_inbound_addresses_are_lower_cased_and_checked(tmp_path: Path) -> None:
         "support+*@example.com",
         "help-?@example.com",
         "[st]upport@example.com",
+        "support@xn--bcher-kva.example",  # internationalised domains as their A-labels
+        "@xn--bcher-kva.example",
     )
 
 

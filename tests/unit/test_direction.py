@@ -36,9 +36,10 @@ def env(**kw: object) -> Envelope:
 def test_daemon_name_marks_outbound() -> None:
     c = classifier()
     assert c.classify(env(daemon_name="ORIGINATING")) is Direction.OUTBOUND
-    # Exact value only: Postfix sends $myhostname on other services.
+    # The value only (in any letter case): Postfix sends $myhostname on other services.
     assert c.classify(env(daemon_name="mx.example.com")) is Direction.OTHER
-    assert c.classify(env(daemon_name="originating")) is Direction.OTHER
+    assert c.classify(env(daemon_name="originating")) is Direction.OUTBOUND
+    assert c.classify(env(daemon_name="ORIGINATING-X")) is Direction.OTHER
     assert c.classify(env(daemon_name="")) is Direction.OTHER
 
 
@@ -85,6 +86,13 @@ def test_client_networks(address: str | None, outbound: bool) -> None:
     c = classifier(client_networks=("10.20.0.0/16", "192.0.2.10", "2001:db8:20::/48"))
     expected = Direction.OUTBOUND if outbound else Direction.OTHER
     assert c.classify(env(client_address=address)) is expected
+
+
+@pytest.mark.parametrize("address", ["192.0.2.10", "::ffff:192.0.2.10", "[IPv6:::ffff:192.0.2.10]"])
+def test_an_ipv4_mapped_network_in_the_config_matches_its_ipv4_clients(address: str) -> None:
+    c = classifier(client_networks=("::ffff:192.0.2.0/120",))
+    assert c.classify(env(client_address=address)) is Direction.OUTBOUND
+    assert c.classify(env(client_address="192.0.3.10")) is Direction.OTHER
 
 
 def test_no_client_networks_configured() -> None:
@@ -171,3 +179,15 @@ def test_header_addresses_skip_garbage() -> None:
     values = ['"Pat, C." <Pat@Customer.Example.org>, dana@Example.com', "undisclosed-recipients:;"]
     assert header_addresses(values) == ["pat@customer.example.org", "dana@example.com"]
     assert header_addresses(["no address here"]) == []
+
+
+@pytest.mark.parametrize("configured", ["support@bücher.example", "support@xn--bcher-kva.example",
+                                        "@bücher.example", "support@*.example"])
+@pytest.mark.parametrize("rcpt", ["<support@bücher.example>", "<Support@BÜCHER.example>",
+                                  "<support@xn--bcher-kva.example>"])
+def test_an_internationalised_support_domain_matches_in_either_form(
+    configured: str, rcpt: str
+) -> None:
+    """Postfix hands an SMTPUTF8 sender's U-labels to the milter as they came."""
+    settings = dataclasses.replace(Settings(), inbound=InboundSettings(addresses=(configured,)))
+    assert Classifier(settings).classify(env(rcpts=(rcpt,))) is Direction.INBOUND

@@ -471,6 +471,22 @@ def test_subject_ref_from_a_participant_threads(harness: Any, subject: str) -> N
     assert r.one("X-Case-Sender") == "known"
 
 
+@pytest.mark.parametrize("forged", ["Support <support@example.com>",
+                                    "Dana Agent <dana@support.example.com>"])
+def test_a_forged_support_or_agent_sender_is_no_participant(harness: Any, forged: str) -> None:
+    """The support address is on every case's mail and the agent's on every answer: anyone
+    can write either as From, so neither makes a guessable case number count."""
+    start_case(harness)  # Dana -> Pat: C-000001
+    first = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "A new question"))  # C-000002
+    assert first.case_id == "C-000002"
+    for case_id in ("C-000001", "C-000002"):
+        r = harness.inbound(("From", forged), ("Subject", f"Update [Case {case_id}]"))
+        assert r.one("X-Case-Match") == "new", case_id
+    # The customer, a real participant of both, still threads by number.
+    r = harness.inbound(CUSTOMER, ("Subject", "Update [Case C-000001]"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-ref")
+
+
 def test_subject_ref_from_a_stranger_does_not_thread(harness: Any) -> None:
     start_case(harness)
     r = harness.inbound(STRANGER, ("Subject", "Hijack [Case C-000001]"))
@@ -1316,6 +1332,20 @@ def test_thread_topic_has_no_tag_also_when_it_was_inside_an_encoded_word(harness
     assert decode_subject(r.one("Thread-Topic")) == "Grüße"
 
 
+def test_an_agents_out_of_office_opens_no_case(harness: Any) -> None:
+    headers = (AGENT, ("To", "News <news@shop.example>"), ("Subject", "Out of office: Sale!"),
+               ("Auto-Submitted", "auto-replied"))
+    r = harness.outbound(*headers)
+    assert (r.decision.case_ids, r.decision.match) == ((), "none")
+    assert r.one("Subject") == "Out of office: Sale!"
+    # Answering a case's mail, it continues that case (and is stamped).
+    out = start_case(harness)
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Out of office: Printer jam"),
+                         ("Auto-Submitted", "auto-replied"), ("In-Reply-To", out.one("Message-ID")))
+    assert (r.case_id, r.decision.match) == ("C-000001", "in-reply-to")
+    assert token_of(r.one("Subject")) == harness.token("C-000001")
+
+
 def test_an_empty_body_is_noted_not_stamped(harness: Any) -> None:
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Hi"), body=b"")
     assert "body-not-stamped:empty" in r.decision.notes
@@ -1345,6 +1375,17 @@ def test_app_case_id_with_an_old_token_in_the_subject_gets_its_own_token(harness
 
 
 # --------------------------------------------------------------------------- duplicates
+
+
+def test_our_own_mail_coming_back_shows_a_queue(harness: Any) -> None:
+    """The customer's server forwards our mail back to support: a duplicate of a case no
+    inbound mail routed yet. Its queue header is the route, never empty."""
+    out = start_case(harness)
+    back = harness.inbound(CUSTOMER, ("Subject", out.one("Subject")),
+                           ("Message-ID", out.one("Message-ID")))
+    assert back.one("X-Case-Match") == "duplicate"
+    assert back.one("X-Case-Queue") == "support"
+    assert harness.case("C-000001").queue == ""
 
 
 def test_duplicate_delivery_changes_nothing(harness: Any) -> None:

@@ -23,8 +23,28 @@ _SIMPLE_ADDRESS = re.compile(
 
 
 def envelope_address(value: str) -> str:
-    """`<User@Example.COM>` -> `user@example.com`; empty for the null sender."""
-    return value.strip().strip("<>").strip().lower()
+    """`<User@Example.COM>` -> `user@example.com`; empty for the null sender. An
+    internationalised domain becomes its A-label (`bücher.example` -> `xn--bcher-kva.example`):
+    Postfix hands SMTPUTF8 mail's U-labels to milters as they came."""
+    address = value.strip().strip("<>").strip().lower()
+    return address if address.isascii() else ascii_address(address)
+
+
+def ascii_address(address: str) -> str:
+    """`address` with its domain as an A-label; unchanged when that cannot be made."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{ascii_domain(domain)}" if at else address
+
+
+def ascii_domain(domain: str) -> str:
+    """An internationalised domain name as its (lower-case) A-label form (IDNA); other input
+    unchanged."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return domain
 
 
 def _simple_addresses(value: str) -> tuple[str, ...] | None:
@@ -95,6 +115,9 @@ class AddressMatcher:
         self._globs: list[str] = []
         for raw in patterns:
             pattern = raw.lower()
+            local, at, domain = pattern.rpartition("@")
+            if at and not _GLOB_CHARS.search(domain):
+                pattern = f"{local}@{ascii_domain(domain)}"
             if _GLOB_CHARS.search(pattern):
                 self._globs.append(pattern)
             elif pattern.startswith("@"):

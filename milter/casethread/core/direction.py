@@ -17,16 +17,17 @@ class Classifier:
 
     def __init__(self, settings: Settings) -> None:
         out = settings.outbound
-        self._daemon_names = frozenset(out.daemon_names)
+        # Postfix's daemon names are the admin's words: ORIGINATING and originating agree.
+        self._daemon_names = frozenset(n.casefold() for n in out.daemon_names)
         self._authenticated = out.authenticated
         self._networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in out.client_networks
+            _unmapped(ipaddress.ip_network(n, strict=False)) for n in out.client_networks
         )
         self._inbound = AddressMatcher(settings.inbound.addresses)
 
     def is_outbound(self, env: Envelope) -> bool:
         # The sender domain never counts: it is forgeable. Only what the MTA vouches for does.
-        if env.daemon_name is not None and env.daemon_name in self._daemon_names:
+        if env.daemon_name is not None and env.daemon_name.casefold() in self._daemon_names:
             return True
         if self._authenticated and env.auth_user:
             return True
@@ -49,3 +50,14 @@ class Classifier:
         if any(self._inbound.matches(r) for r in env.rcpts):
             return Direction.INBOUND
         return Direction.OTHER
+
+
+def _unmapped(net: Network) -> Network:
+    """An IPv4-mapped IPv6 network (`::ffff:192.0.2.0/120`) as the IPv4 network it maps:
+    clients are compared in their IPv4 form."""
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(mapped):
+        first = net.network_address.ipv4_mapped
+        if first is not None:
+            return ipaddress.ip_network(f"{first}/{net.prefixlen - 96}")
+    return net

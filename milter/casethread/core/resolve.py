@@ -107,7 +107,8 @@ class Evidence:
         return self.case_by_id(hit.case_id) if hit else None
 
     def is_participant(self, case_id: str) -> bool:
-        if self.sender is None:
+        # Our support address is on every case's mail: anyone can forge it as From.
+        if self.sender is None or self._resolver.is_ours(self.sender):
             return False
         key = participant_key(case_id, self.sender)
         return self.reader.find(AliasKind.PARTICIPANT, key) is not None
@@ -140,6 +141,7 @@ class Resolver:
         self._limit = inbound.references_limit
         self._template = settings.tokens.subject_template
         self._case_ref = re.compile(inbound.case_ref_pattern, re.I)
+        self._ours = AddressMatcher(inbound.addresses)
         self._subject_window = inbound.subject_match.window
         self._external = [
             (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
@@ -166,6 +168,10 @@ class Resolver:
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
+
+    def is_ours(self, address: str) -> bool:
+        """One of our support addresses (`inbound.addresses`)."""
+        return self._ours.matches(address)
 
     def resolve_inbound(self, ev: Evidence) -> Hit | None:
         """The case an inbound mail names (`resolve`), and the external references it carries
