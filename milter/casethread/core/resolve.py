@@ -8,6 +8,7 @@ text) is computed at most once per message, and only if a strategy asks for it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator
@@ -141,7 +142,8 @@ class Resolver:
         self._limit = inbound.references_limit
         self._template = settings.tokens.subject_template
         self._case_ref = re.compile(inbound.case_ref_pattern, re.I)
-        self._ours = AddressMatcher(inbound.addresses)
+        # Asked for every address of every mail, and the same few addresses come again.
+        self._ours = functools.lru_cache(maxsize=1024)(AddressMatcher(inbound.addresses).matches)
         self._subject_window = inbound.subject_match.window
         self._external = [
             (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
@@ -171,7 +173,7 @@ class Resolver:
 
     def is_ours(self, address: str) -> bool:
         """One of our support addresses (`inbound.addresses`)."""
-        return self._ours.matches(address)
+        return self._ours(address)
 
     def resolve_inbound(self, ev: Evidence) -> Hit | None:
         """The case an inbound mail names (`resolve`), and the external references it carries
