@@ -130,7 +130,7 @@ class Engine:
     def _inbound(self, msg: Message) -> Decision:
         now = int(self._clock())
         ev = self._resolver.evidence(msg, self.index, now)
-        auto, why = autoreply.classify_auto_detail(msg)
+        auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         bumps = self._flood_bumps(ev.sender)
         loop = self._flooding(bumps, now)
@@ -282,7 +282,8 @@ class Engine:
             hit = self._resolver.resolve(ev, outbound=True)
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
-            elif out.new_case == "create" and autoreply.classify_auto(msg) == autoreply.NO:
+            elif out.new_case == "create" and autoreply.classify_auto(
+                    msg, self._resolver.is_ours) == autoreply.NO:
                 # Automatic mail (an agent's out-of-office) continues a case, never opens one.
                 # The case and this mail's aliases in one commit.
                 case = self.index.create_case(int(now), aliases=aliases_of)

@@ -365,3 +365,39 @@ def test_suppress_header_with_an_out_of_office_subject_is_auto_replied() -> None
     receipts_only = msg(("X-Auto-Response-Suppress", "DR, RN"),
                         ("Subject", "Automatic reply: x"))
     assert classify_auto(receipts_only) == "no"
+
+
+def test_exchange_journal_reports_are_auto_generated() -> None:
+    journal = msg(("X-MS-Journal-Report", ""), ("Subject", "Re: Printer [ref:X]"))
+    assert classify_auto_detail(journal) == ("auto-generated", "x-ms-journal-report")
+
+
+def test_an_auto_forwarded_mail_carries_a_person_s_text() -> None:
+    assert classify_auto(msg(("Auto-Submitted", "auto-forwarded"))) == "no"
+    assert classify_auto(msg(("Auto-Submitted", "auto-generated"))) == "auto-generated"
+
+
+def ours(address: str) -> bool:
+    return address in ("support@example.com", "help@lists.example.com")
+
+
+@pytest.mark.parametrize("fields", [
+    # Google Groups fronting support@example.com
+    (("List-Id", "<support.example.com>"), ("Precedence", "list"),
+     ("List-Post", "<https://groups.google.com/a/example.com/group/support/post>, "
+                   "<mailto:support@example.com>")),
+    # a Mailman list that is a support address
+    (("List-Id", "Help desk <help.lists.example.com>"), ("Precedence", "list"),
+     ("List-Unsubscribe", "<mailto:help-leave@lists.example.com>")),
+])
+def test_our_own_list_relays_people_not_bulk(fields: tuple[tuple[str, str], ...]) -> None:
+    relayed = msg(("From", "'Pat' via Support <support@example.com>"), *fields)
+    assert classify_auto(relayed, ours) == "no"
+    assert classify_auto(relayed) == "bulk"  # without knowing our addresses
+    assert classify_auto(msg(*fields, ("Precedence", "bulk")), ours) == "bulk"
+    assert classify_auto(msg(*fields, ("Auto-Submitted", "auto-replied")), ours) == "auto-replied"
+
+
+def test_another_list_is_bulk() -> None:
+    news = msg(("List-Id", "<news.shop.example>"), ("List-Post", "<mailto:news@shop.example>"))
+    assert classify_auto_detail(news, ours) == ("bulk", "list-id")

@@ -1008,6 +1008,22 @@ def test_auto_reply_to_a_resolved_case_threads_without_reopening(harness: Any) -
     assert harness.index.last_number() == 1
 
 
+def test_mail_relayed_by_our_own_group_opens_and_reopens_cases(harness: Any) -> None:
+    """support@ is a Google Group in front of the MTA: its list fields are no bulk signal."""
+    group = (("From", "'Pat Customer' via Support <support@example.com>"),
+             ("Reply-To", f"Pat Customer <{CUSTOMER_ADDR}>"), ("List-Id", "<support.example.com>"),
+             ("Precedence", "list"), ("List-Post", "<mailto:support@example.com>"))
+    first = harness.inbound(*group, ("Subject", "My printer jams"))
+    assert (first.decision.match, first.one("X-Case-Auto")) == ("new", "no")
+    harness.set_case(first.case_id, state=CaseState.RESOLVED)
+    again = harness.inbound(*group, ("Subject", f"Re: x [ref:{harness.token(first.case_id)}]"))
+    assert (again.case_id, again.one("X-Case-State")) == (first.case_id, "reopened")
+    # Another list's mail stays bulk.
+    news = harness.inbound(("From", "Shop <news@shop.example>"), ("List-Id", "<news.shop.example>"),
+                           ("Subject", "Sale!"))
+    assert (news.decision.match, news.one("X-Case-Auto")) == ("none", "bulk")
+
+
 @pytest.mark.parametrize(
     ("headers", "envelope", "kind"),
     [

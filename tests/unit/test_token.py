@@ -260,6 +260,7 @@ def test_scanning_tolerates_case_spaces_and_quoted_line_breaks() -> None:
         f"[ref:\u00a0{head}\u200b{tail}\u00a0]",
         f">\u00a0see [ref:{head}\n>\u00a0{tail}]",
         f"[ref:{head}\u202f{tail}\ufeff]",
+        f"[ref:{head}\u00ad{tail}]", f"[ref:{head}\u200d{tail[:3]}\u2060{tail[3:]}\u200c]",
     ]
     for text in texts:
         assert list(find_tokens(text)) == [token], text

@@ -17,11 +17,17 @@ first of this order wins:
 3. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
    `List-Unsubscribe`, `List-Post` or `Mailing-List` header (RFC 3834 §2: a responder MAY
    ignore mail with a List-* field). A list mail is `bulk`, also when the list adds `X-Loop`.
-4. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
-   `auto-generated`, `auto-notified`, and unknown values, as RT does), `X-Loop` with a value
-   (Znuny honours any value), a null sender (envelope `<>` or `Return-Path: <>`), a From of
-   `postmaster@...`, RT's `X-FC-Machinegenerated: true`, and any other `multipart/report`
-   (read receipts, abuse feedback).
+   Except our own list: one whose `List-Post` mailto address, or whose `List-Id` read as an
+   address (`<support.example.com>`: support@example.com, RFC 2919), is a support address (a
+   Google Group or Mailman list that *is* support@) relays people's mail, so its List-*
+   fields and `Precedence: list` say nothing (`bulk` and `junk` still count).
+4. `auto-generated`: `Auto-Submitted` with any other value except `no` and `auto-forwarded`
+   (RFC 3834 §5: `auto-generated`, `auto-notified`, and unknown values, as RT does; a forward
+   carries a person's text), `X-Loop` with a value (Znuny honours any value), Exchange's
+   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
+   sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
+   `X-FC-Machinegenerated: true`, and any other `multipart/report` (read receipts, abuse
+   feedback).
 5. `no`: none of these.
 
 Decisions, each conservative because an auto kind stops a reopen or a new case:
@@ -50,7 +56,7 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import bodytext, mime
 from .addresses import first_address
@@ -77,10 +83,13 @@ _EXCHANGE_RULE_HEADERS = (
 _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
     "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
+    "x-ms-journal-report",
     *_LIST_HEADERS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
+_MAILTO = re.compile(r"<mailto:([^>?\s]+)", re.I)
+_LIST_ID = re.compile(r"<([^<>\s]+)>")
 _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
@@ -104,13 +113,15 @@ def is_auto(kind: str) -> bool:
     return kind != NO
 
 
-def classify_auto(msg: Message) -> str:
+def classify_auto(msg: Message, ours: Callable[[str], bool] | None = None) -> str:
     """One of `KINDS` (see the module doc for the signals and their order)."""
-    return classify_auto_detail(msg)[0]
+    return classify_auto_detail(msg, ours)[0]
 
 
-def classify_auto_detail(msg: Message) -> tuple[str, str]:
-    """The kind and the signal that decided it (a short name for logs; `""` for `no`)."""
+def classify_auto_detail(msg: Message,
+                         ours: Callable[[str], bool] | None = None) -> tuple[str, str]:
+    """The kind and the signal that decided it (a short name for logs; `""` for `no`).
+    `ours` tells our support addresses: a list that is one of them is our own front door."""
     fields = msg.present(_SIGNAL_FIELDS)
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
@@ -137,7 +148,7 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
     submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
     submitted = [v for v in submitted if v]
     if fields:  # steps 2 and 3 read these fields only
-        kind = _replied_or_bulk(fields, submitted)
+        kind = _replied_or_bulk(fields, submitted, ours is not None and _own_list(fields, ours))
         if kind is not None:
             return kind
 
@@ -155,7 +166,8 @@ def classify_auto_detail(msg: Message) -> tuple[str, str]:
     return NO, ""
 
 
-def _replied_or_bulk(fields: Fields, submitted: list[str]) -> tuple[str, str] | None:
+def _replied_or_bulk(fields: Fields, submitted: list[str],
+                     own_list: bool) -> tuple[str, str] | None:
     """Steps 2 and 3, from the header signals alone."""
     # 2. auto-replied
     if "auto-replied" in submitted:
@@ -171,20 +183,39 @@ def _replied_or_bulk(fields: Fields, submitted: list[str]) -> tuple[str, str] | 
     if _exchange_auto_reply(fields):
         return AUTO_REPLIED, "exchange-rule-reply"
 
-    # 3. bulk
-    if precedence & {"bulk", "junk", "list"}:
+    # 3. bulk (our own list relays people's mail: its list fields say nothing)
+    if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
-    for name in _LIST_HEADERS:
+    for name in () if own_list else _LIST_HEADERS:
         if _values(fields, name):
             return BULK, name
     return None
 
 
+def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
+    """Whether the mail's list is one of our support addresses (a Google Group or a Mailman
+    list that is support@): its `List-Post` mailto address, or its `List-Id` read as one
+    (`<support.example.com>` for support@example.com, RFC 2919)."""
+    for value in _values(fields, "list-post"):
+        if any(ours(address) for address in _MAILTO.findall(value)):
+            return True
+    for value in _values(fields, "list-id"):
+        found = _LIST_ID.search(value)
+        if found is not None:
+            label, _, namespace = found.group(1).partition(".")
+            if namespace and ours(f"{label}@{namespace}"):
+                return True
+    return False
+
+
 def _auto_generated(
     fields: Fields, submitted: list[str], null_sender: bool, from_local: str, is_report: bool
 ) -> str:
-    if any(v != "no" for v in submitted):
+    # A forward (`auto-forwarded`, as Microsoft 365 marks one) carries a person's text.
+    if any(v not in ("no", "auto-forwarded") for v in submitted):
         return "auto-submitted"
+    if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
+        return "x-ms-journal-report"
     if _values(fields, "x-loop"):
         return "x-loop"
     if null_sender:

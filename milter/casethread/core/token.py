@@ -363,8 +363,9 @@ def token_from_anchor(msgid: str) -> str | None:
 
 _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
 # Blanks a token may be broken by: HTML mail turns spaces into no-break spaces (&nbsp;) and
-# lets long words wrap at zero-width spaces; the signature keeps this leniency safe.
-_BLANKS = " \t\u00a0\u202f\u200b\ufeff"
+# lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners; the signature
+# keeps this leniency safe.
+_BLANKS = " \t\u00a0\u202f\u200b\ufeff\u00ad\u200c\u200d\u2060"
 _QUOTE_PREFIX = _BLANKS + ">"
 
 
