@@ -283,8 +283,9 @@ class Engine:
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
             elif out.new_case == "create" and autoreply.classify_auto(
-                    msg, self._resolver.is_ours) == autoreply.NO:
-                # Automatic mail (an agent's out-of-office) continues a case, never opens one.
+                    msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED:
+                # An agent's out-of-office continues a case, never opens one. (Only that kind:
+                # helpdesks such as RT mark all their mail `Precedence: bulk`.)
                 # The case and this mail's aliases in one commit.
                 case = self.index.create_case(int(now), aliases=aliases_of)
                 match, new_case, recorded = "new", True, True

@@ -372,9 +372,16 @@ def test_exchange_journal_reports_are_auto_generated() -> None:
     assert classify_auto_detail(journal) == ("auto-generated", "x-ms-journal-report")
 
 
-def test_an_auto_forwarded_mail_carries_a_person_s_text() -> None:
-    assert classify_auto(msg(("Auto-Submitted", "auto-forwarded"))) == "no"
-    assert classify_auto(msg(("Auto-Submitted", "auto-generated"))) == "auto-generated"
+def test_an_auto_forwarded_mail_is_automatic() -> None:
+    """A rule's forward may bring our own mail back: it must not reopen a case."""
+    assert classify_auto(msg(("Auto-Submitted", "auto-forwarded"))) == "auto-generated"
+
+
+def test_a_folded_failed_action_is_a_bounce() -> None:
+    report = delivery_report("delivered", "failed")
+    folded = Message(report.envelope, report.headers,
+                     report.body.replace(b"Action: failed", b"Action:\n failed"))
+    assert classify_auto(folded) == "bounce"
 
 
 def ours(address: str) -> bool:

@@ -182,7 +182,8 @@ def test_header_addresses_skip_garbage() -> None:
 
 
 @pytest.mark.parametrize("configured", ["support@bücher.example", "support@xn--bcher-kva.example",
-                                        "@bücher.example", "support@*.example"])
+                                        "@bücher.example", "support@*.example",
+                                        "*@bücher.example"])
 @pytest.mark.parametrize("rcpt", ["<support@bücher.example>", "<Support@BÜCHER.example>",
                                   "<support@xn--bcher-kva.example>"])
 def test_an_internationalised_support_domain_matches_in_either_form(
@@ -191,3 +192,11 @@ def test_an_internationalised_support_domain_matches_in_either_form(
     """Postfix hands an SMTPUTF8 sender's U-labels to the milter as they came."""
     settings = dataclasses.replace(Settings(), inbound=InboundSettings(addresses=(configured,)))
     assert Classifier(settings).classify(env(rcpts=(rcpt,))) is Direction.INBOUND
+
+
+def test_a_glob_with_an_internationalised_domain_matches_either_form() -> None:
+    settings = dataclasses.replace(
+        Settings(), inbound=InboundSettings(addresses=("support+*@help.bücher.example",)))
+    c = Classifier(settings)
+    for rcpt in ("<support+x@help.bücher.example>", "<support+x@help.xn--bcher-kva.example>"):
+        assert c.classify(env(rcpts=(rcpt,))) is Direction.INBOUND

@@ -247,6 +247,26 @@ def test_token_inside_an_encoded_subject(harness: Any, which: int) -> None:
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+@pytest.mark.parametrize("with_references", [True, False])
+def test_a_reply_to_a_moved_conversation_with_its_subject_re_encoded(
+    harness: Any, with_references: bool
+) -> None:
+    """The app moved the conversation to TICKET-9; the old tag stayed inside an encoded word
+    and ours went after it in clear. The customer's client re-encodes all of it: the newest
+    tag (and the References anchor) win, not the old one."""
+    old = start_case(harness, "Réservation")  # C-000001
+    encoded_old = b_word(f"RE: {decode_subject(old.one('Subject'))}")
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "TICKET-9"),
+                             ("Subject", encoded_old))
+    shown = decode_subject(moved.one("Subject"))
+    assert shown.count("[ref:") == 2
+    headers = [("Subject", b_word(f"Re: {shown}"))]
+    if with_references:
+        headers.append(("References", moved.one("References")))
+    r = harness.inbound(CUSTOMER, *headers)
+    assert (r.case_id, r.one("X-Case-Match")) == ("TICKET-9", "token")
+
+
 def test_a_tag_in_clear_wins_over_an_encoded_one(harness: Any) -> None:
     """The tag outbound appends in clear after an encoded one is the newest: it decides."""
     first = start_case(harness, "Drucker klemmt").one("Subject")
@@ -1254,13 +1274,22 @@ def test_a_long_subject_is_folded_never_over_the_line_limit(harness: Any, length
     assert (reply.case_id, reply.one("X-Case-Match")) == ("C-000001", "token")
 
 
-@given(st.text(alphabet=st.sampled_from("ab =?日"), max_size=400),
+@given(st.text(alphabet=st.sampled_from("ab =?日\t"), max_size=400),
        st.sampled_from(["Subject", "Thread-Topic"]))
 def test_folding_unfolds_to_the_same_value(value: str, name: str) -> None:
     folded = outbound.fold(name, value)
     assert unfold(folded) == value
     lines = f"{name}: {folded}".split("\n")
-    assert all(len(line) <= 78 or " " not in line.strip() for line in lines), lines
+    assert all(line.strip() for line in lines[1:]), lines  # no blank continuation line
+    # Over the width only where one word (and the blanks before it) is that long.
+    assert all(len(line) <= 78 or len(line.split()) <= 1 + (i == 0) for i, line in
+               enumerate(lines)), lines
+
+
+def test_a_subject_folded_with_tabs_is_refolded_under_998() -> None:
+    words = [b_word(f"紙詰まり{i}") for i in range(14)]
+    folded = outbound.fold("Subject", "\t".join(words) + " [ref:X]")
+    assert max(len(line) for line in f"Subject: {folded}".split("\n")) <= 78
 
 
 def test_references_with_50_ids_is_trimmed_first_and_newest_with_the_anchor_first(
@@ -1360,6 +1389,14 @@ def test_an_agents_out_of_office_opens_no_case(harness: Any) -> None:
                          ("Auto-Submitted", "auto-replied"), ("In-Reply-To", out.one("Message-ID")))
     assert (r.case_id, r.decision.match) == ("C-000001", "in-reply-to")
     assert token_of(r.one("Subject")) == harness.token("C-000001")
+
+
+def test_a_helpdesk_marking_its_mail_bulk_still_opens_cases(harness: Any) -> None:
+    """RT (DefaultMailPrecedence) and Jira send `Precedence: bulk`: only an out-of-office is
+    kept from opening a case."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Ticket update"), ("Precedence", "bulk"))
+    assert r.decision.match == "new"
+    assert token_of(r.one("Subject"))
 
 
 def test_an_empty_body_is_noted_not_stamped(harness: Any) -> None:

@@ -37,8 +37,9 @@ def ascii_address(address: str) -> str:
 
 
 def ascii_domain(domain: str) -> str:
-    """An internationalised domain name as its (lower-case) A-label form (IDNA); other input
-    unchanged."""
+    """An internationalised domain name as its (lower-case) A-label form, by Python's IDNA
+    2003 codec (which maps ß to ss: such a domain is best configured as its A-label); other
+    input unchanged."""
     if domain.isascii():
         return domain
     try:
@@ -116,8 +117,10 @@ class AddressMatcher:
         for raw in patterns:
             pattern = raw.lower()
             local, at, domain = pattern.rpartition("@")
-            if at and not _GLOB_CHARS.search(domain):
-                pattern = f"{local}@{ascii_domain(domain)}"
+            if at and not domain.isascii():  # label by label: `*.bücher.example` too
+                pattern = local + "@" + ".".join(
+                    label if _GLOB_CHARS.search(label) else ascii_domain(label)
+                    for label in domain.split("."))
             if _GLOB_CHARS.search(pattern):
                 self._globs.append(pattern)
             elif pattern.startswith("@"):

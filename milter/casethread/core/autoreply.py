@@ -21,9 +21,10 @@ first of this order wins:
    address (`<support.example.com>`: support@example.com, RFC 2919), is a support address (a
    Google Group or Mailman list that *is* support@) relays people's mail, so its List-*
    fields and `Precedence: list` say nothing (`bulk` and `junk` still count).
-4. `auto-generated`: `Auto-Submitted` with any other value except `no` and `auto-forwarded`
-   (RFC 3834 §5: `auto-generated`, `auto-notified`, and unknown values, as RT does; a forward
-   carries a person's text), `X-Loop` with a value (Znuny honours any value), Exchange's
+4. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
+   `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
+   a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
+   value), Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
    sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
    `X-FC-Machinegenerated: true`, and any other `multipart/report` (read receipts, abuse
@@ -93,6 +94,7 @@ _LIST_ID = re.compile(r"<([^<>\s]+)>")
 _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _REPORT_BUDGET = 64 << 10
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
@@ -211,8 +213,7 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
 def _auto_generated(
     fields: Fields, submitted: list[str], null_sender: bool, from_local: str, is_report: bool
 ) -> str:
-    # A forward (`auto-forwarded`, as Microsoft 365 marks one) carries a person's text.
-    if any(v not in ("no", "auto-forwarded") for v in submitted):
+    if any(v != "no" for v in submitted):
         return "auto-submitted"
     if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
         return "x-ms-journal-report"
@@ -278,7 +279,8 @@ def _delivery_actions(msg: Message) -> set[str]:
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
                                             _DELIVERY_STATUS_TYPES, _REPORT_BUDGET,
                                             top_disposition=top.disposition):
-        actions.update(a.lower() for a in _ACTION.findall(part.data.decode("ascii", "replace")))
+        text = _FOLD.sub(" ", part.data.decode("ascii", "replace"))  # `Action:\n failed`
+        actions.update(a.lower() for a in _ACTION.findall(text))
     return actions
 
 

@@ -23,6 +23,7 @@ from .subject import variants as subject_variants
 # A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
 REFERENCES_KEEP = 20
 _UNSAFE = re.compile(r"[\r\n\x00]")
+_BLANK_RUN = re.compile(r"([ \t]+)")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 APP_STATES = {s.value: s for s in CaseState}
 
@@ -34,18 +35,19 @@ def clean(value: str) -> str:
 def fold(name: str, value: str, width: int = 78) -> str:
     """`value` (one line) folded at its blanks so that lines keep to `width` where they can
     (RFC 5322 §2.1.1: 78 recommended, 998 a hard limit; RFC 2047 words are at most 75 long):
-    unfolding gives `value` back. A word longer than a line stays whole."""
+    unfolding gives `value` back, and no line is blank. A word longer than a line stays whole."""
     if len(name) + 2 + len(value) <= width:
         return value
-    out: list[str] = []
-    used = len(name) + 2  # "Name: "
-    for i, word in enumerate(value.split(" ")):
-        if i and word and used + 1 + len(word) > width:
-            out.append("\n " + word)
-            used = 1 + len(word)
+    parts = _BLANK_RUN.split(value)  # word, blanks, word, blanks, ..., word
+    out = [parts[0]]
+    used = len(name) + 2 + len(parts[0])
+    for blanks, word in zip(parts[1::2], parts[2::2], strict=True):
+        if word and used + len(blanks) + len(word) > width:
+            out.append("\n" + blanks + word)  # the blanks start the next line: unfolding keeps them
+            used = len(blanks) + len(word)
         else:
-            out.append(" " + word if i else word)
-            used += len(word) + (1 if i else 0)
+            out.append(blanks + word)
+            used += len(blanks) + len(word)
     return "".join(out)
 
 

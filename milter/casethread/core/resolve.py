@@ -142,8 +142,10 @@ class Resolver:
         self._limit = inbound.references_limit
         self._template = settings.tokens.subject_template
         self._case_ref = re.compile(inbound.case_ref_pattern, re.I)
-        # Asked for every address of every mail, and the same few addresses come again.
-        self._ours = functools.lru_cache(maxsize=1024)(AddressMatcher(inbound.addresses).matches)
+        # Asked for every address of every mail, and the same few addresses come again; only
+        # addresses of a real length (RFC 5321: 254) are kept, so hostile ones pin no memory.
+        self._matcher = AddressMatcher(inbound.addresses)
+        self._ours = functools.lru_cache(maxsize=1024)(self._matcher.matches)
         self._subject_window = inbound.subject_match.window
         self._external = [
             (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
@@ -173,7 +175,7 @@ class Resolver:
 
     def is_ours(self, address: str) -> bool:
         """One of our support addresses (`inbound.addresses`)."""
-        return self._ours(address)
+        return self._ours(address) if len(address) <= 254 else self._matcher.matches(address)
 
     def resolve_inbound(self, ev: Evidence) -> Hit | None:
         """The case an inbound mail names (`resolve`), and the external references it carries
@@ -217,7 +219,8 @@ class Resolver:
         # Not started when the Subject as written held a valid token: the usual reply.
         decoded = subject.decoded_if_encoded(text)
         if decoded is not None:
-            yield from find_tokens(decoded, self._template)
+            # Newest first: outbound appends its tag after an encoded one it cannot remove.
+            yield from reversed(list(find_tokens(decoded, self._template)))
 
     def _body_tokens(self, ev: Evidence) -> Iterator[str]:
         # A generator, so the body is parsed only if the Subject held no valid token.
@@ -225,12 +228,13 @@ class Resolver:
             yield from find_tokens(text, self._template)
 
     def by_token(self, ev: Evidence) -> Hit | None:
-        # The anchors of In-Reply-To/References come before the body: they name the mail
-        # answered, where a body may quote another case's mail above ours.
+        # The anchors of In-Reply-To/References come before the decoded Subject and the body:
+        # they name the mail answered, where an encoded Subject may still hold a case's old
+        # tag and a body may quote another case's mail.
         candidates = chain(
             find_tokens(ev.subject, self._template),
-            self._decoded_subject_tokens(ev.subject) if "=?" in ev.subject else (),
             self._anchor_tokens(ev),
+            self._decoded_subject_tokens(ev.subject) if "=?" in ev.subject else (),
             self._body_tokens(ev),
         )
         case = ev.case_by_tokens(candidates)

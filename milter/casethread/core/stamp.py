@@ -16,6 +16,7 @@ any doubt skips the part and says why in its `Outcome`.
 from __future__ import annotations
 
 import binascii
+import bisect
 import html
 import re
 from collections.abc import Iterable, Iterator
@@ -355,9 +356,12 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
     """The last match outside HTML comments (Outlook ends some mail with
     `<!--[if mso]></body><![endif]-->`, which no client renders)."""
     comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
+    starts = [a for a, _ in comments]
     start = None
     for match in pattern.finditer(text):
-        if not any(a <= match.start() < b for a, b in comments):
+        # The comments are sorted and apart: only the last one opening before it can hold it.
+        i = bisect.bisect_right(starts, match.start()) - 1
+        if i < 0 or match.start() >= comments[i][1]:
             start = match.start()
     return start
 
