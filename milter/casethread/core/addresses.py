@@ -115,12 +115,7 @@ class AddressMatcher:
         self._domains: set[str] = set()
         self._globs: list[str] = []
         for raw in patterns:
-            pattern = raw.lower()
-            local, at, domain = pattern.rpartition("@")
-            if at and not domain.isascii():  # label by label: `*.bücher.example` too
-                pattern = local + "@" + ".".join(
-                    label if _GLOB_CHARS.search(label) else ascii_domain(label)
-                    for label in domain.split("."))
+            pattern = ascii_address(raw.lower())  # glob labels pass IDNA unchanged
             if _GLOB_CHARS.search(pattern):
                 self._globs.append(pattern)
             elif pattern.startswith("@"):

@@ -34,13 +34,13 @@ MAX_HEADER_BYTES = 256 * 1024
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
-# Text codecs that are not charsets: decoding mail with them would interpret the content.
 # Labels mail carries that Python does not know, for the charsets it does (WHATWG Encoding
 # Standard's label table).
 _CHARSET_ALIASES = {
     "windows-874": "cp874", "x-mac-roman": "mac_roman", "iso-8859-8-i": "iso8859_8",
     "x-sjis": "shift_jis", "windows-31j": "cp932", "x-euc-jp": "euc_jp",
 }
+# Text codecs that are not charsets: decoding mail with them would interpret the content.
 _NOT_CHARSETS = frozenset(
     {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"}
 )

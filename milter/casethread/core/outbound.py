@@ -18,7 +18,6 @@ from .edits import AddHeader, ChangeHeader, Edit
 from .frozen import frozen
 from .message import Message, unfold
 from .model import CaseRecord, CaseState, is_valid_case_id
-from .subject import variants as subject_variants
 
 # A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
 REFERENCES_KEEP = 20
@@ -133,8 +132,9 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     tag = token.subject_tag(tok, template)
     if present is None:
         return AddHeader("Subject", tag.strip())
-    found = keyring.resolve(chain.from_iterable(
-        token.find_tokens(text, template) for text in subject_variants(present)))
+    # In the order replies are searched (the Subject as written, then decoded).
+    found = keyring.resolve(chain(token.find_tokens(unfold(present), template),
+                                  token.decoded_subject_tokens(present, template)))
     if found.case_number is not None and found.case_number == keyring.verify(tok):
         return None
     if not writable(present):

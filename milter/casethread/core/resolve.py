@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
 from . import bodytext, mime, msgid, subject, thread_index
@@ -22,7 +22,13 @@ from .message import Message, unfold
 from .model import AliasKind, CaseRecord, is_valid_case_id
 from .settings import ExternalRefRule, Settings
 from .store import CaseReader
-from .token import Keyring, find_tokens, tag_pattern, token_from_anchor
+from .token import (
+    Keyring,
+    decoded_subject_tokens,
+    find_tokens,
+    tag_pattern,
+    token_from_anchor,
+)
 
 # What a bounce's returned headers may name us by.
 _RETURNED_FIELD = re.compile(
@@ -202,8 +208,12 @@ class Resolver:
     # -- the strategies ---------------------------------------------------------------------
 
     def _anchor_tokens(self, ev: Evidence) -> Iterator[str]:
-        for name in ("In-Reply-To", "References"):
-            value = ev.msg.get(name)
+        # A generator itself: nothing is done unless the Subject held no valid token.
+        yield from self._anchors_in(ev.msg.get(name) for name in ("In-Reply-To", "References"))
+
+    def _anchors_in(self, values: Iterable[str | None]) -> Iterator[str]:
+        """The tokens of our case anchors among the IDs of these In-Reply-To/References values."""
+        for value in values:
             ids = msgid.id_list(value, self._limit)
             # Our anchor goes first in References (trimming keeps the first ID): in a field
             # longer than the limit the newest-first scan would not reach it.
@@ -214,13 +224,6 @@ class Resolver:
                 token = token_from_anchor(mid)
                 if token:
                     yield token
-
-    def _decoded_subject_tokens(self, text: str) -> Iterator[str]:
-        # Not started when the Subject as written held a valid token: the usual reply.
-        decoded = subject.decoded_if_encoded(text)
-        if decoded is not None:
-            # Newest first: outbound appends its tag after an encoded one it cannot remove.
-            yield from reversed(list(find_tokens(decoded, self._template)))
 
     def _body_tokens(self, ev: Evidence) -> Iterator[str]:
         # A generator, so the body is parsed only if the Subject held no valid token.
@@ -234,7 +237,9 @@ class Resolver:
         candidates = chain(
             find_tokens(ev.subject, self._template),
             self._anchor_tokens(ev),
-            self._decoded_subject_tokens(ev.subject) if "=?" in ev.subject else (),
+            # Not even made for a Subject without encoded words (most), and not started when
+            # the Subject as written held a valid token (the usual reply).
+            decoded_subject_tokens(ev.subject, self._template) if "=?" in ev.subject else (),
             self._body_tokens(ev),
         )
         case = ev.case_by_tokens(candidates)
@@ -372,13 +377,14 @@ class Resolver:
             case = ev.case_by_alias(AliasKind.MESSAGE, mid)
             if case is not None:
                 return Hit(case, "bounce")
-        tokens = [tok for value in fields.get("subject", ()) for text in subject.variants(value)
-                  for tok in find_tokens(text, self._template)]
-        # Our anchor goes first in References: also past the limit of the newest-first list.
-        firsts = [msgid.first_id(v) for v in fields.get("references", ())]
-        tokens += [tok for mid in (*firsts, *parents) if mid
-                   for tok in (token_from_anchor(mid),) if tok]
-        case = ev.case_by_tokens(iter(tokens))
+        subjects = fields.get("subject", [])
+        tokens = chain(
+            chain.from_iterable(find_tokens(unfold(s), self._template) for s in subjects),
+            self._anchors_in(v for name in ("in-reply-to", "references")
+                             for v in fields.get(name, ())),
+            chain.from_iterable(decoded_subject_tokens(s, self._template) for s in subjects),
+        )
+        case = ev.case_by_tokens(tokens)
         if case is not None:
             return Hit(case, "bounce")
         return _first_hit((ev.case_by_alias(AliasKind.MESSAGE, m) for m in parents), "bounce")

@@ -114,6 +114,10 @@ def decode_subject(subject: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# At most this much of a Subject is decoded to look for a token or a reference.
+DECODE_MAX = 8192
+
+
 def variants(subject: str) -> tuple[str, ...]:
     """The Subject as written (unfolded), then decoded if it holds encoded words: where to
     look for a token or a reference.
@@ -136,9 +140,6 @@ def decoded_if_encoded(text: str) -> str | None:
     head = text[:DECODE_MAX]
     decoded = decode_subject(head)
     return decoded if decoded != head else None
-
-
-DECODE_MAX = 8192
 
 
 def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:

@@ -48,6 +48,8 @@ from functools import lru_cache
 from typing import Literal, NoReturn
 
 from .frozen import frozen
+from .message import unfold
+from .subject import decoded_if_encoded
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DEFAULT_TEMPLATE = " [ref:{token}]"
@@ -416,6 +418,16 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
         else:
             return None
     return None
+
+
+def decoded_subject_tokens(subject: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
+    """Candidates in the RFC 2047-decoded Subject (clients re-encode a whole non-ASCII subject,
+    our tag included), newest first: outbound appends its tag after an encoded one it cannot
+    remove. Nothing (and no decoding) for a Subject without encoded words. Search the Subject
+    as written first, with `find_tokens`."""
+    decoded = decoded_if_encoded(unfold(subject))
+    if decoded is not None:
+        yield from reversed(list(find_tokens(decoded, template)))
 
 
 def find_tokens(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
