@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from casethread.core.decision import Decision
 from casethread.core.edits import ChangeHeader, apply_edits
@@ -24,6 +25,11 @@ from casethread.core.stamp import apply_splices
 from casethread.core.token import Keyring
 from casethread.engine import Engine
 from casethread.index import MemoryIndex
+
+# Property tests assert behaviour, never time: a loaded CI machine must not fail one on
+# hypothesis's per-example deadline.
+settings.register_profile("casethread", deadline=None)
+settings.load_profile("casethread")
 
 DATA = Path(__file__).resolve().parent / "data"
 HOSTNAME = "mx.host.example.net"

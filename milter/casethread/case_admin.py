@@ -320,6 +320,7 @@ def record_dict(case: CaseRecord) -> dict[str, Any]:
         "parent": case.parent,
         "merged_into": case.merged_into,
         "children": list(case.children),
+        "followup": case.followup,
         "created": case.created,
         "updated": case.updated,
         "state_changed": case.state_changed,

@@ -405,7 +405,9 @@ examples:
 
 Reads what `casethread export` wrote ('-' reads stdin). The whole file is checked before
 anything is written. A non-empty index is refused unless --merge (then the newer record wins,
-and a case id or number that would name two different cases refuses the import). An export of
+and a case id or number that would name two different cases refuses the import: a case is
+the same case when its id, number and opening time agree, so another index's C-000001 is
+refused). An export of
 index schema 1 imports too, its alias keys re-keyed (README: Upgrading). Bring the
 old token.key along (or configure tokens.keys), or tokens in earlier mail will not verify.
 {OPS_EXIT}

@@ -37,6 +37,10 @@ DRY_RUN_HEADERS = 64 << 10
 MAX_PARTICIPANTS = 50
 
 
+def _with_followup(followup: str) -> CaseChange:
+    return lambda current: replace(current, followup=followup)
+
+
 class Engine:
     def __init__(
         self,
@@ -218,9 +222,14 @@ class Engine:
         changes: list[tuple[str, CaseChange]] = []
         for i, target in enumerate(targets):
             if target.action is rules.Action.NEW_RELATED:
-                case = self.index.create_case(now, queue=route.queue)
+                # A follow-up keeps its case's queue, as an existing case does.
+                earlier = target.case
+                queue = route.queue if route.override or not earlier.queue else earlier.queue
+                case = self.index.create_case(now, queue=queue)
                 related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
-                                                 target.case.case_id)
+                                                 earlier.case_id)
+                # The reply's later siblings go to the follow-up (`rules`).
+                changes.append((earlier.case_id, _with_followup(case.case_id)))
             else:
                 changes.append((target.case.case_id,
                                 self._change(target, now, route if routes else None)))

@@ -317,13 +317,17 @@ def test_references_of_10000_ids_does_bounded_lookups(
     limit = 100
     index = CountingIndex()
     h = make_harness(tweak(inbound={"references_limit": limit}), index=index)
-    # The only known id is the oldest: far beyond the limit, so it must not be looked up.
-    h.inbound(CUSTOMER, ("Message-ID", "<ref0@customer.example.org>"))
+    # The only known id is far beyond the limit, so it must not be looked up: only the
+    # newest IDs and the thread's first one are.
+    h.inbound(CUSTOMER, ("Message-ID", "<ref5000@customer.example.org>"))
     ids = [f"<ref{i}@customer.example.org>" for i in range(10_000)]
     index.looked_up.clear()
     r = h.run(build(CUSTOMER, ("References", "\r\n ".join(ids))), direction)
-    assert len(index.looked_up) <= limit
-    assert index.looked_up == [f"ref{i}@customer.example.org" for i in range(9_999, 9_899, -1)]
+    assert len(index.looked_up) <= limit + 1
+    assert index.looked_up == [
+        *(f"ref{i}@customer.example.org" for i in range(9_999, 9_899, -1)),
+        "ref0@customer.example.org",
+    ]
     assert r.decision.match == "new"
     assert r.case_id == "C-000002"
     if direction is Direction.OUTBOUND:
@@ -339,8 +343,8 @@ def test_in_reply_to_of_10000_ids_is_bounded_too(make_harness: Any, tweak: Any) 
     h = make_harness(tweak(inbound={"references_limit": 10}), index=index)
     many = " ".join(f"<irt{i}@x.org>" for i in range(10_000))
     h.inbound(CUSTOMER, ("In-Reply-To", many), ("References", many))
-    # Each reply header is bounded by the limit.
-    assert len(index.looked_up) <= 2 * 10
+    # Each reply header is bounded by the limit (and its first ID).
+    assert len(index.looked_up) <= 2 * (10 + 1)
 
 
 def test_references_of_10000_ids_filter(run_filter: Any) -> None:

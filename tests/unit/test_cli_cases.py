@@ -18,8 +18,8 @@ from casethread.core.model import CaseState
 from casethread.index import LmdbIndex
 
 EXPECTED_KEYS = [
-    "case_id", "number", "state", "queue", "parent", "merged_into", "children", "created",
-    "updated", "state_changed",
+    "case_id", "number", "state", "queue", "parent", "merged_into", "children", "followup",
+    "created", "updated", "state_changed",
 ]
 
 

@@ -253,8 +253,11 @@ def test_inbound_references_limit_is_respected(make_harness: Any, tweak: Any) ->
     h = make_harness(tweak(inbound={"references_limit": 3, "addresses": ("support@example.com",)}))
     h.outbound(AGENT, ("Message-ID", "<anchor@support.example.com>"))
     four_newer = " ".join(f"<n{i}@customer.example.org>" for i in range(4))
-    r = h.inbound(CUSTOMER, ("References", f"<anchor@support.example.com> {four_newer}"))
-    # The anchor is the 5th newest id: beyond the limit of 3, never looked up.
+    r = h.inbound(CUSTOMER, ("References",
+                             f"<first@customer.example.org> <anchor@support.example.com> "
+                             f"{four_newer}"))
+    # Our mail is the 5th newest id: beyond the limit of 3, never looked up (the first ID
+    # is, and is unknown).
     assert r.one("X-Case-Match") == "new"
     assert r.case_id == "C-000002"
     two_newer = " ".join(f"<m{i}@customer.example.org>" for i in range(2))

@@ -560,6 +560,7 @@ times = st.integers(min_value=0, max_value=0xFFFFFFFF)
     parent=st.none() | case_ids,
     merged_into=st.none() | case_ids,
     children=st.lists(case_ids, max_size=5).map(tuple),
+    followup=st.none() | case_ids,
 )
 def test_case_encoding_round_trips(**fields: Any) -> None:
     record = CaseRecord(case_id="C-1", **fields)
@@ -570,7 +571,7 @@ def test_case_encoding_round_trips(**fields: Any) -> None:
                                 "c": record.created, "u": record.updated}
     if record.state_changed != record.created:
         expected["sc"] = record.state_changed
-    for name, link in (("p", record.parent), ("m", record.merged_into)):
+    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup)):
         if link is not None:
             expected[name] = link
     if record.children:

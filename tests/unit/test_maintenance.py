@@ -445,16 +445,18 @@ def test_import_refuses_a_non_empty_index_unless_merge(
     data = export_bytes(index)
     target = LmdbIndex(tmp_path / "other", MAP_SIZE)
     try:
-        target.create_case(now=NOW)  # C-000001 number 1: the same as in the file
+        # C-000001 as in the file (opened at OLD), but changed since: newer here.
+        target.create_case(now=OLD)
+        target.modify_case("C-000001", lambda c: replace(c, updated=NOW))
         before = dump(tmp_path / "other")
         with pytest.raises(MaintenanceError, match="not empty"):
             maintenance.import_lines(target, source(data))
         assert dump(tmp_path / "other") == before
         result = maintenance.import_lines(target, source(data), merge=True)
-        # The existing C-000001 is newer (created NOW): it stays; everything else comes in.
+        # The existing C-000001 is newer (updated NOW): it stays; everything else comes in.
         assert result.kept == 1 and result.written == 6 + 44 + 2 - 1
         stored = target.get_case("C-000001")
-        assert stored is not None and stored.created == NOW
+        assert stored is not None and stored.updated == NOW
         assert maintenance.record_counts(target)["aliases_total"] == 44
         assert target.last_number() == 6
     finally:
@@ -478,13 +480,24 @@ def test_merge_keeps_the_newer_alias(index: LmdbIndex, tmp_path: Path) -> None:
         target.close()
 
 
-def test_merge_refuses_a_case_number_clash(index: LmdbIndex, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("case_id", "message"),
+    [
+        # Holds number 1, which the file's C-000001 has.
+        ("OTHER-1", "number 1 is OTHER-1 here"),
+        # Another index's C-000001 (a second MX's, a fresh index beside a restored one) is
+        # another case: merging must not pour one customer's mail into another's case.
+        (None, r"C-000001 was opened at .* two different cases"),
+    ],
+)
+def test_merge_refuses_a_clash(index: LmdbIndex, tmp_path: Path, case_id: str | None,
+                               message: str) -> None:
     data = export_bytes(index)
     target = LmdbIndex(tmp_path / "other", MAP_SIZE)
     try:
-        target.create_case(now=NOW, case_id="OTHER-1")  # holds number 1, which C-000001 has
+        target.create_case(now=NOW, case_id=case_id)  # opened at NOW, the file's at OLD
         before = dump(tmp_path / "other")
-        with pytest.raises(MaintenanceError, match="number 1 is OTHER-1 here"):
+        with pytest.raises(MaintenanceError, match=message):
             maintenance.import_lines(target, source(data), merge=True)
         assert dump(tmp_path / "other") == before
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import email.header
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casethread.core import outbound, rules, thread_index
+from casethread.core import msgid, outbound, rules, thread_index
 from casethread.core.message import parse_raw, unfold
 from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import (
@@ -404,6 +405,56 @@ def test_anchor_first_in_a_long_references_is_still_found(harness: Any) -> None:
     r = harness.inbound(CUSTOMER, ("References", f"{out.one('References')} {newer}"))
     assert r.one("X-Case-Match") == "token", r.ours()
     assert r.case_id == "C-000001"
+
+
+@pytest.mark.parametrize("how", ["moved", "split"])
+def test_the_newest_anchor_wins_after_a_move(harness: Any, how: str) -> None:
+    """The conversation of C-000001 moved on (an app's X-Case-ID; a split child): outbound
+    put the new case's anchor before the old one. The customer's client re-encoded the whole
+    Subject (no tag in clear), as Thunderbird and Outlook do with a non-ASCII one: the reply
+    goes to the case of the newest anchor, the first one written."""
+    first = start_case(harness, "Druckerstörung")  # C-000001
+    start_case(harness, "Other")  # C-000002
+    if how == "split":
+        start_case(harness, "Other too")  # C-000003
+        harness.set_case("C-000001", children=("C-000002", "C-000003"))
+    refs = f"{first.one('References')} {first.one('Message-ID')}"
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"AW: {first.one('Subject')}"),
+                             ("In-Reply-To", first.one("Message-ID")), ("References", refs),
+                             ("X-Case-ID", "C-000002"))
+    assert moved.case_id == "C-000002"
+    references = moved.one("References")
+    assert msgid.id_list(references, 9, oldest_first=True)[:2] == [
+        f"{harness.token(c)}.case@support.example.com" for c in ("C-000002", "C-000001")]
+    subject = email.header.Header(f"Re: {decode_subject(moved.one('Subject'))}",
+                                  "utf-8").encode()
+    assert "[ref:" not in subject
+    r = harness.inbound(CUSTOMER, ("Subject", subject),
+                        ("In-Reply-To", moved.one("Message-ID")),
+                        ("References", f"{references} {moved.one('Message-ID')}"))
+    assert r.all("X-Case-ID") == ["C-000002"]
+    assert r.one("X-Case-Match") == "token"
+
+
+def test_outbound_copies_the_ids_of_references_as_written(harness: Any) -> None:
+    """Exchange writes upper-case domains; a quoted local part may hold a space. Threading
+    clients compare IDs byte for byte, so the agent's reply must carry them unchanged."""
+    outlook = "<AM0PR01MB0001@AM0PR01MB0001.eurprd01.prod.outlook.com>"
+    quoted = '<"quinn smith"@Odd.Example.ORG>'
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "RE: Printer broken"),
+                         ("In-Reply-To", outlook), ("References", f"{quoted}\n {outlook}"))
+    anchor = f"<{harness.token(r.case_id)}.case@support.example.com>"
+    assert r.one("References") == f"{anchor} {quoted} {outlook}"
+
+
+def test_the_first_id_of_a_long_references_still_threads(harness: Any) -> None:
+    """Our first mail of the case, then more IDs than `inbound.references_limit` reads from
+    the newest: the thread's first ID, which trimming clients keep, still names the case."""
+    out = start_case(harness)
+    newer = " ".join(f"<n{i}@customer.example.org>" for i in range(150))
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam"),
+                        ("References", f"{out.one('Message-ID')} {newer}"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "references")
 
 
 # --------------------------------------------------------------------------- reply headers
@@ -976,6 +1027,79 @@ def test_resolved_longer_ago_opens_a_new_related_case(harness: Any) -> None:
     assert r.one("X-Case-State") == "new"
     assert r.one("X-Case-Related") == "C-000001"
     assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+@pytest.mark.parametrize("why", ["closed", "resolved-long-ago"])
+def test_later_replies_join_the_follow_up_the_first_opened(harness: Any, why: str) -> None:
+    """Pat writes twice to a closed case before anyone answers ("forgot the attachment"): one
+    follow-up case, not one per reply. The earlier case names its follow-up."""
+    start_case(harness)  # C-000001
+    if why == "closed":
+        harness.set_case("C-000001", state=CaseState.CLOSED)
+    else:
+        harness.set_case("C-000001", state=CaseState.RESOLVED,
+                         state_changed=int(harness.clock.now))
+        harness.advance(15 * DAY)
+    first = reply_to(harness, "C-000001", ("Message-ID", "<f1@customer.example.org>"))
+    assert (first.case_id, first.one("X-Case-Related")) == ("C-000002", "C-000001")
+    second = reply_to(harness, "C-000001", ("Message-ID", "<f2@customer.example.org>"))
+    assert second.case_id == "C-000002"
+    assert second.one("X-Case-State") == "open"
+    assert second.all("X-Case-Related") == []
+    assert harness.case("C-000001").followup == "C-000002"
+    assert harness.index.last_number() == 2
+    # The follow-up closed in turn: the next reply opens one more, related to the follow-up,
+    # and from then on the conversation goes there.
+    harness.set_case("C-000002", state=CaseState.CLOSED)
+    third = reply_to(harness, "C-000001", ("Message-ID", "<f3@customer.example.org>"))
+    assert (third.case_id, third.one("X-Case-Related")) == ("C-000003", "C-000002")
+    fourth = reply_to(harness, "C-000002", ("Message-ID", "<f4@customer.example.org>"))
+    assert fourth.case_id == "C-000003"
+    # Automatic mail stays with the case it names and opens nothing.
+    ooo = reply_to(harness, "C-000001", ("Auto-Submitted", "auto-replied"))
+    assert ooo.case_id == "C-000001"
+
+
+def test_a_follow_up_keeps_its_cases_queue(make_harness: Any) -> None:
+    h = routing_harness(make_harness)
+    first = h.inbound(CUSTOMER, ("Subject", "About my invoice"))
+    assert (first.case_id, first.one("X-Case-Queue")) == ("C-000001", "billing")
+    h.set_case("C-000001", state=CaseState.CLOSED)
+    # No routing rule matches this reply: the follow-up stays in the case's queue.
+    again = h.inbound(CUSTOMER, ("Subject", f"Re: x [ref:{h.token('C-000001')}]"))
+    assert (again.case_id, again.one("X-Case-Queue")) == ("C-000002", "billing")
+    # A rule that overrides still moves it.
+    urgent = h.inbound(CUSTOMER, ("Subject", f"Re: x [ref:{h.token('C-000002')}]"),
+                       ("X-Priority", "1"))
+    assert urgent.case_id == "C-000002"
+    h.set_case("C-000002", state=CaseState.CLOSED, followup=None)
+    moved = h.inbound(CUSTOMER, ("Subject", f"Re: x [ref:{h.token('C-000002')}]"),
+                      ("X-Priority", "1"))
+    assert (moved.case_id, moved.one("X-Case-Queue")) == ("C-000003", "urgent")
+
+
+def test_a_split_case_names_each_case_once_and_opens_one_case_at_most(harness: Any) -> None:
+    for subject in ("Parent", "Child A", "Child B"):
+        start_case(harness, subject)
+    harness.set_case("C-000001", children=("C-000002", "C-000003"))
+    for child in ("C-000002", "C-000003"):
+        harness.set_case(child, state=CaseState.CLOSED, parent="C-000001")
+    # Both children closed, their parent open: both walk up to it, one header.
+    r = reply_to(harness, "C-000001")
+    assert r.all("X-Case-ID") == ["C-000001"]
+    assert r.all("X-Case-State") == ["open"]
+    # One child open: the mail goes there, and no case is opened for the closed one.
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    harness.set_case("C-000003", state=CaseState.OPEN)
+    r = reply_to(harness, "C-000001")
+    assert r.all("X-Case-ID") == ["C-000003"]
+    assert harness.index.last_number() == 3
+    # Everything closed: one new case, related to the first child.
+    harness.set_case("C-000003", state=CaseState.CLOSED)
+    r = reply_to(harness, "C-000001")
+    assert r.all("X-Case-ID") == ["C-000004"]
+    assert r.one("X-Case-Related") == "C-000002"
+    assert harness.index.last_number() == 4
 
 
 def test_reopen_within_is_configurable(make_harness: Any, tweak: Any) -> None:

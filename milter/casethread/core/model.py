@@ -33,7 +33,9 @@ class CaseRecord:
     """One case as the index stores it. Times are Unix seconds.
 
     Case rules (DESIGN §5) live in these links: a merged case names its survivor, a split case
-    its children, a closed case may name a parent to walk up to.
+    its children, a closed case may name a parent to walk up to. A case a reply could not
+    continue (closed, or resolved too long ago) names the related case that reply opened,
+    its `followup`, where the conversation's later mail goes.
     """
 
     case_id: str
@@ -47,6 +49,7 @@ class CaseRecord:
     parent: str | None = None
     merged_into: str | None = None
     children: tuple[str, ...] = ()
+    followup: str | None = None
 
 
 class AliasKind(StrEnum):

@@ -10,6 +10,8 @@ from .message import unfold
 _ANGLED = re.compile(r"<([^<>]*)>")
 _COMMENT = re.compile(r"\([^()]*\)")
 _SPACE = re.compile(r"\s+")
+# Never copied into a field we write: line breaks and NULs would break it or inject another.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # What `normalise` would leave as it is, but for the domain's case.
 _PLAIN = re.compile(r"[^\s()<>\x00]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -57,21 +59,28 @@ def first_id(value: str | None) -> str | None:
     return normalise(found.group(1) if found else value)
 
 
-def id_list(value: str | None, limit: int) -> list[str]:
-    """IDs in an In-Reply-To/References field, newest (rightmost) first, at most `limit`.
+def _raw_ids(value: str) -> list[str]:
+    """The IDs of an In-Reply-To/References field as written, left to right (comments out).
 
     IDs without angle brackets are accepted when no bracketed ones exist, as some mailers
     send them bare.
     """
-    if not value:
-        return []
     value = _without_comments(value)
     raw_ids = _ANGLED.findall(value)
     if not raw_ids:
         raw_ids = [t for t in _SPACE.split(unfold(value)) if "@" in t]
+    return raw_ids
+
+
+def id_list(value: str | None, limit: int, oldest_first: bool = False) -> list[str]:
+    """Normalised IDs in an In-Reply-To/References field, at most `limit`, each once: newest
+    (rightmost) first, or as written with `oldest_first`."""
+    if not value:
+        return []
+    raw_ids = _raw_ids(value)
     result: list[str] = []
     seen: set[str] = set()
-    for raw in reversed(raw_ids):
+    for raw in raw_ids if oldest_first else reversed(raw_ids):
         norm = normalise(raw)
         if norm and norm not in seen:
             seen.add(norm)
@@ -79,6 +88,13 @@ def id_list(value: str | None, limit: int) -> list[str]:
             if len(result) >= limit:
                 break
     return result
+
+
+def written_ids(value: str) -> list[str]:
+    """The field's IDs exactly as written, `<...>` each, left to right: a reply copies them,
+    and threading clients compare them byte for byte (RFC 5256 REFERENCES)."""
+    ids = (_CONTROLS.sub("", unfold(raw)).strip() for raw in _raw_ids(value))
+    return [f"<{mid}>" for mid in ids if mid]
 
 
 def _base36(number: int) -> str:

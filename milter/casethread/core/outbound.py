@@ -150,7 +150,9 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     present = msg.get("References")
     if present is not None and not writable(present):
         return None
-    ids = [f"<{i}>" for i in reversed(msgid.id_list(present, 10_000))]
+    # The IDs as written: rewriting one (a domain's letter case, a quoted local part) would
+    # make it another message for every client that threads by References.
+    ids = msgid.written_ids(present) if present is not None else []
     anchor_id = msgid.normalise(anchor)
     if any(msgid.normalise(i) == anchor_id for i in ids):
         return None

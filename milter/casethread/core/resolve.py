@@ -214,13 +214,10 @@ class Resolver:
     def _anchors_in(self, values: Iterable[str | None]) -> Iterator[str]:
         """The tokens of our case anchors among the IDs of these In-Reply-To/References values."""
         for value in values:
-            ids = msgid.id_list(value, self._limit)
-            # Our anchor goes first in References (trimming keeps the first ID): in a field
-            # longer than the limit the newest-first scan would not reach it.
-            oldest = msgid.first_id(value)
-            if oldest and oldest not in ids:
-                ids.append(oldest)
-            for mid in ids:
+            # As written, left to right: outbound puts this case's anchor first, before those
+            # of cases the conversation had before (a move, a split, a follow-up), and
+            # clients keep the first IDs of References when they trim it.
+            for mid in msgid.id_list(value, self._limit, oldest_first=True):
                 token = token_from_anchor(mid)
                 if token:
                     yield token
@@ -246,7 +243,13 @@ class Resolver:
         return Hit(case, "token") if case else None
 
     def _by_ids(self, ev: Evidence, field_name: str, match: str) -> Hit | None:
-        ids = msgid.id_list(ev.msg.get(field_name), self._limit)
+        value = ev.msg.get(field_name)
+        ids = msgid.id_list(value, self._limit)
+        # Past the limit, the thread's first ID still counts: clients that trim References
+        # (Gmail, Thunderbird) keep it, and it is often our first mail of the case.
+        oldest = msgid.first_id(value)
+        if oldest and len(ids) >= self._limit and oldest not in ids:
+            ids.append(oldest)
         return _first_hit((ev.case_by_alias(AliasKind.MESSAGE, m) for m in ids), match)
 
     def by_in_reply_to(self, ev: Evidence) -> Hit | None:

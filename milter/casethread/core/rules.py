@@ -2,8 +2,10 @@
 
 merged -> the surviving case; split -> every live child; closed -> the first open ancestor,
 else a new related case; resolved -> reopened, unless older than `cases.reopen_within` (a new
-related case) or the mail is automatic (threads, never reopens). Link chains are followed a
-bounded number of steps and cycles stop the walk, so a corrupt or hostile index cannot hang us.
+related case) or the mail is automatic (threads, never reopens). A new related case is opened
+once per conversation: the old case names it as its follow-up, and later replies go there.
+Link chains are followed a bounded number of steps and cycles stop the walk, so a corrupt or
+hostile index cannot hang us.
 """
 
 from __future__ import annotations
@@ -72,30 +74,63 @@ def _open_ancestor(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
     return None
 
 
+def _followup(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
+    """The last case of `case`'s follow-up chain (where its conversation went), if any."""
+    seen = {case.case_id}
+    found = None
+    for _ in range(MAX_HOPS):
+        if not case.followup or case.followup in seen:
+            break
+        following = reader.get_case(case.followup)
+        if following is None:
+            break
+        case = found = survivor(following, reader)
+        seen.add(case.case_id)
+    return found
+
+
 def _target(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
-            reopen_within: int) -> Target:
+            reopen_within: int, follow: bool = True) -> Target:
     if automatic:
         return Target(case, Action.THREAD)
     if case.state is CaseState.CLOSED:
         ancestor = _open_ancestor(case, reader)
         if ancestor is None:
-            return Target(case, Action.NEW_RELATED)
+            return _continued(case, reader, now, reopen_within, follow)
         case = ancestor
     if case.state is CaseState.RESOLVED:
         if now - case.state_changed > reopen_within:
-            return Target(case, Action.NEW_RELATED)
+            return _continued(case, reader, now, reopen_within, follow)
         return Target(case, Action.REOPEN)
     if case.state is CaseState.WAITING:
         return Target(case, Action.ACTIVATE)
     return Target(case, Action.THREAD)
 
 
+def _continued(case: CaseRecord, reader: CaseReader, now: int, reopen_within: int,
+               follow: bool) -> Target:
+    """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
+    conversation, one new case, however many replies), else a new related case."""
+    followup = _followup(case, reader) if follow else None
+    if followup is None:
+        return Target(case, Action.NEW_RELATED)
+    return _target(followup, reader, False, now, reopen_within, follow=False)
+
+
 def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
           reopen_within: int) -> list[Target]:
-    """The cases this message goes to, and what it does to each (at least one target)."""
+    """The cases this message goes to, and what it does to each (at least one target).
+
+    One target per case (a split case's children may lead to one parent), and one new case at
+    most: when some of the cases can take the mail, no new one is opened for the others."""
     case = survivor(case, reader)
-    cases = _live_children(case, reader) if case.children else []
-    return [_target(c, reader, automatic, now, reopen_within) for c in cases or [case]]
+    cases = _live_children(case, reader) if case.children else [case]
+    targets: dict[str, Target] = {}
+    for c in cases:
+        target = _target(c, reader, automatic, now, reopen_within)
+        targets.setdefault(target.case.case_id, target)
+    found = list(targets.values())
+    return [t for t in found if t.action is not Action.NEW_RELATED] or found[:1]
 
 
 def transition(target: Target, now: int) -> CaseRecord | None:
@@ -117,4 +152,5 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         created=case.created, updated=now,
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
+        followup=case.followup,
     )

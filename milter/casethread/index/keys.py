@@ -195,7 +195,7 @@ def encode_case(record: CaseRecord) -> bytes:
     ]
     if record.state_changed != record.created:
         parts.append(f',"sc":{int(record.state_changed)}')
-    for name, link in (("p", record.parent), ("m", record.merged_into)):
+    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup)):
         if link is not None:
             check_case_id(link)
             parts.append(f',"{name}":{_json_str(link)}')
@@ -217,7 +217,7 @@ _json_str: Callable[[str], str] = json.JSONEncoder(ensure_ascii=False).encode
 def decode_case(case_id: str, data: bytes) -> CaseRecord:
     fields = json.loads(data)
     created = int(fields["c"])
-    parent, merged_into = fields.get("p"), fields.get("m")
+    parent, merged_into, followup = fields.get("p"), fields.get("m"), fields.get("f")
     return CaseRecord(
         case_id=case_id,
         number=int(fields["n"]),
@@ -229,6 +229,7 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
         parent=None if parent is None else str(parent),
         merged_into=None if merged_into is None else str(merged_into),
         children=tuple(str(child) for child in fields.get("ch", ())),
+        followup=None if followup is None else str(followup),
     )
 
 

@@ -394,6 +394,7 @@ def case_json(record: CaseRecord) -> dict[str, Any]:
         "parent": record.parent,
         "merged_into": record.merged_into,
         "children": list(record.children),
+        "followup": record.followup,
     }
 
 
@@ -458,6 +459,7 @@ class _Put:
     value: bytes
     age: int  # compared on --merge: the newer record wins
     number: int = 0  # cases: their number, for the numbers table
+    created: int = 0  # cases: when opened; with the id, what tells one case from another
 
 
 class BadImport(MaintenanceError):
@@ -501,8 +503,10 @@ def _parse_case(obj: dict[str, Any]) -> _Put:
         parent=_optional_id(obj, "parent"),
         merged_into=_optional_id(obj, "merged_into"),
         children=tuple(_case_id(child, "a child") for child in children),
+        followup=_optional_id(obj, "followup"),
     )
-    return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number)
+    return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number,
+                created)
 
 
 def _alias_key(kind: AliasKind, key: Any) -> bytes:
@@ -550,6 +554,7 @@ class _Parsed:
     counter: int | None = None
     numbers: dict[int, str] = field(default_factory=dict)  # number -> case id
     case_numbers: dict[str, int] = field(default_factory=dict)  # case id -> number
+    created: dict[str, int] = field(default_factory=dict)  # case id -> created
     lines: dict[str, int] = field(default_factory=dict)
 
 
@@ -602,6 +607,7 @@ def _validate(source: Iterable[bytes]) -> _Parsed:
                 )
             parsed.numbers[item.number] = case_id
             parsed.case_numbers[case_id] = item.number
+            parsed.created[case_id] = item.created
     if parsed.counter is None:
         raise BadImport(
             f'no meta line ({{"type":"meta","schema":{SCHEMA_VERSION},...}}): not a casethread '
@@ -620,14 +626,21 @@ def _is_empty(txn: Txn, db: SharedEnv) -> bool:
 
 
 def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
-    """Merging must not give one number two cases (tokens carry numbers) or renumber a case."""
+    """Merging must not give one number two cases (tokens carry numbers), renumber a case or
+    fold two cases that share an id into one: two indexes (a second MX's, one restored next to
+    a fresh one) number their cases alike, and only the opening time tells them apart."""
     found = []
     for case_id, number in parsed.case_numbers.items():
         stored = txn.get(case_id.encode(), db=db.cases)
         if stored is not None:
-            held = keys.decode_case(case_id, stored).number
-            if held != number:
-                found.append(f"case {case_id} has number {held} here, {number} in the file")
+            held = keys.decode_case(case_id, stored)
+            if held.number != number:
+                found.append(f"case {case_id} has number {held.number} here, {number} in the "
+                             "file")
+                continue
+            if held.created != parsed.created[case_id]:
+                found.append(f"case {case_id} was opened at {held.created} here, at "
+                             f"{parsed.created[case_id]} in the file: two different cases")
                 continue
         owner = txn.get(keys.NUMBER.pack(number), db=db.numbers)
         if owner is not None and owner.decode("ascii") != case_id:
