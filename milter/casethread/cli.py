@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import secrets
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, case_admin, logsetup
-from .config import ConfigError, load_config, override
+from .config import ConfigError, group_id, load_config, override
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
@@ -45,6 +46,39 @@ examples:
 """
 
 
+SERVE_EPILOG = """\
+examples:
+  casethread serve --config /etc/casethread/casethread.yaml
+  casethread serve --socket unix:/var/spool/postfix/casethread/casethread.sock
+  casethread serve --socket inet6:8894@[::1] --index /var/lib/casethread
+
+Logs one line per message to stderr (or syslog: milter.log_target). SIGUSR1 re-reads the
+configuration; SIGTERM, SIGINT and SIGHUP stop it after the messages under way finish.
+exit status: 0 stopped cleanly; 1 cannot start (index, key file, socket); 2 configuration
+"""
+
+CHECK_EPILOG = """\
+examples:
+  casethread check-config --config /etc/casethread/casethread.yaml
+
+Checks what `serve` checks at start: the YAML (one line naming file, line, key and problem),
+the token key files (missing, readable by others, two with one id) and milter.socket_group.
+exit status: 0 OK; 1 a key file problem; 2 a configuration error
+"""
+
+FILTER_EPILOG = """\
+examples:
+  casethread filter --config /etc/casethread/casethread.yaml --direction outbound agent.eml
+  casethread filter --direction inbound --rcpt support@example.com --explain reply.eml
+  casethread filter --direction auto --daemon-name ORIGINATING --dry-run - < mail.eml
+
+Runs the milter's engine on one message and prints it as it would leave the MTA; the log line
+(and --explain's reasons) go to stderr. --dry-run reads the index and writes nothing.
+exit status: 0 done (an internal error passes the message unchanged, as the milter does);
+1 the index or a key file cannot be used; 2 usage or configuration error
+"""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_config(args.config)
     if getattr(args, "index", None):
@@ -63,9 +97,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    settings = load_config(args.config)
+    # What `serve` would refuse at start, so a reload checked by this fails too: the socket's
+    # group and the token key files (a missing one, loose permissions, two with one id).
+    if settings.milter.socket_group is not None:
+        group_id(settings.milter.socket_group)
+    if settings.tokens.keys or _default_key(settings).exists():
+        keyring_for(settings, create=False)
     print("OK")
     return EXIT_OK
+
+
+def _default_key(settings: Settings) -> Path:
+    return Path(settings.index.path) / DEFAULT_KEY_NAME
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -89,6 +133,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
     index: CaseIndex
     if args.dry_run and not index_exists(settings):
         # Nothing to read yet, and a dry run must not create the index.
+        log.warning("dry run: no case index at %s: no recorded mail or case is known",
+                    settings.index.path)
         index = MemoryIndex(settings.cases.id_prefix, settings.cases.id_digits)
     else:
         index = open_index(settings)
@@ -120,12 +166,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def _dry_run_keyring(settings: Settings) -> Keyring:
-    """The real keys when they exist; a dry run never creates a key file (a throwaway key
-    then stands in, so tokens in the output will not verify later)."""
-    try:
+    """The keys a real run uses, refused for the same reasons. A dry run never creates a key
+    file: before the first real run made one, a throwaway key stands in, and says so."""
+    if settings.tokens.keys or _default_key(settings).exists():
         return keyring_for(settings, create=False)
-    except KeyFileError:
-        return Keyring([(1, secrets.token_bytes(32))])
+    log.warning("dry run: no token key at %s yet: no token in this message can verify, and "
+                "the ones shown are signed by a throwaway key", _default_key(settings))
+    return Keyring([(1, secrets.token_bytes(32))])
 
 
 def _read(path: str) -> bytes:
@@ -242,6 +289,7 @@ def cmd_case_set_state(args: argparse.Namespace) -> int:
 
 def cmd_case_merge(args: argparse.Namespace) -> int:
     with _existing_index(_settings(args)) as index:
+        before = index.get_case(args.from_id)
         try:
             case, final = case_admin.merge(index, args.from_id, args.into_id, int(time.time()))
         except case_admin.AdminError as exc:
@@ -249,6 +297,9 @@ def cmd_case_merge(args: argparse.Namespace) -> int:
     text = f"{case.case_id}: merged into {case.merged_into}"
     if final != case.merged_into:
         text += f" (its mail goes on to {final})"
+    # Merging again is how a wrong merge is corrected: say what it replaced.
+    if before is not None and before.merged_into not in (None, case.merged_into):
+        text += f"; was merged into {before.merged_into}"
     _emit(args, {**case_admin.record_dict(case), "survivor": final}, text)
     return EXIT_OK
 
@@ -360,7 +411,8 @@ examples:
   casethread stats --json --index /var/lib/casethread
 
 Counts records per kind, shows the schema version, the last case number, the size of data.mdb,
-and how full the LMDB map is (it grows by itself, doubling, up to 16 x index.map_size).
+and how full the LMDB map is (it grows by itself, doubling, up to index.max_map_size: by
+default the larger of 16 x index.map_size and 64 GiB).
 {OPS_EXIT}
 """
 
@@ -548,14 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("serve", "run the milter in the foreground; SIGTERM stops it")
-    p.add_argument("--socket", metavar="SPEC", help="inet:PORT@HOST or unix:/path")
+    p.epilog, p.formatter_class = SERVE_EPILOG, argparse.RawDescriptionHelpFormatter
+    p.add_argument("--socket", metavar="SPEC",
+                   help="inet:PORT@HOST, inet6:PORT@HOST or unix:/path (local:/path)")
     p.add_argument("--index", metavar="DIR", help="index directory")
     p.set_defaults(func=cmd_serve)
 
-    p = command("check-config", "validate the configuration; prints OK or the error")
+    p = command("check-config", "validate the configuration and its key files; prints OK or "
+                "the error")
+    p.epilog, p.formatter_class = CHECK_EPILOG, argparse.RawDescriptionHelpFormatter
     p.set_defaults(func=cmd_check_config)
 
     p = command("filter", "run the milter's engine on one message file; print the result")
+    p.epilog, p.formatter_class = FILTER_EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("--index", metavar="DIR", help="index directory")
     p.add_argument("--direction", choices=["inbound", "outbound", "auto"], required=True,
                    help="auto classifies from the envelope options, as the milter does")
@@ -636,6 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # `casethread stats | head`: the reader has what it wanted. Nothing more can be
+        # written; point stdout at nothing so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         print(f"casethread: {exc}", file=sys.stderr)
         return EXIT_USAGE

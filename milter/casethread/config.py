@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import grp
 import ipaddress
 import json
 import os
@@ -260,9 +261,15 @@ def _id_prefix(value: str) -> str:
 
 def _cidr(value: str) -> str:
     try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         raise _Invalid(f"{value!r} is not a CIDR network") from None
+    # 10.0.0.1/8 is a host someone meant, or all of 10/8: refuse to guess (a wider network
+    # makes strangers' mail outbound), as Postfix's cidr tables do.
+    if "/" in value and network.network_address != ipaddress.ip_interface(value.strip()).ip:
+        raise _Invalid(f"{value!r} has host bits set: write {network} for the network, or "
+                       f"the address alone for one host")
+    return str(network)
 
 
 _GLOB_CHARS = frozenset("*?[")
@@ -925,6 +932,15 @@ class _Builder:
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+def group_id(name: str) -> int:
+    """The id of `milter.socket_group`; a ConfigError when the system has no such group."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError("configuration", None, "milter.socket_group",
+                          f"no such group {name!r}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Settings:

@@ -153,7 +153,8 @@ class Engine:
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=ev.is_participant(case.case_id),
             )
-            self.index.record((), now, bumps)
+            # Not counted against the flood limit: a copy to a second support address, or a
+            # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve_inbound(ev)
         automatic = auto != autoreply.NO or loop
@@ -312,7 +313,7 @@ class Engine:
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
             splices = self._stamp_body(ev, tok, notes)
             # The app's state change rides in the mail's own commit.
-            state_change = self._app_state_change(msg, int(now))
+            state_change = self._app_state_change(msg, int(now), notes)
             changes = [(case.case_id, state_change)] if state_change is not None else []
             if changes or not recorded:
                 after = self.index.record([] if recorded else aliases_of(case), int(now),
@@ -362,9 +363,11 @@ class Engine:
         )
         return plan.splices
 
-    def _app_state_change(self, msg: Message, now: int) -> CaseChange | None:
+    def _app_state_change(self, msg: Message, now: int, notes: list[str]) -> CaseChange | None:
         """What the app's `X-Case-State` does to the case, if it set one."""
-        state = outbound.app_state(msg, self._names)
+        state, bad = outbound.app_state(msg, self._names)
+        if bad:
+            notes.append("bad-app-case-state")
         if state is None:
             return None
 

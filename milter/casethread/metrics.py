@@ -286,7 +286,8 @@ class Metrics:
             )
             self.registry.gauge(
                 "casethread_index_map_used_ratio",
-                "Share of the index map (index.map_size) in use; writes fail at 1.",
+                "Share of the index's current map in use (it doubles when full, up to "
+                "index.max_map_size).",
                 lambda: lmdb_map_used_ratio(lmdb_index),
             )
         # The last case number only grows: a counter, so rate() gives new cases per second.

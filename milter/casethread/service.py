@@ -9,7 +9,6 @@ main thread can take the signals: SIGUSR1 reloads, a stop signal drains before l
 from __future__ import annotations
 
 import contextlib
-import grp
 import logging
 import os
 import select
@@ -26,7 +25,7 @@ import Milter
 import milter
 
 from . import logsetup
-from .config import ConfigError
+from .config import group_id
 from .core.settings import Settings
 from .engine import Engine
 from .index import open_index
@@ -56,14 +55,30 @@ def _inet_port(spec: str) -> int | None:
     return int(port) if port.isdigit() else None
 
 
+def _socket_problem(spec: str) -> str:
+    """Why libmilter could not listen on `spec`, found again with a plain socket."""
+    path = _unix_socket_path(spec)
+    try:
+        if path:
+            directory = os.path.dirname(path) or "."
+            if not os.path.isdir(directory):
+                return f"no directory {directory}"
+            if not os.access(directory, os.W_OK | os.X_OK):
+                return f"directory {directory} is not writable by this user"
+            return "the path exists and is not a socket, or another milter listens there"
+        port = _inet_port(spec)
+        host = spec.partition("@")[2].strip("[]") or "0.0.0.0"
+        family = socket.AF_INET6 if spec.startswith("inet6:") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port or 0))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "libmilter refused it (see the lines above)"
+
+
 def _set_socket_access(path: str, mode: int, group: str | None) -> None:
     if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError("configuration", None, "milter.socket_group",
-                              f"no such group {group!r}") from None
-        os.chown(path, -1, gid)
+        os.chown(path, -1, group_id(group))
     os.chmod(path, mode)
 
 
@@ -249,6 +264,9 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
     inflight = InFlight()
     try:
         current = _Current(Engine(settings, index, keyring_for(settings)))
+        if not settings.inbound.addresses:
+            log.warning("inbound.addresses is empty: no mail is inbound, so no reply is "
+                        "threaded; list the support addresses in the configuration")
         listen = settings.milter.metrics_listen
         if listen is not None:
             metrics = Metrics(index)
@@ -263,7 +281,11 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
         spec = settings.milter.socket
         milter.setconn(spec)
         milter.settimeout(settings.milter.timeout)
-        milter.opensocket(True)
+        try:
+            milter.opensocket(True)
+        except milter.error:
+            # libmilter says only "cannot opensocket": name the socket and the likely cause.
+            raise OSError(f"cannot listen on {spec}: {_socket_problem(spec)}") from None
         port = _inet_port(spec)
         if port is not None:
             set_listen_nodelay(port)

@@ -210,6 +210,9 @@ def test_merge_and_reply_threads_to_the_survivor(cli: Cli, sent: list[Sent]) -> 
         "C-000001", "C-000003", "C-000003")
     p = cli.ok("case", "merge", "C-000002", "C-000001")
     assert p.stdout == "C-000002: merged into C-000001 (its mail goes on to C-000003)\n"
+    # Merging again corrects a wrong merge, and says what it replaced.
+    p = cli.ok("case", "merge", "C-000002", "C-000003")
+    assert p.stdout == "C-000002: merged into C-000003; was merged into C-000001\n"
 
 
 def test_merge_refusals(cli: Cli, sent: list[Sent]) -> None:

@@ -158,7 +158,7 @@ def test_full_file_round_trips_into_the_dataclasses(tmp_path: Path) -> None:
           authenticated: false
           client_networks:
             - 192.0.2.10
-            - 10.20.1.2/16
+            - 10.20.0.0/16
             - 2001:DB8::/32
           new_case: skip
           message_id_domain: mail.example.com
@@ -184,7 +184,7 @@ def test_full_file_round_trips_into_the_dataclasses(tmp_path: Path) -> None:
         outbound=OutboundSettings(
             daemon_names=("ORIGINATING", "submission"),
             authenticated=False,
-            # Normalised: host bits cleared, a bare address becomes a /32, IPv6 lower-cased.
+            # Normalised: a bare address becomes a /32, IPv6 lower-cased.
             client_networks=("192.0.2.10/32", "10.20.0.0/16", "2001:db8::/32"),
             new_case="skip",
             message_id_domain="mail.example.com",
@@ -611,6 +611,16 @@ def test_client_network_error_names_the_item_and_its_line(tmp_path: Path) -> Non
     )
     assert str(exc) == (
         f"{exc.file}:4: outbound.client_networks[1]: '10.0.0.300/8' is not a CIDR network"
+    )
+
+
+def test_a_client_network_with_host_bits_is_refused(tmp_path: Path) -> None:
+    """`10.0.0.1/8` read as all of 10/8 made every client there outbound: their mail got our
+    token and opened cases. Postfix's cidr tables refuse it too."""
+    exc = error(tmp_path, "outbound:\n  client_networks: [10.0.0.1/8]\n")
+    assert str(exc) == (
+        f"{exc.file}:2: outbound.client_networks[0]: '10.0.0.1/8' has host bits set: write "
+        "10.0.0.0/8 for the network, or the address alone for one host"
     )
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from casethread.cli import build_parser
 from casethread.core import thread_index
 from casethread.core.message import parse_raw
 
@@ -252,3 +257,80 @@ def test_missing_input_file(run_filter: Any, tmp_path: Path) -> None:
     assert p.returncode != 0
     assert p.stdout == b""
     assert len(stderr_lines(p.stderr)) == 1
+
+
+def _run(exe: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60, check=False)
+
+
+def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path: Path) -> None:
+    """`systemctl reload` trusts check-config: a key file or socket group that stops `serve`
+    must fail it too, not print OK."""
+    key = tmp_path / "token.key"
+    assert _run(casethread_bin, "keygen", str(key), "--id", "1", cwd=tmp_path).returncode == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(f"tokens:\n  keys: [{key}]\n")
+    ok = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (ok.returncode, ok.stdout) == (0, "OK\n"), ok.stderr
+    key.chmod(0o644)
+    loose = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert loose.returncode == 1 and "chmod 600" in loose.stderr and loose.stdout == ""
+    config.write_text(f"tokens:\n  keys: [{tmp_path / 'missing.key'}]\n")
+    missing = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert missing.returncode == 1 and "missing.key" in missing.stderr
+    config.write_text("milter:\n  socket_group: no-such-group-here\n")
+    group = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert group.returncode == 2 and "no such group 'no-such-group-here'" in group.stderr
+
+
+def test_a_dry_run_refuses_a_bad_key_file_as_a_real_run_does(
+    run_filter: Any, tmp_path: Path
+) -> None:
+    """Troubleshooting runs `filter --dry-run`: a key it cannot use must not turn every token
+    into `X-Case-Token: invalid` in silence."""
+    first = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "index" / "token.key").chmod(0o644)
+    for dry in ([], ["--dry-run"]):
+        p = run_filter(*dry, "--direction", "outbound", str(DATA / "agent-first.eml"))
+        assert p.returncode == 1 and p.stdout == b"", (dry, p.stderr)
+        assert b"chmod 600" in p.stderr
+
+
+def test_a_dry_run_without_an_index_says_so(run_filter: Any) -> None:
+    reply = b"From: pat@customer.example.org\nSubject: Re: x [ref:1112G2MVPAVE3DGZSFX]\n\nhi\n"
+    p = run_filter("--dry-run", "--direction", "inbound", "-", stdin=reply)
+    assert p.returncode == 0
+    err = p.stderr.decode()
+    assert "dry run: no case index at" in err
+    assert "dry run: no token key at" in err and "throwaway key" in err
+
+
+def test_a_closed_pipe_ends_a_command_quietly(casethread_bin: Path, tmp_path: Path) -> None:
+    """`casethread stats | head -1`: the reader left; no traceback, no error line."""
+    assert _run(casethread_bin, "filter", "--index", str(tmp_path / "index"), "--direction",
+                "outbound", str(DATA / "agent-first.eml"), cwd=tmp_path).returncode == 0
+    script = (
+        "import os, sys\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+        "from casethread.cli import main\n"
+        f"sys.exit(main(['stats', '--index', {str(tmp_path / 'index')!r}]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_every_command_has_help_with_examples() -> None:
+    """The README promises `--help` with examples for every command."""
+    def commands(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[tuple[str, str]]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{prefix}{name}", sub.format_help()
+                    yield from commands(sub, f"{prefix}{name} ")
+
+    found = dict(commands(build_parser()))
+    assert {"serve", "check-config", "filter", "lookup", "case merge", "stats"} <= set(found)
+    assert [name for name, text in found.items() if "example" not in text] == []

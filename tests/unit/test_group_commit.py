@@ -196,8 +196,9 @@ def test_each_message_costs_the_fewest_commits(
         1, "token", "reopened")
     # A new case, its aliases and the sender's flood count: one commit.
     assert commits("in", "A new question", "<i3@customer.example.org>") == (1, "new", "new")
+    # A duplicate writes nothing (it does not count against the flood limit): no commit.
     assert commits("in", "A new question", "<i3@customer.example.org>") == (
-        1, "duplicate", "open")
+        0, "duplicate", "open")
     # An agent's mail whose app sets the case's state: the change rides in the mail's commit.
     assert commits("out", subject, "<o3@example.com>", ("X-Case-State", "resolved")) == (
         1, "token", "resolved")

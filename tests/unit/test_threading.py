@@ -1324,6 +1324,10 @@ def test_app_case_state_with_an_unknown_value_is_removed_and_ignored(harness: An
     r = harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "deleted"))
     assert r.ours() == [("X-Case-ID", "C-000001")]
     assert harness.case("C-000001").state is CaseState.OPEN
+    # A typo in the app shows in the log line.
+    assert "bad-app-case-state" in r.decision.notes
+    fine = harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "Resolved"))
+    assert "bad-app-case-state" not in fine.decision.notes
 
 
 def test_token_is_never_added_twice(harness: Any) -> None:
@@ -1582,6 +1586,18 @@ def test_duplicate_delivery_changes_nothing(harness: Any) -> None:
     ]
     assert harness.case("C-000001").state is CaseState.RESOLVED
     assert harness.index.last_number() == 1
+
+
+def test_duplicates_do_not_count_against_the_flood_limit(make_harness: Any, tweak: Any) -> None:
+    """The same mail to two support addresses, or delivered again, is one mail from its
+    sender: it must not push a customer over the limit (and lose the next real mail's case)."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=3, window=3600)}))
+    first = h.inbound(CUSTOMER, ("Message-ID", "<same@customer.example.org>"))
+    for _ in range(4):
+        again = h.inbound(CUSTOMER, ("Message-ID", "<same@customer.example.org>"))
+        assert (again.one("X-Case-Match"), again.all("X-Case-Loop")) == ("duplicate", [])
+    new = h.inbound(CUSTOMER, ("Subject", "Another question"))
+    assert (first.case_id, new.case_id, new.all("X-Case-Loop")) == ("C-000001", "C-000002", [])
 
 
 def test_duplicate_of_a_mail_whose_case_was_merged_since(harness: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from miltertest import constants as c
 
-from .conftest import STOP_TIMEOUT, MilterProcess, MilterStarter
+from .conftest import CASETHREAD, STOP_TIMEOUT, MilterProcess, MilterStarter
 from .milterclient import Action, Endpoint, MtaSession, Transaction, values
 from .scenario import CONFIG, SUPPORT, customer_headers
 
@@ -445,6 +446,15 @@ def test_sigterm_stops_the_milter_cleanly(milters: MilterStarter, tmp_path: Path
         log = proc.log()
         assert log.rstrip().endswith("stopped"), log
         assert "Traceback" not in log
+        assert "inbound.addresses is empty" not in log
+
+
+def test_a_milter_with_no_support_address_says_so(milters: MilterStarter) -> None:
+    """The embedded defaults (`make run`) list no support address: nothing is inbound."""
+    proc = milters.start(None, name="defaults")
+    status, _ = proc.terminate()
+    assert status == 0
+    assert "WARNING inbound.addresses is empty: no mail is inbound" in proc.log()
 
 
 @pytest.mark.parametrize(("mode_yaml", "mode"), [(None, 0o660), ("0600", 0o600)],
@@ -591,3 +601,22 @@ def test_a_full_index_lets_every_message_through_unchanged(
     )
     assert other.actions == [Action("m", "X-Case-ID", "", 1)]
     assert other.disposition == c.SMFIR_CONTINUE
+
+
+@pytest.mark.parametrize("where", ["port-taken", "no-directory"])
+def test_a_socket_it_cannot_listen_on_is_one_line_and_exit_1(tmp_path: Path, where: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        if where == "port-taken":
+            spec, reason = f"inet:{holder.getsockname()[1]}@127.0.0.1", "Address already in use"
+        else:
+            spec, reason = f"unix:{tmp_path / 'missing' / 'x.sock'}", "no directory"
+        proc = subprocess.run(
+            [str(CASETHREAD), "serve", "--socket", spec, "--index", str(tmp_path / "index")],
+            capture_output=True, text=True, timeout=STOP_TIMEOUT, check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert any(line.startswith(f"casethread: cannot listen on {spec}: {reason}")
+               for line in proc.stderr.splitlines()), proc.stderr

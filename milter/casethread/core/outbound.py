@@ -64,10 +64,14 @@ def app_case_id(msg: Message, names: CaseHeaderNames) -> tuple[str | None, bool]
     return (value, False) if is_valid_case_id(value) else (None, True)
 
 
-def app_state(msg: Message, names: CaseHeaderNames) -> CaseState | None:
-    """`X-Case-State: resolved` etc. set by the app on outbound mail (consumed, not sent on)."""
+def app_state(msg: Message, names: CaseHeaderNames) -> tuple[CaseState | None, bool]:
+    """`X-Case-State: resolved` etc. set by the app on outbound mail (consumed, not sent on),
+    and whether one was present but not a state (a typo in the app must show in the log)."""
     raw = msg.get(names.state)
-    return APP_STATES.get(clean(raw).lower()) if raw is not None else None
+    if raw is None:
+        return None, False
+    state = APP_STATES.get(clean(raw).lower())
+    return state, state is None
 
 
 def message_id_domain(msg: Message, configured: str | None, fallback: str) -> str:

@@ -1,0 +1,35 @@
+"""The README's Postfix snippets are the tested ones: every line of them is a line of
+contrib/postfix/, which the end-to-end tests render their Postfix from. (A comment after a
+main.cf value once made Postfix read `tempfail     # ...` as the default action.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+README = (REPO_ROOT / "README.md").read_text()
+CONTRIB = REPO_ROOT / "contrib" / "postfix"
+
+
+def _postfix_blocks() -> list[list[str]]:
+    section = README.split("\n## Postfix\n", 1)[1].split("\n## ", 1)[0]
+    return [block.strip("\n").splitlines()
+            for block in re.findall(r"^```\n(.*?)^```$", section, re.S | re.M)]
+
+
+def test_the_main_cf_snippet_is_contrib_main_cf() -> None:
+    main_cf = _postfix_blocks()[0]
+    contrib = set((CONTRIB / "main.cf").read_text().splitlines())
+    assert main_cf and all(line in contrib for line in main_cf), main_cf
+    assert not any("#" in line for line in main_cf)
+
+
+def test_the_master_cf_snippet_is_contrib_master_cf() -> None:
+    master_cf = _postfix_blocks()[1]
+    contrib = (CONTRIB / "master.cf").read_text().splitlines()
+    assert master_cf[0].startswith("submission ")
+    start = contrib.index(master_cf[0])
+    assert contrib[start : start + len(master_cf)] == master_cf
+    assert any("smtpd_relay_restrictions" in line and line.endswith(",reject")
+               for line in master_cf)
