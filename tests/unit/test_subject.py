@@ -236,6 +236,13 @@ def test_decode_subject_keeps_undecodable_text() -> None:
     assert decode_subject("x \udcff") == "x \ufffd"
 
 
+def test_decode_subject_reads_an_encoded_word_with_a_language() -> None:
+    """RFC 2231 section 5 lets an encoded word name its language after the charset."""
+    assert decode_subject("=?UTF-8*en?Q?Re=3A_x_=5Bref=3AABC=5D?=") == "Re: x [ref:ABC]"
+    assert decode_subject("=?iso-8859-1*de-DE?q?Gr=FC=DFe?= a*b") == "Grüße a*b"
+    assert decode_subject("a*b =?utf-8?q?x?=") == "a*b x"
+
+
 @given(st.text(max_size=200))
 def test_normalise_is_total_and_idempotent(text: str) -> None:
     once = normalise(text)

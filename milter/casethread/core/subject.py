@@ -97,6 +97,9 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
     return text[pos:].strip()
 
 
+_WORD_LANGUAGE = re.compile(r"=\?([^?*\s]{1,40})\*[A-Za-z0-9-]{1,40}\?")
+
+
 def decode_subject(subject: str) -> str:
     """RFC 2047 decoding that never fails: undecodable input comes back as it was.
 
@@ -104,6 +107,10 @@ def decode_subject(subject: str) -> str:
     """
     text = unfold(subject)
     if "=?" in text:
+        if "*" in text:
+            # RFC 2231 section 5: a language after the charset (=?UTF-8*en?Q?...?=), which the
+            # stdlib decoder takes for part of the charset's name.
+            text = _WORD_LANGUAGE.sub(r"=?\1?", text)
         # The stdlib decoder raises a mixed bag on bad charsets and encodings.
         with contextlib.suppress(Exception):
             text = str(make_header(decode_header(text)))
