@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from .core import autoreply, inbound, msgid, outbound, rules, stamp, thread_index, token
 from .core.addresses import header_addresses
-from .core.case_headers import CaseHeaderNames, strip_ours
+from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
 from .core.edits import Edit
@@ -88,6 +88,9 @@ class Engine:
         """Decide and record; raises on internal errors (the caller is the error boundary)."""
         if direction is None:
             direction = self.classify(msg)
+        refused = refusal(msg, self._names)
+        if refused is not None:
+            return Decision(direction, notes=("too-many-case-fields",), refused=refused)
         if direction is Direction.INBOUND:
             return self._inbound(msg)
         if direction is Direction.OUTBOUND:

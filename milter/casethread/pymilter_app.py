@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import Milter
 
-from .core.case_headers import CaseHeaderNames, strip_ours
+from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
 from .core.model import Direction
@@ -77,8 +77,8 @@ def _guarded(callback: F) -> F:
             if deferred:
                 self._failed = True
                 return int(Milter.CONTINUE)
-            if callback.__name__ == "eom" and policy == "accept":
-                self._strip_forged()
+            if callback.__name__ == "eom":
+                return self._fallback(policy)
             self._reset()
             return reply_for(policy)
 
@@ -241,10 +241,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         started = time.monotonic()
         if self._failed:  # an earlier callback failed and logged it: answer now
-            if self.engine.settings.milter.on_error == "accept":
-                self._strip_forged()
-            self._reset()
-            return reply_for(self.engine.settings.milter.on_error)
+            return self._fallback(self.engine.settings.milter.on_error)
         body = self._body.data()
         msg = Message(self._envelope(), self._headers(), body)
         decision = self.engine.process(msg, self._direction)
@@ -255,6 +252,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
                  " body=skipped" if self._skipping else "")
         if self.metrics is not None:
             self.metrics.observe(decision, time.monotonic() - started)
+        if decision.refused:
+            self._reset()
+            return self._refuse(decision.refused)
         self._apply(decision.edits)
         if decision.body_splices:
             for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):
@@ -275,17 +275,28 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             self._inflight.add(connections=-1)
         return int(Milter.CONTINUE)
 
-    def _strip_forged(self) -> None:
-        """When the engine failed, forged X-Case-* fields still go (DESIGN §6): downstream
-        rules trust them. Nothing else is changed, as on_error=accept promises."""
-        if self._edited:
-            return  # the engine's own edits, which remove them, were already sent
+    def _fallback(self, policy: OnError) -> int:
+        """The answer at end of message after the engine failed. With on_error=accept, forged
+        X-Case-* fields still go (DESIGN §6: downstream rules trust them), and nothing else is
+        changed; a message with more of them than can be removed is refused, as always."""
         try:
-            names = CaseHeaderNames(self.engine.settings.headers.prefix)
-            msg = Message(Envelope(), self._headers())
-            self._apply(tuple(strip_ours(msg, names)))
+            if policy == "accept" and not self._edited:  # else the engine's edits went out
+                msg = Message(Envelope(), self._headers())
+                names = CaseHeaderNames(self.engine.settings.headers.prefix)
+                refused = refusal(msg, names)
+                if refused is not None:
+                    return self._refuse(refused)
+                self._apply(tuple(strip_ours(msg, names)))
         except Exception:
             log.exception("queue_id=%s could not remove forged fields", self.queue_id())
+        finally:
+            self._reset()
+        return reply_for(policy)
+
+    def _refuse(self, text: str) -> int:
+        log.warning("queue_id=%s refused: %s", self.queue_id(), text)
+        self.setreply("550", "5.7.1", text)
+        return int(Milter.REJECT)
 
     def _apply(self, edits: tuple[Edit, ...]) -> None:
         self._edited = True

@@ -22,6 +22,7 @@ import Milter
 import pytest
 from Milter import testctx
 
+from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.settings import InboundSettings, MilterSettings, OnError, Settings
 from casethread.core.token import Keyring
 from casethread.engine import Engine
@@ -340,6 +341,28 @@ def test_mail_that_is_neither_passes_with_forged_case_headers_stripped(rig: Rig)
     kept = [(n, v) for n, v in ctx.fed if not n.lower().startswith("x-case-")]
     assert ctx.headers_after() == kept
     assert rig.index.case_for_message("reply-1.pat@customer.example.org") is None
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["engine-ok", "index-broken"])
+def test_more_case_fields_than_can_be_removed_are_refused(rig: Rig, broken: bool) -> None:
+    """Each forged field is one removal; thousands of them crashed Postfix's cleanup. Past
+    MAX_OWN_FIELDS the message is refused with 550, nothing applied, also when the engine
+    fails (on_error=accept would otherwise pass it with the fields the rules trust)."""
+    rig.index.broken = broken
+    ctx = rig.connection()
+    ctx.macros(i="QMANY")
+    forged = [f"X-Case-ID: C-{n}" for n in range(MAX_OWN_FIELDS + 1)]
+    assert ctx.feed(customer_mail(*forged), "pat@customer.example.org", SUPPORT) == (
+        Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert f"at most {MAX_OWN_FIELDS}" in ctx._reply[2]
+    assert ctx.actions == []
+    # At the limit every one is removed.
+    rig.index.broken = False
+    ctx = rig.connection()
+    assert ctx.feed(customer_mail(*forged[:MAX_OWN_FIELDS]), "pat@customer.example.org",
+                    SUPPORT) == Milter.CONTINUE
+    assert ctx.values("X-Case-ID") == ["C-000001"]
 
 
 def test_mail_that_is_neither_and_clean_is_untouched(rig: Rig) -> None:

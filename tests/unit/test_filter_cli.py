@@ -12,6 +12,7 @@ from typing import Any
 
 from casethread.cli import build_parser
 from casethread.core import thread_index
+from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.message import parse_raw
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -334,3 +335,12 @@ def test_every_command_has_help_with_examples() -> None:
     found = dict(commands(build_parser()))
     assert {"serve", "check-config", "filter", "lookup", "case merge", "stats"} <= set(found)
     assert [name for name, text in found.items() if "example" not in text] == []
+
+
+def test_a_message_the_milter_refuses_is_not_printed(run_filter: Any) -> None:
+    forged = b"".join(b"X-Case-ID: C-%d\n" % n for n in range(MAX_OWN_FIELDS + 1))
+    raw = b"From: pat@customer.example.org\nSubject: s\n" + forged + b"\nbody\n"
+    p = run_filter("--direction", "inbound", "-", stdin=raw)
+    assert (p.returncode, p.stdout) == (0, b"")
+    err = p.stderr.decode()
+    assert "refused" in err and f"at most {MAX_OWN_FIELDS}" in err

@@ -94,6 +94,13 @@ def html_50mb_one_line(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
 
 
+def html_1mb_of_unclosed_tags(direction: Direction) -> Hostile:
+    """Every "<" without its ">": tag patterns that scan to the next ">" went quadratic
+    (137 s for this one under the GIL, every other session of the milter waiting)."""
+    body = b"<html><body>" + b"<a <script <!x <p " * (MIB // 18)
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
+
+
 def subject_1mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
 
@@ -116,6 +123,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "message/rfc822 nested 1,000 deep": rfc822_nested_1000,
     "50 MB text body on one line": body_50mb_one_line,
     "50 MB HTML body on one line": html_50mb_one_line,
+    "1 MB HTML of unclosed tags": html_1mb_of_unclosed_tags,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from miltertest import constants as c
 
+from casethread.core.case_headers import MAX_OWN_FIELDS
+
 from .conftest import CASETHREAD, STOP_TIMEOUT, MilterProcess, MilterStarter
 from .milterclient import Action, Endpoint, MtaSession, Transaction, values
 from .scenario import CONFIG, SUPPORT, customer_headers
@@ -209,6 +211,19 @@ def test_forged_case_headers_are_removed(shared: MilterProcess) -> None:
     assert sorted(other.removals()) == sorted(removals)
     assert [a.kind for a in other.actions] == ["m"] * 3
     assert other.result(sent) == [(n, v) for n, v in sent if n not in ("X-Case-ID", "x-case-match")]
+
+
+def test_more_case_fields_than_can_be_removed_get_a_reply_code(shared: MilterProcess) -> None:
+    """Past MAX_OWN_FIELDS the milter refuses (550 5.7.1 with its text, SMFIR_REPLYCODE)
+    instead of sending a removal per field, which Postfix's cleanup cannot take in thousands."""
+    sent = customer_headers("<many.1@customer.example.org>",
+                            *[("X-Case-ID", f"C-{n}") for n in range(MAX_OWN_FIELDS + 1)])
+    refused = transact(
+        shared.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+        rcpts=[SUPPORT], headers=sent, queue_id="QMANY1",
+    )
+    assert refused.disposition == c.SMFIR_REPLYCODE
+    assert refused.actions == []
 
 
 def test_two_messages_on_one_connection_do_not_share_state(shared: MilterProcess) -> None:
@@ -620,3 +635,24 @@ def test_a_socket_it_cannot_listen_on_is_one_line_and_exit_1(tmp_path: Path, whe
     assert "Traceback" not in proc.stderr
     assert any(line.startswith(f"casethread: cannot listen on {spec}: {reason}")
                for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_filter_on_a_full_index_passes_the_message_but_not_forged_fields(
+    full_index_copy: Path, tmp_path: Path
+) -> None:
+    """`casethread filter` follows the milter's policy on an internal error: the message as it
+    came, without the forged X-Case-* fields that downstream rules would trust."""
+    config = tmp_path / "full.yaml"
+    config.write_text("index:\n  map_size: 1MiB\n  max_map_size: 1MiB\n")
+    raw = (b"From: pat@customer.example.org\nTo: support@example.com\nSubject: s\n"
+           b"Message-ID: <full.9@customer.example.org>\nX-Case-ID: C-999999\n"
+           b"X-Case-Queue: vip\n\nbody\n")
+    proc = subprocess.run(
+        [str(CASETHREAD), "filter", "--config", str(config), "--index", str(full_index_copy),
+         "--direction", "inbound", "-"],
+        input=raw, capture_output=True, timeout=STOP_TIMEOUT, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"internal error" in proc.stderr
+    assert proc.stdout == (b"From: pat@customer.example.org\nTo: support@example.com\n"
+                           b"Subject: s\nMessage-ID: <full.9@customer.example.org>\n\nbody\n")

@@ -62,6 +62,25 @@ class CaseHeaderNames:
         return name.lower().startswith(self.lower_prefix)
 
 
+# More fields under our prefix than this, and the message is refused rather than cleaned: each
+# removal is one edit, and Postfix 3.7's cleanup slows down with the square of their number
+# and panics somewhere past 9,000 (one message then stalled the MTA's intake). Mail that passed
+# casethread a few times carries a few dozen at most.
+MAX_OWN_FIELDS = 100
+
+
+def refusal(msg: Message, names: CaseHeaderNames) -> str | None:
+    """Why the message is refused (an SMTP reply text), when it carries more fields under our
+    prefix than can be removed; None for every other message."""
+    if not msg.has_prefix(names.lower_prefix):
+        return None
+    count = sum(1 for h in msg.headers if names.is_ours(h.name))
+    if count <= MAX_OWN_FIELDS:
+        return None
+    return (f"message has {count} {names.prefix}* header fields, at most {MAX_OWN_FIELDS} "
+            "can be accepted")
+
+
 def strip_ours(msg: Message, names: CaseHeaderNames) -> list[ChangeHeader]:
     """Remove every field under our prefix, whatever its case (downstream rules trust them).
 

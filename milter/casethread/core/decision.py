@@ -26,6 +26,8 @@ class Decision:
     trace: tuple[str, ...] = ()
     # The X-Case-Auto value of inbound mail (autoreply.KINDS); "" for other directions.
     auto: str = ""
+    # Set when the message is refused (case_headers.refusal): the reply text, nothing applied.
+    refused: str = ""
 
     def log_fields(self) -> str:
         parts = [
@@ -35,6 +37,8 @@ class Decision:
         ]
         if self.state:
             parts.append(f"state={self.state}")
+        if self.refused:
+            parts.append("refused")
         parts.append(f"edits={len(self.edits)}")
         if self.body_splices:
             parts.append("body=stamped")
