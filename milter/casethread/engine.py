@@ -12,7 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .core import autoreply, inbound, msgid, outbound, rules, stamp, thread_index, token
+from .core import (
+    autoreply,
+    dkim,
+    inbound,
+    msgid,
+    outbound,
+    rules,
+    stamp,
+    thread_index,
+    token,
+)
 from .core.addresses import header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
@@ -307,6 +317,8 @@ class Engine:
             trace += ev.trace
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
+        # Signed before us (an app that signs its own mail): the signature must still verify.
+        signed = dkim.signed_fields(msg)
         if message_id.edit is not None:
             edits.append(message_id.edit)
             notes.append("message-id-added")
@@ -314,7 +326,10 @@ class Engine:
         if case is not None:
             tok = self.keyring.make(case.number)
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
-            splices = self._stamp_body(ev, tok, notes)
+            if signed is None:
+                splices = self._stamp_body(ev, tok, notes)
+            else:
+                notes.append("body-not-stamped:dkim-signed")
             # The app's state change rides in the mail's own commit.
             state_change = self._app_state_change(msg, int(now), notes)
             changes = [(case.case_id, state_change)] if state_change is not None else []
@@ -322,6 +337,14 @@ class Engine:
                 after = self.index.record([] if recorded else aliases_of(case), int(now),
                                           changes=changes)
                 case = after.get(case.case_id, case)
+        if signed is not None:
+            kept = [e for e in edits if e.name.lower() not in signed]
+            dropped = [e for e in edits if e not in kept]
+            notes += [f"{name}-not-changed:dkim-signed"
+                      for name in dict.fromkeys(e.name.lower() for e in dropped)]
+            if message_id.edit in dropped:
+                notes.remove("message-id-added")
+            edits = kept
         return Decision(
             Direction.OUTBOUND,
             (case.case_id,) if case else (),

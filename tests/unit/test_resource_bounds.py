@@ -54,9 +54,15 @@ def references_10k(direction: Direction) -> Hostile:
 
 
 def header_fields_100k(direction: Direction) -> Hostile:
-    names = ("Received", "X-Filler", "Comments", "X-Case-ID", "x-case-STATE", "Thread-Index")
+    names = ("Received", "X-Filler", "Comments", "Keywords", "X-Mailer", "Thread-Index")
     fields = [(names[n % len(names)], f"value {n} from relay{n}.example.org") for n in
               range(100_000)]
+    return Hostile(message(direction, fields), b"Hi\r\n")
+
+
+def forged_fields_10k(direction: Direction) -> Hostile:
+    """Refused (case_headers.MAX_OWN_FIELDS): counted, never turned into 10,000 removals."""
+    fields = [("X-Case-ID" if n % 2 else "x-case-STATE", f"C-{n}") for n in range(10_000)]
     return Hostile(message(direction, fields), b"Hi\r\n")
 
 
@@ -118,6 +124,7 @@ def subject_1mb_of_prefixes(direction: Direction) -> Hostile:
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
+    "10,000 forged X-Case-* fields": forged_fields_10k,
     "one field folded over 100,000 lines": one_field_100k_lines,
     "multipart nested 1,000 deep": mime_nested_1000,
     "message/rfc822 nested 1,000 deep": rfc822_nested_1000,

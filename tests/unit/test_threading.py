@@ -1330,6 +1330,33 @@ def test_app_case_state_with_an_unknown_value_is_removed_and_ignored(harness: An
     assert "bad-app-case-state" not in fine.decision.notes
 
 
+def test_mail_signed_before_us_keeps_its_dkim_signature_valid(harness: Any) -> None:
+    """An app that DKIM-signs its own mail: the body and every field its h= names stay as
+    they are (a broken signature fails DMARC at the recipient); the rest is stamped, and the
+    mail is recorded, so replies still thread by In-Reply-To and Thread-Index."""
+    signature = ("v=1; a=rsa-sha256; d=support.example.com; s=app; c=relaxed/relaxed;\r\n"
+                 "\th=From:To:Subject:Date:Message-ID:References:In-Reply-To; bh=abc=; b=def=")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your printer"),
+                         ("DKIM-Signature", signature), body=b"Hello Pat,\r\n")
+    assert r.decision.match == "new"
+    assert r.decision.body_splices == ()
+    assert {e.name.lower() for e in r.decision.edits} == {"x-case-id", "thread-index",
+                                                         "thread-topic"}
+    assert "dkim-signed" in ",".join(r.decision.notes)
+    assert "body-not-stamped:dkim-signed" in r.decision.notes
+    assert "subject-not-changed:dkim-signed" in r.decision.notes
+    assert "message-id-added" not in r.decision.notes
+    # Threads by the Outlook root it did get.
+    reply = harness.inbound(CUSTOMER, ("Subject", "RE: Your printer"),
+                            ("Thread-Index", outlook_reply_index(r.one("Thread-Index"),
+                                                                 harness.clock.now)))
+    assert (reply.case_id, reply.one("X-Case-Match")) == ("C-000001", "thread-index")
+    # Unsigned fields of a signed mail are stamped: here the Subject.
+    partial = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Another"),
+                               ("DKIM-Signature", "v=1; h=from:to; bh=x; b=y"))
+    assert "[ref:" in partial.one("Subject")
+
+
 def test_token_is_never_added_twice(harness: Any) -> None:
     first = start_case(harness)
     subject = f"Re: {first.one('Subject')}"
