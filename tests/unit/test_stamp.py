@@ -117,6 +117,14 @@ def test_a_closing_body_tag_inside_a_comment_is_not_the_end_of_the_body() -> Non
     assert out.endswith(b"<p>x</p>" + TAG.encode() + html[html.index(b"</body>\n<!--"):])
 
 
+def test_a_closing_body_tag_inside_another_tag_is_not_the_end_of_the_body() -> None:
+    """`</body>` in an attribute value: inserting there would cut the tag open and show our
+    hidden text; the tag goes at the end instead."""
+    html = b'<html><body><p>x</p><a title="</body>">y</a>'
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(html + TAG.encode())
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")

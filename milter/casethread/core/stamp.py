@@ -354,15 +354,18 @@ def _insertion_index(text: str, target: Target) -> int:
 
 def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
     """The last match outside HTML comments (Outlook ends some mail with
-    `<!--[if mso]></body><![endif]-->`, which no client renders)."""
+    `<!--[if mso]></body><![endif]-->`, which no client renders) and outside another tag
+    (`<a title="</body>">`: the tag would be cut open and our hidden text shown)."""
     comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
     starts = [a for a, _ in comments]
     start = None
     for match in pattern.finditer(text):
+        at = match.start()
         # The comments are sorted and apart: only the last one opening before it can hold it.
-        i = bisect.bisect_right(starts, match.start()) - 1
-        if i < 0 or match.start() >= comments[i][1]:
-            start = match.start()
+        i = bisect.bisect_right(starts, at) - 1
+        in_comment = i >= 0 and at < comments[i][1]
+        if not in_comment and text.rfind("<", 0, at) <= text.rfind(">", 0, at):
+            start = at
     return start
 
 
