@@ -387,6 +387,8 @@ class Engine:
             f"{o.target}-not-stamped:{o.reason.replace(' ', '-')}"
             for o in plan.outcomes if o.status == "skipped"
         )
+        if all(o.status == "absent" for o in plan.outcomes):
+            notes.append("body-not-stamped:no-text-part")  # an image, a forwarded message...
         return plan.splices
 
     def _app_state_change(self, msg: Message, now: int, notes: list[str]) -> CaseChange | None:

@@ -121,7 +121,7 @@ def test_outbound_adopts_app_case_id(harness: Any) -> None:
     assert harness.outbound(AGENT).case_id.startswith("C-")
 
 
-@pytest.mark.parametrize("dirty", ["APP-9\x00", "APP-9\x1f"])
+@pytest.mark.parametrize("dirty", ["APP-9\x00", "APP-9\x1f", "APP-9 ", "APP-9\t"])
 def test_outbound_app_case_id_with_control_characters_goes_out_clean(
     harness: Any, dirty: str
 ) -> None:
@@ -465,3 +465,13 @@ def test_recorded_times_follow_the_clock(harness: Any) -> None:
     r = harness.inbound(CUSTOMER)
     case = harness.index.get_case(r.case_id)
     assert case.created == 2_000_000_001  # the harness ticks one second per message
+
+
+@pytest.mark.parametrize("ctype", ["image/png", "message/rfc822"])
+def test_outbound_body_without_a_text_part_says_why_it_was_not_stamped(
+    harness: Any, ctype: str
+) -> None:
+    r = harness.outbound(AGENT, ("Content-Type", ctype), body=b"Subject: x\n\nhello\n")
+    assert r.decision.body_splices == ()
+    assert "body-not-stamped:no-text-part" in r.decision.notes
+    assert "body-not-stamped:no-text-part" not in harness.outbound(AGENT).decision.notes

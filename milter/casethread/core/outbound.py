@@ -113,8 +113,9 @@ def case_header_edits(msg: Message, names: CaseHeaderNames, case: CaseRecord | N
         case is not None
         and len(ours) == 1
         and ours[0].name.lower() == names.case_id.lower()
-        # Exactly the id: a value that only cleans up to it (control characters) is rewritten.
-        and ours[0].value.strip(" \t\r\n") == case.case_id
+        # Exactly the id: a value that only cleans up to it (trailing blanks, control
+        # characters) is rewritten, or a Sieve `:is` rule downstream would not match it.
+        and ours[0].value.lstrip(" \t") == case.case_id
     )
     if already_right:
         return []
