@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import field
+from itertools import repeat
 from mmap import mmap
 
 from .frozen import frozen
@@ -89,9 +90,18 @@ class Message:
         index = self._by_name
         return {name: index[name] for name in index.keys() & names}
 
+    @lazy
+    def _prefixes(self) -> dict[str, bool]:
+        return {}
+
     def has_prefix(self, prefix: str) -> bool:
-        """Whether any field name starts with `prefix` (lower case)."""
-        return any(name.startswith(prefix) for name in self._by_name)
+        """Whether any field name starts with `prefix` (lower case). Asked of every message,
+        twice (refusal, forged fields): answered once, without a generator's frames."""
+        found = self._prefixes.get(prefix)
+        if found is None:
+            found = self._prefixes[prefix] = any(
+                map(str.startswith, self._by_name, repeat(prefix)))
+        return found
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
