@@ -321,6 +321,7 @@ def record_dict(case: CaseRecord) -> dict[str, Any]:
         "merged_into": case.merged_into,
         "children": list(case.children),
         "followup": case.followup,
+        "thread_root": case.thread_root,
         "created": case.created,
         "updated": case.updated,
         "state_changed": case.state_changed,

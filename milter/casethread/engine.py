@@ -47,6 +47,16 @@ DRY_RUN_HEADERS = 64 << 10
 MAX_PARTICIPANTS = 50
 
 
+def _thread_root(msg: Message) -> bytes | None:
+    """The Outlook conversation root of the mail's Thread-Index, if it has a valid one."""
+    raw = thread_index.decode(msg.get("Thread-Index") or "")
+    return thread_index.root_of(raw) if raw is not None else None
+
+
+def _hex(root: bytes | None) -> str | None:
+    return root.hex() if root is not None else None
+
+
 def _with_followup(followup: str) -> CaseChange:
     return lambda current: replace(current, followup=followup)
 
@@ -183,6 +193,7 @@ class Engine:
                 case = self.index.create_case(
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
+                    thread_root=_hex(_thread_root(msg)),
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
@@ -239,7 +250,8 @@ class Engine:
                 # A follow-up keeps its case's queue, as an existing case does.
                 earlier = target.case
                 queue = route.queue if route.override or not earlier.queue else earlier.queue
-                case = self.index.create_case(now, queue=queue)
+                case = self.index.create_case(now, queue=queue,
+                                              thread_root=_hex(_thread_root(msg)))
                 related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
                                                  earlier.case_id)
                 # The reply's later siblings go to the follow-up (`rules`).
@@ -275,9 +287,7 @@ class Engine:
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
                          case_ids: list[str]) -> list[Alias]:
-        raw = thread_index.decode(msg.get("Thread-Index") or "")
-        root = thread_index.root_of(raw) if raw is not None else None
-        return self._aliases(msg, case_ids, own_id, root, ev.new_external)
+        return self._aliases(msg, case_ids, own_id, _thread_root(msg), ev.new_external)
 
     # -- outbound -----------------------------------------------------------------------------
 

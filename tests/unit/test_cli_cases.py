@@ -19,7 +19,7 @@ from casethread.index import LmdbIndex
 
 EXPECTED_KEYS = [
     "case_id", "number", "state", "queue", "parent", "merged_into", "children", "followup",
-    "created", "updated", "state_changed",
+    "thread_root", "created", "updated", "state_changed",
 ]
 
 

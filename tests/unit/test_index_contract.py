@@ -561,6 +561,7 @@ times = st.integers(min_value=0, max_value=0xFFFFFFFF)
     merged_into=st.none() | case_ids,
     children=st.lists(case_ids, max_size=5).map(tuple),
     followup=st.none() | case_ids,
+    thread_root=st.none() | st.binary(min_size=22, max_size=22).map(bytes.hex),
 )
 def test_case_encoding_round_trips(**fields: Any) -> None:
     record = CaseRecord(case_id="C-1", **fields)
@@ -576,6 +577,8 @@ def test_case_encoding_round_trips(**fields: Any) -> None:
             expected[name] = link
     if record.children:
         expected["ch"] = list(record.children)
+    if record.thread_root is not None:
+        expected["r"] = record.thread_root
     assert data == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -63,7 +63,7 @@ def fill(index: LmdbIndex) -> dict[str, Any]:
     adopted = index.create_case(now=RECENT, case_id="HD-77", queue="billing")
     index.modify_case(cases[1].case_id, lambda c: replace(
         c, state=CaseState.RESOLVED, updated=RECENT, state_changed=RECENT,
-        parent=cases[0].case_id))
+        parent=cases[0].case_id, followup=cases[3].case_id, thread_root="ab" * 22))
     index.modify_case(cases[2].case_id, lambda c: replace(
         c, state=CaseState.CLOSED, updated=RECENT, state_changed=RECENT,
         merged_into=cases[3].case_id, children=(cases[4].case_id,)))

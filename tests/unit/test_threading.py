@@ -521,6 +521,32 @@ def test_thread_index_root_of_a_new_inbound_case_is_recorded(harness: Any) -> No
     assert again.one("X-Case-Match") == "thread-index"
 
 
+def test_answers_continue_the_outlook_conversation_the_customer_started(harness: Any) -> None:
+    """Pat wrote from Outlook: our answers carry Pat's conversation root plus a child block
+    (MS-OXOMSG), so they join Pat's own conversation instead of starting another one; so
+    does a follow-up case that a later mail of the same conversation opens."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    first = harness.inbound(CUSTOMER, ("Subject", "Scanner"),
+                            ("Thread-Index", thread_index.encode(root)))
+    assert harness.case(first.case_id).thread_root == root.hex()
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Scanner"),
+                              ("In-Reply-To", "<m1@customer.example.org>"),
+                              ("X-Case-ID", first.case_id))
+    sent = thread_index.decode(answer.one("Thread-Index"))
+    assert sent is not None and thread_index.root_of(sent) == root and len(sent) == 27
+    # A case opened by outbound mail keeps its own derived root.
+    ours = start_case(harness, "Toner")
+    assert harness.case(ours.case_id).thread_root is None
+    assert thread_index.decode(ours.one("Thread-Index")) == outbound.case_thread_root(
+        harness.case(ours.case_id))
+    # The case closed, Pat writes again in the same conversation: the follow-up keeps it.
+    harness.set_case(first.case_id, state=CaseState.CLOSED)
+    again = harness.inbound(CUSTOMER, ("Subject", "RE: Scanner"), ("Thread-Index",
+                            thread_index.encode(thread_index.child(root, harness.clock.now))))
+    assert again.one("X-Case-Related") == first.case_id
+    assert harness.case(again.case_id).thread_root == root.hex()
+
+
 def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> None:
     start_case(harness)
     other = thread_index.new_root(harness.clock.now, b"\x42" * 16)

@@ -50,6 +50,10 @@ class CaseRecord:
     merged_into: str | None = None
     children: tuple[str, ...] = ()
     followup: str | None = None
+    # The Outlook conversation root (22 bytes, hex) of the customer's mail that opened the
+    # case: our answers continue that conversation in the customer's Outlook. None: the root
+    # is derived from the case (outbound.case_thread_root).
+    thread_root: str | None = None
 
 
 class AliasKind(StrEnum):

@@ -174,8 +174,11 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
 
 
 def case_thread_root(case: CaseRecord) -> bytes:
-    """A case's Outlook thread root, derived (not stored): its creation time and a GUID from
-    its id, so every outbound mail of the case carries the same root."""
+    """A case's Outlook thread root, so every outbound mail of the case carries the same one:
+    the root of the customer's mail that opened it (our answers then continue the customer's
+    own Outlook conversation), else derived from its creation time and a GUID from its id."""
+    if case.thread_root is not None:
+        return bytes.fromhex(case.thread_root)
     # Exchange's conversation id is this GUID ([MS-OXOMSG] 2.2.1.2): the id alone would give
     # every installation's C-000001 (and a rebuilt index's) the same conversation.
     seed = f"{case.case_id}\x00{case.number}\x00{case.created}".encode()

@@ -152,5 +152,5 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         created=case.created, updated=now,
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
-        followup=case.followup,
+        followup=case.followup, thread_root=case.thread_root,
     )

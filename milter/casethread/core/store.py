@@ -39,6 +39,7 @@ class CaseIndex(CaseReader, Protocol):
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
+        thread_root: str | None = None,
     ) -> CaseRecord:
         """Atomically create a case and return it.
 
@@ -49,6 +50,7 @@ class CaseIndex(CaseReader, Protocol):
         `aliases` gives the aliases of the new case, recorded at `now`, and `bumps` are counted,
         in the same transaction: a new case and its first message cost one commit. Both come
         with a generated case only (an adopted one may exist already, and would skip them).
+        `thread_root` is the Outlook root of the mail that opens the case, if it had one.
         """
 
     def record(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -177,8 +178,10 @@ def check_same_number(stored: CaseRecord, record: CaseRecord) -> None:
         raise ValueError(f"case {record.case_id} has number {stored.number}, not {record.number}")
 
 
-def new_case(case_id: str, number: int, now: int, queue: str) -> CaseRecord:
-    return CaseRecord(case_id, number, CaseState.OPEN, queue, now, now, state_changed=now)
+def new_case(case_id: str, number: int, now: int, queue: str,
+             thread_root: str | None = None) -> CaseRecord:
+    return CaseRecord(case_id, number, CaseState.OPEN, queue, now, now, state_changed=now,
+                      thread_root=thread_root)
 
 
 def encode_case(record: CaseRecord) -> bytes:
@@ -203,6 +206,9 @@ def encode_case(record: CaseRecord) -> bytes:
         for child in record.children:
             check_case_id(child)
         parts.append(f',"ch":[{",".join(_json_str(child) for child in record.children)}]')
+    if record.thread_root is not None:
+        check_thread_root(record.thread_root)
+        parts.append(f',"r":"{record.thread_root}"')
     parts.append("}")
     return "".join(parts).encode()
 
@@ -230,7 +236,17 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
         merged_into=None if merged_into is None else str(merged_into),
         children=tuple(str(child) for child in fields.get("ch", ())),
         followup=None if followup is None else str(followup),
+        thread_root=fields.get("r"),
     )
+
+
+_THREAD_ROOT = re.compile(r"[0-9a-f]{44}")
+
+
+def check_thread_root(value: str) -> None:
+    """A stored Outlook root: 22 bytes as 44 lower-case hex digits (ValueError otherwise)."""
+    if not _THREAD_ROOT.fullmatch(value):
+        raise ValueError(f"a thread root is 44 lower-case hex digits, not {value!r}")
 
 
 # --- case ids --------------------------------------------------------------------------------

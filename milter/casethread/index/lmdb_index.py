@@ -654,6 +654,7 @@ class LmdbIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
+        thread_root: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps)
         counters = keys.counter_items(bumps)
@@ -673,7 +674,7 @@ class LmdbIndex:
             number, new_id = self._ids.allocate(
                 counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None
             )
-            record = keys.new_case(new_id, number, now, queue)
+            record = keys.new_case(new_id, number, now, queue, thread_root)
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
             packed = keys.NUMBER.pack(number)
             for key, value in items:

@@ -395,6 +395,7 @@ def case_json(record: CaseRecord) -> dict[str, Any]:
         "merged_into": record.merged_into,
         "children": list(record.children),
         "followup": record.followup,
+        "thread_root": record.thread_root,
     }
 
 
@@ -504,6 +505,7 @@ def _parse_case(obj: dict[str, Any]) -> _Put:
         merged_into=_optional_id(obj, "merged_into"),
         children=tuple(_case_id(child, "a child") for child in children),
         followup=_optional_id(obj, "followup"),
+        thread_root=_thread_root(obj.get("thread_root")),
     )
     return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number,
                 created)
@@ -519,6 +521,15 @@ def _alias_key(kind: AliasKind, key: Any) -> bytes:
         raw = bytes.fromhex(str(key["bytes"]))
         return keys.alias_key(kind, raw.decode("utf-8", "surrogateescape"))
     raise ValueError('an alias key is a string, {"hash": HEX} or {"bytes": HEX}')
+
+
+def _thread_root(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("'thread_root' must be a string of 44 hex digits")
+    keys.check_thread_root(value)
+    return value
 
 
 def _parse_alias(obj: dict[str, Any]) -> _Put:

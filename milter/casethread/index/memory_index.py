@@ -68,6 +68,7 @@ class MemoryIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
+        thread_root: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps)
         keys.counter_items(bumps)  # validated before anything changes
@@ -76,7 +77,7 @@ class MemoryIndex:
             if case_id is not None and case_id in self._cases:
                 return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
-            record = keys.new_case(new_id, number, now, queue)
+            record = keys.new_case(new_id, number, now, queue, thread_root)
             # Validated before anything changes: all or nothing.
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
             self._aliases.update(items)

@@ -57,13 +57,14 @@ class OverlayIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
+        thread_root: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps)
         if case_id is not None:
             existing = self.get_case(case_id)
             if existing is not None:
                 return existing
-        return self._overlay.create_case(now, case_id, queue, aliases, bumps)
+        return self._overlay.create_case(now, case_id, queue, aliases, bumps, thread_root)
 
     def last_number(self) -> int:
         return self._overlay.last_number()
