@@ -133,8 +133,12 @@ def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
     # One read-modify-write: the milter may be changing the case (its queue, its state) now.
     def change(current: CaseRecord) -> CaseRecord:
         moved = new_state is not current.state
+        # Reopened by hand, the case takes its conversation back: a later close must not send
+        # replies on to the follow-up an earlier close left.
+        reopened = new_state in (CaseState.OPEN, CaseState.WAITING)
         return replace(current, state=new_state, updated=now,
-                       state_changed=now if moved else current.state_changed)
+                       state_changed=now if moved else current.state_changed,
+                       followup=None if reopened else current.followup)
 
     return _change(index, case.case_id, change)
 

@@ -37,6 +37,11 @@ from .keyfile import DEFAULT_KEY_NAME, KeyFileError, keyring_for, write_key_file
 log = logging.getLogger("casethread")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+# `filter`: the milter would refuse this message (550); nothing is printed.
+EXIT_REFUSED = 3
+# The reader of our output went away (`casethread stats | head`): what the shell reports for a
+# writer killed by SIGPIPE, without Python's error line.
+EXIT_BROKEN_PIPE = 141
 
 EPILOG = """\
 examples:
@@ -76,7 +81,8 @@ examples:
 Runs the milter's engine on one message and prints it as it would leave the MTA; the log line
 (and --explain's reasons) go to stderr. --dry-run reads the index and writes nothing.
 exit status: 0 done (an internal error passes the message unchanged, as the milter does);
-1 the index or a key file cannot be used; 2 usage or configuration error
+1 the index or a key file cannot be used; 2 usage or configuration error; 3 the milter would
+refuse the message (more than 100 X-Case-* fields): nothing is printed
 """
 
 
@@ -158,9 +164,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
         print("\n".join(["explain:", *(f"  {line}" for line in decision.trace)]),
               file=sys.stderr)
     if decision.refused:
-        # As the milter: the MTA answers 550 and the message does not leave. Nothing printed.
-        log.warning("queue_id=filter refused: %s", decision.refused)
-        return EXIT_OK
+        return _refused(decision.refused)
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body
     sys.stdout.buffer.write(
         serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline)
@@ -173,13 +177,19 @@ def _pass_unchanged(raw: bytes, body: bytes, msg: Message, names: CaseHeaderName
     X-Case-* fields, which downstream rules would trust (or refused, when it has too many)."""
     refused = refusal(msg, names)
     if refused is not None:
-        log.warning("queue_id=filter refused: %s", refused)
-        return EXIT_OK
+        return _refused(refused)
     edits = strip_ours(msg, names)
     sys.stdout.buffer.write(
         serialize(apply_edits(msg.headers, list(edits)), body, msg.newline) if edits else raw
     )
     return EXIT_OK
+
+
+def _refused(text: str) -> int:
+    """As the milter: the MTA answers 550 and the message does not leave. Nothing is printed,
+    and the status says so (a pipeline that checks it keeps the original)."""
+    log.warning("queue_id=filter refused: %s", text)
+    return EXIT_REFUSED
 
 
 def _dry_run_keyring(settings: Settings) -> Keyring:
@@ -306,7 +316,7 @@ def cmd_case_set_state(args: argparse.Namespace) -> int:
 
 def cmd_case_merge(args: argparse.Namespace) -> int:
     with _existing_index(_settings(args)) as index:
-        before = index.get_case(args.from_id)
+        before = case_admin.find_case(index, args.from_id)
         try:
             case, final = case_admin.merge(index, args.from_id, args.into_id, int(time.time()))
         except case_admin.AdminError as exc:
@@ -711,10 +721,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except BrokenPipeError:
-        # `casethread stats | head`: the reader has what it wanted. Nothing more can be
-        # written; point stdout at nothing so the interpreter's final flush stays quiet.
+        # Nothing more can be written; point stdout at nothing so the interpreter's final
+        # flush stays quiet. Not 0: a cut `export` or `filter` output is no success.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"casethread: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -675,6 +675,10 @@ _RULES: dict[str, _Rule] = {
     "stamp.text_template": _Rule(
         check=_template, doc="The text line; {token} is replaced (at most 2000 characters)."
     ),
+    "stamp.dkim_signed": _Rule(
+        doc="Mail already DKIM-signed: keep (leave the body and every field the signature "
+        "covers) or stamp (all of it; a signer after casethread signs it again)."
+    ),
     "stamp.spool_threshold": _Rule(
         parse=_size(64 * _KIB),
         expects=_SIZE_EXPECTS,

@@ -57,8 +57,9 @@ def _hex(root: bytes | None) -> str | None:
     return root.hex() if root is not None else None
 
 
-def _with_followup(followup: str) -> CaseChange:
-    return lambda current: replace(current, followup=followup)
+def _with_followup(followup: str, now: int) -> CaseChange:
+    # `updated` moves: an import --merge keeps the newer record, and this one is newer.
+    return lambda current: replace(current, followup=followup, updated=now)
 
 
 class Engine:
@@ -89,16 +90,17 @@ class Engine:
         milter buffers no more, and tells the MTA to skip the rest).
 
         Inbound mail whose header fields name its case before any strategy would read the body
-        (with the default order: a valid token in the Subject) needs none. Other inbound scans
-        read at most `scan_budget` decoded bytes; base64 makes that 4/3 more raw bytes, and the
-        MIME structure around it a little more.
+        (with the default order: a valid token in the Subject) needs none. Other inbound mail is
+        read whole (the milter spools a big body to a file): its scan reads at most
+        `scan_budget` decoded bytes of text, but the text may come after any amount of
+        attachment (a phone puts the photo above the quote) or of quoted-printable growth.
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
             if ordinary and not autoreply.reads_body(msg) and self._resolver.by_headers_alone(
                     msg, self.index, int(self._clock())):
                 return 0
-            return 2 * self.settings.inbound.scan_budget
+            return ALL_OF_IT
         stamping = self.settings.stamp.html or self.settings.stamp.text
         if direction is Direction.OUTBOUND and stamping:
             return ALL_OF_IT
@@ -255,7 +257,7 @@ class Engine:
                 related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
                                                  earlier.case_id)
                 # The reply's later siblings go to the follow-up (`rules`).
-                changes.append((earlier.case_id, _with_followup(case.case_id)))
+                changes.append((earlier.case_id, _with_followup(case.case_id, now)))
             else:
                 changes.append((target.case.case_id,
                                 self._change(target, now, route if routes else None)))
@@ -302,10 +304,16 @@ class Engine:
         ev = self._resolver.evidence(msg, self.index, int(now))
         domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
         message_id = outbound.ensure_message_id(msg, domain, now)
+        # Signed before us (an app, or a provider relaying through us): unless told to stamp
+        # it all, the signature must still verify; no Message-ID is added where it covers one.
+        signed = dkim.signed_fields(msg) if self.settings.stamp.dkim_signed == "keep" else None
+        recorded_id: str | None = message_id.normalised
+        if message_id.edit is not None and signed is not None and "message-id" in signed:
+            recorded_id = None
 
         def aliases_of(case: CaseRecord) -> list[Alias]:
             root = outbound.thread_root_of(msg, case)
-            return self._aliases(msg, [case.case_id], message_id.normalised, root, ours=True)
+            return self._aliases(msg, [case.case_id], recorded_id, root, ours=True)
 
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
@@ -327,8 +335,6 @@ class Engine:
             trace += ev.trace
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
-        # Signed before us (an app that signs its own mail): the signature must still verify.
-        signed = dkim.signed_fields(msg)
         if message_id.edit is not None:
             edits.append(message_id.edit)
             notes.append("message-id-added")
@@ -338,7 +344,7 @@ class Engine:
             edits += self._stamp_headers(msg, case, tok, new_case, domain, now, notes)
             if signed is None:
                 splices = self._stamp_body(ev, tok, notes)
-            else:
+            elif self.settings.stamp.html or self.settings.stamp.text:
                 notes.append("body-not-stamped:dkim-signed")
             # The app's state change rides in the mail's own commit.
             state_change = self._app_state_change(msg, int(now), notes)

@@ -253,8 +253,10 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.observe(decision, time.monotonic() - started)
         if decision.refused:
-            self._reset()
-            return self._refuse(decision.refused)
+            try:
+                return self._refuse(decision.refused)
+            finally:
+                self._reset()
         self._apply(decision.edits)
         if decision.body_splices:
             for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):

@@ -11,6 +11,7 @@ The engine grows (tokens, Thread-Index, References ...); these tests pin the ada
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -492,6 +493,30 @@ def test_the_connection_recovers_after_an_error(
     lines = [r.getMessage() for r in milter_log.records]
     assert [line for line in lines if "QBAD" in line] == [lines[0]]
     assert any("queue_id=QGOOD direction=other" in line for line in lines), lines
+
+
+def test_a_token_after_a_big_attachment_is_found_by_the_milter(rig: Rig) -> None:
+    """A phone puts the photo above the quote: the quoted token comes after megabytes of
+    attachment. The milter must read that far (it once stopped at twice the scan budget of raw
+    bytes, and opened a new case where `casethread filter` threaded the mail)."""
+    send_agent_mail(rig)
+    token = KEYRING.make(1)
+    photo = base64.encodebytes(bytes(range(256)) * (12 << 10))  # 3 MiB of base64
+    body = (b"--b\nContent-Type: text/plain\n\nSee the photo.\n"
+            b"--b\nContent-Type: image/jpeg; name=IMG_0001.jpg\n"
+            b"Content-Disposition: inline; filename=IMG_0001.jpg\n"
+            b"Content-Transfer-Encoding: base64\n\n" + photo +
+            b"--b\nContent-Type: text/plain\n\nSent from my iPhone\n\n> Hello Pat,\n> [ref:"
+            + token.encode() + b"]\n--b--\n")
+    raw = ("From: Pat Customer <pat@customer.example.org>\n"
+           f"To: Support <{SUPPORT}>\nSubject: Re: photo\n"
+           "Message-ID: <photo.1@customer.example.org>\nMIME-Version: 1.0\n"
+           'Content-Type: multipart/mixed; boundary="b"\n\n').encode() + body
+    assert len(body) > 2 * rig.engine.settings.inbound.scan_budget
+    ctx = rig.connection()
+    assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    assert ctx.values("X-Case-ID") == ["C-000001"]
+    assert ctx.values("X-Case-Match") == ["token"]
 
 
 def test_the_decision_is_logged_with_the_queue_id(

@@ -59,6 +59,14 @@ def test_set_state_same_state_keeps_reopen_window(index: MemoryIndex) -> None:
     assert again.state_changed == LATER  # reopen_within still counts from the real change
 
 
+def test_reopening_by_hand_forgets_the_follow_up(index: MemoryIndex) -> None:
+    """A later close must not send replies on to the follow-up an earlier close left."""
+    index.modify_case("C-000001", lambda c: replace(c, state=CaseState.CLOSED,
+                                                     followup="C-000002"))
+    assert case_admin.set_state(index, "C-000001", "closed", LATER).followup == "C-000002"
+    assert case_admin.set_state(index, "C-000001", "open", LATER).followup is None
+
+
 def test_set_state_by_case_number(index: MemoryIndex) -> None:
     assert case_admin.set_state(index, "3", "closed", LATER).case_id == "C-000003"
     assert get(index, "C-000003").state is CaseState.CLOSED

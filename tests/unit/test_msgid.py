@@ -168,3 +168,9 @@ def test_new_message_id_unique_with_at_least_96_random_bits() -> None:
 )
 def test_is_plain_domain(domain: str, plain: bool) -> None:
     assert msgid.is_plain_domain(domain) is plain
+
+
+def test_written_ids_are_copied_once_and_fit_a_line() -> None:
+    long_id = "x" * 950 + "@example.org"
+    value = f"<A@Ex.ORG>\r\n <b@x> <A@Ex.ORG> <{long_id}> <c\r\n @x>"
+    assert msgid.written_ids(value) == ["<A@Ex.ORG>", "<b@x>", "<c @x>"]

@@ -107,6 +107,12 @@ def html_1mb_of_unclosed_tags(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
 
 
+def html_1mb_of_blanks_after_an_opener(direction: Direction) -> Hostile:
+    """"<" then a megabyte of blanks: "<\\s*/?\\s*" split the run every way (24 s for 20 KB)."""
+    body = b"<html><body><" + b" \r\n\t" * (MIB // 4) + b"x"
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
+
+
 def subject_1mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
 
@@ -131,6 +137,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "50 MB text body on one line": body_50mb_one_line,
     "50 MB HTML body on one line": html_50mb_one_line,
     "1 MB HTML of unclosed tags": html_1mb_of_unclosed_tags,
+    "1 MB HTML of blanks after a '<'": html_1mb_of_blanks_after_an_opener,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,

@@ -33,7 +33,7 @@ from casethread.core.settings import (
 from casethread.core.store import CaseChange
 from casethread.core.subject import decode_subject
 from casethread.core.token import ALPHABET, Keyring
-from casethread.index import LmdbIndex, MemoryIndex
+from casethread.index import LmdbIndex, MemoryIndex, keys
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 CUSTOMER_ADDR = "pat@customer.example.org"
@@ -434,6 +434,18 @@ def test_the_newest_anchor_wins_after_a_move(harness: Any, how: str) -> None:
                         ("References", f"{references} {moved.one('Message-ID')}"))
     assert r.all("X-Case-ID") == ["C-000002"]
     assert r.one("X-Case-Match") == "token"
+    if how == "split":
+        return
+    # The app moves it back: C-000001's anchor, already in References, goes first again.
+    back = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", moved.one("Subject")),
+                            ("References", f"{references} {moved.one('Message-ID')}"),
+                            ("X-Case-ID", "C-000001"))
+    back_refs = back.one("References")
+    assert msgid.id_list(back_refs, 9, oldest_first=True)[:2] == [
+        f"{harness.token(c)}.case@support.example.com" for c in ("C-000001", "C-000002")]
+    assert len(msgid.id_list(back_refs, 99)) == len(msgid.id_list(references, 99)) + 1
+    r = harness.inbound(CUSTOMER, ("Subject", subject), ("References", back_refs))
+    assert r.all("X-Case-ID") == ["C-000001"]
 
 
 def test_outbound_copies_the_ids_of_references_as_written(harness: Any) -> None:
@@ -1086,6 +1098,18 @@ def test_later_replies_join_the_follow_up_the_first_opened(harness: Any, why: st
     assert ooo.case_id == "C-000001"
 
 
+def test_a_follow_up_that_was_split_or_merged_passes_the_mail_on(harness: Any) -> None:
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"  # the follow-up
+    for subject in ("Part A", "Part B"):
+        start_case(harness, subject)  # C-000003, C-000004
+    harness.set_case("C-000002", children=("C-000003", "C-000004"))
+    assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000003", "C-000004"]
+    harness.set_case("C-000002", children=(), merged_into="C-000004")
+    assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000004"]
+
+
 def test_a_follow_up_keeps_its_cases_queue(make_harness: Any) -> None:
     h = routing_harness(make_harness)
     first = h.inbound(CUSTOMER, ("Subject", "About my invoice"))
@@ -1372,6 +1396,9 @@ def test_mail_signed_before_us_keeps_its_dkim_signature_valid(harness: Any) -> N
     assert "body-not-stamped:dkim-signed" in r.decision.notes
     assert "subject-not-changed:dkim-signed" in r.decision.notes
     assert "message-id-added" not in r.decision.notes
+    # The Message-ID it could not add is not recorded either: no reply can name it.
+    message_kind = keys.alias_key(AliasKind.MESSAGE, "x")[:1]
+    assert [k for k in harness.index._aliases if k[:1] == message_kind] == []
     # Threads by the Outlook root it did get.
     reply = harness.inbound(CUSTOMER, ("Subject", "RE: Your printer"),
                             ("Thread-Index", outlook_reply_index(r.one("Thread-Index"),
@@ -1381,6 +1408,17 @@ def test_mail_signed_before_us_keeps_its_dkim_signature_valid(harness: Any) -> N
     partial = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Another"),
                                ("DKIM-Signature", "v=1; h=from:to; bh=x; b=y"))
     assert "[ref:" in partial.one("Subject")
+
+
+def test_mail_signed_before_us_is_stamped_whole_when_told(make_harness: Any,
+                                                           tweak: Any) -> None:
+    """A relay that signs again after casethread (stamp.dkim_signed: stamp)."""
+    h = make_harness(tweak(stamp={"dkim_signed": "stamp"}))
+    r = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your printer"),
+                   ("DKIM-Signature", "v=1; h=from:to:subject:message-id; bh=x; b=y"),
+                   body=b"Hello Pat,\r\n")
+    assert "[ref:" in r.one("Subject") and r.decision.body_splices
+    assert not any("dkim" in note for note in r.decision.notes)
 
 
 def test_token_is_never_added_twice(harness: Any) -> None:
@@ -1836,3 +1874,21 @@ def test_filter_external_ref_from_config(
     assert p.returncode == 0, p.stderr
     found = fields(p.stdout)
     assert (found["x-case-id"], found["x-case-match"]) == (["C-000001"], ["external-ref"])
+
+
+def test_of_several_cases_quoted_in_a_body_the_newest_wins(harness: Any) -> None:
+    """Our token line ends our mail, below the older mail it quotes: after a move, a reply
+    with no header links quotes the old case's token first. The newest case wins."""
+    old = start_case(harness)  # C-000001
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "T-900"),
+                             ("Subject", "Your refund"),
+                             body=(b"I moved your refund to its own ticket.\r\n\r\n"
+                                   b"> here is your invoice.\r\n> [ref:"
+                                   + harness.token(old.case_id).encode() + b"]\r\n"))
+    assert moved.case_id == "T-900"
+    stamped = moved.body.decode()
+    assert stamped.index(harness.token(old.case_id)) < stamped.index(harness.token("T-900"))
+    quoted = "".join(f"> {line}\r\n" for line in stamped.splitlines())
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Your refund"),
+                        body=f"Thanks, order 42.\r\n\r\n{quoted}".encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("T-900", "token")

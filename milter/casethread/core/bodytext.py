@@ -26,9 +26,11 @@ BOUNCE_TYPES = frozenset(
 # A tag ends at the next "<" as well as at ">": with "[^>]*" every unclosed "<" of hostile
 # markup ("<a <a <a ...") scanned to the end of the text, quadratic time under the GIL that
 # stalled every session of the milter. ("<" inside a quoted attribute value is legal but rare;
-# such a tag is then read as text, which costs a token scan nothing.)
+# such a tag is then read as text, which costs a token scan nothing.) The blanks after "<"
+# are taken possessively: "<\s*/?\s*" could split a run of n blanks n ways, each rescanned.
 _BLOCK_TAG = re.compile(
-    r"<\s*/?\s*(?:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)\b[^<>]*>", re.I
+    r"<\s*+(?:/\s*+)?(?:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)\b[^<>]*>",
+    re.I,
 )
 _ANY_TAG = re.compile(r"</?[A-Za-z!?][^<>]*>")
 _RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^<>]*>", re.I)

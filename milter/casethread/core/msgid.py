@@ -90,11 +90,16 @@ def id_list(value: str | None, limit: int, oldest_first: bool = False) -> list[s
     return result
 
 
+# Folding goes between IDs only: a longer one could not be written within a line's 998 octets.
+MAX_WRITTEN_ID = 900
+
+
 def written_ids(value: str) -> list[str]:
-    """The field's IDs exactly as written, `<...>` each, left to right: a reply copies them,
-    and threading clients compare them byte for byte (RFC 5256 REFERENCES)."""
+    """The field's IDs as written, `<...>` each, left to right, each once: a reply copies
+    them, and threading clients compare them byte for byte (RFC 5256 REFERENCES). Line
+    breaks, control characters and comments go; an ID too long for a line is left out."""
     ids = (_CONTROLS.sub("", unfold(raw)).strip() for raw in _raw_ids(value))
-    return [f"<{mid}>" for mid in ids if mid]
+    return list(dict.fromkeys(f"<{mid}>" for mid in ids if 0 < len(mid) <= MAX_WRITTEN_ID))
 
 
 def _base36(number: int) -> str:

@@ -151,7 +151,8 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
-    """Put the case anchor first in References (trimming keeps it), unless it is there."""
+    """Put the case anchor first in References (trimming keeps it; inbound reads the first
+    anchor as the conversation's case), unless it is first already."""
     present = msg.get("References")
     if present is not None and not writable(present):
         return None
@@ -159,9 +160,10 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     # make it another message for every client that threads by References.
     ids = msgid.written_ids(present) if present is not None else []
     anchor_id = msgid.normalise(anchor)
-    if any(msgid.normalise(i) == anchor_id for i in ids):
+    if ids and msgid.normalise(ids[0]) == anchor_id:
         return None
-    ids = [anchor, *ids]
+    # Back to the front when the conversation returns to this case after a move.
+    ids = [anchor, *(i for i in ids if msgid.normalise(i) != anchor_id)]
     if len(ids) > REFERENCES_KEEP:
         # The anchor, the thread's first ID (its root for every threading client), the newest.
         ids = [*ids[:2], *ids[-(REFERENCES_KEEP - 2) :]]

@@ -122,12 +122,27 @@ class Evidence:
 
     def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
         result = self._resolver.keyring.resolve(candidates)
-        if result.invalid:
-            self.token_invalid = True
-            self.trace.append(f"  {result.rejected} token-shaped string(s) failed verification")
+        self._note_rejected(result.rejected)
         if result.case_number is None:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
+
+    def newest_case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
+        """Of the cases valid tokens name, the newest (highest number) the index knows: a
+        body holds our mail's token below the mail it quotes, and a conversation moves (a
+        follow-up, a move, a split) only to newer cases."""
+        numbers, rejected = self._resolver.keyring.all_numbers(candidates)
+        self._note_rejected(rejected)
+        for number in sorted(numbers, reverse=True):
+            case = self.case_by_id(self.reader.case_for_number(number))
+            if case is not None:
+                return case
+        return None
+
+    def _note_rejected(self, rejected: int) -> None:
+        if rejected:
+            self.token_invalid = True
+            self.trace.append(f"  {rejected} token-shaped string(s) failed verification")
 
 
 Strategy = Callable[[Evidence], Hit | None]
@@ -237,9 +252,10 @@ class Resolver:
             # Not even made for a Subject without encoded words (most), and not started when
             # the Subject as written held a valid token (the usual reply).
             decoded_subject_tokens(ev.subject, self._template) if "=?" in ev.subject else (),
-            self._body_tokens(ev),
         )
-        case = ev.case_by_tokens(candidates)
+        # The body: the newest case of its tokens, not the first from the top (our token line
+        # ends our mail, below the older mail it quotes).
+        case = ev.case_by_tokens(candidates) or ev.newest_case_by_tokens(self._body_tokens(ev))
         return Hit(case, "token") if case else None
 
     def _by_ids(self, ev: Evidence, field_name: str, match: str) -> Hit | None:

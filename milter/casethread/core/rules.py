@@ -90,9 +90,9 @@ def _followup(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
 
 
 def _target(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
-            reopen_within: int, follow: bool = True) -> Target:
+            reopen_within: int, follow: bool) -> list[Target]:
     if automatic:
-        return Target(case, Action.THREAD)
+        return [Target(case, Action.THREAD)]
     if case.state is CaseState.CLOSED:
         ancestor = _open_ancestor(case, reader)
         if ancestor is None:
@@ -101,20 +101,28 @@ def _target(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
     if case.state is CaseState.RESOLVED:
         if now - case.state_changed > reopen_within:
             return _continued(case, reader, now, reopen_within, follow)
-        return Target(case, Action.REOPEN)
+        return [Target(case, Action.REOPEN)]
     if case.state is CaseState.WAITING:
-        return Target(case, Action.ACTIVATE)
-    return Target(case, Action.THREAD)
+        return [Target(case, Action.ACTIVATE)]
+    return [Target(case, Action.THREAD)]
 
 
 def _continued(case: CaseRecord, reader: CaseReader, now: int, reopen_within: int,
-               follow: bool) -> Target:
+               follow: bool) -> list[Target]:
     """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
-    conversation, one new case, however many replies), else a new related case."""
+    conversation, one new case, however many replies), as any case would (split, closed...),
+    else a new related case."""
     followup = _followup(case, reader) if follow else None
     if followup is None:
-        return Target(case, Action.NEW_RELATED)
-    return _target(followup, reader, False, now, reopen_within, follow=False)
+        return [Target(case, Action.NEW_RELATED)]
+    return _targets(followup, reader, False, now, reopen_within, follow=False)
+
+
+def _targets(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
+             reopen_within: int, follow: bool) -> list[Target]:
+    case = survivor(case, reader)
+    cases = _live_children(case, reader) if case.children else [case]
+    return [t for c in cases for t in _target(c, reader, automatic, now, reopen_within, follow)]
 
 
 def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
@@ -123,11 +131,8 @@ def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
 
     One target per case (a split case's children may lead to one parent), and one new case at
     most: when some of the cases can take the mail, no new one is opened for the others."""
-    case = survivor(case, reader)
-    cases = _live_children(case, reader) if case.children else [case]
     targets: dict[str, Target] = {}
-    for c in cases:
-        target = _target(c, reader, automatic, now, reopen_within)
+    for target in _targets(case, reader, automatic, now, reopen_within, follow=True):
         targets.setdefault(target.case.case_id, target)
     found = list(targets.values())
     return [t for t in found if t.action is not Action.NEW_RELATED] or found[:1]

@@ -90,6 +90,9 @@ class StampSettings:
     text_template: str = "\n[ref:{token}]\n"
     # Bodies above this many bytes are spooled to a temporary file by the milter.
     spool_threshold: int = 1 << 20
+    # Mail that already carries a DKIM signature: keep it valid (stamp only what it does not
+    # cover), or stamp it all (a signer after casethread signs it again).
+    dkim_signed: Literal["keep", "stamp"] = "keep"
 
 
 @dataclass(frozen=True)

@@ -107,13 +107,12 @@ def decode_subject(subject: str) -> str:
     """
     text = unfold(subject)
     if "=?" in text:
-        if "*" in text:
-            # RFC 2231 section 5: a language after the charset (=?UTF-8*en?Q?...?=), which the
-            # stdlib decoder takes for part of the charset's name.
-            text = _WORD_LANGUAGE.sub(r"=?\1?", text)
+        # RFC 2231 section 5: a language after the charset (=?UTF-8*en?Q?...?=), which the
+        # stdlib decoder takes for part of the charset's name.
+        words = _WORD_LANGUAGE.sub(r"=?\1?", text) if "*" in text else text
         # The stdlib decoder raises a mixed bag on bad charsets and encodings.
         with contextlib.suppress(Exception):
-            text = str(make_header(decode_header(text)))
+            text = str(make_header(decode_header(words)))
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte

@@ -45,6 +45,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from typing import Literal, NoReturn
 
 from .frozen import frozen
@@ -299,6 +300,20 @@ class Keyring:
                 return TokenResult(number, text, rejected)
             rejected += 1
         return TokenResult(rejected=rejected)
+
+    def all_numbers(self, candidates: Iterable[str],
+                    limit: int = MAX_CANDIDATES) -> tuple[list[int], int]:
+        """The case numbers of every candidate that verifies (each once, in order), and how
+        many token-shaped ones failed, looking at no more than `limit` candidates."""
+        remaining = iter(islice(candidates, limit))
+        numbers: dict[int, None] = {}
+        rejected = 0
+        while True:  # each resolve goes on where the last one stopped
+            found = self.resolve(remaining, limit)
+            rejected += found.rejected
+            if found.case_number is None:
+                return list(numbers), rejected
+            numbers[found.case_number] = None
 
 
 # --- Rendering -------------------------------------------------------------------------------
