@@ -317,6 +317,25 @@ def test_token_in_a_message_forwarded_as_an_attachment(harness: Any, stamped_bod
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+@pytest.mark.parametrize("ctype", ["message/rfc822", "application/octet-stream"])
+def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: str) -> None:
+    """Phones and gateways base64-encode a forwarded message (invalid for message/rfc822, RFC
+    2046 5.2.1) or attach the .eml as an opaque file: it is decoded and read as text."""
+    out = start_case(harness, "Printer jam")
+    tok = token_of(out.one("Subject"))
+    inner = (f"From: Dana Agent <dana@support.example.com>\nSubject: Printer jam [ref:{tok}]\n"
+             "\nHello Pat,\n").encode()
+    body = (
+        b"--f\nContent-Type: text/plain\n\nSee the mail below, still broken.\n"
+        b"--f\nContent-Type: " + ctype.encode() + b'; name="fwd.eml"\n'
+        b'Content-Disposition: attachment; filename="fwd.eml"\n'
+        b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(inner) + b"--f--\n"
+    )
+    r = harness.inbound(CUSTOMER, ("Subject", "Fwd: still broken"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
 def test_the_anchor_of_the_mail_answered_wins_over_a_quoted_token(harness: Any) -> None:
     """The app answered under its ticket TICKET-9, quoting a mail of C-000001 (with its
     token) above the new token line; the reply lost the Subject's token."""

@@ -73,7 +73,8 @@ def iter_texts(
                 remaining -= len(text)
                 yield text
             continue
-        if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
+        if not (part.kind == "opaque" or _attached_message_file(part)
+                or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
             continue
         if remaining <= 0:
             return
@@ -115,10 +116,20 @@ def _readable(tree: Part, include_attachments: bool) -> Iterator[Part]:
     while stack:
         part = stack.pop()
         if (part.is_attachment and not include_attachments and part is not tree
-                and part.kind != "message"):
+                and part.kind != "message" and not _attached_message_file(part)):
             continue
         yield part
         stack.extend(reversed(part.children))
+
+
+def _attached_message_file(part: Part) -> bool:
+    """A forwarded message the parser could not open in place, read as text once decoded:
+    message/rfc822 in base64 or quoted-printable (invalid, RFC 2046 5.2.1, yet sent by phones
+    and gateways) or a .eml file attached as application/octet-stream and the like."""
+    if part.kind == "message":
+        return False
+    return part.mime_type in mime.EMBEDDED_MESSAGE_TYPES or (
+        (part.filename or "").lower().endswith(".eml"))
 
 
 def _decoded_body(body: Data, part: Part, limit: int) -> bytes:
