@@ -19,7 +19,7 @@ from typing import Any
 
 from .core import msgid, thread_index
 from .core.model import AliasKind, CaseRecord, CaseState, is_valid_case_id
-from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, survivor
+from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, followup_after, survivor
 from .core.store import CaseIndex, CaseReader
 from .core.token import DEFAULT_TEMPLATE, Keyring, find_tokens, token_from_anchor
 
@@ -133,12 +133,9 @@ def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
     # One read-modify-write: the milter may be changing the case (its queue, its state) now.
     def change(current: CaseRecord) -> CaseRecord:
         moved = new_state is not current.state
-        # Reopened by hand, the case takes its conversation back: a later close must not send
-        # replies on to the follow-up an earlier close left.
-        reopened = new_state in (CaseState.OPEN, CaseState.WAITING)
         return replace(current, state=new_state, updated=now,
                        state_changed=now if moved else current.state_changed,
-                       followup=None if reopened else current.followup)
+                       followup=followup_after(current, new_state))
 
     return _change(index, case.case_id, change)
 

@@ -82,7 +82,8 @@ Runs the milter's engine on one message and prints it as it would leave the MTA;
 (and --explain's reasons) go to stderr. --dry-run reads the index and writes nothing.
 exit status: 0 done (an internal error passes the message unchanged, as the milter does);
 1 the index or a key file cannot be used; 2 usage or configuration error; 3 the milter would
-refuse the message (more than 100 X-Case-* fields): nothing is printed
+refuse the message (more than 100 X-Case-* fields): nothing is printed; 141 the reader of the
+output went away
 """
 
 
@@ -187,7 +188,7 @@ def _pass_unchanged(raw: bytes, body: bytes, msg: Message, names: CaseHeaderName
 
 def _refused(text: str) -> int:
     """As the milter: the MTA answers 550 and the message does not leave. Nothing is printed,
-    and the status says so (a pipeline that checks it keeps the original)."""
+    and the status says so: a pipeline must not deliver such a message either."""
     log.warning("queue_id=filter refused: %s", text)
     return EXIT_REFUSED
 
@@ -212,7 +213,8 @@ def _read(path: str) -> bytes:
 
 CASE_EXIT = """\
 exit status: 0 success; 1 nothing found, invalid token or index problem; 2 usage error or
-refused change (unknown case, self-merge, cycle, too many children)"""
+refused change (unknown case, self-merge, cycle, too many children); 141 the reader of the
+output went away (a change is made all the same)"""
 
 LOOKUP_EPILOG = f"""\
 examples:
@@ -430,7 +432,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 # --- index operations (issue 7): LMDB only; safe while the milter runs. -----------------------
 
 OPS_EXIT = """\
-exit status: 0 success; 1 index or file problem; 2 usage error or refused (nothing changed)"""
+exit status: 0 success; 1 index or file problem; 2 usage error or refused (nothing changed);
+141 the reader of the output went away"""
 
 STATS_EPILOG = f"""\
 examples:

@@ -609,6 +609,13 @@ _RULES: dict[str, _Rule] = {
         render=_render_size,
         doc="Decoded body text the token and reference scans read at most (at least 1KiB).",
     ),
+    "inbound.read_limit": _Rule(
+        parse=_size(_KIB),
+        expects=_SIZE_EXPECTS,
+        render=_render_size,
+        doc="Body bytes the milter reads of inbound mail its header fields do not resolve "
+        "(spooled past stamp.spool_threshold; at least 1KiB).",
+    ),
     "inbound.case_ref_pattern": _Rule(
         check=_regex(groups=1, flags=re.IGNORECASE, empty_ok=False),
         doc="Regex of a human case reference in Subject/body; group 1 is the case id.",

@@ -91,16 +91,16 @@ class Engine:
 
         Inbound mail whose header fields name its case before any strategy would read the body
         (with the default order: a valid token in the Subject) needs none. Other inbound mail is
-        read whole (the milter spools a big body to a file): its scan reads at most
-        `scan_budget` decoded bytes of text, but the text may come after any amount of
-        attachment (a phone puts the photo above the quote) or of quoted-printable growth.
+        read up to `inbound.read_limit` (the milter spools a big body to a file): its scan reads
+        at most `scan_budget` decoded bytes of text, but the text may come after big
+        attachments (a phone puts the photo above the quote) or quoted-printable growth.
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
             if ordinary and not autoreply.reads_body(msg) and self._resolver.by_headers_alone(
                     msg, self.index, int(self._clock())):
                 return 0
-            return ALL_OF_IT
+            return self.settings.inbound.read_limit
         stamping = self.settings.stamp.html or self.settings.stamp.text
         if direction is Direction.OUTBOUND and stamping:
             return ALL_OF_IT
@@ -418,7 +418,8 @@ class Engine:
         def change(current: CaseRecord) -> CaseRecord | None:
             if current.state is state:
                 return None
-            return replace(current, state=state, state_changed=now, updated=now)
+            return replace(current, state=state, state_changed=now, updated=now,
+                           followup=rules.followup_after(current, state))
 
         return change
 

@@ -909,3 +909,10 @@ def test_lmdb_async_sync_flushes_in_the_background_and_on_close(tmp_path: Path) 
         assert not [t for t in threading.enumerate() if t.name == "casethread-index-flush"]
     finally:
         again.close()
+
+
+def test_a_damaged_thread_root_reads_as_none() -> None:
+    """The derived root is used then, instead of failing the outbound mail on bytes.fromhex."""
+    for bad in ('"xyz"', "42", '"' + "AB" * 22 + '"'):
+        data = b'{"n":1,"s":"open","q":"","c":1,"u":1,"r":' + bad.encode() + b"}"
+        assert keys.decode_case("C-1", data).thread_root is None

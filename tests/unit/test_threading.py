@@ -336,6 +336,38 @@ def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: st
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+def test_an_attached_message_file_is_read_as_a_message(harness: Any) -> None:
+    """Its own attachments cost no scan budget (a vendor's 1.2 MB mail with a PDF, attached
+    above the reply's text, hid the token after it), and a file merely named .eml that is
+    no message is not read."""
+    out = start_case(harness, body=b"Hello Pat,\r\n")
+    vendor = (b"From: vendor@example.net\nSubject: Invoice\nMIME-Version: 1.0\n"
+              b"Content-Type: multipart/mixed; boundary=v\n\n--v\nContent-Type: text/plain\n\n"
+              b"See attached.\n--v\nContent-Type: application/pdf\n"
+              b"Content-Transfer-Encoding: base64\n\n"
+              + base64.encodebytes(bytes(range(256)) * 3500) + b"--v--\n")
+    assert len(vendor) > harness.settings.inbound.scan_budget
+    body = (
+        b"--f\r\nContent-Type: application/octet-stream; name=vendor.eml\r\n"
+        b"Content-Disposition: attachment; filename=vendor.eml\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(vendor)
+        + b"--f\r\nContent-Type: application/octet-stream; name=notes.eml\r\n"
+        b"Content-Disposition: attachment; filename=notes.eml\r\n\r\n"
+        b"\x00\x01 not a message [ref:" + harness.token("C-000001").encode() + b"]\r\n"
+        + b"--f\r\nContent-Type: text/plain\r\n\r\nStill broken.\r\n\r\n"
+        + quote(out.body).encode() + b"--f--\r\n"
+    )
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    # The same junk file alone: not read, so no token is found in it.
+    junk = body[body.index(b"--f\r\nContent-Type: application/octet-stream; name=notes"):
+                body.index(b"--f\r\nContent-Type: text/plain")] + b"--f--\r\n"
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=junk)
+    assert r.one("X-Case-Match") == "new"
+
+
 def test_the_anchor_of_the_mail_answered_wins_over_a_quoted_token(harness: Any) -> None:
     """The app answered under its ticket TICKET-9, quoting a mail of C-000001 (with its
     token) above the new token line; the reply lost the Subject's token."""
@@ -465,6 +497,20 @@ def test_the_newest_anchor_wins_after_a_move(harness: Any, how: str) -> None:
     assert len(msgid.id_list(back_refs, 99)) == len(msgid.id_list(references, 99)) + 1
     r = harness.inbound(CUSTOMER, ("Subject", subject), ("References", back_refs))
     assert r.all("X-Case-ID") == ["C-000001"]
+
+
+def test_trimming_keeps_the_threads_first_id_not_an_old_anchor(harness: Any) -> None:
+    start_case(harness)  # C-000001
+    start_case(harness, "Other")  # C-000002
+    old_anchor = f"<{harness.token('C-000001')}.case@support.example.com>"
+    ids = [old_anchor, "<root@customer.example.org>",
+           *(f"<n{i}@customer.example.org>" for i in range(60))]
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("References", " ".join(ids)),
+                         ("X-Case-ID", "C-000002"))
+    kept = msgid.written_ids(r.one("References"))
+    assert kept[:2] == [f"<{harness.token('C-000002')}.case@support.example.com>",
+                        "<root@customer.example.org>"]
+    assert kept[-1] == ids[-1] and len(kept) == outbound.REFERENCES_KEEP
 
 
 def test_outbound_copies_the_ids_of_references_as_written(harness: Any) -> None:
@@ -1127,6 +1173,33 @@ def test_a_follow_up_that_was_split_or_merged_passes_the_mail_on(harness: Any) -
     assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000003", "C-000004"]
     harness.set_case("C-000002", children=(), merged_into="C-000004")
     assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000004"]
+
+
+def test_a_split_follow_ups_children_keep_their_own_follow_ups(harness: Any) -> None:
+    """C-1's follow-up C-2 was split into C-3 and C-4, all resolved long ago: the first reply
+    opens one new case, the next ones go there (not one more case each)."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"
+    for subject in ("Part A", "Part B"):
+        start_case(harness, subject)  # C-000003, C-000004
+    harness.set_case("C-000002", children=("C-000003", "C-000004"))
+    for case_id in ("C-000002", "C-000003", "C-000004"):
+        harness.set_case(case_id, state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    harness.advance(400 * DAY)
+    opened = {reply_to(harness, "C-000001").case_id for _ in range(3)}
+    assert opened == {"C-000005"}
+
+
+def test_a_case_reopened_by_the_app_forgets_its_follow_up(harness: Any) -> None:
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"
+    harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "open"))
+    assert harness.case("C-000001").followup is None
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    again = reply_to(harness, "C-000001")
+    assert (again.case_id, again.one("X-Case-Related")) == ("C-000003", "C-000001")
 
 
 def test_a_follow_up_keeps_its_cases_queue(make_harness: Any) -> None:
@@ -1895,9 +1968,14 @@ def test_filter_external_ref_from_config(
     assert (found["x-case-id"], found["x-case-match"]) == (["C-000001"], ["external-ref"])
 
 
-def test_of_several_cases_quoted_in_a_body_the_newest_wins(harness: Any) -> None:
+def quote(body: bytes) -> str:
+    return "".join(f"> {line}\r\n" for line in body.decode().splitlines())
+
+
+def test_of_several_cases_quoted_in_a_body_the_mail_answered_wins(harness: Any) -> None:
     """Our token line ends our mail, below the older mail it quotes: after a move, a reply
-    with no header links quotes the old case's token first. The newest case wins."""
+    with no header links quotes the old case's token first. The last token of the first part
+    that holds one is the mail answered's: after a move, and after a move back."""
     old = start_case(harness)  # C-000001
     moved = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", "T-900"),
                              ("Subject", "Your refund"),
@@ -1907,7 +1985,39 @@ def test_of_several_cases_quoted_in_a_body_the_newest_wins(harness: Any) -> None
     assert moved.case_id == "T-900"
     stamped = moved.body.decode()
     assert stamped.index(harness.token(old.case_id)) < stamped.index(harness.token("T-900"))
-    quoted = "".join(f"> {line}\r\n" for line in stamped.splitlines())
     r = harness.inbound(CUSTOMER, ("Subject", "Re: Your refund"),
-                        body=f"Thanks, order 42.\r\n\r\n{quoted}".encode())
+                        body=f"Thanks, order 42.\r\n\r\n{quote(moved.body)}".encode())
     assert (r.case_id, r.one("X-Case-Match")) == ("T-900", "token")
+    back = harness.outbound(AGENT, TO_CUSTOMER, ("X-Case-ID", old.case_id),
+                            ("Subject", "Your refund"),
+                            body=f"Back to your first ticket.\r\n\r\n{quote(moved.body)}"
+                            .encode())
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Your refund"),
+                        body=f"OK.\r\n\r\n{quote(back.body)}".encode())
+    assert r.case_id == old.case_id
+    # A forged token after the winner does not make the mail `invalid`; one before does.
+    forged = harness.token(old.case_id)[:-1] + "Z"
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: x"),
+                        body=f"{quote(back.body)}\r\n[ref:{forged}]\r\n".encode())
+    assert (r.case_id, r.all("X-Case-Token")) == (old.case_id, [])
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: x"),
+                        body=f"[ref:{forged}]\r\n{quote(back.body)}".encode())
+    assert (r.case_id, r.all("X-Case-Token")) == (old.case_id, ["invalid"])
+
+
+def test_a_forwarded_mail_of_another_case_does_not_take_the_reply(harness: Any) -> None:
+    """The reply's own text comes first: a newer case's mail forwarded along with it (as an
+    attachment) does not take the reply."""
+    first = start_case(harness, body=b"Hello Pat,\r\n")  # C-000001
+    other = start_case(harness, "Toner", body=b"About the toner.\r\n")  # C-000002
+    assert harness.token(first.case_id) in first.body.decode()
+    body = (
+        f"--f\r\nContent-Type: text/plain\r\n\r\nSee also the other one.\r\n\r\n"
+        f"{quote(first.body)}"
+        f"--f\r\nContent-Type: message/rfc822\r\n"
+        f'Content-Disposition: attachment; filename="toner.eml"\r\n\r\n'
+        f"Subject: {other.one('Subject')}\r\n\r\n{other.body.decode()}\r\n--f--\r\n"
+    ).encode()
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert r.case_id == "C-000001"

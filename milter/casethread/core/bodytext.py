@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterator
 
 from . import mime
 from .frozen import frozen
+from .message import parse_raw
 from .mime import Data, Part
 from .subject import decode_subject
 
@@ -65,6 +66,12 @@ def iter_texts(
         tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
     for part in _readable(tree, include_attachments):
+        if _attached_message_file(part):
+            # Read as a message of its own, once decoded; its attachments cost no budget.
+            for text in _attached_message_texts(body, part, remaining):
+                remaining -= len(text)
+                yield text
+            continue
         if part.kind == "message":
             found = next((h.value for h in part.children[0].headers
                           if h.name.lower() == "subject"), None)
@@ -73,8 +80,7 @@ def iter_texts(
                 remaining -= len(text)
                 yield text
             continue
-        if not (part.kind == "opaque" or _attached_message_file(part)
-                or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
+        if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
             continue
         if remaining <= 0:
             return
@@ -123,13 +129,32 @@ def _readable(tree: Part, include_attachments: bool) -> Iterator[Part]:
 
 
 def _attached_message_file(part: Part) -> bool:
-    """A forwarded message the parser could not open in place, read as text once decoded:
-    message/rfc822 in base64 or quoted-printable (invalid, RFC 2046 5.2.1, yet sent by phones
-    and gateways) or a .eml file attached as application/octet-stream and the like."""
-    if part.kind == "message":
+    """A forwarded message the parser could not open in place: message/rfc822 in base64 or
+    quoted-printable (invalid, RFC 2046 5.2.1, yet sent by phones and gateways) or a .eml
+    file attached as application/octet-stream and the like."""
+    if part.kind == "message" or not part.is_attachment:
         return False
     return part.mime_type in mime.EMBEDDED_MESSAGE_TYPES or (
         (part.filename or "").lower().endswith(".eml"))
+
+
+# A line of a header section: a field name, a colon.
+_FIELD_LINE = re.compile(rb"[!-9;-~]{1,76}:")
+
+
+def _attached_message_texts(body: Data, part: Part, budget: int) -> Iterator[str]:
+    """The Subject and texts of an attached message file, decoded: at most four budgets of
+    it are decoded, and only if it starts like a message (not any file named .eml)."""
+    data = _decoded_body(body, part, 4 * budget)
+    if not _FIELD_LINE.match(data):
+        return
+    headers, inner = parse_raw(data)
+    subject = next((h.value for h in headers if h.name.lower() == "subject"), None)
+    if subject is not None:
+        yield decode_subject(subject)
+    top = mime.top_fields(headers)
+    yield from iter_texts(top.content_type, top.cte, inner, budget,
+                          top_disposition=top.disposition)
 
 
 def _decoded_body(body: Data, part: Part, limit: int) -> bytes:

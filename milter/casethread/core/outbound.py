@@ -165,8 +165,11 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     # Back to the front when the conversation returns to this case after a move.
     ids = [anchor, *(i for i in ids if msgid.normalise(i) != anchor_id)]
     if len(ids) > REFERENCES_KEEP:
-        # The anchor, the thread's first ID (its root for every threading client), the newest.
-        ids = [*ids[:2], *ids[-(REFERENCES_KEEP - 2) :]]
+        # The anchor, the thread's first ID (its root for every threading client; not another
+        # case's anchor), the newest.
+        first = next((i for i in ids[1:] if token.token_from_anchor(i) is None), ids[1])
+        newest = [i for i in ids[-(REFERENCES_KEEP - 2) :] if i != first]
+        ids = [anchor, first, *newest]
     value = " ".join(ids)
     if len(value) > 900:  # stay well under the 998-octet line limit
         value = "\n\t".join(ids)

@@ -23,6 +23,7 @@ from .model import AliasKind, CaseRecord, is_valid_case_id
 from .settings import ExternalRefRule, Settings
 from .store import CaseReader
 from .token import (
+    MAX_CANDIDATES,
     Keyring,
     decoded_subject_tokens,
     find_tokens,
@@ -127,16 +128,28 @@ class Evidence:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
 
-    def newest_case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
-        """Of the cases valid tokens name, the newest (highest number) the index knows: a
-        body holds our mail's token below the mail it quotes, and a conversation moves (a
-        follow-up, a move, a split) only to newer cases."""
-        numbers, rejected = self._resolver.keyring.all_numbers(candidates)
+    def case_by_body_tokens(self, texts: Iterable[Iterable[str]]) -> CaseRecord | None:
+        """The case of the last valid token of the first text (body part) that holds one.
+
+        Our token line ends our mail, below the older mail it quotes, so in a reply quoting
+        it the last token is the mail answered's, whichever case the older ones name (a
+        move, a split, a move back). Later texts (attached and forwarded messages come after
+        the reply's own text) count only when the first ones hold none. Failed tokens count
+        as invalid only before the winner, as with the header fields' first-valid rule."""
+        left, rejected = MAX_CANDIDATES, 0
+        for candidates in texts:
+            verdicts = self._resolver.keyring.verdicts(candidates, left)
+            left -= len(verdicts)
+            valid = [(i, number) for i, number in enumerate(verdicts) if number is not None]
+            for i, number in reversed(valid):
+                case = self.case_by_id(self.reader.case_for_number(number))
+                if case is not None:
+                    self._note_rejected(rejected + verdicts[:i].count(None))
+                    return case
+            rejected += verdicts.count(None)
+            if left <= 0:
+                break
         self._note_rejected(rejected)
-        for number in sorted(numbers, reverse=True):
-            case = self.case_by_id(self.reader.case_for_number(number))
-            if case is not None:
-                return case
         return None
 
     def _note_rejected(self, rejected: int) -> None:
@@ -237,10 +250,10 @@ class Resolver:
                 if token:
                     yield token
 
-    def _body_tokens(self, ev: Evidence) -> Iterator[str]:
+    def _body_tokens(self, ev: Evidence) -> Iterator[Iterator[str]]:
         # A generator, so the body is parsed only if the Subject held no valid token.
         for text in ev.body_texts:
-            yield from find_tokens(text, self._template)
+            yield find_tokens(text, self._template)
 
     def by_token(self, ev: Evidence) -> Hit | None:
         # The anchors of In-Reply-To/References come before the decoded Subject and the body:
@@ -253,9 +266,7 @@ class Resolver:
             # the Subject as written held a valid token (the usual reply).
             decoded_subject_tokens(ev.subject, self._template) if "=?" in ev.subject else (),
         )
-        # The body: the newest case of its tokens, not the first from the top (our token line
-        # ends our mail, below the older mail it quotes).
-        case = ev.case_by_tokens(candidates) or ev.newest_case_by_tokens(self._body_tokens(ev))
+        case = ev.case_by_tokens(candidates) or ev.case_by_body_tokens(self._body_tokens(ev))
         return Hit(case, "token") if case else None
 
     def _by_ids(self, ev: Evidence, field_name: str, match: str) -> Hit | None:

@@ -89,40 +89,53 @@ def _followup(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
     return found
 
 
-def _target(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
-            reopen_within: int, follow: bool) -> list[Target]:
-    if automatic:
+class _Walk:
+    """One message's walk over the case links: what it is, and a bound on how far it goes."""
+
+    def __init__(self, reader: CaseReader, automatic: bool, now: int,
+                 reopen_within: int) -> None:
+        self.reader = reader
+        self.automatic = automatic
+        self.now = now
+        self.reopen_within = reopen_within
+        # Splits fan out and follow-ups chain: a corrupt or hostile index stops here.
+        self.steps = MAX_HOPS * MAX_SPLIT_CHILDREN
+        self.followed: set[str] = set()
+
+
+def _targets(case: CaseRecord, walk: _Walk) -> list[Target]:
+    case = survivor(case, walk.reader)
+    cases = _live_children(case, walk.reader) if case.children else [case]
+    return [t for c in cases for t in _target(c, walk)]
+
+
+def _target(case: CaseRecord, walk: _Walk) -> list[Target]:
+    walk.steps -= 1
+    if walk.automatic or walk.steps < 0:
         return [Target(case, Action.THREAD)]
     if case.state is CaseState.CLOSED:
-        ancestor = _open_ancestor(case, reader)
+        ancestor = _open_ancestor(case, walk.reader)
         if ancestor is None:
-            return _continued(case, reader, now, reopen_within, follow)
+            return _continued(case, walk)
         case = ancestor
     if case.state is CaseState.RESOLVED:
-        if now - case.state_changed > reopen_within:
-            return _continued(case, reader, now, reopen_within, follow)
+        if walk.now - case.state_changed > walk.reopen_within:
+            return _continued(case, walk)
         return [Target(case, Action.REOPEN)]
     if case.state is CaseState.WAITING:
         return [Target(case, Action.ACTIVATE)]
     return [Target(case, Action.THREAD)]
 
 
-def _continued(case: CaseRecord, reader: CaseReader, now: int, reopen_within: int,
-               follow: bool) -> list[Target]:
+def _continued(case: CaseRecord, walk: _Walk) -> list[Target]:
     """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
-    conversation, one new case, however many replies), as any case would (split, closed...),
-    else a new related case."""
-    followup = _followup(case, reader) if follow else None
-    if followup is None:
+    conversation, one new case, however many replies), as any case would (split, closed...:
+    its own follow-ups too), else a new related case."""
+    followup = _followup(case, walk.reader)
+    if followup is None or followup.case_id in walk.followed:
         return [Target(case, Action.NEW_RELATED)]
-    return _targets(followup, reader, False, now, reopen_within, follow=False)
-
-
-def _targets(case: CaseRecord, reader: CaseReader, automatic: bool, now: int,
-             reopen_within: int, follow: bool) -> list[Target]:
-    case = survivor(case, reader)
-    cases = _live_children(case, reader) if case.children else [case]
-    return [t for c in cases for t in _target(c, reader, automatic, now, reopen_within, follow)]
+    walk.followed.add(followup.case_id)
+    return _targets(followup, walk)
 
 
 def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
@@ -132,10 +145,17 @@ def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
     One target per case (a split case's children may lead to one parent), and one new case at
     most: when some of the cases can take the mail, no new one is opened for the others."""
     targets: dict[str, Target] = {}
-    for target in _targets(case, reader, automatic, now, reopen_within, follow=True):
+    for target in _targets(case, _Walk(reader, automatic, now, reopen_within)):
         targets.setdefault(target.case.case_id, target)
     found = list(targets.values())
     return [t for t in found if t.action is not Action.NEW_RELATED] or found[:1]
+
+
+def followup_after(case: CaseRecord, state: CaseState) -> str | None:
+    """The case's follow-up once it is in `state`: reopened (or waiting again), the case has
+    its conversation back, and a later close must not send replies on to the follow-up an
+    earlier close left."""
+    return None if state in (CaseState.OPEN, CaseState.WAITING) else case.followup
 
 
 def transition(target: Target, now: int) -> CaseRecord | None:
@@ -157,5 +177,6 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         created=case.created, updated=now,
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
-        followup=case.followup, thread_root=case.thread_root,
+        followup=case.followup if state is None else followup_after(case, state),
+        thread_root=case.thread_root,
     )

@@ -163,6 +163,9 @@ class InboundSettings:
     )
     # How much decoded body text the token and reference scans read at most.
     scan_budget: int = 1 << 20
+    # How much of the body the milter reads of inbound mail its header fields do not resolve:
+    # the text to scan may follow big attachments (a phone's photos above the quote).
+    read_limit: int = 32 << 20
     # A human case reference in Subject/body: group 1 is the case id. Counts only when the
     # sender is a participant of that case (references are guessable).
     case_ref_pattern: str = r"\[Case\s+([A-Za-z0-9._:-]{1,64})\]"

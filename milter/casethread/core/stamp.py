@@ -27,6 +27,7 @@ from .frozen import frozen
 from .message import Header
 from .mime import Data, Part
 from .settings import StampSettings
+from .token import find_tokens, normalise
 
 # In the templates (StampSettings), `{token}` is replaced by the token (HTML-escaped in the
 # HTML one), and "\n" becomes the part's own line ending.
@@ -291,7 +292,7 @@ def _try_stamp_part(
     wire_newline = _wire_newline(body, part, request.newline)
     decoded = encoding.decode(raw)
     text = _decode_text(decoded, codec)
-    if token.lower() in text.lower():
+    if _already_stamped(text, token):
         return Outcome(target, "already", "", part), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
@@ -302,6 +303,16 @@ def _try_stamp_part(
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
     outcome = Outcome(target, "stamped", "", part, added.decode(codec))
     return outcome, Splice(part.body_start + start, part.body_start + end, new)
+
+
+def _already_stamped(text: str, token: str) -> bool:
+    """The part holds our token, and no other token after it. A reply quoting the mail of
+    another case (the app moved the conversation back) has ours deeper in the quote and that
+    case's after it: it needs our line at its end, where replies read the last token."""
+    if token.lower() not in text.lower():
+        return False
+    found = list(find_tokens(text))
+    return not found or found[-1] == normalise(token)
 
 
 def _inline_pgp(text: str) -> bool:

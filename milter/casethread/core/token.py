@@ -301,19 +301,11 @@ class Keyring:
             rejected += 1
         return TokenResult(rejected=rejected)
 
-    def all_numbers(self, candidates: Iterable[str],
-                    limit: int = MAX_CANDIDATES) -> tuple[list[int], int]:
-        """The case numbers of every candidate that verifies (each once, in order), and how
-        many token-shaped ones failed, looking at no more than `limit` candidates."""
-        remaining = iter(islice(candidates, limit))
-        numbers: dict[int, None] = {}
-        rejected = 0
-        while True:  # each resolve goes on where the last one stopped
-            found = self.resolve(remaining, limit)
-            rejected += found.rejected
-            if found.case_number is None:
-                return list(numbers), rejected
-            numbers[found.case_number] = None
+    def verdicts(self, candidates: Iterable[str], limit: int) -> list[int | None]:
+        """For each token-shaped candidate among the first `limit`, in order: the case number
+        it carries, or None when it fails verification."""
+        return [self._verify_normalised(normalise(c))
+                for c in islice(candidates, limit) if is_token_shaped(c)]
 
 
 # --- Rendering -------------------------------------------------------------------------------

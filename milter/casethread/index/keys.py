@@ -236,11 +236,16 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
         merged_into=None if merged_into is None else str(merged_into),
         children=tuple(str(child) for child in fields.get("ch", ())),
         followup=None if followup is None else str(followup),
-        thread_root=fields.get("r"),
+        thread_root=_valid_root(fields.get("r")),
     )
 
 
 _THREAD_ROOT = re.compile(r"[0-9a-f]{44}")
+
+
+def _valid_root(value: object) -> str | None:
+    # A damaged value reads as none: the case's derived root is used instead.
+    return value if isinstance(value, str) and _THREAD_ROOT.fullmatch(value) else None
 
 
 def check_thread_root(value: str) -> None:
