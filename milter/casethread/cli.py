@@ -433,7 +433,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 OPS_EXIT = """\
 exit status: 0 success; 1 index or file problem; 2 usage error or refused (nothing changed);
-141 the reader of the output went away"""
+141 the reader of the output went away (what the command changes is changed all the same)"""
 
 STATS_EPILOG = f"""\
 examples:

@@ -32,6 +32,7 @@ from casethread.core.stamp import (
     qp_encode,
     stamp_body,
 )
+from casethread.core.token import Keyring
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
 TOKEN = "7K2M9QX4RT8VB3ZP"
@@ -530,3 +531,21 @@ def test_fuzz_stamping_never_raises(
             assert outcome.part is not None
             assert TOKEN in outcome.inserted
     assert (new_body != body) == any(o.status == "stamped" for o in plan.outcomes)
+
+
+def test_a_part_with_another_cases_token_after_ours_gets_our_line_in_its_own_form() -> None:
+    """A move back: ours deep in the quote, the other case's after it. Found in the form the
+    configured template writes (here `[#TOKEN]`), so our line is added once, not again."""
+    ring = Keyring([(1, bytes(range(32)))])
+    ours, other = ring.make(1), ring.make(2)
+    options = StampSettings(html=False, text_template="\n[#{token}]\n")
+    body = f"Back to you.\n\n> > [#{ours}]\n> [#{other}]\n".encode()
+
+    def stamped(data: bytes) -> bytes:
+        plan = plan_stamp("text/plain; charset=us-ascii", None, data, ours, ours, options,
+                          newline=b"\n")
+        return apply_splices(data, plan.splices)
+
+    once = stamped(body)
+    assert once.endswith(f"> [#{other}]\n\n[#{ours}]\n".encode())
+    assert stamped(once) == once

@@ -338,8 +338,8 @@ def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: st
 
 def test_an_attached_message_file_is_read_as_a_message(harness: Any) -> None:
     """Its own attachments cost no scan budget (a vendor's 1.2 MB mail with a PDF, attached
-    above the reply's text, hid the token after it), and a file merely named .eml that is
-    no message is not read."""
+    above the reply's text, hid the token after it); a file merely named .eml that is no
+    message is read as text."""
     out = start_case(harness, body=b"Hello Pat,\r\n")
     vendor = (b"From: vendor@example.net\nSubject: Invoice\nMIME-Version: 1.0\n"
               b"Content-Type: multipart/mixed; boundary=v\n\n--v\nContent-Type: text/plain\n\n"
@@ -360,12 +360,32 @@ def test_an_attached_message_file_is_read_as_a_message(harness: Any) -> None:
     r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
                         ("Content-Type", "multipart/mixed; boundary=f"), body=body)
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
-    # The same junk file alone: not read, so no token is found in it.
+    # The same junk file alone: read as text, its token found.
     junk = body[body.index(b"--f\r\nContent-Type: application/octet-stream; name=notes"):
                 body.index(b"--f\r\nContent-Type: text/plain")] + b"--f--\r\n"
     r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
                         ("Content-Type", "multipart/mixed; boundary=f"), body=junk)
-    assert r.one("X-Case-Match") == "new"
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_attached_message_files_are_opened_one_level_deep(harness: Any) -> None:
+    """An .eml inside an .eml inside ... (each level decoded anew) once took 2.4 GB and a
+    RecursionError: only the outer file is opened; what it holds is not."""
+    start_case(harness)
+    inner = b"Subject: deepest [ref:" + harness.token("C-000001").encode() + b"]\n\nhi\n"
+    for level in range(300):  # 7bit files, so the message grows linearly
+        inner = (b"Subject: level %d\nContent-Type: multipart/mixed; boundary=b%d\n\n--b%d\n"
+                 b"Content-Type: application/octet-stream; name=x.eml\n"
+                 b"Content-Disposition: attachment; filename=x.eml\n\n" % (level, level, level)
+                 + inner + b"\n--b%d--\n" % level)
+    body = (b"--f\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+            b"--f\r\nContent-Type: application/octet-stream; name=a.eml\r\n"
+            b"Content-Disposition: attachment; filename=a.eml\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(inner)
+            + b"--f--\r\n")
+    r = harness.inbound(CUSTOMER, ("Subject", "Fwd"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert r.one("X-Case-Match") == "new"  # the token is 300 files down: not read
 
 
 def test_the_anchor_of_the_mail_answered_wins_over_a_quoted_token(harness: Any) -> None:
@@ -2005,6 +2025,29 @@ def test_of_several_cases_quoted_in_a_body_the_mail_answered_wins(harness: Any) 
     assert (r.case_id, r.all("X-Case-Token")) == (old.case_id, ["invalid"])
 
 
+def test_body_token_shapes_of_real_replies(harness: Any) -> None:
+    """Outlook quotes without marks but starts with the newest mail's header block; a clipped
+    quote loses our last line; an interleaved reply quotes two mails at one level."""
+    start_case(harness)  # C-000001
+    start_case(harness, "Other")  # C-000002
+    one, two = (f"[ref:{harness.token(c)}]" for c in ("C-000001", "C-000002"))
+
+    def reply(body: str) -> str:
+        r = harness.inbound(CUSTOMER, ("Subject", "Re: x"), body=body.encode())
+        assert r.one("X-Case-Match") == "token", body
+        return str(r.case_id)
+
+    outlook = (f"Thanks!\r\n\r\nFrom: Dana\r\nSent: Monday\r\nSubject: RE: x {two}\r\n\r\n"
+               f"Moved.\r\n\r\nFrom: Dana\r\nSent: Sunday\r\nSubject: x {one}\r\n\r\nHi.\r\n")
+    assert reply(outlook) == "C-000002"
+    clipped = (f"Thanks!\r\n\r\n> Subject: RE: x {two}\r\n> Moved.\r\n>\r\n"
+               f"> > Hi.\r\n> > {one}\r\n")
+    assert reply(clipped) == "C-000002"
+    interleaved = (f"> About the toner {two}\r\nYes.\r\n\r\nYou wrote earlier:\r\n"
+                   f"> {one}\r\n")
+    assert reply(interleaved) == "C-000002"
+
+
 def test_a_forwarded_mail_of_another_case_does_not_take_the_reply(harness: Any) -> None:
     """The reply's own text comes first: a newer case's mail forwarded along with it (as an
     attachment) does not take the reply."""
@@ -2020,4 +2063,11 @@ def test_a_forwarded_mail_of_another_case_does_not_take_the_reply(harness: Any) 
     ).encode()
     r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
                         ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert r.case_id == "C-000001"
+    # Attached above the text: the reply's own text is still read first.
+    text_part, attached = body.split(b"--f\r\nContent-Type: message/rfc822")
+    above = (b"--f\r\nContent-Type: message/rfc822" + attached.replace(b"--f--\r\n", b"")
+             + text_part + b"--f--\r\n")
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=above)
     assert r.case_id == "C-000001"

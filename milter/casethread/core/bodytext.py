@@ -53,42 +53,57 @@ def iter_texts(
     top_disposition: str | None = None,
     include_attachments: bool = False,
     tree: Part | None = None,
+    open_files: bool = True,
 ) -> Iterator[str]:
-    """Decoded text of the text/plain and text/html parts, from the top; HTML as plain text.
+    """Decoded text of the text/plain and text/html parts; HTML as plain text.
 
-    An attached message (message/rfc822, also one attached as a file: "forward as
-    attachment") is read like an inline forward: its Subject (decoded), then its parts. Other
-    attachments only with `include_attachments`. A multipart or message that could not be
-    split is read as text. `tree` is `mime.parse` of this body and these fields, when the
-    caller has it already.
+    The message's own parts come first, from the top; then each message it forwards (an
+    attached message/rfc822: "forward as attachment"), read like an inline forward: its
+    Subject (decoded), then its parts. A forwarded message the parser could not open in place
+    (base64 message/rfc822, an .eml attached as a file) is decoded and read so too, when
+    `open_files` (one level: such a file inside it is not opened). Other attachments only with
+    `include_attachments`. A multipart or message that could not be split is read as text.
+    `tree` is `mime.parse` of this body and these fields, when the caller has it already.
     """
     if tree is None:
         tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
-    for part in _readable(tree, include_attachments):
-        if _attached_message_file(part):
-            # Read as a message of its own, once decoded; its attachments cost no budget.
-            for text in _attached_message_texts(body, part, remaining):
-                remaining -= len(text)
-                yield text
+    forwarded: list[Part] = []
+    for root in _rooted(tree, forwarded):
+        if _attached_message_file(root):
+            if open_files:
+                for text in _attached_message_texts(body, root, remaining):
+                    remaining -= len(text)
+                    yield text
             continue
-        if part.kind == "message":
-            found = next((h.value for h in part.children[0].headers
+        if root is not tree:  # a forwarded message: its Subject first
+            found = next((h.value for h in root.children[0].headers
                           if h.name.lower() == "subject"), None)
             if found is not None and remaining > 0:
                 text = decode_subject(found)
                 remaining -= len(text)
                 yield text
-            continue
-        if not (part.kind == "opaque" or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
-            continue
-        if remaining <= 0:
-            return
-        data = _decoded_body(body, part, remaining)
-        remaining -= len(data)
-        # No (or an unknown) charset: UTF-8 is the likeliest, and ASCII reads the same in it.
-        text = data.decode(mime.codec_for(part.charset, "utf-8") or "utf-8", "replace")
-        yield html_to_text(text) if part.mime_type == "text/html" else text
+        for part in _readable(root, include_attachments, forwarded):
+            if not (part.kind == "opaque"
+                    or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
+                continue
+            if remaining <= 0:
+                return
+            data = _decoded_body(body, part, remaining)
+            remaining -= len(data)
+            # No (or an unknown) charset: UTF-8 is the likeliest, and ASCII reads the same.
+            text = data.decode(mime.codec_for(part.charset, "utf-8") or "utf-8", "replace")
+            yield html_to_text(text) if part.mime_type == "text/html" else text
+
+
+def _rooted(tree: Part, forwarded: list[Part]) -> Iterator[Part]:
+    """The tree, then each forwarded message found while reading (the list grows as it is
+    read), in document order."""
+    yield tree
+    i = 0
+    while i < len(forwarded):
+        yield forwarded[i]
+        i += 1
 
 
 def iter_parts_of_type(
@@ -117,12 +132,16 @@ def iter_parts_of_type(
         stack.extend(reversed(part.children))
 
 
-def _readable(tree: Part, include_attachments: bool) -> Iterator[Part]:
+def _readable(tree: Part, include_attachments: bool, forwarded: list[Part]) -> Iterator[Part]:
+    """The parts of `tree` to read, from the top; forwarded messages inside it are put in
+    `forwarded` instead, to be read after the text around them."""
     stack = [tree]
     while stack:
         part = stack.pop()
-        if (part.is_attachment and not include_attachments and part is not tree
-                and part.kind != "message" and not _attached_message_file(part)):
+        if part is not tree and (part.kind == "message" or _attached_message_file(part)):
+            forwarded.append(part)
+            continue
+        if part.is_attachment and not include_attachments and part is not tree:
             continue
         yield part
         stack.extend(reversed(part.children))
@@ -138,23 +157,28 @@ def _attached_message_file(part: Part) -> bool:
         (part.filename or "").lower().endswith(".eml"))
 
 
-# A line of a header section: a field name, a colon.
-_FIELD_LINE = re.compile(rb"[!-9;-~]{1,76}:")
+# A message file's start: a BOM, blank lines or an mbox "From " line may come before its first
+# header field (a field name, a colon).
+_MESSAGE_START = re.compile(
+    rb"(?:\xef\xbb\xbf)?(?:[ \t]*\r?\n)*(?:From [^\n]*\n)?(?=[!-9;-~]{1,76}:)")
 
 
 def _attached_message_texts(body: Data, part: Part, budget: int) -> Iterator[str]:
-    """The Subject and texts of an attached message file, decoded: at most four budgets of
-    it are decoded, and only if it starts like a message (not any file named .eml)."""
+    """The Subject and texts of an attached message file, decoded (at most four budgets of
+    it); a file that does not start like a message is read as text."""
     data = _decoded_body(body, part, 4 * budget)
-    if not _FIELD_LINE.match(data):
+    start = _MESSAGE_START.match(data)
+    if start is None:
+        yield data[:budget].decode("utf-8", "replace")
         return
-    headers, inner = parse_raw(data)
+    headers, inner = parse_raw(data[start.end():])
+    del data
     subject = next((h.value for h in headers if h.name.lower() == "subject"), None)
     if subject is not None:
         yield decode_subject(subject)
     top = mime.top_fields(headers)
     yield from iter_texts(top.content_type, top.cte, inner, budget,
-                          top_disposition=top.disposition)
+                          top_disposition=top.disposition, open_files=False)
 
 
 def _decoded_body(body: Data, part: Part, limit: int) -> bytes:

@@ -27,6 +27,8 @@ from .token import (
     Keyring,
     decoded_subject_tokens,
     find_tokens,
+    find_tokens_at,
+    is_token_shaped,
     tag_pattern,
     token_from_anchor,
 )
@@ -128,25 +130,30 @@ class Evidence:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
 
-    def case_by_body_tokens(self, texts: Iterable[Iterable[str]]) -> CaseRecord | None:
-        """The case of the last valid token of the first text (body part) that holds one.
+    def case_by_body_tokens(self, texts: Iterable[list[tuple[int, int, str]]]) -> CaseRecord | None:
+        """The case of the body's best token: of the first text (body part) that holds a
+        valid one, the least deeply quoted, and the first from the top among those. `texts`
+        gives each text's token-shaped candidates as (quote depth, position, token).
 
-        Our token line ends our mail, below the older mail it quotes, so in a reply quoting
-        it the last token is the mail answered's, whichever case the older ones name (a
-        move, a split, a move back). Later texts (attached and forwarded messages come after
-        the reply's own text) count only when the first ones hold none. Failed tokens count
-        as invalid only before the winner, as with the header fields' first-valid rule."""
-        left, rejected = MAX_CANDIDATES, 0
+        Our token line ends our mail, below the older mail it quotes: in a reply that quotes
+        with ">" our mail's token is one level up from those of the mail it quoted, whichever
+        cases those name (a move, a split, a move back); an Outlook-style reply without quote
+        marks starts its quote with the newest mail's header block, Subject and tag first.
+        The message's own parts come before forwarded messages. Failed tokens count as
+        invalid only when they come before the winner, as with the header fields."""
+        keyring, left, rejected = self._resolver.keyring, MAX_CANDIDATES, 0
         for candidates in texts:
-            verdicts = self._resolver.keyring.verdicts(candidates, left)
-            left -= len(verdicts)
-            valid = [(i, number) for i, number in enumerate(verdicts) if number is not None]
-            for i, number in reversed(valid):
+            judged = [(depth, pos, keyring.verify(token))
+                      for depth, pos, token in candidates[:left]]
+            left -= len(judged)
+            valid = sorted((depth, pos, n) for depth, pos, n in judged if n is not None)
+            for _, pos, number in valid:
                 case = self.case_by_id(self.reader.case_for_number(number))
                 if case is not None:
-                    self._note_rejected(rejected + verdicts[:i].count(None))
+                    self._note_rejected(
+                        rejected + sum(1 for _, p, n in judged if n is None and p < pos))
                     return case
-            rejected += verdicts.count(None)
+            rejected += sum(1 for _, _, n in judged if n is None)
             if left <= 0:
                 break
         self._note_rejected(rejected)
@@ -156,6 +163,17 @@ class Evidence:
         if rejected:
             self.token_invalid = True
             self.trace.append(f"  {rejected} token-shaped string(s) failed verification")
+
+
+# The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed).
+_QUOTE_MARKS = re.compile(r"[ \t]*(?:>[ \t]*)*")
+
+
+def _quote_depth(text: str, pos: int) -> int:
+    """How deeply the line holding `pos` is quoted: its leading ">" marks."""
+    start = text.rfind("\n", 0, pos) + 1
+    marks = _QUOTE_MARKS.match(text, start, pos)
+    return marks.group().count(">") if marks else 0
 
 
 Strategy = Callable[[Evidence], Hit | None]
@@ -250,10 +268,12 @@ class Resolver:
                 if token:
                     yield token
 
-    def _body_tokens(self, ev: Evidence) -> Iterator[Iterator[str]]:
+    def _body_tokens(self, ev: Evidence) -> Iterator[list[tuple[int, int, str]]]:
         # A generator, so the body is parsed only if the Subject held no valid token.
         for text in ev.body_texts:
-            yield find_tokens(text, self._template)
+            yield [(_quote_depth(text, pos), pos, token)
+                   for pos, token in find_tokens_at(text, self._template)
+                   if is_token_shaped(token)]
 
     def by_token(self, ev: Evidence) -> Hit | None:
         # The anchors of In-Reply-To/References come before the decoded Subject and the body:

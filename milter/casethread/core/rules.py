@@ -111,8 +111,11 @@ def _targets(case: CaseRecord, walk: _Walk) -> list[Target]:
 
 def _target(case: CaseRecord, walk: _Walk) -> list[Target]:
     walk.steps -= 1
-    if walk.automatic or walk.steps < 0:
+    if walk.automatic:
         return [Target(case, Action.THREAD)]
+    if walk.steps < 0:  # a corrupt or hostile index: never into a closed or expired case
+        live = case.state in (CaseState.OPEN, CaseState.WAITING)
+        return [Target(case, Action.THREAD if live else Action.NEW_RELATED)]
     if case.state is CaseState.CLOSED:
         ancestor = _open_ancestor(case, walk.reader)
         if ancestor is None:
@@ -177,6 +180,6 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         created=case.created, updated=now,
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
-        followup=case.followup if state is None else followup_after(case, state),
+        followup=followup_after(case, case.state if state is None else state),
         thread_root=case.thread_root,
     )

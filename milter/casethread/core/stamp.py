@@ -27,7 +27,7 @@ from .frozen import frozen
 from .message import Header
 from .mime import Data, Part
 from .settings import StampSettings
-from .token import find_tokens, normalise
+from .token import DEFAULT_TEMPLATE, check_template, find_tokens, normalise
 
 # In the templates (StampSettings), `{token}` is replaced by the token (HTML-escaped in the
 # HTML one), and "\n" becomes the part's own line ending.
@@ -292,7 +292,7 @@ def _try_stamp_part(
     wire_newline = _wire_newline(body, part, request.newline)
     decoded = encoding.decode(raw)
     text = _decode_text(decoded, codec)
-    if _already_stamped(text, token):
+    if _already_stamped(text, token, request.template):
         return Outcome(target, "already", "", part), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
@@ -305,13 +305,20 @@ def _try_stamp_part(
     return outcome, Splice(part.body_start + start, part.body_start + end, new)
 
 
-def _already_stamped(text: str, token: str) -> bool:
+def _already_stamped(text: str, token: str, template: str) -> bool:
     """The part holds our token, and no other token after it. A reply quoting the mail of
     another case (the app moved the conversation back) has ours deeper in the quote and that
-    case's after it: it needs our line at its end, where replies read the last token."""
+    case's after it: it needs our line at its end, one quote level above the other's.
+    Tokens are found in the form this part's template writes them (another case's were
+    written by the same template), else in the default bracket form."""
     if token.lower() not in text.lower():
         return False
-    found = list(find_tokens(text))
+    template = template.strip()  # the text line's own line breaks
+    try:
+        check_template(template)
+    except ValueError:  # e.g. two {token}s (the HTML tag) or no closing literal
+        template = DEFAULT_TEMPLATE
+    found = list(find_tokens(text, template))
     return not found or found[-1] == normalise(token)
 
 

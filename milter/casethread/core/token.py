@@ -45,7 +45,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
 from typing import Literal, NoReturn
 
 from .frozen import frozen
@@ -301,12 +300,6 @@ class Keyring:
             rejected += 1
         return TokenResult(rejected=rejected)
 
-    def verdicts(self, candidates: Iterable[str], limit: int) -> list[int | None]:
-        """For each token-shaped candidate among the first `limit`, in order: the case number
-        it carries, or None when it fails verification."""
-        return [self._verify_normalised(normalise(c))
-                for c in islice(candidates, limit) if is_token_shaped(c)]
-
 
 # --- Rendering -------------------------------------------------------------------------------
 
@@ -442,8 +435,18 @@ def find_tokens(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
 
     The candidates are not verified: pass them to `Keyring.resolve` (or `verify`).
     """
+    # Its own loop, not a view of find_tokens_at: every inbound Subject comes through here.
     bracket = _bracket(template)
     for match in bracket.opening.finditer(text):
         candidate = _read_candidate(text, match.end(), bracket.closing)
         if candidate is not None:
             yield normalise(candidate)
+
+
+def find_tokens_at(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[tuple[int, str]]:
+    """`find_tokens` with where each candidate's bracket opens in `text`."""
+    bracket = _bracket(template)
+    for match in bracket.opening.finditer(text):
+        candidate = _read_candidate(text, match.end(), bracket.closing)
+        if candidate is not None:
+            yield match.start(), normalise(candidate)
