@@ -747,6 +747,18 @@ class PostfixHarness:
         except (OSError, HarnessError):
             return ""
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The maillog once it contains `text`: Postfix writes it through postlogd, after the
+        SMTP reply that the test saw may already have arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.maillog()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{text!r} not logged in {timeout} s:\n{self.maillog_tail()}")
+            time.sleep(0.05)
+
     def maillog_tail(self, lines: int = 40) -> str:
         return "\n".join(self.maillog().splitlines()[-lines:])
 

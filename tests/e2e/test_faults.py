@@ -389,7 +389,7 @@ def test_milter_dying_after_body_replacement_loses_nothing(
         postfix.send(raw, AGENT, ["c@customer.example"], port=postfix.submission_port)
     assert 400 <= refused.value.smtp_code < 500, refused.value
     assert dying.wait(10) == DYING_EXIT_STATUS
-    assert "can't read SMFIC_BODYEOB reply" in postfix.maillog()
+    postfix.wait_for_log("can't read SMFIC_BODYEOB reply")
     assert postfix.queue_listing() == "Mail queue is empty"
     milter_factory(casethread_serve_argv(milter_socket, config=write_config(tmp_path),
                                          index=tmp_path / "index"),

@@ -114,7 +114,7 @@ def test_mail_is_refused_while_the_milter_is_killed(
     with pytest.raises(smtplib.SMTPResponseException) as refused:
         postfix.send(second, SENDER, [RCPT])
     assert refused.value.smtp_code == 451, refused.value
-    assert f"connect to Milter service {milter_socket.postfix}" in postfix.maillog()
+    postfix.wait_for_log(f"connect to Milter service {milter_socket.postfix}")
     assert len(postfix.received) == 1
     milter_factory(tiny_milter.argv, None, milter_socket, kill_at_teardown=True)
     postfix.send(second, SENDER, [RCPT])
