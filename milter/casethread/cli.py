@@ -21,7 +21,6 @@ from typing import Any
 
 from . import __version__, case_admin, logsetup
 from .config import ConfigError, group_id, load_config, override
-from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
@@ -155,12 +154,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
         direction = None if args.direction == "auto" else Direction(args.direction)
         try:
             decision = engine.process(msg, direction)
+            log.info("queue_id=filter %s", decision.log_fields())
         except Exception:
+            # The milter's policy: the message as it came, but for forged X-Case-* fields.
             log.exception("queue_id=filter internal error; message passed unchanged")
-            return _pass_unchanged(raw, body, msg, CaseHeaderNames(settings.headers.prefix))
+            decision = engine.unchanged(msg)
     finally:
         index.close()
-    log.info("queue_id=filter %s", decision.log_fields())
     if args.explain:
         print("\n".join(["explain:", *(f"  {line}" for line in decision.trace)]),
               file=sys.stderr)
@@ -169,19 +169,6 @@ def cmd_filter(args: argparse.Namespace) -> int:
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body
     sys.stdout.buffer.write(
         serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline)
-    )
-    return EXIT_OK
-
-
-def _pass_unchanged(raw: bytes, body: bytes, msg: Message, names: CaseHeaderNames) -> int:
-    """The milter's policy on an internal error: the message as it came, but for forged
-    X-Case-* fields, which downstream rules would trust (or refused, when it has too many)."""
-    refused = refusal(msg, names)
-    if refused is not None:
-        return _refused(refused)
-    edits = strip_ours(msg, names)
-    sys.stdout.buffer.write(
-        serialize(apply_edits(msg.headers, list(edits)), body, msg.newline) if edits else raw
     )
     return EXIT_OK
 

@@ -20,7 +20,6 @@ from .core import (
     outbound,
     rules,
     stamp,
-    thread_index,
     token,
 )
 from .core.addresses import header_addresses
@@ -45,12 +44,6 @@ ALL_OF_IT = 1 << 62
 DRY_RUN_HEADERS = 64 << 10
 # Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
 MAX_PARTICIPANTS = 50
-
-
-def _thread_root(msg: Message) -> bytes | None:
-    """The Outlook conversation root of the mail's Thread-Index, if it has a valid one."""
-    raw = thread_index.decode(msg.get("Thread-Index") or "")
-    return thread_index.root_of(raw) if raw is not None else None
 
 
 def _hex(root: bytes | None) -> str | None:
@@ -118,6 +111,12 @@ class Engine:
         if direction is Direction.OUTBOUND:
             return self._outbound(msg)
         return Decision(Direction.OTHER, edits=tuple(strip_ours(msg, self._names)))
+
+    def unchanged(self, msg: Message) -> Decision:
+        """What the failure policy (on_error=accept) leaves of a message the engine failed on:
+        as for mail of neither direction, nothing but the forged X-Case-* fields removed
+        (downstream rules trust them), or refused when it carries more than can be removed."""
+        return self.process(msg, Direction.OTHER)
 
     # -- shared -------------------------------------------------------------------------------
 
@@ -195,7 +194,7 @@ class Engine:
                 case = self.index.create_case(
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
-                    thread_root=_hex(_thread_root(msg)),
+                    thread_root=_hex(ev.thread_root),
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
@@ -252,8 +251,7 @@ class Engine:
                 # A follow-up keeps its case's queue, as an existing case does.
                 earlier = target.case
                 queue = route.queue if route.override or not earlier.queue else earlier.queue
-                case = self.index.create_case(now, queue=queue,
-                                              thread_root=_hex(_thread_root(msg)))
+                case = self.index.create_case(now, queue=queue, thread_root=_hex(ev.thread_root))
                 related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
                                                  earlier.case_id)
                 # The reply's later siblings go to the follow-up (`rules`).
@@ -289,7 +287,7 @@ class Engine:
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
                          case_ids: list[str]) -> list[Alias]:
-        return self._aliases(msg, case_ids, own_id, _thread_root(msg), ev.new_external)
+        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.new_external)
 
     # -- outbound -----------------------------------------------------------------------------
 
@@ -307,12 +305,15 @@ class Engine:
         # Signed before us (an app, or a provider relaying through us): unless told to stamp
         # it all, the signature must still verify; no Message-ID is added where it covers one.
         signed = dkim.signed_fields(msg) if self.settings.stamp.dkim_signed == "keep" else None
-        recorded_id: str | None = message_id.normalised
-        if message_id.edit is not None and signed is not None and "message-id" in signed:
-            recorded_id = None
+        # A Message-ID the signature keeps us from adding is not recorded: no reply names it.
+        id_blocked = message_id.edit is not None and signed is not None and "message-id" in signed
+        id_edit = None if id_blocked else message_id.edit
+        recorded_id = None if id_blocked else message_id.normalised
+        if id_blocked:
+            notes.append("message-id-not-changed:dkim-signed")
 
         def aliases_of(case: CaseRecord) -> list[Alias]:
-            root = outbound.thread_root_of(msg, case)
+            root = outbound.thread_root_of(ev.thread_root, case)
             return self._aliases(msg, [case.case_id], recorded_id, root, ours=True)
 
         if app_id is not None:
@@ -335,8 +336,8 @@ class Engine:
             trace += ev.trace
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
-        if message_id.edit is not None:
-            edits.append(message_id.edit)
+        if id_edit is not None:
+            edits.append(id_edit)
             notes.append("message-id-added")
         edits += outbound.case_header_edits(msg, self._names, case)
         if case is not None:
@@ -355,11 +356,8 @@ class Engine:
                 case = after.get(case.case_id, case)
         if signed is not None:
             kept = [e for e in edits if e.name.lower() not in signed]
-            dropped = [e for e in edits if e not in kept]
             notes += [f"{name}-not-changed:dkim-signed"
-                      for name in dict.fromkeys(e.name.lower() for e in dropped)]
-            if message_id.edit in dropped:
-                notes.remove("message-id-added")
+                      for name in dict.fromkeys(e.name.lower() for e in edits if e not in kept)]
             edits = kept
         return Decision(
             Direction.OUTBOUND,

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import Milter
 
-from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
 from .core.model import Direction
@@ -283,12 +282,10 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         changed; a message with more of them than can be removed is refused, as always."""
         try:
             if policy == "accept" and not self._edited:  # else the engine's edits went out
-                msg = Message(Envelope(), self._headers())
-                names = CaseHeaderNames(self.engine.settings.headers.prefix)
-                refused = refusal(msg, names)
-                if refused is not None:
-                    return self._refuse(refused)
-                self._apply(tuple(strip_ours(msg, names)))
+                decision = self.engine.unchanged(Message(Envelope(), self._headers()))
+                if decision.refused:
+                    return self._refuse(decision.refused)
+                self._apply(decision.edits)
         except Exception:
             log.exception("queue_id=%s could not remove forged fields", self.queue_id())
         finally:

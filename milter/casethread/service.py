@@ -46,13 +46,19 @@ def _unix_socket_path(spec: str) -> str | None:
     return spec if spec.startswith("/") else None
 
 
-def _inet_port(spec: str) -> int | None:
-    """The port of an `inet:PORT@HOST` / `inet6:PORT@HOST` spec, else None."""
+def _inet_address(spec: str) -> tuple[socket.AddressFamily, str, int] | None:
+    """Family, host and port of an `inet:PORT@HOST` / `inet6:PORT@[HOST]` spec, else None."""
     kind, _, rest = spec.partition(":")
     if kind not in ("inet", "inet6"):
         return None
-    port = rest.partition("@")[0]
-    return int(port) if port.isdigit() else None
+    port, _, host = rest.partition("@")
+    family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+    return family, host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else 0
+
+
+def _inet_port(spec: str) -> int | None:
+    address = _inet_address(spec)
+    return address[2] if address is not None and address[2] else None
 
 
 def _socket_problem(spec: str) -> str:
@@ -66,11 +72,11 @@ def _socket_problem(spec: str) -> str:
             if not os.access(directory, os.W_OK | os.X_OK):
                 return f"directory {directory} is not writable by this user"
             return "the path exists and is not a socket, or another milter listens there"
-        port = _inet_port(spec)
-        host = spec.partition("@")[2].strip("[]") or "0.0.0.0"
-        family = socket.AF_INET6 if spec.startswith("inet6:") else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port or 0))
+        address = _inet_address(spec)
+        if address is not None:
+            family, host, port = address
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((host, port))
     except OSError as exc:
         return exc.strerror or str(exc)
     return "libmilter refused it (see the lines above)"

@@ -156,7 +156,7 @@ def test_a_retired_key_id_fails() -> None:
     retired = Keyring([(2, SECRET_B)])
     assert retired.verify(token) is None
     result = retired.resolve(find_tokens(f"Re: help [ref:{token}]"))
-    assert result.status == "invalid" and result.invalid and result.case_number is None
+    assert result.status == "invalid" and result.rejected > 0 and result.case_number is None
 
 
 def test_relabelled_key_id_fails() -> None:
@@ -241,7 +241,7 @@ def test_finds_the_first_valid_token_from_the_top() -> None:
     assert list(find_tokens(text)) == [forged, first, second]
     result = RING.resolve(find_tokens(text))
     assert result.case_number == 10 and result.token == first
-    assert result.rejected == 1 and result.invalid and result.status == "valid"
+    assert result.rejected == 1 and result.status == "valid"
 
 
 def test_scanning_tolerates_case_spaces_and_quoted_line_breaks() -> None:
@@ -276,7 +276,7 @@ def test_scanning_with_a_custom_template() -> None:
 
 def test_no_token_is_told_apart_from_an_invalid_one() -> None:
     nothing = RING.resolve(find_tokens("Re: hello [ref:abc] [ref:] [see: x]"))
-    assert nothing.status == "none" and not nothing.invalid and nothing.case_number is None
+    assert nothing.status == "none" and nothing.rejected == 0 and nothing.case_number is None
     forged = RING.resolve(find_tokens("Re: [ref:1D" + "U" * 17 + "]"))  # token-shaped, bad
     assert forged.status == "invalid" and forged.rejected == 1
     assert is_token_shaped("1D" + "U" * 17)

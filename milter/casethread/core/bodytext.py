@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Collection, Iterator
+from itertools import chain
 
 from . import mime
 from .frozen import frozen
@@ -69,7 +70,9 @@ def iter_texts(
         tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     remaining = budget
     forwarded: list[Part] = []
-    for root in _rooted(tree, forwarded):
+    # A list iterator sees what is appended while it runs: each forwarded message found while
+    # reading is read in its turn, after the text around it.
+    for root in chain((tree,), forwarded):
         if _attached_message_file(root):
             if open_files:
                 for text in _attached_message_texts(body, root, remaining):
@@ -94,16 +97,6 @@ def iter_texts(
             # No (or an unknown) charset: UTF-8 is the likeliest, and ASCII reads the same.
             text = data.decode(mime.codec_for(part.charset, "utf-8") or "utf-8", "replace")
             yield html_to_text(text) if part.mime_type == "text/html" else text
-
-
-def _rooted(tree: Part, forwarded: list[Part]) -> Iterator[Part]:
-    """The tree, then each forwarded message found while reading (the list grows as it is
-    read), in document order."""
-    yield tree
-    i = 0
-    while i < len(forwarded):
-        yield forwarded[i]
-        i += 1
 
 
 def iter_parts_of_type(

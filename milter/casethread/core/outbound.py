@@ -210,7 +210,7 @@ def thread_index_edits(msg: Message, case: CaseRecord, new_case: bool, now: floa
     return result
 
 
-def thread_root_of(msg: Message, case: CaseRecord) -> bytes:
-    """The root this mail's replies will carry: the app's own Thread-Index, else the case's."""
-    raw = thread_index.decode(msg.get("Thread-Index") or "")
-    return thread_index.root_of(raw) if raw is not None else case_thread_root(case)
+def thread_root_of(own: bytes | None, case: CaseRecord) -> bytes:
+    """The root this mail's replies will carry: the app's own Thread-Index's (`own`), else
+    the case's."""
+    return own if own is not None else case_thread_root(case)

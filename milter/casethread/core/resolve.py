@@ -89,6 +89,13 @@ class Evidence:
         return unfold(self.msg.get("Subject") or "")
 
     @lazy
+    def thread_root(self) -> bytes | None:
+        """The Outlook conversation root of the mail's Thread-Index, if it has a valid one:
+        read by the strategy, recorded with the mail, kept by a case the mail opens."""
+        raw = thread_index.decode(self.msg.get("Thread-Index") or "")
+        return thread_index.root_of(raw) if raw is not None else None
+
+    @lazy
     def top(self) -> mime.TopFields:
         return mime.top_fields(self.msg.headers)
 
@@ -306,11 +313,9 @@ class Resolver:
         return self._by_ids(ev, "References", "references")
 
     def by_thread_index(self, ev: Evidence) -> Hit | None:
-        raw = thread_index.decode(ev.msg.get("Thread-Index") or "")
-        if raw is None:
+        if ev.thread_root is None:
             return None
-        root = thread_index.root_of(raw).hex()
-        case = ev.case_by_alias(AliasKind.THREAD_ROOT, root)
+        case = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
         return Hit(case, "thread-index") if case else None
 
     def _by_case_ref(self, ev: Evidence, texts: Iterator[str], match: str) -> Hit | None:

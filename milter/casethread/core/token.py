@@ -198,11 +198,6 @@ class TokenResult:
     rejected: int = 0
 
     @property
-    def invalid(self) -> bool:
-        """A token-shaped string failed verification: the ``X-Case-Token: invalid`` case."""
-        return self.rejected > 0
-
-    @property
     def status(self) -> Literal["valid", "invalid", "none"]:
         if self.case_number is not None:
             return "valid"

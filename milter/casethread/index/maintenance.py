@@ -564,8 +564,7 @@ _PARSERS = {"case": _parse_case, "alias": _parse_alias, "counter": _parse_counte
 class _Parsed:
     counter: int | None = None
     numbers: dict[int, str] = field(default_factory=dict)  # number -> case id
-    case_numbers: dict[str, int] = field(default_factory=dict)  # case id -> number
-    created: dict[str, int] = field(default_factory=dict)  # case id -> created
+    cases: dict[str, _Put] = field(default_factory=dict)  # case id -> its record
     lines: dict[str, int] = field(default_factory=dict)
 
 
@@ -609,7 +608,7 @@ def _validate(source: Iterable[bytes]) -> _Parsed:
                 raise BadImport(f"line {number}: {exc}") from None
         elif item.table == "cases":
             case_id = item.key.decode("ascii")
-            if case_id in parsed.case_numbers:
+            if case_id in parsed.cases:
                 raise BadImport(f"line {number}: case {case_id} appears twice")
             if item.number in parsed.numbers:
                 raise BadImport(
@@ -617,8 +616,7 @@ def _validate(source: Iterable[bytes]) -> _Parsed:
                     f"{parsed.numbers[item.number]} and {case_id}"
                 )
             parsed.numbers[item.number] = case_id
-            parsed.case_numbers[case_id] = item.number
-            parsed.created[case_id] = item.created
+            parsed.cases[case_id] = item
     if parsed.counter is None:
         raise BadImport(
             f'no meta line ({{"type":"meta","schema":{SCHEMA_VERSION},...}}): not a casethread '
@@ -641,7 +639,8 @@ def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
     fold two cases that share an id into one: two indexes (a second MX's, one restored next to
     a fresh one) number their cases alike, and only the opening time tells them apart."""
     found = []
-    for case_id, number in parsed.case_numbers.items():
+    for case_id, item in parsed.cases.items():
+        number = item.number
         stored = txn.get(case_id.encode(), db=db.cases)
         if stored is not None:
             held = keys.decode_case(case_id, stored)
@@ -649,9 +648,9 @@ def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
                 found.append(f"case {case_id} has number {held.number} here, {number} in the "
                              "file")
                 continue
-            if held.created != parsed.created[case_id]:
+            if held.created != item.created:
                 found.append(f"case {case_id} was opened at {held.created} here, at "
-                             f"{parsed.created[case_id]} in the file: two different cases")
+                             f"{item.created} in the file: two different cases")
                 continue
         owner = txn.get(keys.NUMBER.pack(number), db=db.numbers)
         if owner is not None and owner.decode("ascii") != case_id:
