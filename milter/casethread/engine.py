@@ -68,7 +68,8 @@ class Engine:
         self.index = index
         self.keyring = keyring
         self._clock = clock
-        self._hostname = hostname or socket.getfqdn() or "localhost.localdomain"
+        self._id_domain = outbound.fallback_domain(
+            hostname or socket.getfqdn() or "localhost.localdomain", settings.inbound.addresses)
         self._classifier = Classifier(settings)
         self._names = CaseHeaderNames(settings.headers.prefix)
         self._resolver = Resolver(settings, keyring)
@@ -300,7 +301,7 @@ class Engine:
         new_case = recorded = False
         case: CaseRecord | None
         ev = self._resolver.evidence(msg, self.index, int(now))
-        domain = outbound.message_id_domain(msg, out.message_id_domain, self._hostname)
+        domain = outbound.message_id_domain(msg, out.message_id_domain, self._id_domain)
         message_id = outbound.ensure_message_id(msg, domain, now)
         # Signed before us (an app, or a provider relaying through us): unless told to stamp
         # it all, the signature must still verify; no Message-ID is added where it covers one.
@@ -329,7 +330,10 @@ class Engine:
                 # An agent's out-of-office continues a case, never opens one. (Only that kind:
                 # helpdesks such as RT mark all their mail `Precedence: bulk`.)
                 # The case and this mail's aliases in one commit.
-                case = self.index.create_case(int(now), aliases=aliases_of)
+                # The agent's own Outlook root, when the mail has one, is the case's: later
+                # answers from the app continue that conversation in the customer's Outlook.
+                case = self.index.create_case(int(now), aliases=aliases_of,
+                                              thread_root=_hex(ev.thread_root))
                 match, new_case, recorded = "new", True, True
             else:
                 case, match = None, "none"

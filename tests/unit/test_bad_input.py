@@ -28,6 +28,7 @@ AGENT = ("From", "Dana Agent <dana@support.example.com>")
 INBOUND_ARGS = ("--direction", "inbound", "--rcpt", "support@example.com", "-")
 OUTBOUND_ARGS = ("--direction", "outbound", "-")
 CONTROL = re.compile(r"[\r\n\x00]")
+NOT_FOLDING = re.compile(r"[\r\x00]|\n(?![ \t])")
 
 
 class CountingIndex:
@@ -55,14 +56,16 @@ class CountingIndex:
 
 
 def assert_clean_edits(edits: tuple[Edit, ...]) -> None:
-    """Nothing we write may carry CR, LF or NUL (header injection, broken MTAs)."""
+    """Nothing we write may carry CR, LF or NUL (header injection, broken MTAs), but for
+    folding: a LF followed by a blank that starts a line which is not blank."""
     for e in edits:
         # A removal names a field as received; what we add or write must be clean.
         if isinstance(e, AddHeader):
             assert not CONTROL.search(e.name), e
         else:
             assert e.index >= 1
-        assert not CONTROL.search(e.value), e
+        assert not NOT_FOLDING.search(e.value), e
+        assert all(line.strip() for line in e.value.split("\n")) or not e.value, e
 
 
 def one_log_line(stderr: bytes, *expected: str) -> str:

@@ -74,12 +74,32 @@ def test_outbound_message_id_domain_from_config(make_harness: Any, tweak: Any) -
 
 @pytest.mark.parametrize(
     "sender",
-    [None, "undisclosed", "x@[192.0.2.1]", "x@-bad-.example.com", "Jürgen <j@exämple.de>"],
+    [None, "undisclosed", "x@[192.0.2.1]", "x@-bad-.example.com", "x@localhost", "x@host."],
 )
 def test_outbound_message_id_domain_falls_back_to_hostname(harness: Any, sender: Any) -> None:
     headers = [("From", sender)] if sender is not None else []
     m = NEW_ID.fullmatch(harness.outbound(*headers).one("Message-ID"))
     assert m and m.group(1) == "mx.host.example.net"
+
+
+def test_outbound_message_id_domain_of_an_internationalised_from_is_its_a_label(
+        harness: Any) -> None:
+    """RFC 5322 §3.6.4 allows no U-label in a Message-ID; the host name was used instead."""
+    m = NEW_ID.fullmatch(harness.outbound(("From", "Jürgen <j@Exämple.de>")).one("Message-ID"))
+    assert m and m.group(1) == "xn--exmple-cua.de"
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "mailhost", "bad_name.example"])
+def test_a_host_name_that_is_no_domain_gives_way_to_a_support_domain(
+        make_harness: Any, tweak: Any, hostname: str) -> None:
+    """A container's bare host name (`localhost` at worst) in every Message-ID and anchor
+    shows an internal name and is no domain of ours: the support address's domain is."""
+    from casethread.core.outbound import fallback_domain
+
+    addresses = ("*@*.lists.example.org", "@Support.Example.COM", "help@other.example")
+    assert fallback_domain(hostname, addresses) == "support.example.com"
+    assert fallback_domain(hostname, ()) == hostname  # nothing better to take
+    assert fallback_domain("mx.host.example.net", addresses) == "mx.host.example.net"
 
 
 def test_outbound_keeps_existing_message_id(harness: Any) -> None:

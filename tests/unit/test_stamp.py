@@ -105,6 +105,27 @@ def test_plain_text_gets_a_token_line_in_its_own_line_ending(newline: bytes) -> 
     assert out == raw[: raw.index(b"Hello")] + expected_tail.replace(b"\n", newline)
 
 
+@pytest.mark.parametrize(("ctype", "body", "cte", "tail"), [
+    # Apple Mail: quoted-printable, delsp=yes, the last line a soft break with no newline.
+    ("text/plain; charset=utf-8; format=flowed; delsp=yes", b"Thanks,\nDana=20", "quoted-printable",
+     "Thanks,\nDana \n\n[ref:%s]\n"),
+    ("text/plain; charset=utf-8; format=flowed", b"Thanks,\nDana ", "8bit",
+     "Thanks,\nDana \n\n[ref:%s]\n"),
+    # A line that ends the paragraph, or text that does not flow: nothing more.
+    ("text/plain; charset=utf-8; format=flowed", b"Thanks,\nDana", "8bit",
+     "Thanks,\nDana\n[ref:%s]\n"),
+    ("text/plain; charset=utf-8", b"Thanks,\nDana ", "8bit", "Thanks,\nDana \n[ref:%s]\n"),
+    ("text/plain; charset=utf-8; format=flowed", b"Thanks,\n-- ", "8bit",
+     "Thanks,\n-- \n[ref:%s]\n"),
+])
+def test_a_flowed_last_line_does_not_take_the_token_line_into_its_paragraph(
+        ctype: str, body: bytes, cte: str, tail: str) -> None:
+    """RFC 3676 §4.2: a line ending in a blank flows into the next; readers showed
+    `Dana[ref:...]`. An empty line ends the paragraph."""
+    [part] = leaves(stamp(message(ctype, body, cte)))
+    assert text_of(part) == tail % TOKEN
+
+
 def test_html_tag_goes_before_the_last_closing_body_tag_any_case() -> None:
     html = b"<html><body><p>quoted </body> text</p>\n</BODY >\n</html>\n"
     out = stamp(message("text/html; charset=utf-8", html, "8bit"))

@@ -541,7 +541,7 @@ def test_outbound_copies_the_ids_of_references_as_written(harness: Any) -> None:
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "RE: Printer broken"),
                          ("In-Reply-To", outlook), ("References", f"{quoted}\n {outlook}"))
     anchor = f"<{harness.token(r.case_id)}.case@support.example.com>"
-    assert r.one("References") == f"{anchor} {quoted} {outlook}"
+    assert unfold(r.one("References")) == f"{anchor} {quoted} {outlook}"
 
 
 def test_the_first_id_of_a_long_references_still_threads(harness: Any) -> None:
@@ -867,13 +867,15 @@ def test_subject_match_is_off_by_default(harness: Any) -> None:
 @pytest.mark.parametrize(
     "subject",
     ["Re: Printer jam in room 4", "AW: WG: printer JAM  in room 4", "回复: Printer jam in room 4",
-     "Fwd: RE: [ref:1234] Printer jam in room 4"],
+     "Fwd: RE: [ref:{token}] Printer jam in room 4"],
 )
 def test_subject_match_within_the_window(make_harness: Any, subject: str) -> None:
     h = subject_match_harness(make_harness)
     h.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))
     h.advance(DAY)
-    r = h.inbound(CUSTOMER, ("Subject", subject))
+    # A tag that does not verify (another key's): not a token match, removed for comparing.
+    retired = Keyring([(9, b"r" * 32)]).make(7)
+    r = h.inbound(CUSTOMER, ("Subject", subject.replace("{token}", retired)))
     assert r.case_id == "C-000001"
     assert r.one("X-Case-Match") == "subject-match"
     assert r.one("X-Case-Sender") == "known"

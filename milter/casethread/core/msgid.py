@@ -9,6 +9,9 @@ from .message import unfold
 
 _ANGLED = re.compile(r"<([^<>]*)>")
 _COMMENT = re.compile(r"\([^()]*\)")
+# A comment, or an angle-bracketed ID kept whole (`<"odd (x)"@host>`): to find a field's IDs
+# as written, only the comments around them go.
+_COMMENT_OR_ID = re.compile(r"(<[^<>]*>)|\([^()]*\)")
 _SPACE = re.compile(r"\s+")
 # Never copied into a field we write: line breaks and NULs would break it or inject another.
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -21,11 +24,16 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _MAX_COMMENT_PASSES = 8
 
 
-def _without_comments(text: str) -> str:
+def _keep_id(m: re.Match[str]) -> str:
+    return m.group(1) or ""
+
+
+def _without_comments(text: str, ids_whole: bool = False) -> str:
+    """`text` without its comments; with `ids_whole`, comments inside `<...>` stay."""
     if "(" not in text:
         return text
     for _ in range(_MAX_COMMENT_PASSES):
-        stripped = _COMMENT.sub("", text)
+        stripped = _COMMENT_OR_ID.sub(_keep_id, text) if ids_whole else _COMMENT.sub("", text)
         if stripped == text:
             break
         text = stripped
@@ -55,7 +63,7 @@ def first_id(value: str | None) -> str | None:
     if value is None:
         return None
     # Comments first: "(via <gw@x>) <id@y>" names id@y, not gw@x.
-    found = _ANGLED.search(_without_comments(value))
+    found = _ANGLED.search(_without_comments(value, ids_whole=True))
     return normalise(found.group(1) if found else value)
 
 
@@ -65,7 +73,7 @@ def _raw_ids(value: str) -> list[str]:
     IDs without angle brackets are accepted when no bracketed ones exist, as some mailers
     send them bare.
     """
-    value = _without_comments(value)
+    value = _without_comments(value, ids_whole=True)
     raw_ids = _ANGLED.findall(value)
     if not raw_ids:
         raw_ids = [t for t in _SPACE.split(unfold(value)) if "@" in t]

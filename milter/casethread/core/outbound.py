@@ -12,7 +12,7 @@ import re
 from itertools import chain
 
 from . import msgid, thread_index, token
-from .addresses import domain_of, header_addresses
+from .addresses import ascii_domain, domain_of, header_addresses
 from .case_headers import CaseHeaderNames, strip_ours
 from .edits import AddHeader, ChangeHeader, Edit
 from .frozen import frozen
@@ -34,7 +34,10 @@ def clean(value: str) -> str:
 def fold(name: str, value: str, width: int = 78) -> str:
     """`value` (one line) folded at its blanks so that lines keep to `width` where they can
     (RFC 5322 §2.1.1: 78 recommended, 998 a hard limit; RFC 2047 words are at most 75 long):
-    unfolding gives `value` back, and no line is blank. A word longer than a line stays whole."""
+    unfolding gives `value` back, and no line is blank. A word longer than a line stays whole.
+    A line holding an encoded word keeps to 76 (RFC 2047 §2)."""
+    if "=?" in value:
+        width = min(width, 76)
     if len(name) + 2 + len(value) <= width:
         return value
     parts = _BLANK_RUN.split(value)  # word, blanks, word, blanks, ..., word
@@ -75,14 +78,28 @@ def app_state(msg: Message, names: CaseHeaderNames) -> tuple[CaseState | None, b
 
 
 def message_id_domain(msg: Message, configured: str | None, fallback: str) -> str:
-    """Config first, then the From domain when it is a plain DNS name, then the host name."""
+    """Config first, then the From domain when it is a DNS name with a dot (an
+    internationalised one as its A-label, RFC 5322 §3.6.4 allows no other), then `fallback`."""
     if configured:
         return configured
     for address in header_addresses(msg.get_all("From")):
-        domain = domain_of(address)
-        if msgid.is_plain_domain(domain):
+        domain = ascii_domain(domain_of(address))
+        if "." in domain and msgid.is_plain_domain(domain):
             return domain
     return fallback
+
+
+def fallback_domain(hostname: str, support_addresses: tuple[str, ...]) -> str:
+    """The Message-ID domain when neither config nor From gives one: the host's name when it
+    is fully qualified, else the first support address's domain (a container's bare host
+    name, `localhost` at worst, is no domain of ours and shows the internal name)."""
+    if "." in hostname and msgid.is_plain_domain(hostname):
+        return hostname
+    for pattern in support_addresses:
+        domain = ascii_domain(domain_of(pattern).lower())
+        if "." in domain and msgid.is_plain_domain(domain):
+            return domain
+    return hostname
 
 
 @frozen
@@ -146,19 +163,36 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
         return None
     text = clean(present)
     if found.case_number is not None:
-        text = token.tag_pattern(template).sub("", text).rstrip()
-    return ChangeHeader("Subject", 1, fold("Subject", text + tag))
+        text = _without_verified_tags(text, keyring, template)
+    return ChangeHeader("Subject", 1, fold("Subject", (text + tag).strip()))
+
+
+def _without_verified_tags(text: str, keyring: token.Keyring, template: str) -> str:
+    """`text` without our tags that verify: a customer's own `[Ref: 4711]` or another
+    system's tag in the same form stays."""
+    def drop(m: re.Match[str]) -> str:
+        found = keyring.resolve(token.find_tokens(m.group(0), template))
+        return "" if found.case_number is not None else m.group(0)
+    return token.tag_pattern(template).sub(drop, text).rstrip()
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
     """Put the case anchor first in References (trimming keeps it; inbound reads the first
-    anchor as the conversation's case), unless it is first already."""
+    anchor as the conversation's case), unless it is first already.
+
+    A reply with In-Reply-To but no References gets the answered ID after the anchor: RFC
+    5256 and JWZ threading take the parent from the last References ID and read In-Reply-To
+    only when References has none (RFC 5322 §3.6.4 builds References the same way)."""
     present = msg.get("References")
     if present is not None and not writable(present):
         return None
+    source = present
+    if source is None:
+        answered = msg.get("In-Reply-To")
+        source = answered if answered is not None and writable(answered) else None
     # The IDs as written: rewriting one (a domain's letter case, a quoted local part) would
     # make it another message for every client that threads by References.
-    ids = msgid.written_ids(present) if present is not None else []
+    ids = msgid.written_ids(source) if source is not None else []
     anchor_id = msgid.normalise(anchor)
     if ids and msgid.normalise(ids[0]) == anchor_id:
         return None
@@ -170,9 +204,7 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
         first = next((i for i in ids[1:] if token.token_from_anchor(i) is None), ids[1])
         newest = [i for i in ids[-(REFERENCES_KEEP - 2) :] if i != first]
         ids = [anchor, first, *newest]
-    value = " ".join(ids)
-    if len(value) > 900:  # stay well under the 998-octet line limit
-        value = "\n\t".join(ids)
+    value = fold("References", " ".join(ids))
     return ChangeHeader("References", 1, value) if present is not None else AddHeader(
         "References", value
     )

@@ -296,7 +296,10 @@ def _try_stamp_part(
         return Outcome(target, "already", "", part), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
-    insertion = _render(request, _text_newline(text, wire_newline))
+    newline = _text_newline(text, wire_newline)
+    insertion = _render(request, newline)
+    if target == "text" and _flows_on(part, text[:_insertion_index(text, target)], insertion):
+        insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
     prefix, suffix = _encode_halves(text, _insertion_index(text, target), codec, decoded)
     start, end, new, added = encoding.insert(raw, len(prefix), _encode(insertion, codec),
                                              wire_newline)
@@ -320,6 +323,18 @@ def _already_stamped(text: str, token: str, template: str) -> bool:
         template = DEFAULT_TEMPLATE
     found = list(find_tokens(text, template))
     return not found or found[-1] == normalise(token)
+
+
+def _flows_on(part: Part, before: str, insertion: str) -> bool:
+    """format=flowed text where the line before our token line ends in a blank: a soft
+    break, and a reader would join our line onto it (`Dana[ref:...]`)."""
+    if (part.content_type.param("format") or "").lower() != "flowed":
+        return False
+    head = before + insertion[: len(insertion) - len(insertion.lstrip("\r\n"))]
+    if not head.endswith("\n"):
+        return False  # a template without a leading line break shares the line anyway
+    line = head[:-1].removesuffix("\r").rpartition("\n")[2]
+    return line.endswith(" ") and line != "-- "  # the signature separator is no soft break
 
 
 def _inline_pgp(text: str) -> bool:

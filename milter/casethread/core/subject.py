@@ -120,6 +120,36 @@ def decode_subject(subject: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# RFC 2047 §2: an encoded word is at most 75 characters; "=?utf-8?q?" and "?=" take 12.
+_WORD_ROOM = 75 - 12
+_Q_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
+
+
+def _q_char(char: str) -> str:
+    if char in _Q_SAFE:
+        return char
+    if char == " ":
+        return "_"
+    return "".join(f"={byte:02X}" for byte in char.encode("utf-8", "replace"))
+
+
+def encode_words(text: str, first: int = 75) -> str:
+    """`text` as UTF-8 Q encoded words of at most 75 characters each (the first at most
+    `first`: what the field's name leaves of its line), never splitting a character,
+    separated by blanks (where a caller folds; RFC 2047 §2, §5 rule 3)."""
+    words: list[str] = []
+    word = ""
+    room = min(first, 75) - (75 - _WORD_ROOM)
+    for char in text:
+        encoded = _q_char(char)
+        if word and len(word) + len(encoded) > room:
+            words.append(word)
+            word, room = "", _WORD_ROOM
+        word += encoded
+    words.append(word)
+    return " ".join(f"=?utf-8?q?{w}?=" for w in words if w)
+
+
 # At most this much of a Subject is decoded to look for a token or a reference.
 DECODE_MAX = 8192
 

@@ -40,10 +40,10 @@ import math
 import re
 import secrets
 import uuid
-from email.header import Header
 
 from .frozen import frozen
-from .subject import decode_subject, strip_prefixes
+from .message import unfold
+from .subject import decode_subject, encode_words, strip_prefixes
 
 HEADER_LEN = 22
 CHILD_LEN = 5
@@ -202,6 +202,7 @@ def decode(header_value: str) -> bytes | None:
 # Outlook keeps subjects to 255 characters; a longer topic (a hostile 2 MB subject) is cut
 # there rather than copied into a second oversized field.
 TOPIC_MAX = 255
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
@@ -213,14 +214,16 @@ def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
     re-encoded as UTF-8 encoded words, so the value is safe to add as a header.
     A subject without encoded words is only stripped (raw 8-bit text stays as it was).
     """
+    subject = unfold(subject)
     encoded = "=?" in subject
     topic = decode_subject(subject) if encoded else subject
     if remove is not None:
         topic = remove.sub("", topic)
+    # Control characters (an encoded BEL, ESC or CR LF) are never written out, in clear or not.
+    topic = _CONTROLS.sub(" ", topic)
     topic = strip_prefixes(topic, list_tags=False)[:TOPIC_MAX].rstrip()
     if not encoded or topic.isascii():
         return topic
-    # Short encoded words (RFC 2047 caps them at 75 chars), the first one leaving room for the
-    # field's name, on one line; the caller folds between them.
-    return " ".join(
-        Header(topic, "utf-8", header_name="Thread-Topic").encode(linesep="\n").split())
+    # RFC 2047 §2: a line holding an encoded word keeps to 76 characters, the field's name
+    # included.
+    return encode_words(topic, first=76 - len("Thread-Topic: "))

@@ -319,12 +319,14 @@ def check_template(template: str) -> None:
 
 @lru_cache(maxsize=16)
 def tag_pattern(template: str) -> re.Pattern[str]:
-    """Our tag around anything token-like (spaces allowed, as clients rewrap), in any case:
-    what is removed when a Subject is re-tagged or compared. Compiled once per template."""
+    """Our tag around anything token-shaped (a token's length in letters and digits, blanks
+    between them as clients rewrap), in any case: what is removed when a Subject is re-tagged
+    or compared. A customer's own `[Ref: 4711]` is no token. Compiled once per template."""
     before, after = template.strip().split(PLACEHOLDER)
-    return re.compile(
-        rf"\s*{re.escape(before)}[0-9A-Za-z \t]{{1,{MAX_SPAN}}}{re.escape(after)}", re.I
-    )
+    symbols = rf"[ \t]*+(?:[0-9A-Za-z][ \t]*+){{{MIN_LENGTH},{MAX_LENGTH}}}"
+    # The blanks before the tag go with it; matched from the start of their run only, or a
+    # long run of blanks is rescanned from each of its positions (quadratic).
+    return re.compile(rf"(?<!\s)\s*+{re.escape(before)}{symbols}{re.escape(after)}", re.I)
 
 
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:

@@ -1,0 +1,145 @@
+"""The header fields outbound mail leaves with: valid by RFC 5322 / 2047 / 5256 and MS-OXOMSG,
+and nothing of the agent's text lost. Each case was found writing agent mail by hand."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Any
+
+import pytest
+
+from casethread.core import msgid, thread_index, token
+from casethread.core.message import unfold
+from casethread.core.subject import decode_subject
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[QqBb]\?[^?\s]*\?=")
+
+
+def lines_of(name: str, value: str) -> list[str]:
+    return f"{name}: {value}".split("\n")
+
+
+def assert_rfc2047_lines(name: str, value: str) -> None:
+    """RFC 2047 §2: an encoded word is at most 75 characters, a line holding one at most 76."""
+    for line in lines_of(name, value):
+        words = ENCODED_WORD.findall(line)
+        assert all(len(w) <= 75 for w in words), line
+        if words:
+            assert len(line) <= 76, line
+
+
+def test_a_reply_with_only_in_reply_to_gets_its_parent_last_in_references(harness: Any) -> None:
+    """RFC 5256 REFERENCES and JWZ threading take the parent from the last References ID and
+    read In-Reply-To only when References has none: the anchor alone hung the reply under a
+    message nobody sent, apart from the customer's own."""
+    parent = "<CAJ0abc123@mail.gmail.com>"
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
+                         ("In-Reply-To", parent))
+    anchor = f"<{harness.token(r.case_id)}.case@support.example.com>"
+    assert unfold(r.one("References")).split() == [anchor, parent]
+    assert r.one("In-Reply-To") == parent
+
+
+def test_references_are_folded_between_ids(harness: Any) -> None:
+    """500 IDs as Thunderbird folds them: trimmed to 20, and written on lines of at most 78
+    characters (RFC 5322 §2.1.1), not on one line of ~900."""
+    ids = [f"<{i:04d}.tb@customer.example.org>" for i in range(500)]
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
+                         ("References", "\n ".join(ids)))
+    value = r.one("References")
+    assert all(len(line) <= 78 for line in lines_of("References", value))
+    written = unfold(value).split()
+    assert len(written) == 20 and written[1] == ids[0] and written[-1] == ids[-1]
+
+
+def test_an_id_whose_quoted_local_part_holds_parentheses_is_copied_as_written(
+        harness: Any) -> None:
+    odd = '<"odd quoted(x)"@legacy.example.net>'
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
+                         ("References", f"{odd} (a comment) <m2@customer.example.org>"))
+    assert unfold(r.one("References")).split()[1:] == [
+        '<"odd', 'quoted(x)"@legacy.example.net>', "<m2@customer.example.org>"]
+
+
+def test_comments_around_ids_still_go_and_scanning_stays_linear() -> None:
+    assert msgid.written_ids("(via <gw@x>) <id@y> ((a) <b@c>) <d@e>") == ["<id@y>", "<d@e>"]
+    for hostile in ('"' + '\\"' * 50_000 + "(x)", "<" * 100_000 + "(x)", "(" * 100_000):
+        started = time.process_time()
+        msgid.written_ids(hostile)
+        msgid.first_id(hostile)
+        assert time.process_time() - started < 0.5
+
+
+def test_a_customers_own_bracket_reference_stays_when_the_case_moves(harness: Any) -> None:
+    """Only our tags that verify are replaced: `[Ref: 4711]` is the customer's invoice."""
+    old = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your invoice"))
+    subject = f"Re: Your invoice [Ref: 4711] is overdue [ref:{harness.token(old.case_id)}]"
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), ("X-Case-ID", "TKT-2"))
+    assert unfold(moved.one("Subject")) == (
+        f"Re: Your invoice [Ref: 4711] is overdue [ref:{harness.token('TKT-2')}]")
+    assert moved.one("Thread-Topic") == "Your invoice [Ref: 4711] is overdue"
+
+
+def test_a_tag_that_does_not_verify_stays_in_the_subject(harness: Any) -> None:
+    """Another installation's tag in the same form: ours is appended, theirs kept (it is
+    theirs to thread by), as when nothing of ours was there."""
+    theirs = token.Keyring([(4, b"t" * 32)]).make(12)
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: Order [ref:{theirs}]"))
+    assert unfold(r.one("Subject")) == f"Re: Order [ref:{theirs}] [ref:{harness.token(r.case_id)}]"
+
+
+def test_the_tag_pattern_is_linear_on_long_blank_runs() -> None:
+    pattern = token.tag_pattern(token.DEFAULT_TEMPLATE)
+    started = time.process_time()
+    pattern.sub("", "a" + " " * 100_000 + "b")
+    assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize("length", [45, 80, 300])
+def test_thread_topic_encoded_words_keep_to_rfc2047_lengths(harness: Any, length: int) -> None:
+    """Python's `Header` made words of 76-77 characters and a 78-character first line."""
+    text = ("Réclamation commande 4711 — livraison incomplète " * 10)[:length]
+    encoded = "=?UTF-8?B?" + base64.b64encode(text.encode()).decode() + "?="
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {encoded}"))
+    topic = r.one("Thread-Topic")
+    assert_rfc2047_lines("Thread-Topic", topic)
+    assert decode_subject(topic) == text[:thread_index.TOPIC_MAX].rstrip()
+
+
+def test_a_subject_holding_an_encoded_word_keeps_its_lines_to_76(harness: Any) -> None:
+    """Apple Mail's `=?utf-8?Q?...?=` of 52 characters plus our tag made a 78-character line."""
+    r = harness.outbound(AGENT, TO_CUSTOMER,
+                         ("Subject", "=?utf-8?Q?Angebot_f=C3=BCr_M=C3=BCller_KG?="))
+    assert_rfc2047_lines("Subject", r.one("Subject"))
+    assert decode_subject(r.one("Subject")).startswith("Angebot für Müller KG [ref:")
+
+
+def test_thread_topic_never_carries_control_characters(harness: Any) -> None:
+    r = harness.outbound(AGENT, TO_CUSTOMER, (
+        "Subject", "=?utf-8?Q?Bell=07_and_esc=1B[31m_red=0D=0AX-Case-ID:_C-000777?="))
+    topic = r.one("Thread-Topic")
+    assert not re.search(r"[\x00-\x1f\x7f]", decode_subject(topic) + topic)
+    assert "red X-Case-ID" in decode_subject(topic)  # the words stay apart
+
+
+def test_an_empty_subject_gets_the_tag_without_a_leading_blank(harness: Any) -> None:
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", ""))
+    assert r.one("Subject") == f"[ref:{harness.token(r.case_id)}]"
+
+
+def test_a_case_opened_by_the_agents_outlook_mail_keeps_its_conversation(harness: Any) -> None:
+    """The agent wrote first from Outlook: the app's later answers continue that Outlook
+    conversation (its GUID) rather than one made up for the case."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16, 32)))
+    first = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Maintenance window"),
+                             ("Thread-Index", thread_index.encode(root)))
+    assert first.one("Thread-Index") == thread_index.encode(root)
+    assert harness.case(first.case_id).thread_root == root.hex()
+    later = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Maintenance window"),
+                             ("X-Case-ID", first.case_id))
+    sent = thread_index.decode(later.one("Thread-Index"))
+    assert sent is not None and thread_index.root_of(sent) == root and len(sent) == 27
