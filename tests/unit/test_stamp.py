@@ -147,6 +147,23 @@ def test_a_closing_body_tag_inside_another_tag_is_not_the_end_of_the_body() -> N
     assert out.endswith(html + TAG.encode())
 
 
+@pytest.mark.parametrize("element", [
+    b'<style>p::after{content:"</body>"}</style>', b"<title>Why </body> matters</title>",
+    b"<textarea>\n<html><body>x</body></html>\n</TEXTAREA>",
+    b'<script>document.write("</body>")</script>'])
+def test_a_closing_body_tag_inside_raw_text_is_not_the_end_of_the_body(element: bytes) -> None:
+    """Script, style, title and textarea text is no markup (WHATWG HTML §13.2.5): our tag
+    there broke a CSS string, or showed as text; it goes before </html> instead."""
+    html = b"<html><head>" + element + b"</head><p>x</p>\n</html>\n"
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    head, end, tail = html.rpartition(b"</html>")
+    assert out.endswith(head + TAG.encode() + end + tail)
+    # A real </body> after it is still the place.
+    real = head + b"</body>" + end + tail
+    out = stamp(message("text/html; charset=utf-8", real, "8bit"))
+    assert out.endswith(head + TAG.encode() + b"</body>" + end + tail)
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")

@@ -46,6 +46,9 @@ _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+_RAW_TEXT = ("script", "style", "title", "textarea", "xmp")
+_RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I)
+_RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I) for name in _RAW_TEXT}
 # An armor line of inline PGP. Searched without `^` and re.M, which would try every position
 # of the part (~35 us for 7 KB); the line start is checked per match instead.
 _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
@@ -391,15 +394,26 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
     (`<a title="</body>">`: the tag would be cut open and our hidden text shown)."""
     comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
     starts = [a for a, _ in comments]
-    start = None
+    found = []
     for match in pattern.finditer(text):
         at = match.start()
         # The comments are sorted and apart: only the last one opening before it can hold it.
         i = bisect.bisect_right(starts, at) - 1
         in_comment = i >= 0 and at < comments[i][1]
         if not in_comment and text.rfind("<", 0, at) <= text.rfind(">", 0, at):
-            start = at
-    return start
+            found.append(at)
+    # Checked from the last, a few at most: each check reads on to the next closing tag.
+    return next((at for at in reversed(found[-4:]) if not _in_raw_text(text, at)), None)
+
+
+def _in_raw_text(text: str, at: int) -> bool:
+    """`at` is inside a <script>, <style>, <title>, <textarea> or <xmp> element, whose text is
+    no markup (WHATWG HTML §13.2.5: `p::after{content:"</body>"}` closes no body): the next
+    closing tag of such an element comes before any opening of it. (One never closed is
+    not seen: it would need a scan of the whole part for every HTML mail.)"""
+    end = _RAW_TEXT_END.search(text, at)
+    return end is not None and _RAW_TEXT_START[end.group(1).lower()].search(
+        text, at, end.start()) is None
 
 
 def _text_newline(text: str, fallback: bytes) -> str:
