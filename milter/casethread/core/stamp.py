@@ -301,9 +301,10 @@ def _try_stamp_part(
         raise Unusable("inline PGP")
     newline = _text_newline(text, wire_newline)
     insertion = _render(request, newline)
-    if target == "text" and _flows_on(part, text[:_insertion_index(text, target)], insertion):
+    cut = _insertion_index(text, target)
+    if target == "text" and _flows_on(part, text[:cut], insertion):
         insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
-    prefix, suffix = _encode_halves(text, _insertion_index(text, target), codec, decoded)
+    prefix, suffix = _encode_halves(text, cut, codec, decoded)
     start, end, new, added = encoding.insert(raw, len(prefix), _encode(insertion, codec),
                                              wire_newline)
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
