@@ -5,7 +5,10 @@
 # script in Dovecot). It files
 #   - auto-generated mail (X-Case-Auto other than "no": auto-replies, bounces, bulk) and
 #     looping senders (X-Case-Loop: yes) into Cases/Auto,
-#   - every other case mail into Cases/<queue> (X-Case-Queue, e.g. Cases/billing),
+#   - every other case mail into Cases/<queue> (X-Case-Queue, e.g. Cases/billing), also
+#     bulk mail that answers our mail (X-Case-Match token, in-reply-to, references or
+#     thread-index: a person's reply a mailing list relayed, or a ticket system such as RT
+#     sent with "Precedence: bulk"), which moved its case as the person's reply does,
 # and flags each case mail with its case id (X-Case-ID, e.g. the IMAP keyword C-000123), so
 # a mail client can search or label a case's whole thread. Mail without casethread's headers
 # (not addressed to inbound.addresses) stays in INBOX.
@@ -28,8 +31,11 @@ if header :matches "X-Case-ID" "*" {
     addflag "${case}";
 }
 
-if anyof (allof (exists "X-Case-Auto", not header :is "X-Case-Auto" "no"),
-          header :is "X-Case-Loop" "yes") {
+if anyof (header :is "X-Case-Loop" "yes",
+          allof (exists "X-Case-Auto", not header :is "X-Case-Auto" ["no", "bulk"]),
+          allof (header :is "X-Case-Auto" "bulk",
+                 not header :is "X-Case-Match"
+                     ["token", "in-reply-to", "references", "thread-index"])) {
     fileinto :create "Cases/Auto";
     stop;
 }

@@ -65,6 +65,23 @@ INPUTS: list[tuple[str, str, str, bytes]] = [
      _mail("boss@vip.example", "support@example.com", "Urgent", "b1@vip.example")),
     ("slashed", "lee@customer.example", "escalation@example.com",
      _mail("lee@customer.example", "escalation@example.com", "Escalate", "l1@customer.example")),
+    # Sam's reply relayed by a mailing list we are on answers our mail: filed as Sam's reply.
+    # The same list mail again (a duplicate: it changed nothing), bulk mail that names a case
+    # only by its guessable number, and bulk mail that names none go to Auto.
+    ("list-reply", "team-bounces@lists.example", "support@example.com",
+     _mail("sam@customer.example", "support@example.com", "[team] Re: Printer",
+           "s1@customer.example", "In-Reply-To: <p1@customer.example>", "Precedence: list",
+           "List-Id: <team.lists.example>")),
+    ("list-copy", "team-bounces@lists.example", "support@example.com",
+     _mail("sam@customer.example", "support@example.com", "[team] Re: Printer",
+           "s1@customer.example", "In-Reply-To: <p1@customer.example>", "Precedence: list",
+           "List-Id: <team.lists.example>")),
+    ("list-by-number", "team-bounces@lists.example", "support@example.com",
+     _mail("lee@customer.example", "support@example.com", "[team] Re: [Case C-000004]",
+           "l2@customer.example", "Precedence: list", "List-Id: <team.lists.example>")),
+    ("newsletter", "news@shop.example", "support@example.com",
+     _mail("news@shop.example", "support@example.com", "Sale!", "n1@shop.example",
+           "Precedence: bulk")),
     # Not for an inbound address: casethread strips the forged headers, nothing is filed.
     ("other", "pat@customer.example", "friend@elsewhere.example",
      _mail("pat@customer.example", "friend@elsewhere.example", "Lunch", "p3@customer.example",
@@ -86,6 +103,10 @@ HEADERS = {
     "auto": ("C-000001", "support", "auto-replied", None),
     "vip": ("C-000003", "vip", "no", None),
     "slashed": ("C-000004", "emea/escalation", "no", None),
+    "list-reply": ("C-000001", "support", "bulk", None),
+    "list-copy": ("C-000001", "support", "bulk", None),
+    "list-by-number": ("C-000004", "emea/escalation", "bulk", None),
+    "newsletter": (None, None, "bulk", None),
     "other": (None, None, None, None),
     "bot-1": ("C-000005", "support", "no", None),
     "bot-2": ("C-000006", "support", "no", None),
@@ -96,6 +117,8 @@ HEADERS = {
 SIEVE_FOLDERS = {
     "support": "Cases/support", "billing": "Cases/billing", "reply": "Cases/support",
     "auto": "Cases/Auto", "vip": "Cases/vip", "slashed": "Cases/emea/escalation",
+    "list-reply": "Cases/support", "list-copy": "Cases/Auto", "list-by-number": "Cases/Auto",
+    "newsletter": "Cases/Auto",
     "other": "INBOX", "bot-1": "Cases/support", "bot-2": "Cases/support", "loop": "Cases/Auto",
 }
 PROCMAIL_FOLDERS = {

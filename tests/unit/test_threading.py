@@ -1332,6 +1332,97 @@ def test_mail_relayed_by_our_own_group_opens_and_reopens_cases(harness: Any) -> 
     assert (news.decision.match, news.one("X-Case-Auto")) == ("none", "bulk")
 
 
+# A person's reply that reaches us as bulk mail: Mailman's copy (Pat's From, the list's
+# fields), and a ticket system that marks all its mail bulk (RT's DefaultMailPrecedence).
+MAILMAN = (CUSTOMER, ("Precedence", "list"),
+           ("List-Id", "Customer team <team.lists.example.org>"),
+           ("List-Post", "<mailto:team@lists.example.org>"),
+           ("Sender", "team-bounces+support=example.com@lists.example.org"))
+RT = (("From", '"Kim via RT" <it@customer.example.org>'), ("Precedence", "bulk"),
+      ("RT-Ticket", "customer.example.org #4567"))
+
+
+def answer_of(h: Any, out: Any, how: str) -> tuple[tuple[str, str], ...]:
+    """The header fields by which a reply names our mail `out`, one strategy's evidence."""
+    anchor = f"<{h.token(out.case_id)}.case@example.com>"
+    return {
+        "token": (("Subject", f"Re: {out.one('Subject')}"),),
+        "anchor": (("Subject", "Re: Printer jam"), ("References", anchor)),
+        "in-reply-to": (("In-Reply-To", out.one("Message-ID")),),
+        "references": (("References", f"<x@customer.example.org> {out.one('Message-ID')}"),),
+        "thread-index": (("Thread-Index",
+                          outlook_reply_index(out.one("Thread-Index"), h.clock.now + 60)),),
+    }[how]
+
+
+@pytest.mark.parametrize("relay", [MAILMAN, RT], ids=["mailman", "rt"])
+@pytest.mark.parametrize("how", ["token", "anchor", "in-reply-to", "references", "thread-index"])
+def test_bulk_mail_that_answers_our_mail_moves_the_case(
+    harness: Any, relay: tuple[tuple[str, str], ...], how: str
+) -> None:
+    """RFC 3834 says not to auto-respond to list or bulk mail, nothing more: a person's reply
+    that a list relayed, or a ticket system sent, takes a waiting case back to open."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.WAITING)
+    r = harness.inbound(*relay, *answer_of(harness, out, how))
+    match = "token" if how == "anchor" else how
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", match, "open", "bulk")
+    assert harness.case("C-000001").state is CaseState.OPEN
+
+
+@pytest.mark.parametrize("relay", [MAILMAN, RT], ids=["mailman", "rt"])
+def test_bulk_mail_that_answers_our_mail_reopens_and_follows_up(
+    harness: Any, relay: tuple[tuple[str, str], ...]
+) -> None:
+    out = start_case(harness)
+    reply = answer_of(harness, out, "token")
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    r = harness.inbound(*relay, *reply)
+    assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "reopened")
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    r = harness.inbound(*relay, *reply)
+    assert (r.case_id, r.one("X-Case-State"), r.one("X-Case-Related")) == (
+        "C-000002", "new", "C-000001")
+    assert harness.case("C-000001").followup == "C-000002"
+
+
+def test_bulk_mail_matched_otherwise_stays_automatic(make_harness: Any, tweak: Any) -> None:
+    """A case number is guessable (a newsletter may name one): bulk mail matched by it does
+    not reopen. Nor do a looping sender's list mail, nor an out-of-office a list relayed."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    out = start_case(h)
+    h.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    by_number = h.inbound(*MAILMAN, ("Subject", "Re: [Case C-000001]"))
+    assert by_number.one("X-Case-Match") == "subject-ref"
+    relayed_ooo = h.inbound(*MAILMAN, ("Auto-Submitted", "auto-replied"),
+                            *answer_of(h, out, "token"))
+    assert relayed_ooo.one("X-Case-Auto") == "auto-replied"
+    looping = h.inbound(*MAILMAN, *answer_of(h, out, "in-reply-to"))
+    assert looping.one("X-Case-Loop") == "yes"
+    for r in (by_number, relayed_ooo, looping):
+        assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "resolved")
+    assert h.case("C-000001").state is CaseState.RESOLVED
+    # Bulk mail that answers nothing opens no case.
+    news = h.inbound(STRANGER, ("Precedence", "bulk"), ("Subject", "Re: Printer jam"))
+    assert (news.decision.match, news.one("X-Case-Auto")) == ("none", "bulk")
+
+
+@pytest.mark.parametrize("first", ["direct", "list"])
+def test_a_reply_cc_a_list_reopens_whichever_copy_comes_first(harness: Any, first: str) -> None:
+    """Pat writes To support, Cc a list we are on: one copy direct, one through the list."""
+    out = start_case(harness)
+    reply = (("Message-ID", "<a1b2c3@customer.example.org>"), *answer_of(harness, out, "token"))
+    copies = {"direct": (CUSTOMER, *reply), "list": (*MAILMAN, *reply)}
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    second = "list" if first == "direct" else "direct"
+    r1 = harness.inbound(*copies[first])
+    r2 = harness.inbound(*copies[second])
+    assert (r1.one("X-Case-Match"), r1.one("X-Case-State")) == ("token", "reopened")
+    assert (r2.one("X-Case-Match"), r2.one("X-Case-State")) == ("duplicate", "open")
+    assert harness.case("C-000001").state is CaseState.OPEN
+
+
 @pytest.mark.parametrize(
     ("headers", "envelope", "kind"),
     [
@@ -1458,6 +1549,17 @@ def test_automatic_mail_does_not_route_a_case_opened_by_outbound_mail(make_harne
     assert h.case("C-000001").queue == ""
     r = h.inbound(BIGCORP, ("Subject", "Re: Your invoice"), ("In-Reply-To", out.one("Message-ID")))
     assert r.one("X-Case-Queue") == h.case("C-000001").queue == "billing"
+
+
+def test_a_list_copy_of_the_first_reply_routes_a_case_opened_by_outbound_mail(
+    make_harness: Any,
+) -> None:
+    h = routing_harness(make_harness)
+    out = start_case(h, "Your invoice")
+    r = h.inbound(BIGCORP, ("Precedence", "list"), ("List-Id", "<team.lists.example.org>"),
+                  ("In-Reply-To", out.one("Message-ID")))
+    assert (r.one("X-Case-Auto"), r.one("X-Case-Queue")) == ("bulk", "vip")
+    assert h.case("C-000001").queue == "vip"
 
 
 # --------------------------------------------------------------------------- outbound

@@ -2,22 +2,40 @@
 
 merged -> the surviving case; split -> every live child; closed -> the first open ancestor,
 else a new related case; resolved -> reopened, unless older than `cases.reopen_within` (a new
-related case) or the mail is automatic (threads, never reopens). A new related case is opened
-once per conversation: the old case names it as its follow-up, and later replies go there.
-Link chains are followed a bounded number of steps and cycles stop the walk, so a corrupt or
-hostile index cannot hang us.
+related case) or the mail is automatic (threads, never reopens; `is_automatic` says which
+mail is). A new related case is opened once per conversation: the old case names it as its
+follow-up, and later replies go there. Link chains are followed a bounded number of steps and
+cycles stop the walk, so a corrupt or hostile index cannot hang us.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+from . import autoreply
 from .frozen import frozen
 from .model import CaseRecord, CaseState
 from .store import CaseReader
 
 MAX_HOPS = 16
 MAX_SPLIT_CHILDREN = 16
+# The strategies whose evidence is our own mail, answered: a signed token or case anchor, one
+# of our recorded Message-IDs, our Outlook thread root. Not a guessable case number or subject,
+# nor another system's ticket number, nor a report that returns our mail.
+ANSWERING_MATCHES = frozenset({"token", "in-reply-to", "references", "thread-index"})
+
+
+def is_automatic(kind: str, match: str) -> bool:
+    """Whether mail of this `X-Case-Auto` kind, matched by this strategy, counts as automatic
+    for the case rules (no state change, reopen, follow-up or routing).
+
+    Bulk mail that answers our mail is a person's reply relayed by a mailing list, or sent by
+    a ticket system that marks all its mail `Precedence: bulk` (RT, Jira): RFC 3834 only
+    says not to auto-respond to it, and Zammad and RT let it update and reopen tickets. Bulk
+    mail matched otherwise (a newsletter naming a case number) stays automatic."""
+    if kind == autoreply.BULK and match in ANSWERING_MATCHES:
+        return False
+    return autoreply.is_auto(kind)
 
 
 class Action(StrEnum):
