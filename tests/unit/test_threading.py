@@ -189,6 +189,54 @@ def test_bounce_of_unknown_mail_opens_no_case(harness: Any) -> None:
     assert harness.index.last_number() == 0
 
 
+def read_receipt(original_id: str, part_type: str = "message/disposition-notification") -> bytes:
+    """Thunderbird's read receipt (RFC 8098): a text part and the report, no third part."""
+    return (
+        "--MDN\n"
+        "Content-Type: text/plain; charset=UTF-8\n\n"
+        "Dies ist eine Empfangsbestaetigung fuer eine E-Mail.\n\n"
+        "--MDN\n"
+        f'Content-Type: {part_type}; name="MDNPart2.txt"\n'
+        "Content-Disposition: inline\n\n"
+        "Reporting-UA: customer.example.org; Thunderbird 128.5.0\n"
+        "Final-Recipient: rfc822;pat@customer.example.org\n"
+        f"Original-Message-ID: {original_id}\n"
+        "Disposition: manual-action/MDN-sent-manually; displayed\n\n"
+        "--MDN--\n"
+    ).encode()
+
+
+MDN_HEADERS = (
+    CUSTOMER, TO_SUPPORT, ("Subject", "Empfangsbestaetigung (angezeigt) - Ihre Druckerfrage"),
+    ("Message-ID", "<mdn-tb-1@customer.example.org>"), ("MIME-Version", "1.0"),
+    ("Content-Type", 'multipart/report; report-type=disposition-notification; boundary="MDN"'),
+)
+
+
+@pytest.mark.parametrize("part_type", ["message/disposition-notification",
+                                       "message/global-disposition-notification"])
+def test_read_receipt_naming_our_mail_only_by_original_message_id(
+    harness: Any, part_type: str
+) -> None:
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.WAITING)
+    r = harness.inbound(*MDN_HEADERS, body=read_receipt(out.one("Message-ID"), part_type))
+    assert r.ours() == [
+        ("X-Case-ID", "C-000001"),
+        ("X-Case-Match", "bounce"),
+        ("X-Case-State", "waiting"),  # a receipt is no answer: the case still waits
+        ("X-Case-Queue", "support"),
+        ("X-Case-Auto", "auto-generated"),
+        ("X-Case-Sender", "known"),
+    ]
+    assert harness.case("C-000001").state is CaseState.WAITING
+    # A receipt for mail we never sent opens nothing.
+    other = harness.inbound(*MDN_HEADERS[:3], ("Message-ID", "<mdn-tb-2@customer.example.org>"),
+                            *MDN_HEADERS[4:], body=read_receipt("<theirs@customer.example.org>"))
+    assert other.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "auto-generated")]
+    assert harness.index.last_number() == 1
+
+
 # --------------------------------------------------------------------------- token
 
 

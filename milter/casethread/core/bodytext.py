@@ -19,10 +19,13 @@ from .subject import decode_subject
 
 DEFAULT_BUDGET = 1 << 20
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
-# What a delivery status notification returns of the original message (RFC 3462, 6533).
+# What a delivery status notification returns of the original message (RFC 3462, 6533), and
+# the report part of a read receipt, which may name it only by its Original-Message-ID (RFC
+# 8098 §3.2.10; Thunderbird sends no third part).
 BOUNCE_TYPES = frozenset(
     {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers",
-     "message/delivery-status", "message/global-delivery-status"}
+     "message/delivery-status", "message/global-delivery-status",
+     "message/disposition-notification", "message/global-disposition-notification"}
 )
 
 # A tag ends at the next "<" as well as at ">": with "[^>]*" every unclosed "<" of hostile

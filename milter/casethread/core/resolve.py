@@ -33,10 +33,13 @@ from .token import (
     token_from_anchor,
 )
 
-# What a bounce's returned headers may name us by.
+# What a bounce's returned headers (or a read receipt's report) may name us by.
 _RETURNED_FIELD = re.compile(
-    rb"^(message-id|in-reply-to|references|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M
+    rb"^(message-id|original-message-id|in-reply-to|references|subject)[ \t]*:"
+    rb"(.*(?:\r?\n[ \t].*)*)", re.I | re.M
 )
+# The fields that hold the returned mail's own Message-ID.
+_RETURNED_ID_FIELDS = ("message-id", "original-message-id")
 
 
 # Distinct external references one message may look up and record: a hostile body with
@@ -417,10 +420,11 @@ class Resolver:
         return None
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
-        """The bounced mail's case, from the header fields it returned: its own Message-ID,
-        then the signed tokens (Subject, anchors), then the IDs of the mail it answered. The
-        parent's IDs come last: a mail that moved the conversation to another case (or to a
-        split case's child) answers a mail of the old one."""
+        """The bounced mail's case, from the header fields it returned: its own Message-ID
+        (a read receipt's Original-Message-ID), then the signed tokens (Subject, anchors),
+        then the IDs of the mail it answered. The parent's IDs come last: a mail that moved
+        the conversation to another case (or to a split case's child) answers a mail of the
+        old one."""
         head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
         fields: dict[str, list[str]] = {}
         for found in _RETURNED_FIELD.finditer(head):
@@ -428,7 +432,8 @@ class Resolver:
                 found.group(2).decode("utf-8", "surrogateescape"))
         parents = [mid for name in ("in-reply-to", "references") for value in fields.get(name, ())
                    for mid in msgid.id_list(value, self._limit)]
-        for mid in (m for v in fields.get("message-id", ()) for m in msgid.id_list(v, 1)):
+        for mid in (m for name in _RETURNED_ID_FIELDS for v in fields.get(name, ())
+                    for m in msgid.id_list(v, 1)):
             case = ev.case_by_alias(AliasKind.MESSAGE, mid)
             if case is not None:
                 return Hit(case, "bounce")
