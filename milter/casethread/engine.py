@@ -111,7 +111,11 @@ class Engine:
             return self._inbound(msg)
         if direction is Direction.OUTBOUND:
             return self._outbound(msg)
-        return Decision(Direction.OTHER, edits=tuple(strip_ours(msg, self._names)))
+        # Noted: an app whose X-Case-ID vanishes (it sent through a path that is not outbound)
+        # shows why in the log line.
+        removed = tuple(strip_ours(msg, self._names))
+        notes = (f"case-fields-removed:{len(removed)}",) if removed else ()
+        return Decision(Direction.OTHER, edits=removed, notes=notes)
 
     def unchanged(self, msg: Message) -> Decision:
         """What the failure policy (on_error=accept) leaves of a message the engine failed on:
