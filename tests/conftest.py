@@ -6,10 +6,12 @@ files cannot import one another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,50 @@ class FilterRunner:
 @pytest.fixture
 def run_filter(casethread_bin: Path, tmp_path: Path) -> FilterRunner:
     return FilterRunner(casethread_bin, tmp_path)
+
+
+class SmallDisks:
+    """Small tmpfs mounts: a disk that can fill up, or be made read-only. Mounting needs root
+    with CAP_SYS_ADMIN (`make test` runs as root); without it the test fails, never skips."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def tmpfs(size: str, prefix: str = "casethread-disk-") -> Iterator[Path]:
+        """A new tmpfs of `size` (`mount -o size=`), unmounted and removed afterwards."""
+        mountpoint = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                               str(mountpoint)], capture_output=True, text=True, timeout=30,
+                              check=False)
+        if done.returncode != 0:
+            mountpoint.rmdir()
+            pytest.fail(f"this test mounts a small tmpfs and needs root with CAP_SYS_ADMIN: "
+                        f"{done.stderr.strip()}", pytrace=False)
+        try:
+            yield mountpoint
+        finally:
+            # Lazy: a process that still has a file open must not keep the mount alive.
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30,
+                           check=False)
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
+
+    @staticmethod
+    def remount(mountpoint: Path, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(mountpoint)], check=True,
+                       capture_output=True, timeout=30)
+
+    @staticmethod
+    def fill(directory: Path) -> Path:
+        """Fill the file system holding `directory` to the last byte; returns the filler."""
+        filler = directory / "filler"
+        with open(filler, "wb", buffering=0) as out:
+            for size in (65536, 4096, 1):  # down to the last partial block
+                with contextlib.suppress(OSError):
+                    while out.write(b"\0" * size):
+                        pass
+        return filler
+
+
+@pytest.fixture
+def small_disks() -> SmallDisks:
+    return SmallDisks()

@@ -41,45 +41,45 @@ def reply_for(policy: OnError) -> int:
 
 
 # Callbacks the MTA need not wait for (@Milter.noreply): a round trip less each. Their failures
-# cannot be answered where they happen, so the answer is given at end of message. Header fields
-# are taken without a reply too (one round trip per field: 10-40 a message), by `header_bytes`,
-# which only keeps the raw field. pymilter decodes a field's *name* as UTF-8 in C before any of
-# our code runs; when that fails, its exception policy answers, and on a no-reply step libmilter
-# drops that answer but still acts on it: anything but CONTINUE would end the message on our
-# side while the MTA goes on, and the MTA would wait for our end-of-message reply until its
-# timeout. So `serve` sets pymilter's policy to CONTINUE and logs the error (service.py): such a
-# field is not seen, the message is handled without it. (Postfix never sends such a name: it
-# starts the body there.) `data` keeps its reply: without one, Postfix's next write waits
-# ~40-60 ms on delayed ACK over TCP (bench/).
-_NO_REPLY = frozenset({"connect", "envfrom", "envrcpt", "eoh"})
+# cannot be answered where they happen, so the answer is given at end of message (_guarded).
+# Header fields are taken without a reply too (one round trip per field: 10-40 a message), by
+# `header_bytes`, which only keeps the raw field. pymilter decodes a field's *name* as UTF-8 in
+# C before any of our code runs; when that fails, its exception policy answers, and on a
+# no-reply step libmilter drops that answer but still acts on it: anything but CONTINUE would
+# end the message on our side while the MTA goes on, and the MTA would wait for our
+# end-of-message reply until its timeout. So `serve` sets pymilter's policy to CONTINUE and logs
+# the error (service.py): such a field is not seen, the message is handled without it. (Postfix
+# never sends such a name: it starts the body there.) `data` keeps its reply: without one,
+# Postfix's next write waits ~40-60 ms on delayed ACK over TCP (bench/).
 no_reply: Callable[[F], F] = Milter.noreply
 
 
+# Steps before end of message. Their failure cannot be answered where it happens: only end of
+# message may remove the forged X-Case-* fields (the fallback), and an ACCEPT there would
+# deliver them. So it marks the message failed and lets it go on, its body unread (SKIP), and
+# end of message answers by the policy. (Answering TEMPFAIL at once for `tempfail` would come to
+# the same for the MTA, but not on the no-reply steps, where libmilter drops the answer.)
+_BEFORE_EOM = frozenset({"connect", "envfrom", "envrcpt", "data", "eoh", "body"})
+
+
 def _guarded(callback: F) -> F:
-    """The error boundary: log with the queue id, then pass the message unchanged (or tempfail
-    it, per `milter.on_error`)."""
-    deferred = callback.__name__ in _NO_REPLY
+    """The error boundary: log with the queue id, then pass the message unchanged but for
+    forged X-Case-* fields (or tempfail it, per `milter.on_error`) at end of message."""
+    step = callback.__name__
 
     @functools.wraps(callback)
     def wrapper(self: CaseMilter, *args: Any) -> Any:
         try:
             return callback(self, *args)
         except Exception:
-            policy = self.engine.settings.milter.on_error
-            log.exception(
-                "queue_id=%s error in %s; message %s unchanged (on_error=%s)",
-                self.queue_id(), callback.__name__,
-                "tempfailed" if policy == "tempfail" else "passed", policy,
-            )
-            if self.metrics is not None:
-                self.metrics.error(callback.__name__)
-            if deferred:
-                self._failed = True
-                return int(Milter.CONTINUE)
-            if callback.__name__ == "eom":
-                return self._fallback(policy)
-            self._reset()
-            return reply_for(policy)
+            self._log_failure(step, None)
+            if step == "eom":
+                return self._fallback(self.engine.settings.milter.on_error)
+            if step in _BEFORE_EOM:
+                self._fail(connection=step == "connect")
+                return self._skip_body() if step == "body" else int(Milter.CONTINUE)
+            self._reset()  # abort, close: no message is left to answer for
+            return int(Milter.CONTINUE)
 
     return wrapper  # type: ignore[return-value]
 
@@ -114,6 +114,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         # What a header field is answered: NOREPLY once the MTA agreed to skip those replies.
         self._header_reply = int(Milter.CONTINUE)
         self._body = BodySpool(engine.settings.stamp.spool_threshold)
+        # A failed connect step (the client address unknown) fails each of its messages: a
+        # wrong direction would stamp or thread them wrongly.
+        self._connection_failed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -132,7 +135,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._body_room = 0
         self._direction: Direction | None = None  # classified at end of headers
         self._skipping = False  # inbound mail its header fields resolve: its body is not read
-        self._failed = False
+        self._failed = self._connection_failed  # end of message answers by the failure policy
 
     def _envelope(self) -> Envelope:
         return Envelope(
@@ -227,14 +230,24 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def body(self, chunk: bytes) -> int:
+        if self._failed:
+            return self._skip_body()
         if self._body_room > 0:
             taken = chunk[: self._body_room]
-            self._body.write(taken)
+            if not self._body.write(taken):
+                # One line, no traceback: a full TMPDIR is the machine's state, not a bug.
+                self._log_failure("body", self._body.failure)
+                self._fail()
+                return self._skip_body()
             self._body_room -= len(taken)
-        # Nothing more is needed: an MTA that understands SKIP stops sending the body.
-        if self._body_room <= 0 and getattr(self, "_protocol", 0) & Milter.P_SKIP:
-            return int(Milter.SKIP)
+        if self._body_room <= 0:  # nothing more is needed
+            return self._skip_body()
         return int(Milter.CONTINUE)
+
+    def _skip_body(self) -> int:
+        """An MTA that understands SKIP stops sending the body; any other goes on."""
+        return int(Milter.SKIP if getattr(self, "_protocol", 0) & Milter.P_SKIP
+                   else Milter.CONTINUE)
 
     @_guarded
     def eom(self) -> int:
@@ -275,6 +288,25 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             self._connected = False
             self._inflight.add(connections=-1)
         return int(Milter.CONTINUE)
+
+    def _fail(self, connection: bool = False) -> None:
+        """Mark the message failed: end of message answers with the fallback."""
+        self._failed = True
+        self._connection_failed |= connection
+
+    def _log_failure(self, step: str, cause: str | None) -> None:
+        """One ERROR line with the queue id: `cause` for a known condition, else the
+        exception being handled with its traceback."""
+        policy = self.engine.settings.milter.on_error
+        outcome = "tempfailed" if policy == "tempfail" else "passed"
+        if cause is None:
+            log.exception("queue_id=%s error in %s; message %s unchanged (on_error=%s)",
+                          self.queue_id(), step, outcome, policy)
+        else:
+            log.error("queue_id=%s error in %s: %s; message %s unchanged (on_error=%s)",
+                      self.queue_id(), step, cause, outcome, policy)
+        if self.metrics is not None:
+            self.metrics.error(step)
 
     def _fallback(self, policy: OnError) -> int:
         """The answer at end of message after the engine failed. With on_error=accept, forged

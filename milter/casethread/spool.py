@@ -3,6 +3,9 @@ threshold, so a 50 MB message costs the milter no more than a few chunks of heap
 
 The spooled file is read back through `mmap`: the core splits and stamps it in place (its
 parsers take `bytes | mmap`), and the new body streams out of it in chunks.
+
+A spool that cannot be written (a full or read-only TMPDIR) is no error of the milter's: `write`
+says so and drops what it had, and the adapter passes that message by the failure policy.
 """
 
 from __future__ import annotations
@@ -18,31 +21,50 @@ class BodySpool:
     def __init__(self, threshold: int) -> None:
         self._threshold = threshold
         self._memory = bytearray()
+        # Unbuffered: every write reaches the file at once, so a full disk shows in `write`,
+        # never later in a flush at end of message.
         self._file: IO[bytes] | None = None
         self._map: mmap.mmap | None = None
+        self.failure: str | None = None  # why the body could not be kept, once it could not
 
-    def write(self, chunk: bytes) -> None:
-        if self._file is not None:
-            self._file.write(chunk)
-            return
-        self._memory += chunk
-        if len(self._memory) > self._threshold:
-            # Kept open across callbacks and closed by close(): no `with` can span that.
-            self._file = tempfile.TemporaryFile(prefix="casethread-body-")  # noqa: SIM115
-            self._file.write(self._memory)
+    def write(self, chunk: bytes) -> bool:
+        """Keep `chunk`; False when the body can no longer be kept (see `failure`)."""
+        if self.failure is not None:
+            return False
+        spill = self._file is None  # the body so far goes from memory to a file
+        if spill:
+            self._memory += chunk
+            if len(self._memory) <= self._threshold:
+                return True
+        try:
+            if self._file is None:
+                # Kept open across callbacks and closed by close(): no `with` can span that.
+                self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                    prefix="casethread-body-", buffering=0
+                )
+            _write_all(self._file, self._memory if spill else chunk)
+        except OSError as exc:
+            self.failure = f"cannot spool the body in {tempfile.gettempdir()}: {exc.strerror}"
+            self._drop()
+            return False
+        if spill:
             self._memory = bytearray()
+        return True
 
     def data(self) -> Data:
         """The whole body; valid until `close()`."""
         if self._file is None:
             return bytes(self._memory)
         if self._map is None:
-            self._file.flush()
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
 
     def close(self) -> None:
         """Forget the body (the spool can be reused for the next message)."""
+        self._drop()
+        self.failure = None
+
+    def _drop(self) -> None:
         if self._map is not None:
             self._map.close()
             self._map = None
@@ -50,3 +72,11 @@ class BodySpool:
             self._file.close()  # a TemporaryFile is already unlinked: closing frees it
             self._file = None
         self._memory = bytearray()
+
+
+def _write_all(file: IO[bytes], data: bytes | bytearray) -> None:
+    """An unbuffered write may be short (a disk that fills up meanwhile): go on, so that it
+    ends in all written or in the OSError that says why not."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view):]

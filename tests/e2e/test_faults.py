@@ -28,13 +28,13 @@ import re
 import smtplib
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,43 +191,6 @@ def check_delivery(sent: dict[int, Sent], got: list[ReceivedMessage], index: Pat
             assert mid is not None and dump.case_of(mid) == case_ids[0], (s.seq, mid)
             tally["outbound stamped"] += 1
     return tally, dump
-
-
-@contextlib.contextmanager
-def tmpfs(size: str, prefix: str) -> Iterator[Path]:
-    """A small tmpfs (a disk that can fill up, or be made read-only), unmounted afterwards."""
-    mountpoint = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           str(mountpoint)], capture_output=True, text=True, timeout=30,
-                          check=False)
-    if done.returncode != 0:
-        mountpoint.rmdir()
-        pytest.fail(f"these fault tests mount a small tmpfs and need root with CAP_SYS_ADMIN: "
-                    f"{done.stderr.strip()}", pytrace=False)
-    try:
-        yield mountpoint
-    finally:
-        # Lazy: a process that still has a file open must not keep the mount alive.
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30,
-                       check=False)
-        with contextlib.suppress(OSError):
-            mountpoint.rmdir()
-
-
-def remount(mountpoint: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(mountpoint)], check=True,
-                   capture_output=True, timeout=30)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system holding `directory` to the last byte."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (65536, 4096, 1):  # down to the last partial block
-            with contextlib.suppress(OSError):
-                while out.write(b"\0" * size):
-                    pass
-    return filler
 
 
 def error_lines(log: str) -> list[str]:
@@ -547,11 +510,11 @@ def assert_one_clear_line(status: int, lines: list[str], *words: str) -> None:
         assert word in lines[0], (word, lines)
 
 
-def test_read_only_index_directory_stops_startup(tmp_path: Path) -> None:
-    with tmpfs("8m", "casethread-ro-") as disk:
+def test_read_only_index_directory_stops_startup(tmp_path: Path, small_disks: Any) -> None:
+    with small_disks.tmpfs("8m", "casethread-ro-") as disk:
         existing = disk / "index"
         make_index(existing, cases=3)
-        remount(disk, "ro")
+        small_disks.remount(disk, "ro")
         status, lines, took = serve_and_wait("--index", str(existing), cwd=tmp_path)
         assert_one_clear_line(status, lines, "cannot open case index", str(existing),
                               "Read-only file system")
@@ -650,16 +613,16 @@ def deliver(postfix: PostfixHarness, raw: bytes, outbound: bool) -> ReceivedMess
 
 def test_full_disk_passes_mail_unchanged_and_recovers(
     postfix_factory: PostfixFactory, milter_factory: MilterFactory, milter_socket: MilterSocket,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], small_disks: Any,
 ) -> None:
-    with tmpfs("4m", "casethread-full-") as disk:
+    with small_disks.tmpfs("4m", "casethread-full-") as disk:
         index = disk / "index"
         proc = milter_factory(
             casethread_serve_argv(milter_socket, config=write_config(tmp_path), index=index),
             None, milter_socket, cwd=tmp_path, kill_at_teardown=True)
         postfix = postfix_factory(milter_socket)
         assert deliver(postfix, agent_mail(0), outbound=True).header("X-Case-ID") == "C-000001"
-        filler = fill(disk)
+        filler = small_disks.fill(disk)
         passed = 0
         n = 0
         for n in range(1, 41):  # new cases and Message-IDs need new pages: the disk says no

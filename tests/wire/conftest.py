@@ -6,12 +6,13 @@ every wait is bounded. Readiness is a connect-retry loop, never a fixed sleep.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ class MilterProcess:
     """One `casethread serve` child with its log file."""
 
     def __init__(
-        self, endpoint: Endpoint, index: Path, config: Path | None, log_path: Path
+        self, endpoint: Endpoint, index: Path, config: Path | None, log_path: Path,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.index = index
@@ -49,7 +51,7 @@ class MilterProcess:
             # A known umask, so the socket-mode test shows the chmod and not the umask.
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                umask=0o022,
+                umask=0o022, env=None if env is None else {**os.environ, **env},
             )
 
     def log(self) -> str:
@@ -109,7 +111,9 @@ class MilterStarter:
         endpoint: Endpoint | None = None,
         index: Path | None = None,
         name: str = "milter",
+        env: Mapping[str, str] | None = None,
     ) -> MilterProcess:
+        """`env`: variables set for the milter on top of ours (e.g. its TMPDIR)."""
         config = None
         if config_text is not None:
             config = self.workdir / f"{name}.yaml"
@@ -121,7 +125,7 @@ class MilterStarter:
         for attempt in range(1, attempts + 1):
             proc = MilterProcess(
                 endpoint or Endpoint.tcp(free_port()), index, config,
-                self.workdir / f"{name}.log",
+                self.workdir / f"{name}.log", env,
             )
             self.started.append(proc)
             try:

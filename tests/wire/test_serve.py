@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from miltertest import constants as c
@@ -616,6 +617,50 @@ def test_a_full_index_lets_every_message_through_unchanged(
     )
     assert other.actions == [Action("m", "X-Case-ID", "", 1)]
     assert other.disposition == c.SMFIR_CONTINUE
+
+
+# --------------------------------------------------------------------------- a body it cannot keep
+
+FORGED = [("X-Case-ID", "C-000001"), ("X-Case-Queue", "vip"), ("X-Case-State", "closed")]
+BIG_BODY = "A line of a long mail from the customer, with nothing to thread by.\r\n" * 4000
+
+
+@pytest.mark.parametrize(("on_error", "disposition"),
+                         [("accept", c.SMFIR_ACCEPT), ("tempfail", c.SMFIR_TEMPFAIL)])
+def test_a_body_that_cannot_be_spooled_still_loses_forged_fields(
+    milters: MilterStarter, small_disks: Any, on_error: str, disposition: str
+) -> None:
+    """The body step fails (its spool's file system is full): end of message still runs, and
+    answers by the policy: forged X-Case-* fields removed and nothing else (accept), or 4xx."""
+    config = CONFIG.replace("  timeout: 30\n", f"  timeout: 30\n  on_error: {on_error}\n")
+    with small_disks.tmpfs("1m") as disk:
+        proc = milters.start(config + "stamp:\n  spool_threshold: 64KiB\n",
+                             name=f"spool-{on_error}", env={"TMPDIR": str(disk)})
+
+        def send(n: int, *extra: tuple[str, str]) -> Transaction:
+            return transact(proc.endpoint, daemon_name="mx.example.com",
+                            mail_from="pat@customer.example.org", rcpts=[SUPPORT],
+                            headers=customer_headers(f"<spool.{n}@customer.example.org>", *extra),
+                            queue_id=f"QSPOOL{n}", body=BIG_BODY)
+
+        # Spooled there while it has room (Python then keeps that TMPDIR for the process).
+        healthy = send(1)
+        assert healthy.disposition == c.SMFIR_CONTINUE and healthy.added("X-Case-ID")
+        small_disks.fill(disk)
+        sent = customer_headers("<spool.2@customer.example.org>", *FORGED)
+        t = send(2, *FORGED)
+    assert t.disposition == disposition, t
+    assert t.body_skipped  # a body it cannot keep is not read on
+    if on_error == "accept":
+        assert t.result(sent) == [(n, v) for n, v in sent if not n.startswith("X-Case-")]
+        assert all(a.kind == "m" and not a.value for a in t.actions), t.actions
+    else:
+        assert t.actions == []
+    errors = [line for line in proc.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.log()
+    assert "queue_id=QSPOOL2 error in body: cannot spool the body in " in errors[0]
+    assert "No space left on device" in errors[0] and f"(on_error={on_error})" in errors[0]
+    assert "Traceback" not in proc.log()
 
 
 @pytest.mark.parametrize("where", ["port-taken", "no-directory"])
