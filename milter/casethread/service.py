@@ -14,10 +14,11 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
 
@@ -37,6 +38,7 @@ from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listenin
 log = logging.getLogger("casethread")
 
 MILTER_NAME = "casethread"
+_PROBE_TIMEOUT = 2.0  # seconds a milter on our unix socket path gets to accept a probe
 
 
 def _unix_socket_path(spec: str) -> str | None:
@@ -71,7 +73,7 @@ def _socket_problem(spec: str) -> str:
                 return f"no directory {directory}"
             if not os.access(directory, os.W_OK | os.X_OK):
                 return f"directory {directory} is not writable by this user"
-            return "the path exists and is not a socket, or another milter listens there"
+            return "the path exists and is not a socket, or another milter took it meanwhile"
         address = _inet_address(spec)
         if address is not None:
             family, host, port = address
@@ -80,6 +82,53 @@ def _socket_problem(spec: str) -> str:
     except OSError as exc:
         return exc.strerror or str(exc)
     return "libmilter refused it (see the lines above)"
+
+
+def _claim_unix_socket(spec: str, path: str) -> None:
+    """Refuse a unix socket another process listens on; remove one nobody listens on.
+
+    libmilter's own `rmsocket` unlinks whatever is there: a second `serve` (an admin's test
+    run) would silently take the running milter's socket, and that one, still running, is
+    unreachable once the second stops (Postfix then applies milter_default_action to all
+    mail). A path we cannot probe (no permission, a listener that does not answer in time) is
+    refused too: the safe side is not to take it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return
+        except ConnectionRefusedError:  # a stale socket (its milter died), or not a socket
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+                log.info("removed the stale socket %s: nothing listened on it", path)
+            return  # anything else is left to bind(), whose failure _socket_problem explains
+        except OSError as exc:
+            raise OSError(f"cannot listen on {spec}: cannot tell whether another milter "
+                          f"listens on {path}: {exc.strerror or exc}") from None
+    raise OSError(f"cannot listen on {spec}: another milter listens on {path}; stop it first "
+                  "or give this one another milter.socket")
+
+
+@contextlib.contextmanager
+def _socket_file_removed_at_exit(path: str | None) -> Iterator[None]:
+    """Remove our unix socket's file when the milter stops (libmilter leaves it when it runs
+    as root), unless it is no longer ours (same device and inode)."""
+    ours = _file_identity(path) if path else None
+    try:
+        yield
+    finally:
+        if path and ours is not None and _file_identity(path) == ours:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _set_socket_access(path: str, mode: int, group: str | None) -> None:
@@ -285,26 +334,32 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
         sys.excepthook = _log_untrapped
         _register_callbacks()
         spec = settings.milter.socket
+        path = _unix_socket_path(spec)
+        if path:
+            _claim_unix_socket(spec, path)
         milter.setconn(spec)
         milter.settimeout(settings.milter.timeout)
         try:
-            milter.opensocket(True)
+            # Not libmilter's rmsocket: _claim_unix_socket removed a stale file, and a file
+            # that appeared since is someone else's.
+            milter.opensocket(False)
         except milter.error:
             # libmilter says only "cannot opensocket": name the socket and the likely cause.
             raise OSError(f"cannot listen on {spec}: {_socket_problem(spec)}") from None
-        port = _inet_port(spec)
-        if port is not None:
-            set_listen_nodelay(port)
-        path = _unix_socket_path(spec)
-        if path:
-            _set_socket_access(path, settings.milter.socket_mode, settings.milter.socket_group)
-        listener = find_listener(port, path)
-        log.info(
-            "listening on %s, index %s, on_error=%s, pid %d",
-            spec, settings.index.path, settings.milter.on_error, os.getpid(),
-        )
-        sys.stderr.flush()
-        _run(current, load, inflight, listener, wakeups)
+        with _socket_file_removed_at_exit(path):
+            port = _inet_port(spec)
+            if port is not None:
+                set_listen_nodelay(port)
+            if path:
+                _set_socket_access(path, settings.milter.socket_mode,
+                                   settings.milter.socket_group)
+            listener = find_listener(port, path)
+            log.info(
+                "listening on %s, index %s, on_error=%s, pid %d",
+                spec, settings.index.path, settings.milter.on_error, os.getpid(),
+            )
+            sys.stderr.flush()
+            _run(current, load, inflight, listener, wakeups)
         log.info("stopped")
         return 0
     finally:

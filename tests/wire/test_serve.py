@@ -465,6 +465,40 @@ def test_sigterm_stops_the_milter_cleanly(milters: MilterStarter, tmp_path: Path
         assert "inbound.addresses is empty" not in log
 
 
+def test_a_live_unix_socket_is_not_taken_over(milters: MilterStarter, tmp_path: Path) -> None:
+    """A second `serve` on the socket of a running milter refuses to start; the first keeps
+    serving, and removes its socket file when it stops."""
+    path = tmp_path / "live.sock"
+    first = milters.start(CONFIG, endpoint=Endpoint.unix(str(path)), name="first")
+    spec = f"unix:{path}"
+    second = subprocess.run(
+        [str(CASETHREAD), "serve", "--socket", spec, "--index", str(tmp_path / "other")],
+        capture_output=True, text=True, timeout=STOP_TIMEOUT, check=False,
+    )
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.splitlines()[-1] == (
+        f"casethread: cannot listen on {spec}: another milter listens on {path}; stop it "
+        "first or give this one another milter.socket"), second.stderr
+    assert "Traceback" not in second.stderr
+    send_agent_mail(first.endpoint, "QFIRST")  # still reachable
+    status, _ = first.terminate()
+    assert status == 0, first.log()
+    assert not path.exists()
+
+
+def test_a_stale_unix_socket_is_replaced(milters: MilterStarter, tmp_path: Path) -> None:
+    """A socket file nobody listens on (its milter was killed) is removed and listened on."""
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(path))  # closed without unlinking: what kill -9 leaves
+    proc = milters.start(CONFIG, endpoint=Endpoint.unix(str(path)), name="stale")
+    send_agent_mail(proc.endpoint, "QSTALE")
+    assert f"removed the stale socket {path}" in proc.log()
+    status, _ = proc.terminate()
+    assert status == 0, proc.log()
+    assert not path.exists()
+
+
 def test_a_milter_with_no_support_address_says_so(milters: MilterStarter) -> None:
     """The embedded defaults (`make run`) list no support address: nothing is inbound."""
     proc = milters.start(None, name="defaults")
