@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 runtime failure (index cannot be opened, milter cannot 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import io
 import json
 import logging
@@ -707,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A fatal signal (SIGSEGV in py-lmdb on a corrupt page, SIGBUS) then leaves the Python
+    # traceback of every thread on stderr, for `serve` the journal, not just an exit status.
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

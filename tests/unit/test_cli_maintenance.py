@@ -5,6 +5,7 @@ through the index API)."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -12,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from casethread.core.message import parse_raw
 from casethread.core.model import Alias, AliasKind
 from casethread.index import LmdbIndex
 from casethread.index import keys as index_keys
+from casethread.index.lmdb_index import LOCK_FILE_SIZE, MAX_READERS
 
 DAY = 86400
 
@@ -127,6 +130,43 @@ def test_stats_without_an_index_fails_and_creates_none(cli: Cli) -> None:
     assert p.returncode == 1
     assert b"no case index" in p.stderr
     assert not cli.index.exists()
+
+
+def test_a_restored_backup_on_a_full_disk_is_refused_not_a_crash(
+    cli: Cli, filled: list[dict[str, str]], tmp_path: Path, small_disks: Any
+) -> None:
+    """A backup holds no lock.mdb; LMDB made it sparse and wrote through its map, so on a full
+    disk `stats` and `serve` died of SIGBUS with nothing printed. Now: one line, exit 1."""
+    backup = tmp_path / "backup"
+    cli.ok("backup", str(backup))
+    with small_disks.tmpfs("1m") as disk:
+        restored = disk / "index"
+        shutil.copytree(backup, restored)
+        small_disks.fill(disk)
+        lock = restored / "lock.mdb"
+        for argv in (["stats"], ["serve", "--socket", f"unix:{disk / 'x.sock'}"]):
+            p = cli.run(*argv, index=restored)
+            assert p.returncode == 1, (argv, p.returncode, p.stderr)  # not -7, SIGBUS
+            assert p.stderr.decode().splitlines() == [
+                f"casethread: cannot open case index {restored}: no space to create {lock} "
+                f"({LOCK_FILE_SIZE} bytes): No space left on device; free space on its file "
+                "system"], argv
+
+
+def test_the_lock_file_is_as_big_as_lmdb_makes_it(tmp_path: Path) -> None:
+    """LmdbIndex reserves lock.mdb's blocks at the size LMDB would give it: a bigger file would
+    change LMDB's number of reader slots, a smaller one leave blocks unreserved."""
+    env = lmdb.open(str(tmp_path / "plain"), max_readers=MAX_READERS)
+    env.close()
+    assert (tmp_path / "plain" / "lock.mdb").stat().st_size == LOCK_FILE_SIZE
+    index = LmdbIndex(tmp_path / "ours", 1 << 20)
+    try:
+        assert index.map_info()["max_readers"] == MAX_READERS
+    finally:
+        index.close()
+    lock = tmp_path / "ours" / "lock.mdb"
+    assert lock.stat().st_size == LOCK_FILE_SIZE
+    assert lock.stat().st_blocks * 512 >= LOCK_FILE_SIZE  # allocated, not a sparse file
 
 
 # --- backup ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -497,6 +498,17 @@ def test_a_stale_unix_socket_is_replaced(milters: MilterStarter, tmp_path: Path)
     status, _ = proc.terminate()
     assert status == 0, proc.log()
     assert not path.exists()
+
+
+def test_a_fatal_signal_leaves_a_traceback(milters: MilterStarter) -> None:
+    """SIGSEGV (py-lmdb on a corrupt page) or SIGBUS must not end the milter without a line:
+    faulthandler writes each thread's Python stack to stderr, the journal."""
+    proc = milters.start(CONFIG, name="segv")
+    proc.proc.send_signal(signal.SIGSEGV)
+    assert proc.proc.wait(timeout=STOP_TIMEOUT) == -signal.SIGSEGV
+    log = proc.log()
+    assert "Fatal Python error: Segmentation fault" in log, log
+    assert 'File "' in log and "casethread" in log.split("Fatal Python error", 1)[1], log
 
 
 def test_a_milter_with_no_support_address_says_so(milters: MilterStarter) -> None:

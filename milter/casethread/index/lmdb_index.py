@@ -41,6 +41,10 @@ META_COUNTER = b"counter"  # 8-byte big-endian: the last case number handed out
 # One slot per concurrent read transaction in all processes: SMTP sessions plus CLI runs.
 MAX_READERS = 512
 MAX_DBS = 5  # the named databases of SharedEnv
+# The size LMDB gives lock.mdb: its header and a 64-byte slot per reader (mdb.c,
+# mdb_env_setup_locks: sizeof(MDB_txninfo) + (maxreaders - 1) * sizeof(MDB_reader) on 64-bit
+# Linux; a test checks it against LMDB). A larger file would raise LMDB's reader count.
+LOCK_FILE_SIZE = 192 + (MAX_READERS - 1) * 64
 # Automatic growth stops at max(16 x the configured map_size, 64 GiB): far beyond any normal
 # index, yet a runaway writer meets IndexFull before it has filled the disk of a small server.
 CEILING_FACTOR = 16
@@ -266,6 +270,7 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
         os.chmod(path, 0o700)  # whatever the umask
     except FileExistsError:
         pass
+    _reserve_lock_file(path)
     # mode applies to data.mdb and lock.mdb; the 0700 directory already shields them.
     env = lmdb.open(
         path,
@@ -316,6 +321,30 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
         env.close()
         raise
     return shared
+
+
+def _reserve_lock_file(path: str) -> None:
+    """Give lock.mdb its disk blocks before LMDB maps it. LMDB sizes a new lock file with
+    ftruncate, which reserves nothing, and writes to it through the map: on a full disk that
+    write kills the process with SIGBUS, before any line is logged (a first start, or an index
+    restored from `casethread backup`, which holds no lock.mdb). posix_fallocate takes the
+    blocks or says ENOSPC; an existing lock file keeps its size (holes filled)."""
+    lock = os.path.join(path, "lock.mdb")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size or LOCK_FILE_SIZE
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise IndexUnavailable(
+                f"cannot open case index {path}: no space to create {lock} "
+                f"({LOCK_FILE_SIZE} bytes): {exc.strerror}; free space on its file system"
+            ) from None
+        # A file system without fallocate (glibc emulates most): LMDB as before.
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _check_complete(env: lmdb.Environment, path: str) -> None:
