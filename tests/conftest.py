@@ -241,6 +241,20 @@ class SmallDisks:
                 mountpoint.rmdir()
 
     @staticmethod
+    @contextlib.contextmanager
+    def read_only_file(path: Path) -> Iterator[None]:
+        """`path` bind-mounted read-only onto itself: not writable, root included, while its
+        directory stays writable."""
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True,
+                       capture_output=True, timeout=30)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True,
+                           capture_output=True, timeout=30)
+            yield
+        finally:
+            subprocess.run(["umount", str(path)], check=True, capture_output=True, timeout=30)
+
+    @staticmethod
     def remount(mountpoint: Path, options: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{options}", str(mountpoint)], check=True,
                        capture_output=True, timeout=30)

@@ -7,6 +7,7 @@ exception is logged with the queue id and the message passes unchanged (or is te
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import socket
@@ -23,6 +24,8 @@ from .core.model import Direction
 from .core.settings import OnError
 from .core.stamp import iter_spliced
 from .engine import Engine
+from .index import IndexFull, IndexNotWritable
+from .index.errors import os_problem
 from .metrics import Metrics
 from .spool import BodySpool
 
@@ -71,8 +74,8 @@ def _guarded(callback: F) -> F:
     def wrapper(self: CaseMilter, *args: Any) -> Any:
         try:
             return callback(self, *args)
-        except Exception:
-            self._log_failure(step, None)
+        except Exception as exc:
+            self._log_failure(step, known_cause(exc))
             if step == "eom":
                 return self._fallback(self.engine.settings.milter.on_error)
             if step in _BEFORE_EOM:
@@ -84,19 +87,51 @@ def _guarded(callback: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The machine's state, not a bug: one line naming the cause and the path is what the operator
+# needs, and a traceback per message would bury it (hundreds of lines a minute on a full disk).
+_KNOWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def known_cause(exc: BaseException) -> str | None:
+    """The one-line cause of an expected failure (a full disk or map, a read-only file system,
+    a permission), else None: an unexpected error keeps its traceback."""
+    if isinstance(exc, (IndexFull, IndexNotWritable)):
+        return str(exc)  # each names the index and the cause
+    if isinstance(exc, OSError) and exc.errno in _KNOWN_ERRNOS:
+        return os_problem(exc)
+    return None
+
+
 class InFlight:
     """Connections open and messages under way (MAIL FROM until end of message or abort), shared
-    by every connection: a stop waits for the messages to finish (service.py)."""
+    by every connection: a stop waits for the messages to finish, and names those it cuts
+    (service.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # callbacks run on libmilter's worker threads
         self.connections = 0
-        self.messages = 0
+        self._messages: set[CaseMilter] = set()  # each connection has one message at most
 
-    def add(self, connections: int = 0, messages: int = 0) -> None:
+    @property
+    def messages(self) -> int:
+        return len(self._messages)
+
+    def add(self, connections: int) -> None:
         with self._lock:
             self.connections += connections
-            self.messages += messages
+
+    def begin(self, message: CaseMilter) -> None:
+        with self._lock:
+            self._messages.add(message)
+
+    def end(self, message: CaseMilter) -> None:
+        with self._lock:
+            self._messages.discard(message)
+
+    def queue_ids(self) -> list[str]:
+        """The queue ids of the messages under way ("-" where the MTA has not sent one yet)."""
+        with self._lock:
+            return sorted(message.known_queue_id for message in self._messages)
 
 
 class CaseMilter(Milter.Base):  # type: ignore[misc]
@@ -110,6 +145,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._inflight = inflight or InFlight()
         self._connected = False
         self._in_message = False
+        self.known_queue_id = "-"  # of the message under way, for the log of a stop (InFlight)
         self._client: str | None = None
         # What a header field is answered: NOREPLY once the MTA agreed to skip those replies.
         self._header_reply = int(Milter.CONTINUE)
@@ -123,7 +159,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         """Ends the message under way, if any: every path out of a message comes here."""
         if self._in_message:
             self._in_message = False
-            self._inflight.add(messages=-1)
+            self._inflight.end(self)
         self._edited = False
         self._mail_from = ""
         self._rcpts: list[str] = []
@@ -177,7 +213,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._reset()
         self._in_message = True
-        self._inflight.add(messages=1)
+        self.known_queue_id = self.queue_id()
+        self._inflight.begin(self)
         self._mail_from = mail_from
         self._auth = self.getsymval("{auth_authen}") or None
         self._daemon = self.getsymval("{daemon_name}") or None
@@ -187,6 +224,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
         self._rcpts.append(to)
+        if self.known_queue_id == "-":  # Postfix sends it at MAIL FROM, Sendmail from RCPT on
+            self.known_queue_id = self.queue_id()
         return int(Milter.CONTINUE)
 
     # Defined (not left as pymilter's @nocallback default) so Postfix does not send a lone

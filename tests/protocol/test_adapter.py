@@ -12,6 +12,7 @@ The engine grows (tokens, Thread-Index, References ...); these tests pin the ada
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -139,6 +140,7 @@ class FlakyIndex:
         self.inner = MemoryIndex()
         self.broken = False
         self.failed_calls: list[str] = []
+        self.error: Exception | None = None  # what a broken call raises, if not the default
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -148,7 +150,7 @@ class FlakyIndex:
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.broken:
                 self.failed_calls.append(name)
-                raise CaseIndexError(f"simulated failure in {name}")
+                raise self.error or CaseIndexError(f"simulated failure in {name}")
             return attr(*args, **kwargs)
 
         return call
@@ -470,6 +472,25 @@ def test_an_index_failure_passes_the_message_unchanged(
     assert ("tempfailed" if on_error == "tempfail" else "passed") in line
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], CaseIndexError)
+
+
+def test_an_expected_condition_is_one_line_without_a_traceback(
+    rig: Rig, milter_log: pytest.LogCaptureFixture
+) -> None:
+    """A read-only file system (or a full disk, a permission) is the machine's state: one line
+    naming the cause and the path, not ~2 KB of traceback per message."""
+    rig.index.broken = True
+    rig.index.error = OSError(errno.EROFS, "Read-only file system", "/var/lib/casethread")
+    ctx = rig.connection()
+    ctx.macros(i="QRO1")
+    assert ctx.feed(customer_mail("X-Case-ID: C-999999"), "pat@customer.example.org",
+                    SUPPORT) == Milter.ACCEPT
+    assert ctx.actions == [("change", "X-Case-ID", 1, "")]
+    (record,) = [r for r in milter_log.records if r.name == "casethread"]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage() == (
+        "queue_id=QRO1 error in eom: /var/lib/casethread: Read-only file system; message "
+        "passed unchanged (on_error=accept)")
 
 
 def test_the_connection_recovers_after_an_error(

@@ -153,6 +153,19 @@ def test_a_restored_backup_on_a_full_disk_is_refused_not_a_crash(
                 "system"], argv
 
 
+def test_an_index_file_it_cannot_write_is_named(
+    cli: Cli, filled: list[dict[str, str]], small_disks: Any
+) -> None:
+    """LMDB names only the directory; the operator needs the file (here data.mdb, whose
+    directory is writable)."""
+    data = cli.index / "data.mdb"
+    with small_disks.read_only_file(data):
+        p = cli.run("stats")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.decode().splitlines() == [
+        f"casethread: cannot open case index {cli.index}: {data}: Read-only file system"]
+
+
 def test_the_lock_file_is_as_big_as_lmdb_makes_it(tmp_path: Path) -> None:
     """LmdbIndex reserves lock.mdb's blocks at the size LMDB would give it: a bigger file would
     change LMDB's number of reader slots, a smaller one leave blocks unreserved."""
@@ -200,6 +213,19 @@ def test_backup_refuses_a_non_empty_destination(
     assert p.returncode == 2
     assert b"not empty" in p.stderr
     assert sorted(x.name for x in dest.iterdir()) == ["other"]
+
+
+def test_backup_to_a_full_disk_names_the_destination(
+    cli: Cli, filled: list[dict[str, str]], small_disks: Any
+) -> None:
+    with small_disks.tmpfs("1m") as disk:
+        small_disks.fill(disk)
+        dest = disk / "backup"
+        p = cli.run("backup", str(dest))
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.decode().splitlines() == [
+            f"casethread: backup to {dest} failed, nothing kept: No space left on device"]
+        assert not dest.exists()  # nothing half-written is left to be taken for a backup
 
 
 def test_backup_json(cli: Cli, filled: list[dict[str, str]], tmp_path: Path) -> None:

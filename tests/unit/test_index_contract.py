@@ -746,7 +746,8 @@ def test_lmdb_full_map_raises_index_full(tmp_path: Path) -> None:
     index = LmdbIndex(tmp_path / "tiny", 64 << 10, max_map_size=64 << 10)
     try:
         first = index.create_case(now=1)
-        with pytest.raises(IndexFull, match=r"index\.map_size"):
+        # max_map_size is set, so that is the setting to raise (not map_size).
+        with pytest.raises(IndexFull, match=r"raise index\.max_map_size in the configuration$"):
             for n in range(100_000):
                 index.record_message(f"<{n}.{'x' * 200}@example.org>", first.case_id, now=1)
         # The failed write rolled back; the index stays readable.

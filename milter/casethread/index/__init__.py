@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..core.settings import Settings
 from ..core.store import CaseIndex
-from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
+from .errors import CaseIndexError, IndexFull, IndexNotWritable, IndexUnavailable, SchemaMismatch
 from .lmdb_index import LmdbIndex
 from .memory_index import MemoryIndex
 
 __all__ = [
     "CaseIndexError",
     "IndexFull",
+    "IndexNotWritable",
     "IndexUnavailable",
     "LmdbIndex",
     "MemoryIndex",

@@ -8,7 +8,18 @@ class CaseIndexError(Exception):
 
 
 class IndexFull(CaseIndexError):
-    """The LMDB map is full; the write was rolled back."""
+    """The LMDB map is at its ceiling, or the disk is full; the write was rolled back."""
+
+
+class IndexNotWritable(CaseIndexError):
+    """A write was refused by the system: read-only file system, permission denied."""
+
+
+def os_problem(exc: OSError) -> str:
+    """`FILE: problem` (or just the problem), without Python's `[Errno N]` and quotes."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
 
 
 class IndexUnavailable(CaseIndexError):

@@ -30,7 +30,14 @@ import lmdb
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
 from ..core.store import CaseChange, NewCaseAliases
 from . import keys
-from .errors import CaseIndexError, IndexFull, IndexUnavailable, SchemaMismatch
+from .errors import (
+    CaseIndexError,
+    IndexFull,
+    IndexNotWritable,
+    IndexUnavailable,
+    SchemaMismatch,
+    os_problem,
+)
 
 log = logging.getLogger("casethread")
 
@@ -54,6 +61,7 @@ _MAX_GROWTHS = 64
 _MAX_RESIZED_RETRIES = 3
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MAYBE_DISK_FULL = frozenset({errno.EIO, errno.EFBIG})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 # Below this much free space, a failed write is taken for a full disk.
 LOW_DISK_SPACE = 16 << 20
 
@@ -189,6 +197,7 @@ class SharedEnv:
     meta: lmdb._Database
     path: str = ""
     max_map_size: int = MIN_CEILING
+    ceiling_configured: bool = False  # index.max_map_size set, not the default ceiling
     refs: int = 0
     gate: _Gate = field(default_factory=_Gate)
     # Writers of this process queue here, outside the gate, instead of on LMDB's writer mutex
@@ -264,7 +273,7 @@ _envs: dict[str, SharedEnv] = {}
 _envs_lock = threading.Lock()
 
 
-def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> SharedEnv:
+def _open_env(path: str, map_size: int, max_map_size: int | None, sync: bool) -> SharedEnv:
     try:
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700)  # whatever the umask
@@ -292,6 +301,7 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
         env.set_mapsize(0)
         if env.info()["map_size"] < map_size:
             env.set_mapsize(map_size)
+        ceiling = default_max_map_size(map_size) if max_map_size is None else max_map_size
         shared = SharedEnv(
             env,
             env.open_db(b"aliases"),
@@ -300,7 +310,8 @@ def _open_env(path: str, map_size: int, max_map_size: int, sync: bool) -> Shared
             env.open_db(b"counters"),
             env.open_db(b"meta"),
             path=path,
-            max_map_size=max(max_map_size, map_size),
+            max_map_size=max(ceiling, map_size),
+            ceiling_configured=max_map_size is not None,
         )
         if not sync:
             shared.start_flusher()
@@ -361,18 +372,34 @@ def _check_complete(env: lmdb.Environment, path: str) -> None:
 
 
 def _acquire(
-    path: str, map_size: int, max_map_size: int, sync: bool
+    path: str, map_size: int, max_map_size: int | None, sync: bool
 ) -> tuple[str, SharedEnv]:
     with _envs_lock:
+        real = os.path.realpath(path)
         try:
-            real = os.path.realpath(path)
             shared = _envs.get(real)
             if shared is None:
                 shared = _envs[real] = _open_env(real, map_size, max_map_size, sync)
-        except (lmdb.Error, OSError) as exc:
-            raise IndexUnavailable(f"cannot open case index {path}: {exc}") from exc
+        except OSError as exc:
+            raise IndexUnavailable(f"cannot open case index {path}: {os_problem(exc)}") from exc
+        except lmdb.Error as exc:
+            problem = _unusable_file(real) if exc.code in _NOT_WRITABLE else None
+            raise IndexUnavailable(f"cannot open case index {path}: {problem or exc}") from exc
         shared.refs += 1
         return real, shared
+
+
+def _unusable_file(path: str) -> str | None:
+    """Which of the index's files cannot be opened for reading and writing, and why: LMDB
+    names only the directory."""
+    for name in ("data.mdb", "lock.mdb"):
+        try:
+            os.close(os.open(os.path.join(path, name), os.O_RDWR | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return os_problem(exc)
+    return None
 
 
 def _release(real: str) -> None:
@@ -388,12 +415,13 @@ def _translate(path: str, shared: SharedEnv, exc: lmdb.Error) -> CaseIndexError:
     if isinstance(exc, lmdb.MapFullError):  # raised by writes, inside the gate
         return IndexFull(
             f"case index {path} is full (map_size {shared.map_size()} bytes, its growth "
-            "ceiling): raise index.map_size in the configuration (the map grows by itself "
-            "up to 16 times it, at least 64 GiB)"
+            f"ceiling): {_ceiling_advice(shared)}"
         )
     code = getattr(exc, "code", None)
     if isinstance(exc, lmdb.DiskError) or code in _DISK_FULL:
         return IndexFull(f"case index {path}: the disk is full ({exc})")
+    if code in _NOT_WRITABLE:
+        return IndexNotWritable(f"case index {path}: cannot write ({exc})")
     if code in _MAYBE_DISK_FULL:
         # LMDB reports a short write as EIO: on a full file system that is the usual error.
         free = _free_bytes(path)
@@ -402,6 +430,15 @@ def _translate(path: str, shared: SharedEnv, exc: lmdb.Error) -> CaseIndexError:
                 f"case index {path}: the disk is full, {free} bytes free ({exc})"
             )
     return CaseIndexError(f"case index {path}: {exc}")
+
+
+def _ceiling_advice(shared: SharedEnv) -> str:
+    """Name the setting that put the ceiling where it is."""
+    if shared.ceiling_configured:
+        return "raise index.max_map_size in the configuration"
+    return (f"raise index.map_size in the configuration (the map grows by itself up to "
+            f"{CEILING_FACTOR} times it, at least {MIN_CEILING >> 30} GiB), or set "
+            "index.max_map_size")
 
 
 def _free_bytes(path: str) -> int | None:
@@ -504,9 +541,8 @@ class LmdbIndex:
         LmdbIndex of a path in a process decides, like the ceiling)."""
         self._ids = keys.IdFormat(id_prefix, id_digits)
         self.path = os.fspath(path)
-        ceiling = default_max_map_size(map_size) if max_map_size is None else max_map_size
         # A second LmdbIndex on the same path shares the env, its map and its ceiling.
-        self._real, shared = _acquire(self.path, map_size, ceiling, sync)
+        self._real, shared = _acquire(self.path, map_size, max_map_size, sync)
         self._shared: SharedEnv | None = shared
 
     @staticmethod
@@ -651,6 +687,8 @@ class LmdbIndex:
                 os.lseek(fd, 0, os.SEEK_SET)
                 shared.adopt()
         except lmdb.Error as exc:
+            if exc.code > 0:  # a system error: the copy only reads the index, so writing fd failed
+                raise OSError(exc.code, os.strerror(exc.code)) from exc
             raise _translate(self.path, shared, exc) from exc
 
     # --- the CaseIndex contract ------------------------------------------------------------

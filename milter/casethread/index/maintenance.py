@@ -40,7 +40,7 @@ import lmdb
 
 from ..core.model import AliasKind, CaseRecord, CaseState, is_valid_case_id
 from . import keys
-from .errors import CaseIndexError
+from .errors import CaseIndexError, os_problem
 from .lmdb_index import META_COUNTER, META_SCHEMA, SCHEMA_VERSION, LmdbIndex, SharedEnv
 
 DAY = 86400
@@ -246,12 +246,15 @@ def backup(
         finally:
             copy.close()
         (dest / "lock.mdb").unlink(missing_ok=True)  # made by that check; LMDB remakes it
-    except BaseException:
+    except BaseException as exc:
         # A half-written backup must not look like a good one.
         for path in [*written, dest / "lock.mdb"]:
             path.unlink(missing_ok=True)
         if created:
             os.rmdir(dest)
+        if isinstance(exc, OSError):  # the destination's (a full disk), or a key file's
+            raise CaseIndexError(
+                f"backup to {dest} failed, nothing kept: {os_problem(exc)}") from exc
         raise
     return BackupResult(str(dest), data.stat().st_size, tuple(copied), counts)
 
