@@ -430,7 +430,9 @@ examples:
 
 Counts records per kind, shows the schema version, the last case number, the size of data.mdb,
 and how full the LMDB map is (it grows by itself, doubling, up to index.max_map_size: by
-default the larger of 16 x index.map_size and 64 GiB).
+default the larger of 16 x index.map_size and 64 GiB), and the reader slots: active ones, and
+those of dead processes (their snapshots keep freed space from reuse; opening the index clears
+them, and says so).
 {OPS_EXIT}
 """
 

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -852,3 +853,130 @@ def test_a_failed_write_rolls_back_while_readers_spin(tmp_path: Path) -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert index.get_case("C-999999") is None
     index.close()
+
+
+# --- reader slots of dead processes ------------------------------------------------------------
+
+# A reader as `casethread export` is one: casethread's own index, inside its read transaction
+# when it is killed. With "open" instead of "read" it only keeps the index open, as a running
+# milter does (LMDB resets the reader table when the first process opens it).
+CHILD_READER = """
+import sys
+from casethread.index import LmdbIndex
+index = LmdbIndex(sys.argv[1], int(sys.argv[2]))
+if sys.argv[3] == "read":
+    with index.reading() as (txn, db):
+        txn.get(b"blob", db=db.meta)
+        print("ready", flush=True)
+        sys.stdin.readline()
+else:
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+BLOB = 200 * 1024
+
+
+@contextmanager
+def child_reader(path: Path, map_size: int, mode: str) -> Iterator[int]:
+    """A child process with the index open ("open") or inside a read transaction ("read");
+    SIGKILLed at the end of the block. Yields its pid."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD_READER, str(path), str(map_size),
+                              mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+def kill_inside_read(path: Path, map_size: int) -> int:
+    """SIGKILL a reader inside its read transaction: its slot stays in lock.mdb."""
+    with child_reader(path, map_size, "read") as pid:
+        return pid
+
+
+def reader_pids(index: LmdbIndex) -> list[int]:
+    with index.reading() as (_txn, db):
+        return [int(row.split()[0]) for row in db.env.readers().splitlines()[1:]]
+
+
+def overwrite(index: LmdbIndex, times: int) -> None:
+    """Rewrite one 200 KiB value: each commit frees the previous copy's pages."""
+    for n in range(times):
+        value = bytes([n % 256]) * BLOB
+        index.writing(lambda txn, db, value=value: txn.put(b"blob", value, db=db.meta))
+
+
+def data_bytes(index: LmdbIndex) -> int:
+    return (Path(index.path) / "data.mdb").stat().st_size
+
+
+def test_opening_the_index_clears_a_dead_readers_slot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "i"
+    LmdbIndex(path, MAP_SIZE).close()
+    with child_reader(path, MAP_SIZE, "open"):  # the milter, say: the table is not reset
+        dead = kill_inside_read(path, MAP_SIZE)
+        caplog.set_level(logging.WARNING, logger="casethread")
+        index = LmdbIndex(path, MAP_SIZE)
+    try:
+        assert dead not in reader_pids(index)
+        assert any("cleared 1 stale reader slot" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records)
+        data = maintenance.stats(index)
+        assert (data["reader_slots_dead"], data["reader_slots_cleared"]) == (0, 1)
+        assert "0 of dead processes (1 cleared when this command opened the index)" in (
+            maintenance.format_stats(data))
+        # The space each overwrite frees is reused: the file stops growing. (With the dead
+        # reader's snapshot left in place, each of these 40 commits added ~200 KiB.)
+        overwrite(index, 10)
+        size = data_bytes(index)
+        overwrite(index, 40)
+        assert data_bytes(index) == size
+    finally:
+        index.close()
+
+
+def test_a_running_writer_clears_a_slot_left_after_it_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The milter's case: its index was open long before the reader died."""
+    index = LmdbIndex(tmp_path / "i", MAP_SIZE)
+    try:
+        dead = kill_inside_read(tmp_path / "i", MAP_SIZE)
+        data = maintenance.stats(index)  # stats reads the table, nothing clears it yet
+        assert data["reader_slots_dead"] == 1 and data["reader_slots_cleared"] == 0
+        assert "1 of dead processes" in maintenance.format_stats(data)
+        caplog.set_level(logging.WARNING, logger="casethread")
+        monkeypatch.setattr("casethread.index.lmdb_index.READER_CHECK_INTERVAL", 0.0)
+        overwrite(index, 1)  # the next commit looks (at most once a minute in production)
+        assert dead not in reader_pids(index)
+        assert maintenance.stats(index)["reader_slots_dead"] == 0
+        assert [r.getMessage() for r in caplog.records if "stale reader" in r.getMessage()]
+        overwrite(index, 10)
+        size = data_bytes(index)
+        overwrite(index, 40)
+        assert data_bytes(index) == size
+    finally:
+        index.close()
+
+
+def test_a_full_map_clears_dead_readers_before_it_grows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A map filled only because a dead reader pins the freed pages is not grown: clearing
+    the slot makes the room (the once-a-minute check has not come round yet)."""
+    index = LmdbIndex(tmp_path / "i", 1 * MiB)
+    try:
+        kill_inside_read(tmp_path / "i", 1 * MiB)
+        caplog.set_level(logging.INFO, logger="casethread")
+        overwrite(index, 40)  # 8 MiB of rewrites through a 1 MiB map
+        assert index.map_info()["map_size"] == 1 * MiB
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("cleared 1 stale reader slot" in m for m in messages)
+        assert not any("map grown" in m for m in messages)
+    finally:
+        index.close()

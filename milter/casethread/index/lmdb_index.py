@@ -12,6 +12,14 @@ again. The size reached is stored in the file, so other processes (on their next
 `MDB_MAP_RESIZED`) and restarts adopt it. Replacing the map needs every transaction of the
 process ended (py-lmdb invalidates them), so transactions pass a process-wide gate: shared for
 every transaction, exclusive for a resize.
+
+Stale reader slots: a process killed inside a read transaction (a `casethread export | slow`
+cut by `timeout`, a SIGKILL) leaves its slot in lock.mdb, and the snapshot it names keeps every
+page freed since from being reused: the file then grows with each write until the map ceiling
+or the disk. LMDB clears such slots only when asked (`mdb_reader_check`, which tells a dead
+process by the lock it held on lock.mdb), so every process asks when it opens the index, before
+it grows the map, and a long-running milter at most once a minute on its write path
+(`SharedEnv.check_readers`), as slapd does at start and `mdb_stat -rr` does by hand.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +73,10 @@ _MAYBE_DISK_FULL = frozenset({errno.EIO, errno.EFBIG})
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 # Below this much free space, a failed write is taken for a full disk.
 LOW_DISK_SPACE = 16 << 20
+# How often a writer looks for reader slots of dead processes (seconds). A check costs one
+# fcntl per process in the reader table; a stale slot pins freed pages until it is cleared,
+# and a minute of writes without reuse is a few MB at most.
+READER_CHECK_INTERVAL = 60.0
 
 T = TypeVar("T")
 
@@ -209,6 +222,9 @@ class SharedEnv:
     # sync=async: commits are not fsync'd; this thread flushes them once a second.
     flusher: threading.Thread | None = None
     closing: threading.Event = field(default_factory=threading.Event)
+    # Reader slots of dead processes this process cleared, in all; and when it last looked.
+    stale_readers_cleared: int = 0
+    readers_checked: float = 0.0
 
     def start_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
         def flush_periodically() -> None:
@@ -239,6 +255,26 @@ class SharedEnv:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
+    def check_readers(self) -> int:
+        """Clear the reader slots of dead processes (mdb_reader_check); how many it cleared.
+        The caller is inside the gate, or alone with the environment (opening it)."""
+        self.readers_checked = time.monotonic()
+        cleared = int(self.env.reader_check())
+        if cleared:
+            self.stale_readers_cleared += cleared
+            log.warning(
+                "case index %s: cleared %d stale reader slot(s) of dead processes (a reader "
+                "killed inside its read transaction): the space freed since can be reused",
+                self.path, cleared,
+            )
+        return cleared
+
+    def check_readers_now_and_then(self) -> None:
+        """`check_readers` if the last check is READER_CHECK_INTERVAL old (the writer calls
+        this on every commit: a clock read when there is nothing to do)."""
+        if time.monotonic() - self.readers_checked >= READER_CHECK_INTERVAL:
+            self.check_readers()
+
     def grow(self, seen: int) -> bool:
         """Double the map after a write found `seen` bytes full; False at the ceiling. The
         caller has drained the gate and holds no transaction."""
@@ -246,6 +282,9 @@ class SharedEnv:
         self.env.set_mapsize(0)
         if self.map_size() > seen:
             log.info("case index %s: map size %d bytes adopted", self.path, self.map_size())
+            return True
+        # A dead reader's snapshot may be what filled it: its pages are free once it is gone.
+        if self.check_readers():
             return True
         if seen >= self.max_map_size:
             self.env.set_mapsize(seen)
@@ -313,6 +352,7 @@ def _open_env(path: str, map_size: int, max_map_size: int | None, sync: bool) ->
             max_map_size=max(ceiling, map_size),
             ceiling_configured=max_map_size is not None,
         )
+        shared.check_readers()  # before the first write, which may have to grow the map
         if not sync:
             shared.start_flusher()
         with env.begin(write=True) as txn:
@@ -599,6 +639,7 @@ class LmdbIndex:
             for _ in range(_MAX_GROWTHS):
                 gate.enter()
                 try:
+                    shared.check_readers_now_and_then()
                     txn = self._begin_write(shared)
                     seen = shared.map_size()
                     try:

@@ -120,10 +120,30 @@ def _tree_pages(txn: Txn, db: SharedEnv) -> int:
     return pages
 
 
-def _active_readers(env: lmdb.Environment) -> int:
-    # One line per reader slot after the header; "-" marks a slot with no transaction.
-    rows = env.readers().splitlines()[1:]
-    return sum(1 for row in rows if row.split() and row.split()[-1] != "-")
+def _reader_slots(env: lmdb.Environment) -> tuple[int, int]:
+    """(slots in a read transaction, slots of processes that no longer exist) from LMDB's
+    reader table: a header line, then `pid thread txnid` per slot in use ("-": no
+    transaction)."""
+    active = dead = 0
+    for row in env.readers().splitlines()[1:]:
+        fields = row.split()
+        if len(fields) != 3 or not fields[0].isdigit():
+            continue
+        active += fields[2] != "-"
+        dead += not _alive(int(fields[0]))
+    return active, dead
+
+
+def _alive(pid: int) -> bool:
+    # LMDB itself asks the lock on lock.mdb, which also sees through a reused pid; signal 0
+    # is what Python has. A process of another user is alive (EPERM).
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stats(index: LmdbIndex) -> dict[str, Any]:
@@ -132,7 +152,8 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
         result = _record_counts(txn, db)
         live_pages = _tree_pages(txn, db)
         # Inside the gate: py-lmdb fails env calls made while another thread resizes the map.
-        readers = _active_readers(db.env) - 1  # not counting this snapshot
+        readers, dead = _reader_slots(db.env)
+        readers -= 1  # not counting this snapshot
     info = index.map_info()
     psize = info["psize"]
     data = Path(index.path, "data.mdb").stat()
@@ -151,6 +172,11 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
         readers_active=readers,
         reader_slots=info["num_readers"],
         max_readers=info["max_readers"],
+        # Slots a dead process left (they keep freed pages from reuse); opening the index
+        # clears them (LmdbIndex), so what is left here is what appeared since, and `cleared`
+        # says what this process found and cleared.
+        reader_slots_dead=dead,
+        reader_slots_cleared=db.stale_readers_cleared,
     )
     return result
 
@@ -781,5 +807,7 @@ def format_stats(data: dict[str, Any]) -> str:
         f"used {human_size(data['map_used_bytes'])} ({data['map_used_percent']}%), "
         f"live data {human_size(data['live_bytes'])}",
         f"readers: {data['readers_active']} active, {data['reader_slots']} slots used of "
-        f"{data['max_readers']}",
+        f"{data['max_readers']}, {data['reader_slots_dead']} of dead processes"
+        + (f" ({data['reader_slots_cleared']} cleared when this command opened the index)"
+           if data["reader_slots_cleared"] else ""),
     ])
