@@ -32,7 +32,13 @@ from .core.token import MAX_KEY_ID, Keyring
 from .engine import Engine
 from .index import CaseIndexError, LmdbIndex, MemoryIndex, index_exists, maintenance, open_index
 from .index.overlay_index import OverlayIndex
-from .keyfile import DEFAULT_KEY_NAME, KeyFileError, keyring_for, write_key_file
+from .keyfile import (
+    DEFAULT_KEY_NAME,
+    KeyFileError,
+    check_default_key_kept,
+    keyring_for,
+    write_key_file,
+)
 
 log = logging.getLogger("casethread")
 
@@ -68,7 +74,8 @@ examples:
   casethread check-config --config /etc/casethread/casethread.yaml
 
 Checks what `serve` checks at start: the YAML (one line naming file, line, key and problem),
-the token key files (missing, readable by others, two with one id) and milter.socket_group.
+the token key files (missing, readable by others, two with one id; INDEX/token.key missing
+beside an index that holds cases) and milter.socket_group.
 exit status: 0 OK; 1 a key file problem; 2 a configuration error
 """
 
@@ -112,6 +119,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         group_id(settings.milter.socket_group)
     if settings.tokens.keys or _default_key(settings).exists():
         keyring_for(settings, create=False)
+    elif index_exists(settings):
+        # serve would make a key; right only for an index without cases.
+        with _lmdb_index(settings) as index:
+            check_default_key_kept(settings.index.path, index.case_count())
     print("OK")
     return EXIT_OK
 
@@ -145,13 +156,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
                     settings.index.path)
         index = MemoryIndex(settings.cases.id_prefix, settings.cases.id_digits)
     else:
-        index = open_index(settings)
+        index = on_disk = open_index(settings)
     try:
         if args.dry_run:
             view = OverlayIndex(index, settings.cases)
             engine = Engine(settings, view, _dry_run_keyring(settings))
         else:
-            engine = Engine(settings, index, keyring_for(settings))
+            engine = Engine(settings, index, keyring_for(settings, held_cases=on_disk.case_count))
         direction = None if args.direction == "auto" else Direction(args.direction)
         try:
             decision = engine.process(msg, direction)
@@ -492,8 +503,6 @@ def _lmdb_index(settings: Settings, create: bool = False) -> Iterator[LmdbIndex]
         raise CaseIndexError(f"no case index at {settings.index.path}")
     index = open_index(settings)
     try:
-        if not isinstance(index, LmdbIndex):
-            raise CaseIndexError("index operations need the LMDB index")
         yield index
     finally:
         index.close()
@@ -599,8 +608,8 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"already had as new or newer; last case number {result.last_number}")
     key = Path(settings.index.path) / DEFAULT_KEY_NAME
     if not settings.tokens.keys and not key.exists():
-        print(f"note: no {key}: copy the old index's token.key there before starting the "
-              "milter, or tokens in earlier mail will not verify")
+        print(f"note: no {key}: copy the old index's token.key there; the milter will not "
+              "start beside these cases without it (tokens in earlier mail could not verify)")
     return EXIT_OK
 
 

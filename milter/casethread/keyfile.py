@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.settings import Settings
@@ -198,28 +198,61 @@ def load_keyring(paths: Sequence[str | os.PathLike[str]]) -> Keyring:
     return Keyring(keys)
 
 
-def ensure_default_key(index_dir: str | os.PathLike[str], create: bool = True) -> Keyring:
-    """The keyring of `index_dir/token.key`, generating that file on first start.
+def _no_cases() -> int:
+    return 0
 
-    With `create` false (a dry run must not write), a missing file is a KeyFileError.
+
+def check_default_key_kept(index_dir: str | os.PathLike[str], held_cases: int) -> None:
+    """Refuse to go on without `index_dir/token.key` once the index holds cases.
+
+    A new key is right for a new index only. Beside cases it means the key was lost (only
+    data.mdb restored, the file deleted): every token in mail already sent would fail, and a
+    new key of the same id makes them look forged. So the operator decides, as OpenDKIM
+    refuses to sign without its key rather than make one up.
     """
     directory = Path(index_dir)
     path = directory / DEFAULT_KEY_NAME
-    if not path.exists() and create:
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise KeyFileError(f"cannot create directory {directory}: {e.strerror}") from None
-        try:
-            write_key_file(path)
-            log.info("generated token key %s (id 1); back it up with the index", path)
-        except KeyFileExistsError:
-            pass  # another process generated it first: use theirs
+    if held_cases and not path.exists():
+        cases = f"{held_cases} case" + ("s" if held_cases > 1 else "")
+        raise KeyFileError(
+            f"the index at {directory} holds {cases} but {path} is missing: restore it from "
+            f"the backup, or run `casethread keygen {path}` to start a new key knowingly"
+        )
+
+
+def ensure_default_key(index_dir: str | os.PathLike[str], create: bool = True,
+                       held_cases: Callable[[], int] = _no_cases) -> Keyring:
+    """The keyring of `index_dir/token.key`, generating that file on first start.
+
+    `held_cases` counts the cases of the index there, asked only when the file is missing: a
+    key is generated for an index without cases only (`check_default_key_kept`). With `create`
+    false (a dry run must not write), a missing file is a KeyFileError.
+    """
+    directory = Path(index_dir)
+    path = directory / DEFAULT_KEY_NAME
+    if not path.exists():
+        check_default_key_kept(directory, held_cases())
+        if create:
+            _generate(path)
     return load_keyring([path])
 
 
-def keyring_for(settings: Settings, create: bool = True) -> Keyring:
-    """The configured key files, else the index's own `token.key` (made on first start)."""
+def _generate(path: Path) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyFileError(f"cannot create directory {path.parent}: {e.strerror}") from None
+    try:
+        write_key_file(path)
+        log.info("generated token key %s (id 1); back it up with the index", path)
+    except KeyFileExistsError:
+        pass  # another process generated it first: use theirs
+
+
+def keyring_for(settings: Settings, create: bool = True,
+                held_cases: Callable[[], int] = _no_cases) -> Keyring:
+    """The configured key files, else the index's own `token.key` (made on first start, for
+    an index holding no cases: see `ensure_default_key`)."""
     if settings.tokens.keys:
         return load_keyring(settings.tokens.keys)
-    return ensure_default_key(settings.index.path, create)
+    return ensure_default_key(settings.index.path, create, held_cases)

@@ -29,7 +29,7 @@ from . import logsetup
 from .config import group_id
 from .core.settings import Settings
 from .engine import Engine
-from .index import open_index
+from .index import LmdbIndex, open_index
 from .keyfile import keyring_for
 from .metrics import Metrics
 from .pymilter_app import CaseMilter, InFlight
@@ -179,7 +179,13 @@ class _Current:
         self.engine = engine
 
 
-def _reload(current: _Current, load: Callable[[], Settings]) -> None:
+def _engine(settings: Settings, index: LmdbIndex) -> Engine:
+    """The engine for `settings` on the open index, at start and on reload. Its key is the
+    configured files, else INDEX/token.key, generated only while the index holds no case."""
+    return Engine(settings, index, keyring_for(settings, held_cases=index.case_count))
+
+
+def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -> None:
     old = current.engine.settings
     try:
         new = load()
@@ -189,7 +195,7 @@ def _reload(current: _Current, load: Callable[[], Settings]) -> None:
         if new.index != old.index or any(getattr(new.milter, n) != v for n, v in kept.items()):
             log.warning("reload: index, socket and metrics settings change only with a restart")
         new = replace(new, index=old.index, milter=replace(new.milter, **kept))
-        engine = Engine(new, current.engine.index, keyring_for(new))
+        engine = _engine(new, index)
     except Exception as exc:  # a bad edit must not take the running milter down
         log.error("reload refused, running configuration kept: %s", exc)
         return
@@ -264,8 +270,8 @@ def _cut(inflight: InFlight) -> str:
     return f"{len(ids)} message(s) still in flight are cut, queue_id={','.join(ids)}"
 
 
-def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFlight,
-         listener: Listener | None, wakeups: _Wakeups) -> None:
+def _run(current: _Current, load: Callable[[], Settings] | None, index: LmdbIndex,
+         inflight: InFlight, listener: Listener | None, wakeups: _Wakeups) -> None:
     """Serve until a stop signal, then drain and stop; SIGUSR1 reloads (`load`).
 
     libmilter runs in a thread of its own, so the main thread stays free for Python's signal
@@ -293,7 +299,7 @@ def _run(current: _Current, load: Callable[[], Settings] | None, inflight: InFli
                 _drain(wakeups, inflight, listener, current.engine.settings.milter.drain_timeout)
                 break
             if load is not None and signal.SIGUSR1 in got:
-                _reload(current, load)
+                _reload(current, load, index)
     finally:
         if runner.is_alive():
             milter.stop()  # returns once libmilter's listener sees it (up to ~5 s)
@@ -323,7 +329,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
     metrics: Metrics | None = None
     inflight = InFlight()
     try:
-        current = _Current(Engine(settings, index, keyring_for(settings)))
+        current = _Current(_engine(settings, index))
         if not settings.inbound.addresses:
             log.warning("inbound.addresses is empty: no mail is inbound, so no reply is "
                         "threaded; list the support addresses in the configuration")
@@ -364,7 +370,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
                 spec, settings.index.path, settings.milter.on_error, os.getpid(),
             )
             sys.stderr.flush()
-            _run(current, load, inflight, listener, wakeups)
+            _run(current, load, index, inflight, listener, wakeups)
         log.info("stopped")
         return 0
     finally:

@@ -40,6 +40,7 @@ import pytest
 
 from casethread.core.model import Alias, AliasKind
 from casethread.index import IndexFull, LmdbIndex
+from casethread.keyfile import write_key_file
 
 from .dying_milter import EXIT_STATUS as DYING_EXIT_STATUS
 from .dying_milter import dying_milter_argv
@@ -491,7 +492,8 @@ def serve_and_wait(*args: str, cwd: Path) -> tuple[int, list[str], float]:
 
 
 def make_index(index: Path, cases: int = 50) -> None:
-    """A real index with cases and Message-IDs in it (opened and closed in this process)."""
+    """A real index with cases and Message-IDs in it (opened and closed in this process), and
+    its token key: without it, serve refuses an index that holds cases."""
     written = LmdbIndex(index, map_size=1 << 30)
     try:
         for n in range(cases):
@@ -500,6 +502,7 @@ def make_index(index: Path, cases: int = 50) -> None:
                            1_800_000_000 + n)
     finally:
         written.close()
+    write_key_file(index / "token.key")
 
 
 def assert_one_clear_line(status: int, lines: list[str], *words: str) -> None:

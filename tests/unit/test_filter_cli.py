@@ -285,6 +285,53 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
     assert group.returncode == 2 and "no such group 'no-such-group-here'" in group.stderr
 
 
+def test_a_lost_index_key_beside_cases_stops_filter_and_check_config(
+    run_filter: Any, casethread_bin: Path, tmp_path: Path
+) -> None:
+    """Only data.mdb restored (or token.key deleted): generating a key would break every token
+    in mail already sent, silently. Both refuse with one line and exit 1; a dry run warns."""
+    first = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert first.returncode == 0, first.stderr
+    index = tmp_path / "index"
+    key = index / "token.key"
+    key.unlink()
+    refusal = (f"casethread: the index at {index} holds 1 case but {key} is missing: restore "
+               f"it from the backup, or run `casethread keygen {key}` to start a new key "
+               "knowingly")
+    p = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert (p.returncode, p.stdout, stderr_lines(p.stderr)) == (1, b"", [refusal])
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {index}\n")
+    check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (check.returncode, check.stdout, check.stderr) == (1, "", refusal + "\n")
+    assert not key.exists()
+    dry = run_filter("--dry-run", "--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert dry.returncode == 0 and b"throwaway key" in dry.stderr
+    # Starting a new key is the operator's decision; then everything runs again.
+    made = _run(casethread_bin, "keygen", str(key), "--id", "2", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (check.returncode, check.stdout) == (0, "OK\n"), check.stderr
+    assert run_filter("--direction", "outbound", str(DATA / "agent-first.eml")).returncode == 0
+
+
+def test_configured_key_files_run_beside_cases_without_an_index_key(
+    run_filter: Any, casethread_bin: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "token-1.key"
+    assert _run(casethread_bin, "keygen", str(key), cwd=tmp_path).returncode == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(f"tokens:\n  keys: [{key}]\n")
+    for _ in range(2):
+        p = run_filter("--config", str(config), "--direction", "outbound",
+                       str(DATA / "agent-first.eml"))
+        assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "index" / "token.key").exists()
+    config.write_text(f"index:\n  path: {tmp_path / 'index'}\ntokens:\n  keys: [{key}]\n")
+    check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (check.returncode, check.stdout) == (0, "OK\n"), check.stderr
+
+
 def test_a_dry_run_refuses_a_bad_key_file_as_a_real_run_does(
     run_filter: Any, tmp_path: Path
 ) -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from casethread.core.settings import IndexSettings, Settings, TokenSettings
 from casethread.core.token import Keyring
 from casethread.keyfile import (
     DEFAULT_KEY_NAME,
     KeyFileError,
     KeyFileExistsError,
     ensure_default_key,
+    keyring_for,
     load_keyring,
     read_key_file,
     write_key_file,
@@ -201,6 +203,38 @@ def test_ensure_default_key_refuses_a_loose_existing_file(tmp_path: Path) -> Non
         ensure_default_key(tmp_path)
     assert f"chmod 600 {tmp_path / DEFAULT_KEY_NAME}" in str(info.value)
     assert (tmp_path / DEFAULT_KEY_NAME).read_text().count(SECRET.hex()) == 1  # untouched
+
+
+def test_a_missing_default_key_beside_cases_is_refused_not_replaced(tmp_path: Path) -> None:
+    """Only data.mdb restored, or the key deleted: a new key would fail every token in mail
+    already sent (the same id 1 makes them look forged), so nothing is generated."""
+    path = tmp_path / DEFAULT_KEY_NAME
+    for create in (True, False):
+        with pytest.raises(KeyFileError) as info:
+            ensure_default_key(tmp_path, create=create, held_cases=lambda: 3)
+        assert str(info.value) == (
+            f"the index at {tmp_path} holds 3 cases but {path} is missing: restore it from the "
+            f"backup, or run `casethread keygen {path}` to start a new key knowingly"
+        )
+        assert not path.exists()
+    with pytest.raises(KeyFileError, match="holds 1 case but"):
+        ensure_default_key(tmp_path, held_cases=lambda: 1)
+    # An index without cases gets its key; an existing key is read without counting.
+    ring = ensure_default_key(tmp_path, held_cases=lambda: 0)
+    counted = []
+    again = ensure_default_key(tmp_path, held_cases=lambda: counted.append(1) or 5)
+    assert again.verify(ring.make(7)) == 7 and not counted
+
+
+def test_configured_key_files_need_no_index_key_beside_cases(tmp_path: Path) -> None:
+    key = tmp_path / "etc" / "token-2.key"
+    key.parent.mkdir()
+    write_key_file(key, 2, SECRET)
+    settings = Settings(index=IndexSettings(path=str(tmp_path / "index")),
+                        tokens=TokenSettings(keys=(str(key),)))
+    ring = keyring_for(settings, held_cases=lambda: 5)
+    assert ring.signing_key_id == 2
+    assert not (tmp_path / "index" / DEFAULT_KEY_NAME).exists()
 
 
 def test_ensure_default_key_without_create_writes_nothing(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ import pytest
 from miltertest import constants as c
 
 from casethread.core.case_headers import MAX_OWN_FIELDS
+from casethread.index import LmdbIndex
+from casethread.keyfile import write_key_file
 
 from .conftest import CASETHREAD, STOP_TIMEOUT, MilterProcess, MilterStarter
 from .milterclient import Action, Endpoint, MtaSession, Transaction, values
@@ -590,6 +592,8 @@ def full_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    # Its key, as any index with cases has (without it serve and filter refuse to start).
+    write_key_file(path / "token.key")
     return path
 
 
@@ -729,6 +733,28 @@ def test_a_socket_it_cannot_listen_on_is_one_line_and_exit_1(tmp_path: Path, whe
     assert "Traceback" not in proc.stderr
     assert any(line.startswith(f"casethread: cannot listen on {spec}: {reason}")
                for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_a_lost_index_key_beside_cases_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Only data.mdb restored: serve must not make a new key (every token already sent would
+    fail, and look forged)."""
+    index = tmp_path / "index"
+    held = LmdbIndex(index, 1 << 20)
+    for _ in range(2):
+        held.create_case(now=1_800_000_000)
+    held.close()
+    key = index / "token.key"
+    proc = subprocess.run(
+        [str(CASETHREAD), "serve", "--socket", f"unix:{tmp_path / 'm.sock'}", "--index",
+         str(index)], capture_output=True, text=True, timeout=STOP_TIMEOUT, check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1:] == [
+        f"casethread: the index at {index} holds 2 cases but {key} is missing: restore it from "
+        f"the backup, or run `casethread keygen {key}` to start a new key knowingly"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr and "generated token key" not in proc.stderr
+    assert not key.exists() and not (tmp_path / "m.sock").exists()
 
 
 def test_filter_on_a_full_index_passes_the_message_but_not_forged_fields(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..core.settings import Settings
-from ..core.store import CaseIndex
 from .errors import CaseIndexError, IndexFull, IndexNotWritable, IndexUnavailable, SchemaMismatch
 from .lmdb_index import LmdbIndex
 from .memory_index import MemoryIndex
@@ -25,7 +24,7 @@ def index_exists(settings: Settings) -> bool:
     return LmdbIndex.exists(settings.index.path)
 
 
-def open_index(settings: Settings) -> CaseIndex:
+def open_index(settings: Settings) -> LmdbIndex:
     """The LMDB index the settings describe."""
     return LmdbIndex(
         settings.index.path,

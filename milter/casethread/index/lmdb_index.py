@@ -801,6 +801,11 @@ class LmdbIndex:
             raw = txn.get(META_COUNTER, db=db.meta)
         return 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
 
+    def case_count(self) -> int:
+        """How many cases the index holds (LMDB keeps the count: no scan)."""
+        with self._txn() as (txn, db):
+            return int(txn.stat(db.cases)["entries"])
+
     def record(
         self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
         changes: Sequence[tuple[str, CaseChange]] = (),
