@@ -44,6 +44,7 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 class ConfigError(Exception):
@@ -955,7 +956,8 @@ def group_id(name: str) -> int:
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Settings:
-    """Settings from a YAML file; None means the embedded defaults. Raises ConfigError."""
+    """Settings from a YAML file; None means the embedded defaults (a file that sets nothing
+    is refused, see `_load_text`). Raises ConfigError."""
     if path is None:
         return Settings()
     file = os.fspath(path)
@@ -988,11 +990,29 @@ def _load_text(text: str, file: str) -> Settings:
         raise ConfigError(file, line, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, "", f"invalid YAML: {exc}") from None
-    if root is None:
-        return Settings()
+    if root is None or _sets_nothing(root):
+        # A file without a single setting is a truncated write or a template that rendered
+        # nothing, not a wish for the defaults (whose inbound.addresses is empty, so a reload
+        # would stop threading replies): refused, and the defaults are one flag away.
+        raise ConfigError(file, None, "", "empty configuration; run without --config for the "
+                          "embedded defaults")
     settings = _Builder(file).build(Settings, root, "", "")
     assert isinstance(settings, Settings)
     return settings
+
+
+def _sets_nothing(root: Node) -> bool:
+    """Whether a document (comments or `---` alone compose to None, not here) holds no key
+    below its sections: null, `{}`, or section names with nothing under them (`inbound:`).
+    Any key inside a section is a setting, an explicit `null` or `[]` too."""
+    if isinstance(root, MappingNode):
+        return all(_is_null(value) or (isinstance(value, MappingNode) and not value.value)
+                   for _key, value in root.value)
+    return _is_null(root)
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
 
 
 def _plain(value: Any) -> Any:

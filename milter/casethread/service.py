@@ -185,6 +185,14 @@ def _engine(settings: Settings, index: LmdbIndex) -> Engine:
     return Engine(settings, index, keyring_for(settings, held_cases=index.case_count))
 
 
+def _warn_if_threading_nothing(settings: Settings) -> None:
+    """At start and after each reload: a configuration that lists no support address passes
+    every reply as direction=other, which no other line would show."""
+    if not settings.inbound.addresses:
+        log.warning("inbound.addresses is empty: no mail is inbound, so no reply is "
+                    "threaded; list the support addresses in the configuration")
+
+
 def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -> None:
     old = current.engine.settings
     try:
@@ -202,6 +210,7 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
     logsetup.configure(new.milter.log_level, new.milter.log_target)
     current.engine = engine
     log.info("reloaded configuration")
+    _warn_if_threading_nothing(new)
 
 
 # Each means "stop": libmilter's own signal thread takes these three the same way.
@@ -330,9 +339,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
     inflight = InFlight()
     try:
         current = _Current(_engine(settings, index))
-        if not settings.inbound.addresses:
-            log.warning("inbound.addresses is empty: no mail is inbound, so no reply is "
-                        "threaded; list the support addresses in the configuration")
+        _warn_if_threading_nothing(settings)
         listen = settings.milter.metrics_listen
         if listen is not None:
             metrics = Metrics(index)

@@ -101,8 +101,22 @@ def test_no_file_means_embedded_defaults() -> None:
     assert settings.index.map_size == 1 << 30
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n", "null\n"])
-def test_empty_file_means_defaults(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("text", [
+    "", "\n\n", "# only a comment\n", "---\n", "~\n", "null\n", "{}\n",
+    "inbound:\n", "tokens:\nstamp: {}\n", "\ufeff# a BOM and a comment\n",
+])
+def test_a_file_without_a_setting_is_refused(tmp_path: Path, text: str) -> None:
+    """A truncated write or a template that rendered nothing, not a wish for the defaults
+    (running without --config is that)."""
+    exc = error(tmp_path, text)
+    assert (exc.line, exc.path) == (None, "")
+    assert str(exc) == (f"{exc.file}: empty configuration; run without --config for the "
+                        "embedded defaults")
+
+
+@pytest.mark.parametrize("text", ["inbound:\n  addresses: []\n", "milter:\n  timeout: 60\n",
+                                  "milter:\n  metrics_listen: null\n"])
+def test_one_explicit_setting_is_a_configuration(tmp_path: Path, text: str) -> None:
     assert load(tmp_path, text) == Settings()
 
 

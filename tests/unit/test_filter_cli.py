@@ -285,6 +285,19 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
     assert group.returncode == 2 and "no such group 'no-such-group-here'" in group.stderr
 
 
+def test_an_empty_config_file_is_refused_by_check_config_and_serve(
+    casethread_bin: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "casethread.yaml"
+    config.write_text("# rendered from casethread.yaml.j2\n")
+    line = (f"casethread: {config}: empty configuration; run without --config for the "
+            "embedded defaults\n")
+    for command in (["check-config"], ["serve", "--socket", f"unix:{tmp_path / 's.sock'}"]):
+        p = _run(casethread_bin, *command, "--config", str(config), cwd=tmp_path)
+        assert (p.returncode, p.stdout, p.stderr) == (2, "", line), command
+    assert not (tmp_path / "casethread-data").exists()
+
+
 def test_a_lost_index_key_beside_cases_stops_filter_and_check_config(
     run_filter: Any, casethread_bin: Path, tmp_path: Path
 ) -> None:

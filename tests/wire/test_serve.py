@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -519,6 +520,47 @@ def test_a_milter_with_no_support_address_says_so(milters: MilterStarter) -> Non
     status, _ = proc.terminate()
     assert status == 0
     assert "WARNING inbound.addresses is empty: no mail is inbound" in proc.log()
+
+
+def wait_for_log(proc: MilterProcess, text: str, count: int = 1) -> str:
+    """The log once `text` is in it `count` times (bounded wait)."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while proc.log().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{proc.log()}"
+        time.sleep(0.05)
+    return proc.log()
+
+
+def customer_match(proc: MilterProcess, queue_id: str) -> list[str]:
+    """X-Case-Match of a customer's new mail to the support address ([] unless inbound)."""
+    sent = customer_headers(f"<{queue_id}@customer.example.org>")
+    t = transact(proc.endpoint, daemon_name="mx.example.com", mail_from="pat@customer.example.org",
+                 rcpts=[SUPPORT], headers=sent, queue_id=queue_id)
+    return values(t.result(sent), "X-Case-Match")
+
+
+def test_a_reload_refuses_an_empty_file_and_warns_of_no_support_address(
+    milters: MilterStarter,
+) -> None:
+    """A truncated file (or a template that rendered nothing) would switch a reload to the
+    embedded defaults, whose empty inbound.addresses passes every reply as direction=other."""
+    proc = milters.start(CONFIG, name="reload")
+    assert proc.config is not None
+    assert customer_match(proc, "QRELOAD1") == ["new"]
+    proc.config.write_text("# casethread configuration\n")
+    proc.proc.send_signal(signal.SIGUSR1)
+    log = wait_for_log(proc, "reload refused")
+    assert (f"ERROR reload refused, running configuration kept: {proc.config}: empty "
+            "configuration; run without --config for the embedded defaults") in log
+    assert customer_match(proc, "QRELOAD2") == ["new"]  # still threading
+    # A file that loads but lists no support address is taken, and said once more.
+    proc.config.write_text("routing:\n  default_queue: frontline\n")
+    proc.proc.send_signal(signal.SIGUSR1)
+    log = wait_for_log(proc, "inbound.addresses is empty")
+    assert log.index("reloaded configuration") < log.index("inbound.addresses is empty")
+    assert customer_match(proc, "QRELOAD3") == []
+    status, _ = proc.terminate()
+    assert status == 0, proc.log()
 
 
 @pytest.mark.parametrize(("mode_yaml", "mode"), [(None, 0o660), ("0600", 0o600)],
