@@ -29,7 +29,14 @@ from .core.direction import Classifier
 from .core.edits import Edit
 from .core.message import Message
 from .core.model import Alias, AliasKind, CaseRecord, CaseState, CounterBump, Direction
-from .core.resolve import Evidence, Hit, Resolver, participant_key, subject_participant_key
+from .core.resolve import (
+    Evidence,
+    Hit,
+    Resolver,
+    participant_key,
+    subject_participant_key,
+    token_notes,
+)
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
@@ -221,17 +228,21 @@ class Engine:
                                        routes=not automatic)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
-                                  sender_known=sender_known, token_invalid=ev.token_invalid)
+                                  sender_known=sender_known,
+                                  token_failures=tuple(ev.token_failures))
         return self._inbound_decision(msg, verdict, ev.trace)
 
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
                           trace: list[str]) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
-        notes = () if msg.get("Message-ID") else ("no-message-id",)
+        notes = [] if msg.get("Message-ID") else ["no-message-id"]
+        # A token that failed shows in the header and also here: a retired key's replies
+        # open new cases, and only the log line is read across all mail.
+        notes += token_notes(verdict.token_failures)
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), notes, trace=tuple(trace),
-            auto=verdict.auto,
+            ",".join(c.state for c in verdict.cases), tuple(edits), tuple(notes),
+            trace=tuple(trace), auto=verdict.auto,
         )
 
     def _flood_bumps(self, sender: str | None) -> list[CounterBump]:
@@ -346,6 +357,7 @@ class Engine:
             else:
                 case, match = None, "none"
             trace += ev.trace
+            notes += token_notes(ev.token_failures)
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
         if id_edit is not None:

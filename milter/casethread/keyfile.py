@@ -256,3 +256,13 @@ def keyring_for(settings: Settings, create: bool = True,
     if settings.tokens.keys:
         return load_keyring(settings.tokens.keys)
     return ensure_default_key(settings.index.path, create, held_cases)
+
+
+def describe_keys(settings: Settings, keyring: Keyring) -> str:
+    """Which key ids sign and verify, and from which files (ids and paths only, never a key):
+    logged at start and on reload, so a token that fails as `unknown-key` can be checked
+    against it."""
+    files = settings.tokens.keys or (str(Path(settings.index.path) / DEFAULT_KEY_NAME),)
+    verifying = ", ".join(str(key_id) for key_id in keyring.key_ids)
+    return (f"token keys: id {keyring.signing_key_id} signs, ids {verifying} verify "
+            f"({', '.join(files)})")

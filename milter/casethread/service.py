@@ -28,9 +28,10 @@ import milter
 from . import logsetup
 from .config import group_id
 from .core.settings import Settings
+from .core.token import Keyring
 from .engine import Engine
 from .index import LmdbIndex, open_index
-from .keyfile import keyring_for
+from .keyfile import describe_keys, keyring_for
 from .metrics import Metrics
 from .pymilter_app import CaseMilter, InFlight
 from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listening
@@ -185,6 +186,18 @@ def _engine(settings: Settings, index: LmdbIndex) -> Engine:
     return Engine(settings, index, keyring_for(settings, held_cases=index.case_count))
 
 
+def _log_keys(settings: Settings, keyring: Keyring, before: Keyring | None = None) -> None:
+    """The key ids in use, at start and after a reload; a reload that drops a key id says
+    what that does to the mail already sent."""
+    log.info("%s", describe_keys(settings, keyring))
+    kept = set(keyring.key_ids)
+    dropped = [key_id for key_id in before.key_ids if key_id not in kept] if before else []
+    if dropped:
+        log.warning("reload: token key id(s) %s no longer configured: tokens signed with them "
+                    "now fail (X-Case-Token: invalid, notes=token-invalid:unknown-key)",
+                    ", ".join(map(str, dropped)))
+
+
 def _warn_if_threading_nothing(settings: Settings) -> None:
     """At start and after each reload: a configuration that lists no support address passes
     every reply as direction=other, which no other line would show."""
@@ -208,8 +221,10 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
         log.error("reload refused, running configuration kept: %s", exc)
         return
     logsetup.configure(new.milter.log_level, new.milter.log_target)
+    before = current.engine.keyring
     current.engine = engine
     log.info("reloaded configuration")
+    _log_keys(new, engine.keyring, before)
     _warn_if_threading_nothing(new)
 
 
@@ -339,6 +354,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
     inflight = InFlight()
     try:
         current = _Current(_engine(settings, index))
+        _log_keys(settings, current.engine.keyring)
         _warn_if_threading_nothing(settings)
         listen = settings.milter.metrics_listen
         if listen is not None:

@@ -956,22 +956,26 @@ def test_subject_match_is_not_taken_over_by_another_sender(make_harness: Any) ->
 # --------------------------------------------------------------------------- forged tokens
 
 
-def forged_tokens() -> list[tuple[str, str]]:
+def forged_tokens() -> list[tuple[str, str, str]]:
+    """(kind, token, why it fails: the log note's reason)."""
     genuine = Keyring([(1, bytes(range(32)))]).make(1)  # the harness key, case 1
     other_secret = Keyring([(1, b"\xa5" * 32)]).make(1)
     other_id = Keyring([(7, bytes(range(32)))]).make(1)  # right secret, unknown key id
     return [
-        ("random", "1" + "1" + "1" + "ABCDEFGHJKMNPQRS"),
-        ("another-key", other_secret),
-        ("unknown-key-id", other_id),
-        ("other-case-same-mac", genuine[:2] + "2" + genuine[3:]),
-        ("last-symbol", genuine[:-1] + ("0" if genuine[-1] != "0" else "1")),
+        ("random", "1" + "1" + "1" + "ABCDEFGHJKMNPQRS", "bad-mac"),
+        ("another-key", other_secret, "bad-mac"),
+        ("unknown-key-id", other_id, "unknown-key"),
+        ("other-case-same-mac", genuine[:2] + "2" + genuine[3:], "bad-mac"),
+        ("last-symbol", genuine[:-1] + ("0" if genuine[-1] != "0" else "1"), "bad-mac"),
+        # Its second symbol says two case-number symbols, its length one: no token's shape.
+        ("wrong-length", "1" + "2" + "1" + "ABCDEFGHJKMNPQRS", "malformed"),
     ]
 
 
-@pytest.mark.parametrize(("kind", "forged"), forged_tokens(), ids=lambda v: str(v)[:20])
+@pytest.mark.parametrize(("kind", "forged", "why"), forged_tokens(), ids=lambda v: str(v)[:20])
 @pytest.mark.parametrize("where", ["subject", "body", "references"])
-def test_forged_token_never_matches(harness: Any, kind: str, forged: str, where: str) -> None:
+def test_forged_token_never_matches(harness: Any, kind: str, forged: str, why: str,
+                                    where: str) -> None:
     start_case(harness)
     genuine = harness.token("C-000001")
     assert genuine != forged
@@ -989,6 +993,17 @@ def test_forged_token_never_matches(harness: Any, kind: str, forged: str, where:
     assert r.case_id == "C-000002"
     assert r.one("X-Case-Match") == "new"
     assert r.one("X-Case-Token") == "invalid"
+    # The log line says so too, and why: a retired key's replies open new cases.
+    assert [n for n in r.decision.notes if n.startswith("token-")] == [f"token-invalid:{why}"]
+    assert r.decision.log_fields().endswith(f",token-invalid:{why}")  # after no-message-id
+
+
+def test_an_agents_mail_with_a_failed_token_says_so_in_its_log_line(harness: Any) -> None:
+    start_case(harness)
+    retired = Keyring([(2, bytes(range(32)))]).make(1)  # a key id the harness does not have
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: Printer jam [ref:{retired}]"))
+    assert r.decision.match == "new"
+    assert "token-invalid:unknown-key" in r.decision.notes
 
 
 def test_every_one_character_change_of_a_token_fails(harness: Any) -> None:
@@ -2172,9 +2187,11 @@ def test_of_several_cases_quoted_in_a_body_the_mail_answered_wins(harness: Any) 
     r = harness.inbound(CUSTOMER, ("Subject", "Re: x"),
                         body=f"{quote(back.body)}\r\n[ref:{forged}]\r\n".encode())
     assert (r.case_id, r.all("X-Case-Token")) == (old.case_id, [])
+    assert not any(n.startswith("token-invalid") for n in r.decision.notes)
     r = harness.inbound(CUSTOMER, ("Subject", "Re: x"),
                         body=f"[ref:{forged}]\r\n{quote(back.body)}".encode())
     assert (r.case_id, r.all("X-Case-Token")) == (old.case_id, ["invalid"])
+    assert "token-invalid:bad-mac" in r.decision.notes
 
 
 def test_body_token_shapes_of_real_replies(harness: Any) -> None:

@@ -15,9 +15,12 @@ from hypothesis import strategies as st
 
 from casethread.core.token import (
     ALPHABET,
+    BAD_MAC,
+    MALFORMED,
     MAX_CASE_NUMBER,
     MAX_LENGTH,
     MIN_LENGTH,
+    UNKNOWN_KEY,
     Keyring,
     anchor,
     check_template,
@@ -272,6 +275,23 @@ def test_scanning_with_a_custom_template() -> None:
     template = " (Case ref {token})"
     assert list(find_tokens(f"Re: x (case  REF {token})", template)) == [token]
     assert list(find_tokens(f"Re: x [ref:{token}]", template)) == []
+
+
+def test_judge_says_why_a_token_fails() -> None:
+    token = RING.make(42)
+    rotated = Keyring([(2, SECRET_B), (1, SECRET_A)])
+    retired = Keyring([(2, SECRET_B)])  # key 1 removed from tokens.keys
+    lost = Keyring([(1, SECRET_B)])  # a new key under the lost key's id
+    assert RING.judge(token) == rotated.judge(token.lower()) == 42
+    assert retired.judge(token) == UNKNOWN_KEY
+    assert lost.judge(token) == BAD_MAC
+    small = RING.make(7)  # one case-number symbol: claiming two breaks its length
+    assert RING.judge(small[:1] + "2" + small[2:]) == MALFORMED
+    assert retired.verify(token) is None and lost.verify(token) is None
+    result = retired.resolve([token, lost.make(7), retired.make(9)])
+    assert (result.case_number, result.failures, result.rejected) == (
+        9, (UNKNOWN_KEY, UNKNOWN_KEY), 2)
+    assert RING.resolve(["1D" + "U" * 17, "not a token"]).failures == (MALFORMED,)
 
 
 def test_no_token_is_told_apart_from_an_invalid_one() -> None:

@@ -28,7 +28,7 @@ from miltertest import constants as c
 
 from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.index import LmdbIndex
-from casethread.keyfile import write_key_file
+from casethread.keyfile import load_keyring, write_key_file
 
 from .conftest import CASETHREAD, STOP_TIMEOUT, MilterProcess, MilterStarter
 from .milterclient import Action, Endpoint, MtaSession, Transaction, values
@@ -561,6 +561,37 @@ def test_a_reload_refuses_an_empty_file_and_warns_of_no_support_address(
     assert customer_match(proc, "QRELOAD3") == []
     status, _ = proc.terminate()
     assert status == 0, proc.log()
+
+
+def test_key_ids_are_logged_and_a_retired_keys_token_is_noted(
+    milters: MilterStarter, tmp_path: Path
+) -> None:
+    """Removing key 1 from tokens.keys: the reload says which ids are in use and that id 1's
+    tokens now fail, and each reply carrying one says so in its log line."""
+    old_key, new_key = tmp_path / "token-1.key", tmp_path / "token-2.key"
+    write_key_file(old_key, 1)
+    write_key_file(new_key, 2)
+    proc = milters.start(CONFIG + f"tokens:\n  keys: [{old_key}]\n", name="keys")
+    assert proc.config is not None
+    wait_for_log(proc, f"INFO token keys: id 1 signs, ids 1 verify ({old_key})")
+    _, case_id = send_agent_mail(proc.endpoint, "QKEYS1")
+    old_token = load_keyring([old_key]).make(int(case_id.removeprefix("C-")))
+    proc.config.write_text(CONFIG + f"tokens:\n  keys: [{new_key}]\n")
+    proc.proc.send_signal(signal.SIGUSR1)
+    log = wait_for_log(proc, f"INFO token keys: id 2 signs, ids 2 verify ({new_key})")
+    assert ("WARNING reload: token key id(s) 1 no longer configured: tokens signed with them "
+            "now fail") in log
+    sent = [("From", "Pat Customer <pat@customer.example.org>"), ("To", SUPPORT),
+            ("Subject", f"Re: Your printer question [ref:{old_token}]"),
+            ("Message-ID", "<keys.2@customer.example.org>")]
+    reply = transact(proc.endpoint, daemon_name="mx.example.com",
+                     mail_from="pat@customer.example.org", rcpts=[SUPPORT], headers=sent,
+                     queue_id="QKEYS2")
+    after = reply.result(sent)
+    assert (values(after, "X-Case-Match"), values(after, "X-Case-Token")) == (["new"],
+                                                                               ["invalid"])
+    line = wait_for_log(proc, "queue_id=QKEYS2 ").split("queue_id=QKEYS2 ")[1].splitlines()[0]
+    assert line.endswith(" notes=token-invalid:unknown-key"), line
 
 
 @pytest.mark.parametrize(("mode_yaml", "mode"), [(None, 0o660), ("0600", 0o600)],

@@ -27,7 +27,8 @@ class Verdict:
     duplicate: bool = False
     loop: bool = False
     sender_known: bool | None = None  # None: nothing matched, so the question does not arise
-    token_invalid: bool = False
+    # Why token-shaped strings failed verification (X-Case-Token: invalid, and log notes).
+    token_failures: tuple[str, ...] = ()
 
 
 def edits(names: CaseHeaderNames, forged: Sequence[Edit], verdict: Verdict) -> list[Edit]:
@@ -50,7 +51,7 @@ def edits(names: CaseHeaderNames, forged: Sequence[Edit], verdict: Verdict) -> l
             result.append(AddHeader(names.related, case.related))
     if verdict.sender_known is not None:
         result.append(AddHeader(names.sender, "known" if verdict.sender_known else "unknown"))
-    if verdict.token_invalid:
+    if verdict.token_failures:
         result.append(AddHeader(names.token, "invalid"))
     return result
 

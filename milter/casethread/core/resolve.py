@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 
 from . import bodytext, mime, msgid, subject, thread_index
@@ -74,7 +74,8 @@ class Evidence:
         self.reader = reader
         self.now = now
         self._resolver = resolver
-        self.token_invalid = False
+        # Why token-shaped strings failed verification (token.MALFORMED, ...), each reason once.
+        self.token_failures: list[str] = []
         # What each strategy saw, for `casethread filter --explain`.
         self.trace: list[str] = []
         # External references seen but not yet known: recorded for whichever case wins.
@@ -135,7 +136,7 @@ class Evidence:
 
     def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
         result = self._resolver.keyring.resolve(candidates)
-        self._note_rejected(result.rejected)
+        self._note_rejected(result.failures)
         if result.case_number is None:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
@@ -151,28 +152,38 @@ class Evidence:
         marks starts its quote with the newest mail's header block, Subject and tag first.
         The message's own parts come before forwarded messages. Failed tokens count as
         invalid only when they come before the winner, as with the header fields."""
-        keyring, left, rejected = self._resolver.keyring, MAX_CANDIDATES, 0
+        keyring, left = self._resolver.keyring, MAX_CANDIDATES
+        failures: list[str] = []
         for candidates in texts:
-            judged = [(depth, pos, keyring.verify(token))
+            # Each a case number, or why the token failed (Keyring.judge).
+            judged = [(depth, pos, keyring.judge(token))
                       for depth, pos, token in candidates[:left]]
             left -= len(judged)
-            valid = sorted((depth, pos, n) for depth, pos, n in judged if n is not None)
+            valid = sorted((depth, pos, n) for depth, pos, n in judged if isinstance(n, int))
             for _, pos, number in valid:
                 case = self.case_by_id(self.reader.case_for_number(number))
                 if case is not None:
                     self._note_rejected(
-                        rejected + sum(1 for _, p, n in judged if n is None and p < pos))
+                        failures + [n for _, p, n in judged if isinstance(n, str) and p < pos])
                     return case
-            rejected += sum(1 for _, _, n in judged if n is None)
+            failures += [n for _, _, n in judged if isinstance(n, str)]
             if left <= 0:
                 break
-        self._note_rejected(rejected)
+        self._note_rejected(failures)
         return None
 
-    def _note_rejected(self, rejected: int) -> None:
-        if rejected:
-            self.token_invalid = True
-            self.trace.append(f"  {rejected} token-shaped string(s) failed verification")
+    def _note_rejected(self, failures: Sequence[str]) -> None:
+        if failures:
+            reasons = dict.fromkeys(failures)
+            self.token_failures += [why for why in reasons if why not in self.token_failures]
+            self.trace.append(f"  {len(failures)} token-shaped string(s) failed verification "
+                              f"({', '.join(reasons)})")
+
+
+def token_notes(failures: Iterable[str]) -> list[str]:
+    """The log line's notes for tokens that failed: `token-invalid:<why>`, as
+    `body-not-stamped:<why>` names its reason."""
+    return [f"token-invalid:{why}" for why in failures]
 
 
 # The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed).

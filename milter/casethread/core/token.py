@@ -69,6 +69,13 @@ MIN_SECRET_BYTES = 16
 MAX_SPAN = MAX_LENGTH + 96
 # Candidates Keyring.resolve verifies at most (each costs one HMAC).
 MAX_CANDIDATES = 64
+# Why a token-shaped string does not verify (`Keyring.judge`; the log's `token-invalid:` notes):
+# no token's structure (a damaged or made-up one); a key id no configured key has (a retired
+# key, or never ours); a MAC that does not match (forged or damaged, or signed by a lost key
+# that had this id).
+MALFORMED = "malformed"
+UNKNOWN_KEY = "unknown-key"
+BAD_MAC = "bad-mac"
 
 _CONTEXT = b"casethread-token-v1\x00"
 _VALUE = {symbol: i for i, symbol in enumerate(ALPHABET)}
@@ -190,12 +197,17 @@ class TokenResult:
     """What `Keyring.resolve` found among candidates.
 
     `case_number`/`token` come from the first candidate that verified (None if none did);
-    `rejected` counts the token-shaped candidates before it that failed verification.
+    `failures` says why each token-shaped candidate before it failed (`Keyring.judge`).
     """
 
     case_number: int | None = None
     token: str | None = None
-    rejected: int = 0
+    failures: tuple[str, ...] = ()
+
+    @property
+    def rejected(self) -> int:
+        """How many token-shaped candidates failed verification."""
+        return len(self.failures)
 
     @property
     def status(self) -> Literal["valid", "invalid", "none"]:
@@ -262,18 +274,24 @@ class Keyring:
 
     def verify(self, token: str) -> int | None:
         """The case number a genuine token carries, or None (bad shape, unknown key, bad MAC)."""
-        return self._verify_normalised(normalise(token))
+        verdict = self._judge_normalised(normalise(token))
+        return verdict if isinstance(verdict, int) else None
 
-    def _verify_normalised(self, text: str) -> int | None:
+    def judge(self, token: str) -> int | str:
+        """The case number a genuine token carries, else why it fails: MALFORMED, UNKNOWN_KEY
+        or BAD_MAC."""
+        return self._judge_normalised(normalise(token))
+
+    def _judge_normalised(self, text: str) -> int | str:
         parsed = _parse_normalised(text)
         if parsed is None:
-            return None
+            return MALFORMED
         secret = self._secrets.get(parsed.key_id)
         if secret is None:
-            return None  # a retired (or never known) key
+            return UNKNOWN_KEY  # a retired (or never known) key
         expected = _mac(secret, parsed.key_id, parsed.case_number)
         if not hmac.compare_digest(expected, parsed.mac):
-            return None
+            return BAD_MAC
         return parsed.case_number
 
     def resolve(self, candidates: Iterable[str], limit: int = MAX_CANDIDATES) -> TokenResult:
@@ -282,18 +300,18 @@ class Keyring:
         Candidates that are not token-shaped are skipped without counting as invalid; the
         iterable is consumed lazily, so scanning stops at the first valid token.
         """
-        rejected = 0
+        failures: list[str] = []
         for seen, candidate in enumerate(candidates):
             if seen >= limit:
                 break
             if not is_token_shaped(candidate):
                 continue
             text = normalise(candidate)  # once: verified and returned in this form
-            number = self._verify_normalised(text)
-            if number is not None:
-                return TokenResult(number, text, rejected)
-            rejected += 1
-        return TokenResult(rejected=rejected)
+            verdict = self._judge_normalised(text)
+            if isinstance(verdict, int):
+                return TokenResult(verdict, text, tuple(failures))
+            failures.append(verdict)
+        return TokenResult(failures=tuple(failures))
 
 
 # --- Rendering -------------------------------------------------------------------------------
