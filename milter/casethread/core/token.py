@@ -205,15 +205,10 @@ class TokenResult:
     failures: tuple[str, ...] = ()
 
     @property
-    def rejected(self) -> int:
-        """How many token-shaped candidates failed verification."""
-        return len(self.failures)
-
-    @property
     def status(self) -> Literal["valid", "invalid", "none"]:
         if self.case_number is not None:
             return "valid"
-        return "invalid" if self.rejected else "none"
+        return "invalid" if self.failures else "none"
 
 
 class Keyring:
