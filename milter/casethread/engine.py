@@ -229,19 +229,20 @@ class Engine:
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
-                                  token_failures=tuple(ev.token_failures))
+                                  token_failures=ev.token_failures)
         return self._inbound_decision(msg, verdict, ev.trace)
 
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
                           trace: list[str]) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
-        notes = [] if msg.get("Message-ID") else ["no-message-id"]
-        # A token that failed shows in the header and also here: a retired key's replies
-        # open new cases, and only the log line is read across all mail.
-        notes += token_notes(verdict.token_failures)
+        notes: tuple[str, ...] = () if msg.get("Message-ID") else ("no-message-id",)
+        if verdict.token_failures:
+            # A token that failed shows in the header and also here: a retired key's replies
+            # open new cases, and only the log line is read across all mail.
+            notes += token_notes(verdict.token_failures)
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), tuple(notes),
+            ",".join(c.state for c in verdict.cases), tuple(edits), notes,
             trace=tuple(trace), auto=verdict.auto,
         )
 
@@ -357,7 +358,8 @@ class Engine:
             else:
                 case, match = None, "none"
             trace += ev.trace
-            notes += token_notes(ev.token_failures)
+            if ev.token_failures:
+                notes += token_notes(ev.token_failures)
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
         if id_edit is not None:

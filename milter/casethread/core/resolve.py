@@ -75,7 +75,7 @@ class Evidence:
         self.now = now
         self._resolver = resolver
         # Why token-shaped strings failed verification (token.MALFORMED, ...), each reason once.
-        self.token_failures: list[str] = []
+        self.token_failures: tuple[str, ...] = ()
         # What each strategy saw, for `casethread filter --explain`.
         self.trace: list[str] = []
         # External references seen but not yet known: recorded for whichever case wins.
@@ -136,7 +136,8 @@ class Evidence:
 
     def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
         result = self._resolver.keyring.resolve(candidates)
-        self._note_rejected(result.failures)
+        if result.failures:
+            self._note_rejected(result.failures)
         if result.case_number is None:
             return None
         return self.case_by_id(self.reader.case_for_number(result.case_number))
@@ -175,15 +176,15 @@ class Evidence:
     def _note_rejected(self, failures: Sequence[str]) -> None:
         if failures:
             reasons = dict.fromkeys(failures)
-            self.token_failures += [why for why in reasons if why not in self.token_failures]
+            self.token_failures += tuple(why for why in reasons if why not in self.token_failures)
             self.trace.append(f"  {len(failures)} token-shaped string(s) failed verification "
                               f"({', '.join(reasons)})")
 
 
-def token_notes(failures: Iterable[str]) -> list[str]:
+def token_notes(failures: Iterable[str]) -> tuple[str, ...]:
     """The log line's notes for tokens that failed: `token-invalid:<why>`, as
     `body-not-stamped:<why>` names its reason."""
-    return [f"token-invalid:{why}" for why in failures]
+    return tuple(f"token-invalid:{why}" for why in failures)
 
 
 # The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed).

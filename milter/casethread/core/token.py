@@ -295,7 +295,7 @@ class Keyring:
         Candidates that are not token-shaped are skipped without counting as invalid; the
         iterable is consumed lazily, so scanning stops at the first valid token.
         """
-        failures: list[str] = []
+        failures: tuple[str, ...] = ()  # the usual: none, and no list made for them
         for seen, candidate in enumerate(candidates):
             if seen >= limit:
                 break
@@ -304,9 +304,9 @@ class Keyring:
             text = normalise(candidate)  # once: verified and returned in this form
             verdict = self._judge_normalised(text)
             if isinstance(verdict, int):
-                return TokenResult(verdict, text, tuple(failures))
-            failures.append(verdict)
-        return TokenResult(failures=tuple(failures))
+                return TokenResult(verdict, text, failures)
+            failures += (verdict,)
+        return TokenResult(None, None, failures)
 
 
 # --- Rendering -------------------------------------------------------------------------------
