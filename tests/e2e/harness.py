@@ -767,6 +767,13 @@ class PostfixHarness:
         pattern = re.compile(rf"\b{re.escape(queue_id)}\b")
         return [line for line in self.maillog().splitlines() if pattern.search(line)]
 
+    def flush(self) -> None:
+        """`postqueue -f`: deliver the queued mail now (also for `defer_transports`)."""
+        subprocess.run(
+            [find_sbin("postqueue") or "postqueue", "-c", str(self.config_dir), "-f"],
+            capture_output=True, timeout=30, check=True,
+        )
+
     def queue_listing(self) -> str:
         """`postqueue -p`: the messages still in this instance's queue, and why."""
         result = subprocess.run(

@@ -11,6 +11,7 @@ import base64
 import smtplib
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +249,63 @@ def test_bounce_of_our_own_message(postfix: PostfixHarness, casethread: Casethre
     assert got.header("X-Case-Match") == "bounce", casethread.log()
     assert got.header("X-Case-ID") == "C-000001"
     assert got.header("X-Case-Auto") == "bounce"
+
+
+GONE = "kim@bounce.example"
+# Postfix bounces mail for GONE itself, after queueing it (as for a remote server's 5xx):
+# the error transport, and no check at RCPT that would refuse the address up front.
+BOUNCING = {
+    "transport_maps": "inline:{{bounce.example = error:5.1.1 mailbox unavailable}}",
+    "smtpd_reject_unlisted_recipient": "no",
+}
+
+
+def assert_threaded_postfix_bounce(dsn: ReceivedMessage, case_id: str) -> None:
+    assert (dsn.mail_from, dsn.rcpt_tos) == ("<>", (SUPPORT,))
+    assert (dsn.header("Content-Type") or "").startswith("multipart/report")
+    assert GONE.encode() in dsn.body
+    assert dsn.get_all("X-Case-ID") == [case_id]
+    assert dsn.header("X-Case-Match") == "bounce"
+    assert dsn.header("X-Case-Auto") == "bounce"
+
+
+def test_a_bounce_postfix_itself_generates_threads_to_the_agents_case(
+    postfix_factory: PostfixFactory, milter_socket: MilterSocket, casethread: Casethread
+) -> None:
+    """contrib's internal_mail_filter_classes = bounce: the DSN Postfix's bounce daemon writes
+    for agent mail it could not deliver passes casethread (non_smtpd_milters) on its way to
+    the support address that was the envelope sender."""
+    postfix = postfix_factory(milter_socket, extra_main=BOUNCING)
+    postfix.send(agent_mail(), SUPPORT, [CUSTOMER, GONE], port=postfix.submission_port)
+    delivered = {msg.mail_from: msg for msg in postfix.wait_for(2)}
+    out, dsn = delivered[SUPPORT], delivered["<>"]
+    assert out.header("X-Case-ID") == "C-000001", casethread.log()
+    assert_threaded_postfix_bounce(dsn, "C-000001")
+    assert "direction=inbound case=C-000001 match=bounce" in casethread.log()
+
+
+def test_a_postfix_bounce_waits_while_casethread_is_down(
+    postfix_factory: PostfixFactory, milter_socket: MilterSocket, casethread: Casethread,
+    milter_factory: MilterFactory,
+) -> None:
+    """milter_default_action = tempfail holds Postfix's own bounce too: the original stays
+    queued ("bounce failed") and the bounce is written, threaded, once casethread is back."""
+    # The error transport delivers only when flushed: after the milter is gone.
+    postfix = postfix_factory(milter_socket, extra_main={**BOUNCING, "defer_transports": "error"})
+    queue_id = postfix.send(agent_mail(), SUPPORT, [GONE], port=postfix.submission_port)
+    assert "direction=outbound case=C-000001" in casethread.log()
+    casethread.proc.kill()
+    # A flush while the message is still in the active queue does nothing: flush until the
+    # error transport has run.
+    deadline = time.monotonic() + 20
+    while not any("status=deferred (bounce failed)" in line
+                  for line in postfix.maillog_for(queue_id)):
+        assert time.monotonic() < deadline, postfix.maillog_tail()
+        postfix.flush()
+        time.sleep(0.5)
+    assert postfix.received == []
+    milter_factory(casethread.proc.argv, None, milter_socket, cwd=casethread.config.parent)
+    assert_threaded_postfix_bounce(postfix.wait_for(1)[0], "C-000001")
 
 
 def test_reply_to_a_merged_case_and_auto_reply_to_a_resolved_case(
