@@ -34,3 +34,11 @@ def test_the_master_cf_snippet_is_contrib_master_cf() -> None:
     assert contrib[start : start + len(master_cf)] == master_cf
     assert any("smtpd_relay_restrictions" in line and line.endswith(",reject")
                for line in master_cf)
+
+
+def test_the_pickup_snippet_is_the_commented_block_of_contrib_master_cf() -> None:
+    [pickup] = [block for block in _postfix_blocks() if block[0].startswith("pickup ")]
+    contrib = (CONTRIB / "master.cf").read_text().splitlines()
+    start = contrib.index("#" + pickup[0])
+    assert contrib[start : start + len(pickup)] == ["#" + line for line in pickup]
+    assert any("milter_macro_daemon_name=ORIGINATING" in line for line in pickup)
