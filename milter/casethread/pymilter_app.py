@@ -203,7 +203,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         if not self._connected:
             self._connected = True
             self._inflight.add(connections=1)
-        # For non-SMTP submissions (sendmail(1)) the MTA gives no address.
+        # Postfix presents mail from sendmail(1) as from localhost, 127.0.0.1 port 0, so
+        # outbound.client_networks sees 127.0.0.1 for it. Other families (a unix socket, an
+        # unknown one) carry no IP address: the client stays unknown.
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self._client = str(hostaddr[0])
         return int(Milter.CONTINUE)

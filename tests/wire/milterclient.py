@@ -208,7 +208,7 @@ class MtaSession:
         self._macro(c.SMFIC_CONNECT, macros)
         if not self.skips(c.SMFIP_NOCONNECT):
             if family == c.SMFIA_UNKNOWN:
-                # No port or address at all (non-SMTP mail); miltertest always encodes both.
+                # No port or address at all; miltertest always encodes both.
                 reply = self._raw_step(c.SMFIC_CONNECT, hostname.encode() + b"\0" + b"U")
             else:
                 reply = self._step(

@@ -266,7 +266,8 @@ def test_two_messages_on_one_connection_do_not_share_state(shared: MilterProcess
         (c.SMFIA_INET6, "2001:db8:1::25", True),
         (c.SMFIA_INET, "198.51.100.7", False),
         (c.SMFIA_INET6, "2001:db8:2::25", False),
-        # Non-SMTP mail (sendmail(1) on this host): no client address at all.
+        # An unknown family: no client address at all. (Postfix presents sendmail(1) mail
+        # as from 127.0.0.1, port 0.)
         (c.SMFIA_UNKNOWN, "", False),
     ],
 )
