@@ -258,3 +258,11 @@ def test_strip_prefixes_returns_a_suffix(text: str) -> None:
     out = strip_prefixes(text)
     assert out.strip() == out
     assert out == "" or unfold(text).rstrip().endswith(out)
+
+
+def test_raw_utf8_beside_an_encoded_word_is_decoded() -> None:
+    """An SMTPUTF8 client's Subject: an encoded word and raw UTF-8 side by side. The stdlib's
+    make_header refused it, so the Subject stayed undecoded and Thread-Topic re-encoded the
+    literal `=?utf-8?...` text."""
+    assert decode_subject("Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus Köln") == "Re: Grüße aus Köln"
+    assert decode_subject("=?x-unknown?q?a?= Köln") == "=?x-unknown?q?a?= Köln"  # as it was

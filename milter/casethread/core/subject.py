@@ -112,7 +112,7 @@ def decode_subject(subject: str) -> str:
         words = _WORD_LANGUAGE.sub(r"=?\1?", text) if "*" in text else text
         # The stdlib decoder raises a mixed bag on bad charsets and encodings.
         with contextlib.suppress(Exception):
-            text = str(make_header(decode_header(words)))
+            text = _decoded(decode_header(words))
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
@@ -148,6 +148,20 @@ def encode_words(text: str, first: int = 75) -> str:
         word += encoded
     words.append(word)
     return " ".join(f"=?utf-8?q?{w}?=" for w in words if w)
+
+
+def _decoded(pieces: list[tuple[bytes | str, str | None]]) -> str:
+    """The decoded text of `decode_header`'s pieces. `make_header` refuses text outside its
+    words that is not ASCII (raw UTF-8 beside an encoded word: `=?utf-8?q?Gr=C3=BC=C3=9Fe?=
+    aus Köln`, as SMTPUTF8 clients write); decode_header carried it as raw-unicode-escape."""
+    try:
+        return str(make_header(pieces))
+    except UnicodeDecodeError:
+        return "".join(
+            data if isinstance(data, str)
+            else data.decode(charset, "replace") if charset
+            else data.decode("raw-unicode-escape")
+            for data, charset in pieces)
 
 
 # At most this much of a Subject is decoded to look for a token or a reference.
