@@ -930,14 +930,18 @@ def test_opening_the_index_clears_a_dead_readers_slot(
         assert (data["reader_slots_dead"], data["reader_slots_cleared"]) == (0, 1)
         assert "0 of dead processes (1 cleared when this command opened the index)" in (
             maintenance.format_stats(data))
-        # The space each overwrite frees is reused: the file stops growing. (With the dead
-        # reader's snapshot left in place, each of these 40 commits added ~200 KiB.)
-        overwrite(index, 10)
-        size = data_bytes(index)
-        overwrite(index, 40)
-        assert data_bytes(index) == size
+        assert_space_is_reused(index)
     finally:
         index.close()
+
+
+def assert_space_is_reused(index: LmdbIndex) -> None:
+    """The space each overwrite frees is reused: the file stops growing. (With a dead reader's
+    snapshot left in place, each of these 40 commits added ~200 KiB.)"""
+    overwrite(index, 10)
+    size = data_bytes(index)
+    overwrite(index, 40)
+    assert data_bytes(index) == size
 
 
 def test_a_running_writer_clears_a_slot_left_after_it_opened(
@@ -956,10 +960,7 @@ def test_a_running_writer_clears_a_slot_left_after_it_opened(
         assert dead not in reader_pids(index)
         assert maintenance.stats(index)["reader_slots_dead"] == 0
         assert [r.getMessage() for r in caplog.records if "stale reader" in r.getMessage()]
-        overwrite(index, 10)
-        size = data_bytes(index)
-        overwrite(index, 40)
-        assert data_bytes(index) == size
+        assert_space_is_reused(index)
     finally:
         index.close()
 
