@@ -213,11 +213,23 @@ def test_subject_does_not_turn_other_kinds_into_auto_replied() -> None:
     assert classify_auto(m) == "bounce"
 
 
-def test_list_mail_is_bulk_even_with_x_loop_or_auto_generated() -> None:
+def test_list_mail_is_bulk_even_with_x_loop() -> None:
+    """Lists add X-Loop to the people's mail they relay."""
     m = msg(("List-Id", "<users.lists.example>"), ("X-Loop", "users@lists.example"))
     assert classify_auto(m) == "bulk"
-    m = msg(("List-Unsubscribe", "<https://x.example/u>"), ("Auto-Submitted", "auto-generated"))
+    m = msg(("Precedence", "list"), ("X-Loop", "users@lists.example"))
     assert classify_auto(m) == "bulk"
+
+
+@pytest.mark.parametrize("signal", [("Auto-Submitted", "auto-generated"), ("X-Loop", "yes")])
+def test_bulk_mail_that_says_it_is_machine_made_is_auto_generated(
+        signal: tuple[str, str]) -> None:
+    """A ticket system's notification marked Precedence: bulk and Auto-Submitted (or X-Loop,
+    Zammad's): the machine's, not a person's relayed by a list (bulk mail that answers our
+    mail counts as a person's for the case rules, rules.is_automatic)."""
+    assert classify_auto(msg(("Precedence", "bulk"), signal)) == "auto-generated"
+    m = msg(("List-Unsubscribe", "<https://x.example/u>"), ("Auto-Submitted", "auto-generated"))
+    assert classify_auto(m) == "auto-generated"
 
 
 def test_auto_reply_through_a_list_is_auto_replied() -> None:

@@ -1461,9 +1461,13 @@ def test_bulk_mail_matched_otherwise_stays_automatic(make_harness: Any, tweak: A
     relayed_ooo = h.inbound(*MAILMAN, ("Auto-Submitted", "auto-replied"),
                             *answer_of(h, out, "token"))
     assert relayed_ooo.one("X-Case-Auto") == "auto-replied"
+    # A ticket system's "request received", bulk and machine-made, naming our mail.
+    notice = h.inbound(("From", "desk@vendor.example"), ("Precedence", "bulk"),
+                       ("Auto-Submitted", "auto-generated"), *answer_of(h, out, "in-reply-to"))
+    assert notice.one("X-Case-Auto") == "auto-generated"
     looping = h.inbound(*MAILMAN, *answer_of(h, out, "in-reply-to"))
     assert looping.one("X-Case-Loop") == "yes"
-    for r in (by_number, relayed_ooo, looping):
+    for r in (by_number, relayed_ooo, notice, looping):
         assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "resolved")
     assert h.case("C-000001").state is CaseState.RESOLVED
     # Bulk mail that answers nothing opens no case.

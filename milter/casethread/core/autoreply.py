@@ -14,21 +14,23 @@ first of this order wins:
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
    pattern (below). An out-of-office reply is `auto-replied`.
-3. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
+3. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
+   `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
+   a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
+   value) on mail that is no list mail, Exchange's
+   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
+   sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
+   `X-FC-Machinegenerated: true`, and any other `multipart/report` (read receipts, abuse
+   feedback). Before `bulk`, which may be a person's mail (`rules.is_automatic`): a
+   notification marked both `Precedence: bulk` and `Auto-Submitted: auto-generated` is the
+   machine's.
+4. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
    `List-Unsubscribe`, `List-Post` or `Mailing-List` header (RFC 3834 §2: a responder MAY
    ignore mail with a List-* field). A list mail is `bulk`, also when the list adds `X-Loop`.
    Except our own list: one whose `List-Post` mailto address, or whose `List-Id` read as an
    address (`<support.example.com>`: support@example.com, RFC 2919), is a support address (a
    Google Group or Mailman list that *is* support@) relays people's mail, so its List-*
    fields and `Precedence: list` say nothing (`bulk` and `junk` still count).
-4. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
-   `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
-   a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
-   value), Exchange's
-   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
-   sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
-   `X-FC-Machinegenerated: true`, and any other `multipart/report` (read receipts, abuse
-   feedback).
 5. `no`: none of these.
 
 Decisions, each conservative because an auto kind stops a reopen or a new case:
@@ -149,13 +151,20 @@ def classify_auto_detail(msg: Message,
 
     submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
     submitted = [v for v in submitted if v]
-    if fields:  # steps 2 and 3 read these fields only
-        kind = _replied_or_bulk(fields, submitted, ours is not None and _own_list(fields, ours))
-        if kind is not None:
-            return kind
+    precedence = {
+        _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
+    }
+    if fields:  # step 2 reads these fields only
+        replied = _replied(fields, submitted, precedence)
+        if replied is not None:
+            return replied
 
-    # 4. auto-generated (refined to auto-replied by an out-of-office subject)
+    # 3. auto-generated (refined to auto-replied by an out-of-office subject). Before bulk:
+    # bulk mail may be a person's, relayed by a list (rules.is_automatic), and a sender that
+    # says its mail is machine-made (RFC 3834 §5) is believed even when it is bulk too.
     reason = _auto_generated(fields, submitted, null_sender, from_local, is_report)
+    if reason == "x-loop" and _list_mail(fields, precedence):
+        reason = ""  # lists add X-Loop to the people's mail they relay
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
     # out-of-office subject they are an Exchange auto-reply.
     weak = "" if reason else (_exchange_rule_header(fields) or _suppress_header(fields))
@@ -165,33 +174,34 @@ def classify_auto_detail(msg: Message,
             return AUTO_REPLIED, f"{reason or weak}+ooo-subject"
     if reason:
         return AUTO_GENERATED, reason
-    return NO, ""
 
-
-def _replied_or_bulk(fields: Fields, submitted: list[str],
-                     own_list: bool) -> tuple[str, str] | None:
-    """Steps 2 and 3, from the header signals alone."""
-    # 2. auto-replied
-    if "auto-replied" in submitted:
-        return AUTO_REPLIED, "auto-submitted"
-    for name in _AUTOREPLY_HEADERS:
-        if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
-            return AUTO_REPLIED, name
-    precedence = {
-        _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
-    }
-    if "auto_reply" in precedence:
-        return AUTO_REPLIED, "precedence"
-    if _exchange_auto_reply(fields):
-        return AUTO_REPLIED, "exchange-rule-reply"
-
-    # 3. bulk (our own list relays people's mail: its list fields say nothing)
+    # 4. bulk (our own list relays people's mail: its list fields say nothing)
+    own_list = ours is not None and _own_list(fields, ours)
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
     for name in () if own_list else _LIST_HEADERS:
         if _values(fields, name):
             return BULK, name
+    return NO, ""
+
+
+def _replied(fields: Fields, submitted: list[str],
+             precedence: set[str]) -> tuple[str, str] | None:
+    """Step 2, auto-replied, from the header signals alone."""
+    if "auto-replied" in submitted:
+        return AUTO_REPLIED, "auto-submitted"
+    for name in _AUTOREPLY_HEADERS:
+        if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
+            return AUTO_REPLIED, name
+    if "auto_reply" in precedence:
+        return AUTO_REPLIED, "precedence"
+    if _exchange_auto_reply(fields):
+        return AUTO_REPLIED, "exchange-rule-reply"
     return None
+
+
+def _list_mail(fields: Fields, precedence: set[str]) -> bool:
+    return "list" in precedence or any(_values(fields, name) for name in _LIST_HEADERS)
 
 
 def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
