@@ -339,7 +339,9 @@ def tag_pattern(template: str) -> re.Pattern[str]:
     symbols = rf"[ \t]*+(?:[0-9A-Za-z][ \t]*+){{{MIN_LENGTH},{MAX_LENGTH}}}"
     # The blanks before the tag go with it; matched from the start of their run only, or a
     # long run of blanks is rescanned from each of its positions (quadratic).
-    return re.compile(rf"(?<!\s)\s*+{re.escape(before)}{symbols}{re.escape(after)}", re.I)
+    # The literals' own blanks next to the token are left to `symbols` (` [ref: {token} ]`).
+    return re.compile(rf"(?<!\s)\s*+{re.escape(before.rstrip())}{symbols}"
+                      rf"{re.escape(after.lstrip())}", re.I)
 
 
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
