@@ -44,6 +44,18 @@ def test_a_reply_with_only_in_reply_to_gets_its_parent_last_in_references(harnes
     assert r.one("In-Reply-To") == parent
 
 
+@pytest.mark.parametrize("in_reply_to", [
+    "Your message of Mon, 1 Jan 2024 from pat@customer.example.org",
+    "<a1@customer.example.org> <a2@customer.example.org>"])
+def test_an_in_reply_to_that_names_no_single_message_gives_no_parent(
+        harness: Any, in_reply_to: str) -> None:
+    """Free text (an address is no message ID) or several IDs (no one parent): the anchor
+    alone, not a made-up parent every such reply would share."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
+                         ("In-Reply-To", in_reply_to))
+    assert r.one("References") == f"<{harness.token(r.case_id)}.case@support.example.com>"
+
+
 def test_references_are_folded_between_ids(harness: Any) -> None:
     """500 IDs as Thunderbird folds them: trimmed to 20, and written on lines of at most 78
     characters (RFC 5322 §2.1.1), not on one line of ~900."""
@@ -84,12 +96,31 @@ def test_a_customers_own_bracket_reference_stays_when_the_case_moves(harness: An
     assert moved.one("Thread-Topic") == "Your invoice [Ref: 4711] is overdue"
 
 
-def test_a_tag_that_does_not_verify_stays_in_the_subject(harness: Any) -> None:
-    """Another installation's tag in the same form: ours is appended, theirs kept (it is
-    theirs to thread by), as when nothing of ours was there."""
+def test_a_tag_that_does_not_verify_stays_when_the_case_moves(harness: Any) -> None:
+    """Another installation's tag in the same form beside ours: on a move ours is replaced,
+    theirs kept (it is theirs to thread by)."""
     theirs = token.Keyring([(4, b"t" * 32)]).make(12)
-    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: Order [ref:{theirs}]"))
-    assert unfold(r.one("Subject")) == f"Re: Order [ref:{theirs}] [ref:{harness.token(r.case_id)}]"
+    old = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Order"))
+    subject = f"Re: Order [ref:{theirs}] [ref:{harness.token(old.case_id)}]"
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), ("X-Case-ID", "TKT-2"))
+    assert unfold(moved.one("Subject")) == (
+        f"Re: Order [ref:{theirs}] [ref:{harness.token('TKT-2')}]")
+
+
+@pytest.mark.parametrize("template", [" [ref: {token} ]", " (Case {token} )", " [ref:{token}]"])
+def test_a_moved_conversation_loses_the_old_tag_whatever_the_templates_blanks(
+        make_harness: Any, tweak: Any, template: str) -> None:
+    """A template with blanks inside its brackets: the old tag was kept, and replies went
+    back to the old case."""
+    h = make_harness(tweak(tokens={"subject_template": template}))
+    old = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer"))
+    moved = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: " + old.one("Subject")),
+                       ("X-Case-ID", "TKT-9"))
+    assert unfold(moved.one("Subject")) == "Re: Printer" + template.replace(
+        "{token}", h.token("TKT-9"))
+    reply = h.inbound(("From", "pat@customer.example.org"), ("To", "support@example.com"),
+                      ("Subject", "Re: " + moved.one("Subject")))
+    assert reply.case_id == "TKT-9"
 
 
 def test_the_tag_pattern_is_linear_on_long_blank_runs() -> None:

@@ -110,6 +110,16 @@ def written_ids(value: str) -> list[str]:
     return list(dict.fromkeys(f"<{mid}>" for mid in ids if 0 < len(mid) <= MAX_WRITTEN_ID))
 
 
+def sole_written_id(value: str) -> str | None:
+    """The one `<...>` ID of an In-Reply-To as written, or None: free text (`Your message of
+    ...`, an address) names no message, and several IDs name no single parent."""
+    found = _ANGLED.findall(_without_comments(value, ids_whole=True))
+    if len(found) != 1:
+        return None
+    ids = written_ids(f"<{found[0]}>")
+    return ids[0] if ids else None
+
+
 def _base36(number: int) -> str:
     digits = []
     while True:

@@ -186,13 +186,13 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     present = msg.get("References")
     if present is not None and not writable(present):
         return None
-    source = present
-    if source is None:
-        answered = msg.get("In-Reply-To")
-        source = answered if answered is not None and writable(answered) else None
     # The IDs as written: rewriting one (a domain's letter case, a quoted local part) would
     # make it another message for every client that threads by References.
-    ids = msgid.written_ids(source) if source is not None else []
+    ids = msgid.written_ids(present) if present is not None else []
+    if present is None:
+        answered = msg.get("In-Reply-To")
+        parent = msgid.sole_written_id(answered) if answered and writable(answered) else None
+        ids = [parent] if parent else []
     anchor_id = msgid.normalise(anchor)
     if ids and msgid.normalise(ids[0]) == anchor_id:
         return None
