@@ -226,14 +226,20 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
         self._rcpts.append(to)
-        if self.known_queue_id == "-":  # Postfix sends it at MAIL FROM, Sendmail from RCPT on
-            self.known_queue_id = self.queue_id()
+        self._learn_queue_id()
         return int(Milter.CONTINUE)
+
+    def _learn_queue_id(self) -> None:
+        """Postfix sends `i` at MAIL FROM only when the queue file is open by then; by default
+        (`smtpd_delay_open_until_valid_rcpt`) from RCPT or DATA on, as Sendmail does."""
+        if self.known_queue_id == "-":
+            self.known_queue_id = self.queue_id()
 
     # Defined (not left as pymilter's @nocallback default) so Postfix does not send a lone
     # macro packet at DATA and stall ~40 ms on delayed ACK (FIELD-NOTES).
     @_guarded
     def data(self) -> int:
+        self._learn_queue_id()
         return int(Milter.CONTINUE)
 
     def header_bytes(self, name: str, value: bytes) -> int:

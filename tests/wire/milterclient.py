@@ -229,6 +229,7 @@ class MtaSession:
         *,
         mail_macros: Macros | None = None,
         rcpt_macros: Macros | None = None,
+        data_macros: Macros | None = None,
         eom_macros: Macros | None = None,
         midway: Callable[[], None] | None = None,
     ) -> Transaction:
@@ -255,6 +256,7 @@ class MtaSession:
                 f"rcpt{n}", self._step(c.SMFIC_RCPT, args=[f"<{rcpt}>"])
             ):
                 return t
+        self._macro(c.SMFIC_DATA, data_macros)
         if not self.skips(c.SMFIP_NODATA) and not ok("data", self._step(c.SMFIC_DATA)):
             return t
         if not self.skips(c.SMFIP_NOHDRS):

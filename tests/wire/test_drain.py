@@ -58,8 +58,9 @@ def unfinished(mta: MtaSession, queue_id: str, midway: Callable[[], None] | None
         raise Interrupted
 
     with contextlib.suppress(Interrupted):
+        # Postfix's default (smtpd_delay_open_until_valid_rcpt): the queue id from DATA on.
         mta.message(CUSTOMER, [SUPPORT], customer_headers(f"<{queue_id}@customer.example.org>"),
-                    rcpt_macros={"i": queue_id}, midway=stop)
+                    data_macros={"i": queue_id}, midway=stop)
 
 
 def inbound(mta: MtaSession, queue_id: str, midway: Callable[[], None]) -> None:
