@@ -121,8 +121,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         keyring_for(settings, create=False)
     elif index_exists(settings):
         # serve would make a key; right only for an index without cases.
-        with _lmdb_index(settings) as index:
-            check_default_key_kept(settings.index.path, index.case_count())
+        check_default_key_kept(settings.index.path, LmdbIndex.held_cases(settings.index.path))
     print("OK")
     return EXIT_OK
 

@@ -308,6 +308,7 @@ def test_a_lost_index_key_beside_cases_stops_filter_and_check_config(
     index = tmp_path / "index"
     key = index / "token.key"
     key.unlink()
+    (index / "lock.mdb").unlink()  # only data.mdb restored
     refusal = (f"casethread: the index at {index} holds 1 case but {key} is missing: restore "
                f"it from the backup, or run `casethread keygen {key}` to start a new key "
                "knowingly")
@@ -315,9 +316,12 @@ def test_a_lost_index_key_beside_cases_stops_filter_and_check_config(
     assert (p.returncode, p.stdout, stderr_lines(p.stderr)) == (1, b"", [refusal])
     config = tmp_path / "c.yaml"
     config.write_text(f"index:\n  path: {index}\n")
+    (index / "lock.mdb").unlink(missing_ok=True)
     check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
     assert (check.returncode, check.stdout, check.stderr) == (1, "", refusal + "\n")
     assert not key.exists()
+    # Run as root, a lock.mdb it made would be root's: the milter's user could not open it.
+    assert not (index / "lock.mdb").exists()
     dry = run_filter("--dry-run", "--direction", "outbound", str(DATA / "agent-first.eml"))
     assert dry.returncode == 0 and b"throwaway key" in dry.stderr
     # Starting a new key is the operator's decision; then everything runs again.

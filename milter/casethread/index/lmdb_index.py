@@ -589,6 +589,26 @@ class LmdbIndex:
     def exists(path: str | os.PathLike[str]) -> bool:
         return os.path.exists(os.path.join(path, "data.mdb"))
 
+    @staticmethod
+    def held_cases(path: str | os.PathLike[str]) -> int:
+        """How many cases the index at `path` holds, read without a lock file: `check-config`
+        run as root must leave nothing in the directory that the milter's user cannot open
+        (a root-owned lock.mdb stopped `serve`)."""
+        try:
+            env = lmdb.open(os.fspath(path), readonly=True, lock=False, subdir=True,
+                            max_dbs=MAX_DBS)
+        except lmdb.Error as exc:
+            raise CaseIndexError(f"case index {os.fspath(path)}: {exc}") from None
+        try:
+            with env.begin() as txn:
+                try:
+                    db = env.open_db(b"cases", txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    return 0
+                return int(txn.stat(db)["entries"])
+        finally:
+            env.close()
+
     def _live(self) -> SharedEnv:
         shared = self._shared
         if shared is None:
