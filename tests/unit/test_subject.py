@@ -266,3 +266,6 @@ def test_raw_utf8_beside_an_encoded_word_is_decoded() -> None:
     literal `=?utf-8?...` text."""
     assert decode_subject("Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus Köln") == "Re: Grüße aus Köln"
     assert decode_subject("=?x-unknown?q?a?= Köln") == "=?x-unknown?q?a?= Köln"  # as it was
+    # The rest is kept as written: a backslash is no escape.
+    assert decode_subject("=?utf-8?q?Gr=C3=BC=C3=9Fe?= C:\\u0041 Köln") == "Grüße C:\\u0041 Köln"
+    assert decode_subject("Köln =?utf-8?q?a?= =?utf-8?q?b?=  c") == "Köln ab  c"

@@ -112,7 +112,7 @@ def decode_subject(subject: str) -> str:
         words = _WORD_LANGUAGE.sub(r"=?\1?", text) if "*" in text else text
         # The stdlib decoder raises a mixed bag on bad charsets and encodings.
         with contextlib.suppress(Exception):
-            text = _decoded(decode_header(words))
+            text = _decoded(words)
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
@@ -150,18 +150,28 @@ def encode_words(text: str, first: int = 75) -> str:
     return " ".join(f"=?utf-8?q?{w}?=" for w in words if w)
 
 
-def _decoded(pieces: list[tuple[bytes | str, str | None]]) -> str:
-    """The decoded text of `decode_header`'s pieces. `make_header` refuses text outside its
-    words that is not ASCII (raw UTF-8 beside an encoded word: `=?utf-8?q?Gr=C3=BC=C3=9Fe?=
-    aus Köln`, as SMTPUTF8 clients write); decode_header carried it as raw-unicode-escape."""
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[QqBb]\?[^?\s]*\?=")
+
+
+def _decoded(text: str) -> str:
+    """`text` with its encoded words decoded. `make_header` refuses text outside the words
+    that is not ASCII (raw UTF-8 beside an encoded word: `=?utf-8?q?Gr=C3=BC=C3=9Fe?= aus
+    Köln`, as SMTPUTF8 clients write): then each word is decoded alone and the rest stays as
+    written, but for blanks between two words (RFC 2047 §6.2)."""
     try:
-        return str(make_header(pieces))
+        return str(make_header(decode_header(text)))
     except UnicodeDecodeError:
-        return "".join(
-            data if isinstance(data, str)
-            else data.decode(charset, "replace") if charset
-            else data.decode("raw-unicode-escape")
-            for data, charset in pieces)
+        pass
+    out: list[str] = []
+    end = -1  # where the last encoded word ended
+    for word in _ENCODED_WORD.finditer(text):
+        between = text[max(end, 0):word.start()]
+        if not (end >= 0 and between.isspace()):
+            out.append(between)
+        out.append(str(make_header(decode_header(word.group(0)))))
+        end = word.end()
+    out.append(text[max(end, 0):])
+    return "".join(out)
 
 
 # At most this much of a Subject is decoded to look for a token or a reference.
