@@ -119,9 +119,9 @@ class Engine:
         if direction is Direction.OUTBOUND:
             return self._outbound(msg)
         # Noted: an app whose X-Case-ID vanishes (it sent through a path that is not outbound)
-        # shows why in the log line.
+        # shows why in the log line. No count in it: notes are metric labels too.
         removed = tuple(strip_ours(msg, self._names))
-        notes = (f"case-fields-removed:{len(removed)}",) if removed else ()
+        notes = ("case-fields-removed",) if removed else ()
         return Decision(Direction.OTHER, edits=removed, notes=notes)
 
     def unchanged(self, msg: Message) -> Decision:
