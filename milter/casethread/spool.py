@@ -10,7 +10,9 @@ says so and drops what it had, and the adapter passes that message by the failur
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import tempfile
 from typing import IO
 
@@ -79,4 +81,7 @@ def _write_all(file: IO[bytes], data: bytes | bytearray) -> None:
     ends in all written or in the OSError that says why not."""
     view = memoryview(data)
     while view:
-        view = view[file.write(view):]
+        written = file.write(view)
+        if not written:  # no progress and no error: take it for a full disk, not a spin
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]

@@ -24,16 +24,12 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _MAX_COMMENT_PASSES = 8
 
 
-def _keep_id(m: re.Match[str]) -> str:
-    return m.group(1) or ""
-
-
 def _without_comments(text: str, ids_whole: bool = False) -> str:
     """`text` without its comments; with `ids_whole`, comments inside `<...>` stay."""
     if "(" not in text:
         return text
     for _ in range(_MAX_COMMENT_PASSES):
-        stripped = _COMMENT_OR_ID.sub(_keep_id, text) if ids_whole else _COMMENT.sub("", text)
+        stripped = _COMMENT_OR_ID.sub(r"\1", text) if ids_whole else _COMMENT.sub("", text)
         if stripped == text:
             break
         text = stripped

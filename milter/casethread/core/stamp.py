@@ -46,7 +46,7 @@ _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
-_RAW_TEXT = ("script", "style", "title", "textarea", "xmp")
+_RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
 _RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I)
 _RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I) for name in _RAW_TEXT}
 # An armor line of inline PGP. Searched without `^` and re.M, which would try every position
@@ -408,7 +408,8 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
 
 
 def _in_raw_text(text: str, at: int) -> bool:
-    """`at` is inside a <script>, <style>, <title>, <textarea> or <xmp> element, whose text is
+    """`at` is inside a <script>, <style>, <title>, <textarea>, <xmp>, <iframe>, <noembed> or
+    <noframes> element, whose text is
     no markup (WHATWG HTML §13.2.5: `p::after{content:"</body>"}` closes no body): the next
     closing tag of such an element comes before any opening of it. (One never closed is
     not seen: it would need a scan of the whole part for every HTML mail.)"""

@@ -423,7 +423,7 @@ def _acquire(
         except OSError as exc:
             raise IndexUnavailable(f"cannot open case index {path}: {os_problem(exc)}") from exc
         except lmdb.Error as exc:
-            problem = _unusable_file(real) if exc.code in _NOT_WRITABLE else None
+            problem = _unusable_file(real) if getattr(exc, "code", None) in _NOT_WRITABLE else None
             raise IndexUnavailable(f"cannot open case index {path}: {problem or exc}") from exc
         shared.refs += 1
         return real, shared
@@ -748,8 +748,9 @@ class LmdbIndex:
                 os.lseek(fd, 0, os.SEEK_SET)
                 shared.adopt()
         except lmdb.Error as exc:
-            if exc.code > 0:  # a system error: the copy only reads the index, so writing fd failed
-                raise OSError(exc.code, os.strerror(exc.code)) from exc
+            code = getattr(exc, "code", None) or 0
+            if code > 0:  # a system error: the copy only reads the index, so writing fd failed
+                raise OSError(code, os.strerror(code)) from exc
             raise _translate(self.path, shared, exc) from exc
 
     # --- the CaseIndex contract ------------------------------------------------------------
