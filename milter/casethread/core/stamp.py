@@ -409,10 +409,10 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
 
 def _in_raw_text(text: str, at: int) -> bool:
     """`at` is inside a <script>, <style>, <title>, <textarea>, <xmp>, <iframe>, <noembed> or
-    <noframes> element, whose text is
-    no markup (WHATWG HTML §13.2.5: `p::after{content:"</body>"}` closes no body): the next
-    closing tag of such an element comes before any opening of it. (One never closed is
-    not seen: it would need a scan of the whole part for every HTML mail.)"""
+    <noframes> element, whose text is no markup (WHATWG HTML §13.2.5:
+    `p::after{content:"</body>"}` closes no body): the next closing tag of such an element
+    comes before any opening of it. (One never closed is not seen: it would need a scan of
+    the whole part for every HTML mail.)"""
     end = _RAW_TEXT_END.search(text, at)
     return end is not None and _RAW_TEXT_START[end.group(1).lower()].search(
         text, at, end.start()) is None
