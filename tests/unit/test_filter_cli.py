@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from casethread.cli import build_parser
 from casethread.core import thread_index
 from casethread.core.case_headers import MAX_OWN_FIELDS
@@ -330,6 +332,37 @@ def test_a_lost_index_key_beside_cases_stops_filter_and_check_config(
     check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
     assert (check.returncode, check.stdout) == (0, "OK\n"), check.stderr
     assert run_filter("--direction", "outbound", str(DATA / "agent-first.eml")).returncode == 0
+
+
+@pytest.mark.parametrize("restored", ["truncated", "empty", "missing"])
+def test_check_config_reads_a_partly_restored_index_without_crashing(
+    run_filter: Any, casethread_bin: Path, tmp_path: Path, restored: str
+) -> None:
+    """The key is missing exactly when a restore was partial: a truncated data.mdb must give
+    one line, not SIGBUS (the count is read without the milter's open); an empty one is a new
+    index, as serve takes it."""
+    for _ in range(30):
+        assert run_filter("--direction", "outbound", str(DATA / "agent-first.eml")).returncode == 0
+    index = tmp_path / "index"
+    (index / "token.key").unlink()
+    (index / "lock.mdb").unlink()
+    data = index / "data.mdb"
+    if restored == "truncated":
+        data.write_bytes(data.read_bytes()[:8192])
+    elif restored == "empty":
+        data.write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {index}\n")
+    check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    if restored == "truncated":
+        assert (check.returncode, check.stdout) == (1, ""), check.stderr
+        assert "data.mdb is truncated" in check.stderr and "Fatal" not in check.stderr
+    elif restored == "empty":
+        assert (check.returncode, check.stdout) == (0, "OK\n"), check.stderr
+    else:
+        assert (check.returncode, check.stdout) == (1, ""), check.stderr
+        assert "holds 30 cases" in check.stderr
+    assert not (index / "lock.mdb").exists()
 
 
 def test_configured_key_files_run_beside_cases_without_an_index_key(

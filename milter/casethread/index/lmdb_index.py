@@ -411,6 +411,20 @@ def _check_complete(env: lmdb.Environment, path: str) -> None:
         )
 
 
+def _count_cases(path: str) -> int:
+    env = lmdb.open(path, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
+    try:
+        _check_complete(env, path)  # a partial restore: no SIGBUS on a missing page
+        with env.begin() as txn:
+            try:
+                db = env.open_db(b"cases", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return 0
+            return int(txn.stat(db)["entries"])
+    finally:
+        env.close()
+
+
 def _acquire(
     path: str, map_size: int, max_map_size: int | None, sync: bool
 ) -> tuple[str, SharedEnv]:
@@ -593,21 +607,18 @@ class LmdbIndex:
     def held_cases(path: str | os.PathLike[str]) -> int:
         """How many cases the index at `path` holds, read without a lock file: `check-config`
         run as root must leave nothing in the directory that the milter's user cannot open
-        (a root-owned lock.mdb stopped `serve`)."""
-        try:
-            env = lmdb.open(os.fspath(path), readonly=True, lock=False, subdir=True,
-                            max_dbs=MAX_DBS)
-        except lmdb.Error as exc:
-            raise CaseIndexError(f"case index {os.fspath(path)}: {exc}") from None
-        try:
-            with env.begin() as txn:
-                try:
-                    db = env.open_db(b"cases", txn=txn, create=False)
-                except lmdb.NotFoundError:
-                    return 0
-                return int(txn.stat(db)["entries"])
-        finally:
-            env.close()
+        (a root-owned lock.mdb stopped `serve`). Without the lock a writer may reuse a page
+        under us: a read that fails so is tried once more."""
+        where = os.fspath(path)
+        if os.path.getsize(os.path.join(where, "data.mdb")) == 0:
+            return 0  # LMDB sets up an empty file on first open, as serve would
+        error: lmdb.Error | None = None
+        for _ in range(2):
+            try:
+                return _count_cases(where)
+            except lmdb.Error as exc:
+                error = exc
+        raise CaseIndexError(f"case index {where}: {error}")
 
     def _live(self) -> SharedEnv:
         shared = self._shared
