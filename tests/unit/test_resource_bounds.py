@@ -127,6 +127,14 @@ def subject_1mb_of_prefixes(direction: Direction) -> Hostile:
                    b"Hi\r\n")
 
 
+def subject_of_unclosed_encoded_words(direction: Direction) -> Hostile:
+    """The stdlib's RFC 2047 decoder is quadratic on words that never close (23 s for this
+    one: the out-of-office check decodes the Subject of mail with Exchange's headers, and
+    Thread-Topic the agent's)."""
+    return Hostile(message(direction, [("X-Auto-Response-Suppress", "All")],
+                           subject="Re: Köln " + "=?utf-8?q?a" * 20_000), b"Hi\r\n")
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -141,6 +149,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,
+    "Subject of 20,000 unclosed encoded words": subject_of_unclosed_encoded_words,
 }
 
 

@@ -269,3 +269,6 @@ def test_raw_utf8_beside_an_encoded_word_is_decoded() -> None:
     # The rest is kept as written: a backslash is no escape.
     assert decode_subject("=?utf-8?q?Gr=C3=BC=C3=9Fe?= C:\\u0041 Köln") == "Grüße C:\\u0041 Köln"
     assert decode_subject("Köln =?utf-8?q?a?= =?utf-8?q?b?=  c") == "Köln ab  c"
+    # A character split over two words, beside raw UTF-8; bytes its charset cannot decode.
+    assert decode_subject("=?utf-8?b?ww==?==?utf-8?b?vA==?= Köln") == "ü Köln"
+    assert decode_subject("Köln =?utf-8?q?R=E9sum=E9?=") == "Köln R\ufffdsum\ufffd"
