@@ -44,16 +44,18 @@ def test_a_reply_with_only_in_reply_to_gets_its_parent_last_in_references(harnes
     assert r.one("In-Reply-To") == parent
 
 
-@pytest.mark.parametrize("in_reply_to", [
-    "Your message of Mon, 1 Jan 2024 from pat@customer.example.org",
-    "<a1@customer.example.org> <a2@customer.example.org>"])
-def test_an_in_reply_to_that_names_no_single_message_gives_no_parent(
-        harness: Any, in_reply_to: str) -> None:
-    """Free text (an address is no message ID) or several IDs (no one parent): the anchor
-    alone, not a made-up parent every such reply would share."""
-    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
-                         ("In-Reply-To", in_reply_to))
+def test_an_in_reply_to_of_free_text_gives_no_parent(harness: Any) -> None:
+    """An address is no message ID: not a made-up parent every such reply would share."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"), (
+        "In-Reply-To", "Your message of Mon, 1 Jan 2024 from pat@customer.example.org"))
     assert r.one("References") == f"<{harness.token(r.case_id)}.case@support.example.com>"
+
+
+def test_an_in_reply_to_of_several_ids_gives_the_first_as_parent(harness: Any) -> None:
+    """RFC 5256: the first valid message-id of the In-Reply-To."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"), (
+        "In-Reply-To", "<a1@customer.example.org> (Pat) <a2@customer.example.org>"))
+    assert unfold(r.one("References")).split()[1:] == ["<a1@customer.example.org>"]
 
 
 def test_references_are_folded_between_ids(harness: Any) -> None:

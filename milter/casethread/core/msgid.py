@@ -106,13 +106,12 @@ def written_ids(value: str) -> list[str]:
     return list(dict.fromkeys(f"<{mid}>" for mid in ids if 0 < len(mid) <= MAX_WRITTEN_ID))
 
 
-def sole_written_id(value: str) -> str | None:
-    """The one `<...>` ID of an In-Reply-To as written, or None: free text (`Your message of
-    ...`, an address) names no message, and several IDs name no single parent."""
-    found = _ANGLED.findall(_without_comments(value, ids_whole=True))
-    if len(found) != 1:
-        return None
-    ids = written_ids(f"<{found[0]}>")
+def first_written_id(value: str) -> str | None:
+    """The first `<...>` ID of an In-Reply-To as written, or None: RFC 5256 threads a reply
+    under "the first valid message-id of the In-Reply-To"; free text (`Your message of ...`,
+    a bare address) names no message."""
+    found = _ANGLED.search(_without_comments(value, ids_whole=True))
+    ids = written_ids(f"<{found.group(1)}>") if found else []
     return ids[0] if ids else None
 
 

@@ -191,7 +191,7 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     ids = msgid.written_ids(present) if present is not None else []
     if present is None:
         answered = msg.get("In-Reply-To")
-        parent = msgid.sole_written_id(answered) if answered and writable(answered) else None
+        parent = msgid.first_written_id(answered) if answered and writable(answered) else None
         ids = [parent] if parent else []
     anchor_id = msgid.normalise(anchor)
     if ids and msgid.normalise(ids[0]) == anchor_id:
