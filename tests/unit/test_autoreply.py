@@ -415,6 +415,8 @@ def test_our_own_list_relays_people_not_bulk(fields: tuple[tuple[str, str], ...]
     assert classify_auto(relayed) == "bulk"  # without knowing our addresses
     assert classify_auto(msg(*fields, ("Precedence", "bulk")), ours) == "bulk"
     assert classify_auto(msg(*fields, ("Auto-Submitted", "auto-replied")), ours) == "auto-replied"
+    # The X-Loop such a list adds to the mail it relays is no machine's either.
+    assert classify_auto(msg(*fields, ("X-Loop", "support@example.com")), ours) == "no"
 
 
 def test_another_list_is_bulk() -> None:

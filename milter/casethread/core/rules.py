@@ -31,8 +31,10 @@ def is_automatic(kind: str, match: str) -> bool:
 
     Bulk mail that answers our mail is a person's reply relayed by a mailing list, or sent by
     a ticket system that marks all its mail `Precedence: bulk` (RT, Jira): RFC 3834 only
-    says not to auto-respond to it, and Zammad and RT let it update and reopen tickets. Bulk
-    mail matched otherwise (a newsletter naming a case number) stays automatic."""
+    says not to auto-respond to it, and Zammad and RT let it update and reopen tickets. Mail
+    that also says it is machine-made (`Auto-Submitted`, a null sender, a report...) is
+    `auto-generated`, never `bulk` (autoreply's order), and stays automatic; so does bulk mail
+    matched otherwise (a newsletter naming a case number)."""
     if kind == autoreply.BULK and match in ANSWERING_MATCHES:
         return False
     return autoreply.is_auto(kind)
