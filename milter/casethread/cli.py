@@ -31,6 +31,7 @@ from .core.store import CaseIndex
 from .core.token import MAX_KEY_ID, Keyring
 from .engine import Engine
 from .index import CaseIndexError, LmdbIndex, MemoryIndex, index_exists, maintenance, open_index
+from .index.errors import known_cause
 from .index.overlay_index import OverlayIndex
 from .keyfile import (
     DEFAULT_KEY_NAME,
@@ -166,9 +167,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
         try:
             decision = engine.process(msg, direction)
             log.info("queue_id=filter %s", decision.log_fields())
-        except Exception:
+        except Exception as exc:
             # The milter's policy: the message as it came, but for forged X-Case-* fields.
-            log.exception("queue_id=filter internal error; message passed unchanged")
+            cause = known_cause(exc)
+            if cause is None:
+                log.exception("queue_id=filter internal error; message passed unchanged")
+            else:
+                log.error("queue_id=filter error: %s; message passed unchanged", cause)
             decision = engine.unchanged(msg)
     finally:
         index.close()

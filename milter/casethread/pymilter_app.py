@@ -7,7 +7,6 @@ exception is logged with the queue id and the message passes unchanged (or is te
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import socket
@@ -24,8 +23,7 @@ from .core.model import Direction
 from .core.settings import OnError
 from .core.stamp import iter_spliced
 from .engine import Engine
-from .index import IndexFull, IndexNotWritable
-from .index.errors import os_problem
+from .index.errors import known_cause
 from .metrics import Metrics
 from .spool import BodySpool
 
@@ -85,21 +83,6 @@ def _guarded(callback: F) -> F:
             return int(Milter.CONTINUE)
 
     return wrapper  # type: ignore[return-value]
-
-
-# The machine's state, not a bug: one line naming the cause and the path is what the operator
-# needs, and a traceback per message would bury it (hundreds of lines a minute on a full disk).
-_KNOWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-
-
-def known_cause(exc: BaseException) -> str | None:
-    """The one-line cause of an expected failure (a full disk or map, a read-only file system,
-    a permission), else None: an unexpected error keeps its traceback."""
-    if isinstance(exc, (IndexFull, IndexNotWritable)):
-        return str(exc)  # each names the index and the cause
-    if isinstance(exc, OSError) and exc.errno in _KNOWN_ERRNOS:
-        return os_problem(exc)
-    return None
 
 
 class InFlight:

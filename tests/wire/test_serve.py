@@ -835,7 +835,8 @@ def test_filter_on_a_full_index_passes_the_message_but_not_forged_fields(
     full_index_copy: Path, tmp_path: Path
 ) -> None:
     """`casethread filter` follows the milter's policy on an internal error: the message as it
-    came, without the forged X-Case-* fields that downstream rules would trust."""
+    came, without the forged X-Case-* fields that downstream rules would trust; and its log:
+    one line for an expected condition such as a full index, no traceback."""
     config = tmp_path / "full.yaml"
     config.write_text("index:\n  map_size: 1MiB\n  max_map_size: 1MiB\n")
     raw = (b"From: pat@customer.example.org\nTo: support@example.com\nSubject: s\n"
@@ -847,6 +848,8 @@ def test_filter_on_a_full_index_passes_the_message_but_not_forged_fields(
         input=raw, capture_output=True, timeout=STOP_TIMEOUT, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert b"internal error" in proc.stderr
+    errors = [line for line in proc.stderr.decode().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "queue_id=filter error: case index" in errors[0], proc.stderr
+    assert "is full" in errors[0] and b"Traceback" not in proc.stderr
     assert proc.stdout == (b"From: pat@customer.example.org\nTo: support@example.com\n"
                            b"Subject: s\nMessage-ID: <full.9@customer.example.org>\n\nbody\n")

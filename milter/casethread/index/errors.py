@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class CaseIndexError(Exception):
     """Base of every index failure (also raised for calls on a closed index)."""
@@ -28,3 +30,19 @@ class IndexUnavailable(CaseIndexError):
 
 class SchemaMismatch(CaseIndexError):
     """The index was written by a newer casethread; refusing to touch it."""
+
+
+# The machine's state, not a bug: one line naming the cause and the path is what the operator
+# needs, and a traceback per message would bury it (hundreds of lines a minute on a full disk).
+_KNOWN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def known_cause(exc: BaseException) -> str | None:
+    """The one-line cause of an expected failure (a full disk or map, a read-only file system,
+    a permission), else None: an unexpected error keeps its traceback. The milter's and
+    `casethread filter`'s error boundaries log by it."""
+    if isinstance(exc, (IndexFull, IndexNotWritable)):
+        return str(exc)  # each names the index and the cause
+    if isinstance(exc, OSError) and exc.errno in _KNOWN_ERRNOS:
+        return os_problem(exc)
+    return None
