@@ -193,8 +193,9 @@ class Engine:
             # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev.trace)
         hit = self._resolver.resolve_inbound(ev)
+        # A list's copy of a person's reply to our mail moves the case like the reply.
+        automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
         if hit is None:
-            automatic = auto != autoreply.NO or loop
             sender_known = None
             ev.trace.append("automatic mail opens no case" if automatic else "no match: new case")
             match = "none" if automatic else "new"
@@ -210,8 +211,6 @@ class Engine:
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
-            # A list's copy of a person's reply to our mail moves the case like the reply.
-            automatic = loop or rules.is_automatic(auto, hit.match)
             if auto != autoreply.NO and not automatic:
                 ev.trace.append(f"rules: {auto} mail that answers our mail counts as a person's")
             targets = rules.apply(hit.case, self.index, automatic=automatic, now=now,

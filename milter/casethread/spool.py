@@ -33,25 +33,34 @@ class BodySpool:
         """Keep `chunk`; False when the body can no longer be kept (see `failure`)."""
         if self.failure is not None:
             return False
-        spill = self._file is None  # the body so far goes from memory to a file
-        if spill:
-            self._memory += chunk
-            if len(self._memory) <= self._threshold:
-                return True
+        if self._file is not None:
+            return self._to_file(chunk)
+        self._memory += chunk
+        if len(self._memory) <= self._threshold:
+            return True
+        # Over the threshold: the body so far goes from memory to a file.
         try:
-            if self._file is None:
-                # Kept open across callbacks and closed by close(): no `with` can span that.
-                self._file = tempfile.TemporaryFile(  # noqa: SIM115
-                    prefix="casethread-body-", buffering=0
-                )
-            _write_all(self._file, self._memory if spill else chunk)
+            # Kept open across callbacks and closed by close(): no `with` can span that.
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="casethread-body-", buffering=0
+            )
         except OSError as exc:
-            self.failure = f"cannot spool the body in {tempfile.gettempdir()}: {exc.strerror}"
-            self._drop()
-            return False
-        if spill:
-            self._memory = bytearray()
+            return self._failed(exc)
+        spilled, self._memory = self._memory, bytearray()
+        return self._to_file(spilled)
+
+    def _to_file(self, data: bytes | bytearray) -> bool:
+        assert self._file is not None
+        try:
+            _write_all(self._file, data)
+        except OSError as exc:
+            return self._failed(exc)
         return True
+
+    def _failed(self, exc: OSError) -> bool:
+        self.failure = f"cannot spool the body in {tempfile.gettempdir()}: {exc.strerror}"
+        self._drop()
+        return False
 
     def data(self) -> Data:
         """The whole body; valid until `close()`."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from itertools import chain
 
 from . import mime
 from .frozen import frozen
-from .message import parse_raw
+from .message import Header, parse_raw
 from .mime import Data, Part
 from .subject import decode_subject
 
@@ -82,11 +82,8 @@ def iter_texts(
                     remaining -= len(text)
                     yield text
             continue
-        if root is not tree:  # a forwarded message: its Subject first
-            found = next((h.value for h in root.children[0].headers
-                          if h.name.lower() == "subject"), None)
-            if found is not None and remaining > 0:
-                text = decode_subject(found)
+        if root is not tree and remaining > 0:  # a forwarded message: its Subject first
+            for text in _subject_of(root.children[0].headers):
                 remaining -= len(text)
                 yield text
         for part in _readable(root, include_attachments, forwarded):
@@ -159,6 +156,13 @@ _MESSAGE_START = re.compile(
     rb"(?:\xef\xbb\xbf)?(?:[ \t]*\r?\n)*(?:From [^\n]*\n)?(?=[!-9;-~]{1,76}:)")
 
 
+def _subject_of(headers: Sequence[Header]) -> Iterator[str]:
+    """A forwarded message's Subject, decoded, if it has one."""
+    found = next((h.value for h in headers if h.name.lower() == "subject"), None)
+    if found is not None:
+        yield decode_subject(found)
+
+
 def _attached_message_texts(body: Data, part: Part, budget: int) -> Iterator[str]:
     """The Subject and texts of an attached message file, decoded (at most four budgets of
     it); a file that does not start like a message is read as text."""
@@ -169,9 +173,7 @@ def _attached_message_texts(body: Data, part: Part, budget: int) -> Iterator[str
         return
     headers, inner = parse_raw(data[start.end():])
     del data
-    subject = next((h.value for h in headers if h.name.lower() == "subject"), None)
-    if subject is not None:
-        yield decode_subject(subject)
+    yield from _subject_of(headers)
     top = mime.top_fields(headers)
     yield from iter_texts(top.content_type, top.cte, inner, budget,
                           top_disposition=top.disposition, open_files=False)

@@ -82,24 +82,23 @@ def message_id_domain(msg: Message, configured: str | None, fallback: str) -> st
     internationalised one as its A-label, RFC 5322 §3.6.4 allows no other), then `fallback`."""
     if configured:
         return configured
-    for address in header_addresses(msg.get_all("From")):
-        domain = ascii_domain(domain_of(address))
-        if "." in domain and msgid.is_plain_domain(domain):
-            return domain
-    return fallback
+    found = (_qualified(domain_of(a)) for a in header_addresses(msg.get_all("From")))
+    return next((d for d in found if d), fallback)
 
 
 def fallback_domain(hostname: str, support_addresses: tuple[str, ...]) -> str:
     """The Message-ID domain when neither config nor From gives one: the host's name when it
     is fully qualified, else the first support address's domain (a container's bare host
     name, `localhost` at worst, is no domain of ours and shows the internal name)."""
-    if "." in hostname and msgid.is_plain_domain(hostname):
-        return hostname
-    for pattern in support_addresses:
-        domain = ascii_domain(domain_of(pattern).lower())
-        if "." in domain and msgid.is_plain_domain(domain):
-            return domain
-    return hostname
+    found = (_qualified(d) for d in (hostname, *(domain_of(p).lower() for p in support_addresses)))
+    return next((d for d in found if d), hostname)
+
+
+def _qualified(domain: str) -> str | None:
+    """`domain` as a fully qualified DNS name (an internationalised one as its A-label), or
+    None: a single label, an IP literal or a glob is no Message-ID domain of ours."""
+    domain = ascii_domain(domain)
+    return domain if "." in domain and msgid.is_plain_domain(domain) else None
 
 
 @frozen
