@@ -98,6 +98,18 @@ def test_a_customers_own_bracket_reference_stays_when_the_case_moves(harness: An
     assert moved.one("Thread-Topic") == "Your invoice [Ref: 4711] is overdue"
 
 
+def test_a_moved_tag_between_encoded_words_keeps_the_words_apart(harness: Any) -> None:
+    """Blanks between two encoded words are dropped by decoders (RFC 2047 §6.2): removing the
+    tag between them must not make "Grüße Köln" of "Grüße [ref:..] Köln"."""
+    old = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Order"))
+    subject = (f"=?utf-8?q?Gr=C3=BC=C3=9Fe?= [ref:{harness.token(old.case_id)}] "
+               "=?utf-8?q?K=C3=B6ln?=")
+    moved = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), ("X-Case-ID", "TKT-2"))
+    assert decode_subject(moved.one("Subject")) == (
+        f"Grüße Köln [ref:{harness.token('TKT-2')}]")
+    assert_rfc2047_lines("Subject", moved.one("Subject"))
+
+
 def test_a_tag_that_does_not_verify_stays_when_the_case_moves(harness: Any) -> None:
     """Another installation's tag in the same form beside ours: on a move ours is replaced,
     theirs kept (it is theirs to thread by)."""

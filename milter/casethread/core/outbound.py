@@ -18,6 +18,7 @@ from .edits import AddHeader, ChangeHeader, Edit
 from .frozen import frozen
 from .message import Message, unfold
 from .model import CaseRecord, CaseState, is_valid_case_id
+from .subject import encode_words
 
 # A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
 REFERENCES_KEEP = 20
@@ -171,8 +172,17 @@ def _without_verified_tags(text: str, keyring: token.Keyring, template: str) -> 
     system's tag in the same form stays."""
     def drop(m: re.Match[str]) -> str:
         found = keyring.resolve(token.find_tokens(m.group(0), template))
-        return "" if found.case_number is not None else m.group(0)
+        if found.case_number is None:
+            return m.group(0)
+        # Between two encoded words the blank that stays would be dropped by every decoder
+        # (RFC 2047 §6.2), joining the words: an encoded blank keeps them apart.
+        if text.endswith("?=", 0, m.start()) and _ENCODED_WORD_NEXT.match(text, m.end()):
+            return " " + encode_words(" ")
+        return ""
     return token.tag_pattern(template).sub(drop, text).rstrip()
+
+
+_ENCODED_WORD_NEXT = re.compile(r"\s+=\?[^?\s]+\?[QqBb]\?")
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
