@@ -40,7 +40,7 @@ from .core.resolve import (
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
-from .core.store import CaseChange, CaseIndex
+from .core.store import CaseChange, CaseIndex, CaseReader, Expect, StaleDecision
 from .core.token import Keyring
 
 Clock = Callable[[], float]
@@ -51,6 +51,9 @@ ALL_OF_IT = 1 << 62
 DRY_RUN_HEADERS = 64 << 10
 # Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
 MAX_PARTICIPANTS = 50
+# A decision another writer made stale is made again on what is there now; the last of these
+# is written without the check: a duplicate case is better than mail without one.
+MAX_DECISIONS = 4
 
 
 def _hex(root: bytes | None) -> str | None:
@@ -60,6 +63,25 @@ def _hex(root: bytes | None) -> str | None:
 def _with_followup(followup: str, now: int) -> CaseChange:
     # `updated` moves: an import --merge keeps the newer record, and this one is newer.
     return lambda current: replace(current, followup=followup, updated=now)
+
+
+class _ReadsKept:
+    """A reader that keeps the cases it returned: what the case rules decided on, for the
+    write to check (`Expect`)."""
+
+    def __init__(self, reader: CaseReader) -> None:
+        self._reader = reader
+        self.cases: dict[str, CaseRecord] = {}
+        self.find = reader.find
+        self.case_for_number = reader.case_for_number
+        self.case_for_message = reader.case_for_message
+        self.next_count = reader.next_count
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        case = self._reader.get_case(case_id)
+        if case is not None:
+            self.cases.setdefault(case_id, case)
+        return case
 
 
 class Engine:
@@ -115,7 +137,12 @@ class Engine:
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
         if direction is Direction.INBOUND:
-            return self._inbound(msg)
+            for attempt in range(1, MAX_DECISIONS):
+                try:
+                    return self._inbound(msg, attempt)
+                except StaleDecision:
+                    continue
+            return self._inbound(msg, MAX_DECISIONS)
         if direction is Direction.OUTBOUND:
             return self._outbound(msg)
         # Noted: an app whose X-Case-ID vanishes (it sent through a path that is not outbound)
@@ -167,9 +194,15 @@ class Engine:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    def _inbound(self, msg: Message) -> Decision:
+    def _inbound(self, msg: Message, attempt: int = MAX_DECISIONS) -> Decision:
+        """Decide and record inbound mail; before the last `attempt`, the write checks that
+        what the decision read still holds, else raises `StaleDecision` having written
+        nothing."""
         now = int(self._clock())
         ev = self._resolver.evidence(msg, self.index, now)
+        if attempt > 1:
+            ev.trace.append(f"decided again (attempt {attempt}): another message or the "
+                            "command line wrote to its cases meanwhile")
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         bumps = self._flood_bumps(ev.sender)
@@ -178,6 +211,9 @@ class Engine:
             ev.trace.append(f"loop: {ev.sender} sent more than the flood limit")
         own_id = msgid.first_id(msg.get("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
+        # A copy of this mail recorded meanwhile makes it a duplicate.
+        unrecorded = ((AliasKind.MESSAGE, own_id),) if own_id else ()
+        checked = attempt < MAX_DECISIONS
         route = self._router.route(msg)
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
@@ -208,13 +244,16 @@ class Engine:
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
                     thread_root=_hex(ev.thread_root),
+                    expect=Expect(unrecorded) if checked else None,
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
             if auto != autoreply.NO and not automatic:
                 ev.trace.append(f"rules: {auto} mail that answers our mail counts as a person's")
-            targets = rules.apply(hit.case, self.index, automatic=automatic, now=now,
+            reads = _ReadsKept(self.index)
+            targets = rules.apply(hit.case, reads, automatic=automatic, now=now,
                                   reopen_within=self.settings.cases.reopen_within)
+            expect = Expect(unrecorded, (hit.case, *reads.cases.values())) if checked else None
             ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
                          for t in targets]
             # The participants stay with the case the mail names; a merge, split or parent
@@ -224,7 +263,7 @@ class Engine:
             # Automatic mail (a bounce or an out-of-office that follows our mail within
             # seconds) routes nothing: the customer's first own reply does.
             outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps,
-                                       routes=not automatic)
+                                       routes=not automatic, expect=expect)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
@@ -259,35 +298,31 @@ class Engine:
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,
-                   bumps: list[CounterBump], routes: bool) -> list[inbound.CaseOutcome]:
+                   bumps: list[CounterBump], routes: bool,
+                   expect: Expect | None) -> list[inbound.CaseOutcome]:
         """What the message does to its cases, recorded with its aliases and its sender's
-        count in one commit (a new related case, which is rare, takes one of its own).
-        Unless the mail `routes`, no case changes queue (one without a queue yet shows this
-        mail's route in its header, without keeping it)."""
-        related: dict[int, inbound.CaseOutcome] = {}
-        changes: list[tuple[str, CaseChange]] = []
-        for i, target in enumerate(targets):
-            if target.action is rules.Action.NEW_RELATED:
-                # A follow-up keeps its case's queue, as an existing case does.
-                earlier = target.case
-                queue = route.queue if route.override or not earlier.queue else earlier.queue
-                case = self.index.create_case(now, queue=queue, thread_root=_hex(ev.thread_root))
-                related[i] = inbound.CaseOutcome(case.case_id, "new", case.queue,
-                                                 earlier.case_id)
-                # The reply's later siblings go to the follow-up (`rules`).
-                changes.append((earlier.case_id, _with_followup(case.case_id, now)))
-            else:
-                changes.append((target.case.case_id,
-                                self._change(target, now, route if routes else None)))
-        case_ids = [related[i].case_id if i in related else t.case.case_id
-                    for i, t in enumerate(targets)]
-        after = self.index.record(self._message_aliases(msg, ev, own_id, case_ids), now, bumps,
-                                  changes)
+        count in one commit. Unless the mail `routes`, no case changes queue (one without a
+        queue yet shows this mail's route in its header, without keeping it)."""
+        if targets[0].action is rules.Action.NEW_RELATED:  # then the only target (`rules`)
+            # A follow-up keeps its case's queue, as an existing case does.
+            earlier = targets[0].case
+            queue = route.queue if route.override or not earlier.queue else earlier.queue
+            # The earlier case names its follow-up in the same commit: the reply's later
+            # siblings go there (`rules`), and a sibling decided meanwhile is decided again.
+            case = self.index.create_case(
+                now, queue=queue, bumps=bumps, thread_root=_hex(ev.thread_root),
+                aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
+                changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
+                expect=expect,
+            )
+            return [inbound.CaseOutcome(case.case_id, "new", case.queue, earlier.case_id)]
+        changes = [(t.case.case_id, self._change(t, now, route if routes else None))
+                   for t in targets]
+        after = self.index.record(
+            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets]), now,
+            bumps, changes, expect=expect)
         outcomes = []
-        for i, target in enumerate(targets):
-            if i in related:
-                outcomes.append(related[i])
-                continue
+        for target in targets:
             case = after.get(target.case.case_id, target.case)
             state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))

@@ -203,7 +203,9 @@ def test_each_message_costs_the_fewest_commits(
     assert commits("out", subject, "<o3@example.com>", ("X-Case-State", "resolved")) == (
         1, "token", "resolved")
     assert h.case(case_id).state is CaseState.RESOLVED
-    # A reply to a closed case opens a related case: the new case's own commit, then the
-    # message's (rare enough to leave at two).
+    # A reply to a closed case opens a related case, which the closed case names as its
+    # follow-up in the same commit.
     h.set_case(case_id, state=CaseState.CLOSED)
-    assert commits("in", "Re: " + subject, "<i4@customer.example.org>") == (2, "token", "new")
+    assert commits("in", "Re: " + subject, "<i4@customer.example.org>") == (1, "token", "new")
+    followup = h.case(case_id).followup
+    assert followup is not None and h.index.case_for_message("i4@customer.example.org") == followup

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 from casethread.core.settings import CaseSettings, IndexSettings, Settings
-from casethread.core.store import CaseIndex
+from casethread.core.store import CaseIndex, Expect, StaleDecision
 from casethread.index import (
     CaseIndexError,
     IndexFull,
@@ -452,6 +452,50 @@ def test_record_with_a_bad_case_change_writes_nothing(index: CaseIndex) -> None:
         ])
     assert index.get_case(case.case_id) == case
     assert index.case_for_message("<m@x>") is None
+
+
+def test_a_new_case_changes_other_cases_in_its_commit(index: CaseIndex) -> None:
+    """A closed case names its follow-up as the follow-up is created: one transaction."""
+    earlier = replace(index.create_case(now=1), state=CaseState.CLOSED)
+    index.update_case(earlier)
+    new = index.create_case(now=5, changes=lambda n: [
+        (earlier.case_id, lambda c: replace(c, followup=n.case_id, updated=5))])
+    assert index.get_case(earlier.case_id) == replace(earlier, followup=new.case_id, updated=5)
+    with pytest.raises(ValueError):  # like aliases: not for an adopted id, which may exist
+        index.create_case(now=7, case_id="APP-1", changes=lambda n: [])
+    assert index.get_case("APP-1") is None
+
+
+def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> None:
+    """The check runs inside the write: what another writer committed since the read makes
+    the write refuse, and the writer decides again."""
+    case = index.create_case(now=1)
+    index.record_message("<seen@x>", case.case_id, 2)
+    bump = CounterBump("flood p@x", HOUR)
+    write_recorded = Expect(absent=((AliasKind.MESSAGE, "<seen@x>"),))
+    with pytest.raises(StaleDecision):
+        index.record([Alias(AliasKind.MESSAGE, "<new@x>", case.case_id)], 3, [bump],
+                     [(case.case_id, lambda c: replace(c, updated=3))], expect=write_recorded)
+    with pytest.raises(StaleDecision):
+        index.create_case(now=3, bumps=[bump], expect=write_recorded)
+    assert index.case_for_message("<new@x>") is None and index.last_number() == 1
+    assert index.get_case(case.case_id) == case
+    assert index.next_count("flood p@x", now=4, window=HOUR) == 1
+    # A case whose state or links moved since it was read; its `updated` time does not count.
+    read = index.get_case(case.case_id)
+    assert read is not None
+    index.update_case(replace(read, updated=9))
+    assert index.record((), 10, [bump], expect=Expect(cases=(read,))) == {}
+    index.update_case(replace(read, state=CaseState.CLOSED))
+    for moved in (read, replace(read, case_id="C-999999")):  # changed, and gone
+        with pytest.raises(StaleDecision):
+            index.record((), 11, [bump], expect=Expect(cases=(moved,)))
+    assert index.next_count("flood p@x", now=12, window=HOUR) == 2
+    # What still holds lets the write through.
+    fresh = index.get_case(case.case_id)
+    assert fresh is not None
+    assert index.create_case(now=13, expect=Expect(((AliasKind.MESSAGE, "<new@x>"),),
+                                                   (fresh,))).number == 2
 
 
 def test_next_count_looks_without_counting(index: CaseIndex) -> None:

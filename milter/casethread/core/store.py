@@ -10,12 +10,50 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from .frozen import frozen
 from .model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 
 # The aliases a new case is created with (see CaseIndex.create_case); may run more than once.
 NewCaseAliases = Callable[[CaseRecord], Sequence[Alias]]
 # A case's new record from its current one (None: leave it); pure, see CaseIndex.modify_case.
 CaseChange = Callable[[CaseRecord], CaseRecord | None]
+# The changes to other cases that come with a new one (a closed case names its follow-up).
+NewCaseChanges = Callable[[CaseRecord], Sequence[tuple[str, CaseChange]]]
+
+
+class StaleDecision(Exception):
+    """A write's `Expect` no longer held: another message or the CLI wrote first. Nothing was
+    written; the message is decided again on what is there now."""
+
+
+def _rule_facts(case: CaseRecord) -> tuple[object, ...]:
+    # What the case rules read (not `updated` or `queue`: every reply changes those, and two
+    # replies threading into one case do not contradict each other).
+    return (case.state, case.state_changed, case.parent, case.merged_into, case.children,
+            case.followup)
+
+
+@frozen
+class Expect:
+    """What a message's decision read and relies on, checked again inside its write
+    transaction: mail decided from a read taken before another writer committed (a second
+    reply to a closed case, a second copy of one mail, a `case set-state` from the CLI) would
+    otherwise open a second follow-up or case, or undo the other writer's change."""
+
+    # Aliases still unrecorded (this mail's Message-ID: no copy of it was recorded meanwhile).
+    absent: tuple[tuple[AliasKind, str], ...] = ()
+    # Cases whose state and links are still as they were read.
+    cases: tuple[CaseRecord, ...] = ()
+
+    def holds(self, recorded: Callable[[AliasKind, str], bool],
+              current: Callable[[str], CaseRecord | None]) -> bool:
+        if any(recorded(kind, key) for kind, key in self.absent):
+            return False
+        for case in self.cases:
+            now = current(case.case_id)
+            if now is None or _rule_facts(now) != _rule_facts(case):
+                return False
+        return True
 
 
 class CaseReader(Protocol):
@@ -39,7 +77,8 @@ class CaseIndex(CaseReader, Protocol):
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
-        thread_root: str | None = None,
+        thread_root: str | None = None, changes: NewCaseChanges | None = None,
+        expect: Expect | None = None,
     ) -> CaseRecord:
         """Atomically create a case and return it.
 
@@ -51,16 +90,19 @@ class CaseIndex(CaseReader, Protocol):
         in the same transaction: a new case and its first message cost one commit. Both come
         with a generated case only (an adopted one may exist already, and would skip them).
         `thread_root` is the Outlook root of the mail that opens the case, if it had one.
+        `changes` (generated cases only) are applied to other cases in the same transaction,
+        as by `record`. With `expect`, nothing is written and `StaleDecision` is raised when
+        it does not hold inside the transaction.
         """
 
     def record(
         self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
-        changes: Sequence[tuple[str, CaseChange]] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (), expect: Expect | None = None,
     ) -> dict[str, CaseRecord]:
         """Map each alias to its case (overwriting), count `bumps` and apply `changes` (case
         id, change as for `modify_case`), all in one transaction: a message's writes at its
         end cost one commit. Returns each changed case's record as stored afterwards (an
-        unknown case is left out)."""
+        unknown case is left out). With `expect`, as for `create_case`."""
 
     def record_message(self, message_id: str, case_id: str, now: int) -> None:
         """Shorthand for recording one MESSAGE alias."""

@@ -164,12 +164,13 @@ def check_case_id(case_id: str) -> None:
         raise ValueError(f"invalid case id {case_id!r}")
 
 
-def check_new_case_args(case_id: str | None, aliases: object, bumps: Sequence[object]) -> None:
+def check_new_case_args(case_id: str | None, aliases: object, bumps: Sequence[object],
+                        changes: object = None) -> None:
     if case_id is not None:
         check_case_id(case_id)
         # An adopted id may exist already: its aliases would go unrecorded, silently.
-        if aliases is not None or bumps:
-            raise ValueError("aliases and counters come with generated cases only")
+        if aliases is not None or bumps or changes is not None:
+            raise ValueError("aliases, counters and changes come with generated cases only")
 
 
 def check_same_number(stored: CaseRecord, record: CaseRecord) -> None:

@@ -37,7 +37,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import lmdb
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
-from ..core.store import CaseChange, NewCaseAliases
+from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges, StaleDecision
 from . import keys
 from .errors import (
     CaseIndexError,
@@ -570,6 +570,21 @@ def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
     return record
 
 
+def _check(txn: lmdb.Transaction[bytes], db: SharedEnv, expect: Expect | None) -> None:
+    """Raise `StaleDecision` (before any write of the body) when `expect` no longer holds."""
+    if expect is None:
+        return
+
+    def current(case_id: str) -> CaseRecord | None:
+        raw = txn.get(case_id.encode(), db=db.cases) if is_valid_case_id(case_id) else None
+        return None if raw is None else keys.decode_case(case_id, raw)
+
+    if not expect.holds(
+            lambda kind, key: txn.get(keys.alias_key(kind, key), db=db.aliases) is not None,
+            current):
+        raise StaleDecision("a concurrent write changed what this decision read")
+
+
 def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
           window: int) -> int:
     """Count one event. Read and write in one write transaction: LMDB's writer lock makes the
@@ -794,9 +809,10 @@ class LmdbIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
-        thread_root: str | None = None,
+        thread_root: str | None = None, changes: NewCaseChanges | None = None,
+        expect: Expect | None = None,
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases, bumps)
+        keys.check_new_case_args(case_id, aliases, bumps, changes)
         counters = keys.counter_items(bumps)
         if case_id is not None:
             # Adopting a known case is the common outbound path: no need for the writer lock.
@@ -805,6 +821,7 @@ class LmdbIndex:
                 return existing
 
         def create(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord:
+            _check(txn, db, expect)
             if case_id is not None:
                 raw = txn.get(case_id.encode(), db=db.cases)
                 if raw is not None:  # adopted by another thread or process meanwhile
@@ -824,6 +841,8 @@ class LmdbIndex:
             txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)
+            for other, change in changes(record) if changes is not None else ():
+                _change_case(txn, db, other, change)
             return record
 
         return self._write(create)
@@ -840,7 +859,7 @@ class LmdbIndex:
 
     def record(
         self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
-        changes: Sequence[tuple[str, CaseChange]] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (), expect: Expect | None = None,
     ) -> dict[str, CaseRecord]:
         items = keys.alias_items(aliases, now)
         counters = keys.counter_items(bumps)
@@ -849,6 +868,7 @@ class LmdbIndex:
 
         # One write transaction: one fsync for all of a message's writes.
         def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> dict[str, CaseRecord]:
+            _check(txn, db, expect)
             changed = {}
             for case_id, change in changes:
                 record = _change_case(txn, db, case_id, change)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
-from ..core.store import CaseChange, NewCaseAliases
+from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges, StaleDecision
 from . import keys
 from .errors import CaseIndexError
 
@@ -68,12 +68,14 @@ class MemoryIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
-        thread_root: str | None = None,
+        thread_root: str | None = None, changes: NewCaseChanges | None = None,
+        expect: Expect | None = None,
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases, bumps)
+        keys.check_new_case_args(case_id, aliases, bumps, changes)
         keys.counter_items(bumps)  # validated before anything changes
         with self._lock:
             self._check_open()
+            self._check(expect)
             if case_id is not None and case_id in self._cases:
                 return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
@@ -86,7 +88,36 @@ class MemoryIndex:
             self._cases[new_id] = keys.encode_case(record)
             self._numbers[number] = new_id
             self._counter = number
+            self._cases.update(self._changed(changes(record) if changes is not None else ())[1])
             return record
+
+    def _check(self, expect: Expect | None) -> None:
+        """Raise `StaleDecision` when `expect` no longer holds (the caller holds the lock)."""
+        if expect is None:
+            return
+
+        def current(case_id: str) -> CaseRecord | None:
+            raw = self._cases.get(case_id)
+            return None if raw is None else keys.decode_case(case_id, raw)
+
+        if not expect.holds(lambda kind, key: keys.alias_key(kind, key) in self._aliases,
+                            current):
+            raise StaleDecision("a concurrent write changed what this decision read")
+
+    def _changed(self, changes: Sequence[tuple[str, CaseChange]]
+                 ) -> tuple[dict[str, CaseRecord], dict[str, bytes]]:
+        """Every change worked out before anything is stored (all or nothing): the records
+        after them, and the encodings to store (the caller holds the lock)."""
+        changed: dict[str, CaseRecord] = {}
+        encoded: dict[str, bytes] = {}
+        for case_id, change in changes:
+            stored = encoded.get(case_id) or self._cases.get(case_id)
+            if stored is None:
+                continue
+            changed[case_id], data = keys.apply_change(case_id, stored, change)
+            if data is not None:
+                encoded[case_id] = data
+        return changed, encoded
 
     def _is_taken(self, case_id: str) -> bool:
         return case_id in self._cases or self._taken_elsewhere(case_id)
@@ -98,22 +129,14 @@ class MemoryIndex:
 
     def record(
         self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
-        changes: Sequence[tuple[str, CaseChange]] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (), expect: Expect | None = None,
     ) -> dict[str, CaseRecord]:
         items = keys.alias_items(aliases, now)
         keys.counter_items(bumps)  # validated before anything changes
         with self._lock:
             self._check_open()
-            # Every change is worked out before anything is stored: all or nothing.
-            changed: dict[str, CaseRecord] = {}
-            encoded: dict[str, bytes] = {}
-            for case_id, change in changes:
-                stored = encoded.get(case_id) or self._cases.get(case_id)
-                if stored is None:
-                    continue
-                changed[case_id], data = keys.apply_change(case_id, stored, change)
-                if data is not None:
-                    encoded[case_id] = data
+            self._check(expect)
+            changed, encoded = self._changed(changes)
             self._cases.update(encoded)
             self._aliases.update(items)
             for b in bumps:

@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.settings import CaseSettings
-from ..core.store import CaseChange, CaseIndex, NewCaseAliases
+from ..core.store import (
+    CaseChange,
+    CaseIndex,
+    Expect,
+    NewCaseAliases,
+    NewCaseChanges,
+    StaleDecision,
+)
 from . import keys
 from .memory_index import MemoryIndex
 
@@ -57,25 +64,36 @@ class OverlayIndex:
     def create_case(
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
-        thread_root: str | None = None,
+        thread_root: str | None = None, changes: NewCaseChanges | None = None,
+        expect: Expect | None = None,
     ) -> CaseRecord:
-        keys.check_new_case_args(case_id, aliases, bumps)
+        keys.check_new_case_args(case_id, aliases, bumps, changes)
+        self._check(expect)
         if case_id is not None:
             existing = self.get_case(case_id)
             if existing is not None:
                 return existing
-        return self._overlay.create_case(now, case_id, queue, aliases, bumps, thread_root)
+        record = self._overlay.create_case(now, case_id, queue, aliases, bumps, thread_root)
+        if changes is not None:  # mostly to cases of the base: a dry run needs no atomicity
+            self.record((), now, changes=changes(record))
+        return record
+
+    def _check(self, expect: Expect | None) -> None:
+        if expect is not None and not expect.holds(
+                lambda kind, key: self.find(kind, key) is not None, self.get_case):
+            raise StaleDecision("a concurrent write changed what this decision read")
 
     def last_number(self) -> int:
         return self._overlay.last_number()
 
     def record(
         self, aliases: Sequence[Alias], now: int, bumps: Sequence[CounterBump] = (),
-        changes: Sequence[tuple[str, CaseChange]] = (),
+        changes: Sequence[tuple[str, CaseChange]] = (), expect: Expect | None = None,
     ) -> dict[str, CaseRecord]:
         keys.alias_items(aliases, now)  # validated before anything changes: all or nothing
         keys.counter_items(bumps)
         with self._modify_lock:
+            self._check(expect)
             after: dict[str, CaseRecord] = {}
             changed: dict[str, CaseRecord] = {}
             for case_id, change in changes:

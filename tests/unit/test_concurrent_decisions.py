@@ -1,0 +1,140 @@
+"""Messages decided at the same moment, on a real LMDB index with group commit.
+
+Each message is decided from a read and written afterwards; on a busy server another message
+(or `casethread case ...`) can write in between. The index here makes that interleaving happen
+every time: each thread's first write waits until every thread has decided."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casethread.core.model import CaseState
+from casethread.index import LmdbIndex
+
+CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
+AGENT = ("From", "Dana Agent <support@example.com>")
+TIMEOUT = 20
+
+
+class DecidedTogether:
+    """An LMDB index whose first write in each thread waits at a barrier (armed by `arm`)
+    after running `before_writes` once."""
+
+    def __init__(self, index: LmdbIndex) -> None:
+        self._index = index
+        self._barrier: threading.Barrier | None = None
+        self._waited: set[int] = set()
+
+    def arm(self, parties: int, before_writes: Callable[[], None] = lambda: None) -> None:
+        self._barrier = threading.Barrier(parties, action=before_writes, timeout=TIMEOUT)
+
+    def _wait(self) -> None:
+        me = threading.get_ident()
+        if self._barrier is not None and me not in self._waited:
+            self._waited.add(me)
+            self._barrier.wait()
+
+    def record(self, *args: Any, **kw: Any) -> Any:
+        self._wait()
+        return self._index.record(*args, **kw)
+
+    def create_case(self, *args: Any, **kw: Any) -> Any:
+        self._wait()
+        return self._index.create_case(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[DecidedTogether]:
+    real = LmdbIndex(tmp_path / "index", 64 << 20)
+    yield DecidedTogether(real)
+    real.close()
+
+
+def together(harness: Any, messages: list[Callable[[], Any]]) -> list[Any]:
+    results: list[Any] = [RuntimeError("not run")] * len(messages)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = messages[i]()
+        except BaseException as exc:  # reported below, not lost in the thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(messages))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+def test_replies_to_a_closed_case_at_once_open_one_followup(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """Fifteen customers replied to the same closed case within milliseconds: sixteen cases,
+    the closed one naming only the last follow-up (the audit's finding)."""
+    h = make_harness(index=index)
+    first = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Outage"))
+    case_id = first.case_id
+    h.set_case(case_id, state=CaseState.CLOSED)
+    subject = f"Re: Outage [ref:{h.token(case_id)}]"
+    n = 8
+    index.arm(n)
+    results = together(h, [
+        lambda i=i: h.inbound(("From", f"c{i}@customer{i}.example.org"), ("Subject", subject),
+                              ("Message-ID", f"<r{i}@customer{i}.example.org>"))
+        for i in range(n)
+    ])
+    followup = h.case(case_id).followup
+    assert followup is not None
+    assert {r.case_id for r in results} == {followup}
+    assert index.last_number() == 2
+    assert sorted(r.one("X-Case-State") for r in results) == ["new"] + ["open"] * (n - 1)
+    for i in range(n):
+        assert index.case_for_message(f"r{i}@customer{i}.example.org") == followup
+
+
+def test_copies_of_one_new_mail_at_once_open_one_case(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """The sender's MTA delivers one mail in a transaction per support domain, at once."""
+    h = make_harness(index=index)
+    n = 4
+    index.arm(n)
+    results = together(h, [
+        lambda: h.inbound(CUSTOMER, ("Subject", "Printer on fire"),
+                          ("Message-ID", "<one@customer.example.org>"))
+        for _ in range(n)
+    ])
+    assert index.last_number() == 1
+    assert {r.case_id for r in results} == {"C-000001"}
+    assert sorted(r.one("X-Case-Match") for r in results) == ["duplicate"] * (n - 1) + ["new"]
+
+
+def test_a_close_from_the_command_line_between_decision_and_write_stays(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """A reply decided on a waiting case, written after `case set-state ID closed`: it used to
+    reopen the case (and drop the follow-up the close left); it now opens the follow-up."""
+    h = make_harness(index=index)
+    case_id = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Invoice"),
+                         ("X-Case-State", "waiting")).case_id
+    subject = f"Re: Invoice [ref:{h.token(case_id)}]"
+
+    def close() -> None:
+        index.modify_case(case_id, lambda c: replace(c, state=CaseState.CLOSED))
+
+    index.arm(1, before_writes=close)
+    (reply,) = together(h, [lambda: h.inbound(CUSTOMER, ("Subject", subject))])
+    assert h.case(case_id).state is CaseState.CLOSED
+    assert reply.case_id != case_id and h.case(case_id).followup == reply.case_id
+    assert reply.one("X-Case-Related") == case_id
