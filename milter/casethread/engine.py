@@ -40,7 +40,7 @@ from .core.resolve import (
 from .core.routing import Route, Router
 from .core.settings import Settings
 from .core.stamp import Splice
-from .core.store import CaseChange, CaseIndex, CaseReader, Expect, StaleDecision
+from .core.store import CaseChange, CaseIndex, CaseLookup, Expect, StaleDecision
 from .core.token import Keyring
 
 Clock = Callable[[], float]
@@ -66,16 +66,12 @@ def _with_followup(followup: str, now: int) -> CaseChange:
 
 
 class _ReadsKept:
-    """A reader that keeps the cases it returned: what the case rules decided on, for the
+    """A lookup that keeps the cases it returned: what the case rules decided on, for the
     write to check (`Expect`)."""
 
-    def __init__(self, reader: CaseReader) -> None:
+    def __init__(self, reader: CaseLookup) -> None:
         self._reader = reader
         self.cases: dict[str, CaseRecord] = {}
-        self.find = reader.find
-        self.case_for_number = reader.case_for_number
-        self.case_for_message = reader.case_for_message
-        self.next_count = reader.next_count
 
     def get_case(self, case_id: str) -> CaseRecord | None:
         case = self._reader.get_case(case_id)
@@ -213,7 +209,7 @@ class Engine:
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
         # A copy of this mail recorded meanwhile makes it a duplicate.
         unrecorded = ((AliasKind.MESSAGE, own_id),) if own_id else ()
-        checked = attempt < MAX_DECISIONS
+        checking = attempt < MAX_DECISIONS
         route = self._router.route(msg)
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
@@ -244,7 +240,7 @@ class Engine:
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
                     thread_root=_hex(ev.thread_root),
-                    expect=Expect(unrecorded) if checked else None,
+                    expect=Expect(unrecorded) if checking else None,
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
@@ -253,7 +249,7 @@ class Engine:
             reads = _ReadsKept(self.index)
             targets = rules.apply(hit.case, reads, automatic=automatic, now=now,
                                   reopen_within=self.settings.cases.reopen_within)
-            expect = Expect(unrecorded, (hit.case, *reads.cases.values())) if checked else None
+            expect = Expect(unrecorded, (hit.case, *reads.cases.values())) if checking else None
             ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
                          for t in targets]
             # The participants stay with the case the mail names; a merge, split or parent

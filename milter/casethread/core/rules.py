@@ -15,7 +15,7 @@ from enum import StrEnum
 from . import autoreply
 from .frozen import frozen
 from .model import CaseRecord, CaseState
-from .store import CaseReader
+from .store import CaseLookup
 
 MAX_HOPS = 16
 MAX_SPLIT_CHILDREN = 16
@@ -53,7 +53,7 @@ class Target:
     action: Action
 
 
-def survivor(case: CaseRecord, reader: CaseReader) -> CaseRecord:
+def survivor(case: CaseRecord, reader: CaseLookup) -> CaseRecord:
     """Follow merges to the surviving case; a cycle or a dangling link stops at the last good."""
     seen = {case.case_id}
     for _ in range(MAX_HOPS):
@@ -67,7 +67,7 @@ def survivor(case: CaseRecord, reader: CaseReader) -> CaseRecord:
     return case
 
 
-def _live_children(case: CaseRecord, reader: CaseReader) -> list[CaseRecord]:
+def _live_children(case: CaseRecord, reader: CaseLookup) -> list[CaseRecord]:
     children: list[CaseRecord] = []
     for child_id in case.children[:MAX_SPLIT_CHILDREN]:
         child = reader.get_case(child_id)
@@ -78,7 +78,7 @@ def _live_children(case: CaseRecord, reader: CaseReader) -> list[CaseRecord]:
     return children
 
 
-def _open_ancestor(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
+def _open_ancestor(case: CaseRecord, reader: CaseLookup) -> CaseRecord | None:
     seen = {case.case_id}
     for _ in range(MAX_HOPS):
         if not case.parent or case.parent in seen:
@@ -94,7 +94,7 @@ def _open_ancestor(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
     return None
 
 
-def _followup(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
+def _followup(case: CaseRecord, reader: CaseLookup) -> CaseRecord | None:
     """The last case of `case`'s follow-up chain (where its conversation went), if any."""
     seen = {case.case_id}
     found = None
@@ -112,7 +112,7 @@ def _followup(case: CaseRecord, reader: CaseReader) -> CaseRecord | None:
 class _Walk:
     """One message's walk over the case links: what it is, and a bound on how far it goes."""
 
-    def __init__(self, reader: CaseReader, automatic: bool, now: int,
+    def __init__(self, reader: CaseLookup, automatic: bool, now: int,
                  reopen_within: int) -> None:
         self.reader = reader
         self.automatic = automatic
@@ -161,7 +161,7 @@ def _continued(case: CaseRecord, walk: _Walk) -> list[Target]:
     return _targets(followup, walk)
 
 
-def apply(case: CaseRecord, reader: CaseReader, *, automatic: bool, now: int,
+def apply(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
           reopen_within: int) -> list[Target]:
     """The cases this message goes to, and what it does to each (at least one target).
 

@@ -27,10 +27,16 @@ class StaleDecision(Exception):
 
 
 def _rule_facts(case: CaseRecord) -> tuple[object, ...]:
-    # What the case rules read (not `updated` or `queue`: every reply changes those, and two
-    # replies threading into one case do not contradict each other).
     return (case.state, case.state_changed, case.parent, case.merged_into, case.children,
             case.followup)
+
+
+def unchanged(read: CaseRecord, current: CaseRecord | None) -> bool:
+    """Whether the case rules would read `current` as they read `read`: its state and links
+    (not `updated` or `queue`: every reply changes those, and two replies threading into one
+    case do not contradict each other). Decoded records are cached, so an unchanged one is
+    mostly the very object read."""
+    return current is read or (current is not None and _rule_facts(current) == _rule_facts(read))
 
 
 @frozen
@@ -42,26 +48,25 @@ class Expect:
 
     # Aliases still unrecorded (this mail's Message-ID: no copy of it was recorded meanwhile).
     absent: tuple[tuple[AliasKind, str], ...] = ()
-    # Cases whose state and links are still as they were read.
+    # Cases whose state and links are still as they were read (`unchanged`).
     cases: tuple[CaseRecord, ...] = ()
 
     def holds(self, recorded: Callable[[AliasKind, str], bool],
               current: Callable[[str], CaseRecord | None]) -> bool:
-        if any(recorded(kind, key) for kind, key in self.absent):
-            return False
-        for case in self.cases:
-            now = current(case.case_id)
-            if now is None or _rule_facts(now) != _rule_facts(case):
+        for kind, key in self.absent:
+            if recorded(kind, key):
                 return False
-        return True
+        return all(unchanged(case, current(case.case_id)) for case in self.cases)
 
 
-class CaseReader(Protocol):
-    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
-        """The case an alias names, with when it was last recorded, or None."""
-
+class CaseLookup(Protocol):
     def get_case(self, case_id: str) -> CaseRecord | None:
         """The case record, or None when no such case exists."""
+
+
+class CaseReader(CaseLookup, Protocol):
+    def find(self, kind: AliasKind, key: str) -> AliasHit | None:
+        """The case an alias names, with when it was last recorded, or None."""
 
     def case_for_number(self, number: int) -> str | None:
         """The case id that holds a case number (tokens carry numbers), or None."""

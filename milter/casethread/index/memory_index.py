@@ -80,15 +80,16 @@ class MemoryIndex:
                 return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
             record = keys.new_case(new_id, number, now, queue, thread_root)
-            # Validated before anything changes: all or nothing.
+            # Validated and worked out before anything changes: all or nothing.
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
+            encoded = self._changed(changes(record) if changes is not None else ())[1]
             self._aliases.update(items)
             for b in bumps:
                 self._bump(b.key, now, b.window)
             self._cases[new_id] = keys.encode_case(record)
+            self._cases.update(encoded)
             self._numbers[number] = new_id
             self._counter = number
-            self._cases.update(self._changed(changes(record) if changes is not None else ())[1])
             return record
 
     def _check(self, expect: Expect | None) -> None:
