@@ -272,3 +272,12 @@ def test_raw_utf8_beside_an_encoded_word_is_decoded() -> None:
     # A character split over two words, beside raw UTF-8; bytes its charset cannot decode.
     assert decode_subject("=?utf-8?b?ww==?==?utf-8?b?vA==?= Köln") == "ü Köln"
     assert decode_subject("Köln =?utf-8?q?R=E9sum=E9?=") == "Köln R\ufffdsum\ufffd"
+
+
+def test_a_word_that_cannot_be_decoded_stays_as_written_beside_the_others() -> None:
+    """RFC 2047 §6: each word on its own. One bad word left the whole Subject undecoded."""
+    broken = "=?utf-8?b?Zm9vY?="  # base64 one character short
+    words = f"=?utf-8?q?Gr=C3=BC=C3=9Fe?= {broken} =?utf-8?q?K=C3=B6ln?="
+    assert decode_subject(words) == f"Grüße {broken} Köln"
+    assert decode_subject("=?x-unknown?q?a?= =?x-unknown?q?b?==?utf-8?q?c?=") == (
+        "=?x-unknown?q?a?= =?x-unknown?q?b?=c")

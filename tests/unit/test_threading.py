@@ -296,6 +296,56 @@ def test_token_inside_an_encoded_subject(harness: Any, which: int) -> None:
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+# Labels mail carries that Python knows by another name, and a text in each.
+LABELLED_TEXTS = [
+    ("windows-874", "cp874", "สอบถามเรื่อง"),  # Thai Outlook
+    ("Windows-31J", "cp932", "①プリンター"),  # NEC row 13, Japanese Outlook
+    ("x-sjis", "cp932", "プリンター"),
+    ("x-euc-jp", "euc_jp", "プリンター"),
+    ("x-mac-roman", "mac_roman", "Drucker für Köln"),
+]
+
+
+def labelled_word(text: str, label: str, codec: str) -> str:
+    return f"=?{label}?B?{base64.b64encode(text.encode(codec)).decode()}?="
+
+
+@pytest.mark.parametrize(("label", "codec", "text"), LABELLED_TEXTS)
+def test_token_inside_a_subject_in_a_charset_python_knows_by_another_name(
+        harness: Any, label: str, codec: str, text: str) -> None:
+    """The subject decoder ignored the charset aliases the body code uses: make_header raised
+    LookupError, the whole Subject stayed undecoded and the reply opened a new case."""
+    tag = token_of(start_case(harness, text).one("Subject"))
+    subject = labelled_word(f"RE: {text} [ref:{tag}]", label, codec)
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
+def test_a_word_in_an_unknown_charset_does_not_hide_the_tag_beside_it(harness: Any) -> None:
+    """RFC 2047 §6: each word is decoded on its own; one unknown word stopped them all."""
+    tag = token_of(start_case(harness).one("Subject"))
+    subject = f"=?x-unknown?Q?Re=3A?= {b_word(f'Grüße [ref:{tag}]')}"
+    assert decode_subject(subject) == f"=?x-unknown?Q?Re=3A?= Grüße [ref:{tag}]"
+    r = harness.inbound(CUSTOMER, ("Subject", subject))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
+@pytest.mark.parametrize("answering", [True, False])
+def test_an_agent_reply_with_our_tag_in_a_windows_874_word_gets_no_second_tag(
+        harness: Any, answering: bool) -> None:
+    """Thai Outlook re-encodes the whole subject, our tag included: the tag was not seen, so
+    a second one was appended (a new case without In-Reply-To) and Thread-Topic carried the
+    encoded word with `RE:` and the tag inside it."""
+    first = start_case(harness, "สอบถามเรื่อง")
+    tag = token_of(first.one("Subject"))
+    subject = labelled_word(f"RE: สอบถามเรื่อง [ref:{tag}]", "windows-874", "cp874")
+    extra = [("In-Reply-To", first.one("Message-ID"))] if answering else []
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), *extra)
+    assert r.case_id == "C-000001"
+    assert r.one("Subject") == subject  # the tag is there: nothing to add
+    assert decode_subject(r.one("Thread-Topic")) == "สอบถามเรื่อง"
+
+
 @pytest.mark.parametrize("with_references", [True, False])
 def test_a_reply_to_a_moved_conversation_with_its_subject_re_encoded(
     harness: Any, with_references: bool
