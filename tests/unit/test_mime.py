@@ -379,8 +379,18 @@ def test_fuzz_random_bytes(body: bytes, boundary: str) -> None:
 
 
 @pytest.mark.parametrize(("label", "codec"), [
-    ("windows-874", "cp874"), ("Windows-31J", "cp932"), ("x-sjis", "shift_jis"),
+    ("windows-874", "cp874"), ("Windows-31J", "cp932"), ("x-sjis", "cp932"),
     ("x-mac-roman", "mac-roman"), ("iso-8859-8-i", "iso8859-8"), ("x-euc-jp", "euc_jp"),
 ])
 def test_charset_labels_python_lacks_map_to_its_codecs(label: str, codec: str) -> None:
+    assert mime.codec_for(label) == codec
+
+
+@pytest.mark.parametrize(("label", "codec"), [
+    ("EUC-KR", "cp949"), ("ks_c_5601-1987", "cp949"), ("KS_C_5601-1989", "cp949"),
+    ("Shift_JIS", "cp932"), ("sjis", "cp932"), ("gb2312", "gb18030"), ("GB_2312-80", "gb18030"),
+    ("euc-cn", "gb18030"), ("gbk", "gb18030"), ("big5", "big5hkscs"), ("cn-big5", "big5hkscs"),
+])
+def test_narrow_charsets_are_read_as_the_superset_clients_read(label: str, codec: str) -> None:
+    """WHATWG Encoding Standard: Outlook writes cp949 as ks_c_5601-1987, cp932 as Shift_JIS."""
     assert mime.codec_for(label) == codec

@@ -163,6 +163,18 @@ def test_a_subject_holding_an_encoded_word_keeps_its_lines_to_76(harness: Any) -
     assert decode_subject(r.one("Subject")).startswith("Angebot für Müller KG [ref:")
 
 
+@pytest.mark.parametrize(("label", "codec", "text"), [
+    ("ks_c_5601-1987", "cp949", "똠방각하 문의"), ("shift_jis", "cp932", "①髙橋さん"),
+    ("gb2312", "gb18030", "关于 喆"), ("big5", "big5hkscs", "香港㗎"),
+])
+def test_thread_topic_reads_a_narrow_charset_as_its_superset(
+        harness: Any, label: str, codec: str, text: str) -> None:
+    """Characters only the superset has were U+FFFD in Thread-Topic (`�c방각하 문의`)."""
+    encoded = f"=?{label}?B?" + base64.b64encode(f"RE: {text}".encode(codec)).decode() + "?="
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded))
+    assert decode_subject(r.one("Thread-Topic")) == text
+
+
 def test_thread_topic_never_carries_control_characters(harness: Any) -> None:
     r = harness.outbound(AGENT, TO_CUSTOMER, (
         "Subject", "=?utf-8?Q?Bell=07_and_esc=1B[31m_red=0D=0AX-Case-ID:_C-000777?="))

@@ -371,6 +371,29 @@ def test_charsets_round_trip_in_every_encoding(charset: str, text: str, cte: str
     assert text_of(before) == content.decode(charset)
 
 
+# A label, and text with characters only its superset has (as clients read it).
+SUPERSET_TEXTS = [
+    ("euc-kr", "cp949", "똠방각하 문의"), ("ks_c_5601-1987", "cp949", "똠방각하"),
+    ("shift_jis", "cp932", "①髙橋"), ("gb2312", "gb18030", "喆 堃"), ("big5", "big5hkscs", "㗎嘅"),
+]
+
+
+@pytest.mark.parametrize(("label", "codec", "text"), SUPERSET_TEXTS)
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
+def test_a_part_in_a_narrow_charset_with_superset_characters_is_stamped(
+        label: str, codec: str, text: str, cte: str) -> None:
+    """Such parts were skipped as `content-is-not-valid-euc_kr`; the original bytes stay."""
+    content = f"{text}\n".encode(codec)
+    body = {"8bit": content, "quoted-printable": qp_encode(content, b"\n"),
+            "base64": base64mime.body_encode(content).encode()}[cte]
+    raw = message(f"text/plain; charset={label}", body, cte)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (_, after), = only_changed_leaves(raw, stamp(raw))
+    assert after.get_payload(decode=True) == content + f"\n{LINE}\n".encode()
+    if cte == "8bit":
+        assert stamp(raw) == raw + f"\n{LINE}\n".encode()
+
+
 def test_iso_2022_jp_7bit_stays_7bit_and_decodes() -> None:
     raw = fixture("iso-2022-jp.eml")
     out = stamp(raw)

@@ -34,11 +34,25 @@ MAX_HEADER_BYTES = 256 * 1024
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
-# Labels mail carries that Python does not know, for the charsets it does (WHATWG Encoding
-# Standard's label table).
+# The charset table, for bodies, subjects and parameters alike. First the labels mail carries
+# that Python does not know, for the charsets it does (WHATWG Encoding Standard's label table).
 _CHARSET_ALIASES = {
-    "windows-874": "cp874", "x-mac-roman": "mac_roman", "iso-8859-8-i": "iso8859_8",
-    "x-sjis": "shift_jis", "windows-31j": "cp932", "x-euc-jp": "euc_jp",
+    "windows-874": "cp874", "dos-874": "cp874", "x-mac-roman": "mac_roman",
+    "csmacintosh": "mac_roman", "iso-8859-8-i": "iso8859_8",
+    "x-sjis": "cp932", "windows-31j": "cp932", "x-euc-jp": "euc_jp",
+    "cseucpkdfmtjapanese": "euc_jp",
+    "gb_2312-80": "gb2312", "gb_2312": "gb2312", "csgb2312": "gb2312", "x-gbk": "gbk",
+    "ks_c_5601-1989": "cp949", "ksc_5601": "cp949", "windows-949": "cp949",
+    "csksc56011987": "cp949", "iso-ir-149": "cp949", "cseuckr": "cp949",
+    "cn-big5": "big5", "x-x-big5": "big5",
+}
+# Then the narrow charsets every client reads as their superset (WHATWG): Outlook labels cp949
+# text `ks_c_5601-1987` and cp932 text `shift_jis`. Keyed by Python's codec name, so every label
+# of one charset goes the same way. GB2312 and GBK are read as GB18030, as WHATWG's decoder does
+# (Thunderbird, browsers, webmail): it reads every GBK sequence alike and 4-byte ones too.
+_SUPERSETS = {
+    "euc_kr": "cp949", "shift_jis": "cp932", "gb2312": "gb18030", "gbk": "gb18030",
+    "big5": "big5hkscs",
 }
 # Text codecs that are not charsets: decoding mail with them would interpret the content.
 _NOT_CHARSETS = frozenset(
@@ -247,7 +261,7 @@ def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
         return None
     if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         return None
-    return info.name
+    return _SUPERSETS.get(info.name, info.name)
 
 
 def decode_transfer(raw: bytes, cte: str) -> bytes:
