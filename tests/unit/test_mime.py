@@ -82,7 +82,7 @@ def test_rfc2231_continuations_are_joined_in_order_and_win_over_plain() -> None:
 
 
 def test_unknown_charsets_and_non_charset_codecs_are_refused() -> None:
-    assert mime.codec_for("ISO-8859-1") == "iso8859-1"
+    assert mime.codec_for("ISO-8859-2") == "iso8859-2"
     assert mime.codec_for(None) == "ascii"
     assert mime.codec_for("x-unknown") is None
     assert mime.codec_for("base64") is None
@@ -390,6 +390,8 @@ def test_charset_labels_python_lacks_map_to_its_codecs(label: str, codec: str) -
     ("EUC-KR", "cp949"), ("ks_c_5601-1987", "cp949"), ("KS_C_5601-1989", "cp949"),
     ("Shift_JIS", "cp932"), ("sjis", "cp932"), ("gb2312", "gb18030"), ("GB_2312-80", "gb18030"),
     ("euc-cn", "gb18030"), ("gbk", "gb18030"), ("big5", "big5hkscs"), ("cn-big5", "big5hkscs"),
+    ("ISO-8859-1", "windows-1252-whatwg"), ("latin1", "windows-1252-whatwg"),
+    ("cp1252", "windows-1252-whatwg"),
 ])
 def test_narrow_charsets_are_read_as_the_superset_clients_read(label: str, codec: str) -> None:
     """WHATWG Encoding Standard: Outlook writes cp949 as ks_c_5601-1987, cp932 as Shift_JIS."""

@@ -183,6 +183,17 @@ def test_thread_topic_never_carries_control_characters(harness: Any) -> None:
     assert "red X-Case-ID" in decode_subject(topic)  # the words stay apart
 
 
+def test_thread_topic_reads_latin1_as_windows_1252_and_blanks_c1_controls(harness: Any) -> None:
+    """`=?iso-8859-1?Q?=93question=94?=` gave C1 controls (U+0093, U+0094) in Thread-Topic:
+    every client reads the word as windows-1252's curly quotes. A C1 control that remains (a
+    byte cp1252 leaves undefined, an encoded NEL) becomes a blank like a C0 one."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your =?iso-8859-1?Q?=93question=94?="))
+    assert decode_subject(r.one("Thread-Topic")) == "Your “question”"
+    r = harness.outbound(AGENT, TO_CUSTOMER, (
+        "Subject", "=?iso-8859-1?Q?a=81b?= =?utf-8?Q?c=C2=85d=C2=9Fe?="))
+    assert decode_subject(r.one("Thread-Topic")) == "a bc d e"
+
+
 def test_an_empty_subject_gets_the_tag_without_a_leading_blank(harness: Any) -> None:
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", ""))
     assert r.one("Subject") == f"[ref:{harness.token(r.case_id)}]"

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casethread.core import mime
+from casethread.core.bodytext import iter_texts
 from casethread.core.message import newline_of, parse_raw
 from casethread.core.settings import StampSettings
 from casethread.core.stamp import (
@@ -394,6 +395,19 @@ def test_a_part_in_a_narrow_charset_with_superset_characters_is_stamped(
         assert stamp(raw) == raw + f"\n{LINE}\n".encode()
 
 
+@pytest.mark.parametrize("label", ["iso-8859-1", "latin1", "windows-1252"])
+def test_latin1_text_is_read_as_windows_1252_and_every_byte_is_kept(label: str) -> None:
+    """Every client reads iso-8859-1 as windows-1252 (WHATWG); the five bytes cp1252 leaves
+    undefined are read as latin-1 reads them, so such a part still round-trips."""
+    content = b"\x93quoted\x94 \x96 5 \x80 caf\xe9 \x81\x8d\x8f\x90\x9d\n"
+    raw = message(f"text/plain; charset={label}", content, "8bit")
+    assert stamp(raw, StampSettings(text_template="\n€ {token}\n")) == (
+        raw + b"\n\x80 " + TOKEN.encode() + b"\n")
+    _, body, top = split(raw)
+    text, = iter_texts(top.content_type, top.cte, body)
+    assert text.startswith("“quoted” – 5 € café \x81\x8d")
+
+
 def test_iso_2022_jp_7bit_stays_7bit_and_decodes() -> None:
     raw = fixture("iso-2022-jp.eml")
     out = stamp(raw)
@@ -472,8 +486,10 @@ def test_parts_that_cannot_round_trip_are_skipped(
 
 def test_insertion_that_the_charset_or_7bit_cannot_carry_is_skipped() -> None:
     euro = StampSettings(text_template="\n€ {token}\n")
+    check = StampSettings(text_template="\n✓ {token}\n")
     latin1 = message("text/plain; charset=iso-8859-1", b"x\n", "8bit")
-    assert outcomes(latin1, euro)["text"] == ("skipped", "insertion cannot be written in iso8859-1")
+    assert outcomes(latin1, check)["text"] == (
+        "skipped", "insertion cannot be written in windows-1252-whatwg")
     utf8_7bit = message("text/plain; charset=utf-8", b"x\n", "7bit")
     assert outcomes(utf8_7bit, euro)["text"] == ("skipped", "insertion is not 7bit")
     utf8_8bit = message("text/plain; charset=utf-8", b"x\n", "8bit")

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import encodings.cp1252
 import itertools
 import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote_to_bytes
 
 from .frozen import frozen
 from .message import Header, decode_bytes, encode_str, unfold
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 Data = bytes | mmap.mmap
 
@@ -34,6 +38,32 @@ MAX_HEADER_BYTES = 256 * 1024
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+# windows-1252 as WHATWG defines it, which is how every client reads iso-8859-1 and latin1 text
+# (“smart quotes”, € from Windows mail so labelled): cp1252, with the five bytes it leaves
+# undefined (0x81 0x8D 0x8F 0x90 0x9D) read as latin-1 reads them, so every byte decodes and
+# encodes back to itself. Registered as a codec: callers decode by the name `codec_for` gives.
+_WINDOWS_1252 = "windows-1252-whatwg"
+_WINDOWS_1252_TABLE = "".join(chr(byte) if char == "\ufffe" else char
+                              for byte, char in enumerate(encodings.cp1252.decoding_table))
+_WINDOWS_1252_ENCODING = codecs.charmap_build(_WINDOWS_1252_TABLE)
+
+
+def _encode_1252(text: str, errors: str = "strict") -> tuple[bytes, int]:
+    return codecs.charmap_encode(text, errors, _WINDOWS_1252_ENCODING)
+
+
+def _decode_1252(data: ReadableBuffer, errors: str = "strict") -> tuple[str, int]:
+    return codecs.charmap_decode(data, errors, _WINDOWS_1252_TABLE)
+
+
+def _windows_1252(name: str) -> codecs.CodecInfo | None:
+    if name != _WINDOWS_1252.replace("-", "_"):  # lookup passes the name so normalised
+        return None
+    return codecs.CodecInfo(_encode_1252, _decode_1252, name=_WINDOWS_1252)
+
+
+codecs.register(_windows_1252)
+
 # The charset table, for bodies, subjects and parameters alike. First the labels mail carries
 # that Python does not know, for the charsets it does (WHATWG Encoding Standard's label table).
 _CHARSET_ALIASES = {
@@ -52,7 +82,7 @@ _CHARSET_ALIASES = {
 # (Thunderbird, browsers, webmail): it reads every GBK sequence alike and 4-byte ones too.
 _SUPERSETS = {
     "euc_kr": "cp949", "shift_jis": "cp932", "gb2312": "gb18030", "gbk": "gb18030",
-    "big5": "big5hkscs",
+    "big5": "big5hkscs", "iso8859-1": _WINDOWS_1252, "cp1252": _WINDOWS_1252,
 }
 # Text codecs that are not charsets: decoding mail with them would interpret the content.
 _NOT_CHARSETS = frozenset(

@@ -202,7 +202,7 @@ def decode(header_value: str) -> bytes | None:
 # Outlook keeps subjects to 255 characters; a longer topic (a hostile 2 MB subject) is cut
 # there rather than copied into a second oversized field.
 TOPIC_MAX = 255
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # C0, DEL and C1
 
 
 def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
@@ -219,7 +219,8 @@ def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
     topic = decode_subject(subject) if encoded else subject
     if remove is not None:
         topic = remove.sub("", topic)
-    # Control characters (an encoded BEL, ESC or CR LF) are never written out, in clear or not.
+    # Control characters (an encoded BEL, ESC or CR LF; C1 ones, as latin-1 reads the bytes
+    # cp1252 leaves undefined) are never written out, in clear or not.
     topic = _CONTROLS.sub(" ", topic)
     topic = strip_prefixes(topic, list_tags=False)[:TOPIC_MAX].rstrip()
     if not encoded or topic.isascii():
