@@ -194,6 +194,12 @@ def test_thread_topic_reads_latin1_as_windows_1252_and_blanks_c1_controls(harnes
     assert decode_subject(r.one("Thread-Topic")) == "a bc d e"
 
 
+def test_thread_topic_drops_a_russian_webmail_reply_prefix(harness: Any) -> None:
+    encoded = "=?koi8-r?B?" + base64.b64encode("Ответ: Вопрос о принтере".encode("koi8-r")).decode()
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded + "?="))
+    assert decode_subject(r.one("Thread-Topic")) == "Вопрос о принтере"
+
+
 def test_an_empty_subject_gets_the_tag_without_a_leading_blank(harness: Any) -> None:
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", ""))
     assert r.one("Subject") == f"[ref:{harness.token(r.case_id)}]"

@@ -50,8 +50,10 @@ _WORDS = (
     "תגובה", "השב", "העבר",
     # Chinese (simplified and traditional)
     "回复", "回覆", "答复", "答覆", "转发", "轉發", "转寄", "轉寄",
-    # Korean: reply, forward
-    "회신", "전달",
+    # Japanese: reply, forward (mobile carriers' and webmail clients; Outlook writes RE:)
+    "返信", "転送",
+    # Korean: reply, forward; reply as Naver, Daum and phone mail apps write it
+    "회신", "전달", "답장",
     # Turkish: yanıt, ilet
     "ynt", "ilt", "İlt",
     # Polish: odpowiedź, przekazanie dalej
@@ -64,8 +66,8 @@ _WORDS = (
     "vá", "továbbítás",
     # Latvian, Welsh and others
     "ang", "atb", "yml",
-    # Russian (some webmail clients)
-    "отв", "пересл",
+    # Russian (Mail.ru, Yandex and other webmail clients)
+    "ответ", "отв", "пересл",
     # Full-width Latin as written by some East Asian clients
     "ｒｅ", "ｆｗ", "ｆｗｄ",
 )
