@@ -474,6 +474,10 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
         ("text/plain", "quoted-printable", b"bad =ZZ escape", "invalid quoted-printable"),
         ("text/plain", "x-uuencode", b"begin 644 x\n",
          "unsupported transfer encoding 'x-uuencode'"),
+        # A sender's label is quoted in the log note: at most 40 characters of it.
+        (f'text/plain; charset="{"x" * 2000}"', None, b"x", f"unknown charset '{'x' * 40}'"),
+        ("text/plain", "x-" + "y" * 2000, b"x",
+         f"unsupported transfer encoding 'x-{'y' * 38}'"),
     ],
 )
 def test_parts_that_cannot_round_trip_are_skipped(

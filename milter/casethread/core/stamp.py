@@ -42,6 +42,7 @@ _SEALED_TYPES = frozenset(
 )
 # The only multiparts searched for the main text: a body, its alternatives, its inline images.
 _CONTAINERS = frozenset({"multipart/mixed", "multipart/alternative", "multipart/related"})
+_LABEL_MAX = 40  # characters of a charset or transfer encoding name quoted in a note
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
@@ -289,7 +290,7 @@ def _try_stamp_part(
         raise Unusable(f"part larger than {request.max_part_bytes} bytes")
     codec = mime.codec_for(part.charset)
     if codec is None:
-        raise Unusable(f"unknown charset {part.charset!r}")
+        raise Unusable(f"unknown charset {_label(part.charset)}")
     encoding = _encoding_for(part.cte)
     raw = part.body(body)
     wire_newline = _wire_newline(body, part, request.newline)
@@ -310,6 +311,11 @@ def _try_stamp_part(
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
     outcome = Outcome(target, "stamped", "", part, added.decode(codec))
     return outcome, Splice(part.body_start + start, part.body_start + end, new)
+
+
+def _label(value: str | None) -> str:
+    """A sender's label as the log note quotes it: a 2 KB charset name is no note."""
+    return repr((value or "")[:_LABEL_MAX])
 
 
 def _already_stamped(text: str, token: str, template: str) -> bool:
@@ -456,7 +462,7 @@ def _encoding_for(cte: str) -> _Encoding:
         return _QuotedPrintable()
     if cte == "base64":
         return _Base64()
-    raise Unusable(f"unsupported transfer encoding {cte!r}")
+    raise Unusable(f"unsupported transfer encoding {_label(cte)}")
 
 
 class _Identity:
