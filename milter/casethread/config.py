@@ -467,6 +467,11 @@ def _template(value: str) -> str:
 
 def _subject_template(value: str) -> str:
     _template(value)
+    if not value.isascii():
+        # Written into the Subject as it is: raw 8-bit there breaks RFC 5322 §2.2 without
+        # SMTPUTF8, and clients show it as mojibake.
+        raise _Invalid("the Subject tag must be ASCII (a Subject carries no raw 8-bit text; "
+                       "stamp.text_template may hold any text)")
     try:
         token.check_template(value)
     except ValueError as exc:
@@ -669,7 +674,8 @@ _RULES: dict[str, _Rule] = {
     "tokens.keys[]": _Rule(check=_absolute_path),
     "tokens.subject_template": _Rule(
         check=_subject_template,
-        doc="Appended to the Subject; {token} once, with text on both sides, one line.",
+        doc="Appended to the Subject; {token} once, with text on both sides, one line, "
+        "ASCII only.",
     ),
     "tokens.anchor_domain": _Rule(
         check=_domain, doc="Domain of the References anchor; null = the Message-ID domain."

@@ -1525,6 +1525,9 @@ def test_external_ref_sender_is_checked(tmp_path: Path) -> None:
         ('" [ref:\\n{token}]"', "one line"),
         ("' [ref:{token}x]'", "must not start with a letter or digit"),
         ("' [" + "r" * 2000 + ":{token}]'", "the template is 2011 characters: at most 2000"),
+        # Raw 8-bit bytes in a Subject (RFC 5322 §2.2, no SMTPUTF8).
+        ("' 【参照:{token}】'", "the Subject tag must be ASCII"),
+        ("' [réf:{token}]'", "the Subject tag must be ASCII"),
     ],
 )
 def test_subject_template_errors(tmp_path: Path, template: str, fragment: str) -> None:
