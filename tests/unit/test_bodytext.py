@@ -64,6 +64,13 @@ def test_transfer_encodings_and_charsets_are_decoded() -> None:
     assert "お問い合わせ" in texts_of((DATA / "iso-2022-jp.eml").read_bytes())[0]
 
 
+def test_html_without_a_charset_parameter_is_read_in_its_meta_charset() -> None:
+    """Only <meta> named the charset: the part was read as UTF-8 (`Gr\ufffd\ufffde`)."""
+    html = (b'<html><head><meta http-equiv="Content-Type" content="text/html; '
+            b'charset=iso-8859-1"></head><body>Gr\xfc\xdfe [ref:X]</body></html>')
+    assert texts_of(b"Content-Type: text/html\n\n" + html) == ["Grüße [ref:X]"]
+
+
 def test_undecodable_bytes_become_replacement_characters() -> None:
     raw = b"Content-Type: text/plain; charset=x-unknown\n\nab\xff [ref:X]"
     assert texts_of(raw) == ["ab\ufffd [ref:X]"]

@@ -408,6 +408,44 @@ def test_latin1_text_is_read_as_windows_1252_and_every_byte_is_kept(label: str) 
     assert text.startswith("“quoted” – 5 € café \x81\x8d")
 
 
+META_HEADS = [
+    b'<meta charset="utf-8">',
+    b"<META CHARSET=UTF-8 />",
+    b'<meta http-equiv="Content-Type" content="text/html; charset=utf-8">',
+]
+
+
+@pytest.mark.parametrize("head", META_HEADS)
+def test_html_without_a_charset_parameter_is_read_in_its_meta_charset(head: bytes) -> None:
+    """Such a part was skipped as `content-is-not-valid-ascii`; browsers and clients read
+    the <meta> charset (HTML5 prescan)."""
+    html = b"<html><head>" + head + b"</head><body><p>Gr\xc3\xbc\xc3\x9fe</p></body></html>\n"
+    raw = message("text/html", html, "8bit")
+    assert outcomes(raw)["html"] == ("stamped", "")
+    assert stamp(raw) == raw.replace(b"</body>", TAG.encode() + b"</body>")
+    _, body, top = split(raw)
+    text, = iter_texts(top.content_type, top.cte, body)
+    assert text.strip() == "Grüße"  # the inbound scan reads it so too
+
+
+@pytest.mark.parametrize("html", [
+    # Past the first 1024 bytes, or inside a comment, a <meta> declares nothing.
+    b"<html><head>" + b" " * 1024 + b'<meta charset="utf-8"></head><body>\xc3\xbc</body>',
+    b'<html><head><!-- <meta charset="utf-8"> --></head><body>\xc3\xbc</body></html>',
+])
+def test_only_a_meta_charset_the_prescan_sees_counts(html: bytes) -> None:
+    raw = message("text/html", html, "8bit")
+    assert outcomes(raw)["html"] == ("skipped", "8bit without charset")
+
+
+def test_a_charset_parameter_wins_over_a_meta_charset() -> None:
+    html = b'<html><head><meta charset="iso-8859-1"></head><body>\xc3\xbc</body></html>'
+    raw = message("text/html; charset=utf-8", html, "8bit")
+    _, body, top = split(raw)
+    assert "ü" in "".join(iter_texts(top.content_type, top.cte, body))
+    assert outcomes(raw)["html"] == ("stamped", "")
+
+
 def test_iso_2022_jp_7bit_stays_7bit_and_decodes() -> None:
     raw = fixture("iso-2022-jp.eml")
     out = stamp(raw)
@@ -467,7 +505,8 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
     ("ctype", "cte", "body", "reason"),
     [
         ("text/plain; charset=x-unknown", None, b"x", "unknown charset 'x-unknown'"),
-        ("text/plain", "8bit", b"caf\xe9", "content is not valid ascii"),
+        ("text/plain", "8bit", b"caf\xe9", "8bit without charset"),
+        ("text/plain; charset=us-ascii", "8bit", b"caf\xe9", "content is not valid ascii"),
         ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
         ("text/plain", "base64", b"QUJD!\n", "invalid base64"),
         ("text/plain", "base64", b"QU=D\n", "invalid base64"),

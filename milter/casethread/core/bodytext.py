@@ -95,7 +95,8 @@ def iter_texts(
             data = _decoded_body(body, part, remaining)
             remaining -= len(data)
             # No (or an unknown) charset: UTF-8 is the likeliest, and ASCII reads the same.
-            text = data.decode(mime.codec_for(part.charset, "utf-8") or "utf-8", "replace")
+            charset = mime.part_charset(part, data)
+            text = data.decode(mime.codec_for(charset, "utf-8") or "utf-8", "replace")
             yield html_to_text(text) if part.mime_type == "text/html" else text
 
 

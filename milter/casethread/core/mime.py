@@ -294,6 +294,30 @@ def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
     return _SUPERSETS.get(info.name, info.name)
 
 
+# HTML5's prescan reads a <meta> charset in the first 1024 bytes only (WHATWG HTML §13.2.3.2):
+# `<meta charset=...>` or `<meta http-equiv="Content-Type" content="...; charset=...">`.
+_PRESCAN_BYTES = 1024
+_HTML_COMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+_META_CHARSET = re.compile(
+    rb"<meta\s[^<>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9._:()+-]{1,40})", re.I)
+
+
+def part_charset(part: Part, content: bytes) -> str | None:
+    """The part's charset parameter; for text/html without one, the charset its <meta>
+    declares (`content` is the part transfer-decoded), as every browser and client reads it."""
+    if part.mime_type != "text/html" or part.charset is not None:
+        return part.charset
+    head = content[:_PRESCAN_BYTES]
+    if b"<!--" in head:
+        head = _HTML_COMMENT.sub(b"", head)
+    found = _META_CHARSET.search(head)
+    if found is None:
+        return None
+    label = found.group(1).decode("ascii")
+    # WHATWG: a UTF-16 label found by an ASCII prescan cannot be right; the text is UTF-8.
+    return "utf-8" if label.lower().startswith("utf-16") else label
+
+
 def decode_transfer(raw: bytes, cte: str) -> bytes:
     """Lenient transfer decoding, for reading (never for rewriting): bad input does not raise."""
     if cte == "base64":

@@ -288,14 +288,12 @@ def _try_stamp_part(
         raise Unusable("no token")
     if part.end - part.body_start > request.max_part_bytes:
         raise Unusable(f"part larger than {request.max_part_bytes} bytes")
-    codec = mime.codec_for(part.charset)
-    if codec is None:
-        raise Unusable(f"unknown charset {_label(part.charset)}")
     encoding = _encoding_for(part.cte)
     raw = part.body(body)
-    wire_newline = _wire_newline(body, part, request.newline)
     decoded = encoding.decode(raw)
+    codec = _codec_of(mime.part_charset(part, decoded), decoded)
     text = _decode_text(decoded, codec)
+    wire_newline = _wire_newline(body, part, request.newline)
     if _already_stamped(text, token, request.template):
         return Outcome(target, "already", "", part), None
     if target == "text" and _inline_pgp(text):
@@ -350,6 +348,15 @@ def _flows_on(part: Part, before: str, insertion: str) -> bool:
 def _inline_pgp(text: str) -> bool:
     """An armor line starts a line (as `^` in re.M: the text's start or after a LF)."""
     return any(m.start() == 0 or text[m.start() - 1] == "\n" for m in _PGP_ARMOR.finditer(text))
+
+
+def _codec_of(charset: str | None, decoded: bytes) -> str:
+    if charset is None and not decoded.isascii():
+        raise Unusable("8bit without charset")  # no two readers agree on what it is
+    codec = mime.codec_for(charset)
+    if codec is None:
+        raise Unusable(f"unknown charset {_label(charset)}")
+    return codec
 
 
 def _decode_text(decoded: bytes, codec: str) -> str:
