@@ -1979,6 +1979,23 @@ def test_app_case_id_with_an_old_token_in_the_subject_gets_its_own_token(harness
     assert reply.case_id == "TICKET-9", r.one("Subject")
 
 
+@pytest.mark.parametrize("between", ["nothing", "another case"])
+def test_the_same_message_submitted_again_keeps_its_case(harness: Any, between: str) -> None:
+    """A client's resend after a timeout, an app's retry after a later milter's 4xx: the
+    same Message-ID again is the same mail, stamped for the case it got the first time."""
+    mail = (AGENT, TO_CUSTOMER, ("Subject", "Your order"), ("Message-ID", "<o1@app.example>"))
+    first = harness.outbound(*mail)
+    if between == "another case":
+        start_case(harness)
+    again = harness.outbound(*mail)
+    assert (again.case_id, again.decision.match) == (first.case_id, "duplicate")
+    assert token_of(again.one("Subject")) == token_of(first.one("Subject"))
+    assert harness.index.get_case("C-000003") is None
+    # The Message-ID still names the first case: the customer's reply goes there.
+    reply = harness.inbound(CUSTOMER, ("In-Reply-To", "<o1@app.example>"))
+    assert reply.case_id == first.case_id
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

@@ -240,9 +240,11 @@ class Resolver:
             "subject-match": self.by_subject_match,
         }
         self._order = [(name, table[name]) for name in inbound.strategies]
-        # Outbound mail is sent for the case the conversation already has, never a guessed one.
+        # Outbound mail is sent for the case the conversation already has, never a guessed one;
+        # failing that, for the case its own Message-ID already has (the same mail again).
         self._outbound_order = [(name, table[name]) for name in
                                 ("token", "in-reply-to", "references")]
+        self._outbound_order.append(("duplicate", self.by_own_message_id))
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
@@ -326,6 +328,13 @@ class Resolver:
 
     def by_references(self, ev: Evidence) -> Hit | None:
         return self._by_ids(ev, "References", "references")
+
+    def by_own_message_id(self, ev: Evidence) -> Hit | None:
+        """Outbound mail submitted again (a client's resend after a timeout, an app's retry
+        after a 4xx): its own Message-ID is recorded, and its case is the first pass's."""
+        own = msgid.first_id(ev.msg.get("Message-ID"))
+        case = ev.case_by_alias(AliasKind.MESSAGE, own) if own else None
+        return Hit(case, "duplicate") if case else None
 
     def by_thread_index(self, ev: Evidence) -> Hit | None:
         if ev.thread_root is None:
