@@ -363,8 +363,14 @@ class Engine:
         if id_blocked:
             notes.append("message-id-not-changed:dkim-signed")
 
-        def aliases_of(case: CaseRecord) -> list[Alias]:
-            root = outbound.thread_root_of(ev.thread_root, case)
+        def aliases_of(case: CaseRecord, opened: bool = False) -> list[Alias]:
+            root: bytes | None = outbound.thread_root_of(ev.thread_root, case)
+            # A case this mail opens (inside the index's write) takes a root that names no
+            # case: else `thread-index` would have found it.
+            if not opened and self._root_of_another(ev, case):
+                trace.append(f"thread root not recorded for {case.case_id}: "
+                             "it names another live case")
+                root = None
             return self._aliases(msg, [case.case_id], recorded_id, root, ours=True)
 
         if app_id is not None:
@@ -382,7 +388,8 @@ class Engine:
                 # The case and this mail's aliases in one commit.
                 # The agent's own Outlook root, when the mail has one, is the case's: later
                 # answers from the app continue that conversation in the customer's Outlook.
-                case = self.index.create_case(int(now), aliases=aliases_of,
+                case = self.index.create_case(int(now),
+                                              aliases=lambda new: aliases_of(new, opened=True),
                                               thread_root=_hex(ev.thread_root))
                 match, new_case, recorded = "new", True, True
             else:
@@ -425,6 +432,20 @@ class Engine:
             splices,
             tuple(trace),
         )
+
+    def _root_of_another(self, ev: Evidence, case: CaseRecord) -> bool:
+        """Whether the mail's own Outlook root names another case that is live (not closed):
+        mail of `case` that carries it (a forward the app moved to a new ticket, a reply with
+        another case's tag) must not re-point it, or the customer's next Outlook reply, which
+        has nothing but the Thread-Index, would go to `case`. Mail without a Thread-Index
+        records its case's own root."""
+        if ev.thread_root is None:
+            return False
+        holder = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
+        if holder is None:
+            return False
+        holder = rules.survivor(holder, self.index)
+        return holder.case_id != case.case_id and holder.state is not CaseState.CLOSED
 
     def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
         """The case an agent's mail continues. A closed case's token (still in the Subject)

@@ -1996,6 +1996,57 @@ def test_the_same_message_submitted_again_keeps_its_case(harness: Any, between: 
     assert reply.case_id == first.case_id
 
 
+def outlook_mail(h: Any, root: bytes, *headers: tuple[str, str]) -> Any:
+    """The agent's Outlook mail in the conversation of `root`, with nothing else to link it."""
+    index = thread_index.encode(thread_index.child(root, h.clock.now))
+    return h.outbound(AGENT, TO_CUSTOMER, ("Thread-Index", index), *headers)
+
+
+@pytest.mark.parametrize("subject", ["Recall: Maintenance window",
+                                     "Canceled: Maintenance window", "FW: Maintenance window"])
+def test_outlook_mail_of_a_cases_conversation_continues_it(harness: Any, subject: str) -> None:
+    """A recall, a meeting update or cancel, a "Resend" or a forward carries the
+    conversation's Thread-Index, no token and no References: it threads by the root, and the
+    customer's next Outlook reply still goes to the case."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16, 32)))
+    first = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Maintenance window"),
+                             ("Thread-Index", thread_index.encode(root)))
+    again = outlook_mail(harness, root, ("Subject", subject))
+    assert (again.case_id, again.decision.match) == (first.case_id, "thread-index")
+    assert harness.index.get_case("C-000002") is None
+    reply = harness.inbound(CUSTOMER, ("Subject", "RE: Maintenance window"),
+                            ("Thread-Index", outlook_reply_index(again.one("Thread-Index"),
+                                                                 harness.clock.now)))
+    assert (reply.case_id, reply.one("X-Case-Match")) == (first.case_id, "thread-index")
+
+
+@pytest.mark.parametrize("how", ["app X-Case-ID", "token"])
+def test_another_cases_mail_never_takes_over_a_live_cases_outlook_root(
+        harness: Any, how: str) -> None:
+    """Mail of another case that carries this conversation's Thread-Index (the app moved a
+    forward to a new ticket; an Outlook reply with another case's tag) leaves the root
+    where it is: the customer's Outlook replies stay with the case they answer."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16, 32)))
+    first = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Maintenance window"),
+                             ("Thread-Index", thread_index.encode(root)))
+    other = start_case(harness, "Invoice")  # C-000002
+    link = (("X-Case-ID", "TKT-9") if how == "app X-Case-ID"
+            else ("Subject", f"FW: {other.one('Subject')}"))
+    moved = outlook_mail(harness, root, link)
+    assert moved.case_id != first.case_id
+    reply = harness.inbound(CUSTOMER, ("Subject", "RE: Maintenance window"),
+                            ("Thread-Index", outlook_reply_index(first.one("Thread-Index"),
+                                                                 harness.clock.now)))
+    assert (reply.case_id, reply.one("X-Case-Match")) == (first.case_id, "thread-index")
+    # Once that case is closed, the conversation may move on with the mail of another case.
+    harness.set_case(first.case_id, state=CaseState.CLOSED)
+    moved = outlook_mail(harness, root, link)
+    reply = harness.inbound(CUSTOMER, ("Subject", "RE: Maintenance window"),
+                            ("Thread-Index", outlook_reply_index(first.one("Thread-Index"),
+                                                                 harness.clock.now)))
+    assert reply.case_id == moved.case_id
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

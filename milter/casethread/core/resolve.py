@@ -240,11 +240,14 @@ class Resolver:
             "subject-match": self.by_subject_match,
         }
         self._order = [(name, table[name]) for name in inbound.strategies]
-        # Outbound mail is sent for the case the conversation already has, never a guessed one;
+        # Outbound mail is sent for the case the conversation already has, never a guessed one
+        # (Thread-Index too: an Outlook recall, meeting update or forward carries only that);
         # failing that, for the case its own Message-ID already has (the same mail again).
-        self._outbound_order = [(name, table[name]) for name in
-                                ("token", "in-reply-to", "references")]
-        self._outbound_order.append(("duplicate", self.by_own_message_id))
+        self._outbound_order = [
+            *((name, table[name]) for name in ("token", "in-reply-to", "references",
+                                               "thread-index")),
+            ("duplicate", self.by_own_message_id),
+        ]
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
