@@ -375,7 +375,7 @@ class Engine:
 
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
-            case = self.index.create_case(int(now), case_id=app_id)
+            case = self._app_case(app_id, int(now), trace, notes)
             match = "app"
         else:
             hit = self._resolver.resolve(ev, outbound=True)
@@ -432,6 +432,17 @@ class Engine:
             splices,
             tuple(trace),
         )
+
+    def _app_case(self, app_id: str, now: int, trace: list[str],
+                  notes: list[str]) -> CaseRecord:
+        """The case the app's X-Case-ID names (made when unknown); a merged one's survivor,
+        as for inbound mail: the app may still name a ticket merged since."""
+        named = self.index.create_case(now, case_id=app_id)
+        case = rules.survivor(named, self.index)
+        if case is not named:
+            trace.append(f"app X-Case-ID {app_id} is merged into {case.case_id}")
+            notes.append("app-case-merged")
+        return case
 
     def _root_of_another(self, ev: Evidence, case: CaseRecord) -> bool:
         """Whether the mail's own Outlook root names another case that is live (not closed):

@@ -2047,6 +2047,22 @@ def test_another_cases_mail_never_takes_over_a_live_cases_outlook_root(
     assert reply.case_id == moved.case_id
 
 
+def test_an_app_case_id_of_a_merged_case_follows_the_merge(harness: Any) -> None:
+    """The app still names the case it knew (C-000001), merged into C-000002 since: the mail,
+    its token and its X-Case-State go to the survivor, as inbound mail does, and say so."""
+    start_case(harness)
+    start_case(harness, "Printer jam again")
+    harness.set_case("C-000001", merged_into="C-000002")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jam"),
+                         ("X-Case-ID", "C-000001"), ("X-Case-State", "waiting"))
+    assert (r.case_id, r.decision.match) == ("C-000002", "app")
+    assert token_of(r.one("Subject")) == harness.token("C-000002")
+    assert harness.case("C-000002").state is CaseState.WAITING
+    assert harness.case("C-000001").state is CaseState.OPEN
+    assert "app-case-merged" in r.decision.notes
+    assert "app X-Case-ID C-000001 is merged into C-000002" in r.decision.trace
+
+
 # --------------------------------------------------------------------------- duplicates
 
 
