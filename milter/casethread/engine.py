@@ -16,6 +16,7 @@ from .core import (
     autoreply,
     dkim,
     inbound,
+    mime,
     msgid,
     outbound,
     rules,
@@ -381,10 +382,7 @@ class Engine:
             hit = self._resolver.resolve(ev, outbound=True)
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
-            elif out.new_case == "create" and autoreply.classify_auto(
-                    msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED:
-                # An agent's out-of-office continues a case, never opens one. (Only that kind:
-                # helpdesks such as RT mark all their mail `Precedence: bulk`.)
+            elif out.new_case == "create" and self._may_open_case(msg):
                 # The case and this mail's aliases in one commit.
                 # The agent's own Outlook root, when the mail has one, is the case's: later
                 # answers from the app continue that conversation in the customer's Outlook.
@@ -432,6 +430,14 @@ class Engine:
             splices,
             tuple(trace),
         )
+
+    def _may_open_case(self, msg: Message) -> bool:
+        """An agent's out-of-office, read receipt or delivery report (a top-level
+        multipart/report) continues a case, never opens one. Only those: helpdesks such as RT
+        mark all their mail `Precedence: bulk`."""
+        if mime.is_report(msg.get("Content-Type")):
+            return False
+        return autoreply.classify_auto(msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED
 
     def _app_case(self, app_id: str, now: int, trace: list[str],
                   notes: list[str]) -> CaseRecord:

@@ -1943,6 +1943,32 @@ def test_an_agents_out_of_office_opens_no_case(harness: Any) -> None:
     assert token_of(r.one("Subject")) == harness.token("C-000001")
 
 
+def report(kind: str, answered: str) -> tuple[tuple[str, str], bytes]:
+    """An agent's read receipt (MDN) or delivery report for the mail `answered`."""
+    part = ("Original-Message-ID" if kind == "disposition-notification" else
+            "Original-Envelope-Id")
+    body = (f"--R\r\nContent-Type: text/plain\r\n\r\nDisplayed.\r\n--R\r\n"
+            f"Content-Type: message/{kind}\r\n\r\n{part}: {answered}\r\n--R--\r\n")
+    ctype = f'multipart/report; report-type={kind}; boundary="R"'
+    return ("Content-Type", ctype), body.encode()
+
+
+@pytest.mark.parametrize("kind", ["disposition-notification", "delivery-status"])
+def test_an_agents_receipt_or_report_opens_no_case(harness: Any, kind: str) -> None:
+    """A read receipt for a colleague's lunch invitation is no case; one for a case's mail
+    continues that case like any answer."""
+    ctype, body = report(kind, "<lunch-77@other.example.com>")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Read: Lunch next week?"), ctype,
+                         ("References", "<lunch-77@other.example.com>"), body=body)
+    assert (r.decision.case_ids, r.decision.match) == ((), "none")
+    assert r.one("Subject") == "Read: Lunch next week?"
+    out = start_case(harness)
+    ctype, body = report(kind, out.one("Message-ID"))
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Read: Printer jam"), ctype,
+                         ("References", out.one("Message-ID")), body=body)
+    assert (r.case_id, r.decision.match) == ("C-000001", "references")
+
+
 def test_a_helpdesk_marking_its_mail_bulk_still_opens_cases(harness: Any) -> None:
     """RT (DefaultMailPrecedence) and Jira send `Precedence: bulk`: only an out-of-office is
     kept from opening a case."""
