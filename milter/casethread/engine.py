@@ -348,6 +348,7 @@ class Engine:
         out = self.settings.outbound
         app_id, bad_app_id = outbound.app_case_id(msg, self._names)
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
+        notes += outbound.repeated_app_fields(msg, self._names)
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
         new_case = recorded = False
         case: CaseRecord | None

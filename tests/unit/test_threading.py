@@ -1713,6 +1713,21 @@ def test_app_case_state_with_an_unknown_value_is_removed_and_ignored(harness: An
     assert "bad-app-case-state" not in fine.decision.notes
 
 
+def test_repeated_app_fields_that_disagree_are_noted_and_the_first_wins(harness: Any) -> None:
+    start_case(harness)
+    start_case(harness, "Invoice")
+    r = harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "waiting"),
+                         ("X-Case-ID", "C-000002"), ("X-Case-State", "closed"))
+    assert r.ours() == [("X-Case-ID", "C-000001")]
+    assert harness.case("C-000001").state is CaseState.WAITING
+    assert harness.case("C-000002").state is CaseState.OPEN
+    assert {"app-case-id-repeated", "app-case-state-repeated"} <= set(r.decision.notes)
+    # The same value twice (a client that copies the app's fields) is no disagreement.
+    same = harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("x-case-id", "C-000001 "),
+                            ("X-Case-State", "Open"), ("X-Case-State", "open"))
+    assert not [n for n in same.decision.notes if n.endswith("-repeated")]
+
+
 def test_mail_signed_before_us_keeps_its_dkim_signature_valid(harness: Any) -> None:
     """An app that DKIM-signs its own mail: the body and every field its h= names stay as
     they are (a broken signature fails DMARC at the recipient); the rest is stamped, and the

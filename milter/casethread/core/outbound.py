@@ -78,6 +78,20 @@ def app_state(msg: Message, names: CaseHeaderNames) -> tuple[CaseState | None, b
     return state, state is None
 
 
+def repeated_app_fields(msg: Message, names: CaseHeaderNames) -> list[str]:
+    """Notes for an app's X-Case-ID or X-Case-State given more than once with values that
+    disagree: the first wins (`app_case_id`, `app_state`), and the log line says the others
+    were ignored (an app that adds its field to a template that already has one)."""
+    if not msg.has_prefix(names.lower_prefix):
+        return []
+    notes = []
+    if len({clean(v) for v in msg.get_all(names.case_id)}) > 1:
+        notes.append("app-case-id-repeated")
+    if len({clean(v).lower() for v in msg.get_all(names.state)}) > 1:  # as `app_state` reads
+        notes.append("app-case-state-repeated")
+    return notes
+
+
 def message_id_domain(msg: Message, configured: str | None, fallback: str) -> str:
     """Config first, then the From domain when it is a DNS name with a dot (an
     internationalised one as its A-label, RFC 5322 §3.6.4 allows no other), then `fallback`."""
