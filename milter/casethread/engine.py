@@ -122,7 +122,7 @@ class Engine:
                 return 0
             return self.settings.inbound.read_limit
         stamping = self.settings.stamp.html or self.settings.stamp.text
-        if direction is Direction.OUTBOUND and stamping:
+        if direction is Direction.OUTBOUND and stamping and not outbound.is_resent(msg):
             return ALL_OF_IT
         return 0
 
@@ -141,11 +141,20 @@ class Engine:
                     continue
             return self._inbound(msg, MAX_DECISIONS)
         if direction is Direction.OUTBOUND:
+            if outbound.is_resent(msg):
+                # A redirect goes on unchanged (RFC 5322 §3.6.6); the X-Case-* fields of the
+                # delivered copy it resends are ours, not the app's instructions.
+                return self._neither(msg, ("resent",))
             return self._outbound(msg)
-        # Noted: an app whose X-Case-ID vanishes (it sent through a path that is not outbound)
-        # shows why in the log line. No count in it: notes are metric labels too.
+        return self._neither(msg)
+
+    def _neither(self, msg: Message, notes: tuple[str, ...] = ()) -> Decision:
+        """Mail of neither direction: passed on without our fields. Noted: an app whose
+        X-Case-ID vanishes (it sent through a path that is not outbound) shows why in the log
+        line. No count in it: notes are metric labels too."""
         removed = tuple(strip_ours(msg, self._names))
-        notes = ("case-fields-removed",) if removed else ()
+        if removed:
+            notes += ("case-fields-removed",)
         return Decision(Direction.OTHER, edits=removed, notes=notes)
 
     def unchanged(self, msg: Message) -> Decision:

@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 
 from casethread.core import msgid, outbound, rules, thread_index
 from casethread.core.message import parse_raw, unfold
-from casethread.core.model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
+from casethread.core.model import (
+    Alias,
+    AliasHit,
+    AliasKind,
+    CaseRecord,
+    CaseState,
+    CounterBump,
+    Direction,
+)
 from casethread.core.settings import (
     ExternalRefRule,
     FloodSettings,
@@ -2102,6 +2110,28 @@ def test_an_app_case_id_of_a_merged_case_follows_the_merge(harness: Any) -> None
     assert harness.case("C-000001").state is CaseState.OPEN
     assert "app-case-merged" in r.decision.notes
     assert "app X-Case-ID C-000001 is merged into C-000002" in r.decision.trace
+
+
+@pytest.mark.parametrize("resent", ["Resent-From", "Resent-Sender"])
+def test_a_redirected_mail_passes_as_mail_of_neither_direction(harness: Any,
+                                                               resent: str) -> None:
+    """A redirect (Thunderbird's "Redirect", mutt's bounce) of an old delivered copy goes on
+    unchanged (RFC 5322 §3.6.6). Its X-Case-* fields are our inbound ones, not the app's
+    instructions: a closed case stays closed, and they are removed."""
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    r = harness.outbound(
+        CUSTOMER, TO_SUPPORT, ("Subject", "Re: Printer jam"), ("Message-ID", "<r1@x.example>"),
+        ("X-Case-ID", "C-000001"), ("X-Case-State", "open"), ("X-Case-Match", "token"),
+        (resent, "Dana Agent <dana@support.example.com>"), ("Resent-To", "kim@example.net"),
+        body=b"Still broken.\r\n")
+    assert r.decision.direction is Direction.OTHER
+    assert r.decision.notes == ("resent", "case-fields-removed")
+    assert r.ours() == [] and len(r.removals()) == len(r.decision.edits) == 3
+    assert r.decision.body_splices == ()
+    assert harness.case("C-000001").state is CaseState.CLOSED
+    assert harness.index.case_for_message("r1@x.example") is None
+    assert harness.engine.body_wanted(r.msg, Direction.OUTBOUND) == 0
 
 
 # --------------------------------------------------------------------------- duplicates

@@ -78,6 +78,12 @@ def app_state(msg: Message, names: CaseHeaderNames) -> tuple[CaseState | None, b
     return state, state is None
 
 
+def is_resent(msg: Message) -> bool:
+    """A redirect (Thunderbird's "Redirect", mutt's bounce): RFC 5322 §3.6.6 resends a message
+    unchanged, with Resent-* fields on top, so it is no mail of ours to stamp."""
+    return msg.get("Resent-From") is not None or msg.get("Resent-Sender") is not None
+
+
 def repeated_app_fields(msg: Message, names: CaseHeaderNames) -> list[str]:
     """Notes for an app's X-Case-ID or X-Case-State given more than once with values that
     disagree: the first wins (`app_case_id`, `app_state`), and the log line says the others
