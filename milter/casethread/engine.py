@@ -23,7 +23,7 @@ from .core import (
     stamp,
     token,
 )
-from .core.addresses import header_addresses
+from .core.addresses import envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -166,13 +166,11 @@ class Engine:
     # -- shared -------------------------------------------------------------------------------
 
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
-                 root: bytes | None, external: list[str] | None = None,
+                 root: bytes | None, notes: list[str], external: list[str] | None = None,
                  ours: bool = False) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
-        references (for the first case), its people (and subject) for every case.
-
-        People are the customers' side: neither our support addresses, which are on every
-        case's mail and anyone can forge, nor the From of `ours` (outbound) mail, an agent."""
+        references (for the first case), its people (and subject) for every case; `notes`
+        gets `participants-capped` when some people were left out."""
         first = case_ids[0]
         aliases = []
         if message_id:
@@ -180,14 +178,14 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
-        fields = msg.get_all("To") + msg.get_all("Cc")
-        if not ours:
-            fields = msg.get_all("From") + fields
-        people = [a for a in header_addresses(fields) if not self._resolver.is_ours(a)]
+        addresses = self._participants(msg, ours)
+        if len(addresses) > MAX_PARTICIPANTS:
+            addresses = addresses[:MAX_PARTICIPANTS]
+            if "participants-capped" not in notes:  # an index write may be tried again
+                notes.append("participants-capped")
         subject_key = (
             self._resolver.subject_key(msg.get("Subject") or "") if self._subject_match else ""
         )
-        addresses = dict.fromkeys(people[:MAX_PARTICIPANTS])
         for case_id in case_ids:
             for address in addresses:
                 key = participant_key(case_id, address)
@@ -197,6 +195,21 @@ class Engine:
                     key = subject_participant_key(subject_key, address)
                     aliases.append(Alias(AliasKind.SUBJECT, key, case_id))
         return aliases
+
+    def _participants(self, msg: Message, ours: bool) -> list[str]:
+        """The customers' side of this mail, each once: neither our support addresses, which
+        are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
+        mail, an agent. Outbound mail's envelope recipients count too: Bcc'd customers."""
+        fields = msg.get_all("To") + msg.get_all("Cc")
+        if not ours:
+            return self._customers(header_addresses(msg.get_all("From") + fields))
+        agents = set(header_addresses(msg.get_all("From")))
+        rcpts = [envelope_address(r) for r in msg.envelope.rcpts]
+        return [a for a in self._customers(header_addresses(fields) + rcpts) if a not in agents]
+
+    def _customers(self, addresses: list[str]) -> list[str]:
+        is_ours = self._resolver.is_ours
+        return list(dict.fromkeys(a for a in addresses if a and not is_ours(a)))
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -233,7 +246,7 @@ class Engine:
             )
             # Not counted against the flood limit: a copy to a second support address, or a
             # redelivery, is not one more mail from its sender.
-            return self._inbound_decision(msg, verdict, ev.trace)
+            return self._inbound_decision(msg, verdict, ev)
         hit = self._resolver.resolve_inbound(ev)
         # A list's copy of a person's reply to our mail moves the case like the reply.
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
@@ -274,10 +287,10 @@ class Engine:
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
                                   token_failures=ev.token_failures)
-        return self._inbound_decision(msg, verdict, ev.trace)
+        return self._inbound_decision(msg, verdict, ev)
 
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
-                          trace: list[str]) -> Decision:
+                          ev: Evidence) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
         notes: tuple[str, ...] = () if msg.get("Message-ID") else ("no-message-id",)
         if verdict.token_failures:
@@ -286,8 +299,8 @@ class Engine:
             notes += token_notes(verdict.token_failures)
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), notes,
-            trace=tuple(trace), auto=verdict.auto,
+            ",".join(c.state for c in verdict.cases), tuple(edits), notes + tuple(ev.notes),
+            trace=tuple(ev.trace), auto=verdict.auto,
         )
 
     def _flood_bumps(self, sender: str | None) -> list[CounterBump]:
@@ -348,7 +361,7 @@ class Engine:
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
                          case_ids: list[str]) -> list[Alias]:
-        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.new_external)
+        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external)
 
     # -- outbound -----------------------------------------------------------------------------
 
@@ -382,7 +395,7 @@ class Engine:
                 trace.append(f"thread root not recorded for {case.case_id}: "
                              "it names another live case")
                 root = None
-            return self._aliases(msg, [case.case_id], recorded_id, root, ours=True)
+            return self._aliases(msg, [case.case_id], recorded_id, root, notes, ours=True)
 
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None

@@ -815,6 +815,34 @@ def test_x_case_sender_known_and_unknown_on_a_token_match(harness: Any) -> None:
     assert again.one("X-Case-Sender") == "known"
 
 
+def test_a_bcc_recipient_of_agent_mail_is_a_participant(harness: Any) -> None:
+    """Bcc'd customers are on the envelope only: their replies come from a known sender. Our
+    support addresses and the agent's own From (a Bcc to self) are no participants."""
+    out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Outage notice"), rcpts=(
+        CUSTOMER_ADDR, "<Kim@Other.Example>", "support@example.com", "dana@support.example.com"))
+    kim = harness.inbound(("From", "kim@other.example"), ("In-Reply-To", out.one("Message-ID")))
+    assert (kim.case_id, kim.one("X-Case-Sender")) == (out.case_id, "known")
+    dana = harness.inbound(AGENT, ("In-Reply-To", out.one("Message-ID")))
+    assert dana.one("X-Case-Sender") == "unknown"
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_participants_past_the_cap_are_noted(harness: Any, direction: str) -> None:
+    """At most 50 people a message become participants: the log line says when some were
+    left out (the mail still goes to its case)."""
+    many = ("Cc", ", ".join(f"c{i:02d}@customer.example.org" for i in range(60)))
+    send = harness.outbound if direction == "outbound" else harness.inbound
+    capped = send(CUSTOMER, TO_SUPPORT, many, ("Subject", "Notice"))
+    assert "participants-capped" in capped.decision.notes
+    # Duplicates and our own addresses do not count towards the cap.
+    fine = send(CUSTOMER, TO_SUPPORT, ("Subject", "Notice"), ("Cc", ", ".join(
+        ["c00@customer.example.org"] * 60 + ["support@example.com", "late@customer.example.org"])))
+    assert "participants-capped" not in fine.decision.notes
+    reply = harness.inbound(("From", "late@customer.example.org"),
+                            ("Subject", "[Case C-000002]"))
+    assert reply.case_id == "C-000002"
+
+
 def test_body_ref_from_a_participant_threads_from_a_stranger_not(harness: Any) -> None:
     start_case(harness)
     body = b"Hello,\n\nthis is about [Case C-000001], the printer.\n"

@@ -78,6 +78,8 @@ class Evidence:
         self.token_failures: tuple[str, ...] = ()
         # What each strategy saw, for `casethread filter --explain`.
         self.trace: list[str] = []
+        # Notes for the log line made while recording the mail (`participants-capped`).
+        self.notes: list[str] = []
         # External references seen but not yet known: recorded for whichever case wins.
         self.new_external: list[str] = []
         # Whether a strategy looked at the body (`tree`, which every body reader goes through).
