@@ -92,7 +92,14 @@ INPUTS: list[tuple[str, str, str, bytes]] = [
      _mail("bot@robot.example", "support@example.com", "Alert", "r2@robot.example")),
     ("loop", "bot@robot.example", "support@example.com",
      _mail("bot@robot.example", "support@example.com", "Alert", "r3@robot.example")),
+    # The agent's answer to Pat, Cc support@: the copy delivered to the support mailbox is
+    # outbound mail, with nothing but its X-Case-ID. Filed as sent mail of the case.
+    ("agent-copy", "support@example.com", "support@example.com",
+     _mail("dana@example.com", "pat@customer.example", "Re: Printer", "a1@example.com",
+           "Cc: support@example.com", "In-Reply-To: <p1@customer.example>")),
 ]
+# Sent through the outbound path (the submission service); the others arrive from outside.
+OUTBOUND = {"agent-copy"}
 
 # What the milter's headers say for each message (checked first, so a change in the engine
 # shows up here and not as a puzzling filing failure below): (X-Case-ID, Queue, Auto, Loop).
@@ -111,6 +118,7 @@ HEADERS = {
     "bot-1": ("C-000005", "support", "no", None),
     "bot-2": ("C-000006", "support", "no", None),
     "loop": (None, None, "no", "yes"),
+    "agent-copy": ("C-000001", None, None, None),
 }
 
 # Where each example files each message; None: not filed (INBOX / no Postfix action).
@@ -120,6 +128,7 @@ SIEVE_FOLDERS = {
     "list-reply": "Cases/support", "list-copy": "Cases/Auto", "list-by-number": "Cases/Auto",
     "newsletter": "Cases/Auto",
     "other": "INBOX", "bot-1": "Cases/support", "bot-2": "Cases/support", "loop": "Cases/Auto",
+    "agent-copy": "Cases/Sent",
 }
 PROCMAIL_FOLDERS = {
     **{name: "." + folder.replace("/", ".") + "/" for name, folder in SIEVE_FOLDERS.items()},
@@ -148,7 +157,8 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     for name, sender, rcpt, raw in INPUTS:
         result = subprocess.run(
             [str(CASETHREAD), "filter", "--config", str(work / "casethread.yaml"),
-             "--index", str(work / "index"), "--direction", "auto",
+             "--index", str(work / "index"),
+             "--direction", "outbound" if name in OUTBOUND else "auto",
              "--mail-from", sender, "--rcpt", rcpt, "-"],
             input=raw, capture_output=True, cwd=work, timeout=TIMEOUT, check=False,
         )
