@@ -61,6 +61,13 @@ def _hex(root: bytes | None) -> str | None:
     return root.hex() if root is not None else None
 
 
+def _retried(attempt: int) -> list[str]:
+    if attempt == 1:
+        return []
+    return [f"decided again (attempt {attempt}): another message or the command line wrote "
+            "to its cases meanwhile"]
+
+
 def _with_followup(followup: str, now: int) -> CaseChange:
     # `updated` moves: an import --merge keeps the newer record, and this one is newer.
     return lambda current: replace(current, followup=followup, updated=now)
@@ -134,19 +141,26 @@ class Engine:
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
         if direction is Direction.INBOUND:
-            for attempt in range(1, MAX_DECISIONS):
-                try:
-                    return self._inbound(msg, attempt)
-                except StaleDecision:
-                    continue
-            return self._inbound(msg, MAX_DECISIONS)
+            return self._decided(self._inbound, msg)
         if direction is Direction.OUTBOUND:
             if outbound.is_resent(msg):
                 # A redirect goes on unchanged (RFC 5322 §3.6.6); the X-Case-* fields of the
                 # delivered copy it resends are ours, not the app's instructions.
                 return self._neither(msg, ("resent",))
-            return self._outbound(msg)
+            return self._decided(self._outbound, msg)
         return self._neither(msg)
+
+    @staticmethod
+    def _decided(decide: Callable[[Message, int], Decision], msg: Message) -> Decision:
+        """`decide(msg, attempt)`, again while another writer makes its decision stale: before
+        the last attempt, a write checks that what its decision read still holds, else raises
+        `StaleDecision` having written nothing."""
+        for attempt in range(1, MAX_DECISIONS):
+            try:
+                return decide(msg, attempt)
+            except StaleDecision:
+                continue
+        return decide(msg, MAX_DECISIONS)
 
     def _neither(self, msg: Message, notes: tuple[str, ...] = ()) -> Decision:
         """Mail of neither direction: passed on without our fields. Noted: an app whose
@@ -213,15 +227,10 @@ class Engine:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    def _inbound(self, msg: Message, attempt: int = MAX_DECISIONS) -> Decision:
-        """Decide and record inbound mail; before the last `attempt`, the write checks that
-        what the decision read still holds, else raises `StaleDecision` having written
-        nothing."""
+    def _inbound(self, msg: Message, attempt: int) -> Decision:
         now = int(self._clock())
         ev = self._resolver.evidence(msg, self.index, now)
-        if attempt > 1:
-            ev.trace.append(f"decided again (attempt {attempt}): another message or the "
-                            "command line wrote to its cases meanwhile")
+        ev.trace += _retried(attempt)
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         bumps = self._flood_bumps(ev.sender)
@@ -365,13 +374,14 @@ class Engine:
 
     # -- outbound -----------------------------------------------------------------------------
 
-    def _outbound(self, msg: Message) -> Decision:
+    def _outbound(self, msg: Message, attempt: int) -> Decision:
         now = self._clock()
         out = self.settings.outbound
         app_id, bad_app_id = outbound.app_case_id(msg, self._names)
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
         notes += outbound.repeated_app_fields(msg, self._names)
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
+        trace += _retried(attempt)
         new_case = recorded = False
         case: CaseRecord | None
         ev = self._resolver.evidence(msg, self.index, int(now))
@@ -409,9 +419,14 @@ class Engine:
                 # The case and this mail's aliases in one commit.
                 # The agent's own Outlook root, when the mail has one, is the case's: later
                 # answers from the app continue that conversation in the customer's Outlook.
-                case = self.index.create_case(int(now),
-                                              aliases=lambda new: aliases_of(new, opened=True),
-                                              thread_root=_hex(ev.thread_root))
+                # A copy of this mail submitted at the same moment (its own Message-ID) is a
+                # duplicate: decided again, `resolve` finds the copy's case.
+                checking = message_id.edit is None and attempt < MAX_DECISIONS
+                case = self.index.create_case(
+                    int(now), aliases=lambda new: aliases_of(new, opened=True),
+                    thread_root=_hex(ev.thread_root),
+                    expect=Expect(((AliasKind.MESSAGE, message_id.normalised),)) if checking
+                    else None)
                 match, new_case, recorded = "new", True, True
             else:
                 case, match = None, "none"

@@ -138,3 +138,20 @@ def test_a_close_from_the_command_line_between_decision_and_write_stays(
     assert h.case(case_id).state is CaseState.CLOSED
     assert reply.case_id != case_id and h.case(case_id).followup == reply.case_id
     assert reply.one("X-Case-Related") == case_id
+
+
+def test_copies_of_one_agent_mail_submitted_at_once_open_one_case(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """A client resending after a timeout while the first submission is still in flight."""
+    h = make_harness(index=index)
+    n = 3
+    index.arm(n)
+    results = together(h, [
+        lambda: h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Quote"),
+                           ("Message-ID", "<quote-1@example.com>"))
+        for _ in range(n)
+    ])
+    assert index.last_number() == 1
+    assert {r.case_id for r in results} == {"C-000001"}
+    assert sorted(r.decision.match for r in results) == ["duplicate"] * (n - 1) + ["new"]
+    assert len({r.one("Subject") for r in results}) == 1
