@@ -59,7 +59,7 @@ def index(tmp_path: Path) -> Iterator[DecidedTogether]:
     real.close()
 
 
-def together(harness: Any, messages: list[Callable[[], Any]]) -> list[Any]:
+def together(messages: list[Callable[[], Any]]) -> list[Any]:
     results: list[Any] = [RuntimeError("not run")] * len(messages)
 
     def run(i: int) -> None:
@@ -91,7 +91,7 @@ def test_replies_to_a_closed_case_at_once_open_one_followup(
     subject = f"Re: Outage [ref:{h.token(case_id)}]"
     n = 8
     index.arm(n)
-    results = together(h, [
+    results = together([
         lambda i=i: h.inbound(("From", f"c{i}@customer{i}.example.org"), ("Subject", subject),
                               ("Message-ID", f"<r{i}@customer{i}.example.org>"))
         for i in range(n)
@@ -105,20 +105,22 @@ def test_replies_to_a_closed_case_at_once_open_one_followup(
         assert index.case_for_message(f"r{i}@customer{i}.example.org") == followup
 
 
+def one_case_of_copies(index: DecidedTogether, n: int, send: Callable[[], Any]) -> list[Any]:
+    """`n` copies of one mail decided at once: one case, the other copies duplicates."""
+    index.arm(n)
+    results = together([send] * n)
+    assert index.last_number() == 1
+    assert {r.case_id for r in results} == {"C-000001"}
+    assert sorted(r.decision.match for r in results) == ["duplicate"] * (n - 1) + ["new"]
+    return results
+
+
 def test_copies_of_one_new_mail_at_once_open_one_case(
         index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
     """The sender's MTA delivers one mail in a transaction per support domain, at once."""
     h = make_harness(index=index)
-    n = 4
-    index.arm(n)
-    results = together(h, [
-        lambda: h.inbound(CUSTOMER, ("Subject", "Printer on fire"),
-                          ("Message-ID", "<one@customer.example.org>"))
-        for _ in range(n)
-    ])
-    assert index.last_number() == 1
-    assert {r.case_id for r in results} == {"C-000001"}
-    assert sorted(r.one("X-Case-Match") for r in results) == ["duplicate"] * (n - 1) + ["new"]
+    one_case_of_copies(index, 4, lambda: h.inbound(
+        CUSTOMER, ("Subject", "Printer on fire"), ("Message-ID", "<one@customer.example.org>")))
 
 
 def test_a_close_from_the_command_line_between_decision_and_write_stays(
@@ -134,7 +136,7 @@ def test_a_close_from_the_command_line_between_decision_and_write_stays(
         index.modify_case(case_id, lambda c: replace(c, state=CaseState.CLOSED))
 
     index.arm(1, before_writes=close)
-    (reply,) = together(h, [lambda: h.inbound(CUSTOMER, ("Subject", subject))])
+    (reply,) = together([lambda: h.inbound(CUSTOMER, ("Subject", subject))])
     assert h.case(case_id).state is CaseState.CLOSED
     assert reply.case_id != case_id and h.case(case_id).followup == reply.case_id
     assert reply.one("X-Case-Related") == case_id
@@ -144,14 +146,7 @@ def test_copies_of_one_agent_mail_submitted_at_once_open_one_case(
         index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
     """A client resending after a timeout while the first submission is still in flight."""
     h = make_harness(index=index)
-    n = 3
-    index.arm(n)
-    results = together(h, [
-        lambda: h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Quote"),
-                           ("Message-ID", "<quote-1@example.com>"))
-        for _ in range(n)
-    ])
-    assert index.last_number() == 1
-    assert {r.case_id for r in results} == {"C-000001"}
-    assert sorted(r.decision.match for r in results) == ["duplicate"] * (n - 1) + ["new"]
+    results = one_case_of_copies(index, 3, lambda: h.outbound(
+        AGENT, ("To", "pat@customer.example.org"), ("Subject", "Quote"),
+        ("Message-ID", "<quote-1@example.com>")))
     assert len({r.one("Subject") for r in results}) == 1
