@@ -18,7 +18,7 @@ from .edits import AddHeader, ChangeHeader, Edit
 from .frozen import frozen
 from .message import Message, unfold
 from .model import CaseRecord, CaseState, is_valid_case_id
-from .subject import encode_words
+from .subject import ENCODED_WORD, encode_words
 
 # A References field longer than this many IDs keeps the first and the newest (RFC 5322 §3.6.4).
 REFERENCES_KEEP = 20
@@ -202,7 +202,7 @@ def _without_verified_tags(text: str, keyring: token.Keyring, template: str) -> 
     return token.tag_pattern(template).sub(drop, text).rstrip()
 
 
-_ENCODED_WORD_NEXT = re.compile(r"\s+=\?[^?\s]+\?[QqBb]\?")
+_ENCODED_WORD_NEXT = re.compile(rf"\s+{ENCODED_WORD}")
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:

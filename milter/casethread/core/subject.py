@@ -157,10 +157,10 @@ def encode_words(text: str, first: int = 75) -> str:
 
 # An encoded word (RFC 2047 §2): charset, an RFC 2231 §5 language (=?UTF-8*en?Q?...?=),
 # encoding, encoded text (printable ASCII but "?").
-_WORD = r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([QqBb])\?([!->@-~]*)\?="
-_WORD_PARTS = re.compile(_WORD)
+ENCODED_WORD = r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([QqBb])\?([!->@-~]*)\?="
+_WORD_PARTS = re.compile(ENCODED_WORD)
 # A run of encoded words with blanks between them: the blanks are no text (RFC 2047 §6.2).
-_ENCODED_RUN = re.compile(rf"{_WORD}(?:\s*{_WORD})*")
+_ENCODED_RUN = re.compile(rf"{ENCODED_WORD}(?:\s*{ENCODED_WORD})*")
 
 
 def _decoded(text: str) -> str:
