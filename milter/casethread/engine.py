@@ -272,7 +272,7 @@ class Engine:
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
                     thread_root=_hex(ev.thread_root),
-                    expect=Expect(unrecorded) if checking else None,
+                    expect=Expect(unrecorded + self._new_keys(ev)) if checking else None,
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
@@ -297,6 +297,14 @@ class Engine:
                                   sender_known=sender_known,
                                   token_failures=ev.token_failures)
         return self._inbound_decision(msg, verdict, ev)
+
+    def _new_keys(self, ev: Evidence) -> tuple[tuple[AliasKind, str], ...]:
+        """What else a new case is looked up by, found by nobody: a mail of the same external
+        ticket or Outlook conversation decided meanwhile opened a case for it."""
+        keys = tuple((AliasKind.EXTERNAL, key) for key in ev.new_external)
+        if ev.thread_root is not None and self._resolver.uses("thread-index"):
+            keys += ((AliasKind.THREAD_ROOT, ev.thread_root.hex()),)
+        return keys
 
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
                           ev: Evidence) -> Decision:
@@ -352,7 +360,8 @@ class Engine:
         outcomes = []
         for target in targets:
             case = after.get(target.case.case_id, target.case)
-            state = "reopened" if target.action is rules.Action.REOPEN else case.state.value
+            reopened = target.action is rules.Action.REOPEN and case.state is CaseState.OPEN
+            state = "reopened" if reopened else case.state.value
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from casethread.core.model import CaseState
+from casethread.core.model import Alias, AliasKind, CaseState
+from casethread.core.settings import ExternalRefRule
 from casethread.index import LmdbIndex
 
 CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
@@ -24,12 +25,14 @@ TIMEOUT = 20
 
 class DecidedTogether:
     """An LMDB index whose first write in each thread waits at a barrier (armed by `arm`)
-    after running `before_writes` once."""
+    after running `before_writes` once; `before_each_write` runs before every write (the
+    command line writing between a decision and its write, again and again)."""
 
     def __init__(self, index: LmdbIndex) -> None:
         self._index = index
         self._barrier: threading.Barrier | None = None
         self._waited: set[int] = set()
+        self.before_each_write: Callable[[], None] = lambda: None
 
     def arm(self, parties: int, before_writes: Callable[[], None] = lambda: None) -> None:
         self._barrier = threading.Barrier(parties, action=before_writes, timeout=TIMEOUT)
@@ -39,6 +42,7 @@ class DecidedTogether:
         if self._barrier is not None and me not in self._waited:
             self._waited.add(me)
             self._barrier.wait()
+        self.before_each_write()
 
     def record(self, *args: Any, **kw: Any) -> Any:
         self._wait()
@@ -57,6 +61,12 @@ def index(tmp_path: Path) -> Iterator[DecidedTogether]:
     real = LmdbIndex(tmp_path / "index", 64 << 20)
     yield DecidedTogether(real)
     real.close()
+
+
+def attempts(result: Any) -> int:
+    """How many times the engine decided this message (its trace says so)."""
+    again = [t for t in result.decision.trace if t.startswith("decided again (attempt ")]
+    return int(again[-1].split("attempt ")[1].split(")")[0]) if again else 1
 
 
 def together(messages: list[Callable[[], Any]]) -> list[Any]:
@@ -150,3 +160,86 @@ def test_copies_of_one_agent_mail_submitted_at_once_open_one_case(
         AGENT, ("To", "pat@customer.example.org"), ("Subject", "Quote"),
         ("Message-ID", "<quote-1@example.com>")))
     assert len({r.one("Subject") for r in results}) == 1
+
+
+def test_a_close_of_the_followup_the_rules_walked_to_stays(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """The mail names a closed case; the rules go on to its waiting follow-up, which the CLI
+    closes before the write: checked too, not only the case the mail names."""
+    h = make_harness(index=index)
+    earlier = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Invoice"))
+    followup = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Invoice 2"),
+                          ("X-Case-State", "waiting")).case_id
+    h.set_case(earlier.case_id, state=CaseState.CLOSED, followup=followup)
+    subject = f"Re: Invoice [ref:{h.token(earlier.case_id)}]"
+    index.arm(1, before_writes=lambda: index.modify_case(
+        followup, lambda c: replace(c, state=CaseState.CLOSED)))
+    (reply,) = together([lambda: h.inbound(CUSTOMER, ("Subject", subject))])
+    assert h.case(followup).state is CaseState.CLOSED
+    assert reply.one("X-Case-Related") == followup and attempts(reply) == 2
+
+
+def test_a_decision_stale_every_time_is_written_unchecked_at_last(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """Another writer before every write: no StaleDecision reaches the milter (which would
+    pass the mail without its case), and the unchecked last write still does not reopen a
+    case the command line closed."""
+    h = make_harness(index=index)
+    other = h.outbound(AGENT, ("To", "x@elsewhere.example"), ("Subject", "Other")).case_id
+    case_id = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Invoice"),
+                         ("X-Case-State", "waiting")).case_id
+    edits = [lambda c: replace(c, parent=other), lambda c: replace(c, parent=None),
+             lambda c: replace(c, parent=other), lambda c: replace(c, state=CaseState.CLOSED)]
+    index.before_each_write = lambda: edits and index.modify_case(case_id, edits.pop(0))
+    reply = h.inbound(CUSTOMER, ("Subject", f"Re: Invoice [ref:{h.token(case_id)}]"))
+    assert attempts(reply) == 4 and reply.case_id == case_id
+    assert h.case(case_id).state is CaseState.CLOSED
+    assert reply.one("X-Case-State") == "closed"
+
+
+def test_mails_of_one_external_ticket_at_once_open_one_case(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """A ticket system's "created" and "assigned" notices of one ticket in the same second."""
+    base = make_harness().settings
+    rule = ExternalRefRule(name="servicenow", pattern=r"\b(INC\d{7})\b",
+                           sender=("@servicenow.example.net",))
+    settings = replace(base, inbound=replace(
+        base.inbound, external_refs=(rule,),
+        strategies=(*base.inbound.strategies, "external-ref")))
+    h = make_harness(settings, index=index)
+    sender = ("From", "ServiceNow <noreply@servicenow.example.net>")
+    index.arm(2)
+    results = together([
+        lambda: h.inbound(sender, ("Subject", "INC0012345 opened: printer"),
+                          ("Message-ID", "<a@servicenow.example.net>")),
+        lambda: h.inbound(sender, ("Subject", "INC0012345 assigned to Support"),
+                          ("Message-ID", "<b@servicenow.example.net>")),
+    ])
+    assert {r.case_id for r in results} == {"C-000001"} and index.last_number() == 1
+
+
+def test_a_message_id_left_by_a_case_that_is_gone_is_no_conflict(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """An alias naming no case (a partial import): the mail is new, decided once."""
+    h = make_harness(index=index)
+    index.record([Alias(AliasKind.MESSAGE, "gone@customer.example.org", "C-000777")], 1_000)
+    r = h.inbound(CUSTOMER, ("Subject", "Hello"), ("Message-ID", "<gone@customer.example.org>"))
+    assert r.one("X-Case-Match") == "new" and attempts(r) == 1
+
+
+def test_replies_to_a_waiting_case_at_once_are_decided_once(
+        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+    """The first reply opens the case; the others thread into it as decided."""
+    h = make_harness(index=index)
+    case_id = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Outage"),
+                         ("X-Case-State", "waiting")).case_id
+    subject = f"Re: Outage [ref:{h.token(case_id)}]"
+    n = 6
+    index.arm(n)
+    results = together([
+        lambda i=i: h.inbound(("From", f"c{i}@customer{i}.example.org"), ("Subject", subject))
+        for i in range(n)])
+    assert {r.case_id for r in results} == {case_id}
+    assert {r.one("X-Case-State") for r in results} == {"open"}
+    assert h.case(case_id).state is CaseState.OPEN
+    assert [attempts(r) for r in results] == [1] * n

@@ -491,6 +491,14 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
         with pytest.raises(StaleDecision):
             index.record((), 11, [bump], expect=Expect(cases=(moved,)))
     assert index.next_count("flood p@x", now=12, window=HOUR) == 2
+    # An alias whose case is gone names none; a waiting case opened meanwhile is as read.
+    index.record([Alias(AliasKind.MESSAGE, "<orphan@x>", "C-000777")], 12)
+    waiting = replace(index.get_case(case.case_id) or case, state=CaseState.WAITING)
+    index.update_case(waiting)
+    index.update_case(replace(waiting, state=CaseState.OPEN, state_changed=12))
+    index.record((), 12, [bump], expect=Expect(((AliasKind.MESSAGE, "<orphan@x>"),),
+                                               (waiting,)))
+    index.update_case(replace(waiting, state=CaseState.CLOSED))
     # What still holds lets the write through.
     fresh = index.get_case(case.case_id)
     assert fresh is not None

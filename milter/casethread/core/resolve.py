@@ -251,6 +251,10 @@ class Resolver:
             ("duplicate", self.by_own_message_id),
         ]
 
+    def uses(self, strategy: str) -> bool:
+        """Whether inbound mail is resolved by `strategy` (`inbound.strategies`)."""
+        return any(name == strategy for name, _ in self._order)
+
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
 

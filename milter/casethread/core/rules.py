@@ -185,7 +185,11 @@ def transition(target: Target, now: int) -> CaseRecord | None:
     """The case's new record after this message, or None when it does not change."""
     case = target.case
     if target.action is Action.REOPEN or target.action is Action.ACTIVATE:
-        return _touched(case, now, CaseState.OPEN)
+        # `case` is the record current in the write, which another writer may have moved
+        # since the decision: a case closed meanwhile stays closed, an open one is touched.
+        if case.state is CaseState.WAITING or case.state is CaseState.RESOLVED:
+            return _touched(case, now, CaseState.OPEN)
+        return _touched(case, now)
     if target.action is Action.THREAD:
         return _touched(case, now)
     return None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .frozen import frozen
-from .model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
+from .model import Alias, AliasHit, AliasKind, CaseRecord, CaseState, CounterBump
 
 # The aliases a new case is created with (see CaseIndex.create_case); may run more than once.
 NewCaseAliases = Callable[[CaseRecord], Sequence[Alias]]
@@ -26,17 +26,24 @@ class StaleDecision(Exception):
     written; the message is decided again on what is there now."""
 
 
-def _rule_facts(case: CaseRecord) -> tuple[object, ...]:
-    return (case.state, case.state_changed, case.parent, case.merged_into, case.children,
-            case.followup)
+def _links(case: CaseRecord) -> tuple[object, ...]:
+    return (case.parent, case.merged_into, case.children, case.followup)
 
 
 def unchanged(read: CaseRecord, current: CaseRecord | None) -> bool:
-    """Whether the case rules would read `current` as they read `read`: its state and links
-    (not `updated` or `queue`: every reply changes those, and two replies threading into one
-    case do not contradict each other). Decoded records are cached, so an unchanged one is
-    mostly the very object read."""
-    return current is read or (current is not None and _rule_facts(current) == _rule_facts(read))
+    """Whether the case rules would read `current` as they read `read`: its state, when it
+    took it, and its links (not `updated` or `queue`: every reply changes those, and two
+    replies threading into one case do not contradict each other). A waiting case another
+    reply opened meanwhile counts as unchanged: the mail threads into it either way
+    (`rules.transition` opens only a case still waiting). Decoded records are cached, so an
+    unchanged one is mostly the very object read."""
+    if current is read:
+        return True
+    if current is None or _links(current) != _links(read):
+        return False
+    if current.state is read.state:
+        return current.state_changed == read.state_changed
+    return read.state is CaseState.WAITING and current.state is CaseState.OPEN
 
 
 @frozen
@@ -46,15 +53,19 @@ class Expect:
     reply to a closed case, a second copy of one mail, a `case set-state` from the CLI) would
     otherwise open a second follow-up or case, or undo the other writer's change."""
 
-    # Aliases still unrecorded (this mail's Message-ID: no copy of it was recorded meanwhile).
+    # Aliases that named no case (this mail's Message-ID: no copy of it was recorded
+    # meanwhile). An alias left by a case that is gone names none.
     absent: tuple[tuple[AliasKind, str], ...] = ()
     # Cases whose state and links are still as they were read (`unchanged`).
     cases: tuple[CaseRecord, ...] = ()
 
-    def holds(self, recorded: Callable[[AliasKind, str], bool],
+    def holds(self, named: Callable[[AliasKind, str], str | None],
               current: Callable[[str], CaseRecord | None]) -> bool:
+        """`named` gives the case id an alias names, `current` a case's record, as the write
+        transaction sees them."""
         for kind, key in self.absent:
-            if recorded(kind, key):
+            case_id = named(kind, key)
+            if case_id is not None and current(case_id) is not None:
                 return False
         return all(unchanged(case, current(case.case_id)) for case in self.cases)
 

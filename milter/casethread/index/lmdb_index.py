@@ -579,9 +579,11 @@ def _check(txn: lmdb.Transaction[bytes], db: SharedEnv, expect: Expect | None) -
         raw = txn.get(case_id.encode(), db=db.cases) if is_valid_case_id(case_id) else None
         return None if raw is None else keys.decode_case(case_id, raw)
 
-    if not expect.holds(
-            lambda kind, key: txn.get(keys.alias_key(kind, key), db=db.aliases) is not None,
-            current):
+    def named(kind: AliasKind, key: str) -> str | None:
+        raw = txn.get(keys.alias_key(kind, key), db=db.aliases)
+        return None if raw is None else keys.decode_alias(raw).case_id
+
+    if not expect.holds(named, current):
         raise StaleDecision("a concurrent write changed what this decision read")
 
 

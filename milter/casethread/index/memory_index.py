@@ -101,8 +101,11 @@ class MemoryIndex:
             raw = self._cases.get(case_id)
             return None if raw is None else keys.decode_case(case_id, raw)
 
-        if not expect.holds(lambda kind, key: keys.alias_key(kind, key) in self._aliases,
-                            current):
+        def named(kind: AliasKind, key: str) -> str | None:
+            raw = self._aliases.get(keys.alias_key(kind, key))
+            return None if raw is None else keys.decode_alias(raw).case_id
+
+        if not expect.holds(named, current):
             raise StaleDecision("a concurrent write changed what this decision read")
 
     def _changed(self, changes: Sequence[tuple[str, CaseChange]]

@@ -78,9 +78,12 @@ class OverlayIndex:
             self.record((), now, changes=changes(record))
         return record
 
+    def _named(self, kind: AliasKind, key: str) -> str | None:
+        hit = self.find(kind, key)
+        return None if hit is None else hit.case_id
+
     def _check(self, expect: Expect | None) -> None:
-        if expect is not None and not expect.holds(
-                lambda kind, key: self.find(kind, key) is not None, self.get_case):
+        if expect is not None and not expect.holds(self._named, self.get_case):
             raise StaleDecision("a concurrent write changed what this decision read")
 
     def last_number(self) -> int:
