@@ -9,8 +9,6 @@
 #     bulk mail that answers our mail (X-Case-Match token, in-reply-to, references or
 #     thread-index: a person's reply a mailing list relayed, or a ticket system such as RT
 #     sent with "Precedence: bulk"), which moved its case as the person's reply does,
-#   - the copy of our own outbound mail delivered here (an agent's answer with the support
-#     address in Cc: it carries X-Case-ID alone, no X-Case-Match) into Cases/Sent,
 # and flags each case mail with its case id (X-Case-ID, e.g. the IMAP keyword C-000123), so
 # a mail client can search or label a case's whole thread. Mail without casethread's headers
 # (not addressed to inbound.addresses) stays in INBOX.
@@ -39,11 +37,6 @@ if anyof (header :is "X-Case-Loop" "yes",
                  not header :is "X-Case-Match"
                      ["token", "in-reply-to", "references", "thread-index"])) {
     fileinto :create "Cases/Auto";
-    stop;
-}
-
-if allof (not string :is "${case}" "", not exists "X-Case-Match") {
-    fileinto :create "Cases/Sent";
     stop;
 }
 

@@ -110,7 +110,18 @@ class Engine:
         self._subject_match = "subject-match" in settings.inbound.strategies
 
     def classify(self, msg: Message) -> Direction:
-        return self._classifier.classify(msg.envelope)
+        """The mail's direction (`msg` holds its header fields: at end of headers)."""
+        direction = self._classifier.classify(msg.envelope)
+        return self._unless_redirect(msg, direction)
+
+    def _unless_redirect(self, msg: Message, direction: Direction) -> Direction:
+        """Outbound mail that is a redirect (Thunderbird's "Redirect", mutt's bounce; RFC 5322
+        §3.6.6: resent unchanged, Resent-* fields on top) is no mail of ours to stamp: to a
+        support address it is inbound (an agent redirecting a customer's mail to the
+        helpdesk), else it passes as mail of neither direction."""
+        if direction is not Direction.OUTBOUND or not outbound.is_resent(msg):
+            return direction
+        return Direction.INBOUND if self._classifier.to_support(msg.envelope) else Direction.OTHER
 
     def body_wanted(self, msg: Message, direction: Direction) -> int:
         """How many body bytes the engine needs for this mail, known by its header fields (the
@@ -129,26 +140,23 @@ class Engine:
                 return 0
             return self.settings.inbound.read_limit
         stamping = self.settings.stamp.html or self.settings.stamp.text
-        if direction is Direction.OUTBOUND and stamping and not outbound.is_resent(msg):
+        if direction is Direction.OUTBOUND and stamping:
             return ALL_OF_IT
         return 0
 
     def process(self, msg: Message, direction: Direction | None = None) -> Decision:
         """Decide and record; raises on internal errors (the caller is the error boundary)."""
-        if direction is None:
-            direction = self.classify(msg)
+        direction = self.classify(msg) if direction is None else self._unless_redirect(
+            msg, direction)
         refused = refusal(msg, self._names)
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
         if direction is Direction.INBOUND:
             return self._decided(self._inbound, msg)
         if direction is Direction.OUTBOUND:
-            if outbound.is_resent(msg):
-                # A redirect goes on unchanged (RFC 5322 §3.6.6); the X-Case-* fields of the
-                # delivered copy it resends are ours, not the app's instructions.
-                return self._neither(msg, ("resent",))
             return self._decided(self._outbound, msg)
-        return self._neither(msg)
+        # A redirect's X-Case-* fields are those of the copy it resends, not an app's.
+        return self._neither(msg, ("resent",) if outbound.is_resent(msg) else ())
 
     @staticmethod
     def _decided(decide: Callable[[Message, int], Decision], msg: Message) -> Decision:

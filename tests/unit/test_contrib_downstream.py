@@ -93,7 +93,8 @@ INPUTS: list[tuple[str, str, str, bytes]] = [
     ("loop", "bot@robot.example", "support@example.com",
      _mail("bot@robot.example", "support@example.com", "Alert", "r3@robot.example")),
     # The agent's answer to Pat, Cc support@: the copy delivered to the support mailbox is
-    # outbound mail, with nothing but its X-Case-ID. Filed as sent mail of the case.
+    # outbound mail, with nothing but its X-Case-ID. Not filed away: a colleague's request
+    # to support@ sent the same way looks just like it.
     ("agent-copy", "support@example.com", "support@example.com",
      _mail("dana@example.com", "pat@customer.example", "Re: Printer", "a1@example.com",
            "Cc: support@example.com", "In-Reply-To: <p1@customer.example>")),
@@ -128,13 +129,14 @@ SIEVE_FOLDERS = {
     "list-reply": "Cases/support", "list-copy": "Cases/Auto", "list-by-number": "Cases/Auto",
     "newsletter": "Cases/Auto",
     "other": "INBOX", "bot-1": "Cases/support", "bot-2": "Cases/support", "loop": "Cases/Auto",
-    "agent-copy": "Cases/Sent",
+    "agent-copy": "INBOX",
 }
 PROCMAIL_FOLDERS = {
     **{name: "." + folder.replace("/", ".") + "/" for name, folder in SIEVE_FOLDERS.items()},
     # A queue name with "/" must not escape the Maildir: filed into the Cases folder itself.
     "slashed": ".Cases/",
     "other": "",  # DEFAULT: the Maildir's own INBOX
+    "agent-copy": ".Cases/",  # case mail without a queue
 }
 POSTFIX_ACTIONS = {
     "billing": "FILTER smtp:[billing-desk.example.com]:25",

@@ -12,7 +12,7 @@ import dataclasses
 import email.header
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -2073,6 +2073,19 @@ def test_the_same_message_submitted_again_keeps_its_case(harness: Any, between: 
     assert reply.case_id == first.case_id
 
 
+def test_an_apps_fixed_message_id_to_another_customer_is_no_resend(harness: Any) -> None:
+    """An app whose template reuses one Message-ID: the mail to Bob is not Alice's mail sent
+    again (no recipient is one of her case's participants), and gets its own case."""
+    mid = ("Message-ID", "<notification@app.example.com>")
+    alice = harness.outbound(AGENT, ("To", "alice@customer-a.example"),
+                             ("Subject", "Password reset"), mid)
+    bob = harness.outbound(AGENT, ("To", "bob@customer-b.example"), ("Subject", "Invoice"), mid)
+    assert (bob.case_id, bob.decision.match) == ("C-000002", "new")
+    assert "duplicate: C-000001 not taken: no recipient is one of its participants" in (
+        bob.decision.trace)
+    assert token_of(bob.one("Subject")) != token_of(alice.one("Subject"))
+
+
 def outlook_mail(h: Any, root: bytes, *headers: tuple[str, str]) -> Any:
     """The agent's Outlook mail in the conversation of `root`, with nothing else to link it."""
     index = thread_index.encode(thread_index.child(root, h.clock.now))
@@ -2095,6 +2108,20 @@ def test_outlook_mail_of_a_cases_conversation_continues_it(harness: Any, subject
                             ("Thread-Index", outlook_reply_index(again.one("Thread-Index"),
                                                                  harness.clock.now)))
     assert (reply.case_id, reply.one("X-Case-Match")) == (first.case_id, "thread-index")
+
+
+def test_an_agents_old_answer_forwarded_to_a_new_customer_opens_a_case(harness: Any) -> None:
+    """Outlook's Forward (or Resend) of the agent's own Sent Items copy, never stamped, to
+    another customer carries only the old conversation's Thread-Index: a new case, not
+    Alice's."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16, 32)))
+    alice = harness.outbound(AGENT, ("To", "alice@customer-a.example"),
+                             ("Subject", "Router reset"),
+                             ("Thread-Index", thread_index.encode(root)))
+    index = thread_index.encode(thread_index.child(root, harness.clock.now))
+    bob = harness.outbound(AGENT, ("To", "bob@customer-b.example"),
+                           ("Subject", "FW: Router reset"), ("Thread-Index", index))
+    assert bob.case_id != alice.case_id and bob.decision.match == "new"
 
 
 @pytest.mark.parametrize("how", ["app X-Case-ID", "token"])
@@ -2141,25 +2168,49 @@ def test_an_app_case_id_of_a_merged_case_follows_the_merge(harness: Any) -> None
 
 
 @pytest.mark.parametrize("resent", ["Resent-From", "Resent-Sender"])
-def test_a_redirected_mail_passes_as_mail_of_neither_direction(harness: Any,
-                                                               resent: str) -> None:
-    """A redirect (Thunderbird's "Redirect", mutt's bounce) of an old delivered copy goes on
-    unchanged (RFC 5322 §3.6.6). Its X-Case-* fields are our inbound ones, not the app's
-    instructions: a closed case stays closed, and they are removed."""
+def test_a_redirected_mail_passes_as_mail_of_neither_direction(
+        harness: Any, build: Callable[..., Any], resent: str) -> None:
+    """A redirect (Thunderbird's "Redirect", mutt's bounce) of an old delivered copy, sent by
+    an agent to a colleague, goes on unchanged (RFC 5322 §3.6.6). Its X-Case-* fields are our
+    inbound ones, not the app's instructions: a closed case stays closed, and they are
+    removed."""
     start_case(harness)
     harness.set_case("C-000001", state=CaseState.CLOSED)
-    r = harness.outbound(
+    msg = build(
         CUSTOMER, TO_SUPPORT, ("Subject", "Re: Printer jam"), ("Message-ID", "<r1@x.example>"),
         ("X-Case-ID", "C-000001"), ("X-Case-State", "open"), ("X-Case-Match", "token"),
         (resent, "Dana Agent <dana@support.example.com>"), ("Resent-To", "kim@example.net"),
-        body=b"Still broken.\r\n")
-    assert r.decision.direction is Direction.OTHER
-    assert r.decision.notes == ("resent", "case-fields-removed")
-    assert r.ours() == [] and len(r.removals()) == len(r.decision.edits) == 3
-    assert r.decision.body_splices == ()
+        body=b"Still broken.\r\n", rcpts=("kim@example.net",), auth_user="dana")
+    assert harness.engine.classify(msg) is Direction.OTHER
+    assert harness.engine.body_wanted(msg, Direction.OTHER) == 0
+    for direction in (None, Direction.OUTBOUND):  # the milter's, and `filter --direction`
+        r = harness.run(msg, direction)
+        assert r.decision.direction is Direction.OTHER
+        assert r.decision.notes == ("resent", "case-fields-removed")
+        assert r.ours() == [] and len(r.removals()) == len(r.decision.edits) == 3
+        assert r.decision.body_splices == ()
     assert harness.case("C-000001").state is CaseState.CLOSED
     assert harness.index.case_for_message("r1@x.example") is None
-    assert harness.engine.body_wanted(r.msg, Direction.OUTBOUND) == 0
+
+
+def test_a_customer_mail_an_agent_redirects_to_support_is_inbound(
+        harness: Any, build: Callable[..., Any]) -> None:
+    """Pat answered Dana's own address; Dana redirects it to the support address through her
+    authenticated submission: the helpdesk gets it threaded, as if Pat had written there."""
+    first = start_case(harness)
+    msg = build(
+        CUSTOMER, ("To", "Dana Agent <dana@support.example.com>"),
+        ("Subject", f"Re: Printer jam [ref:{harness.token(first.case_id)}]"),
+        ("Message-ID", "<r2@customer.example.org>"),
+        ("Resent-From", "Dana Agent <dana@support.example.com>"),
+        ("Resent-To", "support@example.com"), body=b"Still broken.\r\n",
+        rcpts=("support@example.com",), auth_user="dana")
+    assert harness.engine.classify(msg) is Direction.INBOUND
+    r = harness.run(msg)
+    assert (r.decision.direction, r.case_id, r.decision.match) == (
+        Direction.INBOUND, first.case_id, "token")
+    assert r.one("X-Case-Sender") == "known"
+    assert r.decision.body_splices == ()
 
 
 # --------------------------------------------------------------------------- duplicates

@@ -44,12 +44,14 @@ class Classifier:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self._networks)
 
+    def to_support(self, env: Envelope) -> bool:
+        """Whether a recipient is one of our support addresses (`inbound.addresses`)."""
+        return any(self._inbound.matches(r) for r in env.rcpts)
+
     def classify(self, env: Envelope) -> Direction:
         if self.is_outbound(env):
             return Direction.OUTBOUND
-        if any(self._inbound.matches(r) for r in env.rcpts):
-            return Direction.INBOUND
-        return Direction.OTHER
+        return Direction.INBOUND if self.to_support(env) else Direction.OTHER
 
 
 def _unmapped(net: Network) -> Network:

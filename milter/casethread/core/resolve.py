@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 
 from . import bodytext, mime, msgid, subject, thread_index
-from .addresses import AddressMatcher, header_addresses
+from .addresses import AddressMatcher, envelope_address, header_addresses
 from .frozen import frozen
 from .lazy import lazy
 from .message import Message, unfold
@@ -47,6 +47,8 @@ _RETURNED_ID_FIELDS = ("message-id", "original-message-id")
 MAX_EXTERNAL_REFS = 16
 # Distinct human case references one message may look up (each costs two lookups).
 MAX_CASE_REFS = 16
+# Recipients looked up as participants of a case (the engine records at most 50 a message).
+RECIPIENTS_LOOKED_UP = 50
 
 
 def participant_key(case_id: str, address: str) -> str:
@@ -135,6 +137,18 @@ class Evidence:
             return False
         key = participant_key(case_id, self.sender)
         return self.reader.find(AliasKind.PARTICIPANT, key) is not None
+
+    def to_participant_of(self, case_id: str) -> bool:
+        """Whether the mail goes to a participant of the case (To, Cc or an envelope
+        recipient: outbound mail, whose recipients are the customers)."""
+        fields = self.msg.get_all("To") + self.msg.get_all("Cc")
+        recipients = header_addresses(fields) + [envelope_address(r)
+                                                 for r in self.msg.envelope.rcpts]
+        is_ours = self._resolver.is_ours
+        return any(self.reader.find(AliasKind.PARTICIPANT, participant_key(case_id, a))
+                   is not None
+                   for a in dict.fromkeys(recipients[:RECIPIENTS_LOOKED_UP])
+                   if a and not is_ours(a))
 
     def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
         result = self._resolver.keyring.resolve(candidates)
@@ -246,9 +260,9 @@ class Resolver:
         # (Thread-Index too: an Outlook recall, meeting update or forward carries only that);
         # failing that, for the case its own Message-ID already has (the same mail again).
         self._outbound_order = [
-            *((name, table[name]) for name in ("token", "in-reply-to", "references",
-                                               "thread-index")),
-            ("duplicate", self.by_own_message_id),
+            *((name, table[name]) for name in ("token", "in-reply-to", "references")),
+            ("thread-index", self._to_participants("thread-index", self.by_thread_index)),
+            ("duplicate", self._to_participants("duplicate", self.by_own_message_id)),
         ]
 
     def uses(self, strategy: str) -> bool:
@@ -337,6 +351,21 @@ class Resolver:
 
     def by_references(self, ev: Evidence) -> Hit | None:
         return self._by_ids(ev, "References", "references")
+
+    @staticmethod
+    def _to_participants(name: str, strategy: Strategy) -> Strategy:
+        """Outbound evidence that names no answered mail (an Outlook root, the mail's own
+        Message-ID) counts only for a case the mail goes to a participant of: a recall, a
+        meeting update or a resend goes to the same people; an agent's old answer forwarded
+        to a new customer, or an app's template with a fixed Message-ID, does not."""
+        def addressed(ev: Evidence) -> Hit | None:
+            hit = strategy(ev)
+            if hit is None or ev.to_participant_of(hit.case.case_id):
+                return hit
+            ev.trace.append(f"{name}: {hit.case.case_id} not taken: no recipient is one of "
+                            "its participants")
+            return None
+        return addressed
 
     def by_own_message_id(self, ev: Evidence) -> Hit | None:
         """Outbound mail submitted again (a client's resend after a timeout, an app's retry
