@@ -281,6 +281,7 @@ class Engine:
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
                     thread_root=_hex(ev.thread_root),
                     expect=Expect(unrecorded + self._new_keys(ev)) if checking else None,
+                    number_above=ev.lost_number,
                 )
                 outcomes = [inbound.CaseOutcome(case.case_id, "new", case.queue)]
         else:
@@ -357,7 +358,7 @@ class Engine:
                 now, queue=queue, bumps=bumps, thread_root=_hex(ev.thread_root),
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
-                expect=expect,
+                expect=expect, number_above=ev.lost_number,
             )
             return [inbound.CaseOutcome(case.case_id, "new", case.queue, earlier.case_id)]
         changes = [(t.case.case_id, self._change(t, now, route if routes else None))
@@ -443,11 +444,12 @@ class Engine:
                     int(now), aliases=lambda new: aliases_of(new, opened=True),
                     thread_root=_hex(ev.thread_root),
                     expect=Expect(((AliasKind.MESSAGE, message_id.normalised),)) if checking
-                    else None)
+                    else None, number_above=ev.lost_number)
                 match, new_case, recorded = "new", True, True
             else:
                 case, match = None, "none"
             trace += ev.trace
+            notes += ev.notes
             if ev.token_failures:
                 notes += token_notes(ev.token_failures)
         edits: list[Edit] = []

@@ -466,6 +466,14 @@ def test_a_new_case_changes_other_cases_in_its_commit(index: CaseIndex) -> None:
     assert index.get_case("APP-1") is None
 
 
+def test_a_new_case_can_be_numbered_past_a_lost_one(index: CaseIndex) -> None:
+    """A token named number 7, which the index does not hold: numbers go on after it."""
+    index.create_case(now=1)
+    assert index.create_case(now=2, number_above=7).number == 8
+    assert index.create_case(now=3).number == 9 and index.last_number() == 9
+    assert index.create_case(now=4, number_above=2).number == 10  # never backwards
+
+
 def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> None:
     """The check runs inside the write: what another writer committed since the read makes
     the write refuse, and the writer decides again."""

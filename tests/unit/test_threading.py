@@ -2213,6 +2213,31 @@ def test_a_customer_mail_an_agent_redirects_to_support_is_inbound(
     assert r.decision.body_splices == ()
 
 
+def test_a_token_of_a_case_the_index_lost_never_lands_in_a_strangers_case(
+        make_harness: Callable[..., Any]) -> None:
+    """The index was lost (or an older backup restored) and the key kept: Pat's reply names
+    case number 3, which the new index does not hold. Her reply opens a case numbered past it,
+    so no stranger's new case can take number 3 and receive her later mail."""
+    old = make_harness()
+    for subject in ("Router", "Printer", "Invoice"):
+        last = old.outbound(AGENT, TO_CUSTOMER, ("Subject", subject))
+    tok = old.token(last.case_id)  # C-000003
+    new = make_harness()  # the same key, an empty index
+    reply = new.inbound(CUSTOMER, ("Subject", f"Re: Invoice [ref:{tok}]"))
+    assert reply.case_id == "C-000004" and reply.one("X-Case-Match") == "new"
+    assert "token-case-unknown" in reply.decision.notes
+    stranger = new.inbound(STRANGER, ("Subject", "Hello"))
+    assert stranger.case_id == "C-000005"
+    # Pat's next reply (her mail client kept the old tag) finds no stranger's case either.
+    again = new.inbound(CUSTOMER, ("Subject", f"Re: Invoice [ref:{tok}]"),
+                        ("In-Reply-To", "<none@example.org>"))
+    assert again.case_id not in ("C-000003", "C-000005")
+    # The agent answering from a mail client, the old tag still in the Subject: the same.
+    agent = new.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: Invoice [ref:{tok}]"))
+    assert agent.case_id not in ("C-000003", "C-000005")
+    assert "token-case-unknown" in agent.decision.notes
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

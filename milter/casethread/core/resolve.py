@@ -80,8 +80,10 @@ class Evidence:
         self.token_failures: tuple[str, ...] = ()
         # What each strategy saw, for `casethread filter --explain`.
         self.trace: list[str] = []
-        # Notes for the log line made while recording the mail (`participants-capped`).
+        # Notes for the log line made while deciding and recording the mail.
         self.notes: list[str] = []
+        # The highest case number a valid token named that the index holds no case for.
+        self.lost_number = 0
         # External references seen but not yet known: recorded for whichever case wins.
         self.new_external: list[str] = []
         # Whether a strategy looked at the body (`tree`, which every body reader goes through).
@@ -156,7 +158,20 @@ class Evidence:
             self._note_rejected(result.failures)
         if result.case_number is None:
             return None
-        return self.case_by_id(self.reader.case_for_number(result.case_number))
+        return self._case_of_number(result.case_number)
+
+    def _case_of_number(self, number: int) -> CaseRecord | None:
+        case = self.case_by_id(self.reader.case_for_number(number))
+        if case is None and number > self.lost_number:
+            # We signed it, for a case the index does not hold: the index lost cases (an
+            # older backup restored, or a new index beside the old key). New cases must not
+            # take that number, or the old case's replies would go to a stranger's.
+            self.lost_number = number
+            if "token-case-unknown" not in self.notes:
+                self.notes.append("token-case-unknown")
+            self.trace.append(f"  a valid token names case number {number}, which the index "
+                              "does not hold")
+        return case
 
     def case_by_body_tokens(self, texts: Iterable[list[tuple[int, int, str]]]) -> CaseRecord | None:
         """The case of the body's best token: of the first text (body part) that holds a
@@ -178,7 +193,7 @@ class Evidence:
             left -= len(judged)
             valid = sorted((depth, pos, n) for depth, pos, n in judged if isinstance(n, int))
             for _, pos, number in valid:
-                case = self.case_by_id(self.reader.case_for_number(number))
+                case = self._case_of_number(number)
                 if case is not None:
                     self._note_rejected(
                         failures + [n for _, p, n in judged if isinstance(n, str) and p < pos])

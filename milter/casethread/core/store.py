@@ -94,7 +94,7 @@ class CaseIndex(CaseReader, Protocol):
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None,
+        expect: Expect | None = None, number_above: int = 0,
     ) -> CaseRecord:
         """Atomically create a case and return it.
 
@@ -108,7 +108,8 @@ class CaseIndex(CaseReader, Protocol):
         `thread_root` is the Outlook root of the mail that opens the case, if it had one.
         `changes` (generated cases only) are applied to other cases in the same transaction,
         as by `record`. With `expect`, nothing is written and `StaleDecision` is raised when
-        it does not hold inside the transaction.
+        it does not hold inside the transaction. A generated case's number is above
+        `number_above` too (a token named a case the index lost: its number stays its own).
         """
 
     def record(

@@ -281,15 +281,17 @@ class IdFormat:
         return f"{self.prefix}{number:0{self.digits}d}"
 
     def allocate(
-        self, counter: int, case_id: str | None, taken: Callable[[str], bool]
+        self, counter: int, case_id: str | None, taken: Callable[[str], bool],
+        number_above: int = 0,
     ) -> tuple[int, str]:
-        """The number and id of a new case, given the last number handed out.
+        """The number and id of a new case, given the last number handed out (and a number
+        it must be above).
 
         Adopting (`case_id` given, known to be free) takes the next number. A generated id
         already held by an adopted case is skipped, and its number with it: numbers are never
         reused.
         """
-        number = counter + 1
+        number = max(counter, number_above) + 1
         if case_id is not None:
             return number, case_id
         while taken(candidate := self.format(number)):

@@ -812,7 +812,7 @@ class LmdbIndex:
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None,
+        expect: Expect | None = None, number_above: int = 0,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps, changes)
         counters = keys.counter_items(bumps)
@@ -831,7 +831,8 @@ class LmdbIndex:
             raw = txn.get(META_COUNTER, db=db.meta)
             counter = 0 if raw is None else keys.NUMBER.unpack(raw)[0]
             number, new_id = self._ids.allocate(
-                counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None
+                counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None,
+                number_above,
             )
             record = keys.new_case(new_id, number, now, queue, thread_root)
             items = keys.alias_items(aliases(record), now) if aliases is not None else []

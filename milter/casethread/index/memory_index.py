@@ -69,7 +69,7 @@ class MemoryIndex:
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None,
+        expect: Expect | None = None, number_above: int = 0,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps, changes)
         keys.counter_items(bumps)  # validated before anything changes
@@ -78,7 +78,8 @@ class MemoryIndex:
             self._check(expect)
             if case_id is not None and case_id in self._cases:
                 return keys.decode_case(case_id, self._cases[case_id])
-            number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken)
+            number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken,
+                                                number_above)
             record = keys.new_case(new_id, number, now, queue, thread_root)
             # Validated and worked out before anything changes: all or nothing.
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
