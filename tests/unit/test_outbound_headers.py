@@ -13,6 +13,7 @@ import pytest
 from casethread.core import msgid, thread_index, token
 from casethread.core.message import unfold
 from casethread.core.subject import decode_subject
+from casethread.engine import Engine
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
@@ -108,6 +109,22 @@ def test_a_moved_tag_between_encoded_words_keeps_the_words_apart(harness: Any) -
     assert decode_subject(moved.one("Subject")) == (
         f"Grüße Köln [ref:{harness.token('TKT-2')}]")
     assert_rfc2047_lines("Subject", moved.one("Subject"))
+
+
+def test_a_tag_signed_by_a_key_no_longer_signing_is_re_signed(harness: Any) -> None:
+    """After a key rotation (a new key signs, the old one still verifies) the agent's answer
+    keeps the Subject's tag of the old key: it is replaced by the new key's, or replies that
+    kept only the Subject stop threading when the old key is retired."""
+    first = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Order"))
+    old_tag = first.one("Subject")
+    rotated = token.Keyring([(2, b"n" * 32), (1, bytes(range(32)))])  # the harness's key 1
+    harness.engine = Engine(harness.settings, harness.index, rotated, clock=harness.clock,
+                            hostname="mx.host.example.net")
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {old_tag}"))
+    new_tok = rotated.make(harness.case(first.case_id).number)
+    assert unfold(answer.one("Subject")) == f"Re: Order [ref:{new_tok}]"
+    again = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"))
+    assert not [e for e in again.decision.edits if e.name == "Subject"]
 
 
 def test_a_tag_that_does_not_verify_stays_when_the_case_moves(harness: Any) -> None:

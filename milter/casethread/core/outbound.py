@@ -166,7 +166,8 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     """Append the token to the Subject, never twice, never re-encoding what is there.
 
     Another case's tag (the app moved the conversation to a new ticket) is replaced: replies
-    thread by the first valid token, so leaving it would send them to the old case. A tag
+    thread by the first valid token, so leaving it would send them to the old case; so is
+    this case's tag signed by an older key. A tag
     inside an encoded word counts as present too (a client re-encoded the whole subject); when
     it is another case's, ours is appended in clear, where replies look first.
     """
@@ -177,7 +178,9 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     # In the order replies are searched (the Subject as written, then decoded).
     found = keyring.resolve(chain(token.find_tokens(unfold(present), template),
                                   token.decoded_subject_tokens(present, template)))
-    if found.case_number is not None and found.case_number == keyring.verify(tok):
+    # This case's tag signed by a key since retired from signing is re-signed: once the old
+    # key is retired too, replies that kept only the Subject would not verify.
+    if found.token == tok:
         return None
     if not writable(present):
         return None
