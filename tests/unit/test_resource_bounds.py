@@ -135,6 +135,13 @@ def subject_of_unclosed_encoded_words(direction: Direction) -> Hostile:
                            subject="Re: Köln " + "=?utf-8?q?a" * 20_000), b"Hi\r\n")
 
 
+def subject_of_unclosed_words_holding_question_marks(direction: Direction) -> Hostile:
+    """Encoded text may hold a raw "?" and blanks (read up to the first "?="): each unclosed
+    word must still stop at the next one."""
+    return Hostile(message(direction, [("X-Auto-Response-Suppress", "All")],
+                           subject="Re: " + "=?utf-8?q?a? b" * 20_000), b"Hi\r\n")
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -150,6 +157,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,
     "Subject of 20,000 unclosed encoded words": subject_of_unclosed_encoded_words,
+    "Subject of 20,000 unclosed words holding '?' and blanks":
+        subject_of_unclosed_words_holding_question_marks,
 }
 
 

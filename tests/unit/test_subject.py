@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from casethread.core.message import unfold
-from casethread.core.subject import REF_TAG, decode_subject, normalise, strip_prefixes
+from casethread.core.subject import (
+    ENCODED_WORD,
+    REF_TAG,
+    decode_subject,
+    normalise,
+    strip_prefixes,
+)
 
 # One case per language form: (subject, expected after stripping).
 LANGUAGE_FORMS = [
@@ -286,3 +293,31 @@ def test_a_word_that_cannot_be_decoded_stays_as_written_beside_the_others() -> N
     assert decode_subject(words) == f"Grüße {broken} Köln"
     assert decode_subject("=?x-unknown?q?a?= =?x-unknown?q?b?==?utf-8?q?c?=") == (
         "=?x-unknown?q?a?= =?x-unknown?q?b?=c")
+
+
+def test_a_word_with_a_raw_question_mark_or_blanks_is_read_up_to_the_first_close() -> None:
+    """PHP's `'=?UTF-8?Q?'.quoted_printable_encode($s).'?='` leaves `?` and blanks raw; the
+    stdlib decoder read such words up to the first `?=`, and so does this one."""
+    assert decode_subject("=?UTF-8?Q?Hello World?=") == "Hello World"
+    assert decode_subject("=?utf-8?Q?Is_it_ok??=") == "Is it ok?"
+    assert decode_subject("=?utf-8?Q?=C2=BFQu=C3=A9 tal??= [ref:X]") == "¿Qué tal? [ref:X]"
+    assert decode_subject("=?utf-8?q?x??= =?utf-8?q?y?=") == "x?y"
+    assert decode_subject("=?utf-8?B?SGVs bG8?=") == "Hello"  # the blank skews no padding
+    assert normalise("Re: =?UTF-8?Q?Is it ok??=") == "is it ok?"
+
+
+def test_an_unclosed_word_never_runs_into_the_next_one() -> None:
+    assert decode_subject("=?utf-8?q?a b =?utf-8?q?c?=") == "=?utf-8?q?a b c"
+    assert decode_subject("=?utf-8?q?a?==?utf-8?q?b?=") == "ab"
+    assert decode_subject("=?utf-8?b?YQ==?= =?utf-8?q?100=?=") == "a100"
+
+
+def test_the_encoded_word_pattern_is_linear_on_unclosed_words_holding_question_marks() -> None:
+    """Each unclosed word stops at the next `=?`: a pattern reading lazily up to any later
+    `?=` scanned the rest of the Subject from each word (quadratic: 1.7 s for this one)."""
+    hostile = "=?utf-8?q?a? b" * 5_000
+    started = time.process_time()
+    found = re.findall(ENCODED_WORD, hostile)
+    assert time.process_time() - started < 0.5
+    assert found == []
+    assert re.findall(ENCODED_WORD, hostile + "?=") == [("utf-8", "q", "a? b")]  # the last

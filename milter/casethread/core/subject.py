@@ -156,8 +156,12 @@ def encode_words(text: str, first: int = 75) -> str:
 
 
 # An encoded word (RFC 2047 §2): charset, an RFC 2231 §5 language (=?UTF-8*en?Q?...?=),
-# encoding, encoded text (printable ASCII but "?").
-ENCODED_WORD = r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([QqBb])\?([!->@-~]*)\?="
+# encoding, encoded text. The text is read as the stdlib decoder read it, up to the first `?=`,
+# raw `?` and blanks included: PHP's `'=?UTF-8?Q?'.quoted_printable_encode($s).'?='` writes
+# `=?UTF-8?Q?Is it ok??=`. It never runs into a following `=?` (an `=` before the closing `?=`
+# is text): an unclosed word stops at the next word, so the scan stays linear.
+_ENCODED_TEXT = r"(?:[\t -<>@-~]++|\?(?!=)|=(?!\?(?!=)))*+"
+ENCODED_WORD = rf"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([QqBb])\?({_ENCODED_TEXT})\?="
 _WORD_PARTS = re.compile(ENCODED_WORD)
 # A run of encoded words with blanks between them: the blanks are no text (RFC 2047 §6.2).
 _ENCODED_RUN = re.compile(rf"{ENCODED_WORD}(?:\s*{ENCODED_WORD})*")
@@ -213,10 +217,14 @@ def _words(run: str) -> Iterator[_Word]:
             yield _Word(word.start(), word.end(), codec, data)
 
 
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+
+
 def _word_bytes(encoding: str, encoded: str) -> bytes | None:
     """An encoded word's bytes, or None when its base64 is broken."""
     if encoding in "Qq":
         return binascii.a2b_qp(encoded, header=True)
+    encoded = _NOT_BASE64.sub("", encoded)  # blanks and a raw "?" would skew the padding
     try:
         return binascii.a2b_base64(encoded + "=" * (-len(encoded) % 4))
     except binascii.Error:
