@@ -395,6 +395,34 @@ def test_a_part_in_a_narrow_charset_with_superset_characters_is_stamped(
         assert stamp(raw) == raw + f"\n{LINE}\n".encode()
 
 
+# Big5 a Taiwanese signature holds: box drawing (0xA2A4 ═, 0xA27E ╭) that Big5-HKSCS reads
+# alike but writes elsewhere, and kana (0xC6CF に) it does not read at all.
+BIG5_SIGNATURE = "您好，\n╭═══════════╮\n請參考附件。に\n"
+
+
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
+def test_a_part_its_superset_does_not_give_back_is_written_in_its_own_charset(cte: str) -> None:
+    """Read as Big5-HKSCS, such a part was skipped (`big5hkscs does not round-trip`); big5
+    gives every byte back, and the token line reads the same in both."""
+    content = BIG5_SIGNATURE.encode("big5")
+    body = {"8bit": content, "quoted-printable": qp_encode(content, b"\n"),
+            "base64": base64mime.body_encode(content).encode()}[cte]
+    raw = message("text/plain; charset=big5", body, cte)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (_, after), = only_changed_leaves(raw, stamp(raw))
+    assert after.get_payload(decode=True) == content + f"\n{LINE}\n".encode()
+
+
+def test_an_insertion_its_superset_reads_otherwise_is_refused() -> None:
+    """Big5 0xC6A1 is ヾ, Big5-HKSCS (what clients read) reads ①: written in big5, a
+    template holding it would show the reader something else."""
+    raw = message("text/plain; charset=big5", BIG5_SIGNATURE.encode("big5"), "8bit")
+    assert outcomes(raw, StampSettings(text_template="\nヾ {token}\n"))["text"] == (
+        "skipped", "insertion reads otherwise in big5hkscs")
+    assert outcomes(raw, StampSettings(text_template="\n案件 {token}\n"))["text"] == (
+        "stamped", "")
+
+
 @pytest.mark.parametrize("label", ["iso-8859-1", "latin1", "windows-1252"])
 def test_latin1_text_is_read_as_windows_1252_and_every_byte_is_kept(label: str) -> None:
     """Every client reads iso-8859-1 as windows-1252 (WHATWG); the five bytes cp1252 leaves

@@ -281,8 +281,14 @@ def _decode_sections(parts: list[tuple[int, bool, str]]) -> str:
     return bytes(raw).decode(codec_for(charset) or "utf-8", "replace")
 
 
-def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
-    """Python's codec name for a MIME charset, or None when it is unknown or not a charset."""
+def codec_for(
+    charset: str | None, default: str = "us-ascii", *, superset: bool = True
+) -> str | None:
+    """Python's codec name for a MIME charset, or None when it is unknown or not a charset.
+
+    A narrow charset gives the superset clients read it as; `superset=False` gives the
+    label's own codec (stamping writes a part in it where the superset does not give every
+    byte back)."""
     name = (charset or default).strip().strip('"').lower()
     name = _CHARSET_ALIASES.get(name, name)
     try:
@@ -291,7 +297,7 @@ def codec_for(charset: str | None, default: str = "us-ascii") -> str | None:
         return None
     if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         return None
-    return _SUPERSETS.get(info.name, info.name)
+    return _SUPERSETS.get(info.name, info.name) if superset else info.name
 
 
 # HTML5's prescan reads a <meta> charset in the first 1024 bytes only (WHATWG HTML §13.2.3.2):

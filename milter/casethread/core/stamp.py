@@ -291,8 +291,8 @@ def _try_stamp_part(
     encoding = _encoding_for(part.cte)
     raw = part.body(body)
     decoded = encoding.decode(raw)
-    codec = _codec_of(mime.part_charset(part, decoded), decoded)
-    text = _decode_text(decoded, codec)
+    charset = mime.part_charset(part, decoded)
+    codec, text = _read_text(decoded, charset)
     wire_newline = _wire_newline(body, part, request.newline)
     if _already_stamped(text, token, request.template):
         return Outcome(target, "already", "", part), None
@@ -304,7 +304,8 @@ def _try_stamp_part(
     if target == "text" and _flows_on(part, text[:cut], insertion):
         insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
     prefix, suffix = _encode_halves(text, cut, codec, decoded)
-    start, end, new, added = encoding.insert(raw, len(prefix), _encode(insertion, codec),
+    start, end, new, added = encoding.insert(raw, len(prefix),
+                                             _encode_insertion(insertion, codec, charset),
                                              wire_newline)
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
     outcome = Outcome(target, "stamped", "", part, added.decode(codec))
@@ -359,6 +360,29 @@ def _codec_of(charset: str | None, decoded: bytes) -> str:
     return codec
 
 
+def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
+    """The codec the part is written back in, and its text. A narrow label is read as the
+    superset clients read it as (mime); where that superset does not give the part's bytes
+    back (big5's box drawing ═╭╮ in Big5-HKSCS), the label's own codec may."""
+    codec = _codec_of(charset, decoded)
+    own = mime.codec_for(charset, superset=False)
+    if own is not None and own != codec:
+        for candidate in (codec, own):
+            text = _round_trip(decoded, candidate)
+            if text is not None:
+                return candidate, text
+    return codec, _decode_text(decoded, codec)  # raises why the superset cannot have it
+
+
+def _round_trip(decoded: bytes, codec: str) -> str | None:
+    """The text, when encoding it again gives back `decoded` exactly."""
+    try:
+        text = decoded.decode(codec)
+        return text if text.encode(codec) == decoded else None
+    except UnicodeError:
+        return None
+
+
 def _decode_text(decoded: bytes, codec: str) -> str:
     try:
         return decoded.decode(codec)
@@ -371,6 +395,16 @@ def _encode(text: str, codec: str) -> bytes:
         return text.encode(codec)
     except UnicodeEncodeError:
         raise Unusable(f"insertion cannot be written in {codec}") from None
+
+
+def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
+    """The insertion in the part's codec; written in a label's own codec (`_read_text`), it
+    must read the same in the superset clients read it as."""
+    data = _encode(insertion, codec)
+    reader = mime.codec_for(charset)
+    if reader is not None and reader != codec and data.decode(reader, "replace") != insertion:
+        raise Unusable(f"insertion reads otherwise in {reader}")
+    return data
 
 
 def _encode_halves(text: str, cut: int, codec: str, decoded: bytes) -> tuple[bytes, bytes]:
