@@ -456,6 +456,33 @@ def test_html_without_a_charset_parameter_is_read_in_its_meta_charset(head: byte
     assert text.strip() == "Grüße"  # the inbound scan reads it so too
 
 
+OUTLOOK_HEAD = b'<meta http-equiv=Content-Type content="text/html; charset=unicode">'
+
+
+@pytest.mark.parametrize(("head", "content", "outcome"), [
+    # Outlook's and Word's HTML: `unicode` is WHATWG's label of UTF-16, which a prescan of
+    # ASCII bytes cannot have found rightly: read as UTF-8, as browsers read it.
+    (OUTLOOK_HEAD, b"<p>Hello Pat</p>", ("stamped", "")),
+    (OUTLOOK_HEAD, b"<p>Gr\xc3\xbc\xc3\x9fe</p>", ("stamped", "")),
+    (b"<meta charset=UCS-2>", b"<p>Hello Pat</p>", ("stamped", "")),
+    # A label WHATWG (and casethread) does not know declares nothing; the prescan goes on.
+    (b"<meta charset=x-bogus>", b"<p>Hello Pat</p>", ("stamped", "")),
+    (b"<meta charset=x-bogus>", b"<p>Gr\xc3\xbc\xc3\x9fe</p>", ("skipped", "8bit without charset")),
+    (b"<meta charset=x-bogus><meta charset=utf-8>", b"<p>Gr\xc3\xbc\xc3\x9fe</p>",
+     ("stamped", "")),
+], ids=["unicode-ascii", "unicode-utf-8", "ucs-2", "unknown-ascii", "unknown-8bit",
+        "unknown-then-utf-8"])
+def test_a_meta_label_the_prescan_cannot_use_is_passed_over(
+        head: bytes, content: bytes, outcome: tuple[str, str]) -> None:
+    """Such parts were skipped as `unknown-charset`; ASCII HTML was stamped before <meta>
+    labels were read."""
+    raw = message("text/html", b"<html><head>" + head + b"</head><body>" + content
+                  + b"</body></html>\n", "8bit")
+    assert outcomes(raw)["html"] == outcome
+    if outcome[0] == "stamped":
+        assert stamp(raw) == raw.replace(b"</body>", TAG.encode() + b"</body>")
+
+
 @pytest.mark.parametrize("html", [
     # Past the first 1024 bytes, or inside a comment, a <meta> declares nothing.
     b"<html><head>" + b" " * 1024 + b'<meta charset="utf-8"></head><body>\xc3\xbc</body>',

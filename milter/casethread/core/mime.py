@@ -306,6 +306,11 @@ _PRESCAN_BYTES = 1024
 _HTML_COMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
 _META_CHARSET = re.compile(
     rb"<meta\s[^<>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9._:()+-]{1,40})", re.I)
+# WHATWG's labels of UTF-16. Outlook's and Word's HTML says `charset=unicode` (a leftover of
+# their UTF-16 internal form) while the part itself is ASCII-compatible, as the prescan
+# found the label in ASCII bytes.
+_UTF16_LABELS = frozenset({"csunicode", "iso-10646-ucs-2", "ucs-2", "unicode", "unicodefeff",
+                           "unicodefffe", "utf-16", "utf-16be", "utf-16le"})
 
 
 def part_charset(part: Part, content: bytes) -> str | None:
@@ -316,12 +321,21 @@ def part_charset(part: Part, content: bytes) -> str | None:
     head = content[:_PRESCAN_BYTES]
     if b"<!--" in head:
         head = _HTML_COMMENT.sub(b"", head)
-    found = _META_CHARSET.search(head)
-    if found is None:
-        return None
-    label = found.group(1).decode("ascii")
-    # WHATWG: a UTF-16 label found by an ASCII prescan cannot be right; the text is UTF-8.
-    return "utf-8" if label.lower().startswith("utf-16") else label
+    for found in _META_CHARSET.finditer(head):
+        label = _prescanned(found.group(1).decode("ascii"))
+        if label is not None:
+            return label
+    return None
+
+
+def _prescanned(label: str) -> str | None:
+    """What a <meta> label declares (WHATWG): a UTF-16 label found by an ASCII prescan cannot
+    be right, the text is UTF-8; a label it does not know declares nothing (the prescan
+    goes on)."""
+    folded = label.lower()
+    if folded in _UTF16_LABELS or folded.startswith("utf-16"):
+        return "utf-8"
+    return label if codec_for(label) is not None else None
 
 
 def decode_transfer(raw: bytes, cte: str) -> bytes:
