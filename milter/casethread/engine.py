@@ -230,8 +230,9 @@ class Engine:
         return [a for a in self._customers(header_addresses(fields) + rcpts) if a not in agents]
 
     def _customers(self, addresses: list[str]) -> list[str]:
+        # Not ours, and with a domain: an unqualified `RCPT TO:<postmaster>` is nobody's.
         is_ours = self._resolver.is_ours
-        return list(dict.fromkeys(a for a in addresses if a and not is_ours(a)))
+        return list(dict.fromkeys(a for a in addresses if "@" in a and not is_ours(a)))
 
     # -- inbound ------------------------------------------------------------------------------
 

@@ -826,6 +826,14 @@ def test_a_bcc_recipient_of_agent_mail_is_a_participant(harness: Any) -> None:
     assert dana.one("X-Case-Sender") == "unknown"
 
 
+def test_an_unqualified_envelope_recipient_is_no_participant(harness: Any) -> None:
+    """`RCPT TO:<postmaster>` (no domain: RFC 5321 §4.1.1.3 lets it in) names nobody."""
+    out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Outage notice"),
+                           rcpts=(CUSTOMER_ADDR, "<postmaster>"))
+    assert harness.index.find(AliasKind.PARTICIPANT, f"{out.case_id} postmaster") is None
+    assert harness.index.find(AliasKind.PARTICIPANT, f"{out.case_id} {CUSTOMER_ADDR}")
+
+
 @pytest.mark.parametrize("direction", ["outbound", "inbound"])
 def test_participants_past_the_cap_are_noted(harness: Any, direction: str) -> None:
     """At most 50 people a message become participants: the log line says when some were
