@@ -31,7 +31,7 @@ from .core.store import CaseIndex
 from .core.token import MAX_KEY_ID, Keyring
 from .engine import Engine
 from .index import CaseIndexError, LmdbIndex, MemoryIndex, index_exists, maintenance, open_index
-from .index.errors import known_cause
+from .index.errors import known_cause, os_problem
 from .index.overlay_index import OverlayIndex
 from .keyfile import (
     DEFAULT_KEY_NAME,
@@ -737,8 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"casethread: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CaseIndexError, KeyFileError, OSError) as exc:
+    except (CaseIndexError, KeyFileError) as exc:
         print(f"casethread: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:  # a file we may not read: `FILE: Permission denied`
+        print(f"casethread: {os_problem(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
 
 

@@ -5,11 +5,14 @@ through the index API)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +133,61 @@ def test_stats_without_an_index_fails_and_creates_none(cli: Cli) -> None:
     assert p.returncode == 1
     assert b"no case index" in p.stderr
     assert not cli.index.exists()
+
+
+@pytest.fixture
+def shut_out(casethread_bin: Path) -> Iterator[tuple[Path, Callable[..., str]]]:
+    """An index of one case (0700, with its token.key) and a runner of `casethread ARGS` by a
+    user who may not look into it: `nobody` when we are root (root reads everything), else
+    ourselves with the directory at mode 0. Returns the runner's stderr (exit status 1)."""
+    top = Path(tempfile.mkdtemp(prefix="casethread-shut-out-", dir="/tmp"))
+    top.chmod(0o755)
+    index = top / "index"
+    opened = LmdbIndex(index, 1 << 20)
+    opened.create_case(now=int(time.time()))
+    opened.close()
+    (index / "token.key").write_bytes(b"")
+    config = top / "c.yaml"
+    config.write_text(f"index:\n  path: {index}\n")
+    config.chmod(0o644)
+    root = os.geteuid() == 0
+
+    def run(*args: str) -> str:
+        p = subprocess.run(
+            [str(casethread_bin), *args, "--config", str(config)], capture_output=True,
+            text=True, cwd=top, timeout=60, check=False, user=65534 if root else None,
+        )
+        assert p.returncode == 1, (args, p.stdout, p.stderr)
+        return p.stderr
+
+    if not root:
+        index.chmod(0)
+    try:
+        yield index, run
+    finally:
+        index.chmod(0o700)
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("command", [
+    ["stats"], ["export"], ["lookup", "--case", "1"], ["case", "show", "1"],
+    ["prune", "--older-than", "30"], ["backup", "/tmp/nowhere"],
+])
+def test_an_index_the_user_may_not_read_is_named_as_such(
+    shut_out: tuple[Path, Callable[..., str]], command: list[str]
+) -> None:
+    """Not "no case index at PATH", which sends the operator looking for a lost index; nor
+    check-config's `[Errno 13] Permission denied: '.../token.key'`."""
+    index, run = shut_out
+    assert run(*command) == f"casethread: cannot open case index {index}: Permission denied\n"
+    assert not Path("/tmp/nowhere").exists()
+
+
+def test_check_config_names_the_key_file_it_may_not_read(
+    shut_out: tuple[Path, Callable[..., str]]
+) -> None:
+    index, run = shut_out
+    assert run("check-config") == f"casethread: {index / 'token.key'}: Permission denied\n"
 
 
 def test_a_restored_backup_on_a_full_disk_is_refused_not_a_crash(

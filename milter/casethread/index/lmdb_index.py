@@ -618,7 +618,17 @@ class LmdbIndex:
 
     @staticmethod
     def exists(path: str | os.PathLike[str]) -> bool:
-        return os.path.exists(os.path.join(path, "data.mdb"))
+        """Whether `path` holds an index. A directory this user may not look into raises: it
+        is no missing index, and "no case index" would send the operator the wrong way."""
+        try:
+            os.stat(os.path.join(path, "data.mdb"))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"cannot open case index {os.fspath(path)}: {exc.strerror or exc}"
+            ) from exc
+        return True
 
     @staticmethod
     def held_cases(path: str | os.PathLike[str]) -> int:
