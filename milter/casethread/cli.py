@@ -75,9 +75,10 @@ examples:
   casethread check-config --config /etc/casethread/casethread.yaml
 
 Checks what `serve` checks at start: the YAML (one line naming file, line, key and problem),
+the index's schema version (read without a lock, so it works as any user who may read it),
 the token key files (missing, readable by others, two with one id; INDEX/token.key missing
 beside an index that holds cases) and milter.socket_group.
-exit status: 0 OK; 1 a key file problem; 2 a configuration error
+exit status: 0 OK; 1 an index or key file problem; 2 a configuration error
 """
 
 FILTER_EPILOG = """\
@@ -115,12 +116,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     # What `serve` would refuse at start, so a reload checked by this fails too: the socket's
-    # group and the token key files (a missing one, loose permissions, two with one id).
+    # group, an index of another schema and the token key files (a missing one, loose
+    # permissions, two with one id).
     if settings.milter.socket_group is not None:
         group_id(settings.milter.socket_group)
+    held = index_exists(settings)
+    if held:
+        LmdbIndex.check_schema(settings.index.path)
     if settings.tokens.keys or _default_key(settings).exists():
         keyring_for(settings, create=False)
-    elif index_exists(settings):
+    elif held:
         # serve would make a key; right only for an index without cases.
         check_default_key_kept(settings.index.path, LmdbIndex.held_cases(settings.index.path))
     print("OK")

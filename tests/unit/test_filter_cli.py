@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from casethread.cli import build_parser
 from casethread.core import thread_index
 from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.message import parse_raw
+from casethread.index import LmdbIndex, SchemaMismatch
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SUBJECT = b"Subject: Your printer question"
@@ -442,3 +444,27 @@ def test_a_message_the_milter_refuses_is_not_printed(run_filter: Any) -> None:
     assert (p.returncode, p.stdout) == (3, b"")
     err = p.stderr.decode()
     assert "refused" in err and f"at most {MAX_OWN_FIELDS}" in err
+
+
+@pytest.mark.parametrize("schema", [b"1", b"3"])
+def test_check_config_refuses_an_index_of_another_schema(
+    run_filter: Any, casethread_bin: Path, tmp_path: Path, schema: bytes
+) -> None:
+    """As `serve` refuses it at start, with the same line, and without making a lock.mdb
+    (check-config may run as root)."""
+    assert run_filter("--direction", "outbound", str(DATA / "agent-first.eml")).returncode == 0
+    index = tmp_path / "index"
+    env = lmdb.open(str(index), max_dbs=5)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", schema, db=env.open_db(b"meta", txn=txn))
+    env.close()
+    (index / "lock.mdb").unlink()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {index}\n")
+    check = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert not (index / "lock.mdb").exists()
+    with pytest.raises(SchemaMismatch) as refused:
+        LmdbIndex(index, 1 << 20)
+    assert f"schema version {schema.decode()}" in str(refused.value)
+    assert (check.returncode, check.stdout, check.stderr) == (
+        1, "", f"casethread: {refused.value}\n")

@@ -360,18 +360,22 @@ def _open_env(path: str, map_size: int, max_map_size: int | None, sync: bool) ->
             if raw is None:
                 txn.put(META_SCHEMA, str(SCHEMA_VERSION).encode(), db=shared.meta)
             elif raw != str(SCHEMA_VERSION).encode():
-                found = raw.decode(errors="replace")
-                older = found.isdigit() and int(found) < SCHEMA_VERSION
-                raise SchemaMismatch(
-                    f"case index {path} has schema version {found}; this casethread reads "
-                    f"version {SCHEMA_VERSION}: "
-                    + ("export it with the casethread that wrote it and import it here (README, "
-                       "Upgrading)" if older else "use a newer casethread")
-                )
+                raise _schema_mismatch(path, raw)
     except BaseException:
         env.close()
         raise
     return shared
+
+
+def _schema_mismatch(path: str, raw: bytes) -> SchemaMismatch:
+    found = raw.decode(errors="replace")
+    older = found.isdigit() and int(found) < SCHEMA_VERSION
+    return SchemaMismatch(
+        f"case index {path} has schema version {found}; this casethread reads "
+        f"version {SCHEMA_VERSION}: "
+        + ("export it with the casethread that wrote it and import it here (README, "
+           "Upgrading)" if older else "use a newer casethread")
+    )
 
 
 def _reserve_lock_file(path: str) -> None:
@@ -411,16 +415,41 @@ def _check_complete(env: lmdb.Environment, path: str) -> None:
         )
 
 
-def _count_cases(path: str) -> int:
+@dataclass(frozen=True)
+class _Peek:
+    """What `check-config` reads of an index: its schema (None: not yet written) and cases."""
+
+    schema: bytes | None = None
+    cases: int = 0
+
+
+def _peek(path: str) -> _Peek:
+    """Read the schema and case count without a lock file: `check-config` run as root must
+    leave nothing in the directory that the milter's user cannot open (a root-owned lock.mdb
+    stopped `serve`). Without the lock a writer may reuse a page under us: a read that fails
+    so is tried once more."""
+    if os.path.getsize(os.path.join(path, "data.mdb")) == 0:
+        return _Peek()  # LMDB sets up an empty file on first open, as serve would
+    error: lmdb.Error | None = None
+    for _ in range(2):
+        try:
+            return _read_unlocked(path)
+        except lmdb.Error as exc:
+            error = exc
+    raise CaseIndexError(f"case index {path}: {error}")
+
+
+def _read_unlocked(path: str) -> _Peek:
     env = lmdb.open(path, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
     try:
         _check_complete(env, path)  # a partial restore: no SIGBUS on a missing page
         with env.begin() as txn:
             try:
-                db = env.open_db(b"cases", txn=txn, create=False)
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                cases = env.open_db(b"cases", txn=txn, create=False)
             except lmdb.NotFoundError:
-                return 0
-            return int(txn.stat(db)["entries"])
+                return _Peek()
+            return _Peek(txn.get(META_SCHEMA, db=meta), int(txn.stat(cases)["entries"]))
     finally:
         env.close()
 
@@ -632,20 +661,16 @@ class LmdbIndex:
 
     @staticmethod
     def held_cases(path: str | os.PathLike[str]) -> int:
-        """How many cases the index at `path` holds, read without a lock file: `check-config`
-        run as root must leave nothing in the directory that the milter's user cannot open
-        (a root-owned lock.mdb stopped `serve`). Without the lock a writer may reuse a page
-        under us: a read that fails so is tried once more."""
-        where = os.fspath(path)
-        if os.path.getsize(os.path.join(where, "data.mdb")) == 0:
-            return 0  # LMDB sets up an empty file on first open, as serve would
-        error: lmdb.Error | None = None
-        for _ in range(2):
-            try:
-                return _count_cases(where)
-            except lmdb.Error as exc:
-                error = exc
-        raise CaseIndexError(f"case index {where}: {error}")
+        """How many cases the index at `path` holds, read without a lock file (`_peek`)."""
+        return _peek(os.fspath(path)).cases
+
+    @staticmethod
+    def check_schema(path: str | os.PathLike[str]) -> None:
+        """Raise the SchemaMismatch opening the index would, read without a lock file."""
+        where = os.path.realpath(path)  # as `serve` names it
+        schema = _peek(where).schema
+        if schema is not None and schema != str(SCHEMA_VERSION).encode():
+            raise _schema_mismatch(where, schema)
 
     def _live(self) -> SharedEnv:
         shared = self._shared
