@@ -450,7 +450,9 @@ examples:
 
 Counts records per kind, shows the schema version, the last case number, the size of data.mdb,
 and how full the LMDB map is (it grows by itself, doubling, up to index.max_map_size: by
-default the larger of 16 x index.map_size and 64 GiB), and the reader slots: active ones, and
+default the larger of 16 x index.map_size and 64 GiB): "used" is the high-water mark of the
+file, which a prune does not lower (freed pages are reused first); "live data" is what the
+records take now; `backup` writes a compacted copy. Then the reader slots: active ones, and
 those of dead processes (their snapshots keep freed space from reuse; opening the index clears
 them, and says so).
 {OPS_EXIT}

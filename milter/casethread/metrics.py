@@ -227,9 +227,16 @@ def lmdb_file_bytes(index: LmdbIndex) -> int:
 
 
 def lmdb_map_used_ratio(index: LmdbIndex) -> float:
-    """Pages in use over the map (the map doubles by itself when full, up to its ceiling)."""
+    """The file's high-water mark over the map (the map doubles by itself when full, up to
+    its ceiling). A prune does not lower it: freed pages are reused first."""
     info = index.map_info()
     return float((info["last_pgno"] + 1) * info["psize"] / info["map_size"])
+
+
+def lmdb_live_ratio(index: LmdbIndex) -> float:
+    """Pages of live data over the map: what the records take now (falls after a prune)."""
+    info = index.map_info()
+    return float(info["live_pages"] * info["psize"] / info["map_size"])
 
 
 # --------------------------------------------------------------------------- casethread's metrics
@@ -286,9 +293,15 @@ class Metrics:
             )
             self.registry.gauge(
                 "casethread_index_map_used_ratio",
-                "Share of the index's current map in use (it doubles when full, up to "
-                "index.max_map_size).",
+                "Share of the index's current map up to its high-water mark (it doubles when "
+                "full, up to index.max_map_size; a prune does not lower it).",
                 lambda: lmdb_map_used_ratio(lmdb_index),
+            )
+            self.registry.gauge(
+                "casethread_index_live_ratio",
+                "Share of the index's current map that live records take (at most "
+                "casethread_index_map_used_ratio; the difference is free pages, reused first).",
+                lambda: lmdb_live_ratio(lmdb_index),
             )
         # The last case number only grows: a counter, so rate() gives new cases per second.
         self.registry.gauge(

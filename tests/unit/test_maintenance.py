@@ -316,6 +316,29 @@ def test_prune_keeps_a_record_refreshed_since(index: LmdbIndex) -> None:
     assert hit is not None and hit.recorded == RECENT
 
 
+def test_stats_after_a_prune_show_the_high_water_mark_and_the_live_data(tmp_path: Path) -> None:
+    """A prune frees pages but the file keeps its size: `used` stays, `live` falls, and
+    only a compacted copy (backup) brings `used` down."""
+    index = LmdbIndex(tmp_path / "index", MAP_SIZE)
+    try:
+        case = index.create_case(now=OLD)
+        index.record([Alias(AliasKind.MESSAGE, f"<old-{n}@example.org>", case.case_id)
+                      for n in range(20_000)], now=OLD)
+        before = maintenance.stats(index)
+        maintenance.prune(index, 365 * DAY, WINDOW, now=NOW)
+        after = maintenance.stats(index)
+        assert after["map_used_bytes"] >= before["map_used_bytes"]  # copy-on-write
+        assert after["live_bytes"] < before["live_bytes"] / 10
+        assert after["live_percent"] == round(100 * after["live_bytes"] / MAP_SIZE, 1)
+        assert (f"({after['map_used_percent']}%, high-water mark), live data "
+                f"{maintenance.human_size(after['live_bytes'])} ({after['live_percent']}%)"
+                ) in maintenance.format_stats(after)
+        done = maintenance.backup(index, tmp_path / "backup")
+        assert done.data_bytes < after["map_used_bytes"] / 10
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("batch", [1, 2, 10])
 def test_prune_deletes_up_to_the_last_entry_of_a_table(tmp_path: Path, batch: int) -> None:
     index = LmdbIndex(tmp_path / "index", MAP_SIZE)

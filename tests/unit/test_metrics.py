@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from casethread.core.decision import Decision
-from casethread.core.model import Direction
+from casethread.core.model import Alias, AliasKind, Direction
 from casethread.core.stamp import Splice
-from casethread.index import LmdbIndex, MemoryIndex
+from casethread.index import LmdbIndex, MemoryIndex, maintenance
 from casethread.metrics import (
     CONTENT_TYPE,
     EOM_BUCKETS,
@@ -319,6 +319,29 @@ def test_lmdb_gauges_read_the_index_at_scrape_time(tmp_path: Path) -> None:
     assert expo.get("casethread_cases_total") is None
     assert expo.get("casethread_index_map_used_ratio") is None
     assert expo.get("casethread_body_stamped_total") == 0
+
+
+def test_the_live_ratio_falls_after_a_prune_while_the_used_ratio_stays(tmp_path: Path) -> None:
+    """used_ratio is the file's high-water mark: after a prune only live_ratio tells how much
+    room the records take."""
+    index = LmdbIndex(tmp_path / "idx", 16 << 20)
+    try:
+        metrics = Metrics(index)
+        case = index.create_case(1_700_000_000)
+        index.record([Alias(AliasKind.MESSAGE, f"<m{n}@example.org>", case.case_id)
+                      for n in range(20_000)], now=1_700_000_000)
+        before = parse(metrics.render())
+        maintenance.prune(index, 86400, 3600, now=1_800_000_000)
+        after = parse(metrics.render())
+    finally:
+        index.close()
+    assert after.types["casethread_index_live_ratio"] == "gauge"
+    used, used_before = (expo.get("casethread_index_map_used_ratio") for expo in (after, before))
+    assert used is not None and used_before is not None and used >= used_before
+    live_before = before.get("casethread_index_live_ratio")
+    live = after.get("casethread_index_live_ratio")
+    assert live_before is not None and live is not None
+    assert live < live_before / 10 and live_before <= used_before
 
 
 def test_memory_index_has_only_the_case_count() -> None:

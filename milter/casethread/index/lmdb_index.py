@@ -626,6 +626,18 @@ def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
     return current.count
 
 
+def _tree_pages(txn: lmdb.Transaction[bytes], db: SharedEnv) -> int:
+    """Pages holding live data: every B-tree's, from LMDB's per-database stats. The rest up
+    to `last_pgno` is free pages (freed by deletes such as `prune`), reused before the file
+    grows; only a compacted copy (`casethread backup`) gives them back."""
+    stats = [txn.stat(d) for d in (db.aliases, db.cases, db.numbers, db.counters, db.meta)]
+    stats.append(db.env.stat())  # the main tree, which names the others
+    return sum(
+        int(st["branch_pages"]) + int(st["leaf_pages"]) + int(st["overflow_pages"])
+        for st in stats
+    )
+
+
 class LmdbIndex:
     def __init__(
         self,
@@ -778,15 +790,18 @@ class LmdbIndex:
         return self._write(body)
 
     def map_info(self) -> dict[str, Any]:
-        """Map size and use, page size and reader slots (refreshed by a transaction first,
-        so a map grown by another process shows its new size)."""
-        with self._txn() as (_txn, shared):
+        """Map size, its high-water mark (`last_pgno`) and live pages, page size and reader
+        slots (refreshed by a transaction first, so a map grown by another process shows its
+        new size)."""
+        with self._txn() as (txn, shared):
             info = shared.env.info()
             stat = shared.env.stat()
+            live = _tree_pages(txn, shared)
         return {
             "map_size": int(info["map_size"]),
             "max_map_size": shared.max_map_size,
             "last_pgno": int(info["last_pgno"]),
+            "live_pages": live,
             "psize": int(stat["psize"]),
             "num_readers": int(info["num_readers"]),
             "max_readers": int(info["max_readers"]),

@@ -111,15 +111,6 @@ def _record_counts(txn: Txn, db: SharedEnv) -> dict[str, Any]:
     }
 
 
-def _tree_pages(txn: Txn, db: SharedEnv) -> int:
-    pages = 0
-    stats = [txn.stat(d) for d in (db.aliases, db.cases, db.numbers, db.counters, db.meta)]
-    stats.append(db.env.stat())  # the main tree, which names the others
-    for st in stats:
-        pages += int(st["branch_pages"]) + int(st["leaf_pages"]) + int(st["overflow_pages"])
-    return pages
-
-
 def _reader_slots(env: lmdb.Environment) -> tuple[int, int]:
     """(slots in a read transaction, slots of processes that no longer exist) from LMDB's
     reader table: a header line, then `pid thread txnid` per slot in use ("-": no
@@ -150,7 +141,6 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
     """Records per kind, schema, last case number, file and map usage, reader slots."""
     with index.reading() as (txn, db):
         result = _record_counts(txn, db)
-        live_pages = _tree_pages(txn, db)
         # Inside the gate: py-lmdb fails env calls made while another thread resizes the map.
         readers, dead = _reader_slots(db.env)
         readers -= 1  # not counting this snapshot
@@ -158,16 +148,20 @@ def stats(index: LmdbIndex) -> dict[str, Any]:
     psize = info["psize"]
     data = Path(index.path, "data.mdb").stat()
     used = (info["last_pgno"] + 1) * psize
+    live = info["live_pages"] * psize
     result.update(
         index=index.path,
         file_bytes=data.st_size,
         disk_bytes=data.st_blocks * 512,
         map_size=info["map_size"],
         map_max_size=info["max_map_size"],
-        # The high-water mark of the file: what must fit in the map (freed pages are reused).
+        # The high-water mark of the file: what must fit in the map. A prune does not lower
+        # it (freed pages are reused first); a compacted copy (`backup`) does.
         map_used_bytes=used,
         map_used_percent=round(100.0 * used / info["map_size"], 1),
-        live_bytes=live_pages * psize,
+        # What the data takes now: the pages of the B-trees.
+        live_bytes=live,
+        live_percent=round(100.0 * live / info["map_size"], 1),
         page_size=psize,
         readers_active=readers,
         reader_slots=info["num_readers"],
@@ -804,8 +798,8 @@ def format_stats(data: dict[str, Any]) -> str:
         f"data.mdb: {human_size(data['file_bytes'])} "
         f"({human_size(data['disk_bytes'])} on disk)",
         f"map: {human_size(data['map_size'])}, grows up to {human_size(data['map_max_size'])}; "
-        f"used {human_size(data['map_used_bytes'])} ({data['map_used_percent']}%), "
-        f"live data {human_size(data['live_bytes'])}",
+        f"used {human_size(data['map_used_bytes'])} ({data['map_used_percent']}%, high-water "
+        f"mark), live data {human_size(data['live_bytes'])} ({data['live_percent']}%)",
         f"readers: {data['readers_active']} active, {data['reader_slots']} slots used of "
         f"{data['max_readers']}, {data['reader_slots_dead']} of dead processes"
         + (f" ({data['reader_slots_cleared']} cleared when this command opened the index)"
