@@ -32,6 +32,7 @@ from .core.token import MAX_KEY_ID, Keyring
 from .engine import Engine
 from .index import CaseIndexError, LmdbIndex, MemoryIndex, index_exists, maintenance, open_index
 from .index.errors import known_cause, os_problem
+from .index.keys import MAX_NUMBER
 from .index.overlay_index import OverlayIndex
 from .keyfile import (
     DEFAULT_KEY_NAME,
@@ -242,6 +243,7 @@ examples:
   casethread case merge C-000124 C-000123
   casethread case split C-000123 C-000130 --create 1
   casethread case parent C-000140 C-000123
+  casethread case counter 1500
 {CASE_EXIT}
 """
 
@@ -371,6 +373,26 @@ def cmd_case_parent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_case_counter(args: argparse.Namespace) -> int:
+    with _lmdb_index(_settings(args)) as index:
+        before, after = maintenance.raise_counter(index, args.number)
+    text = (f"case counter: {before} -> {after}: the next case is number {after + 1}"
+            if after != before else
+            f"case counter: {before}, already at least {args.number}: unchanged")
+    _emit(args, {"before": before, "after": after, "next": after + 1}, text)
+    return EXIT_OK
+
+
+def _case_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"a case number is 1..{MAX_NUMBER}, not {value}")
+    return value
+
+
 def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
     actions = case_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -420,6 +442,13 @@ def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
     a.add_argument("--clear", action="store_true", help="remove the parent link")
     a.set_defaults(func=cmd_case_parent)
 
+    a = action("counter", "raise the last case number handed out to at least N, before "
+               "starting the milter on a restored index (README: Restore); never lowers it",
+               "casethread case counter 1500 --json")
+    a.add_argument("number", type=_case_number, metavar="N",
+                   help="a number at least as high as any case number already in mail")
+    a.set_defaults(func=cmd_case_counter)
+
 
 def _key_id(text: str) -> int:
     try:
@@ -465,7 +494,9 @@ examples:
 A consistent, compacted copy taken while the milter runs, in a new directory (mode 0700) with
 the index's token.key (mode 0600): without the key, tokens in mail will not verify against the
 backup. Key files configured under tokens.keys live elsewhere: back them up too. To restore,
-stop the milter and put data.mdb and token.key into the index directory.
+stop the milter, put data.mdb and token.key into the index directory and raise the case
+counter past every number handed out since the backup (`casethread case counter N`; README:
+Restore): tokens in mail sent since name those numbers.
 {OPS_EXIT}
 """
 
@@ -678,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the case as one JSON object")
     p.set_defaults(func=cmd_lookup)
 
-    p = command("case", "show a case or change it: show, set-state, merge, split, parent")
+    p = command("case", "show a case or change it: show, set-state, merge, split, parent; "
+                "counter raises the case counter")
     p.epilog, p.formatter_class = CASE_EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("--index", metavar="DIR", help="index directory")
     _add_case_actions(p)

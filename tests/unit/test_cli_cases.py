@@ -193,6 +193,43 @@ def test_works_while_another_process_holds_the_index(cli: Cli, sent: list[Sent])
         held.close()
 
 
+# --- counter ------------------------------------------------------------------------------------
+
+
+def test_counter_after_a_restore_skips_the_numbers_of_the_lost_period(
+    cli: Cli, sent: list[Sent], tmp_path: Path
+) -> None:
+    """A backup restored after C-000004 and C-000005 were handed out: without raising the
+    counter, the next new cases would be numbered 4 and 5 again, and the tokens in mail sent
+    for the lost cases would name them. Raised while another process holds the index."""
+    cli.ok("backup", str(tmp_path / "backup"))
+    assert [cli.send(n).case_id for n in (4, 5)] == ["C-000004", "C-000005"]
+    for name in ("data.mdb", "lock.mdb"):
+        (cli.index / name).unlink()
+    (tmp_path / "backup" / "data.mdb").rename(cli.index / "data.mdb")
+    held = LmdbIndex(cli.index, 1 << 30)  # the milter, running
+    try:
+        assert held.last_number() == 3
+        assert cli.ok("case", "counter", "105").stdout == (
+            "case counter: 3 -> 105: the next case is number 106\n")
+        assert held.last_number() == 105
+    finally:
+        held.close()
+    # Never lowered; --json as the other case commands.
+    assert cli.json("case", "counter", "50") == {"before": 105, "after": 105, "next": 106}
+    assert "unchanged" in cli.ok("case", "counter", "105").stdout
+    assert cli.send(6).case_id == "C-000106"
+    assert cli.json("stats")["last_number"] == 106
+
+
+@pytest.mark.parametrize("number", ["0", "-1", "many", str(2**64)])
+def test_counter_refuses_what_is_no_case_number(cli: Cli, sent: list[Sent], number: str) -> None:
+    p = cli("case", "counter", number)
+    assert p.returncode == 2
+    assert "a case number is 1..18446744073709551615" in p.stderr or "not a number" in p.stderr
+    assert cli.json("stats")["last_number"] == 3
+
+
 # --- merge --------------------------------------------------------------------------------------
 
 
@@ -397,7 +434,7 @@ def test_keygen_key_is_used_for_tokens(cli: Cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [
     ["lookup"], ["case"], ["case", "show"], ["case", "set-state"], ["case", "merge"],
-    ["case", "split"], ["case", "parent"], ["keygen"],
+    ["case", "split"], ["case", "parent"], ["case", "counter"], ["keygen"],
 ])
 def test_help_has_examples(cli: Cli, command: list[str]) -> None:
     p = cli.run(*command, "--help")

@@ -171,7 +171,8 @@ def shut_out(casethread_bin: Path) -> Iterator[tuple[Path, Callable[..., str]]]:
 
 @pytest.mark.parametrize("command", [
     ["stats"], ["export"], ["lookup", "--case", "1"], ["case", "show", "1"],
-    ["prune", "--older-than", "30"], ["backup", "/tmp/nowhere"], ["check-config"],
+    ["case", "counter", "5"], ["prune", "--older-than", "30"], ["backup", "/tmp/nowhere"],
+    ["check-config"],
 ])
 def test_an_index_the_user_may_not_read_is_named_as_such(
     shut_out: tuple[Path, Callable[..., str]], command: list[str]

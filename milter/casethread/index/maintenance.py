@@ -760,17 +760,27 @@ def import_lines(
                 flush()
     if pending:
         flush()
-    top = max([parsed.counter or 0, *parsed.numbers])
+    _before, last = raise_counter(index, max([parsed.counter or 0, *parsed.numbers]))
+    return ImportResult(dict(parsed.lines), written, kept, last, transactions + 1)
 
-    def set_counter(txn: Txn, db: SharedEnv) -> int:
+
+# --- the case counter ------------------------------------------------------------------------
+
+
+def raise_counter(index: LmdbIndex, at_least: int) -> tuple[int, int]:
+    """Make the last case number handed out at least `at_least`, never lower: (before, after).
+
+    After a restore, numbers the lost period handed out must not be handed out again (tokens
+    in mail sent then name them). One write transaction: safe while the milter runs.
+    """
+    def body(txn: Txn, db: SharedEnv) -> tuple[int, int]:
         raw = txn.get(META_COUNTER, db=db.meta)
         current = 0 if raw is None else int(keys.NUMBER.unpack(raw)[0])
-        if top > current:
-            txn.put(META_COUNTER, keys.NUMBER.pack(max(top, current)), db=db.meta)
-        return max(top, current)
+        if at_least > current:
+            txn.put(META_COUNTER, keys.NUMBER.pack(at_least), db=db.meta)
+        return current, max(current, at_least)
 
-    last = index.writing(set_counter)
-    return ImportResult(dict(parsed.lines), written, kept, last, transactions + 1)
+    return index.writing(body)
 
 
 # --- text output -----------------------------------------------------------------------------
