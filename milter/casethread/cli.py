@@ -505,10 +505,14 @@ examples:
   casethread prune --older-than 365 --dry-run
   casethread prune --older-than 365
 
-Deletes Message-ID and subject records last seen more than DAYS days ago, and flood counters
+Deletes Message-ID and subject records written more than DAYS days ago (when the mail was
+first recorded: later mail that refers to it does not renew a record), and flood counters
 whose window has passed. Cases, case numbers, thread roots, external references and
-participants stay: replies after that still thread by their token. Runs in batches of 10,000
-deletes per transaction, so the milter is never blocked for long.
+participants stay: replies after that still thread by a token (Subject, body, References
+anchor), an Outlook Thread-Index or a case reference from a participant, but no longer by
+In-Reply-To or References alone (README: Operations). Runs in batches of 10,000 deletes per
+transaction, so the milter is never blocked for long. The file does not shrink: freed pages
+are reused (`stats`: live data); `backup` writes a compacted copy.
 {OPS_EXIT}
 """
 
@@ -741,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ops_command("prune", "delete Message-ID records older than DAYS; cases stay",
                     PRUNE_EPILOG)
     p.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
-                   help="records last seen more than DAYS days ago go")
+                   help="records written (first recorded) more than DAYS days ago go")
     p.add_argument("--dry-run", action="store_true", help="only count what would go")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_prune)

@@ -21,7 +21,7 @@ import pytest
 
 from casethread.core.message import parse_raw
 from casethread.core.model import Alias, AliasKind
-from casethread.index import LmdbIndex
+from casethread.index import LmdbIndex, maintenance
 from casethread.index import keys as index_keys
 from casethread.index.lmdb_index import LOCK_FILE_SIZE, MAX_READERS
 
@@ -376,6 +376,38 @@ def test_prune_dry_run_then_real(cli: Cli, filled: list[dict[str, str]]) -> None
     assert cli.json("lookup", "--message-id", filled[2]["message-id"])["case_id"] == (
         filled[2]["x-case-id"])
     assert cli.json("prune", "--older-than", "365")["deleted_total"] == 0
+
+
+def test_what_threads_once_the_message_ids_are_pruned(cli: Cli) -> None:
+    """README (prune): a reply naming our mail only by In-Reply-To opens a new case once the
+    Message-ID record is gone; a token in the Subject still threads."""
+    sent = cli.send(1)
+    index = LmdbIndex(cli.index, 1 << 30)
+    try:
+        later = int(time.time()) + 400 * DAY
+        assert maintenance.prune(index, 365 * DAY, 3600, now=later).deleted["message"] == 1
+    finally:
+        index.close()
+    assert cli.reply(1, sent["message-id"])["x-case-id"] != sent["x-case-id"]
+    tagged = cli.filter("inbound", (
+        "From: Customer 1 <c1@customer.example.org>\n"
+        "To: support@example.com\n"
+        f"Subject: Re: {sent['subject']}\n"
+        "Message-ID: <reply-tagged@customer.example.org>\n"
+        "\n"
+        "Thanks.\n"
+    ))
+    assert tagged["x-case-id"] == sent["x-case-id"]
+
+
+def test_prune_help_says_records_age_from_when_they_were_written(cli: Cli) -> None:
+    """Not "last seen": later mail that refers to a Message-ID does not renew its record."""
+    text = " ".join(subprocess.run(
+        [str(cli.exe), "prune", "--help"], capture_output=True, text=True, check=True,
+    ).stdout.split())
+    assert "last seen" not in text
+    assert "records written (first recorded) more than DAYS days ago go" in text
+    assert "later mail that refers to it does not renew a record" in text
 
 
 @pytest.mark.parametrize("days", ["0", "-3", "soon"])

@@ -7,7 +7,8 @@ for one batch at most.
 
 Retention (`prune`): MESSAGE and SUBJECT aliases expire. Message-IDs name one mail each and are
 the bulk of the index; a reply after the retention period still threads by its token (which
-verifies without the index) or its signed References anchor. Subjects matter only within
+verifies without the index) or its signed References anchor, but no longer by In-Reply-To or
+References alone. Subjects matter only within
 `inbound.subject_match.window`. Cases, case numbers (tokens resolve through them), thread roots,
 external references and participants survive: there are few of them per case and they are how
 a late reply still finds its case. Flood counters whose window has passed go too.
@@ -366,7 +367,8 @@ def prune(
     batch: int = BATCH,
     pause: float = 0.0,
 ) -> PruneResult:
-    """Delete MESSAGE and SUBJECT aliases last recorded more than `older_than` seconds ago,
+    """Delete MESSAGE and SUBJECT aliases written more than `older_than` seconds ago (when
+    their mail was recorded: mail that later refers to it does not renew them),
     and flood counters whose `counter_window` has passed. Everything else survives."""
     if older_than < 0:
         raise ValueError("older_than must not be negative")
