@@ -535,10 +535,12 @@ examples:
 Reads what `casethread export` wrote ('-' reads stdin). The whole file is checked before
 anything is written. A non-empty index is refused unless --merge (then the newer record wins,
 and a case id or number that would name two different cases refuses the import: a case is
-the same case when its id, number and opening time agree, so another index's C-000001 is
-refused). An export of
-index schema 1 imports too, its alias keys re-keyed (README: Upgrading). Bring the
-old token.key along (or configure tokens.keys), or tokens in earlier mail will not verify.
+the same case when its id, number and opening time (to the second) agree, and its Outlook
+root when both have one, so another index's C-000001 is refused, unless it was opened in the
+same second). An export of index schema 1 imports too, its alias keys re-keyed (README:
+Upgrading). Bring the old token.key along (or configure tokens.keys), or tokens in earlier
+mail will not verify. A meta line alone makes an index with its counter at that number (a
+lost index, README: Restore).
 {OPS_EXIT}
 """
 

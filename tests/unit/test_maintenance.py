@@ -529,6 +529,38 @@ def test_merge_refuses_a_clash(index: LmdbIndex, tmp_path: Path, case_id: str | 
         target.close()
 
 
+@pytest.mark.parametrize(
+    ("roots", "refused"),
+    [
+        # Opened in the same second on two indexes: only their Outlook roots tell them apart.
+        (("ab" * 22, "cd" * 22), True),
+        # One side without a root (a root is set when a case opens): nothing to compare.
+        (("ab" * 22, None), False),
+        (("ab" * 22, "ab" * 22), False),
+    ],
+)
+def test_merge_tells_cases_of_one_second_apart_by_their_outlook_root(
+    tmp_path: Path, roots: tuple[str | None, str | None], refused: bool
+) -> None:
+    here, there = (LmdbIndex(tmp_path / name, MAP_SIZE) for name in ("here", "there"))
+    try:
+        for index, root in zip((here, there), roots, strict=True):
+            index.create_case(now=NOW, thread_root=root)
+        data = export_bytes(there)
+        before = dump(tmp_path / "here")
+        if refused:
+            with pytest.raises(MaintenanceError, match=r"C-000001 has Outlook root .* two "
+                               r"different cases"):
+                maintenance.import_lines(here, source(data), merge=True)
+            assert dump(tmp_path / "here") == before
+        else:
+            maintenance.import_lines(here, source(data), merge=True)
+            assert maintenance.record_counts(here)["cases"] == 1
+    finally:
+        here.close()
+        there.close()
+
+
 META = b'{"type":"meta","schema":1,"counter":0}\n'
 
 

@@ -485,7 +485,10 @@ class _Put:
     value: bytes
     age: int  # compared on --merge: the newer record wins
     number: int = 0  # cases: their number, for the numbers table
-    created: int = 0  # cases: when opened; with the id, what tells one case from another
+    # Cases: when opened (to the second) and their Outlook root, if any: with the id, what
+    # tells one case from another.
+    created: int = 0
+    thread_root: str | None = None
 
 
 class BadImport(MaintenanceError):
@@ -533,7 +536,7 @@ def _parse_case(obj: dict[str, Any]) -> _Put:
         thread_root=_thread_root(obj.get("thread_root")),
     )
     return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number,
-                created)
+                created, record.thread_root)
 
 
 def _alias_key(kind: AliasKind, key: Any) -> bytes:
@@ -662,7 +665,9 @@ def _is_empty(txn: Txn, db: SharedEnv) -> bool:
 def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
     """Merging must not give one number two cases (tokens carry numbers), renumber a case or
     fold two cases that share an id into one: two indexes (a second MX's, one restored next to
-    a fresh one) number their cases alike, and only the opening time tells them apart."""
+    a fresh one) number their cases alike. The opening time (to the second) tells them apart,
+    and, when both have one, the customer's Outlook root: two cases opened in the same second
+    without different roots are taken for one."""
     found = []
     for case_id, item in parsed.cases.items():
         number = item.number
@@ -676,6 +681,11 @@ def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
             if held.created != item.created:
                 found.append(f"case {case_id} was opened at {held.created} here, at "
                              f"{item.created} in the file: two different cases")
+                continue
+            if None not in (held.thread_root, item.thread_root) and \
+                    held.thread_root != item.thread_root:
+                found.append(f"case {case_id} has Outlook root {held.thread_root} here, "
+                             f"{item.thread_root} in the file: two different cases")
                 continue
         owner = txn.get(keys.NUMBER.pack(number), db=db.numbers)
         if owner is not None and owner.decode("ascii") != case_id:
