@@ -20,14 +20,11 @@ import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 
 from .frozen import frozen
 from .message import Header, decode_bytes, encode_str, unfold
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 Data = bytes | mmap.mmap
 
@@ -52,14 +49,15 @@ def _encode_1252(text: str, errors: str = "strict") -> tuple[bytes, int]:
     return codecs.charmap_encode(text, errors, _WINDOWS_1252_ENCODING)
 
 
-def _decode_1252(data: ReadableBuffer, errors: str = "strict") -> tuple[str, int]:
+def _decode_1252(data: bytes, errors: str = "strict") -> tuple[str, int]:
     return codecs.charmap_decode(data, errors, _WINDOWS_1252_TABLE)
 
 
 def _windows_1252(name: str) -> codecs.CodecInfo | None:
     if name != _WINDOWS_1252.replace("-", "_"):  # lookup passes the name so normalised
         return None
-    return codecs.CodecInfo(_encode_1252, _decode_1252, name=_WINDOWS_1252)
+    # typeshed asks for any buffer (`collections.abc.Buffer`, Python 3.12): mail gives bytes.
+    return codecs.CodecInfo(_encode_1252, cast(Any, _decode_1252), name=_WINDOWS_1252)
 
 
 codecs.register(_windows_1252)
