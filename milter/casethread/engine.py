@@ -61,11 +61,9 @@ def _hex(root: bytes | None) -> str | None:
     return root.hex() if root is not None else None
 
 
-def _retried(attempt: int) -> list[str]:
-    if attempt == 1:
-        return []
-    return [f"decided again (attempt {attempt}): another message or the command line wrote "
-            "to its cases meanwhile"]
+def _retried(attempt: int) -> str:
+    return (f"decided again (attempt {attempt}): another message or the command line wrote "
+            "to its cases meanwhile")
 
 
 def _with_followup(followup: str, now: int) -> CaseChange:
@@ -146,8 +144,10 @@ class Engine:
 
     def process(self, msg: Message, direction: Direction | None = None) -> Decision:
         """Decide and record; raises on internal errors (the caller is the error boundary)."""
-        direction = self.classify(msg) if direction is None else self._unless_redirect(
-            msg, direction)
+        if direction is None:
+            direction = self.classify(msg)
+        elif direction is Direction.OUTBOUND:  # `filter --direction outbound`
+            direction = self._unless_redirect(msg, direction)
         refused = refusal(msg, self._names)
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
@@ -239,7 +239,8 @@ class Engine:
     def _inbound(self, msg: Message, attempt: int) -> Decision:
         now = int(self._clock())
         ev = self._resolver.evidence(msg, self.index, now)
-        ev.trace += _retried(attempt)
+        if attempt > 1:
+            ev.trace.append(_retried(attempt))
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         bumps = self._flood_bumps(ev.sender)
@@ -400,7 +401,8 @@ class Engine:
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
         notes += outbound.repeated_app_fields(msg, self._names)
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
-        trace += _retried(attempt)
+        if attempt > 1:
+            trace.append(_retried(attempt))
         new_case = recorded = False
         case: CaseRecord | None
         ev = self._resolver.evidence(msg, self.index, int(now))
