@@ -486,6 +486,13 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
                      [(case.case_id, lambda c: replace(c, updated=3))], expect=write_recorded)
     with pytest.raises(StaleDecision):
         index.create_case(now=3, bumps=[bump], expect=write_recorded)
+    # Found as the body writes that very alias, after its case change: still nothing written.
+    with pytest.raises(StaleDecision):
+        index.record([Alias(AliasKind.MESSAGE, "<seen@x>", case.case_id)], 3, [bump],
+                     [(case.case_id, lambda c: replace(c, updated=3))], expect=write_recorded)
+    with pytest.raises(StaleDecision):
+        index.create_case(now=3, bumps=[bump], expect=write_recorded, aliases=lambda n: [
+            Alias(AliasKind.MESSAGE, "<seen@x>", n.case_id)])
     assert index.case_for_message("<new@x>") is None and index.last_number() == 1
     assert index.get_case(case.case_id) == case
     assert index.next_count("flood p@x", now=4, window=HOUR) == 1

@@ -37,7 +37,14 @@ from typing import Any, NoReturn, TypeVar, cast
 import lmdb
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump, is_valid_case_id
-from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges, StaleDecision
+from ..core.store import (
+    CaseChange,
+    Expect,
+    NewCaseAliases,
+    NewCaseChanges,
+    StaleDecision,
+    unchanged,
+)
 from . import keys
 from .errors import (
     CaseIndexError,
@@ -585,12 +592,14 @@ class _Txn:
 
 
 def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
-                 change: CaseChange) -> CaseRecord | None:
+                 change: CaseChange, checked: _Checked | None = None) -> CaseRecord | None:
     """Apply `change` to a case inside a write transaction; None for an unknown case."""
     if not is_valid_case_id(case_id):
         return None
     key = case_id.encode()
     stored = txn.get(key, db=db.cases)
+    if checked is not None:
+        checked.case_read(case_id, stored)
     if stored is None:
         return None
     record, encoded = keys.apply_change(case_id, stored, change)
@@ -599,21 +608,68 @@ def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
     return record
 
 
-def _check(txn: lmdb.Transaction[bytes], db: SharedEnv, expect: Expect | None) -> None:
-    """Raise `StaleDecision` (before any write of the body) when `expect` no longer holds."""
+class _Checked:
+    """An `Expect` checked inside a write body for the price of the body's own reads: a case
+    the body changes as its change reads it, an alias the body writes as it writes it
+    (`put_alias`), only the rest (rarely any) by reads of their own (`check_rest`). Every
+    py-lmdb call releases the GIL, a hand-over to another session under load. Raising
+    `StaleDecision` anywhere in the body aborts its transaction: nothing is written."""
+
+    def __init__(self, expect: Expect, changed: set[str], written: set[bytes]) -> None:
+        self._cases = {case.case_id: case for case in expect.cases}
+        self._absent = {keys.alias_key(kind, key) for kind, key in expect.absent}
+        self._rest = Expect(
+            tuple(a for a in expect.absent if keys.alias_key(*a) not in written),
+            tuple(case for case in expect.cases if case.case_id not in changed))
+
+    def check_rest(self, txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
+        if not self._rest.absent and not self._rest.cases:
+            return
+        if not self._rest.holds(lambda kind, key: _case_named(txn, db, keys.alias_key(kind, key)),
+                                lambda case_id: _case(txn, db, case_id)):
+            raise StaleDecision("a concurrent write changed what this decision read")
+
+    def case_read(self, case_id: str, stored: bytes | None) -> None:
+        read = self._cases.pop(case_id, None)  # the first change of it reads it as decided
+        current = None if stored is None else keys.decode_case(case_id, stored)
+        if read is not None and not unchanged(read, current):
+            raise StaleDecision(f"case {case_id} changed since it was read")
+
+    def put_alias(self, txn: lmdb.Transaction[bytes], db: SharedEnv, key: bytes,
+                  value: bytes) -> None:
+        if key not in self._absent:
+            txn.put(key, value, db=db.aliases)
+        elif not txn.put(key, value, db=db.aliases, overwrite=False):
+            named = _case_named(txn, db, key)
+            if named is not None and _case(txn, db, named) is not None:
+                raise StaleDecision("an alias this decision found free names a case now")
+            txn.put(key, value, db=db.aliases)  # left by a case that is gone
+
+
+def _checked(expect: Expect | None, changes: Sequence[tuple[str, CaseChange]],
+             items: Sequence[tuple[bytes, bytes]]) -> _Checked | None:
     if expect is None:
-        return
+        return None
+    return _Checked(expect, {case_id for case_id, _ in changes}, {key for key, _ in items})
 
-    def current(case_id: str) -> CaseRecord | None:
-        raw = txn.get(case_id.encode(), db=db.cases) if is_valid_case_id(case_id) else None
-        return None if raw is None else keys.decode_case(case_id, raw)
 
-    def named(kind: AliasKind, key: str) -> str | None:
-        raw = txn.get(keys.alias_key(kind, key), db=db.aliases)
-        return None if raw is None else keys.decode_alias(raw).case_id
+def _put_aliases(txn: lmdb.Transaction[bytes], db: SharedEnv,
+                 items: Sequence[tuple[bytes, bytes]], checked: _Checked | None) -> None:
+    for key, value in items:
+        if checked is None:
+            txn.put(key, value, db=db.aliases)
+        else:
+            checked.put_alias(txn, db, key, value)
 
-    if not expect.holds(named, current):
-        raise StaleDecision("a concurrent write changed what this decision read")
+
+def _case_named(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes) -> str | None:
+    raw = txn.get(raw_key, db=db.aliases)
+    return None if raw is None else keys.decode_alias(raw).case_id
+
+
+def _case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str) -> CaseRecord | None:
+    raw = txn.get(case_id.encode(), db=db.cases) if is_valid_case_id(case_id) else None
+    return None if raw is None else keys.decode_case(case_id, raw)
 
 
 def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
@@ -873,7 +929,6 @@ class LmdbIndex:
                 return existing
 
         def create(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord:
-            _check(txn, db, expect)
             if case_id is not None:
                 raw = txn.get(case_id.encode(), db=db.cases)
                 if raw is not None:  # adopted by another thread or process meanwhile
@@ -886,16 +941,19 @@ class LmdbIndex:
             )
             record = keys.new_case(new_id, number, now, queue, thread_root)
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
+            others = list(changes(record)) if changes is not None else []
+            checked = _checked(expect, others, items)
+            if checked is not None:
+                checked.check_rest(txn, db)
             packed = keys.NUMBER.pack(number)
-            for key, value in items:
-                txn.put(key, value, db=db.aliases)
+            _put_aliases(txn, db, items, checked)
             for raw_key, window in counters:
                 _bump(txn, db, raw_key, now, window)
             txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)
-            for other, change in changes(record) if changes is not None else ():
-                _change_case(txn, db, other, change)
+            for other, change in others:
+                _change_case(txn, db, other, change, checked)
             return record
 
         return self._write(create)
@@ -921,14 +979,15 @@ class LmdbIndex:
 
         # One write transaction: one fsync for all of a message's writes.
         def put_all(txn: lmdb.Transaction[bytes], db: SharedEnv) -> dict[str, CaseRecord]:
-            _check(txn, db, expect)
+            checked = _checked(expect, changes, items)
+            if checked is not None:
+                checked.check_rest(txn, db)
             changed = {}
             for case_id, change in changes:
-                record = _change_case(txn, db, case_id, change)
+                record = _change_case(txn, db, case_id, change, checked)
                 if record is not None:
                     changed[case_id] = record
-            for key, value in items:
-                txn.put(key, value, db=db.aliases)
+            _put_aliases(txn, db, items, checked)
             for raw_key, window in counters:
                 _bump(txn, db, raw_key, now, window)
             return changed
