@@ -383,14 +383,20 @@ def cmd_case_counter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _case_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= value <= MAX_NUMBER:
-        raise argparse.ArgumentTypeError(f"a case number is 1..{MAX_NUMBER}, not {value}")
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`, or a line saying what it must be."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} is {low}..{high}, not {value}")
+        return value
+    return parse
+
+
+_case_number = _int_in(1, MAX_NUMBER, "a case number")
 
 
 def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
@@ -450,14 +456,7 @@ def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
     a.set_defaults(func=cmd_case_counter)
 
 
-def _key_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= MAX_KEY_ID:
-        raise argparse.ArgumentTypeError(f"a key id is 0..{MAX_KEY_ID}, not {value}")
-    return value
+_key_id = _int_in(0, MAX_KEY_ID, "a key id")
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
