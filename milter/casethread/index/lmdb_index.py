@@ -631,8 +631,10 @@ class _Checked:
 
     def case_read(self, case_id: str, stored: bytes | None) -> None:
         read = self._cases.pop(case_id, None)  # the first change of it reads it as decided
+        if read is None:
+            return
         current = None if stored is None else keys.decode_case(case_id, stored)
-        if read is not None and not unchanged(read, current):
+        if not unchanged(read, current):
             raise StaleDecision(f"case {case_id} changed since it was read")
 
     def put_alias(self, txn: lmdb.Transaction[bytes], db: SharedEnv, key: bytes,
