@@ -23,7 +23,6 @@ from .core import (
     stamp,
     token,
 )
-from .core.addresses import envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -31,12 +30,12 @@ from .core.edits import Edit
 from .core.message import Message
 from .core.model import Alias, AliasKind, CaseRecord, CaseState, CounterBump, Direction
 from .core.resolve import (
+    MAX_PARTICIPANTS,
     Evidence,
     Hit,
     Resolver,
     participant_key,
     subject_participant_key,
-    token_notes,
 )
 from .core.routing import Route, Router
 from .core.settings import Settings
@@ -50,8 +49,6 @@ ALL_OF_IT = 1 << 62
 # Header sections up to this size are resolved at end of headers too, to spare the body: a
 # hostile one (a 1 MB Subject) is not resolved twice.
 DRY_RUN_HEADERS = 64 << 10
-# Participants recorded per message: enough for any real Cc list, bounded for hostile ones.
-MAX_PARTICIPANTS = 50
 # A decision another writer made stale is made again on what is there now; the last of these
 # is written without the check: a duplicate case is better than mail without one.
 MAX_DECISIONS = 4
@@ -200,7 +197,7 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
-        addresses = self._participants(msg, ours)
+        addresses = self._resolver.participants(msg, ours)
         if len(addresses) > MAX_PARTICIPANTS:
             addresses = addresses[:MAX_PARTICIPANTS]
             if "participants-capped" not in notes:  # an index write may be tried again
@@ -217,22 +214,6 @@ class Engine:
                     key = subject_participant_key(subject_key, address)
                     aliases.append(Alias(AliasKind.SUBJECT, key, case_id))
         return aliases
-
-    def _participants(self, msg: Message, ours: bool) -> list[str]:
-        """The customers' side of this mail, each once: neither our support addresses, which
-        are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
-        mail, an agent. Outbound mail's envelope recipients count too: Bcc'd customers."""
-        fields = msg.get_all("To") + msg.get_all("Cc")
-        if not ours:
-            return self._customers(header_addresses(msg.get_all("From") + fields))
-        agents = set(header_addresses(msg.get_all("From")))
-        rcpts = [envelope_address(r) for r in msg.envelope.rcpts]
-        return [a for a in self._customers(header_addresses(fields) + rcpts) if a not in agents]
-
-    def _customers(self, addresses: list[str]) -> list[str]:
-        # Not ours, and with a domain: an unqualified `RCPT TO:<postmaster>` is nobody's.
-        is_ours = self._resolver.is_ours
-        return list(dict.fromkeys(a for a in addresses if "@" in a and not is_ours(a)))
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -321,13 +302,11 @@ class Engine:
                           ev: Evidence) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
         notes: tuple[str, ...] = () if msg.get("Message-ID") else ("no-message-id",)
-        if verdict.token_failures:
-            # A token that failed shows in the header and also here: a retired key's replies
-            # open new cases, and only the log line is read across all mail.
-            notes += token_notes(verdict.token_failures)
+        # A token that failed shows in the header and also here: a retired key's replies
+        # open new cases, and only the log line is read across all mail.
         return Decision(
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), notes + tuple(ev.notes),
+            ",".join(c.state for c in verdict.cases), tuple(edits), notes + ev.log_notes,
             trace=tuple(ev.trace), auto=verdict.auto,
         )
 
@@ -452,9 +431,7 @@ class Engine:
             else:
                 case, match = None, "none"
             trace += ev.trace
-            notes += ev.notes
-            if ev.token_failures:
-                notes += token_notes(ev.token_failures)
+            notes += ev.log_notes
         edits: list[Edit] = []
         splices: tuple[Splice, ...] = ()
         if id_edit is not None:

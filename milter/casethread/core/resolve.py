@@ -47,8 +47,9 @@ _RETURNED_ID_FIELDS = ("message-id", "original-message-id")
 MAX_EXTERNAL_REFS = 16
 # Distinct human case references one message may look up (each costs two lookups).
 MAX_CASE_REFS = 16
-# Recipients looked up as participants of a case (the engine records at most 50 a message).
-RECIPIENTS_LOOKED_UP = 50
+# Participants recorded per message (and recipients looked up as participants): enough for
+# any real Cc list, bounded for hostile ones.
+MAX_PARTICIPANTS = 50
 
 
 def participant_key(case_id: str, address: str) -> str:
@@ -141,16 +142,18 @@ class Evidence:
         return self.reader.find(AliasKind.PARTICIPANT, key) is not None
 
     def to_participant_of(self, case_id: str) -> bool:
-        """Whether the mail goes to a participant of the case (To, Cc or an envelope
-        recipient: outbound mail, whose recipients are the customers)."""
-        fields = self.msg.get_all("To") + self.msg.get_all("Cc")
-        recipients = header_addresses(fields) + [envelope_address(r)
-                                                 for r in self.msg.envelope.rcpts]
-        is_ours = self._resolver.is_ours
+        """Whether outbound mail goes to a participant of the case (its recipients are the
+        customers)."""
         return any(self.reader.find(AliasKind.PARTICIPANT, participant_key(case_id, a))
                    is not None
-                   for a in dict.fromkeys(recipients[:RECIPIENTS_LOOKED_UP])
-                   if a and not is_ours(a))
+                   for a in self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS])
+
+    @property
+    def log_notes(self) -> tuple[str, ...]:
+        """What deciding and recording this mail adds to its log line (mostly nothing)."""
+        if not self.token_failures and not self.notes:
+            return ()
+        return token_notes(self.token_failures) + tuple(self.notes)
 
     def case_by_tokens(self, candidates: Iterator[str]) -> CaseRecord | None:
         result = self._resolver.keyring.resolve(candidates)
@@ -290,6 +293,21 @@ class Resolver:
     def is_ours(self, address: str) -> bool:
         """One of our support addresses (`inbound.addresses`)."""
         return self._ours(address) if len(address) <= 254 else self._matcher.matches(address)
+
+    def participants(self, msg: Message, ours: bool) -> list[str]:
+        """The customers' side of this mail, each once: neither our support addresses, which
+        are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
+        mail, an agent, nor an address without a domain (an unqualified `RCPT
+        TO:<postmaster>`). Outbound mail's envelope recipients count too: Bcc'd customers."""
+        fields = msg.get_all("To") + msg.get_all("Cc")
+        is_ours = self.is_ours
+        if not ours:
+            found = header_addresses(msg.get_all("From") + fields)
+            return list(dict.fromkeys(a for a in found if "@" in a and not is_ours(a)))
+        agents = set(header_addresses(msg.get_all("From")))
+        found = header_addresses(fields) + [envelope_address(r) for r in msg.envelope.rcpts]
+        return list(dict.fromkeys(a for a in found
+                                  if "@" in a and a not in agents and not is_ours(a)))
 
     def resolve_inbound(self, ev: Evidence) -> Hit | None:
         """The case an inbound mail names (`resolve`), and the external references it carries

@@ -69,6 +69,12 @@ class Expect:
                 return False
         return all(unchanged(case, current(case.case_id)) for case in self.cases)
 
+    def check(self, named: Callable[[AliasKind, str], str | None],
+              current: Callable[[str], CaseRecord | None]) -> None:
+        """Raise `StaleDecision` unless the expectation `holds`."""
+        if not self.holds(named, current):
+            raise StaleDecision("a concurrent write changed what this decision read")
+
 
 class CaseLookup(Protocol):
     def get_case(self, case_id: str) -> CaseRecord | None:

@@ -625,9 +625,8 @@ class _Checked:
     def check_rest(self, txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
         if not self._rest.absent and not self._rest.cases:
             return
-        if not self._rest.holds(lambda kind, key: _case_named(txn, db, keys.alias_key(kind, key)),
-                                lambda case_id: _case(txn, db, case_id)):
-            raise StaleDecision("a concurrent write changed what this decision read")
+        self._rest.check(lambda kind, key: _case_named(txn, db, keys.alias_key(kind, key)),
+                         lambda case_id: _case(txn, db, case_id))
 
     def case_read(self, case_id: str, stored: bytes | None) -> None:
         read = self._cases.pop(case_id, None)  # the first change of it reads it as decided

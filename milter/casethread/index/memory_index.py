@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
-from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges, StaleDecision
+from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges
 from . import keys
 from .errors import CaseIndexError
 
@@ -106,8 +106,7 @@ class MemoryIndex:
             raw = self._aliases.get(keys.alias_key(kind, key))
             return None if raw is None else keys.decode_alias(raw).case_id
 
-        if not expect.holds(named, current):
-            raise StaleDecision("a concurrent write changed what this decision read")
+        expect.check(named, current)
 
     def _changed(self, changes: Sequence[tuple[str, CaseChange]]
                  ) -> tuple[dict[str, CaseRecord], dict[str, bytes]]:

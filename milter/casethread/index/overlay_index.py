@@ -20,7 +20,6 @@ from ..core.store import (
     Expect,
     NewCaseAliases,
     NewCaseChanges,
-    StaleDecision,
 )
 from . import keys
 from .memory_index import MemoryIndex
@@ -84,8 +83,8 @@ class OverlayIndex:
         return None if hit is None else hit.case_id
 
     def _check(self, expect: Expect | None) -> None:
-        if expect is not None and not expect.holds(self._named, self.get_case):
-            raise StaleDecision("a concurrent write changed what this decision read")
+        if expect is not None:
+            expect.check(self._named, self.get_case)
 
     def last_number(self) -> int:
         return self._overlay.last_number()
