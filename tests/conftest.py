@@ -22,6 +22,7 @@ from casethread.core.decision import Decision
 from casethread.core.edits import ChangeHeader, apply_edits
 from casethread.core.message import Envelope, Header, Message
 from casethread.core.model import CaseRecord, Direction
+from casethread.core.resolve import Found
 from casethread.core.settings import Settings
 from casethread.core.stamp import apply_splices
 from casethread.core.token import Keyring
@@ -128,9 +129,10 @@ class Harness:
             settings, self.index, self.keyring, clock=self.clock, hostname=HOSTNAME
         )
 
-    def run(self, msg: Message, direction: Direction | None = None) -> Result:
+    def run(self, msg: Message, direction: Direction | None = None,
+            found: Found | None = None) -> Result:
         self.clock.now += 1
-        return Result(msg, self.engine.process(msg, direction))
+        return Result(msg, self.engine.process(msg, direction, found))
 
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds

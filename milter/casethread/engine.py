@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from .core import (
     autoreply,
@@ -27,11 +28,13 @@ from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
 from .core.edits import Edit
+from .core.frozen import frozen
 from .core.message import Message
 from .core.model import Alias, AliasKind, CaseRecord, CaseState, CounterBump, Direction
 from .core.resolve import (
     MAX_PARTICIPANTS,
     Evidence,
+    Found,
     Hit,
     Resolver,
     participant_key,
@@ -52,6 +55,14 @@ DRY_RUN_HEADERS = 64 << 10
 # A decision another writer made stale is made again on what is there now; the last of these
 # is written without the check: a duplicate case is better than mail without one.
 MAX_DECISIONS = 4
+
+
+@frozen
+class BodyPlan:
+    """What the engine needs of a mail's body, known by its header fields (`body_wanted`)."""
+
+    room: int  # bytes of the body to keep
+    found: Found | None = None  # inbound mail its header fields resolved: for `process`
 
 
 def _hex(root: bytes | None) -> str | None:
@@ -118,29 +129,34 @@ class Engine:
             return direction
         return Direction.INBOUND if self._classifier.to_support(msg.envelope) else Direction.OTHER
 
-    def body_wanted(self, msg: Message, direction: Direction) -> int:
+    def body_wanted(self, msg: Message, direction: Direction) -> BodyPlan:
         """How many body bytes the engine needs for this mail, known by its header fields (the
         milter buffers no more, and tells the MTA to skip the rest).
 
         Inbound mail whose header fields name its case before any strategy would read the body
-        (with the default order: a valid token in the Subject) needs none. Other inbound mail is
-        read up to `inbound.read_limit` (the milter spools a big body to a file): its scan reads
-        at most `scan_budget` decoded bytes of text, but the text may come after big
-        attachments (a phone puts the photo above the quote) or quoted-printable growth.
+        (with the default order: a valid token in the Subject) needs none, and the plan holds
+        that case for `process`. Other inbound mail is read up to `inbound.read_limit` (the
+        milter spools a big body to a file): its scan reads at most `scan_budget` decoded bytes
+        of text, but the text may come after big attachments (a phone puts the photo above the
+        quote) or quoted-printable growth.
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
-            if ordinary and not autoreply.reads_body(msg) and self._resolver.by_headers_alone(
-                    msg, self.index, int(self._clock())):
-                return 0
-            return self.settings.inbound.read_limit
+            if ordinary and not autoreply.reads_body(msg):
+                found = self._resolver.found_by_headers(msg, self.index, int(self._clock()))
+                if found is not None:
+                    return BodyPlan(0, found)
+            return BodyPlan(self.settings.inbound.read_limit)
         stamping = self.settings.stamp.html or self.settings.stamp.text
         if direction is Direction.OUTBOUND and stamping:
-            return ALL_OF_IT
-        return 0
+            return BodyPlan(ALL_OF_IT)
+        return BodyPlan(0)
 
-    def process(self, msg: Message, direction: Direction | None = None) -> Decision:
-        """Decide and record; raises on internal errors (the caller is the error boundary)."""
+    def process(self, msg: Message, direction: Direction | None = None,
+                found: Found | None = None) -> Decision:
+        """Decide and record; raises on internal errors (the caller is the error boundary).
+        `found`: what `body_wanted` found for this inbound mail's header fields at end of
+        headers (the same fields as `msg`'s), decided on instead of resolving them again."""
         if direction is None:
             direction = self.classify(msg)
         elif direction is Direction.OUTBOUND:  # `filter --direction outbound`
@@ -149,7 +165,7 @@ class Engine:
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
         if direction is Direction.INBOUND:
-            return self._decided(self._inbound, msg)
+            return self._decided(partial(self._inbound, found=found), msg)
         if direction is Direction.OUTBOUND:
             return self._decided(self._outbound, msg)
         # A redirect's X-Case-* fields are those of the copy it resends, not an app's.
@@ -217,9 +233,12 @@ class Engine:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    def _inbound(self, msg: Message, attempt: int) -> Decision:
+    def _inbound(self, msg: Message, attempt: int, found: Found | None = None) -> Decision:
         now = int(self._clock())
-        ev = self._resolver.evidence(msg, self.index, now)
+        # What end of headers found is decided on once: a decision made stale is made afresh.
+        reused = found if attempt == 1 else None
+        ev = (reused.evidence.with_body(msg) if reused is not None
+              else self._resolver.evidence(msg, self.index, now))
         if attempt > 1:
             ev.trace.append(_retried(attempt))
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
@@ -247,7 +266,7 @@ class Engine:
             # Not counted against the flood limit: a copy to a second support address, or a
             # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev)
-        hit = self._resolver.resolve_inbound(ev)
+        hit = reused.hit if reused is not None else self._resolver.resolve_inbound(ev)
         # A list's copy of a person's reply to our mail moves the case like the reply.
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
         if hit is None:

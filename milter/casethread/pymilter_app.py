@@ -20,6 +20,7 @@ import Milter
 from .core.edits import AddHeader, Edit
 from .core.message import Envelope, Header, Message
 from .core.model import Direction
+from .core.resolve import Found
 from .core.settings import OnError
 from .core.stamp import iter_spliced
 from .engine import Engine
@@ -152,6 +153,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._daemon: str | None = None
         self._body.close()  # empties it, and frees a spooled file
         self._body_room = 0
+        self._found: Found | None = None  # the case its header fields found at their end
         self._direction: Direction | None = None  # classified at end of headers
         self._skipping = False  # inbound mail its header fields resolve: its body is not read
         self._failed = self._connection_failed  # end of message answers by the failure policy
@@ -254,7 +256,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         # its header fields resolve, so that body() answers SKIP at once.
         msg = Message(self._envelope(), self._headers())
         self._direction = self.engine.classify(msg)
-        self._body_room = self.engine.body_wanted(msg, self._direction)
+        plan = self.engine.body_wanted(msg, self._direction)
+        self._body_room, self._found = plan.room, plan.found
         self._skipping = self._direction is Direction.INBOUND and not self._body_room
         return int(Milter.CONTINUE)
 
@@ -286,7 +289,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             return self._fallback(self.engine.settings.milter.on_error)
         body = self._body.data()
         msg = Message(self._envelope(), self._headers(), body)
-        decision = self.engine.process(msg, self._direction)
+        decision = self.engine.process(msg, self._direction, self._found)
         # Logged before the edits go out: from the first body chunk to our final reply the
         # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with
         # milter_default_action = accept), so nothing else happens in between.

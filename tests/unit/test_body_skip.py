@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from casethread.core.message import Envelope, Header, Message
-from casethread.core.model import Direction
+from casethread.core.model import CaseState, Direction
 from casethread.core.settings import ExternalRefRule
 
 CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
@@ -118,10 +118,14 @@ def test_the_body_is_skipped_only_when_the_decision_does_not_depend_on_it(
     # (The agent's Message-IDs are random: each engine gets its own copy of the mail.)
     whole, cut = make_harness(), make_harness()
     msg, same = scenario(whole), scenario(cut)
-    wanted = cut.engine.body_wanted(headers_only(same), Direction.INBOUND)
+    plan = cut.engine.body_wanted(headers_only(same), Direction.INBOUND)
+    wanted = plan.room
     assert (wanted == 0) is by_headers, wanted
+    assert (plan.found is not None) is by_headers
     with_body = whole.run(msg, Direction.INBOUND)
-    kept = cut.run(Message(same.envelope, same.headers, same.body[:wanted]), Direction.INBOUND)
+    # As the milter: what end of headers found is decided on at end of message.
+    kept = cut.run(Message(same.envelope, same.headers, same.body[:wanted]), Direction.INBOUND,
+                   plan.found)
     assert kept.decision.edits == with_body.decision.edits
     assert kept.decision.case_ids == with_body.decision.case_ids
     assert kept.decision.match == with_body.decision.match
@@ -138,7 +142,7 @@ def test_with_in_reply_to_before_the_token_a_known_reply_skips_the_body(
     h = make_harness(dataclasses.replace(
         base, inbound=dataclasses.replace(base.inbound, strategies=order)))
     msg = known_in_reply_to(h)
-    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND) == 0
+    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND).room == 0
     assert h.run(headers_only(msg), Direction.INBOUND).one("X-Case-Match") == "in-reply-to"
 
 
@@ -154,27 +158,27 @@ def test_an_external_ref_rule_reading_bodies_keeps_the_body(make_harness: Any) -
 
     # The Subject's token would do, but the references in a body are noted for the case too.
     h = harness_with(rule)
-    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) > 0
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND).room > 0
     h = harness_with(dataclasses.replace(rule, search_body=False))
-    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) == 0
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND).room == 0
     # A rule for another system's mail does not read this sender's bodies.
     h = harness_with(dataclasses.replace(rule, sender=("@servicenow.example.net",)))
-    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND) == 0
+    assert h.engine.body_wanted(headers_only(token_in_subject(h)), Direction.INBOUND).room == 0
 
 
 def test_a_huge_header_section_is_not_resolved_twice(harness: Any) -> None:
     msg = token_in_subject(harness)
-    assert harness.engine.body_wanted(headers_only(msg), Direction.INBOUND) == 0
+    assert harness.engine.body_wanted(headers_only(msg), Direction.INBOUND).room == 0
     padded = Message(msg.envelope, (*msg.headers, Header("X-Padding", "x" * (64 << 10))))
-    assert harness.engine.body_wanted(padded, Direction.INBOUND) > 0
+    assert harness.engine.body_wanted(padded, Direction.INBOUND).room > 0
 
 
 def test_outbound_mail_is_read_whole_and_other_mail_not_at_all(harness: Any) -> None:
     msg = headers_only(mail(("Subject", "Hello")))
-    assert harness.engine.body_wanted(msg, Direction.OUTBOUND) >= 1 << 40
-    assert harness.engine.body_wanted(msg, Direction.OTHER) == 0
+    assert harness.engine.body_wanted(msg, Direction.OUTBOUND).room >= 1 << 40
+    assert harness.engine.body_wanted(msg, Direction.OTHER).room == 0
     # Inbound mail its header fields do not resolve: read up to inbound.read_limit.
-    assert harness.engine.body_wanted(msg, Direction.INBOUND) == (
+    assert harness.engine.body_wanted(msg, Direction.INBOUND).room == (
         harness.settings.inbound.read_limit)
 
 
@@ -185,5 +189,34 @@ def test_a_delivery_report_keeps_its_body_without_the_bounce_strategy(make_harne
     h = make_harness(dataclasses.replace(
         base, inbound=dataclasses.replace(base.inbound, strategies=order)))
     msg = a_delay_warning_with_the_token_in_its_subject(h)
-    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND) > 0
+    assert h.engine.body_wanted(headers_only(msg), Direction.INBOUND).room > 0
     assert h.run(msg, Direction.INBOUND).one("X-Case-Auto") == "auto-generated"
+
+
+def test_what_end_of_headers_found_is_not_resolved_again(harness: Any) -> None:
+    msg = token_in_subject(harness)
+    plan = harness.engine.body_wanted(headers_only(msg), Direction.INBOUND)
+    assert plan.found is not None
+    decision = harness.run(headers_only(msg), Direction.INBOUND, plan.found).decision
+    # The token strategy's line of the trace comes from end of headers, once.
+    assert [line for line in decision.trace if line.startswith("token:")] == [
+        f"token: -> {decision.case_ids[0]}"]
+
+
+def test_a_case_closed_between_end_of_headers_and_end_of_message_is_decided_afresh(
+    make_harness: Any,
+) -> None:
+    """A reply whose case `casethread case set-state ID closed` closed after end of headers is
+    decided as a reply arriving after the close, not on what end of headers found."""
+    late, after = make_harness(), make_harness()
+    msg_late, msg_after = token_in_subject(late), token_in_subject(after)
+    plan = late.engine.body_wanted(headers_only(msg_late), Direction.INBOUND)
+    assert plan.found is not None
+    assert plan.found.hit.case.state is CaseState.OPEN
+    for h in (late, after):
+        h.set_case("C-000001", state=CaseState.CLOSED)
+    decided_late = late.run(headers_only(msg_late), Direction.INBOUND, plan.found).decision
+    decided_after = after.run(headers_only(msg_after), Direction.INBOUND).decision
+    assert decided_late.case_ids == decided_after.case_ids
+    assert decided_late.edits == decided_after.edits
+    assert late.case("C-000001").state is CaseState.CLOSED

@@ -166,7 +166,8 @@ def run_once(harness: Any, hostile: Hostile, direction: Direction, cut: bool) ->
     body = hostile.body
     envelope = Envelope(rcpts=(SUPPORT,))
     if cut:  # what the milter buffers for this mail
-        body = body[: harness.engine.body_wanted(Message(envelope, hostile.headers), direction)]
+        plan = harness.engine.body_wanted(Message(envelope, hostile.headers), direction)
+        body = body[: plan.room]
     msg = Message(envelope, hostile.headers, body)
     return harness.engine.process, msg
 

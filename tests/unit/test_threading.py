@@ -2190,7 +2190,7 @@ def test_a_redirected_mail_passes_as_mail_of_neither_direction(
         (resent, "Dana Agent <dana@support.example.com>"), ("Resent-To", "kim@example.net"),
         body=b"Still broken.\r\n", rcpts=("kim@example.net",), auth_user="dana")
     assert harness.engine.classify(msg) is Direction.OTHER
-    assert harness.engine.body_wanted(msg, Direction.OTHER) == 0
+    assert harness.engine.body_wanted(msg, Direction.OTHER).room == 0
     for direction in (None, Direction.OUTBOUND):  # the milter's, and `filter --direction`
         r = harness.run(msg, direction)
         assert r.decision.direction is Direction.OTHER

@@ -69,6 +69,15 @@ class Hit:
     match: str
 
 
+@frozen
+class Found:
+    """An inbound mail's case found by its header fields alone, at end of headers, with the
+    evidence that found it: the engine decides on them at end of message instead of resolving
+    the same fields again (`Engine.process`)."""
+    evidence: Evidence
+    hit: Hit
+
+
 class Evidence:
     """Per-message view shared by the strategies; lazy, so unused evidence costs nothing."""
 
@@ -126,6 +135,14 @@ class Evidence:
                 top_disposition=top.disposition, tree=self.tree,
             )
         )
+
+    def with_body(self, msg: Message) -> Evidence:
+        """This evidence for the same mail with its body (`msg`, read at end of message): what
+        the header fields showed stands, what is still to be read comes from the body."""
+        if self.body_read:  # what the body showed would be the empty body's
+            raise ValueError("evidence that read an empty body")
+        self.msg = msg
+        return self
 
     def case_by_id(self, case_id: str | None) -> CaseRecord | None:
         return self.reader.get_case(case_id) if case_id else None
@@ -317,11 +334,12 @@ class Resolver:
             self.note_external_refs(ev)
         return hit
 
-    def by_headers_alone(self, msg: Message, reader: CaseReader, now: int) -> bool:
-        """Whether `resolve_inbound` finds this mail's case without reading its body (`msg`
+    def found_by_headers(self, msg: Message, reader: CaseReader, now: int) -> Found | None:
+        """This mail's case when `resolve_inbound` finds it without reading the body (`msg`
         holds the header fields): then a milter need not read the body at all."""
         ev = self.evidence(msg, reader, now)
-        return self.resolve_inbound(ev) is not None and not ev.body_read
+        hit = self.resolve_inbound(ev)
+        return Found(ev, hit) if hit is not None and not ev.body_read else None
 
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
         for name, strategy in self._outbound_order if outbound else self._order:
