@@ -143,7 +143,8 @@ class Engine:
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
             if ordinary and not autoreply.reads_body(msg):
-                found = self._resolver.found_by_headers(msg, self.index, int(self._clock()))
+                with self.index.snapshot():
+                    found = self._resolver.found_by_headers(msg, self.index, int(self._clock()))
                 if found is not None:
                     return BodyPlan(0, found)
             return BodyPlan(self.settings.inbound.read_limit)
@@ -164,12 +165,13 @@ class Engine:
         refused = refusal(msg, self._names)
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)
-        if direction is Direction.INBOUND:
-            return self._decided(partial(self._inbound, found=found), msg)
-        if direction is Direction.OUTBOUND:
-            return self._decided(self._outbound, msg)
-        # A redirect's X-Case-* fields are those of the copy it resends, not an app's.
-        return self._neither(msg, ("resent",) if outbound.is_resent(msg) else ())
+        if direction is Direction.OTHER:  # no index read: the failure policy comes here too
+            # A redirect's X-Case-* fields are those of the copy it resends, not an app's.
+            return self._neither(msg, ("resent",) if outbound.is_resent(msg) else ())
+        decide = (partial(self._inbound, found=found) if direction is Direction.INBOUND
+                  else self._outbound)
+        with self.index.snapshot():  # the decision's reads share one view of the index
+            return self._decided(decide, msg)
 
     @staticmethod
     def _decided(decide: Callable[[Message, int], Decision], msg: Message) -> Decision:

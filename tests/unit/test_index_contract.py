@@ -229,6 +229,44 @@ def test_concurrent_threads_never_share_a_number(index: CaseIndex) -> None:
 # --- the contract: aliases ------------------------------------------------------------------
 
 
+def test_reads_in_a_snapshot_see_its_writes(index: CaseIndex) -> None:
+    case = index.create_case(now=1)
+    with index.snapshot():
+        assert index.case_for_message("<a@x>") is None
+        index.record([Alias(AliasKind.MESSAGE, "<a@x>", case.case_id)], now=2)
+        assert index.case_for_message("<a@x>") == case.case_id
+        new = index.create_case(now=3)
+        assert index.get_case(new.case_id) == new
+        with index.snapshot():  # nested: one view, ended by the outer one
+            index.record_message("<b@x>", new.case_id, now=4)
+            assert index.case_for_message("<b@x>") == new.case_id
+        assert index.case_for_message("<b@x>") == new.case_id
+    assert index.case_for_message("<b@x>") == new.case_id
+
+
+def test_a_snapshot_is_one_view_until_its_thread_writes(tmp_path: Path) -> None:
+    """LMDB: a snapshot's reads share one read transaction; another thread's write shows after
+    this thread writes, or after the snapshot."""
+    index = LmdbIndex(tmp_path / "idx", MAP_SIZE)
+    try:
+        case = index.create_case(now=1)
+
+        def elsewhere(n: int) -> None:
+            index.record_message(f"<other{n}@x>", case.case_id, now=2)
+
+        with index.snapshot():
+            assert index.case_for_message("<other0@x>") is None
+            run_threads(elsewhere, 1)
+            assert index.case_for_message("<other0@x>") is None  # the same view
+            index.record_message("<mine@x>", case.case_id, now=3)
+            assert index.case_for_message("<other0@x>") == case.case_id
+            run_threads(lambda n: elsewhere(n + 1), 1)
+            assert index.case_for_message("<other1@x>") is None
+        assert index.case_for_message("<other1@x>") == case.case_id
+    finally:
+        index.close()
+
+
 def test_record_message_round_trip_and_overwrite(index: CaseIndex) -> None:
     a = index.create_case(now=1)
     b = index.create_case(now=1)

@@ -756,6 +756,11 @@ def test_growth_while_other_threads_read(tmp_path: Path) -> None:
                 assert index.get_case(case.case_id) == case
                 with index.reading() as (txn, db):  # a longer transaction, too
                     assert txn.stat(db.cases)["entries"] == 1
+                with index.snapshot():  # as the engine decides: reads, a write, a read
+                    assert index.get_case(case.case_id) == case
+                    own = f"<reader{slot}.{reads[slot]}@x>"
+                    index.record_message(own, case.case_id, now=NOW)
+                    assert index.case_for_message(own) == case.case_id
                 reads[slot] += 1
         except BaseException as exc:
             errors.append(exc)

@@ -8,6 +8,7 @@ against both. Keys arrive already normalised by the core; hashing over-long or p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from .frozen import frozen
@@ -153,6 +154,11 @@ class CaseIndex(CaseReader, Protocol):
         The milter changes cases while the CLI may too (merge, set-state): deriving the new
         record from a fresh read inside the write transaction loses neither change.
         """
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """A context in which this thread's reads may share one view of the index (LMDB: one
+        read transaction, where each read would begin its own); a write inside it ends that
+        view, so what is read after a write sees it."""
 
     def close(self) -> None:
         """Release the index; further calls are errors."""

@@ -232,6 +232,8 @@ class SharedEnv:
     # Reader slots of dead processes this process cleared, in all; and when it last looked.
     stale_readers_cleared: int = 0
     readers_checked: float = 0.0
+    # Per thread: inside `LmdbIndex.snapshot()`, and the read transaction its reads share.
+    snapshots: threading.local = field(default_factory=threading.local)
 
     def start_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
         def flush_periodically() -> None:
@@ -591,6 +593,33 @@ class _Txn:
         raise _translate(self._path, self._shared, exc) from exc
 
 
+class _Kept:
+    """A snapshot's read transaction, used by a read as `_Txn` is (`with ... as (txn, db)`)
+    but left open for the next read; an LMDB error ends it."""
+
+    __slots__ = ("_pair", "_txn")
+
+    def __init__(self, txn: _Txn) -> None:
+        self._txn = txn
+        self._pair = txn.__enter__()
+
+    def __enter__(self) -> tuple[lmdb.Transaction[bytes], SharedEnv]:
+        return self._pair
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, lmdb.Error):
+            self.end(exc_type, exc)
+
+    def end(self, exc_type: type[BaseException] | None = None,
+            exc: BaseException | None = None) -> None:
+        local = self._pair[1].snapshots
+        if getattr(local, "kept", None) is self:
+            local.kept = None
+            self._txn.__exit__(exc_type, exc, None)
+
+
 def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
                  change: CaseChange, checked: _Checked | None = None) -> CaseRecord | None:
     """Apply `change` to a case inside a write transaction; None for an unknown case."""
@@ -747,9 +776,40 @@ class LmdbIndex:
             raise CaseIndexError(f"case index {self.path} is closed")
         return shared
 
-    def _txn(self) -> _Txn:
-        """A read transaction: `with self._txn() as (txn, db)`; errors become CaseIndexError."""
-        return _Txn(self.path, self._live())
+    def _txn(self) -> _Txn | _Kept:
+        """A read transaction: `with self._txn() as (txn, db)`; errors become CaseIndexError.
+        Inside `snapshot()` (and outside a write) the thread's reads share one."""
+        shared = self._live()
+        local = shared.snapshots
+        if getattr(local, "wanted", False):
+            kept: _Kept | None = local.kept
+            if kept is None:
+                kept = local.kept = _Kept(_Txn(self.path, shared))
+            return kept
+        return _Txn(self.path, shared)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """This thread's reads inside share one read transaction (one view of the index, and
+        one begin instead of one per read: each py-lmdb call hands the GIL over, which under
+        twenty sessions costs a thread switch). A write ends the view first; a read after it
+        begins another, which sees the write."""
+        local = self._live().snapshots
+        if getattr(local, "wanted", False):  # nested: the outer one ends it
+            yield
+            return
+        local.wanted, local.kept = True, None
+        try:
+            yield
+        finally:
+            local.wanted = False
+            self._end_snapshot(local)
+
+    @staticmethod
+    def _end_snapshot(local: threading.local) -> None:
+        kept: _Kept | None = getattr(local, "kept", None)
+        if kept is not None:
+            kept.end()
 
     def _write(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
         """Run `body` in a write transaction and return once it is committed (durable with
@@ -761,6 +821,20 @@ class LmdbIndex:
         share an fsync; a writer that finds its body already committed by that leader returns.
         """
         shared = self._live()
+        # A snapshot's view ends here: it holds the gate, and reads in the write's bodies (and
+        # after it) must see the write.
+        local = shared.snapshots
+        wanted = getattr(local, "wanted", False)
+        if wanted:
+            self._end_snapshot(local)
+            local.wanted = False
+        try:
+            return self._write_queued(shared, body)
+        finally:
+            local.wanted = wanted
+
+    def _write_queued(self, shared: SharedEnv,
+                      body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
         if shared.gate.held():
             # We would hold the gate while waiting for the writer lock, and its holder may
             # need the gate drained to grow the map.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges
@@ -38,6 +39,9 @@ class MemoryIndex:
         self._taken_elsewhere = taken_elsewhere
         self._counter_seed = counter_seed
         self._closed = False
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        return nullcontext()  # each read is already one dictionary lookup under the lock
 
     def _check_open(self) -> None:
         if self._closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
 from ..core.settings import CaseSettings
@@ -148,6 +149,9 @@ class OverlayIndex:
                 return current
             self.update_case(new)
             return new
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        return self._base.snapshot()
 
     def close(self) -> None:
         self._overlay.close()
