@@ -310,6 +310,22 @@ def test_quoted_printable_body_tag_split_by_a_soft_break() -> None:
     assert text_of(after) == "<p>x</p>" + TAG + "</body></html>\r\n"
 
 
+def test_quoted_printable_soft_break_with_blanks_after_it_is_stamped() -> None:
+    """RFC 2045 6.7 (3): blanks after a soft break's "=" were added in transport and are
+    deleted when decoding (the stdlib keeps them, so the decoding here is ours). Every
+    original line stays as it is."""
+    text = (b"Hello Pat, this line is long enough to need a soft line break in the mid=  \r\n"
+            b"dle of a word.\r\nDana\r\n")
+    raw = message("text/plain; charset=utf-8", text, "quoted-printable", newline=b"\r\n")
+    assert stamp(raw) == raw + b"\r\n" + LINE.encode() + b"\r\n"
+    html = b"<p>x</p></bo= \t\r\ndy></html>\r\n"
+    raw = message("text/html; charset=utf-8", html, "quoted-printable", newline=b"\r\n")
+    body = stamp(raw)[len(raw) - len(html):]
+    assert body.startswith(b"<p>x</p>=\r\n<div style=3D")
+    assert body.endswith(b"</div>=\r\n</bo= \t\r\ndy></html>\r\n")
+    assert mime.decode_qp(body) == (b"<p>x</p>" + TAG.encode() + b"</body></html>\r\n")
+
+
 def test_quoted_printable_full_length_last_line_is_rewrapped() -> None:
     last = b"a" * 76  # a legal 76-column last line with no line break after it
     raw = message("text/plain", b"first\n" + last, "quoted-printable")

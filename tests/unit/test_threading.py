@@ -541,6 +541,19 @@ def test_token_in_quoted_printable_text_after_transfer_decoding(harness: Any) ->
     assert r.one("X-Case-Match") == "token"
 
 
+def test_token_across_a_quoted_printable_soft_break_with_blanks_after_it(harness: Any) -> None:
+    """RFC 2045 6.7 (3): blanks a gateway added after a soft break's "=" are deleted when
+    decoding; the break still joins the token's halves."""
+    tok = token_of(start_case(harness).one("Subject")).encode()
+    body = (b"It is a LaserThing 3000.\r\n\r\nOn Mon, Nov 30, 2026 Dana Agent wrote:\r\n"
+            b"> Hello Pat,\r\n> Dana\r\n> [ref:" + tok[:7] + b"=  \r\n" + tok[7:] + b"]\r\n")
+    for padded in (body, body.replace(b"=  \r\n", b"= \t\r\n")):
+        r = harness.inbound(CUSTOMER, ("Subject", "Re: printer model"),
+                            ("Content-Type", 'text/plain; charset="UTF-8"'),
+                            ("Content-Transfer-Encoding", "quoted-printable"), body=padded)
+        assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token"), padded
+
+
 def test_token_in_html_body_with_entities(harness: Any) -> None:
     tok = token_of(start_case(harness).one("Subject"))
     html = f"<p>Thanks!</p><blockquote><p>&#91;ref&#58;<b>{tok}</b>&#x5D;</p></blockquote>"

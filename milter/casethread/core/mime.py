@@ -91,6 +91,9 @@ _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext
 _MIME_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
 _LF, _CR = 0x0A, 0x0D
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+# A soft line break with blanks after its "=": transport added them (RFC 2045 6.7 (3): they are
+# deleted when decoding). binascii reads "=" and blanks as text and keeps the line break.
+QP_PADDED_SOFT_BREAK = re.compile(rb"=[ \t]++(?=\r?\n|\Z)")
 
 # leaf: a body; multipart: split into children; message: an attached message, whose one child
 # is that message; opaque: a multipart or message that could not (or may not) be opened.
@@ -343,8 +346,16 @@ def decode_transfer(raw: bytes, cte: str) -> bytes:
         cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
         return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
     if cte == "quoted-printable":
-        return binascii.a2b_qp(raw)
+        return decode_qp(raw)
     return raw
+
+
+def decode_qp(raw: bytes) -> bytes:
+    """Quoted-printable, a soft line break followed by blanks included (RFC 2045 6.7 (3));
+    the usual text, without "=" before a blank, is not copied first."""
+    if b"= " in raw or b"=\t" in raw:
+        raw = QP_PADDED_SOFT_BREAK.sub(b"=", raw)
+    return binascii.a2b_qp(raw)
 
 
 # --- the part tree ------------------------------------------------------------------------

@@ -540,8 +540,9 @@ def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
 
 
 _QP_ESCAPE = re.compile(rb"=[0-9A-Fa-f]{2}")
-# An "=" that is neither an escape nor a soft line break: decoders disagree on it.
-_QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n|\Z)")
+# An "=" that is neither an escape nor a soft line break (blanks transport added after it
+# included, RFC 2045 6.7 (3)): decoders disagree on it.
+_QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 
 
 class _QuotedPrintable:
@@ -551,7 +552,7 @@ class _QuotedPrintable:
     def decode(self, raw: bytes) -> bytes:
         if _QP_INVALID.search(raw):
             raise Unusable("invalid quoted-printable")
-        return binascii.a2b_qp(raw)
+        return mime.decode_qp(raw)
 
     def insert(
         self, raw: bytes, at: int, added: bytes, newline: bytes
@@ -579,15 +580,16 @@ def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
 
     A cut at a line's start is preferred to one at the end of a soft-broken line; a cut inside
     a hard line break cannot be made. `raw` has passed `decode`, so every "=" in a content is
-    an "=XX" escape (three characters, one byte).
+    an "=XX" escape (three characters, one byte), and an "=" that ends a line, blanks after
+    it or not, is a soft break.
     """
     position = pos = 0
     while pos < len(raw):
         newline_at = raw.find(b"\n", pos)
         end = len(raw) if newline_at < 0 else newline_at + 1
         body = raw[pos:end].rstrip(b"\r\n")
-        soft = body.endswith(b"=")
-        content = body[:-1] if soft else body
+        soft = body.rstrip(b" \t").endswith(b"=")
+        content = body[: body.rindex(b"=")] if soft else body
         length = len(content) - 2 * content.count(b"=")
         if at < position + length or (at == position + length and not soft):
             return pos, content, at - position
