@@ -122,6 +122,14 @@ def subject_1mb_of_token_openers(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject=opener * (MIB // len(opener))), b"Hi\r\n")
 
 
+def text_1mb_of_wrapped_token_openers(direction: Direction) -> Hostile:
+    """"[ref:" broken by blanks, line breaks and quote marks between every two characters, as
+    the scan tolerates them, and never closed."""
+    opener = "[ \r\n> r\u00a0\r\n>> e \r\n> f\r\n:" + "A" * 30 + " \r\n> "
+    body = (opener * (MIB // len(opener))).encode()
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8")]), body)
+
+
 def subject_1mb_of_prefixes(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: Fwd: AW: [Case C-0000" * (MIB // 25)),
                    b"Hi\r\n")
@@ -155,6 +163,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB HTML of blanks after a '<'": html_1mb_of_blanks_after_an_opener,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
+    "1 MB text of [ref: openers wrapped between their characters":
+        text_1mb_of_wrapped_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,
     "Subject of 20,000 unclosed encoded words": subject_of_unclosed_encoded_words,
     "Subject of 20,000 unclosed words holding '?' and blanks":

@@ -525,6 +525,28 @@ def test_token_only_in_the_quoted_body_wrapped_inside_the_bracket(harness: Any) 
     assert r.all("X-Case-Token") == []
 
 
+def test_token_whose_opening_literal_a_client_wrapped(harness: Any) -> None:
+    """Apple Mail (format=flowed; delsp=yes) breaks a long quoted line inside a word, a blank
+    before the line break that readers delete (RFC 3676); other clients hard-wrap. "[ref:" is
+    broken as the token is, and read the same."""
+    tok = token_of(start_case(harness).one("Subject"))
+    apple = ("It is a LaserThing 3000.\r\n\r\nSent from my iPhone\r\n\r\n"
+             "> On 30. Nov 2026, at 10:15, Dana Agent <support@support.example.com> wrote:\r\n"
+             ">\r\n> could you tell us the model number of the printer? Dana [re \r\n"
+             f"> f:{tok}]\r\n")
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer model"),
+                        ("Content-Type", "text/plain; charset=utf-8; format=flowed; delsp=yes"),
+                        ("Content-Transfer-Encoding", "7bit"), ("X-Mailer", "iPhone Mail (22B83)"),
+                        body=apple.encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    wrapped = ("It is a LaserThing 3000.\r\n\r\nOn Mon, Nov 30, 2026 Dana Agent wrote:\r\n"
+               "> Hello Pat,\r\n> could you tell us the model number? See our guide. Dana"
+               f" [ref\r\n> :{tok}]\r\n")
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: printer model"),
+                        ("Content-Type", 'text/plain; charset="UTF-8"'), body=wrapped.encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
 def test_token_in_quoted_printable_text_after_transfer_decoding(harness: Any) -> None:
     tok = token_of(start_case(harness).one("Subject"))
     # A soft line break splits the token: only the decoded text has it whole.

@@ -270,11 +270,34 @@ def test_scanning_tolerates_case_spaces_and_quoted_line_breaks() -> None:
         assert RING.resolve(find_tokens(text)).case_number == 777_777
 
 
+def test_scanning_tolerates_line_breaks_inside_the_opening_literal() -> None:
+    """Clients wrap "[ref:" as they wrap the token: Apple Mail's format=flowed delsp=yes
+    breaks a word with a blank before the line break, quoted lines start with ">"."""
+    token = RING.make(777_777)
+    texts = [
+        f"> could you tell us the model? Dana [re \r\n> f:{token}]",  # Apple Mail, delsp=yes
+        f"> could you tell us the model? Dana [ \r\n> ref:{token}]",
+        f"See our guide. Dana [ref\r\n:{token}]",  # a hard wrap, unquoted
+        f"ana [\r\n> ref:{token}]",
+        f"> > Dana [r\n> >  e\u00a0f\n> > :{token[:5]}\n> > {token[5:]}]",
+    ]
+    for text in texts:
+        assert list(find_tokens(text)) == [token], text
+    # Only blanks and line breaks with their quote marks: other text still breaks the literal.
+    for text in (f"[re-f:{token}]", f"[re > f:{token}]", f"[re\nx> f:{token}]"):
+        assert list(find_tokens(text)) == [], text
+
+
 def test_scanning_with_a_custom_template() -> None:
     token = RING.make(5)
     template = " (Case ref {token})"
     assert list(find_tokens(f"Re: x (case  REF {token})", template)) == [token]
     assert list(find_tokens(f"Re: x [ref:{token}]", template)) == []
+    # The literal is what the template says: its breaks are tolerated as "[ref:"'s are, and
+    # where it has a blank, some separator must be there.
+    assert list(find_tokens(f"> (Ca \r\n> se\r\n> ref {token})", template)) == [token]
+    assert list(find_tokens(f"(case\n> ref {token})", template)) == [token]
+    assert list(find_tokens(f"(caseref {token})", template)) == []
 
 
 def test_judge_says_why_a_token_fails() -> None:

@@ -28,7 +28,8 @@ Where tokens appear
 - Subject and body: the bracket form of the configured template, default ``[ref:TOKEN]``.
   :func:`find_tokens` finds them from the top, case-insensitively, tolerating spaces and line
   breaks (each optionally followed by a quote prefix such as ``> `` or ``>> ``) anywhere between
-  the brackets, as mail clients wrap and quote long lines.
+  the brackets, inside the opening literal (``[re`` / ``> f:``) too, as mail clients wrap and
+  quote long lines.
 - In-Reply-To / References: the anchor ``<TOKEN.case@DOMAIN>`` (:func:`anchor`,
   :func:`token_from_anchor`).
 
@@ -389,13 +390,24 @@ class _Bracket:
     closing: str  # lower case
 
 
+# What `_read_candidate` skips between a token's symbols, as a pattern for the opening literal
+# ("[ref:"), which clients wrap alike (Apple Mail's format=flowed delsp=yes breaks "[re" /
+# "f:"): blanks (any white space but a line break, too), and line breaks, each followed by a
+# quote prefix. Possessive, and every character fits one class only: linear.
+_LITERAL_BLANKS = re.escape("".join(sorted(
+    set(_BLANKS) | {chr(i) for i in range(0x3001) if chr(i).isspace()} - {"\r", "\n"})))
+_SEPARATORS = rf"[{_LITERAL_BLANKS}]*+(?:[\r\n][{_LITERAL_BLANKS}>]*+)*+"
+
+
 @lru_cache(maxsize=16)
 def _bracket(template: str) -> _Bracket:
     check_template(template)
     before, after = template.split(PLACEHOLDER)
-    # Whitespace inside a literal may have been wrapped or doubled; elsewhere it is exact.
-    parts = [re.escape(part) for part in before.split()]
-    opening = re.compile(r"\s+".join(parts), re.IGNORECASE)
+    # Separators may break the literal anywhere; where it has white space of its own, there
+    # must be some.
+    words = [_SEPARATORS.join(re.escape(c) for c in word) for word in before.split()]
+    opening = re.compile(rf"(?=[\s{_LITERAL_BLANKS}]){_SEPARATORS}".join(words),
+                         re.IGNORECASE)
     return _Bracket(opening, after.strip().lower())
 
 
