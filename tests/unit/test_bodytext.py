@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casethread.core import mime
-from casethread.core.bodytext import html_to_text, iter_parts_of_type, iter_texts
+from casethread.core.bodytext import (
+    MAX_HTML_QUOTE_MARKS,
+    html_to_text,
+    iter_parts_of_type,
+    iter_texts,
+)
 from casethread.core.message import parse_raw
 
 CORPUS = Path(str(importlib.import_module("test").__file__)).parent / "test_email" / "data"
@@ -41,6 +46,22 @@ def test_html_is_read_as_visible_text() -> None:
     assert "Dear\xa0customer,\n" in text
     assert "A <tag> & more\nline" in text
     assert "NO" not in text and "HIDDEN" not in text and "unclosed" not in text
+
+
+def test_blockquotes_quote_their_lines_as_plain_text_does() -> None:
+    """Each line inside <blockquote>s starts with a ">" per level (what the token scan ranks
+    tokens by); malformed nesting is read as a browser lays it out, at a bounded cost."""
+    html = ('Thanks<div class="gmail_quote"><BLOCKQUOTE class="gmail_quote">Hi<br>see:\n'
+            '<blockquote type="cite">old [ref:A]</blockquote>\n[ref:B]</blockquote></div>')
+    assert html_to_text(html) == "Thanks\n\n> Hi\n> see:\n> \n>> old [ref:A]\n> \n> [ref:B]\n\n"
+    # A closer without an opener closes nothing; an opener without a closer runs to the end.
+    assert html_to_text("</blockquote>a<blockquote>b< blockquote >c") == "\na\n> b\n>> c"
+    # 10,000 levels: marks for the first MAX_HTML_QUOTE_MARKS only, on each line.
+    markup = "<blockquote>" * 10_000 + "x<br>y" + "</blockquote>" * 9_999 + "z"
+    deep = html_to_text(markup)
+    marks = ">" * MAX_HTML_QUOTE_MARKS + " "
+    assert f"\n{marks}x\n{marks}y\n" in deep and deep.endswith("\n> z")
+    assert len(deep) < len(markup)
 
 
 def test_raw_text_elements_in_any_letter_case_are_skipped() -> None:

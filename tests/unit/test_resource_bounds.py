@@ -113,6 +113,14 @@ def html_1mb_of_blanks_after_an_opener(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
 
 
+def html_1mb_of_nested_blockquotes(direction: Direction) -> Hostile:
+    """10,000 nested blockquotes, then half a million line breaks inside them (each line gets
+    its quote marks, capped), closers without openers and an unclosed one."""
+    body = (b"<html><body>" + b"<blockquote>" * 10_000 + b"x<br>" + b"\n" * (MIB // 2)
+            + b"</blockquote>" * 20_000 + b"<blockquote type=cite")
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
+
+
 def subject_1mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
 
@@ -161,6 +169,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "50 MB HTML body on one line": html_50mb_one_line,
     "1 MB HTML of unclosed tags": html_1mb_of_unclosed_tags,
     "1 MB HTML of blanks after a '<'": html_1mb_of_blanks_after_an_opener,
+    "1 MB HTML of 10,000 nested blockquotes": html_1mb_of_nested_blockquotes,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB text of [ref: openers wrapped between their characters":

@@ -2550,6 +2550,54 @@ def test_of_several_cases_quoted_in_a_body_the_mail_answered_wins(harness: Any) 
     assert "token-invalid:bad-mac" in r.decision.notes
 
 
+HTML_QUOTES = {
+    # Gmail: the attribution line, then the quoted mail's body in a gmail_quote blockquote.
+    "gmail": ('<div class="gmail_quote gmail_quote_container"><div dir="ltr" '
+              'class="gmail_attr">On Mon, Nov 30, 2026 at 10:15\u202fAM {who} wrote:<br></div>'
+              '<blockquote class="gmail_quote" style="margin:0px 0px 0px 0.8ex;border-left:1px'
+              ' solid rgb(204,204,204);padding-left:1ex">{mail}</blockquote></div>'),
+    "apple": ('<div dir="ltr"><br><blockquote type="cite">On 30. Nov 2026, at 10:15, {who} '
+              'wrote:<br><br></blockquote></div><blockquote type="cite"><div dir="ltr">{mail}'
+              '</div></blockquote>'),
+    "thunderbird": ('<div class="moz-cite-prefix">On 30.11.26 10:15, {who} wrote:<br>\n</div>\n'
+                    '<blockquote type="cite" cite="mid:x@example.com">\n{mail}\n</blockquote>'),
+}
+
+
+@pytest.mark.parametrize("client", list(HTML_QUOTES))
+def test_html_quote_depth_ranks_body_tokens(harness: Any, client: str) -> None:
+    """An HTML reply quotes with nested <blockquote>s: our tag ends the mail answered, one
+    blockquote deep, below the older case's tag it quotes two deep. The least deeply quoted
+    wins, as with ">" (the older tag, first from the top, won)."""
+    def quote(who: str, body: bytes) -> str:
+        mail = body.decode().split("<body>", 1)[1].split("</body>", 1)[0]
+        return HTML_QUOTES[client].format(who=who, mail=mail)
+
+    html = ("Content-Type", 'text/html; charset="UTF-8"')
+    first = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer"), html,
+                             body=b"<html><body><p>Hello Pat,</p><p>could you tell us the "
+                             b"model number?</p></body></html>")
+    moved = harness.outbound(
+        AGENT, TO_CUSTOMER, ("X-Case-ID", "SCAN-7"), ("Subject", "Scanner"), html,
+        body=(f'<html><body><div dir="ltr">I opened a separate ticket for the scanner.</div>'
+              f'{quote("Dana Agent", first.body)}</body></html>').encode())
+    assert moved.case_id == "SCAN-7" and harness.token("C-000001") in moved.body.decode()
+    reply = (f'<div dir="ltr">Scanner model is ScanThing 5.</div><br>'
+             f'{quote("Dana Agent", moved.body)}')
+    r = harness.inbound(CUSTOMER, ("Subject", "Scanner model"), html,
+                        ("In-Reply-To", "<20850002.932532440@mail.gmail.com>"),
+                        body=reply.encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("SCAN-7", "token")
+    # A plain-text alternative without the quote (Gmail's when the quote was trimmed).
+    body = ('--alt\r\nContent-Type: text/plain; charset="UTF-8"\r\n\r\nScanner model is '
+            'ScanThing 5.\r\n\r\n--alt\r\nContent-Type: text/html; charset="UTF-8"\r\n\r\n'
+            f'{reply}\r\n--alt--\r\n')
+    r = harness.inbound(CUSTOMER, ("Subject", "Scanner model"),
+                        ("Content-Type", 'multipart/alternative; boundary="alt"'),
+                        body=body.encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("SCAN-7", "token")
+
+
 def test_body_token_shapes_of_real_replies(harness: Any) -> None:
     """Outlook quotes without marks but starts with the newest mail's header block; a clipped
     quote loses our last line; an interleaved reply quotes two mails at one level."""

@@ -243,7 +243,8 @@ _QUOTE_MARKS = re.compile(r"[ \t]*(?:>[ \t]*)*")
 
 
 def _quote_depth(text: str, pos: int) -> int:
-    """How deeply the line holding `pos` is quoted: its leading ">" marks."""
+    """How deeply the line holding `pos` is quoted: its leading ">" marks (HTML text has
+    them per <blockquote>: bodytext.html_to_text)."""
     start = text.rfind("\n", 0, pos) + 1
     marks = _QUOTE_MARKS.match(text, start, pos)
     return marks.group().count(">") if marks else 0
