@@ -68,7 +68,8 @@ def test_unknown_envelope_sender_is_not_null() -> None:
         ((("X-Autoreply", ""),), "no"),
         # Precedence (Zammad, Znuny, RT, FreeScout)
         ((("Precedence", "bulk"),), "bulk"),
-        ((("Precedence", "Junk"),), "bulk"),
+        ((("Precedence", "Junk"),), "auto-replied"),  # vacation(1)
+        ((("Precedence", "junk"), ("List-Id", "<users.lists.example>")), "bulk"),
         ((("Precedence", "LIST"),), "bulk"),
         ((("X-Precedence", "bulk"),), "bulk"),
         ((("Precedence", "auto_reply"),), "auto-replied"),

@@ -1604,6 +1604,59 @@ def test_bulk_mail_matched_otherwise_stays_automatic(make_harness: Any, tweak: A
     assert (news.decision.match, news.one("X-Case-Auto")) == ("none", "bulk")
 
 
+# vacation(1) (and its clones) answers with the person's From, `Precedence: junk` and
+# nothing else, and quotes the Subject it answers, our tag included.
+VACATION = (CUSTOMER, ("Precedence", "junk"))
+
+
+def test_a_vacation_reply_marked_only_junk_never_moves_its_case(harness: Any) -> None:
+    """`Precedence: junk` is an autoresponder's mark, not a list's: no person's reply."""
+    out = start_case(harness)
+    away = ("Subject", f"away from my mail (was: Re: {out.one('Subject')})")
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    r = harness.inbound(*VACATION, away)
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "token", "resolved", "auto-replied")
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    r = harness.inbound(*VACATION, away)
+    assert (r.case_id, r.one("X-Case-State"), r.all("X-Case-Related")) == (
+        "C-000001", "closed", [])
+    assert harness.case("C-000001").followup is None
+    assert harness.index.last_number() == 1
+
+
+# What RT sends for a ticket our mail opened at a vendor's RT: its AutoReply action adds
+# `Auto-Submitted: auto-replied` to what all RT mail carries; RT 3 and templates that drop
+# it still name the transaction's creator, our address, in `X-RT-Originator`.
+RT_VENDOR = (("From", '"Vendor RT" <rt@vendor.example.com>'), ("Precedence", "bulk"),
+             ("X-RT-Loop-Prevention", "vendor.example.com"),
+             ("X-RT-Ticket", "vendor.example.com #4711"),
+             ("X-Managed-BY", "RT 5.0.5 (http://www.bestpractical.com/rt/)"))
+
+
+@pytest.mark.parametrize(("marks", "kind"), [
+    ((("Auto-Submitted", "auto-replied"),
+      ("X-RT-Originator", "support@example.com")), "auto-replied"),
+    ((("X-RT-Originator", "support@example.com"),), "auto-generated"),
+    ((("RT-Originator", "support@example.com"),), "auto-generated"),
+], ids=["rt-autoreply", "rt-autoreply-without-auto-submitted", "rt3-autoreply"])
+def test_an_rt_autoreply_to_our_mail_never_moves_its_case(
+    harness: Any, marks: tuple[tuple[str, str], ...], kind: str
+) -> None:
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    r = harness.inbound(*RT_VENDOR, *marks, ("In-Reply-To", out.one("Message-ID")),
+                        ("Subject", f"[vendor.example.com #4711] AutoReply: {out.one('Subject')}"))
+    assert (r.case_id, r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "resolved", kind)
+    # The vendor's agent answering in RT names the agent as the transaction's creator.
+    r = harness.inbound(*RT_VENDOR, ("X-RT-Originator", "kim@vendor.example.com"),
+                        ("In-Reply-To", out.one("Message-ID")),
+                        ("Subject", f"Re: [vendor.example.com #4711] {out.one('Subject')}"))
+    assert (r.case_id, r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "reopened", "bulk")
+
+
 @pytest.mark.parametrize("first", ["direct", "list"])
 def test_a_reply_cc_a_list_reopens_whichever_copy_comes_first(harness: Any, first: str) -> None:
     """Pat writes To support, Cc a list we are on: one copy direct, one through the list."""

@@ -20,10 +20,13 @@ first of this order wins:
    value) on mail that is no list mail, Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
    sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
-   `X-FC-Machinegenerated: true`, and any other `multipart/report` (read receipts, abuse
-   feedback). Before `bulk`, which may be a person's mail (`rules.is_automatic`): a
-   notification marked both `Precedence: bulk` and `Auto-Submitted: auto-generated` is the
-   machine's.
+   `X-FC-Machinegenerated: true`, RT mail whose `X-RT-Originator` (RT 3: `RT-Originator`)
+   is one of our support addresses (RT mails out a transaction we created: the AutoReply to
+   the ticket our mail opened, when RT leaves out the `Auto-Submitted: auto-replied` its
+   AutoReply action sets, or our own correspondence sent back; an RT agent's reply names the
+   agent there), and any other `multipart/report` (read receipts, abuse feedback). Before
+   `bulk`, which may be a person's mail (`rules.is_automatic`): a notification marked both
+   `Precedence: bulk` and `Auto-Submitted: auto-generated` is the machine's.
 4. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
    `List-Unsubscribe`, `List-Post` or `Mailing-List` header (RFC 3834 §2: a responder MAY
    ignore mail with a List-* field). A list mail is `bulk`, also when the list adds `X-Loop`.
@@ -31,6 +34,10 @@ first of this order wins:
    address (`<support.example.com>`: support@example.com, RFC 2919), is a support address (a
    Google Group or Mailman list that *is* support@) relays people's mail, so its List-*
    fields and `Precedence: list` say nothing (`bulk` and `junk` still count).
+   `Precedence: junk` on mail that is no list mail is `auto-replied`, not `bulk`: it is how
+   vacation(1) and its clones mark their replies (RFC 3834 §2 names it among the fields
+   responders set), never how a list or a ticket system marks a person's mail, so it must
+   not count as a person's reply (`rules.is_automatic`).
 5. `no`: none of these.
 
 Decisions, each conservative because an auto kind stops a reopen or a new case:
@@ -77,6 +84,8 @@ _COMMENT = re.compile(r"\([^()]*\)")
 _NEGATIVE = frozenset({"", "no", "false", "0"})
 _LIST_HEADERS = ("list-id", "list-unsubscribe", "list-post", "mailing-list")
 _AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponder")
+# Who created the transaction RT mails out (RT 3's name, then RT 4's and 5's).
+_RT_ORIGINATOR = ("rt-originator", "x-rt-originator")
 _EXCHANGE_RULE_HEADERS = (
     "x-ms-exchange-inbox-rules-loop",
     "x-ms-exchange-generated-message-source",
@@ -86,7 +95,7 @@ _EXCHANGE_RULE_HEADERS = (
 _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
     "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
-    "x-ms-journal-report",
+    "x-ms-journal-report", *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
 })
 Fields = Mapping[str, Sequence[str]]
@@ -162,7 +171,7 @@ def classify_auto_detail(msg: Message,
     # 3. auto-generated (refined to auto-replied by an out-of-office subject). Before bulk:
     # bulk mail may be a person's, relayed by a list (rules.is_automatic), and a sender that
     # says its mail is machine-made (RFC 3834 §5) is believed even when it is bulk too.
-    reason = _auto_generated(fields, submitted, null_sender, from_local, is_report)
+    reason = _auto_generated(fields, submitted, null_sender, from_local, is_report, ours)
     if reason == "x-loop" and _list_mail(fields, precedence):
         reason = ""  # lists add X-Loop to the people's mail they relay
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
@@ -175,7 +184,10 @@ def classify_auto_detail(msg: Message,
     if reason:
         return AUTO_GENERATED, reason
 
-    # 4. bulk (our own list relays people's mail: its list fields say nothing)
+    # 4. bulk (our own list relays people's mail: its list fields say nothing), except
+    # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail.
+    if "junk" in precedence and not _list_mail(fields, precedence):
+        return AUTO_REPLIED, "precedence-junk"
     own_list = ours is not None and _own_list(fields, ours)
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
@@ -221,7 +233,8 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
 
 
 def _auto_generated(
-    fields: Fields, submitted: list[str], null_sender: bool, from_local: str, is_report: bool
+    fields: Fields, submitted: list[str], null_sender: bool, from_local: str, is_report: bool,
+    ours: Callable[[str], bool] | None,
 ) -> str:
     if any(v != "no" for v in submitted):
         return "auto-submitted"
@@ -235,9 +248,17 @@ def _auto_generated(
         return "from-postmaster"
     if any(_first_token(v) == "true" for v in fields.get("x-fc-machinegenerated", ())):
         return "x-fc-machinegenerated"
+    if ours is not None and _rt_echo(fields, ours):
+        return "rt-originator-ours"
     if is_report:
         return "report"
     return ""
+
+
+def _rt_echo(fields: Fields, ours: Callable[[str], bool]) -> bool:
+    """Whether RT mails out a transaction one of our addresses created (our own mail, which
+    opened or updated its ticket), not an RT agent's."""
+    return any(ours(first_address(v)) for name in _RT_ORIGINATOR for v in _values(fields, name))
 
 
 def _values(fields: Fields, name: str) -> list[str]:
