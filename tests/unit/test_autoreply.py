@@ -370,6 +370,62 @@ def test_a_delivery_report_without_its_status_part_is_a_bounce() -> None:
     assert classify_auto_detail(headers_only) == ("bounce", "delivery-status")
 
 
+# Notices of the mail system without a DSN: (From, Subject, other fields), as each MTA
+# writes them, with the null envelope sender every one of them is sent with.
+MDAEMON = '"MDaemon at mail.customer.example" <MDaemon@mail.customer.example>'
+EXIM = "Mail Delivery System <Mailer-Daemon@mx.customer.example>"
+NOTICES = {
+    "mdaemon failure": ((MDAEMON, "Permanent Delivery Failure", (("X-MDDSN-Message", "Yes"),)),
+                        ("bounce", "null-sender+failure-subject")),
+    "mdaemon delay": ((MDAEMON, "Warning: Temporary Delivery Failure",
+                       (("X-MDDSN-Message", "Yes"),)),
+                      ("auto-generated", "null-sender+delay-subject")),
+    "exim text delay": ((EXIM, "Warning: message 1kXyZ9-00AbCd-3Q delayed 24 hours",
+                         (("Auto-Submitted", "auto-replied"),)),
+                        ("auto-generated", "from-mailer-daemon+delay-subject")),
+    "sendmail text delay": (("Mail Delivery Subsystem <MAILER-DAEMON@mx.customer.example>",
+                             "Warning: could not send message for past 4 hours",
+                             (("Auto-Submitted", "auto-generated (warning-timeout)"),)),
+                            ("auto-generated", "from-mailer-daemon+delay-subject")),
+    "exim text failure": ((EXIM, "Mail delivery failed: returning message to sender",
+                           (("X-Failed-Recipients", "pat@customer.example"),)),
+                          ("bounce", "x-failed-recipients")),
+    "qmail failure": (("MAILER-DAEMON@mail.customer.example", "failure notice",
+                       ()), ("bounce", "from-mailer-daemon")),
+    # A failure's subject may repeat the returned mail's, which may say "delayed".
+    "exchange text failure": (("postmaster@customer.example",
+                               "Undeliverable: Your delayed order", ()),
+                              ("bounce", "from-postmaster-null-sender")),
+}
+
+
+@pytest.mark.parametrize("name", NOTICES)
+def test_a_notice_without_a_dsn_is_a_bounce_only_when_it_reports_a_failure(name: str) -> None:
+    """RFC 3464: a report is a failure's, which an agent must act on, or a delay's, which
+    needs nothing; a text notice tells them apart by its subject."""
+    (sender, subject, extra), expected = NOTICES[name]
+    notice = msg(("From", sender), ("Subject", subject), *extra, mail_from="<>")
+    assert classify_auto_detail(notice) == expected
+
+
+def test_a_null_sender_alone_is_no_bounce() -> None:
+    """Auto-replies are sent with a null sender too (RFC 3834 §3.3)."""
+    for subject in ("Out of office", "Your delayed order", "Re: Undelivered parcel"):
+        assert classify_auto(msg(("Subject", subject), mail_from="<>")) == "auto-generated"
+
+
+@pytest.mark.parametrize("marks", [
+    (("Auto-Submitted", "auto-replied"),), (("X-Autoreply", "yes"),), ()])
+def test_a_read_receipt_is_auto_generated_whatever_it_says(
+    marks: tuple[tuple[str, str], ...]
+) -> None:
+    """RFC 3834 §5 lets an MDN say auto-replied: a receipt is still no out-of-office."""
+    receipt = msg(("Subject", "Disposition notification"), *marks,
+                  ("Content-Type", "multipart/report; "
+                   "report-type=disposition-notification; boundary=MDN"), mail_from="<>")
+    assert classify_auto_detail(receipt) == ("auto-generated", "report")
+
+
 def test_suppress_header_with_an_out_of_office_subject_is_auto_replied() -> None:
     ooo = msg(("X-Auto-Response-Suppress", "All"), ("Subject", "Automatiskt svar: Skrivare"))
     assert classify_auto_detail(ooo) == ("auto-replied", "x-auto-response-suppress+ooo-subject")

@@ -5,12 +5,20 @@ The signals are the union of what RFC 3834, RT, Zammad, Znuny, FreeScout and Bug
 first of this order wins:
 
 1. `bounce`: a delivery status report (`multipart/report; report-type=delivery-status`) of a
-   failure, an Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, or a From of
-   `postmaster@...` with a null sender. So a DSN with an empty sender is a bounce, even when
-   it also says `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs). A report whose
+   failure, an Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, a From of
+   `postmaster@...` with a null sender, or a null sender with a failure subject
+   ("Undelivered Mail Returned to Sender", "failure notice", MDaemon's "Permanent Delivery
+   Failure", ...). So a DSN with an empty sender is a bounce, even when it also says
+   `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs). A report whose
    every per-recipient `Action` is `delayed`, `delivered`, `relayed` or `expanded` (a delay
    warning, a success notice) is `auto-generated` whatever its sender; one with a `failed`
-   Action, or with none readable, is a bounce.
+   Action, or with none readable, is a bounce. A notice of the mail system without a DSN
+   (those senders) whose subject says the mail is delayed (Exim's "Warning: message ...
+   delayed 24 hours", Sendmail's "Warning: could not send message for past 4 hours") is
+   `auto-generated` too: a report is a bounce only when it reports a failure (RFC 3464), the
+   one an agent must act on. Any other `multipart/report` (a read receipt, RFC 8098; abuse
+   feedback) is `auto-generated` whatever else it says: RFC 3834 §5 lets a receipt carry
+   `Auto-Submitted: auto-replied`, which makes it no out-of-office.
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
    pattern (below). An out-of-office reply is `auto-replied`.
@@ -20,11 +28,11 @@ first of this order wins:
    value) on mail that is no list mail, Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
    sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
-   `X-FC-Machinegenerated: true`, RT mail whose `X-RT-Originator` (RT 3: `RT-Originator`)
-   is one of our support addresses (RT mails out a transaction we created: the AutoReply to
-   the ticket our mail opened, when RT leaves out the `Auto-Submitted: auto-replied` its
-   AutoReply action sets, or our own correspondence sent back; an RT agent's reply names the
-   agent there), and any other `multipart/report` (read receipts, abuse feedback). Before
+   `X-FC-Machinegenerated: true`, and RT mail whose `X-RT-Originator` (RT 3:
+   `RT-Originator`) is one of our support addresses (RT mails out a transaction we created:
+   the AutoReply to the ticket our mail opened, when RT leaves out the `Auto-Submitted:
+   auto-replied` its AutoReply action sets, or our own correspondence sent back; an RT
+   agent's reply names the agent there). Before
    `bulk`, which may be a person's mail (`rules.is_automatic`): a notification marked both
    `Precedence: bulk` and `Auto-Submitted: auto-generated` is the machine's.
 4. `bulk`: `Precedence`/`X-Precedence` of `bulk`, `junk` or `list`, or a `List-Id`,
@@ -107,6 +115,21 @@ _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _REPORT_BUDGET = 64 << 10
+# The subjects of the mail system's notices in formats of their own (no DSN to read), from the
+# start: a delay warning's, then a failure's (MDaemon's delay says "Temporary Delivery
+# Failure"). A failure's subject may go on with the returned mail's, which may say anything.
+_DELAY_SUBJECT = re.compile(
+    r"\s*(?:warning:\s*)?(?:message\s+\S+\s+delayed|could\s+not\s+send\s+message\s+for\s+past"
+    r"|(?:mail\s+)?delivery\s+(?:is\s+)?delay|delayed\s+(?:mail|delivery)"
+    r"|delivery\s+status\s+notification\s*\(delay\)|temporary\s+delivery\s+failure)",
+    re.IGNORECASE,
+)
+_FAILURE_SUBJECT = re.compile(
+    r"\s*(?:undeliver|returned\s+mail|mail\s+delivery\s+failed|failure\s+notice"
+    r"|delivery\s+status\s+notification\s*\(failure\)|(?:permanent\s+)?delivery\s+failure"
+    r"|(?:message\s+)?delivery\s+(?:has\s+)?failed|non-?\s*deliver|mail\s+system\s+error)",
+    re.IGNORECASE,
+)
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
     r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatiskt\s+svar"
@@ -139,7 +162,6 @@ def classify_auto_detail(msg: Message,
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
     report_type = _report_type(msg)
-    is_report = report_type is not None
 
     # 1. bounce
     if report_type == "delivery-status":
@@ -148,14 +170,13 @@ def classify_auto_detail(msg: Message,
             # A delay warning or a success notice: machine mail, but nothing bounced.
             return AUTO_GENERATED, "delivery-status-" + "-".join(sorted(actions))
         return BOUNCE, "delivery-status"
-    if _values(fields, "x-failed-recipients"):
-        return BOUNCE, "x-failed-recipients"
-    if from_local == "mailer-daemon":
-        return BOUNCE, "from-mailer-daemon"
-    if from_local == "postmaster" and null_sender:
-        return BOUNCE, "from-postmaster-null-sender"
+    notice = _notice(msg, fields, null_sender, from_local)
+    if notice is not None:
+        return notice
+    if report_type is not None:  # a read receipt, also one marked auto-replied (RFC 3834 §5)
+        return AUTO_GENERATED, "report"
 
-    if not (fields or is_report or null_sender or from_local == "postmaster"):
+    if not (fields or null_sender or from_local == "postmaster"):
         return NO, ""  # most mail: none of the signals below can be present
 
     submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
@@ -171,7 +192,7 @@ def classify_auto_detail(msg: Message,
     # 3. auto-generated (refined to auto-replied by an out-of-office subject). Before bulk:
     # bulk mail may be a person's, relayed by a list (rules.is_automatic), and a sender that
     # says its mail is machine-made (RFC 3834 §5) is believed even when it is bulk too.
-    reason = _auto_generated(fields, submitted, null_sender, from_local, is_report, ours)
+    reason = _auto_generated(fields, submitted, null_sender, from_local, ours)
     if reason == "x-loop" and _list_mail(fields, precedence):
         reason = ""  # lists add X-Loop to the people's mail they relay
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
@@ -195,6 +216,28 @@ def classify_auto_detail(msg: Message,
         if _values(fields, name):
             return BULK, name
     return NO, ""
+
+
+def _notice(msg: Message, fields: Fields, null_sender: bool,
+            from_local: str) -> tuple[str, str] | None:
+    """The kind of a notice of the mail system about a delivery, told without a DSN (step 1):
+    a bounce, or `auto-generated` when its subject says the mail is only delayed; None for
+    other mail (a null sender alone is any auto-reply's, RFC 3834 §3.3)."""
+    if _values(fields, "x-failed-recipients"):  # Exim sets it on failures only
+        return BOUNCE, "x-failed-recipients"
+    system = ("from-mailer-daemon" if from_local == "mailer-daemon"
+              else "from-postmaster-null-sender" if from_local == "postmaster" and null_sender
+              else "")
+    if not (system or null_sender):
+        return None
+    subject = decode_subject(msg.get("Subject") or "")
+    if _DELAY_SUBJECT.match(subject):
+        return AUTO_GENERATED, f"{system or 'null-sender'}+delay-subject"
+    if system:
+        return BOUNCE, system
+    if _FAILURE_SUBJECT.match(subject):
+        return BOUNCE, "null-sender+failure-subject"
+    return None
 
 
 def _replied(fields: Fields, submitted: list[str],
@@ -233,7 +276,7 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
 
 
 def _auto_generated(
-    fields: Fields, submitted: list[str], null_sender: bool, from_local: str, is_report: bool,
+    fields: Fields, submitted: list[str], null_sender: bool, from_local: str,
     ours: Callable[[str], bool] | None,
 ) -> str:
     if any(v != "no" for v in submitted):
@@ -250,8 +293,6 @@ def _auto_generated(
         return "x-fc-machinegenerated"
     if ours is not None and _rt_echo(fields, ours):
         return "rt-originator-ours"
-    if is_report:
-        return "report"
     return ""
 
 
