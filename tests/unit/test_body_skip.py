@@ -24,9 +24,10 @@ MESSAGE_ID = "<reply.1@customer.example.org>"
 
 
 def mail(*headers: tuple[str, str], body: bytes = b"", sender: tuple[str, str] = CUSTOMER,
-         rcpts: tuple[str, ...] = ("support@example.com",)) -> Message:
+         rcpts: tuple[str, ...] = ("support@example.com",), mail_from: str = "") -> Message:
     fields = (sender, TO_SUPPORT, ("Message-ID", MESSAGE_ID), *headers)
-    return Message(Envelope(rcpts=rcpts), tuple(Header(n, v) for n, v in fields), body)
+    return Message(Envelope(mail_from=mail_from, rcpts=rcpts),
+                   tuple(Header(n, v) for n, v in fields), body)
 
 
 def start_case(h: Any) -> Any:
@@ -90,6 +91,18 @@ def a_delay_warning_with_the_token_in_its_subject(h: Any) -> Message:
                 body=body, sender=("From", "MAILER-DAEMON@mx.customer.example.org"))
 
 
+def a_text_bounce_with_the_token_in_its_subject(h: Any) -> Message:
+    """A mail system's notice without a DSN: its Subject names the case, but the bounce
+    strategy, first, reads the returned copy in its body."""
+    sent = start_case(h)
+    tok = h.token(sent.case_id)
+    body = ("Your message could not be delivered.\n\n"
+            "--- Below this line is a copy of the message.\n\n"
+            f"Message-ID: {sent.one('Message-ID')}\nSubject: Printer jam\n\nHello\n").encode()
+    return mail(("Subject", f"Undeliverable: Printer jam [ref:{tok}]"), body=body,
+                sender=("From", "postmaster@customer.example.org"), mail_from="<>")
+
+
 SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
     # name: (the mail, whether its header fields alone find its case)
     "token in the Subject": (token_in_subject, True),
@@ -102,6 +115,8 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
     "a bounce of our mail": (a_bounce_of_our_mail, False),
     "a delay warning with the token in its Subject": (
         a_delay_warning_with_the_token_in_its_subject, False),
+    "a text bounce with the token in its Subject": (
+        a_text_bounce_with_the_token_in_its_subject, False),
 }
 
 

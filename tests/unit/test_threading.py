@@ -13,6 +13,7 @@ import email.header
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,121 @@ def test_bounce_of_unknown_mail_opens_no_case(harness: Any) -> None:
     assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
     assert r.decision.case_ids == ()
     assert harness.index.last_number() == 0
+
+
+# Bounces without a DSN at their top, as their servers write them: the mail system's notice
+# (a null sender, MAILER-DAEMON or a failure subject) returning the mail in a form of its own.
+def qmail_bounce(returned: bytes, yahoo: bool = False) -> tuple[tuple[tuple[str, str], ...],
+                                                                 bytes]:
+    """qmail's text bounce (Yahoo's is the same, under MIME): the copy after a marker line."""
+    host = "yahoo.com" if yahoo else "mail.customer.example.org"
+    fields = (("From", f"MAILER-DAEMON@{host}"), ("To", "dana@support.example.com"),
+              ("Subject", "Failure Notice" if yahoo else "failure notice"),
+              *((("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=UTF-8"),
+                 ("Content-Transfer-Encoding", "8bit")) if yahoo else ()))
+    return fields, (
+        f"Hi. This is the qmail-send program at {host}.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        "<pat@customer.example.org>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"
+        "--- Below this line is a copy of the message.\n\n"
+        "Return-Path: <dana@support.example.com>\n"
+        "Received: (qmail 4711 invoked from network); 2 Mar 2026 09:15:03 -0000\n"
+    ).encode() + returned
+
+
+def exim_text_bounce(returned: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """Exim's failure report where DSNs are off: the copy after its own marker line."""
+    return ((("From", "Mail Delivery System <Mailer-Daemon@mx.customer.example.org>"),
+             ("Subject", "Mail delivery failed: returning message to sender"),
+             ("X-Failed-Recipients", "pat@customer.example.org"),
+             ("Auto-Submitted", "auto-replied")),
+            b"This message was created automatically by mail delivery software.\n\n"
+            b"A message that you sent could not be delivered to one or more of its\n"
+            b"recipients. This is a permanent error. The following address(es) failed:\n\n"
+            b"  pat@customer.example.org\n    mailbox is full\n\n"
+            b"------ This is a copy of the message, including all the headers. ------\n\n"
+            + returned)
+
+
+def mdaemon_bounce(returned: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """MDaemon's failure: multipart/mixed, the returned mail attached as message/rfc822."""
+    return ((("From", '"MDaemon at mail.customer.example.org" '
+                      "<MDaemon@mail.customer.example.org>"),
+             ("Subject", "Permanent Delivery Failure"), ("X-MDDSN-Message", "Yes"),
+             ("X-Return-Path", "<>"), ("MIME-Version", "1.0"),
+             ("Content-Type", 'multipart/mixed; boundary="----=_MDaemon_NDR_0001"')),
+            b"------=_MDaemon_NDR_0001\nContent-Type: text/plain; charset=US-ASCII\n\n"
+            b"The attached message had PERMANENT fatal delivery errors!\n\n"
+            b"--- Session Transcript ---\n <-- 550 5.1.1 User unknown\n"
+            b"--- End Transcript ---\n\n"
+            b"------=_MDaemon_NDR_0001\nContent-Type: message/rfc822\n"
+            b"Content-Disposition: attachment\n\n" + returned
+            + b"\n------=_MDaemon_NDR_0001--\n")
+
+
+def wrapped_dsn(returned: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """Sendmail's DSN with the headers returned, wrapped by a gateway that adds a disclaimer
+    part: multipart/mixed around the multipart/report."""
+    headers = returned.partition(b"\n\n")[0] + b"\n"
+    return ((("From", "Mail Delivery Subsystem <MAILER-DAEMON@mx.customer.example.org>"),
+             ("Subject", "Returned mail: see transcript for details"),
+             ("Auto-Submitted", "auto-generated (failure)"), ("MIME-Version", "1.0"),
+             ("Content-Type", 'multipart/mixed; boundary="DISCLAIMER-1"')),
+            b"--DISCLAIMER-1\nContent-Type: multipart/report; report-type=delivery-status;\n"
+            b'\tboundary="DSN.BOUNDARY"\n\n' + dsn(headers, "text/rfc822-headers")
+            + b"\n--DISCLAIMER-1\nContent-Type: text/plain; charset=us-ascii\n\n"
+            b"This e-mail was scanned by GatewayAV.\n\n--DISCLAIMER-1--\n")
+
+
+NON_DSN_BOUNCES: dict[str, Callable[[bytes], tuple[tuple[tuple[str, str], ...], bytes]]] = {
+    "qmail": qmail_bounce,
+    "yahoo": partial(qmail_bounce, yahoo=True),
+    "exim text": exim_text_bounce,
+    "mdaemon": mdaemon_bounce,
+    "gateway-wrapped dsn": wrapped_dsn,
+}
+
+
+@pytest.mark.parametrize("server", NON_DSN_BOUNCES)
+def test_a_bounce_without_a_dsn_returns_our_message_id(harness: Any, server: str) -> None:
+    """Only the returned copy names the case, by its Message-ID (a DKIM-signed mail keeps its
+    Subject untagged): read as a DSN's returned part is, with the same rules."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    fields, body = NON_DSN_BOUNCES[server](returned_message(out.one("Message-ID")))
+    r = harness.inbound(*fields, body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "resolved", "bounce")
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+@pytest.mark.parametrize("server", NON_DSN_BOUNCES)
+def test_a_bounce_without_a_dsn_of_other_mail_opens_no_case(harness: Any, server: str) -> None:
+    start_case(harness)
+    fields, body = NON_DSN_BOUNCES[server](returned_message("<never-seen@support.example.com>"))
+    r = harness.inbound(*fields, body=body, mail_from="<>")
+    assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
+    assert harness.index.last_number() == 1
+
+
+def test_a_person_forwarding_a_text_bounce_is_no_bounce(harness: Any) -> None:
+    """Only the mail system's notices are read for a returned copy: a customer's mail that
+    quotes one is a person's mail (here a new one: it names nothing of ours otherwise)."""
+    out = start_case(harness)
+    _, body = qmail_bounce(returned_message(out.one("Message-ID")))
+    r = harness.inbound(CUSTOMER, ("Subject", "Fwd: failure notice"), body=body)
+    assert (r.one("X-Case-Match"), r.case_id) == ("new", "C-000002")
+
+
+def test_a_text_bounce_is_read_within_the_scan_budget(make_harness: Any) -> None:
+    h = make_harness()
+    h = make_harness(settings_with(h, scan_budget=4096))
+    out = start_case(h)
+    fields, body = qmail_bounce(returned_message(out.one("Message-ID")))
+    padded = body.replace(b"(#5.1.1)\n", b"(#5.1.1)\n" + b"Transcript line.\n" * 300)
+    assert h.inbound(*fields, body=body, mail_from="<>").one("X-Case-Match") == "bounce"
+    assert h.inbound(*fields, body=padded, mail_from="<>").one("X-Case-Match") == "none"
 
 
 def read_receipt(original_id: str, part_type: str = "message/disposition-notification") -> bytes:

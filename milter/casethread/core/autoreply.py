@@ -130,6 +130,9 @@ _FAILURE_SUBJECT = re.compile(
     r"|(?:message\s+)?delivery\s+(?:has\s+)?failed|non-?\s*deliver|mail\s+system\s+error)",
     re.IGNORECASE,
 )
+# The fields a notice of the mail system is told by, besides From and Subject.
+_NOTICE_FIELDS = frozenset({"x-failed-recipients", "return-path"})
+_SYSTEM_SENDERS = ("mailer-daemon", "postmaster")
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
     r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatiskt\s+svar"
@@ -216,6 +219,20 @@ def classify_auto_detail(msg: Message,
         if _values(fields, name):
             return BULK, name
     return NO, ""
+
+
+def is_delivery_notice(msg: Message) -> bool:
+    """Whether the mail system sent this mail about a delivery without a DSN at its top (a
+    bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
+    mail the bounce strategy reads for the returned message. Cheap for other mail: its From
+    is only parsed when it names a system sender."""
+    fields = msg.present(_NOTICE_FIELDS)
+    null_sender = _null_sender(msg, fields)
+    sender = (msg.get("From") or "").lower()
+    if not (null_sender or "x-failed-recipients" in fields
+            or any(name in sender for name in _SYSTEM_SENDERS)):
+        return False
+    return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,

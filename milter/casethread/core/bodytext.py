@@ -132,6 +132,32 @@ def iter_parts_of_type(
         stack.extend(reversed(part.children))
 
 
+# The line a bounce written as plain text puts before the message it returns (qmail's, also
+# Yahoo's; Exim's without DSNs), and the blank lines after it.
+_RETURNED_COPY = re.compile(
+    rb"^[ \t]*-+[ \t]*(?:below this line is a copy of the message"
+    rb"|this is a copy of the message(?:, including all the headers|'s headers))"
+    rb"[ \t.-]*\r?\n(?:[ \t]*\r?\n)*", re.I | re.M)
+
+
+def returned_copy(
+    top_content_type: str | None,
+    top_cte: str | None,
+    body: Data,
+    budget: int = DEFAULT_BUDGET,
+    *,
+    top_disposition: str | None = None,
+    tree: Part | None = None,
+) -> bytes:
+    """The message a bounce written as plain text returns (its header fields first): what
+    follows the marker line in its first text/plain part, within `budget` decoded bytes;
+    b"" when there is none. `tree` as for `iter_texts`."""
+    text = next(iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
+                                   top_disposition=top_disposition, tree=tree), None)
+    found = _RETURNED_COPY.search(text.data) if text is not None else None
+    return text.data[found.end():] if text is not None and found is not None else b""
+
+
 def _readable(tree: Part, include_attachments: bool, forwarded: list[Part]) -> Iterator[Part]:
     """The parts of `tree` to read, from the top; forwarded messages inside it are put in
     `forwarded` instead, to be read after the text around them."""

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 
-from . import bodytext, mime, msgid, subject, thread_index
+from . import autoreply, bodytext, mime, msgid, subject, thread_index
 from .addresses import AddressMatcher, envelope_address, header_addresses
 from .frozen import frozen
 from .lazy import lazy
@@ -517,7 +517,13 @@ class Resolver:
         return Hit(case, "subject-match")
 
     def by_bounce(self, ev: Evidence) -> Hit | None:
-        if not mime.is_report(ev.msg.get("Content-Type")):
+        """A report (DSN, read receipt) of our mail, by the header fields it returns. A notice
+        of the mail system without a report at its top (`autoreply.is_delivery_notice`) is
+        read so too: MDaemon attaches the returned mail to multipart/mixed, a gateway wraps a
+        DSN in it; qmail (and Yahoo) copy it into the text after a marker line. Other mail's
+        body is not read here."""
+        report = mime.is_report(ev.msg.get("Content-Type"))
+        if not (report or autoreply.is_delivery_notice(ev.msg)):
             return None
         top = ev.top
         returned = bodytext.iter_parts_of_type(
@@ -528,7 +534,11 @@ class Resolver:
             hit = self._bounce_part(ev, part.data)
             if hit is not None:
                 return hit
-        return None
+        if report:
+            return None
+        copy = bodytext.returned_copy(top.content_type, top.cte, ev.msg.body, self.scan_budget,
+                                      top_disposition=top.disposition, tree=ev.tree)
+        return self._bounce_part(ev, copy) if copy else None
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
         """The bounced mail's case, from the header fields it returned: its own Message-ID
