@@ -658,7 +658,9 @@ _RULES: dict[str, _Rule] = {
     ),
     "inbound.flood": _Rule(doc="Loop protection: more than limit messages within window."),
     "inbound.flood.limit": _Rule(
-        check=_int_range(1, 100000), doc="Messages one sender may send within window (1-100000)."
+        check=_int_range(1, 100000),
+        doc="Messages one sender may send within window (1-100000); a report the bounce "
+            "strategy matched counts per sender and case.",
     ),
     "inbound.flood.window": _Rule(
         parse=_parse_duration,

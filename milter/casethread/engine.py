@@ -245,10 +245,6 @@ class Engine:
             ev.trace.append(_retried(attempt))
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
-        bumps = self._flood_bumps(ev.sender)
-        loop = self._flooding(bumps, now)
-        if loop:
-            ev.trace.append(f"loop: {ev.sender} sent more than the flood limit")
         own_id = msgid.first_id(msg.get("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
         # A copy of this mail recorded meanwhile makes it a duplicate.
@@ -258,6 +254,7 @@ class Engine:
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
             ev.trace.append(f"duplicate: this Message-ID is already recorded for {case.case_id}")
+            _, loop = self._flood(ev, None, now)
             # Our own outbound mail coming back (a forward, a list) may name a case that no
             # inbound mail routed yet: show this mail's route, keep nothing.
             verdict = inbound.Verdict(
@@ -269,6 +266,7 @@ class Engine:
             # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev)
         hit = reused.hit if reused is not None else self._resolver.resolve_inbound(ev)
+        bumps, loop = self._flood(ev, hit, now)
         # A list's copy of a person's reply to our mail moves the case like the reply.
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
         if hit is None:
@@ -331,17 +329,22 @@ class Engine:
             trace=tuple(ev.trace), auto=verdict.auto,
         )
 
-    def _flood_bumps(self, sender: str | None) -> list[CounterBump]:
-        if sender is None:
-            return []
-        return [CounterBump(f"flood {sender}", self.settings.inbound.flood.window)]
-
-    def _flooding(self, bumps: list[CounterBump], now: int) -> bool:
-        """Whether this message is over the flood limit. It is counted at the end, with the
-        message's other writes (one commit): senders racing each other may pass the limit by
-        the messages in flight, a sequence of them never does."""
-        limit = self.settings.inbound.flood.limit
-        return any(self.index.next_count(b.key, now, b.window) > limit for b in bumps)
+    def _flood(self, ev: Evidence, hit: Hit | None, now: int) -> tuple[list[CounterBump], bool]:
+        """What this message counts against the flood limit, and whether it is over it. Mail
+        counts against its sender; a report the bounce strategy matched (a bounce, a delay
+        warning, a read receipt of our mail) against its sender and that case: a provider's
+        shared bounce address (mailer-daemon@googlemail.com) reports on many cases an hour,
+        a loop returns the same case's mail again and again. It is counted at the end, with
+        the message's other writes (one commit): senders racing each other may pass the
+        limit by the messages in flight, a sequence of them never does."""
+        if ev.sender is None:
+            return [], False
+        about = f" about {hit.case.case_id}" if hit is not None and hit.match == "bounce" else ""
+        bump = CounterBump(f"flood {ev.sender}{about}", self.settings.inbound.flood.window)
+        loop = self.index.next_count(bump.key, now, bump.window) > self.settings.inbound.flood.limit
+        if loop:
+            ev.trace.append(f"loop: {ev.sender} sent more than the flood limit{about}")
+        return [bump], loop
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,

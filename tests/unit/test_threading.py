@@ -1841,6 +1841,33 @@ def test_flood_limit_is_configurable(make_harness: Any, tweak: Any) -> None:
     assert h.inbound(CUSTOMER).all("X-Case-Loop") == []
 
 
+GMAIL_NDR = ("From", "Mail Delivery Subsystem <mailer-daemon@googlemail.com>")
+
+
+def gmail_bounce(h: Any, out: Any) -> Any:
+    """Gmail's DSN of our mail `out`, from its shared bounce address."""
+    return h.inbound(GMAIL_NDR, ("Subject", "Delivery Status Notification (Failure)"),
+                     *DSN_HEADERS[4:], body=dsn(returned_message(out.one("Message-ID"))),
+                     mail_from="<>")
+
+
+def test_a_shared_bounce_address_counts_per_case(make_harness: Any, tweak: Any) -> None:
+    """mailer-daemon@googlemail.com bounces mail of many cases an hour: each is one report on
+    one case, no loop. The same case's mail bounced again and again is one."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=3, window=3600)}))
+    sent = [start_case(h, f"Order {n}") for n in range(5)]
+    for out in sent:
+        r = gmail_bounce(h, out)
+        assert (r.one("X-Case-Match"), r.all("X-Case-Loop")) == ("bounce", [])
+    looping = [gmail_bounce(h, sent[0]).all("X-Case-Loop") for _ in range(3)]
+    assert looping == [[], [], ["yes"]]  # the 4th bounce of C-000001 within the hour
+    assert gmail_bounce(h, sent[1]).all("X-Case-Loop") == []
+    # Its other mail (a bounce of mail we never sent, a notice) counts against the address.
+    strays = [h.inbound(GMAIL_NDR, ("Subject", f"Notice {n}"), mail_from="<>").all(
+        "X-Case-Loop") for n in range(4)]
+    assert strays == [[], [], [], ["yes"]]
+
+
 # --------------------------------------------------------------------------- routing
 
 
