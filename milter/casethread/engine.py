@@ -168,10 +168,15 @@ class Engine:
         if direction is Direction.OTHER:  # no index read: the failure policy comes here too
             # A redirect's X-Case-* fields are those of the copy it resends, not an app's.
             return self._neither(msg, ("resent",) if outbound.is_resent(msg) else ())
-        decide = (partial(self._inbound, found=found) if direction is Direction.INBOUND
-                  else self._outbound)
-        with self.index.snapshot():  # the decision's reads share one view of the index
-            return self._decided(decide, msg)
+        if direction is Direction.OUTBOUND:
+            return self._decided(self._outbound, msg)
+        if found is None:
+            return self._decided(self._inbound, msg)
+        # The milter skipped this mail's body: nothing slow happens between the decision's
+        # reads, which share one view of the index (a view held while a body is parsed or
+        # stamped would hold back every write that needs the readers drained).
+        with self.index.snapshot():
+            return self._decided(partial(self._inbound, found=found), msg)
 
     @staticmethod
     def _decided(decide: Callable[[Message, int], Decision], msg: Message) -> Decision:
@@ -239,7 +244,7 @@ class Engine:
         now = int(self._clock())
         # What end of headers found is decided on once: a decision made stale is made afresh.
         reused = found if attempt == 1 else None
-        ev = (reused.evidence.with_body(msg) if reused is not None
+        ev = (reused.evidence.with_body(msg, now) if reused is not None
               else self._resolver.evidence(msg, self.index, now))
         if attempt > 1:
             ev.trace.append(_retried(attempt))

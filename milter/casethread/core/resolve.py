@@ -136,12 +136,12 @@ class Evidence:
             )
         )
 
-    def with_body(self, msg: Message) -> Evidence:
-        """This evidence for the same mail with its body (`msg`, read at end of message): what
-        the header fields showed stands, what is still to be read comes from the body."""
+    def with_body(self, msg: Message, now: int) -> Evidence:
+        """This evidence for the same mail with its body (`msg`, read at end of message, `now`):
+        what the header fields showed stands, what is still to be read comes from the body."""
         if self.body_read:  # what the body showed would be the empty body's
             raise ValueError("evidence that read an empty body")
-        self.msg = msg
+        self.msg, self.now = msg, now
         return self
 
     def case_by_id(self, case_id: str | None) -> CaseRecord | None:

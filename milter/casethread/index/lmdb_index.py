@@ -597,18 +597,21 @@ class _Kept:
     """A snapshot's read transaction, used by a read as `_Txn` is (`with ... as (txn, db)`)
     but left open for the next read; an LMDB error ends it."""
 
-    __slots__ = ("_pair", "_txn")
+    __slots__ = ("_pair", "_txn", "uses")
 
     def __init__(self, txn: _Txn) -> None:
         self._txn = txn
         self._pair = txn.__enter__()
+        self.uses = 0  # reads under way: a write then is one inside a transaction
 
     def __enter__(self) -> tuple[lmdb.Transaction[bytes], SharedEnv]:
+        self.uses += 1
         return self._pair
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
+        self.uses -= 1
         if isinstance(exc, lmdb.Error):
             self.end(exc_type, exc)
 
@@ -826,6 +829,9 @@ class LmdbIndex:
         local = shared.snapshots
         wanted = getattr(local, "wanted", False)
         if wanted:
+            kept: _Kept | None = local.kept
+            if kept is not None and kept.uses:  # as `_write_queued` refuses outside one
+                raise CaseIndexError("write inside a transaction of the same thread")
             self._end_snapshot(local)
             local.wanted = False
         try:
