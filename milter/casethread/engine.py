@@ -37,6 +37,7 @@ from .core.resolve import (
     Found,
     Hit,
     Resolver,
+    adds_people,
     participant_key,
     subject_participant_key,
 )
@@ -209,10 +210,11 @@ class Engine:
 
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
                  root: bytes | None, notes: list[str], external: list[str] | None = None,
-                 ours: bool = False) -> list[Alias]:
+                 ours: bool = False, people: bool = True) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
-        references (for the first case), its people (and subject) for every case; `notes`
-        gets `participants-capped` when some people were left out."""
+        references (for the first case), its people (and subject) for every case unless not
+        `people` (`adds_people`); `notes` gets `participants-capped` when some people were
+        left out."""
         first = case_ids[0]
         aliases = []
         if message_id:
@@ -220,7 +222,7 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
-        addresses = self._resolver.participants(msg, ours)
+        addresses = self._resolver.participants(msg, ours) if people else []
         if len(addresses) > MAX_PARTICIPANTS:
             addresses = addresses[:MAX_PARTICIPANTS]
             if "participants-capped" not in notes:  # an index write may be tried again
@@ -304,10 +306,14 @@ class Engine:
             # redirect must not make its own customer `unknown`.
             named = dict.fromkeys([hit.case.case_id, *(t.case.case_id for t in targets)])
             sender_known = any(ev.is_participant(case_id) for case_id in named)
+            people = adds_people(hit.match, sender_known)
+            if not people:
+                ev.trace.append(f"participants: none added: the sender is not one of the "
+                                f"case's, and {hit.match} is not our token")
             # Automatic mail (a bounce or an out-of-office that follows our mail within
             # seconds) routes nothing: the customer's first own reply does.
             outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps,
-                                       routes=not automatic, expect=expect)
+                                       routes=not automatic, expect=expect, people=people)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
@@ -353,11 +359,12 @@ class Engine:
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,
-                   bumps: list[CounterBump], routes: bool,
-                   expect: Expect | None) -> list[inbound.CaseOutcome]:
+                   bumps: list[CounterBump], routes: bool, expect: Expect | None,
+                   people: bool) -> list[inbound.CaseOutcome]:
         """What the message does to its cases, recorded with its aliases and its sender's
         count in one commit. Unless the mail `routes`, no case changes queue (one without a
-        queue yet shows this mail's route in its header, without keeping it)."""
+        queue yet shows this mail's route in its header, without keeping it). Its `people`
+        join the cases (a follow-up too: it continues the case the mail named) or nobody."""
         if targets[0].action is rules.Action.NEW_RELATED:  # then the only target (`rules`)
             # A follow-up keeps its case's queue, as an existing case does.
             earlier = targets[0].case
@@ -366,7 +373,8 @@ class Engine:
             # siblings go there (`rules`), and a sibling decided meanwhile is decided again.
             case = self.index.create_case(
                 now, queue=queue, bumps=bumps, thread_root=_hex(ev.thread_root),
-                aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
+                aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
+                                                          people),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
                 expect=expect, number_above=ev.lost_number,
             )
@@ -374,8 +382,8 @@ class Engine:
         changes = [(t.case.case_id, self._change(t, now, route if routes else None))
                    for t in targets]
         after = self.index.record(
-            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets]), now,
-            bumps, changes, expect=expect)
+            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets], people),
+            now, bumps, changes, expect=expect)
         outcomes = []
         for target in targets:
             case = after.get(target.case.case_id, target.case)
@@ -397,8 +405,9 @@ class Engine:
         return change
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
-                         case_ids: list[str]) -> list[Alias]:
-        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external)
+                         case_ids: list[str], people: bool = True) -> list[Alias]:
+        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external,
+                             people=people)
 
     # -- outbound -----------------------------------------------------------------------------
 

@@ -246,7 +246,12 @@ def test_inbound_reply_from_a_non_participant_is_sender_unknown(harness: Any) ->
     r = harness.inbound(CUSTOMER, ("In-Reply-To", out.one("Message-ID")))
     assert r.case_id == "C-000001"
     assert r.one("X-Case-Sender") == "unknown"
-    # From now on Pat takes part.
+    # A Message-ID proves no more than that its sender saw some mail of the conversation:
+    # Pat does not take part yet (resolve.adds_people).
+    r = harness.inbound(CUSTOMER, ("In-Reply-To", out.one("Message-ID")))
+    assert r.one("X-Case-Sender") == "unknown"
+    # Our case anchor (or tag) proves Pat saw our mail: from now on Pat takes part.
+    harness.inbound(CUSTOMER, ("References", out.one("References")))
     r = harness.inbound(CUSTOMER, ("In-Reply-To", out.one("Message-ID")))
     assert r.one("X-Case-Sender") == "known"
 

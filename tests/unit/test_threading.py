@@ -966,6 +966,78 @@ def test_x_case_sender_known_and_unknown_on_a_token_match(harness: Any) -> None:
     assert again.one("X-Case-Sender") == "known"
 
 
+def is_participant(h: Any, case_id: str, address: str) -> bool:
+    return h.index.find(AliasKind.PARTICIPANT, f"{case_id} {address}") is not None
+
+
+PATS_OWN_ID = ("Message-ID", "<pat-1@customer.example.org>")
+EVE = "eve@elsewhere.example"
+
+
+def test_a_strangers_reply_to_a_customers_message_id_makes_nobody_a_participant(
+        harness: Any) -> None:
+    """Pat's reply went to a list (Cc): its Message-ID is public. Eve answers it: her mail
+    threads by In-Reply-To, `unknown`, and adds nobody, so her guess of the case number
+    afterwards threads nothing (the audit's b2, then a6)."""
+    subject = start_case(harness).one("Subject")
+    pat = harness.inbound(CUSTOMER, ("Subject", f"Re: {subject}"), PATS_OWN_ID,
+                          ("Cc", "list@lists.example.org"))
+    assert pat.one("X-Case-Match") == "token"
+    eve = harness.inbound(STRANGER, TO_SUPPORT, ("Subject", "Re: Printer jam"),
+                          ("In-Reply-To", PATS_OWN_ID[1]), ("Cc", "mal@evil.example"))
+    assert (eve.case_id, eve.one("X-Case-Match")) == ("C-000001", "in-reply-to")
+    assert eve.one("X-Case-Sender") == "unknown"
+    assert not is_participant(harness, "C-000001", EVE)
+    assert not is_participant(harness, "C-000001", "mal@evil.example")
+    assert any("participants: none added" in line for line in eve.decision.trace)
+    guess = harness.inbound(STRANGER, ("Subject", "Re: x [Case C-000001]"))
+    assert (guess.case_id, guess.one("X-Case-Match")) == ("C-000002", "new")
+    again = harness.inbound(STRANGER, ("In-Reply-To", PATS_OWN_ID[1]))
+    assert (again.case_id, again.one("X-Case-Sender")) == ("C-000001", "unknown")
+
+
+def test_a_strangers_weak_match_of_a_closed_case_adds_nobody_to_its_follow_up(
+        harness: Any) -> None:
+    """The follow-up continues the closed case (its later replies go there): Eve's mail
+    that opened it by a customer's Message-ID makes her no participant of it either."""
+    subject = start_case(harness).one("Subject")
+    harness.inbound(CUSTOMER, ("Subject", f"Re: {subject}"), PATS_OWN_ID)
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    eve = harness.inbound(STRANGER, ("In-Reply-To", PATS_OWN_ID[1]))
+    assert (eve.case_id, eve.one("X-Case-Related")) == ("C-000002", "C-000001")
+    assert not is_participant(harness, "C-000002", EVE)
+    guess = harness.inbound(STRANGER, ("Subject", "[Case C-000002]"))
+    assert guess.one("X-Case-Match") == "new"
+
+
+@pytest.mark.parametrize("evidence", ["subject", "anchor"])
+def test_a_strangers_reply_with_our_token_makes_them_a_participant(
+        harness: Any, evidence: str) -> None:
+    """Our token or case anchor proves its sender saw our mail (Pat forwarded it)."""
+    out = start_case(harness)
+    proof = (("Subject", f"Fwd: {out.one('Subject')}") if evidence == "subject"
+             else ("References", out.one("References")))
+    eve = harness.inbound(STRANGER, proof, ("Cc", "kim@elsewhere.example"))
+    assert (eve.one("X-Case-Match"), eve.one("X-Case-Sender")) == ("token", "unknown")
+    assert is_participant(harness, "C-000001", EVE)
+    assert is_participant(harness, "C-000001", "kim@elsewhere.example")
+    again = harness.inbound(STRANGER, ("Subject", "About [Case C-000001]"))
+    assert (again.one("X-Case-Match"), again.one("X-Case-Sender")) == ("subject-ref", "known")
+
+
+@pytest.mark.parametrize("evidence", ["in-reply-to", "subject-ref"])
+def test_a_known_customers_weakly_matched_mail_adds_the_people_in_its_cc(
+        harness: Any, evidence: str) -> None:
+    out = start_case(harness)
+    link = (("In-Reply-To", out.one("Message-ID")) if evidence == "in-reply-to"
+            else ("Subject", "Still broken [Case C-000001]"))
+    pat = harness.inbound(CUSTOMER, link, ("Cc", "Kim <kim@customer.example.org>"))
+    assert (pat.one("X-Case-Match"), pat.one("X-Case-Sender")) == (evidence, "known")
+    assert is_participant(harness, "C-000001", "kim@customer.example.org")
+    kim = harness.inbound(("From", "kim@customer.example.org"), ("Subject", "[Case C-000001]"))
+    assert (kim.case_id, kim.one("X-Case-Sender")) == ("C-000001", "known")
+
+
 def test_a_bcc_recipient_of_agent_mail_is_a_participant(harness: Any) -> None:
     """Bcc'd customers are on the envelope only: their replies come from a known sender. Our
     support addresses and the agent's own From (a Bcc to self) are no participants."""

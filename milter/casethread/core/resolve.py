@@ -56,6 +56,18 @@ def participant_key(case_id: str, address: str) -> str:
     return f"{case_id} {address}"
 
 
+def adds_people(match: str, sender_known: bool) -> bool:
+    """Whether an inbound mail that `match`ed a case makes its people (From, To, Cc)
+    participants of the cases it goes to: when its sender is one already, or it carries our
+    token or case anchor (its sender saw our mail). Other evidence anyone can repeat (a
+    Message-ID a customer's mail had, an Outlook root, a case number, another system's
+    reference): a stranger's mail that matched by it still threads, `X-Case-Sender: unknown`,
+    but adds nobody, or the stranger would be `known` from then on and a guessable
+    `[Case C-...]` would thread their mail. (Mail that opens a case adds its people: its
+    sender opened it.)"""
+    return sender_known or match == "token"
+
+
 def subject_participant_key(subject_key: str, address: str) -> str:
     """A normalised subject as one participant used it; a digest, as addresses are stored
     only hashed."""
