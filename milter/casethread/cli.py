@@ -184,8 +184,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     finally:
         index.close()
     if args.explain:
-        print("\n".join(["explain:", *(f"  {line}" for line in decision.trace)]),
-              file=sys.stderr)
+        # Escaped as log lines are: the trace quotes the mail's addresses and subject.
+        steps = (f"  {logsetup.one_line(step)}" for step in decision.trace)
+        print("\n".join(["explain:", *steps]), file=sys.stderr)
     if decision.refused:
         return _refused(decision.refused)
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 from logging.handlers import SysLogHandler
@@ -16,13 +17,30 @@ LOGGER = "casethread"
 # The handler this module installed last, closed when it is replaced (a syslog socket).
 _installed: logging.Handler | None = None
 
+# C0 controls, DEL and C1 controls.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (`\\n`, `\\x1b`): a value taken from mail
+    can neither forge a second line nor reach the terminal that shows it (an ESC sequence
+    retitles or clears it)."""
+    return _CONTROLS.sub(_escaped, text)
+
 
 class OneLineFormatter(logging.Formatter):
     """A record, traceback included, on one line: journald and syslog store lines, and a header
-    value with a newline in it cannot forge a second log line."""
+    value with a newline or an escape sequence in it cannot forge a second log line or reach
+    a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+        return one_line(super().format(record))
 
 
 class SyslogFormatter(OneLineFormatter):

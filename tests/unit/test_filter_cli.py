@@ -468,3 +468,23 @@ def test_check_config_refuses_an_index_of_another_schema(
     assert f"schema version {schema.decode()}" in str(refused.value)
     assert (check.returncode, check.stdout, check.stderr) == (
         1, "", f"casethread: {refused.value}\n")
+
+
+def test_explain_escapes_control_characters_as_log_lines_do(run_filter: Any,
+                                                            tmp_path: Path) -> None:
+    """A From whose quoted local part holds an ESC sequence (the audit's esc1, esc2): the
+    trace names it (over the flood limit), escaped, never as bytes a terminal acts on."""
+    config = tmp_path / "flood.yaml"
+    config.write_text("inbound:\n  addresses: [support@support.example.com]\n"
+                      "  flood:\n    limit: 1\n    window: 1h\n")
+    err = b""
+    for n in (1, 2):
+        raw = (b'From: "\\\x1b]0;PWNED\\\x07\\\x1bc"@evil.example\r\n'
+               b"To: support@support.example.com\r\nSubject: hello\r\n"
+               b"Message-ID: <esc%d@evil.example>\r\n\r\nhi\r\n" % n)
+        p = run_filter("--config", str(config), "--direction", "inbound", "--rcpt",
+                       "support@support.example.com", "--explain", "-", stdin=raw)
+        assert p.returncode == 0, p.stderr
+        err += p.stderr
+    assert b'  loop: "\\x1b]0;pwned\\x07\\x1bc"@evil.example sent more than' in err
+    assert re.search(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", err) is None, err

@@ -96,6 +96,16 @@ def test_a_traceback_and_newlines_stay_on_one_line(capsys: pytest.CaptureFixture
     assert lines[1].endswith("subject=hi\\r\\n2026-01-01 00:00:00,000 casethread INFO forged")
 
 
+def test_control_characters_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """C0 (ESC, BEL, tab, NUL), DEL and C1 (CSI) from mail reach no terminal that shows the
+    log: an escape sequence could retitle or clear it."""
+    logsetup.configure("info", "stderr")
+    LOG.info("from=%s", "\"\x1b]0;PWNED\x07\x1bc\"@evil.example\t\x00\x7f\x9b2J ok\u00e9")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(
+        'from="\\x1b]0;PWNED\\x07\\x1bc"@evil.example\\t\\x00\\x7f\\x9b2J ok\u00e9')
+
+
 def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     logsetup.configure("warning")
     LOG.info("quiet")
