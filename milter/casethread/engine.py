@@ -24,6 +24,7 @@ from .core import (
     stamp,
     token,
 )
+from .core.addresses import envelope_address
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -348,13 +349,17 @@ class Engine:
         a loop returns the same case's mail again and again. It is counted at the end, with
         the message's other writes (one commit): senders racing each other may pass the
         limit by the messages in flight, a sequence of them never does."""
-        if ev.sender is None:
+        # A From without an address the parser reads (none, a garbled one) must not exempt
+        # mail from the limit: its envelope sender counts instead. The null sender's mail
+        # counts against nobody (a bounce: automatic, it opens no case).
+        sender = ev.sender or envelope_address(ev.msg.envelope.mail_from)
+        if not sender:
             return [], False
         about = f" about {hit.case.case_id}" if hit is not None and hit.match == "bounce" else ""
-        bump = CounterBump(f"flood {ev.sender}{about}", self.settings.inbound.flood.window)
+        bump = CounterBump(f"flood {sender}{about}", self.settings.inbound.flood.window)
         loop = self.index.next_count(bump.key, now, bump.window) > self.settings.inbound.flood.limit
         if loop:
-            ev.trace.append(f"loop: {ev.sender} sent more than the flood limit{about}")
+            ev.trace.append(f"loop: {sender} sent more than the flood limit{about}")
         return [bump], loop
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,

@@ -1940,6 +1940,37 @@ def test_a_shared_bounce_address_counts_per_case(make_harness: Any, tweak: Any) 
     assert strays == [[], [], [], ["yes"]]
 
 
+LITERAL = ("From", "a@[192.0.2.1]")  # a domain literal (RFC 5322 §3.4.1): an address
+
+
+@pytest.mark.parametrize("sender", [
+    ("From", "Pat Customer"),  # no address: counted by the envelope sender
+    ("From", "undisclosed-recipients:;"),
+    ("From", '"Doe, J" <a@[192.0.2.1]>'),  # a shape the stdlib's strict parser refuses
+    None,  # no From at all
+    LITERAL,  # by From, whatever the envelope says, as ordinary mail
+    CUSTOMER,
+])
+def test_flood_counts_mail_without_a_usable_from_by_its_envelope_sender(
+        make_harness: Any, tweak: Any, sender: tuple[str, str] | None) -> None:
+    """A From the parser reads no address from must not exempt mail from the limit (the
+    audit's F4): three such mails with limit 1, the second and third are a loop."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
+    fields = (sender,) if sender else ()
+    by_from = sender in (LITERAL, CUSTOMER)
+    loops = [h.inbound(*fields, ("Subject", f"hello {n}"),
+                       mail_from=f"<Flood{n if by_from else ''}@Example.NET>")
+             .all("X-Case-Loop") for n in range(3)]
+    assert loops == [[], ["yes"], ["yes"]]
+
+
+def test_flood_does_not_count_the_null_sender(make_harness: Any, tweak: Any) -> None:
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
+    loops = [h.inbound(("Subject", f"hello {n}"), mail_from="<>").all("X-Case-Loop")
+             for n in range(3)]
+    assert loops == [[], [], []]
+
+
 # --------------------------------------------------------------------------- routing
 
 
