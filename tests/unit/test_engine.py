@@ -159,7 +159,8 @@ def test_outbound_app_case_id_wins_over_reply_headers(harness: Any) -> None:
     assert r.decision.match == "app"
 
 
-@pytest.mark.parametrize("bad", ["", "has space", "x" * 65, "C-1;rm", "tick\u00e9t", "a\r\n b"])
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 65, "C-1;rm", "tick\u00e9t", "a\r\n b",
+                                 "-", "..", ":", "-.:_"])
 def test_outbound_invalid_app_case_id_is_ignored_noted_and_removed(
     harness: Any, bad: str
 ) -> None:

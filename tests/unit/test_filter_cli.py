@@ -488,3 +488,19 @@ def test_explain_escapes_control_characters_as_log_lines_do(run_filter: Any,
         err += p.stderr
     assert b'  loop: "\\x1b]0;pwned\\x07\\x1bc"@evil.example sent more than' in err
     assert re.search(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", err) is None, err
+
+
+@pytest.mark.parametrize("app_id", [b"-", b"..", b":"])
+def test_an_app_case_id_of_no_letter_or_digit_is_a_bad_one(run_filter: Any,
+                                                           app_id: bytes) -> None:
+    """The audit's f5 input: `X-Case-ID: -` named a case `-` (`case=-` in the log line, which
+    means no case). Now it is ignored and noted, and the mail opens a case of ours."""
+    raw = (b"From: Dana Agent <dana@support.example.com>\n"
+           b"To: Pat <pat@customer.example.org>\nSubject: Hello\n"
+           b"Date: Mon, 30 Nov 2026 12:00:00 +0000\nX-Case-ID: " + app_id + b"\n"
+           b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\ntext\n")
+    p = run_filter("--direction", "outbound", "-", stdin=raw)
+    assert p.returncode == 0, p.stderr
+    assert case_id(p.stdout) == "C-000001"
+    (line,) = log_lines(p.stderr)
+    assert " case=C-000001 match=new " in line and "bad-app-case-id" in line, line

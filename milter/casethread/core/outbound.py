@@ -26,6 +26,9 @@ _UNSAFE = re.compile(r"[\r\n\x00]")
 _BLANK_RUN = re.compile(r"([ \t]+)")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 APP_STATES = {s.value: s for s in CaseState}
+# An app's case id names a ticket: one without a letter or digit (`-`, `..`, `:`) names none,
+# and `case=-` is the log line's "no case".
+_LETTER_OR_DIGIT = re.compile(r"[A-Za-z0-9]")
 
 
 def clean(value: str) -> str:
@@ -65,7 +68,9 @@ def app_case_id(msg: Message, names: CaseHeaderNames) -> tuple[str | None, bool]
     if raw is None:
         return None, False
     value = clean(raw)
-    return (value, False) if is_valid_case_id(value) else (None, True)
+    if is_valid_case_id(value) and _LETTER_OR_DIGIT.search(value):
+        return value, False
+    return None, True
 
 
 def app_state(msg: Message, names: CaseHeaderNames) -> tuple[CaseState | None, bool]:
