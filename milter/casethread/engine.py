@@ -262,7 +262,7 @@ class Engine:
         if duplicate is not None:
             case = rules.survivor(duplicate, self.index)
             ev.trace.append(f"duplicate: this Message-ID is already recorded for {case.case_id}")
-            _, loop = self._flood(ev, None, now)
+            _, loop = self._flood(ev, None, auto, now)
             # Our own outbound mail coming back (a forward, a list) may name a case that no
             # inbound mail routed yet: show this mail's route, keep nothing.
             verdict = inbound.Verdict(
@@ -274,7 +274,7 @@ class Engine:
             # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev)
         hit = reused.hit if reused is not None else self._resolver.resolve_inbound(ev)
-        bumps, loop = self._flood(ev, hit, now)
+        bumps, loop = self._flood(ev, hit, auto, now)
         # A list's copy of a person's reply to our mail moves the case like the reply.
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
         if hit is None:
@@ -341,7 +341,8 @@ class Engine:
             trace=tuple(ev.trace), auto=verdict.auto,
         )
 
-    def _flood(self, ev: Evidence, hit: Hit | None, now: int) -> tuple[list[CounterBump], bool]:
+    def _flood(self, ev: Evidence, hit: Hit | None, auto: str,
+               now: int) -> tuple[list[CounterBump], bool]:
         """What this message counts against the flood limit, and whether it is over it. Mail
         counts against its sender; a report the bounce strategy matched (a bounce, a delay
         warning, a read receipt of our mail) against its sender and that case: a provider's
@@ -349,10 +350,12 @@ class Engine:
         a loop returns the same case's mail again and again. It is counted at the end, with
         the message's other writes (one commit): senders racing each other may pass the
         limit by the messages in flight, a sequence of them never does."""
-        # A From without an address the parser reads (none, a garbled one) must not exempt
-        # mail from the limit: its envelope sender counts instead. The null sender's mail
-        # counts against nobody (a bounce: automatic, it opens no case).
-        sender = ev.sender or envelope_address(ev.msg.envelope.mail_from)
+        # Automatic mail whose From holds no address the parser reads (none, a garbled one)
+        # counts against its envelope sender: a loop must not pass for want of a From. Not a
+        # person's mail: a web form sends every visitor's question under one envelope sender,
+        # with the visitor's name as From. The null sender's mail counts against nobody.
+        sender = ev.sender or (
+            envelope_address(ev.msg.envelope.mail_from) if auto != autoreply.NO else "")
         if not sender:
             return [], False
         about = f" about {hit.case.case_id}" if hit is not None and hit.match == "bounce" else ""

@@ -1951,17 +1951,28 @@ LITERAL = ("From", "a@[192.0.2.1]")  # a domain literal (RFC 5322 §3.4.1): an a
     LITERAL,  # by From, whatever the envelope says, as ordinary mail
     CUSTOMER,
 ])
-def test_flood_counts_mail_without_a_usable_from_by_its_envelope_sender(
+def test_flood_counts_automatic_mail_without_a_usable_from_by_its_envelope_sender(
         make_harness: Any, tweak: Any, sender: tuple[str, str] | None) -> None:
-    """A From the parser reads no address from must not exempt mail from the limit (the
-    audit's F4): three such mails with limit 1, the second and third are a loop."""
+    """A From the parser reads no address from must not exempt an autoresponder from the
+    limit (the audit's F4): three such mails with limit 1, the second and third are a loop."""
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
     fields = (sender,) if sender else ()
     by_from = sender in (LITERAL, CUSTOMER)
-    loops = [h.inbound(*fields, ("Subject", f"hello {n}"),
+    loops = [h.inbound(*fields, ("Subject", f"hello {n}"), ("Auto-Submitted", "auto-replied"),
                        mail_from=f"<Flood{n if by_from else ''}@Example.NET>")
              .all("X-Case-Loop") for n in range(3)]
     assert loops == [[], ["yes"], ["yes"]]
+
+
+def test_a_web_forms_questions_each_open_a_case(make_harness: Any, tweak: Any) -> None:
+    """A contact form sends each visitor's question from one envelope sender with the
+    visitor's name as From, no address: a person's mail, not counted against the form."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
+    for n in range(3):
+        r = h.inbound(("From", f"Visitor {n} via contact form"),
+                      ("Subject", f"Contact form: question {n}"),
+                      mail_from="<www-data@web.example.com>")
+        assert (r.one("X-Case-Match"), r.all("X-Case-Loop")) == ("new", [])
 
 
 def test_flood_does_not_count_the_null_sender(make_harness: Any, tweak: Any) -> None:

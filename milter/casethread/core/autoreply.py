@@ -91,6 +91,9 @@ KINDS = (NO, AUTO_REPLIED, AUTO_GENERATED, BOUNCE, BULK)
 _COMMENT = re.compile(r"\([^()]*\)")
 _NEGATIVE = frozenset({"", "no", "false", "0"})
 _LIST_HEADERS = ("list-id", "list-unsubscribe", "list-post", "mailing-list")
+# Marks of list managers that add no List-* field (Mailman 2's X-BeenThere, SmartList's
+# X-Mailing-List): list mail for the exceptions below, no bulk by themselves.
+_LIST_MARKS = ("x-beenthere", "x-mailman-version", "x-mailing-list")
 _AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponder")
 # Who created the transaction RT mails out (RT 3's name, then RT 4's and 5's).
 _RT_ORIGINATOR = ("rt-originator", "x-rt-originator")
@@ -104,7 +107,7 @@ _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
     "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
     "x-ms-journal-report", *_RT_ORIGINATOR,
-    *_LIST_HEADERS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
+    *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
@@ -247,6 +250,8 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
               else "")
     if not (system or null_sender):
         return None
+    if not system and _marked_auto_reply(msg):
+        return None  # RFC 3834 §3.3: a responder's null sender, and the Subject it answers
     subject = decode_subject(msg.get("Subject") or "")
     if _DELAY_SUBJECT.match(subject):
         return AUTO_GENERATED, f"{system or 'null-sender'}+delay-subject"
@@ -255,6 +260,14 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
     if _FAILURE_SUBJECT.match(subject):
         return BOUNCE, "null-sender+failure-subject"
     return None
+
+
+def _marked_auto_reply(msg: Message) -> bool:
+    """An auto-responder's own marks (RFC 3834's `Auto-Submitted: auto-replied`, X-Autoreply
+    and its kin), read where a null sender and a Subject alone would make a notice."""
+    return (_first_token(msg.get("Auto-Submitted") or "") == "auto-replied"
+            or any(_first_token(msg.get(name) or "") not in _NEGATIVE
+                   for name in _AUTOREPLY_HEADERS))
 
 
 def _replied(fields: Fields, submitted: list[str],
@@ -273,7 +286,8 @@ def _replied(fields: Fields, submitted: list[str],
 
 
 def _list_mail(fields: Fields, precedence: set[str]) -> bool:
-    return "list" in precedence or any(_values(fields, name) for name in _LIST_HEADERS)
+    return "list" in precedence or any(
+        _values(fields, name) for names in (_LIST_HEADERS, _LIST_MARKS) for name in names)
 
 
 def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:

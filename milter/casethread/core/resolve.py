@@ -148,6 +148,14 @@ class Evidence:
             )
         )
 
+    @lazy
+    def unquoted_texts(self) -> list[str]:
+        """The body texts without the quote marks that start their lines, for the patterns of
+        case and external references: a reference wrapped inside a quote (`[Case` / `> C-1]`,
+        or an HTML line inside a <blockquote>, which gets marks too) reads as written, and a
+        pattern anchored at `^` matches a quoted line."""
+        return [_LINE_QUOTES.sub("", text) if ">" in text else text for text in self.body_texts]
+
     def with_body(self, msg: Message, now: int) -> Evidence:
         """This evidence for the same mail with its body (`msg`, read at end of message, `now`):
         what the header fields showed stands, what is still to be read comes from the body."""
@@ -252,6 +260,7 @@ def token_notes(failures: Iterable[str]) -> tuple[str, ...]:
 
 # The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed).
 _QUOTE_MARKS = re.compile(r"[ \t]*(?:>[ \t]*)*")
+_LINE_QUOTES = re.compile(r"^[ \t]*+(?:>[ \t]*+)++", re.MULTILINE)
 
 
 def _quote_depth(text: str, pos: int) -> int:
@@ -467,7 +476,7 @@ class Resolver:
         return self._by_case_ref(ev, iter(subject.variants(ev.subject)), "subject-ref")
 
     def by_body_ref(self, ev: Evidence) -> Hit | None:
-        return self._by_case_ref(ev, iter(ev.body_texts), "body-ref")
+        return self._by_case_ref(ev, iter(ev.unquoted_texts), "body-ref")
 
     def _external_refs(self, ev: Evidence, rule: ExternalRefRule,
                        pattern: re.Pattern[str]) -> Iterator[str]:
@@ -475,7 +484,7 @@ class Resolver:
         if rule.search_subject:
             texts.extend(subject.variants(ev.subject))
         if rule.search_body:
-            texts.extend(ev.body_texts)
+            texts.extend(ev.unquoted_texts)
         for text in texts:
             for found in pattern.finditer(text):
                 ref = (found.group(1) if pattern.groups else found.group(0)).strip()

@@ -1,0 +1,56 @@
+"""Case and external references wrapped inside a quote (found in review: the quote marks HTML text
+now gets per <blockquote> hid a reference its source wraps across lines)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from casethread.core.settings import ExternalRefRule
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
+TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
+TO_SUPPORT = ("To", "Support <support@example.com>")
+HTML = ("Content-Type", 'text/html; charset="UTF-8"')
+
+
+def test_body_ref_in_a_thunderbird_html_quote_wrapped_in_the_source(harness: Any) -> None:
+    """Thunderbird writes HTML source wrapped at 72 columns: a quoted "[Case C-000001]" split
+    by a source line break reads "[Case\\n> C-000001]" with the blockquote's mark."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"))
+    case = r.case_id
+    body = (
+        '<html>\n  <head>\n    <meta http-equiv="content-type" content="text/html; '
+        'charset=UTF-8">\n  </head>\n  <body>\n    <p>Here is the serial number you asked '
+        'for: 4711-0815.</p>\n    <div class="moz-cite-prefix">On 02.03.26 10:15, Dana Agent '
+        'wrote:<br>\n    </div>\n    <blockquote type="cite" cite="mid:x@example.com">\n'
+        '      <p>Hello Pat, please send us the serial number and keep the reference [Case\n'
+        f'        {case}] in your answer.</p>\n    </blockquote>\n  </body>\n</html>\n')
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "serial number"), HTML,
+                        body=body.encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("body-ref", [case])
+
+
+def test_external_ref_in_an_html_quote_wrapped_in_the_source(make_harness: Any) -> None:
+    rule = ExternalRefRule(name="vendor", pattern=r"Ticket\s+#(\d+)", sender="",
+                           search_subject=True, search_body=True)
+    s = make_harness().settings
+    harness = make_harness(dataclasses.replace(s, inbound=dataclasses.replace(
+        s.inbound, external_refs=(rule,),
+        strategies=(*s.inbound.strategies, "external-ref"))))
+    first = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Vendor Ticket #1234"))
+    case = first.case_id
+    body = ('<html><body>\n<p>Any news?</p>\n<blockquote type="cite">\n'
+            '<p>The vendor opened Ticket\n#1234 for this.</p>\n</blockquote>\n</body></html>\n')
+    r = harness.inbound(("From", "Ann Other <ann@third.example>"), TO_SUPPORT,
+                        ("Subject", "any news"), HTML, body=body.encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("external-ref", [case])
+
+
+def test_a_reference_wrapped_in_a_plain_text_quote(harness: Any) -> None:
+    """The same in a ">"-quoted plain-text reply whose client re-wrapped the quote."""
+    case = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam")).case_id
+    body = (f"Here is the serial number: 4711-0815.\r\n\r\n> Hello Pat, please keep the "
+            f"reference [Case\r\n> {case}] in your answer.\r\n")
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "serial number"), body=body.encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("body-ref", [case])
