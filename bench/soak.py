@@ -554,13 +554,15 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
         missing_cases += [i for i in ids if i not in cases]
         mid = msg.header("Message-ID")
         if mid and dump.case_of(mid) is None:
-            missing_mids.append(mid)
+            ours = " ".join(f"{n}: {v}" for n, v in msg.headers() if n.lower().startswith("x-case"))
+            missing_mids.append(f"{mid} ({sent[seq].kind}; {ours or 'no X-Case-* field'})")
     results.append(Result(
         "every message filtered, every case and stamped Message-ID in the index",
         not unfiltered and not missing_cases and not missing_mids,
         f"{filtered} messages filtered, {unfiltered} passed unfiltered; index "
         f"holds {len(cases)} cases, {len(messages)} Message-IDs; missing cases "
-        f"{len(missing_cases)}, missing Message-IDs {len(missing_mids)}"))
+        f"{len(missing_cases)}, missing Message-IDs {len(missing_mids)}"
+        + "".join(f"; {what}" for what in missing_mids[:3])))
 
     numbers = sorted(cases.values())
     new_ids = [by_seq[s].header("X-Case-ID") for s, m in sent.items()
