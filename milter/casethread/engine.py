@@ -229,7 +229,8 @@ class Engine:
             if "participants-capped" not in notes:  # an index write may be tried again
                 notes.append("participants-capped")
         subject_key = (
-            self._resolver.subject_key(msg.get("Subject") or "") if self._subject_match else ""
+            self._resolver.subject_key(msg.get("Subject") or "")
+            if self._subject_match and addresses else ""
         )
         for case_id in case_ids:
             for address in addresses:

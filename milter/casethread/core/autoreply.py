@@ -185,8 +185,7 @@ def classify_auto_detail(msg: Message,
     if not (fields or null_sender or from_local == "postmaster"):
         return NO, ""  # most mail: none of the signals below can be present
 
-    submitted = [_first_token(v) for v in _values(fields, "auto-submitted")]
-    submitted = [v for v in submitted if v]
+    submitted = _submitted(fields)
     precedence = {
         _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
     }
@@ -235,6 +234,7 @@ def is_delivery_notice(msg: Message) -> bool:
     if not (null_sender or "x-failed-recipients" in fields
             or any(name in sender for name in _SYSTEM_SENDERS)):
         return False
+    fields = msg.present(_SIGNAL_FIELDS)  # what `_notice` reads: the responder's marks too
     return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
 
 
@@ -250,7 +250,7 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
               else "")
     if not (system or null_sender):
         return None
-    if not system and _marked_auto_reply(msg):
+    if not system and _responder_marks(fields, _submitted(fields)):
         return None  # RFC 3834 §3.3: a responder's null sender, and the Subject it answers
     subject = decode_subject(msg.get("Subject") or "")
     if _DELAY_SUBJECT.match(subject):
@@ -262,22 +262,28 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
     return None
 
 
-def _marked_auto_reply(msg: Message) -> bool:
-    """An auto-responder's own marks (RFC 3834's `Auto-Submitted: auto-replied`, X-Autoreply
-    and its kin), read where a null sender and a Subject alone would make a notice."""
-    return (_first_token(msg.get("Auto-Submitted") or "") == "auto-replied"
-            or any(_first_token(msg.get(name) or "") not in _NEGATIVE
-                   for name in _AUTOREPLY_HEADERS))
+def _submitted(fields: Fields) -> list[str]:
+    """The `Auto-Submitted` values, each its first token."""
+    return [v for v in (_first_token(x) for x in _values(fields, "auto-submitted")) if v]
+
+
+def _responder_marks(fields: Fields, submitted: list[str]) -> str:
+    """The auto-responder's own mark (RFC 3834's `Auto-Submitted: auto-replied`, X-Autoreply
+    and its kin) the mail carries, or `""`."""
+    if "auto-replied" in submitted:
+        return "auto-submitted"
+    for name in _AUTOREPLY_HEADERS:
+        if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
+            return name
+    return ""
 
 
 def _replied(fields: Fields, submitted: list[str],
              precedence: set[str]) -> tuple[str, str] | None:
     """Step 2, auto-replied, from the header signals alone."""
-    if "auto-replied" in submitted:
-        return AUTO_REPLIED, "auto-submitted"
-    for name in _AUTOREPLY_HEADERS:
-        if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
-            return AUTO_REPLIED, name
+    mark = _responder_marks(fields, submitted)
+    if mark:
+        return AUTO_REPLIED, mark
     if "auto_reply" in precedence:
         return AUTO_REPLIED, "precedence"
     if _exchange_auto_reply(fields):

@@ -311,7 +311,7 @@ _META_CHARSET = re.compile(
 # their UTF-16 internal form) while the part itself is ASCII-compatible, as the prescan
 # found the label in ASCII bytes.
 _UTF16_LABELS = frozenset({"csunicode", "iso-10646-ucs-2", "ucs-2", "unicode", "unicodefeff",
-                           "unicodefffe", "utf-16", "utf-16be", "utf-16le"})
+                           "unicodefffe"})  # and every utf-16* label
 
 
 def part_charset(part: Part, content: bytes) -> str | None:

@@ -205,6 +205,23 @@ class _Pending:
         child.commit()
 
 
+class _Snapshot(threading.local):
+    """Per thread: whether it is inside `LmdbIndex.snapshot()`, and the read transaction its
+    reads share (begun by the first of them)."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self.kept: _Kept | None = None
+
+    def end(self, exc_type: type[BaseException] | None = None,
+            exc: BaseException | None = None) -> None:
+        """End the shared transaction, if one was begun (an LMDB error `exc` is raised
+        translated, as a plain read's is)."""
+        kept, self.kept = self.kept, None
+        if kept is not None:
+            kept.txn.__exit__(exc_type, exc, None)
+
+
 @dataclass
 class SharedEnv:
     """One open environment, its named databases, its gate and its writer lock."""
@@ -232,8 +249,7 @@ class SharedEnv:
     # Reader slots of dead processes this process cleared, in all; and when it last looked.
     stale_readers_cleared: int = 0
     readers_checked: float = 0.0
-    # Per thread: inside `LmdbIndex.snapshot()`, and the read transaction its reads share.
-    snapshots: threading.local = field(default_factory=threading.local)
+    snapshots: _Snapshot = field(default_factory=_Snapshot)
 
     def start_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
         def flush_periodically() -> None:
@@ -597,10 +613,10 @@ class _Kept:
     """A snapshot's read transaction, used by a read as `_Txn` is (`with ... as (txn, db)`)
     but left open for the next read; an LMDB error ends it."""
 
-    __slots__ = ("_pair", "_txn", "uses")
+    __slots__ = ("_pair", "txn", "uses")
 
     def __init__(self, txn: _Txn) -> None:
-        self._txn = txn
+        self.txn = txn
         self._pair = txn.__enter__()
         self.uses = 0  # reads under way: a write then is one inside a transaction
 
@@ -613,14 +629,7 @@ class _Kept:
     ) -> None:
         self.uses -= 1
         if isinstance(exc, lmdb.Error):
-            self.end(exc_type, exc)
-
-    def end(self, exc_type: type[BaseException] | None = None,
-            exc: BaseException | None = None) -> None:
-        local = self._pair[1].snapshots
-        if getattr(local, "kept", None) is self:
-            local.kept = None
-            self._txn.__exit__(exc_type, exc, None)
+            self._pair[1].snapshots.end(exc_type, exc)
 
 
 def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
@@ -784,12 +793,11 @@ class LmdbIndex:
         Inside `snapshot()` (and outside a write) the thread's reads share one."""
         shared = self._live()
         local = shared.snapshots
-        if getattr(local, "wanted", False):
-            kept: _Kept | None = local.kept
-            if kept is None:
-                kept = local.kept = _Kept(_Txn(self.path, shared))
-            return kept
-        return _Txn(self.path, shared)
+        if not local.wanted:
+            return _Txn(self.path, shared)
+        if local.kept is None:
+            local.kept = _Kept(_Txn(self.path, shared))
+        return local.kept
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -798,21 +806,15 @@ class LmdbIndex:
         twenty sessions costs a thread switch). A write ends the view first; a read after it
         begins another, which sees the write."""
         local = self._live().snapshots
-        if getattr(local, "wanted", False):  # nested: the outer one ends it
+        if local.wanted:  # nested: the outer one ends it
             yield
             return
-        local.wanted, local.kept = True, None
+        local.wanted = True
         try:
             yield
         finally:
             local.wanted = False
-            self._end_snapshot(local)
-
-    @staticmethod
-    def _end_snapshot(local: threading.local) -> None:
-        kept: _Kept | None = getattr(local, "kept", None)
-        if kept is not None:
-            kept.end()
+            local.end()
 
     def _write(self, body: Callable[[lmdb.Transaction[bytes], SharedEnv], T]) -> T:
         """Run `body` in a write transaction and return once it is committed (durable with
@@ -827,12 +829,11 @@ class LmdbIndex:
         # A snapshot's view ends here: it holds the gate, and reads in the write's bodies (and
         # after it) must see the write.
         local = shared.snapshots
-        wanted = getattr(local, "wanted", False)
+        wanted = local.wanted
         if wanted:
-            kept: _Kept | None = local.kept
-            if kept is not None and kept.uses:  # as `_write_queued` refuses outside one
+            if local.kept is not None and local.kept.uses:  # as `_write_queued` refuses
                 raise CaseIndexError("write inside a transaction of the same thread")
-            self._end_snapshot(local)
+            local.end()
             local.wanted = False
         try:
             return self._write_queued(shared, body)
