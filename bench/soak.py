@@ -16,13 +16,16 @@ Pass criteria, each printed with its figure (exit status 0 only when all pass):
   2. no ERROR line in the milter's log;
   3. every message was filtered (contrib's milter_default_action = tempfail: mail that comes
      while the milter is down is refused with a 451 and sent again), and every case a
-     delivered message names, and every stamped Message-ID, is in the index;
+     delivered message names, and every stamped Message-ID, is in the index (mail that names
+     no case and opens none, automatic or over the flood limit, records nothing: counted);
   4. no duplicate case ids: case numbers unique and dense, every new conversation its own case;
   5. replies, auto-replies, bounces and follow-ups thread to their conversation's case;
   6. the milter's RSS is flat: VmRSS (first, last, max) is reported; the judgement is on
      RssAnon (VmRSS also counts the LMDB map pages touched, which grow with the index): its
-     median over the last fifth of the run is within 25 % (or 32 MiB) of its median after
-     warm-up (/proc/PID/status, sampled twice a second; not judged below 10 samples).
+     median over the last fifth of the run is within 10 % (issue 5's target) of its median
+     after warm-up, or 4 MiB (a 20,000 run ends while its ~28 MiB heap still settles: +3.5 MiB;
+     a 100,000 run's stays within 3 %) (/proc/PID/status, sampled twice a second; not judged
+     below 10 samples).
 """
 
 from __future__ import annotations
@@ -544,7 +547,7 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
     counter, cases, messages = dump.counter, dump.cases, dump.messages
     missing_cases: list[str] = []
     missing_mids: list[str] = []
-    filtered = unfiltered = 0
+    filtered = unfiltered = caseless = 0
     for seq, msg in by_seq.items():
         if not is_filtered(sent[seq], msg):
             unfiltered += 1
@@ -553,15 +556,20 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
         ids = msg.get_all("X-Case-ID")
         missing_cases += [i for i in ids if i not in cases]
         mid = msg.header("Message-ID")
-        if mid and dump.case_of(mid) is None:
+        if msg.header("X-Case-Match") == "none":
+            # Automatic or looping mail that names no case opens none and records nothing
+            # (an early conversation's customer passes the flood limit in a long run).
+            caseless += 1
+        elif mid and dump.case_of(mid) is None:
             ours = " ".join(f"{n}: {v}" for n, v in msg.headers() if n.lower().startswith("x-case"))
             missing_mids.append(f"{mid} ({sent[seq].kind}; {ours or 'no X-Case-* field'})")
     results.append(Result(
         "every message filtered, every case and stamped Message-ID in the index",
         not unfiltered and not missing_cases and not missing_mids,
-        f"{filtered} messages filtered, {unfiltered} passed unfiltered; index "
-        f"holds {len(cases)} cases, {len(messages)} Message-IDs; missing cases "
-        f"{len(missing_cases)}, missing Message-IDs {len(missing_mids)}"
+        f"{filtered} messages filtered, {unfiltered} passed unfiltered, {caseless} with no "
+        f"case (automatic or looping, nothing recorded); index holds {len(cases)} cases, "
+        f"{len(messages)} Message-IDs; missing cases {len(missing_cases)}, missing "
+        f"Message-IDs {len(missing_mids)}"
         + "".join(f"; {what}" for what in missing_mids[:3])))
 
     numbers = sorted(cases.values())
@@ -606,7 +614,7 @@ def verify(run: Run, received: list[Any], milter: Milter, index: Path) -> list[R
         warm = anon[len(anon) // 10 : len(anon) // 5 + 1]
         tail = anon[-max(1, len(anon) // 5):]
         base, end = statistics.median(warm), statistics.median(tail)
-        flat = end <= max(base * 1.25, base + 32 * 1024)
+        flat = end <= max(base * 1.10, base + 4 * 1024)
         tenths = [statistics.median(anon[i * len(anon) // 10 : (i + 1) * len(anon) // 10])
                   for i in range(10)]
         figure = (f"VmRSS first {vm[0] / 1024:.1f} MiB, last {vm[-1] / 1024:.1f} MiB, max "

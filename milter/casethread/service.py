@@ -25,7 +25,7 @@ from types import TracebackType
 import Milter
 import milter
 
-from . import logsetup
+from . import heap, logsetup
 from .config import group_id
 from .core.settings import Settings
 from .core.token import Keyring
@@ -342,6 +342,7 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
     # if it comes early, never its default action, which would kill the process unclean.
     signals = (STOP_SIGNALS | {signal.SIGUSR1}) if load is not None else STOP_SIGNALS
     wakeups = _Wakeups(signals)
+    heap.limit_arenas()  # before any thread of ours or libmilter's allocates
     try:
         return _serve(settings, load, wakeups)
     finally:
