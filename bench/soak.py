@@ -51,7 +51,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 AGENT = "agent@helpdesk.example"
 SUPPORT = "support@helpdesk.example"
-CUSTOMERS = 2000  # spread over many senders, below the flood limit (20 an hour each)
+# Spread over many senders (x 50 domains), below the flood limit (20 an hour each), except
+# the first conversations' customers: every reply picks among the conversations so far.
+CUSTOMERS = 2000
 MIB = 1 << 20
 
 

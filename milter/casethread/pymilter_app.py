@@ -7,6 +7,7 @@ exception is logged with the queue id and the message passes unchanged (or is te
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import socket
@@ -18,11 +19,11 @@ from typing import Any, TypeVar
 import Milter
 
 from .core.edits import AddHeader, Edit
-from .core.message import Envelope, Header, Message
+from .core.message import Data, Envelope, Header, Message
 from .core.model import Direction
 from .core.resolve import Found
 from .core.settings import OnError
-from .core.stamp import iter_spliced
+from .core.stamp import Splice, iter_spliced
 from .engine import Engine
 from .index.errors import known_cause
 from .metrics import Metrics
@@ -54,6 +55,14 @@ def reply_for(policy: OnError) -> int:
 # never sends such a name: it starts the body there.) `data` keeps its reply: without one,
 # Postfix's next write waits ~40-60 ms on delayed ACK over TCP (bench/).
 no_reply: Callable[[F], F] = Milter.noreply
+
+
+class _Sent(enum.Enum):
+    """How much of a decision's modifications went out to the MTA."""
+
+    NOTHING = "nothing"
+    SOME = "some"
+    ALL = "all"
 
 
 # Steps before end of message. Their failure cannot be answered where it happens: only end of
@@ -144,7 +153,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         if self._in_message:
             self._in_message = False
             self._inflight.end(self)
-        self._edited = False
+        self._sent = _Sent.NOTHING
         self._mail_from = ""
         self._rcpts: list[str] = []
         self._fields: list[tuple[str, bytes]] = []  # header fields as the MTA sent them
@@ -302,10 +311,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
                 return self._refuse(decision.refused)
             finally:
                 self._reset()
-        self._apply(decision.edits)
-        if decision.body_splices:
-            for chunk in iter_spliced(body, decision.body_splices, REPLACE_CHUNK):
-                self.replacebody(chunk)
+        self._send(decision.edits, body, decision.body_splices)
         self._reset()
         return int(Milter.CONTINUE)
 
@@ -331,13 +337,15 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         """One ERROR line with the queue id: `cause` for a known condition, else the
         exception being handled with its traceback."""
         policy = self.engine.settings.milter.on_error
-        outcome = "tempfailed" if policy == "tempfail" else "passed"
+        outcome = (
+            f"tempfailed, half edited (whatever on_error={policy} says)" if self._half_edited()
+            else f"{'tempfailed' if policy == 'tempfail' else 'passed'} unchanged "
+                 f"(on_error={policy})")
         if cause is None:
-            log.exception("queue_id=%s error in %s; message %s unchanged (on_error=%s)",
-                          self.queue_id(), step, outcome, policy)
+            log.exception("queue_id=%s error in %s; message %s", self.queue_id(), step, outcome)
         else:
-            log.error("queue_id=%s error in %s: %s; message %s unchanged (on_error=%s)",
-                      self.queue_id(), step, cause, outcome, policy)
+            log.error("queue_id=%s error in %s: %s; message %s", self.queue_id(), step, cause,
+                      outcome)
         if self.metrics is not None:
             self.metrics.error(step)
 
@@ -346,26 +354,43 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         X-Case-* fields still go (DESIGN §6: downstream rules trust them), and nothing else is
         changed; a message with more of them than can be removed is refused, as always."""
         try:
-            if policy == "accept" and not self._edited:  # else the engine's edits went out
+            if policy == "accept" and self._sent is _Sent.NOTHING:  # else the edits went out
                 decision = self.engine.unchanged(Message(Envelope(), self._headers()))
                 if decision.refused:
                     return self._refuse(decision.refused)
-                self._apply(decision.edits)
+                self._send(decision.edits)
         except Exception:
-            log.exception("queue_id=%s could not remove forged fields", self.queue_id())
+            log.exception("queue_id=%s could not remove forged fields%s", self.queue_id(),
+                          "; message tempfailed, half edited" if self._half_edited() else "")
         finally:
+            half = self._half_edited()
             self._reset()
-        return reply_for(policy)
+        # Half edited: the MTA holds some of the edits and would deliver the message with half
+        # its header edits, or a half-replaced body, on ACCEPT. TEMPFAIL drops them all; the
+        # client sends the message again.
+        return int(Milter.TEMPFAIL) if half else reply_for(policy)
+
+    def _half_edited(self) -> bool:
+        return self._sent is _Sent.SOME
 
     def _refuse(self, text: str) -> int:
         log.warning("queue_id=%s refused: %s", self.queue_id(), text)
         self.setreply("550", "5.7.1", text)
         return int(Milter.REJECT)
 
-    def _apply(self, edits: tuple[Edit, ...]) -> None:
-        self._edited = True
+    def _send(self, edits: tuple[Edit, ...], body: Data = b"",
+              splices: tuple[Splice, ...] = ()) -> None:
+        """The header edits, then the body with its splices in chunks. From the first
+        modification to the last the MTA holds half of them: an error in between must not be
+        answered with ACCEPT (`_fallback`)."""
         for edit in edits:
             if isinstance(edit, AddHeader):
                 self.addheader(edit.name, edit.value)
             else:
                 self.chgheader(edit.name, edit.index, edit.value)
+            self._sent = _Sent.SOME  # once one is out (a refused first one changed nothing)
+        if splices:
+            for chunk in iter_spliced(body, splices, REPLACE_CHUNK):
+                self.replacebody(chunk)
+                self._sent = _Sent.SOME
+        self._sent = _Sent.ALL

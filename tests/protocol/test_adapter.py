@@ -494,6 +494,53 @@ def test_an_expected_condition_is_one_line_without_a_traceback(
         "passed unchanged (on_error=accept)")
 
 
+@pytest.mark.parametrize("on_error", ["accept", "tempfail"])
+@pytest.mark.parametrize("failing", ["addheader", "replacebody"])
+def test_an_error_with_the_message_half_edited_tempfails_it(
+    rig: Rig, make_rig: Callable[..., Rig], milter_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, on_error: OnError, failing: str,
+) -> None:
+    """An edit that fails after others went out (the second header field; the body after all
+    header fields): the MTA holds half of them and would deliver the message so on ACCEPT."""
+    rig = make_rig(on_error=on_error)
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    ctx.macros(i="QHALF")
+    sent: list[tuple[Any, ...]] = []
+    original = getattr(ctx, failing)
+
+    def fails_once_under_way(*args: Any) -> Any:
+        sent.append(args)
+        if failing == "replacebody" or len(sent) == 2:
+            raise OSError(errno.EPIPE, "Broken pipe")
+        return original(*args)
+
+    monkeypatch.setattr(ctx, failing, fails_once_under_way)
+    milter_log.clear()
+
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.TEMPFAIL)
+
+    assert ctx.actions, "no edit went out before the failure"
+    lines = [r.getMessage() for r in milter_log.records if r.levelno >= logging.ERROR]
+    assert lines == [f"queue_id=QHALF error in eom; message tempfailed, half edited "
+                     f"(whatever on_error={on_error} says)"], lines
+
+
+def test_an_error_before_any_edit_went_out_keeps_the_policy(
+    rig: Rig, milter_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first modification failing: nothing is half done, on_error=accept passes it."""
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    ctx.macros(i="QFIRST")
+
+    def fails(*args: Any) -> Any:
+        raise OSError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(ctx, "addheader", fails)
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.ACCEPT)
+
+
 def test_the_connection_recovers_after_an_error(
     rig: Rig, milter_log: pytest.LogCaptureFixture
 ) -> None:
