@@ -211,12 +211,13 @@ class Engine:
 
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
                  root: bytes | None, notes: list[str], external: list[str] | None = None,
-                 ours: bool = False, people: bool = True) -> list[Alias]:
+                 ours: bool = False, people: bool = True, named: str | None = None
+                 ) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
-        references (for the first case), its people (and subject) for every case unless not
-        `people` (`adds_people`); `notes` gets `participants-capped` when some people were
-        left out."""
-        first = case_ids[0]
+        references (for the `named` case, else the first), its people (and subject) for every
+        case unless not `people` (`adds_people`); `notes` gets `participants-capped` when some
+        people were left out."""
+        first = named or case_ids[0]
         aliases = []
         if message_id:
             aliases.append(Alias(AliasKind.MESSAGE, message_id, first))
@@ -261,15 +262,21 @@ class Engine:
         checking = attempt < MAX_DECISIONS
         route = self._router.route(msg)
         if duplicate is not None:
-            case = rules.survivor(duplicate, self.index)
-            ev.trace.append(f"duplicate: this Message-ID is already recorded for {case.case_id}")
+            # The cases the first copy went to (a split's children each), as they are now.
+            cases = [t.case for t in rules.apply(
+                duplicate, self.index, automatic=True, now=now,
+                reopen_within=self.settings.cases.reopen_within)]
+            ev.trace.append(f"duplicate: this Message-ID is already recorded for "
+                            f"{duplicate.case_id} -> {', '.join(c.case_id for c in cases)}")
             _, loop = self._flood(ev, None, auto, now)
             # Our own outbound mail coming back (a forward, a list) may name a case that no
             # inbound mail routed yet: show this mail's route, keep nothing.
             verdict = inbound.Verdict(
-                (inbound.CaseOutcome(case.case_id, case.state.value, case.queue or route.queue),),
+                tuple(inbound.CaseOutcome(c.case_id, c.state.value, c.queue or route.queue)
+                      for c in cases),
                 "duplicate", auto, duplicate=True, loop=loop,
-                sender_known=ev.is_participant(case.case_id),
+                sender_known=any(ev.is_participant(case_id) for case_id in
+                                 dict.fromkeys([duplicate.case_id, *(c.case_id for c in cases)])),
             )
             # Not counted against the flood limit: a copy to a second support address, or a
             # redelivery, is not one more mail from its sender.
@@ -315,7 +322,8 @@ class Engine:
             # Automatic mail (a bounce or an out-of-office that follows our mail within
             # seconds) routes nothing: the customer's first own reply does.
             outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps,
-                                       routes=not automatic, expect=expect, people=people)
+                                       routes=not automatic, expect=expect, people=people,
+                                       named=hit.case.case_id)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
@@ -369,11 +377,12 @@ class Engine:
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,
                    bumps: list[CounterBump], routes: bool, expect: Expect | None,
-                   people: bool) -> list[inbound.CaseOutcome]:
-        """What the message does to its cases, recorded with its aliases and its sender's
-        count in one commit. Unless the mail `routes`, no case changes queue (one without a
-        queue yet shows this mail's route in its header, without keeping it). Its `people`
-        join the cases (a follow-up too: it continues the case the mail named) or nobody."""
+                   people: bool, named: str) -> list[inbound.CaseOutcome]:
+        """What the message does to its cases (`targets` of the case it `named`), recorded
+        with its aliases and its sender's count in one commit. Unless the mail `routes`, no
+        case changes queue (one without a queue yet shows this mail's route in its header,
+        without keeping it). Its `people` join the cases (a follow-up too: it continues the
+        case the mail named) or nobody."""
         if targets[0].action is rules.Action.NEW_RELATED:  # then the only target (`rules`)
             # A follow-up keeps its case's queue, as an existing case does.
             earlier = targets[0].case
@@ -390,8 +399,12 @@ class Engine:
             return [inbound.CaseOutcome(case.case_id, "new", case.queue, earlier.case_id)]
         changes = [(t.case.case_id, self._change(t, now, route if routes else None))
                    for t in targets]
+        # A mail the rules sent to several cases (a split's children) is recorded for the case
+        # it named: what answers it, or a copy of it, is sent to them all again, not to the
+        # first child alone.
         after = self.index.record(
-            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets], people),
+            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets], people,
+                                  named if len(targets) > 1 else None),
             now, bumps, changes, expect=expect)
         outcomes = []
         for target in targets:
@@ -414,9 +427,10 @@ class Engine:
         return change
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
-                         case_ids: list[str], people: bool = True) -> list[Alias]:
+                         case_ids: list[str], people: bool = True,
+                         named: str | None = None) -> list[Alias]:
         return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external,
-                             people=people)
+                             people=people, named=named)
 
     # -- outbound -----------------------------------------------------------------------------
 

@@ -1626,24 +1626,61 @@ def test_a_split_case_names_each_case_once_and_opens_one_case_at_most(harness: A
     for subject in ("Parent", "Child A", "Child B"):
         start_case(harness, subject)
     harness.set_case("C-000001", children=("C-000002", "C-000003"))
-    for child in ("C-000002", "C-000003"):
-        harness.set_case(child, state=CaseState.CLOSED, parent="C-000001")
-    # Both children closed, their parent open: both walk up to it, one header.
-    r = reply_to(harness, "C-000001")
-    assert r.all("X-Case-ID") == ["C-000001"]
-    assert r.all("X-Case-State") == ["open"]
-    # One child open: the mail goes there, and no case is opened for the closed one.
-    harness.set_case("C-000001", state=CaseState.CLOSED)
-    harness.set_case("C-000003", state=CaseState.OPEN)
+    harness.set_case("C-000002", state=CaseState.CLOSED, parent="C-000001")
+    harness.set_case("C-000003", parent="C-000001")
+    # One child open: the mail goes there, and no case is opened for the closed one, nor does
+    # it walk up to the case that was split (`case split --create` makes it their parent).
     r = reply_to(harness, "C-000001")
     assert r.all("X-Case-ID") == ["C-000003"]
     assert harness.index.last_number() == 3
-    # Everything closed: one new case, related to the first child.
+    # Every child closed, the case that was split still open: it is nobody's open ancestor
+    # (its conversation went on in its children): one new case, related to the first child.
     harness.set_case("C-000003", state=CaseState.CLOSED)
     r = reply_to(harness, "C-000001")
     assert r.all("X-Case-ID") == ["C-000004"]
     assert r.one("X-Case-Related") == "C-000002"
     assert harness.index.last_number() == 4
+    # A reply to a closed child's own mail goes the same way: to its follow-up now.
+    assert reply_to(harness, "C-000002").all("X-Case-ID") == ["C-000004"]
+
+
+def test_mail_that_went_to_every_child_of_a_split_case_stays_with_them_all(harness: Any) -> None:
+    """Its Message-ID and Outlook root are recorded for the case it named, not the first
+    child: its copies, the replies to it and the next mail of its Outlook conversation are
+    sent on to every child again (found in audit: they went to the first child only)."""
+    out = start_case(harness)
+    for subject in ("Child A", "Child B"):
+        start_case(harness, subject)
+    harness.set_case("C-000001", children=("C-000002", "C-000003"))
+    for child in ("C-000002", "C-000003"):
+        harness.set_case(child, parent="C-000001")
+    children = ["C-000002", "C-000003"]
+    kim = ("Message-ID", "<kim-1@customer.example.org>")
+    ti = outlook_reply_index(out.one("Thread-Index"), harness.clock.now + 60)
+    first = reply_to(harness, "C-000001", kim, ("Thread-Index", ti))
+    assert first.all("X-Case-ID") == children
+    again = reply_to(harness, "C-000001", kim, ("Thread-Index", ti))
+    assert (again.one("X-Case-Match"), again.all("X-Case-ID")) == ("duplicate", children)
+    assert again.all("X-Case-State") == ["open", "open"]
+    answer = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam"),
+                             ("Message-ID", "<pat-2@customer.example.org>"),
+                             ("In-Reply-To", "<kim-1@customer.example.org>"))
+    assert (answer.one("X-Case-Match"), answer.all("X-Case-ID")) == ("in-reply-to", children)
+    outlook = harness.inbound(CUSTOMER, ("Subject", "RE: Printer jam"),
+                              ("Message-ID", "<kim-3@customer.example.org>"),
+                              ("Thread-Index", outlook_reply_index(ti, harness.clock.now + 120)))
+    assert (outlook.one("X-Case-Match"), outlook.all("X-Case-ID")) == ("thread-index", children)
+
+
+def test_a_closed_case_walks_up_past_a_split_case_to_its_open_parent(harness: Any) -> None:
+    for subject in ("Account", "Printer", "Child A", "Child B"):
+        start_case(harness, subject)
+    # C-000002 (under C-000001 by `case parent`) was split into C-000003 and C-000004.
+    harness.set_case("C-000002", parent="C-000001", children=("C-000003", "C-000004"))
+    for child in ("C-000003", "C-000004"):
+        harness.set_case(child, state=CaseState.CLOSED, parent="C-000002")
+    r = reply_to(harness, "C-000003")
+    assert (r.all("X-Case-ID"), r.all("X-Case-State")) == (["C-000001"], ["open"])
 
 
 def test_reopen_within_is_configurable(make_harness: Any, tweak: Any) -> None:

@@ -1,11 +1,11 @@
 """Case rules (DESIGN §5): what a resolved case means for this message.
 
-merged -> the surviving case; split -> every live child; closed -> the first open ancestor,
-else a new related case; resolved -> reopened, unless older than `cases.reopen_within` (a new
-related case) or the mail is automatic (threads, never reopens; `is_automatic` says which
-mail is). A new related case is opened once per conversation: the old case names it as its
-follow-up, and later replies go there. Link chains are followed a bounded number of steps and
-cycles stop the walk, so a corrupt or hostile index cannot hang us.
+merged -> the surviving case; split -> every live child; closed -> the first open ancestor
+that was not split, else a new related case; resolved -> reopened, unless older than
+`cases.reopen_within` (a new related case) or the mail is automatic (threads, never reopens;
+`is_automatic` says which mail is). A new related case is opened once per conversation: the
+old case names it as its follow-up, and later replies go there. Link chains are followed a
+bounded number of steps and cycles stop the walk, so a corrupt or hostile index cannot hang us.
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def _open_ancestor(case: CaseRecord, reader: CaseLookup) -> CaseRecord | None:
         if parent is None:
             return None
         parent = survivor(parent, reader)
-        if parent.state is not CaseState.CLOSED:
+        # A case that was split is nobody's open ancestor: its conversation went on in its
+        # children (`case split --create` makes it their parent), and mail to it goes to them.
+        if parent.state is not CaseState.CLOSED and not parent.children:
             return parent
         seen.add(parent.case_id)
         case = parent
