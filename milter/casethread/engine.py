@@ -323,7 +323,7 @@ class Engine:
             # seconds) routes nothing: the customer's first own reply does.
             outcomes = self._carry_out(msg, ev, own_id, targets, now, route, bumps,
                                        routes=not automatic, expect=expect, people=people,
-                                       named=hit.case.case_id)
+                                       hit=hit)
             match = hit.match
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
@@ -377,8 +377,8 @@ class Engine:
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,
                    bumps: list[CounterBump], routes: bool, expect: Expect | None,
-                   people: bool, named: str) -> list[inbound.CaseOutcome]:
-        """What the message does to its cases (`targets` of the case it `named`), recorded
+                   people: bool, hit: Hit) -> list[inbound.CaseOutcome]:
+        """What the message does to its cases (`targets` of the case it named, `hit`), recorded
         with its aliases and its sender's count in one commit. Unless the mail `routes`, no
         case changes queue (one without a queue yet shows this mail's route in its header,
         without keeping it). Its `people` join the cases (a follow-up too: it continues the
@@ -401,10 +401,13 @@ class Engine:
                    for t in targets]
         # A mail the rules sent to several cases (a split's children) is recorded for the case
         # it named: what answers it, or a copy of it, is sent to them all again, not to the
-        # first child alone.
+        # first child alone. An Outlook root that named the case stays with the case that
+        # holds it: the rules lead from there (after a merge is moved, to the new survivor).
         after = self.index.record(
-            self._message_aliases(msg, ev, own_id, [t.case.case_id for t in targets], people,
-                                  named if len(targets) > 1 else None),
+            self._aliases(msg, [t.case.case_id for t in targets], own_id,
+                          None if hit.match == "thread-index" else ev.thread_root, ev.notes,
+                          ev.new_external, people=people,
+                          named=hit.case.case_id if len(targets) > 1 else None),
             now, bumps, changes, expect=expect)
         outcomes = []
         for target in targets:
@@ -427,10 +430,9 @@ class Engine:
         return change
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
-                         case_ids: list[str], people: bool = True,
-                         named: str | None = None) -> list[Alias]:
+                         case_ids: list[str], people: bool = True) -> list[Alias]:
         return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external,
-                             people=people, named=named)
+                             people=people)
 
     # -- outbound -----------------------------------------------------------------------------
 
