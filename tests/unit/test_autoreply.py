@@ -129,6 +129,20 @@ def test_header_names_are_case_insensitive() -> None:
     assert classify_auto(msg(("list-id", "<x.example>"))) == "bulk"
 
 
+@pytest.mark.parametrize(("value", "kind"), [
+    ("no (typed (by) hand)", "no"),  # RFC 5322 comments nest (found in review: auto-generated)
+    ("auto-replied (vacation (2 weeks))", "auto-replied"),
+    ("(((deep))) no", "no"),
+])
+def test_auto_submitted_with_nested_comments(value: str, kind: str) -> None:
+    assert classify_auto(msg(("Auto-Submitted", value))) == kind
+
+
+def test_a_return_path_with_nested_comments_is_still_null() -> None:
+    assert classify_auto(msg(("Return-Path", "<> (bounce (of a bounce))"),
+                             mail_from="<bounces@customer.example>")) == "auto-generated"
+
+
 def test_null_envelope_sender() -> None:
     assert classify_auto_detail(msg(mail_from="<>")) == ("auto-generated", "null-sender")
     assert classify_auto(msg(mail_from=" <> ")) == "auto-generated"

@@ -78,7 +78,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import bodytext, mime
 from .addresses import first_address
-from .message import Message, unfold
+from .message import Message, unfold, without_comments
 from .subject import decode_subject
 
 NO = "no"
@@ -88,7 +88,6 @@ BOUNCE = "bounce"
 BULK = "bulk"
 KINDS = (NO, AUTO_REPLIED, AUTO_GENERATED, BOUNCE, BULK)
 
-_COMMENT = re.compile(r"\([^()]*\)")
 _NEGATIVE = frozenset({"", "no", "false", "0"})
 _LIST_HEADERS = ("list-id", "list-unsubscribe", "list-post", "mailing-list")
 # Marks of list managers that add no List-* field (Mailman 2's X-BeenThere, SmartList's
@@ -347,14 +346,15 @@ def _values(fields: Fields, name: str) -> list[str]:
 
 def _first_token(value: str) -> str:
     """`auto-replied; owner-email=x (vacation)` -> `auto-replied`: lower-cased, no comments."""
-    text = _COMMENT.sub(" ", unfold(value))
+    text = without_comments(unfold(value), repl=" ")
     return text.split(";", 1)[0].strip().lower()
 
 
 def _null_sender(msg: Message, fields: Fields) -> bool:
     if "".join(msg.envelope.mail_from.split()) == "<>":
         return True
-    return any("".join(_COMMENT.sub("", v).split()) == "<>" for v in _values(fields, "return-path"))
+    return any("".join(without_comments(v).split()) == "<>"
+               for v in _values(fields, "return-path"))
 
 
 def _from_local_part(msg: Message) -> str:

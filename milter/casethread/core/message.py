@@ -29,6 +29,25 @@ def unfold(value: str) -> str:
     return _FOLD.sub("", value) if "\n" in value else value
 
 
+_COMMENT = re.compile(r"\([^()]*\)")
+# Nested comments are rare; a bound keeps hostile input (((((...))))) linear.
+_MAX_COMMENT_PASSES = 8
+
+
+def without_comments(text: str, pattern: re.Pattern[str] = _COMMENT, repl: str = "") -> str:
+    """`text` without its RFC 5322 comments, nested ones too (innermost first), each
+    replaced by `repl`. `pattern` may keep other parts whole: it matches a comment, or what
+    its `repl` puts back."""
+    if "(" not in text:
+        return text
+    for _ in range(_MAX_COMMENT_PASSES):
+        stripped = pattern.sub(repl, text)
+        if stripped == text:
+            break
+        text = stripped
+    return text
+
+
 def decode_bytes(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 

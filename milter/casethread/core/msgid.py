@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 
-from .message import unfold
+from .message import unfold, without_comments
 
 _ANGLED = re.compile(r"<([^<>]*)>")
-_COMMENT = re.compile(r"\([^()]*\)")
 # A comment, or an angle-bracketed ID kept whole (`<"odd (x)"@host>`): to find a field's IDs
 # as written, only the comments around them go.
 _COMMENT_OR_ID = re.compile(r"(<[^<>]*>)|\([^()]*\)")
@@ -20,20 +19,9 @@ _PLAIN = re.compile(r"[^\s()<>\x00]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-# Nested comments are rare; a bound keeps hostile input (((((...))))) linear.
-_MAX_COMMENT_PASSES = 8
-
-
 def _without_comments(text: str, ids_whole: bool = False) -> str:
     """`text` without its comments; with `ids_whole`, comments inside `<...>` stay."""
-    if "(" not in text:
-        return text
-    for _ in range(_MAX_COMMENT_PASSES):
-        stripped = _COMMENT_OR_ID.sub(r"\1", text) if ids_whole else _COMMENT.sub("", text)
-        if stripped == text:
-            break
-        text = stripped
-    return text
+    return without_comments(text, _COMMENT_OR_ID, r"\1") if ids_whole else without_comments(text)
 
 
 def normalise(raw: str) -> str | None:
