@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__, case_admin, logsetup
 from .config import ConfigError, group_id, load_config, override
+from .config import warnings as config_warnings
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
@@ -129,6 +130,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     elif held:
         # serve would make a key; right only for an index without cases.
         check_default_key_kept(settings.index.path, LmdbIndex.held_cases(settings.index.path))
+    for problem in config_warnings(settings):  # valid, but most likely not meant
+        print(f"warning: {problem}", file=sys.stderr)
     print("OK")
     return EXIT_OK
 

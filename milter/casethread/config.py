@@ -30,6 +30,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .core import token
 from .core.addresses import ascii_domain
+from .core.bodytext import html_to_text
 from .core.settings import (
     STRATEGY_NAMES,
     ExternalRefRule,
@@ -961,6 +962,31 @@ def group_id(name: str) -> int:
     except KeyError:
         raise ConfigError("configuration", None, "milter.socket_group",
                           f"no such group {name!r}") from None
+
+
+# Any token's shape: the check below reads only where a template puts it.
+_SAMPLE_TOKEN = token.Keyring([(1, bytes(32))]).make(1)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What a valid configuration does that its author most likely did not mean: `serve` logs
+    each at start and after a reload, `check-config` prints them."""
+    found = []
+    if not settings.inbound.addresses:
+        found.append("inbound.addresses is empty: no mail is inbound, so no reply is "
+                     "threaded; list the support addresses in the configuration")
+    tag = settings.tokens.subject_template.strip()
+    stamps = (("text", settings.stamp.text, settings.stamp.text_template, str),
+              ("html", settings.stamp.html, settings.stamp.html_template, html_to_text))
+    for name, on, template, as_read in stamps:
+        # Inbound reads body tokens only in the Subject tag's form: a body tag in another
+        # form is stamped on every mail and never read back.
+        written = as_read(template.replace(token.PLACEHOLDER, _SAMPLE_TOKEN))
+        if on and next(token.find_tokens(written, settings.tokens.subject_template), None) is None:
+            found.append(f"stamp.{name}_template does not hold {{token}} in the form of "
+                         f"tokens.subject_template ({tag}): a reply that keeps only the body's "
+                         f"tag is not threaded by it; write it as {tag} there")
+    return found
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Settings:

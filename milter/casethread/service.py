@@ -27,6 +27,7 @@ import milter
 
 from . import heap, logsetup
 from .config import group_id
+from .config import warnings as config_warnings
 from .core.settings import Settings
 from .core.token import Keyring
 from .engine import Engine
@@ -198,12 +199,11 @@ def _log_keys(settings: Settings, keyring: Keyring, before: Keyring | None = Non
                     ", ".join(map(str, dropped)))
 
 
-def _warn_if_threading_nothing(settings: Settings) -> None:
-    """At start and after each reload: a configuration that lists no support address passes
-    every reply as direction=other, which no other line would show."""
-    if not settings.inbound.addresses:
-        log.warning("inbound.addresses is empty: no mail is inbound, so no reply is "
-                    "threaded; list the support addresses in the configuration")
+def _log_warnings(settings: Settings) -> None:
+    """At start and after each reload: what a valid configuration does that no other line
+    would show (no support address: every reply passes as direction=other)."""
+    for problem in config_warnings(settings):
+        log.warning("%s", problem)
 
 
 def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -> None:
@@ -225,7 +225,7 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
     current.engine = engine
     log.info("reloaded configuration")
     _log_keys(new, engine.keyring, before)
-    _warn_if_threading_nothing(new)
+    _log_warnings(new)
 
 
 # Each means "stop": libmilter's own signal thread takes these three the same way.
@@ -356,7 +356,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
     try:
         current = _Current(_engine(settings, index))
         _log_keys(settings, current.engine.keyring)
-        _warn_if_threading_nothing(settings)
+        _log_warnings(settings)
         listen = settings.milter.metrics_listen
         if listen is not None:
             metrics = Metrics(index)

@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from casethread.config import ConfigError, load_config, render_defaults
+from casethread.config import ConfigError, load_config, render_defaults, warnings
 from casethread.core.settings import (
     CaseSettings,
     ExternalRefRule,
@@ -1654,3 +1654,42 @@ def test_contrib_example_shows_the_metrics_examples_valid(tmp_path: Path) -> Non
     for example in examples:
         value = yaml.safe_load(example)["metrics_listen"]
         assert load(tmp_path, f"milter:\n  {example}\n").milter.metrics_listen == value
+
+
+SUPPORT_ONLY = "inbound:\n  addresses: [support@example.com]\n"
+
+
+def test_the_defaults_warn_only_of_the_missing_support_addresses(tmp_path: Path) -> None:
+    assert warnings(load(tmp_path, SUPPORT_ONLY)) == []
+    (only,) = warnings(Settings())
+    assert only.startswith("inbound.addresses is empty")
+
+
+@pytest.mark.parametrize(("stamp", "warned"), [
+    ('text_template: "\\nTicket: {token}\\n"', ["text"]),
+    ("html_template: '<span data-ref=\"{token}\"></span>'", ["html"]),  # never in the text
+    ('text_template: "\\n[ref: {token}]\\n"', []),  # read as clients wrap it
+    ('text_template: "\\n[ref:{token}]\\n"', []),
+    ('text_template: "\\nTicket: {token}\\n"\n  text: false', []),  # not stamped
+])
+def test_a_body_tag_inbound_cannot_read_is_warned_of(
+    tmp_path: Path, stamp: str, warned: list[str]
+) -> None:
+    found = warnings(load(tmp_path, f"{SUPPORT_ONLY}stamp:\n  {stamp}\n"))
+    assert [w.split("_template", 1)[0].removeprefix("stamp.") for w in found] == warned, found
+    assert all("tokens.subject_template ([ref:{token}])" in w for w in found)
+
+
+def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> None:
+    """README: sites that mail each other give each installation its own tag form."""
+    assert warnings(load(tmp_path, SUPPORT_ONLY + textwrap.dedent("""\
+        tokens:
+          subject_template: " [vb:{token}]"
+        stamp:
+          text_template: "\\n[vb:{token}]\\n"
+          html_template: '<div style="display:none">[vb:{token}]</div>'
+        """))) == []
+    vb_only = SUPPORT_ONLY + 'tokens:\n  subject_template: " [vb:{token}]"\n'
+    defaults = warnings(load(tmp_path, vb_only))
+    assert [w.split(" ", 1)[0] for w in defaults] == ["stamp.text_template", "stamp.html_template"]
+    assert all("([vb:{token}])" in w for w in defaults)

@@ -289,6 +289,19 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
     assert group.returncode == 2 and "no such group 'no-such-group-here'" in group.stderr
 
 
+def test_check_config_warns_of_a_body_tag_inbound_cannot_read(
+    casethread_bin: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {tmp_path / 'idx'}\n"
+                      "inbound:\n  addresses: [s@example.com]\n"
+                      "stamp:\n  text_template: \"\\nTicket: {token}\\n\"\n")
+    p = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (p.returncode, p.stdout) == (0, "OK\n")
+    assert p.stderr.startswith("warning: stamp.text_template does not hold {token} in the form "
+                               "of tokens.subject_template ([ref:{token}])"), p.stderr
+
+
 def test_an_empty_config_file_is_refused_by_check_config_and_serve(
     casethread_bin: Path, tmp_path: Path
 ) -> None:
