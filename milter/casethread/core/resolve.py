@@ -12,7 +12,6 @@ import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
 
 from . import autoreply, bodytext, mime, msgid, subject, thread_index
 from .addresses import AddressMatcher, envelope_address, header_addresses
@@ -373,9 +372,19 @@ class Resolver:
 
     # -- the strategies ---------------------------------------------------------------------
 
-    def _anchor_tokens(self, ev: Evidence) -> Iterator[str]:
-        # A generator itself: nothing is done unless the Subject held no valid token.
-        yield from self._anchors_in(ev.msg.get(name) for name in ("In-Reply-To", "References"))
+    def _header_tokens(self, subjects: Iterable[str],
+                       id_values: Iterable[str | None]) -> Iterator[str]:
+        """The tokens of a mail's header fields (`subjects`, In-Reply-To/References values) in
+        the order they count: the Subject's tags as written, our case anchors (they name the
+        mail answered, where an encoded Subject may still hold a case's old tag), then the
+        decoded Subject's. A generator: what comes after a valid token is never worked out."""
+        unfolded = [unfold(s) for s in subjects]
+        for text in unfolded:
+            yield from find_tokens(text, self._template)
+        yield from self._anchors_in(id_values)
+        for text in unfolded:
+            if "=?" in text:  # most Subjects have no encoded words
+                yield from decoded_subject_tokens(text, self._template)
 
     def _anchors_in(self, values: Iterable[str | None]) -> Iterator[str]:
         """The tokens of our case anchors among the IDs of these In-Reply-To/References values."""
@@ -396,16 +405,9 @@ class Resolver:
                    if is_token_shaped(token)]
 
     def by_token(self, ev: Evidence) -> Hit | None:
-        # The anchors of In-Reply-To/References come before the decoded Subject and the body:
-        # they name the mail answered, where an encoded Subject may still hold a case's old
-        # tag and a body may quote another case's mail.
-        candidates = chain(
-            find_tokens(ev.subject, self._template),
-            self._anchor_tokens(ev),
-            # Not even made for a Subject without encoded words (most), and not started when
-            # the Subject as written held a valid token (the usual reply).
-            decoded_subject_tokens(ev.subject, self._template) if "=?" in ev.subject else (),
-        )
+        # The header fields' tokens come before the body's, which may quote another case's mail.
+        candidates = self._header_tokens(
+            (ev.subject,), (ev.msg.get(name) for name in ("In-Reply-To", "References")))
         case = ev.case_by_tokens(candidates) or ev.case_by_body_tokens(self._body_tokens(ev))
         return Hit(case, "token") if case else None
 
@@ -579,13 +581,9 @@ class Resolver:
             case = ev.case_by_alias(AliasKind.MESSAGE, mid)
             if case is not None:
                 return Hit(case, "bounce")
-        subjects = fields.get("subject", [])
-        tokens = chain(
-            chain.from_iterable(find_tokens(unfold(s), self._template) for s in subjects),
-            self._anchors_in(v for name in ("in-reply-to", "references")
-                             for v in fields.get(name, ())),
-            chain.from_iterable(decoded_subject_tokens(s, self._template) for s in subjects),
-        )
+        tokens = self._header_tokens(
+            fields.get("subject", []),
+            (v for name in ("in-reply-to", "references") for v in fields.get(name, ())))
         case = ev.case_by_tokens(tokens)
         if case is not None:
             return Hit(case, "bounce")
