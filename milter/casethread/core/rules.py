@@ -2,8 +2,8 @@
 
 merged -> the surviving case; split -> every live child; closed -> the first open ancestor
 that was not split, else a new related case; resolved -> reopened, unless older than
-`cases.reopen_within` (a new related case) or the mail is automatic (threads, never reopens;
-`is_automatic` says which mail is). A new related case is opened once per conversation: the
+`cases.reopen_within` (a new related case) or the mail is automatic (`is_automatic`: it
+threads where the conversation went on, but never reopens, opens or changes a case). A new related case is opened once per conversation: the
 old case names it as its follow-up, and later replies go there. Link chains are followed a
 bounded number of steps and cycles stop the walk, so a corrupt or hostile index cannot hang us.
 """
@@ -134,7 +134,7 @@ def _targets(case: CaseRecord, walk: _Walk) -> list[Target]:
 def _target(case: CaseRecord, walk: _Walk) -> list[Target]:
     walk.steps -= 1
     if walk.automatic:
-        return [Target(case, Action.THREAD)]
+        return _automatic_target(case, walk)
     if walk.steps < 0:  # a corrupt or hostile index: never into a closed or expired case
         live = case.state in (CaseState.OPEN, CaseState.WAITING)
         return [Target(case, Action.THREAD if live else Action.NEW_RELATED)]
@@ -149,6 +149,23 @@ def _target(case: CaseRecord, walk: _Walk) -> list[Target]:
         return [Target(case, Action.REOPEN)]
     if case.state is CaseState.WAITING:
         return [Target(case, Action.ACTIVATE)]
+    return [Target(case, Action.THREAD)]
+
+
+def _automatic_target(case: CaseRecord, walk: _Walk) -> list[Target]:
+    """Automatic mail changes no case and opens none, but goes where the conversation went on,
+    as a person's reply would: a closed case's open parent, the follow-up a person's reply
+    opened. An out-of-office or a bounce of our mail belongs with the live case its agent
+    works, not with the closed one its mail named."""
+    if walk.steps >= 0:
+        if case.state is CaseState.CLOSED:
+            ancestor = _open_ancestor(case, walk.reader)
+            if ancestor is not None:
+                return [Target(ancestor, Action.THREAD)]
+        followup = _followup(case, walk.reader)
+        if followup is not None and followup.case_id not in walk.followed:
+            walk.followed.add(followup.case_id)
+            return _targets(followup, walk)
     return [Target(case, Action.THREAD)]
 
 
