@@ -77,6 +77,18 @@ class Expect:
             raise StaleDecision("a concurrent write changed what this decision read")
 
 
+class CounterWindow(Protocol):
+    """A counter's window as an index holds it (`index.keys.Window`)."""
+
+    @property
+    def start(self) -> int:
+        """When the window began (Unix seconds)."""
+
+    @property
+    def count(self) -> int:
+        """The events counted in it."""
+
+
 class CaseLookup(Protocol):
     def get_case(self, case_id: str) -> CaseRecord | None:
         """The case record, or None when no such case exists."""
@@ -136,6 +148,10 @@ class CaseIndex(CaseReader, Protocol):
 
         A window older than `window` seconds restarts at 1 (counters expire by themselves).
         """
+
+    def peek_counter(self, key: str) -> CounterWindow | None:
+        """The window a counter last counted in, without counting (None: none yet). A dry
+        run's overlay starts its counters from these."""
 
     def last_number(self) -> int:
         """The highest case number handed out so far (0 for an empty index)."""

@@ -36,6 +36,7 @@ from ..core.model import (
     CounterBump,
     is_valid_case_id,
 )
+from ..core.store import CounterWindow
 
 ALIAS_DIGEST_SIZE = 16
 _U32_MAX = 0xFFFFFFFF
@@ -142,7 +143,7 @@ def _check_window(window: int) -> None:
         raise ValueError(f"counter window must be at least 1 second, not {window}")
 
 
-def bump(previous: Window | None, now: int, window: int) -> Window:
+def bump(previous: CounterWindow | None, now: int, window: int) -> Window:
     """The counter after one more event at `now` in fixed windows of `window` seconds.
 
     A window restarts at 1 once `window` seconds have passed since its start. A `now` slightly

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 from ..core.model import Alias, AliasHit, AliasKind, CaseRecord, CounterBump
-from ..core.store import CaseChange, Expect, NewCaseAliases, NewCaseChanges
+from ..core.store import CaseChange, CounterWindow, Expect, NewCaseAliases, NewCaseChanges
 from . import keys
 from .errors import CaseIndexError
 
-CounterSeed = Callable[[str], keys.Window | None]
+CounterSeed = Callable[[str], CounterWindow | None]
 
 
 class MemoryIndex:
@@ -162,7 +162,7 @@ class MemoryIndex:
     def _bump(self, key: str, now: int, window: int) -> int:
         """Count one event (the caller holds the lock)."""
         raw_key = keys.counter_key(key)
-        previous = self._counters.get(raw_key)
+        previous: CounterWindow | None = self._counters.get(raw_key)
         if previous is None:
             previous = self._counter_seed(key)
         current = self._counters[raw_key] = keys.bump(previous, now, window)
@@ -171,7 +171,7 @@ class MemoryIndex:
     def next_count(self, key: str, now: int, window: int) -> int:
         return keys.bump(self.peek_counter(key), now, window).count
 
-    def peek_counter(self, key: str) -> keys.Window | None:
+    def peek_counter(self, key: str) -> CounterWindow | None:
         """The stored window of a counter, without counting (for an overlay's seed)."""
         raw_key = keys.counter_key(key)
         with self._lock:

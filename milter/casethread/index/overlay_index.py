@@ -3,8 +3,7 @@
 Reads see the real index plus what this run wrote; writes stay in memory and are dropped.
 New cases continue the real index's numbering, so a dry run shows the ids a real run would
 allocate. Counters do the same: a counter's first bump in the overlay starts from the window the
-base holds (one read), so a dry run shows whether a real run would call the sender a loop. A base
-that cannot show its counters (no `peek_counter`) leaves the overlay counting from zero.
+base holds (one read), so a dry run shows whether a real run would call the sender a loop.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from ..core.settings import CaseSettings
 from ..core.store import (
     CaseChange,
     CaseIndex,
+    CounterWindow,
     Expect,
     NewCaseAliases,
     NewCaseChanges,
@@ -29,13 +29,12 @@ from .memory_index import MemoryIndex
 class OverlayIndex:
     def __init__(self, base: CaseIndex, ids: CaseSettings) -> None:
         self._base = base
-        peek: Callable[[str], keys.Window | None] | None = getattr(base, "peek_counter", None)
         self._overlay = MemoryIndex(
             ids.id_prefix,
             ids.id_digits,
             last_number=base.last_number(),
             taken_elsewhere=lambda case_id: base.get_case(case_id) is not None,
-            counter_seed=peek or (lambda _key: None),
+            counter_seed=base.peek_counter,
         )
         # Base cases changed in this run; the overlay's own MemoryIndex holds only new cases,
         # so shadowing a base case allocates no number.
@@ -119,7 +118,7 @@ class OverlayIndex:
     def bump_counter(self, key: str, now: int, window: int) -> int:
         return self._overlay.bump_counter(key, now, window)
 
-    def peek_counter(self, key: str) -> keys.Window | None:
+    def peek_counter(self, key: str) -> CounterWindow | None:
         return self._overlay.peek_counter(key)
 
     def next_count(self, key: str, now: int, window: int) -> int:
