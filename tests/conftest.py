@@ -1,7 +1,8 @@
 """Shared fixtures for the core, engine and CLI tests.
 
-Kept here (not in a helper module) because pytest runs with --import-mode=importlib, where test
-files cannot import one another.
+Fixtures are kept here: pytest runs with --import-mode=importlib, where test files cannot import
+one another. Plain functions several test files share are in tests/helpers/, imported relatively
+(`from ..helpers.index_writes import store`).
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ class Harness:
 
     def set_case(self, case_id: str, **changes: Any) -> CaseRecord:
         """Change a stored case (state, links) the way `casethread case ...` would."""
-        changed = dataclasses.replace(self.case(case_id), **changes)
-        self.index.update_case(changed)
+        changed = self.index.modify_case(case_id,
+                                         lambda case: dataclasses.replace(case, **changes))
+        assert changed is not None, f"no case {case_id}"
         return changed
 
     def token(self, case_id: str) -> str:

@@ -249,10 +249,6 @@ class MilterWritesBetween:
             self.interleaved += 1
             self.inner.modify_case(case_id, self._milter_change)
 
-    def update_case(self, record: CaseRecord) -> None:
-        self._milter(record.case_id)
-        self.inner.update_case(record)
-
     def modify_case(self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
                     ) -> CaseRecord | None:
         # An atomic read-modify-write: the milter's commit lands before it, never inside it.

@@ -35,7 +35,7 @@ class CountingIndex:
     """A MemoryIndex that counts Message-ID lookups, to bound work without timing anything.
 
     Both ways of asking for a Message-ID are counted; everything else (`record`,
-    `bump_counter`, `case_for_number`, ...) is delegated unchanged.
+    `case_for_number`, ...) is delegated unchanged.
     """
 
     def __init__(self) -> None:

@@ -14,6 +14,8 @@ from casethread.core.model import Alias, AliasKind, CaseRecord, CaseState
 from casethread.core.token import Keyring, anchor
 from casethread.index import MemoryIndex
 
+from ..helpers.index_writes import record_message, store
+
 T0 = 1_772_442_900
 LATER = T0 + 3600
 KEYRING = Keyring([(1, bytes(range(32)))])
@@ -35,7 +37,7 @@ def get(index: MemoryIndex, case_id: str) -> CaseRecord:
 
 def link(index: MemoryIndex, case_id: str, **fields: object) -> None:
     """Set links directly, bypassing the admin checks (to build corrupt or long chains)."""
-    index.update_case(replace(get(index, case_id), **fields))  # type: ignore[arg-type]
+    store(index, replace(get(index, case_id), **fields))  # type: ignore[arg-type]
 
 
 def snapshot(index: MemoryIndex) -> list[CaseRecord]:
@@ -307,7 +309,7 @@ def test_parent_above_an_existing_loop_is_accepted(index: MemoryIndex) -> None:
 
 
 def test_lookup_message_id_normalises_and_follows_merges(index: MemoryIndex) -> None:
-    index.record_message("abc.123@mail.example.com", "C-000002", T0)
+    record_message(index, "abc.123@mail.example.com", "C-000002", T0)
     found = case_admin.lookup_message_id(index, " <abc.123@MAIL.Example.COM> ")
     assert found is not None
     assert (found.case.case_id, found.named.case_id, found.via) == ("C-000002", "C-000002",

@@ -20,7 +20,7 @@ import lmdb
 import pytest
 
 from casethread.core.message import parse_raw
-from casethread.core.model import Alias, AliasKind
+from casethread.core.model import Alias, AliasKind, CounterBump
 from casethread.index import LmdbIndex, maintenance
 from casethread.index import keys as index_keys
 from casethread.index.lmdb_index import LOCK_FILE_SIZE, MAX_READERS
@@ -356,7 +356,7 @@ def test_prune_dry_run_then_real(cli: Cli, filled: list[dict[str, str]]) -> None
         index.record([Alias(AliasKind.MESSAGE, f"<old-{n}@example.org>", first)
                       for n in range(25)], now=old)
         index.record([Alias(AliasKind.SUBJECT, "an old subject", first)], now=old)
-        index.bump_counter("flood gone@example.org", now=old, window=3600)
+        index.record((), old, [CounterBump("flood gone@example.org", 3600)])
     finally:
         index.close()
     before = cli.json("stats")

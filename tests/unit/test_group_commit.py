@@ -14,7 +14,8 @@ from typing import Any
 import lmdb
 import pytest
 
-from casethread.core.model import Alias, AliasKind, CaseState
+from casethread.core.model import Alias, AliasKind, CaseState, CounterBump
+from casethread.core.store import Expect, StaleDecision
 from casethread.index import LmdbIndex
 from casethread.index.lmdb_index import SharedEnv
 
@@ -92,14 +93,20 @@ def test_concurrent_writes_share_one_commit(index: LmdbIndex) -> None:
 
 
 def test_each_writer_gets_its_own_result(index: LmdbIndex) -> None:
+    touched = index.create_case(0)
     creates = [lambda: index.create_case(1_700_000_000) for _ in range(WRITERS)]
-    bumps = [lambda: index.bump_counter("flood a@example.com", 1_700_000_000, 60)
-             for _ in range(WRITERS)]
-    outcomes = _queued_behind_a_held_writer(index, creates + bumps)
+    bump = CounterBump("flood a@example.com", 60)
+    touch = [(touched.case_id, lambda c: replace(c, updated=c.updated + 1))]
+    touches = [lambda: index.record((), 1_700_000_000, [bump], touch) for _ in range(WRITERS)]
+    outcomes = _queued_behind_a_held_writer(index, creates + touches)
     numbers = sorted(case.number for case, _ in outcomes[:WRITERS])
-    assert numbers == list(range(1, WRITERS + 1))
-    # Bodies in one transaction still see each other's writes: every bump counted once.
-    assert sorted(count for count, _ in outcomes[WRITERS:]) == list(range(1, WRITERS + 1))
+    assert numbers == list(range(2, WRITERS + 2))
+    # Bodies in one transaction still see each other's writes: every change and every bump
+    # counted once.
+    after = sorted(changed[touched.case_id].updated for changed, _ in outcomes[WRITERS:])
+    assert after == list(range(1, WRITERS + 1))
+    counted = index.peek_counter(bump.key)
+    assert counted is not None and counted.count == WRITERS
 
 
 def test_a_failing_write_rolls_back_alone(index: LmdbIndex) -> None:
@@ -113,10 +120,13 @@ def test_a_failing_write_rolls_back_alone(index: LmdbIndex) -> None:
     writes.insert(2, lambda: index.writing(half_then_fail))
     case = index.get_case("C-000001")
     assert case is not None
-    writes.insert(4, lambda: index.update_case(replace(case, case_id="C-999999")))
+    stale = Expect(cases=(replace(case, state=CaseState.CLOSED),))
+    writes.insert(4, lambda: index.record((), 1_700_000_000, [CounterBump("flood a@x", 60)],
+                                          expect=stale))
     outcomes = _queued_behind_a_held_writer(index, writes)
     errors = [type(error) if error else None for _, error in outcomes]
-    assert errors == [None, None, ValueError, None, KeyError, None, None]
+    assert errors == [None, None, ValueError, None, StaleDecision, None, None]
+    assert index.peek_counter("flood a@x") is None
     with index.reading() as (txn, db):
         assert txn.get(b"m<half@example.com>", db=db.aliases) is None
     for n in range(5):

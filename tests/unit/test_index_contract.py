@@ -36,6 +36,8 @@ from casethread.index import (
 from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA
 from casethread.index.overlay_index import OverlayIndex
 
+from ..helpers.index_writes import count_event, record_message, store
+
 MAP_SIZE = 64 << 20
 MILTER_DIR = Path(__file__).resolve().parents[2] / "milter"
 MakeIndex = Callable[..., CaseIndex]
@@ -151,13 +153,13 @@ def test_adopting_an_invalid_id_is_refused(index: CaseIndex) -> None:
     assert index.create_case(now=1).number == 1
 
 
-def test_update_case_persists_and_unknown_raises(index: CaseIndex) -> None:
+def test_modify_case_persists_and_an_unknown_case_is_none(index: CaseIndex) -> None:
     record = index.create_case(now=1, queue="support")
     changed = replace(record, state=CaseState.RESOLVED, queue="billing", updated=50)
-    index.update_case(changed)
+    assert index.modify_case(record.case_id, lambda _current: changed) == changed
     assert index.get_case(record.case_id) == changed
-    with pytest.raises(KeyError):
-        index.update_case(replace(record, case_id="C-999999"))
+    assert index.modify_case(record.case_id, lambda _current: None) == changed  # left as it is
+    assert index.modify_case("C-999999", lambda current: replace(current, updated=2)) is None
     assert index.get_case("C-999999") is None
 
 
@@ -169,20 +171,20 @@ def test_case_links_round_trip(index: CaseIndex) -> None:
     merged = replace(
         b, state=CaseState.CLOSED, state_changed=80, merged_into=c.case_id, parent=a.case_id
     )
-    index.update_case(split)
-    index.update_case(merged)
+    store(index, split)
+    store(index, merged)
     assert index.get_case(a.case_id) == split
     assert index.get_case(b.case_id) == merged
     # Back to the defaults: the links are gone, not kept from the previous version.
-    index.update_case(replace(merged, parent=None, merged_into=None, state_changed=b.created))
+    store(index, replace(merged, parent=None, merged_into=None, state_changed=b.created))
     assert index.get_case(b.case_id) == replace(b, state=CaseState.CLOSED)
     # state_changed 0 differs from `created`: it must come back as 0, not as `created`.
-    index.update_case(replace(c, state_changed=0))
+    store(index, replace(c, state_changed=0))
     stored = index.get_case(c.case_id)
     assert stored is not None and stored.state_changed == 0
 
 
-def test_update_case_refuses_bad_links_and_renumbering(index: CaseIndex) -> None:
+def test_modify_case_refuses_bad_links_and_renumbering(index: CaseIndex) -> None:
     record = index.create_case(now=1)
     for bad in (
         replace(record, parent="not an id"),
@@ -191,7 +193,7 @@ def test_update_case_refuses_bad_links_and_renumbering(index: CaseIndex) -> None
         replace(record, number=7),
     ):
         with pytest.raises(ValueError):
-            index.update_case(bad)
+            index.modify_case(record.case_id, lambda _current, bad=bad: bad)
     assert index.get_case(record.case_id) == record
     assert index.case_for_number(1) == record.case_id
 
@@ -205,7 +207,8 @@ def test_closed_index_refuses_calls(index: CaseIndex) -> None:
         lambda: index.find(AliasKind.MESSAGE, "<m@x>"),
         lambda: index.case_for_number(1),
         lambda: index.record([Alias(AliasKind.MESSAGE, "<m@x>", "C-000001")], now=1),
-        lambda: index.bump_counter("a@example.org", now=1, window=60),
+        lambda: index.record((), now=1, bumps=[CounterBump("a@example.org", 60)]),
+        lambda: index.peek_counter("a@example.org"),
         lambda: index.last_number(),
     ]
     for call in calls:
@@ -238,7 +241,7 @@ def test_reads_in_a_snapshot_see_its_writes(index: CaseIndex) -> None:
         new = index.create_case(now=3)
         assert index.get_case(new.case_id) == new
         with index.snapshot():  # nested: one view, ended by the outer one
-            index.record_message("<b@x>", new.case_id, now=4)
+            record_message(index, "<b@x>", new.case_id, now=4)
             assert index.case_for_message("<b@x>") == new.case_id
         assert index.case_for_message("<b@x>") == new.case_id
     assert index.case_for_message("<b@x>") == new.case_id
@@ -252,13 +255,13 @@ def test_a_snapshot_is_one_view_until_its_thread_writes(tmp_path: Path) -> None:
         case = index.create_case(now=1)
 
         def elsewhere(n: int) -> None:
-            index.record_message(f"<other{n}@x>", case.case_id, now=2)
+            record_message(index, f"<other{n}@x>", case.case_id, now=2)
 
         with index.snapshot():
             assert index.case_for_message("<other0@x>") is None
             run_threads(elsewhere, 1)
             assert index.case_for_message("<other0@x>") is None  # the same view
-            index.record_message("<mine@x>", case.case_id, now=3)
+            record_message(index, "<mine@x>", case.case_id, now=3)
             assert index.case_for_message("<other0@x>") == case.case_id
             run_threads(lambda n: elsewhere(n + 1), 1)
             assert index.case_for_message("<other1@x>") is None
@@ -267,15 +270,15 @@ def test_a_snapshot_is_one_view_until_its_thread_writes(tmp_path: Path) -> None:
         index.close()
 
 
-def test_record_message_round_trip_and_overwrite(index: CaseIndex) -> None:
+def test_a_message_id_round_trips_and_is_overwritten(index: CaseIndex) -> None:
     a = index.create_case(now=1)
     b = index.create_case(now=1)
-    index.record_message("<m1@example.org>", a.case_id, now=2)
+    record_message(index, "<m1@example.org>", a.case_id, now=2)
     assert index.case_for_message("<m1@example.org>") == a.case_id
     assert index.find(AliasKind.MESSAGE, "<m1@example.org>") == AliasHit(a.case_id, 2)
-    index.record_message("<m1@example.org>", a.case_id, now=3)
+    record_message(index, "<m1@example.org>", a.case_id, now=3)
     assert index.find(AliasKind.MESSAGE, "<m1@example.org>") == AliasHit(a.case_id, 3)
-    index.record_message("<m1@example.org>", b.case_id, now=4)
+    record_message(index, "<m1@example.org>", b.case_id, now=4)
     assert index.case_for_message("<m1@example.org>") == b.case_id
     assert index.case_for_message("<m2@example.org>") is None
 
@@ -326,7 +329,7 @@ def test_record_writes_a_batch(index: CaseIndex) -> None:
 )
 def test_record_is_all_or_nothing(index: CaseIndex, bad: Alias) -> None:
     a = index.create_case(now=1)
-    index.record_message("<old@example.org>", a.case_id, now=1)
+    record_message(index, "<old@example.org>", a.case_id, now=1)
     batch = [
         Alias(AliasKind.MESSAGE, "<new@example.org>", a.case_id),
         Alias(AliasKind.MESSAGE, "<old@example.org>", "C-000077"),
@@ -360,8 +363,8 @@ def test_eight_bit_message_ids(index: CaseIndex) -> None:
     utf8 = "<café@example.org>"
     a = index.create_case(now=1)
     b = index.create_case(now=1)
-    index.record_message(raw, a.case_id, now=2)
-    index.record_message(utf8, b.case_id, now=2)
+    record_message(index, raw, a.case_id, now=2)
+    record_message(index, utf8, b.case_id, now=2)
     assert index.case_for_message(raw) == a.case_id
     assert index.case_for_message(utf8) == b.case_id
     index.record([Alias(AliasKind.PARTICIPANT, raw, b.case_id)], now=3)
@@ -390,39 +393,37 @@ def test_concurrent_batches_all_land(index: CaseIndex) -> None:
 
 def test_counters_count_per_key_and_expire(index: CaseIndex) -> None:
     sender = "flood@example.org"
-    assert [index.bump_counter(sender, now=1000 + n, window=HOUR) for n in range(3)] == [1, 2, 3]
-    assert index.bump_counter("other@example.org", now=1002, window=HOUR) == 1
+    assert [count_event(index, sender, now=1000 + n, window=HOUR) for n in range(3)] == [1, 2, 3]
+    assert count_event(index, "other@example.org", now=1002, window=HOUR) == 1
     # Fixed windows: the last second of the window still counts, its end restarts at 1.
-    assert index.bump_counter(sender, now=1000 + HOUR - 1, window=HOUR) == 4
-    assert index.bump_counter(sender, now=1000 + HOUR, window=HOUR) == 1
-    assert index.bump_counter(sender, now=1000 + HOUR + 5, window=HOUR) == 2
-    assert index.bump_counter("other@example.org", now=1000 + HOUR + 5, window=HOUR) == 1
+    assert count_event(index, sender, now=1000 + HOUR - 1, window=HOUR) == 4
+    assert count_event(index, sender, now=1000 + HOUR, window=HOUR) == 1
+    assert count_event(index, sender, now=1000 + HOUR + 5, window=HOUR) == 2
+    assert count_event(index, "other@example.org", now=1000 + HOUR + 5, window=HOUR) == 1
     # A racing caller that read the clock a moment earlier still counts in the window...
-    assert index.bump_counter(sender, now=1000 + HOUR - 2, window=HOUR) == 3
+    assert count_event(index, sender, now=1000 + HOUR - 2, window=HOUR) == 3
     # ...a clock stepped back by a whole window restarts it.
-    assert index.bump_counter(sender, now=1000, window=HOUR) == 1
+    assert count_event(index, sender, now=1000, window=HOUR) == 1
 
 
 def test_counters_refuse_bad_input(index: CaseIndex) -> None:
     for window in (0, -5):
         with pytest.raises(ValueError):
-            index.bump_counter("a@example.org", now=1, window=window)
+            count_event(index, "a@example.org", now=1, window=window)
     with pytest.raises(ValueError):
-        index.bump_counter("", now=1, window=60)
-    assert index.bump_counter("a@example.org", now=1, window=60) == 1
+        count_event(index, "", now=1, window=60)
+    assert count_event(index, "a@example.org", now=1, window=60) == 1
 
 
 def test_counters_lose_no_bump_under_threads(index: CaseIndex) -> None:
-    seen: list[list[int]] = [[] for _ in range(20)]
+    busy = CounterBump("busy@example.org", HOUR)
 
     def work(n: int) -> None:
         for _ in range(50):
-            seen[n].append(index.bump_counter("busy@example.org", now=500, window=HOUR))
+            index.record((), 500, [busy])
 
     run_threads(work, 20)
-    # Every bump saw its own count: no two read the same value, none was lost.
-    assert sorted(c for counts in seen for c in counts) == list(range(1, 1001))
-    assert index.bump_counter("busy@example.org", now=501, window=HOUR) == 1001
+    assert count_event(index, "busy@example.org", now=501, window=HOUR) == 1001  # none was lost
 
 
 def test_a_new_case_and_its_aliases_are_created_together(index: CaseIndex) -> None:
@@ -495,7 +496,7 @@ def test_record_with_a_bad_case_change_writes_nothing(index: CaseIndex) -> None:
 def test_a_new_case_changes_other_cases_in_its_commit(index: CaseIndex) -> None:
     """A closed case names its follow-up as the follow-up is created: one transaction."""
     earlier = replace(index.create_case(now=1), state=CaseState.CLOSED)
-    index.update_case(earlier)
+    store(index, earlier)
     new = index.create_case(now=5, changes=lambda n: [
         (earlier.case_id, lambda c: replace(c, followup=n.case_id, updated=5))])
     assert index.get_case(earlier.case_id) == replace(earlier, followup=new.case_id, updated=5)
@@ -516,7 +517,7 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
     """The check runs inside the write: what another writer committed since the read makes
     the write refuse, and the writer decides again."""
     case = index.create_case(now=1)
-    index.record_message("<seen@x>", case.case_id, 2)
+    record_message(index, "<seen@x>", case.case_id, now=2)
     bump = CounterBump("flood p@x", HOUR)
     write_recorded = Expect(absent=((AliasKind.MESSAGE, "<seen@x>"),))
     with pytest.raises(StaleDecision):
@@ -537,9 +538,9 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
     # A case whose state or links moved since it was read; its `updated` time does not count.
     read = index.get_case(case.case_id)
     assert read is not None
-    index.update_case(replace(read, updated=9))
+    store(index, replace(read, updated=9))
     assert index.record((), 10, [bump], expect=Expect(cases=(read,))) == {}
-    index.update_case(replace(read, state=CaseState.CLOSED))
+    store(index, replace(read, state=CaseState.CLOSED))
     for moved in (read, replace(read, case_id="C-999999")):  # changed, and gone
         with pytest.raises(StaleDecision):
             index.record((), 11, [bump], expect=Expect(cases=(moved,)))
@@ -547,11 +548,11 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
     # An alias whose case is gone names none; a waiting case opened meanwhile is as read.
     index.record([Alias(AliasKind.MESSAGE, "<orphan@x>", "C-000777")], 12)
     waiting = replace(index.get_case(case.case_id) or case, state=CaseState.WAITING)
-    index.update_case(waiting)
-    index.update_case(replace(waiting, state=CaseState.OPEN, state_changed=12))
+    store(index, waiting)
+    store(index, replace(waiting, state=CaseState.OPEN, state_changed=12))
     index.record((), 12, [bump], expect=Expect(((AliasKind.MESSAGE, "<orphan@x>"),),
                                                (waiting,)))
-    index.update_case(replace(waiting, state=CaseState.CLOSED))
+    store(index, replace(waiting, state=CaseState.CLOSED))
     # What still holds lets the write through.
     fresh = index.get_case(case.case_id)
     assert fresh is not None
@@ -562,7 +563,7 @@ def test_a_write_whose_expectation_fails_writes_nothing(index: CaseIndex) -> Non
 def test_next_count_looks_without_counting(index: CaseIndex) -> None:
     assert index.next_count("a@example.org", now=1000, window=HOUR) == 1
     assert index.next_count("a@example.org", now=1000, window=HOUR) == 1
-    index.bump_counter("a@example.org", now=1000, window=HOUR)
+    count_event(index, "a@example.org", now=1000, window=HOUR)
     assert index.next_count("a@example.org", now=1001, window=HOUR) == 2
     assert index.next_count("a@example.org", now=1000 + HOUR, window=HOUR) == 1  # expired
 
@@ -586,7 +587,7 @@ def test_record_counts_its_bumps_with_the_aliases(index: CaseIndex) -> None:
     index.record((), 1001, [bump, CounterBump("flood b@example.org", HOUR)])
     assert index.case_for_message("<m@x>") == case.case_id
     assert index.next_count("flood a@example.org", now=1002, window=HOUR) == 3
-    assert index.bump_counter("flood b@example.org", now=1002, window=HOUR) == 2
+    assert count_event(index, "flood b@example.org", now=1002, window=HOUR) == 2
 
 
 def test_record_with_a_bad_bump_writes_nothing(index: CaseIndex) -> None:
@@ -706,11 +707,11 @@ def test_lmdb_persists_across_reopen(tmp_path: Path) -> None:
     index = LmdbIndex(tmp_path / "idx", MAP_SIZE)
     first = index.create_case(now=1, queue="q")
     index.create_case(now=2, case_id="HD-5")
-    index.record_message("<m@example.org>", first.case_id, now=3)
+    record_message(index, "<m@example.org>", first.case_id, now=3)
     index.record([Alias(AliasKind.PARTICIPANT, "C-000001 p@example.org", first.case_id)], 4)
     linked = replace(first, state=CaseState.WAITING, state_changed=5, children=("HD-5",))
-    index.update_case(linked)
-    assert index.bump_counter("s@example.org", now=10, window=HOUR) == 1
+    store(index, linked)
+    assert count_event(index, "s@example.org", now=10, window=HOUR) == 1
     index.close()
 
     index = LmdbIndex(tmp_path / "idx", MAP_SIZE)
@@ -720,7 +721,7 @@ def test_lmdb_persists_across_reopen(tmp_path: Path) -> None:
         hit = index.find(AliasKind.PARTICIPANT, "C-000001 p@example.org")
         assert hit == AliasHit(first.case_id, 4)
         assert index.case_for_number(2) == "HD-5"
-        assert index.bump_counter("s@example.org", now=11, window=HOUR) == 2
+        assert count_event(index, "s@example.org", now=11, window=HOUR) == 2
         assert index.create_case(now=4).number == 3
     finally:
         index.close()
@@ -750,7 +751,7 @@ def test_lmdb_stores_no_key_in_clear(tmp_path: Path) -> None:
     case_id = index.create_case(now=1).case_id
     aliases = [(kind, key.format(case=case_id)) for kind, key in clear]
     index.record([Alias(kind, key, case_id) for kind, key in aliases], now=2)
-    index.bump_counter(address, now=2, window=HOUR)
+    count_event(index, address, now=2, window=HOUR)
     index.close()
 
     records = _all_records(path)
@@ -795,6 +796,7 @@ def _race_a_child_process(path: Path, work: str, mine: Callable[[LmdbIndex], Any
     child_code = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(MILTER_DIR)!r})\n"
+        "from casethread.core.model import CounterBump\n"
         "from casethread.index import LmdbIndex\n"
         f"index = LmdbIndex({str(path)!r}, {MAP_SIZE})\n"
         "print('ready', flush=True)\n"
@@ -839,15 +841,18 @@ def test_lmdb_second_process_never_duplicates_a_number(tmp_path: Path) -> None:
 
 def test_lmdb_second_process_loses_no_counter_bump(tmp_path: Path) -> None:
     per_side = 300
-    bump = "index.bump_counter('busy@example.org', now=100, window=3600)"
-    mine, theirs = _race_a_child_process(
+    busy = CounterBump("busy@example.org", HOUR)
+    _, theirs = _race_a_child_process(
         tmp_path / "idx",
-        f"[{bump} for _ in range({per_side})]",
-        lambda index: [
-            index.bump_counter("busy@example.org", now=100, window=HOUR) for _ in range(per_side)
-        ],
+        f"len([index.record((), 100, [{busy!r}]) for _ in range({per_side})])",
+        lambda index: [index.record((), 100, [busy]) for _ in range(per_side)],
     )
-    assert sorted(mine + theirs) == list(range(1, 2 * per_side + 1))
+    assert theirs == per_side
+    again = LmdbIndex(tmp_path / "idx", MAP_SIZE)
+    try:
+        assert again.peek_counter(busy.key) == keys.Window(100, 2 * per_side)  # none was lost
+    finally:
+        again.close()
 
 
 def test_lmdb_file_modes(tmp_path: Path) -> None:
@@ -866,7 +871,7 @@ def test_lmdb_full_map_raises_index_full(tmp_path: Path) -> None:
         # max_map_size is set, so that is the setting to raise (not map_size).
         with pytest.raises(IndexFull, match=r"raise index\.max_map_size in the configuration$"):
             for n in range(100_000):
-                index.record_message(f"<{n}.{'x' * 200}@example.org>", first.case_id, now=1)
+                record_message(index, f"<{n}.{'x' * 200}@example.org>", first.case_id, now=1)
         # The failed write rolled back; the index stays readable.
         assert index.get_case(first.case_id) == first
     finally:
@@ -957,7 +962,7 @@ def test_overlay_reads_fall_through_and_writes_stay(base: LmdbIndex) -> None:
             now=4,
         )
         changed = replace(known, state=CaseState.RESOLVED, state_changed=4, children=("C-000002",))
-        overlay.update_case(changed)
+        store(overlay, changed)
         assert overlay.case_for_message("<seen@example.org>") == new.case_id
         assert overlay.find(AliasKind.SUBJECT, "printer on fire") == AliasHit(new.case_id, 4)
         assert overlay.case_for_number(2) == new.case_id
@@ -979,17 +984,17 @@ def test_overlay_reads_fall_through_and_writes_stay(base: LmdbIndex) -> None:
 
 def test_overlay_counters_start_from_the_base(base: LmdbIndex) -> None:
     for _ in range(5):
-        base.bump_counter("flood@example.org", now=100, window=HOUR)
+        count_event(base, "flood@example.org", now=100, window=HOUR)
     overlay = OverlayIndex(base, CaseSettings())
     try:
-        assert overlay.bump_counter("flood@example.org", now=200, window=HOUR) == 6
-        assert overlay.bump_counter("flood@example.org", now=201, window=HOUR) == 7
-        assert overlay.bump_counter("new@example.org", now=200, window=HOUR) == 1
+        assert count_event(overlay, "flood@example.org", now=200, window=HOUR) == 6
+        assert count_event(overlay, "flood@example.org", now=201, window=HOUR) == 7
+        assert count_event(overlay, "new@example.org", now=200, window=HOUR) == 1
         # The base's window started at 100, so it ends at 100 + HOUR, not 200 + HOUR.
-        assert overlay.bump_counter("flood@example.org", now=100 + HOUR, window=HOUR) == 1
+        assert count_event(overlay, "flood@example.org", now=100 + HOUR, window=HOUR) == 1
     finally:
         overlay.close()
-    assert base.bump_counter("flood@example.org", now=300, window=HOUR) == 6
+    assert count_event(base, "flood@example.org", now=300, window=HOUR) == 6
     assert base.peek_counter("new@example.org") is None
 
 
@@ -1000,7 +1005,7 @@ def test_lmdb_async_sync_flushes_in_the_background_and_on_close(tmp_path: Path) 
     flushers = [t for t in threading.enumerate() if t.name == "casethread-index-flush"]
     assert len(flushers) == 1
     case = index.create_case(now=5)
-    index.record_message("a@b.example", case.case_id, now=5)
+    record_message(index, "a@b.example", case.case_id, now=5)
     index.close()
     assert not flushers[0].is_alive()
     again = LmdbIndex(path, 1 << 20)

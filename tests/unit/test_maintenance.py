@@ -23,7 +23,8 @@ from typing import Any
 import lmdb
 import pytest
 
-from casethread.core.model import Alias, AliasHit, AliasKind, CaseState
+from casethread.core.model import Alias, AliasHit, AliasKind, CaseState, CounterBump
+from casethread.core.store import Expect, StaleDecision
 from casethread.index import (
     CaseIndexError,
     IndexFull,
@@ -33,6 +34,8 @@ from casethread.index import (
 from casethread.index import keys as index_keys
 from casethread.index.lmdb_index import SCHEMA_VERSION, _Gate
 from casethread.index.maintenance import BadImport, MaintenanceError
+
+from ..helpers.index_writes import record_message
 
 MAP_SIZE = 1 << 24
 MiB = 1 << 20
@@ -83,9 +86,10 @@ def fill(index: LmdbIndex) -> dict[str, Any]:
         ], now=RECENT)
     index.record([Alias(AliasKind.MESSAGE, LONG_KEY, cases[0].case_id),
                   Alias(AliasKind.MESSAGE, RAW_KEY, cases[1].case_id)], now=RECENT)
-    index.bump_counter("flood old@example.org", now=OLD, window=WINDOW)
-    index.bump_counter("flood busy@example.org", now=NOW - 60, window=WINDOW)
-    index.bump_counter("flood busy@example.org", now=NOW - 30, window=WINDOW)
+    busy = CounterBump("flood busy@example.org", WINDOW)
+    index.record((), OLD, [CounterBump("flood old@example.org", WINDOW)])
+    index.record((), NOW - 60, [busy])
+    index.record((), NOW - 30, [busy])
     return {"cases": [*cases, adopted]}
 
 
@@ -310,7 +314,7 @@ def test_prune_dry_run_counts_the_same_and_changes_nothing(index: LmdbIndex) -> 
 
 
 def test_prune_keeps_a_record_refreshed_since(index: LmdbIndex) -> None:
-    index.record_message("<old-3@example.org>", "C-000004", now=RECENT)
+    record_message(index, "<old-3@example.org>", "C-000004", now=RECENT)
     maintenance.prune(index, 365 * DAY, WINDOW, now=NOW)
     hit = index.find(AliasKind.MESSAGE, "<old-3@example.org>")
     assert hit is not None and hit.recorded == RECENT
@@ -343,10 +347,10 @@ def test_stats_after_a_prune_show_the_high_water_mark_and_the_live_data(tmp_path
 def test_prune_deletes_up_to_the_last_entry_of_a_table(tmp_path: Path, batch: int) -> None:
     index = LmdbIndex(tmp_path / "index", MAP_SIZE)
     try:
-        for n in range(3):  # every counter expired: the last key of the table goes too
-            index.bump_counter(f"flood {n}@x", now=OLD, window=WINDOW)
+        # Every counter expired: the last key of the table goes too.
+        index.record((), OLD, [CounterBump(f"flood {n}@x", WINDOW) for n in range(3)])
         case = index.create_case(now=OLD)
-        index.record_message("<zzz-last@x>", case.case_id, now=OLD)  # the last alias key
+        record_message(index, "<zzz-last@x>", case.case_id, now=OLD)  # the last alias key
         result = maintenance.prune(index, 365 * DAY, WINDOW, now=NOW, batch=batch)
         assert result.deleted == {"message": 1, "subject": 0, "counter": 3}
         assert maintenance.record_counts(index)["counters"] == 0
@@ -493,8 +497,8 @@ def test_merge_keeps_the_newer_alias(index: LmdbIndex, tmp_path: Path) -> None:
     target = LmdbIndex(tmp_path / "other", MAP_SIZE)
     try:
         maintenance.import_lines(target, source(data))
-        target.record_message("<old-1@example.org>", "C-000005", now=NOW)  # newer here
-        target.record_message("<new-1@example.org>", "C-000005", now=OLD - 5)  # older here
+        record_message(target, "<old-1@example.org>", "C-000005", now=NOW)  # newer here
+        record_message(target, "<new-1@example.org>", "C-000005", now=OLD - 5)  # older here
         result = maintenance.import_lines(target, source(data), merge=True)
         assert result.written == 1
         assert target.find(AliasKind.MESSAGE, "<old-1@example.org>") == (
@@ -671,7 +675,7 @@ def test_map_grows_from_a_tiny_map_and_keeps_its_size(
         assert index.map_info()["map_size"] == grown
         assert maintenance.record_counts(index)["aliases"]["message"] == written
         assert index.find(AliasKind.MESSAGE, f"<{written - 1}.{'x' * 40}@x>") is not None
-        index.record_message("<after-reopen@x>", case.case_id, now=NOW)
+        record_message(index, "<after-reopen@x>", case.case_id, now=NOW)
     finally:
         index.close()
 
@@ -744,7 +748,7 @@ def test_a_failed_write_on_a_full_disk_is_index_full(
 def test_growth_while_other_threads_read(tmp_path: Path) -> None:
     index = LmdbIndex(tmp_path / "busy", 1 * MiB)
     case = index.create_case(now=NOW)
-    index.record_message("<anchor@x>", case.case_id, now=NOW)
+    record_message(index, "<anchor@x>", case.case_id, now=NOW)
     stop = threading.Event()
     reads = [0] * 4
     errors: list[BaseException] = []
@@ -759,7 +763,7 @@ def test_growth_while_other_threads_read(tmp_path: Path) -> None:
                 with index.snapshot():  # as the engine decides: reads, a write, a read
                     assert index.get_case(case.case_id) == case
                     own = f"<reader{slot}.{reads[slot]}@x>"
-                    index.record_message(own, case.case_id, now=NOW)
+                    record_message(index, own, case.case_id, now=NOW)
                     assert index.case_for_message(own) == case.case_id
                 reads[slot] += 1
         except BaseException as exc:
@@ -791,13 +795,13 @@ def test_growth_while_other_threads_read(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from casethread.index import LmdbIndex
-from casethread.core.model import AliasKind
+from casethread.core.model import Alias, AliasKind
 index = LmdbIndex(sys.argv[1], 1 << 20)
 print(index.map_info()["map_size"], flush=True)
 sys.stdin.readline()  # the parent grows the map meanwhile
 hit = index.find(AliasKind.MESSAGE, sys.argv[2])
 print(hit.case_id if hit else "missing", index.map_info()["map_size"], flush=True)
-index.record_message("<from-child@x>", "C-000001", now=1)
+index.record([Alias(AliasKind.MESSAGE, "<from-child@x>", "C-000001")], now=1)
 print("wrote", flush=True)
 index.close()
 """
@@ -819,7 +823,7 @@ def test_another_process_adopts_a_grown_map(tmp_path: Path) -> None:
             index.record([Alias(AliasKind.MESSAGE, f"<{n}.{i}.{'q' * 40}@x>", case.case_id)
                           for i in range(100)], now=NOW)
             n += 1
-        index.record_message("<last@x>", case.case_id, now=NOW)
+        record_message(index, "<last@x>", case.case_id, now=NOW)
         child.stdin.write("\n")
         child.stdin.flush()
         found, size = child.stdout.readline().split()
@@ -887,8 +891,8 @@ def test_resizing_or_writing_inside_a_read_transaction_is_refused(tmp_path: Path
 
 
 def test_a_failed_write_rolls_back_while_readers_spin(tmp_path: Path) -> None:
-    """An aborted write (here: an unknown case) drains the gate rather than waiting on busy
-    readers inside py-lmdb; it returns promptly and changes nothing."""
+    """An aborted write (here: a decision gone stale) drains the gate rather than waiting on
+    busy readers inside py-lmdb; it returns promptly and changes nothing."""
     index = LmdbIndex(tmp_path / "i", 1 * MiB)
     case = index.create_case(now=1)
     stop = threading.Event()
@@ -902,16 +906,19 @@ def test_a_failed_write_rolls_back_while_readers_spin(tmp_path: Path) -> None:
         thread.start()
     try:
         started = time.monotonic()
+        stale = Expect(cases=(replace(case, state=CaseState.CLOSED),))
         for _ in range(20):
-            with pytest.raises(KeyError):
-                index.update_case(replace(case, case_id="C-999999", number=999999))
+            with pytest.raises(StaleDecision):
+                index.record([Alias(AliasKind.MESSAGE, "<m@x>", case.case_id)], 2,
+                             [CounterBump("flood a@x", WINDOW)], expect=stale)
         assert time.monotonic() - started < 20
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
-    assert index.get_case("C-999999") is None
+    assert index.case_for_message("<m@x>") is None
+    assert index.peek_counter("flood a@x") is None
     index.close()
 
 

@@ -18,6 +18,8 @@ from casethread.core.model import CaseState, Direction
 from casethread.core.store import Expect, StaleDecision
 from casethread.index import CaseIndexError, LmdbIndex
 
+from ..helpers.index_writes import record_message
+
 STAMPING = 0.8  # seconds the outbound body stamping takes (a 15 MB HTML body: ~0.3 s here)
 
 
@@ -91,10 +93,10 @@ def test_a_write_inside_a_read_transaction_is_refused_inside_a_snapshot_too(
     try:
         case = index.create_case(now=1)
         with pytest.raises(CaseIndexError, match="inside a transaction"), index.reading():
-            index.record_message("<a@x>", case.case_id, now=2)
+            record_message(index, "<a@x>", case.case_id, now=2)
         refused = pytest.raises(CaseIndexError, match="inside a transaction")
         with index.snapshot(), refused, index.reading() as (txn, db):
-            index.record_message("<b@x>", case.case_id, now=3)
+            record_message(index, "<b@x>", case.case_id, now=3)
             txn.stat(db.cases)  # the caller's transaction, still in use
     finally:
         index.close()

@@ -2836,9 +2836,9 @@ def test_filter_reply_to_a_merged_case(run_filter: Any) -> None:
     assert fields(filter_ok(run_filter, OUTBOUND, second))["x-case-id"] == ["C-000002"]
     index = LmdbIndex(run_filter.index, 1 << 24)  # what `casethread case merge` does
     try:
-        case = index.get_case("C-000001")
-        assert case is not None
-        index.update_case(dataclasses.replace(case, merged_into="C-000002"))
+        merged = index.modify_case("C-000001",
+                                   lambda case: dataclasses.replace(case, merged_into="C-000002"))
+        assert merged is not None
     finally:
         index.close()
     reply = b"From: pat@customer.example.org\nSubject: Re: Printer jam [ref:%s]\n\nhi\n" % (

@@ -616,12 +616,12 @@ def test_unix_socket_serves_with_the_configured_mode(
 
 FILL_SCRIPT = """\
 import sys
-from casethread.core.model import Alias, AliasKind
+from casethread.core.model import Alias, AliasKind, CounterBump
 from casethread.index import IndexFull, LmdbIndex
 
 index = LmdbIndex(sys.argv[1], 1 << 20, max_map_size=1 << 20)
 case = index.create_case(now=1)
-index.record_message("known.1@customer.example.org", case.case_id, now=1)
+index.record([Alias(AliasKind.MESSAGE, "known.1@customer.example.org", case.case_id)], now=1)
 n = 0
 # Batches (few commits), halved on failure; big keys first, then ever smaller ones, so no
 # free page is left for any later write.
@@ -637,7 +637,7 @@ for size in (380, 100, 20, 1):
             batch //= 2
         assert n < 200_000, "the index never filled"
 for write in (lambda i: index.create_case(now=1),
-              lambda i: index.bump_counter(f"fill {i}", now=1, window=60)):
+              lambda i: index.record((), 1, [CounterBump(f"fill {i}", 60)])):
     for i in range(200_000):
         try:
             write(i)
@@ -645,8 +645,9 @@ for write in (lambda i: index.create_case(now=1),
             break
 for _ in range(3):  # failed writes roll back, so it stays full
     for write in (lambda: index.create_case(now=1),
-                  lambda: index.record_message("probe@fill.example", case.case_id, now=1),
-                  lambda: index.bump_counter("probe", now=1, window=60)):
+                  lambda: index.record([Alias(AliasKind.MESSAGE, "probe@fill.example",
+                                              case.case_id)], now=1),
+                  lambda: index.record((), 1, [CounterBump("probe", 60)])):
         try:
             write()
         except IndexFull:

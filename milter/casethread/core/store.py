@@ -105,7 +105,8 @@ class CaseReader(CaseLookup, Protocol):
         """Shorthand for `find(AliasKind.MESSAGE, message_id)`'s case id."""
 
     def next_count(self, key: str, now: int, window: int) -> int:
-        """What `bump_counter` would return now, without counting."""
+        """The count one more bump of `key` at `now` would reach (a `CounterBump` of `window`
+        seconds), without counting."""
 
 
 class CaseIndex(CaseReader, Protocol):
@@ -138,16 +139,10 @@ class CaseIndex(CaseReader, Protocol):
         """Map each alias to its case (overwriting), count `bumps` and apply `changes` (case
         id, change as for `modify_case`), all in one transaction: a message's writes at its
         end cost one commit. Returns each changed case's record as stored afterwards (an
-        unknown case is left out). With `expect`, as for `create_case`."""
+        unknown case is left out). With `expect`, as for `create_case`.
 
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        """Shorthand for recording one MESSAGE alias."""
-
-    def bump_counter(self, key: str, now: int, window: int) -> int:
-        """Count one event for `key` in a fixed window of `window` seconds; return the count.
-
-        A window older than `window` seconds restarts at 1 (counters expire by themselves).
-        """
+        Counters count in fixed windows: a window older than its bump's `window` seconds
+        restarts at 1, so counters expire by themselves."""
 
     def peek_counter(self, key: str) -> CounterWindow | None:
         """The window a counter last counted in, without counting (None: none yet). A dry
@@ -155,9 +150,6 @@ class CaseIndex(CaseReader, Protocol):
 
     def last_number(self) -> int:
         """The highest case number handed out so far (0 for an empty index)."""
-
-    def update_case(self, record: CaseRecord) -> None:
-        """Store a changed record of an existing case."""
 
     def modify_case(
         self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]

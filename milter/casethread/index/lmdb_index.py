@@ -715,13 +715,12 @@ def _case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str) -> CaseReco
 
 
 def _bump(txn: lmdb.Transaction[bytes], db: SharedEnv, raw_key: bytes, now: int,
-          window: int) -> int:
+          window: int) -> None:
     """Count one event. Read and write in one write transaction: LMDB's writer lock makes the
     bump atomic across threads and processes."""
     raw = txn.get(raw_key, db=db.counters)
     current = keys.bump(None if raw is None else keys.Window.decode(raw), now, window)
     txn.put(raw_key, current.encode(), db=db.counters)
-    return current.count
 
 
 def _tree_pages(txn: lmdb.Transaction[bytes], db: SharedEnv) -> int:
@@ -1076,13 +1075,6 @@ class LmdbIndex:
 
         return self._write(put_all)
 
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
-
-    def bump_counter(self, key: str, now: int, window: int) -> int:
-        ((raw_key, window),) = keys.counter_items([CounterBump(key, window)])
-        return self._write(lambda txn, db: _bump(txn, db, raw_key, now, window))
-
     def next_count(self, key: str, now: int, window: int) -> int:
         return keys.bump(self.peek_counter(key), now, window).count
 
@@ -1092,21 +1084,6 @@ class LmdbIndex:
         with self._txn() as (txn, db):
             raw = txn.get(raw_key, db=db.counters)
         return None if raw is None else keys.Window.decode(raw)
-
-    def update_case(self, record: CaseRecord) -> None:
-        if not is_valid_case_id(record.case_id):
-            raise KeyError(record.case_id)
-        key = record.case_id.encode()
-        data = keys.encode_case(record)
-
-        def update(txn: lmdb.Transaction[bytes], db: SharedEnv) -> None:
-            stored = txn.get(key, db=db.cases)
-            if stored is None:
-                raise KeyError(record.case_id)
-            keys.check_same_number(keys.decode_case(record.case_id, stored), record)
-            txn.put(key, data, db=db.cases)
-
-        self._write(update)
 
     def modify_case(
         self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]

@@ -151,22 +151,13 @@ class MemoryIndex:
                 self._bump(b.key, now, b.window)
             return changed
 
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
-
-    def bump_counter(self, key: str, now: int, window: int) -> int:
-        with self._lock:
-            self._check_open()
-            return self._bump(key, now, window)
-
-    def _bump(self, key: str, now: int, window: int) -> int:
+    def _bump(self, key: str, now: int, window: int) -> None:
         """Count one event (the caller holds the lock)."""
         raw_key = keys.counter_key(key)
         previous: CounterWindow | None = self._counters.get(raw_key)
         if previous is None:
             previous = self._counter_seed(key)
-        current = self._counters[raw_key] = keys.bump(previous, now, window)
-        return current.count
+        self._counters[raw_key] = keys.bump(previous, now, window)
 
     def next_count(self, key: str, now: int, window: int) -> int:
         return keys.bump(self.peek_counter(key), now, window).count
@@ -178,16 +169,6 @@ class MemoryIndex:
             self._check_open()
             current = self._counters.get(raw_key)
         return current if current is not None else self._counter_seed(key)
-
-    def update_case(self, record: CaseRecord) -> None:
-        data = keys.encode_case(record)
-        with self._lock:
-            self._check_open()
-            stored = self._cases.get(record.case_id)
-            if stored is None:
-                raise KeyError(record.case_id)
-            keys.check_same_number(keys.decode_case(record.case_id, stored), record)
-            self._cases[record.case_id] = data
 
     def modify_case(
         self, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]

@@ -108,15 +108,9 @@ class OverlayIndex:
                 if data is not None:
                     changed[case_id] = after[case_id]
             for record in changed.values():
-                self.update_case(record)
+                self._update_case(record)
             self._overlay.record(aliases, now, bumps)
         return after
-
-    def record_message(self, message_id: str, case_id: str, now: int) -> None:
-        self.record([Alias(AliasKind.MESSAGE, message_id, case_id)], now)
-
-    def bump_counter(self, key: str, now: int, window: int) -> int:
-        return self._overlay.bump_counter(key, now, window)
 
     def peek_counter(self, key: str) -> CounterWindow | None:
         return self._overlay.peek_counter(key)
@@ -124,9 +118,10 @@ class OverlayIndex:
     def next_count(self, key: str, now: int, window: int) -> int:
         return self._overlay.next_count(key, now, window)
 
-    def update_case(self, record: CaseRecord) -> None:
-        if self._overlay.get_case(record.case_id) is not None:
-            self._overlay.update_case(record)
+    def _update_case(self, record: CaseRecord) -> None:
+        """Store a changed record: in the overlay for a case of this run, else as a shadow of
+        the base's case."""
+        if self._overlay.modify_case(record.case_id, lambda _current: record) is not None:
             return
         data = keys.encode_case(record)  # the same validation as a real update
         with self._shadows_lock:
@@ -146,7 +141,7 @@ class OverlayIndex:
             new = change(current)
             if new is None or new == current:
                 return current
-            self.update_case(new)
+            self._update_case(new)
             return new
 
     def snapshot(self) -> AbstractContextManager[None]:
