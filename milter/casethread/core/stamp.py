@@ -4,8 +4,7 @@ of the main text/plain part, changing nothing else.
 Works on the raw body through `mime.parse`: `plan_stamp` (or `plan_message_stamp`, given the
 header fields) returns splices (offsets into the body and the bytes that replace them) and, per
 target, what happened and why. Every byte outside a splice is the original byte; an adapter can
-stream a spooled body through `iter_spliced` without holding it twice. `stamp_body` is the
-bytes-in, bytes-out (or None) shortcut.
+stream a spooled body through `iter_spliced` without holding it twice.
 
 A part is changed only when its content survives a strict round trip: transfer decoding,
 charset decoding, then re-encoding with the same charset and transfer encoding gives back the
@@ -72,18 +71,12 @@ class Outcome:
     target: Target
     status: Status
     reason: str = ""
-    part: Part | None = None
-    inserted: str = ""  # the decoded text that was inserted, line breaks included
 
 
 @frozen
 class StampPlan:
     splices: tuple[Splice, ...]
     outcomes: tuple[Outcome, ...]
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.splices)
 
 
 class Unusable(Exception):
@@ -97,25 +90,6 @@ class _Request:
     template: str
     newline: bytes  # the message's, for a body with no line break at all
     max_part_bytes: int
-
-
-def stamp_body(
-    top_content_type: str | None,
-    top_cte: str | None,
-    body: Data,
-    token_html: str,
-    token_text: str,
-    options: StampSettings | None = None,
-    *,
-    top_disposition: str | None = None,
-    newline: bytes = b"\r\n",
-    max_part_bytes: int = MAX_PART_BYTES,
-) -> bytes | None:
-    """The stamped body, or None when nothing changed."""
-    plan = plan_stamp(top_content_type, top_cte, body, token_html, token_text, options,
-                      top_disposition=top_disposition, newline=newline,
-                      max_part_bytes=max_part_bytes)
-    return apply_splices(body, plan.splices) if plan.changed else None
 
 
 def plan_stamp(
@@ -277,7 +251,7 @@ def _stamp_part(body: Data, part: Part, request: _Request) -> tuple[Outcome, Spl
     try:
         return _try_stamp_part(body, part, request)
     except Unusable as why:
-        return Outcome(request.target, "skipped", str(why), part), None
+        return Outcome(request.target, "skipped", str(why)), None
 
 
 def _try_stamp_part(
@@ -295,7 +269,7 @@ def _try_stamp_part(
     codec, text = _read_text(decoded, charset)
     wire_newline = _wire_newline(body, part, request.newline)
     if _already_stamped(text, token, request.template):
-        return Outcome(target, "already", "", part), None
+        return Outcome(target, "already"), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
     newline = _text_newline(text, wire_newline)
@@ -308,8 +282,7 @@ def _try_stamp_part(
                                              _encode_insertion(insertion, codec, charset),
                                              wire_newline)
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
-    outcome = Outcome(target, "stamped", "", part, added.decode(codec))
-    return outcome, Splice(part.body_start + start, part.body_start + end, new)
+    return Outcome(target, "stamped"), Splice(part.body_start + start, part.body_start + end, new)
 
 
 def _label(value: str | None) -> str:
