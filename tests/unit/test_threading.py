@@ -44,6 +44,8 @@ from casethread.core.subject import decode_subject
 from casethread.core.token import ALPHABET, Keyring
 from casethread.index import LmdbIndex, MemoryIndex, keys
 
+from ..helpers import conversation_index
+
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 CUSTOMER_ADDR = "pat@customer.example.org"
 CUSTOMER = ("From", f"Pat Customer <{CUSTOMER_ADDR}>")
@@ -2354,7 +2356,7 @@ def test_thread_index_of_a_follow_up_is_the_root_plus_one_child(harness: Any) ->
     assert raw is not None
     assert len(raw) == thread_index.HEADER_LEN + thread_index.CHILD_LEN
     assert raw[: thread_index.HEADER_LEN] == root
-    parsed = thread_index.parse(raw)
+    parsed = conversation_index.parse(raw)
     (child,) = parsed.children
     assert child.delta_code == 0
     assert abs(parsed.child_times[0] - harness.clock.now) < 2  # the header time's resolution
@@ -2393,8 +2395,8 @@ def test_thread_roots_of_equal_case_ids_differ_between_installations(make_harnes
     other_site.advance(DAY)
     two = start_case(other_site)
     assert two.case_id == one.case_id == "C-000001"
-    guid = thread_index.parse(thread_index.decode(one.one("Thread-Index")) or b"").guid
-    guid2 = thread_index.parse(thread_index.decode(two.one("Thread-Index")) or b"").guid
+    guid = conversation_index.parse(thread_index.decode(one.one("Thread-Index")) or b"").guid
+    guid2 = conversation_index.parse(thread_index.decode(two.one("Thread-Index")) or b"").guid
     assert guid != guid2
 
 

@@ -41,7 +41,6 @@ import re
 import secrets
 import uuid
 
-from .frozen import frozen
 from .message import unfold
 from .subject import decode_subject, encode_words, strip_prefixes
 
@@ -60,42 +59,6 @@ MAX_ENCODED_CHARS = 4096
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
-@frozen
-class Child:
-    """One response level. `delta` is in FILETIME ticks (the dropped low bits are zero)."""
-
-    delta_code: int
-    delta: int
-    random: int
-
-    @property
-    def seconds(self) -> float:
-        return self.delta / _TICKS_PER_SECOND
-
-
-@frozen
-class ThreadIndex:
-    """A decoded conversation index; `filetime` is the header time (dropped bits zero)."""
-
-    filetime: int
-    guid: bytes
-    children: tuple[Child, ...]
-
-    @property
-    def time(self) -> float:
-        """The header time as a Unix timestamp."""
-        return filetime_to_unix(self.filetime)
-
-    @property
-    def child_times(self) -> tuple[float, ...]:
-        """Each child's time as a Unix timestamp (header time + its delta)."""
-        return tuple(filetime_to_unix(self.filetime + c.delta) for c in self.children)
-
-    @property
-    def depth(self) -> int:
-        return len(self.children)
-
-
 def unix_to_filetime(ts: float) -> int:
     if not math.isfinite(ts):
         raise ValueError(f"time out of FILETIME range: {ts!r}")
@@ -103,10 +66,6 @@ def unix_to_filetime(ts: float) -> int:
     if not 0 <= ft < 1 << 64:
         raise ValueError(f"time out of FILETIME range: {ts!r}")
     return ft
-
-
-def filetime_to_unix(ft: int) -> float:
-    return (ft - _EPOCH_AS_FILETIME) / _TICKS_PER_SECOND
 
 
 def is_valid(raw: bytes) -> bool:
@@ -155,18 +114,6 @@ def child(parent: bytes, now: float, *, rand: int | None = None) -> bytes:
         word = (1 << 31) | min(diff >> _DC1_SHIFT, _DELTA_MASK)
     r = secrets.randbits(8) if rand is None else rand & 0xFF
     return bytes(parent) + word.to_bytes(4, "big") + bytes([r])
-
-
-def parse(raw: bytes) -> ThreadIndex:
-    """Split a conversation index into header time, GUID and children (ValueError if invalid)."""
-    base = header_filetime(raw)
-    children = []
-    for off in range(HEADER_LEN, len(raw), CHILD_LEN):
-        word = int.from_bytes(raw[off : off + 4], "big")
-        dc = word >> 31
-        delta = (word & _DELTA_MASK) << (_DC1_SHIFT if dc else _DC0_SHIFT)
-        children.append(Child(dc, delta, raw[off + 4]))
-    return ThreadIndex(base, bytes(raw[6:HEADER_LEN]), tuple(children))
 
 
 def root_of(raw: bytes) -> bytes:
