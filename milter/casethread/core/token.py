@@ -46,7 +46,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, NoReturn
+from typing import NoReturn
 
 from .frozen import frozen
 from .message import unfold
@@ -170,12 +170,9 @@ class ParsedToken:
     mac: bytes
 
 
-def parse(token: str) -> ParsedToken | None:
-    """Split a token into its parts, or None when its structure is wrong (no MAC check)."""
-    return _parse_normalised(normalise(token))
-
-
 def _parse_normalised(text: str) -> ParsedToken | None:
+    """Split a normalised token into its parts, or None when its structure is wrong (no MAC
+    check)."""
     if not MIN_LENGTH <= len(text) <= MAX_LENGTH or not _ALPHABET_SET.issuperset(text):
         return None
     key_id, count = _VALUE[text[0]], _VALUE[text[1]]
@@ -204,12 +201,6 @@ class TokenResult:
     case_number: int | None = None
     token: str | None = None
     failures: tuple[str, ...] = ()
-
-    @property
-    def status(self) -> Literal["valid", "invalid", "none"]:
-        if self.case_number is not None:
-            return "valid"
-        return "invalid" if self.failures else "none"
 
 
 class Keyring:
