@@ -81,9 +81,6 @@ _LIST_TAG = re.compile(rf"{_BLANK}*\[[^\W\d](?:[^\W\d]|[-.+]){{0,39}}\]{_BLANK}*
 _MAX_STRIPS = 50
 _SPACES = re.compile(r"\s+")
 
-# The tag `outbound.py` appends by default; pass it (or the configured one) to `normalise`.
-REF_TAG = re.compile(r"\[\s*ref:[^\]\s]*\s*\]", re.IGNORECASE)
-
 
 def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
     """The subject without its leading reply/forward prefixes (and list tags, see module doc).
@@ -259,8 +256,8 @@ def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> st
     """The form used to compare subjects: decoded, the token tag removed, prefixes stripped,
     whitespace collapsed, case-folded.
 
-    `token_re` (e.g. `REF_TAG`) is removed everywhere in the subject, before prefixes are
-    stripped, so a tag in front of `Re:` does not hide the prefix.
+    `token_re` (our tag: `token.tag_pattern(template)`) is removed everywhere in the subject,
+    before prefixes are stripped, so a tag in front of `Re:` does not hide the prefix.
     """
     text = decode_subject(subject)
     if token_re is not None:
