@@ -180,7 +180,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def negotiate(self, opts: list[int]) -> int:
         reply = int(super().negotiate(opts))
         if reply == Milter.CONTINUE:
-            opts[0] = self._actions = opts[0] & ACTIONS
+            opts[0] &= ACTIONS
             if self._protocol & Milter.P_NR_HDR:
                 self._header_reply = int(Milter.NOREPLY)
         return reply
