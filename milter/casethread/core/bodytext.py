@@ -13,8 +13,8 @@ from itertools import chain
 
 from . import mime
 from .frozen import frozen
-from .message import Header, parse_raw
-from .mime import Data, Part
+from .message import Data, Header, parse_raw
+from .mime import Part
 from .subject import decode_subject
 
 DEFAULT_BUDGET = 1 << 20

@@ -16,7 +16,6 @@ import binascii
 import codecs
 import encodings.cp1252
 import itertools
-import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -24,9 +23,7 @@ from typing import Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 
 from .frozen import frozen
-from .message import Header, decode_bytes, encode_str, unfold
-
-Data = bytes | mmap.mmap
+from .message import Data, Header, decode_bytes, encode_str, unfold
 
 MAX_DEPTH = 50
 MAX_PARTS = 1000

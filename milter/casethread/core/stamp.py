@@ -23,14 +23,11 @@ from typing import Literal, Protocol
 
 from . import mime
 from .frozen import frozen
-from .message import Header
-from .mime import Data, Part
+from .message import Data, Header
+from .mime import Part
 from .settings import StampSettings
-from .token import DEFAULT_TEMPLATE, check_template, find_tokens, normalise
+from .token import DEFAULT_TEMPLATE, PLACEHOLDER, check_template, find_tokens, normalise
 
-# In the templates (StampSettings), `{token}` is replaced by the token (HTML-escaped in the
-# HTML one), and "\n" becomes the part's own line ending.
-PLACEHOLDER = "{token}"
 # Bigger text parts are left alone: decoding them costs memory and time for no reader's benefit.
 MAX_PART_BYTES = 16 << 20
 
@@ -394,6 +391,8 @@ def _check(encoding: _Encoding, new_raw: bytes, expected: bytes) -> None:
 
 
 def _render(request: _Request, newline: str) -> str:
+    """The template (StampSettings) with its placeholder replaced by the token, HTML-escaped in
+    the HTML one, and each "\n" as the part's own line ending."""
     value = html.escape(request.token) if request.target == "html" else request.token
     text = request.template.replace(PLACEHOLDER, value)
     return text.replace("\r\n", "\n").replace("\n", newline)
