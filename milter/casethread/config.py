@@ -29,8 +29,9 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .core import token
-from .core.addresses import ascii_domain
+from .core.addresses import ascii_domain, is_glob
 from .core.bodytext import html_to_text
+from .core.msgid import is_plain_domain
 from .core.settings import (
     STRATEGY_NAMES,
     ExternalRefRule,
@@ -106,16 +107,8 @@ def _non_empty(value: str) -> str:
     return value
 
 
-_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def _is_domain(value: str) -> bool:
-    labels = value.split(".")
-    return len(value) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
-
-
 def _domain(value: str) -> str:
-    if not _is_domain(value):
+    if not is_plain_domain(value):
         raise _Invalid(f"{value!r} is not a domain name (letters, digits, hyphens and dots)")
     return value
 
@@ -274,20 +267,17 @@ def _cidr(value: str) -> str:
     return str(network)
 
 
-_GLOB_CHARS = frozenset("*?[")
-
-
 def _recipient(value: str) -> str:
     address = value.strip().lower()
     if not address or any(c.isspace() for c in address) or "<" in address or ">" in address:
         raise _Invalid(f"{value!r} is not an address (write it bare: support@example.com)")
     if "@" not in address:
         raise _Invalid(f"{value!r} has no '@' (local@domain, @domain or a pattern like *@domain)")
-    if _GLOB_CHARS & set(address):
+    if is_glob(address):
         return address
     local, _, domain = address.rpartition("@")
     domain = ascii_domain(domain)  # an internationalised domain as its A-label
-    if "@" in local or not _is_domain(domain):
+    if "@" in local or not is_plain_domain(domain):
         raise _Invalid(f"{value!r} is not an address (local@domain, @domain or a pattern)")
     return f"{local}@{domain}"
 

@@ -106,6 +106,11 @@ def first_address(value: str) -> str:
     return simple[0] if simple is not None and len(simple) == 1 else parseaddr(text)[1]
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether an `inbound.addresses` entry is a glob pattern (`*`, `?` or `[`)."""
+    return _GLOB_CHARS.search(pattern) is not None
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
@@ -119,7 +124,7 @@ class AddressMatcher:
         self._globs: list[str] = []
         for raw in patterns:
             pattern = ascii_address(raw.lower())  # glob labels pass IDNA unchanged
-            if _GLOB_CHARS.search(pattern):
+            if is_glob(pattern):
                 self._globs.append(pattern)
             elif pattern.startswith("@"):
                 self._domains.add(pattern[1:])

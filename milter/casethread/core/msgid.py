@@ -113,6 +113,8 @@ def _base36(number: int) -> str:
 
 
 def is_plain_domain(domain: str) -> bool:
+    """Letters, digits and hyphens in dot-separated labels of 1 to 63 characters (no hyphen at
+    either end), 253 in all: a domain as DNS names hosts."""
     return len(domain) <= 253 and _DOMAIN.fullmatch(domain) is not None
 
 
