@@ -25,6 +25,7 @@ from .core.autoreply import NO as AUTO_NO
 from .core.decision import Decision
 from .core.store import CaseIndex
 from .index.lmdb_index import LmdbIndex
+from .signals import STOP_SIGNALS
 
 log = logging.getLogger("casethread")
 
@@ -34,8 +35,6 @@ EOM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 # metric without bound. Label sets past it are counted under the value "other".
 MAX_SERIES = 200
 OVERFLOW = "other"
-# Signals libmilter's own thread waits for (sigwait): our threads must not take them.
-_MILTER_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 
 Number = int | float
 GaugeCallback = Callable[[], Number | None]
@@ -371,10 +370,11 @@ def split_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
 
 
 def _serve(server: ThreadingHTTPServer) -> None:
-    # libmilter stops on SIGTERM/SIGINT/SIGHUP through a sigwait thread, which needs every other
-    # thread to block them; a thread started before milter.main() inherits an open mask, and a
-    # SIGTERM delivered to it would kill the process outright. Request threads inherit this mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _MILTER_SIGNALS)
+    # The stop signals are serve's main thread's, whose handlers are installed before this
+    # thread starts: one taken here would still wake it (Python's C handler writes the wakeup
+    # fd from any thread), not kill the process. Blocked, as in libmilter's threads, so the
+    # kernel hands them to the main thread. Request threads inherit this mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     server.serve_forever(poll_interval=0.5)
 
 

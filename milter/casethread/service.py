@@ -35,6 +35,7 @@ from .index import LmdbIndex, open_index
 from .keyfile import describe_keys, keyring_for
 from .metrics import Metrics
 from .pymilter_app import CaseMilter, InFlight
+from .signals import STOP_SIGNALS
 from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listening
 
 log = logging.getLogger("casethread")
@@ -228,8 +229,6 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
     _log_warnings(new)
 
 
-# Each means "stop": libmilter's own signal thread takes these three the same way.
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 _MILTER_ENDED = 0  # not a signal number: the milter thread sends it when libmilter returns
 _DRAIN_POLL = 0.1  # seconds between looks at the messages in flight while draining
 
