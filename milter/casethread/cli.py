@@ -1,7 +1,8 @@
 """The `casethread` command (DESIGN §7).
 
 Exit codes: 0 success; 1 runtime failure (index cannot be opened, milter cannot start);
-2 usage or configuration error.
+2 usage or configuration error; 3 `filter` only: the milter would refuse the message; 141 the
+reader of the output went away.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The file is composed into PyYAML's node tree rather than loaded into dicts, so every error can
 name its line and PyYAML's silent "last duplicate key wins" can be rejected. The schema is the
-dataclasses themselves: `_build` walks their field types generically, and `_RULES` adds what a
-type cannot say (ranges, formats, unit strings, comments for `render_defaults`), keyed by the
-key path (`section.key`, with `[]` standing for any list index). Lists of mappings (routing
+dataclasses themselves: `_Builder.build` walks their field types generically, and `_RULES` adds
+what a type cannot say (ranges, formats, unit strings, comments for `render_defaults`), keyed by
+the key path (`section.key`, with `[]` standing for any list index). Lists of mappings (routing
 rules, external refs) are built item by item as dataclasses; a field without a default is a
 required key. A check on a list or section can blame one item or key below it (`_Invalid.at`).
 """
@@ -64,7 +64,7 @@ class ConfigError(Exception):
 
 
 class _Invalid(Exception):
-    """Raised by converters and checks; `_build` adds the file, line and key path.
+    """Raised by converters and checks; `_Builder` adds the file, line and key path.
 
     `at` points below the checked value (`("strategies", 3)`, `(2, "name")`), so a check on a
     list or a section can blame the one item or key that is wrong, with that item's line.

@@ -310,7 +310,7 @@ class Metrics:
 
     def observe(self, decision: Decision, seconds: float) -> None:
         """Count one message the engine decided, and the time its end of message took."""
-        # X-Case-Auto: Decision.auto when the engine provides it ("" or absent otherwise).
+        # X-Case-Auto: Decision.auto of inbound mail ("" for other directions).
         auto = decision.auto
         with self.registry.lock:
             self.messages.inc(decision.direction.value, decision.match)

@@ -1,9 +1,10 @@
-"""Operations on an LMDB index: stats, backup, prune, export and import.
+"""Operations on an LMDB index: stats, backup, prune, export, import, and raising the case
+counter after a restore (`raise_counter`).
 
-Behind `casethread stats|backup|prune|export|import`. They are LMDB-only (not part of the
-engine's index contract) and run next to a live milter: reads are one snapshot (a read
-transaction), writes go in batches of short write transactions so the milter's writers wait
-for one batch at most.
+Behind `casethread stats|backup|prune|export|import` and `casethread case counter`. They are
+LMDB-only (not part of the engine's index contract) and run next to a live milter: reads are
+one snapshot (a read transaction), writes go in batches of short write transactions so the
+milter's writers wait for one batch at most.
 
 Retention (`prune`): MESSAGE and SUBJECT aliases expire. Message-IDs name one mail each and are
 the bulk of the index; a reply after the retention period still threads by its token (which
