@@ -74,7 +74,8 @@ def _sample(name: str, labels: Sequence[tuple[str, str]], value: Number) -> str:
 class _Family:
     kind = "untyped"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str], lock: threading.RLock):
+    def __init__(self, name: str, help_text: str, labels: Sequence[str],
+                 lock: threading.RLock) -> None:
         self.name = name
         self.help = help_text
         self.labels = tuple(labels)
@@ -98,7 +99,8 @@ class _Family:
 class Counter(_Family):
     kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str], lock: threading.RLock):
+    def __init__(self, name: str, help_text: str, labels: Sequence[str],
+                 lock: threading.RLock) -> None:
         super().__init__(name, help_text, labels, lock)
         self._values: dict[tuple[str, ...], int] = {} if labels else {(): 0}
 
@@ -126,7 +128,7 @@ class Histogram(_Family):
     kind = "histogram"
 
     def __init__(self, name: str, help_text: str, buckets: Sequence[float],
-                 lock: threading.RLock):
+                 lock: threading.RLock) -> None:
         super().__init__(name, help_text, (), lock)
         self.buckets = tuple(sorted(buckets))
         self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
@@ -157,7 +159,8 @@ class Histogram(_Family):
 class CallbackGauge(_Family):
     """A value read when scraped; a callback that fails or returns None gives no sample."""
 
-    def __init__(self, name: str, help_text: str, callback: GaugeCallback, kind: str = "gauge"):
+    def __init__(self, name: str, help_text: str, callback: GaugeCallback,
+                 kind: str = "gauge") -> None:
         super().__init__(name, help_text, (), threading.RLock())
         self.kind = kind
         self._callback = callback

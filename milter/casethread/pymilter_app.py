@@ -37,6 +37,9 @@ ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY
 REPLACE_CHUNK = 65536
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The client as pymilter gives it to `connect`: (IP, port) for AF_INET, (IP, port, flow info,
+# scope id) for AF_INET6, the socket name for AF_UNIX; None for another family or none.
+HostAddr = tuple[str, int] | tuple[str, int, int, int] | str | None
 
 
 def reply_for(policy: OnError) -> int:
@@ -193,7 +196,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     @no_reply
     @_guarded
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+    def connect(self, hostname: str, family: int, hostaddr: HostAddr) -> int:
         if not self._connected:
             self._connected = True
             self._inflight.add(connections=1)
