@@ -2,10 +2,11 @@
 
 merged -> the surviving case; split -> every live child; closed -> the first open ancestor
 that was not split, else a new related case; resolved -> reopened, unless older than
-`cases.reopen_within` (a new related case) or the mail is automatic (`is_automatic`: it
-threads where the conversation went on, but never reopens, opens or changes a case). A new related case is opened once per conversation: the
-old case names it as its follow-up, and later replies go there. Link chains are followed a
-bounded number of steps and cycles stop the walk, so a corrupt or hostile index cannot hang us.
+`cases.reopen_within` (a new related case). Automatic mail (`is_automatic` says which) threads
+where the conversation went on, but never reopens, opens or changes a case. A new related case
+is opened once per conversation: the old case names it as its follow-up, and later replies go
+there. Link chains are followed a bounded number of steps and cycles stop the walk, so a
+corrupt or hostile index cannot hang us.
 """
 
 from __future__ import annotations
