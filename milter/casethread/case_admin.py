@@ -14,12 +14,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import chain
 from typing import Any
 
 from .core import msgid, thread_index
 from .core.model import AliasKind, CaseRecord, CaseState, is_valid_case_id
-from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, followup_after, survivor
+from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, survivor, with_state
 from .core.store import CaseIndex, CaseReader
 from .core.token import DEFAULT_TEMPLATE, Keyring, find_tokens, token_from_anchor
 
@@ -122,22 +123,15 @@ def lookup_thread_index(reader: CaseReader, value: str) -> Found | None:
 
 
 def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
-    """The case with its new state. `state_changed` moves only when the state does, since
-    `cases.reopen_within` counts from the last real change."""
+    """The case with its new state, as the app's `X-Case-State` sets it (`rules.with_state`:
+    the state it has already writes nothing)."""
     try:
         new_state = CaseState(state)
     except ValueError:
         raise AdminError(f"unknown state {state!r}; choose one of {', '.join(STATES)}") from None
     case = require(index, ref)
-
     # One read-modify-write: the milter may be changing the case (its queue, its state) now.
-    def change(current: CaseRecord) -> CaseRecord:
-        moved = new_state is not current.state
-        return replace(current, state=new_state, updated=now,
-                       state_changed=now if moved else current.state_changed,
-                       followup=followup_after(current, new_state))
-
-    return _change(index, case.case_id, change)
+    return _change(index, case.case_id, partial(with_state, state=new_state, now=now))
 
 
 def _merge_path(reader: CaseReader, start: CaseRecord, stop: str) -> list[str]:
@@ -299,9 +293,10 @@ def set_parent(index: CaseIndex, ref: str, parent_ref: str | None, now: int) -> 
 
 
 def _change(
-    index: CaseIndex, case_id: str, change: Callable[[CaseRecord], CaseRecord]
+    index: CaseIndex, case_id: str, change: Callable[[CaseRecord], CaseRecord | None]
 ) -> CaseRecord:
-    """One read-modify-write (the milter may be changing the same case right now)."""
+    """One read-modify-write (the milter may be changing the same case right now); `change`
+    returns None to write nothing."""
     record = index.modify_case(case_id, change)
     if record is None:
         raise CaseNotFound(f"no case {case_id}")

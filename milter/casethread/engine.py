@@ -606,14 +606,7 @@ class Engine:
             notes.append("bad-app-case-state")
         if state is None:
             return None
-
-        def change(current: CaseRecord) -> CaseRecord | None:
-            if current.state is state:
-                return None
-            return replace(current, state=state, state_changed=now, updated=now,
-                           followup=rules.followup_after(current, state))
-
-        return change
+        return partial(rules.with_state, state=state, now=now)
 
     def _stamp_headers(self, msg: Message, case: CaseRecord, tok: str, new_case: bool,
                        domain: str, now: float, notes: list[str]) -> list[Edit]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from casethread.case_admin import AdminError, BadLookupKey, CaseNotFound
 from casethread.core import rules, thread_index
 from casethread.core.model import Alias, AliasKind, CaseRecord, CaseState
 from casethread.core.token import Keyring, anchor
-from casethread.index import MemoryIndex
+from casethread.index import LmdbIndex, MemoryIndex
 
 from ..helpers.index_writes import record_message, store
 
@@ -54,11 +55,30 @@ def test_set_state_changes_state_and_times(index: MemoryIndex) -> None:
     assert get(index, "C-000001") == record
 
 
-def test_set_state_same_state_keeps_reopen_window(index: MemoryIndex) -> None:
-    case_admin.set_state(index, "C-000001", "resolved", LATER)
-    again = case_admin.set_state(index, "C-000001", "resolved", LATER + 50)
-    assert again.updated == LATER + 50
-    assert again.state_changed == LATER  # reopen_within still counts from the real change
+def test_set_state_to_the_state_it_has_writes_nothing(tmp_path: Path) -> None:
+    """As the app's X-Case-State: neither the reopen window nor `updated` (what an import
+    --merge compares) moves. On a real index: LMDB writes nothing when the change is None."""
+    index = LmdbIndex(tmp_path / "index", 1 << 20)
+    try:
+        index.create_case(T0, queue="support")
+        first = case_admin.set_state(index, "C-000001", "resolved", LATER)
+        again = case_admin.set_state(index, "C-000001", "resolved", LATER + 50)
+        assert again == first == index.get_case("C-000001")
+        assert (again.updated, again.state_changed) == (LATER, LATER)
+    finally:
+        index.close()
+
+
+def test_the_app_and_the_command_line_set_a_state_alike() -> None:
+    """One rule for both (`rules.with_state`): a lingering follow-up of an open case is
+    forgotten by `open` even without a change of state; `state_changed` moves only with it."""
+    case = CaseRecord("C-000001", 1, CaseState.OPEN, "support", T0, T0, T0,
+                      followup="C-000002")
+    assert rules.with_state(replace(case, followup=None), CaseState.OPEN, LATER) is None
+    assert rules.with_state(case, CaseState.OPEN, LATER) == replace(case, followup=None,
+                                                                     updated=LATER)
+    closed = rules.with_state(case, CaseState.CLOSED, LATER)
+    assert closed == replace(case, state=CaseState.CLOSED, updated=LATER, state_changed=LATER)
 
 
 def test_reopening_by_hand_forgets_the_follow_up(index: MemoryIndex) -> None:

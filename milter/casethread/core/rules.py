@@ -227,3 +227,12 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         followup=followup_after(case, case.state if state is None else state),
         thread_root=case.thread_root,
     )
+
+
+def with_state(case: CaseRecord, state: CaseState, now: int) -> CaseRecord | None:
+    """The case set to `state` at `now` by the app's `X-Case-State` or `case set-state`, or
+    None when that changes nothing: no write, and `updated` (what an import --merge compares)
+    stays. `state_changed` moves only with the state: `cases.reopen_within` counts from it."""
+    if case.state is state and followup_after(case, state) == case.followup:
+        return None
+    return _touched(case, now, None if case.state is state else state)
