@@ -57,6 +57,8 @@ DRY_RUN_HEADERS = 64 << 10
 # A decision another writer made stale is made again on what is there now; the last of these
 # is written without the check: a duplicate case is better than mail without one.
 MAX_DECISIONS = 4
+# The app's X-Case-State values that end a case (a merged ticket's do not end its survivor).
+_ENDS = frozenset({CaseState.RESOLVED, CaseState.CLOSED})
 
 
 @frozen
@@ -509,7 +511,8 @@ class Engine:
             elif self.settings.stamp.html or self.settings.stamp.text:
                 notes.append("body-not-stamped:dkim-signed")
             # The app's state change rides in the mail's own commit.
-            state_change = self._app_state_change(msg, int(now), notes)
+            merged = app_id is not None and case.case_id != app_id
+            state_change = self._app_state_change(msg, int(now), notes, trace, merged)
             changes = [(case.case_id, state_change)] if state_change is not None else []
             if changes or not recorded:
                 after = self.index.record([] if recorded else aliases_of(case), int(now),
@@ -599,12 +602,22 @@ class Engine:
             notes.append("body-not-stamped:no-text-part")  # an image, a forwarded message...
         return plan.splices
 
-    def _app_state_change(self, msg: Message, now: int, notes: list[str]) -> CaseChange | None:
-        """What the app's `X-Case-State` does to the case, if it set one."""
+    def _app_state_change(self, msg: Message, now: int, notes: list[str], trace: list[str],
+                          merged: bool) -> CaseChange | None:
+        """What the app's `X-Case-State` does to the case, if it set one. The mail of a
+        ticket merged away (`merged`: it went to the survivor) does not end the survivor:
+        helpdesks close the merged ticket and mail its requester, and that state is the
+        merged ticket's, which the merge ended already. Open or waiting still count: the
+        survivor is where that conversation's replies go now."""
         state, bad = outbound.app_state(msg, self._names)
         if bad:
             notes.append("bad-app-case-state")
         if state is None:
+            return None
+        if merged and state in _ENDS:
+            notes.append("app-state-ignored:merged")
+            trace.append(f"app X-Case-State {state} not applied: it ends the merged ticket, "
+                         "not the survivor")
             return None
         return partial(rules.with_state, state=state, now=now)
 

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from casethread import case_admin
 from casethread.core import msgid, outbound, rules, thread_index
 from casethread.core.message import parse_raw, unfold
 from casethread.core.model import (
@@ -2592,6 +2593,32 @@ def test_an_app_case_id_of_a_merged_case_follows_the_merge(harness: Any) -> None
     assert harness.case("C-000001").state is CaseState.OPEN
     assert "app-case-merged" in r.decision.notes
     assert "app X-Case-ID C-000001 is merged into C-000002" in r.decision.trace
+
+
+@pytest.mark.parametrize("state", ["closed", "Resolved"])
+def test_an_app_ending_a_merged_ticket_leaves_the_survivor_open(
+        make_harness: Callable[..., Any], tmp_path: Path, state: str) -> None:
+    """A helpdesk closes the ticket it merged away and mails its requester (X-Case-ID of the
+    merged case, X-Case-State: closed). The mail goes to the survivor, the state does not:
+    it would close the survivor, and its own customer's next reply would open a new case."""
+    index = LmdbIndex(tmp_path / "index", 1 << 24)
+    try:
+        h = make_harness(index=index)
+        start_case(h, "VPN disconnects")
+        kim = h.outbound(AGENT, ("To", "Kim <kim@example.net>"), ("Subject", "VPN drops"))
+        case_admin.merge(index, "C-000001", "C-000002", int(h.clock.now))
+        notice = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your request was merged"),
+                            ("X-Case-ID", "C-000001"), ("X-Case-State", state))
+        assert (notice.case_id, notice.decision.state) == ("C-000002", "open")
+        assert {"app-case-merged", "app-state-ignored:merged"} <= set(notice.decision.notes)
+        assert "app X-Case-State" in notice.decision.trace[-1]
+        assert h.case("C-000002").state is CaseState.OPEN
+        reply = h.inbound(("From", "Kim <kim@example.net>"), TO_SUPPORT,
+                          ("Subject", f"Re: {kim.one('Subject')}"))
+        assert (reply.case_id, reply.one("X-Case-State")) == ("C-000002", "open")
+        assert reply.all("X-Case-Related") == []
+    finally:
+        index.close()
 
 
 @pytest.mark.parametrize("resent", ["Resent-From", "Resent-Sender"])
