@@ -130,8 +130,18 @@ def set_state(index: CaseIndex, ref: str, state: str, now: int) -> CaseRecord:
     except ValueError:
         raise AdminError(f"unknown state {state!r}; choose one of {', '.join(STATES)}") from None
     case = require(index, ref)
+    _refuse_merged(index, case, "its state changes nothing", "set the state of")
     # One read-modify-write: the milter may be changing the case (its queue, its state) now.
     return _change(index, case.case_id, partial(with_state, state=new_state, now=now))
+
+
+def _refuse_merged(reader: CaseReader, case: CaseRecord, effect: str, instead: str) -> None:
+    """A change to a merged case, which no mail reaches, is refused with where mail goes."""
+    if case.merged_into is not None:
+        raise AdminError(
+            f"case {case.case_id} is merged into {case.merged_into}: its mail goes there, so "
+            f"{effect}; {instead} {survivor(case, reader).case_id} instead"
+        )
 
 
 def _merge_path(reader: CaseReader, start: CaseRecord, stop: str) -> list[str]:
@@ -220,12 +230,7 @@ def split(
         raise AdminError("--create needs a number of new cases, 0 or more")
     if not child_refs and not create:
         raise AdminError(f"name the cases {case.case_id} splits into, or --create N new ones")
-    if case.merged_into is not None:
-        raise AdminError(
-            f"case {case.case_id} is merged into {case.merged_into}: its mail goes there, so "
-            f"children of {case.case_id} would never be used; split "
-            f"{survivor(case, index).case_id} instead"
-        )
+    _refuse_merged(index, case, f"children of {case.case_id} would never be used", "split")
     added: list[str] = []
     for child_ref in child_refs:
         child = require(index, child_ref)

@@ -95,7 +95,10 @@ def test_set_state_by_case_number(index: MemoryIndex) -> None:
 
 
 def test_set_state_refusals(index: MemoryIndex) -> None:
+    case_admin.merge(index, "C-000002", "C-000001", LATER)
     before = snapshot(index)
+    with pytest.raises(AdminError, match=r"merged into C-000001: .* set the state of C-000001"):
+        case_admin.set_state(index, "C-000002", "closed", LATER)
     with pytest.raises(AdminError, match="unknown state 'done'"):
         case_admin.set_state(index, "C-000001", "done", LATER)
     with pytest.raises(CaseNotFound, match="no case C-000099"):

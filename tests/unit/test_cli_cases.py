@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from casethread import case_admin
+from casethread.cli import main
 from casethread.core.message import parse_raw
 from casethread.core.model import CaseState
 from casethread.index import LmdbIndex
@@ -191,6 +193,46 @@ def test_works_while_another_process_holds_the_index(cli: Cli, sent: list[Sent])
         assert merged is not None and merged.merged_into == "C-000003"
     finally:
         held.close()
+
+
+# --- in this process: `main()` on a real index ----------------------------------------------------
+
+
+def run_main(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`casethread ARGV` through `main()` (capfd: main points faulthandler at stderr's fd)."""
+    code = main(list(argv))
+    out = capfd.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Path:
+    """An LMDB index where C-000001 is merged into C-000002, merged into C-000003."""
+    path = tmp_path / "index"
+    index = LmdbIndex(path, 1 << 20)
+    try:
+        for _ in range(3):
+            index.create_case(1_772_442_900, queue="support")
+        case_admin.merge(index, "C-000001", "C-000002", 1_772_442_900)
+        case_admin.merge(index, "C-000002", "C-000003", 1_772_442_900)
+    finally:
+        index.close()
+    return path
+
+
+def test_set_state_of_a_merged_case_is_refused_as_split_is(
+        chain: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """No mail reaches a merged case: a state set there would change nothing mail sees."""
+    on = ("--index", str(chain), "--json")
+    before = run_main(capfd, "case", "show", "C-000001", *on)
+    code, out, err = run_main(capfd, "case", "set-state", "C-000001", "closed", *on)
+    assert (code, out) == (2, "")
+    assert err == ("casethread: case C-000001 is merged into C-000002: its mail goes there, so "
+                   "its state changes nothing; set the state of C-000003 instead\n")
+    assert run_main(capfd, "case", "split", "C-000001", "--create", "1", *on)[0] == code
+    assert run_main(capfd, "case", "show", "C-000001", *on) == before
+    code, out, _ = run_main(capfd, "case", "set-state", "C-000003", "closed", *on)
+    assert (code, json.loads(out)["state"]) == (0, "closed")
 
 
 # --- counter ------------------------------------------------------------------------------------
