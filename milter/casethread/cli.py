@@ -655,9 +655,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data))
         return EXIT_OK
-    lines = ", ".join(f"{name} {count}" for name, count in result.lines.items())
-    print(f"imported {result.written} records ({lines} lines); kept {result.kept} the index "
-          f"already had as new or newer; last case number {result.last_number}")
+    # Records are the file's cases, aliases and counters: each one is written or kept. The
+    # meta line is none: it raises the case counter (the last case number).
+    records = {name: count for name, count in result.lines.items() if name != "meta"}
+    parts = ", ".join(f"{name} {count}" for name, count in records.items())
+    print(f"imported {result.written} of {sum(records.values())} records ({parts}); kept "
+          f"{result.kept} the index already had as new or newer; last case number "
+          f"{result.last_number}")
     key = Path(settings.index.path) / DEFAULT_KEY_NAME
     if not settings.tokens.keys and not key.exists():
         print(f"note: no {key}: copy the old index's token.key there; the milter will not "

@@ -19,6 +19,7 @@ from typing import Any
 import lmdb
 import pytest
 
+from casethread.cli import main
 from casethread.core.message import parse_raw
 from casethread.core.model import Alias, AliasKind, CounterBump
 from casethread.index import LmdbIndex, maintenance
@@ -484,6 +485,31 @@ def test_import_from_stdin(cli: Cli, filled: list[dict[str, str]], tmp_path: Pat
     target = tmp_path / "from-stdin"
     assert cli.run("import", "-", index=target, stdin=dump).returncode == 0
     assert counts(cli.json("stats", index=target)) == counts(cli.json("stats"))
+
+
+def test_import_summary_adds_up(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Through `main()`: the summary counts the file's records (cases, aliases, counters),
+    each written or kept; the meta line is none (it used to count among the parts, which
+    then summed to one more than the records imported)."""
+    source = LmdbIndex(tmp_path / "source", 1 << 20)
+    try:
+        for n in (1, 2):
+            source.create_case(1_772_442_900, queue="support", aliases=lambda new, n=n: [
+                Alias(AliasKind.MESSAGE, f"m{n}@customer.example.org", new.case_id)])
+        source.bump_counter("flood pat@customer.example.org", 1_772_442_900, 3600)
+        dump = tmp_path / "dump.jsonl"
+        with dump.open("wb") as out:
+            maintenance.export(source, out)
+    finally:
+        source.close()
+    target = str(tmp_path / "target")
+    tail = " the index already had as new or newer; last case number 2"
+    for args, summary in [
+        ([], "imported 5 of 5 records (case 2, alias 2, counter 1); kept 0" + tail),
+        (["--merge"], "imported 0 of 5 records (case 2, alias 2, counter 1); kept 5" + tail),
+    ]:
+        code = main(["import", str(dump), "--index", target, *args])
+        assert (code, capfd.readouterr().out.splitlines()[0]) == (0, summary)
 
 
 def test_import_of_a_bad_file(cli: Cli, tmp_path: Path) -> None:
