@@ -350,6 +350,7 @@ class Engine:
             Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
             ",".join(c.state for c in verdict.cases), tuple(edits), notes + ev.log_notes,
             trace=tuple(ev.trace), auto=verdict.auto,
+            related=tuple(c.related for c in verdict.cases if c.related),
         )
 
     def _flood(self, ev: Evidence, hit: Hit | None, auto: str,

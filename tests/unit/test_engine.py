@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,11 +12,13 @@ import pytest
 from casethread.core import msgid, outbound, thread_index
 from casethread.core.edits import AddHeader, ChangeHeader
 from casethread.core.message import Message
-from casethread.core.model import AliasKind, Direction
+from casethread.core.model import AliasKind, CaseState, Direction
+from casethread.index import LmdbIndex
 
 NEW_ID = re.compile(r"<[0-9a-z]+\.[0-9a-z]+@([^<>@\s]+)>")
 CUSTOMER = ("From", "Pat Customer <pat@customer.example.org>")
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
+TO_PAT = ("To", "Pat Customer <pat@customer.example.org>")
 
 Build = Callable[..., Message]
 
@@ -487,6 +490,26 @@ def test_log_fields_is_one_line(harness: Any) -> None:
     assert "\n" not in line
     assert line.startswith("direction=outbound case=C-000001 match=new state=open edits=")
     assert line.endswith("notes=bad-app-case-id,message-id-added,body-not-stamped:empty")
+
+
+def test_log_line_of_a_follow_up_names_the_earlier_case(
+        make_harness: Callable[..., Any], tmp_path: Path) -> None:
+    """As X-Case-Related does: the log line is what is read across all mail. Only the reply
+    that opened the follow-up says so; the next one threads into the follow-up."""
+    index = LmdbIndex(tmp_path / "index", 1 << 24)
+    try:
+        h = make_harness(index=index)
+        tok = h.token(h.outbound(AGENT, TO_PAT, ("Subject", "Hello")).case_id)
+        h.set_case("C-000001", state=CaseState.CLOSED)
+        lines = [h.inbound(CUSTOMER, ("Subject", f"Re: Hello [ref:{tok}]"),
+                           ("Message-ID", f"<r{n}@customer.example.org>")).decision.log_fields()
+                 for n in (1, 2)]
+        assert lines == [
+            "direction=inbound case=C-000002 match=token state=new related=C-000001 edits=7",
+            "direction=inbound case=C-000002 match=token state=open edits=6",
+        ]
+    finally:
+        index.close()
 
 
 def test_recorded_times_follow_the_clock(harness: Any) -> None:

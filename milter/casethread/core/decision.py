@@ -28,6 +28,8 @@ class Decision:
     auto: str = ""
     # Set when the message is refused (case_headers.refusal): the reply text, nothing applied.
     refused: str = ""
+    # The earlier case of a new one opened instead of a follow-up (X-Case-Related).
+    related: tuple[str, ...] = ()
 
     def log_fields(self) -> str:
         parts = [
@@ -37,6 +39,8 @@ class Decision:
         ]
         if self.state:
             parts.append(f"state={self.state}")
+        if self.related:
+            parts.append(f"related={','.join(self.related)}")
         if self.refused:
             parts.append("refused")
         parts.append(f"edits={len(self.edits)}")
