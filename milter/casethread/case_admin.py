@@ -19,7 +19,7 @@ from itertools import chain
 from typing import Any
 
 from .core import msgid, thread_index
-from .core.model import AliasKind, CaseRecord, CaseState, is_valid_case_id
+from .core.model import AliasKind, CaseRecord, CaseState, case_fields, is_valid_case_id
 from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, survivor, with_state
 from .core.store import CaseIndex, CaseReader
 from .core.token import DEFAULT_TEMPLATE, Keyring, find_tokens, token_from_anchor
@@ -312,21 +312,8 @@ def _change(
 
 
 def record_dict(case: CaseRecord) -> dict[str, Any]:
-    """A case as JSON-ready data; times in Unix seconds."""
-    return {
-        "case_id": case.case_id,
-        "number": case.number,
-        "state": case.state.value,
-        "queue": case.queue,
-        "parent": case.parent,
-        "merged_into": case.merged_into,
-        "children": list(case.children),
-        "followup": case.followup,
-        "thread_root": case.thread_root,
-        "created": case.created,
-        "updated": case.updated,
-        "state_changed": case.state_changed,
-    }
+    """A case as the case commands print it: export's fields, the id as `case_id`."""
+    return case_fields(case, "case_id")
 
 
 def found_dict(found: Found) -> dict[str, Any]:

@@ -360,7 +360,8 @@ def cmd_case_split(args: argparse.Namespace) -> int:
     text = f"{case.case_id}: split into {' '.join(case.children)}"
     if new_ids:
         text += f" (created {' '.join(new_ids)})"
-    _emit(args, {**case_admin.record_dict(case), "created": new_ids}, text)
+    # Not "created": that is the case's own opening time.
+    _emit(args, {**case_admin.record_dict(case), "children_created": new_ids}, text)
     return EXIT_OK
 
 

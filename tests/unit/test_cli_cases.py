@@ -3,6 +3,7 @@ installed console script on a real LMDB index in tmp_path, with cases made by `f
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -17,11 +18,12 @@ from casethread import case_admin
 from casethread.cli import main
 from casethread.core.message import parse_raw
 from casethread.core.model import CaseState
-from casethread.index import LmdbIndex
+from casethread.index import LmdbIndex, maintenance
 
+# Export's fields in export's order (`id` there): one serialiser for both.
 EXPECTED_KEYS = [
-    "case_id", "number", "state", "queue", "parent", "merged_into", "children", "followup",
-    "thread_root", "created", "updated", "state_changed",
+    "case_id", "number", "state", "queue", "created", "updated", "state_changed", "parent",
+    "merged_into", "children", "followup", "thread_root",
 ]
 
 
@@ -235,6 +237,41 @@ def test_set_state_of_a_merged_case_is_refused_as_split_is(
     assert (code, json.loads(out)["state"]) == (0, "closed")
 
 
+def test_split_json_names_the_new_children_apart_from_the_cases_created_time(
+        chain: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """`created` is the case's opening time in every case command's JSON; `split` used to
+    put the new children's ids there."""
+    code, out, _ = run_main(capfd, "case", "split", "C-000003", "--create", "1",
+                            "--index", str(chain), "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["created"], data["children_created"], data["children"]) == (
+        1_772_442_900, ["C-000004"], ["C-000004"])
+    assert list(data) == [*EXPECTED_KEYS, "children_created"]
+
+
+def test_case_show_and_export_write_a_case_alike(
+        chain: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """One serialiser: export's line (a contract, byte for byte) and `case show --json`
+    differ only in the id's key."""
+    code, out, _ = run_main(capfd, "case", "show", "C-000001", "--index", str(chain), "--json")
+    shown = json.loads(out)
+    index = LmdbIndex(chain, 1 << 20)
+    try:
+        dump = io.BytesIO()
+        maintenance.export(index, dump, ["case"])
+    finally:
+        index.close()
+    line = dump.getvalue().splitlines()[1]
+    assert line == (b'{"type":"case","id":"C-000001","number":1,"state":"open","queue":"support",'
+                    b'"created":1772442900,"updated":1772442900,"state_changed":1772442900,'
+                    b'"parent":null,"merged_into":"C-000002","children":[],"followup":null,'
+                    b'"thread_root":null}')
+    exported = json.loads(line)
+    assert (code, exported.pop("type"), exported.pop("id")) == (0, "case", shown.pop("case_id"))
+    assert list(exported.items()) == list(shown.items())
+
+
 # --- counter ------------------------------------------------------------------------------------
 
 
@@ -325,7 +362,8 @@ def test_split_with_created_children(cli: Cli, sent: list[Sent]) -> None:
     found = cli.reply(1, sent[0])
     assert sorted(found["x-case-id"]) == ["C-000002", "C-000004"]
     data = cli.json("case", "split", "C-000001", "C-000003")
-    assert (data["children"], data["created"]) == (["C-000002", "C-000004", "C-000003"], [])
+    assert (data["children"], data["children_created"]) == (
+        ["C-000002", "C-000004", "C-000003"], [])
 
 
 def test_split_refusals(cli: Cli, sent: list[Sent]) -> None:

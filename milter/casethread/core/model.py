@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 from .frozen import frozen
 
@@ -54,6 +55,25 @@ class CaseRecord:
     # case: our answers continue that conversation in the customer's Outlook. None: the root
     # is derived from the case (outbound.case_thread_root).
     thread_root: str | None = None
+
+
+def case_fields(case: CaseRecord, id_key: str) -> dict[str, Any]:
+    """A case as JSON-ready data, its id under `id_key` (`export` writes `id`, the case
+    commands `case_id`); times in Unix seconds. The order is export's, a contract."""
+    return {
+        id_key: case.case_id,
+        "number": case.number,
+        "state": case.state.value,
+        "queue": case.queue,
+        "created": case.created,
+        "updated": case.updated,
+        "state_changed": case.state_changed,
+        "parent": case.parent,
+        "merged_into": case.merged_into,
+        "children": list(case.children),
+        "followup": case.followup,
+        "thread_root": case.thread_root,
+    }
 
 
 class AliasKind(StrEnum):

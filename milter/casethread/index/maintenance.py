@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import lmdb
 
-from ..core.model import AliasKind, CaseRecord, CaseState, is_valid_case_id
+from ..core.model import AliasKind, CaseRecord, CaseState, case_fields, is_valid_case_id
 from . import keys
 from .errors import CaseIndexError, os_problem
 from .lmdb_index import META_COUNTER, META_SCHEMA, SCHEMA_VERSION, LmdbIndex, SharedEnv
@@ -408,21 +408,7 @@ def prune(
 
 
 def case_json(record: CaseRecord) -> dict[str, Any]:
-    return {
-        "type": "case",
-        "id": record.case_id,
-        "number": record.number,
-        "state": record.state.value,
-        "queue": record.queue,
-        "created": record.created,
-        "updated": record.updated,
-        "state_changed": record.state_changed,
-        "parent": record.parent,
-        "merged_into": record.merged_into,
-        "children": list(record.children),
-        "followup": record.followup,
-        "thread_root": record.thread_root,
-    }
+    return {"type": "case", **case_fields(record, "id")}
 
 
 def _export_lines(txn: Txn, db: SharedEnv, wanted: Collection[str]) -> Iterator[dict[str, Any]]:
