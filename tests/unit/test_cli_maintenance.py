@@ -26,6 +26,8 @@ from casethread.index import LmdbIndex, maintenance
 from casethread.index import keys as index_keys
 from casethread.index.lmdb_index import LOCK_FILE_SIZE, MAX_READERS
 
+from ..helpers.index_writes import count_event
+
 DAY = 86400
 
 
@@ -496,7 +498,7 @@ def test_import_summary_adds_up(tmp_path: Path, capfd: pytest.CaptureFixture[str
         for n in (1, 2):
             source.create_case(1_772_442_900, queue="support", aliases=lambda new, n=n: [
                 Alias(AliasKind.MESSAGE, f"m{n}@customer.example.org", new.case_id)])
-        source.bump_counter("flood pat@customer.example.org", 1_772_442_900, 3600)
+        count_event(source, "flood pat@customer.example.org", 1_772_442_900, 3600)
         dump = tmp_path / "dump.jsonl"
         with dump.open("wb") as out:
             maintenance.export(source, out)
