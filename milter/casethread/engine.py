@@ -448,7 +448,7 @@ class Engine:
         trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
         if attempt > 1:
             trace.append(_retried(attempt))
-        new_case = recorded = False
+        new_case = recorded = named_merged = False
         case: CaseRecord | None
         ev = self._resolver.evidence(msg, self.index, int(now))
         domain = outbound.message_id_domain(msg, out.message_id_domain, self._id_domain)
@@ -481,6 +481,7 @@ class Engine:
             hit = self._resolver.resolve(ev, outbound=True)
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
+                named_merged = bool(hit.case.merged_into)
             elif out.new_case == "create" and self._may_open_case(msg):
                 # The case and this mail's aliases in one commit.
                 # The agent's own Outlook root, when the mail has one, is the case's: later
@@ -511,8 +512,9 @@ class Engine:
                 splices = self._stamp_body(ev, tok, notes)
             elif self.settings.stamp.html or self.settings.stamp.text:
                 notes.append("body-not-stamped:dkim-signed")
-            # The app's state change rides in the mail's own commit.
-            merged = app_id is not None and case.case_id != app_id
+            # The app's state change rides in the mail's own commit. Its ticket was merged away
+            # when its X-Case-ID, or the case its mail continues (a token), went to a survivor.
+            merged = case.case_id != app_id if app_id is not None else named_merged
             state_change = self._app_state_change(msg, int(now), notes, trace, merged)
             changes = [(case.case_id, state_change)] if state_change is not None else []
             if changes or not recorded:

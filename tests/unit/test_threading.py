@@ -2621,6 +2621,20 @@ def test_an_app_ending_a_merged_ticket_leaves_the_survivor_open(
         index.close()
 
 
+def test_an_app_ending_a_merged_ticket_by_its_token_leaves_the_survivor_open(
+        harness: Any) -> None:
+    """The same notice without X-Case-ID, answering in the merged ticket's thread (its token):
+    the case it continues was merged away (review: the survivor was closed)."""
+    first = start_case(harness)
+    start_case(harness, "Printer jam again")
+    harness.set_case("C-000001", merged_into="C-000002")
+    notice = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {first.one('Subject')}"),
+                              ("X-Case-State", "closed"))
+    assert (notice.case_id, notice.decision.state) == ("C-000002", "open")
+    assert "app-state-ignored:merged" in notice.decision.notes
+    assert harness.case("C-000002").state is CaseState.OPEN
+
+
 @pytest.mark.parametrize("resent", ["Resent-From", "Resent-Sender"])
 def test_a_redirected_mail_passes_as_mail_of_neither_direction(
         harness: Any, build: Callable[..., Any], resent: str) -> None:
