@@ -2,8 +2,8 @@
 
 merged -> the surviving case; split -> every live child; closed -> the first open ancestor
 that was not split, else a new related case; resolved -> reopened, unless older than
-`cases.reopen_within` (a new related case). Automatic mail (`is_automatic` says which) threads
-where the conversation went on, but never reopens, opens or changes a case. A new related case
+`cases.reopen_within` (a new related case). Automatic mail (`is_automatic` says which) goes
+to a closed case's open parent too, but never reopens, opens or changes a case. A new related case
 is opened once per conversation: the old case names it as its follow-up, and later replies go
 there. Link chains are followed a bounded number of steps and cycles stop the walk, so a
 corrupt or hostile index cannot hang us.
@@ -154,19 +154,14 @@ def _target(case: CaseRecord, walk: _Walk) -> list[Target]:
 
 
 def _automatic_target(case: CaseRecord, walk: _Walk) -> list[Target]:
-    """Automatic mail changes no case and opens none, but goes where the conversation went on,
-    as a person's reply would: a closed case's open parent, the follow-up a person's reply
-    opened. An out-of-office or a bounce of our mail belongs with the live case its agent
-    works, not with the closed one its mail named."""
-    if walk.steps >= 0:
-        if case.state is CaseState.CLOSED:
-            ancestor = _open_ancestor(case, walk.reader)
-            if ancestor is not None:
-                return [Target(ancestor, Action.THREAD)]
-        followup = _followup(case, walk.reader)
-        if followup is not None and followup.case_id not in walk.followed:
-            walk.followed.add(followup.case_id)
-            return _targets(followup, walk)
+    """Automatic mail changes no case and opens none, but a closed case's open parent takes
+    it, as it would a person's reply: an out-of-office or a bounce belongs with the live case
+    its agent works. Not a follow-up: a person's reply may have opened it for another
+    customer (a new question in an old thread), and a bounce reports on one case's mail."""
+    if walk.steps >= 0 and case.state is CaseState.CLOSED:
+        ancestor = _open_ancestor(case, walk.reader)
+        if ancestor is not None:
+            return [Target(ancestor, Action.THREAD)]
     return [Target(case, Action.THREAD)]
 
 
