@@ -264,10 +264,12 @@ class Engine:
         checking = attempt < MAX_DECISIONS
         route = self._router.route(msg)
         if duplicate is not None:
-            # The cases the first copy went to (a split's children each), as they are now.
-            cases = [t.case for t in rules.apply(
+            # The cases the first copy went to, as they are now: every child of a split but
+            # a closed one (no case is opened for a copy), or the one case it names.
+            reached = [t.case for t in rules.apply(
                 duplicate, self.index, automatic=True, now=now,
                 reopen_within=self.settings.cases.reopen_within)]
+            cases = [c for c in reached if c.state is not CaseState.CLOSED] or reached
             ev.trace.append(f"duplicate: this Message-ID is already recorded for "
                             f"{duplicate.case_id} -> {', '.join(c.case_id for c in cases)}")
             _, loop = self._flood(ev, None, auto, now)

@@ -1589,6 +1589,17 @@ def test_later_replies_join_the_follow_up_the_first_opened(harness: Any, why: st
     assert ooo.case_id == "C-000001" and harness.index.last_number() == 3
 
 
+def test_a_copy_of_mail_to_a_case_closed_since_stays_with_that_case(harness: Any) -> None:
+    """The first copy went to C-000001; a follow-up opened later never had it (review)."""
+    start_case(harness)
+    m1 = ("Message-ID", "<m1@customer.example.org>")
+    assert reply_to(harness, "C-000001", m1).case_id == "C-000001"
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"  # the follow-up
+    copy = reply_to(harness, "C-000001", m1)
+    assert (copy.one("X-Case-Match"), copy.all("X-Case-ID")) == ("duplicate", ["C-000001"])
+
+
 def test_automatic_mail_to_a_closed_child_goes_to_its_open_parent(harness: Any) -> None:
     start_case(harness)  # C-000001, the parent
     start_case(harness, "Child")
@@ -1695,6 +1706,13 @@ def test_mail_that_went_to_every_child_of_a_split_case_stays_with_them_all(harne
     again = reply_to(harness, "C-000001", kim, ("Thread-Index", ti))
     assert (again.one("X-Case-Match"), again.all("X-Case-ID")) == ("duplicate", children)
     assert again.all("X-Case-State") == ["open", "open"]
+    # A third child, closed: the first copy would not have gone there, nor does a copy.
+    start_case(harness, "Child C")
+    harness.set_case("C-000004", state=CaseState.CLOSED, parent="C-000001")
+    harness.set_case("C-000001", children=("C-000002", "C-000003", "C-000004"))
+    third = reply_to(harness, "C-000001", kim, ("Thread-Index", ti))
+    assert (third.one("X-Case-Match"), third.all("X-Case-ID")) == ("duplicate", children)
+    harness.set_case("C-000001", children=("C-000002", "C-000003"))
     answer = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam"),
                              ("Message-ID", "<pat-2@customer.example.org>"),
                              ("In-Reply-To", "<kim-1@customer.example.org>"))
