@@ -294,6 +294,7 @@ def test_parent_refusals(index: MemoryIndex) -> None:
     case_admin.set_parent(index, "C-000002", "C-000001", LATER)  # 2 -> 1
     case_admin.set_parent(index, "C-000003", "C-000002", LATER)  # 3 -> 2 -> 1
     case_admin.merge(index, "C-000004", "C-000005", LATER)  # 4 merged into 5
+    case_admin.split(index, "C-000006", [], 2, LATER)  # children C-000007, C-000008
     before = snapshot(index)
     refusals = [
         (("C-000001", "C-000001"), "its own parent"),
@@ -303,6 +304,8 @@ def test_parent_refusals(index: MemoryIndex) -> None:
         (("C-000005", "C-000004"), "C-000005 -> C-000004 -> C-000005 would be a cycle"),
         (("C-000001", "C-000099"), "no case C-000099"),
         (("C-000099", "C-000001"), "no case C-000099"),
+        # A split case is nobody's open ancestor (review: accepted, never walked up to).
+        (("C-000003", "C-000006"), "C-000006 was split into C-000007, .*make one of its"),
     ]
     for (case_id, parent_id), message in refusals:
         with pytest.raises(AdminError, match=message):
