@@ -406,12 +406,11 @@ class Engine:
                    for t in targets]
         # A mail the rules sent to several cases (a split's children) is recorded for the case
         # it named: what answers it, or a copy of it, is sent to them all again, not to the
-        # first child alone. An Outlook root that named the case stays with the case that
-        # holds it: the rules lead from there (after a merge is moved, to the new survivor).
+        # first child alone.
         after = self.index.record(
             self._aliases(msg, [t.case.case_id for t in targets], own_id,
-                          None if hit.match == "thread-index" else ev.thread_root, ev.notes,
-                          ev.new_external, people=people,
+                          None if self._root_stays(ev, hit, targets) else ev.thread_root,
+                          ev.notes, ev.new_external, people=people,
                           named=hit.case.case_id if len(targets) > 1 else None),
             now, bumps, changes, expect=expect)
         outcomes = []
@@ -421,6 +420,20 @@ class Engine:
             state = "reopened" if reopened else case.state.value
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
+
+    def _root_stays(self, ev: Evidence, hit: Hit, targets: list[rules.Target]) -> bool:
+        """Whether the mail's Outlook root is held already by the case it named, or by a case
+        merged into one it goes to: the rules lead from there, and recorded again for the
+        survivor, the root would stay behind when a wrong merge is moved."""
+        if ev.thread_root is None:
+            return False
+        holder = (hit.case if hit.match == "thread-index"
+                  else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
+        if holder is None:
+            return False
+        reached = {t.case.case_id for t in targets}
+        return (holder.case_id == hit.case.case_id or holder.case_id in reached
+                or rules.survivor(holder, self.index).case_id in reached)
 
     @staticmethod
     def _change(target: rules.Target, now: int, route: Route | None) -> CaseChange:

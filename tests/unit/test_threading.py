@@ -862,18 +862,23 @@ def test_thread_index_only_outlook_reply(harness: Any) -> None:
     assert r.one("X-Case-Sender") == "known"
 
 
-def test_an_outlook_conversation_follows_a_merge_that_is_moved(harness: Any) -> None:
-    """A Thread-Index-only reply to a merged case goes to the survivor and leaves the root with
-    the case that holds it (found in audit: it was re-recorded for the survivor, so a wrong
-    merge, once corrected, kept the conversation on the wrong case)."""
+@pytest.mark.parametrize("keeps_tag", [False, True])
+def test_an_outlook_conversation_follows_a_merge_that_is_moved(
+        harness: Any, keeps_tag: bool) -> None:
+    """An Outlook reply to a merged case (by its Thread-Index alone, or keeping our Subject
+    tag) goes to the survivor and leaves the root with the case that holds it (found in audit
+    and review: it was re-recorded for the survivor, so a wrong merge, once corrected, kept
+    the conversation on the wrong case)."""
     out = start_case(harness)
     start_case(harness, "Other")
     start_case(harness, "Third")
     harness.set_case("C-000001", merged_into="C-000002")
     ti = outlook_reply_index(out.one("Thread-Index"), harness.clock.now + 60)
-    r = harness.inbound(CUSTOMER, ("Subject", "RE: Printer jam"), ("Thread-Index", ti),
+    subject = f"RE: {out.one('Subject')}" if keeps_tag else "RE: Printer jam"
+    r = harness.inbound(CUSTOMER, ("Subject", subject), ("Thread-Index", ti),
                         ("Message-ID", "<outlook-1@customer.example.org>"))
-    assert (r.one("X-Case-Match"), r.case_id) == ("thread-index", "C-000002")
+    match = "token" if keeps_tag else "thread-index"
+    assert (r.one("X-Case-Match"), r.case_id) == (match, "C-000002")
     harness.set_case("C-000001", merged_into="C-000003")  # the wrong merge, moved
     r = harness.inbound(CUSTOMER, ("Subject", "RE: Printer jam"),
                         ("Thread-Index", outlook_reply_index(ti, harness.clock.now + 120)),
