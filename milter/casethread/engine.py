@@ -482,9 +482,9 @@ class Engine:
             root: bytes | None = outbound.thread_root_of(ev.thread_root, case)
             # A case this mail opens (inside the index's write) takes a root that names no
             # case: else `thread-index` would have found it.
-            if not opened and self._root_of_another(ev, case):
+            if not opened and self._root_held_elsewhere(ev, case):
                 trace.append(f"thread root not recorded for {case.case_id}: "
-                             "it names another live case")
+                             "another case holds it")
                 root = None
             return self._aliases(msg, [case.case_id], recorded_id, root, notes, ours=True)
 
@@ -571,19 +571,21 @@ class Engine:
             notes.append("app-case-merged")
         return case
 
-    def _root_of_another(self, ev: Evidence, case: CaseRecord) -> bool:
-        """Whether the mail's own Outlook root names another case that is live (not closed):
-        mail of `case` that carries it (a forward the app moved to a new ticket, a reply with
-        another case's tag) must not re-point it, or the customer's next Outlook reply, which
-        has nothing but the Thread-Index, would go to `case`. Mail without a Thread-Index
-        records its case's own root."""
+    def _root_held_elsewhere(self, ev: Evidence, case: CaseRecord) -> bool:
+        """Whether the mail's own Outlook root is held by another case that keeps it: a live
+        one (mail of `case` that carries it, a forward the app moved to a new ticket or a
+        reply with another case's tag, must not re-point it, or the customer's next Outlook
+        reply, which has nothing but the Thread-Index, would go to `case`), or one merged
+        into `case` (the merge leads here already; recorded again for `case`, the root would
+        stay behind when a wrong merge is moved). Mail without a Thread-Index records its
+        case's own root."""
         if ev.thread_root is None:
             return False
         holder = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
-        if holder is None:
+        if holder is None or holder.case_id == case.case_id:
             return False
-        holder = rules.survivor(holder, self.index)
-        return holder.case_id != case.case_id and holder.state is not CaseState.CLOSED
+        live = rules.survivor(holder, self.index)
+        return live.case_id == case.case_id or live.state is not CaseState.CLOSED
 
     def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
         """The case an agent's mail continues. A closed case's token (still in the Subject)

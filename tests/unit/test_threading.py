@@ -886,6 +886,25 @@ def test_an_outlook_conversation_follows_a_merge_that_is_moved(
     assert (r.one("X-Case-Match"), r.case_id) == ("thread-index", "C-000003")
 
 
+def test_our_answer_in_a_merged_cases_outlook_conversation_leaves_its_root(
+        harness: Any) -> None:
+    """The agent answers the survivor in the merged case's Outlook conversation: the root
+    stays with the merged case, so moving the merge takes the conversation along (review)."""
+    out = start_case(harness)
+    start_case(harness, "Other")
+    start_case(harness, "Third")
+    harness.set_case("C-000001", merged_into="C-000002")
+    ti = outlook_reply_index(out.one("Thread-Index"), harness.clock.now + 60)
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "RE: Printer jam"),
+                              ("X-Case-ID", "C-000002"), ("Thread-Index", ti))
+    assert answer.case_id == "C-000002"
+    harness.set_case("C-000001", merged_into="C-000003")
+    r = harness.inbound(CUSTOMER, ("Subject", "RE: Printer jam"),
+                        ("Thread-Index", outlook_reply_index(ti, harness.clock.now + 120)),
+                        ("Message-ID", "<outlook-9@customer.example.org>"))
+    assert (r.one("X-Case-Match"), r.case_id) == ("thread-index", "C-000003")
+
+
 def test_thread_index_root_of_a_new_inbound_case_is_recorded(harness: Any) -> None:
     root = thread_index.new_root(harness.clock.now, bytes(range(16)))
     first = harness.inbound(
