@@ -273,11 +273,11 @@ def set_parent(index: CaseIndex, ref: str, parent_ref: str | None, now: int) -> 
     parent = require(index, parent_ref)
     if parent.case_id == case.case_id:
         raise AdminError(f"a case cannot be its own parent ({case.case_id})")
-    split = survivor(parent, index)
-    if split.children:  # the rules never walk up to it: it would be a parent in name only
+    live = survivor(parent, index)
+    if live.children:  # the rules never walk up to it: it would be a parent in name only
         raise AdminError(
             f"cannot make {parent.case_id} the parent of {case.case_id}: "
-            f"{split.case_id} was split into {', '.join(split.children)}, and a closed case "
+            f"{live.case_id} was split into {', '.join(live.children)}, and a closed case "
             "never walks up to a split case; make one of its children the parent instead")
     # Walk up the way the rules do (each parent through its merges), looking for `case`.
     walked = [case.case_id]

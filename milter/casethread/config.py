@@ -969,10 +969,12 @@ def warnings(settings: Settings) -> list[str]:
     stamps = (("text", settings.stamp.text, settings.stamp.text_template, str),
               ("html", settings.stamp.html, settings.stamp.html_template, html_to_text))
     for name, on, template, as_read in stamps:
+        if not on:
+            continue
         # Inbound reads body tokens only in the Subject tag's form: a body tag in another
         # form is stamped on every mail and never read back.
         written = as_read(template.replace(token.PLACEHOLDER, _SAMPLE_TOKEN))
-        if on and next(token.find_tokens(written, settings.tokens.subject_template), None) is None:
+        if next(token.find_tokens(written, settings.tokens.subject_template), None) is None:
             found.append(f"stamp.{name}_template does not hold {{token}} in the form of "
                          f"tokens.subject_template ({tag}): a reply that keeps only the body's "
                          f"tag is not threaded by it; write it as {tag} there")

@@ -73,6 +73,13 @@ def _hex(root: bytes | None) -> str | None:
     return root.hex() if root is not None else None
 
 
+def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> bool:
+    """Whether the sender is a participant of the case the mail named or of one it goes to:
+    a merge, split or parent redirect must not make its own customer `unknown`."""
+    ids = dict.fromkeys([named.case_id, *(c.case_id for c in cases)])
+    return any(ev.is_participant(case_id) for case_id in ids)
+
+
 def _retried(attempt: int) -> str:
     return (f"decided again (attempt {attempt}): another message or the command line wrote "
             "to its cases meanwhile")
@@ -279,8 +286,7 @@ class Engine:
                 tuple(inbound.CaseOutcome(c.case_id, c.state.value, c.queue or route.queue)
                       for c in cases),
                 "duplicate", auto, duplicate=True, loop=loop,
-                sender_known=any(ev.is_participant(case_id) for case_id in
-                                 dict.fromkeys([duplicate.case_id, *(c.case_id for c in cases)])),
+                sender_known=_sender_known(ev, duplicate, cases),
             )
             # Not counted against the flood limit: a copy to a second support address, or a
             # redelivery, is not one more mail from its sender.
@@ -315,10 +321,7 @@ class Engine:
             expect = Expect(unrecorded, (hit.case, *reads.cases.values())) if checking else None
             ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
                          for t in targets]
-            # The participants stay with the case the mail names; a merge, split or parent
-            # redirect must not make its own customer `unknown`.
-            named = dict.fromkeys([hit.case.case_id, *(t.case.case_id for t in targets)])
-            sender_known = any(ev.is_participant(case_id) for case_id in named)
+            sender_known = _sender_known(ev, hit.case, [t.case for t in targets])
             people = adds_people(hit.match, sender_known)
             if not people:
                 ev.trace.append(f"participants: none added: the sender is not one of the "
@@ -431,9 +434,8 @@ class Engine:
                   else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
         if holder is None:
             return False
-        reached = {t.case.case_id for t in targets}
-        return (holder.case_id == hit.case.case_id or holder.case_id in reached
-                or rules.survivor(holder, self.index).case_id in reached)
+        return (holder.case_id == hit.case.case_id
+                or rules.survivor(holder, self.index).case_id in {t.case.case_id for t in targets})
 
     @staticmethod
     def _change(target: rules.Target, now: int, route: Route | None) -> CaseChange:

@@ -19,6 +19,8 @@ _PLAIN = re.compile(r"[^\s()<>\x00]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def _without_comments(text: str, ids_whole: bool = False) -> str:
     """`text` without its comments; with `ids_whole`, comments inside `<...>` stay."""
     return without_comments(text, _COMMENT_OR_ID, r"\1") if ids_whole else without_comments(text)
