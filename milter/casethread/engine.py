@@ -262,7 +262,9 @@ class Engine:
               else self._resolver.evidence(msg, self.index, now))
         if attempt > 1:
             ev.trace.append(_retried(attempt))
-        auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours)
+        # A delivery report's body is parsed once, for this and for the bounce strategy.
+        auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
+                                                   lambda: ev.tree)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         own_id = msgid.first_id(msg.get("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from casethread import case_admin
-from casethread.core import msgid, outbound, rules, thread_index
+from casethread.core import mime, msgid, outbound, rules, thread_index
 from casethread.core.message import parse_raw, unfold
 from casethread.core.model import (
     Alias,
@@ -150,6 +150,21 @@ def test_bounce_of_our_message_id(harness: Any, part_type: str) -> None:
         ("X-Case-Sender", "unknown"),
     ]
     assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_a_delivery_report_body_is_parsed_once(harness: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auto-reply classifier (its Action fields) and the bounce strategy (the returned
+    header fields) read one MIME structure of the report."""
+    out = start_case(harness)
+    parses: list[int] = []
+    real_parse = mime.parse
+    monkeypatch.setattr(mime, "parse", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    r = harness.inbound(*DSN_HEADERS, body=dsn(returned_message(out.one("Message-ID"))),
+                        mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "bounce")
+    assert len(parses) == 1
 
 
 def test_bounce_by_token_when_a_relay_rewrote_the_message_id(harness: Any) -> None:

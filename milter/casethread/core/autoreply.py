@@ -159,10 +159,12 @@ def classify_auto(msg: Message, ours: Callable[[str], bool] | None = None) -> st
     return classify_auto_detail(msg, ours)[0]
 
 
-def classify_auto_detail(msg: Message,
-                         ours: Callable[[str], bool] | None = None) -> tuple[str, str]:
+def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None,
+                         tree: Callable[[], mime.Part] | None = None) -> tuple[str, str]:
     """The kind and the signal that decided it (a short name for logs; `""` for `no`).
-    `ours` tells our support addresses: a list that is one of them is our own front door."""
+    `ours` tells our support addresses: a list that is one of them is our own front door.
+    `tree` gives the body's MIME structure when the caller keeps one (the engine's, which the
+    bounce strategy reads too): a delivery report's body is then parsed once."""
     fields = msg.present(_SIGNAL_FIELDS)
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
@@ -170,7 +172,7 @@ def classify_auto_detail(msg: Message,
 
     # 1. bounce
     if report_type == "delivery-status":
-        actions = _delivery_actions(msg)
+        actions = _delivery_actions(msg, tree() if tree is not None else None)
         if actions and actions <= _NOT_FAILED:
             # A delay warning or a success notice: machine mail, but nothing bounced.
             return AUTO_GENERATED, "delivery-status-" + "-".join(sorted(actions))
@@ -380,14 +382,15 @@ def reads_body(msg: Message) -> bool:
     return _report_type(msg) == "delivery-status"
 
 
-def _delivery_actions(msg: Message) -> set[str]:
+def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
     """The per-recipient `Action` values of a delivery report (RFC 3464 §2.3.3), lower case;
-    empty when the report part is missing or unreadable (the report then counts as a bounce)."""
+    empty when the report part is missing or unreadable (the report then counts as a bounce).
+    `tree`: the body's MIME structure if already parsed."""
     top = mime.top_fields(msg.headers)
     actions: set[str] = set()
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
                                             _DELIVERY_STATUS_TYPES, _REPORT_BUDGET,
-                                            top_disposition=top.disposition):
+                                            top_disposition=top.disposition, tree=tree):
         text = _FOLD.sub(" ", part.data.decode("ascii", "replace"))  # `Action:\n failed`
         actions.update(a.lower() for a in _ACTION.findall(text))
     return actions
