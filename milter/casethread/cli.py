@@ -113,7 +113,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logsetup.configure(settings.milter.log_level, settings.milter.log_target)
+    _check_group(settings, args.config)  # before the index is opened or the socket bound
     return serve(settings, load=lambda: _settings(args))
+
+
+def _check_group(settings: Settings, file: str | None) -> None:
+    if settings.milter.socket_group is not None:
+        group_id(settings.milter.socket_group, file)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -121,8 +127,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # What `serve` would refuse at start, so a reload checked by this fails too: the socket's
     # group, an index of another schema and the token key files (a missing one, loose
     # permissions, two with one id).
-    if settings.milter.socket_group is not None:
-        group_id(settings.milter.socket_group)
+    _check_group(settings, args.config)
     held = index_exists(settings)
     if held:
         LmdbIndex.check_schema(settings.index.path)

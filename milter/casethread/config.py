@@ -945,12 +945,13 @@ class _Builder:
 # --------------------------------------------------------------------------- entry points
 
 
-def group_id(name: str) -> int:
-    """The id of `milter.socket_group`; a ConfigError when the system has no such group."""
+def group_id(name: str, file: str | None = None) -> int:
+    """The id of `milter.socket_group`; a ConfigError naming the configuration `file` (the
+    key's line is not kept past loading) when the system has no such group."""
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ConfigError("configuration", None, "milter.socket_group",
+        raise ConfigError(file or "configuration", None, "milter.socket_group",
                           f"no such group {name!r}") from None
 
 

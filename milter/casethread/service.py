@@ -349,6 +349,11 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
 
 
 def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wakeups) -> int:
+    spec = settings.milter.socket
+    path = _unix_socket_path(spec)
+    if path:
+        # Before the index: a second serve refused here leaves no new index or key behind.
+        _claim_unix_socket(spec, path)
     index = open_index(settings)
     metrics: Metrics | None = None
     inflight = InFlight()
@@ -367,10 +372,6 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
         milter.set_exception_policy(int(Milter.CONTINUE))
         sys.excepthook = _log_untrapped
         _register_callbacks()
-        spec = settings.milter.socket
-        path = _unix_socket_path(spec)
-        if path:
-            _claim_unix_socket(spec, path)
         milter.setconn(spec)
         milter.settimeout(settings.milter.timeout)
         try:

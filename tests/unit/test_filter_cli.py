@@ -286,7 +286,21 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
     assert missing.returncode == 1 and "missing.key" in missing.stderr
     config.write_text("milter:\n  socket_group: no-such-group-here\n")
     group = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
-    assert group.returncode == 2 and "no such group 'no-such-group-here'" in group.stderr
+    assert (group.returncode, group.stderr) == (
+        2, f"casethread: {config}: milter.socket_group: no such group 'no-such-group-here'\n")
+
+
+def test_serve_refuses_a_missing_socket_group_before_it_makes_an_index(
+    casethread_bin: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {tmp_path / 'idx'}\n"
+                      f"milter:\n  socket: unix:{tmp_path / 'm.sock'}\n"
+                      "  socket_group: no-such-group-here\n")
+    p = _run(casethread_bin, "serve", "--config", str(config), cwd=tmp_path)
+    assert (p.returncode, p.stderr.splitlines()[-1]) == (
+        2, f"casethread: {config}: milter.socket_group: no such group 'no-such-group-here'")
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "m.sock").exists()
 
 
 def test_check_config_warns_of_a_body_tag_inbound_cannot_read(

@@ -485,6 +485,7 @@ def test_a_live_unix_socket_is_not_taken_over(milters: MilterStarter, tmp_path: 
         f"casethread: cannot listen on {spec}: another milter listens on {path}; stop it "
         "first or give this one another milter.socket"), second.stderr
     assert "Traceback" not in second.stderr
+    assert not (tmp_path / "other").exists()  # refused before it made an index and a key
     send_agent_mail(first.endpoint, "QFIRST")  # still reachable
     status, _ = first.terminate()
     assert status == 0, first.log()
