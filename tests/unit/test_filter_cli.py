@@ -531,3 +531,15 @@ def test_an_app_case_id_of_no_letter_or_digit_is_a_bad_one(run_filter: Any,
     assert case_id(p.stdout) == "C-000001"
     (line,) = log_lines(p.stderr)
     assert " case=C-000001 match=new " in line and "bad-app-case-id" in line, line
+
+
+def test_python_m_casethread_is_the_command(casethread_bin: Path, tmp_path: Path) -> None:
+    """`python -m casethread` (a checkout run in place) is the installed command."""
+    milter_root = Path(__file__).resolve().parents[2] / "milter"
+    by_module = subprocess.run(
+        [sys.executable, "-m", "casethread", "--version"], capture_output=True, text=True,
+        cwd=tmp_path, env={"PYTHONPATH": str(milter_root), "PATH": "/usr/bin:/bin"},
+        timeout=60, check=False)
+    installed = _run(casethread_bin, "--version", cwd=tmp_path)
+    assert (by_module.returncode, by_module.stdout) == (0, installed.stdout), by_module.stderr
+    assert by_module.stdout.startswith("casethread ")
