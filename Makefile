@@ -15,8 +15,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # libmilter-dev: pymilter compiles against libmilter/mfapi.h. For the tests: postfix (end to
 # end), m4 (Sendmail's config), dovecot-sieve and procmail (the filing examples in contrib/),
-# systemd (systemd-analyze checks the unit). Sendmail itself is unpacked, never installed: it
-# would remove Postfix (contrib/sendmail/unpack-sendmail.sh).
+# systemd (systemd-analyze checks the unit), opendkim and opendkim-tools (a DKIM signer beside
+# casethread, tests/e2e/test_dkim_signer.py; on a systemd host the package also starts its own
+# opendkim service on /run/opendkim/opendkim.sock). Sendmail itself is unpacked, never
+# installed: it would remove Postfix (contrib/sendmail/unpack-sendmail.sh).
 # A distribution's interpreter (installed under /usr) comes in packages of its own, named by
 # its version: -venv makes the venv, -dev has the headers pymilter compiles against, and
 # libpythonX.Y-testsuite holds the standard library's tests (CPython's MIME corpus, which
@@ -24,7 +26,7 @@ STAMP  := $(VENV)/.installed
 DIST_PY := $(shell $(PYTHON) -c \
 	'import sys; sys.base_prefix == "/usr" and print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 RUN_DEBS  := libmilter-dev gcc $(if $(DIST_PY),python$(DIST_PY)-venv python$(DIST_PY)-dev)
-TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd \
+TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd opendkim opendkim-tools \
 	$(if $(DIST_PY),libpython$(DIST_PY)-testsuite)
 
 .PHONY: run test lint unit e2e fuzz soak bench bench-quick deps-run deps-test clean

@@ -238,14 +238,19 @@ class _SyslogReceiver:
 class SendmailHarness:
     """A private Sendmail daemon with a plain port ("inbound", Name=MTA) and the contrib
     submission daemon (Name=ORIGINATING), relaying everything to an aiosmtpd receiver.
-    `filter_flags` replaces the snippet's F= flag (see contrib_mc)."""
+    `filter_flags` replaces the snippet's F= flag (see contrib_mc). `mc_before`/`mc_after`:
+    sendmail.mc lines put before/after the snippet, e.g. another INPUT_MAIL_FILTER (Sendmail
+    calls filters in the order they are declared)."""
 
     def __init__(
-        self, milter: MilterSocket, install: SendmailInstall, filter_flags: str | None = None
+        self, milter: MilterSocket, install: SendmailInstall, filter_flags: str | None = None,
+        *, mc_before: str = "", mc_after: str = "",
     ) -> None:
         self.milter = milter
         self.install = install
         self.filter_flags = filter_flags
+        self.mc_before = mc_before
+        self.mc_after = mc_after
         self.base_dir: Path | None = None
         self.inbound_port = 0
         self.submission_port = 0
@@ -291,7 +296,9 @@ class SendmailHarness:
 
         snippet = self._path("casethread.mc")
         snippet.write_text(
-            contrib_mc(self.milter, self.submission_port, filter_flags=self.filter_flags))
+            self.mc_before
+            + contrib_mc(self.milter, self.submission_port, filter_flags=self.filter_flags)
+            + self.mc_after)
         mc = self._path("sendmail.mc")
         mc.write_text(base_mc(self.base_dir, self.inbound_port, self.sink_port, snippet))
         self.m4_warnings = render_cf(self.install, mc, self.cf_path)
