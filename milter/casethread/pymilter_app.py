@@ -35,6 +35,15 @@ log = logging.getLogger("casethread")
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY
 # replacebody() chunk: libmilter sends at most 64 KiB per body packet anyway.
 REPLACE_CHUNK = 65536
+# Added fields go below every other field (smfi_insheader at an index past the last field:
+# Postfix and Sendmail both append there). Sendmail's smfi_addheader instead puts a field
+# above the first one of the same name, even one just deleted: our X-Case-* fields would take
+# the places of the forged ones and repeated fields (a split case's X-Case-ID/X-Case-State)
+# would arrive in reverse order.
+APPEND_INDEX = 0x7FFFFFFF
+# Except Message-ID: Sendmail's smfi_addheader fills its own pending default Message-Id with
+# our value; an inserted one would leave Sendmail to add its own as well (two Message-IDs).
+PLAIN_ADD = frozenset({"message-id"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The client as pymilter gives it to `connect`: (IP, port) for AF_INET, (IP, port, flow info,
@@ -389,7 +398,10 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         answered with ACCEPT (`_fallback`)."""
         for edit in edits:
             if isinstance(edit, AddHeader):
-                self.addheader(edit.name, edit.value)
+                if edit.name.lower() in PLAIN_ADD:
+                    self.addheader(edit.name, edit.value)
+                else:
+                    self.addheader(edit.name, edit.value, APPEND_INDEX)
             else:
                 self.chgheader(edit.name, edit.index, edit.value)
             self._sent = _Sent.SOME  # once one is out (a refused first one changed nothing)

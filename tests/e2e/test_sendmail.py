@@ -190,6 +190,28 @@ def test_outbound_via_originating_and_reply_threads(
     assert f"queue_id={qid} direction=inbound case=C-000001 match=in-reply-to" in log
 
 
+def test_forged_case_fields_are_removed_and_ours_come_last_once(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    """Sendmail's smfi_addheader would put a field above the first field of its name, even a
+    forged one just deleted (ours then took the forged ones' places, and repeated fields came
+    in reverse order); casethread inserts past the last field, so the fields end up where
+    Postfix puts them: below all others, each once."""
+    raw = (
+        "x-case-id: C-999999\r\n"
+        f"From: Pat Customer <{CUSTOMER}>\r\nX-CASE-QUEUE: vip\r\nTo: <{SUPPORT}>\r\n"
+        "Subject: New problem\r\nDate: Sat, 28 Nov 2026 11:00:00 +0000\r\n"
+        "X-Case-State:\r\n closed\r\n"
+        "Message-ID: <f1@customer.example>\r\nX-CASE-QUEUE: vip2\r\n\r\nHelp.\r\n"
+    ).encode()
+    _, got = deliver(sendmail, raw, CUSTOMER, SUPPORT, sendmail.inbound_port)
+    names = [n for n, _ in got.headers() if n.lower() != "received"]
+    assert names == ["From", "To", "Subject", "Date", "Message-ID", "X-Case-ID", "X-Case-Match",
+                     "X-Case-State", "X-Case-Queue", "X-Case-Auto"], got.raw
+    assert got.get_all("X-Case-Queue") == ["support"]
+    assert got.get_all("X-Case-State") == ["new"]
+
+
 def test_mail_is_tempfailed_while_the_milter_is_down(
     sendmail: SendmailHarness, casethread: MilterProcess, milter_factory: MilterFactory,
     milter_socket: MilterSocket, tmp_path: Path,

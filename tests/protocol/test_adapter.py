@@ -29,7 +29,7 @@ from casethread.core.settings import InboundSettings, MilterSettings, OnError, S
 from casethread.core.token import Keyring
 from casethread.engine import Engine
 from casethread.index import CaseIndexError, MemoryIndex
-from casethread.pymilter_app import CaseMilter
+from casethread.pymilter_app import APPEND_INDEX, CaseMilter
 
 SUPPORT = "support@example.com"
 HOSTNAME = "mx.test.example.net"
@@ -318,6 +318,27 @@ def test_inbound_reply_threads_by_in_reply_to_and_loses_the_forged_case_id(rig: 
     first_add = min(i for i, a in enumerate(ctx.actions) if a[0] == "add")
     assert ctx.actions.index(removal) < first_add
     assert rig.index.case_for_message("reply-1.pat@customer.example.org") == "C-000001"
+
+
+def test_added_fields_are_inserted_past_the_last_field_but_message_id(rig: Rig) -> None:
+    """smfi_addheader lets Sendmail put a field above the first of its name, even a deleted
+    forged one (and a split case's repeated fields in reverse order); smfi_insheader past the
+    end appends on both MTAs. Message-ID stays a plain add: Sendmail fills its own pending
+    default Message-Id with it instead of adding a second one."""
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE
+    )
+    adds = {(n, i) for k, n, i, _v in ctx.actions if k == "add"}
+    assert ("Message-ID", -1) in adds
+    assert {i for n, i in adds if n != "Message-ID"} == {APPEND_INDEX}
+    ctx = rig.connection(ip="198.51.100.7")
+    raw = customer_mail("X-Case-ID: C-999999")
+    assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+    adds = [(n, i) for k, n, i, _v in ctx.actions if k == "add"]
+    assert adds and {i for _n, i in adds} == {APPEND_INDEX}, adds
+    assert ctx.headers_after()[-len(adds):] == [
+        (n, v) for k, n, _i, v in ctx.actions if k == "add"]
 
 
 def test_authenticated_mail_is_outbound_even_to_the_support_address(rig: Rig) -> None:

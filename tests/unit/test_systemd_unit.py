@@ -255,11 +255,11 @@ def inbound_message(conn: MilterConnection, msgid: str) -> dict[str, str]:
     added: dict[str, str] = {}
     for _ in range(50):
         cmd, data = conn.recv()
-        if cmd == c.SMFIR_ADDHEADER:
+        if cmd in (c.SMFIR_ADDHEADER, c.SMFIR_INSHEADER):  # casethread inserts at the end
             added[data["name"]] = data["value"]
         elif cmd in (c.SMFIR_ACCEPT, c.SMFIR_CONTINUE):
             return added
-        elif cmd not in (c.SMFIR_CHGHEADER, c.SMFIR_INSHEADER, c.SMFIR_REPLBODY):
+        elif cmd not in (c.SMFIR_CHGHEADER, c.SMFIR_REPLBODY):
             raise AssertionError(f"unexpected reply {cmd!r} {data}")
     raise AssertionError("no end-of-message reply")
 

@@ -80,7 +80,10 @@ class Transaction:
     body_skipped: bool = False  # the milter answered SKIP to one
 
     def added(self, name: str) -> list[str]:
-        return [a.value for a in self.actions if a.kind == "h" and a.name.lower() == name.lower()]
+        """Values of the fields added as `name`: by add header ("h") or insert header ("i";
+        casethread inserts its fields past the last one)."""
+        return [a.value for a in self.actions
+                if a.kind in ("h", "i") and a.name.lower() == name.lower()]
 
     def changes(self) -> list[tuple[str, int | None, str]]:
         return [(a.name, a.index, a.value) for a in self.actions if a.kind == "m"]

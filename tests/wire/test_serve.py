@@ -119,7 +119,7 @@ def removed_before_added(t: Transaction) -> bool:
     """DESIGN §6: every inbound X-Case-* field is removed before ours are added."""
     kinds = [a.kind for a in t.actions]
     last_removal = max(i for i, a in enumerate(t.actions) if a.kind == "m" and not a.value)
-    return "h" not in kinds[: last_removal + 1]
+    return not {"h", "i"} & set(kinds[: last_removal + 1])
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,8 @@ def remove_header(name: str, index: int) -> ChangeHeader:
 
 
 def apply_edits(headers: tuple[Header, ...], edits: list[Edit]) -> tuple[Header, ...]:
-    """The header list as the MTA would leave it (added fields go last, as Postfix does)."""
+    """The header list as the MTA would leave it (added fields go last: the adapter inserts
+    them past the last field, which Postfix and Sendmail both append)."""
     changes: dict[tuple[str, int], str] = {}
     added: list[Header] = []
     for edit in edits:
