@@ -151,6 +151,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     logsetup.configure(settings.milter.log_level)
     raw = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
     headers, body = parse_raw(raw)
+    if body and not body.endswith(b"\n"):
+        # SMTP and sendmail(1) end a body's last line: the milter never sees one without.
+        body += newline_of(raw)
     msg = Message(
         Envelope(
             mail_from=args.mail_from,
@@ -178,10 +181,19 @@ def cmd_filter(args: argparse.Namespace) -> int:
             engine = Engine(settings, view, _dry_run_keyring(settings))
         else:
             engine = Engine(settings, index, keyring_for(settings, held_cases=on_disk.case_count))
-        direction = None if args.direction == "auto" else Direction(args.direction)
         try:
-            decision = engine.process(msg, direction)
-            log.info("queue_id=filter %s", decision.log_fields())
+            # As the milter: the direction at end of headers, and only as much of the body as
+            # `body_wanted` keeps (inbound mail: up to inbound.read_limit, none when its header
+            # fields name the case); the message printed keeps all of it.
+            given = None if args.direction == "auto" else Direction(args.direction)
+            direction = engine.classify(msg, given)
+            plan = engine.body_wanted(Message(msg.envelope, headers), direction)
+            skipped = direction is Direction.INBOUND and not plan.room
+            read = (Message(msg.envelope, headers, body[: plan.room], msg.newline)
+                    if len(body) > plan.room else msg)
+            decision = engine.process(read, direction, plan.found)
+            log.info("queue_id=filter %s%s", decision.log_fields(),
+                     " body=skipped" if skipped else "")
         except Exception as exc:
             # The milter's policy: the message as it came, but for forged X-Case-* fields.
             cause = known_cause(exc)

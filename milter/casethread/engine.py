@@ -126,9 +126,11 @@ class Engine:
         self._router = Router(settings.routing)
         self._subject_match = "subject-match" in settings.inbound.strategies
 
-    def classify(self, msg: Message) -> Direction:
-        """The mail's direction (`msg` holds its header fields: at end of headers)."""
-        direction = self._classifier.classify(msg.envelope)
+    def classify(self, msg: Message, direction: Direction | None = None) -> Direction:
+        """The mail's direction (`msg` holds its header fields: at end of headers); a given
+        `direction` (`filter --direction`) is only checked for a redirect, as `process` does."""
+        if direction is None:
+            direction = self._classifier.classify(msg.envelope)
         return self._unless_redirect(msg, direction)
 
     def _unless_redirect(self, msg: Message, direction: Direction) -> Direction:

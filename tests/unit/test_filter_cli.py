@@ -543,3 +543,63 @@ def test_python_m_casethread_is_the_command(casethread_bin: Path, tmp_path: Path
     installed = _run(casethread_bin, "--version", cwd=tmp_path)
     assert (by_module.returncode, by_module.stdout) == (0, installed.stdout), by_module.stderr
     assert by_module.stdout.startswith("casethread ")
+
+
+def test_inbound_body_is_read_only_up_to_read_limit_as_the_milter_reads_it(
+    run_filter: Any, tmp_path: Path
+) -> None:
+    # The milter keeps inbound.read_limit bytes of a body its header fields do not resolve
+    # (engine.body_wanted) and tells the MTA to skip the rest: a token past it is not seen.
+    # filter once read the whole body, and threaded what the milter opens a new case for.
+    config = tmp_path / "casethread.yaml"
+    config.write_text("inbound:\n  addresses: [support@support.example.com]\n"
+                      "  read_limit: 1KiB\n")
+    out = run_filter("--config", str(config), "--direction", "outbound",
+                     str(DATA / "agent-first.eml"))
+    tagged = TAGGED.search(out.stdout)
+    assert out.returncode == 0 and tagged, out.stderr
+    tag = b"[ref:" + tagged.group(1) + b"]"
+
+    def reply(padding: int, message_id: str) -> bytes:
+        return (b"From: Pat Customer <pat@customer.example.org>\nTo: support@support.example.com\n"
+                b"Subject: Re: printer\nMessage-ID: " + message_id.encode() + b"\n\n"
+                + b"x" * padding + b"\n> " + tag + b"\n")
+
+    inside = run_filter("--config", str(config), "--direction", "auto", "--rcpt",
+                        "support@support.example.com", "-", stdin=reply(100, "<in@pat>"))
+    assert (case_id(inside.stdout), headers_of(inside.stdout)["x-case-match"]) == (
+        "C-000001", ["token"])
+    past = reply(2000, "<past@pat>")
+    beyond = run_filter("--config", str(config), "--direction", "auto", "--rcpt",
+                        "support@support.example.com", "-", stdin=past)
+    assert beyond.returncode == 0, beyond.stderr
+    assert (case_id(beyond.stdout), headers_of(beyond.stdout)["x-case-match"]) == (
+        "C-000002", ["new"])
+    assert beyond.stdout.endswith(past.partition(b"\n\n")[2])  # the body leaves whole
+
+
+def test_inbound_mail_its_header_fields_resolve_logs_body_skipped(run_filter: Any) -> None:
+    out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    tagged = TAGGED.search(out.stdout)
+    assert out.returncode == 0 and tagged, out.stderr
+    reply = (b"From: pat@customer.example.org\nSubject: Re: " + tagged.group(0)[9:]
+             + b"\n\nthanks\n")
+    inb = run_filter("--direction", "inbound", "-", stdin=reply)
+    (line,) = log_lines(inb.stderr)
+    assert "match=token" in line and line.endswith(" body=skipped"), line
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_body_without_a_final_line_break_ends_as_the_mta_ends_it(
+    run_filter: Any, newline: bytes
+) -> None:
+    # SMTP and sendmail(1) end the last line of a body: the milter's body always ends in one.
+    raw = (DATA / "agent-first.eml").read_bytes().rstrip(b"\n").replace(b"\n", newline)
+    assert not raw.endswith(b"\n")
+    p = run_filter("--direction", "outbound", "-", stdin=raw)
+    tagged = TAGGED.search(p.stdout)
+    assert p.returncode == 0 and tagged, p.stderr
+    tail = newline.join([b"Dana", b"", b"[ref:" + tagged.group(1) + b"]", b""])
+    assert p.stdout.endswith(newline + tail), p.stdout[-60:]
+    passed = run_filter("--direction", "auto", "-", stdin=raw)
+    assert passed.stdout == raw + newline
