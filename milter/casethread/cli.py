@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, case_admin, logsetup
-from .config import ConfigError, group_id, load_config, override
+from .config import ConfigError, group_id, load_config, override, unix_socket_path
 from .config import warnings as config_warnings
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
@@ -118,8 +118,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_group(settings: Settings, file: str | None) -> None:
-    if settings.milter.socket_group is not None:
-        group_id(settings.milter.socket_group, file)
+    """A unix socket's `milter.socket_group` must exist (an inet socket has no group)."""
+    group = settings.milter.socket_group
+    if group is not None and unix_socket_path(settings.milter.socket):
+        group_id(group, file)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -945,6 +945,14 @@ class _Builder:
 # --------------------------------------------------------------------------- entry points
 
 
+def unix_socket_path(spec: str) -> str | None:
+    """The path of a unix `milter.socket` (`unix:`, `local:` or a bare path), else None."""
+    for prefix in ("unix:", "local:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix) :]
+    return spec if spec.startswith("/") else None
+
+
 def group_id(name: str, file: str | None = None) -> int:
     """The id of `milter.socket_group`; a ConfigError naming the configuration `file` (the
     key's line is not kept past loading) when the system has no such group."""

@@ -151,7 +151,9 @@ class Engine:
         that case for `process`. Other inbound mail is read up to `inbound.read_limit` (the
         milter spools a big body to a file): its scan reads at most `scan_budget` decoded bytes
         of text, but the text may come after big attachments (a phone puts the photo above the
-        quote) or quoted-printable growth.
+        quote) or quoted-printable growth. Outbound mail is read whole when it is stamped,
+        else up to `inbound.read_limit` too: its case may be named only by a token quoted in
+        its body (an agent's reply whose client dropped the Subject tag).
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
@@ -161,9 +163,9 @@ class Engine:
                 if found is not None:
                     return BodyPlan(0, found)
             return BodyPlan(self.settings.inbound.read_limit)
-        stamping = self.settings.stamp.html or self.settings.stamp.text
-        if direction is Direction.OUTBOUND and stamping:
-            return BodyPlan(ALL_OF_IT)
+        if direction is Direction.OUTBOUND:
+            stamping = self.settings.stamp.html or self.settings.stamp.text
+            return BodyPlan(ALL_OF_IT if stamping else self.settings.inbound.read_limit)
         return BodyPlan(0)
 
     def process(self, msg: Message, direction: Direction | None = None,
@@ -173,7 +175,7 @@ class Engine:
         headers (the same fields as `msg`'s), decided on instead of resolving them again."""
         if direction is None:
             direction = self.classify(msg)
-        elif direction is Direction.OUTBOUND:  # `filter --direction outbound`
+        elif direction is Direction.OUTBOUND:  # a caller that did not `classify` it
             direction = self._unless_redirect(msg, direction)
         refused = refusal(msg, self._names)
         if refused is not None:

@@ -40,7 +40,8 @@ REPLACE_CHUNK = 65536
 # above the first one of the same name, even one just deleted: our X-Case-* fields would take
 # the places of the forged ones and repeated fields (a split case's X-Case-ID/X-Case-State)
 # would arrive in reverse order.
-APPEND_INDEX = 0x7FFFFFFF
+# Not 0x7FFFFFFF: Postfix adds 1 to it as a ssize_t, which overflows where that is 32 bits.
+APPEND_INDEX = 1 << 30
 # Except Message-ID: Sendmail's smfi_addheader fills its own pending default Message-Id with
 # our value; an inserted one would leave Sendmail to add its own as well (two Message-IDs).
 PLAIN_ADD = frozenset({"message-id"})

@@ -26,7 +26,7 @@ import Milter
 import milter
 
 from . import heap, logsetup
-from .config import group_id
+from .config import group_id, unix_socket_path
 from .config import warnings as config_warnings
 from .core.settings import Settings
 from .core.token import Keyring
@@ -42,13 +42,6 @@ log = logging.getLogger("casethread")
 
 MILTER_NAME = "casethread"
 _PROBE_TIMEOUT = 2.0  # seconds a milter on our unix socket path gets to accept a probe
-
-
-def _unix_socket_path(spec: str) -> str | None:
-    for prefix in ("unix:", "local:"):
-        if spec.startswith(prefix):
-            return spec[len(prefix) :]
-    return spec if spec.startswith("/") else None
 
 
 def _inet_address(spec: str) -> tuple[socket.AddressFamily, str, int] | None:
@@ -68,7 +61,7 @@ def _inet_port(spec: str) -> int | None:
 
 def _socket_problem(spec: str) -> str:
     """Why libmilter could not listen on `spec`, found again with a plain socket."""
-    path = _unix_socket_path(spec)
+    path = unix_socket_path(spec)
     try:
         if path:
             directory = os.path.dirname(path) or "."
@@ -350,7 +343,7 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
 
 def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wakeups) -> int:
     spec = settings.milter.socket
-    path = _unix_socket_path(spec)
+    path = unix_socket_path(spec)
     if path:
         # Before the index: a second serve refused here leaves no new index or key behind.
         _claim_unix_socket(spec, path)

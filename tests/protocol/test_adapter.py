@@ -61,12 +61,14 @@ def customer_mail(*extra: str, message_id: str = "<reply-1.pat@customer.example.
 
 
 def apply_actions(headers: list[tuple[str, str]], actions: list[Action]) -> list[tuple[str, str]]:
-    """Replay milter header actions in order, as Postfix does: a change's index counts the
-    fields of that name (case-insensitive) present at that moment; an empty value deletes."""
+    """Replay milter header actions in order, as Postfix does: an add goes last, an insert
+    (an index >= 0) goes before the field at that position, or last past them all; a change's
+    index counts the fields of that name (case-insensitive) present at that moment; an empty
+    value deletes."""
     result = [list(h) for h in headers]
     for kind, name, idx, value in actions:
         if kind == "add":
-            result.append([name, value])
+            result.insert(len(result) if idx < 0 else min(idx, len(result)), [name, value])
             continue
         same = [i for i, (n, _v) in enumerate(result) if n.lower() == name.lower()]
         if idx > len(same):
@@ -332,6 +334,9 @@ def test_added_fields_are_inserted_past_the_last_field_but_message_id(rig: Rig) 
     adds = {(n, i) for k, n, i, _v in ctx.actions if k == "add"}
     assert ("Message-ID", -1) in adds
     assert {i for n, i in adds if n != "Message-ID"} == {APPEND_INDEX}
+    # Past any message's last field, and small enough for Postfix's ssize_t arithmetic on a
+    # 32-bit machine (it adds 1).
+    assert 100_000 < APPEND_INDEX < 0x7FFFFFFF
     ctx = rig.connection(ip="198.51.100.7")
     raw = customer_mail("X-Case-ID: C-999999")
     assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
@@ -617,3 +622,29 @@ def test_the_decision_is_logged_with_the_queue_id(
     assert len(lines) == 1, lines
     assert lines[0].startswith("queue_id=QLOG1 direction=outbound case=C-000001 match=new")
     assert "message-id-added" in lines[0]
+
+
+@pytest.mark.parametrize("stamping", [True, False])
+def test_outbound_body_token_threads_whether_or_not_bodies_are_stamped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stamping: bool
+) -> None:
+    """With stamping off the milter still reads outbound mail's body (up to read_limit): the
+    outbound `token` strategy finds a token quoted there."""
+    from casethread.core.settings import StampSettings
+
+    settings = Settings(inbound=InboundSettings(addresses=(SUPPORT,)),
+                        stamp=StampSettings(html=stamping, text=stamping))
+    engine = Engine(settings, FlakyIndex(), KEYRING, clock=lambda: NOW, hostname=HOSTNAME)
+    monkeypatch.setattr(Milter, "factory", lambda: CaseMilter(engine))
+    rig = Rig(engine, engine.index, tmp_path)  # type: ignore[arg-type]
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE)
+    tag = re.search(r"\[ref:[0-9A-Z]+\]", dict(ctx.headers_after())["Subject"])
+    assert tag
+    reply = (b"From: dana@support.example.com\nTo: pat@customer.example.org\n"
+             b"Subject: Re: printer\n\nMore.\n\n> " + tag.group(0).encode() + b"\n")
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    assert ctx.feed(reply, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE)
+    assert ctx.values("X-Case-ID") == ["C-000001"]

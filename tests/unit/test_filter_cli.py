@@ -284,10 +284,16 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
     config.write_text(f"tokens:\n  keys: [{tmp_path / 'missing.key'}]\n")
     missing = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
     assert missing.returncode == 1 and "missing.key" in missing.stderr
-    config.write_text("milter:\n  socket_group: no-such-group-here\n")
+    config.write_text(f"milter:\n  socket: unix:{tmp_path / 'm.sock'}\n"
+                      "  socket_group: no-such-group-here\n")
     group = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
     assert (group.returncode, group.stderr) == (
         2, f"casethread: {config}: milter.socket_group: no such group 'no-such-group-here'\n")
+    # An inet socket has no group: a key left over from a unix socket stops nothing.
+    config.write_text("milter:\n  socket: inet:8894@127.0.0.1\n"
+                      "  socket_group: no-such-group-here\n")
+    inet = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
+    assert (inet.returncode, inet.stdout) == (0, "OK\n"), inet.stderr
 
 
 def test_serve_refuses_a_missing_socket_group_before_it_makes_an_index(
@@ -603,3 +609,21 @@ def test_a_body_without_a_final_line_break_ends_as_the_mta_ends_it(
     assert p.stdout.endswith(newline + tail), p.stdout[-60:]
     passed = run_filter("--direction", "auto", "-", stdin=raw)
     assert passed.stdout == raw + newline
+
+
+def test_outbound_unstamped_reply_still_threads_by_a_quoted_body_token(
+    run_filter: Any, tmp_path: Path
+) -> None:
+    """With stamping off, an agent's reply whose only token is in the quoted body continues
+    that case (the body is read up to read_limit), as it does with stamping on."""
+    config = tmp_path / "casethread.yaml"
+    config.write_text("stamp:\n  html: false\n  text: false\n")
+    first = run_filter("--config", str(config), "--direction", "outbound",
+                       str(DATA / "agent-first.eml"))
+    tagged = TAGGED.search(first.stdout)
+    assert first.returncode == 0 and tagged, first.stderr
+    reply = (b"From: dana@support.example.com\nTo: pat@customer.example.org\n"
+             b"Subject: Re: printer\n\nMore info.\n\n> [ref:" + tagged.group(1) + b"]\n")
+    out = run_filter("--config", str(config), "--direction", "outbound", "-", stdin=reply)
+    assert (case_id(out.stdout), headers_of(out.stdout).get("x-case-match")) == (
+        "C-000001", None), out.stderr  # outbound has no X-Case-Match; the case id tells
