@@ -17,7 +17,9 @@ STAMP  := $(VENV)/.installed
 # end), m4 (Sendmail's config), dovecot-sieve and procmail (the filing examples in contrib/),
 # systemd (systemd-analyze checks the unit), opendkim and opendkim-tools (a DKIM signer beside
 # casethread, tests/e2e/test_dkim_signer.py; on a systemd host the package also starts its own
-# opendkim service on /run/opendkim/opendkim.sock). Sendmail itself is unpacked, never
+# opendkim service on /run/opendkim/opendkim.sock), sasl2-bin and libsasl2-modules (a real
+# SMTP AUTH login, Cyrus SASL with a private sasldb: saslpasswd2 and the PLAIN module,
+# tests/e2e/test_auth_ipv6.py). Sendmail itself is unpacked, never
 # installed: it would remove Postfix (contrib/sendmail/unpack-sendmail.sh).
 # A distribution's interpreter (installed under /usr) comes in packages of its own, named by
 # its version: -venv makes the venv, -dev has the headers pymilter compiles against, and
@@ -27,6 +29,7 @@ DIST_PY := $(shell $(PYTHON) -c \
 	'import sys; sys.base_prefix == "/usr" and print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 RUN_DEBS  := libmilter-dev gcc $(if $(DIST_PY),python$(DIST_PY)-venv python$(DIST_PY)-dev)
 TEST_DEBS := $(RUN_DEBS) postfix m4 dovecot-sieve procmail systemd opendkim opendkim-tools \
+	sasl2-bin libsasl2-modules \
 	$(if $(DIST_PY),libpython$(DIST_PY)-testsuite)
 
 .PHONY: run test lint unit e2e fuzz soak bench bench-quick deps-run deps-test clean

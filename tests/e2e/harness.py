@@ -158,6 +158,16 @@ class MilterSocket:
         return cls(f"inet:{port}@{host}", f"inet:{host}:{port}", host=host, port=port)
 
     @classmethod
+    def inet6(
+        cls, port: int | None = None, host: str = "::1", *, bracketed: bool = False
+    ) -> MilterSocket:
+        """An IPv6 TCP socket: libmilter's `inet6:PORT@HOST` (`inet6:PORT@[HOST]` with
+        `bracketed`); Postfix has no inet6: scheme and takes `inet:[HOST]:PORT`."""
+        port = free_port() if port is None else port
+        spelt = f"[{host}]" if bracketed else host
+        return cls(f"inet6:{port}@{spelt}", f"inet:[{host}]:{port}", host=host, port=port)
+
+    @classmethod
     def unix(cls, path: Path) -> MilterSocket:
         """A unix socket at `path`; its directory must be enterable by user postfix
         (see `postfix_accessible_dir`) and the milter must create it writable for postfix."""
@@ -415,6 +425,12 @@ class PostfixHarness:
       (cleanup adds a missing Message-ID/Date for loopback clients); False sets it empty,
       as for mail from a remote app server.
     extra_main: more main.cf settings, applied last (tests only; keep milter ones in contrib).
+    listen_hosts: the loopback addresses the inbound smtpd listens on, all on `inbound_port`
+      (one master.cf service each); an IPv6 one (`::1`) turns on inet_protocols = all and
+      adds [::1]/128 to mynetworks. The submission service stays on 127.0.0.1.
+    config_files: more files below config_directory, {relative path: text}, written before
+      Postfix starts (e.g. Debian's Postfix reads Cyrus SASL's smtpd.conf from
+      $config_directory/sasl/ and ignores cyrus_sasl_config_path).
     """
 
     def __init__(
@@ -425,12 +441,18 @@ class PostfixHarness:
         myhostname: str = MYHOSTNAME,
         extra_main: Mapping[str, str] | None = None,
         contrib_dir: Path = CONTRIB_POSTFIX,
+        listen_hosts: Sequence[str] = ("127.0.0.1",),
+        config_files: Mapping[str, str] | None = None,
     ) -> None:
         self.milter = milter
         self.rewrite_local_headers = rewrite_local_headers
         self.myhostname = myhostname
         self.extra_main = dict(extra_main or {})
         self.contrib_dir = contrib_dir
+        if not listen_hosts:
+            raise HarnessError("listen_hosts is empty")
+        self.listen_hosts = tuple(listen_hosts)
+        self.config_files = dict(config_files or {})
         self.base_dir: Path | None = None
         self.inbound_port = 0
         self.submission_port = 0
@@ -493,6 +515,9 @@ class PostfixHarness:
             "in_flow_delay": "0s",
             "delay_warning_time": "0h",
         }
+        if any(":" in host for host in self.listen_hosts):
+            settings["inet_protocols"] = "all"
+            settings["mynetworks"] = "127.0.0.0/8 [::1]/128"
         settings.update(contrib_main_settings(self.milter, self.contrib_dir))
         if not self.rewrite_local_headers:
             settings["local_header_rewrite_clients"] = ""
@@ -500,7 +525,10 @@ class PostfixHarness:
         return settings
 
     def master_cf(self) -> str:
-        inbound = f"127.0.0.1:{self.inbound_port} inet  n  -  n  -  -  smtpd\n"
+        inbound = "".join(
+            f"{_endpoint(host, self.inbound_port)} inet  n  -  n  -  -  smtpd\n"
+            for host in self.listen_hosts
+        )
         submission = contrib_submission_service(self.contrib_dir).render(
             f"127.0.0.1:{self.submission_port}"
         )
@@ -599,6 +627,10 @@ class PostfixHarness:
         return self._master_pid
 
     def _write_config(self) -> None:
+        for relative, text in self.config_files.items():
+            extra = self.config_dir / relative
+            extra.parent.mkdir(parents=True, exist_ok=True)
+            extra.write_text(text)
         main_cf = "".join(f"{k} = {v}\n" for k, v in self.main_settings().items())
         for name, text in (("main.cf", main_cf), ("master.cf", self.master_cf())):
             path = self.config_dir / name
@@ -655,7 +687,8 @@ class PostfixHarness:
         the value of that master.cf service's -o `name` instead."""
         if service is not None:
             port = {"inbound": self.inbound_port, "submission": self.submission_port}[service]
-            args = ["-h", "-P", f"127.0.0.1:{port}/inet/{name}"]
+            host = self.listen_hosts[0] if service == "inbound" else "127.0.0.1"
+            args = ["-h", "-P", f"{_endpoint(host, port)}/inet/{name}"]
         else:
             args = ["-xh" if expand else "-h", name]
         result = subprocess.run(
@@ -682,8 +715,9 @@ class PostfixHarness:
         rcpts: Sequence[str],
         port: int | None = None,
         timeout: float = 30.0,
+        host: str = "127.0.0.1",
     ) -> str:
-        """Submit `raw` over SMTP to 127.0.0.1:`port` (default: the inbound port).
+        """Submit `raw` over SMTP to `host`:`port` (default: the inbound port).
 
         Line endings are sent as CRLF. Returns Postfix's queue id. Rejections raise
         smtplib's exceptions (e.g. SMTPDataError for a milter's tempfail/reject).
@@ -691,7 +725,7 @@ class PostfixHarness:
         data = normalize_crlf(raw)
         options = ["BODY=8BITMIME"] if any(b > 0x7F for b in data) else []
         with smtplib.SMTP(
-            "127.0.0.1",
+            host,
             port or self.inbound_port,
             # Without it smtplib calls socket.getfqdn(), a DNS lookup.
             local_hostname="client.casethread.test",
@@ -781,6 +815,11 @@ class PostfixHarness:
             capture_output=True, text=True, timeout=30, check=False,
         )
         return (result.stdout + result.stderr).strip()
+
+
+def _endpoint(host: str, port: int) -> str:
+    """HOST:PORT as master.cf and postconf -P spell it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def port_listening(port: int) -> bool:
