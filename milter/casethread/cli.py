@@ -66,7 +66,7 @@ SERVE_EPILOG = """\
 examples:
   casethread serve --config /etc/casethread/casethread.yaml
   casethread serve --socket unix:/var/spool/postfix/casethread/casethread.sock
-  casethread serve --socket inet6:8894@[::1] --index /var/lib/casethread
+  casethread serve --socket inet6:8894@::1 --index /var/lib/casethread
 
 Logs one line per message to stderr (or syslog: milter.log_target). SIGUSR1 re-reads the
 configuration; SIGTERM, SIGINT and SIGHUP stop it after the messages under way finish.

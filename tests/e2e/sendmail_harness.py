@@ -193,6 +193,7 @@ mount -t tmpfs -o size=1m,mode=0755 tmpfs "$1"
 mkdir "$1/upper" "$1/work"
 mount -t overlay overlay -o "lowerdir=/dev,upperdir=$1/upper,workdir=$1/work" /dev
 ln -s "$2" /dev/log
+if [ -n "${CASETHREAD_SASL_DIR:-}" ]; then mount --bind "$CASETHREAD_SASL_DIR" /usr/lib/sasl2; fi
 shift 2
 exec "$@"
 """
@@ -240,17 +241,26 @@ class SendmailHarness:
     submission daemon (Name=ORIGINATING), relaying everything to an aiosmtpd receiver.
     `filter_flags` replaces the snippet's F= flag (see contrib_mc). `mc_before`/`mc_after`:
     sendmail.mc lines put before/after the snippet, e.g. another INPUT_MAIL_FILTER (Sendmail
-    calls filters in the order they are declared)."""
+    calls filters in the order they are declared).
+
+    `sasl_dir`: a directory holding Cyrus SASL's Sendmail.conf (and the sasldb it names),
+    for SMTP AUTH. Sendmail gives libsasl2 no configuration path and clears its environment
+    (so SASL_CONF_PATH is not seen): libsasl2 reads Sendmail.conf from its built-in search
+    path, /etc/sasl2:/etc/sasl:/usr/lib/<multiarch>/sasl2:/usr/lib/sasl2. The daemon's own
+    mount namespace gets `sasl_dir` bind-mounted over /usr/lib/sasl2 (nothing of the machine
+    changes), so Sendmail.conf must name the sasldb by that path: /usr/lib/sasl2/sasldb2.
+    Sendmail checks that file's safety: root's, not group- or world-writable."""
 
     def __init__(
         self, milter: MilterSocket, install: SendmailInstall, filter_flags: str | None = None,
-        *, mc_before: str = "", mc_after: str = "",
+        *, mc_before: str = "", mc_after: str = "", sasl_dir: Path | None = None,
     ) -> None:
         self.milter = milter
         self.install = install
         self.filter_flags = filter_flags
         self.mc_before = mc_before
         self.mc_after = mc_after
+        self.sasl_dir = sasl_dir
         self.base_dir: Path | None = None
         self.inbound_port = 0
         self.submission_port = 0
@@ -313,9 +323,19 @@ class SendmailHarness:
             # -X writes every SMTP exchange (both directions, with the message) to a file.
             "-X", str(self._path("trace.log")),
         ]
+        env = self.install.env()
+        if self.sasl_dir is not None:
+            for shadowing in ("/etc/sasl2/Sendmail.conf", "/etc/sasl/Sendmail.conf"):
+                if os.path.exists(shadowing):
+                    raise HarnessError(f"{shadowing} exists and comes first in libsasl2's "
+                                       "search path: the private Sendmail.conf would be ignored")
+            if not os.path.isdir("/usr/lib/sasl2"):
+                raise HarnessError("/usr/lib/sasl2 is missing (package libsasl2-2): there is "
+                                   "nothing to mount the private SASL directory on")
+            env["CASETHREAD_SASL_DIR"] = str(self.sasl_dir)
         with open(self._path("sendmail.out"), "wb") as out:
             self._proc = subprocess.Popen(
-                argv, env=self.install.env(), stdin=subprocess.DEVNULL, stdout=out,
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT

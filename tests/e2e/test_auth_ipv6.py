@@ -1,11 +1,13 @@
-"""Direction from what Postfix vouches for, end to end: a real SMTP AUTH login (Cyrus SASL,
-sasldb) and IPv6 clients, with the real `casethread serve`.
+"""Direction from what the MTA vouches for, end to end: a real SMTP AUTH login (Cyrus SASL,
+sasldb) and IPv6 clients, with the real `casethread serve`, behind Postfix and Sendmail.
 
 The SASL login is on the plain inbound smtpd (no ORIGINATING daemon name), so only
 `{auth_authen}` (sent at MAIL FROM by Postfix's default milter_mail_macros, and by
 contrib/postfix/main.cf's list) can make the agent's mail outbound. The IPv6 tests run
 casethread on an inet6 socket on ::1 and send over ::1 and 127.0.0.1 to the same Postfix, with
-`outbound.client_networks` in IPv6 and IPv4-mapped spelling.
+`outbound.client_networks` in IPv6 and IPv4-mapped spelling. Both MTAs hand casethread an
+IPv6 client as AF_INET6 ('::1') at connect; a client on an IPv4-mapped socket reaches it as
+AF_INET.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import re
 import shutil
 import smtplib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -31,9 +35,12 @@ from .harness import (
     casethread_serve_argv,
     contrib_main_settings,
     find_sbin,
+    free_port,
     normalize_crlf,
+    port_listening,
     postfix_accessible_dir,
 )
+from .sendmail_harness import SendmailHarness, SendmailInstall, ensure_sendmail
 from .test_casethread import AGENT, CUSTOMER, SUPPORT, agent_mail, reply, token_of
 
 REALM = "helpdesk.example"
@@ -56,14 +63,25 @@ def log_of(log_path: str) -> str:
     return Path(log_path).read_text(errors="replace")
 
 
+class MTA(Protocol):
+    """What `send` needs of PostfixHarness and SendmailHarness."""
+
+    inbound_port: int
+
+    @property
+    def received(self) -> list[ReceivedMessage]: ...
+
+    def wait_for(self, count: int, timeout: float = ...) -> list[ReceivedMessage]: ...
+
+
 def send(
-    postfix: PostfixHarness, raw: bytes, mail_from: str, rcpt: str, *,
-    host: str = "127.0.0.1", login: tuple[str, str] | None = None,
+    mta: MTA, raw: bytes, mail_from: str, rcpt: str, *, host: str = "127.0.0.1",
+    port: int | None = None, login: tuple[str, str] | None = None,
 ) -> ReceivedMessage:
-    """Send over SMTP to the inbound smtpd at `host`, with AUTH PLAIN first when `login` is
-    given; return what the receiver got."""
-    before = len(postfix.received)
-    with smtplib.SMTP(host, postfix.inbound_port, local_hostname="client.casethread.test",
+    """Send over SMTP to the plain (inbound) service at `host` (or `port`), with AUTH PLAIN
+    first when `login` is given; return what the receiver got."""
+    before = len(mta.received)
+    with smtplib.SMTP(host, port or mta.inbound_port, local_hostname="client.casethread.test",
                       timeout=30) as smtp:
         smtp.ehlo()
         if login is not None:
@@ -71,9 +89,9 @@ def send(
             user, password = login
             token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
             code, resp = smtp.docmd("AUTH", f"PLAIN {token}")
-            assert code == 235, (code, resp, postfix.maillog_tail())
+            assert code == 235, (code, resp)
         smtp.sendmail(mail_from, [rcpt], normalize_crlf(raw))
-    return postfix.wait_for(before + 1)[before]
+    return mta.wait_for(before + 1)[before]
 
 
 # --------------------------------------------------------------------------- SASL
@@ -85,20 +103,11 @@ def sasl_postfix(
 ) -> Iterator[PostfixHarness]:
     """A private Postfix whose smtpds offer AUTH PLAIN (Cyrus SASL, a private sasldb holding
     dana@helpdesk.example), without TLS on loopback."""
-    saslpasswd2 = find_sbin("saslpasswd2")
-    if saslpasswd2 is None:
-        pytest.fail("saslpasswd2 is missing: apt-get install sasl2-bin libsasl2-modules "
-                    "(make test installs them)", pytrace=False)
-    for module, package in (("libplain", "libsasl2-modules"), ("libsasldb", "libsasl2-modules-db")):
-        if not [*Path("/usr/lib").glob(f"*/sasl2/{module}.so*"),
-                *Path("/usr/lib/sasl2").glob(f"{module}.so*")]:
-            pytest.fail(f"Cyrus SASL's {module} module is missing: apt-get install {package}",
-                        pytrace=False)
+    saslpasswd2 = sasl_tools()
     db_dir = postfix_accessible_dir("casethread-sasl-")
     try:
         sasldb = db_dir / "sasldb2"
-        subprocess.run([saslpasswd2, "-f", str(sasldb), "-c", "-p", "-u", REALM, LOGIN],
-                       input=PASSWORD.encode(), capture_output=True, timeout=30, check=True)
+        make_sasldb(saslpasswd2, sasldb)
         # smtpd runs as user postfix and reads the sasldb for every login.
         os.chown(sasldb, 0, pwd.getpwnam("postfix").pw_gid)
         sasldb.chmod(0o640)
@@ -118,6 +127,27 @@ def sasl_postfix(
         )
     finally:
         shutil.rmtree(db_dir, ignore_errors=True)
+
+
+def sasl_tools() -> str:
+    """saslpasswd2, once the Cyrus SASL modules a PLAIN login against a sasldb needs are
+    there too (fails the test otherwise)."""
+    saslpasswd2 = find_sbin("saslpasswd2")
+    if saslpasswd2 is None:
+        pytest.fail("saslpasswd2 is missing: apt-get install sasl2-bin libsasl2-modules "
+                    "(make test installs them)", pytrace=False)
+    for module, package in (("libplain", "libsasl2-modules"), ("libsasldb", "libsasl2-modules-db")):
+        if not [*Path("/usr/lib").glob(f"*/sasl2/{module}.so*"),
+                *Path("/usr/lib/sasl2").glob(f"{module}.so*")]:
+            pytest.fail(f"Cyrus SASL's {module} module is missing: apt-get install {package}",
+                        pytrace=False)
+    return saslpasswd2
+
+
+def make_sasldb(saslpasswd2: str, sasldb: Path) -> None:
+    """A sasldb holding LOGIN@REALM with PASSWORD."""
+    subprocess.run([saslpasswd2, "-f", str(sasldb), "-c", "-p", "-u", REALM, LOGIN],
+                   input=PASSWORD.encode(), capture_output=True, timeout=30, check=True)
 
 
 def test_postfix_sends_auth_authen_by_default_and_contrib_keeps_it() -> None:
@@ -214,3 +244,92 @@ def test_ipv6_milter_socket_and_clients(
         "outbound", "other", "inbound"], log_of(log)
     # Postfix saw the IPv6 client as such (named as /etc/hosts names ::1, or "unknown").
     assert re.search(r"connect from [\w.-]+\[::1\]", postfix.maillog()), postfix.maillog_tail()
+
+
+# --------------------------------------------------------------------------- Sendmail
+
+
+@pytest.fixture(scope="session")
+def sendmail_install() -> SendmailInstall:
+    """Debian's Sendmail unpacked by contrib/sendmail/unpack-sendmail.sh (fails, never
+    skips, when that cannot be done)."""
+    return ensure_sendmail()
+
+
+def test_sendmail_sasl_login_makes_mail_outbound_on_the_mta_daemon(
+    sendmail_install: SendmailInstall, milter_factory: MilterFactory, tmp_path: Path,
+) -> None:
+    """contrib/sendmail/casethread.mc's macro lists pass {auth_authen}: an AUTH PLAIN login on
+    the plain daemon (Name=MTA) makes the agent's mail outbound, the same mail without it not."""
+    saslpasswd2 = sasl_tools()
+    sasl_dir = tmp_path / "sasl"
+    sasl_dir.mkdir(mode=0o755)
+    sasl_dir.chmod(0o755)
+    make_sasldb(saslpasswd2, sasl_dir / "sasldb2")
+    (sasl_dir / "sasldb2").chmod(0o600)
+    (sasl_dir / "Sendmail.conf").write_text(
+        "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN\n"
+        "sasldb_path: /usr/lib/sasl2/sasldb2\n")
+    sock = MilterSocket.inet()
+    log = start_casethread(milter_factory, sock, tmp_path, "outbound:", "  authenticated: true")
+    mc = "define(`confAUTH_MECHANISMS', `PLAIN')dnl\n"
+    with SendmailHarness(sock, sendmail_install, mc_before=mc, sasl_dir=sasl_dir) as sendmail:
+        out = send(sendmail, agent_mail(), AGENT, CUSTOMER, login=(f"{LOGIN}@{REALM}", PASSWORD))
+        assert out.header("X-Case-ID") == "C-000001", (log_of(log), sendmail.diagnostics())
+        assert (out.header("Subject") or "").startswith("Your printer [ref:")
+        plain = send(sendmail, agent_mail(), AGENT, CUSTOMER)
+        assert plain.header("X-Case-ID") is None, log_of(log)
+        assert plain.header("Subject") == "Your printer"
+        assert f"authid={LOGIN}@{REALM}, mech=PLAIN" in sendmail.maillog()
+    directions = [line.split("direction=")[1].split()[0]
+                  for line in log_of(log).splitlines() if "direction=" in line]
+    assert directions == ["outbound", "other"], log_of(log)
+
+
+def test_sendmail_ipv6_daemon_and_milter_socket(
+    sendmail_install: SendmailInstall, milter_factory: MilterFactory, tmp_path: Path,
+) -> None:
+    """casethread on inet6:PORT@::1 (Sendmail's S= takes libmilter's spelling), a daemon on
+    ::1 beside the IPv4 one: outbound.client_networks [::1/128] makes the IPv6 client's mail
+    outbound, the IPv4 client's not."""
+    sock = MilterSocket.inet6()
+    log = start_casethread(milter_factory, sock, tmp_path,
+                           "outbound:", "  client_networks: ['::1/128']")
+    port6 = free_port()
+    mc = f"DAEMON_OPTIONS(`Family=inet6, Name=MTA-v6, Port={port6}, Addr=::1')dnl\n"
+    with SendmailHarness(sock, sendmail_install, mc_before=mc) as sendmail:
+        wait_listening(port6)
+        out = send(sendmail, agent_mail(), AGENT, CUSTOMER, host="::1", port=port6)
+        assert out.header("X-Case-ID") == "C-000001", (log_of(log), sendmail.diagnostics())
+        other = send(sendmail, agent_mail(subject="Not ours"), AGENT, CUSTOMER)
+        assert other.header("X-Case-ID") is None, log_of(log)
+        token = token_of(out)
+        got = send(sendmail, reply([], subject=f"Re: Your printer [ref:{token}]"), CUSTOMER,
+                   SUPPORT)
+        assert got.get_all("X-Case-ID") == ["C-000001"], log_of(log)
+        assert "daemon=MTA-v6, relay=[IPv6:0:0:0:0:0:0:0:1]" in sendmail.maillog()
+    directions = [line.split("direction=")[1].split()[0]
+                  for line in log_of(log).splitlines() if "direction=" in line]
+    assert directions == ["outbound", "other", "inbound"], log_of(log)
+
+
+def test_sendmail_cannot_reach_a_bracketed_inet6_milter_socket(
+    sendmail_install: SendmailInstall, milter_factory: MilterFactory, tmp_path: Path,
+) -> None:
+    """What contrib/sendmail/casethread.mc warns of: casethread listens on inet6:PORT@[::1],
+    but Sendmail 8.17 given S=inet6:PORT@[::1] cannot connect, and with F=T refuses mail."""
+    sock = MilterSocket.inet6(bracketed=True)
+    log = start_casethread(milter_factory, sock, tmp_path)
+    with SendmailHarness(sock, sendmail_install) as sendmail:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            send(sendmail, agent_mail(), AGENT, CUSTOMER)
+        assert refused.value.smtp_code == 451
+        assert "error connecting to filter: Invalid argument" in sendmail.maillog()
+    assert "direction=" not in log_of(log)
+
+
+def wait_listening(port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_listening(port):
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        time.sleep(0.01)
