@@ -9,6 +9,7 @@ main thread can take the signals: SIGUSR1 reloads, a stop signal drains before l
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -51,7 +52,8 @@ def _inet_address(spec: str) -> tuple[socket.AddressFamily, str, int] | None:
         return None
     port, _, host = rest.partition("@")
     family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
-    return family, host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else 0
+    wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return family, host.strip("[]") or wildcard, int(port) if port.isdigit() else 0
 
 
 def _inet_port(spec: str) -> int | None:
@@ -81,7 +83,8 @@ def _socket_problem(spec: str) -> str:
 
 
 def _claim_unix_socket(spec: str, path: str) -> None:
-    """Refuse a unix socket another process listens on; remove one nobody listens on.
+    """Refuse a unix socket another process listens on, or one in a missing directory; remove
+    one nobody listens on.
 
     libmilter's own `rmsocket` unlinks whatever is there: a second `serve` (an admin's test
     run) would silently take the running milter's socket, and that one, still running, is
@@ -93,6 +96,9 @@ def _claim_unix_socket(spec: str, path: str) -> None:
         try:
             probe.connect(path)
         except FileNotFoundError:
+            directory = os.path.dirname(path) or "."
+            if not os.path.isdir(directory):  # refused before the index, as a live socket
+                raise OSError(f"cannot listen on {spec}: no directory {directory}") from None
             return
         except ConnectionRefusedError:  # a stale socket (its milter died), or not a socket
             if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -104,6 +110,25 @@ def _claim_unix_socket(spec: str, path: str) -> None:
                           f"listens on {path}: {exc.strerror or exc}") from None
     raise OSError(f"cannot listen on {spec}: another milter listens on {path}; stop it first "
                   "or give this one another milter.socket")
+
+
+def _claim_inet_port(spec: str) -> None:
+    """Refuse a TCP port another process listens on (a second `serve` on the running milter's
+    socket) before the index is opened, as for a unix socket: a refused start then leaves no
+    new index or key behind. The probe binds as libmilter does (SO_REUSEADDR), so only a live
+    listener fails it; any other failure is left to libmilter's bind, which _socket_problem
+    explains."""
+    address = _inet_address(spec)
+    if address is None or not address[2]:
+        return
+    family, host, port = address
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(f"cannot listen on {spec}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -344,9 +369,11 @@ def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int
 def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wakeups) -> int:
     spec = settings.milter.socket
     path = unix_socket_path(spec)
+    # Before the index: a second serve refused here leaves no new index or key behind.
     if path:
-        # Before the index: a second serve refused here leaves no new index or key behind.
         _claim_unix_socket(spec, path)
+    else:
+        _claim_inet_port(spec)
     index = open_index(settings)
     metrics: Metrics | None = None
     inflight = InFlight()

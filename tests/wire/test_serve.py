@@ -792,13 +792,17 @@ def test_a_body_that_cannot_be_spooled_still_loses_forged_fields(
     assert "Traceback" not in proc.log()
 
 
-@pytest.mark.parametrize("where", ["port-taken", "no-directory"])
+@pytest.mark.parametrize("where", ["port-taken", "ipv6-port-taken", "no-directory"])
 def test_a_socket_it_cannot_listen_on_is_one_line_and_exit_1(tmp_path: Path, where: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
+    ipv6 = where == "ipv6-port-taken"
+    with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("::1" if ipv6 else "127.0.0.1", 0))
         holder.listen(1)
+        port = holder.getsockname()[1]
         if where == "port-taken":
-            spec, reason = f"inet:{holder.getsockname()[1]}@127.0.0.1", "Address already in use"
+            spec, reason = f"inet:{port}@127.0.0.1", "Address already in use"
+        elif ipv6:
+            spec, reason = f"inet6:{port}@::1", "Address already in use"
         else:
             spec, reason = f"unix:{tmp_path / 'missing' / 'x.sock'}", "no directory"
         proc = subprocess.run(
@@ -809,6 +813,9 @@ def test_a_socket_it_cannot_listen_on_is_one_line_and_exit_1(tmp_path: Path, whe
     assert "Traceback" not in proc.stderr
     assert any(line.startswith(f"casethread: cannot listen on {spec}: {reason}")
                for line in proc.stderr.splitlines()), proc.stderr
+    # Refused before it opened the index: no new index or key (a second serve on the running
+    # milter's port is the usual case).
+    assert not (tmp_path / "index").exists()
 
 
 def test_a_lost_index_key_beside_cases_is_one_line_and_exit_1(tmp_path: Path) -> None:
