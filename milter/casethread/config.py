@@ -108,6 +108,7 @@ def _non_empty(value: str) -> str:
 
 
 def _domain(value: str) -> str:
+    value = ascii_domain(value)  # an internationalised domain as its A-label (RFC 5322 msg-id)
     if not is_plain_domain(value):
         raise _Invalid(f"{value!r} is not a domain name (letters, digits, hyphens and dots)")
     return value

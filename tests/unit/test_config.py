@@ -664,6 +664,23 @@ def test_inbound_addresses_are_lower_cased_and_checked(tmp_path: Path) -> None:
     )
 
 
+def test_an_internationalised_message_id_or_anchor_domain_is_taken_as_its_a_label(
+        tmp_path: Path) -> None:
+    """A Message-ID (and our case anchor) is ASCII on the wire (RFC 5322 msg-id), as a From
+    domain's is: a U-label in the configuration is written as its A-label, not refused."""
+    settings = load(
+        tmp_path,
+        """
+        outbound:
+          message_id_domain: Müller.example
+        tokens:
+          anchor_domain: bücher.example
+        """,
+    )
+    assert settings.outbound.message_id_domain == "xn--mller-kva.example"
+    assert settings.tokens.anchor_domain == "xn--bcher-kva.example"
+
+
 @pytest.mark.parametrize(
     ("address", "fragment"),
     [
