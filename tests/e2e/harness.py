@@ -431,6 +431,9 @@ class PostfixHarness:
     config_files: more files below config_directory, {relative path: text}, written before
       Postfix starts (e.g. Debian's Postfix reads Cyrus SASL's smtpd.conf from
       $config_directory/sasl/ and ignores cyrus_sasl_config_path).
+    The receiver announces SMTPUTF8 (aiosmtpd's default): Postfix relays SMTPUTF8 mail with
+      UTF-8 addresses or header fields to it (to a next hop without it, Postfix bounces
+      such mail, 5.6.7 "SMTPUTF8 is required, but was not offered").
     """
 
     def __init__(
@@ -716,14 +719,18 @@ class PostfixHarness:
         port: int | None = None,
         timeout: float = 30.0,
         host: str = "127.0.0.1",
+        smtputf8: bool = False,
     ) -> str:
         """Submit `raw` over SMTP to `host`:`port` (default: the inbound port).
 
         Line endings are sent as CRLF. Returns Postfix's queue id. Rejections raise
         smtplib's exceptions (e.g. SMTPDataError for a milter's tempfail/reject).
+        smtputf8: `MAIL FROM:<...> SMTPUTF8` (RFC 6531), for UTF-8 addresses and header fields.
         """
         data = normalize_crlf(raw)
         options = ["BODY=8BITMIME"] if any(b > 0x7F for b in data) else []
+        if smtputf8:
+            options.append("SMTPUTF8")
         with smtplib.SMTP(
             host,
             port or self.inbound_port,

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from casethread.core import addresses, mime, stamp, token
-from casethread.core.addresses import first_address, header_addresses
+from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.settings import Settings
 from casethread.engine import Engine
@@ -25,12 +25,13 @@ from casethread.index import MemoryIndex
 
 
 def stdlib_addresses(values: list[str]) -> list[str]:
-    """What `header_addresses` promises: the stdlib's reading, lower-cased, with an "@"."""
+    """What `header_addresses` promises: the stdlib's reading, lower-cased, with an "@", an
+    internationalised domain as its A-label."""
     found = []
     for _name, addr in getaddresses([unfold(v) for v in values]):
         addr = addr.strip().lower()
         if "@" in addr:
-            found.append(addr)
+            found.append(ascii_address(addr))
     return found
 
 

@@ -76,7 +76,10 @@ _cached_simple_addresses = functools.lru_cache(maxsize=1024)(_read_simple_addres
 
 
 def header_addresses(values: list[str]) -> list[str]:
-    """Lower-cased addr-specs found in address fields (From, To, Cc); garbage is skipped."""
+    """Lower-cased addr-specs found in address fields (From, To, Cc); garbage is skipped. An
+    internationalised domain becomes its A-label, as in `envelope_address`: one person writes
+    `jörg@müller.example` in one mail and `jörg@xn--mller-kva.example` in another (RFC 6532
+    mail carries either), and a case participant is one address whichever form recorded it."""
     found = []
     unfolded = [unfold(v) for v in values]
     for value in unfolded:
@@ -92,8 +95,23 @@ def header_addresses(values: list[str]) -> list[str]:
     for _name, addr in getaddresses(unfolded):
         addr = addr.strip().lower()
         if "@" in addr:
-            found.append(addr)
+            found.append(addr if addr.isascii() else ascii_address(addr))
     return found
+
+
+def unicode_address(address: str) -> str | None:
+    """`address` with its A-labels as U-labels (`jörg@xn--mller-kva.example` ->
+    `jörg@müller.example`), or None when that is the same text or cannot be made: the form
+    under which earlier versions recorded a participant whose mail spelled the domain that way
+    (they kept header addresses as written), still looked up."""
+    local, at, domain = address.rpartition("@")
+    if not at or "xn--" not in domain:
+        return None
+    try:
+        unicode = domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        return None
+    return f"{local}@{unicode}" if unicode != domain else None
 
 
 def first_address(value: str) -> str:

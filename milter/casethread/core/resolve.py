@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from . import autoreply, bodytext, mime, msgid, subject, thread_index
-from .addresses import AddressMatcher, envelope_address, header_addresses
+from .addresses import AddressMatcher, envelope_address, header_addresses, unicode_address
 from .frozen import frozen
 from .lazy import lazy
 from .message import Message, unfold
@@ -174,15 +174,24 @@ class Evidence:
         # Our support address is on every case's mail: anyone can forge it as From.
         if self.sender is None or self._resolver.is_ours(self.sender):
             return False
-        key = participant_key(case_id, self.sender)
-        return self.reader.find(AliasKind.PARTICIPANT, key) is not None
+        return self._participant(case_id, self.sender)
 
     def to_participant_of(self, case_id: str) -> bool:
         """Whether outbound mail goes to a participant of the case (its recipients are the
         customers)."""
-        return any(self.reader.find(AliasKind.PARTICIPANT, participant_key(case_id, a))
-                   is not None
+        return any(self._participant(case_id, a)
                    for a in self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS])
+
+    def _participant(self, case_id: str, address: str) -> bool:
+        """Whether `address` (an internationalised domain as its A-label) is a participant of
+        the case; also under its U-label form, as earlier versions recorded a header address
+        that spelled its domain so."""
+        find = self.reader.find
+        if find(AliasKind.PARTICIPANT, participant_key(case_id, address)) is not None:
+            return True
+        legacy = unicode_address(address)
+        return (legacy is not None
+                and find(AliasKind.PARTICIPANT, participant_key(case_id, legacy)) is not None)
 
     @property
     def log_notes(self) -> tuple[str, ...]:
