@@ -345,11 +345,13 @@ def test_garbage_never_raises(fields: list[tuple[str, str]], mail_from: str) -> 
     assert (reason == "") == (kind == "no")
 
 
-def delivery_report(*actions: str, with_status_part: bool = True) -> Message:
+def delivery_report(*actions: str, with_status_part: bool = True,
+                    report_type: str = "delivery-status") -> Message:
     per_recipient = "".join(
         f"\nFinal-Recipient: rfc822; r{i}@customer.example\nAction: {a}\nStatus: 4.4.1\n"
         for i, a in enumerate(actions))
-    status = ("--B\nContent-Type: message/delivery-status\n\n"
+    part_type = "message/" + report_type  # message/global-delivery-status: RFC 6533
+    status = (f"--B\nContent-Type: {part_type}\n\n"
               f"Reporting-MTA: dns; mx.example\n{per_recipient}" if with_status_part else "")
     body = f"--B\nContent-Type: text/plain\n\nA note.\n{status}--B--\n".encode()
     return Message(
@@ -357,7 +359,7 @@ def delivery_report(*actions: str, with_status_part: bool = True) -> Message:
         tuple(Header(n, v) for n, v in (
             ("From", "MAILER-DAEMON@mx.example (Mail Delivery System)"),
             ("Subject", "Delayed Mail (still being retried)"),
-            ("Content-Type", "multipart/report; report-type=delivery-status; boundary=B"))),
+            ("Content-Type", f"multipart/report; report-type={report_type}; boundary=B"))),
         body)
 
 
@@ -375,6 +377,20 @@ def test_a_delivery_report_is_a_bounce_only_when_something_failed(
 ) -> None:
     assert classify_auto_detail(delivery_report(*actions)) == expected
     assert autoreply.reads_body(delivery_report(*actions))
+
+
+@pytest.mark.parametrize(("actions", "expected"), [
+    (("failed",), ("bounce", "delivery-status")),
+    (("delayed",), ("auto-generated", "delivery-status-delayed")),
+])
+def test_an_smtputf8_delivery_report_reads_as_one(
+    actions: tuple[str, ...], expected: tuple[str, str]
+) -> None:
+    """RFC 6533's report-type for SMTPUTF8 mail, with its message/global-delivery-status part:
+    a delay warning is no bounce there either."""
+    report = delivery_report(*actions, report_type="global-delivery-status")
+    assert classify_auto_detail(report) == expected
+    assert autoreply.reads_body(report)
 
 
 def test_a_delivery_report_without_its_status_part_is_a_bounce() -> None:

@@ -113,6 +113,9 @@ _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
 _MAILTO = re.compile(r"<mailto:([^>?\s]+)", re.I)
 _LIST_ID = re.compile(r"<([^<>\s]+)>")
 _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+# A DSN's multipart/report: RFC 3464's, or RFC 6533's for SMTPUTF8 mail where the MTA names it
+# so (Postfix 3.7 keeps `delivery-status` and only the parts are `message/global-*`).
+_DSN_REPORT_TYPES = frozenset({"delivery-status", "global-delivery-status"})
 _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -171,7 +174,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     report_type = _report_type(msg)
 
     # 1. bounce
-    if report_type == "delivery-status":
+    if report_type in _DSN_REPORT_TYPES:
         actions = _delivery_actions(msg, tree() if tree is not None else None)
         if actions and actions <= _NOT_FAILED:
             # A delay warning or a success notice: machine mail, but nothing bounced.
@@ -379,7 +382,7 @@ def _report_type(msg: Message) -> str | None:
 
 def reads_body(msg: Message) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields."""
-    return _report_type(msg) == "delivery-status"
+    return _report_type(msg) in _DSN_REPORT_TYPES
 
 
 def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
