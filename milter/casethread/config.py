@@ -194,8 +194,11 @@ _SUN_PATH_MAX = 106
 
 
 def _milter_socket(value: str) -> str:
+    """The socket spec with its family in lower case (`UNIX:/run/x.sock` -> `unix:...`): serve
+    tells the families apart as libmilter writes them."""
     family, sep, rest = value.partition(":")
     family = family.lower()
+    value = f"{family}{sep}{rest}"
     if not sep or family not in ("inet", "inet6", "unix", "local"):
         raise _Invalid(
             f"{value!r} is not a milter socket "

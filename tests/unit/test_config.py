@@ -509,6 +509,17 @@ def test_milter_socket_valid(tmp_path: Path, socket: str) -> None:
     assert load(tmp_path, f"milter:\n  socket: '{socket}'\n").milter.socket == socket
 
 
+@pytest.mark.parametrize(("written", "kept"), [
+    ("UNIX:/run/casethread/milter.sock", "unix:/run/casethread/milter.sock"),
+    ("Inet:8894@127.0.0.1", "inet:8894@127.0.0.1"),
+])
+def test_milter_socket_family_is_kept_in_lower_case(tmp_path: Path, written: str,
+                                                    kept: str) -> None:
+    """serve's checks (a live unix socket, a busy port, the socket's group) read the family
+    as libmilter writes it: an upper-case one passed them by."""
+    assert load(tmp_path, f"milter:\n  socket: '{written}'\n").milter.socket == kept
+
+
 @pytest.mark.parametrize(
     ("socket", "fragment"),
     [

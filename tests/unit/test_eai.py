@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from casethread.core import resolve
+from casethread.core import addresses, resolve
 from casethread.core.addresses import header_addresses, unicode_address
 from casethread.core.message import unfold
 from casethread.core.model import AliasKind
@@ -74,3 +74,19 @@ def test_a_participant_recorded_in_u_label_form_by_an_earlier_version_stays_know
     assert harness.index.find(AliasKind.PARTICIPANT, key) is not None
     r = harness.inbound(("From", ZOE_A), SUPPORT, ("In-Reply-To", "<z1@example.org>"))
     assert r.one("X-Case-Sender") == "known"
+
+
+def test_an_overlong_internationalised_domain_is_not_given_to_the_codec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python's IDNA codec takes time quadratic in a label's length before it refuses one over
+    63 octets: a domain longer than any domain can be is left as written, uncoded."""
+    coded: list[str] = []
+    real = addresses._a_label
+    monkeypatch.setattr(addresses, "_a_label", lambda d: coded.append(d) or real(d))
+    label = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 4000))
+    found = addresses.header_addresses([f"x <a@{label}.example>"])
+    assert found == [f"a@{label}.example"] and coded == []
+    assert addresses.unicode_address("a@xn--" + "a" * 300 + ".example") is None
+    assert addresses.header_addresses(["x <a@bücher.example>"]) == ["a@xn--bcher-kva.example"]
+    assert coded == ["bücher.example"]
