@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import TracebackType
 
 import Milter
@@ -232,8 +232,13 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
         # The sockets and the index are bound at start-up: they change only with a restart.
         bound = ("socket", "socket_mode", "socket_group", "metrics_listen")
         kept = {name: getattr(old.milter, name) for name in bound}
-        if new.index != old.index or any(getattr(new.milter, n) != v for n, v in kept.items()):
-            log.warning("reload: index, socket and metrics settings change only with a restart")
+        waiting = [f"index.{f.name}" for f in fields(old.index)
+                   if getattr(new.index, f.name) != getattr(old.index, f.name)]
+        waiting += [f"milter.{name}" for name, value in kept.items()
+                    if getattr(new.milter, name) != value]
+        if waiting:
+            log.warning("reload: %s change(s) only with a restart; running with the value(s) "
+                        "it started with", ", ".join(waiting))
         new = replace(new, index=old.index, milter=replace(new.milter, **kept))
         engine = _engine(new, index)
     except Exception as exc:  # a bad edit must not take the running milter down

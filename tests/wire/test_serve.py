@@ -565,6 +565,20 @@ def test_a_reload_refuses_an_empty_file_and_warns_of_no_support_address(
     assert status == 0, proc.log()
 
 
+def test_a_reload_names_the_settings_that_wait_for_a_restart(milters: MilterStarter) -> None:
+    proc = milters.start(CONFIG, name="restart-only")
+    assert proc.config is not None
+    proc.config.write_text(CONFIG.replace("  timeout: 30\n", "  timeout: 30\n  socket_mode: 0600\n")
+                           .replace("map_size: 64MiB", "map_size: 128MiB"))
+    proc.proc.send_signal(signal.SIGUSR1)
+    log = wait_for_log(proc, "reloaded configuration")
+    assert ("WARNING reload: index.map_size, milter.socket_mode change(s) only with a restart; "
+            "running with the value(s) it started with") in log, log
+    assert customer_match(proc, "QWAIT1") == ["new"]
+    status, _ = proc.terminate()
+    assert status == 0, proc.log()
+
+
 def test_key_ids_are_logged_and_a_retired_keys_token_is_noted(
     milters: MilterStarter, tmp_path: Path
 ) -> None:
