@@ -16,6 +16,7 @@ LOGGER = "casethread"
 
 # The handler this module installed last, closed when it is replaced (a syslog socket).
 _installed: logging.Handler | None = None
+_installed_syslog: str | None = None  # the syslog socket `_installed` writes to, if it does
 
 # C0 controls, DEL and C1 controls.
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -88,7 +89,14 @@ def configure(
     Without a usable syslog socket the lines go to stderr, after one warning saying so: a
     milter must start (and log somewhere) even on a host without syslog.
     """
-    global _installed
+    global _installed, _installed_syslog
+    root = logging.getLogger(LOGGER)
+    if (target == "syslog" and _installed_syslog == syslog_address and _installed is not None
+            and _installed in root.handlers):
+        # A reload keeps the syslog connection: closing it while other threads write their
+        # lines through it would cost them a "Logging error" on stderr.
+        root.setLevel(level.upper())
+        return _installed
     fallback = ""
     handler: logging.Handler | None = None
     if target == "syslog":
@@ -106,13 +114,14 @@ def configure(
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    root = logging.getLogger(LOGGER)
-    if _installed is not None and _installed in root.handlers:
-        _installed.close()
-    root.handlers[:] = [handler]
+    previous = _installed if _installed is not None and _installed in root.handlers else None
+    root.handlers[:] = [handler]  # before the old one is closed: threads log on meanwhile
     root.setLevel(level.upper())
     root.propagate = False
+    if previous is not None:
+        previous.close()
     _installed = handler
+    _installed_syslog = syslog_address if isinstance(handler, SysLogHandler) else None
     if fallback:
         root.warning("%s", fallback)
     return handler

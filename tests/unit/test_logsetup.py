@@ -198,3 +198,19 @@ def test_reconfiguring_closes_the_syslog_socket(
     LOG.info("now on stderr")
     assert nothing_more(sock)
     assert "now on stderr" in capsys.readouterr().err
+
+
+def test_a_reload_keeps_the_syslog_connection(
+    fake_syslog: tuple[str, socket.socket],
+) -> None:
+    """Reconfiguring to the same syslog socket (every reload) keeps the handler: closing it
+    while other threads log through it cost them a "Logging error"; the level still changes."""
+    path, sock = fake_syslog
+    first = logsetup.configure("info", "syslog", syslog_address=path)
+    connection = first.socket  # type: ignore[attr-defined]
+    again = logsetup.configure("warning", "syslog", syslog_address=path)
+    assert again is first and connection.fileno() != -1
+    LOG.info("below the new level")
+    LOG.warning("still on syslog")
+    assert received(sock).endswith("still on syslog")
+    assert nothing_more(sock)
