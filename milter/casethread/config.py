@@ -950,11 +950,10 @@ class _Builder:
 
 
 def unix_socket_path(spec: str) -> str | None:
-    """The path of a unix `milter.socket` (`unix:`, `local:` or a bare path), else None."""
-    for prefix in ("unix:", "local:"):
-        if spec.startswith(prefix):
-            return spec[len(prefix) :]
-    return spec if spec.startswith("/") else None
+    """The path of a unix `milter.socket` (`unix:` or `local:`; `_milter_socket` keeps the
+    family in lower case), else None."""
+    family, _, path = spec.partition(":")
+    return path if family in ("unix", "local") else None
 
 
 def group_id(name: str, file: str | None = None) -> int:

@@ -171,12 +171,11 @@ class Engine:
     def process(self, msg: Message, direction: Direction | None = None,
                 found: Found | None = None) -> Decision:
         """Decide and record; raises on internal errors (the caller is the error boundary).
-        `found`: what `body_wanted` found for this inbound mail's header fields at end of
-        headers (the same fields as `msg`'s), decided on instead of resolving them again."""
+        `direction`: as `classify` gave it (None: classified here). `found`: what
+        `body_wanted` found for this inbound mail's header fields at end of headers (the same
+        fields as `msg`'s), decided on instead of resolving them again."""
         if direction is None:
             direction = self.classify(msg)
-        elif direction is Direction.OUTBOUND:  # a caller that did not `classify` it
-            direction = self._unless_redirect(msg, direction)
         refused = refusal(msg, self._names)
         if refused is not None:
             return Decision(direction, notes=("too-many-case-fields",), refused=refused)

@@ -61,14 +61,21 @@ def _inet_port(spec: str) -> int | None:
     return address[2] if address is not None and address[2] else None
 
 
+def _no_directory(path: str) -> str | None:
+    """Why a unix socket cannot be made at `path` when its directory is missing."""
+    directory = os.path.dirname(path) or "."
+    return None if os.path.isdir(directory) else f"no directory {directory}"
+
+
 def _socket_problem(spec: str) -> str:
     """Why libmilter could not listen on `spec`, found again with a plain socket."""
     path = unix_socket_path(spec)
     try:
         if path:
             directory = os.path.dirname(path) or "."
-            if not os.path.isdir(directory):
-                return f"no directory {directory}"
+            missing = _no_directory(path)
+            if missing:
+                return missing
             if not os.access(directory, os.W_OK | os.X_OK):
                 return f"directory {directory} is not writable by this user"
             return "the path exists and is not a socket, or another milter took it meanwhile"
@@ -96,9 +103,9 @@ def _claim_unix_socket(spec: str, path: str) -> None:
         try:
             probe.connect(path)
         except FileNotFoundError:
-            directory = os.path.dirname(path) or "."
-            if not os.path.isdir(directory):  # refused before the index, as a live socket
-                raise OSError(f"cannot listen on {spec}: no directory {directory}") from None
+            missing = _no_directory(path)
+            if missing:  # refused before the index is opened, as a live socket is
+                raise OSError(f"cannot listen on {spec}: {missing}") from None
             return
         except ConnectionRefusedError:  # a stale socket (its milter died), or not a socket
             if stat.S_ISSOCK(os.lstat(path).st_mode):
