@@ -90,3 +90,15 @@ def test_an_overlong_internationalised_domain_is_not_given_to_the_codec(
     assert addresses.unicode_address("a@xn--" + "a" * 300 + ".example") is None
     assert addresses.header_addresses(["x <a@bücher.example>"]) == ["a@xn--bcher-kva.example"]
     assert coded == ["bücher.example"]
+
+
+@pytest.mark.parametrize("pattern", ["support@bü*.example", "*@[bc]ücher.example",
+                                     "sup?ort@bücher.example", "*@BÜCHER.*"])
+def test_a_glob_with_a_wildcard_in_a_non_ascii_label_matches_either_spelling(
+        pattern: str) -> None:
+    # Punycode does not glob as the U-label does: `bü*` encodes to `xn--b*-xka`.
+    matcher = addresses.AddressMatcher((pattern,))
+    assert matcher.matches("support@bücher.example")
+    assert matcher.matches("<Support@xn--bcher-kva.example>")
+    assert not matcher.matches("support@bucher.example")
+    assert not matcher.matches("support@xn--mller-kva.example")

@@ -150,10 +150,15 @@ class AddressMatcher:
         self._exact: set[str] = set()
         self._domains: set[str] = set()
         self._globs: list[str] = []
+        # A wildcard inside a non-ASCII label (`*@bü*.example`) has no A-label form that globs
+        # alike: such a pattern is matched against the address's U-labels as written.
+        self._unicode_globs: list[str] = []
         for raw in patterns:
             pattern = ascii_address(raw.lower())  # glob labels pass IDNA unchanged
             if is_glob(pattern):
                 self._globs.append(pattern)
+                if not raw.isascii():
+                    self._unicode_globs.append(raw.lower())
             elif pattern.startswith("@"):
                 self._domains.add(pattern[1:])
             else:
@@ -165,4 +170,10 @@ class AddressMatcher:
             return False
         if addr in self._exact or domain_of(addr) in self._domains:
             return True
-        return any(fnmatch.fnmatchcase(addr, g) for g in self._globs)
+        if any(fnmatch.fnmatchcase(addr, g) for g in self._globs):
+            return True
+        if not self._unicode_globs:
+            return False
+        unicode = unicode_address(addr)
+        return unicode is not None and any(
+            fnmatch.fnmatchcase(unicode, g) for g in self._unicode_globs)
