@@ -222,10 +222,33 @@ def test_subject_alone_never_makes_mail_auto(subject: str) -> None:
 
 
 def test_subject_does_not_turn_other_kinds_into_auto_replied() -> None:
-    m = msg(("Subject", "Automatic reply: x"), ("Precedence", "bulk"))
+    m = msg(("Subject", "Automatic reply: x"), ("Precedence", "bulk"), ("List-Id", "<u.l.example>"))
+    assert classify_auto(m) == "bulk"
+    m = msg(("Subject", "Automatic reply: x"), ("Precedence", "list"))
     assert classify_auto(m) == "bulk"
     m = msg(("Subject", "Automatic reply: x"), ("From", "MAILER-DAEMON@x.example"))
     assert classify_auto(m) == "bounce"
+
+
+@pytest.mark.parametrize("subject", [
+    "Out of Office: Re: Printer [ref:111ABC]", "Automatic reply: Printer", "Abwesenheitsnotiz: x",
+    "=?utf-8?Q?R=C3=A9ponse_automatique_:_x?=",
+])
+def test_precedence_bulk_with_an_out_of_office_subject_is_auto_replied(subject: str) -> None:
+    """vacation(1)'s reply: its man page's example message sets `Precedence: bulk` and
+    nothing else, and a `$SUBJECT` there keeps ours (our token). No list's mail, so no
+    person's mail relayed: auto-replied, which reopens nothing (bulk that answers our mail
+    would count as a person's)."""
+    m = msg(("Subject", subject), ("Precedence", "bulk"))
+    assert classify_auto_detail(m) == ("auto-replied", "precedence-bulk+ooo-subject")
+    assert classify_auto(msg(("Subject", subject), ("X-Precedence", "bulk"))) == "auto-replied"
+
+
+def test_precedence_bulk_with_an_ordinary_subject_stays_bulk() -> None:
+    """An RT agent's reply (RT marks all its mail bulk) is a person's."""
+    m = msg(("Subject", "Re: [example.com #123] Printer [ref:111ABC]"), ("Precedence", "bulk"))
+    assert classify_auto(m) == "bulk"
+    assert classify_auto(msg(("Subject", "Re: Out of Office: x"), ("Precedence", "bulk"))) == "bulk"
 
 
 def test_list_mail_is_bulk_even_with_x_loop() -> None:

@@ -43,3 +43,19 @@ def test_a_list_marking_precedence_junk_without_list_fields(harness: Any) -> Non
                 ("X-BeenThere", "users@lists.customer.example.org"),
                 ("Precedence", "junk"), body=b"It jams again.\r\n")
     assert (r.one("X-Case-Auto"), r.one("X-Case-State")) == ("bulk", "reopened"), r.ours()
+
+
+def test_a_vacation1_reply_marked_only_precedence_bulk_does_not_reopen(harness: Any) -> None:
+    """vacation(1) sends the user's .vacation.msg, whose man-page example sets only
+    `Precedence: bulk`; `Subject: Out of Office: $SUBJECT` keeps our token. It was bulk mail
+    that answers our mail, counted as a person's: it reopened the resolved case."""
+    sent = harness.outbound(AGENT, TO_PAT, ("Subject", "Printer jam"))
+    harness.set_case(sent.case_id, state=CaseState.RESOLVED)
+    r = inbound(harness, "<pat@customer.example.org>",
+                ("From", "Pat Customer <pat@customer.example.org>"),
+                ("To", "Dana Agent <dana@support.example.com>"),
+                ("Subject", "Out of Office: " + sent.one("Subject")),
+                ("Delivered-By-The-Graces-Of", "The Vacation program"),
+                ("Precedence", "bulk"), body=b"I am on vacation until Monday.\r\n")
+    assert r.one("X-Case-ID") == sent.case_id, r.ours()
+    assert (r.one("X-Case-Auto"), r.one("X-Case-State")) == ("auto-replied", "resolved"), r.ours()

@@ -45,7 +45,10 @@ first of this order wins:
    `Precedence: junk` on mail that is no list mail is `auto-replied`, not `bulk`: it is how
    vacation(1) and its clones mark their replies (RFC 3834 §2 names it among the fields
    responders set), never how a list or a ticket system marks a person's mail, so it must
-   not count as a person's reply (`rules.is_automatic`).
+   not count as a person's reply (`rules.is_automatic`). So is `Precedence: bulk` on mail
+   that is no list mail and whose subject starts with an out-of-office phrase (below): the
+   vacation(1) man page's example message sets that field alone, and a `$SUBJECT` in the
+   message's Subject keeps our token, which made such a reply reopen its case.
 5. `no`: none of these.
 
 Decisions, each conservative because an auto kind stops a reopen or a new case:
@@ -60,8 +63,8 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
   `AutoReply` together with an out-of-office subject it is `auto-replied`.
 - Subjects. No peer relies on a subject alone (Zammad only uses "vacation" together with
   `Auto-Submitted: auto-replied`), so a subject never makes mail auto. It only refines: mail
-  that is already `auto-generated` (or carries one of the weak Exchange fields above) and
-  whose subject
+  that is already `auto-generated` (or carries one of the weak Exchange fields above, or is
+  `Precedence: bulk` without being list mail) and whose subject
   starts with a known out-of-office phrase
   ("Automatic reply:", "Out of Office:", "Automatische Antwort:", "Autosvar:", ...) becomes
   `auto-replied` (Exchange sends out-of-office as `Auto-Submitted: auto-generated`).
@@ -207,17 +210,19 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
     # out-of-office subject they are an Exchange auto-reply.
     weak = "" if reason else (_exchange_rule_header(fields) or _suppress_header(fields))
-    if reason or weak:
-        subject = msg.get("Subject")
-        if subject is not None and _OOO_SUBJECT.match(decode_subject(subject)):
-            return AUTO_REPLIED, f"{reason or weak}+ooo-subject"
+    if (reason or weak) and _ooo_subject(msg):
+        return AUTO_REPLIED, f"{reason or weak}+ooo-subject"
     if reason:
         return AUTO_GENERATED, reason
 
     # 4. bulk (our own list relays people's mail: its list fields say nothing), except
-    # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail.
-    if "junk" in precedence and not _list_mail(fields, precedence):
-        return AUTO_REPLIED, "precedence-junk"
+    # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail, and its
+    # `Precedence: bulk` under an out-of-office subject (the man page's example message).
+    if not _list_mail(fields, precedence):
+        if "junk" in precedence:
+            return AUTO_REPLIED, "precedence-junk"
+        if "bulk" in precedence and _ooo_subject(msg):
+            return AUTO_REPLIED, "precedence-bulk+ooo-subject"
     own_list = ours is not None and _own_list(fields, ours)
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
@@ -264,6 +269,12 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
     if _FAILURE_SUBJECT.match(subject):
         return BOUNCE, "null-sender+failure-subject"
     return None
+
+
+def _ooo_subject(msg: Message) -> bool:
+    """Whether the Subject starts with a known out-of-office phrase ("Automatic reply:", ...)."""
+    subject = msg.get("Subject")
+    return subject is not None and _OOO_SUBJECT.match(decode_subject(subject)) is not None
 
 
 def _submitted(fields: Fields) -> list[str]:
