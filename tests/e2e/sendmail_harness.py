@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -48,6 +49,9 @@ from .harness import (
 
 CONTRIB_SENDMAIL = REPO_ROOT / "contrib" / "sendmail"
 CONTRIB_MC = CONTRIB_SENDMAIL / "casethread.mc"
+CONTRIB_SUBMIT_MC = CONTRIB_SENDMAIL / "submit.mc"
+# Debian's /etc/mail/submit.mc: the MSP hands mail to the port-25 daemon.
+DEBIAN_MSP_FEATURE = "FEATURE(`msp', `[127.0.0.1]', `25')dnl\n"
 UNPACK_SCRIPT = CONTRIB_SENDMAIL / "unpack-sendmail.sh"
 # The script's default; CASETHREAD_SENDMAIL_ROOT moves it (for both).
 SENDMAIL_ROOT = Path(os.environ.get("CASETHREAD_SENDMAIL_ROOT", "/var/tmp/casethread-sendmail"))
@@ -169,6 +173,39 @@ include(`{snippet}')dnl
 MAILER(`local')dnl
 MAILER(`smtp')dnl
 """
+
+
+def contrib_msp_feature(path: Path = CONTRIB_SUBMIT_MC) -> str:
+    """The FEATURE(`msp') line of contrib/sendmail/submit.mc, as written."""
+    lines = [x for x in path.read_text().splitlines() if x.startswith("FEATURE(`msp'")]
+    if len(lines) != 1:
+        raise HarnessError(f"{path}: expected one FEATURE(`msp') line")
+    return lines[0] + "\n"
+
+
+def submit_mc(work: Path, msp_feature: str) -> str:
+    """A submit.mc (Debian's /etc/mail/submit.mc plays this part on a real host): private
+    paths, no DNS, then `msp_feature`, the FEATURE(`msp') line under test. The MSP runs as
+    user nobody (Debian's is smmsp, which a Postfix machine lacks; Sendmail refuses to run an
+    MSP as root)."""
+    return f"""\
+divert(-1)
+divert(0)dnl
+OSTYPE(`linux')dnl
+define(`confDOMAIN_NAME', `{MYHOSTNAME}')dnl
+define(`MSP_QUEUE_DIR', `{work}/clientmqueue')dnl
+define(`confPID_FILE', `{work}/sm-client.pid')dnl
+define(`STATUS_FILE', `{work}/sm-client.st')dnl
+define(`confHOST_STATUS_DIRECTORY', `')dnl
+define(`confRUN_AS_USER', `nobody')dnl
+define(`confSERVICE_SWITCH_FILE', `{work}/service.switch')dnl
+define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl
+{msp_feature}"""
+
+
+# The MSP's relay mailer (the MSP's hop to the MTA) and its port: none is 25, `MSA' gives 587.
+_MSP_RELAY_ARGS = re.compile(r"^(Mrelay,.*\n(?:[ \t]+(?!A=).*\n)*[ \t]+)A=TCP \$h(?: (\d+))?$",
+                             re.M)
 
 
 def render_cf(install: SendmailInstall, mc: Path, out: Path) -> str:
@@ -387,6 +424,55 @@ class SendmailHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # local submission --------------------------------------------------------
+    def submit_local(
+        self, raw: bytes, args: Sequence[str], msp_feature: str = DEBIAN_MSP_FEATURE,
+        timeout: float = 60.0, port: int | None = None,
+    ) -> str:
+        """Submit `raw` with Sendmail's sendmail(8) (the MSP, `-C submit.cf`) and `args`
+        (e.g. `-t -i -f ADDR`), as an application on the host does. Its submit.cf is built
+        from `submit_mc` with `msp_feature`; the MSP's hop to the MTA goes to the daemon the
+        line names: port 25 (Debian's default) is this harness's plain daemon, 587 (`MSA')
+        its submission daemon. The MSP delivers at once (DeliveryMode=i), before it exits.
+        `port` sends the MSP to another daemon instead (one added with `mc_after`).
+        Returns the MSP's stdout and stderr; raises when it exits with a status."""
+        n = len(list(self._path(".").glob("msp-*")))
+        work = self._path(f"msp-{n}")
+        work.mkdir(mode=0o755)
+        queue = work / "clientmqueue"
+        queue.mkdir(mode=0o770)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(queue, nobody.pw_uid, nobody.pw_gid)
+        shutil.copy(self._path("service.switch"), work / "service.switch")
+        mc = work / "submit.mc"
+        mc.write_text(submit_mc(work, msp_feature))
+        cf = work / "submit.cf"
+        render_cf(self.install, mc, cf)
+        ports = {None: self.inbound_port, "587": self.submission_port}
+
+        def relay_port(match: re.Match[str]) -> str:
+            if match.group(2) not in ports:
+                raise HarnessError(f"{cf}: the MSP relays to port {match.group(2)}")
+            return f"{match.group(1)}A=TCP $h {port or ports[match.group(2)]}"
+
+        text, found = _MSP_RELAY_ARGS.subn(relay_port, cf.read_text())
+        if found != 1:
+            raise HarnessError(f"{cf}: expected one relay mailer with A=TCP $h [PORT]")
+        cf.write_text(text)
+        dev_layer = work / "dev-layer"
+        dev_layer.mkdir()
+        argv = [
+            "unshare", "--uts", "--mount", "--", "sh", "-ec", NAMESPACE_SETUP, MYHOSTNAME,
+            str(dev_layer), str(self._path("syslog.sock")),
+            str(self.install.sendmail), "-C", str(cf), *args,
+        ]
+        result = subprocess.run(argv, input=raw, capture_output=True, env=self.install.env(),
+                                timeout=timeout, check=False)
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        if result.returncode != 0:
+            raise HarnessError(f"sendmail(8) exited with {result.returncode}: {output}")
+        return output
 
     # mail ------------------------------------------------------------------
     def send(

@@ -21,17 +21,21 @@ import pytest
 
 from .dying_milter import ADDED_HEADER, EXIT_STATUS, REPLACED_BODY, dying_milter_argv
 from .harness import (
+    HarnessError,
     MilterFactory,
     MilterProcess,
     MilterSocket,
     ReceivedMessage,
     casethread_serve_argv,
+    free_port,
 )
 from .sendmail_harness import (
     CONTRIB_MC,
+    DEBIAN_MSP_FEATURE,
     SendmailHarness,
     SendmailInstall,
     base_mc,
+    contrib_msp_feature,
     ensure_sendmail,
     render_cf,
 )
@@ -289,3 +293,82 @@ def test_why_f_t_without_it_sendmail_delivers_a_half_edited_message(
         log = "\n".join(sendmail.wait_for_log("stat=Sent", qid))
         assert "milter_sys_read(casethread): cmd read returned 0, expecting 5" in log
         assert "Milter (casethread): to error state" in log
+
+
+def app_mail() -> bytes:
+    """What a helpdesk app pipes into `sendmail -t`: no Message-ID or Date (the MSP adds
+    them), a state for the case."""
+    return (
+        f"From: Dana Agent <{AGENT}>\nTo: Pat Customer <{CUSTOMER}>\n"
+        "Subject: Your printer\nX-Case-State: waiting\n\nHello Pat,\nplease try a restart.\n"
+    ).encode()
+
+
+def test_local_submission_with_debians_submit_mc_is_of_neither_direction(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    """sendmail(8) on a Sendmail host is the MSP: with Debian's submit.mc it hands the mail
+    over SMTP to the port-25 daemon, so casethread sees it from 127.0.0.1 on that daemon
+    with no AUTH login: not outbound (README, Sendmail: local submission)."""
+    sendmail.submit_local(app_mail(), ["-t", "-i", "-f", AGENT], DEBIAN_MSP_FEATURE)
+    got = sendmail.wait_for(1)[0]
+    log = casethread.output()
+    assert got.header("X-Case-ID") is None, log
+    assert got.header("X-Case-State") is None  # removed: it could be forged
+    assert got.header("Subject") == "Your printer"
+    # The MSP wrote Message-Id and Date before the MTA and casethread saw the mail.
+    assert (got.header("Message-Id") or "").endswith("@mx.casethread.test>")
+    assert "direction=other case=- match=none edits=1 notes=case-fields-removed" in log
+    assert "daemon=MTA, relay=localhost [127.0.0.1]" in sendmail.maillog()
+
+
+def test_local_submission_through_the_contrib_submit_mc_is_outbound(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    """contrib/sendmail/submit.mc's FEATURE(`msp') line makes the MSP hand its mail to the
+    ORIGINATING daemon: an app's `sendmail -t` mail is stamped, and so is every other
+    program's (cron's, here), as README warns."""
+    feature = contrib_msp_feature()
+    assert feature == "FEATURE(`msp', `[127.0.0.1]', `MSA')dnl\n"
+    sendmail.submit_local(app_mail(), ["-t", "-i", "-f", AGENT], feature)
+    out = sendmail.wait_for(1)[0]
+    log = casethread.output()
+    assert out.mail_from == AGENT and out.rcpt_tos == (CUSTOMER,)
+    assert out.get_all("X-Case-ID") == ["C-000001"], f"{log}\n{sendmail.diagnostics()}"
+    assert re.fullmatch(r"Your printer \[ref:[0-9A-Z]+\]", out.header("Subject") or "")
+    assert out.header("X-Case-State") is None  # read, not delivered
+    msg_id = out.header("Message-Id") or ""
+    assert msg_id.endswith("@mx.casethread.test>")  # the MSP's, kept and recorded
+    assert "direction=outbound case=C-000001 match=new state=waiting" in log
+    assert "daemon=ORIGINATING, relay=localhost [127.0.0.1]" in sendmail.maillog()
+
+    # The customer's reply threads by the MSP's Message-ID.
+    _, reply = deliver(sendmail, customer_reply(msg_id), CUSTOMER, SUPPORT,
+                       sendmail.inbound_port)
+    assert [reply.header(n) for n in ("X-Case-ID", "X-Case-Match")] == [
+        "C-000001", "in-reply-to"], casethread.output()
+
+    # Every local program's mail is outbound now: cron's report to an outside address.
+    sendmail.submit_local(f"To: <{CUSTOMER}>\nSubject: Cron report\n\nok\n".encode(),
+                          ["-t", "-i"], feature)
+    cron = sendmail.wait_for(3)[2]
+    assert cron.mail_from == "root@mx.casethread.test"
+    assert cron.get_all("X-Case-ID") == ["C-000002"]
+
+
+def test_local_submission_to_a_daemon_that_requires_auth_is_refused(
+    sendmail_install: SendmailInstall, casethread: MilterProcess, milter_socket: MilterSocket,
+) -> None:
+    """Why contrib/sendmail/submit.mc needs the snippet's ORIGINATING daemon (M=E): pointed at
+    Debian's own submission daemon (Name=MSP-v4, M=Ea), the MSP does not log in and gets a
+    530: sendmail(8) fails and nothing is delivered."""
+    port = free_port()
+    msp_v4 = f"DAEMON_OPTIONS(`Family=inet, Name=MSP-v4, Port={port}, M=Ea, Addr=127.0.0.1')dnl\n"
+    with SendmailHarness(milter_socket, sendmail_install, mc_after=msp_v4) as sendmail:
+        with pytest.raises(HarnessError, match="exited with 69"):
+            sendmail.submit_local(app_mail(), ["-t", "-i", "-f", AGENT], contrib_msp_feature(),
+                                  port=port)
+        sendmail.wait_for_log("reply=530 5.7.0 Authentication required")
+        assert sendmail.received == []
+    assert "queue_id=" not in casethread.output()
+
