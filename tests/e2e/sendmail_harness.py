@@ -480,11 +480,14 @@ class SendmailHarness:
         timeout: float = 30.0,
     ) -> str:
         """Submit `raw` over SMTP to 127.0.0.1:`port` (default: the plain port). Returns
-        Sendmail's queue id; rejections raise smtplib's exceptions."""
+        Sendmail's queue id; rejections raise smtplib's exceptions. Addresses go out as UTF-8,
+        without SMTPUTF8 (which this Sendmail does not offer), as a client that has no
+        other spelling for them sends them."""
         with smtplib.SMTP(
             "127.0.0.1", port or self.inbound_port,
             local_hostname="client.casethread.test", timeout=timeout,
         ) as smtp:
+            smtp.command_encoding = "utf-8"  # smtplib's default, ascii, refuses them
             smtp.ehlo()
             code, resp = smtp.mail(mail_from)
             if code != 250:

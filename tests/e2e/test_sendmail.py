@@ -372,3 +372,44 @@ def test_local_submission_to_a_daemon_that_requires_auth_is_refused(
         assert sendmail.received == []
     assert "queue_id=" not in casethread.output()
 
+
+def test_utf8_mail_without_smtputf8_threads_as_behind_postfix(
+    sendmail: SendmailHarness, casethread: MilterProcess
+) -> None:
+    """Debian's Sendmail 8.17 is built without USE_EAI: it offers no SMTPUTF8. It takes raw
+    UTF-8 header fields (RFC 6532 text without SMTPUTF8) and UTF-8 envelope addresses
+    without the parameter and passes them on as they are, so casethread gets what Postfix
+    gives it for SMTPUTF8 mail and threads it alike (tests/e2e/test_smtputf8.py): U-label
+    and A-label spellings of a domain are one participant. An address with a UTF-8 byte
+    from 0x80 to 0x9F (Ü, ß, most Cyrillic) Sendmail refuses itself (README, Sendmail)."""
+    with smtplib.SMTP("127.0.0.1", sendmail.inbound_port,
+                      local_hostname="client.casethread.test", timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("8bitmime") and not smtp.has_extn("smtputf8")
+    subject = "Ihre Bestellung – Größe ändern"
+    joerg_u, joerg_a = "jörg@bücher.example", "jörg@xn--bcher-kva.example"
+    agent = (
+        f"From: Dana Agentin <{AGENT}>\nTo: Jörg Bücher <{joerg_u}>\nSubject: {subject}\n"
+        "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: 8bit\n\nHallo Jörg,\nbitte prüfen.\n")
+    _, out = deliver(sendmail, agent.encode(), AGENT, joerg_u, sendmail.submission_port)
+    assert out.rcpt_tos == (joerg_u,)
+    assert out.get_all("X-Case-ID") == ["C-000001"], casethread.output()
+    stamped = out.header("Subject") or ""
+    assert stamped.startswith(subject + " [ref:") and "=?" not in stamped
+    assert out.header("Thread-Topic") == subject
+    reply = (f"From: Jörg <{joerg_u}>\nTo: <{SUPPORT}>\nSubject: AW: {stamped}\n"
+             "Message-ID: <r1@example.org>\n\nDanke\n")
+    _, r1 = deliver(sendmail, reply.encode(), joerg_u, SUPPORT, sendmail.inbound_port)
+    assert [r1.header(n) for n in ("X-Case-ID", "X-Case-Match", "X-Case-Sender")] == [
+        "C-000001", "token", "known"]
+    again = (f"From: Jörg <{joerg_a}>\nTo: <{SUPPORT}>\nSubject: AW: Größe\n"
+             f"In-Reply-To: {out.header('Message-ID')}\nMessage-ID: <r2@example.org>\n\nNoch\n")
+    _, r2 = deliver(sendmail, again.encode(), joerg_a, SUPPORT, sendmail.inbound_port)
+    assert [r2.header(n) for n in ("X-Case-ID", "X-Case-Match", "X-Case-Sender")] == [
+        "C-000001", "in-reply-to", "known"]
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        sendmail.send(reply.encode(), "JÖRG@bücher.example", [SUPPORT])
+    assert refused.value.smtp_code == 501 and b"8-bit character" in refused.value.smtp_error
+    log = casethread.output()
+    assert "ERROR" not in log and "Traceback" not in log
