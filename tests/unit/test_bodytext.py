@@ -92,6 +92,46 @@ def test_html_without_a_charset_parameter_is_read_in_its_meta_charset() -> None:
     assert texts_of(b"Content-Type: text/html\n\n" + html) == ["Grüße [ref:X]"]
 
 
+def test_utf16_and_utf32_are_read_in_the_byte_order_they_show() -> None:
+    """Without a BOM, "utf-16" is big-endian (RFC 2781) and Windows writes it little-endian:
+    Python's codec took the machine's order, so big-endian text read as CJK garbage."""
+    text = "Grüße 日本\n> [ref:X]\n"
+    for label, data in [("utf-16", text.encode("utf-16-be")), ("utf-16", text.encode("utf-16-le")),
+                        ("utf-32", text.encode("utf-32-be")), ("utf-32", text.encode("utf-32-le")),
+                        ("utf-16", text.encode("utf-16")), ("utf-32", text.encode("utf-32")),
+                        ("unicode", text.encode("utf-16-le")), ("ucs-2", text.encode("utf-16-be"))]:
+        raw = (f"Content-Type: text/plain; charset={label}\nContent-Transfer-Encoding: base64"
+               "\n\n").encode() + base64.encodebytes(data)
+        assert texts_of(raw) == [text], (label, data[:4])
+    # Nothing tells (as many NULs either way): big-endian, as RFC 2781 says.
+    assert texts_of(b"Content-Type: text/plain; charset=utf-16\n\n\x00A\x41\x00") == ["A\u4100"]
+
+
+def test_a_byte_order_mark_names_the_charset() -> None:
+    """As browsers and clients decode (WHATWG Encoding): a BOM wins over the label and over
+    none. A UTF-16 HTML part without a charset parameter was read as UTF-8 (its <meta> is not
+    ASCII to the prescan), NULs between the letters."""
+    html = "<meta charset=utf-16><p>Grüße</p><div>[ref:X]</div>"
+    raw = b"Content-Type: text/html\nContent-Transfer-Encoding: base64\n\n" + \
+        base64.encodebytes(html.encode("utf-16"))
+    assert texts_of(raw) == ["\nGrüße\n\n[ref:X]\n"]
+    for label in ("", "; charset=iso-8859-1"):
+        for data in ("Grüße [ref:X]".encode("utf-16-be"), "Grüße [ref:X]".encode("utf-16-le")):
+            bom = b"\xfe\xff" if data[0] == 0 else b"\xff\xfe"
+            raw = f"Content-Type: text/plain{label}\n\n".encode() + bom + data
+            assert texts_of(raw) == ["Grüße [ref:X]"], (label, bom)
+    assert texts_of(b"Content-Type: text/plain; charset=iso-8859-1\n\n\xef\xbb\xbfGr\xc3\xbc") \
+        == ["\ufeffGrü"]
+
+
+def test_a_part_labelled_utf16_without_a_nul_byte_is_read_as_utf8() -> None:
+    """Every ASCII character has a NUL byte in UTF-16 and UTF-32: a part so labelled without
+    one is ASCII-compatible text under a wrong label (read as UTF-16, "[ref:" was gone)."""
+    for label in ("utf-16", "utf-16le", "UTF-32BE", "unicode"):
+        raw = f"Content-Type: text/plain; charset={label}\n\nGrüße [ref:X]".encode()
+        assert texts_of(raw) == ["Grüße [ref:X]"], label
+
+
 def test_undecodable_bytes_become_replacement_characters() -> None:
     raw = b"Content-Type: text/plain; charset=x-unknown\n\nab\xff [ref:X]"
     assert texts_of(raw) == ["ab\ufffd [ref:X]"]

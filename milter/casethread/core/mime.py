@@ -307,8 +307,8 @@ _META_CHARSET = re.compile(
 # WHATWG's labels of UTF-16. Outlook's and Word's HTML says `charset=unicode` (a leftover of
 # their UTF-16 internal form) while the part itself is ASCII-compatible, as the prescan
 # found the label in ASCII bytes.
-_UTF16_LABELS = frozenset({"csunicode", "iso-10646-ucs-2", "ucs-2", "unicode", "unicodefeff",
-                           "unicodefffe"})  # and every utf-16* label
+UTF16_LABELS = frozenset({"csunicode", "iso-10646-ucs-2", "ucs-2", "unicode", "unicodefeff",
+                          "unicodefffe"})  # and every utf-16* label
 
 
 def part_charset(part: Part, content: bytes) -> str | None:
@@ -331,7 +331,7 @@ def _prescanned(label: str) -> str | None:
     be right, the text is UTF-8; a label it does not know declares nothing (the prescan
     goes on)."""
     folded = label.lower()
-    if folded in _UTF16_LABELS or folded.startswith("utf-16"):
+    if folded in UTF16_LABELS or folded.startswith("utf-16"):
         return "utf-8"
     return label if codec_for(label) is not None else None
 
