@@ -96,6 +96,17 @@ def test_lenient_transfer_decoding_does_not_raise() -> None:
     assert mime.decode_transfer(b"as is=", "8bit") == b"as is="
 
 
+def test_base64_written_in_padded_pieces_decodes_each_piece() -> None:
+    """Some encoders write base64 in pieces, each with its padding: read as one stream, all
+    after the first piece came out shifted (garbage, the token lost)."""
+    raw = b"aGkhIXg=\r\nW3JlZjpYXQ==\r\n" + b"QQ==QkM=\r\n"
+    assert mime.decode_transfer(raw, "base64") == b"hi!!x[ref:X]ABC"
+    # Beyond MAX_BASE64_PIECES pieces, the rest is read as one stream, as before.
+    many = b"QQ==" * (mime.MAX_BASE64_PIECES + 10)
+    decoded = mime.decode_transfer(many, "base64")
+    assert decoded.startswith(b"A" * mime.MAX_BASE64_PIECES) and len(decoded) < len(many)
+
+
 def test_top_fields_reads_the_first_and_flags_duplicates() -> None:
     headers = (
         Header("Subject", "x"),

@@ -339,12 +339,26 @@ def _prescanned(label: str) -> str | None:
 def decode_transfer(raw: bytes, cte: str) -> bytes:
     """Lenient transfer decoding, for reading (never for rewriting): bad input does not raise."""
     if cte == "base64":
-        cleaned = _NOT_BASE64.sub(b"", raw)
-        cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
-        return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
+        # Padding ends a piece, and some encoders write the text in pieces, each padded
+        # ("aGk=" "IQ=="): each piece decodes on its own (read as one stream, all after the
+        # first padding came out shifted by its missing bits: garbage).
+        pieces = _BASE64_PADDING.split(raw, MAX_BASE64_PIECES)
+        return b"".join([_decode_base64_piece(piece) for piece in pieces])
     if cte == "quoted-printable":
         return decode_qp(raw)
     return raw
+
+
+_BASE64_PADDING = re.compile(rb"=+")
+# Pieces decoded on their own at most (the rest is read as one, its padding ignored as
+# before): a run of "a=a=a=..." costs a call per piece.
+MAX_BASE64_PIECES = 4096
+
+
+def _decode_base64_piece(piece: bytes) -> bytes:
+    cleaned = _NOT_BASE64.sub(b"", piece)
+    cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
+    return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
 
 
 def decode_qp(raw: bytes) -> bytes:
