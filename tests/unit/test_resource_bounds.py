@@ -158,6 +158,20 @@ def subject_of_unclosed_words_holding_question_marks(direction: Direction) -> Ho
                            subject="Re: " + "=?utf-8?q?a? b" * 20_000), b"Hi\r\n")
 
 
+def base64_3mb_of_padded_pieces(direction: Direction) -> Hostile:
+    """Base64 decodes each padded piece on its own (chunked encoders): a piece per 2 bytes,
+    and a padding or other non-symbol byte to delete after each symbol."""
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("Content-Transfer-Encoding", "base64")]),
+                   b"a=" * (3 * MIB // 2))
+
+
+def base64_3mb_of_junk_between_symbols(direction: Direction) -> Hostile:
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("Content-Transfer-Encoding", "base64")]),
+                   b"a!" * (3 * MIB // 2))
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -178,6 +192,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "Subject of 20,000 unclosed encoded words": subject_of_unclosed_encoded_words,
     "Subject of 20,000 unclosed words holding '?' and blanks":
         subject_of_unclosed_words_holding_question_marks,
+    "3 MB base64 of padded 1-symbol pieces": base64_3mb_of_padded_pieces,
+    "3 MB base64 with junk after each symbol": base64_3mb_of_junk_between_symbols,
 }
 
 

@@ -87,7 +87,10 @@ _NOT_CHARSETS = frozenset(
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext
 _MIME_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
 _LF, _CR = 0x0A, 0x0D
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+# Bytes that are no base64 symbol, deleted by `bytes.translate` (a regex substitution made an
+# object per match: 256 MiB and 2.7 s for 3 MB of "a!a!...").
+_NOT_BASE64 = bytes(sorted(set(range(256)) - set(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")))
 # A soft line break with blanks after its "=": transport added them (RFC 2045 6.7 (3): they are
 # deleted when decoding). binascii reads "=" and blanks as text and keeps the line break.
 QP_PADDED_SOFT_BREAK = re.compile(rb"=[ \t]++(?=\r?\n|\Z)")
@@ -356,7 +359,7 @@ MAX_BASE64_PIECES = 4096
 
 
 def _decode_base64_piece(piece: bytes) -> bytes:
-    cleaned = _NOT_BASE64.sub(b"", piece)
+    cleaned = piece.translate(None, _NOT_BASE64)
     cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
     return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
 
