@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import mmap
 import os
 from pathlib import Path
@@ -105,6 +106,25 @@ def test_base64_written_in_padded_pieces_decodes_each_piece() -> None:
     many = b"QQ==" * (mime.MAX_BASE64_PIECES + 10)
     decoded = mime.decode_transfer(many, "base64")
     assert decoded.startswith(b"A" * mime.MAX_BASE64_PIECES) and len(decoded) < len(many)
+
+
+def test_uuencoded_parts_are_decoded() -> None:
+    """Content-Transfer-Encoding: x-uuencode (older clients; not RFC 2045): the part was read
+    as its encoded form, a token in it lost."""
+    data = bytes(range(256)) * 4 + b"> [ref:X]\r\n"
+    lines = [binascii.b2a_uu(data[i : i + 45]) for i in range(0, len(data), 45)]
+    uu = b"begin 644 reply.txt\n" + b"".join(lines) + b"`\nend\n"
+    for label in ("x-uuencode", "uuencode", "x-uue"):
+        assert mime.decode_transfer(uu, label) == data
+    assert mime.decode_transfer(uu.replace(b"\n", b"\r\n"), "x-uuencode") == data
+    assert mime.decode_transfer(b"Hello\n\n" + uu + b"-- \nsig\n", "x-uuencode") == data
+    # Transport strips a line's trailing blanks, which are zeros; no "begin" line; a line that
+    # does not decode is skipped.
+    stripped = b"".join(line.rstrip(b"\n").rstrip(b" ") + b"\n" for line in lines)
+    assert mime.decode_transfer(stripped, "x-uuencode") == data
+    assert mime.decode_transfer(b"ab\n" + lines[0], "uue") == data[:45]
+    # Never more bytes than the encoded form has: a line claims up to 63 bytes.
+    assert len(mime.decode_transfer(b"_!\n" * 1000, "x-uuencode")) == 3000
 
 
 def test_top_fields_reads_the_first_and_flags_duplicates() -> None:

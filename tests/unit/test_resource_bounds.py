@@ -172,6 +172,20 @@ def base64_3mb_of_junk_between_symbols(direction: Direction) -> Hostile:
                    b"a!" * (3 * MIB // 2))
 
 
+def uuencode_3mb_of_short_lines(direction: Direction) -> Hostile:
+    """A uuencoded part is decoded line by line: 1.5 million lines that are no data."""
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("Content-Transfer-Encoding", "x-uuencode")]),
+                   b"a\n" * (3 * MIB // 2))
+
+
+def uuencode_3mb_of_two_character_lines(direction: Direction) -> Hostile:
+    """A million lines that are uuencoded data, a byte each: a call per line."""
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("Content-Transfer-Encoding", "x-uuencode")]),
+                   b"!!\n" * MIB)
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -194,6 +208,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
         subject_of_unclosed_words_holding_question_marks,
     "3 MB base64 of padded 1-symbol pieces": base64_3mb_of_padded_pieces,
     "3 MB base64 with junk after each symbol": base64_3mb_of_junk_between_symbols,
+    "3 MB x-uuencode of 1-character lines": uuencode_3mb_of_short_lines,
+    "3 MB x-uuencode of 2-character lines": uuencode_3mb_of_two_character_lines,
 }
 
 

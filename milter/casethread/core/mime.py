@@ -349,6 +349,8 @@ def decode_transfer(raw: bytes, cte: str) -> bytes:
         return b"".join([_decode_base64_piece(piece) for piece in pieces])
     if cte == "quoted-printable":
         return decode_qp(raw)
+    if cte in UUENCODE_LABELS:
+        return decode_uu(raw)
     return raw
 
 
@@ -356,12 +358,39 @@ _BASE64_PADDING = re.compile(rb"=+")
 # Pieces decoded on their own at most (the rest is read as one, its padding ignored as
 # before): a run of "a=a=a=..." costs a call per piece.
 MAX_BASE64_PIECES = 4096
+# Content-Transfer-Encoding labels of uuencoded parts (not in RFC 2045; older clients send
+# them).
+UUENCODE_LABELS = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
+_UU_BEGIN = re.compile(rb"^begin[ \t]+[0-7]{3,4}[ \t][^\r\n]*\r?\n", re.M)
+# A line that may be uuencoded data: a length character, then symbols (an empty line would
+# decode to 32 zeros; other lines are skipped by the regex, not one by one).
+_UU_LINE = re.compile(rb"^[!-`][ -`]+", re.M)
+_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
 
 
 def _decode_base64_piece(piece: bytes) -> bytes:
     cleaned = piece.translate(None, _NOT_BASE64)
     cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
     return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
+
+
+def decode_uu(raw: bytes) -> bytes:
+    """uuencoded data: the lines after `begin <mode> <name>` (from the start when there is
+    none) up to `end`; a line that does not decode is skipped. A line shorter than its length
+    character says (transport strips trailing blanks, which are zeros) decodes with zeros for
+    the rest, up to as many bytes as `raw` has in all."""
+    begin = _UU_BEGIN.search(raw)
+    start = begin.end() if begin is not None else 0
+    end = _UU_END.search(raw, start)
+    out = bytearray()  # not a list: a million 1-byte lines would be a million objects
+    for line in _UU_LINE.finditer(raw, start, end.start() if end is not None else len(raw)):
+        if len(out) >= len(raw):
+            break
+        try:
+            out += binascii.a2b_uu(line.group())
+        except binascii.Error:
+            continue
+    return bytes(out[: len(raw)])
 
 
 def decode_qp(raw: bytes) -> bytes:
