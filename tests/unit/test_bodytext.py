@@ -160,6 +160,23 @@ def test_parts_come_from_the_top_and_file_attachments_only_on_request() -> None:
         *expected[:1], "file", *expected[1:]]
 
 
+def test_other_text_types_and_unreadable_content_types_are_read_as_plain_text() -> None:
+    """RFC 2046 §4.1.4: a text/* subtype a reader does not know is shown as text/plain
+    (text/enriched, text/calendar); RFC 2045 §5.2: a Content-Type that cannot be parsed
+    means text/plain. Both were skipped, a token in them lost. Attachments and a bounce's
+    returned header fields (its own strategy reads them) are still not read."""
+    raw = (b"Content-Type: multipart/mixed; boundary=m\n\n"
+           b"--m\nContent-Type: text/enriched\n\n<bold>Thanks</bold> [ref:E]\n"
+           b"--m\nContent-Type: text/calendar; method=REPLY\n\nDESCRIPTION:[ref:C]\n"
+           b"--m\nContent-Type: text plain\n\n[ref:P]\n"
+           b"--m\nContent-Type: text/rfc822-headers\n\nSubject: [ref:H]\n"
+           b"--m\nContent-Type: text/csv\nContent-Disposition: attachment\n\n[ref:A]\n"
+           b"--m--\n")
+    assert texts_of(raw) == ["<bold>Thanks</bold> [ref:E]", "DESCRIPTION:[ref:C]", "[ref:P]"]
+    top = b"Content-Type: text/plain charset=utf-8\n\nGr\xc3\xbc\xc3\x9fe [ref:X]\n"
+    assert texts_of(top) == ["Grüße [ref:X]\n"]
+
+
 def test_malformed_multiparts_are_still_read() -> None:
     unclosed = b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nfirst [ref:U]\n"
     assert texts_of(unclosed) == ["first [ref:U]\n"]

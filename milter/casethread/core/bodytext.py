@@ -93,8 +93,7 @@ def iter_texts(
                 remaining -= len(text)
                 yield text
         for part in _readable(root, include_attachments, forwarded):
-            if not (part.kind == "opaque"
-                    or (part.kind == "leaf" and part.mime_type in TEXT_TYPES)):
+            if not (part.kind == "opaque" or (part.kind == "leaf" and _is_text(part))):
                 continue
             if remaining <= 0:
                 return
@@ -154,6 +153,16 @@ def returned_copy(
                                    top_disposition=top_disposition, tree=tree), None)
     found = _RETURNED_COPY.search(text.data) if text is not None else None
     return text.data[found.end():] if text is not None and found is not None else b""
+
+
+def _is_text(part: Part) -> bool:
+    """Text, HTML and, as RFC 2046 §4.1.4 has them shown, other text/* types as plain text
+    (text/enriched, text/calendar; not a bounce's returned header fields); and a part whose
+    Content-Type is not understood, plain text by RFC 2045 §5.2 ("text/plain charset=utf-8",
+    without its semicolon)."""
+    kind = part.mime_type
+    return (kind in TEXT_TYPES or kind == ""
+            or (kind.startswith("text/") and kind not in BOUNCE_TYPES))
 
 
 def _readable(tree: Part, include_attachments: bool, forwarded: list[Part]) -> Iterator[Part]:
