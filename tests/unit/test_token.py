@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from casethread.core.token import (
     ALPHABET,
     BAD_MAC,
-    DEFAULT_TEMPLATE,
     MALFORMED,
     MAX_CASE_NUMBER,
     MAX_LENGTH,
@@ -29,7 +28,6 @@ from casethread.core.token import (
     is_token_shaped,
     normalise,
     subject_tag,
-    tag_pattern,
     token_from_anchor,
 )
 
@@ -289,43 +287,6 @@ def test_scanning_tolerates_line_breaks_inside_the_opening_literal() -> None:
         assert list(find_tokens(text)) == [], text
 
 
-def _full_width(text: str) -> str:
-    return text.translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)})
-
-
-def test_scanning_reads_full_width_forms_as_ascii() -> None:
-    """A tag retyped with a CJK input method: full-width brackets, colon, letters and digits
-    (U+FF01..U+FF5E) and ideographic spaces; other blanks (thin space, line separator) too.
-    None of these was found."""
-    token = RING.make(777_777)
-    head, tail = token[:9], token[9:]
-    texts = [
-        f"> ［ref：{token}］",
-        f"> ［ref:{token}]",
-        f"> [ref：{token}］",
-        f"> ［ｒｅｆ：{_full_width(token)}］",
-        f"> {_full_width(f'[REF:{head}')}\u3000{tail}]",
-        f"> [ref:\u3000{head}\u3000{tail}\u3000]",
-        f"> ［ｒｅ\n> ｆ：{head}\n> {_full_width(tail)}］",
-        f"[ref:{head}\u2009{tail}]", f"[ref:\u2028{token}]",
-    ]
-    for text in texts:
-        assert list(find_tokens(text)) == [token], text
-        assert RING.resolve(find_tokens(text)).case_number == 777_777
-    # Other look-alikes are still no literal, and a full-width hyphen still breaks the token.
-    for text in (f"〔ref:{token}〕", f"[ref:{head}－{tail}]", f"【ref：{token}】"):
-        assert list(find_tokens(text)) == [], text
-
-
-def test_a_full_width_tag_in_a_subject_is_our_tag() -> None:
-    """tag_pattern, which outbound removes our verified tags with, matches the forms the scan
-    reads: a full-width tag of another case would otherwise stay before ours."""
-    token = RING.make(9)
-    subject = f"Re: 印刷 ［ｒｅｆ：{_full_width(token)}］ more"
-    assert tag_pattern(DEFAULT_TEMPLATE).sub("", subject) == "Re: 印刷 more"
-    assert tag_pattern(DEFAULT_TEMPLATE).sub("", f"x [ref:\u3000{token}]") == "x"
-
-
 def test_scanning_with_a_custom_template() -> None:
     token = RING.make(5)
     template = " (Case ref {token})"
@@ -388,9 +349,6 @@ ADVERSARIAL = [
     ("[ref:" + "2" * 20 + "]") * 38_000,
     "\n" * 1_000_000,
     "> " * 500_000,
-    "［ｒｅｆ：" * 200_000,
-    "［ref:" + "Ａ" * 1_000_000,
-    "［ref:" + "\u3000" * 1_000_000,
 ]
 
 

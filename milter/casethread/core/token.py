@@ -328,14 +328,12 @@ def tag_pattern(template: str) -> re.Pattern[str]:
     between them as clients rewrap), in any case: what is removed when a Subject is re-tagged
     or compared. A customer's own `[Ref: 4711]` is no token. Compiled once per template."""
     before, after = template.strip().split(PLACEHOLDER)
-    symbols = (rf"[ \t\u3000]*+(?:[0-9A-Za-z０-９Ａ-Ｚａ-ｚ][ \t\u3000]*+)"
-               rf"{{{MIN_LENGTH},{MAX_LENGTH}}}")
+    symbols = rf"[ \t]*+(?:[0-9A-Za-z][ \t]*+){{{MIN_LENGTH},{MAX_LENGTH}}}"
     # The blanks before the tag go with it; matched from the start of their run only, or a
     # long run of blanks is rescanned from each of its positions (quadratic).
     # The literals' own blanks next to the token are left to `symbols` (` [ref: {token} ]`).
-    opening = "".join(_either_width(c) for c in before.rstrip())
-    closing = "".join(_either_width(c) for c in after.lstrip())
-    return re.compile(rf"(?<!\s)\s*+{opening}{symbols}{closing}", re.I)
+    return re.compile(rf"(?<!\s)\s*+{re.escape(before.rstrip())}{symbols}"
+                      rf"{re.escape(after.lstrip())}", re.I)
 
 
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -370,25 +368,6 @@ def token_from_anchor(msgid: str) -> str | None:
 
 
 _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
-# CJK input methods type ASCII in its full-width forms (U+FF01..U+FF5E: "［ｒｅｆ：...］") and a
-# blank as the ideographic space: a tag retyped so reads as its ASCII form (the signature
-# keeps this safe, as for the other leniencies).
-_FULLWIDTH = str.maketrans({**{chr(0xFF01 + i): chr(0x21 + i) for i in range(94)},
-                            "\u3000": " "})
-
-
-def _narrow(text: str) -> str:
-    """`text` with full-width ASCII forms as ASCII (one character for one)."""
-    return text if text.isascii() else text.translate(_FULLWIDTH)
-
-
-def _either_width(char: str) -> str:
-    """A pattern for `char` in its ASCII or its full-width form."""
-    if "!" <= char <= "~":
-        return f"[{re.escape(char)}{chr(ord(char) + 0xFEE0)}]"
-    return re.escape(char)
-
-
 # Blanks a token may be broken by: HTML mail turns spaces into no-break spaces (&nbsp;) and
 # lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners; the signature
 # keeps this leniency safe.
@@ -417,7 +396,7 @@ def _bracket(template: str) -> _Bracket:
     before, after = template.split(PLACEHOLDER)
     # Separators may break the literal anywhere; where it has white space of its own, there
     # must be some.
-    words = [_SEPARATORS.join(_either_width(c) for c in word) for word in before.split()]
+    words = [_SEPARATORS.join(re.escape(c) for c in word) for word in before.split()]
     opening = re.compile(rf"(?=[\s{_LITERAL_BLANKS}]){_SEPARATORS}".join(words),
                          re.IGNORECASE)
     return _Bracket(opening, after.strip().lower())
@@ -437,16 +416,14 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
     i = start
     while i < end:
         c = text[i]
-        if not c.isascii():
-            c = c.translate(_FULLWIDTH)
-        if c.lower() == closing[0] and _narrow(text[i : i + len(closing)]).lower() == closing:
+        if c.lower() == closing[0] and text[i : i + len(closing)].lower() == closing:
             return "".join(symbols) if is_token_shaped("".join(symbols)) else None
         if c in _SHAPE_CHARS:
             if len(symbols) >= MAX_LENGTH:
                 return None
             symbols.append(c)
             i += 1
-        elif c in _BLANKS or (c.isspace() and c not in "\r\n"):
+        elif c in _BLANKS:
             i += 1
         elif c in "\r\n":
             i += 1
