@@ -138,6 +138,13 @@ def text_1mb_of_wrapped_token_openers(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8")]), body)
 
 
+def text_1mb_of_full_width_token_openers(direction: Direction) -> Hostile:
+    """The full-width forms the scan reads as ASCII (`［ｒｅｆ：`), wrapped and never closed."""
+    opener = "\uff3b \r\n> \uff52e\u3000\uff46\r\n\uff1a" + "\uff21" * 30 + "\u3000\r\n> "
+    body = (opener * (MIB // len(opener.encode()))).encode()
+    return Hostile(message(direction, [("Content-Type", "text/plain; charset=utf-8")]), body)
+
+
 def subject_1mb_of_prefixes(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: Fwd: AW: [Case C-0000" * (MIB // 25)),
                    b"Hi\r\n")
@@ -202,6 +209,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB text of [ref: openers wrapped between their characters":
         text_1mb_of_wrapped_token_openers,
+    "1 MB text of full-width [ref: openers": text_1mb_of_full_width_token_openers,
     "1 MB Subject of Re:/[Case prefixes": subject_1mb_of_prefixes,
     "Subject of 20,000 unclosed encoded words": subject_of_unclosed_encoded_words,
     "Subject of 20,000 unclosed words holding '?' and blanks":

@@ -438,6 +438,23 @@ def test_token_inside_an_encoded_subject(harness: Any, which: int) -> None:
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+def test_a_tag_in_full_width_forms_threads(harness: Any) -> None:
+    """A CJK input method in full-width mode retypes the tag as `［ref：TOKEN］` (NFKC: ASCII);
+    the client encodes that Subject, and a quoted body may hold it too. Such replies opened
+    new cases. Thread-Topic of the agent's answer drops the tag in this form too."""
+    tag = token_of(start_case(harness).one("Subject"))
+    full = f"\uff3bref\uff1a{tag}\uff3d"
+    r = harness.inbound(CUSTOMER, ("Subject", b_word(f"Re: Printer jam {full}")))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    r = harness.inbound(CUSTOMER, ("Subject", "Re: Printer jam"),
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        body=f"\u627f\u77e5\u3057\u307e\u3057\u305f\n\n> {full}\n".encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", b_word(f"Re: Printer jam {full}")))
+    assert out.case_id == "C-000001"
+    assert out.one("Thread-Topic") == "Printer jam"
+
+
 # Labels mail carries that Python knows by another name, and a text in each.
 LABELLED_TEXTS = [
     ("windows-874", "cp874", "สอบถามเรื่อง"),  # Thai Outlook

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from casethread.core.token import (
     ALPHABET,
     BAD_MAC,
+    DEFAULT_TEMPLATE,
     MALFORMED,
     MAX_CASE_NUMBER,
     MAX_LENGTH,
@@ -25,9 +26,11 @@ from casethread.core.token import (
     anchor,
     check_template,
     find_tokens,
+    find_tokens_at,
     is_token_shaped,
     normalise,
     subject_tag,
+    tag_pattern,
     token_from_anchor,
 )
 
@@ -285,6 +288,35 @@ def test_scanning_tolerates_line_breaks_inside_the_opening_literal() -> None:
     # Only blanks and line breaks with their quote marks: other text still breaks the literal.
     for text in (f"[re-f:{token}]", f"[re > f:{token}]", f"[re\nx> f:{token}]"):
         assert list(find_tokens(text)) == [], text
+
+
+def full_width(text: str) -> str:
+    """`text` as a CJK input method in full-width mode writes it (U+FF01-U+FF5E)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def test_scanning_reads_full_width_forms_as_ascii() -> None:
+    """A Japanese or Chinese input method in full-width mode writes the brackets, the colon
+    (and letters and digits) of a retyped tag as U+FF01-U+FF5E, which NFKC maps to ASCII:
+    `［ref：TOKEN］` read as nothing, and the reply opened a new case."""
+    token = RING.make(777_777)
+    texts = [
+        f"Re: x {full_width('[')}ref{full_width(':')}{token}{full_width(']')}",
+        f"Re: x [ref{full_width(':')}{token}]",
+        f"Re: x {full_width('[')}ref:{token}{full_width(']')}",
+        f"Re: x {full_width(f'[ref:{token}]')}",  # every character
+        f"> {full_width('[ref:')}\u3000{token[:9]}\n> {token[9:]}{full_width(']')}",
+    ]
+    for text in texts:
+        assert list(find_tokens(text)) == [token], text
+        assert RING.resolve(find_tokens(text)).case_number == 777_777
+    # The positions are the text's own: one code point for one.
+    text = f"ab {full_width('[ref:')}{token}]"
+    assert list(find_tokens_at(text)) == [(3, token)]
+    # Our tag in any of these forms is what outbound removes or replaces.
+    assert tag_pattern(DEFAULT_TEMPLATE).sub("", texts[3]) == "Re: x"
+    # Other characters still break the bracket.
+    assert list(find_tokens(f"{full_width('[')}ref{full_width(';')}{token}]")) == []
 
 
 def test_scanning_with_a_custom_template() -> None:

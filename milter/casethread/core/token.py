@@ -29,7 +29,8 @@ Where tokens appear
   :func:`find_tokens` finds them from the top, case-insensitively, tolerating spaces and line
   breaks (each optionally followed by a quote prefix such as ``> `` or ``>> ``) anywhere between
   the brackets, inside the opening literal (``[re`` / ``> f:``) too, as mail clients wrap and
-  quote long lines.
+  quote long lines; the full-width forms a CJK input method writes (``［ref：TOKEN］``, the
+  ideographic space) read as their ASCII characters, as NFKC maps them.
 - In-Reply-To / References: the anchor ``<TOKEN.case@DOMAIN>`` (:func:`anchor`,
   :func:`token_from_anchor`).
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NoReturn
@@ -322,18 +323,38 @@ def check_template(template: str) -> None:
         raise ValueError("the text after {token} must not start with a letter or digit")
 
 
+# Full-width forms (U+FF01-U+FF5E) of the ASCII characters U+0021-U+007E, and the ideographic
+# space: a CJK input method in full-width mode writes the brackets, colon, letters and digits of
+# a retyped or pasted tag so (`［ref：TOKEN］`); NFKC maps each to its ASCII character, one code
+# point to one, so positions in the text stay where they are.
+_FULLWIDTH_OFFSET = 0xFEE0
+_FULLWIDTH = str.maketrans({chr(c + _FULLWIDTH_OFFSET): chr(c) for c in range(0x21, 0x7F)})
+
+
+def _literal(text: str) -> str:
+    """A pattern for `text` that also matches the full-width form of each of its characters."""
+    parts = []
+    for c in text:
+        if "!" <= c <= "~":
+            parts.append(f"[{re.escape(c)}{chr(ord(c) + _FULLWIDTH_OFFSET)}]")
+        else:
+            parts.append(re.escape(c))
+    return "".join(parts)
+
+
 @lru_cache(maxsize=16)
 def tag_pattern(template: str) -> re.Pattern[str]:
     """Our tag around anything token-shaped (a token's length in letters and digits, blanks
     between them as clients rewrap), in any case: what is removed when a Subject is re-tagged
     or compared. A customer's own `[Ref: 4711]` is no token. Compiled once per template."""
     before, after = template.strip().split(PLACEHOLDER)
-    symbols = rf"[ \t]*+(?:[0-9A-Za-z][ \t]*+){{{MIN_LENGTH},{MAX_LENGTH}}}"
+    symbols = (rf"[ \t\u3000]*+(?:[0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]"
+               rf"[ \t\u3000]*+){{{MIN_LENGTH},{MAX_LENGTH}}}")
     # The blanks before the tag go with it; matched from the start of their run only, or a
     # long run of blanks is rescanned from each of its positions (quadratic).
     # The literals' own blanks next to the token are left to `symbols` (` [ref: {token} ]`).
-    return re.compile(rf"(?<!\s)\s*+{re.escape(before.rstrip())}{symbols}"
-                      rf"{re.escape(after.lstrip())}", re.I)
+    return re.compile(rf"(?<!\s)\s*+{_literal(before.rstrip())}{symbols}"
+                      rf"{_literal(after.lstrip())}", re.I)
 
 
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -369,16 +390,28 @@ def token_from_anchor(msgid: str) -> str | None:
 
 _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
 # Blanks a token may be broken by: HTML mail turns spaces into no-break spaces (&nbsp;) and
-# lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners; the signature
+# lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners, and a CJK input
+# method writes the ideographic space (U+3000); the signature
 # keeps this leniency safe.
-_BLANKS = " \t\u00a0\u202f\u200b\ufeff\u00ad\u200c\u200d\u2060"
+_BLANKS = " \t\u00a0\u202f\u3000\u200b\ufeff\u00ad\u200c\u200d\u2060"
 _QUOTE_PREFIX = _BLANKS + ">"
 
 
 @dataclass(frozen=True)
 class _Bracket:
     opening: re.Pattern[str]
+    # The same, each character also in its full-width form: for text that holds such forms
+    # (a character class per character is several times slower to search than the literal).
+    opening_wide: re.Pattern[str]
     closing: str  # lower case
+
+    def openings(self, text: str) -> Iterator[re.Match[str]]:
+        if text.isascii() or _WIDE.search(text) is None:
+            return self.opening.finditer(text)
+        return self.opening_wide.finditer(text)
+
+
+_WIDE = re.compile("[\uff01-\uff5e]")
 
 
 # What `_read_candidate` skips between a token's symbols, as a pattern for the opening literal
@@ -396,10 +429,12 @@ def _bracket(template: str) -> _Bracket:
     before, after = template.split(PLACEHOLDER)
     # Separators may break the literal anywhere; where it has white space of its own, there
     # must be some.
-    words = [_SEPARATORS.join(re.escape(c) for c in word) for word in before.split()]
-    opening = re.compile(rf"(?=[\s{_LITERAL_BLANKS}]){_SEPARATORS}".join(words),
-                         re.IGNORECASE)
-    return _Bracket(opening, after.strip().lower())
+    def pattern(literal: Callable[[str], str]) -> re.Pattern[str]:
+        words = [_SEPARATORS.join(literal(c) for c in word) for word in before.split()]
+        return re.compile(rf"(?=[\s{_LITERAL_BLANKS}]){_SEPARATORS}".join(words),
+                          re.IGNORECASE)
+    # The second: each character also in its full-width form (`_FULLWIDTH`).
+    return _Bracket(pattern(re.escape), pattern(_literal), after.strip().lower())
 
 
 def _read_candidate(text: str, start: int, closing: str) -> str | None:
@@ -415,8 +450,9 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
     end = min(len(text), start + MAX_SPAN)
     i = start
     while i < end:
-        c = text[i]
-        if c.lower() == closing[0] and text[i : i + len(closing)].lower() == closing:
+        c = text[i].translate(_FULLWIDTH)
+        if (c.lower() == closing[0]
+                and text[i : i + len(closing)].translate(_FULLWIDTH).lower() == closing):
             return "".join(symbols) if is_token_shaped("".join(symbols)) else None
         if c in _SHAPE_CHARS:
             if len(symbols) >= MAX_LENGTH:
@@ -452,7 +488,7 @@ def find_tokens(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
     """
     # Its own loop, not a view of find_tokens_at: every inbound Subject comes through here.
     bracket = _bracket(template)
-    for match in bracket.opening.finditer(text):
+    for match in bracket.openings(text):
         candidate = _read_candidate(text, match.end(), bracket.closing)
         if candidate is not None:
             yield normalise(candidate)
@@ -461,7 +497,7 @@ def find_tokens(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
 def find_tokens_at(text: str, template: str = DEFAULT_TEMPLATE) -> Iterator[tuple[int, str]]:
     """`find_tokens` with where each candidate's bracket opens in `text`."""
     bracket = _bracket(template)
-    for match in bracket.opening.finditer(text):
+    for match in bracket.openings(text):
         candidate = _read_candidate(text, match.end(), bracket.closing)
         if candidate is not None:
             yield match.start(), normalise(candidate)
