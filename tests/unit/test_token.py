@@ -297,15 +297,20 @@ def full_width(text: str) -> str:
 
 def test_scanning_reads_full_width_forms_as_ascii() -> None:
     """A Japanese or Chinese input method in full-width mode writes the brackets, the colon
-    (and letters and digits) of a retyped tag as U+FF01-U+FF5E, which NFKC maps to ASCII:
-    `［ref：TOKEN］` read as nothing, and the reply opened a new case."""
+    (and letters and digits) of a retyped tag as U+FF01-U+FF5E, which NFKC maps to ASCII,
+    and a blank as the ideographic space: `［ref：TOKEN］` read as nothing, and the reply
+    opened a new case."""
     token = RING.make(777_777)
+    head, tail = token[:9], token[9:]
     texts = [
         f"Re: x {full_width('[')}ref{full_width(':')}{token}{full_width(']')}",
         f"Re: x [ref{full_width(':')}{token}]",
         f"Re: x {full_width('[')}ref:{token}{full_width(']')}",
         f"Re: x {full_width(f'[ref:{token}]')}",  # every character
-        f"> {full_width('[ref:')}\u3000{token[:9]}\n> {token[9:]}{full_width(']')}",
+        f"> {full_width('[ref:')}\u3000{head}\n> {tail}{full_width(']')}",
+        f"> {full_width(f'[REF:{head}')}\u3000{tail}]",
+        f"> [ref:\u3000{head}\u3000{tail}\u3000]",
+        f"> ［ｒｅ\n> ｆ：{head}\n> {full_width(tail)}］",
     ]
     for text in texts:
         assert list(find_tokens(text)) == [token], text
@@ -315,8 +320,13 @@ def test_scanning_reads_full_width_forms_as_ascii() -> None:
     assert list(find_tokens_at(text)) == [(3, token)]
     # Our tag in any of these forms is what outbound removes or replaces.
     assert tag_pattern(DEFAULT_TEMPLATE).sub("", texts[3]) == "Re: x"
-    # Other characters still break the bracket.
-    assert list(find_tokens(f"{full_width('[')}ref{full_width(';')}{token}]")) == []
+    subject = f"Re: 印刷 ［ｒｅｆ：{full_width(token)}］ more"
+    assert tag_pattern(DEFAULT_TEMPLATE).sub("", subject) == "Re: 印刷 more"
+    # Other characters still break the bracket; other look-alike brackets are no literal,
+    # and a full-width hyphen still breaks the token.
+    for text in (f"{full_width('[')}ref{full_width(';')}{token}]", f"〔ref:{token}〕",
+                 f"[ref:{head}－{tail}]", f"【ref：{token}】"):
+        assert list(find_tokens(text)) == [], text
 
 
 def test_scanning_with_a_custom_template() -> None:
@@ -381,6 +391,9 @@ ADVERSARIAL = [
     ("[ref:" + "2" * 20 + "]") * 38_000,
     "\n" * 1_000_000,
     "> " * 500_000,
+    "［ｒｅｆ：" * 200_000,
+    "［ref:" + "Ａ" * 1_000_000,
+    "［ref:" + "\u3000" * 1_000_000,
 ]
 
 
