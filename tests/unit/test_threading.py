@@ -1044,6 +1044,28 @@ def test_x_case_sender_known_and_unknown_on_a_token_match(harness: Any) -> None:
     assert again.one("X-Case-Sender") == "known"
 
 
+@pytest.mark.parametrize("display", [
+    CUSTOMER_ADDR,  # an address for a name, unquoted
+    f"=?utf-8?Q?{CUSTOMER_ADDR}?=",
+    f"=?utf-8?Q?Customer=2C_P=C3=A4t_=3C{CUSTOMER_ADDR}=3E?=",
+])
+def test_a_customer_whose_display_name_is_an_address_is_known(harness: Any,
+                                                               display: str) -> None:
+    """Mailers write the address as the display name when there is none (`pat@x <pat@x>`),
+    unquoted or in an encoded word: the strict stdlib parser read no From at all, so the
+    reply said `X-Case-Sender: unknown` and the customer's `[Case C-...]` opened a new case."""
+    subject = start_case(harness).one("Subject")
+    sender = ("From", f"{display} <{CUSTOMER_ADDR}>")
+    r = harness.inbound(sender, ("Subject", f"Re: {subject}"))
+    assert (r.case_id, r.one("X-Case-Sender")) == ("C-000001", "known")
+    r = harness.inbound(sender, ("Subject", "About [Case C-000001]"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-ref")
+    # The angle address is the mailbox, also when the name holds another one.
+    r = harness.inbound(("From", f"{CUSTOMER_ADDR} <eve@elsewhere.example>"),
+                        ("Subject", "About [Case C-000001]"))
+    assert r.one("X-Case-Match") == "new"
+
+
 def is_participant(h: Any, case_id: str, address: str) -> bool:
     return h.index.find(AliasKind.PARTICIPANT, f"{case_id} {address}") is not None
 

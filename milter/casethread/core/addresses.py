@@ -13,13 +13,17 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 # The everyday address field (`Name <user@example.com>, other@example.org`), read without the
 # stdlib's character-by-character parser. Only shapes where that parser returns exactly the
 # addr-spec as written match: dot-atoms, a display name of plain words (no quotes, comments or
-# specials), nothing else; anything else takes the stdlib path. One shape more: a domain
-# literal (`user@[192.0.2.1]`, RFC 5322 §3.4.1: dtext, no blanks), which a strict stdlib
-# (Python's fix for CVE-2023-27043) refuses: else its mail would have no sender at all.
+# specials), nothing else; anything else takes the stdlib path. Two shapes more, which a
+# strict stdlib (Python's fix for CVE-2023-27043) refuses, so that their mail would have no
+# sender at all: a domain literal (`user@[192.0.2.1]`, RFC 5322 §3.4.1: dtext, no blanks), and
+# a display name that holds an `@` or brackets unquoted, as mailers write an address for a
+# name (`pat@example.org <pat@example.org>`, `=?utf-8?Q?pat@example.org?= <...>`): its
+# mailbox is the angle address, as mail clients show it and DMARC verifiers read it (a
+# lenient stdlib split such a name off as a second address).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOMAIN_LITERAL = r"\[[!-Z^-~]+\]"
 _ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_ATOM}(?:\.{_ATOM})*|{_DOMAIN_LITERAL})"
-_WORD = r'[^\s()<>@,:;"\[\]\\]+'
+_WORD = r'[^\s()<>,:;"\\]+'
 _SIMPLE_ADDRESS = re.compile(
     rf"[ \t]*(?:(?:{_WORD}(?:[ \t]+{_WORD})*[ \t]*)?<({_ADDR_SPEC})>|({_ADDR_SPEC}))[ \t]*"
 )
