@@ -19,7 +19,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 # a display name that holds an `@` or brackets unquoted, as mailers write an address for a
 # name (`pat@example.org <pat@example.org>`, `=?utf-8?Q?pat@example.org?= <...>`): its
 # mailbox is the angle address, as mail clients show it and DMARC verifiers read it (a
-# lenient stdlib split such a name off as a second address).
+# lenient stdlib split such a name off as a second address). And semicolons as separators
+# (`_SEMICOLON_LIST`).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOMAIN_LITERAL = r"\[[!-Z^-~]+\]"
 _ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_ATOM}(?:\.{_ATOM})*|{_DOMAIN_LITERAL})"
@@ -73,9 +74,20 @@ def _simple_addresses(value: str) -> tuple[str, ...] | None:
     return _read_simple_addresses(value)
 
 
+# Semicolons between addresses (`a@example.org; b@example.org;`): how Outlook's address line
+# and many scripts and apps write a list. RFC 5322 reads `;` only as the end of a group, so the
+# stdlib finds no address in such a field, and its people were never participants. Where no
+# group is written (no `:`), they are read as commas.
+_SEMICOLON_LIST = re.compile(r"[ \t]*[,;][ \t]*")
+
+
 def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
     found = []
-    for piece in value.split(","):
+    if ";" in value and ":" not in value:
+        pieces = _SEMICOLON_LIST.split(value.rstrip(" \t;"))
+    else:
+        pieces = value.split(",")
+    for piece in pieces:
         match = _SIMPLE_ADDRESS.fullmatch(piece)
         if match is None:
             return None
