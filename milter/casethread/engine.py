@@ -69,10 +69,6 @@ class BodyPlan:
     found: Found | None = None  # inbound mail its header fields resolved: for `process`
 
 
-def _hex(root: bytes | None) -> str | None:
-    return root.hex() if root is not None else None
-
-
 def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> bool:
     """Whether the sender is a participant of the case the mail named or of one it goes to:
     a merge, split or parent redirect must not make its own customer `unknown`."""
@@ -312,7 +308,7 @@ class Engine:
                 case = self.index.create_case(
                     now, queue=route.queue, bumps=bumps,
                     aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
-                    thread_root=_hex(ev.thread_root),
+                    thread_root=outbound.new_case_root(ev.thread_root, now),
                     expect=Expect(unrecorded + self._new_keys(ev)) if checking else None,
                     number_above=ev.lost_number,
                 )
@@ -403,7 +399,8 @@ class Engine:
             # The earlier case names its follow-up in the same commit: the reply's later
             # siblings go there (`rules`), and a sibling decided meanwhile is decided again.
             case = self.index.create_case(
-                now, queue=queue, bumps=bumps, thread_root=_hex(ev.thread_root),
+                now, queue=queue, bumps=bumps,
+                thread_root=outbound.new_case_root(ev.thread_root, now),
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
                                                           people),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
@@ -430,17 +427,18 @@ class Engine:
         return outcomes
 
     def _root_stays(self, ev: Evidence, hit: Hit, targets: list[rules.Target]) -> bool:
-        """Whether the mail's Outlook root is held already by the case it named, or by a case
-        merged into one it goes to: the rules lead from there, and recorded again for the
-        survivor, the root would stay behind when a wrong merge is moved."""
+        """Whether the mail's Outlook root is held already by a case: then inbound mail leaves
+        it there. Held by the case it named, or by a case merged into one it goes to, the rules
+        lead from there (recorded again for the survivor, the root would stay behind when a
+        wrong merge is moved). Held by another case, re-pointing it would send that case's
+        next Outlook reply, which may carry nothing but its Thread-Index, to this one, and
+        anyone who saw a customer's Outlook mail can put its root into a mail of their own
+        case."""
         if ev.thread_root is None:
             return False
         holder = (hit.case if hit.match == "thread-index"
                   else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
-        if holder is None:
-            return False
-        return (holder.case_id == hit.case.case_id
-                or rules.survivor(holder, self.index).case_id in {t.case.case_id for t in targets})
+        return holder is not None
 
     @staticmethod
     def _change(target: rules.Target, now: int, route: Route | None) -> CaseChange:
@@ -513,7 +511,7 @@ class Engine:
                 checking = message_id.edit is None and attempt < MAX_DECISIONS
                 case = self.index.create_case(
                     int(now), aliases=lambda new: aliases_of(new, opened=True),
-                    thread_root=_hex(ev.thread_root),
+                    thread_root=outbound.new_case_root(ev.thread_root, int(now)),
                     expect=Expect(((AliasKind.MESSAGE, message_id.normalised),)) if checking
                     else None, number_above=ev.lost_number)
                 match, new_case, recorded = "new", True, True
@@ -571,7 +569,8 @@ class Engine:
                   notes: list[str]) -> CaseRecord:
         """The case the app's X-Case-ID names (made when unknown); a merged one's survivor,
         as for inbound mail: the app may still name a ticket merged since."""
-        named = self.index.create_case(now, case_id=app_id)
+        named = self.index.create_case(now, case_id=app_id,
+                                       thread_root=outbound.new_case_root(None, now))
         case = rules.survivor(named, self.index)
         if case is not named:
             trace.append(f"app X-Case-ID {app_id} is merged into {case.case_id}")

@@ -51,9 +51,10 @@ class CaseRecord:
     merged_into: str | None = None
     children: tuple[str, ...] = ()
     followup: str | None = None
-    # The Outlook conversation root (22 bytes, hex) of the customer's mail that opened the
-    # case: our answers continue that conversation in the customer's Outlook. None: the root
-    # is derived from the case (outbound.case_thread_root).
+    # The Outlook conversation root (22 bytes, hex) the case was opened with: the customer's
+    # mail's (our answers continue that conversation in the customer's Outlook), else a random
+    # one (outbound.new_case_root). None (cases recorded by older versions): the root is
+    # derived from the case (outbound.case_thread_root).
     thread_root: str | None = None
 
 

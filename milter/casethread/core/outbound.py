@@ -247,10 +247,20 @@ def references_edit(msg: Message, anchor: str) -> Edit | None:
     )
 
 
+def new_case_root(own: bytes | None, now: float) -> str:
+    """The Outlook thread root (hex) a new case keeps: the root of the mail that opens it (our
+    answers then continue the customer's own Outlook conversation), else a new one with a
+    random GUID. Recorded, it threads every reply that carries it (`thread-index`), so it
+    must not be worked out from what a stranger can know (the case id, the time)."""
+    return (own if own is not None else thread_index.new_root(now)).hex()
+
+
 def case_thread_root(case: CaseRecord) -> bytes:
     """A case's Outlook thread root, so every outbound mail of the case carries the same one:
-    the root of the customer's mail that opened it (our answers then continue the customer's
-    own Outlook conversation), else derived from its creation time and a GUID from its id."""
+    the root it was given when it was opened (`new_case_root`). A case opened before cases kept
+    one (or by `case split` in such a version) has its root derived from its creation time and
+    a GUID from its id: anyone who knows the case id and the second it was opened can work it
+    out, as its mail showed it to its recipients."""
     if case.thread_root is not None:
         return bytes.fromhex(case.thread_root)
     # Exchange's conversation id is this GUID ([MS-OXOMSG] 2.2.1.2): the id alone would give

@@ -1,0 +1,109 @@
+"""Outlook Thread-Index roots as an attacker sees them (adversarial audit).
+
+A recorded root threads any mail that carries it (`thread-index`), so:
+- the root a case is opened with must not be one a stranger can work out. Until this version
+  a case without an Outlook root of its own had one derived from its id, its number and the
+  second it was opened: a stranger's mail with nothing but a Thread-Index, one per candidate
+  second, threaded into another customer's case;
+- inbound mail must not move a root another case holds: anyone who saw a customer's Outlook
+  mail (a Cc copy, a forward, a list archive) could put its root into a mail of their own
+  case, and the customer's next Outlook reply that carries nothing but its Thread-Index
+  went to the attacker's case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from casethread import case_admin
+from casethread.core import thread_index
+from casethread.core.model import CaseRecord
+
+SUPPORT = "support@example.com"
+AGENT = "Dana Agent <dana@support.example.com>"
+BOB = "Bob Customer <bob@customer.example.org>"
+ALICE = "Alice <alice@other.example.net>"
+EVE = "Eve <eve@evil.example>"
+
+
+def derived_root(case_id: str, number: int, created: int) -> bytes:
+    """The root earlier versions gave a case: public facts only (the case id, its number, the
+    second it was opened), as an attacker computes it."""
+    seed = f"{case_id}\x00{number}\x00{created}".encode()
+    guid = hashlib.sha256(b"casethread-thread-root\x00" + seed).digest()[:16]
+    return thread_index.new_root(created, guid)
+
+
+def only_thread_index(harness: Any, root: bytes, n: int, sender: str = EVE) -> Any:
+    """A stranger's mail whose one link is a Thread-Index answering `root`."""
+    value = thread_index.encode(thread_index.child(root, harness.clock.now + 5))
+    return harness.inbound(("From", sender), ("To", SUPPORT), ("Subject", "RE: your mail"),
+                           ("Message-ID", f"<guess{n}@evil.example>"), ("Thread-Index", value))
+
+
+def test_a_new_cases_outlook_root_cannot_be_worked_out(
+    make_harness: Callable[..., Any],
+) -> None:
+    harness = make_harness()
+    opened: list[CaseRecord] = []
+    # Opened by an agent's mail, by a customer's mail without Outlook, by an app's X-Case-ID.
+    out = harness.outbound(("From", AGENT), ("To", BOB), ("Subject", "Your invoice"))
+    opened.append(harness.case(out.case_id))
+    came = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer"),
+                           ("Message-ID", "<b1@customer.example.org>"))
+    opened.append(harness.case(came.case_id))
+    app = harness.outbound(("From", AGENT), ("To", BOB), ("Subject", "Ticket"),
+                           ("X-Case-ID", "TICKET-7"))
+    opened.append(harness.case(app.case_id))
+    case_admin.split(harness.index, came.case_id, [], 1, int(harness.clock.now))
+    opened.append(harness.case(harness.case(came.case_id).children[0]))
+    tried = threaded = 0
+    for case in opened:
+        # No guess from the case id and a window around its creation threads...
+        for created in range(case.created - 30, case.created + 31):
+            tried += 1
+            got = only_thread_index(harness, derived_root(case.case_id, case.number, created),
+                                    tried)
+            if got.decision.match == "thread-index" or case.case_id in got.decision.case_ids:
+                threaded += 1
+    assert tried == 4 * 61 and threaded == 0
+    # ...as each case keeps a random root of its own, which its mail carries.
+    assert all(case.thread_root is not None for case in opened)
+    assert len({case.thread_root for case in opened}) == len(opened)
+    # Control: the real root (our answer's Thread-Index) threads.
+    answer = harness.outbound(("From", AGENT), ("To", BOB), ("Subject", "Re: Your invoice"),
+                              ("X-Case-ID", out.case_id))
+    root = thread_index.root_of(thread_index.decode(answer.one("Thread-Index")) or b"")
+    assert root == bytes.fromhex(opened[0].thread_root or "")
+    got = only_thread_index(harness, root, 0, sender=BOB)
+    assert (got.decision.match, got.decision.case_ids) == ("thread-index", (out.case_id,))
+
+
+def test_inbound_mail_does_not_move_another_cases_outlook_root(
+    make_harness: Callable[..., Any],
+) -> None:
+    harness = make_harness()
+    # Bob writes from Outlook: his case keeps his conversation's root.
+    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
+                          ("Message-ID", "<b1@customer.example.org>"),
+                          ("Thread-Index", thread_index.encode(bob_root)))
+    # Alice has a case of her own (our mail, with its token), and a copy of Bob's mail.
+    alice_case = harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Your order"))
+    assert alice_case.case_id != bob.case_id
+    stolen = thread_index.encode(thread_index.child(bob_root, harness.clock.now))
+    # Her mail names her case by its token, or answers her own earlier mail.
+    for n, link in enumerate([("Subject", f"Re: {alice_case.one('Subject')}"),
+                              ("In-Reply-To", "<a-steal0@other.example.net>")]):
+        subject = [] if link[0] == "Subject" else [("Subject", "Re: order")]
+        mail = harness.inbound(("From", ALICE), ("To", SUPPORT), *subject, link,
+                               ("Message-ID", f"<a-steal{n}@other.example.net>"),
+                               ("Thread-Index", stolen))
+        assert mail.case_id == alice_case.case_id  # her mail goes where its link says
+        # Bob's next Outlook reply, with nothing but its Thread-Index, is still Bob's.
+        reply = only_thread_index(harness, bob_root, 100 + n, sender=BOB)
+        assert (reply.decision.match, reply.decision.case_ids) == ("thread-index",
+                                                                   (bob.case_id,))
+        assert reply.one("X-Case-Sender") == "known"
