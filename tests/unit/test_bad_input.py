@@ -394,6 +394,32 @@ def test_message_id_of_2000_characters_filter(run_filter: Any) -> None:
     one_log_line(p.stderr, "case=C-000001", "match=in-reply-to")
 
 
+# --------------------------------------------------------------------------- nested comments
+
+
+DEEP = 5_000
+
+
+@pytest.mark.parametrize("field", ["From", "To", "Cc"])
+def test_deeply_nested_comments_in_an_address_field(harness: Any, field: str) -> None:
+    """The stdlib's address parser recurses once per nested "(": 5,000 of them raised
+    RecursionError (adversarial audit), and the message passed without any X-Case-* field
+    (the failure policy), so downstream rules holding `X-Case-Sender: unknown` mail never saw
+    it. Such a field is read with its comments dropped: the address outside them counts."""
+    value = "Eve " + "(" * DEEP + "x" + ")" * DEEP + " <eve@evil.example>"
+    unclosed = "(" * DEEP + "bob@customer.example.org"  # all comment: no address
+    headers = {"From": "Eve <eve@evil.example>", "To": "<support@example.com>", "Cc": ""}
+    headers[field] = value if field == "From" else f"{value}, {unclosed}"
+    r = harness.inbound(*((k, v) for k, v in headers.items() if v),
+                        ("X-Case-ID", "C-999999"), ("Subject", "hi"))
+    assert r.all("X-Case-ID") == ["C-000001"] and r.one("X-Case-Match") == "new"
+    assert r.removals and "C-999999" not in [v for _, v in r.ours()]
+    case = harness.case("C-000001")
+    participants = {p for p in ("eve@evil.example", "bob@customer.example.org")
+                    if harness.index.find(AliasKind.PARTICIPANT, f"C-000001 {p}") is not None}
+    assert participants == {"eve@evil.example"}, case
+
+
 # --------------------------------------------------------------------------- bodies
 
 

@@ -101,6 +101,48 @@ _CACHED_LENGTH = 512
 _cached_simple_addresses = functools.lru_cache(maxsize=1024)(_read_simple_addresses)
 
 
+# The stdlib's address parser reads a nested comment by recursion, one level per "(": a hostile
+# From of 1,000 nested parentheses raised RecursionError, and the message passed without any
+# X-Case-* field (the failure policy). Deeper nesting than this is read with its comments
+# dropped, which carry no address (RFC 5322 CFWS); real mail nests two or three at most.
+MAX_COMMENT_DEPTH = 32
+
+
+def _shallow(text: str) -> str:
+    """`text`, or when its comments nest deeper than MAX_COMMENT_DEPTH, `text` with each
+    outermost comment (an unclosed one runs to the end) replaced by a blank, read in one pass
+    as RFC 5322 does: quoted strings and quoted pairs kept."""
+    if text.count("(") <= MAX_COMMENT_DEPTH:
+        return text
+    out: list[str] = []
+    depth = deepest = 0
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+            if not depth:
+                out.append(char)
+            continue
+        if char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth == 1:
+                out.append(" ")
+            continue
+        elif char == ")" and depth:
+            depth -= 1
+            continue
+        elif char == '"' and not depth:
+            quoted = True
+        if not depth:
+            out.append(char)
+    return "".join(out) if deepest > MAX_COMMENT_DEPTH else text
+
+
 def header_addresses(values: list[str]) -> list[str]:
     """Lower-cased addr-specs found in address fields (From, To, Cc); garbage is skipped. An
     internationalised domain becomes its A-label, as in `envelope_address`: one person writes
@@ -118,7 +160,7 @@ def header_addresses(values: list[str]) -> list[str]:
     # The stdlib reads the fields joined by commas: an unclosed quote or comment in one field
     # can swallow the next, so one unusual field sends all of them this way.
     found = []
-    for _name, addr in getaddresses(unfolded):
+    for _name, addr in getaddresses([_shallow(v) for v in unfolded]):
         addr = addr.strip().lower()
         if "@" in addr:
             found.append(addr if addr.isascii() else ascii_address(addr))
@@ -147,7 +189,7 @@ def first_address(value: str) -> str:
     simple = _simple_addresses(text)
     # Several addresses: left to parseaddr, whose answer for them differs between Python
     # releases (a strict one returns none).
-    return simple[0] if simple is not None and len(simple) == 1 else parseaddr(text)[1]
+    return simple[0] if simple is not None and len(simple) == 1 else parseaddr(_shallow(text))[1]
 
 
 def is_glob(pattern: str) -> bool:
