@@ -126,6 +126,37 @@ def test_a_flowed_last_line_does_not_take_the_token_line_into_its_paragraph(
     assert text_of(part) == tail % TOKEN
 
 
+MID = "<B4zR2Fw-k3j9a-AAAAAQAAAAIAAAADVQ+x/1sd-support@example.com>"
+
+
+@pytest.mark.parametrize(("body", "cte", "tail"), [
+    # osTicket's text: html2text of its template, then "\nRef-Mid: <Message-ID>\n".
+    (f"Hello Pat,\ndone.\nRef-Mid: {MID}\n", None,
+     f"Hello Pat,\ndone.\n\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),
+    (f"done.\r\nRef-Mid: {MID}\r\n\r\n", None,
+     f"done.\r\n\r\n[ref:{TOKEN}]\r\nRef-Mid: {MID}\r\n\r\n"),
+    (f"{'x' * 70} done.\nRef-Mid: {MID}", "quoted-printable",
+     f"{'x' * 70} done.\n\n[ref:{TOKEN}]\nRef-Mid: {MID}"),
+    (f"{'long text ' * 400}\nRef-Mid: {MID}\n", "base64",
+     f"{'long text ' * 400}\n\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),
+    # Not the last line, or not at a line's start: the end, as for any text.
+    (f"Ref-Mid: {MID}\nThanks\n", None, f"Ref-Mid: {MID}\nThanks\n\n[ref:{TOKEN}]\n"),
+    (f"see Ref-Mid: {MID}\n", None, f"see Ref-Mid: {MID}\n\n[ref:{TOKEN}]\n"),
+])
+def test_the_token_line_goes_above_ostickets_last_ref_mid_line(
+        body: str, cte: str | None, tail: str) -> None:
+    """osTicket reads `Ref-Mid: <its Message-ID>` back from a reply's body only at the body's
+    end (`Ref-Mid: ([^"\\s]*)$`), its fallback when the headers name none of its mail: below
+    it, our token line (quoted in the customer's reply) hid it from osTicket."""
+    raw_body = body.encode()
+    if cte == "base64":
+        raw_body = base64.encodebytes(raw_body)
+    elif cte == "quoted-printable":
+        raw_body = qp_encode(raw_body, b"\n")
+    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
+    assert text_of(part) == tail
+
+
 def test_html_tag_goes_before_the_last_closing_body_tag_any_case() -> None:
     html = b"<html><body><p>quoted </body> text</p>\n</BODY >\n</html>\n"
     out = stamp(message("text/html; charset=utf-8", html, "8bit"))

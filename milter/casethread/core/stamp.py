@@ -49,6 +49,12 @@ _RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I) for name in _RAW_TEXT}
 # An armor line of inline PGP. Searched without `^` and re.M, which would try every position
 # of the part (~35 us for 7 KB); the line start is checked per match instead.
 _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
+# osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
+# headers name none of its mail, reads the quoted line back only at the body's end (its
+# pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
+# Read in the part's last 2 KB only (the line and the blank lines after it).
+_TRAILING_MARK = re.compile(r"(?<![^\n])Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
+_TRAILING_MARK_TAIL = 2048
 
 Target = Literal["html", "text"]
 Status = Literal["stamped", "already", "skipped", "absent"]
@@ -399,13 +405,20 @@ def _render(request: _Request, newline: str) -> str:
 
 
 def _insertion_index(text: str, target: Target) -> int:
-    """HTML: before the last </body> (else </html>, else the end); plain text: the end."""
+    """HTML: before the last </body> (else </html>, else the end); plain text: the end, or
+    before a helpdesk's own last line that its reader finds only at the end (`_TRAILING_MARK`)."""
     if target == "html":
         for closing in _CLOSING_TAGS:
             found = _last_match(closing, text)
             if found is not None:
                 return found
-    return len(text)
+        return len(text)
+    tail = text[-_TRAILING_MARK_TAIL:]
+    mark = _TRAILING_MARK.search(tail)
+    if mark is None:
+        return len(text)
+    at = len(text) - len(tail) + mark.start()
+    return at if at == 0 or text[at - 1] == "\n" else len(text)  # a line's start, not the cut's
 
 
 def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
