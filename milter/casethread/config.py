@@ -588,6 +588,11 @@ _RULES: dict[str, _Rule] = {
     "outbound.new_case": _Rule(
         doc="Outbound mail matching no case: create a new case, or skip it."
     ),
+    "outbound.internal_recipients[]": _Rule(
+        check=_recipient,
+        doc="Recipients (local@domain, @domain, pattern) whose mail opens no case when it "
+        "goes to none but them: an app's notices to agents, notes to colleagues.",
+    ),
     "outbound.message_id_domain": _Rule(
         check=_domain, doc="Domain of Message-IDs we add; null = the From domain."
     ),

@@ -502,7 +502,7 @@ class Engine:
             if hit is not None:
                 case, match = self._outbound_case(ev, hit)
                 named_merged = bool(hit.case.merged_into)
-            elif out.new_case == "create" and self._may_open_case(msg):
+            elif out.new_case == "create" and self._may_open_case(msg, notes):
                 # The case and this mail's aliases in one commit.
                 # The agent's own Outlook root, when the mail has one, is the case's: later
                 # answers from the app continue that conversation in the customer's Outlook.
@@ -557,10 +557,14 @@ class Engine:
             tuple(trace),
         )
 
-    def _may_open_case(self, msg: Message) -> bool:
+    def _may_open_case(self, msg: Message, notes: list[str]) -> bool:
         """An agent's out-of-office, read receipt or delivery report (a top-level
         multipart/report) continues a case, never opens one. Only those: helpdesks such as RT
-        mark all their mail `Precedence: bulk`."""
+        mark all their mail `Precedence: bulk`. Nor does mail to none but
+        `outbound.internal_recipients` (`notes=internal-recipients`)."""
+        if self._classifier.to_internal_only(msg.envelope):
+            notes.append("internal-recipients")
+            return False
         if mime.is_report(msg.get("Content-Type")):
             return False
         return autoreply.classify_auto(msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED

@@ -710,6 +710,16 @@ def test_inbound_address_errors(tmp_path: Path, address: str, fragment: str) -> 
     assert fragment in exc.problem
 
 
+def test_internal_recipients_are_read_as_support_addresses_are(tmp_path: Path) -> None:
+    settings = load(tmp_path, "outbound:\n  internal_recipients: ['@Example.COM', "
+                              "'ops+*@corp.example', 'jörg@bücher.example']\n")
+    assert settings.outbound.internal_recipients == (
+        "@example.com", "ops+*@corp.example", "jörg@xn--bcher-kva.example")
+    exc = error(tmp_path, "outbound:\n  internal_recipients:\n    - colleagues\n")
+    assert (exc.line, exc.path) == (3, "outbound.internal_recipients[0]")
+    assert "has no '@'" in exc.problem
+
+
 @pytest.mark.parametrize(("text", "mode"), [("0660", 0o660), ("'0640'", 0o640), ("'0o600'", 0o600)])
 def test_socket_mode_is_octal(tmp_path: Path, text: str, mode: int) -> None:
     assert load(tmp_path, f"milter:\n  socket_mode: {text}\n").milter.socket_mode == mode

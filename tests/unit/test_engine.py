@@ -219,6 +219,29 @@ def test_outbound_new_case_skip(make_harness: Any, tweak: Any) -> None:
     assert r.case_id == "C-000001"
 
 
+def test_outbound_mail_to_internal_recipients_only_opens_no_case(
+        make_harness: Any, tweak: Any) -> None:
+    """An app's notice to its agents, an agent's note to a colleague: no case, no stamp. Mail
+    that names a case still continues it, and one outside recipient makes it a customer's."""
+    internal = ("@example.com", "ops+*@corp.example")
+    h = make_harness(tweak(outbound={"internal_recipients": internal}))
+    colleagues = ("dana@example.com", "OPS+alerts@corp.example")
+    r = h.outbound(AGENT, ("Subject", "Ticket #4 assigned to you"), rcpts=colleagues)
+    assert (r.decision.case_ids, r.decision.match) == ((), "none")
+    assert "internal-recipients" in r.decision.notes
+    assert r.all("X-Case-ID") == [] and r.one("Subject") == "Ticket #4 assigned to you"
+    assert h.index.get_case("C-000001") is None
+    assert r.one("Message-ID")  # a missing one is still added, as to all outbound mail
+    # To a customer too: a case, as before.
+    first = h.outbound(AGENT, rcpts=("dana@example.com", "pat@customer.example.org"))
+    assert first.case_id == "C-000001" and first.decision.match == "new"
+    # A colleague's copy of the case's mail continues the case.
+    r = h.outbound(AGENT, ("In-Reply-To", first.one("Message-ID")), rcpts=colleagues)
+    assert (r.case_id, r.decision.match) == ("C-000001", "in-reply-to")
+    # No recipient at all (a file run without --rcpt) is no internal mail.
+    assert h.outbound(AGENT, rcpts=()).decision.match == "new"
+
+
 # --------------------------------------------------------------------------- inbound
 
 

@@ -24,6 +24,8 @@ class Classifier:
             _unmapped(ipaddress.ip_network(n, strict=False)) for n in out.client_networks
         )
         self._inbound = AddressMatcher(settings.inbound.addresses)
+        self._internal = (AddressMatcher(out.internal_recipients)
+                          if out.internal_recipients else None)
 
     def is_outbound(self, env: Envelope) -> bool:
         # The sender domain never counts: it is forgeable. Only what the MTA vouches for does.
@@ -47,6 +49,13 @@ class Classifier:
     def to_support(self, env: Envelope) -> bool:
         """Whether a recipient is one of our support addresses (`inbound.addresses`)."""
         return any(self._inbound.matches(r) for r in env.rcpts)
+
+    def to_internal_only(self, env: Envelope) -> bool:
+        """Whether every recipient is one of `outbound.internal_recipients` (and there is
+        one)."""
+        internal = self._internal
+        return (internal is not None and bool(env.rcpts)
+                and all(internal.matches(r) for r in env.rcpts))
 
     def classify(self, env: Envelope) -> Direction:
         if self.is_outbound(env):

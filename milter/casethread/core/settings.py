@@ -147,6 +147,10 @@ class OutboundSettings:
     authenticated: bool = True
     client_networks: tuple[str, ...] = ()
     new_case: NewCasePolicy = "create"
+    # Recipients whose mail opens no case (as `inbound.addresses`: exact, "@domain", glob):
+    # outbound mail to none but these (an app's notices to its agents, an agent's note to a
+    # colleague) continues a case it names and opens none.
+    internal_recipients: tuple[str, ...] = ()
     # Domain for Message-IDs we add; None means the From domain (then the hostname).
     message_id_domain: str | None = None
 
