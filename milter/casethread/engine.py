@@ -307,7 +307,8 @@ class Engine:
                 # The case, this mail's aliases and its sender's count: one commit.
                 case = self.index.create_case(
                     now, queue=route.queue, bumps=bumps,
-                    aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id]),
+                    aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
+                                                              root=ev.thread_root),
                     thread_root=outbound.new_case_root(ev.thread_root, now),
                     expect=Expect(unrecorded + self._new_keys(ev)) if checking else None,
                     number_above=ev.lost_number,
@@ -398,11 +399,14 @@ class Engine:
             queue = route.queue if route.override or not earlier.queue else earlier.queue
             # The earlier case names its follow-up in the same commit: the reply's later
             # siblings go there (`rules`), and a sibling decided meanwhile is decided again.
+            # A root a case holds stays there, as below: the earlier case's leads here by
+            # that link, and another's is no way into the follow-up.
+            root = None if self._root_stays(ev, hit) else ev.thread_root
             case = self.index.create_case(
                 now, queue=queue, bumps=bumps,
                 thread_root=outbound.new_case_root(ev.thread_root, now),
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
-                                                          people),
+                                                          people, root),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
                 expect=expect, number_above=ev.lost_number,
             )
@@ -414,7 +418,7 @@ class Engine:
         # first child alone.
         after = self.index.record(
             self._aliases(msg, [t.case.case_id for t in targets], own_id,
-                          None if self._root_stays(ev, hit, targets) else ev.thread_root,
+                          None if self._root_stays(ev, hit) else ev.thread_root,
                           ev.notes, ev.new_external, people=people,
                           named=hit.case.case_id if len(targets) > 1 else None),
             now, bumps, changes, expect=expect)
@@ -426,14 +430,15 @@ class Engine:
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
 
-    def _root_stays(self, ev: Evidence, hit: Hit, targets: list[rules.Target]) -> bool:
+    def _root_stays(self, ev: Evidence, hit: Hit) -> bool:
         """Whether the mail's Outlook root is held already by a case: then inbound mail leaves
-        it there. Held by the case it named, or by a case merged into one it goes to, the rules
-        lead from there (recorded again for the survivor, the root would stay behind when a
-        wrong merge is moved). Held by another case, re-pointing it would send that case's
+        it there, also when it opens a follow-up. Held by the case it named, or by a case
+        merged into one it goes to, the rules lead from there (recorded again for the
+        survivor, the root would stay behind when a wrong merge is moved; the closed case
+        names its follow-up). Held by another case, re-pointing it would send that case's
         next Outlook reply, which may carry nothing but its Thread-Index, to this one, and
         anyone who saw a customer's Outlook mail can put its root into a mail of their own
-        case."""
+        case (one closed long ago: its follow-up)."""
         if ev.thread_root is None:
             return False
         holder = (hit.case if hit.match == "thread-index"
@@ -453,8 +458,11 @@ class Engine:
         return change
 
     def _message_aliases(self, msg: Message, ev: Evidence, own_id: str | None,
-                         case_ids: list[str], people: bool = True) -> list[Alias]:
-        return self._aliases(msg, case_ids, own_id, ev.thread_root, ev.notes, ev.new_external,
+                         case_ids: list[str], people: bool = True,
+                         root: bytes | None = None) -> list[Alias]:
+        """This mail's aliases for a case it opens; its Outlook root only when given (`root`)
+        or, for a case opened without a hit, the mail's own."""
+        return self._aliases(msg, case_ids, own_id, root, ev.notes, ev.new_external,
                              people=people)
 
     # -- outbound -----------------------------------------------------------------------------

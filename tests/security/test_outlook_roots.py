@@ -19,7 +19,7 @@ from typing import Any
 
 from casethread import case_admin
 from casethread.core import thread_index
-from casethread.core.model import CaseRecord
+from casethread.core.model import CaseRecord, CaseState
 
 SUPPORT = "support@example.com"
 AGENT = "Dana Agent <dana@support.example.com>"
@@ -107,3 +107,45 @@ def test_inbound_mail_does_not_move_another_cases_outlook_root(
         assert (reply.decision.match, reply.decision.case_ids) == ("thread-index",
                                                                    (bob.case_id,))
         assert reply.one("X-Case-Sender") == "known"
+
+
+def test_a_follow_up_does_not_take_another_cases_outlook_root(
+    make_harness: Callable[..., Any],
+) -> None:
+    """The same theft through a case of her own closed long ago: her mail opens its follow-up,
+    which must not take Bob's root along (review of the adversarial audit's fix)."""
+    harness = make_harness()
+    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
+                          ("Message-ID", "<b1@customer.example.org>"),
+                          ("Thread-Index", thread_index.encode(bob_root)))
+    alice_case = harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Your order"))
+    harness.set_case(alice_case.case_id, state=CaseState.CLOSED)
+    stolen = thread_index.encode(thread_index.child(bob_root, harness.clock.now))
+    mail = harness.inbound(("From", ALICE), ("To", SUPPORT),
+                           ("Subject", f"Re: {alice_case.one('Subject')}"),
+                           ("Message-ID", "<a-steal@other.example.net>"), ("Thread-Index", stolen))
+    assert mail.one("X-Case-Related") == alice_case.case_id  # her follow-up
+    reply = only_thread_index(harness, bob_root, 100, sender=BOB)
+    assert (reply.decision.match, reply.decision.case_ids) == ("thread-index", (bob.case_id,))
+    assert reply.one("X-Case-Sender") == "known"
+
+
+def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
+    make_harness: Callable[..., Any],
+) -> None:
+    """Control: Bob's own reply to his closed case opens a follow-up; his next reply with
+    nothing but the Thread-Index reaches that follow-up, through the closed case's link."""
+    harness = make_harness()
+    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
+                          ("Message-ID", "<b1@customer.example.org>"),
+                          ("Thread-Index", thread_index.encode(bob_root)))
+    harness.set_case(bob.case_id, state=CaseState.CLOSED)
+    again = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
+                            ("Message-ID", "<b2@customer.example.org>"),
+                            ("Thread-Index", thread_index.encode(
+                                thread_index.child(bob_root, harness.clock.now))))
+    assert again.one("X-Case-Related") == bob.case_id
+    reply = only_thread_index(harness, bob_root, 101, sender=BOB)
+    assert reply.decision.case_ids == (again.case_id,)
