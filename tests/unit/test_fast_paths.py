@@ -122,6 +122,13 @@ def test_a_display_name_holding_an_address_is_read_as_clients_read_it(
     # A group still ends at its semicolon; a quoted one is part of a name.
     ("Team: a@x.example, b@y.example;", ["a@x.example", "b@y.example"]),
     ('"Doe; John" <j@x.example>', ["j@x.example"]),
+    # Shapes the stdlib reads (quoted names, comments, empty entries): ";" outside them too.
+    ('"Doe, Jane" <jane@x.example>; bob@y.example', ["jane@x.example", "bob@y.example"]),
+    ('"Doe, Jane" <jane@x.example>;', ["jane@x.example"]),
+    ('"Support: Jane" <jane@x.example>; bob@y.example', ["jane@x.example", "bob@y.example"]),
+    ("a@x.example (home; old); b@y.example", ["a@x.example", "b@y.example"]),
+    ("a@x.example;; b@y.example", ["a@x.example", "b@y.example"]),
+    ("undisclosed-recipients:;", []),
 ])
 def test_semicolons_between_addresses_separate_them(value: str, found: list[str]) -> None:
     """Outlook's address line, scripts and apps write `a@x; b@y`; RFC 5322 reads `;` only as
@@ -133,7 +140,7 @@ def test_semicolons_between_addresses_separate_them(value: str, found: list[str]
 
 def _semicolon_list(values: list[str]) -> bool:
     """Semicolons outside any group: test_semicolons_between_addresses_separate_them."""
-    return any(";" in v and ":" not in v for v in values)
+    return any(";" in v and (":" not in v or addresses._commas(v) != v) for v in values)
 
 
 def _names_an_address(values: list[str]) -> bool:

@@ -143,6 +143,42 @@ def _shallow(text: str) -> str:
     return "".join(out) if deepest > MAX_COMMENT_DEPTH else text
 
 
+def _commas(text: str) -> str:
+    """`text` for the stdlib's parser: semicolons between addresses (outside quoted strings
+    and comments) as commas where no group is written (no `:` outside them), as
+    `_read_simple_addresses` reads them, for the shapes it leaves to the stdlib
+    (`"Doe, Jane" <jane@example.org>; bob@example.org;`); without the separator at its end,
+    after which a strict stdlib (Python's fix for CVE-2023-27043) finds no address at all."""
+    if ";" not in text:
+        return text
+    semicolons = []
+    depth = 0
+    quoted = escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth:
+            continue
+        elif char == '"':
+            quoted = True
+        elif char == ":":
+            return text  # a group: its ";" ends it
+        elif char == ";":
+            semicolons.append(i)
+    chars = list(text)
+    for i in semicolons:
+        chars[i] = ","
+    return "".join(chars).rstrip(" \t,")
+
+
 def header_addresses(values: list[str]) -> list[str]:
     """Lower-cased addr-specs found in address fields (From, To, Cc); garbage is skipped. An
     internationalised domain becomes its A-label, as in `envelope_address`: one person writes
@@ -160,7 +196,7 @@ def header_addresses(values: list[str]) -> list[str]:
     # The stdlib reads the fields joined by commas: an unclosed quote or comment in one field
     # can swallow the next, so one unusual field sends all of them this way.
     found = []
-    for _name, addr in getaddresses([_shallow(v) for v in unfolded]):
+    for _name, addr in getaddresses([_commas(_shallow(v)) for v in unfolded]):
         addr = addr.strip().lower()
         if "@" in addr:
             found.append(addr if addr.isascii() else ascii_address(addr))
@@ -189,7 +225,9 @@ def first_address(value: str) -> str:
     simple = _simple_addresses(text)
     # Several addresses: left to parseaddr, whose answer for them differs between Python
     # releases (a strict one returns none).
-    return simple[0] if simple is not None and len(simple) == 1 else parseaddr(_shallow(text))[1]
+    if simple is not None and len(simple) == 1:
+        return simple[0]
+    return parseaddr(_commas(_shallow(text)))[1]
 
 
 def is_glob(pattern: str) -> bool:
