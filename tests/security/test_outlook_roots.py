@@ -43,6 +43,15 @@ def only_thread_index(harness: Any, root: bytes, n: int, sender: str = EVE) -> A
                            ("Message-ID", f"<guess{n}@evil.example>"), ("Thread-Index", value))
 
 
+def bob_writes_from_outlook(harness: Any) -> tuple[bytes, Any]:
+    """Bob's first mail, from Outlook: his case keeps his conversation's root."""
+    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
+    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
+                          ("Message-ID", "<b1@customer.example.org>"),
+                          ("Thread-Index", thread_index.encode(bob_root)))
+    return bob_root, bob
+
+
 def test_a_new_cases_outlook_root_cannot_be_worked_out(
     make_harness: Callable[..., Any],
 ) -> None:
@@ -85,11 +94,7 @@ def test_inbound_mail_does_not_move_another_cases_outlook_root(
     make_harness: Callable[..., Any],
 ) -> None:
     harness = make_harness()
-    # Bob writes from Outlook: his case keeps his conversation's root.
-    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
-    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
-                          ("Message-ID", "<b1@customer.example.org>"),
-                          ("Thread-Index", thread_index.encode(bob_root)))
+    bob_root, bob = bob_writes_from_outlook(harness)
     # Alice has a case of her own (our mail, with its token), and a copy of Bob's mail.
     alice_case = harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Your order"))
     assert alice_case.case_id != bob.case_id
@@ -115,10 +120,7 @@ def test_a_follow_up_does_not_take_another_cases_outlook_root(
     """The same theft through a case of her own closed long ago: her mail opens its follow-up,
     which must not take Bob's root along (review of the adversarial audit's fix)."""
     harness = make_harness()
-    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
-    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
-                          ("Message-ID", "<b1@customer.example.org>"),
-                          ("Thread-Index", thread_index.encode(bob_root)))
+    bob_root, bob = bob_writes_from_outlook(harness)
     alice_case = harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Your order"))
     harness.set_case(alice_case.case_id, state=CaseState.CLOSED)
     stolen = thread_index.encode(thread_index.child(bob_root, harness.clock.now))
@@ -137,10 +139,7 @@ def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
     """Control: Bob's own reply to his closed case opens a follow-up; his next reply with
     nothing but the Thread-Index reaches that follow-up, through the closed case's link."""
     harness = make_harness()
-    bob_root = thread_index.new_root(harness.clock.now, bytes(range(16)))
-    bob = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "Printer broken"),
-                          ("Message-ID", "<b1@customer.example.org>"),
-                          ("Thread-Index", thread_index.encode(bob_root)))
+    bob_root, bob = bob_writes_from_outlook(harness)
     harness.set_case(bob.case_id, state=CaseState.CLOSED)
     again = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
                             ("Message-ID", "<b2@customer.example.org>"),

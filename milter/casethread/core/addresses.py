@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+from collections.abc import Iterator
 from email.utils import getaddresses, parseaddr
 
 from .message import unfold
@@ -108,38 +109,48 @@ _cached_simple_addresses = functools.lru_cache(maxsize=1024)(_read_simple_addres
 MAX_COMMENT_DEPTH = 32
 
 
-def _shallow(text: str) -> str:
-    """`text`, or when its comments nest deeper than MAX_COMMENT_DEPTH, `text` with each
-    outermost comment (an unclosed one runs to the end) replaced by a blank, read in one pass
-    as RFC 5322 does: quoted strings and quoted pairs kept."""
-    if text.count("(") <= MAX_COMMENT_DEPTH:
-        return text
-    out: list[str] = []
-    depth = deepest = 0
+def _lexed(text: str) -> Iterator[tuple[int, str, int, bool]]:
+    """Each character of an address field as RFC 5322 reads it, in one pass: its index, the
+    depth of the comments around it (a comment's parentheses count as inside it) and whether
+    it is quoted (in a quoted string, or a quoted pair)."""
+    depth = 0
     quoted = escaped = False
-    for char in text:
+    for i, char in enumerate(text):
         if escaped:
             escaped = False
-            if not depth:
-                out.append(char)
+            yield i, char, depth, True
             continue
         if char == "\\":
             escaped = True
         elif quoted:
             quoted = char != '"'
+            yield i, char, depth, True
+            continue
         elif char == "(":
             depth += 1
-            deepest = max(deepest, depth)
-            if depth == 1:
-                out.append(" ")
-            continue
         elif char == ")" and depth:
             depth -= 1
+            yield i, char, depth + 1, False
             continue
         elif char == '"' and not depth:
             quoted = True
+        yield i, char, depth, quoted
+
+
+def _shallow(text: str) -> str:
+    """`text`, or when its comments nest deeper than MAX_COMMENT_DEPTH, `text` with each
+    outermost comment (an unclosed one runs to the end) replaced by a blank: quoted strings
+    and quoted pairs kept."""
+    if text.count("(") <= MAX_COMMENT_DEPTH:
+        return text
+    out: list[str] = []
+    deepest = 0
+    for _, char, depth, quoted in _lexed(text):
+        deepest = max(deepest, depth)
         if not depth:
             out.append(char)
+        elif depth == 1 and char == "(" and not quoted:
+            out.append(" ")
     return "".join(out) if deepest > MAX_COMMENT_DEPTH else text
 
 
@@ -151,31 +162,14 @@ def _commas(text: str) -> str:
     after which a strict stdlib (Python's fix for CVE-2023-27043) finds no address at all."""
     if ";" not in text:
         return text
-    semicolons = []
-    depth = 0
-    quoted = escaped = False
-    for i, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif depth:
-            continue
-        elif char == '"':
-            quoted = True
-        elif char == ":":
-            return text  # a group: its ";" ends it
-        elif char == ";":
-            semicolons.append(i)
     chars = list(text)
-    for i in semicolons:
-        chars[i] = ","
+    for i, char, depth, quoted in _lexed(text):
+        if depth or quoted:
+            continue
+        if char == ":":
+            return text  # a group: its ";" ends it
+        if char == ";":
+            chars[i] = ","
     return "".join(chars).rstrip(" \t,")
 
 
