@@ -404,7 +404,7 @@ class Engine:
             root = None if self._root_stays(ev, hit) else ev.thread_root
             case = self.index.create_case(
                 now, queue=queue, bumps=bumps,
-                thread_root=outbound.new_case_root(ev.thread_root, now),
+                thread_root=outbound.new_case_root(self._followup_root(ev, hit, earlier), now),
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
                                                           people, root),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
@@ -429,6 +429,21 @@ class Engine:
             state = "reopened" if reopened else case.state.value
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
+
+    def _followup_root(self, ev: Evidence, hit: Hit, earlier: CaseRecord) -> bytes | None:
+        """The mail's Outlook root as the root of the follow-up it opens of `earlier`: when no
+        case holds it, or the case the mail named or `earlier` (or a case merged into it)
+        does, the customer's own conversation, which our answers then continue in their
+        Outlook. Not another case's: our answers in the follow-up record its root, and would
+        move that case's conversation here."""
+        if ev.thread_root is None:
+            return None
+        holder = (hit.case if hit.match == "thread-index"
+                  else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
+        if (holder is None or holder.case_id in (hit.case.case_id, earlier.case_id)
+                or rules.survivor(holder, self.index).case_id == earlier.case_id):
+            return ev.thread_root
+        return None
 
     def _root_stays(self, ev: Evidence, hit: Hit) -> bool:
         """Whether the mail's Outlook root is held already by a case: then inbound mail leaves
@@ -491,10 +506,16 @@ class Engine:
         if id_blocked:
             notes.append("message-id-not-changed:dkim-signed")
 
+        # A case this mail opens takes its root only when that names no case: it may be
+        # another case's that `thread-index` did not take (an agent's Outlook forward of a
+        # customer's mail to someone else), and recorded for the new case, that customer's
+        # next Outlook reply would go there.
+        opening_root = ev.thread_root if ev.thread_root is None or ev.case_by_alias(
+            AliasKind.THREAD_ROOT, ev.thread_root.hex()) is None else None
+
         def aliases_of(case: CaseRecord, opened: bool = False) -> list[Alias]:
-            root: bytes | None = outbound.thread_root_of(ev.thread_root, case)
-            # A case this mail opens (inside the index's write) takes a root that names no
-            # case: else `thread-index` would have found it.
+            root: bytes | None = outbound.thread_root_of(
+                opening_root if opened else ev.thread_root, case)
             if not opened and self._root_held_elsewhere(ev, case):
                 trace.append(f"thread root not recorded for {case.case_id}: "
                              "another case holds it")
@@ -519,7 +540,7 @@ class Engine:
                 checking = message_id.edit is None and attempt < MAX_DECISIONS
                 case = self.index.create_case(
                     int(now), aliases=lambda new: aliases_of(new, opened=True),
-                    thread_root=outbound.new_case_root(ev.thread_root, int(now)),
+                    thread_root=outbound.new_case_root(opening_root, int(now)),
                     expect=Expect(((AliasKind.MESSAGE, message_id.normalised),)) if checking
                     else None, number_above=ev.lost_number)
                 match, new_case, recorded = "new", True, True

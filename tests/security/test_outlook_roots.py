@@ -131,6 +131,30 @@ def test_a_follow_up_does_not_take_another_cases_outlook_root(
     reply = only_thread_index(harness, bob_root, 100, sender=BOB)
     assert (reply.decision.match, reply.decision.case_ids) == ("thread-index", (bob.case_id,))
     assert reply.one("X-Case-Sender") == "known"
+    # Nor does our answer in her follow-up (it records the follow-up's own root).
+    assert harness.case(mail.case_id).thread_root != bob_root.hex()
+    harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Re: your order"),
+                     ("X-Case-ID", mail.case_id))
+    reply = only_thread_index(harness, bob_root, 101, sender=BOB)
+    assert (reply.decision.match, reply.decision.case_ids) == ("thread-index", (bob.case_id,))
+
+
+def test_an_agents_outlook_forward_to_someone_else_leaves_the_root(
+    make_harness: Callable[..., Any],
+) -> None:
+    """An agent forwards Bob's mail from Outlook to Carol, who is no participant: the forward
+    carries Bob's conversation's Thread-Index, which `thread-index` does not take for her, so
+    it opens a case. That case gets a root of its own: recorded for it, Bob's root took his
+    next Outlook reply to Carol's case."""
+    harness = make_harness()
+    bob_root, bob = bob_writes_from_outlook(harness)
+    forward = harness.outbound(
+        ("From", AGENT), ("To", "Carol <carol@third.example>"), ("Subject", "FW: Printer broken"),
+        ("Thread-Index", thread_index.encode(thread_index.child(bob_root, harness.clock.now))))
+    assert forward.decision.match == "new" and forward.case_id != bob.case_id
+    assert harness.case(forward.case_id).thread_root not in (None, bob_root.hex())
+    reply = only_thread_index(harness, bob_root, 100, sender=BOB)
+    assert (reply.decision.match, reply.decision.case_ids) == ("thread-index", (bob.case_id,))
 
 
 def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
