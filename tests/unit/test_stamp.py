@@ -157,6 +157,30 @@ def test_the_token_line_goes_above_ostickets_last_ref_mid_line(
     assert text_of(part) == tail
 
 
+@pytest.mark.parametrize(("template", "tail"), [
+    ("\n[ref:{token}]", f"done.\n\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),
+    ("[ref:{token}]", f"done.\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),
+    ("\n-- \nref {token}", f"done.\n\n-- \nref {TOKEN}\nRef-Mid: {MID}\n"),
+])
+@pytest.mark.parametrize("cte", [None, "quoted-printable", "base64"])
+def test_a_template_without_a_last_line_break_keeps_ostickets_line_its_own(
+        template: str, tail: str, cte: str | None) -> None:
+    """Above `Ref-Mid:`, a template that does not end in a line break (valid: `{token}` is all
+    it needs) got one: it joined osTicket's line (`[ref:...]Ref-Mid: <...>`)."""
+    raw_body = f"done.\nRef-Mid: {MID}\n".encode()
+    if cte == "base64":
+        raw_body = base64.encodebytes(raw_body)
+    elif cte == "quoted-printable":
+        raw_body = qp_encode(raw_body, b"\n")
+    options = StampSettings(html=False, text_template=template)
+    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte), options))
+    assert text_of(part) == tail
+    # At the end of other text, the template is written as it is.
+    plain = message("text/plain; charset=utf-8", b"done.\n", cte=None)
+    [part] = leaves(stamp(plain, options))
+    assert text_of(part) == "done.\n" + template.replace("{token}", TOKEN)
+
+
 def test_html_tag_goes_before_the_last_closing_body_tag_any_case() -> None:
     html = b"<html><body><p>quoted </body> text</p>\n</BODY >\n</html>\n"
     out = stamp(message("text/html; charset=utf-8", html, "8bit"))

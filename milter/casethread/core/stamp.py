@@ -278,6 +278,10 @@ def _try_stamp_part(
     newline = _text_newline(text, wire_newline)
     insertion = _render(request, newline)
     cut = _insertion_index(text, target)
+    if target == "text" and cut < len(text) and not insertion.endswith("\n"):
+        # Above osTicket's last line (`_TRAILING_MARK`): a template without a line break at
+        # its end would join that line (`[ref:...]Ref-Mid: <...>`).
+        insertion += newline
     if target == "text" and _flows_on(part, text[:cut], insertion):
         insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
     prefix, suffix = _encode_halves(text, cut, codec, decoded)
