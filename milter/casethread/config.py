@@ -591,7 +591,8 @@ _RULES: dict[str, _Rule] = {
     "outbound.internal_recipients[]": _Rule(
         check=_recipient,
         doc="Recipients (local@domain, @domain, pattern) whose mail opens no case when it "
-        "goes to none but them: an app's notices to agents, notes to colleagues.",
+        "goes to none but them: an app's notices to agents, notes to colleagues; a support "
+        "address never counts as one.",
     ),
     "outbound.message_id_domain": _Rule(
         check=_domain, doc="Domain of Message-IDs we add; null = the From domain."

@@ -242,6 +242,22 @@ def test_outbound_mail_to_internal_recipients_only_opens_no_case(
     assert h.outbound(AGENT, rcpts=()).decision.match == "new"
 
 
+@pytest.mark.parametrize("rcpts", [("support@example.com",),
+                                   ("dana@example.com", "Support@Example.com"),
+                                   ("desk@help.example.com",)])
+def test_outbound_mail_to_a_support_address_is_no_internal_mail(
+        make_harness: Any, tweak: Any, rcpts: tuple[str, ...]) -> None:
+    """A support address is the helpdesk's, also where `internal_recipients` names its domain
+    (as the README's `["@example.com"]` beside `support@example.com`): an agent's forward of a
+    customer's mail to it, or a colleague's note copied to it, opens a case as before, and the
+    copy delivered to the support mailbox carries its X-Case-ID."""
+    h = make_harness(tweak(outbound={"internal_recipients": ("@example.com", "*@*.example.com")}))
+    r = h.outbound(AGENT, ("Subject", "Fwd: printer broken"), rcpts=rcpts)
+    assert (r.case_id, r.decision.match) == ("C-000001", "new")
+    assert "internal-recipients" not in r.decision.notes
+    assert r.all("X-Case-ID") == ["C-000001"]
+
+
 # --------------------------------------------------------------------------- inbound
 
 

@@ -52,10 +52,13 @@ class Classifier:
 
     def to_internal_only(self, env: Envelope) -> bool:
         """Whether every recipient is one of `outbound.internal_recipients` (and there is
-        one)."""
+        one). A support address (`inbound.addresses`) never is, also where a pattern of
+        both names it (`@example.com` and `support@example.com`): mail to the helpdesk is a
+        case's mail, an agent's forward to it too."""
         internal = self._internal
         return (internal is not None and bool(env.rcpts)
-                and all(internal.matches(r) for r in env.rcpts))
+                and all(internal.matches(r) and not self._inbound.matches(r)
+                        for r in env.rcpts))
 
     def classify(self, env: Envelope) -> Direction:
         if self.is_outbound(env):
