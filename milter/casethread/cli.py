@@ -189,6 +189,12 @@ def cmd_filter(args: argparse.Namespace) -> int:
             # fields name the case); the message printed keeps all of it.
             given = None if args.direction == "auto" else Direction(args.direction)
             direction = engine.classify(msg, given)
+            if (direction is Direction.OUTBOUND and not msg.envelope.rcpts
+                    and settings.outbound.internal_recipients):
+                # The milter always has the envelope's: without them no mail is internal.
+                log.warning("no --rcpt: outbound.internal_recipients cannot apply, so this "
+                            "mail is decided as if it went to a customer; give its "
+                            "recipients with --rcpt")
             plan = engine.body_wanted(Message(msg.envelope, headers), direction)
             skipped = direction is Direction.INBOUND and not plan.room
             read = (Message(msg.envelope, headers, body[: plan.room], msg.newline)

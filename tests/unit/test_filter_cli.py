@@ -178,6 +178,27 @@ def test_auth_user_and_client_address_signals(run_filter: Any, tmp_path: Path) -
     assert "direction=other" in p.stderr.decode()
 
 
+def test_outbound_without_rcpt_says_internal_recipients_cannot_apply(
+        run_filter: Any, tmp_path: Path) -> None:
+    """The milter always has the envelope's recipients; a file run without --rcpt has none,
+    so an agent's note to a colleague opened a case there that the MTA's run would not
+    open, with nothing on stderr to say why."""
+    config = tmp_path / "internal.yaml"
+    config.write_text('outbound:\n  internal_recipients: ["@support.example.com"]\n')
+    raw = (DATA / "agent-first.eml").read_bytes().replace(
+        b"pat@customer.example.org", b"bo@support.example.com")
+    p = run_filter("--config", str(config), "--direction", "outbound", "-", stdin=raw)
+    assert "match=new" in p.stderr.decode()
+    assert "no --rcpt: outbound.internal_recipients cannot apply" in p.stderr.decode()
+    p = run_filter("--config", str(config), "--direction", "outbound",
+                   "--rcpt", "bo@support.example.com", "-", stdin=raw)
+    assert "notes=internal-recipients" in p.stderr.decode()
+    assert "no --rcpt" not in p.stderr.decode()
+    # Without the setting there is nothing to say.
+    p = run_filter("--direction", "outbound", "-", stdin=raw)
+    assert "no --rcpt" not in p.stderr.decode()
+
+
 def test_index_path_from_config(run_filter: Any, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"index:\n  path: {tmp_path / 'from-config'}\n")
