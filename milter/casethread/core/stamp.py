@@ -53,7 +53,8 @@ _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
 # headers name none of its mail, reads the quoted line back only at the body's end (its
 # pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
 # Read in the part's last 2 KB only (the line and the blank lines after it).
-_TRAILING_MARK = re.compile(r"(?<![^\n])Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
+_TRAILING_MARK_START = "Ref-Mid: "
+_TRAILING_MARK = re.compile(r"Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
 _TRAILING_MARK_TAIL = 2048
 
 Target = Literal["html", "text"]
@@ -417,11 +418,13 @@ def _insertion_index(text: str, target: Target) -> int:
             if found is not None:
                 return found
         return len(text)
+    # Only the last occurrence can be followed by nothing but blank lines: matched there, not
+    # searched for (a search tried every position of the tail: ~20 us a part).
     tail = text[-_TRAILING_MARK_TAIL:]
-    mark = _TRAILING_MARK.search(tail)
-    if mark is None:
+    last = tail.rfind(_TRAILING_MARK_START)
+    if last < 0 or _TRAILING_MARK.match(tail, last) is None:
         return len(text)
-    at = len(text) - len(tail) + mark.start()
+    at = len(text) - len(tail) + last
     return at if at == 0 or text[at - 1] == "\n" else len(text)  # a line's start, not the cut's
 
 
