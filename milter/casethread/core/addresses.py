@@ -91,9 +91,11 @@ def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
     for piece in pieces:
         match = _SIMPLE_ADDRESS.fullmatch(piece)
         if match is None:
-            return None
+            if piece.strip(" \t"):
+                return None
+            continue  # an empty list element (RFC 5322 §4.4 obs-addr-list: `a@x, b@y,`)
         found.append(match.group(1) or match.group(2))
-    return tuple(found)
+    return tuple(found) if found else None
 
 
 # One message reads its From three times (sender, auto-reply check, participants), and the
@@ -159,9 +161,15 @@ def _commas(text: str) -> str:
     and comments) as commas where no group is written (no `:` outside them), as
     `_read_simple_addresses` reads them, for the shapes it leaves to the stdlib
     (`"Doe, Jane" <jane@example.org>; bob@example.org;`); without the separator at its end,
-    after which a strict stdlib (Python's fix for CVE-2023-27043) finds no address at all."""
+    after which a strict stdlib (Python's fix for CVE-2023-27043) finds no address at all,
+    though RFC 5322 §4.4 (obs-addr-list) allows empty list elements (`a@x, b@y,`)."""
     if ";" not in text:
-        return text
+        end = text.rstrip(" \t")
+        if not end.endswith(","):
+            return text
+        # The last comma as a separator only: not one in a quoted string or a comment.
+        *_, (_, _, depth, quoted) = _lexed(end)
+        return text if depth or quoted else end.rstrip(" \t,")
     chars = list(text)
     for i, char, depth, quoted in _lexed(text):
         if depth or quoted:
