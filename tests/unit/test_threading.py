@@ -1016,6 +1016,34 @@ def test_a_forged_support_or_agent_sender_is_no_participant(harness: Any, forged
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-ref")
 
 
+GROUP = "team@googlegroups.com"
+GROUP_COPY = (("Reply-To", f"Pat Customer <{CUSTOMER_ADDR}>"), ("To", f"Team <{GROUP}>"),
+              ("List-Id", "<team.googlegroups.com>"), ("Precedence", "list"),
+              ("List-Post", f"<https://groups.google.com/group/team/post>, <mailto:{GROUP}>"))
+
+
+@pytest.mark.parametrize("direct_cc", [False, True])
+def test_a_mailing_lists_address_is_no_participant(harness: Any, direct_cc: bool) -> None:
+    """Google Groups (and Mailman's DMARC mitigation) re-send a member's mail under the list's
+    From: a list copy of Pat's reply with our token, or Pat's own mail Cc'ing the list, must
+    not make the list a participant, or every member's `[Case C-...]` would thread as
+    `known` (and add its Cc)."""
+    start_case(harness)  # Dana -> Pat: C-000001
+    if direct_cc:
+        harness.inbound(CUSTOMER, TO_SUPPORT, ("Cc", f"Team <{GROUP}>"),
+                        ("Subject", f"Re: Printer jam [ref:{harness.token('C-000001')}]"))
+    else:
+        relayed = harness.inbound(("From", f"'Pat Customer' via Team <{GROUP}>"), *GROUP_COPY,
+                                  ("Subject", f"Re: Printer jam [ref:{harness.token('C-000001')}]"))
+        assert (relayed.case_id, relayed.one("X-Case-Sender")) == ("C-000001", "unknown")
+    post = harness.inbound(("From", f"'Eve Elsewhere' via Team <{GROUP}>"), *GROUP_COPY,
+                           ("Cc", "eve@elsewhere.example"), ("Subject", "About [Case C-000001]"))
+    assert post.one("X-Case-Match") == "none"
+    assert post.all("X-Case-ID") == []
+    r = harness.inbound(STRANGER, ("Subject", "Update [Case C-000001]"))
+    assert r.one("X-Case-Match") == "new"  # the Cc'd stranger did not join either
+
+
 def test_subject_ref_from_a_stranger_does_not_thread(harness: Any) -> None:
     start_case(harness)
     r = harness.inbound(STRANGER, ("Subject", "Hijack [Case C-000001]"))

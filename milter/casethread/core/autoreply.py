@@ -327,6 +327,25 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
     return False
 
 
+def list_addresses(msg: Message) -> frozenset[str]:
+    """The mailing list's own addresses, as its mail names them: the `List-Post` mailto
+    addresses and the `List-Id` read as one (`<team.googlegroups.com>` for
+    team@googlegroups.com, RFC 2919), lower-cased. A list is nobody's participant: Google
+    Groups and Mailman's DMARC mitigation write its address as From ("'Pat' via Team
+    <team@googlegroups.com>"), so a list address taken for a person would make every
+    member's mail a participant's."""
+    found: set[str] = set()
+    for value in msg.get_all("List-Post"):
+        found.update(a.lower() for a in _MAILTO.findall(unfold(value)))
+    for value in msg.get_all("List-Id"):
+        match = _LIST_ID.search(unfold(value))
+        if match is not None:
+            label, _, namespace = match.group(1).partition(".")
+            if namespace:
+                found.add(f"{label}@{namespace}".lower())
+    return frozenset(found)
+
+
 def _auto_generated(
     fields: Fields, submitted: list[str], null_sender: bool, from_local: str,
     ours: Callable[[str], bool] | None,

@@ -170,9 +170,18 @@ class Evidence:
         hit = self.reader.find(kind, key)
         return self.case_by_id(hit.case_id) if hit else None
 
+    @lazy
+    def list_addresses(self) -> frozenset[str]:
+        """The addresses of the mailing list that sent this mail, if it is list mail."""
+        return autoreply.list_addresses(self.msg)
+
     def is_participant(self, case_id: str) -> bool:
-        # Our support address is on every case's mail: anyone can forge it as From.
-        if self.sender is None or self._resolver.is_ours(self.sender):
+        # Our support address is on every case's mail: anyone can forge it as From. A list
+        # that re-sends a member's mail under its own From (Google Groups, Mailman's DMARC
+        # mitigation) hides who wrote it: any member may have, also when the list's address
+        # was recorded (a customer's mail Cc'd it).
+        if (self.sender is None or self._resolver.is_ours(self.sender)
+                or self.sender in self.list_addresses):
             return False
         return self._participant(case_id, self.sender)
 
@@ -349,8 +358,12 @@ class Resolver:
         fields = msg.get_all("To") + msg.get_all("Cc")
         is_ours = self.is_ours
         if not ours:
+            # Nor a mailing list's own address (its From under DMARC mitigation, its To):
+            # every member's mail would be a participant's.
+            lists = autoreply.list_addresses(msg)
             found = header_addresses(msg.get_all("From") + fields)
-            return list(dict.fromkeys(a for a in found if "@" in a and not is_ours(a)))
+            return list(dict.fromkeys(a for a in found
+                                      if "@" in a and not is_ours(a) and a not in lists))
         agents = set(header_addresses(msg.get_all("From")))
         found = header_addresses(fields) + [envelope_address(r) for r in msg.envelope.rcpts]
         return list(dict.fromkeys(a for a in found
