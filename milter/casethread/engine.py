@@ -373,7 +373,8 @@ class Engine:
         # counts against its envelope sender: a loop must not pass for want of a From. Not a
         # person's mail: a web form sends every visitor's question under one envelope sender,
         # with the visitor's name as From. The null sender's mail counts against nobody.
-        sender = ev.sender or (
+        # A list that re-sends a member's mail under its own From counts it against the member.
+        sender = ev.poster or (
             envelope_address(ev.msg.envelope.mail_from) if auto != autoreply.NO else "")
         if not sender:
             return [], False

@@ -2169,6 +2169,31 @@ def test_a_web_forms_questions_each_open_a_case(make_harness: Any, tweak: Any) -
         assert (r.one("X-Case-Match"), r.all("X-Case-Loop")) == ("new", [])
 
 
+OWN_GROUP = (("List-Id", "<support.example.com>"), ("Precedence", "list"),
+             ("List-Post", "<mailto:support@example.com>"))
+
+
+def test_a_list_under_its_own_from_counts_each_member(make_harness: Any, tweak: Any) -> None:
+    """support@ is a Google Group: it re-sends every customer whose domain asks for DMARC
+    under its own From ("'Pat' via Support <support@example.com>", Reply-To: Pat). Counted
+    against the group, the hour's customers past the limit opened no case; each member is
+    counted, and one member's own flood still is a loop."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    for n in range(4):
+        r = h.inbound(("From", f"'Customer {n}' via Support <support@example.com>"),
+                      ("Reply-To", f"Customer {n} <c{n}@corp{n}.example>"), *OWN_GROUP,
+                      ("Subject", f"Question {n}"))
+        assert (r.one("X-Case-Match"), r.all("X-Case-Loop")) == ("new", []), n
+    loops = [h.inbound(("From", "'Pat' via Support <support@example.com>"),
+                       ("Reply-To", f"Pat <{CUSTOMER_ADDR}>"), *OWN_GROUP,
+                       ("Subject", f"Again {n}")).all("X-Case-Loop") for n in range(3)]
+    assert loops == [[], [], ["yes"]]
+    # Without a Reply-To the list's From counts, as before.
+    bare = [h.inbound(("From", "'X' via Support <support@example.com>"), *OWN_GROUP,
+                      ("Subject", f"Bare {n}")).all("X-Case-Loop") for n in range(3)]
+    assert bare == [[], [], ["yes"]]
+
+
 def test_flood_does_not_count_the_null_sender(make_harness: Any, tweak: Any) -> None:
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
     loops = [h.inbound(("Subject", f"hello {n}"), mail_from="<>").all("X-Case-Loop")

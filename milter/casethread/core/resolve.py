@@ -116,6 +116,21 @@ class Evidence:
         return found[0] if found else None
 
     @lazy
+    def poster(self) -> str | None:
+        """Who wrote the mail, as the flood limit counts it: the From, but for mail a list
+        re-sends under its own From (Google Groups' "'Pat' via Team", Mailman's DMARC
+        mitigation) the member its Reply-To names: else every member's mail counts against
+        the list, and where the list is support@ itself the hour's 21st customer opens no
+        case. Without such a Reply-To, the list's From as before."""
+        sender = self.sender
+        if sender is None or sender not in self.list_addresses:
+            return sender
+        for address in header_addresses(self.msg.get_all("Reply-To")):
+            if address not in self.list_addresses and not self._resolver.is_ours(address):
+                return address
+        return sender
+
+    @lazy
     def subject(self) -> str:
         return unfold(self.msg.get("Subject") or "")
 
