@@ -591,9 +591,14 @@ class Engine:
         """An agent's out-of-office, read receipt or delivery report (a top-level
         multipart/report) continues a case, never opens one. Only those: helpdesks such as RT
         mark all their mail `Precedence: bulk`. Nor does mail to none but
-        `outbound.internal_recipients` (`notes=internal-recipients`)."""
+        `outbound.internal_recipients` (`notes=internal-recipients`), nor a list's or a
+        newsletter's (`notes=list-mail`): one case for an announcement would take every
+        recipient's reply, one customer's beside another's, and make them all participants."""
         if self._classifier.to_internal_only(msg.envelope):
             notes.append("internal-recipients")
+            return False
+        if autoreply.is_list_mail(msg, self._resolver.is_ours):
+            notes.append("list-mail")
             return False
         if mime.is_report(msg.get("Content-Type")):
             return False

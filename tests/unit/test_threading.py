@@ -2592,6 +2592,35 @@ def test_an_agents_receipt_or_report_opens_no_case(harness: Any, kind: str) -> N
     assert (r.case_id, r.decision.match) == ("C-000001", "references")
 
 
+@pytest.mark.parametrize("field", [("List-Id", "<news.lists.example.com>"),
+                                   ("List-Unsubscribe", "<mailto:news-leave@example.com>"),
+                                   ("Precedence", "list")])
+def test_our_announcement_list_mail_opens_no_case(harness: Any, field: tuple[str, str]) -> None:
+    """An announcement or newsletter sent through the outbound path: one case for it would
+    take every customer's reply, each company's beside the others', and make every recipient
+    a participant. It passes unstamped (`notes=list-mail`); each reply opens its own case."""
+    ann = harness.outbound(("From", "News <news@example.com>"),
+                           ("To", "Customers <news@lists.example.com>"), field,
+                           ("Subject", "Maintenance on Sunday"),
+                           ("Message-ID", "<ann@example.com>"),
+                           rcpts=(CUSTOMER_ADDR, "joe@vendor.example"))
+    assert (ann.decision.case_ids, ann.decision.match) == ((), "none")
+    assert "list-mail" in ann.decision.notes
+    assert ann.one("Subject") == "Maintenance on Sunday"
+    replies = [harness.inbound(sender, TO_SUPPORT, ("Subject", "Re: Maintenance on Sunday"),
+                               ("In-Reply-To", "<ann@example.com>"))
+               for sender in (CUSTOMER, ("From", "joe@vendor.example"))]
+    assert [(r.case_id, r.one("X-Case-Match")) for r in replies] == [
+        ("C-000001", "new"), ("C-000002", "new")]
+    # An answer on a list's mail that names a case continues it; our own group is no list.
+    out = start_case(harness)
+    r = harness.outbound(AGENT, TO_CUSTOMER, field, ("Subject", f"Re: {out.one('Subject')}"))
+    assert (r.case_id, r.decision.match) == (out.case_id, "token")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("List-Post", "<mailto:support@example.com>"),
+                         ("Subject", "Hello"))
+    assert r.decision.match == "new"
+
+
 def test_a_helpdesk_marking_its_mail_bulk_still_opens_cases(harness: Any) -> None:
     """RT (DefaultMailPrecedence) and Jira send `Precedence: bulk`: only an out-of-office is
     kept from opening a case."""

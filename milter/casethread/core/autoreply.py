@@ -327,6 +327,23 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
     return False
 
 
+_LIST_FIELDS = frozenset({"precedence", "x-precedence", *_LIST_HEADERS, *_LIST_MARKS})
+
+
+def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
+    """Whether the mail is a mailing list's or a newsletter's: a list field (`List-Id`,
+    `List-Unsubscribe`, `List-Post`, `Mailing-List`, Mailman's marks) or `Precedence: list`,
+    but not `Precedence: bulk` alone (RT marks all its mail so), nor a list that is one of
+    our support addresses (`ours`)."""
+    fields = msg.present(_LIST_FIELDS)
+    if not fields:
+        return False
+    precedence = {
+        _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
+    }
+    return _list_mail(fields, precedence) and not _own_list(fields, ours)
+
+
 def list_addresses(msg: Message) -> frozenset[str]:
     """The mailing list's own addresses, as its mail names them: the `List-Post` mailto
     addresses and the `List-Id` read as one (`<team.googlegroups.com>` for
