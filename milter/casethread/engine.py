@@ -622,15 +622,27 @@ class Engine:
         reply with another case's tag, must not re-point it, or the customer's next Outlook
         reply, which has nothing but the Thread-Index, would go to `case`), or one merged
         into `case` (the merge leads here already; recorded again for `case`, the root would
-        stay behind when a wrong merge is moved). Mail without a Thread-Index records its
-        case's own root."""
+        stay behind when a wrong merge is moved). A closed one's root moves on with the
+        conversation, to `case`, only when this mail goes to that conversation's people (a
+        participant of the closed case) or the closed case's mail goes to `case` anyway (its
+        follow-up, its open parent): an agent's Outlook answer continues the Thread-Index of
+        the mail it answers, which that mail's sender chose, and another customer's root that
+        moved here would send their next Outlook reply into a stranger's case instead of a
+        follow-up of their own. Mail without a Thread-Index records its case's own root."""
         if ev.thread_root is None:
             return False
         holder = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
         if holder is None or holder.case_id == case.case_id:
             return False
         live = rules.survivor(holder, self.index)
-        return live.case_id == case.case_id or live.state is not CaseState.CLOSED
+        if live.case_id == case.case_id or live.state is not CaseState.CLOSED:
+            return True
+        if any(ev.to_participant_of(c) for c in dict.fromkeys((holder.case_id, live.case_id))):
+            return False
+        # Where a person's mail to the closed case goes now.
+        reached = rules.apply(holder, self.index, automatic=False, now=int(self._clock()),
+                              reopen_within=self.settings.cases.reopen_within)
+        return all(t.case.case_id != case.case_id for t in reached)
 
     def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
         """The case an agent's mail continues. A closed case's token (still in the Subject)

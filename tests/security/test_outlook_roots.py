@@ -172,3 +172,59 @@ def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
     assert again.one("X-Case-Related") == bob.case_id
     reply = only_thread_index(harness, bob_root, 101, sender=BOB)
     assert reply.decision.case_ids == (again.case_id,)
+
+
+def test_an_agents_outlook_answer_does_not_take_a_closed_cases_root(
+    make_harness: Callable[..., Any],
+) -> None:
+    """Outlook audit: Bob's case is closed. Alice puts his root into a reply of her own case
+    (her token); inbound leaves it with Bob's case. The agent answers her from Outlook, which
+    continues her mail's Thread-Index, so the answer carries Bob's root: recorded for Alice's
+    case, Bob's next Outlook reply with nothing but its Thread-Index went to her case (as
+    `unknown`; a helpdesk portal shows her the ticket's mail), not to a follow-up of his."""
+    harness = make_harness()
+    bob_root, bob = bob_writes_from_outlook(harness)
+    harness.set_case(bob.case_id, state=CaseState.CLOSED)
+    alice_case = harness.outbound(("From", AGENT), ("To", ALICE), ("Subject", "Your order"))
+    stolen = thread_index.encode(thread_index.child(bob_root, harness.clock.now))
+    mail = harness.inbound(("From", ALICE), ("To", SUPPORT),
+                           ("Subject", f"Re: {alice_case.one('Subject')}"),
+                           ("Message-ID", "<a-steal@other.example.net>"), ("Thread-Index", stolen))
+    assert mail.case_id == alice_case.case_id
+    answer = harness.outbound(
+        ("From", AGENT), ("To", ALICE), ("Subject", f"RE: {alice_case.one('Subject')}"),
+        ("In-Reply-To", "<a-steal@other.example.net>"),
+        ("Thread-Index", thread_index.encode(thread_index.child(
+            thread_index.decode(stolen) or b"", harness.clock.now))))
+    assert answer.case_id == alice_case.case_id
+    reply = only_thread_index(harness, bob_root, 100, sender=BOB)
+    assert reply.decision.case_ids != (alice_case.case_id,)
+    assert reply.one("X-Case-Related") == bob.case_id  # his follow-up
+    assert reply.one("X-Case-Sender") == "known"
+
+
+def test_an_answer_in_the_follow_up_still_takes_the_closed_cases_root(
+    make_harness: Callable[..., Any],
+) -> None:
+    """Control: the root of a closed case whose mail goes to this case anyway (its follow-up)
+    is recorded for it, as before: the conversation is the follow-up's now."""
+    harness = make_harness()
+    bob_root, bob = bob_writes_from_outlook(harness)
+    harness.set_case(bob.case_id, state=CaseState.CLOSED)
+    again = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
+                            ("Message-ID", "<b2@customer.example.org>"),
+                            ("Thread-Index", thread_index.encode(
+                                thread_index.child(bob_root, harness.clock.now))))
+    followup = again.case_id
+    assert again.one("X-Case-Related") == bob.case_id
+    answer = harness.outbound(
+        ("From", AGENT), ("To", BOB), ("Subject", "RE: Printer broken"),
+        ("In-Reply-To", "<b2@customer.example.org>"),
+        ("Thread-Index", thread_index.encode(thread_index.child(bob_root, harness.clock.now))))
+    assert answer.case_id == followup
+    assert not any("thread root not recorded" in line for line in answer.decision.trace)
+    # Recorded for the follow-up: it holds the conversation even once the closed case's
+    # follow-up link is gone (reopened and closed again).
+    harness.set_case(bob.case_id, followup=None)
+    reply = only_thread_index(harness, bob_root, 101, sender=BOB)
+    assert reply.decision.case_ids == (followup,)
