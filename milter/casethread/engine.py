@@ -525,7 +525,7 @@ class Engine:
 
         if app_id is not None:
             new_case = self.index.get_case(app_id) is None
-            case = self._app_case(app_id, int(now), trace, notes)
+            case = self._app_case(app_id, int(now), trace, notes, opening_root)
             match = "app"
         else:
             hit = self._resolver.resolve(ev, outbound=True)
@@ -605,11 +605,13 @@ class Engine:
         return autoreply.classify_auto(msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED
 
     def _app_case(self, app_id: str, now: int, trace: list[str],
-                  notes: list[str]) -> CaseRecord:
-        """The case the app's X-Case-ID names (made when unknown); a merged one's survivor,
-        as for inbound mail: the app may still name a ticket merged since."""
+                  notes: list[str], root: bytes | None) -> CaseRecord:
+        """The case the app's X-Case-ID names (made when unknown, with the mail's Outlook
+        `root` when it has one no case holds, as a case an agent's Outlook mail opens: the
+        app's next answers continue that conversation); a merged one's survivor, as for
+        inbound mail: the app may still name a ticket merged since."""
         named = self.index.create_case(now, case_id=app_id,
-                                       thread_root=outbound.new_case_root(None, now))
+                                       thread_root=outbound.new_case_root(root, now))
         case = rules.survivor(named, self.index)
         if case is not named:
             trace.append(f"app X-Case-ID {app_id} is merged into {case.case_id}")

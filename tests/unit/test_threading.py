@@ -3243,3 +3243,26 @@ def test_a_forwarded_mail_of_another_case_does_not_take_the_reply(harness: Any) 
     r = harness.inbound(CUSTOMER, ("Subject", "Re: printer"),
                         ("Content-Type", "multipart/mixed; boundary=f"), body=above)
     assert r.case_id == "C-000001"
+
+
+def test_a_ticket_the_apps_outlook_mail_opens_keeps_that_conversation(harness: Any) -> None:
+    """Outlook audit: the app's X-Case-ID opens a ticket with mail that carries a Thread-Index
+    (sent through Exchange or from Outlook, which write one) whose root names no case. The
+    ticket keeps that root, as a case an agent's Outlook mail opens does: the app's next
+    answers, without a Thread-Index, continue the conversation in the customer's Outlook
+    (they started a second one, with a random root)."""
+    root = thread_index.new_root(harness.clock.now, bytes(range(16, 32)))
+    harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your renewal"), ("X-Case-ID", "TKT-1"),
+                     ("Thread-Index", thread_index.encode(root)))
+    assert harness.case("TKT-1").thread_root == root.hex()
+    again = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "RE: Your renewal"),
+                             ("X-Case-ID", "TKT-1"))
+    sent = thread_index.decode(again.one("Thread-Index"))
+    assert sent is not None and thread_index.root_of(sent) == root and len(sent) == 27
+    # A root another case holds is not taken: that ticket gets a random one.
+    other = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "FW: Your renewal"),
+                             ("X-Case-ID", "TKT-2"),
+                             ("Thread-Index", thread_index.encode(
+                                 thread_index.child(root, harness.clock.now))))
+    assert other.case_id == "TKT-2"
+    assert harness.case("TKT-2").thread_root not in (None, root.hex())
