@@ -157,6 +157,15 @@ def test_an_agents_outlook_forward_to_someone_else_leaves_the_root(
     assert (reply.decision.match, reply.decision.case_ids) == ("thread-index", (bob.case_id,))
 
 
+def bob_replies_to_his_closed_case(harness: Any, bob_root: bytes, case_id: str) -> Any:
+    """Bob's case closed, his Outlook reply in its conversation: it opens a follow-up."""
+    harness.set_case(case_id, state=CaseState.CLOSED)
+    return harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
+                           ("Message-ID", "<b2@customer.example.org>"),
+                           ("Thread-Index", thread_index.encode(
+                               thread_index.child(bob_root, harness.clock.now))))
+
+
 def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
     make_harness: Callable[..., Any],
 ) -> None:
@@ -164,11 +173,7 @@ def test_a_follow_up_of_the_customers_own_case_keeps_the_conversation(
     nothing but the Thread-Index reaches that follow-up, through the closed case's link."""
     harness = make_harness()
     bob_root, bob = bob_writes_from_outlook(harness)
-    harness.set_case(bob.case_id, state=CaseState.CLOSED)
-    again = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
-                            ("Message-ID", "<b2@customer.example.org>"),
-                            ("Thread-Index", thread_index.encode(
-                                thread_index.child(bob_root, harness.clock.now))))
+    again = bob_replies_to_his_closed_case(harness, bob_root, bob.case_id)
     assert again.one("X-Case-Related") == bob.case_id
     reply = only_thread_index(harness, bob_root, 101, sender=BOB)
     assert reply.decision.case_ids == (again.case_id,)
@@ -210,11 +215,7 @@ def test_an_answer_in_the_follow_up_still_takes_the_closed_cases_root(
     is recorded for it, as before: the conversation is the follow-up's now."""
     harness = make_harness()
     bob_root, bob = bob_writes_from_outlook(harness)
-    harness.set_case(bob.case_id, state=CaseState.CLOSED)
-    again = harness.inbound(("From", BOB), ("To", SUPPORT), ("Subject", "RE: Printer broken"),
-                            ("Message-ID", "<b2@customer.example.org>"),
-                            ("Thread-Index", thread_index.encode(
-                                thread_index.child(bob_root, harness.clock.now))))
+    again = bob_replies_to_his_closed_case(harness, bob_root, bob.case_id)
     followup = again.case_id
     assert again.one("X-Case-Related") == bob.case_id
     answer = harness.outbound(
