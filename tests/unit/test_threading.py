@@ -1044,6 +1044,29 @@ def test_a_mailing_lists_address_is_no_participant(harness: Any, direct_cc: bool
     assert r.one("X-Case-Match") == "new"  # the Cc'd stranger did not join either
 
 
+@pytest.mark.parametrize("field", [
+    ("List-Id", "team.lists.customer.example.org"),  # no angle brackets
+    ("List-Id", '"Team <all>" <team.lists.customer.example.org>'),  # brackets in the phrase
+    ("List-Id", "<team@lists.customer.example.org>"),  # an address for the id
+    ("List-Post", "< mailto:team@lists.customer.example.org >"),  # RFC 2369 whitespace
+])
+def test_a_lists_address_is_read_from_list_id_and_list_post_variants(
+        harness: Any, field: tuple[str, str]) -> None:
+    """Pat Cc'd their own list, which made it a participant; the list's post under its own
+    From naming the case is no participant's however its List-Id or List-Post is written
+    (RFC 2919's phrase is a quoted string that may hold brackets, RFC 2369 ignores whitespace
+    inside the brackets, and some list managers write the id bare or as an address)."""
+    team = "team@lists.customer.example.org"
+    start_case(harness)
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Cc", f"Team <{team}>"),
+                        ("Subject", f"Re: Printer jam [ref:{harness.token('C-000001')}]"))
+    assert r.one("X-Case-Sender") == "known"
+    post = harness.inbound(("From", f"'Eve' via Team <{team}>"), TO_SUPPORT, field,
+                           ("Reply-To", "eve@customer.example.org"),
+                           ("Subject", "About [Case C-000001]"))
+    assert post.one("X-Case-Match") == "none"
+
+
 def test_subject_ref_from_a_stranger_does_not_thread(harness: Any) -> None:
     start_case(harness)
     r = harness.inbound(STRANGER, ("Subject", "Hijack [Case C-000001]"))
@@ -2619,6 +2642,23 @@ def test_our_announcement_list_mail_opens_no_case(harness: Any, field: tuple[str
     r = harness.outbound(AGENT, TO_CUSTOMER, ("List-Post", "<mailto:support@example.com>"),
                          ("Subject", "Hello"))
     assert r.decision.match == "new"
+
+
+@pytest.mark.parametrize("field", [
+    ("List-Id", "support.example.com"),
+    ("List-Id", '"Support <help>" <support.example.com>'),
+    ("List-Post", "<\r\n mailto:support@example.com>"),
+])
+def test_our_own_group_is_told_however_its_list_fields_are_written(
+        harness: Any, field: tuple[str, str]) -> None:
+    """support@ is a group whose list fields name it: an agent's mail that carries them is no
+    list mail (it opens a case), and so the list fields of our own front door say nothing,
+    also when List-Id has no angle brackets, a phrase with brackets in quotes, or List-Post
+    folds inside them (RFC 2369: whitespace there is ignored)."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, field, ("Subject", "Hello"))
+    assert (r.decision.match, "list-mail" in r.decision.notes) == ("new", False)
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, field, ("Subject", "A question"))
+    assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
 
 
 def test_a_helpdesk_marking_its_mail_bulk_still_opens_cases(harness: Any) -> None:

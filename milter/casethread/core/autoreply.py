@@ -39,7 +39,8 @@ first of this order wins:
    `List-Unsubscribe`, `List-Post` or `Mailing-List` header (RFC 3834 §2: a responder MAY
    ignore mail with a List-* field). A list mail is `bulk`, also when the list adds `X-Loop`.
    Except our own list: one whose `List-Post` mailto address, or whose `List-Id` read as an
-   address (`<support.example.com>`: support@example.com, RFC 2919), is a support address (a
+   address (`<support.example.com>`: support@example.com, RFC 2919; also bare or after a quoted
+   phrase holding brackets), is a support address (a
    Google Group or Mailman list that *is* support@) relays people's mail, so its List-*
    fields and `Precedence: list` say nothing (`bulk` and `junk` still count).
    `Precedence: junk` on mail that is no list mail is `auto-replied`, not `bulk`: it is how
@@ -113,8 +114,11 @@ _SIGNAL_FIELDS = frozenset({
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
-_MAILTO = re.compile(r"<mailto:([^>?\s]+)", re.I)
-_LIST_ID = re.compile(r"<([^<>\s]+)>")
+# RFC 2369 §2: the URLs are in angle brackets, "with internal whitespace being ignored" (a
+# long one is folded inside them).
+_MAILTO = re.compile(r"<\s*mailto\s*:([^>?]+)", re.I)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_LIST_ID = re.compile(r"<([^<>]+)>")
 _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 # A DSN's multipart/report: RFC 3464's, or RFC 6533's for SMTPUTF8 mail where the MTA names it
 # so (Postfix 3.7 keeps `delivery-status` and only the parts are `message/global-*`).
@@ -316,15 +320,34 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
     list that is support@): its `List-Post` mailto address, or its `List-Id` read as one
     (`<support.example.com>` for support@example.com, RFC 2919)."""
     for value in _values(fields, "list-post"):
-        if any(ours(address) for address in _MAILTO.findall(value)):
+        if any(ours(address) for address in _post_addresses(value)):
             return True
-    for value in _values(fields, "list-id"):
-        found = _LIST_ID.search(value)
-        if found is not None:
-            label, _, namespace = found.group(1).partition(".")
-            if namespace and ours(f"{label}@{namespace}"):
-                return True
-    return False
+    return any(ours(address) for value in _values(fields, "list-id")
+               for address in _list_id_address(value))
+
+
+def _post_addresses(value: str) -> list[str]:
+    """The mailto addresses of a `List-Post` value (none for `NO (posting not allowed)`),
+    whitespace inside the angle brackets ignored (RFC 2369 §2)."""
+    return ["".join(a.split()) for a in _MAILTO.findall(value) if a.strip()]
+
+
+def _list_id_address(value: str) -> list[str]:
+    """A `List-Id` value read as the list's address (`<team.lists.example.org>`:
+    team@lists.example.org, RFC 2919), or none: the id in angle brackets after the phrase,
+    which may be a quoted string holding brackets of its own (`"Team <x>"
+    <team.example.org>`); without brackets, a value that is nothing but an id, as some list
+    managers write it (`team.example.org`); an address written where the id belongs
+    (`<team@example.org>`) as that address."""
+    text = _QUOTED.sub(" ", without_comments(unfold(value), repl=" "))
+    found = _LIST_ID.findall(text)
+    ident = "".join(found[-1].split()) if found else text.strip()
+    if not ident or any(c.isspace() or c in '<>"' for c in ident) or ident.count("@") > 1:
+        return []
+    if "@" in ident:  # `<team@example.org>`: an address where the id should be
+        return [ident] if ident[0] != "@" and ident[-1] != "@" else []
+    label, _, namespace = ident.partition(".")
+    return [f"{label}@{namespace}"] if label and namespace else []
 
 
 _LIST_FIELDS = frozenset({"precedence", "x-precedence", *_LIST_HEADERS, *_LIST_MARKS})
@@ -353,13 +376,9 @@ def list_addresses(msg: Message) -> frozenset[str]:
     member's mail a participant's."""
     found: set[str] = set()
     for value in msg.get_all("List-Post"):
-        found.update(a.lower() for a in _MAILTO.findall(unfold(value)))
+        found.update(a.lower() for a in _post_addresses(unfold(value)))
     for value in msg.get_all("List-Id"):
-        match = _LIST_ID.search(unfold(value))
-        if match is not None:
-            label, _, namespace = match.group(1).partition(".")
-            if namespace:
-                found.add(f"{label}@{namespace}".lower())
+        found.update(a.lower() for a in _list_id_address(value))
     return frozenset(found)
 
 
