@@ -2644,6 +2644,23 @@ def test_our_announcement_list_mail_opens_no_case(harness: Any, field: tuple[str
     assert r.decision.match == "new"
 
 
+def test_list_unsubscribe_alone_on_mail_to_one_customer_still_opens_its_case(
+        harness: Any) -> None:
+    """Apps put List-Unsubscribe on their transactional mail too: an answer to one customer
+    (a web form's ticket) with nothing else of a list opens its case, and the customer's
+    reply continues it. The same field on one message to several outside recipients is a
+    mailing (test_our_announcement_list_mail_opens_no_case)."""
+    unsubscribe = ("List-Unsubscribe", "<https://app.example.com/unsubscribe/4711>")
+    r = harness.outbound(AGENT, TO_CUSTOMER, unsubscribe, ("Subject", "Your request"),
+                         rcpts=(CUSTOMER_ADDR, "support@example.com"))
+    assert (r.decision.match, "list-mail" in r.decision.notes) == ("new", False)
+    reply = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Re: {r.one('Subject')}"))
+    assert (reply.case_id, reply.one("X-Case-Match")) == (r.case_id, "token")
+    r = harness.outbound(AGENT, TO_CUSTOMER, unsubscribe, ("Subject", "Maintenance"),
+                         rcpts=(CUSTOMER_ADDR, "joe@vendor.example"))
+    assert (r.decision.match, "list-mail" in r.decision.notes) == ("none", True)
+
+
 @pytest.mark.parametrize("field", [
     ("List-Id", "support.example.com"),
     ("List-Id", '"Support <help>" <support.example.com>'),

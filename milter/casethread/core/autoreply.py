@@ -350,21 +350,29 @@ def _list_id_address(value: str) -> list[str]:
     return [f"{label}@{namespace}"] if label and namespace else []
 
 
+# Fields only a list writes; `List-Unsubscribe` is also on apps' transactional mail.
+_STRONG_LIST_FIELDS = tuple(n for n in (*_LIST_HEADERS, *_LIST_MARKS) if n != "list-unsubscribe")
 _LIST_FIELDS = frozenset({"precedence", "x-precedence", *_LIST_HEADERS, *_LIST_MARKS})
 
 
 def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
     """Whether the mail is a mailing list's or a newsletter's: a list field (`List-Id`,
-    `List-Unsubscribe`, `List-Post`, `Mailing-List`, Mailman's marks) or `Precedence: list`,
-    but not `Precedence: bulk` alone (RT marks all its mail so), nor a list that is one of
-    our support addresses (`ours`)."""
+    `List-Post`, `Mailing-List`, Mailman's marks), `Precedence: list`, or `List-Unsubscribe`
+    on mail to more than one recipient who is not ours; but not `Precedence: bulk` alone (RT
+    marks all its mail so), nor a list that is one of our support addresses (`ours`)."""
     fields = msg.present(_LIST_FIELDS)
     if not fields:
         return False
     precedence = {
         _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
     }
-    return _list_mail(fields, precedence) and not _own_list(fields, ours)
+    if not _list_mail(fields, precedence) or _own_list(fields, ours):
+        return False
+    if "list" in precedence or any(_values(fields, name) for name in _STRONG_LIST_FIELDS):
+        return True
+    # List-Unsubscribe alone: apps put it on their transactional mail too (an answer to one
+    # customer must open its case); one message to several outside recipients is a mailing.
+    return sum(1 for rcpt in msg.envelope.rcpts if not ours(rcpt)) > 1
 
 
 def list_addresses(msg: Message) -> frozenset[str]:
