@@ -69,6 +69,16 @@ class BodyPlan:
     found: Found | None = None  # inbound mail its header fields resolved: for `process`
 
 
+def _root_holder(ev: Evidence, hit: Hit | None = None) -> CaseRecord | None:
+    """The case that holds the mail's Outlook root (None for mail without one): the case the
+    mail named when `thread-index` found it, else the one the index records it for."""
+    if ev.thread_root is None:
+        return None
+    if hit is not None and hit.match == "thread-index":
+        return hit.case
+    return ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
+
+
 def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> bool:
     """Whether the sender is a participant of the case the mail named or of one it goes to:
     a merge, split or parent redirect must not make its own customer `unknown`."""
@@ -402,10 +412,12 @@ class Engine:
             # siblings go there (`rules`), and a sibling decided meanwhile is decided again.
             # A root a case holds stays there, as below: the earlier case's leads here by
             # that link, and another's is no way into the follow-up.
-            root = None if self._root_stays(ev, hit) else ev.thread_root
+            holder = _root_holder(ev, hit)
+            root = ev.thread_root if holder is None else None
             case = self.index.create_case(
                 now, queue=queue, bumps=bumps,
-                thread_root=outbound.new_case_root(self._followup_root(ev, hit, earlier), now),
+                thread_root=outbound.new_case_root(
+                    self._followup_root(ev, holder, hit, earlier), now),
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
                                                           people, root),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
@@ -416,10 +428,15 @@ class Engine:
                    for t in targets]
         # A mail the rules sent to several cases (a split's children) is recorded for the case
         # it named: what answers it, or a copy of it, is sent to them all again, not to the
-        # first child alone.
+        # first child alone. Its Outlook root only when no case holds it: held by the case it
+        # named, or by a case merged into one it goes to, the rules lead from there (recorded
+        # again for the survivor, the root would stay behind when a wrong merge is moved);
+        # held by another case, re-pointing it would send that case's next Outlook reply,
+        # which may carry nothing but its Thread-Index, here, and anyone who saw a customer's
+        # Outlook mail can put its root into a mail of their own case.
         after = self.index.record(
             self._aliases(msg, [t.case.case_id for t in targets], own_id,
-                          None if self._root_stays(ev, hit) else ev.thread_root,
+                          ev.thread_root if _root_holder(ev, hit) is None else None,
                           ev.notes, ev.new_external, people=people,
                           named=hit.case.case_id if len(targets) > 1 else None),
             now, bumps, changes, expect=expect)
@@ -431,35 +448,18 @@ class Engine:
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
 
-    def _followup_root(self, ev: Evidence, hit: Hit, earlier: CaseRecord) -> bytes | None:
+    def _followup_root(self, ev: Evidence, holder: CaseRecord | None, hit: Hit,
+                       earlier: CaseRecord) -> bytes | None:
         """The mail's Outlook root as the root of the follow-up it opens of `earlier`: when no
-        case holds it, or the case the mail named or `earlier` (or a case merged into it)
-        does, the customer's own conversation, which our answers then continue in their
-        Outlook. Not another case's: our answers in the follow-up record its root, and would
-        move that case's conversation here."""
-        if ev.thread_root is None:
-            return None
-        holder = (hit.case if hit.match == "thread-index"
-                  else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
+        case holds it (`holder`), or the case the mail named or `earlier` (or a case merged
+        into it) does, the customer's own conversation, which our answers then continue in
+        their Outlook. Not another case's: our answers in the follow-up record its root, and
+        would move that case's conversation here. (The follow-up itself records no held root,
+        as no inbound mail does: `_carry_out`.)"""
         if (holder is None or holder.case_id in (hit.case.case_id, earlier.case_id)
                 or rules.survivor(holder, self.index).case_id == earlier.case_id):
             return ev.thread_root
         return None
-
-    def _root_stays(self, ev: Evidence, hit: Hit) -> bool:
-        """Whether the mail's Outlook root is held already by a case: then inbound mail leaves
-        it there, also when it opens a follow-up. Held by the case it named, or by a case
-        merged into one it goes to, the rules lead from there (recorded again for the
-        survivor, the root would stay behind when a wrong merge is moved; the closed case
-        names its follow-up). Held by another case, re-pointing it would send that case's
-        next Outlook reply, which may carry nothing but its Thread-Index, to this one, and
-        anyone who saw a customer's Outlook mail can put its root into a mail of their own
-        case (one closed long ago: its follow-up)."""
-        if ev.thread_root is None:
-            return False
-        holder = (hit.case if hit.match == "thread-index"
-                  else ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex()))
-        return holder is not None
 
     @staticmethod
     def _change(target: rules.Target, now: int, route: Route | None) -> CaseChange:
@@ -511,8 +511,7 @@ class Engine:
         # another case's that `thread-index` did not take (an agent's Outlook forward of a
         # customer's mail to someone else), and recorded for the new case, that customer's
         # next Outlook reply would go there.
-        opening_root = ev.thread_root if ev.thread_root is None or ev.case_by_alias(
-            AliasKind.THREAD_ROOT, ev.thread_root.hex()) is None else None
+        opening_root = ev.thread_root if _root_holder(ev) is None else None
 
         def aliases_of(case: CaseRecord, opened: bool = False) -> list[Alias]:
             root: bytes | None = outbound.thread_root_of(
@@ -631,9 +630,7 @@ class Engine:
         the mail it answers, which that mail's sender chose, and another customer's root that
         moved here would send their next Outlook reply into a stranger's case instead of a
         follow-up of their own. Mail without a Thread-Index records its case's own root."""
-        if ev.thread_root is None:
-            return False
-        holder = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
+        holder = _root_holder(ev)
         if holder is None or holder.case_id == case.case_id:
             return False
         live = rules.survivor(holder, self.index)

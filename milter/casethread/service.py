@@ -72,10 +72,10 @@ def _socket_problem(spec: str) -> str:
     path = unix_socket_path(spec)
     try:
         if path:
-            directory = os.path.dirname(path) or "."
             missing = _no_directory(path)
             if missing:
                 return missing
+            directory = os.path.dirname(path) or "."
             if not os.access(directory, os.W_OK | os.X_OK):
                 return f"directory {directory} is not writable by this user"
             return "the path exists and is not a socket, or another milter took it meanwhile"

@@ -21,7 +21,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 # name (`pat@example.org <pat@example.org>`, `=?utf-8?Q?pat@example.org?= <...>`): its
 # mailbox is the angle address, as mail clients show it and DMARC verifiers read it (a
 # lenient stdlib split such a name off as a second address). And semicolons as separators
-# (`_SEMICOLON_LIST`).
+# (`_commas`).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOMAIN_LITERAL = r"\[[!-Z^-~]+\]"
 _ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_ATOM}(?:\.{_ATOM})*|{_DOMAIN_LITERAL})"
@@ -75,20 +75,9 @@ def _simple_addresses(value: str) -> tuple[str, ...] | None:
     return _read_simple_addresses(value)
 
 
-# Semicolons between addresses (`a@example.org; b@example.org;`): how Outlook's address line
-# and many scripts and apps write a list. RFC 5322 reads `;` only as the end of a group, so the
-# stdlib finds no address in such a field, and its people were never participants. Where no
-# group is written (no `:`), they are read as commas.
-_SEMICOLON_LIST = re.compile(r"[ \t]*[,;][ \t]*")
-
-
 def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
     found = []
-    if ";" in value and ":" not in value:
-        pieces = _SEMICOLON_LIST.split(value.rstrip(" \t;"))
-    else:
-        pieces = value.split(",")
-    for piece in pieces:
+    for piece in _commas(value).split(","):
         match = _SIMPLE_ADDRESS.fullmatch(piece)
         if match is None:
             if piece.strip(" \t"):
@@ -157,12 +146,14 @@ def _shallow(text: str) -> str:
 
 
 def _commas(text: str) -> str:
-    """`text` for the stdlib's parser: semicolons between addresses (outside quoted strings
-    and comments) as commas where no group is written (no `:` outside them), as
-    `_read_simple_addresses` reads them, for the shapes it leaves to the stdlib
-    (`"Doe, Jane" <jane@example.org>; bob@example.org;`); without the separator at its end,
-    after which a strict stdlib (Python's fix for CVE-2023-27043) finds no address at all,
-    though RFC 5322 §4.4 (obs-addr-list) allows empty list elements (`a@x, b@y,`)."""
+    """`text` as a comma-separated list, for both readers (`_read_simple_addresses` and the
+    stdlib's parser): semicolons between addresses (outside quoted strings and comments) as
+    commas where no group is written (no `:` outside them), and without the separator at its
+    end. Outlook's address line and many scripts and apps write `a@example.org;
+    b@example.org;`, which RFC 5322 reads as no address (`;` only ends a group), and a
+    strict stdlib (Python's fix for CVE-2023-27043) finds none after a comma at the end,
+    though RFC 5322 §4.4 (obs-addr-list) allows empty list elements (`a@x, b@y,`): either
+    way a To made nobody a participant and a From had no sender."""
     if ";" not in text:
         end = text.rstrip(" \t")
         if not end.endswith(","):

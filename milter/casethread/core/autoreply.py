@@ -197,9 +197,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return NO, ""  # most mail: none of the signals below can be present
 
     submitted = _submitted(fields)
-    precedence = {
-        _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
-    }
+    precedence = _precedence(fields)
     if fields:  # step 2 reads these fields only
         replied = _replied(fields, submitted, precedence)
         if replied is not None:
@@ -310,6 +308,11 @@ def _replied(fields: Fields, submitted: list[str],
     return None
 
 
+def _precedence(fields: Fields) -> set[str]:
+    """The `Precedence` (and `X-Precedence`) values, each its first token."""
+    return {_first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())}
+
+
 def _list_mail(fields: Fields, precedence: set[str]) -> bool:
     return "list" in precedence or any(
         _values(fields, name) for names in (_LIST_HEADERS, _LIST_MARKS) for name in names)
@@ -319,11 +322,14 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
     """Whether the mail's list is one of our support addresses (a Google Group or a Mailman
     list that is support@): its `List-Post` mailto address, or its `List-Id` read as one
     (`<support.example.com>` for support@example.com, RFC 2919)."""
-    for value in _values(fields, "list-post"):
-        if any(ours(address) for address in _post_addresses(value)):
-            return True
-    return any(ours(address) for value in _values(fields, "list-id")
-               for address in _list_id_address(value))
+    return any(ours(address) for address in _list_addresses(fields))
+
+
+def _list_addresses(fields: Fields) -> list[str]:
+    """The list's own addresses its fields name: `List-Post`'s mailto addresses, `List-Id`
+    read as one."""
+    return [*(a for value in _values(fields, "list-post") for a in _post_addresses(value)),
+            *(a for value in _values(fields, "list-id") for a in _list_id_address(value))]
 
 
 def _post_addresses(value: str) -> list[str]:
@@ -353,6 +359,7 @@ def _list_id_address(value: str) -> list[str]:
 # Fields only a list writes; `List-Unsubscribe` is also on apps' transactional mail.
 _STRONG_LIST_FIELDS = tuple(n for n in (*_LIST_HEADERS, *_LIST_MARKS) if n != "list-unsubscribe")
 _LIST_FIELDS = frozenset({"precedence", "x-precedence", *_LIST_HEADERS, *_LIST_MARKS})
+_LIST_ADDRESS_FIELDS = frozenset({"list-post", "list-id"})
 
 
 def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
@@ -363,9 +370,7 @@ def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
     fields = msg.present(_LIST_FIELDS)
     if not fields:
         return False
-    precedence = {
-        _first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())
-    }
+    precedence = _precedence(fields)
     if not _list_mail(fields, precedence) or _own_list(fields, ours):
         return False
     if "list" in precedence or any(_values(fields, name) for name in _STRONG_LIST_FIELDS):
@@ -382,12 +387,7 @@ def list_addresses(msg: Message) -> frozenset[str]:
     Groups and Mailman's DMARC mitigation write its address as From ("'Pat' via Team
     <team@googlegroups.com>"), so a list address taken for a person would make every
     member's mail a participant's."""
-    found: set[str] = set()
-    for value in msg.get_all("List-Post"):
-        found.update(a.lower() for a in _post_addresses(unfold(value)))
-    for value in msg.get_all("List-Id"):
-        found.update(a.lower() for a in _list_id_address(value))
-    return frozenset(found)
+    return frozenset(a.lower() for a in _list_addresses(msg.present(_LIST_ADDRESS_FIELDS)))
 
 
 def _auto_generated(
