@@ -334,8 +334,12 @@ class Engine:
             ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
                          for t in targets]
             sender_known = _sender_known(ev, hit.case, [t.case for t in targets])
-            people = adds_people(hit.match, sender_known)
-            if not people:
+            # Only automatic mail can be the mail system's report (ordinary mail pays nothing).
+            mail_system = auto != autoreply.NO and autoreply.from_mail_system(msg, auto)
+            people = adds_people(hit.match, sender_known, mail_system)
+            if mail_system:
+                ev.trace.append("participants: none added: a report of the mail system")
+            elif not people:
                 ev.trace.append(f"participants: none added: the sender is not one of the "
                                 f"case's, and {hit.match} is not our token")
             # Automatic mail (a bounce or an out-of-office that follows our mail within

@@ -532,3 +532,17 @@ def test_our_own_list_relays_people_not_bulk(fields: tuple[tuple[str, str], ...]
 def test_another_list_is_bulk() -> None:
     news = msg(("List-Id", "<news.shop.example>"), ("List-Post", "<mailto:news@shop.example>"))
     assert classify_auto_detail(news, ours) == ("bulk", "list-id")
+
+
+@pytest.mark.parametrize(("subject", "expected"), [
+    ("failure notice", ("bounce", "from-postmaster+failure-subject")),
+    ("Undeliverable Mail: Printer jam", ("bounce", "from-postmaster+failure-subject")),
+    ("Printer jam", ("auto-generated", "from-postmaster")),
+])
+def test_a_postmaster_failure_notice_under_a_sender_of_its_own_is_a_bounce(
+        subject: str, expected: tuple[str, str]) -> None:
+    """m-FILTER and MailMarshal send failure notices from postmaster@ under an envelope sender
+    of their own; other postmaster mail stays auto-generated."""
+    notice = msg(("From", "POSTMASTER <postmaster@customer.example>"), ("Subject", subject),
+                 mail_from="<postmaster@customer.example>")
+    assert classify_auto_detail(notice) == expected

@@ -281,12 +281,49 @@ def wrapped_dsn(returned: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
             b"This e-mail was scanned by GatewayAV.\n\n--DISCLAIMER-1--\n")
 
 
+def marked_text_bounce(sender: str, subject: str, marker: str, returned: bytes,
+                       extra: tuple[tuple[str, str], ...] = ()
+                       ) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """A text bounce that returns the mail after a marker line of its own server's."""
+    return ((("From", sender), ("To", "dana@support.example.com"), ("Subject", subject),
+             *extra),
+            b"Delivery to the following recipient failed permanently:\n\n"
+            b"     pat@customer.example.org\n\n"
+            b"550 5.1.1 <pat@customer.example.org>... User Unknown\n\n"
+            + marker.encode() + b"\n\n" + returned)
+
+
 NON_DSN_BOUNCES: dict[str, Callable[[bytes], tuple[tuple[tuple[str, str], ...], bytes]]] = {
     "qmail": qmail_bounce,
     "yahoo": partial(qmail_bounce, yahoo=True),
     "exim text": exim_text_bounce,
     "mdaemon": mdaemon_bounce,
     "gateway-wrapped dsn": wrapped_dsn,
+    # Gmail's former text bounce.
+    "gmail text": partial(marked_text_bounce,
+                          "Mail Delivery Subsystem <mailer-daemon@googlemail.com>",
+                          "Delivery Status Notification (Failure)",
+                          "----- Original message -----",
+                          extra=(("X-Failed-Recipients", "pat@customer.example.org"),)),
+    # Sendmail without MIME (savemail.c), its V5 ancestor and a headers-only return.
+    "sendmail text": partial(marked_text_bounce,
+                             "Mail Delivery Subsystem <MAILER-DAEMON@mx.customer.example.org>",
+                             "Returned mail: User unknown",
+                             "   ----- Original message follows -----"),
+    "sendmail v5 text": partial(marked_text_bounce, "MAILER-DAEMON@mx.customer.example.org",
+                                "Returned mail: User unknown",
+                                "   ----- Unsent message follows -----"),
+    "sendmail headers only": partial(marked_text_bounce,
+                                     "MAILER-DAEMON@mx.customer.example.org",
+                                     "Returned mail: User unknown",
+                                     "   ----- Message header follows -----"),
+    "lotus notes": partial(marked_text_bounce, "postmaster@notes.customer.example.org",
+                           "Undeliverable message", "------- Returned Message --------"),
+    "original message follows": partial(marked_text_bounce,
+                                        "MAILER-DAEMON@customer.example.org",
+                                        "Delivery failure", "--- Original message follows."),
+    "exchange text headers": partial(marked_text_bounce, "postmaster@customer.example.org",
+                                     "Undeliverable: Printer jam", "Original message headers:"),
 }
 
 
@@ -310,6 +347,43 @@ def test_a_bounce_without_a_dsn_of_other_mail_opens_no_case(harness: Any, server
     r = harness.inbound(*fields, body=body, mail_from="<>")
     assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
     assert harness.index.last_number() == 1
+
+
+def test_a_postmaster_failure_notice_under_its_own_sender_is_a_bounce(harness: Any) -> None:
+    """m-FILTER and MailMarshal send their failure notices from postmaster@ under an envelope
+    sender of their own: the failure subject makes it a bounce, read for its returned copy."""
+    out = start_case(harness)
+    fields, body = marked_text_bounce("POSTMASTER <postmaster@customer.example.org>",
+                                      "failure notice", "-------original message",
+                                      returned_message(out.one("Message-ID")))
+    r = harness.inbound(*fields, body=body, mail_from="<postmaster@customer.example.org>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "bounce")
+
+
+@pytest.mark.parametrize("server", ["exchange", "domino", "delay"])
+def test_a_notice_found_by_our_quoted_subject_adds_no_participant(
+        harness: Any, server: str) -> None:
+    """Exchange's and Domino's text notices (and a delay warning) quote our Subject, tag and
+    all, and return nothing else: the token strategy finds the case, but the MTA's address
+    (and the To it wrote, our sender's) joins nobody's case."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    subject = out.one("Subject")
+    sender, notice_subject = {
+        "exchange": ("postmaster@customer.example.org", "Undeliverable: " + subject),
+        "domino": ("Postmaster@customer.example.org", "DELIVERY FAILURE: User Pat not listed"),
+        "delay": ("MAILER-DAEMON@customer.example.org", "Delayed Mail (still being retried)"),
+    }[server]
+    body = (f"Your message\n\n  Subject: {subject}\n\nwas not delivered to:\n\n"
+            "  pat@customer.example.org\n").encode()
+    r = harness.inbound(("From", sender), ("To", "Someone Else <someone@elsewhere.example>"),
+                        ("Subject", notice_subject), body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State")) == (
+        "C-000001", "token", "resolved")
+    assert r.one("X-Case-Auto") == ("auto-generated" if server == "delay" else "bounce")
+    for address in (sender.lower(), "someone@elsewhere.example"):
+        assert not is_participant(harness, "C-000001", address)
 
 
 def test_a_person_forwarding_a_text_bounce_is_no_bounce(harness: Any) -> None:

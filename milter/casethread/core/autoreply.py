@@ -6,7 +6,8 @@ first of this order wins:
 
 1. `bounce`: a delivery status report (`multipart/report; report-type=delivery-status`) of a
    failure, an Exim `X-Failed-Recipients` header, a From of `mailer-daemon@...`, a From of
-   `postmaster@...` with a null sender, or a null sender with a failure subject
+   `postmaster@...` with a null sender or a failure subject, or a null sender with a failure
+   subject
    ("Undelivered Mail Returned to Sender", "failure notice", MDaemon's "Permanent Delivery
    Failure", ...). So a DSN with an empty sender is a bounce, even when it also says
    `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs). A report whose
@@ -249,6 +250,14 @@ def is_delivery_notice(msg: Message) -> bool:
     return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
 
 
+def from_mail_system(msg: Message, kind: str) -> bool:
+    """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
+    any Action (a delay warning, a success notice) or a notice in a format of its own. Its
+    From is the MTA's and its To our own sender: no people of a case (`resolve.adds_people`)."""
+    return (kind == BOUNCE or _report_type(msg) in _DSN_REPORT_TYPES
+            or (kind == AUTO_GENERATED and is_delivery_notice(msg)))
+
+
 def _notice(msg: Message, fields: Fields, null_sender: bool,
             from_local: str) -> tuple[str, str] | None:
     """The kind of a notice of the mail system about a delivery, told without a DSN (step 1):
@@ -260,6 +269,12 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
               else "from-postmaster-null-sender" if from_local == "postmaster" and null_sender
               else "")
     if not (system or null_sender):
+        # postmaster@ under a sender of its own (m-FILTER, MailMarshal, Exchange's IMS behind
+        # a relay that rewrote the null sender): its failure subject tells its bounce. Such
+        # mail is automatic anyway (`from-postmaster`); this reads its returned copy too.
+        if from_local == "postmaster" and _FAILURE_SUBJECT.match(
+                decode_subject(msg.get("Subject") or "")):
+            return BOUNCE, "from-postmaster+failure-subject"
         return None
     if not system and _responder_marks(fields, _submitted(fields)):
         return None  # RFC 3834 §3.3: a responder's null sender, and the Subject it answers

@@ -129,12 +129,19 @@ def iter_parts_of_type(
         stack.extend(reversed(part.children))
 
 
-# The line a bounce written as plain text puts before the message it returns (qmail's, also
-# Yahoo's; Exim's without DSNs), and the blank lines after it.
+# The line a bounce written as plain text puts before the message it returns, and the blank
+# lines after it: qmail's (also Yahoo's), Exim's without DSNs, Sendmail's without MIME
+# ("----- Original message follows -----", "----- Message header follows -----", V5's
+# "----- Unsent message follows -----"), Gmail's former text bounce ("----- Original message
+# -----"), Lotus Notes' ("------- Returned Message --------"), m-FILTER's ("-------original
+# message") and others' ("--- Original message follows."), Exchange's text NDR ("Original
+# message headers:"). A line holding nothing but such a phrase, between dashes or none.
 _RETURNED_COPY = re.compile(
-    rb"^[ \t]*-+[ \t]*(?:below this line is a copy of the message"
-    rb"|this is a copy of the message(?:, including all the headers|'s headers))"
-    rb"[ \t.-]*\r?\n(?:[ \t]*\r?\n)*", re.I | re.M)
+    rb"^[ \t]*-*[ \t]*(?:below this line is a copy of the message"
+    rb"|this is a copy of the message(?:, including all the headers|'s headers)"
+    rb"|(?:original|unsent|returned) message(?:[ \t]+(?:follows|headers))?"
+    rb"|message headers?[ \t]+follows?)"
+    rb"[ \t.:-]*\r?\n(?:[ \t]*\r?\n)*", re.I | re.M)
 
 
 def returned_copy(

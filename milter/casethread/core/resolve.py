@@ -55,7 +55,7 @@ def participant_key(case_id: str, address: str) -> str:
     return f"{case_id} {address}"
 
 
-def adds_people(match: str, sender_known: bool) -> bool:
+def adds_people(match: str, sender_known: bool, mail_system: bool = False) -> bool:
     """Whether an inbound mail that `match`ed a case makes its people (From, To, Cc)
     participants of the cases it goes to: when its sender is one already, or it carries our
     token or case anchor (its sender saw our mail). Other evidence anyone can repeat (a
@@ -63,8 +63,12 @@ def adds_people(match: str, sender_known: bool) -> bool:
     reference): a stranger's mail that matched by it still threads, `X-Case-Sender: unknown`,
     but adds nobody, or the stranger would be `known` from then on and a guessable
     `[Case C-...]` would thread their mail. (Mail that opens a case adds its people: its
-    sender opened it.)"""
-    return sender_known or match == "token"
+    sender opened it.) A report of the `mail_system` about a delivery (a bounce, a delay
+    warning: `autoreply.from_mail_system`) adds nobody, also when our token found it (an
+    Exchange or Domino notice quotes our Subject in its text, Gmail's former text bounce
+    returns our mail after a line of its own): its From is the MTA's (`MAILER-DAEMON@`,
+    `postmaster@`), its To the address our mail came from."""
+    return not mail_system and (sender_known or match == "token")
 
 
 def subject_participant_key(subject_key: str, address: str) -> str:
