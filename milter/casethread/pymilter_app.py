@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import Milter
 
-from .core.edits import AddHeader, Edit
+from .core.edits import AddHeader, Edit, as_written
 from .core.message import Data, Envelope, Header, Message
 from .core.model import Direction
 from .core.resolve import Found
@@ -397,7 +397,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         """The header edits, then the body with its splices in chunks. From the first
         modification to the last the MTA holds half of them: an error in between must not be
         answered with ACCEPT (`_fallback`)."""
-        for edit in edits:
+        for edit in as_written(self._headers(), edits):
             if isinstance(edit, AddHeader):
                 if edit.name.lower() in PLAIN_ADD:
                     self.addheader(edit.name, edit.value)

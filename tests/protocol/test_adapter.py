@@ -63,8 +63,8 @@ def customer_mail(*extra: str, message_id: str = "<reply-1.pat@customer.example.
 def apply_actions(headers: list[tuple[str, str]], actions: list[Action]) -> list[tuple[str, str]]:
     """Replay milter header actions in order, as Postfix does: an add goes last, an insert
     (an index >= 0) goes before the field at that position, or last past them all; a change's
-    index counts the fields of that name (case-insensitive) present at that moment; an empty
-    value deletes."""
+    index counts the fields of that name (case-insensitive) present at that moment, and the
+    field takes the name the milter gave; an empty value deletes."""
     result = [list(h) for h in headers]
     for kind, name, idx, value in actions:
         if kind == "add":
@@ -75,7 +75,7 @@ def apply_actions(headers: list[tuple[str, str]], actions: list[Action]) -> list
             if value:
                 result.append([name, value])
         elif value:
-            result[same[idx - 1]][1] = value
+            result[same[idx - 1]] = [name, value]
         else:
             del result[same[idx - 1]]
     return [(n, v) for n, v in result]
@@ -344,6 +344,22 @@ def test_added_fields_are_inserted_past_the_last_field_but_message_id(rig: Rig) 
     assert adds and {i for _n, i in adds} == {APPEND_INDEX}, adds
     assert ctx.headers_after()[-len(adds):] == [
         (n, v) for k, n, _i, v in ctx.actions if k == "add"]
+
+
+def test_a_changed_field_keeps_the_senders_spelling_of_its_name(rig: Rig) -> None:
+    """Postfix writes a changed field under the name the milter gives: the adapter gives the
+    one the message has, so `SUBJECT:` stays `SUBJECT:` (Sendmail keeps it anyway), as
+    `casethread filter` prints it."""
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    raw = AGENT_MAIL.replace(b"Subject:", b"references: <earlier@customer.example.org>\nSUBJECT:")
+    assert ctx.feed(raw, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE
+    )
+    changed = [(n, i) for k, n, i, v in ctx.actions if k == "change" and v]
+    assert sorted(changed) == [("SUBJECT", 1), ("references", 1)], ctx.actions
+    names = [n for n, _v in ctx.headers_after()]
+    assert "SUBJECT" in names and "references" in names, names
+    assert "Subject" not in names and "References" not in names, names
 
 
 def test_authenticated_mail_is_outbound_even_to_the_support_address(rig: Rig) -> None:

@@ -33,6 +33,26 @@ def remove_header(name: str, index: int) -> ChangeHeader:
     return ChangeHeader(name, index, "")
 
 
+def as_written(headers: tuple[Header, ...], edits: tuple[Edit, ...]) -> tuple[Edit, ...]:
+    """`edits` with each field change named as the message writes that field (`SUBJECT`,
+    `references`). Postfix writes a changed field under the name the milter gives, Sendmail
+    under the name it had: so both keep the sender's spelling, as `apply_edits` does."""
+    if not any(isinstance(edit, ChangeHeader) and edit.value for edit in edits):
+        return edits
+    spelled: dict[tuple[str, int], str] = {}
+    seen: dict[str, int] = {}
+    for h in headers:
+        key = h.name.lower()
+        seen[key] = seen.get(key, 0) + 1
+        spelled[(key, seen[key])] = h.name
+    return tuple(
+        ChangeHeader(spelled.get((edit.name.lower(), edit.index), edit.name), edit.index,
+                     edit.value)
+        if isinstance(edit, ChangeHeader) and edit.value else edit
+        for edit in edits
+    )
+
+
 def apply_edits(headers: tuple[Header, ...], edits: list[Edit]) -> tuple[Header, ...]:
     """The header list as the MTA would leave it (added fields go last: the adapter inserts
     them past the last field, which Postfix and Sendmail both append)."""
