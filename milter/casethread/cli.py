@@ -152,7 +152,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.configure(settings.milter.log_level)
     raw = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
-    headers, body = parse_raw(raw)
+    # A mailbox's "From " line on top is read as Postfix reads it (README: filter).
+    headers, body = parse_raw(raw, postmarks=True)
     if body and not body.endswith(b"\n"):
         # SMTP and sendmail(1) end a body's last line: the milter never sees one without.
         body += newline_of(raw)

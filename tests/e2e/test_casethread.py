@@ -26,7 +26,9 @@ from .harness import (
     PostfixFactory,
     PostfixHarness,
     ReceivedMessage,
+    casethread_argv,
     casethread_serve_argv,
+    normalize_crlf,
     strip_headers,
 )
 
@@ -153,6 +155,35 @@ def test_reply_threads_to_the_agents_case_and_forged_header_is_removed(
     log = casethread.log()
     assert "direction=outbound case=C-000001 match=new" in log
     assert "direction=inbound case=C-000001 match=in-reply-to" in log
+
+
+def test_filter_prints_what_postfix_delivers_for_a_mailbox_file_with_odd_names(
+    postfix_factory: PostfixFactory, milter_socket: MilterSocket, casethread: Casethread,
+    tmp_path: Path,
+) -> None:
+    """`casethread filter` prints a message as it leaves the MTA. Two things only a real
+    Postfix shows: it makes a mailbox's "From " line an X-Mailbox-Line field, and it writes a
+    changed field under the name the milter gives (so the adapter gives the message's own)."""
+    postfix = postfix_factory(milter_socket, rewrite_local_headers=False)
+    sent = (b"From agent@helpdesk.example Sat Nov 28 10:00:00 2026\n"
+            + agent_mail(message_id="<odd.1@helpdesk.example>")
+            .replace(b"Subject:", b"references: <earlier@customer.example>\r\nSUBJECT:"))
+    snapshot = tmp_path / "snapshot"
+    backup = casethread.cli("backup", str(snapshot))
+    assert backup.returncode == 0, backup.stderr
+    out = send_outbound(postfix, sent)
+    mail = tmp_path / "sent.eml"
+    mail.write_bytes(sent)
+    printed = subprocess.run(
+        [*casethread_argv(), "filter", "--config", str(casethread.config), "--index",
+         str(snapshot), "--direction", "outbound", "--rcpt", CUSTOMER, str(mail)],
+        capture_output=True, timeout=60, check=False)
+    assert printed.returncode == 0, printed.stderr
+    # Postfix's Received on top; the Thread-Index of a new case is random.
+    delivered = out.without(["Thread-Index"])
+    assert delivered.startswith(b"X-Mailbox-Line: From agent@"), delivered[:200]
+    assert b"\r\nSUBJECT: Your printer [ref:" in delivered, delivered
+    assert delivered == strip_headers(normalize_crlf(printed.stdout), {"Thread-Index"})
 
 
 def test_postfix_added_message_id_is_recorded(

@@ -648,3 +648,23 @@ def test_outbound_unstamped_reply_still_threads_by_a_quoted_body_token(
     out = run_filter("--config", str(config), "--direction", "outbound", "-", stdin=reply)
     assert (case_id(out.stdout), headers_of(out.stdout).get("x-case-match")) == (
         "C-000001", None), out.stderr  # outbound has no X-Case-Match; the case id tells
+
+
+def test_a_mailbox_from_line_on_top_is_read_as_postfix_reads_it(run_filter: Any) -> None:
+    """A message saved from a mailbox (or a `git format-patch` file) starts with a "From "
+    line. Postfix's cleanup makes it an X-Mailbox-Line field before the milter sees the mail,
+    so the milter stamps the message below it; `filter` read the whole file as a body (no
+    Subject, no Message-ID: a new Subject field, the token line after the header)."""
+    original = (DATA / "agent-first.eml").read_bytes()
+    postmark = b"From dana@support.example.com Mon Mar  2 09:15:00 2026\n"
+    p = run_filter("--direction", "outbound", "-", stdin=postmark + original)
+    assert p.returncode == 0, p.stderr
+    tagged = TAGGED.search(p.stdout)
+    assert tagged, p.stdout[:400]
+    assert p.stdout.startswith(b"X-Mailbox-Line: " + postmark), p.stdout[:200]
+    found = headers_of(p.stdout)
+    assert len(found["subject"]) == 1 and len(found["from"]) == 1, found
+    # Only at the top: below a field, such a line starts the body, for Postfix too.
+    head, _, body = original.partition(b"\n\n")
+    later = run_filter("--direction", "auto", "-", stdin=head + b"\n" + postmark + body)
+    assert later.stdout == head + b"\n\n" + postmark + body

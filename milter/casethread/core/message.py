@@ -140,11 +140,18 @@ def _content(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
-def parse_raw(raw: bytes) -> tuple[tuple[Header, ...], bytes]:
+# What Postfix makes of a mailbox's "From sender date" line at the top of a message.
+MAILBOX_LINE = "X-Mailbox-Line"
+
+
+def parse_raw(raw: bytes, postmarks: bool = False) -> tuple[tuple[Header, ...], bytes]:
     """Split a message file into header fields and body, as an MTA would.
 
     The header section ends at the first empty line, or at the first line that is neither a
-    field nor a continuation (that line then starts the body, like Postfix does).
+    field nor a continuation (that line then starts the body, like Postfix does). With
+    `postmarks`, "From " lines before the first field (a message saved from a mailbox, a
+    `git format-patch` file) become `X-Mailbox-Line` fields, as Postfix's cleanup makes them;
+    otherwise such a line starts the body.
     """
     # Per field: name, value parts, raw parts, joined once at the end so folding stays linear.
     fields: list[tuple[str, list[bytes], list[bytes]]] = []
@@ -154,6 +161,10 @@ def parse_raw(raw: bytes) -> tuple[tuple[Header, ...], bytes]:
         if not content:
             body = raw[pos + len(line) :]
             break
+        if postmarks and content.startswith(b"From ") and all(
+                name == MAILBOX_LINE for name, _, _ in fields):
+            fields.append((MAILBOX_LINE, [content], [f"{MAILBOX_LINE}: ".encode() + line]))
+            continue
         if line[:1] in (b" ", b"\t") and fields:
             _, values, raws = fields[-1]
             values.append(_line_break(raws[-1]) + content)
