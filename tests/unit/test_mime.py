@@ -412,6 +412,11 @@ def test_fuzz_random_bytes(body: bytes, boundary: str) -> None:
 @pytest.mark.parametrize(("label", "codec"), [
     ("windows-874", "cp874"), ("Windows-31J", "cp932"), ("x-sjis", "cp932"),
     ("x-mac-roman", "mac-roman"), ("iso-8859-8-i", "iso8859-8"), ("x-euc-jp", "euc_jp"),
+    # SendBlaster's newsletters say x-mac-cyrillic; Windows calls KOI8-U koi8-ru; Outlook
+    # Express wrote RFC 1642's unicode-1-1-utf-7.
+    ("x-mac-cyrillic", "mac-cyrillic"), ("x-mac-ukrainian", "mac-cyrillic"),
+    ("koi8-ru", "koi8-u"), ("x-cp1251", "cp1251"), ("iso88592", "iso8859-2"),
+    ("unicode-1-1-utf-8", "utf-8"), ("unicode-1-1-utf-7", "utf-7"), ("logical", "iso8859-8"),
 ])
 def test_charset_labels_python_lacks_map_to_its_codecs(label: str, codec: str) -> None:
     assert mime.codec_for(label) == codec

@@ -507,6 +507,20 @@ def test_latin1_text_is_read_as_windows_1252_and_every_byte_is_kept(label: str) 
     assert text.startswith("“quoted” – 5 € café \x81\x8d")
 
 
+@pytest.mark.parametrize(("label", "codec"), [
+    ("x-mac-cyrillic", "mac_cyrillic"), ("koi8-ru", "koi8_u"), ("x-cp1251", "cp1251"),
+])
+def test_a_part_in_a_charset_python_knows_by_another_name_is_stamped(
+        label: str, codec: str) -> None:
+    """A newsletter tool's `x-mac-cyrillic` part was left unstamped
+    (`unknown-charset-'x-mac-cyrillic'`): Python names that charset mac_cyrillic."""
+    content = "Уважаемый коллега,\nспасибо за письмо.\n".encode(codec)
+    raw = message(f"text/plain; charset={label}", content, "quoted-printable")
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (_, after), = only_changed_leaves(raw, stamp(raw))
+    assert after.get_payload(decode=True) == content + f"\n{LINE}\n".encode()
+
+
 META_HEADS = [
     b'<meta charset="utf-8">',
     b"<META CHARSET=UTF-8 />",

@@ -536,6 +536,8 @@ LABELLED_TEXTS = [
     ("x-sjis", "cp932", "プリンター"),
     ("x-euc-jp", "euc_jp", "プリンター"),
     ("x-mac-roman", "mac_roman", "Drucker für Köln"),
+    ("x-mac-cyrillic", "mac_cyrillic", "Вопрос о принтере"),
+    ("koi8-ru", "koi8_u", "Питання щодо принтера"),
 ]
 
 

@@ -60,7 +60,8 @@ def _windows_1252(name: str) -> codecs.CodecInfo | None:
 codecs.register(_windows_1252)
 
 # The charset table, for bodies, subjects and parameters alike. First the labels mail carries
-# that Python does not know, for the charsets it does (WHATWG Encoding Standard's label table).
+# that Python does not know, for the charsets it does (every such label of WHATWG Encoding
+# Standard's table but the UTF-16 ones, which `UTF16_LABELS` reads).
 _CHARSET_ALIASES = {
     "windows-874": "cp874", "dos-874": "cp874", "x-mac-roman": "mac_roman",
     "csmacintosh": "mac_roman", "iso-8859-8-i": "iso8859_8",
@@ -70,6 +71,25 @@ _CHARSET_ALIASES = {
     "ks_c_5601-1989": "cp949", "ksc_5601": "cp949", "windows-949": "cp949",
     "csksc56011987": "cp949", "iso-ir-149": "cp949", "cseuckr": "cp949",
     "cn-big5": "big5", "x-x-big5": "big5",
+    "x-mac-cyrillic": "mac_cyrillic", "x-mac-ukrainian": "mac_cyrillic", "mac": "mac_roman",
+    "koi": "koi8_r", "koi8": "koi8_r", "koi8-ru": "koi8_u",
+    "x-cp1250": "cp1250", "x-cp1251": "cp1251", "x-cp1252": "cp1252", "x-cp1253": "cp1253",
+    "x-cp1254": "cp1254", "x-cp1255": "cp1255", "x-cp1256": "cp1256", "x-cp1257": "cp1257",
+    "x-cp1258": "cp1258",
+    "iso88591": "latin_1", "iso88592": "iso8859_2", "iso88593": "iso8859_3",
+    "iso88594": "iso8859_4", "iso88595": "iso8859_5", "iso88596": "iso8859_6",
+    "iso88597": "iso8859_7", "iso88598": "iso8859_8", "iso88599": "iso8859_9",
+    "iso885910": "iso8859_10", "iso885911": "iso8859_11", "iso885913": "iso8859_13",
+    "iso885914": "iso8859_14", "iso885915": "iso8859_15", "csisolatin9": "iso8859_15",
+    "iso-8859-6-e": "iso8859_6", "iso-8859-6-i": "iso8859_6", "csiso88596e": "iso8859_6",
+    "csiso88596i": "iso8859_6", "iso-8859-8-e": "iso8859_8", "csiso88598e": "iso8859_8",
+    "csiso88598i": "iso8859_8", "visual": "iso8859_8", "logical": "iso8859_8",
+    "sun_eu_greek": "iso8859_7",
+    "unicode-1-1-utf-8": "utf_8", "unicode11utf8": "utf_8", "unicode20utf8": "utf_8",
+    "x-unicode20utf8": "utf_8",
+    # Not WHATWG's (browsers read no UTF-7), but UTF-7's name in RFC 1642, which Outlook
+    # Express wrote on its mail.
+    "unicode-1-1-utf-7": "utf_7",
 }
 # Then the narrow charsets every client reads as their superset (WHATWG): Outlook labels cp949
 # text `ks_c_5601-1987` and cp932 text `shift_jis`. Keyed by Python's codec name, so every label
