@@ -85,6 +85,12 @@ def test_transfer_encodings_and_charsets_are_decoded() -> None:
     assert "お問い合わせ" in texts_of((DATA / "iso-2022-jp.eml").read_bytes())[0]
 
 
+def test_a_transfer_encoding_followed_by_a_semicolon_is_decoded() -> None:
+    qp = b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: " \
+         b"quoted-printable;\n\nGr=FC=DFe [ref:Q=\nP]\n"
+    assert texts_of(qp) == ["Grüße [ref:QP]\n"]
+
+
 def test_html_without_a_charset_parameter_is_read_in_its_meta_charset() -> None:
     """Only <meta> named the charset: the part was read as UTF-8 (`Gr\ufffd\ufffde`)."""
     html = (b'<html><head><meta http-equiv="Content-Type" content="text/html; '

@@ -68,6 +68,15 @@ def test_transfer_encoding_defaults_to_7bit() -> None:
     assert mime.transfer_encoding("Quoted-Printable") == "quoted-printable"
 
 
+def test_transfer_encoding_is_its_first_token() -> None:
+    """`quoted-printable;` (a bulk mailer's) was an unknown encoding: its part was neither
+    stamped nor read. What follows a `;` is no part of the token (Thunderbird reads it so);
+    a blank inside is no separator: `quoted printable` stays unknown, as there."""
+    assert mime.transfer_encoding("quoted-printable;") == "quoted-printable"
+    assert mime.transfer_encoding(" Base64 ; x=y") == "base64"
+    assert mime.transfer_encoding("quoted printable") == "quoted printable"
+
+
 def test_rfc2231_extended_value_is_decoded() -> None:
     field = mime.parse_field("attachment; filename*=utf-8''na%C3%AFve%20file.txt")
     assert field.value == "attachment"

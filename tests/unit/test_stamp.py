@@ -11,6 +11,7 @@ import base64
 import email
 import mmap
 import os
+import quopri
 import re
 from email import base64mime, quoprimime
 from email.message import Message as EmailMessage
@@ -519,6 +520,20 @@ def test_a_part_in_a_charset_python_knows_by_another_name_is_stamped(
     assert outcomes(raw)["text"] == ("stamped", "")
     (_, after), = only_changed_leaves(raw, stamp(raw))
     assert after.get_payload(decode=True) == content + f"\n{LINE}\n".encode()
+
+
+def test_a_transfer_encoding_followed_by_a_semicolon_is_that_encoding() -> None:
+    """`Content-Transfer-Encoding: quoted-printable;` (Outlook-styled bulk mail) left the
+    HTML part unstamped (`unsupported-transfer-encoding-'quoted-printable;'`)."""
+    raw = message("text/html; charset=us-ascii",
+                  b"<html><body><p>Dear customer, your answ=\ner.</p></body></html>\n",
+                  "quoted-printable;")
+    assert outcomes(raw)["html"] == ("stamped", "")
+    out = stamp(raw)
+    assert out.startswith(raw[: raw.index(b"\n\n") + 2])
+    decoded = quopri.decodestring(out[raw.index(b"\n\n") + 2:])
+    assert decoded.startswith(b"<html><body><p>Dear customer, your answer.</p>")
+    assert TAG.encode() in decoded
 
 
 META_HEADS = [

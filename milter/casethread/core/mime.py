@@ -174,10 +174,15 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
 
 
 def transfer_encoding(raw: str | None) -> str:
-    """The Content-Transfer-Encoding, lower-cased; 7bit when absent or empty."""
+    """The Content-Transfer-Encoding, lower-cased; 7bit when absent or empty. It is one token
+    (RFC 2045 §6.1): a `;` and what follows (`quoted-printable;`, as some bulk mailers
+    write it) are no part of it, as Thunderbird reads the field's first token."""
     if raw is None:
         return "7bit"
-    return _strip_comments(unfold(raw)).strip().lower() or "7bit"
+    value = _strip_comments(unfold(raw))
+    if ";" in value:
+        value = value.split(";", 1)[0]
+    return value.strip().lower() or "7bit"
 
 
 # One `;`-separated piece of a field value: a quoted string (a backslash escapes the next
