@@ -536,6 +536,30 @@ def test_a_transfer_encoding_followed_by_a_semicolon_is_that_encoding() -> None:
     assert TAG.encode() in decoded
 
 
+def multipart_of(subtype: str) -> bytes:
+    return message(f'multipart/{subtype}; boundary="b"',
+                   b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"
+                   b"here it is.\n--b\nContent-Type: image/png\nContent-Transfer-Encoding: "
+                   b"base64\n\niVBORw0KGgo=\n--b--\n")
+
+
+@pytest.mark.parametrize("subtype", ["*", "parallel", "x-unknown"])
+def test_a_multipart_subtype_a_reader_does_not_know_is_read_as_mixed(subtype: str) -> None:
+    """Outlook's `multipart/*` body was left unstamped (`no-text-part`): only mixed,
+    alternative and related were searched. RFC 2046 §5.1.7 has readers treat a subtype they
+    do not know as multipart/mixed, and they show its text part."""
+    raw = multipart_of(subtype)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    assert text_of(after) == text_of(before) + f"\n{LINE}\n"
+
+
+@pytest.mark.parametrize("subtype", ["report", "digest", "appledouble", "multilingual"])
+def test_a_multipart_whose_parts_are_no_body_is_not_searched(subtype: str) -> None:
+    raw = multipart_of(subtype)
+    assert stamp(raw) == raw
+
+
 META_HEADS = [
     b'<meta charset="utf-8">',
     b"<META CHARSET=UTF-8 />",

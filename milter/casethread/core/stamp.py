@@ -36,8 +36,16 @@ _SEALED_TYPES = frozenset(
     {"multipart/signed", "multipart/encrypted", "application/pkcs7-mime",
      "application/x-pkcs7-mime"}
 )
-# The only multiparts searched for the main text: a body, its alternatives, its inline images.
-_CONTAINERS = frozenset({"multipart/mixed", "multipart/alternative", "multipart/related"})
+# The multiparts not searched for the main text: their parts are a report, digested or signed
+# mail, a file's forks, form fields, byte ranges, translations or frames, no body of ours.
+# Every other one is: mixed, alternative, related, parallel, and any subtype a reader does not
+# know, which RFC 2046 §5.1.7 has it read as multipart/mixed (Outlook's `multipart/*`).
+_NOT_CONTAINERS = frozenset({
+    "multipart/report", "multipart/digest", "multipart/signed", "multipart/encrypted",
+    "multipart/appledouble", "multipart/form-data", "multipart/byteranges",
+    "multipart/header-set", "multipart/multilingual", "multipart/voice-message",
+    "multipart/x-mixed-replace",
+})
 _LABEL_MAX = 40  # characters of a charset or transfer encoding name quoted in a note
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
@@ -201,7 +209,7 @@ def _chunks(body: Data, start: int, end: int, size: int) -> Iterator[bytes]:
 
 def main_parts(tree: Part) -> dict[Target, Part]:
     """The first non-attachment text/html and text/plain leaves, found through multipart/mixed,
-    /alternative and /related only."""
+    /alternative, /related and the others a body may be made of (`_NOT_CONTAINERS`)."""
     found: dict[Target, Part] = {}
     for part in _reachable(tree):
         target = _target_of(part)
@@ -213,9 +221,13 @@ def main_parts(tree: Part) -> dict[Target, Part]:
 def _reachable(part: Part) -> Iterator[Part]:
     """The part and, when it is a container we may look into, everything reachable below it."""
     yield part
-    if part.kind == "multipart" and part.mime_type in _CONTAINERS:
+    if part.kind == "multipart" and _is_container(part.mime_type):
         for child in part.children:
             yield from _reachable(child)
+
+
+def _is_container(mime_type: str) -> bool:
+    return mime_type.startswith("multipart/") and mime_type not in _NOT_CONTAINERS
 
 
 def _target_of(part: Part) -> Target | None:
@@ -238,7 +250,7 @@ def _refusal(tree: Part) -> str:
         return f"{tree.mime_type} is signed or encrypted"
     for part in _reachable(tree):
         # A defect inside an attachment cannot move the delimiters around it; it does not count.
-        structural = part is tree or part.mime_type in _CONTAINERS or _target_of(part) is not None
+        structural = part is tree or _is_container(part.mime_type) or _target_of(part) is not None
         if part.defects and structural:
             return f"malformed MIME ({', '.join(part.defects)})"
     return ""
