@@ -77,6 +77,15 @@ def test_transfer_encoding_is_its_first_token() -> None:
     assert mime.transfer_encoding("quoted printable") == "quoted printable"
 
 
+@pytest.mark.parametrize(("raw", "cte"), [
+    ("7-bit", "7bit"), ("7 bit", "7bit"), ("8bits", "8bit"), ("8-Bit", "8bit"),
+])
+def test_misspelled_identity_encodings_are_read_as_such(raw: str, cte: str) -> None:
+    """A newsletter's `7-bit` and `8bits` parts were left unstamped
+    (`unsupported-transfer-encoding-'7-bit'`); readers show their bytes as they are."""
+    assert mime.transfer_encoding(raw) == cte
+
+
 def test_rfc2231_extended_value_is_decoded() -> None:
     field = mime.parse_field("attachment; filename*=utf-8''na%C3%AFve%20file.txt")
     assert field.value == "attachment"

@@ -536,6 +536,14 @@ def test_a_transfer_encoding_followed_by_a_semicolon_is_that_encoding() -> None:
     assert TAG.encode() in decoded
 
 
+@pytest.mark.parametrize("cte", ["7-bit", "8bits"])
+def test_a_misspelled_identity_encoding_is_stamped_as_that_encoding(cte: str) -> None:
+    content = b"DISCOVER\xc6 CARD News Online\n\n\xa92002 Discover Bank.\n"
+    raw = message("text/plain; charset=iso-8859-1", content, cte)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    assert stamp(raw) == raw + f"\n{LINE}\n".encode()
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"

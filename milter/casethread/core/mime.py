@@ -173,6 +173,12 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
     return parsed
 
 
+# 7bit and 8bit as bulk mailers misspell them (`Content-Transfer-Encoding: 7-bit`, `8bits`):
+# every reader shows such a part's bytes as they are, as it does any encoding it does not know.
+_IDENTITY_SPELLINGS = {"7-bit": "7bit", "7 bit": "7bit", "7bits": "7bit",
+                       "8-bit": "8bit", "8 bit": "8bit", "8bits": "8bit"}
+
+
 def transfer_encoding(raw: str | None) -> str:
     """The Content-Transfer-Encoding, lower-cased; 7bit when absent or empty. It is one token
     (RFC 2045 §6.1): a `;` and what follows (`quoted-printable;`, as some bulk mailers
@@ -182,7 +188,8 @@ def transfer_encoding(raw: str | None) -> str:
     value = _strip_comments(unfold(raw))
     if ";" in value:
         value = value.split(";", 1)[0]
-    return value.strip().lower() or "7bit"
+    value = value.strip().lower()
+    return _IDENTITY_SPELLINGS.get(value, value) or "7bit"
 
 
 # One `;`-separated piece of a field value: a quoted string (a backslash escapes the next
