@@ -604,8 +604,12 @@ class Engine:
             notes.append("list-mail")
             return False
         if mime.is_report(msg.get("Content-Type")):
+            notes.append("report")
             return False
-        return autoreply.classify_auto(msg, self._resolver.is_ours) != autoreply.AUTO_REPLIED
+        if autoreply.classify_auto(msg, self._resolver.is_ours) == autoreply.AUTO_REPLIED:
+            notes.append("auto-replied")
+            return False
+        return True
 
     def _app_case(self, app_id: str, now: int, trace: list[str],
                   notes: list[str], root: bytes | None) -> CaseRecord:

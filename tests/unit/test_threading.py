@@ -2657,6 +2657,8 @@ def test_an_agents_out_of_office_opens_no_case(harness: Any) -> None:
     r = harness.outbound(*headers)
     assert (r.decision.case_ids, r.decision.match) == ((), "none")
     assert r.one("Subject") == "Out of office: Sale!"
+    # The log line says why nothing was stamped (it said `case=- match=none`, nothing more).
+    assert "auto-replied" in r.decision.notes
     # Answering a case's mail, it continues that case (and is stamped).
     out = start_case(harness)
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Out of office: Printer jam"),
@@ -2684,6 +2686,7 @@ def test_an_agents_receipt_or_report_opens_no_case(harness: Any, kind: str) -> N
                          ("References", "<lunch-77@other.example.com>"), body=body)
     assert (r.decision.case_ids, r.decision.match) == ((), "none")
     assert r.one("Subject") == "Read: Lunch next week?"
+    assert "report" in r.decision.notes
     out = start_case(harness)
     ctype, body = report(kind, out.one("Message-ID"))
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Read: Printer jam"), ctype,
