@@ -544,6 +544,20 @@ def test_a_misspelled_identity_encoding_is_stamped_as_that_encoding(cte: str) ->
     assert stamp(raw) == raw + f"\n{LINE}\n".encode()
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_quoted_printable_text_with_encoded_line_breaks_is_stamped(newline: bytes) -> None:
+    """A fax gateway's notice writes its line breaks as `=0D=0A` inside soft-broken lines:
+    the token line was made with CRLF, its hard line breaks decoded as the wire's LF, and the
+    part was left unstamped (`re-encoded-part-does-not-decode-as-expected`)."""
+    content = (b"A fax has arrived from remote ID ''.=0D=0A---------------=\n"
+               b"-----=0D=0AResult: (0/352;0/0) Successful Send=0D=0A\n")
+    raw = message("text/plain", content.replace(b"\n", newline), "quoted-printable", newline)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    old = before.get_payload(decode=True)
+    assert after.get_payload(decode=True) == old + newline + LINE.encode() + newline
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"

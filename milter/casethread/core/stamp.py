@@ -288,7 +288,10 @@ def _try_stamp_part(
         return Outcome(target, "already"), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
-    newline = _text_newline(text, wire_newline)
+    # A quoted-printable insertion's line breaks are hard line breaks, which decode as the
+    # wire's: text whose own breaks are encoded (`=0D=0A`, a fax gateway's) has no say.
+    newline = (wire_newline.decode("ascii") if isinstance(encoding, _QuotedPrintable)
+               else _text_newline(text, wire_newline))
     insertion = _render(request, newline)
     cut = _insertion_index(text, target)
     if target == "text" and cut < len(text) and not insertion.endswith("\n"):
