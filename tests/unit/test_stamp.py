@@ -558,6 +558,20 @@ def test_quoted_printable_text_with_encoded_line_breaks_is_stamped(newline: byte
     assert after.get_payload(decode=True) == old + newline + LINE.encode() + newline
 
 
+@pytest.mark.parametrize("content", [b"Envoy\xe9 par Bell Mobilit\xe9.\n",
+                                     "Envoyé par Bell Mobilité.\n".encode()])
+def test_8bit_text_without_a_charset_gets_an_ascii_token_line(content: bytes) -> None:
+    """Mail without MIME (an SMS gateway's, old clients') with 8-bit text was left unstamped
+    (`8bit-without-charset`): readers guess its charset, and each reads ASCII as ASCII, so an
+    ASCII line appended is read alike whatever they guess, and every byte is kept."""
+    raw = b"From: a@example.com\nSubject: s\n\n" + content
+    assert outcomes(raw)["text"] == ("stamped", "")
+    assert stamp(raw) == raw + f"\n{LINE}\n".encode()
+    # A template that is not ASCII would be read otherwise by one guess or another.
+    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
+        "skipped", "8bit without charset")
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"
@@ -613,7 +627,8 @@ OUTLOOK_HEAD = b'<meta http-equiv=Content-Type content="text/html; charset=unico
     (b"<meta charset=UCS-2>", b"<p>Hello Pat</p>", ("stamped", "")),
     # A label WHATWG (and casethread) does not know declares nothing; the prescan goes on.
     (b"<meta charset=x-bogus>", b"<p>Hello Pat</p>", ("stamped", "")),
-    (b"<meta charset=x-bogus>", b"<p>Gr\xc3\xbc\xc3\x9fe</p>", ("skipped", "8bit without charset")),
+    # No charset at all: read byte for byte, stamped with the (ASCII) tag.
+    (b"<meta charset=x-bogus>", b"<p>Gr\xc3\xbc\xc3\x9fe</p>", ("stamped", "")),
     (b"<meta charset=x-bogus><meta charset=utf-8>", b"<p>Gr\xc3\xbc\xc3\x9fe</p>",
      ("stamped", "")),
 ], ids=["unicode-ascii", "unicode-utf-8", "ucs-2", "unknown-ascii", "unknown-8bit",
@@ -635,8 +650,10 @@ def test_a_meta_label_the_prescan_cannot_use_is_passed_over(
     b'<html><head><!-- <meta charset="utf-8"> --></head><body>\xc3\xbc</body></html>',
 ])
 def test_only_a_meta_charset_the_prescan_sees_counts(html: bytes) -> None:
+    """Told by a non-ASCII tag, which only a part of known charset takes."""
     raw = message("text/html", html, "8bit")
-    assert outcomes(raw)["html"] == ("skipped", "8bit without charset")
+    options = StampSettings(html_template='<div data-ref="{token}">参照 [ref:{token}]</div>')
+    assert outcomes(raw, options)["html"] == ("skipped", "8bit without charset")
 
 
 def test_a_charset_parameter_wins_over_a_meta_charset() -> None:
@@ -706,7 +723,6 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
     ("ctype", "cte", "body", "reason"),
     [
         ("text/plain; charset=x-unknown", None, b"x", "unknown charset 'x-unknown'"),
-        ("text/plain", "8bit", b"caf\xe9", "8bit without charset"),
         ("text/plain; charset=us-ascii", "8bit", b"caf\xe9", "content is not valid ascii"),
         ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
         ("text/plain", "base64", b"QUJD!\n", "invalid base64"),

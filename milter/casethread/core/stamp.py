@@ -47,6 +47,9 @@ _NOT_CONTAINERS = frozenset({
     "multipart/x-mixed-replace",
 })
 _LABEL_MAX = 40  # characters of a charset or transfer encoding name quoted in a note
+# How 8-bit text without any charset is read: byte for byte (latin-1 maps each byte to one
+# character and back), so the insertion point is found and every byte is kept.
+_UNLABELLED = "latin-1"
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
@@ -349,7 +352,9 @@ def _inline_pgp(text: str) -> bool:
 
 def _codec_of(charset: str | None, decoded: bytes) -> str:
     if charset is None and not decoded.isascii():
-        raise Unusable("8bit without charset")  # no two readers agree on what it is
+        # No two readers agree on what it is, but every one reads ASCII as ASCII: the part
+        # is read byte for byte, and only an ASCII insertion is written (`_encode_insertion`).
+        return _UNLABELLED
     codec = mime.codec_for(charset)
     if codec is None:
         raise Unusable(f"unknown charset {_label(charset)}")
@@ -361,6 +366,8 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
     superset clients read it as (mime); where that superset does not give the part's bytes
     back (big5's box drawing ═╭╮ in Big5-HKSCS), the label's own codec may."""
     codec = _codec_of(charset, decoded)
+    if codec == _UNLABELLED:
+        return codec, decoded.decode(codec)
     own = mime.codec_for(charset, superset=False)
     if own is not None and own != codec:
         for candidate in (codec, own):
@@ -395,7 +402,10 @@ def _encode(text: str, codec: str) -> bytes:
 
 def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
     """The insertion in the part's codec; written in a label's own codec (`_read_text`), it
-    must read the same in the superset clients read it as."""
+    must read the same in the superset clients read it as. Into 8-bit text without a charset
+    only ASCII goes, which reads alike in whatever charset a reader guesses."""
+    if codec == _UNLABELLED and not insertion.isascii():
+        raise Unusable("8bit without charset")
     data = _encode(insertion, codec)
     reader = mime.codec_for(charset)
     if reader is not None and reader != codec and data.decode(reader, "replace") != insertion:
