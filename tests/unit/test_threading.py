@@ -130,7 +130,10 @@ def returned_message(message_id: str, subject: str = "Printer jam") -> bytes:
     ).encode()
 
 
-@pytest.mark.parametrize("part_type", ["message/rfc822", "text/rfc822-headers"])
+@pytest.mark.parametrize("part_type", ["message/rfc822", "text/rfc822-headers",
+                                       # Bigfoot's LiteMail returns it as the first (only)
+                                       # fragment of a message/partial (RFC 2046 5.2.2)
+                                       "message/partial"])
 def test_bounce_of_our_message_id(harness: Any, part_type: str) -> None:
     out = start_case(harness)
     harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
@@ -293,6 +296,18 @@ def marked_text_bounce(sender: str, subject: str, marker: str, returned: bytes,
             + marker.encode() + b"\n\n" + returned)
 
 
+def unmarked_text_bounce(sender: str, subject: str, lead: str, returned: bytes
+                         ) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """A text bounce whose copy follows words no list of markers can know (MXLogic's
+    "Included is a copy of the message header:" over a line of dashes, EZweb's line of dashes
+    after its notice), without a blank line before the returned header fields."""
+    return ((("From", sender), ("To", "dana@support.example.com"), ("Subject", subject)),
+            b"A message that you have sent could not be delivered to one or more\n"
+            b"recipients.  This is a permanent error.  The following address failed:\n\n"
+            b"  <pat@customer.example.org>: 550 5.1.1 User unknown\n\n\n"
+            + lead.encode() + b"\n" + returned)
+
+
 NON_DSN_BOUNCES: dict[str, Callable[[bytes], tuple[tuple[tuple[str, str], ...], bytes]]] = {
     "qmail": qmail_bounce,
     "yahoo": partial(qmail_bounce, yahoo=True),
@@ -324,6 +339,20 @@ NON_DSN_BOUNCES: dict[str, Callable[[bytes], tuple[tuple[tuple[str, str], ...], 
                                         "Delivery failure", "--- Original message follows."),
     "exchange text headers": partial(marked_text_bounce, "postmaster@customer.example.org",
                                      "Undeliverable: Printer jam", "Original message headers:"),
+    # 1&1 and GMX (the same mail system): the returned header fields after a line of theirs.
+    "1und1 gmx": partial(marked_text_bounce,
+                         '"Mail Delivery System" <mailer-daemon@kundenserver.customer.example.org>',
+                         "Mail delivery failed: returning message to sender",
+                         "--- The header of the original message is following. ---"),
+    "mxlogic": partial(unmarked_text_bounce,
+                       "Mail Delivery System <MAILER-DAEMON@relay0.customer.example.org>",
+                       "Mail delivery failed",
+                       "Included is a copy of the message header:\n"
+                       "-----------------------------------------"),
+    "ezweb": partial(unmarked_text_bounce, "<Postmaster@ezweb.customer.example.org>",
+                     "Mail System Error - Returned Mail",
+                     "Each of the following recipients was rejected by a remote mail server.\n"
+                     "---------------------------------------------------"),
 }
 
 
@@ -347,6 +376,45 @@ def test_a_bounce_without_a_dsn_of_other_mail_opens_no_case(harness: Any, server
     r = harness.inbound(*fields, body=body, mail_from="<>")
     assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
     assert harness.index.last_number() == 1
+
+
+def carrier_notice(returned: bytes) -> bytes:
+    """A mobile carrier's error notice (au/KDDI's): multipart/mixed under a null sender, its
+    subject no failure phrase ("メールエラー通知"), the mail attached as message/rfc822."""
+    return (b"--CARRIER\nContent-Type: text/plain; charset=us-ascii\n\n"
+            b"Your mail could not be delivered to: <pat@customer.example.org>\n"
+            b"     As their mailbox is full.\n\n"
+            b"--CARRIER\nContent-Type: message/rfc822\nContent-Description: Original message\n\n"
+            + returned + b"\n--CARRIER--\n")
+
+
+CARRIER_FIELDS = (("From", "no-reply@mail.carrier.example.net"),
+                  ("To", "dana@support.example.com"),
+                  ("Subject", "=?UTF-8?B?44Oh44O844Or44Ko44Op44O86YCa55+l?="),
+                  ("MIME-Version", "1.0"),
+                  ("Content-Type", 'multipart/mixed; boundary="CARRIER"'))
+
+
+def test_a_null_sender_notice_returning_our_mail_attached_threads(harness: Any) -> None:
+    """Mail under the null sender is the mail system's (RFC 5321 4.5.5) or a responder's: the
+    mail it attaches is read for ours as a DSN's returned part is, whatever its From and
+    Subject say. It stays what it is (auto-generated), and changes no state."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    body = carrier_notice(returned_message(out.one("Message-ID")))
+    r = harness.inbound(*CARRIER_FIELDS, body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "resolved", "auto-generated")
+    assert not is_participant(harness, "C-000001", "no-reply@mail.carrier.example.net")
+
+
+def test_a_person_attaching_our_mail_is_no_bounce(harness: Any) -> None:
+    """The same mail under a person's envelope sender is a person's mail: what it attaches is
+    no returned copy (here it names nothing of ours otherwise: a new case)."""
+    out = start_case(harness)
+    body = carrier_notice(returned_message(out.one("Message-ID")))
+    r = harness.inbound(*CARRIER_FIELDS, body=body, mail_from="<pat@customer.example.org>")
+    assert (r.one("X-Case-Match"), r.case_id) == ("new", "C-000002")
 
 
 def test_a_postmaster_failure_notice_under_its_own_sender_is_a_bounce(harness: Any) -> None:

@@ -250,6 +250,13 @@ def is_delivery_notice(msg: Message) -> bool:
     return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
 
 
+def has_null_sender(msg: Message) -> bool:
+    """Whether the mail came under the null sender (envelope `<>`, or `Return-Path: <>`): the
+    mail system's (RFC 5321 §4.5.5) or an auto-responder's (RFC 3834 §3.3), never a person's
+    own."""
+    return _null_sender(msg, msg.present(_NOTICE_FIELDS))
+
+
 def from_mail_system(msg: Message, kind: str) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
     any Action (a delay warning, a success notice) or a notice in a format of its own. Its

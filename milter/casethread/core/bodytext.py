@@ -19,12 +19,13 @@ from .subject import decode_subject
 
 DEFAULT_BUDGET = 1 << 20
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
-# What a delivery status notification returns of the original message (RFC 3462, 6533), and
-# the report part of a read receipt, which may name it only by its Original-Message-ID (RFC
-# 8098 §3.2.10; Thunderbird sends no third part).
+# What a delivery status notification returns of the original message (RFC 3462, 6533; Bigfoot's
+# LiteMail returns it as message/partial, the first fragment of which starts with the
+# message's header, RFC 2046 §5.2.2), and the report part of a read receipt, which may name
+# it only by its Original-Message-ID (RFC 8098 §3.2.10; Thunderbird sends no third part).
 BOUNCE_TYPES = frozenset(
-    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers",
-     "message/delivery-status", "message/global-delivery-status",
+    {"message/rfc822", "message/global", "message/partial", "text/rfc822-headers",
+     "message/global-headers", "message/delivery-status", "message/global-delivery-status",
      "message/disposition-notification", "message/global-disposition-notification"}
 )
 
@@ -144,6 +145,16 @@ _RETURNED_COPY = re.compile(
     rb"[ \t.:-]*\r?\n(?:[ \t]*\r?\n)*", re.I | re.M)
 
 
+# A header field of the returned mail that names it, at the start of a line: where a text
+# bounce without a known marker line returns it (1&1's and GMX's "--- The header of the
+# original message is following. ---", MXLogic's "Included is a copy of the message header:"
+# over a line of dashes, EZweb's line of dashes under its notice: no list of such lines is
+# ever complete). The notice's own words indent what they quote of the mail ("  Subject:").
+_RETURNED_FIELD_LINE = re.compile(rb"^(?:message-id|in-reply-to|references|subject)[ \t]*:",
+                                  re.I | re.M)
+_BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")
+
+
 def returned_copy(
     top_content_type: str | None,
     top_cte: str | None,
@@ -153,13 +164,25 @@ def returned_copy(
     top_disposition: str | None = None,
     tree: Part | None = None,
 ) -> bytes:
-    """The message a bounce written as plain text returns (its header fields first): what
-    follows the marker line in its first text/plain part, within `budget` decoded bytes;
-    b"" when there is none. `tree` as for `iter_texts`."""
+    """The message a bounce written as plain text returns (its header fields first), from its
+    first text/plain part, within `budget` decoded bytes: what follows a known marker line;
+    without one, the paragraph holding the first line that starts with a field naming the
+    mail (Message-ID, In-Reply-To, References, Subject) and what follows it. b"" when there
+    is neither. `tree` as for `iter_texts`."""
     text = next(iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
                                    top_disposition=top_disposition, tree=tree), None)
-    found = _RETURNED_COPY.search(text.data) if text is not None else None
-    return text.data[found.end():] if text is not None and found is not None else b""
+    if text is None:
+        return b""
+    found = _RETURNED_COPY.search(text.data)
+    if found is not None:
+        return text.data[found.end():]
+    field = _RETURNED_FIELD_LINE.search(text.data)
+    if field is None:
+        return b""
+    start = 0
+    for blank in _BLANK_LINE.finditer(text.data, 0, field.start()):
+        start = blank.end()
+    return text.data[start:]
 
 
 def _is_text(part: Part) -> bool:

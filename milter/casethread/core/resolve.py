@@ -584,10 +584,13 @@ class Resolver:
         """A report (DSN, read receipt) of our mail, by the header fields it returns. A notice
         of the mail system without a report at its top (`autoreply.is_delivery_notice`) is
         read so too: MDaemon attaches the returned mail to multipart/mixed, a gateway wraps a
-        DSN in it; qmail (and Yahoo) copy it into the text after a marker line. Other mail's
-        body is not read here."""
+        DSN in it; qmail (and Yahoo) copy it into the text after a marker line. Other mail
+        under the null sender is read for the mail it attaches (a carrier's error notice in a
+        language and format of its own: the null sender is the mail system's or a
+        responder's, RFC 5321 §4.5.5). Other mail's body is not read here."""
         report = mime.is_report(ev.msg.get("Content-Type"))
-        if not (report or autoreply.is_delivery_notice(ev.msg)):
+        notice = not report and autoreply.is_delivery_notice(ev.msg)
+        if not (report or notice or autoreply.has_null_sender(ev.msg)):
             return None
         top = ev.top
         returned = bodytext.iter_parts_of_type(
@@ -598,7 +601,7 @@ class Resolver:
             hit = self._bounce_part(ev, part.data)
             if hit is not None:
                 return hit
-        if report:
+        if not notice:
             return None
         copy = bodytext.returned_copy(top.content_type, top.cte, ev.msg.body, self.scan_budget,
                                       top_disposition=top.disposition, tree=ev.tree)
