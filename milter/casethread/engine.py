@@ -275,7 +275,7 @@ class Engine:
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
                                                    lambda: ev.tree)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
-        own_id = msgid.first_id(msg.get("Message-ID"))
+        own_id = msgid.first_id(msg.get_filled("Message-ID"))
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
         # A copy of this mail recorded meanwhile makes it a duplicate.
         unrecorded = ((AliasKind.MESSAGE, own_id),) if own_id else ()
@@ -364,7 +364,7 @@ class Engine:
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
                           ev: Evidence) -> Decision:
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
-        notes: tuple[str, ...] = () if msg.get("Message-ID") else ("no-message-id",)
+        notes: tuple[str, ...] = () if msg.get_filled("Message-ID") else ("no-message-id",)
         # A token that failed shows in the header and also here: a retired key's replies
         # open new cases, and only the log line is read across all mail.
         return Decision(

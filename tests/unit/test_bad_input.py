@@ -519,3 +519,36 @@ def test_any_headers_give_a_decision_with_clean_edits(
         else:
             assert len(r.all("X-Case-ID")) == 1
             assert r.decision.case_ids == (r.case_id.strip(),)
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\r\n "])
+def test_a_blank_message_id_field_before_the_real_one_is_passed_over(
+    harness: Any, blank: str
+) -> None:
+    """Sendmail hands milters no blank Message-ID (nor Date, From: fields it writes itself),
+    Postfix and `casethread filter` do: the first *filled* Message-ID is the message's, so
+    the decision is the same behind both MTAs and in `filter` (found by delivering such mail
+    through Sendmail and comparing with filter). Before, the blank one counted: outbound got
+    a second, new Message-ID (message-id-added), inbound was read as having none."""
+    agent = ("From", "dana@support.example.com")
+    out = harness.outbound(agent, ("To", "pat@customer.example.org"), ("Subject", "Printer"),
+                           ("Message-ID", blank), ("Message-ID", "<real@support.example.com>"))
+    assert "message-id-added" not in out.decision.log_fields()
+    assert not [e for e in out.decision.edits if e.name.lower() == "message-id"]
+    reply = harness.inbound(CUSTOMER, ("Subject", "Re: Printer"),
+                            ("In-Reply-To", "<real@support.example.com>"))
+    assert reply.case_id == out.case_id
+    first = harness.inbound(CUSTOMER, ("Subject", "New"), ("Message-ID", blank),
+                            ("Message-ID", "<n1@customer.example.org>"))
+    assert "no-message-id" not in first.decision.log_fields()
+    again = harness.inbound(CUSTOMER, ("Subject", "New"),
+                            ("Message-ID", "<n1@customer.example.org>"))
+    assert again.case_id == first.case_id
+    assert again.one("X-Case-Match") == "duplicate"
+
+
+def test_only_blank_message_id_fields_are_replaced_in_place(harness: Any) -> None:
+    out = harness.outbound(("From", "dana@support.example.com"), ("To", "pat@customer.example.org"),
+                           ("Subject", "Printer"), ("Message-ID", " "), ("Message-ID", ""))
+    ids = [e for e in out.decision.edits if e.name.lower() == "message-id"]
+    assert len(ids) == 1 and isinstance(ids[0], ChangeHeader) and ids[0].index == 1

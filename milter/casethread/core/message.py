@@ -99,6 +99,13 @@ class Message:
         values = self._by_name.get(name.lower())
         return values[0] if values else None
 
+    def get_filled(self, name: str) -> str | None:
+        """The first field of that name whose value is more than blanks, or None. Sendmail
+        hands milters no blank Message-ID, Date or From field (it writes its own there);
+        Postfix and `filter` do: passing over them decides alike behind both."""
+        values = self._by_name.get(name.lower(), ())
+        return next((v for v in values if v.strip(" \t\r\n")), None)
+
     def get_all(self, name: str) -> list[str]:
         values = self._by_name.get(name.lower())
         return list(values) if values else []

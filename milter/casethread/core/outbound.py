@@ -135,7 +135,7 @@ class MessageId:
 
 def ensure_message_id(msg: Message, domain: str, now: float) -> MessageId:
     present = msg.get("Message-ID")
-    existing = msgid.first_id(present)
+    existing = msgid.first_id(msg.get_filled("Message-ID"))
     if existing:
         return MessageId(existing, None)
     new = msgid.new_message_id(domain, now)

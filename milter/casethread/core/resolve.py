@@ -486,7 +486,7 @@ class Resolver:
     def by_own_message_id(self, ev: Evidence) -> Hit | None:
         """Outbound mail submitted again (a client's resend after a timeout, an app's retry
         after a 4xx): its own Message-ID is recorded, and its case is the first pass's."""
-        own = msgid.first_id(ev.msg.get("Message-ID"))
+        own = msgid.first_id(ev.msg.get_filled("Message-ID"))
         case = ev.case_by_alias(AliasKind.MESSAGE, own) if own else None
         return Hit(case, "duplicate") if case else None
 
