@@ -90,10 +90,6 @@ def test_unknown_envelope_sender_is_not_null() -> None:
         # RT
         ((("X-FC-Machinegenerated", "true"),), "auto-generated"),
         ((("X-FC-Machinegenerated", "false"),), "no"),
-        # Return-Path
-        ((("Return-Path", "<>"),), "auto-generated"),
-        ((("Return-Path", " < > "),), "auto-generated"),
-        ((("Return-Path", "<dana@customer.example>"),), "no"),
         # Bounces
         ((("X-Failed-Recipients", "gone@customer.example"),), "bounce"),
         ((("From", "MAILER-DAEMON@mx.customer.example (Mail Delivery System)"),), "bounce"),
@@ -138,9 +134,27 @@ def test_auto_submitted_with_nested_comments(value: str, kind: str) -> None:
     assert classify_auto(msg(("Auto-Submitted", value))) == kind
 
 
-def test_a_return_path_with_nested_comments_is_still_null() -> None:
-    assert classify_auto(msg(("Return-Path", "<> (bounce (of a bounce))"),
-                             mail_from="<bounces@customer.example>")) == "auto-generated"
+@pytest.mark.parametrize(("value", "kind"), [
+    ("<>", "auto-generated"),
+    (" < > ", "auto-generated"),
+    ("<> (bounce (of a bounce))", "auto-generated"),
+    ("<dana@customer.example>", "no"),
+])
+def test_return_path_tells_the_null_sender_where_no_envelope_is_known(
+        value: str, kind: str) -> None:
+    # `casethread filter` on saved mail, without --mail-from: final delivery wrote the field.
+    assert classify_auto(msg(("Return-Path", value), mail_from="")) == kind
+
+
+@pytest.mark.parametrize("value", ["<>", "<> (bounce (of a bounce))"])
+def test_the_envelope_wins_over_a_return_path_field(value: str) -> None:
+    """In transit Return-Path is whatever the client wrote: Postfix drops it before the milter
+    sees the mail, Sendmail hands it over. Behind either, a person's mail carrying
+    `Return-Path: <>` is a person's mail, and a real bounce's envelope says `<>` itself."""
+    assert classify_auto(msg(("Return-Path", value))) == "no"
+    assert not autoreply.has_null_sender(msg(("Return-Path", value)))
+    assert autoreply.has_null_sender(msg(("Return-Path", value), mail_from="<>"))
+    assert autoreply.has_null_sender(msg(("Return-Path", value), mail_from=""))
 
 
 def test_null_envelope_sender() -> None:

@@ -28,7 +28,8 @@ first of this order wins:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
    value) on mail that is no list mail, Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
-   sender (envelope `<>` or `Return-Path: <>`), a From of `postmaster@...`, RT's
+   sender (envelope `<>`, or `Return-Path: <>` where no envelope is known), a From of
+   `postmaster@...`, RT's
    `X-FC-Machinegenerated: true`, and RT mail whose `X-RT-Originator` (RT 3:
    `RT-Originator`) is one of our support addresses (RT mails out a transaction we created:
    the AutoReply to the ticket our mail opened, when RT leaves out the `Auto-Submitted:
@@ -251,7 +252,7 @@ def is_delivery_notice(msg: Message) -> bool:
 
 
 def has_null_sender(msg: Message) -> bool:
-    """Whether the mail came under the null sender (envelope `<>`, or `Return-Path: <>`): the
+    """Whether the mail came under the null sender (`_null_sender`): the
     mail system's (RFC 5321 §4.5.5) or an auto-responder's (RFC 3834 §3.3), never a person's
     own."""
     return _null_sender(msg, msg.present(_NOTICE_FIELDS))
@@ -452,8 +453,13 @@ def _first_token(value: str) -> str:
 
 
 def _null_sender(msg: Message, fields: Fields) -> bool:
-    if "".join(msg.envelope.mail_from.split()) == "<>":
-        return True
+    """The envelope sender is `<>`. A `Return-Path: <>` field counts only where the envelope
+    is not known (`casethread filter` without `--mail-from`, on saved mail, whose final
+    delivery wrote it): in transit that field is the client's, which Postfix drops before the
+    milter sees it and Sendmail hands over, so the milter behind either reads the envelope."""
+    mail_from = "".join(msg.envelope.mail_from.split())
+    if mail_from:
+        return mail_from == "<>"
     return any("".join(without_comments(v).split()) == "<>"
                for v in _values(fields, "return-path"))
 
