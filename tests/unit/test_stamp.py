@@ -572,6 +572,23 @@ def test_8bit_text_without_a_charset_gets_an_ascii_token_line(content: bytes) ->
         "skipped", "8bit without charset")
 
 
+@pytest.mark.parametrize(("ctype", "content", "cte"), [
+    ("text/plain", "\ufeffHello Pat, here it is.\r\n".encode("utf-16-le"), "base64"),
+    ("text/plain", "\ufeff参照番号\r\n".encode("utf-16-be"), "base64"),
+    ("text/plain", "Gr\u00fc\u00dfe, Pat.\r\n".encode("utf-16-le"), "base64"),  # no BOM: NULs
+    ("text/html", "\ufeff<html><body>Hello</body></html>\r\n".encode("utf-16-le"), "base64"),
+])
+def test_utf16_text_without_a_charset_is_not_stamped(ctype: str, content: bytes,
+                                                     cte: str) -> None:
+    """Unlabelled text in UTF-16 (a BOM names it, as browsers and clients read it) is no
+    ASCII-compatible guess: an ASCII token line or tag written into it byte for byte reads as
+    garbage after the text, and the token is read by nobody. It stays unstamped."""
+    raw = message(ctype, base64.encodebytes(content), cte)
+    target = "html" if ctype == "text/html" else "text"
+    assert outcomes(raw)[target] == ("skipped", "8bit without charset")
+    assert stamp(raw) == raw
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"

@@ -50,6 +50,9 @@ _LABEL_MAX = 40  # characters of a charset or transfer encoding name quoted in a
 # How 8-bit text without any charset is read: byte for byte (latin-1 maps each byte to one
 # character and back), so the insertion point is found and every byte is kept.
 _UNLABELLED = "latin-1"
+# The byte order marks of UTF-16 (and so UTF-32's): text without a charset that starts with
+# one is read in that form, in which ASCII is no single byte.
+_WIDE_BOMS = (b"\xfe\xff", b"\xff\xfe", b"\x00\x00\xfe\xff")
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
@@ -352,6 +355,10 @@ def _inline_pgp(text: str) -> bool:
 
 def _codec_of(charset: str | None, decoded: bytes) -> str:
     if charset is None and not decoded.isascii():
+        if 0 in decoded or decoded.startswith(_WIDE_BOMS):
+            # UTF-16 or UTF-32 (a BOM names it, and readers sniff it first; ASCII in it holds
+            # NUL bytes): an ASCII byte written into it reads as no ASCII at all.
+            raise Unusable("8bit without charset")
         # No two readers agree on what it is, but every one reads ASCII as ASCII: the part
         # is read byte for byte, and only an ASCII insertion is written (`_encode_insertion`).
         return _UNLABELLED
