@@ -616,6 +616,29 @@ def test_inbound_mail_its_header_fields_resolve_logs_body_skipped(run_filter: An
     assert "match=token" in line and line.endswith(" body=skipped"), line
 
 
+@pytest.mark.parametrize("fields", [
+    b"Auto-Submitted: auto-replied\n",  # a text out-of-office
+    b"Auto-Submitted: auto-replied\nMIME-Version: 1.0\n"
+    b"Content-Type: multipart/mixed; boundary=b\n",  # a responder's, its logo attached
+    b"MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=b\n",  # Exchange's
+])
+def test_an_out_of_office_under_the_null_sender_resolved_by_its_subject_skips_the_body(
+        run_filter: Any, fields: bytes) -> None:
+    """RFC 3834 has responders send under the null sender: the bounce strategy, which reads
+    attached mail of other null-sender mail (a carrier's error notice), read such a reply's
+    body, though its Subject names the case, so the milter read every out-of-office whole."""
+    out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    tagged = TAGGED.search(out.stdout)
+    assert out.returncode == 0 and tagged, out.stderr
+    body = (b"--b\nContent-Type: text/plain\n\nI am away.\n--b--\n" if b"boundary" in fields
+            else b"I am away.\n")
+    reply = (b"From: pat@customer.example.org\n" + fields + b"Subject: Automatic reply: "
+             + tagged.group(0)[9:] + b"\n\n" + body)
+    inb = run_filter("--direction", "inbound", "--mail-from", "<>", "-", stdin=reply)
+    (line,) = log_lines(inb.stderr)
+    assert "match=token" in line and line.endswith(" body=skipped"), line
+
+
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_a_body_without_a_final_line_break_ends_as_the_mta_ends_it(
     run_filter: Any, newline: bytes

@@ -590,7 +590,7 @@ class Resolver:
         responder's, RFC 5321 §4.5.5). Other mail's body is not read here."""
         report = mime.is_report(ev.msg.get("Content-Type"))
         notice = not report and autoreply.is_delivery_notice(ev.msg)
-        if not (report or notice or autoreply.has_null_sender(ev.msg)):
+        if not (report or notice or self._may_attach_returned_mail(ev)):
             return None
         top = ev.top
         returned = bodytext.iter_parts_of_type(
@@ -606,6 +606,19 @@ class Resolver:
         copy = bodytext.returned_copy(top.content_type, top.cte, ev.msg.body, self.scan_budget,
                                       top_disposition=top.disposition, tree=ev.tree)
         return self._bounce_part(ev, copy) if copy else None
+
+    def _may_attach_returned_mail(self, ev: Evidence) -> bool:
+        """Whether other mail under the null sender may attach the mail it returns, told by
+        its header fields alone: a body that can hold an attachment (multipart, but for
+        alternatives; a message), from no auto-responder (RFC 3834 §3.3: its out-of-office
+        names what it answers in its Subject). Else its body is not read here: an
+        out-of-office under the null sender whose Subject holds our token is resolved by its
+        header fields, and the milter skips its body."""
+        kind = mime.content_type(ev.top.content_type).value
+        if not (kind.startswith(("multipart/", "message/")) and kind != "multipart/alternative"):
+            return False
+        return (autoreply.has_null_sender(ev.msg)
+                and autoreply.classify_auto(ev.msg, self.is_ours) != autoreply.AUTO_REPLIED)
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
         """The bounced mail's case, from the header fields it returned: its own Message-ID
