@@ -454,6 +454,36 @@ def test_a_notice_found_by_our_quoted_subject_adds_no_participant(
         assert not is_participant(harness, "C-000001", address)
 
 
+def test_a_text_notice_returning_a_quote_of_another_case_threads_by_our_subject(
+        harness: Any) -> None:
+    """A text notice without a marker line that quotes our Subject in its own words and
+    returns our mail's body (no header): the body quotes the customer's mail of another case
+    Outlook's way ("From: / Sent: / To: / Subject: RE: ... [ref:...]"). That block is no
+    returned header (no Message-ID, no Received): the notice threads by our Subject into the
+    case of the mail that bounced, not by the quote into the other one."""
+    first = start_case(harness, "Printer jam")
+    second = start_case(harness, "Toner order")
+    body = (f"Your message\n\n  To: pat@customer.example.org\n  Subject: {second.one('Subject')}"
+            "\n\nwas not delivered to:\n\n  pat@customer.example.org\n\n"
+            "Hello Pat,\n\nthe toner ships today.\n\nDana\n\n"
+            "From: Pat Customer\nSent: Monday, 2 March 2026 10:00\nTo: Support\n"
+            f"Subject: RE: {first.one('Subject')}\n\nAnd we need toner too.\n").encode()
+    r = harness.inbound(("From", "postmaster@customer.example.org"),
+                        ("To", "dana@support.example.com"),
+                        ("Subject", "Undeliverable: " + second.one("Subject")), body=body,
+                        mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "token")
+    # Returned with its header, the mail is found by that (here after the notice's words).
+    returned = (f"Received: from mx.support.example.com\nMessage-ID: {second.one('Message-ID')}\n"
+                f"Subject: {second.one('Subject')}\n\n").encode()
+    r = harness.inbound(("From", "postmaster@customer.example.org"),
+                        ("To", "dana@support.example.com"),
+                        ("Subject", "Undeliverable: Toner order"),
+                        body=body.replace(b"Hello Pat,", returned + b"Hello Pat,"),
+                        mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "bounce")
+
+
 def test_a_person_forwarding_a_text_bounce_is_no_bounce(harness: Any) -> None:
     """Only the mail system's notices are read for a returned copy: a customer's mail that
     quotes one is a person's mail (here a new one: it names nothing of ours otherwise)."""

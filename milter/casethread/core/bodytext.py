@@ -150,8 +150,12 @@ _RETURNED_COPY = re.compile(
 # original message is following. ---", MXLogic's "Included is a copy of the message header:"
 # over a line of dashes, EZweb's line of dashes under its notice: no list of such lines is
 # ever complete). The notice's own words indent what they quote of the mail ("  Subject:").
+# Such a line counts only in a paragraph that is a message's header, which holds a Message-ID
+# or a Received field: a quote's header block in the returned mail's body (Outlook's "From: /
+# Sent: / To: / Subject:", a forward's) holds neither, and may name another case's mail.
 _RETURNED_FIELD_LINE = re.compile(rb"^(?:message-id|in-reply-to|references|subject)[ \t]*:",
                                   re.I | re.M)
+_HEADER_MARK = re.compile(rb"^(?:message-id|received)[ \t]*:", re.I | re.M)
 _BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")
 
 
@@ -166,9 +170,10 @@ def returned_copy(
 ) -> bytes:
     """The message a bounce written as plain text returns (its header fields first), from its
     first text/plain part, within `budget` decoded bytes: what follows a known marker line;
-    without one, the paragraph holding the first line that starts with a field naming the
-    mail (Message-ID, In-Reply-To, References, Subject) and what follows it. b"" when there
-    is neither. `tree` as for `iter_texts`."""
+    without one, the first paragraph holding a line that starts with a field naming the
+    mail (Message-ID, In-Reply-To, References, Subject) and one that starts with Message-ID
+    or Received (a message's header, no quote's), and what follows it. b"" when there is
+    neither. `tree` as for `iter_texts`."""
     text = next(iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
                                    top_disposition=top_disposition, tree=tree), None)
     if text is None:
@@ -176,13 +181,17 @@ def returned_copy(
     found = _RETURNED_COPY.search(text.data)
     if found is not None:
         return text.data[found.end():]
-    field = _RETURNED_FIELD_LINE.search(text.data)
-    if field is None:
-        return b""
-    start = 0
-    for blank in _BLANK_LINE.finditer(text.data, 0, field.start()):
-        start = blank.end()
-    return text.data[start:]
+    data, pos, start = text.data, 0, 0
+    while (field := _RETURNED_FIELD_LINE.search(data, pos)) is not None:
+        for blank in _BLANK_LINE.finditer(data, pos, field.start()):
+            start = blank.end()
+        after = _BLANK_LINE.search(data, field.end())
+        if _HEADER_MARK.search(data, start, after.start() + 1 if after else len(data)):
+            return data[start:]
+        if after is None:
+            break
+        pos = start = after.end()
+    return b""
 
 
 def _is_text(part: Part) -> bool:
