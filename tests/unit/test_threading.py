@@ -454,18 +454,20 @@ def test_a_notice_found_by_our_quoted_subject_adds_no_participant(
         assert not is_participant(harness, "C-000001", address)
 
 
+@pytest.mark.parametrize("separator", ["", "-----Original Message-----\n"])
 def test_a_text_notice_returning_a_quote_of_another_case_threads_by_our_subject(
-        harness: Any) -> None:
+        harness: Any, separator: str) -> None:
     """A text notice without a marker line that quotes our Subject in its own words and
     returns our mail's body (no header): the body quotes the customer's mail of another case
-    Outlook's way ("From: / Sent: / To: / Subject: RE: ... [ref:...]"). That block is no
-    returned header (no Message-ID, no Received): the notice threads by our Subject into the
-    case of the mail that bounced, not by the quote into the other one."""
+    Outlook's way ("From: / Sent: / To: / Subject: RE: ... [ref:...]", under Outlook's
+    separator line, which also reads as a marker line, "----- Original message -----"). That
+    block is no returned header (no Message-ID, no Received): the notice threads by our
+    Subject into the case of the mail that bounced, not by the quote into the other one."""
     first = start_case(harness, "Printer jam")
     second = start_case(harness, "Toner order")
     body = (f"Your message\n\n  To: pat@customer.example.org\n  Subject: {second.one('Subject')}"
             "\n\nwas not delivered to:\n\n  pat@customer.example.org\n\n"
-            "Hello Pat,\n\nthe toner ships today.\n\nDana\n\n"
+            f"Hello Pat,\n\nthe toner ships today.\n\nDana\n\n{separator}"
             "From: Pat Customer\nSent: Monday, 2 March 2026 10:00\nTo: Support\n"
             f"Subject: RE: {first.one('Subject')}\n\nAnd we need toner too.\n").encode()
     r = harness.inbound(("From", "postmaster@customer.example.org"),

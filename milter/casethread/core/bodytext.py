@@ -136,7 +136,10 @@ def iter_parts_of_type(
 # "----- Unsent message follows -----"), Gmail's former text bounce ("----- Original message
 # -----"), Lotus Notes' ("------- Returned Message --------"), m-FILTER's ("-------original
 # message") and others' ("--- Original message follows."), Exchange's text NDR ("Original
-# message headers:"). A line holding nothing but such a phrase, between dashes or none.
+# message headers:"). A line holding nothing but such a phrase, between dashes or none, and
+# a message's header after it (`_is_header`): Outlook's quote separator ("-----Original
+# Message-----") in the returned body stands above a quote's header block, which may name
+# another case's mail.
 _RETURNED_COPY = re.compile(
     rb"^[ \t]*-*[ \t]*(?:below this line is a copy of the message"
     rb"|this is a copy of the message(?:, including all the headers|'s headers)"
@@ -178,20 +181,28 @@ def returned_copy(
                                    top_disposition=top_disposition, tree=tree), None)
     if text is None:
         return b""
-    found = _RETURNED_COPY.search(text.data)
-    if found is not None:
-        return text.data[found.end():]
-    data, pos, start = text.data, 0, 0
+    data = text.data
+    for found in _RETURNED_COPY.finditer(data):
+        if _is_header(data, found.end()):
+            return data[found.end():]
+    pos = start = 0
     while (field := _RETURNED_FIELD_LINE.search(data, pos)) is not None:
         for blank in _BLANK_LINE.finditer(data, pos, field.start()):
             start = blank.end()
-        after = _BLANK_LINE.search(data, field.end())
-        if _HEADER_MARK.search(data, start, after.start() + 1 if after else len(data)):
+        if _is_header(data, start):
             return data[start:]
+        after = _BLANK_LINE.search(data, field.end())
         if after is None:
             break
         pos = start = after.end()
     return b""
+
+
+def _is_header(data: bytes, start: int) -> bool:
+    """Whether the paragraph at `start` holds a line that starts with Message-ID or Received
+    (`_HEADER_MARK`): a message's header, no quote's header block."""
+    after = _BLANK_LINE.search(data, start)
+    return _HEADER_MARK.search(data, start, after.start() + 1 if after else len(data)) is not None
 
 
 def _is_text(part: Part) -> bool:
