@@ -614,7 +614,7 @@ class Resolver:
         names what it answers in its Subject). Else its body is not read here: an
         out-of-office under the null sender whose Subject holds our token is resolved by its
         header fields, and the milter skips its body."""
-        kind = mime.content_type(ev.top.content_type).value
+        kind = mime.media_type(ev.top.content_type)
         if not (kind.startswith(("multipart/", "message/")) and kind != "multipart/alternative"):
             return False
         return (autoreply.has_null_sender(ev.msg)
