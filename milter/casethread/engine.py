@@ -683,7 +683,9 @@ class Engine:
             for o in plan.outcomes if o.status == "skipped"
         )
         if all(o.status == "absent" for o in plan.outcomes):
-            notes.append("body-not-stamped:no-text-part")  # an image, a forwarded message...
+            # An image, a forwarded message... or a part whose Content-Type does not parse.
+            why = next((o.reason for o in plan.outcomes if o.reason), "no text part")
+            notes.append(f"body-not-stamped:{why.replace(' ', '-')}")
         return plan.splices
 
     def _app_state_change(self, msg: Message, now: int, notes: list[str], trace: list[str],

@@ -566,3 +566,18 @@ def test_outbound_body_without_a_text_part_says_why_it_was_not_stamped(
     assert r.decision.body_splices == ()
     assert "body-not-stamped:no-text-part" in r.decision.notes
     assert "body-not-stamped:no-text-part" not in harness.outbound(AGENT).decision.notes
+
+
+def test_outbound_body_with_an_unparsable_content_type_names_it(harness: Any) -> None:
+    """`Content-Type: text/html Content-Transfer-Encoding: 8bit` (a phishing mail's) was noted
+    `no-text-part`; the note names the field instead, its blanks escaped (the log line turns
+    a note's blanks into hyphens), as a quoted-printable spelled with a blank is."""
+    r = harness.outbound(AGENT, ("Content-Type", "text/html Content-Transfer-Encoding: 8bit"),
+                         body=b"<p>hello</p>\n")
+    assert r.decision.body_splices == ()
+    assert r.decision.notes[-1] == ("body-not-stamped:unparsable-content-type-"
+                                    "'text/html\\x20Content-Transfer-Encoding:\\x208bi'")
+    r = harness.outbound(AGENT, ("Content-Type", "text/plain"),
+                         ("Content-Transfer-Encoding", "quoted printable"), body=b"hello\n")
+    assert "text-not-stamped:unsupported-transfer-encoding-'quoted\\x20printable'" in (
+        r.decision.notes)

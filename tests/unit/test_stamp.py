@@ -751,6 +751,13 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
         (f'text/plain; charset="{"x" * 2000}"', None, b"x", f"unknown charset '{'x' * 40}'"),
         ("text/plain", "x-" + "y" * 2000, b"x",
          f"unsupported transfer encoding 'x-{'y' * 38}'"),
+        # The log line turns a note's blanks into hyphens and splits notes at commas: a label's
+        # own blank and comma are escaped, so `quoted printable` does not read as the known
+        # `quoted-printable` there.
+        ("text/plain", "quoted printable", b"x",
+         "unsupported transfer encoding 'quoted\\x20printable'"),
+        ("text/plain; charset=\"utf-8,latin1\"", None, b"x",
+         "unknown charset 'utf-8\\x2clatin1'"),
     ],
 )
 def test_parts_that_cannot_round_trip_are_skipped(
@@ -904,3 +911,33 @@ def test_a_part_with_another_cases_token_after_ours_gets_our_line_in_its_own_for
     once = stamped(body)
     assert once.endswith(f"> [#{other}]\n\n[#{ours}]\n".encode())
     assert stamped(once) == once
+
+
+UNPARSABLE_HTML = "text/html Content-Transfer-Encoding: 8bit"
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_body_part_with_an_unparsable_content_type_is_named_as_absent_text(
+    nested: bool,
+) -> None:
+    """A phishing mail's `Content-Type: text/html Content-Transfer-Encoding: 8bit` (two fields
+    on one line) does not parse: readers take the part for text/plain (RFC 2045 §5.2) or for
+    text/html, so it stays unstamped, and the outcome says why instead of a bare absence
+    (the log said `no-text-part`)."""
+    if nested:
+        raw = message('multipart/mixed; boundary="b"',
+                      b"--b\nContent-Type: " + UNPARSABLE_HTML.encode()
+                      + b"\n\n<p>Hi</p>\n--b\nContent-Type: image/png\n"
+                      b"Content-Transfer-Encoding: base64\n\niVBORw0KGgo=\n--b--\n")
+    else:
+        raw = message(UNPARSABLE_HTML, b"<p>Hi</p>\n")
+    assert stamp(raw) == raw
+    why = "unparsable content type 'text/html\\x20Content-Transfer-Encoding:\\x208bi'"
+    assert outcomes(raw) == {"html": ("absent", why), "text": ("absent", why)}
+
+
+def test_an_attachment_with_an_unparsable_content_type_is_no_reason() -> None:
+    raw = message('multipart/mixed; boundary="b"',
+                  b"--b\nContent-Type: image/png\n\nx\n--b\nContent-Type: bogus\n"
+                  b"Content-Disposition: attachment\n\nx\n--b--\n")
+    assert outcomes(raw) == {"html": ("absent", ""), "text": ("absent", "")}

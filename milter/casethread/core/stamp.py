@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 
 from . import mime
 from .frozen import frozen
-from .message import Data, Header
+from .message import Data, Header, unfold
 from .mime import Part
 from .settings import StampSettings
 from .token import DEFAULT_TEMPLATE, PLACEHOLDER, check_template, find_tokens, normalise
@@ -47,6 +47,7 @@ _NOT_CONTAINERS = frozenset({
     "multipart/x-mixed-replace",
 })
 _LABEL_MAX = 40  # characters of a charset or transfer encoding name quoted in a note
+_LABEL_ESCAPES = str.maketrans({" ": "\\x20", ",": "\\x2c"})
 # How 8-bit text without any charset is read: byte for byte (latin-1 maps each byte to one
 # character and back), so the insertion point is found and every byte is kept.
 _UNLABELLED = "latin-1"
@@ -141,7 +142,8 @@ def plan_stamp(
     for request in requests:
         part = main.get(request.target)
         if part is None:
-            outcomes.append(Outcome(request.target, "absent"))
+            outcomes.append(Outcome(request.target, "absent",
+                                    _unreadable_type(tree, top_content_type)))
             continue
         outcome, splice = _stamp_part(body, part, request)
         outcomes.append(outcome)
@@ -250,6 +252,19 @@ def _target_of(part: Part) -> Target | None:
     return None
 
 
+def _unreadable_type(tree: Part, top_content_type: str | None) -> str:
+    """Why a body part that could be the text went unread: the first non-attachment part whose
+    Content-Type does not parse (`text/html Content-Transfer-Encoding: 8bit` on one line, a
+    phishing mail's), which readers take for text/plain (RFC 2045 §5.2), or for the type they
+    make out of it, and no two alike. "" when there is none."""
+    for part in _reachable(tree):
+        if part.kind == "leaf" and not part.is_attachment and not part.mime_type:
+            raw = top_content_type if part is tree else next(
+                (h.value for h in part.headers if h.name.lower() == "content-type"), None)
+            return f"unparsable content type {_label(unfold(raw or '').strip())}"
+    return ""
+
+
 def _refusal(tree: Part) -> str:
     """Why the body as a whole must not be touched, or ""."""
     if _is_sealed(tree):
@@ -315,8 +330,10 @@ def _try_stamp_part(
 
 
 def _label(value: str | None) -> str:
-    """A sender's label as the log note quotes it: a 2 KB charset name is no note."""
-    return repr((value or "")[:_LABEL_MAX])
+    """A sender's label as the log note quotes it: a 2 KB charset name is no note. A blank or a
+    comma in it is escaped (`'quoted\\x20printable'`): the log line turns a note's blanks into
+    hyphens and separates notes with commas, and the label must still read as it was sent."""
+    return repr((value or "")[:_LABEL_MAX]).translate(_LABEL_ESCAPES)
 
 
 def _already_stamped(text: str, token: str, template: str) -> bool:
