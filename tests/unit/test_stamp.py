@@ -39,6 +39,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
 TOKEN = "7K2M9QX4RT8VB3ZP"
 TAG = StampSettings().html_template.replace("{token}", TOKEN)
 LINE = f"[ref:{TOKEN}]"
+QUOTE = '"'
 FUZZ_EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "200"))
 
 
@@ -589,6 +590,33 @@ def test_utf16_text_without_a_charset_is_not_stamped(ctype: str, content: bytes,
     assert stamp(raw) == raw
 
 
+@pytest.mark.parametrize(("label", "cte", "content"), [
+    ("us-ascii", "8bit", "Grüße, Zoë ∑\n".encode()),
+    ("US-ASCII", "8bit", b"Envoy\xe9 par Bell Mobilit\xe9.\n"),
+    ('"ascii"', "quoted-printable", b"Envoy=C3=A9 par Bell Mobilit=E9.\n"),
+    ("ANSI_X3.4-1968", "base64", base64.b64encode("Grüße\n".encode()) + b"\n"),
+])
+def test_8bit_text_under_an_ascii_label_gets_an_ascii_token_line(
+    label: str, cte: str, content: bytes
+) -> None:
+    """PHP's and many scripts' mail says `charset=us-ascii` over UTF-8 or Latin-1 text: it was
+    left unstamped (`content-is-not-valid-ascii`). Readers guess (Thunderbird reads the label
+    as windows-1252, WHATWG's; others sniff UTF-8) and each reads ASCII as ASCII, so such a
+    part is stamped as one without a charset is: byte for byte, with an ASCII line only."""
+    raw = message(f"text/plain; charset={label}", content, cte)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    old = before.get_payload(decode=True)
+    assert after.get_payload(decode=True) == old + f"\n{LINE}\n".encode()
+    page = b"<html><body>" + old + b"</body></html>\n"
+    html = message(f"text/html; charset={label}", {
+        "8bit": page, "quoted-printable": quopri.encodestring(page),
+        "base64": base64.encodebytes(page)}[cte], cte)
+    assert outcomes(html)["html"] == ("stamped", "")
+    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
+        "skipped", f"8bit under charset '{label.strip(QUOTE)}'")
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"
@@ -740,7 +768,6 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
     ("ctype", "cte", "body", "reason"),
     [
         ("text/plain; charset=x-unknown", None, b"x", "unknown charset 'x-unknown'"),
-        ("text/plain; charset=us-ascii", "8bit", b"caf\xe9", "content is not valid ascii"),
         ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
         ("text/plain", "base64", b"QUJD!\n", "invalid base64"),
         ("text/plain", "base64", b"QU=D\n", "invalid base64"),
