@@ -968,3 +968,28 @@ def test_an_attachment_with_an_unparsable_content_type_is_no_reason() -> None:
                   b"--b\nContent-Type: image/png\n\nx\n--b\nContent-Type: bogus\n"
                   b"Content-Disposition: attachment\n\nx\n--b--\n")
     assert outcomes(raw) == {"html": ("absent", ""), "text": ("absent", "")}
+
+
+@pytest.mark.parametrize(("part", "newline"), [
+    (b"Content-Type: text/plain; charset=utf-8", b"\n"),
+    (b"Content-Type: text/plain; charset=utf-8\n", b"\n"),
+    (b"Content-Type: text/plain; charset=utf-8\r\n", b"\r\n"),
+    (b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable", b"\n"),
+    (b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n", b"\n"),
+    (b"X-Empty: 1", b"\n"),  # no Content-Type: text/plain by default
+])
+def test_a_text_part_without_a_body_gets_one_below_its_fields(part: bytes, newline: bytes) -> None:
+    """A part whose fields run to the next delimiter line (the line break before it is the
+    delimiter's) has no body: the token line went straight below its last field, into its
+    header section, where readers take it for one more header line and show an empty part.
+    The empty line that ends a header section now goes first."""
+    body = (b"--b\n" + part + b"\n--b\nContent-Type: image/png\n\nx\n--b--\n").replace(
+        b"\n", newline).replace(b"\r\r", b"\r")
+    raw = message('multipart/mixed; boundary="b"', body, newline=newline)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    stamped = stamp(raw)
+    text = leaves(stamped)[0]
+    assert [(k, v) for k, v in text.items()] == [(k, v) for k, v in leaves(raw)[0].items()]
+    assert not text.defects
+    assert text.get_payload(decode=True) == f"\n{LINE}\n".encode().replace(b"\n", newline)
+    assert leaves(stamped)[1].get_payload() == leaves(raw)[1].get_payload()

@@ -31,6 +31,9 @@ MAX_PARTS = 1000
 MAX_HEADER_BYTES = 256 * 1024
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+# The defect of a part whose header section is not ended by an empty line: readers agree it
+# has an empty body, so it is no malformation that puts its neighbours in doubt.
+NO_BODY = "no-body"
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 # windows-1252 as WHATWG defines it, which is how every client reads iso-8859-1 and latin1 text
 # (“smart quotes”, € from Windows mail so labelled): cp1252, with the five bytes it leaves
@@ -683,7 +686,9 @@ def _scan_headers(
     """A part's header fields and where its body starts.
 
     The header section ends at an empty line (which is neither header nor body) or at the
-    first line that is neither a field nor a continuation (which starts the body).
+    first line that is neither a field nor a continuation (which starts the body). A part whose
+    fields run to its end has no body at all (`NO_BODY`: `Content-Type: text/plain` just above
+    the next delimiter line, whose line break belongs to the delimiter, RFC 2046 §5.1.1).
     """
     fields: list[tuple[int, int]] = []
     pos = start
@@ -702,7 +707,7 @@ def _scan_headers(
         pos = line_end
         if pos - start > MAX_HEADER_BYTES:
             return _headers_from(data, fields), pos, ("header-too-long",)
-    return _headers_from(data, fields), end, ()
+    return _headers_from(data, fields), end, (NO_BODY,) if fields else ()
 
 
 def _headers_from(data: Data, fields: list[tuple[int, int]]) -> tuple[Header, ...]:

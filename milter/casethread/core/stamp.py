@@ -272,8 +272,9 @@ def _refusal(tree: Part) -> str:
     for part in _reachable(tree):
         # A defect inside an attachment cannot move the delimiters around it; it does not count.
         structural = part is tree or _is_container(part.mime_type) or _target_of(part) is not None
-        if part.defects and structural:
-            return f"malformed MIME ({', '.join(part.defects)})"
+        defects = [d for d in part.defects if d != mime.NO_BODY]
+        if defects and structural:
+            return f"malformed MIME ({', '.join(defects)})"
     return ""
 
 
@@ -326,6 +327,12 @@ def _try_stamp_part(
                                              _encode_insertion(insertion, codec, charset),
                                              wire_newline)
     _check(encoding, raw[:start] + new + raw[end:], prefix + added + suffix)
+    if mime.NO_BODY in part.defects:
+        # Fields run to the part's end: the token written there would be read as one more
+        # header line (or a field, for a template with a colon). The empty line that ends a
+        # header section goes first, after the last field's line break if it has none.
+        ended = body[part.end - 1 : part.end] == b"\n"
+        new = (b"" if ended else wire_newline) + wire_newline + new
     return Outcome(target, "stamped"), Splice(part.body_start + start, part.body_start + end, new)
 
 
