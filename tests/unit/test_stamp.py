@@ -993,3 +993,42 @@ def test_a_text_part_without_a_body_gets_one_below_its_fields(part: bytes, newli
     assert not text.defects
     assert text.get_payload(decode=True) == f"\n{LINE}\n".encode().replace(b"\n", newline)
     assert leaves(stamped)[1].get_payload() == leaves(raw)[1].get_payload()
+
+
+AMAZON_QP = (b"Your order: https://shop.example/gp/product/B002/ref=od_aui_detail?ie=UTF8&psc=1\n"
+             b"Caf=C3=A9 cr=C3=A8me, 10 =\nitems\n")
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_quoted_printable_with_a_stray_equals_sign_elsewhere_is_stamped(newline: bytes) -> None:
+    """A shop's or chat app's notice writes URLs unescaped into quoted-printable
+    (`ref=od_aui`, `?ie=UTF8`): the part was left unstamped (`invalid-quoted-printable`)
+    though readers disagree only on those bytes, which the insertion leaves as they are. It
+    is read as most readers show it (the "=" as it is, RFC 2045 §6.7 note 2)."""
+    raw = message("text/plain; charset=utf-8", AMAZON_QP.replace(b"\n", newline),
+                  "quoted-printable", newline)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    old = before.get_payload(decode=True)
+    assert b"ref=od_aui" in old
+    assert after.get_payload(decode=True) == old + f"\n{LINE}\n".encode().replace(b"\n", newline)
+    html = message("text/html; charset=utf-8", b"<html><body><p>" + AMAZON_QP
+                   + b"</p>\n</body></html>\n", "quoted-printable")
+    assert outcomes(html)["html"] == ("stamped", "")
+    (before, after), = only_changed_leaves(html, stamp(html))
+    assert after.get_payload(decode=True) == before.get_payload(decode=True).replace(
+        b"</body>", TAG.encode() + b"</body>")
+
+
+@pytest.mark.parametrize("body", [
+    # On the line the tag goes into: readers disagree on what stands before it.
+    b"<html><body><a href=\"x?ie=UTF8\">x</a></body></html>\n",
+    # "=" and a CR that ends no line: binascii drops what follows, so the text is not read.
+    b"<html><body>a=\rb\n</body></html>\n",
+])
+def test_quoted_printable_with_a_stray_equals_sign_where_it_matters_is_skipped(
+    body: bytes
+) -> None:
+    raw = message("text/html; charset=utf-8", body, "quoted-printable")
+    assert stamp(raw) == raw
+    assert outcomes(raw)["html"] == ("skipped", "invalid quoted-printable")

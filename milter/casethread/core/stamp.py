@@ -594,8 +594,13 @@ def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
 
 _QP_ESCAPE = re.compile(rb"=[0-9A-Fa-f]{2}")
 # An "=" that is neither an escape nor a soft line break (blanks transport added after it
-# included, RFC 2045 6.7 (3)): decoders disagree on it.
+# included, RFC 2045 6.7 (3)): decoders disagree on it (most show it as it is, §6.7 note (2):
+# a URL's `ref=od_aui` or `?ie=UTF8` in a shop's or chat app's notice). Bytes we do not touch
+# read as they read before; the line the insertion goes into must hold none.
 _QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
+# "=" then a CR that ends no line: binascii drops what follows it, so the text we would read
+# is not the part's.
+_QP_BARE_CR = re.compile(rb"=[ \t]*+\r(?!\n)")
 
 
 class _QuotedPrintable:
@@ -603,9 +608,9 @@ class _QuotedPrintable:
     joined to its neighbours by soft line breaks, so the decoded text changes only by it."""
 
     def decode(self, raw: bytes) -> bytes:
-        if _QP_INVALID.search(raw):
+        if b"\r" in raw and _QP_BARE_CR.search(raw):
             raise Unusable("invalid quoted-printable")
-        return mime.decode_qp(raw)
+        return mime.decode_qp(raw)  # an invalid "=" as it is, as most readers show it
 
     def insert(
         self, raw: bytes, at: int, added: bytes, newline: bytes
@@ -616,6 +621,8 @@ class _QuotedPrintable:
             separator = newline if raw and not raw.endswith(b"\n") else b""
             return len(raw), len(raw), separator + encoded, added
         line_start, content, offset = found
+        if _QP_INVALID.search(content):
+            raise Unusable("invalid quoted-printable")  # where readers disagree
         cut = line_start + _qp_encoded_offset(content, offset)
         glue_after = b"" if added.endswith(b"\n") or cut == len(raw) else b"=" + newline
         head = raw[line_start:cut]
@@ -632,9 +639,9 @@ def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
     break or line break, the decoded offset within it); None when `at` is after the last line.
 
     A cut at a line's start is preferred to one at the end of a soft-broken line; a cut inside
-    a hard line break cannot be made. `raw` has passed `decode`, so every "=" in a content is
-    an "=XX" escape (three characters, one byte), and an "=" that ends a line, blanks after
-    it or not, is a soft break.
+    a hard line break cannot be made. An "=XX" escape is three characters and one byte, an "="
+    that ends a line, blanks after it or not, is a soft break, and any other "=" one character
+    (`decode` reads it so).
     """
     position = pos = 0
     while pos < len(raw):
@@ -643,7 +650,10 @@ def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
         body = raw[pos:end].rstrip(b"\r\n")
         soft = body.rstrip(b" \t").endswith(b"=")
         content = body[: body.rindex(b"=")] if soft else body
-        length = len(content) - 2 * content.count(b"=")
+        escapes = content.count(b"=")
+        if escapes and _QP_INVALID.search(content):
+            escapes = len(_QP_ESCAPE.findall(content))
+        length = len(content) - 2 * escapes
         if at < position + length or (at == position + length and not soft):
             return pos, content, at - position
         position += length + (0 if soft else end - pos - len(body))
