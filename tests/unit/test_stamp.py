@@ -767,7 +767,7 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
 @pytest.mark.parametrize(
     ("ctype", "cte", "body", "reason"),
     [
-        ("text/plain; charset=x-unknown", None, b"x", "unknown charset 'x-unknown'"),
+        ("text/plain; charset=unicode", None, b"x", "unknown charset 'unicode'"),
         ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
         ("text/plain", "base64", b"QUJD!\n", "invalid base64"),
         ("text/plain", "base64", b"QU=D\n", "invalid base64"),
@@ -775,7 +775,8 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
         ("text/plain", "x-uuencode", b"begin 644 x\n",
          "unsupported transfer encoding 'x-uuencode'"),
         # A sender's label is quoted in the log note: at most 40 characters of it.
-        (f'text/plain; charset="{"x" * 2000}"', None, b"x", f"unknown charset '{'x' * 40}'"),
+        (f'text/plain; charset="utf-16{"x" * 2000}"', None, b"x",
+         f"unknown charset 'utf-16{'x' * 34}'"),
         ("text/plain", "x-" + "y" * 2000, b"x",
          f"unsupported transfer encoding 'x-{'y' * 38}'"),
         # The log line turns a note's blanks into hyphens and splits notes at commas: a label's
@@ -783,8 +784,8 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
         # `quoted-printable` there.
         ("text/plain", "quoted printable", b"x",
          "unsupported transfer encoding 'quoted\\x20printable'"),
-        ("text/plain; charset=\"utf-8,latin1\"", None, b"x",
-         "unknown charset 'utf-8\\x2clatin1'"),
+        ("text/plain; charset=\"utf-16,latin1\"", None, b"x",
+         "unknown charset 'utf-16\\x2clatin1'"),
     ],
 )
 def test_parts_that_cannot_round_trip_are_skipped(
@@ -1032,3 +1033,32 @@ def test_quoted_printable_with_a_stray_equals_sign_where_it_matters_is_skipped(
     raw = message("text/html; charset=utf-8", body, "quoted-printable")
     assert stamp(raw) == raw
     assert outcomes(raw)["html"] == ("skipped", "invalid quoted-printable")
+
+
+@pytest.mark.parametrize(("label", "content"), [
+    ('"charset=us-ascii"', b"Test of text section\n"),  # Apple Mail's
+    ("x-unknown", b"Envoy\xe9 par Bell Mobilit\xe9.\n"),
+    ("utf8mb4", "Grüße\n".encode()),
+])
+def test_text_under_a_label_nobody_knows_gets_an_ascii_token_line(
+    label: str, content: bytes
+) -> None:
+    """Apple Mail wrote `charset="charset=us-ascii"`: such a part was left unstamped
+    (`unknown-charset-'charset=us-ascii'`). Readers fall back to the charset they guess
+    without a label, and each reads ASCII as ASCII, so it is stamped as text without a charset
+    is: byte for byte, with an ASCII line only. A UTF-16 name stays unknown (ASCII is none)."""
+    raw = message(f"text/plain; charset={label}", content, "8bit")
+    assert outcomes(raw)["text"] == ("stamped", "")
+    assert stamp(raw) == raw + f"\n{LINE}\n".encode()
+    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
+        "skipped", f"unknown charset '{label.strip(QUOTE)}'")
+
+
+@pytest.mark.parametrize("label", ["x-unknown", "us-ascii"])
+def test_utf16_text_under_a_label_read_byte_for_byte_is_not_stamped(label: str) -> None:
+    """Text under a label nobody knows or an ASCII label is read byte for byte only when an
+    ASCII byte reads as ASCII in it: UTF-16 (a BOM, or NUL bytes) stays unstamped."""
+    content = "\ufeffHello Pat, here it is.\r\n".encode("utf-16-le")
+    raw = message(f"text/plain; charset={label}", base64.encodebytes(content), "base64")
+    assert outcomes(raw)["text"][0] == "skipped"
+    assert stamp(raw) == raw

@@ -379,20 +379,31 @@ def _inline_pgp(text: str) -> bool:
 
 def _codec_of(charset: str | None, decoded: bytes) -> str:
     codec = mime.codec_for(charset)
-    if (charset is None or codec == "ascii") and not decoded.isascii():
-        # 8-bit text without a charset, or under an ASCII label (PHP's and many scripts'
-        # default `us-ascii` over UTF-8 or Latin-1 text): no two readers agree on what it is
-        # (Thunderbird reads us-ascii as windows-1252, WHATWG's label; others sniff UTF-8),
-        # but every one reads ASCII as ASCII: the part is read byte for byte, and only an
-        # ASCII insertion is written (`_encode_insertion`).
-        if 0 in decoded or decoded.startswith(_WIDE_BOMS):
-            # UTF-16 or UTF-32 (a BOM names it, and readers sniff it first; ASCII in it holds
-            # NUL bytes): an ASCII byte written into it reads as no ASCII at all.
-            raise Unusable("8bit without charset")
-        return _UNLABELLED
     if codec is None:
-        raise Unusable(f"unknown charset {_label(charset)}")
-    return codec
+        if charset is not None and _utf16_label(charset):
+            raise Unusable(f"unknown charset {_label(charset)}")
+    elif codec != "ascii" or decoded.isascii():
+        return codec
+    # 8-bit text without a charset or under an ASCII label (PHP's and many scripts' default
+    # `us-ascii` over UTF-8 or Latin-1 text), or text under a label nobody knows (Apple Mail's
+    # `charset="charset=us-ascii"`, a typo, which readers ignore): no two readers agree on
+    # what it is (Thunderbird reads us-ascii as windows-1252, WHATWG's label; others sniff
+    # UTF-8), but every one reads ASCII as ASCII: the part is read byte for byte, and only an
+    # ASCII insertion is written (`_encode_insertion`).
+    if 0 in decoded or decoded.startswith(_WIDE_BOMS):
+        # UTF-16 or UTF-32 (a BOM names it, and readers sniff it first; ASCII in it holds
+        # NUL bytes): an ASCII byte written into it reads as no ASCII at all.
+        raise Unusable("8bit without charset" if charset is None
+                       else f"unknown charset {_label(charset)}" if codec is None
+                       else f"8bit under charset {_label(charset)}")
+    return _UNLABELLED
+
+
+def _utf16_label(charset: str) -> bool:
+    """A UTF-16 or UTF-32 name Python does not know (`unicode`, Outlook's): ASCII is no
+    ASCII there."""
+    folded = charset.strip().strip('"').lower()
+    return folded in mime.UTF16_LABELS or folded.startswith(("utf-16", "utf-32", "ucs"))
 
 
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
@@ -437,11 +448,14 @@ def _encode(text: str, codec: str) -> bytes:
 def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
     """The insertion in the part's codec; written in a label's own codec (`_read_text`), it
     must read the same in the superset clients read it as. Into 8-bit text without a charset
-    or under an ASCII label only ASCII goes, which reads alike in whatever charset a reader
-    guesses."""
+    or under an ASCII label, and into text under a label nobody knows, only ASCII goes, which
+    reads alike in whatever charset a reader guesses."""
     if codec == _UNLABELLED and not insertion.isascii():
-        raise Unusable("8bit without charset" if charset is None
-                       else f"8bit under charset {_label(charset)}")
+        if charset is None:
+            raise Unusable("8bit without charset")
+        if mime.codec_for(charset) is None:
+            raise Unusable(f"unknown charset {_label(charset)}")
+        raise Unusable(f"8bit under charset {_label(charset)}")
     data = _encode(insertion, codec)
     reader = mime.codec_for(charset)
     if reader is not None and reader != codec and data.decode(reader, "replace") != insertion:
