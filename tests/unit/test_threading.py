@@ -1476,6 +1476,27 @@ def test_external_ref_seen_on_a_reply_that_threaded_otherwise_is_recorded(
     assert update.case_id == "C-000001"
 
 
+def test_external_ref_of_a_vendor_that_marks_its_mail_automatic(make_harness: Any) -> None:
+    """ServiceNow marks every notification Precedence: bulk and Auto-Submitted:
+    auto-generated (a Zammad test fixture keeps a real one). Automatic mail opens no case, so
+    such a vendor's number is first mapped by a notification that threads otherwise (one that
+    repeats our Subject tag, as an incident opened from our mail does); its later updates then
+    thread by the number alone, and stay automatic. A notification naming nothing of ours
+    opens no case (README, external-ref)."""
+    h = external_harness(make_harness)
+    auto = (("Precedence", "bulk"), ("Auto-Submitted", "auto-generated"))
+    out = h.outbound(AGENT, ("To", "servicedesk@servicenow.example.net"), ("Subject", "Printer"))
+    opened = h.inbound(NOW_SENDER, *auto,
+                       ("Subject", f"Incident INC0012345 opened -- {out.one('Subject')}"))
+    assert (opened.case_id, opened.one("X-Case-Match")) == ("C-000001", "token")
+    update = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0012345 -- work notes added"))
+    assert (update.case_id, update.one("X-Case-Match")) == ("C-000001", "external-ref")
+    assert update.one("X-Case-Auto") == "auto-generated"
+    unknown = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0099999 opened"))
+    assert unknown.one("X-Case-Match") == "none"
+    assert unknown.all("X-Case-ID") == []
+
+
 class AliasCountingIndex:
     """A MemoryIndex that counts alias lookups and writes per kind (work, not time)."""
 
