@@ -308,7 +308,21 @@ class Engine:
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
         if hit is None:
             sender_known = None
-            ev.trace.append("automatic mail opens no case" if automatic else "no match: new case")
+            # A ticket system the sysadmin named in `inbound.external_refs` marks its
+            # notifications automatic (ServiceNow: Precedence: bulk, Auto-Submitted): its
+            # first notice of a ticket no case knows opens one, as Znuny's
+            # ExternalTicketNumberRecognition does; its later notices join it by the number.
+            # Never an out-of-office, a bounce or a loop.
+            vendor_ticket = (automatic and not loop
+                             and auto in (autoreply.AUTO_GENERATED, autoreply.BULK)
+                             and self._resolver.new_vendor_ticket(ev))
+            if vendor_ticket:
+                automatic = False
+                ev.trace.append(f"{auto} mail of an external_refs sender with a new reference "
+                                f"({', '.join(ev.new_external)}): new case")
+            else:
+                ev.trace.append("automatic mail opens no case" if automatic
+                                else "no match: new case")
             match = "none" if automatic else "new"
             if automatic:
                 outcomes = []

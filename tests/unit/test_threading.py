@@ -1478,23 +1478,53 @@ def test_external_ref_seen_on_a_reply_that_threaded_otherwise_is_recorded(
 
 def test_external_ref_of_a_vendor_that_marks_its_mail_automatic(make_harness: Any) -> None:
     """ServiceNow marks every notification Precedence: bulk and Auto-Submitted:
-    auto-generated (a Zammad test fixture keeps a real one). Automatic mail opens no case, so
-    such a vendor's number is first mapped by a notification that threads otherwise (one that
-    repeats our Subject tag, as an incident opened from our mail does); its later updates then
-    thread by the number alone, and stay automatic. A notification naming nothing of ours
-    opens no case (README, external-ref)."""
+    auto-generated (a Zammad test fixture keeps a real one). Its first notice of an incident
+    no case knows opens a case (the rule names its senders: the sysadmin asked for its
+    tickets), still `X-Case-Auto: auto-generated`; its later notices thread by the number
+    and stay automatic; a notice that repeats our Subject tag threads by the token."""
     h = external_harness(make_harness)
     auto = (("Precedence", "bulk"), ("Auto-Submitted", "auto-generated"))
+    first = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0099999 opened"))
+    assert (first.case_id, first.one("X-Case-Match")) == ("C-000001", "new")
+    assert first.one("X-Case-Auto") == "auto-generated"
+    update = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0099999 -- work notes added"))
+    assert (update.case_id, update.one("X-Case-Match")) == ("C-000001", "external-ref")
+    assert update.one("X-Case-Auto") == "auto-generated"
     out = h.outbound(AGENT, ("To", "servicedesk@servicenow.example.net"), ("Subject", "Printer"))
     opened = h.inbound(NOW_SENDER, *auto,
                        ("Subject", f"Incident INC0012345 opened -- {out.one('Subject')}"))
-    assert (opened.case_id, opened.one("X-Case-Match")) == ("C-000001", "token")
-    update = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0012345 -- work notes added"))
-    assert (update.case_id, update.one("X-Case-Match")) == ("C-000001", "external-ref")
-    assert update.one("X-Case-Auto") == "auto-generated"
-    unknown = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0099999 opened"))
-    assert unknown.one("X-Case-Match") == "none"
-    assert unknown.all("X-Case-ID") == []
+    assert (opened.case_id, opened.one("X-Case-Match")) == (out.case_id, "token")
+    later = h.inbound(NOW_SENDER, *auto, ("Subject", "Incident INC0012345 -- resolved"))
+    assert (later.case_id, later.one("X-Case-Match")) == (out.case_id, "external-ref")
+
+
+@pytest.mark.parametrize("marks", [
+    (NOW_SENDER, ("Auto-Submitted", "auto-replied"),
+     ("Subject", "Out of office: INC0077777 opened")),
+    (("From", "MAILER-DAEMON@servicenow.example.net"),
+     ("Subject", "Undelivered Mail Returned to Sender: INC0077777")),
+])
+def test_a_vendors_out_of_office_or_bounce_opens_no_case(make_harness: Any,
+                                                        marks: tuple[tuple[str, str], ...]
+                                                        ) -> None:
+    h = external_harness(make_harness)
+    r = h.inbound(*marks)
+    assert r.one("X-Case-Auto") in ("auto-replied", "bounce")
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
+
+
+def test_an_external_ref_rule_for_any_sender_opens_no_case_for_automatic_mail(
+        make_harness: Any) -> None:
+    """Without a `sender`, anyone's automatic mail may hold a number of the rule's shape (a
+    newsletter quoting an incident): it threads to a known ticket, opens none."""
+    base = make_harness()
+    anyone = dataclasses.replace(SERVICENOW, sender=())
+    h = make_harness(settings_with(base, external_refs=(anyone,), strategies=(
+        *base.settings.inbound.strategies, "external-ref")))
+    r = h.inbound(NOW_SENDER, ("Precedence", "bulk"), ("Subject", "Incident INC0055555 opened"))
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
 
 
 class AliasCountingIndex:

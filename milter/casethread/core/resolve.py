@@ -335,6 +335,7 @@ class Resolver:
             for rule in inbound.external_refs
         ]
         self._external_on = "external-ref" in inbound.strategies
+        self._vendor_rules = frozenset(rule.name for rule in inbound.external_refs if rule.sender)
         # Our own tag, removed before subjects are compared.
         self._tag = tag_pattern(self._template)
         table: dict[str, Strategy] = {
@@ -555,6 +556,13 @@ class Resolver:
             if key not in ev.new_external:
                 ev.new_external.append(key)
         return None
+
+    def new_vendor_ticket(self, ev: Evidence) -> bool:
+        """Whether this mail carries a reference no case holds of a rule that names its
+        senders (`ExternalRefRule.sender`): a ticket system the sysadmin named, whose first
+        notice of a ticket opens a case though it is marked automatic. A rule for any sender
+        opens none so: anyone's automatic mail may hold a number of its shape."""
+        return any(key.partition(":")[0] in self._vendor_rules for key in ev.new_external)
 
     def note_external_refs(self, ev: Evidence) -> None:
         """First sight maps a reference to the case, also when another strategy found it
