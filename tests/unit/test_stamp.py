@@ -617,6 +617,62 @@ def test_8bit_text_under_an_ascii_label_gets_an_ascii_token_line(
         "skipped", f"8bit under charset '{label.strip(QUOTE)}'")
 
 
+@pytest.mark.parametrize(("label", "cte", "content"), [
+    # An old template's Latin-1 text under `charset=utf-8`.
+    ("utf-8", "8bit", "Café crème, merci.\n".encode("latin-1")),
+    ("UTF-8", "quoted-printable", b"Caf=E9 cr=E8me, merci.\n"),
+    ("utf-8", "base64", base64.encodebytes("Grüße, Ágnes\n".encode("cp1252"))),
+    # UTF-8 under a CJK label (a reply of the peer-helpdesk corpus, Big5 over UTF-8).
+    ("Big5", "base64", base64.encodebytes("您好！ 你今天好吗？".encode())),
+    ("shift_jis", "8bit", "Grüße — 日本\n".encode()),
+    ("euc-kr", "8bit", b"caf\xe9\n"),
+    ("iso-8859-7", "8bit", b"\xca\xe1\xeb\xe7\xec\xdd\xf1\xe1 \xd2\xff\n"),  # two undefined
+])
+def test_text_not_valid_in_its_label_gets_an_ascii_token_line(
+    label: str, cte: str, content: bytes
+) -> None:
+    """Such a part was left unstamped (`content-is-not-valid-utf-8`, `...-big5hkscs`), so a
+    reply keeping only the body token opened a new case. Readers read a broken sequence as a
+    replacement character and an ASCII byte after it as ASCII (WHATWG's decoders), so the
+    part is read byte for byte and stamped with an ASCII line only, every byte kept."""
+    raw = message(f"text/plain; charset={label}", content, cte)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    old = before.get_payload(decode=True)
+    assert after.get_payload(decode=True) == old + f"\n{LINE}\n".encode()
+    page = b"<html><body>" + old + b"</body></html>\n"
+    html = message(f"text/html; charset={label}", {
+        "8bit": page, "quoted-printable": quopri.encodestring(page),
+        "base64": base64.encodebytes(page)}[cte], cte)
+    assert outcomes(html)["html"] == ("stamped", "")
+    (before, after), = only_changed_leaves(html, stamp(html))
+    assert after.get_payload(decode=True) == page.replace(b"</body>", TAG.encode() + b"</body>")
+    codec = mime.codec_for(label)
+    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
+        "skipped", f"content is not valid {codec}")
+
+
+@pytest.mark.parametrize(("label", "content", "template", "outcome"), [
+    # A lead byte without its second one before the insertion: in a double-byte charset it
+    # takes an ASCII byte from 0x40 up as that second one (`[`), never a line break.
+    ("shift_jis", b"abc\x82", "[ref:{token}]", ("skipped", "content is not valid cp932")),
+    ("shift_jis", b"abc\x82", "\n[ref:{token}]\n", ("stamped", "")),
+    ("utf-8", b"abc\xe2\x82", "[ref:{token}]", ("stamped", "")),
+    ("windows-1253", b"abc\xaa\n", "[ref:{token}]", ("stamped", "")),
+    # Where ASCII is no ASCII, nothing goes in: a shifting charset, a wide one.
+    ("iso-2022-jp", b"\x1b$B\x30\x21\xff\n", "\n[ref:{token}]\n",
+     ("skipped", "content is not valid iso2022_jp")),
+    ("utf-8", b"\xff\xfeH\x00i\x00", "\n[ref:{token}]\n",
+     ("skipped", "content is not valid utf-8")),
+    ("utf-8", b"caf\xe9 \x00\n", "\n[ref:{token}]\n", ("skipped", "content is not valid utf-8")),
+])
+def test_text_not_valid_in_its_label_takes_only_what_reads_alike(
+    label: str, content: bytes, template: str, outcome: tuple[str, str]
+) -> None:
+    raw = message(f"text/plain; charset={label}", content, "8bit")
+    assert outcomes(raw, StampSettings(text_template=template))["text"] == outcome
+
+
 def multipart_of(subtype: str) -> bytes:
     return message(f'multipart/{subtype}; boundary="b"',
                    b"--b\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat,\n"

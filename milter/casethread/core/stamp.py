@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import binascii
 import bisect
+import functools
 import html
 import re
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,11 @@ _UNLABELLED = "latin-1"
 # The byte order marks of UTF-16 (and so UTF-32's): text without a charset that starts with
 # one is read in that form, in which ASCII is no single byte.
 _WIDE_BOMS = (b"\xfe\xff", b"\xff\xfe", b"\x00\x00\xfe\xff")
+# Codecs that switch between character sets by escapes or shifts (ISO-2022-JP, HZ): in text
+# that is not valid in them, a reader may still be in a double-byte set where ASCII reads as
+# something else.
+_SHIFTING = ("iso2022", "hz")
+_ASCII = bytes(range(128))
 _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
@@ -419,7 +425,36 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
             text = _round_trip(decoded, candidate)
             if text is not None:
                 return candidate, text
-    return codec, _decode_text(decoded, codec)  # raises why the superset cannot have it
+    try:
+        return codec, decoded.decode(codec)
+    except UnicodeDecodeError:
+        pass
+    # Bytes not valid in their label (Latin-1 text under `charset=utf-8`, an old template's;
+    # UTF-8 under `charset=big5`): each reader reads the valid part alike and ASCII as ASCII
+    # (WHATWG's decoders give back an ASCII byte that ends a broken sequence), so the part is
+    # read byte for byte, as one without a charset is, and only ASCII goes in
+    # (`_encode_insertion`). Not where ASCII is no ASCII: a wide or shifting form.
+    if 0 in decoded or decoded.startswith(_WIDE_BOMS) or not _ascii_compatible(codec):
+        raise Unusable(f"content is not valid {codec}")
+    return _UNLABELLED, decoded.decode(_UNLABELLED)
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    """ASCII is itself in the codec, both ways, and no escape or shift changes that."""
+    if codec.startswith(_SHIFTING):
+        return False
+    try:
+        return _ASCII.decode(codec) == _ASCII.decode("ascii") and (
+            _ASCII.decode("ascii").encode(codec) == _ASCII)
+    except UnicodeError:
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _single_byte(codec: str) -> bool:
+    """Each byte is a character of its own: no ASCII byte can be the second of a pair."""
+    return len(bytes(range(256)).decode(codec, "replace")) == 256
 
 
 def _round_trip(decoded: bytes, codec: str) -> str | None:
@@ -429,13 +464,6 @@ def _round_trip(decoded: bytes, codec: str) -> str | None:
         return text if text.encode(codec) == decoded else None
     except UnicodeError:
         return None
-
-
-def _decode_text(decoded: bytes, codec: str) -> str:
-    try:
-        return decoded.decode(codec)
-    except UnicodeDecodeError:
-        raise Unusable(f"content is not valid {codec}") from None
 
 
 def _encode(text: str, codec: str) -> bytes:
@@ -450,10 +478,18 @@ def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
     must read the same in the superset clients read it as. Into 8-bit text without a charset
     or under an ASCII label, and into text under a label nobody knows, only ASCII goes, which
     reads alike in whatever charset a reader guesses."""
-    if codec == _UNLABELLED and not insertion.isascii():
+    label = mime.codec_for(charset) if charset is not None else None
+    if codec == _UNLABELLED and label not in (None, "ascii", _UNLABELLED):
+        # Content not valid in its label (`_read_text`): ASCII only, and in a double-byte
+        # charset not a byte a dangling lead byte before it could take as its second one
+        # (`\n` and `<`, which the default templates start with, are below any of them).
+        if not insertion.isascii() or not (
+                label == "utf-8" or _single_byte(label) or insertion[:1] < "@"):
+            raise Unusable(f"content is not valid {label}")
+    elif codec == _UNLABELLED and not insertion.isascii():
         if charset is None:
             raise Unusable("8bit without charset")
-        if mime.codec_for(charset) is None:
+        if label is None:
             raise Unusable(f"unknown charset {_label(charset)}")
         raise Unusable(f"8bit under charset {_label(charset)}")
     data = _encode(insertion, codec)
