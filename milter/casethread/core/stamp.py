@@ -651,6 +651,10 @@ _QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 # "=" then a CR that ends no line: binascii drops what follows it, so the text we would read
 # is not the part's.
 _QP_BARE_CR = re.compile(rb"=[ \t]*+\r(?!\n)")
+# What binascii (`mime.decode_qp`) reads from an "=", left to right: "=XX" one byte, "=="
+# one "=" (its "broken python qp" case: a URL's base64 padding written unescaped,
+# `id=YWJjZA==`), any other "=" itself, or a soft break when it ends the line.
+_QP_UNIT = re.compile(rb"=(?:=|[0-9A-Fa-f]{2})?")
 
 
 class _QuotedPrintable:
@@ -690,20 +694,15 @@ def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
 
     A cut at a line's start is preferred to one at the end of a soft-broken line; a cut inside
     a hard line break cannot be made. An "=XX" escape is three characters and one byte, an "="
-    that ends a line, blanks after it or not, is a soft break, and any other "=" one character
-    (`decode` reads it so).
+    that ends a line, blanks after it or not, is a soft break, a stray "==" one "=", and any
+    other "=" one character (`_qp_line`: `decode` reads it so).
     """
     position = pos = 0
     while pos < len(raw):
         newline_at = raw.find(b"\n", pos)
         end = len(raw) if newline_at < 0 else newline_at + 1
         body = raw[pos:end].rstrip(b"\r\n")
-        soft = body.rstrip(b" \t").endswith(b"=")
-        content = body[: body.rindex(b"=")] if soft else body
-        escapes = content.count(b"=")
-        if escapes and _QP_INVALID.search(content):
-            escapes = len(_QP_ESCAPE.findall(content))
-        length = len(content) - 2 * escapes
+        content, soft, length = _qp_line(body)
         if at < position + length or (at == position + length and not soft):
             return pos, content, at - position
         position += length + (0 if soft else end - pos - len(body))
@@ -711,6 +710,26 @@ def _qp_line_at(raw: bytes, at: int) -> tuple[int, bytes, int] | None:
             raise Unusable("insertion point inside a line break")
         pos = end
     return None
+
+
+def _qp_line(body: bytes) -> tuple[bytes, bool, int]:
+    """An encoded line without its line break: its content (without a soft break), whether it
+    ends in one, and the content's decoded length, as `mime.decode_qp` reads it."""
+    if b"=" not in body:
+        return body, False, len(body)
+    stripped = body.rstrip(b" \t")
+    units = list(_QP_UNIT.finditer(stripped))
+    soft = False
+    if units[-1].end() == len(stripped) and stripped.endswith(b"="):
+        # Blanks after a line's last "=" are transport's (RFC 2045 6.7 (3)): the decoder
+        # drops them, also after "==", whose second "=" is no soft break.
+        soft = units[-1].group() == b"="
+        if soft:
+            units.pop()
+        content = stripped[: len(stripped) - soft]
+    else:
+        content = body
+    return content, soft, len(content) - sum(len(u.group()) - 1 for u in units)
 
 
 def _qp_encoded_offset(content: bytes, decoded_offset: int) -> int:
