@@ -255,6 +255,8 @@ def has_null_sender(msg: Message) -> bool:
     """Whether the mail came under the null sender (`_null_sender`): the
     mail system's (RFC 5321 §4.5.5) or an auto-responder's (RFC 3834 §3.3), never a person's
     own."""
+    if msg.envelope.mail_from.strip():  # the envelope tells: no field need be looked up
+        return _null_sender(msg, {})
     return _null_sender(msg, msg.present(_NOTICE_FIELDS))
 
 

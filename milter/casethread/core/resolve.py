@@ -622,11 +622,15 @@ class Resolver:
         names what it answers in its Subject). Else its body is not read here: an
         out-of-office under the null sender whose Subject holds our token is resolved by its
         header fields, and the milter skips its body."""
+        # The null sender first: asked of every inbound mail that is no report or notice, it
+        # is mostly a string compare, and the Content-Type (`ev.top` reads all MIME fields)
+        # is then looked at only for the few that come under it.
+        if not autoreply.has_null_sender(ev.msg):
+            return False
         kind = mime.media_type(ev.top.content_type)
         if not (kind.startswith(("multipart/", "message/")) and kind != "multipart/alternative"):
             return False
-        return (autoreply.has_null_sender(ev.msg)
-                and autoreply.classify_auto(ev.msg, self.is_ours) != autoreply.AUTO_REPLIED)
+        return autoreply.classify_auto(ev.msg, self.is_ours) != autoreply.AUTO_REPLIED
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
         """The bounced mail's case, from the header fields it returned: its own Message-ID
