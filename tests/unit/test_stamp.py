@@ -1151,3 +1151,25 @@ def test_quoted_printable_with_a_stray_double_equals_sign_is_stamped(
     (before, after), = only_changed_leaves(html, stamp(html))
     assert after.get_payload(decode=True) == before.get_payload(decode=True).replace(
         b"</body>", TAG.encode() + b"</body>")
+
+
+JIS = "こんにちは".encode("iso2022_jp")  # ESC $ B ... ESC ( B
+
+
+@pytest.mark.parametrize("charset", ['"iso-2022-jp-ms"', '"charset=iso-2022-jp"', "us-ascii", None])
+def test_ascii_is_not_written_inside_an_iso_2022_shift(charset: str | None) -> None:
+    """ISO-2022-JP text under a label nobody knows (or an ASCII one, or none) is 7-bit and
+    was stamped byte for byte with an ASCII token line; where the text ends still shifted to
+    JIS X 0208 (no ESC ( B after its last kanji), a reader that follows the escapes (one that
+    sniffs ISO-2022-JP) reads the token's bytes as kanji, and the stamp is lost. Such a part
+    is left unstamped; one that ends in ASCII, as RFC 1468 asks, is stamped."""
+    ctype = "text/plain" + (f"; charset={charset}" if charset else "")
+    shifted = message(ctype, b"Hello\n" + JIS[:-3])
+    assert outcomes(shifted)["text"] == ("skipped", "insertion inside an iso-2022 shift")
+    assert stamp(shifted) == shifted
+    ended = message(ctype, b"Hello\n" + JIS + b"\n")
+    assert outcomes(ended)["text"] == ("stamped", "")
+    assert stamp(ended).endswith(JIS + b"\n\n" + LINE.encode() + b"\n")
+    korean = message(ctype, b"Hello\n\x1b$)C\x0e" + "안녕".encode("euc-kr").translate(
+        bytes(range(128)) * 2) + b"\n")  # shifted out at the end (SO without SI)
+    assert outcomes(korean)["text"] == ("skipped", "insertion inside an iso-2022 shift")

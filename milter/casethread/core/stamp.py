@@ -328,6 +328,8 @@ def _try_stamp_part(
         insertion += newline
     if target == "text" and _flows_on(part, text[:cut], insertion):
         insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
+    if codec in (_UNLABELLED, "ascii") and not _ascii_at(text, cut):
+        raise Unusable("insertion inside an iso-2022 shift")
     prefix, suffix = _encode_halves(text, cut, codec, decoded)
     start, end, new, added = encoding.insert(raw, len(prefix),
                                              _encode_insertion(insertion, codec, charset),
@@ -403,6 +405,28 @@ def _codec_of(charset: str | None, decoded: bytes) -> str:
                        else f"unknown charset {_label(charset)}" if codec is None
                        else f"8bit under charset {_label(charset)}")
     return _UNLABELLED
+
+
+# ISO-2022 escapes that designate G0 (`ESC ( F`, `ESC $ F`, `ESC $ ( F`), and SO and SI.
+_ISO2022_SHIFT = re.compile(r"\x1b\([@-~]|\x1b\$\(?[@-~]|[\x0e\x0f]")
+_ISO2022_ASCII = frozenset({"\x1b(B", "\x1b(J"})  # ASCII, JIS-Roman
+
+
+def _ascii_at(text: str, cut: int) -> bool:
+    """ASCII written at `cut` reads as ASCII to a reader that follows ISO-2022 escapes (one
+    that sniffs ISO-2022-JP, -KR or -CN in 7-bit text under a label it does not know, or
+    none): no double-byte set is in force there. RFC 1468 text ends in ASCII; text cut off
+    after its last kanji does not."""
+    if "\x1b" not in text and "\x0e" not in text:
+        return True
+    g0_ascii, shifted_out = True, False
+    for found in _ISO2022_SHIFT.finditer(text, 0, cut):
+        shift = found.group()
+        if shift in ("\x0e", "\x0f"):
+            shifted_out = shift == "\x0e"
+        else:
+            g0_ascii = shift in _ISO2022_ASCII
+    return g0_ascii and not shifted_out
 
 
 def _utf16_label(charset: str) -> bool:
