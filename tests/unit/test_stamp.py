@@ -1173,3 +1173,13 @@ def test_ascii_is_not_written_inside_an_iso_2022_shift(charset: str | None) -> N
     korean = message(ctype, b"Hello\n\x1b$)C\x0e" + "안녕".encode("euc-kr").translate(
         bytes(range(128)) * 2) + b"\n")  # shifted out at the end (SO without SI)
     assert outcomes(korean)["text"] == ("skipped", "insertion inside an iso-2022 shift")
+
+
+@pytest.mark.parametrize("label", ["unicode-1-1", "ISO-10646-UCS-4", "iso-10646-ucs-basic"])
+def test_text_under_an_iana_ucs_name_is_not_stamped_byte_for_byte(label: str) -> None:
+    """IANA's names of UCS-2 and UCS-4 (RFC 1641's UNICODE-1-1, ISO-10646-UCS-4), which Python
+    does not know, are UTF-16 and UTF-32 names, where ASCII is no ASCII: text in them without
+    a NUL byte (CJK only) was stamped byte for byte with an ASCII token line."""
+    raw = message(f"text/plain; charset={label}", "日本語です".encode("utf-16-be"), "8bit")
+    assert outcomes(raw)["text"] == ("skipped", f"unknown charset '{label}'")
+    assert stamp(raw) == raw

@@ -430,10 +430,11 @@ def _ascii_at(text: str, cut: int) -> bool:
 
 
 def _utf16_label(charset: str) -> bool:
-    """A UTF-16 or UTF-32 name Python does not know (`unicode`, Outlook's): ASCII is no
-    ASCII there."""
+    """A UTF-16 or UTF-32 name Python does not know (`unicode`, Outlook's; IANA's
+    `UNICODE-1-1` and `ISO-10646-UCS-*`, UCS-2 and UCS-4): ASCII is no ASCII there."""
     folded = charset.strip().strip('"').lower()
-    return folded in mime.UTF16_LABELS or folded.startswith(("utf-16", "utf-32", "ucs"))
+    return folded in mime.UTF16_LABELS or folded == "unicode-1-1" or folded.startswith(
+        ("utf-16", "utf-32", "ucs", "iso-10646-ucs"))
 
 
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
