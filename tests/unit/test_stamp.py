@@ -827,7 +827,8 @@ def test_already_stamped_parts_are_left_alone_and_stamping_is_idempotent() -> No
         ("text/plain; charset=utf-8", "8bit", b"\xff\xfe", "content is not valid utf-8"),
         ("text/plain", "base64", b"QUJD!\n", "invalid base64"),
         ("text/plain", "base64", b"QU=D\n", "invalid base64"),
-        ("text/plain", "quoted-printable", b"bad =ZZ escape", "invalid quoted-printable"),
+        # The token line goes onto this line (no line break ends it): an "=" reads it.
+        ("text/plain", "quoted-printable", b"bad escape =Z", "invalid quoted-printable"),
         ("text/plain", "x-uuencode", b"begin 644 x\n",
          "unsupported transfer encoding 'x-uuencode'"),
         # A sender's label is quoted in the log note: at most 40 characters of it.
@@ -1078,8 +1079,11 @@ def test_quoted_printable_with_a_stray_equals_sign_elsewhere_is_stamped(newline:
 
 
 @pytest.mark.parametrize("body", [
-    # On the line the tag goes into: readers disagree on what stands before it.
-    b"<html><body><a href=\"x?ie=UTF8\">x</a></body></html>\n",
+    # Right before the tag: an "=" reads the bytes after it, which the tag would change.
+    b"<html><body><a href=\"x?ie=UTF8\">x</a>x=</body></html>\n",
+    b"<html><body><a href=\"x?ie=UTF8\">x</a>x=A</body></html>\n",
+    # A stray "==" on its line: readers disagree on what it is.
+    b"<html><body><a href=\"x?id=YWJj==\">x</a></body></html>\n",
     # "=" and a CR that ends no line: binascii drops what follows, so the text is not read.
     b"<html><body>a=\rb\n</body></html>\n",
 ])
@@ -1183,3 +1187,33 @@ def test_text_under_an_iana_ucs_name_is_not_stamped_byte_for_byte(label: str) ->
     raw = message(f"text/plain; charset={label}", "日本語です".encode("utf-16-be"), "8bit")
     assert outcomes(raw)["text"] == ("skipped", f"unknown charset '{label}'")
     assert stamp(raw) == raw
+
+
+@pytest.mark.parametrize("body", [
+    # An HTML notice from an encoder that leaves "=" unescaped: its last line holds some.
+    b'<html><body><p>Hi</p>\n<p style="color:#888">Shop Inc.</p></body></html>\n',
+    b'<html><body><p>Hi</p>\n<a href="https://shop.example/?ie=UTF8">Shop</a>=\n</body></html>',
+])
+def test_a_stray_equals_sign_on_the_tags_line_away_from_it_is_no_reason(body: bytes) -> None:
+    """8813f5c left a part unstamped for any stray "=" on the line the token goes into
+    (`invalid-quoted-printable`), though only one the insertion stands right after reads
+    otherwise (it reads the next two bytes): the tag's line of an HTML notice written so holds
+    an attribute's "=" more often than not."""
+    raw = message("text/html; charset=utf-8", body, "quoted-printable")
+    assert outcomes(raw)["html"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    assert after.get_payload(decode=True) == before.get_payload(decode=True).replace(
+        b"</body>", TAG.encode() + b"</body>")
+
+
+def test_a_stray_equals_sign_on_the_last_line_of_a_text_in_a_multipart_is_no_reason() -> None:
+    """The last line of a part in a multipart has no line break of its own (it is the
+    delimiter's): the token line goes onto it, after a soft break, and a footer's URL
+    (`?ref=od_aui`) left the part unstamped."""
+    body = (b"--b\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: "
+            b"quoted-printable\n\nCaf=C3=A9\nhttps://shop.example/?ref=od_aui&ie=UTF8\n--b--\n")
+    raw = message('multipart/mixed; boundary="b"', body)
+    assert outcomes(raw)["text"] == ("stamped", "")
+    (before, after), = only_changed_leaves(raw, stamp(raw))
+    assert after.get_payload(decode=True) == before.get_payload(decode=True) + (
+        f"\n{LINE}\n".encode())

@@ -671,7 +671,7 @@ _QP_ESCAPE = re.compile(rb"=[0-9A-Fa-f]{2}")
 # An "=" that is neither an escape nor a soft line break (blanks transport added after it
 # included, RFC 2045 6.7 (3)): decoders disagree on it (most show it as it is, §6.7 note (2):
 # a URL's `ref=od_aui` or `?ie=UTF8` in a shop's or chat app's notice). Bytes we do not touch
-# read as they read before; the line the insertion goes into must hold none.
+# read as they read before; the insertion must not stand right after one (`insert`).
 _QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 # "=" then a CR that ends no line: binascii drops what follows it, so the text we would read
 # is not the part's.
@@ -700,9 +700,14 @@ class _QuotedPrintable:
             separator = newline if raw and not raw.endswith(b"\n") else b""
             return len(raw), len(raw), separator + encoded, added
         line_start, content, offset = found
-        if _QP_INVALID.search(content):
-            raise Unusable("invalid quoted-printable")  # where readers disagree
-        cut = line_start + _qp_encoded_offset(content, offset)
+        at_content = _qp_encoded_offset(content, offset)
+        if b"==" in content or b"=" in content[max(0, at_content - 2) : at_content]:
+            # A stray "=" right before the cut reads the two bytes after it, which the
+            # insertion changes (`x=` and our soft break make `x==`), and readers disagree on a
+            # stray "==" (binascii reads one "="). An "=XX" escape is never cut, and a stray
+            # "=" further up reads the bytes it read before.
+            raise Unusable("invalid quoted-printable")
+        cut = line_start + at_content
         glue_after = b"" if added.endswith(b"\n") or cut == len(raw) else b"=" + newline
         head = raw[line_start:cut]
         if not head:
