@@ -603,6 +603,14 @@ def test_8bit_text_under_an_ascii_label_gets_an_ascii_token_line(
     left unstamped (`content-is-not-valid-ascii`). Readers guess (Thunderbird reads the label
     as windows-1252, WHATWG's; others sniff UTF-8) and each reads ASCII as ASCII, so such a
     part is stamped as one without a charset is: byte for byte, with an ASCII line only."""
+    raw = _stamped_byte_for_byte(label, cte, content)
+    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
+        "skipped", f"8bit under charset '{label.strip(QUOTE)}'")
+
+
+def _stamped_byte_for_byte(label: str, cte: str, content: bytes) -> bytes:
+    """A text part under `label` and an HTML page of the same bytes are both stamped with an
+    ASCII line or tag, every byte kept; returns the text part's message."""
     raw = message(f"text/plain; charset={label}", content, cte)
     assert outcomes(raw)["text"] == ("stamped", "")
     (before, after), = only_changed_leaves(raw, stamp(raw))
@@ -613,8 +621,9 @@ def test_8bit_text_under_an_ascii_label_gets_an_ascii_token_line(
         "8bit": page, "quoted-printable": quopri.encodestring(page),
         "base64": base64.encodebytes(page)}[cte], cte)
     assert outcomes(html)["html"] == ("stamped", "")
-    assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
-        "skipped", f"8bit under charset '{label.strip(QUOTE)}'")
+    (before, after), = only_changed_leaves(html, stamp(html))
+    assert after.get_payload(decode=True) == page.replace(b"</body>", TAG.encode() + b"</body>")
+    return raw
 
 
 @pytest.mark.parametrize(("label", "cte", "content"), [
@@ -635,18 +644,7 @@ def test_text_not_valid_in_its_label_gets_an_ascii_token_line(
     reply keeping only the body token opened a new case. Readers read a broken sequence as a
     replacement character and an ASCII byte after it as ASCII (WHATWG's decoders), so the
     part is read byte for byte and stamped with an ASCII line only, every byte kept."""
-    raw = message(f"text/plain; charset={label}", content, cte)
-    assert outcomes(raw)["text"] == ("stamped", "")
-    (before, after), = only_changed_leaves(raw, stamp(raw))
-    old = before.get_payload(decode=True)
-    assert after.get_payload(decode=True) == old + f"\n{LINE}\n".encode()
-    page = b"<html><body>" + old + b"</body></html>\n"
-    html = message(f"text/html; charset={label}", {
-        "8bit": page, "quoted-printable": quopri.encodestring(page),
-        "base64": base64.encodebytes(page)}[cte], cte)
-    assert outcomes(html)["html"] == ("stamped", "")
-    (before, after), = only_changed_leaves(html, stamp(html))
-    assert after.get_payload(decode=True) == page.replace(b"</body>", TAG.encode() + b"</body>")
+    raw = _stamped_byte_for_byte(label, cte, content)
     codec = mime.codec_for(label)
     assert outcomes(raw, StampSettings(text_template="\n参照 {token}\n"))["text"] == (
         "skipped", f"content is not valid {codec}")
