@@ -79,6 +79,7 @@ def test_transfer_encoding_is_its_first_token() -> None:
 
 @pytest.mark.parametrize(("raw", "cte"), [
     ("7-bit", "7bit"), ("7 bit", "7bit"), ("8bits", "8bit"), ("8-Bit", "8bit"),
+    ("7\tbit", "7bit"), ("8  bit", "8bit"), ("7\r\n bit", "7bit"),
 ])
 def test_misspelled_identity_encodings_are_read_as_such(raw: str, cte: str) -> None:
     """A newsletter's `7-bit` and `8bits` parts were left unstamped

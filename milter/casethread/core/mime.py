@@ -192,6 +192,8 @@ def transfer_encoding(raw: str | None) -> str:
     if ";" in value:
         value = value.split(";", 1)[0]
     value = value.strip().lower()
+    if " " in value or "\t" in value:
+        value = " ".join(value.split())  # `7\tbit`, `7  bit` as `7 bit`
     return _IDENTITY_SPELLINGS.get(value, value) or "7bit"
 
 
