@@ -229,12 +229,12 @@ class Engine:
 
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
                  root: bytes | None, notes: list[str], external: list[str] | None = None,
-                 ours: bool = False, people: bool = True, named: str | None = None
-                 ) -> list[Alias]:
+                 ours: bool = False, people: bool = True, named: str | None = None,
+                 lists: frozenset[str] | None = None) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
         references (for the `named` case, else the first), its people (and subject) for every
-        case unless not `people` (`adds_people`); `notes` gets `participants-capped` when some
-        people were left out."""
+        case unless not `people` (`adds_people`; `lists`: inbound mail's list addresses, read
+        once per message); `notes` gets `participants-capped` when some people were left out."""
         first = named or case_ids[0]
         aliases = []
         if message_id:
@@ -242,7 +242,7 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
-        addresses = self._resolver.participants(msg, ours) if people else []
+        addresses = self._resolver.participants(msg, ours, lists) if people else []
         if len(addresses) > MAX_PARTICIPANTS:
             addresses = addresses[:MAX_PARTICIPANTS]
             if "participants-capped" not in notes:  # an index write may be tried again
@@ -456,7 +456,8 @@ class Engine:
             self._aliases(msg, [t.case.case_id for t in targets], own_id,
                           ev.thread_root if _root_holder(ev, hit) is None else None,
                           ev.notes, ev.new_external, people=people,
-                          named=hit.case.case_id if len(targets) > 1 else None),
+                          named=hit.case.case_id if len(targets) > 1 else None,
+                          lists=ev.list_addresses),
             now, bumps, changes, expect=expect)
         outcomes = []
         for target in targets:
@@ -497,7 +498,7 @@ class Engine:
         """This mail's aliases for a case it opens; its Outlook root only when given (`root`)
         or, for a case opened without a hit, the mail's own."""
         return self._aliases(msg, case_ids, own_id, root, ev.notes, ev.new_external,
-                             people=people)
+                             people=people, lists=ev.list_addresses)
 
     # -- outbound -----------------------------------------------------------------------------
 

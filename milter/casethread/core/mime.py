@@ -188,12 +188,8 @@ def transfer_encoding(raw: str | None) -> str:
     write it) are no part of it, as Thunderbird reads the field's first token."""
     if raw is None:
         return "7bit"
-    value = _strip_comments(unfold(raw))
-    if ";" in value:
-        value = value.split(";", 1)[0]
-    value = value.strip().lower()
-    if " " in value or "\t" in value:
-        value = " ".join(value.split())  # `7\tbit`, `7  bit` as `7 bit`
+    # Blanks inside count as one: `7\tbit`, `7  bit` are `7 bit`.
+    value = " ".join(_strip_comments(unfold(raw)).split(";", 1)[0].split()).lower()
     return _IDENTITY_SPELLINGS.get(value, value) or "7bit"
 
 

@@ -370,17 +370,20 @@ class Resolver:
         """One of our support addresses (`inbound.addresses`)."""
         return self._ours(address) if len(address) <= 254 else self._matcher.matches(address)
 
-    def participants(self, msg: Message, ours: bool) -> list[str]:
+    def participants(self, msg: Message, ours: bool,
+                     lists: frozenset[str] | None = None) -> list[str]:
         """The customers' side of this mail, each once: neither our support addresses, which
         are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
         mail, an agent, nor an address without a domain (an unqualified `RCPT
-        TO:<postmaster>`). Outbound mail's envelope recipients count too: Bcc'd customers."""
+        TO:<postmaster>`). Outbound mail's envelope recipients count too: Bcc'd customers.
+        `lists`: the inbound mail's list addresses when known (`Evidence.list_addresses`)."""
         fields = msg.get_all("To") + msg.get_all("Cc")
         is_ours = self.is_ours
         if not ours:
             # Nor a mailing list's own address (its From under DMARC mitigation, its To):
             # every member's mail would be a participant's.
-            lists = autoreply.list_addresses(msg)
+            if lists is None:
+                lists = autoreply.list_addresses(msg)
             found = header_addresses(msg.get_all("From") + fields)
             return list(dict.fromkeys(a for a in found
                                       if "@" in a and not is_ours(a) and a not in lists))

@@ -398,13 +398,25 @@ def _codec_of(charset: str | None, decoded: bytes) -> str:
     # what it is (Thunderbird reads us-ascii as windows-1252, WHATWG's label; others sniff
     # UTF-8), but every one reads ASCII as ASCII: the part is read byte for byte, and only an
     # ASCII insertion is written (`_encode_insertion`).
-    if 0 in decoded or decoded.startswith(_WIDE_BOMS):
-        # UTF-16 or UTF-32 (a BOM names it, and readers sniff it first; ASCII in it holds
-        # NUL bytes): an ASCII byte written into it reads as no ASCII at all.
-        raise Unusable("8bit without charset" if charset is None
-                       else f"unknown charset {_label(charset)}" if codec is None
-                       else f"8bit under charset {_label(charset)}")
+    if _wide(decoded):
+        raise Unusable(_byte_for_byte_refusal(charset, codec))
     return _UNLABELLED
+
+
+def _wide(decoded: bytes) -> bool:
+    """UTF-16 or UTF-32 (a BOM names it, and readers sniff it first; ASCII in it holds NUL
+    bytes): an ASCII byte written into it reads as no ASCII at all."""
+    return 0 in decoded or decoded.startswith(_WIDE_BOMS)
+
+
+def _byte_for_byte_refusal(charset: str | None, codec: str | None) -> str:
+    """Why text read byte for byte (`_UNLABELLED`) for want of a usable label takes no
+    insertion: no charset, a label nobody knows (`codec` None), or an ASCII one."""
+    if charset is None:
+        return "8bit without charset"
+    if codec is None:
+        return f"unknown charset {_label(charset)}"
+    return f"8bit under charset {_label(charset)}"
 
 
 # ISO-2022 escapes that designate G0 (`ESC ( F`, `ESC $ F`, `ESC $ ( F`), and SO and SI.
@@ -459,7 +471,7 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
     # (WHATWG's decoders give back an ASCII byte that ends a broken sequence), so the part is
     # read byte for byte, as one without a charset is, and only ASCII goes in
     # (`_encode_insertion`). Not where ASCII is no ASCII: a wide or shifting form.
-    if 0 in decoded or decoded.startswith(_WIDE_BOMS) or not _ascii_compatible(codec):
+    if _wide(decoded) or not _ascii_compatible(codec):
         raise Unusable(f"content is not valid {codec}")
     return _UNLABELLED, decoded.decode(_UNLABELLED)
 
@@ -503,22 +515,17 @@ def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
     must read the same in the superset clients read it as. Into 8-bit text without a charset
     or under an ASCII label, and into text under a label nobody knows, only ASCII goes, which
     reads alike in whatever charset a reader guesses."""
-    label = mime.codec_for(charset) if charset is not None else None
-    if codec == _UNLABELLED and label not in (None, "ascii", _UNLABELLED):
+    reader = mime.codec_for(charset)  # "ascii" for none
+    if codec == _UNLABELLED and reader not in (None, "ascii", _UNLABELLED):
         # Content not valid in its label (`_read_text`): ASCII only, and in a double-byte
         # charset not a byte a dangling lead byte before it could take as its second one
         # (`\n` and `<`, which the default templates start with, are below any of them).
         if not insertion.isascii() or not (
-                label == "utf-8" or _single_byte(label) or insertion[:1] < "@"):
-            raise Unusable(f"content is not valid {label}")
+                reader == "utf-8" or _single_byte(reader) or insertion[:1] < "@"):
+            raise Unusable(f"content is not valid {reader}")
     elif codec == _UNLABELLED and not insertion.isascii():
-        if charset is None:
-            raise Unusable("8bit without charset")
-        if label is None:
-            raise Unusable(f"unknown charset {_label(charset)}")
-        raise Unusable(f"8bit under charset {_label(charset)}")
+        raise Unusable(_byte_for_byte_refusal(charset, reader))
     data = _encode(insertion, codec)
-    reader = mime.codec_for(charset)
     if reader is not None and reader != codec and data.decode(reader, "replace") != insertion:
         raise Unusable(f"insertion reads otherwise in {reader}")
     return data
@@ -668,11 +675,6 @@ def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
 
 
 _QP_ESCAPE = re.compile(rb"=[0-9A-Fa-f]{2}")
-# An "=" that is neither an escape nor a soft line break (blanks transport added after it
-# included, RFC 2045 6.7 (3)): decoders disagree on it (most show it as it is, §6.7 note (2):
-# a URL's `ref=od_aui` or `?ie=UTF8` in a shop's or chat app's notice). Bytes we do not touch
-# read as they read before; the insertion must not stand right after one (`insert`).
-_QP_INVALID = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 # "=" then a CR that ends no line: binascii drops what follows it, so the text we would read
 # is not the part's.
 _QP_BARE_CR = re.compile(rb"=[ \t]*+\r(?!\n)")
