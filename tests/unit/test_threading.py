@@ -1648,6 +1648,26 @@ def test_subject_match_is_not_taken_over_by_another_sender(make_harness: Any) ->
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "subject-match")
 
 
+WEB_FORM = ("From", "Example Website <wordpress@www.example.net>")
+
+
+def visitor(n: int) -> tuple[str, str]:
+    return ("Reply-To", f"Visitor {n} <visitor{n}@customer.example.org>")
+
+
+def test_subject_match_tells_a_web_forms_visitors_apart(make_harness: Any) -> None:
+    """A web form sends every visitor's question under its own From, with one Subject, and
+    the visitor in Reply-To: one visitor's second question joins their case, another
+    visitor's opens their own."""
+    h = subject_match_harness(make_harness)
+    first = h.inbound(WEB_FORM, visitor(1), ("Subject", "Contact form: new message"))
+    other = h.inbound(WEB_FORM, visitor(2), ("Subject", "Contact form: new message"))
+    again = h.inbound(WEB_FORM, visitor(1), ("Subject", "Contact form: new message"))
+    assert [r.one("X-Case-Match") for r in (first, other, again)] == [
+        "new", "new", "subject-match"]
+    assert [r.case_id for r in (first, other, again)] == ["C-000001", "C-000002", "C-000001"]
+
+
 # --------------------------------------------------------------------------- forged tokens
 
 
@@ -2348,6 +2368,27 @@ def test_flood_21st_message_within_the_hour_is_a_loop(harness: Any) -> None:
     fresh = harness.inbound(CUSTOMER, ("Subject", "next hour"))
     assert fresh.case_id == "C-000022"
     assert fresh.all("X-Case-Loop") == []
+
+
+@pytest.mark.parametrize("form_from", [WEB_FORM, ("From", "Website <support@example.com>")])
+def test_flood_counts_a_web_forms_mail_against_its_visitor(
+        make_harness: Any, tweak: Any, form_from: tuple[str, str]) -> None:
+    """A web form's From (its own address, or our support address) is every visitor's: each
+    visitor, named in Reply-To, has a count of their own and becomes the case's participant,
+    whose own mail naming the case then threads as `known`."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    opened = [h.inbound(form_from, TO_SUPPORT, visitor(n), ("Subject", "Contact form"))
+              for n in range(1, 5)]
+    assert [(r.case_id, r.all("X-Case-Loop")) for r in opened] == [
+        (f"C-{n:06d}", []) for n in range(1, 5)]
+    own = h.inbound(("From", "visitor3@customer.example.org"), TO_SUPPORT,
+                    ("Subject", "Re: my question [Case C-000003]"))
+    assert (own.case_id, own.one("X-Case-Match"), own.one("X-Case-Sender")) == (
+        "C-000003", "subject-ref", "known")
+    # One visitor's third mail within the hour is over this limit of two.
+    looped = [h.inbound(form_from, TO_SUPPORT, visitor(1), ("Subject", "Contact form"))
+              for _ in range(2)]
+    assert [r.all("X-Case-Loop") for r in looped] == [[], ["yes"]]
 
 
 def test_flood_limit_is_configurable(make_harness: Any, tweak: Any) -> None:

@@ -121,18 +121,19 @@ class Evidence:
 
     @lazy
     def poster(self) -> str | None:
-        """Who wrote the mail, as the flood limit counts it: the From, but for mail a list
-        re-sends under its own From (Google Groups' "'Pat' via Team", Mailman's DMARC
-        mitigation) the member its Reply-To names: else every member's mail counts against
-        the list, and where the list is support@ itself the hour's 21st customer opens no
-        case. Without such a Reply-To, the list's From as before."""
-        sender = self.sender
-        if sender is None or sender not in self.list_addresses:
-            return sender
+        """Who wrote the mail, as the flood limit and `subject-match` count it: the first
+        address its Reply-To names that is neither ours nor a mailing list's, else its From.
+        A web form sends every visitor's question under one From of its own (`wordpress@`,
+        often our support address itself) with the visitor in Reply-To, as a list that
+        re-sends a member's mail under its own From (Google Groups' "'Pat' via Team",
+        Mailman's DMARC mitigation) names the member there: counted against the From, the
+        hour's 21st visitor would open no case, and one visitor's subject would match
+        another's case. FreeScout takes Reply-To over From for the customer too."""
+        is_ours, lists = self._resolver.is_ours, self.list_addresses
         for address in header_addresses(self.msg.get_all("Reply-To")):
-            if address not in self.list_addresses and not self._resolver.is_ours(address):
+            if "@" in address and address not in lists and not is_ours(address):
                 return address
-        return sender
+        return self.sender
 
     @lazy
     def subject(self) -> str:
@@ -384,7 +385,8 @@ class Resolver:
             # every member's mail would be a participant's.
             if lists is None:
                 lists = autoreply.list_addresses(msg)
-            found = header_addresses(msg.get_all("From") + fields)
+            # Reply-To too: a web form's visitor (`Evidence.poster`), a customer's other address.
+            found = header_addresses(msg.get_all("From") + msg.get_all("Reply-To") + fields)
             return list(dict.fromkeys(a for a in found
                                       if "@" in a and not is_ours(a) and a not in lists))
         agents = set(header_addresses(msg.get_all("From")))
@@ -581,9 +583,9 @@ class Resolver:
 
     def by_subject_match(self, ev: Evidence) -> Hit | None:
         key = self.subject_key(ev.subject)
-        if not key or ev.sender is None:
+        if not key or ev.poster is None:
             return None
-        hit = ev.reader.find(AliasKind.SUBJECT, subject_participant_key(key, ev.sender))
+        hit = ev.reader.find(AliasKind.SUBJECT, subject_participant_key(key, ev.poster))
         if hit is None or ev.now - hit.recorded > self._subject_window:
             return None
         case = ev.case_by_id(hit.case_id)
