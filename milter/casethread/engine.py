@@ -86,6 +86,34 @@ def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> b
     return any(ev.is_participant(case_id) for case_id in ids)
 
 
+def _flood_sender(ev: Evidence, auto: str) -> str:
+    """Whom an inbound mail counts against for the flood limit ("" nobody): its From.
+
+    Automatic mail whose From holds no address the parser reads (none, a garbled one) counts
+    against its envelope sender: a loop must not pass for want of a From. Not a person's
+    mail: a web form may send every visitor's question under one envelope sender, with the
+    visitor's name as From. The null sender's mail counts against nobody.
+
+    A Reply-To that names someone else (`Evidence.poster`) splits the From's count, one per
+    address: a web form sends every visitor's question under one From (`wordpress@`, our
+    support address) with the visitor in Reply-To, a list that re-sends a member's mail
+    under its own From names the member there. It never charges that address's own count:
+    anyone may write a customer's address into the Reply-To of mail from their own domain,
+    which DMARC does not check, and 21 such mails would make the customer's own mail of the
+    hour a loop. Only a person's mail or a list's is split so: a notification system's
+    Reply-To is a reply address of its own per thread or per message (GitLab's
+    `gitlab+KEY@`, Discourse's `replies+KEY@`), and its loop would never be one."""
+    author = ev.sender or (
+        envelope_address(ev.msg.envelope.mail_from) if auto != autoreply.NO else "")
+    poster = ev.poster
+    if poster is None or poster == ev.sender:
+        return author
+    if auto != autoreply.NO and ev.sender not in ev.list_addresses:
+        return author
+    # A line break: no address read from a header field holds one.
+    return f"{author}\n{poster}"
+
+
 def _retried(attempt: int) -> str:
     return (f"decided again (attempt {attempt}): another message or the command line wrote "
             "to its cases meanwhile")
@@ -397,20 +425,15 @@ class Engine:
         a loop returns the same case's mail again and again. It is counted at the end, with
         the message's other writes (one commit): senders racing each other may pass the
         limit by the messages in flight, a sequence of them never does."""
-        # Automatic mail whose From holds no address the parser reads (none, a garbled one)
-        # counts against its envelope sender: a loop must not pass for want of a From. Not a
-        # person's mail: a web form sends every visitor's question under one envelope sender,
-        # with the visitor's name as From. The null sender's mail counts against nobody.
-        # A list that re-sends a member's mail under its own From counts it against the member.
-        sender = ev.poster or (
-            envelope_address(ev.msg.envelope.mail_from) if auto != autoreply.NO else "")
+        sender = _flood_sender(ev, auto)
         if not sender:
             return [], False
         about = f" about {hit.case.case_id}" if hit is not None and hit.match == "bounce" else ""
         bump = CounterBump(f"flood {sender}{about}", self.settings.inbound.flood.window)
         loop = self.index.next_count(bump.key, now, bump.window) > self.settings.inbound.flood.limit
         if loop:
-            ev.trace.append(f"loop: {sender} sent more than the flood limit{about}")
+            who = sender.replace("\n", " for Reply-To ").strip()
+            ev.trace.append(f"loop: {who} sent more than the flood limit{about}")
         return [bump], loop
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,

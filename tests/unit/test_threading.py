@@ -2391,6 +2391,33 @@ def test_flood_counts_a_web_forms_mail_against_its_visitor(
     assert [r.all("X-Case-Loop") for r in looped] == [[], ["yes"]]
 
 
+def test_a_reply_to_never_charges_that_addresss_own_count(make_harness: Any, tweak: Any) -> None:
+    """Anyone may name a customer in the Reply-To of mail from their own domain (DMARC checks
+    From only): a stranger's flood with Pat in Reply-To is a loop of its own, and Pat's own
+    mail of that hour still opens a case; so does the stranger's without a Reply-To."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    forged = [h.inbound(STRANGER, TO_SUPPORT, ("Reply-To", f"Pat <{CUSTOMER_ADDR}>"),
+                        ("Subject", f"Spam {n}")).all("X-Case-Loop") for n in range(3)]
+    assert forged == [[], [], ["yes"]]
+    own = h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "My printer"))
+    assert (own.one("X-Case-Match"), own.all("X-Case-Loop")) == ("new", [])
+    plain = h.inbound(STRANGER, TO_SUPPORT, ("Subject", "Plain"))
+    assert (plain.one("X-Case-Match"), plain.all("X-Case-Loop")) == ("new", [])
+
+
+def test_automatic_mail_counts_against_its_from_whatever_its_reply_to(
+        make_harness: Any, tweak: Any) -> None:
+    """A notification system writes a reply address of its own per message or thread into
+    Reply-To (GitLab's gitlab+KEY@, Discourse's replies+KEY@): its automatic mail counts
+    against its From, or a loop with it would never be one."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    loops = [h.inbound(("From", "Pat (@pat) <gitlab@git.example.net>"), TO_SUPPORT,
+                       ("Reply-To", f"Project <gitlab+{n:032x}@git.example.net>"),
+                       ("Auto-Submitted", "auto-generated"),
+                       ("Subject", f"Issue {n}")).all("X-Case-Loop") for n in range(3)]
+    assert loops == [[], [], ["yes"]]
+
+
 def test_flood_limit_is_configurable(make_harness: Any, tweak: Any) -> None:
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=60)}))
     assert [h.inbound(CUSTOMER).all("X-Case-Loop") for _ in range(3)] == [[], [], ["yes"]]
