@@ -2405,6 +2405,19 @@ def test_a_reply_to_never_charges_that_addresss_own_count(make_harness: Any, twe
     assert (plain.one("X-Case-Match"), plain.all("X-Case-Loop")) == ("new", [])
 
 
+@pytest.mark.parametrize("garbled", ["garbage <<<>>> @@", "<<visitor@", '"Pat'])
+def test_a_garbled_reply_to_leaves_the_other_participants(make_harness: Any,
+                                                          garbled: str) -> None:
+    """A web form fills Reply-To from what the visitor typed: a garbled one reads as no
+    address, and the From, To and Cc still become participants."""
+    h = make_harness()
+    h.inbound(CUSTOMER, TO_SUPPORT, ("Cc", "Sam <sam@customer.example.org>"),
+              ("Reply-To", garbled), ("Subject", "Printer"))
+    for who in (CUSTOMER, ("From", "sam@customer.example.org")):
+        r = h.inbound(who, TO_SUPPORT, ("Subject", "Re: Printer [Case C-000001]"))
+        assert (r.case_id, r.one("X-Case-Sender")) == ("C-000001", "known"), who
+
+
 def test_automatic_mail_counts_against_its_from_whatever_its_reply_to(
         make_harness: Any, tweak: Any) -> None:
     """A notification system writes a reply address of its own per message or thread into

@@ -385,8 +385,12 @@ class Resolver:
             # every member's mail would be a participant's.
             if lists is None:
                 lists = autoreply.list_addresses(msg)
-            # Reply-To too: a web form's visitor (`Evidence.poster`), a customer's other address.
-            found = header_addresses(msg.get_all("From") + msg.get_all("Reply-To") + fields)
+            # Reply-To too, after the From: a web form's visitor (`Evidence.poster`), a
+            # customer's other address. Read on its own, as `poster` reads it: read with the
+            # others, a garbled Reply-To (a form fills it from what the visitor typed) would
+            # leave none of the From, To and Cc addresses (`header_addresses`).
+            found = header_addresses(msg.get_all("From") + fields)
+            found[1:1] = header_addresses(msg.get_all("Reply-To"))
             return list(dict.fromkeys(a for a in found
                                       if "@" in a and not is_ours(a) and a not in lists))
         agents = set(header_addresses(msg.get_all("From")))
