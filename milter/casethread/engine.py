@@ -24,7 +24,7 @@ from .core import (
     stamp,
     token,
 )
-from .core.addresses import envelope_address
+from .core.addresses import envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -87,31 +87,33 @@ def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> b
 
 
 def _flood_sender(ev: Evidence, auto: str) -> str:
-    """Whom an inbound mail counts against for the flood limit ("" nobody): its From.
+    """Whom an inbound mail counts against for the flood limit ("" nobody): its author
+    (`Evidence.author`: the From, apart for each address a Reply-To names: a web form's
+    visitors, a list's members). Automatic mail but a list's counts against its From
+    whatever its Reply-To: a notification system names a reply address of its own there per
+    thread or per message (GitLab's `gitlab+KEY@`, Discourse's `replies+KEY@`), and its
+    loop would never be one; without a From the parser reads (none, a garbled one), against
+    its envelope sender: a loop must not pass for want of a From. Not a person's mail: a
+    web form may send every visitor's question under one envelope sender, with the
+    visitor's name as From. The null sender's mail counts against nobody."""
+    if auto == autoreply.NO or ev.sender in ev.list_addresses:
+        return ev.author or ""
+    return ev.sender or envelope_address(ev.msg.envelope.mail_from)
 
-    Automatic mail whose From holds no address the parser reads (none, a garbled one) counts
-    against its envelope sender: a loop must not pass for want of a From. Not a person's
-    mail: a web form may send every visitor's question under one envelope sender, with the
-    visitor's name as From. The null sender's mail counts against nobody.
 
-    A Reply-To that names someone else (`Evidence.poster`) splits the From's count, one per
-    address: a web form sends every visitor's question under one From (`wordpress@`, our
-    support address) with the visitor in Reply-To, a list that re-sends a member's mail
-    under its own From names the member there. It never charges that address's own count:
-    anyone may write a customer's address into the Reply-To of mail from their own domain,
-    which DMARC does not check, and 21 such mails would make the customer's own mail of the
-    hour a loop. Only a person's mail or a list's is split so: a notification system's
-    Reply-To is a reply address of its own per thread or per message (GitLab's
-    `gitlab+KEY@`, Discourse's `replies+KEY@`), and its loop would never be one."""
-    author = ev.sender or (
-        envelope_address(ev.msg.envelope.mail_from) if auto != autoreply.NO else "")
-    poster = ev.poster
-    if poster is None or poster == ev.sender:
-        return author
-    if auto != autoreply.NO and ev.sender not in ev.list_addresses:
-        return author
-    # A line break: no address read from a header field holds one.
-    return f"{author}\n{poster}"
+def _subject_people(ev: Evidence, participants: list[str]) -> list[str]:
+    """Whom `subject-match` records an inbound mail's subject under, of its `participants`:
+    its author (`Evidence.author`) and those it went to (To, Cc), who may write again under
+    its subject. Not an address only its Reply-To names: a stranger's mail with a customer's
+    Reply-To and the subject of the customer's case would take the customer's next mail of
+    that subject; nor a From a Reply-To splits, a web form's: its next visitor who leaves
+    the address field empty would join this one's case."""
+    people = []
+    if ev.sender in participants and ev.author:
+        people.append(ev.author)
+    went_to = set(header_addresses(ev.msg.get_all("To") + ev.msg.get_all("Cc")))
+    people += [a for a in participants if a in went_to and a not in people]
+    return people
 
 
 def _retried(attempt: int) -> str:
@@ -258,7 +260,7 @@ class Engine:
     def _aliases(self, msg: Message, case_ids: list[str], message_id: str | None,
                  root: bytes | None, notes: list[str], external: list[str] | None = None,
                  ours: bool = False, people: bool = True, named: str | None = None,
-                 lists: frozenset[str] | None = None) -> list[Alias]:
+                 ev: Evidence | None = None) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
         references (for the `named` case, else the first), its people (and subject) for every
         case unless not `people` (`adds_people`; `lists`: inbound mail's list addresses, read
@@ -270,6 +272,7 @@ class Engine:
         if root is not None:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
+        lists = ev.list_addresses if ev is not None else None
         addresses = self._resolver.participants(msg, ours, lists) if people else []
         if len(addresses) > MAX_PARTICIPANTS:
             addresses = addresses[:MAX_PARTICIPANTS]
@@ -279,14 +282,15 @@ class Engine:
             self._resolver.subject_key(msg.get("Subject") or "")
             if self._subject_match and addresses else ""
         )
+        # Per person: another sender's mail with the same subject must not hide it.
+        subject_people = (_subject_people(ev, addresses) if subject_key and ev is not None
+                          else addresses if subject_key else [])
         for case_id in case_ids:
-            for address in addresses:
-                key = participant_key(case_id, address)
-                aliases.append(Alias(AliasKind.PARTICIPANT, key, case_id))
-                if subject_key:
-                    # Per person: another sender's mail with the same subject must not hide it.
-                    key = subject_participant_key(subject_key, address)
-                    aliases.append(Alias(AliasKind.SUBJECT, key, case_id))
+            aliases += [Alias(AliasKind.PARTICIPANT, participant_key(case_id, address), case_id)
+                        for address in addresses]
+            aliases += [Alias(AliasKind.SUBJECT, subject_participant_key(subject_key, person),
+                              case_id)
+                        for person in subject_people]
         return aliases
 
     # -- inbound ------------------------------------------------------------------------------
@@ -480,7 +484,7 @@ class Engine:
                           ev.thread_root if _root_holder(ev, hit) is None else None,
                           ev.notes, ev.new_external, people=people,
                           named=hit.case.case_id if len(targets) > 1 else None,
-                          lists=ev.list_addresses),
+                          ev=ev),
             now, bumps, changes, expect=expect)
         outcomes = []
         for target in targets:
@@ -521,7 +525,7 @@ class Engine:
         """This mail's aliases for a case it opens; its Outlook root only when given (`root`)
         or, for a case opened without a hit, the mail's own."""
         return self._aliases(msg, case_ids, own_id, root, ev.notes, ev.new_external,
-                             people=people, lists=ev.list_addresses)
+                             people=people, ev=ev)
 
     # -- outbound -----------------------------------------------------------------------------
 

@@ -1668,6 +1668,27 @@ def test_subject_match_tells_a_web_forms_visitors_apart(make_harness: Any) -> No
     assert [r.case_id for r in (first, other, again)] == ["C-000001", "C-000002", "C-000001"]
 
 
+def test_subject_match_form_mail_without_reply_to_opens_its_own_case(make_harness: Any) -> None:
+    """A visitor who left the form's address field empty: the form's From alone names nobody's
+    case, so its mail does not join the last visitor's."""
+    h = subject_match_harness(make_harness)
+    h.inbound(WEB_FORM, visitor(1), ("Subject", "Contact form: new message"))
+    r = h.inbound(WEB_FORM, ("Subject", "Contact form: new message"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "new")
+
+
+def test_subject_match_is_not_taken_over_through_a_reply_to(make_harness: Any) -> None:
+    """A stranger's mail that names a customer in Reply-To, under the subject of the
+    customer's case, makes the customer a participant of the stranger's case, but the
+    customer's next mail of that subject still goes to their own case."""
+    h = subject_match_harness(make_harness)
+    h.inbound(CUSTOMER, ("Subject", "Printer jam"))  # Pat's C-000001
+    lure = h.inbound(STRANGER, ("Reply-To", CUSTOMER_ADDR), ("Subject", "Printer jam"))
+    assert (lure.case_id, lure.one("X-Case-Match")) == ("C-000002", "new")
+    r = h.inbound(CUSTOMER, ("Subject", "Re: Printer jam"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-match")
+
+
 # --------------------------------------------------------------------------- forged tokens
 
 

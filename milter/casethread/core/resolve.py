@@ -136,6 +136,19 @@ class Evidence:
         return self.sender
 
     @lazy
+    def author(self) -> str | None:
+        """Who wrote the mail, as the flood limit and `subject-match` tell senders apart: its
+        From, or, when its Reply-To names someone else (`poster`), the two as one key (From,
+        a line break, Reply-To: no address read from a field holds one). A web form's
+        visitors, a list's members, are told apart so; a Reply-To never speaks for the
+        address it names, which anyone can write there in mail from their own domain (DMARC
+        checks From only)."""
+        poster = self.poster
+        if poster is None or poster == self.sender:
+            return self.sender
+        return f"{self.sender or ''}\n{poster}"
+
+    @lazy
     def subject(self) -> str:
         return unfold(self.msg.get("Subject") or "")
 
@@ -587,9 +600,9 @@ class Resolver:
 
     def by_subject_match(self, ev: Evidence) -> Hit | None:
         key = self.subject_key(ev.subject)
-        if not key or ev.poster is None:
+        if not key or ev.sender is None or ev.author is None:
             return None
-        hit = ev.reader.find(AliasKind.SUBJECT, subject_participant_key(key, ev.poster))
+        hit = ev.reader.find(AliasKind.SUBJECT, subject_participant_key(key, ev.author))
         if hit is None or ev.now - hit.recorded > self._subject_window:
             return None
         case = ev.case_by_id(hit.case_id)
