@@ -120,33 +120,22 @@ class Evidence:
         return found[0] if found else None
 
     @lazy
-    def poster(self) -> str | None:
-        """Who wrote the mail, as the flood limit and `subject-match` count it: the first
-        address its Reply-To names that is neither ours nor a mailing list's, else its From.
-        A web form sends every visitor's question under one From of its own (`wordpress@`,
-        often our support address itself) with the visitor in Reply-To, as a list that
-        re-sends a member's mail under its own From (Google Groups' "'Pat' via Team",
-        Mailman's DMARC mitigation) names the member there: counted against the From, the
-        hour's 21st visitor would open no case, and one visitor's subject would match
-        another's case. FreeScout takes Reply-To over From for the customer too."""
-        is_ours, lists = self._resolver.is_ours, self.list_addresses
-        for address in header_addresses(self.msg.get_all("Reply-To")):
-            if "@" in address and address not in lists and not is_ours(address):
-                return address
-        return self.sender
-
-    @lazy
     def author(self) -> str | None:
         """Who wrote the mail, as the flood limit and `subject-match` tell senders apart: its
-        From, or, when its Reply-To names someone else (`poster`), the two as one key (From,
-        a line break, Reply-To: no address read from a field holds one). A web form's
-        visitors, a list's members, are told apart so; a Reply-To never speaks for the
-        address it names, which anyone can write there in mail from their own domain (DMARC
-        checks From only)."""
-        poster = self.poster
-        if poster is None or poster == self.sender:
-            return self.sender
-        return f"{self.sender or ''}\n{poster}"
+        From or, when its Reply-To names someone else (its first address that is neither ours
+        nor a mailing list's), the two as one key (From, a line break, that address: no
+        address read from a field holds one). A web form sends every visitor's question under
+        one From of its own (`wordpress@`, often our support address itself) with the visitor
+        in Reply-To, as a list that re-sends a member's mail under its own From (Google
+        Groups' "'Pat' via Team", Mailman's DMARC mitigation) names the member there: counted
+        against the From alone, the hour's 21st visitor would open no case. A Reply-To never
+        speaks for the address it names, which anyone can write there in mail from their own
+        domain (DMARC checks From only)."""
+        sender, is_ours, lists = self.sender, self._resolver.is_ours, self.list_addresses
+        for address in header_addresses(self.msg.get_all("Reply-To")):
+            if "@" in address and address not in lists and not is_ours(address):
+                return sender if address == sender else f"{sender or ''}\n{address}"
+        return sender
 
     @lazy
     def subject(self) -> str:
@@ -398,8 +387,8 @@ class Resolver:
             # every member's mail would be a participant's.
             if lists is None:
                 lists = autoreply.list_addresses(msg)
-            # Reply-To too, after the From: a web form's visitor (`Evidence.poster`), a
-            # customer's other address. Read on its own, as `poster` reads it: read with the
+            # Reply-To too, after the From: a web form's visitor (`Evidence.author`), a
+            # customer's other address. Read on its own, as `author` reads it: read with the
             # others, a garbled Reply-To (a form fills it from what the visitor typed) would
             # leave none of the From, To and Cc addresses (`header_addresses`).
             found = header_addresses(msg.get_all("From") + fields)
