@@ -54,3 +54,18 @@ def test_a_reference_wrapped_in_a_plain_text_quote(harness: Any) -> None:
             f"reference [Case\r\n> {case}] in your answer.\r\n")
     r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "serial number"), body=body.encode())
     assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("body-ref", [case])
+
+
+def test_a_reply_quoted_without_the_agents_signature_keeps_the_token(harness: Any) -> None:
+    """Thunderbird and Roundcube quote a reply without the signature (from the `-- ` line to
+    the end, both by default): the token line sits above the separator, so a reply that kept
+    neither the Subject tag nor References (a new mail that quotes ours) still threads."""
+    sent = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"),
+                            body=b"Please send the serial number.\n-- \nDana Agent\nSupport\n")
+    text = sent.body.decode()
+    quoted = text[: text.index("\n-- \n") + 1]  # what the client quotes
+    body = "4711-0815.\n\nOn 02.03.26 10:15, Dana Agent wrote:\n" + "".join(
+        f"> {line}\n" for line in quoted.splitlines())
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Re: Printer jam"),
+                        body=body.encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("token", [sent.case_id])

@@ -117,8 +117,9 @@ def test_plain_text_gets_a_token_line_in_its_own_line_ending(newline: bytes) -> 
     ("text/plain; charset=utf-8; format=flowed", b"Thanks,\nDana", "8bit",
      "Thanks,\nDana\n[ref:%s]\n"),
     ("text/plain; charset=utf-8", b"Thanks,\nDana ", "8bit", "Thanks,\nDana \n[ref:%s]\n"),
-    ("text/plain; charset=utf-8; format=flowed", b"Thanks,\n-- ", "8bit",
-     "Thanks,\n-- \n[ref:%s]\n"),
+    # Above a signature separator (which is no soft break) after a flowed line.
+    ("text/plain; charset=utf-8; format=flowed", b"Thanks,\nDana \n-- \nDana", "8bit",
+     "Thanks,\nDana \n\n[ref:%s]\n-- \nDana"),
 ])
 def test_a_flowed_last_line_does_not_take_the_token_line_into_its_paragraph(
         ctype: str, body: bytes, cte: str, tail: str) -> None:
@@ -157,6 +158,55 @@ def test_the_token_line_goes_above_ostickets_last_ref_mid_line(
         raw_body = qp_encode(raw_body, b"\n")
     [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
     assert text_of(part) == tail
+
+
+SIG = "-- \nJane Agent\nExample Support, +1 555 0100\n"
+
+
+@pytest.mark.parametrize(("body", "cte", "tail"), [
+    (f"Your order left today.\n\n{SIG}", None, f"Your order left today.\n\n\n{LINE}\n{SIG}"),
+    ("done.\r\n-- \r\nJane\r\n", None, f"done.\r\n\r\n{LINE}\r\n-- \r\nJane\r\n"),
+    (f"{'x' * 70} done.\n{SIG}", "quoted-printable", f"{'x' * 70} done.\n\n{LINE}\n{SIG}"),
+    (f"{'long text ' * 400}\n{SIG}", "base64", f"{'long text ' * 400}\n\n{LINE}\n{SIG}"),
+    # The first separator: a client drops everything from it on (the quoted history too).
+    ("done.\n-- \nJane\n\n> earlier\n> -- \n> Pat\n-- \nfooter", None,
+     f"done.\n\n{LINE}\n-- \nJane\n\n> earlier\n> -- \n> Pat\n-- \nfooter"),
+    # A separator as the last line, or the first.
+    ("done.\n-- ", None, f"done.\n\n{LINE}\n-- "),
+    ("-- \nJane\n", None, f"\n{LINE}\n-- \nJane\n"),
+    # No separator: "--" without its blank, a blank after it, text after it, a quoted one.
+    ("done.\n--\nJane\n", None, f"done.\n--\nJane\n\n{LINE}\n"),
+    ("done.\n--  \nJane\n", None, f"done.\n--  \nJane\n\n{LINE}\n"),
+    ("done.\n-- Jane\n", None, f"done.\n-- Jane\n\n{LINE}\n"),
+    ("done.\n> -- \n> Pat\n", None, f"done.\n> -- \n> Pat\n\n{LINE}\n"),
+    # With osTicket's last line too: above the separator, which comes first.
+    (f"done.\n{SIG}Ref-Mid: {MID}\n", None, f"done.\n\n{LINE}\n{SIG}Ref-Mid: {MID}\n"),
+])
+def test_the_token_line_goes_above_the_signature_separator(
+        body: str, cte: str | None, tail: str) -> None:
+    """Thunderbird (`mail.strip_sig_on_reply`) and Roundcube (`strip_existing_sig`), both on
+    by default, quote a reply without the signature: from the `-- ` line to the end. Our token
+    line below the signature went with it, and a reply that dropped the Subject tag and the
+    References (a new mail quoting ours) opened a new case."""
+    raw_body = body.encode()
+    if cte == "base64":
+        raw_body = base64.encodebytes(raw_body)
+    elif cte == "quoted-printable":
+        raw_body = qp_encode(raw_body, b"\n")
+    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
+    assert text_of(part) == tail
+
+
+def test_a_token_line_above_the_signature_is_there_when_another_case_is_quoted_below() -> None:
+    """The signature above a quote that ends in another case's token (the app moved the
+    conversation): our line above the separator is found again, and not written twice when
+    the stamped mail passes once more."""
+    other = "8M3N0RY5SU9WC4AQ"
+    body = f"done.\n{SIG}\n> earlier answer\n> [ref:{other}]\n".encode()
+    once = stamp(message("text/plain; charset=utf-8", body, "8bit"), StampSettings(html=False))
+    [part] = leaves(once)
+    assert text_of(part) == f"done.\n\n{LINE}\n{SIG}\n> earlier answer\n> [ref:{other}]\n"
+    assert outcomes(once, StampSettings(html=False)) == {"text": ("already", "")}
 
 
 @pytest.mark.parametrize(("template", "tail"), [

@@ -77,6 +77,8 @@ _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
 _TRAILING_MARK_START = "Ref-Mid: "
 _TRAILING_MARK = re.compile(r"Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
 _TRAILING_MARK_TAIL = 2048
+_SIGNATURE = "-- "  # the signature separator line (RFC 3676 §4.3, Usenet's)
+_SIGNATURE_LINE = "\n" + _SIGNATURE
 
 Target = Literal["html", "text"]
 Status = Literal["stamped", "already", "skipped", "absent"]
@@ -312,7 +314,8 @@ def _try_stamp_part(
     charset = mime.part_charset(part, decoded)
     codec, text = _read_text(decoded, charset)
     wire_newline = _wire_newline(body, part, request.newline)
-    if _already_stamped(text, token, request.template):
+    cut = _insertion_index(text, target)
+    if _already_stamped(text, token, request.template, cut if target == "text" else len(text)):
         return Outcome(target, "already"), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
@@ -321,10 +324,9 @@ def _try_stamp_part(
     newline = (wire_newline.decode("ascii") if isinstance(encoding, _QuotedPrintable)
                else _text_newline(text, wire_newline))
     insertion = _render(request, newline)
-    cut = _insertion_index(text, target)
     if target == "text" and cut < len(text) and not insertion.endswith("\n"):
-        # Above osTicket's last line (`_TRAILING_MARK`): a template without a line break at
-        # its end would join that line (`[ref:...]Ref-Mid: <...>`).
+        # Above a signature separator or osTicket's last line (`_TRAILING_MARK`): a template
+        # without a line break at its end would join that line (`[ref:...]-- `).
         insertion += newline
     if target == "text" and _flows_on(part, text[:cut], insertion):
         insertion = newline + insertion  # an empty line ends the paragraph (RFC 3676 §4.2)
@@ -351,21 +353,32 @@ def _label(value: str | None) -> str:
     return repr((value or "")[:_LABEL_MAX]).translate(_LABEL_ESCAPES)
 
 
-def _already_stamped(text: str, token: str, template: str) -> bool:
-    """The part holds our token, and no other token after it. A reply quoting the mail of
-    another case (the app moved the conversation back) has ours deeper in the quote and that
-    case's after it: it needs our line at its end, one quote level above the other's.
+def _already_stamped(text: str, token: str, template: str, cut: int) -> bool:
+    """The part holds our token, and no other token after it, in the whole text or above
+    `cut`, where our line goes. A reply quoting the mail of another case (the app moved the
+    conversation back) has ours deeper in the quote and that case's after it: it needs our
+    line at its end, one quote level above the other's. Our line above a signature separator
+    (`_insertion_index`) has the quote below the signature after it, which may end in that
+    case's token: the text above the cut tells that the line is there.
     Tokens are found in the form this part's template writes them (another case's were
     written by the same template), else in the default bracket form."""
-    if token.lower() not in text.lower():
+    lowered = text.lower()
+    needle = token.lower()
+    if needle not in lowered:
         return False
     template = template.strip()  # the text line's own line breaks
     try:
         check_template(template)
     except ValueError:  # e.g. two {token}s (the HTML tag) or no closing literal
         template = DEFAULT_TEMPLATE
+    ours = normalise(token)
     found = list(find_tokens(text, template))
-    return not found or found[-1] == normalise(token)
+    if not found or found[-1] == ours:
+        return True
+    if cut >= len(text) or lowered.rfind(needle, 0, cut) < 0:
+        return False
+    above = list(find_tokens(text[:cut], template))
+    return not above or above[-1] == ours
 
 
 def _flows_on(part: Part, before: str, insertion: str) -> bool:
@@ -377,7 +390,7 @@ def _flows_on(part: Part, before: str, insertion: str) -> bool:
     if not head.endswith("\n"):
         return False  # a template without a leading line break shares the line anyway
     line = head[:-1].removesuffix("\r").rpartition("\n")[2]
-    return line.endswith(" ") and line != "-- "  # the signature separator is no soft break
+    return line.endswith(" ")  # never the signature separator: our line goes above it
 
 
 def _inline_pgp(text: str) -> bool:
@@ -554,15 +567,39 @@ def _render(request: _Request, newline: str) -> str:
 
 def _insertion_index(text: str, target: Target) -> int:
     """HTML: before the last </body> (else </html>, else the end); plain text: the end, or
-    before a helpdesk's own last line that its reader finds only at the end (`_TRAILING_MARK`)."""
+    above the signature separator (`_signature_start`), or before a helpdesk's own last line
+    that its reader finds only at the end (`_TRAILING_MARK`), whichever comes first."""
     if target == "html":
         for closing in _CLOSING_TAGS:
             found = _last_match(closing, text)
             if found is not None:
                 return found
         return len(text)
-    # Only the last occurrence can be followed by nothing but blank lines: matched there, not
-    # searched for (a search tried every position of the tail: ~20 us a part).
+    return min(_signature_start(text), _trailing_mark_start(text))
+
+
+def _signature_start(text: str) -> int:
+    """Where the first signature separator line (`-- ` alone on its line) starts, else the
+    end. Mail clients drop the signature from the text they quote in a reply, from that line
+    to the end (Thunderbird's `mail.strip_sig_on_reply` and Roundcube's `strip_existing_sig`,
+    both on by default), and a token line below it went with it. Only line starts are looked
+    at (`find`; a regex search tried every position)."""
+    found = text.find(_SIGNATURE_LINE)
+    at = 0 if text.startswith(_SIGNATURE) else found + 1 if found >= 0 else -1
+    while at >= 0:
+        end = at + len(_SIGNATURE)
+        if text.startswith(("\n", "\r\n"), end) or end == len(text) or (
+                end + 1 == len(text) and text[end] == "\r"):
+            return at
+        found = text.find(_SIGNATURE_LINE, end - 1)
+        at = found + 1 if found >= 0 else -1
+    return len(text)
+
+
+def _trailing_mark_start(text: str) -> int:
+    """Before osTicket's last `Ref-Mid:` line (`_TRAILING_MARK`), else the end.
+    Only the last occurrence can be followed by nothing but blank lines: matched there, not
+    searched for (a search tried every position of the tail: ~20 us a part)."""
     tail = text[-_TRAILING_MARK_TAIL:]
     last = tail.rfind(_TRAILING_MARK_START)
     if last < 0 or _TRAILING_MARK.match(tail, last) is None:
