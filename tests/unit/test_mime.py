@@ -57,7 +57,9 @@ def test_comments_are_dropped_from_the_type() -> None:
 def test_absent_type_gives_the_default_and_garbage_gives_nothing() -> None:
     assert mime.content_type(None).value == "text/plain"
     assert mime.content_type(None, "message/rfc822").value == "message/rfc822"
-    assert mime.content_type("text").value == ""
+    # A lone `text` (no subtype) is text/plain, as readers show it; another lone word is not.
+    assert mime.content_type("text").value == "text/plain"
+    assert mime.content_type("html").value == ""
     assert mime.content_type("").value == ""
     assert mime.content_type("text/plain garbage").value == ""
 

@@ -1069,6 +1069,32 @@ def test_a_body_part_with_an_unparsable_content_type_is_named_as_absent_text(
     assert outcomes(raw) == {"html": ("absent", why), "text": ("absent", why)}
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_text_part_without_a_subtype_is_stamped_as_plain_text(nested: bool) -> None:
+    """`Content-Type: text; charset="iso-8859-1"` (an old script's, no subtype) is shown as
+    plain text: Thunderbird does, and RFC 2046 §4.1.4 reads a text subtype it does not know
+    as text/plain. It was left unstamped as an unparsable Content-Type, so a reply that kept
+    only the body token did not thread; it is now stamped in its own charset and encoding."""
+    fields = (b'Content-Type: text; charset="iso-8859-1"\n'
+              b"Content-Transfer-Encoding: quoted-printable")
+    body = b"Liebe Gr=FC=DFe aus =D6sterreich\n"
+    if nested:
+        raw = message('multipart/mixed; boundary="b"', b"--b\n" + fields + b"\n\n" + body
+                      + b"--b\nContent-Type: image/png\n\nx\n--b--\n")
+    else:
+        raw = message('text; charset="iso-8859-1"', body, cte="quoted-printable")
+    assert outcomes(raw)["text"] == ("stamped", "")
+    ((old, new),) = only_changed_leaves(raw, stamp(raw))
+    assert text_of(old).rstrip("\n") == "Liebe Grüße aus Österreich"
+    assert text_of(new).startswith(text_of(old))
+    assert text_of(new)[len(text_of(old)):].strip("\n") == LINE
+    assert mime.content_type("TEXT ; charset=x").value == "text/plain"
+    assert mime.media_type("text (no subtype)") == "text/plain"
+    # Only a lone `text`: another type without a subtype is still nothing we understand.
+    assert mime.content_type("html; charset=x").value == ""
+    assert mime.media_type("application-x-gzip") == ""
+
+
 def test_an_attachment_with_an_unparsable_content_type_is_no_reason() -> None:
     raw = message('multipart/mixed; boundary="b"',
                   b"--b\nContent-Type: image/png\n\nx\n--b\nContent-Type: bogus\n"

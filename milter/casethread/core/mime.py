@@ -150,14 +150,22 @@ def parse_field(raw: str | None) -> FieldValue:
     return FieldValue(value, _collapse_rfc2231(_param_pairs(pieces[1:])))
 
 
+def _known_type(value: str) -> str:
+    """A parsed type as we read it: `type/subtype`, or "" (nothing we understand). A lone
+    `text` (an old script's `Content-Type: text; charset=...`, no subtype) is text/plain:
+    Thunderbird shows it so, as RFC 2046 §4.1.4 reads a text subtype it does not know."""
+    if _MIME_TYPE.fullmatch(value):
+        return value
+    return "text/plain" if value == "text" else ""
+
+
 def media_type(raw: str | None, default: str = "text/plain") -> str:
     """`content_type(raw, default).value` without reading the parameters."""
     if raw is None:
         return default
     text = unfold(raw)
     first = text.split(";", 1)[0] if '"' not in text else _first_piece(text)
-    value = _strip_comments(first).strip().lower()
-    return value if _MIME_TYPE.fullmatch(value) else ""
+    return _known_type(_strip_comments(first).strip().lower())
 
 
 def is_report(raw: str | None) -> bool:
@@ -171,9 +179,9 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
     if raw is None:
         return FieldValue(default)
     parsed = parse_field(raw)
-    if not _MIME_TYPE.fullmatch(parsed.value):
-        return FieldValue("", parsed.params)
-    return parsed
+    if _MIME_TYPE.fullmatch(parsed.value):
+        return parsed
+    return FieldValue(_known_type(parsed.value), parsed.params)
 
 
 # 7bit and 8bit as bulk mailers misspell them (`Content-Transfer-Encoding: 7-bit`, `8bits`):
