@@ -429,6 +429,66 @@ def test_a_postmaster_failure_notice_under_its_own_sender_is_a_bounce(harness: A
         "C-000001", "bounce", "bounce")
 
 
+def exchange_online_ndr(returned_header: bytes) -> bytes:
+    """Exchange Online's NDR as it comes without the returned mail attached: a report whose
+    text (multipart/alternative, quoted-printable) copies the header under "Original message
+    headers:", and a delivery-status part."""
+    qp = returned_header.replace(b"=", b"=3D")
+    return (b"--NDR\nContent-Type: multipart/alternative; differences=Content-Type;\n"
+            b'\tboundary="ALT"\n\n'
+            b"--ALT\nContent-Type: text/plain; charset=\"us-ascii\"\n"
+            b"Content-Transfer-Encoding: quoted-printable\n\n"
+            b"Delivery has failed to these recipients or groups:\n\n"
+            b"pat@customer.example.org<mailto:pat@customer.example.org>\n"
+            b"The email address wasn't found at the destination domain. It might be mis=\n"
+            b"spelled or it might not exist any longer.\n\n"
+            b"Diagnostic information for administrators:\n\n"
+            b"Generating server: DM6PR01MB0001.prod.outlook.example\n\n"
+            b"Original message headers:\n\n" + qp + b"\n"
+            b"--ALT\nContent-Type: text/html; charset=\"us-ascii\"\n\n"
+            b"<html><body><p>Delivery has failed.</p></body></html>\n"
+            b"--ALT--\n\n"
+            b"--NDR\nContent-Type: message/delivery-status\n\n"
+            b"Reporting-MTA: dns;DM6PR01MB0001.prod.outlook.example\n\n"
+            b"Final-Recipient: rfc822;pat@customer.example.org\nAction: failed\n"
+            b"Status: 5.1.10\n\n"
+            b"--NDR--\n")
+
+
+EXCHANGE_ONLINE_FIELDS = (
+    ("From", "Microsoft Outlook <postmaster@customer.example.org>"),
+    ("To", "dana@support.example.com"),
+    ("Subject", "Undeliverable: Printer jam"),
+    ("Auto-Submitted", "auto-replied"),
+    ("MIME-Version", "1.0"),
+    ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="NDR"'),
+)
+
+
+def test_a_report_without_the_returned_mail_threads_by_the_header_in_its_text(
+        harness: Any) -> None:
+    """Exchange Online's NDR without an attachment copies the returned header into its text
+    ("Original message headers:", quoted-printable): with no part returning the message, the
+    report's text is read as a text notice's is."""
+    out = start_case(harness)
+    header = (b"Received: from DM6PR01MB0002.prod.outlook.example (192.0.2.3) by\n"
+              b" DM6PR01MB0001.prod.outlook.example (192.0.2.4) with Microsoft SMTP\n"
+              b" Server id 15.1.112.19; Mon, 2 Mar 2026 10:00:00 +0000\n"
+              b"From: Dana Agent <dana@support.example.com>\n"
+              b"To: <pat@customer.example.org>\n"
+              b"Subject: Printer jam\n"
+              b"Message-ID: " + out.one("Message-ID").encode() + b"\n"
+              b'Content-Type: text/plain; charset="us-ascii"\nMIME-Version: 1.0\n')
+    r = harness.inbound(*EXCHANGE_ONLINE_FIELDS, body=exchange_online_ndr(header),
+                        mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "bounce")
+    unknown = header.replace(out.one("Message-ID").encode(), b"<never-seen@support.example.com>")
+    r = harness.inbound(*EXCHANGE_ONLINE_FIELDS, body=exchange_online_ndr(unknown),
+                        mail_from="<>")
+    assert (r.one("X-Case-Match"), harness.index.last_number()) == ("none", 1)
+
+
 @pytest.mark.parametrize("server", ["exchange", "domino", "delay"])
 def test_a_notice_found_by_our_quoted_subject_adds_no_participant(
         harness: Any, server: str) -> None:

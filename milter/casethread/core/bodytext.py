@@ -28,6 +28,12 @@ BOUNCE_TYPES = frozenset(
      "message/global-headers", "message/delivery-status", "message/global-delivery-status",
      "message/disposition-notification", "message/global-disposition-notification"}
 )
+# Of those, the parts that return the message itself (its header fields at least), not a
+# report about it.
+RETURNED_MESSAGE_TYPES = frozenset(
+    {"message/rfc822", "message/global", "message/partial", "text/rfc822-headers",
+     "message/global-headers"}
+)
 
 # A tag ends at the next "<" as well as at ">": with "[^>]*" every unclosed "<" of hostile
 # markup ("<a <a <a ...") scanned to the end of the text, quadratic time under the GIL that

@@ -616,11 +616,15 @@ class Resolver:
             top.content_type, top.cte, ev.msg.body, budget=self.scan_budget,
             top_disposition=top.disposition, tree=ev.tree,
         )
+        attached = False
         for part in returned:
+            attached = attached or part.content_type in bodytext.RETURNED_MESSAGE_TYPES
             hit = self._bounce_part(ev, part.data)
             if hit is not None:
                 return hit
-        if not notice:
+        # A report that attaches no returned message may copy its header into its text, as
+        # Exchange Online does ("Original message headers:"), when it returns no attachment.
+        if not (notice or (report and not attached)):
             return None
         copy = bodytext.returned_copy(top.content_type, top.cte, ev.msg.body, self.scan_budget,
                                       top_disposition=top.disposition, tree=ev.tree)
