@@ -429,6 +429,31 @@ def test_a_postmaster_failure_notice_under_its_own_sender_is_a_bounce(harness: A
         "C-000001", "bounce", "bounce")
 
 
+def test_a_postmaster_notice_in_its_own_language_attaching_our_mail_threads(
+        harness: Any) -> None:
+    """A gateway's notice (InterScan MSS's) from postmaster@ under that envelope sender, its
+    subject no failure phrase we know ("メッセージを配信できません。"), the mail attached
+    as message/rfc822 in multipart/mixed: postmaster@ is the mail system's address (RFC 5321
+    4.5.1), so what it attaches is read as a returned copy. It stays auto-generated, changes
+    no state, and the gateway's address joins no case."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    body = carrier_notice(returned_message(out.one("Message-ID")))
+    fields = (("From", '"Mail Gateway" <postmaster@customer.example.org>'),
+              ("To", "dana@support.example.com"),
+              ("Subject", "=?UTF-8?B?44Oh44OD44K744O844K444KS6YWN5L+h44Gn44GN44G+44Gb44KT44CC?="),
+              ("MIME-Version", "1.0"),
+              ("Content-Type", 'multipart/mixed; boundary="CARRIER"'))
+    r = harness.inbound(*fields, body=body, mail_from="<postmaster@customer.example.org>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "resolved", "auto-generated")
+    assert not is_participant(harness, "C-000001", "postmaster@customer.example.org")
+    # Its notice of mail we never sent opens nothing.
+    body = carrier_notice(returned_message("<never-seen@support.example.com>"))
+    r = harness.inbound(*fields, body=body, mail_from="<postmaster@customer.example.org>")
+    assert (r.one("X-Case-Match"), harness.index.last_number()) == ("none", 1)
+
+
 def exchange_online_ndr(returned_header: bytes) -> bytes:
     """Exchange Online's NDR as it comes without the returned mail attached: a report whose
     text (multipart/alternative, quoted-printable) copies the header under "Original message

@@ -260,6 +260,14 @@ def has_null_sender(msg: Message) -> bool:
     return _null_sender(msg, msg.present(_NOTICE_FIELDS))
 
 
+def from_postmaster(msg: Message) -> bool:
+    """Whether From is postmaster@ (RFC 5321 §4.5.1: the mail system's own address). Cheap
+    for other mail: its From is only parsed when it holds the word."""
+    value = msg.get("From")
+    return value is not None and "postmaster" in value.lower() and (
+        _from_local_part(msg) == "postmaster")
+
+
 def from_mail_system(msg: Message, kind: str) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
     any Action (a delay warning, a success notice) or a notice in a format of its own. Its

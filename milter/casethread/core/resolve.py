@@ -639,8 +639,10 @@ class Resolver:
         header fields, and the milter skips its body."""
         # The null sender first: asked of every inbound mail that is no report or notice, it
         # is mostly a string compare, and the Content-Type (`ev.top` reads all MIME fields)
-        # is then looked at only for the few that come under it.
-        if not autoreply.has_null_sender(ev.msg):
+        # is then looked at only for the few that come under it. postmaster@ under a sender of
+        # its own is the mail system too (InterScan MSS, a gateway whose notice has a subject
+        # in its own language and the mail attached).
+        if not (autoreply.has_null_sender(ev.msg) or autoreply.from_postmaster(ev.msg)):
             return False
         kind = mime.media_type(ev.top.content_type)
         if not (kind.startswith(("multipart/", "message/")) and kind != "multipart/alternative"):
