@@ -454,6 +454,45 @@ def test_a_postmaster_notice_in_its_own_language_attaching_our_mail_threads(
     assert (r.one("X-Case-Match"), harness.index.last_number()) == ("none", 1)
 
 
+def headers_file_notice(attached: bytes) -> bytes:
+    """A notice (multipart of a subtype of its own) whose text quotes our Subject in its own
+    words and whose second part attaches the returned header as a text file."""
+    return (b"This is a multi-part message in MIME format.\n\n--X6\n"
+            b"Content-Type: text/plain; charset=us-ascii\n\n"
+            b"We had trouble delivering your message. Full details follow:\n\n"
+            b"Subject: 'Printer jam'\n\n1 error(s):\n\n"
+            b"The following recipients returned permanent errors: pat@customer.example.org.\n\n"
+            b"The attachment contains the original mail headers.\n\n--X6\n"
+            b'Content-Type: text/plain;\n\tname="mailheaders-1035422417.txt"\n'
+            b'Content-Disposition: attachment;\n\tfilename="mailheaders-1035422417.txt"\n\n'
+            + attached + b"\n--X6--\n")
+
+
+HEADERS_FILE_FIELDS = (("From", "mailer-daemon"), ("To", "dana@support.example.com"),
+                       ("Subject", "There was an error sending your mail"),
+                       ("Auto-Submitted", "auto-replied"), ("MIME-Version", "1.0"),
+                       ("Content-Type", 'multipart/mx6d; boundary="X6"'))
+
+
+def test_a_notice_attaching_the_returned_header_as_a_text_file_threads(harness: Any) -> None:
+    """A notice whose text names our mail only by its Subject without the tag, and attaches
+    the returned header as a text file (text/plain, "mailheaders-....txt"): that part, a
+    message's header from its first line, is read as the returned copy."""
+    out = start_case(harness)
+    header = (b"Received: from mx.support.example.com ([192.0.2.25])\n"
+              b"\tby mx.customer.example.org; Mon, 2 Mar 2026 10:00:00 +0000\n"
+              b"To: pat@customer.example.org\nFrom: Dana Agent <dana@support.example.com>\n"
+              b"Subject: Printer jam\nMessage-ID: " + out.one("Message-ID").encode() + b"\n"
+              b"MIME-Version: 1.0\n")
+    r = harness.inbound(*HEADERS_FILE_FIELDS, body=headers_file_notice(header), mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "bounce")
+    # A later text part that is no header (prose naming a Message-ID) is no returned copy.
+    prose = b"Please quote Message-ID: " + out.one("Message-ID").encode() + b" when you call.\n"
+    r = harness.inbound(*HEADERS_FILE_FIELDS, body=headers_file_notice(prose), mail_from="<>")
+    assert r.one("X-Case-Match") == "none"
+
+
 def exchange_online_ndr(returned_header: bytes) -> bytes:
     """Exchange Online's NDR as it comes without the returned mail attached: a report whose
     text (multipart/alternative, quoted-printable) copies the header under "Original message

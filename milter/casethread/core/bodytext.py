@@ -181,13 +181,31 @@ def returned_copy(
     first text/plain part, within `budget` decoded bytes: what follows a known marker line;
     without one, the first paragraph holding a line that starts with a field naming the
     mail (Message-ID, In-Reply-To, References, Subject) and one that starts with Message-ID
-    or Received (a message's header, no quote's), and what follows it. b"" when there is
-    neither. `tree` as for `iter_texts`."""
-    text = next(iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
-                                   top_disposition=top_disposition, tree=tree), None)
+    or Received (a message's header, no quote's), and what follows it. Else a later
+    text/plain part that is a message's header from its first line (the header attached as a
+    text file: "mailheaders-....txt"). b"" when there is none. `tree` as for `iter_texts`."""
+    texts = iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
+                               top_disposition=top_disposition, tree=tree)
+    text = next(texts, None)
     if text is None:
         return b""
-    data = text.data
+    copy = _copy_in_text(text.data)
+    if copy:
+        return copy
+    for later in texts:
+        start = _HEADER_START.match(later.data)
+        if start is not None and _is_header(later.data, start.end()):
+            return later.data[start.end():]
+    return b""
+
+
+# A part that starts with a header field (blank lines before it allowed).
+_HEADER_START = re.compile(rb"(?:[ \t]*\r?\n)*(?=[!-9;-~]{1,76}:)")
+
+
+def _copy_in_text(data: bytes) -> bytes:
+    """`returned_copy` of one text: after a marker line, or the paragraph of a message's
+    header; b"" when neither."""
     for found in _RETURNED_COPY.finditer(data):
         if _is_header(data, found.end()):
             return data[found.end():]
