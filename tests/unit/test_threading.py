@@ -493,6 +493,35 @@ def test_a_notice_attaching_the_returned_header_as_a_text_file_threads(harness: 
     assert r.one("X-Case-Match") == "none"
 
 
+def test_a_notice_pasting_the_returned_message_as_a_part_threads(harness: Any) -> None:
+    """A notice (multipart/mixed from MAILER-DAEMON) whose second part is the returned
+    message pasted in after the delimiter line, with no part header of its own: its
+    Received, Message-ID, From, ... fields stand where the part's MIME fields would (an old
+    Japanese gateway's, "Mail2000"). No body part carries a Message-ID or Received field, so
+    that header section is read as the returned header."""
+    out = start_case(harness)
+    pasted = (b"Received: from mx.support.example.com ([192.0.2.25])\n"
+              b"    by relay.customer.example.org; Mon, 2 Mar 2026 10:00:00 +0000\n"
+              b"Message-Id: " + out.one("Message-ID").encode() + b"\n"
+              b"From: Dana Agent <dana@support.example.com>\nTo: pat@customer.example.org\n"
+              b"Content-Type: text/plain; charset=US-ASCII\nSubject: Printer jam\n\n"
+              b"Hello Pat,\n")
+    body = (b"This is a multi-part message in MIME format.\n\n--PASTED\n"
+            b"Content-Type: text/plain;\n   charset=\"iso-2022-jp\"\n\n"
+            b"---The following addresses had delivery errors---\n\n"
+            b"pat@customer.example.org [User unknown]\n\n\n--PASTED\n" + pasted
+            + b"\n--PASTED--\n")
+    fields = (("From", '"Mail Deliver System" <MAILER-DAEMON@mx.customer.example.org>'),
+              ("To", "dana@support.example.com"), ("Subject", "Returned Mail: User unknown"),
+              ("Content-Type", 'multipart/mixed; boundary="PASTED"'))
+    r = harness.inbound(*fields, body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "bounce")
+    other = body.replace(out.one("Message-ID").encode(), b"<never-seen@support.example.com>")
+    r = harness.inbound(*fields, body=other, mail_from="<>")
+    assert (r.one("X-Case-Match"), harness.index.last_number()) == ("none", 1)
+
+
 def exchange_online_ndr(returned_header: bytes) -> bytes:
     """Exchange Online's NDR as it comes without the returned mail attached: a report whose
     text (multipart/alternative, quoted-printable) copies the header under "Original message

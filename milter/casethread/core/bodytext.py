@@ -183,7 +183,10 @@ def returned_copy(
     mail (Message-ID, In-Reply-To, References, Subject) and one that starts with Message-ID
     or Received (a message's header, no quote's), and what follows it. Else a later
     text/plain part that is a message's header from its first line (the header attached as a
-    text file: "mailheaders-....txt"). b"" when there is none. `tree` as for `iter_texts`."""
+    text file: "mailheaders-....txt"), or a part whose own header section is the returned
+    message's (`_pasted_header`). b"" when there is none. `tree` as for `iter_texts`."""
+    if tree is None:
+        tree = mime.parse(body, top_content_type, top_cte, top_disposition)
     texts = iter_parts_of_type(top_content_type, top_cte, body, ("text/plain",), budget,
                                top_disposition=top_disposition, tree=tree)
     text = next(texts, None)
@@ -196,6 +199,21 @@ def returned_copy(
         start = _HEADER_START.match(later.data)
         if start is not None and _is_header(later.data, start.end()):
             return later.data[start.end():]
+    return _pasted_header(tree, body, budget)
+
+
+def _pasted_header(tree: Part, body: Data, budget: int) -> bytes:
+    """The header section of a body part that is the returned message pasted in without a
+    part header of its own (its Message-ID or Received fields stand where the part's MIME
+    fields would: no body part carries those), up to `budget` bytes; b"" when none does.
+    Messages inside the body are not looked into (their header is a message's anyway)."""
+    stack = list(reversed(tree.children))
+    while stack:
+        part = stack.pop()
+        if any(h.name.lower() in ("message-id", "received") for h in part.headers):
+            return bytes(body[part.start:min(part.body_start, part.start + budget)])
+        if part.kind != "message":
+            stack.extend(reversed(part.children))
     return b""
 
 
