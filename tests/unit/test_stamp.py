@@ -209,6 +209,24 @@ def test_a_token_line_above_the_signature_is_there_when_another_case_is_quoted_b
     assert outcomes(once, StampSettings(html=False)) == {"text": ("already", "")}
 
 
+def test_our_token_only_below_the_signature_is_not_there_yet() -> None:
+    """An agent's reply with the signature above its quote of our earlier mail (Thunderbird
+    with `sig_bottom` off, Gmail's signature before the quoted text): the quote's token is
+    below the separator, and the customer's client drops it with the signature when it
+    quotes the reply. The reply gets a line of its own above the separator, once."""
+    body = f"Check the tray.\n{SIG}\nOn Mon, Jane wrote:\n> Restart it.\n> {LINE}\n> -- \n"
+    raw = message("text/plain; charset=utf-8", body.encode(), "8bit")
+    once = stamp(raw, StampSettings(html=False))
+    [part] = leaves(once)
+    assert text_of(part) == f"Check the tray.\n\n{LINE}\n{SIG}" + body[len("Check the tray.\n")
+                                                                     + len(SIG):]
+    assert outcomes(once, StampSettings(html=False)) == {"text": ("already", "")}
+    # Above the separator (a bottom-posted reply quoting our mail), the quote's token is ours.
+    above = f"> Restart it.\n> {LINE}\n\nDone, thanks.\n{SIG}"
+    raw = message("text/plain; charset=utf-8", above.encode(), "8bit")
+    assert outcomes(raw, StampSettings(html=False)) == {"text": ("already", "")}
+
+
 @pytest.mark.parametrize(("template", "tail"), [
     ("\n[ref:{token}]", f"done.\n\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),
     ("[ref:{token}]", f"done.\n[ref:{TOKEN}]\nRef-Mid: {MID}\n"),

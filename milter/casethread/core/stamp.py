@@ -315,7 +315,10 @@ def _try_stamp_part(
     codec, text = _read_text(decoded, charset)
     wire_newline = _wire_newline(body, part, request.newline)
     cut = _insertion_index(text, target)
-    if _already_stamped(text, token, request.template, cut if target == "text" else len(text)):
+    # Plain text: only what is above the cut counts, where our line goes and a reply's quote
+    # keeps it; a token of ours below the signature separator (in the quote of our earlier
+    # mail under an agent's signature) goes when the customer's client drops the signature.
+    if _already_stamped(text[:cut] if target == "text" else text, token, request.template):
         return Outcome(target, "already"), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
@@ -353,32 +356,21 @@ def _label(value: str | None) -> str:
     return repr((value or "")[:_LABEL_MAX]).translate(_LABEL_ESCAPES)
 
 
-def _already_stamped(text: str, token: str, template: str, cut: int) -> bool:
-    """The part holds our token, and no other token after it, in the whole text or above
-    `cut`, where our line goes. A reply quoting the mail of another case (the app moved the
-    conversation back) has ours deeper in the quote and that case's after it: it needs our
-    line at its end, one quote level above the other's. Our line above a signature separator
-    (`_insertion_index`) has the quote below the signature after it, which may end in that
-    case's token: the text above the cut tells that the line is there.
+def _already_stamped(text: str, token: str, template: str) -> bool:
+    """The text holds our token, and no other token after it. A reply quoting the mail of
+    another case (the app moved the conversation back) has ours deeper in the quote and that
+    case's after it: it needs our line at its end, one quote level above the other's.
     Tokens are found in the form this part's template writes them (another case's were
     written by the same template), else in the default bracket form."""
-    lowered = text.lower()
-    needle = token.lower()
-    if needle not in lowered:
+    if token.lower() not in text.lower():
         return False
     template = template.strip()  # the text line's own line breaks
     try:
         check_template(template)
     except ValueError:  # e.g. two {token}s (the HTML tag) or no closing literal
         template = DEFAULT_TEMPLATE
-    ours = normalise(token)
     found = list(find_tokens(text, template))
-    if not found or found[-1] == ours:
-        return True
-    if cut >= len(text) or lowered.rfind(needle, 0, cut) < 0:
-        return False
-    above = list(find_tokens(text[:cut], template))
-    return not above or above[-1] == ours
+    return not found or found[-1] == normalise(token)
 
 
 def _flows_on(part: Part, before: str, insertion: str) -> bool:
