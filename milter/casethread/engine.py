@@ -263,8 +263,9 @@ class Engine:
                  ev: Evidence | None = None) -> list[Alias]:
         """What names these cases from now on: this mail's Message-ID, thread root and external
         references (for the `named` case, else the first), its people (and subject) for every
-        case unless not `people` (`adds_people`; `lists`: inbound mail's list addresses, read
-        once per message); `notes` gets `participants-capped` when some people were left out."""
+        case unless not `people` (`adds_people`; `ev`: inbound mail's evidence, whose list
+        addresses are read once per message and whose author `subject-match` records,
+        `_subject_people`); `notes` gets `participants-capped` when some people were left out."""
         first = named or case_ids[0]
         aliases = []
         if message_id:

@@ -56,8 +56,8 @@ def participant_key(case_id: str, address: str) -> str:
 
 
 def adds_people(match: str, sender_known: bool, mail_system: bool = False) -> bool:
-    """Whether an inbound mail that `match`ed a case makes its people (From, To, Cc)
-    participants of the cases it goes to: when its sender is one already, or it carries our
+    """Whether an inbound mail that `match`ed a case makes its people (From, Reply-To, To,
+    Cc) participants of the cases it goes to: when its sender is one already, or it carries our
     token or case anchor (its sender saw our mail). Other evidence anyone can repeat (a
     Message-ID a customer's mail had, an Outlook root, a case number, another system's
     reference): a stranger's mail that matched by it still threads, `X-Case-Sender: unknown`,
@@ -606,7 +606,8 @@ class Resolver:
         DSN in it; qmail (and Yahoo) copy it into the text after a marker line. Other mail
         under the null sender is read for the mail it attaches (a carrier's error notice in a
         language and format of its own: the null sender is the mail system's or a
-        responder's, RFC 5321 §4.5.5). Other mail's body is not read here."""
+        responder's, RFC 5321 §4.5.5), and so is postmaster@'s under a sender of its own (the
+        mail system's address, RFC 5321 §4.5.1). Other mail's body is not read here."""
         report = mime.is_report(ev.msg.get("Content-Type"))
         notice = not report and autoreply.is_delivery_notice(ev.msg)
         if not (report or notice or self._may_attach_returned_mail(ev)):
@@ -631,10 +632,10 @@ class Resolver:
         return self._bounce_part(ev, copy) if copy else None
 
     def _may_attach_returned_mail(self, ev: Evidence) -> bool:
-        """Whether other mail under the null sender may attach the mail it returns, told by
-        its header fields alone: a body that can hold an attachment (multipart, but for
-        alternatives; a message), from no auto-responder (RFC 3834 §3.3: its out-of-office
-        names what it answers in its Subject). Else its body is not read here: an
+        """Whether other mail under the null sender (or from postmaster@) may attach the mail
+        it returns, told by its header fields alone: a body that can hold an attachment
+        (multipart, but for alternatives; a message), from no auto-responder (RFC 3834 §3.3:
+        its out-of-office names what it answers in its Subject). Else its body is not read here: an
         out-of-office under the null sender whose Subject holds our token is resolved by its
         header fields, and the milter skips its body."""
         # The null sender first: asked of every inbound mail that is no report or notice, it
