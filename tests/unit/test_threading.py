@@ -1005,6 +1005,27 @@ def test_token_only_in_the_quoted_body_wrapped_inside_the_bracket(harness: Any) 
     assert r.all("X-Case-Token") == []
 
 
+def test_a_reply_with_the_signature_above_its_quote_keeps_a_token_a_quote_keeps(
+        harness: Any) -> None:
+    """The agent's second mail has its signature above its quote of the first (Thunderbird
+    with `sig_bottom` off, Gmail's signature before the quoted text). Thunderbird and
+    Roundcube quote it without the signature, from its `-- ` line to the end: the token in
+    the quote of the first mail goes too, so the second mail gets a line of its own above
+    the separator, and the customer's new mail quoting it (no Subject tag, no References)
+    still threads."""
+    text = ("Content-Type", "text/plain; charset=utf-8")
+    first = start_case(harness, body=b"Please restart it.\n-- \nDana\n")
+    quote = "".join(f"> {line}\n" for line in first.body.decode().splitlines())
+    second = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"), text,
+                              ("X-Case-ID", first.case_id),
+                              body=f"Also check the tray.\n-- \nDana\n\n{quote}".encode())
+    kept = second.body.decode().split("\n-- \n", 1)[0]
+    assert f"[ref:{harness.token(first.case_id)}]" in kept
+    reply = "Still jammed.\n\n" + "".join(f"> {line}\n" for line in kept.splitlines())
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "printer"), text, body=reply.encode())
+    assert (r.case_id, r.one("X-Case-Match")) == (first.case_id, "token")
+
+
 def test_token_whose_opening_literal_a_client_wrapped(harness: Any) -> None:
     """Apple Mail (format=flowed; delsp=yes) breaks a long quoted line inside a word, a blank
     before the line break that readers delete (RFC 3676); other clients hard-wrap. "[ref:" is
