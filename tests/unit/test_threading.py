@@ -2619,10 +2619,25 @@ def test_automatic_mail_counts_against_its_from_whatever_its_reply_to(
     Reply-To (GitLab's gitlab+KEY@, Discourse's replies+KEY@): its automatic mail counts
     against its From, or a loop with it would never be one."""
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    # A reply domain of its own, not the From's: the mark alone keeps the count together.
     loops = [h.inbound(("From", "Pat (@pat) <gitlab@git.example.net>"), TO_SUPPORT,
-                       ("Reply-To", f"Project <gitlab+{n:032x}@git.example.net>"),
+                       ("Reply-To", f"Project <gitlab+{n:032x}@replies.example.org>"),
                        ("Auto-Submitted", "auto-generated"),
                        ("Subject", f"Issue {n}")).all("X-Case-Loop") for n in range(3)]
+    assert loops == [[], [], ["yes"]]
+
+
+@pytest.mark.parametrize("reply_domain", ["crm.example", "mail.crm.example"])
+def test_unmarked_mail_with_a_reply_address_of_its_own_domain_counts_against_its_from(
+        make_harness: Any, tweak: Any, reply_domain: str) -> None:
+    """Another helpdesk's acknowledgements without any automatic mark, each with a reply
+    address of its own in its own domain (or one below it): the same sender, so a loop with
+    it is one."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    loops = [h.inbound(("From", "Help <help@crm.example>"), TO_SUPPORT,
+                       ("Reply-To", f"reply+{n:04d}@{reply_domain}"),
+                       ("Subject", f"We got your mail [#{n}]")).all("X-Case-Loop")
+             for n in range(3)]
     assert loops == [[], [], ["yes"]]
 
 

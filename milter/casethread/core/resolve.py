@@ -93,6 +93,13 @@ class Found:
     hit: Hit
 
 
+def _same_domain(a: str, b: str) -> bool:
+    """Whether two addresses share a domain, or one's is under the other's: a system's
+    reply address per thread or per message (`reply+KEY@crm.example` beside `help@`)."""
+    da, db = a.rpartition("@")[2], b.rpartition("@")[2]
+    return da == db or da.endswith("." + db) or db.endswith("." + da)
+
+
 class Evidence:
     """Per-message view shared by the strategies; lazy, so unused evidence costs nothing."""
 
@@ -130,11 +137,15 @@ class Evidence:
         Groups' "'Pat' via Team", Mailman's DMARC mitigation) names the member there: counted
         against the From alone, the hour's 21st visitor would open no case. A Reply-To never
         speaks for the address it names, which anyone can write there in mail from their own
-        domain (DMARC checks From only)."""
+        domain (DMARC checks From only). One in the From's own domain (or one above or below
+        it) is the same sender: a system that names a reply address of its own per thread or
+        per message (`reply+KEY@`), marked automatic or not, would else never loop."""
         sender, is_ours, lists = self.sender, self._resolver.is_ours, self.list_addresses
         for address in header_addresses(self.msg.get_all("Reply-To")):
             if "@" in address and address not in lists and not is_ours(address):
-                return sender if address == sender else f"{sender or ''}\n{address}"
+                if sender is not None and _same_domain(address, sender):
+                    return sender
+                return f"{sender or ''}\n{address}"
         return sender
 
     @lazy
