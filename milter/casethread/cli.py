@@ -181,9 +181,10 @@ def cmd_filter(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             view = OverlayIndex(index, settings.cases)
-            engine = Engine(settings, view, _dry_run_keyring(settings))
+            engine = Engine(settings, view, _dry_run_keyring(settings), explain=args.explain)
         else:
-            engine = Engine(settings, index, keyring_for(settings, held_cases=on_disk.case_count))
+            engine = Engine(settings, index, keyring_for(settings, held_cases=on_disk.case_count),
+                            explain=args.explain)
         try:
             # As the milter: the direction at end of headers, and only as much of the body as
             # `body_wanted` keeps (inbound mail: up to inbound.read_limit, none when its header

@@ -149,8 +149,12 @@ class Engine:
         keyring: Keyring,
         clock: Clock = time.time,
         hostname: str | None = None,
+        explain: bool = False,
     ) -> None:
         self.settings = settings
+        # `filter --explain`: a duplicate's trace also shows what its strategies find (a reply
+        # saved from a mailbox has been recorded: it is always a duplicate of itself).
+        self._explain = explain
         self.index = index
         self.keyring = keyring
         self._clock = clock
@@ -323,6 +327,11 @@ class Engine:
             cases = [c for c in reached if c.state is not CaseState.CLOSED] or reached
             ev.trace.append(f"duplicate: this Message-ID is already recorded for "
                             f"{duplicate.case_id} -> {', '.join(c.case_id for c in cases)}")
+            if self._explain:
+                ev.trace.append("as a first delivery (read only; the copy keeps the case above):")
+                first = self._resolver.resolve(ev)
+                ev.trace.append(f"as a first delivery: -> {first.case.case_id} by {first.match}"
+                                if first else "as a first delivery: no match: a new case")
             _, loop = self._flood(ev, None, auto, now)
             # Our own outbound mail coming back (a forward, a list) may name a case that no
             # inbound mail routed yet: show this mail's route, keep nothing.
