@@ -132,6 +132,17 @@ def test_a_flowed_last_line_does_not_take_the_token_line_into_its_paragraph(
 MID = "<B4zR2Fw-k3j9a-AAAAAQAAAAIAAAADVQ+x/1sd-support@example.com>"
 
 
+def _stamped_text(body: str, cte: str | None) -> str:
+    """The text of a UTF-8 text/plain part holding `body` (in `cte`) once stamped."""
+    raw_body = body.encode()
+    if cte == "base64":
+        raw_body = base64.encodebytes(raw_body)
+    elif cte == "quoted-printable":
+        raw_body = qp_encode(raw_body, b"\n")
+    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
+    return text_of(part)
+
+
 @pytest.mark.parametrize(("body", "cte", "tail"), [
     # osTicket's text: html2text of its template, then "\nRef-Mid: <Message-ID>\n".
     (f"Hello Pat,\ndone.\nRef-Mid: {MID}\n", None,
@@ -151,13 +162,7 @@ def test_the_token_line_goes_above_ostickets_last_ref_mid_line(
     """osTicket reads `Ref-Mid: <its Message-ID>` back from a reply's body only at the body's
     end (`Ref-Mid: ([^"\\s]*)$`), its fallback when the headers name none of its mail: below
     it, our token line (quoted in the customer's reply) hid it from osTicket."""
-    raw_body = body.encode()
-    if cte == "base64":
-        raw_body = base64.encodebytes(raw_body)
-    elif cte == "quoted-printable":
-        raw_body = qp_encode(raw_body, b"\n")
-    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
-    assert text_of(part) == tail
+    assert _stamped_text(body, cte) == tail
 
 
 SIG = "-- \nJane Agent\nExample Support, +1 555 0100\n"
@@ -188,13 +193,7 @@ def test_the_token_line_goes_above_the_signature_separator(
     by default, quote a reply without the signature: from the `-- ` line to the end. Our token
     line below the signature went with it, and a reply that dropped the Subject tag and the
     References (a new mail quoting ours) opened a new case."""
-    raw_body = body.encode()
-    if cte == "base64":
-        raw_body = base64.encodebytes(raw_body)
-    elif cte == "quoted-printable":
-        raw_body = qp_encode(raw_body, b"\n")
-    [part] = leaves(stamp(message("text/plain; charset=utf-8", raw_body, cte)))
-    assert text_of(part) == tail
+    assert _stamped_text(body, cte) == tail
 
 
 def test_a_token_line_above_the_signature_is_there_when_another_case_is_quoted_below() -> None:
