@@ -287,9 +287,11 @@ class Engine:
             self._resolver.subject_key(msg.get("Subject") or "")
             if self._subject_match and addresses else ""
         )
-        # Per person: another sender's mail with the same subject must not hide it.
-        subject_people = (_subject_people(ev, addresses) if subject_key and ev is not None
-                          else addresses if subject_key else [])
+        # Per person: another sender's mail with the same subject must not hide it. Outbound
+        # mail's people are its recipients, who answer under its subject.
+        subject_people: list[str] = []
+        if subject_key:
+            subject_people = addresses if ev is None else _subject_people(ev, addresses)
         for case_id in case_ids:
             aliases += [Alias(AliasKind.PARTICIPANT, participant_key(case_id, address), case_id)
                         for address in addresses]
