@@ -295,6 +295,77 @@ def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     assert out.endswith(b"<p>fragment</p>" + TAG.encode())
 
 
+# An HTML signature as K-9 Mail and Thunderbird for Android find it when they quote a reply
+# (HtmlSignatureRemover, on by default): they drop everything after it to the end of the first
+# enclosing element that keeps other content. `@` marks where our tag goes.
+@pytest.mark.parametrize("html", [
+    # Thunderbird: the signature's own block.
+    '<html><body>\n<p>Hi Pat,</p>\n    @<div class="moz-signature">-- <br>\n  Dana</div>\n'
+    '</body>\n</html>\n',
+    # K-9 Mail / Thunderbird for Android.
+    "<html><body>Hi Pat,<br><br>@<div class='k9mail-signature'>-- <br>Sent</div></body></html>",
+    # Gmail: no <body>, the separator in an inline span between line breaks, a block before.
+    '<div dir="ltr"><div>Hi Pat,</div><br clear="all"><div><br></div>@<span class="gmail_'
+    'signature_prefix">-- </span><br><div class="gmail_signature" data-smartmail="gmail_'
+    'signature">Dana</div></div>',
+    # Inside a paragraph (SOGo, Horde, RT): before the paragraph, as a <div> would end it.
+    "<html><body><p>Hi Pat,</p>@<p><br />-- <br />Dana</p></body></html>",
+    "<html><body>@<p>Hi Pat,<br>--&nbsp;<br>Dana</p></body></html>",
+    # In a table cell, or the body's first line: inside it.
+    "<html><body><table><tr><td>@-- <br>Dana</td></tr></table></body></html>",
+    "<html><body>@-- <br>Dana</body></html>",
+    # The agent's signature above a quote of the customer's mail, whose own is not looked at.
+    "<html><body><p>Done.</p>@<div class=\"moz-signature\">-- <br>Dana</div><blockquote "
+    "type=\"cite\"><p>Help</p><div class=\"moz-signature\">-- <br>Pat</div></blockquote>"
+    "</body></html>",
+])
+def test_the_html_tag_goes_above_a_signature_separator(html: str) -> None:
+    """Before </body>, below Thunderbird's `<div class="moz-signature">-- <br>`, our tag went
+    with the signature when the customer's K-9 Mail or Thunderbird for Android quoted the
+    mail, and a reply that kept neither the Subject tag nor References (the text part is not
+    what an HTML reply quotes) opened a new case."""
+    raw = message("text/html; charset=utf-8", html.replace("@", "").encode(), "8bit")
+    [part] = leaves(stamp(raw))
+    assert text_of(part) == html.replace("@", TAG)
+    assert outcomes(stamp(raw)) == {"html": ("already", ""), "text": ("absent", "")}
+
+
+@pytest.mark.parametrize("html", [
+    # Thunderbird's plain-text signature file in HTML: `-- ` is no text of its own there.
+    '<html><body><p>Hi</p><pre class="moz-signature" cols="72">-- \nDana</pre></body></html>',
+    # In a quote, in a comment, inside a line, or `--` without a blank.
+    "<html><body><p>Hi</p><blockquote><p>x<br>-- <br>Pat</p></blockquote></body></html>",
+    "<html><body><p>Hi</p><!-- <br>-- <br> --></body></html>",
+    "<html><body><p>Hi<br>a -- <br>b</p></body></html>",
+    "<html><body><p>Hi<br><b>-- </b>bold<br></p></body></html>",
+    "<html><body><p>Hi<br>--<br>Dana</p></body></html>",
+])
+def test_html_that_no_client_reads_as_a_signature_gets_the_tag_before_the_body_end(
+        html: str) -> None:
+    raw = message("text/html; charset=utf-8", html.encode(), "8bit")
+    [part] = leaves(stamp(raw))
+    assert text_of(part) == html.replace("</body>", TAG + "</body>")
+
+
+def test_our_html_tag_only_below_the_signature_is_not_there_yet() -> None:
+    """An agent's HTML reply with its signature above the quote of our earlier mail
+    (Thunderbird with `sig_bottom` off, Gmail): K-9 drops the quote with the signature, and our
+    earlier tag with it. The reply gets a tag of its own above the signature, once."""
+    quote = f"<blockquote type=\"cite\"><p>Restart it.</p>{TAG}</blockquote>"
+    html = ("<html><body><p>Done.</p>@<div class=\"moz-signature\">-- <br>Dana</div>"
+            + quote + "</body></html>")
+    raw = message("text/html; charset=utf-8", html.replace("@", "").encode(), "8bit")
+    once = stamp(raw)
+    [part] = leaves(once)
+    assert text_of(part) == html.replace("@", TAG)
+    assert outcomes(once) == {"html": ("already", ""), "text": ("absent", "")}
+    # Quoted above the signature (bottom-posted), the quote's tag is ours.
+    above = (f"<html><body>{quote}<p>Done.</p><div class=\"moz-signature\">-- <br>D</div>"
+             "</body></html>")
+    raw = message("text/html; charset=utf-8", above.encode(), "8bit")
+    assert outcomes(raw)["html"] == ("already", "")
+
+
 def test_message_without_content_type_is_plain_us_ascii() -> None:
     raw = b"From: a@example.com\nSubject: s\n\nhi\n"
     assert stamp(raw) == raw + b"\n" + LINE.encode() + b"\n"

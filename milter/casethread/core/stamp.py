@@ -64,6 +64,7 @@ _MAX_LINE = 998  # RFC 5322 line limit, without CRLF, for 7bit/8bit
 _QP_LINE = 76
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+_BLOCKQUOTE = re.compile(r"<\s*(/\s*)?blockquote\b[^<>]*>", re.I)
 _RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
 _RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I)
 _RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I) for name in _RAW_TEXT}
@@ -79,6 +80,25 @@ _TRAILING_MARK = re.compile(r"Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
 _TRAILING_MARK_TAIL = 2048
 _SIGNATURE = "-- "  # the signature separator line (RFC 3676 §4.3, Usenet's)
 _SIGNATURE_LINE = "\n" + _SIGNATURE
+# The same separator in HTML, as K-9 Mail and Thunderbird for Android read it when they quote a
+# reply (HtmlSignatureRemover, on by default): a text `--` and a blank or no-break space, alone
+# between line breaks (`<br>`, a block element's start or end; inline tags such as Gmail's
+# `<span class="gmail_signature_prefix">` may wrap it), outside <blockquote>. They drop
+# everything after it in document order, to the end of the first enclosing element that keeps
+# other content: a tag before </body> below Thunderbird's `<div class="moz-signature">-- <br>`
+# went with it. `_HTML_DASH` finds candidates; the tags around are checked backwards/forwards.
+_HTML_DASH = re.compile(r"--(?:[ \xa0]|&nbsp;|&#160;|&#x[aA]0;)")
+_HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "center", "dd", "details", "dir",
+    "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3",
+    "h4", "h5", "h6", "header", "hr", "li", "main", "menu", "nav", "ol", "p", "pre", "section",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"})
+# Elements whose start tag begins more than the signature: our tag goes inside them.
+_HTML_HOLDERS = frozenset({"body", "td", "th", "li", "dd", "dt"})
+_HTML_TAG = re.compile(r"<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+_HTML_TAG_AFTER = re.compile(r"\s*<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+_HTML_DASH_CANDIDATES = 20  # `-- ` strings checked per part at most
+_HTML_TAGS_BACK = 64  # tags looked at before a separator for a block boundary
 
 Target = Literal["html", "text"]
 Status = Literal["stamped", "already", "skipped", "absent"]
@@ -318,7 +338,7 @@ def _try_stamp_part(
     # Plain text: only what is above the cut counts, where our line goes and a reply's quote
     # keeps it; a token of ours below the signature separator (in the quote of our earlier
     # mail under an agent's signature) goes when the customer's client drops the signature.
-    if _already_stamped(text[:cut] if target == "text" else text, token, request.template):
+    if _already_stamped(text[:cut], token, request.template):
         return Outcome(target, "already"), None
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
@@ -562,12 +582,102 @@ def _insertion_index(text: str, target: Target) -> int:
     above the signature separator (`_signature_start`), or before a helpdesk's own last line
     that its reader finds only at the end (`_TRAILING_MARK`), whichever comes first."""
     if target == "html":
+        end = len(text)
         for closing in _CLOSING_TAGS:
             found = _last_match(closing, text)
             if found is not None:
-                return found
-        return len(text)
+                end = found
+                break
+        return _html_signature_start(text, end)
     return min(_signature_start(text), _trailing_mark_start(text))
+
+
+def _html_signature_start(text: str, end: int) -> int:
+    """Where our tag goes above an HTML signature separator (`_HTML_DASH`) before `end`, else
+    `end`: right after the line break that precedes it, or before the block element it starts
+    (`<div class="moz-signature">`, `<p>`), so the tag stays out of the signature's element."""
+    for count, match in enumerate(_HTML_DASH.finditer(text, 0, end)):
+        if count >= _HTML_DASH_CANDIDATES:
+            break
+        at = match.start()
+        before = _html_line_break_before(text, at)
+        if before is None or not _html_line_break_after(text, match.end(), end):
+            continue
+        if _in_blockquote(text, at) or _in_comment(text, at):
+            continue
+        boundary = _html_block_boundary(text, at)
+        return before if boundary is None else boundary
+    return end
+
+
+def _html_block_boundary(text: str, at: int) -> int | None:
+    """The nearest block boundary at or before `at`: after a block's end tag (or a holder's
+    start tag, `<body>`, `<td>`), before a block's start tag. A <div> there stays one block
+    among others; right after a `<br>` inside a <p> it would end that paragraph early (HTML
+    closes a <p> at a <div>) and leave an empty one where its `</p>` was."""
+    pos = at
+    for _ in range(_HTML_TAGS_BACK):
+        start = text.rfind("<", 0, pos)
+        if start < 0:
+            return None
+        found = _HTML_TAG.match(text, start)
+        if found is not None and found.end() <= at:
+            closing, name = found.group(1), found.group(2).lower()
+            if name in _HTML_BLOCKS:
+                return found.end() if closing or name in _HTML_HOLDERS else start
+        pos = start
+    return None
+
+
+def _html_line_break_before(text: str, at: int) -> int | None:
+    """Only blanks and inline start tags between `at` and a `<br>` or a block element's tag
+    before it: where our tag goes (after a `<br>` or an end tag, before a start tag)."""
+    while True:
+        start = text.rfind("<", 0, at)
+        if start < 0:
+            return 0 if not text[:at].strip() else None  # the part's first line
+        found = _HTML_TAG.match(text, start)
+        if found is None or text[found.end():at].strip():
+            return None  # text before it on its line
+        closing, name = found.group(1), found.group(2).lower()
+        if name == "br" or (closing and name in _HTML_BLOCKS) or name in _HTML_HOLDERS:
+            return found.end()
+        if name in _HTML_BLOCKS:
+            return start
+        if closing:
+            return None  # `</b>-- `: the separator continues a line
+        at = start  # an inline start tag around the separator: look before it
+
+
+def _html_line_break_after(text: str, at: int, end: int) -> bool:
+    """Only blanks and inline end tags between `at` and a `<br>` or a block element's tag."""
+    while at < end:
+        found = _HTML_TAG_AFTER.match(text, at, end)
+        if found is None:
+            return not text[at:end].strip()  # the part's end (no </body>) ends the line
+        name = found.group(2).lower()
+        if name == "br" or name in _HTML_BLOCKS:
+            return True
+        if not found.group(1):
+            return False  # an inline start tag: the separator's line goes on
+        at = found.end()
+    return True
+
+
+def _in_blockquote(text: str, at: int) -> bool:
+    """Inside a <blockquote> (a quote: K-9 does not look for signatures in it)."""
+    depth = 0
+    for match in _BLOCKQUOTE.finditer(text, 0, at):
+        depth = max(0, depth - 1) if match.group(1) else depth + 1
+    return depth > 0
+
+
+def _in_comment(text: str, at: int) -> bool:
+    start = text.rfind("<!--", 0, at)
+    if start < 0:
+        return False
+    close = text.find("-->", start + 4)
+    return close < 0 or close >= at
 
 
 def _signature_start(text: str) -> int:
