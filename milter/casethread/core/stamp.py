@@ -99,6 +99,7 @@ _HTML_TAG = re.compile(r"<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
 _HTML_TAG_AFTER = re.compile(r"\s*<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
 _HTML_DASH_CANDIDATES = 20  # `-- ` strings checked per part at most
 _HTML_TAGS_BACK = 64  # tags looked at before a separator for a block boundary
+_HTML_INLINE_TAGS = 16  # inline start tags (<span>, <font>, <b>) around a separator at most
 
 Target = Literal["html", "text"]
 Status = Literal["stamped", "already", "skipped", "absent"]
@@ -632,7 +633,7 @@ def _html_block_boundary(text: str, at: int) -> int | None:
 def _html_line_break_before(text: str, at: int) -> int | None:
     """Only blanks and inline start tags between `at` and a `<br>` or a block element's tag
     before it: where our tag goes (after a `<br>` or an end tag, before a start tag)."""
-    while True:
+    for _ in range(_HTML_INLINE_TAGS):
         start = text.rfind("<", 0, at)
         if start < 0:
             return 0 if not text[:at].strip() else None  # the part's first line
@@ -647,6 +648,7 @@ def _html_line_break_before(text: str, at: int) -> int | None:
         if closing:
             return None  # `</b>-- `: the separator continues a line
         at = start  # an inline start tag around the separator: look before it
+    return None  # deeper in inline tags than any mail client writes it
 
 
 def _html_line_break_after(text: str, at: int, end: int) -> bool:
