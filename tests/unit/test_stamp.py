@@ -314,6 +314,9 @@ def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     # In a table cell, or the body's first line: inside it.
     "<html><body><table><tr><td>@-- <br>Dana</td></tr></table></body></html>",
     "<html><body>@-- <br>Dana</body></html>",
+    # A block tag in a comment before it is no boundary: our tag went into the comment.
+    "<html><body>@<div>a<!-- <p> --><br>-- <br>sig</div></body></html>",
+    "<html><body>@<div>a<!--[if mso]></td><td><![endif]--><br>-- <br>sig</div></body></html>",
     # The agent's signature above a quote of the customer's mail, whose own is not looked at.
     "<html><body><p>Done.</p>@<div class=\"moz-signature\">-- <br>Dana</div><blockquote "
     "type=\"cite\"><p>Help</p><div class=\"moz-signature\">-- <br>Pat</div></blockquote>"
@@ -339,6 +342,10 @@ def test_the_html_tag_goes_above_a_signature_separator(html: str) -> None:
     "<html><body><p>Hi<br>a -- <br>b</p></body></html>",
     "<html><body><p>Hi<br><b>-- </b>bold<br></p></body></html>",
     "<html><body><p>Hi<br>--<br>Dana</p></body></html>",
+    # Text of <title>, <style>, <script>, <textarea>: no line of the mail (the tag went before
+    # <html> for a `<title>-- </title>`).
+    "<html><head><title>-- </title></head><body><p>Hi</p></body></html>",
+    "<html><body><p>Hi</p><textarea><br>-- <br>x</textarea></body></html>",
     # Deeper in inline tags than a client writes it: not looked through (a million `<b>`
     # before it took 0.8 s).
     "<html><body><p>Hi<br>" + "<b>" * 17 + "-- <br>Dana</p></body></html>",
