@@ -179,9 +179,8 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
     if raw is None:
         return FieldValue(default)
     parsed = parse_field(raw)
-    if _MIME_TYPE.fullmatch(parsed.value):
-        return parsed
-    return FieldValue(_known_type(parsed.value), parsed.params)
+    known = _known_type(parsed.value)
+    return parsed if known == parsed.value else FieldValue(known, parsed.params)
 
 
 # 7bit and 8bit as bulk mailers misspell them (`Content-Transfer-Encoding: 7-bit`, `8bits`):

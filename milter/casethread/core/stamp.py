@@ -685,6 +685,8 @@ def _blockquote_depth(text: str, at: int, since: tuple[int, int]) -> tuple[int, 
 
 
 def _in_comment(text: str, at: int) -> bool:
+    """`at` is inside an HTML comment (one never closed runs to the end). One position, so
+    the nearest opener before it is enough; `_last_match` checks many against all comments."""
     start = text.rfind("<!--", 0, at)
     if start < 0:
         return False
