@@ -31,9 +31,9 @@ from casethread.core.stamp import (
     iter_spliced,
     plan_message_stamp,
     plan_stamp,
-    qp_encode,
 )
 from casethread.core.token import Keyring
+from casethread.core.transfer import qp_encode
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
 TOKEN = "7K2M9QX4RT8VB3ZP"

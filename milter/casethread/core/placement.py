@@ -1,0 +1,227 @@
+"""Where a stamp goes in a part's decoded text (DESIGN §3.4): the hidden tag near the end of
+the HTML, the token line near the end of the plain text, and in both above a signature, which
+mail clients drop from the text they quote in a reply, and our token with it.
+
+Pure string work on text `stamp` has already decoded; the offsets it returns are characters of
+that text. Every search here is bounded: a hostile part costs time linear in its size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+_CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+_BLOCKQUOTE = re.compile(r"<\s*(/\s*)?blockquote\b[^<>]*>", re.I)
+_RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
+_RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I)
+_RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I) for name in _RAW_TEXT}
+# osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
+# headers name none of its mail, reads the quoted line back only at the body's end (its
+# pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
+# Read in the part's last 2 KB only (the line and the blank lines after it).
+_TRAILING_MARK_START = "Ref-Mid: "
+_TRAILING_MARK = re.compile(r"Ref-Mid: [^\s\"]+[ \t]*(?:\r?\n[ \t]*)*\Z")
+_TRAILING_MARK_TAIL = 2048
+_SIGNATURE = "-- "  # the signature separator line (RFC 3676 §4.3, Usenet's)
+_SIGNATURE_LINE = "\n" + _SIGNATURE
+# The same separator in HTML, as K-9 Mail and Thunderbird for Android read it when they quote a
+# reply (HtmlSignatureRemover, on by default): a text `--` and a blank or no-break space, alone
+# between line breaks (`<br>`, a block element's start or end; inline tags such as Gmail's
+# `<span class="gmail_signature_prefix">` may wrap it), outside <blockquote>. They drop
+# everything after it in document order, to the end of the first enclosing element that keeps
+# other content: a tag before </body> below Thunderbird's `<div class="moz-signature">-- <br>`
+# went with it. `_HTML_DASH` finds candidates; the tags around are checked backwards/forwards.
+_HTML_DASH = re.compile(r"--(?:[ \xa0]|&nbsp;|&#160;|&#x[aA]0;)")
+_HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "center", "dd", "details", "dir",
+    "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3",
+    "h4", "h5", "h6", "header", "hr", "li", "main", "menu", "nav", "ol", "p", "pre", "section",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"})
+# Elements whose start tag begins more than the signature: our tag goes inside them.
+_HTML_HOLDERS = frozenset({"body", "td", "th", "li", "dd", "dt"})
+_HTML_TAG = re.compile(r"<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+_HTML_TAG_AFTER = re.compile(r"\s*<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+_HTML_DASH_CANDIDATES = 20  # `-- ` strings checked per part at most
+_HTML_TAGS_BACK = 64  # tags looked at before a separator for a block boundary
+_HTML_INLINE_TAGS = 16  # inline start tags (<span>, <font>, <b>) around a separator at most
+
+
+def html_insertion_index(text: str) -> int:
+    """Before the last </body> (else </html>, else the end), or above an HTML signature
+    separator before it (`_html_signature_start`)."""
+    end = len(text)
+    for closing in _CLOSING_TAGS:
+        found = _last_match(closing, text)
+        if found is not None:
+            end = found
+            break
+    return _html_signature_start(text, end)
+
+
+def text_insertion_index(text: str) -> int:
+    """The end, or above the signature separator (`_signature_start`), or before a helpdesk's
+    own last line that its reader finds only at the end (`_TRAILING_MARK`), whichever comes
+    first."""
+    return min(_signature_start(text), _trailing_mark_start(text))
+
+
+def _html_signature_start(text: str, end: int) -> int:
+    """Where our tag goes above an HTML signature separator (`_HTML_DASH`) before `end`, else
+    `end`: right after the line break that precedes it, or before the block element it starts
+    (`<div class="moz-signature">`, `<p>`), so the tag stays out of the signature's element."""
+    quotes = (0, 0)  # blockquote depth up to a position: the candidates come in order
+    for count, match in enumerate(_HTML_DASH.finditer(text, 0, end)):
+        if count >= _HTML_DASH_CANDIDATES:
+            break
+        at = match.start()
+        before = _html_line_break_before(text, at)
+        if before is None or not _html_line_break_after(text, match.end(), end):
+            continue
+        quotes = _blockquote_depth(text, at, quotes)
+        if quotes[1] > 0 or _in_comment(text, at) or _in_raw_text(text, at):
+            continue  # `<title>-- </title>` in <head>: the tag went before <html>
+        boundary = _html_block_boundary(text, at)
+        return before if boundary is None else boundary
+    return end
+
+
+def _html_block_boundary(text: str, at: int) -> int | None:
+    """The nearest block boundary at or before `at`: after a block's end tag (or a holder's
+    start tag, `<body>`, `<td>`), before a block's start tag. A <div> there stays one block
+    among others; right after a `<br>` inside a <p> it would end that paragraph early (HTML
+    closes a <p> at a <div>) and leave an empty one where its `</p>` was."""
+    pos = at
+    for _ in range(_HTML_TAGS_BACK):
+        start = text.rfind("<", 0, pos)
+        if start < 0:
+            return None
+        closed = text.find("-->", start, pos)
+        if closed >= 0:  # a comment ends here: its `<p>` is no boundary, and our tag in it lost
+            pos = text.rfind("<!--", 0, closed)
+            if pos < 0:
+                return None
+            continue
+        found = _HTML_TAG.match(text, start)
+        if found is not None and found.end() <= at:
+            closing, name = found.group(1), found.group(2).lower()
+            if name in _HTML_BLOCKS:
+                return found.end() if closing or name in _HTML_HOLDERS else start
+        pos = start
+    return None
+
+
+def _html_line_break_before(text: str, at: int) -> int | None:
+    """Only blanks and inline start tags between `at` and a `<br>` or a block element's tag
+    before it: where our tag goes (after a `<br>` or an end tag, before a start tag)."""
+    for _ in range(_HTML_INLINE_TAGS):
+        start = text.rfind("<", 0, at)
+        if start < 0:
+            return 0 if not text[:at].strip() else None  # the part's first line
+        found = _HTML_TAG.match(text, start)
+        if found is None or text[found.end():at].strip():
+            return None  # text before it on its line
+        closing, name = found.group(1), found.group(2).lower()
+        if name == "br" or (closing and name in _HTML_BLOCKS) or name in _HTML_HOLDERS:
+            return found.end()
+        if name in _HTML_BLOCKS:
+            return start
+        if closing:
+            return None  # `</b>-- `: the separator continues a line
+        at = start  # an inline start tag around the separator: look before it
+    return None  # deeper in inline tags than any mail client writes it
+
+
+def _html_line_break_after(text: str, at: int, end: int) -> bool:
+    """Only blanks and inline end tags between `at` and a `<br>` or a block element's tag."""
+    while at < end:
+        found = _HTML_TAG_AFTER.match(text, at, end)
+        if found is None:
+            return not text[at:end].strip()  # the part's end (no </body>) ends the line
+        name = found.group(2).lower()
+        if name == "br" or name in _HTML_BLOCKS:
+            return True
+        if not found.group(1):
+            return False  # an inline start tag: the separator's line goes on
+        at = found.end()
+    return True
+
+
+def _blockquote_depth(text: str, at: int, since: tuple[int, int]) -> tuple[int, int]:
+    """`at` and the <blockquote> depth there (a quote: K-9 does not look for signatures in
+    it), counted on from `since` (a position and the depth there): each candidate re-counting
+    from the part's start took 20 passes over a part of many <blockquote>s (2.9 s for 5 MB)."""
+    pos, depth = since
+    for match in _BLOCKQUOTE.finditer(text, pos, at):
+        depth = max(0, depth - 1) if match.group(1) else depth + 1
+    return at, depth
+
+
+def _in_comment(text: str, at: int) -> bool:
+    """`at` is inside an HTML comment (one never closed runs to the end). One position, so
+    the nearest opener before it is enough; `_last_match` checks many against all comments."""
+    start = text.rfind("<!--", 0, at)
+    if start < 0:
+        return False
+    close = text.find("-->", start + 4)
+    return close < 0 or close >= at
+
+
+def _signature_start(text: str) -> int:
+    """Where the first signature separator line (`-- ` alone on its line) starts, else the
+    end. Mail clients drop the signature from the text they quote in a reply, from that line
+    to the end (Thunderbird's `mail.strip_sig_on_reply` and Roundcube's `strip_existing_sig`,
+    both on by default), and a token line below it went with it. Only line starts are looked
+    at (`find`; a regex search tried every position)."""
+    found = text.find(_SIGNATURE_LINE)
+    at = 0 if text.startswith(_SIGNATURE) else found + 1 if found >= 0 else -1
+    while at >= 0:
+        end = at + len(_SIGNATURE)
+        if text.startswith(("\n", "\r\n"), end) or end == len(text) or (
+                end + 1 == len(text) and text[end] == "\r"):
+            return at
+        found = text.find(_SIGNATURE_LINE, end - 1)
+        at = found + 1 if found >= 0 else -1
+    return len(text)
+
+
+def _trailing_mark_start(text: str) -> int:
+    """Before osTicket's last `Ref-Mid:` line (`_TRAILING_MARK`), else the end.
+    Only the last occurrence can be followed by nothing but blank lines: matched there, not
+    searched for (a search tried every position of the tail: ~20 us a part)."""
+    tail = text[-_TRAILING_MARK_TAIL:]
+    last = tail.rfind(_TRAILING_MARK_START)
+    if last < 0 or _TRAILING_MARK.match(tail, last) is None:
+        return len(text)
+    at = len(text) - len(tail) + last
+    return at if at == 0 or text[at - 1] == "\n" else len(text)  # a line's start, not the cut's
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
+    """The last match outside HTML comments (Outlook ends some mail with
+    `<!--[if mso]></body><![endif]-->`, which no client renders) and outside another tag
+    (`<a title="</body>">`: the tag would be cut open and our hidden text shown)."""
+    comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
+    starts = [a for a, _ in comments]
+    found = []
+    for match in pattern.finditer(text):
+        at = match.start()
+        # The comments are sorted and apart: only the last one opening before it can hold it.
+        i = bisect.bisect_right(starts, at) - 1
+        in_comment = i >= 0 and at < comments[i][1]
+        if not in_comment and text.rfind("<", 0, at) <= text.rfind(">", 0, at):
+            found.append(at)
+    # Checked from the last, a few at most: each check reads on to the next closing tag.
+    return next((at for at in reversed(found[-4:]) if not _in_raw_text(text, at)), None)
+
+
+def _in_raw_text(text: str, at: int) -> bool:
+    """`at` is inside a <script>, <style>, <title>, <textarea>, <xmp>, <iframe>, <noembed> or
+    <noframes> element, whose text is no markup (WHATWG HTML §13.2.5:
+    `p::after{content:"</body>"}` closes no body): the next closing tag of such an element
+    comes before any opening of it. (One never closed is not seen: it would need a scan of
+    the whole part for every HTML mail.)"""
+    end = _RAW_TEXT_END.search(text, at)
+    return end is not None and _RAW_TEXT_START[end.group(1).lower()].search(
+        text, at, end.start()) is None
