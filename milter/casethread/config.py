@@ -6,7 +6,8 @@ dataclasses themselves: `_Builder.build` walks their field types generically, an
 what a type cannot say (ranges, formats, unit strings, comments for `render_defaults`), keyed by
 the key path (`section.key`, with `[]` standing for any list index). Lists of mappings (routing
 rules, external refs) are built item by item as dataclasses; a field without a default is a
-required key. A check on a list or section can blame one item or key below it (`_Invalid.at`).
+required key. The value checks are `config_checks`; one on a list or section can blame one item
+or key below it (`config_checks.Invalid.at`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
-import ipaddress
 import json
 import os
 import re
@@ -28,15 +28,10 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from . import config_checks as checks
 from .core import token
-from .core.addresses import ascii_domain, is_glob
 from .core.bodytext import html_to_text
-from .core.msgid import is_plain_domain
 from .core.settings import (
-    STRATEGY_NAMES,
-    ExternalRefRule,
-    InboundSettings,
-    RoutingRule,
     Settings,
 )
 
@@ -63,18 +58,6 @@ class ConfigError(Exception):
         super().__init__(re.sub(r"\s*\n\s*", " ", text))
 
 
-class _Invalid(Exception):
-    """Raised by converters and checks; `_Builder` adds the file, line and key path.
-
-    `at` points below the checked value (`("strategies", 3)`, `(2, "name")`), so a check on a
-    list or a section can blame the one item or key that is wrong, with that item's line.
-    """
-
-    def __init__(self, problem: str, at: tuple[str | int, ...] = ()) -> None:
-        super().__init__(problem)
-        self.at = at
-
-
 @dataclass(frozen=True)
 class _Rule:
     # Replaces the generic type conversion: gets the plain YAML scalar (e.g. "512MiB" for an int
@@ -89,451 +72,32 @@ class _Rule:
     render: Callable[[Any], str] | None = None
 
 
-# --------------------------------------------------------------------------- value checks
-
-
-def _int_range(low: int, high: int) -> Callable[[int], int]:
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise _Invalid(f"{value} is out of range ({low}-{high})")
-        return value
-
-    return check
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise _Invalid("must not be empty")
-    return value
-
-
-def _domain(value: str) -> str:
-    value = ascii_domain(value)  # an internationalised domain as its A-label (RFC 5322 msg-id)
-    if not is_plain_domain(value):
-        raise _Invalid(f"{value!r} is not a domain name (letters, digits, hyphens and dots)")
-    return value
-
-
-_KIB = 1024
-_MIB = 1024**2
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": _KIB,
-    "kib": _KIB,
-    "m": _MIB,
-    "mib": _MIB,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-}
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
-
-
-_SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
-
-
-def _size(minimum: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise _Invalid(f"expected {_SIZE_EXPECTS}, got {_describe_value(value)}")
-        if isinstance(value, int):
-            size = value
-        else:
-            match = _SIZE_RE.fullmatch(value)
-            if match is None:
-                raise _Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
-            unit = match.group(2).lower()
-            if unit in ("kb", "mb", "gb", "tb"):
-                # 1000- or 1024-based is anyone's guess; make the reader say which.
-                binary = unit[0].upper() + "iB"
-                raise _Invalid(
-                    f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)"
-                )
-            if unit not in _UNITS:
-                units = "KiB, MiB, GiB, TiB or K, M, G, T"
-                raise _Invalid(f"unknown unit {match.group(2)!r} (use {units})")
-            size = int(match.group(1)) * _UNITS[unit]
-        if size < minimum:
-            raise _Invalid(f"{value!r} is too small: at least {_render_size(minimum)}")
-        return size
-
-    return parse
-
-
-def _render_size(size: int) -> str:
-    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", _MIB), ("KiB", _KIB)):
-        if size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
-
-
-def _socket_host(family: str, host: str) -> None:
-    want: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
-    want = ipaddress.IPv4Address if family == "inet" else ipaddress.IPv6Address
-    # libmilter takes a host name, an address, or an address literal in brackets.
-    bracketed = host.startswith("[") and host.endswith("]")
-    try:
-        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
-    except ValueError:
-        numeric = re.fullmatch(r"[\d.]+", host) is not None
-        if bracketed or numeric or not _HOSTNAME_RE.fullmatch(host):
-            raise _Invalid(f"{host!r} is not a host name or IP address") from None
-        return
-    if not isinstance(address, want):
-        other = "inet6" if family == "inet" else "inet"
-        raise _Invalid(f"{host!r} is an IPv{address.version} address: use {other}:PORT@{host}")
-
-
-# libmilter: `len(path) + 1 >= sizeof(sun_path)` (108 on Linux) fails at start-up.
-_SUN_PATH_MAX = 106
-
-
-def _milter_socket(value: str) -> str:
-    """The socket spec with its family in lower case (`UNIX:/run/x.sock` -> `unix:...`): serve
-    tells the families apart as libmilter writes them."""
-    family, sep, rest = value.partition(":")
-    family = family.lower()
-    value = f"{family}{sep}{rest}"
-    if not sep or family not in ("inet", "inet6", "unix", "local"):
-        raise _Invalid(
-            f"{value!r} is not a milter socket "
-            "(inet:PORT@HOST, inet6:PORT@HOST, unix:/PATH or local:/PATH)"
-        )
-    if family in ("unix", "local"):
-        if not rest.startswith("/"):
-            raise _Invalid(f"{value!r}: the socket path must be absolute")
-        if len(rest.encode()) > _SUN_PATH_MAX:
-            raise _Invalid(f"{value!r}: the socket path is longer than {_SUN_PATH_MAX} bytes")
-        return value
-    port, at, host = rest.partition("@")
-    if not at:
-        if re.fullmatch(r".+:\d+", rest):
-            # Postfix's main.cf writes inet:HOST:PORT; libmilter wants inet:PORT@HOST.
-            hint = f"{family}:{rest.rsplit(':', 1)[1]}@{rest.rsplit(':', 1)[0]}"
-            raise _Invalid(f"{value!r}: libmilter's form is {family}:PORT@HOST (e.g. {hint!r})")
-        raise _Invalid(f"{value!r}: name the host ({family}:PORT@HOST), e.g. 127.0.0.1")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
-    if not host:
-        raise _Invalid(f"{value!r}: the host after '@' is empty")
-    _socket_host(family, host)
-    return value
-
-
-_MODE_EXPECTS = "a file mode in octal (e.g. 0660)"
-
-
-def _parse_mode(value: Any) -> int:
-    # YAML 1.1 reads `0660` as octal already; a string is taken as octal too ("660", "0o660").
-    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3,4}", value.strip()):
-        value = int(value.strip().removeprefix("0o"), 8)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f"expected {_MODE_EXPECTS}, got {_describe_value(value)}")
-    if not 0 <= value <= 0o777:
-        raise _Invalid(f"{value} is not a file mode: write it in octal with a leading 0 (0660)")
-    return value
-
-
-def _header_prefix(value: str) -> str:
-    # RFC 5322 field names are printable ASCII (33-126) except ':'.
-    if not 1 <= len(value) <= 40:
-        raise _Invalid(f"{value!r} must be 1-40 characters")
-    bad = [c for c in value if not 33 <= ord(c) <= 126 or c == ":"]
-    if bad:
-        raise _Invalid(f"{value!r} contains {bad[0]!r}: header names allow no spaces or colons")
-    return value
-
-
-_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{0,16}")
-
-
-def _id_prefix(value: str) -> str:
-    if not _ID_PREFIX_RE.fullmatch(value):
-        raise _Invalid(f"{value!r} must be 0-16 characters of A-Z a-z 0-9 . _ : -")
-    return value
-
-
-def _cidr(value: str) -> str:
-    try:
-        network = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise _Invalid(f"{value!r} is not a CIDR network") from None
-    # 10.0.0.1/8 is a host someone meant, or all of 10/8: refuse to guess (a wider network
-    # makes strangers' mail outbound), as Postfix's cidr tables do.
-    if "/" in value and network.network_address != ipaddress.ip_interface(value.strip()).ip:
-        raise _Invalid(f"{value!r} has host bits set: write {network} for the network, or "
-                       f"the address alone for one host")
-    return str(network)
-
-
-def _recipient(value: str) -> str:
-    address = value.strip().lower()
-    if not address or any(c.isspace() for c in address) or "<" in address or ">" in address:
-        raise _Invalid(f"{value!r} is not an address (write it bare: support@example.com)")
-    if "@" not in address:
-        raise _Invalid(f"{value!r} has no '@' (local@domain, @domain or a pattern like *@domain)")
-    if is_glob(address):
-        return address
-    local, _, domain = address.rpartition("@")
-    domain = ascii_domain(domain)  # an internationalised domain as its A-label
-    if "@" in local or not is_plain_domain(domain):
-        raise _Invalid(f"{value!r} is not an address (local@domain, @domain or a pattern)")
-    return f"{local}@{domain}"
-
-
-_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
-_DURATION_EXPECTS = "a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w')"
-# Ten years: far beyond any sensible window, and it catches milliseconds typed as seconds.
-_DURATION_MAX = 3650 * 86400
-
-
-def _parse_duration(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid(f"expected {_DURATION_EXPECTS}, got {_describe_value(value)}")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        match = _DURATION_RE.fullmatch(value)
-        if match is None:
-            raise _Invalid(f"{value!r} is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)")
-        unit = match.group(2)
-        # Case-sensitive on purpose: is "30M" minutes or months?
-        if unit and unit not in _DURATION_UNITS:
-            raise _Invalid(f"unknown unit {unit!r} (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)")
-        seconds = int(match.group(1)) * _DURATION_UNITS.get(unit, 1)
-    if seconds <= 0:
-        raise _Invalid(f"{value!r} is not positive: at least 1s")
-    if seconds > _DURATION_MAX:
-        raise _Invalid(f"{value!r} is too long: at most {_render_duration(_DURATION_MAX)}")
-    return seconds
-
-
-def _render_duration(seconds: int) -> str:
-    for unit, factor in _DURATION_UNITS.items():
-        if seconds % factor == 0:
-            return f"{seconds // factor}{unit}"
-    return str(seconds)  # unreachable: "s" divides everything
-
-
-_REGEX_MAX = 1000
-
-
-def _regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if len(value) > _REGEX_MAX:
-            limit = _REGEX_MAX
-            raise _Invalid(f"the regular expression is {len(value)} characters: at most {limit}")
-        if not value:
-            # The matchers read "" as "no condition": refuse it rather than guess.
-            raise _Invalid("the regular expression is empty")
-        try:
-            compiled = re.compile(value, flags)
-        except re.error as exc:
-            where = "" if exc.pos is None else f" at position {exc.pos}"
-            raise _Invalid(f"invalid regular expression: {exc.msg}{where}") from None
-        if compiled.groups < groups:
-            raise _Invalid("the regular expression needs a group: (...) around the part to extract")
-        if not empty_ok and compiled.search("") is not None:
-            # It would "find" an empty reference in every message.
-            raise _Invalid(f"{value!r} matches an empty string")
-        return value
-
-    return check
-
-
-_QUEUE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
-
-
-def _queue(value: str) -> str:
-    if not _QUEUE_RE.fullmatch(value):
-        raise _Invalid(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ : / -")
-    return value
-
-
-def _header_name(value: str) -> str:
-    # RFC 5322 field names: printable ASCII (33-126) except ':'.
-    if not 1 <= len(value) <= 76 or any(not 33 <= ord(c) <= 126 or c == ":" for c in value):
-        raise _Invalid(f"{value!r} is not a header name (1-76 characters, no spaces or colons)")
-    return value
-
-
-def _has_condition(rule: RoutingRule) -> bool:
-    return bool(rule.rcpt or rule.sender) or rule.subject is not None or rule.header is not None
-
-
-def _routing_rule(rule: RoutingRule) -> RoutingRule:
-    if rule.header is not None and rule.header_regex is None:
-        raise _Invalid("header needs header_regex (the regex its value must match)", ("header",))
-    if rule.header_regex is not None and rule.header is None:
-        raise _Invalid("header_regex needs header (the header to match)", ("header_regex",))
-    return rule
-
-
-def _routing_rules(rules: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
-    for i, rule in enumerate(rules[:-1]):
-        if not _has_condition(rule):
-            # It matches every message, so every rule after it would be dead.
-            raise _Invalid(
-                "a rule without a condition (rcpt, sender, subject, header) matches every "
-                "message: only the last rule may be a catch-all",
-                (i,),
-            )
-    return rules
-
-
-_STRATEGIES = STRATEGY_NAMES
-
-
-def _strategy(value: str) -> str:
-    if value in _STRATEGIES:
-        return value
-    if value == "duplicate":
-        raise _Invalid("'duplicate' is not a strategy: duplicates are always recognised first")
-    close = difflib.get_close_matches(value.lower(), _STRATEGIES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else " (known: " + ", ".join(_STRATEGIES) + ")"
-    raise _Invalid(f"{value!r} is not a strategy{hint}")
-
-
-def _no_duplicates(what: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    def check(values: tuple[Any, ...]) -> tuple[Any, ...]:
-        for i, value in enumerate(values):
-            if value in values[:i]:
-                first = values.index(value)
-                raise _Invalid(f"{what} {value!r} is listed twice (first as item {first})", (i,))
-        return values
-
-    return check
-
-
-def _strategies(values: tuple[str, ...]) -> tuple[str, ...]:
-    if not values:
-        raise _Invalid("list at least one strategy (no strategy: every message is a new case)")
-    result: tuple[str, ...] = _no_duplicates("strategy")(values)
-    return result
-
-
-def _inbound(inbound: InboundSettings) -> InboundSettings:
-    if "external-ref" in inbound.strategies and not inbound.external_refs:
-        at = ("strategies", inbound.strategies.index("external-ref"))
-        raise _Invalid("'external-ref' needs at least one rule in inbound.external_refs", at)
-    return inbound
-
-
-_REF_NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
-
-
-def _ref_name(value: str) -> str:
-    if not _REF_NAME_RE.fullmatch(value):
-        raise _Invalid(f"{value!r} must be 1-32 characters of a-z 0-9 _ - (lower case)")
-    return value
-
-
-def _external_ref(rule: ExternalRefRule) -> ExternalRefRule:
-    if not rule.search_subject and not rule.search_body:
-        raise _Invalid("search_subject and search_body are both false: the rule never matches")
-    return rule
-
-
-def _external_refs(rules: tuple[ExternalRefRule, ...]) -> tuple[ExternalRefRule, ...]:
-    names = [rule.name for rule in rules]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            first = names.index(name)
-            raise _Invalid(f"{name!r} is used twice (first by item {first})", (i, "name"))
-    return rules
-
-
-_TEMPLATE_MAX = 2000
-
-
-def _template(value: str) -> str:
-    if len(value) > _TEMPLATE_MAX:
-        raise _Invalid(f"the template is {len(value)} characters: at most {_TEMPLATE_MAX}")
-    if token.PLACEHOLDER not in value:
-        raise _Invalid(f"the template must contain {token.PLACEHOLDER}")
-    return value
-
-
-def _subject_template(value: str) -> str:
-    _template(value)
-    if not value.isascii():
-        # Written into the Subject as it is: raw 8-bit there breaks RFC 5322 §2.2 without
-        # SMTPUTF8, and clients show it as mojibake.
-        raise _Invalid("the Subject tag must be ASCII (a Subject carries no raw 8-bit text; "
-                       "stamp.text_template may hold any text)")
-    try:
-        token.check_template(value)
-    except ValueError as exc:
-        raise _Invalid(str(exc)) from None
-    return value
-
-
-def _absolute_path(value: str) -> str:
-    if not os.path.isabs(value):
-        raise _Invalid(f"{value!r} is not an absolute path")
-    return value
-
-
-def _metrics_listen(value: str) -> str:
-    """HOST:PORT of the metrics endpoint: one IP address (IPv6 in brackets), never a wildcard."""
-    host, sep, port = value.rpartition(":")
-    example = "e.g. 127.0.0.1:9894 or [::1]:9894"
-    if not sep or not host:
-        raise _Invalid(f"{value!r} is not HOST:PORT ({example})")
-    bracketed = host.startswith("[") and host.endswith("]")
-    try:
-        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
-    except ValueError:
-        if not bracketed and ":" in host:
-            raise _Invalid(f"{value!r}: write an IPv6 address in brackets ({example})") from None
-        # A name may resolve to several addresses, or to a public one: bind what is written.
-        raise _Invalid(f"{value!r}: the host must be an IP address ({example})") from None
-    if address.version == 6 and not bracketed:
-        raise _Invalid(f"{value!r}: write an IPv6 address in brackets ({example})")
-    if address.version == 4 and bracketed:
-        raise _Invalid(f"{value!r}: brackets are for IPv6 only ({example})")
-    if address.is_unspecified:
-        # The endpoint has no authentication: it must not appear on every interface by accident.
-        raise _Invalid(f"{value!r}: {host} listens on every interface; name one ({example})")
-    if address.is_multicast:
-        raise _Invalid(f"{value!r}: {host} is a multicast address ({example})")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
-    return value
-
-
 # One row per key path that needs more than its type. `[]` stands for any list index.
 _RULES: dict[str, _Rule] = {
     "milter": _Rule(doc="How the MTA reaches the milter, and what happens when it fails."),
     "milter.socket": _Rule(
-        check=_milter_socket,
+        check=checks.milter_socket,
         doc="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/abs/path.",
     ),
     "milter.socket_mode": _Rule(
-        parse=_parse_mode,
-        expects=_MODE_EXPECTS,
+        parse=checks.parse_mode,
+        expects=checks.MODE_EXPECTS,
         render=lambda mode: f"0{mode:o}",
         doc="Mode of a unix socket (octal); the MTA's user must be able to write it.",
     ),
     "milter.socket_group": _Rule(
-        check=_non_empty,
+        check=checks.non_empty,
         doc="Group of a unix socket (e.g. postfix); null keeps the milter's own group.",
     ),
     "milter.on_error": _Rule(
         doc="On an internal error: accept (pass the message unchanged) or tempfail (4xx)."
     ),
     "milter.timeout": _Rule(
-        check=_int_range(1, 3600),
+        check=checks.int_range(1, 3600),
         doc="libmilter I/O timeout: seconds to wait on a silent MTA connection (1-3600).",
     ),
     "milter.drain_timeout": _Rule(
-        check=_int_range(0, 3600),
+        check=checks.int_range(0, 3600),
         doc="On SIGTERM: seconds the messages under way may take to finish (0-3600).",
     ),
     "milter.log_level": _Rule(doc="debug, info, warning or error."),
@@ -541,21 +105,21 @@ _RULES: dict[str, _Rule] = {
         doc="stderr (the journal under systemd) or syslog (facility mail, via /dev/log)."
     ),
     "milter.metrics_listen": _Rule(
-        check=_metrics_listen,
+        check=checks.metrics_listen,
         doc="Prometheus endpoint HOST:PORT (e.g. 127.0.0.1:9894, [::1]:9894); null = off.",
     ),
     "index": _Rule(doc="The case index (LMDB)."),
-    "index.path": _Rule(check=_non_empty, doc="Directory of the index (and its token key)."),
+    "index.path": _Rule(check=checks.non_empty, doc="Directory of the index (and its token key)."),
     "index.map_size": _Rule(
-        parse=_size(_MIB),
-        expects=_SIZE_EXPECTS,
-        render=_render_size,
+        parse=checks.size(checks.MIB),
+        expects=checks.SIZE_EXPECTS,
+        render=checks.render_size,
         doc="Address space LMDB reserves at start (e.g. 512MiB, 1GiB); it doubles when full.",
     ),
     "index.max_map_size": _Rule(
-        parse=_size(_MIB),
-        expects=_SIZE_EXPECTS,
-        render=_render_size,
+        parse=checks.size(checks.MIB),
+        expects=checks.SIZE_EXPECTS,
+        render=checks.render_size,
         doc="Ceiling of that growth; null = the larger of 16 x map_size and 64GiB.",
     ),
     "index.sync": _Rule(
@@ -564,83 +128,86 @@ _RULES: dict[str, _Rule] = {
     ),
     "headers": _Rule(doc="Headers added to inbound mail."),
     "headers.prefix": _Rule(
-        check=_header_prefix, doc="Prefix of every header casethread adds or strips."
+        check=checks.header_prefix, doc="Prefix of every header casethread adds or strips."
     ),
     "cases": _Rule(doc="Case ids."),
-    "cases.id_prefix": _Rule(check=_id_prefix, doc="Prefix of new case ids (0-16 characters)."),
+    "cases.id_prefix": _Rule(
+        check=checks.id_prefix, doc="Prefix of new case ids (0-16 characters)."
+    ),
     "cases.id_digits": _Rule(
-        check=_int_range(1, 12), doc="Zero-padded digits of new case ids (1-12)."
+        check=checks.int_range(1, 12), doc="Zero-padded digits of new case ids (1-12)."
     ),
     "cases.reopen_within": _Rule(
-        parse=_parse_duration,
-        expects=_DURATION_EXPECTS,
-        render=_render_duration,
+        parse=checks.parse_duration,
+        expects=checks.DURATION_EXPECTS,
+        render=checks.render_duration,
         doc="A reply to a case resolved longer ago opens a new related case (90s, 12h, 14d, 2w).",
     ),
     "outbound": _Rule(doc="Mail counts as outbound when any of these signals holds."),
     "outbound.daemon_names[]": _Rule(
-        check=_non_empty, doc="{daemon_name} macro values that mark a submission service."
+        check=checks.non_empty, doc="{daemon_name} macro values that mark a submission service."
     ),
     "outbound.authenticated": _Rule(doc="Authenticated (SASL) sessions are outbound."),
     "outbound.client_networks[]": _Rule(
-        check=_cidr, doc="Client networks (CIDR) whose mail is outbound, e.g. app servers."
+        check=checks.cidr, doc="Client networks (CIDR) whose mail is outbound, e.g. app servers."
     ),
     "outbound.new_case": _Rule(
         doc="Outbound mail matching no case: create a new case, or skip it."
     ),
     "outbound.internal_recipients[]": _Rule(
-        check=_recipient,
+        check=checks.recipient,
         doc="Recipients (local@domain, @domain, pattern) whose mail opens no case when it "
         "goes to none but them: an app's notices to agents, notes to colleagues; a support "
         "address never counts as one.",
     ),
     "outbound.message_id_domain": _Rule(
-        check=_domain, doc="Domain of Message-IDs we add; null = the From domain."
+        check=checks.domain, doc="Domain of Message-IDs we add; null = the From domain."
     ),
     "inbound.addresses[]": _Rule(
-        check=_recipient,
+        check=checks.recipient,
         doc="Support addresses: local@domain, @domain, or a pattern (support+*@example.com).",
     ),
     "inbound.references_limit": _Rule(
-        check=_int_range(1, 10000), doc="How many of the newest References IDs are looked up."
+        check=checks.int_range(1, 10000), doc="How many of the newest References IDs are looked up."
     ),
     "inbound.strategies": _Rule(
-        check=_strategies,
+        check=checks.strategies,
         doc="Match strategies in order, the first live case wins: bounce, token, in-reply-to, "
         "references, thread-index, subject-ref, body-ref, external-ref, subject-match.",
     ),
-    "inbound.strategies[]": _Rule(check=_strategy),
+    "inbound.strategies[]": _Rule(check=checks.strategy),
     "inbound.scan_budget": _Rule(
-        parse=_size(_KIB),
-        expects=_SIZE_EXPECTS,
-        render=_render_size,
+        parse=checks.size(checks.KIB),
+        expects=checks.SIZE_EXPECTS,
+        render=checks.render_size,
         doc="Decoded body text the token and reference scans read at most (at least 1KiB).",
     ),
     "inbound.read_limit": _Rule(
-        parse=_size(_KIB),
-        expects=_SIZE_EXPECTS,
-        render=_render_size,
+        parse=checks.size(checks.KIB),
+        expects=checks.SIZE_EXPECTS,
+        render=checks.render_size,
         doc="Body bytes the milter reads of inbound mail its header fields do not resolve "
         "(spooled past stamp.spool_threshold; at least 1KiB).",
     ),
     "inbound.case_ref_pattern": _Rule(
-        check=_regex(groups=1, flags=re.IGNORECASE, empty_ok=False),
+        check=checks.regex(groups=1, flags=re.IGNORECASE, empty_ok=False),
         doc="Regex of a human case reference in Subject/body; group 1 is the case id.",
     ),
     "inbound.external_refs": _Rule(
-        check=_external_refs,
+        check=checks.external_refs,
         doc="Other systems' ticket numbers (strategy external-ref); names must be unique.",
     ),
-    "inbound.external_refs[]": _Rule(check=_external_ref),
+    "inbound.external_refs[]": _Rule(check=checks.external_ref),
     "inbound.external_refs[].name": _Rule(
-        check=_ref_name, doc="The other system, e.g. servicenow: 1-32 of a-z 0-9 _ -."
+        check=checks.ref_name, doc="The other system, e.g. servicenow: 1-32 of a-z 0-9 _ -."
     ),
     "inbound.external_refs[].pattern": _Rule(
-        check=_regex(empty_ok=False),
+        check=checks.regex(empty_ok=False),
         doc="Regex of its ticket number; group 1 (or the whole match) is the reference.",
     ),
     "inbound.external_refs[].sender[]": _Rule(
-        check=_recipient, doc="Only mail From these (address, @domain, pattern); empty: anyone."
+        check=checks.recipient,
+        doc="Only mail From these (address, @domain, pattern); empty: anyone.",
     ),
     "inbound.external_refs[].search_subject": _Rule(doc="Look for the number in the Subject."),
     "inbound.external_refs[].search_body": _Rule(doc="Look for the number in the body text."),
@@ -648,85 +215,85 @@ _RULES: dict[str, _Rule] = {
         doc="Strategy subject-match: same subject from a participant of a recent case."
     ),
     "inbound.subject_match.window": _Rule(
-        parse=_parse_duration,
-        expects=_DURATION_EXPECTS,
-        render=_render_duration,
+        parse=checks.parse_duration,
+        expects=checks.DURATION_EXPECTS,
+        render=checks.render_duration,
         doc="How recent that case's last message must be (90s, 30m, 12h, 14d, 2w).",
     ),
     "inbound": _Rule(
-        check=_inbound,
+        check=checks.inbound,
         doc="Mail that is not outbound is inbound when a recipient matches.",
     ),
     "inbound.flood": _Rule(doc="Loop protection: more than limit messages within window."),
     "inbound.flood.limit": _Rule(
-        check=_int_range(1, 100000),
+        check=checks.int_range(1, 100000),
         doc="Messages one sender may send within window (1-100000); a report the bounce "
             "strategy matched counts per sender and case.",
     ),
     "inbound.flood.window": _Rule(
-        parse=_parse_duration,
-        expects=_DURATION_EXPECTS,
-        render=_render_duration,
+        parse=checks.parse_duration,
+        expects=checks.DURATION_EXPECTS,
+        render=checks.render_duration,
         doc="The flood window (90s, 30m, 12h, 14d, 2w).",
     ),
     "tokens": _Rule(doc="The signed threading token."),
     "tokens.keys": _Rule(
-        check=_no_duplicates("key file"),
+        check=checks.no_duplicates("key file"),
         doc="Key files (absolute paths): the first signs, all verify; [] = INDEX/token.key.",
     ),
-    "tokens.keys[]": _Rule(check=_absolute_path),
+    "tokens.keys[]": _Rule(check=checks.absolute_path),
     "tokens.subject_template": _Rule(
-        check=_subject_template,
+        check=checks.subject_template,
         doc="Appended to the Subject; {token} once, with text on both sides, one line, "
         "ASCII only.",
     ),
     "tokens.anchor_domain": _Rule(
-        check=_domain, doc="Domain of the References anchor; null = the Message-ID domain."
+        check=checks.domain, doc="Domain of the References anchor; null = the Message-ID domain."
     ),
     "stamp": _Rule(doc="Outbound body stamping."),
     "stamp.html": _Rule(doc="Add a hidden tag with the token to the main text/html part."),
     "stamp.text": _Rule(doc="Add a token line to the end of the main text/plain part."),
     "stamp.html_template": _Rule(
-        check=_template, doc="The HTML tag; {token} is replaced (at most 2000 characters)."
+        check=checks.template, doc="The HTML tag; {token} is replaced (at most 2000 characters)."
     ),
     "stamp.text_template": _Rule(
-        check=_template, doc="The text line; {token} is replaced (at most 2000 characters)."
+        check=checks.template, doc="The text line; {token} is replaced (at most 2000 characters)."
     ),
     "stamp.dkim_signed": _Rule(
         doc="Mail already DKIM-signed: keep (leave the body and every field the signature "
         "covers) or stamp (all of it; a signer after casethread signs it again)."
     ),
     "stamp.spool_threshold": _Rule(
-        parse=_size(64 * _KIB),
-        expects=_SIZE_EXPECTS,
-        render=_render_size,
+        parse=checks.size(64 * checks.KIB),
+        expects=checks.SIZE_EXPECTS,
+        render=checks.render_size,
         doc="Bodies larger than this are spooled to a temporary file (at least 64KiB).",
     ),
     "routing": _Rule(doc="Queues for new cases: the first matching rule wins."),
     "routing.default_queue": _Rule(
-        check=_queue, doc="Queue when no rule matches: 1-64 of A-Z a-z 0-9 . _ : / -."
+        check=checks.queue, doc="Queue when no rule matches: 1-64 of A-Z a-z 0-9 . _ : / -."
     ),
     "routing.rules": _Rule(
-        check=_routing_rules,
+        check=checks.routing_rules,
         doc="Rules in order; all conditions given must hold; a rule with none (a catch-all) "
         "may only be last.",
     ),
-    "routing.rules[]": _Rule(check=_routing_rule),
-    "routing.rules[].queue": _Rule(check=_queue, doc="The queue (required)."),
+    "routing.rules[]": _Rule(check=checks.routing_rule),
+    "routing.rules[].queue": _Rule(check=checks.queue, doc="The queue (required)."),
     "routing.rules[].rcpt[]": _Rule(
-        check=_recipient, doc="Envelope recipients: address, @domain or pattern."
+        check=checks.recipient, doc="Envelope recipients: address, @domain or pattern."
     ),
     "routing.rules[].sender[]": _Rule(
-        check=_recipient, doc="From addresses: address, @domain or pattern."
+        check=checks.recipient, doc="From addresses: address, @domain or pattern."
     ),
     "routing.rules[].subject": _Rule(
-        check=_regex(flags=re.IGNORECASE), doc="Regex searched in the Subject, ignoring case."
+        check=checks.regex(flags=re.IGNORECASE), doc="Regex searched in the Subject, ignoring case."
     ),
     "routing.rules[].header": _Rule(
-        check=_header_name, doc="A header name; its value must match header_regex."
+        check=checks.header_name, doc="A header name; its value must match header_regex."
     ),
     "routing.rules[].header_regex": _Rule(
-        check=_regex(flags=re.IGNORECASE),
+        check=checks.regex(flags=re.IGNORECASE),
         doc="Regex searched in that header's value, ignoring case (needs header).",
     ),
     "routing.rules[].override": _Rule(doc="Also move an existing case to this queue."),
@@ -766,30 +333,12 @@ def _describe_type(tp: Any) -> str:
     return repr(tp)
 
 
-def _describe_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
 def _describe_node(node: Node, value: Any) -> str:
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
-    return _describe_value(value)
+    return checks.describe_value(value)
 
 
 def _locate(node: Node, path: str, at: tuple[str | int, ...]) -> tuple[Node, str]:
@@ -846,7 +395,7 @@ class _Builder:
         if rule is not None and rule.check is not None and value is not None:
             try:
                 value = rule.check(value)
-            except _Invalid as exc:
+            except checks.Invalid as exc:
                 where, where_path = _locate(node, path, exc.at)
                 raise self.error(where, where_path, str(exc)) from None
         return value
@@ -861,7 +410,7 @@ class _Builder:
                 return None  # an optional key written as null
             try:
                 return rule.parse(scalar)
-            except _Invalid as exc:
+            except checks.Invalid as exc:
                 raise self.error(node, path, str(exc)) from None
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, node, path, key)
@@ -956,7 +505,7 @@ class _Builder:
 
 
 def unix_socket_path(spec: str) -> str | None:
-    """The path of a unix `milter.socket` (`unix:` or `local:`; `_milter_socket` keeps the
+    """The path of a unix `milter.socket` (`unix:` or `local:`; `checks.milter_socket` keeps the
     family in lower case), else None."""
     family, _, path = spec.partition(":")
     return path if family in ("unix", "local") else None
@@ -1114,7 +663,7 @@ def override(settings: Settings, key: str, value: Any, source: str = "command li
     try:
         if rule is not None and rule.check is not None:
             value = rule.check(value)
-    except _Invalid as exc:
+    except checks.Invalid as exc:
         raise ConfigError(source, None, key, str(exc)) from None
     section, _, name = key.partition(".")
     changed = dataclasses.replace(getattr(settings, section), **{name: value})

@@ -1160,9 +1160,9 @@ def test_duration_as_a_mapping_is_a_type_error(tmp_path: Path) -> None:
 def test_durations_render_in_the_shortest_exact_unit(
     tmp_path: Path, seconds: int, text: str
 ) -> None:
-    from casethread.config import _render_duration
+    from casethread.config_checks import render_duration
 
-    assert _render_duration(seconds) == text
+    assert render_duration(seconds) == text
     assert load(tmp_path, f"cases:\n  reopen_within: {text}\n").cases.reopen_within == seconds
 
 

@@ -1,0 +1,466 @@
+"""The value checks of the configuration (`config._RULES`): each takes a key's typed (or plain
+YAML) value and returns it, maybe normalised, or raises `Invalid` saying what is wrong in
+words a sysadmin can act on. They know nothing of YAML nodes or lines: `config` adds the
+file, line and key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .core import token
+from .core.addresses import ascii_domain, is_glob
+from .core.msgid import is_plain_domain
+from .core.settings import STRATEGY_NAMES, ExternalRefRule, InboundSettings, RoutingRule
+
+
+class Invalid(Exception):
+    """Raised by converters and checks; `config._Builder` adds the file, line and key path.
+
+    `at` points below the checked value (`("strategies", 3)`, `(2, "name")`), so a check on a
+    list or a section can blame the one item or key that is wrong, with that item's line.
+    """
+
+    def __init__(self, problem: str, at: tuple[str | int, ...] = ()) -> None:
+        super().__init__(problem)
+        self.at = at
+
+
+def int_range(low: int, high: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise Invalid(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return check
+
+
+def non_empty(value: str) -> str:
+    if not value.strip():
+        raise Invalid("must not be empty")
+    return value
+
+
+def domain(value: str) -> str:
+    value = ascii_domain(value)  # an internationalised domain as its A-label (RFC 5322 msg-id)
+    if not is_plain_domain(value):
+        raise Invalid(f"{value!r} is not a domain name (letters, digits, hyphens and dots)")
+    return value
+
+
+KIB = 1024
+MIB = 1024**2
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KIB,
+    "kib": KIB,
+    "m": MIB,
+    "mib": MIB,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
+
+
+def size(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise Invalid(f"expected {SIZE_EXPECTS}, got {describe_value(value)}")
+        if isinstance(value, int):
+            size = value
+        else:
+            match = _SIZE_RE.fullmatch(value)
+            if match is None:
+                raise Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
+            unit = match.group(2).lower()
+            if unit in ("kb", "mb", "gb", "tb"):
+                # 1000- or 1024-based is anyone's guess; make the reader say which.
+                binary = unit[0].upper() + "iB"
+                raise Invalid(
+                    f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)"
+                )
+            if unit not in _UNITS:
+                units = "KiB, MiB, GiB, TiB or K, M, G, T"
+                raise Invalid(f"unknown unit {match.group(2)!r} (use {units})")
+            size = int(match.group(1)) * _UNITS[unit]
+        if size < minimum:
+            raise Invalid(f"{value!r} is too small: at least {render_size(minimum)}")
+        return size
+
+    return parse
+
+
+def render_size(size: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", MIB), ("KiB", KIB)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _socket_host(family: str, host: str) -> None:
+    want: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    want = ipaddress.IPv4Address if family == "inet" else ipaddress.IPv6Address
+    # libmilter takes a host name, an address, or an address literal in brackets.
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        numeric = re.fullmatch(r"[\d.]+", host) is not None
+        if bracketed or numeric or not _HOSTNAME_RE.fullmatch(host):
+            raise Invalid(f"{host!r} is not a host name or IP address") from None
+        return
+    if not isinstance(address, want):
+        other = "inet6" if family == "inet" else "inet"
+        raise Invalid(f"{host!r} is an IPv{address.version} address: use {other}:PORT@{host}")
+
+
+# libmilter: `len(path) + 1 >= sizeof(sun_path)` (108 on Linux) fails at start-up.
+_SUN_PATH_MAX = 106
+
+
+def milter_socket(value: str) -> str:
+    """The socket spec with its family in lower case (`UNIX:/run/x.sock` -> `unix:...`): serve
+    tells the families apart as libmilter writes them."""
+    family, sep, rest = value.partition(":")
+    family = family.lower()
+    value = f"{family}{sep}{rest}"
+    if not sep or family not in ("inet", "inet6", "unix", "local"):
+        raise Invalid(
+            f"{value!r} is not a milter socket "
+            "(inet:PORT@HOST, inet6:PORT@HOST, unix:/PATH or local:/PATH)"
+        )
+    if family in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise Invalid(f"{value!r}: the socket path must be absolute")
+        if len(rest.encode()) > _SUN_PATH_MAX:
+            raise Invalid(f"{value!r}: the socket path is longer than {_SUN_PATH_MAX} bytes")
+        return value
+    port, at, host = rest.partition("@")
+    if not at:
+        if re.fullmatch(r".+:\d+", rest):
+            # Postfix's main.cf writes inet:HOST:PORT; libmilter wants inet:PORT@HOST.
+            hint = f"{family}:{rest.rsplit(':', 1)[1]}@{rest.rsplit(':', 1)[0]}"
+            raise Invalid(f"{value!r}: libmilter's form is {family}:PORT@HOST (e.g. {hint!r})")
+        raise Invalid(f"{value!r}: name the host ({family}:PORT@HOST), e.g. 127.0.0.1")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
+    if not host:
+        raise Invalid(f"{value!r}: the host after '@' is empty")
+    _socket_host(family, host)
+    return value
+
+
+MODE_EXPECTS = "a file mode in octal (e.g. 0660)"
+
+
+def parse_mode(value: Any) -> int:
+    # YAML 1.1 reads `0660` as octal already; a string is taken as octal too ("660", "0o660").
+    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3,4}", value.strip()):
+        value = int(value.strip().removeprefix("0o"), 8)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"expected {MODE_EXPECTS}, got {describe_value(value)}")
+    if not 0 <= value <= 0o777:
+        raise Invalid(f"{value} is not a file mode: write it in octal with a leading 0 (0660)")
+    return value
+
+
+def header_prefix(value: str) -> str:
+    # RFC 5322 field names are printable ASCII (33-126) except ':'.
+    if not 1 <= len(value) <= 40:
+        raise Invalid(f"{value!r} must be 1-40 characters")
+    bad = [c for c in value if not 33 <= ord(c) <= 126 or c == ":"]
+    if bad:
+        raise Invalid(f"{value!r} contains {bad[0]!r}: header names allow no spaces or colons")
+    return value
+
+
+_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{0,16}")
+
+
+def id_prefix(value: str) -> str:
+    if not _ID_PREFIX_RE.fullmatch(value):
+        raise Invalid(f"{value!r} must be 0-16 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise Invalid(f"{value!r} is not a CIDR network") from None
+    # 10.0.0.1/8 is a host someone meant, or all of 10/8: refuse to guess (a wider network
+    # makes strangers' mail outbound), as Postfix's cidr tables do.
+    if "/" in value and network.network_address != ipaddress.ip_interface(value.strip()).ip:
+        raise Invalid(f"{value!r} has host bits set: write {network} for the network, or "
+                       f"the address alone for one host")
+    return str(network)
+
+
+def recipient(value: str) -> str:
+    address = value.strip().lower()
+    if not address or any(c.isspace() for c in address) or "<" in address or ">" in address:
+        raise Invalid(f"{value!r} is not an address (write it bare: support@example.com)")
+    if "@" not in address:
+        raise Invalid(f"{value!r} has no '@' (local@domain, @domain or a pattern like *@domain)")
+    if is_glob(address):
+        return address
+    local, _, domain = address.rpartition("@")
+    domain = ascii_domain(domain)  # an internationalised domain as its A-label
+    if "@" in local or not is_plain_domain(domain):
+        raise Invalid(f"{value!r} is not an address (local@domain, @domain or a pattern)")
+    return f"{local}@{domain}"
+
+
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+DURATION_EXPECTS = "a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w')"
+# Ten years: far beyond any sensible window, and it catches milliseconds typed as seconds.
+_DURATION_MAX = 3650 * 86400
+
+
+def parse_duration(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(f"expected {DURATION_EXPECTS}, got {describe_value(value)}")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION_RE.fullmatch(value)
+        if match is None:
+            raise Invalid(f"{value!r} is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)")
+        unit = match.group(2)
+        # Case-sensitive on purpose: is "30M" minutes or months?
+        if unit and unit not in _DURATION_UNITS:
+            raise Invalid(f"unknown unit {unit!r} (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)")
+        seconds = int(match.group(1)) * _DURATION_UNITS.get(unit, 1)
+    if seconds <= 0:
+        raise Invalid(f"{value!r} is not positive: at least 1s")
+    if seconds > _DURATION_MAX:
+        raise Invalid(f"{value!r} is too long: at most {render_duration(_DURATION_MAX)}")
+    return seconds
+
+
+def render_duration(seconds: int) -> str:
+    for unit, factor in _DURATION_UNITS.items():
+        if seconds % factor == 0:
+            return f"{seconds // factor}{unit}"
+    return str(seconds)  # unreachable: "s" divides everything
+
+
+_REGEX_MAX = 1000
+
+
+def regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > _REGEX_MAX:
+            limit = _REGEX_MAX
+            raise Invalid(f"the regular expression is {len(value)} characters: at most {limit}")
+        if not value:
+            # The matchers read "" as "no condition": refuse it rather than guess.
+            raise Invalid("the regular expression is empty")
+        try:
+            compiled = re.compile(value, flags)
+        except re.error as exc:
+            where = "" if exc.pos is None else f" at position {exc.pos}"
+            raise Invalid(f"invalid regular expression: {exc.msg}{where}") from None
+        if compiled.groups < groups:
+            raise Invalid("the regular expression needs a group: (...) around the part to extract")
+        if not empty_ok and compiled.search("") is not None:
+            # It would "find" an empty reference in every message.
+            raise Invalid(f"{value!r} matches an empty string")
+        return value
+
+    return check
+
+
+_QUEUE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def queue(value: str) -> str:
+    if not _QUEUE_RE.fullmatch(value):
+        raise Invalid(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ : / -")
+    return value
+
+
+def header_name(value: str) -> str:
+    # RFC 5322 field names: printable ASCII (33-126) except ':'.
+    if not 1 <= len(value) <= 76 or any(not 33 <= ord(c) <= 126 or c == ":" for c in value):
+        raise Invalid(f"{value!r} is not a header name (1-76 characters, no spaces or colons)")
+    return value
+
+
+def _has_condition(rule: RoutingRule) -> bool:
+    return bool(rule.rcpt or rule.sender) or rule.subject is not None or rule.header is not None
+
+
+def routing_rule(rule: RoutingRule) -> RoutingRule:
+    if rule.header is not None and rule.header_regex is None:
+        raise Invalid("header needs header_regex (the regex its value must match)", ("header",))
+    if rule.header_regex is not None and rule.header is None:
+        raise Invalid("header_regex needs header (the header to match)", ("header_regex",))
+    return rule
+
+
+def routing_rules(rules: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
+    for i, rule in enumerate(rules[:-1]):
+        if not _has_condition(rule):
+            # It matches every message, so every rule after it would be dead.
+            raise Invalid(
+                "a rule without a condition (rcpt, sender, subject, header) matches every "
+                "message: only the last rule may be a catch-all",
+                (i,),
+            )
+    return rules
+
+
+_STRATEGIES = STRATEGY_NAMES
+
+
+def strategy(value: str) -> str:
+    if value in _STRATEGIES:
+        return value
+    if value == "duplicate":
+        raise Invalid("'duplicate' is not a strategy: duplicates are always recognised first")
+    close = difflib.get_close_matches(value.lower(), _STRATEGIES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (known: " + ", ".join(_STRATEGIES) + ")"
+    raise Invalid(f"{value!r} is not a strategy{hint}")
+
+
+def no_duplicates(what: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    def check(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                first = values.index(value)
+                raise Invalid(f"{what} {value!r} is listed twice (first as item {first})", (i,))
+        return values
+
+    return check
+
+
+def strategies(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise Invalid("list at least one strategy (no strategy: every message is a new case)")
+    result: tuple[str, ...] = no_duplicates("strategy")(values)
+    return result
+
+
+def inbound(inbound: InboundSettings) -> InboundSettings:
+    if "external-ref" in inbound.strategies and not inbound.external_refs:
+        at = ("strategies", inbound.strategies.index("external-ref"))
+        raise Invalid("'external-ref' needs at least one rule in inbound.external_refs", at)
+    return inbound
+
+
+_REF_NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+def ref_name(value: str) -> str:
+    if not _REF_NAME_RE.fullmatch(value):
+        raise Invalid(f"{value!r} must be 1-32 characters of a-z 0-9 _ - (lower case)")
+    return value
+
+
+def external_ref(rule: ExternalRefRule) -> ExternalRefRule:
+    if not rule.search_subject and not rule.search_body:
+        raise Invalid("search_subject and search_body are both false: the rule never matches")
+    return rule
+
+
+def external_refs(rules: tuple[ExternalRefRule, ...]) -> tuple[ExternalRefRule, ...]:
+    names = [rule.name for rule in rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first = names.index(name)
+            raise Invalid(f"{name!r} is used twice (first by item {first})", (i, "name"))
+    return rules
+
+
+_TEMPLATE_MAX = 2000
+
+
+def template(value: str) -> str:
+    if len(value) > _TEMPLATE_MAX:
+        raise Invalid(f"the template is {len(value)} characters: at most {_TEMPLATE_MAX}")
+    if token.PLACEHOLDER not in value:
+        raise Invalid(f"the template must contain {token.PLACEHOLDER}")
+    return value
+
+
+def subject_template(value: str) -> str:
+    template(value)
+    if not value.isascii():
+        # Written into the Subject as it is: raw 8-bit there breaks RFC 5322 §2.2 without
+        # SMTPUTF8, and clients show it as mojibake.
+        raise Invalid("the Subject tag must be ASCII (a Subject carries no raw 8-bit text; "
+                       "stamp.text_template may hold any text)")
+    try:
+        token.check_template(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return value
+
+
+def absolute_path(value: str) -> str:
+    if not os.path.isabs(value):
+        raise Invalid(f"{value!r} is not an absolute path")
+    return value
+
+
+def metrics_listen(value: str) -> str:
+    """HOST:PORT of the metrics endpoint: one IP address (IPv6 in brackets), never a wildcard."""
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 127.0.0.1:9894 or [::1]:9894"
+    if not sep or not host:
+        raise Invalid(f"{value!r} is not HOST:PORT ({example})")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        if not bracketed and ":" in host:
+            raise Invalid(f"{value!r}: write an IPv6 address in brackets ({example})") from None
+        # A name may resolve to several addresses, or to a public one: bind what is written.
+        raise Invalid(f"{value!r}: the host must be an IP address ({example})") from None
+    if address.version == 6 and not bracketed:
+        raise Invalid(f"{value!r}: write an IPv6 address in brackets ({example})")
+    if address.version == 4 and bracketed:
+        raise Invalid(f"{value!r}: brackets are for IPv6 only ({example})")
+    if address.is_unspecified:
+        # The endpoint has no authentication: it must not appear on every interface by accident.
+        raise Invalid(f"{value!r}: {host} listens on every interface; name one ({example})")
+    if address.is_multicast:
+        raise Invalid(f"{value!r}: {host} is a multicast address ({example})")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Invalid(f"{value!r}: port {port!r} is not a number in 1-65535")
+    return value
+
+
+def describe_value(value: Any) -> str:
+    """What a YAML value is, in a word, for "expected ..., got ..."."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
