@@ -67,7 +67,20 @@ _UNITS = {
     "t": 1024**4,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+# A number and maybe a unit: sizes and durations.
+_AMOUNT_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+def _amount(value: Any, expects: str, what: str, examples: str) -> tuple[int, str | None]:
+    """An integer as it is (unit None), or a string's number and unit as written."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(f"expected {expects}, got {describe_value(value)}")
+    if isinstance(value, int):
+        return value, None
+    match = _AMOUNT_RE.fullmatch(value)
+    if match is None:
+        raise Invalid(f"{value!r} is not a {what} (e.g. {examples})")
+    return int(match.group(1)), match.group(2)
 
 
 SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
@@ -75,25 +88,16 @@ SIZE_EXPECTS = "a size in bytes (an integer or a string like '512MiB')"
 
 def size(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise Invalid(f"expected {SIZE_EXPECTS}, got {describe_value(value)}")
-        if isinstance(value, int):
-            size = value
-        else:
-            match = _SIZE_RE.fullmatch(value)
-            if match is None:
-                raise Invalid(f"{value!r} is not a size (e.g. 512MiB, 1GiB, 2G)")
-            unit = match.group(2).lower()
-            if unit in ("kb", "mb", "gb", "tb"):
-                # 1000- or 1024-based is anyone's guess; make the reader say which.
-                binary = unit[0].upper() + "iB"
-                raise Invalid(
-                    f"ambiguous unit {match.group(2)!r}: write {binary} (powers of 1024)"
-                )
-            if unit not in _UNITS:
-                units = "KiB, MiB, GiB, TiB or K, M, G, T"
-                raise Invalid(f"unknown unit {match.group(2)!r} (use {units})")
-            size = int(match.group(1)) * _UNITS[unit]
+        size, written = _amount(value, SIZE_EXPECTS, "size", "512MiB, 1GiB, 2G")
+        unit = (written or "").lower()
+        if unit in ("kb", "mb", "gb", "tb"):
+            # 1000- or 1024-based is anyone's guess; make the reader say which.
+            binary = unit[0].upper() + "iB"
+            raise Invalid(f"ambiguous unit {written!r}: write {binary} (powers of 1024)")
+        if unit not in _UNITS:
+            units = "KiB, MiB, GiB, TiB or K, M, G, T"
+            raise Invalid(f"unknown unit {written!r} (use {units})")
+        size *= _UNITS[unit]
         if size < minimum:
             raise Invalid(f"{value!r} is too small: at least {render_size(minimum)}")
         return size
@@ -178,23 +182,39 @@ def parse_mode(value: Any) -> int:
     return value
 
 
+def _field_name_problem(value: str, longest: int) -> str | None:
+    """What makes `value` no RFC 5322 field name of at most `longest` characters (printable
+    ASCII, 33-126, but ':'), as a predicate for it: `must be ...`, `contains ...`."""
+    if not 1 <= len(value) <= longest:
+        return f"must be 1-{longest} characters"
+    bad = next((c for c in value if not 33 <= ord(c) <= 126 or c == ":"), None)
+    if bad is not None:
+        return f"contains {bad!r}: header names allow no spaces or colons"
+    return None
+
+
 def header_prefix(value: str) -> str:
-    # RFC 5322 field names are printable ASCII (33-126) except ':'.
-    if not 1 <= len(value) <= 40:
-        raise Invalid(f"{value!r} must be 1-40 characters")
-    bad = [c for c in value if not 33 <= ord(c) <= 126 or c == ":"]
-    if bad:
-        raise Invalid(f"{value!r} contains {bad[0]!r}: header names allow no spaces or colons")
+    problem = _field_name_problem(value, 40)
+    if problem:
+        raise Invalid(f"{value!r} {problem}")
     return value
 
 
-_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{0,16}")
+def _spelled(pattern: str, spelling: str) -> Callable[[str], str]:
+    """A check that the whole value matches `pattern`; `spelling` says what that allows."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise Invalid(f"{value!r} must be {spelling}")
+        return value
+
+    return check
 
 
-def id_prefix(value: str) -> str:
-    if not _ID_PREFIX_RE.fullmatch(value):
-        raise Invalid(f"{value!r} must be 0-16 characters of A-Z a-z 0-9 . _ : -")
-    return value
+id_prefix = _spelled(r"[A-Za-z0-9._:-]{0,16}", "0-16 characters of A-Z a-z 0-9 . _ : -")
+queue = _spelled(r"[A-Za-z0-9._:/-]{1,64}", "1-64 characters of A-Z a-z 0-9 . _ : / -")
+ref_name = _spelled(r"[a-z0-9_-]{1,32}", "1-32 characters of a-z 0-9 _ - (lower case)")
 
 
 def cidr(value: str) -> str:
@@ -226,26 +246,17 @@ def recipient(value: str) -> str:
 
 
 _DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
 DURATION_EXPECTS = "a duration (seconds, or a string like '90s', '30m', '12h', '14d', '2w')"
 # Ten years: far beyond any sensible window, and it catches milliseconds typed as seconds.
 _DURATION_MAX = 3650 * 86400
 
 
 def parse_duration(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise Invalid(f"expected {DURATION_EXPECTS}, got {describe_value(value)}")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        match = _DURATION_RE.fullmatch(value)
-        if match is None:
-            raise Invalid(f"{value!r} is not a duration (e.g. 90s, 30m, 12h, 14d, 2w)")
-        unit = match.group(2)
-        # Case-sensitive on purpose: is "30M" minutes or months?
-        if unit and unit not in _DURATION_UNITS:
-            raise Invalid(f"unknown unit {unit!r} (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)")
-        seconds = int(match.group(1)) * _DURATION_UNITS.get(unit, 1)
+    seconds, unit = _amount(value, DURATION_EXPECTS, "duration", "90s, 30m, 12h, 14d, 2w")
+    # Case-sensitive on purpose: is "30M" minutes or months?
+    if unit and unit not in _DURATION_UNITS:
+        raise Invalid(f"unknown unit {unit!r} (use s, m, h, d or w: 90s, 30m, 12h, 14d, 2w)")
+    seconds *= _DURATION_UNITS.get(unit or "", 1)
     if seconds <= 0:
         raise Invalid(f"{value!r} is not positive: at least 1s")
     if seconds > _DURATION_MAX:
@@ -286,19 +297,10 @@ def regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable
     return check
 
 
-_QUEUE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
-
-
-def queue(value: str) -> str:
-    if not _QUEUE_RE.fullmatch(value):
-        raise Invalid(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ : / -")
-    return value
-
-
 def header_name(value: str) -> str:
-    # RFC 5322 field names: printable ASCII (33-126) except ':'.
-    if not 1 <= len(value) <= 76 or any(not 33 <= ord(c) <= 126 or c == ":" for c in value):
-        raise Invalid(f"{value!r} is not a header name (1-76 characters, no spaces or colons)")
+    problem = _field_name_problem(value, 76)
+    if problem:
+        raise Invalid(f"{value!r} is not a header name: it {problem}")
     return value
 
 
@@ -362,15 +364,6 @@ def inbound(inbound: InboundSettings) -> InboundSettings:
         at = ("strategies", inbound.strategies.index("external-ref"))
         raise Invalid("'external-ref' needs at least one rule in inbound.external_refs", at)
     return inbound
-
-
-_REF_NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
-
-
-def ref_name(value: str) -> str:
-    if not _REF_NAME_RE.fullmatch(value):
-        raise Invalid(f"{value!r} must be 1-32 characters of a-z 0-9 _ - (lower case)")
-    return value
 
 
 def external_ref(rule: ExternalRefRule) -> ExternalRefRule:
