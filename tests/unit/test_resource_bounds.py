@@ -193,6 +193,26 @@ def uuencode_3mb_of_two_character_lines(direction: Direction) -> Hostile:
                    b"!!\n" * MIB)
 
 
+def list_id_of_escaped_quotes(direction: Direction) -> Hostile:
+    """A List-Id of 100 KB (Postfix's header_size_limit) that opens a quoted string and never
+    closes it, each `"` after an escaping backslash: the search for quoted strings started
+    again at each one (quadratic: ~90 s inbound before that search went on past it)."""
+    return Hostile(message(direction, [("List-Id", '"' + '\\"' * 50_000)]), b"Hi\r\n")
+
+
+def text_bounce_of_a_blank_line(direction: Direction) -> Hostile:
+    """A text notice of the mail system whose body is a 64 KB line of blanks: the marker-line
+    pattern split it between its two blank runs every way (O(n^2): ~2 minutes for this one,
+    hours for the 1 MiB the text is read to)."""
+    fields = [("From", "MAILER-DAEMON@mx.customer.example.org"),
+              ("To", SUPPORT if direction is Direction.INBOUND else CUSTOMER),
+              ("Subject", "Undelivered Mail Returned to Sender"),
+              ("Message-ID", "<notice.1@mx.customer.example.org>"), ("MIME-Version", "1.0"),
+              ("Content-Type", "text/plain; charset=us-ascii")]
+    return Hostile(tuple(Header(n, v) for n, v in fields),
+                   b"This is the mail system.\r\n\r\n" + b" " * (64 << 10))
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -218,6 +238,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "3 MB base64 with junk after each symbol": base64_3mb_of_junk_between_symbols,
     "3 MB x-uuencode of 1-character lines": uuencode_3mb_of_short_lines,
     "3 MB x-uuencode of 2-character lines": uuencode_3mb_of_two_character_lines,
+    "100 KB List-Id of an unclosed quote with escaped quotes": list_id_of_escaped_quotes,
+    "text bounce of a 64 KB blank line": text_bounce_of_a_blank_line,
 }
 
 
