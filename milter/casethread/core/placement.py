@@ -209,16 +209,21 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
     (`<a title="</body>">`: the tag would be cut open and our hidden text shown)."""
     comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
     starts = [a for a, _ in comments]
-    found = []
-    for match in pattern.finditer(text):
-        at = match.start()
+    # From the last match back, so a part of a million `</body>` is not checked match by
+    # match; a few are checked for raw text at most: each check reads on to the next closing
+    # tag.
+    outside = 0
+    for at in reversed([match.start() for match in pattern.finditer(text)]):
         # The comments are sorted and apart: only the last one opening before it can hold it.
         i = bisect.bisect_right(starts, at) - 1
-        in_comment = i >= 0 and at < comments[i][1]
-        if not in_comment and text.rfind("<", 0, at) <= text.rfind(">", 0, at):
-            found.append(at)
-    # Checked from the last, a few at most: each check reads on to the next closing tag.
-    return next((at for at in reversed(found[-4:]) if not _in_raw_text(text, at)), None)
+        if (i >= 0 and at < comments[i][1]) or text.rfind("<", 0, at) > text.rfind(">", 0, at):
+            continue
+        if not _in_raw_text(text, at):
+            return at
+        outside += 1
+        if outside == 4:
+            break
+    return None
 
 
 def _in_raw_text(text: str, at: int) -> bool:
