@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import Milter
 
-from .core.edits import AddHeader, Edit, as_written
+from .core.edits import AddHeader, ChangeHeader, Edit, as_written
 from .core.message import Data, Envelope, Header, Message
 from .core.model import Direction
 from .core.resolve import Found
@@ -50,6 +50,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 # The client as pymilter gives it to `connect`: (IP, port) for AF_INET, (IP, port, flow info,
 # scope id) for AF_INET6, the socket name for AF_UNIX; None for another family or none.
 HostAddr = tuple[str, int] | tuple[str, int, int, int] | str | None
+
+
+class NotGranted(Exception):
+    """An edit the MTA did not allow at negotiation (pymilter would refuse it): found before
+    the first edit goes out, so the message is not left half edited."""
+
+
+# The action each kind of edit needs the MTA to have granted, and its name in the milter API.
+_GRANTS = {AddHeader: (int(Milter.ADDHDRS), "SMFIF_ADDHDRS", "add header fields"),
+           ChangeHeader: (int(Milter.CHGHDRS), "SMFIF_CHGHDRS", "change header fields")}
+_BODY_GRANT = (int(Milter.MODBODY), "SMFIF_CHGBODY", "replace the body")
+
+
+def _cause(exc: BaseException) -> str | None:
+    """The one-line cause of an expected failure, else None (logged with its traceback)."""
+    return str(exc) if isinstance(exc, NotGranted) else known_cause(exc)
 
 
 def reply_for(policy: OnError) -> int:
@@ -96,7 +112,7 @@ def _guarded(callback: F) -> F:
         try:
             return callback(self, *args)
         except Exception as exc:
-            self._log_failure(step, known_cause(exc))
+            self._log_failure(step, _cause(exc))
             if step == "eom":
                 return self._fallback(self.engine.settings.milter.on_error)
             if step in _BEFORE_EOM:
@@ -373,9 +389,12 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
                 if decision.refused:
                     return self._refuse(decision.refused)
                 self._send(decision.edits)
-        except Exception:
-            log.exception("queue_id=%s could not remove forged fields%s", self.queue_id(),
-                          "; message tempfailed, half edited" if self._half_edited() else "")
+        except Exception as exc:
+            cause = _cause(exc)
+            (log.error if cause else log.exception)(
+                "queue_id=%s could not remove forged fields%s%s", self.queue_id(),
+                f": {cause}" if cause else "",
+                "; message tempfailed, half edited" if self._half_edited() else "")
         finally:
             half = self._half_edited()
             self._reset()
@@ -396,8 +415,11 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
               splices: tuple[Splice, ...] = ()) -> None:
         """The header edits, then the body with its splices in chunks. From the first
         modification to the last the MTA holds half of them: an error in between must not be
-        answered with ACCEPT (`_fallback`)."""
-        for edit in as_written(self._headers(), edits):
+        answered with ACCEPT (`_fallback`). An edit the MTA did not grant at negotiation
+        raises NotGranted before any goes out."""
+        edits = as_written(self._headers(), edits)
+        self._check_granted(edits, bool(splices))
+        for edit in edits:
             if isinstance(edit, AddHeader):
                 if edit.name.lower() in PLAIN_ADD:
                     self.addheader(edit.name, edit.value)
@@ -411,3 +433,15 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
                 self.replacebody(chunk)
                 self._sent = _Sent.SOME
         self._sent = _Sent.ALL
+
+    def _check_granted(self, edits: tuple[Edit, ...], body: bool) -> None:
+        """Raise NotGranted when the MTA did not offer an action these edits need (no MTA we
+        know withholds one, but pymilter would refuse the edit half way through)."""
+        needed = {_GRANTS[type(edit)] for edit in edits}
+        if body:
+            needed.add(_BODY_GRANT)
+        granted = int(getattr(self, "_actions", Milter.CURR_ACTS))
+        for flag, name, what in sorted(needed, key=lambda grant: grant[0]):
+            if not granted & flag:
+                raise NotGranted(f"the MTA did not grant the milter {name} ({what}) when the "
+                                 "connection was negotiated")

@@ -876,3 +876,29 @@ def test_filter_on_a_full_index_passes_the_message_but_not_forged_fields(
     assert "is full" in errors[0] and b"Traceback" not in proc.stderr
     assert proc.stdout == (b"From: pat@customer.example.org\nTo: support@example.com\n"
                            b"Subject: s\nMessage-ID: <full.9@customer.example.org>\n\nbody\n")
+
+
+@pytest.mark.parametrize(("withheld", "action"), [(c.SMFIF_CHGBODY, "SMFIF_CHGBODY"),
+                                                  (c.SMFIF_CHGHDRS, "SMFIF_CHGHDRS")])
+def test_an_edit_the_mta_did_not_grant_passes_the_message_unchanged(
+    shared: MilterProcess, withheld: int, action: str
+) -> None:
+    """An MTA that offers no body replacement (or header change) at negotiation: pymilter
+    refuses that edit. Sent after the header edits, it tempfailed every outbound message
+    ("half edited"), again on each retry until the queue lifetime bounced it. Nothing goes out
+    now, and `on_error` answers (accept: passed unchanged), in one line naming the action."""
+    queue_id = f"QGRANT{withheld}"
+    with MtaSession.open(shared.endpoint) as mta:
+        mta.negotiate(actions=c.SMFI_V6_ACTS & ~withheld)
+        assert mta.connect({"{daemon_name}": "ORIGINATING"}) == c.SMFIR_CONTINUE
+        t = mta.message("dana@support.example.com", ["pat@customer.example.org"],
+                        agent_headers(), "Hello Pat,\r\nwhich model is it?\r\n",
+                        rcpt_macros={"i": queue_id}, eom_macros={"i": queue_id})
+        mta.quit()
+    assert t.disposition == c.SMFIR_ACCEPT, t
+    assert t.actions == []
+    (line,) = [ln for ln in shared.log().splitlines()
+               if f"queue_id={queue_id} " in ln and " ERROR " in ln]
+    assert (f"error in eom: the MTA did not grant the milter {action}"
+            in line), line
+    assert "message passed unchanged (on_error=accept)" in line and "Traceback" not in line
