@@ -236,8 +236,9 @@ def _reload(current: _Current, load: Callable[[], Settings], index: LmdbIndex) -
     old = current.engine.settings
     try:
         new = load()
-        # The sockets and the index are bound at start-up: they change only with a restart.
-        bound = ("socket", "socket_mode", "socket_group", "metrics_listen")
+        # The sockets and the index are bound at start-up: they change only with a restart. So
+        # is libmilter's I/O timeout: smfi_main hands it to its loop once, by value.
+        bound = ("socket", "socket_mode", "socket_group", "timeout", "metrics_listen")
         kept = {name: getattr(old.milter, name) for name in bound}
         waiting = [f"index.{f.name}" for f in fields(old.index)
                    if getattr(new.index, f.name) != getattr(old.index, f.name)]
