@@ -408,7 +408,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
 
     def _refuse(self, text: str) -> int:
         log.warning("queue_id=%s refused: %s", self.queue_id(), text)
-        self.setreply("550", "5.7.1", text)
+        # pymilter refuses a lone '%' in a reply (libmilter would drop the reply): the text
+        # names `headers.prefix`, which may hold one. The client sees it doubled.
+        self.setreply("550", "5.7.1", text.replace("%", "%%"))
         return int(Milter.REJECT)
 
     def _send(self, edits: tuple[Edit, ...], body: Data = b"",

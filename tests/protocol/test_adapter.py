@@ -411,6 +411,28 @@ def test_more_case_fields_than_can_be_removed_are_refused(rig: Rig, broken: bool
     assert ctx.values("X-Case-ID") == ["C-000001"]
 
 
+def test_a_refusal_naming_a_prefix_with_a_percent_sign_is_still_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`headers.prefix` may hold a '%' (a field name allows it); the refusal text names the
+    prefix, and pymilter's setreply raises on a lone '%'. The refusal then failed, its state
+    was reset before the error boundary, and on_error=accept passed the message with every
+    forged field."""
+    from casethread.core.settings import HeaderSettings
+
+    settings = Settings(inbound=InboundSettings(addresses=(SUPPORT,)),
+                        headers=HeaderSettings(prefix="X%Case-"))
+    engine = Engine(settings, FlakyIndex(), KEYRING, clock=lambda: NOW, hostname=HOSTNAME)
+    monkeypatch.setattr(Milter, "factory", lambda: CaseMilter(engine))
+    ctx = Rig(engine, engine.index, tmp_path).connection()  # type: ignore[arg-type]
+    forged = [f"X%Case-ID: C-{n}" for n in range(MAX_OWN_FIELDS + 1)]
+    assert ctx.feed(customer_mail(*forged), "pat@customer.example.org", SUPPORT) == (
+        Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert "X%%Case-* header fields" in ctx._reply[2]
+    assert ctx.actions == []
+
+
 def test_mail_that_is_neither_and_clean_is_untouched(rig: Rig) -> None:
     ctx = rig.connection()
     assert ctx.feed(customer_mail(), "pat@customer.example.org", "x@elsewhere.test") == (
