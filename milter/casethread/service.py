@@ -350,6 +350,10 @@ def _run(current: _Current, load: Callable[[], Settings] | None, index: LmdbInde
     try:
         while _MILTER_ENDED not in (got := wakeups.wait()):
             if STOP_SIGNALS.intersection(got):
+                if signal.SIGHUP in got:  # other daemons' reload: say what reloads this one
+                    log.warning("SIGHUP stops casethread, as it stops every libmilter milter; "
+                                "to re-read the configuration send SIGUSR1 (systemctl reload "
+                                "casethread)")
                 _drain(wakeups, inflight, listener, current.engine.settings.milter.drain_timeout)
                 break
             if load is not None and signal.SIGUSR1 in got:

@@ -133,7 +133,7 @@ def test_unit_runs_unprivileged_with_state_and_runtime_directories(
     ]
     assert one(unit, "KillSignal") == "SIGTERM"
     assert one(unit, "TimeoutStopSec") == "30"
-    assert one(unit, "Restart") == "on-failure"
+    assert one(unit, "Restart") == "always"  # a stray SIGHUP stops it: it comes back
     assert (one(unit, "StateDirectory"), one(unit, "StateDirectoryMode")) == ("casethread", "0700")
     assert one(unit, "RuntimeDirectory") == "casethread"
     assert one(unit, "WorkingDirectory") == "/var/lib/casethread"
@@ -348,6 +348,7 @@ def test_sighup_would_stop_the_milter(tmp_path: Path, stop_after: list[Serve]) -
     serve.proc.send_signal(signal.SIGHUP)
     assert serve.proc.wait(15) == 0
     assert "reloaded configuration" not in serve.log()
+    assert "SIGHUP stops casethread" in serve.log()  # and says what reloads
 
 
 # --------------------------------------------------------------------------- MDWE
