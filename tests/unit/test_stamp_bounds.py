@@ -73,3 +73,14 @@ def test_the_last_closing_tag_is_looked_for_from_the_end() -> None:
     text = _CountingText(body)
     assert placement.html_insertion_index(text) == len(body) - len("</body></html>")
     assert _CountingText.finds < 10
+
+
+@pytest.mark.parametrize(("depth", "signature"), [(15, True), (16, True), (17, False)])
+def test_a_separator_in_16_inline_tags_is_one_and_in_17_none(depth: int, signature: bool) -> None:
+    """README: a `-- ` wrapped in more than 16 inline tags, before or after it, is no
+    signature. The tags before it were read 15 deep: 16 `<b>` around one were no signature
+    while 16 `</b>` after one were."""
+    html = ("<html><body><p>Hello</p><br>" + "<b>" * depth + "-- " + "</b>" * depth
+            + "<br>Dana</body></html>")
+    expected = html.index("<br><b>") if signature else html.index("</body>")
+    assert placement.html_insertion_index(html) == expected

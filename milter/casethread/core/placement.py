@@ -116,8 +116,9 @@ def _html_block_boundary(text: str, at: int) -> int | None:
 
 def _html_line_break_before(text: str, at: int) -> int | None:
     """Only blanks and inline start tags between `at` and a `<br>` or a block element's tag
-    before it: where our tag goes (after a `<br>` or an end tag, before a start tag)."""
-    for _ in range(_HTML_INLINE_TAGS):
+    before it: where our tag goes (after a `<br>` or an end tag, before a start tag), with
+    `_HTML_INLINE_TAGS` inline start tags at most (one more look finds the line break)."""
+    for _ in range(_HTML_INLINE_TAGS + 1):
         start = text.rfind("<", 0, at)
         if start < 0:
             return 0 if not text[:at].strip() else None  # the part's first line
