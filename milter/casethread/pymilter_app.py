@@ -409,7 +409,8 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def _refuse(self, text: str) -> int:
         log.warning("queue_id=%s refused: %s", self.queue_id(), text)
         # pymilter refuses a lone '%' in a reply (libmilter would drop the reply): the text
-        # names `headers.prefix`, which may hold one. The client sees it doubled.
+        # names `headers.prefix`, which may hold one. The client sees it once: Sendmail reads
+        # the reply as a format string, Postfix's milter client turns '%%' back into '%'.
         self.setreply("550", "5.7.1", text.replace("%", "%%"))
         return int(Milter.REJECT)
 
