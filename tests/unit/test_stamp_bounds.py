@@ -8,12 +8,16 @@ number of items.
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
 import pytest
 
-from casethread.core import placement
+from casethread.core import placement, stamp, token
+from casethread.core.token import Keyring
+
+TEST_KEYRING = Keyring([(1, bytes(range(32)))])  # a fixed key, never a real one
 
 
 class _CountingPattern:
@@ -84,3 +88,73 @@ def test_a_separator_in_16_inline_tags_is_one_and_in_17_none(depth: int, signatu
             + "<br>Dana</body></html>")
     expected = html.index("<br><b>") if signature else html.index("</body>")
     assert placement.html_insertion_index(html) == expected
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    read = token._read_candidate
+
+    def counted(*args: Any) -> str | None:
+        calls[0] += 1
+        return read(*args)
+
+    monkeypatch.setattr(token, "_read_candidate", counted)
+    return calls
+
+
+def test_already_stamped_finds_the_last_token_without_reading_every_opener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent's reply quoting a customer's mail that quoted our token among 2 million
+    `[ref:` openers: each opener was read as a candidate (2.2 s for 10 MB). The openers that
+    start no candidate are passed by one search; tokens before the last are not read."""
+    ours = TEST_KEYRING.make(7)
+    other = TEST_KEYRING.make(8)
+    calls = _counting_reads(monkeypatch)
+    text = f"Thanks\n> [ref:{ours}]\n> " + "[ref:" * 200_000 + "\n"
+    assert stamp._already_stamped(text, ours, " [ref:{token}]")
+    assert calls[0] < 5
+    calls[0] = 0
+    text = f"> [ref:{other}]\n" * 50_000 + f"[ref:{ours}]\n" + "[ref:" * 50_000
+    assert stamp._already_stamped(text, ours, " [ref:{token}]")
+    assert calls[0] < 5
+    calls[0] = 0
+    text = f"[ref:{ours}]\n" + f"> [ref:{other}]\n" * 50_000
+    assert not stamp._already_stamped(text, ours, " [ref:{token}]")
+    assert calls[0] < 5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_last_token_is_the_last_that_find_tokens_yields(
+    seed: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`last_token` against the full scan on random text of openers, tokens (whole, broken,
+    cut, wrapped, quoted, full width), blanks and closers, with windows of a few characters."""
+    rng = random.Random(seed)
+    tokens = [TEST_KEYRING.make(n) for n in (1, 31, 4711, 2**64 - 1)]
+    templates = [" [ref:{token}]", " (case:{token})", " [ref {token}]", "#x{token}#",
+                 " [ref:{token}]]", " <{token}>", "{{ {token} }}", " ref:{token}."]
+    pieces = ["[", "ref", ":", "[ref:", "\uff3b\uff52\uff45\uff46\uff1a", "]", "\uff3d", " ",
+              "\u00a0", "\u3000", "\u200b", "\r\n", "\n", "> ", ">", "\r\n> ", "A", "0", "x",
+              "K", "\u212a", "(", ")", "<", "#", ".", "{", "}", "case:", "r\ne", "f\r\n>:"]
+    for _ in range(3000):
+        template = rng.choice(templates)
+        before, after = (side.strip() for side in template.split("{token}"))
+        monkeypatch.setattr(token, "_LAST_WINDOW", rng.choice([1, 2, 3, 7, 1 << 14]))
+        parts = []
+        for _ in range(rng.randint(0, 12)):
+            if rng.random() < 0.3:
+                tok = rng.choice(tokens)
+                tok = tok.lower() if rng.random() < 0.5 else tok
+                if rng.random() < 0.4:
+                    cut = rng.randrange(len(tok) + 1)
+                    tok = tok[:cut] + rng.choice(pieces) + tok[cut:]
+                if rng.random() < 0.3:
+                    tok = tok[: rng.randrange(len(tok) + 1)]
+                parts.append(before + tok + (after if rng.random() < 0.8 else rng.choice(pieces)))
+            else:
+                parts.append(rng.choice([*pieces, before, after]))
+        text = "".join(parts)
+        found = list(token.find_tokens(text, template))
+        assert token.last_token(text, template) == (found[-1] if found else None), (template,
+                                                                                     text)

@@ -27,7 +27,7 @@ from .message import Data, Header, unfold
 from .mime import Part
 from .placement import html_insertion_index, text_insertion_index
 from .settings import StampSettings
-from .token import DEFAULT_TEMPLATE, PLACEHOLDER, check_template, find_tokens, normalise
+from .token import DEFAULT_TEMPLATE, PLACEHOLDER, check_template, last_token, normalise
 from .transfer import Encoding, QuotedPrintable, Unusable, encoding_for
 
 # Bigger text parts are left alone: decoding them costs memory and time for no reader's benefit.
@@ -352,8 +352,8 @@ def _already_stamped(text: str, token: str, template: str) -> bool:
         check_template(template)
     except ValueError:  # e.g. two {token}s (the HTML tag) or no closing literal
         template = DEFAULT_TEMPLATE
-    found = list(find_tokens(text, template))
-    return not found or found[-1] == normalise(token)
+    last = last_token(text, template)
+    return last is None or last == normalise(token)
 
 
 def _flows_on(part: Part, before: str, insertion: str) -> bool:
