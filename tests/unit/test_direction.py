@@ -6,7 +6,12 @@ import dataclasses
 
 import pytest
 
-from casethread.core.addresses import AddressMatcher, envelope_address, header_addresses
+from casethread.core.addresses import (
+    MAX_ADDRESS_TEXT,
+    AddressMatcher,
+    envelope_address,
+    header_addresses,
+)
 from casethread.core.direction import Classifier
 from casethread.core.message import Envelope
 from casethread.core.model import Direction
@@ -179,6 +184,22 @@ def test_header_addresses_skip_garbage() -> None:
     values = ['"Pat, C." <Pat@Customer.Example.org>, dana@Example.com', "undisclosed-recipients:;"]
     assert header_addresses(values) == ["pat@customer.example.org", "dana@example.com"]
     assert header_addresses(["no address here"]) == []
+
+
+def test_address_text_is_read_to_a_budget_cut_at_a_comma() -> None:
+    """MAX_ADDRESS_TEXT a call: a list of 1,000 everyday addresses is read whole; past the
+    budget nothing is read, and the field that crosses it is cut at a comma, never inside an
+    address (which would read as another)."""
+    everyday = ", ".join(f"Person {n} <person{n}@customer.example.org>" for n in range(1_000))
+    assert len(everyday) < MAX_ADDRESS_TEXT
+    assert len(header_addresses([everyday])) == 1_000
+    long = ", ".join(f"person{n}@customer.example.org" for n in range(10_000))
+    found = header_addresses(["first@customer.example.org", long, "last@customer.example.org"])
+    assert found[0] == "first@customer.example.org"
+    assert "last@customer.example.org" not in found
+    assert 1_800 < len(found) < 2_400
+    assert found[1:] == [f"person{n}@customer.example.org" for n in range(len(found) - 1)]
+    assert header_addresses(["a@" * 40_000]) == []  # no comma within the budget: none read
 
 
 @pytest.mark.parametrize("configured", ["support@bücher.example", "support@xn--bcher-kva.example",

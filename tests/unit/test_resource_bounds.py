@@ -213,6 +213,15 @@ def text_bounce_of_a_blank_line(direction: Direction) -> Hostile:
                    b"This is the mail system.\r\n\r\n" + b" " * (64 << 10))
 
 
+def address_fields_10mb(direction: Direction) -> Hostile:
+    """100 From, Cc and Reply-To fields of 100 KB (Postfix's header_size_limit each) of quoted,
+    commented addresses: the stdlib's parser read all of them, each a few times a message,
+    12-19 s of CPU. A message's address text is read to `MAX_ADDRESS_TEXT` a call."""
+    addresses = '"User, 1" (c1) <u1@d.example>, ' * 3_000
+    fields = [(name, addresses) for _ in range(34) for name in ("From", "Cc", "Reply-To")]
+    return Hostile(message(direction, fields), b"Hi\r\n")
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -240,6 +249,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "3 MB x-uuencode of 2-character lines": uuencode_3mb_of_two_character_lines,
     "100 KB List-Id of an unclosed quote with escaped quotes": list_id_of_escaped_quotes,
     "text bounce of a 64 KB blank line": text_bounce_of_a_blank_line,
+    "102 address fields of 100 KB": address_fields_10mb,
 }
 
 
