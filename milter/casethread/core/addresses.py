@@ -179,19 +179,19 @@ def _commas(text: str) -> str:
 MAX_ADDRESS_TEXT = 64 << 10
 
 
-def _within_budget(values: list[str]) -> list[str]:
-    """The fields up to MAX_ADDRESS_TEXT characters in all, the one that crosses it cut at
-    its last comma before the limit (an address cut in two would read as another)."""
-    kept, left = [], MAX_ADDRESS_TEXT
+def _unfolded_within_budget(values: list[str]) -> list[str]:
+    """The fields unfolded, up to MAX_ADDRESS_TEXT characters in all, the one that crosses it
+    cut at its last comma before the limit (an address cut in two would read as another)."""
+    unfolded, left = [], MAX_ADDRESS_TEXT
     for value in values:
         if len(value) > left:
             cut = value.rfind(",", 0, left)
             if cut > 0:
-                kept.append(value[:cut])
+                unfolded.append(unfold(value[:cut]))
             break
-        kept.append(value)
+        unfolded.append(unfold(value))
         left -= len(value)
-    return kept
+    return unfolded
 
 
 def header_addresses(values: list[str]) -> list[str]:
@@ -201,7 +201,7 @@ def header_addresses(values: list[str]) -> list[str]:
     `jörg@xn--mller-kva.example` in another (RFC 6532 mail carries either), and a case
     participant is one address whichever form recorded it."""
     found = []
-    unfolded = [unfold(v) for v in _within_budget(values)]
+    unfolded = _unfolded_within_budget(values)
     for value in unfolded:
         simple = _simple_addresses(value)
         if simple is None:
