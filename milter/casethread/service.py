@@ -38,6 +38,7 @@ from .metrics import Metrics
 from .pymilter_app import CaseMilter, InFlight
 from .signals import STOP_SIGNALS
 from .sockopts import Listener, find_listener, set_listen_nodelay, stop_listening
+from .spool import spool_dir_problem
 
 log = logging.getLogger("casethread")
 
@@ -398,6 +399,9 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
         current = _Current(_engine(settings, index))
         _log_keys(settings, current.engine.keyring)
         _log_warnings(settings)
+        spool_problem = spool_dir_problem()
+        if spool_problem:
+            log.warning("%s", spool_problem)
         listen = settings.milter.metrics_listen
         if listen is not None:
             metrics = Metrics(index)

@@ -94,3 +94,22 @@ def _write_all(file: IO[bytes], data: bytes | bytearray) -> None:
         if not written:  # no progress and no error: take it for a full disk, not a spin
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[written:]
+
+
+def spool_dir_problem() -> str | None:
+    """Why bodies past the threshold would not spool where the operator said, else None. Python
+    passes over a TMPDIR it cannot write and takes the next of /tmp, /var/tmp, /usr/tmp and
+    the working directory without a word (`tempfile.gettempdir`), so a typo in the unit's
+    TMPDIR would put message bodies somewhere nobody meant; and with none usable, every
+    message past the threshold passes by the failure policy."""
+    wanted = os.environ.get("TMPDIR")
+    tempfile.tempdir = None  # read the environment again (a reload, a test)
+    try:
+        used = tempfile.gettempdir()
+    except OSError as exc:  # FileNotFoundError: "No usable temporary directory found in ..."
+        return (f"no usable temporary directory ({exc}): a message body past "
+                "stamp.spool_threshold cannot be kept and passes by milter.on_error")
+    if wanted and os.path.abspath(wanted) != os.path.abspath(used):
+        return (f"TMPDIR={wanted} is not a writable directory: message bodies past "
+                f"stamp.spool_threshold spool in {used} instead")
+    return None

@@ -903,3 +903,15 @@ def test_an_edit_the_mta_did_not_grant_passes_the_message_unchanged(
     assert (f"error in eom: the MTA did not grant the milter {action}"
             in line), line
     assert "message passed unchanged (on_error=accept)" in line and "Traceback" not in line
+
+
+def test_a_tmpdir_python_would_pass_over_is_warned_of_at_start(
+    milters: MilterStarter, tmp_path: Path
+) -> None:
+    """Python spools to /tmp without a word when TMPDIR is not a writable directory: the
+    milter says so once, at start, with where bodies go instead."""
+    missing = tmp_path / "no-such-spool-dir"
+    proc = milters.start(CONFIG, name="tmpdir", env={"TMPDIR": str(missing)})
+    assert f"WARNING TMPDIR={missing} is not a writable directory" in proc.log()
+    healthy = milters.start(CONFIG, name="tmpdir-ok", env={"TMPDIR": str(tmp_path)})
+    assert "TMPDIR=" not in healthy.log()
