@@ -287,6 +287,9 @@ def _param_pairs(pieces: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+_MAX_SECTION_DIGITS = 9
+
+
 def _collapse_rfc2231(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Join `name*0*=`, `name*1=` ... continuations and decode `charset'lang'%XX` values.
 
@@ -298,7 +301,10 @@ def _collapse_rfc2231(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ..
     for name, value in pairs:
         base, star, rest = name.partition("*")
         number = rest.rstrip("*")
-        if not star or not (number == "" or number.isdigit()):
+        # A section number is ASCII digits (RFC 2231 §3): str.isdigit() also takes "²", which
+        # int() refuses, and int() refuses more than 4,300 digits; both raised out of the engine.
+        if not star or not (number == "" or (number.isascii() and number.isdigit()
+                                             and len(number) <= _MAX_SECTION_DIGITS)):
             plain.setdefault(name, value)
             continue
         extended = name.endswith("*")
