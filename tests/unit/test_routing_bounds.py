@@ -1,0 +1,92 @@
+"""Routing rules' regexes read a bounded text (Python's re has no timeout): a rule searches
+the first `MAX_VALUE_TEXT` characters of the Subject and of each field of its `header`, at most
+`MAX_RULE_TEXT` characters of those fields together. Found by the third complexity audit: a
+rule `subject: ".*urgent"` took 47 s of CPU for a 100 KB Subject (Postfix's
+header_size_limit), quadratic in the text it searched."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from casethread.core import routing
+from casethread.core.message import Envelope, Header, Message
+from casethread.core.routing import MAX_RULE_TEXT, MAX_VALUE_TEXT, Router
+from casethread.core.settings import RoutingRule, RoutingSettings
+
+CPU_LIMIT = 5.0  # seconds (measured: ~0.6 s; minutes before the bound)
+
+
+def _message(*fields: tuple[str, str]) -> Message:
+    return Message(Envelope(rcpts=("support@example.com",)),
+                   tuple(Header(n, v) for n, v in fields))
+
+
+class _Counting:
+    """A compiled pattern that counts the characters it is asked to search."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = re.compile(pattern, re.I)
+        self.searched: list[int] = []
+
+    def search(self, text: str) -> Any:
+        self.searched.append(len(text))
+        return self._pattern.search(text)
+
+
+def _router(**rule: Any) -> tuple[Router, _Counting]:
+    router = Router(RoutingSettings(rules=(RoutingRule(queue="vip", **rule),)))
+    compiled = router._rules[0]
+    counting = _Counting(rule.get("subject") or rule["header_regex"])
+    if rule.get("subject"):
+        compiled._subject = counting  # type: ignore[assignment]
+    else:
+        compiled._header_regex = counting  # type: ignore[assignment]
+    return router, counting
+
+
+def test_a_subject_rule_reads_the_first_characters_of_a_100_kb_subject() -> None:
+    router, counting = _router(subject=r"urgent")
+    assert router.route(_message(("Subject", "a" * 100_000 + " urgent"))).queue == "support"
+    assert counting.searched == [MAX_VALUE_TEXT]
+    assert router.route(_message(("Subject", "x" * (MAX_VALUE_TEXT - 7) + " urgent"))).queue \
+        == "vip"
+
+
+def test_a_header_rule_reads_its_fields_to_a_budget() -> None:
+    router, counting = _router(header="X-Priority", header_regex=r"high")
+    fields = [("X-Priority", "low\r\n " + "b" * 100_000)] * 100 + [("X-Priority", "high")]
+    assert router.route(_message(*fields)).queue == "support"
+    assert sum(counting.searched) == MAX_RULE_TEXT
+    assert max(counting.searched) == MAX_VALUE_TEXT
+    counting.searched.clear()
+    # 100,000 empty fields: each counts as a character, so the loop stops too.
+    assert router.route(_message(*[("X-Priority", "")] * 100_000)).queue == "support"
+    assert len(counting.searched) == MAX_RULE_TEXT
+
+
+def test_normal_fields_route_as_before() -> None:
+    router = Router(RoutingSettings(rules=(
+        RoutingRule(queue="vip", subject=r"urgent"),
+        RoutingRule(queue="partner", header="Received", header_regex=r"from mx\.partner\."),
+    )))
+    received = [("Received", f"from relay{n}.example.net by mx{n}.example.org; "
+                 "Mon, 2 Mar 2026 10:00:00 +0000") for n in range(20)]
+    assert router.route(_message(("Subject", "Re: URGENT printer"))).queue == "vip"
+    partner = ("Received", "from mx.partner.example by mx.example.org")
+    assert router.route(_message(("Subject", "hello"), *received, partner)).queue == "partner"
+    assert router.route(_message(("Subject", "hello"), *received)).queue == "support"
+
+
+def test_a_quadratic_pattern_on_hostile_fields_costs_bounded_cpu() -> None:
+    router = Router(RoutingSettings(rules=(
+        RoutingRule(queue="vip", subject=r".*urgent"),
+        RoutingRule(queue="high", header="X-Priority", header_regex=r".*high"),
+    )))
+    msg = _message(("Subject", "a" * 100_000), *[("X-Priority", "b" * 100_000)] * 100)
+    started = time.process_time()
+    assert router.route(msg).queue == "support"
+    cpu = time.process_time() - started
+    assert cpu < CPU_LIMIT, f"{cpu:.2f} s"
+    assert routing.MAX_VALUE_TEXT <= routing.MAX_RULE_TEXT
