@@ -227,8 +227,11 @@ _HEADER_START = re.compile(rb"(?:[ \t]*\r?\n)*(?=[!-9;-~]{1,76}:)")
 def _copy_in_text(data: bytes) -> bytes:
     """`returned_copy` of one text: after a marker line, or the paragraph of a message's
     header; b"" when neither."""
+    # Marker lines may follow each other in one paragraph: the searches go on from where the
+    # last one stopped (a search to the end per marker line took 93 s for 1 MiB of them).
+    blanks, marks = _Following(_BLANK_LINE, data), _Following(_HEADER_MARK, data)
     for found in _RETURNED_COPY.finditer(data):
-        if _is_header(data, found.end()):
+        if _is_header(data, found.end(), blanks, marks):
             return data[found.end():]
     pos = start = 0
     while (field := _RETURNED_FIELD_LINE.search(data, pos)) is not None:
@@ -243,11 +246,38 @@ def _copy_in_text(data: bytes) -> bytes:
     return b""
 
 
-def _is_header(data: bytes, start: int) -> bool:
+def _is_header(data: bytes, start: int, blanks: _Following | None = None,
+               marks: _Following | None = None) -> bool:
     """Whether the paragraph at `start` holds a line that starts with Message-ID or Received
-    (`_HEADER_MARK`): a message's header, no quote's header block."""
-    after = _BLANK_LINE.search(data, start)
-    return _HEADER_MARK.search(data, start, after.start() + 1 if after else len(data)) is not None
+    (`_HEADER_MARK`): a message's header, no quote's header block. `blanks` and `marks` carry
+    the searches over between calls whose `start`s only grow."""
+    if blanks is None or marks is None:
+        after = _BLANK_LINE.search(data, start)
+        end = after.start() + 1 if after else len(data)
+        return _HEADER_MARK.search(data, start, end) is not None
+    after = blanks.at(start)
+    # The first mark at or after `start`, if it ends in the paragraph: a mark is one line's
+    # start, so none that starts later can end sooner.
+    mark = marks.at(start)
+    return mark is not None and mark.end() <= (after.start() + 1 if after else len(data))
+
+
+class _Following:
+    """The first match of `pattern` in `data` at or after a position, for positions that only
+    grow: a search is made again only when the last one found a match before the position."""
+
+    def __init__(self, pattern: re.Pattern[bytes], data: bytes) -> None:
+        self._pattern, self._data = pattern, data
+        self._searched: int | None = None
+        self._found: re.Match[bytes] | None = None
+
+    def at(self, pos: int) -> re.Match[bytes] | None:
+        found = self._found
+        if self._searched is None or pos < self._searched or (
+                found is not None and found.start() < pos):
+            found = self._found = self._pattern.search(self._data, pos)
+            self._searched = pos
+        return found
 
 
 def _is_text(part: Part) -> bool:
