@@ -545,7 +545,28 @@ def warnings(settings: Settings) -> list[str]:
             found.append(f"stamp.{name}_template does not hold {{token}} in the form of "
                          f"tokens.subject_template ({tag}): a reply that keeps only the body's "
                          f"tag is not threaded by it; write it as {tag} there")
+    found += _wildcard_lead_warnings(settings)
     return found
+
+
+# A leading `.*` or `.+` (after an optional `(?flags)` or `(`): a search finds what follows it
+# anywhere already, and Python's re, which has no timeout, then retries the wildcard from every
+# position of a line: time quadratic in the line (a 1 MiB line of body text, a long Subject).
+_WILDCARD_LEAD = re.compile(r"(?:\(\?[a-zA-Z]+\))?\(*(?:\?:)?\.[*+]")
+
+
+def _wildcard_lead_warnings(settings: Settings) -> list[str]:
+    patterns = [("inbound.case_ref_pattern", settings.inbound.case_ref_pattern)]
+    patterns += [(f"inbound.external_refs[{i}].pattern", rule.pattern)
+                 for i, rule in enumerate(settings.inbound.external_refs)]
+    for i, rule in enumerate(settings.routing.rules):
+        patterns += [(f"routing.rules[{i}].{key}", value)
+                     for key, value in (("subject", rule.subject),
+                                        ("header_regex", rule.header_regex)) if value]
+    return [f"{key} starts with {pattern[:pattern.index('.') + 2]!r}: a search finds the rest "
+            "anywhere without it, and with it takes time quadratic in the length of a line "
+            "(Python's regular expressions have no timeout); drop it"
+            for key, pattern in patterns if _WILDCARD_LEAD.match(pattern)]
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Settings:

@@ -1718,6 +1718,35 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     assert all("tokens.subject_template ([ref:{token}])" in w for w in found)
 
 
+@pytest.mark.parametrize(("pattern", "warned"), [
+    (r".*INC(\d+)", True),
+    (r"(?i).+INC(\d+)", True),
+    (r"(.*INC\d+)", True),
+    (r"(?:.*)INC", True),
+    (r"INC(\d+)", False),
+    (r"\bINC\d+.*", False),  # a trailing wildcard costs one pass
+    (r"\.*INC", False),  # literal dots
+])
+def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
+                                                   warned: bool) -> None:
+    """A leading `.*` adds nothing to a search but time quadratic in a line's length."""
+    config = SUPPORT_ONLY + textwrap.dedent(f"""\
+          case_ref_pattern: '\\[Case\\s+(C-\\d+)\\]'
+          external_refs:
+            - name: vendor
+              pattern: '{pattern}'
+        routing:
+          rules:
+            - queue: vip
+              subject: '{pattern}'
+        """)
+    found = warnings(load(tmp_path, config))
+    keys = [w.split(" ", 1)[0] for w in found]
+    assert keys == (["inbound.external_refs[0].pattern", "routing.rules[0].subject"]
+                    if warned else []), found
+    assert all("quadratic" in w and w.endswith("drop it") for w in found)
+
+
 def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> None:
     """README: sites that mail each other give each installation its own tag form."""
     assert warnings(load(tmp_path, SUPPORT_ONLY + textwrap.dedent("""\
