@@ -84,6 +84,13 @@ def mime_nested_1000(direction: Direction) -> Hostile:
     return Hostile(message(direction, [ctype]), body)
 
 
+def multipart_of_10mb_of_near_delimiters(direction: Direction) -> Hostile:
+    """Boundary `b`, then 10 MB of `--bx` lines: each starts like a delimiter line and is none
+    (a Python step each: 0.8 s in each direction, before the search went on in C)."""
+    body = b"--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n" + b"--bx\r\n" * (10 * MIB // 6)
+    return Hostile(message(direction, [("Content-Type", 'multipart/mixed; boundary="b"')]), body)
+
+
 def rfc822_nested_1000(direction: Direction) -> Hostile:
     inner = b"Content-Type: message/rfc822\r\n\r\n" * 1000 + b"Subject: x\r\n\r\nHello\r\n"
     return Hostile(message(direction, [("Content-Type", "message/rfc822")]), inner)
@@ -241,6 +248,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "10,000 forged X-Case-* fields": forged_fields_10k,
     "one field folded over 100,000 lines": one_field_100k_lines,
     "multipart nested 1,000 deep": mime_nested_1000,
+    "multipart of 10 MB of lines that start like its delimiter":
+        multipart_of_10mb_of_near_delimiters,
     "message/rfc822 nested 1,000 deep": rfc822_nested_1000,
     "50 MB text body on one line": body_50mb_one_line,
     "50 MB HTML body on one line": html_50mb_one_line,
