@@ -202,6 +202,20 @@ def test_address_text_is_read_to_a_budget_cut_at_a_comma() -> None:
     assert header_addresses(["a@" * 40_000]) == []  # no comma within the budget: none read
 
 
+def test_address_budget_cut_is_never_inside_a_quoted_name_or_comment() -> None:
+    """The field that crosses MAX_ADDRESS_TEXT is cut at a comma that separates addresses: a
+    comma in a quoted display name (`"Doe, John"`, Outlook's form) is none, and a cut there
+    read the name's start as an address of its own."""
+    entries = [f'"x{n}@elsewhere.example, Bob" <bob{n}@customer.example.org>'
+               for n in range(3_000)]
+    field = ", ".join(entries)
+    # Each shift puts the budget's end somewhere else in an entry, the name's comma among them.
+    for shift in range(len(entries[0]) + 2):
+        found = header_addresses([f"{'p' * shift}@customer.example.org", field])
+        assert [a for a in found if "elsewhere" in a] == [], shift
+        assert 1_000 < len(found) < 3_000
+
+
 @pytest.mark.parametrize("configured", ["support@bücher.example", "support@xn--bcher-kva.example",
                                         "@bücher.example", "support@*.example",
                                         "*@bücher.example"])
