@@ -1726,6 +1726,8 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     (r"INC(\d+)", False),
     (r"\bINC\d+.*", False),  # a trailing wildcard costs one pass
     (r"\.*INC", False),  # literal dots
+    (r".+", False),  # the wildcard alone matches or fails at a line's start: one pass
+    (r"(?i)(.+?)", False),
 ])
 def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
                                                    warned: bool) -> None:
@@ -1745,6 +1747,22 @@ def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
     assert keys == (["inbound.external_refs[0].pattern", "routing.rules[0].subject"]
                     if warned else []), found
     assert all("quadratic" in w and w.endswith("drop it") for w in found)
+
+
+def test_a_header_rule_of_the_wildcard_alone_is_no_warning(tmp_path: Path) -> None:
+    """`header_regex: '.*'` is how a rule says "the field is there" (`header` needs a regex):
+    it matches at the first position, in one pass."""
+    config = SUPPORT_ONLY + textwrap.dedent("""\
+        routing:
+          rules:
+            - queue: tickets
+              header: X-Ticket-System
+              header_regex: '.*'
+            - queue: urgent
+              header: X-Priority
+              header_regex: '(?i).+'
+        """)
+    assert warnings(load(tmp_path, config)) == []
 
 
 def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> None:
