@@ -90,3 +90,20 @@ def test_a_quadratic_pattern_on_hostile_fields_costs_bounded_cpu() -> None:
     cpu = time.process_time() - started
     assert cpu < CPU_LIMIT, f"{cpu:.2f} s"
     assert routing.MAX_VALUE_TEXT <= routing.MAX_RULE_TEXT
+
+
+def test_a_subject_rule_reads_an_encoded_subject_decoded() -> None:
+    """A client encodes a whole non-ASCII Subject (RFC 2047): a rule for `Mahnung für` read
+    only `=?UTF-8?B?...?=` and sent the customer's reminder to the default queue. The Subject
+    as written is searched first, so a rule written for the encoded form matches as before."""
+    router = Router(RoutingSettings(rules=(
+        RoutingRule(queue="billing", subject=r"Mahnung für"),
+        RoutingRule(queue="raw", subject=r"=\?iso-8859-1\?"),
+    )))
+    for subject in ("Mahnung für Rechnung 12",
+                    "=?UTF-8?B?TWFobnVuZyBmw7xyIFJlY2hudW5nIDEy?=",
+                    "=?UTF-8?Q?Mahnung_f=C3=BCr_Rechnung_12?=",
+                    "Re: =?iso-8859-1?q?Mahnung_f=FCr?=\r\n =?iso-8859-1?q?_Rechnung_12?="):
+        assert router.route(_message(("Subject", subject))).queue == "billing", subject
+    assert router.route(_message(("Subject", "=?iso-8859-1?q?Gr=FC=DFe?="))).queue == "raw"
+    assert router.route(_message(("Subject", "=?UTF-8?B?R3LDvMOfZQ==?="))).queue == "support"

@@ -9,6 +9,7 @@ from .addresses import AddressMatcher, header_addresses
 from .frozen import frozen
 from .message import Message, unfold
 from .settings import RoutingSettings
+from .subject import decoded_if_encoded
 
 # Python's re has no timeout, so a rule's regex is given a bounded text, whatever the mail
 # holds: a pattern such as `.*urgent` searches in time quadratic in its text (47 s of CPU for a
@@ -29,6 +30,24 @@ def _bounded(values: list[str]) -> Iterator[str]:
         yield text
 
 
+class _Subjects:
+    """What a rule's `subject` regex searches: the first MAX_VALUE_TEXT characters of the
+    unfolded Subject as written, then the same RFC 2047-decoded when that changes them (a
+    client encodes a whole non-ASCII Subject, `=?UTF-8?B?...?=`: a rule for `Mahnung für`
+    read only the encoded form and never matched). Decoded once a message, when a rule asks."""
+
+    def __init__(self, subject: str) -> None:
+        self._written = unfold(subject)[:MAX_VALUE_TEXT]
+        self._decoded: list[str] | None = None
+
+    def texts(self) -> Iterator[str]:
+        yield self._written
+        if self._decoded is None:
+            decoded = decoded_if_encoded(self._written)
+            self._decoded = [] if decoded is None else [decoded[:MAX_VALUE_TEXT]]
+        yield from self._decoded
+
+
 @frozen
 class Route:
     queue: str
@@ -46,15 +65,14 @@ class _CompiledRule:
         self._header = header
         self._header_regex = re.compile(header_regex, re.I) if header_regex else None
 
-    def matches(self, msg: Message) -> bool:
+    def matches(self, msg: Message, subjects: _Subjects) -> bool:
         if self._rcpt and not any(self._rcpt.matches(r) for r in msg.envelope.rcpts):
             return False
         if self._sender and not any(
             self._sender.matches(a) for a in header_addresses(msg.get_all("From"))
         ):
             return False
-        if self._subject and not self._subject.search(
-                unfold(msg.get("Subject") or "")[:MAX_VALUE_TEXT]):
+        if self._subject and not any(self._subject.search(text) for text in subjects.texts()):
             return False
         if self._header and self._header_regex:
             values = msg.get_all(self._header)
@@ -73,7 +91,8 @@ class Router:
         ]
 
     def route(self, msg: Message) -> Route:
+        subjects = _Subjects(msg.get("Subject") or "")
         for rule in self._rules:
-            if rule.matches(msg):
+            if rule.matches(msg, subjects):
                 return rule.route
         return self._default
