@@ -202,6 +202,16 @@ def test_address_text_is_read_to_a_budget_cut_at_a_comma() -> None:
     assert header_addresses(["a@" * 40_000]) == []  # no comma within the budget: none read
 
 
+@pytest.mark.parametrize("written", ["jdoe@example.org (Doe, Jane)",
+                                     "Jane (Sales, EMEA) <jdoe@example.org>",
+                                     "jdoe@example.org (Doe, (Sales, EMEA) Jane)"])
+def test_a_comma_in_a_comment_loses_no_address(written: str) -> None:
+    """Old-style `addr (Last, First)`: the strict stdlib took the comment's comma for a
+    separator and gave no address of the whole call (the From and every To and Cc)."""
+    found = header_addresses([written, "Pat <pat@customer.example.org>, dana@example.com"])
+    assert found == ["jdoe@example.org", "pat@customer.example.org", "dana@example.com"]
+
+
 def test_address_budget_cut_is_never_inside_a_quoted_name_or_comment() -> None:
     """The field that crosses MAX_ADDRESS_TEXT is cut at a comma that separates addresses: a
     comma in a quoted display name (`"Doe, John"`, Outlook's form) is none, and a cut there

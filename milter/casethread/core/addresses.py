@@ -153,7 +153,16 @@ def _commas(text: str) -> str:
     b@example.org;`, which RFC 5322 reads as no address (`;` only ends a group), and a
     strict stdlib (Python's fix for CVE-2023-27043) finds none after a comma at the end,
     though RFC 5322 §4.4 (obs-addr-list) allows empty list elements (`a@x, b@y,`): either
-    way a To made nobody a participant and a From had no sender."""
+    way a To made nobody a participant and a From had no sender. A comma in a comment
+    (`jdoe@example.org (Doe, Jane)`, `Jane (Sales, EMEA) <jane@example.org>`) becomes a blank:
+    the strict stdlib counts it as a separator, finds one address fewer than it expects and
+    gives none of the call's (its From, To and Cc)."""
+    if "(" in text and "," in text:
+        chars = list(text)
+        for i, char, depth, _quoted in _lexed(text):
+            if depth and char == ",":
+                chars[i] = " "
+        text = "".join(chars)
     if ";" not in text:
         end = text.rstrip(" \t")
         if not end.endswith(","):
