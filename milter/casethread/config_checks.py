@@ -182,22 +182,24 @@ def parse_mode(value: Any) -> int:
     return value
 
 
-def _field_name_problem(value: str, longest: int) -> str | None:
-    """What makes `value` no RFC 5322 field name of at most `longest` characters (printable
-    ASCII, 33-126, but ':'), as a predicate for it: `must be ...`, `contains ...`."""
-    if not 1 <= len(value) <= longest:
-        return f"must be 1-{longest} characters"
-    bad = next((c for c in value if not 33 <= ord(c) <= 126 or c == ":"), None)
-    if bad is not None:
-        return f"contains {bad!r}: header names allow no spaces or colons"
-    return None
+def _field_name(longest: int, what: str = "") -> Callable[[str], str]:
+    """A check that the value is an RFC 5322 field name (printable ASCII, 33-126, but ':') of
+    at most `longest` characters; `what` leads the predicate in its error."""
+
+    def check(value: str) -> str:
+        if not 1 <= len(value) <= longest:
+            raise Invalid(f"{value!r} {what}must be 1-{longest} characters")
+        bad = next((c for c in value if not 33 <= ord(c) <= 126 or c == ":"), None)
+        if bad is not None:
+            raise Invalid(f"{value!r} {what}contains {bad!r}: header names allow no spaces or "
+                          "colons")
+        return value
+
+    return check
 
 
-def header_prefix(value: str) -> str:
-    problem = _field_name_problem(value, 40)
-    if problem:
-        raise Invalid(f"{value!r} {problem}")
-    return value
+header_prefix = _field_name(40)
+header_name = _field_name(76, "is not a header name: it ")
 
 
 def _spelled(pattern: str, spelling: str) -> Callable[[str], str]:
@@ -295,13 +297,6 @@ def regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable
         return value
 
     return check
-
-
-def header_name(value: str) -> str:
-    problem = _field_name_problem(value, 76)
-    if problem:
-        raise Invalid(f"{value!r} is not a header name: it {problem}")
-    return value
 
 
 def _has_condition(rule: RoutingRule) -> bool:
