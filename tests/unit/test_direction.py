@@ -212,6 +212,19 @@ def test_a_comma_in_a_comment_loses_no_address(written: str) -> None:
     assert found == ["jdoe@example.org", "pat@customer.example.org", "dana@example.com"]
 
 
+@pytest.mark.parametrize("garbled", ["Support :-( <support@vendor.example>, bob@example.net",
+                                     "Jane (ACME <jane@vendor.example>",
+                                     "<@relay.example,@hub.example:jane@vendor.example>"])
+def test_a_garbled_field_loses_only_its_own_addresses(garbled: str) -> None:
+    """The strict stdlib gives no address of a whole call when one field is garbled (here an
+    unclosed `(` in a name, an obsolete source route): the From and the other fields read
+    with it kept theirs only when each field is then read alone."""
+    found = header_addresses(["Pat <pat@customer.example.org>", garbled,
+                              "dana@example.com (Dana, Sales)"])
+    assert found[0] == "pat@customer.example.org"
+    assert found[-1] == "dana@example.com"
+
+
 def test_address_budget_cut_is_never_inside_a_quoted_name_or_comment() -> None:
     """The field that crosses MAX_ADDRESS_TEXT is cut at a comma that separates addresses: a
     comma in a quoted display name (`"Doe, John"`, Outlook's form) is none, and a cut there

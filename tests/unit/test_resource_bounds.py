@@ -242,6 +242,15 @@ def address_fields_10mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, fields), b"Hi\r\n")
 
 
+def address_fields_10mb_one_garbled(direction: Direction) -> Hostile:
+    """The same after a short From and a Cc with an unclosed `(`: the stdlib gives no address
+    of a call with that Cc, so each field the call read is read again alone."""
+    addresses = '"User, 1" (c1) <u1@d.example>, ' * 3_000
+    fields = [(name, addresses) for _ in range(34) for name in ("From", "Cc", "Reply-To")]
+    fields[:2] = [("From", "Pat <pat@d.example>"), ("Cc", "Support :-( <s@d.example>")]
+    return Hostile(message(direction, fields), b"Hi\r\n")
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -273,6 +282,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "text bounce of a 64 KB blank line": text_bounce_of_a_blank_line,
     "text bounce of 1 MiB of marker lines": text_bounce_of_marker_lines,
     "102 address fields of 100 KB": address_fields_10mb,
+    "102 address fields of 100 KB, one garbled": address_fields_10mb_one_garbled,
 }
 
 

@@ -232,6 +232,19 @@ def header_addresses(values: list[str]) -> list[str]:
         return found
     # The stdlib reads the fields joined by commas: an unclosed quote or comment in one field
     # can swallow the next, so one unusual field sends all of them this way.
+    found = _stdlib_addresses(unfolded)
+    if not found and len(unfolded) > 1:
+        # The strict stdlib (CVE-2023-27043 fix) gives no address of the whole call when one
+        # field is garbled (an unclosed `(` in a name, `Support :-( <s@example.org>`): each
+        # field alone then, so a Cc nobody can parse leaves the From and To their addresses.
+        for value in unfolded:
+            simple = _simple_addresses(value)
+            found += ([addr.lower() for addr in simple] if simple is not None
+                      else _stdlib_addresses([value]))
+    return found
+
+
+def _stdlib_addresses(unfolded: list[str]) -> list[str]:
     found = []
     for _name, addr in getaddresses([_commas(_shallow(v)) for v in unfolded]):
         addr = addr.strip().lower()
