@@ -549,13 +549,16 @@ def warnings(settings: Settings) -> list[str]:
     return found
 
 
-# A leading `.*` or `.+` (after an optional `(?flags)` or `(`): a search finds what follows it
-# anywhere already, and Python's re, which has no timeout, then retries the wildcard from every
-# position of a line: time quadratic in the line (a 1 MiB line of body text, a long Subject).
+# A leading `.*` or `.+` (after an optional `(?flags)` or group openers): a search finds what
+# follows it anywhere already, and Python's re, which has no timeout, then retries the wildcard
+# from every position of a line: time quadratic in the line (a 1 MiB line of body text, a long
+# Subject).
 # Not a pattern that is the wildcard alone (`header_regex: '.*'`, "the field is there", or
 # `.+`, "is not empty"): it matches, or fails, at a line's first position, in one pass; without
 # it a rule has no regex to give (`header` needs `header_regex`).
-_WILDCARD_LEAD = re.compile(r"(?:\(\?[a-zA-Z]+\))?\(*(?:\?:)?\.[*+]"
+# A group may open with flags or a name, `(?i:.*x)`, `(?P<ref>.*x)`, as well as `(?:`.
+_WILDCARD_LEAD = re.compile(r"(?:\(\?[a-zA-Z]+\))?"
+                            r"(?:\((?:\?(?:[a-zA-Z]*(?:-[a-zA-Z]+)?:|P<\w+>))?)*\.[*+]"
                             r"(?!\??\)*\Z)")
 
 

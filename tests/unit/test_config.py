@@ -1723,6 +1723,10 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     (r"(?i).+INC(\d+)", True),
     (r"(.*INC\d+)", True),
     (r"(?:.*)INC", True),
+    (r"(?i:.*INC)", True),
+    (r"(?P<ref>.+INC\d+)", True),
+    (r"((?-i:.*INC))", True),
+    (r"(?P<all>.+)", False),
     (r"INC(\d+)", False),
     (r"\bINC\d+.*", False),  # a trailing wildcard costs one pass
     (r"\.*INC", False),  # literal dots
