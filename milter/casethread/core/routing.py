@@ -34,18 +34,19 @@ class _Subjects:
     """What a rule's `subject` regex searches: the first MAX_VALUE_TEXT characters of the
     unfolded Subject as written, then the same RFC 2047-decoded when that changes them (a
     client encodes a whole non-ASCII Subject, `=?UTF-8?B?...?=`: a rule for `Mahnung für`
-    read only the encoded form and never matched). Decoded once a message, when a rule asks."""
+    read only the encoded form and never matched). Read once a message, when a rule asks: most
+    routing has no subject rule."""
 
-    def __init__(self, subject: str) -> None:
-        self._written = unfold(subject)[:MAX_VALUE_TEXT]
-        self._decoded: list[str] | None = None
+    def __init__(self, msg: Message) -> None:
+        self._msg = msg
+        self._texts: list[str] | None = None
 
-    def texts(self) -> Iterator[str]:
-        yield self._written
-        if self._decoded is None:
-            decoded = decoded_if_encoded(self._written)
-            self._decoded = [] if decoded is None else [decoded[:MAX_VALUE_TEXT]]
-        yield from self._decoded
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            written = unfold(self._msg.get("Subject") or "")[:MAX_VALUE_TEXT]
+            decoded = decoded_if_encoded(written)
+            self._texts = [written] if decoded is None else [written, decoded[:MAX_VALUE_TEXT]]
+        return self._texts
 
 
 @frozen
@@ -91,7 +92,7 @@ class Router:
         ]
 
     def route(self, msg: Message) -> Route:
-        subjects = _Subjects(msg.get("Subject") or "")
+        subjects = _Subjects(msg)
         for rule in self._rules:
             if rule.matches(msg, subjects):
                 return rule.route
