@@ -665,44 +665,54 @@ _DELIMITER_TAIL = re.compile(rb"(--)?+[ \t]*+\r?+(?:\n|\Z)")
 _NEAR_MISSES = 256
 
 
+class _DelimiterLines:
+    """Where the delimiter lines of one boundary start, in order: `find` looks for
+    `LF--boundary` (a multiline regex search is ~20x slower on a large body) and a match checks
+    the rest of the line; past `_NEAR_MISSES` lines that start so and are no delimiter, a
+    search with `LF--boundary` as its literal prefix (which re scans for as `find` does) finds
+    each next one: Python steps once a delimiter, not once a line that starts like one."""
+
+    def __init__(self, data: Data, hi: int, boundary: bytes) -> None:
+        self._data, self._hi = data, hi
+        self._needle = b"--" + boundary
+        self._line_needle = b"\n" + self._needle
+        self._near_misses = 0
+        self._search: re.Pattern[bytes] | None = None
+
+    def next(self, pos: int) -> tuple[int, re.Match[bytes]] | None:
+        """The first delimiter line at or after `pos` (a line starts at the start of the data
+        or after a LF, as (?m)^ means it: the LF may be just before `pos`): where it starts,
+        and the match of what follows the boundary."""
+        data, hi, needle = self._data, self._hi, self._needle
+        if pos == 0 and hi >= len(needle) and data[: len(needle)] == needle:
+            match = _DELIMITER_TAIL.match(data, len(needle), hi)
+            if match is not None:
+                return 0, match
+        while self._search is None:
+            at = data.find(self._line_needle, max(pos - 1, 0), hi) + 1
+            if at == 0:
+                return None
+            match = _DELIMITER_TAIL.match(data, at + len(needle), hi)
+            if match is not None:
+                return at, match
+            pos = at + 1
+            self._near_misses += 1
+            if self._near_misses > _NEAR_MISSES + 2 * len(needle):
+                self._search = re.compile(re.escape(self._line_needle) + _DELIMITER_TAIL.pattern)
+        found = self._search.search(data, max(pos - 1, 0), hi)
+        return None if found is None else (found.start() + 1, found)
+
+
 def _find_delimiters(
     data: Data, lo: int, hi: int, boundary: bytes, max_count: int
 ) -> list[_Delimiter]:
     """Delimiter lines `--boundary[--][WSP]*EOL` in [lo, hi), up to the first close delimiter
-    (or `max_count` of them). A line starts at the start of the data or after a LF (as (?m)^
-    means it: the LF may be just before `lo`).
-
-    `find` looks for `LF--boundary` (a multiline regex search is ~20x slower on a large body)
-    and a match checks the rest of the line; past a few lines that are no delimiter, a search
-    with `LF--boundary` as its literal prefix (which re scans for as `find` does) finds each
-    next delimiter line: Python steps once a delimiter, not once a line that starts like one."""
-    needle = b"--" + boundary
-    line_needle = b"\n" + needle
+    (or `max_count` of them)."""
+    lines = _DelimiterLines(data, hi, boundary)
     found: list[_Delimiter] = []
-    near_misses = 0
-    search: re.Pattern[bytes] | None = None
     pos = lo
-    while len(found) < max_count:
-        match: re.Match[bytes] | None = None
-        if pos == 0 and hi >= len(needle) and data[: len(needle)] == needle:
-            at = 0  # the start of the data, no LF before it
-            match = _DELIMITER_TAIL.match(data, len(needle), hi)
-        while match is None:
-            if search is not None:
-                match = search.search(data, max(pos - 1, 0), hi)
-                if match is None:
-                    return found
-                at = match.start() + 1
-                break
-            at = data.find(line_needle, max(pos - 1, 0), hi) + 1
-            if at == 0:
-                return found
-            match = _DELIMITER_TAIL.match(data, at + len(needle), hi)
-            if match is None:
-                pos = at + 1
-                near_misses += 1
-                if near_misses > _NEAR_MISSES + 2 * len(needle):
-                    search = re.compile(re.escape(line_needle) + _DELIMITER_TAIL.pattern)
+    while len(found) < max_count and (line := lines.next(pos)) is not None:
+        at, match = line
         previous_end = found[-1].end if found else lo
         start = max(previous_end, _line_start_with_break(data, lo, at))
         found.append(_Delimiter(start, match.end(), match.group(1) is not None))
