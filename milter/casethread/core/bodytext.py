@@ -143,7 +143,7 @@ def iter_parts_of_type(
 # -----"), Lotus Notes' ("------- Returned Message --------"), m-FILTER's ("-------original
 # message") and others' ("--- Original message follows."), Exchange's text NDR ("Original
 # message headers:"). A line holding nothing but such a phrase, between dashes or none, and
-# a message's header after it (`_is_header`): Outlook's quote separator ("-----Original
+# a message's header after it (`_Paragraphs`): Outlook's quote separator ("-----Original
 # Message-----") in the returned body stands above a quote's header block, which may name
 # another case's mail. The blanks and dashes before the phrase are possessive: a line of
 # blanks alone was split between the two blank runs every way (O(n^2): 12 s for a 20 KB
@@ -200,7 +200,7 @@ def returned_copy(
         return copy
     for later in texts:
         start = _HEADER_START.match(later.data)
-        if start is not None and _is_header(later.data, start.end()):
+        if start is not None and _Paragraphs(later.data).hold_header(start.end()):
             return later.data[start.end():]
     return _pasted_header(tree, body, budget)
 
@@ -227,17 +227,15 @@ _HEADER_START = re.compile(rb"(?:[ \t]*\r?\n)*(?=[!-9;-~]{1,76}:)")
 def _copy_in_text(data: bytes) -> bytes:
     """`returned_copy` of one text: after a marker line, or the paragraph of a message's
     header; b"" when neither."""
-    # Marker lines may follow each other in one paragraph: the searches go on from where the
-    # last one stopped (a search to the end per marker line took 93 s for 1 MiB of them).
-    blanks, marks = _Following(_BLANK_LINE, data), _Following(_HEADER_MARK, data)
+    paragraphs = _Paragraphs(data)
     for found in _RETURNED_COPY.finditer(data):
-        if _is_header(data, found.end(), blanks, marks):
+        if paragraphs.hold_header(found.end()):
             return data[found.end():]
     pos = start = 0
     while (field := _RETURNED_FIELD_LINE.search(data, pos)) is not None:
         for blank in _BLANK_LINE.finditer(data, pos, field.start()):
             start = blank.end()
-        if _is_header(data, start):
+        if paragraphs.hold_header(start):
             return data[start:]
         after = _BLANK_LINE.search(data, field.end())
         if after is None:
@@ -246,25 +244,30 @@ def _copy_in_text(data: bytes) -> bytes:
     return b""
 
 
-def _is_header(data: bytes, start: int, blanks: _Following | None = None,
-               marks: _Following | None = None) -> bool:
-    """Whether the paragraph at `start` holds a line that starts with Message-ID or Received
-    (`_HEADER_MARK`): a message's header, no quote's header block. `blanks` and `marks` carry
-    the searches over between calls whose `start`s only grow."""
-    if blanks is None or marks is None:
-        after = _BLANK_LINE.search(data, start)
-        end = after.start() + 1 if after else len(data)
-        return _HEADER_MARK.search(data, start, end) is not None
-    after = blanks.at(start)
-    # The first mark at or after `start`, if it ends in the paragraph: a mark is one line's
-    # start, so none that starts later can end sooner.
-    mark = marks.at(start)
-    return mark is not None and mark.end() <= (after.start() + 1 if after else len(data))
+class _Paragraphs:
+    """Whether the paragraph at a position holds a line that starts with Message-ID or
+    Received (`_HEADER_MARK`): a message's header, no quote's header block. Asked at growing
+    positions (marker lines may follow each other in one paragraph), the searches go on from
+    where the last one stopped: a search to the paragraph's end per marker line took 93 s for
+    1 MiB of them."""
+
+    def __init__(self, data: bytes) -> None:
+        self._size = len(data)
+        self._blanks = _Following(_BLANK_LINE, data)
+        self._marks = _Following(_HEADER_MARK, data)
+
+    def hold_header(self, start: int) -> bool:
+        after = self._blanks.at(start)
+        # The first mark at or after `start`, if it ends in the paragraph: a mark is one
+        # line's start, so none that starts later can end sooner.
+        mark = self._marks.at(start)
+        return mark is not None and mark.end() <= (after.start() + 1 if after else self._size)
 
 
 class _Following:
     """The first match of `pattern` in `data` at or after a position, for positions that only
-    grow: a search is made again only when the last one found a match before the position."""
+    grow: a search is made again only when the last one found a match before the position
+    (or the position went back)."""
 
     def __init__(self, pattern: re.Pattern[bytes], data: bytes) -> None:
         self._pattern, self._data = pattern, data
