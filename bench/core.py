@@ -68,7 +68,7 @@ from casethread.core.store import CaseIndex
 from casethread.core.token import Keyring
 from casethread.engine import Engine
 from casethread.index import LmdbIndex, MemoryIndex, keys
-from casethread.index.lmdb_index import MAX_DBS
+from casethread.index.lmdb_env import MAX_DBS
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results.jsonl"

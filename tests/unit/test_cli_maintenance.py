@@ -24,7 +24,7 @@ from casethread.core.message import parse_raw
 from casethread.core.model import Alias, AliasKind, CounterBump
 from casethread.index import LmdbIndex, maintenance
 from casethread.index import keys as index_keys
-from casethread.index.lmdb_index import LOCK_FILE_SIZE, MAX_READERS
+from casethread.index.lmdb_env import LOCK_FILE_SIZE, MAX_READERS
 
 from ..helpers.index_writes import count_event
 

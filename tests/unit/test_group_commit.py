@@ -17,7 +17,7 @@ import pytest
 from casethread.core.model import Alias, AliasKind, CaseState, CounterBump
 from casethread.core.store import Expect, StaleDecision
 from casethread.index import LmdbIndex
-from casethread.index.lmdb_index import SharedEnv
+from casethread.index.lmdb_env import SharedEnv
 
 WRITERS = 20
 WAIT = 30.0

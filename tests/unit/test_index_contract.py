@@ -33,7 +33,7 @@ from casethread.index import (
     keys,
     open_index,
 )
-from casethread.index.lmdb_index import MAX_DBS, META_SCHEMA
+from casethread.index.lmdb_env import MAX_DBS, META_SCHEMA
 from casethread.index.overlay_index import OverlayIndex
 
 from ..helpers.index_writes import count_event, record_message, store

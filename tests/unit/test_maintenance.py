@@ -32,7 +32,7 @@ from casethread.index import (
     maintenance,
 )
 from casethread.index import keys as index_keys
-from casethread.index.lmdb_index import SCHEMA_VERSION, _Gate
+from casethread.index.lmdb_env import SCHEMA_VERSION, Gate
 from casethread.index.maintenance import BadImport, MaintenanceError
 
 from ..helpers.index_writes import record_message
@@ -841,7 +841,7 @@ def test_another_process_adopts_a_grown_map(tmp_path: Path) -> None:
 
 
 def test_gate_resize_waits_for_transactions_and_holds_back_new_ones() -> None:
-    gate = _Gate()
+    gate = Gate()
     order: list[str] = []
     gate.enter()  # this thread is inside a transaction
     entered = threading.Event()
@@ -1022,7 +1022,7 @@ def test_a_running_writer_clears_a_slot_left_after_it_opened(
         assert data["reader_slots_dead"] == 1 and data["reader_slots_cleared"] == 0
         assert "1 of dead processes" in maintenance.format_stats(data)
         caplog.set_level(logging.WARNING, logger="casethread")
-        monkeypatch.setattr("casethread.index.lmdb_index.READER_CHECK_INTERVAL", 0.0)
+        monkeypatch.setattr("casethread.index.lmdb_env.READER_CHECK_INTERVAL", 0.0)
         overwrite(index, 1)  # the next commit looks (at most once a minute in production)
         assert dead not in reader_pids(index)
         assert maintenance.stats(index)["reader_slots_dead"] == 0

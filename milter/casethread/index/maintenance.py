@@ -43,7 +43,8 @@ import lmdb
 from ..core.model import AliasKind, CaseRecord, CaseState, case_fields, is_valid_case_id
 from . import keys
 from .errors import CaseIndexError, os_problem
-from .lmdb_index import META_COUNTER, META_SCHEMA, SCHEMA_VERSION, LmdbIndex, SharedEnv
+from .lmdb_env import META_COUNTER, META_SCHEMA, SCHEMA_VERSION, SharedEnv
+from .lmdb_index import LmdbIndex
 
 DAY = 86400
 # Deletes (or imported records) per write transaction, and entries one prune transaction may
