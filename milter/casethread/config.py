@@ -72,6 +72,17 @@ class _Rule:
     render: Callable[[Any], str] | None = None
 
 
+def _size_rule(minimum: int, doc: str) -> _Rule:
+    """A size written with its unit (`512MiB`), at least `minimum` bytes."""
+    return _Rule(parse=checks.size(minimum), expects=checks.SIZE_EXPECTS,
+                 render=checks.render_size, doc=doc)
+
+
+def _duration_rule(doc: str) -> _Rule:
+    return _Rule(parse=checks.parse_duration, expects=checks.DURATION_EXPECTS,
+                 render=checks.render_duration, doc=doc)
+
+
 # One row per key path that needs more than its type. `[]` stands for any list index.
 _RULES: dict[str, _Rule] = {
     "milter": _Rule(doc="How the MTA reaches the milter, and what happens when it fails."),
@@ -110,17 +121,13 @@ _RULES: dict[str, _Rule] = {
     ),
     "index": _Rule(doc="The case index (LMDB)."),
     "index.path": _Rule(check=checks.non_empty, doc="Directory of the index (and its token key)."),
-    "index.map_size": _Rule(
-        parse=checks.size(checks.MIB),
-        expects=checks.SIZE_EXPECTS,
-        render=checks.render_size,
-        doc="Address space LMDB reserves at start (e.g. 512MiB, 1GiB); it doubles when full.",
+    "index.map_size": _size_rule(
+        checks.MIB,
+        "Address space LMDB reserves at start (e.g. 512MiB, 1GiB); it doubles when full.",
     ),
-    "index.max_map_size": _Rule(
-        parse=checks.size(checks.MIB),
-        expects=checks.SIZE_EXPECTS,
-        render=checks.render_size,
-        doc="Ceiling of that growth; null = the larger of 16 x map_size and 64GiB.",
+    "index.max_map_size": _size_rule(
+        checks.MIB,
+        "Ceiling of that growth; null = the larger of 16 x map_size and 64GiB.",
     ),
     "index.sync": _Rule(
         doc="full: fsync each message's index writes before answering the MTA; async: flush "
@@ -137,11 +144,8 @@ _RULES: dict[str, _Rule] = {
     "cases.id_digits": _Rule(
         check=checks.int_range(1, 12), doc="Zero-padded digits of new case ids (1-12)."
     ),
-    "cases.reopen_within": _Rule(
-        parse=checks.parse_duration,
-        expects=checks.DURATION_EXPECTS,
-        render=checks.render_duration,
-        doc="A reply to a case resolved longer ago opens a new related case (90s, 12h, 14d, 2w).",
+    "cases.reopen_within": _duration_rule(
+        "A reply to a case resolved longer ago opens a new related case (90s, 12h, 14d, 2w).",
     ),
     "outbound": _Rule(doc="Mail counts as outbound when any of these signals holds."),
     "outbound.daemon_names[]": _Rule(
@@ -176,17 +180,13 @@ _RULES: dict[str, _Rule] = {
         "references, thread-index, subject-ref, body-ref, external-ref, subject-match.",
     ),
     "inbound.strategies[]": _Rule(check=checks.strategy),
-    "inbound.scan_budget": _Rule(
-        parse=checks.size(checks.KIB),
-        expects=checks.SIZE_EXPECTS,
-        render=checks.render_size,
-        doc="Decoded body text the token and reference scans read at most (at least 1KiB).",
+    "inbound.scan_budget": _size_rule(
+        checks.KIB,
+        "Decoded body text the token and reference scans read at most (at least 1KiB).",
     ),
-    "inbound.read_limit": _Rule(
-        parse=checks.size(checks.KIB),
-        expects=checks.SIZE_EXPECTS,
-        render=checks.render_size,
-        doc="Body bytes the milter reads of inbound mail its header fields do not resolve "
+    "inbound.read_limit": _size_rule(
+        checks.KIB,
+        "Body bytes the milter reads of inbound mail its header fields do not resolve "
         "(spooled past stamp.spool_threshold; at least 1KiB).",
     ),
     "inbound.case_ref_pattern": _Rule(
@@ -214,11 +214,8 @@ _RULES: dict[str, _Rule] = {
     "inbound.subject_match": _Rule(
         doc="Strategy subject-match: same subject from a participant of a recent case."
     ),
-    "inbound.subject_match.window": _Rule(
-        parse=checks.parse_duration,
-        expects=checks.DURATION_EXPECTS,
-        render=checks.render_duration,
-        doc="How recent that case's last message must be (90s, 30m, 12h, 14d, 2w).",
+    "inbound.subject_match.window": _duration_rule(
+        "How recent that case's last message must be (90s, 30m, 12h, 14d, 2w).",
     ),
     "inbound": _Rule(
         check=checks.inbound,
@@ -230,11 +227,8 @@ _RULES: dict[str, _Rule] = {
         doc="Messages one sender may send within window (1-100000); a report the bounce "
             "strategy matched counts per sender and case.",
     ),
-    "inbound.flood.window": _Rule(
-        parse=checks.parse_duration,
-        expects=checks.DURATION_EXPECTS,
-        render=checks.render_duration,
-        doc="The flood window (90s, 30m, 12h, 14d, 2w).",
+    "inbound.flood.window": _duration_rule(
+        "The flood window (90s, 30m, 12h, 14d, 2w).",
     ),
     "tokens": _Rule(doc="The signed threading token."),
     "tokens.keys": _Rule(
@@ -263,11 +257,9 @@ _RULES: dict[str, _Rule] = {
         doc="Mail already DKIM-signed: keep (leave the body and every field the signature "
         "covers) or stamp (all of it; a signer after casethread signs it again)."
     ),
-    "stamp.spool_threshold": _Rule(
-        parse=checks.size(64 * checks.KIB),
-        expects=checks.SIZE_EXPECTS,
-        render=checks.render_size,
-        doc="Bodies larger than this are spooled to a temporary file (at least 64KiB).",
+    "stamp.spool_threshold": _size_rule(
+        64 * checks.KIB,
+        "Bodies larger than this are spooled to a temporary file (at least 64KiB).",
     ),
     "routing": _Rule(doc="Queues for new cases: the first matching rule wins."),
     "routing.default_queue": _Rule(
