@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -221,10 +222,24 @@ def cmd_filter(args: argparse.Namespace) -> int:
     if decision.refused:
         return _refused(decision.refused)
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body
-    sys.stdout.buffer.write(
-        serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline)
-    )
+    _write_all(serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline))
     return EXIT_OK
+
+
+def _write_all(data: bytes) -> None:
+    """All of `data` to stdout, or an error (BrokenPipeError: exit status 141). Under
+    PYTHONUNBUFFERED=1 or `python -u`, sys.stdout.buffer is the raw file, whose write may take
+    only part (a pipe's reader that leaves while a long message is written, a signal) and tell
+    it only by the count it returns: the rest of the message was lost, with status 0."""
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        if written is None:  # a non-blocking stdout that is full: wait until it takes more
+            select.select([], [out], [])
+            continue
+        view = view[written:]
+    out.flush()
 
 
 def _refused(text: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from casethread.cli import build_parser
+from casethread.cli import build_parser, main
 from casethread.core import thread_index
 from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.message import parse_raw
@@ -475,6 +476,53 @@ def test_a_closed_pipe_ends_a_command_quietly(casethread_bin: Path, tmp_path: Pa
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=60, check=False)
     assert (p.returncode, p.stderr) == (141, "")
+
+
+class _RawStdout:
+    """sys.stdout under PYTHONUNBUFFERED=1 or `python -u`: `buffer` is the raw file, whose
+    write takes at most `take` bytes and says so only by the count it returns (a pipe's reader
+    that leaves mid-write, a signal), then, after `cut` bytes, fails as a left pipe does."""
+
+    def __init__(self, take: int, cut: int | None = None) -> None:
+        self.take, self.cut, self.got = take, cut, bytearray()
+        self.buffer = self
+        self._sink = open(os.devnull, "wb")  # noqa: SIM115 (closed by the test)
+
+    def write(self, data: bytes) -> int:
+        if self.cut is not None and len(self.got) >= self.cut:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.got += bytes(data[: self.take])
+        return min(self.take, len(data))
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._sink.fileno()
+
+
+def test_filter_writes_all_of_a_message_to_a_raw_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`PYTHONUNBUFFERED=1 casethread filter ... > out.eml` printed the message's first 64 KiB
+    and exit status 0 when the pipe took no more at once; a reader that left then (`| head`)
+    was not told by status 141 either."""
+    mail = tmp_path / "big.eml"
+    mail.write_bytes(b"From: pat@customer.example.org\nSubject: big\n\n"
+                     + b"line of text\n" * 20_000)
+    args = ["filter", "--index", str(tmp_path / "index"), "--direction", "inbound", str(mail)]
+    whole = _RawStdout(take=4096)
+    monkeypatch.setattr(sys, "stdout", whole)
+    assert main(args) == 0
+    assert bytes(whole.got).endswith(b"line of text\n" * 100)
+    assert len(whole.got) > len(mail.read_bytes())  # the message and the fields we added
+    cut = _RawStdout(take=4096, cut=8192)
+    monkeypatch.setattr(sys, "stdout", cut)
+    try:
+        assert main(args) == 141
+    finally:
+        cut._sink.close()
+        whole._sink.close()
 
 
 def test_every_command_has_help_with_examples() -> None:
