@@ -251,6 +251,28 @@ def address_fields_10mb_one_garbled(direction: Direction) -> Hostile:
     return Hostile(message(direction, fields), b"Hi\r\n")
 
 
+def sns_notice_of_10mb_of_quotes(direction: Direction) -> Hostile:
+    """An Amazon SNS mail (its JSON is read: `core/feedback.py`) of 10 MB of `"` after a
+    `{`: read to 256 KiB, the brackets outside its strings counted before `json` parses."""
+    fields = [("From", "AWS Notifications <no-reply@sns.amazonaws.com>"),
+              ("To", SUPPORT if direction is Direction.INBOUND else CUSTOMER),
+              ("Subject", "AWS Notification Message"),
+              ("Message-ID", "<sns.1@email.amazonses.example>"), ("MIME-Version", "1.0"),
+              ("Content-Type", "text/plain; charset=UTF-8")]
+    return Hostile(tuple(Header(n, v) for n, v in fields), b"{" + b'"' * (10 * MIB))
+
+
+def sns_notice_nested_100000_deep(direction: Direction) -> Hostile:
+    """The same holding 100,000 nested objects: refused before `json` recurses."""
+    fields = [("From", "AWS Notifications <no-reply@sns.amazonaws.com>"),
+              ("To", SUPPORT if direction is Direction.INBOUND else CUSTOMER),
+              ("Subject", "AWS Notification Message"),
+              ("Message-ID", "<sns.2@email.amazonses.example>"), ("MIME-Version", "1.0"),
+              ("Content-Type", "text/plain; charset=UTF-8")]
+    return Hostile(tuple(Header(n, v) for n, v in fields),
+                   b'{"notificationType": "Bounce", "mail": ' + b'{"a": ' * 100_000)
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -283,6 +305,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "text bounce of 1 MiB of marker lines": text_bounce_of_marker_lines,
     "102 address fields of 100 KB": address_fields_10mb,
     "102 address fields of 100 KB, one garbled": address_fields_10mb_one_garbled,
+    "SNS mail of 10 MB of JSON quotes": sns_notice_of_10mb_of_quotes,
+    "SNS mail of JSON nested 100,000 deep": sns_notice_nested_100000_deep,
 }
 
 

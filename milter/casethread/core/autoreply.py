@@ -19,7 +19,11 @@ first of this order wins:
    `auto-generated` too: a report is a bounce only when it reports a failure (RFC 3464), the
    one an agent must act on. Any other `multipart/report` (a read receipt, RFC 8098; abuse
    feedback) is `auto-generated` whatever else it says: RFC 3834 §5 lets a receipt carry
-   `Auto-Submitted: auto-replied`, which makes it no out-of-office.
+   `Auto-Submitted: auto-replied`, which makes it no out-of-office. A provider's feedback
+   without a report (`feedback.provider`) next: an Amazon SES notification mailed by SNS is
+   a bounce when it reports a failure (`Bounce`, `Reject` in its JSON), else
+   `auto-generated`; a Microsoft JMRP complaint is `auto-generated`, as an ARF abuse report
+   is (a complaint reports no failure to deliver, and it was delivered).
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
    pattern (below). An out-of-office reply is `auto-replied`.
@@ -82,7 +86,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from . import bodytext, mime
+from . import bodytext, feedback, mime
 from .addresses import first_address
 from .message import Message, unfold, without_comments
 from .subject import decode_subject
@@ -130,6 +134,8 @@ _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-d
 # A DSN's multipart/report: RFC 3464's, or RFC 6533's for SMTPUTF8 mail where the MTA names it
 # so (Postfix 3.7 keeps `delivery-status` and only the parts are `message/global-*`).
 _DSN_REPORT_TYPES = frozenset({"delivery-status", "global-delivery-status"})
+# Reports a mail system or provider sends about our mail: a DSN, an ARF report (RFC 5965).
+_REPORTS_OF_OUR_MAIL = _DSN_REPORT_TYPES | {"feedback-report"}
 _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -199,6 +205,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return notice
     if report_type is not None:  # a read receipt, also one marked auto-replied (RFC 3834 §5)
         return AUTO_GENERATED, "report"
+    provider = feedback.provider(msg)
+    if provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
+        return _provider_feedback(msg, provider, tree)
 
     if not (fields or null_sender or from_local == "postmaster"):
         return NO, ""  # most mail: none of the signals below can be present
@@ -241,6 +250,21 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     return NO, ""
 
 
+def _provider_feedback(msg: Message, provider: str,
+                       tree: Callable[[], mime.Part] | None) -> tuple[str, str]:
+    """A JMRP complaint is `auto-generated`, as an ARF report is. An SES notification by SNS
+    is a bounce when it reports a failure (`Bounce`, `Reject`), as a DSN is, else
+    `auto-generated`; so is SNS mail whose body holds no notification (a subscription
+    confirmation, another topic's message)."""
+    if provider == feedback.JMRP:
+        return AUTO_GENERATED, "jmrp-complaint"
+    notice = feedback.ses_notice(msg, tree() if tree is not None else None)
+    if notice is None:
+        return AUTO_GENERATED, "sns"
+    kind = BOUNCE if notice.kind in feedback.FAILED else AUTO_GENERATED
+    return kind, "ses-" + notice.kind.replace(" ", "-")
+
+
 def is_delivery_notice(msg: Message) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
@@ -275,10 +299,14 @@ def from_postmaster(msg: Message) -> bool:
 
 def from_mail_system(msg: Message, kind: str) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
-    any Action (a delay warning, a success notice) or a notice in a format of its own. Its
-    From is the MTA's and its To our own sender: no people of a case (`resolve.adds_people`)."""
-    return (kind == BOUNCE or _report_type(msg) in _DSN_REPORT_TYPES
-            or (kind == AUTO_GENERATED and is_delivery_notice(msg)))
+    any Action (a delay warning, a success notice) or a notice in a format of its own; or a
+    mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
+    JMRP complaint, an SES notification by SNS (`feedback.provider`). Its From is the MTA's or
+    the provider's and its To our own sender: no people of a case (`resolve.adds_people`),
+    also when our token, which the copy it returns holds, found its case."""
+    return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
+            or (kind == AUTO_GENERATED and (is_delivery_notice(msg)
+                                            or bool(feedback.provider(msg)))))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
@@ -503,8 +531,9 @@ def _report_type(msg: Message) -> str | None:
 
 
 def reads_body(msg: Message) -> bool:
-    """Whether the kind depends on the body: a delivery report's Action fields."""
-    return _report_type(msg) in _DSN_REPORT_TYPES
+    """Whether the kind depends on the body: a delivery report's Action fields, an SES
+    notification's type (`feedback.SNS`)."""
+    return _report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
 
 
 def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:

@@ -14,7 +14,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from . import autoreply, bodytext, mime, msgid, subject, thread_index
+from . import autoreply, bodytext, feedback, mime, msgid, subject, thread_index
 from .addresses import AddressMatcher, envelope_address, header_addresses, unicode_address
 from .frozen import frozen
 from .lazy import lazy
@@ -622,10 +622,17 @@ class Resolver:
         under the null sender is read for the mail it attaches (a carrier's error notice in a
         language and format of its own: the null sender is the mail system's or a
         responder's, RFC 5321 §4.5.5), and so is postmaster@'s under a sender of its own (the
-        mail system's address, RFC 5321 §4.5.1). Other mail's body is not read here."""
+        mail system's address, RFC 5321 §4.5.1). A provider's feedback without a report
+        (`feedback.provider`) too: a JMRP complaint by the copy of our mail it attaches, an
+        SES notification by SNS by the fields of our mail its JSON names. Other mail's body
+        is not read here."""
         report = mime.is_report(ev.msg.get("Content-Type"))
         notice = not report and autoreply.is_delivery_notice(ev.msg)
-        if not (report or notice or self._may_attach_returned_mail(ev)):
+        provider = "" if report or notice else feedback.provider(ev.msg)
+        if provider == feedback.SNS:
+            found = feedback.ses_notice(ev.msg, ev.tree)
+            return self._bounce_part(ev, found.returned) if found is not None else None
+        if not (report or notice or provider or self._may_attach_returned_mail(ev)):
             return None
         top = ev.top
         returned = bodytext.iter_parts_of_type(
