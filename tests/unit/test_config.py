@@ -1732,6 +1732,22 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     (r"\.*INC", False),  # literal dots
     (r".+", False),  # the wildcard alone matches or fails at a line's start: one pass
     (r"(?i)(.+?)", False),
+    # Read in the parsed pattern, not its text: a verbose pattern's blanks and comments,
+    # several flag groups, branches, atomic groups, lazy, possessive and counted wildcards.
+    (r"(?x) .* INC", True),
+    (r"(?x) .+ INC \d+  # the number", True),
+    (r"(?i)(?s).*INC", True),
+    (r"(?#lead).*INC", True),
+    (r"(?:INC|.*REF)\d+", True),
+    (r"(?>.*INC)", True),
+    (r".*?INC", True),
+    (r".*+INC", True),
+    (r".{2,}INC", True),
+    (r"(?x) ( .+ )", False),
+    (r"(?:INC|.+)", False),
+    (r".{0,40}INC", False),  # bounded: a pass of 40 at most from each position
+    (r"[.]*INC", False),
+    (r"^.*INC", False),  # anchored: one position of the Subject
 ])
 def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
                                                    warned: bool) -> None:
