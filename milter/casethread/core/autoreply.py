@@ -31,7 +31,9 @@ first of this order wins:
    `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
    value) on mail that is no list mail, Exchange's
-   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a null
+   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), an
+   attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY` and no
+   `COMMENT`: a click on Accept, Decline or Tentative; `_imip_reply`), a null
    sender (envelope `<>`, or `Return-Path: <>` where no envelope is known), a From of
    `postmaster@...`, RT's
    `X-FC-Machinegenerated: true`, and RT mail whose `X-RT-Originator` (RT 3:
@@ -61,7 +63,9 @@ first of this order wins:
 Decisions, each conservative because an auto kind stops a reopen or a new case:
 - Exchange headers. `X-MS-Exchange-Inbox-Rules-Loop` and `X-MS-Exchange-Generated-Message-Source`
   are also stamped on mail that an inbox rule merely forwarded, i.e. a human's text. Alone they
-  are no signal; with `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an
+  are no signal (a customer's rule that forwards our answer back reopens its case: a
+  forward rule is also how a customer's shared mailbox brings new questions, which must open
+  cases); with `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an
   Exchange out-of-office or rule reply (Zammad's rule), so `auto-replied`; with an
   out-of-office subject (below) too, for the Exchange reply whose other fields a gateway
   dropped.
@@ -169,6 +173,20 @@ _OOO_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 
+_CALENDAR_CLASS = "urn:content-classes:calendarmessage"
+# The Subjects of calendar replies: Outlook's (also German, French, Spanish), Google
+# Calendar's, Thunderbird's, and "Event Invitation Reply (Accepted):" of CalDAV servers.
+_IMIP_SUBJECT = re.compile(
+    r"\s*(?:accepted|declined|tentative|tentatively\s+accepted|maybe"
+    r"|(?:event\s+)?invitation\s+reply(?:\s*\([^)]*\))?|invitation\s+status"
+    r"|zugesagt|abgelehnt|mit\s+vorbehalt\s+angenommen|angenommen|vorläufig"
+    r"|accepté|refusé|provisoire|aceptado|rechazado|provisional)\s*[:：]",
+    re.IGNORECASE,
+)
+_ICS_FOLD = re.compile(r"\r?\n[ \t]")
+_ICS_METHOD = re.compile(r"^METHOD\s*:\s*([A-Za-z-]+)", re.I | re.M)
+_ICS_COMMENT = re.compile(r"^COMMENT\s*[;:]", re.I | re.M)
+
 
 def is_auto(kind: str) -> bool:
     """True for every kind except `no`; ValueError for a string that is not a kind."""
@@ -209,8 +227,10 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     if provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
         return _provider_feedback(msg, provider, tree)
 
+    calendar = _imip_reply(msg, tree)  # an attendee's click: "Accepted: ..."
     if not (fields or null_sender or from_local == "postmaster"):
-        return NO, ""  # most mail: none of the signals below can be present
+        # most mail: none of the signals below can be present
+        return (AUTO_GENERATED, "imip-reply") if calendar else (NO, "")
 
     submitted = _submitted(fields)
     precedence = _precedence(fields)
@@ -232,6 +252,8 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return AUTO_REPLIED, f"{reason or weak}+ooo-subject"
     if reason:
         return AUTO_GENERATED, reason
+    if calendar:
+        return AUTO_GENERATED, "imip-reply"
 
     # 4. bulk (our own list relays people's mail: its list fields say nothing), except
     # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail, and its
@@ -546,8 +568,52 @@ def _report_type(msg: Message) -> str | None:
 
 def reads_body(msg: Message) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields, an SES
-    notification's type (`feedback.SNS`)."""
-    return _report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
+    notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`)."""
+    return (_report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
+            or _imip_candidate(msg))
+
+
+def _imip_candidate(msg: Message) -> bool:
+    """Whether the header fields say the mail may be a calendar reply (iMIP, RFC 6047), whose
+    body then tells: a `text/calendar` message, Outlook's and Exchange's `Content-Class:
+    urn:content-classes:calendarmessage` (any language), or a multipart message whose Subject
+    starts as the calendars' replies do ("Accepted:", "Declined:", "Tentative:", ...). Only
+    these have their body read for it, so that the milter's decision at the end of the header
+    section (`Engine.body_wanted`) is the whole message's."""
+    content_type = msg.get("Content-Type")
+    if content_type is None:
+        return False
+    mime_type = mime.content_type(content_type).value
+    if mime_type == "text/calendar":
+        return True
+    if not mime_type.startswith("multipart/"):
+        return False
+    if any(_field_text(v).lower() == _CALENDAR_CLASS for v in msg.get_all("Content-Class")):
+        return True
+    subject = msg.get("Subject")
+    return subject is not None and _IMIP_SUBJECT.match(decode_subject(subject)) is not None
+
+
+def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
+    """Whether the mail is an attendee's reply to an invitation (iMIP, RFC 6047: its first
+    `text/calendar` part says `METHOD:REPLY`) that carries no note of theirs (no `COMMENT`
+    property: Outlook's "Edit the response before sending" and Google's "add a note" write
+    one). Such a reply is a click on Accept, Decline or Tentative, which the client mails
+    itself: automatic. A counter-proposal (`METHOD:COUNTER`, "New Time Proposed:") asks the
+    organizer something and stays a person's mail."""
+    if not _imip_candidate(msg):
+        return False
+    top = mime.top_fields(msg.headers)
+    for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
+                                            ("text/calendar",), _REPORT_BUDGET,
+                                            top_disposition=top.disposition,
+                                            tree=tree() if tree is not None else None):
+        text = _ICS_FOLD.sub("", part.data.decode("utf-8", "replace"))
+        method = _ICS_METHOD.search(text)
+        return (method is not None and method.group(1).upper() == "REPLY"
+                and _ICS_COMMENT.search(text) is None)
+    return False
+
 
 
 def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:

@@ -1,0 +1,155 @@
+"""Mail a customer's mail client or mailbox generates, not the customer typing, that carries
+our case token. Calendar replies (iMIP, RFC 6047) thread to their case and change nothing
+(`X-Case-Auto: auto-generated`); one with the attendee's note and a counter-proposal stay a
+person's mail, and so does an Exchange inbox rule's forward. The fixtures are written here
+from the formats' public descriptions (RFC 5546, RFC 6047, Outlook's and Google Calendar's
+reply shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.conftest import make_message
+
+from casethread.core.model import CaseState, Direction
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
+PAT = ("From", "Pat Customer <pat@customer.example.org>")
+TO_SUPPORT = ("To", "Support <support@example.com>")
+
+
+def ics(method: str, partstat: str = "ACCEPTED", comment: str | None = None) -> bytes:
+    lines = ["BEGIN:VCALENDAR", f"METHOD:{method}", "PRODID:-//Example Corp//Cal 1.0//EN",
+             "VERSION:2.0", "BEGIN:VEVENT",
+             f"ATTENDEE;PARTSTAT={partstat};CN=Pat Customer:mailto:pat@customer.exa",
+             " mple.org"]
+    if comment is not None:
+        lines.append(f"COMMENT;LANGUAGE=en-US:{comment}")
+    lines += ["SUMMARY:Printer jam call", "UID:call-42@support.example.com",
+              "ORGANIZER;CN=Dana Agent:mailto:dana@support.example.com",
+              "DTSTART:20261201T100000Z", "DTEND:20261201T103000Z", "SEQUENCE:0",
+              "END:VEVENT", "END:VCALENDAR", ""]
+    return "\r\n".join(lines).encode()
+
+
+def alternative(method: str, text: bytes = b"", **kw: Any) -> tuple[tuple[str, str], bytes]:
+    """Outlook's shape: text/plain (the attendee's note, if any) and the inline calendar."""
+    body = (b"--cal\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text + b"\r\n"
+            b"--cal\r\nContent-Type: text/calendar; charset=utf-8; method=" + method.encode()
+            + b"\r\nContent-Transfer-Encoding: 7bit\r\n\r\n" + ics(method, **kw) + b"--cal--\r\n")
+    return ("Content-Type", 'multipart/alternative; boundary="cal"'), body
+
+
+def resolved_case(h: Any) -> str:
+    """The agent's mail to Pat (C-000001), then resolved: its tagged Subject."""
+    out = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam call"), body=b"Hello Pat,\n")
+    assert out.case_id == "C-000001"
+    h.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    return out.one("Subject")
+
+
+@pytest.mark.parametrize("prefix,partstat", [
+    ("Accepted", "ACCEPTED"), ("Declined", "DECLINED"), ("Tentative", "TENTATIVE")])
+def test_an_outlook_calendar_reply_threads_without_reopening(harness: Any, prefix: str,
+                                                            partstat: str) -> None:
+    subject = resolved_case(harness)
+    content_type, body = alternative("REPLY", partstat=partstat)
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"{prefix}: {subject}"),
+                        ("Message-ID", "<reply-1@customer.example.org>"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-State") == "resolved"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_a_calendar_reply_in_another_language_is_told_by_outlooks_content_class(
+        harness: Any) -> None:
+    subject = resolved_case(harness)
+    content_type, body = alternative("REPLY")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Zugesagt: {subject}"),
+                        ("Content-Class", "urn:content-classes:calendarmessage"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+def test_a_bare_calendar_reply_that_names_no_case_opens_none(harness: Any) -> None:
+    """Google Calendar's Subject is the event's title, which our tag is not in: such a
+    reply used to open a case of its own."""
+    resolved_case(harness)
+    r = harness.inbound(("From", "Pat <pat@gmail.example>"), TO_SUPPORT,
+                        ("Subject", "Accepted: Printer jam call @ Tue Dec 1, 2026 10am - "
+                                    "10:30am (UTC) (support@example.com)"),
+                        ("MIME-Version", "1.0"),
+                        ("Content-Type", "text/calendar; charset=UTF-8; method=REPLY"),
+                        body=ics("REPLY"))
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
+    assert r.one("X-Case-Auto") == "auto-generated"
+
+
+def test_a_calendar_reply_with_the_attendees_note_is_their_reply(harness: Any) -> None:
+    subject = resolved_case(harness)
+    content_type, body = alternative("REPLY", text=b"Can we make it 11:00?",
+                                     partstat="DECLINED", comment="Can we make it 11:00?")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Declined: {subject}"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+
+
+def test_a_counter_proposal_is_the_attendees_reply(harness: Any) -> None:
+    subject = resolved_case(harness)
+    content_type, body = alternative("COUNTER")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"New Time Proposed: {subject}"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+
+
+def test_a_reply_that_only_starts_like_a_calendar_reply_is_a_persons(harness: Any) -> None:
+    subject = resolved_case(harness)
+    body = (b"--alt\r\nContent-Type: text/plain\r\n\r\nWe accept the offer.\r\n"
+            b"--alt\r\nContent-Type: text/html\r\n\r\n<p>We accept the offer.</p>\r\n--alt--\r\n")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Accepted: {subject}"),
+                        ("MIME-Version", "1.0"),
+                        ("Content-Type", 'multipart/alternative; boundary="alt"'), body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+
+
+def test_the_milter_reads_a_calendar_replys_body_before_deciding(harness: Any) -> None:
+    """The header fields name the case (the Subject tag), but the kind is in the body: the
+    milter must not skip it, or its decision would not be the whole message's."""
+    subject = resolved_case(harness)
+    content_type, _ = alternative("REPLY")
+    headers = make_message(PAT, TO_SUPPORT, ("Subject", f"Accepted: {subject}"),
+                           ("MIME-Version", "1.0"), content_type)
+    plan = harness.engine.body_wanted(headers, Direction.INBOUND)
+    assert plan.found is None and plan.room > 0
+    plain = make_message(PAT, TO_SUPPORT, ("Subject", f"Re: {subject}"))
+    assert harness.engine.body_wanted(plain, Direction.INBOUND).found is not None
+
+
+RULE_LOOP = ("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example.org")
+
+
+def forward_of(subject: str, *extra: tuple[str, str],
+               message_id: str = "<fw-1@customer.example.org>") -> Any:
+    quote = (b"\r\n________________________________\r\nFrom: Dana Agent "
+             b"<dana@support.example.com>\r\nSent: Monday, November 30, 2026 09:15\r\n"
+             b"Subject: " + subject.encode() + b"\r\n\r\nHello Pat,\r\n")
+    return make_message(PAT, TO_SUPPORT, ("Subject", "FW: " + subject),
+                        ("Message-ID", message_id), *extra, body=quote)
+
+
+def test_an_exchange_rule_forward_stays_a_persons_mail(harness: Any) -> None:
+    """A forward rule is how a customer's shared mailbox brings new questions to support:
+    they must open cases. The cost (README, *Known to go wrong*): a rule that forwards our
+    answer back reopens its case."""
+    subject = resolved_case(harness)
+    r = harness.run(forward_of(subject, RULE_LOOP), Direction.INBOUND)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+    r = harness.run(forward_of("Printer on floor 3 is down", RULE_LOOP,
+                               message_id="<fw-2@customer.example.org>"), Direction.INBOUND)
+    assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
