@@ -153,3 +153,18 @@ def test_an_exchange_rule_forward_stays_a_persons_mail(harness: Any) -> None:
     r = harness.run(forward_of("Printer on floor 3 is down", RULE_LOOP,
                                message_id="<fw-2@customer.example.org>"), Direction.INBOUND)
     assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
+
+
+@pytest.mark.parametrize("written", [
+    "=?utf-8?q?Accept=C3=A9=3A_?=",  # RFC 2047: the candidate test reads it decoded
+    "Accept\udcc3\udca9: ",  # raw UTF-8, as the milter carries 8-bit bytes (surrogate escapes)
+])
+def test_a_french_calendar_reply_is_told_by_its_subject_however_written(
+        harness: Any, written: str) -> None:
+    """No Content-Class (a client other than Outlook): only the Subject's "Accepté:" makes
+    the body worth reading, encoded or raw."""
+    subject = resolved_case(harness)
+    content_type, body = alternative("REPLY")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", written + subject),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")

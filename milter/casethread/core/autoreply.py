@@ -579,19 +579,23 @@ def _imip_candidate(msg: Message) -> bool:
     urn:content-classes:calendarmessage` (any language), or a multipart message whose Subject
     starts as the calendars' replies do ("Accepted:", "Declined:", "Tentative:", ...). Only
     these have their body read for it, so that the milter's decision at the end of the header
-    section (`Engine.body_wanted`) is the whole message's."""
+    section (`Engine.body_wanted`) is the whole message's. Asked of every message, twice:
+    substrings tell most mail apart (a type's name is a token, never split), as
+    `mime.is_report` does; the Content-Type is parsed only for a candidate."""
     content_type = msg.get("Content-Type")
     if content_type is None:
         return False
-    mime_type = mime.content_type(content_type).value
-    if mime_type == "text/calendar":
+    lowered = content_type.lower()
+    if "calendar" in lowered and mime.media_type(content_type) == "text/calendar":
         return True
-    if not mime_type.startswith("multipart/"):
+    if "multipart" not in lowered:
         return False
-    if any(_field_text(v).lower() == _CALENDAR_CLASS for v in msg.get_all("Content-Class")):
-        return True
-    subject = msg.get("Subject")
-    return subject is not None and _IMIP_SUBJECT.match(decode_subject(subject)) is not None
+    subject = msg.get("Subject") or ""
+    plain = subject.isascii() and "=?" not in subject  # as decoded already
+    if not (_IMIP_SUBJECT.match(subject if plain else decode_subject(subject))
+            or _CALENDAR_CLASS in (msg.get("Content-Class") or "").lower()):
+        return False
+    return mime.media_type(content_type).startswith("multipart/")
 
 
 def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
