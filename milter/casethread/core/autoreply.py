@@ -63,10 +63,14 @@ first of this order wins:
 Decisions, each conservative because an auto kind stops a reopen or a new case:
 - Exchange headers. `X-MS-Exchange-Inbox-Rules-Loop` and `X-MS-Exchange-Generated-Message-Source`
   are also stamped on mail that an inbox rule merely forwarded, i.e. a human's text. Alone they
-  are no signal (a customer's rule that forwards our answer back reopens its case: a
-  forward rule is also how a customer's shared mailbox brings new questions, which must open
-  cases); with `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an
-  Exchange out-of-office or rule reply (Zammad's rule), so `auto-replied`; with an
+  are no signal (a forward rule is also how a customer's shared mailbox brings new
+  questions, which must open cases), but for a forward of our own mail: an inbox rule's
+  forward (`X-MS-Exchange-Inbox-Rules-Loop`) whose text starts with the header block of the
+  mail it forwards, nothing typed above it, and whose From line names one of our support
+  addresses is `auto-generated` (`_forwards_our_mail`: the customer's mailbox sending our
+  answer back must not reopen the case the agent just resolved); with
+  `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an Exchange
+  out-of-office or rule reply (Zammad's rule), so `auto-replied`; with an
   out-of-office subject (below) too, for the Exchange reply whose other fields a gateway
   dropped.
   `X-Auto-Response-Suppress` alone is no signal either: it asks *others* not to auto-reply and
@@ -254,6 +258,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return AUTO_GENERATED, reason
     if calendar:
         return AUTO_GENERATED, "imip-reply"
+    if (ours is not None and _values(fields, _RULE_FORWARD)
+            and _forwards_our_mail(msg, tree, ours)):
+        return AUTO_GENERATED, "rule-forward-of-our-mail"
 
     # 4. bulk (our own list relays people's mail: its list fields say nothing), except
     # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail, and its
@@ -568,9 +575,10 @@ def _report_type(msg: Message) -> str | None:
 
 def reads_body(msg: Message) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields, an SES
-    notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`)."""
+    notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`), an
+    Exchange rule's forward's first lines (`_forwards_our_mail`)."""
     return (_report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
-            or _imip_candidate(msg))
+            or _imip_candidate(msg) or msg.get(_RULE_FORWARD) is not None)
 
 
 def _imip_candidate(msg: Message) -> bool:
@@ -637,6 +645,40 @@ def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
 def _exchange_rule_header(fields: Fields) -> str:
     """The first Exchange rule header present, or `""`."""
     return next((name for name in _EXCHANGE_RULE_HEADERS if _values(fields, name)), "")
+
+
+# Set by Exchange on mail an inbox rule sent: a forward, a redirect, a rule's reply.
+_RULE_FORWARD = "x-ms-exchange-inbox-rules-loop"
+# The line an inline forward may put above the forwarded mail's header block: Outlook's rule
+# of underscores, "-----Original Message-----" or "---------- Forwarded message ---------",
+# Apple Mail's "Begin forwarded message:".
+_FORWARD_SEPARATOR = re.compile(r"\s*(?:_{8,}|-{3,}[^\n]*-{3,}|begin forwarded message:)\s*",
+                                re.I)
+# A header block's first line, in any language ("From:", "Von:", "De :", "寄件者:"), and the
+# address its value names (`Name <a@b>`, Outlook's `Name [mailto:a@b]`, `a@b`).
+_HEADER_LINE = re.compile(r"\s*[^\s:][^:\n]{0,39}:\s*(.+)")
+_ADDRESS_IN = re.compile(r"(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)", re.I)
+
+
+def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
+                       ours: Callable[[str], bool]) -> bool:
+    """Whether an Exchange inbox rule's forward forwards mail of ours: its first text starts,
+    after blank lines and a separator line, with the forwarded mail's header block, whose
+    first line (its From) names one of our support addresses. A person who forwards types
+    above it, and no rule adds a line; a shared mailbox's rule forwarding a new question
+    forwards its sender's mail, a colleague's reply to our mail the colleague's: both stay a
+    person's mail. A forward as an attachment is not read so (it stays a person's mail)."""
+    top = mime.top_fields(msg.headers)
+    texts = bodytext.iter_texts(top.content_type, top.cte, msg.body, _REPORT_BUDGET,
+                                top_disposition=top.disposition,
+                                tree=tree() if tree is not None else None, open_files=False)
+    lines = (line for line in next(texts, "").splitlines() if line.strip())
+    first = next(lines, "")
+    if _FORWARD_SEPARATOR.fullmatch(first):
+        first = next(lines, "")
+    header = _HEADER_LINE.fullmatch(first)
+    address = _ADDRESS_IN.search(header.group(1)) if header is not None else None
+    return address is not None and ours(address.group(1).lower())
 
 
 def _suppress_header(fields: Fields) -> str:
