@@ -321,3 +321,34 @@ def test_filter_threads_jmrp_and_ses_notices(run_filter: Any) -> None:
         found = [(h.name, h.value) for h in head if h.name.startswith("X-Case-")]
         assert ("X-Case-ID", "C-000001") in found, (name, found)
         assert ("X-Case-Match", "bounce") in found and ("X-Case-Auto", auto) in found, found
+
+
+@pytest.mark.parametrize(("bounce", "auto"), [
+    # SES's soft bounce of subtype General is typically the recipient's out-of-office reply:
+    # the mail was delivered. It was `bounce`, as if the customer had not got it.
+    ({"bounceType": "Transient", "bounceSubType": "General",
+      "bouncedRecipients": [{"emailAddress": "pat@customer.example.org"}]}, "auto-generated"),
+    ({"bounceType": "transient", "bounceSubType": "general"}, "auto-generated"),
+    # ... unless the DSN SES got says the delivery failed.
+    ({"bounceType": "Transient", "bounceSubType": "General",
+      "bouncedRecipients": [{"emailAddress": "pat@customer.example.org", "action": "failed",
+                             "status": "4.4.7"}]}, "bounce"),
+    # SES gave up: a failure.
+    ({"bounceType": "Transient", "bounceSubType": "MailboxFull"}, "bounce"),
+    ({"bounceType": "Transient", "bounceSubType": "MessageTooLarge"}, "bounce"),
+    ({"bounceType": "Undetermined", "bounceSubType": "Undetermined"}, "bounce"),
+    ({"bounceType": "Permanent", "bounceSubType": "General"}, "bounce"),
+], ids=["general", "lower-case", "general-failed", "mailbox-full", "too-large", "undetermined",
+        "permanent"])
+@pytest.mark.parametrize("form", ["notification", "event"])
+def test_an_ses_transient_general_bounce_is_no_failure(harness: Any, bounce: dict[str, Any],
+                                                       auto: str, form: str) -> None:
+    out = start_resolved_case(harness)
+    notice = sns_fixture_notice(out.one("Message-ID"), out.one("Subject"))
+    notice["bounce"] = bounce
+    if form == "event":
+        notice["eventType"] = notice.pop("notificationType")
+    r = harness.run(message(sns_mail(notice), SNS_SENDER), Direction.INBOUND)
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "resolved", auto)
+    assert participants(harness, *PROVIDERS) == []

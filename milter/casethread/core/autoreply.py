@@ -21,7 +21,8 @@ first of this order wins:
    feedback) is `auto-generated` whatever else it says: RFC 3834 §5 lets a receipt carry
    `Auto-Submitted: auto-replied`, which makes it no out-of-office. A provider's feedback
    without a report (`feedback.provider`) next: an Amazon SES notification mailed by SNS is
-   a bounce when it reports a failure (`Bounce`, `Reject` in its JSON), else
+   a bounce when it reports a failure (`Bounce`, `Reject` in its JSON; not a `Transient`/
+   `General` bounce without a `failed` action, SES's report of an out-of-office), else
    `auto-generated`; a Microsoft JMRP complaint is `auto-generated`, as an ARF abuse report
    is (a complaint reports no failure to deliver, and it was delivered).
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,

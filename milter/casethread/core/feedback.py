@@ -19,8 +19,10 @@ our outbound mail: Microsoft's JMRP complaints and Amazon SES notices sent by SN
 Both are automatic (`autoreply`): a JMRP complaint is `auto-generated`, as an ARF report is;
 an SES notification is a `bounce` when it reports a failure (`Bounce`, `Reject`: the customer
 did not get our mail, the report an agent must act on, as for a DSN), else `auto-generated`
-(a complaint, a delivery, an open...). The bounce strategy threads them by the mail they name
-(`resolve.Resolver.by_bounce`), and they make nobody a participant.
+(a complaint, a delivery, an open...; a `Transient`/`General` bounce whose recipients' DSN
+`action` is not `failed`, which SES sends for an out-of-office reply). The bounce strategy
+threads them by the mail they name (`resolve.Resolver.by_bounce`), and they make nobody a
+participant.
 
 The JSON reader is bounded: at most `SNS_READ` decoded bytes of the body, `MAX_DEPTH` levels
 of nesting (checked before `json` recurses), `MAX_HEADERS` entries of the `headers` list,
@@ -58,6 +60,9 @@ _SNS_SENDER = re.compile(r"@sns\.amazonaws\.com(?:\.cn)?\Z", re.I)
 # The SES notification types (`notificationType`) and event types (`eventType`) that report a
 # failure to deliver our mail.
 FAILED = frozenset({"bounce", "reject"})
+# A `Transient`/`General` bounce no recipient's `action` calls failed: most often an
+# out-of-office reply (`_soft_general`), `auto-generated` as a DSN's `delayed` is.
+SOFT_BOUNCE = "transient bounce"
 # Names for the log of the types SES documents; others are `notification`.
 _KNOWN_TYPES = frozenset({"bounce", "complaint", "delivery", "send", "reject", "open", "click",
                           "rendering failure", "deliverydelay", "subscription"})
@@ -117,7 +122,27 @@ def parse_notice(text: str) -> SesNotice | None:
     if not isinstance(kind, str) or not isinstance(mail, dict):
         return None
     kind = kind.strip().lower()
-    return SesNotice(kind if kind in _KNOWN_TYPES else "notification", _returned(mail))
+    kind = kind if kind in _KNOWN_TYPES else "notification"
+    if kind == "bounce" and _soft_general(found.get("bounce")):
+        kind = SOFT_BOUNCE
+    return SesNotice(kind, _returned(mail))
+
+
+def _soft_general(bounce: object) -> bool:
+    """Whether an SES bounce is `Transient`/`General` and no recipient's DSN `action` says
+    `failed`: SES reports so the recipient's out-of-office reply (typically, says AWS), and
+    mail that was delivered is no failure. A transient bounce of another subtype
+    (`MailboxFull`, `MessageTooLarge`, `ContentRejected`...) is sent when SES gave up."""
+    if not isinstance(bounce, dict):
+        return False
+    kind, subtype = bounce.get("bounceType"), bounce.get("bounceSubType")
+    if not (isinstance(kind, str) and kind.strip().lower() == "transient"
+            and isinstance(subtype, str) and subtype.strip().lower() == "general"):
+        return False
+    recipients = bounce.get("bouncedRecipients")
+    return not any(isinstance(r, dict) and isinstance(r.get("action"), str)
+                   and r["action"].strip().lower() == "failed"
+                   for r in (recipients[:MAX_HEADERS] if isinstance(recipients, list) else ()))
 
 
 def _json_object(text: str) -> dict[str, object] | None:
