@@ -583,7 +583,7 @@ def _led(items: list[tuple[Any, Any]], followed: bool) -> bool:
         return any(_led(list(branch), followed) for branch in arg[1])
     if op in _REPEATS:
         _low, high, repeated = arg
-        return (followed and high is sre_constants.MAXREPEAT
+        return (followed and high == sre_constants.MAXREPEAT
                 and [code for code, _ in repeated] == [sre_constants.ANY])
     return False
 

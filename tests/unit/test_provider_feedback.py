@@ -234,27 +234,40 @@ def test_an_ses_notice_finds_our_message_id_in_its_headers_list(harness: Any) ->
 
 
 @pytest.mark.parametrize("body", [
+    b'{"notificationType": "Bounce", "mail": {"headers": [1, {"name": 2}, {"name": "Subject",'
+    b' "value": ["x"]}], "commonHeaders": []}}\n',
+    b'{"notificationType": "Bounce", "mail": {"commonHeaders": {"subject": "\\ud800 x"}}}',
+], ids=["odd-headers", "lone-surrogate"])
+def test_an_ses_bounce_with_odd_fields_names_nothing(harness: Any, body: bytes) -> None:
+    """A notification whose fields of our mail are odd (not strings, a lone surrogate): a
+    bounce of no mail of ours, which opens no case and reads nothing wrong."""
+    start_resolved_case(harness)
+    r = harness.run(message(sns_mail(None, body=body), SNS_SENDER), Direction.INBOUND)
+    assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
+    assert harness.index.last_number() == 1
+
+
+@pytest.mark.parametrize("body", [
     b"You have chosen to subscribe to the topic:\narn:aws:sns:us-east-1:0:ses-notices\n",
     b"{not json at all\n",
     b"[1, 2, 3]\n",
     b'{"notificationType": "Bounce", "mail": "not an object"}\n',
     b'{"notificationType": 7, "mail": {}}\n',
-    b'{"notificationType": "Bounce", "mail": {"headers": [1, {"name": 2}, {"name": "Subject",'
-    b' "value": ["x"]}], "commonHeaders": []}}\n',
     b"[" * 200_000,
     b'{"a": ' * 50_000 + b"1" + b"}" * 50_000,
     b'{"Type": "Notification", "Message": "' + b'{\\"a\\": ' * 100 + b'1' + b'}' * 100 + b'"}',
-    b'{"notificationType": "Bounce", "mail": {"commonHeaders": {"subject": "\\ud800 x"}}}',
     b"{" + b" " * (1 << 20) + b"}",
-], ids=["confirmation", "garbage", "list", "mail-string", "type-number", "odd-headers",
-        "deep-list", "deep-object", "deep-envelope", "lone-surrogate", "huge"])
-def test_an_sns_mail_without_a_notification_is_automatic_and_opens_no_case(
+], ids=["confirmation", "garbage", "list", "mail-string", "type-number", "deep-list",
+        "deep-object", "deep-envelope", "huge"])
+def test_an_sns_mail_without_a_notification_is_read_as_any_mail(
         harness: Any, body: bytes) -> None:
+    """No SES notification in it (a subscription confirmation someone must confirm, another
+    topic's alarm, garbage): mail as any other, which opens a case; the reader stays within
+    its bounds on the garbage."""
     start_resolved_case(harness)
     r = harness.run(message(sns_mail(None, body=body), SNS_SENDER), Direction.INBOUND)
-    assert r.one("X-Case-Match") == "none"
-    assert r.one("X-Case-Auto") in ("auto-generated", "bounce")
-    assert harness.index.last_number() == 1
+    assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
+    assert harness.index.last_number() == 2
     assert harness.case("C-000001").state is CaseState.RESOLVED
 
 

@@ -230,7 +230,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return AUTO_GENERATED, "report"
     provider = feedback.provider(msg)
     if provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
-        return _provider_feedback(msg, provider, tree)
+        found = _provider_feedback(msg, provider, tree)
+        if found is not None:
+            return found
 
     calendar = _imip_reply(msg, tree)  # an attendee's click: "Accepted: ..."
     if not (fields or null_sender or from_local == "postmaster"):
@@ -281,16 +283,17 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
 
 
 def _provider_feedback(msg: Message, provider: str,
-                       tree: Callable[[], mime.Part] | None) -> tuple[str, str]:
+                       tree: Callable[[], mime.Part] | None) -> tuple[str, str] | None:
     """A JMRP complaint is `auto-generated`, as an ARF report is. An SES notification by SNS
     is a bounce when it reports a failure (`Bounce`, `Reject`), as a DSN is, else
-    `auto-generated`; so is SNS mail whose body holds no notification (a subscription
-    confirmation, another topic's message)."""
+    `auto-generated`. None for SNS mail whose body holds no SES notification: it is read as
+    any mail is (a subscription confirmation someone must confirm, a CloudWatch alarm a site
+    may want a case for: they opened cases before SES notices were read, and still do)."""
     if provider == feedback.JMRP:
         return AUTO_GENERATED, "jmrp-complaint"
     notice = feedback.ses_notice(msg, tree() if tree is not None else None)
     if notice is None:
-        return AUTO_GENERATED, "sns"
+        return None
     kind = BOUNCE if notice.kind in feedback.FAILED else AUTO_GENERATED
     return kind, "ses-" + notice.kind.replace(" ", "-")
 

@@ -27,7 +27,8 @@ participant.
 The JSON reader is bounded: at most `SNS_READ` decoded bytes of the body, `MAX_DEPTH` levels
 of nesting (checked before `json` recurses), `MAX_HEADERS` entries of the `headers` list,
 `MAX_VALUE` characters of a value; anything else (no JSON, a JSON of another shape, garbage)
-is no notification, and the mail stays an unread automatic notice of SNS.
+is no notification, and the mail is read as any mail is (`autoreply`: a subscription
+confirmation, a CloudWatch alarm).
 """
 
 from __future__ import annotations
