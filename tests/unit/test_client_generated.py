@@ -20,10 +20,11 @@ PAT = ("From", "Pat Customer <pat@customer.example.org>")
 TO_SUPPORT = ("To", "Support <support@example.com>")
 
 
-def ics(method: str, partstat: str = "ACCEPTED", comment: str | None = None) -> bytes:
+def ics(method: str, partstat: str = "ACCEPTED", comment: str | None = None,
+        params: str = "") -> bytes:
     lines = ["BEGIN:VCALENDAR", f"METHOD:{method}", "PRODID:-//Example Corp//Cal 1.0//EN",
              "VERSION:2.0", "BEGIN:VEVENT",
-             f"ATTENDEE;PARTSTAT={partstat};CN=Pat Customer:mailto:pat@customer.exa",
+             f"ATTENDEE;PARTSTAT={partstat};CN=Pat Customer{params}:mailto:pat@customer.exa",
              " mple.org"]
     if comment is not None:
         lines.append(f"COMMENT;LANGUAGE=en-US:{comment}")
@@ -98,6 +99,37 @@ def test_a_calendar_reply_with_the_attendees_note_is_their_reply(harness: Any) -
     r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Declined: {subject}"),
                         ("MIME-Version", "1.0"), content_type, body=body)
     assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+
+
+def test_exchanges_empty_comment_on_a_click_is_no_note(harness: Any) -> None:
+    """Exchange writes `COMMENT;LANGUAGE=en-US:\\n` (an escaped line break, nothing typed)
+    into the reply of a mere click on Accept: that is no note."""
+    subject = resolved_case(harness)
+    for i, empty in enumerate(("\\n", "\\n\\n", "")):
+        content_type, body = alternative("REPLY", comment=empty)
+        r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Accepted: {subject}"),
+                            ("Message-ID", f"<click-{i}@customer.example.org>"),
+                            ("Content-Class", "urn:content-classes:calendarmessage"),
+                            ("MIME-Version", "1.0"), content_type, body=body)
+        assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+def test_a_google_calendar_reply_with_a_note_is_the_attendees_reply(harness: Any) -> None:
+    """Google Calendar puts the attendee's note in the ATTENDEE line's X-RESPONSE-COMMENT
+    parameter (folded across lines as any other), not in a COMMENT property."""
+    subject = resolved_case(harness)
+    note = ';X-NUM-GUESTS=0;X-RESPONSE-COMMENT="Still jammed\\, can we talk today?"'
+    content_type, body = alternative("REPLY", partstat="TENTATIVE", params=note)
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Tentative: {subject}"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+    # Google's click without a note writes the parameter not at all, or empty.
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    content_type, body = alternative("REPLY", params=';X-RESPONSE-COMMENT=""')
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", f"Accepted: {subject}"),
+                        ("Message-ID", "<click-g@customer.example.org>"),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
 
 
 def test_a_counter_proposal_is_the_attendees_reply(harness: Any) -> None:

@@ -33,8 +33,9 @@ first of this order wins:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
    value) on mail that is no list mail, Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), an
-   attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY` and no
-   `COMMENT`: a click on Accept, Decline or Tentative; `_imip_reply`), a null
+   attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
+   or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
+   `_imip_reply`), a null
    sender (envelope `<>`, or `Return-Path: <>` where no envelope is known), a From of
    `postmaster@...`, RT's
    `X-FC-Machinegenerated: true`, and RT mail whose `X-RT-Originator` (RT 3:
@@ -190,7 +191,13 @@ _IMIP_SUBJECT = re.compile(
 )
 _ICS_FOLD = re.compile(r"\r?\n[ \t]")
 _ICS_METHOD = re.compile(r"^METHOD\s*:\s*([A-Za-z-]+)", re.I | re.M)
-_ICS_COMMENT = re.compile(r"^COMMENT\s*[;:]", re.I | re.M)
+# The attendee's note: a COMMENT property's value (Outlook, Exchange, Evolution, Nextcloud), or
+# Google Calendar's X-RESPONSE-COMMENT parameter on the ATTENDEE line (its only place for it).
+# Exchange writes `COMMENT;LANGUAGE=en-US:\n` on a click too: a value of escaped line breaks
+# and blanks is no note.
+_ICS_NOTE = re.compile(r'^COMMENT[^:\r\n]*:([^\r\n]*)|;X-RESPONSE-COMMENT=("[^"\r\n]*"|[^;:\r\n]*)',
+                       re.I | re.M)
+_ICS_EMPTY = re.compile(r'(?:\\[nN]|\s|")*')
 
 
 def is_auto(kind: str) -> bool:
@@ -613,10 +620,12 @@ def _imip_candidate(msg: Message) -> bool:
 def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
     """Whether the mail is an attendee's reply to an invitation (iMIP, RFC 6047: its first
     `text/calendar` part says `METHOD:REPLY`) that carries no note of theirs (no `COMMENT`
-    property: Outlook's "Edit the response before sending" and Google's "add a note" write
-    one). Such a reply is a click on Accept, Decline or Tentative, which the client mails
-    itself: automatic. A counter-proposal (`METHOD:COUNTER`, "New Time Proposed:") asks the
-    organizer something and stays a person's mail."""
+    property with text, Outlook's "Edit the response before sending"; no
+    `X-RESPONSE-COMMENT` parameter with text, Google Calendar's "add a note"; Exchange
+    writes an empty `COMMENT` on a mere click). Such a reply is a click on Accept, Decline
+    or Tentative, which the client mails itself: automatic. A counter-proposal
+    (`METHOD:COUNTER`, "New Time Proposed:") asks the organizer something and stays a
+    person's mail."""
     if not _imip_candidate(msg):
         return False
     top = mime.top_fields(msg.headers)
@@ -627,7 +636,8 @@ def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
         text = _ICS_FOLD.sub("", part.data.decode("utf-8", "replace"))
         method = _ICS_METHOD.search(text)
         return (method is not None and method.group(1).upper() == "REPLY"
-                and _ICS_COMMENT.search(text) is None)
+                and all(_ICS_EMPTY.fullmatch(note.group(1) or note.group(2) or "")
+                        for note in _ICS_NOTE.finditer(text)))
     return False
 
 
