@@ -226,6 +226,19 @@ def test_other_forwards_stay_a_persons_mail(harness: Any, what: str) -> None:
     assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
 
 
+def test_a_rule_redirect_of_a_question_whose_first_line_names_our_address_opens_a_case(
+        harness: Any) -> None:
+    """A shared mailbox's rule redirects a colleague's question: its first line is no
+    header block, though it reads "label: address"."""
+    resolved_case(harness)
+    msg = make_message(("From", "Kim <kim@customer.example.org>"), TO_SUPPORT,
+                       ("Subject", "Printer on floor 3"), RULE_LOOP,
+                       body=b"FYI: support@example.com closed my last ticket, but\r\n"
+                            b"the printer on floor 3 is down again.\r\n")
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
+
+
 def test_the_milter_reads_an_exchange_rule_forwards_body(harness: Any) -> None:
     subject = resolved_case(harness)
     headers = make_message(PAT, TO_SUPPORT, ("Subject", f"FW: {subject}"), RULE_LOOP)

@@ -677,11 +677,12 @@ _ADDRESS_IN = re.compile(r"(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)
 def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
                        ours: Callable[[str], bool]) -> bool:
     """Whether an Exchange inbox rule's forward forwards mail of ours: its first text starts,
-    after blank lines and a separator line, with the forwarded mail's header block, whose
-    first line (its From) names one of our support addresses. A person who forwards types
-    above it, and no rule adds a line; a shared mailbox's rule forwarding a new question
-    forwards its sender's mail, a colleague's reply to our mail the colleague's: both stay a
-    person's mail. A forward as an attachment is not read so (it stays a person's mail)."""
+    after blank lines and a separator line, with the forwarded mail's header block (two
+    header lines at least), whose first line (its From) names one of our support addresses.
+    A person who forwards types above it, and no rule adds a line; a shared mailbox's rule
+    forwarding a new question forwards its sender's mail, a colleague's reply to our mail
+    the colleague's: both stay a person's mail. A forward as an attachment is not read so
+    (it stays a person's mail)."""
     top = mime.top_fields(msg.headers)
     texts = bodytext.iter_texts(top.content_type, top.cte, msg.body, _REPORT_BUDGET,
                                 top_disposition=top.disposition,
@@ -691,7 +692,11 @@ def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
     if _FORWARD_SEPARATOR.fullmatch(first):
         first = next(lines, "")
     header = _HEADER_LINE.fullmatch(first)
-    address = _ADDRESS_IN.search(header.group(1)) if header is not None else None
+    # A header block goes on (Sent, Date, To, Subject): one line alone is a person's text
+    # ("FYI: support@... closed my ticket" redirected by a shared mailbox's rule).
+    if header is None or not _HEADER_LINE.fullmatch(next(lines, "")):
+        return False
+    address = _ADDRESS_IN.search(header.group(1))
     return address is not None and ours(address.group(1).lower())
 
 
