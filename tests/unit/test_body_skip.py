@@ -103,6 +103,35 @@ def a_text_bounce_with_the_token_in_its_subject(h: Any) -> Message:
                 sender=("From", "postmaster@customer.example.org"), mail_from="<>")
 
 
+def _calendar_reply(h: Any, subject: str, note: str) -> Message:
+    tok = h.token(start_case(h).case_id)
+    ics = ("BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\n"
+           f"ATTENDEE;PARTSTAT=ACCEPTED{note}:mailto:pat@customer.example.org\r\n"
+           "COMMENT;LANGUAGE=en-US:\\n\r\nUID:call@example.com\r\nEND:VEVENT\r\n"
+           "END:VCALENDAR\r\n")
+    body = ("--C\r\nContent-Type: text/plain\r\n\r\n\r\n--C\r\nContent-Type: text/calendar; "
+            f"method=REPLY\r\n\r\n{ics}--C--\r\n").encode()
+    return mail(("Subject", f"{subject}: Printer jam [ref:{tok}]"),
+                ("Content-Type", "multipart/alternative; boundary=C"), body=body)
+
+
+def an_outlook_calendar_click_with_the_token_in_its_subject(h: Any) -> Message:
+    """Its Subject names the case; its body makes it automatic (Exchange's empty COMMENT)."""
+    return _calendar_reply(h, "Accepted", "")
+
+
+def a_google_calendar_reply_with_a_note_and_the_token_in_its_subject(h: Any) -> Message:
+    return _calendar_reply(h, "Tentative", ';X-RESPONSE-COMMENT="Still jammed"')
+
+
+def an_exchange_rule_forward_of_our_mail_with_the_token_in_its_subject(h: Any) -> Message:
+    tok = h.token(start_case(h).case_id)
+    body = (b"\r\n________________________________\r\nFrom: Support <support@example.com>\r\n"
+            b"Sent: Monday, November 30, 2026 09:15\r\nSubject: Printer jam\r\n\r\nHello\r\n")
+    return mail(("Subject", f"FW: Printer jam [ref:{tok}]"),
+                ("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example.org"), body=body)
+
+
 SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
     # name: (the mail, whether its header fields alone find its case)
     "token in the Subject": (token_in_subject, True),
@@ -117,6 +146,13 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
         a_delay_warning_with_the_token_in_its_subject, False),
     "a text bounce with the token in its Subject": (
         a_text_bounce_with_the_token_in_its_subject, False),
+    # The kind of these is in the body (README, *Automatic mail*): read it.
+    "an Outlook calendar click with the token in its Subject": (
+        an_outlook_calendar_click_with_the_token_in_its_subject, False),
+    "a Google calendar reply with a note and the token in its Subject": (
+        a_google_calendar_reply_with_a_note_and_the_token_in_its_subject, False),
+    "an Exchange rule forward of our mail with the token in its Subject": (
+        an_exchange_rule_forward_of_our_mail_with_the_token_in_its_subject, False),
 }
 
 
@@ -235,3 +271,15 @@ def test_a_case_closed_between_end_of_headers_and_end_of_message_is_decided_afre
     assert decided_late.case_ids == decided_after.case_ids
     assert decided_late.edits == decided_after.edits
     assert late.case("C-000001").state is CaseState.CLOSED
+
+
+@pytest.mark.parametrize("scenario,auto", [
+    (an_outlook_calendar_click_with_the_token_in_its_subject, "auto-generated"),
+    (a_google_calendar_reply_with_a_note_and_the_token_in_its_subject, "no"),
+    (an_exchange_rule_forward_of_our_mail_with_the_token_in_its_subject, "auto-generated"),
+])
+def test_the_kinds_told_by_the_body_are_those_scenarios_kinds(
+        harness: Any, scenario: Callable[[Any], Message], auto: str) -> None:
+    """The scenarios above are the kinds they are named for (else their equality with the
+    milter's decision would check nothing)."""
+    assert harness.run(scenario(harness), Direction.INBOUND).decision.auto == auto
