@@ -7,6 +7,7 @@ descriptions (RFC 5546, RFC 6047, Outlook's and Google Calendar's reply shapes).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -237,6 +238,18 @@ def test_a_rule_redirect_of_a_question_whose_first_line_names_our_address_opens_
                             b"the printer on floor 3 is down again.\r\n")
     r = harness.run(msg, Direction.INBOUND)
     assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
+
+
+def test_a_rule_forwards_first_line_of_dashes_costs_no_backtracking(harness: Any) -> None:
+    """The separator line is told by its ends: a regex `-{3,}.*-{3,}` took cubic time on
+    dashes that end otherwise (32 s for 2,000; 13 s for the 1,500 here)."""
+    resolved_case(harness)
+    fwd = make_message(PAT, TO_SUPPORT, ("Subject", "FW: printer"), RULE_LOOP,
+                       body=b"-" * 1_500 + b"x\r\nFrom: Support <support@example.com>\r\n")
+    started = time.process_time()
+    r = harness.run(fwd, Direction.INBOUND)
+    assert time.process_time() - started < 1.0
+    assert r.one("X-Case-Auto") == "no"
 
 
 def test_the_milter_reads_an_exchange_rule_forwards_body(harness: Any) -> None:
