@@ -690,7 +690,9 @@ def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
     # ("FYI: support@... closed my ticket" redirected by a shared mailbox's rule).
     if header is None or not _HEADER_LINE.fullmatch(next(lines, "")):
         return False
-    address = _ADDRESS_IN.search(header.group(1))
+    # A header line holds 998 characters (RFC 5322 §2.1.1); the address search is quadratic
+    # in a run without `@` (1.5 s for 20,000 letters).
+    address = _ADDRESS_IN.search(header.group(1)[:998])
     return address is not None and ours(address.group(1).lower())
 
 
