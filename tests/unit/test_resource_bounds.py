@@ -278,6 +278,30 @@ def nested_comment_fields_10mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [(names[n % 5], nested) for n in range(100)]), b"Hi\r\n")
 
 
+def calendar_reply_of_10mb_of_notes(direction: Direction) -> Hostile:
+    """An "Accepted:" calendar reply whose text/calendar part is 10 MB of folded, empty
+    COMMENT lines (`autoreply._imip_reply` reads the first 64 KiB)."""
+    ics = b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n" + b"COMMENT:\r\n \\n\r\n" * (10 * MIB // 16)
+    body = (b"--c\r\nContent-Type: text/calendar; method=REPLY\r\n\r\n" + ics
+            + b"\r\n--c--\r\n")
+    headers = message(direction, [("Content-Type", 'multipart/alternative; boundary="c"')],
+                      subject="Accepted: Printer call")
+    return Hostile(headers, body)
+
+
+def exchange_rule_forward_of_10mb_html(direction: Direction) -> Hostile:
+    """An Exchange inbox rule's forward (its body is read for a forwarded header block,
+    `autoreply._forwards_our_mail`) of 10 MB of HTML: a separator line, a From line of
+    100,000 letters without an `@` (the address search is quadratic in such a run), a Sent
+    line, then more such lines."""
+    body = (b"<p>-----Original Message-----</p><p>From: " + b"a" * 100_000 + b"</p><p>Sent: "
+            + b"a" * 100_000 + b"</p>" + (b"<p>From: " + b"a" * 100_000 + b"</p>") * 100)
+    headers = message(direction, [("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example.org"),
+                                  ("Content-Type", "text/html; charset=utf-8")],
+                      subject="FW: Your printer")
+    return Hostile(headers, body)
+
+
 CASES: dict[str, Callable[[Direction], Hostile]] = {
     "References of 10,000 IDs": references_10k,
     "100,000 header fields": header_fields_100k,
@@ -312,6 +336,8 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "102 address fields of 100 KB, one garbled": address_fields_10mb_one_garbled,
     "SNS mail of 10 MB of JSON quotes": sns_notice_of_10mb_of_quotes,
     "SNS mail of JSON nested 100,000 deep": sns_notice_nested_100000_deep,
+    "calendar reply of 10 MB of empty notes": calendar_reply_of_10mb_of_notes,
+    "Exchange rule forward of 10 MB of HTML": exchange_rule_forward_of_10mb_html,
     "100 fields of 100 KB of nested comments (Return-Path, Precedence, List-Id...)":
         nested_comment_fields_10mb,
 }
