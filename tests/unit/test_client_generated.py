@@ -240,6 +240,35 @@ def test_a_rule_redirect_of_a_question_whose_first_line_names_our_address_opens_
     assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
 
 
+@pytest.mark.parametrize("first_lines", [
+    b"FYI: support@example.com closed my last ticket\r\nError: the printer on floor 3 is down.\r\n",
+    b"From: \"support@example.com\" <kim@customer.example.org>\r\nSent: today\r\n",
+], ids=["label-lines", "display-name"])
+def test_a_rule_redirect_whose_first_lines_name_our_address_in_words_opens_a_case(
+        harness: Any, first_lines: bytes) -> None:
+    """Two lines that read "label: text" are no forwarded header block unless the first
+    names its address as a From does (`Name <a@b>`, `Name [mailto:a@b]`, `a@b` alone): a
+    redirected question whose second line is "Error: ..." was auto-generated and opened no
+    case (review 14). A display name that reads as our address is no address of ours."""
+    resolved_case(harness)
+    msg = make_message(("From", "Kim <kim@customer.example.org>"), TO_SUPPORT,
+                       ("Subject", "Printer on floor 3"), RULE_LOOP, body=first_lines)
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.one("X-Case-Match"), r.one("X-Case-Auto")) == ("new", "no")
+
+
+@pytest.mark.parametrize("from_value", [
+    b"support@example.com <support@example.com>",  # Outlook: no display name of its own
+    b"support@example.com",
+    b"Support [mailto:support@example.com]",
+], ids=["name-is-address", "bare", "mailto"])
+def test_a_rule_forward_of_our_mail_names_our_address_as_a_from_does(
+        harness: Any, from_value: bytes) -> None:
+    subject = resolved_case(harness)
+    r = harness.run(forward_of(subject, RULE_LOOP, sender=from_value), Direction.INBOUND)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
 def test_a_rule_forwards_first_line_of_dashes_costs_no_backtracking(harness: Any) -> None:
     """The separator line is told by its ends: a regex `-{3,}.*-{3,}` took cubic time on
     dashes that end otherwise (32 s for 2,000; 13 s for the 1,500 here)."""
