@@ -7,6 +7,7 @@ file, line and key path.
 from __future__ import annotations
 
 import difflib
+import importlib
 import ipaddress
 import os
 import re
@@ -452,3 +453,49 @@ def describe_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     return f"a {type(value).__name__}"
+
+
+# A pattern led by a wildcard (`.*`, `.+`, `.{2,}`, lazy or possessive too), in any group or
+# branch it starts with, after flags, comments or a verbose pattern's blanks (`(?x) .* x`): a
+# search finds what follows it anywhere already, and Python's re, which has no timeout, then
+# retries the wildcard from every position of a line: time quadratic in the line (a 1 MiB line
+# of body text, a long Subject). The parsed pattern is looked at, not its text.
+# Not a pattern that is the wildcard alone (`header_regex: '.*'`, "the field is there", or
+# `.+`, "is not empty", also in a group): it matches, or fails, at a line's first position, in
+# one pass; without it a rule has no regex to give (`header` needs `header_regex`).
+# The stdlib's own pattern parser (`sre_parse`, deprecated under that name since 3.11; no stub).
+sre_parse: Any = importlib.import_module("re._parser")
+sre_constants: Any = importlib.import_module("re._constants")
+_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
+            sre_constants.POSSESSIVE_REPEAT)
+
+
+def wildcard_lead(pattern: str) -> bool:
+    """Whether a search with `pattern` starts with an unbounded wildcard that something
+    follows (see above). A pattern the parser refuses is no warning (the config check
+    reports it)."""
+    try:
+        parsed = sre_parse.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return False
+    return _led(list(parsed), followed=False)
+
+
+def _led(items: list[tuple[Any, Any]], followed: bool) -> bool:
+    """Whether `items` start with the wildcard and something comes after it (`followed`: what
+    follows `items` in the groups around them)."""
+    if not items:
+        return False
+    op, arg = items[0]
+    followed = followed or len(items) > 1
+    if op is sre_constants.SUBPATTERN:
+        return _led(list(arg[3]), followed)
+    if op is sre_constants.ATOMIC_GROUP:
+        return _led(list(arg), followed)
+    if op is sre_constants.BRANCH:
+        return any(_led(list(branch), followed) for branch in arg[1])
+    if op in _REPEATS:
+        _low, high, repeated = arg
+        return (followed and high == sre_constants.MAXREPEAT
+                and [code for code, _ in repeated] == [sre_constants.ANY])
+    return False
