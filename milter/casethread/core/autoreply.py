@@ -666,11 +666,11 @@ _RULE_FORWARD = "x-ms-exchange-inbox-rules-loop"
 # A header block's first line, in any language ("From:", "Von:", "De :", "寄件者:"), and the
 # address its value names (`Name <a@b>`, Outlook's `Name [mailto:a@b]`, `a@b`).
 _HEADER_LINE = re.compile(r"\s*[^\s:][^:\n]{0,39}:\s*(.+)")
-_ADDRESS_IN = re.compile(r"(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)", re.I)
+_ADDRESS = r"(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)"
+_ADDRESS_IN = re.compile(_ADDRESS, re.I)
 # The address a From line names as a From does: in angle brackets, in Outlook's `[mailto:]`
 # (a search that starts only at a bracket), or alone on the line (`fullmatch`).
-_FRAMED_ADDRESS = re.compile(r"[<\[]\s*(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)",
-                             re.I)
+_FRAMED_ADDRESS = re.compile(r"[<\[]\s*" + _ADDRESS, re.I)
 
 
 def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,

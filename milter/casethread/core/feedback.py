@@ -73,6 +73,7 @@ _RETURNED_NAMES = frozenset({"message-id", "in-reply-to", "references", "subject
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"?', re.S)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
+_DECODER = json.JSONDecoder()
 
 
 @frozen
@@ -120,11 +121,10 @@ def parse_notice(text: str) -> SesNotice | None:
         found = _json_object(inner)  # the envelope's notification, as a string
     if found is None:
         return None
-    kind = found.get("notificationType", found.get("eventType"))
+    kind = _lowered(found.get("notificationType", found.get("eventType")))
     mail = found.get("mail")
-    if not isinstance(kind, str) or not isinstance(mail, dict):
+    if kind is None or not isinstance(mail, dict):
         return None
-    kind = kind.strip().lower()
     kind = kind if kind in _KNOWN_TYPES else "notification"
     if kind == "bounce" and _soft_general(found.get("bounce")):
         kind = SOFT_BOUNCE
@@ -136,16 +136,18 @@ def _soft_general(bounce: object) -> bool:
     `failed`: SES reports so the recipient's out-of-office reply (typically, says AWS), and
     mail that was delivered is no failure. A transient bounce of another subtype
     (`MailboxFull`, `MessageTooLarge`, `ContentRejected`...) is sent when SES gave up."""
-    if not isinstance(bounce, dict):
-        return False
-    kind, subtype = bounce.get("bounceType"), bounce.get("bounceSubType")
-    if not (isinstance(kind, str) and kind.strip().lower() == "transient"
-            and isinstance(subtype, str) and subtype.strip().lower() == "general"):
+    if not isinstance(bounce, dict) or (
+            _lowered(bounce.get("bounceType")), _lowered(bounce.get("bounceSubType"))
+    ) != ("transient", "general"):
         return False
     recipients = bounce.get("bouncedRecipients")
-    return not any(isinstance(r, dict) and isinstance(r.get("action"), str)
-                   and r["action"].strip().lower() == "failed"
+    return not any(isinstance(r, dict) and _lowered(r.get("action")) == "failed"
                    for r in (recipients[:MAX_HEADERS] if isinstance(recipients, list) else ()))
+
+
+def _lowered(value: object) -> str | None:
+    """A JSON value that should be a name, stripped and lower-cased; None when no string."""
+    return value.strip().lower() if isinstance(value, str) else None
 
 
 def _json_object(text: str) -> dict[str, object] | None:
@@ -154,7 +156,7 @@ def _json_object(text: str) -> dict[str, object] | None:
     if not text.startswith("{") or not _shallow(text):
         return None
     try:
-        value, _ = json.JSONDecoder().raw_decode(text)
+        value, _ = _DECODER.raw_decode(text)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -178,9 +180,9 @@ def _returned(mail: dict[str, object]) -> bytes:
     headers = mail.get("headers")
     for entry in headers[:MAX_HEADERS] if isinstance(headers, list) else ():
         if isinstance(entry, dict):
-            name, value = entry.get("name"), entry.get("value")
-            if isinstance(name, str) and name.strip().lower() in _RETURNED_NAMES:
-                _add(lines, name.strip(), value)
+            name = entry.get("name")
+            if _lowered(name) in _RETURNED_NAMES:
+                _add(lines, str(name).strip(), entry.get("value"))
     common = mail.get("commonHeaders")
     if isinstance(common, dict):
         _add(lines, "Message-ID", common.get("messageId"))
