@@ -69,3 +69,46 @@ def test_a_reply_quoted_without_the_agents_signature_keeps_the_token(harness: An
     r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Re: Printer jam"),
                         body=body.encode())
     assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("token", [sent.case_id])
+
+
+def _pipe_quote(text: str) -> str:
+    """`text` quoted with "| " per line, as clients set to that quote prefix write it."""
+    return "".join(f"| {line}\n" if line else "|\n" for line in text.splitlines())
+
+
+def test_a_token_wrapped_behind_a_pipe_quote_prefix(harness: Any) -> None:
+    """Mangling audit: a client quoting with "| " that hard-wraps the quote puts the prefix on
+    the continuation line inside the tag ("[ref:HEAD" / "| TAIL]"); as with "> ", the prefix
+    is skipped. The reply kept no other link (new Subject, no References)."""
+    sent = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"),
+                            body=b"Please send the serial number.\n")
+    token = harness.token(sent.case_id)
+    quoted = _pipe_quote(sent.body.decode()).replace(token, f"{token[:9]}\n| {token[9:]}")
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "serial"),
+                        body=f"4711-0815.\n\nDana wrote:\n{quoted}".encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("token", [sent.case_id])
+
+
+def test_a_pipe_quoted_reply_threads_to_the_mail_answered_not_the_one_it_quoted(
+        harness: Any) -> None:
+    """Mangling audit: our mail of a ticket the app moved the conversation to quotes the older
+    case's mail (its token line one level deeper, above ours). A reply that quotes it all
+    with "| " ("| | [ref:older]" above "| [ref:T-900]") went to the older case: "|" counted
+    as no quote mark, both tokens were at depth 0, and the first from the top won. "|" marks
+    now count as ">" marks do."""
+    older = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"),
+                             body=b"Which printer is it?\n")
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Your refund"),
+                              ("X-Case-ID", "T-900"),
+                              body=("The refund is its own case.\n\n"
+                                    + "".join(f"> {line}\n"
+                                              for line in older.body.decode().splitlines())
+                                    ).encode())
+    assert answer.case_id == "T-900"
+    quoted = "".join(
+        ("| " + line.replace("> ", "| ", 1) if line.startswith(">") else f"| {line}") + "\n"
+        for line in answer.body.decode().splitlines())
+    assert f"| | [ref:{harness.token(older.case_id)}]" in quoted
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "thanks"),
+                        body=f"Thanks.\n\nDana wrote:\n{quoted}".encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("token", [answer.case_id])

@@ -28,6 +28,7 @@ from casethread.core.token import (
     find_tokens,
     find_tokens_at,
     is_token_shaped,
+    last_token,
     normalise,
     subject_tag,
     tag_pattern,
@@ -406,3 +407,15 @@ def test_adversarial_megabyte(junk: str) -> None:
     assert found.case_number == 4242
     # A scan that looks at every candidate still ends, and finds the genuine one last.
     assert list(find_tokens(text))[-1] == token
+
+
+def test_a_pipe_quote_prefix_inside_a_wrapped_token() -> None:
+    """"| " is a quote prefix as "> " is (mangling audit), also inside the opening literal;
+    but never the template's own closing literal: "|ref:...|" ends at a "|" on the next line."""
+    token = RING.make(777_777)
+    head, tail = token[:9], token[9:]
+    for text in (f"| see [ref:{head}\n| {tail}]", f"| | [ref:{head}\r\n| | {tail}]",
+                 f"| [re\n| f:{token}]"):
+        assert list(find_tokens(text)) == [token], text
+        assert last_token(text) == token, text
+    assert list(find_tokens(f"|ref:{token}\n|", " |ref:{token}|")) == [token]

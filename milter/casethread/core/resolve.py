@@ -309,17 +309,19 @@ def token_notes(failures: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"token-invalid:{why}" for why in failures)
 
 
-# The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed).
-_QUOTE_MARKS = re.compile(r"[ \t]*(?:>[ \t]*)*")
+# The quote marks that start a line: ">", "> >", ">>" (blanks between them allowed), and "|",
+# "| |", which some clients and users set as their quote prefix (token.py reads a token
+# wrapped behind either).
+_QUOTE_MARKS = re.compile(r"[ \t]*(?:[>|][ \t]*)*")
 _LINE_QUOTES = re.compile(r"^[ \t]*+(?:>[ \t]*+)++", re.MULTILINE)
 
 
 def _quote_depth(text: str, pos: int) -> int:
-    """How deeply the line holding `pos` is quoted: its leading ">" marks (HTML text has
-    them per <blockquote>: bodytext.html_to_text)."""
+    """How deeply the line holding `pos` is quoted: its leading ">" (or "|") marks (HTML text
+    has them per <blockquote>: bodytext.html_to_text)."""
     start = text.rfind("\n", 0, pos) + 1
     marks = _QUOTE_MARKS.match(text, start, pos)
-    return marks.group().count(">") if marks else 0
+    return marks.group().count(">") + marks.group().count("|") if marks else 0
 
 
 Strategy = Callable[[Evidence], Hit | None]

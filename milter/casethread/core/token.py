@@ -395,7 +395,10 @@ _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
 # method writes the ideographic space (U+3000); the signature
 # keeps this leniency safe.
 _BLANKS = " \t\u00a0\u202f\u3000\u200b\ufeff\u00ad\u200c\u200d\u2060"
-_QUOTE_PREFIX = _BLANKS + ">"
+# Quote marks: ">" (RFC 3676), and "|", which some clients and users set as their quote
+# prefix ("| text", "| | text").
+_QUOTE_CHARS = ">|"
+_QUOTE_PREFIX = _BLANKS + _QUOTE_CHARS
 
 
 @dataclass(frozen=True)
@@ -421,7 +424,7 @@ _WIDE = re.compile("[\uff01-\uff5e]")
 # quote prefix. Possessive, and every character fits one class only: linear.
 _LITERAL_BLANKS = re.escape("".join(sorted(
     set(_BLANKS) | {chr(i) for i in range(0x3001) if chr(i).isspace()} - {"\r", "\n"})))
-_SEPARATORS = rf"[{_LITERAL_BLANKS}]*+(?:[\r\n][{_LITERAL_BLANKS}>]*+)*+"
+_SEPARATORS = rf"[{_LITERAL_BLANKS}]*+(?:[\r\n][{_LITERAL_BLANKS}>|]*+)*+"
 
 
 @lru_cache(maxsize=16)
@@ -464,8 +467,9 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
             i += 1
         elif c in "\r\n":
             i += 1
-            # A wrapped line in a quoted reply starts with a quote prefix: "> ", ">> ", "> > ".
-            while i < end and text[i] in _QUOTE_PREFIX:
+            # A wrapped line in a quoted reply starts with a quote prefix: "> ", ">> ", "> > ",
+            # "| " (not the closing literal's first character: it ends the token).
+            while i < end and text[i] in _QUOTE_PREFIX and text[i] != closing[0]:
                 i += 1
         else:
             return None
@@ -551,14 +555,14 @@ def _candidates_pattern(template: str, wide: bool) -> re.Pattern[str] | None:
     first, close = opening[:1], closing[:1]
     punctuation = [c for c in (first, close)
                    if len(c) == 1 and c.isascii() and not c.isalnum() and not c.isspace()]
-    if (len(punctuation) < 2 or ">" in (first, close)
+    if (len(punctuation) < 2 or any(mark in (first, close) for mark in _QUOTE_CHARS)
             or first in opening[1:].translate(_FULLWIDTH)):
         return None
     bracket = _bracket(template)
     blanks = re.escape(_BLANKS)
-    unit = rf"(?:[{blanks}]|[\r\n][{blanks}>]*+)"
+    unit = rf"(?:[{blanks}]|[\r\n][{blanks}>|]*+)"
     closes = f"[{re.escape(close)}{chr(ord(close) + _FULLWIDTH_OFFSET)}]"
-    reads = (rf"(?=[{_SHAPE_CLASS}{blanks}\r\n>]{{0,{MAX_SPAN - 1}}}+{closes})"
+    reads = (rf"(?=[{_SHAPE_CLASS}{blanks}\r\n>|]{{0,{MAX_SPAN - 1}}}+{closes})"
              rf"(?={unit}*+(?:[{_SHAPE_CLASS}]{unit}*+){{{MIN_LENGTH},{MAX_LENGTH}}}+{closes})")
     opening_pattern = bracket.opening_wide if wide else bracket.opening
     return re.compile(opening_pattern.pattern + reads, opening_pattern.flags)
