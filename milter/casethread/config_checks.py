@@ -459,15 +459,28 @@ def describe_value(value: Any) -> str:
 # branch it starts with, after flags, comments or a verbose pattern's blanks (`(?x) .* x`): a
 # search finds what follows it anywhere already, and Python's re, which has no timeout, then
 # retries the wildcard from every position of a line: time quadratic in the line (a 1 MiB line
-# of body text, a long Subject). The parsed pattern is looked at, not its text.
+# of body text, a long Subject). The parsed pattern is looked at, not its text. What may match
+# nothing at any position comes before it in vain: a word boundary (`\b.*x`), an empty group
+# (`().*x`), a lookaround (`(?<=a).*x`), an optional item (`a*.*x`); an optional group may
+# start with the wildcard (`(?:.*)?x`), and so may a lookahead (`(?=.*x)`, `(?!.*x)y`), whose
+# wildcard is run again at each position. An anchor (`^`, `\A`, `$`) stops the search there:
+# one position, or one a line.
 # Not a pattern that is the wildcard alone (`header_regex: '.*'`, "the field is there", or
 # `.+`, "is not empty", also in a group): it matches, or fails, at a line's first position, in
-# one pass; without it a rule has no regex to give (`header` needs `header_regex`).
+# one pass; without it a rule has no regex to give (`header` needs `header_regex`). Nor the
+# wildcard followed only by an anchor that holds where it stops: `(?m).*$` (the line's end),
+# `(?s).*$`, `(?s).*\Z` (the text's). Without those flags `.*$` fails at each position of every
+# line but the last, and is warned of (2.6 s for a 20,000-character line followed by another).
 # The stdlib's own pattern parser (`sre_parse`, deprecated under that name since 3.11; no stub).
 sre_parse: Any = importlib.import_module("re._parser")
 sre_constants: Any = importlib.import_module("re._constants")
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
             sre_constants.POSSESSIVE_REPEAT)
+_GROUPS = (sre_constants.SUBPATTERN, sre_constants.ATOMIC_GROUP)
+_LOOKAROUNDS = (sre_constants.ASSERT, sre_constants.ASSERT_NOT)
+# Zero-width and true at many positions of a line: `\b`, `\B`.
+_BOUNDARIES = (sre_constants.AT_BOUNDARY, sre_constants.AT_NON_BOUNDARY)
+_MULTILINE, _DOTALL = sre_constants.SRE_FLAG_MULTILINE, sre_constants.SRE_FLAG_DOTALL
 
 
 def wildcard_lead(pattern: str) -> bool:
@@ -478,24 +491,69 @@ def wildcard_lead(pattern: str) -> bool:
         parsed = sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError):
         return False
-    return _led(list(parsed), followed=False)
+    return _led(list(parsed), False, parsed.state.flags)
 
 
-def _led(items: list[tuple[Any, Any]], followed: bool) -> bool:
-    """Whether `items` start with the wildcard and something comes after it (`followed`: what
-    follows `items` in the groups around them)."""
-    if not items:
-        return False
-    op, arg = items[0]
-    followed = followed or len(items) > 1
-    if op is sre_constants.SUBPATTERN:
-        return _led(list(arg[3]), followed)
-    if op is sre_constants.ATOMIC_GROUP:
-        return _led(list(arg), followed)
-    if op is sre_constants.BRANCH:
-        return any(_led(list(branch), followed) for branch in arg[1])
-    if op in _REPEATS:
-        _low, high, repeated = arg
-        return (followed and high == sre_constants.MAXREPEAT
-                and [code for code, _ in repeated] == [sre_constants.ANY])
+def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
+    """Whether `items` start with the wildcard, maybe after items that may match nothing at any
+    position, and something comes after it (`followed`: what follows `items` in the groups
+    around them, an anchor that holds where the wildcard stops aside)."""
+    for i, (op, arg) in enumerate(items):
+        after = followed or not _ends(items[i + 1:], flags)
+        if op in _REPEATS:
+            _low, high, repeated = arg
+            if [code for code, _ in repeated] == [sre_constants.ANY]:
+                return after and high == sre_constants.MAXREPEAT
+            inner: list[tuple[Any, Any]] = list(repeated)
+        elif op is sre_constants.SUBPATTERN:
+            inner = list(arg[3])
+            flags_inside = (flags | arg[1]) & ~arg[2]
+            if _led(inner, after, flags_inside):
+                return True
+            if not _passes(op, arg):
+                return False
+            continue
+        elif op is sre_constants.ATOMIC_GROUP:
+            inner = list(arg)
+        elif op is sre_constants.BRANCH:
+            if any(_led(list(branch), after, flags) for branch in arg[1]):
+                return True
+            if not _passes(op, arg):
+                return False
+            continue
+        elif op in _LOOKAROUNDS:
+            inner = list(arg[1]) if arg[0] == 1 else []  # a lookbehind has a fixed width
+        else:
+            inner = []
+        if inner and _led(inner, after, flags):
+            return True
+        if not _passes(op, arg):
+            return False
     return False
+
+
+def _passes(op: Any, arg: Any) -> bool:
+    """Whether the item may match nothing at any position of a line (an anchor does not)."""
+    if op is sre_constants.AT:
+        return arg in _BOUNDARIES
+    if op in _LOOKAROUNDS:
+        return True
+    if op is sre_constants.SUBPATTERN:
+        return all(_passes(o, a) for o, a in arg[3])
+    if op is sre_constants.ATOMIC_GROUP:
+        return all(_passes(o, a) for o, a in arg)
+    if op is sre_constants.BRANCH:
+        return any(all(_passes(o, a) for o, a in branch) for branch in arg[1])
+    if op in _REPEATS:
+        low, _high, repeated = arg
+        return low == 0 or all(_passes(o, a) for o, a in repeated)
+    return False
+
+
+def _ends(items: list[tuple[Any, Any]], flags: int) -> bool:
+    r"""Whether `items` are nothing, or only anchors that hold where a wildcard stops: `$` at
+    a line's end (multiline) or the text's (dotall), `\Z` at the text's (dotall)."""
+    return all(op is sre_constants.AT and (
+        (arg is sre_constants.AT_END and flags & (_MULTILINE | _DOTALL))
+        or (arg is sre_constants.AT_END_STRING and flags & _DOTALL))
+        for op, arg in items)

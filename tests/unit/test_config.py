@@ -10,6 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
+from casethread import config_checks as checks
 from casethread.config import ConfigError, load_config, render_defaults, warnings
 from casethread.core.settings import (
     CaseSettings,
@@ -1748,6 +1749,23 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     (r".{0,40}INC", False),  # bounded: a pass of 40 at most from each position
     (r"[.]*INC", False),
     (r"^.*INC", False),  # anchored: one position of the Subject
+    # What may match nothing at any position before the wildcard leaves it leading: a word
+    # boundary, an empty group, a lookbehind, an optional item; an optional group or a
+    # lookahead may start with it (run again at each position). An anchor still anchors.
+    (r"\b.*INC", True),
+    (r"\B.+INC", True),
+    (r"().*INC", True),
+    (r"(?<=:).*INC", True),
+    (r"x*.*INC", True),
+    (r"(?:.*)?INC", True),
+    (r"(.*INC)+", True),
+    (r"(?=.*INC)INC", True),
+    (r"(?!.*REF)INC", True),
+    (r"(?:\b|^).*INC", True),
+    (r"(?:^).*INC", False),
+    (r"\A.*INC", False),
+    (r"(?:x.*)?INC", False),  # the optional group starts with x: only at an x
+    (r"(?=INC)\w+", False),
 ])
 def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
                                                    warned: bool) -> None:
@@ -1781,8 +1799,31 @@ def test_a_header_rule_of_the_wildcard_alone_is_no_warning(tmp_path: Path) -> No
             - queue: urgent
               header: X-Priority
               header_regex: '(?i).+'
+            - queue: lines
+              header: X-Note
+              header_regex: '(?m).*$'
+            - queue: text
+              header: X-Text
+              header_regex: '(?s).*\\Z'
         """)
     assert warnings(load(tmp_path, config)) == []
+
+
+@pytest.mark.parametrize(("pattern", "warned"), [
+    (r"(?m).*$", False),  # `$` holds at the line's end, where the wildcard stops
+    (r"(?m)(.+)$", False),
+    (r"(?m:.*$)", False),
+    (r"(?s).*$", False),  # the wildcard stops at the text's end
+    (r"(?s).+\Z", False),
+    (r".*$", True),  # `$` fails at the end of every line but the last: quadratic
+    (r"(?m).*\Z", True),
+    (r".*\b", True),
+])
+def test_the_wildcard_and_an_anchor_it_stops_at_is_no_warning(pattern: str, warned: bool) -> None:
+    """`(?m).*$` matches at a line's first position, in one pass; `.*$` without the flag fails
+    at each position of every line but the last: 2.6 s for a 20,000-character line followed
+    by another."""
+    assert checks.wildcard_lead(pattern) is warned
 
 
 def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> None:
