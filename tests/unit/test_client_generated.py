@@ -7,12 +7,14 @@ descriptions (RFC 5546, RFC 6047, Outlook's and Google Calendar's reply shapes).
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
 import pytest
 from tests.conftest import make_message
 
+from casethread.core import autoreply
 from casethread.core.model import CaseState, Direction
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
@@ -313,3 +315,60 @@ def test_a_french_calendar_reply_is_told_by_its_subject_however_written(
     r = harness.inbound(PAT, TO_SUPPORT, ("Subject", written + subject),
                         ("MIME-Version", "1.0"), content_type, body=body)
     assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+# The calendars' reply Subjects in other languages, before the colon: Thunderbird's
+# `itip-reply-subject-accept`, `-decline`, `-tentative` (thunderbird-l10n,
+# calendar/calendar/calendar-itip.ftl), Outlook's and Google Calendar's where a public
+# source names them. French puts a blank before the colon, Chinese a full-width colon.
+LOCALIZED_REPLY_PREFIXES = [
+    "Invitation Declined:",  # Thunderbird, English
+    "Akzeptiert:", "Einladung abgelehnt:",  # Thunderbird, German
+    "Acceptée :", "Invitation refusée :", "Proposée :",  # Thunderbird, French
+    "Refusée :", "Peut-être :",  # Google Calendar, French
+    "Aceptado:", "Aceptada:", "Invitación declinada:", "Tentativa:", "Tentativo:",  # Spanish
+    "Accettato:", "Invito rifiutato:", "Da confermare:", "Rifiutato:",  # Italian
+    "Geaccepteerd:", "Uitnodiging geweigerd:", "Voorlopig:", "Geweigerd:",  # Dutch
+    "Aceito:", "Convite recusado:",  # Portuguese (Brazil)
+    "Aceite:",  # Portuguese (Portugal)
+    "Accepterad:", "Inbjudan avvisades:", "Preliminär:",  # Swedish
+    "Accepteret:", "Invitation afvist:", "Foreløbig:",  # Danish
+    "Akseptert:", "Invitasjon avvist:", "Med forbehold:",  # Norwegian
+    "Przyjęto:", "Odrzucono zaproszenie:", "Wstępnie:",  # Polish
+    "承諾:", "参加辞退:", "仮承諾:",  # Japanese
+    "已接受：", "拒绝邀请：", "暂定：", "已拒絕邀請：", "暫定：",  # Chinese
+]
+
+
+@pytest.mark.parametrize("prefix", LOCALIZED_REPLY_PREFIXES)
+def test_a_calendar_reply_in_another_language_is_told_by_its_subject(
+        harness: Any, prefix: str) -> None:
+    """No Content-Class (Thunderbird, Google Calendar): the Subject alone lets the body be
+    read, RFC 2047-encoded as clients send a non-ASCII Subject."""
+    subject = resolved_case(harness)
+    written = prefix + " " + subject
+    if not written.isascii():
+        written = "=?utf-8?b?" + base64.b64encode(written.encode()).decode() + "?="
+    content_type, body = alternative("REPLY")
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", written),
+                        ("MIME-Version", "1.0"), content_type, body=body)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+@pytest.mark.parametrize(("subject", "candidate"), [
+    ("Re: Accepted: call", False),  # a person's reply to a calendar reply
+    ("Accepted call", False),
+    ("Accepted", False),
+    ("  ACCEPTED\u00a0:  call", True),
+    ("Tentatively   accepted: call", True),
+    ("Event Invitation Reply (Accepted): call", True),
+    ("Invitation reply(Declined): call", True),
+    ("Invitation reply (x: y): call", False),
+    ("Preliminär： call", True),
+    ("Accepted" + " " * 100 + ": call", False),  # past the longest prefix read
+])
+def test_the_calendar_reply_subject_test_reads_the_text_before_the_colon(
+        subject: str, candidate: bool) -> None:
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", subject),
+                       ("Content-Type", 'multipart/alternative; boundary="cal"'))
+    assert autoreply._imip_candidate(msg) is candidate

@@ -181,15 +181,35 @@ _OOO_SUBJECT = re.compile(
 )
 
 _CALENDAR_CLASS = "urn:content-classes:calendarmessage"
-# The Subjects of calendar replies: Outlook's (also German, French, Spanish), Google
-# Calendar's, Thunderbird's, and "Event Invitation Reply (Accepted):" of CalDAV servers.
-_IMIP_SUBJECT = re.compile(
-    r"\s*(?:accepted|declined|tentative|tentatively\s+accepted|maybe"
-    r"|(?:event\s+)?invitation\s+reply(?:\s*\([^)]*\))?|invitation\s+status"
-    r"|zugesagt|abgelehnt|mit\s+vorbehalt\s+angenommen|angenommen|vorläufig"
-    r"|accepté|refusé|provisoire|aceptado|rechazado|provisional)\s*[:：]",
-    re.IGNORECASE,
-)
+# What the Subjects of calendar replies start with, before their colon (lower case, blanks as
+# one): Outlook's (English, German, French, Spanish; its Italian and Dutch "Declined:"),
+# Google Calendar's (also French), Thunderbird's `itip-reply-subject-*` strings in English,
+# German, French, Spanish, Italian, Dutch, Portuguese (Brazil, Portugal), Swedish, Danish,
+# Norwegian, Polish, Japanese and Chinese, and "Event Invitation Reply (Accepted):" of CalDAV
+# servers (`_INVITATION_REPLY`). Only a candidate: the body's METHOD:REPLY decides. A set, not
+# a regex of alternatives: every multipart message's Subject is looked up, and each
+# alternative was tried at its start.
+_IMIP_PREFIXES = frozenset({
+    "accepted", "declined", "tentative", "tentatively accepted", "maybe", "invitation reply",
+    "invitation status", "invitation declined",
+    "zugesagt", "abgelehnt", "mit vorbehalt angenommen", "angenommen", "vorläufig",
+    "akzeptiert", "einladung abgelehnt",
+    "accepté", "acceptée", "refusé", "refusée", "provisoire", "proposée", "peut-être",
+    "invitation refusée",
+    "aceptado", "aceptada", "rechazado", "provisional", "tentativa", "tentativo",
+    "invitación declinada",
+    "accettato", "rifiutato", "rifiutata", "invito rifiutato", "da confermare",
+    "geaccepteerd", "geweigerd", "uitnodiging geweigerd", "voorlopig",
+    "aceito", "aceite", "convite recusado",
+    "accepterad", "inbjudan avvisades", "preliminär",
+    "accepteret", "invitation afvist", "foreløbig",
+    "akseptert", "invitasjon avvist", "med forbehold",
+    "przyjęto", "odrzucono zaproszenie", "wstępnie",
+    "承諾", "仮承諾", "参加辞退", "已接受", "拒绝邀请", "已拒絕邀請", "暂定", "暫定",
+})
+_INVITATION_REPLY = re.compile(r"(?:event )?invitation reply ?\([^)]*\)")
+# The longest prefix looked at: "event invitation reply (tentatively accepted)" and room.
+_IMIP_PREFIX_MAX = 64
 _ICS_FOLD = re.compile(r"\r?\n[ \t]")
 _ICS_METHOD = re.compile(r"^METHOD\s*:\s*([A-Za-z-]+)", re.I | re.M)
 # The attendee's note: a COMMENT property's value (Outlook, Exchange, Evolution, Nextcloud), or
@@ -612,10 +632,25 @@ def _imip_candidate(msg: Message) -> bool:
         return False
     subject = msg.get("Subject") or ""
     plain = subject.isascii() and "=?" not in subject  # as decoded already
-    if not (_IMIP_SUBJECT.match(subject if plain else decode_subject(subject))
+    if not (_imip_subject(subject if plain else decode_subject(subject))
             or _CALENDAR_CLASS in (msg.get("Content-Class") or "").lower()):
         return False
     return mime.media_type(content_type).startswith("multipart/")
+
+
+def _imip_subject(subject: str) -> bool:
+    """Whether the Subject starts as a calendar reply's: its text before the first colon
+    (`:`, or the full-width `：` of CJK input) is one of `_IMIP_PREFIXES`, in any case, blanks
+    around and between its words as one (French writes `Accepté :`)."""
+    head = subject[:_IMIP_PREFIX_MAX + 1]
+    colon = head.find(":")
+    wide = head.find("：", 0, colon if colon >= 0 else len(head))
+    end = wide if wide >= 0 else colon
+    if end < 0:
+        return False
+    prefix = " ".join(head[:end].lower().split())
+    return prefix in _IMIP_PREFIXES or (
+        prefix.endswith(")") and _INVITATION_REPLY.fullmatch(prefix) is not None)
 
 
 def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
