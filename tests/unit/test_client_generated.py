@@ -372,3 +372,112 @@ def test_the_calendar_reply_subject_test_reads_the_text_before_the_colon(
     msg = make_message(PAT, TO_SUPPORT, ("Subject", subject),
                        ("Content-Type", 'multipart/alternative; boundary="cal"'))
     assert autoreply._imip_candidate(msg) is candidate
+
+
+def html_forward(block: str) -> bytes:
+    """Outlook on the web's and Graph's forward: a rule, then the header block in
+    `divRplyFwdMsg`, each field a bold label and a `<br>`."""
+    return ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=utf-8">'
+            '</head><body dir="ltr"><div><br></div><hr tabindex="-1" '
+            'style="display:inline-block; width:98%"><div id="divRplyFwdMsg" dir="ltr">'
+            '<font face="Calibri, sans-serif" color="#000000" style="font-size:11pt">'
+            + block + '</font><div>&nbsp;</div></div><div><p>Hello Pat,</p></div>'
+            '</body></html>').encode()
+
+
+@pytest.mark.parametrize("block", [
+    # Exchange Online / Graph: From, Sent, To, Subject.
+    "<b>From:</b> Support &lt;support@example.com&gt;<br><b>Sent:</b> Monday, November 30, "
+    "2026 09:15<br><b>To:</b> Pat Customer &lt;pat@customer.example.org&gt;<br>"
+    "<b>Cc:</b> Kim &lt;kim@customer.example.org&gt;<br><b>Subject:</b> {subject}",
+    # Label and value on lines of their own in the markup.
+    "<b>From:</b>\n        Support &lt;support@example.com&gt;<br>\n"
+    "        <b>Sent:</b> Monday, November 30, 2026 09:15<br>\n"
+    "        <b>Subject:</b> {subject}",
+    # Outlook for iOS: the address a mailto link.
+    '<b>From:</b> Support\n <a href="mailto:support@example.com">&lt;support@example.com'
+    "&gt;</a><br><b>Sent:</b> Monday, November 30, 2026 09:15<br><b>Subject:</b> {subject}",
+    # Localized labels: French (a blank before the colon), Italian, Dutch, Swedish, Portuguese.
+    "<b>De :</b> Support &lt;support@example.com&gt;<br><b>Envoyé :</b> lundi 30 novembre "
+    "2026 09:15<br><b>À :</b> Pat<br><b>Objet :</b> {subject}",
+    "<b>Da:</b> Support &lt;support@example.com&gt;<br><b>Inviato:</b> lunedì 30 novembre "
+    "2026 09:15<br><b>A:</b> Pat<br><b>Oggetto:</b> {subject}",
+    "<b>Van:</b> Support &lt;support@example.com&gt;<br><b>Verzonden:</b> maandag 30 november "
+    "2026 09:15<br><b>Aan:</b> Pat<br><b>Onderwerp:</b> {subject}",
+    "<b>Från:</b> Support &lt;support@example.com&gt;<br><b>Skickat:</b> den 30 november "
+    "2026 09:15<br><b>Till:</b> Pat<br><b>Ämne:</b> {subject}",
+    "<b>De:</b> Support &lt;support@example.com&gt;<br><b>Enviado:</b> 30 de novembro de "
+    "2026 09:15<br><b>Assunto:</b> {subject}",
+], ids=["owa", "split-markup", "ios-mailto-link", "fr", "it", "nl", "sv", "pt"])
+def test_an_exchange_rule_html_forward_in_the_shapes_outlook_writes(harness: Any,
+                                                                   block: str) -> None:
+    subject = resolved_case(harness)
+    r = harness.inbound(PAT, TO_SUPPORT, ("Subject", "FW: " + subject), RULE_LOOP,
+                        ("MIME-Version", "1.0"), ("Content-Type", "text/html; charset=utf-8"),
+                        body=html_forward(block.format(subject=subject)))
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+@pytest.mark.parametrize("from_lines", [
+    b"From: Support Team of the Example Corporation Customer Care Centre\r\n"
+    b"[mailto:support@example.com]",
+    b"From: Support Team of the Example Corporation Customer Care Centre Worldwide\r\n"
+    b"Desk <support@example.com>",
+    b"From: Support <support@example.com<mailto:support@example.com>>",  # a link as text
+], ids=["wrapped-mailto", "wrapped-name-and-address", "link-as-text"])
+def test_an_exchange_rule_text_forward_whose_from_line_outlook_wrapped(
+        harness: Any, from_lines: bytes) -> None:
+    """Outlook wraps plain text at 76 characters (its "Automatically wrap text at"
+    setting), Exchange at a remote domain's LineWrapSize: a long From line's address goes to
+    the next line."""
+    subject = resolved_case(harness)
+    body = (b"\r\n________________________________\r\n" + from_lines +
+            b"\r\nSent: Monday, November 30, 2026 09:15\r\nTo: Pat Customer\r\n"
+            b"Subject: " + subject.encode() + b"\r\n\r\nHello Pat,\r\n")
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "FW: " + subject), RULE_LOOP, body=body)
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+@pytest.mark.parametrize("from_lines", [
+    b"From: Support",  # an internal contact: Outlook writes its display name alone
+    b"From: Support\r\nSent: Monday, November 30, 2026 09:15",
+    b"From: Kim Customer\r\nFYI <support@example.com>",  # a line's words, no wrapped From
+    b"From: Kim Customer\r\n[mailto:support@example.com] closed my ticket",
+    b"From: Kim Customer\r\n<support@example.com>\r\nthe printer is down",
+    b"From: Support Team of the Example Corporation Customer Care Centre Worldwide\r\n"
+    b"Cc: Support <support@example.com>",  # a header line is no wrapped From's end
+], ids=["name-only-then-to", "name-only", "words", "words-after", "no-header-after",
+        "long-name-then-cc"])
+def test_a_rule_forward_whose_from_names_no_address_of_ours_stays_a_persons_mail(
+        harness: Any, from_lines: bytes) -> None:
+    """A From that is a display name alone is not guessed at; a second line is read as the
+    From's wrapped end only when it ends with the address in brackets and a header line
+    follows."""
+    subject = resolved_case(harness)
+    body = (b"________________________________\r\n" + from_lines +
+            b"\r\nTo: Pat Customer\r\nSubject: " + subject.encode() + b"\r\n\r\nHello Pat,\r\n")
+    if from_lines.endswith(b"down"):
+        body = b"________________________________\r\n" + from_lines + b"\r\n"
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "FW: " + subject), RULE_LOOP, body=body)
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
+
+
+@pytest.mark.parametrize("second", [
+    b"<" + b"a@" * 30_000 + b">x>",  # a regex ending in the bracket backtracked at each @
+    b" " * 60_000 + b">",
+    b"[mailto:" + b"a" * 60_000 + b"]",
+], ids=["at-run", "blanks", "mailto-run"])
+def test_a_rule_forwards_hostile_from_continuation_costs_linear_time(
+        harness: Any, second: bytes) -> None:
+    """A From line without an address is read with the next line as its wrapped end: a
+    60 KB next line (the body is read to 64 KiB) costs a few milliseconds (3.3 s for 16 KB of
+    `a@` under a fullmatch)."""
+    resolved_case(harness)
+    fwd = make_message(PAT, TO_SUPPORT, ("Subject", "FW: printer"), RULE_LOOP,
+                       body=b"From: Kim\r\n" + second + b"\r\nSent: today\r\n")
+    started = time.process_time()
+    r = harness.run(fwd, Direction.INBOUND)
+    assert time.process_time() - started < 1.0
+    assert r.one("X-Case-Auto") == "no"

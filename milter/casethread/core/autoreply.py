@@ -698,14 +698,19 @@ def _exchange_rule_header(fields: Fields) -> str:
 
 # Set by Exchange on mail an inbox rule sent: a forward, a redirect, a rule's reply.
 _RULE_FORWARD = "x-ms-exchange-inbox-rules-loop"
-# A header block's first line, in any language ("From:", "Von:", "De :", "寄件者:"), and the
-# address its value names (`Name <a@b>`, Outlook's `Name [mailto:a@b]`, `a@b`).
-_HEADER_LINE = re.compile(r"\s*[^\s:][^:\n]{0,39}:\s*(.+)")
+# A header block's line, in any language ("From:", "Von:", "De :", "寄件者:"), and its value;
+# the first may have its value on the next line (`_wrapped_from`).
+_HEADER_LINE = re.compile(r"\s*[^\s:][^:\n]{0,39}:\s*(.*)")
 _ADDRESS = r"(?:mailto:)?([^\s<>\[\]:;,\"()]+@[^\s<>\[\]:;,\"()]+)"
 _ADDRESS_IN = re.compile(_ADDRESS, re.I)
 # The address a From line names as a From does: in angle brackets, in Outlook's `[mailto:]`
 # (a search that starts only at a bracket), or alone on the line (`fullmatch`).
 _FRAMED_ADDRESS = re.compile(r"[<\[]\s*" + _ADDRESS, re.I)
+# Outlook wraps plain text at 76 characters (30-132 as set), Exchange 2003 at 72: a From line
+# and the next line's first word longer than this were one line that was wrapped.
+_WRAP = 72
+# A header line holds 998 characters (RFC 5322 §2.1.1): that much of a From is read.
+_LINE_MAX = 998
 
 
 def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
@@ -725,20 +730,59 @@ def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
     first = next(lines, "")
     if _forward_separator(first.strip()):
         first = next(lines, "")
-    header = _HEADER_LINE.fullmatch(first)
+    header = _header_line(first)
+    if header is None:
+        return False
+    value = header.group(1)[:_LINE_MAX].strip()
+    after = next(lines, "")
+    if _named_address(value) is None:
+        # Outlook and Exchange wrap a long From line before its address, and an HTML
+        # block's markup may put the value on a line of its own: the next line ends the From
+        # then. A From of a display name alone (an internal contact) is not guessed at.
+        if not _wrapped_from(first, value, after):
+            return False
+        value = f"{value} {after.strip()[:_LINE_MAX]}"
+        after = next(lines, "")
     # A header block goes on (Sent, Date, To, Subject): one line alone is a person's text
     # ("FYI: support@... closed my ticket" redirected by a shared mailbox's rule).
-    if header is None or not _HEADER_LINE.fullmatch(next(lines, "")):
+    if _header_line(after) is None:
         return False
-    # A header line holds 998 characters (RFC 5322 §2.1.1). The address is the one the From
-    # names as a From does (`Name <a@b>`, `Name [mailto:a@b]`, `a@b`): a redirected
-    # person's lines "FYI: support@... closed my ticket" / "Error: ..." are no header block,
-    # and in `"support@example.com" <kim@...>` the address is Kim's. Neither search starts
-    # at every letter (an unanchored `_ADDRESS_IN.search` was quadratic in a run without
-    # `@`: 1.5 s for 20,000 letters, ~5 ms for 998).
-    value = header.group(1)[:998].strip()
-    address = _FRAMED_ADDRESS.search(value) or _ADDRESS_IN.fullmatch(value)
-    return address is not None and ours(address.group(1).lower())
+    address = _named_address(value)
+    return address is not None and ours(address)
+
+
+def _header_line(line: str) -> re.Match[str] | None:
+    """The line as "label: value" (a label of up to 40 characters, no colon), unless it is
+    an address in brackets (`[mailto:a@b]`, a wrapped From's end)."""
+    if line.lstrip().startswith(("[", "<")):
+        return None
+    return _HEADER_LINE.fullmatch(line)
+
+
+def _named_address(value: str) -> str | None:
+    """The address a From's value names as a From does (`Name <a@b>`, `Name [mailto:a@b]`,
+    `a@b`), lower-cased: a redirected person's lines "FYI: support@... closed my ticket" /
+    "Error: ..." are no header block, and in `"support@example.com" <kim@...>` the address
+    is Kim's. Neither search starts at every letter (an unanchored `_ADDRESS_IN.search` was
+    quadratic in a run without `@`: 1.5 s for 20,000 letters, ~5 ms for 998)."""
+    found = _FRAMED_ADDRESS.search(value) or _ADDRESS_IN.fullmatch(value)
+    return found.group(1).lower() if found is not None else None
+
+
+def _wrapped_from(first: str, value: str, after: str) -> bool:
+    """Whether `after` is the end of the From line `first` (whose `value` names no address):
+    it ends with the address in its brackets, is no header line, and either `first` had no
+    value ("From:" alone, its value on the markup's next line), or it is the bracketed
+    address alone (Outlook for iOS), or `first` and its first word are longer than a line
+    Outlook or Exchange wraps."""
+    rest = after.strip()
+    if not rest.endswith((">", "]")) or _header_line(after) is not None:
+        return False
+    # Nothing but the address in its brackets: a match at the start, then the bracket (a
+    # fullmatch of a regex ending in the bracket backtracked at each `@`: quadratic).
+    framed = _FRAMED_ADDRESS.match(rest)
+    return (not value or (framed is not None and rest[framed.end():].strip() in (">", "]"))
+            or len(first.strip()) + 1 + len(rest.split(None, 1)[0]) > _WRAP)
 
 
 def _forward_separator(line: str) -> bool:
