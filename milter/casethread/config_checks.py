@@ -476,7 +476,6 @@ sre_parse: Any = importlib.import_module("re._parser")
 sre_constants: Any = importlib.import_module("re._constants")
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
             sre_constants.POSSESSIVE_REPEAT)
-_GROUPS = (sre_constants.SUBPATTERN, sre_constants.ATOMIC_GROUP)
 _LOOKAROUNDS = (sre_constants.ASSERT, sre_constants.ASSERT_NOT)
 # Zero-width and true at many positions of a line: `\b`, `\B`.
 _BOUNDARIES = (sre_constants.AT_BOUNDARY, sre_constants.AT_NON_BOUNDARY)
