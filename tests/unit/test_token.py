@@ -419,3 +419,19 @@ def test_a_pipe_quote_prefix_inside_a_wrapped_token() -> None:
         assert list(find_tokens(text)) == [token], text
         assert last_token(text) == token, text
     assert list(find_tokens(f"|ref:{token}\n|", " |ref:{token}|")) == [token]
+
+
+def test_a_template_closing_with_a_quote_mark_keeps_its_wrapped_quoted_tokens() -> None:
+    """Review: with "|" read as a quote mark, the closing literal's first character stopped
+    being skipped after a line break; for a template closing with ">" ("<ref:{token}>") a
+    token wrapped in a ">"-quoted reply ("> <ref:HEAD" / "> TAIL>") was no longer read, as it
+    was before. A closing "|" still ends the token."""
+    token = RING.make(777_777)
+    head, tail = token[:9], token[9:]
+    for template in ("<ref:{token}>", " ref:{token}>"):
+        before, after = template.strip().split("{token}")
+        for text in (f"{before}{head}\n> {tail}{after}",
+                     f"> {before}{head}\r\n> > {tail}{after}"):
+            assert list(find_tokens(text, template)) == [token], (template, text)
+            assert last_token(text, template) == token, (template, text)
+    assert list(find_tokens(f"|ref:{token}\n|", " |ref:{token}|")) == [token]

@@ -468,8 +468,10 @@ def _read_candidate(text: str, start: int, closing: str) -> str | None:
         elif c in "\r\n":
             i += 1
             # A wrapped line in a quoted reply starts with a quote prefix: "> ", ">> ", "> > ",
-            # "| " (not the closing literal's first character: it ends the token).
-            while i < end and text[i] in _QUOTE_PREFIX and text[i] != closing[0]:
+            # "| " (a "|" that is the closing literal's first character ends the token: a
+            # template such as "|ref:{token}|"; a ">" never does, as before "|" was read,
+            # or "<ref:{token}>" would lose a token wrapped in a ">"-quoted reply).
+            while i < end and text[i] in _QUOTE_PREFIX and not text[i] == "|" == closing[0]:
                 i += 1
         else:
             return None
