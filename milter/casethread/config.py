@@ -549,9 +549,12 @@ def _wildcard_lead_warnings(settings: Settings) -> list[str]:
         patterns += [(f"routing.rules[{i}].{key}", value)
                      for key, value in (("subject", rule.subject),
                                         ("header_regex", rule.header_regex)) if value]
+    # A lookahead's wildcard is part of what it says ("(?=.*a)(?=.*b)": both, anywhere after
+    # the position; "(?!.*x)"): dropping it would change the pattern, anchoring it does not.
     return [f"{key} starts with a wildcard ('.*' or '.+'): a search finds the rest "
             "anywhere without it, and with it takes time quadratic in the length of a line "
-            "(Python's regular expressions have no timeout); drop it"
+            "(Python's regular expressions have no timeout); drop it, or where it must stay "
+            "(a lookahead: '(?=.*a)(?=.*b)') anchor the pattern: '^' or '(?m)^'"
             for key, pattern in patterns if checks.wildcard_lead(pattern)]
 
 
