@@ -112,3 +112,13 @@ def test_a_pipe_quoted_reply_threads_to_the_mail_answered_not_the_one_it_quoted(
     r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "thanks"),
                         body=f"Thanks.\n\nDana wrote:\n{quoted}".encode())
     assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("token", [answer.case_id])
+
+
+def test_a_reference_wrapped_in_a_pipe_quote(harness: Any) -> None:
+    """Review: "|" counts as a quote mark for tokens (their depth, a wrapped tag) since
+    e51408d, but the case reference patterns still saw "[Case" / "| C-1]" with the mark."""
+    case = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam")).case_id
+    body = (f"Here is the serial number: 4711-0815.\r\n\r\n| Hello Pat, please keep the "
+            f"reference [Case\r\n| {case}] in your answer.\r\n")
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "serial number"), body=body.encode())
+    assert (r.one("X-Case-Match"), r.all("X-Case-ID")) == ("body-ref", [case])

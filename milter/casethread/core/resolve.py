@@ -183,11 +183,13 @@ class Evidence:
 
     @lazy
     def unquoted_texts(self) -> list[str]:
-        """The body texts without the quote marks that start their lines, for the patterns of
-        case and external references: a reference wrapped inside a quote (`[Case` / `> C-1]`,
+        """The body texts without the quote marks (">", "|") that start their lines, for the
+        patterns of case and external references: a reference wrapped inside a quote (`[Case` /
+        `> C-1]`,
         or an HTML line inside a <blockquote>, which gets marks too) reads as written, and a
         pattern anchored at `^` matches a quoted line."""
-        return [_LINE_QUOTES.sub("", text) if ">" in text else text for text in self.body_texts]
+        return [_LINE_QUOTES.sub("", text) if ">" in text or "|" in text else text
+                for text in self.body_texts]
 
     def with_body(self, msg: Message, now: int) -> Evidence:
         """This evidence for the same mail with its body (`msg`, read at end of message, `now`):
@@ -313,7 +315,9 @@ def token_notes(failures: Iterable[str]) -> tuple[str, ...]:
 # "| |", which some clients and users set as their quote prefix (token.py reads a token
 # wrapped behind either).
 _QUOTE_MARKS = re.compile(r"[ \t]*(?:[>|][ \t]*)*")
-_LINE_QUOTES = re.compile(r"^[ \t]*+(?:>[ \t]*+)++", re.MULTILINE)
+# The same marks at each line's start, for `unquoted_texts`: a reference wrapped in a "| "
+# quote reads as one in a "> " quote does.
+_LINE_QUOTES = re.compile(r"^[ \t]*+(?:[>|][ \t]*+)++", re.MULTILINE)
 
 
 def _quote_depth(text: str, pos: int) -> int:
