@@ -551,7 +551,7 @@ def _wildcard_lead_warnings(settings: Settings) -> list[str]:
                                         ("header_regex", rule.header_regex)) if value]
     # A lookahead's wildcard is part of what it says ("(?=.*a)(?=.*b)": both, anywhere after
     # the position; "(?!.*x)"): dropping it would change the pattern, anchoring it does not.
-    return [f"{key} starts with a wildcard ('.*' or '.+'): a search finds the rest "
+    return [f"{key} starts with a wildcard ('.*', '.+' or the like): a search finds the rest "
             "anywhere without it, and with it takes time quadratic in the length of a line "
             "(Python's regular expressions have no timeout); drop it, or where it must stay "
             "(a lookahead: '(?=.*a)(?=.*b)') anchor the pattern: '^' or '(?m)^'"

@@ -479,7 +479,8 @@ _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
 _LOOKAROUNDS = (sre_constants.ASSERT, sre_constants.ASSERT_NOT)
 # Zero-width and true at many positions of a line: `\b`, `\B`.
 _BOUNDARIES = (sre_constants.AT_BOUNDARY, sre_constants.AT_NON_BOUNDARY)
-_MULTILINE, _DOTALL = sre_constants.SRE_FLAG_MULTILINE, sre_constants.SRE_FLAG_DOTALL
+_MULTILINE: int = sre_constants.SRE_FLAG_MULTILINE
+_DOTALL: int = sre_constants.SRE_FLAG_DOTALL
 
 
 def wildcard_lead(pattern: str) -> bool:
@@ -506,8 +507,11 @@ def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
         after = followed or i + 1 < tail
         if op in _REPEATS:
             _low, high, repeated = arg
-            if [code for code, _ in repeated] == [sre_constants.ANY]:
-                return after and high == sre_constants.MAXREPEAT
+            stops = _wildcard(list(repeated), flags)
+            if stops is not None:
+                # Where it stops: a line's end, or the text's (`[\s\S]`, `(?s).`).
+                return high == sre_constants.MAXREPEAT and (
+                    followed or not _ends(items[i + 1:], stops))
             inner: list[tuple[Any, Any]] = list(repeated)
         elif op is sre_constants.SUBPATTERN:
             inner = list(arg[3])
@@ -534,6 +538,42 @@ def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
         if not _passes(op, arg):
             return False
     return False
+
+
+# Classes that match any character (`[\s\S]`, the JavaScript idiom for "anything"), as a pair
+# of a category and its complement.
+_COMPLEMENTS = {frozenset(pair) for pair in (
+    (sre_constants.CATEGORY_SPACE, sre_constants.CATEGORY_NOT_SPACE),
+    (sre_constants.CATEGORY_WORD, sre_constants.CATEGORY_NOT_WORD),
+    (sre_constants.CATEGORY_DIGIT, sre_constants.CATEGORY_NOT_DIGIT))}
+_LINE_BREAKS = {(sre_constants.LITERAL, 10), (sre_constants.LITERAL, 13)}
+
+
+def _wildcard(items: list[tuple[Any, Any]], flags: int) -> int | None:
+    r"""The flags an anchor after `items` is judged with (`_ends`) if they are one wildcard:
+    `.`, `[^\n]` (`[^\r\n]`), also in a group (`(.)`: 13 s for a 20,000-letter line); with
+    the dotall flag for one that matches a line break too (`[\s\S]`, `[\w\W]`: 3 s). Else
+    None."""
+    if len(items) != 1:
+        return None
+    op, arg = items[0]
+    if op is sre_constants.ANY:
+        return flags
+    if op is sre_constants.NOT_LITERAL and arg == 10:
+        return flags & ~_DOTALL
+    if op is sre_constants.IN:
+        codes = list(arg)
+        if codes[:1] == [(sre_constants.NEGATE, None)] and set(codes[1:]) <= _LINE_BREAKS:
+            return (flags & ~_DOTALL) if len(codes) > 1 else None
+        categories = {a for o, a in codes if o is sre_constants.CATEGORY}
+        if len(codes) == 2 and frozenset(categories) in _COMPLEMENTS:
+            return flags | _DOTALL
+        return None
+    if op is sre_constants.SUBPATTERN:
+        return _wildcard(list(arg[3]), (flags | arg[1]) & ~arg[2])
+    if op is sre_constants.ATOMIC_GROUP:
+        return _wildcard(list(arg), flags)
+    return None
 
 
 def _passes(op: Any, arg: Any) -> bool:

@@ -1830,6 +1830,31 @@ def test_the_wildcard_and_an_anchor_it_stops_at_is_no_warning(pattern: str, warn
 
 
 
+@pytest.mark.parametrize(("pattern", "warned"), [
+    (r"[\s\S]*INC", True),  # finditer over a 20,000-letter line and another: 3.0 s
+    (r"[\w\W]+INC", True),
+    (r"(?:[\s\S])*INC", True),
+    (r"(.)*INC", True),  # 13 s: the group is entered for each character
+    (r"(?s:.)*INC", True),
+    (r"[^\n]*INC", True),  # 0.44 s, as `.*INC`
+    (r"[^\r\n]+INC", True),
+    (r"[\s\S]*", False),  # the wildcard alone
+    (r"[\s\S]*$", False),  # it stops at the text's end, where `$` holds
+    (r"[\s\S]*\Z", False),
+    (r"(?m)[^\n]*$", False),
+    (r"[^\n]*$", True),  # as `.*$`
+    (r"(?s)[^\n]*$", True),  # `[^\n]` stops at a line's end also under (?s)
+    (r"^[\s\S]*INC", False),
+    (r"[^\]]*INC", False),  # another class: not a wildcard
+    (r"[\s\d]*INC", False),
+    (r"[\s\S]{0,50}INC", False),
+])
+def test_a_wildcard_written_as_a_class_or_in_a_group_is_warned_of(pattern: str,
+                                                                  warned: bool) -> None:
+    """Review: only `.` repeated was a wildcard; `[\\s\\S]*` (JavaScript's "anything"),
+    `[^\\n]*` and `(.)*` lead a search the same quadratic way, `(.)*x` even slower."""
+    assert checks.wildcard_lead(pattern) is warned
+
 def test_the_wildcard_lead_check_is_linear_in_a_long_run_of_empty_matches() -> None:
     """Review: each item that may match nothing looked at every item after it (a slice and
     `_ends`): 60,000 `\\b` before `.*x` took about 5 s, 100,000 `a?` 54 s, at every start
