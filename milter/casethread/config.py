@@ -242,7 +242,9 @@ _RULES: dict[str, _Rule] = {
         "ASCII only.",
     ),
     "tokens.anchor_domain": _Rule(
-        check=checks.domain, doc="Domain of the References anchor; null = the Message-ID domain."
+        check=checks.domain,
+        doc="Domain of the References anchor; null = the domain of Message-IDs casethread "
+        "adds (outbound.message_id_domain, else the From domain).",
     ),
     "stamp": _Rule(doc="Outbound body stamping."),
     "stamp.html": _Rule(doc="Add a hidden tag with the token to the main text/html part."),
