@@ -693,6 +693,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             result = maintenance.import_lines(index, source, merge=args.merge)
         except maintenance.MaintenanceError as exc:
             return _fail(exc, EXIT_USAGE)
+        held = index.case_count()
     data = {"lines": result.lines, "written": result.written, "kept": result.kept,
             "last_number": result.last_number, "transactions": result.transactions}
     if args.json:
@@ -707,8 +708,16 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"{result.last_number}")
     key = Path(settings.index.path) / DEFAULT_KEY_NAME
     if not settings.tokens.keys and not key.exists():
-        print(f"note: no {key}: copy the old index's token.key there; the milter will not "
-              "start beside these cases without it (tokens in earlier mail could not verify)")
+        if held:
+            print(f"note: no {key}: copy the old index's token.key there; the milter will not "
+                  "start beside these cases without it (tokens in earlier mail could not "
+                  "verify)")
+        elif result.last_number:
+            # A counter alone (a lost index's, raised: README Restore): the milter starts
+            # and makes a new key, under which earlier mail's tokens fail.
+            print(f"note: no {key}: copy the old index's token.key there before the milter "
+                  "starts; without it the milter makes a new key, and the tokens in earlier "
+                  "mail fail as token-invalid:bad-mac")
     return EXIT_OK
 
 

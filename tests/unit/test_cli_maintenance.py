@@ -514,6 +514,31 @@ def test_import_summary_adds_up(tmp_path: Path, capfd: pytest.CaptureFixture[str
         assert (code, capfd.readouterr().out.splitlines()[0]) == (0, summary)
 
 
+def test_import_of_a_counter_alone_says_the_milter_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """README Restore: a lost index's counter raised by importing the meta line alone. The
+    index then holds no case, so the milter starts and makes a new key: the note must say
+    that (it said the milter would not start "beside these cases"), and nothing at all once
+    the key is in place."""
+    target = tmp_path / "fresh"
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text('{"type":"meta","schema":2,"counter":15000}\n')
+    assert main(["import", str(meta), "--index", str(target)]) == 0
+    out = capfd.readouterr().out
+    assert "last case number 15000" in out
+    assert "will not start" not in out
+    assert f"note: no {target / 'token.key'}: copy the old index's token.key there before " \
+        "the milter starts; without it the milter makes a new key" in out
+    config = tmp_path / "casethread.yaml"
+    config.write_text(f"index:\n  path: {target}\ninbound:\n  addresses: [s@example.com]\n")
+    assert main(["check-config", "--config", str(config)]) == 0  # it would start indeed
+    assert main(["keygen", str(target / "token.key")]) == 0
+    capfd.readouterr()
+    assert main(["import", str(meta), "--index", str(target), "--merge"]) == 0
+    assert "note:" not in capfd.readouterr().out
+
+
 def test_import_of_a_bad_file(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type":"meta","schema":1,"counter":0}\n{"type":"alias","kind":"m"}\n')
