@@ -630,10 +630,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
             return _fail(exc, EXIT_USAGE)
     counts = done.counts
     notes = [f"token key copied to {path} (mode 0600)" for path in done.copied]
-    if settings.tokens.keys:
-        notes.append("token keys configured elsewhere, back them up too: "
-                     + " ".join(settings.tokens.keys))
-    elif not done.copied:
+    # The README's rotation lists INDEX/token.key in tokens.keys beside the new key: that one
+    # was just copied, and is no key "elsewhere".
+    elsewhere = [k for k in settings.tokens.keys
+                 if not (done.copied and Path(k).resolve() == key.resolve())]
+    if elsewhere:
+        notes.append("token keys configured elsewhere, back them up too: " + " ".join(elsewhere))
+    elif not settings.tokens.keys and not done.copied:
         notes.append(f"no {key}: without the token key, tokens in mail will not verify")
     data = {"dest": done.dest, "data_bytes": done.data_bytes, "copied": list(done.copied),
             "notes": notes, **counts}

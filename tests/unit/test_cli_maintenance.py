@@ -258,6 +258,36 @@ def test_backup_copies_index_and_key_and_the_copy_answers(
     assert found["case_id"] == filled[1]["x-case-id"]
 
 
+def test_backup_after_a_rotation_names_only_the_keys_it_did_not_copy(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """README Keys: a rotation lists the new key first and the index's own token.key after
+    it. backup copies INDEX/token.key, so only the new key is left to back up by hand; the
+    note named the copied one too, as a key "configured elsewhere"."""
+    index = tmp_path / "index"
+    opened = LmdbIndex(index, 1 << 20)
+    opened.create_case(now=int(time.time()))
+    opened.close()
+    new_key = tmp_path / "token2.key"
+    assert main(["keygen", str(index / "token.key")]) == 0
+    assert main(["keygen", str(new_key), "--id", "2"]) == 0
+    config = tmp_path / "casethread.yaml"
+    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {new_key}\n"
+                      f"    - {index / 'token.key'}\n")
+    capfd.readouterr()
+    dest = tmp_path / "backup"
+    assert main(["backup", str(dest), "--config", str(config)]) == 0
+    lines = capfd.readouterr().out.splitlines()
+    assert lines[1:] == [
+        f"token key copied to {dest / 'token.key'} (mode 0600)",
+        f"token keys configured elsewhere, back them up too: {new_key}",
+    ]
+    # With only the index's own key listed, nothing is left to name.
+    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {index / 'token.key'}\n")
+    assert main(["backup", str(tmp_path / "backup2"), "--config", str(config)]) == 0
+    assert "elsewhere" not in capfd.readouterr().out
+
+
 def test_backup_refuses_a_non_empty_destination(
     cli: Cli, filled: list[dict[str, str]], tmp_path: Path
 ) -> None:
