@@ -304,11 +304,22 @@ exit status: 0 written; 1 the file exists (keys are never overwritten) or cannot
 """
 
 
+def _no_index(settings: Settings) -> CaseIndexError:
+    """No index where the settings say. A relative path is most often the embedded default
+    (`./casethread-data`) of a command run without the milter's `--config`: say so."""
+    path = settings.index.path
+    hint = ""
+    if not os.path.isabs(path):
+        hint = (f" (relative to the current directory {os.getcwd()}: give the milter's "
+                "--config FILE, or --index DIR)")
+    return CaseIndexError(f"no case index at {path}{hint}")
+
+
 @contextmanager
 def _existing_index(settings: Settings) -> Iterator[CaseIndex]:
     """The index for one admin command; never creates one (a mistyped --index must not)."""
     if not index_exists(settings):
-        raise CaseIndexError(f"no case index at {settings.index.path}")
+        raise _no_index(settings)
     index = open_index(settings)
     try:
         yield index
@@ -595,7 +606,7 @@ lost index, README: Restore).
 @contextmanager
 def _lmdb_index(settings: Settings, create: bool = False) -> Iterator[LmdbIndex]:
     if not create and not index_exists(settings):
-        raise CaseIndexError(f"no case index at {settings.index.path}")
+        raise _no_index(settings)
     index = open_index(settings)
     try:
         yield index

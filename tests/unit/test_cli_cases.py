@@ -165,6 +165,24 @@ def test_commands_never_create_an_index(cli: Cli) -> None:
     assert not cli.index.exists()
 
 
+def test_no_index_at_the_relative_default_points_to_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """README Install: run without --config, a command looks for the embedded default
+    ./casethread-data; "no case index at ./casethread-data" alone sent the operator looking
+    for a lost index. The line says where that is and what to give."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["stats"], ["lookup", "--case", "C-000001"], ["export"]):
+        assert main(args) == 1, args
+        err = capfd.readouterr().err
+        assert err == (f"casethread: no case index at ./casethread-data (relative to the "
+                       f"current directory {tmp_path}: give the milter's --config FILE, or "
+                       "--index DIR)\n"), args
+    assert main(["stats", "--index", str(tmp_path / "abs")]) == 1
+    assert capfd.readouterr().err == f"casethread: no case index at {tmp_path / 'abs'}\n"
+    assert not (tmp_path / "casethread-data").exists()
+
+
 def test_set_state(cli: Cli, sent: list[Sent]) -> None:
     before = cli.json("case", "show", "C-000001")
     p = cli.ok("case", "set-state", "C-000001", "resolved")
