@@ -218,6 +218,45 @@ def test_ses_notifications_are_automatic_and_bounces_only_when_they_fail(
     assert participants(harness, *PROVIDERS) == []
 
 
+@pytest.mark.parametrize(("relay", "line_break"), [
+    ("sendmail", b"!\n "), ("sendmail crlf", b"!\r\n "), ("postfix", b"\r\n "),
+    ("postfix lf", b"\n ")])
+@pytest.mark.parametrize("form", ["notification", "email-json"])
+def test_an_ses_notice_whose_long_line_a_relay_broke_is_read(harness: Any, relay: str,
+                                                            line_break: bytes,
+                                                            form: str) -> None:
+    """A notification is one JSON line of a few KB: a Sendmail on the way breaks it past its
+    line limit with '!', a line break and a blank, a Postfix relay with a line break and a
+    blank, inside a string (the corpus audit's SNS complaint, broken by Sendmail). It was no
+    JSON to read, so the complaint was a person's mail and reopened the case."""
+    out = start_resolved_case(harness)
+    notice = sns_fixture_notice(out.one("Message-ID"), out.one("Subject"))
+    notice["notificationType"] = "Complaint"
+    del notice["bounce"]
+    notice["complaint"] = {"complainedRecipients": [{"emailAddress": "pat@customer.example.org"}],
+                           "userAgent": "x" * 900, "complaintFeedbackType": "abuse"}
+    if form == "email-json":
+        notice = {"Type": "Notification", "MessageId": "00000000-0000-0000-0000-000000000002",
+                  "Message": json.dumps(notice), "SignatureVersion": "1"}
+    raw = sns_mail(notice)
+    head, _, body = raw.partition(b"\n\n")
+    cut = body.index(b"x" * 900) + 500  # inside the string, past 990 characters of the line
+    assert cut > 990 and b"\n" not in body[:cut]
+    broken = head + b"\n\n" + body[:cut] + line_break + body[cut:]
+    r = harness.run(message(broken, SNS_SENDER), Direction.INBOUND)
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State"), r.one("X-Case-Auto")) == (
+        "C-000001", "bounce", "resolved", "auto-generated")
+    assert harness.index.last_number() == 1
+
+
+def test_a_relays_line_break_makes_no_json_of_other_text() -> None:
+    """The breaks are taken out only to read JSON the text starts with."""
+    assert feedback.parse_notice('{"notificationType": "Bounce",!\n "mail": {}}') == (
+        feedback.SesNotice("bounce", b""))
+    assert feedback.parse_notice('{"notificationType": "Bounce", "mail": {}\n x}') is None
+    assert feedback.parse_notice('You have chosen!\n to subscribe\n {"mail": {}}') is None
+
+
 def test_an_ses_notice_finds_our_message_id_in_its_headers_list(harness: Any) -> None:
     """SES may set `commonHeaders.messageId` to an ID of its own; the `headers` list has the
     fields as we sent them."""

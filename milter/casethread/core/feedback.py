@@ -74,6 +74,12 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"?', re.S)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 _DECODER = json.JSONDecoder()
+# A notification is one JSON line of a few KB, which a relay with a line limit breaks:
+# Sendmail (a mailer's L= limit) ends the part with '!' and starts the rest with a blank,
+# Postfix (smtp_line_length_limit, 998) inserts a line break and a blank. JSON holds no raw
+# line break in a string, so a text that does not read as it is is read once more with the
+# breaks taken out (Sendmail's first: its '!' is none of the text; Sisimai joins them so).
+_RELAY_BREAKS = (re.compile(r"!\r?\n "), re.compile(r"\r?\n "))
 
 
 @frozen
@@ -114,11 +120,15 @@ def ses_notice(msg: Message, tree: mime.Part | None = None) -> SesNotice | None:
 
 def parse_notice(text: str) -> SesNotice | None:
     """The SES notification in this text (JSON from its start; what follows the value, SNS's
-    trailer, is ignored), also inside SNS's `email-json` envelope; None for anything else."""
-    found = _json_object(text)
-    inner = found.get("Message") if found is not None else None
-    if isinstance(inner, str) and found is not None and found.get("Type") == "Notification":
-        found = _json_object(inner)  # the envelope's notification, as a string
+    trailer, is ignored), also inside SNS's `email-json` envelope, and also when a relay broke
+    its long line (`_RELAY_BREAKS`); None for anything else."""
+    found = _notification(text)
+    text = text[:SNS_READ]
+    for relay_break in _RELAY_BREAKS:
+        if found is not None:
+            break
+        if relay_break.search(text):
+            found = _notification(relay_break.sub("", text))
     if found is None:
         return None
     kind = _lowered(found.get("notificationType", found.get("eventType")))
@@ -129,6 +139,15 @@ def parse_notice(text: str) -> SesNotice | None:
     if kind == "bounce" and _soft_general(found.get("bounce")):
         kind = SOFT_BOUNCE
     return SesNotice(kind, _returned(mail))
+
+
+def _notification(text: str) -> dict[str, object] | None:
+    """The JSON object the text starts with, or the notification inside SNS's envelope."""
+    found = _json_object(text)
+    inner = found.get("Message") if found is not None else None
+    if isinstance(inner, str) and found is not None and found.get("Type") == "Notification":
+        found = _json_object(inner)  # the envelope's notification, as a string
+    return found
 
 
 def _soft_general(bounce: object) -> bool:
