@@ -305,13 +305,21 @@ exit status: 0 written; 1 the file exists (keys are never overwritten) or cannot
 
 
 def _no_index(settings: Settings) -> CaseIndexError:
-    """No index where the settings say. A relative path is most often the embedded default
-    (`./casethread-data`) of a command run without the milter's `--config`: say so."""
+    """No index where the settings say. A relative path is named with the directory it is
+    relative to; the embedded default (`./casethread-data`) is most often a command run
+    without the milter's `--config`: say so."""
     path = settings.index.path
     hint = ""
     if not os.path.isabs(path):
-        hint = (f" (relative to the current directory {os.getcwd()}: give the milter's "
-                "--config FILE, or --index DIR)")
+        try:
+            where = f"the current directory {os.getcwd()}"
+        except OSError:  # removed under the shell: the path still names nothing
+            where = "the current directory, which no longer exists"
+        # The config hint only for the embedded default: a relative --index DIR or a
+        # relative index.path in the given --config was given on purpose.
+        if path == load_config(None).index.path:
+            where += ": give the milter's --config FILE, or --index DIR"
+        hint = f" (relative to {where})"
     return CaseIndexError(f"no case index at {path}{hint}")
 
 

@@ -183,6 +183,31 @@ def test_no_index_at_the_relative_default_points_to_config(
     assert not (tmp_path / "casethread-data").exists()
 
 
+def test_no_index_at_a_relative_path_given_names_no_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A relative --index DIR (or a relative index.path in the --config given) was given:
+    the line names the directory it is relative to, not "give --config" (given already).
+    With that directory removed under the shell, os.getcwd() failed and the line lost the
+    path: "casethread: No such file or directory"."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["stats", "--index", "rel"]) == 1
+    assert capfd.readouterr().err == (
+        f"casethread: no case index at rel (relative to the current directory {tmp_path})\n")
+    config = tmp_path / "casethread.yaml"
+    config.write_text("index:\n  path: data\n")
+    assert main(["stats", "--config", str(config)]) == 1
+    assert capfd.readouterr().err == (
+        f"casethread: no case index at data (relative to the current directory {tmp_path})\n")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert main(["stats", "--index", "rel"]) == 1
+    assert capfd.readouterr().err == ("casethread: no case index at rel (relative to the "
+                                      "current directory, which no longer exists)\n")
+
+
 def test_set_state(cli: Cli, sent: list[Sent]) -> None:
     before = cli.json("case", "show", "C-000001")
     p = cli.ok("case", "set-state", "C-000001", "resolved")
