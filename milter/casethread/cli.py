@@ -650,12 +650,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
     counts = done.counts
     notes = [f"token key copied to {path} (mode 0600)" for path in done.copied]
     # The README's rotation lists INDEX/token.key in tokens.keys beside the new key: that one
-    # was just copied, and is no key "elsewhere".
-    elsewhere = [k for k in settings.tokens.keys
-                 if not (done.copied and Path(k).resolve() == key.resolve())]
+    # was just copied, and is no key "elsewhere"; listed but missing, it is missing.
+    own = key.resolve()
+    elsewhere = [k for k in settings.tokens.keys if Path(k).resolve() != own]
     if elsewhere:
         notes.append("token keys configured elsewhere, back them up too: " + " ".join(elsewhere))
-    elif not settings.tokens.keys and not done.copied:
+    listed_own = len(elsewhere) < len(settings.tokens.keys)
+    if not done.copied and (listed_own or not settings.tokens.keys):
         notes.append(f"no {key}: without the token key, tokens in mail will not verify")
     data = {"dest": done.dest, "data_bytes": done.data_bytes, "copied": list(done.copied),
             "notes": notes, **counts}

@@ -288,6 +288,29 @@ def test_backup_after_a_rotation_names_only_the_keys_it_did_not_copy(
     assert "elsewhere" not in capfd.readouterr().out
 
 
+def test_backup_names_a_listed_index_key_that_is_missing_as_missing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """tokens.keys lists INDEX/token.key, which is not there: backup copied nothing, and the
+    note called it a key "configured elsewhere, back them up too" instead of missing."""
+    index = tmp_path / "index"
+    opened = LmdbIndex(index, 1 << 20)
+    opened.create_case(now=int(time.time()))
+    opened.close()
+    new_key = tmp_path / "token2.key"
+    assert main(["keygen", str(new_key), "--id", "2"]) == 0
+    config = tmp_path / "casethread.yaml"
+    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {new_key}\n"
+                      f"    - {index / 'token.key'}\n")
+    capfd.readouterr()
+    dest = tmp_path / "backup"
+    assert main(["backup", str(dest), "--config", str(config)]) == 0
+    assert capfd.readouterr().out.splitlines()[1:] == [
+        f"token keys configured elsewhere, back them up too: {new_key}",
+        f"no {index / 'token.key'}: without the token key, tokens in mail will not verify",
+    ]
+
+
 def test_backup_refuses_a_non_empty_destination(
     cli: Cli, filled: list[dict[str, str]], tmp_path: Path
 ) -> None:
