@@ -257,6 +257,25 @@ def test_a_relays_line_break_makes_no_json_of_other_text() -> None:
     assert feedback.parse_notice('You have chosen!\n to subscribe\n {"mail": {}}') is None
 
 
+@pytest.mark.parametrize("crlf", [False, True])
+def test_an_ses_notice_broken_by_two_relays_keeps_its_message_id(crlf: bool) -> None:
+    """A line a Postfix broke (line break, blank) and a Sendmail broke again ('!', line
+    break, blank): both are taken out. Postfix's join alone kept Sendmail's '!' inside
+    the Message-ID (<abc@!example.com>), which named nothing of ours."""
+    notice = json.dumps({"notificationType": "Complaint", "mail": {
+        "headers": [{"name": "Message-ID", "value": "<abc@example.com>"}],
+        "commonHeaders": {"subject": "S " + "y" * 1500}}})
+    at = notice.index("<abc@") + 5
+    text = notice[:at] + "!\n " + notice[at:]
+    at = text.index("y" * 10) + 800
+    text = text[:at] + "\n " + text[at:]
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    found = feedback.parse_notice(text)
+    assert found is not None
+    assert found.returned.startswith(b"Message-ID: <abc@example.com>\nSubject: S yyy")
+
+
 def test_an_ses_notice_finds_our_message_id_in_its_headers_list(harness: Any) -> None:
     """SES may set `commonHeaders.messageId` to an ID of its own; the `headers` list has the
     fields as we sent them."""

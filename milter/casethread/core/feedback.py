@@ -77,8 +77,9 @@ _DECODER = json.JSONDecoder()
 # A notification is one JSON line of a few KB, which a relay with a line limit breaks:
 # Sendmail (a mailer's L= limit) ends the part with '!' and starts the rest with a blank,
 # Postfix (smtp_line_length_limit, 998) inserts a line break and a blank. JSON holds no raw
-# line break in a string, so a text that does not read as it is is read once more with the
-# breaks taken out (Sendmail's first: its '!' is none of the text; Sisimai joins them so).
+# line break in a string, so a text that does not read as it is is read again with the
+# breaks taken out (Sendmail's first: its '!' is none of the text; Sisimai joins them so;
+# then Postfix's as well).
 _RELAY_BREAKS = (re.compile(r"!\r?\n "), re.compile(r"\r?\n "))
 
 
@@ -127,8 +128,12 @@ def parse_notice(text: str) -> SesNotice | None:
     for relay_break in _RELAY_BREAKS:
         if found is not None:
             break
-        if relay_break.search(text):
-            found = _notification(relay_break.sub("", text))
+        # Cumulative: a line broken by a Postfix and then a Sendmail (or the reverse) holds
+        # both kinds; Postfix's join alone left Sendmail's '!' in the value.
+        joined = relay_break.sub("", text)
+        if joined != text:
+            text = joined
+            found = _notification(text)
     if found is None:
         return None
     kind = _lowered(found.get("notificationType", found.get("eventType")))
