@@ -739,8 +739,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             # A counter alone (a lost index's, raised: README Restore): the milter starts
             # and makes a new key, under which earlier mail's tokens fail.
             print(f"note: no {key}: copy the old index's token.key there before the milter "
-                  "starts; without it the milter makes a new key, and the tokens in earlier "
-                  "mail fail as token-invalid:bad-mac")
+                  "starts; without it the milter makes a new key (id 1), and the tokens in "
+                  "earlier mail fail to verify (token-invalid:bad-mac, or :unknown-key for "
+                  "another key id)")
     return EXIT_OK
 
 
