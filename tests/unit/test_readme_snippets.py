@@ -42,3 +42,36 @@ def test_the_pickup_snippet_is_the_commented_block_of_contrib_master_cf() -> Non
     start = contrib.index("#" + pickup[0])
     assert contrib[start : start + len(pickup)] == ["#" + line for line in pickup]
     assert any("milter_macro_daemon_name=ORIGINATING" in line for line in pickup)
+
+
+def _sendmail_section() -> str:
+    return README.split("\n## Sendmail\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_sendmail_steps_name_the_snippets_socket_and_debians_submission_daemon() -> None:
+    """The README's Sendmail steps: casethread's default socket is the snippet's S=, and
+    Debian's own submission daemon, which the snippet's takes the port of (both kept,
+    Sendmail exits after about 45 s), is named as Debian's sendmail.mc spells it."""
+    from casethread.core.settings import MilterSettings
+
+    section = _sendmail_section()
+    flat = " ".join(section.split())
+    snippet = (REPO_ROOT / "contrib" / "sendmail" / "casethread.mc").read_text()
+    default = MilterSettings().socket
+    assert f"S={default}," in snippet
+    assert f"listens on `{default}` by default, the snippet's `S=`" in flat
+    debian_msp = ("``DAEMON_OPTIONS(`Family=inet,  Name=MSP-v4, Port=submission, M=Ea, "
+                  "Addr=127.0.0.1')dnl``")
+    assert debian_msp in section
+    assert "(`server SMTP socket wedged: exiting`): no mail is taken on any port" in flat
+
+
+def test_the_install_clears_the_units_postfix_group_for_a_sendmail_host() -> None:
+    """The unit asks for group postfix, which a Sendmail host lacks: the Install says how to
+    clear it, with the drop-in key the unit itself names."""
+    unit = (REPO_ROOT / "contrib" / "systemd" / "casethread.service").read_text()
+    assert "\nSupplementaryGroups=postfix\n" in unit
+    install = README.split("\n## Install (Debian)\n", 1)[1].split("\n## ", 1)[0]
+    drop_in = ("printf '[Service]\\nSupplementaryGroups=\\n' "
+               ">/etc/systemd/system/casethread.service.d/")
+    assert drop_in in install
