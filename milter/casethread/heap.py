@@ -21,7 +21,7 @@ ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-def limit_arenas(arenas: int = ARENAS) -> bool:
+def limit_arenas() -> bool:
     """Cap glibc's arenas before the milter starts its threads; whether it was done. The
     environment's `MALLOC_ARENA_MAX` (glibc reads it at start) is left to win. A C library
     without `mallopt` (musl has a stub, others none) is left alone."""
@@ -33,7 +33,7 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    done = bool(mallopt(_M_ARENA_MAX, arenas))
+    done = bool(mallopt(_M_ARENA_MAX, ARENAS))
     if not done:
-        log.debug("mallopt(M_ARENA_MAX, %d) refused: malloc arenas left as they are", arenas)
+        log.debug("mallopt(M_ARENA_MAX, %d) refused: malloc arenas left as they are", ARENAS)
     return done

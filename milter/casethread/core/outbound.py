@@ -35,13 +35,12 @@ def clean(value: str) -> str:
     return _UNSAFE.sub("", unfold(value)).strip()
 
 
-def fold(name: str, value: str, width: int = 78) -> str:
-    """`value` (one line) folded at its blanks so that lines keep to `width` where they can
-    (RFC 5322 §2.1.1: 78 recommended, 998 a hard limit; RFC 2047 words are at most 75 long):
-    unfolding gives `value` back, and no line is blank. A word longer than a line stays whole.
-    A line holding an encoded word keeps to 76 (RFC 2047 §2)."""
-    if "=?" in value:
-        width = min(width, 76)
+def fold(name: str, value: str) -> str:
+    """`value` (one line) folded at its blanks so that lines keep to 78 characters where they
+    can (RFC 5322 §2.1.1: 78 recommended, 998 a hard limit; RFC 2047 words are at most 75
+    long): unfolding gives `value` back, and no line is blank. A word longer than a line stays
+    whole. A line holding an encoded word keeps to 76 (RFC 2047 §2)."""
+    width = 76 if "=?" in value else 78
     if len(name) + 2 + len(value) <= width:
         return value
     parts = _BLANK_RUN.split(value)  # word, blanks, word, blanks, ..., word

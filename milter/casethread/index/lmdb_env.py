@@ -236,9 +236,9 @@ class SharedEnv:
     readers_checked: float = 0.0
     snapshots: Snapshot = field(default_factory=Snapshot)
 
-    def start_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
+    def start_flusher(self) -> None:
         def flush_periodically() -> None:
-            while not self.closing.wait(interval):
+            while not self.closing.wait(FLUSH_INTERVAL):
                 self.flush()
 
         self.flusher = threading.Thread(

@@ -719,7 +719,6 @@ def import_lines(
     index: LmdbIndex,
     source: Callable[[], Iterable[bytes]],
     merge: bool = False,
-    batch: int = BATCH,
 ) -> ImportResult:
     """Import an export. `source` is called twice: the whole file is checked before anything
     is written, so a malformed file or a refused merge changes nothing.
@@ -756,7 +755,7 @@ def import_lines(
     for _number, _kind, item in _records(source()):
         if isinstance(item, _Put):
             pending.append(item)
-            if len(pending) >= batch:
+            if len(pending) >= BATCH:
                 flush()
     if pending:
         flush()
