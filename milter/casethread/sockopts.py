@@ -68,13 +68,13 @@ def _listener_fds() -> list[int]:
     return sorted(int(name) for name in os.listdir(_FD_DIR) if name.isdigit())
 
 
-def listen_nodelay_state(port: int | None = None) -> dict[int, bool]:
-    """{fd: TCP_NODELAY is on} for each listening TCP socket of this process (on `port` if
-    given). Empty where /proc is missing. For checks and benchmarks; raises OSError."""
+def listen_nodelay_state() -> dict[int, bool]:
+    """{fd: TCP_NODELAY is on} for each listening TCP socket of this process. Empty where
+    /proc is missing. For tests and bench/ct_serve.py; raises OSError."""
     states: dict[int, bool] = {}
     for fd in _listener_fds():
         with _dup_socket(fd) as sock:
-            if sock is not None and _is_tcp_listener(sock, port):
+            if sock is not None and _is_tcp_listener(sock, None):
                 states[fd] = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
     return states
 
