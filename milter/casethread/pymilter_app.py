@@ -114,7 +114,7 @@ def _guarded(callback: F) -> F:
         except Exception as exc:
             self._log_failure(step, _cause(exc))
             if step == "eom":
-                return self._fallback(self.engine.settings.milter.on_error)
+                return self._fallback()
             if step in _BEFORE_EOM:
                 self._fail(connection=step == "connect")
                 return self._skip_body() if step == "body" else int(Milter.CONTINUE)
@@ -325,7 +325,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         started = time.monotonic()
         if self._failed:  # an earlier callback failed and logged it: answer now
-            return self._fallback(self.engine.settings.milter.on_error)
+            return self._fallback()
         body = self._body.data()
         msg = Message(self._envelope(), self._headers(), body)
         decision = self.engine.process(msg, self._direction, self._found)
@@ -379,10 +379,11 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.error(step)
 
-    def _fallback(self, policy: OnError) -> int:
+    def _fallback(self) -> int:
         """The answer at end of message after the engine failed. With on_error=accept, forged
         X-Case-* fields still go (DESIGN §6: downstream rules trust them), and nothing else is
         changed; a message with more of them than can be removed is refused, as always."""
+        policy = self.engine.settings.milter.on_error
         try:
             if policy == "accept" and self._sent is _Sent.NOTHING:  # else the edits went out
                 decision = self.engine.unchanged(Message(Envelope(), self._headers()))
