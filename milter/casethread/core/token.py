@@ -399,6 +399,7 @@ _BLANKS = " \t\u00a0\u202f\u3000\u200b\ufeff\u00ad\u200c\u200d\u2060"
 # prefix ("| text", "| | text").
 _QUOTE_CHARS = ">|"
 _QUOTE_PREFIX = _BLANKS + _QUOTE_CHARS
+_QUOTE_CLASS = re.escape(_QUOTE_CHARS)  # the marks inside a pattern's character class
 
 
 @dataclass(frozen=True)
@@ -424,7 +425,7 @@ _WIDE = re.compile("[\uff01-\uff5e]")
 # quote prefix. Possessive, and every character fits one class only: linear.
 _LITERAL_BLANKS = re.escape("".join(sorted(
     set(_BLANKS) | {chr(i) for i in range(0x3001) if chr(i).isspace()} - {"\r", "\n"})))
-_SEPARATORS = rf"[{_LITERAL_BLANKS}]*+(?:[\r\n][{_LITERAL_BLANKS}>|]*+)*+"
+_SEPARATORS = rf"[{_LITERAL_BLANKS}]*+(?:[\r\n][{_LITERAL_BLANKS}{_QUOTE_CLASS}]*+)*+"
 
 
 @lru_cache(maxsize=16)
@@ -551,7 +552,8 @@ def _candidates_pattern(template: str, wide: bool) -> re.Pattern[str] | None:
     None when the openings could overlap or the closing literal's first character could be
     read as part of a candidate (then `finditer` of this pattern could find other openings
     than `find_tokens` does): the first character of the opening literal must be ASCII
-    punctuation found nowhere else in it, and so must the closing literal's first."""
+    punctuation found nowhere else in it, and so must the closing literal's first; neither may
+    be a quote mark (`_QUOTE_CHARS`), which a candidate's wrapped lines may start with."""
     before, after = template.split(PLACEHOLDER)
     opening, closing = before.strip(), after.strip()
     first, close = opening[:1], closing[:1]
@@ -562,9 +564,9 @@ def _candidates_pattern(template: str, wide: bool) -> re.Pattern[str] | None:
         return None
     bracket = _bracket(template)
     blanks = re.escape(_BLANKS)
-    unit = rf"(?:[{blanks}]|[\r\n][{blanks}>|]*+)"
+    unit = rf"(?:[{blanks}]|[\r\n][{blanks}{_QUOTE_CLASS}]*+)"
     closes = f"[{re.escape(close)}{chr(ord(close) + _FULLWIDTH_OFFSET)}]"
-    reads = (rf"(?=[{_SHAPE_CLASS}{blanks}\r\n>|]{{0,{MAX_SPAN - 1}}}+{closes})"
+    reads = (rf"(?=[{_SHAPE_CLASS}{blanks}\r\n{_QUOTE_CLASS}]{{0,{MAX_SPAN - 1}}}+{closes})"
              rf"(?={unit}*+(?:[{_SHAPE_CLASS}]{unit}*+){{{MIN_LENGTH},{MAX_LENGTH}}}+{closes})")
     opening_pattern = bracket.opening_wide if wide else bracket.opening
     return re.compile(opening_pattern.pattern + reads, opening_pattern.flags)
