@@ -185,9 +185,8 @@ class Evidence:
     def unquoted_texts(self) -> list[str]:
         """The body texts without the quote marks (">", "|") that start their lines, for the
         patterns of case and external references: a reference wrapped inside a quote (`[Case` /
-        `> C-1]`,
-        or an HTML line inside a <blockquote>, which gets marks too) reads as written, and a
-        pattern anchored at `^` matches a quoted line."""
+        `> C-1]`, or an HTML line inside a <blockquote>, which gets marks too) reads as
+        written, and a pattern anchored at `^` matches a quoted line."""
         return [_LINE_QUOTES.sub("", text) if ">" in text or "|" in text else text
                 for text in self.body_texts]
 
