@@ -68,7 +68,6 @@ def iter_texts(
     budget: int = DEFAULT_BUDGET,
     *,
     top_disposition: str | None = None,
-    include_attachments: bool = False,
     tree: Part | None = None,
     open_files: bool = True,
 ) -> Iterator[str]:
@@ -78,8 +77,8 @@ def iter_texts(
     attached message/rfc822: "forward as attachment"), read like an inline forward: its
     Subject (decoded), then its parts. A forwarded message the parser could not open in place
     (base64 message/rfc822, an .eml attached as a file) is decoded and read so too, when
-    `open_files` (one level: such a file inside it is not opened). Other attachments only with
-    `include_attachments`. A multipart or message that could not be split is read as text.
+    `open_files` (one level: such a file inside it is not opened). Other attachments are not
+    read. A multipart or message that could not be split is read as text.
     `tree` is `mime.parse` of this body and these fields, when the caller has it already.
     """
     if tree is None:
@@ -99,7 +98,7 @@ def iter_texts(
             for text in _subject_of(root.children[0].headers):
                 remaining -= len(text)
                 yield text
-        for part in _readable(root, include_attachments, forwarded):
+        for part in _readable(root, forwarded):
             if not (part.kind == "opaque" or (part.kind == "leaf" and _is_text(part))):
                 continue
             if remaining <= 0:
@@ -293,7 +292,7 @@ def _is_text(part: Part) -> bool:
             or (kind.startswith("text/") and kind not in BOUNCE_TYPES))
 
 
-def _readable(tree: Part, include_attachments: bool, forwarded: list[Part]) -> Iterator[Part]:
+def _readable(tree: Part, forwarded: list[Part]) -> Iterator[Part]:
     """The parts of `tree` to read, from the top; forwarded messages inside it are put in
     `forwarded` instead, to be read after the text around them."""
     stack = [tree]
@@ -302,7 +301,7 @@ def _readable(tree: Part, include_attachments: bool, forwarded: list[Part]) -> I
         if part is not tree and (part.kind == "message" or _attached_message_file(part)):
             forwarded.append(part)
             continue
-        if part.is_attachment and not include_attachments and part is not tree:
+        if part.is_attachment and part is not tree:
             continue
         yield part
         stack.extend(reversed(part.children))
