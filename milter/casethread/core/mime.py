@@ -159,10 +159,10 @@ def _known_type(value: str) -> str:
     return "text/plain" if value == "text" else ""
 
 
-def media_type(raw: str | None, default: str = "text/plain") -> str:
-    """`content_type(raw, default).value` without reading the parameters."""
+def media_type(raw: str | None) -> str:
+    """`content_type(raw).value` without reading the parameters."""
     if raw is None:
-        return default
+        return "text/plain"
     text = unfold(raw)
     first = text.split(";", 1)[0] if '"' not in text else _first_piece(text)
     return _known_type(_strip_comments(first).strip().lower())
