@@ -258,22 +258,30 @@ def test_backup_copies_index_and_key_and_the_copy_answers(
     assert found["case_id"] == filled[1]["x-case-id"]
 
 
+def _rotated_index(tmp_path: Path, index_key: bool) -> tuple[Path, Path, Path]:
+    """An index with one case and a configuration in the middle of the README's key rotation:
+    tokens.keys lists a new key (id 2), then INDEX/token.key, which exists if `index_key`."""
+    index = tmp_path / "index"
+    opened = LmdbIndex(index, 1 << 20)
+    opened.create_case(now=int(time.time()))
+    opened.close()
+    new_key = tmp_path / "token2.key"
+    if index_key:
+        assert main(["keygen", str(index / "token.key")]) == 0
+    assert main(["keygen", str(new_key), "--id", "2"]) == 0
+    config = tmp_path / "casethread.yaml"
+    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {new_key}\n"
+                      f"    - {index / 'token.key'}\n")
+    return index, new_key, config
+
+
 def test_backup_after_a_rotation_names_only_the_keys_it_did_not_copy(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """README Keys: a rotation lists the new key first and the index's own token.key after
     it. backup copies INDEX/token.key, so only the new key is left to back up by hand; the
     note named the copied one too, as a key "configured elsewhere"."""
-    index = tmp_path / "index"
-    opened = LmdbIndex(index, 1 << 20)
-    opened.create_case(now=int(time.time()))
-    opened.close()
-    new_key = tmp_path / "token2.key"
-    assert main(["keygen", str(index / "token.key")]) == 0
-    assert main(["keygen", str(new_key), "--id", "2"]) == 0
-    config = tmp_path / "casethread.yaml"
-    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {new_key}\n"
-                      f"    - {index / 'token.key'}\n")
+    index, new_key, config = _rotated_index(tmp_path, index_key=True)
     capfd.readouterr()
     dest = tmp_path / "backup"
     assert main(["backup", str(dest), "--config", str(config)]) == 0
@@ -293,15 +301,7 @@ def test_backup_names_a_listed_index_key_that_is_missing_as_missing(
 ) -> None:
     """tokens.keys lists INDEX/token.key, which is not there: backup copied nothing, and the
     note called it a key "configured elsewhere, back them up too" instead of missing."""
-    index = tmp_path / "index"
-    opened = LmdbIndex(index, 1 << 20)
-    opened.create_case(now=int(time.time()))
-    opened.close()
-    new_key = tmp_path / "token2.key"
-    assert main(["keygen", str(new_key), "--id", "2"]) == 0
-    config = tmp_path / "casethread.yaml"
-    config.write_text(f"index:\n  path: {index}\ntokens:\n  keys:\n    - {new_key}\n"
-                      f"    - {index / 'token.key'}\n")
+    index, new_key, config = _rotated_index(tmp_path, index_key=False)
     capfd.readouterr()
     dest = tmp_path / "backup"
     assert main(["backup", str(dest), "--config", str(config)]) == 0
