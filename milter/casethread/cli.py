@@ -317,7 +317,7 @@ def _no_index(settings: Settings) -> CaseIndexError:
             where = "the current directory, which no longer exists"
         # The config hint only for the embedded default: a relative --index DIR or a
         # relative index.path in the given --config was given on purpose.
-        if path == load_config(None).index.path:
+        if path == Settings().index.path:
             where += ": give the milter's --config FILE, or --index DIR"
         hint = f" (relative to {where})"
     return CaseIndexError(f"no case index at {path}{hint}")
