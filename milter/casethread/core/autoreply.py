@@ -260,7 +260,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     `ours` tells our support addresses: a list that is one of them is our own front door.
     `tree` gives the body's MIME structure when the caller keeps one (the engine's, which the
     bounce strategy reads too): a delivery report's body is then parsed once."""
-    fields = msg.present(_SIGNAL_FIELDS)
+    fields = _signal_fields(msg)
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
     report_type = _report_type(msg)
@@ -331,6 +331,20 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     return NO, ""
 
 
+def _signal_fields(msg: Message) -> dict[str, Sequence[str]]:
+    """The signal fields the mail has, without a vendor's field none of whose values can hold
+    its mark (`_VENDOR_MARKS`, read nowhere else): most forwarded or locally delivered mail
+    has a `Delivered-To` naming an address, mail delivered by iCloud an `X-Apple-Action`, and
+    such mail keeps the one-test path of mail with no signal (`classify_auto_detail`). A
+    value `_vendor_value` reads as the mark holds it, unfolded and lower-cased."""
+    fields = msg.present(_SIGNAL_FIELDS)
+    for name, mark in _VENDOR_MARKS if fields else ():
+        values = fields.get(name)
+        if values is not None and not any(mark in unfold(v).lower() for v in values):
+            del fields[name]
+    return fields
+
+
 def _provider_feedback(msg: Message, provider: str,
                        tree: Callable[[], mime.Part] | None) -> tuple[str, str] | None:
     """A JMRP complaint is `auto-generated`, as an ARF report is. An SES notification by SNS
@@ -358,7 +372,7 @@ def is_delivery_notice(msg: Message) -> bool:
     if not (null_sender or "x-failed-recipients" in fields
             or any(name in sender for name in _SYSTEM_SENDERS)):
         return False
-    fields = msg.present(_SIGNAL_FIELDS)  # what `_notice` reads: the responder's marks too
+    fields = _signal_fields(msg)  # what `_notice` reads: the responder's marks too
     return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
 
 
