@@ -16,6 +16,7 @@ import errno
 import logging
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -537,6 +538,23 @@ def test_an_index_failure_passes_the_message_unchanged(
     assert ("tempfailed" if on_error == "tempfail" else "passed") in line
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], CaseIndexError)
+
+
+def test_a_connection_opened_before_a_reload_fails_by_its_own_on_error(
+    make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README Reload: connections in flight keep the configuration they started with. The
+    service's reload gives new connections a new engine (`service._Current`); a connection
+    opened before it answers a failure with the on_error of the engine it was made with."""
+    rig = make_rig(on_error="tempfail")
+    before = rig.connection()
+    reloaded = Engine(replace(rig.engine.settings, milter=MilterSettings(on_error="accept")),
+                      rig.index, KEYRING, clock=lambda: NOW, hostname=HOSTNAME)
+    monkeypatch.setattr(Milter, "factory", lambda: CaseMilter(reloaded))
+    after = rig.connection()
+    rig.index.broken = True
+    assert before.feed(customer_mail(), "sender@example.org", SUPPORT) == Milter.TEMPFAIL
+    assert after.feed(customer_mail(), "sender@example.org", SUPPORT) == Milter.ACCEPT
 
 
 def test_an_expected_condition_is_one_line_without_a_traceback(
