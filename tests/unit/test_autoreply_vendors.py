@@ -5,6 +5,7 @@ after the fields the sources name (sisimai's RFC3834 detector, the multi_mail wi
 "Detecting autoresponders", qmail autorespond's source), not copied from anyone's mail."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -111,3 +112,17 @@ def test_a_vendors_field_without_its_mark_keeps_the_one_test_path(
 
     monkeypatch.setattr(autoreply, "_submitted", slow_path)
     assert classify_auto_detail(msg(*fields), lambda address: False) == ("no", "")
+
+
+@pytest.mark.parametrize("mail_from", ["<>", "<pat@customer.example.org>"])
+def test_a_hundred_folded_vendor_fields_are_read_in_linear_time(mail_from: str) -> None:
+    """Each field a mark is read in is unfolded whole, then its first 4,096 characters read,
+    once or twice a message (also by `is_delivery_notice` under the null sender): a hundred
+    120 KB fields folded every 4 characters took 0.6 to 1.8 s of CPU while unfolding was a
+    regex substitution, 0.06 to 0.15 s now (the limit leaves a slow machine room)."""
+    folded = "x\r\n " * 30_000
+    m = msg(*[("Delivered-To", folded)] * 100, mail_from=mail_from)
+    started = time.process_time()
+    assert classify_auto_detail(m)[0] != "auto-replied"
+    autoreply.is_delivery_notice(m)
+    assert time.process_time() - started < 0.5

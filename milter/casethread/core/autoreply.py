@@ -336,11 +336,11 @@ def _signal_fields(msg: Message) -> dict[str, Sequence[str]]:
     its mark (`_VENDOR_MARKS`, read nowhere else): most forwarded or locally delivered mail
     has a `Delivered-To` naming an address, mail delivered by iCloud an `X-Apple-Action`, and
     such mail keeps the one-test path of mail with no signal (`classify_auto_detail`). A
-    value `_vendor_value` reads as the mark holds it, unfolded and lower-cased."""
+    value `_vendor_value` reads as the mark holds it in its `_field_text`, lower-cased."""
     fields = msg.present(_SIGNAL_FIELDS)
     for name, mark in _VENDOR_MARKS if fields else ():
         values = fields.get(name)
-        if values is not None and not any(mark in unfold(v).lower() for v in values):
+        if values is not None and not any(mark in _field_text(v).lower() for v in values):
             del fields[name]
     return fields
 

@@ -20,13 +20,14 @@ from .lazy import lazy
 # A body in memory, or a spooled one mapped from its file.
 Data = bytes | mmap
 
-_FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 
 
 def unfold(value: str) -> str:
-    """RFC 5322 unfolding; bare line breaks (bad input) are dropped too."""
-    return _FOLD.sub("", value) if "\n" in value else value
+    """RFC 5322 unfolding; bare line breaks (bad input) are dropped too: every LF and the CR
+    right before one go. Not a regex substitution, which made a match object of each fold
+    (a 120 KB field folded every 4 characters: 7.5 ms that way, 0.5 ms so)."""
+    return value.replace("\r\n", "").replace("\n", "") if "\n" in value else value
 
 
 _COMMENT = re.compile(r"\([^()]*\)")
