@@ -332,15 +332,15 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
 
 
 def _signal_fields(msg: Message) -> dict[str, Sequence[str]]:
-    """The signal fields the mail has, without a vendor's field none of whose values can hold
-    its mark (`_VENDOR_MARKS`, read nowhere else): most forwarded or locally delivered mail
-    has a `Delivered-To` naming an address, mail delivered by iCloud an `X-Apple-Action`, and
-    such mail keeps the one-test path of mail with no signal (`classify_auto_detail`). A
-    value `_vendor_value` reads as the mark holds it in its `_field_text`, lower-cased."""
+    """The signal fields the mail has; a vendor's field (`_VENDOR_MARKS`) only when one of its
+    values is the vendor's mark, so that its presence is the signal (`_responder_marks`):
+    most forwarded or locally delivered mail has a `Delivered-To` naming an address, mail
+    delivered by iCloud an `X-Apple-Action`, and such mail keeps the one-test path of mail
+    with no signal (`classify_auto_detail`)."""
     fields = msg.present(_SIGNAL_FIELDS)
     for name, mark in _VENDOR_MARKS if fields else ():
         values = fields.get(name)
-        if values is not None and not any(mark in _field_text(v).lower() for v in values):
+        if values is not None and not any(_vendor_value(v, name) == mark for v in values):
             del fields[name]
     return fields
 
@@ -454,8 +454,8 @@ def _responder_marks(fields: Fields, submitted: list[str]) -> str:
     for name in _AUTOREPLY_HEADERS:
         if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
             return name
-    for name, mark in _VENDOR_MARKS:
-        if any(_vendor_value(v, name) == mark for v in fields.get(name, ())):
+    for name, _mark in _VENDOR_MARKS:
+        if name in fields:  # only with its mark (`_signal_fields`)
             return name
     return ""
 
