@@ -107,9 +107,10 @@ def _subject_people(ev: Evidence, participants: list[str]) -> list[str]:
     its subject. Not an address only its Reply-To names: a stranger's mail with a customer's
     Reply-To and the subject of the customer's case would take the customer's next mail of
     that subject; nor a From a Reply-To splits, a web form's: its next visitor who leaves
-    the address field empty would join this one's case."""
+    the address field empty would join this one's case. Our own list's copy of a member's
+    mail is recorded for the member (`Evidence.relayed_author`), as their own mail is."""
     people = []
-    if ev.sender in participants and ev.author:
+    if (ev.relayed_author or ev.sender) in participants and ev.author:
         people.append(ev.author)
     went_to = set(header_addresses(ev.msg.get_all("To") + ev.msg.get_all("Cc")))
     people += [a for a in participants if a in went_to and a not in people]
@@ -278,7 +279,8 @@ class Engine:
             aliases.append(Alias(AliasKind.THREAD_ROOT, root.hex(), first))
         aliases += [Alias(AliasKind.EXTERNAL, key, first) for key in external or ()]
         lists = ev.list_addresses if ev is not None else None
-        addresses = self._resolver.participants(msg, ours, lists) if people else []
+        author = ev.relayed_author if ev is not None else None
+        addresses = self._resolver.participants(msg, ours, lists, author) if people else []
         if len(addresses) > MAX_PARTICIPANTS:
             addresses = addresses[:MAX_PARTICIPANTS]
             if "participants-capped" not in notes:  # an index write may be tried again
@@ -350,6 +352,13 @@ class Engine:
         bumps, loop = self._flood(ev, hit, auto, now)
         # A list's copy of a person's reply to our mail moves the case like the reply.
         automatic = loop or rules.is_automatic(auto, hit.match if hit else "none")
+        if hit is not None and not automatic and ev.from_ours:
+            # Our own mail come back (an agent's answer sent another way, Cc support@; a
+            # script writing as support@): it threads, but is no customer's word on the case.
+            automatic = True
+            ev.notes.append("from-our-address")
+            ev.trace.append("rules: mail from our own address names nobody else: it changes "
+                            "no case's state and routes nothing")
         if hit is None:
             sender_known = None
             # A ticket system the sysadmin named in `inbound.external_refs` marks its

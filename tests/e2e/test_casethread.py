@@ -242,6 +242,30 @@ def test_forged_token_never_matches(postfix: PostfixHarness, casethread: Casethr
     assert got.header("X-Case-ID") == "C-000002"
 
 
+def test_our_own_groups_copy_is_the_customers_mail(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    """support@ is a Google Group: its copy of Pat's mail under its own From (DMARC
+    mitigation) opens Pat's case, and Pat's next mail through the group is `known`."""
+    group = [f"X-Original-From: Pat Customer <{CUSTOMER}>",
+             f"Reply-To: Pat Customer <{CUSTOMER}>", "Precedence: list",
+             "List-ID: Support <support.helpdesk.example>", f"List-Post: <mailto:{SUPPORT}>"]
+
+    def via(raw: bytes) -> bytes:
+        return raw.replace(f"From: Pat Customer <{CUSTOMER}>".encode(),
+                           f"From: \"'Pat Customer' via Support\" <{SUPPORT}>".encode(), 1)
+
+    first = send_inbound(postfix, via(reply(group, subject="Printer jams",
+                                            message_id="<g1@customer.example>")),
+                         sender="support+bncB@helpdesk.example")
+    again = send_inbound(postfix, via(reply([*group, "In-Reply-To: <g1@customer.example>"],
+                                            message_id="<g2@customer.example>")),
+                         sender="support+bncB@helpdesk.example")
+    assert (first.header("X-Case-ID"), first.header("X-Case-Match")) == ("C-000001", "new")
+    assert (again.header("X-Case-ID"), again.header("X-Case-Match"),
+            again.header("X-Case-Sender")) == ("C-000001", "in-reply-to", "known")
+
+
 def test_bounce_of_our_own_message(postfix: PostfixHarness, casethread: Casethread) -> None:
     out = send_outbound(postfix, agent_mail())
     returned = strip_headers(out.raw, ("Received", "Return-Path", "X-Original-To"))

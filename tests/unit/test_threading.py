@@ -2371,6 +2371,146 @@ def test_mail_relayed_by_our_own_group_opens_and_reopens_cases(harness: Any) -> 
     assert (news.decision.match, news.one("X-Case-Auto")) == ("none", "bulk")
 
 
+# support@ is a Google Workspace group: a customer whose domain publishes DMARC reject or
+# quarantine reaches us under the group's From, as Google Groups writes it (X-Original-From
+# and Reply-To after the poster's fields, the list fields naming our own address).
+VIA_GROUP = (("From", "\"'Pat Customer' via Support\" <support@example.com>"),
+             ("To", "Support <support@example.com>"),
+             ("X-Original-Sender", CUSTOMER_ADDR),
+             ("X-Original-From", f"Pat Customer <{CUSTOMER_ADDR}>"),
+             ("Reply-To", f"Pat Customer <{CUSTOMER_ADDR}>"), ("Precedence", "list"),
+             ("Mailing-list", "list support@example.com; contact support+owners@example.com"),
+             ("List-ID", "Support <support.example.com>"),
+             ("List-Post", "<https://groups.google.com/a/example.com/group/support/post>, "
+                           "<mailto:support@example.com>"))
+# Mailman 3's DMARC mitigation (`munge_from`): Pat appended to the Reply-To, no X-Original-From.
+VIA_MAILMAN = (("From", "Pat Customer via Support <support@example.com>"),
+               ("To", "support@example.com"), ("Reply-To", f"Pat Customer <{CUSTOMER_ADDR}>"),
+               ("List-Id", "<support.example.com>"), ("List-Post", "<mailto:support@example.com>"),
+               ("Precedence", "list"))
+
+
+def _without(fields: tuple[tuple[str, str], ...], *names: str) -> tuple[tuple[str, str], ...]:
+    return tuple(f for f in fields if f[0] not in names)
+
+
+@pytest.mark.parametrize("relay", [VIA_GROUP, VIA_MAILMAN,
+                                   _without(VIA_GROUP, "Reply-To"),
+                                   _without(VIA_GROUP, "X-Original-From")],
+                         ids=["google", "mailman", "x-original-from-only", "reply-to-only"])
+def test_our_own_groups_copy_is_its_members_mail(harness: Any,
+                                                 relay: tuple[tuple[str, str], ...]) -> None:
+    """Our own group's copy of a customer's mail is the customer's: they become the new
+    case's participant (also when Google names them only in X-Original-From), and their later
+    mail through the group is `known` (by our token, by In-Reply-To alone, which then adds its
+    Cc, and by `[Case C-...]`), as their mail sent straight to us is."""
+    first = harness.inbound(*relay, ("Subject", "Printer jams"),
+                            ("Message-ID", "<q1@customer.example.org>"))
+    case_id = first.case_id
+    assert first.one("X-Case-Match") == "new"
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jams"),
+                              ("In-Reply-To", "<q1@customer.example.org>"))
+    by_token = harness.inbound(*relay, ("Subject", f"Re: {answer.one('Subject')}"))
+    by_id = harness.inbound(*relay, ("Subject", "Re: Printer jams"),
+                            ("In-Reply-To", answer.one("Message-ID")),
+                            ("Cc", "Kim Colleague <kim@customer.example.org>"))
+    by_ref = harness.inbound(*relay, ("Subject", f"More on [Case {case_id}]"))
+    assert [(r.case_id, r.one("X-Case-Match"), r.one("X-Case-Sender"))
+            for r in (by_token, by_id, by_ref)] == [
+        (case_id, "token", "known"), (case_id, "in-reply-to", "known"),
+        (case_id, "subject-ref", "known")]
+    direct = harness.inbound(("From", "kim@customer.example.org"), TO_SUPPORT,
+                             ("Subject", f"Also [Case {case_id}]"))
+    assert (direct.case_id, direct.one("X-Case-Sender")) == (case_id, "known")
+
+
+def test_our_own_groups_copy_names_the_author_the_list_wrote(harness: Any) -> None:
+    """The member is who the list wrote from the original From, never a Reply-To the poster
+    chose: Eve posts to the group with Pat in her own Reply-To. Google's X-Original-From (its
+    last field) names Eve; Mailman appends Eve after Pat in the Reply-To. Either way Eve is
+    no participant of Pat's case, and one that names one of ours names nobody."""
+    start_case(harness)  # Dana -> Pat: C-000001
+    eve = "Eve Elsewhere <eve@elsewhere.example>"
+    google = harness.inbound(("From", "\"'Eve Elsewhere' via Support\" <support@example.com>"),
+                             ("X-Original-From", f"Pat <{CUSTOMER_ADDR}>"),
+                             ("Reply-To", f"Pat <{CUSTOMER_ADDR}>"),
+                             ("X-Original-From", eve),
+                             *_without(VIA_GROUP, "From", "Reply-To", "X-Original-From"),
+                             ("Subject", "About [Case C-000001]"))
+    mailman = harness.inbound(*_without(VIA_MAILMAN, "Reply-To"),
+                              ("Reply-To", f"Pat <{CUSTOMER_ADDR}>, {eve}"),
+                              ("Subject", "About [Case C-000001]"))
+    ours = harness.inbound(*_without(VIA_GROUP, "X-Original-From"),
+                           ("X-Original-From", "Support <support@example.com>"),
+                           ("Subject", "About [Case C-000001]"))
+    assert [r.one("X-Case-Match") for r in (google, mailman, ours)] == ["new"] * 3
+    assert [r.case_id for r in (google, mailman, ours)] == ["C-000002", "C-000003", "C-000004"]
+
+
+def test_our_own_groups_copies_count_against_their_member(make_harness: Any,
+                                                          tweak: Any) -> None:
+    """The member stands in for the From in the flood count too: Pat's mail through the group
+    and Pat's own share one count, another customer's through the group has its own."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    loops = [h.inbound(*VIA_GROUP, ("Subject", "one")).all("X-Case-Loop"),
+             h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "two")).all("X-Case-Loop"),
+             h.inbound(*VIA_MAILMAN, ("Subject", "three")).all("X-Case-Loop")]
+    assert loops == [[], [], ["yes"]]
+    other = h.inbound(*_without(VIA_GROUP, "X-Original-From", "Reply-To"),
+                      ("X-Original-From", "Kim <kim@corp.example>"), ("Subject", "four"))
+    assert (other.one("X-Case-Match"), other.all("X-Case-Loop")) == ("new", [])
+
+
+def test_subject_match_reads_our_own_groups_member(make_harness: Any) -> None:
+    h = subject_match_harness(make_harness)
+    first = h.inbound(*VIA_GROUP, ("Subject", "Printer jams"))
+    again = h.inbound(*VIA_GROUP, ("Subject", "Re: Printer jams"))
+    direct = h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "RE: Printer jams"))
+    assert [(r.case_id, r.one("X-Case-Match")) for r in (first, again, direct)] == [
+        ("C-000001", "new"), ("C-000001", "subject-match"), ("C-000001", "subject-match")]
+
+
+@pytest.mark.parametrize("how", ["token", "in-reply-to"])
+def test_mail_from_our_own_address_changes_no_case(harness: Any, how: str) -> None:
+    """Mail whose From is one of our support addresses and that names nobody else (an agent's
+    answer sent as support@ from elsewhere, Cc support@; a script writing as support@) is our
+    own mail come back: it threads, but reopens nothing, opens no follow-up, routes nothing;
+    its recipients join as an agent's answer's do. Noted `from-our-address`."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    ours = (("From", "Support <support@example.com>"),
+            ("To", "Kim <kim@customer.example.org>"), ("Cc", "support@example.com"))
+    r = harness.inbound(*ours, *answer_of(harness, out, how))
+    assert (r.case_id, r.one("X-Case-State"), r.one("X-Case-Auto"), r.one("X-Case-Sender")) == (
+        "C-000001", "resolved", "no", "unknown")
+    assert "from-our-address" in r.decision.notes
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    closed = harness.inbound(*ours, *answer_of(harness, out, how))
+    assert (closed.case_id, closed.all("X-Case-Related")) == ("C-000001", [])
+    # Its new mail (a monitoring alert) still opens a case.
+    alert = harness.inbound(("From", "support@example.com"), TO_SUPPORT,
+                            ("Subject", "Disk full on db1"))
+    assert (alert.case_id, alert.one("X-Case-Match")) == ("C-000002", "new")
+    assert "from-our-address" not in alert.decision.notes
+
+
+@pytest.mark.parametrize("sender", [
+    (("From", "Website <support@example.com>"), ("Reply-To", "visitor1@customer.example.org")),
+    (*_without(VIA_GROUP, "X-Original-From", "Reply-To"), ("Reply-To", "support@example.com")),
+], ids=["web-form", "group-replying-to-itself"])
+def test_mail_from_our_address_naming_a_person_still_reopens(
+        harness: Any, sender: tuple[tuple[str, str], ...]) -> None:
+    """Not our own mail: a web form's, whose visitor is in Reply-To, and our group's copy whose
+    author it does not name (Mailman set to reply to the list puts them in Cc) are a
+    person's, and reopen a resolved case as before."""
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    r = harness.inbound(*sender, ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"))
+    assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "reopened")
+    assert "from-our-address" not in r.decision.notes
+
+
 # A person's reply that reaches us as bulk mail: Mailman's copy (Pat's From, the list's
 # fields), and a ticket system that marks all its mail bulk (RT's DefaultMailPrecedence).
 MAILMAN = (CUSTOMER, ("Precedence", "list"),

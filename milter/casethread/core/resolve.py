@@ -128,6 +128,48 @@ class Evidence:
         return found[0] if found else None
 
     @lazy
+    def relayed_author(self) -> str | None:
+        """The customer whose mail our own list re-sent under its From (support@ is a Google
+        Group, or a Mailman list under DMARC mitigation: "'Pat' via Support
+        <support@example.com>", its `List-Id` or `List-Post` naming that address), as the list
+        wrote them, else None. They stand in for the From as sender and participant, with the
+        trust a From of theirs would have had: a forged From of ours (and so such a copy) is
+        what DMARC on our own domain stops, as DMARC on theirs stops a forged From of theirs.
+
+        Read from what the list writes after the poster's own fields: Google Groups'
+        `X-Original-From`, the original From (its last field; one that names ours or a list
+        names nobody, and the Reply-To is then not read), else the last address of the last
+        `Reply-To`, where Mailman 3 appends the original From after the poster's own Reply-To
+        addresses. Not the first Reply-To address: a poster may write anyone's address
+        there. (Mailman set to reply to the list puts the author in Cc: not read.)"""
+        sender = self.sender
+        if sender is None or not self._resolver.is_ours(sender):
+            return None
+        lists = self.list_addresses
+        if sender not in lists:
+            return None
+        for name in ("X-Original-From", "Reply-To"):
+            values = self.msg.get_all(name)
+            if values:
+                found = header_addresses(values[-1:])
+                last = found[-1] if found else None
+                if (last is None or "@" not in last or last in lists
+                        or self._resolver.is_ours(last)):
+                    return None
+                return last
+        return None
+
+    @lazy
+    def from_ours(self) -> bool:
+        """Whether the mail is our own: its From is one of our support addresses, and it names
+        nobody else as its author (no Reply-To of another domain, as a web form's visitor's;
+        not our list's copy of a member's mail). A monitoring system or a script that writes as
+        support@, or an agent's mail that went out another way and came back."""
+        sender = self.sender
+        return (sender is not None and self.author == sender and self._resolver.is_ours(sender)
+                and sender not in self.list_addresses)
+
+    @lazy
     def author(self) -> str | None:
         """Who wrote the mail, as the flood limit and `subject-match` tell senders apart: its
         From or, when its Reply-To names someone else (its first address that is neither ours
@@ -140,7 +182,10 @@ class Evidence:
         speaks for the address it names, which anyone can write there in mail from their own
         domain (DMARC checks From only). One in the From's own domain (or one above or below
         it) is the same sender: a system that names a reply address of its own per thread or
-        per message (`reply+KEY@`), marked automatic or not, would else never loop."""
+        per message (`reply+KEY@`), marked automatic or not, would else never loop. Our own
+        list's copy of a member's mail is the member's (`relayed_author`)."""
+        if self.relayed_author is not None:
+            return self.relayed_author
         sender, is_ours, lists = self.sender, self._resolver.is_ours, self.list_addresses
         for address in header_addresses(self.msg.get_all("Reply-To")):
             if "@" in address and address not in lists and not is_ours(address):
@@ -214,7 +259,10 @@ class Evidence:
         # Our support address is on every case's mail: anyone can forge it as From. A list
         # that re-sends a member's mail under its own From (Google Groups, Mailman's DMARC
         # mitigation) hides who wrote it: any member may have, also when the list's address
-        # was recorded (a customer's mail Cc'd it).
+        # was recorded (a customer's mail Cc'd it). Our own list names the member it re-sent
+        # (`relayed_author`), who stands in for the From.
+        if self.relayed_author is not None:
+            return self._participant(case_id, self.relayed_author)
         if (self.sender is None or self._resolver.is_ours(self.sender)
                 or self.sender in self.list_addresses):
             return False
@@ -391,12 +439,16 @@ class Resolver:
         return self._ours(address) if len(address) <= 254 else self._matcher.matches(address)
 
     def participants(self, msg: Message, ours: bool,
-                     lists: frozenset[str] | None = None) -> list[str]:
+                     lists: frozenset[str] | None = None,
+                     author: str | None = None) -> list[str]:
         """The customers' side of this mail, each once: neither our support addresses, which
         are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
         mail, an agent, nor an address without a domain (an unqualified `RCPT
         TO:<postmaster>`). Outbound mail's envelope recipients count too: Bcc'd customers.
-        `lists`: the inbound mail's list addresses when known (`Evidence.list_addresses`)."""
+        `lists`: the inbound mail's list addresses when known (`Evidence.list_addresses`);
+        `author`: the member our own list re-sent the mail of (`Evidence.relayed_author`),
+        after the From, which is then ours: Google Groups may name them only in
+        X-Original-From."""
         fields = msg.get_all("To") + msg.get_all("Cc")
         is_ours = self.is_ours
         if not ours:
@@ -410,6 +462,8 @@ class Resolver:
             # leave none of the From, To and Cc addresses (`header_addresses`).
             found = header_addresses(msg.get_all("From") + fields)
             found[1:1] = header_addresses(msg.get_all("Reply-To"))
+            if author is not None:
+                found.insert(1, author)
             return list(dict.fromkeys(a for a in found
                                       if "@" in a and not is_ours(a) and a not in lists))
         agents = set(header_addresses(msg.get_all("From")))
