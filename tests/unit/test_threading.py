@@ -51,7 +51,8 @@ AGENT = ("From", "Dana Agent <dana@support.example.com>")
 CUSTOMER_ADDR = "pat@customer.example.org"
 CUSTOMER = ("From", f"Pat Customer <{CUSTOMER_ADDR}>")
 TO_CUSTOMER = ("To", f"Pat Customer <{CUSTOMER_ADDR}>")
-STRANGER = ("From", "Eve Elsewhere <eve@elsewhere.example>")
+EVE_ADDR = "Eve Elsewhere <eve@elsewhere.example>"
+STRANGER = ("From", EVE_ADDR)
 TO_SUPPORT = ("To", "Support <support@example.com>")
 TAG = re.compile(r"\[ref:([0-9A-Z]{19,31})\]")
 DAY = 86_400
@@ -2468,6 +2469,29 @@ def test_subject_match_reads_our_own_groups_member(make_harness: Any) -> None:
     direct = h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "RE: Printer jams"))
     assert [(r.case_id, r.one("X-Case-Match")) for r in (first, again, direct)] == [
         ("C-000001", "new"), ("C-000001", "subject-match"), ("C-000001", "subject-match")]
+
+
+EVE_VIA = (("From", "Eve Elsewhere via Support <support@example.com>"),
+           *_without(VIA_MAILMAN, "From", "Reply-To"), ("X-Mailman-Version", "3.3.9"))
+
+
+@pytest.mark.parametrize("fields", [
+    # Mailman appends Eve's From to her Reply-To only when it is not there: hers comes as is.
+    (("Reply-To", f"{EVE_ADDR}, Pat <{CUSTOMER_ADDR}>"),),
+    (("Reply-To", f"grp: {EVE_ADDR};, Pat <{CUSTOMER_ADDR}>"),),
+    (("Reply-To", EVE_ADDR), ("Reply-To", f"Pat <{CUSTOMER_ADDR}>")),
+    # Mailman writes no X-Original-From and keeps the poster's.
+    (("X-Original-From", f"Pat <{CUSTOMER_ADDR}>"), ("Reply-To", EVE_ADDR)),
+], ids=["reply-to-poster-first", "reply-to-group", "two-reply-to-fields", "poster-x-original-from"])
+def test_our_own_mailman_lists_copy_names_no_author_its_poster_chose(
+        harness: Any, fields: tuple[tuple[str, str], ...]) -> None:
+    """Eve posts to our own Mailman list (support@, DMARC mitigation) naming Pat where
+    Mailman keeps what the poster wrote: Pat last in her own Reply-To (Mailman then appends
+    nothing, as Eve is in it), or an X-Original-From of her own. The copy is nobody's: it
+    does not thread into Pat's case by `[Case C-...]`."""
+    start_case(harness)  # Dana -> Pat: C-000001
+    r = harness.inbound(*EVE_VIA, *fields, ("Subject", "About [Case C-000001]"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "new")
 
 
 @pytest.mark.parametrize("how", ["token", "in-reply-to"])

@@ -138,26 +138,39 @@ class Evidence:
 
         Read from what the list writes after the poster's own fields: Google Groups'
         `X-Original-From`, the original From (its last field; one that names ours or a list
-        names nobody, and the Reply-To is then not read), else the last address of the last
-        `Reply-To`, where Mailman 3 appends the original From after the poster's own Reply-To
-        addresses. Not the first Reply-To address: a poster may write anyone's address
-        there. (Mailman set to reply to the list puts the author in Cc: not read.)"""
+        names nobody, and the Reply-To is then not read; in a Mailman copy it is the
+        poster's, and names nobody), else a `Reply-To` of one field and one address, as
+        Mailman 3 writes the original From for a poster who wrote none. Not a Reply-To of
+        several: Mailman appends the original From only when the poster's Reply-To lacks it,
+        so "Eve, Pat" may be Eve's own. (Mailman set to reply to the list puts the author in
+        Cc: not read.)"""
         sender = self.sender
         if sender is None or not self._resolver.is_ours(sender):
             return None
         lists = self.list_addresses
         if sender not in lists:
             return None
-        for name in ("X-Original-From", "Reply-To"):
-            values = self.msg.get_all(name)
-            if values:
-                found = header_addresses(values[-1:])
-                last = found[-1] if found else None
-                if (last is None or "@" not in last or last in lists
-                        or self._resolver.is_ours(last)):
-                    return None
-                return last
-        return None
+        msg = self.msg
+        if values := msg.get_all("X-Original-From"):
+            if msg.get_all("X-Mailman-Version"):
+                # Mailman writes no X-Original-From and keeps a poster's: Eve's own
+                # "X-Original-From: Pat" would make her Pat.
+                return None
+            found = header_addresses(values[-1:])
+        elif len(values := msg.get_all("Reply-To")) == 1:
+            # Mailman appends the original From to the poster's Reply-To only when it is
+            # not there already: Eve's "Reply-To: Eve, Pat" comes as it was, Pat last. Only a
+            # Reply-To of one address (the poster wrote none, or only themselves) names the
+            # author for certain.
+            found = header_addresses(values)
+            if len(found) != 1:
+                return None
+        else:
+            return None
+        last = found[-1] if found else None
+        if last is None or "@" not in last or last in lists or self._resolver.is_ours(last):
+            return None
+        return last
 
     @lazy
     def from_ours(self) -> bool:
