@@ -2519,6 +2519,21 @@ def test_mail_from_our_own_address_changes_no_case(harness: Any, how: str) -> No
     assert "from-our-address" not in alert.decision.notes
 
 
+@pytest.mark.parametrize("how", ["token", "in-reply-to"])
+def test_our_own_groups_copy_of_our_own_mail_changes_no_case(harness: Any, how: str) -> None:
+    """An answer sent as support@ from elsewhere with support@ in Cc, where support@ is a
+    Google Group: the group's copy names support@ in X-Original-From. It is our own mail come
+    back, as the same mail's direct copy is: the resolved case stays resolved."""
+    out = start_case(harness)
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    copy = (*_without(VIA_GROUP, "X-Original-From", "Reply-To", "X-Original-Sender"),
+            ("X-Original-From", "Support <support@example.com>"),
+            ("Cc", "Kim <kim@customer.example.org>"))
+    r = harness.inbound(*copy, *answer_of(harness, out, how))
+    assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "resolved")
+    assert "from-our-address" in r.decision.notes
+
+
 @pytest.mark.parametrize("sender", [
     (("From", "Website <support@example.com>"), ("Reply-To", "visitor1@customer.example.org")),
     (*_without(VIA_GROUP, "X-Original-From", "Reply-To"), ("Reply-To", "support@example.com")),

@@ -177,10 +177,17 @@ class Evidence:
         """Whether the mail is our own: its From is one of our support addresses, and it names
         nobody else as its author (no Reply-To of another domain, as a web form's visitor's;
         not our list's copy of a member's mail). A monitoring system or a script that writes as
-        support@, or an agent's mail that went out another way and came back."""
-        sender = self.sender
-        return (sender is not None and self.author == sender and self._resolver.is_ours(sender)
-                and sender not in self.list_addresses)
+        support@, or an agent's mail that went out another way and came back. Also our own
+        list's copy of mail whose original From was ours (its last X-Original-From): our
+        answer Cc'd to support@ comes back so where support@ is a Google Group."""
+        sender, is_ours = self.sender, self._resolver.is_ours
+        if sender is None or not is_ours(sender):
+            return False
+        if sender in self.list_addresses:
+            values = self.msg.get_all("X-Original-From")
+            found = header_addresses(values[-1:]) if values else []
+            return bool(found) and is_ours(found[-1])
+        return self.author == sender
 
     @lazy
     def author(self) -> str | None:
