@@ -211,6 +211,11 @@ _RULES: dict[str, _Rule] = {
     ),
     "inbound.external_refs[].search_subject": _Rule(doc="Look for the number in the Subject."),
     "inbound.external_refs[].search_body": _Rule(doc="Look for the number in the body text."),
+    "inbound.list_authors": _Rule(
+        doc="A support address is a Google Group or Mailman list: its copy of a customer's "
+        "mail under its own From is the customer's (X-Original-From, a one-address Reply-To). "
+        "Only where our domain's DMARC rejects forged mail.",
+    ),
     "inbound.subject_match": _Rule(
         doc="Strategy subject-match: same subject from a participant of a recent case."
     ),

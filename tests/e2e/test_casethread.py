@@ -60,11 +60,13 @@ class Casethread:
 
 @pytest.fixture
 def casethread(
-    milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path
+    milter_factory: MilterFactory, milter_socket: MilterSocket, tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Casethread:
+    """The milter with the test defaults; `indirect` parameters: more `inbound:` lines."""
     config = tmp_path / "casethread.yaml"
     index = tmp_path / "index"
-    lines = ["inbound:", f"  addresses: [{SUPPORT}, {AGENT}]"]
+    lines = ["inbound:", f"  addresses: [{SUPPORT}, {AGENT}]", *getattr(request, "param", ())]
     if milter_socket.path is not None:
         lines += ["milter:", "  socket_group: postfix"]
     config.write_text("\n".join(lines) + "\n")
@@ -242,11 +244,13 @@ def test_forged_token_never_matches(postfix: PostfixHarness, casethread: Casethr
     assert got.header("X-Case-ID") == "C-000002"
 
 
+@pytest.mark.parametrize("casethread", [["  list_authors: true"]], indirect=True)
 def test_our_own_groups_copy_is_the_customers_mail(
     postfix: PostfixHarness, casethread: Casethread
 ) -> None:
-    """support@ is a Google Group: its copy of Pat's mail under its own From (DMARC
-    mitigation) opens Pat's case, and Pat's next mail through the group is `known`."""
+    """support@ is a Google Group (`inbound.list_authors: true`): its copy of Pat's mail
+    under its own From (DMARC mitigation) opens Pat's case, and Pat's next mail through the
+    group is `known`."""
     group = [f"X-Original-From: Pat Customer <{CUSTOMER}>",
              f"Reply-To: Pat Customer <{CUSTOMER}>", "Precedence: list",
              "List-ID: Support <support.helpdesk.example>", f"List-Post: <mailto:{SUPPORT}>"]

@@ -1764,7 +1764,8 @@ def test_human_references_of_one_message_are_bounded(make_harness: Any) -> None:
 # --------------------------------------------------------------------------- subject-match
 
 
-def subject_match_harness(make_harness: Any, window: int = 2 * DAY) -> Any:
+def subject_match_harness(make_harness: Any, window: int = 2 * DAY,
+                          list_authors: bool = False) -> Any:
     base = make_harness()
     inbound = base.settings.inbound
     return make_harness(
@@ -1772,6 +1773,7 @@ def subject_match_harness(make_harness: Any, window: int = 2 * DAY) -> Any:
             base,
             strategies=(*inbound.strategies, "subject-match"),
             subject_match=dataclasses.replace(inbound.subject_match, window=window),
+            list_authors=list_authors,
         )
     )
 
@@ -2395,53 +2397,75 @@ def _without(fields: tuple[tuple[str, str], ...], *names: str) -> tuple[tuple[st
     return tuple(f for f in fields if f[0] not in names)
 
 
+@pytest.fixture
+def list_harness(make_harness: Any, tweak: Any) -> Any:
+    """The sysadmin said support@ is such a list (`inbound.list_authors: true`)."""
+    return make_harness(tweak(inbound={"list_authors": True}))
+
+
+@pytest.mark.parametrize("relay", [VIA_GROUP, VIA_MAILMAN], ids=["google", "mailman"])
+def test_our_own_groups_copy_is_the_lists_unless_asked(harness: Any,
+                                                       relay: tuple[tuple[str, str], ...]) -> None:
+    """By default our own list's copy is the list's, as any list's is: the customer it names
+    may be anyone who can send mail From our support address (our domain's DMARC decides),
+    so their later copies are `unknown` and `[Case C-...]` does not thread them."""
+    first = harness.inbound(*relay, ("Subject", "Printer jams"),
+                            ("Message-ID", "<q1@customer.example.org>"))
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jams"),
+                              ("In-Reply-To", "<q1@customer.example.org>"))
+    by_token = harness.inbound(*relay, ("Subject", f"Re: {answer.one('Subject')}"))
+    by_ref = harness.inbound(*relay, ("Subject", f"More on [Case {first.case_id}]"))
+    assert (by_token.case_id, by_token.one("X-Case-Sender")) == (first.case_id, "unknown")
+    assert by_ref.one("X-Case-Match") == "new"
+
+
 @pytest.mark.parametrize("relay", [VIA_GROUP, VIA_MAILMAN,
                                    _without(VIA_GROUP, "Reply-To"),
                                    _without(VIA_GROUP, "X-Original-From")],
                          ids=["google", "mailman", "x-original-from-only", "reply-to-only"])
-def test_our_own_groups_copy_is_its_members_mail(harness: Any,
+def test_our_own_groups_copy_is_its_members_mail(list_harness: Any,
                                                  relay: tuple[tuple[str, str], ...]) -> None:
     """Our own group's copy of a customer's mail is the customer's: they become the new
     case's participant (also when Google names them only in X-Original-From), and their later
     mail through the group is `known` (by our token, by In-Reply-To alone, which then adds its
     Cc, and by `[Case C-...]`), as their mail sent straight to us is."""
-    first = harness.inbound(*relay, ("Subject", "Printer jams"),
+    first = list_harness.inbound(*relay, ("Subject", "Printer jams"),
                             ("Message-ID", "<q1@customer.example.org>"))
     case_id = first.case_id
     assert first.one("X-Case-Match") == "new"
-    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jams"),
+    answer = list_harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jams"),
                               ("In-Reply-To", "<q1@customer.example.org>"))
-    by_token = harness.inbound(*relay, ("Subject", f"Re: {answer.one('Subject')}"))
-    by_id = harness.inbound(*relay, ("Subject", "Re: Printer jams"),
+    by_token = list_harness.inbound(*relay, ("Subject", f"Re: {answer.one('Subject')}"))
+    by_id = list_harness.inbound(*relay, ("Subject", "Re: Printer jams"),
                             ("In-Reply-To", answer.one("Message-ID")),
                             ("Cc", "Kim Colleague <kim@customer.example.org>"))
-    by_ref = harness.inbound(*relay, ("Subject", f"More on [Case {case_id}]"))
+    by_ref = list_harness.inbound(*relay, ("Subject", f"More on [Case {case_id}]"))
     assert [(r.case_id, r.one("X-Case-Match"), r.one("X-Case-Sender"))
             for r in (by_token, by_id, by_ref)] == [
         (case_id, "token", "known"), (case_id, "in-reply-to", "known"),
         (case_id, "subject-ref", "known")]
-    direct = harness.inbound(("From", "kim@customer.example.org"), TO_SUPPORT,
+    direct = list_harness.inbound(("From", "kim@customer.example.org"), TO_SUPPORT,
                              ("Subject", f"Also [Case {case_id}]"))
     assert (direct.case_id, direct.one("X-Case-Sender")) == (case_id, "known")
 
 
-def test_our_own_groups_copy_names_the_author_the_list_wrote(harness: Any) -> None:
+def test_our_own_groups_copy_names_the_author_the_list_wrote(list_harness: Any) -> None:
     """The member is who the list wrote from the original From, never a Reply-To the poster
     chose: Eve posts to the group with Pat in her own Reply-To. Google's X-Original-From (its
     last field) names Eve; Mailman appends Eve after Pat in the Reply-To. Either way Eve is
     no participant of Pat's case, and one that names one of ours names nobody."""
-    start_case(harness)  # Dana -> Pat: C-000001
+    start_case(list_harness)  # Dana -> Pat: C-000001
     eve = "Eve Elsewhere <eve@elsewhere.example>"
-    google = harness.inbound(("From", "\"'Eve Elsewhere' via Support\" <support@example.com>"),
+    google = list_harness.inbound(("From", "\"'Eve Elsewhere' via Support\" <support@example.com>"),
                              ("X-Original-From", f"Pat <{CUSTOMER_ADDR}>"),
                              ("Reply-To", f"Pat <{CUSTOMER_ADDR}>"),
                              ("X-Original-From", eve),
                              *_without(VIA_GROUP, "From", "Reply-To", "X-Original-From"),
                              ("Subject", "About [Case C-000001]"))
-    mailman = harness.inbound(*_without(VIA_MAILMAN, "Reply-To"),
+    mailman = list_harness.inbound(*_without(VIA_MAILMAN, "Reply-To"),
                               ("Reply-To", f"Pat <{CUSTOMER_ADDR}>, {eve}"),
                               ("Subject", "About [Case C-000001]"))
-    ours = harness.inbound(*_without(VIA_GROUP, "X-Original-From"),
+    ours = list_harness.inbound(*_without(VIA_GROUP, "X-Original-From"),
                            ("X-Original-From", "Support <support@example.com>"),
                            ("Subject", "About [Case C-000001]"))
     assert [r.one("X-Case-Match") for r in (google, mailman, ours)] == ["new"] * 3
@@ -2452,7 +2476,8 @@ def test_our_own_groups_copies_count_against_their_member(make_harness: Any,
                                                           tweak: Any) -> None:
     """The member stands in for the From in the flood count too: Pat's mail through the group
     and Pat's own share one count, another customer's through the group has its own."""
-    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600),
+                                    "list_authors": True}))
     loops = [h.inbound(*VIA_GROUP, ("Subject", "one")).all("X-Case-Loop"),
              h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "two")).all("X-Case-Loop"),
              h.inbound(*VIA_MAILMAN, ("Subject", "three")).all("X-Case-Loop")]
@@ -2463,7 +2488,7 @@ def test_our_own_groups_copies_count_against_their_member(make_harness: Any,
 
 
 def test_subject_match_reads_our_own_groups_member(make_harness: Any) -> None:
-    h = subject_match_harness(make_harness)
+    h = subject_match_harness(make_harness, list_authors=True)
     first = h.inbound(*VIA_GROUP, ("Subject", "Printer jams"))
     again = h.inbound(*VIA_GROUP, ("Subject", "Re: Printer jams"))
     direct = h.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "RE: Printer jams"))
@@ -2484,13 +2509,13 @@ EVE_VIA = (("From", "Eve Elsewhere via Support <support@example.com>"),
     (("X-Original-From", f"Pat <{CUSTOMER_ADDR}>"), ("Reply-To", EVE_ADDR)),
 ], ids=["reply-to-poster-first", "reply-to-group", "two-reply-to-fields", "poster-x-original-from"])
 def test_our_own_mailman_lists_copy_names_no_author_its_poster_chose(
-        harness: Any, fields: tuple[tuple[str, str], ...]) -> None:
+        list_harness: Any, fields: tuple[tuple[str, str], ...]) -> None:
     """Eve posts to our own Mailman list (support@, DMARC mitigation) naming Pat where
     Mailman keeps what the poster wrote: Pat last in her own Reply-To (Mailman then appends
     nothing, as Eve is in it), or an X-Original-From of her own. The copy is nobody's: it
     does not thread into Pat's case by `[Case C-...]`."""
-    start_case(harness)  # Dana -> Pat: C-000001
-    r = harness.inbound(*EVE_VIA, *fields, ("Subject", "About [Case C-000001]"))
+    start_case(list_harness)  # Dana -> Pat: C-000001
+    r = list_harness.inbound(*EVE_VIA, *fields, ("Subject", "About [Case C-000001]"))
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "new")
 
 

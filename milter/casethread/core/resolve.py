@@ -132,9 +132,11 @@ class Evidence:
         """The customer whose mail our own list re-sent under its From (support@ is a Google
         Group, or a Mailman list under DMARC mitigation: "'Pat' via Support
         <support@example.com>", its `List-Id` or `List-Post` naming that address), as the list
-        wrote them, else None. They stand in for the From as sender and participant, with the
-        trust a From of theirs would have had: a forged From of ours (and so such a copy) is
-        what DMARC on our own domain stops, as DMARC on theirs stops a forged From of theirs.
+        wrote them, else None; always None unless `inbound.list_authors` asks for it. They
+        stand in for the From as sender and participant, with the trust a From of ours has: a
+        forged From of ours (and so such a copy) is what DMARC on our own domain stops, as
+        DMARC on theirs stops a forged From of theirs; a customer whose domain rejects forged
+        mail, the one Google rewrites, is no safer than ours, hence the setting.
 
         Read from what the list writes after the poster's own fields: Google Groups'
         `X-Original-From`, the original From (its last field; one that names ours or a list
@@ -145,7 +147,8 @@ class Evidence:
         so "Eve, Pat" may be Eve's own. (Mailman set to reply to the list puts the author in
         Cc: not read.)"""
         sender = self.sender
-        if sender is None or not self._resolver.is_ours(sender):
+        if (not self._resolver.list_authors or sender is None
+                or not self._resolver.is_ours(sender)):
             return None
         lists = self.list_addresses
         if sender not in lists:
@@ -423,6 +426,7 @@ class Resolver:
             for rule in inbound.external_refs
         ]
         self._external_on = "external-ref" in inbound.strategies
+        self.list_authors = inbound.list_authors
         self._vendor_rules = frozenset(rule.name for rule in inbound.external_refs if rule.sender)
         # Our own tag, removed before subjects are compared.
         self._tag = tag_pattern(self._template)

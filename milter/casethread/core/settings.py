@@ -174,6 +174,10 @@ class InboundSettings:
     # sender is a participant of that case (references are guessable).
     case_ref_pattern: str = r"\[Case\s+([A-Za-z0-9._:-]{1,64})\]"
     external_refs: tuple[ExternalRefRule, ...] = ()
+    # Our own support address is a list (a Google Group, Mailman under DMARC mitigation):
+    # the customer its copy names (X-Original-From, a one-address Reply-To) stands in for
+    # its From. Off unless asked: such a copy is as forgeable as our own domain's From.
+    list_authors: bool = False
     subject_match: SubjectMatchSettings = field(default_factory=SubjectMatchSettings)
     flood: FloodSettings = field(default_factory=FloodSettings)
 
