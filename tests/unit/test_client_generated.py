@@ -439,6 +439,62 @@ def test_an_exchange_rule_text_forward_whose_from_line_outlook_wrapped(
     assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
 
 
+# Outlook's header block in Japanese, Chinese (simplified, traditional) and Korean, as
+# Outlook's forwards and replies in public list archives show it: its From, Sent, To and
+# Subject labels. The From is wrapped as Outlook wraps plain text, at 76 columns, a wide
+# (CJK) character taking two: each first line and the next line's first word are 72
+# characters or fewer, but more than 72 columns.
+CJK_FORWARDS = {
+    "ja": ("差出人: 株式会社エグザンプル カスタマーサポート窓口 東日本サービスセンター\r\n"
+           "受付担当 <support@example.com>\r\n送信日時: 2026年11月30日 9:15\r\n"
+           "宛先: Pat Customer\r\n件名: "),
+    # A run of CJK characters without blanks is broken between two of them.
+    "ja-unspaced": ("差出人: 株式会社エグザンプルカスタマーサポート窓口"
+                    "東日本サービスセンター受付\r\n担当 <support@example.com>\r\n"
+                    "送信日時: 2026年11月30日 9:15\r\n宛先: Pat Customer\r\n件名: "),
+    "zh-cn": ("发件人: 示例科技有限公司 客户支持中心 华东地区服务部 技术支持团队\r\n"
+              "夜间值班组 <support@example.com>\r\n发送时间: 2026年11月30日 9:15\r\n"
+              "收件人: Pat Customer\r\n主题: "),
+    "zh-tw": ("寄件者: 範例科技股份有限公司 客戶支援中心 北區服務部 技術支援團隊\r\n"
+              "夜間值班組 <support@example.com>\r\n寄件日期: 2026年11月30日 上午 09:15\r\n"
+              "收件者: Pat Customer\r\n主旨: "),
+    "ko": ("보낸 사람: 주식회사 이그잼플 고객지원센터 서울지역 서비스부 기술지원팀\r\n"
+           "담당자 <support@example.com>\r\n보낸 날짜: 2026년 11월 30일 월요일 오전 9:15\r\n"
+           "받는 사람: Pat Customer\r\n제목: "),
+}
+
+
+@pytest.mark.parametrize("language", sorted(CJK_FORWARDS))
+def test_an_exchange_rule_forward_whose_cjk_from_line_outlook_wrapped(
+        harness: Any, language: str) -> None:
+    """Review: the width test counted characters, so a From line of wide characters that
+    Outlook wrapped (74 columns, 36 characters) was not joined with its end, and a CJK
+    customer's rule forward of our mail reopened the case."""
+    subject = resolved_case(harness)
+    body = ("________________________________\r\n" + CJK_FORWARDS[language] + subject
+            + "\r\n\r\nHello Pat,\r\n").encode()
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "FW: " + subject), RULE_LOOP,
+                       ("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=utf-8"),
+                       body=body)
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("resolved", "auto-generated")
+
+
+@pytest.mark.parametrize(("first", "wrapped"), [
+    ("差出人: 株式会社エグザンプル カスタマーサポート窓口 東日本サービスセンター", True),
+    ("보낸 사람: 주식회사 이그잼플 고객지원센터 서울지역 서비스부 기술지원팀", True),
+    ("差出人: 山田 太郎", False),  # 17 columns and a word: a line's words, no wrap
+    ("From: " + "ｱ" * 60, False),  # half-width katakana takes one column
+    ("From: " + "Ａ" * 33, True),  # full-width Latin letters take two
+], ids=["ja", "ko", "short", "half-width", "full-width"])
+def test_the_wrap_width_counts_a_wide_character_as_two_columns(first: str,
+                                                               wrapped: bool) -> None:
+    header = autoreply._header_line(first)
+    assert header is not None
+    assert autoreply._wrapped_from(first, header.group(1).strip(),
+                                   "担当 <support@example.com>") is wrapped
+
+
 @pytest.mark.parametrize("from_lines", [
     b"From: Support",  # an internal contact: Outlook writes its display name alone
     b"From: Support\r\nSent: Monday, November 30, 2026 09:15",

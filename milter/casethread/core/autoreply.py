@@ -98,6 +98,7 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
 from . import bodytext, feedback, mime
@@ -753,8 +754,11 @@ _ADDRESS_IN = re.compile(_ADDRESS, re.I)
 # The address a From line names as a From does: in angle brackets, in Outlook's `[mailto:]`
 # (a search that starts only at a bracket), or alone on the line (`fullmatch`).
 _FRAMED_ADDRESS = re.compile(r"[<\[]\s*" + _ADDRESS, re.I)
-# Outlook wraps plain text at 76 characters (30-132 as set), Exchange 2003 at 72: a From line
-# and the next line's first word longer than this were one line that was wrapped.
+# Outlook wraps plain text at 76 columns (30-132 as set), Exchange 2003 at 72: a From line
+# and the next line's first word wider than this were one line that was wrapped. A wide
+# (CJK) character takes two columns (`_columns`), as in the lines Outlook in Chinese wrapped
+# in public list archives: one of 75 characters (79 columns) and its next word, one of 68
+# (73 columns), which counted in characters would have fitted.
 _WRAP = 72
 # A header line holds 998 characters (RFC 5322 §2.1.1): that much of a From is read.
 _LINE_MAX = 998
@@ -820,16 +824,30 @@ def _wrapped_from(first: str, value: str, after: str) -> bool:
     """Whether `after` is the end of the From line `first` (whose `value` names no address):
     it ends with the address in its brackets, is no header line, and either `first` had no
     value ("From:" alone, its value on the markup's next line), or it is the bracketed
-    address alone (Outlook for iOS), or `first` and its first word are longer than a line
-    Outlook or Exchange wraps."""
+    address alone (Outlook for iOS), or `first` and its first word are wider than a line
+    Outlook or Exchange wraps (in columns: a CJK character takes two)."""
     rest = after.strip()
     if not rest.endswith((">", "]")) or _header_line(after) is not None:
         return False
     # Nothing but the address in its brackets: a match at the start, then the bracket (a
     # fullmatch of a regex ending in the bracket backtracked at each `@`: quadratic).
     framed = _FRAMED_ADDRESS.match(rest)
-    return (not value or (framed is not None and rest[framed.end():].strip() in (">", "]"))
-            or len(first.strip()) + 1 + len(rest.split(None, 1)[0]) > _WRAP)
+    if not value or (framed is not None and rest[framed.end():].strip() in (">", "]")):
+        return True
+    line, word = first.strip(), rest.split(None, 1)[0]
+    # Columns are counted only where the characters are too few: a few dozen of them.
+    return (len(line) + 1 + len(word) > _WRAP
+            or _columns(line) + 1 + _columns(word) > _WRAP)
+
+
+def _columns(text: str) -> int:
+    """The columns `text` takes in a fixed-width font: two for an East Asian wide or
+    full-width character (Unicode's East Asian Width W, F: CJK ideographs, kana, Hangul,
+    `：`), one for any other (half-width katakana too, and the ambiguous ones, which are
+    narrow outside a CJK locale)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(unicodedata.east_asian_width(c) in "WF" for c in text)
 
 
 def _forward_separator(line: str) -> bool:
