@@ -520,6 +520,41 @@ def test_a_rule_forward_whose_from_names_no_address_of_ours_stays_a_persons_mail
     assert (r.one("X-Case-State"), r.one("X-Case-Auto")) == ("reopened", "no")
 
 
+@pytest.mark.parametrize("text", [
+    # Read as a From Outlook wrapped (the two lines wider than 72 columns) and one more line.
+    "Update: our printer at the Berlin office jams every morning again, the vendor said\r\n"
+    "to write to Example Support <support@example.com>\r\nSerial number: 4711\r\n\r\n"
+    "Thanks,\r\nPat\r\n",
+    # Read as a From whose address the markup put on the next line.
+    "Note: please write to\r\n<support@example.com>\r\nSerial number: 4711\r\n",
+    # Read as a From line without a value, then its value.
+    "Hi team:\r\nExample Support <support@example.com>\r\nSerial number: 4711\r\n",
+    # Read as an unwrapped From.
+    "Vendor: Example Support <support@example.com>\r\nSerial number: 4711\r\n",
+], ids=["wrapped", "address-alone", "no-value", "one-line"])
+def test_a_persons_new_question_a_rule_redirects_is_no_forward_of_our_mail(
+        harness: Any, text: str) -> None:
+    """Review: a shared mailbox's rule redirects a customer's question whose first lines
+    name our address in brackets and go on with one "label: value" line: read as our
+    forwarded mail's header block, it was `auto-generated` and opened no case. Outlook's
+    block has two lines at least after its From (Sent, Subject)."""
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "Printer"), RULE_LOOP, body=text.encode())
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.case_id, r.one("X-Case-Auto")) == ("C-000001", "no")
+
+
+def test_a_persons_text_shaped_as_a_whole_header_block_is_known_to_go_wrong(
+        harness: Any) -> None:
+    """README *Known to go wrong*: with two "label: value" lines after it, no language-free
+    test tells such text from Outlook's block (its labels are one in each language)."""
+    text = ("Update: our printer at the Berlin office jams every morning again, the vendor "
+            "said\r\nto write to Example Support <support@example.com>\r\n"
+            "Serial number: 4711\r\nPhone: 555 1234\r\n")
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "Printer"), RULE_LOOP, body=text.encode())
+    r = harness.run(msg, Direction.INBOUND)
+    assert (r.all("X-Case-ID"), r.one("X-Case-Auto")) == ([], "auto-generated")
+
+
 @pytest.mark.parametrize("second", [
     b"<" + b"a@" * 30_000 + b">x>",  # a regex ending in the bracket backtracked at each @
     b" " * 60_000 + b">",

@@ -767,7 +767,7 @@ _LINE_MAX = 998
 def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
                        ours: Callable[[str], bool]) -> bool:
     """Whether an Exchange inbox rule's forward forwards mail of ours: its first text starts,
-    after blank lines and a separator line, with the forwarded mail's header block (two
+    after blank lines and a separator line, with the forwarded mail's header block (three
     header lines at least), whose first line (its From) names one of our support addresses.
     A person who forwards types above it, and no rule adds a line; a shared mailbox's rule
     forwarding a new question forwards its sender's mail, a colleague's reply to our mail
@@ -794,9 +794,12 @@ def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
             return False
         value = f"{value} {after.strip()[:_LINE_MAX]}"
         after = next(lines, "")
-    # A header block goes on (Sent, Date, To, Subject): one line alone is a person's text
-    # ("FYI: support@... closed my ticket" redirected by a shared mailbox's rule).
-    if _header_line(after) is None:
+    # A header block goes on (Sent, Date, To, Subject): Outlook and Exchange write two lines
+    # after the From at least (Sent and Subject). Fewer are a person's text ("FYI:
+    # support@... closed my ticket" redirected by a shared mailbox's rule; "Update: ...
+    # write to" / "Example Support <support@...>" / "Serial number: 4711", read as a
+    # wrapped From and one more line, took a new question for our mail and opened no case).
+    if _header_line(after) is None or _header_line(next(lines, "")) is None:
         return False
     address = _named_address(value)
     return address is not None and ours(address)
