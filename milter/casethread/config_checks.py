@@ -461,7 +461,8 @@ def describe_value(value: Any) -> str:
 # retries the wildcard from every position of a line: time quadratic in the line (a 1 MiB line
 # of body text, a long Subject). The parsed pattern is looked at, not its text. What may match
 # nothing at any position comes before it in vain: a word boundary (`\b.*x`), an empty group
-# (`().*x`), a lookaround (`(?<=a).*x`), an optional item (`a*.*x`); an optional group may
+# (`().*x`), a lookaround (`(?<=a).*x`), an optional item (`a*.*x`); either branch of a
+# conditional group (`(a)?(?(1).*x|y)`) may lead, as a branch does; an optional group may
 # start with the wildcard (`(?:.*)?x`), and so may a lookahead (`(?=.*x)`, `(?!.*x)y`), whose
 # wildcard is run again at each position. An anchor (`^`, `\A`, `$`) stops the search there:
 # one position, or one a line.
@@ -486,12 +487,13 @@ _DOTALL: int = sre_constants.SRE_FLAG_DOTALL
 def wildcard_lead(pattern: str) -> bool:
     """Whether a search with `pattern` starts with an unbounded wildcard that something
     follows (see above). A pattern the parser refuses is no warning (the config check
-    reports it)."""
+    reports it), nor one nested deeper than this walk recurses (the parser nests a conditional
+    group in fewer frames: 400 of them, past the 1,000 characters a configured pattern has)."""
     try:
         parsed = sre_parse.parse(pattern)
+        return _led(list(parsed), False, parsed.state.flags)
     except (re.error, RecursionError, OverflowError):
         return False
-    return _led(list(parsed), False, parsed.state.flags)
 
 
 def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
@@ -523,8 +525,8 @@ def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
             continue
         elif op is sre_constants.ATOMIC_GROUP:
             inner = list(arg)
-        elif op is sre_constants.BRANCH:
-            if any(_led(list(branch), after, flags) for branch in arg[1]):
+        elif op is sre_constants.BRANCH or op is sre_constants.GROUPREF_EXISTS:
+            if any(_led(branch, after, flags) for branch in _branches(op, arg)):
                 return True
             if not _passes(op, arg):
                 return False
@@ -586,12 +588,22 @@ def _passes(op: Any, arg: Any) -> bool:
         return all(_passes(o, a) for o, a in arg[3])
     if op is sre_constants.ATOMIC_GROUP:
         return all(_passes(o, a) for o, a in arg)
-    if op is sre_constants.BRANCH:
-        return any(all(_passes(o, a) for o, a in branch) for branch in arg[1])
+    if op is sre_constants.BRANCH or op is sre_constants.GROUPREF_EXISTS:
+        return any(all(_passes(o, a) for o, a in branch) for branch in _branches(op, arg))
     if op in _REPEATS:
         low, _high, repeated = arg
         return low == 0 or all(_passes(o, a) for o, a in repeated)
     return False
+
+
+def _branches(op: Any, arg: Any) -> list[list[tuple[Any, Any]]]:
+    """The branches of an alternation (`a|b`), or the two of a conditional group
+    (`(?(1)yes|no)`, `(?(name)yes)`: a missing `no` matches nothing), either of which a search
+    may take at a position: the group it asks about may have matched there or not."""
+    if op is sre_constants.BRANCH:
+        return [list(branch) for branch in arg[1]]
+    _group, yes, no = arg
+    return [list(yes), list(no) if no is not None else []]
 
 
 def _ends(items: list[tuple[Any, Any]], flags: int) -> bool:

@@ -1767,6 +1767,7 @@ def test_a_body_tag_inbound_cannot_read_is_warned_of(
     (r"\A.*INC", False),
     (r"(?:x.*)?INC", False),  # the optional group starts with x: only at an x
     (r"(?=INC)\w+", False),
+    (r"(x)?(?(1).*INC|REF)", True),  # a conditional group's branch, as a branch
 ])
 def test_a_pattern_led_by_a_wildcard_is_warned_of(tmp_path: Path, pattern: str,
                                                    warned: bool) -> None:
@@ -1854,6 +1855,32 @@ def test_a_wildcard_written_as_a_class_or_in_a_group_is_warned_of(pattern: str,
     """Review: only `.` repeated was a wildcard; `[\\s\\S]*` (JavaScript's "anything"),
     `[^\\n]*` and `(.)*` lead a search the same quadratic way, `(.)*x` even slower."""
     assert checks.wildcard_lead(pattern) is warned
+
+@pytest.mark.parametrize(("pattern", "warned"), [
+    (r"(a)?(?(1).*INC|y)", True),  # where the group matched, the wildcard is tried
+    (r"(?P<lt><)?(?(lt).*>|\w+)", True),
+    (r"(a)?(?(1)y|.*INC)", True),  # where it did not: at every other position
+    (r"(a)?(?(1)(?:.*)INC|y)", True),
+    (r"(a)?(?(1)y).*INC", True),  # no "no" branch: it matches nothing there
+    (r"(a)?(?(1)|y).*INC", True),
+    (r"(a)?(?(1)y|z).*INC", False),  # either branch takes a character
+    (r"^(a)?(?(1).*INC|y)", False),  # anchored
+    (r"(a)?(?(1).+|.*)", False),  # the wildcard alone: one pass
+])
+def test_a_wildcard_in_a_conditional_group_is_warned_of(pattern: str, warned: bool) -> None:
+    """Review: `(?(1)yes|no)` was not looked into, nor passed as what may match nothing."""
+    assert checks.wildcard_lead(pattern) is warned
+
+
+def test_the_wildcard_lead_check_is_linear_in_conditional_groups() -> None:
+    """100,000 characters of conditional groups, in a run or nested past the walk's recursion
+    (which raised RecursionError at 400 levels: the parser nests them in fewer frames)."""
+    started = time.perf_counter()
+    assert checks.wildcard_lead("(a)?" + "(?(1)a|)" * 12_499 + ".*x")
+    assert not checks.wildcard_lead("(a)?" + "(?(1)a|b)" * 11_110 + ".*x")
+    assert not checks.wildcard_lead("(a)?" + "(?(1)" * 16_000 + ".*x" + ")" * 16_000)
+    assert time.perf_counter() - started < 3.0
+
 
 def test_the_wildcard_lead_check_is_linear_in_a_long_run_of_empty_matches() -> None:
     """Review: each item that may match nothing looked at every item after it (a slice and
