@@ -756,9 +756,9 @@ _ADDRESS_IN = re.compile(_ADDRESS, re.I)
 _FRAMED_ADDRESS = re.compile(r"[<\[]\s*" + _ADDRESS, re.I)
 # Outlook wraps plain text at 76 columns (30-132 as set), Exchange 2003 at 72: a From line
 # and the next line's first word wider than this were one line that was wrapped. A wide
-# (CJK) character takes two columns (`_columns`), as in the lines Outlook in Chinese wrapped
-# in public list archives: one of 75 characters (79 columns) and its next word, one of 68
-# (73 columns), which counted in characters would have fitted.
+# (CJK) character takes two columns (`_columns`): in public list archives, Outlook in Chinese
+# wrapped a line before a word that made it 75 characters (79 columns), another before one
+# that made it 68 (73 columns); counted in characters, both would have fitted.
 _WRAP = 72
 # A header line holds 998 characters (RFC 5322 §2.1.1): that much of a From is read.
 _LINE_MAX = 998
