@@ -487,12 +487,17 @@ _DOTALL: int = sre_constants.SRE_FLAG_DOTALL
 def wildcard_lead(pattern: str) -> bool:
     """Whether a search with `pattern` starts with an unbounded wildcard that something
     follows (see above). A pattern the parser refuses is no warning (the config check
-    reports it), nor one nested deeper than this walk recurses (the parser nests a conditional
-    group in fewer frames: 400 of them, past the 1,000 characters a configured pattern has)."""
+    reports it), nor one nested deeper than this walk recurses: it takes at most the parser's
+    frames at each level of groups and alternations, and a conditional group, which the parser
+    nests in fewer, one (some 800 levels, 5,000 characters, past the 1,000 a configured
+    pattern has)."""
     try:
         parsed = sre_parse.parse(pattern)
-        return _led(list(parsed), False, parsed.state.flags)
     except (re.error, RecursionError, OverflowError):
+        return False
+    try:
+        return _led(list(parsed), False, parsed.state.flags)
+    except RecursionError:
         return False
 
 
@@ -526,8 +531,11 @@ def _led(items: list[tuple[Any, Any]], followed: bool, flags: int) -> bool:
         elif op is sre_constants.ATOMIC_GROUP:
             inner = list(arg)
         elif op is sre_constants.BRANCH or op is sre_constants.GROUPREF_EXISTS:
-            if any(_led(branch, after, flags) for branch in _branches(op, arg)):
-                return True
+            # A loop, not any() of a generator, whose frame at each level made this walk
+            # recurse deeper than the parser: 250 groups `(|` (753 characters) raised.
+            for branch in _branches(op, arg):
+                if _led(branch, after, flags):
+                    return True
             if not _passes(op, arg):
                 return False
             continue
@@ -579,20 +587,32 @@ def _wildcard(items: list[tuple[Any, Any]], flags: int) -> int | None:
 
 
 def _passes(op: Any, arg: Any) -> bool:
-    """Whether the item may match nothing at any position of a line (an anchor does not)."""
+    """Whether the item may match nothing at any position of a line (an anchor does not).
+    Loops, not all() or any() of generators: their frames made three to five at each level
+    of `(|(|...y))`, which raised at 250 levels (754 characters) where the parser takes two."""
     if op is sre_constants.AT:
         return arg in _BOUNDARIES
     if op in _LOOKAROUNDS:
         return True
     if op is sre_constants.SUBPATTERN:
-        return all(_passes(o, a) for o, a in arg[3])
-    if op is sre_constants.ATOMIC_GROUP:
-        return all(_passes(o, a) for o, a in arg)
-    if op is sre_constants.BRANCH or op is sre_constants.GROUPREF_EXISTS:
-        return any(all(_passes(o, a) for o, a in branch) for branch in _branches(op, arg))
-    if op in _REPEATS:
+        branches: list[Any] = [arg[3]]
+    elif op is sre_constants.ATOMIC_GROUP:
+        branches = [arg]
+    elif op is sre_constants.BRANCH or op is sre_constants.GROUPREF_EXISTS:
+        branches = _branches(op, arg)
+    elif op in _REPEATS:
         low, _high, repeated = arg
-        return low == 0 or all(_passes(o, a) for o, a in repeated)
+        if low == 0:
+            return True
+        branches = [repeated]
+    else:
+        return False
+    for branch in branches:
+        for o, a in branch:
+            if not _passes(o, a):
+                break
+        else:
+            return True
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -1880,6 +1881,21 @@ def test_the_wildcard_lead_check_is_linear_in_conditional_groups() -> None:
     assert not checks.wildcard_lead("(a)?" + "(?(1)a|b)" * 11_110 + ".*x")
     assert not checks.wildcard_lead("(a)?" + "(?(1)" * 16_000 + ".*x" + ")" * 16_000)
     assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize("pattern", [
+    "(|" * 250 + ".*x" + ")" * 250,  # the wildcard in the last branch of each group
+    "(|" * 250 + "y" + ")" * 250 + ".*x",  # after groups that may match nothing
+    "(y|" * 249 + ".*x" + ")" * 249,
+])
+def test_a_wildcard_under_groups_nested_within_a_configured_pattern_is_warned_of(
+        pattern: str) -> None:
+    """Review: a generator's frame at each level of `any()` and `all()` made the walk recurse
+    deeper than the parser: these patterns of 600-1,000 characters, which `re.compile`
+    takes, raised RecursionError in the walk and were no warning."""
+    assert len(pattern) <= 1000
+    re.compile(pattern)
+    assert checks.wildcard_lead(pattern)
 
 
 def test_the_wildcard_lead_check_is_linear_in_a_long_run_of_empty_matches() -> None:
