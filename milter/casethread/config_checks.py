@@ -290,6 +290,10 @@ def regex(*, groups: int = 0, flags: int = 0, empty_ok: bool = True) -> Callable
         except re.error as exc:
             where = "" if exc.pos is None else f" at position {exc.pos}"
             raise Invalid(f"invalid regular expression: {exc.msg}{where}") from None
+        except RecursionError:
+            # Python's parser recurses at each group: 499 nested `(` raised here, and
+            # check-config printed a traceback, not the key.
+            raise Invalid("invalid regular expression: its groups nest too deep") from None
         if compiled.groups < groups:
             raise Invalid("the regular expression needs a group: (...) around the part to extract")
         if not empty_ok and compiled.search("") is not None:

@@ -1351,6 +1351,16 @@ def test_case_ref_pattern_errors(tmp_path: Path, pattern: str, problem: str) -> 
     assert str(exc) == f"{exc.file}:2: inbound.case_ref_pattern: {problem}"
 
 
+def test_a_regex_nested_deeper_than_the_parser_recurses_is_a_config_error(
+        tmp_path: Path) -> None:
+    """Review: 499 nested groups (999 characters) raised RecursionError from re.compile in
+    the check: check-config printed a traceback instead of naming the key."""
+    pattern = "(" * 499 + "x" + ")" * 499
+    exc = error(tmp_path, f"inbound:\n  case_ref_pattern: '{pattern}'\n")
+    assert str(exc) == (f"{exc.file}:2: inbound.case_ref_pattern: invalid regular "
+                        "expression: its groups nest too deep")
+
+
 def test_regex_of_exactly_1000_characters_is_accepted(tmp_path: Path) -> None:
     pattern = "(x)" + "a" * 997
     assert load(tmp_path, f"inbound:\n  case_ref_pattern: {pattern}\n").inbound.case_ref_pattern
