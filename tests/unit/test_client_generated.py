@@ -555,6 +555,22 @@ def test_a_persons_text_shaped_as_a_whole_header_block_is_known_to_go_wrong(
     assert (r.all("X-Case-ID"), r.one("X-Case-Auto")) == ([], "auto-generated")
 
 
+@pytest.mark.parametrize(("colon", "auto"), [(":", "auto-generated"), ("：", "no")],
+                         ids=["ascii-colon", "full-width-colon"])
+def test_a_cjk_persons_text_shaped_as_a_header_block(harness: Any, colon: str,
+                                                     auto: str) -> None:
+    """README *Known to go wrong*: a CJK line is wider than 72 columns at about 36
+    characters, so with ASCII colons such text is read as a wrapped From and a block; a
+    full-width colon ends no label."""
+    text = (f"问题{colon} 我们办公室的打印机每天早上都会卡纸，"
+            "供应商说请联系他们的客户支持中心处理此问题谢谢\r\n"
+            f"示例支持 <support@example.com>\r\n序列号{colon} 4711\r\n电话{colon} 555 1234\r\n")
+    msg = make_message(PAT, TO_SUPPORT, ("Subject", "Printer"), RULE_LOOP,
+                       ("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=utf-8"),
+                       body=text.encode())
+    assert harness.run(msg, Direction.INBOUND).one("X-Case-Auto") == auto
+
+
 @pytest.mark.parametrize("second", [
     b"<" + b"a@" * 30_000 + b">x>",  # a regex ending in the bracket backtracked at each @
     b" " * 60_000 + b">",
