@@ -1890,7 +1890,8 @@ def test_the_wildcard_lead_check_is_linear_in_conditional_groups() -> None:
     assert checks.wildcard_lead("(a)?" + "(?(1)a|)" * 12_499 + ".*x")
     assert not checks.wildcard_lead("(a)?" + "(?(1)a|b)" * 11_110 + ".*x")
     assert not checks.wildcard_lead("(a)?" + "(?(1)" * 16_000 + ".*x" + ")" * 16_000)
-    assert time.perf_counter() - started < 3.0
+    # 0.3-1.7 s on a 2-core machine running two suites; a quadratic walk takes minutes.
+    assert time.perf_counter() - started < 6.0
 
 
 @pytest.mark.parametrize("pattern", [
