@@ -31,7 +31,7 @@ def is_automatic(kind: str, match: str) -> bool:
     for the case rules (no state change, reopen, follow-up or routing).
 
     Bulk mail that answers our mail is a person's reply relayed by a mailing list, or sent by
-    a ticket system that marks all its mail `Precedence: bulk` (RT, Jira): RFC 3834 only
+    a ticket system that marks all its mail `Precedence: bulk` (RT): RFC 3834 only
     says not to auto-respond to it, and Zammad and RT let it update and reopen tickets. Mail
     that also says it is machine-made (`Auto-Submitted`, a null sender, a report...) is
     `auto-generated`, never `bulk` (autoreply's order), and stays automatic; so does bulk mail
