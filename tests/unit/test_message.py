@@ -221,3 +221,19 @@ def test_any_bytes_parse_and_the_body_is_a_suffix(raw: bytes) -> None:
     assert raw.endswith(body)
     for h in headers:
         assert h.raw is not None and h.raw in raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["From", "to", "X-Loop", "x-loop", "Precedence", "Subject",
+                                 "Auto-Submitted", "Received", "X-Other"]), max_size=12),
+       st.frozensets(st.sampled_from(["from", "to", "x-loop", "precedence", "auto-submitted",
+                                      "list-id", "x-missing", "received"])))
+def test_present_is_the_same_whichever_side_is_walked(names: list[str],
+                                                        asked: frozenset[str]) -> None:
+    """`present` walks the message's fields when it has fewer than the names asked, else the
+    names: the same fields, with all their values in order, either way."""
+    m = Message(Envelope(mail_from="<a@example.org>", rcpts=("b@example.com",)),
+                tuple(Header(n, f"v{i}") for i, n in enumerate(names)))
+    expected = {n: [f"v{i}" for i, h in enumerate(names) if h.lower() == n]
+                for n in asked if any(h.lower() == n for h in names)}
+    assert m.present(asked) == expected
