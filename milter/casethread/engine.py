@@ -198,7 +198,7 @@ class Engine:
         """
         if direction is Direction.INBOUND:
             ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
-            if ordinary and not autoreply.reads_body(msg):
+            if ordinary and not autoreply.reads_body(msg, self._resolver.is_ours):
                 with self.index.snapshot():
                     found = self._resolver.found_by_headers(msg, self.index, int(self._clock()))
                 if found is not None:

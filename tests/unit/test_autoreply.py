@@ -325,6 +325,40 @@ def test_exchange_rule_headers() -> None:
     assert classify_auto(human) == "no"
 
 
+def test_our_own_mailboxs_rule_says_nothing_of_the_mail_it_redirected() -> None:
+    """support@ is an Exchange Online shared mailbox whose inbox rule redirects its mail to
+    the milter's host: Exchange names that mailbox in X-MS-Exchange-Inbox-Rules-Loop on every
+    copy. A customer whose tenant stamps `X-Auto-Response-Suppress: DR, OOF, AutoReply` on
+    its people's ordinary mail (as Cisco's Exchange Online does on its engineers' replies in
+    public list archives) wrote a question, not an out-of-office reply. A rule of the
+    customer's own mailbox names the customer there, and still counts, also when our rule
+    redirected its mail too."""
+    def ours(address: str) -> bool:
+        return address in ("support@example.com", "support@help.example")
+
+    ordinary = ("X-Auto-Response-Suppress", "DR, OOF, AutoReply")
+    ours_only = ("X-MS-Exchange-Inbox-Rules-Loop", "support@example.com")
+    assert classify_auto(msg(ours_only, ordinary), ours) == "no"
+    assert classify_auto(msg(ours_only, ("X-MS-Exchange-Inbox-Rules-Loop", "Support@Help.example"),
+                             ordinary, replace=False), ours) == "no"
+    # Without `ours` (no support addresses known) the field counts as before.
+    assert classify_auto(msg(ours_only, ordinary)) == "auto-replied"
+    theirs = ("X-MS-Exchange-Inbox-Rules-Loop", "dana@customer.example")
+    assert classify_auto_detail(msg(theirs, ours_only, ordinary, replace=False), ours) == (
+        "auto-replied", "exchange-rule-reply")
+    stripped = msg(ours_only, ("Subject", "Automatic reply: Printer"))
+    assert classify_auto(stripped, ours) == "no"
+    assert classify_auto(msg(theirs, ("Subject", "Automatic reply: Printer")), ours) == (
+        "auto-replied")
+    # The customer's own mark still counts.
+    marked = msg(ours_only, ("Auto-Submitted", "auto-replied"))
+    assert classify_auto(marked, ours) == "auto-replied"
+    # Only our rule: the body is not needed for the kind.
+    assert autoreply.reads_body(msg(ours_only), ours) is False
+    assert autoreply.reads_body(msg(theirs), ours) is True
+    assert autoreply.reads_body(msg(ours_only)) is True
+
+
 def test_x_auto_response_suppress_alone_is_no() -> None:
     # Outlook sets it on ordinary mail (it asks *others* not to auto-reply).
     assert classify_auto(msg(("X-Auto-Response-Suppress", "All"))) == "no"

@@ -132,6 +132,16 @@ def an_exchange_rule_forward_of_our_mail_with_the_token_in_its_subject(h: Any) -
                 ("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example.org"), body=body)
 
 
+def a_reply_our_own_mailboxs_rule_redirected_with_the_token_in_its_subject(h: Any) -> Message:
+    """support@ is an Exchange Online shared mailbox whose inbox rule redirects its mail to
+    us: every mail names that mailbox in X-MS-Exchange-Inbox-Rules-Loop, which says nothing
+    of the mail, so its Subject tag finds the case as it would without the field."""
+    tok = h.token(start_case(h).case_id)
+    return mail(("Subject", f"Re: Printer jam [ref:{tok}]"),
+                ("X-MS-Exchange-Inbox-Rules-Loop", "support@example.com"),
+                body=b"Long quote.\n" * 500)
+
+
 SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
     # name: (the mail, whether its header fields alone find its case)
     "token in the Subject": (token_in_subject, True),
@@ -153,6 +163,8 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Message], bool]] = {
         a_google_calendar_reply_with_a_note_and_the_token_in_its_subject, False),
     "an Exchange rule forward of our mail with the token in its Subject": (
         an_exchange_rule_forward_of_our_mail_with_the_token_in_its_subject, False),
+    "a reply our own mailbox's rule redirected, the token in its Subject": (
+        a_reply_our_own_mailboxs_rule_redirected_with_the_token_in_its_subject, True),
 }
 
 

@@ -2496,6 +2496,67 @@ def test_subject_match_reads_our_own_groups_member(make_harness: Any) -> None:
         ("C-000001", "new"), ("C-000001", "subject-match"), ("C-000001", "subject-match")]
 
 
+# support@ is an Exchange Online shared mailbox whose inbox rule redirects its mail to the
+# milter's host (cases@help.example.com): the customer's mail as they wrote it (From,
+# Message-ID, Subject), with the mailbox named in X-MS-Exchange-Inbox-Rules-Loop and the
+# envelope sender rewritten by SRS. The customer's tenant stamps X-Auto-Response-Suppress on
+# its people's ordinary mail (Cisco's Exchange Online does so in public list archives).
+VIA_OUR_RULE = (("X-MS-Exchange-Inbox-Rules-Loop", "support@example.com"),
+                ("X-Auto-Response-Suppress", "DR, OOF, AutoReply"))
+REDIRECTED = {"rcpts": ("cases@help.example.com",),
+              "mail_from": "<support+SRS=44ldt=IX=customer.example.org=pat@example.com>"}
+
+
+def test_mail_our_own_exchange_mailbox_redirected_is_the_customers(harness: Any) -> None:
+    """The customer's new question opens a case (it was `auto-replied` and opened none: our
+    own rule's field with the suppress field of their tenant read as an Exchange
+    out-of-office), their reply by our token reopens the resolved case, one by In-Reply-To
+    alone adds its Cc, and a forward of our answer they sent without a word (a person's,
+    which only an Exchange rule of theirs makes automatic) reopens it too."""
+    first = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Printer jams"),
+                            ("Message-ID", "<q1@customer.example.org>"), *VIA_OUR_RULE,
+                            **REDIRECTED)
+    assert (first.one("X-Case-Match"), first.one("X-Case-Auto")) == ("new", "no")
+    case_id = first.case_id
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer jams"),
+                              ("In-Reply-To", "<q1@customer.example.org>"))
+    harness.set_case(case_id, state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    by_token = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Re: {answer.one('Subject')}"),
+                               *VIA_OUR_RULE, **REDIRECTED)
+    assert [by_token.case_id, by_token.one("X-Case-State"), by_token.one("X-Case-Auto"),
+            by_token.one("X-Case-Sender")] == [case_id, "reopened", "no", "known"]
+    by_id = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Re: Printer jams"),
+                            ("In-Reply-To", answer.one("Message-ID")),
+                            ("Cc", "Kim Colleague <kim@customer.example.org>"),
+                            *VIA_OUR_RULE, **REDIRECTED)
+    assert (by_id.case_id, by_id.one("X-Case-Sender")) == (case_id, "known")
+    direct = harness.inbound(("From", "kim@customer.example.org"), TO_SUPPORT,
+                             ("Subject", f"Also [Case {case_id}]"))
+    assert (direct.case_id, direct.one("X-Case-Sender")) == (case_id, "known")
+    harness.set_case(case_id, state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    quoted = (f"---------- Forwarded message ---------\r\nFrom: Support <support@example.com>"
+              f"\r\nDate: Mon, 30 Nov 2026 09:15\r\nSubject: {answer.one('Subject')}\r\n"
+              "To: Pat Customer <pat@customer.example.org>\r\n\r\nHello\r\n").encode()
+    forward = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Fwd: {answer.one('Subject')}"),
+                              *VIA_OUR_RULE, body=quoted, **REDIRECTED)
+    assert (forward.case_id, forward.one("X-Case-State"), forward.one("X-Case-Auto")) == (
+        case_id, "reopened", "no")
+
+
+def test_a_customers_exchange_out_of_office_our_mailbox_redirected_stays_automatic(
+        harness: Any) -> None:
+    """An out-of-office reply of the customer's Exchange names the customer's mailbox in its
+    own X-MS-Exchange-Inbox-Rules-Loop; our rule's field beside it takes nothing away."""
+    first = start_case(harness)
+    harness.set_case(first.case_id, state=CaseState.RESOLVED,
+                     state_changed=int(harness.clock.now))
+    ooo = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Away: {first.one('Subject')}"),
+                          ("X-MS-Exchange-Inbox-Rules-Loop", CUSTOMER_ADDR), *VIA_OUR_RULE,
+                          **REDIRECTED)
+    assert (ooo.case_id, ooo.one("X-Case-State"), ooo.one("X-Case-Auto")) == (
+        first.case_id, "resolved", "auto-replied")
+
+
 EVE_VIA = (("From", "Eve Elsewhere via Support <support@example.com>"),
            *_without(VIA_MAILMAN, "From", "Reply-To"), ("X-Mailman-Version", "3.3.9"))
 

@@ -77,7 +77,9 @@ Decisions, each conservative because an auto kind stops a reopen or a new case:
   mail it forwards, nothing typed above it, and whose From line names one of our support
   addresses as a From does (`Name <a@b>`, `Name [mailto:a@b]`, the address alone) is
   `auto-generated` (`_forwards_our_mail`: the customer's mailbox sending our answer back must
-  not reopen the case the agent just resolved); with
+  not reopen the case the agent just resolved); where every `X-MS-Exchange-Inbox-Rules-Loop`
+  names one of our support addresses, our own mailbox's rule redirected the mail to us and
+  the fields say nothing of it (`_our_rule_only`); with
   `X-Auto-Response-Suppress` naming `All`, `OOF` or `AutoReply` they mean an Exchange
   out-of-office or rule reply (Zammad's rule), so `auto-replied`; with an
   out-of-office subject (below) too, for the Exchange reply whose other fields a gateway
@@ -275,6 +277,10 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     `tree` gives the body's MIME structure when the caller keeps one (the engine's, which the
     bounce strategy reads too): a delivery report's body is then parsed once."""
     fields = _signal_fields(msg)
+    if ours is not None and _RULE_FORWARD in fields and _our_rule_only(fields[_RULE_FORWARD], ours):
+        # Our own mailbox's inbox rule redirected the mail to us: its fields say what that
+        # rule did, nothing of the mail (`_our_rule_only`).
+        fields = {name: v for name, v in fields.items() if name not in _EXCHANGE_RULE_HEADERS}
     null_sender = _null_sender(msg, fields)
     from_local = _from_local_part(msg)
     report_type = _report_type(msg)
@@ -670,12 +676,16 @@ def _report_type(msg: Message) -> str | None:
     return (mime.content_type(value).param("report-type") or "").strip().lower()
 
 
-def reads_body(msg: Message) -> bool:
+def reads_body(msg: Message, ours: Callable[[str], bool] | None = None) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields, an SES
     notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`), an
-    Exchange rule's forward's first lines (`_forwards_our_mail`)."""
-    return (_report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
-            or _imip_candidate(msg) or msg.get(_RULE_FORWARD) is not None)
+    Exchange rule's forward's first lines (`_forwards_our_mail`; not when the only rule was
+    our own mailbox's, `_our_rule_only`, with `ours` given)."""
+    if (_report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
+            or _imip_candidate(msg)):
+        return True
+    rules = msg.get_all(_RULE_FORWARD)
+    return bool(rules) and (ours is None or not _our_rule_only(rules, ours))
 
 
 def _imip_candidate(msg: Message) -> bool:
@@ -779,6 +789,22 @@ _FRAMED_ADDRESS = re.compile(r"[<\[]\s*" + _ADDRESS, re.I)
 _WRAP = 72
 # A header line holds 998 characters (RFC 5322 §2.1.1): that much of a From is read.
 _LINE_MAX = 998
+
+
+def _our_rule_only(values: Sequence[str], ours: Callable[[str], bool]) -> bool:
+    """Whether every `X-MS-Exchange-Inbox-Rules-Loop` field names one of our support
+    addresses (and one does): Exchange writes there the mailbox whose inbox rule redirected,
+    forwarded or answered the mail (`support@example.com` when support@ is an Exchange
+    Online shared mailbox whose rule redirects its mail to us), and keeps a field per rule
+    across organisations. Our own rule's redirect adds it to every customer's mail: it
+    tells what our rule did, nothing of the mail, and with the `X-Auto-Response-Suppress:
+    DR, OOF, AutoReply` that some Exchange Online tenants stamp on their people's ordinary
+    mail (Cisco's, in public list archives) it made a customer's new question an
+    `auto-replied` one, which opened no case. A rule of the customer's mailbox (its
+    out-of-office reply, its forward of our answer) names the customer's address there, and
+    still counts."""
+    found = [first_address(text).lower() for text in map(_field_text, values) if text]
+    return bool(found) and all(address and ours(address) for address in found)
 
 
 def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
