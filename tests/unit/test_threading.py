@@ -2419,6 +2419,26 @@ def test_our_own_groups_copy_is_the_lists_unless_asked(harness: Any,
     assert by_ref.one("X-Case-Match") == "new"
 
 
+@pytest.mark.parametrize("list_authors", [False, True])
+def test_our_groups_copies_naming_only_the_group_share_its_flood_count_unless_asked(
+        make_harness: Any, tweak: Any, list_authors: bool) -> None:
+    """A copy whose Reply-To names only the group (or that has none) is counted against the
+    group's From alone: without `inbound.list_authors` every customer through our own group
+    shares one count, and the hour's 21st opens no case (README, *Automatic mail*; documents
+    behaviour, changes none). With the setting, each counts as the customer it names."""
+    h = make_harness(tweak(inbound={"list_authors": list_authors}))
+    relay = _without(VIA_GROUP, "From", "X-Original-Sender", "X-Original-From", "Reply-To")
+    results = [h.inbound(("From", f"\"'C{i}' via Support\" <support@example.com>"), *relay,
+                         ("X-Original-From", f"C{i} <c{i}@customer{i}.example.org>"),
+                         ("Reply-To", "Support <support@example.com>"),
+                         ("Subject", f"Question {i}"), ("Message-ID", f"<q{i}@example.org>"))
+               for i in range(21)]
+    assert all(r.one("X-Case-Match") == "new" for r in results[:20])
+    last = results[20]
+    assert (last.one("X-Case-Match"), last.all("X-Case-Loop")) == (
+        ("new", []) if list_authors else ("none", ["yes"]))
+
+
 @pytest.mark.parametrize("relay", [VIA_GROUP, VIA_MAILMAN,
                                    _without(VIA_GROUP, "Reply-To"),
                                    _without(VIA_GROUP, "X-Original-From")],
