@@ -2420,12 +2420,12 @@ def test_our_own_groups_copy_is_the_lists_unless_asked(harness: Any,
 
 
 @pytest.mark.parametrize("list_authors", [False, True])
-def test_our_groups_copies_naming_only_the_group_share_its_flood_count_unless_asked(
+def test_our_groups_copies_naming_only_the_group_count_apart_for_each_customer(
         make_harness: Any, tweak: Any, list_authors: bool) -> None:
-    """A copy whose Reply-To names only the group (or that has none) is counted against the
-    group's From alone: without `inbound.list_authors` every customer through our own group
-    shares one count, and the hour's 21st opens no case (README, *Automatic mail*; documents
-    behaviour, changes none). With the setting, each counts as the customer it names."""
+    """Review 19d: a copy whose Reply-To names only the group was counted against the group's
+    From alone: without `inbound.list_authors` every customer through our own group shared
+    one count, and the hour's 21st opened no case. The customer its X-Original-From names
+    splits the count, as a Reply-To does, whatever the setting (a count, not trust)."""
     h = make_harness(tweak(inbound={"list_authors": list_authors}))
     relay = _without(VIA_GROUP, "From", "X-Original-Sender", "X-Original-From", "Reply-To")
     results = [h.inbound(("From", f"\"'C{i}' via Support\" <support@example.com>"), *relay,
@@ -2435,8 +2435,14 @@ def test_our_groups_copies_naming_only_the_group_share_its_flood_count_unless_as
                for i in range(21)]
     assert all(r.one("X-Case-Match") == "new" for r in results[:20])
     last = results[20]
-    assert (last.one("X-Case-Match"), last.all("X-Case-Loop")) == (
-        ("new", []) if list_authors else ("none", ["yes"]))
+    assert (last.one("X-Case-Match"), last.all("X-Case-Loop")) == ("new", [])
+    # The same customer's 21st copy of the hour is still a loop.
+    same = [h.inbound(("From", "\"'C0' via Support\" <support@example.com>"), *relay,
+                      ("X-Original-From", "C0 <c0@customer0.example.org>"),
+                      ("Subject", f"Again {i}"), ("Message-ID", f"<a{i}@example.org>"))
+            for i in range(20)]
+    assert same[-1].all("X-Case-Loop") == ["yes"]
+    assert same[-2].all("X-Case-Loop") == []
 
 
 @pytest.mark.parametrize("relay", [VIA_GROUP, VIA_MAILMAN,

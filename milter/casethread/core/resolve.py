@@ -129,14 +129,21 @@ class Evidence:
 
     @lazy
     def relayed_author(self) -> str | None:
+        """The customer whose mail our own list re-sent under its From (`list_member`) when
+        `inbound.list_authors` asks for it, else None. They stand in for the From as sender
+        and participant, with the trust a From of ours has: a forged From of ours (and so such
+        a copy) is what DMARC on our own domain stops, as DMARC on theirs stops a forged From
+        of theirs; a customer whose domain rejects forged mail, the one Google rewrites, is no
+        safer than ours, hence the setting."""
+        return self.list_member if self._resolver.list_authors else None
+
+    @lazy
+    def list_member(self) -> str | None:
         """The customer whose mail our own list re-sent under its From (support@ is a Google
         Group, or a Mailman list under DMARC mitigation: "'Pat' via Support
         <support@example.com>", its `List-Id` or `List-Post` naming that address), as the list
-        wrote them, else None; always None unless `inbound.list_authors` asks for it. They
-        stand in for the From as sender and participant, with the trust a From of ours has: a
-        forged From of ours (and so such a copy) is what DMARC on our own domain stops, as
-        DMARC on theirs stops a forged From of theirs; a customer whose domain rejects forged
-        mail, the one Google rewrites, is no safer than ours, hence the setting.
+        wrote them, else None. Trusted only as `relayed_author`; else it only tells the
+        list's customers apart for the flood limit (`author`).
 
         Read from what the list writes after the poster's own fields: Google Groups'
         `X-Original-From`, the original From (its last field; one that names ours or a list
@@ -147,8 +154,7 @@ class Evidence:
         so "Eve, Pat" may be Eve's own. (Mailman set to reply to the list puts the author in
         Cc: not read.)"""
         sender = self.sender
-        if (not self._resolver.list_authors or sender is None
-                or not self._resolver.is_ours(sender)):
+        if sender is None or not self._resolver.is_ours(sender):
             return None
         lists = self.list_addresses
         if sender not in lists:
@@ -215,6 +221,11 @@ class Evidence:
                 if sender is not None and _same_domain(address, sender):
                     return sender
                 return f"{sender or ''}\n{address}"
+        if sender in lists and self.list_member is not None:
+            # Our own group's copy whose Reply-To names only the group: its X-Original-From
+            # splits the count as a Reply-To would (a count, not trust), else the hour's 21st
+            # customer through the group would open no case.
+            return f"{sender}\n{self.list_member}"
         return sender
 
     @lazy
