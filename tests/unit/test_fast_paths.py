@@ -369,3 +369,25 @@ def test_outbound_body_is_split_once(monkeypatch: pytest.MonkeyPatch) -> None:
     decision = engine.process(Message(env, headers, body))
     assert decision.match == "new" and len(decision.body_splices) == 2
     assert calls == [1]
+
+
+# --- transfer encodings ---------------------------------------------------------------------
+
+
+def general_transfer_encoding(raw: str) -> str:
+    """`mime.transfer_encoding` without its shortcut for the usual spellings."""
+    value = " ".join(mime._strip_comments(unfold(raw)).split(";", 1)[0].split()).lower()
+    return mime._IDENTITY_SPELLINGS.get(value, value) or "7bit"
+
+
+@pytest.mark.parametrize("raw", sorted(mime._PLAIN_ENCODINGS))
+def test_usual_transfer_encodings_read_as_through_the_general_path(raw: str) -> None:
+    assert mime.transfer_encoding(raw) == general_transfer_encoding(raw) == raw
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["7bit", "8bit", "Base64", "base64", "quoted-printable", " ",
+                                 "\t", ";", "(", ")", "\r\n ", "-", "7", "bit", "x"]),
+                max_size=6).map("".join))
+def test_transfer_encoding_matches_the_general_path(raw: str) -> None:
+    assert mime.transfer_encoding(raw) == general_transfer_encoding(raw)

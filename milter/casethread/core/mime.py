@@ -185,6 +185,7 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
 
 # 7bit and 8bit as bulk mailers misspell them (`Content-Transfer-Encoding: 7-bit`, `8bits`):
 # every reader shows such a part's bytes as they are, as it does any encoding it does not know.
+_PLAIN_ENCODINGS = frozenset({"7bit", "8bit", "binary", "base64", "quoted-printable"})
 _IDENTITY_SPELLINGS = {"7-bit": "7bit", "7 bit": "7bit", "7bits": "7bit",
                        "8-bit": "8bit", "8 bit": "8bit", "8bits": "8bit"}
 
@@ -195,6 +196,8 @@ def transfer_encoding(raw: str | None) -> str:
     write it) are no part of it, as Thunderbird reads the field's first token."""
     if raw is None:
         return "7bit"
+    if raw in _PLAIN_ENCODINGS:  # as written by nearly every client: the loop gives it back
+        return raw
     # Blanks inside count as one: `7\tbit`, `7  bit` are `7 bit`.
     value = " ".join(_strip_comments(unfold(raw)).split(";", 1)[0].split()).lower()
     return _IDENTITY_SPELLINGS.get(value, value) or "7bit"

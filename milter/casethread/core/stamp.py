@@ -369,7 +369,10 @@ def _flows_on(part: Part, before: str, insertion: str) -> bool:
 
 
 def _inline_pgp(text: str) -> bool:
-    """An armor line starts a line (as `^` in re.M: the text's start or after a LF)."""
+    """An armor line starts a line (as `^` in re.M: the text's start or after a LF). Text
+    without the armor's fixed start is told by `find` (memchr-fast), not a regex pass."""
+    if "-----BEGIN PGP " not in text:
+        return False
     return any(m.start() == 0 or text[m.start() - 1] == "\n" for m in _PGP_ARMOR.finditer(text))
 
 
