@@ -48,6 +48,15 @@ def test_html_is_read_as_visible_text() -> None:
     assert "NO" not in text and "HIDDEN" not in text and "unclosed" not in text
 
 
+def test_a_tag_name_with_a_non_ascii_letter_is_no_script_or_style() -> None:
+    """Tag names are ASCII case-insensitive: `<\u017ftyle>` (long s, which a Unicode
+    case-insensitive match reads as "s") is no style element, as browsers read it. It raised
+    KeyError out of the token scan."""
+    # Shown as text, as a browser shows it (a tag name starts with an ASCII letter).
+    assert html_to_text("<\u017ftyle>a</style>b") == "<\u017ftyle>ab"
+    assert html_to_text("<\u017fcript>[ref:A]") == "<\u017fcript>[ref:A]"
+
+
 def test_blockquotes_quote_their_lines_as_plain_text_does() -> None:
     """Each line inside <blockquote>s starts with a ">" per level (what the token scan ranks
     tokens by); malformed nesting is read as a browser lays it out, at a bounded cost."""

@@ -288,6 +288,14 @@ def test_a_closing_body_tag_inside_raw_text_is_not_the_end_of_the_body(element: 
     assert out.endswith(head + TAG.encode() + b"</body>" + end + tail)
 
 
+def test_a_closing_tag_name_with_a_non_ascii_letter_closes_no_raw_text() -> None:
+    """`</\u017ftyle>` (long s, which a Unicode case-insensitive match reads as "s") closes no
+    style element: tag names are ASCII case-insensitive. It raised KeyError out of stamping."""
+    html = "<html><body><p>x</p></body></\u017ftyle></html>".encode()
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(b"<p>x</p>" + TAG.encode() + "</body></\u017ftyle></html>".encode())
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")

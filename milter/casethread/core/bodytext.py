@@ -51,8 +51,11 @@ _BLOCKQUOTE = re.compile(r"<\s*+(/\s*+)?blockquote\b[^<>]*>", re.I)
 # must not make the text 10,000 times as long. Deeper quotes rank alike; a reply's newest
 # quoted mail is one level deep.
 MAX_HTML_QUOTE_MARKS = 8
-_RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^<>]*>", re.I)
-_RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I) for name in ("script", "style")}
+# Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `<\u017ftyle>` (a long s, which
+# re.I alone reads as "s") is no style element, and was no key of `_RAW_TEXT_CLOSE` (KeyError).
+_RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^<>]*>", re.I | re.A)
+_RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I | re.A)
+                   for name in ("script", "style")}
 
 
 @frozen
