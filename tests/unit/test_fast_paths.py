@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from casethread.core import addresses, mime, stamp, token
+from casethread.core import addresses, bodytext, mime, stamp, token
 from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.settings import Settings
@@ -391,3 +391,47 @@ def test_usual_transfer_encodings_read_as_through_the_general_path(raw: str) -> 
                 max_size=6).map("".join))
 def test_transfer_encoding_matches_the_general_path(raw: str) -> None:
     assert mime.transfer_encoding(raw) == general_transfer_encoding(raw)
+
+
+# --- HTML text ------------------------------------------------------------------------------
+
+
+def general_html_to_text(markup: str) -> str:
+    """`bodytext.html_to_text` without its shortcut for HTML with no script, style or
+    blockquote: every pass made."""
+    text = bodytext._drop_between(markup, "<!--", "-->")
+    text = bodytext._drop_raw_text_elements(text)
+    pieces: list[str] = []
+    depth = pos = 0
+    for tag in bodytext._BLOCKQUOTE.finditer(text):
+        pieces += (bodytext._quoted(bodytext._visible(text[pos : tag.start()]), depth), "\n")
+        depth = max(depth - 1, 0) if tag.group(1) else depth + 1
+        pos = tag.end()
+    pieces.append(bodytext._quoted(bodytext._visible(text[pos:]), depth))
+    return "".join(pieces)
+
+
+HTML_PIECES = st.sampled_from(
+    ["<", ">", "/", " ", "\t", "\n", "script", "SCRIPT", "style", "Style", "blockquote",
+     "BlockQuote", "\u017ftyle", "\u212a", "<!--", "-->", "<p>", "</p>", "<br>", "x", "&amp;",
+     "<script>", "</script>", "<style type=x>", "</style >", "<blockquote>", "< / blockquote>",
+     "<<!-- -->", "<div>"]
+)
+
+
+@pytest.mark.parametrize("markup", [
+    "", "<p>Hello</p>", "<<!-- -->script>x</script>y", "<SCRIPT>x</SCRIPT>y",
+    "<\u017ftyle>x</style>y",  # long s: re.I reads it as "s"
+    "< / blockquote>a<blockquote >b", "<blockquote>a<br>b</blockquote>c",
+    "<" * 50_000 + " " * 50_000 + "blockquote",  # hostile: long runs before a name
+    "<p>" + "x" * 100_000 + "</p>",
+])
+def test_html_text_as_through_every_pass(markup: str) -> None:
+    assert bodytext.html_to_text(markup) == general_html_to_text(markup)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(HTML_PIECES, max_size=12).map("".join))
+def test_html_text_shortcut_matches_every_pass(markup: str) -> None:
+    assert bodytext.html_to_text(markup) == general_html_to_text(markup)
+
