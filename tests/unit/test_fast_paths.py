@@ -7,6 +7,7 @@ loop) on hand-picked hard cases and on generated input made of the characters th
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from email.utils import getaddresses, parseaddr
 
@@ -435,3 +436,36 @@ def test_html_text_as_through_every_pass(markup: str) -> None:
 def test_html_text_shortcut_matches_every_pass(markup: str) -> None:
     assert bodytext.html_to_text(markup) == general_html_to_text(markup)
 
+
+# --- MIME parts -----------------------------------------------------------------------------
+
+PART_BODY = st.lists(st.sampled_from(
+    ["--b\r\n", "--b--\r\n", "--c\r\n", "\r\n", "Content-Type: multipart/mixed; boundary=c\r\n",
+     "Content-Type: message/rfc822\r\n", "Content-Transfer-Encoding: base64\r\n",
+     "Content-Type: text/plain\r\n", "x\r\n", "Subject: s\r\n"]), max_size=14).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(PART_BODY, st.sampled_from(["multipart/mixed; boundary=b", "multipart/digest; boundary=b",
+                                    "multipart/mixed", "message/rfc822", "text/plain"]))
+def test_parts_are_opened_as_dataclasses_replace_opens_them(body: str, ctype: str) -> None:
+    """`mime._opened` builds each multipart, message and opaque part field by field: what
+    `dataclasses.replace` of the leaf gives (a field added to Part must be passed on)."""
+    def check(part: mime.Part) -> None:
+        leaf = mime.Part(part.start, part.body_start, part.end, part.headers, part.content_type,
+                         part.cte, part.disposition, part.depth, "leaf")
+        opened = mime._opened(leaf, part.kind, part.defects, part.children, part.boundary,
+                              part.delimiters)
+        assert opened == part == dataclasses.replace(
+            leaf, kind=part.kind, defects=part.defects, children=part.children,
+            boundary=part.boundary, delimiters=part.delimiters)
+        for child in part.children:
+            check(child)
+
+    check(mime.parse(body.encode(), ctype, max_depth=3, max_parts=6))
+
+
+def test_opened_parts_pass_every_field_on() -> None:
+    assert [f.name for f in dataclasses.fields(mime.Part)] == [
+        "start", "body_start", "end", "headers", "content_type", "cte", "disposition", "depth",
+        "kind", "children", "boundary", "delimiters", "defects"]
