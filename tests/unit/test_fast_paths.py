@@ -284,6 +284,30 @@ def test_parameter_shortcuts_match_the_character_loop(text: str) -> None:
     assert mime.is_report(text) == (mime.media_type(text) == "multipart/report")
 
 
+def general_parse_field(raw: str) -> mime.FieldValue:
+    """`mime.parse_field` without its shortcuts: unfolded, split one character at a time,
+    comments stripped, RFC 2231 sections collapsed."""
+    pieces = split_by_characters(unfold(raw))
+    value = mime._strip_comments(pieces[0]).strip().lower()
+    return mime.FieldValue(value, mime._collapse_rfc2231(mime._param_pairs(pieces[1:])))
+
+
+@pytest.mark.parametrize("raw", [
+    'multipart/mixed; boundary="=_mixed_7f3a"', "text/plain; charset=us-ascii",
+    'attachment; filename="a;b.pdf"', 'x; a="1"; A=2; a=3', 'x; name="q\\"x"; b=1',
+    "x; title*=utf-8''%C3%A9; title=e", "x (c); a=1", "text/plain;\r\n charset=utf-8",
+    'x; a="' + ";" * 100_000, "x" + '; a="b"' * 20_000, ";" * 100_000,
+])
+def test_field_values_read_as_through_the_general_path(raw: str) -> None:
+    assert mime.parse_field(raw) == general_parse_field(raw)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(PARAM_TEXT)
+def test_field_value_shortcut_matches_the_general_path(raw: str) -> None:
+    assert mime.parse_field(raw) == general_parse_field(raw)
+
+
 # --- inline PGP -----------------------------------------------------------------------------
 
 ARMOR_PIECES = st.sampled_from(

@@ -144,6 +144,14 @@ def parse_field(raw: str | None) -> FieldValue:
     """Parse a Content-Type / Content-Disposition value, with RFC 2231 parameters."""
     if raw is None:
         return FieldValue("")
+    if "*" not in raw and "(" not in raw and "\n" not in raw:
+        # The usual value: nothing to unfold, no comment, no RFC 2231 section (its names hold
+        # a `*`): each parameter's first value stands, as `_collapse_rfc2231` keeps it.
+        pieces = _split_params(raw)
+        params: dict[str, str] = {}
+        for name, value in _param_pairs(pieces[1:]):
+            params.setdefault(name, value)
+        return FieldValue(pieces[0].strip().lower(), tuple(params.items()))
     pieces = _split_params(unfold(raw))
     value = _strip_comments(pieces[0]).strip().lower()
     return FieldValue(value, _collapse_rfc2231(_param_pairs(pieces[1:])))
@@ -210,8 +218,11 @@ _PIECE = re.compile(r'[^";]*(?:"(?:[^"\\]|\\[\s\S])*(?:"|\\?\Z)[^";]*)*')
 
 def _split_params(text: str) -> list[str]:
     """Split on `;` outside quoted strings (the quotes stay in the pieces)."""
-    if '"' not in text:
-        return text.split(";")
+    split = text.split(";")
+    # Without a backslash, a piece between two `;` with an even number of quotes closes each
+    # quoted string it opens: no `;` is quoted (`boundary="=_x"`, the usual quoted value).
+    if '"' not in text or ("\\" not in text and not any(p.count('"') % 2 for p in split)):
+        return split
     pieces: list[str] = []
     pos = 0
     while True:
