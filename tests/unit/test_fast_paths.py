@@ -493,3 +493,33 @@ def test_opened_parts_pass_every_field_on() -> None:
     assert [f.name for f in dataclasses.fields(mime.Part)] == [
         "start", "body_start", "end", "headers", "content_type", "cte", "disposition", "depth",
         "kind", "children", "boundary", "delimiters", "defects"]
+
+
+# --- charsets -------------------------------------------------------------------------------
+
+CHARSET_NAMES = st.one_of(
+    st.none(),
+    st.sampled_from(["us-ascii", "US-ASCII", '"utf-8"', " utf-8 ", "iso-8859-1", "latin1",
+                     "windows-1252", "ks_c_5601-1987", "gb2312", "shift_jis", "unicode",
+                     "utf-16", "idna", "rot13", "hex", "", "\x00", "\udcff", "x" * 41]),
+    st.text(alphabet="abcISO-_8859 1\"ut\x00", max_size=45),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(CHARSET_NAMES, st.sampled_from(["us-ascii", "utf-8"]), st.booleans())
+def test_cached_codec_names_as_looked_up(charset: str | None, default: str,
+                                          superset: bool) -> None:
+    expected = mime._codec_for(charset, default, superset)
+    assert mime.codec_for(charset, default, superset=superset) == expected
+    assert mime.codec_for(charset, default, superset=superset) == expected  # from the cache
+
+
+def test_a_long_charset_name_is_never_kept() -> None:
+    mime._cached_codec_for.cache_clear()
+    assert mime.codec_for("utf-8" + " " * 100_000) == "utf-8"
+    assert mime.codec_for("x" * 100_000) is None
+    assert mime._cached_codec_for.cache_info().currsize == 0
+    assert mime.codec_for("x" * 40) is None
+    assert mime._cached_codec_for.cache_info().currsize == 1
+

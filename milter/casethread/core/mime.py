@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import encodings.cp1252
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -349,6 +350,18 @@ def codec_for(
     A narrow charset gives the superset clients read it as; `superset=False` gives the
     label's own codec (stamping writes a part in it where the superset does not give every
     byte back)."""
+    if charset is not None and len(charset) > _CACHED_NAME_MAX:
+        return _codec_for(charset, default, superset)
+    return _cached_codec_for(charset, default, superset)
+
+
+# A part's charset is looked up several times a message (reading, stamping, re-encoding), by a
+# handful of names. A name longer than any charset's is looked up, never kept: no sender fills
+# the cache with its own.
+_CACHED_NAME_MAX = 40
+
+
+def _codec_for(charset: str | None, default: str, superset: bool) -> str | None:
     name = (charset or default).strip().strip('"').lower()
     name = _CHARSET_ALIASES.get(name, name)
     try:
@@ -358,6 +371,9 @@ def codec_for(
     if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         return None
     return _SUPERSETS.get(info.name, info.name) if superset else info.name
+
+
+_cached_codec_for = functools.lru_cache(maxsize=256)(_codec_for)
 
 
 # HTML5's prescan reads a <meta> charset in the first 1024 bytes only (WHATWG HTML §13.2.3.2):
