@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from casethread.core import addresses, bodytext, mime, stamp, token
+from casethread.core import addresses, bodytext, mime, placement, stamp, token
 from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.settings import Settings
@@ -523,3 +523,29 @@ def test_a_long_charset_name_is_never_kept() -> None:
     assert mime.codec_for("x" * 40) is None
     assert mime._cached_codec_for.cache_info().currsize == 1
 
+
+# --- where the HTML tag goes ----------------------------------------------------------------
+
+CLOSING_PIECES = st.sampled_from(
+    ["</body>", "</BODY >", "</body", "</html>", "</html\n>", "<", ">", "/", " ", "x", "\n",
+     "<!--", "-->", "<a title=\"", "\">", "<style>", "</style>", "y" * 300])
+
+
+@pytest.mark.parametrize("text", [
+    "", "</body>", "x" * 5000 + "</body>" + "x" * 5000,  # only before the tail
+    "</body>" * 200_000, "<" * 100_000 + "/body>", "</body" + " " * 100_000 + ">",
+    "</body>" + "x" * (placement._TAIL - 3) + "</body>",  # one match across the tail's start
+])
+def test_closing_tags_from_the_end_as_a_whole_part_search_finds_them(text: str) -> None:
+    for pattern in placement._CLOSING_TAGS:
+        whole = [m.start() for m in pattern.finditer(text)]
+        assert list(placement._starts_from_the_end(pattern, text)) == whole[::-1]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(CLOSING_PIECES, max_size=20).map("".join), st.integers(0, 3000))
+def test_closing_tags_from_the_end_match_a_whole_part_search(text: str, pad: int) -> None:
+    text = text[: len(text) // 2] + "z" * pad + text[len(text) // 2 :]
+    for pattern in placement._CLOSING_TAGS:
+        whole = [m.start() for m in pattern.finditer(text)]
+        assert list(placement._starts_from_the_end(pattern, text)) == whole[::-1]

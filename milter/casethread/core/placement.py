@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterator
 
 _CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
+_TAIL = 1024  # characters where `_last_match` looks for a closing tag first
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
 _BLOCKQUOTE = re.compile(r"<\s*(/\s*)?blockquote\b[^<>]*>", re.I)
 _RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
@@ -216,7 +218,7 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
     # match; a few are checked for raw text at most: each check reads on to the next closing
     # tag.
     outside = 0
-    for at in reversed([match.start() for match in pattern.finditer(text)]):
+    for at in _starts_from_the_end(pattern, text):
         # The comments are sorted and apart: only the last one opening before it can hold it.
         i = bisect.bisect_right(starts, at) - 1
         if (i >= 0 and at < comments[i][1]) or text.rfind("<", 0, at) > text.rfind(">", 0, at):
@@ -227,6 +229,19 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
         if outside == 4:
             break
     return None
+
+
+def _starts_from_the_end(pattern: re.Pattern[str], text: str) -> Iterator[int]:
+    """Where `pattern` (a closing tag) matches, from the last back: the last `_TAIL` characters
+    first, where </body> is, then the rest only if asked for. A closing tag's match holds one
+    "<", its first character, and reads nothing before it: a search from any position finds
+    exactly the matches that start there or later (a whole-part search read 8 KB of HTML for
+    the last 20 characters)."""
+    tail = max(0, len(text) - _TAIL)
+    yield from reversed([match.start() for match in pattern.finditer(text, tail)])
+    if tail:
+        starts = [match.start() for match in pattern.finditer(text)]
+        yield from reversed(starts[: bisect.bisect_left(starts, tail)])
 
 
 def _in_raw_text(text: str, at: int) -> bool:
