@@ -2513,6 +2513,24 @@ def test_our_own_groups_copies_count_against_their_member(make_harness: Any,
     assert (other.one("X-Case-Match"), other.all("X-Case-Loop")) == ("new", [])
 
 
+def test_our_groups_copies_of_a_notifiers_mail_loop_whatever_its_reply_address(
+        make_harness: Any, tweak: Any) -> None:
+    """Review 19e: a notification system writing a reply address per message in its own
+    domain (`reply+KEY@`) counts against its From when it writes to us, so its loop is one;
+    relayed by our own group (its From the group's) each copy was counted apart for its
+    Reply-To without `inbound.list_authors`, and 25 an hour were never a loop. A Reply-To in
+    the member's (X-Original-From's) domain is the member's."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=3, window=3600)}))
+    relay = _without(VIA_GROUP, "From", "X-Original-Sender", "X-Original-From", "Reply-To")
+    loops = [h.inbound(("From", "\"'Notify' via Support\" <support@example.com>"), *relay,
+                       ("X-Original-From", "Notify <notify@vendor.example>"),
+                       ("Reply-To", f"reply+k{i}@mail.vendor.example"),
+                       ("Auto-Submitted", "auto-generated"), ("Subject", f"Build {i} failed"),
+                       ("Message-ID", f"<n{i}@vendor.example>")).all("X-Case-Loop")
+             for i in range(5)]
+    assert loops == [[], [], [], ["yes"], ["yes"]]
+
+
 def test_subject_match_reads_our_own_groups_member(make_harness: Any) -> None:
     h = subject_match_harness(make_harness, list_authors=True)
     first = h.inbound(*VIA_GROUP, ("Subject", "Printer jams"))
@@ -2649,12 +2667,17 @@ def test_our_own_groups_copy_of_our_own_mail_changes_no_case(harness: Any, how: 
 @pytest.mark.parametrize("sender", [
     (("From", "Website <support@example.com>"), ("Reply-To", "visitor1@customer.example.org")),
     (*_without(VIA_GROUP, "X-Original-From", "Reply-To"), ("Reply-To", "support@example.com")),
-], ids=["web-form", "group-replying-to-itself"])
+    (*_without(VIA_GROUP, "X-Original-From", "Reply-To"),
+     ("X-Original-From", "Website <support@example.com>"),
+     ("Reply-To", "visitor1@customer.example.org")),
+], ids=["web-form", "group-replying-to-itself", "web-form-through-our-group"])
 def test_mail_from_our_address_naming_a_person_still_reopens(
         harness: Any, sender: tuple[tuple[str, str], ...]) -> None:
     """Not our own mail: a web form's, whose visitor is in Reply-To, and our group's copy whose
     author it does not name (Mailman set to reply to the list puts them in Cc) are a
-    person's, and reopen a resolved case as before."""
+    person's, and reopen a resolved case as before. So is our group's copy of the web form's
+    mail (review 19e: its X-Original-From is ours, the visitor in the Reply-To the group
+    keeps; it was `from-our-address` and left the case resolved, its direct copy did not)."""
     start_case(harness)
     harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
     r = harness.inbound(*sender, ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"))

@@ -195,7 +195,10 @@ class Evidence:
         if sender in self.list_addresses:
             values = self.msg.get_all("X-Original-From")
             found = header_addresses(values[-1:]) if values else []
-            return bool(found) and is_ours(found[-1])
+            if not found or not is_ours(found[-1]):
+                return False
+            # Then as our own mail sent straight to us: a Reply-To of another domain (a web
+            # form's visitor, which the group keeps) names its author.
         return self.author == sender
 
     @lazy
@@ -212,20 +215,27 @@ class Evidence:
         domain (DMARC checks From only). One in the From's own domain (or one above or below
         it) is the same sender: a system that names a reply address of its own per thread or
         per message (`reply+KEY@`), marked automatic or not, would else never loop. Our own
-        list's copy of a member's mail is the member's (`relayed_author`)."""
+        list's copy of a member's mail is the member's (`relayed_author`); without the
+        setting, the group's From and the member (`list_member`) as one key, also when its
+        Reply-To is in the member's domain: the group's From is ours, never a notifier's."""
         if self.relayed_author is not None:
             return self.relayed_author
         sender, is_ours, lists = self.sender, self._resolver.is_ours, self.list_addresses
+        member = self.list_member if sender in lists else None
         for address in header_addresses(self.msg.get_all("Reply-To")):
             if "@" in address and address not in lists and not is_ours(address):
+                if member is not None and _same_domain(address, member):
+                    # The member's own reply address (a notifier's `reply+KEY@` per message
+                    # relayed by our group): the member, or its loop would never be one.
+                    break
                 if sender is not None and _same_domain(address, sender):
                     return sender
                 return f"{sender or ''}\n{address}"
-        if sender in lists and self.list_member is not None:
-            # Our own group's copy whose Reply-To names only the group: its X-Original-From
-            # splits the count as a Reply-To would (a count, not trust), else the hour's 21st
-            # customer through the group would open no case.
-            return f"{sender}\n{self.list_member}"
+        if member is not None:
+            # Our own group's copy whose Reply-To names only the group or the member's
+            # domain: its X-Original-From splits the count as a Reply-To would (a count, not
+            # trust), else the hour's 21st customer through the group would open no case.
+            return f"{sender}\n{member}"
         return sender
 
     @lazy
