@@ -35,10 +35,7 @@ import pytest
 from casethread.core import autoreply
 from casethread.core.autoreply import classify_auto_detail
 from casethread.core.message import Envelope, Header, Message
-from casethread.core.model import CaseState, Direction
 
-AGENT = ("From", "Dana Agent <dana@support.example.com>")
-TO_PAT = ("To", "Pat Customer <pat@customer.example.org>")
 PAT = ("From", "Pat Customer <pat@customer.example.org>")
 
 # (field, value, the signal's name): each a challenge's only mark.
@@ -65,34 +62,6 @@ def test_a_challenge_response_systems_field_is_an_auto_reply(
     assert classify_auto_detail(msg((name.upper(), value))) == ("auto-replied", signal)
     # SpamAssassin's rules ask only that the field exists: an empty value counts too.
     assert classify_auto_detail(msg((name, ""))) == ("auto-replied", signal)
-
-
-@pytest.mark.parametrize(("name", "value", "signal"), CHALLENGE_MARKS)
-def test_a_challenge_under_the_null_sender_with_a_failure_like_subject_is_no_bounce(
-        name: str, value: str, signal: str) -> None:
-    m = msg((name, value), mail_from="<>", subject="Re: Delivery failed for order 4711")
-    assert classify_auto_detail(m) == ("auto-replied", signal)
-
-
-def inbound(h: Any, *fields: tuple[str, str]) -> Any:
-    return h.run(Message(Envelope(mail_from="<pat@customer.example.org>",
-                                  rcpts=("support@example.com",)),
-                         tuple(Header(n, v) for n, v in fields),
-                         b"Please click the link below to confirm that you are a person.\r\n"),
-                 Direction.INBOUND)
-
-
-@pytest.mark.parametrize(("name", "value", "signal"), CHALLENGE_MARKS)
-def test_a_challenge_does_not_reopen_its_case(
-        harness: Any, name: str, value: str, signal: str) -> None:
-    sent = harness.outbound(AGENT, TO_PAT, ("Subject", "Printer jam"),
-                            ("Message-ID", "<answer-1@support.example.com>"))
-    harness.set_case(sent.case_id, state=CaseState.RESOLVED)
-    r = inbound(harness, PAT, ("To", "Dana Agent <dana@support.example.com>"),
-                ("Subject", "Re: " + sent.one("Subject")),
-                ("In-Reply-To", "<answer-1@support.example.com>"), (name, value))
-    assert r.one("X-Case-ID") == sent.case_id, r.ours()
-    assert (r.one("X-Case-Auto"), r.one("X-Case-State")) == ("auto-replied", "resolved"), r.ours()
 
 
 # Shapes that were already read right: (fields, envelope sender, Subject, expected).

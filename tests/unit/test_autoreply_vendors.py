@@ -15,6 +15,8 @@ from casethread.core.autoreply import classify_auto_detail
 from casethread.core.message import Envelope, Header, Message
 from casethread.core.model import CaseState, Direction
 
+from .test_autoreply_challenges import CHALLENGE_MARKS
+
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 TO_PAT = ("To", "Pat Customer <pat@customer.example.org>")
 PAT = ("From", "Pat Customer <pat@customer.example.org>")
@@ -62,7 +64,7 @@ def test_the_same_fields_with_other_values_are_no_mark(name: str, value: str) ->
     assert classify_auto_detail(msg((name, value))) == ("no", "")
 
 
-@pytest.mark.parametrize(("name", "value", "signal"), VENDOR_MARKS)
+@pytest.mark.parametrize(("name", "value", "signal"), VENDOR_MARKS + CHALLENGE_MARKS)
 def test_a_vendors_auto_reply_under_the_null_sender_echoing_a_failure_is_no_bounce(
         name: str, value: str, signal: str) -> None:
     """As with `Auto-Submitted: auto-replied` (test_autoreply_lookalikes): the responder's
@@ -79,12 +81,13 @@ def inbound(h: Any, *fields: tuple[str, str]) -> Any:
                  Direction.INBOUND)
 
 
-@pytest.mark.parametrize(("name", "value", "signal"), VENDOR_MARKS)
+@pytest.mark.parametrize(("name", "value", "signal"), VENDOR_MARKS + CHALLENGE_MARKS)
 def test_a_vendors_auto_reply_does_not_reopen_its_case(
         harness: Any, name: str, value: str, signal: str) -> None:
-    """Pat's responder answers the agent's last mail of a resolved case, keeping our Subject
-    (our token) as iCloud's does: it threads, and the case stays resolved. Before, these
-    fields were read as nothing: the reply was Pat's and reopened the case."""
+    """Pat's responder (or challenge-response filter) answers the agent's last mail of a
+    resolved case, keeping our Subject (our token) as iCloud's does: it threads, and the case
+    stays resolved. Before, these fields were read as nothing: the reply was Pat's and
+    reopened the case."""
     sent = harness.outbound(AGENT, TO_PAT, ("Subject", "Printer jam"),
                             ("Message-ID", "<answer-1@support.example.com>"))
     harness.set_case(sent.case_id, state=CaseState.RESOLVED)
