@@ -57,6 +57,17 @@ def test_a_tag_name_with_a_non_ascii_letter_is_no_script_or_style() -> None:
     assert html_to_text("<\u017fcript>[ref:A]") == "<\u017fcript>[ref:A]"
 
 
+def test_a_script_or_style_name_running_on_in_a_non_ascii_letter_hides_nothing() -> None:
+    """A tag name runs on through a non-ASCII letter: `<style\u00e9>` and `<script\u212a>`
+    (Kelvin sign) are no style or script element, and the text after them is shown. With the
+    whole pattern ASCII (re.A) the `\b` after the name matched before the letter: the text to
+    the next `</style>` (or the end) was dropped, a token in it unseen."""
+    assert html_to_text("<style\u00e9>[ref:A]</style>b") == "[ref:A]b"
+    assert html_to_text("<script\u212a>[ref:A]") == "[ref:A]"
+    assert html_to_text("<STYLE\u0130 x>[ref:A]") == "[ref:A]"
+    assert html_to_text("<style>x</style>[ref:A]<script x>y") == "[ref:A]"  # as before
+
+
 def test_blockquotes_quote_their_lines_as_plain_text_does() -> None:
     """Each line inside <blockquote>s starts with a ">" per level (what the token scan ranks
     tokens by); malformed nesting is read as a browser lays it out, at a bounded cost."""

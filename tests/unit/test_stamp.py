@@ -296,6 +296,17 @@ def test_a_closing_tag_name_with_a_non_ascii_letter_closes_no_raw_text() -> None
     assert out.endswith(b"<p>x</p>" + TAG.encode() + "</body></\u017ftyle></html>".encode())
 
 
+def test_an_opening_tag_name_running_on_in_a_non_ascii_letter_opens_no_raw_text() -> None:
+    """`<style\u00e9>` is no style element (a tag name runs on through a non-ASCII letter): a
+    style element holding it and a `</body>` in its text still holds that `</body>`. Under re.A
+    the `\b` after `style` matched before the `\u00e9`: the `</body>` inside the style was
+    taken for the body's end and the tag went into the style sheet."""
+    tail = '<style>a{content:"</body>"} <style\u00e9> </style></html>'
+    html = ("<html><body><p>x</p></body>" + tail).encode()
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</body>" + tail.encode())
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")

@@ -53,7 +53,10 @@ _BLOCKQUOTE = re.compile(r"<\s*+(/\s*+)?blockquote\b[^<>]*>", re.I)
 MAX_HTML_QUOTE_MARKS = 8
 # Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `<\u017ftyle>` (a long s, which
 # re.I alone reads as "s") is no style element, and was no key of `_RAW_TEXT_CLOSE` (KeyError).
-_RAW_TEXT_OPEN = re.compile(r"<(script|style)\b[^<>]*>", re.I | re.A)
+# Only the name is read ASCII (`(?a:...)`): the `\b` after it stays Unicode, as a name runs on
+# through a non-ASCII letter (`<style\u00e9>` is no style element; under re.A it was one, and the
+# text after it, to the next `</style>` or the end, was dropped).
+_RAW_TEXT_OPEN = re.compile(r"<((?a:script|style))\b[^<>]*>", re.I)
 _RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I | re.A)
                    for name in ("script", "style")}
 # Where `_RAW_TEXT_OPEN` or `_BLOCKQUOTE` can match, this matches too (their start, without

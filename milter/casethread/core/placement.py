@@ -19,8 +19,10 @@ _BLOCKQUOTE = re.compile(r"<\s*(/\s*)?blockquote\b[^<>]*>", re.I)
 _RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
 # Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `</\u017ftyle>` (a long s, which
 # re.I alone reads as "s") closes no style element, and was no key of `_RAW_TEXT_START`.
+# An opener's name only is read ASCII (`(?a:...)`): its `\b` stays Unicode (`<style\u00e9>`
+# opens no style element; under re.A it did, and a </body> inside the style was taken).
 _RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I | re.A)
-_RAW_TEXT_START = {name: re.compile(rf"<{name}\b", re.I | re.A) for name in _RAW_TEXT}
+_RAW_TEXT_START = {name: re.compile(rf"<(?a:{name})\b", re.I) for name in _RAW_TEXT}
 # osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
 # headers name none of its mail, reads the quoted line back only at the body's end (its
 # pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
