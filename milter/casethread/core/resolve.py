@@ -160,12 +160,12 @@ class Evidence:
         if sender not in lists:
             return None
         msg = self.msg
-        if values := msg.get_all("X-Original-From"):
+        if msg.get_all("X-Original-From"):
             if msg.get_all("X-Mailman-Version"):
                 # Mailman writes no X-Original-From and keeps a poster's: Eve's own
                 # "X-Original-From: Pat" would make her Pat.
                 return None
-            found = header_addresses(values[-1:])
+            last = self.original_from
         elif len(values := msg.get_all("Reply-To")) == 1:
             # Mailman appends the original From to the poster's Reply-To only when it is
             # not there already: Eve's "Reply-To: Eve, Pat" comes as it was, Pat last. Only a
@@ -174,12 +174,20 @@ class Evidence:
             found = header_addresses(values)
             if len(found) != 1:
                 return None
+            last = found[0]
         else:
             return None
-        last = found[-1] if found else None
         if last is None or "@" not in last or last in lists or self._resolver.is_ours(last):
             return None
         return last
+
+    @lazy
+    def original_from(self) -> str | None:
+        """The address of the last `X-Original-From` (Google Groups writes the original From
+        there, below any of the poster's own), or None."""
+        values = self.msg.get_all("X-Original-From")
+        found = header_addresses(values[-1:]) if values else []
+        return found[-1] if found else None
 
     @lazy
     def from_ours(self) -> bool:
@@ -193,9 +201,8 @@ class Evidence:
         if sender is None or not is_ours(sender):
             return False
         if sender in self.list_addresses:
-            values = self.msg.get_all("X-Original-From")
-            found = header_addresses(values[-1:]) if values else []
-            if not found or not is_ours(found[-1]):
+            original = self.original_from
+            if original is None or not is_ours(original):
                 return False
             # Then as our own mail sent straight to us: a Reply-To of another domain (a web
             # form's visitor, which the group keeps) names its author.
