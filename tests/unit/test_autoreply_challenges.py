@@ -24,7 +24,16 @@ anyone's mail:
   Will not send another autoreply for 86400 seconds`), Webmin's autoreply.pl
   (`X-Webmin-Autoreply: 1`, `Auto-Submitted: auto-replied`, `Precedence: Junk`);
 - Salesforce's Visualforce email header doc (`X-SFDC-LK` on a template mail an org sends),
-  Mail.ru's postmaster tag `X-Mailru-Msgtype` (a bulk sender's feedback-loop id)."""
+  Mail.ru's postmaster tag `X-Mailru-Msgtype` (a bulk sender's feedback-loop id);
+- (audit ooo20) an Exchange 2013 mailbox rule's reply to a support address, as camilord/utilus
+  `tests/Net/EmailUtilusTest.php` holds its header (`X-Auto-Response-Suppress: All`,
+  `X-MS-Exchange-Inbox-Rules-Loop`, `Auto-Submitted: auto-generated`,
+  `X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent`, a Subject of the rule's own);
+  ServiceNow's mail (osTicket issue #6380: `Auto-Submitted: auto-generated` on all of it, an
+  agent's too; with `Precedence: bulk` in Zammad's fixture mail090); Redmine's
+  `Mailer#mail` defaults (`Auto-Submitted: auto-generated`, `X-Auto-Response-Suppress: All`,
+  `List-Id`); Roundcube's managesieve vacation form, whose default Subject is "Auto: <the
+  Subject>" (Pigeonhole's vacation adds `Auto-Submitted: auto-replied`)."""
 from __future__ import annotations
 
 import time
@@ -105,6 +114,24 @@ KNOWN_SHAPES = [
     # Webmin's autoreply.pl.
     ([("X-Webmin-Autoreply", "1"), ("Auto-Submitted", "auto-replied"), ("Precedence", "Junk")],
      "<pat@customer.example.org>", "Re: Printer jam", ("auto-replied", "auto-submitted")),
+    # An Exchange 2013 mailbox rule's reply: its Subject is the rule's, no out-of-office phrase.
+    ([("X-Auto-Response-Suppress", "All"),
+      ("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example.org"),
+      ("Auto-Submitted", "auto-generated"),
+      ("X-MS-Exchange-Generated-Message-Source", "Mailbox Rules Agent")],
+     "<pat@customer.example.org>", "Customer Autoreply", ("auto-replied", "exchange-rule-reply")),
+    # ServiceNow's notification (its acknowledgement and its agents' comments alike).
+    ([("Precedence", "bulk"), ("Auto-Submitted", "auto-generated")],
+     "<instance@service-now.example.net>", "Incident INC0012345 has been opened on your behalf",
+     ("auto-generated", "auto-submitted")),
+    # Redmine (a helpdesk plugin's acknowledgement too): machine mail before list mail.
+    ([("X-Mailer", "Redmine"), ("X-Auto-Response-Suppress", "All"),
+      ("Auto-Submitted", "auto-generated"), ("List-Id", "<redmine.customer.example.org>")],
+     "<redmine@customer.example.org>", "[Helpdesk - Support #4711] (New) Printer jam",
+     ("auto-generated", "auto-submitted")),
+    # Sieve vacation under Roundcube's default Subject.
+    ([("Auto-Submitted", "auto-replied (vacation)"), ("Precedence", "bulk")], "<>",
+     "Auto: Re: Printer jam", ("auto-replied", "auto-submitted")),
 ]
 
 
