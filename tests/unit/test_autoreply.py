@@ -408,6 +408,8 @@ NAMES = st.sampled_from(
         "Delivered-To",
         "X-POST-MessageClass",
         "X-Mail-Autoreply",
+        "X-Autoresponse",
+        "X-Auto-Reply-From",
     ]
 )
 
