@@ -68,6 +68,47 @@ def test_a_script_or_style_name_running_on_in_a_non_ascii_letter_hides_nothing()
     assert html_to_text("<style>x</style>[ref:A]<script x>y") == "[ref:A]"  # as before
 
 
+def test_a_script_or_style_name_running_on_in_punctuation_hides_nothing() -> None:
+    """A tag name ends only at a tab, line feed, form feed, carriage return, space, "/" or ">"
+    (WHATWG HTML §13.2.5.8): `<script-x>`, `<style:x>`, `<script.x>` (custom or prefixed
+    elements) and `<style\u00a0>` are no script or style, and the text after them is shown.
+    The `\\b` after the name ended it at any non-word character: the text to the next
+    `</script>` (or the end) was dropped, a token in it unseen."""
+    for opener in ["<script-x>", "<style:x>", "<script.x>", "<style\u00a0>", "<style\v>",
+                   '<style"x">', "<SCRIPT=1>", "<style\x00>"]:
+        assert html_to_text(opener + "[ref:A]</script>b</style>c") == "[ref:A]bc", opener
+    # A blank, "/" or ">" ends the name: these are script and style elements, as before.
+    for opener in ["<style>", "<STYLE\tmedia=x>", "<script\n>", "<style\r>", "<style\f>",
+                   "<style/>", "<script/src=x>"]:
+        assert html_to_text(opener + "x</style></script>[ref:A]") == "[ref:A]", opener
+
+
+def test_a_script_or_style_ends_at_its_closing_tag_with_attributes_or_a_slash() -> None:
+    """Raw text ends at `</style` followed by a blank, "/" or ">" (WHATWG's appropriate end
+    tag), the tag running to its ">": `</style media=x>` and `</style/>` were not read as
+    closing it (`</style\\s*>`), and the visible text after them, to the next `</style>` or
+    the end, was dropped; `</style\\v>` (a vertical tab is no HTML blank) closed it."""
+    for closer in ["</style >", "</style\n>", "</style media=x>", "</style/>", "</STYLE\t/ >",
+                   "</style <p>"]:
+        assert html_to_text("<style>p{}" + closer + "[ref:A]") == "[ref:A]", closer
+    for closer in ["</stylex>", "</style\v>", "</style-x>", "</style\u00a0>", "</style"]:
+        assert html_to_text("<style>p{}" + closer + "x</style>[ref:A]") == "[ref:A]", closer
+    # A closing tag never ended by ">" ends nothing after it: browsers show nothing more.
+    assert html_to_text("a<script>x</script foo [ref:A]") == "a"
+
+
+def test_block_and_quote_tag_names_end_only_at_a_blank_slash_or_greater_than() -> None:
+    """`<p-x>`, `<div:x>` are inline (custom, prefixed) elements, `<blockquote-x>` no quote,
+    and `<d\u0130v>`, `<bloc\u212aquote>` (a dotted capital I, a Kelvin sign, which re.I alone
+    reads as "i" and "k") no div or blockquote: they break no line and quote nothing (a
+    quoted line ranks its token below the reply's own)."""
+    assert html_to_text("a<p-x>b</p-x>c<div:x>d") == "abcd"
+    assert html_to_text("a<d\u0130v>b<BR\u212a>c") == "abc"
+    assert html_to_text("<blockquote-x>[ref:A]</blockquote-x>") == "[ref:A]"
+    assert html_to_text("<bloc\u212aquote>[ref:A]") == "[ref:A]"
+    assert html_to_text("a<p/>b<br/>c<div\tclass=x>d<blockquote/>e") == "a\nb\nc\nd\n> e"
+
+
 def test_blockquotes_quote_their_lines_as_plain_text_does() -> None:
     """Each line inside <blockquote>s starts with a ">" per level (what the token scan ranks
     tokens by); malformed nesting is read as a browser lays it out, at a bounded cost."""
@@ -116,6 +157,16 @@ def test_html_without_a_charset_parameter_is_read_in_its_meta_charset() -> None:
     html = (b'<html><head><meta http-equiv="Content-Type" content="text/html; '
             b'charset=iso-8859-1"></head><body>Gr\xfc\xdfe [ref:X]</body></html>')
     assert texts_of(b"Content-Type: text/html\n\n" + html) == ["Grüße [ref:X]"]
+
+
+def test_a_meta_tag_name_ends_at_a_blank_or_slash_as_the_prescan_reads_it() -> None:
+    """The prescan takes `<meta` followed by a tab, line feed, form feed, carriage return,
+    space or "/" (WHATWG HTML §13.2.3.2): `<meta/charset=...>` declares a charset (`<meta\\s`
+    missed it), `<meta\\vcharset=...>` (a vertical tab) does not (it was read)."""
+    html = b"<meta/charset=iso-8859-1><p>Gr\xfc\xdfe</p>"
+    assert texts_of(b"Content-Type: text/html\n\n" + html) == ["\nGr\u00fc\u00dfe\n"]
+    html = b"<meta\vcharset=iso-8859-1><p>Gr\xc3\xbc\xc3\x9fe</p>"
+    assert texts_of(b"Content-Type: text/html\n\n" + html) == ["\nGr\u00fc\u00dfe\n"]
 
 
 def test_utf16_and_utf32_are_read_in_the_byte_order_they_show() -> None:

@@ -440,7 +440,9 @@ HTML_PIECES = st.sampled_from(
     ["<", ">", "/", " ", "\t", "\n", "script", "SCRIPT", "style", "Style", "blockquote",
      "BlockQuote", "\u017ftyle", "\u212a", "<!--", "-->", "<p>", "</p>", "<br>", "x", "&amp;",
      "<script>", "</script>", "<style type=x>", "</style >", "<blockquote>", "< / blockquote>",
-     "<<!-- -->", "<div>"]
+     "<<!-- -->", "<div>", "-", ":", ".", "\xa0", "\v", "\f", "\r", "\u0130", "=", "x>",
+     "<style-x>", "<script:x>", "</style/>", "</script x>", "</stylex>", "<blockquote-x>",
+     "<p-x>", "<d\u0130v>", "</style", "<blockquote/>"]
 )
 
 
@@ -459,6 +461,16 @@ def test_html_text_as_through_every_pass(markup: str) -> None:
 @given(st.lists(HTML_PIECES, max_size=12).map("".join))
 def test_html_text_shortcut_matches_every_pass(markup: str) -> None:
     assert bodytext.html_to_text(markup) == general_html_to_text(markup)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(HTML_PIECES, max_size=12).map("".join))
+def test_the_shortcut_search_finds_whatever_the_exact_patterns_find(markup: str) -> None:
+    """`_RAW_TEXT_OR_QUOTE` is a superset of `_RAW_TEXT_OPEN` and `_BLOCKQUOTE`: wherever one
+    of them matches, it matches at the same place."""
+    for exact in (bodytext._RAW_TEXT_OPEN, bodytext._BLOCKQUOTE):
+        for found in exact.finditer(markup):
+            assert bodytext._RAW_TEXT_OR_QUOTE.match(markup, found.start()), markup
 
 
 # --- MIME parts -----------------------------------------------------------------------------
@@ -528,7 +540,8 @@ def test_a_long_charset_name_is_never_kept() -> None:
 
 CLOSING_PIECES = st.sampled_from(
     ["</body>", "</BODY >", "</body", "</html>", "</html\n>", "<", ">", "/", " ", "x", "\n",
-     "<!--", "-->", "<a title=\"", "\">", "<style>", "</style>", "y" * 300])
+     "<!--", "-->", "<a title=\"", "\">", "<style>", "</style>", "y" * 300, "</body/>",
+     "</body x=1>", "</bodyx>", "\xa0", "\v", "</HTML\t"])
 
 
 @pytest.mark.parametrize("text", [

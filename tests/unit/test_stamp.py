@@ -307,6 +307,36 @@ def test_an_opening_tag_name_running_on_in_a_non_ascii_letter_opens_no_raw_text(
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</body>" + tail.encode())
 
 
+def test_closing_tag_names_end_only_at_a_blank_slash_or_greater_than() -> None:
+    """A tag name ends at a tab, line feed, form feed, carriage return, space, "/" or ">" only
+    (WHATWG HTML §13.2.5.8). `</body foo>` and `</body/>` end the body (`</body\\s*>` missed
+    them: the tag went before </html>), `</body\u00a0>` does not; `</style media=x>` ends a
+    style, so a `</body>` in its text is no body end (the tag went into the style sheet)."""
+    for closer in ["</body foo>", "</body/>", "</BODY\t>"]:
+        html = f"<html><body><p>x</p>{closer}</html>".encode()
+        out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+        assert out.endswith(f"<p>x</p>{TAG}{closer}</html>".encode()), closer
+    html = "<html><body><p>x</p></body\u00a0></html>".encode()
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(f"<p>x</p></body\u00a0>{TAG}</html>".encode())
+    for closer in ["</style media=x>", "</style/>", "</style\n>"]:
+        tail = f'<style>a{{content:"</body>"}}{closer}</html>'
+        html = ("<html><body><p>x</p></body>" + tail).encode()
+        out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+        assert out.endswith(f"<p>x</p>{TAG}</body>{tail}".encode()), closer
+
+
+def test_an_opening_tag_name_running_on_in_punctuation_opens_no_raw_text() -> None:
+    """`<style-x>`, `<style:x>` are no style elements: a style holding one and a `</body>` in
+    its text still holds that `</body>`. The `\\b` after `style` ended the name at the "-":
+    the `</body>` inside the style was taken for the body's end."""
+    for opener in ["<style-x>", "<style:x>", "<style.x>", "<style\v>"]:
+        tail = f'<style>a{{content:"</body>"}} {opener} </style></html>'
+        html = ("<html><body><p>x</p></body>" + tail).encode()
+        out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+        assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</body>" + tail.encode()), opener
+
+
 def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     out = stamp(message("text/html", b"<html><p>x</p></html>"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + b"</html>")
@@ -336,6 +366,8 @@ def test_html_without_body_tag_goes_before_html_end_then_at_the_end() -> None:
     # A block tag in a comment before it is no boundary: our tag went into the comment.
     "<html><body>@<div>a<!-- <p> --><br>-- <br>sig</div></body></html>",
     "<html><body>@<div>a<!--[if mso]></td><td><![endif]--><br>-- <br>sig</div></body></html>",
+    # A tag whose name runs on past "blockquote" is no quote: a separator in it is read.
+    "<html><body><p>Hi</p><blockquote-x>@<p>-- </p><p>Dana</p></blockquote-x></body></html>",
     # The agent's signature above a quote of the customer's mail, whose own is not looked at.
     "<html><body><p>Done.</p>@<div class=\"moz-signature\">-- <br>Dana</div><blockquote "
     "type=\"cite\"><p>Help</p><div class=\"moz-signature\">-- <br>Pat</div></blockquote>"
@@ -368,6 +400,10 @@ def test_the_html_tag_goes_above_a_signature_separator(html: str) -> None:
     # Deeper in inline tags than a client writes it: not looked through (a million `<b>`
     # before it took 0.8 s).
     "<html><body><p>Hi<br>" + "<b>" * 17 + "-- <br>Dana</p></body></html>",
+    # `<p-x>` and `<bloc\u212aquote>` (a Kelvin sign) are inline elements, no line break: the
+    # separator continues the line "Hi" (`\\b` read `<p-x>` as a <p>).
+    "<html><body>Hi<p-x>-- <br>Dana</p-x></body></html>",
+    "<html><body>Hi<bloc\u212aquote>-- <br>Dana</bloc\u212aquote></body></html>",
 ])
 def test_html_that_no_client_reads_as_a_signature_gets_the_tag_before_the_body_end(
         html: str) -> None:

@@ -40,24 +40,36 @@ RETURNED_MESSAGE_TYPES = frozenset(
 # stalled every session of the milter. ("<" inside a quoted attribute value is legal but rare;
 # such a tag is then read as text, which costs a token scan nothing.) The blanks after "<"
 # are taken possessively: "<\s*/?\s*" could split a run of n blanks n ways, each rescanned.
+# A tag name ends at a tab, line feed, form feed, carriage return (a line feed once the
+# input is normalised), space, "/" or ">" only (WHATWG HTML §13.2.5.8), and is matched ASCII
+# case-insensitively (`(?a:...)`): `<p-x>`, `<style:x>`, `<script.x>`, `<style\u00a0>` are
+# other elements (`\b` after the name ended it at any non-word character), and `<d\u0130v>`
+# no div (re.I alone reads a dotted capital I as "i", a Kelvin sign as "k").
+TAG_NAME_END = r"(?=[\t\n\f\r />])"
 _BLOCK_TAG = re.compile(
-    r"<\s*+(?:/\s*+)?(?:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)\b[^<>]*>",
+    r"<\s*+(?:/\s*+)?(?a:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)"
+    + TAG_NAME_END + r"[^<>]*>",
     re.I,
 )
 _ANY_TAG = re.compile(r"</?[A-Za-z!?][^<>]*>")
 # A quote in HTML mail: Gmail's gmail_quote, Apple Mail's type=cite, Thunderbird's cite.
-_BLOCKQUOTE = re.compile(r"<\s*+(/\s*+)?blockquote\b[^<>]*>", re.I)
+_BLOCKQUOTE = re.compile(r"<\s*+(/\s*+)?(?a:blockquote)" + TAG_NAME_END + r"[^<>]*>", re.I)
 # Quote marks a line gets at most: each line pays for its own, and 10,000 nested blockquotes
 # must not make the text 10,000 times as long. Deeper quotes rank alike; a reply's newest
 # quoted mail is one level deep.
 MAX_HTML_QUOTE_MARKS = 8
 # Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `<\u017ftyle>` (a long s, which
 # re.I alone reads as "s") is no style element, and was no key of `_RAW_TEXT_CLOSE` (KeyError).
-# Only the name is read ASCII (`(?a:...)`): the `\b` after it stays Unicode, as a name runs on
-# through a non-ASCII letter (`<style\u00e9>` is no style element; under re.A it was one, and the
-# text after it, to the next `</style>` or the end, was dropped).
-_RAW_TEXT_OPEN = re.compile(r"<((?a:script|style))\b[^<>]*>", re.I)
-_RAW_TEXT_CLOSE = {name: re.compile(rf"</{name}\s*>", re.I | re.A)
+# The name runs on through any other character (`TAG_NAME_END`): `<style\u00e9>`, `<script-x>`
+# and `<style:x>` are no style or script elements (with `\b` after the name they were, and the
+# text after them, to the next `</style>` or the end, was dropped from the token scan).
+# The text of one ends at `</style` or `</script` followed by the same characters (WHATWG's
+# "appropriate end tag"): `</style >`, `</style/>`, `</style media=x>` close it, `</stylex>`
+# and `</style\v>` do not. The closing tag runs to its `>`, or to the end if none follows (the
+# tag is then never ended: browsers show nothing after it). It always matches once its name
+# has, so a search reads the text once.
+_RAW_TEXT_OPEN = re.compile(r"<((?a:script|style))" + TAG_NAME_END + r"[^<>]*>", re.I)
+_RAW_TEXT_CLOSE = {name: re.compile(rf"</(?a:{name}){TAG_NAME_END}[^>]*+>?", re.I)
                    for name in ("script", "style")}
 # Where `_RAW_TEXT_OPEN` or `_BLOCKQUOTE` can match, this matches too (their start, without
 # what must follow): one pass tells the usual HTML, which has neither, from the rest, where

@@ -380,8 +380,10 @@ _cached_codec_for = functools.lru_cache(maxsize=256)(_codec_for)
 # `<meta charset=...>` or `<meta http-equiv="Content-Type" content="...; charset=...">`.
 _PRESCAN_BYTES = 1024
 _HTML_COMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+# `<meta` is followed by a tab, line feed, form feed, carriage return, space or "/" (the
+# prescan's own test): `<meta/charset=...>` is one, `<meta\vcharset=...>` or `<meta-x ...>` none.
 _META_CHARSET = re.compile(
-    rb"<meta\s[^<>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9._:()+-]{1,40})", re.I)
+    rb"<meta[\t\n\f\r /][^<>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9._:()+-]{1,40})", re.I)
 # WHATWG's labels of UTF-16. Outlook's and Word's HTML says `charset=unicode` (a leftover of
 # their UTF-16 internal form) while the part itself is ASCII-compatible, as the prescan
 # found the label in ASCII bytes.

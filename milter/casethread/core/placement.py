@@ -12,17 +12,25 @@ import bisect
 import re
 from collections.abc import Iterator
 
-_CLOSING_TAGS = (re.compile(r"</body\s*>", re.I), re.compile(r"</html\s*>", re.I))
+from .bodytext import TAG_NAME_END
+
+# A closing tag's name ends only at a blank, "/" or ">" (`TAG_NAME_END`, WHATWG HTML §13.2.5.8):
+# `</body foo>` and `</body/>` end the body, `</body\u00a0>` and `</body\v>` (which `\s*>` took)
+# do not. Only where it starts is read.
+_CLOSING_TAGS = tuple(re.compile(rf"</(?a:{name}){TAG_NAME_END}", re.I)
+                      for name in ("body", "html"))
 _TAIL = 1024  # characters where `_last_match` looks for a closing tag first
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
-_BLOCKQUOTE = re.compile(r"<\s*(/\s*)?blockquote\b[^<>]*>", re.I)
+_BLOCKQUOTE = re.compile(r"<\s*(/\s*)?(?a:blockquote)" + TAG_NAME_END + r"[^<>]*>", re.I)
 _RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
 # Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `</\u017ftyle>` (a long s, which
 # re.I alone reads as "s") closes no style element, and was no key of `_RAW_TEXT_START`.
-# An opener's name only is read ASCII (`(?a:...)`): its `\b` stays Unicode (`<style\u00e9>`
-# opens no style element; under re.A it did, and a </body> inside the style was taken).
-_RAW_TEXT_END = re.compile(rf"</({'|'.join(_RAW_TEXT)})\s*>", re.I | re.A)
-_RAW_TEXT_START = {name: re.compile(rf"<(?a:{name})\b", re.I) for name in _RAW_TEXT}
+# A name ends only at a blank, "/" or ">" (`TAG_NAME_END`): `<style\u00e9>`, `<style-x>` open
+# no style element (with `\b` after the name they did, and a </body> inside the style was
+# taken); `</style foo>` and `</style/>` end one (WHATWG's "appropriate end tag"), `</stylex>`
+# and `</style\v>` do not.
+_RAW_TEXT_END = re.compile(rf"</(?a:({'|'.join(_RAW_TEXT)})){TAG_NAME_END}", re.I)
+_RAW_TEXT_START = {name: re.compile(rf"<(?a:{name}){TAG_NAME_END}", re.I) for name in _RAW_TEXT}
 # osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
 # headers name none of its mail, reads the quoted line back only at the body's end (its
 # pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
@@ -49,8 +57,10 @@ _HTML_BLOCKS = frozenset({
     "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"})
 # Elements whose start tag begins more than the signature: our tag goes inside them.
 _HTML_HOLDERS = frozenset({"body", "td", "th", "li", "dd", "dt"})
-_HTML_TAG = re.compile(r"<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
-_HTML_TAG_AFTER = re.compile(r"\s*<(/?)\s*([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+# A tag and its whole name, which runs to a blank, "/" or ">" (`<o:p>`, `<p-x>` are no <p>; a
+# "<" ends it here, as it ends a tag: `_tag_name` reads it).
+_HTML_TAG = re.compile(r"<(/?)\s*([A-Za-z][^\t\n\f\r /><]*+)[^<>]*>")
+_HTML_TAG_AFTER = re.compile(r"\s*<(/?)\s*([A-Za-z][^\t\n\f\r /><]*+)[^<>]*>")
 _HTML_DASH_CANDIDATES = 20  # `-- ` strings checked per part at most
 _HTML_TAGS_BACK = 64  # tags looked at before a separator for a block boundary
 _HTML_INLINE_TAGS = 16  # inline tags (<span>, <font>, <b>) before and after a separator at most
@@ -113,7 +123,7 @@ def _html_block_boundary(text: str, at: int) -> int | None:
             continue
         found = _HTML_TAG.match(text, start)
         if found is not None and found.end() <= at:
-            closing, name = found.group(1), found.group(2).lower()
+            closing, name = found.group(1), _tag_name(found)
             if name in _HTML_BLOCKS:
                 return found.end() if closing or name in _HTML_HOLDERS else start
         pos = start
@@ -131,7 +141,7 @@ def _html_line_break_before(text: str, at: int) -> int | None:
         found = _HTML_TAG.match(text, start)
         if found is None or text[found.end():at].strip():
             return None  # text before it on its line
-        closing, name = found.group(1), found.group(2).lower()
+        closing, name = found.group(1), _tag_name(found)
         if name == "br" or (closing and name in _HTML_BLOCKS) or name in _HTML_HOLDERS:
             return found.end()
         if name in _HTML_BLOCKS:
@@ -153,13 +163,20 @@ def _html_line_break_after(text: str, at: int, end: int) -> bool:
         found = _HTML_TAG_AFTER.match(text, at, end)
         if found is None:
             return not text[at:end].strip()  # the part's end (no </body>) ends the line
-        name = found.group(2).lower()
+        name = _tag_name(found)
         if name == "br" or name in _HTML_BLOCKS:
             return True
         if not found.group(1):
             return False  # an inline start tag: the separator's line goes on
         at = found.end()
     return False
+
+
+def _tag_name(found: re.Match[str]) -> str:
+    """The name of a tag `_HTML_TAG` found, ASCII lower case (str.lower reads a Kelvin sign as
+    "k": `<bloc\u212aquote>` is no blockquote); a name with other letters is none we know."""
+    name = found.group(2)
+    return name.lower() if name.isascii() else name
 
 
 def _blockquote_depth(text: str, at: int, since: tuple[int, int]) -> tuple[int, int]:
