@@ -128,6 +128,14 @@ def html_1mb_of_nested_blockquotes(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
 
 
+def html_4mb_of_unended_closing_tags(direction: Direction) -> Hostile:
+    """`</body ` and `</style ` without a ">": a closing tag read to its name only made each
+    `</body ` a body end, and stamping looked back from each to the last ">" (the part's
+    start: 11 s for 4 MB)."""
+    body = b"<html><body><style>" + b"</body </style x</html " * (4 * MIB // 23)
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
+
+
 def subject_1mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
 
@@ -325,6 +333,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB HTML of unclosed tags": html_1mb_of_unclosed_tags,
     "1 MB HTML of blanks after a '<'": html_1mb_of_blanks_after_an_opener,
     "1 MB HTML of 10,000 nested blockquotes": html_1mb_of_nested_blockquotes,
+    "4 MB HTML of closing tags without a '>'": html_4mb_of_unended_closing_tags,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB text of [ref: openers wrapped between their characters":
