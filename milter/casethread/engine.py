@@ -336,7 +336,14 @@ class Engine:
                 first = self._resolver.resolve(ev)
                 ev.trace.append(f"as a first delivery: -> {first.case.case_id} by {first.match}"
                                 if first else "as a first delivery: no match: a new case")
-            _, loop = self._flood(ev, None, auto, now)
+            else:
+                first = self._resolver.bounce_hit(ev)
+            # Not counted against the flood limit: a copy to a second support address, or a
+            # redelivery, is not one more mail from its sender. A loop if its sender is over
+            # the limit without it, on the counter its first copy was counted on (a report
+            # the bounce strategy matched: per sender and case): the copies agree unless
+            # the sender's other mail (or the window's end) came between them.
+            _, loop = self._flood(ev, first, auto, now, counted=False)
             # Our own outbound mail coming back (a forward, a list) may name a case that no
             # inbound mail routed yet: show this mail's route, keep nothing.
             verdict = inbound.Verdict(
@@ -345,8 +352,6 @@ class Engine:
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=_sender_known(ev, duplicate, cases),
             )
-            # Not counted against the flood limit: a copy to a second support address, or a
-            # redelivery, is not one more mail from its sender.
             return self._inbound_decision(msg, verdict, ev)
         hit = reused.hit if reused is not None else self._resolver.resolve_inbound(ev)
         bumps, loop = self._flood(ev, hit, auto, now)
@@ -441,25 +446,28 @@ class Engine:
             related=tuple(c.related for c in verdict.cases if c.related),
         )
 
-    def _flood(self, ev: Evidence, hit: Hit | None, auto: str,
-               now: int) -> tuple[list[CounterBump], bool]:
+    def _flood(self, ev: Evidence, hit: Hit | None, auto: str, now: int,
+               counted: bool = True) -> tuple[list[CounterBump], bool]:
         """What this message counts against the flood limit, and whether it is over it. Mail
         counts against its sender; a report the bounce strategy matched (a bounce, a delay
         warning, a read receipt of our mail) against its sender and that case: a provider's
         shared bounce address (mailer-daemon@googlemail.com) reports on many cases an hour,
         a loop returns the same case's mail again and again. It is counted at the end, with
         the message's other writes (one commit): senders racing each other may pass the
-        limit by the messages in flight, a sequence of them never does."""
+        limit by the messages in flight, a sequence of them never does. A mail not `counted`
+        (a duplicate) is over it when its sender is without it."""
         sender = _flood_sender(ev, auto)
         if not sender:
             return [], False
         about = f" about {hit.case.case_id}" if hit is not None and hit.match == "bounce" else ""
         bump = CounterBump(f"flood {sender}{about}", self.settings.inbound.flood.window)
-        loop = self.index.next_count(bump.key, now, bump.window) > self.settings.inbound.flood.limit
+        count = self.index.next_count(bump.key, now, bump.window) - (0 if counted else 1)
+        loop = count > self.settings.inbound.flood.limit
         if loop:
             who = sender.replace("\n", " for Reply-To ").strip()
-            ev.trace.append(f"loop: {who} sent more than the flood limit{about}")
-        return [bump], loop
+            ev.trace.append(f"loop: {who} sent more than the flood limit{about}"
+                            + ("" if counted else " (this copy not counted)"))
+        return ([bump] if counted else []), loop
 
     def _carry_out(self, msg: Message, ev: Evidence, own_id: str | None,
                    targets: list[rules.Target], now: int, route: Route,

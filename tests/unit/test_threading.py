@@ -3817,6 +3817,47 @@ def test_duplicates_do_not_count_against_the_flood_limit(make_harness: Any, twea
     assert (first.case_id, new.case_id, new.all("X-Case-Loop")) == ("C-000001", "C-000002", [])
 
 
+def test_a_duplicate_is_a_loop_as_its_first_copy_was(make_harness: Any, tweak: Any) -> None:
+    """A duplicate is not counted: it says `X-Case-Loop: yes` only when its sender is over the
+    limit without it, as its first copy was. It was judged as one more mail: the copy of
+    the limit's last mail (the 2nd of 2 an hour) said loop, its first copy did not, and a
+    Sieve script filed the two copies into different folders."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    start_case(h)
+    ask = reply_to(h, "C-000001", ("Message-ID", "<q1@customer.example.org>"))
+    last = reply_to(h, "C-000001", ("Message-ID", "<q2@customer.example.org>"))
+    copy = reply_to(h, "C-000001", ("Message-ID", "<q2@customer.example.org>"))
+    assert [r.all("X-Case-Loop") for r in (ask, last, copy)] == [[], [], []]
+    assert copy.one("X-Case-Match") == "duplicate"
+    # Past the limit, a reply still threads (and is recorded): its copy is a loop too.
+    over = reply_to(h, "C-000001", ("Message-ID", "<q3@customer.example.org>"))
+    copy = reply_to(h, "C-000001", ("Message-ID", "<q3@customer.example.org>"))
+    assert (over.one("X-Case-Match"), over.all("X-Case-Loop")) == ("token", ["yes"])
+    assert (copy.one("X-Case-Match"), copy.all("X-Case-Loop")) == ("duplicate", ["yes"])
+    # A new window: the sender is under the limit again, and so is a later copy.
+    h.advance(3600)
+    copy = reply_to(h, "C-000001", ("Message-ID", "<q3@customer.example.org>"))
+    assert (copy.one("X-Case-Match"), copy.all("X-Case-Loop")) == ("duplicate", [])
+
+
+def test_a_duplicate_report_is_judged_on_its_cases_counter(make_harness: Any,
+                                                           tweak: Any) -> None:
+    """A report the bounce strategy matched counts per sender and case; its copy read the
+    sender's own counter (its reports on no case): a loop there made the copy of a first
+    bounce `X-Case-Loop: yes`."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    out = start_case(h)
+    strays = [h.inbound(GMAIL_NDR, ("Subject", f"Notice {n}"), mail_from="<>").all(
+        "X-Case-Loop") for n in range(3)]
+    assert strays == [[], [], ["yes"]]
+    copies = [h.inbound(GMAIL_NDR, ("Subject", "Delivery Status Notification (Failure)"),
+                        ("Message-ID", "<dsn.1@mx.google.com>"), *DSN_HEADERS[4:],
+                        body=dsn(returned_message(out.one("Message-ID"))), mail_from="<>")
+              for _ in range(2)]
+    assert [(r.one("X-Case-Match"), r.all("X-Case-Loop")) for r in copies] == [
+        ("bounce", []), ("duplicate", [])]
+
+
 def test_duplicate_of_a_mail_whose_case_was_merged_since(harness: Any) -> None:
     harness.inbound(CUSTOMER, ("Message-ID", "<d2@customer.example.org>"))
     harness.inbound(CUSTOMER)

@@ -538,6 +538,18 @@ class Resolver:
         hit = self.resolve_inbound(ev)
         return Found(ev, hit) if hit is not None and not ev.body_read else None
 
+    def bounce_hit(self, ev: Evidence) -> Hit | None:
+        """The `bounce` strategy's case when `resolve` would take it (no strategy before it
+        finds one), else None: a duplicate of a report is judged on the flood counter its
+        first copy was counted on. Strategies after it are not run (the body is read for a
+        report only, with the default order)."""
+        for name, strategy in self._order:
+            if name == "bounce":
+                return strategy(ev)
+            if strategy(ev) is not None:
+                return None
+        return None
+
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
         for name, strategy in self._outbound_order if outbound else self._order:
             hit = strategy(ev)
