@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from casethread.core import addresses, bodytext, mime, placement, stamp, token
+from casethread.core import addresses, autoreply, bodytext, mime, placement, stamp, token
 from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.settings import Settings
@@ -562,3 +562,27 @@ def test_closing_tags_from_the_end_match_a_whole_part_search(text: str, pad: int
     for pattern in placement._CLOSING_TAGS:
         whole = [m.start() for m in pattern.finditer(text)]
         assert list(placement._starts_from_the_end(pattern, text)) == whole[::-1]
+
+
+# --- a mail's list addresses ------------------------------------------------------------------
+
+LIST_FIELD_NAMES = st.sampled_from(["List-Id", "LIST-POST", "list-post", "List-Unsubscribe",
+                                    "From", "Precedence"])
+LIST_FIELD_VALUES = st.sampled_from(
+    ["<team.lists.example.org>", "Team <team.example.org>", "<mailto:Team@Example.org>",
+     "NO (posting not allowed)", "", " ", "team.example.org", "<a@b.example>", "bulk"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(LIST_FIELD_NAMES, LIST_FIELD_VALUES), max_size=4))
+def test_list_addresses_as_the_general_path_reads_them(fields: list[tuple[str, str]]) -> None:
+    # Mail without List-Post or List-Id (most) is answered without the general path's steps.
+    msg = Message(Envelope(), tuple(Header(name, value) for name, value in fields))
+    general = frozenset(a.lower() for a in autoreply._list_addresses(
+        msg.present(autoreply._LIST_ADDRESS_FIELDS)))
+    assert autoreply.list_addresses(msg) == general
+
+
+def test_no_address_field_has_no_addresses() -> None:
+    # The shortcut for a field the mail lacks; the generated tests above pass empty lists too.
+    assert header_addresses([]) == [] == addresses._stdlib_addresses([])

@@ -593,7 +593,10 @@ def list_addresses(msg: Message) -> frozenset[str]:
     Groups and Mailman's DMARC mitigation write its address as From ("'Pat' via Team
     <team@googlegroups.com>"), so a list address taken for a person would make every
     member's mail a participant's."""
-    return frozenset(a.lower() for a in _list_addresses(msg.present(_LIST_ADDRESS_FIELDS)))
+    fields = msg.present(_LIST_ADDRESS_FIELDS)
+    if not fields:  # most mail: no list field, no address to read (asked of every message)
+        return frozenset()
+    return frozenset(a.lower() for a in _list_addresses(fields))
 
 
 def _auto_generated(
