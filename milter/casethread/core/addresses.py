@@ -221,6 +221,8 @@ def header_addresses(values: list[str]) -> list[str]:
     as in `envelope_address`: one person writes `jörg@müller.example` in one mail and
     `jörg@xn--mller-kva.example` in another (RFC 6532 mail carries either), and a case
     participant is one address whichever form recorded it."""
+    if not values:  # a field the mail lacks (Reply-To, Cc: asked of every message)
+        return []
     found = []
     unfolded = _unfolded_within_budget(values)
     for value in unfolded:
