@@ -316,7 +316,8 @@ class Engine:
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
                                                    lambda: ev.tree)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
-        own_id = msgid.first_id(msg.get_filled("Message-ID"))
+        message_id = msg.get_filled("Message-ID")  # read once: for the log line's note too
+        own_id = msgid.first_id(message_id)
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
         # A copy of this mail recorded meanwhile makes it a duplicate.
         unrecorded = ((AliasKind.MESSAGE, own_id),) if own_id else ()
@@ -352,7 +353,7 @@ class Engine:
                 "duplicate", auto, duplicate=True, loop=loop,
                 sender_known=_sender_known(ev, duplicate, cases),
             )
-            return self._inbound_decision(msg, verdict, ev)
+            return self._inbound_decision(msg, verdict, ev, message_id)
         hit = reused.hit if reused is not None else self._resolver.resolve_inbound(ev)
         bumps, loop = self._flood(ev, hit, auto, now)
         # A list's copy of a person's reply to our mail moves the case like the reply.
@@ -423,7 +424,7 @@ class Engine:
         verdict = inbound.Verdict(tuple(outcomes), match, auto, loop=loop,
                                   sender_known=sender_known,
                                   token_failures=ev.token_failures)
-        return self._inbound_decision(msg, verdict, ev)
+        return self._inbound_decision(msg, verdict, ev, message_id)
 
     def _new_keys(self, ev: Evidence) -> tuple[tuple[AliasKind, str], ...]:
         """What else a new case is looked up by, found by nobody: a mail of the same external
@@ -434,9 +435,10 @@ class Engine:
         return keys
 
     def _inbound_decision(self, msg: Message, verdict: inbound.Verdict,
-                          ev: Evidence) -> Decision:
+                          ev: Evidence, message_id: str | None) -> Decision:
+        """`message_id`: the mail's first filled Message-ID field (`Message.get_filled`)."""
         edits = inbound.edits(self._names, strip_ours(msg, self._names), verdict)
-        notes: tuple[str, ...] = () if msg.get_filled("Message-ID") else ("no-message-id",)
+        notes: tuple[str, ...] = () if message_id else ("no-message-id",)
         # A token that failed shows in the header and also here: a retired key's replies
         # open new cases, and only the log line is read across all mail.
         return Decision(
