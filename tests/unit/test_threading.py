@@ -2012,6 +2012,20 @@ def test_a_merge_chain_longer_than_the_bound_terminates(harness: Any) -> None:
     assert harness.index.last_number() == 40
 
 
+def test_a_split_with_more_children_than_the_bound_reaches_the_first_ones_only(
+        harness: Any) -> None:
+    """`case split` refuses more than MAX_SPLIT_CHILDREN children; an index that holds more
+    (corrupt, hostile, hand-edited) sends one mail to no more than that many cases."""
+    many = rules.MAX_SPLIT_CHILDREN + 4
+    for _ in range(many + 1):
+        start_case(harness)
+    children = tuple(f"C-{n:06d}" for n in range(2, many + 2))
+    harness.set_case("C-000001", children=children)
+    r = reply_to(harness, "C-000001")
+    assert r.all("X-Case-ID") == list(children[:rules.MAX_SPLIT_CHILDREN])
+    assert harness.index.last_number() == many + 1
+
+
 def test_split_case_yields_one_header_per_child(harness: Any) -> None:
     for subject in ("Parent", "Child A", "Child B", "Child C"):
         start_case(harness, subject)
@@ -2036,6 +2050,19 @@ def test_closed_case_goes_to_its_first_open_ancestor(harness: Any) -> None:
     assert r.case_id == "C-000001"
     assert r.one("X-Case-State") == "open"
     assert r.all("X-Case-Related") == []
+
+
+def test_closed_case_whose_parent_was_merged_goes_to_the_survivor(harness: Any) -> None:
+    """`case merge` leaves the merged case's state as it was (open): the closed child's
+    mail goes on to the case its parent was merged into, not to the merged case."""
+    for subject in ("Parent", "Survivor", "Child"):
+        start_case(harness, subject)
+    harness.set_case("C-000003", state=CaseState.CLOSED, parent="C-000001")
+    harness.set_case("C-000001", merged_into="C-000002")
+    for automatic in ((), (("Auto-Submitted", "auto-replied"),)):
+        r = reply_to(harness, "C-000003", *automatic)
+        assert (r.all("X-Case-ID"), r.all("X-Case-Related")) == (["C-000002"], [])
+    assert harness.index.last_number() == 3
 
 
 def test_closed_case_without_open_ancestor_opens_a_related_case(harness: Any) -> None:
@@ -2195,6 +2222,21 @@ def test_a_follow_up_that_was_split_or_merged_passes_the_mail_on(harness: Any) -
     assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000004"]
 
 
+def test_a_follow_up_merged_since_passes_the_mail_where_its_survivor_does(harness: Any) -> None:
+    """C-1's follow-up C-2 was closed (its own follow-up C-3 opened), then merged into C-4:
+    a reply to C-1 goes where a reply to C-2 goes, C-2's survivor, not to the follow-up C-2
+    had before the merge."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"
+    harness.set_case("C-000002", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000002").case_id == "C-000003"
+    start_case(harness, "Survivor")  # C-000004
+    harness.set_case("C-000002", merged_into="C-000004")
+    assert reply_to(harness, "C-000002").all("X-Case-ID") == ["C-000004"]
+    assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000004"]
+
+
 def test_a_split_follow_ups_children_keep_their_own_follow_ups(harness: Any) -> None:
     """C-1's follow-up C-2 was split into C-3 and C-4, all resolved long ago: the first reply
     opens one new case, the next ones go there (not one more case each)."""
@@ -2316,12 +2358,49 @@ def test_reopen_within_is_configurable(make_harness: Any, tweak: Any) -> None:
     assert reply_to(h, "C-000001").one("X-Case-Related") == "C-000001"
 
 
+def test_a_case_resolved_exactly_reopen_within_ago_is_reopened(make_harness: Any,
+                                                                tweak: Any) -> None:
+    """README: a new related case only when it was resolved *longer* ago than the setting."""
+    h = make_harness(tweak(cases={"reopen_within": 3600}))
+    start_case(h)
+    h.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    h.advance(3600 - 1)  # each message moves the harness's clock on by a second
+    r = reply_to(h, "C-000001")
+    assert (r.case_id, r.one("X-Case-State")) == ("C-000001", "reopened")
+
+
 def test_waiting_case_becomes_open(harness: Any) -> None:
     start_case(harness)
     harness.set_case("C-000001", state=CaseState.WAITING)
     r = reply_to(harness, "C-000001")
     assert r.one("X-Case-State") == "open"
     assert harness.case("C-000001").state is CaseState.OPEN
+
+
+class _Cases:
+    """A case lookup over a dict, for the rules alone."""
+
+    def __init__(self, cases: Sequence[CaseRecord]) -> None:
+        self.cases = {c.case_id: c for c in cases}
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        return self.cases.get(case_id)
+
+
+def test_a_walk_past_its_bound_never_threads_into_a_closed_case() -> None:
+    """A hostile or corrupt index: levels of splits whose closed children all name the next
+    level's case as their follow-up. Past the walk's bound (MAX_HOPS * MAX_SPLIT_CHILDREN
+    steps) a closed case still takes no mail: a new related case is opened instead."""
+    width, levels = rules.MAX_SPLIT_CHILDREN, rules.MAX_HOPS + 4
+    cases = []
+    for level in range(levels):
+        kids = tuple(f"L{level}-{n}" for n in range(width))
+        cases.append(CaseRecord(f"L{level}", 1, CaseState.OPEN, "q", 0, 0, children=kids))
+        cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"L{level + 1}")
+                  for kid in kids]
+    targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
+                          reopen_within=DAY)
+    assert [t.action for t in targets] == [rules.Action.NEW_RELATED]
 
 
 @pytest.mark.parametrize("action", list(rules.Action))
