@@ -2084,6 +2084,16 @@ def test_closed_case_without_open_ancestor_opens_a_related_case(harness: Any) ->
     assert harness.case("C-000003").state is CaseState.OPEN
 
 
+def test_follow_up_cycle_of_closed_cases_opens_one_case(harness: Any) -> None:
+    """A corrupt or hostile index: two closed cases naming each other as follow-up."""
+    start_case(harness)
+    start_case(harness)
+    harness.set_case("C-000001", state=CaseState.CLOSED, followup="C-000002")
+    harness.set_case("C-000002", state=CaseState.CLOSED, followup="C-000001")
+    r = reply_to(harness, "C-000001")
+    assert (r.case_id, harness.index.last_number()) == ("C-000003", 3)
+
+
 def test_parent_cycle_of_closed_cases_terminates(harness: Any) -> None:
     start_case(harness)
     start_case(harness)
@@ -2253,11 +2263,12 @@ def test_a_split_follow_ups_children_keep_their_own_follow_ups(harness: Any) -> 
     assert opened == {"C-000005"}
 
 
-def test_a_case_reopened_by_the_app_forgets_its_follow_up(harness: Any) -> None:
+@pytest.mark.parametrize("state", ["open", "waiting"])
+def test_a_case_reopened_by_the_app_forgets_its_follow_up(harness: Any, state: str) -> None:
     start_case(harness)  # C-000001
     harness.set_case("C-000001", state=CaseState.CLOSED)
     assert reply_to(harness, "C-000001").case_id == "C-000002"
-    harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", "open"))
+    harness.outbound(AGENT, ("X-Case-ID", "C-000001"), ("X-Case-State", state))
     assert harness.case("C-000001").followup is None
     harness.set_case("C-000001", state=CaseState.CLOSED)
     again = reply_to(harness, "C-000001")
@@ -2398,6 +2409,20 @@ def test_a_walk_past_its_bound_never_threads_into_a_closed_case() -> None:
         cases.append(CaseRecord(f"L{level}", 1, CaseState.OPEN, "q", 0, 0, children=kids))
         cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"L{level + 1}")
                   for kid in kids]
+    targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
+                          reopen_within=DAY)
+    assert [t.action for t in targets] == [rules.Action.NEW_RELATED]
+
+
+def test_a_long_chain_of_split_follow_ups_is_bounded_not_a_recursion_error() -> None:
+    """Each follow-up split into one closed child that names the next follow-up: one step
+    per level, so the steps' bound (256) let the walk recurse past Python's recursion limit
+    (RecursionError on every mail to the case). Follow-ups taken per walk are bounded too."""
+    cases = [CaseRecord("X", 1, CaseState.CLOSED, "q", 0, 0, followup="Y0")]
+    for level in range(rules.MAX_HOPS * rules.MAX_SPLIT_CHILDREN + 40):
+        cases += [CaseRecord(f"Y{level}", 1, CaseState.OPEN, "q", 0, 0, children=(f"Z{level}",)),
+                  CaseRecord(f"Z{level}", 1, CaseState.CLOSED, "q", 0, 0,
+                             followup=f"Y{level + 1}")]
     targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
                           reopen_within=DAY)
     assert [t.action for t in targets] == [rules.Action.NEW_RELATED]

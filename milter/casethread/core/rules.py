@@ -168,9 +168,13 @@ def _automatic_target(case: CaseRecord, walk: _Walk) -> list[Target]:
 def _continued(case: CaseRecord, walk: _Walk) -> list[Target]:
     """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
     conversation, one new case, however many replies), as any case would (split, closed...:
-    its own follow-ups too), else a new related case."""
+    its own follow-ups too), else a new related case. At most MAX_HOPS follow-ups are taken
+    per walk: each is a level of recursion, and the steps' bound alone let a hostile or
+    corrupt index (follow-ups each split into one closed child naming the next) go past
+    Python's recursion limit: a RecursionError on every mail to that case."""
     followup = _followup(case, walk.reader)
-    if followup is None or followup.case_id in walk.followed:
+    if (followup is None or followup.case_id in walk.followed
+            or len(walk.followed) >= MAX_HOPS):
         return [Target(case, Action.NEW_RELATED)]
     walk.followed.add(followup.case_id)
     return _targets(followup, walk)
