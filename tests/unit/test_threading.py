@@ -1673,6 +1673,20 @@ def test_external_ref_of_a_vendor_that_marks_its_mail_automatic(make_harness: An
     assert (later.case_id, later.one("X-Case-Match")) == (out.case_id, "external-ref")
 
 
+def test_a_vendor_over_the_flood_limit_opens_no_case(make_harness: Any) -> None:
+    """A looping ticket system whose every notice names a new incident: past the flood
+    limit its notices are a loop and open no case, whatever `external_refs` says."""
+    h = external_harness(make_harness)
+    h = make_harness(dataclasses.replace(h.settings, inbound=dataclasses.replace(
+        h.settings.inbound, flood=FloodSettings(limit=2, window=3600))))
+    auto = (("Precedence", "bulk"), ("Auto-Submitted", "auto-generated"))
+    seen = [h.inbound(NOW_SENDER, *auto, ("Subject", f"Incident INC00{n}0000 opened"))
+            for n in range(1, 5)]
+    assert [(r.all("X-Case-ID"), r.all("X-Case-Loop")) for r in seen] == [
+        (["C-000001"], []), (["C-000002"], []), ([], ["yes"]), ([], ["yes"])]
+    assert h.index.last_number() == 2
+
+
 @pytest.mark.parametrize("marks", [
     (NOW_SENDER, ("Auto-Submitted", "auto-replied"),
      ("Subject", "Out of office: INC0077777 opened")),
@@ -2230,6 +2244,18 @@ def test_a_follow_up_that_was_split_or_merged_passes_the_mail_on(harness: Any) -
     assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000003", "C-000004"]
     harness.set_case("C-000002", children=(), merged_into="C-000004")
     assert reply_to(harness, "C-000001").all("X-Case-ID") == ["C-000004"]
+
+
+def test_a_dangling_follow_up_link_stops_at_the_last_good_follow_up(harness: Any) -> None:
+    """C-1's follow-up C-2 names a follow-up the index does not hold (a restore, an
+    import): the mail goes to C-2, as far as the chain is good, not to a new case."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    assert reply_to(harness, "C-000001").case_id == "C-000002"
+    harness.set_case("C-000002", followup="C-000099")
+    r = reply_to(harness, "C-000001")
+    assert (r.all("X-Case-ID"), r.all("X-Case-Related")) == (["C-000002"], [])
+    assert harness.index.last_number() == 2
 
 
 def test_a_follow_up_merged_since_passes_the_mail_where_its_survivor_does(harness: Any) -> None:
