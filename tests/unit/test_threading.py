@@ -3179,6 +3179,22 @@ def test_a_list_under_its_own_from_counts_each_member(make_harness: Any, tweak: 
     assert bare == [[], [], ["yes"]]
 
 
+def test_a_lists_bulk_copies_count_against_each_member(make_harness: Any, tweak: Any) -> None:
+    """Another list (Precedence: list, so `bulk`) re-sends its members' replies to our mail
+    under its own From, each member in Reply-To: counted against the list's From, the
+    hour's third member over a limit of 2 was a loop and reopened nothing."""
+    h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
+    out = start_case(h)
+    h.set_case(out.case_id, state=CaseState.RESOLVED, state_changed=int(h.clock.now))
+    for n in range(4):
+        r = h.inbound(("From", f"'Member {n}' via Users <users@lists.example>"),
+                      ("Reply-To", f"Member {n} <m{n}@corp{n}.example>"),
+                      ("List-Id", "<users.lists.example>"), ("Precedence", "list"),
+                      ("Subject", f"Re: {out.one('Subject')}"))
+        assert (r.one("X-Case-Auto"), r.all("X-Case-Loop")) == ("bulk", []), n
+        assert r.one("X-Case-State") == ("reopened" if n == 0 else "open"), n
+
+
 def test_flood_does_not_count_the_null_sender(make_harness: Any, tweak: Any) -> None:
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=1, window=3600)}))
     loops = [h.inbound(("Subject", f"hello {n}"), mail_from="<>").all("X-Case-Loop")
