@@ -581,3 +581,15 @@ def test_outbound_body_with_an_unparsable_content_type_names_it(harness: Any) ->
                          ("Content-Transfer-Encoding", "quoted printable"), body=b"hello\n")
     assert "text-not-stamped:unsupported-transfer-encoding-'quoted\\x20printable'" in (
         r.decision.notes)
+
+
+def test_log_line_of_a_refused_message_says_refused(make_harness: Callable[..., Any]) -> None:
+    """More case fields than can be removed: the message is refused (550), and its log line,
+    what is read across all mail, says so beside its note."""
+    from casethread.core.case_headers import MAX_OWN_FIELDS
+    h = make_harness()
+    forged = [("X-Case-ID", f"C-{n}") for n in range(MAX_OWN_FIELDS + 1)]
+    r = h.inbound(CUSTOMER, ("Subject", "Hello"), *forged)
+    assert r.decision.refused
+    assert r.decision.log_fields() == (
+        "direction=inbound case=- match=none refused edits=0 notes=too-many-case-fields")
