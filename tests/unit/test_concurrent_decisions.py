@@ -179,15 +179,16 @@ def test_a_close_of_the_followup_the_rules_walked_to_stays(
     assert reply.one("X-Case-Related") == followup and attempts(reply) == 2
 
 
+@pytest.mark.parametrize("state", ["waiting", "resolved"])
 def test_a_decision_stale_every_time_is_written_unchecked_at_last(
-        index: DecidedTogether, make_harness: Callable[..., Any]) -> None:
+        index: DecidedTogether, make_harness: Callable[..., Any], state: str) -> None:
     """Another writer before every write: no StaleDecision reaches the milter (which would
     pass the mail without its case), and the unchecked last write still does not reopen a
-    case the command line closed."""
+    case the command line closed, nor says it did (`X-Case-State: reopened`)."""
     h = make_harness(index=index)
     other = h.outbound(AGENT, ("To", "x@elsewhere.example"), ("Subject", "Other")).case_id
     case_id = h.outbound(AGENT, ("To", "pat@customer.example.org"), ("Subject", "Invoice"),
-                         ("X-Case-State", "waiting")).case_id
+                         ("X-Case-State", state)).case_id
     edits = [lambda c: replace(c, parent=other), lambda c: replace(c, parent=None),
              lambda c: replace(c, parent=other), lambda c: replace(c, state=CaseState.CLOSED)]
     index.before_each_write = lambda: edits and index.modify_case(case_id, edits.pop(0))
