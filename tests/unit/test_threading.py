@@ -1367,6 +1367,21 @@ def test_a_forged_support_or_agent_sender_is_no_participant(harness: Any, forged
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-ref")
 
 
+def test_an_address_listed_as_ours_later_is_no_participant(make_harness: Any) -> None:
+    """billing@ was Cc'd on Pat's mail before the sysadmin listed it in `inbound.addresses`:
+    it was recorded as a participant then. Listed now, it is ours: anyone can write it as
+    From, so its recorded participation makes no guessable case number count."""
+    h = make_harness()
+    first = h.inbound(CUSTOMER, TO_SUPPORT, ("Cc", "Billing <billing@example.com>"),
+                      ("Subject", "Invoice"))
+    assert first.case_id == "C-000001"
+    assert is_participant(h, "C-000001", "billing@example.com")
+    listed = make_harness(settings_with(h, addresses=(*h.settings.inbound.addresses,
+                                                      "billing@example.com")), index=h.index)
+    r = listed.inbound(("From", "billing@example.com"), ("Subject", "Update [Case C-000001]"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "new")
+
+
 GROUP = "team@googlegroups.com"
 GROUP_COPY = (("Reply-To", f"Pat Customer <{CUSTOMER_ADDR}>"), ("To", f"Team <{GROUP}>"),
               ("List-Id", "<team.googlegroups.com>"), ("Precedence", "list"),
