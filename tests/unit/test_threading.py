@@ -1842,6 +1842,15 @@ def test_subject_match_outside_the_window_or_from_a_stranger(make_harness: Any) 
     assert late.case_id == "C-000004"
 
 
+def test_subject_match_at_the_windows_end_still_matches(make_harness: Any) -> None:
+    """`within inbound.subject_match.window`: a mail exactly the window after still matches."""
+    h = subject_match_harness(make_harness, window=2 * DAY)
+    h.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))
+    h.advance(2 * DAY - 1)  # each message moves the harness's clock on by a second
+    r = h.inbound(CUSTOMER, ("Subject", "Re: Printer jam in room 4"))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-match")
+
+
 def test_subject_match_is_not_taken_over_by_another_sender(make_harness: Any) -> None:
     h = subject_match_harness(make_harness)
     h.inbound(CUSTOMER, ("Subject", "Invoice question"))  # Pat's case C-000001
@@ -3086,14 +3095,16 @@ def test_automatic_mail_counts_against_its_from_whatever_its_reply_to(
     assert loops == [[], [], ["yes"]]
 
 
-@pytest.mark.parametrize("reply_domain", ["crm.example", "mail.crm.example"])
+@pytest.mark.parametrize(("from_domain", "reply_domain"), [
+    ("crm.example", "crm.example"), ("crm.example", "mail.crm.example"),
+    ("mail.crm.example", "crm.example")])
 def test_unmarked_mail_with_a_reply_address_of_its_own_domain_counts_against_its_from(
-        make_harness: Any, tweak: Any, reply_domain: str) -> None:
+        make_harness: Any, tweak: Any, from_domain: str, reply_domain: str) -> None:
     """Another helpdesk's acknowledgements without any automatic mark, each with a reply
-    address of its own in its own domain (or one below it): the same sender, so a loop with
-    it is one."""
+    address of its own in its own domain (or one below or above it): the same sender, so a
+    loop with it is one."""
     h = make_harness(tweak(inbound={"flood": FloodSettings(limit=2, window=3600)}))
-    loops = [h.inbound(("From", "Help <help@crm.example>"), TO_SUPPORT,
+    loops = [h.inbound(("From", f"Help <help@{from_domain}>"), TO_SUPPORT,
                        ("Reply-To", f"reply+{n:04d}@{reply_domain}"),
                        ("Subject", f"We got your mail [#{n}]")).all("X-Case-Loop")
              for n in range(3)]
