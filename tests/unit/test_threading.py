@@ -2478,6 +2478,23 @@ def test_a_long_chain_of_split_follow_ups_is_bounded_not_a_recursion_error() -> 
     assert [t.action for t in targets] == [rules.Action.NEW_RELATED]
 
 
+def test_every_child_of_a_split_follow_up_hands_mail_to_its_own_follow_up() -> None:
+    """The follow-ups' bound is a chain's depth, not their count: a closed case whose
+    follow-up was split into the most children, each closed with an open follow-up of its
+    own (17 follow-ups in all, two deep), sends the mail to each of those."""
+    n = rules.MAX_SPLIT_CHILDREN
+    cases = [CaseRecord("X", 1, CaseState.CLOSED, "q", 0, 0, followup="Y"),
+             CaseRecord("Y", 1, CaseState.OPEN, "q", 0, 0,
+                        children=tuple(f"Z{i}" for i in range(n)))]
+    for i in range(n):
+        cases += [CaseRecord(f"Z{i}", 1, CaseState.CLOSED, "q", 0, 0, followup=f"F{i}"),
+                  CaseRecord(f"F{i}", 1, CaseState.OPEN, "q", 0, 0)]
+    targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
+                          reopen_within=DAY)
+    assert [(t.case.case_id, t.action) for t in targets] == [
+        (f"F{i}", rules.Action.THREAD) for i in range(n)]
+
+
 @pytest.mark.parametrize("action", list(rules.Action))
 def test_a_transition_changes_only_the_state_and_its_times(action: rules.Action) -> None:
     case = CaseRecord("C-7", 7, CaseState.WAITING, "billing", 10, 20, 15, "C-1", "C-2", ("C-3",))

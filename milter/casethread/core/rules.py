@@ -124,6 +124,7 @@ class _Walk:
         # Splits fan out and follow-ups chain: a corrupt or hostile index stops here.
         self.steps = MAX_HOPS * MAX_SPLIT_CHILDREN
         self.followed: set[str] = set()
+        self.depth = 0  # follow-ups being followed now, one inside the other
 
 
 def _targets(case: CaseRecord, walk: _Walk) -> list[Target]:
@@ -168,16 +169,20 @@ def _automatic_target(case: CaseRecord, walk: _Walk) -> list[Target]:
 def _continued(case: CaseRecord, walk: _Walk) -> list[Target]:
     """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
     conversation, one new case, however many replies), as any case would (split, closed...:
-    its own follow-ups too), else a new related case. At most MAX_HOPS follow-ups are taken
-    per walk: each is a level of recursion, and the steps' bound alone let a hostile or
+    its own follow-ups too), else a new related case. A chain of at most MAX_HOPS follow-ups
+    is followed: each is a level of recursion, and the steps' bound alone let a hostile or
     corrupt index (follow-ups each split into one closed child naming the next) go past
-    Python's recursion limit: a RecursionError on every mail to that case."""
+    Python's recursion limit: a RecursionError on every mail to that case. (A depth, not a
+    count: a split case's children may each have a follow-up of their own.)"""
     followup = _followup(case, walk.reader)
-    if (followup is None or followup.case_id in walk.followed
-            or len(walk.followed) >= MAX_HOPS):
+    if followup is None or followup.case_id in walk.followed or walk.depth >= MAX_HOPS:
         return [Target(case, Action.NEW_RELATED)]
     walk.followed.add(followup.case_id)
-    return _targets(followup, walk)
+    walk.depth += 1
+    try:
+        return _targets(followup, walk)
+    finally:
+        walk.depth -= 1
 
 
 def apply(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
