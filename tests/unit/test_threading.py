@@ -2495,6 +2495,65 @@ def test_every_child_of_a_split_follow_up_hands_mail_to_its_own_follow_up() -> N
         (f"F{i}", rules.Action.THREAD) for i in range(n)]
 
 
+class _CountingCases(_Cases):
+    """A case lookup that counts its reads."""
+
+    reads = 0
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        self.reads += 1
+        return super().get_case(case_id)
+
+
+def test_a_wide_index_is_walked_a_bounded_number_of_steps() -> None:
+    """A hostile or corrupt index: each follow-up split into the most children, each closed
+    with a follow-up of its own, three levels (4,096 open cases at the bottom). The chain is
+    short (the follow-ups' depth bound never acts): the steps' bound (MAX_HOPS *
+    MAX_SPLIT_CHILDREN) alone keeps one mail from reading every record and going to every
+    case. (test_a_walk_past_its_bound_never_threads_into_a_closed_case passes without the
+    steps' bound since the depth bound came: its chain is 20 follow-ups deep.)"""
+    width, bound = rules.MAX_SPLIT_CHILDREN, rules.MAX_HOPS * rules.MAX_SPLIT_CHILDREN
+    cases = [CaseRecord("X", 1, CaseState.CLOSED, "q", 0, 0, followup="F")]
+    frontier = ["F"]
+    for _ in range(3):
+        below = []
+        for name in frontier:
+            kids = tuple(f"{name}.{n}" for n in range(width))
+            cases.append(CaseRecord(name, 1, CaseState.OPEN, "q", 0, 0, children=kids))
+            cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"{kid}F")
+                      for kid in kids]
+            below += [f"{kid}F" for kid in kids]
+        frontier = below
+    cases += [CaseRecord(name, 1, CaseState.OPEN, "q", 0, 0) for name in frontier]
+    reader = _CountingCases(cases)
+    targets = rules.apply(cases[0], reader, automatic=False, now=DAY, reopen_within=DAY)
+    assert 0 < len(targets) <= bound
+    assert reader.reads <= 2 * bound
+
+
+def test_a_follow_up_reached_twice_in_one_walk_is_walked_once() -> None:
+    """Split children that share a follow-up, twelve levels deep (each level's children all
+    name the next level's case): each shared follow-up is walked once, not once per child
+    (16 ** 12 ways down), so the walk's steps last to the split's other child, whose own
+    follow-up takes the mail. Walking each again used the steps up: that child was past the
+    bound, a new related case was opened, and the follow-up got nothing."""
+    width, levels = rules.MAX_SPLIT_CHILDREN, 12
+    cases = [CaseRecord("X", 1, CaseState.CLOSED, "q", 0, 0, followup="Y"),
+             CaseRecord("Y", 1, CaseState.OPEN, "q", 0, 0, children=("D", "Z")),
+             CaseRecord("D", 1, CaseState.CLOSED, "q", 0, 0, followup="F0"),
+             CaseRecord("Z", 1, CaseState.CLOSED, "q", 0, 0, followup="G"),
+             CaseRecord("G", 1, CaseState.OPEN, "q", 0, 0),
+             CaseRecord(f"F{levels}", 1, CaseState.CLOSED, "q", 0, 0)]
+    for level in range(levels):
+        kids = tuple(f"K{level}.{n}" for n in range(width))
+        cases.append(CaseRecord(f"F{level}", 1, CaseState.OPEN, "q", 0, 0, children=kids))
+        cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"F{level + 1}")
+                  for kid in kids]
+    targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
+                          reopen_within=DAY)
+    assert [(t.case.case_id, t.action) for t in targets] == [("G", rules.Action.THREAD)]
+
+
 @pytest.mark.parametrize("action", list(rules.Action))
 def test_a_transition_changes_only_the_state_and_its_times(action: rules.Action) -> None:
     case = CaseRecord("C-7", 7, CaseState.WAITING, "billing", 10, 20, 15, "C-1", "C-2", ("C-3",))
