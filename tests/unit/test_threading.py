@@ -2505,6 +2505,22 @@ class _CountingCases(_Cases):
         return super().get_case(case_id)
 
 
+@pytest.mark.parametrize("links", [rules.MAX_HOPS + 1, rules.MAX_HOPS ** 2 + 1])
+def test_a_plain_follow_up_chain_longer_than_the_bound_reaches_its_newest_case(
+        links: int) -> None:
+    """A case closed and followed up again and again: each follow-up closed in turn, one
+    chain. The follow-ups' depth bound counts hand-overs from one chain's end to the next,
+    each reading up to MAX_HOPS links: a chain of MAX_HOPS ** 2 + 1 cases still threads the
+    mail into its newest, open case (README Upgrading)."""
+    cases = [CaseRecord(f"C{n}", n, CaseState.CLOSED, "q", 0, 0, followup=f"C{n + 1}")
+             for n in range(1, links)]
+    cases.append(CaseRecord(f"C{links}", links, CaseState.OPEN, "q", 0, 0))
+    targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
+                          reopen_within=DAY)
+    assert [(t.case.case_id, t.action) for t in targets] == [
+        (f"C{links}", rules.Action.THREAD)]
+
+
 def test_a_wide_index_is_walked_a_bounded_number_of_steps() -> None:
     """A hostile or corrupt index: each follow-up split into the most children, each closed
     with a follow-up of its own, three levels (4,096 open cases at the bottom). The chain is

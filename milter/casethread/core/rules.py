@@ -169,11 +169,12 @@ def _automatic_target(case: CaseRecord, walk: _Walk) -> list[Target]:
 def _continued(case: CaseRecord, walk: _Walk) -> list[Target]:
     """A case this mail cannot continue: the follow-up an earlier reply opened takes it (one
     conversation, one new case, however many replies), as any case would (split, closed...:
-    its own follow-ups too), else a new related case. A chain of at most MAX_HOPS follow-ups
-    is followed: each is a level of recursion, and the steps' bound alone let a hostile or
-    corrupt index (follow-ups each split into one closed child naming the next) go past
-    Python's recursion limit: a RecursionError on every mail to that case. (A depth, not a
-    count: a split case's children may each have a follow-up of their own.)"""
+    its own follow-ups too), else a new related case. The mail is handed on so at most
+    MAX_HOPS times, one inside the other (each hand-over reads up to MAX_HOPS links of a
+    plain chain, `_followup`): each is a level of recursion, and the steps' bound alone let a
+    hostile or corrupt index (follow-ups each split into one closed child naming the next) go
+    past Python's recursion limit: a RecursionError on every mail to that case. (A depth, not
+    a count: a split case's children may each have a follow-up of their own.)"""
     followup = _followup(case, walk.reader)
     if followup is None or followup.case_id in walk.followed or walk.depth >= MAX_HOPS:
         return [Target(case, Action.NEW_RELATED)]
