@@ -2441,17 +2441,24 @@ class _Cases:
         return self.cases.get(case_id)
 
 
+def _split_levels(levels: int, case: str, kid: str) -> list[CaseRecord]:
+    """`levels` open cases, each split into the most closed children, every child naming the
+    next level's case as its follow-up (`case` formats a level's name, `kid` a child's)."""
+    cases = []
+    for level in range(levels):
+        kids = tuple(kid.format(level, n) for n in range(rules.MAX_SPLIT_CHILDREN))
+        cases.append(CaseRecord(case.format(level), 1, CaseState.OPEN, "q", 0, 0,
+                                children=kids))
+        cases += [CaseRecord(k, 1, CaseState.CLOSED, "q", 0, 0, followup=case.format(level + 1))
+                  for k in kids]
+    return cases
+
+
 def test_a_walk_past_its_bound_never_threads_into_a_closed_case() -> None:
     """A hostile or corrupt index: levels of splits whose closed children all name the next
     level's case as their follow-up. Past the walk's bound (MAX_HOPS * MAX_SPLIT_CHILDREN
     steps) a closed case still takes no mail: a new related case is opened instead."""
-    width, levels = rules.MAX_SPLIT_CHILDREN, rules.MAX_HOPS + 4
-    cases = []
-    for level in range(levels):
-        kids = tuple(f"L{level}-{n}" for n in range(width))
-        cases.append(CaseRecord(f"L{level}", 1, CaseState.OPEN, "q", 0, 0, children=kids))
-        cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"L{level + 1}")
-                  for kid in kids]
+    cases = _split_levels(rules.MAX_HOPS + 4, "L{}", "L{}-{}")
     targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
                           reopen_within=DAY)
     assert [t.action for t in targets] == [rules.Action.NEW_RELATED]
@@ -2546,18 +2553,14 @@ def test_a_follow_up_reached_twice_in_one_walk_is_walked_once() -> None:
     (16 ** 12 ways down), so the walk's steps last to the split's other child, whose own
     follow-up takes the mail. Walking each again used the steps up: that child was past the
     bound, a new related case was opened, and the follow-up got nothing."""
-    width, levels = rules.MAX_SPLIT_CHILDREN, 12
+    levels = 12
     cases = [CaseRecord("X", 1, CaseState.CLOSED, "q", 0, 0, followup="Y"),
              CaseRecord("Y", 1, CaseState.OPEN, "q", 0, 0, children=("D", "Z")),
              CaseRecord("D", 1, CaseState.CLOSED, "q", 0, 0, followup="F0"),
              CaseRecord("Z", 1, CaseState.CLOSED, "q", 0, 0, followup="G"),
              CaseRecord("G", 1, CaseState.OPEN, "q", 0, 0),
-             CaseRecord(f"F{levels}", 1, CaseState.CLOSED, "q", 0, 0)]
-    for level in range(levels):
-        kids = tuple(f"K{level}.{n}" for n in range(width))
-        cases.append(CaseRecord(f"F{level}", 1, CaseState.OPEN, "q", 0, 0, children=kids))
-        cases += [CaseRecord(kid, 1, CaseState.CLOSED, "q", 0, 0, followup=f"F{level + 1}")
-                  for kid in kids]
+             CaseRecord(f"F{levels}", 1, CaseState.CLOSED, "q", 0, 0),
+             *_split_levels(levels, "F{}", "K{}.{}")]
     targets = rules.apply(cases[0], _Cases(cases), automatic=False, now=DAY,
                           reopen_within=DAY)
     assert [(t.case.case_id, t.action) for t in targets] == [("G", rules.Action.THREAD)]
