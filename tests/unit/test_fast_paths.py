@@ -428,7 +428,7 @@ def general_html_to_text(markup: str) -> str:
     text = bodytext._drop_raw_text_elements(text)
     pieces: list[str] = []
     depth = pos = 0
-    for tag in bodytext._BLOCKQUOTE.finditer(text):
+    for tag in bodytext.BLOCKQUOTE_TAG.finditer(text):
         pieces += (bodytext._quoted(bodytext._visible(text[pos : tag.start()]), depth), "\n")
         depth = max(depth - 1, 0) if tag.group(1) else depth + 1
         pos = tag.end()
@@ -466,9 +466,9 @@ def test_html_text_shortcut_matches_every_pass(markup: str) -> None:
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(HTML_PIECES, max_size=12).map("".join))
 def test_the_shortcut_search_finds_whatever_the_exact_patterns_find(markup: str) -> None:
-    """`_RAW_TEXT_OR_QUOTE` is a superset of `_RAW_TEXT_OPEN` and `_BLOCKQUOTE`: wherever one
+    """`_RAW_TEXT_OR_QUOTE` is a superset of `_RAW_TEXT_OPEN` and `BLOCKQUOTE_TAG`: wherever one
     of them matches, it matches at the same place."""
-    for exact in (bodytext._RAW_TEXT_OPEN, bodytext._BLOCKQUOTE):
+    for exact in (bodytext._RAW_TEXT_OPEN, bodytext.BLOCKQUOTE_TAG):
         for found in exact.finditer(markup):
             assert bodytext._RAW_TEXT_OR_QUOTE.match(markup, found.start()), markup
 

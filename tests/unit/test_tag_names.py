@@ -101,8 +101,8 @@ def test_block_quote_and_signature_tags_read_names_as_whatwg(text: str) -> None:
         blocks = bounded and name in BLOCKS
         assert (bodytext._BLOCK_TAG.match(text, at) is not None) == blocks, (text, at)
         quotes = bounded and name == "blockquote"
-        assert (bodytext._BLOCKQUOTE.match(text, at) is not None) == quotes, (text, at)
-        assert (placement._BLOCKQUOTE.match(text, at) is not None) == quotes, (text, at)
+        assert (bodytext.BLOCKQUOTE_TAG.match(text, at) is not None) == quotes, (text, at)
+        assert (placement.BLOCKQUOTE_TAG.match(text, at) is not None) == quotes, (text, at)
         found = placement._HTML_TAG.match(text, at)
         # The pattern's name ends at a "<" too, as its tag does.
         assert (found is not None) == (bounded and "<" not in written), (text, at)

@@ -52,8 +52,9 @@ _BLOCK_TAG = re.compile(
     re.I,
 )
 _ANY_TAG = re.compile(r"</?[A-Za-z!?][^<>]*>")
-# A quote in HTML mail: Gmail's gmail_quote, Apple Mail's type=cite, Thunderbird's cite.
-_BLOCKQUOTE = re.compile(r"<\s*+(/\s*+)?(?a:blockquote)" + TAG_NAME_END + r"[^<>]*>", re.I)
+# A quote in HTML mail: Gmail's gmail_quote, Apple Mail's type=cite, Thunderbird's cite (also
+# what stamping counts as a quote around a signature: `placement`).
+BLOCKQUOTE_TAG = re.compile(r"<\s*+(/\s*+)?(?a:blockquote)" + TAG_NAME_END + r"[^<>]*>", re.I)
 # Quote marks a line gets at most: each line pays for its own, and 10,000 nested blockquotes
 # must not make the text 10,000 times as long. Deeper quotes rank alike; a reply's newest
 # quoted mail is one level deep.
@@ -71,7 +72,7 @@ MAX_HTML_QUOTE_MARKS = 8
 _RAW_TEXT_OPEN = re.compile(r"<((?a:script|style))" + TAG_NAME_END + r"[^<>]*>", re.I)
 _RAW_TEXT_CLOSE = {name: re.compile(rf"</(?a:{name}){TAG_NAME_END}[^>]*+>?", re.I)
                    for name in ("script", "style")}
-# Where `_RAW_TEXT_OPEN` or `_BLOCKQUOTE` can match, this matches too (their start, without
+# Where `_RAW_TEXT_OPEN` or `BLOCKQUOTE_TAG` can match, this matches too (their start, without
 # what must follow): one pass tells the usual HTML, which has neither, from the rest, where
 # two would look for each. (re.I without re.A: a superset of what either finds.)
 _RAW_TEXT_OR_QUOTE = re.compile(r"<(?:script|style|\s*+(?:/\s*+)?blockquote)", re.I)
@@ -436,7 +437,7 @@ def html_to_text(markup: str) -> str:
     text = _drop_raw_text_elements(text)
     pieces: list[str] = []
     depth = pos = 0
-    for tag in _BLOCKQUOTE.finditer(text):
+    for tag in BLOCKQUOTE_TAG.finditer(text):
         pieces += (_quoted(_visible(text[pos : tag.start()]), depth), "\n")
         depth = max(depth - 1, 0) if tag.group(1) else depth + 1
         pos = tag.end()

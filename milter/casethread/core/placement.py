@@ -12,7 +12,7 @@ import bisect
 import re
 from collections.abc import Iterator
 
-from .bodytext import TAG_NAME_END
+from .bodytext import BLOCKQUOTE_TAG, TAG_NAME_END
 
 # A closing tag's name ends only at a blank, "/" or ">" (`TAG_NAME_END`, WHATWG HTML §13.2.5.8):
 # `</body foo>` and `</body/>` end the body, `</body\u00a0>` and `</body\v>` (which `\s*>` took)
@@ -23,7 +23,6 @@ _CLOSING_TAGS = tuple(re.compile(rf"</(?a:{name}){TAG_NAME_END}[^<>]*>", re.I)
                       for name in ("body", "html"))
 _TAIL = 1024  # characters where `_last_match` looks for a closing tag first
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
-_BLOCKQUOTE = re.compile(r"<\s*(/\s*)?(?a:blockquote)" + TAG_NAME_END + r"[^<>]*>", re.I)
 _RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
 # Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `</\u017ftyle>` (a long s, which
 # re.I alone reads as "s") closes no style element, and was no key of `_RAW_TEXT_START`.
@@ -186,7 +185,7 @@ def _blockquote_depth(text: str, at: int, since: tuple[int, int]) -> tuple[int, 
     it), counted on from `since` (a position and the depth there): each candidate re-counting
     from the part's start took 20 passes over a part of many <blockquote>s (2.9 s for 5 MB)."""
     pos, depth = since
-    for match in _BLOCKQUOTE.finditer(text, pos, at):
+    for match in BLOCKQUOTE_TAG.finditer(text, pos, at):
         depth = max(0, depth - 1) if match.group(1) else depth + 1
     return at, depth
 
