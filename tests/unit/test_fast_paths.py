@@ -422,10 +422,9 @@ def test_transfer_encoding_matches_the_general_path(raw: str) -> None:
 
 
 def general_html_to_text(markup: str) -> str:
-    """`bodytext.html_to_text` without its shortcut for HTML with no script, style or
-    blockquote: every pass made."""
-    text = bodytext._drop_between(markup, "<!--", "-->")
-    text = bodytext._drop_raw_text_elements(text)
+    """`bodytext.html_to_text` without its shortcut for HTML with no comment, script, style or
+    blockquote: every pass made, from the start."""
+    text = bodytext._drop_hidden(markup)
     pieces: list[str] = []
     depth = pos = 0
     for tag in bodytext.BLOCKQUOTE_TAG.finditer(text):
@@ -442,7 +441,8 @@ HTML_PIECES = st.sampled_from(
      "<script>", "</script>", "<style type=x>", "</style >", "<blockquote>", "< / blockquote>",
      "<<!-- -->", "<div>", "-", ":", ".", "\xa0", "\v", "\f", "\r", "\u0130", "=", "x>",
      "<style-x>", "<script:x>", "</style/>", "</script x>", "</stylex>", "<blockquote-x>",
-     "<p-x>", "<d\u0130v>", "</style", "<blockquote/>"]
+     "<p-x>", "<d\u0130v>", "</style", "<blockquote/>", "<!-->", "--!>", "<!", "<?", "</ ",
+     "</\u017f", "<title>", "<![if x]>"]
 )
 
 
@@ -466,11 +466,12 @@ def test_html_text_shortcut_matches_every_pass(markup: str) -> None:
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(HTML_PIECES, max_size=12).map("".join))
 def test_the_shortcut_search_finds_whatever_the_exact_patterns_find(markup: str) -> None:
-    """`_RAW_TEXT_OR_QUOTE` is a superset of `_RAW_TEXT_OPEN` and `BLOCKQUOTE_TAG`: wherever one
-    of them matches, it matches at the same place."""
-    for exact in (bodytext._RAW_TEXT_OPEN, bodytext.BLOCKQUOTE_TAG):
-        for found in exact.finditer(markup):
-            assert bodytext._RAW_TEXT_OR_QUOTE.match(markup, found.start()), markup
+    """`_DROPPED_OR_QUOTE` is a superset of what `_drop_hidden` drops and of `BLOCKQUOTE_TAG`:
+    wherever one of them starts, it matches at the same place."""
+    starts = [s.start for s in bodytext.hidden_spans(markup) if s.kind in bodytext._DROPPED]
+    starts += [found.start() for found in bodytext.BLOCKQUOTE_TAG.finditer(markup)]
+    for start in starts:
+        assert bodytext._DROPPED_OR_QUOTE.match(markup, start), markup
 
 
 # --- MIME parts -----------------------------------------------------------------------------

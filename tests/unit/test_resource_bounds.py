@@ -136,6 +136,32 @@ def html_4mb_of_unended_closing_tags(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]), body)
 
 
+def _html_4mb_of(direction: Direction, piece: bytes) -> Hostile:
+    body = b"<html><body><p>[ref:x]<br>-- <br></p>" + piece * (4 * MIB // len(piece)) + b"</body>"
+    return Hostile(message(direction, [("Content-Type", "text/html; charset=utf-8")]),
+                   body)
+
+
+def html_4mb_of_comment_openers(direction: Direction) -> Hostile:
+    """`<!--` a million times: one comment, never closed (each opener looking for its own
+    `-->` to the end would be quadratic)."""
+    return _html_4mb_of(direction, b"<!--")
+
+
+def html_4mb_of_empty_comments(direction: Direction) -> Hostile:
+    """`<!-->x` 700,000 times: as many whole comments, each a span stamping keeps (16 bytes)."""
+    return _html_4mb_of(direction, b"<!-->x")
+
+
+def html_4mb_of_unended_comment_ends(direction: Direction) -> Hostile:
+    return _html_4mb_of(direction, b"--!")
+
+
+def html_4mb_of_unended_conditionals(direction: Direction) -> Hostile:
+    """Word's `<![if x]` without its `>`: the first bogus comment runs to the end."""
+    return _html_4mb_of(direction, b"<![if x]")
+
+
 def subject_1mb(direction: Direction) -> Hostile:
     return Hostile(message(direction, [], subject="Re: " + "a" * MIB), b"Hi\r\n")
 
@@ -334,6 +360,10 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "1 MB HTML of blanks after a '<'": html_1mb_of_blanks_after_an_opener,
     "1 MB HTML of 10,000 nested blockquotes": html_1mb_of_nested_blockquotes,
     "4 MB HTML of closing tags without a '>'": html_4mb_of_unended_closing_tags,
+    "4 MB HTML of '<!--'": html_4mb_of_comment_openers,
+    "4 MB HTML of '<!-->x'": html_4mb_of_empty_comments,
+    "4 MB HTML of '--!'": html_4mb_of_unended_comment_ends,
+    "4 MB HTML of '<![if x]'": html_4mb_of_unended_conditionals,
     "1 MB Subject": subject_1mb,
     "1 MB Subject of [ref: openers": subject_1mb_of_token_openers,
     "1 MB text of [ref: openers wrapped between their characters":

@@ -11,7 +11,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casethread.core import bodytext, placement
+from casethread.core import bodytext, markup, placement
 
 _ENDS = "\t\n\f\r />"
 _LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -60,20 +60,14 @@ def test_raw_text_and_closing_tags_read_names_as_whatwg(text: str) -> None:
         opening = tag is not None and not tag[0]
         closing = tag is not None and tag[0]
         name = ascii_lower(tag[1]) if tag else ""
-        found = bodytext._RAW_TEXT_OPEN.match(text, at)
-        opens = (opening and name in ("script", "style") and tag is not None
+        found = markup._OPENER.match(text, at)
+        opens = (opening and name in markup.RAW_TEXT and tag is not None
                  and ends_before_a_less_than(text, tag[2]))
-        assert (found is not None) == opens, (text, at)
-        assert found is None or found.group(1).lower() == name
-        for raw in ("script", "style"):
+        assert (found is not None and found.group(2) is not None) == opens, (text, at)
+        assert found is None or found.group(2) is None or found.group(2).lower() == name
+        for raw in markup.RAW_TEXT:
             closes = closing and name == raw
-            assert (bodytext._RAW_TEXT_CLOSE[raw].match(text, at) is not None) == closes
-        for raw in placement._RAW_TEXT:
-            starts = opening and name == raw
-            assert (placement._RAW_TEXT_START[raw].match(text, at) is not None) == starts
-        end = placement._RAW_TEXT_END.match(text, at)
-        assert (end is not None) == (closing and name in placement._RAW_TEXT), (text, at)
-        assert end is None or end.group(1).lower() == name
+            assert (markup.RAW_TEXT_CLOSE[raw].match(text, at) is not None) == closes
         # The body's end: a tag ended by ">" before any "<", as the other tag patterns read it.
         for raw, pattern in zip(("body", "html"), placement._CLOSING_TAGS, strict=True):
             ends = (closing and name == raw and tag is not None

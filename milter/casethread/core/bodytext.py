@@ -13,6 +13,7 @@ from itertools import chain
 
 from . import mime
 from .frozen import frozen
+from .markup import TAG_NAME_END, hidden_spans
 from .message import Data, Header, parse_raw
 from .mime import Part
 from .subject import decode_subject
@@ -45,7 +46,6 @@ RETURNED_MESSAGE_TYPES = frozenset(
 # case-insensitively (`(?a:...)`): `<p-x>`, `<style:x>`, `<script.x>`, `<style\u00a0>` are
 # other elements (`\b` after the name ended it at any non-word character), and `<d\u0130v>`
 # no div (re.I alone reads a dotted capital I as "i", a Kelvin sign as "k").
-TAG_NAME_END = r"(?=[\t\n\f\r />])"
 _BLOCK_TAG = re.compile(
     r"<\s*+(?:/\s*+)?(?a:br|p|div|tr|td|th|li|ul|ol|h[1-6]|blockquote|table|pre|hr)"
     + TAG_NAME_END + r"[^<>]*>",
@@ -59,23 +59,16 @@ BLOCKQUOTE_TAG = re.compile(r"<\s*+(/\s*+)?(?a:blockquote)" + TAG_NAME_END + r"[
 # must not make the text 10,000 times as long. Deeper quotes rank alike; a reply's newest
 # quoted mail is one level deep.
 MAX_HTML_QUOTE_MARKS = 8
-# Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `<\u017ftyle>` (a long s, which
-# re.I alone reads as "s") is no style element, and was no key of `_RAW_TEXT_CLOSE` (KeyError).
-# The name runs on through any other character (`TAG_NAME_END`): `<style\u00e9>`, `<script-x>`
-# and `<style:x>` are no style or script elements (with `\b` after the name they were, and the
-# text after them, to the next `</style>` or the end, was dropped from the token scan).
-# The text of one ends at `</style` or `</script` followed by the same characters (WHATWG's
-# "appropriate end tag"): `</style >`, `</style/>`, `</style media=x>` close it, `</stylex>`
-# and `</style\v>` do not. The closing tag runs to its `>`, or to the end if none follows (the
-# tag is then never ended: browsers show nothing after it). It always matches once its name
-# has, so a search reads the text once.
-_RAW_TEXT_OPEN = re.compile(r"<((?a:script|style))" + TAG_NAME_END + r"[^<>]*>", re.I)
-_RAW_TEXT_CLOSE = {name: re.compile(rf"</(?a:{name}){TAG_NAME_END}[^>]*+>?", re.I)
-                   for name in ("script", "style")}
-# Where `_RAW_TEXT_OPEN` or `BLOCKQUOTE_TAG` can match, this matches too (their start, without
-# what must follow): one pass tells the usual HTML, which has neither, from the rest, where
-# two would look for each. (re.I without re.A: a superset of what either finds.)
-_RAW_TEXT_OR_QUOTE = re.compile(r"<(?:script|style|\s*+(?:/\s*+)?blockquote)", re.I)
+# Where `hidden_spans` can find a span the token scan drops (`_DROPPED`), or `BLOCKQUOTE_TAG`
+# a quote, this matches too (at its start, without what must follow): one pass tells the usual
+# HTML, which has no comment, bogus comment (`<!DOCTYPE`), script, style or quote, from the
+# rest. (A <title> or <textarea> matters only when one of those follows it: only then can it
+# hold what would open one. re.I without re.A for the names and blanks: a superset.)
+_DROPPED_OR_QUOTE = re.compile(
+    r"<(?:[!?]|/(?a:[^A-Za-z>])|script|style|\s*+(?:/\s*+)?blockquote)", re.I)
+# Of the spans no markup is read in, those the token scan drops: comments, scripts, styles (the
+# text of a <title>, <textarea> or <xmp> is read, as before; it only opens no comment).
+_DROPPED = frozenset({"comment", "script", "style"})
 
 
 @frozen
@@ -426,15 +419,15 @@ def _byte_order(sample: bytes, width: int) -> str:
 def html_to_text(markup: str) -> str:
     """Visible text of HTML: comments, scripts and styles dropped, tags removed, entities decoded.
 
-    Block tags become line breaks so words of adjacent blocks do not run together. A line
-    inside <blockquote>s starts with a ">" per level, as a plain-text reply quotes it: the
-    token scan ranks tokens by these marks (`resolve._quote_depth`). An unclosed blockquote
-    runs to the end, a closing one without an opener closes nothing.
+    Comments and the text no markup is read in are found as browsers find them
+    (`markup.hidden_spans`). Block tags become line breaks so words of adjacent blocks do not
+    run together. A line inside <blockquote>s starts with a ">" per level, as a plain-text
+    reply quotes it: the token scan ranks tokens by these marks (`resolve._quote_depth`). An
+    unclosed blockquote runs to the end, a closing one without an opener closes nothing.
     """
-    text = _drop_between(markup, "<!--", "-->")
-    if _RAW_TEXT_OR_QUOTE.search(text) is None:
-        return _visible(text)
-    text = _drop_raw_text_elements(text)
+    if _DROPPED_OR_QUOTE.search(markup) is None:
+        return _visible(markup)
+    text = _drop_hidden(markup)
     pieces: list[str] = []
     depth = pos = 0
     for tag in BLOCKQUOTE_TAG.finditer(text):
@@ -443,6 +436,22 @@ def html_to_text(markup: str) -> str:
         pos = tag.end()
     pieces.append(_quoted(_visible(text[pos:]), depth))
     return "".join(pieces)
+
+
+def _drop_hidden(text: str) -> str:
+    """`text` without its comments, scripts and styles (`_DROPPED`). A span that runs to the
+    end (never closed) drops the rest. Read from the start: what `_DROPPED_OR_QUOTE` finds
+    may lie in a <title> or <textarea>, where it opens nothing."""
+    out: list[str] = []
+    pos = 0
+    for span in hidden_spans(text):
+        if span.kind in _DROPPED:
+            out.append(text[pos : span.start])
+            pos = span.end
+    if not pos:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _visible(markup: str) -> str:
@@ -457,37 +466,3 @@ def _quoted(text: str, depth: int) -> str:
     marks = ">" * min(depth, MAX_HTML_QUOTE_MARKS) + " "
     return marks + text.replace("\n", "\n" + marks)
 
-
-def _drop_between(text: str, opener: str, closer: str) -> str:
-    out: list[str] = []
-    pos = 0
-    while True:
-        start = text.find(opener, pos)
-        if start < 0:
-            break
-        out.append(text[pos:start])
-        end = text.find(closer, start + len(opener))
-        if end < 0:
-            return "".join(out)
-        pos = end + len(closer)
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _drop_raw_text_elements(text: str) -> str:
-    """Remove <script> and <style> elements; an unclosed one runs to the end (as browsers do)."""
-    out: list[str] = []
-    pos = 0
-    while True:
-        opened = _RAW_TEXT_OPEN.search(text, pos)
-        if opened is None:
-            break
-        out.append(text[pos : opened.start()])
-        name = opened.group(1)
-        closing = _RAW_TEXT_CLOSE[name.lower()]
-        closer = closing.search(text, opened.end())
-        if closer is None:
-            return "".join(out)
-        pos = closer.end()
-    out.append(text[pos:])
-    return "".join(out)

@@ -379,7 +379,12 @@ _cached_codec_for = functools.lru_cache(maxsize=256)(_codec_for)
 # HTML5's prescan reads a <meta> charset in the first 1024 bytes only (WHATWG HTML §13.2.3.2):
 # `<meta charset=...>` or `<meta http-equiv="Content-Type" content="...; charset=...">`.
 _PRESCAN_BYTES = 1024
-_HTML_COMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
+# What the prescan passes over (its own rules, not the tokenizer's: `markup` reads those): a
+# comment to the first `>` after two dashes, which may be those of `<!--` itself (`<!-->` and
+# `<!--->` are whole comments; `--!>` closes none), and `<!`, `<?` or `</` followed by no ASCII
+# letter to the first `>` (`<![if !vml]>`, `<?xml ...?>`). Unclosed: to the end. (The str
+# patterns of `markup` cannot serve: this reads bytes, and reads <style> text as markup.)
+_PRESCAN_SKIPPED = re.compile(rb"<!--(?:>|->|.*?-->|.*)|<(?:[!?]|/(?![A-Za-z]))[^>]*+>?", re.S)
 # `<meta` is followed by a tab, line feed, form feed, carriage return, space or "/" (the
 # prescan's own test): `<meta/charset=...>` is one, `<meta\vcharset=...>` or `<meta-x ...>` none.
 _META_CHARSET = re.compile(
@@ -397,8 +402,8 @@ def part_charset(part: Part, content: bytes) -> str | None:
     if part.mime_type != "text/html" or part.charset is not None:
         return part.charset
     head = content[:_PRESCAN_BYTES]
-    if b"<!--" in head:
-        head = _HTML_COMMENT.sub(b"", head)
+    if b"<!" in head or b"<?" in head or b"</" in head:
+        head = _PRESCAN_SKIPPED.sub(b"", head)
     for found in _META_CHARSET.finditer(head):
         label = _prescanned(found.group(1).decode("ascii"))
         if label is not None:

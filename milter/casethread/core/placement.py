@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import re
+from array import array
 from collections.abc import Iterator
 
-from .bodytext import BLOCKQUOTE_TAG, TAG_NAME_END
+from .bodytext import BLOCKQUOTE_TAG
+from .markup import TAG_NAME_END, hidden_spans
 
 # A closing tag's name ends only at a blank, "/" or ">" (`TAG_NAME_END`, WHATWG HTML §13.2.5.8):
 # `</body foo>` and `</body/>` end the body, `</body\u00a0>` and `</body\v>` (which `\s*>` took)
@@ -22,16 +24,6 @@ from .bodytext import BLOCKQUOTE_TAG, TAG_NAME_END
 _CLOSING_TAGS = tuple(re.compile(rf"</(?a:{name}){TAG_NAME_END}[^<>]*>", re.I)
                       for name in ("body", "html"))
 _TAIL = 1024  # characters where `_last_match` looks for a closing tag first
-_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unclosed: to the end
-_RAW_TEXT = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
-# Tag names are ASCII case-insensitive (WHATWG HTML §13.2.5.8): `</\u017ftyle>` (a long s, which
-# re.I alone reads as "s") closes no style element, and was no key of `_RAW_TEXT_START`.
-# A name ends only at a blank, "/" or ">" (`TAG_NAME_END`): `<style\u00e9>`, `<style-x>` open
-# no style element (with `\b` after the name they did, and a </body> inside the style was
-# taken); `</style foo>` and `</style/>` end one (WHATWG's "appropriate end tag"), `</stylex>`
-# and `</style\v>` do not.
-_RAW_TEXT_END = re.compile(rf"</(?a:({'|'.join(_RAW_TEXT)})){TAG_NAME_END}", re.I)
-_RAW_TEXT_START = {name: re.compile(rf"<(?a:{name}){TAG_NAME_END}", re.I) for name in _RAW_TEXT}
 # osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
 # headers name none of its mail, reads the quoted line back only at the body's end (its
 # pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
@@ -69,14 +61,41 @@ _HTML_INLINE_TAGS = 16  # inline tags (<span>, <font>, <b>) before and after a s
 
 def html_insertion_index(text: str) -> int:
     """Before the last </body> (else </html>, else the end), or above an HTML signature
-    separator before it (`_html_signature_start`)."""
+    separator before it (`_html_signature_start`); never inside a comment or the text of a
+    raw text element (`_Hidden`)."""
     end = len(text)
+    hidden = _Hidden(text)
     for closing in _CLOSING_TAGS:
-        found = _last_match(closing, text)
+        found = _last_match(closing, text, hidden)
         if found is not None:
             end = found
             break
-    return _html_signature_start(text, end)
+    return _html_signature_start(text, end, hidden)
+
+
+class _Hidden:
+    """Where the part holds no markup: its comments (bogus ones too) and the text of its raw
+    text elements (<script>, <style>, <title>, <textarea>, ...), as browsers read them
+    (`markup.hidden_spans`: `<!-->` is a whole comment, `--!>` closes one, a `<!--` in a
+    <style> is text). The part is read once, when first asked; the spans are kept as two
+    arrays of offsets (16 bytes a span: a part of a million comments is no list of tuples)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._starts: array[int] | None = None
+        self._ends = array("q")
+
+    def span_at(self, at: int) -> tuple[int, int] | None:
+        """The span that holds position `at`, if one does."""
+        if self._starts is None:
+            self._starts = array("q")
+            for span in hidden_spans(self._text):
+                self._starts.append(span.start)
+                self._ends.append(span.end)
+        i = bisect.bisect_right(self._starts, at) - 1
+        if i >= 0 and at < self._ends[i]:
+            return self._starts[i], self._ends[i]
+        return None
 
 
 def text_insertion_index(text: str) -> int:
@@ -86,7 +105,7 @@ def text_insertion_index(text: str) -> int:
     return min(_signature_start(text), _trailing_mark_start(text))
 
 
-def _html_signature_start(text: str, end: int) -> int:
+def _html_signature_start(text: str, end: int, hidden: _Hidden) -> int:
     """Where our tag goes above an HTML signature separator (`_HTML_DASH`) before `end`, else
     `end`: right after the line break that precedes it, or before the block element it starts
     (`<div class="moz-signature">`, `<p>`), so the tag stays out of the signature's element."""
@@ -99,14 +118,14 @@ def _html_signature_start(text: str, end: int) -> int:
         if before is None or not _html_line_break_after(text, match.end(), end):
             continue
         quotes = _blockquote_depth(text, at, quotes)
-        if quotes[1] > 0 or _in_comment(text, at) or _in_raw_text(text, at):
+        if quotes[1] > 0 or hidden.span_at(at) is not None:
             continue  # `<title>-- </title>` in <head>: the tag went before <html>
-        boundary = _html_block_boundary(text, at)
+        boundary = _html_block_boundary(text, at, hidden)
         return before if boundary is None else boundary
     return end
 
 
-def _html_block_boundary(text: str, at: int) -> int | None:
+def _html_block_boundary(text: str, at: int, hidden: _Hidden) -> int | None:
     """The nearest block boundary at or before `at`: after a block's end tag (or a holder's
     start tag, `<body>`, `<td>`), before a block's start tag. A <div> there stays one block
     among others; right after a `<br>` inside a <p> it would end that paragraph early (HTML
@@ -116,11 +135,9 @@ def _html_block_boundary(text: str, at: int) -> int | None:
         start = text.rfind("<", 0, pos)
         if start < 0:
             return None
-        closed = text.find("-->", start, pos)
-        if closed >= 0:  # a comment ends here: its `<p>` is no boundary, and our tag in it lost
-            pos = text.rfind("<!--", 0, closed)
-            if pos < 0:
-                return None
+        span = hidden.span_at(start)
+        if span is not None:  # a comment: its `<p>` is no boundary, and our tag in it lost
+            pos = span[0]
             continue
         found = _HTML_TAG.match(text, start)
         if found is not None and found.end() <= at:
@@ -190,16 +207,6 @@ def _blockquote_depth(text: str, at: int, since: tuple[int, int]) -> tuple[int, 
     return at, depth
 
 
-def _in_comment(text: str, at: int) -> bool:
-    """`at` is inside an HTML comment (one never closed runs to the end). One position, so
-    the nearest opener before it is enough; `_last_match` checks many against all comments."""
-    start = text.rfind("<!--", 0, at)
-    if start < 0:
-        return False
-    close = text.find("-->", start + 4)
-    return close < 0 or close >= at
-
-
 def _signature_start(text: str) -> int:
     """Where the first signature separator line (`-- ` alone on its line) starts, else the
     end. Mail clients drop the signature from the text they quote in a reply, from that line
@@ -228,26 +235,24 @@ def _trailing_mark_start(text: str) -> int:
     return at if at == 0 or text[at - 1] == "\n" else len(text)  # a line's start, not the cut's
 
 
-def _last_match(pattern: re.Pattern[str], text: str) -> int | None:
+def _last_match(pattern: re.Pattern[str], text: str, hidden: _Hidden) -> int | None:
     """The last match outside HTML comments (Outlook ends some mail with
-    `<!--[if mso]></body><![endif]-->`, which no client renders) and outside another tag
-    (`<a title="</body>">`: the tag would be cut open and our hidden text shown)."""
-    comments = [m.span() for m in _HTML_COMMENT.finditer(text)] if "<!--" in text else []
-    starts = [a for a, _ in comments]
+    `<!--[if mso]></body><![endif]-->`, which no client renders), outside the text of raw
+    text elements (`p::after{content:"</body>"}` in a <style> closes no body) and outside
+    another tag (`<a title="</body>">`: the tag would be cut open and our hidden text
+    shown)."""
     # From the last match back, so a part of a million `</body>` is not checked match by
-    # match; a few are checked for raw text at most: each check reads on to the next closing
-    # tag.
-    outside = 0
+    # match: those inside one span are passed over once the first is found in it.
+    floor = len(text)
     for at in _starts_from_the_end(pattern, text):
-        # The comments are sorted and apart: only the last one opening before it can hold it.
-        i = bisect.bisect_right(starts, at) - 1
-        if (i >= 0 and at < comments[i][1]) or text.rfind("<", 0, at) > text.rfind(">", 0, at):
+        if at >= floor:
             continue
-        if not _in_raw_text(text, at):
+        span = hidden.span_at(at)
+        if span is not None:
+            floor = span[0]
+            continue
+        if text.rfind("<", 0, at) <= text.rfind(">", 0, at):
             return at
-        outside += 1
-        if outside == 4:
-            break
     return None
 
 
@@ -262,14 +267,3 @@ def _starts_from_the_end(pattern: re.Pattern[str], text: str) -> Iterator[int]:
     if tail:
         starts = [match.start() for match in pattern.finditer(text)]
         yield from reversed(starts[: bisect.bisect_left(starts, tail)])
-
-
-def _in_raw_text(text: str, at: int) -> bool:
-    """`at` is inside a <script>, <style>, <title>, <textarea>, <xmp>, <iframe>, <noembed> or
-    <noframes> element, whose text is no markup (WHATWG HTML §13.2.5:
-    `p::after{content:"</body>"}` closes no body): the next closing tag of such an element
-    comes before any opening of it. (One never closed is not seen: it would need a scan of
-    the whole part for every HTML mail.)"""
-    end = _RAW_TEXT_END.search(text, at)
-    return end is not None and _RAW_TEXT_START[end.group(1).lower()].search(
-        text, at, end.start()) is None
