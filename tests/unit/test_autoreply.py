@@ -148,6 +148,27 @@ def test_return_path_tells_the_null_sender_where_no_envelope_is_known(
     assert classify_auto(msg(("Return-Path", value), mail_from="")) == kind
 
 
+@pytest.mark.parametrize(("value", "null"), [
+    ("MAILER-DAEMON <>", True),  # DragonFly Mail Agent's bounces
+    ("<>", True),
+    ('"Mail Delivery System" < > (no sender)', True),
+    ("MAILER-DAEMON", False),  # a name alone: no sign either way
+    ("MAILER-DAEMON <mailer-daemon@mx.example>", False),
+    ("Pat <pat@customer.example>", False),
+    ("a@b.example, <>", False),
+])
+def test_a_from_of_the_empty_address_tells_the_null_sender_where_no_envelope_is_known(
+        value: str, null: bool) -> None:
+    """`casethread filter` without --mail-from: the From stands in for the envelope, as
+    Return-Path does. The milter has the envelope, whose `<>` decides there."""
+    dma = msg(("From", value), ("Subject", "Mail delivery failed"), mail_from="")
+    assert autoreply.has_null_sender(dma) is null
+    if null:  # (from mailer-daemon@ it is a bounce by that name)
+        assert classify_auto_detail(dma) == ("bounce", "null-sender+failure-subject")
+    # The envelope wins: a person's mail under a sender of its own is no bounce.
+    assert not autoreply.has_null_sender(msg(("From", value)))
+
+
 @pytest.mark.parametrize("value", ["<>", "<> (bounce (of a bounce))"])
 def test_the_envelope_wins_over_a_return_path_field(value: str) -> None:
     """In transit Return-Path is whatever the client wrote: Postfix drops it before the milter

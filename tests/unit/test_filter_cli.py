@@ -687,6 +687,26 @@ def test_an_out_of_office_under_the_null_sender_resolved_by_its_subject_skips_th
     assert "match=token" in line and line.endswith(" body=skipped"), line
 
 
+def test_a_dragonfly_bounce_without_mail_from_is_a_bounce(run_filter: Any) -> None:
+    """DragonFly Mail Agent writes `From: MAILER-DAEMON <>` and no Auto-Submitted: saved
+    without its envelope, the From says the null sender, as `--mail-from '<>'` would."""
+    out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
+    assert out.returncode == 0, out.stderr
+    (message_id,) = headers_of(out.stdout)["message-id"]
+    bounce = (b"Received: from MAILER-DAEMON\n\tid 1a2b3\n\tby mx.customer.example.org "
+              b"(DragonFly Mail Agent v0.13);\n\tMon, 30 Nov 2026 09:15:07 +0000\n"
+              b"X-Original-To: <pat@customer.example.org>\nFrom: MAILER-DAEMON <>\n"
+              b"To: dana@support.example.com\nSubject: Mail delivery failed\n"
+              b"Message-Id: <1a2b3@mx.customer.example.org>\n\n"
+              b"There was an error delivering your mail to <pat@customer.example.org>.\n\n"
+              b"Message headers follow.\n\nMessage-ID: " + message_id.encode() + b"\n")
+    for envelope in ([], ["--mail-from", "<>"]):
+        inb = run_filter("--direction", "inbound", "--dry-run", *envelope, "-", stdin=bounce)
+        found = headers_of(inb.stdout)
+        assert (found["x-case-auto"], found["x-case-match"], found["x-case-id"]) == (
+            ["bounce"], ["bounce"], ["C-000001"]), (envelope, inb.stderr)
+
+
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_a_body_without_a_final_line_break_ends_as_the_mta_ends_it(
     run_filter: Any, newline: bytes

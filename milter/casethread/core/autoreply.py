@@ -656,12 +656,25 @@ def _null_sender(msg: Message, fields: Fields) -> bool:
     """The envelope sender is `<>`. A `Return-Path: <>` field counts only where the envelope
     is not known (`casethread filter` without `--mail-from`, on saved mail, whose final
     delivery wrote it): in transit that field is the client's, which Postfix drops before the
-    milter sees it and Sendmail hands over, so the milter behind either reads the envelope."""
+    milter sees it and Sendmail hands over, so the milter behind either reads the envelope.
+    There the From stands in for the envelope too: `From: <>` or `MAILER-DAEMON <>` (an empty
+    angle address, DragonFly Mail Agent's bounces) is the null sender's mail, as its envelope
+    said; a From with an address, or a name alone, is no sign either way."""
     mail_from = "".join(msg.envelope.mail_from.split())
     if mail_from:
         return mail_from == "<>"
     return any("".join(without_comments(v).split()) == "<>"
-               for v in _values(fields, "return-path"))
+               for v in _values(fields, "return-path")) or _null_from(msg)
+
+
+def _null_from(msg: Message) -> bool:
+    """Whether the From names no address but the empty one: `<>`, or a display name and `<>`
+    (`MAILER-DAEMON <>`), blanks and comments anywhere."""
+    value = msg.get("From")
+    if value is None or "<" not in value:
+        return False
+    name, _, rest = without_comments(_field_text(value)).rpartition("<")
+    return "".join(rest.split()) == ">" and not any(c in name for c in "<>@,;")
 
 
 def _from_local_part(msg: Message) -> str:
