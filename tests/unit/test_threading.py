@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.header
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -377,6 +378,57 @@ def test_a_bounce_without_a_dsn_of_other_mail_opens_no_case(harness: Any, server
     r = harness.inbound(*fields, body=body, mail_from="<>")
     assert r.ours() == [("X-Case-Match", "none"), ("X-Case-Auto", "bounce")]
     assert harness.index.last_number() == 1
+
+
+_REPORT_NUMBERS = itertools.count(1)
+
+
+def bounce_of(server: str, returned: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """A structured DSN (`dsn`, the header returned) or a bounce of `NON_DSN_BOUNCES`."""
+    if server == "dsn":  # each a report of its own: a Message-ID of its own
+        fields = tuple(("Message-ID", f"<{next(_REPORT_NUMBERS)}.dsn@mx.example>")
+                       if name == "Message-ID" else (name, value) for name, value in DSN_HEADERS)
+        return fields, dsn(returned.partition(b"\n\n")[0] + b"\n", "text/rfc822-headers")
+    return NON_DSN_BOUNCES[server](returned)
+
+
+@pytest.mark.parametrize("server", ["dsn", *NON_DSN_BOUNCES])
+def test_a_bounce_of_a_message_id_our_mail_carried_for_two_cases(harness: Any,
+                                                                  server: str) -> None:
+    """An app's template with a fixed Message-ID mailed Alice, then Bob: each got a case of
+    their own, and the Message-ID's record names Bob's. The bounce of Alice's mail names her
+    case by its returned token, its recipient being hers, not Bob's: text bounces and DSNs
+    alike."""
+    mid = ("Message-ID", "<notification@app.example.com>")
+    mails = [harness.outbound(AGENT, ("To", to), ("Subject", subject), mid)
+             for to, subject in (("alice@customer-a.example", "Password reset"),
+                                 ("bob@customer-b.example", "Invoice"))]
+    assert [m.case_id for m in mails] == ["C-000001", "C-000002"]
+    for mail in mails:
+        returned = (f"From: {AGENT[1]}\nTo: {mail.one('To')}\nSubject: {mail.one('Subject')}\n"
+                    f"Message-ID: {mid[1]}\n\nHello\n").encode()
+        fields, body = bounce_of(server, returned)
+        r = harness.inbound(*fields, body=body, mail_from="<>")
+        assert (r.case_id, r.one("X-Case-Match")) == (mail.case_id, "bounce"), server
+    # A bounce returning the Message-ID alone tells no more than its record: the newer case.
+    fields, body = bounce_of(server, f"Message-ID: {mid[1]}\n\nHello\n".encode())
+    r = harness.inbound(*fields, body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000002", "bounce")
+
+
+def test_a_bounce_keeps_the_message_ids_case_its_recipient_is_a_participant_of(
+        harness: Any) -> None:
+    """Our mail whose Subject kept an older case's tag (DKIM-signed, left unstamped) names
+    its own case by its Message-ID: the customer is a participant of both, and the recorded
+    Message-ID is the mail's own, not one carried for two cases."""
+    older = start_case(harness)
+    newer = start_case(harness, "Toner")
+    returned = (f"From: {AGENT[1]}\nTo: {TO_CUSTOMER[1]}\nSubject: Re: {older.one('Subject')}\n"
+                f"Message-ID: {newer.one('Message-ID')}\n\nHello\n").encode()
+    fields, body = bounce_of("dsn", returned)
+    r = harness.inbound(*fields, body=body, mail_from="<>")
+    assert (r.case_id, r.one("X-Case-Match")) == (newer.case_id, "bounce")
+    assert newer.case_id != older.case_id
 
 
 def carrier_notice(returned: bytes) -> bytes:

@@ -35,7 +35,7 @@ from .token import (
 
 # What a bounce's returned headers (or a read receipt's report) may name us by.
 _RETURNED_FIELD = re.compile(
-    rb"^(message-id|original-message-id|in-reply-to|references|subject)[ \t]*:"
+    rb"^(message-id|original-message-id|in-reply-to|references|subject|to|cc)[ \t]*:"
     rb"(.*(?:\r?\n[ \t].*)*)", re.I | re.M
 )
 # The fields that hold the returned mail's own Message-ID.
@@ -800,7 +800,8 @@ class Resolver:
         (a read receipt's Original-Message-ID), then the signed tokens (Subject, anchors),
         then the IDs of the mail it answered. The parent's IDs come last: a mail that moved
         the conversation to another case (or to a split case's child) answers a mail of the
-        old one."""
+        old one. A Message-ID our mail carried for two cases names the newer
+        (`_reused_message_id`)."""
         head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
         fields: dict[str, list[str]] = {}
         for found in _RETURNED_FIELD.finditer(head):
@@ -808,15 +809,41 @@ class Resolver:
                 found.group(2).decode("utf-8", "surrogateescape"))
         parents = [mid for name in ("in-reply-to", "references") for value in fields.get(name, ())
                    for mid in msgid.id_list(value, self._limit)]
+
+        def tokens() -> Iterator[str]:
+            return self._header_tokens(
+                fields.get("subject", []),
+                (v for name in ("in-reply-to", "references") for v in fields.get(name, ())))
+
         for mid in (m for name in _RETURNED_ID_FIELDS for v in fields.get(name, ())
                     for m in msgid.id_list(v, 1)):
             case = ev.case_by_alias(AliasKind.MESSAGE, mid)
             if case is not None:
-                return Hit(case, "bounce")
-        tokens = self._header_tokens(
-            fields.get("subject", []),
-            (v for name in ("in-reply-to", "references") for v in fields.get(name, ())))
-        case = ev.case_by_tokens(tokens)
+                return Hit(self._reused_message_id(ev, case, fields, tokens) or case, "bounce")
+        case = ev.case_by_tokens(tokens())
         if case is not None:
             return Hit(case, "bounce")
         return _first_hit((ev.case_by_alias(AliasKind.MESSAGE, m) for m in parents), "bounce")
+
+    def _reused_message_id(self, ev: Evidence, by_id: CaseRecord, fields: dict[str, list[str]],
+                           tokens: Callable[[], Iterator[str]]) -> CaseRecord | None:
+        """The case of the returned mail's signed token, where its Message-ID names another
+        case none of whose participants the mail went to: our mail carried that Message-ID
+        for two cases (an app's template with a fixed Message-ID, a client's resend to
+        another customer), and its record names the newer. The token's case must have one of
+        the returned recipients (To, Cc) as a participant: the case the bounced mail was
+        sent for. Our mail's recipients are its case's participants; a Subject our token is
+        no sign of (DKIM-signed mail left unstamped keeps the tag of the mail it answers)
+        names a case of the same customer, and the Message-ID's case keeps the report."""
+        people = [a for a in header_addresses(fields.get("to", []) + fields.get("cc", []))
+                  if "@" in a and not self.is_ours(a)][:MAX_PARTICIPANTS]
+        if not people or any(ev._participant(by_id.case_id, a) for a in people):
+            return None
+        case = ev.case_by_tokens(tokens())
+        if case is None or case.case_id == by_id.case_id or not any(
+                ev._participant(case.case_id, a) for a in people):
+            return None
+        ev.trace.append(f"  the returned Message-ID names {by_id.case_id}, which the mail's "
+                        f"recipients are no participants of; its token names {case.case_id}, "
+                        "theirs: a Message-ID our mail carried for both")
+        return case
