@@ -20,7 +20,7 @@ from typing import Any
 
 from .core import msgid, thread_index
 from .core.model import AliasKind, CaseRecord, CaseState, case_fields, is_valid_case_id
-from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, survivor, with_state
+from .core.rules import MAX_HOPS, MAX_SPLIT_CHILDREN, Target, apply, survivor, with_state
 from .core.store import CaseIndex, CaseReader
 from .core.token import DEFAULT_TEMPLATE, Keyring, find_tokens, token_from_anchor
 
@@ -117,6 +117,15 @@ def lookup_thread_index(reader: CaseReader, value: str) -> Found | None:
         raise BadLookupKey(f"{value!r} is not a Thread-Index value (base64 of 22 + 5n bytes)")
     hit = reader.find(AliasKind.THREAD_ROOT, thread_index.root_of(raw).hex())
     return _found(reader, hit.case_id if hit else None, "thread-index")
+
+
+def reply_targets(reader: CaseReader, found: Found, now: int,
+                  reopen_within: int) -> list[Target]:
+    """Where a person's reply to what the key named would go now, and what it would do
+    there: the case rules' own walk (`rules.apply`) from the case the key named, as the
+    milter takes it (merges, a split's children, a closed case's open parent or follow-up,
+    a resolved case reopened or, past `cases.reopen_within`, continued in a new case)."""
+    return apply(found.named, reader, automatic=False, now=now, reopen_within=reopen_within)
 
 
 # --- changing ---------------------------------------------------------------------------------
@@ -325,17 +334,23 @@ def record_dict(case: CaseRecord) -> dict[str, Any]:
     return case_fields(case, "case_id")
 
 
-def found_dict(found: Found) -> dict[str, Any]:
+def found_dict(found: Found, reply: Sequence[Target] = ()) -> dict[str, Any]:
     data = record_dict(found.case)
     data["via"] = found.via
     # Differs from case_id when the key named a case that was merged away.
     data["named"] = found.named.case_id
+    if reply:
+        # Each case a reply goes to and what it does there (`new-related`: a new case is
+        # opened, related to that one), as `filter --explain` writes the rules' line.
+        data["reply"] = [{"case_id": t.case.case_id, "action": t.action.value} for t in reply]
     return data
 
 
 def _text_value(key: str, value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return ", ".join(" ".join(str(x) for x in v.values()) for v in value)
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
     if key in {"created", "updated", "state_changed"} and isinstance(value, int):

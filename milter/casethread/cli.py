@@ -280,6 +280,9 @@ examples:
   casethread lookup --thread-index AQHdf1bywrkDR8tEzK//5etmG/WL0g==
 
 The case printed is where mail goes: merges are followed (`named` is the case the key named).
+`reply` is where a person's reply would go now, by the case rules (a split's children, a
+closed case's open parent or follow-up, reopening), and what it would do there: thread,
+activate (a waiting case opens), reopen, or new-related (a new case, related to that one).
 {CASE_EXIT}
 """
 
@@ -367,9 +370,11 @@ def cmd_lookup(args: argparse.Namespace) -> int:
                 )
         except case_admin.BadLookupKey as exc:
             return _fail(exc, EXIT_RUNTIME)
-    if found is None:
-        return _fail(Exception(f"no case found for {key}"), EXIT_RUNTIME)
-    _emit(args, case_admin.found_dict(found))
+        if found is None:
+            return _fail(Exception(f"no case found for {key}"), EXIT_RUNTIME)
+        reply = case_admin.reply_targets(index, found, int(time.time()),
+                                         settings.cases.reopen_within)
+    _emit(args, case_admin.found_dict(found, reply))
     return EXIT_OK
 
 

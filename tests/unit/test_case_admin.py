@@ -349,6 +349,48 @@ def test_lookup_message_id_normalises_and_follows_merges(index: MemoryIndex) -> 
         case_admin.lookup_message_id(index, "<>")
 
 
+WEEK = 7 * 86400
+NOW = T0 + 2 * WEEK
+
+
+@pytest.mark.parametrize(("links", "reply"), [
+    ({}, [("C-000001", "thread")]),
+    ({"C-000001": {"state": CaseState.WAITING}}, [("C-000001", "activate")]),
+    ({"C-000001": {"state": CaseState.RESOLVED, "state_changed": NOW - 60}},
+     [("C-000001", "reopen")]),
+    # Resolved longer ago than cases.reopen_within: a new case, related to it.
+    ({"C-000001": {"state": CaseState.RESOLVED}}, [("C-000001", "new-related")]),
+    ({"C-000001": {"merged_into": "C-000002"}}, [("C-000002", "thread")]),
+    ({"C-000001": {"children": ("C-000002", "C-000003")}},
+     [("C-000002", "thread"), ("C-000003", "thread")]),
+    # A closed case: its open parent, else the follow-up an earlier reply opened, else new.
+    ({"C-000001": {"state": CaseState.CLOSED, "parent": "C-000004"}}, [("C-000004", "thread")]),
+    ({"C-000001": {"state": CaseState.CLOSED, "followup": "C-000005"}},
+     [("C-000005", "thread")]),
+    ({"C-000001": {"state": CaseState.CLOSED, "followup": "C-000005"},
+      "C-000005": {"state": CaseState.CLOSED, "followup": "C-000006"},
+      "C-000006": {"merged_into": "C-000003"}}, [("C-000003", "thread")]),
+    ({"C-000001": {"state": CaseState.CLOSED}}, [("C-000001", "new-related")]),
+])
+def test_lookup_says_where_a_reply_would_go(
+        index: MemoryIndex, links: dict[str, dict[str, object]],
+        reply: list[tuple[str, str]]) -> None:
+    """Not only the merges `case` follows: the engine's walk, as a reply would take it now."""
+    for case_id, fields in links.items():
+        link(index, case_id, **fields)
+    found = case_admin.lookup_case(index, "C-000001")
+    assert found is not None
+    targets = case_admin.reply_targets(index, found, NOW, reopen_within=WEEK)
+    assert [(t.case.case_id, t.action.value) for t in targets] == reply
+    # The same as the milter's rules for a person's reply to that case.
+    assert targets == rules.apply(get(index, "C-000001"), index, automatic=False,
+                                  now=NOW, reopen_within=WEEK)
+    data = case_admin.found_dict(found, targets)
+    assert data["reply"] == [{"case_id": c, "action": a} for c, a in reply]
+    assert list(data)[-3:] == ["via", "named", "reply"]
+    assert f"\nreply: {', '.join(f'{c} {a}' for c, a in reply)}" in case_admin.as_text(data)
+
+
 def test_lookup_token_forms(index: MemoryIndex) -> None:
     token = KEYRING.make(get(index, "C-000003").number)
     for form in (token, token.lower(), f"Re: help [ref:{token}]", anchor(token, "example.com")):

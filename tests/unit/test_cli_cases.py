@@ -463,8 +463,9 @@ def test_lookup_every_key(cli: Cli, sent: list[Sent]) -> None:
         ("--thread-index", two.thread_index, "thread-index"),
     ]:
         data = cli.json("lookup", option, value)
-        assert list(data) == [*EXPECTED_KEYS, "via", "named"], data
+        assert list(data) == [*EXPECTED_KEYS, "via", "named", "reply"], data
         assert (data["case_id"], data["via"], data["named"]) == ("C-000002", via, "C-000002")
+        assert data["reply"] == [{"case_id": "C-000002", "action": "thread"}]
     text = text_fields(cli.ok("lookup", "--message-id", two.message_id).stdout)
     assert (text["case_id"], text["state"], text["via"]) == ("C-000002", "open", "message-id")
 
@@ -473,6 +474,20 @@ def test_lookup_follows_merges(cli: Cli, sent: list[Sent]) -> None:
     cli.ok("case", "merge", "C-000002", "C-000003")
     data = cli.json("lookup", "--token", sent[1].token)
     assert (data["case_id"], data["named"]) == ("C-000003", "C-000002")
+
+
+def test_lookup_says_where_a_reply_goes_past_merges(cli: Cli, sent: list[Sent]) -> None:
+    """A closed case's reply opened a follow-up: `case` stays the closed case (merges only),
+    `reply` names the follow-up a later reply goes to, as the milter would take it."""
+    cli.ok("case", "set-state", "C-000002", "closed")
+    assert cli.reply(2, sent[1])["x-case-id"] == ["C-000004"]
+    data = cli.json("lookup", "--message-id", sent[1].message_id)
+    assert (data["case_id"], data["followup"]) == ("C-000002", "C-000004")
+    assert data["reply"] == [{"case_id": "C-000004", "action": "thread"}]
+    assert cli.reply(2, sent[1])["x-case-id"] == ["C-000004"]
+    cli.ok("case", "set-state", "C-000004", "resolved")
+    text = text_fields(cli.ok("lookup", "--token", sent[1].token).stdout)
+    assert (text["case_id"], text["reply"]) == ("C-000002", "C-000004 reopen")
 
 
 def test_lookup_nothing_found_and_invalid(cli: Cli, sent: list[Sent]) -> None:
