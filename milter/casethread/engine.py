@@ -497,7 +497,7 @@ class Engine:
                 aliases=lambda new: self._message_aliases(msg, ev, own_id, [new.case_id],
                                                           people, root),
                 changes=lambda new: [(earlier.case_id, _with_followup(new.case_id, now))],
-                expect=expect, number_above=ev.lost_number,
+                expect=expect, number_above=ev.lost_number, follows=earlier.case_id,
             )
             return [inbound.CaseOutcome(case.case_id, "new", case.queue, earlier.case_id)]
         changes = [(t.case.case_id, self._change(t, now, route if routes else None))

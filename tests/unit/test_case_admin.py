@@ -447,6 +447,7 @@ def test_record_dict_and_text(index: MemoryIndex) -> None:
         "case_id": "C-000001", "number": 1, "state": "open", "queue": "support",
         "parent": "C-000004", "merged_into": None, "children": ["C-000002", "C-000003"],
         "followup": None, "thread_root": None, "created": T0, "updated": LATER, "state_changed": T0,
+        "follows": None,
     }
     lines = case_admin.as_text(data).splitlines()
     assert lines[0] == "case_id: C-000001"

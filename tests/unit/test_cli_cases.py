@@ -23,7 +23,7 @@ from casethread.index import LmdbIndex, maintenance
 # Export's fields in export's order (`id` there): one serialiser for both.
 EXPECTED_KEYS = [
     "case_id", "number", "state", "queue", "created", "updated", "state_changed", "parent",
-    "merged_into", "children", "followup", "thread_root",
+    "merged_into", "children", "followup", "thread_root", "follows",
 ]
 
 
@@ -309,7 +309,7 @@ def test_case_show_and_export_write_a_case_alike(
     assert line == (b'{"type":"case","id":"C-000001","number":1,"state":"open","queue":"support",'
                     b'"created":1772442900,"updated":1772442900,"state_changed":1772442900,'
                     b'"parent":null,"merged_into":"C-000002","children":[],"followup":null,'
-                    b'"thread_root":null}')
+                    b'"thread_root":null,"follows":null}')
     exported = json.loads(line)
     assert (code, exported.pop("type"), exported.pop("id")) == (0, "case", shown.pop("case_id"))
     assert list(exported.items()) == list(shown.items())

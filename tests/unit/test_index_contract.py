@@ -680,6 +680,7 @@ times = st.integers(min_value=0, max_value=0xFFFFFFFF)
     children=st.lists(case_ids, max_size=5).map(tuple),
     followup=st.none() | case_ids,
     thread_root=st.none() | st.binary(min_size=22, max_size=22).map(bytes.hex),
+    follows=st.none() | case_ids,
 )
 def test_case_encoding_round_trips(**fields: Any) -> None:
     record = CaseRecord(case_id="C-1", **fields)
@@ -690,7 +691,8 @@ def test_case_encoding_round_trips(**fields: Any) -> None:
                                 "c": record.created, "u": record.updated}
     if record.state_changed != record.created:
         expected["sc"] = record.state_changed
-    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup)):
+    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup),
+                       ("fo", record.follows)):
         if link is not None:
             expected[name] = link
     if record.children:

@@ -2283,6 +2283,28 @@ def test_later_replies_join_the_follow_up_the_first_opened(harness: Any, why: st
     assert ooo.case_id == "C-000001" and harness.index.last_number() == 3
 
 
+def test_a_follow_up_names_the_case_it_follows(harness: Any) -> None:
+    """The earlier case links forward (`followup`); the follow-up back (`follows`, what its
+    first mail's X-Case-Related said), so `case show` of it tells an agent what it continues.
+    The back-link stays through its later mail and state changes, and when the earlier case
+    is reopened (which drops its forward link)."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    first = reply_to(harness, "C-000001", ("Message-ID", "<f1@customer.example.org>"))
+    assert (first.case_id, first.one("X-Case-Related")) == ("C-000002", "C-000001")
+    assert (harness.case("C-000001").followup, harness.case("C-000002").follows) == (
+        "C-000002", "C-000001")
+    assert harness.case("C-000001").follows is None
+    reply_to(harness, "C-000001", ("Message-ID", "<f2@customer.example.org>"))
+    case_admin.set_state(harness.index, "C-000002", "waiting", int(harness.clock.now))
+    reply_to(harness, "C-000002", ("Message-ID", "<f3@customer.example.org>"))
+    case_admin.set_state(harness.index, "C-000001", "open", int(harness.clock.now))
+    assert harness.case("C-000001").followup is None
+    follow_up = harness.case("C-000002")
+    assert (follow_up.state, follow_up.follows) == (CaseState.OPEN, "C-000001")
+    assert case_admin.record_dict(follow_up)["follows"] == "C-000001"
+
+
 def test_a_copy_of_mail_to_a_case_closed_since_stays_with_that_case(harness: Any) -> None:
     """The first copy went to C-000001; a follow-up opened later never had it (review)."""
     start_case(harness)

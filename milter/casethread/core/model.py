@@ -36,7 +36,8 @@ class CaseRecord:
     Case rules (DESIGN §5) live in these links: a merged case names its survivor, a split case
     its children, a closed case may name a parent to walk up to. A case a reply could not
     continue (closed, or resolved too long ago) names the related case that reply opened,
-    its `followup`, where the conversation's later mail goes.
+    its `followup`, where the conversation's later mail goes; the follow-up names that case
+    as the one it `follows` (what the `X-Case-Related` of the mail that opened it said).
     """
 
     case_id: str
@@ -56,6 +57,9 @@ class CaseRecord:
     # one (outbound.new_case_root). None (cases recorded by older versions): the root is
     # derived from the case (outbound.case_thread_root).
     thread_root: str | None = None
+    # The case this one was opened as the follow-up of; None for other cases (and for
+    # follow-ups opened by versions before it was recorded). Never read by the case rules.
+    follows: str | None = None
 
 
 def case_fields(case: CaseRecord, id_key: str) -> dict[str, Any]:
@@ -74,6 +78,7 @@ def case_fields(case: CaseRecord, id_key: str) -> dict[str, Any]:
         "children": list(case.children),
         "followup": case.followup,
         "thread_root": case.thread_root,
+        "follows": case.follows,
     }
 
 

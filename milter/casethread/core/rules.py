@@ -230,7 +230,7 @@ def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> Case
         state_changed=case.state_changed if state is None else now,
         parent=case.parent, merged_into=case.merged_into, children=case.children,
         followup=followup_after(case, case.state if state is None else state),
-        thread_root=case.thread_root,
+        thread_root=case.thread_root, follows=case.follows,
     )
 
 

@@ -114,7 +114,7 @@ class CaseIndex(CaseReader, Protocol):
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None, number_above: int = 0,
+        expect: Expect | None = None, number_above: int = 0, follows: str | None = None,
     ) -> CaseRecord:
         """Atomically create a case and return it.
 
@@ -130,6 +130,7 @@ class CaseIndex(CaseReader, Protocol):
         as by `record`. With `expect`, nothing is written and `StaleDecision` is raised when
         it does not hold inside the transaction. A generated case's number is above
         `number_above` too (a token named a case the index lost: its number stays its own).
+        `follows` names the case a generated follow-up continues (`CaseRecord.follows`).
         """
 
     def record(

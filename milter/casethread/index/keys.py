@@ -181,9 +181,9 @@ def check_same_number(stored: CaseRecord, record: CaseRecord) -> None:
 
 
 def new_case(case_id: str, number: int, now: int, queue: str,
-             thread_root: str | None = None) -> CaseRecord:
+             thread_root: str | None = None, follows: str | None = None) -> CaseRecord:
     return CaseRecord(case_id, number, CaseState.OPEN, queue, now, now, state_changed=now,
-                      thread_root=thread_root)
+                      thread_root=thread_root, follows=follows)
 
 
 def encode_case(record: CaseRecord) -> bytes:
@@ -200,7 +200,8 @@ def encode_case(record: CaseRecord) -> bytes:
     ]
     if record.state_changed != record.created:
         parts.append(f',"sc":{int(record.state_changed)}')
-    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup)):
+    for name, link in (("p", record.parent), ("m", record.merged_into), ("f", record.followup),
+                       ("fo", record.follows)):
         if link is not None:
             check_case_id(link)
             parts.append(f',"{name}":{_json_str(link)}')
@@ -226,6 +227,7 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
     fields = json.loads(data)
     created = int(fields["c"])
     parent, merged_into, followup = fields.get("p"), fields.get("m"), fields.get("f")
+    follows = fields.get("fo")
     return CaseRecord(
         case_id=case_id,
         number=int(fields["n"]),
@@ -239,6 +241,7 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
         children=tuple(str(child) for child in fields.get("ch", ())),
         followup=None if followup is None else str(followup),
         thread_root=_valid_root(fields.get("r")),
+        follows=None if follows is None else str(follows),
     )
 
 

@@ -416,7 +416,7 @@ class LmdbIndex:
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None, number_above: int = 0,
+        expect: Expect | None = None, number_above: int = 0, follows: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps, changes)
         counters = keys.counter_items(bumps)
@@ -437,7 +437,7 @@ class LmdbIndex:
                 counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None,
                 number_above,
             )
-            record = keys.new_case(new_id, number, now, queue, thread_root)
+            record = keys.new_case(new_id, number, now, queue, thread_root, follows)
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
             others = list(changes(record)) if changes is not None else []
             checked = _checked(expect, others, items)

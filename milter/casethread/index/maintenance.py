@@ -522,6 +522,7 @@ def _parse_case(obj: dict[str, Any]) -> _Put:
         children=tuple(_case_id(child, "a child") for child in children),
         followup=_optional_id(obj, "followup"),
         thread_root=_thread_root(obj.get("thread_root")),
+        follows=_optional_id(obj, "follows"),
     )
     return _Put("cases", case_id.encode(), keys.encode_case(record), record.updated, number,
                 created, record.thread_root)

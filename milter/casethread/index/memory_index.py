@@ -73,7 +73,7 @@ class MemoryIndex:
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None, number_above: int = 0,
+        expect: Expect | None = None, number_above: int = 0, follows: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps, changes)
         keys.counter_items(bumps)  # validated before anything changes
@@ -84,7 +84,7 @@ class MemoryIndex:
                 return keys.decode_case(case_id, self._cases[case_id])
             number, new_id = self._ids.allocate(self._counter, case_id, self._is_taken,
                                                 number_above)
-            record = keys.new_case(new_id, number, now, queue, thread_root)
+            record = keys.new_case(new_id, number, now, queue, thread_root, follows)
             # Validated and worked out before anything changes: all or nothing.
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
             encoded = self._changed(changes(record) if changes is not None else ())[1]

@@ -64,7 +64,7 @@ class OverlayIndex:
         self, now: int, case_id: str | None = None, queue: str = "",
         aliases: NewCaseAliases | None = None, bumps: Sequence[CounterBump] = (),
         thread_root: str | None = None, changes: NewCaseChanges | None = None,
-        expect: Expect | None = None, number_above: int = 0,
+        expect: Expect | None = None, number_above: int = 0, follows: str | None = None,
     ) -> CaseRecord:
         keys.check_new_case_args(case_id, aliases, bumps, changes)
         self._check(expect)
@@ -73,7 +73,7 @@ class OverlayIndex:
             if existing is not None:
                 return existing
         record = self._overlay.create_case(now, case_id, queue, aliases, bumps, thread_root,
-                                           number_above=number_above)
+                                           number_above=number_above, follows=follows)
         if changes is not None:  # mostly to cases of the base: a dry run needs no atomicity
             self.record((), now, changes=changes(record))
         return record
