@@ -39,7 +39,11 @@ first of this order wins:
    `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
    value) on mail that is no list mail, Exchange's
-   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), an
+   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), Mailman's
+   `X-List-Administrivia: yes` (the list manager's own notice: "Your message to ... awaits
+   moderator approval" quotes the Subject of the mail it holds, our tag included, and must
+   not count as a list's copy of a person's reply; Mailman writes the field on the mail it
+   composes, never on a post it relays), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
    `_imip_reply`), a null
@@ -165,7 +169,7 @@ _EXCHANGE_RULE_HEADERS = (
 _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
     "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
-    "x-ms-journal-report", *_RT_ORIGINATOR,
+    "x-ms-journal-report", "x-list-administrivia", *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
     *(name for name, _ in _VENDOR_MARKS), *_CHALLENGE_HEADERS,
 })
@@ -607,6 +611,10 @@ def _auto_generated(
         return "auto-submitted"
     if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
         return "x-ms-journal-report"
+    if any(_first_token(v) == "yes" for v in fields.get("x-list-administrivia", ())):
+        # Mailman's own notice (a post held for moderation, a confirmation, a reminder),
+        # written by the list manager, never a member's post it relays.
+        return "x-list-administrivia"
     if _values(fields, "x-loop"):
         return "x-loop"
     if null_sender:

@@ -1,0 +1,102 @@
+"""Automated and semi-automated mail a support address receives (audit realmail21): the
+list manager's own notices. The fixtures
+are written here after the senders' formats (Mailman 2's `Message.UserNotification` and
+`postheld.txt`, Mailman 3's hold notice); none is third-party mail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from casethread.core import autoreply
+from casethread.core.model import CaseState
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
+
+
+def stamped_case(harness: Any, state: CaseState) -> Any:
+    """The agent's stamped mail to Pat opens C-000001, then the case is put in `state`."""
+    sent = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer jam"),
+                            ("Content-Type", "text/plain; charset=us-ascii"),
+                            body=b"Hello Pat,\n\nplease try again.\n")
+    harness.set_case(sent.case_id, state=state, state_changed=int(harness.clock.now))
+    return sent
+
+
+def mailman_hold_notice(version: str, administrivia: str | None) -> list[tuple[str, str]]:
+    """What Mailman sends the poster of a held post: `Precedence: bulk`, the list's reduced
+    List-* fields and `X-List-Administrivia: yes`; its text quotes the held post's Subject."""
+    fields = [
+        ("From", "team-owner@lists.customer.example.org"),
+        ("To", "support@example.com"),
+        ("Subject", "Your message to Team awaits moderator approval"),
+        ("Message-ID", "<mailman.7.1772443000.1234.team@lists.customer.example.org>"),
+        ("Content-Type", "text/plain; charset=us-ascii"),
+        ("Precedence", "bulk"),
+        ("X-BeenThere", "team@lists.customer.example.org"),
+        ("X-Mailman-Version", version),
+        ("List-Id", "Team <team.lists.customer.example.org>"),
+    ]
+    if administrivia is not None:
+        fields.append(("X-List-Administrivia", administrivia))
+    return fields
+
+
+HOLD_TEXT = ("Your mail to 'Team' with the subject\n\n    {subject}\n\n"
+             "Is being held until the list moderator can review it for approval.\n\n"
+             "The reason it is being held:\n\n    Post by non-member to a members-only list\n")
+
+
+@pytest.mark.parametrize("version", ["2.1.39", "3.3.9"])
+@pytest.mark.parametrize("state", [CaseState.RESOLVED, CaseState.WAITING])
+def test_a_mailman_hold_notice_threads_without_changing_the_case(
+        harness: Any, version: str, state: CaseState) -> None:
+    """The agent's answer went to Pat and Cc to Pat's team list, which holds mail of
+    non-members: Mailman's notice to support@ quotes our Subject, tag and all. It belongs
+    with the case, but it is no one's reply: it reopened a resolved case and took a waiting
+    one back to open (`bulk` mail whose token names our mail counted as a list's copy of a
+    person's reply)."""
+    sent = stamped_case(harness, state)
+    subject = sent.one("Subject")
+    r = harness.inbound(*mailman_hold_notice(version, "yes"),
+                        body=HOLD_TEXT.format(subject=subject).encode())
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == state.value
+    assert harness.case("C-000001").state is state
+
+
+def test_a_mailman_hold_notice_that_names_no_case_opens_none(harness: Any) -> None:
+    r = harness.inbound(*mailman_hold_notice("2.1.39", "yes"),
+                        body=HOLD_TEXT.format(subject="Hello team").encode())
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
+
+
+@pytest.mark.parametrize(("value", "kind"), [
+    ("yes", "auto-generated"),
+    (" Yes ", "auto-generated"),
+    ("no", "bulk"),   # no mark: the list fields alone make it bulk
+    ("", "bulk"),
+])
+def test_x_list_administrivia_reads_yes_only(build: Any, value: str, kind: str) -> None:
+    msg = build(*mailman_hold_notice("2.1.39", value))
+    assert autoreply.classify_auto(msg) == kind
+
+
+def test_the_list_copy_of_a_persons_reply_still_reopens(harness: Any) -> None:
+    """Without the field (a post the list relays), bulk mail that names our mail by its token
+    still counts as the person's reply (*Automatic mail*)."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    r = harness.inbound(*mailman_hold_notice("2.1.39", None)[:1],
+                        ("To", "team@lists.customer.example.org"),
+                        ("Subject", "Re: " + sent.one("Subject")),
+                        ("Message-ID", "<reply.1@customer.example.org>"),
+                        ("Precedence", "list"),
+                        ("List-Id", "Team <team.lists.customer.example.org>"),
+                        body=b"Thanks, it works.\n")
+    assert r.one("X-Case-Auto") == "bulk"
+    assert r.one("X-Case-State") == "reopened"
