@@ -1,6 +1,6 @@
 """Automated and semi-automated mail a support address receives (audit realmail21): the
-list manager's own notices. The fixtures
-are written here after the senders' formats (Mailman 2's `Message.UserNotification` and
+list manager's own notices, and a bounce's returned header under a type name of its own. The
+fixtures are written here after the senders' formats (Mailman 2's `Message.UserNotification` and
 `postheld.txt`, Mailman 3's hold notice); none is third-party mail."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from casethread.core import autoreply
+from casethread.core.message import parse_raw
 from casethread.core.model import CaseState
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
@@ -100,3 +101,51 @@ def test_the_list_copy_of_a_persons_reply_still_reopens(harness: Any) -> None:
                         body=b"Thanks, it works.\n")
     assert r.one("X-Case-Auto") == "bulk"
     assert r.one("X-Case-State") == "reopened"
+
+
+def ndr(returned: str, part_type: str) -> bytes:
+    """An NDR whose text is HTML alone and whose last part returns the header of our mail."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.customer.example.org>\n"
+        "To: dana@support.example.com\n"
+        "Subject: Undeliverable: Printer jam\n"
+        "Message-ID: <ndr.1@mx.customer.example.org>\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="NDR"\n'
+        "\n"
+        "--NDR\n"
+        "Content-Type: text/html; charset=us-ascii\n"
+        "\n"
+        "<html><body><p>Delivery has failed to these recipients or groups:</p></body></html>\n"
+        "\n"
+        "--NDR\n"
+        "Content-Type: message/delivery-status\n"
+        "\n"
+        "Reporting-MTA: dns;mx.customer.example.org\n"
+        "\n"
+        "Final-Recipient: rfc822;pat@customer.example.org\n"
+        "Action: failed\n"
+        "Status: 5.1.1\n"
+        "\n"
+        "--NDR\n"
+        f"Content-Type: {part_type}\n"
+        "\n"
+        f"{returned}\n"
+        "--NDR--\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("part_type", ["message/rfc822-headers", "text/rfc822-headers"])
+def test_an_ndr_returning_the_header_as_message_rfc822_headers_finds_its_case(
+        harness: Any, part_type: str) -> None:
+    """`message/rfc822-headers` (no registered type; bounce generators write it for
+    `text/rfc822-headers`) was not read for the returned header: the NDR, whose Subject
+    kept no tag, matched nothing."""
+    sent = stamped_case(harness, CaseState.OPEN)
+    returned = (f"From: Dana Agent <dana@support.example.com>\n"
+                f"Subject: Printer jam\nMessage-ID: {sent.one('Message-ID')}\n")
+    headers, body = parse_raw(ndr(returned, part_type))
+    r = harness.inbound(*((h.name, h.value) for h in headers), body=body, mail_from="<>")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "bounce"
+    assert r.one("X-Case-Auto") == "bounce"

@@ -22,10 +22,13 @@ DEFAULT_BUDGET = 1 << 20
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
 # What a delivery status notification returns of the original message (RFC 3462, 6533; Bigfoot's
 # LiteMail returns it as message/partial, the first fragment of which starts with the
-# message's header, RFC 2046 §5.2.2), and the report part of a read receipt, which may name
-# it only by its Original-Message-ID (RFC 8098 §3.2.10; Thunderbird sends no third part).
+# message's header, RFC 2046 §5.2.2; `message/rfc822-headers`, no registered type, is what
+# some bounce generators write for `text/rfc822-headers`), and the report part of a read
+# receipt, which may name it only by its Original-Message-ID (RFC 8098 §3.2.10; Thunderbird
+# sends no third part).
 BOUNCE_TYPES = frozenset(
     {"message/rfc822", "message/global", "message/partial", "text/rfc822-headers",
+     "message/rfc822-headers",
      "message/global-headers", "message/delivery-status", "message/global-delivery-status",
      "message/disposition-notification", "message/global-disposition-notification"}
 )
@@ -33,6 +36,7 @@ BOUNCE_TYPES = frozenset(
 # report about it.
 RETURNED_MESSAGE_TYPES = frozenset(
     {"message/rfc822", "message/global", "message/partial", "text/rfc822-headers",
+     "message/rfc822-headers",
      "message/global-headers"}
 )
 
