@@ -1,7 +1,8 @@
 """Automated and semi-automated mail a support address receives (audit realmail21): the
-list manager's own notices, and a bounce's returned header under a type name of its own. The
-fixtures are written here after the senders' formats (Mailman 2's `Message.UserNotification` and
-`postheld.txt`, Mailman 3's hold notice); none is third-party mail."""
+list manager's own notices, a bounce's returned header under a type name of its own, a mail
+filter's quarantine notification. The fixtures are written here after the senders' formats
+(Mailman 2's `Message.UserNotification` and `postheld.txt`, Mailman 3's hold notice,
+Microsoft's description of its quarantine notification); none is third-party mail."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from casethread.core import autoreply
 from casethread.core.message import parse_raw
-from casethread.core.model import CaseState
+from casethread.core.model import AliasKind, CaseState
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
@@ -149,3 +150,58 @@ def test_an_ndr_returning_the_header_as_message_rfc822_headers_finds_its_case(
     assert r.case_id == "C-000001"
     assert r.one("X-Case-Match") == "bounce"
     assert r.one("X-Case-Auto") == "bounce"
+
+
+def is_participant(harness: Any, case_id: str, address: str) -> bool:
+    return harness.index.find(AliasKind.PARTICIPANT, f"{case_id} {address}") is not None
+
+
+QUARANTINE_FROM = ("From", "Microsoft 365 <quarantine@messaging.microsoft.com>")
+
+
+def quarantine_notification(listed_subject: str) -> tuple[list[tuple[str, str]], bytes]:
+    """Microsoft 365's quarantine notification to the support mailbox, as its documentation
+    describes it: the held mail's sender, Subject and date, and links to review it."""
+    fields = [QUARANTINE_FROM, ("To", "support@example.com"),
+              ("Subject", "Microsoft 365 security: You have messages in quarantine"),
+              ("Message-ID", "<q.7f3a@messaging.microsoft.com>"),
+              ("Content-Type", "text/html; charset=utf-8")]
+    body = ("<html><body><p>Review these 1 messages that are being held for you</p>"
+            "<table><tr><td>Sender:</td><td>pat@customer.example.org</td></tr>"
+            f"<tr><td>Subject:</td><td>{listed_subject}</td></tr>"
+            "<tr><td>Date:</td><td>3/2/2026 10:00:00 AM</td></tr></table>"
+            "<p><a href=\"https://security.microsoft.com/quarantine\">Review Message</a></p>"
+            "</body></html>\n").encode()
+    return fields, body
+
+
+def test_a_quarantine_notification_threads_without_reopening(harness: Any) -> None:
+    """Pat's reply to our mail was quarantined; the notification lists it with our Subject tag.
+    It reopened the resolved case (`X-Case-Auto: no`) and made Microsoft's address one of
+    the case's participants; the reply itself arrives when it is released."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = quarantine_notification("Re: " + sent.one("Subject"))
+    r = harness.inbound(*fields, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == "resolved"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+    assert not is_participant(harness, "C-000001", "quarantine@messaging.microsoft.com")
+
+
+def test_a_quarantine_notification_of_a_new_question_opens_no_case(harness: Any) -> None:
+    """A new question held in quarantine: the notification opened a case of its own, from
+    Microsoft's address; the question opens one when it is released."""
+    fields, body = quarantine_notification("Printer jam")
+    r = harness.inbound(*fields, body=body)
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
+
+
+@pytest.mark.parametrize("sender", [
+    "quarantine@messaging.microsoft.com.example.net",   # another domain that starts so
+    "Quarantine <quarantine@example.com>",
+    "\"quarantine@messaging.microsoft.com\" <eve@elsewhere.example>",  # only the name
+])
+def test_only_that_address_is_the_quarantine_sender(build: Any, sender: str) -> None:
+    assert autoreply.classify_auto(build(("From", sender))) == "no"

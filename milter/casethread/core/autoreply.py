@@ -24,7 +24,9 @@ first of this order wins:
    a bounce when it reports a failure (`Bounce`, `Reject` in its JSON; not a `Transient`/
    `General` bounce without a `failed` action, SES's report of an out-of-office), else
    `auto-generated`; a Microsoft JMRP complaint is `auto-generated`, as an ARF abuse report
-   is (a complaint reports no failure to deliver, and it was delivered).
+   is (a complaint reports no failure to deliver, and it was delivered); so is Microsoft
+   365's quarantine notification (From `quarantine@messaging.microsoft.com`), which lists
+   the mail held for us by its sender and Subject, our tag included.
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `X-Autoreply-From`, `X-Mail-Autoreply`, `X-Autoresponse`,
    `X-Auto-Reply-From`, a vendor's own mark (iCloud's
@@ -309,6 +311,8 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         found = _provider_feedback(msg, provider, tree)
         if found is not None:
             return found
+    if quarantine_notice(msg):  # Microsoft 365's list of mail it holds for us
+        return AUTO_GENERATED, "quarantine-notice"
 
     calendar = _imip_reply(msg, tree)  # an attendee's click: "Accepted: ..."
     if not (fields or null_sender or from_local == "postmaster"):
@@ -388,6 +392,20 @@ def _provider_feedback(msg: Message, provider: str,
     return kind, "ses-" + notice.kind.replace(" ", "-")
 
 
+# Microsoft 365 (Exchange Online Protection) sends its quarantine notifications ("You have
+# messages in quarantine") from this address unless the tenant's global quarantine settings
+# name another sender. Each lists the held mail's sender and Subject, our tag included when
+# the held mail is a customer's reply.
+_QUARANTINE_SENDER = "quarantine@messaging.microsoft.com"
+
+
+def quarantine_notice(msg: Message) -> bool:
+    """Whether the mail is Microsoft 365's quarantine notification (its From). Cheap for
+    other mail: the From is only parsed when it holds the address."""
+    value = (msg.get("From") or "").lower()
+    return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
+
+
 def is_delivery_notice(msg: Message) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
@@ -424,12 +442,14 @@ def from_mail_system(msg: Message, kind: str) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
-    JMRP complaint, an SES notification by SNS (`feedback.provider`). Its From is the MTA's or
+    JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
+    quarantine notification of mail held for us (`quarantine_notice`). Its From is the MTA's or
     the provider's and its To our own sender: no people of a case (`resolve.adds_people`),
     also when our token, which the copy it returns holds, found its case."""
     return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
             or (kind == AUTO_GENERATED and (is_delivery_notice(msg)
-                                            or bool(feedback.provider(msg)))))
+                                            or bool(feedback.provider(msg))
+                                            or quarantine_notice(msg))))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
