@@ -69,6 +69,8 @@ def test_a_mailman_hold_notice_threads_without_changing_the_case(
     assert r.one("X-Case-Auto") == "auto-generated"
     assert r.one("X-Case-State") == state.value
     assert harness.case("C-000001").state is state
+    # The list's own address is no person of the case (it would be `known` from then on).
+    assert not is_participant(harness, "C-000001", "team-owner@lists.customer.example.org")
 
 
 def test_a_mailman_hold_notice_that_names_no_case_opens_none(harness: Any) -> None:

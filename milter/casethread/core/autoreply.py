@@ -406,6 +406,12 @@ def quarantine_notice(msg: Message) -> bool:
     return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
 
 
+def list_administrivia(msg: Message) -> bool:
+    """Whether Mailman composed this mail itself (`X-List-Administrivia: yes`): a notice to a
+    poster or to the list's owners, never a post it relays."""
+    return any(_first_token(v) == "yes" for v in msg.get_all("X-List-Administrivia"))
+
+
 def is_delivery_notice(msg: Message) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
@@ -443,13 +449,16 @@ def from_mail_system(msg: Message, kind: str) -> bool:
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
-    quarantine notification of mail held for us (`quarantine_notice`). Its From is the MTA's or
-    the provider's and its To our own sender: no people of a case (`resolve.adds_people`),
-    also when our token, which the copy it returns holds, found its case."""
+    quarantine notification of mail held for us (`quarantine_notice`), or a list manager's
+    notice that our post awaits moderator approval (`list_administrivia`). Its From is the
+    MTA's, the provider's or the list's, and its To our own sender: no people of a case
+    (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
+    case."""
     return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
             or (kind == AUTO_GENERATED and (is_delivery_notice(msg)
                                             or bool(feedback.provider(msg))
-                                            or quarantine_notice(msg))))
+                                            or quarantine_notice(msg)
+                                            or list_administrivia(msg))))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
