@@ -13,6 +13,7 @@ import pytest
 from casethread.core import autoreply
 from casethread.core.message import parse_raw
 from casethread.core.model import AliasKind, CaseState
+from casethread.core.settings import ExternalRefRule, Settings
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
@@ -207,3 +208,38 @@ def test_a_quarantine_notification_of_a_new_question_opens_no_case(harness: Any)
 ])
 def test_only_that_address_is_the_quarantine_sender(build: Any, sender: str) -> None:
     assert autoreply.classify_auto(build(("From", sender))) == "no"
+
+
+def monitoring_alert(subject: str, mid: str) -> tuple[tuple[str, str], ...]:
+    return (("From", "Zabbix <zabbix@mon.example.com>"), ("To", "support@example.com"),
+            ("Auto-Submitted", "auto-generated"), ("Subject", subject),
+            ("Message-ID", f"<{mid}@mon.example.com>"),
+            ("Content-Type", "text/plain; charset=us-ascii"))
+
+
+ALERT_BODY = b"Host: web01\nSeverity: High\nOriginal problem ID: 4711\n"
+
+
+def test_a_marked_monitoring_alert_opens_no_case(harness: Any) -> None:
+    r = harness.inbound(*monitoring_alert("Problem: web01 HTTP down", "a1"), body=ALERT_BODY)
+    assert r.one("X-Case-Match") == "none"
+    assert r.one("X-Case-Auto") == "auto-generated"
+
+
+def test_an_external_refs_rule_gives_a_monitoring_systems_alerts_a_case(
+        make_harness: Any, tweak: Any) -> None:
+    """README *Automatic mail*: the recipe for alerts marked as machine mail."""
+    base = tweak()
+    rule = ExternalRefRule(name="zabbix", pattern=r"Original problem ID: (\d+)",
+                           sender=("zabbix@mon.example.com",))
+    settings: Settings = tweak(base, inbound={
+        "strategies": (*base.inbound.strategies, "external-ref"), "external_refs": (rule,)})
+    h = make_harness(settings)
+    first = h.inbound(*monitoring_alert("Problem: web01 HTTP down", "a1"), body=ALERT_BODY)
+    assert first.case_id == "C-000001"
+    assert first.one("X-Case-Match") == "new"
+    later = h.inbound(*monitoring_alert("Resolved in 5m: web01 HTTP down", "a2"),
+                      body=ALERT_BODY)
+    assert later.case_id == "C-000001"
+    assert later.one("X-Case-Match") == "external-ref"
+    assert later.one("X-Case-Auto") == "auto-generated"
