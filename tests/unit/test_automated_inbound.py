@@ -29,8 +29,9 @@ def stamped_case(harness: Any, state: CaseState) -> Any:
 
 
 def mailman_hold_notice(version: str, administrivia: str | None) -> list[tuple[str, str]]:
-    """What Mailman sends the poster of a held post: `Precedence: bulk`, the list's reduced
-    List-* fields and `X-List-Administrivia: yes`; its text quotes the held post's Subject."""
+    """What Mailman 2 sends the poster of a held post (`Message.UserNotification`, CookHeaders'
+    reduced list headers): from the list's -owner address, `Precedence: bulk`, `List-Id` and
+    `X-List-Administrivia: yes`; its text quotes the held post's Subject."""
     fields = [
         ("From", "team-owner@lists.customer.example.org"),
         ("To", "support@example.com"),
@@ -47,15 +48,40 @@ def mailman_hold_notice(version: str, administrivia: str | None) -> list[tuple[s
     return fields
 
 
+def mailman3_hold_notice(sender: str = "team-bounces@lists.customer.example.org",
+                         ) -> list[tuple[str, str]]:
+    """Mailman 3's (`chains/hold.py`: from the list's -bounces address; `UserNotification`'s
+    `Precedence: bulk`; the rfc-2369 handler's List-* fields without List-Post, and no
+    `X-List-Administrivia`)."""
+    return [
+        ("From", sender),
+        ("To", "support@example.com"),
+        ("Subject", "Your message to team@lists.customer.example.org awaits moderator approval"),
+        ("Message-ID", "<177244300012.4321.99@lists.customer.example.org>"),
+        ("Content-Type", "text/plain; charset=us-ascii"),
+        ("Precedence", "bulk"),
+        ("List-Id", "<team.lists.customer.example.org>"),
+        ("List-Help", "<mailto:team-request@lists.customer.example.org?subject=help>"),
+        ("List-Owner", "<mailto:team-owner@lists.customer.example.org>"),
+        ("List-Subscribe", "<mailto:team-join@lists.customer.example.org>"),
+        ("List-Unsubscribe", "<mailto:team-leave@lists.customer.example.org>"),
+    ]
+
+
 HOLD_TEXT = ("Your mail to 'Team' with the subject\n\n    {subject}\n\n"
              "Is being held until the list moderator can review it for approval.\n\n"
              "The reason it is being held:\n\n    Post by non-member to a members-only list\n")
 
+HOLD_NOTICES = {
+    "mailman2": lambda: mailman_hold_notice("2.1.39", "yes"),
+    "mailman3": mailman3_hold_notice,
+}
 
-@pytest.mark.parametrize("version", ["2.1.39", "3.3.9"])
+
+@pytest.mark.parametrize("notice", sorted(HOLD_NOTICES))
 @pytest.mark.parametrize("state", [CaseState.RESOLVED, CaseState.WAITING])
 def test_a_mailman_hold_notice_threads_without_changing_the_case(
-        harness: Any, version: str, state: CaseState) -> None:
+        harness: Any, notice: str, state: CaseState) -> None:
     """The agent's answer went to Pat and Cc to Pat's team list, which holds mail of
     non-members: Mailman's notice to support@ quotes our Subject, tag and all. It belongs
     with the case, but it is no one's reply: it reopened a resolved case and took a waiting
@@ -63,15 +89,15 @@ def test_a_mailman_hold_notice_threads_without_changing_the_case(
     person's reply)."""
     sent = stamped_case(harness, state)
     subject = sent.one("Subject")
-    r = harness.inbound(*mailman_hold_notice(version, "yes"),
-                        body=HOLD_TEXT.format(subject=subject).encode())
+    fields = HOLD_NOTICES[notice]()
+    r = harness.inbound(*fields, body=HOLD_TEXT.format(subject=subject).encode())
     assert r.case_id == "C-000001"
     assert r.one("X-Case-Match") == "token"
     assert r.one("X-Case-Auto") == "auto-generated"
     assert r.one("X-Case-State") == state.value
     assert harness.case("C-000001").state is state
     # The list's own address is no person of the case (it would be `known` from then on).
-    assert not is_participant(harness, "C-000001", "team-owner@lists.customer.example.org")
+    assert not is_participant(harness, "C-000001", dict(fields)["From"])
 
 
 def test_a_mailman_hold_notice_that_names_no_case_opens_none(harness: Any) -> None:
@@ -88,20 +114,36 @@ def test_a_mailman_hold_notice_that_names_no_case_opens_none(harness: Any) -> No
     ("", "bulk"),
 ])
 def test_x_list_administrivia_reads_yes_only(build: Any, value: str, kind: str) -> None:
-    msg = build(*mailman_hold_notice("2.1.39", value))
-    assert autoreply.classify_auto(msg) == kind
+    fields = [f for f in mailman_hold_notice("2.1.39", value) if f[0] != "From"]
+    assert autoreply.classify_auto(build(("From", "pat@customer.example.org"), *fields)) == kind
+
+
+@pytest.mark.parametrize(("sender", "kind"), [
+    ("team-bounces@lists.customer.example.org", "auto-generated"),
+    ("Team <TEAM-Owner@Lists.Customer.Example.org>", "auto-generated"),
+    ("team-request@lists.customer.example.org", "auto-generated"),
+    # a post the list relays: from its poster, or from the list under DMARC mitigation
+    ("pat@customer.example.org", "bulk"),
+    ("'Pat' via Team <team@lists.customer.example.org>", "bulk"),
+    # another list's or another domain's address of that shape
+    ("other-bounces@lists.customer.example.org", "bulk"),
+    ("team-bounces@customer.example.org", "bulk"),
+])
+def test_a_notice_from_the_lists_own_address(build: Any, sender: str, kind: str) -> None:
+    assert autoreply.classify_auto(build(*mailman3_hold_notice(sender))) == kind
 
 
 def test_the_list_copy_of_a_persons_reply_still_reopens(harness: Any) -> None:
-    """Without the field (a post the list relays), bulk mail that names our mail by its token
-    still counts as the person's reply (*Automatic mail*)."""
+    """A post the list relays (its poster's From, no administrivia field): bulk mail that
+    names our mail by its token still counts as the person's reply (*Automatic mail*)."""
     sent = stamped_case(harness, CaseState.RESOLVED)
-    r = harness.inbound(*mailman_hold_notice("2.1.39", None)[:1],
+    r = harness.inbound(("From", "Pat Customer <pat@customer.example.org>"),
                         ("To", "team@lists.customer.example.org"),
                         ("Subject", "Re: " + sent.one("Subject")),
                         ("Message-ID", "<reply.1@customer.example.org>"),
                         ("Precedence", "list"),
                         ("List-Id", "Team <team.lists.customer.example.org>"),
+                        ("List-Post", "<mailto:team@lists.customer.example.org>"),
                         body=b"Thanks, it works.\n")
     assert r.one("X-Case-Auto") == "bulk"
     assert r.one("X-Case-State") == "reopened"

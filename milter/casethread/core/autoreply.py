@@ -41,11 +41,11 @@ first of this order wins:
    `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
    value) on mail that is no list mail, Exchange's
-   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), Mailman's
-   `X-List-Administrivia: yes` (the list manager's own notice: "Your message to ... awaits
-   moderator approval" quotes the Subject of the mail it holds, our tag included, and must
-   not count as a list's copy of a person's reply; Mailman writes the field on the mail it
-   composes, never on a post it relays), an
+   `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a list
+   manager's own notice (Mailman 2's `X-List-Administrivia: yes`, or list mail from one of
+   the list's own addresses, `team-bounces@` or `team-owner@`, as Mailman 3 sends them:
+   "Your message to ... awaits moderator approval" quotes the Subject of the mail it holds,
+   our tag included, and must not count as a list's copy of a person's reply), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
    `_imip_reply`), a null
@@ -332,6 +332,8 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     reason = _auto_generated(fields, submitted, null_sender, from_local, ours)
     if reason == "x-loop" and _list_mail(fields, precedence):
         reason = ""  # lists add X-Loop to the people's mail they relay
+    if not reason and _list_manager_notice(msg, fields):
+        reason = "list-manager-notice"
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
     # out-of-office subject they are an Exchange auto-reply.
     weak = "" if reason else (_exchange_rule_header(fields) or _suppress_header(fields))
@@ -406,10 +408,38 @@ def quarantine_notice(msg: Message) -> bool:
     return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
 
 
-def list_administrivia(msg: Message) -> bool:
-    """Whether Mailman composed this mail itself (`X-List-Administrivia: yes`): a notice to a
-    poster or to the list's owners, never a post it relays."""
-    return any(_first_token(v) == "yes" for v in msg.get_all("X-List-Administrivia"))
+# The addresses of a list's own (`team-bounces@`, `team-owner@`, `team-request@` beside
+# `team@`): a list manager's notice comes from one of them, a post it relays from its poster
+# (or, under DMARC mitigation, from the list's own address).
+_LIST_ADMIN_SUFFIXES = ("-bounces", "-owner", "-request")
+_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", "list-id", "list-post"})
+
+
+def list_manager_notice(msg: Message) -> bool:
+    """Whether a list manager composed this mail itself (`_list_manager_notice`)."""
+    return _list_manager_notice(msg, msg.present(_LIST_NOTICE_FIELDS))
+
+
+def _list_manager_notice(msg: Message, fields: Fields) -> bool:
+    """Whether a list manager composed this mail itself, a notice to a poster or to the list's
+    owners ("Your message to Team awaits moderator approval"), never a post it relays:
+    Mailman 2's `X-List-Administrivia: yes`, or list mail whose From is one of the list's own
+    addresses (`_LIST_ADMIN_SUFFIXES` on the list its `List-Id` or `List-Post` names: Mailman
+    3 sends its notices from `team-bounces@`, Mailman 2 from `team-owner@`)."""
+    if any(_first_token(v) == "yes" for v in _values(fields, "x-list-administrivia")):
+        return True
+    lists = _list_addresses(fields) if "list-id" in fields or "list-post" in fields else []
+    if not lists:
+        return False
+    local, _, domain = first_address(msg.get("From") or "").lower().rpartition("@")
+    if not local:
+        return False
+    for address in lists:
+        list_local, _, list_domain = address.lower().rpartition("@")
+        if list_domain == domain and any(local == list_local + suffix
+                                         for suffix in _LIST_ADMIN_SUFFIXES):
+            return True
+    return False
 
 
 def is_delivery_notice(msg: Message) -> bool:
@@ -450,7 +480,7 @@ def from_mail_system(msg: Message, kind: str) -> bool:
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
     quarantine notification of mail held for us (`quarantine_notice`), or a list manager's
-    notice that our post awaits moderator approval (`list_administrivia`). Its From is the
+    notice that our post awaits moderator approval (`list_manager_notice`). Its From is the
     MTA's, the provider's or the list's, and its To our own sender: no people of a case
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
     case."""
@@ -458,7 +488,7 @@ def from_mail_system(msg: Message, kind: str) -> bool:
             or (kind == AUTO_GENERATED and (is_delivery_notice(msg)
                                             or bool(feedback.provider(msg))
                                             or quarantine_notice(msg)
-                                            or list_administrivia(msg))))
+                                            or list_manager_notice(msg))))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
@@ -640,10 +670,6 @@ def _auto_generated(
         return "auto-submitted"
     if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
         return "x-ms-journal-report"
-    if any(_first_token(v) == "yes" for v in fields.get("x-list-administrivia", ())):
-        # Mailman's own notice (a post held for moderation, a confirmation, a reminder),
-        # written by the list manager, never a member's post it relays.
-        return "x-list-administrivia"
     if _values(fields, "x-loop"):
         return "x-loop"
     if null_sender:
