@@ -65,11 +65,14 @@ BLOCKQUOTE_TAG = re.compile(r"<\s*+(/\s*+)?(?a:blockquote)" + TAG_NAME_END + r"[
 MAX_HTML_QUOTE_MARKS = 8
 # Where `hidden_spans` can find a span the token scan drops (`_DROPPED`), or `BLOCKQUOTE_TAG`
 # a quote, this matches too (at its start, without what must follow): one pass tells the usual
-# HTML, which has no comment, bogus comment (`<!DOCTYPE`), script, style or quote, from the
-# rest. (A <title> or <textarea> matters only when one of those follows it: only then can it
+# HTML, which has no comment, script, style or quote, from the rest. A bogus comment that ends
+# at its `>` before any `<` (`<!DOCTYPE html>`, `<?xml ...?>`, most HTML mail's first line) is
+# what `_ANY_TAG` removes too, so it needs no other pass; one holding a `<`, or never closed,
+# does. (A <title> or <textarea> matters only when one of those follows it: only then can it
 # hold what would open one. re.I without re.A for the names and blanks: a superset.)
 _DROPPED_OR_QUOTE = re.compile(
-    r"<(?:[!?]|/(?a:[^A-Za-z>])|script|style|\s*+(?:/\s*+)?blockquote)", re.I)
+    r"<(?:[!?](?:--|[^<>]*+(?!>))|/(?a:[^A-Za-z>])|script|style|\s*+(?:/\s*+)?blockquote)",
+    re.I)
 # Of the spans no markup is read in, those the token scan drops: comments, scripts, styles (the
 # text of a <title>, <textarea> or <xmp> is read, as before; it only opens no comment).
 _DROPPED = frozenset({"comment", "script", "style"})
