@@ -169,6 +169,24 @@ def test_a_from_of_the_empty_address_tells_the_null_sender_where_no_envelope_is_
     assert not autoreply.has_null_sender(msg(("From", value)))
 
 
+@pytest.mark.parametrize("sender", ["Website visitor <>", "<>"])
+def test_a_return_path_with_an_address_wins_over_a_from_of_the_empty_address(
+        sender: str) -> None:
+    """Saved mail whose final delivery wrote the envelope sender (`Return-Path:
+    <www-data@...>`): a web form that left the visitor's address empty (`From: Name <>`) is
+    a person's question, as the milter, which reads that envelope, takes it. The From stands
+    in for the envelope only where no Return-Path tells it."""
+    form = msg(("Return-Path", "<www-data@web.example.com>"), ("From", sender),
+               ("Subject", "Question about my order"), mail_from="")
+    assert not autoreply.has_null_sender(form)
+    assert classify_auto(form) == "no"
+    assert classify_auto(msg(("From", sender), ("Subject", "Question about my order"),
+                             mail_from="<www-data@web.example.com>")) == "no"
+    # A Return-Path of the null sender, or none, leaves the From to tell.
+    for fields in ((("Return-Path", "<>"),), ()):
+        assert autoreply.has_null_sender(msg(*fields, ("From", sender), mail_from=""))
+
+
 @pytest.mark.parametrize("value", ["<>", "<> (bounce (of a bounce))"])
 def test_the_envelope_wins_over_a_return_path_field(value: str) -> None:
     """In transit Return-Path is whatever the client wrote: Postfix drops it before the milter

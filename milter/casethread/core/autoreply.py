@@ -720,14 +720,19 @@ def _null_sender(msg: Message, fields: Fields) -> bool:
     is not known (`casethread filter` without `--mail-from`, on saved mail, whose final
     delivery wrote it): in transit that field is the client's, which Postfix drops before the
     milter sees it and Sendmail hands over, so the milter behind either reads the envelope.
-    There the From stands in for the envelope too: `From: <>` or `MAILER-DAEMON <>` (an empty
-    angle address, DragonFly Mail Agent's bounces) is the null sender's mail, as its envelope
-    said; a From with an address, or a name alone, is no sign either way."""
+    Where no Return-Path tells the envelope, the From stands in for it: `From: <>` or
+    `MAILER-DAEMON <>` (an empty angle address, DragonFly Mail Agent's bounces) is the null
+    sender's mail, as its envelope said; a From with an address, or a name alone, is no sign
+    either way. A Return-Path with an address wins over such a From: a web form that left
+    its visitor's address empty (`From: Pat <>`) sent under an envelope sender of its own,
+    which the milter reads."""
     mail_from = "".join(msg.envelope.mail_from.split())
     if mail_from:
         return mail_from == "<>"
-    return any("".join(without_comments(v).split()) == "<>"
-               for v in _values(fields, "return-path")) or _null_from(msg)
+    paths = ["".join(without_comments(v).split()) for v in _values(fields, "return-path")]
+    if "<>" in paths:
+        return True
+    return not any("@" in path for path in paths) and _null_from(msg)
 
 
 def _null_from(msg: Message) -> bool:
