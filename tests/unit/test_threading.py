@@ -3900,17 +3900,26 @@ def test_the_same_message_submitted_again_keeps_its_case(harness: Any, between: 
     assert reply.case_id == first.case_id
 
 
-def test_an_apps_fixed_message_id_to_another_customer_is_no_resend(harness: Any) -> None:
+@pytest.mark.parametrize("cc", [None, "archive@partner.example"])
+def test_an_apps_fixed_message_id_to_another_customer_is_no_resend(harness: Any,
+                                                                    cc: str | None) -> None:
     """An app whose template reuses one Message-ID: the mail to Bob is not Alice's mail sent
-    again (no recipient is one of her case's participants), and gets its own case."""
+    again (a recipient is not one of her case's participants), and gets its own case; also
+    when both Cc the same archive address, a participant of Alice's case (review 21b: that
+    mail was taken for her mail's resend and stamped for her case)."""
     mid = ("Message-ID", "<notification@app.example.com>")
-    alice = harness.outbound(AGENT, ("To", "alice@customer-a.example"),
-                             ("Subject", "Password reset"), mid)
-    bob = harness.outbound(AGENT, ("To", "bob@customer-b.example"), ("Subject", "Invoice"), mid)
+    copy = () if cc is None else (("Cc", cc),)
+    alice = [harness.outbound(AGENT, ("To", "alice@customer-a.example"),
+                              ("Subject", "Password reset"), mid, *copy) for _ in range(2)]
+    # Alice's mail sent again, Cc and all, is her mail's resend.
+    assert [(m.case_id, m.decision.match) for m in alice] == [
+        ("C-000001", "new"), ("C-000001", "duplicate")]
+    bob = harness.outbound(AGENT, ("To", "bob@customer-b.example"), ("Subject", "Invoice"), mid,
+                           *copy)
     assert (bob.case_id, bob.decision.match) == ("C-000002", "new")
-    assert "duplicate: C-000001 not taken: no recipient is one of its participants" in (
+    assert "duplicate: C-000001 not taken: a recipient is not one of its participants" in (
         bob.decision.trace)
-    assert token_of(bob.one("Subject")) != token_of(alice.one("Subject"))
+    assert token_of(bob.one("Subject")) != token_of(alice[0].one("Subject"))
 
 
 def outlook_mail(h: Any, root: bytes, *headers: tuple[str, str]) -> Any:

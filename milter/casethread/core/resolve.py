@@ -319,11 +319,14 @@ class Evidence:
             return False
         return self._participant(case_id, self.sender)
 
-    def to_participant_of(self, case_id: str) -> bool:
+    def to_participant_of(self, case_id: str, every: bool = False) -> bool:
         """Whether outbound mail goes to a participant of the case (its recipients are the
-        customers)."""
-        return any(self._participant(case_id, a)
-                   for a in self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS])
+        customers); with `every`, whether it goes to participants only (and to one at
+        least)."""
+        recipients = self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS]
+        if every:
+            return bool(recipients) and all(self._participant(case_id, a) for a in recipients)
+        return any(self._participant(case_id, a) for a in recipients)
 
     def _participant(self, case_id: str, address: str) -> bool:
         """Whether `address` (an internationalised domain as its A-label) is a participant of
@@ -476,7 +479,8 @@ class Resolver:
         self._outbound_order = [
             *((name, table[name]) for name in ("token", "in-reply-to", "references")),
             ("thread-index", self._to_participants("thread-index", self.by_thread_index)),
-            ("duplicate", self._to_participants("duplicate", self.by_own_message_id)),
+            ("duplicate", self._to_participants("duplicate", self.by_own_message_id,
+                                                every=True)),
         ]
 
     def uses(self, strategy: str) -> bool:
@@ -619,17 +623,20 @@ class Resolver:
         return self._by_ids(ev, "References", "references")
 
     @staticmethod
-    def _to_participants(name: str, strategy: Strategy) -> Strategy:
+    def _to_participants(name: str, strategy: Strategy, every: bool = False) -> Strategy:
         """Outbound evidence that names no answered mail (an Outlook root, the mail's own
         Message-ID) counts only for a case the mail goes to a participant of: a recall, a
         meeting update or a resend goes to the same people; an agent's old answer forwarded
-        to a new customer, or an app's template with a fixed Message-ID, does not."""
+        to a new customer, or an app's template with a fixed Message-ID, does not. `every`:
+        only to participants. A resend goes to the very recipients its first pass recorded,
+        while the app's mail to Bob may Cc the archive address its mail to Alice did."""
         def addressed(ev: Evidence) -> Hit | None:
             hit = strategy(ev)
-            if hit is None or ev.to_participant_of(hit.case.case_id):
+            if hit is None or ev.to_participant_of(hit.case.case_id, every):
                 return hit
-            ev.trace.append(f"{name}: {hit.case.case_id} not taken: no recipient is one of "
-                            "its participants")
+            which = "a recipient is not" if every else "no recipient is"
+            ev.trace.append(f"{name}: {hit.case.case_id} not taken: {which} one of its "
+                            "participants")
             return None
         return addressed
 
