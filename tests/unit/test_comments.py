@@ -272,6 +272,12 @@ def test_a_signature_after_an_empty_comment_is_read() -> None:
     (b"<![if x]><meta charset=koi8-r><![endif]>", "koi8-r"),
     (b"<!x <meta charset=koi8-r>", None),  # passed over to the first `>`
     (b"<? <meta charset=koi8-r> ?>", None),
+    # what is passed over joins nothing: no `<meta` starts before it, and it ends a <meta>
+    (b"<<!x>meta charset=koi8-r>", None),
+    (b"<<!-- -->meta charset=koi8-r>", None),
+    (b"<meta <!x> charset=koi8-r>", None),
+    (b'<meta charset="<?x>koi8-r">', None),
+    (b"<!x><meta charset=koi8-r>", "koi8-r"),
 ])
 def test_the_meta_prescan_skips_comments_as_html5_does(head: bytes, charset: str | None) -> None:
     part = mime.parse(b"", "text/html")

@@ -384,6 +384,9 @@ _PRESCAN_BYTES = 1024
 # `<!--->` are whole comments; `--!>` closes none), and `<!`, `<?` or `</` followed by no ASCII
 # letter to the first `>` (`<![if !vml]>`, `<?xml ...?>`). Unclosed: to the end. (The str
 # patterns of `markup` cannot serve: this reads bytes, and reads <style> text as markup.)
+# Each is replaced by a `>`, not removed: the prescan reads on after it, where no `<meta`
+# begins that starts before it (`<<!x>meta charset=...>` declares nothing), and it ends a
+# <meta> it is in (`<meta <!x> charset=...>` holds no charset: `<!x` is an attribute name).
 _PRESCAN_SKIPPED = re.compile(rb"<!--(?:>|->|.*?-->|.*)|<(?:[!?]|/(?![A-Za-z]))[^>]*+>?", re.S)
 # `<meta` is followed by a tab, line feed, form feed, carriage return, space or "/" (the
 # prescan's own test): `<meta/charset=...>` is one, `<meta\vcharset=...>` or `<meta-x ...>` none.
@@ -403,7 +406,7 @@ def part_charset(part: Part, content: bytes) -> str | None:
         return part.charset
     head = content[:_PRESCAN_BYTES]
     if b"<!" in head or b"<?" in head or b"</" in head:
-        head = _PRESCAN_SKIPPED.sub(b"", head)
+        head = _PRESCAN_SKIPPED.sub(b">", head)
     for found in _META_CHARSET.finditer(head):
         label = _prescanned(found.group(1).decode("ascii"))
         if label is not None:
