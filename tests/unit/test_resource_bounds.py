@@ -149,7 +149,8 @@ def html_4mb_of_comment_openers(direction: Direction) -> Hostile:
 
 
 def html_4mb_of_empty_comments(direction: Direction) -> Hostile:
-    """`<!-->x` 700,000 times: as many whole comments, each a span stamping keeps (16 bytes)."""
+    """`<!-->x` 700,000 times: as many whole comments; stamping reads 100,000 of them (each a
+    span it keeps, 16 bytes) and leaves the part unstamped (`placement.MAX_HIDDEN_SPANS`)."""
     return _html_4mb_of(direction, b"<!-->x")
 
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casethread.core import mime
+from casethread.core import mime, placement
 from casethread.core.bodytext import iter_texts
 from casethread.core.message import newline_of, parse_raw
 from casethread.core.settings import StampSettings
@@ -261,6 +261,25 @@ def test_a_closing_body_tag_inside_a_comment_is_not_the_end_of_the_body() -> Non
             b"<!-- unclosed </body>\n</html>\n")
     out = stamp(message("text/html; charset=utf-8", html, "8bit"))
     assert out.endswith(b"<p>x</p>" + TAG.encode() + html[html.index(b"</body>\n<!--"):])
+
+
+@pytest.mark.parametrize("piece", [b"<!-->x", b"<?>", b"<![if x]>y<![endif]>"])
+def test_a_part_of_more_comments_than_stamping_reads_is_left_unstamped(piece: bytes) -> None:
+    """Stamping reads every comment and raw text element of a part (`placement._Hidden`),
+    ~1 us each: a part of more than `MAX_HIDDEN_SPANS`, which no person's mail holds, is left
+    as it is (16 MiB of `<?>` took 6 s of CPU and 80 MiB); a part of that many is stamped."""
+    count = placement.MAX_HIDDEN_SPANS // piece.count(b"<")
+    for pieces, stamped in ((count, True), (count + 1, False)):
+        html = b"<html><body><p>x</p>" + piece * pieces + b"</body></html>\n"
+        raw = message("text/html; charset=utf-8", html, "8bit")
+        result = outcomes(raw)["html"]
+        if stamped:
+            assert result == ("stamped", "")
+            out = stamp(raw)  # one long line: broken before the tag (at most 998 octets)
+            assert out.index(TAG.encode()) > out.rindex(piece), piece
+        else:
+            assert result == ("skipped", f"more than {placement.MAX_HIDDEN_SPANS} comments")
+            assert stamp(raw) == raw
 
 
 def test_a_closing_body_tag_inside_another_tag_is_not_the_end_of_the_body() -> None:

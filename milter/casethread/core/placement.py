@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from .bodytext import BLOCKQUOTE_TAG
 from .markup import TAG_NAME_END, hidden_spans
+from .transfer import Unusable
 
 # A closing tag's name ends only at a blank, "/" or ">" (`TAG_NAME_END`, WHATWG HTML §13.2.5.8):
 # `</body foo>` and `</body/>` end the body, `</body\u00a0>` and `</body\v>` (which `\s*>` took)
@@ -24,6 +25,10 @@ from .markup import TAG_NAME_END, hidden_spans
 _CLOSING_TAGS = tuple(re.compile(rf"</(?a:{name}){TAG_NAME_END}[^<>]*>", re.I)
                       for name in ("body", "html"))
 _TAIL = 1024  # characters where `_last_match` looks for a closing tag first
+# Comments and raw text elements a part may hold for stamping to read them all (~1 us and 16
+# bytes each): far more than any person's mail (Word writes two `<![if ...]>` a list item),
+# far fewer than 16 MiB of `<?>` holds (5.6 million: seconds of the GIL).
+MAX_HIDDEN_SPANS = 100_000
 # osTicket ends the text of its mail with `Ref-Mid: <its Message-ID>` and, when a reply's
 # headers name none of its mail, reads the quoted line back only at the body's end (its
 # pattern `Ref-Mid: ([^"\s]*)$`): our token line goes above that last line, not below it.
@@ -62,7 +67,7 @@ _HTML_INLINE_TAGS = 16  # inline tags (<span>, <font>, <b>) before and after a s
 def html_insertion_index(text: str) -> int:
     """Before the last </body> (else </html>, else the end), or above an HTML signature
     separator before it (`_html_signature_start`); never inside a comment or the text of a
-    raw text element (`_Hidden`)."""
+    raw text element (`_Hidden`, which raises `Unusable` for a part of too many)."""
     end = len(text)
     hidden = _Hidden(text)
     for closing in _CLOSING_TAGS:
@@ -78,7 +83,8 @@ class _Hidden:
     text elements (<script>, <style>, <title>, <textarea>, ...), as browsers read them
     (`markup.hidden_spans`: `<!-->` is a whole comment, `--!>` closes one, a `<!--` in a
     <style> is text). The part is read once, when first asked; the spans are kept as two
-    arrays of offsets (16 bytes a span: a part of a million comments is no list of tuples)."""
+    arrays of offsets (16 bytes a span), at most `MAX_HIDDEN_SPANS` of them: a part of more
+    is `Unusable`, left unstamped."""
 
     def __init__(self, text: str) -> None:
         self._text = text
@@ -90,6 +96,8 @@ class _Hidden:
         if self._starts is None:
             self._starts = array("q")
             for span in hidden_spans(self._text):
+                if len(self._ends) == MAX_HIDDEN_SPANS:
+                    raise Unusable(f"more than {MAX_HIDDEN_SPANS} comments")
                 self._starts.append(span.start)
                 self._ends.append(span.end)
         i = bisect.bisect_right(self._starts, at) - 1
