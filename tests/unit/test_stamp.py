@@ -812,6 +812,37 @@ def test_utf16_text_without_a_charset_is_not_stamped(ctype: str, content: bytes,
     assert stamp(raw) == raw
 
 
+@pytest.mark.parametrize(("label", "writer", "bom"), [
+    ("utf-16", "utf-16-le", "\ufeff"), ("UTF-16", "utf-16-be", "\ufeff"),
+    ("utf-16", "utf-16-le", ""),  # no BOM: WHATWG's decoder reads the label as LE
+    ("utf-32", "utf-32-le", "\ufeff"),
+])
+@pytest.mark.parametrize(("ctype", "text"), [
+    ("text/plain", "Grüße, Pat: 参照番号\r\n"),
+    ("text/html", "<html><body><p>Grüße, Pat: 参照番号</p></body></html>\r\n"),
+])
+def test_text_under_a_utf16_label_is_stamped_in_its_own_byte_order(
+        label: str, writer: str, bom: str, ctype: str, text: str) -> None:
+    """`charset=utf-16` (.NET's `Encoding.Unicode`, PowerShell's `Send-MailMessage -Encoding
+    Unicode`) was left unstamped (`utf-16-does-not-round-trip`): Python's utf-16 codec starts
+    every piece it writes with a BOM, so the text before the cut, written again, never gave
+    the part's bytes back, and the token line would have carried a BOM of its own. The part is
+    written in the byte order its BOM names (little-endian without one), every original byte
+    kept and no BOM added."""
+    content = (bom + text).encode(writer)
+    raw = message(f'{ctype}; charset="{label}"', base64.encodebytes(content), "base64")
+    target = "html" if ctype == "text/html" else "text"
+    assert outcomes(raw)[target] == ("stamped", "")
+    payload = leaves(stamp(raw))[0].get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    stamped = payload.decode(writer)
+    assert stamped.count("\ufeff") == len(bom)
+    if target == "text":
+        assert stamped == bom + text + "\r\n" + LINE + "\r\n"
+    else:
+        assert stamped == bom + text.replace("</body>", TAG + "</body>")
+
+
 @pytest.mark.parametrize(("label", "cte", "content"), [
     ("us-ascii", "8bit", "Grüße, Zoë ∑\n".encode()),
     ("US-ASCII", "8bit", b"Envoy\xe9 par Bell Mobilit\xe9.\n"),

@@ -440,6 +440,19 @@ def _utf16_label(charset: str) -> bool:
         ("utf-16", "utf-32", "ucs", "iso-10646-ucs"))
 
 
+# Python's utf-16 and utf-32 codecs write a BOM before every piece they encode, so the text
+# before the cut and the insertion cannot be written apart in them.
+_BOM_CODECS = frozenset({"utf-16", "utf-32"})
+
+
+def _byte_order(codec: str, decoded: bytes) -> str:
+    """`utf-16-be`/`-le` (`utf-32-...`) as the part's BOM names it, which then stays in the text
+    as U+FEFF and is written back as it was; little-endian without one, as WHATWG's decoder
+    reads the `utf-16` label (.NET's `Encoding.Unicode` writes no BOM)."""
+    big = b"\xfe\xff" if codec == "utf-16" else b"\x00\x00\xfe\xff"
+    return f"{codec}-be" if decoded.startswith(big) else f"{codec}-le"
+
+
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
     """The codec the part is written back in, and its text. A narrow label is read as the
     superset clients read it as (mime); where that superset does not give the part's bytes
@@ -447,6 +460,8 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
     codec = _codec_of(charset, decoded)
     if codec == _UNLABELLED:
         return codec, decoded.decode(codec)
+    if codec in _BOM_CODECS:
+        codec = _byte_order(codec, decoded)
     own = mime.codec_for(charset, superset=False)
     if own is not None and own != codec:
         for candidate in (codec, own):
@@ -517,6 +532,8 @@ def _encode_insertion(insertion: str, codec: str, charset: str | None) -> bytes:
     elif codec == _UNLABELLED and not insertion.isascii():
         raise Unusable(_byte_for_byte_refusal(charset, reader))
     data = _encode(insertion, codec)
+    if reader in _BOM_CODECS:
+        reader = codec  # the byte order the part's BOM names (`_byte_order`)
     if reader is not None and reader != codec and data.decode(reader, "replace") != insertion:
         raise Unusable(f"insertion reads otherwise in {reader}")
     return data
