@@ -69,3 +69,15 @@ def test_only_the_first_of_apple_mails_text_parts_between_attachments_gets_the_l
         # The line break before a delimiter is the delimiter's (RFC 2046 §5.1.1).
         assert first == f"{first_text.rstrip()}\n[ref:{token}]\n"
         assert last == "After the picture.\n-- \nDana"
+
+
+def test_base64_readers_would_forgive_is_left_unstamped(harness: Any) -> None:
+    """Base64 is read strictly where it is re-encoded (README): blanks at a line's end or a
+    missing padding leave the part as it is, with its reason noted."""
+    for body in (b"SGVsbG8gUGF0IQo=  \n", b"SGVsbG8gUGF0IQo\n"):
+        out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Printer"),
+                               ("MIME-Version", "1.0"),
+                               ("Content-Type", "text/plain; charset=utf-8"),
+                               ("Content-Transfer-Encoding", "base64"), body=body)
+        assert "text-not-stamped:invalid-base64" in out.decision.notes
+        assert out.body == body
