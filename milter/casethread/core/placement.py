@@ -66,8 +66,11 @@ _HTML_INLINE_TAGS = 16  # inline tags (<span>, <font>, <b>) before and after a s
 
 def html_insertion_index(text: str) -> int:
     """Before the last </body> (else </html>, else the end), or above an HTML signature
-    separator before it (`_html_signature_start`); never inside a comment or the text of a
-    raw text element (`_Hidden`, which raises `Unusable` for a part of too many)."""
+    separator before it (`_html_signature_start`); none of these inside a comment or the
+    text of a raw text element (`_Hidden`, which raises `Unusable` for a part of too many).
+    The end itself is not checked: HTML cut off inside a comment, a <style> or a tag gets
+    the tag there (README *What casethread changes in a message*), as telling would read
+    every part without a </body> (Gmail's) from its start."""
     end = len(text)
     hidden = _Hidden(text)
     for closing in _CLOSING_TAGS:
