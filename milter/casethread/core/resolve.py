@@ -313,11 +313,11 @@ class Evidence:
         # was recorded (a customer's mail Cc'd it). Our own list names the member it re-sent
         # (`relayed_author`), who stands in for the From.
         if self.relayed_author is not None:
-            return self._participant(case_id, self.relayed_author)
+            return self.has_participant(case_id, self.relayed_author)
         if (self.sender is None or self._resolver.is_ours(self.sender)
                 or self.sender in self.list_addresses):
             return False
-        return self._participant(case_id, self.sender)
+        return self.has_participant(case_id, self.sender)
 
     def to_participant_of(self, case_id: str, every: bool = False) -> bool:
         """Whether outbound mail goes to a participant of the case (its recipients are the
@@ -325,10 +325,10 @@ class Evidence:
         least)."""
         recipients = self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS]
         if every:
-            return bool(recipients) and all(self._participant(case_id, a) for a in recipients)
-        return any(self._participant(case_id, a) for a in recipients)
+            return bool(recipients) and all(self.has_participant(case_id, a) for a in recipients)
+        return any(self.has_participant(case_id, a) for a in recipients)
 
-    def _participant(self, case_id: str, address: str) -> bool:
+    def has_participant(self, case_id: str, address: str) -> bool:
         """Whether `address` (an internationalised domain as its A-label) is a participant of
         the case; also under its U-label form, as earlier versions recorded a header address
         that spelled its domain so."""
@@ -844,11 +844,11 @@ class Resolver:
         names a case of the same customer, and the Message-ID's case keeps the report."""
         people = [a for a in header_addresses(fields.get("to", []) + fields.get("cc", []))
                   if "@" in a and not self.is_ours(a)][:MAX_PARTICIPANTS]
-        if not people or any(ev._participant(by_id.case_id, a) for a in people):
+        if not people or any(ev.has_participant(by_id.case_id, a) for a in people):
             return None
         case = ev.case_by_tokens(tokens())
         if case is None or case.case_id == by_id.case_id or not any(
-                ev._participant(case.case_id, a) for a in people):
+                ev.has_participant(case.case_id, a) for a in people):
             return None
         ev.trace.append(f"  the returned Message-ID names {by_id.case_id}, which the mail's "
                         f"recipients are no participants of; its token names {case.case_id}, "
