@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casethread.core import mime, placement
-from casethread.core.bodytext import iter_texts
+from casethread.core.bodytext import decode_text, iter_texts
 from casethread.core.message import newline_of, parse_raw
 from casethread.core.settings import StampSettings
 from casethread.core.stamp import (
@@ -841,6 +841,40 @@ def test_text_under_a_utf16_label_is_stamped_in_its_own_byte_order(
         assert stamped == bom + text + "\r\n" + LINE + "\r\n"
     else:
         assert stamped == bom + text.replace("</body>", TAG + "</body>")
+
+
+@pytest.mark.parametrize(("label", "writer"), [("utf-16", "utf-16-be"), ("utf-32", "utf-32-be"),
+                                               ("utf-16", "utf-16-le")])
+@pytest.mark.parametrize(("ctype", "text"), [
+    ("text/plain", "Hello Pat,\r\nthanks.\r\n"),
+    ("text/html", "<html><body><p>Grüße, Pat</p></body></html>\r\n"),
+])
+def test_utf16_without_a_bom_is_stamped_in_the_byte_order_its_ascii_shows(
+        label: str, writer: str, ctype: str, text: str) -> None:
+    """Big-endian under `charset=utf-16` without a BOM (RFC 2781's default) was stamped in
+    little-endian: the token line read as CJK, the tag as visible CJK text after the part's
+    end, and inbound reading (which takes the byte order its NULs show) found no token."""
+    content = text.encode(writer)
+    raw = message(f"{ctype}; charset={label}", base64.encodebytes(content), "base64")
+    target = "html" if ctype == "text/html" else "text"
+    assert outcomes(raw)[target] == ("stamped", "")
+    payload = leaves(stamp(raw))[0].get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    expected = (text + "\r\n" + LINE + "\r\n" if target == "text"
+                else text.replace("</body>", TAG + "</body>"))
+    assert payload.decode(writer) == expected
+    assert LINE in decode_text(payload, label)
+
+
+@pytest.mark.parametrize("writer", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_bom_or_an_ascii_character_is_not_stamped(writer: str) -> None:
+    """No NUL byte tells the byte order (inbound reading takes such a part for mislabelled
+    UTF-8): written in either, the token line could read as CJK."""
+    raw = message("text/plain; charset=utf-16", base64.encodebytes("参照番号".encode(writer)),
+                  "base64")
+    assert outcomes(raw)["text"] == (
+        "skipped", "utf-16 without a byte order mark or an ascii character")
+    assert stamp(raw) == raw
 
 
 @pytest.mark.parametrize(("label", "cte", "content"), [

@@ -447,10 +447,28 @@ _BOM_CODECS = frozenset({"utf-16", "utf-32"})
 
 def _byte_order(codec: str, decoded: bytes) -> str:
     """`utf-16-be`/`-le` (`utf-32-...`) as the part's BOM names it, which then stays in the text
-    as U+FEFF and is written back as it was; little-endian without one, as WHATWG's decoder
-    reads the `utf-16` label (.NET's `Encoding.Unicode` writes no BOM)."""
-    big = b"\xfe\xff" if codec == "utf-16" else b"\x00\x00\xfe\xff"
-    return f"{codec}-be" if decoded.startswith(big) else f"{codec}-le"
+    as U+FEFF and is written back as it was. Without one, the byte order its ASCII characters
+    show, as inbound reading takes it (`bodytext.decode_text`): little-endian for .NET's
+    `Encoding.Unicode`, which writes no BOM, big-endian for RFC 2781's default (written in
+    little-endian, the token line would read as CJK there, and the part as a whole as
+    neither). Content without a NUL byte shows none, and inbound reading takes it for a
+    mislabelled ASCII-compatible part: it is left unstamped."""
+    width = 2 if codec == "utf-16" else 4
+    big = b"\xfe\xff" if width == 2 else b"\x00\x00\xfe\xff"
+    little = b"\xff\xfe" if width == 2 else b"\xff\xfe\x00\x00"
+    if decoded.startswith(big):
+        return f"{codec}-be"
+    if decoded.startswith(little):
+        return f"{codec}-le"
+    if 0 not in decoded:
+        raise Unusable(f"{codec} without a byte order mark or an ascii character")
+    sample = decoded[:_BYTE_ORDER_SAMPLE]
+    high_first, low_first = sample[0::width].count(0), sample[width - 1 :: width].count(0)
+    return f"{codec}-le" if low_first > high_first else f"{codec}-be"
+
+
+# Bytes of a UTF-16/32 part without a BOM looked at for its byte order (as inbound reading).
+_BYTE_ORDER_SAMPLE = 16 * 1024
 
 
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
