@@ -3917,9 +3917,26 @@ def test_an_apps_fixed_message_id_to_another_customer_is_no_resend(harness: Any,
     bob = harness.outbound(AGENT, ("To", "bob@customer-b.example"), ("Subject", "Invoice"), mid,
                            *copy)
     assert (bob.case_id, bob.decision.match) == ("C-000002", "new")
-    assert "duplicate: C-000001 not taken: a recipient is not one of its participants" in (
-        bob.decision.trace)
+    assert "duplicate: C-000001 not taken: a customer it names is not one of its " \
+        "participants" in bob.decision.trace
     assert token_of(bob.one("Subject")) != token_of(alice[0].one("Subject"))
+
+
+def test_a_bcc_copy_sent_apart_is_the_same_mail(harness: Any) -> None:
+    """A relay that gives each Bcc'd recipient a transaction of its own (review 21c) submits
+    the agent's mail again, its envelope the Bcc'd customer alone: the same mail, the same
+    case and token (To and Cc name the very people the first copy recorded)."""
+    mail = (AGENT, TO_CUSTOMER, ("Subject", "Your order"), ("Message-ID", "<o2@app.example>"))
+    first = harness.outbound(*mail, rcpts=(f"<{CUSTOMER_ADDR}>",))
+    bcc = harness.outbound(*mail, rcpts=("<boss@customer-b.example>",))
+    assert (bcc.case_id, bcc.decision.match) == (first.case_id, "duplicate")
+    assert token_of(bcc.one("Subject")) == token_of(first.one("Subject"))
+    # Mail that names nobody in To or Cc is told by its envelope, as before: any participant.
+    hidden = (AGENT, ("To", "undisclosed-recipients:;"), ("Subject", "Notice"),
+              ("Message-ID", "<o3@app.example>"))
+    first = harness.outbound(*hidden, rcpts=("<pat@customer.example.org>",))
+    again = harness.outbound(*hidden, rcpts=("<pat@customer.example.org>", "<x@other.example>"))
+    assert (again.case_id, again.decision.match) == (first.case_id, "duplicate")
 
 
 def outlook_mail(h: Any, root: bytes, *headers: tuple[str, str]) -> Any:

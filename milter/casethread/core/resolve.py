@@ -321,11 +321,16 @@ class Evidence:
 
     def to_participant_of(self, case_id: str, every: bool = False) -> bool:
         """Whether outbound mail goes to a participant of the case (its recipients are the
-        customers); with `every`, whether it goes to participants only (and to one at
-        least)."""
-        recipients = self._resolver.participants(self.msg, ours=True)[:MAX_PARTICIPANTS]
+        customers); with `every`, whether every customer its To and Cc name is one (mail that
+        names none there: whether it goes to one). `every` is for a resend, which names
+        the very people its first pass recorded; its envelope may hold a Bcc'd recipient
+        alone, as a relay that sends each Bcc its own copy submits it."""
+        resolver, msg = self._resolver, self.msg
         if every:
-            return bool(recipients) and all(self.has_participant(case_id, a) for a in recipients)
+            named = resolver.participants(msg, ours=True, envelope=False)[:MAX_PARTICIPANTS]
+            if named:
+                return all(self.has_participant(case_id, a) for a in named)
+        recipients = resolver.participants(msg, ours=True)[:MAX_PARTICIPANTS]
         return any(self.has_participant(case_id, a) for a in recipients)
 
     def has_participant(self, case_id: str, address: str) -> bool:
@@ -496,11 +501,12 @@ class Resolver:
 
     def participants(self, msg: Message, ours: bool,
                      lists: frozenset[str] | None = None,
-                     author: str | None = None) -> list[str]:
+                     author: str | None = None, envelope: bool = True) -> list[str]:
         """The customers' side of this mail, each once: neither our support addresses, which
         are on every case's mail and anyone can forge, nor the From of `ours` (outbound)
         mail, an agent, nor an address without a domain (an unqualified `RCPT
-        TO:<postmaster>`). Outbound mail's envelope recipients count too: Bcc'd customers.
+        TO:<postmaster>`). Outbound mail's envelope recipients count too (unless not
+        `envelope`), after the header's: Bcc'd customers.
         `lists`: the inbound mail's list addresses when known (`Evidence.list_addresses`);
         `author`: the member our own list re-sent the mail of (`Evidence.relayed_author`),
         after the From, which is then ours: Google Groups may name them only in
@@ -523,7 +529,9 @@ class Resolver:
             return list(dict.fromkeys(a for a in found
                                       if "@" in a and not is_ours(a) and a not in lists))
         agents = set(header_addresses(msg.get_all("From")))
-        found = header_addresses(fields) + [envelope_address(r) for r in msg.envelope.rcpts]
+        found = header_addresses(fields)
+        if envelope:
+            found += [envelope_address(r) for r in msg.envelope.rcpts]
         return list(dict.fromkeys(a for a in found
                                   if "@" in a and a not in agents and not is_ours(a)))
 
@@ -628,13 +636,14 @@ class Resolver:
         Message-ID) counts only for a case the mail goes to a participant of: a recall, a
         meeting update or a resend goes to the same people; an agent's old answer forwarded
         to a new customer, or an app's template with a fixed Message-ID, does not. `every`:
-        only to participants. A resend goes to the very recipients its first pass recorded,
-        while the app's mail to Bob may Cc the archive address its mail to Alice did."""
+        every customer it names (`Evidence.to_participant_of`): a resend names the very
+        people its first pass recorded, while the app's mail to Bob may Cc the archive
+        address its mail to Alice did."""
         def addressed(ev: Evidence) -> Hit | None:
             hit = strategy(ev)
             if hit is None or ev.to_participant_of(hit.case.case_id, every):
                 return hit
-            which = "a recipient is not" if every else "no recipient is"
+            which = "a customer it names is not" if every else "no recipient is"
             ev.trace.append(f"{name}: {hit.case.case_id} not taken: {which} one of its "
                             "participants")
             return None
