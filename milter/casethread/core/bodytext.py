@@ -411,13 +411,16 @@ def decode_text(data: bytes, charset: str | None) -> str:
         if 0 not in data:
             codec = "utf-8"
         elif codec in ("utf-16", "utf-32"):
-            codec = _byte_order(data[:_BYTE_ORDER_SAMPLE], width)
+            codec = byte_order(data, width)
     return data.decode(codec or "utf-8", "replace")
 
 
-def _byte_order(sample: bytes, width: int) -> str:
-    """`utf-16-be`/`-le` (`utf-32-...` for a `width` of 4) for text without a BOM: an ASCII
-    character has its NUL bytes first in big-endian, last in little-endian."""
+def byte_order(data: bytes, width: int) -> str:
+    """`utf-16-be`/`-le` (`utf-32-...` for a `width` of 4) for text without a BOM, by its
+    first `_BYTE_ORDER_SAMPLE` bytes: an ASCII character has its NUL bytes first in
+    big-endian, last in little-endian (big-endian when they tell nothing). Stamping writes
+    such a part back in the order this reads it (`stamp`)."""
+    sample = data[:_BYTE_ORDER_SAMPLE]
     big = sample[0::width].count(0)
     little = sample[width - 1 :: width].count(0)
     return f"utf-{8 * width}-{'le' if little > big else 'be'}"

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from . import mime
+from .bodytext import byte_order
 from .frozen import frozen
 from .message import Data, Header, unfold
 from .mime import Part
@@ -462,13 +463,7 @@ def _byte_order(codec: str, decoded: bytes) -> str:
         return f"{codec}-le"
     if 0 not in decoded:
         raise Unusable(f"{codec} without a byte order mark or an ascii character")
-    sample = decoded[:_BYTE_ORDER_SAMPLE]
-    high_first, low_first = sample[0::width].count(0), sample[width - 1 :: width].count(0)
-    return f"{codec}-le" if low_first > high_first else f"{codec}-be"
-
-
-# Bytes of a UTF-16/32 part without a BOM looked at for its byte order (as inbound reading).
-_BYTE_ORDER_SAMPLE = 16 * 1024
+    return byte_order(decoded, width)
 
 
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
