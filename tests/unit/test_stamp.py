@@ -866,6 +866,21 @@ def test_utf16_without_a_bom_is_stamped_in_the_byte_order_its_ascii_shows(
     assert LINE in decode_text(payload, label)
 
 
+@pytest.mark.parametrize(("label", "writer"), [
+    ("utf-16le", "utf-16-be"), ("utf-16be", "utf-16-le"), ("utf-32le", "utf-32-be"),
+    ("utf-32be", "utf-32-le")])
+def test_a_bom_that_contradicts_a_byte_order_label_leaves_the_part_unstamped(
+        label: str, writer: str) -> None:
+    """Readers follow the BOM, as inbound reading does: a token line written in the label's
+    order would read as CJK (it was written so; review 21c)."""
+    content = ("\ufeff" + "Hello Pat,\r\n").encode(writer)
+    raw = message(f"text/plain; charset={label}", base64.encodebytes(content), "base64")
+    codec = label.replace("le", "-le").replace("be", "-be")
+    assert outcomes(raw)["text"] == ("skipped", f"byte order mark contradicts {codec}")
+    assert stamp(raw) == raw
+    assert "Hello Pat" in decode_text(content, label)
+
+
 @pytest.mark.parametrize("writer", ["utf-16-le", "utf-16-be"])
 def test_utf16_without_a_bom_or_an_ascii_character_is_not_stamped(writer: str) -> None:
     """No NUL byte tells the byte order (inbound reading takes such a part for mislabelled

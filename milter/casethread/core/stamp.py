@@ -466,6 +466,11 @@ def _byte_order(codec: str, decoded: bytes) -> str:
     return byte_order(decoded, width)
 
 
+# The BOM of the other byte order, for the labels that name one (`utf-16le`, ...).
+_OTHER_ORDERS_BOM = {"utf-16-le": b"\xfe\xff", "utf-16-be": b"\xff\xfe",
+                     "utf-32-le": b"\x00\x00\xfe\xff", "utf-32-be": b"\xff\xfe\x00\x00"}
+
+
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
     """The codec the part is written back in, and its text. A narrow label is read as the
     superset clients read it as (mime); where that superset does not give the part's bytes
@@ -475,6 +480,10 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
         return codec, decoded.decode(codec)
     if codec in _BOM_CODECS:
         codec = _byte_order(codec, decoded)
+    elif codec in _OTHER_ORDERS_BOM and decoded.startswith(_OTHER_ORDERS_BOM[codec]):
+        # Readers take a BOM's byte order over the label's (WHATWG "decode"), as inbound
+        # reading does: what went in in the label's order would read otherwise.
+        raise Unusable(f"byte order mark contradicts {codec}")
     own = mime.codec_for(charset, superset=False)
     if own is not None and own != codec:
         for candidate in (codec, own):
