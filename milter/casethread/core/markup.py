@@ -83,14 +83,14 @@ def hidden_spans(text: str) -> Iterator[Span]:
                       else RAW_TEXT_CLOSE[name].search(text, found.end()))
             pos = size if closer is None else closer.end()
         elif found.group(1) is not None:
-            pos, name = comment_end(text, opened), "comment"
+            pos, name = _comment_end(text, opened), "comment"
         else:
             close = text.find(">", found.end())
             pos, name = (size if close < 0 else close + 1), "comment"
         yield Span(opened, pos, name)
 
 
-def comment_end(text: str, start: int) -> int:
+def _comment_end(text: str, start: int) -> int:
     """Where the comment whose `<!--` is at `start` ends: after `>` of `<!-->` or `<!--->`,
     else after the first `-->` or `--!>` from the fifth character on, else at the end."""
     after = start + 4

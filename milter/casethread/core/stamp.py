@@ -15,6 +15,7 @@ any doubt skips the part and says why in its `Outcome`. Where in the text the st
 
 from __future__ import annotations
 
+import codecs
 import functools
 import html
 import re
@@ -444,6 +445,14 @@ def _utf16_label(charset: str) -> bool:
 # Python's utf-16 and utf-32 codecs write a BOM before every piece they encode, so the text
 # before the cut and the insertion cannot be written apart in them.
 _BOM_CODECS = frozenset({"utf-16", "utf-32"})
+# The BOM of each byte order's codec.
+_BOMS = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE,
+         "utf-32-be": codecs.BOM_UTF32_BE, "utf-32-le": codecs.BOM_UTF32_LE}
+
+
+def _other_order(codec: str) -> str:
+    """`utf-16-le` for `utf-16-be`, and so on (a key of `_BOMS`)."""
+    return codec[:-2] + ("le" if codec.endswith("be") else "be")
 
 
 def _byte_order(codec: str, decoded: bytes) -> str:
@@ -454,21 +463,12 @@ def _byte_order(codec: str, decoded: bytes) -> str:
     little-endian, the token line would read as CJK there, and the part as a whole as
     neither). Content without a NUL byte shows none, and inbound reading takes it for a
     mislabelled ASCII-compatible part: it is left unstamped."""
-    width = 2 if codec == "utf-16" else 4
-    big = b"\xfe\xff" if width == 2 else b"\x00\x00\xfe\xff"
-    little = b"\xff\xfe" if width == 2 else b"\xff\xfe\x00\x00"
-    if decoded.startswith(big):
-        return f"{codec}-be"
-    if decoded.startswith(little):
-        return f"{codec}-le"
+    for ordered in (f"{codec}-be", f"{codec}-le"):
+        if decoded.startswith(_BOMS[ordered]):
+            return ordered
     if 0 not in decoded:
         raise Unusable(f"{codec} without a byte order mark or an ascii character")
-    return byte_order(decoded, width)
-
-
-# The BOM of the other byte order, for the labels that name one (`utf-16le`, ...).
-_OTHER_ORDERS_BOM = {"utf-16-le": b"\xfe\xff", "utf-16-be": b"\xff\xfe",
-                     "utf-32-le": b"\x00\x00\xfe\xff", "utf-32-be": b"\xff\xfe\x00\x00"}
+    return byte_order(decoded, 2 if codec == "utf-16" else 4)
 
 
 def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
@@ -480,7 +480,7 @@ def _read_text(decoded: bytes, charset: str | None) -> tuple[str, str]:
         return codec, decoded.decode(codec)
     if codec in _BOM_CODECS:
         codec = _byte_order(codec, decoded)
-    elif codec in _OTHER_ORDERS_BOM and decoded.startswith(_OTHER_ORDERS_BOM[codec]):
+    elif codec in _BOMS and decoded.startswith(_BOMS[_other_order(codec)]):
         # Readers take a BOM's byte order over the label's (WHATWG "decode"), as inbound
         # reading does: what went in in the label's order would read otherwise.
         raise Unusable(f"byte order mark contradicts {codec}")
