@@ -34,6 +34,7 @@ from casethread.core.model import (
     CounterBump,
     Direction,
 )
+from casethread.core.resolve import Resolver
 from casethread.core.settings import (
     ExternalRefRule,
     FloodSettings,
@@ -4216,6 +4217,33 @@ def test_a_duplicate_report_is_judged_on_its_cases_counter(make_harness: Any,
               for _ in range(2)]
     assert [(r.one("X-Case-Match"), r.all("X-Case-Loop")) for r in copies] == [
         ("bounce", []), ("duplicate", [])]
+
+
+@pytest.mark.parametrize(("order", "expected"), [
+    (("bounce", "token"), "C-000002"),
+    (("in-reply-to", "bounce", "token"), "C-000002"),
+    (("token", "bounce"), None),  # the token strategy finds C-000001 first
+    (("token", "in-reply-to"), None),  # no bounce strategy
+])
+def test_bounce_hit_is_resolves_hit_by_bounce(make_harness: Any, tweak: Any, build: Any,
+                                              order: tuple[str, ...],
+                                              expected: str | None) -> None:
+    """`Resolver.bounce_hit` (a duplicate report's flood counter) is the case `resolve` takes
+    when the bounce strategy found it, else None, in any order: a report whose Subject holds
+    one case's token and whose returned mail is another case's."""
+    h = make_harness(tweak(inbound={"strategies": order}))
+    first = start_case(h)
+    second = start_case(h, "Order 7")
+    report = build(GMAIL_NDR, ("Subject", f"Undelivered: Printer jam [ref:{h.token('C-000001')}]"),
+                   *DSN_HEADERS[4:], body=dsn(returned_message(second.one("Message-ID"))),
+                   mail_from="<>")
+    assert first.case_id == "C-000001"
+    resolver = Resolver(h.settings, h.keyring)
+    hit = resolver.bounce_hit(resolver.evidence(report, h.index, 0))
+    assert (hit.case.case_id if hit else None) == expected
+    full = resolver.resolve(resolver.evidence(report, h.index, 0))
+    assert full is not None
+    assert hit == (full if full.match == "bounce" else None)
 
 
 def test_duplicate_of_a_mail_whose_case_was_merged_since(harness: Any) -> None:

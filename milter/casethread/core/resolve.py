@@ -478,6 +478,9 @@ class Resolver:
             "subject-match": self.by_subject_match,
         }
         self._order = [(name, table[name]) for name in inbound.strategies]
+        # What `bounce_hit` runs: the strategies up to bounce (none when bounce is not used).
+        names = list(inbound.strategies)
+        self._to_bounce = self._order[:names.index("bounce") + 1] if "bounce" in names else []
         # Outbound mail is sent for the case the conversation already has, never a guessed one
         # (Thread-Index too: an Outlook recall, meeting update or forward carries only that);
         # failing that, for the case its own Message-ID already has (the same mail again).
@@ -555,15 +558,17 @@ class Resolver:
         finds one), else None: a duplicate of a report is judged on the flood counter its
         first copy was counted on. Strategies after it are not run (the body is read for a
         report only, with the default order)."""
-        for name, strategy in self._order:
-            if name == "bounce":
-                return strategy(ev)
-            if strategy(ev) is not None:
-                return None
-        return None
+        hit = self._walk(ev, self._to_bounce)
+        # Only the bounce strategy's hits are `bounce` (`_bounce_part`).
+        return hit if hit is not None and hit.match == "bounce" else None
 
     def resolve(self, ev: Evidence, outbound: bool = False) -> Hit | None:
-        for name, strategy in self._outbound_order if outbound else self._order:
+        return self._walk(ev, self._outbound_order if outbound else self._order)
+
+    @staticmethod
+    def _walk(ev: Evidence, order: Sequence[tuple[str, Strategy]]) -> Hit | None:
+        """The first case a strategy of `order` finds, each strategy's answer traced."""
+        for name, strategy in order:
             hit = strategy(ev)
             ev.trace.append(f"{name}: " + (f"-> {hit.case.case_id}" if hit else "no match"))
             if hit is not None:
