@@ -327,9 +327,10 @@ def _no_index(settings: Settings) -> CaseIndexError:
 
 
 @contextmanager
-def _existing_index(settings: Settings) -> Iterator[CaseIndex]:
-    """The index for one admin command; never creates one (a mistyped --index must not)."""
-    if not index_exists(settings):
+def _lmdb_index(settings: Settings, create: bool = False) -> Iterator[LmdbIndex]:
+    """The index for one admin command; never creates one (a mistyped --index must not)
+    unless `create` (`import`)."""
+    if not create and not index_exists(settings):
         raise _no_index(settings)
     index = open_index(settings)
     try:
@@ -354,7 +355,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # The keyring first: without keys no token can be checked, so the index is not needed.
     keyring = keyring_for(settings, create=False) if args.token is not None else None
-    with _existing_index(settings) as index:
+    with _lmdb_index(settings) as index:
         try:
             if args.message_id is not None:
                 key, found = args.message_id, case_admin.lookup_message_id(index, args.message_id)
@@ -379,7 +380,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_case_show(args: argparse.Namespace) -> int:
-    with _existing_index(_settings(args)) as index:
+    with _lmdb_index(_settings(args)) as index:
         case = case_admin.find_case(index, args.case_id)
     if case is None:
         return _fail(Exception(f"no case {args.case_id}"), EXIT_RUNTIME)
@@ -388,7 +389,7 @@ def cmd_case_show(args: argparse.Namespace) -> int:
 
 
 def cmd_case_set_state(args: argparse.Namespace) -> int:
-    with _existing_index(_settings(args)) as index:
+    with _lmdb_index(_settings(args)) as index:
         try:
             case = case_admin.set_state(index, args.case_id, args.state, int(time.time()))
         except case_admin.AdminError as exc:
@@ -398,7 +399,7 @@ def cmd_case_set_state(args: argparse.Namespace) -> int:
 
 
 def cmd_case_merge(args: argparse.Namespace) -> int:
-    with _existing_index(_settings(args)) as index:
+    with _lmdb_index(_settings(args)) as index:
         before = case_admin.find_case(index, args.from_id)
         try:
             case, final = case_admin.merge(index, args.from_id, args.into_id, int(time.time()))
@@ -415,7 +416,7 @@ def cmd_case_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_case_split(args: argparse.Namespace) -> int:
-    with _existing_index(_settings(args)) as index:
+    with _lmdb_index(_settings(args)) as index:
         try:
             case, created = case_admin.split(
                 index, args.case_id, args.children, args.create, int(time.time())
@@ -435,7 +436,7 @@ def cmd_case_parent(args: argparse.Namespace) -> int:
     if (args.parent_id is None) == (not args.clear):
         print("casethread case parent: give either PARENT_ID or --clear", file=sys.stderr)
         return EXIT_USAGE
-    with _existing_index(_settings(args)) as index:
+    with _lmdb_index(_settings(args)) as index:
         try:
             case = case_admin.set_parent(index, args.case_id, args.parent_id, int(time.time()))
         except case_admin.AdminError as exc:
@@ -614,17 +615,6 @@ mail will not verify. A meta line alone makes an index with its counter at that 
 lost index, README: Restore).
 {OPS_EXIT}
 """
-
-
-@contextmanager
-def _lmdb_index(settings: Settings, create: bool = False) -> Iterator[LmdbIndex]:
-    if not create and not index_exists(settings):
-        raise _no_index(settings)
-    index = open_index(settings)
-    try:
-        yield index
-    finally:
-        index.close()
 
 
 def _days(text: str) -> int:
