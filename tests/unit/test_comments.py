@@ -45,65 +45,32 @@ def _end_tag_named(text: str, at: int, name: str) -> int | None:
     return len(text) if close < 0 else close + 1
 
 
+# The comment states of §13.2.5.43-52, each: {character: the state it moves to}, and the
+# state any other character moves to, and whether that state reconsumes it (reads it again).
+_COMMENT_STATES: dict[str, tuple[dict[str, str], str, bool]] = {
+    "start": ({"-": "start dash", ">": "done"}, "comment", True),
+    "start dash": ({"-": "end", ">": "done"}, "comment", True),
+    "comment": ({"<": "lt", "-": "end dash"}, "comment", False),
+    "lt": ({"!": "lt bang", "<": "lt"}, "comment", True),
+    "lt bang": ({"-": "lt bang dash"}, "comment", True),
+    "lt bang dash": ({"-": "lt bang dash dash"}, "end dash", True),
+    # `>` or not (a nested-comment error): reconsumed in the end state
+    "lt bang dash dash": ({}, "end", True),
+    "end dash": ({"-": "end"}, "comment", True),
+    "end": ({">": "done", "!": "end bang", "-": "end"}, "comment", True),
+    "end bang": ({"-": "end dash", ">": "done"}, "comment", True),
+}
+
+
 def _comment(text: str, at: int) -> int:
     """Where the comment opened by `<!--` at `at` ends: §13.2.5.43-52, a state a character."""
     state, i = "start", at + 4
     while i < len(text):
-        c = text[i]
-        if state == "start":
-            state = {"-": "start dash", ">": "done"}.get(c, "comment")
-            if state == "comment":
-                continue
-        elif state == "start dash":
-            if c == "-":
-                state = "end"
-            elif c == ">":
-                state = "done"
-            else:
-                state = "comment"
-                continue
-        elif state == "comment":
-            state = {"<": "lt", "-": "end dash"}.get(c, "comment")
-        elif state == "lt":
-            if c == "!":
-                state = "lt bang"
-            elif c != "<":
-                state = "comment"
-                continue
-        elif state == "lt bang":
-            state = "lt bang dash" if c == "-" else "comment"
-            if state == "comment":
-                continue
-        elif state == "lt bang dash":
-            if c == "-":
-                state = "lt bang dash dash"
-            else:
-                state = "end dash"
-                continue
-        elif state == "lt bang dash dash":
-            state = "end"  # `>` or not (a nested-comment error): reconsumed in the end state
-            continue
-        elif state == "end dash":
-            state = "end" if c == "-" else "comment"
-            if state == "comment":
-                continue
-        elif state == "end":
-            if c == ">":
-                state = "done"
-            elif c == "!":
-                state = "end bang"
-            elif c != "-":
-                state = "comment"
-                continue
-        elif state == "end bang":
-            if c == "-":
-                state = "end dash"
-            elif c == ">":
-                state = "done"
-            else:
-                state = "comment"
-                continue
-        i += 1
+        moves, other, reconsume = _COMMENT_STATES[state]
+        if text[i] in moves:
+            state, i = moves[text[i]], i + 1
+        else:
+            state, i = other, i if reconsume else i + 1
         if state == "done":
             return i
     return len(text)
