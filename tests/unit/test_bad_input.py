@@ -68,17 +68,22 @@ def assert_clean_edits(edits: tuple[Edit, ...]) -> None:
         assert all(line.strip() for line in e.value.split("\n")) or not e.value, e
 
 
-def one_log_line(stderr: bytes, *expected: str) -> str:
+def filtered(run_filter: Any, args: tuple[str, ...], raw: bytes, *logged: str,
+             **kw: Any) -> Any:
+    """`casethread filter ARGS` on `raw`: it exits 0 and logs one line, which holds each of
+    `logged`; the finished process."""
+    p = run_filter(*args, stdin=raw, **kw)
+    assert p.returncode == 0, p.stderr[-2000:]
     # The first run in a fresh index also logs, once, that it generated the token key.
     lines = [
         line
-        for line in stderr.decode("utf-8", "replace").splitlines()
+        for line in p.stderr.decode("utf-8", "replace").splitlines()
         if "generated token key" not in line
     ]
     assert len(lines) == 1, lines
-    for part in expected:
+    for part in logged:
         assert part in lines[0], lines[0]
-    return lines[0]
+    return p
 
 
 def header_of(output: bytes, name: str) -> list[str]:
@@ -117,18 +122,15 @@ def test_no_headers_at_all_engine(harness: Any, build: Build, direction: Directi
 
 def test_no_headers_at_all_filter(run_filter: Any) -> None:
     body = b"no header here, just text\nsecond line\n"
-    p = run_filter(*INBOUND_ARGS, stdin=body)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=inbound", "case=C-000001", "match=new")
+    p = filtered(run_filter, INBOUND_ARGS, body,
+                 "direction=inbound", "case=C-000001", "match=new")
     _, sep, rest = p.stdout.partition(b"\n\n")
     assert sep and rest == body
     assert header_of(p.stdout, "X-Case-ID") == ["C-000001"]
 
 
 def test_empty_input_filter(run_filter: Any) -> None:
-    p = run_filter(*OUTBOUND_ARGS, stdin=b"")
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=outbound", "case=C-000001")
+    p = filtered(run_filter, OUTBOUND_ARGS, b"", "direction=outbound", "case=C-000001")
     assert header_of(p.stdout, "X-Case-ID") == ["C-000001"]
     assert p.stdout.endswith(b"\n\n")
 
@@ -155,9 +157,7 @@ def test_header_without_colon_filter(run_filter: Any) -> None:
         b"\n"
         b"body\n"
     )
-    p = run_filter(*INBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=inbound", "match=new")
+    p = filtered(run_filter, INBOUND_ARGS, raw, "direction=inbound", "match=new")
     # The MTA's view: the colon-less line starts the body, so the "X-Case-ID" after it is body
     # text, delivered as it came; our header block has exactly one.
     assert header_of(p.stdout, "X-Case-ID") == ["C-000001"]
@@ -192,9 +192,8 @@ def test_8bit_headers_engine_records_and_finds_the_id(harness: Any) -> None:
 
 
 def test_8bit_headers_filter_byte_exact(run_filter: Any) -> None:
-    p = run_filter(*INBOUND_ARGS, stdin=EIGHT_BIT)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=inbound", "case=C-000001", "match=new")
+    p = filtered(run_filter, INBOUND_ARGS, EIGHT_BIT,
+                 "direction=inbound", "case=C-000001", "match=new")
     kept = EIGHT_BIT.replace(b"X-Case-Queue: \xfe\n", b"")
     head, _, body = kept.partition(b"\n\n")
     assert p.stdout == (
@@ -206,17 +205,14 @@ def test_8bit_headers_filter_byte_exact(run_filter: Any) -> None:
     )
     # The 8-bit Message-ID went into the (LMDB) index and is found again.
     reply = b"From: x@customer.example.org\nIn-Reply-To: <\xe9t\xe9.1@customer.EXAMPLE.org>\n\nhi\n"
-    p = run_filter(*INBOUND_ARGS, stdin=reply)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "case=C-000001", "match=in-reply-to")
+    filtered(run_filter, INBOUND_ARGS, reply, "case=C-000001", "match=in-reply-to")
 
 
 def test_8bit_outbound_filter(run_filter: Any) -> None:
     raw = b"From: Dana <dana@support.example.com>\nSubject: r\xe9ponse \xff\n\nbody\n"
-    p = run_filter(*OUTBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
     # A Subject that is not UTF-8 cannot be written back exactly: it is left alone, and noted.
-    one_log_line(p.stderr, "direction=outbound", "case=C-000001", "subject-8bit")
+    p = filtered(run_filter, OUTBOUND_ARGS, raw,
+                 "direction=outbound", "case=C-000001", "subject-8bit")
     assert p.stdout.startswith(b"From: Dana <dana@support.example.com>\nSubject: r\xe9ponse \xff\n")
     # The token still travels: the anchor in References, and the token line in the body.
     (refs,) = header_of(p.stdout, "References")
@@ -276,9 +272,7 @@ def test_nul_and_bare_cr_in_header_values_filter(run_filter: Any) -> None:
         b"\n"
         b"body\n"
     )
-    p = run_filter(*INBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=inbound", "case=C-000001", "match=new")
+    p = filtered(run_filter, INBOUND_ARGS, raw, "direction=inbound", "case=C-000001", "match=new")
     head, _, body = raw.partition(b"\n\n")
     # Postfix splits lines on LF only: the bare CR is a byte of X-Note, and Message-ID stays
     # a header (so it is recorded).
@@ -308,9 +302,7 @@ def test_in_reply_to_garbage(harness: Any, garbage: str) -> None:
 
 def test_in_reply_to_garbage_filter(run_filter: Any) -> None:
     raw = b"From: pat@customer.example.org\nIn-Reply-To: <<<>>> (((junk\nReferences: <\n\nhi\n"
-    p = run_filter(*INBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "direction=inbound", "case=C-000001", "match=new")
+    filtered(run_filter, INBOUND_ARGS, raw, "direction=inbound", "case=C-000001", "match=new")
 
 
 @pytest.mark.parametrize("direction", [Direction.INBOUND, Direction.OUTBOUND])
@@ -353,9 +345,7 @@ def test_in_reply_to_of_10000_ids_is_bounded_too(make_harness: Any, tweak: Any) 
 def test_references_of_10000_ids_filter(run_filter: Any) -> None:
     ids = b"\n ".join(b"<f%d@customer.example.org>" % i for i in range(10_000))
     raw = b"From: pat@customer.example.org\nReferences: " + ids + b"\n\nhi\n"
-    p = run_filter(*INBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "match=new")
+    p = filtered(run_filter, INBOUND_ARGS, raw, "match=new")
     assert p.stdout.startswith(raw.partition(b"\n\n")[0])
 
 
@@ -385,13 +375,9 @@ def test_message_id_of_2000_characters_engine(harness: Any) -> None:
 def test_message_id_of_2000_characters_filter(run_filter: Any) -> None:
     """Through the LMDB index, whose keys are limited to 511 bytes."""
     first = f"From: pat@customer.example.org\nMessage-ID: {LONG_ID}\n\nhi\n".encode()
-    p = run_filter(*INBOUND_ARGS, stdin=first)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "case=C-000001", "match=new")
+    filtered(run_filter, INBOUND_ARGS, first, "case=C-000001", "match=new")
     reply = f"From: pat@customer.example.org\nIn-Reply-To: {LONG_ID}\n\nagain\n".encode()
-    p = run_filter(*INBOUND_ARGS, stdin=reply)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "case=C-000001", "match=in-reply-to")
+    filtered(run_filter, INBOUND_ARGS, reply, "case=C-000001", "match=in-reply-to")
 
 
 # --------------------------------------------------------------------------- nested comments
@@ -436,9 +422,7 @@ def test_empty_body_engine(harness: Any) -> None:
     ],
 )
 def test_empty_body_filter(run_filter: Any, raw: bytes) -> None:
-    p = run_filter(*INBOUND_ARGS, stdin=raw)
-    assert p.returncode == 0, p.stderr
-    one_log_line(p.stderr, "case=C-000001")
+    p = filtered(run_filter, INBOUND_ARGS, raw, "case=C-000001")
     head = raw.rstrip(b"\n")
     assert p.stdout == (
         head + b"\nX-Case-ID: C-000001\nX-Case-Match: new\nX-Case-State: new\n" + NEW_TAIL + b"\n"
@@ -466,9 +450,8 @@ def test_30mb_body_engine(harness: Any) -> None:
 def test_30mb_body_filter(run_filter: Any) -> None:
     body = big_body()
     head = b"From: Dana <dana@support.example.com>\nSubject: big\n"
-    p = run_filter(*OUTBOUND_ARGS, stdin=head + b"\n" + body, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    one_log_line(p.stderr, "direction=outbound", "case=C-000001")
+    p = filtered(run_filter, OUTBOUND_ARGS, head + b"\n" + body,
+                 "direction=outbound", "case=C-000001", timeout=120)
     out_head, sep, out_body = p.stdout.partition(b"\n\n")
     assert sep
     # Whole and unchanged, but its last line ends, as SMTP and sendmail(1) end it.
