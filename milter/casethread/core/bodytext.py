@@ -437,35 +437,47 @@ def html_to_text(markup: str) -> str:
     """
     if _DROPPED_OR_QUOTE.search(markup) is None:
         return _visible(markup)
-    text = _drop_hidden(markup)
+    return _every_pass(markup)
+
+
+def _every_pass(markup: str) -> str:
+    """`html_to_text` without its shortcut. Tags are taken out of each stretch between dropped
+    spans apart, so that dropping a span joins no tag (`</p<!x>>` holds none, as the shortcut
+    reads it); entities are decoded per quote level, as in the shortcut."""
     pieces: list[str] = []
-    depth = pos = 0
-    for tag in BLOCKQUOTE_TAG.finditer(text):
-        pieces += (_quoted(_visible(text[pos : tag.start()]), depth), "\n")
-        depth = max(depth - 1, 0) if tag.group(1) else depth + 1
-        pos = tag.end()
-    pieces.append(_quoted(_visible(text[pos:]), depth))
+    run: list[str] = []
+    depth = 0
+    for start, end in _kept(markup):
+        pos = start
+        for tag in BLOCKQUOTE_TAG.finditer(markup, start, end):
+            run.append(_tagless(markup[pos : tag.start()]))
+            pieces += (_quoted(html.unescape("".join(run)), depth), "\n")
+            run.clear()
+            depth = max(depth - 1, 0) if tag.group(1) else depth + 1
+            pos = tag.end()
+        run.append(_tagless(markup[pos:end]))
+    pieces.append(_quoted(html.unescape("".join(run)), depth))
     return "".join(pieces)
 
 
-def _drop_hidden(text: str) -> str:
-    """`text` without its comments, scripts and styles (`_DROPPED`). A span that runs to the
-    end (never closed) drops the rest. Read from the start: what `_DROPPED_OR_QUOTE` finds
-    may lie in a <title> or <textarea>, where it opens nothing."""
-    out: list[str] = []
+def _kept(text: str) -> Iterator[tuple[int, int]]:
+    """The stretches of `text` between its comments, scripts and styles (`_DROPPED`); a span
+    that runs to the end (never closed) drops the rest. Read from the start: what
+    `_DROPPED_OR_QUOTE` finds may lie in a <title> or <textarea>, where it opens nothing."""
     pos = 0
     for span in hidden_spans(text):
         if span.kind in _DROPPED:
-            out.append(text[pos : span.start])
+            yield pos, span.start
             pos = span.end
-    if not pos:
-        return text
-    out.append(text[pos:])
-    return "".join(out)
+    yield pos, len(text)
+
+
+def _tagless(markup: str) -> str:
+    return _ANY_TAG.sub("", _BLOCK_TAG.sub("\n", markup))
 
 
 def _visible(markup: str) -> str:
-    return html.unescape(_ANY_TAG.sub("", _BLOCK_TAG.sub("\n", markup)))
+    return html.unescape(_tagless(markup))
 
 
 def _quoted(text: str, depth: int) -> str:
