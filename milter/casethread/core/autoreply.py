@@ -19,7 +19,10 @@ first of this order wins:
    `auto-generated` too: a report is a bounce only when it reports a failure (RFC 3464), the
    one an agent must act on. Any other `multipart/report` (a read receipt, RFC 8098; abuse
    feedback) is `auto-generated` whatever else it says: RFC 3834 §5 lets a receipt carry
-   `Auto-Submitted: auto-replied`, which makes it no out-of-office. A provider's feedback
+   `Auto-Submitted: auto-replied`, which makes it no out-of-office. So is an Exchange read
+   report that is no report (`Content-Class: urn:content-classes:mdn`) and an Outlook recall
+   (`urn:content-classes:recallmessage`, Exchange Online's
+   `X-MS-Exchange-RecallReportGenerated: true`): `_exchange_notice`. A provider's feedback
    without a report (`feedback.provider`) next: an Amazon SES notification mailed by SNS is
    a bounce when it reports a failure (`Bounce`, `Reject` in its JSON; not a `Transient`/
    `General` bounce without a `failed` action, SES's report of an out-of-office), else
@@ -171,7 +174,8 @@ _EXCHANGE_RULE_HEADERS = (
 _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
     "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
-    "x-ms-journal-report", "x-list-administrivia", *_RT_ORIGINATOR,
+    "x-ms-journal-report", "x-list-administrivia", "x-ms-exchange-recallreportgenerated",
+    *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
     *(name for name, _ in _VENDOR_MARKS), *_CHALLENGE_HEADERS,
 })
@@ -306,6 +310,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return notice
     if report_type is not None:  # a read receipt, also one marked auto-replied (RFC 3834 §5)
         return AUTO_GENERATED, "report"
+    exchange = _exchange_notice(msg, fields)  # a read report or a recall without a report
+    if exchange:
+        return AUTO_GENERATED, exchange
     provider = feedback.provider(msg)
     if provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
         found = _provider_feedback(msg, provider, tree)
@@ -392,6 +399,40 @@ def _provider_feedback(msg: Message, provider: str,
         return None
     kind = BOUNCE if notice.kind in feedback.FAILED else AUTO_GENERATED
     return kind, "ses-" + notice.kind.replace(" ", "-")
+
+
+# Exchange writes the MAPI message class of what it sends as a `Content-Class` field
+# (MS-OXCMAIL), mapped as Microsoft's table "Mapping PR_MESSAGE_CLASS to DAV:contentclass"
+# says: a read or not-read report (`Report.IPM.Note.IPNRN`, `.IPNNRN`) is
+# `urn:content-classes:mdn`, Outlook's recall (`IPM.Outlook.Recall`)
+# `urn:content-classes:recallmessage`. A read report is an MDN (`multipart/report`) when
+# Exchange converts it to MIME; one sent otherwise (TNEF, a gateway that rewrote it to text)
+# keeps only this field and a Subject of "Read:", "Gelesen:", "Lu :", ... in the reader's
+# language.
+_MDN_CLASS = "urn:content-classes:mdn"
+_RECALL_CLASS = "urn:content-classes:recallmessage"
+# Exchange Online lets a recall through to recipients outside the organisation as text
+# ("Recall: <Subject>", "... would like to recall the message"), legacy Outlook's recall and
+# the cloud-based one alike, with this field `true` (and `...RecallReportCfmGenerated`): in
+# public list archives it is on every recall, in any language ("撤回:"), and on no other mail.
+_RECALL_FIELD = "x-ms-exchange-recallreportgenerated"
+
+
+def _exchange_notice(msg: Message, fields: Fields) -> str:
+    """The signal of an Exchange read report or Outlook recall that is no `multipart/report`
+    (`_MDN_CLASS`, `_RECALL_CLASS`, `_RECALL_FIELD`), or `""`. Both are mailed by the reader's
+    or the sender's mail system on a click, as a calendar reply is: they thread, and move no
+    case (a recall, sent seconds after a new question, opened a second case for it)."""
+    content_class = msg.get("Content-Class")
+    if content_class is not None:
+        value = _first_token(content_class)
+        if value == _MDN_CLASS:
+            return "content-class-mdn"
+        if value == _RECALL_CLASS:
+            return "outlook-recall"
+    if any(_first_token(v) == "true" for v in fields.get(_RECALL_FIELD, ())):
+        return "outlook-recall"
+    return ""
 
 
 # Microsoft 365 (Exchange Online Protection) sends its quarantine notifications ("You have

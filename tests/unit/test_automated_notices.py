@@ -1,0 +1,148 @@
+"""Automated mail checked in audit notices22: Exchange read reports and Outlook recalls that
+are no `multipart/report`, list managers' notices other than Mailman's, and notices of mail
+filters and list servers that quote our mail. The fixtures are written here after what the
+senders' documentation and source say (Microsoft's table "Mapping PR_MESSAGE_CLASS to
+DAV:contentclass" and MS-OXCMAIL; the fields of Exchange Online's recalls as public list
+archives show them; RFC 2369, Groups.io's help center, ezmlm-idx, Majordomo's and sendmail's
+`owner-` convention; LISTSERV's notices under the null sender, RFC 5321 §4.5.1, §4.5.5);
+none is third-party mail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from casethread.core import autoreply
+from casethread.core.autoreply import classify_auto_detail
+from casethread.core.model import AliasKind, CaseState
+
+AGENT = ("From", "Dana Agent <dana@support.example.com>")
+PAT = ("From", "Pat Customer <pat@customer.example.org>")
+TO_SUPPORT = ("To", "support@example.com")
+TEXT = ("Content-Type", "text/plain; charset=us-ascii")
+
+
+def stamped_case(harness: Any, state: CaseState) -> Any:
+    """The agent's stamped mail to Pat opens C-000001, then the case is put in `state`."""
+    sent = harness.outbound(AGENT, ("To", "Pat Customer <pat@customer.example.org>"),
+                            ("Subject", "Printer jam"), TEXT,
+                            body=b"Hello Pat,\n\nplease try again.\n")
+    harness.set_case(sent.case_id, state=state, state_changed=int(harness.clock.now))
+    return sent
+
+
+def is_participant(harness: Any, case_id: str, address: str) -> bool:
+    return harness.index.find(AliasKind.PARTICIPANT, f"{case_id} {address}") is not None
+
+
+# -- Exchange read reports and Outlook recalls without a report type ---------------------------
+
+MDN_CLASS = ("Content-Class", "urn:content-classes:mdn")
+
+
+def read_report(prefix: str, subject: str, *marks: tuple[str, str]) -> tuple[Any, bytes]:
+    """A read report as Exchange words it, as text (TNEF, or a gateway that rewrote it): the
+    reader's language in the Subject, no report type, no Disposition fields."""
+    fields = (PAT, ("To", "Dana Agent <dana@support.example.com>"),
+              ("Subject", f"{prefix} {subject}"), ("Message-ID", "<rr.1@customer.example.org>"),
+              TEXT, *marks)
+    body = (f"Your message\r\n\r\n  To: Pat Customer\r\n  Subject: {subject}\r\n\r\n"
+            "was read on Monday, March 2, 2026 10:05 AM.\r\n").encode()
+    return fields, body
+
+
+@pytest.mark.parametrize("prefix", ["Read:", "Not read:", "Gelesen:", "Lu :", "Leído:",
+                                    "Letto:", "Gelezen:"])
+def test_an_exchange_read_report_without_a_report_type_moves_no_case(
+        harness: Any, prefix: str) -> None:
+    """It threads by our Subject tag and leaves the resolved case as it is: it reopened it
+    (`X-Case-Auto: no`), a text receipt being read as the customer's reply."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = read_report(prefix, sent.one("Subject"), MDN_CLASS)
+    r = harness.inbound(*fields, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == "resolved"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_a_read_subject_alone_is_still_a_persons_mail(harness: Any) -> None:
+    """Without the class, "Read:" is a Subject any person may write: a subject alone never
+    makes mail automatic (*Known to go wrong*)."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = read_report("Gelesen:", sent.one("Subject"))
+    r = harness.inbound(*fields, body=body)
+    assert r.one("X-Case-Auto") == "no"
+    assert r.one("X-Case-State") == "reopened"
+
+
+RECALL_FIELDS = (("X-MS-TrafficTypeDiagnostic", "AM9PR04MB8604:EE_MessageRecallEmail"),
+                 ("X-MS-Exchange-RecallReportGenerated", "true"),
+                 ("X-MS-Exchange-RecallReportCfmGenerated", "true"))
+
+
+def recall(subject: str, *marks: tuple[str, str]) -> tuple[Any, bytes]:
+    """Exchange Online's recall to a recipient outside the organisation: text, the recalled
+    mail's Subject after "Recall:", its Thread-Topic and Thread-Index."""
+    fields = (PAT, TO_SUPPORT, ("Subject", f"Recall: {subject}"),
+              ("Thread-Topic", subject), ("Message-ID", "<recall.1@customer.example.org>"),
+              TEXT, *marks)
+    body = f'Pat Customer would like to recall the message, "{subject}".\r\n'.encode()
+    return fields, body
+
+
+@pytest.mark.parametrize("marks", [
+    RECALL_FIELDS,
+    (("Content-Class", "urn:content-classes:recallmessage"),),
+], ids=["exchange-online", "content-class"])
+def test_a_recall_of_a_reply_moves_no_case(harness: Any, marks: Any) -> None:
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = recall("Re: " + sent.one("Subject"), *marks)
+    r = harness.inbound(*fields, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == "resolved"
+
+
+def test_a_recall_of_a_new_question_opens_no_second_case(harness: Any) -> None:
+    """Pat's new question opened C-000001; the recall, seconds later, opened C-000002 for the
+    same question. It threads by the question's Outlook Thread-Index, which it repeats."""
+    index = ("Thread-Index", "AQHbax0+kiyZjrqUmUKKTcGGrPTyxg==")
+    first = harness.inbound(PAT, TO_SUPPORT, ("Subject", "Toner order"), index, TEXT,
+                            ("Message-ID", "<q.1@customer.example.org>"),
+                            body=b"Please send toner.\r\n")
+    assert first.case_id == "C-000001"
+    fields, body = recall("Toner order", index, *RECALL_FIELDS)
+    r = harness.inbound(*fields, body=body)
+    assert r.all("X-Case-ID") == ["C-000001"]
+    assert r.one("X-Case-Match") == "thread-index"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert harness.index.get_case("C-000002") is None
+
+
+def test_a_lists_copy_of_a_recall_is_no_persons_reply(build: Any) -> None:
+    """A list relays the recall as it relays its poster's mail (`Precedence: bulk`,
+    `List-Id`): bulk mail that names our mail would count as a person's reply."""
+    fields, body = recall("Re: Printer jam", *RECALL_FIELDS)
+    msg = build(*fields, ("Precedence", "bulk"), ("List-Id", "<team.lists.example.org>"),
+                body=body)
+    assert classify_auto_detail(msg) == ("auto-generated", "outlook-recall")
+
+
+@pytest.mark.parametrize(("field", "value", "kind"), [
+    ("Content-Class", "urn:content-classes:mdn", "auto-generated"),
+    ("content-class", " URN:Content-Classes:MDN ", "auto-generated"),
+    ("Content-Class", "urn:content-classes:recallmessage", "auto-generated"),
+    ("X-MS-Exchange-RecallReportGenerated", "True", "auto-generated"),
+    # Outlook's ordinary mail, and values that are no recall
+    ("Content-Class", "urn:content-classes:message", "no"),
+    ("Content-Class", "urn:content-classes:mdnx", "no"),
+    ("X-MS-Exchange-RecallReportGenerated", "false", "no"),
+    ("X-MS-Exchange-RecallReportGenerated", "", "no"),
+])
+def test_the_exchange_class_and_recall_field(build: Any, field: str, value: str,
+                                             kind: str) -> None:
+    msg = build(PAT, TO_SUPPORT, ("Subject", "Re: Printer jam"), (field, value))
+    assert autoreply.classify_auto(msg) == kind
