@@ -146,3 +146,66 @@ def test_the_exchange_class_and_recall_field(build: Any, field: str, value: str,
                                              kind: str) -> None:
     msg = build(PAT, TO_SUPPORT, ("Subject", "Re: Printer jam"), (field, value))
     assert autoreply.classify_auto(msg) == kind
+
+
+# -- list managers' notices other than Mailman's -----------------------------------------------
+
+LIST_ID = ("List-Id", "Team <team.lists.customer.example.org>")
+# Each manager's own address and the list fields that name it (RFC 2369; `Mailing-List` as
+# ezmlm and Groups.io write it), on a notice with `Precedence: bulk`, as Mailman's carry.
+LIST_NOTICES = {
+    "groups.io": (("From", "Team Moderators <team+owner@groups.io>"),
+                  ("List-Id", "<team.groups.io>"),
+                  ("Mailing-List", "list team@groups.io; contact team+owner@groups.io")),
+    "majordomo": (("From", "owner-team@lists.customer.example.org"), LIST_ID),
+    "list-help": (("From", "SYMPA <sympa@lists.customer.example.org>"), LIST_ID,
+                  ("List-Help", "<mailto:sympa@lists.customer.example.org?subject=help>")),
+    "list-subscribe": (("From", "LISTSERV@LISTS.CUSTOMER.EXAMPLE.ORG"), LIST_ID,
+                       ("List-Subscribe",
+                        "<mailto:LISTSERV@LISTS.CUSTOMER.EXAMPLE.ORG?body=SUB%20TEAM>")),
+    "ezmlm": (("From", "team-help@lists.customer.example.org"),
+              ("Mailing-List", "contact team-help@lists.customer.example.org; run by ezmlm")),
+}
+
+
+def list_notice(name: str, subject: str) -> tuple[Any, bytes]:
+    fields = (*LIST_NOTICES[name], TO_SUPPORT, ("Subject", "Your message awaits approval"),
+              ("Message-ID", "<notice.1@lists.customer.example.org>"), ("Precedence", "bulk"),
+              TEXT)
+    body = f'Your message with the subject "{subject}" is held for the moderator.\r\n'
+    return fields, body.encode()
+
+
+@pytest.mark.parametrize("name", sorted(LIST_NOTICES))
+def test_a_list_managers_notice_from_an_address_of_the_list_moves_no_case(
+        harness: Any, name: str) -> None:
+    """The notice quotes our Subject, tag and all: bulk mail naming our mail, it counted as
+    the list's copy of a person's reply, reopened the resolved case and made the list's
+    address one of its people."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = list_notice(name, sent.one("Subject"))
+    r = harness.inbound(*fields, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == "resolved"
+    sender = dict(fields)["From"]
+    assert not is_participant(harness, "C-000001", sender.rpartition("<")[2].strip(">").lower())
+
+
+@pytest.mark.parametrize(("sender", "fields"), [
+    # a post the list relays: its poster's From
+    ("pat@customer.example.org", LIST_NOTICES["groups.io"][1:]),
+    # List-Owner may name the owner's own mailbox, who posts from it
+    ("kim@customer.example.org",
+     (LIST_ID, ("List-Owner", "<mailto:kim@customer.example.org>"))),
+    # List-Unsubscribe: on apps' and people's mail too
+    ("pat@customer.example.org",
+     (LIST_ID, ("List-Unsubscribe", "<mailto:pat@customer.example.org?subject=unsubscribe>"))),
+    # the role of another list, or of another domain
+    ("other+owner@groups.io", LIST_NOTICES["groups.io"][1:2]),
+    ("owner-team@customer.example.org", (LIST_ID,)),
+])
+def test_a_post_from_no_address_of_the_list_stays_bulk(build: Any, sender: str,
+                                                      fields: Any) -> None:
+    msg = build(("From", sender), TO_SUPPORT, ("Subject", "Re: Printer jam"), *fields)
+    assert autoreply.classify_auto(msg) == "bulk"

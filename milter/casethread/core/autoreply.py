@@ -177,7 +177,7 @@ _SIGNAL_FIELDS = frozenset({
     "x-ms-journal-report", "x-list-administrivia", "x-ms-exchange-recallreportgenerated",
     *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
-    *(name for name, _ in _VENDOR_MARKS), *_CHALLENGE_HEADERS,
+    *(name for name, _ in _VENDOR_MARKS), *_CHALLENGE_HEADERS, "list-help", "list-subscribe",
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
@@ -449,11 +449,23 @@ def quarantine_notice(msg: Message) -> bool:
     return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
 
 
-# The addresses of a list's own (`team-bounces@`, `team-owner@`, `team-request@` beside
-# `team@`): a list manager's notice comes from one of them, a post it relays from its poster
-# (or, under DMARC mitigation, from the list's own address).
-_LIST_ADMIN_SUFFIXES = ("-bounces", "-owner", "-request")
-_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", "list-id", "list-post"})
+# The addresses of a list's own beside `team@`, which a list manager's notice comes from (a
+# post it relays comes from its poster or, under DMARC mitigation, from `team@` itself): a
+# role after `-` (Mailman's `team-bounces@`, `team-owner@`, `team-request@`; Sympa's
+# `team-request@`) or `+` (Groups.io's `team+owner@`), or `owner-team@` (Majordomo's, and
+# the sendmail aliases' convention for a list's owner).
+_LIST_ADMIN_ROLES = ("bounces", "owner", "request")
+# The fields that name a list's own addresses: its name (`List-Id`, `List-Post`), the command
+# addresses of RFC 2369 (`List-Help`, `List-Subscribe`: `sympa@`, `LISTSERV@`, `majordomo@`,
+# `team-request@`, `team+help@`), and the contact of `Mailing-List` (ezmlm's "contact
+# team-help@...; run by ezmlm", Groups.io's "list team@groups.io; contact
+# team+owner@groups.io"). Not `List-Owner` (it may name the owner's own mailbox, and the
+# owner posts from it) nor `List-Unsubscribe` (on apps' and people's mail too).
+_LIST_COMMAND_FIELDS = ("list-help", "list-subscribe")
+_MAILING_LIST_CONTACT = re.compile(r"(?:^|;)\s*contact\s+(?:mailto:)?<?([^\s<>;,]+@[^\s<>;,]+)",
+                                   re.I)
+_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", "list-id", "list-post", "mailing-list",
+                                 *_LIST_COMMAND_FIELDS})
 
 
 def list_manager_notice(msg: Message) -> bool:
@@ -465,22 +477,36 @@ def _list_manager_notice(msg: Message, fields: Fields) -> bool:
     """Whether a list manager composed this mail itself, a notice to a poster or to the list's
     owners ("Your message to Team awaits moderator approval"), never a post it relays:
     Mailman 2's `X-List-Administrivia: yes`, or list mail whose From is one of the list's own
-    addresses (`_LIST_ADMIN_SUFFIXES` on the list its `List-Id` or `List-Post` names: Mailman
-    3 sends its notices from `team-bounces@`, Mailman 2 from `team-owner@`)."""
+    addresses (`_list_admin_addresses`: Mailman 3 sends its notices from `team-bounces@`,
+    Mailman 2 from `team-owner@`, Groups.io from `team+owner@`)."""
     if any(_first_token(v) == "yes" for v in _values(fields, "x-list-administrivia")):
         return True
-    lists = _list_addresses(fields) if "list-id" in fields or "list-post" in fields else []
-    if not lists:
-        return False
-    local, _, domain = first_address(msg.get("From") or "").lower().rpartition("@")
-    if not local:
-        return False
-    for address in lists:
-        list_local, _, list_domain = address.lower().rpartition("@")
-        if list_domain == domain and any(local == list_local + suffix
-                                         for suffix in _LIST_ADMIN_SUFFIXES):
-            return True
-    return False
+    if not any(name in fields for name in _LIST_NOTICE_FIELDS):
+        return False  # most mail: no list field
+    sender = first_address(msg.get("From") or "").lower()
+    return "@" in sender and sender in _list_admin_addresses(fields)
+
+
+def _list_admin_addresses(fields: Fields) -> set[str]:
+    """The list's own addresses but its posting address (`_LIST_ADMIN_ROLES` on the list its
+    `List-Id` or `List-Post` names, the addresses `_LIST_COMMAND_FIELDS` and `Mailing-List`
+    name), lower case."""
+    admin: set[str] = set()
+    for address in _list_addresses(fields):
+        local, _, domain = address.lower().rpartition("@")
+        admin.update(f"{local}{sep}{role}@{domain}" for sep in "-+" for role in _LIST_ADMIN_ROLES)
+        admin.add(f"owner-{local}@{domain}")
+    admin.update(a.lower() for name in _LIST_COMMAND_FIELDS
+                 for value in _values(fields, name) for a in _post_addresses(value))
+    admin.update(a.lower() for value in _values(fields, "mailing-list")
+                 for a in _contact_address(value))
+    return admin
+
+
+def _contact_address(value: str) -> list[str]:
+    """The address a `Mailing-List` value names after "contact", or none."""
+    found = _MAILING_LIST_CONTACT.search(value)
+    return [found.group(1)] if found is not None else []
 
 
 def is_delivery_notice(msg: Message) -> bool:
