@@ -209,3 +209,51 @@ def test_a_post_from_no_address_of_the_list_stays_bulk(build: Any, sender: str,
                                                       fields: Any) -> None:
     msg = build(("From", sender), TO_SUPPORT, ("Subject", "Re: Printer jam"), *fields)
     assert autoreply.classify_auto(msg) == "bulk"
+
+
+# -- notices of the mail system that quote our mail ---------------------------------------------
+
+
+def test_a_null_sender_notice_that_quotes_our_mail_adds_nobody(harness: Any) -> None:
+    """LISTSERV sends its notices under the null sender (RFC 5321 §4.5.5), quoting the
+    Subject of the post it holds: our tag found the case, and the list server's address
+    became one of its people."""
+    sent = stamped_case(harness, CaseState.OPEN)
+    r = harness.inbound(
+        ("From", '"L-Soft list server at LISTS.CUSTOMER.EXAMPLE.ORG (17.0)" '
+                 "<LISTSERV@LISTS.CUSTOMER.EXAMPLE.ORG>"),
+        TO_SUPPORT, ("Subject", "TEAM-L: your message is held for the editor"),
+        ("Message-ID", "<held.1@LISTS.CUSTOMER.EXAMPLE.ORG>"), TEXT,
+        body=f'Your message with subject "{sent.one("Subject")}" was held.\r\n'.encode(),
+        mail_from="<>")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert not is_participant(harness, "C-000001", "listserv@lists.customer.example.org")
+
+
+def test_a_postmaster_digest_that_lists_a_customers_reply_adds_nobody(harness: Any) -> None:
+    """Mimecast sends its digest of held mail from `postmaster@` of the organisation's own
+    domain (RFC 5321 §4.5.1: the mail system's address), listing each held mail's Subject."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    r = harness.inbound(
+        ("From", "Postmaster <postmaster@example.com>"), TO_SUPPORT,
+        ("Subject", "Digest: 1 message on hold"), ("Message-ID", "<digest.1@example.com>"),
+        ("Content-Type", "text/html; charset=utf-8"),
+        body=(f"<table><tr><td>pat@customer.example.org</td><td>Re: {sent.one('Subject')}"
+              "</td><td><a href='https://gw.example.net/r'>Release</a></td></tr></table>"
+              ).encode())
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-State") == "resolved"
+    assert not is_participant(harness, "C-000001", "postmaster@example.com")
+
+
+def test_an_auto_reply_under_the_null_sender_still_adds_its_person(harness: Any) -> None:
+    """An out-of-office of Pat's colleague Kim, Cc'd on our mail, comes under the null sender
+    too (RFC 3834 §3.3): it is Kim's responder, not the mail system."""
+    sent = stamped_case(harness, CaseState.OPEN)
+    r = harness.inbound(("From", "Kim Colleague <kim@customer.example.org>"), TO_SUPPORT,
+                        ("Subject", "Out of Office: " + sent.one("Subject")),
+                        ("Auto-Submitted", "auto-replied"), TEXT,
+                        body=b"I am away until Monday.\r\n", mail_from="<>")
+    assert r.one("X-Case-Auto") == "auto-replied"
+    assert is_participant(harness, "C-000001", "kim@customer.example.org")

@@ -547,12 +547,17 @@ def from_mail_system(msg: Message, kind: str) -> bool:
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
     quarantine notification of mail held for us (`quarantine_notice`), or a list manager's
-    notice that our post awaits moderator approval (`list_manager_notice`). Its From is the
-    MTA's, the provider's or the list's, and its To our own sender: no people of a case
+    notice that our post awaits moderator approval (`list_manager_notice`); or any other
+    machine-made notice (`auto-generated`) from `postmaster@` (RFC 5321 §4.5.1: the mail
+    system's own address) or under the null sender (§4.5.5: the mail system's notices; an
+    auto-responder's reply, the other mail sent so, is `auto-replied`): a gateway's notice
+    that it held or blocked our mail, a LISTSERV notice. Its From is the MTA's, the
+    provider's or the list's, and its To our own sender: no people of a case
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
     case."""
     return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
-            or (kind == AUTO_GENERATED and (is_delivery_notice(msg)
+            or (kind == AUTO_GENERATED and (has_null_sender(msg) or from_postmaster(msg)
+                                            or is_delivery_notice(msg)
                                             or bool(feedback.provider(msg))
                                             or quarantine_notice(msg)
                                             or list_manager_notice(msg))))
