@@ -216,6 +216,12 @@ _RULES: dict[str, _Rule] = {
         "mail under its own From is the customer's (X-Original-From, a one-address Reply-To). "
         "Only where our domain's DMARC rejects forged mail.",
     ),
+    "inbound.notice_senders[]": _Rule(
+        check=checks.recipient,
+        doc="From addresses (address, @domain, pattern) of a mail filter's notices: a "
+        "quarantine digest, held or blocked mail. Their mail is auto-generated: it threads by "
+        "the tag it quotes, moves no case, adds nobody, opens none.",
+    ),
     "inbound.subject_match": _Rule(
         doc="Strategy subject-match: same subject from a participant of a recent case."
     ),

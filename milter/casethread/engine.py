@@ -24,7 +24,7 @@ from .core import (
     stamp,
     token,
 )
-from .core.addresses import envelope_address, header_addresses
+from .core.addresses import AddressMatcher, envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -164,6 +164,9 @@ class Engine:
         self._classifier = Classifier(settings)
         self._names = CaseHeaderNames(settings.headers.prefix)
         self._resolver = Resolver(settings, keyring)
+        notice_senders = settings.inbound.notice_senders
+        # Who sends the mail filters' notices (`inbound.notice_senders`); None: nobody named.
+        self._notices = AddressMatcher(notice_senders).matches if notice_senders else None
         self._router = Router(settings.routing)
         self._subject_match = "subject-match" in settings.inbound.strategies
 
@@ -314,7 +317,7 @@ class Engine:
             ev.trace.append(_retried(attempt))
         # A delivery report's body is parsed once, for this and for the bounce strategy.
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
-                                                   lambda: ev.tree)
+                                                   lambda: ev.tree, self._notices)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         message_id = msg.get_filled("Message-ID")  # read once: for the log line's note too
         own_id = msgid.first_id(message_id)
@@ -408,7 +411,8 @@ class Engine:
                          for t in targets]
             sender_known = _sender_known(ev, hit.case, [t.case for t in targets])
             # Only automatic mail can be the mail system's report (ordinary mail pays nothing).
-            mail_system = auto != autoreply.NO and autoreply.from_mail_system(msg, auto)
+            mail_system = auto != autoreply.NO and autoreply.from_mail_system(msg, auto,
+                                                                              self._notices)
             people = adds_people(hit.match, sender_known, mail_system)
             if mail_system:
                 ev.trace.append("participants: none added: a report of the mail system")

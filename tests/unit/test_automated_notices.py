@@ -257,3 +257,73 @@ def test_an_auto_reply_under_the_null_sender_still_adds_its_person(harness: Any)
                         body=b"I am away until Monday.\r\n", mail_from="<>")
     assert r.one("X-Case-Auto") == "auto-replied"
     assert is_participant(harness, "C-000001", "kim@customer.example.org")
+
+
+# -- a mail filter's notices, from the senders the sysadmin names --------------------------------
+
+DIGEST_FROM = "Mail Filter <quarantine-digest@mailfilter.example.com>"
+
+
+def digest(listed_subject: str) -> tuple[Any, bytes]:
+    """A gateway's digest of the mail it holds for support@, as Proofpoint's, Barracuda's or
+    IronPort's are described: no mark of automatic mail, from the sender the site chose."""
+    fields = (("From", DIGEST_FROM), TO_SUPPORT, ("Subject", "End User Digest: 1 New Message"),
+              ("Message-ID", "<digest.7@mailfilter.example.com>"),
+              ("Content-Type", "text/html; charset=utf-8"))
+    body = ("<table><tr><td>pat@customer.example.org</td>"
+            f"<td>{listed_subject}</td><td>Score 82</td>"
+            "<td><a href='https://mailfilter.example.com/release?id=7'>Release</a></td></tr>"
+            "</table>").encode()
+    return fields, body
+
+
+def with_notice_senders(make_harness: Any, tweak: Any, *senders: str) -> Any:
+    return make_harness(tweak(inbound={"addresses": ("support@example.com",),
+                                       "notice_senders": senders}))
+
+
+@pytest.mark.parametrize("named", ["quarantine-digest@mailfilter.example.com",
+                                   "@mailfilter.example.com", "*-digest@mailfilter.*"])
+def test_a_named_filters_digest_threads_without_moving_the_case(
+        make_harness: Any, tweak: Any, named: str) -> None:
+    """Listed with our tag, the held reply made the digest a person's reply: it reopened the
+    resolved case and made the filter's address one of its people."""
+    h = with_notice_senders(make_harness, tweak, named)
+    sent = stamped_case(h, CaseState.RESOLVED)
+    fields, body = digest("Re: " + sent.one("Subject"))
+    r = h.inbound(*fields, body=body)
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert "auto: auto-generated (notice-sender)" in r.decision.trace
+    assert r.one("X-Case-State") == "resolved"
+    assert not is_participant(h, "C-000001", "quarantine-digest@mailfilter.example.com")
+
+
+def test_a_named_filters_digest_of_a_new_question_opens_no_case(make_harness: Any,
+                                                                 tweak: Any) -> None:
+    h = with_notice_senders(make_harness, tweak, "quarantine-digest@mailfilter.example.com")
+    fields, body = digest("Printer jam")
+    r = h.inbound(*fields, body=body)
+    assert r.one("X-Case-Match") == "none"
+    assert r.all("X-Case-ID") == []
+
+
+def test_an_unnamed_filters_digest_is_read_as_any_mail(harness: Any) -> None:
+    """Nothing in the digest tells it from a person's mail (*Known to go wrong*)."""
+    fields, body = digest("Printer jam")
+    r = harness.inbound(*fields, body=body)
+    assert r.one("X-Case-Auto") == "no"
+    assert r.one("X-Case-Match") == "new"
+
+
+@pytest.mark.parametrize("sender", [
+    "Pat Customer <pat@customer.example.org>",
+    '"quarantine-digest@mailfilter.example.com" <eve@elsewhere.example>',  # the name only
+    "quarantine-digest@mailfilter.example.com.example.net",
+])
+def test_only_the_named_senders_mail_is_a_notice(make_harness: Any, tweak: Any,
+                                                 sender: str) -> None:
+    h = with_notice_senders(make_harness, tweak, "quarantine-digest@mailfilter.example.com")
+    r = h.inbound(("From", sender), TO_SUPPORT, ("Subject", "Printer jam"), TEXT,
+                  body=b"Hello\r\n")
+    assert r.one("X-Case-Auto") == "no"

@@ -713,13 +713,16 @@ def test_inbound_address_errors(tmp_path: Path, address: str, fragment: str) -> 
     assert fragment in exc.problem
 
 
-def test_internal_recipients_are_read_as_support_addresses_are(tmp_path: Path) -> None:
-    settings = load(tmp_path, "outbound:\n  internal_recipients: ['@Example.COM', "
+@pytest.mark.parametrize(("section", "key"), [("outbound", "internal_recipients"),
+                                            ("inbound", "notice_senders")])
+def test_address_lists_are_read_as_support_addresses_are(tmp_path: Path, section: str,
+                                                         key: str) -> None:
+    settings = load(tmp_path, f"{section}:\n  {key}: ['@Example.COM', "
                               "'ops+*@corp.example', 'jörg@bücher.example']\n")
-    assert settings.outbound.internal_recipients == (
+    assert getattr(getattr(settings, section), key) == (
         "@example.com", "ops+*@corp.example", "jörg@xn--bcher-kva.example")
-    exc = error(tmp_path, "outbound:\n  internal_recipients:\n    - colleagues\n")
-    assert (exc.line, exc.path) == (3, "outbound.internal_recipients[0]")
+    exc = error(tmp_path, f"{section}:\n  {key}:\n    - colleagues\n")
+    assert (exc.line, exc.path) == (3, f"{section}.{key}[0]")
     assert "has no '@'" in exc.problem
 
 
@@ -1931,3 +1934,4 @@ def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> Non
     defaults = warnings(load(tmp_path, vb_only))
     assert [w.split(" ", 1)[0] for w in defaults] == ["stamp.text_template", "stamp.html_template"]
     assert all("([vb:{token}])" in w for w in defaults)
+

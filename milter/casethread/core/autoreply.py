@@ -284,11 +284,13 @@ def classify_auto(msg: Message, ours: Callable[[str], bool] | None = None) -> st
 
 
 def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None,
-                         tree: Callable[[], mime.Part] | None = None) -> tuple[str, str]:
+                         tree: Callable[[], mime.Part] | None = None,
+                         notices: Callable[[str], bool] | None = None) -> tuple[str, str]:
     """The kind and the signal that decided it (a short name for logs; `""` for `no`).
     `ours` tells our support addresses: a list that is one of them is our own front door.
     `tree` gives the body's MIME structure when the caller keeps one (the engine's, which the
-    bounce strategy reads too): a delivery report's body is then parsed once."""
+    bounce strategy reads too): a delivery report's body is then parsed once. `notices` tells
+    the senders of mail filters' notices the sysadmin named (`inbound.notice_senders`)."""
     fields = _signal_fields(msg)
     if ours is not None and _RULE_FORWARD in fields and _our_rule_only(fields[_RULE_FORWARD], ours):
         # Our own mailbox's inbox rule redirected the mail to us: its fields say what that
@@ -320,6 +322,8 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
             return found
     if quarantine_notice(msg):  # Microsoft 365's list of mail it holds for us
         return AUTO_GENERATED, "quarantine-notice"
+    if notice_sender(msg, notices):  # another filter's, as the sysadmin named its sender
+        return AUTO_GENERATED, "notice-sender"
 
     calendar = _imip_reply(msg, tree)  # an attendee's click: "Accepted: ..."
     if not (fields or null_sender or from_local == "postmaster"):
@@ -449,6 +453,14 @@ def quarantine_notice(msg: Message) -> bool:
     return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
 
 
+def notice_sender(msg: Message, notices: Callable[[str], bool] | None) -> bool:
+    """Whether the From is one of the senders of mail filters' notices (`notices`, from
+    `inbound.notice_senders`): a gateway's quarantine digest or "held"/"blocked" notice
+    lists the mail it holds by its Subject, our tag included, from a sender each site
+    chooses, with no mark of automatic mail known from a source."""
+    return notices is not None and notices(first_address(msg.get("From") or ""))
+
+
 # The addresses of a list's own beside `team@`, which a list manager's notice comes from (a
 # post it relays comes from its poster or, under DMARC mitigation, from `team@` itself): a
 # role after `-` (Mailman's `team-bounces@`, `team-owner@`, `team-request@`; Sympa's
@@ -541,12 +553,14 @@ def from_postmaster(msg: Message) -> bool:
         _from_local_part(msg) == "postmaster")
 
 
-def from_mail_system(msg: Message, kind: str) -> bool:
+def from_mail_system(msg: Message, kind: str,
+                     notices: Callable[[str], bool] | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
-    quarantine notification of mail held for us (`quarantine_notice`), or a list manager's
+    quarantine notification of mail held for us (`quarantine_notice`), another mail filter's
+    notice from a sender the sysadmin named (`notice_sender`), or a list manager's
     notice that our post awaits moderator approval (`list_manager_notice`); or any other
     machine-made notice (`auto-generated`) from `postmaster@` (RFC 5321 §4.5.1: the mail
     system's own address) or under the null sender (§4.5.5: the mail system's notices; an
@@ -560,6 +574,7 @@ def from_mail_system(msg: Message, kind: str) -> bool:
                                             or is_delivery_notice(msg)
                                             or bool(feedback.provider(msg))
                                             or quarantine_notice(msg)
+                                            or notice_sender(msg, notices)
                                             or list_manager_notice(msg))))
 
 

@@ -178,6 +178,10 @@ class InboundSettings:
     # the customer its copy names (X-Original-From, a one-address Reply-To) stands in for
     # its From. Off unless asked: such a copy is as forgeable as our own domain's From.
     list_authors: bool = False
+    # The senders of mail filters' and gateways' notices (a quarantine digest, "held for
+    # review", "blocked"), as `addresses` are written: their mail lists or quotes mail by its
+    # Subject, our tag included, and is the mail system's, not a person's.
+    notice_senders: tuple[str, ...] = ()
     subject_match: SubjectMatchSettings = field(default_factory=SubjectMatchSettings)
     flood: FloodSettings = field(default_factory=FloodSettings)
 
