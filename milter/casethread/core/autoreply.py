@@ -29,7 +29,8 @@ first of this order wins:
    `auto-generated`; a Microsoft JMRP complaint is `auto-generated`, as an ARF abuse report
    is (a complaint reports no failure to deliver, and it was delivered); so is Microsoft
    365's quarantine notification (From `quarantine@messaging.microsoft.com`), which lists
-   the mail held for us by its sender and Subject, our tag included.
+   the mail held for us by its sender and Subject, our tag included, and another mail
+   filter's notice from a sender the sysadmin named (`inbound.notice_senders`).
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `X-Autoreply-From`, `X-Mail-Autoreply`, `X-Autoresponse`,
    `X-Auto-Reply-From`, a vendor's own mark (iCloud's
@@ -46,9 +47,11 @@ first of this order wins:
    value) on mail that is no list mail, Exchange's
    `X-MS-Journal-Report` (a journal copy of some mail, even with an empty value), a list
    manager's own notice (Mailman 2's `X-List-Administrivia: yes`, or list mail from one of
-   the list's own addresses, `team-bounces@` or `team-owner@`, as Mailman 3 sends them:
-   "Your message to ... awaits moderator approval" quotes the Subject of the mail it holds,
-   our tag included, and must not count as a list's copy of a person's reply), an
+   the list's own addresses, `team-bounces@` or `team-owner@` as Mailman 3 sends them,
+   `team+owner@` as Groups.io does, or one its `List-Help`, `List-Subscribe` or
+   `Mailing-List` names: `_list_admin_addresses`; "Your message to ... awaits moderator
+   approval" quotes the Subject of the mail it holds, our tag included, and must not count
+   as a list's copy of a person's reply), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
    `_imip_reply`), a null
@@ -428,7 +431,9 @@ def _exchange_notice(msg: Message, fields: Fields) -> str:
     or the sender's mail system on a click, as a calendar reply is: they thread, and move no
     case (a recall, sent seconds after a new question, opened a second case for it)."""
     content_class = msg.get("Content-Class")
-    if content_class is not None:
+    # Outlook's mail says `urn:content-classes:message`: a substring tells it apart.
+    if content_class is not None and ("mdn" in content_class.lower()
+                                      or "recall" in content_class.lower()):
         value = _first_token(content_class)
         if value == _MDN_CLASS:
             return "content-class-mdn"
