@@ -211,6 +211,37 @@ def test_a_post_from_no_address_of_the_list_stays_bulk(build: Any, sender: str,
     assert autoreply.classify_auto(msg) == "bulk"
 
 
+def test_a_post_from_the_list_itself_that_its_command_fields_name_is_a_persons_reply(
+        harness: Any) -> None:
+    """RFC 2369's own examples name the posting address as the command address
+    (`<mailto:list@host.com?subject=help>`, `?subject=subscribe`), and under DMARC mitigation
+    the list relays a post under that address: Pat's reply through the list is the list's
+    copy of a person's reply, which reopens its case, not a list manager's notice."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    team = "team@lists.customer.example.org"
+    r = harness.inbound(("From", f"Pat Customer via Team <{team}>"),
+                        ("Reply-To", "pat@customer.example.org"), TO_SUPPORT,
+                        ("Subject", "Re: " + sent.one("Subject")), TEXT, ("Precedence", "list"),
+                        ("List-Id", "<team.lists.customer.example.org>"),
+                        ("List-Post", f"<mailto:{team}>"),
+                        ("List-Help", f"<mailto:{team}?subject=help>"),
+                        ("List-Subscribe", f"<mailto:{team}?subject=subscribe>"),
+                        ("Message-ID", "<post.1@customer.example.org>"),
+                        body=b"It jams again.\r\n")
+    assert r.one("X-Case-Auto") == "bulk"
+    assert r.one("X-Case-State") == "reopened"
+
+
+@pytest.mark.parametrize("field", ["List-Help", "List-Subscribe"])
+def test_a_command_field_names_no_list_on_mail_that_names_none(build: Any, field: str) -> None:
+    """Without `List-Id`, `List-Post` or `Mailing-List` the mail is no list's: an app that
+    writes RFC 2369's command fields on a person's own mail, naming that person, makes
+    no list manager of them."""
+    msg = build(PAT, TO_SUPPORT, ("Subject", "Re: Printer jam"),
+                (field, "<mailto:pat@customer.example.org?subject=help>"))
+    assert classify_auto_detail(msg) == ("no", "")
+
+
 # -- notices of the mail system that quote our mail ---------------------------------------------
 
 

@@ -49,9 +49,9 @@ first of this order wins:
    manager's own notice (Mailman 2's `X-List-Administrivia: yes`, or list mail from one of
    the list's own addresses, `team-bounces@` or `team-owner@` as Mailman 3 sends them,
    `team+owner@` as Groups.io does, or one its `List-Help`, `List-Subscribe` or
-   `Mailing-List` names: `_list_admin_addresses`; "Your message to ... awaits moderator
-   approval" quotes the Subject of the mail it holds, our tag included, and must not count
-   as a list's copy of a person's reply), an
+   `Mailing-List` names, never its posting address: `_list_manager_notice`; "Your message
+   to ... awaits moderator approval" quotes the Subject of the mail it holds, our tag
+   included, and must not count as a list's copy of a person's reply), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
    `_imip_reply`), a null
@@ -481,7 +481,12 @@ _LIST_ADMIN_ROLES = ("bounces", "owner", "request")
 _LIST_COMMAND_FIELDS = ("list-help", "list-subscribe")
 _MAILING_LIST_CONTACT = re.compile(r"(?:^|;)\s*contact\s+(?:mailto:)?<?([^\s<>;,]+@[^\s<>;,]+)",
                                    re.I)
-_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", "list-id", "list-post", "mailing-list",
+# The fields that make mail a list's, naming the list: only on such mail is a command field
+# read (apps write RFC 2369's fields on a person's own mail too: Nodemailer's `list` option).
+_LIST_NAMING_FIELDS = ("list-id", "list-post", "mailing-list")
+# The fields that may name a list manager's own address (`_names_as_command`).
+_LIST_ADMIN_FIELDS = (*_LIST_COMMAND_FIELDS, "mailing-list")
+_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", *_LIST_NAMING_FIELDS,
                                  *_LIST_COMMAND_FIELDS})
 
 
@@ -494,30 +499,54 @@ def _list_manager_notice(msg: Message, fields: Fields) -> bool:
     """Whether a list manager composed this mail itself, a notice to a poster or to the list's
     owners ("Your message to Team awaits moderator approval"), never a post it relays:
     Mailman 2's `X-List-Administrivia: yes`, or list mail whose From is one of the list's own
-    addresses (`_list_admin_addresses`: Mailman 3 sends its notices from `team-bounces@`,
-    Mailman 2 from `team-owner@`, Groups.io from `team+owner@`)."""
+    addresses but its posting address (`_list_role`, `_names_as_command`: Mailman 3 sends its
+    notices from `team-bounces@`, Mailman 2 from `team-owner@`, Groups.io from
+    `team+owner@`). A post comes from its poster or, under DMARC mitigation, from the posting
+    address, which RFC 2369's own example names in `List-Help` and `List-Subscribe` too
+    (`<mailto:list@host.com?subject=help>`)."""
     if any(_first_token(v) == "yes" for v in _values(fields, "x-list-administrivia")):
         return True
-    if not any(name in fields for name in _LIST_NOTICE_FIELDS):
-        return False  # most mail: no list field
+    if not any(name in fields for name in _LIST_NAMING_FIELDS):
+        return False  # most mail: no list it names
     sender = first_address(msg.get("From") or "").lower()
-    return "@" in sender and sender in _list_admin_addresses(fields)
+    if "@" not in sender:
+        return False
+    named = _names_as_command(fields, sender)
+    if not (named or any(role in sender for role in _LIST_ADMIN_ROLES)):
+        return False  # a post from its poster: the list's own addresses need not be read
+    lists = {address.lower() for address in _list_addresses(fields)}
+    return sender not in lists and (named or any(_list_role(sender, a) for a in lists))
 
 
-def _list_admin_addresses(fields: Fields) -> set[str]:
-    """The list's own addresses but its posting address (`_LIST_ADMIN_ROLES` on the list its
-    `List-Id` or `List-Post` names, the addresses `_LIST_COMMAND_FIELDS` and `Mailing-List`
-    name), lower case."""
-    admin: set[str] = set()
-    for address in _list_addresses(fields):
-        local, _, domain = address.lower().rpartition("@")
-        admin.update(f"{local}{sep}{role}@{domain}" for sep in "-+" for role in _LIST_ADMIN_ROLES)
-        admin.add(f"owner-{local}@{domain}")
-    admin.update(a.lower() for name in _LIST_COMMAND_FIELDS
-                 for value in _values(fields, name) for a in _post_addresses(value))
-    admin.update(a.lower() for value in _values(fields, "mailing-list")
-                 for a in _contact_address(value))
-    return admin
+def _list_role(sender: str, address: str) -> bool:
+    """Whether `sender` is a role address of the list `address` (both lower case): a role of
+    `_LIST_ADMIN_ROLES` after `-` or `+` (`team-owner@`, `team+owner@`), or `owner-team@`,
+    in the list's domain."""
+    local, _, domain = sender.rpartition("@")
+    list_local, _, list_domain = address.rpartition("@")
+    if domain != list_domain or not list_local:
+        return False
+    if local == "owner-" + list_local:
+        return True
+    rest = local[len(list_local):]
+    return (local.startswith(list_local) and rest[:1] in ("-", "+")
+            and rest[1:] in _LIST_ADMIN_ROLES)
+
+
+def _names_as_command(fields: Fields, sender: str) -> bool:
+    """Whether the list's command fields (`_LIST_COMMAND_FIELDS`) or its `Mailing-List`
+    contact name `sender` (lower case). A value is parsed only when its text, blanks dropped
+    (as `_post_addresses` drops them), holds the sender: most list mail is a post, whose
+    poster none of them names."""
+    for name in _LIST_ADMIN_FIELDS:
+        for raw in fields.get(name, ()):
+            if sender not in "".join(raw.split()).lower():
+                continue
+            value = _field_text(raw)
+            named = _contact_address(value) if name == "mailing-list" else _post_addresses(value)
+            if any(sender == address.lower() for address in named):
+                return True
+    return False
 
 
 def _contact_address(value: str) -> list[str]:
