@@ -430,16 +430,16 @@ def _exchange_notice(msg: Message, fields: Fields) -> str:
     (`_MDN_CLASS`, `_RECALL_CLASS`, `_RECALL_FIELD`), or `""`. Both are mailed by the reader's
     or the sender's mail system on a click, as a calendar reply is: they thread, and move no
     case (a recall, sent seconds after a new question, opened a second case for it)."""
-    content_class = msg.get("Content-Class")
+    content_class = (msg.get("Content-Class") or "").lower()
     # Outlook's mail says `urn:content-classes:message`: a substring tells it apart.
-    if content_class is not None and ("mdn" in content_class.lower()
-                                      or "recall" in content_class.lower()):
+    if "mdn" in content_class or "recall" in content_class:
         value = _first_token(content_class)
         if value == _MDN_CLASS:
             return "content-class-mdn"
         if value == _RECALL_CLASS:
             return "outlook-recall"
-    if any(_first_token(v) == "true" for v in fields.get(_RECALL_FIELD, ())):
+    recall = fields.get(_RECALL_FIELD)  # most mail: none, and no generator is made for it
+    if recall and any(_first_token(v) == "true" for v in recall):
         return "outlook-recall"
     return ""
 
