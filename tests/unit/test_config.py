@@ -1934,4 +1934,3 @@ def test_body_tags_in_another_installations_form_are_read(tmp_path: Path) -> Non
     defaults = warnings(load(tmp_path, vb_only))
     assert [w.split(" ", 1)[0] for w in defaults] == ["stamp.text_template", "stamp.html_template"]
     assert all("([vb:{token}])" in w for w in defaults)
-

@@ -598,9 +598,10 @@ def from_mail_system(msg: Message, kind: str,
     notice that our post awaits moderator approval (`list_manager_notice`); or any other
     machine-made notice (`auto-generated`) from `postmaster@` (RFC 5321 §4.5.1: the mail
     system's own address) or under the null sender (§4.5.5: the mail system's notices; an
-    auto-responder's reply, the other mail sent so, is `auto-replied`): a gateway's notice
-    that it held or blocked our mail, a LISTSERV notice. Its From is the MTA's, the
-    provider's or the list's, and its To our own sender: no people of a case
+    auto-responder's reply, the other mail sent so, is `auto-replied` when its mark or an
+    out-of-office Subject says so, and one that says neither is taken for a notice here): a
+    gateway's notice that it held or blocked our mail, a LISTSERV notice. Its From is the
+    MTA's, the provider's or the list's, and its To our own sender: no people of a case
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
     case."""
     return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
