@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Engine instructions per message, counted by valgrind's callgrind (issue 5, item 2).
+
+    .venv/bin/python bench/instructions.py               # the three paths, ~1.5 minutes
+    .venv/bin/python bench/instructions.py hdr           # one path
+    .venv/bin/python bench/instructions.py hdr --step 1  # each message a second after the last
+
+The paths are `bench/core.py`'s engine cases over the in-memory index: `out` (outbound
+stamping of the 60 KB html+plain mail), `hdr` (inbound resolution by the Subject's token),
+`body` (inbound resolution by a token quoted in the body). Each path runs twice under
+`valgrind --tool=callgrind` (both at once): the warm-up and then N messages, and the warm-up
+alone; instructions per message = (total of the first - total of the second) / N. Python's
+start, the imports, making the messages (as many in both) and the warm-up cancel out, and what
+the process holds before the messages is frozen (`gc.freeze`: a full collection would walk this
+script's modules and messages, no work of the engine's). The count is the same from run to run
+within a few instructions (`PYTHONHASHSEED=0`, and the engine reads a clock of this script's),
+where time on a shared machine moves by 10 %: a change worth 0.5 % shows. Needs valgrind.
+
+`--step S` moves the clock S seconds from one message to the next. With 0 (the default) every
+message comes in the second its case was last written, as `bench/core.py`'s messages mostly
+do: a reply then leaves its case's record as it was. With 1, each reply finds its case
+changed since, as in production, and the engine decodes, changes and encodes its record.
+`--unique-boundaries` gives each message MIME boundaries of its own, as mail clients make them,
+where the benchmark's messages all share two: what a cache of field values saves on mail that
+repeats its fields, and not on other mail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import core
+
+from casethread.core.message import Header, Message
+from casethread.core.token import Keyring
+from casethread.engine import Engine
+from casethread.index import MemoryIndex
+
+BENCH = Path(__file__).resolve().parent
+PATHS = {"out": "outbound stamp 60k", "hdr": "inbound by headers 60k",
+         "body": "inbound by body token 60k"}
+# The benchmark's messages' boundaries (bench/messages.py).
+BOUNDARIES = ("=_mixed_7f3a", "=_alt_91c2")
+START = float(core.NOW)  # the clock's first reading: the second the benchmark's case opened
+
+
+def _unique_boundaries(msg: Message, i: int) -> Message:
+    headers, body = msg.headers, msg.body
+    for boundary in BOUNDARIES:
+        own = f"{boundary[:-4]}{i:08x}"
+        headers = tuple(Header(h.name, h.value.replace(boundary, own)) for h in headers)
+        body = body.replace(boundary.encode(), own.encode())
+    return dataclasses.replace(msg, headers=headers, body=body)
+
+
+def run_messages(path: str, count: int, built: int, warmup: int, step: int,
+                 unique: bool) -> None:
+    """What runs under valgrind: the warm-up, then `count` messages of `path`, of `built`
+    made (as many in both runs: making them is no work of the engine's)."""
+    now = [START]
+    keyring = Keyring([(1, bytes(range(32)))])
+    index = MemoryIndex()
+    with tempfile.TemporaryDirectory(prefix="casethread-instructions-") as tmp:
+        engine = Engine(core._settings(tmp), index, keyring, hostname=core.HOSTNAME,
+                        clock=lambda: now[0])
+        case = next(c for c in core.engine_cases(engine, index, keyring, warmup + built)
+                    if c.name == PATHS[path])
+        messages = case.messages
+        if unique:
+            messages = [_unique_boundaries(m, i) for i, m in enumerate(messages)]
+        # What the process holds before the messages (this script's modules, the messages
+        # themselves) is no work of the engine's: a full collection would walk it all.
+        gc.collect()
+        gc.freeze()
+        for msg in messages[: warmup + count]:
+            now[0] += step
+            core._process_checked(engine, case, msg)  # its decision is checked, as there
+
+
+def _callgrind_total(args: Sequence[str], out: Path) -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                    sys.executable, __file__, *args],
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for line in out.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no total in {out}")
+
+
+def count_path(path: str, count: int, warmup: int, step: int, unique: bool) -> int:
+    """Instructions per message of `path`."""
+    flags = ["--warmup", str(warmup), "--step", str(step)]
+    if unique:
+        flags.append("--unique-boundaries")
+    with tempfile.TemporaryDirectory(prefix="casethread-callgrind-") as tmp:
+        runs = [["--run", path, "-n", str(n), "--built", str(count), *flags]
+                for n in (count, 0)]
+        outs = [Path(tmp) / f"callgrind.{i}" for i in range(2)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            full, empty = pool.map(_callgrind_total, runs, outs)
+    return round((full - empty) / count)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", metavar="path",
+                        help="out, hdr or body (default: all three)")
+    parser.add_argument("-n", type=int, default=200, help="messages counted (default 200)")
+    parser.add_argument("--warmup", type=int, default=30, help="messages before (default 30)")
+    parser.add_argument("--step", type=int, default=0,
+                        help="seconds the clock moves a message (default 0)")
+    parser.add_argument("--unique-boundaries", action="store_true",
+                        help="each message its own MIME boundaries")
+    parser.add_argument("--run", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--built", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        run_messages(args.run, args.n, args.built, args.warmup, args.step,
+                     args.unique_boundaries)
+        return 0
+    unknown = [p for p in args.paths if p not in PATHS]
+    if unknown or args.n < 1:
+        parser.error(f"unknown path {unknown[0]!r}" if unknown else "-n must be at least 1")
+    unique = ", unique boundaries" if args.unique_boundaries else ""
+    for path in args.paths or PATHS:
+        per_message = count_path(path, args.n, args.warmup, args.step, args.unique_boundaries)
+        print(f"{path:5} {per_message:>11,} instructions/message  ({PATHS[path]}, "
+              f"n={args.n}, step {args.step}{unique})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
