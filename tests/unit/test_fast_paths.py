@@ -15,9 +15,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from casethread.core import addresses, autoreply, bodytext, mime, placement, stamp, token
+from casethread.core import addresses, autoreply, bodytext, mime, placement, rules, stamp, token
 from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.message import Envelope, Header, Message, unfold
+from casethread.core.model import CaseRecord, CaseState
 from casethread.core.settings import Settings
 from casethread.engine import Engine
 from casethread.index import MemoryIndex
@@ -586,3 +587,51 @@ def test_list_addresses_as_the_general_path_reads_them(fields: list[tuple[str, s
 def test_no_address_field_has_no_addresses() -> None:
     # The shortcut for a field the mail lacks; the generated tests above pass empty lists too.
     assert header_addresses([]) == [] == addresses._stdlib_addresses([])
+
+
+# --- case rules -----------------------------------------------------------------------------
+
+CASE_IDS = ["C-1", "C-2", "C-3"]
+MAYBE_LINK = st.one_of(st.none(), st.sampled_from(CASE_IDS))
+
+
+@st.composite
+def case_records(draw: st.DrawFn, case_id: str) -> CaseRecord:
+    return CaseRecord(
+        case_id, CASE_IDS.index(case_id) + 1, draw(st.sampled_from(list(CaseState))),
+        draw(st.sampled_from(["", "support"])), 100, draw(st.integers(100, 200)),
+        draw(st.integers(100, 200)), draw(MAYBE_LINK), draw(MAYBE_LINK),
+        tuple(draw(st.lists(st.sampled_from(CASE_IDS), max_size=2))), draw(MAYBE_LINK),
+        None, draw(MAYBE_LINK))
+
+
+class _Cases:
+    def __init__(self, cases: list[CaseRecord]) -> None:
+        self._cases = {c.case_id: c for c in cases}
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        return self._cases.get(case_id)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.tuples(*(case_records(case_id) for case_id in CASE_IDS)), st.booleans(),
+       st.integers(100, 400), st.sampled_from([0, 50, 1000]))
+def test_case_rules_shortcut_matches_the_walk(cases: tuple[CaseRecord, ...], automatic: bool,
+                                              now: int, reopen_within: int) -> None:
+    # An open or waiting case of its own (neither merged nor split) is answered without the
+    # walk over its links.
+    reader = _Cases(list(cases))
+    for case in cases:
+        args = {"automatic": automatic, "now": now, "reopen_within": reopen_within}
+        assert rules.apply(case, reader, **args) == rules._walked(case, reader, **args)
+
+
+@settings(max_examples=500, deadline=None)
+@given(case_records("C-1"), st.sampled_from([None, *CaseState]), st.integers(100, 400))
+def test_a_touched_case_is_what_replace_makes(case: CaseRecord, state: CaseState | None,
+                                              now: int) -> None:
+    new_state = case.state if state is None else state
+    assert rules._touched(case, now, state) == dataclasses.replace(
+        case, state=new_state, updated=now,
+        state_changed=case.state_changed if state is None else now,
+        followup=rules.followup_after(case, new_state))

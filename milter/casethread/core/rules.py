@@ -192,6 +192,19 @@ def apply(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
 
     One target per case (a split case's children may lead to one parent), and one new case at
     most: when some of the cases can take the mail, no new one is opened for the others."""
+    if not (case.merged_into or case.children):
+        # Most mail: its case is open or waiting, and neither merged nor split. It takes the
+        # mail itself, as the walk would find (a reply activates a waiting case).
+        if case.state is CaseState.OPEN or (case.state is CaseState.WAITING and automatic):
+            return [Target(case, Action.THREAD)]
+        if case.state is CaseState.WAITING:
+            return [Target(case, Action.ACTIVATE)]
+    return _walked(case, reader, automatic=automatic, now=now, reopen_within=reopen_within)
+
+
+def _walked(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
+            reopen_within: int) -> list[Target]:
+    """`apply` by the walk over the case's links, whatever they are."""
     targets: dict[str, Target] = {}
     for target in _targets(case, _Walk(reader, automatic, now, reopen_within)):
         targets.setdefault(target.case.case_id, target)
@@ -221,17 +234,16 @@ def transition(target: Target, now: int) -> CaseRecord | None:
 
 
 def _touched(case: CaseRecord, now: int, state: CaseState | None = None) -> CaseRecord:
-    """The case updated at `now`, moved to `state` if given. Built field by field: every
-    inbound mail does this, and `dataclasses.replace` costs twice as much."""
-    return CaseRecord(
-        case_id=case.case_id, number=case.number, queue=case.queue,
-        state=case.state if state is None else state,
-        created=case.created, updated=now,
-        state_changed=case.state_changed if state is None else now,
-        parent=case.parent, merged_into=case.merged_into, children=case.children,
-        followup=followup_after(case, case.state if state is None else state),
-        thread_root=case.thread_root, follows=case.follows,
-    )
+    """The case updated at `now`, moved to `state` if given. Built field by field, in the
+    fields' order: every inbound mail does this, `dataclasses.replace` costs twice as much,
+    and keyword arguments (a dictionary to unpack) a third more."""
+    if state is None:
+        state, state_changed = case.state, case.state_changed
+    else:
+        state_changed = now
+    return CaseRecord(case.case_id, case.number, state, case.queue, case.created, now,
+                      state_changed, case.parent, case.merged_into, case.children,
+                      followup_after(case, state), case.thread_root, case.follows)
 
 
 def with_state(case: CaseRecord, state: CaseState, now: int) -> CaseRecord | None:
