@@ -82,8 +82,15 @@ def _root_holder(ev: Evidence, hit: Hit | None = None) -> CaseRecord | None:
 def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> bool:
     """Whether the sender is a participant of the case the mail named or of one it goes to:
     a merge, split or parent redirect must not make its own customer `unknown`."""
-    ids = dict.fromkeys([named.case_id, *(c.case_id for c in cases)])
-    return any(ev.is_participant(case_id) for case_id in ids)
+    if ev.is_participant(named.case_id):  # the usual answer: the one case it named
+        return True
+    asked = {named.case_id}
+    for case in cases:
+        if case.case_id not in asked:
+            if ev.is_participant(case.case_id):
+                return True
+            asked.add(case.case_id)
+    return False
 
 
 def _flood_sender(ev: Evidence, auto: str) -> str:

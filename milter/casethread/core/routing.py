@@ -92,6 +92,8 @@ class Router:
         ]
 
     def route(self, msg: Message) -> Route:
+        if not self._rules:
+            return self._default
         subjects = _Subjects(msg)
         for rule in self._rules:
             if rule.matches(msg, subjects):
