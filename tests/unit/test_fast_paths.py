@@ -635,3 +635,20 @@ def test_a_touched_case_is_what_replace_makes(case: CaseRecord, state: CaseState
         case, state=new_state, updated=now,
         state_changed=case.state_changed if state is None else now,
         followup=rules.followup_after(case, new_state))
+
+
+# --- support addresses ------------------------------------------------------------------------
+
+SUPPORT_PATTERNS = ("support@example.com", "@help.example.org", "team-*@example.net")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(
+    ["support@example.com", "SUPPORT@Example.COM", "<support@example.com>", "pat@example.com",
+     "x@help.example.org", "team-a@example.net", "", "support@example.com" + " " * 300,
+     "a" * 300 + "@help.example.org"]), max_size=6))
+def test_kept_answers_are_the_matchers(addresses_asked: list[str]) -> None:
+    matcher = addresses.AddressMatcher(SUPPORT_PATTERNS)
+    matches = addresses.cached_matches(matcher)
+    for address in addresses_asked * 2:  # the second time from what was kept
+        assert matches(address) == matcher.matches(address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import getaddresses, parseaddr
 
 from .message import unfold
@@ -289,6 +289,21 @@ def is_glob(pattern: str) -> bool:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
+
+
+# Addresses up to RFC 5321's length: `cached_matches` keeps its answers for these only.
+MAX_KEPT_ADDRESS = 254
+
+
+def cached_matches(matcher: AddressMatcher) -> Callable[[str], bool]:
+    """`matcher.matches` keeping its answers: asked of every mail's addresses, the same few
+    again and again. Only addresses of a real length are kept, so hostile ones pin no memory."""
+    kept = functools.lru_cache(maxsize=1024)(matcher.matches)
+
+    def matches(address: str) -> bool:
+        return kept(address) if len(address) <= MAX_KEPT_ADDRESS else matcher.matches(address)
+
+    return matches
 
 
 class AddressMatcher:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .addresses import AddressMatcher
+from .addresses import AddressMatcher, cached_matches
 from .message import Envelope
 from .model import Direction
 from .settings import Settings
@@ -24,6 +24,7 @@ class Classifier:
             _unmapped(ipaddress.ip_network(n, strict=False)) for n in out.client_networks
         )
         self._inbound = AddressMatcher(settings.inbound.addresses)
+        self._to_support = cached_matches(self._inbound)  # every inbound mail's recipients
         self._internal = (AddressMatcher(out.internal_recipients)
                           if out.internal_recipients else None)
 
@@ -48,7 +49,7 @@ class Classifier:
 
     def to_support(self, env: Envelope) -> bool:
         """Whether a recipient is one of our support addresses (`inbound.addresses`)."""
-        return any(self._inbound.matches(r) for r in env.rcpts)
+        return any(map(self._to_support, env.rcpts))
 
     def to_internal_only(self, env: Envelope) -> bool:
         """Whether every recipient is one of `outbound.internal_recipients` (and there is

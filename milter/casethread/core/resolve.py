@@ -8,14 +8,19 @@ text) is computed at most once per message, and only if a strategy asks for it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from . import autoreply, bodytext, feedback, mime, msgid, subject, thread_index
-from .addresses import AddressMatcher, envelope_address, header_addresses, unicode_address
+from .addresses import (
+    AddressMatcher,
+    cached_matches,
+    envelope_address,
+    header_addresses,
+    unicode_address,
+)
 from .frozen import frozen
 from .lazy import lazy
 from .message import Message, unfold
@@ -452,10 +457,9 @@ class Resolver:
         self._limit = inbound.references_limit
         self._template = settings.tokens.subject_template
         self._case_ref = re.compile(inbound.case_ref_pattern, re.I)
-        # Asked for every address of every mail, and the same few addresses come again; only
-        # addresses of a real length (RFC 5321: 254) are kept, so hostile ones pin no memory.
-        self._matcher = AddressMatcher(inbound.addresses)
-        self._ours = functools.lru_cache(maxsize=1024)(self._matcher.matches)
+        # One of our support addresses (`inbound.addresses`): asked of every address of every
+        # mail.
+        self.is_ours = cached_matches(AddressMatcher(inbound.addresses))
         self._subject_window = inbound.subject_match.window
         self._external = [
             (rule, re.compile(rule.pattern), AddressMatcher(rule.sender))
@@ -497,10 +501,6 @@ class Resolver:
 
     def evidence(self, msg: Message, reader: CaseReader, now: int) -> Evidence:
         return Evidence(msg, reader, self, now)
-
-    def is_ours(self, address: str) -> bool:
-        """One of our support addresses (`inbound.addresses`)."""
-        return self._ours(address) if len(address) <= 254 else self._matcher.matches(address)
 
     def participants(self, msg: Message, ours: bool,
                      lists: frozenset[str] | None = None,
