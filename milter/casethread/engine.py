@@ -452,11 +452,13 @@ class Engine:
         notes: tuple[str, ...] = () if message_id else ("no-message-id",)
         # A token that failed shows in the header and also here: a retired key's replies
         # open new cases, and only the log line is read across all mail.
+        cases = verdict.cases
+        # Every field in its place (keyword arguments to a class cost a dictionary), lists
+        # not generators: every inbound mail makes one.
         return Decision(
-            Direction.INBOUND, tuple(c.case_id for c in verdict.cases), verdict.match,
-            ",".join(c.state for c in verdict.cases), tuple(edits), notes + ev.log_notes,
-            trace=tuple(ev.trace), auto=verdict.auto,
-            related=tuple(c.related for c in verdict.cases if c.related),
+            Direction.INBOUND, tuple([c.case_id for c in cases]), verdict.match,
+            ",".join([c.state for c in cases]), tuple(edits), notes + ev.log_notes, (),
+            tuple(ev.trace), verdict.auto, "", tuple([c.related for c in cases if c.related]),
         )
 
     def _flood(self, ev: Evidence, hit: Hit | None, auto: str, now: int,

@@ -15,8 +15,20 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from casethread.core import addresses, autoreply, bodytext, mime, placement, rules, stamp, token
+from casethread.core import (
+    addresses,
+    autoreply,
+    bodytext,
+    inbound,
+    mime,
+    placement,
+    rules,
+    stamp,
+    token,
+)
 from casethread.core.addresses import ascii_address, first_address, header_addresses
+from casethread.core.case_headers import CaseHeaderNames
+from casethread.core.edits import AddHeader
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.model import CaseRecord, CaseState
 from casethread.core.settings import Settings
@@ -652,3 +664,19 @@ def test_kept_answers_are_the_matchers(addresses_asked: list[str]) -> None:
     matches = addresses.cached_matches(matcher)
     for address in addresses_asked * 2:  # the second time from what was kept
         assert matches(address) == matcher.matches(address)
+
+
+# --- inbound fields ---------------------------------------------------------------------------
+
+
+def test_fields_of_a_few_values_are_made_once() -> None:
+    names = CaseHeaderNames()
+    verdicts = [inbound.Verdict((inbound.CaseOutcome(case_id, "open", "support"),), "token", "no",
+                                sender_known=True) for case_id in ("C-000001", "C-000002")]
+    first, second = (inbound.edits(names, [], v) for v in verdicts)
+    assert first == [AddHeader("X-Case-ID", "C-000001"), AddHeader("X-Case-Match", "token"),
+                     AddHeader("X-Case-State", "open"), AddHeader("X-Case-Queue", "support"),
+                     AddHeader("X-Case-Auto", "no"), AddHeader("X-Case-Sender", "known")]
+    assert second[0] == AddHeader("X-Case-ID", "C-000002")
+    # The same value objects for the next message: made once, as they are equal anyway.
+    assert all(a is b for a, b in zip(first[1:], second[1:], strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from .case_headers import CaseHeaderNames
@@ -31,27 +32,32 @@ class Verdict:
     token_failures: tuple[str, ...] = ()
 
 
+# Our fields but X-Case-ID and X-Case-Related take a value of a few (a strategy's name, a state,
+# a configured queue, `yes`...): each such field is made once, not once a message.
+_field = functools.lru_cache(maxsize=256)(AddHeader)
+
+
 def edits(names: CaseHeaderNames, forged: Sequence[Edit], verdict: Verdict) -> list[Edit]:
     """Forged fields out first, then ours (the order matters to the MTA's field indexes)."""
     result: list[Edit] = list(forged)
     for case in verdict.cases:
         result.append(AddHeader(names.case_id, case.case_id))
-    result.append(AddHeader(names.match, verdict.match))
+    result.append(_field(names.match, verdict.match))
     if verdict.duplicate:
-        result.append(AddHeader(names.duplicate, "yes"))
+        result.append(_field(names.duplicate, "yes"))
     for case in verdict.cases:
-        result.append(AddHeader(names.state, case.state))
+        result.append(_field(names.state, case.state))
     if verdict.cases:
-        result.append(AddHeader(names.queue, verdict.cases[0].queue))
-    result.append(AddHeader(names.auto, verdict.auto))
+        result.append(_field(names.queue, verdict.cases[0].queue))
+    result.append(_field(names.auto, verdict.auto))
     if verdict.loop:
-        result.append(AddHeader(names.loop, "yes"))
+        result.append(_field(names.loop, "yes"))
     for case in verdict.cases:
         if case.related:
             result.append(AddHeader(names.related, case.related))
     if verdict.sender_known is not None:
-        result.append(AddHeader(names.sender, "known" if verdict.sender_known else "unknown"))
+        result.append(_field(names.sender, "known" if verdict.sender_known else "unknown"))
     if verdict.token_failures:
-        result.append(AddHeader(names.token, "invalid"))
+        result.append(_field(names.token, "invalid"))
     return result
 
