@@ -67,15 +67,16 @@ def _a_label(domain: str) -> str:
     return domain.encode("idna").decode("ascii").lower()
 
 
-def _simple_addresses(value: str) -> tuple[str, ...] | None:
-    """The addr-specs of an unfolded field value, when every address in it has a simple shape
-    (`_SIMPLE_ADDRESS`): then `getaddresses` would find exactly these. Else None."""
+def _simple_addresses(value: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The addr-specs of an unfolded field value, as written and lower-cased, when every
+    address in it has a simple shape (`_SIMPLE_ADDRESS`): then `getaddresses` would find
+    exactly these. Else None."""
     if len(value) <= _CACHED_LENGTH:
         return _cached_simple_addresses(value)
     return _read_simple_addresses(value)
 
 
-def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
+def _read_simple_addresses(value: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     found = []
     for piece in _commas(value).split(","):
         match = _SIMPLE_ADDRESS.fullmatch(piece)
@@ -84,7 +85,11 @@ def _read_simple_addresses(value: str) -> tuple[str, ...] | None:
                 return None
             continue  # an empty list element (RFC 5322 §4.4 obs-addr-list: `a@x, b@y,`)
         found.append(match.group(1) or match.group(2))
-    return tuple(found) if found else None
+    if not found:
+        return None
+    written = tuple(found)
+    lowered = tuple(address.lower() for address in written)
+    return written, written if lowered == written else lowered
 
 
 # One message reads its From three times (sender, auto-reply check, participants), and the
@@ -223,13 +228,13 @@ def header_addresses(values: list[str]) -> list[str]:
     participant is one address whichever form recorded it."""
     if not values:  # a field the mail lacks (Reply-To, Cc: asked of every message)
         return []
-    found = []
+    found: list[str] = []
     unfolded = _unfolded_within_budget(values)
     for value in unfolded:
         simple = _simple_addresses(value)
         if simple is None:
             break
-        found += [addr.lower() for addr in simple]
+        found += simple[1]
     else:
         return found
     # The stdlib reads the fields joined by commas: an unclosed quote or comment in one field
@@ -241,8 +246,7 @@ def header_addresses(values: list[str]) -> list[str]:
         # field alone then, so a Cc nobody can parse leaves the From and To their addresses.
         for value in unfolded:
             simple = _simple_addresses(value)
-            found += ([addr.lower() for addr in simple] if simple is not None
-                      else _stdlib_addresses([value]))
+            found += simple[1] if simple is not None else _stdlib_addresses([value])
     return found
 
 
@@ -277,8 +281,8 @@ def first_address(value: str) -> str:
     simple = _simple_addresses(text)
     # Several addresses: left to parseaddr, whose answer for them differs between Python
     # releases (a strict one returns none).
-    if simple is not None and len(simple) == 1:
-        return simple[0]
+    if simple is not None and len(simple[0]) == 1:
+        return simple[0][0]
     return parseaddr(_commas(_shallow(text)))[1]
 
 
