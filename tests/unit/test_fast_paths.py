@@ -8,8 +8,10 @@ loop) on hand-picked hard cases and on generated input made of the characters th
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from email.utils import getaddresses, parseaddr
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
@@ -33,7 +35,7 @@ from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.model import CaseRecord, CaseState
 from casethread.core.settings import Settings
 from casethread.engine import Engine
-from casethread.index import MemoryIndex
+from casethread.index import MemoryIndex, keys
 
 # --- addresses ------------------------------------------------------------------------------
 
@@ -680,3 +682,62 @@ def test_fields_of_a_few_values_are_made_once() -> None:
     assert second[0] == AddHeader("X-Case-ID", "C-000002")
     # The same value objects for the next message: made once, as they are equal anyway.
     assert all(a is b for a, b in zip(first[1:], second[1:], strict=True))
+
+
+# --- case records -----------------------------------------------------------------------------
+
+JSON_PIECES = st.sampled_from(
+    ['{', '}', '"n"', ":", "1", ",", " ", "\n", '"s"', '"open"', "[", "]", "\x00", "x", "é",
+     '"\\ud800"', "null", '"q"', "\ufeff"])
+JSON_BYTES = st.one_of(
+    st.binary(max_size=12),
+    st.tuples(st.lists(JSON_PIECES, max_size=10).map("".join),
+              st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"]))
+    .map(lambda text_codec: text_codec[0].encode(text_codec[1], "surrogatepass")))
+
+
+def outcome(read: Any, data: Any) -> tuple[str, Any]:
+    """What `read(data)` gives, or the type and text of what it raises."""
+    try:
+        return "value", read(data)
+    except Exception as error:  # the same error, whichever reads it
+        return type(error).__name__, str(error)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(JSON_BYTES)
+def test_case_json_reads_as_json_loads(data: bytes) -> None:
+    assert outcome(keys._json_object, data) == outcome(json.loads, data)
+
+
+def general_decode_case(case_id: str, data: bytes) -> CaseRecord:
+    """`keys.decode_case` as it read a record before its shortcuts."""
+    fields = json.loads(data)
+    created = int(fields["c"])
+    parent, merged_into, followup = fields.get("p"), fields.get("m"), fields.get("f")
+    follows = fields.get("fo")
+    return CaseRecord(
+        case_id=case_id, number=int(fields["n"]), state=CaseState(fields["s"]),
+        queue=str(fields["q"]), created=created, updated=int(fields["u"]),
+        state_changed=int(fields.get("sc", created)),
+        parent=None if parent is None else str(parent),
+        merged_into=None if merged_into is None else str(merged_into),
+        children=tuple(str(child) for child in fields.get("ch", ())),
+        followup=None if followup is None else str(followup),
+        thread_root=keys._valid_root(fields.get("r")),
+        follows=None if follows is None else str(follows))
+
+
+FIELD_VALUES_JSON = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from(
+    ["open", "waiting", "closed", "OPEN", "", "C-1", "a" * 44, "0" * 44]), st.lists(
+        st.sampled_from(["C-2", 3]), max_size=2))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.dictionaries(st.sampled_from(["n", "s", "q", "c", "u", "sc", "p", "m", "ch", "f", "r",
+                                        "fo"]), FIELD_VALUES_JSON))
+def test_case_records_read_as_through_the_general_path(fields: dict[str, Any]) -> None:
+    data = json.dumps(fields).encode()
+    keys.decode_case.cache_clear()
+    assert outcome(lambda d: keys.decode_case("C-1", d), data) == outcome(
+        lambda d: general_decode_case("C-1", d), data)

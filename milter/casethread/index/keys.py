@@ -25,6 +25,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.frozen import frozen
 from ..core.model import (
@@ -195,7 +196,7 @@ def encode_case(record: CaseRecord) -> bytes:
     cost, and every inbound mail rewrites its case.
     """
     parts = [
-        f'{{"n":{int(record.number)},"s":{_json_str(record.state.value)},'
+        f'{{"n":{int(record.number)},"s":{_json_str(record.state)},'
         f'"q":{_json_str(record.queue)},"c":{int(record.created)},"u":{int(record.updated)}'
     ]
     if record.state_changed != record.created:
@@ -216,33 +217,56 @@ def encode_case(record: CaseRecord) -> bytes:
     return "".join(parts).encode()
 
 
-# A str as a JSON string, as json.dumps(..., ensure_ascii=False) writes it.
-_json_str: Callable[[str], str] = json.JSONEncoder(ensure_ascii=False).encode
+# A str as a JSON string, as json.dumps(..., ensure_ascii=False) writes it: what
+# `JSONEncoder(ensure_ascii=False).encode` calls for a str, without that method's own steps.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+_DECODER = json.JSONDecoder()
+_STATES = {state.value: state for state in CaseState}
 
 
 # A message reads its case several times (resolution, rules, the state change): the records are
 # immutable, so equal bytes decode once.
 @functools.lru_cache(maxsize=1024)
 def decode_case(case_id: str, data: bytes) -> CaseRecord:
-    fields = json.loads(data)
+    fields = _json_object(data)
     created = int(fields["c"])
     parent, merged_into, followup = fields.get("p"), fields.get("m"), fields.get("f")
     follows = fields.get("fo")
+    # In the fields' order (keyword arguments to a class cost a dictionary to unpack), each
+    # read where it was read before: a damaged record fails as it did.
     return CaseRecord(
-        case_id=case_id,
-        number=int(fields["n"]),
-        state=CaseState(fields["s"]),
-        queue=str(fields["q"]),
-        created=created,
-        updated=int(fields["u"]),
-        state_changed=int(fields.get("sc", created)),
-        parent=None if parent is None else str(parent),
-        merged_into=None if merged_into is None else str(merged_into),
-        children=tuple(str(child) for child in fields.get("ch", ())),
-        followup=None if followup is None else str(followup),
-        thread_root=_valid_root(fields.get("r")),
-        follows=None if follows is None else str(follows),
+        case_id,
+        int(fields["n"]),
+        _case_state(fields["s"]),
+        str(fields["q"]),
+        created,
+        int(fields["u"]),
+        int(fields.get("sc", created)),
+        None if parent is None else str(parent),
+        None if merged_into is None else str(merged_into),
+        tuple([str(child) for child in fields.get("ch", ())]),
+        None if followup is None else str(followup),
+        _valid_root(fields.get("r")),
+        None if follows is None else str(follows),
     )
+
+
+def _case_state(value: Any) -> CaseState:
+    """`CaseState(value)`, by a dictionary for the states as written (the enum's call is a
+    Python-level lookup)."""
+    return (_STATES.get(value) if isinstance(value, str) else None) or CaseState(value)
+
+
+def _json_object(data: bytes) -> Any:
+    """`json.loads(data)`. What `encode_case` writes (an object in UTF-8, its first two bytes
+    no NUL, which would make `json.loads` read UTF-16 or UTF-32) is decoded as `json.loads`
+    decodes it, without its steps for other encodings and blanks around the value."""
+    if data[:1] == b"{" and data[1:2] != b"\0":
+        text = data.decode("utf-8", "surrogatepass")
+        value, end = _DECODER.raw_decode(text)
+        if end == len(text):
+            return value
+    return json.loads(data)  # blanks after the value, or an error as json.loads raises it
 
 
 _THREAD_ROOT = re.compile(r"[0-9a-f]{44}")
