@@ -321,6 +321,17 @@ def test_field_values_read_as_through_the_general_path(raw: str) -> None:
 @given(PARAM_TEXT)
 def test_field_value_shortcut_matches_the_general_path(raw: str) -> None:
     assert mime.parse_field(raw) == general_parse_field(raw)
+    assert mime.parse_field(raw) == general_parse_field(raw)  # from the cache
+
+
+def test_a_long_field_value_is_never_kept() -> None:
+    mime._kept_field.cache_clear()
+    long_value = "attachment; filename=" + "x" * 300
+    assert mime.parse_field(long_value) == general_parse_field(long_value)
+    assert mime._kept_field.cache_info().currsize == 0
+    assert mime.parse_field("text/plain; charset=utf-8") == general_parse_field(
+        "text/plain; charset=utf-8")
+    assert mime._kept_field.cache_info().currsize == 1
 
 
 # --- inline PGP -----------------------------------------------------------------------------

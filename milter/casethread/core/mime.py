@@ -145,6 +145,19 @@ def parse_field(raw: str | None) -> FieldValue:
     """Parse a Content-Type / Content-Disposition value, with RFC 2231 parameters."""
     if raw is None:
         return FieldValue("")
+    if len(raw) > _KEPT_FIELD_MAX:
+        return _parse_field(raw)
+    return _kept_field(raw)
+
+
+# One message reads a part's Content-Type and -Disposition a few times (splitting it, choosing
+# what to stamp, naming attachments), and mail repeats the usual values (`text/plain;
+# charset=utf-8`, `inline`): the values are kept. Not a longer one (a part's long file name):
+# no sender fills the cache with its own.
+_KEPT_FIELD_MAX = 256
+
+
+def _parse_field(raw: str) -> FieldValue:
     if "*" not in raw and "(" not in raw and "\n" not in raw:
         # The usual value: nothing to unfold, no comment, no RFC 2231 section (its names hold
         # a `*`): each parameter's first value stands, as `_collapse_rfc2231` keeps it.
@@ -156,6 +169,9 @@ def parse_field(raw: str | None) -> FieldValue:
     pieces = _split_params(unfold(raw))
     value = _strip_comments(pieces[0]).strip().lower()
     return FieldValue(value, _collapse_rfc2231(_param_pairs(pieces[1:])))
+
+
+_kept_field = functools.lru_cache(maxsize=1024)(_parse_field)
 
 
 def _known_type(value: str) -> str:
