@@ -651,6 +651,18 @@ def test_case_rules_shortcut_matches_the_walk(cases: tuple[CaseRecord, ...], aut
         assert rules.apply(case, reader, **args) == rules._walked(case, reader, **args)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(case_records("C-1"), case_records("C-1"), st.sampled_from(
+    [{}, {"updated": 150}, {"state": CaseState.OPEN}, {"children": ()}, {"queue": "other"}]))
+def test_case_records_compare_field_by_field(a: CaseRecord, b: CaseRecord,
+                                             change: dict[str, Any]) -> None:
+    c = dataclasses.replace(a, **change)
+    for x, y in ((a, b), (a, c), (a, a), (b, c)):
+        fields = [(f, getattr(x, f.name) == getattr(y, f.name)) for f in dataclasses.fields(x)]
+        assert (x == y) is all(equal for _, equal in fields) is not (x != y)
+    assert a.__eq__(1) is NotImplemented
+
+
 @settings(max_examples=500, deadline=None)
 @given(case_records("C-1"), st.sampled_from([None, *CaseState]), st.integers(100, 400))
 def test_a_touched_case_is_what_replace_makes(case: CaseRecord, state: CaseState | None,

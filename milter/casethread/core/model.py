@@ -61,6 +61,15 @@ class CaseRecord:
     # follow-ups opened by versions before it was recorded). Never read by the case rules.
     follows: str | None = None
 
+    def __eq__(self, other: object) -> bool:
+        # Field by field, as the dataclass compares: a record's __dict__ holds its fields and
+        # nothing else (@frozen stores them there, and it has no lazy attribute), and one
+        # dictionary comparison costs a quarter of building two tuples of thirteen fields.
+        # Every inbound mail compares its case's record before and after.
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
 
 def case_fields(case: CaseRecord, id_key: str) -> dict[str, Any]:
     """A case as JSON-ready data, its id under `id_key` (`export` writes `id`, the case
