@@ -193,6 +193,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._body_room = 0
         self._found: Found | None = None  # the case its header fields found at their end
         self._direction: Direction | None = None  # classified at end of headers
+        self._head: Message | None = None  # the message at end of headers: its fields
         self._skipping = False  # inbound mail its header fields resolve: its body is not read
         self._failed = self._connection_failed  # end of message answers by the failure policy
 
@@ -293,7 +294,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
     def eoh(self) -> int:
         # The direction, and how much of the body the engine will read: none for inbound mail
         # its header fields resolve, so that body() answers SKIP at once.
-        msg = Message(self._envelope(), self._headers())
+        msg = self._head = Message(self._envelope(), self._headers())
         self._direction = self.engine.classify(msg)
         plan = self.engine.body_wanted(msg, self._direction)
         self._body_room, self._found = plan.room, plan.found
@@ -327,7 +328,10 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         if self._failed:  # an earlier callback failed and logged it: answer now
             return self._fallback()
         body = self._body.data()
-        msg = Message(self._envelope(), self._headers(), body)
+        # The fields of end of headers, with what was worked out of them then.
+        head = self._head
+        msg = (head.with_body(self._envelope(), body) if head is not None
+               else Message(self._envelope(), self._headers(), body))
         decision = self.engine.process(msg, self._direction, self._found)
         # Logged before the edits go out: from the first body chunk to our final reply the
         # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with

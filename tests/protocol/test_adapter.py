@@ -26,9 +26,12 @@ import pytest
 from Milter import testctx
 
 from casethread.core.case_headers import MAX_OWN_FIELDS
+from casethread.core.decision import Decision
+from casethread.core.message import Message
+from casethread.core.model import Direction
 from casethread.core.settings import InboundSettings, MilterSettings, OnError, Settings
 from casethread.core.token import Keyring
-from casethread.engine import Engine
+from casethread.engine import BodyPlan, Engine
 from casethread.index import CaseIndexError, MemoryIndex
 from casethread.pymilter_app import APPEND_INDEX, CaseMilter
 
@@ -704,3 +707,32 @@ def test_outbound_body_token_threads_whether_or_not_bodies_are_stamped(
     assert ctx.feed(reply, "dana@support.example.com", "pat@customer.example.org") == (
         Milter.CONTINUE)
     assert ctx.values("X-Case-ID") == ["C-000001"]
+
+
+def test_end_of_message_reads_the_fields_end_of_headers_read(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fields' index by name is worked out once a message (a few dozen fields' worth of
+    # work), at end of headers, and the message at its end has the envelope of then.
+    seen: dict[str, Message] = {}
+    wanted, process = rig.engine.body_wanted, rig.engine.process
+
+    def body_wanted(msg: Message, direction: Direction) -> BodyPlan:
+        seen["head"] = msg
+        return wanted(msg, direction)
+
+    def processed(msg: Message, *args: Any) -> Decision:
+        seen["end"] = msg
+        return process(msg, *args)
+
+    monkeypatch.setattr(rig.engine, "body_wanted", body_wanted)
+    monkeypatch.setattr(rig.engine, "process", processed)
+    sent_id = send_agent_mail(rig)
+    for queue_id in ("QIN1", "QIN2"):  # the second message of the connection its own
+        ctx = rig.connection(ip="198.51.100.7")
+        ctx.macros(i=queue_id)
+        raw = customer_mail(f"In-Reply-To: {sent_id}", message_id=f"<{queue_id}@customer.test>")
+        assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
+        head, end = seen["head"], seen["end"]
+        assert end.headers is head.headers and end.envelope.queue_id == queue_id
+        assert end.__dict__["_by_name"] is head.__dict__["_by_name"]
+        assert end.get("Message-ID") == f"<{queue_id}@customer.test>"

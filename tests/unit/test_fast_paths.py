@@ -764,3 +764,21 @@ def test_case_records_read_as_through_the_general_path(fields: dict[str, Any]) -
     keys.decode_case.cache_clear()
     assert outcome(lambda d: keys.decode_case("C-1", d), data) == outcome(
         lambda d: general_decode_case("C-1", d), data)
+
+
+def test_the_message_at_its_end_keeps_what_its_fields_gave() -> None:
+    # The milter's end of message: the same fields, and their index by name not built again.
+    fields = (Header("From", "a@b.example"), Header("X-Case-ID", "C-1"),
+              Header("from", "c@d.example"))
+    head = Message(Envelope(queue_id=""), fields)
+    assert head.get_all("FROM") == ["a@b.example", "c@d.example"]
+    assert head.has_prefix("x-case-")
+    end = head.with_body(Envelope(queue_id="Q1"), b"body\r\n")
+    assert (end.envelope.queue_id, end.headers, end.body, end.newline) == (
+        "Q1", head.headers, b"body\r\n", head.newline)
+    assert end.__dict__["_by_name"] is head.__dict__["_by_name"]
+    assert end.get_all("From") == ["a@b.example", "c@d.example"] and end.has_prefix("x-case-")
+    assert end == Message(Envelope(queue_id="Q1"), head.headers, b"body\r\n")
+    # A message whose fields were never read has nothing to pass on: worked out when asked.
+    fresh = Message(Envelope(), head.headers).with_body(Envelope(), b"")
+    assert "_by_name" not in fresh.__dict__ and fresh.get("from") == "a@b.example"

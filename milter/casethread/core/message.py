@@ -125,6 +125,16 @@ class Message:
     def _prefixes(self) -> dict[str, bool]:
         return {}
 
+    def with_body(self, envelope: Envelope, body: Data) -> Message:
+        """The message at its end (the milter's end of message): `envelope` as it is then,
+        `body`, the same header fields, and what was worked out of them at their end (the
+        index by name, a few dozen fields' worth of work), not worked out again."""
+        msg = Message(envelope, self.headers, body, self.newline)
+        for name in _HEADER_WORK:
+            if name in self.__dict__:
+                msg.__dict__[name] = self.__dict__[name]
+        return msg
+
     def has_prefix(self, prefix: str) -> bool:
         """Whether any field name starts with `prefix` (lower case). Asked of every message,
         twice (refusal, forged fields): answered once, without a generator's frames."""
@@ -133,6 +143,10 @@ class Message:
             found = self._prefixes[prefix] = any(
                 map(str.startswith, self._by_name, repeat(prefix)))
         return found
+
+
+# What a Message keeps of its header fields (`lazy`: in its __dict__ once worked out).
+_HEADER_WORK = ("_by_name", "_prefixes")
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
