@@ -22,7 +22,10 @@ do: a reply then leaves its case's record as it was. With 1, each reply finds it
 changed since, as in production, and the engine decodes, changes and encodes its record.
 `--unique-boundaries` gives each message MIME boundaries of its own, as mail clients make them,
 where the benchmark's messages all share two: what a cache of field values saves on mail that
-repeats its fields, and not on other mail.
+repeats its fields, and not on other mail. `--milter` drives each message as the milter does
+(`pymilter_app`): at end of headers its direction and what its header fields resolve (inbound
+mail they resolve is decided without resolving them again), at end of message its decision,
+where by default `Engine.process` does both at once as `bench/core.py` times it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import core
 
+from casethread.core.decision import Decision
 from casethread.core.message import Header, Message
 from casethread.core.token import Keyring
 from casethread.engine import Engine
@@ -62,8 +66,17 @@ def _unique_boundaries(msg: Message, i: int) -> Message:
     return dataclasses.replace(msg, headers=headers, body=body)
 
 
+def _as_the_milter(engine: Engine, msg: Message) -> Decision:
+    """`msg` through the engine in the milter's two steps (`pymilter_app`): at end of headers
+    its direction and what its header fields resolve, at end of message its decision."""
+    head = Message(msg.envelope, msg.headers)
+    direction = engine.classify(head)
+    plan = engine.body_wanted(head, direction)
+    return engine.process(head.with_body(msg.envelope, msg.body), direction, plan.found)
+
+
 def run_messages(path: str, count: int, built: int, warmup: int, step: int,
-                 unique: bool) -> None:
+                 unique: bool, milter: bool = False) -> None:
     """What runs under valgrind: the warm-up, then `count` messages of `path`, of `built`
     made (as many in both runs: making them is no work of the engine's)."""
     now = [START]
@@ -83,7 +96,15 @@ def run_messages(path: str, count: int, built: int, warmup: int, step: int,
         gc.freeze()
         for msg in messages[: warmup + count]:
             now[0] += step
-            core._process_checked(engine, case, msg)  # its decision is checked, as there
+            if milter:
+                _check(case, _as_the_milter(engine, msg))
+            else:
+                core._process_checked(engine, case, msg)  # its decision is checked, as there
+
+
+def _check(case: core.EngineCase, decision: Decision) -> None:
+    if decision.match != case.expect_match or (case.check_body and not decision.body_splices):
+        raise RuntimeError(f"{case.name}: unexpected decision {decision.log_fields()}")
 
 
 def _callgrind_total(args: Sequence[str], out: Path) -> int:
@@ -97,11 +118,12 @@ def _callgrind_total(args: Sequence[str], out: Path) -> int:
     raise RuntimeError(f"no total in {out}")
 
 
-def count_path(path: str, count: int, warmup: int, step: int, unique: bool) -> int:
+def count_path(path: str, count: int, warmup: int, step: int, unique: bool,
+               milter: bool = False) -> int:
     """Instructions per message of `path`."""
     flags = ["--warmup", str(warmup), "--step", str(step)]
-    if unique:
-        flags.append("--unique-boundaries")
+    flags += ["--unique-boundaries"] if unique else []
+    flags += ["--milter"] if milter else []
     with tempfile.TemporaryDirectory(prefix="casethread-callgrind-") as tmp:
         runs = [["--run", path, "-n", str(n), "--built", str(count), *flags]
                 for n in (count, 0)]
@@ -122,21 +144,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds the clock moves a message (default 0)")
     parser.add_argument("--unique-boundaries", action="store_true",
                         help="each message its own MIME boundaries")
+    parser.add_argument("--milter", action="store_true",
+                        help="in the milter's two steps (end of headers, end of message)")
     parser.add_argument("--run", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--built", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
         run_messages(args.run, args.n, args.built, args.warmup, args.step,
-                     args.unique_boundaries)
+                     args.unique_boundaries, args.milter)
         return 0
     unknown = [p for p in args.paths if p not in PATHS]
     if unknown or args.n < 1:
         parser.error(f"unknown path {unknown[0]!r}" if unknown else "-n must be at least 1")
-    unique = ", unique boundaries" if args.unique_boundaries else ""
+    shown = (", unique boundaries" if args.unique_boundaries else "") + (
+        ", the milter's two steps" if args.milter else "")
     for path in args.paths or PATHS:
-        per_message = count_path(path, args.n, args.warmup, args.step, args.unique_boundaries)
+        per_message = count_path(path, args.n, args.warmup, args.step, args.unique_boundaries,
+                                 args.milter)
         print(f"{path:5} {per_message:>11,} instructions/message  ({PATHS[path]}, "
-              f"n={args.n}, step {args.step}{unique})", flush=True)
+              f"n={args.n}, step {args.step}{shown})", flush=True)
     return 0
 
 
