@@ -30,6 +30,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import config_checks as checks
 from .core import token
+from .core.addresses import AddressMatcher, is_glob
 from .core.bodytext import html_to_text
 from .core.settings import (
     Settings,
@@ -551,6 +552,26 @@ def warnings(settings: Settings) -> list[str]:
                          f"tokens.subject_template ({tag}): a reply that keeps only the body's "
                          f"tag is not threaded by it; write it as {tag} there")
     found += _wildcard_lead_warnings(settings)
+    found += _notice_sender_warnings(settings)
+    return found
+
+
+def _notice_sender_warnings(settings: Settings) -> list[str]:
+    """`inbound.notice_senders` entries that cover a support address, so most likely the
+    domain our own people write from: their mail to support would thread, add nobody and
+    open no case. Told by the support addresses written out (`@domain` ones as `x@domain`)."""
+    ours = {entry: "x" + entry if entry.startswith("@") else entry
+            for entry in settings.inbound.addresses if not is_glob(entry)}
+    found = []
+    for i, entry in enumerate(settings.inbound.notice_senders):
+        matcher = AddressMatcher((entry,))
+        covered = [support for support, written in ours.items() if matcher.matches(written)]
+        if covered:
+            found.append(
+                f"inbound.notice_senders[{i}] ({entry}) covers the support address "
+                f"{covered[0]}: mail from there, and from whoever writes from its domain, "
+                "would be taken for a mail filter's notice (it threads but opens no case and "
+                "adds nobody); name the filter's own sender instead")
     return found
 
 

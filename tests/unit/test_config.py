@@ -1719,6 +1719,24 @@ def test_the_defaults_warn_only_of_the_missing_support_addresses(tmp_path: Path)
     assert only.startswith("inbound.addresses is empty")
 
 
+@pytest.mark.parametrize(("notices", "warned"), [
+    ("['@example.com']", [0]),  # the domain the support address is in: our own people
+    ("['*@example.com', 'quarantine@filter.example']", [0]),
+    ("['support@example.com']", [0]),
+    ("['@help.example.org']", [0]),  # covers the `@domain` support entry
+    ("['quarantine@filter.example', '@mail.example.com']", []),  # another domain: no warning
+    ("['quarantine@example.com']", []),  # one sender in our domain, named: what is meant
+])
+def test_a_notice_sender_that_covers_a_support_address_is_warned_of(
+    tmp_path: Path, notices: str, warned: list[int]
+) -> None:
+    settings = load(tmp_path, "inbound:\n  addresses: [support@example.com, '@help.example.org']\n"
+                    f"  notice_senders: {notices}\n")
+    found = [w for w in warnings(settings) if w.startswith("inbound.notice_senders")]
+    assert [int(w.split("[")[1].split("]")[0]) for w in found] == warned
+    assert all("name the filter's own sender" in w for w in found)
+
+
 @pytest.mark.parametrize(("stamp", "warned"), [
     ('text_template: "\\nTicket: {token}\\n"', ["text"]),
     ("html_template: '<span data-ref=\"{token}\"></span>'", ["html"]),  # never in the text
