@@ -24,7 +24,7 @@ from .core import (
     stamp,
     token,
 )
-from .core.addresses import AddressMatcher, envelope_address, header_addresses
+from .core.addresses import AddressMatcher, cached_matches, envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
 from .core.decision import Decision
 from .core.direction import Classifier
@@ -82,10 +82,8 @@ def _root_holder(ev: Evidence, hit: Hit | None = None) -> CaseRecord | None:
 def _sender_known(ev: Evidence, named: CaseRecord, cases: list[CaseRecord]) -> bool:
     """Whether the sender is a participant of the case the mail named or of one it goes to:
     a merge, split or parent redirect must not make its own customer `unknown`."""
-    if ev.is_participant(named.case_id):  # the usual answer: the one case it named
-        return True
-    asked = {named.case_id}
-    for case in cases:
+    asked = set()  # each case once (a loop: a dictionary and generators cost more here)
+    for case in (named, *cases):
         if case.case_id not in asked:
             if ev.is_participant(case.case_id):
                 return True
@@ -173,7 +171,8 @@ class Engine:
         self._resolver = Resolver(settings, keyring)
         notice_senders = settings.inbound.notice_senders
         # Who sends the mail filters' notices (`inbound.notice_senders`); None: nobody named.
-        self._notices = AddressMatcher(notice_senders).matches if notice_senders else None
+        # Asked of every inbound mail's From, as `is_ours` is: its answers are kept alike.
+        self._notices = cached_matches(AddressMatcher(notice_senders)) if notice_senders else None
         self._router = Router(settings.routing)
         self._subject_match = "subject-match" in settings.inbound.strategies
 
@@ -457,8 +456,11 @@ class Engine:
         # not generators: every inbound mail makes one.
         return Decision(
             Direction.INBOUND, tuple([c.case_id for c in cases]), verdict.match,
-            ",".join([c.state for c in cases]), tuple(edits), notes + ev.log_notes, (),
-            tuple(ev.trace), verdict.auto, "", tuple([c.related for c in cases if c.related]),
+            ",".join([c.state for c in cases]), tuple(edits), notes + ev.log_notes,
+            (),  # body_splices: inbound mail's body is never replaced
+            tuple(ev.trace), verdict.auto,
+            "",  # refused: not refused (refusal returns before resolution)
+            tuple([c.related for c in cases if c.related]),
         )
 
     def _flood(self, ev: Evidence, hit: Hit | None, auto: str, now: int,
