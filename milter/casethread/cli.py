@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, case_admin, logsetup
-from .config import ConfigError, group_id, load_config, override, unix_socket_path
+from .config import (
+    ConfigError,
+    group_id,
+    load_config,
+    override,
+    render,
+    render_defaults,
+    unix_socket_path,
+)
 from .config import warnings as config_warnings
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
@@ -77,11 +85,15 @@ exit status: 0 stopped cleanly; 1 cannot start (index, key file, socket); 2 conf
 CHECK_EPILOG = """\
 examples:
   casethread check-config --config /etc/casethread/casethread.yaml
+  casethread check-config --config /etc/casethread/casethread.yaml --show
+  casethread check-config --defaults
 
 Checks what `serve` checks at start: the YAML (one line naming file, line, key and problem),
 the index's schema version (read without a lock, so it works as any user who may read it),
 the token key files (missing, readable by others, two with one id; INDEX/token.key missing
-beside an index that holds cases) and milter.socket_group.
+beside an index that holds cases) and milter.socket_group. --show prints, once all is checked,
+every key in effect (the file's values and the defaults for the rest) as YAML with comments,
+which reads back the same; --defaults prints the embedded defaults, as `postconf -d` does.
 exit status: 0 OK; 1 an index or key file problem; 2 a configuration error
 """
 
@@ -126,6 +138,9 @@ def _check_group(settings: Settings, file: str | None) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.defaults:  # as `postconf -d`: nothing is read, nothing checked
+        sys.stdout.write(render_defaults())
+        return EXIT_OK
     settings = load_config(args.config)
     # What `serve` would refuse at start, so a reload checked by this fails too: the socket's
     # group, an index of another schema and the token key files (a missing one, loose
@@ -141,7 +156,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_default_key_kept(settings.index.path, LmdbIndex.held_cases(settings.index.path))
     for problem in config_warnings(settings):  # valid, but most likely not meant
         print(f"warning: {problem}", file=sys.stderr)
-    print("OK")
+    if args.show:
+        source = args.config or "none given"
+        sys.stdout.write(render(settings, f"casethread configuration in effect (--config: "
+                                          f"{source}), defaults filled in."))
+    else:
+        print("OK")
     return EXIT_OK
 
 
@@ -765,6 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check-config", "validate the configuration and its key files; prints OK or "
                 "the error")
     p.epilog, p.formatter_class = CHECK_EPILOG, argparse.RawDescriptionHelpFormatter
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--show", action="store_true",
+                       help="once checked, print the configuration in effect instead of OK")
+    shown.add_argument("--defaults", action="store_true",
+                       help="print the embedded defaults (reads and checks nothing)")
     p.set_defaults(func=cmd_check_config)
 
     p = command("filter", "run the milter's engine on one message file; print the result")

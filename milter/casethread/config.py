@@ -36,7 +36,7 @@ from .core.settings import (
     Settings,
 )
 
-__all__ = ["ConfigError", "load_config", "override", "render_defaults"]
+__all__ = ["ConfigError", "load_config", "override", "render", "render_defaults"]
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -672,12 +672,19 @@ def _render_value(value: Any, rule: _Rule | None) -> str:
     return dumped.removesuffix("...").strip()
 
 
+_DEFAULTS_HEADING = ("casethread configuration: the embedded defaults.\n"
+                     "Every key is optional; a missing key takes the value shown here.")
+
+
 def render_defaults() -> str:
-    """The embedded defaults as a commented YAML document; `load_config` reads it back equal."""
-    lines = [
-        "# casethread configuration: the embedded defaults.",
-        "# Every key is optional; a missing key takes the value shown here.",
-    ]
+    """The embedded defaults as a commented YAML document (`check-config --defaults`)."""
+    return render(Settings(), _DEFAULTS_HEADING)
+
+
+def render(settings: Settings, heading: str) -> str:
+    """`settings` as a YAML document, every key with its comment, that `load_config` reads
+    back equal (`check-config --show`: what is in effect, defaults filled in)."""
+    lines = [f"# {line}" for line in heading.splitlines()]
 
     def walk(obj: Any, key: str, indent: str) -> None:
         for f in dataclasses.fields(obj):
@@ -693,11 +700,19 @@ def render_defaults() -> str:
                 walk(value, child, indent + "  ")
                 if not key:
                     lines.append("")
+            elif value and isinstance(value, tuple) and dataclasses.is_dataclass(value[0]):
+                lines.append(f"{indent}{f.name}:")  # routing rules, external refs: a block each
+                for item in value:
+                    pairs = [f"{g.name}: " + _render_value(getattr(item, g.name),
+                                                           _RULES.get(f"{child}[].{g.name}"))
+                             for g in dataclasses.fields(item)]
+                    lines.append(f"{indent}  - {pairs[0]}")
+                    lines.extend(f"{indent}    {pair}" for pair in pairs[1:])
             else:
                 lines.append(f"{indent}{f.name}: {_render_value(value, _RULES.get(child))}")
 
     lines.append("")
-    walk(Settings(), "", "")
+    walk(settings, "", "")
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

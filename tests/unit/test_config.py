@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from casethread import config_checks as checks
-from casethread.config import ConfigError, load_config, render_defaults, warnings
+from casethread.config import ConfigError, load_config, render, render_defaults, warnings
 from casethread.core.settings import (
     CaseSettings,
     ExternalRefRule,
@@ -777,6 +777,19 @@ def test_path_like_is_accepted(tmp_path: Path) -> None:
 def test_render_defaults_round_trips(tmp_path: Path) -> None:
     text = render_defaults()
     assert load(tmp_path, text) == Settings()
+
+
+def test_render_round_trips_lists_of_items(tmp_path: Path) -> None:
+    # The contrib example sets routing rules; external refs as well, each item in a block.
+    settings = load_config(str(CONTRIB))
+    refs = load(tmp_path, "inbound:\n  external_refs:\n"
+                "    - {name: jira, pattern: 'SUP-([0-9]+)'}\n"
+                "    - {name: rt, pattern: 'RT#(\\d+)'}\n")
+    settings = dataclasses.replace(settings, inbound=refs.inbound)
+    assert settings.routing.rules and len(settings.inbound.external_refs) == 2
+    text = render(settings, "shown")
+    assert text.startswith("# shown\n") and "\n    - name: jira\n" in text
+    assert load(tmp_path, text) == settings
 
 
 def test_render_defaults_lists_and_explains_every_key() -> None:

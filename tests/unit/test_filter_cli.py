@@ -15,6 +15,7 @@ import lmdb
 import pytest
 
 from casethread.cli import build_parser, main
+from casethread.config import load_config, render_defaults
 from casethread.core import thread_index
 from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.message import parse_raw
@@ -316,6 +317,32 @@ def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path:
                       "  socket_group: no-such-group-here\n")
     inet = _run(casethread_bin, "check-config", "--config", str(config), cwd=tmp_path)
     assert (inet.returncode, inet.stdout) == (0, "OK\n"), inet.stderr
+
+
+def test_check_config_shows_what_is_in_effect_and_the_defaults(
+    casethread_bin: Path, tmp_path: Path
+) -> None:
+    """--show prints the settings in effect as YAML that reads back the same; a failed check
+    prints none of it; --defaults reads no file, as `postconf -d`."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"index:\n  path: {tmp_path / 'idx'}\n"
+                      "inbound:\n  addresses: [support@example.com]\n"
+                      "routing:\n  rules:\n    - {queue: vip, sender: ['@vip.example.com']}\n")
+    shown = _run(casethread_bin, "check-config", "--config", str(config), "--show", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "OK" not in shown.stdout.splitlines()
+    assert "    - queue: vip\n" in shown.stdout and "  timeout: 60\n" in shown.stdout
+    again = tmp_path / "shown.yaml"
+    again.write_text(shown.stdout)
+    assert load_config(again) == load_config(config)
+    config.write_text("milter:\n  timeout: 0\n")
+    bad = _run(casethread_bin, "check-config", "--config", str(config), "--show", cwd=tmp_path)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    defaults = _run(casethread_bin, "check-config", "--config", str(config), "--defaults",
+                    cwd=tmp_path)
+    assert (defaults.returncode, defaults.stdout) == (0, render_defaults()), defaults.stderr
+    both = _run(casethread_bin, "check-config", "--show", "--defaults", cwd=tmp_path)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 def test_serve_refuses_a_missing_socket_group_before_it_makes_an_index(
