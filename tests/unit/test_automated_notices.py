@@ -262,6 +262,78 @@ def test_a_null_sender_notice_that_quotes_our_mail_adds_nobody(harness: Any) -> 
     assert not is_participant(harness, "C-000001", "listserv@lists.customer.example.org")
 
 
+# Sympa's own notices, as its templates (`send_auth.tt2`, `reject.tt2`) and
+# `Sympa::Message::Template` write them: `Auto-Submitted: auto-generated`, a Message-ID of
+# Sympa's form, from the robot's `sympa@` or the list's `team-request@`, no list field.
+SYMPA_FIELDS = (TO_SUPPORT, ("Auto-Submitted", "auto-generated"), ("MIME-Version", "1.0"))
+
+
+def sympa_confirmation(sent: Any) -> tuple[Any, bytes]:
+    """Sympa holds the agent's mail to a list it may not post to unconfirmed, and asks to
+    confirm it, the held mail attached (`X-Sympa-Attach`), our token in its Subject."""
+    attached = "".join(f"{h.name}: {h.value}\r\n" for h in sent.headers).encode() + b"\r\n" + (
+        sent.body)
+    fields = (("From", "SYMPA <sympa@lists.customer.example.org>"),
+              ("Reply-To", "sympa@lists.customer.example.org"), *SYMPA_FIELDS,
+              ("Subject", "Confirm 5f2a9c0d1e7b"),
+              ("Message-Id", "<sympa.1772443000.4242.517@lists.customer.example.org>"),
+              ("Content-Type", 'multipart/mixed; boundary="----------=_sympa.1"'))
+    body = (b"------------=_sympa.1\r\nContent-Disposition: inline\r\n\r\n"
+            b"To distribute the attached message in list team, follow the link below:\r\n"
+            b"\r\nCONFIRM 5f2a9c0d1e7b\r\n"
+            b"------------=_sympa.1\r\nContent-Type: message/rfc822\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\nContent-Disposition: inline\r\n"
+            b"X-Sympa-Attach: yes\r\n\r\n" + attached + b"\r\n------------=_sympa.1--\r\n")
+    return fields, body
+
+
+def test_sympas_confirmation_request_that_attaches_our_mail_adds_nobody(harness: Any) -> None:
+    """The token of the attached mail finds the case; Sympa's robot (and the address its
+    Reply-To names) became one of the case's people, its list fields being none to tell a
+    list manager's notice by."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    fields, body = sympa_confirmation(sent)
+    r = harness.inbound(*fields, body=body,
+                        mail_from="team-owner@lists.customer.example.org")
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert r.one("X-Case-State") == "resolved"
+    assert not is_participant(harness, "C-000001", "sympa@lists.customer.example.org")
+
+
+def test_sympas_rejection_that_quotes_our_subject_adds_nobody(harness: Any) -> None:
+    """Its text quotes our Subject, tag and all, from the list's `team-request@`."""
+    sent = stamped_case(harness, CaseState.OPEN)
+    r = harness.inbound(
+        ("From", "team-request@lists.customer.example.org"), *SYMPA_FIELDS,
+        ("Subject", "Your message has been rejected."),
+        ("Message-Id", "<sympa.1772443001.4242.12@lists.customer.example.org>"), TEXT,
+        body=(f"Your message for list team@lists.customer.example.org\r\nhas been rejected "
+              f"by the moderator (kim@customer.example.org).\r\n\r\n(Subject of your "
+              f"mail: {sent.one('Subject')})\r\n").encode())
+    assert r.case_id == "C-000001"
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert not is_participant(harness, "C-000001", "team-request@lists.customer.example.org")
+
+
+@pytest.mark.parametrize("message_id", [
+    "<sympa.1772443000.4242@lists.customer.example.org>",  # not Sympa's three numbers
+    "<1772443000.4242.517.sympa@lists.customer.example.org>",
+    "<sympa.a.b.c@lists.customer.example.org>",
+])
+def test_automatic_mail_of_another_message_id_still_adds_its_sender(
+        harness: Any, message_id: str) -> None:
+    """Another system's automatic mail that our token found (a vendor's helpdesk answering
+    our mail, `Auto-Submitted: auto-generated` on all it sends) adds its sender as before."""
+    sent = stamped_case(harness, CaseState.OPEN)
+    r = harness.inbound(("From", "Vendor Support <help@vendor.example.net>"), *SYMPA_FIELDS,
+                        ("Subject", "Re: " + sent.one("Subject")), ("Message-Id", message_id),
+                        TEXT, body=b"We looked into it.\r\n")
+    assert r.one("X-Case-Auto") == "auto-generated"
+    assert is_participant(harness, "C-000001", "help@vendor.example.net")
+
+
 def test_a_postmaster_digest_that_lists_a_customers_reply_adds_nobody(harness: Any) -> None:
     """Mimecast sends its digest of held mail from `postmaster@` of the organisation's own
     domain (RFC 5321 §4.5.1: the mail system's address), listing each held mail's Subject."""

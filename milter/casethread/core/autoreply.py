@@ -122,6 +122,7 @@ from collections.abc import Callable, Mapping, Sequence
 from . import bodytext, feedback, mime
 from .addresses import first_address
 from .message import Message, unfold, without_comments
+from .msgid import first_id
 from .subject import decode_subject
 
 NO = "no"
@@ -518,6 +519,22 @@ def _list_manager_notice(msg: Message, fields: Fields) -> bool:
     return sender not in lists and (named or any(_list_role(sender, a) for a in lists))
 
 
+# Sympa composes its own notices (a confirmation request that attaches the post it holds for
+# us, "Your message has been rejected." quoting its Subject, a command's report) from
+# templates, each with `Auto-Submitted: auto-generated` and a Message-ID of Sympa's own form,
+# `<sympa.TIME.PID.RAND@domain>` (`Sympa::unique_message_id`, Sympa 6.2 and later), from the
+# robot's `sympa@` or the list's `team-request@` and without the list fields
+# `_list_manager_notice` reads. A post Sympa relays keeps its poster's Message-ID.
+_SYMPA_MESSAGE_ID = re.compile(r"sympa\.\d+\.\d+\.\d+@\S+")
+
+
+def sympa_notice(msg: Message) -> bool:
+    """Whether Sympa composed this mail itself: its Message-ID's form (`_SYMPA_MESSAGE_ID`).
+    Only automatic mail is asked (`from_mail_system`): Sympa marks every notice so."""
+    mid = first_id(msg.get_filled("Message-ID"))
+    return mid is not None and _SYMPA_MESSAGE_ID.fullmatch(mid) is not None
+
+
 def _list_role(sender: str, address: str) -> bool:
     """Whether `sender` is a role address of the list `address` (both lower case): a role of
     `_LIST_ADMIN_ROLES` after `-` or `+` (`team-owner@`, `team+owner@`), or `owner-team@`,
@@ -595,7 +612,8 @@ def from_mail_system(msg: Message, kind: str,
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
     quarantine notification of mail held for us (`quarantine_notice`), another mail filter's
     notice from a sender the sysadmin named (`notice_sender`), or a list manager's
-    notice that our post awaits moderator approval (`list_manager_notice`); or any other
+    notice that our post awaits moderator approval (`list_manager_notice`), also Sympa's
+    without list fields (`sympa_notice`: its confirmation request attaches our post); or any other
     machine-made notice (`auto-generated`) from `postmaster@` (RFC 5321 §4.5.1: the mail
     system's own address) or under the null sender (§4.5.5: the mail system's notices; an
     auto-responder's reply, the other mail sent so, is `auto-replied` when its mark or an
@@ -610,7 +628,8 @@ def from_mail_system(msg: Message, kind: str,
                                             or bool(feedback.provider(msg))
                                             or quarantine_notice(msg)
                                             or notice_sender(msg, notices)
-                                            or list_manager_notice(msg))))
+                                            or list_manager_notice(msg)
+                                            or sympa_notice(msg))))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
