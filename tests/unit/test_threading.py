@@ -836,6 +836,58 @@ def test_a_tag_in_full_width_forms_threads(harness: Any) -> None:
     assert out.one("Thread-Topic") == "Printer jam"
 
 
+# Labels Python does not know, on a Subject re-encoded whole, our ASCII tag included: the
+# bytes of the encoded text in each. Exchange writes Microsoft's own names for ISO-2022-JP
+# (`_iso-2022-jp$ESC`, code page 50221; `$SIO`, 50222; its charset table holds them);
+# `unknown-8bit` (RFC 1428) and `x-user-defined` label bytes of no known charset; Microsoft's
+# `unicode` is UTF-16 (little-endian, with or without its byte order mark).
+UNKNOWN_LABELS = [
+    ("_iso-2022-jp$ESC", "iso-2022-jp", "プリンターが詰まる"),
+    ("_iso-2022-jp$SIO", "iso-2022-jp", "プリンターが詰まる"),
+    ("unknown-8bit", "latin-1", "Drucker für Köln"),
+    ("x-user-defined", "cp1252", "Imprimante bloquée"),
+    ("unicode", "utf-16", "Принтер"),
+    ("unicode", "utf-16-le", "Принтер"),
+]
+
+
+@pytest.mark.parametrize(("label", "codec", "text"), UNKNOWN_LABELS)
+def test_a_tag_in_an_encoded_word_of_an_unknown_charset_threads(
+        harness: Any, label: str, codec: str, text: str) -> None:
+    """An encoded word whose label Python does not know stayed as written, its tag hidden by
+    B encoding: a reply that kept no In-Reply-To or References (a phone's, a web form's)
+    opened a new case. Such a word is read as a body part so labelled is (UTF-16 labels, a
+    byte order mark, else UTF-8); the tag's ASCII reads alike, also split over two words.
+    The agent's next answer under such a Subject continues the case, not tagged twice (it
+    opened a new one, tagged for it)."""
+    tag = f"[ref:{token_of(start_case(harness).one('Subject'))}]"
+
+    def word(raw: str) -> str:
+        return f"=?{label}?B?{base64.b64encode(raw.encode(codec)).decode()}?="
+
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", word(f"RE: {text} {tag}")))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    if "16" not in codec:  # a UTF-16 word split inside the tag is two texts, each with a BOM
+        split = f"{word(f'RE: {text} {tag[:12]}')}\r\n {word(tag[12:])}"
+        r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", split))
+        assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", word(f"RE: {text} {tag}")))
+    assert out.case_id == "C-000001"
+    assert out.all("Subject") == [word(f"RE: {text} {tag}")]
+
+
+def test_a_word_of_an_unknown_charset_names_no_case_it_does_not_hold(harness: Any) -> None:
+    """Read leniently, such a word holds only what its bytes hold: a forged or broken tag is
+    no match, and the Subject's text is no tag."""
+    tok = token_of(start_case(harness).one("Subject"))
+    forged = tok[:-1] + ("A" if tok[-1] != "A" else "B")
+    r = harness.inbound(CUSTOMER, TO_SUPPORT,
+                        ("Subject", b_word(f"RE: x [ref:{forged}]", "utf-8").replace(
+                            "=?utf-8?", "=?x-unknown?")))
+    assert r.one("X-Case-Match") == "new"
+    assert r.one("X-Case-Token") == "invalid"
+
+
 # Labels mail carries that Python knows by another name, and a text in each.
 LABELLED_TEXTS = [
     ("windows-874", "cp874", "สอบถามเรื่อง"),  # Thai Outlook

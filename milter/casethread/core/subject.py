@@ -21,7 +21,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from . import mime
@@ -104,17 +104,23 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
 DECODE_MAX = 8192
 
 
-def decode_subject(subject: str) -> str:
+# Reads the bytes of an encoded word whose charset label Python does not know (the bytes, the
+# label): `bodytext.decode_text`, as a text part so labelled is read.
+UnknownCharset = Callable[[bytes, str], str]
+
+
+def decode_subject(subject: str, unknown: UnknownCharset | None = None) -> str:
     """RFC 2047 decoding that never fails: each encoded word is decoded on its own (RFC 2047
     §6), so a word in a charset we do not know, or whose base64 is broken, stays as written
-    while the others are decoded. Bytes a word's charset cannot decode become U+FFFD. Encoded
-    words past the first `DECODE_MAX` characters stay as written.
+    while the others are decoded (a word of an unknown charset is read by `unknown` instead,
+    where given). Bytes a word's charset cannot decode become U+FFFD. Encoded words past the
+    first `DECODE_MAX` characters stay as written.
 
     Raw 8-bit bytes (carried as surrogate escapes) that are not UTF-8 become U+FFFD.
     """
     text = unfold(subject)
     if "=?" in text:
-        text = _decoded(text[:DECODE_MAX]) + text[DECODE_MAX:]
+        text = _decoded(text[:DECODE_MAX], unknown) + text[DECODE_MAX:]
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
@@ -164,14 +170,14 @@ _WORD_PARTS = re.compile(ENCODED_WORD)
 _ENCODED_RUN = re.compile(rf"{ENCODED_WORD}(?:\s*{ENCODED_WORD})*")
 
 
-def _decoded(text: str) -> str:
+def _decoded(text: str, unknown: UnknownCharset | None) -> str:
     """`text` with its encoded words decoded; the text around them stays as written (raw
     UTF-8 beside an encoded word, as SMTPUTF8 clients write, too)."""
     out: list[str] = []
     end = 0
     for run in _ENCODED_RUN.finditer(text):
         out.append(text[end:run.start()])
-        out.append(_decoded_run(run.group()))
+        out.append(_decoded_run(run.group(), unknown))
         end = run.end()
     out.append(text[end:])
     return "".join(out)
@@ -182,33 +188,43 @@ class _Word(NamedTuple):
     end: int
     codec: str | None  # None: the word cannot be decoded
     data: bytes
+    label: str = ""  # a charset label Python does not know, which `unknown` reads (no codec)
 
 
-def _decoded_run(run: str) -> str:
+def _decoded_run(run: str, unknown: UnknownCharset | None) -> str:
     """A run of encoded words, decoded. Neighbouring words of one charset are decoded together
     (clients split a character over two words); words that cannot be decoded stay as written,
     with the blanks around them."""
     out: list[str] = []
     end = 0
     kept = False
-    for codec, group in itertools.groupby(_words(run), key=lambda word: word.codec):
+    for (codec, label), group in itertools.groupby(_words(run, unknown),
+                                                   key=lambda word: (word.codec, word.label)):
         words = list(group)
         start = words[0].start
-        if codec is None or kept:
+        text = _read(b"".join(word.data for word in words), codec, label, unknown)
+        if text is None or kept:
             out.append(run[end:start])
-        if codec is None:
-            out.append(run[start:words[-1].end])
-        else:
-            out.append(b"".join(word.data for word in words).decode(codec, "replace"))
-        kept, end = codec is None, words[-1].end
+        out.append(run[start:words[-1].end] if text is None else text)
+        kept, end = text is None, words[-1].end
     return "".join(out)
 
 
-def _words(run: str) -> Iterator[_Word]:
+def _read(data: bytes, codec: str | None, label: str,
+          unknown: UnknownCharset | None) -> str | None:
+    """Encoded words' bytes as text, or None when they stay as written."""
+    if codec is not None:
+        return data.decode(codec, "replace")
+    return unknown(data, label) if label and unknown is not None else None
+
+
+def _words(run: str, unknown: UnknownCharset | None) -> Iterator[_Word]:
     for word in _WORD_PARTS.finditer(run):
         codec = mime.codec_for(word.group(1))
         data = _word_bytes(word.group(2), word.group(3))
-        if codec is None or data is None:
+        if data is not None and codec is None and unknown is not None:
+            yield _Word(word.start(), word.end(), None, data, word.group(1))
+        elif codec is None or data is None:
             yield _Word(word.start(), word.end(), None, b"")
         else:
             yield _Word(word.start(), word.end(), codec, data)
@@ -242,13 +258,14 @@ def variants(subject: str) -> tuple[str, ...]:
     return (text,) if decoded is None else (text, decoded)
 
 
-def decoded_if_encoded(text: str) -> str | None:
-    """Unfolded `text` RFC 2047-decoded, or None when decoding changes nothing. Only the first
-    `DECODE_MAX` characters: a hostile 100 KB subject would cost a tenth of a second."""
+def decoded_if_encoded(text: str, unknown: UnknownCharset | None = None) -> str | None:
+    """Unfolded `text` RFC 2047-decoded (`decode_subject`), or None when decoding changes
+    nothing. Only the first `DECODE_MAX` characters: a hostile 100 KB subject would cost a
+    tenth of a second."""
     if "=?" not in text:
         return None
     head = text[:DECODE_MAX]
-    decoded = decode_subject(head)
+    decoded = decode_subject(head, unknown)
     return decoded if decoded != head else None
 
 
