@@ -152,6 +152,14 @@ def test_things_that_must_not_be_stripped(subject: str) -> None:
         # A non-list tag ends the leading run: what follows it is kept.
         ("[Ticket#12] Re: Printer", "[Ticket#12] Re: Printer"),
         ("Re: [Case C-1] Printer", "[Case C-1] Printer"),
+        # Spam filters' default tags (Amavis, SpamAssassin, MailScanner), in that run only.
+        ("***SPAM*** Re: Printer", "Printer"),
+        ("RE: *** SPAM *** [EXTERNAL] Printer", "Printer"),
+        ("*****SPAM***** Printer", "Printer"),
+        ("{Spam?} Printer", "Printer"),
+        ("Printer ***SPAM***", "Printer ***SPAM***"),
+        ("**** Important **** Printer", "**** Important **** Printer"),
+        ("**SPAM Printer", "**SPAM Printer"),
     ],
 )
 def test_list_tags_only_in_the_leading_run(subject: str, expected: str) -> None:

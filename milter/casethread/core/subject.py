@@ -11,6 +11,10 @@ List tags: a bracketed tag is stripped only inside that leading run (`[users] Re
 `Re: [users] x`), never later in the subject, and only when it looks like a list name (letters
 and `-_.+`, no digits, no blanks, at most 40 chars). So `[EXTERNAL]` and `[python-dev]` go, while
 `[Ticket#123]`, `[Case C-000123]`, `[ref:...]` and `[PATCH 1/2]` stay: those identify something.
+Spam filters' tags go in that run too, in the forms their defaults write besides `[SPAM]`:
+Amavis's `***SPAM***` (also spaced, `*** SPAM ***`), SpamAssassin's `*****SPAM*****`,
+MailScanner's `{Spam?}`. A filter tags a customer's mail it lets through, so a follow-up that
+got the tag and one that did not are one subject.
 
 The stripping is case-insensitive and bounded (at most 50 prefixes/tags), so hostile input stays
 linear.
@@ -77,7 +81,9 @@ _PREFIX = re.compile(
     rf"{_BLANK}*(?:{_WORD_ALT})(?:\[\d{{1,4}}\]|\(\d{{1,4}}\))?\.?{_BLANK}*[:：]{_BLANK}*",
     re.IGNORECASE,
 )
-_LIST_TAG = re.compile(rf"{_BLANK}*\[[^\W\d](?:[^\W\d]|[-.+]){{0,39}}\]{_BLANK}*")
+_LIST_TAG = re.compile(rf"{_BLANK}*(?:\[[^\W\d](?:[^\W\d]|[-.+]){{0,39}}\]"
+                       rf"|\*{{1,5}}{_BLANK}?spam{_BLANK}?\*{{1,5}}|\{{spam\?\}}){_BLANK}*",
+                       re.IGNORECASE)
 _MAX_STRIPS = 50
 _SPACES = re.compile(r"\s+")
 
