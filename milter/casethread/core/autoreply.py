@@ -522,9 +522,10 @@ def _list_manager_notice(msg: Message, fields: Fields) -> bool:
 # Sympa composes its own notices (a confirmation request that attaches the post it holds for
 # us, "Your message has been rejected." quoting its Subject, a command's report) from
 # templates, each with `Auto-Submitted: auto-generated` and a Message-ID of Sympa's own form,
-# `<sympa.TIME.PID.RAND@domain>` (`Sympa::unique_message_id`, Sympa 6.2 and later), from the
-# robot's `sympa@` or the list's `team-request@` and without the list fields
-# `_list_manager_notice` reads. A post Sympa relays keeps its poster's Message-ID.
+# `<sympa.TIME.PID.RAND@domain>` (6.2's `Sympa::unique_message_id`, as the
+# `tools::get_message_id` of earlier versions), from the robot's `sympa@` or the list's
+# `team-request@`, and without the list fields `_list_manager_notice` reads. A post Sympa
+# relays keeps its poster's Message-ID.
 _SYMPA_MESSAGE_ID = re.compile(r"sympa\.\d+\.\d+\.\d+@\S+")
 
 
