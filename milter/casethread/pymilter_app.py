@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import Milter
@@ -33,8 +33,12 @@ log = logging.getLogger("casethread")
 # What we ask the MTA to let us do. libmilter ignores set_flags() when a negotiate callback is
 # registered (pymilter always registers one), so `negotiate` narrows the offer itself.
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY
-# replacebody() chunk: libmilter sends at most 64 KiB per body packet anyway.
-REPLACE_CHUNK = 65536
+# The new body goes out in packets of this many bytes (the last one shorter): libmilter's
+# MILTER_CHUNK_SIZE, the most it sends in one SMFIR_REPLBODY packet (it splits a longer
+# replacebody() in two packets, 65,535 bytes and the rest). Each replacebody() call is a
+# packet, a write and a hand-over of the GIL: one per 64 KiB, not one per splice and stretch
+# between splices (five for a message whose text and HTML parts are stamped).
+REPLACE_CHUNK = 65535
 # Added fields go below every other field (smfi_insheader at an index past the last field:
 # Postfix and Sendmail both append there). Sendmail's smfi_addheader instead puts a field
 # above the first one of the same name, even one just deleted: our X-Case-* fields would take
@@ -61,6 +65,25 @@ class NotGranted(Exception):
 _GRANTS = {AddHeader: (int(Milter.ADDHDRS), "SMFIF_ADDHDRS", "add header fields"),
            ChangeHeader: (int(Milter.CHGHDRS), "SMFIF_CHGHDRS", "change header fields")}
 _BODY_GRANT = (int(Milter.MODBODY), "SMFIF_CHGBODY", "replace the body")
+
+
+def packets(pieces: Iterable[bytes | memoryview], size: int) -> Iterator[bytes]:
+    """`pieces` joined end to end and cut into packets of `size` bytes, the last one shorter;
+    a byte of a view is copied once, into its packet."""
+    batch: list[memoryview] = []
+    held = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            taken = view[: size - held]
+            batch.append(taken)
+            held += len(taken)
+            view = view[len(taken):]
+            if held == size:
+                yield b"".join(batch)
+                batch, held = [], 0
+    if batch:
+        yield b"".join(batch)
 
 
 def _cause(exc: BaseException) -> str | None:
@@ -437,8 +460,11 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
                 self.chgheader(edit.name, edit.index, edit.value)
             self._sent = _Sent.SOME  # once one is out (a refused first one changed nothing)
         if splices:
-            for chunk in iter_spliced(body, splices, REPLACE_CHUNK):
-                self.replacebody(chunk)
+            # A body in memory is cut by views; a spooled one by copies, as a view would keep
+            # its map from closing (BodySpool.close) while an error's traceback holds it.
+            whole = memoryview(body) if isinstance(body, bytes) else body
+            for packet in packets(iter_spliced(whole, splices, REPLACE_CHUNK), REPLACE_CHUNK):
+                self.replacebody(packet)
                 self._sent = _Sent.SOME
         self._sent = _Sent.ALL
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import Milter
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from Milter import testctx
 
 from casethread.core.case_headers import MAX_OWN_FIELDS
@@ -30,10 +32,11 @@ from casethread.core.decision import Decision
 from casethread.core.message import Message
 from casethread.core.model import Direction
 from casethread.core.settings import InboundSettings, MilterSettings, OnError, Settings
+from casethread.core.stamp import apply_splices
 from casethread.core.token import Keyring
 from casethread.engine import BodyPlan, Engine
 from casethread.index import CaseIndexError, MemoryIndex
-from casethread.pymilter_app import APPEND_INDEX, CaseMilter
+from casethread.pymilter_app import APPEND_INDEX, REPLACE_CHUNK, CaseMilter, packets
 
 SUPPORT = "support@example.com"
 HOSTNAME = "mx.test.example.net"
@@ -97,6 +100,7 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
         super().__init__(logfile=logfile)
         self.actions: list[Action] = []
         self.fed: list[tuple[str, str]] = []
+        self.replaced: list[bytes] = []  # each replacebody() call's bytes
 
     def addheader(self, field: str, value: str, idx: int) -> None:
         self.actions.append(("add", field, idx, value))
@@ -105,6 +109,10 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
     def chgheader(self, field: str, idx: int, value: str) -> None:
         self.actions.append(("change", field, idx, value))
         super().chgheader(field, idx, value)
+
+    def replacebody(self, chunk: bytes) -> None:
+        self.replaced.append(bytes(chunk))
+        super().replacebody(chunk)
 
     def _header(self, fld: str, val: Any) -> int:
         self.fed.append((fld, str(val)))
@@ -123,6 +131,7 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
         """MAIL, RCPT, DATA, headers, EOH, body, EOM for one message; the EOM reply."""
         self.actions.clear()
         self.fed.clear()
+        self.replaced.clear()
         return int(self._feedFile(BytesIO(raw), sender, *rcpts))
 
     def headers_after(self) -> list[tuple[str, str]]:
@@ -671,6 +680,56 @@ def test_a_token_after_a_big_attachment_is_found_by_the_milter(rig: Rig) -> None
     assert ctx.feed(raw, "pat@customer.example.org", SUPPORT) == Milter.CONTINUE
     assert ctx.values("X-Case-ID") == ["C-000001"]
     assert ctx.values("X-Case-Match") == ["token"]
+
+
+def agent_mail_with_both_parts(attachment: int) -> bytes:
+    """An agent's reply whose text and HTML parts are both stamped (two splices), with an
+    attachment of `attachment` bytes after them."""
+    pdf = base64.encodebytes(bytes(range(256)) * (attachment // 256))
+    return (b"From: Dana Agent <dana@support.example.com>\n"
+            b"To: Pat Customer <pat@customer.example.org>\n"
+            b"Subject: Your invoice\nMIME-Version: 1.0\n"
+            b'Content-Type: multipart/mixed; boundary="m"\n\n'
+            b'--m\nContent-Type: multipart/alternative; boundary="a"\n\n'
+            b"--a\nContent-Type: text/plain; charset=us-ascii\n\nHello Pat, the invoice.\n"
+            b"--a\nContent-Type: text/html; charset=us-ascii\n\n"
+            b"<html><body><p>Hello Pat, the invoice.</p></body></html>\n--a--\n"
+            b"--m\nContent-Type: application/pdf; name=invoice.pdf\n"
+            b"Content-Transfer-Encoding: base64\n\n" + pdf + b"--m--\n")
+
+
+@pytest.mark.parametrize("attachment", [0, 3000, 200_000])
+def test_the_new_body_goes_out_in_full_packets(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, attachment: int) -> None:
+    """One replacebody() per libmilter body packet (65,535 bytes), the last one shorter: not
+    one per splice and stretch between splices, each a packet, a write and a GIL hand-over."""
+    decided: list[tuple[Message, Decision]] = []
+    process = rig.engine.process
+
+    def processed(msg: Message, *args: Any) -> Decision:
+        decided.append((msg, process(msg, *args)))
+        return decided[-1][1]
+
+    monkeypatch.setattr(rig.engine, "process", processed)
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    raw = agent_mail_with_both_parts(attachment)
+    assert ctx.feed(raw, "dana@support.example.com", "pat@customer.example.org") == (
+        Milter.CONTINUE)
+    ((msg, decision),) = decided
+    assert len(decision.body_splices) == 2, decision.log_fields()
+    new_body = apply_splices(msg.body, decision.body_splices)
+    assert b"".join(ctx.replaced) == new_body
+    assert [len(chunk) for chunk in ctx.replaced[:-1]] == [REPLACE_CHUNK] * (
+        len(ctx.replaced) - 1)
+    assert len(ctx.replaced) == -(-len(new_body) // REPLACE_CHUNK)
+
+
+@given(st.lists(st.binary(max_size=40)), st.integers(min_value=1, max_value=16))
+def test_packets_cut_the_pieces_into_full_packets(pieces: list[bytes], size: int) -> None:
+    sent = list(packets(pieces, size))
+    assert b"".join(sent) == b"".join(pieces)
+    assert all(len(packet) == size for packet in sent[:-1])
+    assert all(0 < len(packet) <= size for packet in sent)
 
 
 def test_the_decision_is_logged_with_the_queue_id(

@@ -189,9 +189,11 @@ def apply_splices(body: Data, splices: tuple[Splice, ...] | list[Splice]) -> byt
 
 
 def iter_spliced(
-    body: Data, splices: tuple[Splice, ...] | list[Splice], chunk_size: int = 1 << 20
-) -> Iterator[bytes]:
-    """The new body in chunks of at most `chunk_size` original bytes (splices whole)."""
+    body: Data | memoryview, splices: tuple[Splice, ...] | list[Splice],
+    chunk_size: int = 1 << 20,
+) -> Iterator[bytes | memoryview]:
+    """The new body in chunks of at most `chunk_size` original bytes (splices whole); slices
+    of a memoryview are views, not copies."""
     pos = 0
     for splice in sorted(splices, key=lambda s: s.start):
         yield from _chunks(body, pos, splice.start, chunk_size)
@@ -201,7 +203,8 @@ def iter_spliced(
     yield from _chunks(body, pos, len(body), chunk_size)
 
 
-def _chunks(body: Data, start: int, end: int, size: int) -> Iterator[bytes]:
+def _chunks(body: Data | memoryview, start: int, end: int,
+            size: int) -> Iterator[bytes | memoryview]:
     for pos in range(start, end, size):
         yield body[pos : min(pos + size, end)]
 
