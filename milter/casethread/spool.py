@@ -22,7 +22,11 @@ from .core.message import Data
 class BodySpool:
     def __init__(self, threshold: int) -> None:
         self._threshold = threshold
-        self._memory = bytearray()
+        # The chunks as the MTA sent them, joined once at the end: a body of one chunk (up to
+        # 64 KiB from Postfix) is never copied, where a bytearray took a copy of each chunk
+        # and another of the whole body.
+        self._chunks: list[bytes] = []
+        self._held = 0
         # Unbuffered: every write reaches the file at once, so a full disk shows in `write`,
         # never later in a flush at end of message.
         self._file: IO[bytes] | None = None
@@ -35,8 +39,9 @@ class BodySpool:
             return False
         if self._file is not None:
             return self._to_file(chunk)
-        self._memory += chunk
-        if len(self._memory) <= self._threshold:
+        self._chunks.append(chunk)
+        self._held += len(chunk)
+        if self._held <= self._threshold:
             return True
         # Over the threshold: the body so far goes from memory to a file.
         try:
@@ -46,10 +51,10 @@ class BodySpool:
             )
         except OSError as exc:
             return self._failed(exc)
-        spilled, self._memory = self._memory, bytearray()
-        return self._to_file(spilled)
+        spilled, self._chunks, self._held = self._chunks, [], 0
+        return all(self._to_file(part) for part in spilled)  # stops at the first failure
 
-    def _to_file(self, data: bytes | bytearray) -> bool:
+    def _to_file(self, data: bytes) -> bool:
         assert self._file is not None
         try:
             _write_all(self._file, data)
@@ -65,7 +70,9 @@ class BodySpool:
     def data(self) -> Data:
         """The whole body; valid until `close()`."""
         if self._file is None:
-            return bytes(self._memory)
+            if len(self._chunks) != 1:
+                self._chunks = [b"".join(self._chunks)]
+            return self._chunks[0]
         if self._map is None:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
@@ -82,10 +89,10 @@ class BodySpool:
         if self._file is not None:
             self._file.close()  # a TemporaryFile is already unlinked: closing frees it
             self._file = None
-        self._memory = bytearray()
+        self._chunks, self._held = [], 0
 
 
-def _write_all(file: IO[bytes], data: bytes | bytearray) -> None:
+def _write_all(file: IO[bytes], data: bytes) -> None:
     """An unbuffered write may be short (a disk that fills up meanwhile): go on, so that it
     ends in all written or in the OSError that says why not."""
     view = memoryview(data)
