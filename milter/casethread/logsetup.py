@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import sys
+import time
 from logging.handlers import SysLogHandler
 
 SYSLOG_ADDRESS = "/dev/log"
@@ -32,7 +33,9 @@ def one_line(text: str) -> str:
     """`text` with its control characters escaped (`\\n`, `\\x1b`): a value taken from mail
     can neither forge a second line nor reach the terminal that shows it (an ESC sequence
     retitles or clears it)."""
-    return _CONTROLS.sub(_escaped, text)
+    # Every control character is unprintable: a printable line (nearly every one) has none,
+    # told by one C loop, where the substitution scanned it in the regex engine.
+    return text if text.isprintable() else _CONTROLS.sub(_escaped, text)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -40,8 +43,22 @@ class OneLineFormatter(logging.Formatter):
     value with a newline or an escape sequence in it cannot forge a second log line or reach
     a terminal."""
 
+    # The milter logs a line per message, most within the second of the line before: the
+    # time's text is made once a second, not once a line.
+    _second: tuple[float, str | None, str] = (-1.0, None, "")
+
     def format(self, record: logging.LogRecord) -> str:
         return one_line(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = record.created // 1
+        held_second, held_fmt, text = self._second
+        if second != held_second or datefmt != held_fmt:
+            text = time.strftime(datefmt or self.default_time_format, self.converter(second))
+            self._second = (second, datefmt, text)
+        if datefmt or not self.default_msec_format:
+            return text
+        return self.default_msec_format % (text, record.msecs)
 
 
 class SyslogFormatter(OneLineFormatter):

@@ -359,8 +359,9 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         # Logged before the edits go out: from the first body chunk to our final reply the
         # MTA holds a half-replaced body (lost by Postfix 3.7 if we die then with
         # milter_default_action = accept), so nothing else happens in between.
-        log.info("queue_id=%s %s%s", msg.envelope.queue_id, decision.log_fields(),
-                 " body=skipped" if self._skipping else "")
+        if log.isEnabledFor(logging.INFO):  # the line's making, for a level that drops it
+            log.info("queue_id=%s %s%s", msg.envelope.queue_id, decision.log_fields(),
+                     " body=skipped" if self._skipping else "")
         if self.metrics is not None:
             self.metrics.observe(decision, time.monotonic() - started)
         if decision.refused:

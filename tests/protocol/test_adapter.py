@@ -742,6 +742,22 @@ def test_the_decision_is_logged_with_the_queue_id(
     assert "message-id-added" in lines[0]
 
 
+def test_a_level_above_info_does_not_make_the_decision_line(
+    rig: Rig, milter_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Decision] = []
+    log_fields = Decision.log_fields
+
+    def counted(decision: Decision) -> str:
+        made.append(decision)
+        return log_fields(decision)
+
+    monkeypatch.setattr(Decision, "log_fields", counted)
+    logging.getLogger("casethread").setLevel(logging.WARNING)
+    send_agent_mail(rig, queue_id="QQUIET")
+    assert made == [] and milter_log.records == []
+
+
 @pytest.mark.parametrize("stamping", [True, False])
 def test_outbound_body_token_threads_whether_or_not_bodies_are_stamped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stamping: bool

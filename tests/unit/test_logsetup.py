@@ -10,11 +10,14 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from logging.handlers import SysLogHandler
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from casethread import logsetup
 
@@ -214,3 +217,48 @@ def test_a_reload_keeps_the_syslog_connection(
     LOG.warning("still on syslog")
     assert received(sock).endswith("still on syslog")
     assert nothing_more(sock)
+
+
+# --------------------------------------------------------------------------- the line's cost
+
+CONTROL_TEXT = st.text(alphabet=st.characters(max_codepoint=0x200), max_size=60)
+
+
+@given(CONTROL_TEXT)
+def test_one_line_escapes_as_the_substitution_does(text: str) -> None:
+    assert logsetup.one_line(text) == logsetup._CONTROLS.sub(logsetup._escaped, text)
+
+
+def test_a_printable_line_skips_the_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refuses:
+        def sub(self, *args: object) -> str:
+            raise AssertionError("a printable line needs no substitution")
+
+    monkeypatch.setattr(logsetup, "_CONTROLS", Refuses())
+    line = "queue_id=4XyZ1abc2 direction=inbound case=C-000042 match=token · Grüße"
+    assert logsetup.one_line(line) == line
+
+
+@given(st.floats(min_value=0, max_value=4e9), st.sampled_from([None, "%H:%M:%S", "%d %b"]))
+def test_the_time_reads_as_the_standard_formatter_writes_it(created: float,
+                                                            datefmt: str | None) -> None:
+    record = logging.makeLogRecord({"created": created, "msecs": created % 1 * 1000 // 1})
+    formatter = logsetup.OneLineFormatter(logsetup.STDERR_FORMAT)
+    for _ in range(2):  # the second time from what the first one kept
+        assert formatter.formatTime(record, datefmt) == (
+            logging.Formatter().formatTime(record, datefmt))
+
+
+def test_the_time_is_made_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[float] = []
+    strftime = time.strftime
+
+    def counted(fmt: str, when: time.struct_time) -> str:
+        made.append(time.mktime(when))
+        return strftime(fmt, when)
+
+    monkeypatch.setattr(time, "strftime", counted)
+    formatter = logsetup.OneLineFormatter(logsetup.STDERR_FORMAT)
+    for created in (1_772_442_900.25, 1_772_442_900.5, 1_772_442_900.75, 1_772_442_901.0):
+        formatter.formatTime(logging.makeLogRecord({"created": created, "msecs": 0}))
+    assert len(made) == 2
