@@ -88,6 +88,18 @@ def test_values_behave_as_frozen_dataclasses() -> None:
         Sample("x", name="y")  # type: ignore[misc]
 
 
+def test_any_field_name_is_stored_as_given() -> None:
+    """The generated __init__ keeps the instance dict in a local of its own: a field named as
+    that local once stored the dict in itself."""
+    @frozen
+    class Named:
+        fields: dict[str, int]
+        store: int = 0
+
+    value = Named({"a": 1}, 2)
+    assert (value.fields, value.store) == ({"a": 1}, 2)
+
+
 def test_only_plain_fields_are_accepted() -> None:
     with pytest.raises(TypeError):
         @frozen

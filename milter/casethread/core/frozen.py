@@ -43,8 +43,10 @@ def frozen(cls: type[T]) -> type[T]:
         else:
             defaults[f"_default_{f.name}"] = f.default
             params.append(f"{f.name}=_default_{f.name}")
-    stores = "".join(f"    fields[{f.name!r}] = {f.name}\n" for f in fields)
-    source = f"def __init__(self, {', '.join(params)}):\n    fields = self.__dict__\n{stores}"
+    # The instance dict's local name is one no field has (a class body mangles `__x`): a
+    # field named like it would be stored as the dict itself.
+    stores = "".join(f"    __store[{f.name!r}] = {f.name}\n" for f in fields)
+    source = f"def __init__(self, {', '.join(params)}):\n    __store = self.__dict__\n{stores}"
     namespace = dict(defaults)
     exec(source, namespace)  # as dataclasses itself writes __init__: the names are fields'
     init = namespace["__init__"]
