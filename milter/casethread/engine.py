@@ -206,12 +206,14 @@ class Engine:
         its body (an agent's reply whose client dropped the Subject tag).
         """
         if direction is Direction.INBOUND:
-            ordinary = sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS
-            if ordinary and not autoreply.reads_body(msg, self._resolver.is_ours):
-                with self.index.snapshot():
-                    found = self._resolver.found_by_headers(msg, self.index, int(self._clock()))
-                if found is not None:
-                    return BodyPlan(0, found)
+            if sum(len(h.name) + len(h.value) for h in msg.headers) <= DRY_RUN_HEADERS:
+                ev = self._resolver.evidence(msg, self.index, int(self._clock()))
+                # The signals read here are the classifier's at end of message (`Found`).
+                if not autoreply.reads_body(msg, self._resolver.is_ours, ev.signals):
+                    with self.index.snapshot():
+                        found = self._resolver.found_by_headers(ev)
+                    if found is not None:
+                        return BodyPlan(0, found)
             return BodyPlan(self.settings.inbound.read_limit)
         if direction is Direction.OUTBOUND:
             stamping = self.settings.stamp.html or self.settings.stamp.text
@@ -323,7 +325,7 @@ class Engine:
             ev.trace.append(_retried(attempt))
         # A delivery report's body is parsed once, for this and for the bounce strategy.
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
-                                                   lambda: ev.tree, self._notices)
+                                                   lambda: ev.tree, self._notices, ev.signals)
         ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
         message_id = msg.get_filled("Message-ID")  # read once: for the log line's note too
         own_id = msgid.first_id(message_id)
@@ -417,8 +419,8 @@ class Engine:
                          for t in targets]
             sender_known = _sender_known(ev, hit.case, [t.case for t in targets])
             # Only automatic mail can be the mail system's report (ordinary mail pays nothing).
-            mail_system = auto != autoreply.NO and autoreply.from_mail_system(msg, auto,
-                                                                              self._notices)
+            mail_system = auto != autoreply.NO and autoreply.from_mail_system(
+                msg, auto, self._notices, ev.signals)
             people = adds_people(hit.match, sender_known, mail_system)
             if mail_system:
                 ev.trace.append("participants: none added: a report of the mail system")

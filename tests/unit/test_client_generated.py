@@ -371,7 +371,7 @@ def test_the_calendar_reply_subject_test_reads_the_text_before_the_colon(
         subject: str, candidate: bool) -> None:
     msg = make_message(PAT, TO_SUPPORT, ("Subject", subject),
                        ("Content-Type", 'multipart/alternative; boundary="cal"'))
-    assert autoreply._imip_candidate(msg) is candidate
+    assert autoreply.read_signals(msg).calendar is candidate
 
 
 def html_forward(block: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
@@ -32,7 +33,8 @@ from casethread.core.addresses import ascii_address, first_address, header_addre
 from casethread.core.case_headers import CaseHeaderNames
 from casethread.core.edits import AddHeader
 from casethread.core.message import Envelope, Header, Message, unfold
-from casethread.core.model import CaseRecord, CaseState
+from casethread.core.model import Alias, AliasKind, CaseRecord, CaseState, Direction
+from casethread.core.resolve import Resolver
 from casethread.core.settings import Settings
 from casethread.engine import Engine
 from casethread.index import MemoryIndex, keys
@@ -422,6 +424,42 @@ def test_outbound_body_is_split_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
+def test_a_reply_s_signals_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classifier, the bounce strategy and the milter's body plan share one read of an
+    inbound mail's signals (`autoreply.Signals`), in one step and in the milter's two."""
+    asked: list[str | None] = []
+    real_is_report = mime.is_report
+
+    def counting(raw: str | None) -> bool:
+        asked.append(raw)
+        return real_is_report(raw)
+
+    # Every reader of a report's Content-Type asks `mime.is_report`.
+    monkeypatch.setattr(mime, "is_report", counting)
+    keyring = token.Keyring([(1, bytes(32))])
+    index = MemoryIndex()
+    settings = dataclasses.replace(Settings(), inbound=dataclasses.replace(
+        Settings().inbound, addresses=("support@example.com",)))
+    engine = Engine(settings, index, keyring, hostname="h.example")
+    case = index.create_case(int(time.time()))
+    env = Envelope("pat@example.org", ("support@example.com",))
+    head = Message(env, (Header("From", "Pat <pat@example.org>"),
+                         Header("To", "support@example.com"),
+                         Header("Subject", f"Re: Hello [ref:{keyring.make(case.number)}]"),
+                         Header("Message-ID", "<1@example.org>"),
+                         Header("Content-Type", 'multipart/mixed; boundary="b"')))
+    body = b"--b\r\nContent-Type: text/plain\r\n\r\nThanks\r\n--b--\r\n"
+    assert engine.process(head.with_body(env, body)).match == "token"
+    assert len(asked) == 1
+    asked.clear()
+    reply = Message(env, (*head.headers[:3], Header("Message-ID", "<2@example.org>"),
+                          *head.headers[4:]))
+    plan = engine.body_wanted(reply, Direction.INBOUND)
+    assert plan.found is not None
+    decision = engine.process(reply.with_body(env, body), Direction.INBOUND, plan.found)
+    assert decision.match == "token" and len(asked) == 1
+
+
 # --- transfer encodings ---------------------------------------------------------------------
 
 
@@ -782,3 +820,126 @@ def test_the_message_at_its_end_keeps_what_its_fields_gave() -> None:
     # A message whose fields were never read has nothing to pass on: worked out when asked.
     fresh = Message(Envelope(), head.headers).with_body(Envelope(), b"")
     assert "_by_name" not in fresh.__dict__ and fresh.get("from") == "a@b.example"
+
+
+# --- auto-reply signals -----------------------------------------------------------------------
+
+# Quiet mail and its near misses: each field's values the signals read, and mail's own.
+SIGNAL_ROLES = (
+    ("From", ["Pat Customer <pat@customer.example>", "MAILER-DAEMON",
+              "Mail Delivery System <MAILER-DAEMON@mx.example>", '"mailer\\-daemon"@mx.example',
+              "mailer(x)-daemon@mx.example", "postmaster@customer.example",
+              '"post\\master"@mx.example', "<>", "MAILER-DAEMON <>", "x@y.example (postmaster)",
+              "quarantine@messaging.microsoft.com", "staff@hotmail.com",
+              "no-reply@sns.amazonaws.com", "notices@gateway.example", "support@example.com"]),
+    ("Subject", ["Re: printer [ref:X]", "Accepted: call", "=?utf-8?q?Accepted=3A?= call",
+                 "Undelivered Mail Returned", "Warning: message 1ABC delayed 24 hours",
+                 "Automatic reply: x", "complaint about message from 192.0.2.1"]),
+    ("Content-Type", ["text/plain", "multipart/mixed; boundary=b", "Multipart/Report",
+                      "multipart/report; report-type=delivery-status; boundary=b",
+                      "multipart/report; report-type=disposition-notification; boundary=b",
+                      "text/calendar; method=REPLY"]),
+    ("Content-Class", ["urn:content-classes:mdn", "urn:content-classes:message",
+                       "urn:content-classes:calendarmessage",
+                       "urn:content-classes:recallmessage"]),
+)
+OTHER_SIGNAL_FIELDS = st.sampled_from([
+    ("Delivered-To", "pat@customer.example"), ("Delivered-To", "Autoresponder"),
+    ("X-Apple-Action", "MOVE_TO_FOLDER/INBOX"), ("Auto-Submitted", "no"),
+    ("Auto-Submitted", "auto-replied"), ("X-Failed-Recipients", "a@b.example"),
+    ("Return-Path", "<>"), ("Return-Path", "<pat@customer.example>"), ("Precedence", "bulk"),
+    ("List-Id", "<team.example.org>"), ("X-Loop", "x"), ("X-List-Administrivia", "yes"),
+    ("X-MS-Exchange-Inbox-Rules-Loop", "support@example.com"),
+    ("X-MS-Exchange-Inbox-Rules-Loop", "pat@customer.example"),
+    ("X-MS-Exchange-RecallReportGenerated", "true"), ("To", "support@example.com"),
+])
+SIGNAL_SENDERS = ["", "<>", " < > ", "pat@customer.example", "MAILER-DAEMON"]
+RETURNED = b"Message-ID: <ours@example.com>\r\nSubject: Printer\r\n\r\nHello\r\n"
+SIGNAL_BODIES = [
+    b"",
+    b"--b\r\nContent-Type: text/plain\r\n\r\nNot delivered.\r\n--b\r\n"
+    b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+    b"Final-Recipient: rfc822; a@b.example\r\nAction: failed\r\n--b\r\n"
+    b"Content-Type: message/rfc822\r\n\r\n" + RETURNED + b"--b--\r\n",
+    b"This is the mail system.\r\n\r\n------ This is a copy of the message\r\n\r\n" + RETURNED,
+    b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nEND:VCALENDAR\r\n",
+]
+# One mail for each thing that makes mail not quiet, beside what is generated.
+NOT_QUIET = [
+    ([("Content-Type", "text/calendar")], "", SIGNAL_BODIES[3]),
+    ([("Content-Type", "multipart/report; boundary=b")], "", SIGNAL_BODIES[1]),
+    ([("From", "staff@hotmail.com"), ("Subject", "complaint about message from 192.0.2.1")],
+     "", b""),
+    ([("From", "quarantine@messaging.microsoft.com")], "", b""),
+    ([("From", "mailer(x)-daemon@mx.example")], "x@mx.example", SIGNAL_BODIES[2]),
+    ([("From", "MAILER-DAEMON <>"), ("Content-Type", "multipart/mixed; boundary=b")], "",
+     SIGNAL_BODIES[1]),
+    ([("Content-Class", "urn:content-classes:mdn")], "", b""),
+    ([("X-MS-Exchange-RecallReportGenerated", "true")], "", b""),
+]
+
+
+@st.composite
+def signal_mail(draw: st.DrawFn) -> tuple[list[tuple[str, str]], str, bytes]:
+    fields = [(name, value) for name, values in SIGNAL_ROLES
+              for value in [draw(st.sampled_from([None, *values]))] if value is not None]
+    fields += draw(st.lists(OTHER_SIGNAL_FIELDS, max_size=2))
+    return fields, draw(st.sampled_from(SIGNAL_SENDERS)), draw(st.sampled_from(SIGNAL_BODIES))
+
+
+def _mail(fields: list[tuple[str, str]], sender: str, body: bytes) -> Message:
+    return Message(Envelope(mail_from=sender), tuple(Header(n, v) for n, v in fields), body)
+
+
+def _general(signals: autoreply.Signals) -> autoreply.Signals:
+    """The same signals, without the one test for quiet mail: the whole path runs."""
+    return dataclasses.replace(signals, quiet=False)
+
+
+@pytest.mark.parametrize("mail", NOT_QUIET)
+def test_what_makes_mail_not_quiet(mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
+    assert not autoreply.read_signals(_mail(*mail)).quiet
+    check_quiet_mail_classified(mail)
+    check_quiet_mail_bounce(mail)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(signal_mail())
+def test_quiet_mail_is_classified_as_through_the_whole_path(
+        mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
+    check_quiet_mail_classified(mail)
+
+
+def check_quiet_mail_classified(mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
+    msg = _mail(*mail)
+    signals = autoreply.read_signals(msg)
+    ours = addresses.cached_matches(addresses.AddressMatcher(("support@example.com",)))
+    notices = addresses.AddressMatcher(("notices@gateway.example",)).matches
+    for known, named in ((None, None), (ours, None), (ours, notices)):
+        assert autoreply.classify_auto_detail(msg, known, None, named, signals) == (
+            autoreply.classify_auto_detail(msg, known, None, named, _general(signals)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(signal_mail())
+def test_the_bounce_strategy_reads_quiet_mail_as_through_the_whole_path(
+        mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
+    check_quiet_mail_bounce(mail)
+
+
+def check_quiet_mail_bounce(mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
+    # A quiet mail is no report or notice of the mail system: its body is not read, and it
+    # names no case, where the mail it could return is recorded.
+    index = MemoryIndex()
+    case = index.create_case(100)
+    index.record([Alias(AliasKind.MESSAGE, "ours@example.com", case.case_id)], 100)
+    resolver = Resolver(Settings(), token.Keyring([(1, bytes(range(32)))]))
+    msg = _mail(*mail)
+    found = []
+    for general in (False, True):
+        ev = resolver.evidence(msg, index, 100)
+        signals = autoreply.read_signals(msg)
+        ev.signals = _general(signals) if general else signals  # type: ignore[misc]
+        hit = resolver.by_bounce(ev)
+        found.append((hit and (hit.case.case_id, hit.match), ev.body_read))
+    assert found[0] == found[1]

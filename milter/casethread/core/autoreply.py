@@ -121,6 +121,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import bodytext, feedback, mime
 from .addresses import first_address
+from .frozen import frozen
 from .message import Message, unfold, without_comments
 from .msgid import first_id
 from .subject import decode_subject
@@ -282,27 +283,31 @@ def is_auto(kind: str) -> bool:
     return kind != NO
 
 
-def classify_auto(msg: Message, ours: Callable[[str], bool] | None = None) -> str:
+def classify_auto(msg: Message, ours: Callable[[str], bool] | None = None,
+                  signals: Signals | None = None) -> str:
     """One of `KINDS` (see the module doc for the signals and their order)."""
-    return classify_auto_detail(msg, ours)[0]
+    return classify_auto_detail(msg, ours, signals=signals)[0]
 
 
 def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None,
                          tree: Callable[[], mime.Part] | None = None,
-                         notices: Callable[[str], bool] | None = None) -> tuple[str, str]:
+                         notices: Callable[[str], bool] | None = None,
+                         signals: Signals | None = None) -> tuple[str, str]:
     """The kind and the signal that decided it (a short name for logs; `""` for `no`).
     `ours` tells our support addresses: a list that is one of them is our own front door.
     `tree` gives the body's MIME structure when the caller keeps one (the engine's, which the
     bounce strategy reads too): a delivery report's body is then parsed once. `notices` tells
-    the senders of mail filters' notices the sysadmin named (`inbound.notice_senders`)."""
-    fields = _signal_fields(msg)
+    the senders of mail filters' notices the sysadmin named (`inbound.notice_senders`).
+    `signals`: the message's `read_signals`, when the caller keeps them."""
+    read = signals if signals is not None else read_signals(msg)
+    if read.quiet and not notice_sender(msg, notices):
+        return NO, ""  # most mail: none of the signals (`Signals.quiet`)
+    fields = read.fields
     if ours is not None and _RULE_FORWARD in fields and _our_rule_only(fields[_RULE_FORWARD], ours):
         # Our own mailbox's inbox rule redirected the mail to us: its fields say what that
         # rule did, nothing of the mail (`_our_rule_only`).
         fields = {name: v for name, v in fields.items() if name not in _EXCHANGE_RULE_HEADERS}
-    null_sender = _null_sender(msg, fields)
-    from_local = _from_local_part(msg)
-    report_type = _report_type(msg)
+    null_sender, from_local, report_type = read.null_sender, read.from_local, read.report_type
 
     # 1. bounce
     if report_type in _DSN_REPORT_TYPES:
@@ -316,20 +321,21 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return notice
     if report_type is not None:  # a read receipt, also one marked auto-replied (RFC 3834 §5)
         return AUTO_GENERATED, "report"
-    exchange = _exchange_notice(msg, fields)  # a read report or a recall without a report
+    # A read report or a recall without a report.
+    exchange = _exchange_notice(read.content_class, fields)
     if exchange:
         return AUTO_GENERATED, exchange
-    provider = feedback.provider(msg)
-    if provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
-        found = _provider_feedback(msg, provider, tree)
+    if read.provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
+        found = _provider_feedback(msg, read.provider, tree)
         if found is not None:
             return found
-    if quarantine_notice(msg):  # Microsoft 365's list of mail it holds for us
+    if _quarantine_sender(read.from_value):  # Microsoft 365's list of mail it holds for us
         return AUTO_GENERATED, "quarantine-notice"
     if notice_sender(msg, notices):  # another filter's, as the sysadmin named its sender
         return AUTO_GENERATED, "notice-sender"
 
-    calendar = _imip_reply(msg, tree)  # an attendee's click: "Accepted: ..."
+    # An attendee's click: "Accepted: ...".
+    calendar = read.calendar and _imip_reply(msg, tree)
     if not (fields or null_sender or from_local == "postmaster"):
         # most mail: none of the signals below can be present
         return (AUTO_GENERATED, "imip-reply") if calendar else (NO, "")
@@ -379,6 +385,56 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     return NO, ""
 
 
+@frozen
+class Signals:
+    """What the classifier and the bounce strategy read of every mail, read once per message
+    (`read_signals`; the engine keeps a message's with its evidence, `resolve.Evidence`):
+    its signal fields (`_signal_fields`), whether it came under the null sender
+    (`_null_sender`), its From lower-cased and the From's local part (`_from_local_part`), a
+    report's type (`_report_type`), the provider whose feedback it may be
+    (`feedback.provider`), its Content-Class lower-cased, and whether it may be a calendar
+    reply (`_imip_candidate`).
+
+    `quiet`: none of them says anything, as for most mail: then the classifier answers `no`
+    (but for a sender of `notices`) and the bounce strategy reads nothing, told in one test
+    where each read them all again (`tests/unit/test_fast_paths.py` checks that a quiet
+    message is decided as by the whole path)."""
+
+    fields: Fields
+    null_sender: bool
+    from_value: str
+    from_local: str
+    report_type: str | None
+    provider: str
+    content_class: str
+    calendar: bool
+    quiet: bool
+
+    @property
+    def postmaster(self) -> bool:
+        """Whether From is postmaster@ (RFC 5321 §4.5.1: the mail system's own address);
+        the local part is only read for a From that holds the word."""
+        return "postmaster" in self.from_value and self.from_local == "postmaster"
+
+
+def read_signals(msg: Message) -> Signals:
+    """The message's `Signals`."""
+    fields = _signal_fields(msg)
+    null_sender = _null_sender(msg, fields)
+    from_field = msg.get("From")
+    from_value = (from_field or "").lower()
+    from_local = _local_part(from_field)
+    report_type = _report_type(msg)
+    provider = feedback.provider(msg, from_value)
+    content_class = (msg.get("Content-Class") or "").lower()
+    calendar = _imip_candidate(msg, content_class)
+    quiet = not (fields or null_sender or report_type is not None or provider or calendar
+                 or from_local in _SYSTEM_SENDERS or _QUARANTINE_SENDER in from_value
+                 or "mdn" in content_class or "recall" in content_class)
+    return Signals(fields, null_sender, from_value, from_local, report_type, provider,
+                   content_class, calendar, quiet)
+
+
 def _signal_fields(msg: Message) -> dict[str, Sequence[str]]:
     """The signal fields the mail has; a vendor's field (`_VENDOR_MARKS`) only when one of its
     values is the vendor's mark, so that its presence is the signal (`_responder_marks`):
@@ -426,12 +482,12 @@ _RECALL_CLASS = "urn:content-classes:recallmessage"
 _RECALL_FIELD = "x-ms-exchange-recallreportgenerated"
 
 
-def _exchange_notice(msg: Message, fields: Fields) -> str:
+def _exchange_notice(content_class: str, fields: Fields) -> str:
     """The signal of an Exchange read report or Outlook recall that is no `multipart/report`
     (`_MDN_CLASS`, `_RECALL_CLASS`, `_RECALL_FIELD`), or `""`. Both are mailed by the reader's
     or the sender's mail system on a click, as a calendar reply is: they thread, and move no
-    case (a recall, sent seconds after a new question, opened a second case for it)."""
-    content_class = (msg.get("Content-Class") or "").lower()
+    case (a recall, sent seconds after a new question, opened a second case for it).
+    `content_class`: the mail's Content-Class, lower-cased ("" without one)."""
     # Outlook's mail says `urn:content-classes:message`: a substring tells it apart.
     if "mdn" in content_class or "recall" in content_class:
         value = _first_token(content_class)
@@ -452,10 +508,9 @@ def _exchange_notice(msg: Message, fields: Fields) -> str:
 _QUARANTINE_SENDER = "quarantine@messaging.microsoft.com"
 
 
-def quarantine_notice(msg: Message) -> bool:
-    """Whether the mail is Microsoft 365's quarantine notification (its From). Cheap for
-    other mail: the From is only parsed when it holds the address."""
-    value = (msg.get("From") or "").lower()
+def _quarantine_sender(value: str) -> bool:
+    """Whether the mail is Microsoft 365's quarantine notification, by its From (`value`,
+    lower-cased). Cheap for other mail: the From is only parsed when it holds the address."""
     return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
 
 
@@ -573,19 +628,17 @@ def _contact_address(value: str) -> list[str]:
     return [found.group(1)] if found is not None else []
 
 
-def is_delivery_notice(msg: Message) -> bool:
+def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
-    mail the bounce strategy reads for the returned message. Cheap for other mail: its From
-    is only parsed when it names a system sender."""
-    fields = msg.present(_NOTICE_FIELDS)
-    null_sender = _null_sender(msg, fields)
-    sender = (msg.get("From") or "").lower()
-    if not (null_sender or "x-failed-recipients" in fields
-            or any(name in sender for name in _SYSTEM_SENDERS)):
+    mail the bounce strategy reads for the returned message. Cheap for other mail: only a
+    From that names a system sender is read further. `signals`: the message's, if kept."""
+    read = signals if signals is not None else read_signals(msg)
+    sender = read.from_value
+    if not (read.null_sender or "x-failed-recipients" in read.fields
+            or "mailer-daemon" in sender or "postmaster" in sender):  # `_SYSTEM_SENDERS`
         return False
-    fields = _signal_fields(msg)  # what `_notice` reads: the responder's marks too
-    return _notice(msg, fields, null_sender, _from_local_part(msg)) is not None
+    return _notice(msg, read.fields, read.null_sender, read.from_local) is not None
 
 
 def has_null_sender(msg: Message) -> bool:
@@ -597,21 +650,13 @@ def has_null_sender(msg: Message) -> bool:
     return _null_sender(msg, msg.present(_NOTICE_FIELDS))
 
 
-def from_postmaster(msg: Message) -> bool:
-    """Whether From is postmaster@ (RFC 5321 §4.5.1: the mail system's own address). Cheap
-    for other mail: its From is only parsed when it holds the word."""
-    value = msg.get("From")
-    return value is not None and "postmaster" in value.lower() and (
-        _from_local_part(msg) == "postmaster")
-
-
-def from_mail_system(msg: Message, kind: str,
-                     notices: Callable[[str], bool] | None = None) -> bool:
+def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | None = None,
+                     signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
-    quarantine notification of mail held for us (`quarantine_notice`), another mail filter's
+    quarantine notification of mail held for us (`_quarantine_sender`), another mail filter's
     notice from a sender the sysadmin named (`notice_sender`), or a list manager's
     notice that our post awaits moderator approval (`list_manager_notice`), also Sympa's
     without list fields (`sympa_notice`: its confirmation request attaches our post); or any other
@@ -622,12 +667,13 @@ def from_mail_system(msg: Message, kind: str,
     gateway's notice that it held or blocked our mail, a LISTSERV notice. Its From is the
     MTA's, the provider's or the list's, and its To our own sender: no people of a case
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
-    case."""
-    return (kind == BOUNCE or _report_type(msg) in _REPORTS_OF_OUR_MAIL
-            or (kind == AUTO_GENERATED and (has_null_sender(msg) or from_postmaster(msg)
-                                            or is_delivery_notice(msg)
-                                            or bool(feedback.provider(msg))
-                                            or quarantine_notice(msg)
+    case. `signals`: the message's, if kept."""
+    read = signals if signals is not None else read_signals(msg)
+    return (kind == BOUNCE or read.report_type in _REPORTS_OF_OUR_MAIL
+            or (kind == AUTO_GENERATED and (read.null_sender or read.postmaster
+                                            or is_delivery_notice(msg, read)
+                                            or bool(read.provider)
+                                            or _quarantine_sender(read.from_value)
                                             or notice_sender(msg, notices)
                                             or list_manager_notice(msg)
                                             or sympa_notice(msg))))
@@ -887,9 +933,9 @@ def _null_from(msg: Message) -> bool:
     return "".join(rest.split()) == ">" and not any(c in name for c in "<>@,;")
 
 
-def _from_local_part(msg: Message) -> str:
-    """The lower-cased local part of From (`MAILER-DAEMON` without a domain counts too)."""
-    value = msg.get("From")
+def _local_part(value: str | None) -> str:
+    """The lower-cased local part of a From (`value`; `MAILER-DAEMON` without a domain counts
+    too)."""
     if value is None:
         return ""
     addr = first_address(value)
@@ -905,27 +951,31 @@ def _report_type(msg: Message) -> str | None:
     return (mime.content_type(value).param("report-type") or "").strip().lower()
 
 
-def reads_body(msg: Message, ours: Callable[[str], bool] | None = None) -> bool:
+def reads_body(msg: Message, ours: Callable[[str], bool] | None = None,
+               signals: Signals | None = None) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields, an SES
     notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`), an
     Exchange rule's forward's first lines (`_forwards_our_mail`; not when the only rule was
-    our own mailbox's, `_our_rule_only`, with `ours` given)."""
-    if (_report_type(msg) in _DSN_REPORT_TYPES or feedback.provider(msg) == feedback.SNS
-            or _imip_candidate(msg)):
+    our own mailbox's, `_our_rule_only`, with `ours` given). `signals`: the message's, if
+    kept."""
+    read = signals if signals is not None else read_signals(msg)
+    if (read.report_type in _DSN_REPORT_TYPES or read.provider == feedback.SNS
+            or read.calendar):
         return True
-    rules = msg.get_all(_RULE_FORWARD)
+    rules = read.fields.get(_RULE_FORWARD, ())
     return bool(rules) and (ours is None or not _our_rule_only(rules, ours))
 
 
-def _imip_candidate(msg: Message) -> bool:
+def _imip_candidate(msg: Message, content_class: str) -> bool:
     """Whether the header fields say the mail may be a calendar reply (iMIP, RFC 6047), whose
     body then tells: a `text/calendar` message, Outlook's and Exchange's `Content-Class:
     urn:content-classes:calendarmessage` (any language), or a multipart message whose Subject
     starts as the calendars' replies do ("Accepted:", "Declined:", "Tentative:", ...). Only
     these have their body read for it, so that the milter's decision at the end of the header
-    section (`Engine.body_wanted`) is the whole message's. Asked of every message, twice:
-    substrings tell most mail apart (a type's name is a token, never split), as
-    `mime.is_report` does; the Content-Type is parsed only for a candidate."""
+    section (`Engine.body_wanted`) is the whole message's. Asked of every message
+    (`read_signals`): substrings tell most mail apart (a type's name is a token, never split), as
+    `mime.is_report` does; the Content-Type is parsed only for a candidate. `content_class`:
+    the Content-Class, lower-cased ("" without one)."""
     content_type = msg.get("Content-Type")
     if content_type is None:
         return False
@@ -937,7 +987,7 @@ def _imip_candidate(msg: Message) -> bool:
     subject = msg.get("Subject") or ""
     plain = subject.isascii() and "=?" not in subject  # as decoded already
     if not (_imip_subject(subject if plain else decode_subject(subject))
-            or _CALENDAR_CLASS in (msg.get("Content-Class") or "").lower()):
+            or _CALENDAR_CLASS in content_class):
         return False
     return mime.media_type(content_type).startswith("multipart/")
 
@@ -965,9 +1015,7 @@ def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
     writes an empty `COMMENT` on a mere click). Such a reply is a click on Accept, Decline
     or Tentative, which the client mails itself: automatic. A counter-proposal
     (`METHOD:COUNTER`, "New Time Proposed:") asks the organizer something and stays a
-    person's mail."""
-    if not _imip_candidate(msg):
-        return False
+    person's mail. Asked of a candidate only (`_imip_candidate`)."""
     top = mime.top_fields(msg.headers)
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
                                             ("text/calendar",), _REPORT_BUDGET,

@@ -92,11 +92,10 @@ class SesNotice:
     returned: bytes
 
 
-def provider(msg: Message) -> str:
-    """`JMRP`, `SNS`, or `""` for other mail. Asked of every message, up to three times: one
-    search of the From tells other mail apart, which is only parsed when it holds one of
-    the senders."""
-    value = (msg.get("From") or "").lower()
+def provider(msg: Message, value: str) -> str:
+    """`JMRP`, `SNS`, or `""` for other mail; `value`: its From, lower-cased ("" without one).
+    Asked of every message (`autoreply.read_signals`): one search of the From tells other
+    mail apart, which is only parsed when it holds one of the senders."""
     if not ("staff@hotmail.com" in value or "complaints@email-abuse" in value
             or "sns.amazonaws.com" in value):  # `_JMRP_SENDERS`, `_SNS_SENDER`
         return ""

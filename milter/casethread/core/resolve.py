@@ -293,7 +293,8 @@ class Evidence:
 
     def with_body(self, msg: Message, now: int) -> Evidence:
         """This evidence for the same mail with its body (`msg`, read at end of message, `now`):
-        what the header fields showed stands, what is still to be read comes from the body."""
+        what the header fields showed stands (and the envelope sender, which SMTP gives before
+        them: the `signals`), what is still to be read comes from the body."""
         if self.body_read:  # what the body showed would be the empty body's
             raise ValueError("evidence that read an empty body")
         self.msg, self.now = msg, now
@@ -305,6 +306,11 @@ class Evidence:
     def case_by_alias(self, kind: AliasKind, key: str) -> CaseRecord | None:
         hit = self.reader.find(kind, key)
         return self.case_by_id(hit.case_id) if hit else None
+
+    @lazy
+    def signals(self) -> autoreply.Signals:
+        """What the classifier and the bounce strategy read of every mail, read once."""
+        return autoreply.read_signals(self.msg)
 
     @lazy
     def list_addresses(self) -> frozenset[str]:
@@ -546,10 +552,9 @@ class Resolver:
             self.note_external_refs(ev)
         return hit
 
-    def found_by_headers(self, msg: Message, reader: CaseReader, now: int) -> Found | None:
-        """This mail's case when `resolve_inbound` finds it without reading the body (`msg`
-        holds the header fields): then a milter need not read the body at all."""
-        ev = self.evidence(msg, reader, now)
+    def found_by_headers(self, ev: Evidence) -> Found | None:
+        """This mail's case when `resolve_inbound` finds it without reading the body (`ev`'s
+        message holds the header fields): then a milter need not read the body at all."""
         hit = self.resolve_inbound(ev)
         return Found(ev, hit) if hit is not None and not ev.body_read else None
 
@@ -770,9 +775,12 @@ class Resolver:
         (`feedback.provider`) too: a JMRP complaint by the copy of our mail it attaches, an
         SES notification by SNS by the fields of our mail its JSON names. Other mail's body
         is not read here."""
-        report = mime.is_report(ev.msg.get("Content-Type"))
-        notice = not report and autoreply.is_delivery_notice(ev.msg)
-        provider = "" if report or notice else feedback.provider(ev.msg)
+        signals = ev.signals
+        if signals.quiet:
+            return None  # most mail: nothing says it is a report or the mail system's
+        report = signals.report_type is not None  # `mime.is_report`
+        notice = not report and autoreply.is_delivery_notice(ev.msg, signals)
+        provider = "" if report or notice else signals.provider
         if provider == feedback.SNS:
             found = feedback.ses_notice(ev.msg, ev.tree)
             return self._bounce_part(ev, found.returned) if found is not None else None
@@ -804,17 +812,17 @@ class Resolver:
         its out-of-office names what it answers in its Subject). Else its body is not read here: an
         out-of-office under the null sender whose Subject holds our token is resolved by its
         header fields, and the milter skips its body."""
-        # The null sender first: asked of every inbound mail that is no report or notice, it
-        # is mostly a string compare, and the Content-Type (`ev.top` reads all MIME fields)
-        # is then looked at only for the few that come under it. postmaster@ under a sender of
-        # its own is the mail system too (InterScan MSS, a gateway whose notice has a subject
-        # in its own language and the mail attached).
-        if not (autoreply.has_null_sender(ev.msg) or autoreply.from_postmaster(ev.msg)):
+        # The null sender first (read with the signals), and the Content-Type (`ev.top` reads
+        # all MIME fields) is then looked at only for the few that come under it. postmaster@
+        # under a sender of its own is the mail system too (InterScan MSS, a gateway whose
+        # notice has a subject in its own language and the mail attached).
+        signals = ev.signals
+        if not (signals.null_sender or signals.postmaster):
             return False
         kind = mime.media_type(ev.top.content_type)
         if not (kind.startswith(("multipart/", "message/")) and kind != "multipart/alternative"):
             return False
-        return autoreply.classify_auto(ev.msg, self.is_ours) != autoreply.AUTO_REPLIED
+        return autoreply.classify_auto(ev.msg, self.is_ours, signals) != autoreply.AUTO_REPLIED
 
     def _bounce_part(self, ev: Evidence, data: bytes) -> Hit | None:
         """The bounced mail's case, from the header fields it returned: its own Message-ID
