@@ -390,6 +390,34 @@ def test_token_parsing_reads_what_make_wrote() -> None:
     assert keyring.judge("1U" + "0" * 17) == token.MALFORMED  # U is not a symbol
 
 
+SIGNING = [(1, bytes(range(32))), (2, bytes(range(1, 33)))]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.integers(0, 2**64 - 1), st.sampled_from([1, 2, 3]), st.integers(0, 40),
+       st.sampled_from(["", "0", "Z", "o", "U", "-"]), st.booleans())
+def test_a_kept_token_is_judged_as_when_first_seen(number: int, key_id: int, at: int,
+                                                   symbol: str, lower: bool) -> None:
+    # A keyring keeps the tokens that verified: judged again, each is what a keyring that
+    # never saw it judges, and so is any forgery or retyping of it (key 3 is retired).
+    made = token.Keyring([SIGNING[0], SIGNING[1], (3, bytes(32))][key_id - 1:]).make(number)
+    variant = made[:at] + symbol + made[at + 1:] if symbol else made
+    variant = variant.lower() if lower else variant
+    keyring = token.Keyring(SIGNING)
+    for candidate in (made, variant, made, variant):
+        assert keyring.judge(candidate) == token.Keyring(SIGNING).judge(candidate)
+        assert keyring.resolve([candidate]) == token.Keyring(SIGNING).resolve([candidate])
+
+
+def test_only_genuine_tokens_are_kept_and_no_more_than_the_bound() -> None:
+    keyring = token.Keyring(SIGNING)
+    forged = keyring.make(7)[:-1] + ("0" if keyring.make(7)[-1] != "0" else "1")
+    assert keyring.judge(forged) == token.BAD_MAC and not keyring._verified
+    for number in range(token.MAX_KEPT_TOKENS + 5):
+        assert keyring.judge(keyring.make(number)) == number
+    assert 0 < len(keyring._verified) <= token.MAX_KEPT_TOKENS
+
+
 # --- one message ----------------------------------------------------------------------------
 
 
