@@ -26,7 +26,7 @@ from .core import (
 )
 from .core.addresses import AddressMatcher, cached_matches, envelope_address, header_addresses
 from .core.case_headers import CaseHeaderNames, refusal, strip_ours
-from .core.decision import Decision
+from .core.decision import Decision, Step
 from .core.direction import Classifier
 from .core.edits import Edit
 from .core.frozen import frozen
@@ -326,7 +326,7 @@ class Engine:
         # A delivery report's body is parsed once, for this and for the bounce strategy.
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
                                                    lambda: ev.tree, self._notices, ev.signals)
-        ev.trace.append(f"auto: {auto}" + (f" ({why})" if why else ""))
+        ev.trace.append(("auto: {} ({})", (auto, why)) if why else ("auto: {}", (auto,)))
         message_id = msg.get_filled("Message-ID")  # read once: for the log line's note too
         own_id = msgid.first_id(message_id)
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
@@ -415,8 +415,9 @@ class Engine:
             targets = rules.apply(hit.case, reads, automatic=automatic, now=now,
                                   reopen_within=self.settings.cases.reopen_within)
             expect = Expect(unrecorded, (hit.case, *reads.cases.values())) if checking else None
-            ev.trace += [f"rules: {hit.case.case_id} -> {t.case.case_id} {t.action}"
-                         for t in targets]
+            for t in targets:
+                ev.trace.append(("rules: {.case.case_id} -> {.case.case_id} {}",
+                                 (hit, t, t.action)))
             sender_known = _sender_known(ev, hit.case, [t.case for t in targets])
             # Only automatic mail can be the mail system's report (ordinary mail pays nothing).
             mail_system = auto != autoreply.NO and autoreply.from_mail_system(
@@ -583,7 +584,7 @@ class Engine:
         app_id, bad_app_id = outbound.app_case_id(msg, self._names)
         notes: list[str] = ["bad-app-case-id"] if bad_app_id else []
         notes += outbound.repeated_app_fields(msg, self._names)
-        trace: list[str] = [f"app X-Case-ID: {app_id}"] if app_id else []
+        trace: list[Step] = [f"app X-Case-ID: {app_id}"] if app_id else []
         if attempt > 1:
             trace.append(_retried(attempt))
         new_case = recorded = named_merged = False
@@ -701,7 +702,7 @@ class Engine:
             return False
         return True
 
-    def _app_case(self, app_id: str, now: int, trace: list[str],
+    def _app_case(self, app_id: str, now: int, trace: list[Step],
                   notes: list[str], root: bytes | None) -> CaseRecord:
         """The case the app's X-Case-ID names (made when unknown, with the mail's Outlook
         `root` when it has one no case holds, as a case an agent's Outlook mail opens: the
@@ -778,7 +779,7 @@ class Engine:
             notes.append(f"body-not-stamped:{why.replace(' ', '-')}")
         return plan.splices
 
-    def _app_state_change(self, msg: Message, now: int, notes: list[str], trace: list[str],
+    def _app_state_change(self, msg: Message, now: int, notes: list[str], trace: list[Step],
                           merged: bool) -> CaseChange | None:
         """What the app's `X-Case-State` does to the case, if it set one. The mail of a
         ticket merged away (`merged`: it went to the survivor) does not end the survivor:

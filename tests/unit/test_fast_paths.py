@@ -31,6 +31,7 @@ from casethread.core import (
 )
 from casethread.core.addresses import ascii_address, first_address, header_addresses
 from casethread.core.case_headers import CaseHeaderNames
+from casethread.core.decision import Decision
 from casethread.core.edits import AddHeader
 from casethread.core.message import Envelope, Header, Message, unfold
 from casethread.core.model import Alias, AliasKind, CaseRecord, CaseState, Direction
@@ -452,18 +453,9 @@ def test_outbound_body_is_split_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
-def test_a_reply_s_signals_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The classifier, the bounce strategy and the milter's body plan share one read of an
-    inbound mail's signals (`autoreply.Signals`), in one step and in the milter's two."""
-    asked: list[str | None] = []
-    real_is_report = mime.is_report
-
-    def counting(raw: str | None) -> bool:
-        asked.append(raw)
-        return real_is_report(raw)
-
-    # Every reader of a report's Content-Type asks `mime.is_report`.
-    monkeypatch.setattr(mime, "is_report", counting)
+def inbound_reply() -> tuple[Engine, Message, bytes]:
+    """An engine whose index holds a case, and a customer's reply with its token in the
+    Subject (its header fields, and its body)."""
     keyring = token.Keyring([(1, bytes(32))])
     index = MemoryIndex()
     settings = dataclasses.replace(Settings(), inbound=dataclasses.replace(
@@ -476,16 +468,47 @@ def test_a_reply_s_signals_are_read_once(monkeypatch: pytest.MonkeyPatch) -> Non
                          Header("Subject", f"Re: Hello [ref:{keyring.make(case.number)}]"),
                          Header("Message-ID", "<1@example.org>"),
                          Header("Content-Type", 'multipart/mixed; boundary="b"')))
-    body = b"--b\r\nContent-Type: text/plain\r\n\r\nThanks\r\n--b--\r\n"
-    assert engine.process(head.with_body(env, body)).match == "token"
+    return engine, head, b"--b\r\nContent-Type: text/plain\r\n\r\nThanks\r\n--b--\r\n"
+
+
+def test_a_reply_s_signals_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classifier, the bounce strategy and the milter's body plan share one read of an
+    inbound mail's signals (`autoreply.Signals`), in one step and in the milter's two."""
+    asked: list[str | None] = []
+    real_is_report = mime.is_report
+
+    def counting(raw: str | None) -> bool:
+        asked.append(raw)
+        return real_is_report(raw)
+
+    # Every reader of a report's Content-Type asks `mime.is_report`.
+    monkeypatch.setattr(mime, "is_report", counting)
+    engine, head, body = inbound_reply()
+    assert engine.process(head.with_body(head.envelope, body)).match == "token"
     assert len(asked) == 1
     asked.clear()
-    reply = Message(env, (*head.headers[:3], Header("Message-ID", "<2@example.org>"),
-                          *head.headers[4:]))
+    reply = Message(head.envelope, (*head.headers[:3], Header("Message-ID", "<2@example.org>"),
+                                    *head.headers[4:]))
     plan = engine.body_wanted(reply, Direction.INBOUND)
     assert plan.found is not None
-    decision = engine.process(reply.with_body(env, body), Direction.INBOUND, plan.found)
+    decision = engine.process(reply.with_body(reply.envelope, body), Direction.INBOUND,
+                              plan.found)
     assert decision.match == "token" and len(asked) == 1
+
+
+def test_a_reply_s_trace_is_formatted_when_read() -> None:
+    # The milter reads no trace: the steps of a reply's are kept as templates and values,
+    # made the lines f-strings made of them when read (`casethread filter --explain`).
+    engine, head, body = inbound_reply()
+    decision = engine.process(head.with_body(head.envelope, body))
+    assert [step for step in decision.steps if not isinstance(step, str)]
+    assert decision.trace == ("auto: no", "bounce: no match", "token: -> C-000001",
+                              "rules: C-000001 -> C-000001 thread")
+    case = CaseRecord("C-1", 1, CaseState.OPEN, "", 100, 100)
+    assert Decision(Direction.INBOUND, steps=(
+        "as it is", ("{}: -> {.case_id} {}", ("token", case, rules.Action.REOPEN)),
+        ("{} ({})", ("auto", "x")))).trace == (
+        "as it is", f"token: -> {case.case_id} {rules.Action.REOPEN}", "auto (x)")
 
 
 # --- transfer encodings ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .addresses import (
     header_addresses,
     unicode_address,
 )
+from .decision import Step
 from .frozen import frozen
 from .lazy import lazy
 from .message import Message, unfold
@@ -116,8 +117,8 @@ class Evidence:
         self._resolver = resolver
         # Why token-shaped strings failed verification (token.MALFORMED, ...), each reason once.
         self.token_failures: tuple[str, ...] = ()
-        # What each strategy saw, for `casethread filter --explain`.
-        self.trace: list[str] = []
+        # What each strategy saw, for `casethread filter --explain` (`Decision.steps`).
+        self.trace: list[Step] = []
         # Notes for the log line made while deciding and recording the mail.
         self.notes: list[str] = []
         # The highest case number a valid token named that the index holds no case for.
@@ -575,7 +576,8 @@ class Resolver:
         """The first case a strategy of `order` finds, each strategy's answer traced."""
         for name, strategy in order:
             hit = strategy(ev)
-            ev.trace.append(f"{name}: " + (f"-> {hit.case.case_id}" if hit else "no match"))
+            ev.trace.append(("{}: -> {.case.case_id}", (name, hit)) if hit
+                            else name + ": no match")
             if hit is not None:
                 return hit
         return None
