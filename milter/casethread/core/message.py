@@ -104,8 +104,12 @@ class Message:
         """The first field of that name whose value is more than blanks, or None. Sendmail
         hands milters no blank Message-ID, Date or From field (it writes its own there);
         Postfix and `filter` do: passing over them decides alike behind both."""
-        values = self._by_name.get(name.lower(), ())
-        return next((v for v in values if v.strip(" \t\r\n")), None)
+        # A loop, not next() of a generator: Python 3.11 closes a generator left unfinished
+        # by raising GeneratorExit in it when it is freed.
+        for value in self._by_name.get(name.lower(), ()):
+            if value.strip(" \t\r\n"):
+                return value
+        return None
 
     def get_all(self, name: str) -> list[str]:
         values = self._by_name.get(name.lower())
@@ -117,9 +121,16 @@ class Message:
         side: an ordinary reply has fewer fields than the ~30 names the auto-reply signals ask
         about (`dict.keys() & frozenset` walks every name of the frozenset)."""
         index = self._by_name
+        # Loops, not comprehensions (each a function call on Python 3.11).
+        found: dict[str, Sequence[str]] = {}
         if len(index) < len(names):
-            return {name: values for name, values in index.items() if name in names}
-        return {name: index[name] for name in index.keys() & names}
+            for name, values in index.items():
+                if name in names:
+                    found[name] = values
+        else:
+            for name in index.keys() & names:
+                found[name] = index[name]
+        return found
 
     @lazy
     def _prefixes(self) -> dict[str, bool]:

@@ -536,8 +536,12 @@ class Resolver:
             found[1:1] = header_addresses(msg.get_all("Reply-To"))
             if author is not None:
                 found.insert(1, author)
-            return list(dict.fromkeys(a for a in found
-                                      if "@" in a and not is_ours(a) and a not in lists))
+            # A loop, not a generator: every inbound mail's people are read.
+            people = []
+            for a in dict.fromkeys(found):
+                if "@" in a and not is_ours(a) and a not in lists:
+                    people.append(a)
+            return people
         agents = set(header_addresses(msg.get_all("From")))
         found = header_addresses(fields)
         if envelope:
@@ -590,7 +594,7 @@ class Resolver:
         the order they count: the Subject's tags as written, our case anchors (they name the
         mail answered, where an encoded Subject may still hold a case's old tag), then the
         decoded Subject's. A generator: what comes after a valid token is never worked out."""
-        unfolded = [unfold(s) for s in subjects]
+        unfolded = list(map(unfold, subjects))  # no comprehension: a call on Python 3.11
         for text in unfolded:
             yield from find_tokens(text, self._template)
         yield from self._anchors_in(id_values)
@@ -621,8 +625,9 @@ class Resolver:
 
     def by_token(self, ev: Evidence) -> Hit | None:
         # The header fields' tokens come before the body's, which may quote another case's mail.
+        # The ID fields read as they are reached (`map`: no generator left to close).
         candidates = self._header_tokens(
-            (ev.subject,), (ev.msg.get(name) for name in ("In-Reply-To", "References")))
+            (ev.subject,), map(ev.msg.get, ("In-Reply-To", "References")))
         case = ev.case_by_tokens(candidates) or ev.case_by_body_tokens(self._body_tokens(ev))
         return Hit(case, "token") if case else None
 

@@ -244,7 +244,7 @@ def decode_case(case_id: str, data: bytes) -> CaseRecord:
         int(fields.get("sc", created)),
         None if parent is None else str(parent),
         None if merged_into is None else str(merged_into),
-        tuple([str(child) for child in fields.get("ch", ())]),
+        tuple(map(str, fields.get("ch", ()))),  # no comprehension: a call on Python 3.11
         None if followup is None else str(followup),
         _valid_root(fields.get("r")),
         None if follows is None else str(follows),
