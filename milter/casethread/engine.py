@@ -181,7 +181,9 @@ class Engine:
         `direction` (`filter --direction`) is only checked for a redirect, as `process` does."""
         if direction is None:
             direction = self._classifier.classify(msg.envelope)
-        return self._unless_redirect(msg, direction)
+        # Only outbound mail may be a redirect: other mail is asked nothing more.
+        return direction if direction is not Direction.OUTBOUND else (
+            self._unless_redirect(msg, direction))
 
     def _unless_redirect(self, msg: Message, direction: Direction) -> Direction:
         """Outbound mail that is a redirect (Thunderbird's "Redirect", mutt's bounce; RFC 5322
@@ -556,7 +558,8 @@ class Engine:
         for target in targets:
             case = after.get(target.case.case_id, target.case)
             reopened = target.action is rules.Action.REOPEN and case.state is CaseState.OPEN
-            state = "reopened" if reopened else case.state.value
+            # str() of the StrEnum is its value, without the enum's `value` property.
+            state = "reopened" if reopened else str(case.state)
             outcomes.append(inbound.CaseOutcome(case.case_id, state, case.queue or route.queue))
         return outcomes
 

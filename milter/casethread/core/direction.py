@@ -34,7 +34,7 @@ class Classifier:
             return True
         if self._authenticated and env.auth_user:
             return True
-        return self._from_our_network(env.client_address)
+        return bool(self._networks) and self._from_our_network(env.client_address)
 
     def _from_our_network(self, address: str | None) -> bool:
         if not address or not self._networks:

@@ -259,7 +259,8 @@ class Evidence:
     def thread_root(self) -> bytes | None:
         """The Outlook conversation root of the mail's Thread-Index, if it has a valid one:
         read by the strategy, recorded with the mail, kept by a case the mail opens."""
-        raw = thread_index.decode(self.msg.get("Thread-Index") or "")
+        value = self.msg.get("Thread-Index")
+        raw = thread_index.decode(value) if value else None  # most mail: no Thread-Index
         return thread_index.root_of(raw) if raw is not None else None
 
     @lazy
