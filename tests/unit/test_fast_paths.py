@@ -1007,9 +1007,10 @@ def test_what_makes_mail_not_quiet(mail: tuple[list[tuple[str, str]], str, bytes
 
 @settings(max_examples=1500, deadline=None)
 @given(signal_mail())
-def test_quiet_mail_is_classified_as_through_the_whole_path(
+def test_quiet_mail_is_decided_as_through_the_whole_path(
         mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
     check_quiet_mail_classified(mail)
+    check_quiet_mail_bounce(mail)
 
 
 def check_quiet_mail_classified(mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
@@ -1020,13 +1021,6 @@ def check_quiet_mail_classified(mail: tuple[list[tuple[str, str]], str, bytes]) 
     for known, named in ((None, None), (ours, None), (ours, notices)):
         assert autoreply.classify_auto_detail(msg, known, None, named, signals) == (
             autoreply.classify_auto_detail(msg, known, None, named, _general(signals)))
-
-
-@settings(max_examples=1000, deadline=None)
-@given(signal_mail())
-def test_the_bounce_strategy_reads_quiet_mail_as_through_the_whole_path(
-        mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
-    check_quiet_mail_bounce(mail)
 
 
 def check_quiet_mail_bounce(mail: tuple[list[tuple[str, str]], str, bytes]) -> None:
