@@ -26,6 +26,10 @@ repeats its fields, and not on other mail. `--milter` drives each message as the
 (`pymilter_app`): at end of headers its direction and what its header fields resolve (inbound
 mail they resolve is decided without resolving them again), at end of message its decision,
 where by default `Engine.process` does both at once as `bench/core.py` times it.
+`--new-tokens` verifies each message's token as if it were the first time: the keyring's kept
+tokens (`Keyring`, 4,096 at most) are forgotten before each message, as for a reply to a case
+no reply named in a while. By default every reply carries one case's token, as a
+conversation's replies do, and the kept answer is used.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def _as_the_milter(engine: Engine, msg: Message) -> Decision:
 
 
 def run_messages(path: str, count: int, built: int, warmup: int, step: int,
-                 unique: bool, milter: bool = False) -> None:
+                 unique: bool, milter: bool = False, new_tokens: bool = False) -> None:
     """What runs under valgrind: the warm-up, then `count` messages of `path`, of `built`
     made (as many in both runs: making them is no work of the engine's)."""
     now = [START]
@@ -98,6 +102,8 @@ def run_messages(path: str, count: int, built: int, warmup: int, step: int,
         gc.freeze()
         for msg in messages[: warmup + count]:
             now[0] += step
+            if new_tokens:
+                keyring._verified.clear()  # a private of the keyring's: for this count only
             if milter:
                 _check(case, _as_the_milter(engine, msg))
             else:
@@ -121,11 +127,12 @@ def _callgrind_total(args: Sequence[str], out: Path) -> int:
 
 
 def count_path(path: str, count: int, warmup: int, step: int, unique: bool,
-               milter: bool = False) -> int:
+               milter: bool = False, new_tokens: bool = False) -> int:
     """Instructions per message of `path`."""
     flags = ["--warmup", str(warmup), "--step", str(step)]
     flags += ["--unique-boundaries"] if unique else []
     flags += ["--milter"] if milter else []
+    flags += ["--new-tokens"] if new_tokens else []
     with tempfile.TemporaryDirectory(prefix="casethread-callgrind-") as tmp:
         runs = [["--run", path, "-n", str(n), "--built", str(count), *flags]
                 for n in (count, 0)]
@@ -148,25 +155,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="each message its own MIME boundaries")
     parser.add_argument("--milter", action="store_true",
                         help="in the milter's two steps (end of headers, end of message)")
+    parser.add_argument("--new-tokens", action="store_true",
+                        help="verify each message's token as if first seen")
     parser.add_argument("--run", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--built", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
         run_messages(args.run, args.n, args.built, args.warmup, args.step,
-                     args.unique_boundaries, args.milter)
+                     args.unique_boundaries, args.milter, args.new_tokens)
         return 0
     unknown = [p for p in args.paths if p not in PATHS]
     if unknown or args.n < 1:
         parser.error(f"unknown path {unknown[0]!r}" if unknown else "-n must be at least 1")
     shown = (", unique boundaries" if args.unique_boundaries else "") + (
-        ", the milter's two steps" if args.milter else "")
+        ", the milter's two steps" if args.milter else "") + (
+        ", new tokens" if args.new_tokens else "")
     # Both runs find the bytecode written: where one compiled a changed module and the other
     # read what it wrote, the count held the compiling (~2,000 instructions a message).
     for source in (Path(casethread.__file__).parent, BENCH):
         compileall.compile_dir(source, quiet=1)
     for path in args.paths or PATHS:
         per_message = count_path(path, args.n, args.warmup, args.step, args.unique_boundaries,
-                                 args.milter)
+                                 args.milter, args.new_tokens)
         print(f"{path:5} {per_message:>11,} instructions/message  ({PATHS[path]}, "
               f"n={args.n}, step {args.step}{shown})", flush=True)
     return 0
