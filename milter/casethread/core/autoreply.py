@@ -412,9 +412,8 @@ class Signals:
 
     @property
     def postmaster(self) -> bool:
-        """Whether From is postmaster@ (RFC 5321 §4.5.1: the mail system's own address);
-        the local part is only read for a From that holds the word."""
-        return "postmaster" in self.from_value and self.from_local == "postmaster"
+        """Whether From is postmaster@ (RFC 5321 §4.5.1: the mail system's own address)."""
+        return self.from_local == "postmaster"
 
 
 def read_signals(msg: Message) -> Signals:
@@ -631,12 +630,12 @@ def _contact_address(value: str) -> list[str]:
 def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
-    mail the bounce strategy reads for the returned message. Cheap for other mail: only a
-    From that names a system sender is read further. `signals`: the message's, if kept."""
+    mail the bounce strategy reads for the returned message. `signals`: the message's, if
+    kept."""
     read = signals if signals is not None else read_signals(msg)
-    sender = read.from_value
+    # What `_notice` can answer for (cheap for other mail, whose Subject it would decode).
     if not (read.null_sender or "x-failed-recipients" in read.fields
-            or "mailer-daemon" in sender or "postmaster" in sender):  # `_SYSTEM_SENDERS`
+            or read.from_local in _SYSTEM_SENDERS):
         return False
     return _notice(msg, read.fields, read.null_sender, read.from_local) is not None
 
