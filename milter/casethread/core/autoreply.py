@@ -38,9 +38,10 @@ first of this order wins:
    `Delivered-To: Autoresponder`, Mailtraq's `X-POST-MessageClass: 9; Autoresponder`:
    `_VENDOR_MARKS`), a challenge-response system's challenge to our mail (Spam Arrest's
    `X-Spamarrest-noauth`, ChoiceMail's `X-Choicemail-Registration-Request`, Bluebottle's
-   `X-Bluebottle-Request`, with any value: `_CHALLENGE_HEADERS`),
-   `Precedence`/`X-Precedence: auto_reply`, or Exchange's out-of-office
-   pattern (below). An out-of-office reply is `auto-replied`.
+   `X-Bluebottle-Request`, with any value: `_CHALLENGE_HEADERS`), a Salesforce auto-response
+   rule's mail (`X-SFDC-AutoResponse`, with any value: a customer's Email-to-Case
+   acknowledgement of our mail), `Precedence`/`X-Precedence: auto_reply`, or Exchange's
+   out-of-office pattern (below). An out-of-office reply is `auto-replied`.
 3. `auto-generated`: `Auto-Submitted` with any other value except `no` (RFC 3834 §5:
    `auto-generated`, `auto-notified`, and unknown values such as `auto-forwarded`, as RT does:
    a rule's forward may bring our own mail back), `X-Loop` with a value (Znuny honours any
@@ -168,6 +169,12 @@ _VENDOR_MARKS = (
 # `Auto-Submitted: auto-replied`).
 _CHALLENGE_HEADERS = ("x-spamarrest-noauth", "x-choicemail-registration-request",
                       "x-bluebottle-request")
+# Fields whose presence alone marks an auto-reply: the challenges above, and Salesforce's
+# `X-SFDC-AutoResponse` on the mail of an org's auto-response rules (Email-to-Case's
+# acknowledgement; Salesforce's knowledge article 000390062: its Email-to-Case drops mail
+# with the field, whatever its value). A customer whose helpdesk is Salesforce answers our
+# answer with it, our Subject tag kept: as a person's reply it reopened the case.
+_PRESENCE_MARKS = (*_CHALLENGE_HEADERS, "x-sfdc-autoresponse")
 # Who created the transaction RT mails out (RT 3's name, then RT 4's and 5's).
 _RT_ORIGINATOR = ("rt-originator", "x-rt-originator")
 _EXCHANGE_RULE_HEADERS = (
@@ -182,7 +189,7 @@ _SIGNAL_FIELDS = frozenset({
     "x-ms-journal-report", "x-list-administrivia", "x-ms-exchange-recallreportgenerated",
     *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
-    *(name for name, _ in _VENDOR_MARKS), *_CHALLENGE_HEADERS, "list-help", "list-subscribe",
+    *(name for name, _ in _VENDOR_MARKS), *_PRESENCE_MARKS, "list-help", "list-subscribe",
 })
 Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
@@ -721,7 +728,8 @@ def _submitted(fields: Fields) -> list[str]:
 
 def _responder_marks(fields: Fields, submitted: list[str]) -> str:
     """The auto-responder's own mark (RFC 3834's `Auto-Submitted: auto-replied`, X-Autoreply
-    and its kin, a vendor's mark, a challenge-response system's field) the mail carries, or
+    and its kin, a vendor's mark, a challenge-response system's field, Salesforce's
+    auto-response field) the mail carries, or
     `""`."""
     if "auto-replied" in submitted:
         return "auto-submitted"
@@ -731,7 +739,7 @@ def _responder_marks(fields: Fields, submitted: list[str]) -> str:
     for name, _mark in _VENDOR_MARKS:
         if name in fields:  # only with its mark (`_signal_fields`)
             return name
-    for name in _CHALLENGE_HEADERS:
+    for name in _PRESENCE_MARKS:
         if name in fields:  # any value, also an empty one
             return name
     return ""
