@@ -184,6 +184,17 @@ def test_utf16_and_utf32_are_read_in_the_byte_order_they_show() -> None:
     assert texts_of(b"Content-Type: text/plain; charset=utf-16\n\n\x00A\x41\x00") == ["A\u4100"]
 
 
+def test_microsofts_names_of_iso_2022_jp_are_read_as_iso_2022_jp() -> None:
+    """Exchange labels a Japanese part `_iso-2022-jp$ESC` (code page 50221; `$SIO`, 50222),
+    names Python does not know: read as UTF-8, its text was escape sequences and ASCII
+    (`$B@A5a=q(B`), so a `case_ref_pattern` or `external_refs` rule in Japanese never
+    matched it. The ASCII in it (a token line) reads alike either way."""
+    text = "請求書 ｾｲｷｭｳ\n> [ref:X]\n"
+    for label in ("_iso-2022-jp$ESC", '"_ISO-2022-JP$SIO"'):
+        raw = (f"Content-Type: text/plain; charset={label}\n\n").encode()
+        assert texts_of(raw + text.encode("iso2022_jp_ext")) == [text], label
+
+
 def test_a_byte_order_mark_names_the_charset() -> None:
     """As browsers and clients decode (WHATWG Encoding): a BOM wins over the label and over
     none. A UTF-16 HTML part without a charset parameter was read as UTF-8 (its <meta> is not

@@ -6,9 +6,12 @@ header_size_limit), quadratic in the text it searched."""
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Any
+
+import pytest
 
 from casethread.core import routing
 from casethread.core.message import Envelope, Header, Message
@@ -107,3 +110,32 @@ def test_a_subject_rule_reads_an_encoded_subject_decoded() -> None:
         assert router.route(_message(("Subject", subject))).queue == "billing", subject
     assert router.route(_message(("Subject", "=?iso-8859-1?q?Gr=FC=DFe?="))).queue == "raw"
     assert router.route(_message(("Subject", "=?UTF-8?B?R3LDvMOfZQ==?="))).queue == "support"
+
+
+def _word(label: str, codec: str, text: str) -> str:
+    return f"=?{label}?B?{base64.b64encode(text.encode(codec)).decode()}?="
+
+
+# (label, how its bytes are written, the Subject): Exchange re-encodes a Japanese Subject
+# under Microsoft's names for ISO-2022-JP (code pages 50221, 50222); `unknown-8bit` (RFC
+# 1428) labels bytes of no known charset, read as UTF-8 as a body part so labelled is.
+UNKNOWN_LABEL_SUBJECTS = [
+    ("_iso-2022-jp$ESC", "iso2022_jp", "RE: 請求書の再発行"),
+    ("_iso-2022-jp$SIO", "iso2022_jp", "RE: 請求書の再発行"),
+    ("_ISO-2022-JP$ESC", "iso2022_jp_ext", "RE: ｾｲｷｭｳ 請求書の再発行"),
+    ("unknown-8bit", "utf-8", "RE: 請求書の再発行"),
+]
+
+
+@pytest.mark.parametrize(("label", "codec", "subject"), UNKNOWN_LABEL_SUBJECTS)
+def test_a_subject_rule_reads_a_word_of_an_unknown_charset_as_the_token_search_does(
+        label: str, codec: str, subject: str) -> None:
+    """Such a word stayed as written for routing (its B encoding hiding the text), while the
+    token search read it (session 23): a rule for `請求書` sent the customer's mail to the
+    default queue. It is read as the token search reads it, Microsoft's names for ISO-2022-JP
+    as ISO-2022-JP."""
+    router = Router(RoutingSettings(rules=(RoutingRule(queue="billing", subject="請求書"),)))
+    assert router.route(_message(("Subject", _word(label, codec, subject)))).queue == "billing"
+    # A word of another charset's label names nothing it does not hold.
+    other = _word(label, codec, "RE: プリンター")
+    assert router.route(_message(("Subject", other))).queue == "support"

@@ -389,7 +389,8 @@ _BYTE_ORDER_SAMPLE = 16 * 1024
 
 def decode_text(data: bytes, charset: str | None) -> str:
     """A text part's content (transfer-decoded) as text: by its byte order mark, else by its
-    charset label (`part_charset`), else as UTF-8, the likeliest, which reads ASCII alike.
+    charset label (`part_charset`; also Microsoft's names Python does not know, `unicode`,
+    `_iso-2022-jp$ESC`), else as UTF-8, the likeliest, which reads ASCII alike.
 
     Undecodable bytes become U+FFFD. UTF-16 and UTF-32 without a BOM are read in the byte order
     their ASCII characters show (RFC 2781 says big-endian, Windows writes little-endian;
@@ -399,8 +400,9 @@ def decode_text(data: bytes, charset: str | None) -> str:
     """
     label = (charset or "").strip().strip('"').lower()
     codec = mime.codec_for(charset, "utf-8")
-    if codec is None and label in mime.UTF16_LABELS:
-        codec = "utf-16"  # Microsoft's `unicode`, `ucs-2`
+    if codec is None:
+        # Microsoft's `unicode`, `ucs-2`; its names of ISO-2022-JP
+        codec = "utf-16" if label in mime.UTF16_LABELS else mime.READ_AS.get(label)
     if codec in ("utf-32", "utf-32-le", "utf-32-be") and data.startswith(_UTF32_BOMS):
         return data.decode("utf-32", "replace")
     for bom, sniffed in _BOMS:
