@@ -836,6 +836,27 @@ def test_a_tag_in_full_width_forms_threads(harness: Any) -> None:
     assert out.one("Thread-Topic") == "Printer jam"
 
 
+@pytest.mark.parametrize(("opening", "closing"), [("【", "】"), ("「", "」"), ("〔", "〕")])
+def test_a_tag_in_an_input_methods_brackets_threads(
+        harness: Any, opening: str, closing: str) -> None:
+    """A Chinese input method in its punctuation mode types `[` `]` as `【` `】`, a Japanese one
+    as `「` `」` (`〔` `〕` among its conversions): a customer who types the tag's brackets
+    around the pasted token, in a new mail without In-Reply-To or References, opened a new
+    case. The agent's answer under such a Subject is not tagged a second time."""
+    tag = token_of(start_case(harness).one("Subject"))
+    typed = f"{opening}ref\uff1a{tag}{closing}"
+    r = harness.inbound(CUSTOMER, ("Subject", b_word(f"見積もりの件 {typed}")))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    r = harness.inbound(CUSTOMER, ("Subject", "見積もりの件"),
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        body=f"\u627f\u77e5\u3057\u307e\u3057\u305f\n\n{typed}\n".encode())
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+    out = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: Printer jam {typed}"))
+    assert out.case_id == "C-000001"
+    assert out.one("Subject").count(tag) == 1, out.one("Subject")
+    assert out.one("Thread-Topic") == "Printer jam"
+
+
 # Labels Python does not know, on a Subject re-encoded whole, our ASCII tag included: the
 # bytes of the encoded text in each. Exchange writes Microsoft's own names for ISO-2022-JP
 # (`_iso-2022-jp$ESC`, code page 50221; `$SIO`, 50222; its charset table holds them);

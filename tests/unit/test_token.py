@@ -325,9 +325,48 @@ def test_scanning_reads_full_width_forms_as_ascii() -> None:
     assert tag_pattern(DEFAULT_TEMPLATE).sub("", subject) == "Re: 印刷 more"
     # Other characters still break the bracket; other look-alike brackets are no literal,
     # and a full-width hyphen still breaks the token.
-    for text in (f"{full_width('[')}ref{full_width(';')}{token}]", f"〔ref:{token}〕",
-                 f"[ref:{head}－{tail}]", f"【ref：{token}】"):
+    for text in (f"{full_width('[')}ref{full_width(';')}{token}]", f"〈ref:{token}〉",
+                 f"[ref:{head}－{tail}]", f"『ref：{token}』", f"（ref：{token}）"):
         assert list(find_tokens(text)) == [], text
+
+
+# The brackets CJK input methods write for `[` and `]` in their punctuation mode: Chinese
+# (Microsoft Pinyin, Sogou) `【】`, Japanese (MS-IME, in kana mode) `「」`, and `〔〕` among a
+# Japanese one's conversions of them.
+IME_BRACKETS = [("【", "】"), ("「", "」"), ("〔", "〕")]
+
+
+@pytest.mark.parametrize(("opening", "closing"), IME_BRACKETS)
+def test_scanning_reads_an_input_methods_brackets_as_ascii(opening: str, closing: str) -> None:
+    """A Chinese or Japanese writer who types the tag's brackets around a pasted token gets
+    these (Chinese writers call `【】` the full-width square brackets): `【ref：TOKEN】` read as
+    nothing, and the reply opened a new case, where `［ref：TOKEN］` threaded."""
+    token = RING.make(777_777)
+    head, tail = token[:9], token[9:]
+    texts = [
+        f"Re: 印刷 {opening}ref：{token}{closing}",
+        f"Re: 印刷 {opening}ref:{token}]",
+        f"Re: 印刷 [ref:{token}{closing}",
+        f"> {opening}REF：\u3000{head}\n> {tail}{closing}",
+        f"見積もり{opening}ref:{token}{closing}について",
+    ]
+    for text in texts:
+        assert list(find_tokens(text)) == [token], text
+        assert last_token(text) == token, text
+        assert RING.resolve(find_tokens(text)).case_number == 777_777
+    assert list(find_tokens_at(f"ab {opening}ref:{token}{closing}")) == [(3, token)]
+    # Our tag in these forms is what outbound removes or replaces.
+    assert tag_pattern(DEFAULT_TEMPLATE).sub("", texts[0]) == "Re: 印刷"
+    # The brackets alone, as Japanese text quotes with them, hold no token.
+    assert list(find_tokens(f"「ref」と「{token}」")) == []
+
+
+def test_a_template_with_angle_brackets_reads_a_chinese_input_methods() -> None:
+    """A Chinese input method writes `《` `》` for `<` `>`."""
+    token = RING.make(5)
+    template = " <ref:{token}>"
+    assert list(find_tokens(f"Re: x 《ref：{token}》", template)) == [token]
+    assert list(find_tokens(f"Re: x 【ref：{token}】", template)) == []
 
 
 def test_scanning_with_a_custom_template() -> None:
@@ -395,6 +434,9 @@ ADVERSARIAL = [
     "［ｒｅｆ：" * 200_000,
     "［ref:" + "Ａ" * 1_000_000,
     "［ref:" + "\u3000" * 1_000_000,
+    "【ｒｅｆ：" * 200_000,
+    "「ref:" + "Ａ" * 1_000_000,
+    "「" * 1_000_000,
 ]
 
 

@@ -30,7 +30,9 @@ Where tokens appear
   breaks (each optionally followed by a quote prefix such as ``> `` or ``>> ``) anywhere between
   the brackets, inside the opening literal (``[re`` / ``> f:``) too, as mail clients wrap and
   quote long lines; the full-width forms a CJK input method writes (``［ref：TOKEN］``, the
-  ideographic space) read as their ASCII characters, as NFKC maps them.
+  ideographic space) read as their ASCII characters, as NFKC maps them, and so do the
+  brackets it writes for ``[`` ``]`` in its punctuation mode (``【ref：TOKEN】``, ``「`` ``」``,
+  ``〔`` ``〕``).
 - In-Reply-To / References: the anchor ``<TOKEN.case@DOMAIN>`` (:func:`anchor`,
   :func:`token_from_anchor`).
 
@@ -341,17 +343,26 @@ def check_template(template: str) -> None:
 # Full-width forms (U+FF01-U+FF5E) of the ASCII characters U+0021-U+007E, and the ideographic
 # space: a CJK input method in full-width mode writes the brackets, colon, letters and digits of
 # a retyped or pasted tag so (`［ref：TOKEN］`); NFKC maps each to its ASCII character, one code
-# point to one, so positions in the text stay where they are.
+# point to one, so positions in the text stay where they are. The brackets an input method
+# writes for `[` `]` in its default punctuation mode are read so too, though NFKC keeps them: a
+# Chinese one's `【` `】` (what Chinese writers call the full-width square brackets), a
+# Japanese one's `「` `」`, and `〔` `〕` among its conversions (`【ref：TOKEN】`); and a Chinese
+# one's `《` `》` for `<` `>`. The token is signed: a bracket read leniently names no case
+# the token does not.
 _FULLWIDTH_OFFSET = 0xFEE0
-_FULLWIDTH = str.maketrans({chr(c + _FULLWIDTH_OFFSET): chr(c) for c in range(0x21, 0x7F)})
+_IME_BRACKETS = {"[": "【「〔", "]": "】」〕", "<": "《", ">": "》"}
+# Each ASCII character's other forms.
+_WIDE_FORMS = {chr(c): chr(c + _FULLWIDTH_OFFSET) + _IME_BRACKETS.get(chr(c), "")
+               for c in range(0x21, 0x7F)}
+_FULLWIDTH = str.maketrans({wide: c for c, forms in _WIDE_FORMS.items() for wide in forms})
 
 
 def _literal(text: str) -> str:
-    """A pattern for `text` that also matches the full-width form of each of its characters."""
+    """A pattern for `text` that also matches the other forms of each of its characters."""
     parts = []
     for c in text:
         if "!" <= c <= "~":
-            parts.append(f"[{re.escape(c)}{chr(ord(c) + _FULLWIDTH_OFFSET)}]")
+            parts.append(f"[{re.escape(c + _WIDE_FORMS[c])}]")
         else:
             parts.append(re.escape(c))
     return "".join(parts)
@@ -423,14 +434,18 @@ class _Bracket:
     # (a character class per character is several times slower to search than the literal).
     opening_wide: re.Pattern[str]
     closing: str  # lower case
+    # The other forms of the opening literal's characters, any letter case: where the text
+    # holds none, the literal's own pattern finds every opening (CJK text holds full-width
+    # parentheses and `「」` quotes, rarely a full-width `［ｒｅｆ：`).
+    wide_chars: re.Pattern[str] | None
+
+    def is_wide(self, text: str) -> bool:
+        """Whether `opening_wide` must search `text`."""
+        return not (text.isascii() or self.wide_chars is None
+                    or self.wide_chars.search(text) is None)
 
     def openings(self, text: str) -> Iterator[re.Match[str]]:
-        if text.isascii() or _WIDE.search(text) is None:
-            return self.opening.finditer(text)
-        return self.opening_wide.finditer(text)
-
-
-_WIDE = re.compile("[\uff01-\uff5e]")
+        return (self.opening_wide if self.is_wide(text) else self.opening).finditer(text)
 
 
 # What `_read_candidate` skips between a token's symbols, as a pattern for the opening literal
@@ -453,7 +468,10 @@ def _bracket(template: str) -> _Bracket:
         return re.compile(rf"(?=[\s{_LITERAL_BLANKS}]){_SEPARATORS}".join(words),
                           re.IGNORECASE)
     # The second: each character also in its full-width form (`_FULLWIDTH`).
-    return _Bracket(pattern(re.escape), pattern(_literal), after.strip().lower())
+    wide = "".join(sorted({form for c in before if "!" <= c <= "~"
+                           for form in _WIDE_FORMS[c.lower()] + _WIDE_FORMS[c.upper()]}))
+    return _Bracket(pattern(re.escape), pattern(_literal), after.strip().lower(),
+                    re.compile(f"[{re.escape(wide)}]") if wide else None)
 
 
 def _read_candidate(text: str, start: int, closing: str) -> str | None:
@@ -527,8 +545,7 @@ def last_token(text: str, template: str = DEFAULT_TEMPLATE) -> str | None:
     a whole part (up to 16 MB): 2 million `[ref:` openers before our token took 2.2 s read
     one by one, each a step of a Python loop."""
     bracket = _bracket(template)
-    wide = not (text.isascii() or _WIDE.search(text) is None)
-    pattern = _candidates_pattern(template, wide)
+    pattern = _candidates_pattern(template, bracket.is_wide(text))
     if pattern is None:
         found = deque(find_tokens(text, template), maxlen=1)
         return found[0] if found else None
@@ -584,7 +601,7 @@ def _candidates_pattern(template: str, wide: bool) -> re.Pattern[str] | None:
     bracket = _bracket(template)
     blanks = re.escape(_BLANKS)
     unit = rf"(?:[{blanks}]|[\r\n][{blanks}{_QUOTE_CLASS}]*+)"
-    closes = f"[{re.escape(close)}{chr(ord(close) + _FULLWIDTH_OFFSET)}]"
+    closes = f"[{re.escape(close + _WIDE_FORMS[close])}]"
     reads = (rf"(?=[{_SHAPE_CLASS}{blanks}\r\n{_QUOTE_CLASS}]{{0,{MAX_SPAN - 1}}}+{closes})"
              rf"(?={unit}*+(?:[{_SHAPE_CLASS}]{unit}*+){{{MIN_LENGTH},{MAX_LENGTH}}}+{closes})")
     opening_pattern = bracket.opening_wide if wide else bracket.opening
