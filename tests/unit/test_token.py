@@ -296,11 +296,18 @@ def full_width(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
+# The brackets CJK input methods write for `[` and `]` in their punctuation mode: Chinese
+# (Microsoft Pinyin, Sogou) `【】`, Japanese (MS-IME, in kana mode) `「」`, and `〔〕` among a
+# Japanese one's conversions of them.
+IME_BRACKETS = [("【", "】"), ("「", "」"), ("〔", "〕")]
+
+
 def test_scanning_reads_full_width_forms_as_ascii() -> None:
     """A Japanese or Chinese input method in full-width mode writes the brackets, the colon
     (and letters and digits) of a retyped tag as U+FF01-U+FF5E, which NFKC maps to ASCII,
     and a blank as the ideographic space: `［ref：TOKEN］` read as nothing, and the reply
-    opened a new case."""
+    opened a new case. So did the brackets one writes in its punctuation mode (`IME_BRACKETS`;
+    Chinese writers call `【】` the full-width square brackets), which NFKC keeps."""
     token = RING.make(777_777)
     head, tail = token[:9], token[9:]
     texts = [
@@ -313,52 +320,30 @@ def test_scanning_reads_full_width_forms_as_ascii() -> None:
         f"> [ref:\u3000{head}\u3000{tail}\u3000]",
         f"> ［ｒｅ\n> ｆ：{head}\n> {full_width(tail)}］",
     ]
-    for text in texts:
-        assert list(find_tokens(text)) == [token], text
-        assert RING.resolve(find_tokens(text)).case_number == 777_777
-    # The positions are the text's own: one code point for one.
-    text = f"ab {full_width('[ref:')}{token}]"
-    assert list(find_tokens_at(text)) == [(3, token)]
-    # Our tag in any of these forms is what outbound removes or replaces.
-    assert tag_pattern(DEFAULT_TEMPLATE).sub("", texts[3]) == "Re: x"
-    subject = f"Re: 印刷 ［ｒｅｆ：{full_width(token)}］ more"
-    assert tag_pattern(DEFAULT_TEMPLATE).sub("", subject) == "Re: 印刷 more"
-    # Other characters still break the bracket; other look-alike brackets are no literal,
-    # and a full-width hyphen still breaks the token.
-    for text in (f"{full_width('[')}ref{full_width(';')}{token}]", f"〈ref:{token}〉",
-                 f"[ref:{head}－{tail}]", f"『ref：{token}』", f"（ref：{token}）"):
-        assert list(find_tokens(text)) == [], text
-
-
-# The brackets CJK input methods write for `[` and `]` in their punctuation mode: Chinese
-# (Microsoft Pinyin, Sogou) `【】`, Japanese (MS-IME, in kana mode) `「」`, and `〔〕` among a
-# Japanese one's conversions of them.
-IME_BRACKETS = [("【", "】"), ("「", "」"), ("〔", "〕")]
-
-
-@pytest.mark.parametrize(("opening", "closing"), IME_BRACKETS)
-def test_scanning_reads_an_input_methods_brackets_as_ascii(opening: str, closing: str) -> None:
-    """A Chinese or Japanese writer who types the tag's brackets around a pasted token gets
-    these (Chinese writers call `【】` the full-width square brackets): `【ref：TOKEN】` read as
-    nothing, and the reply opened a new case, where `［ref：TOKEN］` threaded."""
-    token = RING.make(777_777)
-    head, tail = token[:9], token[9:]
-    texts = [
-        f"Re: 印刷 {opening}ref：{token}{closing}",
-        f"Re: 印刷 {opening}ref:{token}]",
-        f"Re: 印刷 [ref:{token}{closing}",
-        f"> {opening}REF：\u3000{head}\n> {tail}{closing}",
-        f"見積もり{opening}ref:{token}{closing}について",
-    ]
+    for opening, closing in IME_BRACKETS:
+        texts += [f"Re: x {opening}ref：{token}{closing}", f"Re: x {opening}ref:{token}]",
+                  f"Re: x [ref:{token}{closing}",
+                  f"> {opening}REF：\u3000{head}\n> {tail}{closing}",
+                  f"見積もり{opening}ref:{token}{closing}について"]
     for text in texts:
         assert list(find_tokens(text)) == [token], text
         assert last_token(text) == token, text
         assert RING.resolve(find_tokens(text)).case_number == 777_777
-    assert list(find_tokens_at(f"ab {opening}ref:{token}{closing}")) == [(3, token)]
-    # Our tag in these forms is what outbound removes or replaces.
-    assert tag_pattern(DEFAULT_TEMPLATE).sub("", texts[0]) == "Re: 印刷"
-    # The brackets alone, as Japanese text quotes with them, hold no token.
-    assert list(find_tokens(f"「ref」と「{token}」")) == []
+    # The positions are the text's own: one code point for one.
+    for opening in ("［", *(opening for opening, _ in IME_BRACKETS)):
+        assert list(find_tokens_at(f"ab {opening}ref:{token}]")) == [(3, token)]
+    # Our tag in any of these forms is what outbound removes or replaces.
+    for text in (texts[3], *texts[8::5]):  # every character, and each bracket's first
+        assert tag_pattern(DEFAULT_TEMPLATE).sub("", text) == "Re: x", text
+    subject = f"Re: 印刷 ［ｒｅｆ：{full_width(token)}］ more"
+    assert tag_pattern(DEFAULT_TEMPLATE).sub("", subject) == "Re: 印刷 more"
+    # Other characters still break the bracket; other look-alike brackets are no literal,
+    # and a full-width hyphen still breaks the token. The brackets alone, as Japanese text
+    # quotes with them, hold no token.
+    for text in (f"{full_width('[')}ref{full_width(';')}{token}]", f"〈ref:{token}〉",
+                 f"[ref:{head}－{tail}]", f"『ref：{token}』", f"（ref：{token}）",
+                 f"「ref」と「{token}」"):
+        assert list(find_tokens(text)) == [], text
 
 
 def test_a_template_with_angle_brackets_reads_a_chinese_input_methods() -> None:
