@@ -8,6 +8,11 @@ from anyone's mail:
   acknowledgement) is told by the presence of `X-SFDC-AutoResponse`, which Salesforce's own
   Email-to-Case reads to drop it; its other mail carries `X-SFDC-LK`, `X-SFDC-User`,
   `X-SFDC-EmailCategory` and no mark of automatic mail;
+- Frappe Helpdesk's `HDTicket` (frappe/helpdesk): its acknowledgement ("Ticket #N: We've
+  received your request"; some versions "[Request received] <the Subject>"), feedback request
+  and inactivity reminder carry `X-Auto-Generated: hd-acknowledgement` (`hd-email-feedback`,
+  `hd-inactivity`) and no other mark (Frappe's mail adds `X-Frappe-Site`); an agent's reply
+  ("Re: <the Subject> (#N)") carries none;
 - GLPI's `NotificationMailing` (`Auto-Submitted: auto-generated`, `X-Auto-Response-Suppress:
   OOF, DR, NDR, RN, NRN` on every notification, its followups to requesters too);
 - Zammad's `Channel::EmailBuild.build`: `X-Loop: yes`, `Precedence: bulk`, `Auto-Submitted:
@@ -90,6 +95,45 @@ def test_a_salesforce_acknowledgement_that_names_no_case_opens_none(harness: Any
     assert r.one("X-Case-Auto") == "auto-replied"
 
 
+FRAPPE_SITE = ("X-Frappe-Site", "https://helpdesk.customer.example.org")
+
+
+@pytest.mark.parametrize("value", ["hd-acknowledgement", "hd-email-feedback", "hd-inactivity"])
+def test_frappe_helpdesks_own_mail_is_auto_generated(value: str) -> None:
+    m = message(("From", f"Customer IT <{HELPDESK}>"), ("To", "support@example.com"),
+                ("Subject", "Ticket #4711: We've received your request"), FRAPPE_SITE,
+                ("X-Auto-Generated", value))
+    assert classify_auto_detail(m) == ("auto-generated", "x-auto-generated")
+
+
+@pytest.mark.parametrize("value", ["", "no", "false"])
+def test_a_negative_x_auto_generated_is_no_mark(value: str) -> None:
+    m = message(("From", f"Kim <{HELPDESK}>"), ("To", "support@example.com"),
+                ("Subject", "Re: Printer jam (#4711)"), FRAPPE_SITE, ("X-Auto-Generated", value))
+    assert classify_auto_detail(m) == ("no", "")
+
+
+def test_frappe_helpdesks_acknowledgement_neither_reopens_nor_opens_a_case(
+        harness: Any) -> None:
+    """Its acknowledgement of our answer, under "[Request received] <our Subject>", reopened
+    the resolved case; under "Ticket #N: We've received your request" (no tag, no
+    In-Reply-To) it opened a new case, which an app's acknowledgement answers in turn."""
+    sent = resolved_case(harness)
+    r = harness.run(message(
+        ("From", f"Customer IT <{HELPDESK}>"), ("To", "support@example.com"),
+        ("Subject", f"[Request received] {sent.one('Subject')}"), FRAPPE_SITE,
+        ("Message-ID", "<hd-ack-1@customer.example.org>"),
+        ("X-Auto-Generated", "hd-acknowledgement")), Direction.INBOUND)
+    assert r.case_id == sent.case_id, r.ours()
+    assert (r.one("X-Case-Auto"), r.one("X-Case-State")) == ("auto-generated", "resolved")
+    r = harness.run(message(
+        ("From", f"Customer IT <{HELPDESK}>"), ("To", "support@example.com"),
+        ("Subject", "Ticket #4712: We've received your request"), FRAPPE_SITE,
+        ("Message-ID", "<hd-ack-2@customer.example.org>"),
+        ("X-Auto-Generated", "hd-acknowledgement")), Direction.INBOUND)
+    assert r.all("X-Case-ID") == [] and r.one("X-Case-Auto") == "auto-generated", r.ours()
+
+
 # Shapes that were already read right: (fields, envelope sender, Subject, expected).
 ALREADY_RIGHT = [
     # GLPI's notification (its acknowledgement and its followups alike).
@@ -104,6 +148,8 @@ ALREADY_RIGHT = [
     # A Zammad agent's article: a person's mail.
     ([("X-Mailer", "Zammad Mail Service")], "<zammad@customer.example.org>",
      "RE: Printer jam [Ticket#31001]", ("no", "")),
+    # A Frappe Helpdesk agent's reply: a person's mail.
+    ([FRAPPE_SITE], "<helpdesk@customer.example.org>", "Re: Printer jam (#4711)", ("no", "")),
 ]
 
 

@@ -58,7 +58,9 @@ first of this order wins:
    `_imip_reply`), a null
    sender (envelope `<>`, or `Return-Path: <>` where no envelope is known), a From of
    `postmaster@...`, RT's
-   `X-FC-Machinegenerated: true`, and RT mail whose `X-RT-Originator` (RT 3:
+   `X-FC-Machinegenerated: true`, Frappe Helpdesk's `X-Auto-Generated` (any value but a
+   negative one: its acknowledgement "Ticket #N: We've received your request", its feedback
+   request and reminder), and RT mail whose `X-RT-Originator` (RT 3:
    `RT-Originator`) is one of our support addresses (RT mails out a transaction we created:
    the AutoReply to the ticket our mail opened, when RT leaves out the `Auto-Submitted:
    auto-replied` its AutoReply action sets, or our own correspondence sent back; an RT
@@ -185,7 +187,8 @@ _EXCHANGE_RULE_HEADERS = (
 # none of them, so they are gathered in one pass instead of one lookup each.
 _SIGNAL_FIELDS = frozenset({
     "x-failed-recipients", "auto-submitted", "precedence", "x-precedence",
-    "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "return-path",
+    "x-auto-response-suppress", "x-loop", "x-fc-machinegenerated", "x-auto-generated",
+    "return-path",
     "x-ms-journal-report", "x-list-administrivia", "x-ms-exchange-recallreportgenerated",
     *_RT_ORIGINATOR,
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
@@ -873,6 +876,10 @@ def _auto_generated(
         return "from-postmaster"
     if any(_first_token(v) == "true" for v in fields.get("x-fc-machinegenerated", ())):
         return "x-fc-machinegenerated"
+    # Frappe Helpdesk's only mark, on its acknowledgement, feedback request and reminder
+    # (`hd-acknowledgement`, ...; its own intake drops mail with it); never on an agent's reply.
+    if any(_first_token(v) not in _NEGATIVE for v in fields.get("x-auto-generated", ())):
+        return "x-auto-generated"
     if ours is not None and _rt_echo(fields, ours):
         return "rt-originator-ours"
     return ""
