@@ -941,6 +941,9 @@ SIGNAL_ROLES = (
                       "multipart/report; report-type=delivery-status; boundary=b",
                       "multipart/report; report-type=disposition-notification; boundary=b",
                       "text/calendar; method=REPLY"]),
+    # FreeScout's auto-reply, told by its Message-ID on quiet mail too, and its agent's reply.
+    ("Message-ID", ["<autoreply-4711-5f4dcc3b5aa765d6@customer.example>",
+                    "<reply-4711-5f4dcc3b5aa765d6@customer.example>"]),
     ("Content-Class", ["urn:content-classes:mdn", "urn:content-classes:message",
                        "urn:content-classes:calendarmessage",
                        "urn:content-classes:recallmessage"]),

@@ -13,6 +13,11 @@ from anyone's mail:
   and inactivity reminder carry `X-Auto-Generated: hd-acknowledgement` (`hd-email-feedback`,
   `hd-inactivity`) and no other mark (Frappe's mail adds `X-Frappe-Site`); an agent's reply
   ("Re: <the Subject> (#N)") carries none;
+- FreeScout's `SendAutoReply` job: a mailbox's auto-reply to a new conversation carries
+  In-Reply-To and References naming the mail that opened it, and no mark of an auto-reply
+  but its Message-ID, `autoreply-THREAD-MD5@domain` (`MailHelper::
+  MESSAGE_ID_PREFIX_AUTO_REPLY`; later versions a 16-digit hash, and a prefix of theirs,
+  `FS_autoreply-...`; FreeScout issue #2445 shows one in a loop with Freshdesk);
 - GLPI's `NotificationMailing` (`Auto-Submitted: auto-generated`, `X-Auto-Response-Suppress:
   OOF, DR, NDR, RN, NRN` on every notification, its followups to requesters too);
 - Zammad's `Channel::EmailBuild.build`: `X-Loop: yes`, `Precedence: bulk`, `Auto-Submitted:
@@ -132,6 +137,48 @@ def test_frappe_helpdesks_acknowledgement_neither_reopens_nor_opens_a_case(
         ("Message-ID", "<hd-ack-2@customer.example.org>"),
         ("X-Auto-Generated", "hd-acknowledgement")), Direction.INBOUND)
     assert r.all("X-Case-ID") == [] and r.one("X-Case-Auto") == "auto-generated", r.ours()
+
+
+FREESCOUT_IDS = ["<autoreply-4711-5f4dcc3b5aa765d61d8327deb882cf99@customer.example.org>",
+                 "<FS_autoreply-4711-5f4dcc3b5aa765d6@customer.example.org>",
+                 " <autoreply-4711-5f4dcc3b5aa765d6@customer.example.org>"]
+
+
+@pytest.mark.parametrize("message_id", FREESCOUT_IDS)
+def test_a_freescout_auto_reply_is_told_by_its_message_id(message_id: str) -> None:
+    m = message(("From", f"Customer IT <{HELPDESK}>"), ("To", "support@example.com"),
+                ("Subject", "Re: Printer jam"), ("Message-ID", message_id),
+                ("In-Reply-To", "<answer-1@support.example.com>"))
+    assert classify_auto_detail(m) == ("auto-replied", "freescout-autoreply")
+
+
+@pytest.mark.parametrize("message_id", [
+    "<autoreply@customer.example.org>", "<autoreply-4711@customer.example.org>",
+    "<autoreply-4711-xyz@customer.example.org>", "<reply-4711-5f4dcc3b5aa765d6@x.example>",
+    "<CAautoreply-4711-5f4dcc3b5aa765d6@mail.gmail.com>",
+    "<conversation-4711-5f4dcc3b5aa765d6@customer.example.org>"])
+def test_other_message_ids_are_no_mark(message_id: str) -> None:
+    """FreeScout's agents' replies (`reply-...`) and notifications are a person's or no
+    auto-reply; an ID that only holds the word is no FreeScout auto-reply's."""
+    m = message(("From", f"Kim <{HELPDESK}>"), ("To", "support@example.com"),
+                ("Subject", "Re: Printer jam"), ("Message-ID", message_id))
+    assert classify_auto_detail(m) == ("no", "")
+
+
+def test_a_freescout_auto_reply_leaves_a_waiting_case_waiting(harness: Any) -> None:
+    """Our answer opens a conversation in the customer's FreeScout, which auto-replies with
+    In-Reply-To naming it: the case waiting for the customer was taken back to open, as if
+    the customer had answered."""
+    sent = harness.outbound(AGENT, TO_HELPDESK, ("Subject", "Printer jam"),
+                            ("Message-ID", "<answer-1@support.example.com>"))
+    harness.set_case(sent.case_id, state=CaseState.WAITING)
+    r = harness.run(message(
+        ("From", f"Customer IT <{HELPDESK}>"), ("To", "support@example.com"),
+        ("Subject", "Re: Printer jam"), ("Message-ID", FREESCOUT_IDS[0]),
+        ("In-Reply-To", "<answer-1@support.example.com>"),
+        ("References", "<answer-1@support.example.com>")), Direction.INBOUND)
+    assert (r.case_id, r.one("X-Case-Match")) == (sent.case_id, "in-reply-to")
+    assert (r.one("X-Case-Auto"), r.one("X-Case-State")) == ("auto-replied", "waiting")
 
 
 # Shapes that were already read right: (fields, envelope sender, Subject, expected).
