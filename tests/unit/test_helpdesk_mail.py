@@ -18,8 +18,10 @@ from anyone's mail:
   but its Message-ID, `autoreply-THREAD-MD5@domain` (`MailHelper::
   MESSAGE_ID_PREFIX_AUTO_REPLY`; later versions a 16-digit hash, and a prefix of theirs,
   `FS_autoreply-...`; FreeScout issue #2445 shows one in a loop with Freshdesk);
-- GLPI's `NotificationMailing` (`Auto-Submitted: auto-generated`, `X-Auto-Response-Suppress:
-  OOF, DR, NDR, RN, NRN` on every notification, its followups to requesters too);
+- GLPI's `NotificationMailing::sendNotification` (`Auto-Submitted: auto-generated`,
+  `X-Auto-Response-Suppress: OOF, DR, NDR, RN, NRN` in every queued notification's headers, a
+  technician's followup to the requester too: such a reply is `auto-generated`, as Zendesk's
+  agents' replies are, README *Known to go wrong*);
 - Zammad's `Channel::EmailBuild.build`: `X-Loop: yes`, `Precedence: bulk`, `Auto-Submitted:
   auto-generated` and `X-Auto-Response-Suppress: All` on notifications and trigger mail
   only; an agent's article carries `X-Mailer: Zammad Mail Service` and nothing else of it,
