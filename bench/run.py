@@ -40,6 +40,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -96,6 +97,7 @@ class Config:
     latency_only: bool = False  # run at 1 session only
     index_sync: str = "full"  # casethread's index.sync
     noop_args: tuple[str, ...] = ()  # bench/noop_milter.py's options
+    baseline: bool = False  # the code of --baseline DIR, not this checkout's
 
 
 CONFIGS: dict[str, Config] = {
@@ -105,6 +107,8 @@ CONFIGS: dict[str, Config] = {
         Config("noop", "no-op pymilter, unix", "unix"),
         Config("noop-nr", "no-op, no-reply steps, unix", "unix", noop_args=("--no-reply",)),
         Config("ct-unix", "casethread, unix", "unix", casethread=True),
+        Config("ct-unix-base", "casethread, unix, baseline", "unix", casethread=True,
+               baseline=True),
         Config("ct-unix-async", "casethread, unix, index.sync async", "unix", casethread=True,
                index_sync="async"),
         Config("ct-tcp", "casethread, TCP + NODELAY", "inet", casethread=True),
@@ -344,6 +348,37 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+class SwitchCounter:
+    """The context switches of a process and all its threads, those started and ended
+    meanwhile included (libmilter's), counted by `perf stat` from `start` to `stop`; None
+    without perf. /proc counts them per thread, and loses a thread's when it ends."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._out = Path(tempfile.mkstemp(prefix="casethread-perf-", suffix=".csv")[1])
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SwitchCounter:
+        perf = shutil.which("perf")
+        if perf is not None:
+            self._proc = subprocess.Popen(
+                [perf, "stat", "-x", ",", "-e", "context-switches", "-p", str(self._pid),
+                 "-o", str(self._out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)  # attached before the load starts
+        return self
+
+    def stop(self) -> int | None:
+        try:
+            if self._proc is None:
+                return None
+            self._proc.send_signal(signal.SIGINT)
+            self._proc.wait(timeout=10)
+            found = re.search(r"^(\d+),[^,]*,context-switches", self._out.read_text(), re.M)
+            return int(found.group(1)) if found else None
+        finally:
+            self._out.unlink(missing_ok=True)
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (not idle, not waiting for I/O)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -358,7 +393,7 @@ def service_sets_nodelay() -> bool:
 
 
 def start_milters(
-    names: Sequence[str], work: Path, key_path: Path
+    names: Sequence[str], work: Path, key_path: Path, baseline: Path | None = None
 ) -> tuple[dict[str, RunningMilter], str]:
     """Start every milter configuration; returns them and the inbound mail's token."""
     config_path = work / "casethread.yaml"
@@ -393,7 +428,10 @@ def start_milters(
                     argv = [sys.executable, str(CT_SERVE), mode, "serve",
                             "--config", str(config_path), "--socket", sock.libmilter,
                             "--index", str(index)]
-            proc = MilterProcess(argv, None, sock, log_path=log_path, cwd=work)
+            env = None
+            if cfg.baseline and baseline is not None:
+                env = {**os.environ, "PYTHONPATH": str(baseline.resolve() / "milter")}
+            proc = MilterProcess(argv, env, sock, log_path=log_path, cwd=work)
             running[name] = RunningMilter(cfg, sock, proc, index)
             proc.start()
             if cfg.casethread and cfg.socket_kind == "inet":
@@ -453,6 +491,7 @@ class Sample:
     rss_kb: int | None
     milter_cpu_s: float | None  # the milter process's CPU over the measurement
     busy_cpu_s: float  # the whole machine's busy CPU over the measurement
+    milter_switches: int | None = None  # the milter's context switches over the measurement
 
     @property
     def msgs_per_s(self) -> float:
@@ -490,6 +529,7 @@ class Bench:
                 "-M", HELO, f"127.0.0.1:{port}"]
         target = self.delivered + wl.count
         milter_cpu = milter.cpu_s() if milter is not None else None
+        switched = SwitchCounter(milter.proc.pid).start() if milter is not None else None
         busy = machine_busy_s()
         start = time.monotonic()
         result = subprocess.run(argv, capture_output=True, timeout=60 + wl.count, check=False)
@@ -508,6 +548,7 @@ class Bench:
         if milter is not None and milter_cpu is not None:
             after = milter.cpu_s()
             milter_cpu = after - milter_cpu if after is not None else None
+        switches = switched.stop() if switched is not None else None
         self.delivered = target
         self._check_maillog(config)
         if milter is not None:
@@ -515,7 +556,7 @@ class Bench:
         time.sleep(SETTLE_S)
         return Sample(config, wl.direction, wl.size, wl.sessions, wl.count, round_no,
                       done - start, accepted, milter.rss_kb() if milter else None,
-                      milter_cpu, busy)
+                      milter_cpu, busy, switches)
 
     def _check_maillog(self, config: str) -> None:
         """A milter that failed (Postfix then defers the mail with contrib's tempfail, or would
@@ -568,6 +609,8 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
         milter_cpu = [1000 * s.milter_cpu_s / s.messages for s in group
                       if s.milter_cpu_s is not None]
         busy = [1000 * s.busy_cpu_s / s.messages for s in group]
+        switches = [s.milter_switches / s.messages for s in group
+                    if s.milter_switches is not None]
         rows.append({
             "kind": "result", **meta,
             "config": config, "config_title": CONFIGS[config].title,
@@ -583,6 +626,8 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
             # delivery. On a saturated machine the second is what throughput pays.
             "milter_cpu_ms": round(_median(milter_cpu), 3) if milter_cpu else None,
             "busy_cpu_ms": round(_median(busy), 3),
+            # Context switches of the milter's threads per message (median over rounds).
+            "milter_switches": round(_median(switches), 1) if switches else None,
             "samples": [{"round": s.round, "msgs_per_s": round(s.msgs_per_s, 1),
                          "latency_ms": round(s.latency_ms, 2)} for s in group],
         })
@@ -640,7 +685,7 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
     header = (f"{'direction':9} {'size':4} {'sess':>4}  {'configuration':26} "
               f"{'msg/s (min-max)':>22} {'ms/msg':>7} {'+ms':>6} {'/none':>6} {'/noop':>6} "
               f"{'/nr':>6} "
-              f"{'/unix':>6} {'cpu:milter':>10} {'cpu:all':>7}")
+              f"{'/unix':>6} {'cpu:milter':>10} {'cpu:all':>7} {'cs:milter':>9}")
     print(header)
     print("-" * len(header))
     previous = None
@@ -658,9 +703,11 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, Any], meta: dict[
         print(f"{r['direction']:9} {r['size']:4} {r['sessions']:>4}  {r['config_title']:26} "
               f"{rate:>22} {r['latency_ms']:7.1f} {added:>6} {two(r['vs_none']):>6} "
               f"{two(r['vs_noop']):>6} {two(r['vs_noop_nr']):>6} {two(r['vs_ct_unix']):>6} "
-              f"{two(r['milter_cpu_ms']):>10} {two(r['busy_cpu_ms']):>7}")
+              f"{two(r['milter_cpu_ms']):>10} {two(r['busy_cpu_ms']):>7} "
+              f"{r['milter_switches'] if r['milter_switches'] is not None else '-':>9}")
     print("/nr = against the no-op milter with casethread's no-reply steps; cpu:milter / cpu:all "
-          "= CPU ms per message used by the milter process / by the whole machine (medians)")
+          "= CPU ms per message used by the milter process / by the whole machine; cs:milter = the "
+          "milter's context switches per message (medians)")
     print()
     print("targets (medians of this run):")
     for c in targets["checks"]:
@@ -721,11 +768,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="workload filter, e.g. 'outbound', '60k', '1' (sessions); "
                         "comma-separated terms must all match: 'outbound,60k,20'")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines appended here")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other code (git worktree add DIR COMMIT) that "
+                             "ct-unix-base runs, to alternate with this one's in one run")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
+    if ("ct-unix-base" in names) != (args.baseline is not None):
+        parser.error("ct-unix-base and --baseline DIR go together")
+    if args.baseline is not None and not (args.baseline / "milter" / "casethread").is_dir():
+        parser.error(f"--baseline {args.baseline}: no milter/casethread in it")
     args.names = names
     return args
 
@@ -754,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     started = time.monotonic()
     with terminate_on_sigterm():
-        samples = measure(args.names, plan, workloads)
+        samples = measure(args.names, plan, workloads, args.baseline)
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["loadavg_end"] = loadavg()
     rows = summarise(samples, meta)
@@ -770,7 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def environment(names: Sequence[str], warmup: int) -> Iterator[Bench]:
+def environment(names: Sequence[str], warmup: int,
+                baseline: Path | None = None) -> Iterator[Bench]:
     """Milters, smtp-sink and Postfix, warmed up; all stopped on the way out, errors or not."""
     work = postfix_accessible_dir("casethread-bench-")
     sink = Sink(free_port())
@@ -779,7 +834,7 @@ def environment(names: Sequence[str], warmup: int) -> Iterator[Bench]:
     try:
         key_path = work / "bench.key"
         write_key_file(key_path)
-        running, token = start_milters(names, work, key_path)
+        running, token = start_milters(names, work, key_path, baseline)
         files: dict[tuple[str, str], Path] = {}
         for direction in messages.DIRECTIONS:
             for size in messages.SIZES:
@@ -811,9 +866,10 @@ def environment(names: Sequence[str], warmup: int) -> Iterator[Bench]:
             raise errors[0]
 
 
-def measure(names: Sequence[str], plan: Plan, workloads: Sequence[Workload]) -> list[Sample]:
+def measure(names: Sequence[str], plan: Plan, workloads: Sequence[Workload],
+            baseline: Path | None = None) -> list[Sample]:
     samples: list[Sample] = []
-    with environment(names, plan.warmup) as bench:
+    with environment(names, plan.warmup, baseline) as bench:
         for round_no in range(1, plan.rounds + 1):
             # Rotate the order each round, so no configuration always runs first or last.
             shift = (round_no - 1) % len(names)
