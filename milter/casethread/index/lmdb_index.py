@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import lmdb
@@ -47,6 +48,17 @@ T = TypeVar("T")
 
 # Group commit: bodies per write transaction, so one transaction stays short.
 MAX_BATCH = 256
+
+
+class _IdTaken(Exception):
+    """A generated case id some case holds already (one adopted under an id of our format):
+    the new case is made again, its id allocated past every such one."""
+
+
+def _untested(case_id: str) -> bool:
+    """A generated id taken as free: the new case's write (`overwrite=False`) tells, in the
+    same py-lmdb call, where a read first would be one more (each releases the GIL)."""
+    return False
 
 
 def _change_case(txn: lmdb.Transaction[bytes], db: SharedEnv, case_id: str,
@@ -290,7 +302,6 @@ class LmdbIndex:
                 try:
                     shared.check_readers_now_and_then()
                     txn = self._begin_write(shared)
-                    seen = shared.map_size()
                     try:
                         for item in batch:
                             item.run(shared, txn, nested=len(batch) > 1)
@@ -302,7 +313,8 @@ class LmdbIndex:
                         # abort (and grow) with the gate drained instead.
                         with gate.upgrade():
                             txn.abort()
-                            if not isinstance(exc, lmdb.MapFullError) or not shared.grow(seen):
+                            if not isinstance(exc, lmdb.MapFullError) or not shared.grow(
+                                    self._filled(shared)):
                                 raise
                 finally:
                     gate.leave()
@@ -315,6 +327,14 @@ class LmdbIndex:
                 item.result, item.error = None, exc
         for item in batch:
             item.done = True
+
+    @staticmethod
+    def _filled(shared: SharedEnv) -> int:
+        """The map size a write found full, read once it failed rather than before each write
+        (`info()` releases the GIL: under load a thread switch a message). The same figure:
+        only the writer, holding the writer lock, or a thread alone in the gate (`adopt`, never
+        while the writer is inside) resizes this process's map."""
+        return shared.map_size()
 
     def _begin_write(self, shared: SharedEnv) -> lmdb.Transaction[bytes]:
         """A write transaction; the caller is inside the gate and holds the writer lock."""
@@ -426,7 +446,7 @@ class LmdbIndex:
             if existing is not None:
                 return existing
 
-        def create(txn: lmdb.Transaction[bytes], db: SharedEnv) -> CaseRecord:
+        def create(txn: lmdb.Transaction[bytes], db: SharedEnv, careful: bool) -> CaseRecord:
             if case_id is not None:
                 raw = txn.get(case_id.encode(), db=db.cases)
                 if raw is not None:  # adopted by another thread or process meanwhile
@@ -434,8 +454,9 @@ class LmdbIndex:
             raw = txn.get(META_COUNTER, db=db.meta)
             counter = 0 if raw is None else keys.NUMBER.unpack(raw)[0]
             number, new_id = self._ids.allocate(
-                counter, case_id, lambda cid: txn.get(cid.encode(), db=db.cases) is not None,
-                number_above,
+                counter, case_id,
+                (lambda cid: txn.get(cid.encode(), db=db.cases) is not None) if careful
+                else _untested, number_above,
             )
             record = keys.new_case(new_id, number, now, queue, thread_root, follows)
             items = keys.alias_items(aliases(record), now) if aliases is not None else []
@@ -447,14 +468,19 @@ class LmdbIndex:
             _put_aliases(txn, db, items, checked)
             for raw_key, window in counters:
                 _bump(txn, db, raw_key, now, window)
-            txn.put(new_id.encode(), keys.encode_case(record), db=db.cases)
+            if not txn.put(new_id.encode(), keys.encode_case(record), db=db.cases,
+                           overwrite=False):
+                raise _IdTaken(new_id)  # nothing of this body is written
             txn.put(packed, new_id.encode(), db=db.numbers)
             txn.put(META_COUNTER, packed, db=db.meta)
             for other, change in others:
                 _change_case(txn, db, other, change, checked)
             return record
 
-        return self._write(create)
+        try:
+            return self._write(partial(create, careful=False))
+        except _IdTaken:
+            return self._write(partial(create, careful=True))
 
     def last_number(self) -> int:
         with self._txn() as (txn, db):
