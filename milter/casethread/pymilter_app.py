@@ -227,7 +227,7 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
             client_address=self._client,
             auth_user=self._auth,
             daemon_name=self._daemon,
-            queue_id=self.queue_id(),
+            queue_id=self._learn_queue_id(),
         )
 
     def negotiate(self, opts: list[int]) -> int:
@@ -276,11 +276,13 @@ class CaseMilter(Milter.Base):  # type: ignore[misc]
         self._learn_queue_id()
         return int(Milter.CONTINUE)
 
-    def _learn_queue_id(self) -> None:
-        """Postfix sends `i` at MAIL FROM only when the queue file is open by then; by default
+    def _learn_queue_id(self) -> str:
+        """The message's queue id, asked of the MTA until it has sent one. Postfix sends `i`
+        at MAIL FROM only when the queue file is open by then; by default
         (`smtpd_delay_open_until_valid_rcpt`) from RCPT or DATA on, as Sendmail does."""
         if self.known_queue_id == "-":
             self.known_queue_id = self.queue_id()
+        return self.known_queue_id
 
     # Defined (not left as pymilter's @nocallback default, which negotiates "no DATA step") so
     # Postfix does not send its DATA macros in a packet of their own that gets no reply, and

@@ -742,6 +742,22 @@ def test_the_decision_is_logged_with_the_queue_id(
     assert "message-id-added" in lines[0]
 
 
+def test_the_queue_id_is_asked_of_the_mta_until_it_sent_one(rig: Rig) -> None:
+    # Each getsymval is a call into pymilter's C layer: the queue id, once known, is kept.
+    ctx = rig.connection(daemon_name="ORIGINATING")
+    asked: list[str] = []
+    getsymval = ctx.getsymval
+    ctx.getsymval = lambda name: asked.append(name) or getsymval(name)  # type: ignore[method-assign]
+    ctx.macros(i="QASK1")
+    assert ctx.feed(AGENT_MAIL, "dana@support.example.com", "pat@customer.example.org") \
+        == Milter.CONTINUE
+    assert asked.count("i") == 1, asked
+    ctx.macros(i=None)  # an MTA that sends it later: asked at each step until then
+    asked.clear()
+    ctx.feed(customer_mail(), "pat@customer.example.org", SUPPORT)
+    assert asked.count("i") >= 4, asked
+
+
 def test_a_level_above_info_does_not_make_the_decision_line(
     rig: Rig, milter_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
