@@ -15,7 +15,7 @@ counting proxy of the real one: each of their calls is a call into C in the real
 Per message (the mean over `-n` messages after a warm-up):
 - `lmdb`: py-lmdb calls; `lmdb-gil` those that release the GIL (py-lmdb 3.0's cpython.c:
   get, put, stat, info, a write transaction's begin, commit and abort; not a read
-  transaction's begin and end, nor a nested one's begin);
+  transaction's begin and end);
 - `pymilter`: calls into pymilter's context; `pymilter-gil` those that release the GIL
   (addheader, chgheader, replacebody; not getsymval, setreply);
 - `callbacks`: libmilter's calls into Python, each taking the GIL (getpriv included);
@@ -23,9 +23,9 @@ Per message (the mean over `-n` messages after a warm-up):
 - `gil`: the sum of the GIL hand-overs: callbacks, `lmdb-gil`, `pymilter-gil` and `log`;
 - `to-mta`: packets libmilter writes to the MTA: a reply to each step not negotiated
   without one, one per header edit, one per 65,535 bytes of new body.
-Under load, a group commit of several messages runs each one's writes in a nested
-transaction (`Pending.run`): one child begin and one child commit more per message (the
-commit releases the GIL); this driver runs one session, whose batches hold one message.
+One session: under load, a group commit holds several sessions' writes, in one transaction
+and with one commit (`LmdbIndex._commit_batch`), so a message's share of the begin and the
+commit is less than one each.
 """
 
 from __future__ import annotations

@@ -133,6 +133,54 @@ def test_a_failing_write_rolls_back_alone(index: LmdbIndex) -> None:
         assert index.case_for_message(f"<m{n}@example.com>") == "C-000001"
 
 
+def test_a_batch_runs_its_writes_in_one_transaction_without_nesting(index: LmdbIndex) -> None:
+    # A nested transaction per write cost a begin and a commit (which releases the GIL) each.
+    index.create_case(1_700_000_000)
+    shared = _shared(index)
+    real = shared.env
+    begins: list[bool] = []
+
+    class Counting:
+        def begin(self, **kw: Any) -> Any:
+            begins.append(kw.get("parent") is not None)
+            return real.begin(**kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    shared.env = Counting()  # type: ignore[assignment]
+    try:
+        outcomes = _queued_behind_a_held_writer(index, [_record(index, n) for n in range(5)])
+    finally:
+        shared.env = real
+    assert [error for _, error in outcomes] == [None] * 5
+    assert begins.count(True) == 0, begins
+
+
+def test_a_failing_write_leaves_the_others_what_they_saw(index: LmdbIndex) -> None:
+    # Each write sees the ones queued before it, never the failing one's half.
+    index.create_case(1_700_000_000)
+    seen: dict[str, list[bytes]] = {}
+
+    def writer(name: str, fail: bool = False) -> Callable[[], Any]:
+        def body(txn: lmdb.Transaction[bytes], db: SharedEnv) -> str:
+            seen[name] = [key for key in (b"a", b"b", b"c") if txn.get(key, db=db.meta)]
+            txn.put(name.encode(), b"1", db=db.meta)
+            if fail:
+                raise ValueError(name)
+            return name
+
+        return lambda: index.writing(body)
+
+    outcomes = _queued_behind_a_held_writer(
+        index, [writer("a"), writer("b", fail=True), writer("c")])
+    assert [(result, type(error)) for result, error in outcomes] == [
+        ("a", type(None)), (None, ValueError), ("c", type(None))]
+    assert seen == {"a": [], "b": [b"a"], "c": [b"a"]}
+    with index.reading() as (txn, db):
+        assert [txn.get(key, db=db.meta) for key in (b"a", b"b", b"c")] == [b"1", None, b"1"]
+
+
 def test_a_batch_that_fills_the_map_grows_it_and_commits_everyone(tmp_path: Path) -> None:
     index = LmdbIndex(tmp_path / "small", 256 << 10)
     blob = b"x" * 8000

@@ -170,24 +170,18 @@ class Pending:
         self.result: Any = None
         self.error: BaseException | None = None
 
-    def run(self, shared: SharedEnv, txn: lmdb.Transaction[bytes], nested: bool) -> None:
-        """Run the body in `txn`; in a batch, inside a nested transaction so that its own
-        exception rolls back only its writes. LMDB errors propagate: they fail the batch."""
+    def run(self, shared: SharedEnv, txn: lmdb.Transaction[bytes]) -> bool:
+        """Run the body in `txn`; False when it raised: its error is kept, and the caller
+        rolls the transaction back. LMDB errors propagate: they fail the batch."""
         self.error = None
-        if not nested:
-            self.result = self.body(txn, shared)
-            return
-        child = shared.env.begin(write=True, parent=txn)
         try:
-            self.result = self.body(child, shared)
+            self.result = self.body(txn, shared)
         except lmdb.Error:
-            raise  # the parent aborts, and child with it
+            raise
         except Exception as exc:
-            with shared.gate.upgrade():  # see LmdbIndex._commit_batch on aborts
-                child.abort()
             self.result, self.error = None, exc
-            return
-        child.commit()
+            return False
+        return True
 
 
 class Snapshot(threading.local):

@@ -164,6 +164,15 @@ def _tree_pages(txn: lmdb.Transaction[bytes], db: SharedEnv) -> int:
     )
 
 
+def _first_failed(shared: SharedEnv, txn: lmdb.Transaction[bytes],
+                  items: list[Pending]) -> Pending | None:
+    """Run `items` in `txn` in order, up to the first whose body raises (returned)."""
+    for item in items:
+        if not item.run(shared, txn):
+            return item
+    return None
+
+
 class LmdbIndex:
     def __init__(
         self,
@@ -293,20 +302,24 @@ class LmdbIndex:
 
     def _commit_batch(self, shared: SharedEnv, batch: list[Pending]) -> None:
         """Run `batch` in one transaction (the caller holds the writer lock). A body that
-        raises is rolled back alone (a nested transaction) and gets its error; an LMDB error
-        fails the whole batch, a full map grows it and runs every body again."""
+        raises gets its error; the transaction is rolled back and the others run again
+        without it, each seeing what the ones before it wrote, as a nested transaction per
+        body would give them at two py-lmdb calls a body (its begin, and its commit, which
+        releases the GIL). An LMDB error fails the whole batch, a full map grows it and runs
+        every body again."""
         gate = shared.gate
+        running, growths = batch, 0
         try:
-            for _ in range(MAX_GROWTHS):
+            while running:
                 gate.enter()
                 try:
                     shared.check_readers_now_and_then()
                     txn = self._begin_write(shared)
                     try:
-                        for item in batch:
-                            item.run(shared, txn, nested=len(batch) > 1)
-                        txn.commit()
-                        break
+                        failed = _first_failed(shared, txn, running)
+                        if failed is None:
+                            txn.commit()
+                            break
                     except BaseException as exc:
                         # py-lmdb 3.0 makes a write abort wait until no operation of another
                         # thread is in flight, which busy readers can put off for minutes:
@@ -316,12 +329,16 @@ class LmdbIndex:
                             if not isinstance(exc, lmdb.MapFullError) or not shared.grow(
                                     self._filled(shared)):
                                 raise
+                        growths += 1
+                        if growths == MAX_GROWTHS:
+                            raise IndexFull(f"case index {self.path}: a write did not fit "
+                                            "after repeated growth") from None
+                        continue
+                    with gate.upgrade():
+                        txn.abort()
+                    running = [item for item in running if item is not failed]
                 finally:
                     gate.leave()
-            else:
-                raise IndexFull(
-                    f"case index {self.path}: a write did not fit after repeated growth"
-                )
         except BaseException as exc:
             for item in batch:
                 item.result, item.error = None, exc
