@@ -7,10 +7,12 @@
 
 Drives `pymilter_app.CaseMilter`, `Engine` and `LmdbIndex` (`index.sync: full`, in a temporary
 directory) as libmilter and Postfix would: one connection per message (as smtp-source sends
-them), the steps and no-reply flags Postfix 3.7 negotiates, the header fields Postfix shows a
-milter (its Received, and the Message-ID its cleanup adds), the body in 65,535-byte chunks. The
-milter context is a stand-in for pymilter's `milterContext` and the LMDB environment a
-counting proxy of the real one: each of their calls is a call into C in the real milter.
+them), the steps and no-reply flags Postfix 3.7 negotiates (over a unix socket, as `serve`
+negotiates them there; `--tcp` as over TCP, where the DATA step keeps its reply), the header
+fields Postfix shows a milter (its Received, and the Message-ID its cleanup adds), the body in
+65,535-byte chunks. The milter context is a stand-in for pymilter's `milterContext` and the
+LMDB environment a counting proxy of the real one: each of their calls is a call into C in
+the real milter.
 
 Per message (the mean over `-n` messages after a warm-up):
 - `lmdb`: py-lmdb calls; `lmdb-gil` those that release the GIL (py-lmdb 3.0's cpython.c:
@@ -202,7 +204,8 @@ def deliver(mail: Mail, i: int, counts: Counts) -> MtaContext:
     _step(counts, protocol, "envfrom", milter.envfrom_bytes(f"<{mail.sender}>".encode()))
     ctx.macros["i"] = QUEUE_ID  # Postfix's default: the queue id from RCPT on
     _step(counts, protocol, "envrcpt", milter.envrcpt_bytes(f"<{mail.rcpt}>".encode()))
-    _step(counts, protocol, "data", milter.data())
+    if not protocol & Milter.P_NODATA:
+        _step(counts, protocol, "data", milter.data())
     fields, body = _with_postfix_fields(mail.raw, i)
     for name, value in fields:
         _step(counts, protocol, "header", milter.header_bytes(name, value))
@@ -247,7 +250,7 @@ def _counted_log(counts: Counts) -> Iterator[_LogCounter]:
 class Rig:
     """The milter's engine over an LMDB index whose environment is counted."""
 
-    def __init__(self, tmp: str, step: int) -> None:
+    def __init__(self, tmp: str, step: int, tcp: bool = False) -> None:
         self.counts = Counts()
         now = [float(core.NOW)]
         self._now, self._step = now, step
@@ -258,7 +261,8 @@ class Rig:
         self.keyring = Keyring([(1, bytes(range(32)))])
         engine = Engine(settings, self.index, self.keyring, hostname=core.HOSTNAME,
                         clock=lambda: now[0])
-        Milter.factory = lambda: CaseMilter(engine)
+        # As `serve` makes it for its socket (service.py).
+        Milter.factory = lambda: CaseMilter(engine, skip_data=not tcp)
 
     def send(self, mail: Mail, i: int) -> MtaContext:
         self._now[0] += self._step
@@ -300,10 +304,10 @@ def _mail(rig: Rig, workload: str) -> tuple[Mail, str]:
     return mail, "direction=inbound case=C-000001 match=token "
 
 
-def count(workload: str, n: int, warmup: int, step: int) -> Counts:
+def count(workload: str, n: int, warmup: int, step: int, tcp: bool = False) -> Counts:
     """Calls per message of `workload`, over `n` messages after `warmup`."""
     with tempfile.TemporaryDirectory(prefix="casethread-calls-") as tmp:
-        rig = Rig(tmp, step)
+        rig = Rig(tmp, step, tcp)
         try:
             with _counted_log(rig.counts) as log:
                 mail, expect = _mail(rig, workload)
@@ -344,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="messages before (default 5)")
     parser.add_argument("--step", type=int, default=0,
                         help="seconds the clock moves a message (default 0)")
+    parser.add_argument("--tcp", action="store_true",
+                        help="as over a TCP socket (default: a unix socket)")
     parser.add_argument("-v", "--verbose", action="store_true", help="each kind of call")
     args = parser.parse_args(argv)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
@@ -352,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     columns = list(summary(Counts()))
     print(f"{'':7}" + "".join(f"{c:>13}" for c in columns) + "   per message")
     for workload in args.workloads or WORKLOADS:
-        counts = count(workload, args.n, args.warmup, args.step)
+        counts = count(workload, args.n, args.warmup, args.step, args.tcp)
         row = summary(counts)
         print(f"{workload:7}" + "".join(f"{_per_message(row[c], args.n):>13}" for c in columns)
               + f"   {WORKLOADS[workload]}", flush=True)

@@ -9,8 +9,9 @@ Postfix's lone DATA macro packet costs a ~40 ms TCP delayed-ACK stall (FIELD-NOT
 the same modification flags as casethread but never modifies anything.
 
 With --no-reply it also lets the MTA skip waiting for the steps casethread answers no reply to
-(connect, MAIL, RCPT, each header field, end of headers): the same protocol shape as
-casethread, so that the difference between the two is casethread's own work.
+(connect, MAIL, RCPT, each header field, end of headers), and on a unix socket skip the DATA
+step, as casethread does there: the same protocol shape as casethread, so that the difference
+between the two is casethread's own work.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class NoReplyNoopMilter(NoopMilter):
     eoh = Milter.noreply(NoopMilter.eoh)
 
 
+class NoReplyNoDataNoopMilter(NoReplyNoopMilter):
+    # casethread's shape on a unix socket: no DATA step (milter/casethread/service.py).
+    data = Milter.nocallback(NoopMilter.data)
+
+
 def main() -> None:
     args = sys.argv[1:]
     no_reply = args[:1] == ["--no-reply"]
@@ -77,7 +83,9 @@ def main() -> None:
         sys.exit("usage: noop_milter.py [--no-reply] SOCKET")
     # A unix socket must be writable by user postfix; its directory limits who reaches it.
     os.umask(0o111)
-    Milter.factory = NoReplyNoopMilter if no_reply else NoopMilter
+    unix = args[0].startswith(("unix:", "local:"))
+    Milter.factory = (NoopMilter if not no_reply else NoReplyNoDataNoopMilter if unix
+                      else NoReplyNoopMilter)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
     print(f"noop milter pid {os.getpid()} on {args[0]}", file=sys.stderr, flush=True)
     Milter.runmilter("noop", args[0], timeout=60)

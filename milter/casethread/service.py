@@ -407,7 +407,10 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
             metrics = Metrics(index)
             metrics.start(listen)
             log.info("metrics on http://%s/metrics", listen)
-        Milter.factory = lambda: CaseMilter(current.engine, metrics, inflight)
+        # Over a unix socket the DATA step is skipped (a round trip a message); over TCP it
+        # keeps its reply, without which the MTA's next write waits for a delayed ACK.
+        Milter.factory = lambda: CaseMilter(current.engine, metrics, inflight,
+                                            skip_data=path is not None)
         # Exceptions outside our own boundary (pymilter's C layer, before our code runs) answer
         # CONTINUE: the only answer that keeps a no-reply step in step (pymilter_app.py).
         milter.set_exception_policy(int(Milter.CONTINUE))

@@ -285,6 +285,23 @@ def test_negotiation_keeps_the_data_callback_and_every_step_the_adapter_uses(rig
     assert CaseMilter(rig.engine).header_bytes("Subject", b"hi") == Milter.CONTINUE
 
 
+def test_over_a_unix_socket_the_data_step_is_skipped(rig: Rig) -> None:
+    # `serve` on a unix socket (service.py): the MTA sends no DATA step, a round trip less a
+    # message; over TCP the step keeps its reply (a delayed-ACK stall otherwise).
+    opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+    milter = CaseMilter(rig.engine, skip_data=True)
+    assert milter.negotiate(opts) == Milter.CONTINUE
+    assert opts[1] & Milter.P_NODATA and milter._protocol == opts[1]
+    for kept in (Milter.P_NOMAIL, Milter.P_NORCPT, Milter.P_NOHDRS, Milter.P_NOEOH,
+                 Milter.P_NOBODY):
+        assert not opts[1] & kept, hex(kept)
+    assert opts[1] & Milter.P_NR_HDR
+    # An MTA that cannot skip it is not told to.
+    opts = [Milter.CURR_ACTS, 0x1FFFFF & ~Milter.P_NODATA, 0, 0]
+    assert CaseMilter(rig.engine, skip_data=True).negotiate(opts) == Milter.CONTINUE
+    assert not opts[1] & Milter.P_NODATA
+
+
 # --------------------------------------------------------------------------- directions
 
 
