@@ -344,10 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="workload",
                         help=f"{', '.join(WORKLOADS)} (default: all)")
-    parser.add_argument("-n", type=int, default=20, help="messages counted (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="messages before (default 5)")
-    parser.add_argument("--step", type=int, default=0,
-                        help="seconds the clock moves a message (default 0)")
+    core.add_count_options(parser, n=20, warmup=5)
     parser.add_argument("--tcp", action="store_true",
                         help="as over a TCP socket (default: a unix socket)")
     parser.add_argument("-v", "--verbose", action="store_true", help="each kind of call")

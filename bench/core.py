@@ -469,6 +469,16 @@ def _meta(quick: bool) -> dict[str, Any]:
     }
 
 
+def add_count_options(parser: argparse.ArgumentParser, n: int, warmup: int) -> None:
+    """`-n`, `--warmup` and `--step`, as `bench/instructions.py` and `bench/calls.py` take
+    them: messages counted, messages before them, seconds the clock moves a message."""
+    parser.add_argument("-n", type=int, default=n, help=f"messages counted (default {n})")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help=f"messages before (default {warmup})")
+    parser.add_argument("--step", type=int, default=0,
+                        help="seconds the clock moves a message (default 0)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

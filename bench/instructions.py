@@ -147,10 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", metavar="path",
                         help="out, hdr or body (default: all three)")
-    parser.add_argument("-n", type=int, default=200, help="messages counted (default 200)")
-    parser.add_argument("--warmup", type=int, default=30, help="messages before (default 30)")
-    parser.add_argument("--step", type=int, default=0,
-                        help="seconds the clock moves a message (default 0)")
+    core.add_count_options(parser, n=200, warmup=30)
     parser.add_argument("--unique-boundaries", action="store_true",
                         help="each message its own MIME boundaries")
     parser.add_argument("--milter", action="store_true",
