@@ -18,7 +18,8 @@ Set-up (all on loopback, all stopped at the end, also on errors and Ctrl-C):
 - the milters: none, a no-op pymilter milter (bench/noop_milter.py, unix socket), the same
   with casethread's no-reply steps, casethread on a unix socket (index.sync full, and async),
   casethread on TCP with TCP_NODELAY on its listening socket, and (at 1 session) casethread on
-  TCP without it.
+  TCP without it; with `--baseline DIR`, casethread on a unix socket running DIR's code
+  (`ct-unix-base`), to alternate a change with its parent in one run.
 
 Within every round each workload runs once per configuration, the configurations rotated from
 round to round; the table shows medians with min-max over rounds. Results are appended to
