@@ -121,10 +121,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from . import bodytext, feedback, mime
 from .addresses import first_address
+from .field_values import BODY_READ_MAX, Fields, field_text, first_token, values_of
 from .frozen import frozen
 from .message import Message, unfold, without_comments
 from .msgid import first_id
@@ -203,7 +204,6 @@ _SIGNAL_FIELDS = frozenset({
     *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
     *(name for name, _ in _VENDOR_MARKS), *_PRESENCE_MARKS, "list-help", "list-subscribe",
 })
-Fields = Mapping[str, Sequence[str]]
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
 # RFC 2369 §2: the URLs are in angle brackets, "with internal whitespace being ignored" (a
 # long one is folded inside them).
@@ -224,7 +224,6 @@ _REPORTS_OF_OUR_MAIL = _DSN_REPORT_TYPES | {"feedback-report"}
 _ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
 _NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-_REPORT_BUDGET = 64 << 10
 # The subjects of the mail system's notices in formats of their own (no DSN to read), from the
 # start: a delay warning's, then a failure's (MDaemon's delay says "Temporary Delivery
 # Failure"). A failure's subject may go on with the returned mail's, which may say anything.
@@ -387,7 +386,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return AUTO_GENERATED, reason
     if calendar:
         return AUTO_GENERATED, "imip-reply"
-    if (ours is not None and _values(fields, _RULE_FORWARD)
+    if (ours is not None and values_of(fields, _RULE_FORWARD)
             and _forwards_our_mail(msg, tree, ours)):
         return AUTO_GENERATED, "rule-forward-of-our-mail"
 
@@ -403,7 +402,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
     for name in () if own_list else _LIST_HEADERS:
-        if _values(fields, name):
+        if values_of(fields, name):
             return BULK, name
     return NO, ""
 
@@ -512,13 +511,13 @@ def _exchange_notice(content_class: str, fields: Fields) -> str:
     `content_class`: the mail's Content-Class, lower-cased ("" without one)."""
     # Outlook's mail says `urn:content-classes:message`: a substring tells it apart.
     if "mdn" in content_class or "recall" in content_class:
-        value = _first_token(content_class)
+        value = first_token(content_class)
         if value == _MDN_CLASS:
             return "content-class-mdn"
         if value == _RECALL_CLASS:
             return "outlook-recall"
     recall = fields.get(_RECALL_FIELD)  # most mail: none, and no generator is made for it
-    if recall and any(_first_token(v) == "true" for v in recall):
+    if recall and any(first_token(v) == "true" for v in recall):
         return "outlook-recall"
     return ""
 
@@ -582,7 +581,7 @@ def _list_manager_notice(msg: Message, fields: Fields) -> bool:
     `team+owner@`). A post comes from its poster or, under DMARC mitigation, from the posting
     address, which RFC 2369's own example names in `List-Help` and `List-Subscribe` too
     (`<mailto:list@host.com?subject=help>`)."""
-    if any(_first_token(v) == "yes" for v in _values(fields, "x-list-administrivia")):
+    if any(first_token(v) == "yes" for v in values_of(fields, "x-list-administrivia")):
         return True
     if not any(name in fields for name in _LIST_NAMING_FIELDS):
         return False  # most mail: no list it names
@@ -637,7 +636,7 @@ def _names_as_command(fields: Fields, sender: str) -> bool:
         for raw in fields.get(name, ()):
             if sender not in "".join(raw.split()).lower():
                 continue
-            value = _field_text(raw)
+            value = field_text(raw)
             named = _contact_address(value) if name == "mailing-list" else _post_addresses(value)
             if any(sender == address.lower() for address in named):
                 return True
@@ -706,7 +705,7 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
     """The kind of a notice of the mail system about a delivery, told without a DSN (step 1):
     a bounce, or `auto-generated` when its subject says the mail is only delayed; None for
     other mail (a null sender alone is any auto-reply's, RFC 3834 §3.3)."""
-    if _values(fields, "x-failed-recipients"):  # Exim sets it on failures only
+    if values_of(fields, "x-failed-recipients"):  # Exim sets it on failures only
         return BOUNCE, "x-failed-recipients"
     system = ("from-mailer-daemon" if from_local == "mailer-daemon"
               else "from-postmaster-null-sender" if from_local == "postmaster" and null_sender
@@ -747,7 +746,7 @@ def _ooo_subject(msg: Message) -> bool:
 
 def _submitted(fields: Fields) -> list[str]:
     """The `Auto-Submitted` values, each its first token."""
-    return [v for v in (_first_token(x) for x in _values(fields, "auto-submitted")) if v]
+    return [v for v in (first_token(x) for x in values_of(fields, "auto-submitted")) if v]
 
 
 def _responder_marks(fields: Fields, submitted: list[str]) -> str:
@@ -758,7 +757,7 @@ def _responder_marks(fields: Fields, submitted: list[str]) -> str:
     if "auto-replied" in submitted:
         return "auto-submitted"
     for name in _AUTOREPLY_HEADERS:
-        if any(_first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
+        if any(first_token(v) not in _NEGATIVE for v in fields.get(name, ())):
             return name
     for name, _mark in _VENDOR_MARKS:
         if name in fields:  # only with its mark (`_signal_fields`)
@@ -774,8 +773,8 @@ def _vendor_value(value: str, name: str) -> str:
     after its number (`9; Autoresponder`), else the value to its first `;` or `/`
     (`VACATION`, `MOVE_TO_FOLDER/INBOX`), lower case."""
     if name == "x-post-messageclass":
-        return without_comments(_field_text(value), repl=" ").rpartition(";")[2].strip().lower()
-    return _first_token(value).split("/", 1)[0].strip()
+        return without_comments(field_text(value), repl=" ").rpartition(";")[2].strip().lower()
+    return first_token(value).split("/", 1)[0].strip()
 
 
 def _replied(fields: Fields, submitted: list[str],
@@ -793,12 +792,12 @@ def _replied(fields: Fields, submitted: list[str],
 
 def _precedence(fields: Fields) -> set[str]:
     """The `Precedence` (and `X-Precedence`) values, each its first token."""
-    return {_first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())}
+    return {first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())}
 
 
 def _list_mail(fields: Fields, precedence: set[str]) -> bool:
     return "list" in precedence or any(
-        _values(fields, name) for names in (_LIST_HEADERS, _LIST_MARKS) for name in names)
+        values_of(fields, name) for names in (_LIST_HEADERS, _LIST_MARKS) for name in names)
 
 
 def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
@@ -811,8 +810,8 @@ def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
 def _list_addresses(fields: Fields) -> list[str]:
     """The list's own addresses its fields name: `List-Post`'s mailto addresses, `List-Id`
     read as one."""
-    return [*(a for value in _values(fields, "list-post") for a in _post_addresses(value)),
-            *(a for value in _values(fields, "list-id") for a in _list_id_address(value))]
+    return [*(a for value in values_of(fields, "list-post") for a in _post_addresses(value)),
+            *(a for value in values_of(fields, "list-id") for a in _list_id_address(value))]
 
 
 def _post_addresses(value: str) -> list[str]:
@@ -861,7 +860,7 @@ def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
     precedence = _precedence(fields)
     if not _list_mail(fields, precedence) or _own_list(fields, ours):
         return False
-    if "list" in precedence or any(_values(fields, name) for name in _STRONG_LIST_FIELDS):
+    if "list" in precedence or any(values_of(fields, name) for name in _STRONG_LIST_FIELDS):
         return True
     # List-Unsubscribe alone: apps put it on their transactional mail too (an answer to one
     # customer must open its case); one message to several outside recipients is a mailing.
@@ -889,17 +888,17 @@ def _auto_generated(
         return "auto-submitted"
     if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
         return "x-ms-journal-report"
-    if _values(fields, "x-loop"):
+    if values_of(fields, "x-loop"):
         return "x-loop"
     if null_sender:
         return "null-sender"
     if from_local == "postmaster":
         return "from-postmaster"
-    if any(_first_token(v) == "true" for v in fields.get("x-fc-machinegenerated", ())):
+    if any(first_token(v) == "true" for v in fields.get("x-fc-machinegenerated", ())):
         return "x-fc-machinegenerated"
     # Frappe Helpdesk's only mark, on its acknowledgement, feedback request and reminder
     # (`hd-acknowledgement`, ...; its own intake drops mail with it); never on an agent's reply.
-    if any(_first_token(v) not in _NEGATIVE for v in fields.get("x-auto-generated", ())):
+    if any(first_token(v) not in _NEGATIVE for v in fields.get("x-auto-generated", ())):
         return "x-auto-generated"
     if ours is not None and _rt_echo(fields, ours):
         return "rt-originator-ours"
@@ -909,33 +908,7 @@ def _auto_generated(
 def _rt_echo(fields: Fields, ours: Callable[[str], bool]) -> bool:
     """Whether RT mails out a transaction one of our addresses created (our own mail, which
     opened or updated its ticket), not an RT agent's."""
-    return any(ours(first_address(v)) for name in _RT_ORIGINATOR for v in _values(fields, name))
-
-
-# Of each field read here, the first this many characters (unfolded, blanks around it
-# dropped): a keyword, an address or a list id and their comments are far shorter. Comments
-# are removed in up to 8 passes over the text (`without_comments`), some fields several
-# times a message: a hundred 100 KB fields of nested comments `(((...)))` (Return-Path,
-# Precedence, List-Id) took 0.6 to 2.5 s of CPU.
-MAX_FIELD_TEXT = 4096
-
-
-def _values(fields: Fields, name: str) -> list[str]:
-    """The non-empty unfolded values of every field of that (lower-cased) name, each its
-    first `MAX_FIELD_TEXT` characters."""
-    values = fields.get(name)
-    return [v for v in (_field_text(x) for x in values) if v] if values else []
-
-
-def _field_text(value: str) -> str:
-    return unfold(value).strip()[:MAX_FIELD_TEXT]
-
-
-def _first_token(value: str) -> str:
-    """`auto-replied; owner-email=x (vacation)` -> `auto-replied`: lower-cased, no comments
-    (of the first `MAX_FIELD_TEXT` characters)."""
-    text = without_comments(_field_text(value), repl=" ")
-    return text.split(";", 1)[0].strip().lower()
+    return any(ours(first_address(v)) for name in _RT_ORIGINATOR for v in values_of(fields, name))
 
 
 def _null_sender(msg: Message, fields: Fields) -> bool:
@@ -952,7 +925,7 @@ def _null_sender(msg: Message, fields: Fields) -> bool:
     mail_from = "".join(msg.envelope.mail_from.split())
     if mail_from:
         return mail_from == "<>"
-    paths = ["".join(without_comments(v).split()) for v in _values(fields, "return-path")]
+    paths = ["".join(without_comments(v).split()) for v in values_of(fields, "return-path")]
     if "<>" in paths:
         return True
     return not any("@" in path for path in paths) and _null_from(msg)
@@ -964,7 +937,7 @@ def _null_from(msg: Message) -> bool:
     value = msg.get("From")
     if value is None or "<" not in value:
         return False
-    name, _, rest = without_comments(_field_text(value)).rpartition("<")
+    name, _, rest = without_comments(field_text(value)).rpartition("<")
     return "".join(rest.split()) == ">" and not any(c in name for c in "<>@,;")
 
 
@@ -1053,7 +1026,7 @@ def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
     person's mail. Asked of a candidate only (`_imip_candidate`)."""
     top = mime.top_fields(msg.headers)
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
-                                            ("text/calendar",), _REPORT_BUDGET,
+                                            ("text/calendar",), BODY_READ_MAX,
                                             top_disposition=top.disposition,
                                             tree=tree() if tree is not None else None):
         text = _ICS_FOLD.sub("", part.data.decode("utf-8", "replace"))
@@ -1071,7 +1044,7 @@ def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
     top = mime.top_fields(msg.headers)
     actions: set[str] = set()
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
-                                            _DELIVERY_STATUS_TYPES, _REPORT_BUDGET,
+                                            _DELIVERY_STATUS_TYPES, BODY_READ_MAX,
                                             top_disposition=top.disposition, tree=tree):
         text = _FOLD.sub(" ", part.data.decode("ascii", "replace"))  # `Action:\n failed`
         actions.update(a.lower() for a in _ACTION.findall(text))
@@ -1080,7 +1053,7 @@ def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
 
 def _exchange_rule_header(fields: Fields) -> str:
     """The first Exchange rule header present, or `""`."""
-    return next((name for name in _EXCHANGE_RULE_HEADERS if _values(fields, name)), "")
+    return next((name for name in _EXCHANGE_RULE_HEADERS if values_of(fields, name)), "")
 
 
 # Set by Exchange on mail an inbox rule sent: a forward, a redirect, a rule's reply.
@@ -1115,7 +1088,7 @@ def _our_rule_only(values: Sequence[str], ours: Callable[[str], bool]) -> bool:
     `auto-replied` one, which opened no case. A rule of the customer's mailbox (its
     out-of-office reply, its forward of our answer) names the customer's address there, and
     still counts."""
-    found = [first_address(text).lower() for text in map(_field_text, values) if text]
+    found = [first_address(text).lower() for text in map(field_text, values) if text]
     return bool(found) and all(address and ours(address) for address in found)
 
 
@@ -1129,7 +1102,7 @@ def _forwards_our_mail(msg: Message, tree: Callable[[], mime.Part] | None,
     the colleague's: both stay a person's mail. A forward as an attachment is not read so
     (it stays a person's mail)."""
     top = mime.top_fields(msg.headers)
-    texts = bodytext.iter_texts(top.content_type, top.cte, msg.body, _REPORT_BUDGET,
+    texts = bodytext.iter_texts(top.content_type, top.cte, msg.body, BODY_READ_MAX,
                                 top_disposition=top.disposition,
                                 tree=tree() if tree is not None else None, open_files=False)
     lines = (line for line in next(texts, "").splitlines() if line.strip())
@@ -1222,7 +1195,7 @@ def _forward_separator(line: str) -> bool:
 
 def _suppress_header(fields: Fields) -> str:
     """`x-auto-response-suppress` when it names All, OOF or AutoReply, else `""`."""
-    for value in _values(fields, "x-auto-response-suppress"):
+    for value in values_of(fields, "x-auto-response-suppress"):
         if {w.strip().lower() for w in value.split(",")} & _SUPPRESS_AUTO:
             return "x-auto-response-suppress"
     return ""
