@@ -17,6 +17,7 @@ from .core import (
     autoreply,
     dkim,
     inbound,
+    mail_lists,
     mime,
     msgid,
     outbound,
@@ -711,7 +712,7 @@ class Engine:
         if self._classifier.to_internal_only(msg.envelope):
             notes.append("internal-recipients")
             return False
-        if autoreply.is_list_mail(msg, self._resolver.is_ours):
+        if mail_lists.is_list_mail(msg, self._resolver.is_ours):
             notes.append("list-mail")
             return False
         if mime.is_report(msg.get("Content-Type")):

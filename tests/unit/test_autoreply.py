@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casethread.core import autoreply, field_values
+from casethread.core import autoreply, field_values, mail_lists
 from casethread.core.autoreply import KINDS, classify_auto, classify_auto_detail, is_auto
 from casethread.core.message import Envelope, Header, Message
 
@@ -647,7 +647,7 @@ def test_a_postmaster_failure_notice_under_a_sender_of_its_own_is_a_bounce(
 
 NESTED = "(" * 50_000 + ")" * 50_000  # a 100 KB field of nested comments
 # The modules that remove comments from the fields they read.
-READERS = (autoreply, field_values)
+READERS = (autoreply, field_values, mail_lists)
 
 
 @pytest.mark.parametrize("fields", [
@@ -672,8 +672,8 @@ def test_comments_are_removed_from_the_first_4096_characters_of_a_field(
         monkeypatch.setattr(module, "without_comments", counted)
     m = msg(*fields, mail_from="")
     classify_auto(m, lambda address: False)
-    autoreply.is_list_mail(m, lambda address: False)
-    autoreply.list_addresses(m)
+    mail_lists.is_list_mail(m, lambda address: False)
+    mail_lists.list_addresses(m)
     autoreply.is_delivery_notice(m)
     assert read and max(read) <= field_values.MAX_FIELD_TEXT
 
@@ -686,8 +686,8 @@ def test_a_field_is_read_to_its_first_4096_characters() -> None:
         autoreply.AUTO_REPLIED)
     # A comment the cut leaves open is kept: no keyword, no `<>` after it.
     assert classify_auto(msg(("Return-Path", "<>" + long), mail_from="")) == autoreply.NO
-    assert autoreply.list_addresses(msg(("List-Id", "Team <team.example.org>" + long))) == (
+    assert mail_lists.list_addresses(msg(("List-Id", "Team <team.example.org>" + long))) == (
         frozenset({"team@example.org"}))
     # An id after 4,096 characters of phrase is not read.
-    assert autoreply.list_addresses(msg(("List-Id", "Team" + long + " <team.example.org>"))) == (
+    assert mail_lists.list_addresses(msg(("List-Id", "Team" + long + " <team.example.org>"))) == (
         frozenset())

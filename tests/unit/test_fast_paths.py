@@ -24,6 +24,7 @@ from casethread.core import (
     autoreply,
     bodytext,
     inbound,
+    mail_lists,
     mime,
     placement,
     rules,
@@ -744,9 +745,9 @@ LIST_FIELD_VALUES = st.sampled_from(
 def test_list_addresses_as_the_general_path_reads_them(fields: list[tuple[str, str]]) -> None:
     # Mail without List-Post or List-Id (most) is answered without the general path's steps.
     msg = Message(Envelope(), tuple(Header(name, value) for name, value in fields))
-    general = frozenset(a.lower() for a in autoreply._list_addresses(
-        msg.present(autoreply._LIST_ADDRESS_FIELDS)))
-    assert autoreply.list_addresses(msg) == general
+    general = frozenset(a.lower() for a in mail_lists._list_addresses(
+        msg.present(mail_lists._LIST_ADDRESS_FIELDS)))
+    assert mail_lists.list_addresses(msg) == general
 
 
 def test_no_address_field_has_no_addresses() -> None:

@@ -51,9 +51,9 @@ first of this order wins:
    manager's own notice (Mailman 2's `X-List-Administrivia: yes`, or list mail from one of
    the list's own addresses, `team-bounces@` or `team-owner@` as Mailman 3 sends them,
    `team+owner@` as Groups.io does, or one its `List-Help`, `List-Subscribe` or
-   `Mailing-List` names, never its posting address: `_list_manager_notice`; "Your message
-   to ... awaits moderator approval" quotes the Subject of the mail it holds, our tag
-   included, and must not count as a list's copy of a person's reply), an
+   `Mailing-List` names, never its posting address: `mail_lists.list_manager_notice`;
+   "Your message to ... awaits moderator approval" quotes the Subject of the mail it holds,
+   our tag included, and must not count as a list's copy of a person's reply), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
    `_imip_reply`), a null
@@ -127,8 +127,16 @@ from . import bodytext, feedback, mime
 from .addresses import first_address
 from .field_values import BODY_READ_MAX, Fields, field_text, first_token, values_of
 from .frozen import frozen
-from .message import Message, unfold, without_comments
-from .msgid import first_id
+from .mail_lists import (
+    LIST_HEADERS,
+    LIST_MARKS,
+    is_our_list,
+    list_manager_notice,
+    marks_list_mail,
+    precedence_values,
+    sympa_notice,
+)
+from .message import Message, without_comments
 from .subject import decode_subject
 
 NO = "no"
@@ -139,10 +147,6 @@ BULK = "bulk"
 KINDS = (NO, AUTO_REPLIED, AUTO_GENERATED, BOUNCE, BULK)
 
 _NEGATIVE = frozenset({"", "no", "false", "0"})
-_LIST_HEADERS = ("list-id", "list-unsubscribe", "list-post", "mailing-list")
-# Marks of list managers that add no List-* field (Mailman 2's X-BeenThere, SmartList's
-# X-Mailing-List): list mail for the exceptions below, no bulk by themselves.
-_LIST_MARKS = ("x-beenthere", "x-mailman-version", "x-mailing-list")
 # Set by auto-responders only, with any value but a negative one: X-Autoreply and its kin
 # (Gmail's vacation reply says `X-Autoreply: yes`; FreeScout reads these three), Domain
 # Technologies Control's X-Autoreply-From and X-Mail-Autoreply, and X-Autoresponse and
@@ -201,20 +205,10 @@ _SIGNAL_FIELDS = frozenset({
     "return-path",
     "x-ms-journal-report", "x-list-administrivia", "x-ms-exchange-recallreportgenerated",
     *_RT_ORIGINATOR,
-    *_LIST_HEADERS, *_LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
+    *LIST_HEADERS, *LIST_MARKS, *_AUTOREPLY_HEADERS, *_EXCHANGE_RULE_HEADERS,
     *(name for name, _ in _VENDOR_MARKS), *_PRESENCE_MARKS, "list-help", "list-subscribe",
 })
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
-# RFC 2369 §2: the URLs are in angle brackets, "with internal whitespace being ignored" (a
-# long one is folded inside them).
-_MAILTO = re.compile(r"<\s*mailto\s*:([^>?]+)", re.I)
-# A quoted string, closed (group 1 is the `"`) or not: one never closed is matched too and
-# kept as it is (`_unquoted`), so the search goes on after it instead of starting again at
-# each `"` it holds (`"\"\"\"...` unclosed: quadratic, 3.7 s for a 20 KB List-Id). A quote
-# after the start of an unclosed one fails the same way: it follows an escaping backslash,
-# and its scan reads what the first one read.
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*+("?)')
-_LIST_ID = re.compile(r"<([^<>]+)>")
 _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 # A DSN's multipart/report: RFC 3464's, or RFC 6533's for SMTPUTF8 mail where the MTA names it
 # so (Postfix 3.7 keeps `delivery-status` and only the parts are `message/global-*`).
@@ -363,7 +357,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return (AUTO_GENERATED, "imip-reply") if calendar else (NO, "")
 
     submitted = _submitted(fields)
-    precedence = _precedence(fields)
+    precedence = precedence_values(fields)
     if fields:  # step 2 reads these fields only
         replied = _replied(fields, submitted, precedence)
         if replied is not None:
@@ -373,9 +367,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     # bulk mail may be a person's, relayed by a list (rules.is_automatic), and a sender that
     # says its mail is machine-made (RFC 3834 §5) is believed even when it is bulk too.
     reason = _auto_generated(fields, submitted, null_sender, from_local, ours)
-    if reason == "x-loop" and _list_mail(fields, precedence):
+    if reason == "x-loop" and marks_list_mail(fields, precedence):
         reason = ""  # lists add X-Loop to the people's mail they relay
-    if not reason and _list_manager_notice(msg, fields):
+    if not reason and list_manager_notice(msg, fields):
         reason = "list-manager-notice"
     # Exchange's rule headers and X-Auto-Response-Suppress are too weak alone, but with an
     # out-of-office subject they are an Exchange auto-reply.
@@ -393,15 +387,15 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     # 4. bulk (our own list relays people's mail: its list fields say nothing), except
     # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail, and its
     # `Precedence: bulk` under an out-of-office subject (the man page's example message).
-    if not _list_mail(fields, precedence):
+    if not marks_list_mail(fields, precedence):
         if "junk" in precedence:
             return AUTO_REPLIED, "precedence-junk"
         if "bulk" in precedence and _ooo_subject(msg):
             return AUTO_REPLIED, "precedence-bulk+ooo-subject"
-    own_list = ours is not None and _own_list(fields, ours)
+    own_list = ours is not None and is_our_list(fields, ours)
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
-    for name in () if own_list else _LIST_HEADERS:
+    for name in () if own_list else LIST_HEADERS:
         if values_of(fields, name):
             return BULK, name
     return NO, ""
@@ -543,112 +537,6 @@ def notice_sender(msg: Message, notices: Callable[[str], bool] | None) -> bool:
     return notices is not None and notices(first_address(msg.get("From") or ""))
 
 
-# The addresses of a list's own beside `team@`, which a list manager's notice comes from (a
-# post it relays comes from its poster or, under DMARC mitigation, from `team@` itself): a
-# role after `-` (Mailman's `team-bounces@`, `team-owner@`, `team-request@`; Sympa's
-# `team-request@`) or `+` (Groups.io's `team+owner@`), or `owner-team@` (Majordomo's, and
-# the sendmail aliases' convention for a list's owner).
-_LIST_ADMIN_ROLES = ("bounces", "owner", "request")
-# The fields that name a list's own addresses: its name (`List-Id`, `List-Post`), the command
-# addresses of RFC 2369 (`List-Help`, `List-Subscribe`: `sympa@`, `LISTSERV@`, `majordomo@`,
-# `team-request@`, `team+help@`), and the contact of `Mailing-List` (ezmlm's "contact
-# team-help@...; run by ezmlm", Groups.io's "list team@groups.io; contact
-# team+owner@groups.io"). Not `List-Owner` (it may name the owner's own mailbox, and the
-# owner posts from it) nor `List-Unsubscribe` (on apps' and people's mail too).
-_LIST_COMMAND_FIELDS = ("list-help", "list-subscribe")
-_MAILING_LIST_CONTACT = re.compile(r"(?:^|;)\s*contact\s+(?:mailto:)?<?([^\s<>;,]+@[^\s<>;,]+)",
-                                   re.I)
-# The fields that make mail a list's, naming the list: only on such mail is a command field
-# read (apps write RFC 2369's fields on a person's own mail too: Nodemailer's `list` option).
-_LIST_NAMING_FIELDS = ("list-id", "list-post", "mailing-list")
-# The fields that may name a list manager's own address (`_names_as_command`).
-_LIST_ADMIN_FIELDS = (*_LIST_COMMAND_FIELDS, "mailing-list")
-_LIST_NOTICE_FIELDS = frozenset({"x-list-administrivia", *_LIST_NAMING_FIELDS,
-                                 *_LIST_COMMAND_FIELDS})
-
-
-def list_manager_notice(msg: Message) -> bool:
-    """Whether a list manager composed this mail itself (`_list_manager_notice`)."""
-    return _list_manager_notice(msg, msg.present(_LIST_NOTICE_FIELDS))
-
-
-def _list_manager_notice(msg: Message, fields: Fields) -> bool:
-    """Whether a list manager composed this mail itself, a notice to a poster or to the list's
-    owners ("Your message to Team awaits moderator approval"), never a post it relays:
-    Mailman 2's `X-List-Administrivia: yes`, or list mail whose From is one of the list's own
-    addresses but its posting address (`_list_role`, `_names_as_command`: Mailman 3 sends its
-    notices from `team-bounces@`, Mailman 2 from `team-owner@`, Groups.io from
-    `team+owner@`). A post comes from its poster or, under DMARC mitigation, from the posting
-    address, which RFC 2369's own example names in `List-Help` and `List-Subscribe` too
-    (`<mailto:list@host.com?subject=help>`)."""
-    if any(first_token(v) == "yes" for v in values_of(fields, "x-list-administrivia")):
-        return True
-    if not any(name in fields for name in _LIST_NAMING_FIELDS):
-        return False  # most mail: no list it names
-    sender = first_address(msg.get("From") or "").lower()
-    if "@" not in sender:
-        return False
-    named = _names_as_command(fields, sender)
-    if not (named or any(role in sender for role in _LIST_ADMIN_ROLES)):
-        return False  # a post from its poster: the list's own addresses need not be read
-    lists = {address.lower() for address in _list_addresses(fields)}
-    return sender not in lists and (named or any(_list_role(sender, a) for a in lists))
-
-
-# Sympa composes its own notices (a confirmation request that attaches the post it holds for
-# us, "Your message has been rejected." quoting its Subject, a command's report) from
-# templates, each with `Auto-Submitted: auto-generated` and a Message-ID of Sympa's own form,
-# `<sympa.TIME.PID.RAND@domain>` (6.2's `Sympa::unique_message_id`, as the
-# `tools::get_message_id` of earlier versions), from the robot's `sympa@` or the list's
-# `team-request@`, and without the list fields `_list_manager_notice` reads. A post Sympa
-# relays keeps its poster's Message-ID.
-_SYMPA_MESSAGE_ID = re.compile(r"sympa\.\d+\.\d+\.\d+@\S+")
-
-
-def sympa_notice(msg: Message) -> bool:
-    """Whether Sympa composed this mail itself: its Message-ID's form (`_SYMPA_MESSAGE_ID`).
-    Only automatic mail is asked (`from_mail_system`): Sympa marks every notice so."""
-    mid = first_id(msg.get_filled("Message-ID"))
-    return mid is not None and _SYMPA_MESSAGE_ID.fullmatch(mid) is not None
-
-
-def _list_role(sender: str, address: str) -> bool:
-    """Whether `sender` is a role address of the list `address` (both lower case): a role of
-    `_LIST_ADMIN_ROLES` after `-` or `+` (`team-owner@`, `team+owner@`), or `owner-team@`,
-    in the list's domain."""
-    local, _, domain = sender.rpartition("@")
-    list_local, _, list_domain = address.rpartition("@")
-    if domain != list_domain or not list_local:
-        return False
-    if local == "owner-" + list_local:
-        return True
-    rest = local[len(list_local):]
-    return (local.startswith(list_local) and rest[:1] in ("-", "+")
-            and rest[1:] in _LIST_ADMIN_ROLES)
-
-
-def _names_as_command(fields: Fields, sender: str) -> bool:
-    """Whether the list's command fields (`_LIST_COMMAND_FIELDS`) or its `Mailing-List`
-    contact name `sender` (lower case). A value is parsed only when its text, blanks dropped
-    (as `_post_addresses` drops them), holds the sender: most list mail is a post, whose
-    poster none of them names."""
-    for name in _LIST_ADMIN_FIELDS:
-        for raw in fields.get(name, ()):
-            if sender not in "".join(raw.split()).lower():
-                continue
-            value = field_text(raw)
-            named = _contact_address(value) if name == "mailing-list" else _post_addresses(value)
-            if any(sender == address.lower() for address in named):
-                return True
-    return False
-
-
-def _contact_address(value: str) -> list[str]:
-    """The address a `Mailing-List` value names after "contact", or none."""
-    found = _MAILING_LIST_CONTACT.search(value)
-    return [found.group(1)] if found is not None else []
-
-
 def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
@@ -788,96 +676,6 @@ def _replied(fields: Fields, submitted: list[str],
     if _exchange_auto_reply(fields):
         return AUTO_REPLIED, "exchange-rule-reply"
     return None
-
-
-def _precedence(fields: Fields) -> set[str]:
-    """The `Precedence` (and `X-Precedence`) values, each its first token."""
-    return {first_token(v) for n in ("precedence", "x-precedence") for v in fields.get(n, ())}
-
-
-def _list_mail(fields: Fields, precedence: set[str]) -> bool:
-    return "list" in precedence or any(
-        values_of(fields, name) for names in (_LIST_HEADERS, _LIST_MARKS) for name in names)
-
-
-def _own_list(fields: Fields, ours: Callable[[str], bool]) -> bool:
-    """Whether the mail's list is one of our support addresses (a Google Group or a Mailman
-    list that is support@): its `List-Post` mailto address, or its `List-Id` read as one
-    (`<support.example.com>` for support@example.com, RFC 2919)."""
-    return any(ours(address) for address in _list_addresses(fields))
-
-
-def _list_addresses(fields: Fields) -> list[str]:
-    """The list's own addresses its fields name: `List-Post`'s mailto addresses, `List-Id`
-    read as one."""
-    return [*(a for value in values_of(fields, "list-post") for a in _post_addresses(value)),
-            *(a for value in values_of(fields, "list-id") for a in _list_id_address(value))]
-
-
-def _post_addresses(value: str) -> list[str]:
-    """The mailto addresses of a `List-Post` value (none for `NO (posting not allowed)`),
-    whitespace inside the angle brackets ignored (RFC 2369 §2)."""
-    return ["".join(a.split()) for a in _MAILTO.findall(value) if a.strip()]
-
-
-def _unquoted(quoted: re.Match[str]) -> str:
-    """A closed quoted string as a blank; an unclosed one as it is."""
-    return " " if quoted.group(1) else quoted.group()
-
-
-def _list_id_address(value: str) -> list[str]:
-    """A `List-Id` value read as the list's address (`<team.lists.example.org>`:
-    team@lists.example.org, RFC 2919), or none: the id in angle brackets after the phrase,
-    which may be a quoted string holding brackets of its own (`"Team <x>"
-    <team.example.org>`); without brackets, a value that is nothing but an id, as some list
-    managers write it (`team.example.org`); an address written where the id belongs
-    (`<team@example.org>`) as that address."""
-    text = _QUOTED.sub(_unquoted, without_comments(unfold(value), repl=" "))
-    found = _LIST_ID.findall(text)
-    ident = "".join(found[-1].split()) if found else text.strip()
-    if not ident or any(c.isspace() or c in '<>"' for c in ident) or ident.count("@") > 1:
-        return []
-    if "@" in ident:  # `<team@example.org>`: an address where the id should be
-        return [ident] if ident[0] != "@" and ident[-1] != "@" else []
-    label, _, namespace = ident.partition(".")
-    return [f"{label}@{namespace}"] if label and namespace else []
-
-
-# Fields only a list writes; `List-Unsubscribe` is also on apps' transactional mail.
-_STRONG_LIST_FIELDS = tuple(n for n in (*_LIST_HEADERS, *_LIST_MARKS) if n != "list-unsubscribe")
-_LIST_FIELDS = frozenset({"precedence", "x-precedence", *_LIST_HEADERS, *_LIST_MARKS})
-_LIST_ADDRESS_FIELDS = frozenset({"list-post", "list-id"})
-
-
-def is_list_mail(msg: Message, ours: Callable[[str], bool]) -> bool:
-    """Whether the mail is a mailing list's or a newsletter's: a list field (`List-Id`,
-    `List-Post`, `Mailing-List`, Mailman's marks), `Precedence: list`, or `List-Unsubscribe`
-    on mail to more than one recipient who is not ours; but not `Precedence: bulk` alone (RT
-    marks all its mail so), nor a list that is one of our support addresses (`ours`)."""
-    fields = msg.present(_LIST_FIELDS)
-    if not fields:
-        return False
-    precedence = _precedence(fields)
-    if not _list_mail(fields, precedence) or _own_list(fields, ours):
-        return False
-    if "list" in precedence or any(values_of(fields, name) for name in _STRONG_LIST_FIELDS):
-        return True
-    # List-Unsubscribe alone: apps put it on their transactional mail too (an answer to one
-    # customer must open its case); one message to several outside recipients is a mailing.
-    return sum(1 for rcpt in msg.envelope.rcpts if not ours(rcpt)) > 1
-
-
-def list_addresses(msg: Message) -> frozenset[str]:
-    """The mailing list's own addresses, as its mail names them: the `List-Post` mailto
-    addresses and the `List-Id` read as one (`<team.googlegroups.com>` for
-    team@googlegroups.com, RFC 2919), lower-cased. A list is nobody's participant: Google
-    Groups and Mailman's DMARC mitigation write its address as From ("'Pat' via Team
-    <team@googlegroups.com>"), so a list address taken for a person would make every
-    member's mail a participant's."""
-    fields = msg.present(_LIST_ADDRESS_FIELDS)
-    if not fields:  # most mail: no list field, no address to read (asked of every message)
-        return frozenset()
-    return frozenset(a.lower() for a in _list_addresses(fields))
 
 
 def _auto_generated(

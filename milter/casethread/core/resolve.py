@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from . import autoreply, bodytext, feedback, mime, msgid, subject, thread_index
+from . import autoreply, bodytext, feedback, mail_lists, mime, msgid, subject, thread_index
 from .addresses import (
     AddressMatcher,
     cached_matches,
@@ -317,7 +317,7 @@ class Evidence:
     @lazy
     def list_addresses(self) -> frozenset[str]:
         """The addresses of the mailing list that sent this mail, if it is list mail."""
-        return autoreply.list_addresses(self.msg)
+        return mail_lists.list_addresses(self.msg)
 
     def is_participant(self, case_id: str) -> bool:
         # Our support address is on every case's mail: anyone can forge it as From. A list
@@ -528,7 +528,7 @@ class Resolver:
             # Nor a mailing list's own address (its From under DMARC mitigation, its To):
             # every member's mail would be a participant's.
             if lists is None:
-                lists = autoreply.list_addresses(msg)
+                lists = mail_lists.list_addresses(msg)
             # Reply-To too, after the From: a web form's visitor (`Evidence.author`), a
             # customer's other address. Read on its own, as `author` reads it: read with the
             # others, a garbled Reply-To (a form fills it from what the visitor typed) would
