@@ -324,7 +324,7 @@ def folded_vendor_fields_10mb(direction: Direction) -> Hostile:
 
 def calendar_reply_of_10mb_of_notes(direction: Direction) -> Hostile:
     """An "Accepted:" calendar reply whose text/calendar part is 10 MB of folded, empty
-    COMMENT lines (`autoreply._imip_reply` reads the first 64 KiB)."""
+    COMMENT lines (`calendar_replies.imip_reply` reads the first 64 KiB)."""
     ics = b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n" + b"COMMENT:\r\n \\n\r\n" * (10 * MIB // 16)
     body = (b"--c\r\nContent-Type: text/calendar; method=REPLY\r\n\r\n" + ics
             + b"\r\n--c--\r\n")

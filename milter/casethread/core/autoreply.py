@@ -56,7 +56,7 @@ first of this order wins:
    our tag included, and must not count as a list's copy of a person's reply), an
    attendee's calendar reply without a note (iMIP, RFC 6047: `METHOD:REPLY`, no `COMMENT`
    or `X-RESPONSE-COMMENT` with text: a click on Accept, Decline or Tentative;
-   `_imip_reply`), a null
+   `calendar_replies.imip_reply`), a null
    sender (envelope `<>`, or `Return-Path: <>` where no envelope is known), a From of
    `postmaster@...`, RT's
    `X-FC-Machinegenerated: true`, Frappe Helpdesk's `X-Auto-Generated` (any value but a
@@ -125,6 +125,7 @@ from collections.abc import Callable, Sequence
 
 from . import bodytext, feedback, mime
 from .addresses import first_address
+from .calendar_replies import imip_candidate, imip_reply
 from .field_values import BODY_READ_MAX, Fields, field_text, first_token, values_of
 from .frozen import frozen
 from .mail_lists import (
@@ -247,46 +248,6 @@ _OOO_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 
-_CALENDAR_CLASS = "urn:content-classes:calendarmessage"
-# What the Subjects of calendar replies start with, before their colon (lower case, blanks as
-# one): Outlook's (English, German, French, Spanish; its Italian and Dutch "Declined:"),
-# Google Calendar's (also French), Thunderbird's `itip-reply-subject-*` strings in English,
-# German, French, Spanish, Italian, Dutch, Portuguese (Brazil, Portugal), Swedish, Danish,
-# Norwegian, Polish, Japanese and Chinese, and "Event Invitation Reply (Accepted):" of CalDAV
-# servers (`_INVITATION_REPLY`). Only a candidate: the body's METHOD:REPLY decides. A set, not
-# a regex of alternatives: every multipart message's Subject is looked up, and each
-# alternative was tried at its start.
-_IMIP_PREFIXES = frozenset({
-    "accepted", "declined", "tentative", "tentatively accepted", "maybe", "invitation reply",
-    "invitation status", "invitation declined",
-    "zugesagt", "abgelehnt", "mit vorbehalt angenommen", "angenommen", "vorläufig",
-    "akzeptiert", "einladung abgelehnt",
-    "accepté", "acceptée", "refusé", "refusée", "provisoire", "proposée", "peut-être",
-    "invitation refusée",
-    "aceptado", "aceptada", "rechazado", "provisional", "tentativa", "tentativo",
-    "invitación declinada",
-    "accettato", "rifiutato", "rifiutata", "invito rifiutato", "da confermare",
-    "geaccepteerd", "geweigerd", "uitnodiging geweigerd", "voorlopig",
-    "aceito", "aceite", "convite recusado",
-    "accepterad", "inbjudan avvisades", "preliminär",
-    "accepteret", "invitation afvist", "foreløbig",
-    "akseptert", "invitasjon avvist", "med forbehold",
-    "przyjęto", "odrzucono zaproszenie", "wstępnie",
-    "承諾", "仮承諾", "参加辞退", "已接受", "拒绝邀请", "已拒絕邀請", "暂定", "暫定",
-})
-_INVITATION_REPLY = re.compile(r"(?:event )?invitation reply ?\([^)]*\)")
-# The longest prefix looked at: "event invitation reply (tentatively accepted)" and room.
-_IMIP_PREFIX_MAX = 64
-_ICS_FOLD = re.compile(r"\r?\n[ \t]")
-_ICS_METHOD = re.compile(r"^METHOD\s*:\s*([A-Za-z-]+)", re.I | re.M)
-# The attendee's note: a COMMENT property's value (Outlook, Exchange, Evolution, Nextcloud), or
-# Google Calendar's X-RESPONSE-COMMENT parameter on the ATTENDEE line (its only place for it).
-# Exchange writes `COMMENT;LANGUAGE=en-US:\n` on a click too: a value of escaped line breaks
-# and blanks is no note.
-_ICS_NOTE = re.compile(r'^COMMENT[^:\r\n]*:([^\r\n]*)|;X-RESPONSE-COMMENT=("[^"\r\n]*"|[^;:\r\n]*)',
-                       re.I | re.M)
-_ICS_EMPTY = re.compile(r'(?:\\[nN]|\s|")*')
-
 
 def is_auto(kind: str) -> bool:
     """True for every kind except `no`; ValueError for a string that is not a kind."""
@@ -351,7 +312,7 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     if _freescout_autoreply(msg):
         return AUTO_REPLIED, _FREESCOUT
     # An attendee's click: "Accepted: ...".
-    calendar = read.calendar and _imip_reply(msg, tree)
+    calendar = read.calendar and imip_reply(msg, tree)
     if not (fields or null_sender or from_local == "postmaster"):
         # most mail: none of the signals below can be present
         return (AUTO_GENERATED, "imip-reply") if calendar else (NO, "")
@@ -406,10 +367,10 @@ class Signals:
     """What the classifier and the bounce strategy read of every mail, read once per message
     (`read_signals`; the engine keeps a message's with its evidence, `resolve.Evidence`):
     its signal fields (`_signal_fields`), whether it came under the null sender
-    (`_null_sender`), its From lower-cased and the From's local part (`_from_local_part`), a
+    (`_null_sender`), its From lower-cased and the From's local part (`_local_part`), a
     report's type (`_report_type`), the provider whose feedback it may be
     (`feedback.provider`), its Content-Class lower-cased, and whether it may be a calendar
-    reply (`_imip_candidate`).
+    reply (`calendar_replies.imip_candidate`).
 
     `quiet`: none of them says anything, as for most mail: then the classifier answers `no`
     (but for a sender of `notices`) and the bounce strategy reads nothing, told in one test
@@ -442,7 +403,7 @@ def read_signals(msg: Message) -> Signals:
     report_type = _report_type(msg)
     provider = feedback.provider(msg, from_value)
     content_class = (msg.get("Content-Class") or "").lower()
-    calendar = _imip_candidate(msg, content_class)
+    calendar = imip_candidate(msg, content_class)
     quiet = not (fields or null_sender or report_type is not None or provider or calendar
                  or from_local in _SYSTEM_SENDERS or _QUARANTINE_SENDER in from_value
                  or "mdn" in content_class or "recall" in content_class)
@@ -760,7 +721,7 @@ def _report_type(msg: Message) -> str | None:
 def reads_body(msg: Message, ours: Callable[[str], bool] | None = None,
                signals: Signals | None = None) -> bool:
     """Whether the kind depends on the body: a delivery report's Action fields, an SES
-    notification's type (`feedback.SNS`), a calendar reply's METHOD (`_imip_candidate`), an
+    notification's type (`feedback.SNS`), a calendar reply's METHOD (`calendar_replies`), an
     Exchange rule's forward's first lines (`_forwards_our_mail`; not when the only rule was
     our own mailbox's, `_our_rule_only`, with `ours` given). `signals`: the message's, if
     kept."""
@@ -770,69 +731,6 @@ def reads_body(msg: Message, ours: Callable[[str], bool] | None = None,
         return True
     rules = read.fields.get(_RULE_FORWARD, ())
     return bool(rules) and (ours is None or not _our_rule_only(rules, ours))
-
-
-def _imip_candidate(msg: Message, content_class: str) -> bool:
-    """Whether the header fields say the mail may be a calendar reply (iMIP, RFC 6047), whose
-    body then tells: a `text/calendar` message, Outlook's and Exchange's `Content-Class:
-    urn:content-classes:calendarmessage` (any language), or a multipart message whose Subject
-    starts as the calendars' replies do ("Accepted:", "Declined:", "Tentative:", ...). Only
-    these have their body read for it, so that the milter's decision at the end of the header
-    section (`Engine.body_wanted`) is the whole message's. Asked of every message
-    (`read_signals`): substrings tell most mail apart (a type's name is a token, never split), as
-    `mime.is_report` does; the Content-Type is parsed only for a candidate. `content_class`:
-    the Content-Class, lower-cased ("" without one)."""
-    content_type = msg.get("Content-Type")
-    if content_type is None:
-        return False
-    lowered = content_type.lower()
-    if "calendar" in lowered and mime.media_type(content_type) == "text/calendar":
-        return True
-    if "multipart" not in lowered:
-        return False
-    subject = msg.get("Subject") or ""
-    plain = subject.isascii() and "=?" not in subject  # as decoded already
-    if not (_imip_subject(subject if plain else decode_subject(subject))
-            or _CALENDAR_CLASS in content_class):
-        return False
-    return mime.media_type(content_type).startswith("multipart/")
-
-
-def _imip_subject(subject: str) -> bool:
-    """Whether the Subject starts as a calendar reply's: its text before the first colon
-    (`:`, or the full-width `：` of CJK input) is one of `_IMIP_PREFIXES`, in any case, blanks
-    around and between its words as one (French writes `Accepté :`)."""
-    head = subject[:_IMIP_PREFIX_MAX + 1]
-    colon = head.find(":")
-    wide = head.find("：", 0, colon if colon >= 0 else len(head))
-    end = wide if wide >= 0 else colon
-    if end < 0:
-        return False
-    prefix = " ".join(head[:end].lower().split())
-    return prefix in _IMIP_PREFIXES or (
-        prefix.endswith(")") and _INVITATION_REPLY.fullmatch(prefix) is not None)
-
-
-def _imip_reply(msg: Message, tree: Callable[[], mime.Part] | None) -> bool:
-    """Whether the mail is an attendee's reply to an invitation (iMIP, RFC 6047: its first
-    `text/calendar` part says `METHOD:REPLY`) that carries no note of theirs (no `COMMENT`
-    property with text, Outlook's "Edit the response before sending"; no
-    `X-RESPONSE-COMMENT` parameter with text, Google Calendar's "add a note"; Exchange
-    writes an empty `COMMENT` on a mere click). Such a reply is a click on Accept, Decline
-    or Tentative, which the client mails itself: automatic. A counter-proposal
-    (`METHOD:COUNTER`, "New Time Proposed:") asks the organizer something and stays a
-    person's mail. Asked of a candidate only (`_imip_candidate`)."""
-    top = mime.top_fields(msg.headers)
-    for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
-                                            ("text/calendar",), BODY_READ_MAX,
-                                            top_disposition=top.disposition,
-                                            tree=tree() if tree is not None else None):
-        text = _ICS_FOLD.sub("", part.data.decode("utf-8", "replace"))
-        method = _ICS_METHOD.search(text)
-        return (method is not None and method.group(1).upper() == "REPLY"
-                and all(_ICS_EMPTY.fullmatch(note.group(1) or note.group(2) or "")
-                        for note in _ICS_NOTE.finditer(text)))
-    return False
 
 
 def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
