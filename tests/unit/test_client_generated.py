@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from tests.conftest import make_message
 
-from casethread.core import autoreply
+from casethread.core import autoreply, rule_forwards
 from casethread.core.model import CaseState, Direction
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
@@ -489,9 +489,9 @@ def test_an_exchange_rule_forward_whose_cjk_from_line_outlook_wrapped(
 ], ids=["ja", "ko", "short", "half-width", "full-width"])
 def test_the_wrap_width_counts_a_wide_character_as_two_columns(first: str,
                                                                wrapped: bool) -> None:
-    header = autoreply._header_line(first)
+    header = rule_forwards._header_line(first)
     assert header is not None
-    assert autoreply._wrapped_from(first, header.group(1).strip(),
+    assert rule_forwards._wrapped_from(first, header.group(1).strip(),
                                    "担当 <support@example.com>") is wrapped
 
 

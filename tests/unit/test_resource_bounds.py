@@ -335,7 +335,7 @@ def calendar_reply_of_10mb_of_notes(direction: Direction) -> Hostile:
 
 def exchange_rule_forward_of_10mb_html(direction: Direction) -> Hostile:
     """An Exchange inbox rule's forward (its body is read for a forwarded header block,
-    `autoreply._forwards_our_mail`) of 10 MB of HTML: a separator line, a From line of
+    `rule_forwards.forwards_our_mail`) of 10 MB of HTML: a separator line, a From line of
     100,000 letters without an `@` (the address search is quadratic in such a run), a Sent
     line, then more such lines."""
     body = (b"<p>-----Original Message-----</p><p>From: " + b"a" * 100_000 + b"</p><p>Sent: "
