@@ -162,11 +162,11 @@ def test_a_from_of_the_empty_address_tells_the_null_sender_where_no_envelope_is_
     """`casethread filter` without --mail-from: the From stands in for the envelope, as
     Return-Path does. The milter has the envelope, whose `<>` decides there."""
     dma = msg(("From", value), ("Subject", "Mail delivery failed"), mail_from="")
-    assert autoreply.has_null_sender(dma) is null
+    assert autoreply.read_signals(dma).null_sender is null
     if null:  # (from mailer-daemon@ it is a bounce by that name)
         assert classify_auto_detail(dma) == ("bounce", "null-sender+failure-subject")
     # The envelope wins: a person's mail under a sender of its own is no bounce.
-    assert not autoreply.has_null_sender(msg(("From", value)))
+    assert not autoreply.read_signals(msg(("From", value))).null_sender
 
 
 @pytest.mark.parametrize("sender", ["Website visitor <>", "<>"])
@@ -178,13 +178,13 @@ def test_a_return_path_with_an_address_wins_over_a_from_of_the_empty_address(
     in for the envelope only where no Return-Path tells it."""
     form = msg(("Return-Path", "<www-data@web.example.com>"), ("From", sender),
                ("Subject", "Question about my order"), mail_from="")
-    assert not autoreply.has_null_sender(form)
+    assert not autoreply.read_signals(form).null_sender
     assert classify_auto(form) == "no"
     assert classify_auto(msg(("From", sender), ("Subject", "Question about my order"),
                              mail_from="<www-data@web.example.com>")) == "no"
     # A Return-Path of the null sender, or none, leaves the From to tell.
     for fields in ((("Return-Path", "<>"),), ()):
-        assert autoreply.has_null_sender(msg(*fields, ("From", sender), mail_from=""))
+        assert autoreply.read_signals(msg(*fields, ("From", sender), mail_from="")).null_sender
 
 
 @pytest.mark.parametrize("value", ["<>", "<> (bounce (of a bounce))"])
@@ -193,9 +193,9 @@ def test_the_envelope_wins_over_a_return_path_field(value: str) -> None:
     sees the mail, Sendmail hands it over. Behind either, a person's mail carrying
     `Return-Path: <>` is a person's mail, and a real bounce's envelope says `<>` itself."""
     assert classify_auto(msg(("Return-Path", value))) == "no"
-    assert not autoreply.has_null_sender(msg(("Return-Path", value)))
-    assert autoreply.has_null_sender(msg(("Return-Path", value), mail_from="<>"))
-    assert autoreply.has_null_sender(msg(("Return-Path", value), mail_from=""))
+    assert not autoreply.read_signals(msg(("Return-Path", value))).null_sender
+    assert autoreply.read_signals(msg(("Return-Path", value), mail_from="<>")).null_sender
+    assert autoreply.read_signals(msg(("Return-Path", value), mail_from="")).null_sender
 
 
 def test_null_envelope_sender() -> None:

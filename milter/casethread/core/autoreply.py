@@ -231,8 +231,6 @@ _FAILURE_SUBJECT = re.compile(
     r"|(?:message\s+)?delivery\s+(?:has\s+)?failed|non-?\s*deliver|mail\s+system\s+error)",
     re.IGNORECASE,
 )
-# The fields a notice of the mail system is told by, besides From and Subject.
-_NOTICE_FIELDS = frozenset({"x-failed-recipients", "return-path"})
 _SYSTEM_SENDERS = ("mailer-daemon", "postmaster")
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
@@ -506,15 +504,6 @@ def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
             or read.from_local in _SYSTEM_SENDERS):
         return False
     return _notice(msg, read.fields, read.null_sender, read.from_local) is not None
-
-
-def has_null_sender(msg: Message) -> bool:
-    """Whether the mail came under the null sender (`_null_sender`): the
-    mail system's (RFC 5321 §4.5.5) or an auto-responder's (RFC 3834 §3.3), never a person's
-    own."""
-    if msg.envelope.mail_from.strip():  # the envelope tells: no field need be looked up
-        return _null_sender(msg, {})
-    return _null_sender(msg, msg.present(_NOTICE_FIELDS))
 
 
 def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | None = None,
