@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casethread.core import autoreply, field_values, mail_lists
+from casethread.core import autoreply, field_values, mail_lists, system_notices
 from casethread.core.autoreply import KINDS, classify_auto, classify_auto_detail, is_auto
 from casethread.core.message import Envelope, Header, Message
 
@@ -647,7 +647,7 @@ def test_a_postmaster_failure_notice_under_a_sender_of_its_own_is_a_bounce(
 
 NESTED = "(" * 50_000 + ")" * 50_000  # a 100 KB field of nested comments
 # The modules that remove comments from the fields they read.
-READERS = (autoreply, field_values, mail_lists)
+READERS = (autoreply, field_values, mail_lists, system_notices)
 
 
 @pytest.mark.parametrize("fields", [

@@ -22,15 +22,16 @@ first of this order wins:
    `Auto-Submitted: auto-replied`, which makes it no out-of-office. So is an Exchange read
    report that is no report (`Content-Class: urn:content-classes:mdn`) and an Outlook recall
    (`urn:content-classes:recallmessage`, Exchange Online's
-   `X-MS-Exchange-RecallReportGenerated: true`): `_exchange_notice`. A provider's feedback
-   without a report (`feedback.provider`) next: an Amazon SES notification mailed by SNS is
-   a bounce when it reports a failure (`Bounce`, `Reject` in its JSON; not a `Transient`/
-   `General` bounce without a `failed` action, SES's report of an out-of-office), else
-   `auto-generated`; a Microsoft JMRP complaint is `auto-generated`, as an ARF abuse report
-   is (a complaint reports no failure to deliver, and it was delivered); so is Microsoft
-   365's quarantine notification (From `quarantine@messaging.microsoft.com`), which lists
-   the mail held for us by its sender and Subject, our tag included, and another mail
-   filter's notice from a sender the sysadmin named (`inbound.notice_senders`).
+   `X-MS-Exchange-RecallReportGenerated: true`): `system_notices.exchange_notice`. A
+   provider's feedback without a report (`feedback.provider`) next: an Amazon SES
+   notification mailed by SNS is a bounce when it reports a failure (`Bounce`, `Reject` in
+   its JSON; not a `Transient`/`General` bounce without a `failed` action, SES's report of
+   an out-of-office), else `auto-generated`; a Microsoft JMRP complaint is `auto-generated`,
+   as an ARF abuse report is (a complaint reports no failure to deliver, and it was
+   delivered); so is Microsoft 365's quarantine notification (From
+   `quarantine@messaging.microsoft.com`), which lists the mail held for us by its sender and
+   Subject, our tag included, and another mail filter's notice from a sender the sysadmin
+   named (`inbound.notice_senders`).
 2. `auto-replied`: `Auto-Submitted: auto-replied`, `X-Autoreply`, `X-Autorespond`,
    `X-Autoresponder`, `X-Autoreply-From`, `X-Mail-Autoreply`, `X-Autoresponse`,
    `X-Auto-Reply-From`, a vendor's own mark (iCloud's
@@ -123,10 +124,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from . import bodytext, feedback, mime
+from . import feedback, mime
 from .addresses import first_address
 from .calendar_replies import imip_candidate, imip_reply
-from .field_values import BODY_READ_MAX, Fields, field_text, first_token, values_of
+from .field_values import Fields, field_text, first_token, values_of
 from .frozen import frozen
 from .mail_lists import (
     LIST_HEADERS,
@@ -140,6 +141,20 @@ from .mail_lists import (
 from .message import Message, without_comments
 from .rule_forwards import EXCHANGE_RULE_HEADERS, RULE_FORWARD, forwards_our_mail, our_rule_only
 from .subject import decode_subject
+from .system_notices import (
+    DELAY_SUBJECT,
+    DSN_REPORT_TYPES,
+    FAILURE_SUBJECT,
+    NOT_FAILED,
+    QUARANTINE_SENDER,
+    REPORTS_OF_OUR_MAIL,
+    SYSTEM_SENDERS,
+    delivery_actions,
+    exchange_notice,
+    has_null_sender,
+    notice_sender,
+    quarantine_sender,
+)
 
 NO = "no"
 AUTO_REPLIED = "auto-replied"
@@ -207,31 +222,6 @@ _SIGNAL_FIELDS = frozenset({
     *(name for name, _ in _VENDOR_MARKS), *_PRESENCE_MARKS, "list-help", "list-subscribe",
 })
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
-_DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
-# A DSN's multipart/report: RFC 3464's, or RFC 6533's for SMTPUTF8 mail where the MTA names it
-# so (Postfix 3.7 keeps `delivery-status` and only the parts are `message/global-*`).
-_DSN_REPORT_TYPES = frozenset({"delivery-status", "global-delivery-status"})
-# Reports a mail system or provider sends about our mail: a DSN, an ARF report (RFC 5965).
-_REPORTS_OF_OUR_MAIL = _DSN_REPORT_TYPES | {"feedback-report"}
-_ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
-_NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
-# The subjects of the mail system's notices in formats of their own (no DSN to read), from the
-# start: a delay warning's, then a failure's (MDaemon's delay says "Temporary Delivery
-# Failure"). A failure's subject may go on with the returned mail's, which may say anything.
-_DELAY_SUBJECT = re.compile(
-    r"\s*(?:warning:\s*)?(?:message\s+\S+\s+delayed|could\s+not\s+send\s+message\s+for\s+past"
-    r"|(?:mail\s+)?delivery\s+(?:is\s+)?delay|delayed\s+(?:mail|delivery)"
-    r"|delivery\s+status\s+notification\s*\(delay\)|temporary\s+delivery\s+failure)",
-    re.IGNORECASE,
-)
-_FAILURE_SUBJECT = re.compile(
-    r"\s*(?:undeliver|returned\s+mail|mail\s+delivery\s+failed|failure\s+notice"
-    r"|delivery\s+status\s+notification\s*\(failure\)|(?:permanent\s+)?delivery\s+failure"
-    r"|(?:message\s+)?delivery\s+(?:has\s+)?failed|non-?\s*deliver|mail\s+system\s+error)",
-    re.IGNORECASE,
-)
-_SYSTEM_SENDERS = ("mailer-daemon", "postmaster")
 _OOO_SUBJECT = re.compile(
     r"\s*(?:auto(?:matic)?[\s-]*reply|out\s+of\s+(?:the\s+)?office"
     r"|automatische\s+antwort|abwesenheitsnotiz|autosvar|automatiskt\s+svar"
@@ -280,9 +270,9 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     null_sender, from_local, report_type = read.null_sender, read.from_local, read.report_type
 
     # 1. bounce
-    if report_type in _DSN_REPORT_TYPES:
-        actions = _delivery_actions(msg, tree() if tree is not None else None)
-        if actions and actions <= _NOT_FAILED:
+    if report_type in DSN_REPORT_TYPES:
+        actions = delivery_actions(msg, tree() if tree is not None else None)
+        if actions and actions <= NOT_FAILED:
             # A delay warning or a success notice: machine mail, but nothing bounced.
             return AUTO_GENERATED, "delivery-status-" + "-".join(sorted(actions))
         return BOUNCE, "delivery-status"
@@ -292,14 +282,14 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
     if report_type is not None:  # a read receipt, also one marked auto-replied (RFC 3834 §5)
         return AUTO_GENERATED, "report"
     # A read report or a recall without a report.
-    exchange = _exchange_notice(read.content_class, fields)
+    exchange = exchange_notice(read.content_class, fields)
     if exchange:
         return AUTO_GENERATED, exchange
     if read.provider:  # a JMRP complaint, an SES notification by SNS (`core/feedback.py`)
         found = _provider_feedback(msg, read.provider, tree)
         if found is not None:
             return found
-    if _quarantine_sender(read.from_value):  # Microsoft 365's list of mail it holds for us
+    if quarantine_sender(read.from_value):  # Microsoft 365's list of mail it holds for us
         return AUTO_GENERATED, "quarantine-notice"
     if notice_sender(msg, notices):  # another filter's, as the sysadmin named its sender
         return AUTO_GENERATED, "notice-sender"
@@ -362,8 +352,8 @@ class Signals:
     """What the classifier and the bounce strategy read of every mail, read once per message
     (`read_signals`; the engine keeps a message's with its evidence, `resolve.Evidence`):
     its signal fields (`_signal_fields`), whether it came under the null sender
-    (`_null_sender`), its From lower-cased and the From's local part (`_local_part`), a
-    report's type (`_report_type`), the provider whose feedback it may be
+    (`system_notices.has_null_sender`), its From lower-cased and the From's local part
+    (`_local_part`), a report's type (`_report_type`), the provider whose feedback it may be
     (`feedback.provider`), its Content-Class lower-cased, and whether it may be a calendar
     reply (`calendar_replies.imip_candidate`).
 
@@ -391,7 +381,7 @@ class Signals:
 def read_signals(msg: Message) -> Signals:
     """The message's `Signals`."""
     fields = _signal_fields(msg)
-    null_sender = _null_sender(msg, fields)
+    null_sender = has_null_sender(msg, fields)
     from_field = msg.get("From")
     from_value = (from_field or "").lower()
     from_local = _local_part(from_field)
@@ -400,7 +390,7 @@ def read_signals(msg: Message) -> Signals:
     content_class = (msg.get("Content-Class") or "").lower()
     calendar = imip_candidate(msg, content_class)
     quiet = not (fields or null_sender or report_type is not None or provider or calendar
-                 or from_local in _SYSTEM_SENDERS or _QUARANTINE_SENDER in from_value
+                 or from_local in SYSTEM_SENDERS or QUARANTINE_SENDER in from_value
                  or "mdn" in content_class or "recall" in content_class)
     return Signals(fields, null_sender, from_value, from_local, report_type, provider,
                    content_class, calendar, quiet)
@@ -436,63 +426,6 @@ def _provider_feedback(msg: Message, provider: str,
     return kind, "ses-" + notice.kind.replace(" ", "-")
 
 
-# Exchange writes the MAPI message class of what it sends as a `Content-Class` field
-# (MS-OXCMAIL), mapped as Microsoft's table "Mapping PR_MESSAGE_CLASS to DAV:contentclass"
-# says: a read or not-read report (`Report.IPM.Note.IPNRN`, `.IPNNRN`) is
-# `urn:content-classes:mdn`, Outlook's recall (`IPM.Outlook.Recall`)
-# `urn:content-classes:recallmessage`. A read report is an MDN (`multipart/report`) when
-# Exchange converts it to MIME; one sent otherwise (TNEF, a gateway that rewrote it to text)
-# keeps only this field and a Subject of "Read:", "Gelesen:", "Lu :", ... in the reader's
-# language.
-_MDN_CLASS = "urn:content-classes:mdn"
-_RECALL_CLASS = "urn:content-classes:recallmessage"
-# Exchange Online lets a recall through to recipients outside the organisation as text
-# ("Recall: <Subject>", "... would like to recall the message"), legacy Outlook's recall and
-# the cloud-based one alike, with this field `true` (and `...RecallReportCfmGenerated`): in
-# public list archives it is on every recall, in any language ("撤回:"), and on no other mail.
-_RECALL_FIELD = "x-ms-exchange-recallreportgenerated"
-
-
-def _exchange_notice(content_class: str, fields: Fields) -> str:
-    """The signal of an Exchange read report or Outlook recall that is no `multipart/report`
-    (`_MDN_CLASS`, `_RECALL_CLASS`, `_RECALL_FIELD`), or `""`. Both are mailed by the reader's
-    or the sender's mail system on a click, as a calendar reply is: they thread, and move no
-    case (a recall, sent seconds after a new question, opened a second case for it).
-    `content_class`: the mail's Content-Class, lower-cased ("" without one)."""
-    # Outlook's mail says `urn:content-classes:message`: a substring tells it apart.
-    if "mdn" in content_class or "recall" in content_class:
-        value = first_token(content_class)
-        if value == _MDN_CLASS:
-            return "content-class-mdn"
-        if value == _RECALL_CLASS:
-            return "outlook-recall"
-    recall = fields.get(_RECALL_FIELD)  # most mail: none, and no generator is made for it
-    if recall and any(first_token(v) == "true" for v in recall):
-        return "outlook-recall"
-    return ""
-
-
-# Microsoft 365 (Exchange Online Protection) sends its quarantine notifications ("You have
-# messages in quarantine") from this address unless the tenant's global quarantine settings
-# name another sender. Each lists the held mail's sender and Subject, our tag included when
-# the held mail is a customer's reply.
-_QUARANTINE_SENDER = "quarantine@messaging.microsoft.com"
-
-
-def _quarantine_sender(value: str) -> bool:
-    """Whether the mail is Microsoft 365's quarantine notification, by its From (`value`,
-    lower-cased). Cheap for other mail: the From is only parsed when it holds the address."""
-    return _QUARANTINE_SENDER in value and first_address(value) == _QUARANTINE_SENDER
-
-
-def notice_sender(msg: Message, notices: Callable[[str], bool] | None) -> bool:
-    """Whether the From is one of the senders of mail filters' notices (`notices`, from
-    `inbound.notice_senders`): a gateway's quarantine digest or "held"/"blocked" notice
-    lists the mail it holds by its Subject, our tag included, from a sender each site
-    chooses, with no mark of automatic mail known from a source."""
-    return notices is not None and notices(first_address(msg.get("From") or ""))
-
-
 def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery without a DSN at its top (a
     bounce or a delay warning in a format of its own, or a DSN wrapped in other mail): the
@@ -501,7 +434,7 @@ def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     read = signals if signals is not None else read_signals(msg)
     # What `_notice` can answer for (cheap for other mail, whose Subject it would decode).
     if not (read.null_sender or "x-failed-recipients" in read.fields
-            or read.from_local in _SYSTEM_SENDERS):
+            or read.from_local in SYSTEM_SENDERS):
         return False
     return _notice(msg, read.fields, read.null_sender, read.from_local) is not None
 
@@ -512,7 +445,7 @@ def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | N
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
-    quarantine notification of mail held for us (`_quarantine_sender`), another mail filter's
+    quarantine notification of mail held for us (`system_notices`), another mail filter's
     notice from a sender the sysadmin named (`notice_sender`), or a list manager's
     notice that our post awaits moderator approval (`list_manager_notice`), also Sympa's
     without list fields (`sympa_notice`: its confirmation request attaches our post); or any other
@@ -525,11 +458,11 @@ def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | N
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
     case. `signals`: the message's, if kept."""
     read = signals if signals is not None else read_signals(msg)
-    return (kind == BOUNCE or read.report_type in _REPORTS_OF_OUR_MAIL
+    return (kind == BOUNCE or read.report_type in REPORTS_OF_OUR_MAIL
             or (kind == AUTO_GENERATED and (read.null_sender or read.postmaster
                                             or is_delivery_notice(msg, read)
                                             or bool(read.provider)
-                                            or _quarantine_sender(read.from_value)
+                                            or quarantine_sender(read.from_value)
                                             or notice_sender(msg, notices)
                                             or list_manager_notice(msg)
                                             or sympa_notice(msg))))
@@ -549,18 +482,18 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
         # postmaster@ under a sender of its own (m-FILTER, MailMarshal, Exchange's IMS behind
         # a relay that rewrote the null sender): its failure subject tells its bounce. Such
         # mail is automatic anyway (`from-postmaster`); this reads its returned copy too.
-        if from_local == "postmaster" and _FAILURE_SUBJECT.match(
+        if from_local == "postmaster" and FAILURE_SUBJECT.match(
                 decode_subject(msg.get("Subject") or "")):
             return BOUNCE, "from-postmaster+failure-subject"
         return None
     if not system and _responder_marks(fields, _submitted(fields)):
         return None  # RFC 3834 §3.3: a responder's null sender, and the Subject it answers
     subject = decode_subject(msg.get("Subject") or "")
-    if _DELAY_SUBJECT.match(subject):
+    if DELAY_SUBJECT.match(subject):
         return AUTO_GENERATED, f"{system or 'null-sender'}+delay-subject"
     if system:
         return BOUNCE, system
-    if _FAILURE_SUBJECT.match(subject):
+    if FAILURE_SUBJECT.match(subject):
         return BOUNCE, "null-sender+failure-subject"
     return None
 
@@ -656,36 +589,6 @@ def _rt_echo(fields: Fields, ours: Callable[[str], bool]) -> bool:
     return any(ours(first_address(v)) for name in _RT_ORIGINATOR for v in values_of(fields, name))
 
 
-def _null_sender(msg: Message, fields: Fields) -> bool:
-    """The envelope sender is `<>`. A `Return-Path: <>` field counts only where the envelope
-    is not known (`casethread filter` without `--mail-from`, on saved mail, whose final
-    delivery wrote it): in transit that field is the client's, which Postfix drops before the
-    milter sees it and Sendmail hands over, so the milter behind either reads the envelope.
-    Where no Return-Path tells the envelope, the From stands in for it: `From: <>` or
-    `MAILER-DAEMON <>` (an empty angle address, DragonFly Mail Agent's bounces) is the null
-    sender's mail, as its envelope said; a From with an address, or a name alone, is no sign
-    either way. A Return-Path with an address wins over such a From: a web form that left
-    its visitor's address empty (`From: Pat <>`) sent under an envelope sender of its own,
-    which the milter reads."""
-    mail_from = "".join(msg.envelope.mail_from.split())
-    if mail_from:
-        return mail_from == "<>"
-    paths = ["".join(without_comments(v).split()) for v in values_of(fields, "return-path")]
-    if "<>" in paths:
-        return True
-    return not any("@" in path for path in paths) and _null_from(msg)
-
-
-def _null_from(msg: Message) -> bool:
-    """Whether the From names no address but the empty one: `<>`, or a display name and `<>`
-    (`MAILER-DAEMON <>`), blanks and comments anywhere."""
-    value = msg.get("From")
-    if value is None or "<" not in value:
-        return False
-    name, _, rest = without_comments(field_text(value)).rpartition("<")
-    return "".join(rest.split()) == ">" and not any(c in name for c in "<>@,;")
-
-
 def _local_part(value: str | None) -> str:
     """The lower-cased local part of a From (`value`; `MAILER-DAEMON` without a domain counts
     too)."""
@@ -712,25 +615,11 @@ def reads_body(msg: Message, ours: Callable[[str], bool] | None = None,
     own mailbox's, `rule_forwards.our_rule_only`, with `ours` given). `signals`: the message's, if
     kept."""
     read = signals if signals is not None else read_signals(msg)
-    if (read.report_type in _DSN_REPORT_TYPES or read.provider == feedback.SNS
+    if (read.report_type in DSN_REPORT_TYPES or read.provider == feedback.SNS
             or read.calendar):
         return True
     rules = read.fields.get(RULE_FORWARD, ())
     return bool(rules) and (ours is None or not our_rule_only(rules, ours))
-
-
-def _delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
-    """The per-recipient `Action` values of a delivery report (RFC 3464 §2.3.3), lower case;
-    empty when the report part is missing or unreadable (the report then counts as a bounce).
-    `tree`: the body's MIME structure if already parsed."""
-    top = mime.top_fields(msg.headers)
-    actions: set[str] = set()
-    for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
-                                            _DELIVERY_STATUS_TYPES, BODY_READ_MAX,
-                                            top_disposition=top.disposition, tree=tree):
-        text = _FOLD.sub(" ", part.data.decode("ascii", "replace"))  # `Action:\n failed`
-        actions.update(a.lower() for a in _ACTION.findall(text))
-    return actions
 
 
 def _exchange_rule_header(fields: Fields) -> str:

@@ -61,9 +61,9 @@ def imip_candidate(msg: Message, content_class: str) -> bool:
     starts as the calendars' replies do ("Accepted:", "Declined:", "Tentative:", ...). Only
     these have their body read for it, so that the milter's decision at the end of the header
     section (`Engine.body_wanted`) is the whole message's. Asked of every message
-    (`read_signals`): substrings tell most mail apart (a type's name is a token, never split), as
-    `mime.is_report` does; the Content-Type is parsed only for a candidate. `content_class`:
-    the Content-Class, lower-cased ("" without one)."""
+    (`autoreply.read_signals`): substrings tell most mail apart (a type's name is a token,
+    never split), as `mime.is_report` does; the Content-Type is parsed only for a candidate.
+    `content_class`: the Content-Class, lower-cased ("" without one)."""
     content_type = msg.get("Content-Type")
     if content_type is None:
         return False

@@ -92,7 +92,7 @@ _SYMPA_MESSAGE_ID = re.compile(r"sympa\.\d+\.\d+\.\d+@\S+")
 
 def sympa_notice(msg: Message) -> bool:
     """Whether Sympa composed this mail itself: its Message-ID's form (`_SYMPA_MESSAGE_ID`).
-    Only automatic mail is asked (`from_mail_system`): Sympa marks every notice so."""
+    Only automatic mail is asked (`autoreply.from_mail_system`): Sympa marks every notice so."""
     mid = first_id(msg.get_filled("Message-ID"))
     return mid is not None and _SYMPA_MESSAGE_ID.fullmatch(mid) is not None
 
