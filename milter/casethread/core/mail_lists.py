@@ -1,8 +1,9 @@
 """Mailing-list mail and the list managers' own notices: the List-* fields (RFC 2369, RFC
 2919) and `Precedence: list`, the list's own addresses, a list that is one of our support
 addresses, and the notices Mailman, Groups.io, ezmlm and Sympa compose themselves. Apart from
-`autoreply` because the engine and the resolver ask about lists of every message too (a list
-is nobody's participant; a list's mail opens no case)."""
+`autoreply` because others ask too: the engine whether our outbound mail is a list's (it
+opens no case), the resolver for an inbound list's addresses (a list is nobody's
+participant)."""
 
 from __future__ import annotations
 
