@@ -445,10 +445,11 @@ def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | N
     any Action (a delay warning, a success notice) or a notice in a format of its own; or a
     mail provider's report about our mail: an ARF report (`report-type=feedback-report`), a
     JMRP complaint, an SES notification by SNS (`feedback.provider`); or Microsoft 365's
-    quarantine notification of mail held for us (`system_notices`), another mail filter's
-    notice from a sender the sysadmin named (`notice_sender`), or a list manager's
-    notice that our post awaits moderator approval (`list_manager_notice`), also Sympa's
-    without list fields (`sympa_notice`: its confirmation request attaches our post); or any other
+    quarantine notification of mail held for us (`system_notices.quarantine_sender`), another
+    mail filter's notice from a sender the sysadmin named (`system_notices.notice_sender`), or
+    a list manager's notice that our post awaits moderator approval
+    (`mail_lists.list_manager_notice`), also Sympa's without list fields
+    (`mail_lists.sympa_notice`: its confirmation request attaches our post); or any other
     machine-made notice (`auto-generated`) from `postmaster@` (RFC 5321 §4.5.1: the mail
     system's own address) or under the null sender (§4.5.5: the mail system's notices; an
     auto-responder's reply, the other mail sent so, is `auto-replied` when its mark or an
