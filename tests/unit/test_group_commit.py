@@ -63,12 +63,14 @@ def _queued_behind_a_held_writer(
             outcomes[n] = (None, exc)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(len(writes))]
-    for thread in threads:
-        thread.start()
     deadline = time.monotonic() + WAIT
-    while len(_shared(index).pending) < len(writes):
-        assert time.monotonic() < deadline, "the writers never queued"
-        time.sleep(0.001)
+    for queued, thread in enumerate(threads, 1):
+        thread.start()
+        # One at a time: the batch runs them in the order given, which tests of what each
+        # write sees rely on.
+        while len(_shared(index).pending) < queued:
+            assert time.monotonic() < deadline, "the writers never queued"
+            time.sleep(0.001)
     release.set()
     for thread in [holder, *threads]:
         thread.join(WAIT)

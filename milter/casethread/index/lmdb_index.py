@@ -305,8 +305,8 @@ class LmdbIndex:
         raises gets its error; the transaction is rolled back and the others run again
         without it, each seeing what the ones before it wrote, as a nested transaction per
         body would give them at two py-lmdb calls a body (its begin, and its commit, which
-        releases the GIL). An LMDB error fails the whole batch, a full map grows it and runs
-        every body again."""
+        releases the GIL). An LMDB error fails every body still running, a full map grows it
+        and runs them again."""
         gate = shared.gate
         running, growths = batch, 0
         try:
@@ -340,7 +340,9 @@ class LmdbIndex:
                 finally:
                     gate.leave()
         except BaseException as exc:
-            for item in batch:
+            # The bodies still running; one that failed already keeps its own error (a stale
+            # decision is decided again, where an index error would tempfail its mail).
+            for item in running:
                 item.result, item.error = None, exc
         for item in batch:
             item.done = True
