@@ -269,3 +269,30 @@ def test_each_message_costs_the_fewest_commits(
     assert commits("in", "Re: " + subject, "<i4@customer.example.org>") == (1, "token", "new")
     followup = h.case(case_id).followup
     assert followup is not None and h.index.case_for_message("i4@customer.example.org") == followup
+
+
+def test_creates_that_meet_an_adopted_id_in_one_batch_keep_numbers_unique(
+        index: LmdbIndex) -> None:
+    # The next generated id is held by an adopted case: every create of the batch meets it
+    # in turn (each first try is rolled back with the batch's transaction and made again with
+    # the reading allocation). Nothing of a first try stays: no alias of it, no count of it.
+    adopted = index.create_case(1_700_000_000, case_id="C-000002")
+    bump = CounterBump("flood a@example.com", 60)
+
+    def create(n: int) -> Callable[[], Any]:
+        return lambda: index.create_case(1_700_000_000, bumps=[bump], aliases=lambda case: [
+            Alias(AliasKind.MESSAGE, f"<new{n}@example.com>", case.case_id)])
+
+    outcomes = _queued_behind_a_held_writer(index, [create(n) for n in range(WRITERS)])
+    assert [error for _, error in outcomes] == [None] * WRITERS
+    cases = [case for case, _ in outcomes]
+    # Number 2 is skipped (C-000002 is the adopted case's id), as documented; none other.
+    assert sorted(case.number for case in cases) == list(range(3, WRITERS + 3))
+    assert all(case.case_id == f"C-{case.number:06d}" for case in cases)
+    for n, case in enumerate(cases):
+        assert index.case_for_message(f"<new{n}@example.com>") == case.case_id
+        assert index.case_for_number(case.number) == case.case_id
+    assert index.get_case("C-000002") == adopted
+    assert index.case_for_number(2) is None and index.last_number() == WRITERS + 2
+    counted = index.peek_counter(bump.key)
+    assert counted is not None and counted.count == WRITERS
