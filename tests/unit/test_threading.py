@@ -1946,6 +1946,18 @@ def test_subject_match_within_the_window(make_harness: Any, subject: str) -> Non
     assert r.one("X-Case-Sender") == "known"
 
 
+def test_subject_match_reads_a_subject_in_microsofts_iso_2022_jp_label(make_harness: Any) -> None:
+    """Exchange re-encodes a Japanese reply's Subject under its own label, `_iso-2022-jp$ESC`
+    (code page 50221), which Python does not know: read as the token search reads it, the
+    reply's Subject compares equal to the first mail's UTF-8 one (it stayed encoded, and the
+    reply opened a case of its own)."""
+    h = subject_match_harness(make_harness)
+    h.inbound(CUSTOMER, ("Subject", "=?UTF-8?B?6KuL5rGC5pu444Gr44Gk44GE44Gm?="))  # 請求書について
+    h.advance(DAY)
+    r = h.inbound(CUSTOMER, ("Subject", "=?_iso-2022-jp$ESC?B?UmU6IBskQkBBNWE9cSRLJEQkJCRGGyhC?="))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-match")
+
+
 def test_subject_match_outside_the_window_or_from_a_stranger(make_harness: Any) -> None:
     h = subject_match_harness(make_harness, window=2 * DAY)
     h.inbound(CUSTOMER, ("Subject", "Printer jam in room 4"))

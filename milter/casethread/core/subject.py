@@ -275,14 +275,16 @@ def decoded_if_encoded(text: str, unknown: UnknownCharset | None = None) -> str 
     return decoded if decoded != head else None
 
 
-def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:
-    """The form used to compare subjects: decoded, the token tag removed, prefixes stripped,
-    whitespace collapsed, case-folded.
+def normalise(subject: str, token_re: re.Pattern[str] | str | None = None,
+              unknown: UnknownCharset | None = None) -> str:
+    """The form used to compare subjects: decoded (a word of a charset label Python does not
+    know by `unknown`: Exchange re-encodes a Japanese reply's Subject as `_iso-2022-jp$ESC`),
+    the token tag removed, prefixes stripped, whitespace collapsed, case-folded.
 
     `token_re` (our tag: `token.tag_pattern(template)`) is removed everywhere in the subject,
     before prefixes are stripped, so a tag in front of `Re:` does not hide the prefix.
     """
-    text = decode_subject(subject)
+    text = decode_subject(subject, unknown)
     if token_re is not None:
         text = re.sub(token_re, " ", text)
     text = strip_prefixes(text)
