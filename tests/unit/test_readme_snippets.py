@@ -1,11 +1,16 @@
 """The README's Postfix snippets are the tested ones: every line of them is a line of
 contrib/postfix/, which the end-to-end tests render their Postfix from. (A comment after a
-main.cf value once made Postfix read `tempfail     # ...` as the default action.)"""
+main.cf value once made Postfix read `tempfail     # ...` as the default action.) Its
+*Configuration* table names every setting, and only those."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import yaml
+
+from casethread.config import render_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = (REPO_ROOT / "README.md").read_text()
@@ -75,3 +80,36 @@ def test_the_install_clears_the_units_postfix_group_for_a_sendmail_host() -> Non
     drop_in = ("printf '[Service]\\nSupplementaryGroups=\\n' "
                ">/etc/systemd/system/casethread.service.d/")
     assert drop_in in install
+
+
+def _configuration_table_keys() -> set[str]:
+    """The keys the README's *Configuration* table names: `a.b`, `a.b` / `a.c` and
+    `a.b.c` / `.d` (a sibling of the key before it) in each row's first cell."""
+    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    keys: set[str] = set()
+    for row in section.splitlines():
+        if not row.startswith("| `"):
+            continue
+        first = row.split("|")[1]
+        previous = ""
+        for name in re.findall(r"`([^`]+)`", first):
+            if name.startswith("."):
+                name = previous.rsplit(".", 1)[0] + name
+            keys.add(name)
+            previous = name
+    return keys
+
+
+def _default_keys(node: object, path: str = "") -> set[str]:
+    """Every setting's dotted path in the embedded defaults (a list is one setting)."""
+    if not isinstance(node, dict) or not node:
+        return {path}
+    return set().union(*(_default_keys(value, f"{path}{key}.") if isinstance(value, dict)
+                         and value else {f"{path}{key}"} for key, value in node.items()))
+
+
+def test_the_configuration_table_names_every_setting_and_no_other() -> None:
+    """A sysadmin looks a key up in the README's table: every setting `check-config
+    --defaults` prints is there, and the table names none that the configuration lacks."""
+    defaults = _default_keys(yaml.safe_load(render_defaults()))
+    assert _configuration_table_keys() == defaults
