@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casethread.core import mime, placement
-from casethread.core.bodytext import decode_text, iter_texts
+from casethread.core.bodytext import iter_texts
 from casethread.core.message import newline_of, parse_raw
 from casethread.core.settings import StampSettings
 from casethread.core.stamp import (
@@ -32,6 +32,7 @@ from casethread.core.stamp import (
     plan_message_stamp,
     plan_stamp,
 )
+from casethread.core.text_decoding import decode_text
 from casethread.core.token import Keyring
 from casethread.core.transfer import qp_encode
 

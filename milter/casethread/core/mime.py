@@ -416,8 +416,9 @@ UTF16_LABELS = frozenset({"csunicode", "iso-10646-ucs-2", "ucs-2", "unicode", "u
 # Microsoft's own names of ISO-2022-JP (code pages 50221 and 50222), which Exchange writes on
 # a Japanese Subject it re-encodes and on body parts (`charset="_iso-2022-jp$ESC"`); Python
 # knows neither. Read as ISO-2022-JP with JIS X 0201 katakana (`ESC ( I`, 50221's half-width
-# form); 50222's SO/SI katakana come out as ASCII letters. Only for reading (`decode_text`):
-# stamping leaves a part so labelled as it leaves any unknown label.
+# form); 50222's SO/SI katakana come out as ASCII letters. Only for reading
+# (`text_decoding.decode_text`): stamping leaves a part so labelled as it leaves any unknown
+# label.
 READ_AS = {"_iso-2022-jp$esc": "iso2022_jp_ext", "_iso-2022-jp$sio": "iso2022_jp_ext"}
 
 

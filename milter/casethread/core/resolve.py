@@ -757,7 +757,7 @@ class Resolver:
                 ev.new_external.append(key)
 
     def subject_key(self, subject_text: str) -> str:
-        return subject.normalise(subject_text, self._tag, bodytext.decode_text)
+        return subject.normalise(subject_text, self._tag)
 
     def by_subject_match(self, ev: Evidence) -> Hit | None:
         key = self.subject_key(ev.subject)

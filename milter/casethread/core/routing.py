@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterator
 
 from .addresses import AddressMatcher, header_addresses
-from .bodytext import decode_text
 from .frozen import frozen
 from .message import Message, unfold
 from .settings import RoutingSettings
@@ -36,7 +35,7 @@ class _Subjects:
     unfolded Subject as written, then the same RFC 2047-decoded when that changes them (a
     client encodes a whole non-ASCII Subject, `=?UTF-8?B?...?=`: a rule for `Mahnung für`
     read only the encoded form and never matched); a word whose charset label Python does not
-    know as the token search reads it (`bodytext.decode_text`: Exchange's `_iso-2022-jp$ESC`
+    know as the token search reads it (`subject.decode_subject`: Exchange's `_iso-2022-jp$ESC`
     as ISO-2022-JP, `unknown-8bit` as UTF-8). Read once a message, when a rule asks: most
     routing has no subject rule."""
 
@@ -47,7 +46,7 @@ class _Subjects:
     def texts(self) -> list[str]:
         if self._texts is None:
             written = unfold(self._msg.get("Subject") or "")[:MAX_VALUE_TEXT]
-            decoded = decoded_if_encoded(written, decode_text)
+            decoded = decoded_if_encoded(written, read_unknown=True)
             self._texts = [written] if decoded is None else [written, decoded[:MAX_VALUE_TEXT]]
         return self._texts
 

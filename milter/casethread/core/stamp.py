@@ -23,12 +23,12 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from . import mime
-from .bodytext import byte_order
 from .frozen import frozen
 from .message import Data, Header, unfold
 from .mime import Part
 from .placement import html_insertion_index, text_insertion_index
 from .settings import StampSettings
+from .text_decoding import byte_order
 from .token import DEFAULT_TEMPLATE, PLACEHOLDER, check_template, last_token, normalise
 from .transfer import Encoding, QuotedPrintable, Unusable, encoding_for
 
@@ -461,7 +461,7 @@ def _other_order(codec: str) -> str:
 def _byte_order(codec: str, decoded: bytes) -> str:
     """`utf-16-be`/`-le` (`utf-32-...`) as the part's BOM names it, which then stays in the text
     as U+FEFF and is written back as it was. Without one, the byte order its ASCII characters
-    show, as inbound reading takes it (`bodytext.decode_text`): little-endian for .NET's
+    show, as inbound reading takes it (`text_decoding.decode_text`): little-endian for .NET's
     `Encoding.Unicode`, which writes no BOM, big-endian for RFC 2781's default (written in
     little-endian, the token line would read as CJK there, and the part as a whole as
     neither). Content without a NUL byte shows none, and inbound reading takes it for a

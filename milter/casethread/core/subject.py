@@ -25,11 +25,12 @@ from __future__ import annotations
 import binascii
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from . import mime
 from .message import unfold
+from .text_decoding import decode_text
 
 # Reply and forward words. Sources: the peers' lists (Zammad, Znuny, OTRS-CE #14 for `VS`) and
 # the prefixes localised Outlook, Thunderbird and webmail clients write.
@@ -110,23 +111,21 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
 DECODE_MAX = 8192
 
 
-# Reads the bytes of an encoded word whose charset label Python does not know (the bytes, the
-# label): `bodytext.decode_text`, as a text part so labelled is read.
-UnknownCharset = Callable[[bytes, str], str]
-
-
-def decode_subject(subject: str, unknown: UnknownCharset | None = None) -> str:
+def decode_subject(subject: str, read_unknown: bool = False) -> str:
     """RFC 2047 decoding that never fails: each encoded word is decoded on its own (RFC 2047
     §6), so a word in a charset we do not know, or whose base64 is broken, stays as written
-    while the others are decoded (a word of an unknown charset is read by `unknown` instead,
-    where given). Bytes a word's charset cannot decode become U+FFFD. Encoded words past the
-    first `DECODE_MAX` characters stay as written.
+    while the others are decoded. With `read_unknown`, a word whose charset label Python does
+    not know (Exchange's `_iso-2022-jp$ESC`, `unknown-8bit`) is read as a body part so
+    labelled is (`text_decoding.decode_text`): an ASCII tag reads alike in every charset mail
+    uses, where B encoding hid it from the token search, routing rules and subject-match.
+    Bytes a word's charset cannot decode become U+FFFD. Encoded words past the first
+    `DECODE_MAX` characters stay as written.
 
     Raw 8-bit bytes (carried as surrogate escapes) that are not UTF-8 become U+FFFD.
     """
     text = unfold(subject)
     if "=?" in text:
-        text = _decoded(text[:DECODE_MAX], unknown) + text[DECODE_MAX:]
+        text = _decoded(text[:DECODE_MAX], read_unknown) + text[DECODE_MAX:]
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
@@ -176,14 +175,14 @@ _WORD_PARTS = re.compile(ENCODED_WORD)
 _ENCODED_RUN = re.compile(rf"{ENCODED_WORD}(?:\s*{ENCODED_WORD})*")
 
 
-def _decoded(text: str, unknown: UnknownCharset | None) -> str:
+def _decoded(text: str, read_unknown: bool) -> str:
     """`text` with its encoded words decoded; the text around them stays as written (raw
     UTF-8 beside an encoded word, as SMTPUTF8 clients write, too)."""
     out: list[str] = []
     end = 0
     for run in _ENCODED_RUN.finditer(text):
         out.append(text[end:run.start()])
-        out.append(_decoded_run(run.group(), unknown))
+        out.append(_decoded_run(run.group(), read_unknown))
         end = run.end()
     out.append(text[end:])
     return "".join(out)
@@ -194,21 +193,21 @@ class _Word(NamedTuple):
     end: int
     codec: str | None  # None: the word cannot be decoded
     data: bytes
-    label: str = ""  # a charset label Python does not know, which `unknown` reads (no codec)
+    label: str = ""  # a charset label Python does not know, read by `decode_text` (no codec)
 
 
-def _decoded_run(run: str, unknown: UnknownCharset | None) -> str:
+def _decoded_run(run: str, read_unknown: bool) -> str:
     """A run of encoded words, decoded. Neighbouring words of one charset are decoded together
     (clients split a character over two words); words that cannot be decoded stay as written,
     with the blanks around them."""
     out: list[str] = []
     end = 0
     kept = False
-    for (codec, label), group in itertools.groupby(_words(run, unknown),
+    for (codec, label), group in itertools.groupby(_words(run, read_unknown),
                                                    key=lambda word: (word.codec, word.label)):
         words = list(group)
         start = words[0].start
-        text = _read(b"".join(word.data for word in words), codec, label, unknown)
+        text = _read(b"".join(word.data for word in words), codec, label)
         if text is None or kept:
             out.append(run[end:start])
         out.append(run[start:words[-1].end] if text is None else text)
@@ -216,19 +215,18 @@ def _decoded_run(run: str, unknown: UnknownCharset | None) -> str:
     return "".join(out)
 
 
-def _read(data: bytes, codec: str | None, label: str,
-          unknown: UnknownCharset | None) -> str | None:
+def _read(data: bytes, codec: str | None, label: str) -> str | None:
     """Encoded words' bytes as text, or None when they stay as written."""
     if codec is not None:
         return data.decode(codec, "replace")
-    return unknown(data, label) if label and unknown is not None else None
+    return decode_text(data, label) if label else None
 
 
-def _words(run: str, unknown: UnknownCharset | None) -> Iterator[_Word]:
+def _words(run: str, read_unknown: bool) -> Iterator[_Word]:
     for word in _WORD_PARTS.finditer(run):
         codec = mime.codec_for(word.group(1))
         data = _word_bytes(word.group(2), word.group(3))
-        if data is not None and codec is None and unknown is not None:
+        if data is not None and codec is None and read_unknown:
             yield _Word(word.start(), word.end(), None, data, word.group(1))
         elif codec is None or data is None:
             yield _Word(word.start(), word.end(), None, b"")
@@ -264,27 +262,27 @@ def variants(subject: str) -> tuple[str, ...]:
     return (text,) if decoded is None else (text, decoded)
 
 
-def decoded_if_encoded(text: str, unknown: UnknownCharset | None = None) -> str | None:
+def decoded_if_encoded(text: str, read_unknown: bool = False) -> str | None:
     """Unfolded `text` RFC 2047-decoded (`decode_subject`), or None when decoding changes
     nothing. Only the first `DECODE_MAX` characters: a hostile 100 KB subject would cost a
     tenth of a second."""
     if "=?" not in text:
         return None
     head = text[:DECODE_MAX]
-    decoded = decode_subject(head, unknown)
+    decoded = decode_subject(head, read_unknown)
     return decoded if decoded != head else None
 
 
-def normalise(subject: str, token_re: re.Pattern[str] | str | None = None,
-              unknown: UnknownCharset | None = None) -> str:
-    """The form used to compare subjects: decoded (a word of a charset label Python does not
-    know by `unknown`: Exchange re-encodes a Japanese reply's Subject as `_iso-2022-jp$ESC`),
-    the token tag removed, prefixes stripped, whitespace collapsed, case-folded.
+def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:
+    """The form used to compare subjects: decoded (`decode_subject`, also words of charset
+    labels Python does not know: Exchange re-encodes a Japanese reply's Subject as
+    `_iso-2022-jp$ESC`), the token tag removed, prefixes stripped, whitespace collapsed,
+    case-folded.
 
     `token_re` (our tag: `token.tag_pattern(template)`) is removed everywhere in the subject,
     before prefixes are stripped, so a tag in front of `Re:` does not hide the prefix.
     """
-    text = decode_subject(subject, unknown)
+    text = decode_subject(subject, read_unknown=True)
     if token_re is not None:
         text = re.sub(token_re, " ", text)
     text = strip_prefixes(text)

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NoReturn
 
-from .bodytext import decode_text
 from .frozen import frozen
 from .message import unfold
 from .subject import decoded_if_encoded
@@ -515,13 +514,9 @@ def decoded_subject_tokens(subject: str, template: str = DEFAULT_TEMPLATE) -> It
     """Candidates in the RFC 2047-decoded Subject (clients re-encode a whole non-ASCII subject,
     our tag included), newest first: outbound appends its tag after an encoded one it cannot
     remove. Nothing (and no decoding) for a Subject without encoded words. Search the Subject
-    as written first, with `find_tokens`.
-
-    A word in a charset Python does not know is read as a body part so labelled is
-    (`bodytext.decode_text`: its byte order mark, UTF-16 labels, else UTF-8), not kept as
-    written: an ASCII tag reads alike in every charset mail uses, and B encoding hides it
-    (Exchange's `_iso-2022-jp$ESC`, `unknown-8bit`, `x-user-defined`)."""
-    decoded = decoded_if_encoded(unfold(subject), decode_text)
+    as written first, with `find_tokens`. A word in a charset Python does not know is read as
+    a body part so labelled is (`subject.decode_subject`)."""
+    decoded = decoded_if_encoded(unfold(subject), read_unknown=True)
     if decoded is not None:
         yield from reversed(list(find_tokens(decoded, template)))
 
