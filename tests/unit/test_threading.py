@@ -1463,6 +1463,20 @@ def test_subject_ref_from_a_participant_threads(harness: Any, subject: str) -> N
     assert r.one("X-Case-Sender") == "known"
 
 
+@pytest.mark.parametrize(("label", "codec", "text"), UNKNOWN_LABELS)
+def test_a_subject_ref_in_an_encoded_word_of_an_unknown_charset_threads(
+        harness: Any, label: str, codec: str, text: str) -> None:
+    """A case number a participant typed into a Subject that Exchange re-encoded under its
+    own label (`_iso-2022-jp$ESC`) stayed hidden in the encoded word: read as the token search
+    reads such a word, it threads; from a stranger it still does not."""
+    start_case(harness)
+    encoded = f"=?{label}?B?{base64.b64encode(f'{text} [Case C-000001]'.encode(codec)).decode()}?="
+    r = harness.inbound(CUSTOMER, ("Subject", encoded))
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "subject-ref")
+    stranger = harness.inbound(STRANGER, ("Subject", encoded))
+    assert stranger.one("X-Case-Match") == "new"
+
+
 @pytest.mark.parametrize("forged", ["Support <support@example.com>",
                                     "Dana Agent <dana@support.example.com>"])
 def test_a_forged_support_or_agent_sender_is_no_participant(harness: Any, forged: str) -> None:

@@ -250,15 +250,16 @@ def _word_bytes(encoding: str, encoded: str) -> bytes | None:
 
 def variants(subject: str) -> tuple[str, ...]:
     """The Subject as written (unfolded), then decoded if it holds encoded words: where to
-    look for a token or a reference.
+    look for a case number or another system's reference.
 
     Clients that reply to a non-ASCII subject often re-encode all of it, our ASCII tag
     included, so a tag may be visible only once decoded. The text as written comes first: a
     tag appended in clear is the newest (outbound appends ours so when the encoded part holds
-    another case's).
+    another case's). Words of a charset label Python does not know are read as the token
+    search reads them (Exchange's `_iso-2022-jp$ESC`): a reference is ASCII, read alike.
     """
     text = unfold(subject)
-    decoded = decoded_if_encoded(text)
+    decoded = decoded_if_encoded(text, read_unknown=True)
     return (text,) if decoded is None else (text, decoded)
 
 
