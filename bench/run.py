@@ -19,7 +19,9 @@ Set-up (all on loopback, all stopped at the end, also on errors and Ctrl-C):
   with casethread's no-reply steps, casethread on a unix socket (index.sync full, and async),
   casethread on TCP with TCP_NODELAY on its listening socket, and (at 1 session) casethread on
   TCP without it; with `--baseline DIR`, casethread on a unix socket running DIR's code
-  (`ct-unix-base`), to alternate a change with its parent in one run.
+  (`ct-unix-base`), to alternate a change with its parent in one run; with `--cpu-by-process`,
+  the CPU each kind of process used (Postfix's daemons, the load, the sink, the milter, other
+  work: bench/proc_cpu.py) as a second table.
 
 Within every round each workload runs once per configuration, the configurations rotated from
 round to round; the table shows medians with min-max over rounds. Results are appended to
@@ -57,6 +59,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 import messages  # noqa: E402  (bench/, the script's own directory)
+import proc_cpu  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     MILTER_STOP_TIMEOUT,
     MilterProcess,
@@ -116,6 +119,14 @@ CONFIGS: dict[str, Config] = {
         Config("ct-tcp-nagle", "casethread, TCP, Nagle", "inet", casethread=True,
                nodelay=False, latency_only=True),
         Config("noop-tcp", "no-op pymilter, TCP", "inet"),
+        # What casethread asks of the MTA for an agent's outbound mail, without its work: the
+        # body sent back unchanged, casethread's header edits, both (bench/noop_milter.py).
+        Config("noop-nr-body", "no-op/nr, body replaced", "unix",
+               noop_args=("--no-reply", "--replace-body")),
+        Config("noop-nr-edits", "no-op/nr, header edits", "unix",
+               noop_args=("--no-reply", "--edits")),
+        Config("noop-nr-both", "no-op/nr, edits + body", "unix",
+               noop_args=("--no-reply", "--edits", "--replace-body")),
     )
 }
 DEFAULT_CONFIGS = ("none", "noop", "noop-nr", "ct-unix", "ct-unix-async", "ct-tcp",
@@ -222,6 +233,10 @@ class Sink:
 
     def output(self) -> str:
         return b"\n".join(self._output).decode(errors="replace")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -493,6 +508,8 @@ class Sample:
     milter_cpu_s: float | None  # the milter process's CPU over the measurement
     busy_cpu_s: float  # the whole machine's busy CPU over the measurement
     milter_switches: int | None = None  # the milter's context switches over the measurement
+    # --cpu-by-process: CPU seconds over the measurement by kind of process (proc_cpu.kind)
+    cpu_by_kind: dict[str, float] | None = None
 
     @property
     def msgs_per_s(self) -> float:
@@ -506,8 +523,10 @@ class Sample:
 
 class Bench:
     def __init__(self, postfix: BenchPostfix, sink: Sink, milters: dict[str, RunningMilter],
-                 files: dict[tuple[str, str], Path]) -> None:
+                 files: dict[tuple[str, str], Path],
+                 accounting: proc_cpu.Accounting | None = None) -> None:
         self.postfix = postfix
+        self.accounting = accounting
         self.sink = sink
         self.milters = milters
         self.files = files
@@ -531,6 +550,9 @@ class Bench:
         target = self.delivered + wl.count
         milter_cpu = milter.cpu_s() if milter is not None else None
         switched = SwitchCounter(milter.proc.pid).start() if milter is not None else None
+        window = proc_cpu.Window(self.accounting) if self.accounting is not None else None
+        if window is not None:
+            window.start()
         busy = machine_busy_s()
         start = time.monotonic()
         result = subprocess.run(argv, capture_output=True, timeout=60 + wl.count, check=False)
@@ -546,6 +568,7 @@ class Bench:
         except BenchError as exc:
             raise BenchError(f"{exc}\nmaillog:\n{self.postfix.maillog_tail()}") from None
         busy = machine_busy_s() - busy
+        by_kind = window.stop(self._owners(config)) if window is not None else None
         if milter is not None and milter_cpu is not None:
             after = milter.cpu_s()
             milter_cpu = after - milter_cpu if after is not None else None
@@ -557,7 +580,16 @@ class Bench:
         time.sleep(SETTLE_S)
         return Sample(config, wl.direction, wl.size, wl.sessions, wl.count, round_no,
                       done - start, accepted, milter.rss_kb() if milter else None,
-                      milter_cpu, busy, switches)
+                      milter_cpu, busy, switches, by_kind)
+
+    def _owners(self, config: str) -> proc_cpu.Owners:
+        """Whose each process is, for --cpu-by-process: the milter measured, the others
+        (idle), the sink; Postfix's by its master."""
+        named = {m.proc.pid: "milter" if name == config else "other milters"
+                 for name, m in self.milters.items()}
+        if self.sink.pid is not None:
+            named[self.sink.pid] = "smtp-sink"
+        return proc_cpu.Owners(self.postfix.master_pid or -1, named, os.getpid())
 
     def _check_maillog(self, config: str) -> None:
         """A milter that failed (Postfix then defers the mail with contrib's tempfail, or would
@@ -632,6 +664,11 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
             "samples": [{"round": s.round, "msgs_per_s": round(s.msgs_per_s, 1),
                          "latency_ms": round(s.latency_ms, 2)} for s in group],
         })
+        by_kind = cpu_by_kind_ms(group)
+        if by_kind is not None:
+            rows[-1]["cpu_by_process_ms"] = by_kind
+            for sample, out in zip(group, rows[-1]["samples"], strict=True):
+                out["cpu_by_process_ms"] = cpu_by_kind_ms([sample])
     index = {(r["config"], r["direction"], r["size"], r["sessions"]): r for r in rows}
     for r in rows:
         key = (r["direction"], r["size"], r["sessions"])
@@ -645,6 +682,57 @@ def summarise(samples: list[Sample], meta: dict[str, Any]) -> list[dict[str, Any
     rows.sort(key=lambda r: (-r["sessions"], r["direction"] != "outbound", r["size"],
                              order[r["config"]]))
     return rows
+
+
+def cpu_by_kind_ms(group: Sequence[Sample]) -> dict[str, float] | None:
+    """--cpu-by-process: CPU ms per message of each kind of process (median over rounds; a
+    kind absent from a round used nothing in it), and `rest`: the machine's busy time that no
+    process's account holds (the ticks of /proc/stat against the processes' exact run time)."""
+    measured = [s for s in group if s.cpu_by_kind is not None]
+    if not measured:
+        return None
+    kinds = sorted({k for s in measured for k in s.cpu_by_kind or {}})
+    per_message = [{k: 1000 * v / s.messages for k, v in
+                    {**{k: (s.cpu_by_kind or {}).get(k, 0.0) for k in kinds},
+                     "rest": s.busy_cpu_s - sum((s.cpu_by_kind or {}).values())}.items()}
+                   for s in measured]
+    return {k: round(_median([r[k] for r in per_message]), 3) for k in [*kinds, "rest"]}
+
+
+# The columns of the --cpu-by-process table; every other kind is summed in its `other` column
+# (Postfix's other daemons, this script and its perf, other work on the machine).
+KIND_COLUMNS = ("milter", "postfix:smtpd", "postfix:cleanup", "postfix:qmgr", "postfix:smtp",
+                "postfix:trivial-rewrite", "smtp-source", "smtp-sink", "kernel threads")
+
+
+def print_cpu_by_process(rows: list[dict[str, Any]]) -> None:
+    """The table of --cpu-by-process: CPU ms per message by kind of process."""
+    rows = [r for r in rows if "cpu_by_process_ms" in r]
+    if not rows:
+        return
+    short = [k.removeprefix("postfix:").replace("trivial-rewrite", "triv-rw")
+             .replace("kernel threads", "kthreads") for k in KIND_COLUMNS]
+    header = (f"{'direction':9} {'size':4} {'sess':>4}  {'configuration':26} "
+              + " ".join(f"{k:>8}" for k in [*short, "pf-other", "bench", "others", "rest",
+                                               "all"]))
+    print()
+    print("CPU ms per message by process (medians over rounds)")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ms = r["cpu_by_process_ms"]
+        pf_other = sum(v for k, v in ms.items()
+                       if k.startswith("postfix:") and k not in KIND_COLUMNS)
+        bench = sum(v for k, v in ms.items() if k in ("bench", "perf"))
+        others = sum(v for k, v in ms.items()
+                     if k not in KIND_COLUMNS and not k.startswith("postfix:")
+                     and k not in ("bench", "perf", "rest"))
+        values = [*(ms.get(k, 0.0) for k in KIND_COLUMNS), pf_other, bench, others, ms["rest"],
+                  r["busy_cpu_ms"]]
+        print(f"{r['direction']:9} {r['size']:4} {r['sessions']:>4}  {r['config_title']:26} "
+              + " ".join(f"{v:8.3f}" for v in values))
+    print("others = other milters (idle), other processes on the machine; rest = busy ticks of "
+          "/proc/stat no process's run time holds; all = cpu:all")
 
 
 def check_targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
@@ -769,6 +857,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="workload filter, e.g. 'outbound', '60k', '1' (sessions); "
                         "comma-separated terms must all match: 'outbound,60k,20'")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines appended here")
+    parser.add_argument("--cpu-by-process", action="store_true",
+                        help="also measure CPU per message by kind of process (Postfix's "
+                             "smtpd, cleanup, qmgr, smtp, ..., the load, the sink, the milter; "
+                             "BSD process accounting catches those that end): a second table "
+                             "and a cpu_by_process_ms field per row")
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of other code (git worktree add DIR COMMIT) that "
                              "ct-unix-base runs, to alternate with this one's in one run")
@@ -809,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     started = time.monotonic()
     with terminate_on_sigterm():
-        samples = measure(args.names, plan, workloads, args.baseline)
+        samples = measure(args.names, plan, workloads, args.baseline, args.cpu_by_process)
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["loadavg_end"] = loadavg()
     rows = summarise(samples, meta)
@@ -819,14 +912,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in [*rows, targets]:
             out.write(json.dumps(row) + "\n")
     print_table(rows, targets, meta)
+    print_cpu_by_process(rows)
     print(f"\n{len(rows)} results appended to {args.out} (run {meta['run']}, "
           f"{meta['wall_s']} s, load average {meta['loadavg_start']} -> {meta['loadavg_end']})")
     return 0
 
 
 @contextlib.contextmanager
-def environment(names: Sequence[str], warmup: int,
-                baseline: Path | None = None) -> Iterator[Bench]:
+def environment(names: Sequence[str], warmup: int, baseline: Path | None = None,
+                accounting: proc_cpu.Accounting | None = None) -> Iterator[Bench]:
     """Milters, smtp-sink and Postfix, warmed up; all stopped on the way out, errors or not."""
     work = postfix_accessible_dir("casethread-bench-")
     sink = Sink(free_port())
@@ -846,7 +940,7 @@ def environment(names: Sequence[str], warmup: int,
         postfix = BenchPostfix(sink.port, {n: running[n].socket if n in running else None
                                            for n in names})
         postfix.start()
-        bench = Bench(postfix, sink, running, files)
+        bench = Bench(postfix, sink, running, files, accounting)
         print(f"warming up ({warmup} messages per configuration and direction) ...", flush=True)
         for name in names:
             for direction in messages.DIRECTIONS:
@@ -868,9 +962,10 @@ def environment(names: Sequence[str], warmup: int,
 
 
 def measure(names: Sequence[str], plan: Plan, workloads: Sequence[Workload],
-            baseline: Path | None = None) -> list[Sample]:
+            baseline: Path | None = None, cpu_by_process: bool = False) -> list[Sample]:
     samples: list[Sample] = []
-    with environment(names, plan.warmup, baseline) as bench:
+    with (proc_cpu.accounting(cpu_by_process) as accounting,
+          environment(names, plan.warmup, baseline, accounting) as bench):
         for round_no in range(1, plan.rounds + 1):
             # Rotate the order each round, so no configuration always runs first or last.
             shift = (round_no - 1) % len(names)
