@@ -199,7 +199,39 @@ def _field_name(longest: int, what: str = "") -> Callable[[str], str]:
     return check
 
 
-header_prefix = _field_name(40)
+# Fields mail must keep: RFC 5322's, MIME's (RFC 2045, 2183), the list fields (RFC 2369, 2919,
+# 8058), Auto-Submitted (RFC 3834) and Precedence, trace and authentication fields a filter or
+# a Sieve script after casethread reads, Outlook's threading fields, and X- fields casethread
+# and spam filters read. Every inbound field whose name starts with the prefix is removed (and
+# an outbound one taken as the app's), so a prefix one of these starts with ("Content-", "Re",
+# "X-") would strip it from every message.
+_KEPT_FIELDS = (
+    "Return-Path", "Received", "Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc",
+    "Message-ID", "In-Reply-To", "References", "Subject", "Comments", "Keywords",
+    "Resent-Date", "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc", "Resent-Bcc",
+    "Resent-Message-ID", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    "Content-ID", "Content-Description", "Content-Disposition", "Content-Language",
+    "List-Id", "List-Help", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Subscribe",
+    "List-Post", "List-Owner", "List-Archive", "Auto-Submitted", "Precedence",
+    "Disposition-Notification-To", "Delivered-To", "DKIM-Signature", "ARC-Seal",
+    "ARC-Message-Signature", "ARC-Authentication-Results", "Authentication-Results",
+    "Received-SPF", "Thread-Index", "Thread-Topic", "X-Original-From", "X-Loop",
+    "X-Auto-Response-Suppress", "X-Autoreply", "X-Failed-Recipients", "X-Spam-Status",
+)
+_prefix_spelling = _field_name(40)
+
+
+def header_prefix(value: str) -> str:
+    """A field-name prefix under which no field mail must keep falls (`_KEPT_FIELDS`)."""
+    _prefix_spelling(value)
+    kept = next((name for name in _KEPT_FIELDS if name.lower().startswith(value.lower())), None)
+    if kept is not None:
+        raise Invalid(f"{value!r} would remove every {kept} field: casethread removes each "
+                      "inbound field whose name starts with it; choose one no mail field "
+                      "starts with, such as X-Case-")
+    return value
+
+
 header_name = _field_name(76, "is not a header name: it ")
 
 

@@ -597,6 +597,16 @@ def test_milter_socket_invalid(tmp_path: Path, socket: str, fragment: str) -> No
             "headers.prefix",
             "'X-Café-' contains 'é': header names allow no spaces or colons",
         ),
+        # Every inbound field under the prefix is removed: these would strip the MIME
+        # structure, the Subject, the threading fields or every X- field of all mail.
+        (
+            "headers:\n  prefix: Content-",
+            "headers.prefix",
+            "'Content-' would remove every Content-Type field: casethread removes each inbound",
+        ),
+        ("headers:\n  prefix: subject", "headers.prefix", "'subject' would remove every Subject"),
+        ("headers:\n  prefix: Re", "headers.prefix", "'Re' would remove every Return-Path"),
+        ("headers:\n  prefix: X-", "headers.prefix", "'X-' would remove every X-Original-From"),
         (
             "outbound:\n  message_id_domain: mail_example.com",
             "outbound.message_id_domain",
