@@ -106,9 +106,9 @@ examples:
 Runs the milter's engine on one message and prints it as it would leave the MTA; the log line
 (and --explain's reasons) go to stderr. --dry-run reads the index and writes nothing.
 exit status: 0 done (an internal error passes the message unchanged, as the milter does);
-1 the index or a key file cannot be used; 2 usage or configuration error; 3 the milter would
-refuse the message (more than 100 X-Case-* fields): nothing is printed; 141 the reader of the
-output went away
+1 the message file, the index or a key file cannot be read or used; 2 usage or configuration
+error; 3 the milter would refuse the message (more than 100 X-Case-* fields): nothing is
+printed; 141 the reader of the output went away
 """
 
 

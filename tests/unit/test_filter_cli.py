@@ -280,11 +280,21 @@ def test_stdin_dash_and_default(run_filter: Any) -> None:
     assert case_id(implicit.stdout) == "C-000002"
 
 
-def test_missing_input_file(run_filter: Any, tmp_path: Path) -> None:
-    p = run_filter("--direction", "outbound", str(tmp_path / "nope.eml"))
-    assert p.returncode != 0
+@pytest.mark.parametrize("name", ["nope.eml", "a-directory"])
+def test_an_unreadable_message_file_exits_1_as_its_help_says(
+    run_filter: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    (tmp_path / "a-directory").mkdir()
+    p = run_filter("--direction", "outbound", str(tmp_path / name))
+    assert p.returncode == 1
     assert p.stdout == b""
-    assert len(stderr_lines(p.stderr)) == 1
+    (line,) = stderr_lines(p.stderr)
+    assert line.startswith(f"casethread: {tmp_path / name}: "), line
+    assert not run_filter.index.exists()  # read before the index is opened
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["filter", "--help"])
+    status = " ".join(capsys.readouterr().out.split("exit status:")[1].split())
+    assert "1 the message file, the index or a key file cannot be read" in status, status
 
 
 def _run(exe: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
