@@ -114,9 +114,11 @@ printed; 141 the reader of the output went away
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_config(args.config)
-    if getattr(args, "index", None):
+    # Checked when given at all: an empty one (`--index "$DIR"` with DIR unset) is an error,
+    # not the configured or default index and socket, where a new index and key would start.
+    if getattr(args, "index", None) is not None:
         settings = override(settings, "index.path", args.index, "--index")
-    if getattr(args, "socket", None):
+    if getattr(args, "socket", None) is not None:
         settings = override(settings, "milter.socket", args.socket, "--socket")
     return settings
 

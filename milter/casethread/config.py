@@ -598,6 +598,9 @@ def load_config(path: str | os.PathLike[str] | None) -> Settings:
     if path is None:
         return Settings()
     file = os.fspath(path)
+    if not file:  # `--config "$FILE"` with FILE unset: not the defaults, and no ": cannot read"
+        raise ConfigError("--config", None, "", "an empty file name; leave --config out for "
+                          "the embedded defaults")
     try:
         with open(file, "rb") as handle:
             data = handle.read()

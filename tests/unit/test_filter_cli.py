@@ -302,6 +302,31 @@ def _run(exe: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["serve", "--socket", ""], "casethread: --socket: milter.socket: '' is not a milter"),
+        (["serve", "--index", ""], "casethread: --index: index.path: must not be empty"),
+        (["filter", "--index", "", "--direction", "outbound", "-"],
+         "casethread: --index: index.path: must not be empty"),
+        (["stats", "--index", ""], "casethread: --index: index.path: must not be empty"),
+        (["case", "show", "C-000001", "--index", ""],
+         "casethread: --index: index.path: must not be empty"),
+        (["check-config", "--config", ""], "casethread: --config: an empty file name; leave"),
+    ],
+)
+def test_an_empty_option_value_is_a_usage_error_not_the_default(
+    casethread_bin: Path, tmp_path: Path, argv: list[str], line: str
+) -> None:
+    """`--index "$DIR"` with DIR unset: an empty value was taken for no option, so `serve`
+    listened on the default socket with a new index and key in its directory."""
+    p = _run(casethread_bin, *argv, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    (only,) = p.stderr.splitlines()
+    assert only.startswith(line), only
+    assert list(tmp_path.iterdir()) == []  # no ./casethread-data
+
+
 def test_check_config_refuses_what_serve_refuses(casethread_bin: Path, tmp_path: Path) -> None:
     """`systemctl reload` trusts check-config: a key file or socket group that stops `serve`
     must fail it too, not print OK."""
