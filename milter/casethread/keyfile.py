@@ -141,6 +141,9 @@ def write_key_file(
         f"id: {key_id}\n"
         f"key: {secret.hex()}\n"
     )
+    if not path.name:  # '', '.' or '/': with_name would raise, and there is no file to make
+        raise KeyFileError(f"cannot create token key file {str(path)!r}: that is a directory; "
+                           "name the file")
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -541,6 +541,16 @@ def test_keygen(cli: Cli, tmp_path: Path) -> None:
     assert not (tmp_path / "bad.key").exists()
 
 
+@pytest.mark.parametrize("path", ["", ".", "/"])
+def test_keygen_of_a_directory_says_so_in_one_line(cli: Cli, path: str) -> None:
+    """No traceback: pathlib's with_name raised ValueError for a path without a name."""
+    p = cli.run("keygen", path)
+    assert p.returncode == 1
+    shown = str(Path(path))
+    assert p.stderr == (f"casethread: cannot create token key file {shown!r}: that is a "
+                        "directory; name the file\n")
+
+
 def test_keygen_key_is_used_for_tokens(cli: Cli, tmp_path: Path) -> None:
     key = tmp_path / "rotated.key"
     cli.run("keygen", str(key), "--id", "7")
