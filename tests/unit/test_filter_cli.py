@@ -297,6 +297,12 @@ def test_an_unreadable_message_file_exits_1_as_its_help_says(
     assert "1 the message file, the index or a key file cannot be read" in status, status
 
 
+def test_an_empty_message_file_name_is_named_in_the_error(run_filter: Any) -> None:
+    p = run_filter("--direction", "outbound", "")  # `filter "$FILE"` with FILE unset
+    assert (p.returncode, p.stdout) == (1, b"")
+    assert p.stderr == b"casethread: '': No such file or directory\n"
+
+
 def _run(exe: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd,
                           timeout=60, check=False)

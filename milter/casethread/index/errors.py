@@ -21,7 +21,9 @@ def os_problem(exc: OSError) -> str:
     """`FILE: problem` (or just the problem), without Python's `[Errno N]` and quotes."""
     if exc.strerror is None:
         return str(exc)
-    return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if exc.filename is None:
+        return exc.strerror
+    return f"{exc.filename or repr(exc.filename)}: {exc.strerror}"  # '' shown, not ': ...'
 
 
 class IndexUnavailable(CaseIndexError):
