@@ -33,6 +33,7 @@ from .config import (
     unix_socket_path,
 )
 from .config import warnings as config_warnings
+from .core.direction import client_ip
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
 from .core.model import Direction
@@ -169,6 +170,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _default_key(settings: Settings) -> Path:
     return Path(settings.index.path) / DEFAULT_KEY_NAME
+
+
+def _client_address(value: str) -> str:
+    """An address `outbound.client_networks` can hold: a typo would leave a message the milter
+    takes for outbound classed as other, and stamp nothing."""
+    if client_ip(value) is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is no IP address")
+    return value
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -799,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="DIR", help="index directory")
     p.add_argument("--direction", choices=["inbound", "outbound", "auto"], required=True,
                    help="auto classifies from the envelope options, as the milter does")
-    p.add_argument("--client-address", metavar="IP")
+    p.add_argument("--client-address", metavar="IP", type=_client_address,
+                   help="the SMTP client's IP address, as the MTA's {client_addr} macro")
     p.add_argument("--auth-user", metavar="U", help="as if authenticated with SMTP AUTH")
     p.add_argument("--daemon-name", metavar="N", help="the MTA's {daemon_name} macro")
     p.add_argument("--mail-from", metavar="A", default="")

@@ -178,6 +178,16 @@ def test_auth_user_and_client_address_signals(run_filter: Any, tmp_path: Path) -
         "-", stdin=raw,
     )
     assert "direction=other" in p.stderr.decode()
+    # The MTA's spellings of an IPv6 client; an IPv4-mapped one counts as its IPv4 address.
+    for spelled in ("IPv6:::ffff:192.0.2.9", "[::ffff:192.0.2.9]"):
+        p = run_filter("--config", str(config), "--direction", "auto", "--client-address",
+                       spelled, "-", stdin=raw)
+        assert "direction=outbound" in p.stderr.decode(), spelled
+    # A typo is a usage error: the mail would pass as other, unstamped, without a word.
+    p = run_filter("--config", str(config), "--direction", "auto", "--client-address",
+                   "192.0.2.x", "-", stdin=raw)
+    assert (p.returncode, p.stdout) == (2, b"")
+    assert "--client-address: '192.0.2.x' is no IP address" in p.stderr.decode()
 
 
 def test_outbound_without_rcpt_says_internal_recipients_cannot_apply(

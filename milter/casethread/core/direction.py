@@ -39,13 +39,8 @@ class Classifier:
     def _from_our_network(self, address: str | None) -> bool:
         if not address or not self._networks:
             return False
-        try:
-            ip = ipaddress.ip_address(address.strip("[]").removeprefix("IPv6:"))
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._networks)
+        ip = client_ip(address)
+        return ip is not None and any(ip in net for net in self._networks)
 
     def to_support(self, env: Envelope) -> bool:
         """Whether a recipient is one of our support addresses (`inbound.addresses`)."""
@@ -65,6 +60,19 @@ class Classifier:
         if self.is_outbound(env):
             return Direction.OUTBOUND
         return Direction.INBOUND if self.to_support(env) else Direction.OTHER
+
+
+def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The MTA's client address (`{client_addr}`: `192.0.2.1`, `2001:db8::1`, Sendmail's
+    `IPv6:2001:db8::1`, bracketed or not) as an address, an IPv4-mapped one in its IPv4 form;
+    None when it is none (Postfix's `unknown`)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").removeprefix("IPv6:"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _unmapped(net: Network) -> Network:
