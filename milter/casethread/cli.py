@@ -740,6 +740,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     with _lmdb_index(settings, create=True) as index:
         try:
             result = maintenance.import_lines(index, source, merge=args.merge)
+        except maintenance.BadImport as exc:  # the file's fault: name it with the line
+            print(f"casethread: {'stdin' if args.file == '-' else args.file}: {exc}",
+                  file=sys.stderr)
+            return EXIT_USAGE
         except maintenance.MaintenanceError as exc:
             return _fail(exc, EXIT_USAGE)
         held = index.case_count()
