@@ -20,11 +20,7 @@ Bounded: `CASETHREAD_FUZZ_EXAMPLES` sets hypothesis' max_examples (default 300, 
 
 from __future__ import annotations
 
-import email
-import importlib
-import mmap
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,22 +30,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casethread.core.edits import AddHeader, ChangeHeader, Edit, apply_edits
-from casethread.core.message import Envelope, Header, Message, newline_of, parse_raw, serialize
+from casethread.core.edits import ChangeHeader
+from casethread.core.message import Envelope, Header, Message, newline_of, parse_raw
 from casethread.core.model import Direction
-from casethread.core.stamp import apply_splices
+
+from ..helpers.engine_output import as_body, check_edits, check_output, corpus_messages
 
 EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "300"))
 DATA = Path(__file__).resolve().parents[1] / "data"
-# CPython's own test package, as installed with this Python: its MIME corpus is read in place.
-CPYTHON_CORPUS = os.path.join(
-    os.path.dirname(str(importlib.import_module("test").__file__)), "test_email", "data"
-)
 SUPPORT = "support@example.com"
-
-
-def _without_unix_from(raw: bytes) -> bytes:
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
 
 
 TOKEN_SLOT = b"@@TOKEN@@"
@@ -60,9 +49,7 @@ def load_seeds() -> tuple[list[bytes], list[bytes]]:
     """(the tests' mail, CPython's corpus). Slots in ours name the prepared case."""
     ours = [p.read_bytes().replace(b"<PLACEHOLDER>", b"<" + MSGID_SLOT + b">")
             for p in sorted(DATA.rglob("*.eml"))]
-    corpus = [_without_unix_from(p.read_bytes())
-              for p in sorted(Path(CPYTHON_CORPUS).glob("msg_*.txt"))]
-    return ours, corpus
+    return ours, corpus_messages()
 
 
 OUR_SEEDS, CORPUS_SEEDS = load_seeds()
@@ -172,54 +159,6 @@ def direct_headers(draw: Any) -> tuple[Header, ...]:
 
 # --- the properties ---------------------------------------------------------------------------
 
-BAD_NAME = re.compile(r"[!-9;-~]+")
-BAD_VALUE = re.compile(r"\r|\x00|\n(?![ \t])|\n[ \t]*(?:\n|$)")
-
-
-def check_edits(edits: Sequence[Edit]) -> None:
-    for e in edits:
-        if isinstance(e, AddHeader):
-            assert BAD_NAME.fullmatch(e.name), e
-        else:
-            assert isinstance(e, ChangeHeader) and e.index >= 1, e
-        if e.value:
-            assert not BAD_VALUE.search(e.value), e
-
-
-def unfolded(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
-
-
-def check_output(headers: tuple[Header, ...], body: bytes, newline: bytes, decision: Any,
-                 tally: Counter[str]) -> None:
-    expected = apply_edits(headers, list(decision.edits))
-    new_body = apply_splices(body, decision.body_splices)
-    out = serialize(expected, new_body, newline)
-    # Our own reader (the MTA's view): the same fields, none injected, ours as written.
-    got, _ = parse_raw(out)
-    assert [h.name for h in got] == [h.name for h in expected]
-    added = [e for e in decision.edits if isinstance(e, AddHeader)]
-    tail = got[len(got) - len(added) :] if added else ()
-    assert [(h.name, unfolded(h.value)) for h in tail] == [
-        (e.name, unfolded(e.value)) for e in added
-    ]
-    # The stdlib parser reads it, every part of it.
-    parsed = email.message_from_bytes(out)
-    parts = list(parsed.walk())
-    assert parts
-    for part in parts:
-        part.get_content_type()
-        part.get_payload(decode=True)
-    # Where the stdlib reads the header section as we do, it sees our fields as written.
-    if len(parsed.keys()) == len(got):
-        assert parsed.keys()[len(got) - len(added) :] == [e.name for e in added]
-        tally["stdlib agrees"] += 1
-    else:
-        tally["stdlib reads the header differently (input)"] += 1
-    if decision.body_splices:
-        tally["body stamped"] += 1
-
-
 def prepared(make_harness: Callable[..., Any]) -> tuple[Any, str, str]:
     """A harness whose index holds one case: its token and its Message-ID are known."""
     harness = make_harness()
@@ -227,15 +166,6 @@ def prepared(make_harness: Callable[..., Any]) -> tuple[Any, str, str]:
     headers, body = parse_raw(raw)
     out = harness.run(Message(Envelope(), headers, body, newline_of(raw)), Direction.OUTBOUND)
     return harness, harness.token(out.case_id), out.one("Message-ID").strip("<>")
-
-
-def as_body(data: bytes, use_mmap: bool) -> bytes | mmap.mmap:
-    if not use_mmap or not data:
-        return data
-    mapped = mmap.mmap(-1, len(data))  # as the milter passes a spooled body
-    mapped.write(data)
-    mapped.seek(0)
-    return mapped
 
 
 def test_fuzz_engine_inbound_outbound(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
+import codecs
+import encodings
+import encodings.aliases
 import mmap
 import os
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,8 @@ from hypothesis import strategies as st
 from casethread.core import mime
 from casethread.core.message import Header
 from casethread.core.mime import Part
+from casethread.core.subject import decode_subject
+from casethread.core.text_decoding import decode_text
 
 FUZZ_EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "200"))
 
@@ -500,3 +507,32 @@ def test_charset_labels_python_lacks_map_to_its_codecs(label: str, codec: str) -
 def test_narrow_charsets_are_read_as_the_superset_clients_read(label: str, codec: str) -> None:
     """WHATWG Encoding Standard: Outlook writes cp949 as ks_c_5601-1987, cp932 as Shift_JIS."""
     assert mime.codec_for(label) == codec
+
+
+def registry_names() -> list[str]:
+    """Every name Python's codec registry answers to: its aliases, its codec modules (the
+    bytes-to-bytes `hex`, `zlib`, `base64`, `uu`, `bz2`, `quopri`, the text-to-text `rot13`
+    among them), and labels a sender may write for them."""
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    names |= {module.name for module in pkgutil.iter_modules(encodings.__path__)}
+    return sorted(names | {"rot13", "mbcs", "oem", "undefined", "unicode_escape", "idna"})
+
+
+SAMPLES = (bytes(range(256)), b"+AGEA-+", b"\x1b$B\x1b(J", b"xn--\xff", b"\xfe\xff\x00", b"=E9")
+
+
+def test_a_label_of_every_codec_python_knows_is_read_as_text_or_refused() -> None:
+    """A charset label comes from the message: whichever codec it names, reading gives text or
+    the label is refused, never an exception or bytes (`hex` or `zlib` decode to bytes,
+    `idna` or `punycode` raise on what is no domain)."""
+    names = registry_names()
+    assert len(names) > 300 and "hex" in names and "rot13" in names
+    for label in (variant for name in names for variant in (name, name.upper().replace("_", "-"))):
+        codec = mime.codec_for(label)
+        if codec is not None:
+            assert codecs.lookup(codec)._is_text_encoding  # type: ignore[attr-defined]
+            assert all(isinstance(data.decode(codec, "replace"), str) for data in SAMPLES)
+        assert all(isinstance(decode_text(data, label), str) for data in SAMPLES)
+        word = f"=?{label}?b?{base64.b64encode(SAMPLES[0]).decode()}?= =?{label}?q?caf=E9?="
+        assert isinstance(decode_subject(word, read_unknown=True), str)
+        assert mime.parse_field(f"text/plain; title*={label}''caf%E9").param("title") is not None

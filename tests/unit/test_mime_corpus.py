@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import email
-import importlib
 import os
 import quopri
 import re
@@ -28,17 +27,12 @@ from casethread.core import mime
 from casethread.core.message import newline_of, parse_raw
 from casethread.core.stamp import StampPlan, apply_splices, plan_stamp
 
-# CPython's own test package, as installed with this Python (not copied into the repo).
-CORPUS = Path(str(importlib.import_module("test").__file__)).parent / "test_email" / "data"
-CORPUS_FILES = sorted(CORPUS.glob("msg_*.txt"))
+from ..helpers.engine_output import CPYTHON_CORPUS, without_unix_from
+
+CORPUS_FILES = sorted(CPYTHON_CORPUS.glob("msg_*.txt"))
 TOKEN = "7K2M9QX4RT8VB3ZP"
 TARGET_TYPES = {"html": "text/html", "text": "text/plain"}
 EXAMPLES = int(os.environ.get("CASETHREAD_FUZZ_EXAMPLES", "200"))
-
-
-def without_unix_from(raw: bytes) -> bytes:
-    """An MTA never passes the mbox "From " line to a filter."""
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
 
 
 def plan_message(raw: bytes) -> tuple[bytes, bytes, StampPlan]:
@@ -119,7 +113,7 @@ def check_invariants(head: bytes, body: bytes, plan: StampPlan) -> list[EmailMes
 
 
 def test_corpus_is_where_the_installed_python_keeps_it() -> None:
-    assert len(CORPUS_FILES) >= 40, CORPUS
+    assert len(CORPUS_FILES) >= 40, CPYTHON_CORPUS
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
