@@ -54,7 +54,8 @@ e2e: deps-test $(STAMP)
 fuzz: $(STAMP)
 	CASETHREAD_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q tests/unit/test_fuzz_engine.py \
 		tests/unit/test_mime.py tests/unit/test_stamp.py tests/unit/test_bodytext.py \
-		tests/unit/test_mime_corpus.py -k "fuzz or generated or never"
+		tests/unit/test_mime_corpus.py tests/unit/test_fuzz_mutations.py \
+		-k "fuzz or generated or never"
 
 # 20,000 mixed messages through a real Postfix and the real milter (bench/soak.py --help).
 soak: deps-test $(STAMP)

@@ -235,10 +235,12 @@ class MtaSession:
         data_macros: Macros | None = None,
         eom_macros: Macros | None = None,
         midway: Callable[[], None] | None = None,
+        before_eom: Callable[[], None] | None = None,
     ) -> Transaction:
         """One message; stops at the first reply that is not CONTINUE, as the MTA would.
 
-        `midway` is called after the headers, before EOH: with the message under way.
+        `midway` is called after the headers, before EOH: with the message under way;
+        `before_eom` after the body, before end of message.
 
         miltertest's `send_body` raises on a non-CONTINUE body reply rather than returning it.
         """
@@ -272,6 +274,8 @@ class MtaSession:
             return t
         if body and not self.skips(c.SMFIP_NOBODY) and not ok("body", self._body(body, t)):
             return t
+        if before_eom is not None:
+            before_eom()
         self._macro(c.SMFIC_BODYEOB, eom_macros)
         for cmd, args in self.conn.send_eom():
             if cmd in (c.SMFIR_ADDHEADER, c.SMFIR_CHGHEADER, c.SMFIR_INSHEADER):
