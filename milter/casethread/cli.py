@@ -33,6 +33,7 @@ from .config import (
     unix_socket_path,
 )
 from .config import warnings as config_warnings
+from .core.decision import Decision
 from .core.direction import client_ip
 from .core.edits import apply_edits
 from .core.message import Envelope, Message, newline_of, parse_raw, serialize
@@ -238,12 +239,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
                      " body=skipped" if skipped else "")
         except Exception as exc:
             # The milter's policy: the message as it came, but for forged X-Case-* fields.
-            cause = known_cause(exc)
-            if cause is None:
-                log.exception("queue_id=filter internal error; message passed unchanged")
-            else:
-                log.error("queue_id=filter error: %s; message passed unchanged", cause)
-            decision = engine.unchanged(msg)
+            _log_failure(exc, "internal error", "error")
+            decision = _unchanged(engine, msg)
     finally:
         index.close()
     if args.explain:
@@ -255,6 +252,26 @@ def cmd_filter(args: argparse.Namespace) -> int:
     new_body = apply_splices(body, decision.body_splices) if decision.body_splices else body
     _write_all(serialize(apply_edits(headers, list(decision.edits)), new_body, msg.newline))
     return EXIT_OK
+
+
+def _log_failure(exc: Exception, unknown: str, known: str) -> None:
+    """One line: `known: cause` for an expected condition (a full disk, a permission), else
+    `unknown` with the traceback."""
+    cause = known_cause(exc)
+    if cause is None:
+        log.exception("queue_id=filter %s; message passed unchanged", unknown)
+    else:
+        log.error("queue_id=filter %s: %s; message passed unchanged", known, cause)
+
+
+def _unchanged(engine: Engine, msg: Message) -> Decision:
+    """The failure policy's decision: forged X-Case-* fields removed; should that fail too,
+    the message as it came, as the milter passes it (`CaseMilter._fallback`)."""
+    try:
+        return engine.unchanged(msg)
+    except Exception as exc:
+        _log_failure(exc, "could not remove forged fields", "could not remove forged fields")
+        return Decision(Direction.OTHER)
 
 
 def _write_all(data: bytes) -> None:

@@ -19,6 +19,7 @@ from casethread.config import load_config, render_defaults
 from casethread.core import thread_index
 from casethread.core.case_headers import MAX_OWN_FIELDS
 from casethread.core.message import parse_raw
+from casethread.engine import Engine
 from casethread.index import LmdbIndex, SchemaMismatch
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -866,3 +867,27 @@ def test_explain_of_a_saved_reply_shows_its_strategies_too(run_filter: Any) -> N
     plain = run_filter("--direction", "inbound", "--rcpt", "support@example.com", "--dry-run",
                        "-", stdin=saved)
     assert plain.returncode == 0 and b"in-reply-to" not in plain.stderr
+
+
+def test_filter_prints_the_message_as_it_came_when_removing_forged_fields_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """As the milter's fallback: an error while deciding, and another while removing the
+    forged X-Case-* fields, still print the message (as it came) with status 0. It ended in a
+    traceback and status 1, after a line saying the message passed."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("an engine bug")
+
+    monkeypatch.setattr(Engine, "process", broken)  # `unchanged` decides through it too
+    raw = b"From: pat@customer.example.org\nX-Case-ID: C-000001\nSubject: hi\n\nbody\n"
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(raw)
+    args = ["filter", "--index", str(tmp_path / "index"), "--direction", "inbound",
+            "--rcpt", "support@example.com", str(mail)]
+    assert main(args) == 0
+    out, err = capfdbinary.readouterr()
+    assert out == raw
+    assert b"queue_id=filter internal error" in err
+    assert b"queue_id=filter could not remove forged fields; message passed unchanged" in err
