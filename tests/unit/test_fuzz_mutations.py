@@ -23,6 +23,8 @@ map), and:
   part, decoded by the stdlib, is its old content with one run inserted;
 - the index is asked a bounded number of times (a count, not a clock).
 
+A few of them also go through `casethread filter` in each direction.
+
 `CASETHREAD_FUZZ_EXAMPLES` scales the rounds (`make fuzz`); the default keeps to a few seconds.
 """
 
@@ -474,3 +476,23 @@ def test_fuzz_hostile_sizes_in_stamped_mail(make_harness: Any, mutation: Mutatio
     chosen = rng.sample(every, min(ROUNDS, len(every)))
     for harness, mutated in cases(rng, [mutation], make_harness, chosen, (1,), 1):
         check(harness, mutated, rng.random() < 0.5, Counter())
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_fuzz_mutated_mail_through_casethread_filter(
+    run_filter: Any, make_harness: Any, direction: str
+) -> None:
+    """The same inputs through the command: exit 0, one log line and no error, output the
+    stdlib parses; inbound mail's body comes out byte for byte."""
+    rng = random.Random(direction)
+    chosen = rng.sample(seeds(), 5)
+    for _, mutated in cases(rng, MUTATIONS, make_harness, chosen, (1, 2), 1):
+        done = run_filter("--direction", direction, "--rcpt", SUPPORT, "-", stdin=mutated)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines()
+                 if "generated token key" not in line]
+        assert len(lines) == 1 and " ERROR " not in lines[0], lines
+        for part in email.message_from_bytes(done.stdout).walk():
+            part.get_payload(decode=True)
+        if direction == "inbound":
+            assert parse_raw(done.stdout)[1] == parse_raw(mutated)[1]
