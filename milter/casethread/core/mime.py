@@ -574,25 +574,26 @@ class TopFields:
     ambiguous: bool = False
 
 
+# Where `top_fields` keeps the first value of each MIME field.
+_TOP_FIELD_SLOTS = {"content-type": 0, "content-transfer-encoding": 1, "content-disposition": 2}
+
+
 def top_fields(headers: Iterable[Header]) -> TopFields:
     """The MIME fields of a header section (first of each), as `parse()` and the stampers take
     them for a message's own header fields."""
-    found: dict[str, list[str]] = {}
+    # One loop and no dict of lists, closure or generator: every part of every body is read
+    # here, and each of those was a call or an object of its own.
+    first: list[str | None] = [None, None, None]
+    repeated = False
     for h in headers:
-        key = h.name.lower()
-        if key in ("content-type", "content-transfer-encoding", "content-disposition"):
-            found.setdefault(key, []).append(h.value)
-
-    def first(key: str) -> str | None:
-        values = found.get(key)
-        return values[0] if values else None
-
-    return TopFields(
-        first("content-type"),
-        first("content-transfer-encoding"),
-        first("content-disposition"),
-        ambiguous=any(len(v) > 1 for v in found.values()),
-    )
+        slot = _TOP_FIELD_SLOTS.get(h.name.lower())
+        if slot is None:
+            continue
+        if first[slot] is None:
+            first[slot] = h.value
+        else:
+            repeated = True
+    return TopFields(first[0], first[1], first[2], ambiguous=repeated)
 
 
 class _Limits:
