@@ -354,6 +354,27 @@ def test_inline_pgp_is_found_where_a_multiline_anchor_finds_it(text: str) -> Non
     assert stamp._inline_pgp(text) == (anchored.search(text) is not None)
 
 
+# Pieces of a part's text around a token: the token in its cases, its digits, characters whose
+# lower case is ASCII or longer (a Kelvin sign, a dotted capital I), full-width digits.
+FOLDED_PIECES = st.sampled_from(
+    ["1", "12", "123", "9", "0", "A", "a", "K", "k", "\u212a", "\u0130", "I", "i",
+     "\uff11", "\uff12", "x", " ", "\n", "[ref:", "]", "\u00df"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(number=st.integers(0, 2**64 - 1), key_id=st.integers(0, 31),
+       pieces=st.lists(FOLDED_PIECES, max_size=12), at=st.integers(0, 12),
+       form=st.sampled_from(["none", "upper", "lower", "swapped", "kelvin", "dotted"]))
+def test_a_token_is_found_in_a_part_as_lowering_both_finds_it(
+        number: int, key_id: int, pieces: list[str], at: int, form: str) -> None:
+    tok = token.Keyring([(key_id, bytes(range(32)))]).make(number)
+    written = {"none": "", "upper": tok, "lower": tok.lower(), "swapped": tok.swapcase(),
+               "kelvin": tok.replace("K", "\u212a"), "dotted": tok.replace("I", "\u0130")}[form]
+    text = "".join(pieces[:at]) + written + "".join(pieces[at:])
+    assert stamp._holds_folded(text, tok) == (tok.lower() in text.lower())
+    assert stamp._holds_folded(text, "ABCDEFGH") == ("abcdefgh" in text.lower())
+
+
 # --- tokens ---------------------------------------------------------------------------------
 
 
