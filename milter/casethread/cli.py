@@ -754,13 +754,16 @@ def _source(path: str) -> Callable[[], Iterable[bytes]]:
 def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
     source = _source(args.file)
+    try:
+        # Checked before the index is opened: a file that cannot go in leaves no new index.
+        checked = maintenance.check_import(source())
+    except maintenance.BadImport as exc:  # the file's fault: name it with the line
+        print(f"casethread: {'stdin' if args.file == '-' else args.file}: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     with _lmdb_index(settings, create=True) as index:
         try:
-            result = maintenance.import_lines(index, source, merge=args.merge)
-        except maintenance.BadImport as exc:  # the file's fault: name it with the line
-            print(f"casethread: {'stdin' if args.file == '-' else args.file}: {exc}",
-                  file=sys.stderr)
-            return EXIT_USAGE
+            result = maintenance.import_lines(index, source, merge=args.merge, checked=checked)
         except maintenance.MaintenanceError as exc:
             return _fail(exc, EXIT_USAGE)
         held = index.case_count()

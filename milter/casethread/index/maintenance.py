@@ -578,7 +578,9 @@ _PARSERS = {"case": _parse_case, "alias": _parse_alias, "counter": _parse_counte
 
 
 @dataclass
-class _Parsed:
+class CheckedImport:
+    """What `check_import` read of an export: its cases, numbers, counter and line counts."""
+
     counter: int | None = None
     numbers: dict[int, str] = field(default_factory=dict)  # number -> case id
     cases: dict[str, _Put] = field(default_factory=dict)  # case id -> its record
@@ -606,8 +608,8 @@ def _records(source: Iterable[bytes]) -> Iterator[tuple[int, str, dict[str, Any]
             raise BadImport(f"line {number}: {exc}") from None
 
 
-def _validate(source: Iterable[bytes]) -> _Parsed:
-    parsed = _Parsed()
+def _validate(source: Iterable[bytes]) -> CheckedImport:
+    parsed = CheckedImport()
     for number, kind, item in _records(source):
         parsed.lines[kind] = parsed.lines.get(kind, 0) + 1
         if isinstance(item, dict):
@@ -651,7 +653,7 @@ def _is_empty(txn: Txn, db: SharedEnv) -> bool:
     )
 
 
-def _conflicts(txn: Txn, db: SharedEnv, parsed: _Parsed) -> list[str]:
+def _conflicts(txn: Txn, db: SharedEnv, parsed: CheckedImport) -> list[str]:
     """Merging must not give one number two cases (tokens carry numbers), renumber a case or
     fold two cases that share an id into one: two indexes (a second MX's, one restored next to
     a fresh one) number their cases alike. The opening time (to the second) tells them apart,
@@ -716,13 +718,21 @@ class ImportResult:
     transactions: int
 
 
+def check_import(source: Iterable[bytes]) -> CheckedImport:
+    """Read a whole export and check it, without an index: raises BadImport for a malformed
+    one, so the caller need not create an index for a file that cannot go in."""
+    return _validate(source)
+
+
 def import_lines(
     index: LmdbIndex,
     source: Callable[[], Iterable[bytes]],
     merge: bool = False,
+    checked: CheckedImport | None = None,
 ) -> ImportResult:
     """Import an export. `source` is called twice: the whole file is checked before anything
-    is written, so a malformed file or a refused merge changes nothing.
+    is written (unless `checked`, what `check_import` read of it), so a malformed file or a
+    refused merge changes nothing.
 
     Into an empty index the result is byte-identical to the exported one (a schema 1 export
     gets schema 2 alias keys, so the same lookups find the same records). A non-empty index
@@ -730,7 +740,7 @@ def import_lines(
     by `recorded`, counters by window start), and a case whose id or number would clash with a
     different case refuses the whole import.
     """
-    parsed = _validate(source())
+    parsed = checked if checked is not None else _validate(source())
     with index.reading() as (txn, db):
         if not _is_empty(txn, db):
             if not merge:
