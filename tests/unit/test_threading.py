@@ -1016,6 +1016,24 @@ def test_token_in_a_message_forwarded_as_an_attachment(harness: Any, stamped_bod
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
+@pytest.mark.parametrize(("label", "codec", "text"), UNKNOWN_LABELS)
+def test_token_in_an_attached_messages_subject_of_an_unknown_charset(
+        harness: Any, label: str, codec: str, text: str) -> None:
+    """The attached message's Subject is read as the mail's own is: an encoded word whose
+    charset label Python does not know (Exchange's `_iso-2022-jp$ESC`) hid the tag there."""
+    tok = token_of(start_case(harness).one("Subject"))
+    raw = f"RE: {text} [ref:{tok}]".encode(codec)
+    body = (
+        "--f\nContent-Type: text/plain\n\nSee the mail below, still broken.\n"
+        "--f\nContent-Type: message/rfc822\n\n"
+        "From: Dana Agent <dana@support.example.com>\n"
+        f"Subject: =?{label}?B?{base64.b64encode(raw).decode()}?=\n\nHello Pat,\n--f--\n"
+    ).encode()
+    r = harness.inbound(CUSTOMER, ("Subject", "Fwd: still broken"),
+                        ("Content-Type", "multipart/mixed; boundary=f"), body=body)
+    assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
+
+
 @pytest.mark.parametrize("ctype", ["message/rfc822", "application/octet-stream"])
 def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: str) -> None:
     """Phones and gateways base64-encode a forwarded message (invalid for message/rfc822, RFC

@@ -348,10 +348,11 @@ _MESSAGE_START = re.compile(
 
 
 def _subject_of(headers: Sequence[Header]) -> Iterator[str]:
-    """A forwarded message's Subject, decoded, if it has one."""
+    """A forwarded message's Subject, decoded as the token search reads the mail's own (words
+    of a charset label Python does not know too), if it has one."""
     found = next((h.value for h in headers if h.name.lower() == "subject"), None)
     if found is not None:
-        yield decode_subject(found)
+        yield decode_subject(found, read_unknown=True)
 
 
 def _attached_message_texts(body: Data, part: Part, budget: int) -> Iterator[str]:
