@@ -608,7 +608,9 @@ def _records(source: Iterable[bytes]) -> Iterator[tuple[int, str, dict[str, Any]
             raise BadImport(f"line {number}: {exc}") from None
 
 
-def _validate(source: Iterable[bytes]) -> CheckedImport:
+def check_import(source: Iterable[bytes]) -> CheckedImport:
+    """Read a whole export and check it, without an index: raises BadImport for a malformed
+    one, so the caller need not create an index for a file that cannot go in."""
     parsed = CheckedImport()
     for number, kind, item in _records(source):
         parsed.lines[kind] = parsed.lines.get(kind, 0) + 1
@@ -718,12 +720,6 @@ class ImportResult:
     transactions: int
 
 
-def check_import(source: Iterable[bytes]) -> CheckedImport:
-    """Read a whole export and check it, without an index: raises BadImport for a malformed
-    one, so the caller need not create an index for a file that cannot go in."""
-    return _validate(source)
-
-
 def import_lines(
     index: LmdbIndex,
     source: Callable[[], Iterable[bytes]],
@@ -740,7 +736,7 @@ def import_lines(
     by `recorded`, counters by window start), and a case whose id or number would clash with a
     different case refuses the whole import.
     """
-    parsed = checked if checked is not None else _validate(source())
+    parsed = checked if checked is not None else check_import(source())
     with index.reading() as (txn, db):
         if not _is_empty(txn, db):
             if not merge:
