@@ -211,13 +211,10 @@ def _chunks(body: Data | memoryview, start: int, end: int,
         yield body[pos : min(pos + size, end)]
 
 
-def main_parts(tree: Part) -> dict[Target, Part]:
-    """The first non-attachment text/html and text/plain leaves, found through multipart/mixed,
-    /alternative, /related and the others a body may be made of (`_NOT_CONTAINERS`)."""
-    return _first_targets(_reachable(tree))
-
-
 def _first_targets(reachable: list[Part]) -> dict[Target, Part]:
+    """The first non-attachment text/html and text/plain leaves of `reachable` (`_reachable`:
+    through multipart/mixed, /alternative, /related and the others a body may be made of,
+    `_NOT_CONTAINERS`)."""
     found: dict[Target, Part] = {}
     for part in reachable:
         target = _target_of(part)
