@@ -326,8 +326,13 @@ class LmdbIndex:
                         # abort (and grow) with the gate drained instead.
                         with gate.upgrade():
                             txn.abort()
+                            # The map size the write found full, read once it failed rather
+                            # than before each write (`info()` releases the GIL: under load a
+                            # thread switch a message). The same figure: only the writer,
+                            # holding the writer lock, or a thread alone in the gate (`adopt`,
+                            # never while the writer is inside) resizes this process's map.
                             if not isinstance(exc, lmdb.MapFullError) or not shared.grow(
-                                    self._filled(shared)):
+                                    shared.map_size()):
                                 raise
                         growths += 1
                         if growths == MAX_GROWTHS:
@@ -346,14 +351,6 @@ class LmdbIndex:
                 item.result, item.error = None, exc
         for item in batch:
             item.done = True
-
-    @staticmethod
-    def _filled(shared: SharedEnv) -> int:
-        """The map size a write found full, read once it failed rather than before each write
-        (`info()` releases the GIL: under load a thread switch a message). The same figure:
-        only the writer, holding the writer lock, or a thread alone in the gate (`adopt`, never
-        while the writer is inside) resizes this process's map."""
-        return shared.map_size()
 
     def _begin_write(self, shared: SharedEnv) -> lmdb.Transaction[bytes]:
         """A write transaction; the caller is inside the gate and holds the writer lock."""
