@@ -692,10 +692,12 @@ def cpu_by_kind_ms(group: Sequence[Sample]) -> dict[str, float] | None:
     if not measured:
         return None
     kinds = sorted({k for s in measured for k in s.cpu_by_kind or {}})
-    per_message = [{k: 1000 * v / s.messages for k, v in
-                    {**{k: (s.cpu_by_kind or {}).get(k, 0.0) for k in kinds},
-                     "rest": s.busy_cpu_s - sum((s.cpu_by_kind or {}).values())}.items()}
-                   for s in measured]
+    per_message = []
+    for s in measured:
+        used = s.cpu_by_kind or {}
+        seconds = {k: used.get(k, 0.0) for k in kinds}
+        seconds["rest"] = s.busy_cpu_s - sum(used.values())
+        per_message.append({k: 1000 * v / s.messages for k, v in seconds.items()})
     return {k: round(_median([r[k] for r in per_message]), 3) for k in [*kinds, "rest"]}
 
 
