@@ -61,6 +61,23 @@ def test_comments_are_dropped_from_the_type() -> None:
     assert mime.transfer_encoding(" Base64 (encoded)") == "base64"
 
 
+def test_comments_after_a_parameter_value_are_dropped() -> None:
+    """RFC 2045 §5.1 allows comments around a value: the boundary was read as
+    `b1 (by Mailer 2.0)`, found in no line, and the whole body stayed opaque (its base64
+    parts unread, nothing stamped); the charset was one nobody knows."""
+    body = b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1--\r\n"
+    tree = mime.parse(body, "multipart/mixed; boundary=b1 (by Mailer 2.0)")
+    assert (tree.kind, tree.boundary, tree.defects) == ("multipart", "b1", ())
+    assert [body_of(body, p) for p in tree.children] == [b"hello"]
+    ct = mime.content_type("text/plain; charset=iso-8859-1\r\n (Latin (West) 1); format=flowed")
+    assert (ct.param("charset"), ct.param("format")) == ("iso-8859-1", "flowed")
+    # Parentheses inside a value (tspecials, yet written so) are no comment of it.
+    assert mime.parse_field("attachment; filename=report(1).pdf").param("filename") == (
+        "report(1).pdf")
+    assert mime.parse_field('attachment; filename="a (1).pdf" (x)').param("filename") == (
+        "a (1).pdf")
+
+
 def test_absent_type_gives_the_default_and_garbage_gives_nothing() -> None:
     assert mime.content_type(None).value == "text/plain"
     assert mime.content_type(None, "message/rfc822").value == "message/rfc822"

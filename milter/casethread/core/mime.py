@@ -313,8 +313,40 @@ def _param_pairs(pieces: Iterable[str]) -> list[tuple[str, str]]:
         name, eq, value = piece.partition("=")
         name = name.strip().lower()
         if eq and name:
-            pairs.append((name, _unquote(value.strip())))
+            pairs.append((name, _unquote(_without_trailing_comments(value.strip()))))
     return pairs
+
+
+def _without_trailing_comments(value: str) -> str:
+    """A parameter value without the comments after it (RFC 2045 §5.1 allows CFWS there):
+    `boundary=abc (by Mailer)` is `abc`, `charset=iso-8859-1 (Latin-1)` is iso-8859-1.
+    Only a comment after a blank goes: an unquoted `name=report(1).pdf` (parentheses are
+    tspecials, yet mailers write them so) keeps its name. A quoted value needs none of
+    this: `_unquote` stops at its closing quote."""
+    if not value.endswith(")") or value.startswith('"'):
+        return value
+    end = len(value)  # where the value ends so far: one copy, not one a comment
+    while end and value[end - 1] == ")":
+        start = _comment_start(value, end)
+        if start <= 0 or value[start - 1] not in " \t":
+            break
+        end = start - 1
+        while end and value[end - 1] in " \t":
+            end -= 1
+    return value[:end]
+
+
+def _comment_start(text: str, end: int) -> int:
+    """Where the comment that ends at `end` (nested ones inside it) opens; -1 when none does."""
+    depth = 0
+    for i in range(end - 1, -1, -1):
+        if text[i] == ")":
+            depth += 1
+        elif text[i] == "(":
+            depth -= 1
+            if not depth:
+                return i
+    return -1
 
 
 _MAX_SECTION_DIGITS = 9
