@@ -59,6 +59,17 @@ def test_an_in_reply_to_of_several_ids_gives_the_first_as_parent(harness: Any) -
     assert unfold(r.one("References")).split()[1:] == ["<a1@customer.example.org>"]
 
 
+def test_bare_ids_are_written_back_as_msg_ids(harness: Any) -> None:
+    """References without brackets (an ID cut before its `>`, bare IDs separated by commas)
+    were copied as `<<cut@...>` and `<one@...,>`: no msg-id by RFC 5322 §3.6.4."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", "Re: Printer"),
+                         ("References", "<cut@customer.example.org one@x.example.org,"))
+    assert unfold(r.one("References")).split()[1:] == [
+        "<cut@customer.example.org>", "<one@x.example.org>"]
+    assert msgid.id_list("one@x.example.org, two@x.example.org", 5) == [
+        "two@x.example.org", "one@x.example.org"]
+
+
 def test_references_are_folded_between_ids(harness: Any) -> None:
     """500 IDs as Thunderbird folds them: trimmed to 20, and written on lines of at most 78
     characters (RFC 5322 §2.1.1), not on one line of ~900."""

@@ -57,12 +57,13 @@ def _raw_ids(value: str) -> list[str]:
     """The IDs of an In-Reply-To/References field as written, left to right (comments out).
 
     IDs without angle brackets are accepted when no bracketed ones exist, as some mailers
-    send them bare.
+    send them bare; such a word loses a lone bracket or a separating comma at its ends (an
+    ID cut before its `>`, `a@x.org, b@x.org`), which a reply would copy as `<<a@x.org>`.
     """
     value = _without_comments(value, ids_whole=True)
     raw_ids = _ANGLED.findall(value)
     if not raw_ids:
-        raw_ids = [t for t in _SPACE.split(unfold(value)) if "@" in t]
+        raw_ids = [t.strip("<>,") for t in _SPACE.split(unfold(value)) if "@" in t]
     return raw_ids
 
 
