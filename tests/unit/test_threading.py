@@ -1034,8 +1034,15 @@ def test_token_in_an_attached_messages_subject_of_an_unknown_charset(
     assert (r.case_id, r.one("X-Case-Match")) == ("C-000001", "token")
 
 
-@pytest.mark.parametrize("ctype", ["message/rfc822", "application/octet-stream"])
-def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: str) -> None:
+@pytest.mark.parametrize(("ctype", "name"), [
+    ("message/rfc822", "fwd.eml"), ("application/octet-stream", "fwd.eml"),
+    # RFC 2047 words in the name (Outlook's and Gmail's non-ASCII file names), B encoding
+    # hiding the `.eml`: the file was passed over as an attachment.
+    ("application/octet-stream", "=?UTF-8?B?RHJ1Y2tlciBrbGVtbXQg4oCTIEdyw7bDn2UuZW1s?="),
+    ("application/octet-stream", "=?utf-8?q?Gr=C3=B6=C3=9Fe?= =?utf-8?q?=2Eeml?="),
+])
+def test_token_in_a_forwarded_message_attached_in_base64(
+        harness: Any, ctype: str, name: str) -> None:
     """Phones and gateways base64-encode a forwarded message (invalid for message/rfc822, RFC
     2046 5.2.1) or attach the .eml as an opaque file: it is decoded and read as text."""
     out = start_case(harness, "Printer jam")
@@ -1044,8 +1051,8 @@ def test_token_in_a_forwarded_message_attached_in_base64(harness: Any, ctype: st
              "\nHello Pat,\n").encode()
     body = (
         b"--f\nContent-Type: text/plain\n\nSee the mail below, still broken.\n"
-        b"--f\nContent-Type: " + ctype.encode() + b'; name="fwd.eml"\n'
-        b'Content-Disposition: attachment; filename="fwd.eml"\n'
+        b"--f\nContent-Type: " + ctype.encode() + b'; name="' + name.encode() + b'"\n'
+        b'Content-Disposition: attachment; filename="' + name.encode() + b'"\n'
         b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(inner) + b"--f--\n"
     )
     r = harness.inbound(CUSTOMER, ("Subject", "Fwd: still broken"),

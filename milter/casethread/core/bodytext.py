@@ -338,7 +338,15 @@ def _attached_message_file(part: Part) -> bool:
     if part.kind == "message" or not part.is_attachment:
         return False
     return part.mime_type in mime.EMBEDDED_MESSAGE_TYPES or (
-        (part.filename or "").lower().endswith(".eml"))
+        _file_name(part).lower().endswith(".eml"))
+
+
+def _file_name(part: Part) -> str:
+    """The part's file name, its RFC 2047 encoded words decoded: RFC 2047 §5 allows none in
+    a parameter, yet Outlook and Gmail write a non-ASCII name so (`=?UTF-8?B?...?=`), as
+    every client reads it, and B encoding hid the `.eml` of a forwarded message's file."""
+    name = part.filename or ""
+    return decode_subject(name) if "=?" in name else name
 
 
 # A message file's start: a BOM, blank lines or an mbox "From " line may come before its first
