@@ -122,6 +122,19 @@ def test_a_moved_tag_between_encoded_words_keeps_the_words_apart(harness: Any) -
     assert_rfc2047_lines("Subject", moved.one("Subject"))
 
 
+def test_a_tag_without_a_leading_blank_keeps_off_an_encoded_word(
+        make_harness: Any, tweak: Any) -> None:
+    """RFC 2047 §5 (1): an encoded word is followed by a blank, not by text. A template
+    without a leading blank wrote `=?utf-8?q?Caf=C3=A9?=[ref:...]`, which a strict reader
+    shows as it is; plain text still takes the tag as the template writes it."""
+    h = make_harness(tweak(tokens={"subject_template": "[ref:{token}]"}))
+    r = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "=?utf-8?q?Caf=C3=A9?="))
+    tag = f"[ref:{h.token(r.case_id)}]"
+    assert unfold(r.one("Subject")) == "=?utf-8?q?Caf=C3=A9?= " + tag
+    r = h.outbound(AGENT, TO_CUSTOMER, ("Subject", "Order=?x?q?y?="))
+    assert unfold(r.one("Subject")) == f"Order=?x?q?y?=[ref:{h.token(r.case_id)}]"
+
+
 def test_a_tag_signed_by_a_key_no_longer_signing_is_re_signed(harness: Any) -> None:
     """After a key rotation (a new key signs, the old one still verifies) the agent's answer
     keeps the Subject's tag of the old key: it is replaced by the new key's, or replies that

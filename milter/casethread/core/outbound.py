@@ -191,6 +191,10 @@ def subject_edit(msg: Message, keyring: token.Keyring, tok: str, template: str) 
     text = clean(present)
     if found.case_number is not None:
         text = _without_verified_tags(text, keyring, template)
+    if text.endswith("?=") and not tag[:1].isspace() and _ENCODED_WORD_LAST.search(text):
+        # RFC 2047 §5 (1): an encoded word ends at a blank, not at text (`=?...?=[ref:...]`,
+        # from a template without a leading blank, is no encoded word to a strict reader).
+        text += " "
     return ChangeHeader("Subject", 1, fold("Subject", (text + tag).strip()))
 
 
@@ -210,6 +214,8 @@ def _without_verified_tags(text: str, keyring: token.Keyring, template: str) -> 
 
 
 _ENCODED_WORD_NEXT = re.compile(rf"\s+{ENCODED_WORD}")
+# An encoded word at the Subject's end, after a blank or at its start (`x=?...?=` is none).
+_ENCODED_WORD_LAST = re.compile(rf"(?:^|\s){ENCODED_WORD}$")
 
 
 def references_edit(msg: Message, anchor: str) -> Edit | None:
