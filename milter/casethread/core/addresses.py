@@ -32,7 +32,9 @@ _SIMPLE_ADDRESS = re.compile(
 
 
 def envelope_address(value: str) -> str:
-    """`<User@Example.COM>` -> `user@example.com`; empty for the null sender. An
+    """`<User@Example.COM>` -> `user@example.com` (the local part too, though RFC 5321 §2.4
+    lets a host tell its letter case apart: hardly any mail system does, and one person writes
+    `Pat@` and `pat@`); empty for the null sender. An
     internationalised domain becomes its A-label (`bücher.example` -> `xn--bcher-kva.example`):
     Postfix hands SMTPUTF8 mail's U-labels to milters as they came."""
     address = value.strip().strip("<>").strip().lower()

@@ -38,7 +38,8 @@ _MAX_COMMENT_PASSES = 8
 def without_comments(text: str, pattern: re.Pattern[str] = _COMMENT, repl: str = "") -> str:
     """`text` without its RFC 5322 comments, nested ones too (innermost first), each
     replaced by `repl`. `pattern` may keep other parts whole: it matches a comment, or what
-    its `repl` puts back."""
+    its `repl` puts back. Unlike RFC 5322, parentheses in a quoted string or after a
+    backslash count too: the keywords, paths and IDs read so hold none that matter."""
     if "(" not in text:
         return text
     for _ in range(_MAX_COMMENT_PASSES):

@@ -30,7 +30,9 @@ def normalise(raw: str) -> str | None:
     """The canonical form of one Message-ID, or None when nothing usable is left.
 
     Angle brackets, whitespace (including folding) and comments go; the domain part is
-    lower-cased (domains are case-insensitive, local parts are not).
+    lower-cased (domains are case-insensitive, local parts are not). Parentheses in a quoted
+    local part go too (`"a (x)"@h` is keyed `"a"@h`, RFC 5322 reads no comment there): a
+    recorded ID and a reply's copy of it are normalised alike, so they still match.
     """
     if _PLAIN.fullmatch(raw):  # the usual ID: nothing to take out
         text = raw

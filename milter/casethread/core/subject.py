@@ -177,7 +177,9 @@ _ENCODED_RUN = re.compile(rf"{ENCODED_WORD}(?:\s*{ENCODED_WORD})*")
 
 def _decoded(text: str, read_unknown: bool) -> str:
     """`text` with its encoded words decoded; the text around them stays as written (raw
-    UTF-8 beside an encoded word, as SMTPUTF8 clients write, too)."""
+    UTF-8 beside an encoded word, as SMTPUTF8 clients write, too). Leniently, as the stdlib
+    (`email.header`) reads them: a word longer than 75 characters, or with no blank between it
+    and the text around it, is decoded too (RFC 2047 §2, §5 (1) make neither a word)."""
     out: list[str] = []
     end = 0
     for run in _ENCODED_RUN.finditer(text):
