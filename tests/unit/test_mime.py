@@ -119,6 +119,11 @@ def test_rfc2231_extended_value_is_decoded() -> None:
     assert field.param("filename") == "naïve file.txt"
 
 
+def test_rfc2231_value_with_an_empty_charset_is_read_as_utf8() -> None:
+    field = mime.parse_field("attachment; filename*=''caf%C3%A9.pdf")
+    assert field.param("filename") == "café.pdf"
+
+
 def test_rfc2231_continuations_are_joined_in_order_and_win_over_plain() -> None:
     field = mime.parse_field(
         "attachment; filename=fallback.txt; filename*1*=%20part; "

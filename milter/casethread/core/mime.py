@@ -387,7 +387,9 @@ def _decode_sections(parts: list[tuple[int, bool, str]]) -> str:
             charset, _, rest = value.split("'", 2)
             value = rest
         raw += unquote_to_bytes(encode_str(value))  # 8-bit bytes arrive as surrogates
-    return bytes(raw).decode(codec_for(charset) or "utf-8", "replace")
+    # An empty charset (`filename*=''%C3%A9.pdf`, RFC 2231 §4 lets it be left out) is UTF-8, as
+    # clients write it, not codec_for's US-ASCII default for a part with no label.
+    return bytes(raw).decode(codec_for(charset or "utf-8") or "utf-8", "replace")
 
 
 def codec_for(
