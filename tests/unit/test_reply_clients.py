@@ -18,6 +18,7 @@ test_threading.py.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -201,6 +202,19 @@ def test_a_reply_without_header_links_threads_by_the_quote(harness: Any, client:
     assert (r.case_id, r.one("X-Case-Match")) == (first.case_id, "token")
     r = customer(harness, "ScanThing 5.", quoted(client, moved))
     assert (r.case_id, r.one("X-Case-Match")) == ("SCAN-7", "token")
+
+
+@pytest.mark.parametrize("client", ["gmail", "outlook-web", "yahoo"])
+def test_a_screenshot_pasted_above_the_quote(harness: Any, client: str) -> None:
+    """A web mail or CRM editor sends a pasted screenshot as a `data:` URI in the HTML, here
+    1.5 MB of base64 above the quote, more than `inbound.scan_budget` (1 MiB): it is no text
+    and uses none of it, and the reply threads by our tag in the quote below (found by the
+    composed-transformations test, seed 2795)."""
+    first, _ = conversation(harness)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(1_100_000)).decode()
+    text = f'Model 5, see the screen:<br><img src="data:image/png;base64,{png}" width="800">'
+    r = customer(harness, text, quoted(client, first), "printer")
+    assert (r.case_id, r.one("X-Case-Match")) == (first.case_id, "token")
 
 
 @pytest.mark.parametrize("client", FORWARDS)
