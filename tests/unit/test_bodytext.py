@@ -318,14 +318,19 @@ def test_never_raises_and_respects_the_budget(body: bytes, ctype: str | None,
 
 def test_an_image_pasted_inline_does_not_use_up_the_budget() -> None:
     """A screenshot an HTML editor sends as a `data:` URI (RFC 2397) above the quote is no
-    text: its base64 is not counted, so the tag below it is read within the budget, which
-    still bounds the text and markup around it (an icon's short run is counted)."""
+    text: its base64 is not counted (in any charset), so the tag below it is read within the
+    budget, which still bounds the text and markup around it (an icon's short run is
+    counted)."""
     image = b'<img src="data:image/png;BASE64,' + base64.b64encode(bytes(1500)) + b'\r\n">'
     quote = b"<blockquote>[ref:TAG]</blockquote>"
-    for cte, encode in ((None, bytes), ("base64", base64.encodebytes)):
-        texts = list(iter_texts("text/html", cte, encode(b"<p>See</p>" + image + quote),
-                                budget=600))
-        assert "[ref:TAG]" in "".join(texts), cte
+    html = b"<p>See</p>" + image + quote
+    for ctype, cte, data in (("text/html", None, html),
+                             ("text/html", "base64", base64.encodebytes(html)),
+                             ("text/html; charset=utf-16", "base64",
+                              base64.encodebytes(html.decode().encode("utf-16")))):
+        texts = list(iter_texts(ctype, cte, data, budget=600))
+        assert "[ref:TAG]" in "".join(texts), (ctype, cte)
+        assert sum(len(t) for t in texts) <= 600
     icon = b'<img src="data:image/png;base64,' + base64.b64encode(bytes(600)) + b'">'
     assert "[ref:TAG]" not in "".join(iter_texts("text/html", None, icon + quote, budget=600))
     prose = b"<p>" + b"words " * 250 + b"</p>"

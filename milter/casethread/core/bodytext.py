@@ -83,8 +83,8 @@ _DROPPED = frozenset({"comment", "script", "style"})
 # 0.4 s per MiB of hostile "data:x;"): the run after it holds no token either way, as base64's
 # letters, digits, blanks and line breaks (browsers ignore those) hold no `[`. A run under
 # 1 KiB (an icon) is left as it is, so a hostile part of tiny ones costs no edit per run.
-_DATA_URI_PAYLOAD = re.compile(rb"(?i:;base64,)[A-Za-z0-9+/=\s]{1024,}+")
-_DATA_URI_START = re.compile(rb"(?i:;base64,)")
+_DATA_URI_PAYLOAD = re.compile(r"(?i:;base64,)[A-Za-z0-9+/=\s]{1024,}+")
+_DATA_URI_START = re.compile(r"(?i:;base64,)")
 # How much of an HTML part with such images is decoded, in budgets: 16 MiB by default, a
 # phone's photo pasted whole (a 32 MiB base64 part took 180 ms to decode and edit).
 INLINE_IMAGE_BUDGETS = 16
@@ -138,10 +138,8 @@ def iter_texts(
                 continue
             if remaining <= 0:
                 return
-            data = (_html_body(body, part, remaining) if part.mime_type == "text/html"
-                    else _decoded_body(body, part, remaining))
-            remaining -= len(data)
-            text = decode_text(data, mime.part_charset(part, data))
+            text, used = _part_text(body, part, remaining)
+            remaining -= used
             yield html_to_text(text) if part.mime_type == "text/html" else text
 
 
@@ -398,21 +396,21 @@ def _decoded_body(body: Data, part: Part, limit: int) -> bytes:
     return mime.decode_transfer(raw, part.cte)[:limit]
 
 
-def _html_body(body: Data, part: Part, limit: int) -> bytes:
-    """An HTML part decoded as `_decoded_body` decodes it, less its inline images' base64: a
-    screenshot pasted above the quote is 1-2 MB of it, and counted as text it used up the
-    scan budget before our tag in the quote below. Where the budget ran out with one in it,
-    up to `INLINE_IMAGE_BUDGETS` budgets of the part are decoded, and what is left after the
-    payloads is cut to the budget."""
+def _part_text(body: Data, part: Part, limit: int) -> tuple[str, int]:
+    """A part's text, decoded, and the budget it used: its decoded bytes, at most `limit`.
+
+    An HTML part's inline images' base64 is not counted: a screenshot pasted above the quote
+    is 1-2 MB of it, and counted as text it used up the budget before our tag in the quote
+    below. Where the budget ran out with one in it, up to `INLINE_IMAGE_BUDGETS` budgets of
+    the part are decoded, the payloads left out (on the text: a UTF-16 part's too) and the
+    rest cut to `limit` characters, which is what it used."""
     data = _decoded_body(body, part, limit)
-    if len(data) < limit or _DATA_URI_START.search(data) is None:
-        return data
-    return _without_payloads(_decoded_body(body, part, INLINE_IMAGE_BUDGETS * limit))[:limit]
-
-
-def _without_payloads(data: bytes) -> bytes:
-    """`data` with each `data:` URI's base64 payload left out."""
-    return _DATA_URI_PAYLOAD.sub(b";base64,", data)
+    text = decode_text(data, mime.part_charset(part, data))
+    if part.mime_type != "text/html" or len(data) < limit or not _DATA_URI_START.search(text):
+        return text, len(data)
+    data = _decoded_body(body, part, INLINE_IMAGE_BUDGETS * limit)
+    text = _DATA_URI_PAYLOAD.sub(";base64,", decode_text(data, mime.part_charset(part, data)))
+    return text[:limit], min(len(text), limit)
 
 
 def html_to_text(markup: str) -> str:
