@@ -208,8 +208,8 @@ def test_a_reply_without_header_links_threads_by_the_quote(harness: Any, client:
 def test_a_screenshot_pasted_above_the_quote(harness: Any, client: str) -> None:
     """A web mail or CRM editor sends a pasted screenshot as a `data:` URI in the HTML, here
     1.5 MB of base64 above the quote, more than `inbound.scan_budget` (1 MiB): it is no text
-    and uses none of it, and the reply threads by our tag in the quote below (found by the
-    composed-transformations test, seed 2795)."""
+    and uses none of it, and the reply threads by our tag in the quote below (found by
+    test_reply_transforms.py, seed 866)."""
     first, _ = conversation(harness)
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(1_100_000)).decode()
     text = f'Model 5, see the screen:<br><img src="data:image/png;base64,{png}" width="800">'
