@@ -144,12 +144,15 @@ class FieldValue:
 def parse_field(raw: str | None) -> FieldValue:
     """Parse a Content-Type / Content-Disposition value, with RFC 2231 parameters."""
     if raw is None:
-        return FieldValue("")
+        return _ABSENT_FIELD
     if len(raw) > _KEPT_FIELD_MAX:
         return _parse_field(raw)
     return _kept_field(raw)
 
 
+# A field a part does not have (most parts' Content-Disposition): one value for all, as values
+# are never changed.
+_ABSENT_FIELD = FieldValue("")
 # One message reads a part's Content-Type and -Disposition a few times (splitting it, choosing
 # what to stamp, naming attachments), and mail repeats the usual values (`text/plain;
 # charset=utf-8`, `inline`): the values are kept. Not a longer one (a part's long file name):
@@ -716,13 +719,6 @@ def _open_embedded(data: Data, part: Part, limits: _Limits) -> Part:
     return _opened(part, "message", part.defects, (inner,))
 
 
-@frozen
-class _Delimiter:
-    start: int  # including the line break before the delimiter line
-    end: int  # after the delimiter line's own line break
-    close: bool
-
-
 def _split_multipart(data: Data, part: Part, limits: _Limits) -> Part:
     boundary = (part.content_type.param("boundary") or "").rstrip()
     if not boundary:
@@ -731,33 +727,32 @@ def _split_multipart(data: Data, part: Part, limits: _Limits) -> Part:
     if part.cte not in IDENTITY_ENCODINGS:
         defects += ("encoded-multipart",)
     # One delimiter more than parts allowed is enough to know there are too many.
-    delimiters = _find_delimiters(data, part.body_start, part.end, encode_str(boundary),
-                                  limits.parts_left + 1)
+    delimiters, closed = _find_delimiters(data, part.body_start, part.end,
+                                          encode_str(boundary), limits.parts_left + 1)
     if not delimiters:
         return _opaque(part, "boundary-absent")
     stopped_early = len(delimiters) > limits.parts_left
-    if not delimiters[-1].close and not stopped_early:
+    if not closed and not stopped_early:
         defects += ("unclosed",)
     elif len(delimiters) == 1:
         defects += ("no-parts",)
     child_type = "message/rfc822" if part.mime_type == "multipart/digest" else "text/plain"
     children: list[Part] = []
-    for start, end in _part_ranges(delimiters, part.end):
+    for start, end in _part_ranges(delimiters, closed, part.end):
         if limits.parts_left <= 0:
             defects += ("too-many-parts",)
             break
         limits.parts_left -= 1
         children.append(_parse_part(data, start, end, part.depth + 1, child_type, limits))
-    return _opened(part, "multipart", defects, tuple(children), boundary,
-                   tuple((d.start, d.end) for d in delimiters))
+    return _opened(part, "multipart", defects, tuple(children), boundary, tuple(delimiters))
 
 
-def _part_ranges(delimiters: list[_Delimiter], end: int) -> Iterator[tuple[int, int]]:
-    for current, following in itertools.pairwise(delimiters):
-        yield current.end, max(current.end, following.start)
-    last = delimiters[-1]
-    if not last.close:
-        yield last.end, end
+def _part_ranges(delimiters: list[tuple[int, int]], closed: bool,
+                 end: int) -> Iterator[tuple[int, int]]:
+    for (_, current_end), (following_start, _) in itertools.pairwise(delimiters):
+        yield current_end, max(current_end, following_start)
+    if not closed:
+        yield delimiters[-1][1], end
 
 
 # What follows `--boundary` on a delimiter line: `(--)?[ \t]*(?:\r?\n|\r?\Z)`, its quantifiers
@@ -812,21 +807,21 @@ class _DelimiterLines:
 
 def _find_delimiters(
     data: Data, lo: int, hi: int, boundary: bytes, max_count: int
-) -> list[_Delimiter]:
+) -> tuple[list[tuple[int, int]], bool]:
     """Delimiter lines `--boundary[--][WSP]*EOL` in [lo, hi), up to the first close delimiter
-    (or `max_count` of them)."""
+    (or `max_count` of them): each line's (start, end), the start including the line break
+    before it, and whether the last is the close delimiter (only the last can be one)."""
     lines = _DelimiterLines(data, hi, boundary)
-    found: list[_Delimiter] = []
+    found: list[tuple[int, int]] = []
     pos = lo
     while len(found) < max_count and (line := lines.next(pos)) is not None:
         at, match = line
-        previous_end = found[-1].end if found else lo
-        start = max(previous_end, _line_start_with_break(data, lo, at))
-        found.append(_Delimiter(start, match.end(), match.group(1) is not None))
-        if found[-1].close:
-            break
+        previous_end = found[-1][1] if found else lo
         pos = match.end()
-    return found
+        found.append((max(previous_end, _line_start_with_break(data, lo, at)), pos))
+        if match.group(1) is not None:
+            return found, True
+    return found, False
 
 
 def _line_start_with_break(data: Data, lo: int, at: int) -> int:
