@@ -205,9 +205,19 @@ def content_type(raw: str | None, default: str = "text/plain") -> FieldValue:
     """The Content-Type; `default` when absent, "" (nothing we understand) when unparsable."""
     if raw is None:
         return FieldValue(default)
+    if len(raw) > _KEPT_FIELD_MAX:
+        return _content_type(raw)
+    return _kept_content_type(raw)
+
+
+def _content_type(raw: str) -> FieldValue:
     parsed = parse_field(raw)
     known = _known_type(parsed.value)
     return parsed if known == parsed.value else FieldValue(known, parsed.params)
+
+
+# Kept as the field values are (`_kept_field`), with the type checked once (a regex match).
+_kept_content_type = functools.lru_cache(maxsize=1024)(_content_type)
 
 
 # 7bit and 8bit as bulk mailers misspell them (`Content-Transfer-Encoding: 7-bit`, `8bits`):
@@ -618,6 +628,14 @@ _TOP_FIELD_SLOTS = {"content-type": 0, "content-transfer-encoding": 1, "content-
 def top_fields(headers: Iterable[Header]) -> TopFields:
     """The MIME fields of a header section (first of each), as `parse()` and the stampers take
     them for a message's own header fields."""
+    (ctype, cte, disposition), repeated = _first_fields(headers)
+    return TopFields(ctype, cte, disposition, repeated)
+
+
+def _first_fields(headers: Iterable[Header]) -> tuple[list[str | None], bool]:
+    """Content-Type, -Transfer-Encoding and -Disposition (first of each; `_TOP_FIELD_SLOTS`),
+    and whether one is repeated: `top_fields` without its value, for each part `parse()`
+    reads."""
     # One loop and no dict of lists, closure or generator: every part of every body is read
     # here, and each of those was a call or an object of its own.
     first: list[str | None] = [None, None, None]
@@ -630,7 +648,7 @@ def top_fields(headers: Iterable[Header]) -> TopFields:
             first[slot] = h.value
         else:
             repeated = True
-    return TopFields(first[0], first[1], first[2], ambiguous=repeated)
+    return first, repeated
 
 
 class _Limits:
@@ -665,14 +683,12 @@ def _parse_part(
     data: Data, start: int, end: int, depth: int, default_type: str, limits: _Limits
 ) -> Part:
     headers, body_start, defects = _scan_headers(data, start, end)
-    fields = top_fields(headers)
-    if fields.ambiguous:
+    (ctype, cte, disposition), repeated = _first_fields(headers)
+    if repeated:
         defects += ("duplicate-mime-field",)
     return _build(
         data, start, body_start, end, headers,
-        content_type(fields.content_type, default_type),
-        transfer_encoding(fields.cte),
-        parse_field(fields.disposition),
+        content_type(ctype, default_type), transfer_encoding(cte), parse_field(disposition),
         depth, limits, defects,
     )
 
@@ -855,7 +871,7 @@ def _scan_headers(
         name, colon, _ = line.partition(b":")
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] = (fields[-1][0], line_end)
-        elif colon and _FIELD_NAME.fullmatch(name.rstrip(b" \t")):
+        elif colon and _is_field_name(name.rstrip(b" \t")):
             fields.append((pos, line_end))
         else:
             return _headers_from(data, fields), pos, ("missing-header-separator",)
@@ -863,6 +879,12 @@ def _scan_headers(
         if pos - start > MAX_HEADER_BYTES:
             return _headers_from(data, fields), pos, ("header-too-long",)
     return _headers_from(data, fields), end, (NO_BODY,) if fields else ()
+
+
+def _is_field_name(name: bytes) -> bool:
+    """RFC 5322 ftext (`_FIELD_NAME`). Nearly every name is letters, digits and hyphens,
+    which two bytes methods tell without a regex match's setup (each part's header lines)."""
+    return name.replace(b"-", b"").isalnum() or _FIELD_NAME.fullmatch(name) is not None
 
 
 def _headers_from(data: Data, fields: list[tuple[int, int]]) -> tuple[Header, ...]:
