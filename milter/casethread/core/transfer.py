@@ -58,7 +58,11 @@ class Identity:
         if self.seven_bit and not added.isascii():
             raise Unusable("insertion is not 7bit")
         # Lines stay within the SMTP limit (or as long as they already were): else the
-        # insertion goes on a line of its own.
+        # insertion goes on a line of its own. The usual line is short enough to take all of
+        # the insertion: no line of it once joined can be longer than the two together.
+        line_start, line_end = _line_bounds(raw, at)
+        if line_end - line_start + len(added) <= _MAX_LINE:
+            return at, at, added, added
         limit = max(_MAX_LINE, _line_length_with(raw, at, b""))
         if _line_length_with(raw, at, added) > limit:
             added = newline + added.strip(b"\r\n") + newline
@@ -67,11 +71,15 @@ class Identity:
         return at, at, added, added
 
 
+def _line_bounds(raw: bytes, at: int) -> tuple[int, int]:
+    """Where the line holding `at` starts, and where its line feed (or `raw`) ends it."""
+    line_end = raw.find(b"\n", at)
+    return raw.rfind(b"\n", 0, at) + 1, len(raw) if line_end < 0 else line_end
+
+
 def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
     """The longest line around the insertion point once `added` is inserted there."""
-    line_start = raw.rfind(b"\n", 0, at) + 1
-    line_end = raw.find(b"\n", at)
-    line_end = len(raw) if line_end < 0 else line_end
+    line_start, line_end = _line_bounds(raw, at)
     joined = raw[line_start:at] + added + raw[at:line_end]
     return max(len(line.rstrip(b"\r")) for line in joined.split(b"\n"))
 
