@@ -291,6 +291,88 @@ def test_a_closing_body_tag_inside_another_tag_is_not_the_end_of_the_body() -> N
     assert out.endswith(html + TAG.encode())
 
 
+@pytest.mark.parametrize("html", [
+    b'<html><body><p>x</p><iframe srcdoc="<p>y</p></body>"></iframe>',
+    b"<html><body><p>x</p><iframe srcdoc='<p>y</p></body>'></iframe>",
+    b'<html><body><p>x</p><a title="a > b </body>">y</a>',
+    b'<html><body><p>x</p><a title = "a>b</body>">y</a>'])
+def test_a_closing_body_tag_in_a_quoted_value_after_a_greater_than_is_no_body_end(
+        html: bytes) -> None:
+    """A ">" inside a quoted attribute value ends no tag (WHATWG HTML §13.2.5.36-37): the
+    `</body>` after it in the value was taken for the body's end, and our tag's quotes cut the
+    value open and showed `[ref:...]` and the rest of the tag as text."""
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(html + TAG.encode())
+
+
+def test_a_less_than_sign_that_opens_no_tag_hides_no_body_end() -> None:
+    """`a < b` is text (a "<" not followed by a letter opens no tag): the `</body>` after it was
+    taken for part of a tag, and the tag went to the part's end, inside a comment left open."""
+    html = b"<html><body>Orders < 5\n</body><!-- x"
+    out = stamp(message("text/html; charset=utf-8", html, "8bit"))
+    assert out.endswith(b"<body>Orders < 5\n" + TAG.encode() + b"</body><!-- x")
+
+
+_BLANK = "\t\n\f\r "
+
+
+def _whatwg_in_tag(text: str, at: int) -> bool:
+    """Whether the WHATWG tokenizer is inside a tag (or a bogus comment) at `at`, read a
+    character at a time: its tag states (§13.2.5.6-13, 32-40), without comments (`<!`)."""
+    state, i = "data", 0
+    while i < at:
+        c = text[i]
+        letter = c.isascii() and c.isalpha()
+        i += 1
+        if state == "data":
+            state = "open" if c == "<" else "data"
+        elif state == "open":
+            state, i = ("name", i) if letter else ("end open", i) if c == "/" else ("data", i - 1)
+        elif state == "end open":
+            state = "name" if letter else "data" if c == ">" else "bogus"
+        elif state == "bogus":
+            state = "data" if c == ">" else "bogus"
+        elif state in ("name", "attr", "unquoted"):
+            if c == ">":
+                state = "data"
+            elif c in _BLANK:
+                state = "after attr" if state == "attr" else "before attr"
+            elif c == "/" and state != "unquoted":
+                state = "self"
+            elif c == "=" and state == "attr":
+                state = "before value"
+        elif state in ("before attr", "after attr", "after value", "self"):
+            if c == ">":
+                state = "data"
+            elif c == "/":
+                state = "self"
+            elif c == "=" and state == "after attr":
+                state = "before value"
+            elif c not in _BLANK:
+                state = "attr"
+            elif state in ("after value", "self"):
+                state = "before attr"
+        elif state == "before value":
+            quoted = {'"': "dq", "'": "sq", ">": "data"}
+            state = quoted.get(c, "before value" if c in _BLANK else "unquoted")
+        elif state in ("dq", "sq"):
+            state = "after value" if c == ('"' if state == "dq" else "'") else state
+    return state not in ("data", "open")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(
+    ["<a", "<b", "</p", "<", ">", " t=", "t=", '"', "'", " ", "x", " /", "a < b", "<p>",
+     "</p>", '="<i>"', "='>'", '="a>b"', "\n", "="]), max_size=12).map("".join))
+def test_a_closing_body_tag_is_the_end_when_the_tokenizer_is_in_no_tag(before: str) -> None:
+    """The tag goes before the `</body>` that the WHATWG tokenizer reads as a tag of its own,
+    and after it (at the end) when a tag, a quoted value or a bogus comment holds it. (No
+    `<!`, `<?` or `</ `: `markup` reads those as comments wherever they are, a value's too.)"""
+    html = before + "</body>"
+    inside = _whatwg_in_tag(html, len(before))
+    assert placement.html_insertion_index(html) == (len(html) if inside else len(before)), html
+
+
 @pytest.mark.parametrize("element", [
     b'<style>p::after{content:"</body>"}</style>', b"<title>Why </body> matters</title>",
     b"<textarea>\n<html><body>x</body></html>\n</TEXTAREA>",

@@ -79,6 +79,23 @@ def test_the_last_closing_tag_is_looked_for_from_the_end() -> None:
     assert _CountingText.finds < 10
 
 
+def test_closing_tags_in_quoted_values_read_the_tags_before_them_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100,000 `<a title="x></body>">`: each `</body>` may be in a quoted value, which only
+    reading the tags from the last comment's end tells; read per `</body>` (16 of them), a
+    16 MB part took 1.2 s. One reading a closing tag's name: an earlier one is passed over.
+    A `</body>` after a tag's end, in no value, needs none."""
+    counting = _CountingPattern(placement._DATA)
+    monkeypatch.setattr(placement, "_DATA", counting)
+    html = '<a title="x></body>">' * 100_000
+    assert placement.html_insertion_index(html) == len(html)
+    assert counting.calls == 1
+    html = "<body><p>x</p>" + '<a title="x></body>">' * 100 + "</body></html>"
+    assert placement.html_insertion_index(html) == len(html) - len("</body></html>")
+    assert counting.calls == 1
+
+
 @pytest.mark.parametrize(("depth", "signature"), [(15, True), (16, True), (17, False)])
 def test_a_separator_in_16_inline_tags_is_one_and_in_17_none(depth: int, signature: bool) -> None:
     """README: a `-- ` wrapped in more than 16 inline tags, before or after it, is no
