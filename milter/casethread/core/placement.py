@@ -84,7 +84,10 @@ def html_insertion_index(text: str) -> int:
     text of a raw text element (`_Hidden`, which raises `Unusable` for a part of too many).
     The end itself is not checked: HTML cut off inside a comment, a <style> or a tag gets
     the tag there (README *What casethread changes in a message*), as telling would read
-    every part without a </body> (Gmail's) from its start."""
+    every part without a </body> (Gmail's) from its start. Tree construction is not followed:
+    in a table left open, browsers move the tag above it (foster parenting), hidden all the
+    same; a <template> left open or a <frameset> document takes it where none renders it,
+    which no mail client writes."""
     end = len(text)
     hidden = _Hidden(text)
     for closing in _CLOSING_TAGS:
