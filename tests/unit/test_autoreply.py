@@ -602,6 +602,21 @@ def test_a_folded_failed_action_is_a_bounce() -> None:
     assert classify_auto(folded) == "bounce"
 
 
+@pytest.mark.parametrize(("second", "expected"), [
+    (b"Action: (permanent) failed", "bounce"),  # an RFC 5322 comment before the value
+    (b"Action: Failed (user unknown)", "bounce"),
+    (b"X-Note: no Action field", "bounce"),  # a recipient whose Action is unread may have failed
+    (b"Action: (will retry) delayed", "auto-generated"),
+])
+def test_each_recipients_action_is_read_in_its_own_group(second: bytes, expected: str) -> None:
+    """RFC 3464 §2.3: one field group per recipient, after blank lines. A recipient whose
+    Action field is not read as a word (a comment before it, or no such field) beside one
+    that is only `delayed` made the report a delay warning: a failure went unseen."""
+    report = delivery_report("delayed", "failed")
+    body = report.body.replace(b"Action: failed", second)
+    assert classify_auto(Message(report.envelope, report.headers, body)) == expected
+
+
 def ours(address: str) -> bool:
     return address in ("support@example.com", "help@lists.example.com")
 

@@ -13,13 +13,14 @@ first of this order wins:
    `Auto-Submitted: auto-replied` (RFC 3834 allows that on DSNs). A report whose
    every per-recipient `Action` is `delayed`, `delivered`, `relayed` or `expanded` (a delay
    warning, a success notice) is `auto-generated` whatever its sender; one with a `failed`
-   Action, or with none readable, is a bounce. A notice of the mail system without a DSN
-   (those senders) whose subject says the mail is delayed (Exim's "Warning: message ...
-   delayed 24 hours", Sendmail's "Warning: could not send message for past 4 hours") is
-   `auto-generated` too: a report is a bounce only when it reports a failure (RFC 3464), the
-   one an agent must act on. Any other `multipart/report` (a read receipt, RFC 8098; abuse
-   feedback) is `auto-generated` whatever else it says: RFC 3834 §5 lets a receipt carry
-   `Auto-Submitted: auto-replied`, which makes it no out-of-office. So is an Exchange read
+   Action, or with a recipient's group (RFC 3464 §2.3) without one readable, is a bounce. A
+   notice of the mail system without a DSN (those senders) whose subject says the mail is
+   delayed (Exim's "Warning: message ... delayed 24 hours", Sendmail's "Warning: could not
+   send message for past 4 hours") is `auto-generated` too: a report is a bounce only when it
+   reports a failure (RFC 3464), the one an agent must act on. Any other `multipart/report`
+   (a read receipt, RFC 8098; abuse feedback) is `auto-generated` whatever else it says:
+   RFC 3834 §5 lets a receipt carry `Auto-Submitted: auto-replied`, which makes it no
+   out-of-office. So is an Exchange read
    report that is no report (`Content-Class: urn:content-classes:mdn`) and an Outlook recall
    (`urn:content-classes:recallmessage`, Exchange Online's
    `X-MS-Exchange-RecallReportGenerated: true`): `system_notices.exchange_notice`. A

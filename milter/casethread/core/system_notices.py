@@ -22,7 +22,13 @@ _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-d
 DSN_REPORT_TYPES = frozenset({"delivery-status", "global-delivery-status"})
 # Reports a mail system or provider sends about our mail: a DSN, an ARF report (RFC 5965).
 REPORTS_OF_OUR_MAIL = DSN_REPORT_TYPES | {"feedback-report"}
-_ACTION = re.compile(r"^action[ \t]*:[ \t]*([a-z]+)", re.I | re.M)
+_ACTION = re.compile(r"^action[ \t]*:(.*)", re.I | re.M)
+# A per-recipient group names its recipient (RFC 3464 §2.3: `Final-Recipient` is required).
+_RECIPIENT = re.compile(r"^final-recipient[ \t]*:", re.I | re.M)
+# The groups of a delivery report are separated by blank lines (a line of blanks, written by
+# some, too: it is no fold, as no field is continued by nothing).
+_GROUPS = re.compile(r"\r?\n[ \t]*\r?\n")
+_WORD = re.compile(r"[a-z]+")
 # The per-recipient Actions of a delivery report (RFC 3464 §2.3.3) that report no failure.
 NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -134,13 +140,23 @@ def _null_from(msg: Message) -> bool:
 
 def delivery_actions(msg: Message, tree: mime.Part | None) -> set[str]:
     """The per-recipient `Action` values of a delivery report (RFC 3464 §2.3.3), lower case;
-    empty when the report part is missing or unreadable (the report then counts as a bounce).
+    `""` for a recipient's group without a readable one; empty when the report part is
+    missing or unreadable (the report then counts as a bounce, as it does with `""`: a
+    recipient whose Action is unread may be the one that failed, beside a `delayed` one).
     `tree`: the body's MIME structure if already parsed."""
     top = mime.top_fields(msg.headers)
     actions: set[str] = set()
     for part in bodytext.iter_parts_of_type(top.content_type, top.cte, msg.body,
                                             _DELIVERY_STATUS_TYPES, BODY_READ_MAX,
                                             top_disposition=top.disposition, tree=tree):
-        text = _FOLD.sub(" ", part.data.decode("ascii", "replace"))  # `Action:\n failed`
-        actions.update(a.lower() for a in _ACTION.findall(text))
+        for group in _GROUPS.split(part.data.decode("ascii", "replace")):
+            actions.update(_group_actions(_FOLD.sub(" ", group)))  # `Action:\n failed`
     return actions
+
+
+def _group_actions(group: str) -> list[str]:
+    """The Actions of one field group: each value's first word, comments dropped
+    (`Action: (permanent) failed`); `[""]` for a recipient's group that has none readable."""
+    words = [_WORD.match(first_token(value)) for value in _ACTION.findall(group)]
+    found = [word.group() for word in words if word is not None]
+    return found or ([""] if _RECIPIENT.search(group) else [])
