@@ -149,6 +149,44 @@ def test_the_list_copy_of_a_persons_reply_still_reopens(harness: Any) -> None:
     assert r.one("X-Case-State") == "reopened"
 
 
+# A Google Group that is support@example.com (its List-Id read as that address, RFC 2919).
+OUR_LIST = (("Precedence", "list"), ("List-Id", "Support <support.example.com>"),
+            ("List-Post", "<mailto:support@example.com>"))
+
+
+@pytest.mark.parametrize(("precedence", "prefix"), [
+    ("junk", "Re: "),  # vacation(1)'s only mark, beside the list's own `Precedence: list`
+    ("bulk", "Out of Office: "),  # the vacation(1) man page's example message
+])
+def test_our_own_lists_copy_of_a_vacation_reply_leaves_the_case(
+        harness: Any, precedence: str, prefix: str) -> None:
+    """Our mail's envelope sender is support@, the list: the customer's vacation(1) answers
+    it there and the list relays the reply, our token kept. Its list fields say nothing (it
+    relays people's mail), but the responder's mark does: read as bulk mail that answers
+    our mail, it reopened the resolved case."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    r = harness.inbound(("From", "'Pat Customer' via Support <support@example.com>"),
+                        ("To", "support@example.com"),
+                        ("Subject", prefix + sent.one("Subject")),
+                        ("Message-ID", "<away.1@customer.example.org>"),
+                        ("Precedence", precedence), *OUR_LIST,
+                        body=b"I am away until Monday.\n")
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-Auto") == "auto-replied"
+    assert r.one("X-Case-State") == "resolved"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+
+
+def test_our_own_lists_bulk_or_junk_alone_is_no_vacation_reply(build: Any) -> None:
+    """A list may write `Precedence: bulk` or `junk` on every post it relays: without its own
+    `Precedence: list` beside the junk, or an out-of-office subject, it tells no reply."""
+    ours = {"support@example.com"}.__contains__
+    for precedence in ("junk", "bulk"):
+        post = build(("From", "Pat Customer <pat@customer.example.org>"),
+                     ("Subject", "Re: Printer jam"), ("Precedence", precedence), *OUR_LIST[1:])
+        assert autoreply.classify_auto(post, ours) == "bulk"
+
+
 def ndr(returned: str, part_type: str) -> bytes:
     """An NDR whose text is HTML alone and whose last part returns the header of our mail."""
     return (

@@ -332,14 +332,11 @@ def classify_auto_detail(msg: Message, ours: Callable[[str], bool] | None = None
         return AUTO_GENERATED, "rule-forward-of-our-mail"
 
     # 4. bulk (our own list relays people's mail: its list fields say nothing), except
-    # vacation(1)'s `Precedence: junk`, which no list puts on a person's mail, and its
-    # `Precedence: bulk` under an out-of-office subject (the man page's example message).
-    if not marks_list_mail(fields, precedence):
-        if "junk" in precedence:
-            return AUTO_REPLIED, "precedence-junk"
-        if "bulk" in precedence and _ooo_subject(msg):
-            return AUTO_REPLIED, "precedence-bulk+ooo-subject"
+    # vacation(1)'s reply (`_vacation_mark`).
     own_list = ours is not None and is_our_list(fields, ours)
+    vacation = _vacation_mark(msg, fields, precedence, own_list)
+    if vacation:
+        return AUTO_REPLIED, vacation
     if precedence & ({"bulk", "junk"} if own_list else {"bulk", "junk", "list"}):
         return BULK, "precedence"
     for name in () if own_list else LIST_HEADERS:
@@ -498,6 +495,25 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
     if FAILURE_SUBJECT.match(subject):
         return BOUNCE, "null-sender+failure-subject"
     return None
+
+
+def _vacation_mark(msg: Message, fields: Fields, precedence: set[str], own_list: bool) -> str:
+    """vacation(1)'s mark on its reply, or `""`: `Precedence: junk`, which no list puts on a
+    person's mail, or `Precedence: bulk` under an out-of-office subject (the man page's
+    example message), on mail that is no list mail. Or on our own list's copy of it (`own_list`:
+    a Google Group that is support@ relays the reply to our mail, our token kept, and its
+    fields say nothing of the reply), where the list's own `Precedence: list` beside the junk
+    shows whose it is, or an out-of-office subject does: a list may write bulk or junk on
+    every post it relays itself, and those are people's replies."""
+    if own_list:
+        if {"junk", "list"} <= precedence:
+            return "precedence-junk"
+    elif marks_list_mail(fields, precedence):
+        return ""
+    elif "junk" in precedence:
+        return "precedence-junk"
+    word = next((w for w in ("bulk", "junk") if w in precedence), "")
+    return f"precedence-{word}+ooo-subject" if word and _ooo_subject(msg) else ""
 
 
 def _freescout_autoreply(msg: Message) -> bool:
