@@ -617,7 +617,10 @@ def _local_part(value: str | None) -> str:
 
 
 def _report_type(msg: Message) -> str | None:
-    """A `multipart/report`'s `report-type` parameter (lower-cased); None for other mail."""
+    """A `multipart/report`'s `report-type` parameter (lower-cased); None for other mail.
+    `""` without one (RFC 6522 requires it): a report of no known type, `auto-generated`, and
+    a bounce only when its sender or subject says so (`_notice`), as its parts are not read
+    for a type the header section does not name (`reads_body`)."""
     value = msg.get("Content-Type")
     if not mime.is_report(value):
         return None

@@ -39,7 +39,10 @@ from .token import (
     token_from_anchor,
 )
 
-# What a bounce's returned headers (or a read receipt's report) may name us by.
+# What a bounce's returned headers (or a read receipt's report) may name us by. Not a DSN's
+# `Original-Envelope-Id`: it is the ENVID the submitting client gave (RFC 3461 §4.4), which
+# nothing on our outbound path sets, so it names none of our mail; nor `Final-Recipient`:
+# a report of the mail system makes nobody a participant (`adds_people`).
 _RETURNED_FIELD = re.compile(
     rb"^(message-id|original-message-id|in-reply-to|references|subject|to|cc)[ \t]*:"
     rb"(.*(?:\r?\n[ \t].*)*)", re.I | re.M
