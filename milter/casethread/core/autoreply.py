@@ -84,7 +84,9 @@ first of this order wins:
    not count as a person's reply (`rules.is_automatic`). So is `Precedence: bulk` on mail
    that is no list mail and whose subject starts with an out-of-office phrase (below): the
    vacation(1) man page's example message sets that field alone, and a `$SUBJECT` in the
-   message's Subject keeps our token, which made such a reply reopen its case.
+   message's Subject keeps our token, which made such a reply reopen its case. So is our own
+   list's copy of such a reply where the list's `Precedence: list` stands beside the `junk`,
+   or under an out-of-office subject (`_vacation_mark`).
 5. `no`: none of these.
 
 Decisions, each conservative because an auto kind stops a reopen or a new case:
