@@ -62,6 +62,7 @@ import messages
 
 from casethread.core.message import Envelope, Header, Message, parse_raw
 from casethread.core.model import Alias, AliasKind, Direction
+from casethread.core.msgid import base36
 from casethread.core.settings import FloodSettings, Settings
 from casethread.core.stamp import apply_splices
 from casethread.core.store import CaseIndex
@@ -256,24 +257,12 @@ def _trim_profile(text: str) -> str:
 # --------------------------------------------------------------------------- index
 
 
-_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def _base36(number: int) -> str:
-    digits = []
-    while True:
-        number, rest = divmod(number, 36)
-        digits.append(_B36[rest])
-        if not number:
-            return "".join(reversed(digits))
-
-
 def message_id(i: int, salt: bytes = b"") -> str:
     """The i-th recorded Message-ID, normalised as the index keys it: casethread's own shape
     (`base36-millis.base36-96-random-bits@domain`), times increasing with i, so sorted by i.
     Deterministic, so a lookup can name any of them again; another salt names missing ones."""
     rand = int.from_bytes(hashlib.blake2b(i.to_bytes(8, "big") + salt, digest_size=12).digest())
-    return f"{_base36(1_772_442_900_000 + i)}.{_base36(rand)}@mail.example.com"
+    return f"{base36(1_772_442_900_000 + i)}.{base36(rand)}@mail.example.com"
 
 
 def _open_raw(path: Path) -> tuple[lmdb.Environment, Any]:

@@ -108,7 +108,8 @@ def first_written_id(value: str) -> str | None:
     return ids[0] if ids else None
 
 
-def _base36(number: int) -> str:
+def base36(number: int) -> str:
+    """`number` (>= 0) in lower-case base 36: the two parts of the Message-IDs we write."""
     digits = []
     while True:
         number, rest = divmod(number, 36)
@@ -125,4 +126,4 @@ def is_plain_domain(domain: str) -> bool:
 
 def new_message_id(domain: str, now: float) -> str:
     """`<base36-time.random@domain>` with 96 random bits: unique without coordination."""
-    return f"<{_base36(int(now * 1000))}.{_base36(secrets.randbits(96))}@{domain}>"
+    return f"<{base36(int(now * 1000))}.{base36(secrets.randbits(96))}@{domain}>"
