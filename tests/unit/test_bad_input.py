@@ -92,8 +92,13 @@ def header_of(output: bytes, name: str) -> list[str]:
 
 
 ALL_DIRECTIONS = [Direction.INBOUND, Direction.OUTBOUND, Direction.OTHER]
-# What follows X-Case-State on a new inbound case with the default routing (DESIGN §6).
-NEW_TAIL = b"X-Case-Queue: support\nX-Case-Auto: no\n"
+
+
+def as_new_case(head: bytes, body: bytes = b"") -> bytes:
+    """The filter's output for inbound mail that opens C-000001 with the default routing
+    (DESIGN §6): our fields after its header `head`, then the body as it came."""
+    return (head + b"\nX-Case-ID: C-000001\nX-Case-Match: new\nX-Case-State: new\n"
+            b"X-Case-Queue: support\nX-Case-Auto: no\n\n" + body)
 
 
 # --------------------------------------------------------------------------- no headers
@@ -196,13 +201,7 @@ def test_8bit_headers_filter_byte_exact(run_filter: Any) -> None:
                  "direction=inbound", "case=C-000001", "match=new")
     kept = EIGHT_BIT.replace(b"X-Case-Queue: \xfe\n", b"")
     head, _, body = kept.partition(b"\n\n")
-    assert p.stdout == (
-        head
-        + b"\nX-Case-ID: C-000001\nX-Case-Match: new\nX-Case-State: new\n"
-        + NEW_TAIL
-        + b"\n"
-        + body
-    )
+    assert p.stdout == as_new_case(head, body)
     # The 8-bit Message-ID went into the (LMDB) index and is found again.
     reply = b"From: x@customer.example.org\nIn-Reply-To: <\xe9t\xe9.1@customer.EXAMPLE.org>\n\nhi\n"
     filtered(run_filter, INBOUND_ARGS, reply, "case=C-000001", "match=in-reply-to")
@@ -276,13 +275,7 @@ def test_nul_and_bare_cr_in_header_values_filter(run_filter: Any) -> None:
     head, _, body = raw.partition(b"\n\n")
     # Postfix splits lines on LF only: the bare CR is a byte of X-Note, and Message-ID stays
     # a header (so it is recorded).
-    assert p.stdout == (
-        head
-        + b"\nX-Case-ID: C-000001\nX-Case-Match: new\nX-Case-State: new\n"
-        + NEW_TAIL
-        + b"\n"
-        + body
-    )
+    assert p.stdout == as_new_case(head, body)
 
 
 # --------------------------------------------------------------------------- reply headers
@@ -424,9 +417,7 @@ def test_empty_body_engine(harness: Any) -> None:
 def test_empty_body_filter(run_filter: Any, raw: bytes) -> None:
     p = filtered(run_filter, INBOUND_ARGS, raw, "case=C-000001")
     head = raw.rstrip(b"\n")
-    assert p.stdout == (
-        head + b"\nX-Case-ID: C-000001\nX-Case-Match: new\nX-Case-State: new\n" + NEW_TAIL + b"\n"
-    )
+    assert p.stdout == as_new_case(head)
 
 
 def big_body() -> bytes:
