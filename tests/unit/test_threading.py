@@ -763,17 +763,22 @@ def test_read_receipt_naming_our_mail_only_by_original_message_id(
 # --------------------------------------------------------------------------- token
 
 
+# Our fields on the customer's reply by token to the open case C-000001, by the engine and
+# through the filter alike.
+TOKEN_REPLY_FIELDS = [
+    ("X-Case-ID", "C-000001"),
+    ("X-Case-Match", "token"),
+    ("X-Case-State", "open"),
+    ("X-Case-Queue", "support"),
+    ("X-Case-Auto", "no"),
+    ("X-Case-Sender", "known"),
+]
+
+
 def test_token_in_subject(harness: Any) -> None:
     out = start_case(harness)
     r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", f"Re: {out.one('Subject')}"))
-    assert r.ours() == [
-        ("X-Case-ID", "C-000001"),
-        ("X-Case-Match", "token"),
-        ("X-Case-State", "open"),
-        ("X-Case-Queue", "support"),
-        ("X-Case-Auto", "no"),
-        ("X-Case-Sender", "known"),
-    ]
+    assert r.ours() == TOKEN_REPLY_FIELDS
 
 
 def test_token_in_subject_any_case_and_spacing(harness: Any) -> None:
@@ -4428,14 +4433,7 @@ def test_filter_token_only_in_the_quoted_body(run_filter: Any) -> None:
         b"On Mon, Dana Agent wrote:\n" + quoted
     )
     out = filter_ok(run_filter, INBOUND, reply)
-    assert ours(out) == [
-        ("X-Case-ID", "C-000001"),
-        ("X-Case-Match", "token"),
-        ("X-Case-State", "open"),
-        ("X-Case-Queue", "support"),
-        ("X-Case-Auto", "no"),
-        ("X-Case-Sender", "known"),
-    ]
+    assert ours(out) == TOKEN_REPLY_FIELDS
     assert out.endswith(reply.partition(b"\n\n")[2])  # the body is untouched
 
 
