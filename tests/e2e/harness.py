@@ -290,6 +290,26 @@ def normalize_crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def smtp_transaction(smtp: smtplib.SMTP, mail_from: str, rcpts: Sequence[str], data: bytes,
+                     options: Sequence[str] = ()) -> bytes:
+    """EHLO, MAIL, each RCPT and DATA on a connected session; the DATA reply's text (it names
+    the queue id, which smtplib's sendmail() does not return). Any refusal, even of one
+    recipient of several, raises smtplib's exception for its stage (a milter's reject or
+    tempfail at the end of the message: SMTPDataError)."""
+    smtp.ehlo()
+    code, resp = smtp.mail(mail_from, options)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, resp, mail_from)
+    for rcpt in rcpts:
+        code, resp = smtp.rcpt(rcpt)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
+    code, resp = smtp.data(data)
+    if code != 250:
+        raise smtplib.SMTPDataError(code, resp)
+    return resp
+
+
 def split_message(raw: bytes) -> tuple[list[bytes], bytes]:
     """Header fields (each with its folded lines and CRLFs, byte-exact) and the body."""
     raw = normalize_crlf(raw)
@@ -738,17 +758,7 @@ class PostfixHarness:
             local_hostname="client.casethread.test",
             timeout=timeout,
         ) as smtp:
-            smtp.ehlo()
-            code, resp = smtp.mail(mail_from, options)
-            if code != 250:
-                raise smtplib.SMTPSenderRefused(code, resp, mail_from)
-            for rcpt in rcpts:
-                code, resp = smtp.rcpt(rcpt)
-                if code not in (250, 251):
-                    raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
-            code, resp = smtp.data(data)
-            if code != 250:
-                raise smtplib.SMTPDataError(code, resp)
+            resp = smtp_transaction(smtp, mail_from, rcpts, data, options)
         match = re.search(rb"queued as ([0-9A-Za-z]+)", resp)
         return match.group(1).decode() if match else ""
 

@@ -45,6 +45,7 @@ from .harness import (
     live_group_members,
     normalize_crlf,
     port_listening,
+    smtp_transaction,
 )
 
 CONTRIB_SENDMAIL = REPO_ROOT / "contrib" / "sendmail"
@@ -488,17 +489,7 @@ class SendmailHarness:
             local_hostname="client.casethread.test", timeout=timeout,
         ) as smtp:
             smtp.command_encoding = "utf-8"  # smtplib's default, ascii, refuses them
-            smtp.ehlo()
-            code, resp = smtp.mail(mail_from)
-            if code != 250:
-                raise smtplib.SMTPSenderRefused(code, resp, mail_from)
-            for rcpt in rcpts:
-                code, resp = smtp.rcpt(rcpt)
-                if code not in (250, 251):
-                    raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
-            code, resp = smtp.data(normalize_crlf(raw))
-            if code != 250:
-                raise smtplib.SMTPDataError(code, resp)
+            resp = smtp_transaction(smtp, mail_from, rcpts, normalize_crlf(raw))
         match = re.search(rb"2\.0\.0 (\S+) Message accepted", resp)
         return match.group(1).decode() if match else ""
 
