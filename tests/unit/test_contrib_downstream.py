@@ -48,6 +48,11 @@ def _mail(sender: str, rcpt: str, subject: str, msgid: str, *extra: str) -> byte
     return ("\n".join(lines) + "\n\nHello,\nplease help.\n").encode()
 
 
+# Sam's reply to our mail as a mailing list relays it.
+LIST_REPLY = _mail("sam@customer.example", "support@example.com", "[team] Re: Printer",
+                   "s1@customer.example", "In-Reply-To: <p1@customer.example>",
+                   "Precedence: list", "List-Id: <team.lists.example>")
+
 # (name, envelope sender, envelope recipient, message), run through the filter in this order.
 INPUTS: list[tuple[str, str, str, bytes]] = [
     ("support", "pat@customer.example", "support@example.com",
@@ -68,14 +73,8 @@ INPUTS: list[tuple[str, str, str, bytes]] = [
     # Sam's reply relayed by a mailing list we are on answers our mail: filed as Sam's reply.
     # The same list mail again (a duplicate: it changed nothing), bulk mail that names a case
     # only by its guessable number, and bulk mail that names none go to Auto.
-    ("list-reply", "team-bounces@lists.example", "support@example.com",
-     _mail("sam@customer.example", "support@example.com", "[team] Re: Printer",
-           "s1@customer.example", "In-Reply-To: <p1@customer.example>", "Precedence: list",
-           "List-Id: <team.lists.example>")),
-    ("list-copy", "team-bounces@lists.example", "support@example.com",
-     _mail("sam@customer.example", "support@example.com", "[team] Re: Printer",
-           "s1@customer.example", "In-Reply-To: <p1@customer.example>", "Precedence: list",
-           "List-Id: <team.lists.example>")),
+    ("list-reply", "team-bounces@lists.example", "support@example.com", LIST_REPLY),
+    ("list-copy", "team-bounces@lists.example", "support@example.com", LIST_REPLY),
     ("list-by-number", "team-bounces@lists.example", "support@example.com",
      _mail("lee@customer.example", "support@example.com", "[team] Re: [Case C-000004]",
            "l2@customer.example", "Precedence: list", "List-Id: <team.lists.example>")),
