@@ -313,6 +313,18 @@ def test_a_less_than_sign_that_opens_no_tag_hides_no_body_end() -> None:
     assert out.endswith(b"<body>Orders < 5\n" + TAG.encode() + b"</body><!-- x")
 
 
+@pytest.mark.parametrize("after", [
+    '<p title="=></body>" a=">',  # a value left open at the end
+    '</html><p title="=></body>"><a href="?q=">z</a>'])
+def test_a_body_end_right_after_a_comment_is_read_as_data(after: str) -> None:
+    """Between a comment's end and a `</body>` there is no "<" or ">": the tokenizer is in
+    the data state. The look for a quoted value holding the (absent) ">" searched up to index
+    -1, the text's last character, found a value's quote after the `</body>` and, with a
+    `</body>` in a tag below it read already, gave up: the tag went to the part's end."""
+    html = "<html><body>x<!-- c --></body>" + after
+    assert placement.html_insertion_index(html) == html.index("</body>")
+
+
 _BLANK = "\t\n\f\r "
 
 
