@@ -177,6 +177,23 @@ def test_our_own_lists_copy_of_a_vacation_reply_leaves_the_case(
     assert harness.case("C-000001").state is CaseState.RESOLVED
 
 
+def test_a_mailman_copy_of_a_vacation_reply_is_told_by_its_subject_after_the_list_tag(
+        harness: Any) -> None:
+    """Mailman adds `Precedence: list` only to mail that has no Precedence: its copy of a
+    vacation(1) reply keeps `junk` alone, and its `subject_prefix` writes `[Support] ` before
+    the responder's out-of-office Subject, which hid it."""
+    sent = stamped_case(harness, CaseState.RESOLVED)
+    r = harness.inbound(("From", "Pat Customer <pat@customer.example.org>"),
+                        ("To", "support@example.com"),
+                        ("Subject", "[Support] Out of Office: " + sent.one("Subject")),
+                        ("Message-ID", "<away.2@customer.example.org>"),
+                        ("Precedence", "junk"), ("X-Mailman-Version", "2.1.39"), *OUR_LIST[1:],
+                        body=b"I am away until Monday.\n")
+    assert r.one("X-Case-Match") == "token"
+    assert r.one("X-Case-Auto") == "auto-replied"
+    assert r.one("X-Case-State") == "resolved"
+
+
 def test_our_own_lists_bulk_or_junk_alone_is_no_vacation_reply(build: Any) -> None:
     """A list may write `Precedence: bulk` or `junk` on every post it relays: without its own
     `Precedence: list` beside the junk, or an out-of-office subject, it tells no reply."""

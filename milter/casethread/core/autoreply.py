@@ -143,7 +143,7 @@ from .mail_lists import (
 )
 from .message import Message, without_comments
 from .rule_forwards import EXCHANGE_RULE_HEADERS, RULE_FORWARD, forwards_our_mail, our_rule_only
-from .subject import decode_subject
+from .subject import decode_subject, strip_list_tags
 from .system_notices import (
     DELAY_SUBJECT,
     DSN_REPORT_TYPES,
@@ -515,7 +515,7 @@ def _vacation_mark(msg: Message, fields: Fields, precedence: set[str], own_list:
     elif "junk" in precedence:
         return "precedence-junk"
     word = next((w for w in ("bulk", "junk") if w in precedence), "")
-    return f"precedence-{word}+ooo-subject" if word and _ooo_subject(msg) else ""
+    return f"precedence-{word}+ooo-subject" if word and _ooo_subject(msg, own_list) else ""
 
 
 def _freescout_autoreply(msg: Message) -> bool:
@@ -526,10 +526,16 @@ def _freescout_autoreply(msg: Message) -> bool:
             and _FREESCOUT_AUTOREPLY.match(message_id) is not None)
 
 
-def _ooo_subject(msg: Message) -> bool:
-    """Whether the Subject starts with a known out-of-office phrase ("Automatic reply:", ...)."""
+def _ooo_subject(msg: Message, list_tags: bool = False) -> bool:
+    """Whether the Subject starts with a known out-of-office phrase ("Automatic reply:", ...);
+    with `list_tags`, after the tags a list put before it (our own list's copy: Mailman keeps
+    the responder's `Precedence: junk`, adding no `list` of its own, and writes `[Support] `
+    in front)."""
     subject = msg.get("Subject")
-    return subject is not None and _OOO_SUBJECT.match(decode_subject(subject)) is not None
+    if subject is None:
+        return False
+    text = decode_subject(subject)
+    return _OOO_SUBJECT.match(strip_list_tags(text) if list_tags else text) is not None
 
 
 def _submitted(fields: Fields) -> list[str]:

@@ -106,6 +106,18 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
     return text[pos:].strip()
 
 
+def strip_list_tags(subject: str) -> str:
+    """The subject without the list tags before it (`[Support] `, `_LIST_TAG`): what a list
+    that relays mail puts in front (Mailman's default `subject_prefix`)."""
+    pos = 0
+    for _ in range(_MAX_STRIPS):
+        m = _LIST_TAG.match(subject, pos)
+        if m is None:
+            break
+        pos = m.end()
+    return subject[pos:]
+
+
 # At most this much of a Subject is decoded (to look for a token or a reference, too), so the
 # work on a hostile megabyte Subject stays small.
 DECODE_MAX = 8192
