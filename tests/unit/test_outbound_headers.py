@@ -66,8 +66,8 @@ def test_bare_ids_are_written_back_as_msg_ids(harness: Any) -> None:
                          ("References", "<cut@customer.example.org one@x.example.org,"))
     assert unfold(r.one("References")).split()[1:] == [
         "<cut@customer.example.org>", "<one@x.example.org>"]
-    assert msgid.id_list("one@x.example.org, two@x.example.org", 5) == [
-        "two@x.example.org", "one@x.example.org"]
+    for value in ("one@x.example.org, two@x.example.org", "one@x.example.org,two@x.example.org"):
+        assert msgid.id_list(value, 5) == ["two@x.example.org", "one@x.example.org"]
 
 
 def test_references_are_folded_between_ids(harness: Any) -> None:

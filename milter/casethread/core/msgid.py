@@ -12,6 +12,9 @@ _ANGLED = re.compile(r"<([^<>]*)>")
 # as written, only the comments around them go.
 _COMMENT_OR_ID = re.compile(r"(<[^<>]*>)|\([^()]*\)")
 _SPACE = re.compile(r"\s+")
+# Between bare IDs: blanks, or a comma (which no msg-id holds outside a quoted local part,
+# RFC 5322 §3.6.4) with or without them: `a@x.org, b@x.org`, `a@x.org,b@x.org`.
+_BARE_SEPARATOR = re.compile(r"[\s,]+")
 # Never copied into a field we write: line breaks and NULs would break it or inject another.
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # What `normalise` would leave as it is, but for the domain's case.
@@ -59,13 +62,13 @@ def _raw_ids(value: str) -> list[str]:
     """The IDs of an In-Reply-To/References field as written, left to right (comments out).
 
     IDs without angle brackets are accepted when no bracketed ones exist, as some mailers
-    send them bare; such a word loses a lone bracket or a separating comma at its ends (an
-    ID cut before its `>`, `a@x.org, b@x.org`), which a reply would copy as `<<a@x.org>`.
+    send them bare, separated by blanks or commas; such a word loses a lone bracket at its
+    ends (an ID cut before its `>`), which a reply would copy as `<<a@x.org>`.
     """
     value = _without_comments(value, ids_whole=True)
     raw_ids = _ANGLED.findall(value)
     if not raw_ids:
-        raw_ids = [t.strip("<>,") for t in _SPACE.split(unfold(value)) if "@" in t]
+        raw_ids = [t.strip("<>") for t in _BARE_SEPARATOR.split(unfold(value)) if "@" in t]
     return raw_ids
 
 
