@@ -94,28 +94,27 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
 
     Folding is undone; the rest of the text is returned as it was (case, inner spacing).
     """
-    text = unfold(subject)
-    pos = 0
-    for _ in range(_MAX_STRIPS):
-        m = _PREFIX.match(text, pos)
-        if m is None and list_tags:
-            m = _LIST_TAG.match(text, pos)
-        if m is None:
-            break
-        pos = m.end()
-    return text[pos:].strip()
+    return _stripped(unfold(subject), (_PREFIX, _LIST_TAG) if list_tags else (_PREFIX,)).strip()
 
 
 def strip_list_tags(subject: str) -> str:
     """The subject without the list tags before it (`[Support] `, `_LIST_TAG`): what a list
     that relays mail puts in front (Mailman's default `subject_prefix`)."""
+    return _stripped(subject, (_LIST_TAG,))
+
+
+def _stripped(text: str, leading: tuple[re.Pattern[str], ...]) -> str:
+    """`text` without the run of `leading` matches it starts with (at most `_MAX_STRIPS`)."""
     pos = 0
     for _ in range(_MAX_STRIPS):
-        m = _LIST_TAG.match(subject, pos)
-        if m is None:
+        for pattern in leading:
+            m = pattern.match(text, pos)
+            if m is not None:
+                pos = m.end()
+                break
+        else:  # none matched: the run ends here
             break
-        pos = m.end()
-    return subject[pos:]
+    return text[pos:]
 
 
 # At most this much of a Subject is decoded (to look for a token or a reference, too), so the

@@ -60,13 +60,14 @@ class Identity:
         # Lines stay within the SMTP limit (or as long as they already were): else the
         # insertion goes on a line of its own. The usual line is short enough to take all of
         # the insertion: no line of it once joined can be longer than the two together.
-        line_start, line_end = _line_bounds(raw, at)
-        if line_end - line_start + len(added) <= _MAX_LINE:
+        start, end = _line_bounds(raw, at)
+        if end - start + len(added) <= _MAX_LINE:
             return at, at, added, added
-        limit = max(_MAX_LINE, _line_length_with(raw, at, b""))
-        if _line_length_with(raw, at, added) > limit:
+        before, after = raw[start:at], raw[at:end]
+        limit = max(_MAX_LINE, _longest_line(before + after))
+        if _longest_line(before + added + after) > limit:
             added = newline + added.strip(b"\r\n") + newline
-            if _line_length_with(raw, at, added) > limit:
+            if _longest_line(before + added + after) > limit:
                 raise Unusable("a line would exceed 998 octets")
         return at, at, added, added
 
@@ -77,10 +78,9 @@ def _line_bounds(raw: bytes, at: int) -> tuple[int, int]:
     return raw.rfind(b"\n", 0, at) + 1, len(raw) if line_end < 0 else line_end
 
 
-def _line_length_with(raw: bytes, at: int, added: bytes) -> int:
-    """The longest line around the insertion point once `added` is inserted there."""
-    line_start, line_end = _line_bounds(raw, at)
-    joined = raw[line_start:at] + added + raw[at:line_end]
+def _longest_line(joined: bytes) -> int:
+    """The longest line of `joined` (the line around the insertion point, with or without the
+    insertion), its CR not counted."""
     return max(len(line.rstrip(b"\r")) for line in joined.split(b"\n"))
 
 
