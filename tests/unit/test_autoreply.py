@@ -256,6 +256,7 @@ def test_out_of_office_is_auto_replied() -> None:
         "Risposta automatica: Stampante",
         "自动回复: 打印机",
         "=?utf-8?q?Automatische_Antwort=3A_Drucker?=",
+        "[EXTERNAL] Automatic reply: Printer",  # a gateway's tag before the responder's
     ],
 )
 def test_ooo_subject_refines_auto_generated(subject: str) -> None:

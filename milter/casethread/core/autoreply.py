@@ -515,7 +515,7 @@ def _vacation_mark(msg: Message, fields: Fields, precedence: set[str], own_list:
     elif "junk" in precedence:
         return "precedence-junk"
     word = next((w for w in ("bulk", "junk") if w in precedence), "")
-    return f"precedence-{word}+ooo-subject" if word and _ooo_subject(msg, own_list) else ""
+    return f"precedence-{word}+ooo-subject" if word and _ooo_subject(msg) else ""
 
 
 def _freescout_autoreply(msg: Message) -> bool:
@@ -526,16 +526,14 @@ def _freescout_autoreply(msg: Message) -> bool:
             and _FREESCOUT_AUTOREPLY.match(message_id) is not None)
 
 
-def _ooo_subject(msg: Message, list_tags: bool = False) -> bool:
-    """Whether the Subject starts with a known out-of-office phrase ("Automatic reply:", ...);
-    with `list_tags`, after the tags a list put before it (our own list's copy: Mailman keeps
-    the responder's `Precedence: junk`, adding no `list` of its own, and writes `[Support] `
-    in front)."""
+def _ooo_subject(msg: Message) -> bool:
+    """Whether the Subject starts with a known out-of-office phrase ("Automatic reply:", ...),
+    after the tags a list, a gateway or a spam filter put before it (`[Support] `, as Mailman
+    writes on our own list's copy, keeping the responder's `Precedence: junk` alone;
+    `[EXTERNAL] `)."""
     subject = msg.get("Subject")
-    if subject is None:
-        return False
-    text = decode_subject(subject)
-    return _OOO_SUBJECT.match(strip_list_tags(text) if list_tags else text) is not None
+    return subject is not None and _OOO_SUBJECT.match(
+        strip_list_tags(decode_subject(subject))) is not None
 
 
 def _submitted(fields: Fields) -> list[str]:
