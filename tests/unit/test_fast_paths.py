@@ -254,22 +254,39 @@ def test_addresses_match_the_stdlib_on_generated_fields(values: list[str]) -> No
 
 
 def split_by_characters(text: str) -> list[str]:
-    """`;` outside quoted strings, read one character at a time (the shortcut's oracle)."""
+    """`;` outside quoted strings and comments, read one character at a time (the shortcut's
+    oracle). A `(` opens a comment after a blank or a `;` only; with a comment or quoted string
+    left open, the comments are not told apart."""
+    pieces = _split_by_characters(text, comments=True)
+    return pieces if pieces is not None else _split_by_characters(text, comments=False) or []
+
+
+def _split_by_characters(text: str, comments: bool) -> list[str] | None:
     pieces: list[str] = []
     current: list[str] = []
     quoted = escaped = False
+    depth = 0
+    previous = ";"
     for ch in text:
         if escaped:
             escaped = False
-        elif quoted and ch == "\\":
+        elif (quoted or depth) and ch == "\\":
             escaped = True
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
         elif ch == '"':
             quoted = not quoted
+        elif comments and ch == "(" and not quoted and previous in " \t;":
+            depth = 1
         elif ch == ";" and not quoted:
             pieces.append("".join(current))
             current = []
+            previous = ch
             continue
         current.append(ch)
+        previous = ch
+    if comments and (depth or quoted):
+        return None
     pieces.append("".join(current))
     return pieces
 

@@ -78,6 +78,21 @@ def test_comments_after_a_parameter_value_are_dropped() -> None:
         "a (1).pdf")
 
 
+def test_a_semicolon_inside_a_comment_splits_no_parameter() -> None:
+    """`boundary=b1 (by Mailer; v2)` was split at the comment's `;`: the boundary's piece kept
+    an unclosed comment, read as `b1 (by Mailer`, and the body stayed unsplit."""
+    body = b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1--\r\n"
+    tree = mime.parse(body, "multipart/mixed; boundary=b1 (by Mailer; v2)")
+    assert (tree.kind, tree.boundary, tree.defects) == ("multipart", "b1", ())
+    ct = mime.content_type('text/plain (a; b="c); charset=utf-8 (x;y); format=flowed')
+    assert (ct.value, ct.param("charset"), ct.param("format")) == ("text/plain", "utf-8",
+                                                                  "flowed")
+    # A `(` inside a value, or a comment left open, splits as before.
+    assert mime.parse_field("attachment; filename=a(1;2).pdf").param("filename") == "a(1"
+    assert mime.content_type("text/plain; charset=utf-8 (open; format=flowed").param(
+        "format") == "flowed"
+
+
 def test_absent_type_gives_the_default_and_garbage_gives_nothing() -> None:
     assert mime.content_type(None).value == "text/plain"
     assert mime.content_type(None, "message/rfc822").value == "message/rfc822"

@@ -191,7 +191,10 @@ def media_type(raw: str | None) -> str:
     if raw is None:
         return "text/plain"
     text = unfold(raw)
-    first = text.split(";", 1)[0] if '"' not in text else _first_piece(text)
+    if "(" in text:  # a `;` in a comment splits nothing
+        first = _split_params(text)[0]
+    else:
+        first = text.split(";", 1)[0] if '"' not in text else _first_piece(text)
     return _known_type(_strip_comments(first).strip().lower())
 
 
@@ -247,7 +250,11 @@ _PIECE = re.compile(r'[^";]*(?:"(?:[^"\\]|\\[\s\S])*(?:"|\\?\Z)[^";]*)*')
 
 
 def _split_params(text: str) -> list[str]:
-    """Split on `;` outside quoted strings (the quotes stay in the pieces)."""
+    """Split on `;` outside quoted strings and comments (both stay in the pieces)."""
+    if "(" in text:
+        outside = _split_outside_comments(text)
+        if outside is not None:
+            return outside
     split = text.split(";")
     # Without a backslash, a piece between two `;` with an even number of quotes closes each
     # quoted string it opens: no `;` is quoted (`boundary="=_x"`, the usual quoted value).
@@ -261,6 +268,38 @@ def _split_params(text: str) -> list[str]:
         pos += len(piece) + 1  # past the `;`, or past the end
         if pos > len(text):
             return pieces
+
+
+def _split_outside_comments(text: str) -> list[str] | None:
+    """`_split_params` for a value with a comment: `boundary=b1 (by Mailer; v2)` is one piece.
+    As `_without_trailing_comments` reads them, a `(` opens a comment only after a blank or a
+    `;` (an unquoted `name=report(1;2).pdf` is split as before). A comment or quoted string
+    left open: None, split as before, so that it does not swallow the rest of the field."""
+    pieces: list[str] = []
+    start = depth = 0
+    quoted = escaped = False
+    previous = ";"
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif depth:
+            depth += (ch == "(") - (ch == ")")
+        elif ch == '"':
+            quoted = True
+        elif ch == "(" and previous in " \t;":
+            depth = 1
+        elif ch == ";":
+            pieces.append(text[start:i])
+            start = i + 1
+        previous = ch
+    if depth or quoted:
+        return None
+    pieces.append(text[start:])
+    return pieces
 
 
 def _first_piece(text: str, pos: int = 0) -> str:
