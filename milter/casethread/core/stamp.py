@@ -68,6 +68,8 @@ _ASCII = bytes(range(128))
 _PGP_ARMOR = re.compile(r"-----BEGIN PGP (?:SIGNED )?MESSAGE-----")
 
 Target = Literal["html", "text"]
+# Only these: an invitation's text/calendar, AMP's text/x-amp-html (which must stay valid AMP)
+# and Apple Watch's text/watch-html are other renderings of the mail, left as they are.
 _TARGETS: dict[str, Target] = {"text/html": "html", "text/plain": "text"}
 Status = Literal["stamped", "already", "skipped", "absent"]
 
@@ -318,6 +320,8 @@ def _try_stamp_part(
     # mail under an agent's signature) goes when the customer's client drops the signature.
     if _already_stamped(text[:cut], token, request.template):
         return Outcome(target, "already"), None
+    # Only the text: the HTML beside inline-PGP text is not signed, and a `-- ` in signed text is
+    # dash-escaped (`- -- `, RFC 4880 §7.1), so no signature separator puts a tag inside it.
     if target == "text" and _inline_pgp(text):
         raise Unusable("inline PGP")
     # A quoted-printable insertion's line breaks are hard line breaks, which decode as the
