@@ -112,10 +112,11 @@ def lookup_token(
 
 
 def lookup_thread_index(reader: CaseReader, value: str) -> Found | None:
-    raw = thread_index.decode(value)
-    if raw is None:
-        raise BadLookupKey(f"{value!r} is not a Thread-Index value (base64 of 22 + 5n bytes)")
-    hit = reader.find(AliasKind.THREAD_ROOT, thread_index.root_of(raw).hex())
+    root = thread_index.conversation_root(value)
+    if root is None:
+        raise BadLookupKey(f"{value!r} is not a Thread-Index value (base64 of 22 + 5n bytes "
+                           "naming a conversation GUID)")
+    hit = reader.find(AliasKind.THREAD_ROOT, root.hex())
     return _found(reader, hit.case_id if hit else None, "thread-index")
 
 

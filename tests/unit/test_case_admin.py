@@ -422,6 +422,9 @@ def test_lookup_thread_index(index: MemoryIndex) -> None:
     assert case_admin.lookup_thread_index(index, other) is None
     with pytest.raises(BadLookupKey, match="not a Thread-Index"):
         case_admin.lookup_thread_index(index, "not base64!")
+    with pytest.raises(BadLookupKey, match="conversation GUID"):
+        case_admin.lookup_thread_index(index, thread_index.encode(thread_index.new_root(
+            T0, bytes(16))))
 
 
 def test_lookup_case_by_id_and_number(index: MemoryIndex) -> None:

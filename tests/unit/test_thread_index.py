@@ -221,6 +221,18 @@ def test_decode_never_raises(value: str) -> None:
     assert out is None or ti.is_valid(out)
 
 
+@pytest.mark.parametrize("guid", [bytes(16), b"\xff" * 16], ids=["nil", "max"])
+def test_a_nil_or_max_guid_names_no_conversation(guid: bytes) -> None:
+    """RFC 9562's Nil and Max UUIDs are generated for nothing: an index with one is a
+    writer's constant (a template's), shared by all its mail, not a conversation."""
+    value = ti.encode(ti.child(ti.new_root(NOW, guid), NOW + 60))
+    assert ti.decode(value) is not None  # well-formed all the same
+    assert ti.conversation_root(value) is None
+    assert ti.conversation_root(ti.encode(ti.new_root(NOW, GUID))) == bytes.fromhex(ROOT_HEX)
+    # Nothing else is: a GUID of one set byte names a conversation.
+    assert ti.conversation_root(ti.encode(ti.new_root(NOW, bytes(15) + b"\x01"))) is not None
+
+
 def test_encode_and_root_of_reject_invalid() -> None:
     for fn in (ti.encode, ti.root_of, ti.header_filetime):
         with pytest.raises(ValueError):

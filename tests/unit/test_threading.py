@@ -1472,6 +1472,21 @@ def test_answers_continue_the_outlook_conversation_the_customer_started(harness:
     assert harness.case(again.case_id).thread_root == root.hex()
 
 
+def test_a_constant_thread_index_without_a_guid_joins_no_mail(harness: Any) -> None:
+    """A writer whose every mail carries the same index with the Nil GUID (a template's
+    constant value) gives no conversation: two customers' questions opened one case, the
+    second a stranger's mail in the first's case, before."""
+    constant = thread_index.encode(thread_index.new_root(harness.clock.now, bytes(16)))
+    first = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Invoice 17"),
+                            ("Thread-Index", constant))
+    assert first.one("X-Case-Match") == "new"
+    assert harness.case(first.case_id).thread_root != thread_index.decode(constant).hex()
+    other = harness.inbound(STRANGER, TO_SUPPORT, ("Subject", "Delivery 4"),
+                            ("Thread-Index", constant))
+    assert other.one("X-Case-Match") == "new"
+    assert other.case_id != first.case_id
+
+
 def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> None:
     start_case(harness)
     other = thread_index.new_root(harness.clock.now, b"\x42" * 16)

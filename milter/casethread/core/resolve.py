@@ -263,8 +263,7 @@ class Evidence:
         """The Outlook conversation root of the mail's Thread-Index, if it has a valid one:
         read by the strategy, recorded with the mail, kept by a case the mail opens."""
         value = self.msg.get("Thread-Index")
-        raw = thread_index.decode(value) if value else None  # most mail: no Thread-Index
-        return thread_index.root_of(raw) if raw is not None else None
+        return thread_index.conversation_root(value) if value else None  # most mail: none
 
     @lazy
     def top(self) -> mime.TopFields:

@@ -56,6 +56,10 @@ _DC1_SHIFT = 23
 _DELTA_MASK = 0x7FFF_FFFF
 # Bounds decoding work on hostile headers: ~600 levels, far beyond any real thread.
 MAX_ENCODED_CHARS = 4096
+# RFC 9562 §5.9, §5.10: the Nil and Max UUIDs are generated for nothing. A writer that puts
+# one in its index (a template's constant value) would put all its mail, every customer's,
+# into one conversation.
+_NO_GUIDS = frozenset((bytes(16), b"\xff" * 16))
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
@@ -120,6 +124,16 @@ def root_of(raw: bytes) -> bytes:
     """The 22-byte header block: what every message of the conversation shares."""
     _check(raw)
     return bytes(raw[:HEADER_LEN])
+
+
+def conversation_root(value: str) -> bytes | None:
+    """The conversation root a Thread-Index value names: its header block, unless the value
+    is no conversation index (`decode`) or its GUID is the Nil or Max UUID, which no
+    conversation has."""
+    raw = decode(value)
+    if raw is None or raw[6:HEADER_LEN] in _NO_GUIDS:
+        return None
+    return root_of(raw)
 
 
 def encode(raw: bytes) -> str:
