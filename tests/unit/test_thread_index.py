@@ -233,6 +233,19 @@ def test_a_nil_or_max_guid_names_no_conversation(guid: bytes) -> None:
     assert ti.conversation_root(ti.encode(ti.new_root(NOW, bytes(15) + b"\x01"))) is not None
 
 
+def test_first_root_reads_past_fields_that_name_none() -> None:
+    root = ti.new_root(NOW, GUID)
+    reply = ti.encode(ti.child(root, NOW + 60))
+    nil = ti.encode(ti.new_root(NOW, bytes(16)))
+    assert ti.first_root([]) is None
+    assert ti.first_root(["garbage!", nil, reply]) == root
+    other = ti.new_root(NOW, b"\x42" * 16)
+    assert ti.first_root([ti.encode(other), reply]) == other  # the first that names one
+    # A hostile mail's thousands of fields: the first MAX_FIELDS are read.
+    assert ti.first_root(["x"] * (ti.MAX_FIELDS - 1) + [reply]) == root
+    assert ti.first_root(["x"] * ti.MAX_FIELDS + [reply]) is None
+
+
 def test_encode_and_root_of_reject_invalid() -> None:
     for fn in (ti.encode, ti.root_of, ti.header_filetime):
         with pytest.raises(ValueError):

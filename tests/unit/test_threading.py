@@ -1487,6 +1487,24 @@ def test_a_constant_thread_index_without_a_guid_joins_no_mail(harness: Any) -> N
     assert other.case_id != first.case_id
 
 
+def test_a_damaged_thread_index_field_does_not_hide_the_next(harness: Any) -> None:
+    """Outlook's reply with a second Thread-Index field above its own, one that names no
+    conversation (another writer's, damaged): the reply threads by Outlook's, and a case
+    such mail opens keeps that root. Only the first field was read before."""
+    out = start_case(harness)
+    ti = outlook_reply_index(out.one("Thread-Index"), harness.clock.now + 60)
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "RE: Printer jam"),
+                        ("Thread-Index", "AQHaF0fG!damaged"), ("Thread-Index", ti))
+    assert (r.one("X-Case-Match"), r.case_id) == ("thread-index", "C-000001")
+    root = thread_index.new_root(harness.clock.now, b"\x42" * 16)
+    first = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "Scanner"),
+                            ("Thread-Index", thread_index.encode(thread_index.new_root(
+                                harness.clock.now, bytes(16)))),
+                            ("Thread-Index", thread_index.encode(root)))
+    assert first.one("X-Case-Match") == "new"
+    assert harness.case(first.case_id).thread_root == root.hex()
+
+
 def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> None:
     start_case(harness)
     other = thread_index.new_root(harness.clock.now, b"\x42" * 16)

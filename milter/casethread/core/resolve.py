@@ -260,10 +260,9 @@ class Evidence:
 
     @lazy
     def thread_root(self) -> bytes | None:
-        """The Outlook conversation root of the mail's Thread-Index, if it has a valid one:
-        read by the strategy, recorded with the mail, kept by a case the mail opens."""
-        value = self.msg.get("Thread-Index")
-        return thread_index.conversation_root(value) if value else None  # most mail: none
+        """The Outlook conversation root of the mail's Thread-Index (the first field that names
+        one): read by the strategy, recorded with the mail, kept by a case the mail opens."""
+        return thread_index.first_root(self.msg.get_all("Thread-Index"))
 
     @lazy
     def top(self) -> mime.TopFields:

@@ -40,6 +40,7 @@ import math
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 
 from .message import unfold
 from .subject import decode_subject, encode_words, strip_prefixes
@@ -56,6 +57,7 @@ _DC1_SHIFT = 23
 _DELTA_MASK = 0x7FFF_FFFF
 # Bounds decoding work on hostile headers: ~600 levels, far beyond any real thread.
 MAX_ENCODED_CHARS = 4096
+MAX_FIELDS = 8  # Thread-Index fields read; a mail has one
 # RFC 9562 §5.9, §5.10: the Nil and Max UUIDs are generated for nothing. A writer that puts
 # one in its index (a template's constant value) would put all its mail, every customer's,
 # into one conversation.
@@ -134,6 +136,18 @@ def conversation_root(value: str) -> bytes | None:
     if raw is None or raw[6:HEADER_LEN] in _NO_GUIDS:
         return None
     return root_of(raw)
+
+
+def first_root(values: Sequence[str]) -> bytes | None:
+    """The root of a mail's Thread-Index fields: the first that names one, among the first
+    `MAX_FIELDS`. A second field is another writer's (a gateway's or an app's above the
+    client's); a damaged one first must not hide the client's. Each is the sender's word
+    alike, so reading on trusts none more."""
+    for value in values[:MAX_FIELDS]:
+        root = conversation_root(value)
+        if root is not None:
+            return root
+    return None
 
 
 def encode(raw: bytes) -> str:
