@@ -1505,6 +1505,22 @@ def test_a_damaged_thread_index_field_does_not_hide_the_next(harness: Any) -> No
     assert harness.case(first.case_id).thread_root == root.hex()
 
 
+def test_a_thread_index_hundreds_of_lines_long_threads(harness: Any) -> None:
+    """A mail answered or forwarded on for years: its index grows 5 bytes a level, to
+    hundreds of folded lines. 1,000 levels (6,700 characters) opened a new case before, as
+    the reader gave up after 4,096 characters."""
+    out = start_case(harness)
+    raw = thread_index.decode(out.one("Thread-Index"))
+    assert raw is not None
+    for level in range(1000):
+        raw = thread_index.child(raw, harness.clock.now + level * DAY)
+    value = thread_index.encode(raw)
+    folded = "\r\n\t".join(value[i:i + 76] for i in range(0, len(value), 76))
+    r = harness.inbound(CUSTOMER, TO_SUPPORT, ("Subject", "FW: Printer jam"),
+                        ("Thread-Index", folded))
+    assert (r.one("X-Case-Match"), r.case_id) == ("thread-index", "C-000001")
+
+
 def test_thread_index_of_another_conversation_does_not_match(harness: Any) -> None:
     start_case(harness)
     other = thread_index.new_root(harness.clock.now, b"\x42" * 16)
