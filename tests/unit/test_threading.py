@@ -1485,6 +1485,9 @@ def test_a_constant_thread_index_without_a_guid_joins_no_mail(harness: Any) -> N
                             ("Thread-Index", constant))
     assert other.one("X-Case-Match") == "new"
     assert other.case_id != first.case_id
+    # --explain says why the field did not count.
+    assert "  the Thread-Index names no conversation" in "\n".join(
+        map(str, other.decision.trace))
 
 
 def test_a_damaged_thread_index_field_does_not_hide_the_next(harness: Any) -> None:

@@ -677,6 +677,9 @@ class Resolver:
 
     def by_thread_index(self, ev: Evidence) -> Hit | None:
         if ev.thread_root is None:
+            if ev.msg.get("Thread-Index") is not None:
+                ev.trace.append("  the Thread-Index names no conversation (not base64 of "
+                                "22 + 5n bytes from 0x01, or a Nil or Max GUID)")
             return None
         case = ev.case_by_alias(AliasKind.THREAD_ROOT, ev.thread_root.hex())
         return Hit(case, "thread-index") if case else None
