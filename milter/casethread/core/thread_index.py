@@ -21,7 +21,10 @@ The header carries the property base64-encoded. Byte layout (all big-endian):
                bits and a 4-bit sequence count "taken from part of the random number"; we write
                8 random bits.
 
-Every child's TimeDelta is relative to the header time, not to the previous child.
+Every child's TimeDelta is relative to the header time, not to the previous child. That is
+what we write; we never read a child block, only the header block (the root). Exchange
+Online's values in public reports do not keep to it: their first child lies some 22 years
+after the header time, the next ones minutes to days apart, not growing offsets.
 
 Two header layouts occur in real mail. Exchange/OWA write the spec's layout above (values
 start `AQH...`: 0x01 0x01 0xD?). Outlook's desktop MAPI (ScCreateConversationIndex) writes
