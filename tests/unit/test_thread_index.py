@@ -204,6 +204,9 @@ def test_decode_rejects_bad_lengths(length: int) -> None:
         "\x00\x01",
         "AQHaF0fGAAECAwQFBgcICQoLDA0ODw==\udcff",
         "A" * (ti.MAX_ENCODED_CHARS + 4),
+        # Blanks beyond what folding adds: not read (a hostile field's millions of words).
+        ROOT_B64 + " " * 2 * ti.MAX_ENCODED_CHARS,
+        ROOT_B64[:8] + "\xa0" + ROOT_B64[8:],  # no folding white space (RFC 5322 §3.2.2)
     ],
 )
 def test_decode_rejects_garbage(value: str) -> None:

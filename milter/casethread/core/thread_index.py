@@ -69,6 +69,7 @@ MAX_FIELDS = 8  # Thread-Index fields read; a mail has one
 # into one conversation.
 _NO_GUIDS = frozenset((bytes(16), b"\xff" * 16))
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_NO_FWS = str.maketrans("", "", " \t\r\n")  # RFC 5322 folding white space, removed
 
 
 def unix_to_filetime(ts: float) -> int:
@@ -165,10 +166,14 @@ def encode(raw: bytes) -> str:
 def decode(header_value: str) -> bytes | None:
     """The bytes of a Thread-Index header value, or None when it is not one.
 
-    Folding and any whitespace are ignored and missing padding is tolerated; anything that is
-    not base64 of 22 + 5n bytes starting with 0x01 gives None.
+    Folding and blanks (SP, HTAB, CR, LF) are ignored and missing padding is tolerated;
+    anything that is not base64 of 22 + 5n bytes starting with 0x01 gives None.
     """
-    text = "".join(header_value.split())
+    # Folding adds a few blanks a line; a field twice the limit is not read (8 fields of
+    # 1 MB "A A ...", split into words, took 27 ms).
+    if len(header_value) > 2 * MAX_ENCODED_CHARS:
+        return None
+    text = header_value.translate(_NO_FWS)
     if not text or len(text) > MAX_ENCODED_CHARS or not _B64.fullmatch(text):
         return None
     text = text.rstrip("=")
