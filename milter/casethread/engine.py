@@ -250,6 +250,17 @@ class Engine:
         with self.index.snapshot():
             return self._decided(partial(self._inbound, found=found), msg)
 
+    def _first_delivery(self, ev: Evidence, reused: Found | None, walked: int) -> Hit | None:
+        """What the strategies find for a duplicate (`filter --explain`), traced below its
+        `duplicate:` line: the walk of the header pass (`reused`: its `walked` lines, after the
+        `auto:` line) when it found the case: those lines move there, not walked again and
+        shown twice."""
+        if reused is None:
+            return self._resolver.resolve(ev)
+        ev.trace += ev.trace[1:1 + walked]
+        del ev.trace[1:1 + walked]
+        return reused.hit
+
     @staticmethod
     def _decided(decide: Callable[[Message, int], Decision], msg: Message) -> Decision:
         """`decide(msg, attempt)`, again while another writer makes its decision stale: before
@@ -331,12 +342,15 @@ class Engine:
         reused = found if attempt == 1 else None
         ev = (reused.evidence.with_body(msg, now) if reused is not None
               else self._resolver.evidence(msg, self.index, now))
+        walked = len(ev.trace) if reused is not None else 0  # the header pass's walk, traced
         if attempt > 1:
             ev.trace.append(_retried(attempt))
         # A delivery report's body is parsed once, for this and for the bounce strategy.
         auto, why = autoreply.classify_auto_detail(msg, self._resolver.is_ours,
                                                    lambda: ev.tree, self._notices, ev.signals)
-        ev.trace.append(("auto: {} ({})", (auto, why)) if why else ("auto: {}", (auto,)))
+        # Above a walk the header pass traced: `--explain` shows one order, whichever pass walked.
+        ev.trace.insert(len(ev.trace) - walked,
+                        ("auto: {} ({})", (auto, why)) if why else ("auto: {}", (auto,)))
         message_id = msg.get_filled("Message-ID")  # read once: for the log line's note too
         own_id = msgid.first_id(message_id)
         duplicate = ev.case_by_alias(AliasKind.MESSAGE, own_id) if own_id else None
@@ -355,7 +369,7 @@ class Engine:
                             f"{duplicate.case_id} -> {', '.join(c.case_id for c in cases)}")
             if self._explain:
                 ev.trace.append("as a first delivery (read only; the copy keeps the case above):")
-                first = self._resolver.resolve(ev)
+                first = self._first_delivery(ev, reused, walked)
                 ev.trace.append(f"as a first delivery: -> {first.case.case_id} by {first.match}"
                                 if first else "as a first delivery: no match: a new case")
             else:

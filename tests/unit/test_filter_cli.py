@@ -840,29 +840,43 @@ def test_a_mailbox_from_line_on_top_is_read_as_postfix_reads_it(run_filter: Any)
     assert later.stdout == head + b"\n\n" + postmark + body
 
 
-def test_explain_of_a_saved_reply_shows_its_strategies_too(run_filter: Any) -> None:
+@pytest.mark.parametrize("tagged", [False, True], ids=["in-reply-to", "subject-tag"])
+def test_explain_of_a_saved_reply_shows_its_strategies_too(run_filter: Any,
+                                                           tagged: bool) -> None:
     """README, Troubleshooting check 4: "save the reply and run filter --explain --dry-run".
     A reply saved from the mailbox went through the milter, so its Message-ID is recorded and
     the decision is `duplicate`; the trace showed only that line, never why the reply had
     landed where it did (the walkthrough's broken reply: a damaged Subject tag). The trace now
-    adds what the strategies find for it, read only: the copy keeps its case."""
+    adds what the strategies find for it, read only: the copy keeps its case. A reply whose
+    header fields name its case (our Subject tag: the body is skipped, as the milter skips
+    it) showed those strategies twice, once above the `auto:` line (walk27)."""
     out = run_filter("--direction", "outbound", str(DATA / "agent-first.eml"))
     assert out.returncode == 0, out.stderr
-    (message_id,) = headers_of(out.stdout)["message-id"]
+    found = headers_of(out.stdout)
+    (message_id,) = found["message-id"]
     reply = (DATA / "customer-reply.eml").read_bytes().replace(
         b"<PLACEHOLDER>", message_id.encode())
+    if tagged:
+        reply = reply.replace(b"Subject: Re: Your printer question",
+                              b"Subject: Re: " + found["subject"][0].encode())
     first = run_filter("--direction", "inbound", "--rcpt", "support@example.com", "-",
                        stdin=reply)
     assert first.returncode == 0, first.stderr
+    assert first.stderr.rstrip().endswith(b"body=skipped") == tagged, first.stderr
     saved = first.stdout  # as delivered: with our X-Case-* fields
     again = run_filter("--direction", "inbound", "--rcpt", "support@example.com", "--explain",
                        "--dry-run", "-", stdin=saved)
     assert again.returncode == 0, again.stderr
     assert headers_of(again.stdout)["x-case-match"] == ["duplicate"]
     trace = stderr_lines(again.stderr)
-    assert "  duplicate: this Message-ID is already recorded for C-000001 -> C-000001" in trace
-    assert "  in-reply-to: -> C-000001" in trace, trace
-    assert trace[-1] == "  as a first delivery: -> C-000001 by in-reply-to", trace
+    explained = trace[trace.index("explain:") + 1:]
+    assert explained[:2] == [
+        "  auto: no", "  duplicate: this Message-ID is already recorded for C-000001 -> C-000001"
+    ], explained
+    by = "token" if tagged else "in-reply-to"
+    assert explained.count(f"  {by}: -> C-000001") == 1, explained
+    assert explained.count("  bounce: no match") == 1, explained
+    assert explained[-1] == f"  as a first delivery: -> C-000001 by {by}", explained
     # Without --explain a duplicate runs no strategy (the milter's path).
     plain = run_filter("--direction", "inbound", "--rcpt", "support@example.com", "--dry-run",
                        "-", stdin=saved)
