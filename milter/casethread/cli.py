@@ -317,8 +317,9 @@ def _read(path: str) -> bytes:
 
 CASE_EXIT = """\
 exit status: 0 success; 1 nothing found, invalid token or index problem; 2 usage error or
-refused change (unknown case, self-merge, cycle, too many children); 141 the reader of the
-output went away (a change is made all the same)"""
+refused change (unknown case, self-merge, cycle, too many children, a merged case's state or
+split, a split case as a parent); 141 the reader of the output went away (a change is made
+all the same)"""
 
 LOOKUP_EPILOG = f"""\
 examples:
@@ -523,7 +524,8 @@ _case_number = _int_in(1, MAX_NUMBER, "a case number")
 def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
     actions = case_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    def action(name: str, help_text: str, example: str,
+               json_help: str = "print the case as one JSON object") -> argparse.ArgumentParser:
         a = actions.add_parser(
             name, help=help_text, description=help_text,
             epilog=f"example:\n  {example}\n{CASE_EXIT}\n",
@@ -534,7 +536,7 @@ def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
                        help="YAML configuration (default: built-in)")
         a.add_argument("--index", metavar="DIR", default=argparse.SUPPRESS,
                        help="index directory")
-        a.add_argument("--json", action="store_true", help="print the case as one JSON object")
+        a.add_argument("--json", action="store_true", help=json_help)
         return a
 
     a = action("show", "print a case (key: value lines, or --json)",
@@ -571,7 +573,9 @@ def _add_case_actions(case_parser: argparse.ArgumentParser) -> None:
 
     a = action("counter", "raise the last case number handed out to at least N, before "
                "starting the milter on a restored index (README: Restore); never lowers it",
-               "casethread case counter 1500 --json")
+               "casethread case counter 1500 --json",
+               json_help="print the counter before and after, and the next case number, as one "
+                         "JSON object (before, after, next)")
     a.add_argument("number", type=_case_number, metavar="N",
                    help="a number at least as high as any case number already in mail")
     a.set_defaults(func=cmd_case_counter)

@@ -589,3 +589,18 @@ def test_help_has_examples(cli: Cli, command: list[str]) -> None:
     assert p.returncode == 0, p.stderr
     assert "example" in p.stdout
     assert f"casethread {' '.join(command)} " in p.stdout.split("example", 1)[1]
+
+
+def test_case_help_says_what_counter_prints_and_which_changes_are_refused(cli: Cli) -> None:
+    """`case counter --json` prints the counter, not a case (README, Command line: `before`,
+    `after` and `next`), and the refused changes that exit 2 include a merged case's state or
+    split and a split case as a parent; the help said "print the case as one JSON object"
+    and named neither (walk27)."""
+    def helped(*command: str) -> str:
+        return " ".join(cli.run(*command, "--help").stdout.split())
+
+    counter = helped("case", "counter")
+    assert "print the case" not in counter
+    assert "JSON object (before, after, next)" in counter
+    assert "--json print the case as one JSON object" in helped("case", "set-state")
+    assert "a merged case's state or split, a split case as a parent" in counter
