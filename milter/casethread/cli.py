@@ -780,7 +780,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     # meta line is none: it raises the case counter (the last case number).
     records = {name: count for name, count in result.lines.items() if name != "meta"}
     parts = ", ".join(f"{name} {count}" for name, count in records.items())
-    print(f"imported {result.written} of {sum(records.values())} records ({parts}); kept "
+    parts = f" ({parts})" if parts else ""  # none in a counter alone (README, Restore)
+    print(f"imported {result.written} of {sum(records.values())} records{parts}; kept "
           f"{result.kept} the index already had as new or newer; last case number "
           f"{result.last_number}")
     key = Path(settings.index.path) / DEFAULT_KEY_NAME
