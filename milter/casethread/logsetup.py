@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from logging.handlers import SysLogHandler
 
 SYSLOG_ADDRESS = "/dev/log"
@@ -75,6 +76,38 @@ class SyslogFormatter(OneLineFormatter):
         return text
 
 
+class JournalFormatter(SyslogFormatter):
+    """Standard error read by journald (a systemd unit's default): the journal stamps each line
+    with the time, host and `casethread[PID]` already, so the line is the syslog one, led by
+    its priority as `<N>` (sd-daemon(3)), which journald strips and keeps as the entry's
+    level: `journalctl -p warning -u casethread` then shows the warnings and errors."""
+
+    _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                   (logging.INFO, 6))
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = 7  # debug, and any level below info
+        for level, value in self._PRIORITIES:
+            if record.levelno >= level:
+                priority = value
+                break
+        return f"<{priority}>{super().format(record)}"
+
+
+def stderr_is_journal(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether standard error is a journald stream: systemd sets `JOURNAL_STREAM` to its
+    `DEVICE:INODE` (systemd.exec(5)); a child whose stderr was redirected inherits the
+    variable, so the numbers are compared with stderr's own."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        found = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr, or not a real file
+        return False
+    return (found.st_dev, found.st_ino) == (int(device), int(inode))
+
+
 def _syslog_handler(address: str) -> tuple[logging.Handler | None, str]:
     """A SysLogHandler on the socket at `address`, or None and why not.
 
@@ -124,7 +157,8 @@ def configure(
         raise ValueError(f"unknown log target {target!r} (stderr or syslog)")
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(OneLineFormatter(STDERR_FORMAT))
+        handler.setFormatter(JournalFormatter() if stderr_is_journal()
+                             else OneLineFormatter(STDERR_FORMAT))
     # The milter logs a line per message: its records skip what no format here uses (the
     # logging HOWTO's "Optimization": thread, process and source-line lookups).
     logging.logThreads = False

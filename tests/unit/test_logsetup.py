@@ -118,6 +118,49 @@ def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     assert LOG.propagate is False
 
 
+def _stream_id(stream: object) -> str:
+    found = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    return f"{found.st_dev}:{found.st_ino}"
+
+
+def test_stderr_read_by_the_journal_gets_priorities_and_no_timestamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under systemd (`JOURNAL_STREAM` naming stderr) each line was stamped twice, by journald
+    and by us, and every line was the journal's priority 6 (info): `journalctl -p warning`
+    showed none of our warnings or errors."""
+    with (tmp_path / "journal").open("w+", encoding="utf-8") as journal:
+        monkeypatch.setattr("sys.stderr", journal)
+        monkeypatch.setenv("JOURNAL_STREAM", _stream_id(journal))
+        logsetup.configure("debug")
+        LOG.debug("probe")
+        LOG.info("queue_id=4F2B3 direction=inbound")
+        LOG.warning("reload refused")
+        LOG.error("queue_id=4F2B3 error in eom\nsecond")
+        LOG.critical("down")
+        journal.seek(0)
+        assert journal.read().splitlines() == [
+            "<7>probe", "<6>queue_id=4F2B3 direction=inbound", "<4>warning: reload refused",
+            "<3>error: queue_id=4F2B3 error in eom\\nsecond", "<2>critical: down"]
+
+
+@pytest.mark.parametrize("stream", ["", "1:2", "x:y", "other"])
+def test_stderr_that_is_no_journal_stream_keeps_its_timestamps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: str,
+) -> None:
+    """A child of the unit whose stderr was redirected inherits `JOURNAL_STREAM`: the variable
+    alone does not make stderr the journal."""
+    with (tmp_path / "file").open("w+", encoding="utf-8") as redirected, \
+            (tmp_path / "journal").open("w", encoding="utf-8") as journal:
+        monkeypatch.setattr("sys.stderr", redirected)
+        monkeypatch.setenv("JOURNAL_STREAM", _stream_id(journal) if stream == "other" else stream)
+        logsetup.configure("info")
+        LOG.info("queue_id=4F2B3 direction=inbound")
+        redirected.seek(0)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} casethread INFO "
+                            r"queue_id=4F2B3 direction=inbound\n", redirected.read())
+
+
 def test_unknown_target_is_refused() -> None:
     with pytest.raises(ValueError, match="journald"):
         logsetup.configure("info", "journald")
