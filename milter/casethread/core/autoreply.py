@@ -143,7 +143,7 @@ from .mail_lists import (
 )
 from .message import Message, without_comments
 from .rule_forwards import EXCHANGE_RULE_HEADERS, RULE_FORWARD, forwards_our_mail, our_rule_only
-from .subject import decode_subject, strip_list_tags
+from .subject import untagged
 from .system_notices import (
     DELAY_SUBJECT,
     DSN_REPORT_TYPES,
@@ -484,12 +484,12 @@ def _notice(msg: Message, fields: Fields, null_sender: bool,
         # a relay that rewrote the null sender): its failure subject tells its bounce. Such
         # mail is automatic anyway (`from-postmaster`); this reads its returned copy too.
         if from_local == "postmaster" and FAILURE_SUBJECT.match(
-                decode_subject(msg.get("Subject") or "")):
+                untagged(msg.get("Subject") or "")):
             return BOUNCE, "from-postmaster+failure-subject"
         return None
     if not system and _responder_marks(fields, _submitted(fields)):
         return None  # RFC 3834 §3.3: a responder's null sender, and the Subject it answers
-    subject = decode_subject(msg.get("Subject") or "")
+    subject = untagged(msg.get("Subject") or "")
     if DELAY_SUBJECT.match(subject):
         return AUTO_GENERATED, f"{system or 'null-sender'}+delay-subject"
     if system:
@@ -532,8 +532,7 @@ def _ooo_subject(msg: Message) -> bool:
     writes on our own list's copy, keeping the responder's `Precedence: junk` alone;
     `[EXTERNAL] `)."""
     subject = msg.get("Subject")
-    return subject is not None and _OOO_SUBJECT.match(
-        strip_list_tags(decode_subject(subject))) is not None
+    return subject is not None and _OOO_SUBJECT.match(untagged(subject)) is not None
 
 
 def _submitted(fields: Fields) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from . import bodytext, mime
 from .field_values import BODY_READ_MAX
 from .message import Message
-from .subject import decode_subject
+from .subject import untagged
 
 _CALENDAR_CLASS = "urn:content-classes:calendarmessage"
 # What the Subjects of calendar replies start with, before their colon (lower case, blanks as
@@ -72,9 +72,8 @@ def imip_candidate(msg: Message, content_class: str) -> bool:
         return True
     if "multipart" not in lowered:
         return False
-    subject = msg.get("Subject") or ""
-    plain = subject.isascii() and "=?" not in subject  # as decoded already
-    if not (_imip_subject(subject if plain else decode_subject(subject))
+    # After a gateway's tag: `[EXTERNAL] Accepted: ...` is Google Calendar's click too.
+    if not (_imip_subject(untagged(msg.get("Subject") or ""))
             or _CALENDAR_CLASS in content_class):
         return False
     return mime.media_type(content_type).startswith("multipart/")

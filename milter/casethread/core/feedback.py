@@ -40,7 +40,7 @@ from . import bodytext, mime
 from .addresses import first_address
 from .frozen import frozen
 from .message import Message
-from .subject import decode_subject
+from .subject import untagged
 
 JMRP = "jmrp"
 SNS = "sns"
@@ -101,8 +101,7 @@ def provider(msg: Message, value: str) -> str:
         return ""
     address = first_address(value)
     if address in _JMRP_SENDERS:
-        subject = decode_subject(msg.get("Subject") or "")
-        return JMRP if _JMRP_SUBJECT.match(subject) else ""
+        return JMRP if _JMRP_SUBJECT.match(untagged(msg.get("Subject") or "")) else ""
     return SNS if _SNS_SENDER.search(address) else ""
 
 

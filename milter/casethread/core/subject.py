@@ -13,8 +13,15 @@ and `-_.+`, no digits, no blanks, at most 40 chars). So `[EXTERNAL]` and `[pytho
 `[Ticket#123]`, `[Case C-000123]`, `[ref:...]` and `[PATCH 1/2]` stay: those identify something.
 Spam filters' tags go in that run too, in the forms their defaults write besides `[SPAM]`:
 Amavis's `***SPAM***` (also spaced, `*** SPAM ***`), SpamAssassin's `*****SPAM*****`,
-MailScanner's `{Spam?}`. A filter tags a customer's mail it lets through, so a follow-up that
-got the tag and one that did not are one subject.
+MailScanner's `{Spam?}`, Cisco's `[SUSPECTED SPAM]` and `[SUSPICIOUS MESSAGE]` (a bracketed
+name may hold blanks between its words and end in `?` or `!`: Barracuda's `[SPAM?]`), and so
+do the tags a mail flow rule puts on mail from outside (`[EXTERNAL]`, `*EXTERNAL*`,
+`EXTERNAL:`, `#External:`). A filter tags a customer's mail it lets through, so a follow-up
+that got the tag and one that did not are one subject.
+
+`untagged` is the Subject as the readers of its first words see it (an out-of-office phrase,
+a calendar reply's "Accepted:", a delivery notice's "Undeliverable"): decoded, after those
+tags, which a gateway in front of us puts before them.
 
 The stripping is case-insensitive and bounded (at most 50 prefixes/tags), so hostile input stays
 linear.
@@ -82,9 +89,13 @@ _PREFIX = re.compile(
     rf"{_BLANK}*(?:{_WORD_ALT})(?:\[\d{{1,4}}\]|\(\d{{1,4}}\))?\.?{_BLANK}*[:：]{_BLANK}*",
     re.IGNORECASE,
 )
-_LIST_TAG = re.compile(rf"{_BLANK}*(?:\[[^\W\d](?:[^\W\d]|[-.+]){{0,39}}\]"
-                       rf"|\*{{1,5}}{_BLANK}?spam{_BLANK}?\*{{1,5}}|\{{spam\?\}}){_BLANK}*",
-                       re.IGNORECASE)
+_LIST_TAG = re.compile(
+    # A bracketed name: a list's, or a gateway's words ("[SUSPICIOUS MESSAGE]", "[SPAM?]").
+    rf"{_BLANK}*(?:\[[^\W\d](?:[^\W\d]|[-.+]|{_BLANK}(?=[^\W\d])){{0,39}}[?!]?\]"
+    # Spam filters' and gateways' starred words, MailScanner's braces, a rule's "EXTERNAL:".
+    rf"|\*{{1,5}}{_BLANK}?(?:spam|external|ext){_BLANK}?\*{{1,5}}|\{{spam\?\}}"
+    rf"|#?(?:external|ext){_BLANK}*[:：]){_BLANK}*",
+    re.IGNORECASE)
 _MAX_STRIPS = 50
 _SPACES = re.compile(r"\s+")
 
@@ -101,6 +112,15 @@ def strip_list_tags(subject: str) -> str:
     """The subject without the list tags before it (`[Support] `, `_LIST_TAG`): what a list
     that relays mail puts in front (Mailman's default `subject_prefix`)."""
     return _stripped(subject, (_LIST_TAG,))
+
+
+def untagged(subject: str) -> str:
+    """A Subject field's decoded text without the list, gateway and spam tags before it
+    (`strip_list_tags`): what the readers of its first words match (`autoreply`,
+    `calendar_replies`, `feedback`). A gateway in front of us tags mail from outside
+    (`[EXTERNAL] Accepted: ...`, `[SUSPECTED SPAM] Undeliverable: ...`), and a reply's first
+    words after the tag are the client's or the mail system's."""
+    return strip_list_tags(decode_subject(subject))
 
 
 def _stripped(text: str, leading: tuple[re.Pattern[str], ...]) -> str:
