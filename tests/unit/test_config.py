@@ -819,7 +819,7 @@ def test_contrib_example_loads() -> None:
     assert settings.inbound.addresses == (
         "support@example.com",
         "billing@example.com",
-        "support+*@example.com",
+        "support-*@example.com",
         "@help.example.com",
     )
     assert settings.routing.rules == (

@@ -167,6 +167,24 @@ def test_no_inbound_addresses_means_nothing_is_inbound() -> None:
     assert c.classify(env(rcpts=("support@example.com",))) is Direction.OTHER
 
 
+@pytest.mark.parametrize(("address", "matches"), [
+    ("support+C-000123@example.com", True),
+    ("Support+x+y@Example.com", True),
+    ("support+@example.com", True),
+    ("support-x@example.com", False),  # another delimiter takes a glob
+    ("supportx+y@example.com", False),
+    ("support+x@other.example", False),
+    ("+x@example.com", False),
+    ("billing@example.com", False),  # the entry's own detail is no address of its base
+])
+def test_an_exact_address_matches_its_subaddresses(address: str, matches: bool) -> None:
+    """RFC 5233 subaddresses: Postfix (`recipient_delimiter = +`) delivers them to the
+    mailbox, and the milter sees them as the client wrote them."""
+    m = AddressMatcher(("support@example.com", "billing+vip@example.com"))
+    assert m.matches(address) is matches
+    assert m.matches("billing+vip@example.com") and not m.matches("billing+other@example.com")
+
+
 def test_matcher_glob_character_classes() -> None:
     m = AddressMatcher(("team-[ab]@example.com",))
     assert m.matches("team-a@example.com")

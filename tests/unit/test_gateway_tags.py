@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.conftest import make_message
 
 from casethread.core import feedback
 from casethread.core.message import Envelope, Header, Message
-from casethread.core.model import CaseState
+from casethread.core.model import AliasKind, CaseState
 from casethread.core.subject import strip_prefixes, untagged
 
 PAT = ("From", "Pat Customer <pat@customer.example.org>")
@@ -118,3 +119,17 @@ def test_a_tagged_jmrp_complaint_is_told_by_its_subject() -> None:
                                Header("Subject", "[EXTERNAL] complaint about message from "
                                                  "192.0.2.1")))
     assert feedback.provider(msg, "staff@hotmail.com") == feedback.JMRP
+
+
+def test_a_reply_to_a_subaddress_of_a_support_address_threads(harness: Any) -> None:
+    """An app that writes `Reply-To: support+C-000001@` (as GitHub's and Zendesk's
+    `reply+KEY@`): the milter sees that envelope recipient, which was no support address, so
+    the reply passed as nobody's mail (no `X-Case-*` at all). The subaddress is ours: no
+    participant."""
+    subject, _ = resolved_case(harness)
+    to_case = "support+C-000001@example.com"
+    r = harness.run(make_message(PAT, ("To", to_case), ("Subject", f"Re: {subject}"),
+                                 body=b"Thanks\r\n", rcpts=(to_case,)))
+    assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State")) == (
+        "C-000001", "token", "reopened")
+    assert harness.index.find(AliasKind.PARTICIPANT, f"C-000001 {to_case}") is None

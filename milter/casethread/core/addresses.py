@@ -313,7 +313,13 @@ def cached_matches(matcher: AddressMatcher) -> Callable[[str], bool]:
 
 
 class AddressMatcher:
-    """Matches addresses against `inbound.addresses`: exact, `@domain`, or glob patterns."""
+    """Matches addresses against `inbound.addresses`: exact, `@domain`, or glob patterns.
+
+    An exact address also matches its subaddresses, `local+detail@domain` (RFC 5233): Postfix
+    (`recipient_delimiter = +`, Debian's main.cf), Sendmail, Gmail and Exchange Online deliver
+    them to its mailbox, and a milter sees the envelope recipient as the client wrote it, so
+    a reply to an app's `support+C-000123@` passed as nobody's mail, unthreaded. The detail
+    is no case reference (anyone can write one); another delimiter takes a glob."""
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
         self._exact: set[str] = set()
@@ -339,6 +345,8 @@ class AddressMatcher:
             return False
         if addr in self._exact or domain_of(addr) in self._domains:
             return True
+        if "+" in addr and self._exact and _base_address(addr) in self._exact:
+            return True
         if any(fnmatch.fnmatchcase(addr, g) for g in self._globs):
             return True
         if not self._unicode_globs:
@@ -346,3 +354,10 @@ class AddressMatcher:
         unicode = unicode_address(addr)
         return unicode is not None and any(
             fnmatch.fnmatchcase(unicode, g) for g in self._unicode_globs)
+
+
+def _base_address(address: str) -> str:
+    """`support+detail@example.com` -> `support@example.com`: the local part up to its first
+    `+` (RFC 5233's user sub-part, Postfix's `recipient_delimiter`), the domain as it was."""
+    local, at, domain = address.rpartition("@")
+    return f"{local.partition('+')[0]}{at}{domain}"
