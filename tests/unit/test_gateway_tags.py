@@ -133,3 +133,25 @@ def test_a_reply_to_a_subaddress_of_a_support_address_threads(harness: Any) -> N
     assert (r.case_id, r.one("X-Case-Match"), r.one("X-Case-State")) == (
         "C-000001", "token", "reopened")
     assert harness.index.find(AliasKind.PARTICIPANT, f"C-000001 {to_case}") is None
+
+
+def test_an_exchange_journal_report_adds_nobody(harness: Any) -> None:
+    """A journal report (MS-XJRNL: from Exchange's system mailbox, the report's lines, the
+    journaled mail attached) of a customer's reply, where support@ is a journal recipient:
+    it threads by the reply's token and changes nothing, and Exchange's system mailbox became
+    one of the case's people."""
+    subject, _ = resolved_case(harness)
+    exchange = "microsoftexchange329e71ec88ae4615bbc36ab6ce41109e@customer.example.org"
+    reply = (f"From: Pat Customer <pat@customer.example.org>\r\nTo: support@example.com\r\n"
+             f"Subject: Re: {subject}\r\nMessage-ID: <r1@customer.example.org>\r\n\r\n"
+             "Thanks\r\n").encode()
+    body = (b"--j\r\nContent-Type: text/plain\r\n\r\nSender: pat@customer.example.org\r\n"
+            b"Subject: Re: Printer call\r\nMessage-Id: <r1@customer.example.org>\r\n"
+            b"To: support@example.com\r\n--j\r\nContent-Type: message/rfc822\r\n\r\n"
+            + reply + b"--j--\r\n")
+    r = harness.inbound(("From", f"Microsoft Exchange <{exchange}>"), TO_SUPPORT,
+                        ("Subject", "Re: Printer call"), ("X-MS-Journal-Report", ""),
+                        ("MIME-Version", "1.0"),
+                        ("Content-Type", 'multipart/mixed; boundary="j"'), body=body)
+    assert (r.case_id, r.one("X-Case-Auto")) == ("C-000001", "auto-generated")
+    assert harness.index.find(AliasKind.PARTICIPANT, f"C-000001 {exchange}") is None

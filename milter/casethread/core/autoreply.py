@@ -439,6 +439,10 @@ def is_delivery_notice(msg: Message, signals: Signals | None = None) -> bool:
     return _notice(msg, read.fields, read.null_sender, read.from_local) is not None
 
 
+# Exchange's journal report (MS-XJRNL): the journaled mail attached, often an empty value.
+_JOURNAL_FIELD = "x-ms-journal-report"
+
+
 def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | None = None,
                      signals: Signals | None = None) -> bool:
     """Whether the mail system sent this mail about a delivery: a bounce (`kind`), a DSN of
@@ -454,8 +458,10 @@ def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | N
     system's own address) or under the null sender (§4.5.5: the mail system's notices; an
     auto-responder's reply, the other mail sent so, is `auto-replied` when its mark or an
     out-of-office Subject says so, and one that says neither is taken for a notice here): a
-    gateway's notice that it held or blocked our mail, a LISTSERV notice. Its From is the
-    MTA's, the provider's or the list's, and its To our own sender: no people of a case
+    gateway's notice that it held or blocked our mail, a LISTSERV notice; or Exchange's
+    journal report (`X-MS-Journal-Report`, from its system mailbox, `MicrosoftExchange...@`,
+    the journaled mail attached). Its From is the MTA's, the provider's, the list's or
+    Exchange's, and its To our own sender or the journal's: no people of a case
     (`resolve.adds_people`), also when our token, which the copy it returns holds, found its
     case. `signals`: the message's, if kept."""
     read = signals if signals is not None else read_signals(msg)
@@ -466,7 +472,8 @@ def from_mail_system(msg: Message, kind: str, notices: Callable[[str], bool] | N
                                             or quarantine_sender(read.from_value)
                                             or notice_sender(msg, notices)
                                             or list_manager_notice(msg)
-                                            or sympa_notice(msg))))
+                                            or sympa_notice(msg)
+                                            or _JOURNAL_FIELD in read.fields)))
 
 
 def _notice(msg: Message, fields: Fields, null_sender: bool,
@@ -587,7 +594,7 @@ def _auto_generated(
 ) -> str:
     if any(v != "no" for v in submitted):
         return "auto-submitted"
-    if "x-ms-journal-report" in fields:  # Exchange's journal copy of some mail (often empty)
+    if _JOURNAL_FIELD in fields:  # Exchange's journal copy of some mail (often empty)
         return "x-ms-journal-report"
     if values_of(fields, "x-loop"):
         return "x-loop"
