@@ -33,6 +33,7 @@ import os
 import random
 import re
 import textwrap
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -210,6 +211,7 @@ class Reply:
     forward: str | None = None  # "rfc822" | "eml": how the stamped mail is attached
     photo: str | None = None  # "inline" | "attached"
     screenshot: int = 0  # bytes of a pasted image in the HTML, as a data: URI
+    gateway: str | None = None  # a gateway's URL rewriting (`REWRITERS`) and top banner
 
     @property
     def token_in_subject(self) -> bool:
@@ -298,6 +300,42 @@ def subject_prefix(r: Reply, rng: random.Random) -> str:
 
 GATEWAY_TAGS = ("[EXTERNAL]", "[External]", "***SPAM***", "[SPAM]", "{Spam?}", "[support-l]",
                 "EXT:")
+
+
+# How gateways rewrite every URL of mail from outside (Microsoft's Safe Links, Mimecast's URL
+# Protect, Proofpoint's URL Defense v3): the shapes their decoders read.
+REWRITERS: dict[str, Callable[[str], str]] = {
+    "safelinks": lambda url: ("https://eur01.safelinks.protection.outlook.com/?url="
+                              + urllib.parse.quote(url, safe="") + "&data=05%7C02%7Cpat%40"
+                              "customer.example.org%7C0a1b%7C0%7C0%7C638&sdata=Ab12%2Bx%3D"
+                              "&reserved=0"),
+    "mimecast": lambda url: "https://protect-eu.mimecast.com/s/AbCdEfGhIjKl?domain=example.com",
+    "proofpoint": lambda url: f"https://urldefense.com/v3/__{url}__;!!AbCd12!EfGh34-Ij$",
+}
+BANNER = ("CAUTION: This email originated from outside of the organization. Do not click",
+          "links or open attachments unless you recognize the sender.")
+URL = re.compile(r'https?://[^\s"<>]+')
+
+
+def gateway(r: Reply, rng: random.Random) -> str:
+    """The customer's reply passes a gateway (ours in front of support@, or theirs, whose
+    rewritten URLs and banner the reply quotes): a warning banner at the top of each text part
+    and every URL rewritten; the reply's own text holds a link."""
+    r.gateway = rng.choice(sorted(REWRITERS))
+    r.own_text = r.own_text.replace("tray 2 only.", "tray 2 only (https://www.customer."
+                                    "example.org/kb/4250?id=7&x=y).")
+    return f"gateway({r.gateway})"
+
+
+def gatewayed(kind: str, text: str, r: Reply) -> str:
+    """A text part as the gateway leaves it (`gateway`)."""
+    if r.gateway is None:
+        return text
+    text = URL.sub(lambda m: REWRITERS[r.gateway or ""](m.group(0)), text)
+    if kind == "plain":
+        return NL.join(BANNER) + NL + NL + text
+    banner = f'<table><tr><td style="background:#FFEB9C">{" ".join(BANNER)}</td></tr></table>'
+    return text.replace("<body>", "<body>" + banner, 1)
 
 
 def external_tag(r: Reply, rng: random.Random) -> str:
@@ -551,7 +589,7 @@ TRANSFORMS: tuple[Transform, ...] = (
     top_post, bottom_post, outlook_quote, outlook_prefixed, quote_marks, no_quote, rewrap,
     format_flowed, quoted_printable, base64_body, charset_1252, charset_regional, charset_utf16,
     html_cite, html_gmail, html_alternative, html_spans, sanitize_html, strip_hidden_tag, photo,
-    pasted_screenshot, forward_attached, forward_inline,
+    pasted_screenshot, forward_attached, forward_inline, gateway,
 )
 # Drawn more often: the Subject tag and the References anchor name the case before the body is
 # read, so the body's paths (and their interactions) are exercised only where both are lost.
@@ -769,6 +807,7 @@ def qp_encode(data: bytes, rng: random.Random) -> str:
 
 def encoded_part(kind: str, text: str, r: Reply, rng: random.Random) -> bytes:
     """One text part of the reply: its MIME fields, a blank line, its encoded body."""
+    text = gatewayed(kind, text, r)
     charset = r.charset if representable(text, r.charset) else "utf-8"
     data = text.encode(charset)
     params = "; format=flowed; delsp=yes" if kind == "plain" and r.flowed else ""
