@@ -29,6 +29,7 @@ from casethread.core import (
     placement,
     rules,
     stamp,
+    subject,
     token,
 )
 from casethread.core.addresses import ascii_address, first_address, header_addresses
@@ -1105,3 +1106,17 @@ def test_a_count_is_the_general_path_s(previous: keys.Window | None, now: int,
                                        window: int) -> None:
     assert outcome(lambda w: keys.bump(previous, now, w), window) == outcome(
         lambda w: general_bump(previous, now, w), window)
+
+
+TAGGED_SUBJECTS = st.lists(
+    st.sampled_from(["[", "]", "*", "{", "}", "#", "e", "E", "ext", "EXTERNAL", "spam", "?",
+                     ":", " ", "\t", "\u00a0", "\u3000", "a", "1", "Re", "É", "ℯ", "K"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(TAGGED_SUBJECTS)
+def test_list_tag_shortcut_matches_the_pattern(text: str) -> None:
+    """`strip_list_tags` leaves a Subject whose first character starts no tag unmatched."""
+    assert subject.strip_list_tags(text) == subject._stripped(text, (subject._LIST_TAG,))

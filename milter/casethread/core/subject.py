@@ -108,9 +108,17 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
     return _stripped(unfold(subject), (_PREFIX, _LIST_TAG) if list_tags else (_PREFIX,)).strip()
 
 
+# What a `_LIST_TAG` match starts with after its blanks (no other character matches `e` under
+# re.IGNORECASE): most Subjects start otherwise, and are not matched against the pattern.
+_TAG_FIRST = frozenset("[*{#eE")
+_BLANKS = " \t\u00a0\u3000"
+
+
 def strip_list_tags(subject: str) -> str:
     """The subject without the list tags before it (`[Support] `, `_LIST_TAG`): what a list
     that relays mail puts in front (Mailman's default `subject_prefix`)."""
+    if subject.lstrip(_BLANKS)[:1] not in _TAG_FIRST:
+        return subject
     return _stripped(subject, (_LIST_TAG,))
 
 
