@@ -160,10 +160,26 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _set_socket_access(path: str, mode: int, group: str | None) -> None:
-    if group is not None:
-        os.chown(path, -1, group_id(group))
-    os.chmod(path, mode)
+def _open_socket(spec: str, mode: int) -> None:
+    """libmilter's listening socket; a unix one born with `mode`.
+
+    Whoever connects to the socket speaks for the MTA (README, *Who can attach mail to a
+    case*), and a connection made while the socket is open to others stays in the listen
+    backlog after the mode is corrected. So the mode comes from the umask at bind() (a socket
+    file takes 0777 less the umask), not from a chmod after listen(), which also followed a
+    symlink put in the socket's place."""
+    previous = os.umask(0o777 & ~mode) if unix_socket_path(spec) else None
+    try:
+        milter.opensocket(False)
+    finally:
+        if previous is not None:
+            os.umask(previous)
+
+
+def _set_socket_group(path: str, group: str) -> None:
+    """The socket's group, never through a symlink put in its place. Until then its group
+    bits are the milter's own group's."""
+    os.chown(path, -1, group_id(group), follow_symlinks=False)
 
 
 def _log_untrapped(
@@ -421,7 +437,7 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
         try:
             # Not libmilter's rmsocket: _claim_unix_socket removed a stale file, and a file
             # that appeared since is someone else's.
-            milter.opensocket(False)
+            _open_socket(spec, settings.milter.socket_mode)
         except milter.error:
             # libmilter says only "cannot opensocket": name the socket and the likely cause.
             raise OSError(f"cannot listen on {spec}: {_socket_problem(spec)}") from None
@@ -429,9 +445,8 @@ def _serve(settings: Settings, load: Callable[[], Settings] | None, wakeups: _Wa
             port = _inet_port(spec)
             if port is not None:
                 set_listen_nodelay(port)
-            if path:
-                _set_socket_access(path, settings.milter.socket_mode,
-                                   settings.milter.socket_group)
+            if path and settings.milter.socket_group is not None:
+                _set_socket_group(path, settings.milter.socket_group)
             listener = find_listener(port, path)
             log.info(
                 "listening on %s, index %s, on_error=%s, pid %d",
