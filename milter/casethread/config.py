@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
+import ipaddress
 import json
 import os
 import re
@@ -553,7 +554,37 @@ def warnings(settings: Settings) -> list[str]:
                          f"tag is not threaded by it; write it as {tag} there")
     found += _wildcard_lead_warnings(settings)
     found += _notice_sender_warnings(settings)
+    found += _socket_warnings(settings)
     return found
+
+
+# Whoever may connect to the milter socket speaks for the MTA: its macros make mail outbound,
+# whose X-Case-ID and X-Case-State close or move any case and whose stamped Subject hands back
+# that case's token (README, *Who can attach mail to a case*).
+_SPEAKS_FOR_THE_MTA = ("speaks for the MTA: it can close or move any case and get any case's "
+                       "token")
+
+
+def _socket_warnings(settings: Settings) -> list[str]:
+    """A milter socket open to more than the MTA: a TCP one on every address, a unix one
+    that every local user may connect to."""
+    spec, mode = settings.milter.socket, settings.milter.socket_mode
+    if unix_socket_path(spec) is not None:
+        if not mode & 0o002:
+            return []
+        return [f"milter.socket_mode {mode:04o} lets every local user connect to the socket, and "
+                f"whoever connects {_SPEAKS_FOR_THE_MTA}; use 0660 with milter.socket_group "
+                "set to the MTA's group"]
+    host = spec.partition("@")[2].strip("[]")
+    try:
+        everywhere = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name: whatever it names was chosen
+        everywhere = False
+    if not everywhere:
+        return []
+    return [f"milter.socket {spec} listens on every address of the host, and whoever reaches "
+            f"the port {_SPEAKS_FOR_THE_MTA}; name the one address the MTA connects to "
+            "(127.0.0.1, or a private address behind a firewall)"]
 
 
 def _notice_sender_warnings(settings: Settings) -> list[str]:

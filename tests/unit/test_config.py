@@ -1742,6 +1742,33 @@ def test_the_defaults_warn_only_of_the_missing_support_addresses(tmp_path: Path)
     assert only.startswith("inbound.addresses is empty")
 
 
+@pytest.mark.parametrize(("milter", "warned"), [
+    ("socket: inet:8894@0.0.0.0", "milter.socket inet:8894@0.0.0.0 listens on every address"),
+    ("socket: 'inet6:8894@::'", "milter.socket inet6:8894@:: listens on every address"),
+    ("socket: 'inet6:8894@[::]'", "milter.socket inet6:8894@[::] listens on every address"),
+    ("socket: unix:/run/casethread/casethread.sock\n  socket_mode: 0666",
+     "milter.socket_mode 0666 lets every local user connect"),
+    ("socket: unix:/run/casethread/casethread.sock\n  socket_mode: 0602",
+     "milter.socket_mode 0602 lets every local user connect"),
+    ("socket: inet:8894@127.0.0.1", None),  # the default: the host's own processes only
+    ("socket: inet:8894@192.0.2.25", None),  # one address, chosen for a remote MTA
+    ("socket: inet:8894@mail.example.com", None),
+    ("socket: 'inet6:8894@::1'", None),
+    ("socket: unix:/run/casethread/casethread.sock\n  socket_mode: 0664", None),
+    ("socket: inet:8894@127.0.0.1\n  socket_mode: 0666", None),  # no file to connect to
+])
+def test_a_milter_socket_open_to_more_than_the_mta_is_warned_of(
+    tmp_path: Path, milter: str, warned: str | None
+) -> None:
+    """Whoever connects speaks for the MTA: it closes and moves cases and gets their tokens."""
+    settings = load(tmp_path, f"milter:\n  {milter}\n{SUPPORT_ONLY}")
+    found = [w for w in warnings(settings) if w.startswith("milter.")]
+    assert found == ([] if warned is None else [found[0]])
+    if warned is not None:
+        assert found[0].startswith(warned)
+        assert "can close or move any case and get any case's token" in found[0]
+
+
 @pytest.mark.parametrize(("notices", "warned"), [
     ("['@example.com']", [0]),  # the domain the support address is in: our own people
     ("['*@example.com', 'quarantine@filter.example']", [0]),
