@@ -421,6 +421,9 @@ def template(value: str) -> str:
         raise Invalid(f"the template is {len(value)} characters: at most {_TEMPLATE_MAX}")
     if token.PLACEHOLDER not in value:
         raise Invalid(f"the template must contain {token.PLACEHOLDER}")
+    if "\0" in value:
+        # RFC 5322 §2.3 and RFC 2045 §2.8: no NUL in mail text, whatever its encoding.
+        raise Invalid("the template holds a NUL character, which no mail text may carry")
     return value
 
 
@@ -435,6 +438,11 @@ def subject_template(value: str) -> str:
         token.check_template(value)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    control = next((c for c in value if (c < " " and c != "\t") or c == "\x7f"), None)
+    if control is not None:
+        # pymilter refuses a field value with a NUL (every outbound mail would fail half
+        # edited); the others are written into every Subject as they are.
+        raise Invalid(f"the Subject tag holds the control character {control!r}")
     return value
 
 

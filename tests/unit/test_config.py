@@ -1605,6 +1605,12 @@ def test_external_ref_sender_is_checked(tmp_path: Path) -> None:
         # Raw 8-bit bytes in a Subject (RFC 5322 §2.2, no SMTPUTF8).
         ("' 【参照:{token}】'", "the Subject tag must be ASCII"),
         ("' [réf:{token}]'", "the Subject tag must be ASCII"),
+        # pymilter refuses a field value with a NUL: every outbound mail was tempfailed, half
+        # edited; other controls went into every Subject.
+        ('" [ref:{token}]\\u0000"', "the template holds a NUL character"),
+        ('" [ref:{token}]\\u0001"', "the Subject tag holds the control character '\\x01'"),
+        ('" [ref:\\e{token}]"', "the Subject tag holds the control character '\\x1b'"),
+        ('" [ref:{token}]\\u007f"', "the Subject tag holds the control character '\\x7f'"),
     ],
 )
 def test_subject_template_errors(tmp_path: Path, template: str, fragment: str) -> None:
@@ -1619,6 +1625,8 @@ def test_body_templates_need_the_token(tmp_path: Path, key: str) -> None:
     assert str(exc) == f"{exc.file}:3: stamp.{key}: the template must contain {{token}}"
     exc = error(tmp_path, f"stamp:\n  {key}: '{{token}}{'x' * 1994}'\n")
     assert str(exc) == f"{exc.file}:2: stamp.{key}: the template is 2001 characters: at most 2000"
+    exc = error(tmp_path, f'stamp:\n  {key}: "\\n[ref:{{token}}]\\u0000\\n"\n')
+    assert exc.problem == "the template holds a NUL character, which no mail text may carry"
     # Several {token}s and line breaks are fine in a body template.
     text = f'stamp:\n  {key}: "\\n{{token}}\\n[ref:{{token}}]\\n"\n'
     assert getattr(load(tmp_path, text).stamp, key) == "\n{token}\n[ref:{token}]\n"
