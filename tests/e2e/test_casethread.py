@@ -501,6 +501,29 @@ def test_a_non_ascii_field_name_ends_the_header_section_in_postfix(
     assert b"X-Case-ID: C-999999" in got.body
 
 
+def test_forged_case_fields_in_every_spelling_postfix_passes_are_removed(
+    postfix: PostfixHarness, casethread: Casethread
+) -> None:
+    """What Postfix 3.7 gives the milter, seen only with a real one: a name written with
+    blanks before its colon (RFC 5322 obs-field) arrives bare, so it is removed as ours; a
+    line that is no field ends the header and Postfix writes an empty line before it, so a
+    forged field below it is body text to Sieve and procmail too."""
+    forged = ["X-Case-Queue : vip", "x-case-id\t:C-999999", "X-CASE-STATE:", " closed",
+              "X-Case-Auto: =?utf-8?q?no?=", "X-Case-Loop: n\u00e9", "X-Case-Sender: known",
+              "X-Case-ID: C-999998"]
+    raw = b"X-Case-Match: token\r\n" + reply(forged)  # UTF-8 in X-Case-Loop: 8-bit
+    got = send_inbound(postfix, raw)
+    ours = [(name, value) for name, value in got.headers() if name.lower().startswith("x-case")]
+    assert ours == [("X-Case-ID", "C-000001"), ("X-Case-Match", "new"),
+                    ("X-Case-State", "new"), ("X-Case-Queue", "support"),
+                    ("X-Case-Auto", "no")], got.raw
+    colonless = reply(["Just some words", "X-Case-Queue: vip"],
+                      message_id="<colonless@customer.example>")
+    got = send_inbound(postfix, colonless)
+    assert got.get_all("X-Case-Queue") == ["support"], got.raw
+    assert got.body.startswith(b"Just some words\r\nX-Case-Queue: vip\r\n\r\n"), got.raw
+
+
 def test_backup_taken_under_load_opens_and_holds_what_was_acknowledged(
     postfix: PostfixHarness, casethread: Casethread, tmp_path: Path
 ) -> None:
