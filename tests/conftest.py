@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,16 @@ class Harness:
 
     def inbound(self, *headers: tuple[str, str], **kw: Any) -> Result:
         return self.run(make_message(*headers, **kw), Direction.INBOUND)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The most permissive umask (a container's, or a parent shell's `umask 0`)."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +39,6 @@ def leaks(text: str, secret: bytes) -> bool:
         secret.hex()[:16],
     ]
     return any(s in text for s in spellings)
-
-
-@pytest.fixture
-def loose_umask() -> Iterator[None]:
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def write_text(path: Path, text: str, file_mode: int = 0o600) -> Path:

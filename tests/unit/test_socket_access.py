@@ -12,22 +12,12 @@ import grp
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from casethread import service
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """The most permissive umask (a container's, or a parent shell's `umask 0`)."""
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def fake_opensocket(path: Path, after_listen: Callable[[], None] = lambda: None,
@@ -49,7 +39,7 @@ def fake_opensocket(path: Path, after_listen: Callable[[], None] = lambda: None,
 
 @pytest.mark.parametrize("mode", [0o660, 0o600, 0o666])
 def test_a_unix_socket_listens_with_its_mode_from_the_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, open_umask: None, mode: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loose_umask: None, mode: int
 ) -> None:
     path = tmp_path / "casethread.sock"
     opensocket, modes, held = fake_opensocket(path)
