@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +220,44 @@ def render_cf(install: SendmailInstall, mc: Path, out: Path) -> str:
     if result.returncode != 0 or not result.stdout:
         raise HarnessError(f"m4 {mc} failed ({result.returncode}): {result.stderr}")
     out.write_text(result.stdout)
+    return result.stderr
+
+
+# Where Debian's sendmail.mc and the cf macros name their own tree and /etc/mail/m4.
+DEBIAN_CF_DIR = "/usr/share/sendmail/cf/"
+DEBIAN_SITE_M4_DIR = "/etc/mail/m4/"
+
+
+def debian_sendmail_cf(install: SendmailInstall, work: Path, edit: Callable[[str], str]) -> str:
+    """Build `work`/sendmail.cf as Debian's `make -C /etc/mail` does, from the package's own
+    sendmail.mc (what sendmail-bin's postinst installs as /etc/mail/sendmail.mc) after `edit`
+    (a sysadmin's changes): m4, then the .mc appended as `# ` comment lines. The package's
+    absolute paths point into a copy of its cf tree (a Postfix machine has no
+    /usr/share/sendmail) and at empty dialup.m4/provider.m4 (created by its postinst).
+    Returns m4's stderr."""
+    cf_dir = work / "cf"
+    shutil.copytree(install.cf_dir, cf_dir)
+    site = work / "m4"
+    site.mkdir()
+    for name in ("dialup.m4", "provider.m4"):
+        (site / name).write_text("")
+
+    def relocate(text: str) -> str:
+        return (text.replace(DEBIAN_CF_DIR, f"{cf_dir}/")
+                .replace(DEBIAN_SITE_M4_DIR, f"{site}/"))
+
+    for m4_file in cf_dir.rglob("*.m4"):
+        m4_file.write_text(relocate(m4_file.read_text()))
+    mc_text = edit((install.cf_dir / "debian" / "sendmail.mc").read_text())
+    mc = work / "sendmail.mc"
+    mc.write_text(relocate(mc_text))
+    result = subprocess.run(["m4", str(mc)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    if result.returncode != 0 or not result.stdout:
+        raise HarnessError(f"m4 {mc} failed ({result.returncode}): {result.stderr}")
+    comments = "".join(f"# {line}\n" for line in mc_text.splitlines())
+    (work / "sendmail.cf").write_text(
+        result.stdout + "### /etc/mail/sendmail.mc ###\n" + comments)
     return result.stderr
 
 

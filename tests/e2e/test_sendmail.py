@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 import shutil
 import smtplib
+import subprocess
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 from .dying_milter import ADDED_HEADER, EXIT_STATUS, REPLACED_BODY, dying_milter_argv
 from .harness import (
+    REPO_ROOT,
     HarnessError,
     MilterFactory,
     MilterProcess,
@@ -36,6 +39,7 @@ from .sendmail_harness import (
     SendmailInstall,
     base_mc,
     contrib_msp_feature,
+    debian_sendmail_cf,
     ensure_sendmail,
     render_cf,
 )
@@ -156,6 +160,79 @@ def test_contrib_mc_renders_the_filter_macros_and_daemon(
            "Addr=127.0.0.1, M=E" in daemons
     # FEATURE(no_default_msa): Sendmail's own MSA daemon would collide on the same port.
     assert not any("Name=MSA" in x for x in daemons)
+
+
+def _readme_sendmail_section() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    return readme.split("\n## Sendmail\n", 1)[1].split("\n## ", 1)[0]
+
+
+# Step 3's line: Debian's own submission daemon, as the README quotes it.
+_README_MSP_LINE = re.compile(r"``(DAEMON_OPTIONS\(`Family=inet, +Name=MSP-v4,[^`]*'\)dnl)``")
+# Step 4's check: a code block whose first line is the root prompt's command.
+_README_CHECK = re.compile(r"\n( *)```\n( *# grep .*?)\n *```\n", re.S)
+
+
+def _paste_snippet(mc: str, line: str, *, after: bool = False) -> str:
+    """Step 2: contrib/sendmail/casethread.mc pasted as a whole before (or after) `line`."""
+    assert mc.count(line) == 1
+    snippet = CONTRIB_MC.read_text()
+    return mc.replace(line, line + snippet if after else snippet + line)
+
+
+def _daemon_names(cf: Path) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^O DaemonPortOptions=.*?Name=([^,\s]+)",
+                                            cf.read_text(), re.M)]
+
+
+def test_readme_steps_on_debians_sendmail_mc_give_the_check_it_shows(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """The README's Sendmail steps 2-4 on the package's own sendmail.mc, built as Debian's
+    `make -C /etc/mail` builds it (which appends the .mc as comments): m4 warns of nothing,
+    and the check command prints exactly the lines the README shows (an unanchored pattern
+    also printed a comment of the snippet's)."""
+    section = _readme_sendmail_section()
+    [msp_line] = _README_MSP_LINE.findall(section)
+    check = _README_CHECK.search(section)
+    assert check is not None
+    command, *shown = textwrap.dedent(check.group(2)).splitlines()
+
+    def steps(mc: str) -> str:
+        assert mc.count(msp_line + "\n") == 1  # step 3 quotes Debian's line as it is
+        return _paste_snippet(mc.replace(msp_line + "\n", ""), "MAILER_DEFINITIONS\n")
+
+    assert debian_sendmail_cf(sendmail_install, tmp_path, steps) == ""
+    cf = tmp_path / "sendmail.cf"
+    result = subprocess.run(
+        ["sh", "-c", command.removeprefix("# ").replace("/etc/mail/sendmail.cf", str(cf))],
+        capture_output=True, text=True, timeout=10, check=False)
+    assert result.stdout.splitlines() == shown
+    assert _daemon_names(cf) == ["MTA-v4", "ORIGINATING"]
+
+
+def test_readme_names_the_submission_daemon_that_cannot_bind_when_both_are_kept(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """Step 3's warning: with Debian's MSP-v4 kept, the submission daemon declared later
+    cannot bind 127.0.0.1:587 and is the one Sendmail's log names; which one that is depends
+    on where step 2 put the snippet (measured: `daemon ORIGINATING: cannot bind` above
+    MAILER_DEFINITIONS, `daemon MSP-v4` below DOMAIN())."""
+    later: list[str] = []
+    for line, after in (("MAILER_DEFINITIONS\n", False), ("DOMAIN(`debian-mta')dnl\n", True)):
+        work = tmp_path / str(len(later))
+        work.mkdir()
+        debian_sendmail_cf(sendmail_install, work,
+                           lambda mc, at=line, aft=after: _paste_snippet(mc, at, after=aft))
+        submission = [n for n in _daemon_names(work / "sendmail.cf") if n != "MTA-v4"]
+        assert sorted(submission) == ["MSP-v4", "ORIGINATING"]
+        later.append(submission[-1])
+    above_mailers, below_domain = later
+    flat = " ".join(_readme_sendmail_section().split())
+    assert (f"`MAILER_DEFINITIONS`, Debian's `MSP-v4` comes first and Sendmail logs `NOQUEUE: "
+            f"SYSERR(root): opendaemonsocket: daemon {above_mailers}: cannot bind: Address "
+            "already in use`") in flat
+    assert f"(`daemon {below_domain}` with the snippet right below `DOMAIN()`)" in flat
 
 
 @BOTH_SOCKETS
