@@ -59,9 +59,10 @@ def sendmail_install() -> SendmailInstall:
 
 @pytest.fixture
 def milter_socket(milter_socket_kind: str) -> Iterator[MilterSocket]:
-    """Overrides conftest's: Sendmail refuses a unix socket below a world-writable directory
-    such as /tmp ("unsafe: World writable directory"), so it lives below /run, as in
-    production (/run/casethread, see contrib/systemd/README.md)."""
+    """Overrides conftest's: the unix socket lives below /run, as in production
+    (/run/casethread, see contrib/systemd/README.md). Sendmail refuses to start with one in a
+    group- or world-writable directory without the sticky bit ("unsafe: World writable
+    directory"); /tmp itself, sticky, it accepts."""
     if milter_socket_kind == "inet":
         yield MilterSocket.inet()
         return
