@@ -780,7 +780,10 @@ class Engine:
     def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
         """The case an agent's mail continues. A closed case's token (still in the Subject)
         yields to the case of the mail answered: after a customer's reply opened a related
-        case, the agent's answer belongs there, or every reply would open another one."""
+        case, the agent's answer belongs there, or every reply would open another one. Else
+        to the case a reply to the closed one goes to now (its open parent, its follow-up):
+        an answer to an older mail of the closed case, filed under it, would sit apart from
+        the conversation its customer's replies continue."""
         case = rules.survivor(hit.case, self.index)
         if case.state is not CaseState.CLOSED:
             return case, hit.match
@@ -791,6 +794,11 @@ class Engine:
                 ev.trace.append(f"{case.case_id} is closed: the mail answered is "
                                 f"{live.case_id}'s ({answered.match})")
                 return live, answered.match
+        taking = rules.taking_replies(case, self.index, now=int(self._clock()),
+                                      reopen_within=self.settings.cases.reopen_within)
+        if taking is not None:
+            ev.trace.append(f"{case.case_id} is closed: its replies go to {taking.case_id}")
+            return taking, hit.match
         return case, hit.match
 
     def _stamp_body(self, ev: Evidence, tok: str, notes: list[str]) -> tuple[Splice, ...]:

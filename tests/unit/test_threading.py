@@ -2393,10 +2393,49 @@ def test_an_agents_answer_after_a_related_case_opened_goes_to_that_case(harness:
     again = harness.inbound(CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"),
                             ("In-Reply-To", answer.one("Message-ID")))
     assert (again.case_id, again.one("X-Case-Match")) == ("C-000002", "token")
-    # Without a live case behind the mail answered, the closed case's token stands.
+    # Without a mail answered, the closed case's token yields to where its replies go now.
     lone = harness.outbound(AGENT, TO_CUSTOMER,
                             ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"))
-    assert lone.case_id == "C-000001"
+    assert lone.case_id == "C-000002"
+
+
+@pytest.mark.parametrize("link", ["followup", "parent"])
+def test_an_agents_answer_to_an_older_mail_of_a_closed_case_goes_where_its_replies_go(
+        harness: Any, link: str) -> None:
+    """Dana answers, from her mail client, a mail of closed C-000001 older than the one that
+    opened its follow-up (or C-000001 has an open parent): Pat's reply to the answer goes to
+    the follow-up (the parent), and so does the answer, with that case's tag, not to the
+    closed case where nobody looks."""
+    start_case(harness)  # C-000001
+    first = reply_to(harness, "C-000001", ("Message-ID", "<first.1@customer.example.org>"))
+    start_case(harness, "Parent")  # C-000002
+    harness.set_case("C-000001", state=CaseState.CLOSED,
+                     **({"parent": "C-000002"} if link == "parent" else {}))
+    if link == "followup":
+        again = reply_to(harness, "C-000001", ("Message-ID", "<again.1@customer.example.org>"))
+        assert (again.case_id, again.one("X-Case-Related")) == ("C-000003", "C-000001")
+    goes = "C-000003" if link == "followup" else "C-000002"
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {first.one('Subject')}"),
+                              ("In-Reply-To", "<first.1@customer.example.org>"))
+    assert (answer.case_id, answer.decision.match) == (goes, "token")
+    assert token_of(answer.one("Subject")) == harness.token(goes)
+    pat = harness.inbound(CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"),
+                          ("In-Reply-To", answer.one("Message-ID")))
+    assert pat.case_id == goes
+    assert harness.case("C-000001").state is CaseState.CLOSED
+
+
+def test_an_agents_answer_to_a_closed_case_with_nowhere_else_stays_there(harness: Any) -> None:
+    """A closed case without an open parent or a follow-up: the answer keeps its case (Pat's
+    reply to it opens the follow-up), and opens none itself."""
+    start_case(harness)  # C-000001
+    harness.set_case("C-000001", state=CaseState.CLOSED)
+    answer = harness.outbound(AGENT, TO_CUSTOMER,
+                              ("Subject", f"Re: x [ref:{harness.token('C-000001')}]"))
+    assert (answer.case_id, harness.index.last_number()) == ("C-000001", 1)
+    pat = harness.inbound(CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"),
+                          ("In-Reply-To", answer.one("Message-ID")))
+    assert (pat.case_id, pat.one("X-Case-Related")) == ("C-000002", "C-000001")
 
 
 def test_resolved_within_reopen_within_is_reopened(harness: Any) -> None:

@@ -212,6 +212,18 @@ def _walked(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
     return [t for t in found if t.action is not Action.NEW_RELATED] or found[:1]
 
 
+def taking_replies(case: CaseRecord, reader: CaseLookup, *, now: int,
+                   reopen_within: int) -> CaseRecord | None:
+    """The one other case a person's reply to `case` goes to now without opening a case (a
+    closed case's open parent, or the follow-up an earlier reply opened), else None: an
+    agent's answer with that case's token belongs where its replies will go."""
+    targets = apply(case, reader, automatic=False, now=now, reopen_within=reopen_within)
+    if len(targets) != 1 or targets[0].action is Action.NEW_RELATED:
+        return None
+    found = targets[0].case
+    return None if found.case_id == case.case_id else found
+
+
 def followup_after(case: CaseRecord, state: CaseState) -> str | None:
     """The case's follow-up once it is in `state`: reopened (or waiting again), the case has
     its conversation back, and a later close must not send replies on to the follow-up an
