@@ -778,27 +778,31 @@ class Engine:
         return all(t.case.case_id != case.case_id for t in reached)
 
     def _outbound_case(self, ev: Evidence, hit: Hit) -> tuple[CaseRecord, str]:
-        """The case an agent's mail continues. A closed case's token (still in the Subject)
+        """The case an agent's mail continues. A case that hands its replies on (closed, or
+        resolved longer ago than `cases.reopen_within`; its token still in the Subject)
         yields to the case of the mail answered: after a customer's reply opened a related
         case, the agent's answer belongs there, or every reply would open another one. Else
-        to the case a reply to the closed one goes to now (its open parent, its follow-up):
-        an answer to an older mail of the closed case, filed under it, would sit apart from
-        the conversation its customer's replies continue."""
+        to the case its replies go to now (its open parent, its follow-up): an answer to an
+        older mail of the case, filed under it, would sit apart from the conversation its
+        customer's replies continue."""
         case = rules.survivor(hit.case, self.index)
-        if case.state is not CaseState.CLOSED:
+        now, within = int(self._clock()), self.settings.cases.reopen_within
+        if rules.takes_replies(case, now=now, reopen_within=within):
             return case, hit.match
         answered = self._resolver.by_in_reply_to(ev) or self._resolver.by_references(ev)
+        live = None
         if answered is not None:
             live = rules.survivor(answered.case, self.index)
-            if live.state is not CaseState.CLOSED:
-                ev.trace.append(f"{case.case_id} is closed: the mail answered is "
-                                f"{live.case_id}'s ({answered.match})")
+            if rules.takes_replies(live, now=now, reopen_within=within):
+                ev.trace.append(f"{case.case_id} is {case.state.value}: the mail answered "
+                                f"is {live.case_id}'s ({answered.match})")
                 return live, answered.match
-        taking = rules.taking_replies(case, self.index, now=int(self._clock()),
-                                      reopen_within=self.settings.cases.reopen_within)
-        if taking is not None:
-            ev.trace.append(f"{case.case_id} is closed: its replies go to {taking.case_id}")
-            return taking, hit.match
+        for ended in (case, live) if live is not None else (case,):
+            taking = rules.taking_replies(ended, self.index, now=now, reopen_within=within)
+            if taking is not None:
+                ev.trace.append(f"{ended.case_id} is {ended.state.value}: its replies go to "
+                                f"{taking.case_id}")
+                return taking, hit.match
         return case, hit.match
 
     def _stamp_body(self, ev: Evidence, tok: str, notes: list[str]) -> tuple[Splice, ...]:

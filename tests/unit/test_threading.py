@@ -2425,6 +2425,37 @@ def test_an_agents_answer_to_an_older_mail_of_a_closed_case_goes_where_its_repli
     assert harness.case("C-000001").state is CaseState.CLOSED
 
 
+@pytest.mark.parametrize("answered", ["the-reply", "an-older-mail"])
+def test_an_agents_answer_to_a_case_resolved_long_ago_goes_to_its_follow_up(
+        harness: Any, answered: str) -> None:
+    """C-000001 was resolved longer ago than `cases.reopen_within`: Pat's reply opened related
+    C-000002. Dana's answer from her mail client, C-000001's tag in its Subject, to that reply
+    or to an older mail of C-000001, goes to C-000002, where Pat's next reply goes too. Within
+    the window the answer stays with the resolved case, which Pat's reply reopens."""
+    start_case(harness)  # C-000001
+    first = reply_to(harness, "C-000001", ("Message-ID", "<first.1@customer.example.org>"))
+    harness.set_case("C-000001", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    harness.advance(15 * DAY)
+    again = reply_to(harness, "C-000001", ("Message-ID", "<again.1@customer.example.org>"))
+    assert (again.case_id, again.one("X-Case-Related")) == ("C-000002", "C-000001")
+    mail = f"<{'again' if answered == 'the-reply' else 'first'}.1@customer.example.org>"
+    answer = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", f"Re: {first.one('Subject')}"),
+                              ("In-Reply-To", mail))
+    assert answer.case_id == "C-000002"
+    assert token_of(answer.one("Subject")) == harness.token("C-000002")
+    pat = harness.inbound(CUSTOMER, ("Subject", f"Re: {answer.one('Subject')}"),
+                          ("In-Reply-To", answer.one("Message-ID")))
+    assert pat.case_id == "C-000002"
+    assert harness.case("C-000001").state is CaseState.RESOLVED
+    # Resolved within the window: the answer stays, and does not reopen it.
+    start_case(harness, "Other")  # C-000003
+    harness.set_case("C-000003", state=CaseState.RESOLVED, state_changed=int(harness.clock.now))
+    recent = harness.outbound(AGENT, TO_CUSTOMER,
+                              ("Subject", f"Re: x [ref:{harness.token('C-000003')}]"))
+    assert recent.case_id == "C-000003"
+    assert harness.case("C-000003").state is CaseState.RESOLVED
+
+
 def test_an_agents_answer_to_a_closed_case_with_nowhere_else_stays_there(harness: Any) -> None:
     """A closed case without an open parent or a follow-up: the answer keeps its case (Pat's
     reply to it opens the follow-up), and opens none itself."""

@@ -212,6 +212,14 @@ def _walked(case: CaseRecord, reader: CaseLookup, *, automatic: bool, now: int,
     return [t for t in found if t.action is not Action.NEW_RELATED] or found[:1]
 
 
+def takes_replies(case: CaseRecord, *, now: int, reopen_within: int) -> bool:
+    """Whether a person's reply to `case` stays with it: not closed, and not resolved longer
+    ago than `reopen_within` (either hands the reply on, `_target`)."""
+    if case.state is CaseState.CLOSED:
+        return False
+    return case.state is not CaseState.RESOLVED or now - case.state_changed <= reopen_within
+
+
 def taking_replies(case: CaseRecord, reader: CaseLookup, *, now: int,
                    reopen_within: int) -> CaseRecord | None:
     """The one other case a person's reply to `case` goes to now without opening a case (a
