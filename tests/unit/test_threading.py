@@ -4621,6 +4621,28 @@ def test_filter_reply_to_a_merged_case(run_filter: Any) -> None:
     assert found["x-case-match"] == ["token"]
 
 
+def test_filter_agents_answer_to_a_closed_cases_older_mail(run_filter: Any) -> None:
+    """On the real index, mail after mail: the app closes C-000001, Pat's reply opens
+    related C-000002, and Dana answers her own first mail again from her mail client (C-000001's
+    tag, In-Reply-To of that mail): the answer is C-000002's, and so is Pat's reply to it."""
+    tag = f"[ref:{token_of(filter_start(run_filter)['subject'][0])}]".encode()
+    close = (b"From: Dana Agent <dana@support.example.com>\nTo: pat@customer.example.org\n"
+             b"Subject: Re: Printer jam " + tag + b"\nX-Case-State: closed\n\nDone.\n")
+    filter_ok(run_filter, OUTBOUND, close)
+    pat = b"From: pat@customer.example.org\nSubject: Re: Printer jam " + tag + b"\n\nStill.\n"
+    found = fields(filter_ok(run_filter, INBOUND, pat))
+    assert (found["x-case-id"], found["x-case-related"]) == (["C-000002"], ["C-000001"])
+    answer = (b"From: Dana Agent <dana@support.example.com>\nTo: pat@customer.example.org\n"
+              b"Subject: Re: Printer jam " + tag + b"\n"
+              b"In-Reply-To: <agent-1@support.example.com>\n\nTry this.\n")
+    out = fields(filter_ok(run_filter, OUTBOUND, answer))
+    assert out["x-case-id"] == ["C-000002"]
+    assert tag.decode() not in out["subject"][0]
+    again = b"From: pat@customer.example.org\nSubject: Re: " + out["subject"][0].encode() + (
+        b"\n\nThanks.\n")
+    assert fields(filter_ok(run_filter, INBOUND, again))["x-case-id"] == ["C-000002"]
+
+
 def test_filter_auto_reply_to_a_resolved_case(run_filter: Any) -> None:
     tok = token_of(filter_start(run_filter)["subject"][0])
     resolve = (
