@@ -1023,3 +1023,26 @@ def test_a_damaged_thread_root_reads_as_none() -> None:
     for bad in ('"xyz"', "42", '"' + "AB" * 22 + '"'):
         data = b'{"n":1,"s":"open","q":"","c":1,"u":1,"r":' + bad.encode() + b"}"
         assert keys.decode_case("C-1", data).thread_root is None
+
+
+def test_lmdb_pid_of_another_namespace_is_named(tmp_path: Path) -> None:
+    """A process of another PID namespace with our PID holds our byte of lock.mdb (LMDB's
+    reader mark): a container beside ours on the same index volume. Made here by a child
+    that takes the lock LMDB would take for this PID."""
+    path = tmp_path / "idx"
+    LmdbIndex(path, MAP_SIZE).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys\n"
+         f"fd = os.open({str(path / 'lock.mdb')!r}, os.O_RDWR)\n"
+         f"fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, {os.getpid()}, os.SEEK_SET)\n"
+         "print('held', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(IndexUnavailable, match=r"another PID namespace .*`docker exec`"):
+            LmdbIndex(path, MAP_SIZE)
+    finally:
+        holder.communicate("")
+    LmdbIndex(path, MAP_SIZE).close()  # the lock gone, the index opens

@@ -470,10 +470,24 @@ def acquire(
         except OSError as exc:
             raise IndexUnavailable(f"cannot open case index {path}: {os_problem(exc)}") from exc
         except lmdb.Error as exc:
-            problem = _unusable_file(real) if getattr(exc, "code", None) in _NOT_WRITABLE else None
+            code = getattr(exc, "code", None)
+            problem = _unusable_file(real) if code in _NOT_WRITABLE else None
+            if code == errno.EAGAIN:
+                problem = _pid_taken(exc)
             raise IndexUnavailable(f"cannot open case index {path}: {problem or exc}") from exc
         shared.refs += 1
         return real, shared
+
+
+def _pid_taken(exc: lmdb.Error) -> str:
+    """LMDB marks a process's reader slots by a lock on the byte of lock.mdb at its PID. That
+    lock is taken already when a process of another PID namespace (a container) with the
+    same PID has the index open: two containers' milters, both PID 1, or `docker run` of the
+    CLI beside the milter's container. Its own words say only EAGAIN."""
+    return (f"{exc}: a process of another PID namespace (a container) with this process's "
+            f"PID ({os.getpid()}) has the index open, and LMDB tells processes apart by PID. "
+            "Open an index from one PID namespace only: run the CLI with `docker exec` in "
+            "the milter's container, or start the containers with --pid=container:NAME")
 
 
 def _unusable_file(path: str) -> str | None:
