@@ -555,6 +555,31 @@ def warnings(settings: Settings) -> list[str]:
     found += _wildcard_lead_warnings(settings)
     found += _notice_sender_warnings(settings)
     found += _socket_warnings(settings)
+    found += _client_network_warnings(settings)
+    return found
+
+
+# Clients whose mail is surely not all our own people's: Postfix presents its own bounces as
+# from localhost, and a network of every address takes in every stranger (and the customer
+# mail a gateway or a backup MX relays).
+_LOOPBACKS = tuple(ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "::ffff:127.0.0.1"))
+
+
+def _client_network_warnings(settings: Settings) -> list[str]:
+    """`outbound.client_networks` entries of every address, or holding loopback."""
+    found = []
+    for i, entry in enumerate(settings.outbound.client_networks):
+        net = ipaddress.ip_network(entry, strict=False)
+        if net.prefixlen == 0:
+            what = "every client"
+        elif any(ip in net for ip in _LOOPBACKS if ip.version == net.version):
+            what = "loopback, where Postfix's own bounces and every local process's mail come from"
+        else:
+            continue
+        found.append(f"outbound.client_networks[{i}] ({entry}) covers {what}: all that mail "
+                     "is outbound, so it is stamped, opens cases, and its X-Case-ID and "
+                     "X-Case-State close or move any case; list the app servers' own "
+                     "addresses, or use a submission service (outbound.daemon_names)")
     return found
 
 

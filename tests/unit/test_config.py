@@ -1777,6 +1777,26 @@ def test_a_milter_socket_open_to_more_than_the_mta_is_warned_of(
         assert "can close or move any case and get any case's token" in found[0]
 
 
+@pytest.mark.parametrize(("networks", "warned"), [
+    ("['0.0.0.0/0']", {0: "every client"}),
+    ("['192.0.2.10', '::/0']", {1: "every client"}),
+    ("['127.0.0.1']", {0: "loopback"}),
+    ("['127.0.0.0/8', '10.0.0.0/8']", {0: "loopback"}),
+    ("['::1/128']", {0: "loopback"}),
+    ("['::ffff:127.0.0.0/104']", {0: "loopback"}),  # matches the IPv4 loopback clients
+    ("['192.0.2.10', 10.20.0.0/16, '2001:db8:20::/48']", {}),  # app servers: what is meant
+])
+def test_client_networks_of_every_client_or_of_loopback_are_warned_of(
+    tmp_path: Path, networks: str, warned: dict[int, str]
+) -> None:
+    """All their mail would be outbound: Postfix's own bounces (from localhost), strangers'."""
+    settings = load(tmp_path, f"outbound:\n  client_networks: {networks}\n{SUPPORT_ONLY}")
+    found = [w for w in warnings(settings) if w.startswith("outbound.client_networks")]
+    assert [int(w.split("[")[1].split("]")[0]) for w in found] == list(warned)
+    for line, (_, what) in zip(found, warned.items(), strict=True):
+        assert f"covers {what}" in line and "use a submission service" in line
+
+
 @pytest.mark.parametrize(("notices", "warned"), [
     ("['@example.com']", [0]),  # the domain the support address is in: our own people
     ("['*@example.com', 'quarantine@filter.example']", [0]),
