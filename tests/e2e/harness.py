@@ -437,6 +437,21 @@ def live_group_members(pgid: int) -> list[int]:
 # --------------------------------------------------------------------------- Postfix
 
 
+def send_retrying(postfix: PostfixHarness, raw: bytes, sender: str, rcpt: str,
+                  outbound: bool) -> None:
+    """Send to the submission service (`outbound`) or the port-25 one, again on a dropped
+    connection: under many concurrent sessions Postfix's smtpd may close one at connect."""
+    port = postfix.submission_port if outbound else postfix.inbound_port
+    for attempt in range(5):
+        try:
+            postfix.send(raw, sender, [rcpt], port=port, timeout=60)
+            return
+        except (smtplib.SMTPServerDisconnected, ConnectionError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
 class PostfixHarness:
     """A private Postfix instance in a temporary directory, plus the receiver behind it.
 

@@ -15,7 +15,6 @@ read-then-write (instead of an atomic `modify_case`) would lose.
 from __future__ import annotations
 
 import random
-import smtplib
 import subprocess
 import threading
 import time
@@ -36,10 +35,10 @@ from .harness import (
     MilterFactory,
     MilterSocket,
     PostfixFactory,
-    PostfixHarness,
     casethread_argv,
     casethread_serve_argv,
 )
+from .harness import send_retrying as send
 
 AGENT = "agent@helpdesk.example"
 SUPPORT = "support@helpdesk.example"
@@ -53,18 +52,6 @@ DEADLINE = 240.0  # seconds for the whole concurrent phase: past it, something i
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*casethread_argv(), *args], input=stdin, capture_output=True,
                           timeout=60, check=False)
-
-
-def send(postfix: PostfixHarness, raw: bytes, sender: str, rcpt: str, outbound: bool) -> None:
-    port = postfix.submission_port if outbound else postfix.inbound_port
-    for attempt in range(5):
-        try:
-            postfix.send(raw, sender, [rcpt], port=port, timeout=60)
-            return
-        except (smtplib.SMTPServerDisconnected, ConnectionError):
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
 
 
 def auto_reply(n: int, in_reply_to: str) -> bytes:

@@ -13,7 +13,6 @@ which lives in lock.mdb and so holds across processes. With mail through both at
 
 from __future__ import annotations
 
-import smtplib
 import threading
 import time
 from collections import Counter
@@ -24,10 +23,10 @@ from .harness import (
     MilterFactory,
     MilterSocket,
     PostfixFactory,
-    PostfixHarness,
     ReceivedMessage,
     casethread_serve_argv,
 )
+from .harness import send_retrying as send
 
 SUPPORT = "support@helpdesk.example"
 AGENT = "agent@helpdesk.example"
@@ -54,18 +53,6 @@ def reply(tag: str, n: int) -> bytes:
             f"Subject: Re: Hello {tag} {n}\r\nMessage-ID: <r-{tag}-{n}@customer.example>\r\n"
             f"In-Reply-To: <a-{tag}-{n}@helpdesk.example>\r\nX-Seq: {tag}-r-{n}\r\n\r\n"
             "Thanks\r\n").encode()
-
-
-def send(postfix: PostfixHarness, raw: bytes, sender: str, rcpt: str, outbound: bool) -> None:
-    port = postfix.submission_port if outbound else postfix.inbound_port
-    for attempt in range(5):
-        try:
-            postfix.send(raw, sender, [rcpt], port=port, timeout=60)
-            return
-        except (smtplib.SMTPServerDisconnected, ConnectionError):
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
 
 
 def by_seq(messages: list[ReceivedMessage]) -> dict[str, ReceivedMessage]:
