@@ -841,8 +841,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the SMTP client's IP address, as the MTA's {client_addr} macro")
     p.add_argument("--auth-user", metavar="U", help="as if authenticated with SMTP AUTH")
     p.add_argument("--daemon-name", metavar="N", help="the MTA's {daemon_name} macro")
-    p.add_argument("--mail-from", metavar="A", default="")
-    p.add_argument("--rcpt", metavar="A", action="append", default=[])
+    p.add_argument("--mail-from", metavar="A", default="",
+                   help="the envelope sender (MAIL FROM), '<>' the null sender; without "
+                        "it, a saved mail's Return-Path stands in")
+    p.add_argument("--rcpt", metavar="A", action="append", default=[],
+                   help="an envelope recipient; one address, repeat it for each")
     p.add_argument("--dry-run", action="store_true", help="do not write to the index")
     p.add_argument("--explain", action="store_true",
                    help="print on stderr which strategies were tried and why the winner won")

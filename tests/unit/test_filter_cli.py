@@ -618,6 +618,20 @@ def test_every_command_has_help_with_examples() -> None:
     assert [name for name, text in found.items() if "example" not in text] == []
 
 
+def test_every_option_says_what_it_takes() -> None:
+    """`--help` is the reference on the server: an option listed bare (`--rcpt A`) leaves the
+    reader to guess whether A is one address or several (README, Command line)."""
+    def bare(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from bare(sub, f"{prefix}{name} ")
+            elif action.option_strings and not action.help:
+                yield prefix + "/".join(action.option_strings)
+
+    assert list(bare(build_parser())) == []
+
+
 def test_a_message_the_milter_refuses_is_not_printed(run_filter: Any) -> None:
     forged = b"".join(b"X-Case-ID: C-%d\n" % n for n in range(MAX_OWN_FIELDS + 1))
     raw = b"From: pat@customer.example.org\nSubject: s\n" + forged + b"\nbody\n"
