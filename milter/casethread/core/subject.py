@@ -83,6 +83,11 @@ _WORDS = (
     # Full-width Latin as written by some East Asian clients
     "ｒｅ", "ｆｗ", "ｆｗｄ",
 )
+# Unicode's Bidi_Control characters (UAX #9): LRM, RLM, ALM, the embeddings and overrides
+# (U+202A-U+202E) and the isolates (U+2066-U+2069). Hebrew and Arabic clients and users put
+# them around a left-to-right `Re:` or tag in right-to-left text; they are invisible, so they
+# read as blanks.
+BIDI_CONTROLS = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _WORD_ALT = "|".join(re.escape(w) for w in sorted(set(_WORDS), key=len, reverse=True))
 _BLANK = r"[ \t\u00a0\u3000]"
 _PREFIX = re.compile(

@@ -54,7 +54,7 @@ from typing import NoReturn
 
 from .frozen import frozen
 from .message import unfold
-from .subject import decoded_if_encoded
+from .subject import BIDI_CONTROLS, decoded_if_encoded
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DEFAULT_TEMPLATE = " [ref:{token}]"
@@ -373,13 +373,21 @@ def tag_pattern(template: str) -> re.Pattern[str]:
     between them as clients rewrap), in any case: what is removed when a Subject is re-tagged
     or compared. A customer's own `[Ref: 4711]` is no token. Compiled once per template."""
     before, after = template.strip().split(PLACEHOLDER)
-    symbols = (rf"[ \t\u3000]*+(?:[0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]"
-               rf"[ \t\u3000]*+){{{MIN_LENGTH},{MAX_LENGTH}}}")
+    # Between the symbols, the blanks `find_tokens` reads there (`_BLANKS`), or a tag it finds
+    # would stay beside the new one.
+    blank = f"[{re.escape(_BLANKS)}]*+"
+    symbols = (rf"{blank}(?:[0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]"
+               rf"{blank}){{{MIN_LENGTH},{MAX_LENGTH}}}")
     # The blanks before the tag go with it; matched from the start of their run only, or a
     # long run of blanks is rescanned from each of its positions (quadratic).
     # The literals' own blanks next to the token are left to `symbols` (` [ref: {token} ]`).
-    return re.compile(rf"(?<!\s)\s*+{_literal(before.rstrip())}{symbols}"
-                      rf"{_literal(after.lstrip())}", re.I)
+    def literal(text: str) -> str:
+        """Blanks between its characters too, as `find_tokens` reads them; some where it
+        has white space of its own."""
+        words = (blank.join(_literal(c) for c in word) for word in text.split())
+        return f"{blank}(?<=[\\s{re.escape(_BLANKS)}])".join(words)
+    return re.compile(rf"(?<!\s)\s*+{literal(before.rstrip())}{symbols}"
+                      rf"{literal(after.lstrip())}", re.I)
 
 
 def subject_tag(token: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -415,10 +423,11 @@ def token_from_anchor(msgid: str) -> str | None:
 
 _SYMBOL_RUN = re.compile(r"[0-9A-Za-z]+")
 # Blanks a token may be broken by: HTML mail turns spaces into no-break spaces (&nbsp;) and
-# lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners, and a CJK input
-# method writes the ideographic space (U+3000); the signature
-# keeps this leniency safe.
-_BLANKS = " \t\u00a0\u202f\u3000\u200b\ufeff\u00ad\u200c\u200d\u2060"
+# lets long words wrap at zero-width spaces, soft hyphens (&shy;) and joiners, a CJK input
+# method writes the ideographic space (U+3000), and Hebrew, Arabic and Persian text around
+# our left-to-right tag gets Unicode's bidirectional controls (`BIDI_CONTROLS`) inside it;
+# the signature keeps this leniency safe.
+_BLANKS = " \t\u00a0\u202f\u3000\u200b\ufeff\u00ad\u200c\u200d\u2060" + BIDI_CONTROLS
 # Quote marks: ">" (RFC 3676), and "|", which some clients and users set as their quote
 # prefix ("| text", "| | text").
 _QUOTE_CHARS = ">|"
