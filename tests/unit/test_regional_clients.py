@@ -13,7 +13,7 @@ import pytest
 
 from casethread.core import token
 from casethread.core.message import unfold
-from casethread.core.subject import BIDI_CONTROLS
+from casethread.core.subject import BIDI_CONTROLS, decode_subject
 
 AGENT = ("From", "Dana Agent <dana@support.example.com>")
 TO_CUSTOMER = ("To", "Pat Customer <pat@customer.example.org>")
@@ -94,3 +94,48 @@ def test_a_moved_conversation_loses_an_old_tag_with_bidirectional_controls(
     subject = f"Re: Printer [ref:{RLM}{harness.token(old.case_id)}{RLM}]"
     moved = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject), ("X-Case-ID", "TKT-2"))
     assert unfold(moved.one("Subject")) == f"Re: Printer [ref:{harness.token('TKT-2')}]"
+
+
+def subject_matching(make_harness: Any, tweak: Any) -> Any:
+    strategies = make_harness().settings.inbound.strategies
+    return make_harness(tweak(inbound={"strategies": (*strategies, "subject-match")}))
+
+
+# (our Subject, the customer's reply's Subject as written): the reply keeps neither our tag
+# nor In-Reply-To/References (a phone's mail app, a retyped reply).
+SAME_SUBJECT = [
+    ("عطل الطابعة", encoded("رد: عطل الطابعة", "windows-1256")),
+    ("عطل الطابعة", encoded("إعادة توجيه: عطل الطابعة", "utf-8")),
+    ("תקלה במדפסת", encoded("תשובה: תקלה במדפסת", "windows-1255")),
+    ("תקלה במדפסת", encoded("\u200fהשב: \u200fתקלה במדפסת\u200f", "windows-1255")),
+    ("Lỗi máy in", encoded("Trả lời: Lỗi máy in", "utf-8")),
+    # windows-1258 writes the tone marks apart: "Tra\u0309 lơ\u0300i: Lô\u0303i ma\u0301y in"
+    ("Lỗi máy in", encoded("Tra\u0309 l\u01a1\u0300i: L\u00f4\u0303i ma\u0301y in", "cp1258")),
+    ("เครื่องพิมพ์เสีย", encoded("ตอบกลับ: เครื่องพิมพ์เสีย", "tis-620")),
+    ("Printer rusak", "Balas: Printer rusak"),
+    ("Printer rusak", "BLS: Printer rusak"),
+    # ISO-2022-JP has no half-width katakana: a Japanese client writes them full width.
+    ("ﾌﾟﾘﾝﾀｰ故障", encoded("Re: プリンター故障", "iso-2022-jp")),
+    ("プリンター故障", encoded("Re［2］：プリンター故障", "utf-8")),
+]
+
+
+@pytest.mark.parametrize(("ours", "reply"), SAME_SUBJECT)
+def test_subject_match_sees_one_subject(make_harness: Any, tweak: Any, ours: str,
+                                        reply: str) -> None:
+    h = subject_matching(make_harness, tweak)
+    first = h.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded(ours, "utf-8")))
+    r = h.inbound(CUSTOMER, SUPPORT, ("Subject", reply))
+    assert (r.case_id, r.one("X-Case-Match")) == (first.case_id, "subject-match")
+
+
+@pytest.mark.parametrize(("subject", "topic"), [
+    (f"{RLM}השב: {RLM}תקלה במדפסת", "תקלה במדפסת"),
+    ("رد: عطل الطابعة", "عطل الطابعة"),
+    ("Trả lời: Lỗi máy in", "Lỗi máy in"),
+    ("Re［2］：プリンター故障", "プリンター故障"),
+])
+def test_thread_topic_of_a_regional_reply_prefix(harness: Any, subject: str, topic: str) -> None:
+    """Outlook shows Thread-Topic as the conversation's name: the prefix is no part of it."""
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded(subject, "utf-8")))
+    assert decode_subject(r.one("Thread-Topic")) == topic

@@ -89,6 +89,27 @@ LANGUAGE_FORMS = [
     ("답장: 프린터", "프린터"),
     ("Ｒｅ：プリンター", "プリンター"),
     ("ＦＷ：プリンター", "プリンター"),
+    ("תשובה: מדפסת", "מדפסת"),
+    ("הועבר: מדפסת", "מדפסת"),
+    ("رد: طابعة", "طابعة"),
+    ("إعادة توجيه: طابعة", "طابعة"),
+    ("اعادة توجيه: طابعة", "طابعة"),
+    ("Trả lời: Máy in", "Máy in"),
+    ("TRẢ LỜI: Máy in", "Máy in"),
+    ("Chuyển tiếp: Máy in", "Máy in"),
+    ("Balas: Printer", "Printer"),
+    ("BLS: Printer", "Printer"),
+    ("Teruskan: Printer", "Printer"),
+    ("TRS: Printer", "Printer"),
+    ("ตอบกลับ: เครื่องพิมพ์", "เครื่องพิมพ์"),
+    ("ส่งต่อ: เครื่องพิมพ์", "เครื่องพิมพ์"),
+    ("Re［2］：プリンター", "プリンター"),
+    ("Ｒｅ［２］：プリンター", "プリンター"),
+    ("Re（3）: プリンター", "プリンター"),
+    # Hebrew and Arabic text's bidirectional controls around a prefix
+    ("\u200fהשב: \u200fמדפסת", "מדפסת"),
+    ("\u202bRE: \u202bرد:\u200f طابعة", "طابعة"),
+    ("\u2067Re:\u2069 מדפסת", "מדפסת"),
     ("Re:Printer broken", "Printer broken"),
     ("Re：Printer broken", "Printer broken"),
     ("   Re:   Printer broken  ", "Printer broken"),
@@ -124,6 +145,9 @@ def test_repeated_and_mixed_prefixes_are_stripped(subject: str, expected: str) -
         "Fwding rules",
         "Re 5 apples",
         "Invoice: March",
+        "Balasan: terima kasih",
+        "Trs123: x",
+        "Rediff: x",
         "I need help",
         "Aware: a",
         "Reply needed",
@@ -204,6 +228,17 @@ def test_hostile_input_is_bounded() -> None:
         ("Re: STRASSE", "strasse"),
         ("Re: Straße", "strasse"),  # casefold, not lower
         ("RE:\r\n AW: Folded\r\n\tsubject", "folded subject"),
+        # What a reply's charset or client changes but a reader does not see (NFKC): the
+        # half-width katakana ISO-2022-JP cannot carry, written full width; windows-1258's
+        # tone marks apart; full-width letters; Hebrew and Arabic text's marks.
+        ("Re: ﾌﾟﾘﾝﾀｰ故障", "プリンター故障"),
+        ("=?ISO-2022-JP?B?GyRCJVclaiVzJT8hPDhOPmMbKEI=?=", "プリンター故障"),
+        ("TL: Lô\u0303i ma\u0301y in", "tl: lỗi máy in"),
+        ("Trả lời: Lô\u0303i ma\u0301y in", "lỗi máy in"),
+        ("Tra\u0309 lơ\u0300i: Lô\u0303i ma\u0301y in", "lỗi máy in"),
+        ("Va\u0301: Nyomtato\u0301", "nyomtató"),  # decomposed, as macOS types it
+        ("ＦＷ：Ｐｒｉｎｔｅｒ", "printer"),
+        ("\u202bהשב: \u200fתקלה\u200f במדפסת\u202c", "תקלה במדפסת"),
     ],
 )
 def test_normalise(subject: str, expected: str) -> None:

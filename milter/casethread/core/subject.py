@@ -32,6 +32,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -58,8 +59,10 @@ _WORDS = (
     "rv", "res", "enc",
     # Greek
     "απ", "σχετ", "πρθ",
-    # Hebrew
-    "תגובה", "השב", "העבר",
+    # Hebrew: reply, answer; forward, forwarded
+    "תגובה", "השב", "תשובה", "העבר", "הועבר",
+    # Arabic (Outlook): reply, forward (also without the hamza, as typed)
+    "رد", "إعادة توجيه", "اعادة توجيه",
     # Chinese (simplified and traditional)
     "回复", "回覆", "答复", "答覆", "转发", "轉發", "转寄", "轉寄",
     # Japanese: reply, forward (mobile carriers' and webmail clients; Outlook writes RE:)
@@ -80,6 +83,12 @@ _WORDS = (
     "ang", "atb", "yml",
     # Russian (Mail.ru, Yandex and other webmail clients)
     "ответ", "отв", "пересл",
+    # Vietnamese: reply, forward
+    "trả lời", "chuyển tiếp",
+    # Indonesian and Malay: reply, forward (Outlook abbreviates them)
+    "balas", "bls", "teruskan", "trs",
+    # Thai: reply, forward
+    "ตอบกลับ", "ส่งต่อ",
     # Full-width Latin as written by some East Asian clients
     "ｒｅ", "ｆｗ", "ｆｗｄ",
 )
@@ -88,10 +97,13 @@ _WORDS = (
 # them around a left-to-right `Re:` or tag in right-to-left text; they are invisible, so they
 # read as blanks.
 BIDI_CONTROLS = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# Composed (NFC): `normalise` compares subjects in that form, whatever a client wrote.
 _WORD_ALT = "|".join(re.escape(w) for w in sorted(set(_WORDS), key=len, reverse=True))
-_BLANK = r"[ \t\u00a0\u3000]"
+_BLANK = rf"[ \t\u00a0\u3000{BIDI_CONTROLS}]"
+# A counter, `[2]` or `(2)`, in ASCII or full width (`［２］`, as a CJK input method types it).
+_COUNTER = r"(?:[\[［]\d{1,4}[\]］]|[(（]\d{1,4}[)）])"
 _PREFIX = re.compile(
-    rf"{_BLANK}*(?:{_WORD_ALT})(?:\[\d{{1,4}}\]|\(\d{{1,4}}\))?\.?{_BLANK}*[:：]{_BLANK}*",
+    rf"{_BLANK}*(?:{_WORD_ALT}){_COUNTER}?\.?{_BLANK}*[:：]{_BLANK}*",
     re.IGNORECASE,
 )
 _LIST_TAG = re.compile(
@@ -116,7 +128,7 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
 # What a `_LIST_TAG` match starts with after its blanks (no other character matches `e` under
 # re.IGNORECASE): most Subjects start otherwise, and are not matched against the pattern.
 _TAG_FIRST = frozenset("[*{#eE")
-_BLANKS = " \t\u00a0\u3000"
+_BLANKS = " \t\u00a0\u3000" + BIDI_CONTROLS
 
 
 def strip_list_tags(subject: str) -> str:
@@ -323,14 +335,25 @@ def decoded_if_encoded(text: str, read_unknown: bool = False) -> str | None:
 def normalise(subject: str, token_re: re.Pattern[str] | str | None = None) -> str:
     """The form used to compare subjects: decoded (`decode_subject`, also words of charset
     labels Python does not know: Exchange re-encodes a Japanese reply's Subject as
-    `_iso-2022-jp$ESC`), the token tag removed, prefixes stripped, whitespace collapsed,
-    case-folded.
+    `_iso-2022-jp$ESC`), in Unicode's compatibility form (NFKC), without bidirectional
+    controls, the token tag removed, prefixes stripped, whitespace collapsed, case-folded.
+
+    NFKC makes one subject of what a reply's charset or client changes but a reader does
+    not see: ISO-2022-JP cannot carry half-width katakana (`ﾌﾟﾘﾝﾀｰ`), so a Japanese reply
+    writes them full width (`プリンター`); windows-1258 writes Vietnamese tone marks apart
+    (`Lô\u0303i`, NFKC `Lỗi`); a CJK input method types full-width letters and digits. A
+    Hebrew or Arabic client's marks (`BIDI_CONTROLS`) are invisible.
 
     `token_re` (our tag: `token.tag_pattern(template)`) is removed everywhere in the subject,
     before prefixes are stripped, so a tag in front of `Re:` does not hide the prefix.
     """
-    text = decode_subject(subject, read_unknown=True)
+    text = unicodedata.normalize("NFKC", decode_subject(subject, read_unknown=True))
+    text = text.translate(_NO_BIDI)
     if token_re is not None:
         text = re.sub(token_re, " ", text)
     text = strip_prefixes(text)
-    return _SPACES.sub(" ", text).strip().casefold()
+    # Case folding can leave what NFKC composes (`ΐ`): again, so a second pass changes nothing.
+    return unicodedata.normalize("NFKC", _SPACES.sub(" ", text).strip().casefold())
+
+
+_NO_BIDI = dict.fromkeys(map(ord, BIDI_CONTROLS))
