@@ -139,3 +139,30 @@ def test_thread_topic_of_a_regional_reply_prefix(harness: Any, subject: str, top
     """Outlook shows Thread-Topic as the conversation's name: the prefix is no part of it."""
     r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded(subject, "utf-8")))
     assert decode_subject(r.one("Thread-Topic")) == topic
+
+
+def raw_jis(text: str) -> str:
+    """`text` in ISO-2022-JP as old Japanese mailers write a Subject: raw, no RFC 2047."""
+    return text.encode("iso-2022-jp").decode("ascii")
+
+
+def test_a_raw_iso_2022_jp_subject_gets_a_readable_thread_topic(harness: Any) -> None:
+    """Its escapes were written out as blanks: `$B%W%j%s%?!<$N8N>c (B`."""
+    subject = raw_jis("RE: プリンターの故障")
+    r = harness.outbound(AGENT, TO_CUSTOMER, ("Subject", subject))
+    assert decode_subject(r.one("Thread-Topic")) == "プリンターの故障"
+    # The Subject itself is not re-encoded: the tag follows the text as written.
+    assert r.one("Subject") == f"{subject} [ref:{harness.token(r.case_id)}]"
+
+
+def test_subject_match_reads_a_raw_iso_2022_jp_reply(make_harness: Any, tweak: Any) -> None:
+    h = subject_matching(make_harness, tweak)
+    first = h.outbound(AGENT, TO_CUSTOMER, ("Subject", encoded("プリンターの故障", "utf-8")))
+    r = h.inbound(CUSTOMER, SUPPORT, ("Subject", raw_jis("Re: プリンターの故障")))
+    assert (r.case_id, r.one("X-Case-Match")) == (first.case_id, "subject-match")
+
+
+@pytest.mark.parametrize("text", ["a \x1b$Bxx", "a \x1b[31m red", "\x1b(B", "\x1b$B\x1b$B\x1b",
+                                  "\x1b$B%W\udcff", "x" * 9000 + "\x1b$B%W"])
+def test_stray_escapes_in_a_subject_never_fail(text: str) -> None:
+    decode_subject(text)

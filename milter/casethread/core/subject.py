@@ -178,15 +178,36 @@ def decode_subject(subject: str, read_unknown: bool = False) -> str:
     `DECODE_MAX` characters stay as written.
 
     Raw 8-bit bytes (carried as surrogate escapes) that are not UTF-8 become U+FFFD.
+    Raw ISO-2022-JP (`_iso_2022`) is read as such.
     """
     text = unfold(subject)
     if "=?" in text:
         text = _decoded(text[:DECODE_MAX], read_unknown) + text[DECODE_MAX:]
+    if "\x1b" in text:
+        text = _ISO_2022_RUN.sub(_iso_2022, text[:DECODE_MAX]) + text[DECODE_MAX:]
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
         raw = text.encode("utf-8", "replace")
     return raw.decode("utf-8", "replace")
+
+
+# A run of ISO-2022-JP text: from an escape that designates a character set (ESC $ @, ESC $ B,
+# ESC $ ( D, ESC $ A, ESC $ ( C for JIS X 0208, 0212, GB 2312, KS C 5601; ESC ( B, ESC ( J,
+# ESC ( I for ASCII, JIS-Roman, half-width katakana) up to the last such escape's text.
+_ISO_2022_RUN = re.compile(r"\x1b(?:\$[@AB]|\$\([CD]|\([BIJ])[^\x1b]*"
+                           r"(?:\x1b(?:\$[@AB]|\$\([CD]|\([BIJ])[^\x1b]*)*")
+
+
+def _iso_2022(run: re.Match[str]) -> str:
+    """Raw ISO-2022-JP text, decoded: Japanese mailers and apps of old write a Subject so,
+    without RFC 2047 (RFC 1468 §3 asks for encoded words). Its escapes were no text, and
+    Thread-Topic showed `$B%W%j%s%?!<(B` for プリンター. ISO-2022-JP-2 reads its
+    supersets' escapes too."""
+    text = run.group()
+    if not text.isascii():  # 8-bit bytes are no ISO-2022 (surrogate escapes, decoded text)
+        return text
+    return text.encode("ascii").decode("iso2022_jp_2", "replace")
 
 
 # RFC 2047 §2: an encoded word is at most 75 characters; "=?utf-8?q?" and "?=" take 12.

@@ -196,12 +196,13 @@ def thread_topic(subject: str, remove: re.Pattern[str] | None = None) -> str:
     `remove` matches: our tags, also those inside encoded words), at most `TOPIC_MAX`
     characters (before any encoding).
 
-    RFC 2047 words are decoded first so an encoded `AW:` is seen; a non-ASCII result is
-    re-encoded as UTF-8 encoded words, so the value is safe to add as a header.
+    RFC 2047 words (and raw ISO-2022-JP) are decoded first so an encoded `AW:` is seen; a
+    non-ASCII result is re-encoded as UTF-8 encoded words, so the value is safe to add as a
+    header.
     A subject without encoded words is only stripped (raw 8-bit text stays as it was).
     """
     subject = unfold(subject)
-    encoded = "=?" in subject
+    encoded = "=?" in subject or "\x1b" in subject  # RFC 2047 words, raw ISO-2022-JP
     topic = decode_subject(subject) if encoded else subject
     if remove is not None:
         topic = remove.sub("", topic)
