@@ -33,6 +33,7 @@ from . import config_checks as checks
 from .core import token
 from .core.addresses import AddressMatcher, is_glob
 from .core.bodytext import html_to_text
+from .core.direction import unmapped
 from .core.settings import (
     Settings,
 )
@@ -569,7 +570,8 @@ def _client_network_warnings(settings: Settings) -> list[str]:
     """`outbound.client_networks` entries of every address, or holding loopback."""
     found = []
     for i, entry in enumerate(settings.outbound.client_networks):
-        net = ipaddress.ip_network(entry, strict=False)
+        # As the classifier reads it: `::ffff:0:0/96` is every IPv4 client, not loopback alone.
+        net = unmapped(ipaddress.ip_network(entry, strict=False))
         if net.prefixlen == 0:
             what = "every client"
         elif any(ip in net for ip in _LOOPBACKS if ip.version == net.version):

@@ -1784,6 +1784,7 @@ def test_a_milter_socket_open_to_more_than_the_mta_is_warned_of(
     ("['127.0.0.0/8', '10.0.0.0/8']", {0: "loopback"}),
     ("['::1/128']", {0: "loopback"}),
     ("['::ffff:127.0.0.0/104']", {0: "loopback"}),  # matches the IPv4 loopback clients
+    ("['::ffff:0:0/96']", {0: "every client"}),  # every IPv4 client, as the classifier reads it
     ("['192.0.2.10', 10.20.0.0/16, '2001:db8:20::/48']", {}),  # app servers: what is meant
 ])
 def test_client_networks_of_every_client_or_of_loopback_are_warned_of(

@@ -21,7 +21,7 @@ class Classifier:
         self._daemon_names = frozenset(n.casefold() for n in out.daemon_names)
         self._authenticated = out.authenticated
         self._networks: tuple[Network, ...] = tuple(
-            _unmapped(ipaddress.ip_network(n, strict=False)) for n in out.client_networks
+            unmapped(ipaddress.ip_network(n, strict=False)) for n in out.client_networks
         )
         self._inbound = AddressMatcher(settings.inbound.addresses)
         self._to_support = cached_matches(self._inbound)  # every inbound mail's recipients
@@ -75,7 +75,7 @@ def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     return ip
 
 
-def _unmapped(net: Network) -> Network:
+def unmapped(net: Network) -> Network:
     """An IPv4-mapped IPv6 network (`::ffff:192.0.2.0/120`) as the IPv4 network it maps:
     clients are compared in their IPv4 form."""
     mapped = ipaddress.IPv6Network("::ffff:0:0/96")
