@@ -97,9 +97,11 @@ _WORDS = (
 # them around a left-to-right `Re:` or tag in right-to-left text; they are invisible, so they
 # read as blanks.
 BIDI_CONTROLS = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-# Composed (NFC): `normalise` compares subjects in that form, whatever a client wrote.
+# The words are written composed (NFC), as `normalise` (NFKC) reads what a client wrote.
 _WORD_ALT = "|".join(re.escape(w) for w in sorted(set(_WORDS), key=len, reverse=True))
-_BLANK = rf"[ \t\u00a0\u3000{BIDI_CONTROLS}]"
+# What a Subject's words and tags are set apart by.
+_BLANKS = " \t\u00a0\u3000" + BIDI_CONTROLS
+_BLANK = f"[{_BLANKS}]"
 # A counter, `[2]` or `(2)`, in ASCII or full width (`［２］`, as a CJK input method types it).
 _COUNTER = r"(?:[\[［]\d{1,4}[\]］]|[(（]\d{1,4}[)）])"
 _PREFIX = re.compile(
@@ -128,7 +130,6 @@ def strip_prefixes(subject: str, *, list_tags: bool = True) -> str:
 # What a `_LIST_TAG` match starts with after its blanks (no other character matches `e` under
 # re.IGNORECASE): most Subjects start otherwise, and are not matched against the pattern.
 _TAG_FIRST = frozenset("[*{#eE")
-_BLANKS = " \t\u00a0\u3000" + BIDI_CONTROLS
 
 
 def strip_list_tags(subject: str) -> str:
