@@ -91,6 +91,16 @@ def multipart_of_10mb_of_near_delimiters(direction: Direction) -> Hostile:
     return Hostile(message(direction, [("Content-Type", 'multipart/mixed; boundary="b"')]), body)
 
 
+def part_headers_of_4mb_of_comments(direction: Direction) -> Hostile:
+    """16 parts, each with a Content-Type and a Content-Disposition of 128 KB of ` (x;y)`: a
+    comment after a blank, holding a `;` (split outside comments, read one by one)."""
+    comments = " (x;y)" * (128 * 1024 // 6)
+    part = (f"--b\r\nContent-Type: text/plain; charset=utf-8{comments}\r\n"
+            f"Content-Disposition: inline{comments}\r\n\r\nHello\r\n").encode()
+    return Hostile(message(direction, [("Content-Type", 'multipart/mixed; boundary="b"')]),
+                   part * 16 + b"--b--\r\n")
+
+
 def rfc822_nested_1000(direction: Direction) -> Hostile:
     inner = b"Content-Type: message/rfc822\r\n\r\n" * 1000 + b"Subject: x\r\n\r\nHello\r\n"
     return Hostile(message(direction, [("Content-Type", "message/rfc822")]), inner)
@@ -354,6 +364,7 @@ CASES: dict[str, Callable[[Direction], Hostile]] = {
     "multipart nested 1,000 deep": mime_nested_1000,
     "multipart of 10 MB of lines that start like its delimiter":
         multipart_of_10mb_of_near_delimiters,
+    "part headers of 4 MB of comments": part_headers_of_4mb_of_comments,
     "message/rfc822 nested 1,000 deep": rfc822_nested_1000,
     "50 MB text body on one line": body_50mb_one_line,
     "50 MB HTML body on one line": html_50mb_one_line,
