@@ -257,8 +257,8 @@ def test_addresses_match_the_stdlib_on_generated_fields(values: list[str]) -> No
 def split_by_characters(text: str) -> list[str]:
     """`;` outside quoted strings and comments, read one character at a time (the shortcut's
     oracle). A `(` opens a comment after a blank or a `;` only; with a comment or quoted string
-    left open, the comments are not told apart."""
-    pieces = _split_by_characters(text, comments=True)
+    left open, or more than `_COMMENTS_READ` openers, the comments are not told apart."""
+    pieces = _split_by_characters(text, comments=text.count("(") <= mime._COMMENTS_READ)
     return pieces if pieces is not None else _split_by_characters(text, comments=False) or []
 
 
@@ -335,6 +335,8 @@ def general_parse_field(raw: str) -> mime.FieldValue:
     'attachment; filename="a;b.pdf"', 'x; a="1"; A=2; a=3', 'x; name="q\\"x"; b=1',
     "x; title*=utf-8''%C3%A9; title=e", "x (c); a=1", "text/plain;\r\n charset=utf-8",
     'x; a="' + ";" * 100_000, "x" + '; a="b"' * 20_000, ";" * 100_000,
+    "x; a=1 " + "(c;d) " * 16 + "; b=2", "x; a=1 " + "(c;d) " * 17 + "; b=2",
+    'x; a=1 (c\\;d"; b=2) ; e="f;(g" (h\\)i;j)',
 ])
 def test_field_values_read_as_through_the_general_path(raw: str) -> None:
     assert mime.parse_field(raw) == general_parse_field(raw)
@@ -1120,3 +1122,51 @@ TAGGED_SUBJECTS = st.lists(
 def test_list_tag_shortcut_matches_the_pattern(text: str) -> None:
     """`strip_list_tags` leaves a Subject whose first character starts no tag unmatched."""
     assert subject.strip_list_tags(text) == subject._stripped(text, (subject._LIST_TAG,))
+
+
+def strip_comments_by_characters(text: str) -> str:
+    """`mime._strip_comments`' oracle, one character at a time."""
+    out: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif ch == '"' and not depth:
+            quoted = not quoted
+        elif ch == "(" and not quoted:
+            depth += 1
+            continue
+        elif ch == ")" and depth:
+            depth -= 1
+            continue
+        if not depth:
+            out.append(ch)
+    return "".join(out)
+
+
+def comment_start_walking_back(text: str, end: int) -> int:
+    """`mime._comment_start`'s oracle, walking back from `end`."""
+    depth = 0
+    for i in range(end - 1, -1, -1):
+        if text[i] == ")":
+            depth += 1
+        elif text[i] == "(":
+            depth -= 1
+            if not depth:
+                return i
+    return -1
+
+
+COMMENT_TEXT = st.lists(st.sampled_from(["(", ")", '"', "\\", ";", " ", "a", "b=c"]),
+                        max_size=16).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(COMMENT_TEXT)
+def test_comment_readers_match_the_character_loops(text: str) -> None:
+    assert mime._strip_comments(text) == strip_comments_by_characters(text)
+    if text.endswith(")"):
+        assert mime._comment_start(text, len(text)) == comment_start_walking_back(text, len(text))
