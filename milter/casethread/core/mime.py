@@ -19,7 +19,7 @@ import functools
 import itertools
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 from urllib.parse import unquote_to_bytes
 
 from .frozen import frozen
@@ -289,16 +289,40 @@ def _split_outside_comments(text: str) -> list[str] | None:
     not swallow the rest of the field."""
     if text.count("(") > _COMMENTS_READ:
         return None
+    reading = _read_field(text, split=True)
+    if reading.left_open:
+        return None
     pieces: list[str] = []
-    start = pos = depth = 0
+    start = 0
+    for at in reading.separators:
+        pieces.append(text[start:at])
+        start = at + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+class _Reading(NamedTuple):
+    comments: list[tuple[int, int]]  # outermost comments, `(` to past `)`; an open one to the end
+    separators: list[int]  # `;` outside quoted strings and comments (`split` only)
+    left_open: bool  # a quoted string or a comment is not closed
+
+
+def _read_field(text: str, *, split: bool) -> _Reading:
+    """Where a field value's comments and separators are, quoted strings and escapes read: for
+    `_split_outside_comments` (`split`: a `(` opens a comment after a blank or a `;` only)
+    and `_strip_comments` (any `(` outside a quoted string does). Each state's end is searched
+    for in C: a field is read by the characters that change the reading, not one by one."""
+    comments: list[tuple[int, int]] = []
+    separators: list[int] = []
+    outside = _OUTSIDE_SPLIT if split else _OUTSIDE_COMMENTS
+    pos = depth = opened = 0
     quoted = False
     while True:
-        found = (_IN_QUOTES if quoted else _IN_COMMENT if depth else _OUTSIDE_SPLIT).search(
-            text, pos)
+        found = (_IN_QUOTES if quoted else _IN_COMMENT if depth else outside).search(text, pos)
         if found is None:
             break
-        i = pos = found.start()
-        pos += 1
+        i = found.start()
+        pos = i + 1
         ch = text[i]
         if ch == "\\":
             pos += 1  # the escaped character
@@ -306,18 +330,18 @@ def _split_outside_comments(text: str) -> list[str] | None:
             quoted = False
         elif depth:
             depth += 1 if ch == "(" else -1
+            if not depth:
+                comments.append((opened, pos))
         elif ch == '"':
             quoted = True
         elif ch == "(":
-            if i == 0 or text[i - 1] in " \t;":
-                depth = 1
+            if not split or i == 0 or text[i - 1] in " \t;":
+                depth, opened = 1, i
         else:
-            pieces.append(text[start:i])
-            start = pos
-    if depth or quoted:
-        return None
-    pieces.append(text[start:])
-    return pieces
+            separators.append(i)
+    if depth:
+        comments.append((opened, len(text)))
+    return _Reading(comments, separators, bool(depth or quoted))
 
 
 def _first_piece(text: str, pos: int = 0) -> str:
@@ -334,31 +358,11 @@ def _strip_comments(text: str) -> str:
     if "(" not in text:
         return text
     out: list[str] = []
-    kept = pos = depth = 0  # `kept`: where the text to keep starts, outside a comment
-    quoted = False
-    while True:
-        found = (_IN_QUOTES if quoted else _IN_COMMENT if depth else _OUTSIDE_COMMENTS).search(
-            text, pos)
-        if found is None:
-            break
-        i = found.start()
-        pos = i + 1
-        ch = text[i]
-        if ch == "\\":
-            pos += 1  # the escaped character
-        elif quoted:
-            quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "(":
-            if not depth:
-                out.append(text[kept:i])
-            depth += 1
-        else:
-            depth -= 1
-            kept = pos
-    if not depth:
-        out.append(text[kept:])
+    kept = 0  # where the text to keep starts
+    for start, end in _read_field(text, split=False).comments:
+        out.append(text[kept:start])
+        kept = end
+    out.append(text[kept:])
     return "".join(out)
 
 
