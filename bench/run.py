@@ -16,9 +16,10 @@ Set-up (all on loopback, all stopped at the end, also on errors and Ctrl-C):
   20 parallel sessions for throughput and 1 session for latency (the sender's wait per message:
   smtp-source's run time / messages);
 - the milters: none, a no-op pymilter milter (bench/noop_milter.py, unix socket), the same
-  with casethread's no-reply steps, casethread on a unix socket (index.sync full, and async),
-  casethread on TCP with TCP_NODELAY on its listening socket, and (at 1 session) casethread on
-  TCP without it; with `--baseline DIR`, casethread on a unix socket running DIR's code
+  with casethread's no-reply steps, casethread on a unix socket (index.sync full, and async;
+  `ct-unix-cpu`, not run by default: its threads held on one CPU by `taskset`), casethread
+  on TCP with TCP_NODELAY on its listening socket, and (at 1 session) casethread on TCP
+  without it; with `--baseline DIR`, casethread on a unix socket running DIR's code
   (`ct-unix-base`), to alternate a change with its parent in one run; with `--cpu-by-process`,
   the CPU each kind of process used (Postfix's daemons, the load, the sink, the milter, other
   work: bench/proc_cpu.py) as a second table.
@@ -102,6 +103,7 @@ class Config:
     index_sync: str = "full"  # casethread's index.sync
     noop_args: tuple[str, ...] = ()  # bench/noop_milter.py's options
     baseline: bool = False  # the code of --baseline DIR, not this checkout's
+    one_cpu: bool = False  # started under `taskset -c LAST_CPU` (README, Operations)
 
 
 CONFIGS: dict[str, Config] = {
@@ -115,6 +117,8 @@ CONFIGS: dict[str, Config] = {
                baseline=True),
         Config("ct-unix-async", "casethread, unix, index.sync async", "unix", casethread=True,
                index_sync="async"),
+        Config("ct-unix-cpu", "casethread, unix, one CPU", "unix", casethread=True,
+               one_cpu=True),
         Config("ct-tcp", "casethread, TCP + NODELAY", "inet", casethread=True),
         Config("ct-tcp-nagle", "casethread, TCP, Nagle", "inet", casethread=True,
                nodelay=False, latency_only=True),
@@ -408,6 +412,11 @@ def service_sets_nodelay() -> bool:
     return "set_listen_nodelay" in source
 
 
+def _last_cpu() -> int:
+    """The highest-numbered CPU this process may run on: all of a milter's threads go there."""
+    return max(os.sched_getaffinity(0))
+
+
 def start_milters(
     names: Sequence[str], work: Path, key_path: Path, baseline: Path | None = None
 ) -> tuple[dict[str, RunningMilter], str]:
@@ -444,6 +453,8 @@ def start_milters(
                     argv = [sys.executable, str(CT_SERVE), mode, "serve",
                             "--config", str(config_path), "--socket", sock.libmilter,
                             "--index", str(index)]
+            if cfg.one_cpu:
+                argv = ["taskset", "--cpu-list", str(_last_cpu()), *argv]
             env = None
             if cfg.baseline and baseline is not None:
                 env = {**os.environ, "PYTHONPATH": str(baseline.resolve() / "milter")}
