@@ -62,10 +62,12 @@ soak: deps-test $(STAMP)
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # The performance harness: Postfix smtp-source -> Postfix (+milter) -> smtp-sink, then the
-# engine and index micro-benchmarks. Writes bench/results.jsonl; see bench/README.md.
+# engine and index micro-benchmarks (both write bench/results.jsonl), then the most one milter
+# process takes alone on one CPU. See bench/README.md.
 bench: deps-test $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/ceiling.py
 
 bench-quick: deps-test $(STAMP)
 	$(BIN)/python bench/run.py --quick

@@ -1,0 +1,52 @@
+"""bench/ceiling.py: the benchmark's mail, cut into what an MTA sends a milter."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load() -> ModuleType:
+    # ceiling.py imports bench/messages.py as its own directory's module, as a script does.
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_ceiling", BENCH / "ceiling.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+ceiling = _load()
+
+
+@pytest.mark.parametrize(("direction", "size"), ceiling.WORKLOADS)
+def test_message_is_the_benchmark_mail_as_fields_and_a_crlf_body(direction: str,
+                                                                  size: str) -> None:
+    raw = ceiling.messages.message(direction, size, "TOKEN").decode("ascii")
+    fields, body = ceiling._message(direction, size, "TOKEN")
+    rebuilt = "".join(f"{name}: {value}\r\n" for name, value in fields) + "\r\n" + body
+    assert rebuilt == raw.replace("\n", "\r\n")
+    assert "\n" not in body.replace("\r\n", "")
+    assert all(":" not in name and name == name.strip() for name, _ in fields)
+
+
+def test_a_folded_field_keeps_its_continuation_lines() -> None:
+    original = ceiling.messages.message
+    try:
+        ceiling.messages.message = lambda *_: (
+            b"Subject: a long\n subject\n\tline\nTo: x@y\n\nbody\n")
+        fields, body = ceiling._message("outbound", "5k", None)
+    finally:
+        ceiling.messages.message = original
+    assert fields == [("Subject", "a long\r\n subject\r\n\tline"), ("To", "x@y")]
+    assert body == "body\r\n"
