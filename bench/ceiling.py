@@ -58,6 +58,9 @@ tokens:
     - {key}
 """
 WORKLOADS = tuple((d, s) for d in messages.DIRECTIONS for s in messages.SIZES)
+# bench/noop_milter.py's options by name; None: casethread.
+MILTERS: dict[str, tuple[str, ...] | None] = {
+    "casethread": None, "noop": (), "noop-nr": ("--no-reply",)}
 CONNECT_MACROS = {"j": "mx.bench.test", "_": "client.bench.test [192.0.2.7]"}
 
 
@@ -68,6 +71,7 @@ class Load:
     size: str
     token: str | None
     expect_case: str | None  # inbound: the case every reply belongs to
+    casethread: bool  # else a no-op milter: no X-Case-ID to check
     deadline: float  # time.time(): the clients are other processes
     cpus: frozenset[int]
 
@@ -111,8 +115,9 @@ def _client(load: Load, number: int) -> int:
                             rcpt_macros={"i": queue_id}, eom_macros={"i": queue_id})
             mta.quit()
         case = values(t.result(headers), "X-Case-ID")
-        if t.disposition != CONTINUE or len(case) != 1 or (
-                load.expect_case is not None and case[0] != load.expect_case):
+        wrong_case = len(case) != 1 or (
+            load.expect_case is not None and case[0] != load.expect_case)
+        if t.disposition != CONTINUE or (load.casethread and wrong_case):
             raise RuntimeError(f"{load.direction} {load.size}: unexpected end of message "
                                f"{t.disposition!r}, X-Case-ID {case}")
         sent += 1
@@ -126,7 +131,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def measure(work: Path, shared: Path, key: Path, direction: str, size: str, clients: int,
-            seconds: float, milter_cpu: int, client_cpus: frozenset[int]) -> dict[str, float]:
+            seconds: float, milter_cpu: int, client_cpus: frozenset[int],
+            noop_args: Sequence[str] | None = None) -> dict[str, float]:
     """One run of one workload: a fresh milter and index in `work`."""
     index = work / "index"
     # The case the inbound replies belong to.
@@ -137,14 +143,17 @@ def measure(work: Path, shared: Path, key: Path, direction: str, size: str, clie
         idx.close()
     token = load_keyring([key]).make(case.number)
     sock = MilterSocket.unix(work / "milter.sock")
-    argv = ["taskset", "--cpu-list", str(milter_cpu),
-            *casethread_serve_argv(sock, config=shared / "casethread.yaml", index=index)]
+    milter_argv = (
+        casethread_serve_argv(sock, config=shared / "casethread.yaml", index=index)
+        if noop_args is None
+        else [sys.executable, str(BENCH / "noop_milter.py"), *noop_args, sock.libmilter])
+    argv = ["taskset", "--cpu-list", str(milter_cpu), *milter_argv]
     milter = MilterProcess(argv, None, sock, log_path=work / "milter.log", cwd=work)
     milter.start()
     try:
         expect = case.case_id if direction == "inbound" else None
-        warm = Load(sock.libmilter, direction, size, token, expect, time.time() + 1.0,
-                    client_cpus)
+        warm = Load(sock.libmilter, direction, size, token, expect, noop_args is None,
+                    time.time() + 1.0, client_cpus)
         with multiprocessing.get_context("spawn").Pool(clients) as pool:
             pool.starmap(_client, [(warm, n) for n in range(clients)])
             load = dataclasses.replace(warm, deadline=time.time() + seconds)
@@ -169,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="measured seconds a workload (default 10)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each workload, a fresh milter each (default 3)")
+    parser.add_argument("--milter", choices=sorted(MILTERS), default="casethread",
+                        help="casethread (default), or bench/noop_milter.py answering every "
+                             "step (noop) or with casethread's no-reply steps (noop-nr)")
     args = parser.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -178,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen:
         parser.error(f"--only {args.only!r} matches no workload of {WORKLOADS}")
     milter_cpu, client_cpus = cpus[-1], frozenset(cpus[:-1])
-    print(f"casethread ceiling: milter on CPU {milter_cpu}, {args.clients} client processes on "
-          f"CPU {','.join(map(str, sorted(client_cpus)))}, {args.seconds:g} s x {args.rounds}",
-          flush=True)
+    loaders = ",".join(map(str, sorted(client_cpus)))
+    print(f"ceiling of {args.milter}: milter on CPU {milter_cpu}, {args.clients} client "
+          f"processes on CPU {loaders}, {args.seconds:g} s x {args.rounds}", flush=True)
     with tempfile.TemporaryDirectory(prefix="casethread-ceiling-") as tmp:
         work = Path(tmp)
         key = work / "bench.key"
@@ -193,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_dir = work / f"{direction}-{size}-{r}"
                 run_dir.mkdir()
                 runs.append(measure(run_dir, work, key, direction, size, args.clients,
-                                    args.seconds, milter_cpu, client_cpus))
+                                    args.seconds, milter_cpu, client_cpus,
+                                    MILTERS[args.milter]))
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             low, high = (f(r["msgs_per_s"] for r in runs) for f in (min, max))
             print(f"{direction:8} {size:>3}  {med['msgs_per_s']:7.1f} msg/s ({low:.0f}-{high:.0f})"
