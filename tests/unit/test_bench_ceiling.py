@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from ..helpers.bench_scripts import load_bench_script
 
-
-def _load() -> ModuleType:
-    # ceiling.py imports bench/messages.py as its own directory's module, as a script does.
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_ceiling", BENCH / "ceiling.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-ceiling = _load()
+ceiling = load_bench_script("ceiling.py")
 
 
 @pytest.mark.parametrize(("direction", "size"), ceiling.WORKLOADS)

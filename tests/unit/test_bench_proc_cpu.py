@@ -3,28 +3,14 @@ how a process's CPU over a window is worked out from them and from /proc."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from ..helpers.bench_scripts import load_bench_script
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_proc_cpu", BENCH / "proc_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load()
+pc = load_bench_script("proc_cpu.py")
 TICK = 1 / os.sysconf("SC_CLK_TCK")
 
 
