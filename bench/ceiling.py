@@ -2,8 +2,10 @@
 """How many messages a second one `casethread serve` process takes, with no MTA beside it
 (README Operations, *Sizing*).
 
-    .venv/bin/python bench/ceiling.py                          # the four workloads, ~1 minute
+    .venv/bin/python bench/ceiling.py                   # the four workloads, ~2.5 minutes
     .venv/bin/python bench/ceiling.py --only outbound,60k --seconds 20 --clients 6
+    .venv/bin/python bench/ceiling.py --milter noop     # the no-op anchor (noop-nr: its
+                                                        # no-reply steps), as in bench/run.py
 
 The milter (the installed `casethread serve`, a real LMDB index, `index.sync: full`, a unix
 socket) runs on one CPU, the highest this script may use, and the load on the others: client
@@ -11,7 +13,8 @@ processes that each play the MTA (`tests/wire/milterclient.py`: option negotiati
 MAIL, RCPT, the header fields, the body, end of message, the steps the milter asks to skip
 left out), one connection per message as Postfix opens one per SMTP session, the benchmark's
 mail (`bench/messages.py`) with a Message-ID of its own each. Every end of message is checked:
-outbound mail gets its X-Case-ID, inbound mail the case the replies belong to.
+outbound mail gets its X-Case-ID, inbound mail the case the replies belong to (a no-op
+milter's, that it answered CONTINUE).
 
 Printed per workload: messages a second, the milter's CPU a message (all its threads, from
 /proc), and `busy`, the milter's CPU seconds a second. Its Python runs one thread at a time:
